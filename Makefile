@@ -1,0 +1,47 @@
+# farthing: set-up, tests, lint, benchmarks. Every target installs what it needs.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: help install sysdeps test test-heavy lint demo bench clean
+
+help:
+	@echo "make demo        run the main job (farthing demo) on SQLite"
+	@echo "make test        install everything and run the test suite"
+	@echo "make test-heavy  crash, soak and other slow tests"
+	@echo "make lint        ruff + mypy strict"
+	@echo "make bench       benchmarks -> docs/benchmarks.md"
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Debian packages the tests use: SoftHSM2 (the HLL smart card), PostgreSQL (contract tests), wrk (bench).
+sysdeps:
+	@bash scripts/sysdeps.sh
+
+test: $(STAMP) sysdeps
+	$(PY) -m pytest -q -n 2 --dist loadgroup
+
+test-heavy: $(STAMP) sysdeps
+	$(PY) -m pytest -q -m heavy
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
+	$(VENV)/bin/mypy
+
+demo: $(STAMP) sysdeps
+	$(VENV)/bin/farthing demo
+
+bench: $(STAMP) sysdeps
+	$(PY) -m pip install -q -e '.[dev,bench]'
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,232 @@
+"""The one error tree of farthing, with stable error codes.
+
+::
+
+    FarthingError                      every error farthing raises on purpose
+    ├── RemoteProtocolError            the peer sent something wrong (their fault)
+    │   ├── MalformedMessage           bytes that do not decode canonically       400
+    │   ├── UnsupportedMethod          a payment method we do not speak           400
+    │   ├── InvalidPayment             verification failed; never says which check 401
+    │   ├── InsufficientFunds          the card or account cannot cover the price 402
+    │   ├── PaymentExpired             a card, certificate or challenge is too old 402
+    │   ├── AccessDenied               authenticated, but not allowed             403
+    │   ├── NotFound                   no such account, card, merchant            404
+    │   ├── Conflict                   a state change lost a race or repeats      409
+    │   └── RateLimited                slow down                                   429
+    └── LocalProtocolError             the caller misused the API (our fault)
+        ├── CardExhausted              the wallet's card has no units left
+        ├── CardLocked                 too many wrong PINs
+        ├── WrongPin                   the PIN is wrong
+        └── PolicyRefused              the wallet's spending policy refuses a price
+
+Each error carries a stable ``code`` from :class:`ErrorCode` (unique, tested) and an
+``http_status`` hint that the HTTP edge maps to an RFC 9457 problem. Messages are fixed
+strings chosen by the raiser: they never echo secrets, and verification failures never
+say which check failed (no oracle for a forger).
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum, unique
+
+__all__ = [
+    "AccessDenied",
+    "CardExhausted",
+    "CardLocked",
+    "Conflict",
+    "ErrorCode",
+    "FarthingError",
+    "InsufficientFunds",
+    "InvalidPayment",
+    "LocalProtocolError",
+    "MalformedMessage",
+    "NotFound",
+    "PaymentExpired",
+    "PolicyRefused",
+    "RateLimited",
+    "RemoteProtocolError",
+    "UnsupportedMethod",
+    "WrongPin",
+]
+
+
+@unique
+class ErrorCode(IntEnum):
+    """Stable error codes. Never renumber; only append.
+
+    1xxx encoding, 2xxx verification, 3xxx funds and time, 4xxx access and state,
+    5xxx local misuse, 9xxx internal.
+    """
+
+    MALFORMED = 1000
+    NON_CANONICAL = 1001
+    TRUNCATED = 1002
+    OVERSIZED = 1003
+    UNKNOWN_VERSION = 1004
+    WRONG_DOMAIN = 1005
+    BAD_FIELD = 1006
+    UNSUPPORTED_METHOD = 1007
+    MALFORMED_CREDENTIAL = 1008
+
+    PAYMENT_INVALID = 2000
+    CHALLENGE_INVALID = 2001
+    SEAL_BROKEN = 2002
+    SIGNATURE_INVALID = 2003
+    DEPOSIT_INVALID = 2004
+
+    INSUFFICIENT_FUNDS = 3000
+    CARD_EXPIRED = 3001
+    CHALLENGE_EXPIRED = 3002
+    CERTIFICATE_EXPIRED = 3003
+    AMOUNT_MISMATCH = 3004
+    RISK_LIMIT = 3005
+
+    ACCESS_DENIED = 4000
+    UNAUTHENTICATED = 4001
+    NOT_FOUND = 4002
+    CONFLICT = 4003
+    DUPLICATE_SPEND = 4004
+    RATE_LIMITED = 4005
+    PAYLOAD_TOO_LARGE = 4006
+
+    CARD_EXHAUSTED = 5000
+    CARD_LOCKED = 5001
+    WRONG_PIN = 5002
+    POLICY_REFUSED = 5003
+    MISUSE = 5004
+    WALLET_LOCKED = 5005
+    ISSUER_UNAVAILABLE = 5006
+
+    INTERNAL = 9000
+
+
+class FarthingError(Exception):
+    """Base of every error farthing raises on purpose. Not raised itself."""
+
+    default_code: ErrorCode = ErrorCode.INTERNAL
+    http_status: int = 500
+
+    def __init__(self, message: str, *, code: ErrorCode | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code if code is not None else self.default_code
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.message!r}, code={self.code.name})"
+
+
+class RemoteProtocolError(FarthingError):
+    """The other party sent something wrong. Safe to report to that party."""
+
+    default_code = ErrorCode.MALFORMED
+    http_status = 400
+
+
+class MalformedMessage(RemoteProtocolError):
+    """Bytes, text or JSON that do not decode to a canonical message of the expected kind."""
+
+    default_code = ErrorCode.MALFORMED
+    http_status = 400
+
+
+class UnsupportedMethod(RemoteProtocolError):
+    """A payment method, scheme, generator or version this party does not speak."""
+
+    default_code = ErrorCode.UNSUPPORTED_METHOD
+    http_status = 400
+
+
+class InvalidPayment(RemoteProtocolError):
+    """A payment, MAC, signature or seal did not verify.
+
+    Deliberately vague: a replay, a forged token, a wrong card and a stale index all raise
+    this with the same message, so a forger learns nothing from which one it was.
+    """
+
+    default_code = ErrorCode.PAYMENT_INVALID
+    http_status = 401
+
+
+class InsufficientFunds(RemoteProtocolError):
+    """The card or account cannot cover the price (or the payment pays the wrong amount)."""
+
+    default_code = ErrorCode.INSUFFICIENT_FUNDS
+    http_status = 402
+
+
+class PaymentExpired(RemoteProtocolError):
+    """A card, certificate, commitment or challenge is past its expiry."""
+
+    default_code = ErrorCode.CARD_EXPIRED
+    http_status = 402
+
+
+class AccessDenied(RemoteProtocolError):
+    """The caller is not authenticated, or is not allowed to do this."""
+
+    default_code = ErrorCode.ACCESS_DENIED
+    http_status = 403
+
+
+class NotFound(RemoteProtocolError):
+    """No such account, card, merchant or batch."""
+
+    default_code = ErrorCode.NOT_FOUND
+    http_status = 404
+
+
+class Conflict(RemoteProtocolError):
+    """A state change that repeats one already made, or lost a race to another."""
+
+    default_code = ErrorCode.CONFLICT
+    http_status = 409
+
+
+class RateLimited(RemoteProtocolError):
+    """Too many requests; retry after ``retry_after`` seconds."""
+
+    default_code = ErrorCode.RATE_LIMITED
+    http_status = 429
+
+    def __init__(self, message: str, *, retry_after: int, code: ErrorCode | None = None) -> None:
+        super().__init__(message, code=code)
+        self.retry_after = retry_after
+
+
+class LocalProtocolError(FarthingError):
+    """This side misused the API or its own state forbids the action. Not the peer's fault."""
+
+    default_code = ErrorCode.MISUSE
+    http_status = 500
+
+
+class CardExhausted(LocalProtocolError):
+    """The card has fewer units (or less balance) left than the payment needs."""
+
+    default_code = ErrorCode.CARD_EXHAUSTED
+    http_status = 402
+
+
+class CardLocked(LocalProtocolError):
+    """The card refuses to work: too many wrong PINs, or it was blocked."""
+
+    default_code = ErrorCode.CARD_LOCKED
+    http_status = 403
+
+
+class WrongPin(LocalProtocolError):
+    """The PIN given to the card is wrong; ``tries_left`` says how many remain."""
+
+    default_code = ErrorCode.WRONG_PIN
+    http_status = 403
+
+    def __init__(self, message: str, *, tries_left: int) -> None:
+        super().__init__(message)
+        self.tries_left = tries_left
+
+
+class PolicyRefused(LocalProtocolError):
+    """The wallet's spending policy refuses this price; nothing was spent."""
+
+    default_code = ErrorCode.POLICY_REFUSED
+    http_status = 402

@@ -1,0 +1,43 @@
+"""Test doubles that ship with farthing, so users can test their own integrations.
+
+- :class:`FixedClock`: a clock that only moves when told to.
+- :class:`DeterministicRandom`: a seeded byte source (SHA-256 in counter mode) for vectors;
+  never use it for real keys.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+__all__ = ["DeterministicRandom", "FixedClock"]
+
+
+class FixedClock:
+    def __init__(self, now: int = 1_800_000_000) -> None:
+        self._now = now
+
+    def now(self) -> int:
+        return self._now
+
+    def advance(self, seconds: int) -> None:
+        self._now += seconds
+
+    def set(self, now: int) -> None:
+        self._now = now
+
+
+class DeterministicRandom:
+    """``rng(n)`` returns the next n bytes of SHA-256(seed || counter) blocks."""
+
+    def __init__(self, seed: bytes | str) -> None:
+        self._seed = seed.encode() if isinstance(seed, str) else seed
+        self._counter = 0
+        self._buffer = b""
+
+    def __call__(self, n: int) -> bytes:
+        while len(self._buffer) < n:
+            block = hashlib.sha256(self._seed + self._counter.to_bytes(8, "big")).digest()
+            self._buffer += block
+            self._counter += 1
+        out, self._buffer = self._buffer[:n], self._buffer[n:]
+        return out
