@@ -6,9 +6,9 @@ from farthing.core.encoding import Reader, Writer, b64url_decode, b64url_encode,
 from farthing.core.errors import ErrorCode, MalformedMessage
 
 DOMAIN = "farthing/test/msg"
-text_st = st.text(
-    alphabet=st.characters(blacklist_categories=("Cc", "Cs")), max_size=40
-).map(lambda s: __import__("unicodedata").normalize("NFC", s))
+text_st = st.text(alphabet=st.characters(blacklist_categories=("Cc", "Cs")), max_size=40).map(
+    lambda s: __import__("unicodedata").normalize("NFC", s)
+)
 
 
 def encode(n: int, b: bytes, t: str) -> bytes:

@@ -48,5 +48,5 @@ def test_code_override_and_repr() -> None:
 
 
 def test_all_is_sorted_and_complete() -> None:
-    public = sorted(c.__name__ for c in error_classes()) + ["ErrorCode"]
+    public = [*sorted(c.__name__ for c in error_classes()), "ErrorCode"]
     assert sorted(errors.__all__) == sorted(public)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import builtins
 import re
 import struct
 import unicodedata
@@ -74,7 +75,7 @@ class Writer:
         self._parts.append(u64(value))
         return self
 
-    def bytes(self, value: bytes) -> Writer:
+    def bytes(self, value: builtins.bytes) -> Writer:
         if len(value) > MAX_FIELD:
             raise ValueError("field longer than 65535 bytes")
         self._parts.append(_U16.pack(len(value)) + value)
@@ -84,7 +85,7 @@ class Writer:
         _check_text(value, MAX_FIELD)
         return self.bytes(value.encode("utf-8"))
 
-    def finish(self) -> bytes:
+    def finish(self) -> builtins.bytes:
         return b"".join(self._parts)
 
 
@@ -97,7 +98,7 @@ class Reader:
 
     __slots__ = ("_data", "_pos")
 
-    def __init__(self, data: bytes, domain: str, *, max_size: int = 4096) -> None:
+    def __init__(self, data: builtins.bytes, domain: str, *, max_size: int = 4096) -> None:
         if not isinstance(data, bytes):
             raise MalformedMessage("message must be bytes", code=ErrorCode.MALFORMED)
         if len(data) > max_size:
@@ -112,7 +113,7 @@ class Reader:
         self._data = data
         self._pos = len(expected)
 
-    def _take(self, n: int) -> bytes:
+    def _take(self, n: int) -> builtins.bytes:
         end = self._pos + n
         if end > len(self._data):
             raise MalformedMessage("message truncated", code=ErrorCode.TRUNCATED)
@@ -124,7 +125,7 @@ class Reader:
         value: int = _U64.unpack(self._take(8))[0]
         return value
 
-    def bytes(self, *, max_len: int = MAX_FIELD, exact: int | None = None) -> bytes:
+    def bytes(self, *, max_len: int = MAX_FIELD, exact: int | None = None) -> builtins.bytes:
         (length,) = _U16.unpack(self._take(2))
         if exact is not None and length != exact:
             raise MalformedMessage("field has the wrong length", code=ErrorCode.BAD_FIELD)

@@ -29,7 +29,9 @@ class Denomination:
 
     def __post_init__(self) -> None:
         if not isinstance(self.currency, str) or not _CURRENCY.match(self.currency):
-            raise MalformedMessage("currency must be three capital letters", code=ErrorCode.BAD_FIELD)
+            raise MalformedMessage(
+                "currency must be three capital letters", code=ErrorCode.BAD_FIELD
+            )
         if not isinstance(self.unit_micros, int) or not 0 < self.unit_micros <= MAX_UNIT_MICROS:
             raise MalformedMessage("unit value out of range", code=ErrorCode.BAD_FIELD)
 

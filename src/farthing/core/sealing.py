@@ -23,9 +23,7 @@ SEAL_OVERHEAD = AEAD_NONCE_LEN + 16
 
 def seal_binding(*, method: str, card_id: bytes, index: int, resource: str) -> bytes:
     """The associated data that ties a sealed body to one payment and one resource."""
-    return (
-        Writer("farthing/seal").text(method).bytes(card_id).u64(index).text(resource).finish()
-    )
+    return Writer("farthing/seal").text(method).bytes(card_id).u64(index).text(resource).finish()
 
 
 def seal(
