@@ -1,0 +1,1 @@
+"""The vendor paywall: HTTP 402 with the "Payment" scheme, for any ASGI app."""

@@ -1,0 +1,1 @@
+"""One adapter per payment method, each a thin shell around a pure scheme module."""

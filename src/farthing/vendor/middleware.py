@@ -1,0 +1,300 @@
+"""The paywall: a plain ASGI middleware that speaks the HTTP "Payment" scheme (402).
+
+For each HTTP request whose path has a price:
+
+1. No ``Authorization: Payment`` header: answer 402 with one challenge per enabled method,
+   ``Cache-Control: no-store`` and a problem+json body.
+2. Otherwise parse the credential strictly, check the stateless challenge id (an HMAC over
+   nonce, expiry, realm, method, route scope and price; no database), and hand the payload to
+   the method adapter, which verifies it with the pure core and records it durably with one
+   conditional update. Any :class:`FarthingError` becomes the draft's problem type (401
+   verification failures carry fresh challenges); anything else is a 500 with a correlation
+   id that is logged, never echoed.
+3. Call the wrapped app and add ``Payment-Receipt``. For SZM methods the body is sealed
+   (ChaCha20-Poly1305) under the key the payment distributed, bound to method, card, index
+   and path, so an unpaid or wrongly paid request never sees plaintext.
+
+It is a plain ASGI layer, not a Starlette ``BaseHTTPMiddleware``, to keep the paid hot path
+to header parsing, one MAC, the scheme's check and one database write.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Final
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from farthing.core.clock import Clock, RandomSource
+from farthing.core.errors import ErrorCode, FarthingError, MalformedMessage, UnsupportedMethod
+from farthing.core.sealing import seal
+from farthing.http.payment_auth import (
+    CHALLENGE_NONCE_LEN,
+    Challenge,
+    ChallengeSigner,
+    Receipt,
+    format_challenge,
+    parse_credential,
+)
+from farthing.http.problems import (
+    CONTENT_TYPE,
+    PAYMENT_REQUIRED,
+    Problem,
+    internal_problem,
+    problem_for,
+)
+from farthing.vendor.methods.base import PaymentContext, PaymentMethod, Settlement
+from farthing.vendor.metrics import PaywallMetrics
+from farthing.vendor.pricing import PricedRoute, PriceTable
+
+__all__ = ["PAYMENT_SCOPE_KEY", "SEALED_CONTENT_TYPE", "Paywall"]
+
+log = logging.getLogger("farthing.vendor")
+
+PAYMENT_SCOPE_KEY: Final = "farthing.payment"
+SEALED_CONTENT_TYPE: Final = "application/vnd.farthing.sealed"
+_NO_STORE: Final = (b"cache-control", b"no-store")
+
+
+class Paywall:
+    """ASGI middleware: ``app = Paywall(app, realm=..., prices=..., methods=[...], ...)``."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        realm: str,
+        prices: PriceTable,
+        methods: Sequence[PaymentMethod],
+        challenge_secret: bytes,
+        clock: Clock,
+        rng: RandomSource,
+        challenge_ttl: int = 300,
+        metrics: PaywallMetrics | None = None,
+    ) -> None:
+        if not methods:
+            raise ValueError("a paywall needs at least one payment method")
+        self.app = app
+        self.realm = realm
+        self.prices = prices
+        self.methods = {method.name: method for method in methods}
+        self._signer = ChallengeSigner(challenge_secret)
+        self._clock = clock
+        self._rng = rng
+        self._ttl = challenge_ttl
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        route = self.prices.match(scope["path"])
+        if route is None:
+            await self.app(scope, receive, send)
+            return
+        authorization = _header(scope, b"authorization")
+        if authorization is None:
+            await self._send_problem(send, PAYMENT_REQUIRED, route)
+            return
+        settlement = await self._settle_or_answer(authorization, route, scope["path"], send)
+        if settlement is not None:
+            scope[PAYMENT_SCOPE_KEY] = settlement
+            nonce = self._rng(12) if settlement.sealing is not None else b""
+            paid = _PaidSender(send, settlement, scope["path"], self._clock.now(), nonce)
+            await self.app(scope, receive, paid)
+
+    # -- settling --------------------------------------------------------------------------
+
+    async def _settle_or_answer(
+        self, authorization: str, route: PricedRoute, path: str, send: Send
+    ) -> Settlement | None:
+        method_name = "unknown"
+        started = time.perf_counter()
+        try:
+            credential = parse_credential(authorization)
+            method_name, method = self._method_for(credential.payload)
+            now = self._clock.now()
+            challenge = self._signer.verify(
+                credential.id,
+                now=now,
+                realm=self.realm,
+                method=method_name,
+                scope=route.scope,
+                price=route.price.label,
+            )
+            context = PaymentContext(
+                payload=credential.payload,
+                route=route,
+                resource=path,
+                challenge=challenge,
+                now=now,
+            )
+            settlement = await method.settle(context)
+        except FarthingError as error:
+            self._count(method_name, error.code.name.lower(), started)
+            await self._send_problem(send, problem_for(error), route, method=method_name)
+            return None
+        except Exception:
+            correlation = uuid.uuid4().hex
+            log.exception("payment settlement failed (correlation id %s)", correlation)
+            self._count(method_name, "internal", started)
+            await self._send_problem(send, internal_problem(), route, correlation=correlation)
+            return None
+        self._count(method_name, "accepted", started)
+        return settlement
+
+    def _method_for(self, payload: dict[str, object]) -> tuple[str, PaymentMethod]:
+        name = payload.get("method")
+        if not isinstance(name, str):
+            raise MalformedMessage("payload lacks method", code=ErrorCode.MALFORMED_CREDENTIAL)
+        method = self.methods.get(name)
+        if method is None:
+            raise UnsupportedMethod("payment method not offered here")
+        return name, method
+
+    def _count(self, method: str, outcome: str, started: float) -> None:
+        if self.metrics is not None:
+            self.metrics.observe(method, outcome, time.perf_counter() - started)
+
+    # -- answers ---------------------------------------------------------------------------
+
+    def challenges(self, route: PricedRoute) -> list[Challenge]:
+        """Fresh challenges for ``route``, one per enabled method."""
+        expires = self._clock.now() + self._ttl
+        out = []
+        for name, method in self.methods.items():
+            challenge_id = self._signer.issue(
+                nonce=self._rng(CHALLENGE_NONCE_LEN),
+                expires=expires,
+                realm=self.realm,
+                method=name,
+                scope=route.scope,
+                price=route.price.label,
+            )
+            out.append(
+                Challenge(
+                    id=challenge_id,
+                    realm=self.realm,
+                    method=name,
+                    intent="charge",
+                    request=method.request(route),
+                    expires=expires,
+                )
+            )
+        return out
+
+    async def _send_problem(
+        self,
+        send: Send,
+        problem: Problem,
+        route: PricedRoute,
+        *,
+        method: str | None = None,
+        correlation: str | None = None,
+    ) -> None:
+        headers = [(b"content-type", CONTENT_TYPE.encode()), _NO_STORE]
+        if problem.status in (401, 402):
+            headers += [
+                (b"www-authenticate", format_challenge(c).encode()) for c in self.challenges(route)
+            ]
+        if problem.retry_after is not None:
+            headers.append((b"retry-after", str(problem.retry_after).encode()))
+        extra: dict[str, object] = {}
+        if method is not None and method in self.methods:
+            extra["method"] = method
+        if correlation is not None:
+            extra["correlationId"] = correlation
+        body = json.dumps(problem.to_json(**extra)).encode()
+        headers.append((b"content-length", str(len(body)).encode()))
+        await send({"type": "http.response.start", "status": problem.status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+class _PaidSender:
+    """Wraps ``send`` for a paid request: adds the receipt and, for SZM, seals the body."""
+
+    __slots__ = ("_body", "_nonce", "_now", "_path", "_send", "_settlement", "_start")
+
+    def __init__(
+        self, send: Send, settlement: Settlement, path: str, now: int, nonce: bytes
+    ) -> None:
+        self._send = send
+        self._settlement = settlement
+        self._path = path
+        self._now = now
+        self._nonce = nonce
+        self._start: Message | None = None
+        self._body: list[bytes] = []
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            if self._settlement.sealing is None:
+                await self._send(self._with_receipt(message, None))
+            else:
+                self._start = message
+            return
+        if message["type"] != "http.response.body" or self._start is None:
+            await self._send(message)
+            return
+        self._body.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            await self._send_sealed(b"".join(self._body))
+
+    def _receipt(self, content_type: str | None) -> Receipt:
+        s = self._settlement
+        extra: dict[str, object] = {"units": s.units, **s.receipt}
+        if s.sealing is not None:
+            extra["sealed"] = {"alg": "chacha20-poly1305", "contentType": content_type or ""}
+        return Receipt(
+            method=s.method,
+            timestamp=self._now,
+            reference=s.reference,
+            extra=extra,
+        )
+
+    def _with_receipt(self, start: Message, content_type: str | None) -> Message:
+        headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"cache-control"]
+        headers += [
+            (b"payment-receipt", self._receipt(content_type).to_header().encode()),
+            _NO_STORE,
+        ]
+        return {**start, "headers": headers}
+
+    async def _send_sealed(self, plaintext: bytes) -> None:
+        sealing = self._settlement.sealing
+        assert self._start is not None
+        assert sealing is not None
+        sealed = seal(
+            sealing.key,
+            plaintext,
+            nonce=self._nonce,
+            method=self._settlement.method,
+            card_id=sealing.card_id,
+            index=sealing.index,
+            resource=self._path,
+        )
+        original = dict(self._start.get("headers", []))
+        content_type = original.get(b"content-type", b"").decode("latin-1") or None
+        kept = [
+            (k, v)
+            for k, v in self._start.get("headers", [])
+            if k.lower() not in (b"content-length", b"content-type", b"etag", b"content-encoding")
+        ]
+        kept += [
+            (b"content-type", SEALED_CONTENT_TYPE.encode()),
+            (b"content-length", str(len(sealed)).encode()),
+        ]
+        start = self._with_receipt({**self._start, "headers": kept}, content_type)
+        await self._send(start)
+        await self._send({"type": "http.response.body", "body": sealed})
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None

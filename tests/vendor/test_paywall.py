@@ -1,0 +1,267 @@
+"""The paywall middleware against a fake payment method (no scheme, no store)."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+from fastapi import Depends, FastAPI
+from fastapi.responses import PlainTextResponse
+
+from farthing.core.errors import ErrorCode, InvalidPayment, PaymentExpired
+from farthing.core.sealing import open_sealed
+from farthing.http.payment_auth import (
+    Challenge,
+    Credential,
+    Receipt,
+    format_credential,
+    parse_challenges,
+)
+from farthing.testing import DeterministicRandom, FixedClock
+from farthing.vendor.methods.base import PaymentContext, Sealing, Settlement
+from farthing.vendor.metrics import PaywallMetrics
+from farthing.vendor.middleware import SEALED_CONTENT_TYPE, Paywall
+from farthing.vendor.pricing import Price, PricedRoute, PriceTable
+from farthing.vendor.routes import paid, payment, priced_routes
+
+KEY = b"K" * 32
+pytestmark = pytest.mark.anyio
+
+
+class FakeMethod:
+    """Accepts payload {"ok": true}; raises on {"fail": ...}; seals if asked."""
+
+    def __init__(self, name: str, *, sealed: bool = False) -> None:
+        self.name = name
+        self.sealed = sealed
+        self.seen: list[PaymentContext] = []
+
+    def request(self, route: PricedRoute) -> dict[str, object]:
+        return {"amount": str(route.price.micros), "currency": route.price.currency}
+
+    async def settle(self, context: PaymentContext) -> Settlement:
+        self.seen.append(context)
+        fail = context.payload.get("fail")
+        if fail == "invalid":
+            raise InvalidPayment("payment did not verify")
+        if fail == "expired":
+            raise PaymentExpired("card expired")
+        if fail == "crash":
+            raise RuntimeError("secret internal detail 0xdeadbeef")
+        sealing = Sealing(key=KEY, card_id=b"c" * 16, index=3) if self.sealed else None
+        return Settlement(method=self.name, reference="ref-1", units=2, sealing=sealing)
+
+
+def make_app(*methods: FakeMethod, clock: FixedClock | None = None) -> tuple[Paywall, FastAPI]:
+    inner = FastAPI()
+
+    @inner.get("/free")
+    async def free() -> PlainTextResponse:
+        return PlainTextResponse("free")
+
+    @inner.get("/articles/{slug}")
+    @paid(micros=2000, currency="EUR")
+    async def article(slug: str, settled: Settlement = Depends(payment)) -> PlainTextResponse:
+        return PlainTextResponse(f"article {slug} paid {settled.units}")
+
+    paywall = Paywall(
+        inner,
+        realm="news",
+        prices=priced_routes(inner.routes),
+        methods=list(methods),
+        challenge_secret=b"s" * 32,
+        clock=clock or FixedClock(),
+        rng=DeterministicRandom("t"),
+        metrics=PaywallMetrics(),
+    )
+    return paywall, inner
+
+
+def client(app: Paywall) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://v")
+
+
+def challenges_of(response: httpx.Response) -> list[Challenge]:
+    return parse_challenges(response.headers.get_list("www-authenticate"))
+
+
+def credential(challenge: Challenge, **payload: object) -> dict[str, str]:
+    body = {"method": challenge.method, **payload}
+    return {"authorization": format_credential(Credential(id=challenge.id, payload=body))}
+
+
+async def test_free_route_passes_through() -> None:
+    paywall, _ = make_app(FakeMethod("szm:chain"))
+    async with client(paywall) as c:
+        response = await c.get("/free")
+    assert response.status_code == 200
+    assert response.text == "free"
+
+
+async def test_unpaid_request_gets_one_challenge_per_method() -> None:
+    paywall, _ = make_app(FakeMethod("szm:chain"), FakeMethod("payword"))
+    async with client(paywall) as c:
+        response = await c.get("/articles/x")
+    assert response.status_code == 402
+    assert response.headers["cache-control"] == "no-store"
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["type"].endswith("/payment-required")
+    found = challenges_of(response)
+    assert [ch.method for ch in found] == ["szm:chain", "payword"]
+    assert all(ch.request["amount"] == "2000" for ch in found)
+    assert len({ch.id for ch in found}) == 2
+
+
+async def test_paid_request_gets_content_and_receipt() -> None:
+    method = FakeMethod("szm:chain")
+    paywall, _ = make_app(method)
+    async with client(paywall) as c:
+        challenge = challenges_of(await c.get("/articles/x"))[0]
+        response = await c.get("/articles/x", headers=credential(challenge, ok=True))
+    assert response.status_code == 200
+    assert response.text == "article x paid 2"
+    receipt = Receipt.from_header(response.headers["payment-receipt"])
+    assert (receipt.method, receipt.reference, receipt.extra["units"]) == ("szm:chain", "ref-1", 2)
+    assert response.headers["cache-control"] == "no-store"
+    assert method.seen[0].resource == "/articles/x"
+
+
+async def test_challenge_pays_up_front_for_another_url_of_the_same_route() -> None:
+    paywall, _ = make_app(FakeMethod("szm:chain"))
+    async with client(paywall) as c:
+        challenge = challenges_of(await c.get("/articles/x"))[0]
+        response = await c.get("/articles/other", headers=credential(challenge, ok=True))
+    assert response.status_code == 200
+    assert response.text == "article other paid 2"
+
+
+async def test_sealed_body_opens_only_with_the_payment_key() -> None:
+    paywall, _ = make_app(FakeMethod("szm:chain", sealed=True))
+    async with client(paywall) as c:
+        challenge = challenges_of(await c.get("/articles/x"))[0]
+        response = await c.get("/articles/x", headers=credential(challenge, ok=True))
+    assert response.status_code == 200
+    assert response.headers["content-type"] == SEALED_CONTENT_TYPE
+    assert b"article" not in response.content
+    receipt = Receipt.from_header(response.headers["payment-receipt"])
+    assert receipt.extra["sealed"] == {
+        "alg": "chacha20-poly1305",
+        "contentType": "text/plain; charset=utf-8",
+    }
+    binding = dict(method="szm:chain", card_id=b"c" * 16, index=3, resource="/articles/x")
+    assert open_sealed(KEY, response.content, **binding) == b"article x paid 2"
+    with pytest.raises(InvalidPayment):
+        open_sealed(b"k" * 32, response.content, **binding)
+    with pytest.raises(InvalidPayment):
+        open_sealed(KEY, response.content, **{**binding, "index": 4})
+
+
+@pytest.mark.parametrize(
+    ("headers", "status", "kind"),
+    [
+        ({"authorization": "Payment !!!"}, 400, "malformed-credential"),
+        ({"authorization": "Bearer abc"}, 400, "malformed-credential"),
+        (
+            {"authorization": format_credential(Credential(id="x", payload={}))},
+            400,
+            "malformed-credential",
+        ),
+        (
+            {"authorization": format_credential(Credential(id="x", payload={"method": "btc"}))},
+            400,
+            "method-unsupported",
+        ),
+        (
+            {
+                "authorization": format_credential(
+                    Credential(id="x", payload={"method": "szm:chain"})
+                )
+            },
+            401,
+            "verification-failed",
+        ),
+    ],
+)
+async def test_bad_credentials_map_to_problem_types(
+    headers: dict[str, str], status: int, kind: str
+) -> None:
+    method = FakeMethod("szm:chain")
+    paywall, _ = make_app(method)
+    async with client(paywall) as c:
+        response = await c.get("/articles/x", headers=headers)
+    assert response.status_code == status
+    assert response.json()["type"].endswith("/" + kind)
+    assert method.seen == []
+    if status == 401:
+        assert challenges_of(response), "401 must carry a fresh challenge"
+
+
+async def test_challenge_for_another_price_or_method_is_refused() -> None:
+    paywall, _ = make_app(FakeMethod("szm:chain"), FakeMethod("payword"))
+    async with client(paywall) as c:
+        szm, _pw = challenges_of(await c.get("/articles/x"))
+        forged = {
+            "authorization": format_credential(
+                Credential(id=szm.id, payload={"method": "payword", "ok": True})
+            )
+        }
+        response = await c.get("/articles/x", headers=forged)
+    assert response.status_code == 401
+    assert response.json()["code"] == ErrorCode.CHALLENGE_INVALID
+
+
+async def test_expired_challenge_and_method_refusals() -> None:
+    clock = FixedClock()
+    paywall, _ = make_app(FakeMethod("szm:chain"), clock=clock)
+    async with client(paywall) as c:
+        challenge = challenges_of(await c.get("/articles/x"))[0]
+        refused = await c.get("/articles/x", headers=credential(challenge, fail="invalid"))
+        expired_card = await c.get("/articles/x", headers=credential(challenge, fail="expired"))
+        clock.advance(301)
+        late = await c.get("/articles/x", headers=credential(challenge, ok=True))
+    assert refused.status_code == 401
+    assert expired_card.status_code == 402
+    assert expired_card.json()["type"].endswith("/payment-expired")
+    assert late.status_code == 402
+    assert late.json()["code"] == ErrorCode.CHALLENGE_EXPIRED
+    assert challenges_of(late)
+
+
+async def test_internal_fault_is_500_without_detail() -> None:
+    paywall, _ = make_app(FakeMethod("szm:chain"))
+    async with client(paywall) as c:
+        challenge = challenges_of(await c.get("/articles/x"))[0]
+        response = await c.get("/articles/x", headers=credential(challenge, fail="crash"))
+    assert response.status_code == 500
+    assert "deadbeef" not in response.text
+    assert json.loads(response.text)["correlationId"]
+
+
+async def test_metrics_count_outcomes() -> None:
+    paywall, _ = make_app(FakeMethod("szm:chain"))
+    async with client(paywall) as c:
+        challenge = challenges_of(await c.get("/articles/x"))[0]
+        await c.get("/articles/x", headers=credential(challenge, ok=True))
+        await c.get("/articles/x", headers=credential(challenge, fail="invalid"))
+    assert paywall.metrics is not None
+    text = paywall.metrics.render().decode()
+    assert 'farthing_payments_total{method="szm:chain",outcome="accepted"} 1.0' in text
+    assert 'farthing_payments_total{method="szm:chain",outcome="payment_invalid"} 1.0' in text
+
+
+def test_price_table_patterns() -> None:
+    table = PriceTable()
+    table.add("/a/*", Price(micros=5, currency="EUR"))
+    table.add("/b/**", Price(micros=7, currency="EUR"))
+    table.add("/x", Price(micros=1, currency="EUR"))
+    assert table.match("/a/1") is not None
+    assert table.match("/a/1/2") is None
+    matched = table.match("/b/1/2")
+    assert matched is not None
+    assert matched.price.micros == 7
+    assert table.match("/y") is None
+    with pytest.raises(ValueError):
+        table.add("relative", Price(micros=1, currency="EUR"))
+    with pytest.raises(ValueError):
+        Price(micros=0, currency="EUR")
