@@ -1,0 +1,31 @@
+"""What every CLI command shares: a Rich console, and errors shown as a person needs them."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+from rich.console import Console
+
+from farthing.core.errors import FarthingError
+
+__all__ = ["console", "err_console", "fail", "run_cli"]
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def fail(message: str, *, hint: str | None = None, code: int = 1) -> typer.Exit:
+    """Print an error (and what to do about it) and return the Exit to raise."""
+    err_console.print(f"[bold red]error:[/] {message}")
+    if hint:
+        err_console.print(f"[dim]hint:[/] {hint}")
+    return typer.Exit(code)
+
+
+def run_cli(app: typer.Typer) -> None:
+    try:
+        app()
+    except FarthingError as error:
+        err_console.print(f"[bold red]error:[/] {error.message} [dim]({error.code.name})[/]")
+        sys.exit(1)

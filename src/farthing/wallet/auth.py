@@ -1,0 +1,117 @@
+"""``PaymentAuth``: pay HTTP 402 challenges automatically, for httpx sync and async clients.
+
+The flow is a generator with no I/O of its own (httpx drives it), so it is tested by
+stepping it by hand::
+
+    request = yield request                       # 1. try, paying up front if we hold a
+                                                  #    still-valid challenge for this route
+    if response is 402: pay one offered challenge within policy, retry once
+    if response is 200: open the sealed body with the payment's key, record the purchase
+
+It never pays twice for one request: after a paid attempt is refused (401 with a fresh
+challenge, or 402), it returns that response unless the payer's policy allows one retry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import httpx
+
+from farthing.http.payment_auth import Challenge, Receipt, parse_challenges
+
+__all__ = ["Payer", "PaymentAuth", "PreparedPayment"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PreparedPayment:
+    """A payment made for one request, not yet known to be accepted."""
+
+    authorization: str = field(repr=False)
+    method: str
+    price_micros: int
+    currency: str
+    url: str
+    card_label: str
+    sealing_key: bytes | None = field(default=None, repr=False)
+    card_id: bytes | None = None
+    index: int | None = None
+
+
+class Payer(Protocol):
+    """What PaymentAuth needs from a wallet."""
+
+    def remember(self, url: str, challenges: list[Challenge]) -> None:
+        """Keep challenges for paying later requests to the same route up front."""
+        ...
+
+    def pay_up_front(self, url: str) -> PreparedPayment | None:
+        """A payment from a remembered, still-valid challenge that covers ``url``, or None."""
+        ...
+
+    def pay(self, url: str, challenges: list[Challenge]) -> PreparedPayment:
+        """Pick one challenge and pay it within policy; raises PolicyRefused, CardExhausted."""
+        ...
+
+    def settle(self, payment: PreparedPayment, receipt: Receipt | None, body: bytes) -> bytes:
+        """Record the purchase; return the plaintext body (opened if it was sealed)."""
+        ...
+
+    def refused(self, payment: PreparedPayment, status: int) -> None:
+        """The vendor refused a payment we sent (the unit may be lost)."""
+        ...
+
+    def retry_after_refusal(self) -> bool:
+        """Policy: may a request be paid a second time after its payment was refused?"""
+        ...
+
+
+class PaymentAuth(httpx.Auth):
+    """``httpx.Client(auth=PaymentAuth(wallet))``: answers 402s by paying."""
+
+    requires_response_body = True
+
+    def __init__(self, payer: Payer) -> None:
+        self._payer = payer
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        url = str(request.url)
+        payment = self._payer.pay_up_front(url)
+        if payment is not None:
+            request.headers["Authorization"] = payment.authorization
+        response = yield request
+        for _attempt in range(2):
+            if response.status_code not in (401, 402):
+                break
+            challenges = parse_challenges(response.headers.get_list("www-authenticate"))
+            if not challenges:
+                return
+            self._payer.remember(url, challenges)
+            if payment is not None:
+                self._payer.refused(payment, response.status_code)
+                if not self._payer.retry_after_refusal():
+                    return
+            elif response.status_code != 402:
+                return
+            payment = self._payer.pay(url, challenges)
+            request.headers["Authorization"] = payment.authorization
+            response = yield request
+        if payment is not None and response.is_success:
+            _open(response, payment, self._payer)
+
+
+def _open(response: httpx.Response, payment: PreparedPayment, payer: Payer) -> None:
+    header = response.headers.get("payment-receipt")
+    receipt = Receipt.from_header(header) if header else None
+    plaintext = payer.settle(payment, receipt, response.content)
+    if plaintext is not response.content:
+        sealed = receipt.extra.get("sealed") if receipt is not None else None
+        content_type = sealed.get("contentType") if isinstance(sealed, dict) else None
+        # httpx hands the flow's last response to the caller as is, so the opened body
+        # replaces the sealed one in place.
+        response._content = plaintext
+        response.headers["content-length"] = str(len(plaintext))
+        if isinstance(content_type, str) and content_type:
+            response.headers["content-type"] = content_type
