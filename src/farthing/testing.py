@@ -41,3 +41,27 @@ class DeterministicRandom:
             self._counter += 1
         out, self._buffer = self._buffer[:n], self._buffer[n:]
         return out
+
+
+class MemoryCardBook:
+    """An in-memory card book for vendor tests: a dict of frozen card states.
+
+    ``advance(old, new)`` succeeds only if the stored state still equals ``old``: the same
+    conditional-update contract the database store keeps.
+    """
+
+    def __init__(self) -> None:
+        self.states: dict[bytes, object] = {}
+
+    def add(self, state: object) -> None:
+        self.states[getattr(state, "card_id")] = state  # noqa: B009
+
+    def load(self, card_id: bytes) -> object | None:
+        return self.states.get(card_id)
+
+    def advance(self, old: object, new: object) -> bool:
+        card_id = getattr(old, "card_id")  # noqa: B009
+        if self.states.get(card_id) != old:
+            return False
+        self.states[card_id] = new
+        return True
