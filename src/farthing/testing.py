@@ -44,24 +44,35 @@ class DeterministicRandom:
 
 
 class MemoryCardBook:
-    """An in-memory card book for vendor tests: a dict of frozen card states.
+    """An in-memory card book for vendor tests: a dict of frozen states by ``key_attr``.
 
-    ``advance(old, new)`` succeeds only if the stored state still equals ``old``: the same
-    conditional-update contract the database store keeps.
+    ``advance(old, new)`` succeeds only if the stored state still equals ``old``, and
+    ``insert`` never overwrites: the same contract the database store keeps.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, key_attr: str = "card_id") -> None:
         self.states: dict[bytes, object] = {}
+        self._key_attr = key_attr
+
+    def _key(self, state: object) -> bytes:
+        key: bytes = getattr(state, self._key_attr)
+        return key
 
     def add(self, state: object) -> None:
-        self.states[getattr(state, "card_id")] = state  # noqa: B009
+        self.states[self._key(state)] = state
 
-    def load(self, card_id: bytes) -> object | None:
-        return self.states.get(card_id)
+    def load(self, key: bytes) -> object | None:
+        return self.states.get(key)
+
+    def insert(self, state: object) -> bool:
+        if self._key(state) in self.states:
+            return False
+        self.states[self._key(state)] = state
+        return True
 
     def advance(self, old: object, new: object) -> bool:
-        card_id = getattr(old, "card_id")  # noqa: B009
-        if self.states.get(card_id) != old:
+        key = self._key(old)
+        if self.states.get(key) != old:
             return False
-        self.states[card_id] = new
+        self.states[key] = new
         return True

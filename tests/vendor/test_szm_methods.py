@@ -18,7 +18,8 @@ from farthing.core.schemes import szm_chain
 from farthing.core.sealing import open_sealed
 from farthing.http.payment_auth import Credential, Receipt, format_credential, parse_challenges
 from farthing.testing import DeterministicRandom, FixedClock, MemoryCardBook
-from farthing.vendor.methods.szm import ChainScheme, SzmMethod
+from farthing.vendor.methods.offline import OfflineMethod
+from farthing.vendor.methods.szm import ChainScheme
 from farthing.vendor.middleware import Paywall
 from farthing.vendor.pricing import Price, PriceTable
 
@@ -48,7 +49,7 @@ def setup(clock: FixedClock) -> tuple[Paywall, MemoryCardBook, szm_chain.ChainCa
         app,
         realm="news",
         prices=prices,
-        methods=[SzmMethod(ChainScheme(MASTER), book)],  # type: ignore[arg-type]
+        methods=[OfflineMethod(ChainScheme(MASTER), book)],  # type: ignore[arg-type]
         challenge_secret=b"s" * 32,
         clock=clock,
         rng=DeterministicRandom("v"),
@@ -153,7 +154,7 @@ async def test_stale_cache_is_repaired_by_the_conditional_update() -> None:
         paywall_a.app,
         realm="news",
         prices=paywall_a.prices,
-        methods=[SzmMethod(ChainScheme(MASTER), book)],  # type: ignore[arg-type]
+        methods=[OfflineMethod(ChainScheme(MASTER), book)],  # type: ignore[arg-type]
         challenge_secret=b"s" * 32,
         clock=clock,
         rng=DeterministicRandom("w"),

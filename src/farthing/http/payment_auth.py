@@ -35,6 +35,7 @@ from farthing.core.primitives import constant_time_eq, hmac_sha256
 __all__ = [
     "CHALLENGE_NONCE_LEN",
     "Challenge",
+    "ChallengeId",
     "ChallengeSigner",
     "Credential",
     "JsonObject",
@@ -307,6 +308,9 @@ class Receipt:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ChallengeId:
+    """A verified challenge id: its raw bytes, nonce and expiry."""
+
+    raw: bytes
     nonce: bytes
     expires: int
 
@@ -360,4 +364,4 @@ class ChallengeSigner:
             raise InvalidPayment("unknown challenge", code=ErrorCode.CHALLENGE_INVALID)
         if now >= expires:
             raise PaymentExpired("challenge expired", code=ErrorCode.CHALLENGE_EXPIRED)
-        return ChallengeId(nonce=nonce, expires=expires)
+        return ChallengeId(raw=raw, nonce=nonce, expires=expires)
