@@ -1,0 +1,1 @@
+"""farthing's benchmarks; ``python -m bench`` runs them all and rewrites docs/benchmarks.md."""
