@@ -1,0 +1,1098 @@
+"""HLL: a smart card MACs each purchase under a key it shares with the bank.
+
+Theory of operation
+===================
+
+Source. Hwang, Lin and Li, "A simple micro-payment scheme", Journal of Systems and
+Software 55 (2001) 221-229. Only the abstract is available to us. It claims a scheme for
+buying information goods on a network, built on a tamper-resistant device (a smart card)
+and an efficient MAC, that authenticates legal users, keeps transaction messages intact
+and prevents duplicate spending, and that is simple, efficient and cheap. It claims no
+anonymity. Everything below the abstract's level is OUR RECONSTRUCTION, not the paper's
+text; the field list of the MAC (ID_C, ID_M, G, a, T, CNT) follows the scheme's usual
+description.
+
+Parties and keys
+----------------
+- Bank B (the issuer) holds a master key K_B and derives each card key
+  K_C = HMAC-SHA256(K_B, canonical("farthing/hll/card-key", ID_C)) (:func:`derive_card_key`).
+  K_C is written into card C at personalisation and is never readable afterwards.
+- Merchant M shares a random 32-byte key K_M with B (:func:`new_merchant_key`); it only
+  authenticates M's deposit batches.
+- Card C keeps ID_C, K_C, a balance BAL, a monotonic counter CNT and a PIN. The only thing
+  the tamper-resistant part must do is ``mac(message) = HMAC-SHA256(K_C, message)``
+  (:class:`CardKey`); a PKCS#11 token does that inside itself with CKM_SHA256_HMAC, and
+  :class:`SoftwareCardKey` does it in memory for tests.
+
+One purchase
+------------
+1. M makes an :class:`Offer`: merchant id ID_M, good G (the resource), price a in units
+   of a :class:`~farthing.core.money.Denomination`, a fresh challenge T and an expiry.
+2. The card, after its PIN, checks the offer (:func:`authorize_purchase`): not expired,
+   same denomination, 0 < a <= BAL. It moves to CNT + 1 and BAL - a, and the host persists
+   that new state BEFORE the MAC is released (write-ahead), so a crash can lose money for
+   the holder but never spend the same counter twice.
+3. The card returns sigma = HMAC(K_C, canonical("farthing/hll/purchase", ID_C, ID_M, G,
+   a, currency, unit_micros, T, CNT, expiry)) (:func:`complete_purchase`). Binding the
+   denomination and the expiry goes beyond the paper's fields; it is our choice, so that a
+   MAC made for one currency or one time window cannot be read under another.
+4. C sends the :class:`Purchase` (ID_C, CNT, sigma). M knows its own offer, so the
+   payment does not repeat it.
+5. M cannot check sigma (it lacks K_C). Online mode: M forwards to B, which verifies
+   and settles at once (:meth:`HllBank.verify_online`). Deferred mode: M delivers, bounds
+   what each card may owe it unverified (:class:`DeferredRisk`), rejects local replays
+   of (ID_C, CNT), and later deposits a :class:`DepositBatch` tagged with K_M;
+   B verifies every sigma and reports each item accepted, duplicate or invalid
+   (:meth:`HllBank.deposit`, idempotent by batch id).
+
+Duplicate spending is stopped three times: inside the card (the counter only grows and
+the balance only shrinks), by the MAC (it binds merchant, challenge and counter, so a
+payment cannot be moved to another offer), and at B (each (ID_C, CNT) is accepted once;
+storage enforces it with a UNIQUE constraint). B also never lets a card's total exceed
+its loaded value (defence in depth against a broken card).
+
+Known weaknesses (the scheme's, not fixed here)
+-----------------------------------------------
+- Everything rests on tamper resistance: whoever extracts K_C can mint payments up to
+  the card's loaded value (B's cap bounds the loss). With a PKCS#11 token the counter and
+  balance live beside the token, so the token alone does not enforce them.
+- B knows every K_C, so B can forge any payment: there is no non-repudiation.
+- B sees every purchase (card, merchant, good): no privacy from the bank.
+- No fair exchange: the card pays before the good is delivered; a merchant that refuses
+  afterwards (e.g. over its risk limit) leaves the holder out of pocket until B
+  reconciles the card.
+"""
+
+from __future__ import annotations
+
+import struct
+import unicodedata
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Final, Protocol, TypeAlias, final
+
+from farthing.core.clock import RandomSource
+from farthing.core.encoding import Reader, Writer, header
+from farthing.core.errors import (
+    CardExhausted,
+    CardLocked,
+    Conflict,
+    ErrorCode,
+    InsufficientFunds,
+    InvalidPayment,
+    LocalProtocolError,
+    MalformedMessage,
+    NotFound,
+    PaymentExpired,
+    UnsupportedMethod,
+    WrongPin,
+)
+from farthing.core.money import Denomination
+from farthing.core.primitives import constant_time_eq, hmac_sha256, sha256
+
+__all__ = [
+    "BATCH_ID_LEN",
+    "CARD_ID_LEN",
+    "DEFAULT_CHALLENGE_LEN",
+    "DOMAIN_CARD_KEY",
+    "DOMAIN_DEPOSIT",
+    "DOMAIN_OFFER",
+    "DOMAIN_PAYMENT",
+    "DOMAIN_PURCHASE",
+    "DOMAIN_REPORT",
+    "KEY_LEN",
+    "MAC_LEN",
+    "MAX_BATCH_ITEMS",
+    "MAX_CHALLENGE_LEN",
+    "MAX_GOOD_LEN",
+    "MAX_MERCHANT_ID_LEN",
+    "MAX_PIN_TRIES",
+    "MIN_CHALLENGE_LEN",
+    "CardKey",
+    "CardKeyLookup",
+    "CardState",
+    "DeferredRisk",
+    "DepositBatch",
+    "DepositItem",
+    "DepositReport",
+    "HllBank",
+    "HllMerchant",
+    "Offer",
+    "Purchase",
+    "SoftwareCard",
+    "SoftwareCardKey",
+    "VerifiedPurchase",
+    "authorize_purchase",
+    "batch_tag",
+    "complete_purchase",
+    "decode_batch",
+    "decode_offer",
+    "decode_payment",
+    "decode_report",
+    "derive_card_key",
+    "encode_batch",
+    "encode_offer",
+    "encode_payment",
+    "encode_report",
+    "make_offer",
+    "new_card_id",
+    "new_merchant_key",
+    "purchase_message",
+    "verify_batch_tag",
+    "verify_deposit_item",
+    "verify_purchase",
+    "verify_purchase_bytes",
+]
+
+CARD_ID_LEN: Final = 16
+KEY_LEN: Final = 32
+MAC_LEN: Final = 32
+BATCH_ID_LEN: Final = 16
+MIN_CHALLENGE_LEN: Final = 16
+MAX_CHALLENGE_LEN: Final = 64
+DEFAULT_CHALLENGE_LEN: Final = 16
+MAX_MERCHANT_ID_LEN: Final = 64
+MAX_GOOD_LEN: Final = 512
+MAX_PIN_TRIES: Final = 3
+MAX_BATCH_ITEMS: Final = 1000
+_U64_MAX: Final = (1 << 64) - 1
+_DEFAULT_DEPOSIT_WINDOW: Final = 30 * 86400
+
+DOMAIN_CARD_KEY: Final = "farthing/hll/card-key"
+DOMAIN_OFFER: Final = "farthing/hll/offer"
+DOMAIN_PURCHASE: Final = "farthing/hll/purchase"
+DOMAIN_PAYMENT: Final = "farthing/hll/payment"
+DOMAIN_DEPOSIT: Final = "farthing/hll/deposit"
+DOMAIN_REPORT: Final = "farthing/hll/deposit-report"
+_DOMAIN_PIN: Final = "farthing/hll/pin"
+
+CardKeyLookup: TypeAlias = Callable[[bytes], bytes | None]
+"""Maps a card id to its key K_C, or None for an unknown card (e.g. ``keys.get``)."""
+
+_INVALID: Final = "payment did not verify"
+_U16: Final = struct.Struct(">H")
+
+# The purchase MAC input, built by concatenation on the bank's hot path. It is exactly
+# Writer(DOMAIN_PURCHASE).bytes(ID_C).text(ID_M).text(G).u64(a).text(currency)
+# .u64(unit_micros).bytes(T).u64(CNT).u64(expires_at).finish() (a test checks this).
+_PURCHASE_PREFIX: Final = header(DOMAIN_PURCHASE) + _U16.pack(CARD_ID_LEN)
+_PURCHASE_MIDDLE: Final = struct.Struct(">QH3sQH")  # a, len(cur)=3, currency, unit, len(T)
+_PURCHASE_TAIL: Final = struct.Struct(">QQ")  # CNT, expires_at
+
+# The payment has one fixed layout; the fast path slices it instead of running a Reader.
+_PAYMENT_PREFIX: Final = header(DOMAIN_PAYMENT) + _U16.pack(CARD_ID_LEN)
+_PAY_CARD_AT: Final = len(_PAYMENT_PREFIX)
+_PAY_COUNTER_AT: Final = _PAY_CARD_AT + CARD_ID_LEN
+_PAY_SIGMA_LEN_AT: Final = _PAY_COUNTER_AT + 8
+_PAY_SIGMA_AT: Final = _PAY_SIGMA_LEN_AT + 2
+_PAYMENT_LEN: Final = _PAY_SIGMA_AT + MAC_LEN
+_SIGMA_LEN_FIELD: Final = _U16.pack(MAC_LEN)
+
+_MAX_OFFER_LEN: Final = (
+    len(header(DOMAIN_OFFER))
+    + (2 + MAX_MERCHANT_ID_LEN)
+    + (2 + MAX_GOOD_LEN)
+    + 8
+    + (2 + 3)
+    + 8
+    + (2 + MAX_CHALLENGE_LEN)
+    + 8
+)
+_MAX_BATCH_LEN: Final = 256 + MAX_BATCH_ITEMS * (2 + _MAX_OFFER_LEN + 2 + _PAYMENT_LEN)
+_MAX_REPORT_LEN: Final = 256 + MAX_BATCH_ITEMS * (2 + CARD_ID_LEN + 16)
+
+
+# --- keys and small helpers ---------------------------------------------------------------
+
+
+def derive_card_key(master_key: bytes, card_id: bytes) -> bytes:
+    """K_C = HMAC-SHA256(K_B, canonical(DOMAIN_CARD_KEY, ID_C)); 32 bytes."""
+    if len(master_key) != KEY_LEN or len(card_id) != CARD_ID_LEN:
+        raise ValueError("derive_card_key needs a 32-byte master key and a 16-byte card id")
+    return hmac_sha256(master_key, Writer(DOMAIN_CARD_KEY).bytes(card_id).finish())
+
+
+def new_merchant_key(rng: RandomSource) -> bytes:
+    """A fresh K_M, made by the bank and shared with one merchant."""
+    return _take(rng, KEY_LEN)
+
+
+def new_card_id(rng: RandomSource) -> bytes:
+    """A fresh random card id."""
+    return _take(rng, CARD_ID_LEN)
+
+
+def _take(rng: RandomSource, n: int) -> bytes:
+    value = rng(n)
+    if len(value) != n:
+        raise ValueError("random source returned the wrong number of bytes")
+    return value
+
+
+def _is_u64(value: object) -> bool:
+    return type(value) is int and 0 <= value <= _U64_MAX
+
+
+def _is_text(value: object, max_len: int) -> bool:
+    """Non-empty canonical text (NFC, no control characters) of at most max_len bytes."""
+    if not isinstance(value, str) or not value:
+        return False
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:  # lone surrogates
+        return False
+    return (
+        size <= max_len
+        and unicodedata.is_normalized("NFC", value)
+        and not any(unicodedata.category(ch) == "Cc" for ch in value)
+    )
+
+
+def _require(ok: bool, what: str) -> None:
+    if not ok:
+        raise MalformedMessage(f"invalid {what}", code=ErrorCode.BAD_FIELD)
+
+
+def _invalid() -> InvalidPayment:
+    return InvalidPayment(_INVALID, code=ErrorCode.PAYMENT_INVALID)
+
+
+def _check_fresh(offer: Offer, now: int) -> None:
+    if now >= offer.expires_at:
+        raise PaymentExpired("the offer has expired", code=ErrorCode.CHALLENGE_EXPIRED)
+
+
+# --- the offer ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Offer:
+    """What the merchant asks: ``amount`` units of ``denomination`` for ``good``.
+
+    ``challenge`` is T: 16..64 unpredictable single-use bytes (the HTTP layer passes its
+    challenge id). The offer is valid while ``now < expires_at``.
+    """
+
+    merchant_id: str
+    good: str
+    amount: int
+    denomination: Denomination
+    challenge: bytes
+    expires_at: int
+    # The offer's part of the purchase MAC input, encoded once per offer (hot path).
+    _mac_body: bytes = field(default=b"", init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        _require(_is_text(self.merchant_id, MAX_MERCHANT_ID_LEN), "merchant id")
+        _require(_is_text(self.good, MAX_GOOD_LEN), "good")
+        _require(_is_u64(self.amount) and self.amount > 0, "amount")
+        _require(isinstance(self.denomination, Denomination), "denomination")
+        _require(
+            isinstance(self.challenge, bytes)
+            and MIN_CHALLENGE_LEN <= len(self.challenge) <= MAX_CHALLENGE_LEN,
+            "challenge",
+        )
+        _require(_is_u64(self.expires_at), "expiry")
+        object.__setattr__(self, "_mac_body", _offer_mac_body(self))
+
+
+def make_offer(
+    *,
+    merchant_id: str,
+    good: str,
+    amount: int,
+    denomination: Denomination,
+    rng: RandomSource,
+    now: int,
+    ttl: int,
+    challenge: bytes | None = None,
+) -> Offer:
+    """A fresh offer valid for ``ttl`` seconds; T comes from ``rng`` unless given."""
+    if ttl <= 0:
+        raise ValueError("ttl must be positive")
+    return Offer(
+        merchant_id=merchant_id,
+        good=good,
+        amount=amount,
+        denomination=denomination,
+        challenge=challenge if challenge is not None else _take(rng, DEFAULT_CHALLENGE_LEN),
+        expires_at=now + ttl,
+    )
+
+
+def encode_offer(offer: Offer) -> bytes:
+    return (
+        Writer(DOMAIN_OFFER)
+        .text(offer.merchant_id)
+        .text(offer.good)
+        .u64(offer.amount)
+        .text(offer.denomination.currency)
+        .u64(offer.denomination.unit_micros)
+        .bytes(offer.challenge)
+        .u64(offer.expires_at)
+        .finish()
+    )
+
+
+def decode_offer(data: bytes) -> Offer:
+    reader = Reader(data, DOMAIN_OFFER)
+    merchant_id = reader.text(max_len=MAX_MERCHANT_ID_LEN)
+    good = reader.text(max_len=MAX_GOOD_LEN)
+    amount = reader.u64()
+    currency = reader.text(max_len=3)
+    unit_micros = reader.u64()
+    challenge = reader.bytes(max_len=MAX_CHALLENGE_LEN)
+    expires_at = reader.u64()
+    reader.finish()
+    denomination = Denomination(currency=currency, unit_micros=unit_micros)
+    return Offer(
+        merchant_id=merchant_id,
+        good=good,
+        amount=amount,
+        denomination=denomination,
+        challenge=challenge,
+        expires_at=expires_at,
+    )
+
+
+def purchase_message(card_id: bytes, offer: Offer, counter: int) -> bytes:
+    """The bytes the card MACs for ``offer`` at position ``counter`` (see the module doc)."""
+    if len(card_id) != CARD_ID_LEN or not 0 <= counter <= _U64_MAX:
+        raise ValueError("card id must be 16 bytes and counter a u64")
+    return (
+        _PURCHASE_PREFIX
+        + card_id
+        + offer._mac_body
+        + _PURCHASE_TAIL.pack(counter, offer.expires_at)
+    )
+
+
+def _offer_mac_body(offer: Offer) -> bytes:
+    """ID_M, G, a, currency, unit_micros and T, encoded as Writer fields."""
+    merchant = offer.merchant_id.encode()
+    good = offer.good.encode()
+    denomination = offer.denomination
+    challenge = offer.challenge
+    return b"".join(
+        (
+            _U16.pack(len(merchant)),
+            merchant,
+            _U16.pack(len(good)),
+            good,
+            _PURCHASE_MIDDLE.pack(
+                offer.amount,
+                3,
+                denomination.currency.encode(),
+                denomination.unit_micros,
+                len(challenge),
+            ),
+            challenge,
+        )
+    )
+
+
+# --- the payment --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Purchase:
+    """The wire payment (ID_C, CNT, sigma); the merchant already holds the offer."""
+
+    card_id: bytes
+    counter: int
+    sigma: bytes
+
+    def __post_init__(self) -> None:
+        _require(isinstance(self.card_id, bytes) and len(self.card_id) == CARD_ID_LEN, "card id")
+        _require(_is_u64(self.counter), "counter")
+        _require(isinstance(self.sigma, bytes) and len(self.sigma) == MAC_LEN, "MAC")
+
+
+def encode_payment(purchase: Purchase) -> bytes:
+    return (
+        Writer(DOMAIN_PAYMENT)
+        .bytes(purchase.card_id)
+        .u64(purchase.counter)
+        .bytes(purchase.sigma)
+        .finish()
+    )
+
+
+def decode_payment(data: bytes) -> Purchase:
+    reader = Reader(data, DOMAIN_PAYMENT)
+    card_id = reader.bytes(exact=CARD_ID_LEN)
+    counter = reader.u64()
+    sigma = reader.bytes(exact=MAC_LEN)
+    reader.finish()
+    return Purchase(card_id=card_id, counter=counter, sigma=sigma)
+
+
+def _split_payment(payment: bytes) -> tuple[bytes, int, bytes]:
+    """(card id, counter, sigma) by slicing the fixed layout; the Reader only on failure."""
+    if (
+        type(payment) is bytes
+        and len(payment) == _PAYMENT_LEN
+        and payment.startswith(_PAYMENT_PREFIX)
+        and payment[_PAY_SIGMA_LEN_AT:_PAY_SIGMA_AT] == _SIGMA_LEN_FIELD
+    ):
+        counter = int.from_bytes(payment[_PAY_COUNTER_AT:_PAY_SIGMA_LEN_AT], "big")
+        return payment[_PAY_CARD_AT:_PAY_COUNTER_AT], counter, payment[_PAY_SIGMA_AT:]
+    purchase = decode_payment(payment)  # raises the precise MalformedMessage
+    return purchase.card_id, purchase.counter, purchase.sigma
+
+
+# --- verification -------------------------------------------------------------------------
+
+_VERIFIER: Final = object()
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VerifiedPurchase:
+    """A purchase whose MAC verified for ``offer``.
+
+    Only this module's verifiers create it (they pass a private token). Holding one means
+    the MAC check passed, nothing more: whether (card, counter) is new is the caller's
+    (storage's) question.
+    """
+
+    card_id: bytes
+    counter: int
+    offer: Offer
+    _token: object = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self._token is not _VERIFIER:
+            raise LocalProtocolError(
+                "only the HLL verifier creates VerifiedPurchase", code=ErrorCode.MISUSE
+            )
+
+    @property
+    def merchant_id(self) -> str:
+        return self.offer.merchant_id
+
+    @property
+    def amount(self) -> int:
+        return self.offer.amount
+
+    @property
+    def denomination(self) -> Denomination:
+        return self.offer.denomination
+
+    @property
+    def good(self) -> str:
+        return self.offer.good
+
+
+def _check_mac(
+    card_key: bytes, offer: Offer, card_id: bytes, counter: int, sigma: bytes
+) -> VerifiedPurchase:
+    if counter == 0 or len(card_key) != KEY_LEN:  # a card's first payment has CNT = 1
+        raise _invalid()
+    expected = hmac_sha256(card_key, purchase_message(card_id, offer, counter))
+    if not constant_time_eq(expected, sigma):
+        raise _invalid()
+    return VerifiedPurchase(card_id=card_id, counter=counter, offer=offer, _token=_VERIFIER)
+
+
+def verify_purchase(
+    card_key: bytes, offer: Offer, purchase: Purchase, now: int
+) -> VerifiedPurchase:
+    """Check sigma for ``offer`` under K_C. Expired offer: PaymentExpired; anything else
+    wrong: InvalidPayment. Does not check whether (ID_C, CNT) was seen before."""
+    _check_fresh(offer, now)
+    return _check_mac(card_key, offer, purchase.card_id, purchase.counter, purchase.sigma)
+
+
+def verify_purchase_bytes(
+    key_for: CardKeyLookup, offer: Offer, payment: bytes, now: int
+) -> VerifiedPurchase:
+    """:func:`verify_purchase` straight from the encoded payment (the hot path).
+
+    ``key_for`` finds K_C by card id (a dict's ``get``, or a derivation from K_B); an
+    unknown card is an InvalidPayment. Malformed bytes raise MalformedMessage.
+    """
+    _check_fresh(offer, now)
+    card_id, counter, sigma = _split_payment(payment)
+    card_key = key_for(card_id)
+    if card_key is None:
+        raise _invalid()
+    return _check_mac(card_key, offer, card_id, counter, sigma)
+
+
+# --- the card -----------------------------------------------------------------------------
+
+
+class CardKey(Protocol):
+    """The tamper-resistant part: HMAC-SHA256 under K_C, the key never leaving it."""
+
+    def mac(self, message: bytes) -> bytes: ...
+
+
+class SoftwareCardKey:
+    """K_C held in memory; for tests and the demo. A PKCS#11 token is the real thing."""
+
+    __slots__ = ("_key",)
+
+    def __init__(self, key: bytes) -> None:
+        if not isinstance(key, bytes) or len(key) != KEY_LEN:
+            raise ValueError("card key must be 32 bytes")
+        self._key = key
+
+    def mac(self, message: bytes) -> bytes:
+        return hmac_sha256(self._key, message)
+
+    def __repr__(self) -> str:
+        return "SoftwareCardKey(<secret>)"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CardState:
+    """What the card remembers between purchases; persisted by the wallet adapter."""
+
+    card_id: bytes
+    denomination: Denomination
+    balance: int
+    counter: int = 0
+    pin_tries_left: int = MAX_PIN_TRIES
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.card_id, bytes) or len(self.card_id) != CARD_ID_LEN:
+            raise ValueError("card id must be 16 bytes")
+        if not (_is_u64(self.balance) and _is_u64(self.counter)):
+            raise ValueError("balance and counter must be u64")
+        if not 0 <= self.pin_tries_left <= MAX_PIN_TRIES:
+            raise ValueError("pin_tries_left out of range")
+
+
+def authorize_purchase(state: CardState, offer: Offer, now: int) -> tuple[CardState, bytes]:
+    """The card's checks. Returns (state after the purchase, the message to MAC).
+
+    Persist the new state BEFORE calling :func:`complete_purchase`, so a released MAC
+    always has its counter and balance recorded. Raises CardLocked, PaymentExpired
+    (CHALLENGE_EXPIRED), UnsupportedMethod (another denomination), CardExhausted (balance
+    or counter used up), MalformedMessage (non-positive amount).
+    """
+    if state.pin_tries_left <= 0:
+        raise CardLocked("the card is locked", code=ErrorCode.CARD_LOCKED)
+    _check_fresh(offer, now)
+    if offer.denomination != state.denomination:
+        raise UnsupportedMethod(
+            "the card holds another denomination", code=ErrorCode.UNSUPPORTED_METHOD
+        )
+    if offer.amount <= 0:  # Offer forbids it; the card does not trust its host anyway
+        raise MalformedMessage("invalid amount", code=ErrorCode.BAD_FIELD)
+    if offer.amount > state.balance:
+        raise CardExhausted("the card's balance is too low", code=ErrorCode.CARD_EXHAUSTED)
+    if state.counter >= _U64_MAX:
+        raise CardExhausted("the card's counter is used up", code=ErrorCode.CARD_EXHAUSTED)
+    counter = state.counter + 1
+    new_state = replace(state, balance=state.balance - offer.amount, counter=counter)
+    return new_state, purchase_message(state.card_id, offer, counter)
+
+
+def complete_purchase(
+    card_id: bytes, counter: int, challenge: bytes, key: CardKey, message: bytes
+) -> Purchase:
+    """MAC ``message`` with the card key and wrap it as the wire :class:`Purchase`.
+
+    The message must be the purchase message for exactly this card, counter and
+    challenge (as :func:`authorize_purchase` made it), so this is never a general MAC
+    oracle for the host; anything else is a LocalProtocolError.
+    """
+    _check_is_purchase_message(message, card_id, counter, challenge)
+    return Purchase(card_id=card_id, counter=counter, sigma=key.mac(message))
+
+
+def _check_is_purchase_message(
+    message: bytes, card_id: bytes, counter: int, challenge: bytes
+) -> None:
+    try:
+        reader = Reader(message, DOMAIN_PURCHASE)
+        fields_ok = constant_time_eq(reader.bytes(exact=CARD_ID_LEN), card_id)
+        reader.text(max_len=MAX_MERCHANT_ID_LEN)
+        reader.text(max_len=MAX_GOOD_LEN)
+        reader.u64()
+        reader.text(max_len=3)
+        reader.u64()
+        fields_ok &= reader.bytes(max_len=MAX_CHALLENGE_LEN) == challenge
+        fields_ok &= reader.u64() == counter
+        reader.u64()
+        reader.finish()
+    except MalformedMessage:
+        fields_ok = False
+    if not fields_ok:
+        raise LocalProtocolError("not the purchase message to MAC", code=ErrorCode.MISUSE)
+
+
+def _pin_digest(card_id: bytes, pin: str) -> bytes:
+    return sha256(Writer(_DOMAIN_PIN).bytes(card_id).text(pin).finish())
+
+
+class SoftwareCard:
+    """An in-memory card (key + state + PIN) for tests and the demo.
+
+    ``verify_pin`` opens the card for purchases until a wrong PIN; after
+    :data:`MAX_PIN_TRIES` wrong PINs in a row the card locks for good. A PIN digest is no
+    defence against offline guessing: the try counter (tamper resistance) is.
+    """
+
+    __slots__ = ("_key", "_pin_digest", "_state", "_unlocked")
+
+    def __init__(self, *, key: CardKey, state: CardState, pin: str) -> None:
+        self._key = key
+        self._state = state
+        self._pin_digest = _pin_digest(state.card_id, pin)
+        self._unlocked = False
+
+    @property
+    def state(self) -> CardState:
+        return self._state
+
+    def verify_pin(self, pin: str) -> None:
+        """Returns None, or raises WrongPin (with tries_left) or CardLocked."""
+        if self._state.pin_tries_left <= 0:
+            raise CardLocked("the card is locked", code=ErrorCode.CARD_LOCKED)
+        if constant_time_eq(_pin_digest(self._state.card_id, pin), self._pin_digest):
+            self._state = replace(self._state, pin_tries_left=MAX_PIN_TRIES)
+            self._unlocked = True
+            return
+        tries_left = self._state.pin_tries_left - 1
+        self._state = replace(self._state, pin_tries_left=tries_left)
+        self._unlocked = False
+        if tries_left == 0:
+            raise CardLocked("too many wrong PINs; the card is locked", code=ErrorCode.CARD_LOCKED)
+        raise WrongPin("wrong PIN", tries_left=tries_left)
+
+    def purchase(self, offer: Offer, now: int) -> Purchase:
+        """Pay ``offer``: the state moves first, then the MAC is released."""
+        if self._state.pin_tries_left <= 0:
+            raise CardLocked("the card is locked", code=ErrorCode.CARD_LOCKED)
+        if not self._unlocked:
+            raise LocalProtocolError("verify the PIN first", code=ErrorCode.MISUSE)
+        new_state, message = authorize_purchase(self._state, offer, now)
+        self._state = new_state
+        return complete_purchase(
+            new_state.card_id, new_state.counter, offer.challenge, self._key, message
+        )
+
+
+# --- deposits -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DepositItem:
+    offer: Offer
+    purchase: Purchase
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DepositBatch:
+    """Payments a merchant accepted in deferred mode, sent to the bank in one go."""
+
+    batch_id: bytes
+    merchant_id: str
+    items: tuple[DepositItem, ...]
+
+    def __post_init__(self) -> None:
+        _require(
+            isinstance(self.batch_id, bytes) and len(self.batch_id) == BATCH_ID_LEN, "batch id"
+        )
+        _require(_is_text(self.merchant_id, MAX_MERCHANT_ID_LEN), "merchant id")
+        _require(
+            isinstance(self.items, tuple)
+            and len(self.items) <= MAX_BATCH_ITEMS
+            and all(isinstance(item, DepositItem) for item in self.items),
+            "items",
+        )
+
+
+def encode_batch(batch: DepositBatch) -> bytes:
+    writer = Writer(DOMAIN_DEPOSIT).bytes(batch.batch_id).text(batch.merchant_id)
+    writer.u64(len(batch.items))
+    for item in batch.items:
+        writer.bytes(encode_offer(item.offer)).bytes(encode_payment(item.purchase))
+    return writer.finish()
+
+
+def decode_batch(data: bytes) -> DepositBatch:
+    reader = Reader(data, DOMAIN_DEPOSIT, max_size=_MAX_BATCH_LEN)
+    batch_id = reader.bytes(exact=BATCH_ID_LEN)
+    merchant_id = reader.text(max_len=MAX_MERCHANT_ID_LEN)
+    count = reader.u64()
+    if count > MAX_BATCH_ITEMS:
+        raise MalformedMessage("too many items in the batch", code=ErrorCode.OVERSIZED)
+    items = []
+    for _ in range(count):
+        offer = decode_offer(reader.bytes(max_len=_MAX_OFFER_LEN))
+        purchase = decode_payment(reader.bytes(exact=_PAYMENT_LEN))
+        items.append(DepositItem(offer=offer, purchase=purchase))
+    reader.finish()
+    return DepositBatch(batch_id=batch_id, merchant_id=merchant_id, items=tuple(items))
+
+
+def batch_tag(merchant_key: bytes, batch: DepositBatch) -> bytes:
+    """HMAC-SHA256 under K_M over the canonical batch (its domain separates it)."""
+    return hmac_sha256(merchant_key, encode_batch(batch))
+
+
+def verify_batch_tag(merchant_key: bytes, batch: DepositBatch, tag: bytes) -> None:
+    """Returns None or raises InvalidPayment(DEPOSIT_INVALID)."""
+    if not constant_time_eq(batch_tag(merchant_key, batch), tag):
+        raise InvalidPayment("deposit did not verify", code=ErrorCode.DEPOSIT_INVALID)
+
+
+def verify_deposit_item(
+    key_for: CardKeyLookup, merchant_id: str, item: DepositItem
+) -> VerifiedPurchase:
+    """Check one deposited payment (no expiry check: the bank sees it after the fact).
+
+    An item whose offer names another merchant is invalid: a merchant cannot deposit
+    payments made to someone else.
+    """
+    if item.offer.merchant_id != merchant_id:
+        raise _invalid()
+    card_key = key_for(item.purchase.card_id)
+    if card_key is None:
+        raise _invalid()
+    purchase = item.purchase
+    return _check_mac(card_key, item.offer, purchase.card_id, purchase.counter, purchase.sigma)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DepositReport:
+    """The bank's answer to one batch; ``credited`` = sum of accepted amounts."""
+
+    batch_id: bytes
+    accepted: tuple[tuple[bytes, int, int], ...]  # (card id, counter, amount)
+    duplicates: tuple[tuple[bytes, int], ...]  # (card id, counter)
+    invalid: tuple[tuple[bytes, int], ...]  # (card id, counter)
+    credited: int
+
+
+def encode_report(report: DepositReport) -> bytes:
+    writer = Writer(DOMAIN_REPORT).bytes(report.batch_id).u64(len(report.accepted))
+    for card_id, counter, amount in report.accepted:
+        writer.bytes(card_id).u64(counter).u64(amount)
+    for pairs in (report.duplicates, report.invalid):
+        writer.u64(len(pairs))
+        for card_id, counter in pairs:
+            writer.bytes(card_id).u64(counter)
+    return writer.u64(report.credited).finish()
+
+
+def decode_report(data: bytes) -> DepositReport:
+    reader = Reader(data, DOMAIN_REPORT, max_size=_MAX_REPORT_LEN)
+    batch_id = reader.bytes(exact=BATCH_ID_LEN)
+    accepted = tuple(
+        (reader.bytes(exact=CARD_ID_LEN), reader.u64(), reader.u64())
+        for _ in range(_read_count(reader))
+    )
+    duplicates = _read_pairs(reader)
+    invalid = _read_pairs(reader)
+    credited = reader.u64()
+    reader.finish()
+    return DepositReport(
+        batch_id=batch_id,
+        accepted=accepted,
+        duplicates=duplicates,
+        invalid=invalid,
+        credited=credited,
+    )
+
+
+def _read_count(reader: Reader) -> int:
+    count = reader.u64()
+    if count > MAX_BATCH_ITEMS:
+        raise MalformedMessage("too many items in the report", code=ErrorCode.OVERSIZED)
+    return count
+
+
+def _read_pairs(reader: Reader) -> tuple[tuple[bytes, int], ...]:
+    return tuple(
+        (reader.bytes(exact=CARD_ID_LEN), reader.u64()) for _ in range(_read_count(reader))
+    )
+
+
+# --- the bank (in-memory reference) -------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _CardAccount:
+    key: bytes
+    loaded: int
+    spent: int = 0
+
+
+@dataclass(slots=True)
+class _DepositPlan:
+    """What one deposit will change, gathered before anything is applied."""
+
+    accepted: list[VerifiedPurchase] = field(default_factory=list)
+    duplicates: list[tuple[bytes, int]] = field(default_factory=list)
+    invalid: list[tuple[bytes, int]] = field(default_factory=list)
+    used: set[tuple[bytes, int]] = field(default_factory=set)
+    extra_spent: dict[bytes, int] = field(default_factory=dict)
+
+    def accept(self, verified: VerifiedPurchase) -> None:
+        self.accepted.append(verified)
+        self.used.add((verified.card_id, verified.counter))
+        self.extra_spent[verified.card_id] = (
+            self.extra_spent.get(verified.card_id, 0) + verified.amount
+        )
+
+    def report(self, batch_id: bytes) -> DepositReport:
+        return DepositReport(
+            batch_id=batch_id,
+            accepted=tuple((v.card_id, v.counter, v.amount) for v in self.accepted),
+            duplicates=tuple(self.duplicates),
+            invalid=tuple(self.invalid),
+            credited=sum(v.amount for v in self.accepted),
+        )
+
+
+class HllBank:
+    """The bank B in memory: the reference for the storage-backed issuer.
+
+    Accepts each (card, counter) once, online or by deposit; never lets a card's spent
+    total exceed its loaded value; remembers each deposit by (merchant, batch id) so a
+    resent batch gets the same report. One denomination per bank. Deposited items are
+    accepted up to ``deposit_window`` seconds after their offer expired.
+    """
+
+    def __init__(
+        self, *, denomination: Denomination, deposit_window: int = _DEFAULT_DEPOSIT_WINDOW
+    ) -> None:
+        self._denomination = denomination
+        self._deposit_window = deposit_window
+        self._cards: dict[bytes, _CardAccount] = {}
+        self._used: set[tuple[bytes, int]] = set()
+        self._merchant_keys: dict[str, bytes] = {}
+        self._credited: dict[str, int] = {}
+        self._batches: dict[tuple[str, bytes], tuple[bytes, DepositReport]] = {}
+
+    def register_card(self, card_id: bytes, card_key: bytes, loaded: int) -> None:
+        if len(card_id) != CARD_ID_LEN or len(card_key) != KEY_LEN or not _is_u64(loaded):
+            raise ValueError("card id 16 bytes, key 32 bytes, loaded value a u64")
+        if card_id in self._cards:
+            raise Conflict("card already registered", code=ErrorCode.CONFLICT)
+        self._cards[card_id] = _CardAccount(key=card_key, loaded=loaded)
+
+    def register_merchant(self, merchant_id: str, merchant_key: bytes) -> None:
+        if not _is_text(merchant_id, MAX_MERCHANT_ID_LEN) or len(merchant_key) != KEY_LEN:
+            raise ValueError("merchant id must be canonical text and the key 32 bytes")
+        if merchant_id in self._merchant_keys:
+            raise Conflict("merchant already registered", code=ErrorCode.CONFLICT)
+        self._merchant_keys[merchant_id] = merchant_key
+        self._credited[merchant_id] = 0
+
+    def spent(self, card_id: bytes) -> int:
+        return self._cards[card_id].spent
+
+    def credited(self, merchant_id: str) -> int:
+        return self._credited[merchant_id]
+
+    def _key_for(self, card_id: bytes) -> bytes | None:
+        account = self._cards.get(card_id)
+        return None if account is None else account.key
+
+    def verify_online(self, offer: Offer, purchase: Purchase, now: int) -> VerifiedPurchase:
+        """Verify and settle one payment now, crediting ``offer.merchant_id``.
+
+        The caller (the HTTP edge) must have authenticated that merchant. Raises NotFound
+        (unknown merchant), PaymentExpired, InvalidPayment, Conflict(DUPLICATE_SPEND) for
+        a (card, counter) already accepted, InsufficientFunds past the loaded value.
+        """
+        if offer.merchant_id not in self._merchant_keys:
+            raise NotFound("unknown merchant", code=ErrorCode.NOT_FOUND)
+        card_key = self._key_for(purchase.card_id)
+        if card_key is None or offer.denomination != self._denomination:
+            raise _invalid()
+        verified = verify_purchase(card_key, offer, purchase, now)
+        if (verified.card_id, verified.counter) in self._used:
+            raise Conflict("payment already spent", code=ErrorCode.DUPLICATE_SPEND)
+        if not self._covers(verified, 0):
+            raise InsufficientFunds("card overspent", code=ErrorCode.INSUFFICIENT_FUNDS)
+        self._apply([verified], offer.merchant_id)
+        return verified
+
+    def deposit(self, batch: DepositBatch, tag: bytes, now: int) -> DepositReport:
+        """Settle a merchant's batch. Raises InvalidPayment(DEPOSIT_INVALID) for a bad
+        tag or unknown merchant, Conflict for a reused batch id with other contents;
+        the same batch again returns the first report and credits nothing new."""
+        merchant_key = self._merchant_keys.get(batch.merchant_id)
+        if merchant_key is None:
+            raise InvalidPayment("deposit did not verify", code=ErrorCode.DEPOSIT_INVALID)
+        verify_batch_tag(merchant_key, batch, tag)
+        digest = sha256(encode_batch(batch))
+        earlier = self._batches.get((batch.merchant_id, batch.batch_id))
+        if earlier is not None:
+            if not constant_time_eq(earlier[0], digest):
+                raise Conflict("batch id reused for another batch", code=ErrorCode.CONFLICT)
+            return earlier[1]
+        plan = self._plan(batch, now)
+        self._apply(plan.accepted, batch.merchant_id)
+        report = plan.report(batch.batch_id)
+        self._batches[(batch.merchant_id, batch.batch_id)] = (digest, report)
+        return report
+
+    def _plan(self, batch: DepositBatch, now: int) -> _DepositPlan:
+        plan = _DepositPlan()
+        for item in batch.items:
+            pair = (item.purchase.card_id, item.purchase.counter)
+            try:
+                verified = self._verify_item(batch.merchant_id, item, now)
+            except InvalidPayment:
+                plan.invalid.append(pair)
+                continue
+            if pair in self._used or pair in plan.used:
+                plan.duplicates.append(pair)
+            elif not self._covers(verified, plan.extra_spent.get(verified.card_id, 0)):
+                plan.invalid.append(pair)
+            else:
+                plan.accept(verified)
+        return plan
+
+    def _verify_item(self, merchant_id: str, item: DepositItem, now: int) -> VerifiedPurchase:
+        if item.offer.denomination != self._denomination:
+            raise _invalid()
+        if now >= item.offer.expires_at + self._deposit_window:
+            raise _invalid()
+        return verify_deposit_item(self._key_for, merchant_id, item)
+
+    def _covers(self, verified: VerifiedPurchase, pending: int) -> bool:
+        account = self._cards[verified.card_id]
+        return account.spent + pending + verified.amount <= account.loaded
+
+    def _apply(self, accepted: list[VerifiedPurchase], merchant_id: str) -> None:
+        for verified in accepted:
+            self._used.add((verified.card_id, verified.counter))
+            self._cards[verified.card_id].spent += verified.amount
+            self._credited[merchant_id] += verified.amount
+
+
+# --- the merchant (deferred mode; in-memory reference) ------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeferredRisk:
+    """How much one card may owe a merchant in unverified deferred payments (units)."""
+
+    limit: int
+
+    def admit(self, outstanding: int, amount: int) -> int:
+        """The card's new outstanding total, or InsufficientFunds(RISK_LIMIT)."""
+        new_outstanding = outstanding + amount
+        if amount <= 0 or new_outstanding > self.limit:
+            raise InsufficientFunds("deferred risk limit reached", code=ErrorCode.RISK_LIMIT)
+        return new_outstanding
+
+    def settle(self, outstanding: int, amount: int) -> int:
+        """The outstanding total once the bank has answered for ``amount``."""
+        return max(0, outstanding - amount)
+
+
+class HllMerchant:
+    """The merchant M in memory: makes offers, accepts payments, builds deposit batches.
+
+    Deferred mode (:meth:`accept_deferred`) cannot check sigma (no K_C): it checks that
+    the offer is its own, open and unexpired, that (card, counter) is new here, and the
+    card's risk limit. On RISK_LIMIT nothing changed, so the caller may go online with
+    the same payment (:meth:`accept_online`).
+    """
+
+    def __init__(
+        self,
+        *,
+        merchant_id: str,
+        merchant_key: bytes,
+        rng: RandomSource,
+        risk: DeferredRisk,
+        offer_ttl: int = 300,
+    ) -> None:
+        self.merchant_id = merchant_id
+        self._key = merchant_key
+        self._rng = rng
+        self._risk = risk
+        self._ttl = offer_ttl
+        self._open: dict[bytes, Offer] = {}
+        self._seen: set[tuple[bytes, int]] = set()
+        self._outstanding: dict[bytes, int] = {}
+        self._pending: list[DepositItem] = []
+        self._unsettled: dict[bytes, DepositBatch] = {}
+
+    def offer(self, *, good: str, amount: int, denomination: Denomination, now: int) -> Offer:
+        self._open = {t: o for t, o in self._open.items() if now < o.expires_at}
+        offer = make_offer(
+            merchant_id=self.merchant_id,
+            good=good,
+            amount=amount,
+            denomination=denomination,
+            rng=self._rng,
+            now=now,
+            ttl=self._ttl,
+        )
+        self._open[offer.challenge] = offer
+        return offer
+
+    def outstanding(self, card_id: bytes) -> int:
+        return self._outstanding.get(card_id, 0)
+
+    def _check_acceptable(self, offer: Offer, purchase: Purchase, now: int) -> None:
+        if self._open.get(offer.challenge) != offer:
+            raise InvalidPayment("unknown or used offer", code=ErrorCode.CHALLENGE_INVALID)
+        _check_fresh(offer, now)
+        if purchase.counter == 0:
+            raise _invalid()
+        if (purchase.card_id, purchase.counter) in self._seen:
+            raise Conflict("payment already spent", code=ErrorCode.DUPLICATE_SPEND)
+
+    def _consume(self, offer: Offer, purchase: Purchase) -> None:
+        del self._open[offer.challenge]
+        self._seen.add((purchase.card_id, purchase.counter))
+
+    def accept_deferred(self, offer: Offer, purchase: Purchase, now: int) -> None:
+        """Accept without the bank; the payment joins the next deposit batch."""
+        self._check_acceptable(offer, purchase, now)
+        outstanding = self._risk.admit(self.outstanding(purchase.card_id), offer.amount)
+        self._consume(offer, purchase)
+        self._outstanding[purchase.card_id] = outstanding
+        self._pending.append(DepositItem(offer=offer, purchase=purchase))
+
+    def accept_online(
+        self,
+        offer: Offer,
+        purchase: Purchase,
+        now: int,
+        verify_online: Callable[[Offer, Purchase, int], VerifiedPurchase],
+    ) -> VerifiedPurchase:
+        """Ask the bank first (e.g. ``bank.verify_online``); it settles, so no deposit."""
+        self._check_acceptable(offer, purchase, now)
+        verified = verify_online(offer, purchase, now)
+        self._consume(offer, purchase)
+        return verified
+
+    def make_deposit(self) -> tuple[DepositBatch, bytes]:
+        """Everything accepted in deferred mode since the last batch, with its tag.
+
+        Keep resending the same (batch, tag) until a report arrives; the bank is idempotent.
+        """
+        batch = DepositBatch(
+            batch_id=_take(self._rng, BATCH_ID_LEN),
+            merchant_id=self.merchant_id,
+            items=tuple(self._pending[:MAX_BATCH_ITEMS]),
+        )
+        del self._pending[:MAX_BATCH_ITEMS]
+        self._unsettled[batch.batch_id] = batch
+        return batch, batch_tag(self._key, batch)
+
+    def settle(self, report: DepositReport) -> None:
+        """The bank answered for a batch: its items no longer count against risk."""
+        batch = self._unsettled.pop(report.batch_id, None)
+        if batch is None:
+            raise LocalProtocolError("no such unsettled batch", code=ErrorCode.MISUSE)
+        for item in batch.items:
+            card_id = item.purchase.card_id
+            self._outstanding[card_id] = self._risk.settle(
+                self.outstanding(card_id), item.offer.amount
+            )
