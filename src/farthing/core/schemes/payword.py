@@ -1,0 +1,934 @@
+"""PayWord: a broker-certified user pays vendors by revealing hash-chain values.
+
+Theory of operation
+===================
+
+PayWord is the credit-based, multi-vendor micropayment scheme of R. L. Rivest and
+A. Shamir, "PayWord and MicroMint: two simple micropayment schemes", Security Protocols
+1996, LNCS 1189 (1997) 69-87. Its aim is to replace public-key operations by hashing
+wherever possible; their 1996 workstation figures were 2 RSA signatures/s, 200 RSA
+verifications/s and 20,000 hashes/s. Three parties take part:
+
+1. The broker B gives the user U a signed certificate C_U (B, U, U's public key, a
+   credit limit, an expiry). B extends *credit*: it bills U later for what vendors redeem.
+2. For each vendor V, U picks a secret seed w_N, computes the chain
+   w_i = h(w_{i+1}) down to w_0 and signs a commitment M = Sig_U(V, C_U, w_0, N, ...).
+   V checks both signatures once (two verifications per commitment, never per payment).
+3. Payment i is (i, w_i). V keeps the last value it saw, w_s, and accepts w_i for i > s
+   iff h^(i-s)(w_i) = w_s: one hash per unit, no signature. Paying k units at once is a
+   skip ahead by k positions.
+4. Later V sends M and its last payment (l, w_l) to B, which checks C_U, M and
+   h^l(w_l) = w_0, pays V for l units and bills U.
+
+What is the paper's and what is ours. The project does not hold the paper's full text;
+the roles, the chain, the commitment to w_0 per vendor, payments (w_i, i), the
+redemption of the last payword and the figures above are the published scheme as the
+paper's introduction and the authors' slides describe it. The rest is our reconstruction
+and our choices: Ed25519 instead of RSA; every signed or sent message is a canonical,
+domain-separated encoding (:mod:`farthing.core.encoding`); certificates and commitments
+carry an absolute ``expires_at`` (the paper: certificates for a month, commitments per
+vendor per day); a commitment names its denomination and a random nonce; the hash chain
+uses SHA-256 with the tag ``farthing/payword\\x00`` (:mod:`farthing.core.hashchain`); the
+commitment id is SHA-256 of the *signed body* (so it cannot change with the signature
+bytes); the broker checks a redemption from the last value it already redeemed (not from
+w_0) and credits only the units above it, so redemption is incremental and idempotent.
+
+States. At the vendor a commitment is COMMITTED (spent = 0), then SPENDING, then
+EXHAUSTED (spent = N) or EXPIRED; at the broker it is UNREDEEMED, then REDEEMED up to some
+index that only grows. Every verifier is a pure function: state value in, new state value
+and a receipt out; adapters persist with a conditional update on the old ``spent``.
+
+Known weaknesses (inherent to PayWord, kept on purpose as the baseline): the broker
+carries the credit risk; a user can commit up to the limit to *each* vendor and so
+overspend across vendors, found only at redemption. The vendor learns the user's identity
+from C_U and the broker learns who bought how much from whom: there is no privacy. There
+is no revocation before the certificate expires. A vendor that loses its last payword
+loses that money; a user whose wallet state rolls back cannot pay that vendor again.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Final, final
+
+from farthing.core.clock import RandomSource
+from farthing.core.encoding import Reader, Writer, header
+from farthing.core.errors import (
+    AccessDenied,
+    CardExhausted,
+    ErrorCode,
+    InsufficientFunds,
+    InvalidPayment,
+    LocalProtocolError,
+    MalformedMessage,
+    PaymentExpired,
+)
+from farthing.core.hashchain import ChainWalker, chain_anchor, chain_walk
+from farthing.core.money import Denomination
+from farthing.core.primitives import (
+    constant_time_eq,
+    ed25519_public_key,
+    ed25519_sign,
+    ed25519_verify,
+    sha256,
+)
+
+__all__ = [
+    "CERTIFICATE_BODY_DOMAIN",
+    "CERTIFICATE_DOMAIN",
+    "CHAIN_TAG",
+    "COMMITMENT_BODY_DOMAIN",
+    "COMMITMENT_DOMAIN",
+    "DEFAULT_MAX_UNITS",
+    "DEFAULT_REDEEM_WINDOW",
+    "MAX_LENGTH",
+    "PAYMENT_DOMAIN",
+    "REDEMPTION_DOMAIN",
+    "BrokerCredit",
+    "Certificate",
+    "Commitment",
+    "CommitmentState",
+    "Payment",
+    "PaywordAccepted",
+    "PaywordBroker",
+    "PaywordSpender",
+    "PaywordVendor",
+    "PaywordWallet",
+    "Redemption",
+    "RedemptionState",
+    "Reservation",
+    "SpenderState",
+    "accept_commitment",
+    "broker_redeem",
+    "certificate_body",
+    "commit",
+    "commitment_body",
+    "commitment_id",
+    "decode_certificate",
+    "decode_commitment",
+    "decode_payment",
+    "decode_redemption",
+    "encode_certificate",
+    "encode_commitment",
+    "encode_payment",
+    "encode_redemption",
+    "issue_certificate",
+    "verify_certificate",
+    "verify_payment",
+    "verify_payment_bytes",
+]
+
+CHAIN_TAG: Final = b"farthing/payword\x00"
+CERTIFICATE_DOMAIN: Final = "farthing/payword/certificate"
+CERTIFICATE_BODY_DOMAIN: Final = "farthing/payword/certificate-body"
+COMMITMENT_DOMAIN: Final = "farthing/payword/commitment"
+COMMITMENT_BODY_DOMAIN: Final = "farthing/payword/commitment-body"
+PAYMENT_DOMAIN: Final = "farthing/payword/payment"
+REDEMPTION_DOMAIN: Final = "farthing/payword/redemption"
+
+MAX_LENGTH: Final = 1 << 20  # bounds the broker's and the wallet's hashing per commitment
+DEFAULT_MAX_UNITS: Final = 10_000
+DEFAULT_REDEEM_WINDOW: Final = 30 * 86_400  # vendors redeem after a commitment expires
+
+_KEY_LEN: Final = 32
+_SIG_LEN: Final = 64
+_VALUE_LEN: Final = 32
+_ID_LEN: Final = 32
+_NONCE_LEN: Final = 16
+_MAX_NAME: Final = 255
+_MAX_CERTIFICATE: Final = 1024
+_MAX_COMMITMENT: Final = 2048
+
+# Fast path for the vendor's hot path: a payment has one fixed layout, unpacked in one call.
+_LEN32: Final = b"\x00\x20"
+_PAYMENT_PREFIX: Final = header(PAYMENT_DOMAIN) + _LEN32
+_PAYMENT_LAYOUT: Final = struct.Struct(f">{len(_PAYMENT_PREFIX)}s{_ID_LEN}sQ2s{_VALUE_LEN}s")
+_PAYMENT_SIZE: Final = _PAYMENT_LAYOUT.size
+
+_RECEIPT: Final = object()  # only this module's verifiers hold it
+
+
+def _invalid() -> InvalidPayment:
+    return InvalidPayment("payment did not verify", code=ErrorCode.PAYMENT_INVALID)
+
+
+# --- certificates ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Certificate:
+    """C_U: the broker vouches for the user's key up to ``credit_limit`` units."""
+
+    broker_id: str
+    user_id: str
+    user_public_key: bytes
+    credit_limit: int
+    denomination: Denomination
+    expires_at: int
+    signature: bytes
+
+
+def certificate_body(cert: Certificate) -> bytes:
+    """The bytes the broker signs: every field but the signature."""
+    return _certificate_fields(Writer(CERTIFICATE_BODY_DOMAIN), cert).finish()
+
+
+def encode_certificate(cert: Certificate) -> bytes:
+    return _certificate_fields(Writer(CERTIFICATE_DOMAIN), cert).bytes(cert.signature).finish()
+
+
+def _certificate_fields(writer: Writer, cert: Certificate) -> Writer:
+    return (
+        writer.text(cert.broker_id)
+        .text(cert.user_id)
+        .bytes(cert.user_public_key)
+        .u64(cert.credit_limit)
+        .text(cert.denomination.currency)
+        .u64(cert.denomination.unit_micros)
+        .u64(cert.expires_at)
+    )
+
+
+def decode_certificate(data: bytes) -> Certificate:
+    reader = Reader(data, CERTIFICATE_DOMAIN, max_size=_MAX_CERTIFICATE)
+    cert = Certificate(
+        broker_id=_read_name(reader),
+        user_id=_read_name(reader),
+        user_public_key=reader.bytes(exact=_KEY_LEN),
+        credit_limit=reader.u64(),
+        denomination=_read_denomination(reader),
+        expires_at=reader.u64(),
+        signature=reader.bytes(exact=_SIG_LEN),
+    )
+    reader.finish()
+    return cert
+
+
+def issue_certificate(
+    broker_private: bytes,
+    *,
+    broker_id: str,
+    user_id: str,
+    user_public_key: bytes,
+    credit_limit: int,
+    denomination: Denomination,
+    expires_at: int,
+) -> Certificate:
+    """The broker's signature on the user's key and credit limit (in ``denomination`` units)."""
+    _check_name(broker_id)
+    _check_name(user_id)
+    if len(user_public_key) != _KEY_LEN or credit_limit < 1:
+        raise ValueError("a certificate needs a 32-byte key and a positive credit limit")
+    unsigned = Certificate(
+        broker_id=broker_id,
+        user_id=user_id,
+        user_public_key=user_public_key,
+        credit_limit=credit_limit,
+        denomination=denomination,
+        expires_at=expires_at,
+        signature=b"",
+    )
+    signature = ed25519_sign(broker_private, certificate_body(unsigned))
+    return replace(unsigned, signature=signature)
+
+
+def verify_certificate(broker_public: bytes, cert: Certificate, now: int) -> None:
+    """None, or InvalidPayment(SIGNATURE_INVALID) / PaymentExpired(CERTIFICATE_EXPIRED)."""
+    ed25519_verify(broker_public, cert.signature, certificate_body(cert))
+    if now >= cert.expires_at:
+        raise PaymentExpired("certificate expired", code=ErrorCode.CERTIFICATE_EXPIRED)
+
+
+# --- commitments -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Commitment:
+    """M: the user's signature on the chain anchor w_0 for one vendor."""
+
+    vendor_id: str
+    certificate: Certificate
+    anchor: bytes
+    length: int
+    denomination: Denomination
+    expires_at: int
+    nonce: bytes
+    signature: bytes
+
+
+def commitment_body(commitment: Commitment) -> bytes:
+    """The bytes the user signs; the commitment id is their SHA-256."""
+    return _commitment_fields(Writer(COMMITMENT_BODY_DOMAIN), commitment).finish()
+
+
+def commitment_id(commitment: Commitment) -> bytes:
+    return sha256(commitment_body(commitment))
+
+
+def encode_commitment(commitment: Commitment) -> bytes:
+    writer = _commitment_fields(Writer(COMMITMENT_DOMAIN), commitment)
+    return writer.bytes(commitment.signature).finish()
+
+
+def _commitment_fields(writer: Writer, commitment: Commitment) -> Writer:
+    return (
+        writer.text(commitment.vendor_id)
+        .bytes(encode_certificate(commitment.certificate))
+        .bytes(commitment.anchor)
+        .u64(commitment.length)
+        .text(commitment.denomination.currency)
+        .u64(commitment.denomination.unit_micros)
+        .u64(commitment.expires_at)
+        .bytes(commitment.nonce)
+    )
+
+
+def decode_commitment(data: bytes) -> Commitment:
+    reader = Reader(data, COMMITMENT_DOMAIN, max_size=_MAX_COMMITMENT)
+    commitment = Commitment(
+        vendor_id=_read_name(reader),
+        certificate=decode_certificate(reader.bytes(max_len=_MAX_CERTIFICATE)),
+        anchor=reader.bytes(exact=_VALUE_LEN),
+        length=_read_length(reader),
+        denomination=_read_denomination(reader),
+        expires_at=reader.u64(),
+        nonce=reader.bytes(exact=_NONCE_LEN),
+        signature=reader.bytes(exact=_SIG_LEN),
+    )
+    reader.finish()
+    return commitment
+
+
+def commit(
+    user_private: bytes,
+    cert: Certificate,
+    *,
+    vendor_id: str,
+    seed: bytes,
+    length: int,
+    now: int,
+    ttl: int,
+    rng: RandomSource,
+    denomination: Denomination | None = None,
+) -> Commitment:
+    """Sign a commitment to the chain below ``seed`` (w_N) for ``vendor_id``.
+
+    Costs ``length`` hashes and one signature. The commitment expires ``ttl`` seconds from
+    ``now`` but never after the certificate; its units default to the certificate's.
+    """
+    _check_name(vendor_id)
+    if len(seed) != _VALUE_LEN or not 1 <= length <= MAX_LENGTH or ttl < 1:
+        raise ValueError("a commitment needs a 32-byte seed, a valid length and a positive ttl")
+    if not constant_time_eq(ed25519_public_key(user_private), cert.user_public_key):
+        raise ValueError("the private key does not match the certificate")
+    if now >= cert.expires_at:
+        raise PaymentExpired("certificate expired", code=ErrorCode.CERTIFICATE_EXPIRED)
+    unsigned = Commitment(
+        vendor_id=vendor_id,
+        certificate=cert,
+        anchor=chain_anchor(CHAIN_TAG, seed, length),
+        length=length,
+        denomination=cert.denomination if denomination is None else denomination,
+        expires_at=min(now + ttl, cert.expires_at),
+        nonce=rng(_NONCE_LEN),
+        signature=b"",
+    )
+    _check_terms(unsigned)
+    return replace(unsigned, signature=ed25519_sign(user_private, commitment_body(unsigned)))
+
+
+def _authenticate(broker_public: bytes, commitment: Commitment) -> None:
+    """Both signatures (broker on C_U, user on M), then the terms C_U allows."""
+    cert = commitment.certificate
+    ed25519_verify(broker_public, cert.signature, certificate_body(cert))
+    ed25519_verify(cert.user_public_key, commitment.signature, commitment_body(commitment))
+    _check_terms(commitment)
+
+
+def _check_terms(commitment: Commitment) -> None:
+    """Same currency as the certificate, not outliving it, N units within the credit limit."""
+    cert = commitment.certificate
+    if commitment.denomination.currency != cert.denomination.currency:
+        raise _invalid()
+    if commitment.expires_at > cert.expires_at:
+        raise _invalid()
+    value = commitment.length * commitment.denomination.unit_micros
+    if value > cert.credit_limit * cert.denomination.unit_micros:
+        raise InsufficientFunds("commitment exceeds the credit limit")
+
+
+# --- the vendor: accepting a commitment, then paywords -----------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CommitmentState:
+    """What the vendor keeps per commitment; ``last_value`` is w_spent."""
+
+    commitment_id: bytes
+    last_value: bytes
+    spent: int
+    length: int
+    denomination: Denomination
+    expires_at: int
+
+
+def accept_commitment(
+    broker_public: bytes, commitment: Commitment, *, vendor_id: str, now: int
+) -> CommitmentState:
+    """Verify a commitment once, when first seen; returns the state with spent = 0.
+
+    The caller must store it only if the id is new (insert-if-absent): re-accepting a known
+    commitment must never reset its ``spent``.
+    """
+    _authenticate(broker_public, commitment)
+    if now >= commitment.certificate.expires_at:
+        raise PaymentExpired("certificate expired", code=ErrorCode.CERTIFICATE_EXPIRED)
+    if commitment.vendor_id != vendor_id:
+        raise _invalid()
+    if now >= commitment.expires_at:
+        raise PaymentExpired("commitment expired", code=ErrorCode.CARD_EXPIRED)
+    return CommitmentState(
+        commitment_id=commitment_id(commitment),
+        last_value=commitment.anchor,
+        spent=0,
+        length=commitment.length,
+        denomination=commitment.denomination,
+        expires_at=commitment.expires_at,
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Payment:
+    """P = (commitment id, i, w_i): pays i - spent units."""
+
+    commitment_id: bytes
+    index: int
+    value: bytes
+
+
+def encode_payment(payment: Payment) -> bytes:
+    writer = Writer(PAYMENT_DOMAIN).bytes(payment.commitment_id).u64(payment.index)
+    return writer.bytes(payment.value).finish()
+
+
+def decode_payment(data: bytes) -> Payment:
+    cid, index, value = _parse_payment(data)
+    return Payment(commitment_id=cid, index=index, value=value)
+
+
+def _parse_payment(data: bytes) -> tuple[bytes, int, bytes]:
+    """Unpacks the one canonical layout; anything else goes through the Reader to fail."""
+    if type(data) is bytes and len(data) == _PAYMENT_SIZE:
+        prefix, cid, index, value_len, value = _PAYMENT_LAYOUT.unpack(data)
+        if prefix == _PAYMENT_PREFIX and value_len == _LEN32:
+            return cid, index, value
+    reader = Reader(data, PAYMENT_DOMAIN, max_size=_PAYMENT_SIZE)
+    parsed = reader.bytes(exact=_ID_LEN), reader.u64(), reader.bytes(exact=_VALUE_LEN)
+    reader.finish()
+    return parsed
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PaywordAccepted:
+    """Receipt for one accepted payment. Only this module's verifiers can create it."""
+
+    commitment_id: bytes
+    index: int
+    units: int
+    _token: object = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self._token is not _RECEIPT:
+            raise LocalProtocolError("only the PayWord verifier issues receipts")
+
+
+def verify_payment(
+    state: CommitmentState,
+    payment: Payment,
+    *,
+    units: int,
+    now: int,
+    max_units: int = DEFAULT_MAX_UNITS,
+) -> tuple[CommitmentState, PaywordAccepted]:
+    """Accept a payment of at least ``units`` units: h^(index-spent)(w_index) must equal
+    w_spent. Hashes only. Paying more than the price is accepted and the receipt says how
+    much was taken: the excess is units the wallet lost in flight (a crash after its
+    write-ahead), which would otherwise leave a gap that no later payment could cross."""
+    return _verify(
+        state, payment.commitment_id, payment.index, payment.value, units, now, max_units
+    )
+
+
+def verify_payment_bytes(
+    lookup: Callable[[bytes], CommitmentState | None],
+    data: bytes,
+    *,
+    units: int,
+    now: int,
+    max_units: int = DEFAULT_MAX_UNITS,
+) -> tuple[CommitmentState, PaywordAccepted]:
+    """Decode and verify in one step; ``lookup`` maps a commitment id to its state."""
+    cid, index, value = _parse_payment(data)
+    state = lookup(cid)
+    if state is None:
+        raise _invalid()
+    return _verify(state, cid, index, value, units, now, max_units)
+
+
+def _verify(
+    state: CommitmentState,
+    cid: bytes,
+    index: int,
+    value: bytes,
+    units: int,
+    now: int,
+    max_units: int,
+) -> tuple[CommitmentState, PaywordAccepted]:
+    if not 0 < units <= max_units:
+        raise ValueError("price out of range for one payment")
+    if not constant_time_eq(cid, state.commitment_id) or index <= state.spent:
+        raise _invalid()  # another commitment, a replay or a stale index
+    if now >= state.expires_at:
+        raise PaymentExpired("commitment expired", code=ErrorCode.CARD_EXPIRED)
+    if index > state.length:
+        raise InsufficientFunds("commitment exhausted")
+    paid = index - state.spent
+    if paid < units:
+        raise InsufficientFunds("payment pays too little", code=ErrorCode.AMOUNT_MISMATCH)
+    if paid > max_units:
+        raise _invalid()  # bounds the hashing a hostile index can cause
+    # One unit is the common price: a single SHA-256 step, as hashchain.chain_step does it.
+    earlier = sha256(CHAIN_TAG + value) if paid == 1 else chain_walk(CHAIN_TAG, value, paid)
+    if not constant_time_eq(earlier, state.last_value):
+        raise _invalid()
+    new_state = CommitmentState(
+        commitment_id=state.commitment_id,
+        last_value=value,
+        spent=index,
+        length=state.length,
+        denomination=state.denomination,
+        expires_at=state.expires_at,
+    )
+    receipt = PaywordAccepted(commitment_id=cid, index=index, units=paid, _token=_RECEIPT)
+    return new_state, receipt
+
+
+# --- redemption with the broker ----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Redemption:
+    """The vendor's claim: the commitment and its last payword (index, w_index)."""
+
+    commitment: Commitment
+    index: int
+    value: bytes
+
+
+def encode_redemption(redemption: Redemption) -> bytes:
+    writer = Writer(REDEMPTION_DOMAIN).bytes(encode_commitment(redemption.commitment))
+    return writer.u64(redemption.index).bytes(redemption.value).finish()
+
+
+def decode_redemption(data: bytes) -> Redemption:
+    reader = Reader(data, REDEMPTION_DOMAIN, max_size=_MAX_COMMITMENT + 128)
+    redemption = Redemption(
+        commitment=decode_commitment(reader.bytes(max_len=_MAX_COMMITMENT)),
+        index=reader.u64(),
+        value=reader.bytes(exact=_VALUE_LEN),
+    )
+    reader.finish()
+    return redemption
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RedemptionState:
+    """What the broker keeps per commitment: the highest index paid out and its w."""
+
+    commitment_id: bytes
+    redeemed_index: int
+    redeemed_value: bytes
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BrokerCredit:
+    """Receipt for one redemption: credit ``vendor_id``, bill ``user_id``. Broker-made only."""
+
+    state: RedemptionState
+    credited_units: int
+    vendor_id: str
+    user_id: str
+    denomination: Denomination
+    _token: object = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self._token is not _RECEIPT:
+            raise LocalProtocolError("only the PayWord broker issues credits")
+
+    @property
+    def credited_micros(self) -> int:
+        return self.denomination.micros(self.credited_units)
+
+
+def broker_redeem(
+    broker_public: bytes,
+    state: RedemptionState | None,
+    redemption: Redemption,
+    *,
+    vendor_id: str,
+    now: int,
+    redeem_window: int = DEFAULT_REDEEM_WINDOW,
+) -> BrokerCredit:
+    """Credit the units above what was already redeemed for this commitment.
+
+    ``state`` is None for a commitment never redeemed (then the chain is checked from w_0).
+    The check runs from the last redeemed value, so a repeated or lower index credits 0 and
+    leaves the state as it was; ``vendor_id`` is the authenticated redeemer, who must be
+    the commitment's vendor (AccessDenied otherwise). Redemptions are taken until
+    ``redeem_window`` seconds after the commitment expires.
+    """
+    commitment = redemption.commitment
+    _authenticate(broker_public, commitment)
+    if commitment.vendor_id != vendor_id:
+        raise AccessDenied("commitment was made to another vendor")
+    if now >= commitment.expires_at + redeem_window:
+        raise PaymentExpired("commitment expired", code=ErrorCode.CARD_EXPIRED)
+    base = _redemption_base(state, commitment)
+    if redemption.index > commitment.length or not _links(base, redemption):
+        raise InvalidPayment("redemption did not verify", code=ErrorCode.DEPOSIT_INVALID)
+    credited = max(0, redemption.index - base.redeemed_index)
+    new_state = base
+    if credited:
+        new_state = RedemptionState(
+            commitment_id=base.commitment_id,
+            redeemed_index=redemption.index,
+            redeemed_value=redemption.value,
+        )
+    return BrokerCredit(
+        state=new_state,
+        credited_units=credited,
+        vendor_id=vendor_id,
+        user_id=commitment.certificate.user_id,
+        denomination=commitment.denomination,
+        _token=_RECEIPT,
+    )
+
+
+def _redemption_base(state: RedemptionState | None, commitment: Commitment) -> RedemptionState:
+    cid = commitment_id(commitment)
+    if state is None:
+        return RedemptionState(
+            commitment_id=cid, redeemed_index=0, redeemed_value=commitment.anchor
+        )
+    if not constant_time_eq(state.commitment_id, cid):
+        raise LocalProtocolError("redemption state belongs to another commitment")
+    return state
+
+
+def _links(base: RedemptionState, redemption: Redemption) -> bool:
+    """Whether w_index and the redeemed value lie on one chain (either may be further on)."""
+    steps = redemption.index - base.redeemed_index
+    if steps >= 0:
+        return constant_time_eq(chain_walk(CHAIN_TAG, redemption.value, steps), base.redeemed_value)
+    return constant_time_eq(chain_walk(CHAIN_TAG, base.redeemed_value, -steps), redemption.value)
+
+
+# --- the user's side ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SpenderState:
+    """What the wallet persists (write-ahead) per commitment besides the seed: ``spent``."""
+
+    commitment_id: bytes
+    spent: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Reservation:
+    """A payment and the wallet state to persist *before* the payment is sent."""
+
+    payment: Payment
+    state: SpenderState
+
+
+class PaywordSpender:
+    """Produces the paywords of one commitment in order (w_1, w_2, ... from the seed w_N).
+
+    Persist ``seed`` and the commitment once, then each reservation's ``state`` before
+    sending its payment; rebuild with ``spent`` after a restart. Not thread-safe.
+    """
+
+    __slots__ = ("_commitment", "_commitment_id", "_seed", "_spent", "_walker")
+
+    def __init__(self, commitment: Commitment, seed: bytes, *, spent: int = 0) -> None:
+        if not 0 <= spent <= commitment.length:
+            raise ValueError("spent out of range")
+        self._walker = ChainWalker(CHAIN_TAG, seed, commitment.length)
+        if not constant_time_eq(self._walker.value(0), commitment.anchor):
+            raise ValueError("seed does not match the commitment")
+        self._commitment = commitment
+        self._commitment_id = commitment_id(commitment)
+        self._seed = seed
+        self._spent = spent
+
+    @property
+    def commitment(self) -> Commitment:
+        return self._commitment
+
+    @property
+    def commitment_id(self) -> bytes:
+        return self._commitment_id
+
+    @property
+    def seed(self) -> bytes:
+        return self._seed
+
+    @property
+    def spent(self) -> int:
+        return self._spent
+
+    @property
+    def remaining(self) -> int:
+        return self._commitment.length - self._spent
+
+    def reserve(self, units: int, *, now: int) -> Reservation:
+        """The next payment of ``units`` units; the index advances at once, never reused."""
+        if units < 1:
+            raise ValueError("units must be positive")
+        if now >= self._commitment.expires_at:
+            raise CardExhausted("commitment expired", code=ErrorCode.CARD_EXPIRED)
+        if units > self.remaining:
+            raise CardExhausted("commitment has too few units left")
+        index = self._spent + units
+        payment = Payment(
+            commitment_id=self._commitment_id, index=index, value=self._walker.value(index)
+        )
+        self._spent = index
+        return Reservation(
+            payment=payment, state=SpenderState(commitment_id=self._commitment_id, spent=index)
+        )
+
+
+class PaywordWallet:
+    """The user: one certificate, one commitment (spender) per vendor."""
+
+    __slots__ = ("_certificate", "_private_key", "_spenders")
+
+    def __init__(self, *, private_key: bytes, certificate: Certificate) -> None:
+        self._private_key = private_key
+        self._certificate = certificate
+        self._spenders: dict[str, PaywordSpender] = {}
+
+    @property
+    def certificate(self) -> Certificate:
+        return self._certificate
+
+    def open(
+        self,
+        vendor_id: str,
+        *,
+        length: int,
+        now: int,
+        ttl: int,
+        rng: RandomSource,
+        denomination: Denomination | None = None,
+    ) -> PaywordSpender:
+        """Make a fresh chain and commitment for ``vendor_id`` (replacing any earlier one)."""
+        seed = rng(_VALUE_LEN)
+        commitment = commit(
+            self._private_key,
+            self._certificate,
+            vendor_id=vendor_id,
+            seed=seed,
+            length=length,
+            now=now,
+            ttl=ttl,
+            rng=rng,
+            denomination=denomination,
+        )
+        spender = PaywordSpender(commitment, seed)
+        self._spenders[vendor_id] = spender
+        return spender
+
+    def spender(self, vendor_id: str) -> PaywordSpender | None:
+        return self._spenders.get(vendor_id)
+
+    def reserve(self, vendor_id: str, units: int, *, now: int) -> Reservation:
+        spender = self._spenders.get(vendor_id)
+        if spender is None:
+            raise CardExhausted("no commitment for this vendor")
+        return spender.reserve(units, now=now)
+
+
+# --- in-memory reference parties ---------------------------------------------------------
+
+
+class PaywordVendor:
+    """Reference vendor: verifies commitments once and paywords per request, in memory."""
+
+    __slots__ = ("_broker_public", "_commitments", "_max_units", "_states", "_vendor_id")
+
+    def __init__(
+        self, *, vendor_id: str, broker_public: bytes, max_units: int = DEFAULT_MAX_UNITS
+    ) -> None:
+        self._vendor_id = vendor_id
+        self._broker_public = broker_public
+        self._max_units = max_units
+        self._states: dict[bytes, CommitmentState] = {}
+        self._commitments: dict[bytes, Commitment] = {}
+
+    @property
+    def vendor_id(self) -> str:
+        return self._vendor_id
+
+    def accept_commitment(self, data: bytes, *, now: int) -> CommitmentState:
+        """Verify and store a new commitment; a known one keeps its state (no reset)."""
+        commitment = decode_commitment(data)
+        cid = commitment_id(commitment)
+        known = self._states.get(cid)
+        if known is not None:
+            return known
+        state = accept_commitment(
+            self._broker_public, commitment, vendor_id=self._vendor_id, now=now
+        )
+        self._states[cid] = state
+        self._commitments[cid] = commitment
+        return state
+
+    def receive(self, data: bytes, *, units: int, now: int) -> PaywordAccepted:
+        state, receipt = verify_payment_bytes(
+            self._states.get, data, units=units, now=now, max_units=self._max_units
+        )
+        self._states[state.commitment_id] = state
+        return receipt
+
+    def state(self, cid: bytes) -> CommitmentState | None:
+        return self._states.get(cid)
+
+    def redemption(self, cid: bytes) -> Redemption:
+        state = self._states.get(cid)
+        if state is None:
+            raise LocalProtocolError("unknown commitment")
+        return Redemption(
+            commitment=self._commitments[cid], index=state.spent, value=state.last_value
+        )
+
+    def redemptions(self) -> list[Redemption]:
+        """One claim per commitment that has taken any payment."""
+        return [self.redemption(cid) for cid, state in self._states.items() if state.spent]
+
+
+class PaywordBroker:
+    """Reference broker: issues certificates, redeems claims, keeps accounts in micros."""
+
+    __slots__ = (
+        "_accounts",
+        "_broker_id",
+        "_private_key",
+        "_public_key",
+        "_redeem_window",
+        "_redeemed",
+    )
+
+    def __init__(
+        self,
+        *,
+        broker_id: str,
+        private_key: bytes,
+        redeem_window: int = DEFAULT_REDEEM_WINDOW,
+    ) -> None:
+        self._broker_id = broker_id
+        self._private_key = private_key
+        self._public_key = ed25519_public_key(private_key)
+        self._redeem_window = redeem_window
+        self._redeemed: dict[bytes, RedemptionState] = {}
+        # (role, party id, currency) -> micros credited to a vendor / billed to a user
+        self._accounts: dict[tuple[str, str, str], int] = {}
+
+    @property
+    def public_key(self) -> bytes:
+        return self._public_key
+
+    def issue(
+        self,
+        *,
+        user_id: str,
+        user_public_key: bytes,
+        credit_limit: int,
+        denomination: Denomination,
+        now: int,
+        ttl: int,
+    ) -> Certificate:
+        return issue_certificate(
+            self._private_key,
+            broker_id=self._broker_id,
+            user_id=user_id,
+            user_public_key=user_public_key,
+            credit_limit=credit_limit,
+            denomination=denomination,
+            expires_at=now + ttl,
+        )
+
+    def redeem(self, data: bytes, *, vendor_id: str, now: int) -> BrokerCredit:
+        """Redeem encoded claim bytes for the authenticated ``vendor_id``."""
+        redemption = decode_redemption(data)
+        cid = commitment_id(redemption.commitment)
+        credit = broker_redeem(
+            self.public_key,
+            self._redeemed.get(cid),
+            redemption,
+            vendor_id=vendor_id,
+            now=now,
+            redeem_window=self._redeem_window,
+        )
+        self._redeemed[cid] = credit.state
+        currency = credit.denomination.currency
+        self._add(("vendor", credit.vendor_id, currency), credit.credited_micros)
+        self._add(("user", credit.user_id, currency), credit.credited_micros)
+        return credit
+
+    def redeemed(self, cid: bytes) -> RedemptionState | None:
+        return self._redeemed.get(cid)
+
+    def vendor_credit(self, vendor_id: str, currency: str) -> int:
+        """Micros of ``currency`` owed to the vendor."""
+        return self._accounts.get(("vendor", vendor_id, currency), 0)
+
+    def user_debit(self, user_id: str, currency: str) -> int:
+        """Micros of ``currency`` to bill the user."""
+        return self._accounts.get(("user", user_id, currency), 0)
+
+    def _add(self, key: tuple[str, str, str], micros: int) -> None:
+        self._accounts[key] = self._accounts.get(key, 0) + micros
+
+
+# --- field helpers -----------------------------------------------------------------------
+
+
+def _check_name(name: str) -> None:
+    if not 0 < len(name.encode("utf-8")) <= _MAX_NAME:
+        raise ValueError("identifiers are 1..255 bytes of UTF-8")
+
+
+def _read_name(reader: Reader) -> str:
+    name = reader.text(max_len=_MAX_NAME)
+    if not name:
+        raise MalformedMessage("empty identifier", code=ErrorCode.BAD_FIELD)
+    return name
+
+
+def _read_length(reader: Reader) -> int:
+    length = reader.u64()
+    if not 1 <= length <= MAX_LENGTH:
+        raise MalformedMessage("chain length out of range", code=ErrorCode.BAD_FIELD)
+    return length
+
+
+def _read_denomination(reader: Reader) -> Denomination:
+    currency = reader.text(max_len=3)
+    return Denomination(currency=currency, unit_micros=reader.u64())
