@@ -1,0 +1,150 @@
+"""The vendor application: a paywall around any ASGI app, wired to the store and the bank.
+
+:func:`create_vendor_app` builds everything from explicit settings (no globals): the price
+table, the enabled methods with their store-backed books, ``/metrics`` (Prometheus) and
+``/healthz``. Methods are enabled by what the settings hold:
+
+- ``szm`` keys (the vendor is the card issuer and shares its store): ``szm:chain`` and
+  ``szm:prbg``;
+- ``hll`` (merchant id and key at the bank, unit, mode): ``hll:mac``;
+- ``payword`` (vendor id, broker id and public key, unit): ``payword``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Mount, Route
+from starlette.types import ASGIApp
+
+from farthing.core.clock import Clock, RandomSource, SystemClock
+from farthing.core.prbg import BbsKey
+from farthing.store import Store
+from farthing.vendor.books import ChainBook, HllDeferredBook, PaywordBook, PrbgBook
+from farthing.vendor.methods.base import PaymentMethod
+from farthing.vendor.methods.hll import HllBankClient, HllMethod, HllMode
+from farthing.vendor.methods.offline import OfflineMethod
+from farthing.vendor.methods.payword import PaywordScheme
+from farthing.vendor.methods.szm import ChainScheme, PrbgScheme
+from farthing.vendor.metrics import PaywallMetrics
+from farthing.vendor.middleware import Paywall
+from farthing.vendor.pricing import PriceTable
+
+__all__ = ["HllSettings", "PaywordSettings", "SzmKeys", "VendorSettings", "create_vendor_app"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SzmKeys:
+    """The SZM issuer's secrets, shared by the vendor (SZM has no third party)."""
+
+    chain_master: bytes = field(repr=False)
+    prbg_master: bytes = field(repr=False)
+    bbs: BbsKey | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HllSettings:
+    merchant_id: str
+    merchant_key: bytes = field(repr=False)
+    unit_micros: int
+    mode: HllMode = HllMode.ONLINE
+    risk_limit: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PaywordSettings:
+    vendor_id: str
+    broker_id: str
+    broker_public: bytes
+    unit_micros: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VendorSettings:
+    realm: str
+    challenge_secret: bytes = field(repr=False)
+    challenge_ttl: int = 300
+    szm: SzmKeys | None = None
+    hll: HllSettings | None = None
+    payword: PaywordSettings | None = None
+
+
+def build_methods(
+    settings: VendorSettings, store: Store, *, bank: HllBankClient | None
+) -> list[PaymentMethod]:
+    """The enabled payment methods, in the order challenges are offered."""
+    methods: list[PaymentMethod] = []
+    if settings.szm is not None:
+        methods.append(OfflineMethod(ChainScheme(settings.szm.chain_master), ChainBook(store)))
+        prbg = PrbgScheme(settings.szm.prbg_master, bbs_key=settings.szm.bbs)
+        methods.append(OfflineMethod(prbg, PrbgBook(store)))
+    if settings.hll is not None:
+        hll = settings.hll
+        methods.append(
+            HllMethod(
+                merchant_id=hll.merchant_id,
+                unit_micros=hll.unit_micros,
+                mode=hll.mode,
+                bank=bank,
+                deferred=HllDeferredBook(store) if hll.mode is HllMode.DEFERRED else None,
+                risk_limit=hll.risk_limit,
+            )
+        )
+    if settings.payword is not None:
+        pw = settings.payword
+        scheme = PaywordScheme(
+            vendor_id=pw.vendor_id,
+            broker_id=pw.broker_id,
+            broker_public=pw.broker_public,
+            unit_micros=pw.unit_micros,
+        )
+        methods.append(OfflineMethod(scheme, PaywordBook(store)))
+    return methods
+
+
+def create_vendor_app(
+    settings: VendorSettings,
+    *,
+    content: ASGIApp,
+    prices: PriceTable,
+    store: Store,
+    bank: HllBankClient | None = None,
+    clock: Clock | None = None,
+    rng: RandomSource = os.urandom,
+    extra_routes: Sequence[Route] = (),
+) -> Paywall:
+    """The vendor's ASGI app: ``content`` behind the paywall, plus /metrics and /healthz."""
+    metrics = PaywallMetrics()
+
+    async def metrics_endpoint(request: Request) -> Response:
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    async def health(request: Request) -> Response:
+        return PlainTextResponse("ok")
+
+    inner = Starlette(
+        routes=[
+            Route("/metrics", metrics_endpoint),
+            Route("/healthz", health),
+            *extra_routes,
+            Mount("/", app=content),
+        ]
+    )
+    # The paywall is the outermost layer: an unpriced path costs it one dict lookup.
+    paywall = Paywall(
+        inner,
+        realm=settings.realm,
+        prices=prices,
+        methods=build_methods(settings, store, bank=bank),
+        challenge_secret=settings.challenge_secret,
+        clock=clock if clock is not None else SystemClock(),
+        rng=rng,
+        challenge_ttl=settings.challenge_ttl,
+        metrics=metrics,
+    )
+    return paywall

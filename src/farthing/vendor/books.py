@@ -1,0 +1,163 @@
+"""The vendor's state in the store: thin translations between store rows and core states.
+
+Each book is what an :class:`~farthing.vendor.methods.offline.OfflineMethod` (or the HLL
+method) needs: load a state, insert a new one, and compare-and-set it. The compare-and-set
+is the store's single conditional UPDATE in its own short transaction, so the database
+decides double spending even with several workers or processes on one store.
+"""
+
+from __future__ import annotations
+
+from farthing.core.cardcode import Generator
+from farthing.core.errors import Conflict, ErrorCode, InsufficientFunds, InvalidPayment
+from farthing.core.money import Denomination
+from farthing.core.schemes import payword, szm_chain, szm_prbg
+from farthing.store import (
+    CardStatus,
+    HllMode,
+    HllPaymentState,
+    Store,
+    SzmCardRow,
+    SzmProtocol,
+    Tx,
+    VendorCommitmentRow,
+)
+from farthing.vendor.methods.hll import PendingPurchase
+from farthing.vendor.methods.payword import HeldCommitment
+
+__all__ = ["ChainBook", "HllDeferredBook", "PaywordBook", "PrbgBook"]
+
+
+def _active(row: SzmCardRow | None, protocol: SzmProtocol) -> SzmCardRow | None:
+    if row is None or row.protocol is not protocol or row.status is not CardStatus.ACTIVE:
+        return None
+    return row
+
+
+class ChainBook:
+    """``szm:chain`` cards in the shared issuer/vendor store."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    def load(self, key: bytes) -> szm_chain.ChainCardState | None:
+        row = _active(self._store.szm_card(key), SzmProtocol.CHAIN)
+        if row is None or row.anchor is None:
+            return None
+        return szm_chain.ChainCardState(
+            card_id=row.card_id,
+            anchor=row.anchor,
+            spent=row.spent,
+            length=row.units,
+            denomination=Denomination(currency=row.currency, unit_micros=row.unit_micros),
+            expires_at=row.expires_at,
+        )
+
+    def insert(self, state: szm_chain.ChainCardState) -> bool:
+        return False  # cards are issued by the issuer, never introduced by a payment
+
+    def advance(self, old: szm_chain.ChainCardState, new: szm_chain.ChainCardState) -> bool:
+        return self._store.szm_advance(old.card_id, old.spent, new.spent, new.anchor)
+
+
+class PrbgBook:
+    """``szm:prbg`` cards in the shared issuer/vendor store."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    def load(self, key: bytes) -> szm_prbg.PrbgCardState | None:
+        row = _active(self._store.szm_card(key), SzmProtocol.PRBG)
+        if row is None or row.generator is None:
+            return None
+        return szm_prbg.PrbgCardState(
+            card_id=row.card_id,
+            spent=row.spent,
+            units=row.units,
+            generator=Generator(row.generator),
+            denomination=Denomination(currency=row.currency, unit_micros=row.unit_micros),
+            expires_at=row.expires_at,
+        )
+
+    def insert(self, state: szm_prbg.PrbgCardState) -> bool:
+        return False
+
+    def advance(self, old: szm_prbg.PrbgCardState, new: szm_prbg.PrbgCardState) -> bool:
+        return self._store.szm_advance(old.card_id, old.spent, new.spent, None)
+
+
+class PaywordBook:
+    """PayWord commitments the vendor has accepted, with their signed bytes for redemption."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    def load(self, key: bytes) -> HeldCommitment | None:
+        row = self._store.payword_commitment(key)
+        if row is None:
+            return None
+        state = payword.CommitmentState(
+            commitment_id=row.commitment_id,
+            last_value=row.last_value,
+            spent=row.spent,
+            length=row.length,
+            denomination=Denomination(currency=row.currency, unit_micros=row.unit_micros),
+            expires_at=row.expires_at,
+        )
+        return HeldCommitment(commitment_id=row.commitment_id, state=state, encoded=row.commitment)
+
+    def insert(self, held: HeldCommitment) -> bool:
+        state = held.state
+        row = VendorCommitmentRow(
+            commitment_id=held.commitment_id,
+            commitment=held.encoded,
+            last_value=state.last_value,
+            spent=state.spent,
+            length=state.length,
+            currency=state.denomination.currency,
+            unit_micros=state.denomination.unit_micros,
+            expires_at=state.expires_at,
+        )
+        try:
+            with self._store.transaction() as tx:
+                tx.payword_add_commitment(row)
+        except Conflict:
+            return False  # known already: never reset its spent
+        return True
+
+    def advance(self, old: HeldCommitment, new: HeldCommitment) -> bool:
+        return self._store.payword_advance(
+            old.commitment_id, old.state.spent, new.state.spent, new.state.last_value
+        )
+
+
+class HllDeferredBook:
+    """Delivered, not yet deposited HLL purchases, with the per-card risk bound."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    def record(self, purchase: PendingPurchase, *, risk_limit: int) -> None:
+        def write(tx: Tx) -> None:
+            outstanding = tx.vendor_hll_outstanding(purchase.card_id)
+            if outstanding + purchase.amount > risk_limit:
+                raise InsufficientFunds("deferred risk limit reached", code=ErrorCode.RISK_LIMIT)
+            tx.vendor_hll_record(
+                card_id=purchase.card_id,
+                counter=purchase.counter,
+                offer=purchase.offer,
+                purchase=purchase.payment,
+                amount_units=purchase.amount,
+                mode=HllMode.DEFERRED,
+                state=HllPaymentState.PENDING,
+                at=tx.now(),
+            )
+
+        try:
+            self._store.run_in_transaction(write, serializable=True)
+        except Conflict as error:
+            if error.code is ErrorCode.DUPLICATE_SPEND:
+                raise InvalidPayment(
+                    "payment did not verify", code=ErrorCode.PAYMENT_INVALID
+                ) from None
+            raise

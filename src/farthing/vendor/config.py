@@ -1,0 +1,195 @@
+"""The vendor's config file (TOML), and the app factory uvicorn workers import.
+
+A small file next to the goods::
+
+    realm = "My articles"
+    database = "vendor.sqlite"            # a path (relative to this file) or a postgresql:// DSN
+    content_dir = "goods"                 # served as static files behind the paywall
+    challenge_secret_file = "challenge.key"   # made on first use (32 random bytes)
+
+    [prices]                              # first match wins; * = one path segment, ** = any
+    "/articles/*" = "2000 EUR"            # micro-units of the currency: 2000 = 0.2 cent
+    "/**" = "500 EUR"
+
+    [szm]                                 # the vendor issues its own SZM cards
+    issuer_keys = "issuer.keys.json"      # written by `farthing issuer init`
+                                          # (or chain_master / prbg_master as hex)
+
+    [hll]                                 # sell to HLL smart cards through a bank
+    issuer_url = "http://127.0.0.1:8001"
+    merchant_id = "shop"
+    merchant_key_file = "merchant.key"    # hex, from `farthing issuer merchants add`
+    unit_micros = 1000
+    mode = "online"                       # or "deferred" with risk_limit = <units per card>
+
+    [payword]
+    vendor_id = "shop"
+    broker_id = "broker"
+    broker_public_key = "<hex>"
+    unit_micros = 1000
+
+Every error in the file is reported with the key at fault; nothing is guessed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from farthing.core.errors import ErrorCode, LocalProtocolError
+from farthing.vendor.app import HllSettings, PaywordSettings, SzmKeys, VendorSettings
+from farthing.vendor.methods.hll import HllMode
+from farthing.vendor.pricing import Price, PriceTable
+
+__all__ = ["CONFIG_ENV", "VendorConfig", "load_vendor_config"]
+
+CONFIG_ENV: Final = "FARTHING_VENDOR_CONFIG"
+_PRICE: Final = re.compile(r"\A\s*(\d+)\s+([A-Z]{3})\s*\Z")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VendorConfig:
+    settings: VendorSettings
+    prices: PriceTable
+    database: str
+    content_dir: Path
+    issuer_url: str | None
+
+
+def _bad(key: str, why: str) -> LocalProtocolError:
+    return LocalProtocolError(f"vendor config: {key}: {why}", code=ErrorCode.MISUSE)
+
+
+def _str(table: dict[str, object], key: str, where: str) -> str:
+    value = table.get(key)
+    if not isinstance(value, str) or not value:
+        raise _bad(f"{where}{key}", "a non-empty string is required")
+    return value
+
+
+def _int(table: dict[str, object], key: str, where: str, default: int | None = None) -> int:
+    value = table.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise _bad(f"{where}{key}", "a non-negative integer is required")
+    return value
+
+
+def _hex(text: str, key: str) -> bytes:
+    try:
+        return bytes.fromhex(text.strip())
+    except ValueError:
+        raise _bad(key, "not hexadecimal") from None
+
+
+def _relative(base: Path, value: str) -> Path:
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else base / path
+
+
+def _secret_file(path: Path) -> bytes:
+    """32 random bytes kept in ``path`` (hex), created with mode 0600 on first use."""
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(os.urandom(32).hex() + "\n")
+    return _hex(path.read_text(), str(path))
+
+
+def _prices(table: object) -> PriceTable:
+    if not isinstance(table, dict) or not table:
+        raise _bad("prices", 'a table of route pattern = "<micros> <CUR>" is required')
+    prices = PriceTable()
+    for pattern, text in table.items():
+        match = _PRICE.match(text) if isinstance(text, str) else None
+        if match is None:
+            raise _bad(f"prices.{pattern}", 'write the price as "<micro-units> <CURRENCY>"')
+        try:
+            prices.add(pattern, Price(micros=int(match.group(1)), currency=match.group(2)))
+        except ValueError as error:
+            raise _bad(f"prices.{pattern}", str(error)) from None
+    return prices
+
+
+def _szm(table: dict[str, object], base: Path) -> SzmKeys:
+    if "issuer_keys" not in table:  # keys inline, as hex (tests, or a vendor without a file)
+        return SzmKeys(
+            chain_master=_hex(_str(table, "chain_master", "szm."), "szm.chain_master"),
+            prbg_master=_hex(_str(table, "prbg_master", "szm."), "szm.prbg_master"),
+        )
+    from farthing.issuer.config import load_issuer_keys
+
+    keys = load_issuer_keys(_relative(base, _str(table, "issuer_keys", "szm.")))
+    return SzmKeys(
+        chain_master=keys.szm_chain_master, prbg_master=keys.szm_prbg_master, bbs=keys.bbs
+    )
+
+
+def _hll(table: dict[str, object], base: Path) -> HllSettings:
+    mode_text = table.get("mode", "online")
+    if mode_text not in ("online", "deferred"):
+        raise _bad("hll.mode", 'use "online" or "deferred"')
+    key_file = _relative(base, _str(table, "merchant_key_file", "hll."))
+    return HllSettings(
+        merchant_id=_str(table, "merchant_id", "hll."),
+        merchant_key=_hex(key_file.read_text(), "hll.merchant_key_file"),
+        unit_micros=_int(table, "unit_micros", "hll."),
+        mode=HllMode(mode_text),
+        risk_limit=_int(table, "risk_limit", "hll.", 0),
+    )
+
+
+def _payword(table: dict[str, object]) -> PaywordSettings:
+    return PaywordSettings(
+        vendor_id=_str(table, "vendor_id", "payword."),
+        broker_id=_str(table, "broker_id", "payword."),
+        broker_public=_hex(
+            _str(table, "broker_public_key", "payword."), "payword.broker_public_key"
+        ),
+        unit_micros=_int(table, "unit_micros", "payword."),
+    )
+
+
+def _section(data: dict[str, object], name: str) -> dict[str, object] | None:
+    value = data.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise _bad(name, "must be a table")
+    return value
+
+
+def load_vendor_config(path: Path) -> VendorConfig:
+    """Read and check a vendor config file; LocalProtocolError names the key at fault."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise _bad(str(path), f"cannot read ({error.strerror})") from None
+    except tomllib.TOMLDecodeError as error:
+        raise _bad(str(path), f"not valid TOML ({error})") from None
+    base = path.resolve().parent
+    szm, hll, pw = (_section(data, name) for name in ("szm", "hll", "payword"))
+    settings = VendorSettings(
+        realm=_str(data, "realm", ""),
+        challenge_secret=_secret_file(
+            _relative(base, str(data.get("challenge_secret_file", "challenge.key")))
+        ),
+        szm=_szm(szm, base) if szm is not None else None,
+        hll=_hll(hll, base) if hll is not None else None,
+        payword=_payword(pw) if pw is not None else None,
+    )
+    if settings.szm is None and settings.hll is None and settings.payword is None:
+        raise _bad(str(path), "enable at least one of [szm], [hll], [payword]")
+    database = _str(data, "database", "")
+    if not database.startswith("postgresql"):
+        database = str(_relative(base, database))
+    return VendorConfig(
+        settings=settings,
+        prices=_prices(data.get("prices")),
+        database=database,
+        content_dir=_relative(base, str(data.get("content_dir", "."))),
+        issuer_url=_str(hll, "issuer_url", "hll.") if hll is not None else None,
+    )

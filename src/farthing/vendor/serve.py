@@ -1,0 +1,51 @@
+"""The importable app factory for uvicorn workers: ``farthing.vendor.serve:app_from_env``.
+
+``uvicorn --factory farthing.vendor.serve:app_from_env --workers 4`` with
+``FARTHING_VENDOR_CONFIG=/path/vendor.toml``. Each worker process builds its own app and
+opens its own connections to the one shared store; the store's conditional updates keep
+payments atomic across them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from starlette.staticfiles import StaticFiles
+
+from farthing.core.errors import ErrorCode, LocalProtocolError
+from farthing.store import open_store
+from farthing.vendor.app import create_vendor_app
+from farthing.vendor.config import CONFIG_ENV, VendorConfig, load_vendor_config
+from farthing.vendor.methods.hll import HllBankClient
+from farthing.vendor.middleware import Paywall
+
+__all__ = ["app_from_config", "app_from_env"]
+
+
+def _bank(config: VendorConfig) -> HllBankClient | None:
+    hll = config.settings.hll
+    if hll is None or config.issuer_url is None:
+        return None
+    from farthing.issuer.client import IssuerClient
+
+    return IssuerClient(
+        config.issuer_url, merchant_id=hll.merchant_id, merchant_key=hll.merchant_key
+    )
+
+
+def app_from_config(config: VendorConfig) -> Paywall:
+    store = open_store(config.database)
+    content = StaticFiles(directory=config.content_dir)
+    return create_vendor_app(
+        config.settings, content=content, prices=config.prices, store=store, bank=_bank(config)
+    )
+
+
+def app_from_env() -> Paywall:
+    path = os.environ.get(CONFIG_ENV)
+    if not path:
+        raise LocalProtocolError(
+            f"set {CONFIG_ENV} to the vendor config file", code=ErrorCode.MISUSE
+        )
+    return app_from_config(load_vendor_config(Path(path)))

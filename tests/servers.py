@@ -1,0 +1,82 @@
+"""Real servers on loopback for end-to-end tests: uvicorn in a subprocess, on a free port.
+
+Servers bind 127.0.0.1 only, are waited for until they answer, and are always stopped
+(terminate, then kill) when the context exits, even if the test fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@contextlib.contextmanager
+def uvicorn_server(
+    factory: str,
+    *,
+    env: Mapping[str, str],
+    workers: int = 1,
+    log_path: Path | None = None,
+    ready_path: str = "/healthz",
+    timeout: float = 30.0,
+) -> Iterator[str]:
+    """Run ``uvicorn --factory <factory>``; yield its base URL."""
+    port = free_port()
+    command = [
+        sys.executable, "-m", "uvicorn", "--factory", factory, "--host", "127.0.0.1",
+        "--port", str(port), "--workers", str(workers), "--no-access-log",
+        "--timeout-graceful-shutdown", "2",
+    ]  # fmt: skip
+    log = open(log_path, "wb") if log_path is not None else subprocess.DEVNULL  # noqa: SIM115
+    process = subprocess.Popen(
+        command, env={**os.environ, **env}, stdout=log, stderr=log, start_new_session=True
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait_ready(process, base + ready_path, timeout)
+        yield base
+    finally:
+        _stop(process)
+        if log_path is not None:
+            log.close()  # type: ignore[union-attr]
+
+
+def _wait_ready(process: subprocess.Popen[bytes], url: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode} before it was ready")
+        try:
+            if httpx.get(url, timeout=1.0).status_code < 500:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"server not ready after {timeout} s")
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, 15)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, 9)
+            process.wait(timeout=10)
