@@ -1,0 +1,195 @@
+"""Deposits: the vendor's claims on the bank (HLL batches) and broker (PayWord redemptions).
+
+Two steps, each its own transaction, so nothing is lost if the vendor stops in between:
+
+1. :meth:`Depositor.stage` moves delivered-but-unclaimed payments into a durable outbox: a
+   batch of pending deferred HLL purchases (tagged with the merchant key), and one
+   redemption per PayWord commitment whose spent count passed what was redeemed.
+2. :meth:`Depositor.flush` sends each due outbox item. The bank and broker are idempotent
+   (an HLL batch by its id, a redemption by its commitment and index), so an item is simply
+   sent again until an answer is recorded. A transport failure schedules a retry with
+   exponential backoff; a refusal of the item itself marks it failed for an operator.
+
+The same code runs from the background task of a serving vendor and from
+``farthing vendor deposit``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Final, Protocol
+
+from farthing.core.clock import Clock, RandomSource
+from farthing.core.encoding import Writer, b64url_encode
+from farthing.core.errors import ErrorCode, FarthingError, LocalProtocolError, RemoteProtocolError
+from farthing.core.primitives import sha256
+from farthing.core.schemes import hll, payword
+from farthing.store import OutboxKind, OutboxRow, OutboxState, Store
+
+__all__ = ["DepositTarget", "Depositor", "FlushReport"]
+
+_TAG_LEN: Final = 32
+_BACKOFF_BASE: Final = 5
+_BACKOFF_CAP: Final = 3600
+
+
+class DepositTarget(Protocol):
+    """Where claims go (the issuer, over HTTP in production)."""
+
+    async def deposit_hll(self, batch: hll.DepositBatch, tag: bytes) -> hll.DepositReport: ...
+
+    async def redeem_payword(self, redemption: payword.Redemption) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class FlushReport:
+    sent: int = 0
+    retry_later: int = 0
+    failed: int = 0
+
+
+def backoff(attempts: int) -> int:
+    """Seconds before the next attempt after ``attempts`` failures: 5, 10, 20 ... 1 h."""
+    return int(min(_BACKOFF_CAP, _BACKOFF_BASE * 2 ** max(0, attempts - 1)))
+
+
+class Depositor:
+    def __init__(
+        self,
+        store: Store,
+        target: DepositTarget,
+        *,
+        clock: Clock,
+        rng: RandomSource,
+        merchant_id: str | None = None,
+        merchant_key: bytes | None = None,
+        batch_size: int = 500,
+    ) -> None:
+        self._store = store
+        self._target = target
+        self._clock = clock
+        self._rng = rng
+        self._merchant = (merchant_id, merchant_key) if merchant_id and merchant_key else None
+        self._batch_size = batch_size
+
+    # -- staging ----------------------------------------------------------------------------
+
+    def stage(self) -> int:
+        """Move unclaimed payments into the outbox; returns how many items were added."""
+        added = 0
+        if self._merchant is not None:
+            merchant_id, merchant_key = self._merchant
+            while (staged := self._stage_hll_batch(merchant_id, merchant_key)) is not None:
+                added += 1
+                if not staged:
+                    break
+        added += self._stage_redemptions()
+        return added
+
+    def _stage_hll_batch(self, merchant_id: str, merchant_key: bytes) -> bool | None:
+        """Stage one batch; None if nothing was pending, else whether more may be."""
+        batch_id = self._rng(16)
+        with self._store.transaction() as tx:
+            rows = tx.hll_take_pending_for_batch(batch_id, self._batch_size)
+            if not rows:
+                return None
+            items = tuple(
+                hll.DepositItem(
+                    offer=hll.decode_offer(row.offer), purchase=hll.decode_payment(row.purchase)
+                )
+                for row in rows
+            )
+            batch = hll.DepositBatch(batch_id=batch_id, merchant_id=merchant_id, items=items)
+            payload = hll.encode_batch(batch) + hll.batch_tag(merchant_key, batch)
+            tx.outbox_add(batch_id, OutboxKind.HLL, payload, self._clock.now())
+        return len(rows) == self._batch_size
+
+    def _stage_redemptions(self) -> int:
+        added = 0
+        with self._store.transaction() as tx:
+            for row in tx.payword_unredeemed(self._batch_size):
+                item_id = _redemption_id(row.commitment_id, row.spent)
+                if tx.outbox_item(item_id) is not None:
+                    continue
+                redemption = payword.Redemption(
+                    commitment=payword.decode_commitment(row.commitment),
+                    index=row.spent,
+                    value=row.last_value,
+                )
+                payload = payword.encode_redemption(redemption)
+                tx.outbox_add(item_id, OutboxKind.PAYWORD, payload, self._clock.now())
+                added += 1
+        return added
+
+    # -- sending ----------------------------------------------------------------------------
+
+    async def flush(self, limit: int = 100) -> FlushReport:
+        """Send every due outbox item once."""
+        with self._store.transaction(readonly=True) as tx:
+            due = tx.outbox_due(self._clock.now(), limit)
+        sent = retry = failed = 0
+        for item in due:
+            outcome = await self._send(item)
+            sent += outcome == "sent"
+            retry += outcome == "retry"
+            failed += outcome == "failed"
+        return FlushReport(sent=sent, retry_later=retry, failed=failed)
+
+    async def _send(self, item: OutboxRow) -> str:
+        try:
+            if item.kind is OutboxKind.HLL:
+                report = await self._send_hll(item)
+            else:
+                report = await self._send_redemption(item)
+        except RemoteProtocolError as error:  # the claim itself was refused
+            self._mark(item, OutboxState.FAILED, {"error": error.code.name})
+            return "failed"
+        except FarthingError:  # unreachable or unsure: try again later
+            self._mark(item, OutboxState.PENDING, None, retry=True)
+            return "retry"
+        self._mark(item, OutboxState.DONE, report)
+        return "sent"
+
+    async def _send_hll(self, item: OutboxRow) -> dict[str, object]:
+        batch = hll.decode_batch(item.payload[:-_TAG_LEN])
+        report = await self._target.deposit_hll(batch, item.payload[-_TAG_LEN:])
+        refused = {*report.duplicates, *report.invalid}
+        with self._store.transaction() as tx:
+            tx.vendor_hll_settle_batch(batch.batch_id, refused)
+        return {
+            "credited": report.credited,
+            "accepted": len(report.accepted),
+            "duplicates": len(report.duplicates),
+            "invalid": len(report.invalid),
+        }
+
+    async def _send_redemption(self, item: OutboxRow) -> dict[str, object]:
+        redemption = payword.decode_redemption(item.payload)
+        credited = await self._target.redeem_payword(redemption)
+        commitment_id = payword.commitment_id(redemption.commitment)
+        with self._store.transaction() as tx:
+            tx.payword_mark_redeemed(commitment_id, redemption.index)
+        return {"credited": credited, "commitment": b64url_encode(commitment_id)}
+
+    def _mark(
+        self,
+        item: OutboxRow,
+        state: OutboxState,
+        report: dict[str, object] | None,
+        *,
+        retry: bool = False,
+    ) -> None:
+        attempts = item.attempts + 1
+        next_at = self._clock.now() + (backoff(attempts) if retry else 0)
+        text = json.dumps(report, sort_keys=True) if report is not None else None
+        with self._store.transaction() as tx:
+            if not tx.outbox_mark(item.batch_id, state, attempts, next_at, text):
+                raise LocalProtocolError("outbox item vanished", code=ErrorCode.CONFLICT)
+
+
+def _redemption_id(commitment_id: bytes, spent: int) -> bytes:
+    """One outbox id per (commitment, index): staging twice adds nothing."""
+    return sha256(Writer("farthing/vendor/redemption-id").bytes(commitment_id).u64(spent).finish())[
+        :16
+    ]

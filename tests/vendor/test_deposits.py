@@ -1,0 +1,208 @@
+"""Vendor deposits: staged durably, sent idempotently, retried with backoff."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from farthing.core.errors import ErrorCode, LocalProtocolError
+from farthing.core.money import Denomination
+from farthing.core.primitives import ed25519_public_key
+from farthing.core.schemes import hll, payword
+from farthing.store import HllPaymentState, OutboxState, open_store
+from farthing.testing import DeterministicRandom, FixedClock
+from farthing.vendor.books import HllDeferredBook, PaywordBook
+from farthing.vendor.deposits import Depositor, backoff
+from farthing.vendor.methods.hll import PendingPurchase
+from farthing.vendor.methods.payword import HeldCommitment
+
+pytestmark = pytest.mark.anyio
+NOW = 1_800_000_000
+EUR = Denomination(currency="EUR", unit_micros=1000)
+MERCHANT_KEY = b"m" * 32
+MASTER = b"K" * 32
+CARD_ID = b"c" * 16
+BROKER_KEY = b"B" * 32
+
+
+class LocalIssuer:
+    """The core's in-memory bank and broker as a deposit target; can be made to fail."""
+
+    def __init__(self, clock: FixedClock) -> None:
+        self.clock = clock
+        self.bank = hll.HllBank(denomination=EUR)
+        self.bank.register_card(CARD_ID, hll.derive_card_key(MASTER, CARD_ID), 1000)
+        self.bank.register_merchant("shop", MERCHANT_KEY)
+        self.broker = payword.PaywordBroker(broker_id="broker", private_key=BROKER_KEY)
+        self.down = False
+        self.calls = 0
+
+    async def deposit_hll(self, batch: hll.DepositBatch, tag: bytes) -> hll.DepositReport:
+        self.calls += 1
+        if self.down:
+            raise LocalProtocolError("issuer unreachable", code=ErrorCode.ISSUER_UNAVAILABLE)
+        return self.bank.deposit(batch, tag, self.clock.now())
+
+    async def redeem_payword(self, redemption: payword.Redemption) -> int:
+        self.calls += 1
+        if self.down:
+            raise LocalProtocolError("issuer unreachable", code=ErrorCode.ISSUER_UNAVAILABLE)
+        credit = self.broker.redeem(
+            payword.encode_redemption(redemption), vendor_id="shop", now=self.clock.now()
+        )
+        return credit.credited_units
+
+
+def record_purchases(store_path: str, count: int) -> None:
+    store = open_store(store_path)
+    book = HllDeferredBook(store)
+    key = hll.SoftwareCardKey(hll.derive_card_key(MASTER, CARD_ID))
+    card = hll.SoftwareCard(
+        key=key, state=hll.CardState(card_id=CARD_ID, denomination=EUR, balance=1000), pin="1"
+    )
+    card.verify_pin("1")
+    for i in range(count):
+        offer = hll.Offer(
+            merchant_id="shop",
+            good=f"/a/{i}",
+            amount=3,
+            denomination=EUR,
+            challenge=bytes([i]) * 40,
+            expires_at=NOW + 60,
+        )
+        purchase = card.purchase(offer, NOW)
+        book.record(
+            PendingPurchase(
+                card_id=CARD_ID,
+                counter=purchase.counter,
+                amount=3,
+                offer=hll.encode_offer(offer),
+                payment=hll.encode_payment(purchase),
+            ),
+            risk_limit=10_000,
+        )
+    store.close()
+
+
+def depositor(store_path: str, issuer: LocalIssuer, clock: FixedClock) -> Depositor:
+    return Depositor(
+        open_store(store_path),
+        issuer,
+        clock=clock,
+        rng=DeterministicRandom("d"),
+        merchant_id="shop",
+        merchant_key=MERCHANT_KEY,
+        batch_size=4,
+    )
+
+
+async def test_hll_batches_survive_a_restart_and_credit_once(tmp_path: Path) -> None:
+    path = str(tmp_path / "vendor.sqlite")
+    clock = FixedClock(NOW)
+    issuer = LocalIssuer(clock)
+    record_purchases(path, 10)
+    assert depositor(path, issuer, clock).stage() == 3  # 4 + 4 + 2
+    # The vendor restarts between staging and sending: a new store, a new depositor.
+    again = depositor(path, issuer, clock)
+    assert again.stage() == 0
+    report = await again.flush()
+    assert (report.sent, report.failed) == (3, 0)
+    assert issuer.bank.credited("shop") == 30
+    assert (await again.flush()).sent == 0
+    store = open_store(path)
+    with store.transaction(readonly=True) as tx:
+        payment = tx.vendor_hll_payment(CARD_ID, 1)
+    assert payment is not None
+    assert payment.state is HllPaymentState.SETTLED
+
+
+async def test_unreachable_issuer_is_retried_with_backoff(tmp_path: Path) -> None:
+    path = str(tmp_path / "vendor.sqlite")
+    clock = FixedClock(NOW)
+    issuer = LocalIssuer(clock)
+    record_purchases(path, 2)
+    dep = depositor(path, issuer, clock)
+    dep.stage()
+    issuer.down = True
+    assert (await dep.flush()).retry_later == 1
+    assert (await dep.flush()).retry_later == 0  # not due yet
+    clock.advance(backoff(1))
+    issuer.down = False
+    assert (await dep.flush()).sent == 1
+    assert issuer.bank.credited("shop") == 6
+
+
+async def test_refused_batch_is_marked_failed(tmp_path: Path) -> None:
+    path = str(tmp_path / "vendor.sqlite")
+    clock = FixedClock(NOW)
+    issuer = LocalIssuer(clock)
+    record_purchases(path, 1)
+    bad = Depositor(
+        open_store(path),
+        issuer,
+        clock=clock,
+        rng=DeterministicRandom("d"),
+        merchant_id="shop",
+        merchant_key=b"x" * 32,
+    )
+    bad.stage()
+    assert (await bad.flush()).failed == 1
+    store = open_store(path)
+    with store.transaction(readonly=True) as tx:
+        assert tx.outbox_due(NOW + 10**6, 10) == []
+    assert issuer.bank.credited("shop") == 0
+
+
+async def test_payword_redemptions_are_staged_once_per_index(tmp_path: Path) -> None:
+    path = str(tmp_path / "vendor.sqlite")
+    clock = FixedClock(NOW)
+    issuer = LocalIssuer(clock)
+    cert = issuer.broker.issue(
+        user_id="alice",
+        user_public_key=ed25519_public_key(b"U" * 32),
+        credit_limit=500,
+        denomination=EUR,
+        now=NOW,
+        ttl=86_400,
+    )
+    seed = b"s" * 32
+    commitment = payword.commit(
+        b"U" * 32,
+        cert,
+        vendor_id="shop",
+        seed=seed,
+        length=50,
+        now=NOW,
+        ttl=3600,
+        rng=DeterministicRandom("n"),
+    )
+    state = payword.accept_commitment(
+        issuer.broker.public_key, commitment, vendor_id="shop", now=NOW
+    )
+    store = open_store(path)
+    book = PaywordBook(store)
+    held = HeldCommitment(
+        commitment_id=state.commitment_id,
+        state=state,
+        encoded=payword.encode_commitment(commitment),
+    )
+    assert book.insert(held)
+    spender = payword.PaywordSpender(commitment, seed)
+    current = held
+    for _ in range(3):
+        payment = spender.reserve(2, now=NOW).payment
+        new_state, _ = payword.verify_payment(current.state, payment, units=2, now=NOW)
+        new = HeldCommitment(
+            commitment_id=held.commitment_id, state=new_state, encoded=held.encoded
+        )
+        assert book.advance(current, new)
+        current = new
+    dep = Depositor(store, issuer, clock=clock, rng=DeterministicRandom("d"))
+    assert dep.stage() == 1
+    assert dep.stage() == 0
+    assert (await dep.flush()).sent == 1
+    assert issuer.broker.vendor_credit("shop", "EUR") == 6 * EUR.unit_micros
+    assert dep.stage() == 0  # redeemed up to its spent
+    with store.transaction(readonly=True) as tx:
+        assert all(item.state is OutboxState.DONE for item in tx.outbox_due(NOW + 10**6, 10))
