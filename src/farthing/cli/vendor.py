@@ -1,16 +1,126 @@
-"""`farthing vendor` commands."""
+"""``farthing vendor``: sell the files of a folder behind HTTP 402, and deposit the takings."""
 
 from __future__ import annotations
 
+import asyncio
+import os
+from pathlib import Path
+from typing import Annotated
+
 import typer
+from rich.table import Table
 
-app = typer.Typer(help="The vendor.", no_args_is_help=True)
+from farthing.cli._common import console, fail
+from farthing.core.errors import FarthingError
+
+app = typer.Typer(
+    help="The vendor: a paywall for a folder of information goods.", no_args_is_help=True
+)
+
+CONFIG_NAME = ".farthing/vendor.toml"
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", help=f"config file (default DIR/{CONFIG_NAME})")
+]
+
+_STARTER = """\
+# farthing vendor config (see `farthing vendor --help`); paths are relative to this file.
+realm = "{realm}"
+database = "vendor.sqlite"
+content_dir = ".."
+challenge_secret_file = "challenge.key"
+
+[prices]   # route pattern = "<micro-units> <CURRENCY>"; first match wins
+"/**" = "{price} EUR"
+
+[szm]      # SZM prepaid cards: the vendor is their issuer (shares its keys and database)
+issuer_keys = "{keys}"
+"""
 
 
-@app.command("version")
-def version() -> None:
-    """Print the farthing version."""
-    from farthing import __version__
-    from farthing.cli._common import console
+def _config_path(directory: Path, config: Path | None) -> Path:
+    path = config if config is not None else directory / CONFIG_NAME
+    if not path.exists():
+        raise fail(
+            f"no vendor config at {path}",
+            hint=f"create one with `farthing vendor init {directory} --issuer-keys FILE`",
+        )
+    return path
 
-    console.print(__version__)
+
+@app.command("init")
+def init(
+    directory: Annotated[Path, typer.Argument(help="the folder of goods to sell")],
+    issuer_keys: Annotated[Path, typer.Option(help="key file from `farthing issuer init`")],
+    realm: Annotated[str, typer.Option(help="the name buyers see")] = "farthing shop",
+    price: Annotated[int, typer.Option(help="default price in micro-EUR")] = 1000,
+) -> None:
+    """Write a starter config into DIR/.farthing/ (never served)."""
+    if not directory.is_dir():
+        raise fail(f"{directory} is not a folder")
+    target = directory / CONFIG_NAME
+    if target.exists():
+        raise fail(f"{target} exists already", hint="edit it, or remove it to start over")
+    target.parent.mkdir(mode=0o700, exist_ok=True)
+    keys = issuer_keys.resolve()
+    target.write_text(_STARTER.format(realm=realm, price=price, keys=keys))
+    console.print(
+        f"wrote [bold]{target}[/]; edit the prices, then `farthing vendor serve {directory}`"
+    )
+
+
+@app.command("serve")
+def serve(
+    directory: Annotated[Path, typer.Argument(help="the folder of goods to sell")],
+    config: ConfigOpt = None,
+    host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to bind")] = 8000,
+    workers: Annotated[int, typer.Option(min=1, help="uvicorn worker processes")] = 1,
+) -> None:
+    """Serve DIR's files, each paid as the config's price table says."""
+    import uvicorn
+
+    from farthing.vendor.config import CONFIG_ENV, load_vendor_config
+
+    path = _config_path(directory, config)
+    try:
+        loaded = load_vendor_config(path)  # fail here, in the foreground, not in a worker
+    except FarthingError as error:
+        raise fail(error.message) from None
+    os.environ[CONFIG_ENV] = str(path.resolve())
+    methods = [m for m in ("szm", "hll", "payword") if getattr(loaded.settings, m) is not None]
+    console.print(f"selling {loaded.content_dir} at http://{host}:{port} ({', '.join(methods)})")
+    uvicorn.run(
+        "farthing.vendor.serve:app_from_env",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level="warning",
+    )
+
+
+@app.command("deposit")
+def deposit(
+    directory: Annotated[Path, typer.Argument(help="the vendor's folder")],
+    config: ConfigOpt = None,
+) -> None:
+    """Claim delivered HLL and PayWord payments from the issuer, now."""
+    from farthing.vendor.config import load_vendor_config
+    from farthing.vendor.serve import depositor_for
+
+    try:
+        loaded = load_vendor_config(_config_path(directory, config))
+        depositor = depositor_for(loaded)
+        if depositor is None:
+            raise fail("nothing to deposit: neither [hll] nor [payword] is configured")
+        staged = depositor.stage()
+        report = asyncio.run(depositor.flush())
+    except FarthingError as error:
+        raise fail(error.message) from None
+    table = Table(title="deposits")
+    for column in ("staged", "sent", "retry later", "failed"):
+        table.add_column(column, justify="right")
+    table.add_row(str(staged), str(report.sent), str(report.retry_later), str(report.failed))
+    console.print(table)
+    if report.failed:
+        raise typer.Exit(1)

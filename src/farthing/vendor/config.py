@@ -78,11 +78,14 @@ def _int(table: dict[str, object], key: str, where: str, default: int | None = N
     return value
 
 
-def _hex(text: str, key: str) -> bytes:
+def _hex(text: str, key: str, *, length: int | None = None) -> bytes:
     try:
-        return bytes.fromhex(text.strip())
+        value = bytes.fromhex(text.strip())
     except ValueError:
         raise _bad(key, "not hexadecimal") from None
+    if length is not None and len(value) != length:
+        raise _bad(key, f"must be {length} bytes ({2 * length} hex digits)")
+    return value
 
 
 def _relative(base: Path, value: str) -> Path:
@@ -96,7 +99,7 @@ def _secret_file(path: Path) -> bytes:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as handle:
             handle.write(os.urandom(32).hex() + "\n")
-    return _hex(path.read_text(), str(path))
+    return _hex(path.read_text(), str(path), length=32)
 
 
 def _prices(table: object) -> PriceTable:
@@ -117,8 +120,8 @@ def _prices(table: object) -> PriceTable:
 def _szm(table: dict[str, object], base: Path) -> SzmKeys:
     if "issuer_keys" not in table:  # keys inline, as hex (tests, or a vendor without a file)
         return SzmKeys(
-            chain_master=_hex(_str(table, "chain_master", "szm."), "szm.chain_master"),
-            prbg_master=_hex(_str(table, "prbg_master", "szm."), "szm.prbg_master"),
+            chain_master=_hex(_str(table, "chain_master", "szm."), "szm.chain_master", length=32),
+            prbg_master=_hex(_str(table, "prbg_master", "szm."), "szm.prbg_master", length=32),
         )
     from farthing.issuer.config import load_issuer_keys
 
@@ -135,7 +138,7 @@ def _hll(table: dict[str, object], base: Path) -> HllSettings:
     key_file = _relative(base, _str(table, "merchant_key_file", "hll."))
     return HllSettings(
         merchant_id=_str(table, "merchant_id", "hll."),
-        merchant_key=_hex(key_file.read_text(), "hll.merchant_key_file"),
+        merchant_key=_hex(key_file.read_text(), "hll.merchant_key_file", length=32),
         unit_micros=_int(table, "unit_micros", "hll."),
         mode=HllMode(mode_text),
         risk_limit=_int(table, "risk_limit", "hll.", 0),

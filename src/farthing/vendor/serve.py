@@ -11,16 +11,17 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from starlette.staticfiles import StaticFiles
-
+from farthing.core.clock import SystemClock
 from farthing.core.errors import ErrorCode, LocalProtocolError
 from farthing.store import open_store
 from farthing.vendor.app import create_vendor_app
 from farthing.vendor.config import CONFIG_ENV, VendorConfig, load_vendor_config
+from farthing.vendor.deposits import Depositor
+from farthing.vendor.goods import GoodsApp
 from farthing.vendor.methods.hll import HllBankClient
 from farthing.vendor.middleware import Paywall
 
-__all__ = ["app_from_config", "app_from_env"]
+__all__ = ["app_from_config", "app_from_env", "depositor_for"]
 
 
 def _bank(config: VendorConfig) -> HllBankClient | None:
@@ -36,7 +37,7 @@ def _bank(config: VendorConfig) -> HllBankClient | None:
 
 def app_from_config(config: VendorConfig) -> Paywall:
     store = open_store(config.database)
-    content = StaticFiles(directory=config.content_dir)
+    content = GoodsApp(config.content_dir)
     return create_vendor_app(
         config.settings, content=content, prices=config.prices, store=store, bank=_bank(config)
     )
@@ -49,3 +50,26 @@ def app_from_env() -> Paywall:
             f"set {CONFIG_ENV} to the vendor config file", code=ErrorCode.MISUSE
         )
     return app_from_config(load_vendor_config(Path(path)))
+
+
+def depositor_for(config: VendorConfig) -> Depositor | None:
+    """The depositor of a configured vendor, or None if it has nothing to deposit."""
+    settings = config.settings
+    if settings.hll is None and settings.payword is None:
+        return None
+    if config.issuer_url is None:
+        raise LocalProtocolError("set [hll] issuer_url to deposit", code=ErrorCode.MISUSE)
+    from farthing.issuer.client import IssuerClient
+
+    hll = settings.hll
+    merchant_id = hll.merchant_id if hll is not None else None
+    merchant_key = hll.merchant_key if hll is not None else None
+    client = IssuerClient(config.issuer_url, merchant_id=merchant_id, merchant_key=merchant_key)
+    return Depositor(
+        open_store(config.database),
+        client,
+        clock=SystemClock(),
+        rng=os.urandom,
+        merchant_id=merchant_id,
+        merchant_key=merchant_key,
+    )

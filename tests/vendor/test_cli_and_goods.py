@@ -1,0 +1,66 @@
+"""`farthing vendor init|serve` set-up errors, and the goods server never serving secrets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from farthing.cli import app
+from farthing.vendor.goods import GoodsApp
+
+runner = CliRunner()
+
+
+@pytest.mark.anyio
+async def test_goods_refuse_hidden_paths(tmp_path: Path) -> None:
+    (tmp_path / "a.txt").write_text("article")
+    (tmp_path / ".farthing").mkdir()
+    (tmp_path / ".farthing" / "challenge.key").write_text("00" * 32)
+    transport = httpx.ASGITransport(app=GoodsApp(tmp_path))
+    async with httpx.AsyncClient(transport=transport, base_url="http://v") as client:
+        assert (await client.get("/a.txt")).text == "article"
+        assert (await client.get("/.farthing/challenge.key")).status_code == 404
+        assert (await client.get("/x/../.farthing/challenge.key")).status_code == 404
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def test_serve_without_config_says_how_to_make_one(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["vendor", "serve", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "farthing vendor init" in result.output
+
+
+def test_init_writes_a_config_that_loads(tmp_path: Path) -> None:
+    keys = tmp_path / "keys.json"
+    result = runner.invoke(app, ["vendor", "init", str(tmp_path), "--issuer-keys", str(keys)])
+    assert result.exit_code == 0, result.output
+    config = tmp_path / ".farthing" / "vendor.toml"
+    assert 'issuer_keys = "' in config.read_text()
+    again = runner.invoke(app, ["vendor", "init", str(tmp_path), "--issuer-keys", str(keys)])
+    assert again.exit_code == 1
+    assert "exists already" in again.output
+
+
+def test_bad_config_is_reported_with_its_key(tmp_path: Path) -> None:
+    (tmp_path / ".farthing").mkdir()
+    (tmp_path / ".farthing" / "vendor.toml").write_text(
+        'realm = "x"\ndatabase = "v.sqlite"\n[prices]\n"/a" = "cheap"\n'
+        '[szm]\nchain_master = "00"\nprbg_master = "00"\n'
+    )
+    result = runner.invoke(app, ["vendor", "serve", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "szm.chain_master" in result.output  # checked before the prices
+    (tmp_path / ".farthing" / "vendor.toml").write_text(
+        'realm = "x"\ndatabase = "v.sqlite"\n[prices]\n"/a" = "cheap"\n'
+        f'[szm]\nchain_master = "{"00" * 32}"\nprbg_master = "{"00" * 32}"\n'
+    )
+    result = runner.invoke(app, ["vendor", "serve", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "prices./a" in result.output
