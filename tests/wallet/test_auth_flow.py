@@ -174,3 +174,26 @@ def test_policy_refusal_propagates_before_spending() -> None:
     with pytest.raises(PolicyRefused):
         flow.send(response(402, challenges=[challenge()]))
     assert payer.paid == []
+
+
+def test_refused_up_front_payment_pays_the_fresh_402_once() -> None:
+    payer = FakePayer(up_front=True)
+    flow = PaymentAuth(payer).auth_flow(httpx.Request("GET", URL))
+    next(flow)
+    again = flow.send(response(402, challenges=[challenge("fresh")]))
+    assert again.headers["authorization"] == "Payment fresh-2"
+    with pytest.raises(StopIteration):
+        flow.send(response(401, challenges=[challenge("c3")]))
+    assert payer.paid == ["cached", "fresh"]
+    assert payer.refusals == [402, 401]
+
+
+def test_paid_request_ending_in_a_server_error_is_reported() -> None:
+    payer = FakePayer()
+    flow = PaymentAuth(payer).auth_flow(httpx.Request("GET", URL))
+    next(flow)
+    flow.send(response(402, challenges=[challenge()]))
+    with pytest.raises(StopIteration):
+        flow.send(response(500))
+    assert payer.refusals == [500]
+    assert payer.settled == []

@@ -11,8 +11,19 @@ from farthing.core.errors import FarthingError
 
 __all__ = ["console", "err_console", "fail", "run_cli"]
 
-console = Console()
-err_console = Console(stderr=True)
+
+
+class _Console(Console):
+    """Measures the terminal (and ``COLUMNS``) each time it prints, never once at import:
+    Rich fixes the width at construction when ``COLUMNS`` is set then."""
+
+    def __init__(self, *, stderr: bool = False) -> None:
+        super().__init__(stderr=stderr)
+        self._width = None
+
+
+console = _Console()
+err_console = _Console(stderr=True)
 
 
 def fail(message: str, *, hint: str | None = None, code: int = 1) -> typer.Exit:

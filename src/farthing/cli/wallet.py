@@ -1,16 +1,573 @@
-"""`farthing wallet` commands."""
+"""``farthing wallet``: keep cards, pay HTTP 402 vendors, and see what was bought.
+
+Every command finds the wallet file at ``--wallet``, else ``$FARTHING_WALLET``, else
+``~/.local/share/farthing/wallet.sqlite``; and its passphrase in ``--passphrase-file`` (first
+line), else ``$FARTHING_WALLET_PASSPHRASE``, else asks for it. Errors say what happened and
+what to do about it; nothing is spent when a command fails before paying.
+"""
 
 from __future__ import annotations
 
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Final
+
+import httpx
 import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.table import Table
 
-app = typer.Typer(help="The wallet.", no_args_is_help=True)
+from farthing.cli._common import console, err_console, fail
+from farthing.core.encoding import b64url_decode
+from farthing.core.errors import (
+    CardExhausted,
+    CardLocked,
+    Conflict,
+    ErrorCode,
+    FarthingError,
+    MalformedMessage,
+    PolicyRefused,
+    RemoteProtocolError,
+    UnsupportedMethod,
+    WrongPin,
+)
+from farthing.core.schemes import payword
+from farthing.wallet.auth import PaymentAuth
+from farthing.wallet.cards import NO_EXPIRY, CardInfo, HllCardFile, Pkcs11Location
+from farthing.wallet.pkcs11_card import install_card_key
+from farthing.wallet.policy import Limits, SpendingPolicy, format_micros, parse_amount
+from farthing.wallet.store import HistoryEntry
+from farthing.wallet.wallet import Wallet
+
+__all__ = ["PASSPHRASE_ENV", "WALLET_ENV", "app", "default_wallet_path", "make_client"]
+
+WALLET_ENV: Final = "FARTHING_WALLET"
+PASSPHRASE_ENV: Final = "FARTHING_WALLET_PASSPHRASE"  # noqa: S105 -- the variable's name
+PIN_ENV: Final = "FARTHING_CARD_PIN"
+
+app = typer.Typer(help="The wallet: cards, payments and what was bought.", no_args_is_help=True)
+add_card = typer.Typer(help="Add a card to the wallet.", no_args_is_help=True)
+app.add_typer(add_card, name="add-card")
+
+WalletOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--wallet",
+        envvar=WALLET_ENV,
+        help="wallet file (default ~/.local/share/farthing/wallet.sqlite)",
+        show_default=False,
+    ),
+]
+PassFileOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--passphrase-file",
+        help=f"read the passphrase from this file's first line (else ${PASSPHRASE_ENV}, "
+        "else a prompt)",
+    ),
+]
+LabelOpt = Annotated[str | None, typer.Option("--label", help="a name for the card")]
 
 
-@app.command("version")
-def version() -> None:
-    """Print the farthing version."""
-    from farthing import __version__
-    from farthing.cli._common import console
+def default_wallet_path() -> Path:
+    return Path.home() / ".local" / "share" / "farthing" / "wallet.sqlite"
 
-    console.print(__version__)
+
+def make_client(auth: httpx.Auth, timeout: float) -> httpx.Client:
+    """The HTTP client ``get`` uses (tests replace it to reach an in-process vendor)."""
+    return httpx.Client(auth=auth, timeout=timeout, follow_redirects=True)
+
+
+# --- passphrase and opening --------------------------------------------------------------
+
+
+def _passphrase(passphrase_file: Path | None, *, confirm: bool = False) -> str:
+    if passphrase_file is not None:
+        try:
+            text = passphrase_file.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise fail(f"cannot read the passphrase file: {exc.strerror}") from None
+        first = text.splitlines()[0] if text else ""
+        if not first:
+            raise fail(f"the passphrase file {passphrase_file} is empty")
+        return first
+    from_env = os.environ.get(PASSPHRASE_ENV)
+    if from_env:
+        return from_env
+    answer: str = typer.prompt(
+        "Wallet passphrase", hide_input=True, confirmation_prompt=confirm, err=True
+    )
+    return answer
+
+
+def _path(wallet: Path | None) -> Path:
+    return (wallet or default_wallet_path()).expanduser()
+
+
+@contextmanager
+def _opened(wallet: Path | None, passphrase_file: Path | None) -> Iterator[Wallet]:
+    path = _path(wallet)
+    if not path.is_file():
+        raise fail(f"no wallet at {path}", hint="create one with `farthing wallet init`")
+    with _explained(), Wallet.open(path, _passphrase(passphrase_file)) as opened:
+        yield opened
+
+
+# --- errors a person can act on ------------------------------------------------------------
+
+_HINTS: Final[tuple[tuple[type[FarthingError], str], ...]] = (
+    (PolicyRefused, "allow it with --max-price, or raise the limits: `farthing wallet policy`"),
+    (
+        CardExhausted,
+        "add a card: `farthing wallet add-card szm CODE` (see `farthing wallet cards`)",
+    ),
+    (WrongPin, "store the right PIN: add the card again with --pin"),
+    (CardLocked, "the token's PIN is locked; unlock it with the token's admin tools"),
+    (Conflict, "see `farthing wallet cards`"),
+    (MalformedMessage, "check the code or file for typos; a card code carries a checksum"),
+    (UnsupportedMethod, "this farthing does not know that kind of card"),
+)
+
+
+@contextmanager
+def _explained() -> Iterator[None]:
+    """Turn library errors into one line saying what happened and one saying what to do."""
+    try:
+        yield
+    except FarthingError as error:
+        raise _explain(error) from None
+    except httpx.ConnectError as error:
+        host = error.request.url.host if _has_request(error) else "the vendor"
+        raise fail(
+            f"cannot reach {host}", hint="check the URL and your network, and that the vendor runs"
+        ) from None
+    except httpx.TimeoutException as error:
+        host = error.request.url.host if _has_request(error) else "the vendor"
+        raise fail(f"{host} did not answer in time", hint="try again, or raise --timeout") from None
+
+
+def _has_request(error: httpx.RequestError) -> bool:
+    try:
+        error.request  # noqa: B018 -- httpx raises when the error carries no request
+    except RuntimeError:
+        return False
+    return True
+
+
+def _explain(error: FarthingError) -> typer.Exit:
+    if error.code is ErrorCode.WALLET_LOCKED and error.message == "wrong passphrase":
+        return fail(
+            "wrong passphrase",
+            hint=f"use the passphrase chosen at `farthing wallet init` (--passphrase-file, "
+            f"${PASSPHRASE_ENV} or the prompt)",
+        )
+    if error.code is ErrorCode.NOT_FOUND and "holds no card" in error.message:
+        return fail(error.message, hint="add a card this vendor takes: `farthing wallet add-card`")
+    for kind, hint in _HINTS:
+        if isinstance(error, kind):
+            return fail(error.message, hint=hint)
+    if isinstance(error, RemoteProtocolError):
+        return fail(f"the vendor sent something wrong: {error.message}")
+    return fail(f"{error.message} ({error.code.name})")
+
+
+# --- init, cards, balance ------------------------------------------------------------------
+
+
+@app.command()
+def init(wallet: WalletOpt = None, passphrase_file: PassFileOpt = None) -> None:
+    """Create a new, empty wallet file protected by a passphrase."""
+    path = _path(wallet)
+    if path.exists():
+        raise fail(f"a wallet already exists at {path}", hint="use it, or choose --wallet")
+    passphrase = _passphrase(passphrase_file, confirm=True)
+    with _explained(), Wallet.create(path, passphrase):
+        pass
+    console.print(f"Created wallet [bold]{path}[/]")
+    console.print("Next: add a card with `farthing wallet add-card szm CODE`.")
+
+
+@add_card.command("szm")
+def add_szm(
+    code: Annotated[str | None, typer.Argument(help="the printed card code FTH1-...")] = None,
+    file: Annotated[
+        Path | None,
+        typer.Option("--file", help="a file holding the code (text or QR/compact form)"),
+    ] = None,
+    label: LabelOpt = None,
+    wallet: WalletOpt = None,
+    passphrase_file: PassFileOpt = None,
+) -> None:
+    """Add an SZM prepaid card from its printed code or a file."""
+    text = _one_source(code, file, "a card code", "--file")
+    with _opened(wallet, passphrase_file) as opened, _explained():
+        info = opened.add_szm_code(text, label=label)
+    _added(info)
+
+
+@add_card.command("hll")
+def add_hll(
+    card_file: Annotated[
+        Path, typer.Option("--card-file", help="the bank's personalisation output (JSON)")
+    ],
+    pkcs11_module: Annotated[
+        str | None, typer.Option("--pkcs11-module", help="PKCS#11 module holding the card key")
+    ] = None,
+    token_label: Annotated[str | None, typer.Option("--token-label")] = None,
+    key_label: Annotated[str, typer.Option("--key-label")] = "hll-card-key",
+    pin: Annotated[
+        str | None, typer.Option("--pin", envvar=PIN_ENV, help="the token's user PIN")
+    ] = None,
+    install_key: Annotated[
+        bool, typer.Option("--install-key", help="write the file's key into the token first")
+    ] = False,
+    label: LabelOpt = None,
+    wallet: WalletOpt = None,
+    passphrase_file: PassFileOpt = None,
+) -> None:
+    """Add an HLL card: a software key from the card file, or a key in a PKCS#11 token.
+
+    For a token, the PIN is kept in the wallet, sealed under the passphrase, so payments
+    run without asking for it.
+    """
+    with _explained():
+        card = HllCardFile.from_json(_read_text(card_file))
+    token = _token(pkcs11_module, token_label, key_label)
+    if token is not None:
+        pin = pin or typer.prompt("Token PIN", hide_input=True, err=True)
+        card = _into_token(card, token, pin, install_key)
+    with _opened(wallet, passphrase_file) as opened, _explained():
+        info = opened.add_hll_card(card, token=token, pin=pin, label=label)
+    _added(info)
+
+
+def _token(module: str | None, token_label: str | None, key_label: str) -> Pkcs11Location | None:
+    if module is None and token_label is None:
+        return None
+    if module is None or token_label is None:
+        raise fail("a PKCS#11 card needs both --pkcs11-module and --token-label")
+    return Pkcs11Location(module_path=module, token_label=token_label, key_label=key_label)
+
+
+def _into_token(
+    card: HllCardFile, token: Pkcs11Location, pin: str, install_key: bool
+) -> HllCardFile:
+    """With --install-key, personalise the token from the file; the wallet keeps no key."""
+    if install_key:
+        if card.card_key is None:
+            raise fail("--install-key needs a card file that holds the key")
+        with _explained():
+            install_card_key(
+                token.module_path, token.token_label, pin, token.key_label, card.card_key
+            )
+    return HllCardFile(
+        card_id=card.card_id,
+        balance=card.balance,
+        denomination=card.denomination,
+        expires_at=card.expires_at,
+    )
+
+
+@add_card.command("payword")
+def add_payword(
+    certificate: Annotated[
+        Path, typer.Option("--certificate", help="the broker's certificate (base64url or raw)")
+    ],
+    user_key: Annotated[
+        Path, typer.Option("--user-key", help="your Ed25519 private key (base64url or raw)")
+    ],
+    label: LabelOpt = None,
+    wallet: WalletOpt = None,
+    passphrase_file: PassFileOpt = None,
+) -> None:
+    """Add a PayWord account: your key and the broker's certificate for it."""
+    with _explained():
+        cert = payword.decode_certificate(_read_blob(certificate))
+        key = _read_blob(user_key)
+    with _opened(wallet, passphrase_file) as opened, _explained():
+        info = opened.add_payword(cert, key, label=label)
+    _added(info)
+
+
+def _one_source(value: str | None, file: Path | None, what: str, option: str) -> str:
+    if value is not None and file is None:
+        return value
+    if file is not None and value is None:
+        return _read_text(file)
+    raise fail(f"give {what} or {option}, not both and not neither")
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise fail(f"cannot read {path}: {exc}") from None
+
+
+def _read_blob(path: Path) -> bytes:
+    """A file of base64url text, or the raw bytes themselves."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise fail(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        return b64url_decode(raw.strip())
+    except MalformedMessage:
+        return raw
+
+
+def _added(info: CardInfo) -> None:
+    console.print(
+        f"Added [bold]{info.label}[/] ({info.method}): {info.units_left} units of "
+        f"{format_micros(info.unit_micros, info.currency)}, {info.where}"
+    )
+
+
+@app.command()
+def cards(wallet: WalletOpt = None, passphrase_file: PassFileOpt = None) -> None:
+    """List the cards in the wallet."""
+    with _opened(wallet, passphrase_file) as opened:
+        held = opened.cards()
+    if not held:
+        console.print("No cards yet. Add one with `farthing wallet add-card szm CODE`.")
+        return
+    table = Table(title="Cards")
+    table.add_column("Card", no_wrap=True)
+    table.add_column("Method", no_wrap=True)
+    table.add_column("Units left", justify="right")
+    table.add_column("Value left", justify="right", no_wrap=True)
+    table.add_column("Expires", no_wrap=True)
+    table.add_column("Where")
+    for info in held:
+        table.add_row(
+            info.label,
+            info.method,
+            f"{info.units_left}/{info.total_units}",
+            format_micros(info.value_left_micros, info.currency),
+            _date(info.expires_at),
+            info.where,
+        )
+    console.print(table)
+
+
+@app.command()
+def balance(wallet: WalletOpt = None, passphrase_file: PassFileOpt = None) -> None:
+    """Money left on prepaid and bank cards, per currency (PayWord is credit, shown apart)."""
+    with _opened(wallet, passphrase_file) as opened:
+        totals = opened.balances()
+        credit = [c for c in opened.cards() if c.method == "payword"]
+    if not totals and not credit:
+        console.print("The wallet holds no money yet.")
+    for currency, micros in sorted(totals.items()):
+        console.print(f"[bold]{format_micros(micros, currency)}[/]")
+    for info in credit:
+        limit = format_micros(info.value_left_micros, info.currency)
+        console.print(f"PayWord credit {limit} from broker {info.realm} ({info.label})")
+
+
+# --- buying --------------------------------------------------------------------------------
+
+
+@app.command()
+def get(
+    urls: Annotated[list[str], typer.Argument(help="one or more URLs to fetch, paying if asked")],
+    output: Annotated[
+        Path | None,
+        typer.Option("-o", "--output", help="file to write (a directory for several URLs)"),
+    ] = None,
+    max_price: Annotated[
+        str | None,
+        typer.Option("--max-price", help="most to pay per request, e.g. 0.05 or 0.05EUR"),
+    ] = None,
+    timeout: Annotated[float, typer.Option("--timeout", help="seconds per request")] = 30.0,
+    wallet: WalletOpt = None,
+    passphrase_file: PassFileOpt = None,
+) -> None:
+    """Fetch URLs, paying their HTTP 402 challenges within the spending policy."""
+    with _explained():
+        cap = parse_amount(max_price) if max_price else None
+    with _opened(wallet, passphrase_file) as opened:
+        if cap is not None:
+            opened.use_policy(opened.policy.with_per_request(*cap))
+        with make_client(PaymentAuth(opened), timeout) as client, _explained():
+            if len(urls) == 1:
+                _get_one(client, urls[0], output)
+            else:
+                _get_many(client, urls, output)
+
+
+def _fetch(client: httpx.Client, url: str) -> httpx.Response:
+    response = client.get(url)
+    if response.is_success:
+        return response
+    raise fail(f"{url}: {_why(response)}", hint=_status_hint(response.status_code))
+
+
+def _why(response: httpx.Response) -> str:
+    detail = ""
+    if response.headers.get("content-type", "").startswith("application/problem+json"):
+        try:
+            problem = response.json()
+            detail = str(problem.get("detail") or problem.get("title") or "")
+        except ValueError:
+            detail = ""
+    return f"the vendor answered {response.status_code}" + (f" ({detail})" if detail else "")
+
+
+def _status_hint(status: int) -> str | None:
+    if status in (401, 402):
+        return "the payment was refused; see `farthing wallet history`"
+    return None
+
+
+def _get_one(client: httpx.Client, url: str, output: Path | None) -> None:
+    response = _fetch(client, url)
+    if output is None:
+        sys.stdout.buffer.write(response.content)
+        sys.stdout.buffer.flush()
+        return
+    output.write_bytes(response.content)
+    err_console.print(f"Saved {len(response.content)} bytes to {output}")
+
+
+def _get_many(client: httpx.Client, urls: list[str], output: Path | None) -> None:
+    if output is not None:
+        output.mkdir(parents=True, exist_ok=True)
+    saved: list[tuple[str, int, str]] = []
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    with Progress(*columns, console=err_console) as progress:
+        task = progress.add_task("buying", total=len(urls))
+        for number, url in enumerate(urls, start=1):
+            response = _fetch(client, url)
+            target = _save(output, number, url, response.content)
+            saved.append((url, len(response.content), target))
+            progress.advance(task)
+    table = Table(title="Fetched")
+    for column in ("URL", "Bytes", "Saved to"):
+        table.add_column(column)
+    for url, size, target in saved:
+        table.add_row(url, str(size), target)
+    console.print(table)
+    if output is None:
+        err_console.print("[dim]hint:[/] use -o DIR to keep the bodies")
+
+
+def _save(output: Path | None, number: int, url: str, body: bytes) -> str:
+    if output is None:
+        return "-"
+    name = httpx.URL(url).path.rstrip("/").rsplit("/", 1)[-1] or "index"
+    target = output / f"{number:03d}-{name}"
+    target.write_bytes(body)
+    return str(target)
+
+
+# --- history and policy --------------------------------------------------------------------
+
+
+@app.command()
+def history(
+    limit: Annotated[int, typer.Option("--limit", help="how many, newest first")] = 50,
+    wallet: WalletOpt = None,
+    passphrase_file: PassFileOpt = None,
+) -> None:
+    """What the wallet paid for, newest first."""
+    with _opened(wallet, passphrase_file) as opened:
+        entries = opened.history(limit=limit)
+    if not entries:
+        console.print("Nothing bought yet.")
+        return
+    console.print(_history_table(entries))
+
+
+def _history_table(entries: list[HistoryEntry]) -> Table:
+    table = Table(title="History")
+    for column in ("When (UTC)", "URL", "Method", "Card", "Units", "Paid", "Outcome"):
+        table.add_column(column, justify="right" if column in ("Units", "Paid") else "left")
+    for entry in entries:
+        outcome = entry.outcome if entry.status is None else f"{entry.outcome} ({entry.status})"
+        table.add_row(
+            _time(entry.at),
+            entry.url,
+            entry.method,
+            entry.card_label,
+            str(entry.units),
+            format_micros(entry.charged_micros, entry.currency),
+            outcome,
+        )
+    return table
+
+
+@app.command()
+def policy(
+    per_request: Annotated[str | None, typer.Option("--per-request", help="e.g. 0.05")] = None,
+    per_host: Annotated[str | None, typer.Option("--per-host", help="per host per day")] = None,
+    per_day: Annotated[str | None, typer.Option("--per-day", help="all hosts per day")] = None,
+    currency: Annotated[str, typer.Option("--currency")] = "EUR",
+    wallet: WalletOpt = None,
+    passphrase_file: PassFileOpt = None,
+) -> None:
+    """Show the spending policy, or set limits for one currency (kept in the wallet)."""
+    code = currency.upper()
+    with _opened(wallet, passphrase_file) as opened:
+        current = opened.policy
+        if any(v is not None for v in (per_request, per_host, per_day)):
+            with _explained():
+                limits = _merged(current.limits_for(code), per_request, per_host, per_day)
+            current = SpendingPolicy(
+                limits={**current.limits, code: limits},
+                default=current.default,
+                retry_after_refusal=current.retry_after_refusal,
+            )
+            opened.use_policy(current, save=True)
+    _show_policy(current)
+
+
+def _merged(
+    base: Limits, per_request: str | None, per_host: str | None, per_day: str | None
+) -> Limits:
+    def value(text: str | None, old: int | None) -> int | None:
+        return old if text is None else parse_amount(text)[0]
+
+    return Limits(
+        per_request=value(per_request, base.per_request),
+        per_host=value(per_host, base.per_host),
+        per_day=value(per_day, base.per_day),
+    )
+
+
+def _show_policy(current: SpendingPolicy) -> None:
+    table = Table(title="Spending policy (in the last 24 hours)")
+    for column in ("Currency", "Per request", "Per host", "Per day"):
+        table.add_column(column)
+    rows: list[tuple[str, Limits | None]] = [*current.limits.items(), ("others", current.default)]
+    for code, limits in rows:
+        if limits is None:
+            table.add_row(code, "refused", "refused", "refused")
+            continue
+        unit = code if code in current.limits else ""
+        cells = (limits.per_request, limits.per_host, limits.per_day)
+        table.add_row(code, *(_limit_text(value, unit) for value in cells))
+    console.print(table)
+
+
+def _limit_text(micros: int | None, currency: str) -> str:
+    return "no limit" if micros is None else format_micros(micros, currency).strip()
+
+
+def _time(unix: int) -> str:
+    return _utc(unix, "%Y-%m-%d %H:%M:%S")
+
+
+def _date(unix: int) -> str:
+    return "never" if unix >= NO_EXPIRY else _utc(unix, "%Y-%m-%d")
+
+
+def _utc(unix: int, layout: str) -> str:
+    try:
+        return datetime.fromtimestamp(unix, UTC).strftime(layout)
+    except (OverflowError, ValueError, OSError):
+        return "far future" if unix > 0 else "?"

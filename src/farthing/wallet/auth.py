@@ -8,8 +8,12 @@ stepping it by hand::
     if response is 402: pay one offered challenge within policy, retry once
     if response is 200: open the sealed body with the payment's key, record the purchase
 
-It never pays twice for one request: after a paid attempt is refused (401 with a fresh
-challenge, or 402), it returns that response unless the payer's policy allows one retry.
+It never pays twice for one request on its own initiative: after a paid attempt is refused
+(401 with a fresh challenge, or 402), it returns that response unless the payer's policy
+allows one retry. The one exception is a refused *up-front* payment (made from a remembered
+challenge, before the vendor asked): the fresh 402 is then paid once, as if the up-front
+attempt had not been made. A paid request that ends in any other error is reported to the
+payer as refused, so its history does not stay pending.
 """
 
 from __future__ import annotations
@@ -79,6 +83,7 @@ class PaymentAuth(httpx.Auth):
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         url = str(request.url)
         payment = self._payer.pay_up_front(url)
+        up_front = payment is not None
         if payment is not None:
             request.headers["Authorization"] = payment.authorization
         response = yield request
@@ -86,20 +91,27 @@ class PaymentAuth(httpx.Auth):
             if response.status_code not in (401, 402):
                 break
             challenges = parse_challenges(response.headers.get_list("www-authenticate"))
+            if payment is not None:
+                self._payer.refused(payment, response.status_code)
             if not challenges:
                 return
             self._payer.remember(url, challenges)
-            if payment is not None:
-                self._payer.refused(payment, response.status_code)
-                if not self._payer.retry_after_refusal():
-                    return
-            elif response.status_code != 402:
+            if payment is not None and not (up_front or self._payer.retry_after_refusal()):
                 return
+            if payment is None and response.status_code != 402:
+                return
+            # An up-front payment is an optimisation, not the reader's decision to pay:
+            # when it is refused (say its challenge went stale), pay the fresh 402 once.
+            up_front = False
             payment = self._payer.pay(url, challenges)
             request.headers["Authorization"] = payment.authorization
             response = yield request
-        if payment is not None and response.is_success:
+        if payment is None:
+            return
+        if response.is_success:
             _open(response, payment, self._payer)
+        elif response.status_code not in (401, 402):
+            self._payer.refused(payment, response.status_code)
 
 
 def _open(response: httpx.Response, payment: PreparedPayment, payer: Payer) -> None:

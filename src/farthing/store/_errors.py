@@ -1,0 +1,90 @@
+"""Translate SQLAlchemy and driver exceptions into farthing's error tree, at the store edge.
+
+::
+
+    sqlalchemy.exc.IntegrityError, unique or primary key     -> Conflict(CONFLICT)
+        (a replay guard raises Conflict(DUPLICATE_SPEND) itself, see unique_violation_as)
+    sqlalchemy.exc.DBAPIError, lock / busy / serialization  -> Conflict(CONFLICT), retryable
+    anything else                                           -> re-raised unchanged
+
+A retryable conflict means "the store was busy or the transaction lost a race; run the
+whole unit of work again": :func:`is_retryable` tells it apart from a final conflict (a
+repeated reference) by looking at the driver error kept in ``__cause__``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Final
+
+from sqlalchemy import exc as sa_exc
+
+from farthing.core.errors import Conflict, ErrorCode
+
+__all__ = ["is_retryable", "is_unique_violation", "map_db_errors", "unique_violation_as"]
+
+# PostgreSQL SQLSTATEs and SQLite extended error names, as the drivers report them.
+_UNIQUE_CODES: Final = frozenset(
+    {"23505", "SQLITE_CONSTRAINT_UNIQUE", "SQLITE_CONSTRAINT_PRIMARYKEY"}
+)
+_RETRYABLE_CODES: Final = frozenset(
+    {
+        "40001",  # serialization_failure
+        "40P01",  # deadlock_detected
+        "55P03",  # lock_not_available
+        "SQLITE_BUSY",
+        "SQLITE_BUSY_SNAPSHOT",
+        "SQLITE_BUSY_RECOVERY",
+        "SQLITE_BUSY_TIMEOUT",
+        "SQLITE_LOCKED",
+        "SQLITE_LOCKED_SHAREDCACHE",
+    }
+)
+
+
+def _driver_code(exc: BaseException) -> str | None:
+    """psycopg's SQLSTATE or sqlite3's error name, from a driver error or SQLAlchemy's wrapper."""
+    orig = exc.orig if isinstance(exc, sa_exc.DBAPIError) else exc
+    code = getattr(orig, "sqlstate", None) or getattr(orig, "sqlite_errorname", None)
+    return code if isinstance(code, str) else None
+
+
+def is_unique_violation(exc: BaseException) -> bool:
+    return _driver_code(exc) in _UNIQUE_CODES
+
+
+def _is_busy(exc: BaseException) -> bool:
+    return _driver_code(exc) in _RETRYABLE_CODES
+
+
+def is_retryable(error: BaseException) -> bool:
+    """True for a Conflict raised because the store was busy or a serializable unit lost."""
+    return isinstance(error, Conflict) and error.__cause__ is not None and _is_busy(error.__cause__)
+
+
+@contextmanager
+def map_db_errors() -> Iterator[None]:
+    """Re-raise database errors as farthing errors (``raise ... from`` the original).
+
+    Handles SQLAlchemy's wrapped errors and raw driver errors (from the hot path) alike.
+    """
+    try:
+        yield
+    except Exception as exc:
+        if is_unique_violation(exc):
+            raise Conflict("the record already exists", code=ErrorCode.CONFLICT) from exc
+        if _is_busy(exc):
+            raise Conflict("the store is busy; try again", code=ErrorCode.CONFLICT) from exc
+        raise
+
+
+@contextmanager
+def unique_violation_as(code: ErrorCode, message: str) -> Iterator[None]:
+    """Inside: a unique-key violation becomes ``Conflict(message, code=code)``."""
+    try:
+        yield
+    except Exception as exc:
+        if is_unique_violation(exc):
+            raise Conflict(message, code=code) from exc
+        raise

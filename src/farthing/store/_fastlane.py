@@ -1,0 +1,133 @@
+"""The vendor's hot path at driver level: prebuilt statements on autocommit connections.
+
+A payment must cost one durable UPDATE and little else. Going through a SQLAlchemy
+``Connection`` costs a pool checkout, a BEGIN, event dispatch, result set-up and a
+COMMIT, several times the UPDATE itself on SQLite. So the few hot statements are
+compiled once, by SQLAlchemy, for this store's dialect (no SQL is written by hand), and run
+on a small private set of driver connections in autocommit mode: on SQLite a lone
+UPDATE is its own write transaction (its write lock is taken up front, waiting on the
+busy timeout, exactly like BEGIN IMMEDIATE) and on PostgreSQL it is one round trip.
+The drivers keep the statement prepared (sqlite3's statement cache; psycopg prepares
+server-side after a few executions).
+
+Connections are reused LIFO from a queue shared by all threads. When a statement raises,
+that connection and every idle one are closed (the likely cause, a database restart,
+has broken them all); the next call connects afresh. A failed write is not retried here:
+its outcome may be unknown, and the caller decides.
+"""
+
+from __future__ import annotations
+
+import queue
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from sqlalchemy import Dialect
+from sqlalchemy.engine.interfaces import DBAPIConnection
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.expression import ClauseElement
+
+__all__ = ["FastLane", "FastStatement"]
+
+_KEEP_IDLE: Final = 8
+
+
+@dataclass(frozen=True, slots=True)
+class FastStatement:
+    """A Core statement compiled once for one dialect."""
+
+    compiled: SQLCompiler
+    sql: str
+    order: tuple[str, ...] | None
+
+    @classmethod
+    def prepare(cls, statement: ClauseElement, dialect: Dialect) -> FastStatement:
+        compiled = statement.compile(dialect=dialect)
+        if not isinstance(compiled, SQLCompiler):
+            raise TypeError("only SQL statements run on the fast lane")
+        order = tuple(compiled.positiontup or ()) if compiled.positional else None
+        return cls(compiled=compiled, sql=compiled.string, order=order)
+
+    def bind(self, params: Mapping[str, object]) -> tuple[object, ...] | dict[str, Any]:
+        """Driver parameters: the statement's constants plus ``params``, in its paramstyle."""
+        values = self.compiled.construct_params(dict(params))
+        if values is None:
+            raise ValueError("statement takes no parameters")
+        if self.order is None:
+            return dict(values)
+        return tuple(values[name] for name in self.order)
+
+
+class FastLane:
+    """Runs :class:`FastStatement` s on pooled autocommit driver connections."""
+
+    def __init__(self, connect: Callable[[], DBAPIConnection]) -> None:
+        self._connect = connect
+        self._idle: queue.LifoQueue[DBAPIConnection] = queue.LifoQueue()
+        self._closed = False
+
+    def _checkout(self) -> DBAPIConnection:
+        try:
+            return self._idle.get_nowait()
+        except queue.Empty:
+            return self._connect()
+
+    def _checkin(self, connection: DBAPIConnection) -> None:
+        if self._closed or self._idle.qsize() >= _KEEP_IDLE:
+            connection.close()
+        else:
+            self._idle.put(connection)
+
+    def _run(self, statement: FastStatement, params: Mapping[str, object], fetch: bool) -> Any:
+        connection = self._checkout()
+        try:
+            result = _execute(connection, statement, params, fetch)
+        except BaseException:
+            connection.close()
+            self._close_idle()
+            raise
+        self._checkin(connection)
+        return result
+
+    def rowcount(self, statement: FastStatement, params: Mapping[str, object]) -> int:
+        """Execute and commit a write; return the number of rows it changed."""
+        count: int = self._run(statement, params, fetch=False)
+        return count
+
+    def fetch_one(
+        self, statement: FastStatement, params: Mapping[str, object]
+    ) -> dict[str, Any] | None:
+        """Execute a read; return the first row as a column -> value dict, or None."""
+        row: dict[str, Any] | None = self._run(statement, params, fetch=True)
+        return row
+
+    def close(self) -> None:
+        self._closed = True
+        self._close_idle()
+
+    def _close_idle(self) -> None:
+        while True:
+            try:
+                self._idle.get_nowait().close()
+            except queue.Empty:
+                return
+
+
+def _execute(
+    connection: DBAPIConnection,
+    statement: FastStatement,
+    params: Mapping[str, object],
+    fetch: bool,
+) -> Any:
+    cursor = connection.cursor()
+    try:
+        cursor.execute(statement.sql, statement.bind(params))
+        if not fetch:
+            return cursor.rowcount
+        row = cursor.fetchone()
+        if row is None:
+            return None
+        return dict(zip([d[0] for d in cursor.description or ()], row, strict=True))
+    finally:
+        cursor.close()

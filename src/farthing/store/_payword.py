@@ -1,0 +1,145 @@
+"""Issuer-side PayWord (the broker): users, certificates, redemptions.
+
+A redemption is credited once: ``payword_redemptions.redeemed_index`` only moves up, by a
+compare-and-set UPDATE, and :func:`redeem` returns the units newly credited (the caller
+posts that many units from the user's account to the vendor's in the same transaction).
+Redeeming the same or a lower index again credits 0.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from sqlalchemy import exc, insert, select, update
+
+from farthing.core.errors import Conflict, ErrorCode
+from farthing.store._errors import is_unique_violation, unique_violation_as
+from farthing.store._rows import PaywordCertificateRow, PaywordRedemptionRow, PaywordUserRow
+from farthing.store._schema import payword_certificates, payword_redemptions, payword_users
+from farthing.store._sql import Ctx, build, require_positive, total
+
+__all__ = [
+    "add_certificate",
+    "add_user",
+    "certificate",
+    "redeem",
+    "redeemed_units",
+    "redemption",
+    "user",
+]
+
+# A compare-and-set only loses to a concurrent commit on PostgreSQL; re-reading then wins.
+_CAS_ATTEMPTS: Final = 5
+
+
+def add_user(
+    ctx: Ctx,
+    *,
+    user_id: str,
+    account_id: int,
+    public_key: bytes,
+    credit_limit_units: int,
+    currency: str,
+    unit_micros: int,
+) -> None:
+    values = {
+        "user_id": user_id,
+        "account_id": account_id,
+        "public_key": public_key,
+        "credit_limit_units": credit_limit_units,
+        "currency": currency,
+        "unit_micros": unit_micros,
+        "created_at": ctx.clock.now(),
+    }
+    with unique_violation_as(ErrorCode.CONFLICT, "this user exists"):
+        ctx.conn.execute(insert(payword_users).values(values))
+
+
+def user(ctx: Ctx, user_id: str) -> PaywordUserRow | None:
+    stmt = select(payword_users).where(payword_users.c.user_id == user_id)
+    row = ctx.conn.execute(stmt).mappings().one_or_none()
+    return None if row is None else build(PaywordUserRow, row)
+
+
+def add_certificate(
+    ctx: Ctx, *, cert_id: bytes, user_id: str, cert: bytes, expires_at: int
+) -> None:
+    values = {"cert_id": cert_id, "user_id": user_id, "cert": cert, "expires_at": expires_at}
+    with unique_violation_as(ErrorCode.CONFLICT, "this certificate exists"):
+        ctx.conn.execute(insert(payword_certificates).values(values))
+
+
+def certificate(ctx: Ctx, cert_id: bytes) -> PaywordCertificateRow | None:
+    stmt = select(payword_certificates).where(payword_certificates.c.cert_id == cert_id)
+    row = ctx.conn.execute(stmt).mappings().one_or_none()
+    return None if row is None else build(PaywordCertificateRow, row)
+
+
+def redemption(ctx: Ctx, commitment_id: bytes) -> PaywordRedemptionRow | None:
+    stmt = select(payword_redemptions).where(payword_redemptions.c.commitment_id == commitment_id)
+    row = ctx.conn.execute(stmt).mappings().one_or_none()
+    return None if row is None else build(PaywordRedemptionRow, row)
+
+
+def redeemed_units(ctx: Ctx, user_id: str) -> int:
+    """Units credited to vendors from this user's commitments so far."""
+    stmt = select(total(payword_redemptions.c.credited_units)).where(
+        payword_redemptions.c.user_id == user_id
+    )
+    return int(ctx.conn.execute(stmt).scalar_one())
+
+
+def redeem(
+    ctx: Ctx, commitment_id: bytes, vendor_id: str, user_id: str, new_index: int, at: int
+) -> int:
+    """Raise the commitment's redeemed index to ``new_index``; return the units newly credited.
+
+    Conflict if the commitment was redeemed before by another vendor or for another user.
+    """
+    require_positive(new_index, "new_index")
+    for _ in range(_CAS_ATTEMPTS):
+        current = redemption(ctx, commitment_id)
+        if current is None:
+            if _insert_first(ctx, commitment_id, vendor_id, user_id, new_index, at):
+                return new_index
+            continue
+        if (current.vendor_id, current.user_id) != (vendor_id, user_id):
+            raise Conflict("this commitment belongs to another party", code=ErrorCode.CONFLICT)
+        if new_index <= current.redeemed_index:
+            return 0
+        if _raise_index(ctx, commitment_id, current.redeemed_index, new_index, at):
+            return new_index - current.redeemed_index
+    raise Conflict("the redemption kept losing races; try again", code=ErrorCode.CONFLICT)
+
+
+def _insert_first(
+    ctx: Ctx, commitment_id: bytes, vendor_id: str, user_id: str, index: int, at: int
+) -> bool:
+    values = {
+        "commitment_id": commitment_id,
+        "vendor_id": vendor_id,
+        "user_id": user_id,
+        "redeemed_index": index,
+        "credited_units": index,
+        "at": at,
+    }
+    savepoint = ctx.conn.begin_nested()
+    try:
+        ctx.conn.execute(insert(payword_redemptions).values(values))
+    except exc.IntegrityError as error:
+        savepoint.rollback()
+        if is_unique_violation(error):
+            return False
+        raise
+    savepoint.commit()
+    return True
+
+
+def _raise_index(ctx: Ctx, commitment_id: bytes, old: int, new: int, at: int) -> bool:
+    c = payword_redemptions.c
+    stmt = (
+        update(payword_redemptions)
+        .where(c.commitment_id == commitment_id, c.redeemed_index == old)
+        .values(redeemed_index=new, credited_units=c.credited_units + (new - old), at=at)
+    )
+    return ctx.conn.execute(stmt).rowcount == 1

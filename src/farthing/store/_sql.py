@@ -1,0 +1,79 @@
+"""Small shared pieces for the repositories: the unit-of-work context and SQL helpers."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from sqlalchemy import BigInteger, ColumnElement, Connection, CursorResult, cast, func
+
+from farthing.core.clock import Clock
+from farthing.core.errors import ErrorCode, LocalProtocolError
+from farthing.store._hot import HotStatements
+
+__all__ = [
+    "Ctx",
+    "build",
+    "dump_json",
+    "inserted_id",
+    "load_json",
+    "require_forward",
+    "require_positive",
+    "total",
+]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Ctx:
+    """What every repository function works with: the open transaction, clock, statements."""
+
+    conn: Connection
+    clock: Clock
+    hot: HotStatements
+
+
+def total(expr: ColumnElement[int]) -> ColumnElement[int]:
+    """SUM(expr) as a BIGINT, 0 over no rows (PostgreSQL's SUM(bigint) is NUMERIC)."""
+    return cast(func.coalesce(func.sum(expr), 0), BigInteger)
+
+
+def require_positive(value: int, what: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise LocalProtocolError(f"{what} must be a positive integer", code=ErrorCode.MISUSE)
+
+
+def require_forward(old_spent: int, new_spent: int) -> None:
+    """A spent counter only moves forward: 0 <= old < new."""
+    if not 0 <= old_spent < new_spent:
+        raise LocalProtocolError("spent only moves forward", code=ErrorCode.MISUSE)
+
+
+def dump_json(value: Mapping[str, object]) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def load_json(text: str) -> dict[str, object]:
+    value = json.loads(text)
+    if not isinstance(value, dict):
+        raise ValueError("stored JSON is not an object")
+    return value
+
+
+def build(row_type: Callable[..., T], mapping: Mapping[Any, Any], **converted: Any) -> T:
+    """A row dataclass from a result mapping whose keys are its field names.
+
+    ``converted`` overrides columns that need a Python type (an enum, parsed JSON).
+    """
+    return row_type(**{**mapping, **converted})
+
+
+def inserted_id(result: CursorResult[Any]) -> int:
+    """The surrogate key of the row a single-row INSERT created."""
+    key = result.inserted_primary_key
+    if key is None:
+        raise RuntimeError("the INSERT created no row")
+    return int(key[0])

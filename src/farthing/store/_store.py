@@ -1,0 +1,199 @@
+"""``Store``: the durable store of one issuer or vendor, and ``open_store``.
+
+A store owns a connection pool (see :mod:`farthing.store._engine` for the SQLite and
+PostgreSQL settings) and hands out units of work::
+
+    store = open_store("/var/lib/farthing/vendor.sqlite")
+    with store.transaction() as tx:          # commit on success, rollback on exception
+        tx.post("load", "load:42", [(cash, 5_000_000), (card_float, -5_000_000)])
+
+    ok = store.szm_advance(card_id, old_spent=3, new_spent=4, new_anchor=w4)  # hot path
+
+The hot-path methods (``szm_advance``, ``payword_advance``, ``szm_card``,
+``payword_commitment``) run one precompiled statement on their own autocommit driver
+connection: each is a whole unit of work, committed (durably) before it returns.
+
+Database errors never escape raw: every unit of work runs inside :func:`map_db_errors`,
+so callers see :class:`~farthing.core.errors.Conflict` (or their own exceptions) only.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import TracebackType
+from typing import Final, Literal, TypeVar, final
+
+from sqlalchemy import Engine
+
+from farthing.core.clock import Clock, SystemClock
+from farthing.core.errors import Conflict, ErrorCode, LocalProtocolError
+from farthing.store._engine import Engines, is_postgres_target, make_engines, target_url
+from farthing.store._errors import is_retryable, map_db_errors
+from farthing.store._fastlane import FastLane
+from farthing.store._hot import HotStatements, PreparedHot
+from farthing.store._migrate import current_revision, head_revision, upgrade_engine
+from farthing.store._rows import LedgerCheck, SzmCardRow, VendorCommitmentRow
+from farthing.store._sql import Ctx, build
+from farthing.store._szm import advance_params, card_row
+from farthing.store._tx import Tx
+from farthing.store._vendor import payword_advance_params
+
+__all__ = ["Store", "migrate", "open_store"]
+
+T = TypeVar("T")
+_BACKOFF_S: Final = 0.005
+_BACKOFF_CAP_S: Final = 0.25
+
+
+@final
+class Store:
+    """Units of work over one database. Build it with :func:`open_store`."""
+
+    def __init__(self, engines: Engines, *, clock: Clock) -> None:
+        self._engines = engines
+        self._clock = clock
+        self._hot = HotStatements.build()
+        with engines.write.connect():
+            pass  # the first connection tells the dialect the server version: compile after it
+        self._prepared = PreparedHot.build(self._hot, engines.write.dialect)
+        self._lane = FastLane(engines.fast_connect)
+
+    @property
+    def backend(self) -> Literal["sqlite", "postgresql"]:
+        return "sqlite" if self._engines.write.dialect.name == "sqlite" else "postgresql"
+
+    @contextmanager
+    def transaction(self, *, readonly: bool = False, serializable: bool = False) -> Iterator[Tx]:
+        """A unit of work: commit when the block ends, roll back if it raises.
+
+        ``readonly``: a read transaction (on SQLite it does not take the write lock; on
+        PostgreSQL it is advisory).
+        ``serializable``: for read-a-predicate-then-write units (a risk limit checked by a
+        SUM); on PostgreSQL it may fail with a retryable Conflict, so prefer
+        :meth:`run_in_transaction`. SQLite write transactions are always serializable.
+        """
+        with map_db_errors(), self._pick(readonly, serializable).begin() as conn:
+            yield Tx(Ctx(conn, self._clock, self._hot))
+
+    def _pick(self, readonly: bool, serializable: bool) -> Engine:
+        if serializable:
+            return self._engines.serializable
+        return self._engines.read if readonly else self._engines.write
+
+    def run_in_transaction(
+        self, fn: Callable[[Tx], T], *, retries: int = 5, serializable: bool = False
+    ) -> T:
+        """Run ``fn`` in a transaction, again (up to ``retries`` times) if it loses to a
+        concurrent one or the store is busy. ``fn`` must be safe to run again."""
+        attempt = 0
+        while True:
+            try:
+                with self.transaction(serializable=serializable) as tx:
+                    return fn(tx)
+            except Conflict as error:
+                if not is_retryable(error) or attempt >= retries:
+                    raise
+            attempt += 1
+            pause = min(_BACKOFF_CAP_S, _BACKOFF_S * 2**attempt)
+            time.sleep(pause * (0.5 + random.random()))
+
+    # --- the vendor's hot path: one statement, its own short transaction --------------------
+
+    def szm_advance(
+        self, card_id: bytes, old_spent: int, new_spent: int, new_anchor: bytes | None
+    ) -> bool:
+        """Compare-and-set a card's spent counter and commit; True iff this call won."""
+        params = advance_params(card_id, old_spent, new_spent, new_anchor)
+        with map_db_errors():
+            return self._lane.rowcount(self._prepared.szm_advance, params) == 1
+
+    def payword_advance(
+        self, commitment_id: bytes, old_spent: int, new_spent: int, new_last_value: bytes
+    ) -> bool:
+        """Compare-and-set a commitment's spent counter and commit; True iff this call won."""
+        params = payword_advance_params(commitment_id, old_spent, new_spent, new_last_value)
+        with map_db_errors():
+            return self._lane.rowcount(self._prepared.payword_advance, params) == 1
+
+    def szm_card(self, card_id: bytes) -> SzmCardRow | None:
+        """Read one card outside any transaction (one statement, fast lane)."""
+        with map_db_errors():
+            row = self._lane.fetch_one(self._prepared.szm_card, {"key_card_id": card_id})
+        return None if row is None else card_row(row)
+
+    def payword_commitment(self, commitment_id: bytes) -> VendorCommitmentRow | None:
+        """Read one commitment outside any transaction (one statement, fast lane)."""
+        params = {"key_commitment_id": commitment_id}
+        with map_db_errors():
+            row = self._lane.fetch_one(self._prepared.payword_commitment, params)
+        return None if row is None else build(VendorCommitmentRow, row)
+
+    # --- administration ---------------------------------------------------------------------
+
+    def check_ledger(self) -> LedgerCheck:
+        """Audit the ledger against itself and the card tables (read-only)."""
+        with self.transaction(readonly=True) as tx:
+            return tx.check_ledger()
+
+    def migrate(self) -> None:
+        """Upgrade the schema to the newest revision (idempotent)."""
+        with map_db_errors():
+            upgrade_engine(self._engines.write)
+
+    def schema_is_current(self) -> bool:
+        with map_db_errors():
+            return current_revision(self._engines.write) == head_revision()
+
+    def close(self) -> None:
+        """Close every pooled connection. The store is unusable afterwards."""
+        self._lane.close()
+        self._engines.dispose()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def migrate(store: Store) -> None:
+    """Upgrade ``store`` to the newest schema (what ``farthing issuer init`` runs)."""
+    store.migrate()
+
+
+def open_store(target: str, *, create: bool = True, clock: Clock | None = None) -> Store:
+    """Open the store at ``target``: a filesystem path (SQLite) or a ``postgresql://`` DSN.
+
+    ``create=True`` creates or upgrades the schema to the newest revision. With
+    ``create=False`` the store must exist at the newest revision, else LocalProtocolError.
+    ``clock`` stamps ``created_at`` columns (default: the system clock).
+    """
+    if not create and not is_postgres_target(target) and not _sqlite_file_exists(target):
+        raise LocalProtocolError("no store at this path", code=ErrorCode.MISUSE)
+    store = Store(make_engines(target_url(target)), clock=clock or SystemClock())
+    try:
+        if create:
+            store.migrate()
+        elif not store.schema_is_current():
+            raise LocalProtocolError(
+                "the store's schema is not current; run `farthing issuer init`",
+                code=ErrorCode.MISUSE,
+            )
+    except BaseException:
+        store.close()
+        raise
+    return store
+
+
+def _sqlite_file_exists(target: str) -> bool:
+    database = target_url(target).database
+    return database is not None and Path(database).is_file()

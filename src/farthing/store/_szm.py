@@ -1,0 +1,201 @@
+"""SZM prepaid cards: batches, bulk issue, the vendor's one-statement spend, revenue.
+
+The hot path, :func:`advance`, is a single compare-and-set UPDATE
+``... SET spent = new, anchor = a WHERE card_id = c AND spent = old AND units >= new AND
+status = 'active'``; of two payments racing from the same ``spent``, exactly one sees
+``rowcount == 1``. It posts no ledger entries.
+
+Revenue recognition is separate and periodic: :func:`recognize_revenue` posts, as one
+balanced transaction (prepaid float -> revenue), the spent value not yet recognised,
+and moves the per-currency watermark ``szm_recognised`` by the same amount. Selling a
+batch is the caller's posting (cash -> prepaid float, for ``units * unit_micros`` of every
+card), made in the transaction that inserts the cards. See ``docs/storage.md``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from itertools import islice
+from typing import Any, Final
+
+from sqlalchemy import exc, insert, select, update
+
+from farthing.core.errors import ErrorCode, LocalProtocolError, NotFound
+from farthing.store._errors import is_unique_violation, unique_violation_as
+from farthing.store._ledger import account, post
+from farthing.store._rows import AccountKind, CardStatus, SzmBatchRow, SzmCardRow, SzmProtocol
+from farthing.store._schema import szm_batches, szm_cards, szm_recognised
+from farthing.store._sql import Ctx, build, require_forward, total
+
+__all__ = [
+    "advance",
+    "advance_params",
+    "batch",
+    "card",
+    "card_row",
+    "insert_batch",
+    "insert_cards",
+    "recognize_revenue",
+    "set_status",
+]
+
+_CHUNK: Final = 5000
+
+
+def insert_batch(ctx: Ctx, row: SzmBatchRow) -> None:
+    values = {
+        "batch_id": row.batch_id,
+        "protocol": SzmProtocol(row.protocol).value,
+        "count": row.count,
+        "units": row.units,
+        "currency": row.currency,
+        "unit_micros": row.unit_micros,
+        "expires_at": row.expires_at,
+        "created_at": row.created_at,
+    }
+    with unique_violation_as(ErrorCode.CONFLICT, "this batch exists"):
+        ctx.conn.execute(insert(szm_batches).values(values))
+
+
+def batch(ctx: Ctx, batch_id: bytes) -> SzmBatchRow | None:
+    stmt = select(szm_batches).where(szm_batches.c.batch_id == batch_id)
+    row = ctx.conn.execute(stmt).mappings().one_or_none()
+    return None if row is None else build(SzmBatchRow, row, protocol=SzmProtocol(row["protocol"]))
+
+
+def _card_values(row: SzmCardRow) -> dict[str, object]:
+    return {
+        "card_id": row.card_id,
+        "batch_id": row.batch_id,
+        "protocol": row.protocol.value,
+        "generator": row.generator,
+        "currency": row.currency,
+        "unit_micros": row.unit_micros,
+        "units": row.units,
+        "spent": row.spent,
+        "anchor": row.anchor,
+        "secret_sealed": row.secret_sealed,
+        "expires_at": row.expires_at,
+        "status": row.status.value,
+        "issued_at": row.issued_at,
+    }
+
+
+def _chunks(rows: Iterable[SzmCardRow]) -> Iterator[list[dict[str, object]]]:
+    iterator = iter(rows)
+    while chunk := [_card_values(row) for row in islice(iterator, _CHUNK)]:
+        yield chunk
+
+
+def insert_cards(ctx: Ctx, rows: Iterable[SzmCardRow]) -> int:
+    """Insert cards with executemany in chunks; return how many. Conflict on a repeated id."""
+    count = 0
+    statement = insert(szm_cards)
+    with unique_violation_as(ErrorCode.CONFLICT, "a card id exists"):
+        for chunk in _chunks(rows):
+            ctx.conn.execute(statement, chunk)
+            count += len(chunk)
+    return count
+
+
+def card_row(row: Mapping[Any, Any]) -> SzmCardRow:
+    return build(
+        SzmCardRow,
+        row,
+        protocol=SzmProtocol(row["protocol"]),
+        status=CardStatus(row["status"]),
+    )
+
+
+def card(ctx: Ctx, card_id: bytes) -> SzmCardRow | None:
+    row = ctx.conn.execute(ctx.hot.szm_card, {"key_card_id": card_id}).mappings().one_or_none()
+    return None if row is None else card_row(row)
+
+
+def advance_params(
+    card_id: bytes, old_spent: int, new_spent: int, new_anchor: bytes | None
+) -> dict[str, object]:
+    require_forward(old_spent, new_spent)
+    return {
+        "key_card_id": card_id,
+        "old_spent": old_spent,
+        "new_spent": new_spent,
+        "new_anchor": new_anchor,
+    }
+
+
+def advance(
+    ctx: Ctx, card_id: bytes, old_spent: int, new_spent: int, new_anchor: bytes | None
+) -> bool:
+    """Compare-and-set the card's spent counter; False if it lost (stale, blocked, over)."""
+    params = advance_params(card_id, old_spent, new_spent, new_anchor)
+    return ctx.conn.execute(ctx.hot.szm_advance, params).rowcount == 1
+
+
+def set_status(ctx: Ctx, card_id: bytes, status: CardStatus) -> bool:
+    stmt = (
+        update(szm_cards)
+        .where(szm_cards.c.card_id == card_id)
+        .values(status=CardStatus(status).value)
+    )
+    return ctx.conn.execute(stmt).rowcount == 1
+
+
+def recognize_revenue(
+    ctx: Ctx, revenue_account_id: int, prepaid_float_account_id: int, reference: str
+) -> int:
+    """Post the spent value not yet recognised (float -> revenue); return it in micros."""
+    currency = _recognition_currency(ctx, revenue_account_id, prepaid_float_account_id)
+    recognised = _lock_watermark(ctx, currency)
+    c = szm_cards.c
+    spent_value = ctx.conn.execute(
+        select(total(c.spent * c.unit_micros)).where(c.currency == currency)
+    ).scalar_one()
+    delta = int(spent_value) - recognised
+    if delta < 0:
+        raise LocalProtocolError("recognised revenue exceeds spent value", code=ErrorCode.MISUSE)
+    if delta == 0:
+        return 0
+    ctx.conn.execute(
+        update(szm_recognised)
+        .where(szm_recognised.c.currency == currency)
+        .values(recognised_micros=recognised + delta)
+    )
+    postings = [(prepaid_float_account_id, delta), (revenue_account_id, -delta)]
+    post(ctx, "szm_revenue", reference, postings)
+    return delta
+
+
+def _recognition_currency(ctx: Ctx, revenue_id: int, float_id: int) -> str:
+    revenue, prepaid = account(ctx, revenue_id), account(ctx, float_id)
+    if revenue is None or prepaid is None:
+        raise NotFound("no such account", code=ErrorCode.NOT_FOUND)
+    if revenue.kind is not AccountKind.REVENUE or prepaid.kind is not AccountKind.PREPAID_FLOAT:
+        raise LocalProtocolError(
+            "need a revenue and a prepaid float account", code=ErrorCode.MISUSE
+        )
+    if revenue.currency != prepaid.currency:
+        raise LocalProtocolError("accounts differ in currency", code=ErrorCode.MISUSE)
+    return prepaid.currency
+
+
+def _lock_watermark(ctx: Ctx, currency: str) -> int:
+    """The recognised watermark, row-locked (PostgreSQL) so recognitions run one at a time."""
+    stmt = (
+        select(szm_recognised.c.recognised_micros)
+        .where(szm_recognised.c.currency == currency)
+        .with_for_update()
+    )
+    recognised = ctx.conn.execute(stmt).scalar_one_or_none()
+    if recognised is not None:
+        return int(recognised)
+    savepoint = ctx.conn.begin_nested()
+    try:
+        ctx.conn.execute(insert(szm_recognised).values(currency=currency, recognised_micros=0))
+    except exc.IntegrityError as error:
+        savepoint.rollback()
+        if not is_unique_violation(error):
+            raise
+    else:
+        savepoint.commit()
+    return int(ctx.conn.execute(stmt).scalar_one())

@@ -1,0 +1,301 @@
+"""The vendor's own store: PayWord commitments, HLL payments, the deposit outbox.
+
+- PayWord: :func:`payword_advance` is the same one-statement compare-and-set as SZM.
+- HLL: ``vendor_hll_payments`` has PRIMARY KEY (card_id, counter), so recording a repeat
+  fails with ``Conflict(DUPLICATE_SPEND)``: the vendor's replay guard. The risk taken on a
+  card in deferred mode, :func:`hll_outstanding`, is the sum of its deferred payments not
+  yet settled or rejected (pending or batched); an index covers that sum.
+- The outbox ``vendor_deposit_batches`` makes deposits durable: rows move pending ->
+  batched in the same transaction that adds the batch to the outbox, so a restart between
+  batches loses nothing, and a batch is retried until the issuer answers (the issuer's
+  batch id makes the retry idempotent).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+from sqlalchemy import RowMapping, and_, bindparam, insert, select, update
+
+from farthing.core.errors import ErrorCode
+from farthing.store._errors import unique_violation_as
+from farthing.store._rows import (
+    HllMode,
+    HllPaymentState,
+    OutboxKind,
+    OutboxRow,
+    OutboxState,
+    VendorCommitmentRow,
+    VendorHllPaymentRow,
+)
+from farthing.store._schema import (
+    vendor_deposit_batches,
+    vendor_hll_payments,
+    vendor_payword_commitments,
+)
+from farthing.store._sql import Ctx, build, require_forward, total
+
+__all__ = [
+    "add_commitment",
+    "commitment",
+    "hll_batch_payments",
+    "hll_outstanding",
+    "hll_payment",
+    "hll_record",
+    "hll_settle_batch",
+    "hll_take_pending_for_batch",
+    "outbox_add",
+    "outbox_due",
+    "outbox_item",
+    "outbox_mark",
+    "payword_advance",
+    "payword_advance_params",
+    "payword_mark_redeemed",
+    "payword_unredeemed",
+]
+
+_payments = vendor_hll_payments.c
+_UNSETTLED = (HllPaymentState.PENDING.value, HllPaymentState.BATCHED.value)
+
+# --- PayWord ------------------------------------------------------------------------------
+
+
+def add_commitment(ctx: Ctx, row: VendorCommitmentRow) -> None:
+    values = {
+        "commitment_id": row.commitment_id,
+        "commitment": row.commitment,
+        "last_value": row.last_value,
+        "spent": row.spent,
+        "length": row.length,
+        "currency": row.currency,
+        "unit_micros": row.unit_micros,
+        "expires_at": row.expires_at,
+        "redeemed_spent": row.redeemed_spent,
+    }
+    with unique_violation_as(ErrorCode.CONFLICT, "this commitment exists"):
+        ctx.conn.execute(insert(vendor_payword_commitments).values(values))
+
+
+def commitment(ctx: Ctx, commitment_id: bytes) -> VendorCommitmentRow | None:
+    params = {"key_commitment_id": commitment_id}
+    row = ctx.conn.execute(ctx.hot.payword_commitment, params).mappings().one_or_none()
+    return None if row is None else build(VendorCommitmentRow, row)
+
+
+def payword_advance_params(
+    commitment_id: bytes, old_spent: int, new_spent: int, new_last_value: bytes
+) -> dict[str, object]:
+    require_forward(old_spent, new_spent)
+    return {
+        "key_commitment_id": commitment_id,
+        "old_spent": old_spent,
+        "new_spent": new_spent,
+        "new_last_value": new_last_value,
+    }
+
+
+def payword_advance(
+    ctx: Ctx, commitment_id: bytes, old_spent: int, new_spent: int, new_last_value: bytes
+) -> bool:
+    """Compare-and-set the commitment's spent counter; False if it lost."""
+    params = payword_advance_params(commitment_id, old_spent, new_spent, new_last_value)
+    return ctx.conn.execute(ctx.hot.payword_advance, params).rowcount == 1
+
+
+def payword_unredeemed(ctx: Ctx, limit: int) -> list[VendorCommitmentRow]:
+    """Commitments with payments not yet redeemed at the broker."""
+    c = vendor_payword_commitments.c
+    stmt = (
+        select(vendor_payword_commitments)
+        .where(c.spent > c.redeemed_spent)
+        .order_by(c.commitment_id)
+        .limit(limit)
+    )
+    return [build(VendorCommitmentRow, row) for row in ctx.conn.execute(stmt).mappings()]
+
+
+def payword_mark_redeemed(ctx: Ctx, commitment_id: bytes, spent: int) -> bool:
+    """Move the redeemed watermark up to ``spent`` (never down, never past spent)."""
+    c = vendor_payword_commitments.c
+    stmt = (
+        update(vendor_payword_commitments)
+        .where(c.commitment_id == commitment_id, c.redeemed_spent < spent, c.spent >= spent)
+        .values(redeemed_spent=spent)
+    )
+    return ctx.conn.execute(stmt).rowcount == 1
+
+
+# --- HLL payments -------------------------------------------------------------------------
+
+
+def hll_record(
+    ctx: Ctx,
+    *,
+    card_id: bytes,
+    counter: int,
+    offer: bytes,
+    purchase: bytes,
+    amount_units: int,
+    mode: HllMode,
+    state: HllPaymentState,
+    at: int,
+) -> None:
+    """Record a payment; Conflict(DUPLICATE_SPEND) if (card, counter) was seen before."""
+    values = {
+        "card_id": card_id,
+        "counter": counter,
+        "offer": offer,
+        "purchase": purchase,
+        "amount_units": amount_units,
+        "mode": HllMode(mode).value,
+        "state": HllPaymentState(state).value,
+        "batch_id": None,
+        "at": at,
+    }
+    with unique_violation_as(ErrorCode.DUPLICATE_SPEND, "this payment was already received"):
+        ctx.conn.execute(insert(vendor_hll_payments).values(values))
+
+
+def _payment_row(row: RowMapping) -> VendorHllPaymentRow:
+    return build(
+        VendorHllPaymentRow,
+        row,
+        mode=HllMode(row["mode"]),
+        state=HllPaymentState(row["state"]),
+    )
+
+
+def hll_payment(ctx: Ctx, card_id: bytes, counter: int) -> VendorHllPaymentRow | None:
+    stmt = select(vendor_hll_payments).where(
+        _payments.card_id == card_id, _payments.counter == counter
+    )
+    row = ctx.conn.execute(stmt).mappings().one_or_none()
+    return None if row is None else _payment_row(row)
+
+
+def hll_outstanding(ctx: Ctx, card_id: bytes) -> int:
+    """Units of deferred payments on this card that the issuer has not settled or rejected."""
+    stmt = select(total(_payments.amount_units)).where(
+        _payments.card_id == card_id,
+        _payments.state.in_(_UNSETTLED),
+        _payments.mode == HllMode.DEFERRED.value,
+    )
+    return int(ctx.conn.execute(stmt).scalar_one())
+
+
+def hll_take_pending_for_batch(ctx: Ctx, batch_id: bytes, limit: int) -> list[VendorHllPaymentRow]:
+    """Move up to ``limit`` oldest pending payments to 'batched' under ``batch_id``."""
+    keys = (
+        select(_payments.card_id, _payments.counter)
+        .where(_payments.state == HllPaymentState.PENDING.value)
+        .order_by(_payments.at, _payments.card_id, _payments.counter)
+        .limit(limit)
+    )
+    params = [{"key_card": c, "key_counter": n} for c, n in ctx.conn.execute(keys)]
+    if not params:
+        return []
+    take = (
+        update(vendor_hll_payments)
+        .where(
+            _payments.card_id == bindparam("key_card"),
+            _payments.counter == bindparam("key_counter"),
+            _payments.state == HllPaymentState.PENDING.value,
+        )
+        .values(state=HllPaymentState.BATCHED.value, batch_id=batch_id)
+    )
+    ctx.conn.execute(take, params)
+    return hll_batch_payments(ctx, batch_id)
+
+
+def hll_batch_payments(ctx: Ctx, batch_id: bytes) -> list[VendorHllPaymentRow]:
+    stmt = (
+        select(vendor_hll_payments)
+        .where(_payments.batch_id == batch_id)
+        .order_by(_payments.at, _payments.card_id, _payments.counter)
+    )
+    return [_payment_row(row) for row in ctx.conn.execute(stmt).mappings()]
+
+
+def hll_settle_batch(
+    ctx: Ctx, batch_id: bytes, rejected: Collection[tuple[bytes, int]] = ()
+) -> tuple[int, int]:
+    """Close a batch after the issuer's report: listed (card, counter) pairs are rejected,
+    the rest settled. Returns (settled, rejected) counts."""
+    batched = and_(_payments.batch_id == batch_id, _payments.state == HllPaymentState.BATCHED.value)
+    refused = 0
+    if rejected:
+        reject = (
+            update(vendor_hll_payments)
+            .where(
+                batched,
+                _payments.card_id == bindparam("key_card"),
+                _payments.counter == bindparam("key_counter"),
+            )
+            .values(state=HllPaymentState.REJECTED.value)
+        )
+        params = [{"key_card": c, "key_counter": n} for c, n in rejected]
+        refused = ctx.conn.execute(reject, params).rowcount
+    settle = update(vendor_hll_payments).where(batched).values(state=HllPaymentState.SETTLED.value)
+    return ctx.conn.execute(settle).rowcount, refused
+
+
+# --- deposit outbox -----------------------------------------------------------------------
+
+
+def outbox_add(ctx: Ctx, batch_id: bytes, kind: OutboxKind, payload: bytes, now: int) -> None:
+    values = {
+        "batch_id": batch_id,
+        "kind": OutboxKind(kind).value,
+        "payload": payload,
+        "state": OutboxState.PENDING.value,
+        "attempts": 0,
+        "next_attempt_at": now,
+        "report": None,
+        "created_at": now,
+    }
+    with unique_violation_as(ErrorCode.CONFLICT, "this batch is in the outbox"):
+        ctx.conn.execute(insert(vendor_deposit_batches).values(values))
+
+
+def _outbox_row(row: RowMapping) -> OutboxRow:
+    return build(OutboxRow, row, kind=OutboxKind(row["kind"]), state=OutboxState(row["state"]))
+
+
+def outbox_item(ctx: Ctx, batch_id: bytes) -> OutboxRow | None:
+    stmt = select(vendor_deposit_batches).where(vendor_deposit_batches.c.batch_id == batch_id)
+    row = ctx.conn.execute(stmt).mappings().one_or_none()
+    return None if row is None else _outbox_row(row)
+
+
+def outbox_due(ctx: Ctx, now: int, limit: int) -> list[OutboxRow]:
+    """Batches to (re)send: pending or sent-without-answer, whose next attempt is due."""
+    c = vendor_deposit_batches.c
+    open_states = (OutboxState.PENDING.value, OutboxState.SENT.value)
+    stmt = (
+        select(vendor_deposit_batches)
+        .where(c.state.in_(open_states), c.next_attempt_at <= now)
+        .order_by(c.next_attempt_at, c.batch_id)
+        .limit(limit)
+    )
+    return [_outbox_row(row) for row in ctx.conn.execute(stmt).mappings()]
+
+
+def outbox_mark(
+    ctx: Ctx,
+    batch_id: bytes,
+    state: OutboxState,
+    attempts: int,
+    next_attempt_at: int,
+    report: str | None,
+) -> bool:
+    stmt = (
+        update(vendor_deposit_batches)
+        .where(vendor_deposit_batches.c.batch_id == batch_id)
+        .values(
+            state=OutboxState(state).value,
+            attempts=attempts,
+            next_attempt_at=next_attempt_at,
+            report=report,
+        )
+    )
+    return ctx.conn.execute(stmt).rowcount == 1

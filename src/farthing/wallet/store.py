@@ -1,0 +1,556 @@
+"""The wallet file: one SQLite database, safe for several processes, secrets sealed.
+
+Tables (SQLAlchemy Core; the file carries its format version in ``meta``):
+
+``meta``         key/value: format version, scrypt parameters, the passphrase check value,
+                 the saved spending policy.
+``cards``        one row per card: public terms in the clear (method, realm, denomination,
+                 totals, expiry), the position ``spent`` (SZM index, HLL counter) and units
+                 left ``balance`` in the clear, the card's secret and any secret mutable state
+                 (a BBS generator position) sealed (:mod:`farthing.wallet.secretbox`).
+                 ``UNIQUE (method, card_key)``: a card added twice would pay the same index
+                 twice, so the database refuses it.
+``commitments``  PayWord: one row per commitment made to a vendor, its seed sealed.
+``history``      every payment that left the wallet and how it ended.
+
+Concurrency and crash safety. WAL journal (readers never block the writer),
+``synchronous=FULL`` (a commit is on disk when it returns), a 10 s busy timeout, and every
+write transaction starts with ``BEGIN IMMEDIATE``: the write lock is taken before the card
+state is read, so two processes paying with one card queue up and never read the same
+index. The wallet advances a card inside :meth:`WalletStore.writing` and sends the payment
+only after that transaction committed (write-ahead): a crash can lose the in-flight unit,
+never reuse one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Final
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Connection,
+    Engine,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    Select,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+    func,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.engine import URL, RowMapping
+from sqlalchemy.engine.interfaces import DBAPIConnection
+from sqlalchemy.exc import DatabaseError, IntegrityError, OperationalError
+from sqlalchemy.pool import ConnectionPoolEntry
+
+from farthing.core.clock import RandomSource
+from farthing.core.errors import Conflict, ErrorCode, LocalProtocolError
+from farthing.wallet.secretbox import DEFAULT_SCRYPT_N, KdfParams, SecretBox
+
+__all__ = [
+    "FORMAT_VERSION",
+    "CardRow",
+    "CommitmentRow",
+    "HistoryEntry",
+    "NewCard",
+    "Outcome",
+    "WalletStore",
+    "WriteTx",
+]
+
+FORMAT_VERSION: Final = 1
+_BUSY_TIMEOUT_S: Final = 10
+_READONLY: Final = "farthing_wallet_readonly"
+_PRAGMAS: Final = (
+    "PRAGMA journal_mode=WAL",
+    "PRAGMA synchronous=FULL",
+    "PRAGMA foreign_keys=ON",
+    f"PRAGMA busy_timeout={_BUSY_TIMEOUT_S * 1000}",
+)
+
+_metadata = MetaData()
+
+_meta = Table(
+    "meta",
+    _metadata,
+    Column("key", String, primary_key=True),
+    Column("value", LargeBinary, nullable=False),
+)
+
+_cards = Table(
+    "cards",
+    _metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("label", String, nullable=False, unique=True),
+    Column("method", String, nullable=False),
+    Column("card_key", LargeBinary, nullable=False),
+    Column("realm", String, nullable=True),
+    Column("currency", String, nullable=False),
+    Column("unit_micros", BigInteger, nullable=False),
+    Column("total", BigInteger, nullable=False),
+    Column("spent", BigInteger, nullable=False),
+    Column("balance", BigInteger, nullable=False),
+    Column("expires_at", BigInteger, nullable=False),
+    Column("params", Text, nullable=False),
+    Column("secret", LargeBinary, nullable=False),
+    Column("state", LargeBinary, nullable=True),
+    Column("added_at", BigInteger, nullable=False),
+    UniqueConstraint("method", "card_key"),
+)
+
+_commitments = Table(
+    "commitments",
+    _metadata,
+    Column("id", LargeBinary, primary_key=True),
+    Column("card", Integer, ForeignKey("cards.id"), nullable=False),
+    Column("vendor_id", String, nullable=False),
+    Column("encoded", LargeBinary, nullable=False),
+    Column("seed", LargeBinary, nullable=False),
+    Column("length", BigInteger, nullable=False),
+    Column("spent", BigInteger, nullable=False),
+    Column("unit_micros", BigInteger, nullable=False),
+    Column("expires_at", BigInteger, nullable=False),
+    Column("acknowledged", Integer, nullable=False),
+    Column("retired", Integer, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Index("ix_commitments_card_vendor", "card", "vendor_id"),
+)
+
+_history = Table(
+    "history",
+    _metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", BigInteger, nullable=False),
+    Column("url", Text, nullable=False),
+    Column("host", String, nullable=False),
+    Column("method", String, nullable=False),
+    Column("card_label", String, nullable=False),
+    Column("units", BigInteger, nullable=False),
+    Column("position", BigInteger, nullable=False),
+    Column("price_micros", BigInteger, nullable=False),
+    Column("charged_micros", BigInteger, nullable=False),
+    Column("currency", String, nullable=False),
+    Column("outcome", String, nullable=False),
+    Column("status", Integer, nullable=True),
+    Index("ix_history_currency_at", "currency", "at"),
+)
+
+
+class Outcome:
+    """How a payment ended (the ``history.outcome`` vocabulary)."""
+
+    PENDING: Final = "pending"
+    PAID: Final = "paid"
+    REFUSED: Final = "refused"
+    SEAL_BROKEN: Final = "seal-broken"
+    FAILED: Final = "failed"
+
+
+# --- row values ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NewCard:
+    """A card to insert; ``secret``/``state`` are already sealed for ``(method, card_key)``."""
+
+    label: str
+    method: str
+    card_key: bytes
+    realm: str | None
+    currency: str
+    unit_micros: int
+    total: int
+    spent: int
+    balance: int
+    expires_at: int
+    params: Mapping[str, object]
+    secret: bytes
+    state: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CardRow:
+    """One stored card. ``params`` is public JSON; ``secret``/``state`` are sealed bytes."""
+
+    id: int
+    label: str
+    method: str
+    card_key: bytes
+    realm: str | None
+    currency: str
+    unit_micros: int
+    total: int
+    spent: int
+    balance: int
+    expires_at: int
+    params: Mapping[str, object]
+    secret: bytes
+    state: bytes | None
+    added_at: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CommitmentRow:
+    id: bytes
+    card: int
+    vendor_id: str
+    encoded: bytes
+    seed: bytes
+    length: int
+    spent: int
+    unit_micros: int
+    expires_at: int
+    acknowledged: bool
+    retired: bool
+    created_at: int
+
+    @property
+    def remaining(self) -> int:
+        return self.length - self.spent
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HistoryEntry:
+    at: int
+    url: str
+    host: str
+    method: str
+    card_label: str
+    units: int
+    position: int
+    price_micros: int
+    charged_micros: int
+    currency: str
+    outcome: str = Outcome.PENDING
+    status: int | None = None
+    id: int = 0
+
+
+def _card_row(row: RowMapping) -> CardRow:
+    values = dict(row)
+    values["params"] = json.loads(values["params"])
+    return CardRow(**values)
+
+
+def _commitment_row(row: RowMapping) -> CommitmentRow:
+    values = dict(row)
+    values["acknowledged"] = bool(values["acknowledged"])
+    values["retired"] = bool(values["retired"])
+    return CommitmentRow(**values)
+
+
+# --- engine set-up -------------------------------------------------------------------------
+
+
+def _on_connect(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
+    # Take transaction control away from pysqlite; the "begin" listener emits BEGIN.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    try:
+        for pragma in _PRAGMAS:
+            cursor.execute(pragma)
+    finally:
+        cursor.close()
+
+
+def _on_begin(connection: Connection) -> None:
+    readonly = connection.get_execution_options().get(_READONLY, False)
+    connection.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
+
+
+def _engine(path: Path) -> Engine:
+    engine = create_engine(
+        URL.create("sqlite+pysqlite", database=str(path)),
+        connect_args={"timeout": _BUSY_TIMEOUT_S, "check_same_thread": False},
+    )
+    event.listen(engine, "connect", _on_connect)
+    event.listen(engine, "begin", _on_begin)
+    return engine
+
+
+def _create_private_file(path: Path) -> None:
+    """The wallet file, readable by its owner only; refuses to overwrite."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise Conflict(f"a wallet already exists at {path}", code=ErrorCode.CONFLICT) from None
+    os.close(fd)
+
+
+# --- the store -----------------------------------------------------------------------------
+
+
+class WalletStore:
+    """The wallet file. Create with :meth:`create`, open with :meth:`open`, then :meth:`close`."""
+
+    __slots__ = ("_box", "_engine", "_read", "path")
+
+    def __init__(self, path: Path, engine: Engine, box: SecretBox) -> None:
+        """Private: use :meth:`create` or :meth:`open`."""
+        self.path = path
+        self._engine = engine
+        self._read = engine.execution_options(**{_READONLY: True})
+        self._box = box
+
+    @classmethod
+    def create(
+        cls, path: Path, passphrase: str, *, rng: RandomSource, scrypt_n: int = DEFAULT_SCRYPT_N
+    ) -> WalletStore:
+        """A new, empty wallet file. Raises Conflict if the file exists."""
+        params = KdfParams.fresh(rng, n=scrypt_n)
+        box = SecretBox.derive(passphrase, params, rng)
+        _create_private_file(path)
+        engine = _engine(path)
+        try:
+            with engine.begin() as conn:
+                _metadata.create_all(conn)
+                conn.execute(
+                    insert(_meta),
+                    [
+                        {"key": "format", "value": str(FORMAT_VERSION).encode()},
+                        {"key": "kdf", "value": json.dumps(params.to_json()).encode()},
+                        {"key": "check", "value": box.check_value()},
+                    ],
+                )
+        except BaseException:
+            engine.dispose()
+            raise
+        return cls(path, engine, box)
+
+    @classmethod
+    def open(cls, path: Path, passphrase: str, *, rng: RandomSource) -> WalletStore:
+        """Open an existing wallet. Raises LocalProtocolError: NOT_FOUND (no file),
+        WALLET_LOCKED ("wrong passphrase"), UNKNOWN_VERSION (a newer format)."""
+        if not path.is_file():
+            raise LocalProtocolError(f"no wallet at {path}", code=ErrorCode.NOT_FOUND)
+        engine = _engine(path)
+        try:
+            meta = _read_meta(engine)
+            _check_format(meta, path)
+            box = SecretBox.derive(passphrase, KdfParams.from_json(json.loads(meta["kdf"])), rng)
+            box.verify_check(meta["check"])
+        except BaseException:
+            engine.dispose()
+            raise
+        return cls(path, engine, box)
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    @property
+    def box(self) -> SecretBox:
+        return self._box
+
+    # -- meta ------------------------------------------------------------------------------
+
+    def get_meta(self, key: str) -> bytes | None:
+        with self._read.begin() as conn:
+            value: bytes | None = conn.scalar(select(_meta.c.value).where(_meta.c.key == key))
+        return value
+
+    def set_meta(self, key: str, value: bytes) -> None:
+        with self._engine.begin() as conn:
+            done = conn.execute(update(_meta).where(_meta.c.key == key).values(value=value))
+            if done.rowcount == 0:
+                conn.execute(insert(_meta).values(key=key, value=value))
+
+    # -- cards -----------------------------------------------------------------------------
+
+    def insert_card(self, card: NewCard, *, now: int) -> CardRow:
+        """Store a new card; Conflict if this card (or its label) is already in the wallet."""
+        values = {**_new_card_values(card), "added_at": now}
+        try:
+            with self._engine.begin() as conn:
+                conn.execute(insert(_cards).values(**values))
+                return WriteTx(conn).card_by_label(card.label)
+        except IntegrityError:
+            raise Conflict(
+                "this card, or a card with this label, is already in the wallet",
+                code=ErrorCode.CONFLICT,
+            ) from None
+
+    def cards(self) -> list[CardRow]:
+        with self._read.begin() as conn:
+            rows = conn.execute(select(_cards).order_by(_cards.c.id)).mappings().all()
+        return [_card_row(row) for row in rows]
+
+    def commitments(self, card: int) -> list[CommitmentRow]:
+        query = select(_commitments).where(_commitments.c.card == card)
+        with self._read.begin() as conn:
+            rows = conn.execute(query.order_by(_commitments.c.created_at)).mappings().all()
+        return [_commitment_row(row) for row in rows]
+
+    # -- history ---------------------------------------------------------------------------
+
+    def history(self, *, limit: int = 50) -> list[HistoryEntry]:
+        query = select(_history).order_by(_history.c.id.desc()).limit(limit)
+        with self._read.begin() as conn:
+            rows = conn.execute(query).mappings().all()
+        return [HistoryEntry(**dict(row)) for row in rows]
+
+    def finish(self, history_id: int, outcome: str, *, status: int | None = None) -> None:
+        statement = (
+            update(_history)
+            .where(_history.c.id == history_id)
+            .values(outcome=outcome, status=status)
+        )
+        with self._engine.begin() as conn:
+            conn.execute(statement)
+
+    def usage(self, *, host: str, since: int) -> dict[str, tuple[int, int]]:
+        """Micros charged per currency after ``since``: (all hosts, this host)."""
+        with self._read.begin() as conn:
+            return _usage(conn, host=host, since=since)
+
+    def acknowledge(self, commitment_id: bytes) -> None:
+        """The vendor accepted a payment under this commitment: stop resending it."""
+        statement = (
+            update(_commitments).where(_commitments.c.id == commitment_id).values(acknowledged=1)
+        )
+        with self._engine.begin() as conn:
+            conn.execute(statement)
+
+    def retire(self, commitment_id: bytes) -> None:
+        """Never pay under this commitment again (the vendor refused a payment under it)."""
+        statement = update(_commitments).where(_commitments.c.id == commitment_id).values(retired=1)
+        with self._engine.begin() as conn:
+            conn.execute(statement)
+
+    # -- the write-ahead transaction ---------------------------------------------------------
+
+    @contextmanager
+    def writing(self) -> Iterator[WriteTx]:
+        """One ``BEGIN IMMEDIATE`` transaction: read state, advance it, commit; or roll back."""
+        try:
+            with self._engine.begin() as conn:
+                yield WriteTx(conn)
+        except OperationalError as exc:
+            raise LocalProtocolError(
+                "the wallet file is busy or unwritable", code=ErrorCode.INTERNAL
+            ) from exc
+
+
+class WriteTx:
+    """The statements that may run inside :meth:`WalletStore.writing`."""
+
+    __slots__ = ("_conn",)
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    def card(self, card_id: int) -> CardRow:
+        return self._one_card(select(_cards).where(_cards.c.id == card_id))
+
+    def card_by_label(self, label: str) -> CardRow:
+        return self._one_card(select(_cards).where(_cards.c.label == label))
+
+    def _one_card(self, query: Select[tuple[object, ...]]) -> CardRow:
+        row = self._conn.execute(query).mappings().first()
+        if row is None:
+            raise LocalProtocolError("no such card in the wallet", code=ErrorCode.NOT_FOUND)
+        return _card_row(row)
+
+    def advance_card(
+        self, card: CardRow, *, spent: int, balance: int, state: bytes | None
+    ) -> CardRow:
+        """Write the card's new position; the caller read ``card`` in this transaction."""
+        self._conn.execute(
+            update(_cards)
+            .where(_cards.c.id == card.id)
+            .values(spent=spent, balance=balance, state=state)
+        )
+        return replace(card, spent=spent, balance=balance, state=state)
+
+    def usage(self, *, host: str, since: int) -> dict[str, tuple[int, int]]:
+        return _usage(self._conn, host=host, since=since)
+
+    def add_history(self, entry: HistoryEntry) -> int:
+        values = {
+            name: getattr(entry, name) for name in HistoryEntry.__dataclass_fields__ if name != "id"
+        }
+        key = self._conn.execute(insert(_history).values(**values)).inserted_primary_key
+        assert key is not None
+        return int(key[0])
+
+    def open_commitments(self, card: int, vendor_id: str, unit_micros: int) -> list[CommitmentRow]:
+        """Commitments to ``vendor_id`` that may still pay, newest first."""
+        c = _commitments.c
+        query = (
+            select(_commitments)
+            .where(c.card == card, c.vendor_id == vendor_id, c.unit_micros == unit_micros)
+            .where(c.retired == 0, c.spent < c.length)
+            .order_by(c.created_at.desc(), c.spent.desc())
+        )
+        return [_commitment_row(row) for row in self._conn.execute(query).mappings()]
+
+    def insert_commitment(self, row: CommitmentRow) -> None:
+        values = {name: getattr(row, name) for name in CommitmentRow.__dataclass_fields__}
+        values["acknowledged"] = int(row.acknowledged)
+        values["retired"] = int(row.retired)
+        self._conn.execute(insert(_commitments).values(**values))
+
+    def advance_commitment(self, row: CommitmentRow, spent: int) -> None:
+        self._conn.execute(
+            update(_commitments).where(_commitments.c.id == row.id).values(spent=spent)
+        )
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+
+def _new_card_values(card: NewCard) -> dict[str, object]:
+    values = {name: getattr(card, name) for name in NewCard.__dataclass_fields__}
+    values["params"] = json.dumps(dict(card.params), sort_keys=True)
+    return values
+
+
+def _usage(conn: Connection, *, host: str, since: int) -> dict[str, tuple[int, int]]:
+    h = _history.c
+    on_host = func.sum(h.charged_micros).filter(h.host == host)
+    query = (
+        select(h.currency, func.sum(h.charged_micros), on_host)
+        .where(h.at > since)
+        .group_by(h.currency)
+    )
+    return {
+        currency: (int(total or 0), int(here or 0)) for currency, total, here in conn.execute(query)
+    }
+
+
+def _read_meta(engine: Engine) -> dict[str, bytes]:
+    try:
+        with engine.execution_options(**{_READONLY: True}).begin() as conn:
+            return {key: value for key, value in conn.execute(select(_meta.c.key, _meta.c.value))}
+    except DatabaseError as exc:  # no such table, or not SQLite at all
+        raise LocalProtocolError(
+            "this file is not a farthing wallet", code=ErrorCode.UNKNOWN_VERSION
+        ) from exc
+
+
+def _check_format(meta: dict[str, bytes], path: Path) -> None:
+    version = meta.get("format")
+    if version is None or "kdf" not in meta or "check" not in meta:
+        raise LocalProtocolError(f"{path} is not a farthing wallet", code=ErrorCode.UNKNOWN_VERSION)
+    if version != str(FORMAT_VERSION).encode():
+        raise LocalProtocolError(
+            f"{path} has wallet format {version.decode(errors='replace')}; "
+            f"this farthing reads format {FORMAT_VERSION}",
+            code=ErrorCode.UNKNOWN_VERSION,
+        )

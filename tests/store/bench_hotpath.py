@@ -1,0 +1,167 @@
+"""Measure the vendor's per-request write (szm_advance, payword_advance) and the SZM row size.
+
+Not a test: run it by hand and copy the numbers into docs/storage.md::
+
+    .venv/bin/python -m tests.store.bench_hotpath [--calls 2000] [--cards 100000]
+
+SQLite runs on a temp file with the store's real settings (WAL, synchronous=FULL).
+PostgreSQL runs on a throwaway server twice: fsync=on (durable, as in production) and
+fsync=off (what the test fixture uses), both over loopback TCP.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from farthing.store import (
+    CardStatus,
+    Store,
+    SzmBatchRow,
+    SzmCardRow,
+    SzmProtocol,
+    VendorCommitmentRow,
+    open_store,
+)
+from tests.pgserver import PgServer, PgUnavailable
+
+BATCH = b"\x01" * 16
+
+
+def _cards(count: int, units: int) -> Iterator[SzmCardRow]:
+    for i in range(count):
+        yield SzmCardRow(
+            card_id=i.to_bytes(16, "big"),
+            batch_id=BATCH,
+            protocol=SzmProtocol.CHAIN,
+            generator=None,
+            currency="EUR",
+            unit_micros=1000,
+            units=units,
+            spent=0,
+            anchor=os.urandom(32),
+            expires_at=2_000_000_000,
+            status=CardStatus.ACTIVE,
+            issued_at=1_800_000_000,
+        )
+
+
+def _issue(store: Store, count: int, units: int) -> float:
+    started = time.perf_counter()
+    with store.transaction() as tx:
+        tx.szm_insert_batch(
+            SzmBatchRow(
+                batch_id=BATCH,
+                protocol=SzmProtocol.CHAIN,
+                count=count,
+                units=units,
+                currency="EUR",
+                unit_micros=1000,
+                expires_at=2_000_000_000,
+                created_at=1_800_000_000,
+            )
+        )
+        tx.szm_insert_cards(_cards(count, units))
+    return time.perf_counter() - started
+
+
+def _per_call(calls: int, step: Callable[[int], bool]) -> tuple[float, float]:
+    """Median and p99 wall time per call, in microseconds."""
+    times = []
+    for i in range(calls):
+        started = time.perf_counter()
+        if not step(i):
+            raise AssertionError("an uncontended advance lost")
+        times.append(time.perf_counter() - started)
+    times.sort()
+    return statistics.median(times) * 1e6, times[int(len(times) * 0.99)] * 1e6
+
+
+def measure(target: str, calls: int) -> dict[str, tuple[float, float]]:
+    with open_store(target) as store:
+        _issue(store, calls, calls + 1)
+        with store.transaction() as tx:
+            tx.payword_add_commitment(
+                VendorCommitmentRow(
+                    commitment_id=b"\x02" * 32,
+                    commitment=b"c" * 100,
+                    last_value=b"\x00" * 32,
+                    spent=0,
+                    length=calls + 1,
+                    currency="EUR",
+                    unit_micros=1000,
+                    expires_at=2_000_000_000,
+                )
+            )
+        anchor = b"\x03" * 32
+        return {
+            "szm_advance": _per_call(
+                calls, lambda i: store.szm_advance(i.to_bytes(16, "big"), 0, 1, anchor)
+            ),
+            "payword_advance": _per_call(
+                calls, lambda i: store.payword_advance(b"\x02" * 32, i, i + 1, anchor)
+            ),
+            "szm_card (read)": _per_call(
+                calls, lambda i: store.szm_card(i.to_bytes(16, "big")) is not None
+            ),
+            "szm_advance in Tx": _per_call(calls, lambda i: _advance_in_tx(store, i, anchor)),
+        }
+
+
+def _advance_in_tx(store: Store, i: int, anchor: bytes) -> bool:
+    """The same UPDATE through a SQLAlchemy unit of work, for comparison."""
+    with store.transaction() as tx:
+        return tx.szm_advance(i.to_bytes(16, "big"), 1, 2, anchor)
+
+
+def sqlite_bytes_per_card(cards: int) -> tuple[float, float]:
+    """Bytes per SZM card row (file size after VACUUM / count) and insert time."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "size.sqlite"
+        with open_store(str(path)) as store:
+            pass
+        empty = path.stat().st_size
+        with open_store(str(path)) as store:
+            seconds = _issue(store, cards, 100)
+        import sqlite3
+
+        with sqlite3.connect(path) as conn:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            conn.execute("VACUUM")
+        return (path.stat().st_size - empty) / cards, seconds
+
+
+def _report(name: str, results: dict[str, tuple[float, float]]) -> None:
+    for what, (median, p99) in results.items():
+        print(f"{name:28} {what:18} median {median:8.1f} us   p99 {p99:8.1f} us")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--calls", type=int, default=2000)
+    parser.add_argument("--cards", type=int, default=100_000)
+    args = parser.parse_args()
+    per_card, seconds = sqlite_bytes_per_card(args.cards)
+    print(f"SQLite: {args.cards} SZM cards inserted in {seconds:.2f} s, {per_card:.1f} bytes/card")
+    with tempfile.TemporaryDirectory() as tmp:
+        _report("sqlite (WAL, sync=FULL)", measure(str(Path(tmp) / "bench.sqlite"), args.calls))
+    for fsync in (True, False):
+        try:
+            server = PgServer.start_new(fsync=fsync)
+        except PgUnavailable as exc:
+            print(f"postgres: skipped ({exc})")
+            return
+        try:
+            label = f"postgres (fsync={'on' if fsync else 'off'})"
+            _report(label, measure(server.create_database(), args.calls))
+        finally:
+            server.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+"""The vendor's store: HLL replay guard, risk sum, durable deposit outbox."""
+
+from __future__ import annotations
+
+import pytest
+
+from farthing.core.errors import Conflict, ErrorCode, InsufficientFunds
+from farthing.store import (
+    HllMode,
+    HllPaymentState,
+    OutboxKind,
+    OutboxState,
+    Store,
+    Tx,
+    open_store,
+)
+from tests.store.helpers import fail_inside, race
+
+CARD = b"C" * 16
+BATCH = b"B" * 32
+
+
+def _record(
+    tx: Tx,
+    counter: int,
+    units: int = 2,
+    mode: HllMode = HllMode.DEFERRED,
+    state: HllPaymentState = HllPaymentState.PENDING,
+    card: bytes = CARD,
+) -> None:
+    tx.vendor_hll_record(
+        card_id=card, counter=counter, offer=b"offer", purchase=b"purchase",
+        amount_units=units, mode=mode, state=state, at=100 + counter,
+    )  # fmt: skip
+
+
+def test_a_repeated_card_counter_is_a_duplicate_spend(store: Store) -> None:
+    with store.transaction() as tx:
+        _record(tx, 1)
+    with pytest.raises(Conflict) as caught, store.transaction() as tx:
+        _record(tx, 1)
+    assert caught.value.code is ErrorCode.DUPLICATE_SPEND
+    with store.transaction(readonly=True) as tx:
+        payment = tx.vendor_hll_payment(CARD, 1)
+    assert payment is not None
+    assert (payment.mode, payment.state, payment.offer) == (
+        HllMode.DEFERRED,
+        HllPaymentState.PENDING,
+        b"offer",
+    )
+
+
+def test_outstanding_counts_unsettled_deferred_payments_of_the_card(store: Store) -> None:
+    with store.transaction() as tx:
+        _record(tx, 1, units=2)
+        _record(tx, 2, units=3)
+        _record(tx, 3, units=5, mode=HllMode.ONLINE, state=HllPaymentState.SETTLED)
+        _record(tx, 1, units=7, card=b"O" * 16)
+        assert tx.vendor_hll_outstanding(CARD) == 5
+        taken = tx.hll_take_pending_for_batch(BATCH, limit=1)
+        assert [p.counter for p in taken] == [1]
+        assert tx.vendor_hll_outstanding(CARD) == 5  # batched is still at risk
+        assert tx.vendor_hll_settle_batch(BATCH) == (1, 0)
+        assert tx.vendor_hll_outstanding(CARD) == 3
+
+
+def test_taking_a_batch_and_queueing_it_are_one_unit(store: Store) -> None:
+    with store.transaction() as tx:
+        for counter in range(1, 6):
+            _record(tx, counter)
+    with store.transaction() as tx:
+        taken = tx.hll_take_pending_for_batch(BATCH, limit=3)
+        tx.outbox_add(BATCH, OutboxKind.HLL, b"payload", now=200)
+    assert [p.counter for p in taken] == [1, 2, 3]
+    assert all(p.state is HllPaymentState.BATCHED and p.batch_id == BATCH for p in taken)
+
+    def take_then_crash(tx: Tx) -> None:
+        assert len(tx.hll_take_pending_for_batch(b"X" * 32, limit=10)) == 2
+        tx.outbox_add(b"X" * 32, OutboxKind.HLL, b"payload", now=201)
+
+    with pytest.raises(RuntimeError):
+        fail_inside(store, take_then_crash)
+    with store.transaction() as tx:
+        assert tx.outbox_item(b"X" * 32) is None
+        assert tx.vendor_hll_batch_payments(b"X" * 32) == []
+        rest = tx.hll_take_pending_for_batch(b"N" * 32, limit=10)
+        assert tx.hll_take_pending_for_batch(b"E" * 32, limit=10) == []
+    assert [p.counter for p in rest] == [4, 5]
+
+
+def test_settling_a_batch_marks_rejections(store: Store) -> None:
+    with store.transaction() as tx:
+        for counter in range(1, 4):
+            _record(tx, counter)
+        tx.hll_take_pending_for_batch(BATCH, limit=10)
+        assert tx.vendor_hll_settle_batch(BATCH, rejected=[(CARD, 2)]) == (2, 1)
+        states = {p.counter: p.state for p in tx.vendor_hll_batch_payments(BATCH)}
+    assert states == {
+        1: HllPaymentState.SETTLED,
+        2: HllPaymentState.REJECTED,
+        3: HllPaymentState.SETTLED,
+    }
+
+
+def test_the_outbox_survives_a_restart(store_target: str, store: Store) -> None:
+    with store.transaction() as tx:
+        tx.outbox_add(BATCH, OutboxKind.PAYWORD, b"payload", now=100)
+    store.close()
+    with open_store(store_target, create=False) as reopened, reopened.transaction() as tx:
+        due = tx.outbox_due(now=100, limit=10)
+        assert [(d.batch_id, d.kind, d.state, d.payload) for d in due] == [
+            (BATCH, OutboxKind.PAYWORD, OutboxState.PENDING, b"payload")
+        ]
+        assert tx.outbox_mark(BATCH, OutboxState.SENT, 1, next_attempt_at=160, report=None)
+        assert tx.outbox_due(now=159, limit=10) == []
+        assert [d.attempts for d in tx.outbox_due(now=160, limit=10)] == [1]
+        assert tx.outbox_mark(BATCH, OutboxState.DONE, 2, next_attempt_at=160, report="{}")
+        assert tx.outbox_due(now=10**10, limit=10) == []
+        item = tx.outbox_item(BATCH)
+    assert item is not None
+    assert (item.state, item.report) == (OutboxState.DONE, "{}")
+
+
+def test_the_risk_limit_holds_under_concurrency(store: Store) -> None:
+    """Check-then-insert in a serializable unit: no two requests both slip under the limit."""
+    limit = 10
+
+    def accept(counter: int) -> bool:
+        def unit(tx: Tx) -> None:
+            if tx.vendor_hll_outstanding(CARD) + 3 > limit:
+                raise InsufficientFunds("risk limit", code=ErrorCode.RISK_LIMIT)
+            _record(tx, counter, units=3)
+
+        try:
+            store.run_in_transaction(unit, retries=30, serializable=True)
+        except InsufficientFunds:
+            return False
+        return True
+
+    assert race(6, accept).count(True) == 3
+    with store.transaction(readonly=True) as tx:
+        assert tx.vendor_hll_outstanding(CARD) == 9

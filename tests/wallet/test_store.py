@@ -1,0 +1,175 @@
+"""The wallet file: passphrase, sealed secrets, permissions, duplicates, format."""
+
+from __future__ import annotations
+
+import sqlite3
+import stat
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from farthing.core import cardcode
+from farthing.core.errors import Conflict, ErrorCode, LocalProtocolError, MalformedMessage
+from farthing.core.money import Denomination
+from farthing.core.schemes import szm_chain
+from farthing.http.payment_auth import Challenge
+from farthing.testing import DeterministicRandom, FixedClock
+from farthing.wallet.secretbox import KdfParams, SecretBox, record_id
+from farthing.wallet.wallet import Wallet
+
+EUR = Denomination(currency="EUR", unit_micros=1000)
+FAST = 2**10
+
+
+def chain_card(seed: str = "card") -> szm_chain.ChainCard:
+    _, card = szm_chain.issue_card(
+        b"M" * 32, DeterministicRandom(seed), length=10, denomination=EUR, expires_at=2**40
+    )
+    return card
+
+
+def challenge() -> Challenge:
+    return Challenge(
+        id="cid",
+        realm="news",
+        method="szm:chain",
+        intent="charge",
+        request={"amount": "1000", "currency": "EUR", "resource": "/a/*"},
+        expires=2**40,
+    )
+
+
+# --- the secret box ---------------------------------------------------------------------
+
+
+@settings(max_examples=20, deadline=None)
+@given(plaintext=st.binary(max_size=300), key=st.binary(min_size=1, max_size=40))
+def test_sealed_values_open_only_for_their_record(plaintext: bytes, key: bytes) -> None:
+    box = SecretBox(b"k" * 32, DeterministicRandom("n"))
+    sealed = box.seal(record_id("cards", key, "secret"), plaintext)
+    if len(plaintext) >= 16:  # shorter strings may turn up in random bytes by chance
+        assert plaintext not in sealed
+    assert box.open(record_id("cards", key, "secret"), sealed) == plaintext
+    with pytest.raises(LocalProtocolError) as caught:
+        box.open(record_id("cards", key + b"x", "secret"), sealed)
+    assert caught.value.code is ErrorCode.WALLET_LOCKED
+    with pytest.raises(LocalProtocolError):
+        box.open(record_id("cards", key, "state"), sealed)
+
+
+def test_kdf_parameters_round_trip_and_are_checked() -> None:
+    params = KdfParams.fresh(DeterministicRandom("salt"), n=FAST)
+    assert KdfParams.from_json(params.to_json()) == params
+    for bad in ({"n": 1000}, {"n": 1}, {"r": 0}, {"kdf": "pbkdf2"}, {"salt": "AAAA"}):
+        with pytest.raises(MalformedMessage):
+            KdfParams.from_json({**params.to_json(), **bad})
+
+
+def test_same_passphrase_different_salt_gives_different_keys() -> None:
+    one = SecretBox.derive("pw", KdfParams.fresh(DeterministicRandom("a"), n=FAST), bytes)
+    two = SecretBox.derive("pw", KdfParams.fresh(DeterministicRandom("b"), n=FAST), bytes)
+    with pytest.raises(LocalProtocolError, match="wrong passphrase"):
+        two.verify_check(one.check_value())
+
+
+# --- the file ---------------------------------------------------------------------------
+
+
+def test_wrong_passphrase_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "w.sqlite"
+    Wallet.create(path, "right", scrypt_n=FAST).close()
+    with pytest.raises(LocalProtocolError, match=r"^wrong passphrase$") as caught:
+        Wallet.open(path, "wrong")
+    assert caught.value.code is ErrorCode.WALLET_LOCKED
+    Wallet.open(path, "right").close()
+
+
+def test_missing_file_and_foreign_file(tmp_path: Path) -> None:
+    with pytest.raises(LocalProtocolError) as missing:
+        Wallet.open(tmp_path / "nope.sqlite", "pw")
+    assert missing.value.code is ErrorCode.NOT_FOUND
+    foreign = tmp_path / "foreign.sqlite"
+    sqlite3.connect(foreign).execute("CREATE TABLE x (y)").connection.close()
+    with pytest.raises(LocalProtocolError, match="not a farthing wallet") as caught:
+        Wallet.open(foreign, "pw")
+    assert caught.value.code is ErrorCode.UNKNOWN_VERSION
+    junk = tmp_path / "junk.sqlite"
+    junk.write_bytes(b"not a database at all" * 100)
+    with pytest.raises(LocalProtocolError, match="not a farthing wallet"):
+        Wallet.open(junk, "pw")
+
+
+def test_create_refuses_an_existing_file_and_is_private(tmp_path: Path) -> None:
+    path = tmp_path / "deep" / "w.sqlite"
+    Wallet.create(path, "pw", scrypt_n=FAST).close()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    with pytest.raises(Conflict):
+        Wallet.create(path, "other", scrypt_n=FAST)
+    Wallet.open(path, "pw").close()  # untouched
+
+
+def test_secrets_are_not_in_the_file_in_the_clear(tmp_path: Path) -> None:
+    path = tmp_path / "w.sqlite"
+    card = chain_card()
+    code = szm_chain.to_card_code(card, realm="news")
+    with Wallet.create(path, "pw", scrypt_n=FAST) as wallet:
+        wallet.add_szm_card(code)
+        wallet.pay("http://news.test/a/b", [challenge()])
+        on_disk = b"".join(p.read_bytes() for p in tmp_path.iterdir())
+    assert card.card_id in on_disk  # public: the card is a pseudonym the vendor sees anyway
+    assert card.secret not in on_disk
+    assert cardcode.encode_card(code) not in on_disk
+
+
+def test_a_card_cannot_be_added_twice(tmp_path: Path) -> None:
+    code = szm_chain.to_card_code(chain_card(), realm="news")
+    with Wallet.create(tmp_path / "w", "pw", scrypt_n=FAST) as wallet:
+        wallet.add_szm_card(code)
+        with pytest.raises(Conflict):
+            wallet.add_szm_card(code, label="again")
+        with pytest.raises(Conflict):
+            wallet.add_szm_card(
+                szm_chain.to_card_code(chain_card("other"), realm="news"),
+                label=wallet.cards()[0].label,
+            )
+        assert len(wallet.cards()) == 1
+
+
+def test_a_secret_moved_to_another_row_does_not_open(tmp_path: Path) -> None:
+    path = tmp_path / "w.sqlite"
+    with Wallet.create(path, "pw", scrypt_n=FAST) as wallet:
+        wallet.add_szm_card(szm_chain.to_card_code(chain_card("one"), realm="news"))
+        wallet.add_szm_card(szm_chain.to_card_code(chain_card("two"), realm="other"))
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE cards SET secret = (SELECT secret FROM cards WHERE id = 2) WHERE id = 1")
+    db.close()
+    with Wallet.open(path, "pw") as wallet, pytest.raises(LocalProtocolError) as caught:
+        wallet.pay("http://news.test/a/b", [challenge()])
+    assert caught.value.code is ErrorCode.WALLET_LOCKED
+    with Wallet.open(path, "pw") as wallet:
+        assert wallet.cards()[0].spent == 0
+
+
+def test_card_state_survives_reopening(tmp_path: Path) -> None:
+    path = tmp_path / "w.sqlite"
+    clock = FixedClock()
+    with Wallet.create(path, "pw", clock=clock, scrypt_n=FAST) as wallet:
+        wallet.add_szm_code(cardcode.to_text(szm_chain.to_card_code(chain_card(), realm="news")))
+        assert wallet.pay("http://news.test/a/b", [challenge()]).index == 1
+    with Wallet.open(path, "pw", clock=clock) as wallet:
+        assert wallet.pay("http://news.test/a/b", [challenge()]).index == 2
+        assert wallet.balances() == {"EUR": 8000}
+        assert [h.position for h in wallet.history()] == [2, 1]
+
+
+def test_a_newer_wallet_format_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "w.sqlite"
+    Wallet.create(path, "pw", scrypt_n=FAST).close()
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE meta SET value = CAST('2' AS BLOB) WHERE key = 'format'")
+    db.close()
+    with pytest.raises(LocalProtocolError, match="wallet format 2") as caught:
+        Wallet.open(path, "pw")
+    assert caught.value.code is ErrorCode.UNKNOWN_VERSION
