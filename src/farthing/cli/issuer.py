@@ -1,16 +1,404 @@
-"""`farthing issuer` commands."""
+"""`farthing issuer`: set up, run and administer the issuer.
+
+Every command takes ``--db`` (a SQLite path or a ``postgresql://`` DSN; env
+``FARTHING_ISSUER_DB``) and ``--keys`` (the key file; env ``FARTHING_ISSUER_KEYS``). The
+currencies the issuer keeps books in come from ``FARTHING_ISSUER_CURRENCIES`` (default
+``EUR``). Administrative commands run the same service code as the HTTP API, directly
+against the database, and are audited as ``cli:<user>``. The issuer's own modules are
+imported inside the commands, so ``farthing --help`` stays fast.
+"""
 
 from __future__ import annotations
 
+import getpass
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Final, TextIO
+
 import typer
 
-app = typer.Typer(help="The issuer.", no_args_is_help=True)
+from farthing.cli._common import console, err_console, fail
+
+if TYPE_CHECKING:
+    from farthing.issuer.report_service import IssuerReport
+    from farthing.issuer.service import IssuerServices
+    from farthing.issuer.szm_service import BatchSpec, ExportedCard
+    from farthing.store import SzmBatchRow
+
+__all__ = ["app"]
+
+app = typer.Typer(
+    help="The issuer: bank of HLL, broker of PayWord, SZM card issuer.", no_args_is_help=True
+)
+tokens_app = typer.Typer(help="Operator tokens for the HTTP API.", no_args_is_help=True)
+customers_app = typer.Typer(help="Customer accounts.", no_args_is_help=True)
+merchants_app = typer.Typer(
+    help="Merchants (HLL merchants and PayWord vendors).", no_args_is_help=True
+)
+cards_app = typer.Typer(help="SZM prepaid cards.", no_args_is_help=True)
+app.add_typer(tokens_app, name="tokens")
+app.add_typer(customers_app, name="customers")
+app.add_typer(merchants_app, name="merchants")
+app.add_typer(cards_app, name="cards")
+
+_DEFAULT_DB: Final = "farthing-issuer.sqlite"
+_DEFAULT_KEYS: Final = "farthing-issuer.keys.json"
+_MIN_BBS_BITS: Final = 256
+_EXPORT_PAGE: Final = 1000
+_DAY: Final = 86_400
+
+Db = Annotated[
+    str, typer.Option("--db", envvar="FARTHING_ISSUER_DB", help="SQLite file or postgresql:// DSN.")
+]
+Keys = Annotated[
+    Path, typer.Option("--keys", envvar="FARTHING_ISSUER_KEYS", help="The issuer key file.")
+]
+Currency = Annotated[str, typer.Option("--currency", help="ISO 4217-style currency code.")]
+
+
+def _actor() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli:unknown"
+
+
+def _currencies() -> tuple[str, ...]:
+    from farthing.issuer.config import ENV_CURRENCIES
+
+    raw = os.environ.get(ENV_CURRENCIES, "EUR")
+    return tuple(c.strip() for c in raw.split(",") if c.strip())
+
+
+@contextmanager
+def _services(db: str, keys: Path) -> Iterator[IssuerServices]:
+    """The issuer's services over an initialised database, closed afterwards."""
+    from farthing.core.clock import SystemClock
+    from farthing.issuer.config import IssuerConfig, load_issuer_keys
+    from farthing.issuer.service import build_services
+    from farthing.store import open_store
+
+    config = IssuerConfig(keys=load_issuer_keys(keys), currencies=_currencies())
+    store = open_store(db, create=False)
+    try:
+        yield build_services(config, store, clock=SystemClock(), rng=os.urandom)
+    finally:
+        store.close()
+
+
+def _private_file(path: Path) -> TextIO:
+    """A new file only the owner can read (card codes and keys are secrets)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    return os.fdopen(fd, "w", encoding="utf-8")
+
+
+# --- set-up and serving -------------------------------------------------------------------
+
+
+@app.command("init")
+def init(
+    db: Db = _DEFAULT_DB,
+    keys: Keys = Path(_DEFAULT_KEYS),
+    issuer_id: Annotated[
+        str, typer.Option(help="Broker id in PayWord certificates and realm on SZM cards.")
+    ] = "farthing",
+    bbs_bits: Annotated[int, typer.Option(help="Size of the BBS modulus n.")] = 2048,
+) -> None:
+    """Create or upgrade the database, and create the key file if there is none."""
+    from farthing.issuer.config import generate_issuer_keys, write_key_file
+    from farthing.store import upgrade_to_head
+
+    if bbs_bits < _MIN_BBS_BITS:
+        raise fail(f"--bbs-bits must be at least {_MIN_BBS_BITS}")
+    upgrade_to_head(db)
+    console.print(f"database ready: [bold]{db}[/]")
+    if keys.exists():
+        console.print(f"key file kept: [bold]{keys}[/]")
+        return
+    with console.status("generating keys (BBS modulus)..."):
+        new_keys = generate_issuer_keys(os.urandom, broker_id=issuer_id, bbs_bits=bbs_bits)
+    write_key_file(keys, new_keys)
+    console.print(f"key file created (mode 0600): [bold]{keys}[/]")
+
+
+@app.command("serve")
+def serve(
+    db: Db = _DEFAULT_DB,
+    keys: Keys = Path(_DEFAULT_KEYS),
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8400,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
+    rate_limit: Annotated[bool, typer.Option(help="Per-client and per-operator limits.")] = True,
+) -> None:
+    """Run the HTTP API (uvicorn; each worker builds its own app from the environment)."""
+    import uvicorn
+
+    from farthing.issuer.config import ENV_DB, ENV_KEYS, ENV_RATE_LIMIT
+
+    with _services(db, keys):  # fail here, readably, rather than in every worker
+        pass
+    os.environ[ENV_DB] = db
+    os.environ[ENV_KEYS] = str(keys.resolve())
+    os.environ[ENV_RATE_LIMIT] = "on" if rate_limit else "off"
+    uvicorn.run(
+        "farthing.issuer.app:app_from_env",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+    )
+
+
+@app.command("check")
+def check(db: Db = _DEFAULT_DB, keys: Keys = Path(_DEFAULT_KEYS)) -> None:
+    """Audit the ledger; exit status 1 if it does not balance."""
+    with _services(db, keys) as services:
+        result = services.reports.check()
+    if result.balanced:
+        console.print(
+            f"[green]ledger balances[/]: {result.txn_count} transactions, "
+            f"{result.entry_count} entries"
+        )
+        return
+    for problem in result.problems:
+        console.print(f"[red]problem:[/] {problem}")
+    raise typer.Exit(1)
+
+
+@app.command("report")
+def report(db: Db = _DEFAULT_DB, keys: Keys = Path(_DEFAULT_KEYS)) -> None:
+    """Balances by account kind, outstanding card value, merchants, ledger status."""
+    with _services(db, keys) as services:
+        result = services.reports.report()
+    _print_report(result)
+
+
+def _print_report(result: IssuerReport) -> None:
+    from rich.table import Table
+
+    balances = Table(title="Balances in micros (negative: the issuer owes it)")
+    balances.add_column("account kind")
+    for row in result.currencies:
+        balances.add_column(row.currency, justify="right")
+    kinds = list(result.currencies[0].balances) if result.currencies else []
+    for kind in kinds:
+        balances.add_row(kind.value, *(f"{row.balances[kind]:,}" for row in result.currencies))
+    balances.add_section()
+    rows = result.currencies
+    balances.add_row("HLL value on cards", *(f"{r.hll_outstanding_micros:,}" for r in rows))
+    balances.add_row("SZM value outstanding", *(f"{r.szm_outstanding_micros:,}" for r in rows))
+    balances.add_row("owed to merchants", *(f"{r.merchants_owed_micros:,}" for r in rows))
+    console.print(balances)
+    merchants = Table(title="Merchants")
+    for column in ("merchant", "currency", "owed (micros)"):
+        merchants.add_column(column)
+    for merchant in result.merchants:
+        merchants.add_row(merchant.merchant_id, merchant.currency, f"{merchant.owed_micros:,}")
+    console.print(merchants)
+    ledger = result.ledger
+    status = "[green]balanced[/]" if ledger.balanced else f"[red]{len(ledger.problems)} problems[/]"
+    console.print(
+        f"ledger: {status}, {ledger.txn_count} transactions, {ledger.entry_count} entries"
+    )
+
+
+# --- tokens, customers, merchants ---------------------------------------------------------
+
+
+@tokens_app.command("create")
+def tokens_create(
+    name: Annotated[str, typer.Argument(help="Who the token is for.")],
+    db: Db = _DEFAULT_DB,
+    keys: Keys = Path(_DEFAULT_KEYS),
+) -> None:
+    """Create an operator token. It is printed once; only its SHA-256 is stored."""
+    with _services(db, keys) as services:
+        made = services.accounts.create_operator_token(_actor(), name)
+    console.print(f"operator [bold]{made.name}[/] (id {made.operator_id}); token:")
+    print(made.token)  # plain stdout, for scripts
+
+
+@tokens_app.command("revoke")
+def tokens_revoke(
+    operator_id: Annotated[int, typer.Argument(help="The id printed by `tokens create`.")],
+    db: Db = _DEFAULT_DB,
+    keys: Keys = Path(_DEFAULT_KEYS),
+) -> None:
+    """Revoke an operator token."""
+    with _services(db, keys) as services:
+        revoked = services.accounts.revoke_operator_token(_actor(), operator_id)
+    if not revoked:
+        raise fail("no active token with that id")
+    console.print(f"token {operator_id} revoked")
+
+
+@customers_app.command("add")
+def customers_add(
+    customer_id: Annotated[str, typer.Argument(help="The customer's id (your reference).")],
+    currency: Currency = "EUR",
+    db: Db = _DEFAULT_DB,
+    keys: Keys = Path(_DEFAULT_KEYS),
+) -> None:
+    """Create a customer account."""
+    with _services(db, keys) as services:
+        view = services.accounts.create_customer(_actor(), customer_id, currency)
+    console.print(f"customer [bold]{view.customer_id}[/] ({view.currency}) created")
+
+
+@customers_app.command("load")
+def customers_load(
+    customer_id: Annotated[str, typer.Argument()],
+    amount_micros: Annotated[int, typer.Argument(min=1, help="Cash received, in micros.")],
+    reference: Annotated[str, typer.Option(help="Idempotency key, e.g. the receipt number.")],
+    db: Db = _DEFAULT_DB,
+    keys: Keys = Path(_DEFAULT_KEYS),
+) -> None:
+    """Cash-in: credit a customer account with cash received."""
+    with _services(db, keys) as services:
+        result = services.accounts.load(_actor(), customer_id, amount_micros, reference)
+    console.print(f"available: {result.available_micros:,} micros")
+
+
+@merchants_app.command("add")
+def merchants_add(
+    merchant_id: Annotated[str, typer.Argument(help="The merchant (or PayWord vendor) id.")],
+    currency: Currency = "EUR",
+    db: Db = _DEFAULT_DB,
+    keys: Keys = Path(_DEFAULT_KEYS),
+) -> None:
+    """Register a merchant. Its key K_M is printed once, in hex (the form the vendor's
+    ``merchant_key_file`` holds); give it to the merchant over a safe channel."""
+    with _services(db, keys) as services:
+        made = services.accounts.create_merchant(_actor(), merchant_id, currency)
+    console.print(f"merchant [bold]{made.merchant_id}[/] ({made.currency}); key (hex):")
+    print(made.key.hex())
+
+
+# --- SZM cards ----------------------------------------------------------------------------
+
+
+@cards_app.command("issue")
+def cards_issue(
+    count: Annotated[int, typer.Option(min=1, help="How many cards.")],
+    units: Annotated[int, typer.Option(min=1, help="Units per card.")],
+    protocol: Annotated[str, typer.Option(help="szm:chain or szm:prbg.")] = "szm:chain",
+    generator: Annotated[str | None, typer.Option(help="For szm:prbg: hmac-drbg or bbs.")] = None,
+    unit_micros: Annotated[int, typer.Option(min=1, help="Value of one unit.")] = 1000,
+    currency: Currency = "EUR",
+    expires_days: Annotated[int, typer.Option(min=1, help="Validity from now.")] = 365,
+    out: Annotated[Path | None, typer.Option(help="Write codes here (0600), not stdout.")] = None,
+    qr_dir: Annotated[Path | None, typer.Option(help="Write one QR PNG per card here.")] = None,
+    db: Db = _DEFAULT_DB,
+    keys: Keys = Path(_DEFAULT_KEYS),
+) -> None:
+    """Issue (sell) a batch of anonymous SZM prepaid cards and print their codes."""
+    from farthing.core.cardcode import Generator
+    from farthing.core.money import Denomination
+    from farthing.issuer.szm_service import BatchSpec
+    from farthing.store import SzmProtocol
+
+    try:
+        kind = SzmProtocol(protocol)
+        chosen = None if generator is None else Generator(generator)
+    except ValueError:
+        raise fail(
+            "unknown protocol or generator", hint="szm:chain | szm:prbg; hmac-drbg | bbs"
+        ) from None
+    spec = BatchSpec(
+        protocol=kind,
+        count=count,
+        units=units,
+        denomination=Denomination(currency=currency, unit_micros=unit_micros),
+        expires_at=_now() + expires_days * _DAY,
+        generator=chosen,
+    )
+    with _services(db, keys) as services:
+        batch = _issue_with_progress(services, spec)
+        console.print(f"batch [bold]{_b64(batch.batch_id)}[/]: {batch.count} cards")
+        _export_batch(services, batch.batch_id, out, qr_dir)
+
+
+@cards_app.command("export")
+def cards_export(
+    batch_id: Annotated[str, typer.Argument(help="The batch id (base64url).")],
+    out: Annotated[Path | None, typer.Option(help="Write codes here (0600), not stdout.")] = None,
+    qr_dir: Annotated[Path | None, typer.Option(help="Write one QR PNG per card here.")] = None,
+    db: Db = _DEFAULT_DB,
+    keys: Keys = Path(_DEFAULT_KEYS),
+) -> None:
+    """Print the codes of an issued batch again (they are derived from the master key)."""
+    from farthing.core.encoding import b64url_decode
+
+    with _services(db, keys) as services:
+        _export_batch(services, b64url_decode(batch_id, max_len=64), out, qr_dir)
+
+
+def _now() -> int:
+    from farthing.core.clock import SystemClock
+
+    return SystemClock().now()
+
+
+def _b64(data: bytes) -> str:
+    from farthing.core.encoding import b64url_encode
+
+    return b64url_encode(data)
+
+
+def _issue_with_progress(services: IssuerServices, spec: BatchSpec) -> SzmBatchRow:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    columns = (BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=err_console, transient=True) as progress:
+        task = progress.add_task("making cards", total=spec.count)
+
+        def advance(done: int) -> None:
+            if done % 100 == 0 or done == spec.count:
+                progress.update(task, completed=done)
+
+        return services.szm.issue_batch(_actor(), spec, progress=advance)
+
+
+def _export_batch(
+    services: IssuerServices, batch_id: bytes, out: Path | None, qr_dir: Path | None
+) -> None:
+    """Every card code of the batch, one per line (text form), and optionally QR PNGs."""
+    if qr_dir is not None:
+        qr_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    sink = _private_file(out) if out is not None else sys.stdout
+    try:
+        offset = 0
+        while True:
+            page = services.szm.export(_actor(), batch_id, offset=offset, limit=_EXPORT_PAGE)
+            for card in page.cards:
+                sink.write(card.text + "\n")
+                if qr_dir is not None:
+                    _write_qr(qr_dir, card)
+            offset += len(page.cards)
+            if not page.cards or offset >= page.batch.count:
+                break
+    finally:
+        if sink is not sys.stdout:
+            sink.close()
+    if out is not None:
+        console.print(f"{offset} codes written to [bold]{out}[/]")
+
+
+def _write_qr(directory: Path, card: ExportedCard) -> None:
+    from farthing.issuer.qr import qr_png
+
+    path = directory / f"{_b64(card.card_id)}.png"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(qr_png(card.compact))
 
 
 @app.command("version")
 def version() -> None:
     """Print the farthing version."""
     from farthing import __version__
-    from farthing.cli._common import console
 
     console.print(__version__)

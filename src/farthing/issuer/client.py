@@ -1,0 +1,254 @@
+"""``IssuerClient``: how a vendor (merchant) talks to the issuer over HTTP.
+
+It implements the vendor's :class:`~farthing.vendor.methods.hll.HllBankClient`
+(``verify_online``), deposits HLL batches, redeems PayWord claims and reads SZM card status::
+
+    async with IssuerClient("https://bank.example", merchant_id="m-1", merchant_key=k_m) as bank:
+        await bank.verify_online(offer_bytes, payment_bytes)      # None, or raises
+        report = await bank.deposit_hll(batch, tag)                # hll.DepositReport
+        units = await bank.redeem_payword(redemption)              # units newly credited
+
+Errors are always farthing's own, never a bare Exception:
+
+- a problem+json answer is raised again as the error class of its ``code`` (the issuer's
+  ``Conflict(DUPLICATE_SPEND)`` arrives here as ``Conflict(DUPLICATE_SPEND)``), with the
+  issuer's fixed message;
+- no connection, a timeout, a 5xx answer or a body that is not what the API promises is
+  ``LocalProtocolError(ISSUER_UNAVAILABLE)``, with the httpx error as ``__cause__``. The
+  outcome of such a call is unknown; every call here is safe to repeat (the issuer settles
+  each (card, counter), batch and redemption index once).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Final
+
+import httpx
+
+from farthing.core.encoding import b64url_decode, b64url_encode
+from farthing.core.errors import (
+    AccessDenied,
+    Conflict,
+    ErrorCode,
+    FarthingError,
+    InsufficientFunds,
+    InvalidPayment,
+    LocalProtocolError,
+    MalformedMessage,
+    NotFound,
+    PaymentExpired,
+    RateLimited,
+    RemoteProtocolError,
+    UnsupportedMethod,
+)
+from farthing.core.schemes import hll, payword
+from farthing.issuer.wire import redeem_request_tag, verify_request_tag
+
+__all__ = ["CardStatus", "IssuerClient", "error_from_problem"]
+
+_TIMEOUT: Final = 10.0
+_MAX_REPORT_B64: Final = 1 << 20
+
+# Error class by code range; exact codes first (see farthing.core.errors.ErrorCode).
+_BY_CODE: Final[dict[ErrorCode, type[RemoteProtocolError]]] = {
+    ErrorCode.UNSUPPORTED_METHOD: UnsupportedMethod,
+    ErrorCode.PAYLOAD_TOO_LARGE: MalformedMessage,
+    ErrorCode.ACCESS_DENIED: AccessDenied,
+    ErrorCode.UNAUTHENTICATED: AccessDenied,
+    ErrorCode.NOT_FOUND: NotFound,
+    ErrorCode.CONFLICT: Conflict,
+    ErrorCode.DUPLICATE_SPEND: Conflict,
+    ErrorCode.CARD_EXPIRED: PaymentExpired,
+    ErrorCode.CHALLENGE_EXPIRED: PaymentExpired,
+    ErrorCode.CERTIFICATE_EXPIRED: PaymentExpired,
+}
+_BY_THOUSAND: Final[dict[int, type[RemoteProtocolError]]] = {
+    1: MalformedMessage,
+    2: InvalidPayment,
+    3: InsufficientFunds,
+}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CardStatus:
+    """The public status of an SZM card."""
+
+    card_id: bytes
+    units: int
+    spent: int
+    expires_at: int
+    status: str
+
+
+def _unavailable(message: str = "the issuer is unavailable") -> LocalProtocolError:
+    return LocalProtocolError(message, code=ErrorCode.ISSUER_UNAVAILABLE)
+
+
+def error_from_problem(status: int, body: object, retry_after: str | None) -> FarthingError:
+    """The farthing error a problem+json answer stands for (ISSUER_UNAVAILABLE if none)."""
+    if status >= 500 or not isinstance(body, dict):
+        return _unavailable()
+    raw_code = body.get("code")
+    try:
+        code = ErrorCode(raw_code) if isinstance(raw_code, int) else None
+    except ValueError:
+        code = None
+    if code is None:
+        return _unavailable("the issuer answered with an unknown error")
+    detail = body.get("detail")
+    message = detail if isinstance(detail, str) and len(detail) <= 200 else code.name.lower()
+    if code is ErrorCode.RATE_LIMITED:
+        seconds = int(retry_after) if retry_after and retry_after.isdigit() else 1
+        return RateLimited(message, retry_after=seconds)
+    cls = _BY_CODE.get(code) or _BY_THOUSAND.get(int(code) // 1000)
+    if cls is None:
+        return _unavailable("the issuer answered with an internal error")
+    return cls(message, code=code)
+
+
+class IssuerClient:
+    """A merchant's client of the issuer API.
+
+    ``merchant_id`` and ``merchant_key`` (K_M, from the merchant's registration) sign every
+    merchant call; without them only the public calls work (:meth:`card_status`,
+    :meth:`broker`) and the others raise LocalProtocolError(MISUSE). ``transport`` (e.g.
+    ``httpx.ASGITransport``) replaces the network, for tests; ``client`` lets the caller
+    share a connection pool.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        merchant_id: str | None,
+        merchant_key: bytes | None,
+        timeout: float = _TIMEOUT,
+        transport: httpx.AsyncBaseTransport | None = None,
+        client: httpx.AsyncClient | None = None,
+    ) -> None:
+        self._merchant_id = merchant_id
+        self._key = merchant_key
+        self._owns_client = client is None
+        self._http = client or httpx.AsyncClient(
+            base_url=base_url, timeout=timeout, transport=transport
+        )
+
+    def __repr__(self) -> str:
+        return f"IssuerClient(merchant_id={self._merchant_id!r})"
+
+    async def aclose(self) -> None:
+        if self._owns_client:
+            await self._http.aclose()
+
+    async def __aenter__(self) -> IssuerClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    # --- the API --------------------------------------------------------------------------
+
+    async def verify_online(self, offer: bytes, payment: bytes) -> None:
+        """Have the bank verify and settle one HLL purchase; None, or raises (e.g.
+        InvalidPayment, Conflict(DUPLICATE_SPEND), InsufficientFunds, PaymentExpired)."""
+        merchant_id, key = self._credentials()
+        tag = verify_request_tag(key, merchant_id, offer, payment)
+        body = {
+            "merchant_id": merchant_id,
+            "offer": b64url_encode(offer),
+            "payment": b64url_encode(payment),
+            "tag": b64url_encode(tag),
+        }
+        await self._call("POST", "/v1/hll/verify", body)
+
+    async def deposit_hll(self, batch: hll.DepositBatch | bytes, tag: bytes) -> hll.DepositReport:
+        """Deposit a deferred-mode batch (or its encoding); resend freely until it answers."""
+        encoded = batch if isinstance(batch, bytes) else hll.encode_batch(batch)
+        body = {"batch": b64url_encode(encoded), "tag": b64url_encode(tag)}
+        answer = await self._call("POST", "/v1/hll/deposits", body)
+        try:
+            return hll.decode_report(b64url_decode(str(answer["report"]), max_len=_MAX_REPORT_B64))
+        except (KeyError, MalformedMessage) as exc:
+            raise _unavailable("the issuer's deposit report does not decode") from exc
+
+    async def redeem_payword(self, redemption: payword.Redemption | bytes) -> int:
+        """Redeem a PayWord claim; returns the units newly credited (0 for a repeat)."""
+        encoded = (
+            redemption if isinstance(redemption, bytes) else payword.encode_redemption(redemption)
+        )
+        merchant_id, key = self._credentials()
+        tag = redeem_request_tag(key, merchant_id, encoded)
+        body = {
+            "merchant_id": merchant_id,
+            "redemption": b64url_encode(encoded),
+            "tag": b64url_encode(tag),
+        }
+        answer = await self._call("POST", "/v1/payword/redemptions", body)
+        return _int(answer, "credited_units")
+
+    async def card_status(self, card_id: bytes) -> CardStatus:
+        """The public status of an SZM card; NotFound for an unknown card."""
+        answer = await self._call("GET", f"/v1/szm/cards/{b64url_encode(card_id)}", None)
+        status = answer.get("status")
+        if not isinstance(status, str):
+            raise _unavailable("the issuer's card status does not decode")
+        return CardStatus(
+            card_id=card_id,
+            units=_int(answer, "units"),
+            spent=_int(answer, "spent"),
+            expires_at=_int(answer, "expires_at"),
+            status=status,
+        )
+
+    async def broker(self) -> tuple[str, bytes]:
+        """The PayWord broker's id and Ed25519 public key."""
+        answer = await self._call("GET", "/v1/payword/broker", None)
+        try:
+            return str(answer["broker_id"]), b64url_decode(str(answer["public_key"]), max_len=64)
+        except (KeyError, MalformedMessage) as exc:
+            raise _unavailable("the issuer's broker key does not decode") from exc
+
+    # --- transport ------------------------------------------------------------------------
+
+    def _credentials(self) -> tuple[str, bytes]:
+        if self._merchant_id is None or self._key is None:
+            raise LocalProtocolError(
+                "this call needs the merchant id and key", code=ErrorCode.MISUSE
+            )
+        return self._merchant_id, self._key
+
+    async def _call(self, method: str, path: str, body: dict[str, str] | None) -> dict[str, object]:
+        try:
+            response = await self._http.request(method, path, json=body)
+        except httpx.HTTPError as exc:
+            raise _unavailable() from exc
+        document = _json(response)
+        if response.is_success and isinstance(document, dict):
+            return document
+        if response.is_success:
+            raise _unavailable("the issuer's answer does not decode")
+        raise error_from_problem(
+            response.status_code, document, response.headers.get("retry-after")
+        )
+
+
+def _json(response: httpx.Response) -> object:
+    try:
+        return response.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+
+
+def _int(document: dict[str, object], name: str) -> int:
+    value = document.get(name)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise _unavailable("the issuer's answer does not decode")
+    return value

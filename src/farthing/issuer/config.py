@@ -1,0 +1,223 @@
+"""The issuer's secrets (a JSON key file, mode 0600) and its configuration.
+
+The key file holds every long-lived secret of one issuer, as hex::
+
+    {"version": 1, "broker_id": "...", "realm": "...",
+     "hll_master": K_B, "szm_chain_master": ..., "szm_prbg_master": ...,
+     "merchant_key_wrap": AEAD key sealing merchant keys at rest,
+     "payword_broker_key": Ed25519 private key (32-byte seed),
+     "bbs": {"p": ..., "q": ...}}
+
+It is created once by ``farthing issuer init`` (never overwritten) and read by the issuer
+and by the SZM vendor, which shares the issuer's database and card secrets
+(:func:`load_issuer_keys`). A key file readable by group or others is refused, as ssh does.
+
+:class:`IssuerConfig` is everything else the app needs, passed explicitly to
+:func:`farthing.issuer.app.create_issuer_app`; there is no global settings object.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+from farthing.core.clock import RandomSource
+from farthing.core.errors import ErrorCode, LocalProtocolError
+from farthing.core.prbg import DEFAULT_MODULUS_BITS, BbsKey, generate_blum_modulus
+from farthing.core.primitives import ed25519_public_key
+
+__all__ = [
+    "DEFAULT_DB",
+    "DEFAULT_KEYS",
+    "ENV_CURRENCIES",
+    "ENV_DB",
+    "ENV_KEYS",
+    "ENV_RATE_LIMIT",
+    "IssuerConfig",
+    "IssuerKeys",
+    "RateLimit",
+    "RateLimits",
+    "generate_issuer_keys",
+    "load_issuer_keys",
+    "write_key_file",
+]
+
+ENV_DB: Final = "FARTHING_ISSUER_DB"
+ENV_KEYS: Final = "FARTHING_ISSUER_KEYS"
+ENV_CURRENCIES: Final = "FARTHING_ISSUER_CURRENCIES"
+ENV_RATE_LIMIT: Final = "FARTHING_ISSUER_RATE_LIMIT"
+DEFAULT_DB: Final = "farthing-issuer.sqlite"
+DEFAULT_KEYS: Final = "farthing-issuer.keys.json"
+_VERSION: Final = 1
+_SECRET_LEN: Final = 32
+_SECRETS: Final = (
+    "hll_master",
+    "szm_chain_master",
+    "szm_prbg_master",
+    "merchant_key_wrap",
+    "payword_broker_key",
+)
+_MAX_KEY_FILE: Final = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class IssuerKeys:
+    """Every secret of one issuer. ``repr`` shows the ids only."""
+
+    broker_id: str
+    realm: str
+    hll_master: bytes = field(repr=False)
+    szm_chain_master: bytes = field(repr=False)
+    szm_prbg_master: bytes = field(repr=False)
+    merchant_key_wrap: bytes = field(repr=False)
+    payword_broker_key: bytes = field(repr=False)
+    bbs: BbsKey = field(repr=False)
+
+    def __post_init__(self) -> None:
+        for name in _SECRETS:
+            value = getattr(self, name)
+            if not isinstance(value, bytes) or len(value) != _SECRET_LEN:
+                raise ValueError(f"{name} must be {_SECRET_LEN} bytes")
+        for name in ("broker_id", "realm"):
+            text = getattr(self, name)
+            if not isinstance(text, str) or not 0 < len(text.encode()) <= 255:
+                raise ValueError(f"{name} must be 1..255 bytes of text")
+
+    @property
+    def broker_public_key(self) -> bytes:
+        return ed25519_public_key(self.payword_broker_key)
+
+
+def generate_issuer_keys(
+    rng: RandomSource,
+    *,
+    broker_id: str,
+    realm: str | None = None,
+    bbs_bits: int = DEFAULT_MODULUS_BITS,
+) -> IssuerKeys:
+    """Fresh random secrets and a fresh Blum modulus of ``bbs_bits`` bits."""
+    return IssuerKeys(
+        broker_id=broker_id,
+        realm=realm or broker_id,
+        hll_master=rng(_SECRET_LEN),
+        szm_chain_master=rng(_SECRET_LEN),
+        szm_prbg_master=rng(_SECRET_LEN),
+        merchant_key_wrap=rng(_SECRET_LEN),
+        payword_broker_key=rng(_SECRET_LEN),
+        bbs=generate_blum_modulus(bbs_bits, rng),
+    )
+
+
+def _to_json(keys: IssuerKeys) -> dict[str, object]:
+    document: dict[str, object] = {
+        "version": _VERSION,
+        "broker_id": keys.broker_id,
+        "realm": keys.realm,
+    }
+    document.update({name: getattr(keys, name).hex() for name in _SECRETS})
+    document["bbs"] = {"p": format(keys.bbs.p, "x"), "q": format(keys.bbs.q, "x")}
+    return document
+
+
+def write_key_file(path: Path, keys: IssuerKeys) -> None:
+    """Create ``path`` (mode 0600) holding ``keys``; refuses to overwrite an existing file."""
+    text = json.dumps(_to_json(keys), indent=2, sort_keys=True) + "\n"
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise LocalProtocolError("the key file exists already", code=ErrorCode.MISUSE) from None
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        os.fchmod(handle.fileno(), 0o600)  # whatever the umask said
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def load_issuer_keys(path: str | Path) -> IssuerKeys:
+    """Read a key file written by :func:`write_key_file`.
+
+    LocalProtocolError(MISUSE) if it is missing, readable by group or others, or malformed;
+    the message never contains key material.
+    """
+    target = Path(path)
+    try:
+        mode = target.stat().st_mode
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise _bad_keys("the key file must not be accessible by group or others (chmod 600)")
+        raw = target.read_bytes()[: _MAX_KEY_FILE + 1]
+    except FileNotFoundError:
+        raise _bad_keys("no key file; run `farthing issuer init`") from None
+    if len(raw) > _MAX_KEY_FILE:
+        raise _bad_keys("the key file is too large")
+    try:
+        return _from_json(json.loads(raw))
+    except (ValueError, TypeError, KeyError, AttributeError):
+        raise _bad_keys("the key file is malformed") from None
+
+
+def _bad_keys(message: str) -> LocalProtocolError:
+    return LocalProtocolError(message, code=ErrorCode.MISUSE)
+
+
+def _from_json(document: Mapping[str, object]) -> IssuerKeys:
+    if document["version"] != _VERSION:
+        raise ValueError("unknown key file version")
+    secrets = {name: bytes.fromhex(str(document[name])) for name in _SECRETS}
+    bbs = document["bbs"]
+    if not isinstance(bbs, Mapping):
+        raise ValueError("bbs must be an object")
+    p, q = int(str(bbs["p"]), 16), int(str(bbs["q"]), 16)
+    return IssuerKeys(
+        broker_id=str(document["broker_id"]),
+        realm=str(document["realm"]),
+        bbs=BbsKey(n=p * q, p=p, q=q),
+        **secrets,
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RateLimit:
+    """A token bucket: ``burst`` requests at once, refilled at ``rate`` per second."""
+
+    rate: float
+    burst: int
+
+    def __post_init__(self) -> None:
+        if self.rate <= 0 or self.burst < 1:
+            raise ValueError("a rate limit needs a positive rate and a burst of at least 1")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RateLimits:
+    """Per client address and per operator token; per worker process (see docs/scaling.md)."""
+
+    enabled: bool = True
+    per_client: RateLimit = RateLimit(rate=100.0, burst=200)
+    per_operator: RateLimit = RateLimit(rate=20.0, burst=50)
+    max_tracked: int = 100_000
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class IssuerConfig:
+    """What the issuer app is built from (see :func:`~farthing.issuer.app.create_issuer_app`).
+
+    ``currencies``: the currencies this issuer keeps books in; accounts and cards in any
+    other are refused. ``max_body_bytes`` bounds every request body, except deposits which
+    may carry up to ``max_deposit_bytes`` (1000 items of about 0.9 KB, base64url).
+    """
+
+    keys: IssuerKeys
+    currencies: tuple[str, ...] = ("EUR",)
+    max_body_bytes: int = 64 * 1024
+    max_deposit_bytes: int = 2 * 1024 * 1024
+    rate_limits: RateLimits = RateLimits()
+    hll_unit_micros: int = 1000
+    hll_deposit_window: int = 30 * 86_400
+    certificate_ttl: int = 30 * 86_400
+    max_batch_cards: int = 10_000
+    max_export_page: int = 1000

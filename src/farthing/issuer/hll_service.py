@@ -1,0 +1,344 @@
+"""The bank of HLL: personalising cards, online verification and deposits, over the store.
+
+This is :class:`farthing.core.schemes.hll.HllBank` (the in-memory reference) made durable.
+The pure core checks every MAC; the database decides duplicate spending:
+
+- ``tx.hll_record_spend`` inserts (card, counter) under a PRIMARY KEY and charges the card
+  with a conditional UPDATE that cannot pass its loaded value;
+- in the same transaction the ledger moves the value from the card float to the merchant.
+
+So a spend is counted exactly once or not at all, also across worker processes and
+crashes. A deposit is one transaction: its spends, its ledger credit and the stored report
+(keyed by merchant and batch id, with the batch digest) commit together, which makes a
+re-sent deposit return the first report and credit nothing new.
+
+Checks, in the reference's order (the MAC before the duplicate check, so that a caller
+without the card key cannot learn which counters were used):
+online: merchant tag -> offer is the caller's -> card known, active, same denomination ->
+MAC and expiry -> (card, counter) new -> card covers it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from farthing.core.clock import Clock, RandomSource
+from farthing.core.encoding import Writer, b64url_decode, b64url_encode
+from farthing.core.errors import (
+    AccessDenied,
+    Conflict,
+    ErrorCode,
+    InsufficientFunds,
+    InvalidPayment,
+    NotFound,
+    UnsupportedMethod,
+)
+from farthing.core.money import Denomination
+from farthing.core.primitives import constant_time_eq, sha256
+from farthing.core.schemes import hll
+from farthing.issuer.accounts_service import find_customer
+from farthing.issuer.auth import Merchant, MerchantDirectory
+from farthing.issuer.books import SystemAccounts
+from farthing.issuer.wire import verify_request_tag
+from farthing.store import CardStatus, HllCardRow, Store, Tx
+
+__all__ = ["DepositOutcome", "HllService", "OnlineSpend", "PersonalisedCard", "batch_key"]
+
+_BATCH_KEY_DOMAIN = "farthing/issuer/hll-batch-key"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PersonalisedCard:
+    card_id: bytes
+    card_key: bytes = field(repr=False)
+    units: int
+    denomination: Denomination
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OnlineSpend:
+    card_id: bytes
+    counter: int
+    units: int
+    credited_micros: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DepositOutcome:
+    report: hll.DepositReport
+    credited_micros: int
+    replayed: bool
+
+
+def batch_key(merchant_id: str, batch_id: bytes) -> bytes:
+    """The stored key of a deposit batch: batch ids are unique per merchant only."""
+    return sha256(Writer(_BATCH_KEY_DOMAIN).text(merchant_id).bytes(batch_id).finish())
+
+
+def _invalid() -> InvalidPayment:
+    return InvalidPayment("payment did not verify", code=ErrorCode.PAYMENT_INVALID)
+
+
+def _denomination(card: HllCardRow) -> Denomination:
+    return Denomination(currency=card.currency, unit_micros=card.unit_micros)
+
+
+class HllService:
+    """HLL operations. ``on_spend_recorded`` is a test seam: it is called inside the deposit
+    transaction after each recorded spend (the crash test kills the process there)."""
+
+    def __init__(
+        self,
+        store: Store,
+        system: SystemAccounts,
+        merchants: MerchantDirectory,
+        *,
+        master_key: bytes,
+        clock: Clock,
+        rng: RandomSource,
+        deposit_window: int,
+        on_spend_recorded: Callable[[int], None] | None = None,
+    ) -> None:
+        self._store = store
+        self._system = system
+        self._merchants = merchants
+        self._master = master_key
+        self._clock = clock
+        self._rng = rng
+        self._deposit_window = deposit_window
+        self._on_spend_recorded = on_spend_recorded
+
+    def card_key(self, card_id: bytes) -> bytes:
+        return hll.derive_card_key(self._master, card_id)
+
+    # --- personalisation ------------------------------------------------------------------
+
+    def personalise(
+        self, actor: str, customer_id: str, *, units: int, unit_micros: int
+    ) -> PersonalisedCard:
+        """A new card for the customer, loaded with ``units`` paid from the customer's
+        account in one balanced posting (customer -> card float)."""
+        card_id = hll.new_card_id(self._rng)
+        value = units * unit_micros
+
+        def unit(tx: Tx) -> Denomination:
+            customer = find_customer(tx, customer_id)
+            books = self._system.books(tx, customer.currency)
+            if -tx.balance(customer.id) < value:
+                raise InsufficientFunds(
+                    "the customer's account cannot cover this card",
+                    code=ErrorCode.INSUFFICIENT_FUNDS,
+                )
+            tx.hll_add_card(
+                card_id=card_id,
+                customer_account_id=customer.id,
+                currency=customer.currency,
+                unit_micros=unit_micros,
+                loaded_units=units,
+            )
+            reference = f"hll-card:{b64url_encode(card_id)}"
+            tx.post("hll_personalise", reference, [(customer.id, value), (books.hll_float, -value)])
+            detail = {"customer": customer_id, "card": b64url_encode(card_id), "units": units}
+            tx.audit(actor, "hll.card.personalise", detail)
+            return Denomination(currency=customer.currency, unit_micros=unit_micros)
+
+        # Serializable: the balance check and the posting must not interleave with another.
+        denomination = self._store.run_in_transaction(unit, serializable=True)
+        return PersonalisedCard(
+            card_id=card_id, card_key=self.card_key(card_id), units=units, denomination=denomination
+        )
+
+    def card(self, card_id: bytes) -> HllCardRow:
+        with self._store.transaction(readonly=True) as tx:
+            row = tx.hll_card(card_id)
+        if row is None:
+            raise NotFound("no such card", code=ErrorCode.NOT_FOUND)
+        return row
+
+    # --- online verification --------------------------------------------------------------
+
+    def verify_online(
+        self, merchant_id: str, offer_bytes: bytes, payment_bytes: bytes, tag: bytes
+    ) -> OnlineSpend:
+        """Verify one purchase for an authenticated merchant and settle it at once."""
+        merchant = self._merchants.authenticate(
+            merchant_id,
+            tag,
+            lambda key: verify_request_tag(key, merchant_id, offer_bytes, payment_bytes),
+        )
+        offer = hll.decode_offer(offer_bytes)
+        purchase = hll.decode_payment(payment_bytes)
+        if offer.merchant_id != merchant.merchant_id:
+            raise AccessDenied("the offer names another merchant", code=ErrorCode.ACCESS_DENIED)
+        now = self._clock.now()
+        with self._store.transaction(readonly=True) as tx:
+            card = _usable_card(tx.hll_card(purchase.card_id), offer, merchant)
+        verified = hll.verify_purchase(self.card_key(purchase.card_id), offer, purchase, now)
+        if verified.amount > card.remaining_units:  # the store refuses it too; fail early
+            raise InsufficientFunds("card overspent", code=ErrorCode.INSUFFICIENT_FUNDS)
+        micros = verified.amount * card.unit_micros
+        self._store.run_in_transaction(lambda tx: self._settle_online(tx, verified, merchant, now))
+        return OnlineSpend(
+            card_id=verified.card_id,
+            counter=verified.counter,
+            units=verified.amount,
+            credited_micros=micros,
+        )
+
+    def _settle_online(
+        self, tx: Tx, verified: hll.VerifiedPurchase, merchant: Merchant, now: int
+    ) -> None:
+        """Record (card, counter) once and move its value from the card float to the merchant."""
+        books = self._system.books(tx, merchant.currency)
+        recorded = tx.hll_record_spend(
+            verified.card_id, verified.counter, merchant.merchant_id, verified.amount, None, now
+        )
+        if not recorded:
+            raise Conflict("payment already spent", code=ErrorCode.DUPLICATE_SPEND)
+        micros = verified.amount * verified.denomination.unit_micros
+        reference = f"hll:{b64url_encode(verified.card_id)}:{verified.counter}"
+        tx.post("hll_spend", reference, [(books.hll_float, micros), (merchant.account_id, -micros)])
+
+    # --- deposits -------------------------------------------------------------------------
+
+    def deposit(self, batch_bytes: bytes, tag: bytes) -> DepositOutcome:
+        """Settle a deferred-mode batch; idempotent by (merchant, batch id)."""
+        batch = hll.decode_batch(batch_bytes)
+        merchant = self._merchants.get(batch.merchant_id)
+        if merchant is None:
+            raise InvalidPayment("deposit did not verify", code=ErrorCode.DEPOSIT_INVALID)
+        hll.verify_batch_tag(merchant.key, batch, tag)
+        key = batch_key(merchant.merchant_id, batch.batch_id)
+        digest = sha256(batch_bytes)
+        now = self._clock.now()
+        return self._store.run_in_transaction(
+            lambda tx: self._deposit_unit(tx, batch, merchant, key, digest, now)
+        )
+
+    def _deposit_unit(
+        self,
+        tx: Tx,
+        batch: hll.DepositBatch,
+        merchant: Merchant,
+        key: bytes,
+        digest: bytes,
+        now: int,
+    ) -> DepositOutcome:
+        earlier = tx.hll_batch(key)
+        if earlier is not None:
+            if not constant_time_eq(earlier.digest, digest):
+                raise Conflict("batch id reused for another batch", code=ErrorCode.CONFLICT)
+            return _stored_outcome(earlier.report)
+        books = self._system.books(tx, merchant.currency)
+        report, micros = self._settle_items(tx, batch, merchant, key, now)
+        if micros:
+            reference = f"hll-deposit:{b64url_encode(key)}"
+            tx.post(
+                "hll_deposit",
+                reference,
+                [(books.hll_float, micros), (merchant.account_id, -micros)],
+            )
+        stored = {"report": b64url_encode(hll.encode_report(report)), "credited_micros": micros}
+        tx.hll_save_batch(key, merchant.merchant_id, digest, stored, now)
+        detail = {
+            "batch": b64url_encode(batch.batch_id),
+            "accepted": len(report.accepted),
+            "duplicates": len(report.duplicates),
+            "invalid": len(report.invalid),
+            "micros": micros,
+        }
+        tx.audit(f"merchant:{merchant.merchant_id}", "hll.deposit", detail)
+        return DepositOutcome(report=report, credited_micros=micros, replayed=False)
+
+    def _settle_items(
+        self, tx: Tx, batch: hll.DepositBatch, merchant: Merchant, key: bytes, now: int
+    ) -> tuple[hll.DepositReport, int]:
+        tally = _Tally()
+        cards: dict[bytes, HllCardRow | None] = {}  # the fields read here never change
+        for item in batch.items:
+            card_id, counter = item.purchase.card_id, item.purchase.counter
+            if card_id not in cards:
+                cards[card_id] = tx.hll_card(card_id)
+            card = self._deposit_card(cards[card_id], merchant, item, now)
+            if card is None:
+                tally.invalid.append((card_id, counter))
+                continue
+            amount = item.offer.amount
+            try:
+                recorded = tx.hll_record_spend(
+                    card_id, counter, merchant.merchant_id, amount, key, now
+                )
+            except (InsufficientFunds, NotFound):
+                tally.invalid.append((card_id, counter))
+                continue
+            if not recorded:
+                tally.duplicates.append((card_id, counter))
+                continue
+            tally.accept(card_id, counter, amount, amount * card.unit_micros)
+            if self._on_spend_recorded is not None:
+                self._on_spend_recorded(len(tally.accepted))
+        return tally.report(batch.batch_id), tally.micros
+
+    def _deposit_card(
+        self, card: HllCardRow | None, merchant: Merchant, item: hll.DepositItem, now: int
+    ) -> HllCardRow | None:
+        """The item's card if the item verifies, else None (the item is invalid)."""
+        if card is None or card.status is not CardStatus.ACTIVE:
+            return None
+        if _denomination(card) != item.offer.denomination or card.currency != merchant.currency:
+            return None
+        if now >= item.offer.expires_at + self._deposit_window:
+            return None
+        if item.offer.amount > card.loaded_units:  # more than the card ever held
+            return None
+        try:
+            hll.verify_deposit_item(self.card_key, merchant.merchant_id, item)
+        except InvalidPayment:
+            return None
+        return card
+
+
+@dataclass(slots=True)
+class _Tally:
+    """What one deposit settles, item by item."""
+
+    accepted: list[tuple[bytes, int, int]] = field(default_factory=list)
+    duplicates: list[tuple[bytes, int]] = field(default_factory=list)
+    invalid: list[tuple[bytes, int]] = field(default_factory=list)
+    micros: int = 0
+
+    def accept(self, card_id: bytes, counter: int, units: int, micros: int) -> None:
+        self.accepted.append((card_id, counter, units))
+        self.micros += micros
+
+    def report(self, batch_id: bytes) -> hll.DepositReport:
+        return hll.DepositReport(
+            batch_id=batch_id,
+            accepted=tuple(self.accepted),
+            duplicates=tuple(self.duplicates),
+            invalid=tuple(self.invalid),
+            credited=sum(units for _, _, units in self.accepted),
+        )
+
+
+def _usable_card(card: HllCardRow | None, offer: hll.Offer, merchant: Merchant) -> HllCardRow:
+    """The card, if it may pay this offer to this merchant (before any MAC is checked)."""
+    if card is None or card.status is not CardStatus.ACTIVE:
+        raise _invalid()
+    if _denomination(card) != offer.denomination:
+        raise _invalid()
+    if card.currency != merchant.currency:
+        raise UnsupportedMethod(
+            "this merchant is paid in another currency", code=ErrorCode.UNSUPPORTED_METHOD
+        )
+    return card
+
+
+def _stored_outcome(stored: Mapping[str, object]) -> DepositOutcome:
+    """The first answer to a batch, as saved with it."""
+    report = hll.decode_report(b64url_decode(str(stored["report"]), max_len=1 << 20))
+    micros = stored["credited_micros"]
+    if not isinstance(micros, int):
+        raise TypeError("stored deposit report lacks its credit")
+    return DepositOutcome(report=report, credited_micros=micros, replayed=True)

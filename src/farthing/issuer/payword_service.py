@@ -1,0 +1,183 @@
+"""The PayWord broker: registering users (with a certificate) and redeeming vendors' claims.
+
+A user is a customer account plus an Ed25519 public key and a credit limit; the broker
+signs a certificate (:func:`farthing.core.schemes.payword.issue_certificate`) and keeps it.
+
+A redemption carries the vendor's signed commitment and its last payword. The pure core
+(:func:`~farthing.core.schemes.payword.broker_redeem`) checks both signatures, that the
+commitment was made to the authenticated vendor, the window, and that the payword lies on
+the committed chain. The store keeps per commitment only the highest redeemed index (not
+its chain value), so the core checks the payword from w_0 (``state=None``, at most
+``MAX_LENGTH`` hashes), and the store's compare-and-set ``payword_redeem`` decides how many
+units are new: it only ever raises the index, so a repeated or lower claim credits 0. In
+the same transaction the ledger debits the user's account (PayWord is credit: the user
+owes the broker) and credits the vendor.
+
+Like the paper's broker, this one carries the credit risk: a user may commit up to the
+limit to each vendor and so overspend across vendors; redemptions are still honoured (the
+vendors delivered) and the report shows what each user owes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from farthing.core.clock import Clock
+from farthing.core.encoding import b64url_encode
+from farthing.core.errors import Conflict, ErrorCode, InvalidPayment, UnsupportedMethod
+from farthing.core.money import Denomination
+from farthing.core.primitives import constant_time_eq, sha256
+from farthing.core.schemes import payword
+from farthing.issuer.accounts_service import find_customer
+from farthing.issuer.auth import Merchant, MerchantDirectory
+from farthing.issuer.wire import redeem_request_tag
+from farthing.store import Store, Tx
+
+__all__ = ["PaywordService", "Redeemed", "RegisteredUser"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RegisteredUser:
+    user_id: str
+    certificate: payword.Certificate
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Redeemed:
+    commitment_id: bytes
+    index: int
+    credited_units: int
+    credited_micros: int
+
+
+def _invalid() -> InvalidPayment:
+    return InvalidPayment("redemption did not verify", code=ErrorCode.DEPOSIT_INVALID)
+
+
+class PaywordService:
+    def __init__(
+        self,
+        store: Store,
+        merchants: MerchantDirectory,
+        *,
+        broker_id: str,
+        broker_key: bytes,
+        broker_public: bytes,
+        certificate_ttl: int,
+        clock: Clock,
+    ) -> None:
+        self._store = store
+        self._merchants = merchants
+        self._broker_id = broker_id
+        self._broker_key = broker_key
+        self._broker_public = broker_public
+        self._ttl = certificate_ttl
+        self._clock = clock
+
+    @property
+    def broker_id(self) -> str:
+        return self._broker_id
+
+    @property
+    def broker_public(self) -> bytes:
+        return self._broker_public
+
+    def register_user(
+        self,
+        actor: str,
+        *,
+        user_id: str,
+        customer_id: str,
+        public_key: bytes,
+        credit_limit: int,
+        unit_micros: int,
+    ) -> RegisteredUser:
+        """Register a user on a customer account and sign its certificate."""
+        now = self._clock.now()
+
+        def unit(tx: Tx) -> payword.Certificate:
+            customer = find_customer(tx, customer_id)
+            if tx.payword_user(user_id) is not None:
+                raise Conflict("this user exists", code=ErrorCode.CONFLICT)
+            denomination = Denomination(currency=customer.currency, unit_micros=unit_micros)
+            cert = payword.issue_certificate(
+                self._broker_key,
+                broker_id=self._broker_id,
+                user_id=user_id,
+                user_public_key=public_key,
+                credit_limit=credit_limit,
+                denomination=denomination,
+                expires_at=now + self._ttl,
+            )
+            tx.payword_add_user(
+                user_id=user_id,
+                account_id=customer.id,
+                public_key=public_key,
+                credit_limit_units=credit_limit,
+                currency=customer.currency,
+                unit_micros=unit_micros,
+            )
+            encoded = payword.encode_certificate(cert)
+            tx.payword_add_certificate(
+                cert_id=sha256(encoded), user_id=user_id, cert=encoded, expires_at=cert.expires_at
+            )
+            detail = {"user": user_id, "customer": customer_id, "credit_limit": credit_limit}
+            tx.audit(actor, "payword.user.register", detail)
+            return cert
+
+        return RegisteredUser(user_id=user_id, certificate=self._store.run_in_transaction(unit))
+
+    def redeem(self, merchant_id: str, redemption_bytes: bytes, tag: bytes) -> Redeemed:
+        merchant = self._merchants.authenticate(
+            merchant_id, tag, lambda key: redeem_request_tag(key, merchant_id, redemption_bytes)
+        )
+        redemption = payword.decode_redemption(redemption_bytes)
+        credit = payword.broker_redeem(
+            self._broker_public,
+            None,
+            redemption,
+            vendor_id=merchant.merchant_id,
+            now=self._clock.now(),
+        )
+        cid = payword.commitment_id(redemption.commitment)
+        now = self._clock.now()
+        return self._store.run_in_transaction(
+            lambda tx: self._credit(tx, merchant, redemption, cid, credit.denomination, now)
+        )
+
+    def _credit(
+        self,
+        tx: Tx,
+        merchant: Merchant,
+        redemption: payword.Redemption,
+        cid: bytes,
+        denomination: Denomination,
+        now: int,
+    ) -> Redeemed:
+        cert = redemption.commitment.certificate
+        user = tx.payword_user(cert.user_id)
+        stored = tx.payword_certificate(sha256(payword.encode_certificate(cert)))
+        if user is None or stored is None or stored.user_id != user.user_id:
+            raise _invalid()  # a certificate this broker never issued (or for someone else)
+        if not constant_time_eq(user.public_key, cert.user_public_key):
+            raise _invalid()
+        if not denomination.currency == user.currency == merchant.currency:
+            raise UnsupportedMethod(
+                "this vendor is paid in another currency", code=ErrorCode.UNSUPPORTED_METHOD
+            )
+        if redemption.index == 0:  # the anchor itself: nothing to pay
+            return Redeemed(commitment_id=cid, index=0, credited_units=0, credited_micros=0)
+        units = tx.payword_redeem(cid, merchant.merchant_id, user.user_id, redemption.index, now)
+        micros = units * denomination.unit_micros
+        if units:
+            reference = f"payword:{b64url_encode(cid)}:{redemption.index}"
+            tx.post(
+                "payword_redeem",
+                reference,
+                [(user.account_id, micros), (merchant.account_id, -micros)],
+            )
+            detail = {"commitment": b64url_encode(cid), "index": redemption.index, "units": units}
+            tx.audit(f"merchant:{merchant.merchant_id}", "payword.redeem", detail)
+        return Redeemed(
+            commitment_id=cid, index=redemption.index, credited_units=units, credited_micros=micros
+        )

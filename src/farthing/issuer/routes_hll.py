@@ -1,0 +1,109 @@
+"""HLL routes: personalisation (operator), online verification and deposits (merchant)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends
+
+from farthing.core.encoding import b64url_encode
+from farthing.core.schemes import hll
+from farthing.issuer.auth import Operator
+from farthing.issuer.hll_service import DepositOutcome
+from farthing.issuer.routes_common import field_bytes, operator_dependency
+from farthing.issuer.schemas import (
+    DepositOut,
+    DepositPair,
+    HllCardCreated,
+    HllCardOut,
+    HllDepositRequest,
+    HllVerifyOut,
+    HllVerifyRequest,
+    NewHllCard,
+)
+from farthing.issuer.service import IssuerServices
+
+__all__ = ["DEPOSITS_PATH", "build_hll_router", "deposit_out"]
+
+DEPOSITS_PATH = "/v1/hll/deposits"
+
+
+def _pairs(pairs: tuple[tuple[bytes, int], ...]) -> list[DepositPair]:
+    return [DepositPair(card_id=b64url_encode(card), counter=counter) for card, counter in pairs]
+
+
+def deposit_out(outcome: DepositOutcome) -> DepositOut:
+    report = outcome.report
+    return DepositOut(
+        batch_id=b64url_encode(report.batch_id),
+        report=b64url_encode(hll.encode_report(report)),
+        accepted=[
+            DepositPair(card_id=b64url_encode(card), counter=counter, units=units)
+            for card, counter, units in report.accepted
+        ],
+        duplicates=_pairs(report.duplicates),
+        invalid=_pairs(report.invalid),
+        credited_units=report.credited,
+        credited_micros=outcome.credited_micros,
+        replayed=outcome.replayed,
+    )
+
+
+def build_hll_router(services: IssuerServices) -> APIRouter:
+    router = APIRouter(prefix="/v1/hll", tags=["hll"])
+    require_operator = operator_dependency(services.operators)
+    service = services.hll
+    default_unit = services.config.hll_unit_micros
+
+    @router.post("/cards", status_code=201)
+    def personalise(body: NewHllCard, op: Operator = Depends(require_operator)) -> HllCardCreated:
+        """A new card for a customer, loaded from the customer's account. K_C is returned
+        here once, for the personalisation station; it is never shown again."""
+        card = service.personalise(
+            op.actor,
+            body.customer_id,
+            units=body.units,
+            unit_micros=body.unit_micros or default_unit,
+        )
+        return HllCardCreated(
+            card_id=b64url_encode(card.card_id),
+            card_key_hex=card.card_key.hex(),
+            units=card.units,
+            currency=card.denomination.currency,
+            unit_micros=card.denomination.unit_micros,
+        )
+
+    @router.get("/cards/{card_id}")
+    def card(card_id: str, op: Operator = Depends(require_operator)) -> HllCardOut:
+        row = service.card(field_bytes(card_id, "card id", max_len=64))
+        return HllCardOut(
+            card_id=card_id,
+            currency=row.currency,
+            unit_micros=row.unit_micros,
+            loaded_units=row.loaded_units,
+            spent_units=row.spent_units,
+            status=row.status.value,
+        )
+
+    @router.post("/verify")
+    def verify(body: HllVerifyRequest) -> HllVerifyOut:
+        """Online verification for a merchant (authenticated by ``tag`` under K_M):
+        verifies the card's MAC, records (card, counter) once and credits the merchant."""
+        spend = service.verify_online(
+            body.merchant_id,
+            field_bytes(body.offer, "offer"),
+            field_bytes(body.payment, "payment"),
+            field_bytes(body.tag, "tag"),
+        )
+        return HllVerifyOut(
+            card_id=b64url_encode(spend.card_id),
+            counter=spend.counter,
+            units=spend.units,
+            credited_micros=spend.credited_micros,
+        )
+
+    @router.post("/deposits")
+    def deposit(body: HllDepositRequest) -> DepositOut:
+        """A merchant's deferred-mode batch, tagged under K_M; idempotent by batch id."""
+        outcome = service.deposit(field_bytes(body.batch, "batch"), field_bytes(body.tag, "tag"))
+        return deposit_out(outcome)
+
+    return router

@@ -1,0 +1,76 @@
+"""PayWord broker routes: the broker's key (public), users (operator), redemptions (vendor)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends
+
+from farthing.core.encoding import b64url_encode
+from farthing.core.errors import ErrorCode, MalformedMessage
+from farthing.core.schemes import payword
+from farthing.issuer.auth import Operator
+from farthing.issuer.routes_common import field_bytes, operator_dependency
+from farthing.issuer.schemas import (
+    BrokerOut,
+    NewPaywordUser,
+    PaywordRedeemRequest,
+    PaywordUserOut,
+    RedeemOut,
+)
+from farthing.issuer.service import IssuerServices
+
+__all__ = ["build_payword_router"]
+
+_PUBLIC_KEY_LEN = 32
+
+
+def build_payword_router(services: IssuerServices) -> APIRouter:
+    router = APIRouter(prefix="/v1/payword", tags=["payword"])
+    require_operator = operator_dependency(services.operators)
+    service = services.payword
+
+    @router.get("/broker")
+    def broker() -> BrokerOut:
+        """Public: the broker id and Ed25519 public key that vendors check certificates with."""
+        return BrokerOut(
+            broker_id=service.broker_id, public_key=b64url_encode(service.broker_public)
+        )
+
+    @router.post("/users", status_code=201)
+    def register(body: NewPaywordUser, op: Operator = Depends(require_operator)) -> PaywordUserOut:
+        """Register a user on a customer account and return its broker certificate."""
+        public_key = field_bytes(body.public_key, "public key")
+        if len(public_key) != _PUBLIC_KEY_LEN:
+            raise MalformedMessage("public key must be 32 bytes", code=ErrorCode.BAD_FIELD)
+        user = service.register_user(
+            op.actor,
+            user_id=body.user_id,
+            customer_id=body.customer_id,
+            public_key=public_key,
+            credit_limit=body.credit_limit_units,
+            unit_micros=body.unit_micros,
+        )
+        return PaywordUserOut(
+            user_id=user.user_id,
+            certificate=b64url_encode(payword.encode_certificate(user.certificate)),
+            expires_at=user.certificate.expires_at,
+            broker_id=service.broker_id,
+            broker_public_key=b64url_encode(service.broker_public),
+        )
+
+    @router.post("/redemptions")
+    def redeem(body: PaywordRedeemRequest) -> RedeemOut:
+        """A vendor's claim (commitment + last payword), tagged under its key K_M.
+        Credits only the units above what was redeemed before (a repeat credits 0)."""
+        result = service.redeem(
+            body.merchant_id,
+            field_bytes(body.redemption, "redemption"),
+            field_bytes(body.tag, "tag"),
+        )
+        return RedeemOut(
+            commitment_id=b64url_encode(result.commitment_id),
+            index=result.index,
+            credited_units=result.credited_units,
+            credited_micros=result.credited_micros,
+        )
+
+    return router

@@ -1,0 +1,132 @@
+"""SZM routes: issuing and exporting batches (operator), card status (public)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Query
+from starlette.responses import Response
+
+from farthing.core.cardcode import Generator
+from farthing.core.encoding import b64url_encode
+from farthing.core.errors import ErrorCode, MalformedMessage
+from farthing.core.money import Denomination
+from farthing.issuer.auth import Operator
+from farthing.issuer.qr import qr_png
+from farthing.issuer.routes_common import field_bytes, operator_dependency
+from farthing.issuer.schemas import (
+    CardCodeOut,
+    CardStatusOut,
+    NewSzmBatch,
+    RevenueOut,
+    SzmBatchOut,
+    SzmExportOut,
+    SzmRevenueRequest,
+)
+from farthing.issuer.service import IssuerServices
+from farthing.issuer.szm_service import BatchSpec, ExportedCard
+from farthing.store import SzmBatchRow, SzmProtocol
+
+__all__ = ["batch_out", "build_szm_router"]
+
+_ID_B64_MAX = 64
+
+
+def batch_out(batch: SzmBatchRow) -> SzmBatchOut:
+    return SzmBatchOut(
+        batch_id=b64url_encode(batch.batch_id),
+        protocol=batch.protocol.value,
+        count=batch.count,
+        units=batch.units,
+        currency=batch.currency,
+        unit_micros=batch.unit_micros,
+        expires_at=batch.expires_at,
+        value_micros=batch.count * batch.units * batch.unit_micros,
+    )
+
+
+def _code_out(card: ExportedCard) -> CardCodeOut:
+    return CardCodeOut(card_id=b64url_encode(card.card_id), code=card.text, compact=card.compact)
+
+
+def _spec(body: NewSzmBatch, max_cards: int) -> BatchSpec:
+    if body.count > max_cards:
+        raise MalformedMessage("too many cards for one request", code=ErrorCode.OVERSIZED)
+    return BatchSpec(
+        protocol=SzmProtocol(body.protocol),
+        count=body.count,
+        units=body.units,
+        denomination=Denomination(currency=body.currency, unit_micros=body.unit_micros),
+        expires_at=body.expires_at,
+        generator=None if body.generator is None else Generator(body.generator),
+    )
+
+
+def build_szm_router(services: IssuerServices) -> APIRouter:
+    router = APIRouter(prefix="/v1/szm", tags=["szm"])
+    require_operator = operator_dependency(services.operators)
+    service = services.szm
+    config = services.config
+
+    @router.post("/batches", status_code=201)
+    def issue(body: NewSzmBatch, op: Operator = Depends(require_operator)) -> SzmBatchOut:
+        """Issue (= sell) a batch of anonymous prepaid cards: cash -> prepaid float."""
+        return batch_out(service.issue_batch(op.actor, _spec(body, config.max_batch_cards)))
+
+    @router.get("/batches/{batch_id}")
+    def batch(batch_id: str, op: Operator = Depends(require_operator)) -> SzmBatchOut:
+        return batch_out(service.batch(field_bytes(batch_id, "batch id", max_len=_ID_B64_MAX)))
+
+    @router.get("/batches/{batch_id}/codes")
+    def export(
+        batch_id: str,
+        offset: int = Query(0, ge=0),
+        limit: int = Query(100, ge=1),
+        op: Operator = Depends(require_operator),
+    ) -> SzmExportOut:
+        """The printable codes (with the card secrets) of a page of the batch; audited."""
+        page = service.export(
+            op.actor,
+            field_bytes(batch_id, "batch id", max_len=_ID_B64_MAX),
+            offset=offset,
+            limit=min(limit, config.max_export_page),
+        )
+        return SzmExportOut(
+            batch_id=batch_id,
+            offset=page.offset,
+            count=page.batch.count,
+            cards=[_code_out(card) for card in page.cards],
+        )
+
+    @router.get("/cards/{card_id}/code")
+    def card_code(card_id: str, op: Operator = Depends(require_operator)) -> CardCodeOut:
+        card = service.export_card(op.actor, field_bytes(card_id, "card id", max_len=_ID_B64_MAX))
+        return _code_out(card)
+
+    @router.get(
+        "/cards/{card_id}/qr.png",
+        response_class=Response,
+        responses={200: {"content": {"image/png": {}}}},
+    )
+    def card_qr(card_id: str, op: Operator = Depends(require_operator)) -> Response:
+        """The card's compact code as a QR code (PNG); audited."""
+        card = service.export_card(op.actor, field_bytes(card_id, "card id", max_len=_ID_B64_MAX))
+        return Response(qr_png(card.compact), media_type="image/png")
+
+    @router.get("/cards/{card_id}")
+    def card_status(card_id: str) -> CardStatusOut:
+        """Public: units, spent, expiry and status of a card, nothing else."""
+        view = service.status(field_bytes(card_id, "card id", max_len=_ID_B64_MAX))
+        return CardStatusOut(
+            card_id=card_id,
+            units=view.units,
+            spent=view.spent,
+            expires_at=view.expires_at,
+            status=view.status,
+        )
+
+    @router.post("/revenue")
+    def revenue(body: SzmRevenueRequest, op: Operator = Depends(require_operator)) -> RevenueOut:
+        """Recognise the spent SZM value as revenue (prepaid float -> revenue)."""
+        micros = service.recognise_revenue(op.actor, body.currency)
+        return RevenueOut(currency=body.currency, recognised_micros=micros)
+
+    return router

@@ -1,0 +1,290 @@
+"""The issuer's JSON wire models (requests strict, responses plain), separate from rows.
+
+Requests are strict: no type coercion ("5" is not 5), no unknown members, bounded
+strings. Binary values travel as base64url without padding and are decoded strictly by the
+routes (:func:`farthing.core.encoding.b64url_decode`). Amounts are integers: micro-units of
+a currency (``*_micros``) or card units.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Final, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+__all__ = [
+    "B64_PATTERN",
+    "BrokerOut",
+    "CardCodeOut",
+    "CardStatusOut",
+    "CashIn",
+    "CurrencyReportOut",
+    "CustomerOut",
+    "DepositOut",
+    "DepositPair",
+    "HllCardCreated",
+    "HllCardOut",
+    "HllDepositRequest",
+    "HllVerifyOut",
+    "HllVerifyRequest",
+    "LedgerCheckOut",
+    "LoadOut",
+    "MerchantCreated",
+    "MerchantOut",
+    "NewCustomer",
+    "NewHllCard",
+    "NewMerchant",
+    "NewPaywordUser",
+    "NewSzmBatch",
+    "PaywordRedeemRequest",
+    "PaywordUserOut",
+    "RedeemOut",
+    "ReportOut",
+    "RevenueOut",
+    "SzmBatchOut",
+    "SzmExportOut",
+    "SzmRevenueRequest",
+]
+
+B64_PATTERN: Final = r"^[A-Za-z0-9_-]*$"
+MAX_DEPOSIT_B64: Final = 3 * 1024 * 1024
+
+Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,63}$")]
+Currency = Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]
+Tag = Annotated[str, StringConstraints(pattern=B64_PATTERN, max_length=64)]
+Units = Annotated[int, Field(ge=1, le=1 << 40)]
+UnitMicros = Annotated[int, Field(ge=1, le=10**12)]
+
+
+def _b64(max_length: int) -> object:
+    return StringConstraints(pattern=B64_PATTERN, max_length=max_length)
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+
+class _Response(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+# --- customers and merchants --------------------------------------------------------------
+
+
+class NewCustomer(_Request):
+    customer_id: Name
+    currency: Currency
+
+
+class CustomerOut(_Response):
+    customer_id: str
+    currency: str
+    available_micros: int
+
+
+class CashIn(_Request):
+    amount_micros: Annotated[int, Field(ge=1, le=10**15)]
+    reference: Name
+
+
+class LoadOut(_Response):
+    customer_id: str
+    reference: str
+    amount_micros: int
+    available_micros: int
+
+
+class NewMerchant(_Request):
+    merchant_id: Name
+    currency: Currency
+
+
+class MerchantCreated(_Response):
+    merchant_id: str
+    currency: str
+    key: str = Field(description="K_M, base64url; shown once, store it at the merchant")
+
+
+class MerchantOut(_Response):
+    merchant_id: str
+    currency: str
+    owed_micros: int
+
+
+# --- HLL ----------------------------------------------------------------------------------
+
+
+class NewHllCard(_Request):
+    customer_id: Name
+    units: Units
+    unit_micros: UnitMicros | None = None
+
+
+class HllCardCreated(_Response):
+    card_id: str
+    card_key_hex: str = Field(description="K_C for the personalisation station; shown once")
+    units: int
+    currency: str
+    unit_micros: int
+
+
+class HllCardOut(_Response):
+    card_id: str
+    currency: str
+    unit_micros: int
+    loaded_units: int
+    spent_units: int
+    status: str
+
+
+class HllVerifyRequest(_Request):
+    merchant_id: Name
+    offer: Annotated[str, _b64(2048)]
+    payment: Annotated[str, _b64(256)]
+    tag: Tag
+
+
+class HllVerifyOut(_Response):
+    card_id: str
+    counter: int
+    units: int
+    credited_micros: int
+
+
+class HllDepositRequest(_Request):
+    batch: Annotated[str, _b64(MAX_DEPOSIT_B64)]
+    tag: Tag
+
+
+class DepositPair(_Response):
+    card_id: str
+    counter: int
+    units: int | None = None
+
+
+class DepositOut(_Response):
+    batch_id: str
+    report: str = Field(description="the canonical deposit report, base64url")
+    accepted: list[DepositPair]
+    duplicates: list[DepositPair]
+    invalid: list[DepositPair]
+    credited_units: int
+    credited_micros: int
+    replayed: bool
+
+
+# --- SZM ----------------------------------------------------------------------------------
+
+
+class NewSzmBatch(_Request):
+    protocol: Literal["szm:chain", "szm:prbg"]
+    generator: Literal["hmac-drbg", "bbs"] | None = None
+    count: Annotated[int, Field(ge=1, le=1_000_000)]
+    units: Annotated[int, Field(ge=1, le=1 << 30)]
+    unit_micros: UnitMicros
+    currency: Currency
+    expires_at: Annotated[int, Field(ge=0, le=(1 << 63) - 1)]
+
+
+class SzmBatchOut(_Response):
+    batch_id: str
+    protocol: str
+    count: int
+    units: int
+    currency: str
+    unit_micros: int
+    expires_at: int
+    value_micros: int
+
+
+class CardCodeOut(_Response):
+    card_id: str
+    code: str
+    compact: str
+
+
+class SzmExportOut(_Response):
+    batch_id: str
+    offset: int
+    count: int
+    cards: list[CardCodeOut]
+
+
+class CardStatusOut(_Response):
+    card_id: str
+    units: int
+    spent: int
+    expires_at: int
+    status: str
+
+
+class SzmRevenueRequest(_Request):
+    currency: Currency
+
+
+class RevenueOut(_Response):
+    currency: str
+    recognised_micros: int
+
+
+# --- PayWord ------------------------------------------------------------------------------
+
+
+class NewPaywordUser(_Request):
+    user_id: Name
+    customer_id: Name
+    public_key: Annotated[str, _b64(64)]
+    credit_limit_units: Units
+    unit_micros: UnitMicros
+
+
+class PaywordUserOut(_Response):
+    user_id: str
+    certificate: str
+    expires_at: int
+    broker_id: str
+    broker_public_key: str
+
+
+class BrokerOut(_Response):
+    broker_id: str
+    public_key: str
+
+
+class PaywordRedeemRequest(_Request):
+    merchant_id: Name
+    redemption: Annotated[str, _b64(4096)]
+    tag: Tag
+
+
+class RedeemOut(_Response):
+    commitment_id: str
+    index: int
+    credited_units: int
+    credited_micros: int
+
+
+# --- ledger -------------------------------------------------------------------------------
+
+
+class LedgerCheckOut(_Response):
+    balanced: bool
+    problems: list[str]
+    txn_count: int
+    entry_count: int
+
+
+class CurrencyReportOut(_Response):
+    currency: str
+    balances_micros: dict[str, int] = Field(
+        description="signed balance per account kind: positive held/owed to the issuer"
+    )
+    hll_outstanding_micros: int
+    szm_outstanding_micros: int
+    merchants_owed_micros: int
+
+
+class ReportOut(_Response):
+    currencies: list[CurrencyReportOut]
+    merchants: list[MerchantOut]
+    ledger: LedgerCheckOut

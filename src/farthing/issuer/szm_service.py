@@ -1,0 +1,330 @@
+"""Issuing SZM prepaid cards in batches, exporting their codes, card status and revenue.
+
+Cards are anonymous: nothing about a buyer is asked for, passed in or stored (the store has
+no such column). Card ids and secrets are both derived from the protocol's master key::
+
+    card_id = HMAC-SHA256(master, canonical("farthing/issuer/szm-card-id", batch_id, i))[:16]
+    secret  = szm_chain.card_secret(master, card_id)  /  szm_prbg.card_secret(master, card_id)
+
+so an operator can re-export the codes of any batch from its id alone, and the database
+holds no secret (a chain card stores its anchor w_0, a generator card nothing at all).
+
+Accounting. Issuing a batch *is* selling it: the batch goes to a retailer or a till for
+cash, so issuing posts the batch's face value ``count * units * unit_micros`` from cash to
+the prepaid float in the same transaction that inserts the cards (cash received, and a
+liability to whoever presents the cards). Spending a card posts nothing (the vendor's hot
+path is one conditional UPDATE); :meth:`SzmService.recognise_revenue` periodically moves
+the spent value from the prepaid float to revenue. ``check_ledger`` verifies
+``-prepaid float == unspent face value + spent value not yet recognised``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+
+from farthing.core.cardcode import CardCode, Generator, Protocol, to_compact, to_text
+from farthing.core.clock import Clock, RandomSource
+from farthing.core.encoding import Writer, b64url_encode
+from farthing.core.errors import ErrorCode, MalformedMessage, NotFound, UnsupportedMethod
+from farthing.core.money import Denomination
+from farthing.core.prbg import BbsKey, bbs_steps_per_block
+from farthing.core.primitives import hmac_sha256
+from farthing.core.schemes import szm_chain, szm_prbg
+from farthing.issuer.books import SystemAccounts
+from farthing.store import CardStatus, Store, SzmBatchRow, SzmCardRow, SzmProtocol, Tx
+
+__all__ = [
+    "BatchSpec",
+    "CardStatusView",
+    "ExportPage",
+    "ExportedCard",
+    "SzmService",
+    "derive_card_id",
+]
+
+_CARD_ID_DOMAIN: Final = "farthing/issuer/szm-card-id"
+_CARD_ID_LEN: Final = 16
+_MAX_BATCH_MICROS: Final = 10**15  # a billion EUR: far above any sale, far below 2**63
+_MAX_UNITS: Final = {SzmProtocol.CHAIN: szm_chain.MAX_LENGTH, SzmProtocol.PRBG: 1 << 30}
+_GENERATORS: Final = {
+    SzmProtocol.CHAIN: frozenset({None}),
+    SzmProtocol.PRBG: frozenset({Generator.HMAC_DRBG, Generator.BBS}),
+}
+
+Progress = Callable[[int], None]
+"""Called with the number of cards made so far."""
+
+
+def derive_card_id(master_key: bytes, batch_id: bytes, index: int) -> bytes:
+    message = Writer(_CARD_ID_DOMAIN).bytes(batch_id).u64(index).finish()
+    return hmac_sha256(master_key, message)[:_CARD_ID_LEN]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BatchSpec:
+    """What to issue. ``generator`` is for ``szm:prbg`` only (None means hmac-drbg)."""
+
+    protocol: SzmProtocol
+    count: int
+    units: int
+    denomination: Denomination
+    expires_at: int
+    generator: Generator | None = None
+
+    @property
+    def value_micros(self) -> int:
+        return self.count * self.units * self.denomination.unit_micros
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ExportedCard:
+    card_id: bytes
+    code: CardCode
+
+    @property
+    def text(self) -> str:
+        return to_text(self.code)
+
+    @property
+    def compact(self) -> str:
+        return to_compact(self.code)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ExportPage:
+    batch: SzmBatchRow
+    offset: int
+    cards: tuple[ExportedCard, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CardStatusView:
+    """What anyone may learn about a card from its id."""
+
+    card_id: bytes
+    units: int
+    spent: int
+    expires_at: int
+    status: str  # active | blocked | expired | exhausted
+
+
+class SzmService:
+    def __init__(
+        self,
+        store: Store,
+        system: SystemAccounts,
+        *,
+        chain_master: bytes,
+        prbg_master: bytes,
+        bbs: BbsKey,
+        realm: str,
+        clock: Clock,
+        rng: RandomSource,
+    ) -> None:
+        self._store = store
+        self._system = system
+        self._masters = {SzmProtocol.CHAIN: chain_master, SzmProtocol.PRBG: prbg_master}
+        self._bbs = bbs
+        self._realm = realm
+        self._clock = clock
+        self._rng = rng
+
+    # --- issuing --------------------------------------------------------------------------
+
+    def issue_batch(
+        self, actor: str, spec: BatchSpec, *, progress: Progress | None = None
+    ) -> SzmBatchRow:
+        """Make the cards (outside any transaction: hashing is slow), then insert batch,
+        cards, the sale posting and the audit entry in one transaction."""
+        self._check_spec(spec)
+        now = self._clock.now()
+        batch = SzmBatchRow(
+            batch_id=self._rng(16),
+            protocol=spec.protocol,
+            count=spec.count,
+            units=spec.units,
+            currency=spec.denomination.currency,
+            unit_micros=spec.denomination.unit_micros,
+            expires_at=spec.expires_at,
+            created_at=now,
+        )
+        rows = self._card_rows(batch, spec, now, progress)
+
+        def unit(tx: Tx) -> None:
+            books = self._system.books(tx, batch.currency)
+            tx.szm_insert_batch(batch)
+            tx.szm_insert_cards(rows)
+            value = spec.value_micros
+            reference = f"szm-batch:{b64url_encode(batch.batch_id)}"
+            tx.post("szm_sale", reference, [(books.cash, value), (books.szm_float, -value)])
+            detail = {
+                "batch": b64url_encode(batch.batch_id),
+                "protocol": spec.protocol.value,
+                "count": spec.count,
+                "units": spec.units,
+                "micros": value,
+            }
+            tx.audit(actor, "szm.batch.issue", detail)
+
+        self._store.run_in_transaction(unit)
+        return batch
+
+    def _check_spec(self, spec: BatchSpec) -> None:
+        self._system.require_currency(spec.denomination.currency)
+        generator = _generator(spec)
+        if generator not in _GENERATORS[spec.protocol]:
+            raise UnsupportedMethod("no such generator for this protocol")
+        if generator is Generator.BBS:
+            bbs_steps_per_block(self._bbs.public, szm_prbg.BBS_BITS_PER_STEP)
+        if not 1 <= spec.units <= _MAX_UNITS[spec.protocol]:
+            raise MalformedMessage("units out of range for this protocol", code=ErrorCode.BAD_FIELD)
+        if spec.count < 1:
+            raise MalformedMessage("count must be positive", code=ErrorCode.BAD_FIELD)
+        if spec.value_micros > _MAX_BATCH_MICROS:
+            raise MalformedMessage("the batch is worth too much", code=ErrorCode.OVERSIZED)
+        if not self._clock.now() < spec.expires_at < 2**63:
+            raise MalformedMessage("expiry must lie in the future", code=ErrorCode.BAD_FIELD)
+
+    def _card_rows(
+        self, batch: SzmBatchRow, spec: BatchSpec, now: int, progress: Progress | None
+    ) -> list[SzmCardRow]:
+        master = self._masters[spec.protocol]
+        generator = _generator(spec)
+        rows = []
+        for index in range(spec.count):
+            card_id = derive_card_id(master, batch.batch_id, index)
+            anchor = None
+            if spec.protocol is SzmProtocol.CHAIN:
+                anchor = szm_chain.initial_state(
+                    master,
+                    card_id,
+                    length=spec.units,
+                    denomination=spec.denomination,
+                    expires_at=spec.expires_at,
+                ).anchor
+            rows.append(
+                SzmCardRow(
+                    card_id=card_id,
+                    batch_id=batch.batch_id,
+                    protocol=spec.protocol,
+                    generator=None if generator is None else generator.value,
+                    currency=batch.currency,
+                    unit_micros=batch.unit_micros,
+                    units=spec.units,
+                    spent=0,
+                    anchor=anchor,
+                    expires_at=spec.expires_at,
+                    status=CardStatus.ACTIVE,
+                    issued_at=now,
+                )
+            )
+            if progress is not None:
+                progress(index + 1)
+        return rows
+
+    # --- exporting ------------------------------------------------------------------------
+
+    def batch(self, batch_id: bytes) -> SzmBatchRow:
+        with self._store.transaction(readonly=True) as tx:
+            row = tx.szm_batch(batch_id)
+        if row is None:
+            raise NotFound("no such batch", code=ErrorCode.NOT_FOUND)
+        return row
+
+    def export(self, actor: str, batch_id: bytes, *, offset: int, limit: int) -> ExportPage:
+        """The codes of cards ``offset .. offset + limit - 1`` of a batch (audited: they
+        carry the card secrets)."""
+
+        def unit(tx: Tx) -> ExportPage:
+            batch = tx.szm_batch(batch_id)
+            if batch is None:
+                raise NotFound("no such batch", code=ErrorCode.NOT_FOUND)
+            master = self._masters[batch.protocol]
+            stop = min(batch.count, offset + limit)
+            cards = []
+            for index in range(offset, stop):
+                row = tx.szm_card(derive_card_id(master, batch_id, index))
+                if row is None:
+                    raise NotFound("a card of this batch is missing", code=ErrorCode.NOT_FOUND)
+                cards.append(self._exported(row))
+            detail = {"batch": b64url_encode(batch_id), "offset": offset, "count": len(cards)}
+            tx.audit(actor, "szm.batch.export", detail)
+            return ExportPage(batch=batch, offset=offset, cards=tuple(cards))
+
+        return self._store.run_in_transaction(unit)
+
+    def export_card(self, actor: str, card_id: bytes) -> ExportedCard:
+        def unit(tx: Tx) -> ExportedCard:
+            row = tx.szm_card(card_id)
+            if row is None:
+                raise NotFound("no such card", code=ErrorCode.NOT_FOUND)
+            tx.audit(actor, "szm.card.export", {"card": b64url_encode(card_id)})
+            return self._exported(row)
+
+        return self._store.run_in_transaction(unit)
+
+    def _exported(self, row: SzmCardRow) -> ExportedCard:
+        master = self._masters[row.protocol]
+        if row.protocol is SzmProtocol.CHAIN:
+            secret, generator = szm_chain.card_secret(master, row.card_id), Generator.SHA256_CHAIN
+        else:
+            secret = szm_prbg.card_secret(master, row.card_id)
+            generator = Generator(row.generator or Generator.HMAC_DRBG.value)
+        modulus = self._bbs.public.n_bytes if generator is Generator.BBS else b""
+        code = CardCode(
+            protocol=Protocol(row.protocol.value),
+            card_id=row.card_id,
+            secret=secret,
+            units=row.units,
+            currency=row.currency,
+            unit_micros=row.unit_micros,
+            expires_at=row.expires_at,
+            generator=generator,
+            realm=self._realm,
+            modulus=modulus,
+        )
+        return ExportedCard(card_id=row.card_id, code=code)
+
+    # --- status and revenue ---------------------------------------------------------------
+
+    def status(self, card_id: bytes) -> CardStatusView:
+        row = self._store.szm_card(card_id)
+        if row is None:
+            raise NotFound("no such card", code=ErrorCode.NOT_FOUND)
+        return CardStatusView(
+            card_id=card_id,
+            units=row.units,
+            spent=row.spent,
+            expires_at=row.expires_at,
+            status=_status(row, self._clock.now()),
+        )
+
+    def recognise_revenue(self, actor: str, currency: str) -> int:
+        """Move the spent, not yet recognised SZM value to revenue; return it in micros."""
+        reference = f"szm-revenue:{currency}:{self._clock.now()}:{self._rng(8).hex()}"
+
+        def unit(tx: Tx) -> int:
+            books = self._system.books(tx, currency)
+            micros = tx.szm_recognize_revenue(books.szm_revenue, books.szm_float, reference)
+            tx.audit(actor, "szm.revenue", {"currency": currency, "micros": micros})
+            return micros
+
+        return self._store.run_in_transaction(unit)
+
+
+def _generator(spec: BatchSpec) -> Generator | None:
+    if spec.protocol is SzmProtocol.PRBG and spec.generator is None:
+        return Generator.HMAC_DRBG
+    return spec.generator
+
+
+def _status(row: SzmCardRow, now: int) -> str:
+    if row.status is not CardStatus.ACTIVE:
+        return row.status.value
+    if now >= row.expires_at:
+        return "expired"
+    if row.spent >= row.units:
+        return "exhausted"
+    return CardStatus.ACTIVE.value

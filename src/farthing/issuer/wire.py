@@ -1,0 +1,45 @@
+"""What the issuer and its clients must agree on byte for byte: merchant request tags.
+
+A merchant (an HLL merchant or a PayWord vendor) authenticates each request with its key
+K_M, shared with the issuer at registration, by an HMAC over a canonical message that
+binds the merchant id and every byte of the request::
+
+    verify tag = HMAC-SHA256(K_M, canonical("farthing/hll/verify-request",
+                                            merchant_id, offer, payment))
+    redeem tag = HMAC-SHA256(K_M, canonical("farthing/payword/redeem-request",
+                                            merchant_id, redemption))
+
+HLL deposit batches carry their own tag (:func:`farthing.core.schemes.hll.batch_tag`). A
+replayed request gains nothing: the issuer settles each (card, counter) and each
+redemption index once. Pure functions only; used by the app and by
+:class:`farthing.issuer.client.IssuerClient`.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from farthing.core.encoding import Writer
+from farthing.core.primitives import hmac_sha256
+
+__all__ = [
+    "REDEEM_REQUEST_DOMAIN",
+    "VERIFY_REQUEST_DOMAIN",
+    "redeem_request_tag",
+    "verify_request_tag",
+]
+
+VERIFY_REQUEST_DOMAIN: Final = "farthing/hll/verify-request"
+REDEEM_REQUEST_DOMAIN: Final = "farthing/payword/redeem-request"
+
+
+def verify_request_tag(
+    merchant_key: bytes, merchant_id: str, offer: bytes, payment: bytes
+) -> bytes:
+    message = Writer(VERIFY_REQUEST_DOMAIN).text(merchant_id).bytes(offer).bytes(payment).finish()
+    return hmac_sha256(merchant_key, message)
+
+
+def redeem_request_tag(merchant_key: bytes, merchant_id: str, redemption: bytes) -> bytes:
+    message = Writer(REDEEM_REQUEST_DOMAIN).text(merchant_id).bytes(redemption).finish()
+    return hmac_sha256(merchant_key, message)

@@ -1,0 +1,195 @@
+"""HLL at the bank over HTTP: personalisation, online verification, deposits."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from farthing.core.encoding import b64url_decode, b64url_encode
+from farthing.core.errors import ErrorCode
+from farthing.core.schemes import hll
+from tests.issuer.helpers import (
+    BOTH_BACKENDS,
+    Harness,
+    add_customer,
+    assert_problem,
+    balanced,
+    buy,
+    deposit_batch,
+    deposit_body,
+    open_shop,
+    verify_body,
+)
+
+pytestmark = [pytest.mark.anyio, BOTH_BACKENDS]
+
+
+def _merchant_owed(h: Harness, merchant_id: str = "m1") -> int:
+    return h.services.accounts.merchant(merchant_id).owed_micros
+
+
+async def test_personalise_moves_value_from_customer_to_card(
+    api: httpx.AsyncClient, harness: Harness
+) -> None:
+    add_customer(harness, "c1", 1_000_000)
+    made = await api.post("/v1/hll/cards", json={"customer_id": "c1", "units": 400})
+    assert made.status_code == 201
+    body = made.json()
+    card_id = b64url_decode(body["card_id"])
+    assert bytes.fromhex(body["card_key_hex"]) == hll.derive_card_key(
+        harness.config.keys.hll_master, card_id
+    )
+    assert (body["units"], body["currency"], body["unit_micros"]) == (400, "EUR", 1000)
+    customer = (await api.get("/v1/customers/c1")).json()
+    assert customer["available_micros"] == 600_000
+    card = (await api.get(f"/v1/hll/cards/{body['card_id']}")).json()
+    assert (card["loaded_units"], card["spent_units"], card["status"]) == (400, 0, "active")
+    assert "card_key_hex" not in card
+    assert balanced(harness)
+
+
+async def test_personalise_needs_funds(api: httpx.AsyncClient, harness: Harness) -> None:
+    add_customer(harness, "poor", 10_000)
+    response = await api.post("/v1/hll/cards", json={"customer_id": "poor", "units": 11})
+    assert_problem(response, 402, ErrorCode.INSUFFICIENT_FUNDS)
+    assert_problem(await api.post("/v1/hll/cards", json={"customer_id": "x", "units": 1}), 404)
+    assert balanced(harness)
+
+
+async def test_online_verify_credits_once_and_refuses_the_replay(
+    api: httpx.AsyncClient, harness: Harness
+) -> None:
+    shop = open_shop(harness)
+    offer, purchase = buy(harness, shop, 7)
+    ok = await api.post("/v1/hll/verify", json=verify_body(shop, offer, purchase))
+    assert ok.status_code == 200, ok.text
+    assert ok.json()["units"] == 7
+    assert ok.json()["credited_micros"] == 7000
+    replay = await api.post("/v1/hll/verify", json=verify_body(shop, offer, purchase))
+    assert_problem(replay, 409, ErrorCode.DUPLICATE_SPEND)
+    assert _merchant_owed(harness) == 7000
+    with harness.store.transaction(readonly=True) as tx:
+        card = tx.hll_card(shop.card_id)
+    assert card is not None
+    assert card.spent_units == 7
+    assert balanced(harness)
+
+
+async def test_online_verify_refusals(api: httpx.AsyncClient, harness: Harness) -> None:
+    shop = open_shop(harness)
+    offer, purchase = buy(harness, shop, 2)
+    bad_tag = verify_body(shop, offer, purchase, key=bytes(32))
+    assert_problem(await api.post("/v1/hll/verify", json=bad_tag), 401, ErrorCode.UNAUTHENTICATED)
+    unknown = {**verify_body(shop, offer, purchase), "merchant_id": "nobody"}
+    assert_problem(await api.post("/v1/hll/verify", json=unknown), 401, ErrorCode.UNAUTHENTICATED)
+    forged = hll.Purchase(card_id=purchase.card_id, counter=purchase.counter, sigma=bytes(32))
+    response = await api.post("/v1/hll/verify", json=verify_body(shop, offer, forged))
+    assert_problem(response, 401, ErrorCode.PAYMENT_INVALID)
+    stranger = hll.Purchase(card_id=bytes(16), counter=1, sigma=purchase.sigma)
+    response = await api.post("/v1/hll/verify", json=verify_body(shop, offer, stranger))
+    assert_problem(response, 401, ErrorCode.PAYMENT_INVALID)
+    harness.clock.advance(301)
+    response = await api.post("/v1/hll/verify", json=verify_body(shop, offer, purchase))
+    assert_problem(response, 402, ErrorCode.CHALLENGE_EXPIRED)
+    assert _merchant_owed(harness) == 0
+    assert balanced(harness)
+
+
+async def test_offer_for_another_merchant_is_refused(
+    api: httpx.AsyncClient, harness: Harness
+) -> None:
+    shop = open_shop(harness)
+    offer, purchase = buy(harness, shop, 2)
+    other_key = harness.services.accounts.create_merchant("t", "m2", "EUR").key
+    shop.merchant_id, shop.merchant_key = "m2", other_key  # m2 forwards m1's payment
+    response = await api.post("/v1/hll/verify", json=verify_body(shop, offer, purchase))
+    assert_problem(response, 403, ErrorCode.ACCESS_DENIED)
+
+
+async def test_card_cannot_be_overspent_at_the_bank(
+    api: httpx.AsyncClient, harness: Harness
+) -> None:
+    shop = open_shop(harness, units=5)
+    # A broken card that does not keep its balance: the bank's cap still holds.
+    shop.card._state = hll.CardState(
+        card_id=shop.card_id, denomination=shop.card.state.denomination, balance=100
+    )
+    offer, purchase = buy(harness, shop, 6)
+    response = await api.post("/v1/hll/verify", json=verify_body(shop, offer, purchase))
+    assert_problem(response, 402, ErrorCode.INSUFFICIENT_FUNDS)
+    assert balanced(harness)
+
+
+async def test_deposit_settles_reports_and_is_idempotent(
+    api: httpx.AsyncClient, harness: Harness
+) -> None:
+    shop = open_shop(harness)
+    online = buy(harness, shop, 1)
+    assert (await api.post("/v1/hll/verify", json=verify_body(shop, *online))).status_code == 200
+    items = [buy(harness, shop, 2), buy(harness, shop, 3)]
+    offer, purchase = buy(harness, shop, 4)
+    forged = (offer, hll.Purchase(card_id=shop.card_id, counter=purchase.counter, sigma=bytes(32)))
+    batch, tag = deposit_batch(harness, shop, [*items, online, forged, items[0]])
+
+    first = await api.post("/v1/hll/deposits", json=deposit_body(batch, tag))
+    assert first.status_code == 200, first.text
+    report = first.json()
+    assert [(p["counter"], p["units"]) for p in report["accepted"]] == [(2, 2), (3, 3)]
+    assert [p["counter"] for p in report["duplicates"]] == [1, 2]  # online before; repeat
+    assert [p["counter"] for p in report["invalid"]] == [4]
+    assert (report["credited_units"], report["credited_micros"]) == (5, 5000)
+    assert report["replayed"] is False
+    decoded = hll.decode_report(b64url_decode(report["report"]))
+    assert decoded.credited == 5
+
+    again = await api.post("/v1/hll/deposits", json=deposit_body(batch, tag))
+    assert again.json() == {**report, "replayed": True}
+    assert _merchant_owed(harness) == 6000  # 1 online + 5 deposited, exactly once
+    assert balanced(harness)
+
+
+async def test_reused_batch_id_with_other_items_is_409(
+    api: httpx.AsyncClient, harness: Harness
+) -> None:
+    shop = open_shop(harness)
+    batch, tag = deposit_batch(harness, shop, [buy(harness, shop, 2)])
+    assert (await api.post("/v1/hll/deposits", json=deposit_body(batch, tag))).status_code == 200
+    other, other_tag = deposit_batch(harness, shop, [buy(harness, shop, 3)], batch.batch_id)
+    response = await api.post("/v1/hll/deposits", json=deposit_body(other, other_tag))
+    assert_problem(response, 409, ErrorCode.CONFLICT)
+    assert _merchant_owed(harness) == 2000
+    assert balanced(harness)
+
+
+async def test_deposit_with_a_bad_tag_or_merchant_is_401(
+    api: httpx.AsyncClient, harness: Harness
+) -> None:
+    shop = open_shop(harness)
+    batch, _tag = deposit_batch(harness, shop, [buy(harness, shop, 2)])
+    response = await api.post("/v1/hll/deposits", json=deposit_body(batch, bytes(32)))
+    assert_problem(response, 401, ErrorCode.DEPOSIT_INVALID)
+    shop.merchant_id = "ghost"
+    ghost, ghost_tag = deposit_batch(harness, shop, [])
+    response = await api.post("/v1/hll/deposits", json=deposit_body(ghost, ghost_tag))
+    assert_problem(response, 401, ErrorCode.DEPOSIT_INVALID)
+
+
+async def test_deposit_window_and_card_balance(api: httpx.AsyncClient, harness: Harness) -> None:
+    shop = open_shop(harness, units=10)
+    late = buy(harness, shop, 2)
+    harness.clock.advance(harness.config.hll_deposit_window + 301)
+    fresh = [buy(harness, shop, 5), buy(harness, shop, 3)]
+    batch, tag = deposit_batch(harness, shop, [late, *fresh])
+    report = (await api.post("/v1/hll/deposits", json=deposit_body(batch, tag))).json()
+    assert [p["counter"] for p in report["invalid"]] == [1]
+    assert report["credited_units"] == 8
+    with harness.store.transaction(readonly=True) as tx:
+        card = tx.hll_card(shop.card_id)
+    assert card is not None
+    assert card.spent_units == 8
+    assert balanced(harness)
+
+
+async def test_unknown_card_is_404(api: httpx.AsyncClient) -> None:
+    response = await api.get(f"/v1/hll/cards/{b64url_encode(bytes(16))}")
+    assert_problem(response, 404, ErrorCode.NOT_FOUND)

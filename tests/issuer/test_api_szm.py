@@ -1,0 +1,198 @@
+"""SZM at the issuer over HTTP: batches, printable codes that really pay, status, revenue."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from farthing.core import cardcode
+from farthing.core.encoding import b64url_decode, b64url_encode
+from farthing.core.errors import ErrorCode
+from farthing.core.money import Denomination
+from farthing.core.schemes import szm_chain, szm_prbg
+from farthing.store import Store, SzmCardRow
+from tests.issuer.helpers import BOTH_BACKENDS, Harness, assert_problem, balanced
+
+pytestmark = [pytest.mark.anyio, BOTH_BACKENDS]
+
+
+def _batch(h: Harness, protocol: str = "szm:chain", **extra: object) -> dict[str, object]:
+    body: dict[str, object] = {
+        "protocol": protocol,
+        "count": 3,
+        "units": 20,
+        "unit_micros": 500,
+        "currency": "EUR",
+        "expires_at": h.clock.now() + 86_400,
+    }
+    return {**body, **extra}
+
+
+def _row(store: Store, card_id: bytes) -> SzmCardRow:
+    row = store.szm_card(card_id)
+    assert row is not None
+    return row
+
+
+def _denomination(row: SzmCardRow) -> Denomination:
+    return Denomination(currency=row.currency, unit_micros=row.unit_micros)
+
+
+def _pays_chain(h: Harness, code: cardcode.CardCode) -> None:
+    """The printed code pays: the issuer's stored anchor accepts the card's payment."""
+    row = _row(h.store, code.card_id)
+    assert row.anchor is not None
+    state = szm_chain.ChainCardState(
+        card_id=row.card_id,
+        anchor=row.anchor,
+        spent=row.spent,
+        length=row.units,
+        denomination=_denomination(row),
+        expires_at=row.expires_at,
+    )
+    card = szm_chain.card_from_code(code)
+    _, payment, _ = szm_chain.next_payment(card, 3, now=h.clock.now())
+    _, accepted = szm_chain.verify_payment(state, payment, units=3, now=h.clock.now())
+    assert accepted.index == 3
+
+
+def _pays_prbg(h: Harness, code: cardcode.CardCode) -> None:
+    row = _row(h.store, code.card_id)
+    assert row.generator is not None
+    state = szm_prbg.PrbgCardState(
+        card_id=row.card_id,
+        spent=row.spent,
+        units=row.units,
+        generator=cardcode.Generator(row.generator),
+        denomination=_denomination(row),
+        expires_at=row.expires_at,
+    )
+    card = szm_prbg.card_from_code(code)
+    _, payment, _ = szm_prbg.next_payment(card, 2, now=h.clock.now())
+    keys = h.config.keys
+    _, accepted = szm_prbg.verify_payment(
+        state,
+        payment,
+        master_key=keys.szm_prbg_master,
+        units=2,
+        now=h.clock.now(),
+        bbs_key=keys.bbs,
+    )
+    assert accepted.index == 2
+
+
+@pytest.mark.parametrize(
+    ("protocol", "generator"),
+    [("szm:chain", None), ("szm:prbg", "hmac-drbg"), ("szm:prbg", "bbs")],
+)
+async def test_issued_codes_pay_at_the_issuer(
+    api: httpx.AsyncClient, harness: Harness, protocol: str, generator: str | None
+) -> None:
+    body = _batch(harness, protocol, **({"generator": generator} if generator else {}))
+    issued = await api.post("/v1/szm/batches", json=body)
+    assert issued.status_code == 201, issued.text
+    batch = issued.json()
+    assert (batch["count"], batch["value_micros"]) == (3, 3 * 20 * 500)
+
+    page = (await api.get(f"/v1/szm/batches/{batch['batch_id']}/codes")).json()
+    assert page["count"] == 3
+    assert len({c["card_id"] for c in page["cards"]}) == 3
+    for exported in page["cards"]:
+        code = cardcode.from_text(exported["code"])
+        assert cardcode.from_compact(exported["compact"]) == code
+        assert b64url_encode(code.card_id) == exported["card_id"]
+        assert code.realm == harness.config.keys.realm
+        if protocol == "szm:chain":
+            _pays_chain(harness, code)
+        else:
+            _pays_prbg(harness, code)
+    assert balanced(harness)
+
+
+async def test_export_pages_and_is_audited(api: httpx.AsyncClient, harness: Harness) -> None:
+    batch = (await api.post("/v1/szm/batches", json=_batch(harness, count=5))).json()
+    url = f"/v1/szm/batches/{batch['batch_id']}/codes"
+    first = (await api.get(url, params={"offset": 0, "limit": 2})).json()
+    rest = (await api.get(url, params={"offset": 2, "limit": 10})).json()
+    everything = (await api.get(url)).json()
+    assert [c["code"] for c in first["cards"] + rest["cards"]] == [
+        c["code"] for c in everything["cards"]
+    ]
+    with harness.store.transaction(readonly=True) as tx:
+        actions = [e.action for e in tx.audit_entries(10)]
+    assert actions.count("szm.batch.export") == 3
+    assert "szm.batch.issue" in actions
+
+
+async def test_card_status_is_public_and_minimal(api: httpx.AsyncClient, harness: Harness) -> None:
+    batch = (await api.post("/v1/szm/batches", json=_batch(harness))).json()
+    page = (await api.get(f"/v1/szm/batches/{batch['batch_id']}/codes")).json()
+    card_id = page["cards"][0]["card_id"]
+    transport = httpx.ASGITransport(app=harness.app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://anyone") as public:
+        status = (await public.get(f"/v1/szm/cards/{card_id}")).json()
+        unknown = await public.get(f"/v1/szm/cards/{b64url_encode(bytes(16))}")
+        codes = await public.get(f"/v1/szm/batches/{batch['batch_id']}/codes")
+    assert status == {
+        "card_id": card_id,
+        "units": 20,
+        "spent": 0,
+        "expires_at": harness.clock.now() + 86_400,
+        "status": "active",
+    }
+    assert_problem(unknown, 404, ErrorCode.NOT_FOUND)
+    assert_problem(codes, 401, ErrorCode.UNAUTHENTICATED)
+
+    assert harness.store.szm_advance(b64url_decode(card_id), 0, 20, bytes(32))
+    spent = (await api.get(f"/v1/szm/cards/{card_id}")).json()
+    assert (spent["spent"], spent["status"]) == (20, "exhausted")
+    harness.clock.advance(86_400)
+    assert (await api.get(f"/v1/szm/cards/{card_id}")).json()["status"] == "expired"
+
+
+async def test_qr_png_carries_the_compact_code(api: httpx.AsyncClient, harness: Harness) -> None:
+    batch = (await api.post("/v1/szm/batches", json=_batch(harness))).json()
+    page = (await api.get(f"/v1/szm/batches/{batch['batch_id']}/codes")).json()
+    card_id = page["cards"][0]["card_id"]
+    png = await api.get(f"/v1/szm/cards/{card_id}/qr.png")
+    assert png.status_code == 200
+    assert png.headers["content-type"] == "image/png"
+    assert png.content.startswith(b"\x89PNG\r\n\x1a\n")
+    code = (await api.get(f"/v1/szm/cards/{card_id}/code")).json()
+    assert code == page["cards"][0]
+
+
+async def test_issuing_posts_cash_to_the_prepaid_float_and_revenue_recognition(
+    api: httpx.AsyncClient, harness: Harness
+) -> None:
+    batch = (await api.post("/v1/szm/batches", json=_batch(harness))).json()
+    eur = (await api.get("/v1/report")).json()["currencies"][0]
+    assert eur["balances_micros"]["cash"] == 30_000
+    assert eur["szm_outstanding_micros"] == 30_000
+    page = (await api.get(f"/v1/szm/batches/{batch['batch_id']}/codes")).json()
+    card_id = b64url_decode(page["cards"][0]["card_id"])
+    assert harness.store.szm_advance(card_id, 0, 4, bytes(32))  # the vendor's hot path
+    revenue = await api.post("/v1/szm/revenue", json={"currency": "EUR"})
+    assert revenue.json() == {"currency": "EUR", "recognised_micros": 2000}
+    again = await api.post("/v1/szm/revenue", json={"currency": "EUR"})
+    assert again.json()["recognised_micros"] == 0
+    eur = (await api.get("/v1/report")).json()["currencies"][0]
+    assert eur["balances_micros"]["revenue"] == -2000
+    assert eur["szm_outstanding_micros"] == 28_000
+    assert balanced(harness)
+
+
+async def test_bad_batches(api: httpx.AsyncClient, harness: Harness) -> None:
+    past = _batch(harness, expires_at=harness.clock.now())
+    assert_problem(await api.post("/v1/szm/batches", json=past), 400, ErrorCode.BAD_FIELD)
+    wrong = _batch(harness, "szm:chain", generator="bbs")
+    assert_problem(await api.post("/v1/szm/batches", json=wrong), 400, ErrorCode.UNSUPPORTED_METHOD)
+    many = _batch(harness, count=harness.config.max_batch_cards + 1)
+    assert_problem(await api.post("/v1/szm/batches", json=many), 400, ErrorCode.OVERSIZED)
+    huge = _batch(harness, count=10_000, units=1 << 20, unit_micros=10**12)  # > 2**63 micros
+    assert_problem(await api.post("/v1/szm/batches", json=huge), 400, ErrorCode.OVERSIZED)
+    buyer = _batch(harness, buyer="Alice Example")  # no buyer identity, anywhere
+    assert_problem(await api.post("/v1/szm/batches", json=buyer), 400, ErrorCode.MALFORMED)
+    unknown = f"/v1/szm/batches/{b64url_encode(bytes(16))}/codes"
+    assert_problem(await api.get(unknown), 404, ErrorCode.NOT_FOUND)
+    assert_problem(await api.get("/v1/szm/batches/not*base64"), 400)

@@ -1,0 +1,129 @@
+"""`farthing issuer ...` through Typer's CliRunner, on a SQLite file in a temp dir."""
+
+from __future__ import annotations
+
+import sqlite3
+import stat
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from farthing.cli import app
+from farthing.core import cardcode
+from farthing.issuer import load_issuer_keys
+from farthing.store import open_store
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+@pytest.fixture
+def paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[str, str]:
+    db, keys = tmp_path / "issuer.sqlite", tmp_path / "issuer.keys.json"
+    monkeypatch.setenv("FARTHING_ISSUER_DB", str(db))
+    monkeypatch.setenv("FARTHING_ISSUER_KEYS", str(keys))
+    return str(db), str(keys)
+
+
+def _ok(runner: CliRunner, *args: str) -> str:
+    result = runner.invoke(app, ["issuer", *args])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def _init(runner: CliRunner) -> None:
+    _ok(runner, "init", "--bbs-bits", "256", "--issuer-id", "news.example")
+
+
+def test_init_creates_database_and_private_key_file(
+    runner: CliRunner, paths: tuple[str, str]
+) -> None:
+    db, keys = paths
+    output = _ok(runner, "init", "--db", db, "--keys", keys, "--bbs-bits", "256")
+    assert "key file created" in output
+    assert stat.S_IMODE(Path(keys).stat().st_mode) == 0o600
+    loaded = load_issuer_keys(keys)
+    assert loaded.bbs.n.bit_length() == 256
+    open_store(db, create=False).close()  # migrated to head
+    before = Path(keys).read_bytes()
+    assert "key file kept" in _ok(runner, "init")  # idempotent, never overwrites keys
+    assert Path(keys).read_bytes() == before
+
+
+def test_init_refuses_tiny_bbs_moduli(runner: CliRunner, paths: tuple[str, str]) -> None:
+    result = runner.invoke(app, ["issuer", "init", "--bbs-bits", "64"])
+    assert result.exit_code == 1
+    assert not Path(paths[1]).exists()
+
+
+def test_commands_need_an_initialised_issuer(runner: CliRunner, paths: tuple[str, str]) -> None:
+    result = runner.invoke(app, ["issuer", "report"])
+    assert result.exit_code != 0
+    assert not Path(paths[0]).exists()
+
+
+def test_tokens_customers_merchants(runner: CliRunner, paths: tuple[str, str]) -> None:
+    _init(runner)
+    token = _ok(runner, "tokens", "create", "alice").strip().splitlines()[-1]
+    assert token.startswith("fop_")
+    assert token not in Path(paths[0]).read_bytes().decode("latin-1")  # only its hash
+    assert "created" in _ok(runner, "customers", "add", "c-1")
+    assert "available: 2,000,000" in _ok(
+        runner, "customers", "load", "c-1", "2000000", "--reference", "receipt-7"
+    )
+    key = _ok(runner, "merchants", "add", "shop-1").strip().splitlines()[-1]
+    assert len(bytes.fromhex(key)) == 32  # hex, as the vendor's merchant_key_file holds it
+    duplicate = runner.invoke(app, ["issuer", "merchants", "add", "shop-1"])
+    assert duplicate.exit_code == 1
+    assert "revoked" in _ok(runner, "tokens", "revoke", "1")
+
+
+def test_cards_issue_writes_codes_and_qr_then_export_repeats_them(
+    runner: CliRunner, paths: tuple[str, str], tmp_path: Path
+) -> None:
+    _init(runner)
+    out, qr_dir = tmp_path / "codes.txt", tmp_path / "qr"
+    output = _ok(
+        runner,
+        "cards", "issue", "--count", "4", "--units", "25", "--protocol", "szm:prbg",
+        "--out", str(out), "--qr-dir", str(qr_dir),
+    )  # fmt: skip
+    assert "4 codes written" in output
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    codes = [cardcode.from_text(line) for line in out.read_text().splitlines()]
+    assert len(codes) == 4
+    assert {c.units for c in codes} == {25}
+    assert {c.realm for c in codes} == {"news.example"}
+    pngs = sorted(qr_dir.glob("*.png"))
+    assert len(pngs) == 4
+    assert all(p.read_bytes().startswith(b"\x89PNG") for p in pngs)
+
+    batch_id = output.split("batch ")[1].split(":")[0].strip()
+    exported = _ok(runner, "cards", "export", batch_id).splitlines()
+    assert [cardcode.from_text(line) for line in exported] == codes
+
+
+def test_report_and_check(runner: CliRunner, paths: tuple[str, str]) -> None:
+    _init(runner)
+    _ok(runner, "customers", "add", "c-1")
+    _ok(runner, "customers", "load", "c-1", "500", "--reference", "r")
+    _ok(runner, "cards", "issue", "--count", "2", "--units", "10")
+    report = _ok(runner, "report")
+    assert "Balances" in report
+    assert "20,500" in report  # cash: 500 loaded + 2 cards x 10 units x 1000 micros
+    assert "ledger balances" in _ok(runner, "check")
+
+    with sqlite3.connect(paths[0]) as conn:  # an entry without its counterpart
+        conn.execute(
+            "INSERT INTO ledger_txns (kind, reference, created_at) VALUES ('x', 'tamper', 0)"
+        )
+        conn.execute(
+            "INSERT INTO ledger_entries (txn_id, account_id, amount_micros) "
+            "VALUES ((SELECT id FROM ledger_txns WHERE reference = 'tamper'), 1, 5)"
+        )
+    result = runner.invoke(app, ["issuer", "check"])
+    assert result.exit_code == 1
+    assert "problem" in result.output
