@@ -618,6 +618,25 @@ def test_verified_purchase_is_only_made_by_the_verifier() -> None:
         VerifiedPurchase(card_id=bytes(16), counter=1, offer=offer)
     with pytest.raises(LocalProtocolError):
         VerifiedPurchase(card_id=bytes(16), counter=1, offer=offer, _token=object())
+    with pytest.raises(LocalProtocolError):
+        VerifiedPurchase(bytes(16), 1, offer, object())
+
+
+def test_verified_purchase_is_an_immutable_value() -> None:
+    offer = offer_for(DeterministicRandom("vp-value"))
+    keys = {bytes(16): key_of(bytes(16))}
+    payment = encode_payment(forged(bytes(16), offer, 1))
+    verified = verify_purchase_bytes(keys.get, offer, payment, NOW)
+    same = verify_purchase_bytes(keys.get, offer, payment, NOW)
+    assert (verified.card_id, verified.counter, verified.offer) == (bytes(16), 1, offer)
+    assert verified == same
+    assert hash(verified) == hash(same)
+    other = verify_purchase_bytes(keys.get, offer, encode_payment(forged(bytes(16), offer, 2)), NOW)
+    assert verified != other
+    assert verified != (bytes(16), 1, offer)
+    assert repr(verified) == f"VerifiedPurchase(card_id={bytes(16)!r}, counter=1, offer={offer!r})"
+    with pytest.raises(AttributeError):
+        verified.counter = 2  # type: ignore[misc]
 
 
 # --- the bank online ----------------------------------------------------------------------

@@ -313,8 +313,33 @@ def test_verify_does_not_mutate_the_state() -> None:
     assert verify_payment(STATE0, pay(STATE0, 1), units=1, now=NOW)[0] == after
 
 
+def test_states_and_receipts_are_immutable_values() -> None:
+    after, receipt = verify_payment(STATE0, pay(STATE0, 2), units=2, now=NOW)
+    assert verify_payment(STATE0, pay(STATE0, 2), units=2, now=NOW) == (after, receipt)
+    assert after == CommitmentState(
+        commitment_id=STATE0.commitment_id,
+        last_value=w(2),
+        spent=2,
+        length=LENGTH,
+        denomination=STATE0.denomination,
+        expires_at=STATE0.expires_at,
+    )
+    assert after == STATE0._replace(last_value=w(2), spent=2) != STATE0
+    assert (receipt.commitment_id, receipt.index, receipt.units) == (STATE0.commitment_id, 2, 2)
+    assert hash(receipt) == hash(verify_payment(STATE0, pay(STATE0, 2), units=1, now=NOW)[1])
+    assert receipt != verify_payment(STATE0, pay(STATE0, 3), units=3, now=NOW)[1]
+    assert receipt != (STATE0.commitment_id, 2, 2)
+    assert repr(receipt) == (
+        f"PaywordAccepted(commitment_id={STATE0.commitment_id!r}, index=2, units=2)"
+    )
+    with pytest.raises(AttributeError):
+        receipt.units = 5  # type: ignore[misc]
+    with pytest.raises(AttributeError):
+        after.spent = 0  # type: ignore[misc]
+
+
 def test_overspend_past_n() -> None:
-    state = replace(STATE0, spent=LENGTH, last_value=w(LENGTH))
+    state = STATE0._replace(spent=LENGTH, last_value=w(LENGTH))
     with pytest.raises(InsufficientFunds) as info:
         verify_payment(state, pay(state, LENGTH + 1, bytes(32)), units=1, now=NOW)
     assert code_of(info) is ErrorCode.INSUFFICIENT_FUNDS
@@ -397,6 +422,8 @@ def test_price_bound() -> None:
 def test_receipts_cannot_be_forged() -> None:
     with pytest.raises(LocalProtocolError):
         PaywordAccepted(commitment_id=bytes(32), index=1, units=1)
+    with pytest.raises(LocalProtocolError):
+        PaywordAccepted(bytes(32), 1, 1, object())
     with pytest.raises(LocalProtocolError):
         BrokerCredit(
             state=RedemptionState(
@@ -491,7 +518,7 @@ def test_commitment_round_trip(vendor: str, length: int, nonce: bytes) -> None:
 @settings(max_examples=200)
 @given(st.data())
 def test_any_bit_flip_in_a_payment_is_refused(data: st.DataObject) -> None:
-    state = replace(STATE0, spent=4, last_value=w(4))
+    state = STATE0._replace(spent=4, last_value=w(4))
     raw = bytearray(encode_payment(pay(state, 5)))
     bit = data.draw(st.integers(0, len(raw) * 8 - 1))
     raw[bit // 8] ^= 1 << (bit % 8)
@@ -599,7 +626,7 @@ def test_nothing_beyond_n_even_for_a_user_who_knows_a_preimage_of_the_seed() -> 
         rng=DeterministicRandom("n"),
     )
     state = accept(commitment)
-    state = replace(state, spent=5, last_value=seed)
+    state = state._replace(spent=5, last_value=seed)
     with pytest.raises(InsufficientFunds):
         verify_payment(state, pay(state, 6, extra), units=1, now=NOW)
     with pytest.raises(InvalidPayment):

@@ -1,11 +1,11 @@
-from dataclasses import fields, replace
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from farthing.core.cardcode import from_text, to_text
-from farthing.core.encoding import Writer
+from farthing.core.encoding import Reader, Writer
 from farthing.core.errors import (
     CardExhausted,
     Conflict,
@@ -82,7 +82,7 @@ def test_issuance_derives_everything_from_the_master_key() -> None:
 
 
 def test_issuer_state_holds_no_secret() -> None:
-    assert {f.name for f in fields(ChainCardState)} == {
+    assert set(ChainCardState._fields) == {
         "card_id",
         "anchor",
         "spent",
@@ -196,6 +196,34 @@ def test_forged_unknown_and_foreign_cards_refused() -> None:
 def test_receipts_cannot_be_forged() -> None:
     with pytest.raises(LocalProtocolError):
         ChainAccepted(card_id=bytes(16), index=1, units=1)
+    with pytest.raises(LocalProtocolError):
+        ChainAccepted(bytes(16), 1, 1, object())
+
+
+def test_states_and_receipts_are_immutable_values() -> None:
+    state, card = fresh()
+    _, payment, _ = next_payment(card, 2, now=NOW)
+    new_state, receipt = verify_payment(state, payment, units=2, now=NOW)
+    assert verify_payment(state, payment, units=2, now=NOW) == (new_state, receipt)
+    assert new_state == ChainCardState(
+        card_id=card.card_id,
+        anchor=payment.value,
+        spent=2,
+        length=20,
+        denomination=EUR,
+        expires_at=EXPIRES,
+    )
+    assert new_state == state._replace(anchor=payment.value, spent=2) != state
+    assert (receipt.card_id, receipt.index, receipt.units) == (card.card_id, 2, 2)
+    assert hash(receipt) == hash(verify_payment(state, payment, units=1, now=NOW)[1])
+    _, one_more, _ = next_payment(card, 3, now=NOW)
+    assert receipt != verify_payment(state, one_more, units=3, now=NOW)[1]
+    assert receipt != (card.card_id, 2, 2)
+    assert repr(receipt) == f"ChainAccepted(card_id={card.card_id!r}, index=2, units=2)"
+    with pytest.raises(AttributeError):
+        receipt.units = 5  # type: ignore[misc]
+    with pytest.raises(AttributeError):
+        new_state.spent = 0  # type: ignore[misc]
 
 
 def test_bad_card_values_refused() -> None:
@@ -240,6 +268,28 @@ def test_truncated_or_extended_payments_refused(payment: Payment, cut: int) -> N
         decode_payment(raw[: len(raw) - 1 - cut])
     with pytest.raises(MalformedMessage):
         decode_payment(raw + bytes(cut + 1))
+
+
+def reader_decode(data: bytes) -> Payment:
+    reader = Reader(data, PAYMENT_DOMAIN)
+    card_id, index = reader.bytes(exact=16), reader.u64()
+    payment = Payment(card_id=card_id, index=index, value=reader.bytes(exact=32))
+    reader.finish()
+    return payment
+
+
+@given(payments, st.data())
+def test_fast_path_agrees_with_the_reader(payment: Payment, data: st.DataObject) -> None:
+    raw = bytearray(encode_payment(payment))
+    raw[data.draw(st.integers(0, len(raw) - 1))] = data.draw(st.integers(0, 255))
+    mutated = bytes(raw)
+    try:
+        expected = reader_decode(mutated)
+    except MalformedMessage:
+        with pytest.raises(MalformedMessage):
+            decode_payment(mutated)
+    else:
+        assert decode_payment(mutated) == expected
 
 
 @settings(max_examples=60)

@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from farthing.core.cardcode import Generator, from_compact, from_text, to_compact, to_text
-from farthing.core.encoding import Writer
+from farthing.core.encoding import Reader, Writer
 from farthing.core.errors import (
     CardExhausted,
     Conflict,
@@ -261,6 +261,24 @@ def test_amount_and_expiry_checks(generator: Generator) -> None:
 def test_receipts_cannot_be_forged() -> None:
     with pytest.raises(LocalProtocolError):
         PrbgAccepted(card_id=bytes(16), index=1, units=1)
+    with pytest.raises(LocalProtocolError):
+        PrbgAccepted(bytes(16), 1, 1, object())
+
+
+def test_receipts_are_immutable_values() -> None:
+    state, card = fresh(Generator.HMAC_DRBG)
+    _, payment, _ = next_payment(card, 2, now=NOW)
+    _, receipt = verify_payment(state, payment, master_key=MASTER, units=2, now=NOW)
+    _, same = verify_payment(state, payment, master_key=MASTER, units=1, now=NOW)
+    assert (receipt.card_id, receipt.index, receipt.units) == (card.card_id, 2, 2)
+    assert receipt == same
+    assert hash(receipt) == hash(same)
+    _, three, _ = next_payment(card, 3, now=NOW)
+    assert receipt != verify_payment(state, three, master_key=MASTER, units=3, now=NOW)[1]
+    assert receipt != (card.card_id, 2, 2)
+    assert repr(receipt) == f"PrbgAccepted(card_id={card.card_id!r}, index=2, units=2)"
+    with pytest.raises(AttributeError):
+        receipt.units = 5  # type: ignore[misc]
 
 
 @pytest.mark.parametrize("generator", GENERATORS)
@@ -282,8 +300,8 @@ def test_gap_beyond_the_hashing_bound_is_refused(generator: Generator) -> None:
     card, payment, _ = next_payment(card, 1, now=NOW)
     with pytest.raises(InvalidPayment):
         verify_payment(
-            verifier.state(card.card_id),
-            payment,  # type: ignore[arg-type]
+            verifier.state(card.card_id),  # type: ignore[arg-type]
+            payment,
             master_key=MASTER,
             units=1,
             now=NOW,
@@ -316,6 +334,28 @@ def test_truncated_or_extended_payments_refused(payment: Payment, cut: int) -> N
         decode_payment(raw[: len(raw) - 1 - cut])
     with pytest.raises(MalformedMessage):
         decode_payment(raw + bytes(cut + 1))
+
+
+def reader_decode(data: bytes) -> Payment:
+    reader = Reader(data, PAYMENT_DOMAIN)
+    card_id, index = reader.bytes(exact=16), reader.u64()
+    payment = Payment(card_id=card_id, index=index, token=reader.bytes(exact=32))
+    reader.finish()
+    return payment
+
+
+@given(payments, st.data())
+def test_fast_path_agrees_with_the_reader(payment: Payment, data: st.DataObject) -> None:
+    raw = bytearray(encode_payment(payment))
+    raw[data.draw(st.integers(0, len(raw) - 1))] = data.draw(st.integers(0, 255))
+    mutated = bytes(raw)
+    try:
+        expected = reader_decode(mutated)
+    except MalformedMessage:
+        with pytest.raises(MalformedMessage):
+            decode_payment(mutated)
+    else:
+        assert decode_payment(mutated) == expected
 
 
 @settings(max_examples=40, deadline=None)

@@ -51,7 +51,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Final, final
+from typing import Final, NamedTuple, final
 
 from farthing.core.clock import RandomSource
 from farthing.core.encoding import Reader, Writer, header
@@ -65,7 +65,7 @@ from farthing.core.errors import (
     MalformedMessage,
     PaymentExpired,
 )
-from farthing.core.hashchain import ChainWalker, chain_anchor, chain_walk
+from farthing.core.hashchain import ChainWalker, chain_anchor, chain_step, chain_walk
 from farthing.core.money import Denomination
 from farthing.core.primitives import (
     constant_time_eq,
@@ -362,9 +362,14 @@ def _check_terms(commitment: Commitment) -> None:
 # --- the vendor: accepting a commitment, then paywords -----------------------------------
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class CommitmentState:
-    """What the vendor keeps per commitment; ``last_value`` is w_spent."""
+class CommitmentState(NamedTuple):
+    """What the vendor keeps per commitment; ``last_value`` is w_spent.
+
+    An immutable value, built once per verified payword: a NamedTuple, not a frozen
+    dataclass, because the dataclass's constructor alone cost three times the payword's
+    hash (bench/core.py). Build it with keywords; change it with ``_replace`` (it is not a
+    dataclass, so ``dataclasses.replace`` does not apply).
+    """
 
     commitment_id: bytes
     last_value: bytes
@@ -431,18 +436,49 @@ def _parse_payment(data: bytes) -> tuple[bytes, int, bytes]:
 
 
 @final
-@dataclass(frozen=True, slots=True, kw_only=True)
 class PaywordAccepted:
-    """Receipt for one accepted payment. Only this module's verifiers can create it."""
+    """Receipt for one accepted payment. Only this module's verifiers can create it.
 
-    commitment_id: bytes
-    index: int
-    units: int
-    _token: object = field(default=None, repr=False, compare=False)
+    A read-only value (properties over private slots, equality by fields). A plain class
+    rather than a frozen dataclass: the vendor makes one per payword, and a frozen
+    dataclass's constructor cost more than the payword's hash (bench/core.py).
+    """
 
-    def __post_init__(self) -> None:
-        if self._token is not _RECEIPT:
+    __slots__ = ("_commitment_id", "_index", "_units")
+
+    def __init__(self, commitment_id: bytes, index: int, units: int, _token: object = None) -> None:
+        if _token is not _RECEIPT:
             raise LocalProtocolError("only the PayWord verifier issues receipts")
+        self._commitment_id = commitment_id
+        self._index = index
+        self._units = units
+
+    @property
+    def commitment_id(self) -> bytes:
+        return self._commitment_id
+
+    @property
+    def index(self) -> int:
+        return self._index
+
+    @property
+    def units(self) -> int:
+        """How many units the payword paid (more than the price after a lost payment)."""
+        return self._units
+
+    def _fields(self) -> tuple[bytes, int, int]:
+        return self._commitment_id, self._index, self._units
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not PaywordAccepted:
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __repr__(self) -> str:
+        return "PaywordAccepted(commitment_id={!r}, index={!r}, units={!r})".format(*self._fields())
 
 
 def verify_payment(
@@ -489,31 +525,25 @@ def _verify(
 ) -> tuple[CommitmentState, PaywordAccepted]:
     if not 0 < units <= max_units:
         raise ValueError("price out of range for one payment")
-    if not constant_time_eq(cid, state.commitment_id) or index <= state.spent:
+    state_cid, last_value, spent, length, denomination, expires_at = state
+    if not constant_time_eq(cid, state_cid) or index <= spent:
         raise _invalid()  # another commitment, a replay or a stale index
-    if now >= state.expires_at:
+    if now >= expires_at:
         raise PaymentExpired("commitment expired", code=ErrorCode.CARD_EXPIRED)
-    if index > state.length:
+    if index > length:
         raise InsufficientFunds("commitment exhausted")
-    paid = index - state.spent
+    paid = index - spent
     if paid < units:
         raise InsufficientFunds("payment pays too little", code=ErrorCode.AMOUNT_MISMATCH)
     if paid > max_units:
         raise _invalid()  # bounds the hashing a hostile index can cause
-    # One unit is the common price: a single SHA-256 step, as hashchain.chain_step does it.
-    earlier = sha256(CHAIN_TAG + value) if paid == 1 else chain_walk(CHAIN_TAG, value, paid)
-    if not constant_time_eq(earlier, state.last_value):
+    # One unit is the common price: a single step, without chain_walk's loop.
+    earlier = chain_step(CHAIN_TAG, value) if paid == 1 else chain_walk(CHAIN_TAG, value, paid)
+    if not constant_time_eq(earlier, last_value):
         raise _invalid()
-    new_state = CommitmentState(
-        commitment_id=state.commitment_id,
-        last_value=value,
-        spent=index,
-        length=state.length,
-        denomination=state.denomination,
-        expires_at=state.expires_at,
-    )
-    receipt = PaywordAccepted(commitment_id=cid, index=index, units=paid, _token=_RECEIPT)
-    return new_state, receipt
+    # Positional calls: keyword arguments here would cost more than the hash itself.
+    new_state = CommitmentState(state_cid, value, index, length, denomination, expires_at)
+    return new_state, PaywordAccepted(cid, index, paid, _RECEIPT)
 
 
 # --- redemption with the broker ----------------------------------------------------------

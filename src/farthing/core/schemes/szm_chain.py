@@ -61,9 +61,9 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from enum import StrEnum
-from typing import Final, final
+from typing import Final, NamedTuple, final
 
 from farthing.core.cardcode import CardCode, Generator, Protocol
 from farthing.core.clock import RandomSource
@@ -77,7 +77,7 @@ from farthing.core.errors import (
     LocalProtocolError,
     PaymentExpired,
 )
-from farthing.core.hashchain import ChainWalker, chain_anchor, chain_walk
+from farthing.core.hashchain import ChainWalker, chain_anchor, chain_step, chain_walk
 from farthing.core.money import Denomination
 from farthing.core.primitives import constant_time_eq, hkdf_sha256, hmac_sha256
 
@@ -123,19 +123,15 @@ DEFAULT_MAX_UNITS: Final = 10_000
 _ID_LEN: Final = 16
 _SECRET_LEN: Final = 32
 _VALUE_LEN: Final = 32
-_U64: Final = struct.Struct(">Q")
 _LEN16: Final = b"\x00\x10"
 _LEN32: Final = b"\x00\x20"
 # canonical(domain, card_id) = header(domain) || u16(16) || card_id, precomputed.
 _SECRET_PREFIX: Final = header(DERIVATION_DOMAIN) + _LEN16
 _SEED_PREFIX: Final = header(SEED_DOMAIN) + _LEN16
-# Fast path: a payment has exactly one layout.
+# Fast path: a payment has exactly one layout, unpacked in one call.
 _PAYMENT_PREFIX: Final = header(PAYMENT_DOMAIN) + _LEN16
-_ID_AT: Final = len(_PAYMENT_PREFIX)
-_INDEX_AT: Final = _ID_AT + _ID_LEN
-_VALUE_LEN_AT: Final = _INDEX_AT + 8
-_VALUE_AT: Final = _VALUE_LEN_AT + 2
-_PAYMENT_SIZE: Final = _VALUE_AT + _VALUE_LEN
+_PAYMENT_LAYOUT: Final = struct.Struct(f">{len(_PAYMENT_PREFIX)}s{_ID_LEN}sQ2s{_VALUE_LEN}s")
+_PAYMENT_SIZE: Final = _PAYMENT_LAYOUT.size
 
 _RECEIPT: Final = object()  # only this module's verifier holds it
 
@@ -168,9 +164,14 @@ def chain_seed(secret: bytes, card_id: bytes) -> bytes:
     return hmac_sha256(secret, _SEED_PREFIX + card_id)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ChainCardState:
-    """What the issuer stores per card; ``anchor`` is w_spent. No secret, no identity."""
+class ChainCardState(NamedTuple):
+    """What the issuer stores per card; ``anchor`` is w_spent. No secret, no identity.
+
+    An immutable value, built once per verified payment: a NamedTuple, not a frozen
+    dataclass, because the dataclass's constructor alone cost three times the payment's
+    hash (bench/core.py). Build it with keywords; change it with ``_replace`` (it is not a
+    dataclass, so ``dataclasses.replace`` does not apply).
+    """
 
     card_id: bytes
     anchor: bytes
@@ -296,15 +297,11 @@ def decode_payment(data: bytes) -> Payment:
 
 
 def _parse_payment(data: bytes) -> tuple[bytes, int, bytes]:
-    """Slicing for the one canonical layout; anything else goes through the Reader."""
-    if (
-        type(data) is bytes
-        and len(data) == _PAYMENT_SIZE
-        and data.startswith(_PAYMENT_PREFIX)
-        and data[_VALUE_LEN_AT:_VALUE_AT] == _LEN32
-    ):
-        index: int = _U64.unpack_from(data, _INDEX_AT)[0]
-        return data[_ID_AT:_INDEX_AT], index, data[_VALUE_AT:]
+    """Unpacks the one canonical layout; anything else goes through the Reader to fail."""
+    if type(data) is bytes and len(data) == _PAYMENT_SIZE:
+        prefix, card_id, index, value_len, value = _PAYMENT_LAYOUT.unpack(data)
+        if prefix == _PAYMENT_PREFIX and value_len == _LEN32:
+            return card_id, index, value
     reader = Reader(data, PAYMENT_DOMAIN, max_size=_PAYMENT_SIZE)
     parsed = reader.bytes(exact=_ID_LEN), reader.u64(), reader.bytes(exact=_VALUE_LEN)
     reader.finish()
@@ -315,18 +312,49 @@ def _parse_payment(data: bytes) -> tuple[bytes, int, bytes]:
 
 
 @final
-@dataclass(frozen=True, slots=True, kw_only=True)
 class ChainAccepted:
-    """Receipt for one accepted payment. Only this module's verifier can create it."""
+    """Receipt for one accepted payment. Only this module's verifier can create it.
 
-    card_id: bytes
-    index: int
-    units: int
-    _token: object = field(default=None, repr=False, compare=False)
+    A read-only value (properties over private slots, equality by fields). A plain class
+    rather than a frozen dataclass: the verifier makes one per payment, and a frozen
+    dataclass's constructor cost more than the payment's hash (bench/core.py).
+    """
 
-    def __post_init__(self) -> None:
-        if self._token is not _RECEIPT:
+    __slots__ = ("_card_id", "_index", "_units")
+
+    def __init__(self, card_id: bytes, index: int, units: int, _token: object = None) -> None:
+        if _token is not _RECEIPT:
             raise LocalProtocolError("only the szm:chain verifier issues receipts")
+        self._card_id = card_id
+        self._index = index
+        self._units = units
+
+    @property
+    def card_id(self) -> bytes:
+        return self._card_id
+
+    @property
+    def index(self) -> int:
+        return self._index
+
+    @property
+    def units(self) -> int:
+        """How many units the payment paid (more than the price after a lost payment)."""
+        return self._units
+
+    def _fields(self) -> tuple[bytes, int, int]:
+        return self._card_id, self._index, self._units
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not ChainAccepted:
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __repr__(self) -> str:
+        return "ChainAccepted(card_id={!r}, index={!r}, units={!r})".format(*self._fields())
 
 
 def verify_payment(
@@ -374,28 +402,25 @@ def _verify(
 ) -> tuple[ChainCardState, ChainAccepted]:
     if not 0 < units <= max_units:
         raise ValueError("price out of range for one payment")
-    if card_id != state.card_id or index <= state.spent:
+    state_card_id, anchor, spent, length, denomination, expires_at = state
+    if card_id != state_card_id or index <= spent:
         raise _invalid()  # another card, a replay or a stale index
-    if now >= state.expires_at:
+    if now >= expires_at:
         raise PaymentExpired("card expired", code=ErrorCode.CARD_EXPIRED)
-    if index > state.length:
+    if index > length:
         raise InsufficientFunds("card exhausted")
-    paid = index - state.spent
+    paid = index - spent
     if paid < units:
         raise InsufficientFunds("payment pays too little", code=ErrorCode.AMOUNT_MISMATCH)
     if paid > max_units:
         raise _invalid()  # bounds the hashing a hostile index can cause
-    if not constant_time_eq(chain_walk(CHAIN_TAG, value, paid), state.anchor):
+    # One unit is the common price: a single step, without chain_walk's loop.
+    earlier = chain_step(CHAIN_TAG, value) if paid == 1 else chain_walk(CHAIN_TAG, value, paid)
+    if not constant_time_eq(earlier, anchor):
         raise _invalid()
-    new_state = ChainCardState(
-        card_id=state.card_id,
-        anchor=value,
-        spent=index,
-        length=state.length,
-        denomination=state.denomination,
-        expires_at=state.expires_at,
-    )
-    return new_state, ChainAccepted(card_id=card_id, index=index, units=paid, _token=_RECEIPT)
+    # Positional calls: keyword arguments here would cost more than the hash itself.
+    new_state = ChainCardState(state_card_id, value, index, length, denomination, expires_at)
+    return new_state, ChainAccepted(card_id, index, paid, _RECEIPT)
 
 
 class ChainVerifier:

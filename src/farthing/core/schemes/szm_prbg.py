@@ -57,7 +57,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Final, final
 
 from farthing.core.cardcode import CardCode, Generator, Protocol
@@ -124,16 +124,13 @@ DEFAULT_MAX_UNITS: Final = 10_000
 _GENERATORS: Final = frozenset({Generator.HMAC_DRBG, Generator.BBS})
 _ID_LEN: Final = 16
 _SECRET_LEN: Final = 32
-_U64: Final = struct.Struct(">Q")
 _LEN16: Final = b"\x00\x10"
 _LEN32: Final = b"\x00\x20"
 _SECRET_PREFIX: Final = header(DERIVATION_DOMAIN) + _LEN16
+# Fast path: a payment has exactly one layout, unpacked in one call.
 _PAYMENT_PREFIX: Final = header(PAYMENT_DOMAIN) + _LEN16
-_ID_AT: Final = len(_PAYMENT_PREFIX)
-_INDEX_AT: Final = _ID_AT + _ID_LEN
-_TOKEN_LEN_AT: Final = _INDEX_AT + 8
-_TOKEN_AT: Final = _TOKEN_LEN_AT + 2
-_PAYMENT_SIZE: Final = _TOKEN_AT + BLOCK_LEN
+_PAYMENT_LAYOUT: Final = struct.Struct(f">{len(_PAYMENT_PREFIX)}s{_ID_LEN}sQ2s{BLOCK_LEN}s")
+_PAYMENT_SIZE: Final = _PAYMENT_LAYOUT.size
 
 _RECEIPT: Final = object()  # only this module's verifier holds it
 
@@ -344,15 +341,11 @@ def decode_payment(data: bytes) -> Payment:
 
 
 def _parse_payment(data: bytes) -> tuple[bytes, int, bytes]:
-    """Slicing for the one canonical layout; anything else goes through the Reader."""
-    if (
-        type(data) is bytes
-        and len(data) == _PAYMENT_SIZE
-        and data.startswith(_PAYMENT_PREFIX)
-        and data[_TOKEN_LEN_AT:_TOKEN_AT] == _LEN32
-    ):
-        index: int = _U64.unpack_from(data, _INDEX_AT)[0]
-        return data[_ID_AT:_INDEX_AT], index, data[_TOKEN_AT:]
+    """Unpacks the one canonical layout; anything else goes through the Reader to fail."""
+    if type(data) is bytes and len(data) == _PAYMENT_SIZE:
+        prefix, card_id, index, token_len, token = _PAYMENT_LAYOUT.unpack(data)
+        if prefix == _PAYMENT_PREFIX and token_len == _LEN32:
+            return card_id, index, token
     reader = Reader(data, PAYMENT_DOMAIN, max_size=_PAYMENT_SIZE)
     parsed = reader.bytes(exact=_ID_LEN), reader.u64(), reader.bytes(exact=BLOCK_LEN)
     reader.finish()
@@ -363,18 +356,48 @@ def _parse_payment(data: bytes) -> tuple[bytes, int, bytes]:
 
 
 @final
-@dataclass(frozen=True, slots=True, kw_only=True)
 class PrbgAccepted:
-    """Receipt for one accepted payment. Only this module's verifier can create it."""
+    """Receipt for one accepted payment. Only this module's verifier can create it.
 
-    card_id: bytes
-    index: int
-    units: int
-    _token: object = field(default=None, repr=False, compare=False)
+    A read-only value (properties over private slots, equality by fields). A plain class
+    rather than a frozen dataclass, whose constructor costs several times as much.
+    """
 
-    def __post_init__(self) -> None:
-        if self._token is not _RECEIPT:
+    __slots__ = ("_card_id", "_index", "_units")
+
+    def __init__(self, card_id: bytes, index: int, units: int, _token: object = None) -> None:
+        if _token is not _RECEIPT:
             raise LocalProtocolError("only the szm:prbg verifier issues receipts")
+        self._card_id = card_id
+        self._index = index
+        self._units = units
+
+    @property
+    def card_id(self) -> bytes:
+        return self._card_id
+
+    @property
+    def index(self) -> int:
+        return self._index
+
+    @property
+    def units(self) -> int:
+        """How many units the payment paid (more than the price after a lost payment)."""
+        return self._units
+
+    def _fields(self) -> tuple[bytes, int, int]:
+        return self._card_id, self._index, self._units
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not PrbgAccepted:
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __repr__(self) -> str:
+        return "PrbgAccepted(card_id={!r}, index={!r}, units={!r})".format(*self._fields())
 
 
 def verify_payment(
@@ -460,7 +483,7 @@ def _verify(
         denomination=state.denomination,
         expires_at=state.expires_at,
     )
-    return new_state, PrbgAccepted(card_id=card_id, index=index, units=paid, _token=_RECEIPT)
+    return new_state, PrbgAccepted(card_id, index, paid, _RECEIPT)
 
 
 class PrbgVerifier:
