@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from farthing.core.errors import ErrorCode, LocalProtocolError
+from farthing.core.errors import ErrorCode, LocalProtocolError, RateLimited
 from farthing.core.money import Denomination
 from farthing.core.primitives import ed25519_public_key
 from farthing.core.schemes import hll, payword
@@ -36,12 +36,15 @@ class LocalIssuer:
         self.bank.register_merchant("shop", MERCHANT_KEY)
         self.broker = payword.PaywordBroker(broker_id="broker", private_key=BROKER_KEY)
         self.down = False
+        self.busy = False
         self.calls = 0
 
     async def deposit_hll(self, batch: hll.DepositBatch, tag: bytes) -> hll.DepositReport:
         self.calls += 1
         if self.down:
             raise LocalProtocolError("issuer unreachable", code=ErrorCode.ISSUER_UNAVAILABLE)
+        if self.busy:
+            raise RateLimited("slow down", retry_after=1)
         return self.bank.deposit(batch, tag, self.clock.now())
 
     async def redeem_payword(self, redemption: payword.Redemption) -> int:
@@ -131,6 +134,21 @@ async def test_unreachable_issuer_is_retried_with_backoff(tmp_path: Path) -> Non
     issuer.down = False
     assert (await dep.flush()).sent == 1
     assert issuer.bank.credited("shop") == 6
+
+
+async def test_rate_limited_deposit_is_retried_not_failed(tmp_path: Path) -> None:
+    path = str(tmp_path / "vendor.sqlite")
+    clock = FixedClock(NOW)
+    issuer = LocalIssuer(clock)
+    record_purchases(path, 1)
+    dep = depositor(path, issuer, clock)
+    dep.stage()
+    issuer.busy = True
+    assert (await dep.flush()).retry_later == 1
+    issuer.busy = False
+    clock.advance(backoff(1))
+    assert (await dep.flush()).sent == 1
+    assert issuer.bank.credited("shop") == 3
 
 
 async def test_refused_batch_is_marked_failed(tmp_path: Path) -> None:

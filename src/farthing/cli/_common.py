@@ -12,7 +12,6 @@ from farthing.core.errors import FarthingError
 __all__ = ["console", "err_console", "fail", "run_cli"]
 
 
-
 class _Console(Console):
     """Measures the terminal (and ``COLUMNS``) each time it prints, never once at import:
     Rich fixes the width at construction when ``COLUMNS`` is set then."""

@@ -12,8 +12,9 @@ table, the enabled methods with their store-backed books, ``/metrics`` (Promethe
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from starlette.applications import Starlette
@@ -117,9 +118,20 @@ def create_vendor_app(
     clock: Clock | None = None,
     rng: RandomSource = os.urandom,
     extra_routes: Sequence[Route] = (),
+    closers: Sequence[Callable[[], Awaitable[None]]] = (),
 ) -> Paywall:
-    """The vendor's ASGI app: ``content`` behind the paywall, plus /metrics and /healthz."""
+    """The vendor's ASGI app: ``content`` behind the paywall, plus /metrics and /healthz.
+
+    ``closers`` run when the server shuts down (ASGI lifespan), e.g. the bank client's
+    ``aclose``.
+    """
     metrics = PaywallMetrics()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        for close in closers:
+            await close()
 
     async def metrics_endpoint(request: Request) -> Response:
         return Response(metrics.render(), media_type="text/plain; version=0.0.4")
@@ -133,7 +145,8 @@ def create_vendor_app(
             Route("/healthz", health),
             *extra_routes,
             Mount("/", app=content),
-        ]
+        ],
+        lifespan=lifespan,
     )
     # The paywall is the outermost layer: an unpriced path costs it one dict lookup.
     paywall = Paywall(

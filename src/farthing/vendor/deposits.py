@@ -22,7 +22,13 @@ from typing import Final, Protocol
 
 from farthing.core.clock import Clock, RandomSource
 from farthing.core.encoding import Writer, b64url_encode
-from farthing.core.errors import ErrorCode, FarthingError, LocalProtocolError, RemoteProtocolError
+from farthing.core.errors import (
+    ErrorCode,
+    FarthingError,
+    LocalProtocolError,
+    RateLimited,
+    RemoteProtocolError,
+)
 from farthing.core.primitives import sha256
 from farthing.core.schemes import hll, payword
 from farthing.store import OutboxKind, OutboxRow, OutboxState, Store
@@ -142,6 +148,9 @@ class Depositor:
                 report = await self._send_hll(item)
             else:
                 report = await self._send_redemption(item)
+        except RateLimited:  # asked to slow down: not a verdict on the claim
+            self._mark(item, OutboxState.PENDING, None, retry=True)
+            return "retry"
         except RemoteProtocolError as error:  # the claim itself was refused
             self._mark(item, OutboxState.FAILED, {"error": error.code.name})
             return "failed"

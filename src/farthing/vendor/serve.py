@@ -13,18 +13,18 @@ from pathlib import Path
 
 from farthing.core.clock import SystemClock
 from farthing.core.errors import ErrorCode, LocalProtocolError
+from farthing.issuer.client import IssuerClient
 from farthing.store import open_store
 from farthing.vendor.app import create_vendor_app
 from farthing.vendor.config import CONFIG_ENV, VendorConfig, load_vendor_config
 from farthing.vendor.deposits import Depositor
 from farthing.vendor.goods import GoodsApp
-from farthing.vendor.methods.hll import HllBankClient
 from farthing.vendor.middleware import Paywall
 
 __all__ = ["app_from_config", "app_from_env", "depositor_for"]
 
 
-def _bank(config: VendorConfig) -> HllBankClient | None:
+def _bank(config: VendorConfig) -> IssuerClient | None:
     hll = config.settings.hll
     if hll is None or config.issuer_url is None:
         return None
@@ -37,9 +37,15 @@ def _bank(config: VendorConfig) -> HllBankClient | None:
 
 def app_from_config(config: VendorConfig) -> Paywall:
     store = open_store(config.database)
-    content = GoodsApp(config.content_dir)
+    bank = _bank(config)
+    closers = [bank.aclose] if bank is not None else []
     return create_vendor_app(
-        config.settings, content=content, prices=config.prices, store=store, bank=_bank(config)
+        config.settings,
+        content=GoodsApp(config.content_dir),
+        prices=config.prices,
+        store=store,
+        bank=bank,
+        closers=closers,
     )
 
 
@@ -59,8 +65,6 @@ def depositor_for(config: VendorConfig) -> Depositor | None:
         return None
     if config.issuer_url is None:
         raise LocalProtocolError("set [hll] issuer_url to deposit", code=ErrorCode.MISUSE)
-    from farthing.issuer.client import IssuerClient
-
     hll = settings.hll
     merchant_id = hll.merchant_id if hll is not None else None
     merchant_key = hll.merchant_key if hll is not None else None

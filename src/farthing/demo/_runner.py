@@ -1,0 +1,427 @@
+"""The demo's steps. Each step is a small function; :func:`run_demo` strings them together."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from farthing.core.clock import SystemClock
+from farthing.core.encoding import b64url_decode, b64url_encode
+from farthing.core.errors import ErrorCode, FarthingError, LocalProtocolError
+from farthing.core.primitives import ed25519_public_key
+from farthing.core.schemes import payword
+from farthing.demo._servers import BackgroundServer
+from farthing.demo.report import CardLine, DemoReport, Purchase
+from farthing.http.payment_auth import Receipt
+from farthing.issuer.app import create_issuer_app
+from farthing.issuer.auth import new_operator_token, token_hash
+from farthing.issuer.client import IssuerClient
+from farthing.issuer.config import (
+    IssuerConfig,
+    IssuerKeys,
+    RateLimits,
+    generate_issuer_keys,
+    write_key_file,
+)
+from farthing.store import Store, open_store
+from farthing.vendor.app import (
+    HllSettings,
+    PaywordSettings,
+    SzmKeys,
+    VendorSettings,
+    create_vendor_app,
+)
+from farthing.vendor.deposits import Depositor, FlushReport
+from farthing.vendor.goods import GoodsApp
+from farthing.vendor.methods.hll import HllMode
+from farthing.vendor.pricing import Price, PriceTable
+from farthing.wallet.auth import PaymentAuth
+from farthing.wallet.cards import HllCardFile, Pkcs11Location
+from farthing.wallet.wallet import Wallet
+
+__all__ = ["run_demo"]
+
+EUR = "EUR"
+UNIT = 1000  # micro-EUR per card unit: 0.1 cent
+PASSPHRASE = "demo passphrase"  # noqa: S105 - a throwaway wallet in a temp folder
+GOODS = {
+    "articles/ocean.txt": "The ocean covers 71% of the Earth's surface.\n",
+    "articles/forest.txt": "A single oak can host over 2,300 species.\n",
+    "articles/desert.txt": "The Atacama is the driest non-polar desert.\n",
+    "articles/river.txt": "The Amazon carries a fifth of the world's river water.\n",
+    "articles/glacier.txt": "Glaciers store about 69% of the world's fresh water.\n",
+    "articles/tundra.txt": "Tundra soils hold vast amounts of frozen carbon.\n",
+    "articles/reef.txt": "Coral reefs cover under 1% of the ocean floor.\n",
+    "articles/steppe.txt": "The Eurasian steppe stretches some 8,000 km.\n",
+    "data/prices.csv": "item,price\ntea,2.10\nbread,3.40\n",
+}
+ARTICLE_PRICE = Price(micros=2000, currency=EUR)
+DATA_PRICE = Price(micros=5000, currency=EUR)
+METHODS = ("szm:chain", "szm:prbg", "szm:prbg/bbs", "hll:mac", "payword")
+
+Step = Callable[[str], None]
+
+
+@dataclass(slots=True)
+class Setup:
+    store: Store
+    operator: httpx.Client
+    issuer_url: str
+    keys: IssuerKeys
+    merchant_key: bytes
+    card_device: str
+    wallet_path: Path
+    bbs_wallet_path: Path  # a second reader, holding the Blum-Blum-Shub card
+    goods: Path
+
+
+def run_demo(workdir: Path, *, step: Step = lambda _: None) -> DemoReport:
+    """Run everything in ``workdir`` (SQLite files, goods, wallet, token); report what held."""
+    started = time.perf_counter()
+    report = DemoReport(workdir=str(workdir))
+    with ExitStack() as stack:
+        setup = _set_up_issuer(workdir, stack, step)
+        report.card_device = setup.card_device
+        vendor_url = stack.enter_context(_vendor(setup, step))
+        owed_before, alice_before = _owed(setup.operator), _available(setup.operator)
+        before = _card_values(setup.wallet_path) | _card_values(setup.bbs_wallet_path)
+        _buy_with_every_method(setup, vendor_url, report, step)
+        _try_double_spend(setup, vendor_url, report, step)
+        _clear_deposits(setup, report, step)
+        report.verify_ms = _verify_times(vendor_url)
+        after = _card_values(setup.wallet_path) | _card_values(setup.bbs_wallet_path)
+        _compare_cards(before, after, report)
+        report.accounts["shop: owed by the issuer"] = (owed_before, _owed(setup.operator))
+        report.accounts["alice: account (billed for PayWord)"] = (
+            alice_before,
+            _available(setup.operator),
+        )
+        _check_ledger(setup.operator, report, step)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+# --- the issuer and its cards ---------------------------------------------------------------
+
+
+def _set_up_issuer(workdir: Path, stack: ExitStack, step: Step) -> Setup:
+    step("issuer: keys, database, operator token")
+    keys = generate_issuer_keys(os.urandom, broker_id="demo-broker", realm="farthing demo")
+    write_key_file(workdir / "issuer.keys.json", keys)
+    store = open_store(str(workdir / "farthing.sqlite"))
+    token = new_operator_token(os.urandom)
+    with store.transaction() as tx:
+        tx.add_operator_token("demo-operator", token_hash(token))
+    config = IssuerConfig(keys=keys, rate_limits=RateLimits(enabled=False))
+    app = create_issuer_app(config, store, clock=SystemClock(), rng=os.urandom)
+    issuer_url = stack.enter_context(BackgroundServer(app, name="issuer"))
+    operator = stack.enter_context(
+        httpx.Client(base_url=issuer_url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    )
+    wallet_path, bbs_wallet_path = workdir / "wallet.sqlite", workdir / "wallet-bbs.sqlite"
+    with (
+        Wallet.create(wallet_path, PASSPHRASE) as wallet,
+        Wallet.create(bbs_wallet_path, PASSPHRASE) as bbs_wallet,
+    ):
+        _issue_szm_cards(operator, wallet, bbs_wallet, step)
+        merchant_key = _register_merchant(operator, step)
+        device = _personalise_hll_card(operator, wallet, workdir, step)
+        _register_payword_user(operator, wallet, step)
+    goods = _write_goods(workdir / "goods")
+    return Setup(
+        store=store, operator=operator, issuer_url=issuer_url, keys=keys,
+        merchant_key=merchant_key, card_device=device, wallet_path=wallet_path,
+        bbs_wallet_path=bbs_wallet_path, goods=goods,
+    )  # fmt: skip
+
+
+def _api(response: httpx.Response) -> dict[str, object]:
+    if response.status_code >= 400:
+        raise LocalProtocolError(
+            f"issuer API {response.request.url.path} answered {response.status_code}",
+            code=ErrorCode.INTERNAL,
+        )
+    body: dict[str, object] = response.json()
+    return body
+
+
+def _issue_szm_cards(
+    operator: httpx.Client, wallet: Wallet, bbs_wallet: Wallet, step: Step
+) -> None:
+    expires = int(time.time()) + 30 * 86_400
+    for protocol, generator in (
+        ("szm:chain", None),
+        ("szm:prbg", "hmac-drbg"),
+        ("szm:prbg", "bbs"),
+    ):
+        step(f"issuer: an anonymous {protocol} card" + (f" ({generator})" if generator else ""))
+        body: dict[str, object] = {
+            "protocol": protocol, "count": 1, "units": 100, "unit_micros": UNIT,
+            "currency": EUR, "expires_at": expires,
+        }  # fmt: skip
+        if generator is not None:
+            body["generator"] = generator
+        batch = _api(operator.post("/v1/szm/batches", json=body))
+        codes = _api(operator.get(f"/v1/szm/batches/{batch['batch_id']}/codes"))
+        cards = codes["cards"]
+        assert isinstance(cards, list)
+        if generator == "bbs":
+            bbs_wallet.add_szm_code(str(cards[0]["code"]), label="szm:prbg/bbs")
+        else:
+            wallet.add_szm_code(str(cards[0]["code"]), label=protocol)
+
+
+def _register_merchant(operator: httpx.Client, step: Step) -> bytes:
+    step("issuer: a customer with money, and the merchant 'shop'")
+    _api(operator.post("/v1/customers", json={"customer_id": "alice", "currency": EUR}))
+    _api(
+        operator.post(
+            "/v1/customers/alice/loads", json={"amount_micros": 1_000_000, "reference": "cash-1"}
+        )
+    )
+    merchant = _api(operator.post("/v1/merchants", json={"merchant_id": "shop", "currency": EUR}))
+    return b64url_decode(str(merchant["key"]))
+
+
+def _personalise_hll_card(operator: httpx.Client, wallet: Wallet, workdir: Path, step: Step) -> str:
+    step("issuer: personalise an HLL smart card for alice")
+    created = operator.post("/v1/hll/cards", json={"customer_id": "alice", "units": 200})
+    _api(created)
+    card = HllCardFile.from_json(created.text)
+    location, pin, device = _softhsm_token(workdir, card)
+    if location is None:
+        wallet.add_hll_card(card, label="hll:mac")
+    else:
+        wallet.add_hll_card(
+            HllCardFile(card_id=card.card_id, balance=card.balance, denomination=card.denomination),
+            token=location, pin=pin, label="hll:mac",
+        )  # fmt: skip
+    return device
+
+
+def _softhsm_token(workdir: Path, card: HllCardFile) -> tuple[Pkcs11Location | None, str, str]:
+    """Put K_C into a fresh SoftHSM2 token if this machine has SoftHSM2."""
+    from farthing.wallet.pkcs11_card import init_softhsm_token, install_card_key
+
+    assert card.card_key is not None
+    try:
+        token = init_softhsm_token(workdir / "softhsm", label="demo-card")
+        install_card_key(token.module_path, token.label, token.user_pin, "hll-card", card.card_key)
+    except (FarthingError, OSError) as error:
+        return None, "", f"software card (no SoftHSM2 here: {type(error).__name__})"
+    location = Pkcs11Location(
+        module_path=token.module_path, token_label=token.label, key_label="hll-card"
+    )
+    return location, token.user_pin, "SoftHSM2 token over PKCS#11 (key not extractable)"
+
+
+def _register_payword_user(operator: httpx.Client, wallet: Wallet, step: Step) -> None:
+    step("broker: a PayWord certificate for alice")
+    private = os.urandom(32)
+    body = {
+        "user_id": "alice-pw", "customer_id": "alice",
+        "public_key": b64url_encode(ed25519_public_key(private)),
+        "credit_limit_units": 500, "unit_micros": UNIT,
+    }  # fmt: skip
+    user = _api(operator.post("/v1/payword/users", json=body))
+    certificate = payword.decode_certificate(b64url_decode(str(user["certificate"])))
+    wallet.add_payword(certificate, private, label="payword")
+
+
+def _write_goods(folder: Path) -> Path:
+    for name, text in GOODS.items():
+        path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return folder
+
+
+# --- the vendor ---------------------------------------------------------------------------
+
+
+@contextmanager
+def _vendor(setup: Setup, step: Step) -> Iterator[str]:
+    step("vendor: a paywall in front of the articles, on the issuer's store")
+    keys = setup.keys
+    settings = VendorSettings(
+        realm="farthing demo",
+        challenge_secret=os.urandom(32),
+        szm=SzmKeys(
+            chain_master=keys.szm_chain_master, prbg_master=keys.szm_prbg_master, bbs=keys.bbs
+        ),
+        hll=HllSettings(
+            merchant_id="shop", merchant_key=setup.merchant_key, unit_micros=UNIT,
+            mode=HllMode.ONLINE,
+        ),
+        payword=PaywordSettings(
+            vendor_id="shop", broker_id="demo-broker",
+            broker_public=keys.broker_public_key,
+            unit_micros=UNIT,
+        ),
+    )  # fmt: skip
+    prices = PriceTable()
+    prices.add("/articles/*", ARTICLE_PRICE)
+    prices.add("/data/*", DATA_PRICE)
+    bank = IssuerClient(setup.issuer_url, merchant_id="shop", merchant_key=setup.merchant_key)
+    app = create_vendor_app(
+        settings,
+        content=GoodsApp(setup.goods),
+        prices=prices,
+        store=setup.store,
+        bank=bank,
+        closers=[bank.aclose],
+    )
+    with BackgroundServer(app, name="vendor") as url:
+        yield url
+
+
+# --- buying --------------------------------------------------------------------------------
+
+
+def _buy_with_every_method(setup: Setup, vendor: str, report: DemoReport, step: Step) -> None:
+    articles = iter(sorted(name for name in GOODS if name.startswith("articles/")))
+    for method in METHODS:
+        preference = (method.split("/")[0],)
+        path = setup.bbs_wallet_path if method.endswith("/bbs") else setup.wallet_path
+        with Wallet.open(path, PASSPHRASE, preference=preference) as wallet:
+            first, second = next(articles), next(articles) if method == "szm:chain" else None
+            step(f"wallet: buy /{first} with {method}")
+            _buy(wallet, vendor, first, method, report)
+            if second is not None:
+                step(f"wallet: buy /{second} with {method}, paying up front (no 402)")
+                _buy(wallet, vendor, second, method, report)
+
+
+def _buy(wallet: Wallet, vendor: str, name: str, method: str, report: DemoReport) -> None:
+    statuses: list[int] = []
+
+    def log(response: httpx.Response) -> None:
+        statuses.append(response.status_code)
+
+    started = time.perf_counter()
+    with httpx.Client(auth=PaymentAuth(wallet), event_hooks={"response": [log]}, timeout=30) as c:
+        response = c.get(f"{vendor}/{name}")
+    seconds = time.perf_counter() - started
+    header = response.headers.get("payment-receipt")
+    receipt = Receipt.from_header(header) if header else None
+    sealed = receipt is not None and "sealed" in receipt.extra
+    ok = response.status_code == 200 and response.text == GOODS[name]
+    entry = wallet.history(limit=1)[0]
+    report.purchases.append(
+        Purchase(
+            method=method, path="/" + name, price_micros=ARTICLE_PRICE.micros,
+            charged_micros=entry.charged_micros, up_front=statuses[:1] == [200], sealed=sealed,
+            ok=ok, seconds=seconds,
+        )
+    )  # fmt: skip
+    report.check(f"bought /{name} with {method}", ok, f"HTTP {response.status_code}")
+    if method.startswith("szm"):
+        report.check(
+            f"{method} body sealed, opened by the wallet", sealed and ok, "ChaCha20-Poly1305"
+        )
+
+
+def _try_double_spend(setup: Setup, vendor: str, report: DemoReport, step: Step) -> None:
+    step("attacker: replay a payment that was already accepted")
+    captured: list[str] = []
+
+    def keep(request: httpx.Request) -> None:
+        if "authorization" in request.headers:
+            captured.append(request.headers["authorization"])
+
+    with (
+        Wallet.open(setup.wallet_path, PASSPHRASE, preference=("szm:chain",)) as wallet,
+        httpx.Client(auth=PaymentAuth(wallet), event_hooks={"request": [keep]}, timeout=30) as c,
+    ):
+        paid = c.get(f"{vendor}/data/prices.csv")
+    replay = httpx.get(
+        f"{vendor}/data/prices.csv", headers={"Authorization": captured[-1]}, timeout=30
+    )
+    refused = paid.status_code == 200 and replay.status_code == 401
+    leaked = GOODS["data/prices.csv"].encode() in replay.content
+    report.check(
+        "double spend refused", refused and not leaked, f"replay got HTTP {replay.status_code}"
+    )
+
+
+# --- clearing and checking ----------------------------------------------------------------
+
+
+def _clear_deposits(setup: Setup, report: DemoReport, step: Step) -> None:
+    step("vendor: deposit PayWord redemptions with the broker")
+    client = IssuerClient(setup.issuer_url, merchant_id="shop", merchant_key=setup.merchant_key)
+    depositor = Depositor(
+        setup.store, client, clock=SystemClock(), rng=os.urandom, merchant_id="shop",
+        merchant_key=setup.merchant_key,
+    )  # fmt: skip
+    staged = depositor.stage()
+    flushed = asyncio.run(_flush_and_close(depositor, client))
+    again = depositor.stage()
+    ok = staged >= 1 and flushed.sent == staged and flushed.failed == 0 and again == 0
+    report.check("deposits cleared once", ok, f"{flushed.sent} of {staged} sent, {again} left")
+    step("issuer: recognise SZM revenue")
+    _api(setup.operator.post("/v1/szm/revenue", json={"currency": EUR}))
+
+
+async def _flush_and_close(depositor: Depositor, client: IssuerClient) -> FlushReport:
+    async with client:
+        return await depositor.flush()
+
+
+def _check_ledger(operator: httpx.Client, report: DemoReport, step: Step) -> None:
+    step("issuer: check the double-entry ledger")
+    check = _api(operator.get("/v1/ledger/check"))
+    problems = check.get("problems") or []
+    report.check("ledger balanced", bool(check.get("balanced")), f"{len(problems)} problems")  # type: ignore[arg-type]
+
+
+def _owed(operator: httpx.Client) -> int:
+    return int(str(_api(operator.get("/v1/merchants/shop"))["owed_micros"]))
+
+
+def _available(operator: httpx.Client) -> int:
+    return int(str(_api(operator.get("/v1/customers/alice"))["available_micros"]))
+
+
+def _card_values(wallet_path: Path) -> dict[str, tuple[str, str, int]]:
+    with Wallet.open(wallet_path, PASSPHRASE) as wallet:
+        return {
+            card.label: (card.method, card.currency, card.units_left * card.unit_micros)
+            for card in wallet.cards()
+            if card.method != "payword"  # credit, not stored value: see the broker's bill
+        }
+
+
+def _compare_cards(
+    before: dict[str, tuple[str, str, int]],
+    after: dict[str, tuple[str, str, int]],
+    report: DemoReport,
+) -> None:
+    for label, (method, currency, value) in before.items():
+        report.cards.append(
+            CardLine(label=label, method=method, currency=currency, before_micros=value,
+                     after_micros=after[label][2])
+        )  # fmt: skip
+
+
+_METRIC = re.compile(
+    r'^farthing_verify_seconds_(sum|count)\{method="([^"]+)"\} ([0-9.e+-]+)$', re.M
+)
+
+
+def _verify_times(vendor: str) -> dict[str, float]:
+    """Mean time the vendor spent verifying and recording a payment, per method (ms)."""
+    text = httpx.get(f"{vendor}/metrics", timeout=30).text
+    sums: dict[str, float] = {}
+    counts: dict[str, float] = {}
+    for kind, method, value in _METRIC.findall(text):
+        (sums if kind == "sum" else counts)[method] = float(value)
+    return {m: 1000 * sums[m] / counts[m] for m in sums if counts.get(m)}
