@@ -224,3 +224,21 @@ async def test_payword_redemptions_are_staged_once_per_index(tmp_path: Path) -> 
     assert dep.stage() == 0  # redeemed up to its spent
     with store.transaction(readonly=True) as tx:
         assert all(item.state is OutboxState.DONE for item in tx.outbox_due(NOW + 10**6, 10))
+
+
+async def test_background_loop_deposits_until_cancelled(tmp_path: Path) -> None:
+    import asyncio
+
+    path = str(tmp_path / "vendor.sqlite")
+    clock = FixedClock(NOW)
+    issuer = LocalIssuer(clock)
+    record_purchases(path, 3)
+    task = asyncio.create_task(depositor(path, issuer, clock).run(0.01))
+    for _ in range(200):
+        if issuer.bank.credited("shop") == 9:
+            break
+        await asyncio.sleep(0.01)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert task.cancelled()
+    assert issuer.bank.credited("shop") == 9

@@ -121,3 +121,30 @@ async def test_blocked_card_is_refused(tmp_path: Path) -> None:
         )
     assert response.status_code == 401
     assert b"secret" not in response.content
+
+
+def test_lifespan_runs_background_jobs_and_closers(tmp_path: Path) -> None:
+    import asyncio
+
+    from farthing.demo._servers import BackgroundServer
+
+    events: list[str] = []
+
+    async def job() -> None:
+        events.append("started")
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            events.append("cancelled")
+            raise
+
+    async def close() -> None:
+        events.append("closed")
+
+    store = open_store(str(tmp_path / "vendor.sqlite"))
+    app = create_vendor_app(
+        SETTINGS, content=content(), prices=prices(), store=store, background=[job], closers=[close]
+    )
+    with BackgroundServer(app, name="vendor-test") as url:
+        assert httpx.get(url + "/healthz").text == "ok"
+    assert events == ["started", "cancelled", "closed"]

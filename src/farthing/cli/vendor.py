@@ -12,6 +12,8 @@ from rich.table import Table
 
 from farthing.cli._common import console, fail
 from farthing.core.errors import FarthingError
+from farthing.issuer.client import IssuerClient
+from farthing.vendor.deposits import Depositor, FlushReport
 
 app = typer.Typer(
     help="The vendor: a paywall for a folder of information goods.", no_args_is_help=True
@@ -99,6 +101,11 @@ def serve(
     )
 
 
+async def _flush_and_close(depositor: Depositor, client: IssuerClient) -> FlushReport:
+    async with client:
+        return await depositor.flush()
+
+
 @app.command("deposit")
 def deposit(
     directory: Annotated[Path, typer.Argument(help="the vendor's folder")],
@@ -110,11 +117,12 @@ def deposit(
 
     try:
         loaded = load_vendor_config(_config_path(directory, config))
-        depositor = depositor_for(loaded)
-        if depositor is None:
+        deposits = depositor_for(loaded)
+        if deposits is None:
             raise fail("nothing to deposit: neither [hll] nor [payword] is configured")
+        depositor, client = deposits
         staged = depositor.stage()
-        report = asyncio.run(depositor.flush())
+        report = asyncio.run(_flush_and_close(depositor, client))
     except FarthingError as error:
         raise fail(error.message) from None
     table = Table(title="deposits")

@@ -12,9 +12,10 @@ table, the enabled methods with their store-backed books, ``/metrics`` (Promethe
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 
 from starlette.applications import Starlette
@@ -119,19 +120,27 @@ def create_vendor_app(
     rng: RandomSource = os.urandom,
     extra_routes: Sequence[Route] = (),
     closers: Sequence[Callable[[], Awaitable[None]]] = (),
+    background: Sequence[Callable[[], Coroutine[object, object, None]]] = (),
 ) -> Paywall:
     """The vendor's ASGI app: ``content`` behind the paywall, plus /metrics and /healthz.
 
-    ``closers`` run when the server shuts down (ASGI lifespan), e.g. the bank client's
-    ``aclose``.
+    Through the ASGI lifespan, ``background`` tasks (e.g. the deposit loop) start with the
+    server and are cancelled when it stops; then ``closers`` run (e.g. a client's
+    ``aclose``).
     """
     metrics = PaywallMetrics()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        yield
-        for close in closers:
-            await close()
+        tasks = [asyncio.create_task(job()) for job in background]
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            for close in closers:
+                await close()
 
     async def metrics_endpoint(request: Request) -> Response:
         return Response(metrics.render(), media_type="text/plain; version=0.0.4")

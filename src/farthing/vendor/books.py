@@ -8,6 +8,8 @@ decides double spending even with several workers or processes on one store.
 
 from __future__ import annotations
 
+import functools
+
 from farthing.core.cardcode import Generator
 from farthing.core.errors import Conflict, ErrorCode, InsufficientFunds, InvalidPayment
 from farthing.core.money import Denomination
@@ -26,6 +28,12 @@ from farthing.vendor.methods.hll import PendingPurchase
 from farthing.vendor.methods.payword import HeldCommitment
 
 __all__ = ["ChainBook", "HllDeferredBook", "PaywordBook", "PrbgBook"]
+
+
+@functools.lru_cache(maxsize=256)
+def _denomination(currency: str, unit_micros: int) -> Denomination:
+    """One validated object per (currency, unit): building one costs a regex check."""
+    return Denomination(currency=currency, unit_micros=unit_micros)
 
 
 def _active(row: SzmCardRow | None, protocol: SzmProtocol) -> SzmCardRow | None:
@@ -49,7 +57,7 @@ class ChainBook:
             anchor=row.anchor,
             spent=row.spent,
             length=row.units,
-            denomination=Denomination(currency=row.currency, unit_micros=row.unit_micros),
+            denomination=_denomination(row.currency, row.unit_micros),
             expires_at=row.expires_at,
         )
 
@@ -75,7 +83,7 @@ class PrbgBook:
             spent=row.spent,
             units=row.units,
             generator=Generator(row.generator),
-            denomination=Denomination(currency=row.currency, unit_micros=row.unit_micros),
+            denomination=_denomination(row.currency, row.unit_micros),
             expires_at=row.expires_at,
         )
 
@@ -101,7 +109,7 @@ class PaywordBook:
             last_value=row.last_value,
             spent=row.spent,
             length=row.length,
-            denomination=Denomination(currency=row.currency, unit_micros=row.unit_micros),
+            denomination=_denomination(row.currency, row.unit_micros),
             expires_at=row.expires_at,
         )
         return HeldCommitment(commitment_id=row.commitment_id, state=state, encoded=row.commitment)

@@ -6,6 +6,7 @@ A small file next to the goods::
     database = "vendor.sqlite"            # a path (relative to this file) or a postgresql:// DSN
     content_dir = "goods"                 # served as static files behind the paywall
     challenge_secret_file = "challenge.key"   # made on first use (32 random bytes)
+    deposit_interval = 60                 # seconds between background deposits (HLL, PayWord)
 
     [prices]                              # first match wins; * = one path segment, ** = any
     "/articles/*" = "2000 EUR"            # micro-units of the currency: 2000 = 0.2 cent
@@ -58,6 +59,7 @@ class VendorConfig:
     database: str
     content_dir: Path
     issuer_url: str | None
+    deposit_interval: float = 60.0
 
 
 def _bad(key: str, why: str) -> LocalProtocolError:
@@ -195,4 +197,5 @@ def load_vendor_config(path: Path) -> VendorConfig:
         database=database,
         content_dir=_relative(base, str(data.get("content_dir", "."))),
         issuer_url=_str(hll, "issuer_url", "hll.") if hll is not None else None,
+        deposit_interval=_int(data, "deposit_interval", "", 60),
     )

@@ -16,9 +16,13 @@ The same code runs from the background task of a serving vendor and from
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 from dataclasses import dataclass
 from typing import Final, Protocol
+
+import anyio.to_thread
 
 from farthing.core.clock import Clock, RandomSource
 from farthing.core.encoding import Writer, b64url_encode
@@ -34,6 +38,8 @@ from farthing.core.schemes import hll, payword
 from farthing.store import OutboxKind, OutboxRow, OutboxState, Store
 
 __all__ = ["DepositTarget", "Depositor", "FlushReport"]
+
+log = logging.getLogger("farthing.vendor.deposits")
 
 _TAG_LEN: Final = 32
 _BACKOFF_BASE: Final = 5
@@ -127,6 +133,26 @@ class Depositor:
                 tx.outbox_add(item_id, OutboxKind.PAYWORD, payload, self._clock.now())
                 added += 1
         return added
+
+    # -- the background task ---------------------------------------------------------------
+
+    async def run(self, interval: float) -> None:
+        """Stage and send every ``interval`` seconds until cancelled (a serving vendor's task).
+
+        Several workers may each run one: staging takes rows atomically, and the issuer is
+        idempotent for a batch or redemption sent twice.
+        """
+        while True:
+            try:
+                staged = await anyio.to_thread.run_sync(self.stage)
+                report = await self.flush()
+                if staged or report.sent or report.failed:
+                    log.info("deposits: %d staged, %s", staged, report)
+            except FarthingError as error:
+                log.warning("deposits: %s (%s); will try again", error.message, error.code.name)
+            except Exception:
+                log.exception("deposits: unexpected failure; will try again")
+            await asyncio.sleep(interval)
 
     # -- sending ----------------------------------------------------------------------------
 

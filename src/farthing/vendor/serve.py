@@ -8,13 +8,14 @@ payments atomic across them.
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
 from farthing.core.clock import SystemClock
 from farthing.core.errors import ErrorCode, LocalProtocolError
 from farthing.issuer.client import IssuerClient
-from farthing.store import open_store
+from farthing.store import Store, open_store
 from farthing.vendor.app import create_vendor_app
 from farthing.vendor.config import CONFIG_ENV, VendorConfig, load_vendor_config
 from farthing.vendor.deposits import Depositor
@@ -39,6 +40,12 @@ def app_from_config(config: VendorConfig) -> Paywall:
     store = open_store(config.database)
     bank = _bank(config)
     closers = [bank.aclose] if bank is not None else []
+    background = []
+    deposits = depositor_for(config, store=store)
+    if deposits is not None:
+        depositor, client = deposits
+        closers.append(client.aclose)
+        background.append(functools.partial(depositor.run, config.deposit_interval))
     return create_vendor_app(
         config.settings,
         content=GoodsApp(config.content_dir),
@@ -46,6 +53,7 @@ def app_from_config(config: VendorConfig) -> Paywall:
         store=store,
         bank=bank,
         closers=closers,
+        background=background,
     )
 
 
@@ -58,8 +66,11 @@ def app_from_env() -> Paywall:
     return app_from_config(load_vendor_config(Path(path)))
 
 
-def depositor_for(config: VendorConfig) -> Depositor | None:
-    """The depositor of a configured vendor, or None if it has nothing to deposit."""
+def depositor_for(
+    config: VendorConfig, *, store: Store | None = None
+) -> tuple[Depositor, IssuerClient] | None:
+    """The depositor of a configured vendor and its issuer client (close it when done), or
+    None if the vendor has nothing to deposit."""
     settings = config.settings
     if settings.hll is None and settings.payword is None:
         return None
@@ -69,11 +80,12 @@ def depositor_for(config: VendorConfig) -> Depositor | None:
     merchant_id = hll.merchant_id if hll is not None else None
     merchant_key = hll.merchant_key if hll is not None else None
     client = IssuerClient(config.issuer_url, merchant_id=merchant_id, merchant_key=merchant_key)
-    return Depositor(
-        open_store(config.database),
+    depositor = Depositor(
+        store if store is not None else open_store(config.database),
         client,
         clock=SystemClock(),
         rng=os.urandom,
         merchant_id=merchant_id,
         merchant_key=merchant_key,
     )
+    return depositor, client
