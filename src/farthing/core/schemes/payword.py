@@ -74,6 +74,7 @@ from farthing.core.primitives import (
     ed25519_verify,
     sha256,
 )
+from farthing.core.schemes._advance import Acceptance, units_paid
 
 __all__ = [
     "CERTIFICATE_BODY_DOMAIN",
@@ -436,49 +437,20 @@ def _parse_payment(data: bytes) -> tuple[bytes, int, bytes]:
 
 
 @final
-class PaywordAccepted:
-    """Receipt for one accepted payment. Only this module's verifiers can create it.
+class PaywordAccepted(Acceptance):
+    """Receipt for one accepted payment. Only this module's verifier can create it."""
 
-    A read-only value (properties over private slots, equality by fields). A plain class
-    rather than a frozen dataclass: the vendor makes one per payword, and a frozen
-    dataclass's constructor cost more than the payword's hash (bench/core.py).
-    """
-
-    __slots__ = ("_commitment_id", "_index", "_units")
+    __slots__ = ()
+    _TOKEN = _RECEIPT
+    _SCHEME = "PayWord"
+    _KEY_NAME = "commitment_id"
 
     def __init__(self, commitment_id: bytes, index: int, units: int, _token: object = None) -> None:
-        if _token is not _RECEIPT:
-            raise LocalProtocolError("only the PayWord verifier issues receipts")
-        self._commitment_id = commitment_id
-        self._index = index
-        self._units = units
+        super().__init__(commitment_id, index, units, _token)
 
     @property
     def commitment_id(self) -> bytes:
-        return self._commitment_id
-
-    @property
-    def index(self) -> int:
-        return self._index
-
-    @property
-    def units(self) -> int:
-        """How many units the payword paid (more than the price after a lost payment)."""
-        return self._units
-
-    def _fields(self) -> tuple[bytes, int, int]:
-        return self._commitment_id, self._index, self._units
-
-    def __eq__(self, other: object) -> bool:
-        if type(other) is not PaywordAccepted:
-            return NotImplemented
-        return self._fields() == other._fields()
-
-    def __hash__(self) -> int:
-        return hash(self._fields())
-
-    def __repr__(self) -> str:
-        return "PaywordAccepted(commitment_id={!r}, index={!r}, units={!r})".format(*self._fields())
+        return self._key
 
 
 def verify_payment(
@@ -523,20 +495,11 @@ def _verify(
     now: int,
     max_units: int,
 ) -> tuple[CommitmentState, PaywordAccepted]:
-    if not 0 < units <= max_units:
-        raise ValueError("price out of range for one payment")
     state_cid, last_value, spent, length, denomination, expires_at = state
-    if not constant_time_eq(cid, state_cid) or index <= spent:
-        raise _invalid()  # another commitment, a replay or a stale index
-    if now >= expires_at:
-        raise PaymentExpired("commitment expired", code=ErrorCode.CARD_EXPIRED)
-    if index > length:
-        raise InsufficientFunds("commitment exhausted")
-    paid = index - spent
-    if paid < units:
-        raise InsufficientFunds("payment pays too little", code=ErrorCode.AMOUNT_MISMATCH)
-    if paid > max_units:
-        raise _invalid()  # bounds the hashing a hostile index can cause
+    paid = units_paid(
+        same_key=constant_time_eq(cid, state_cid), spent=spent, index=index, length=length,
+        expires_at=expires_at, units=units, now=now, max_units=max_units, what="commitment",
+    )  # fmt: skip
     # One unit is the common price: a single step, without chain_walk's loop.
     earlier = chain_step(CHAIN_TAG, value) if paid == 1 else chain_walk(CHAIN_TAG, value, paid)
     if not constant_time_eq(earlier, last_value):

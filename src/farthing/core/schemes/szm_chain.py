@@ -72,14 +72,13 @@ from farthing.core.errors import (
     CardExhausted,
     Conflict,
     ErrorCode,
-    InsufficientFunds,
     InvalidPayment,
-    LocalProtocolError,
     PaymentExpired,
 )
 from farthing.core.hashchain import ChainWalker, chain_anchor, chain_step, chain_walk
 from farthing.core.money import Denomination
 from farthing.core.primitives import constant_time_eq, hkdf_sha256, hmac_sha256
+from farthing.core.schemes._advance import Acceptance, units_paid
 
 __all__ = [
     "CHAIN_TAG",
@@ -312,49 +311,20 @@ def _parse_payment(data: bytes) -> tuple[bytes, int, bytes]:
 
 
 @final
-class ChainAccepted:
-    """Receipt for one accepted payment. Only this module's verifier can create it.
+class ChainAccepted(Acceptance):
+    """Receipt for one accepted payment. Only this module's verifier can create it."""
 
-    A read-only value (properties over private slots, equality by fields). A plain class
-    rather than a frozen dataclass: the verifier makes one per payment, and a frozen
-    dataclass's constructor cost more than the payment's hash (bench/core.py).
-    """
-
-    __slots__ = ("_card_id", "_index", "_units")
+    __slots__ = ()
+    _TOKEN = _RECEIPT
+    _SCHEME = "szm:chain"
+    _KEY_NAME = "card_id"
 
     def __init__(self, card_id: bytes, index: int, units: int, _token: object = None) -> None:
-        if _token is not _RECEIPT:
-            raise LocalProtocolError("only the szm:chain verifier issues receipts")
-        self._card_id = card_id
-        self._index = index
-        self._units = units
+        super().__init__(card_id, index, units, _token)
 
     @property
     def card_id(self) -> bytes:
-        return self._card_id
-
-    @property
-    def index(self) -> int:
-        return self._index
-
-    @property
-    def units(self) -> int:
-        """How many units the payment paid (more than the price after a lost payment)."""
-        return self._units
-
-    def _fields(self) -> tuple[bytes, int, int]:
-        return self._card_id, self._index, self._units
-
-    def __eq__(self, other: object) -> bool:
-        if type(other) is not ChainAccepted:
-            return NotImplemented
-        return self._fields() == other._fields()
-
-    def __hash__(self) -> int:
-        return hash(self._fields())
-
-    def __repr__(self) -> str:
-        return "ChainAccepted(card_id={!r}, index={!r}, units={!r})".format(*self._fields())
+        return self._key
 
 
 def verify_payment(
@@ -400,20 +370,11 @@ def _verify(
     now: int,
     max_units: int,
 ) -> tuple[ChainCardState, ChainAccepted]:
-    if not 0 < units <= max_units:
-        raise ValueError("price out of range for one payment")
     state_card_id, anchor, spent, length, denomination, expires_at = state
-    if card_id != state_card_id or index <= spent:
-        raise _invalid()  # another card, a replay or a stale index
-    if now >= expires_at:
-        raise PaymentExpired("card expired", code=ErrorCode.CARD_EXPIRED)
-    if index > length:
-        raise InsufficientFunds("card exhausted")
-    paid = index - spent
-    if paid < units:
-        raise InsufficientFunds("payment pays too little", code=ErrorCode.AMOUNT_MISMATCH)
-    if paid > max_units:
-        raise _invalid()  # bounds the hashing a hostile index can cause
+    paid = units_paid(
+        same_key=card_id == state_card_id, spent=spent, index=index, length=length,
+        expires_at=expires_at, units=units, now=now, max_units=max_units, what="card",
+    )  # fmt: skip
     # One unit is the common price: a single step, without chain_walk's loop.
     earlier = chain_step(CHAIN_TAG, value) if paid == 1 else chain_walk(CHAIN_TAG, value, paid)
     if not constant_time_eq(earlier, anchor):

@@ -67,7 +67,6 @@ from farthing.core.errors import (
     CardExhausted,
     Conflict,
     ErrorCode,
-    InsufficientFunds,
     InvalidPayment,
     LocalProtocolError,
     PaymentExpired,
@@ -85,6 +84,7 @@ from farthing.core.prbg import (
     bbs_steps_per_block,
 )
 from farthing.core.primitives import constant_time_eq, hmac_sha256
+from farthing.core.schemes._advance import Acceptance, units_paid
 
 __all__ = [
     "BBS_BITS_PER_STEP",
@@ -356,48 +356,20 @@ def _parse_payment(data: bytes) -> tuple[bytes, int, bytes]:
 
 
 @final
-class PrbgAccepted:
-    """Receipt for one accepted payment. Only this module's verifier can create it.
+class PrbgAccepted(Acceptance):
+    """Receipt for one accepted payment. Only this module's verifier can create it."""
 
-    A read-only value (properties over private slots, equality by fields). A plain class
-    rather than a frozen dataclass, whose constructor costs several times as much.
-    """
-
-    __slots__ = ("_card_id", "_index", "_units")
+    __slots__ = ()
+    _TOKEN = _RECEIPT
+    _SCHEME = "szm:prbg"
+    _KEY_NAME = "card_id"
 
     def __init__(self, card_id: bytes, index: int, units: int, _token: object = None) -> None:
-        if _token is not _RECEIPT:
-            raise LocalProtocolError("only the szm:prbg verifier issues receipts")
-        self._card_id = card_id
-        self._index = index
-        self._units = units
+        super().__init__(card_id, index, units, _token)
 
     @property
     def card_id(self) -> bytes:
-        return self._card_id
-
-    @property
-    def index(self) -> int:
-        return self._index
-
-    @property
-    def units(self) -> int:
-        """How many units the payment paid (more than the price after a lost payment)."""
-        return self._units
-
-    def _fields(self) -> tuple[bytes, int, int]:
-        return self._card_id, self._index, self._units
-
-    def __eq__(self, other: object) -> bool:
-        if type(other) is not PrbgAccepted:
-            return NotImplemented
-        return self._fields() == other._fields()
-
-    def __hash__(self) -> int:
-        return hash(self._fields())
-
-    def __repr__(self) -> str:
-        return "PrbgAccepted(card_id={!r}, index={!r}, units={!r})".format(*self._fields())
+        return self._key
 
 
 def verify_payment(
@@ -458,19 +430,10 @@ def _verify(
     now: int,
     max_units: int,
 ) -> tuple[PrbgCardState, PrbgAccepted]:
-    if not 0 < units <= max_units:
-        raise ValueError("price out of range for one payment")
-    if card_id != state.card_id or index <= state.spent:
-        raise _invalid()  # another card, a replay or a stale index
-    if now >= state.expires_at:
-        raise PaymentExpired("card expired", code=ErrorCode.CARD_EXPIRED)
-    if index > state.units:
-        raise InsufficientFunds("card exhausted")
-    paid = index - state.spent
-    if paid < units:
-        raise InsufficientFunds("payment pays too little", code=ErrorCode.AMOUNT_MISMATCH)
-    if paid > max_units:
-        raise _invalid()
+    paid = units_paid(
+        same_key=card_id == state.card_id, spent=state.spent, index=index, length=state.units,
+        expires_at=state.expires_at, units=units, now=now, max_units=max_units, what="card",
+    )  # fmt: skip
     secret = card_secret(master_key, card_id)
     expected = stream_block(state.generator, secret, _token_block(index), bbs_key=bbs_key)
     if not constant_time_eq(expected, token):

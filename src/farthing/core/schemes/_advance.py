@@ -1,0 +1,106 @@
+"""What the three index-advancing schemes share: szm:chain, szm:prbg and payword.
+
+In each, a verifier holds ``spent`` (units taken so far) and a payment names a new
+``index``; the payment pays ``index - spent`` units. :func:`units_paid` makes the checks
+every such payment needs, in one order for all three (so a hostile index is refused before
+any hashing), and :class:`Acceptance` is the base of their receipts, which only the
+scheme's own verifier can create (its constructor wants that module's private token).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from farthing.core.errors import (
+    ErrorCode,
+    InsufficientFunds,
+    InvalidPayment,
+    LocalProtocolError,
+    PaymentExpired,
+)
+
+__all__ = ["Acceptance", "invalid", "units_paid"]
+
+
+def invalid() -> InvalidPayment:
+    """The one vague refusal: a forgery, a replay and a stale index look the same."""
+    return InvalidPayment("payment did not verify", code=ErrorCode.PAYMENT_INVALID)
+
+
+def units_paid(
+    *,
+    same_key: bool,
+    spent: int,
+    index: int,
+    length: int,
+    expires_at: int,
+    units: int,
+    now: int,
+    max_units: int,
+    what: str,
+) -> int:
+    """``index - spent`` if the payment may be checked cryptographically, else raise.
+
+    ``same_key``: the payment names this card (commitment); ``what`` names it in messages.
+    A payment may pay more than ``units`` (the price): the excess is units the wallet lost
+    in flight, and refusing it would leave a gap no later payment could cross.
+    """
+    if not 0 < units <= max_units:
+        raise ValueError("price out of range for one payment")
+    if not same_key or index <= spent:
+        raise invalid()  # another card, a replay or a stale index
+    if now >= expires_at:
+        raise PaymentExpired(f"{what} expired", code=ErrorCode.CARD_EXPIRED)
+    if index > length:
+        raise InsufficientFunds(f"{what} exhausted")
+    paid = index - spent
+    if paid < units:
+        raise InsufficientFunds("payment pays too little", code=ErrorCode.AMOUNT_MISMATCH)
+    if paid > max_units:
+        raise invalid()  # bounds the hashing a hostile index can cause
+    return paid
+
+
+class Acceptance:
+    """A read-only receipt (key, index, units) that only its scheme's verifier creates.
+
+    Subclasses set ``_TOKEN`` to their module's private object and ``_SCHEME`` to their
+    name. A plain slotted class, not a frozen dataclass: the vendor makes one per payment,
+    and a frozen dataclass's constructor costs more than the payment's hash.
+    """
+
+    __slots__ = ("_index", "_key", "_units")
+    _TOKEN: ClassVar[object]
+    _SCHEME: ClassVar[str]
+    _KEY_NAME: ClassVar[str]
+
+    def __init__(self, key: bytes, index: int, units: int, _token: object = None) -> None:
+        if _token is not type(self)._TOKEN:
+            raise LocalProtocolError(f"only the {self._SCHEME} verifier issues receipts")
+        self._key = key
+        self._index = index
+        self._units = units
+
+    @property
+    def index(self) -> int:
+        return self._index
+
+    @property
+    def units(self) -> int:
+        """How many units the payment paid (more than the price after a lost payment)."""
+        return self._units
+
+    def _fields(self) -> tuple[bytes, int, int]:
+        return self._key, self._index, self._units
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __repr__(self) -> str:
+        key, index, units = self._fields()
+        return f"{type(self).__name__}({self._KEY_NAME}={key!r}, index={index!r}, units={units!r})"
