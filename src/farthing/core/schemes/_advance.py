@@ -9,8 +9,10 @@ scheme's own verifier can create (its constructor wants that module's private to
 
 from __future__ import annotations
 
-from typing import ClassVar
+import struct
+from typing import ClassVar, Final
 
+from farthing.core.encoding import Reader, Writer, header
 from farthing.core.errors import (
     ErrorCode,
     InsufficientFunds,
@@ -19,7 +21,10 @@ from farthing.core.errors import (
     PaymentExpired,
 )
 
-__all__ = ["Acceptance", "invalid", "units_paid"]
+__all__ = ["Acceptance", "IndexPaymentCodec", "invalid", "units_paid"]
+
+_VALUE_LEN: Final = 32
+_LEN32: Final = _VALUE_LEN.to_bytes(2, "big")
 
 
 def invalid() -> InvalidPayment:
@@ -104,3 +109,37 @@ class Acceptance:
     def __repr__(self) -> str:
         key, index, units = self._fields()
         return f"{type(self).__name__}({self._KEY_NAME}={key!r}, index={index!r}, units={units!r})"
+
+
+class IndexPaymentCodec:
+    """The wire form shared by the three schemes: ``(key, index, 32-byte value)``.
+
+    ``domain || key || u64 index || value`` in the canonical encoding. Parsing unpacks the
+    one canonical layout with a single struct call (the vendor's hot path); anything else
+    goes through the Reader, which raises the precise MalformedMessage.
+    """
+
+    __slots__ = ("_domain", "_key_len", "_layout", "_prefix")
+
+    def __init__(self, domain: str, *, key_len: int) -> None:
+        self._domain = domain
+        self._key_len = key_len
+        self._prefix = header(domain) + key_len.to_bytes(2, "big")
+        self._layout = struct.Struct(f">{len(self._prefix)}s{key_len}sQ2s{_VALUE_LEN}s")
+
+    @property
+    def size(self) -> int:
+        return self._layout.size
+
+    def encode(self, key: bytes, index: int, value: bytes) -> bytes:
+        return Writer(self._domain).bytes(key).u64(index).bytes(value).finish()
+
+    def parse(self, data: bytes) -> tuple[bytes, int, bytes]:
+        if type(data) is bytes and len(data) == self._layout.size:
+            prefix, key, index, value_len, value = self._layout.unpack(data)
+            if prefix == self._prefix and value_len == _LEN32:
+                return key, index, value
+        reader = Reader(data, self._domain, max_size=self._layout.size)
+        parsed = reader.bytes(exact=self._key_len), reader.u64(), reader.bytes(exact=_VALUE_LEN)
+        reader.finish()
+        return parsed

@@ -48,13 +48,12 @@ loses that money; a user whose wallet state rolls back cannot pay that vendor ag
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Final, NamedTuple, final
 
 from farthing.core.clock import RandomSource
-from farthing.core.encoding import Reader, Writer, header
+from farthing.core.encoding import Reader, Writer
 from farthing.core.errors import (
     AccessDenied,
     CardExhausted,
@@ -74,7 +73,7 @@ from farthing.core.primitives import (
     ed25519_verify,
     sha256,
 )
-from farthing.core.schemes._advance import Acceptance, units_paid
+from farthing.core.schemes._advance import Acceptance, IndexPaymentCodec, units_paid
 
 __all__ = [
     "CERTIFICATE_BODY_DOMAIN",
@@ -143,10 +142,7 @@ _MAX_CERTIFICATE: Final = 1024
 _MAX_COMMITMENT: Final = 2048
 
 # Fast path for the vendor's hot path: a payment has one fixed layout, unpacked in one call.
-_LEN32: Final = b"\x00\x20"
-_PAYMENT_PREFIX: Final = header(PAYMENT_DOMAIN) + _LEN32
-_PAYMENT_LAYOUT: Final = struct.Struct(f">{len(_PAYMENT_PREFIX)}s{_ID_LEN}sQ2s{_VALUE_LEN}s")
-_PAYMENT_SIZE: Final = _PAYMENT_LAYOUT.size
+_CODEC: Final = IndexPaymentCodec(PAYMENT_DOMAIN, key_len=_ID_LEN)
 
 _RECEIPT: Final = object()  # only this module's verifiers hold it
 
@@ -415,8 +411,7 @@ class Payment:
 
 
 def encode_payment(payment: Payment) -> bytes:
-    writer = Writer(PAYMENT_DOMAIN).bytes(payment.commitment_id).u64(payment.index)
-    return writer.bytes(payment.value).finish()
+    return _CODEC.encode(payment.commitment_id, payment.index, payment.value)
 
 
 def decode_payment(data: bytes) -> Payment:
@@ -425,15 +420,7 @@ def decode_payment(data: bytes) -> Payment:
 
 
 def _parse_payment(data: bytes) -> tuple[bytes, int, bytes]:
-    """Unpacks the one canonical layout; anything else goes through the Reader to fail."""
-    if type(data) is bytes and len(data) == _PAYMENT_SIZE:
-        prefix, cid, index, value_len, value = _PAYMENT_LAYOUT.unpack(data)
-        if prefix == _PAYMENT_PREFIX and value_len == _LEN32:
-            return cid, index, value
-    reader = Reader(data, PAYMENT_DOMAIN, max_size=_PAYMENT_SIZE)
-    parsed = reader.bytes(exact=_ID_LEN), reader.u64(), reader.bytes(exact=_VALUE_LEN)
-    reader.finish()
-    return parsed
+    return _CODEC.parse(data)
 
 
 @final

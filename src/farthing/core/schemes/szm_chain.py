@@ -59,7 +59,6 @@ The public checks run before hashing, so a hostile index costs at most ``units``
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from enum import StrEnum
@@ -67,7 +66,7 @@ from typing import Final, NamedTuple, final
 
 from farthing.core.cardcode import CardCode, Generator, Protocol
 from farthing.core.clock import RandomSource
-from farthing.core.encoding import Reader, Writer, header
+from farthing.core.encoding import Writer, header
 from farthing.core.errors import (
     CardExhausted,
     Conflict,
@@ -78,7 +77,7 @@ from farthing.core.errors import (
 from farthing.core.hashchain import ChainWalker, chain_anchor, chain_step, chain_walk
 from farthing.core.money import Denomination
 from farthing.core.primitives import constant_time_eq, hkdf_sha256, hmac_sha256
-from farthing.core.schemes._advance import Acceptance, units_paid
+from farthing.core.schemes._advance import Acceptance, IndexPaymentCodec, units_paid
 
 __all__ = [
     "CHAIN_TAG",
@@ -123,14 +122,11 @@ _ID_LEN: Final = 16
 _SECRET_LEN: Final = 32
 _VALUE_LEN: Final = 32
 _LEN16: Final = b"\x00\x10"
-_LEN32: Final = b"\x00\x20"
 # canonical(domain, card_id) = header(domain) || u16(16) || card_id, precomputed.
 _SECRET_PREFIX: Final = header(DERIVATION_DOMAIN) + _LEN16
 _SEED_PREFIX: Final = header(SEED_DOMAIN) + _LEN16
 # Fast path: a payment has exactly one layout, unpacked in one call.
-_PAYMENT_PREFIX: Final = header(PAYMENT_DOMAIN) + _LEN16
-_PAYMENT_LAYOUT: Final = struct.Struct(f">{len(_PAYMENT_PREFIX)}s{_ID_LEN}sQ2s{_VALUE_LEN}s")
-_PAYMENT_SIZE: Final = _PAYMENT_LAYOUT.size
+_CODEC: Final = IndexPaymentCodec(PAYMENT_DOMAIN, key_len=_ID_LEN)
 
 _RECEIPT: Final = object()  # only this module's verifier holds it
 
@@ -286,8 +282,7 @@ class Payment:
 
 
 def encode_payment(payment: Payment) -> bytes:
-    writer = Writer(PAYMENT_DOMAIN).bytes(payment.card_id).u64(payment.index)
-    return writer.bytes(payment.value).finish()
+    return _CODEC.encode(payment.card_id, payment.index, payment.value)
 
 
 def decode_payment(data: bytes) -> Payment:
@@ -296,15 +291,7 @@ def decode_payment(data: bytes) -> Payment:
 
 
 def _parse_payment(data: bytes) -> tuple[bytes, int, bytes]:
-    """Unpacks the one canonical layout; anything else goes through the Reader to fail."""
-    if type(data) is bytes and len(data) == _PAYMENT_SIZE:
-        prefix, card_id, index, value_len, value = _PAYMENT_LAYOUT.unpack(data)
-        if prefix == _PAYMENT_PREFIX and value_len == _LEN32:
-            return card_id, index, value
-    reader = Reader(data, PAYMENT_DOMAIN, max_size=_PAYMENT_SIZE)
-    parsed = reader.bytes(exact=_ID_LEN), reader.u64(), reader.bytes(exact=_VALUE_LEN)
-    reader.finish()
-    return parsed
+    return _CODEC.parse(data)
 
 
 # --- the issuer: verification --------------------------------------------------------------

@@ -55,14 +55,13 @@ InsufficientFunds(AMOUNT_MISMATCH). Past ``expires_at``: PaymentExpired(CARD_EXP
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Final, final
 
 from farthing.core.cardcode import CardCode, Generator, Protocol
 from farthing.core.clock import RandomSource
-from farthing.core.encoding import Reader, Writer, header
+from farthing.core.encoding import header
 from farthing.core.errors import (
     CardExhausted,
     Conflict,
@@ -84,7 +83,7 @@ from farthing.core.prbg import (
     bbs_steps_per_block,
 )
 from farthing.core.primitives import constant_time_eq, hmac_sha256
-from farthing.core.schemes._advance import Acceptance, units_paid
+from farthing.core.schemes._advance import Acceptance, IndexPaymentCodec, units_paid
 
 __all__ = [
     "BBS_BITS_PER_STEP",
@@ -125,12 +124,9 @@ _GENERATORS: Final = frozenset({Generator.HMAC_DRBG, Generator.BBS})
 _ID_LEN: Final = 16
 _SECRET_LEN: Final = 32
 _LEN16: Final = b"\x00\x10"
-_LEN32: Final = b"\x00\x20"
 _SECRET_PREFIX: Final = header(DERIVATION_DOMAIN) + _LEN16
 # Fast path: a payment has exactly one layout, unpacked in one call.
-_PAYMENT_PREFIX: Final = header(PAYMENT_DOMAIN) + _LEN16
-_PAYMENT_LAYOUT: Final = struct.Struct(f">{len(_PAYMENT_PREFIX)}s{_ID_LEN}sQ2s{BLOCK_LEN}s")
-_PAYMENT_SIZE: Final = _PAYMENT_LAYOUT.size
+_CODEC: Final = IndexPaymentCodec(PAYMENT_DOMAIN, key_len=_ID_LEN)
 
 _RECEIPT: Final = object()  # only this module's verifier holds it
 
@@ -331,8 +327,7 @@ class Payment:
 
 
 def encode_payment(payment: Payment) -> bytes:
-    writer = Writer(PAYMENT_DOMAIN).bytes(payment.card_id).u64(payment.index)
-    return writer.bytes(payment.token).finish()
+    return _CODEC.encode(payment.card_id, payment.index, payment.token)
 
 
 def decode_payment(data: bytes) -> Payment:
@@ -341,15 +336,7 @@ def decode_payment(data: bytes) -> Payment:
 
 
 def _parse_payment(data: bytes) -> tuple[bytes, int, bytes]:
-    """Unpacks the one canonical layout; anything else goes through the Reader to fail."""
-    if type(data) is bytes and len(data) == _PAYMENT_SIZE:
-        prefix, card_id, index, token_len, token = _PAYMENT_LAYOUT.unpack(data)
-        if prefix == _PAYMENT_PREFIX and token_len == _LEN32:
-            return card_id, index, token
-    reader = Reader(data, PAYMENT_DOMAIN, max_size=_PAYMENT_SIZE)
-    parsed = reader.bytes(exact=_ID_LEN), reader.u64(), reader.bytes(exact=BLOCK_LEN)
-    reader.finish()
-    return parsed
+    return _CODEC.parse(data)
 
 
 # --- the issuer: verification --------------------------------------------------------------
