@@ -8,6 +8,7 @@ configuration (a session-scoped temp dir). Each test gets its own token label in
 from __future__ import annotations
 
 import itertools
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,10 +26,16 @@ def softhsm_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """The one SoftHSM2 directory of this test process; restores SOFTHSM2_CONF afterwards."""
     if shutil.which("softhsm2-util") is None:
         pytest.skip("SoftHSM2 is not installed (softhsm2-util not on PATH); run `make sysdeps`")
-    with pytest.MonkeyPatch.context() as patch:
-        # Records the caller's value, so teardown restores it after init_softhsm_token changes it.
-        patch.delenv("SOFTHSM2_CONF", raising=False)
+    # init_softhsm_token points SOFTHSM2_CONF at its token directory; put back what was there
+    # (or remove it) afterwards, so later tests in this process see the caller's value.
+    before = os.environ.get("SOFTHSM2_CONF")
+    try:
         yield tmp_path_factory.mktemp("softhsm")
+    finally:
+        if before is None:
+            os.environ.pop("SOFTHSM2_CONF", None)
+        else:
+            os.environ["SOFTHSM2_CONF"] = before
 
 
 @pytest.fixture(scope="session")

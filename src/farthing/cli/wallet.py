@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,7 +41,7 @@ from farthing.wallet.cards import NO_EXPIRY, CardInfo, HllCardFile, Pkcs11Locati
 from farthing.wallet.pkcs11_card import install_card_key
 from farthing.wallet.policy import Limits, SpendingPolicy, format_micros, parse_amount
 from farthing.wallet.store import HistoryEntry
-from farthing.wallet.wallet import Wallet
+from farthing.wallet.wallet import DEFAULT_PREFERENCE, Wallet
 
 __all__ = ["PASSPHRASE_ENV", "WALLET_ENV", "app", "default_wallet_path", "make_client"]
 
@@ -109,11 +109,17 @@ def _path(wallet: Path | None) -> Path:
 
 
 @contextmanager
-def _opened(wallet: Path | None, passphrase_file: Path | None) -> Iterator[Wallet]:
+def _opened(
+    wallet: Path | None,
+    passphrase_file: Path | None,
+    *,
+    preference: Sequence[str] = DEFAULT_PREFERENCE,
+) -> Iterator[Wallet]:
     path = _path(wallet)
     if not path.is_file():
         raise fail(f"no wallet at {path}", hint="create one with `farthing wallet init`")
-    with _explained(), Wallet.open(path, _passphrase(passphrase_file)) as opened:
+    passphrase = _passphrase(passphrase_file)
+    with _explained(), Wallet.open(path, passphrase, preference=preference) as opened:
         yield opened
 
 
@@ -384,13 +390,22 @@ def get(
         typer.Option("--max-price", help="most to pay per request, e.g. 0.05 or 0.05EUR"),
     ] = None,
     timeout: Annotated[float, typer.Option("--timeout", help="seconds per request")] = 30.0,
+    method: Annotated[
+        str | None,
+        typer.Option(
+            "--method",
+            help="pay with this method when the vendor offers it and a card can pay "
+            f"({', '.join(DEFAULT_PREFERENCE)}); otherwise the usual order decides",
+        ),
+    ] = None,
     wallet: WalletOpt = None,
     passphrase_file: PassFileOpt = None,
 ) -> None:
     """Fetch URLs, paying their HTTP 402 challenges within the spending policy."""
     with _explained():
         cap = parse_amount(max_price) if max_price else None
-    with _opened(wallet, passphrase_file) as opened:
+    preference = _preference(method)
+    with _opened(wallet, passphrase_file, preference=preference) as opened:
         if cap is not None:
             opened.use_policy(opened.policy.with_per_request(*cap))
         with make_client(PaymentAuth(opened), timeout) as client, _explained():
@@ -398,6 +413,18 @@ def get(
                 _get_one(client, urls[0], output)
             else:
                 _get_many(client, urls, output)
+
+
+def _preference(method: str | None) -> tuple[str, ...]:
+    """The wallet's method order with ``method`` first (the default order without one)."""
+    if method is None:
+        return DEFAULT_PREFERENCE
+    if method not in DEFAULT_PREFERENCE:
+        raise fail(
+            f"unknown payment method {method!r}",
+            hint=f"choose one of {', '.join(DEFAULT_PREFERENCE)}",
+        )
+    return (method, *(other for other in DEFAULT_PREFERENCE if other != method))
 
 
 def _fetch(client: httpx.Client, url: str) -> httpx.Response:

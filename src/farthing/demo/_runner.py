@@ -8,7 +8,7 @@ import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -47,7 +47,7 @@ from farthing.wallet.auth import PaymentAuth
 from farthing.wallet.cards import HllCardFile, Pkcs11Location
 from farthing.wallet.wallet import Wallet
 
-__all__ = ["run_demo"]
+__all__ = ["DemoWorld", "IssuedCards", "IssuedHllCard", "demo_world", "run_demo"]
 
 EUR = "EUR"
 UNIT = 1000  # micro-EUR per card unit: 0.1 cent
@@ -70,6 +70,27 @@ METHODS = ("szm:chain", "szm:prbg", "szm:prbg/bbs", "hll:mac", "payword")
 Step = Callable[[str], None]
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class IssuedHllCard:
+    """The HLL card as the bank personalised it, and where its key K_C was put."""
+
+    card_json: str = field(repr=False)  # the bank's personalisation output, K_C included
+    token: Pkcs11Location | None  # the SoftHSM2 token holding K_C; None without SoftHSM2
+    pin: str = field(repr=False)  # the token's user PIN ("" without a token)
+    device: str  # what holds K_C, in words, for the report
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class IssuedCards:
+    """Every card the issuer handed out, in the form a customer receives it, so another
+    wallet (the CLI's, in tests) can load the same cards."""
+
+    szm_codes: dict[str, str]  # wallet label (szm:chain, szm:prbg, szm:prbg/bbs) -> printed code
+    hll: IssuedHllCard
+    payword_certificate: bytes  # the broker's encoded certificate for alice's key
+    payword_key: bytes = field(repr=False)  # alice's Ed25519 private key
+
+
 @dataclass(slots=True)
 class Setup:
     store: Store
@@ -77,20 +98,57 @@ class Setup:
     issuer_url: str
     keys: IssuerKeys
     merchant_key: bytes
-    card_device: str
+    cards: IssuedCards
     wallet_path: Path
     bbs_wallet_path: Path  # a second reader, holding the Blum-Blum-Shub card
     goods: Path
+
+
+@dataclass(frozen=True, slots=True)
+class DemoWorld:
+    """The running issuer and vendor, and the demo wallets (every card already loaded)."""
+
+    setup: Setup
+    vendor_url: str
+    passphrase: str = PASSPHRASE
+
+    @property
+    def issuer_url(self) -> str:
+        return self.setup.issuer_url
+
+    @property
+    def cards(self) -> IssuedCards:
+        return self.setup.cards
+
+    @property
+    def wallet_path(self) -> Path:
+        """The wallet holding the szm:chain, szm:prbg (HMAC-DRBG), hll:mac and payword cards."""
+        return self.setup.wallet_path
+
+    @property
+    def bbs_wallet_path(self) -> Path:
+        """The wallet holding the szm:prbg card with the Blum-Blum-Shub generator."""
+        return self.setup.bbs_wallet_path
+
+
+@contextmanager
+def demo_world(workdir: Path, *, step: Step = lambda _: None) -> Iterator[DemoWorld]:
+    """Set up the issuer and its cards, start the vendor, and stop both when the block ends.
+
+    What :func:`run_demo` buys in; tests use it to drive their own clients (or the CLI)."""
+    with ExitStack() as stack:
+        setup = _set_up_issuer(workdir, stack, step)
+        vendor_url = stack.enter_context(_vendor(setup, step))
+        yield DemoWorld(setup, vendor_url)
 
 
 def run_demo(workdir: Path, *, step: Step = lambda _: None) -> DemoReport:
     """Run everything in ``workdir`` (SQLite files, goods, wallet, token); report what held."""
     started = time.perf_counter()
     report = DemoReport(workdir=str(workdir))
-    with ExitStack() as stack:
-        setup = _set_up_issuer(workdir, stack, step)
-        report.card_device = setup.card_device
-        vendor_url = stack.enter_context(_vendor(setup, step))
+    with demo_world(workdir, step=step) as world:
+        setup, vendor_url = world.setup, world.vendor_url
+        report.card_device = setup.cards.hll.device
         owed_before, alice_before = _owed(setup.operator), _available(setup.operator)
         before = _card_values(setup.wallet_path) | _card_values(setup.bbs_wallet_path)
         _buy_with_every_method(setup, vendor_url, report, step)
@@ -131,14 +189,17 @@ def _set_up_issuer(workdir: Path, stack: ExitStack, step: Step) -> Setup:
         Wallet.create(wallet_path, PASSPHRASE) as wallet,
         Wallet.create(bbs_wallet_path, PASSPHRASE) as bbs_wallet,
     ):
-        _issue_szm_cards(operator, wallet, bbs_wallet, step)
+        codes = _issue_szm_cards(operator, wallet, bbs_wallet, step)
         merchant_key = _register_merchant(operator, step)
-        device = _personalise_hll_card(operator, wallet, workdir, step)
-        _register_payword_user(operator, wallet, step)
+        hll_card = _personalise_hll_card(operator, wallet, workdir, step)
+        certificate, user_key = _register_payword_user(operator, wallet, step)
+    cards = IssuedCards(
+        szm_codes=codes, hll=hll_card, payword_certificate=certificate, payword_key=user_key
+    )
     goods = _write_goods(workdir / "goods")
     return Setup(
         store=store, operator=operator, issuer_url=issuer_url, keys=keys,
-        merchant_key=merchant_key, card_device=device, wallet_path=wallet_path,
+        merchant_key=merchant_key, cards=cards, wallet_path=wallet_path,
         bbs_wallet_path=bbs_wallet_path, goods=goods,
     )  # fmt: skip
 
@@ -155,7 +216,9 @@ def _api(response: httpx.Response) -> dict[str, object]:
 
 def _issue_szm_cards(
     operator: httpx.Client, wallet: Wallet, bbs_wallet: Wallet, step: Step
-) -> None:
+) -> dict[str, str]:
+    """One card of each SZM kind, added to the wallets; their printed codes by label."""
+    printed: dict[str, str] = {}
     expires = int(time.time()) + 30 * 86_400
     for protocol, generator in (
         ("szm:chain", None),
@@ -173,10 +236,10 @@ def _issue_szm_cards(
         codes = _api(operator.get(f"/v1/szm/batches/{batch['batch_id']}/codes"))
         cards = codes["cards"]
         assert isinstance(cards, list)
-        if generator == "bbs":
-            bbs_wallet.add_szm_code(str(cards[0]["code"]), label="szm:prbg/bbs")
-        else:
-            wallet.add_szm_code(str(cards[0]["code"]), label=protocol)
+        label = protocol if generator != "bbs" else "szm:prbg/bbs"
+        printed[label] = str(cards[0]["code"])
+        (bbs_wallet if generator == "bbs" else wallet).add_szm_code(printed[label], label=label)
+    return printed
 
 
 def _register_merchant(operator: httpx.Client, step: Step) -> bytes:
@@ -191,7 +254,9 @@ def _register_merchant(operator: httpx.Client, step: Step) -> bytes:
     return b64url_decode(str(merchant["key"]))
 
 
-def _personalise_hll_card(operator: httpx.Client, wallet: Wallet, workdir: Path, step: Step) -> str:
+def _personalise_hll_card(
+    operator: httpx.Client, wallet: Wallet, workdir: Path, step: Step
+) -> IssuedHllCard:
     step("issuer: personalise an HLL smart card for alice")
     created = operator.post("/v1/hll/cards", json={"customer_id": "alice", "units": 200})
     _api(created)
@@ -204,7 +269,7 @@ def _personalise_hll_card(operator: httpx.Client, wallet: Wallet, workdir: Path,
             HllCardFile(card_id=card.card_id, balance=card.balance, denomination=card.denomination),
             token=location, pin=pin, label="hll:mac",
         )  # fmt: skip
-    return device
+    return IssuedHllCard(card_json=created.text, token=location, pin=pin, device=device)
 
 
 def _softhsm_token(workdir: Path, card: HllCardFile) -> tuple[Pkcs11Location | None, str, str]:
@@ -223,7 +288,11 @@ def _softhsm_token(workdir: Path, card: HllCardFile) -> tuple[Pkcs11Location | N
     return location, token.user_pin, "SoftHSM2 token over PKCS#11 (key not extractable)"
 
 
-def _register_payword_user(operator: httpx.Client, wallet: Wallet, step: Step) -> None:
+def _register_payword_user(
+    operator: httpx.Client, wallet: Wallet, step: Step
+) -> tuple[bytes, bytes]:
+    """A broker certificate for a fresh key of alice's, added to the wallet: (certificate,
+    private key)."""
     step("broker: a PayWord certificate for alice")
     private = os.urandom(32)
     body = {
@@ -232,8 +301,9 @@ def _register_payword_user(operator: httpx.Client, wallet: Wallet, step: Step) -
         "credit_limit_units": 500, "unit_micros": UNIT,
     }  # fmt: skip
     user = _api(operator.post("/v1/payword/users", json=body))
-    certificate = payword.decode_certificate(b64url_decode(str(user["certificate"])))
-    wallet.add_payword(certificate, private, label="payword")
+    encoded = b64url_decode(str(user["certificate"]))
+    wallet.add_payword(payword.decode_certificate(encoded), private, label="payword")
+    return encoded, private
 
 
 def _write_goods(folder: Path) -> Path:

@@ -1,0 +1,340 @@
+"""docs/http.md's JSON as JSON Schemas (src/farthing/schemas/), held against real traffic.
+
+An issuer and a vendor run on loopback (the demo's set-up). Wallets pay with every method
+through ``PaymentAuth`` while httpx event hooks record what crossed the wire: each challenge's
+decoded ``request``, each credential, each ``Payment-Receipt`` and each problem body. Every
+document must match its schema, and every schema must refuse documents wrong in one way.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from jsonschema import Draft202012Validator
+from referencing import Registry, Resource
+
+from farthing.demo import DemoWorld, demo_world
+from farthing.http.payment_auth import decode_json_b64, encode_json_b64, parse_challenges
+from farthing.wallet.auth import PaymentAuth
+from farthing.wallet.wallet import Wallet
+
+pytestmark = pytest.mark.xdist_group("demo")
+
+METHODS = ("szm:chain", "szm:prbg", "hll:mac", "payword")
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "http.md"
+Json = dict[str, Any]
+
+
+def _load_schemas() -> dict[str, Json]:
+    folder = resources.files("farthing") / "schemas"
+    return {
+        entry.name: json.loads(entry.read_text(encoding="utf-8"))
+        for entry in folder.iterdir()
+        if entry.name.endswith(".json")
+    }
+
+
+SCHEMAS = _load_schemas()
+REGISTRY: Registry[Any] = Registry().with_resources(
+    (schema["$id"], Resource.from_contents(schema)) for schema in SCHEMAS.values()
+)
+
+
+def schema_file(method: str, kind: str) -> str:
+    return f"{method.replace(':', '-')}.{kind}.json"
+
+
+def errors(schema: str, document: object) -> list[str]:
+    validator = Draft202012Validator(
+        SCHEMAS[schema], registry=REGISTRY, format_checker=Draft202012Validator.FORMAT_CHECKER
+    )
+    return [f"{list(e.absolute_path)}: {e.message}" for e in validator.iter_errors(document)]
+
+
+# --- capturing real traffic ----------------------------------------------------------------
+
+
+@dataclass
+class Traffic:
+    requests: dict[str, list[Json]] = field(default_factory=dict)  # challenge requests by method
+    credentials: list[Json] = field(default_factory=list)  # decoded Authorization: Payment
+    receipts: list[Json] = field(default_factory=list)  # decoded Payment-Receipt
+    problems: list[Json] = field(default_factory=list)  # application/problem+json bodies
+
+    def on_request(self, request: httpx.Request) -> None:
+        header = request.headers.get("authorization")
+        if header is not None and header.startswith("Payment "):
+            self.credentials.append(decode_json_b64(header.removeprefix("Payment ")))
+
+    def on_response(self, response: httpx.Response) -> None:
+        response.read()
+        offered = [
+            value
+            for value in response.headers.get_list("www-authenticate")
+            if value.startswith("Payment ")  # the issuer's 401 asks for a Bearer token
+        ]
+        challenges = parse_challenges(offered)
+        assert len(challenges) == len(offered)  # one challenge a header, none skipped as malformed
+        for challenge in challenges:
+            self.requests.setdefault(challenge.method, []).append(challenge.request)
+        if "payment-receipt" in response.headers:
+            self.receipts.append(decode_json_b64(response.headers["payment-receipt"]))
+        if response.headers.get("content-type", "").startswith("application/problem+json"):
+            self.problems.append(response.json())
+
+    def client(self, auth: httpx.Auth | None = None, *, credentials: bool = True) -> httpx.Client:
+        """A client whose traffic is recorded (its credentials too, unless told not to)."""
+        hooks: dict[str, list[Callable[..., None]]] = {
+            "request": [self.on_request] if credentials else [],
+            "response": [self.on_response],
+        }
+        return httpx.Client(auth=auth, event_hooks=hooks, timeout=30)
+
+
+def _buy(
+    traffic: Traffic, wallet_path: Path, world: DemoWorld, method: str, paths: list[str]
+) -> None:
+    with (
+        Wallet.open(wallet_path, world.passphrase, preference=(method,)) as wallet,
+        traffic.client(PaymentAuth(wallet)) as client,
+    ):
+        for path in paths:
+            response = client.get(world.vendor_url + path)
+            assert response.status_code == 200, (method, path, response.text)
+            assert wallet.history(limit=1)[0].method == method
+
+
+def _provoke_problems(traffic: Traffic, world: DemoWorld) -> None:
+    """A replay (401), a credential that is not base64url JSON (400), an unknown method (400),
+    and the issuer's own problems: no token (401), a body not matching its API (400)."""
+    article = world.vendor_url + "/articles/reef.txt"
+    replayed, challenge_id = traffic.credentials[0], traffic.credentials[0]["id"]
+    unknown = {"id": challenge_id, "payload": {"method": "cash"}}
+    with traffic.client(credentials=False) as client:
+        for header in (
+            "Payment " + encode_json_b64(replayed),
+            "Payment %%%not-base64url%%%",
+            "Payment " + encode_json_b64(unknown),
+        ):
+            client.get(article, headers={"Authorization": header})
+        client.get(world.issuer_url + "/v1/customers/alice")
+    invalid = world.setup.operator.post("/v1/customers", json={"customer_id": 7, "extra": True})
+    traffic.on_response(invalid)
+
+
+@pytest.fixture(scope="module")
+def traffic(tmp_path_factory: pytest.TempPathFactory) -> Traffic:
+    recorded = Traffic()
+    softhsm_conf = os.environ.get("SOFTHSM2_CONF")  # the demo points it at its own tokens
+    try:
+        with demo_world(tmp_path_factory.mktemp("schemas")) as world:
+            main, bbs = world.wallet_path, world.bbs_wallet_path
+            _buy(recorded, main, world, "szm:chain", ["/articles/ocean.txt", "/articles/reef.txt"])
+            _buy(recorded, main, world, "szm:prbg", ["/articles/desert.txt"])
+            _buy(recorded, bbs, world, "szm:prbg", ["/articles/river.txt"])
+            _buy(recorded, main, world, "hll:mac", ["/articles/glacier.txt"])
+            _buy(recorded, main, world, "payword", ["/articles/tundra.txt", "/data/prices.csv"])
+            _provoke_problems(recorded, world)
+    finally:
+        if softhsm_conf is None:
+            os.environ.pop("SOFTHSM2_CONF", None)
+        else:
+            os.environ["SOFTHSM2_CONF"] = softhsm_conf
+    return recorded
+
+
+# --- the schemas themselves -----------------------------------------------------------------
+
+EXPECTED = {"common.json", "credential.json", "problem.json"} | {
+    schema_file(method, kind) for method in METHODS for kind in ("request", "payload", "receipt")
+}
+
+
+def test_there_is_one_schema_per_method_and_kind_and_docs_list_them_all() -> None:
+    assert set(SCHEMAS) == EXPECTED
+    docs = DOCS.read_text(encoding="utf-8")
+    assert [name for name in sorted(EXPECTED) if f"schemas/{name}" not in docs] == []
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_each_schema_is_draft_2020_12_and_named_by_its_file(name: str) -> None:
+    schema = SCHEMAS[name]
+    Draft202012Validator.check_schema(schema)
+    assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    assert schema["$id"] == f"https://farthing.dev/schemas/{name}"
+
+
+# --- real traffic matches -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_challenge_request_matches_its_methods_schema(traffic: Traffic, method: str) -> None:
+    requests = traffic.requests.get(method, [])
+    assert len(requests) == 7  # six purchases met a 402, the replay a 401; each offers all
+    for request in requests:
+        assert errors(schema_file(method, "request"), request) == [], request
+
+
+def test_every_credential_matches_the_envelope_and_its_methods_payload(traffic: Traffic) -> None:
+    paid = traffic.credentials
+    assert len(paid) == 7  # one per purchase
+    assert sorted({c["payload"]["method"] for c in paid}) == sorted(METHODS)
+    for credential in paid:
+        assert errors("credential.json", credential) == [], credential
+        payload = credential["payload"]
+        assert errors(schema_file(payload["method"], "payload"), payload) == [], payload
+    paywords = [c["payload"] for c in paid if c["payload"]["method"] == "payword"]
+    assert ["commitment" in p for p in paywords] == [True, False]  # only until acknowledged
+
+
+def test_every_receipt_matches_its_methods_schema(traffic: Traffic) -> None:
+    assert len(traffic.receipts) == 7
+    assert sorted({r["method"] for r in traffic.receipts}) == sorted(METHODS)
+    for receipt in traffic.receipts:
+        assert errors(schema_file(receipt["method"], "receipt"), receipt) == [], receipt
+        holder = receipt.get("card", receipt.get("commitment"))
+        assert receipt["reference"] == f"{holder}:{receipt.get('index', receipt.get('counter'))}"
+
+
+def test_every_problem_body_matches_the_problem_schema(traffic: Traffic) -> None:
+    for problem in traffic.problems:
+        assert errors("problem.json", problem) == [], problem
+    kinds = {(p["status"], p["type"].rsplit("/", 1)[-1]) for p in traffic.problems}
+    assert kinds == {
+        (402, "payment-required"),
+        (401, "verification-failed"),  # the replay
+        (400, "malformed-credential"),
+        (400, "method-unsupported"),
+        (401, "unauthenticated"),  # the issuer, without an operator token
+    }
+    replay = next(p for p in traffic.problems if p["status"] == 401 and "method" in p)
+    assert replay["method"] == "szm:chain"
+    assert any("errors" in p for p in traffic.problems)  # the issuer's schema mismatch
+
+
+# --- each schema refuses documents wrong in one way -----------------------------------------
+
+DROP = object()  # a change that removes the member
+CARD = "yMyeCknWn6M_lJjgGFrNow"  # a well-formed 16-byte id
+
+
+@dataclass(frozen=True)
+class Wrong:
+    schema: str
+    why: str
+    change: dict[str, object]  # dotted member path -> new value, DROP, or old -> new
+
+
+WRONG = [
+    Wrong("credential.json", "an unknown member", {"extra": 1}),
+    Wrong("credential.json", "no challenge id", {"id": DROP}),
+    Wrong("credential.json", "an id that is not 40 bytes", {"id": CARD}),
+    Wrong("credential.json", "a payload that is not an object", {"payload": "szm:chain"}),
+    Wrong("credential.json", "a payload without a method", {"payload.method": DROP}),
+    Wrong("credential.json", "a source that is a number", {"source": 42}),
+    Wrong("problem.json", "an unknown member", {"stack": "Traceback ..."}),
+    Wrong("problem.json", "a status that is no error", {"status": 200}),
+    Wrong("problem.json", "a code that is a string", {"code": "3006"}),
+    Wrong("problem.json", "a foreign problem type", {"type": "https://evil.example/problems/x"}),
+    Wrong("problem.json", "no detail", {"detail": DROP}),
+    Wrong("problem.json", "a correlation id not in hex", {"correlationId": "ABC"}),
+    Wrong("szm-chain.request.json", "an amount that is a number", {"amount": 2000}),
+    Wrong("szm-chain.request.json", "an amount of zero", {"amount": "0"}),
+    Wrong("szm-chain.request.json", "an amount with a fraction", {"amount": "2000.5"}),
+    Wrong("szm-chain.request.json", "a currency in lower case", {"currency": "eur"}),
+    Wrong("szm-chain.request.json", "a four-letter currency", {"currency": "EURO"}),
+    Wrong("szm-chain.request.json", "sealed false", {"sealed": False}),
+    Wrong("szm-chain.request.json", "no sealed", {"sealed": DROP}),
+    Wrong("szm-chain.request.json", "a resource that is not a path", {"resource": "articles/*"}),
+    Wrong("szm-chain.request.json", "another method's member", {"units": 2}),
+    Wrong("szm-prbg.request.json", "no amount", {"amount": DROP}),
+    Wrong("hll-mac.request.json", "an unknown mode", {"mode": "later"}),
+    Wrong("hll-mac.request.json", "zero units", {"units": 0}),
+    Wrong("hll-mac.request.json", "a unit that is a string", {"unitMicros": "1000"}),
+    Wrong("hll-mac.request.json", "an empty merchant", {"merchant": ""}),
+    Wrong("hll-mac.request.json", "no merchant", {"merchant": DROP}),
+    Wrong("hll-mac.request.json", "an SZM member", {"sealed": True}),
+    Wrong("payword.request.json", "no broker", {"broker": DROP}),
+    Wrong("payword.request.json", "an empty vendor", {"vendor": ""}),
+    Wrong("payword.request.json", "negative units", {"units": -2}),
+    Wrong("payword.request.json", "a fractional unit", {"unitMicros": 1.5}),
+    Wrong("szm-chain.payload.json", "padded base64url", {"payment": lambda old: old + "="}),
+    Wrong("szm-chain.payload.json", "the standard base64 alphabet", {"payment": "ab+/"}),
+    Wrong("szm-chain.payload.json", "spare bits set", {"payment": "AB"}),
+    Wrong("szm-chain.payload.json", "an impossible length", {"payment": "AAAAA"}),
+    Wrong("szm-chain.payload.json", "longer than the vendor reads", {"payment": "A" * 516}),
+    Wrong("szm-chain.payload.json", "another method", {"method": "szm:prbg"}),
+    Wrong("szm-chain.payload.json", "a PayWord member", {"commitment": "AAAA"}),
+    Wrong("szm-prbg.payload.json", "no payment", {"payment": DROP}),
+    Wrong("hll-mac.payload.json", "a payment that is a number", {"payment": 1}),
+    Wrong("hll-mac.payload.json", "an unknown member", {"counter": 1}),
+    Wrong("payword.payload.json", "a commitment not in base64url", {"commitment": "not b64!"}),
+    Wrong("payword.payload.json", "no payment", {"payment": DROP}),
+    Wrong("payword.payload.json", "a method in the wrong case", {"method": "PayWord"}),
+    Wrong("szm-chain.receipt.json", "no sealed", {"sealed": DROP}),
+    Wrong("szm-chain.receipt.json", "another seal", {"sealed.alg": "aes-256-gcm"}),
+    Wrong("szm-chain.receipt.json", "a key beside the seal", {"sealed.key": "AAAA"}),
+    Wrong("szm-chain.receipt.json", "index zero", {"index": 0}),
+    Wrong("szm-chain.receipt.json", "a card id of 3 bytes", {"card": "AAAA"}),
+    Wrong(
+        "szm-chain.receipt.json",
+        "a time with an offset",
+        {"timestamp": "2026-11-21T06:51:50+00:00"},
+    ),
+    Wrong("szm-chain.receipt.json", "a status other than success", {"status": "failed"}),
+    Wrong("szm-chain.receipt.json", "a reference without position", {"reference": CARD}),
+    Wrong("szm-chain.receipt.json", "no units", {"units": DROP}),
+    Wrong("szm-prbg.receipt.json", "an HLL member", {"counter": 2}),
+    Wrong("szm-prbg.receipt.json", "another method", {"method": "szm:chain"}),
+    Wrong("hll-mac.receipt.json", "no counter", {"counter": DROP}),
+    Wrong("hll-mac.receipt.json", "a mode in the wrong case", {"mode": "Online"}),
+    Wrong("hll-mac.receipt.json", "an SZM member", {"index": 1}),
+    Wrong("payword.receipt.json", "a card id as commitment", {"commitment": CARD}),
+    Wrong("payword.receipt.json", "a reference to a card", {"reference": CARD + ":2"}),
+    Wrong("payword.receipt.json", "an index that is a string", {"index": "2"}),
+]
+
+
+def sample(traffic: Traffic, schema: str) -> Json:
+    """A real document of the kind ``schema`` describes, as captured."""
+    if schema == "credential.json":
+        return traffic.credentials[0]
+    if schema == "problem.json":
+        return traffic.problems[0]
+    slug, kind, _ = schema.split(".")
+    method = next(m for m in METHODS if m.replace(":", "-") == slug)
+    if kind == "request":
+        return traffic.requests[method][0]
+    if kind == "payload":
+        return next(c["payload"] for c in traffic.credentials if c["payload"]["method"] == method)
+    return next(r for r in traffic.receipts if r["method"] == method)
+
+
+def changed(document: Json, change: dict[str, object]) -> Json:
+    result = copy.deepcopy(document)
+    for path, value in change.items():
+        *parents, last = path.split(".")
+        target = result
+        for key in parents:
+            target = target[key]
+        if value is DROP:
+            del target[last]
+        else:
+            target[last] = value(target[last]) if callable(value) else value
+    return result
+
+
+@pytest.mark.parametrize("wrong", WRONG, ids=lambda w: f"{w.schema} {w.why}")
+def test_each_schema_refuses_a_document_wrong_in_one_way(traffic: Traffic, wrong: Wrong) -> None:
+    real = sample(traffic, wrong.schema)
+    assert errors(wrong.schema, real) == []
+    assert errors(wrong.schema, changed(real, wrong.change)) != []
