@@ -14,7 +14,7 @@
 Every figure in the report comes from what ran; any check that fails makes it fail.
 """
 
-from farthing.demo._runner import DemoWorld, demo_world, run_demo
+from farthing.demo._runner import GOODS, DemoWorld, demo_world, run_demo
 from farthing.demo.report import DemoReport
 
-__all__ = ["DemoReport", "DemoWorld", "demo_world", "run_demo"]
+__all__ = ["GOODS", "DemoReport", "DemoWorld", "demo_world", "run_demo"]
