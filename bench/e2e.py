@@ -1,0 +1,1041 @@
+"""End to end over loopback: paid requests per second and latency per method, against FREE
+requests to the same vendor app on the same server in the same run, with 1 and 2 uvicorn
+workers, on SQLite and on PostgreSQL. Writes the "End to end" section of docs/benchmarks.md.
+
+How (see the section's text for the numbers' meaning):
+
+- The vendor is the production factory (``farthing.vendor.serve:app_from_env``) under
+  uvicorn, with a config file written here: ``/articles/*`` costs one unit (1000 EUR-micros),
+  ``/free/*`` has no price; both are the same static file served by the same content app.
+- Credentials are made beforehand with the core (each payment is single-use: one per
+  request), one Authorization header per line of a file, and replayed by wrk with
+  ``bench/wrk/replay.lua``, which never sends a line twice. Consecutive lines belong to
+  different cards (card = line mod C, index = line div C + 1, C >> connections), so the
+  payments of one card arrive in order. PayWord: the first two payments of each commitment
+  carry the signed commitment (a wallet repeats it until acknowledged). hll:mac: cards
+  personalised at the bank (the issuer service, run under uvicorn too), verified online.
+- Peak: a closed loop of 16 connections. Half load: 32 paced connections (exponential think
+  time, Lua ``delay()``) offering half of the peak that the same kind reached in the same
+  round; wrk2 is not packaged here, so this approximates its constant-rate mode.
+
+Run: ``python -m bench.e2e [--quick]`` (``make bench`` runs every section).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import httpx
+from tests.pgserver import PgServer, PgUnavailable
+from tests.servers import free_port
+
+from bench.report import DOC, machine_line, write_section
+from farthing.core.cardcode import Generator
+from farthing.core.clock import SystemClock
+from farthing.core.encoding import b64url_decode, b64url_encode
+from farthing.core.money import Denomination
+from farthing.core.primitives import ed25519_public_key
+from farthing.core.schemes import hll, payword, szm_chain, szm_prbg
+from farthing.http.payment_auth import ChallengeSigner, Credential, format_credential
+from farthing.store import CardStatus, Store, SzmBatchRow, SzmCardRow, SzmProtocol, open_store
+
+ROOT: Final = Path(__file__).resolve().parent
+OUT: Final = ROOT / "out"
+REPLAY: Final = ROOT / "wrk" / "replay.lua"
+PLOT: Final = DOC.parent / "benchmarks-e2e.png"
+EUR: Final = Denomination(currency="EUR", unit_micros=1000)
+PRICE: Final = "1000 EUR"  # one unit per request
+SCOPE: Final = "/articles/*"
+PAID_PATH: Final = "/articles/a.txt"
+FREE_PATH: Final = "/free/a.txt"
+REALM: Final = "bench"
+CHAIN_MASTER: Final = b"C" * 32
+PRBG_MASTER: Final = b"P" * 32
+BROKER_KEY: Final = b"B" * 32
+USER_KEY: Final = b"U" * 32
+VENDOR_ID: Final = "shop"
+BROKER_ID: Final = "broker"
+BODY: Final = ("A paid article of about two kilobytes. " * 52)[:2048].encode()
+UNITS_PER_CARD: Final = 50  # payments per card (and per PayWord commitment)
+PEAK_CONNECTIONS: Final = 16
+HALF_CONNECTIONS: Final = 32
+KINDS: Final = ("free", "szm:chain", "szm:prbg", "payword")  # and hll:mac with a bank
+VENDOR_FACTORY: Final = "farthing.vendor.serve:app_from_env"
+SERVER_CPUS: Final = "0"  # with one worker: the server on CPU 0, wrk on CPU 1
+WRK_CPUS: Final = "1"
+HLL_MISSING: Final = (
+    "not measured: `farthing.issuer` (app factory and client) is not importable here; "
+    "hll:mac online needs the issuer service on loopback"
+)
+
+
+# --- the vendor's folder ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VendorFolder:
+    config: Path
+    database: str
+    challenge_secret: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HllLink:
+    """How the vendor reaches the bank for ``hll:mac`` online."""
+
+    issuer_url: str
+    merchant_id: str
+    merchant_key: bytes
+
+
+def write_vendor(
+    folder: Path, database: str, hll_link: HllLink | None = None, *, payword: bool = True
+) -> VendorFolder:
+    """A vendor config: one priced and one free route to the same static file. SZM always;
+    PayWord if asked (the vendor then needs the issuer's URL too, for its redemptions);
+    hll:mac online with a link to the bank. Background deposits are left to after the runs."""
+    for sub in ("articles", "free"):
+        (folder / "goods" / sub).mkdir(parents=True, exist_ok=True)
+        (folder / "goods" / sub / "a.txt").write_bytes(BODY)
+    secret = os.urandom(32)
+    (folder / "challenge.key").write_text(secret.hex() + "\n")
+    (folder / "challenge.key").chmod(0o600)
+    config = folder / "vendor.toml"
+    config.write_text(
+        f'realm = "{REALM}"\n'
+        f'database = "{database}"\n'
+        'content_dir = "goods"\n'
+        'challenge_secret_file = "challenge.key"\n'
+        "deposit_interval = 86400\n"
+        "[prices]\n"
+        f'"{SCOPE}" = "{PRICE}"\n'
+        "[szm]\n"
+        f'chain_master = "{CHAIN_MASTER.hex()}"\n'
+        f'prbg_master = "{PRBG_MASTER.hex()}"\n'
+    )
+    with config.open("a") as handle:
+        if payword:
+            handle.write(
+                "[payword]\n"
+                f'vendor_id = "{VENDOR_ID}"\n'
+                f'broker_id = "{BROKER_ID}"\n'
+                f'broker_public_key = "{ed25519_public_key(BROKER_KEY).hex()}"\n'
+                f"unit_micros = {EUR.unit_micros}\n"
+            )
+        if hll_link is not None:
+            (folder / "merchant.key").write_text(hll_link.merchant_key.hex() + "\n")
+            handle.write(
+                "[hll]\n"
+                f'issuer_url = "{hll_link.issuer_url}"\n'
+                f'merchant_id = "{hll_link.merchant_id}"\n'
+                'merchant_key_file = "merchant.key"\n'
+                f"unit_micros = {EUR.unit_micros}\n"
+                'mode = "online"\n'
+            )
+    return VendorFolder(config=config, database=database, challenge_secret=secret)
+
+
+def challenge_id(secret: bytes, method: str, ttl: int = 4 * 3600) -> str:
+    """A challenge id as the vendor would issue it (stateless HMAC; reusable until expiry)."""
+    return ChallengeSigner(secret).issue(
+        nonce=os.urandom(16),
+        expires=int(time.time()) + ttl,
+        realm=REALM,
+        method=method,
+        scope=SCOPE,
+        price=PRICE,
+    )
+
+
+def header(challenge: str, payload: dict[str, object]) -> str:
+    return format_credential(Credential(id=challenge, payload=payload))
+
+
+# --- issuing cards into the store ------------------------------------------------------------
+
+
+def insert_batch(
+    store: Store, protocol: SzmProtocol, count: int, units: int, expires: int
+) -> bytes:
+    batch_id = os.urandom(16)
+    with store.transaction() as tx:
+        tx.szm_insert_batch(
+            SzmBatchRow(
+                batch_id=batch_id,
+                protocol=protocol,
+                count=count,
+                units=units,
+                currency=EUR.currency,
+                unit_micros=EUR.unit_micros,
+                expires_at=expires,
+                created_at=int(time.time()),
+            )
+        )
+    return batch_id
+
+
+def card_row(
+    card_id: bytes,
+    batch_id: bytes,
+    protocol: SzmProtocol,
+    units: int,
+    anchor: bytes | None,
+    expires: int,
+) -> SzmCardRow:
+    return SzmCardRow(
+        card_id=card_id,
+        batch_id=batch_id,
+        protocol=protocol,
+        generator=None if protocol is SzmProtocol.CHAIN else Generator.HMAC_DRBG.value,
+        currency=EUR.currency,
+        unit_micros=EUR.unit_micros,
+        units=units,
+        spent=0,
+        anchor=anchor,
+        expires_at=expires,
+        status=CardStatus.ACTIVE,
+        issued_at=int(time.time()),
+    )
+
+
+def issue_chain_cards(store: Store, count: int, units: int) -> list[szm_chain.ChainCard]:
+    expires = int(time.time()) + 30 * 86_400
+    batch_id = insert_batch(store, SzmProtocol.CHAIN, count, units, expires)
+    cards, rows = [], []
+    for _ in range(count):
+        state, card = szm_chain.issue_card(
+            CHAIN_MASTER, os.urandom, length=units, denomination=EUR, expires_at=expires
+        )
+        cards.append(card)
+        rows.append(
+            card_row(state.card_id, batch_id, SzmProtocol.CHAIN, units, state.anchor, expires)
+        )
+    with store.transaction() as tx:
+        tx.szm_insert_cards(rows)
+    return cards
+
+
+def issue_prbg_cards(store: Store, count: int, units: int) -> list[szm_prbg.PrbgCard]:
+    expires = int(time.time()) + 30 * 86_400
+    batch_id = insert_batch(store, SzmProtocol.PRBG, count, units, expires)
+    cards, rows = [], []
+    for _ in range(count):
+        state, card = szm_prbg.issue_card(
+            PRBG_MASTER, os.urandom, units=units, denomination=EUR, expires_at=expires
+        )
+        cards.append(card)
+        rows.append(card_row(state.card_id, batch_id, SzmProtocol.PRBG, units, None, expires))
+    with store.transaction() as tx:
+        tx.szm_insert_cards(rows)
+    return cards
+
+
+# --- credentials: one line per request, interleaved across cards ---------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Issuing:
+    """Where new cards go: the vendor's store, its challenge secret, and the bank if any."""
+
+    store: Store
+    secret: bytes
+    bank: BankSide | None = None
+
+
+def chain_lines(ctx: Issuing, cards: int, units: int) -> list[str]:
+    challenge, now = challenge_id(ctx.secret, "szm:chain"), int(time.time())
+    columns = []
+    for card in issue_chain_cards(ctx.store, cards, units):
+        walker = szm_chain.card_walker(card)
+        column = []
+        for _ in range(units):
+            card, payment, _ = szm_chain.next_payment(card, 1, now=now, walker=walker)
+            raw = b64url_encode(szm_chain.encode_payment(payment))
+            column.append(header(challenge, {"method": "szm:chain", "payment": raw}))
+        columns.append(column)
+    return interleave(columns)
+
+
+def prbg_lines(ctx: Issuing, cards: int, units: int) -> list[str]:
+    challenge, now = challenge_id(ctx.secret, "szm:prbg"), int(time.time())
+    columns = []
+    for card in issue_prbg_cards(ctx.store, cards, units):
+        column = []
+        for _ in range(units):
+            card, payment, _ = szm_prbg.next_payment(card, 1, now=now)
+            raw = b64url_encode(szm_prbg.encode_payment(payment))
+            column.append(header(challenge, {"method": "szm:prbg", "payment": raw}))
+        columns.append(column)
+    return interleave(columns)
+
+
+def payword_certificate() -> payword.Certificate:
+    return payword.issue_certificate(
+        BROKER_KEY,
+        broker_id=BROKER_ID,
+        user_id="alice",
+        user_public_key=ed25519_public_key(USER_KEY),
+        credit_limit=1 << 40,
+        denomination=EUR,
+        expires_at=int(time.time()) + 2 * 86_400,
+    )
+
+
+# A wallet repeats the commitment until the vendor has acknowledged it. Here the first two
+# payments of each commitment carry it: wrk drops the requests in flight when a run ends,
+# and a lost first payment must not leave its commitment unknown for the next run.
+COMMITMENT_CARRIERS: Final = 2
+
+
+def payword_lines(ctx: Issuing, commitments: int, units: int) -> list[str]:
+    """Payments under fresh commitments; the first two of each carry the commitment."""
+    challenge, now = challenge_id(ctx.secret, "payword"), int(time.time())
+    cert = payword_certificate()
+    columns = []
+    for _ in range(commitments):
+        seed = os.urandom(32)
+        commitment = payword.commit(
+            USER_KEY,
+            cert,
+            vendor_id=VENDOR_ID,
+            seed=seed,
+            length=units,
+            now=now,
+            ttl=86_400,
+            rng=os.urandom,
+        )
+        spender = payword.PaywordSpender(commitment, seed)
+        encoded = b64url_encode(payword.encode_commitment(commitment))
+        column = []
+        for i in range(units):
+            raw = b64url_encode(payword.encode_payment(spender.reserve(1, now=now).payment))
+            payload: dict[str, object] = {"method": "payword", "payment": raw}
+            if i < COMMITMENT_CARRIERS:
+                payload["commitment"] = encoded
+            column.append(header(challenge, payload))
+        columns.append(column)
+    return interleave(columns)
+
+
+def interleave(columns: list[list[str]]) -> list[str]:
+    """Line j is card j mod C's payment j div C: one card's payments are C requests apart."""
+    return [column[row] for row in range(len(columns[0])) for column in columns]
+
+
+def hll_lines(ctx: Issuing, cards: int, units: int) -> list[str]:
+    """Purchases by new cards personalised at the bank, MACs over the vendor's offer."""
+    assert ctx.bank is not None
+    challenge, now = challenge_id(ctx.secret, "hll:mac"), int(time.time())
+    raw_id = b64url_decode(challenge, max_len=64)
+    offer = hll.Offer(
+        merchant_id=ctx.bank.merchant_id,
+        good=PAID_PATH,
+        amount=1,
+        denomination=EUR,
+        challenge=raw_id,
+        expires_at=int.from_bytes(raw_id[16:24], "big"),
+    )
+    columns = []
+    for card in ctx.bank.new_cards(cards, units):
+        column = []
+        for _ in range(units):
+            raw = b64url_encode(hll.encode_payment(card.purchase(offer, now)))
+            column.append(header(challenge, {"method": "hll:mac", "payment": raw}))
+        columns.append(column)
+    return interleave(columns)
+
+
+LineMaker = Callable[[Issuing, int, int], list[str]]
+MAKERS: Final[dict[str, LineMaker]] = {
+    "szm:chain": chain_lines,
+    "szm:prbg": prbg_lines,
+    "payword": payword_lines,
+    "hll:mac": hll_lines,
+}
+# Cards per batch of lines: one card's next payment comes this many requests later, which
+# at these rates is far longer than any request takes, so a card's payments arrive in order.
+MAX_CARDS_PER_BATCH: Final = 1000
+MIN_CARDS_PER_BATCH: Final = 300
+
+
+@dataclass(slots=True)
+class Pool:
+    """One kind's single-use request lines in a file; runs consume them front to back."""
+
+    path: Path
+    kind: str
+    issuing: Issuing
+    written: int = 0
+    offset: int = 0
+
+    @property
+    def available(self) -> int:
+        return self.written - self.offset
+
+    def ensure(self, needed: int) -> None:
+        """Append lines (issuing new cards into the store) until ``needed`` are unused."""
+        while self.available < needed:
+            if self.kind == "free":
+                lines = ["-"] * max(needed, 10_000)
+            else:
+                missing = -(-(needed - self.available) // UNITS_PER_CARD)
+                cards = min(MAX_CARDS_PER_BATCH, max(MIN_CARDS_PER_BATCH, missing))
+                lines = MAKERS[self.kind](self.issuing, cards, UNITS_PER_CARD)
+            with self.path.open("a") as handle:
+                handle.write("\n".join(lines) + "\n")
+            self.written += len(lines)
+
+
+# --- the bank, for hll:mac online ------------------------------------------------------------
+
+BANK_ACTOR: Final = "bench"
+MERCHANT_ID: Final = "shop"
+CARD_PIN: Final = "1234"
+ISSUER_FACTORY: Final = "farthing.issuer.app:app_from_env"
+ISSUER_READY: Final = "/v1/payword/broker"
+
+
+def issuer_available() -> bool:
+    try:
+        import farthing.issuer.app
+        import farthing.issuer.client  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def write_issuer_keys(path: Path) -> None:
+    from farthing.issuer import generate_issuer_keys, write_key_file
+
+    write_key_file(path, generate_issuer_keys(os.urandom, broker_id=BROKER_ID, bbs_bits=1024))
+
+
+class BankSide:
+    """The issuer's store set up for one vendor: a funded customer and the merchant."""
+
+    def __init__(self, target: str, keys_path: Path) -> None:
+        from farthing.issuer import IssuerConfig, RateLimits, build_services, load_issuer_keys
+
+        self.target, self.keys_path = target, keys_path
+        self.store = open_store(target)
+        config = IssuerConfig(
+            keys=load_issuer_keys(keys_path), rate_limits=RateLimits(enabled=False)
+        )
+        self.services = build_services(config, self.store, clock=SystemClock(), rng=os.urandom)
+        accounts = self.services.accounts
+        accounts.create_customer(BANK_ACTOR, "reader", EUR.currency)
+        accounts.load(BANK_ACTOR, "reader", 10**12, "bench")
+        self.merchant_id = MERCHANT_ID
+        self.merchant_key = accounts.create_merchant(BANK_ACTOR, MERCHANT_ID, EUR.currency).key
+
+    def new_cards(self, count: int, units: int) -> list[hll.SoftwareCard]:
+        """Cards personalised by the bank (value moved from the customer), PIN entered."""
+        cards = []
+        for _ in range(count):
+            made = self.services.hll.personalise(
+                BANK_ACTOR, "reader", units=units, unit_micros=EUR.unit_micros
+            )
+            state = hll.CardState(
+                card_id=made.card_id, denomination=made.denomination, balance=units
+            )
+            card = hll.SoftwareCard(
+                key=hll.SoftwareCardKey(made.card_key), state=state, pin=CARD_PIN
+            )
+            card.verify_pin(CARD_PIN)
+            cards.append(card)
+        return cards
+
+    def env(self) -> dict[str, str]:
+        from farthing.issuer.app import ENV_RATE_LIMIT
+        from farthing.issuer.config import ENV_DB, ENV_KEYS
+
+        return {ENV_DB: self.target, ENV_KEYS: str(self.keys_path), ENV_RATE_LIMIT: "off"}
+
+    def link(self, base: str) -> HllLink:
+        return HllLink(
+            issuer_url=base, merchant_id=self.merchant_id, merchant_key=self.merchant_key
+        )
+
+    def close(self) -> None:
+        self.store.close()
+
+
+# --- processes: the server under uvicorn, CPU accounting ------------------------------------
+
+_TICK: Final = os.sysconf("SC_CLK_TCK")
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text[text.rindex(")") + 2 :].split()  # fields from 3 (state) on
+
+
+def process_cpu(pids: list[int]) -> dict[int, float]:
+    """User + system CPU seconds used so far by each of these processes still alive."""
+    out = {}
+    for pid in pids:
+        fields = _stat_fields(pid)
+        if fields is not None:
+            out[pid] = (int(fields[11]) + int(fields[12])) / _TICK
+    return out
+
+
+def cpu_delta(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU seconds used between two samples by the processes alive at both."""
+    return sum(after[pid] - before[pid] for pid in before.keys() & after.keys())
+
+
+def session_pids(sid: int) -> list[int]:
+    """Processes of one session (the server and its workers were started in their own)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            fields = _stat_fields(int(entry.name))
+            if fields is not None and int(fields[3]) == sid:
+                pids.append(int(entry.name))
+    return pids
+
+
+def machine_busy() -> float:
+    """CPU seconds all cores spent busy so far (from /proc/stat; idle and iowait excluded)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(values[:8]) - values[3] - values[4]) / _TICK
+
+
+def rss_kib(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+@dataclass(slots=True)
+class Server:
+    base: str
+    process: subprocess.Popen[bytes]
+    db_pids: Callable[[], list[int]]
+    bank: Server | None = None
+
+    def pids(self) -> list[int]:
+        return session_pids(self.process.pid)
+
+    def worker_pids(self) -> list[int]:
+        """The processes that serve requests (uvicorn's supervisor excluded if present)."""
+        pids = self.pids()
+        children = [p for p in pids if p != self.process.pid]
+        return children or pids
+
+
+def taskset(cpus: str | None) -> list[str]:
+    return ["taskset", "-c", cpus] if cpus else []
+
+
+@contextmanager
+def uvicorn_server(
+    factory: str,
+    env: dict[str, str],
+    *,
+    workers: int,
+    cpus: str | None,
+    log: Path,
+    db_pids: Callable[[], list[int]],
+    ready_path: str = "/healthz",
+) -> Iterator[Server]:
+    """uvicorn with an app factory on a free loopback port; always stopped."""
+    port = free_port()
+    command = [
+        *taskset(cpus), sys.executable, "-m", "uvicorn", "--factory", factory,
+        "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
+        "--no-access-log", "--log-level", "warning", "--timeout-graceful-shutdown", "2",
+    ]  # fmt: skip
+    with log.open("ab") as sink:
+        process = subprocess.Popen(
+            command, env={**os.environ, **env}, stdout=sink, stderr=sink, start_new_session=True
+        )
+        server = Server(base=f"http://127.0.0.1:{port}", process=process, db_pids=db_pids)
+        try:
+            _wait_ready(server, workers, ready_path)
+            yield server
+        finally:
+            _stop(process)
+
+
+def _wait_ready(server: Server, workers: int, ready_path: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise RuntimeError("a server exited before it was ready (see bench/out/e2e-server.log)")
+        try:
+            ready = httpx.get(server.base + ready_path, timeout=1.0).status_code < 500
+        except httpx.TransportError:
+            ready = False
+        if ready and (workers == 1 or len(server.worker_pids()) >= workers):
+            return
+        time.sleep(0.1)
+    raise RuntimeError("a server did not answer in time")
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, 15)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, 9)
+            process.wait(timeout=10)
+
+
+# --- one wrk run -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunResult:
+    kind: str
+    connections: int
+    rate: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    why_rejected: str
+    exhausted: bool
+    server_cores: float
+    wrk_cores: float
+    db_cores: float
+    bank_cores: float
+    other_cores: float
+
+
+def run_wrk(
+    server: Server,
+    pool: Pool,
+    *,
+    seconds: int,
+    connections: int,
+    cpus: str | None,
+    mean_delay_ms: float = 0.0,
+    expected_rate: float,
+) -> RunResult:
+    pool.ensure(int(expected_rate * seconds * 1.6) + 2000)
+    path = FREE_PATH if pool.kind == "free" else PAID_PATH
+    command = [
+        *taskset(cpus), "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s",
+        "-s", str(REPLAY), server.base + path, "--", str(pool.path), str(pool.offset),
+        str(pool.available),
+    ]  # fmt: skip
+    env = {**os.environ, "FARTHING_WRK_MEAN_DELAY_MS": f"{mean_delay_ms:.3f}"}
+    server_pids, db_pids = server.pids(), server.db_pids()
+    bank_pids = server.bank.pids() if server.bank is not None else []
+
+    def sample() -> tuple[list[dict[int, float]], float, float]:
+        per_process = [process_cpu(pids) for pids in (server_pids, db_pids, bank_pids)]
+        return per_process, machine_busy(), _children_cpu()
+
+    before = sample()
+    started = time.monotonic()
+    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    wall = time.monotonic() - started
+    after = sample()
+    report = _report(done)
+    pool.offset += int(report["used"])
+    used = [cpu_delta(b, a) / wall for b, a in zip(before[0], after[0], strict=True)]
+    machine, wrk = (after[1] - before[1]) / wall, (after[2] - before[2]) / wall
+    return RunResult(
+        kind=pool.kind,
+        connections=connections,
+        rate=report["requests"] / (report["duration_us"] / 1e6),
+        p50_ms=report["p50_us"] / 1000,
+        p99_ms=report["p99_us"] / 1000,
+        errors=int(report["status_errors"] + report["timeouts"] + report["read_errors"]),
+        why_rejected=str(report["first_rejected"]),
+        exhausted=bool(report["exhausted"]),
+        server_cores=used[0],
+        db_cores=used[1],
+        wrk_cores=wrk,
+        bank_cores=used[2],
+        other_cores=max(0.0, machine - sum(used) - wrk),
+    )
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _report(done: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    for line in done.stdout.splitlines():
+        if line.startswith("FARTHING "):
+            parsed: dict[str, Any] = json.loads(line.removeprefix("FARTHING "))
+            return parsed
+    raise RuntimeError(f"wrk failed ({done.returncode}): {done.stdout[-800:]} {done.stderr[-800:]}")
+
+
+# --- one configuration: a database and a number of workers ----------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Plan:
+    seconds: int  # wrk takes whole seconds
+    rounds: int
+    warmup: int
+
+
+@dataclass(slots=True)
+class ConfigResult:
+    database: str
+    workers: int
+    server_cpus: str
+    wrk_cpus: str
+    kinds: tuple[str, ...]
+    peaks: dict[str, list[RunResult]] = field(default_factory=dict)
+    halves: dict[str, list[RunResult]] = field(default_factory=dict)
+    worker_rss_kib: int = 0
+
+
+def run_config(
+    server: Server, pools: dict[str, Pool], *, database: str, workers: int, plan: Plan
+) -> ConfigResult:
+    """Warm up, then ``plan.rounds`` rounds of every kind on one running server."""
+    wrk_cpus = WRK_CPUS if workers == 1 else None
+    result = ConfigResult(
+        database=database,
+        workers=workers,
+        server_cpus=SERVER_CPUS if workers == 1 else "0-1",
+        wrk_cpus=wrk_cpus or "0-1",
+        kinds=tuple(pools),
+    )
+    expected = dict.fromkeys(pools, 3000.0 * workers)
+    for kind, pool in pools.items() if plan.warmup else ():  # connections, caches, bank client
+        run_wrk(server, pool, seconds=plan.warmup, connections=PEAK_CONNECTIONS, cpus=wrk_cpus,
+                expected_rate=expected[kind])  # fmt: skip
+    for _ in range(plan.rounds):
+        _round(server, pools, plan, wrk_cpus, expected, result)
+    result.worker_rss_kib = max(rss_kib(pid) for pid in server.worker_pids())
+    return result
+
+
+def _round(
+    server: Server,
+    pools: dict[str, Pool],
+    plan: Plan,
+    cpus: str | None,
+    expected: dict[str, float],
+    result: ConfigResult,
+) -> None:
+    """Every kind at peak, then every kind at half of the peak it just reached."""
+    peaks = {}
+    for kind, pool in pools.items():
+        peak = run_wrk(server, pool, seconds=plan.seconds, connections=PEAK_CONNECTIONS,
+                       cpus=cpus, expected_rate=expected[kind])  # fmt: skip
+        expected[kind] = max(expected[kind], peak.rate)
+        peaks[kind] = peak
+        result.peaks.setdefault(kind, []).append(peak)
+    for kind, pool in pools.items():
+        target = max(peaks[kind].rate / 2, 1.0)
+        # Per-connection period c/target, less the time the request itself takes.
+        mean_delay = max(0.0, 1000 * (HALF_CONNECTIONS / target - 1 / max(peaks[kind].rate, 1)))
+        half = run_wrk(server, pool, seconds=plan.seconds, connections=HALF_CONNECTIONS,
+                       cpus=cpus, mean_delay_ms=mean_delay, expected_rate=target)  # fmt: skip
+        result.halves.setdefault(kind, []).append(half)
+
+
+# --- the whole section -----------------------------------------------------------------------
+
+
+StoreMaker = Callable[[], tuple[str, Callable[[], list[int]]]]
+
+
+@contextmanager
+def databases(work: Path) -> Iterator[dict[str, StoreMaker]]:
+    """Makers of fresh stores: SQLite files, and databases on one throwaway PostgreSQL.
+    Each gives a store target and a function listing the database's server processes."""
+    with ExitStack() as stack:
+        makers: dict[str, StoreMaker] = {}
+        counter = iter(range(1_000_000))
+
+        def sqlite() -> tuple[str, Callable[[], list[int]]]:
+            return str(work / f"vendor{next(counter)}.sqlite"), list
+
+        makers["SQLite"] = sqlite
+        try:
+            # fsync on: as durable as SQLite's synchronous=FULL (a commit is on disk).
+            pg = PgServer.start_new(fsync=True)
+        except PgUnavailable:
+            pg = None
+        if pg is not None:
+            stack.callback(pg.stop)
+
+            def postgres() -> tuple[str, Callable[[], list[int]]]:
+                dsn = pg.create_database()
+                return dsn, lambda: postgres_pids(dsn)
+
+            makers["PostgreSQL"] = postgres
+        yield makers
+
+
+def postgres_pids(dsn: str) -> list[int]:
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        return [int(row[0]) for row in conn.execute("SELECT pid FROM pg_stat_activity")]
+
+
+def plan_for(quick: bool) -> Plan:
+    return Plan(seconds=1 if quick else 3, rounds=3, warmup=0 if quick else 1)
+
+
+def run(plan: Plan) -> list[ConfigResult]:
+    OUT.mkdir(exist_ok=True)
+    results = []
+    with tempfile.TemporaryDirectory(prefix="e2e-", dir=OUT) as tmp, databases(Path(tmp)) as dbs:
+        work = Path(tmp)
+        keys = work / "issuer.keys.json"
+        if issuer_available():
+            write_issuer_keys(keys)
+        for name, make in dbs.items():
+            for workers in (1, 2):
+                folder = work / f"{name}-{workers}"
+                folder.mkdir()
+                results.append(
+                    _one_config(folder, make, keys, database=name, workers=workers, plan=plan)
+                )
+                print(render_one(results[-1]), flush=True)
+        log = work / "server.log"
+        if log.exists() and log.stat().st_size:
+            shutil.copy(log, OUT / "e2e-server.log")
+    return results
+
+
+def _one_config(
+    folder: Path, make: StoreMaker, keys: Path, *, database: str, workers: int, plan: Plan
+) -> ConfigResult:
+    """A fresh vendor store (and bank, if the issuer exists), servers, pools; the runs."""
+    log = folder.parent / "server.log"
+    target, db_pids = make()
+    with ExitStack() as stack:
+        bank, bank_server = None, None
+        if keys.exists():
+            bank = BankSide(make()[0], keys)
+            stack.callback(bank.close)
+            bank_server = stack.enter_context(
+                uvicorn_server(
+                    ISSUER_FACTORY,
+                    bank.env(),
+                    workers=1,
+                    cpus=None,
+                    log=log,
+                    db_pids=db_pids,
+                    ready_path=ISSUER_READY,
+                )
+            )
+        vendor = write_vendor(folder, target, bank.link(bank_server.base) if bank_server else None)
+        store = open_store(target)
+        stack.callback(store.close)
+        issuing = Issuing(store=store, secret=vendor.challenge_secret, bank=bank)
+        kinds = KINDS + (("hll:mac",) if bank is not None else ())
+        pools = {
+            kind: Pool(folder / f"{kind.replace(':', '-')}.lines", kind, issuing) for kind in kinds
+        }
+        env = {"FARTHING_VENDOR_CONFIG": str(vendor.config)}
+        server = stack.enter_context(
+            uvicorn_server(VENDOR_FACTORY, env, workers=workers,
+                           cpus=SERVER_CPUS if workers == 1 else None, log=log, db_pids=db_pids)
+        )  # fmt: skip
+        server.bank = bank_server
+        return run_config(server, pools, database=database, workers=workers, plan=plan)
+
+
+# --- rendering -------------------------------------------------------------------------------
+
+
+def med(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def render_one(result: ConfigResult) -> str:
+    lines = []
+    free = result.peaks["free"]
+    for kind in result.kinds:
+        peaks, halves = result.peaks[kind], result.halves[kind]
+        ratio = med([p.rate / f.rate for p, f in zip(peaks, free, strict=True)])
+        why = {r.why_rejected[:120] for r in peaks + halves if r.errors}
+        lines.append(
+            f"{result.database} w={result.workers} {kind}: "
+            f"peak {med([p.rate for p in peaks]):,.0f}/s ({ratio:.2f} of free) "
+            f"p99 {med([p.p99_ms for p in peaks]):.2f} ms; half "
+            f"{med([h.rate for h in halves]):,.0f}/s p99 {med([h.p99_ms for h in halves]):.2f} ms"
+            + (f"; rejected: {why}" if why else "")
+        )
+    return "\n".join(lines)
+
+
+def plot(results: list[ConfigResult]) -> None:
+    """Peak req/s and p99 at half load per method, one group of bars per configuration."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kinds = sorted({k for r in results for k in r.kinds}, key=lambda k: (k != "free", k))
+    labels = [f"{r.database}\n{r.workers} worker{'s' if r.workers > 1 else ''}" for r in results]
+    width = 0.8 / len(kinds)
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(11, 6.5), sharex=True)
+    for i, kind in enumerate(kinds):
+        xs = [j + (i - (len(kinds) - 1) / 2) * width for j in range(len(results))]
+        peak = [med([p.rate for p in r.peaks[kind]]) if kind in r.peaks else 0 for r in results]
+        p99 = [med([h.p99_ms for h in r.halves[kind]]) if kind in r.halves else 0 for r in results]
+        top.bar(xs, peak, width, label=kind)
+        bottom.bar(xs, p99, width, label=kind)
+    top.set(ylabel="requests / s", title="peak throughput (closed loop, 16 connections)")
+    bottom.axhline(5, color="black", linewidth=0.8, linestyle="--")
+    bottom.set(ylabel="ms", yscale="log", title="p99 latency at half of each kind's peak")
+    bottom.set_xticks(range(len(results)), labels)
+    top.legend(fontsize=8, ncol=len(kinds))
+    for axis in (top, bottom):
+        axis.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(PLOT, dpi=90)
+    plt.close(fig)
+
+
+def render(results: list[ConfigResult], plan: Plan) -> str:
+    plot(results)
+    parts = [machine_line(), "", _explain(plan), ""]
+    parts += _main_table(results)
+    parts += ["", f"![peak throughput and p99 at half load per method]({PLOT.name})"]
+    parts += ["", *_cpu_table(results)]
+    if "PostgreSQL" not in {r.database for r in results}:
+        parts += ["", "Not measured: PostgreSQL (no PostgreSQL binaries found)."]
+    return "\n".join(parts)
+
+
+def _explain(plan: Plan) -> str:
+    return (
+        f"Median of {plan.rounds} rounds of {plan.seconds:g} s runs per row; each round runs "
+        "free and every method back to back on the same server, and *paid / free* is the "
+        "median of the per-round ratios. The vendor is `farthing.vendor.serve:app_from_env` "
+        f"under uvicorn (asyncio + h11, as installed); `{PAID_PATH}` costs one unit and "
+        f"`{FREE_PATH}` is free: the same {len(BODY)}-byte static file from the same content "
+        "app. Every request carries its own pre-generated single-use credential, replayed by "
+        "wrk (`bench/wrk/replay.lua`); a card's (or commitment's) payments are "
+        f"{MIN_CARDS_PER_BATCH}+ requests apart, so they arrive in order. SZM bodies are "
+        "sealed (ChaCha20-Poly1305). PayWord: 1 payment in "
+        f"{UNITS_PER_CARD // COMMITMENT_CARRIERS} carries the signed commitment (checked "
+        "and stored on first sight). hll:mac: verified online by the bank (the issuer app "
+        "under uvicorn, 1 worker, its own store of the same kind) before delivery. With two "
+        "workers each has its own card cache: a payment that reaches the other worker than "
+        "its card's previous one is judged against a stale state, fails, and is judged again "
+        "against the store (one more read), as without session affinity. Durability "
+        "on both stores: a payment is committed before its response (SQLite WAL with "
+        "`synchronous=FULL`; PostgreSQL with `fsync=on`, `synchronous_commit=on`). "
+        f"*Peak*: closed loop, {PEAK_CONNECTIONS} connections. *Half load*: "
+        f"{HALF_CONNECTIONS} connections, each waiting an exponential think time so that "
+        "the offered rate is half of the peak that kind reached in the same round (wrk2 is "
+        "not packaged here; *achieved* says how close the pacing came). *Rejected*: non-2xx "
+        "answers and time-outs (should be 0). Goals: paid peak >= 1/2 of free; p99 < 5 ms "
+        "at half load."
+    )
+
+
+def _main_table(results: list[ConfigResult]) -> list[str]:
+    lines = [
+        "| store | workers | method | peak req/s | paid / free | p50 / p99 at peak (ms) "
+        "| half load: achieved req/s (% of peak) | p50 / p99 at half (ms) | rejected | goals |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for result in results:
+        free = result.peaks["free"]
+        for kind in result.kinds:
+            peaks, halves = result.peaks[kind], result.halves[kind]
+            rate = med([p.rate for p in peaks])
+            ratio = med([p.rate / f.rate for p, f in zip(peaks, free, strict=True)])
+            half_rate = med([h.rate for h in halves])
+            share = med([h.rate / p.rate for h, p in zip(halves, peaks, strict=True)])
+            p99_half = med([h.p99_ms for h in halves])
+            rejected = sum(r.errors for r in peaks + halves)
+            exhausted = any(r.exhausted for r in peaks + halves)
+            lines.append(
+                f"| {result.database} | {result.workers} | {kind} | {rate:,.0f} | "
+                f"{'-' if kind == 'free' else f'{ratio:.2f}'} | "
+                f"{med([p.p50_ms for p in peaks]):.2f} / {med([p.p99_ms for p in peaks]):.2f} | "
+                f"{half_rate:,.0f} ({share:.0%}) | "
+                f"{med([h.p50_ms for h in halves]):.2f} / {p99_half:.2f} | {rejected} | "
+                f"{_goals(kind, ratio, p99_half, exhausted)} |"
+            )
+        if "hll:mac" not in result.kinds:
+            lines.append(
+                f"| {result.database} | {result.workers} | hll:mac | - | - | - | - | - | - | "
+                f"{HLL_MISSING} |"
+            )
+    return lines
+
+
+def _goals(kind: str, ratio: float, p99_half: float, exhausted: bool) -> str:
+    latency = "p99 " + ("met" if p99_half < 5 else "missed")
+    if exhausted:
+        latency += " (credential file ran out: rate understated)"
+    if kind == "free":
+        return f"baseline; {latency}"
+    return f"ratio {'met' if ratio >= 0.5 else 'missed'}; {latency}"
+
+
+def _cpu_table(results: list[ConfigResult]) -> list[str]:
+    lines = [
+        "Cores each process used during the peak runs (CPU seconds / wall seconds, medians; "
+        "2 cores in all). *server*: uvicorn and its workers; *wrk*: the load generator; "
+        "*db*: PostgreSQL's processes (the vendor's and the bank's databases); *bank*: the "
+        "issuer service (uvicorn, 1 worker, unpinned) that verifies hll:mac online; *other*: "
+        "everything else busy on the machine at the time (other people's work: noise). With "
+        "one vendor worker the vendor is pinned to CPU 0 and wrk to CPU 1; with two workers "
+        "nothing is pinned and wrk shares the two cores with them (and PostgreSQL and the "
+        "bank), which the *wrk* column shows.",
+        "",
+        "| store | workers | server CPUs | wrk CPUs | method | server | wrk | db | bank | other "
+        "| worker RSS (MiB, after the runs) |",
+        "|---|---:|---|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for result in results:
+        for kind in result.kinds:
+            peaks = result.peaks[kind]
+            lines.append(
+                f"| {result.database} | {result.workers} | {result.server_cpus} | "
+                f"{result.wrk_cpus} | {kind} | {med([p.server_cores for p in peaks]):.2f} | "
+                f"{med([p.wrk_cores for p in peaks]):.2f} | "
+                f"{med([p.db_cores for p in peaks]):.2f} | "
+                f"{med([p.bank_cores for p in peaks]):.2f} | "
+                f"{med([p.other_cores for p in peaks]):.2f} | {result.worker_rss_kib / 1024:.0f} |"
+            )
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="shorter runs")
+    args = parser.parse_args()
+    plan = plan_for(args.quick)
+    text = render(run(plan), plan)
+    print(text)
+    write_section("e2e", "End to end over loopback: paid against free", text)
+
+
+if __name__ == "__main__":
+    main()
