@@ -64,3 +64,26 @@ def test_bad_config_is_reported_with_its_key(tmp_path: Path) -> None:
     result = runner.invoke(app, ["vendor", "serve", str(tmp_path)])
     assert result.exit_code == 1
     assert "prices./a" in result.output
+
+
+@pytest.mark.anyio
+async def test_goods_served_from_memory_follow_file_changes(tmp_path: Path) -> None:
+    (tmp_path / "a.txt").write_text("first")
+    (tmp_path / "big.bin").write_bytes(b"x" * (300 * 1024))
+    outside = tmp_path.parent / f"{tmp_path.name}-outside.txt"
+    outside.write_text("not for sale")
+    (tmp_path / "link.txt").symlink_to(outside)
+    transport = httpx.ASGITransport(app=GoodsApp(tmp_path))
+    async with httpx.AsyncClient(transport=transport, base_url="http://v") as client:
+        first = await client.get("/a.txt")
+        (tmp_path / "a.txt").write_text("second, longer")
+        second = await client.get("/a.txt")
+        big = await client.get("/big.bin")
+        missing = await client.get("/nope.txt")
+        escaped = await client.get("/link.txt")
+    assert (first.text, second.text) == ("first", "second, longer")
+    assert first.headers["content-type"] == "text/plain; charset=utf-8"
+    assert len(big.content) == 300 * 1024
+    assert missing.status_code == 404
+    assert escaped.status_code == 404
+    assert "not for sale" not in escaped.text
