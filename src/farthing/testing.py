@@ -61,16 +61,16 @@ class MemoryCardBook:
     def add(self, state: object) -> None:
         self.states[self._key(state)] = state
 
-    def load(self, key: bytes) -> object | None:
+    async def load(self, key: bytes) -> object | None:
         return self.states.get(key)
 
-    def insert(self, state: object) -> bool:
+    async def insert(self, state: object) -> bool:
         if self._key(state) in self.states:
             return False
         self.states[self._key(state)] = state
         return True
 
-    def advance(self, old: object, new: object) -> bool:
+    async def advance(self, old: object, new: object) -> bool:
         key = self._key(old)
         if self.states.get(key) != old:
             return False

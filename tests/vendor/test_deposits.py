@@ -16,6 +16,7 @@ from farthing.vendor.books import HllDeferredBook, PaywordBook
 from farthing.vendor.deposits import Depositor, backoff
 from farthing.vendor.methods.hll import PendingPurchase
 from farthing.vendor.methods.payword import HeldCommitment
+from farthing.vendor.writer import StoreWriter
 
 pytestmark = pytest.mark.anyio
 NOW = 1_800_000_000
@@ -199,13 +200,14 @@ async def test_payword_redemptions_are_staged_once_per_index(tmp_path: Path) -> 
         issuer.broker.public_key, commitment, vendor_id="shop", now=NOW
     )
     store = open_store(path)
-    book = PaywordBook(store)
+    writer = StoreWriter(store)
+    book = PaywordBook(store, writer)
     held = HeldCommitment(
         commitment_id=state.commitment_id,
         state=state,
         encoded=payword.encode_commitment(commitment),
     )
-    assert book.insert(held)
+    assert await book.insert(held)
     spender = payword.PaywordSpender(commitment, seed)
     current = held
     for _ in range(3):
@@ -214,8 +216,9 @@ async def test_payword_redemptions_are_staged_once_per_index(tmp_path: Path) -> 
         new = HeldCommitment(
             commitment_id=held.commitment_id, state=new_state, encoded=held.encoded
         )
-        assert book.advance(current, new)
+        assert await book.advance(current, new)
         current = new
+    await writer.aclose()
     dep = Depositor(store, issuer, clock=clock, rng=DeterministicRandom("d"))
     assert dep.stage() == 1
     assert dep.stage() == 0

@@ -36,6 +36,7 @@ from farthing.vendor.methods.szm import ChainScheme, PrbgScheme
 from farthing.vendor.metrics import PaywallMetrics
 from farthing.vendor.middleware import Paywall
 from farthing.vendor.pricing import PriceTable
+from farthing.vendor.writer import StoreWriter
 
 __all__ = ["HllSettings", "PaywordSettings", "SzmKeys", "VendorSettings", "create_vendor_app"]
 
@@ -77,14 +78,15 @@ class VendorSettings:
 
 
 def build_methods(
-    settings: VendorSettings, store: Store, *, bank: HllBankClient | None
+    settings: VendorSettings, store: Store, writer: StoreWriter, *, bank: HllBankClient | None
 ) -> list[PaymentMethod]:
     """The enabled payment methods, in the order challenges are offered."""
     methods: list[PaymentMethod] = []
     if settings.szm is not None:
-        methods.append(OfflineMethod(ChainScheme(settings.szm.chain_master), ChainBook(store)))
+        chain = ChainScheme(settings.szm.chain_master)
+        methods.append(OfflineMethod(chain, ChainBook(store, writer)))
         prbg = PrbgScheme(settings.szm.prbg_master, bbs_key=settings.szm.bbs)
-        methods.append(OfflineMethod(prbg, PrbgBook(store)))
+        methods.append(OfflineMethod(prbg, PrbgBook(store, writer)))
     if settings.hll is not None:
         hll = settings.hll
         methods.append(
@@ -105,7 +107,7 @@ def build_methods(
             broker_public=pw.broker_public,
             unit_micros=pw.unit_micros,
         )
-        methods.append(OfflineMethod(scheme, PaywordBook(store)))
+        methods.append(OfflineMethod(scheme, PaywordBook(store, writer)))
     return methods
 
 
@@ -129,6 +131,7 @@ def create_vendor_app(
     ``aclose``).
     """
     metrics = PaywallMetrics()
+    writer = StoreWriter(store)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -139,6 +142,7 @@ def create_vendor_app(
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            await writer.aclose()
             for close in closers:
                 await close()
 
@@ -162,7 +166,7 @@ def create_vendor_app(
         inner,
         realm=settings.realm,
         prices=prices,
-        methods=build_methods(settings, store, bank=bank),
+        methods=build_methods(settings, store, writer, bank=bank),
         challenge_secret=settings.challenge_secret,
         clock=clock if clock is not None else SystemClock(),
         rng=rng,

@@ -2,12 +2,14 @@
 
 Each book is what an :class:`~farthing.vendor.methods.offline.OfflineMethod` (or the HLL
 method) needs: load a state, insert a new one, and compare-and-set it. The compare-and-set
-is the store's single conditional UPDATE in its own short transaction, so the database
-decides double spending even with several workers or processes on one store.
+is the store's conditional UPDATE, run by the process's :class:`StoreWriter` so that
+payments arriving together share one durable commit; the database decides double spending
+even with several workers or processes on one store. Reads run in a worker thread.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 
 from farthing.core.cardcode import Generator
@@ -26,6 +28,7 @@ from farthing.store import (
 )
 from farthing.vendor.methods.hll import PendingPurchase
 from farthing.vendor.methods.payword import HeldCommitment
+from farthing.vendor.writer import StoreWriter
 
 __all__ = ["ChainBook", "HllDeferredBook", "PaywordBook", "PrbgBook"]
 
@@ -45,11 +48,12 @@ def _active(row: SzmCardRow | None, protocol: SzmProtocol) -> SzmCardRow | None:
 class ChainBook:
     """``szm:chain`` cards in the shared issuer/vendor store."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, writer: StoreWriter) -> None:
         self._store = store
+        self._writer = writer
 
-    def load(self, key: bytes) -> szm_chain.ChainCardState | None:
-        row = _active(self._store.szm_card(key), SzmProtocol.CHAIN)
+    async def load(self, key: bytes) -> szm_chain.ChainCardState | None:
+        row = _active(await asyncio.to_thread(self._store.szm_card, key), SzmProtocol.CHAIN)
         if row is None or row.anchor is None:
             return None
         return szm_chain.ChainCardState(
@@ -61,21 +65,24 @@ class ChainBook:
             expires_at=row.expires_at,
         )
 
-    def insert(self, state: szm_chain.ChainCardState) -> bool:
+    async def insert(self, state: szm_chain.ChainCardState) -> bool:
         return False  # cards are issued by the issuer, never introduced by a payment
 
-    def advance(self, old: szm_chain.ChainCardState, new: szm_chain.ChainCardState) -> bool:
-        return self._store.szm_advance(old.card_id, old.spent, new.spent, new.anchor)
+    async def advance(self, old: szm_chain.ChainCardState, new: szm_chain.ChainCardState) -> bool:
+        return await self._writer.run(
+            lambda tx: tx.szm_advance(old.card_id, old.spent, new.spent, new.anchor)
+        )
 
 
 class PrbgBook:
     """``szm:prbg`` cards in the shared issuer/vendor store."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, writer: StoreWriter) -> None:
         self._store = store
+        self._writer = writer
 
-    def load(self, key: bytes) -> szm_prbg.PrbgCardState | None:
-        row = _active(self._store.szm_card(key), SzmProtocol.PRBG)
+    async def load(self, key: bytes) -> szm_prbg.PrbgCardState | None:
+        row = _active(await asyncio.to_thread(self._store.szm_card, key), SzmProtocol.PRBG)
         if row is None or row.generator is None:
             return None
         return szm_prbg.PrbgCardState(
@@ -87,21 +94,24 @@ class PrbgBook:
             expires_at=row.expires_at,
         )
 
-    def insert(self, state: szm_prbg.PrbgCardState) -> bool:
+    async def insert(self, state: szm_prbg.PrbgCardState) -> bool:
         return False
 
-    def advance(self, old: szm_prbg.PrbgCardState, new: szm_prbg.PrbgCardState) -> bool:
-        return self._store.szm_advance(old.card_id, old.spent, new.spent, None)
+    async def advance(self, old: szm_prbg.PrbgCardState, new: szm_prbg.PrbgCardState) -> bool:
+        return await self._writer.run(
+            lambda tx: tx.szm_advance(old.card_id, old.spent, new.spent, None)
+        )
 
 
 class PaywordBook:
     """PayWord commitments the vendor has accepted, with their signed bytes for redemption."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, writer: StoreWriter) -> None:
         self._store = store
+        self._writer = writer
 
-    def load(self, key: bytes) -> HeldCommitment | None:
-        row = self._store.payword_commitment(key)
+    async def load(self, key: bytes) -> HeldCommitment | None:
+        row = await asyncio.to_thread(self._store.payword_commitment, key)
         if row is None:
             return None
         state = payword.CommitmentState(
@@ -114,7 +124,7 @@ class PaywordBook:
         )
         return HeldCommitment(commitment_id=row.commitment_id, state=state, encoded=row.commitment)
 
-    def insert(self, held: HeldCommitment) -> bool:
+    async def insert(self, held: HeldCommitment) -> bool:
         state = held.state
         row = VendorCommitmentRow(
             commitment_id=held.commitment_id,
@@ -127,15 +137,16 @@ class PaywordBook:
             expires_at=state.expires_at,
         )
         try:
-            with self._store.transaction() as tx:
-                tx.payword_add_commitment(row)
+            await self._writer.run(lambda tx: tx.payword_add_commitment(row))
         except Conflict:
             return False  # known already: never reset its spent
         return True
 
-    def advance(self, old: HeldCommitment, new: HeldCommitment) -> bool:
-        return self._store.payword_advance(
-            old.commitment_id, old.state.spent, new.state.spent, new.state.last_value
+    async def advance(self, old: HeldCommitment, new: HeldCommitment) -> bool:
+        return await self._writer.run(
+            lambda tx: tx.payword_advance(
+                old.commitment_id, old.state.spent, new.state.spent, new.state.last_value
+            )
         )
 
 

@@ -96,11 +96,22 @@ def _relative(base: Path, value: str) -> Path:
 
 
 def _secret_file(path: Path) -> bytes:
-    """32 random bytes kept in ``path`` (hex), created with mode 0600 on first use."""
+    """32 random bytes kept in ``path`` (hex), created with mode 0600 on first use.
+
+    Workers starting at once on a fresh config race to make it: each writes its own file
+    aside and links it into place, so the file appears whole, once; losers read the winner's.
+    """
     if not path.exists():
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        aside = path.with_name(f".{path.name}.{os.urandom(8).hex()}")
+        fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as handle:
             handle.write(os.urandom(32).hex() + "\n")
+        try:
+            os.link(aside, path)
+        except FileExistsError:
+            pass
+        finally:
+            aside.unlink()
     return _hex(path.read_text(), str(path), length=32)
 
 

@@ -31,7 +31,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from farthing.core.clock import Clock, RandomSource
 from farthing.core.errors import ErrorCode, FarthingError, MalformedMessage, UnsupportedMethod
-from farthing.core.sealing import seal
+from farthing.core.sealing import seal, seal_binding
 from farthing.http.payment_auth import (
     CHALLENGE_NONCE_LEN,
     Challenge,
@@ -116,6 +116,7 @@ class Paywall:
         started = time.perf_counter()
         try:
             credential = parse_credential(authorization)
+            _check_resource(path)
             method_name, method = self._method_for(credential.payload)
             now = self._clock.now()
             challenge = self._signer.verify(
@@ -291,6 +292,15 @@ class _PaidSender:
         start = self._with_receipt({**self._start, "headers": kept}, content_type)
         await self._send(start)
         await self._send({"type": "http.response.body", "body": sealed})
+
+
+def _check_resource(path: str) -> None:
+    """Seals (and HLL offers) bind the path as canonical text; refuse one that is not
+    (NFD, control characters) before any money moves, not when sealing after it did."""
+    try:
+        seal_binding(method="", card_id=b"", index=0, resource=path)
+    except ValueError:
+        raise MalformedMessage("the path is not canonical text", code=ErrorCode.BAD_FIELD) from None
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

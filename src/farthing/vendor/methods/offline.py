@@ -14,8 +14,6 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
-import anyio.to_thread
-
 from farthing.core.errors import ErrorCode, FarthingError, InvalidPayment
 from farthing.core.money import Denomination
 from farthing.http.payment_auth import JsonObject
@@ -28,15 +26,16 @@ S = TypeVar("S")
 
 
 class CardBook(Protocol[S]):
-    """The store's view of one method's states (blocking calls, run in a worker thread)."""
+    """The store's view of one method's states."""
 
-    def load(self, key: bytes) -> S | None: ...
+    async def load(self, key: bytes) -> S | None: ...
 
-    def advance(self, old: S, new: S) -> bool:
-        """Persist ``new`` iff the stored state still equals ``old`` (conditional update)."""
+    async def advance(self, old: S, new: S) -> bool:
+        """Persist ``new`` iff the stored state still equals ``old`` (conditional update),
+        durably, before returning True."""
         ...
 
-    def insert(self, state: S) -> bool:
+    async def insert(self, state: S) -> bool:
         """Store a new state unless one with its key exists (never overwrite)."""
         ...
 
@@ -128,12 +127,12 @@ class OfflineMethod(Generic[S]):
         return await self._settle_against(key, stored, raw, context)
 
     async def _stored(self, key: bytes, context: PaymentContext) -> S:
-        stored = await anyio.to_thread.run_sync(self._book.load, key)
+        stored = await self._book.load(key)
         if stored is None:
             introduced = self._scheme.introduce(context.payload, now=context.now)
             if introduced is not None:
-                await anyio.to_thread.run_sync(self._book.insert, introduced)
-                stored = await anyio.to_thread.run_sync(self._book.load, key)
+                await self._book.insert(introduced)
+                stored = await self._book.load(key)
         if stored is None:
             raise _invalid()
         return stored
@@ -143,7 +142,7 @@ class OfflineMethod(Generic[S]):
     ) -> Settlement:
         units = self._units(state, context)
         verified = self._scheme.verify(state, raw, units=units, now=context.now)
-        if not await anyio.to_thread.run_sync(self._book.advance, state, verified.new_state):
+        if not await self._book.advance(state, verified.new_state):
             raise _invalid()  # lost the race to another request for the same unit
         self._cache.put(key, verified.new_state)
         return Settlement(

@@ -1,0 +1,65 @@
+"""Group commit: concurrent writes share a commit, results come only after it."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from farthing.core.errors import Conflict
+from farthing.store import Tx, open_store
+from farthing.vendor.writer import StoreWriter
+from tests.vendor.helpers import issue_chain_cards
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+async def test_concurrent_advances_of_one_card_win_once(tmp_path: Path) -> None:
+    store = open_store(str(tmp_path / "v.sqlite"))
+    card = issue_chain_cards(store, 1)[0]
+    row = store.szm_card(card.card_id)
+    assert row is not None
+    writer = StoreWriter(store)
+
+    def advance(tx: Tx) -> bool:
+        return tx.szm_advance(card.card_id, 0, 2, b"w" * 32)
+
+    results = await asyncio.gather(*(writer.run(advance) for _ in range(50)))
+    await writer.aclose()
+    assert results.count(True) == 1
+    after = open_store(str(tmp_path / "v.sqlite")).szm_card(card.card_id)
+    assert after is not None
+    assert (after.spent, after.anchor) == (2, b"w" * 32)
+
+
+async def test_a_failing_job_does_not_take_the_others_with_it(tmp_path: Path) -> None:
+    store = open_store(str(tmp_path / "v.sqlite"))
+    cards = issue_chain_cards(store, 3)
+    writer = StoreWriter(store)
+
+    def good(index: int):  # type: ignore[no-untyped-def]
+        return lambda tx: tx.szm_advance(cards[index].card_id, 0, 1, b"v" * 32)
+
+    def bad(tx: Tx) -> bool:
+        raise Conflict("this one fails")
+
+    outcomes = await asyncio.gather(
+        writer.run(good(0)), writer.run(bad), writer.run(good(1)), return_exceptions=True
+    )
+    await writer.aclose()
+    assert outcomes[0] is True
+    assert isinstance(outcomes[1], Conflict)
+    assert outcomes[2] is True
+    for index in (0, 1):
+        row = store.szm_card(cards[index].card_id)
+        assert row is not None
+        assert row.spent == 1
+    untouched = store.szm_card(cards[2].card_id)
+    assert untouched is not None
+    assert untouched.spent == 0
