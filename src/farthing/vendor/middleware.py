@@ -297,6 +297,8 @@ class _PaidSender:
 def _check_resource(path: str) -> None:
     """Seals (and HLL offers) bind the path as canonical text; refuse one that is not
     (NFD, control characters) before any money moves, not when sealing after it did."""
+    if path.isascii() and path.isprintable():
+        return  # printable ASCII is canonical text: the usual path costs two C calls
     try:
         seal_binding(method="", card_id=b"", index=0, resource=path)
     except ValueError:
