@@ -87,3 +87,29 @@ async def test_goods_served_from_memory_follow_file_changes(tmp_path: Path) -> N
     assert missing.status_code == 404
     assert escaped.status_code == 404
     assert "not for sale" not in escaped.text
+
+
+def test_a_payword_only_vendor_deposits_with_its_own_issuer_settings(tmp_path: Path) -> None:
+    from farthing.vendor.config import load_vendor_config
+    from farthing.vendor.serve import deposits_missing
+
+    (tmp_path / "merchant.key").write_text("ab" * 32)
+    base = (
+        'realm = "x"\ndatabase = "v.sqlite"\n[prices]\n"/a" = "1000 EUR"\n'
+        f'[payword]\nvendor_id = "shop"\nbroker_id = "b"\nbroker_public_key = "{"00" * 32}"\n'
+        "unit_micros = 1000\n"
+    )
+    (tmp_path / "vendor.toml").write_text(base)
+    without = load_vendor_config(tmp_path / "vendor.toml")
+    assert without.deposits is None
+    assert deposits_missing(without)
+    (tmp_path / "vendor.toml").write_text(
+        base + 'issuer_url = "http://127.0.0.1:9"\nmerchant_key_file = "merchant.key"\n'
+    )
+    configured = load_vendor_config(tmp_path / "vendor.toml")
+    assert configured.deposits is not None
+    assert (configured.deposits.merchant_id, configured.deposits.merchant_key) == (
+        "shop",
+        bytes.fromhex("ab" * 32),
+    )
+    assert not deposits_missing(configured)

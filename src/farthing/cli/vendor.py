@@ -119,7 +119,10 @@ def deposit(
         loaded = load_vendor_config(_config_path(directory, config))
         deposits = depositor_for(loaded)
         if deposits is None:
-            raise fail("nothing to deposit: neither [hll] nor [payword] is configured")
+            raise fail(
+                "this vendor has no issuer to deposit at",
+                hint="set issuer_url in [hll], or issuer_url and merchant_key_file in [payword]",
+            )
         depositor, client = deposits
         staged = depositor.stage()
         report = asyncio.run(_flush_and_close(depositor, client))

@@ -21,7 +21,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Final, TypeVar
 
@@ -83,7 +83,7 @@ class CardCode:
 
     protocol: Protocol
     card_id: bytes
-    secret: bytes
+    secret: bytes = field(repr=False)
     units: int
     currency: str
     unit_micros: int

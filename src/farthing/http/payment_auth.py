@@ -23,6 +23,7 @@ once (see docs/http.md, "single use").
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -81,6 +82,13 @@ def _reject_constant(name: str) -> object:
     raise MalformedMessage("non-finite number in JSON", code=ErrorCode.MALFORMED_CREDENTIAL)
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400 overflows to inf without ever saying "Infinity"
+        raise MalformedMessage("non-finite number in JSON", code=ErrorCode.MALFORMED_CREDENTIAL)
+    return value
+
+
 def encode_json_b64(obj: JsonObject) -> str:
     raw = json.dumps(obj, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
     return b64url_encode(raw.encode("utf-8"))
@@ -94,6 +102,7 @@ def decode_json_b64(text: str, *, max_len: int = MAX_HEADER) -> JsonObject:
             raw.decode("utf-8"),
             object_pairs_hook=_reject_duplicates,
             parse_constant=_reject_constant,
+            parse_float=_finite_float,
         )
     except MalformedMessage as exc:
         raise MalformedMessage(exc.message, code=ErrorCode.MALFORMED_CREDENTIAL) from None

@@ -28,6 +28,8 @@ A small file next to the goods::
     broker_id = "broker"
     broker_public_key = "<hex>"
     unit_micros = 1000
+    issuer_url = "http://127.0.0.1:8001"  # the broker, to redeem at; if there is no [hll],
+    merchant_key_file = "merchant.key"    # these two enable deposits (vendor_id = merchant id)
 
 Every error in the file is reported with the key at fault; nothing is guessed.
 """
@@ -37,7 +39,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
@@ -46,10 +48,19 @@ from farthing.vendor.app import HllSettings, PaywordSettings, SzmKeys, VendorSet
 from farthing.vendor.methods.hll import HllMode
 from farthing.vendor.pricing import Price, PriceTable
 
-__all__ = ["CONFIG_ENV", "VendorConfig", "load_vendor_config"]
+__all__ = ["CONFIG_ENV", "DepositSettings", "VendorConfig", "load_vendor_config"]
 
 CONFIG_ENV: Final = "FARTHING_VENDOR_CONFIG"
 _PRICE: Final = re.compile(r"\A\s*(\d+)\s+([A-Z]{3})\s*\Z")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DepositSettings:
+    """Where and as whom the vendor deposits (HLL batches, PayWord redemptions)."""
+
+    issuer_url: str
+    merchant_id: str
+    merchant_key: bytes = field(repr=False)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -59,6 +70,7 @@ class VendorConfig:
     database: str
     content_dir: Path
     issuer_url: str | None
+    deposits: DepositSettings | None = None
     deposit_interval: float = 60.0
 
 
@@ -169,6 +181,29 @@ def _payword(table: dict[str, object]) -> PaywordSettings:
     )
 
 
+def _deposits(
+    settings: VendorSettings,
+    hll: dict[str, object] | None,
+    pw: dict[str, object] | None,
+    base: Path,
+) -> DepositSettings | None:
+    """From [hll] when present, else from [payword]'s optional issuer_url and key file."""
+    if settings.hll is not None and hll is not None:
+        return DepositSettings(
+            issuer_url=_str(hll, "issuer_url", "hll."),
+            merchant_id=settings.hll.merchant_id,
+            merchant_key=settings.hll.merchant_key,
+        )
+    if settings.payword is None or pw is None or "issuer_url" not in pw:
+        return None
+    key_file = _relative(base, _str(pw, "merchant_key_file", "payword."))
+    return DepositSettings(
+        issuer_url=_str(pw, "issuer_url", "payword."),
+        merchant_id=settings.payword.vendor_id,
+        merchant_key=_hex(key_file.read_text(), "payword.merchant_key_file", length=32),
+    )
+
+
 def _section(data: dict[str, object], name: str) -> dict[str, object] | None:
     value = data.get(name)
     if value is None:
@@ -208,5 +243,6 @@ def load_vendor_config(path: Path) -> VendorConfig:
         database=database,
         content_dir=_relative(base, str(data.get("content_dir", "."))),
         issuer_url=_str(hll, "issuer_url", "hll.") if hll is not None else None,
+        deposits=_deposits(settings, hll, pw, base),
         deposit_interval=_int(data, "deposit_interval", "", 60),
     )

@@ -9,6 +9,7 @@ payments atomic across them.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 from pathlib import Path
 
@@ -22,7 +23,9 @@ from farthing.vendor.deposits import Depositor
 from farthing.vendor.goods import GoodsApp
 from farthing.vendor.middleware import Paywall
 
-__all__ = ["app_from_config", "app_from_env", "depositor_for"]
+__all__ = ["app_from_config", "app_from_env", "depositor_for", "deposits_missing"]
+
+log = logging.getLogger("farthing.vendor")
 
 
 def _bank(config: VendorConfig) -> IssuerClient | None:
@@ -42,6 +45,8 @@ def app_from_config(config: VendorConfig) -> Paywall:
     closers = [bank.aclose] if bank is not None else []
     background = []
     deposits = depositor_for(config, store=store)
+    if deposits is None and deposits_missing(config):
+        log.warning("PayWord is sold but not redeemed: set [payword] issuer_url and key file")
     if deposits is not None:
         depositor, client = deposits
         closers.append(client.aclose)
@@ -66,20 +71,22 @@ def app_from_env() -> Paywall:
     return app_from_config(load_vendor_config(Path(path)))
 
 
+def deposits_missing(config: VendorConfig) -> bool:
+    """True if the vendor takes payments it should deposit but cannot (no issuer set)."""
+    settings = config.settings
+    return config.deposits is None and (settings.hll is not None or settings.payword is not None)
+
+
 def depositor_for(
     config: VendorConfig, *, store: Store | None = None
 ) -> tuple[Depositor, IssuerClient] | None:
     """The depositor of a configured vendor and its issuer client (close it when done), or
-    None if the vendor has nothing to deposit."""
-    settings = config.settings
-    if settings.hll is None and settings.payword is None:
+    None if the config names no issuer to deposit at (see :func:`deposits_missing`)."""
+    deposits = config.deposits
+    if deposits is None:
         return None
-    if config.issuer_url is None:
-        raise LocalProtocolError("set [hll] issuer_url to deposit", code=ErrorCode.MISUSE)
-    hll = settings.hll
-    merchant_id = hll.merchant_id if hll is not None else None
-    merchant_key = hll.merchant_key if hll is not None else None
-    client = IssuerClient(config.issuer_url, merchant_id=merchant_id, merchant_key=merchant_key)
+    merchant_id, merchant_key = deposits.merchant_id, deposits.merchant_key
+    client = IssuerClient(deposits.issuer_url, merchant_id=merchant_id, merchant_key=merchant_key)
     depositor = Depositor(
         store if store is not None else open_store(config.database),
         client,

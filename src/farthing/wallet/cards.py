@@ -163,7 +163,7 @@ class HllCardFile:
         """Our file format, or the issuer API's answer to creating a card (``card_key_hex``)."""
         try:
             obj = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: hostile nesting
             raise _bad_file() from None
         if isinstance(obj, dict) and "card_key_hex" in obj:
             return _from_issuer_answer(obj)

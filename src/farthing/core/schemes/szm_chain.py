@@ -60,7 +60,7 @@ The public checks run before hashing, so a hostile index costs at most ``units``
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Final, NamedTuple, final
 
@@ -181,7 +181,7 @@ class ChainCard:
     """The card holder's state value: persist it (write-ahead) before sending a payment."""
 
     card_id: bytes
-    secret: bytes
+    secret: bytes = field(repr=False)
     length: int
     spent: int
     denomination: Denomination

@@ -56,7 +56,7 @@ InsufficientFunds(AMOUNT_MISMATCH). Past ``expires_at``: PaymentExpired(CARD_EXP
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Final, final
 
 from farthing.core.cardcode import CardCode, Generator, Protocol
@@ -174,14 +174,14 @@ class PrbgCard:
     """
 
     card_id: bytes
-    secret: bytes
+    secret: bytes = field(repr=False)
     units: int
     spent: int
     generator: Generator
     denomination: Denomination
     expires_at: int
     modulus: BbsPublic | None = None
-    bbs_x: int | None = None
+    bbs_x: int | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if len(self.card_id) != _ID_LEN or len(self.secret) != _SECRET_LEN:

@@ -1,0 +1,264 @@
+"""Races against a real vendor: 2 uvicorn workers on one store, SQLite and PostgreSQL.
+
+Several processes, each with several threads, send at the same instant (a shared start
+time, connections opened beforehand):
+
+- many copies of one payment, each for another URL of the priced route;
+- overlapping indexes of one card (2, 4, ..., 12, each twice), so that a later index and an
+  earlier one race for the same units.
+
+What must hold, for ``szm:chain``, ``szm:prbg`` and ``payword``: at most one acceptance per
+payment and exactly one for the copied one; no unit accepted twice (receipts' unit ranges
+never overlap); the units summed from the receipts equal the card's (commitment's) ``spent``
+in the store; every accepted body opens (SZM) or reads (PayWord) as the article asked for;
+no answer but 200 and 401; the ledger balances; for PayWord, depositing the commitments at
+the broker credits exactly what the store says was spent, once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from farthing.core.clock import SystemClock
+from farthing.core.encoding import b64url_decode
+from farthing.core.sealing import open_sealed
+from farthing.issuer.client import IssuerClient
+from farthing.vendor.deposits import Depositor
+from tests.reliability.conftest import BACKENDS, store_target
+from tests.reliability.load import Sent, card_problems
+from tests.reliability.procs import ROOT, Server, vendor_server
+from tests.reliability.world import (
+    ARTICLES,
+    MERCHANT_ID,
+    UNIT,
+    ChainHolder,
+    Paid,
+    PaywordHolder,
+    PrbgHolder,
+    World,
+    authorization,
+    build_world,
+    challenge_ids,
+    overlapping,
+    paid_from_receipt,
+    units_by_key,
+)
+
+pytestmark = pytest.mark.xdist_group("reliability-servers")
+
+PROCESSES = 3
+THREADS = 6
+SAME_COPIES = 18
+OVERLAP_INDEXES = range(2, 14, 2)
+OVERLAP_COPIES = 2
+CARDS = 4
+PATHS = [f"/articles/{name}" for name in ARTICLES]
+METHODS = ("szm:chain", "szm:prbg", "payword")
+
+Holder = ChainHolder | PrbgHolder | PaywordHolder
+
+
+@dataclass(frozen=True)
+class Job:
+    job: int
+    method: str
+    path: str
+    authorization: str
+    key: str
+    index: int
+    sealing_key: bytes | None
+
+
+@pytest.fixture(params=BACKENDS)
+def vendor(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[World, Server]]:
+    folder = tmp_path / "races"
+    folder.mkdir()
+    world = build_world(folder, store_target(request, request.param, folder))
+    server = vendor_server(world.config_path, workers=2, log_path=folder / "vendor.log")
+    with server:
+        yield world, server
+    world.close()
+
+
+def holders(world: World, method: str) -> list[Holder]:
+    if method == "szm:chain":
+        return list(world.chain_cards(CARDS))
+    if method == "szm:prbg":
+        return list(world.prbg_cards(CARDS))
+    return list(world.commitments(CARDS))
+
+
+def make_job(n: int, holder: Holder, index: int, cid: str, method: str, now: int) -> Job:
+    path = PATHS[n % len(PATHS)]
+    if isinstance(holder, PaywordHolder):
+        payment = holder.at(index, now)
+        header = authorization(cid, method, payment, commitment=holder.encoded)
+        return Job(n, method, path, header, holder.key, index, None)
+    payment, key = holder.at(index, now)
+    return Job(n, method, path, authorization(cid, method, payment), holder.key, index, key)
+
+
+def plan(
+    world: World, method: str, cid: str, now: int, first: int
+) -> tuple[list[Job], list[Holder]]:
+    """Jobs numbered from ``first``: the copied payment, then the overlapping indexes."""
+    cards = holders(world, method)
+    wanted = [(cards[0], 2)] * SAME_COPIES
+    for card in cards[1:]:
+        wanted += [(card, i) for i in OVERLAP_INDEXES for _ in range(OVERLAP_COPIES)]
+    jobs = [make_job(first + n, h, i, cid, method, now) for n, (h, i) in enumerate(wanted)]
+    return jobs, cards
+
+
+def blast(base: str, jobs: list[Job], folder: Path) -> list[dict[str, Any]]:
+    """Send every job at once from PROCESSES processes of THREADS threads each."""
+    start_at = time.time() + 1.2  # the blasters need about 0.3 s to start
+    children = []
+    for p in range(PROCESSES):
+        share = [
+            {"job": j.job, "path": j.path, "authorization": j.authorization}
+            for j in jobs[p::PROCESSES]
+        ]
+        job = {"base": base, "start_at": start_at, "threads": THREADS, "requests": share}
+        path = folder / f"blast-{p}.json"
+        path.write_text(json.dumps(job))
+        child = subprocess.Popen(
+            [sys.executable, "-m", "tests.reliability.blaster", str(path)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=ROOT,
+        )
+        children.append(child)
+    results = []
+    for child in children:
+        out, err = child.communicate(timeout=120)
+        assert child.returncode == 0, err.decode(errors="replace")
+        results += [json.loads(line) for line in out.decode().splitlines() if line]
+    assert len(results) == len(jobs)
+    return results
+
+
+def stored_spent(world: World, holder: Holder) -> int:
+    return world.spent(holder)
+
+
+def check_bodies(method: str, jobs: dict[int, Job], accepted: list[dict[str, Any]]) -> None:
+    for result in accepted:
+        job = jobs[result["job"]]
+        body = b64url_decode(result["body"])
+        if job.sealing_key is not None:
+            paid = paid_from_receipt(result["receipt"])
+            body = open_sealed(
+                job.sealing_key,
+                body,
+                method=method,
+                card_id=b64url_decode(job.key),
+                index=paid.index,
+                resource=job.path,
+            )
+        assert body.decode() == ARTICLES[job.path.rsplit("/", 1)[1]]
+
+
+def deposit_twice(world: World) -> tuple[int, int]:
+    """Stage and flush the vendor's PayWord claims twice; the merchant's owed after each."""
+
+    async def flush() -> None:
+        transport = httpx.ASGITransport(app=world.issuer_app())
+        client = IssuerClient(
+            "http://issuer.test",
+            merchant_id=MERCHANT_ID,
+            merchant_key=world.merchant_key,
+            transport=transport,
+        )
+        depositor = Depositor(
+            world.store, client, clock=SystemClock(), rng=os.urandom,
+            merchant_id=MERCHANT_ID, merchant_key=world.merchant_key,
+        )  # fmt: skip
+        async with client:
+            depositor.stage()
+            report = await depositor.flush()
+        assert report.failed == 0
+
+    owed = []
+    for _ in range(2):
+        asyncio.run(flush())
+        owed.append(world.services.accounts.merchant(MERCHANT_ID).owed_micros)
+    return owed[0], owed[1]
+
+
+def test_one_acceptance_per_unit(vendor: tuple[World, Server]) -> None:
+    world, server = vendor
+    unpaid = httpx.get(server.base + PATHS[0], timeout=10)
+    assert unpaid.status_code == 402
+    offered = challenge_ids(unpaid.headers.get_list("www-authenticate"))
+    jobs: list[Job] = []
+    cards: dict[str, list[Holder]] = {}
+    for method in METHODS:
+        cid, expires = offered[method]
+        more, cards[method] = plan(world, method, cid, expires - 300, first=len(jobs))
+        jobs += more
+    random.Random(1).shuffle(jobs)
+
+    results = blast(server.base, jobs, world.folder)
+
+    statuses = [r["status"] for r in results]
+    assert set(statuses) <= {200, 401}, sorted(set(statuses))
+    by_job = {job.job: job for job in jobs}
+    for method in METHODS:
+        accepted = [r for r in results if r["status"] == 200 and by_job[r["job"]].method == method]
+        check_accepted(world, method, cards[method], by_job, accepted)
+    assert world.store.check_ledger().balanced
+    first, second = deposit_twice(world)
+    spent = sum(stored_spent(world, card) for card in cards["payword"])
+    assert first == second == spent * UNIT
+    world.services.szm.recognise_revenue("test:reliability", "EUR")
+    assert world.store.check_ledger().balanced
+
+
+def check_accepted(
+    world: World,
+    method: str,
+    cards: list[Holder],
+    by_job: dict[int, Job],
+    accepted: list[dict[str, Any]],
+) -> None:
+    payments = [(by_job[r["job"]].key, by_job[r["job"]].index) for r in accepted]
+    assert len(payments) == len(set(payments)), f"{method}: one payment was accepted twice"
+    assert payments.count((cards[0].key, 2)) == 1, f"{method}: the copy was not accepted once"
+    paid = [paid_from_receipt(r["receipt"]) for r in accepted]
+    assert [(p.key, p.index) for p in paid] == payments
+    assert overlapping(paid) == [], method
+    totals = units_by_key(paid)
+    for card in cards:
+        assert totals.get(card.key, 0) == stored_spent(world, card), (method, card.key)
+    check_bodies(method, by_job, accepted)
+
+
+def test_the_ledger_checks_can_fail() -> None:
+    """The checks the race and crash tests rely on must be able to fail."""
+    assert overlapping([Paid("c", 4, 4), Paid("c", 6, 4)]) != []
+    assert overlapping([Paid("c", 4, 4), Paid("c", 6, 2), Paid("d", 6, 2)]) == []
+
+    def sent(index: int, outcome: str, units: int = 2) -> Sent:
+        paid = Paid("c", index, units) if outcome == "paid" else None
+        return Sent(method="szm:chain", key="c", index=index, outcome=outcome, paid=paid)
+
+    assert card_problems([sent(2, "paid"), sent(4, "unknown")], 4) == []  # answer lost
+    assert card_problems([sent(2, "paid"), sent(4, "unknown"), sent(6, "paid")], 6) == []
+    assert card_problems([sent(2, "paid"), sent(4, "unknown"), sent(6, "paid", 4)], 6) == []
+    assert card_problems([sent(2, "paid"), sent(4, "paid")], 2) != []  # 4 not recorded
+    assert card_problems([sent(2, "paid"), sent(6, "paid")], 6) != []  # 3..4 unexplained
+    assert card_problems([sent(2, "paid"), sent(4, "paid", 4)], 4) != []  # unit 1..2 twice
