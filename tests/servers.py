@@ -7,7 +7,10 @@ Servers bind 127.0.0.1 only, are waited for until they answer, and are always st
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -16,6 +19,16 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import httpx
+
+
+def die_with_parent() -> None:
+    """``preexec_fn``: the server gets SIGTERM when the test process dies, even by kill -9,
+    so no server outlives its test (Linux prctl PR_SET_PDEATHSIG; elsewhere a no-op)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def free_port() -> int:
@@ -44,7 +57,12 @@ def uvicorn_server(
     ]  # fmt: skip
     log = open(log_path, "wb") if log_path is not None else subprocess.DEVNULL  # noqa: SIM115
     process = subprocess.Popen(
-        command, env={**os.environ, **env}, stdout=log, stderr=log, start_new_session=True
+        command,
+        env={**os.environ, **env},
+        stdout=log,
+        stderr=log,
+        start_new_session=True,
+        preexec_fn=die_with_parent,
     )
     base = f"http://127.0.0.1:{port}"
     try:

@@ -20,7 +20,7 @@ from types import TracebackType
 
 import httpx
 
-from tests.servers import free_port
+from tests.servers import die_with_parent, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -56,7 +56,13 @@ class Server:
         log = open(self._log_path, "ab") if self._log_path else subprocess.DEVNULL  # noqa: SIM115
         try:
             self._process = subprocess.Popen(
-                command, env=self._env, stdout=log, stderr=log, start_new_session=True, cwd=ROOT
+                command,
+                env=self._env,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+                cwd=ROOT,
+                preexec_fn=die_with_parent,
             )
         finally:
             if self._log_path:
