@@ -565,31 +565,23 @@ def _suggestions(m: Measured) -> list[str]:
     own_work = sum(p.micros for p in m.parts if not p.name.startswith(("record", "one hop")))
     files = sum(share for label, share in m.inclusive if label.startswith("serving the file"))
     return [
-        "**Top costs and what could be done** (suggestions for `src/`; the benchmarks change "
-        "nothing there):",
+        "**Top costs, what was done, and what is left:**",
         "",
-        f"1. The durable UPDATE, `src/farthing/store/_store.py` `Store.szm_advance` (on "
-        f"`_fastlane.py`): {update:,.0f} us alone, {update / m.paid_us:.0%} of the paid "
-        "request, nearly all of it the commit's fsync (SQLite WAL, `synchronous=FULL`). The "
-        f"same UPDATE costs {normal:,.0f} us with `synchronous=NORMAL` and {grouped:,.0f} us "
-        f"each when {GROUP} share a commit. Group commit keeps every payment durable before "
-        "its response: one writer per process takes the compare-and-sets of the requests in "
-        "flight, runs them in one transaction (each still judged by its own rowcount) and "
-        "answers them all after the one fsync; under load it divides the fsync among them. "
-        "`synchronous=NORMAL` could be an operator's option (the last payments can be lost "
-        "on power loss, not on a crash of the process).",
-        f"2. The hops to a worker thread, `src/farthing/vendor/methods/offline.py` "
-        f"`OfflineMethod._stored` / `_settle_against` (`anyio.to_thread.run_sync`): "
-        f"{hop:,.0f} us each; a cached card costs 1 (the UPDATE), a card not cached 2 (read "
-        "and UPDATE), a new PayWord commitment 4. The same round trip to one dedicated thread "
-        f"(`loop.run_in_executor`) costs {own:,.0f} us: a store thread per process (also the "
-        "home of the group commit above) would cut it.",
-        f"3. Serving the file, `src/farthing/vendor/goods.py` `GoodsApp` (Starlette "
-        f"`StaticFiles` and `FileResponse`): {files:.0%} of the profiled run and most of a "
-        f"free request ({m.free_us:,.0f} us, against {bare:,.0f} us for `/healthz`): the "
-        "stat, the open and each read hop to a thread. It is the same for free and paid "
-        "requests, so it is the ceiling of both: keeping small goods in memory (bytes, "
-        "etag, checked against the file's mtime) would raise both.",
+        f"1. The durable commit. One UPDATE committed alone (`Store.szm_advance`, SQLite WAL, "
+        f"`synchronous=FULL`) costs {update:,.0f} us, {update / m.paid_us:.0%} of this "
+        f"(one request at a time) paid request, nearly all of it the fsync; {grouped:,.0f} us "
+        f"each when {GROUP} share a commit, {normal:,.0f} us with `synchronous=NORMAL`. Done: "
+        "the vendor now group-commits (`src/farthing/vendor/writer.py` `StoreWriter`, one "
+        "writer thread per process); every payment is still durable before its response, and "
+        "under concurrent load the requests in flight share one fsync. Not taken: "
+        "`synchronous=NORMAL`, which can lose the last payments on a power loss.",
+        f"2. Thread round trips. Each store call still leaves the event loop: {hop:,.0f} us "
+        f"through anyio, {own:,.0f} us to a dedicated thread. A cached card needs one (the "
+        "writer), an uncached card two, a new PayWord commitment four. Left to do: read card "
+        "states on the writer thread as well, and keep hot states cached longer.",
+        f"3. Serving the file. Done: small goods are answered from memory "
+        f"(`src/farthing/vendor/goods.py`): a free request costs {m.free_us:,.0f} us, against "
+        f"{bare:,.0f} us for `/healthz` ({files:.0%} of the profiled run is file serving).",
         f"4. What the paywall computes itself (parsing, the challenge HMAC, the core's "
         f"verification and key, sealing, the receipt) adds up to {own_work:,.0f} us, "
         f"{own_work / m.paid_us:.0%} of the paid request: nothing to gain there first.",
