@@ -44,6 +44,7 @@ from tests.reliability.world import (
 )
 
 PATHS = [f"/articles/{name}" for name in ARTICLES]
+UP_FRONT_MARGIN = 10  # seconds, as the wallet's DEFAULT_UP_FRONT_MARGIN
 
 
 @dataclass
@@ -104,7 +105,7 @@ class Payer:
         method = self.methods[self._turn % len(self.methods)]
         self._turn += 1
         path = self._rng.choice(PATHS)
-        if method not in self.challenges and not self._refresh(client, path):
+        if self._stale(method) and not self._refresh(client, path):
             return None
         holder = self.holders[method]
         index = self.position[method] + (1 if method == "hll:mac" else PRICE_UNITS)
@@ -173,6 +174,11 @@ class Payer:
                 return
         if body.decode(errors="replace") != ARTICLES[path.rsplit("/", 1)[1]]:
             record.outcome, record.detail = "corrupt", "not the article"
+
+    def _stale(self, method: str) -> bool:
+        """No challenge for the method, or one about to expire (a wallet's up-front margin)."""
+        known = self.challenges.get(method)
+        return known is None or known[1] <= self.world.clock.now() + UP_FRONT_MARGIN
 
     def _refresh(self, client: httpx.Client, path: str) -> bool:
         try:

@@ -23,6 +23,7 @@ import os
 import random
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,8 +35,10 @@ import pytest
 
 from farthing.core.clock import SystemClock
 from farthing.core.encoding import b64url_decode
+from farthing.core.errors import FarthingError
 from farthing.core.sealing import open_sealed
 from farthing.issuer.client import IssuerClient
+from farthing.store import Store, open_store
 from farthing.vendor.deposits import Depositor
 from tests.reliability.conftest import BACKENDS, store_target
 from tests.reliability.load import Sent, card_problems
@@ -262,3 +265,56 @@ def test_the_ledger_checks_can_fail() -> None:
     assert card_problems([sent(2, "paid"), sent(4, "paid")], 2) != []  # 4 not recorded
     assert card_problems([sent(2, "paid"), sent(6, "paid")], 6) != []  # 3..4 unexplained
     assert card_problems([sent(2, "paid"), sent(4, "paid", 4)], 4) != []  # unit 1..2 twice
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_deposit_stagers_racing_all_succeed(
+    request: pytest.FixtureRequest, tmp_path: Path, backend: str
+) -> None:
+    """Every worker of a serving vendor runs the background deposit task, and an operator
+    may run ``farthing vendor deposit`` beside them: stagers racing on the same PayWord
+    claims must each finish (the claim staged once), not fail on the other's insert."""
+    world = build_world(tmp_path, store_target(request, backend, tmp_path))
+    commitments = world.commitments(10)
+    transport = httpx.ASGITransport(app=world.vendor_app())
+    async with httpx.AsyncClient(transport=transport, base_url="http://vendor.test") as http:
+        for round_ in range(1, 4):
+            unpaid = await http.get(PATHS[0])
+            cid = challenge_ids(unpaid.headers.get_list("www-authenticate"))["payword"][0]
+            for holder in commitments:
+                payment = holder.at(2 * round_, world.clock.now())
+                header = authorization(cid, "payword", payment, commitment=holder.encoded)
+                assert (await http.get(PATHS[0], headers={"authorization": header})).is_success
+            errors = await asyncio.to_thread(stage_at_once, world, stagers=4)
+            assert errors == [], f"round {round_}: {errors[0]}"
+    with world.store.transaction(readonly=True) as tx:
+        staged = tx.outbox_due(2**62, 1000)
+    assert len(staged) == 3 * len(commitments)
+    world.close()
+
+
+def stage_at_once(world: World, *, stagers: int) -> list[str]:
+    stores = [open_store(world.target, create=False) for _ in range(stagers)]
+    barrier = threading.Barrier(stagers)
+    errors: list[str] = []
+
+    def stage(store: Store) -> None:
+        depositor = Depositor(
+            store, world.bank(), clock=world.clock, rng=os.urandom,
+            merchant_id=MERCHANT_ID, merchant_key=world.merchant_key,
+        )  # fmt: skip
+        barrier.wait()
+        try:
+            depositor.stage()
+        except FarthingError as error:
+            errors.append(f"{type(error).__name__}: {error.message}")
+
+    threads = [threading.Thread(target=stage, args=(store,)) for store in stores]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for store in stores:
+        store.close()
+    return errors

@@ -299,10 +299,14 @@ def wrong_passphrase(path: Path, found: Evidence) -> None:
 
 @pytest.fixture
 def all_logs(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
+    names = ("farthing", "farthing.vendor", "farthing.issuer", "httpx", "httpcore")
+    levels = {name: logging.getLogger(name).level for name in names}
     with caplog.at_level(logging.DEBUG):
-        for name in ("farthing", "farthing.vendor", "farthing.issuer", "httpx", "httpcore"):
+        for name in names:
             logging.getLogger(name).setLevel(logging.DEBUG)
         yield caplog
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
 
 
 @pytest.mark.anyio
