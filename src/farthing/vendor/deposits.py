@@ -27,6 +27,7 @@ import anyio.to_thread
 from farthing.core.clock import Clock, RandomSource
 from farthing.core.encoding import Writer, b64url_encode
 from farthing.core.errors import (
+    Conflict,
     ErrorCode,
     FarthingError,
     LocalProtocolError,
@@ -44,6 +45,7 @@ log = logging.getLogger("farthing.vendor.deposits")
 _TAG_LEN: Final = 32
 _BACKOFF_BASE: Final = 5
 _BACKOFF_CAP: Final = 3600
+_STAGE_TRIES: Final = 5
 
 
 class DepositTarget(Protocol):
@@ -118,6 +120,17 @@ class Depositor:
         return len(rows) == self._batch_size
 
     def _stage_redemptions(self) -> int:
+        """Stage a claim per commitment spent past its redemption. Another stager (a second
+        worker's task, the CLI) may add the same claims at the same moment; the loser's
+        transaction fails on the unique item id and is run again, skipping what is there."""
+        for _ in range(_STAGE_TRIES - 1):
+            try:
+                return self._stage_redemptions_once()
+            except Conflict:
+                continue
+        return self._stage_redemptions_once()
+
+    def _stage_redemptions_once(self) -> int:
         added = 0
         with self._store.transaction() as tx:
             for row in tx.payword_unredeemed(self._batch_size):
