@@ -5,18 +5,43 @@
 - ``pg_dsn`` (session): DSN of a database ``farthing`` on that server, for tests that
   manage their own schema.
 - ``fresh_pg_dsn``: a new, empty database for one test, dropped afterwards.
+
+It also sets Hypothesis' defaults: no per-example deadline (speed is measured in
+``bench/``, not in tests; a loaded CI machine would make deadlines flaky), and under
+``CI`` (set by ``.ci/run``) derandomized examples, so a CI verdict is repeatable. And it
+bounds how long a test process may take to exit once its tests are done (see
+``pytest_unconfigure``), so a hang at shutdown fails the run instead of stalling CI.
 """
 
 from __future__ import annotations
 
+import faulthandler
 import itertools
+import os
+import sys
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import settings
 
 from tests.pgserver import PgServer, PgUnavailable
 
 _names = itertools.count(1)
+
+settings.register_profile("default", deadline=None)
+settings.register_profile("ci", deadline=None, derandomize=True, print_blob=True)
+settings.load_profile("ci" if os.environ.get("CI") else "default")
+
+# Seconds a test process may spend exiting after its last test (stopping its PostgreSQL
+# server takes about one).
+_EXIT_DEADLINE = 120
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Past this point nothing should block: if a leaked non-daemon thread or an exit
+    handler does, print every thread's stack and exit non-zero instead of hanging."""
+    faulthandler.dump_traceback_later(_EXIT_DEADLINE, exit=True, file=sys.__stderr__)
 
 
 @pytest.fixture(scope="session")

@@ -242,8 +242,10 @@ NASTY_CHARS = st.sampled_from(
 
 
 @st.composite
-def mutated_text(draw: st.DrawFn, samples: tuple[str, ...]) -> str:
-    """A valid header or code with one to three textual edits; never the sample itself."""
+def mutated_text(draw: st.DrawFn, samples: tuple[str, ...], *, header: bool = False) -> str:
+    """A valid header or code with one to three textual edits; never the sample itself,
+    nor, for a ``header``, a spelling the server rightly reads as it (RFC 9110: the
+    scheme name is case-insensitive, whitespace around and after it optional)."""
     original = draw(st.sampled_from(samples))
     text = original
     for _ in range(draw(st.integers(1, 3))):
@@ -261,7 +263,13 @@ def mutated_text(draw: st.DrawFn, samples: tuple[str, ...]) -> str:
             text = text[:position] + text[max(0, position - 30) :]
         else:
             text = text[:position] + draw(NASTY_CHARS) + text[position:]
-    return text if text != original else original[1:]
+    same = _spelling(text) == _spelling(original) if header else text == original
+    return original[1:] if same else text
+
+
+def _spelling(text: str) -> tuple[str, str]:
+    scheme, _, rest = text.strip(" \t").partition(" ")
+    return scheme.lower(), rest.lstrip(" ")
 
 
 json_scalars = (

@@ -163,7 +163,9 @@ def garbage_for(target: Target) -> st.SearchStrategy[bytes]:
         st.text(alphabet=B64URL + "=+/", max_size=400).map(lambda t: b"Payment " + t.encode()),
         RAW_JSON.map(lambda t: b"Payment " + b64(t.encode("utf-8", "surrogatepass")).encode()),
         json_values.map(lambda v: b"Payment " + b64(json.dumps(v).encode()).encode()),
-        mutated_text(target.valid_headers).map(lambda t: t.encode("utf-8", "surrogatepass")),
+        mutated_text(target.valid_headers, header=True).map(
+            lambda t: t.encode("utf-8", "surrogatepass")
+        ),
         st.sampled_from(target.valid_headers).map(lambda h: (h + "A" * 9000).encode()),
         st.sampled_from(target.valid_headers).map(lambda h: h.encode()[: len(h) // 2]),
     )

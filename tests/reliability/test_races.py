@@ -294,27 +294,45 @@ async def test_deposit_stagers_racing_all_succeed(
     world.close()
 
 
+_STAGE_DEADLINE = 30.0  # seconds; staging 10 claims takes well under one
+
+
 def stage_at_once(world: World, *, stagers: int) -> list[str]:
+    """Run ``stagers`` Depositors' ``stage()`` at one instant; return what went wrong.
+
+    Everything but the staging itself is built here, in one thread: FastAPI's app
+    construction swaps the process-wide warning filters (``warnings.catch_warnings`` is
+    not thread-safe), so building issuer apps in parallel races on them. Every wait has a
+    deadline, so a stager that dies reports instead of leaving the others at the barrier.
+    """
     stores = [open_store(world.target, create=False) for _ in range(stagers)]
-    barrier = threading.Barrier(stagers)
+    depositors = [_depositor(world, store) for store in stores]
+    barrier = threading.Barrier(stagers, timeout=_STAGE_DEADLINE)
     errors: list[str] = []
 
-    def stage(store: Store) -> None:
-        depositor = Depositor(
-            store, world.bank(), clock=world.clock, rng=os.urandom,
-            merchant_id=MERCHANT_ID, merchant_key=world.merchant_key,
-        )  # fmt: skip
-        barrier.wait()
+    def stage(depositor: Depositor) -> None:
         try:
+            barrier.wait()
             depositor.stage()
         except FarthingError as error:
             errors.append(f"{type(error).__name__}: {error.message}")
+        except BaseException as error:  # reported to the test, not lost in a thread
+            barrier.abort()
+            errors.append(f"{type(error).__name__}: {error}")
 
-    threads = [threading.Thread(target=stage, args=(store,)) for store in stores]
+    threads = [threading.Thread(target=stage, args=(d,), daemon=True) for d in depositors]
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join()
+        thread.join(timeout=2 * _STAGE_DEADLINE)
+    errors.extend("a stager did not finish" for thread in threads if thread.is_alive())
     for store in stores:
         store.close()
     return errors
+
+
+def _depositor(world: World, store: Store) -> Depositor:
+    return Depositor(
+        store, world.bank(), clock=world.clock, rng=os.urandom,
+        merchant_id=MERCHANT_ID, merchant_key=world.merchant_key,
+    )  # fmt: skip
