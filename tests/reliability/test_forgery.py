@@ -236,7 +236,9 @@ def _other_vendor(world: World, key: bytes) -> Paywall:
         transport=httpx.ASGITransport(app=world.issuer_app()),
     )  # fmt: skip
     goods = GoodsApp(world.folder / "goods")
-    return create_vendor_app(settings, content=goods, prices=prices, store=world.store, bank=bank)
+    return create_vendor_app(
+        settings, content=goods, prices=prices, store=world.store, bank=bank, offers=goods.offers
+    )
 
 
 # --- expired challenges ---------------------------------------------------------------------

@@ -5,9 +5,14 @@ canonical text: NFC, no control characters. A path that is not (a file name in N
 macOS writes them; a percent-encoded control character) cannot be sealed, so it must be
 refused *before* the payment is recorded: otherwise the card is charged and the seal
 then fails, leaving the buyer with a 500 and no article.
+
+A priced path with no file behind it is not for sale: the vendor answers 404 without
+asking for payment, and a payment sent anyway (a wallet paying up front) is not taken.
 """
 
 from __future__ import annotations
+
+import urllib.parse
 
 import httpx
 import pytest
@@ -15,7 +20,7 @@ import pytest
 from farthing.core.errors import ErrorCode
 from farthing.core.sealing import open_sealed
 from tests.reliability.problems import assert_problem
-from tests.reliability.world import World, authorization, challenge_ids
+from tests.reliability.world import Holder, World, authorization, challenge_ids, hll_offer
 
 pytestmark = pytest.mark.anyio
 
@@ -31,7 +36,8 @@ def client(world: World) -> httpx.AsyncClient:
 async def test_a_path_that_cannot_be_sealed_is_refused_before_any_charge(
     sqlite_world: World, path: str
 ) -> None:
-    (sqlite_world.folder / "goods" / "articles" / "e\u0301.txt").write_text("an NFD name")
+    name = urllib.parse.unquote(path.rsplit("/", 1)[1])  # a file is there to be sold
+    (sqlite_world.folder / "goods" / "articles" / name).write_text("a file of that name")
     card = sqlite_world.chain_cards(1)[0]
     async with client(sqlite_world) as c:
         unpaid = await c.get(path)
@@ -64,3 +70,35 @@ async def test_an_nfc_unicode_path_is_sold_and_sealed(sqlite_world: World) -> No
         resource="/articles/\u00e9.txt",
     )  # fmt: skip
     assert body == b"an NFC name"
+
+
+@pytest.mark.parametrize("method", ["szm:chain", "szm:prbg", "payword", "hll:mac"])
+async def test_a_missing_file_is_not_sold(sqlite_world: World, method: str) -> None:
+    missing = "/articles/no-such-article.txt"
+    async with client(sqlite_world) as c:
+        unpaid = await c.get(missing)
+        assert unpaid.status_code == 404
+        assert "www-authenticate" not in unpaid.headers
+        offer = await c.get("/articles/a.txt")  # a challenge for the route, as wallets hold
+        cid, expires = challenge_ids(offer.headers.get_list("www-authenticate"))[method]
+        holder, header = pay_for(sqlite_world, method, cid, expires, missing)
+        paid = await c.get(missing, headers={"authorization": header})
+    assert paid.status_code == 404
+    assert "payment-receipt" not in paid.headers
+    assert sqlite_world.spent(holder) == 0, "a card was charged for a missing file"
+
+
+def pay_for(world: World, method: str, cid: str, expires: int, path: str) -> tuple[Holder, str]:
+    """A fresh card (or commitment) of ``method`` and a valid payment of it for ``path``."""
+    now = world.clock.now()
+    if method == "szm:chain":
+        chain = world.chain_cards(1)[0]
+        return chain, authorization(cid, method, chain.at(2, now)[0])
+    if method == "szm:prbg":
+        prbg = world.prbg_cards(1)[0]
+        return prbg, authorization(cid, method, prbg.at(2, now)[0])
+    if method == "payword":
+        words = world.commitments(1)[0]
+        return words, authorization(cid, method, words.at(2, now), commitment=words.encoded)
+    card = world.hll_cards(1)[0]
+    return card, authorization(cid, method, card.pay(hll_offer(cid, expires, good=path), 1))

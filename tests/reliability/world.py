@@ -310,13 +310,15 @@ class World:
         """The vendor of ``vendor.toml`` in process, on this world's store, its bank (HLL
         online) being this world's issuer app."""
         config = load_vendor_config(self.config_path)
+        goods = GoodsApp(config.content_dir)
         return create_vendor_app(
             config.settings,
-            content=GoodsApp(config.content_dir),
+            content=goods,
             prices=config.prices,
             store=self.store,
             bank=self.bank(),
             clock=clock or self.clock,
+            offers=goods.offers,
         )
 
     def close(self) -> None:

@@ -89,6 +89,47 @@ async def test_goods_served_from_memory_follow_file_changes(tmp_path: Path) -> N
     assert "not for sale" not in escaped.text
 
 
+def test_goods_offer_only_what_they_serve(tmp_path: Path) -> None:
+    (tmp_path / "a.txt").write_text("article")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "b.txt").write_text("article b")
+    (tmp_path / ".farthing").mkdir()
+    (tmp_path / ".farthing" / "challenge.key").write_text("00" * 32)
+    outside = tmp_path.parent / f"{tmp_path.name}-outside.txt"
+    outside.write_text("not for sale")
+    (tmp_path / "link.txt").symlink_to(outside)
+    (tmp_path / "inner-link.txt").symlink_to(tmp_path / "a.txt")
+    goods = GoodsApp(tmp_path)
+    assert goods.offers("GET", "/a.txt")
+    assert goods.offers("HEAD", "/sub/b.txt")
+    assert goods.offers("GET", "/inner-link.txt")
+    assert not goods.offers("POST", "/a.txt")
+    for path in ("/nope.txt", "/sub", "/", "/link.txt", "/.farthing/challenge.key",
+                 "/sub/../.farthing/challenge.key", "/../etc/passwd", "/a.txt\x00"):  # fmt: skip
+        assert not goods.offers("GET", path), path
+    (tmp_path / "sub" / "b.txt").unlink()  # what was offered and is gone, or now a link out
+    (tmp_path / "a.txt").unlink()
+    (tmp_path / "a.txt").symlink_to(outside)
+    assert not goods.offers("GET", "/sub/b.txt")
+    assert not goods.offers("GET", "/a.txt")
+
+
+@pytest.mark.anyio
+async def test_the_served_folder_asks_no_payment_for_a_missing_file(tmp_path: Path) -> None:
+    from farthing.vendor.config import load_vendor_config
+    from farthing.vendor.serve import app_from_config
+    from tests.vendor.test_uvicorn_workers import write_config
+
+    paywall = app_from_config(load_vendor_config(write_config(tmp_path)))
+    transport = httpx.ASGITransport(app=paywall)
+    async with httpx.AsyncClient(transport=transport, base_url="http://v") as client:
+        found = await client.get("/articles/a.txt")
+        missing = await client.get("/articles/missing.txt")
+    assert found.status_code == 402
+    assert missing.status_code == 404
+    assert "www-authenticate" not in missing.headers
+
+
 def test_a_payword_only_vendor_deposits_with_its_own_issuer_settings(tmp_path: Path) -> None:
     from farthing.vendor.config import load_vendor_config
     from farthing.vendor.serve import deposits_missing

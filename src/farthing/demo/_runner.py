@@ -341,13 +341,15 @@ def _vendor(setup: Setup, step: Step) -> Iterator[str]:
     prices.add("/articles/*", ARTICLE_PRICE)
     prices.add("/data/*", DATA_PRICE)
     bank = IssuerClient(setup.issuer_url, merchant_id="shop", merchant_key=setup.merchant_key)
+    goods = GoodsApp(setup.goods)
     app = create_vendor_app(
         settings,
-        content=GoodsApp(setup.goods),
+        content=goods,
         prices=prices,
         store=setup.store,
         bank=bank,
         closers=[bank.aclose],
+        offers=goods.offers,
     )
     with BackgroundServer(app, name="vendor") as url:
         yield url

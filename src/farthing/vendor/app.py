@@ -34,7 +34,7 @@ from farthing.vendor.methods.offline import OfflineMethod
 from farthing.vendor.methods.payword import PaywordScheme
 from farthing.vendor.methods.szm import ChainScheme, PrbgScheme
 from farthing.vendor.metrics import PaywallMetrics
-from farthing.vendor.middleware import Paywall
+from farthing.vendor.middleware import Offers, Paywall
 from farthing.vendor.pricing import PriceTable
 from farthing.vendor.writer import StoreWriter
 
@@ -123,12 +123,14 @@ def create_vendor_app(
     extra_routes: Sequence[Route] = (),
     closers: Sequence[Callable[[], Awaitable[None]]] = (),
     background: Sequence[Callable[[], Coroutine[object, object, None]]] = (),
+    offers: Offers | None = None,
 ) -> Paywall:
     """The vendor's ASGI app: ``content`` behind the paywall, plus /metrics and /healthz.
 
     Through the ASGI lifespan, ``background`` tasks (e.g. the deposit loop) start with the
     server and are cancelled when it stops; then ``closers`` run (e.g. a client's
-    ``aclose``).
+    ``aclose``). ``offers(method, path)``, if given, names what ``content`` sells: a priced
+    path it does not offer is answered by ``content`` (404) without asking for payment.
     """
     metrics = PaywallMetrics()
     writer = StoreWriter(store)
@@ -172,5 +174,6 @@ def create_vendor_app(
         rng=rng,
         challenge_ttl=settings.challenge_ttl,
         metrics=metrics,
+        offers=offers,
     )
     return paywall

@@ -2,6 +2,8 @@
 
 The vendor keeps its config, secrets and database in ``DIR/.farthing/``; any path with a
 segment that starts with a dot is answered 404, so none of that can be served (or sold).
+:meth:`GoodsApp.offers` tells the paywall what is for sale, so a request for a missing
+file is answered 404 without a charge.
 
 Small files (articles, the usual good) are answered from memory: Starlette's file response
 costs over a millisecond per request here (bench/profile.py), more than the payment. A
@@ -12,6 +14,7 @@ anything else, go to Starlette's ``StaticFiles``.
 from __future__ import annotations
 
 import mimetypes
+import os
 import stat
 from pathlib import Path
 from typing import Final
@@ -25,6 +28,7 @@ __all__ = ["GoodsApp"]
 
 _SMALL: Final = 256 * 1024
 _CACHE_BYTES: Final = 64 * 1024 * 1024
+_MAX_KNOWN: Final = 100_000  # paths whose place inside the folder is remembered
 
 
 class GoodsApp:
@@ -33,10 +37,38 @@ class GoodsApp:
         self._files = StaticFiles(directory=directory)
         self._cache: dict[str, tuple[tuple[int, int], bytes, str]] = {}
         self._cached_bytes = 0
+        self._root_text = str(self._root)
+        self._inside: dict[tuple[str, int, int], bool] = {}
+
+    def offers(self, method: str, path: str) -> bool:
+        """Whether a ``method`` request for ``path`` is answered with a file (the paywall's
+        ``offers`` hook): GET or HEAD of a regular, visible file inside the folder.
+
+        It runs on every priced request, so it costs one ``stat``: whether the file lies
+        inside the folder is resolved once per (path, file identity), and a file replaced
+        by a link elsewhere has another identity.
+        """
+        if method not in ("GET", "HEAD") or _hidden(path):
+            return False
+        full = os.path.join(self._root_text, path.lstrip("/"))
+        try:
+            info = os.stat(full)
+        except (OSError, ValueError):
+            return False
+        if not stat.S_ISREG(info.st_mode):
+            return False
+        identity = (full, info.st_dev, info.st_ino)
+        inside = self._inside.get(identity)
+        if inside is None:
+            if len(self._inside) >= _MAX_KNOWN:
+                self._inside.clear()
+            inside = Path(os.path.realpath(full)).is_relative_to(self._root)
+            self._inside[identity] = inside
+        return inside
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope.get("path", "")
-        if any(segment.startswith(".") for segment in path.split("/") if segment):
+        if _hidden(path):
             await PlainTextResponse("Not Found", status_code=404)(scope, receive, send)
             return
         small = self._small_file(path) if scope.get("method") in ("GET", "HEAD") else None
@@ -81,3 +113,7 @@ class GoodsApp:
             self._cached_bytes += len(body) - (len(old[1]) if old is not None else 0)
             self._cache[key] = (version, body, media_type)
         return body, media_type
+
+
+def _hidden(path: str) -> bool:
+    return any(segment.startswith(".") for segment in path.split("/") if segment)

@@ -1,6 +1,7 @@
 """The paywall: a plain ASGI middleware that speaks the HTTP "Payment" scheme (402).
 
-For each HTTP request whose path has a price:
+For each HTTP request whose path has a price (and, when the app names what it offers
+through ``offers``, that it does offer; otherwise the app answers, 404 or 405, for free):
 
 1. No ``Authorization: Payment`` header: answer 402 with one challenge per enabled method,
    ``Cache-Control: no-store`` and a problem+json body.
@@ -24,7 +25,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Final
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -59,9 +60,17 @@ PAYMENT_SCOPE_KEY: Final = "farthing.payment"
 SEALED_CONTENT_TYPE: Final = "application/vnd.farthing.sealed"
 _NO_STORE: Final = (b"cache-control", b"no-store")
 
+Offers = Callable[[str, str], bool]
+"""``offers(method, path)``: does the wrapped app answer this request with a good?"""
+
 
 class Paywall:
-    """ASGI middleware: ``app = Paywall(app, realm=..., prices=..., methods=[...], ...)``."""
+    """ASGI middleware: ``app = Paywall(app, realm=..., prices=..., methods=[...], ...)``.
+
+    ``offers``, if given, is asked before any payment is requested or taken: a priced path
+    the app has nothing at (a missing file, a wrong HTTP method) goes to the app unpaid, so
+    a reader following a broken link gets the app's 404 and pays nothing.
+    """
 
     def __init__(
         self,
@@ -75,6 +84,7 @@ class Paywall:
         rng: RandomSource,
         challenge_ttl: int = 300,
         metrics: PaywallMetrics | None = None,
+        offers: Offers | None = None,
     ) -> None:
         if not methods:
             raise ValueError("a paywall needs at least one payment method")
@@ -87,13 +97,16 @@ class Paywall:
         self._rng = rng
         self._ttl = challenge_ttl
         self.metrics = metrics
+        self._offers = offers
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         route = self.prices.match(scope["path"])
-        if route is None:
+        if route is None or (
+            self._offers is not None and not self._offers(scope["method"], scope["path"])
+        ):
             await self.app(scope, receive, send)
             return
         authorization = _header(scope, b"authorization")

@@ -51,14 +51,16 @@ def app_from_config(config: VendorConfig) -> Paywall:
         depositor, client = deposits
         closers.append(client.aclose)
         background.append(functools.partial(depositor.run, config.deposit_interval))
+    goods = GoodsApp(config.content_dir)
     return create_vendor_app(
         config.settings,
-        content=GoodsApp(config.content_dir),
+        content=goods,
         prices=config.prices,
         store=store,
         bank=bank,
         closers=closers,
         background=background,
+        offers=goods.offers,
     )
 
 
