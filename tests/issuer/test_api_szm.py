@@ -189,7 +189,13 @@ async def test_bad_batches(api: httpx.AsyncClient, harness: Harness) -> None:
     assert_problem(await api.post("/v1/szm/batches", json=wrong), 400, ErrorCode.UNSUPPORTED_METHOD)
     many = _batch(harness, count=harness.config.max_batch_cards + 1)
     assert_problem(await api.post("/v1/szm/batches", json=many), 400, ErrorCode.OVERSIZED)
-    huge = _batch(harness, count=10_000, units=1 << 20, unit_micros=10**12)  # > 2**63 micros
+    units = harness.config.max_batch_chain_units // 100 + 1  # 100 cards: one unit too many
+    slow = _batch(harness, count=100, units=units)
+    problem = assert_problem(await api.post("/v1/szm/batches", json=slow), 400, ErrorCode.OVERSIZED)
+    assert "smaller batches" in problem["detail"]
+    same_as_prbg = _batch(harness, "szm:prbg", count=100, units=units)  # no hash per unit
+    assert (await api.post("/v1/szm/batches", json=same_as_prbg)).status_code == 201
+    huge = _batch(harness, "szm:prbg", count=10_000, units=1 << 20, unit_micros=10**12)
     assert_problem(await api.post("/v1/szm/batches", json=huge), 400, ErrorCode.OVERSIZED)
     buyer = _batch(harness, buyer="Alice Example")  # no buyer identity, anywhere
     assert_problem(await api.post("/v1/szm/batches", json=buyer), 400, ErrorCode.MALFORMED)

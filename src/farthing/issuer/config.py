@@ -209,6 +209,9 @@ class IssuerConfig:
     ``currencies``: the currencies this issuer keeps books in; accounts and cards in any
     other are refused. ``max_body_bytes`` bounds every request body, except deposits which
     may carry up to ``max_deposit_bytes`` (1000 items of about 0.9 KB, base64url).
+    ``max_batch_chain_units`` bounds count x units of one hash-chain batch over HTTP: each
+    unit costs a hash at issue, and a typo should not hold a worker for hours (2**24 units
+    take seconds; the CLI, on the operator's own machine, has no such bound).
     """
 
     keys: IssuerKeys
@@ -220,4 +223,5 @@ class IssuerConfig:
     hll_deposit_window: int = 30 * 86_400
     certificate_ttl: int = 30 * 86_400
     max_batch_cards: int = 10_000
+    max_batch_chain_units: int = 1 << 24
     max_export_page: int = 1000

@@ -10,6 +10,7 @@ from farthing.core.encoding import b64url_encode
 from farthing.core.errors import ErrorCode, MalformedMessage
 from farthing.core.money import Denomination
 from farthing.issuer.auth import Operator
+from farthing.issuer.config import IssuerConfig
 from farthing.issuer.qr import qr_png
 from farthing.issuer.routes_common import field_bytes, operator_dependency
 from farthing.issuer.schemas import (
@@ -47,9 +48,16 @@ def _code_out(card: ExportedCard) -> CardCodeOut:
     return CardCodeOut(card_id=b64url_encode(card.card_id), code=card.text, compact=card.compact)
 
 
-def _spec(body: NewSzmBatch, max_cards: int) -> BatchSpec:
-    if body.count > max_cards:
+def _spec(body: NewSzmBatch, config: IssuerConfig) -> BatchSpec:
+    if body.count > config.max_batch_cards:
         raise MalformedMessage("too many cards for one request", code=ErrorCode.OVERSIZED)
+    chain_units = body.count * body.units if body.protocol == SzmProtocol.CHAIN.value else 0
+    if chain_units > config.max_batch_chain_units:
+        raise MalformedMessage(
+            f"a hash-chain batch may hold at most {config.max_batch_chain_units} units in all"
+            " (count x units) per request; issue it in smaller batches",
+            code=ErrorCode.OVERSIZED,
+        )
     return BatchSpec(
         protocol=SzmProtocol(body.protocol),
         count=body.count,
@@ -69,7 +77,7 @@ def build_szm_router(services: IssuerServices) -> APIRouter:
     @router.post("/batches", status_code=201)
     def issue(body: NewSzmBatch, op: Operator = Depends(require_operator)) -> SzmBatchOut:
         """Issue (= sell) a batch of anonymous prepaid cards: cash -> prepaid float."""
-        return batch_out(service.issue_batch(op.actor, _spec(body, config.max_batch_cards)))
+        return batch_out(service.issue_batch(op.actor, _spec(body, config)))
 
     @router.get("/batches/{batch_id}")
     def batch(batch_id: str, op: Operator = Depends(require_operator)) -> SzmBatchOut:
