@@ -564,7 +564,7 @@ def uvicorn_server(
     """uvicorn with an app factory on a free loopback port; always stopped."""
     port = free_port()
     command = [
-        *taskset(cpus), sys.executable, "-m", "uvicorn", "--factory", factory,
+        *taskset(cpus), sys.executable, "-m", "farthing.serving", factory,
         "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
         "--no-access-log", "--log-level", "warning", "--timeout-graceful-shutdown", "2",
     ]  # fmt: skip

@@ -48,13 +48,31 @@ def uvicorn_server(
     ready_path: str = "/healthz",
     timeout: float = 30.0,
 ) -> Iterator[str]:
-    """Run ``uvicorn --factory <factory>``; yield its base URL."""
+    """Run ``factory`` under uvicorn as ``farthing ... serve`` does (farthing.serving);
+    yield its base URL."""
     port = free_port()
     command = [
-        sys.executable, "-m", "uvicorn", "--factory", factory, "--host", "127.0.0.1",
+        sys.executable, "-m", "farthing.serving", factory, "--host", "127.0.0.1",
         "--port", str(port), "--workers", str(workers), "--no-access-log",
         "--timeout-graceful-shutdown", "2",
     ]  # fmt: skip
+    with command_server(
+        command, port, env=env, log_path=log_path, ready_path=ready_path, timeout=timeout
+    ) as base:
+        yield base
+
+
+@contextlib.contextmanager
+def command_server(
+    command: list[str],
+    port: int,
+    *,
+    env: Mapping[str, str],
+    log_path: Path | None = None,
+    ready_path: str = "/healthz",
+    timeout: float = 30.0,
+) -> Iterator[str]:
+    """Run a server command that listens on 127.0.0.1:``port``; yield its base URL."""
     log = open(log_path, "wb") if log_path is not None else subprocess.DEVNULL  # noqa: SIM115
     process = subprocess.Popen(
         command,

@@ -49,7 +49,7 @@ class Server:
 
     def start(self, timeout: float = 60.0) -> None:
         command = [
-            sys.executable, "-m", "uvicorn", "--factory", self._factory, "--host", "127.0.0.1",
+            sys.executable, "-m", "farthing.serving", self._factory, "--host", "127.0.0.1",
             "--port", str(self.port), "--workers", str(self._workers), "--no-access-log",
             "--timeout-graceful-shutdown", "2",
         ]  # fmt: skip

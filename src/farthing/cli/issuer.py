@@ -134,21 +134,16 @@ def serve(
     rate_limit: Annotated[bool, typer.Option(help="Per-client and per-operator limits.")] = True,
 ) -> None:
     """Run the HTTP API (uvicorn; each worker builds its own app from the environment)."""
-    import uvicorn
-
     from farthing.issuer.config import ENV_DB, ENV_KEYS, ENV_RATE_LIMIT
+    from farthing.serving import serve_factory
 
     with _services(db, keys):  # fail here, readably, rather than in every worker
         pass
     os.environ[ENV_DB] = db
     os.environ[ENV_KEYS] = str(keys.resolve())
     os.environ[ENV_RATE_LIMIT] = "on" if rate_limit else "off"
-    uvicorn.run(
-        "farthing.issuer.app:app_from_env",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
+    serve_factory(
+        "farthing.issuer.app:app_from_env", host=host, port=port, workers=workers, log_level="info"
     )
 
 

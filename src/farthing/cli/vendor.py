@@ -79,8 +79,7 @@ def serve(
     workers: Annotated[int, typer.Option(min=1, help="uvicorn worker processes")] = 1,
 ) -> None:
     """Serve DIR's files, each paid as the config's price table says."""
-    import uvicorn
-
+    from farthing.serving import serve_factory
     from farthing.vendor.config import CONFIG_ENV, load_vendor_config
 
     path = _config_path(directory, config)
@@ -91,14 +90,7 @@ def serve(
     os.environ[CONFIG_ENV] = str(path.resolve())
     methods = [m for m in ("szm", "hll", "payword") if getattr(loaded.settings, m) is not None]
     console.print(f"selling {loaded.content_dir} at http://{host}:{port} ({', '.join(methods)})")
-    uvicorn.run(
-        "farthing.vendor.serve:app_from_env",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        log_level="warning",
-    )
+    serve_factory("farthing.vendor.serve:app_from_env", host=host, port=port, workers=workers)
 
 
 async def _flush_and_close(depositor: Depositor, client: IssuerClient) -> FlushReport:

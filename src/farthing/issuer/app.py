@@ -8,9 +8,10 @@ every route closes over the services built from them. Layers, outermost first::
     BodyLimit   request bodies over the limit (64 KiB; deposits 2 MiB) -> 413
     FastAPI     routes under /v1; domain errors -> RFC 9457 problems (http_errors)
 
-``uvicorn --factory farthing.issuer.app:app_from_env`` (what ``farthing issuer serve``
-runs) builds the app from environment variables, so that every worker process builds its
-own app, store pool and services.
+``python -m farthing.serving farthing.issuer.app:app_from_env`` (what ``farthing issuer
+serve`` runs; see :mod:`farthing.serving` for why not plain ``uvicorn --workers``)
+builds the app from environment variables, so that every worker process builds its own
+app, store pool and services.
 """
 
 from __future__ import annotations

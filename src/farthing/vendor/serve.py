@@ -1,9 +1,10 @@
 """The importable app factory for uvicorn workers: ``farthing.vendor.serve:app_from_env``.
 
-``uvicorn --factory farthing.vendor.serve:app_from_env --workers 4`` with
-``FARTHING_VENDOR_CONFIG=/path/vendor.toml``. Each worker process builds its own app and
-opens its own connections to the one shared store; the store's conditional updates keep
-payments atomic across them.
+``python -m farthing.serving farthing.vendor.serve:app_from_env --workers 4`` (what
+``farthing vendor serve`` runs; plain ``uvicorn --workers`` leaves Nagle on, see
+:mod:`farthing.serving`) with ``FARTHING_VENDOR_CONFIG=/path/vendor.toml``. Each worker
+process builds its own app and opens its own connections to the one shared store; the
+store's conditional updates keep payments atomic across them.
 """
 
 from __future__ import annotations
