@@ -52,11 +52,14 @@ from farthing.vendor.methods.base import PaymentContext, PaymentMethod, Settleme
 from farthing.vendor.metrics import PaywallMetrics
 from farthing.vendor.pricing import PricedRoute, PriceTable
 
-__all__ = ["PAYMENT_SCOPE_KEY", "SEALED_CONTENT_TYPE", "Paywall"]
+__all__ = ["NOT_OFFERED_SCOPE_KEY", "PAYMENT_SCOPE_KEY", "SEALED_CONTENT_TYPE", "Offers", "Paywall"]
 
 log = logging.getLogger("farthing.vendor")
 
 PAYMENT_SCOPE_KEY: Final = "farthing.payment"
+# Set on a priced request the app does not offer, so a route's ``payment`` dependency
+# answers 404 instead of finding no payment.
+NOT_OFFERED_SCOPE_KEY: Final = "farthing.not_offered"
 SEALED_CONTENT_TYPE: Final = "application/vnd.farthing.sealed"
 _NO_STORE: Final = (b"cache-control", b"no-store")
 
@@ -104,9 +107,11 @@ class Paywall:
             await self.app(scope, receive, send)
             return
         route = self.prices.match(scope["path"])
-        if route is None or (
-            self._offers is not None and not self._offers(scope["method"], scope["path"])
-        ):
+        if route is None:
+            await self.app(scope, receive, send)
+            return
+        if self._offers is not None and not self._offers(scope["method"], scope["path"]):
+            scope[NOT_OFFERED_SCOPE_KEY] = True
             await self.app(scope, receive, send)
             return
         authorization = _header(scope, b"authorization")

@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Final, TypeVar
 
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.routing import BaseRoute, Route
 
@@ -54,9 +55,12 @@ def priced_routes(routes: Iterable[BaseRoute], table: PriceTable | None = None) 
 
 
 def payment(request: Request) -> Settlement:
-    """FastAPI dependency: the settled payment of this request (set by the Paywall)."""
-    from farthing.vendor.middleware import PAYMENT_SCOPE_KEY
+    """FastAPI dependency: the settled payment of this request (set by the Paywall); 404 if
+    the Paywall's ``offers`` said there is nothing here to sell."""
+    from farthing.vendor.middleware import NOT_OFFERED_SCOPE_KEY, PAYMENT_SCOPE_KEY
 
+    if request.scope.get(NOT_OFFERED_SCOPE_KEY):
+        raise HTTPException(status_code=404)
     settlement = request.scope.get(PAYMENT_SCOPE_KEY)
     if not isinstance(settlement, Settlement):
         raise LocalProtocolError(
