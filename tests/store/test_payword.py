@@ -94,6 +94,16 @@ def test_vendor_payword_advance_is_a_compare_and_set(store: Store) -> None:
     assert store.payword_commitment(b"?" * 32) is None
 
 
+def test_vendor_payword_advance_in_a_hot_batch(store: Store) -> None:
+    _commitment(store, length=10)
+    with store.hot_batch() as hot:
+        assert hot.payword_advance(COMMITMENT, 0, 2, b"\x02" * 32)
+        assert not hot.payword_advance(COMMITMENT, 0, 1, b"\x01" * 32)
+    row = store.payword_commitment(COMMITMENT)
+    assert row is not None
+    assert (row.spent, row.last_value) == (2, b"\x02" * 32)
+
+
 def test_vendor_threads_racing_on_a_commitment_have_one_winner(store: Store) -> None:
     _commitment(store, length=100)
     wins = race(8, lambda t: store.payword_advance(COMMITMENT, 0, 1 + t, bytes([t]) * 32))

@@ -76,6 +76,36 @@ def test_advance_inside_a_transaction_rolls_back_with_it(store: Store) -> None:
     assert row.spent == 0
 
 
+def test_a_hot_batch_commits_its_advances_together(store: Store) -> None:
+    _issue(store, count=3, units=10)
+    with store.hot_batch() as hot:
+        assert hot.szm_advance(card_id(0), 0, 2, b"\x02" * 32)
+        assert not hot.szm_advance(card_id(0), 0, 3, None)  # stale, inside the same batch
+        assert hot.szm_advance(card_id(0), 2, 3, b"\x03" * 32)
+        assert hot.szm_advance(card_id(1), 0, 10, None)
+        assert not hot.szm_advance(card_id(2), 0, 11, None)  # past the card's value
+    rows = [store.szm_card(card_id(i)) for i in range(3)]
+    assert [r.spent for r in rows if r is not None] == [3, 10, 0]
+    assert rows[0] is not None
+    assert rows[0].anchor == b"\x03" * 32
+
+
+def test_a_hot_batch_that_raises_changes_nothing(store: Store) -> None:
+    _issue(store)
+
+    def write_then_fail() -> None:
+        with store.hot_batch() as hot:
+            assert hot.szm_advance(card_id(0), 0, 2, None)
+            raise RuntimeError("a job failed after another one wrote")
+
+    with pytest.raises(RuntimeError):
+        write_then_fail()
+    row = store.szm_card(card_id(0))
+    assert row is not None
+    assert row.spent == 0
+    assert store.szm_advance(card_id(0), 0, 1, None)  # the store still works
+
+
 def test_threads_racing_from_the_same_spent_have_one_winner(store: Store) -> None:
     cards = 6
     _issue(store, count=cards, units=100)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from farthing.core.errors import Conflict
-from farthing.store import Tx, open_store
+from farthing.store import HotTx, Tx, open_store
 from farthing.vendor.writer import StoreWriter
 from tests.vendor.helpers import issue_chain_cards
 
@@ -63,3 +63,46 @@ async def test_a_failing_job_does_not_take_the_others_with_it(tmp_path: Path) ->
     untouched = store.szm_card(cards[2].card_id)
     assert untouched is not None
     assert untouched.spent == 0
+
+
+async def test_hot_advances_of_one_card_win_once(tmp_path: Path) -> None:
+    store = open_store(str(tmp_path / "v.sqlite"))
+    card = issue_chain_cards(store, 1)[0]
+    writer = StoreWriter(store)
+
+    def advance(hot: HotTx) -> bool:
+        return hot.szm_advance(card.card_id, 0, 2, b"w" * 32)
+
+    results = await asyncio.gather(*(writer.run_hot(advance) for _ in range(50)))
+    await writer.aclose()
+    assert results.count(True) == 1
+    after = open_store(str(tmp_path / "v.sqlite")).szm_card(card.card_id)
+    assert after is not None
+    assert (after.spent, after.anchor) == (2, b"w" * 32)
+
+
+async def test_hot_and_other_jobs_in_one_batch_each_get_their_result(tmp_path: Path) -> None:
+    store = open_store(str(tmp_path / "v.sqlite"))
+    cards = issue_chain_cards(store, 4)
+    writer = StoreWriter(store)
+
+    def hot(index: int):  # type: ignore[no-untyped-def]
+        return lambda h: h.szm_advance(cards[index].card_id, 0, index + 1, None)
+
+    def other(index: int):  # type: ignore[no-untyped-def]
+        return lambda tx: tx.szm_advance(cards[index].card_id, 0, index + 1, None)
+
+    def bad_hot(h: HotTx) -> bool:
+        raise Conflict("this hot one fails")
+
+    outcomes = await asyncio.gather(
+        writer.run_hot(hot(0)), writer.run(other(1)), writer.run_hot(bad_hot),
+        writer.run_hot(hot(2)), writer.run(other(3)), writer.run_hot(hot(0)),
+        return_exceptions=True,
+    )  # fmt: skip
+    await writer.aclose()
+    assert outcomes[:2] == [True, True]
+    assert isinstance(outcomes[2], Conflict)
+    assert outcomes[3:] == [True, True, False]  # the second advance of card 0 is stale
+    spent = [store.szm_card(card.card_id) for card in cards]
+    assert [row.spent for row in spent if row is not None] == [1, 2, 3, 4]

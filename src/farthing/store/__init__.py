@@ -47,7 +47,7 @@ from farthing.store._rows import (
     VendorCommitmentRow,
     VendorHllPaymentRow,
 )
-from farthing.store._store import Store, migrate, open_store
+from farthing.store._store import HotTx, Store, migrate, open_store
 from farthing.store._tx import Tx
 
 __all__ = [
@@ -60,6 +60,7 @@ __all__ = [
     "HllMode",
     "HllPaymentState",
     "HllSpendRow",
+    "HotTx",
     "LedgerCheck",
     "LedgerEntryRow",
     "LedgerTxnRow",

@@ -10,6 +10,9 @@ busy timeout, exactly like BEGIN IMMEDIATE) and on PostgreSQL it is one round tr
 The drivers keep the statement prepared (sqlite3's statement cache; psycopg prepares
 server-side after a few executions).
 
+:meth:`FastLane.batch` runs several such statements as one transaction (BEGIN, the
+statements, COMMIT): the vendor's group commit, one durable commit for many payments.
+
 Connections are reused LIFO from a queue shared by all threads. When a statement raises,
 that connection and every idle one are closed (the likely cause, a database restart,
 has broken them all); the next call connects afresh. A failed write is not retried here:
@@ -18,8 +21,9 @@ its outcome may be unknown, and the caller decides.
 
 from __future__ import annotations
 
+import contextlib
 import queue
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -28,7 +32,7 @@ from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.expression import ClauseElement
 
-__all__ = ["FastLane", "FastStatement"]
+__all__ = ["FastBatch", "FastLane", "FastStatement"]
 
 _KEEP_IDLE: Final = 8
 
@@ -59,11 +63,30 @@ class FastStatement:
         return tuple(values[name] for name in self.order)
 
 
-class FastLane:
-    """Runs :class:`FastStatement` s on pooled autocommit driver connections."""
+class FastBatch:
+    """The statements of one :meth:`FastLane.batch` transaction, on its connection."""
 
-    def __init__(self, connect: Callable[[], DBAPIConnection]) -> None:
+    __slots__ = ("_connection",)
+
+    def __init__(self, connection: DBAPIConnection) -> None:
+        self._connection = connection
+
+    def rowcount(self, statement: FastStatement, params: Mapping[str, object]) -> int:
+        """Execute a write inside the batch; return the number of rows it changed."""
+        count: int = _execute(self._connection, statement, params, fetch=False)
+        return count
+
+
+class FastLane:
+    """Runs :class:`FastStatement` s on pooled autocommit driver connections.
+
+    ``begin`` is the statement that opens a :meth:`batch` (SQLite: ``BEGIN IMMEDIATE``,
+    so the write lock is taken up front, waiting on the busy timeout).
+    """
+
+    def __init__(self, connect: Callable[[], DBAPIConnection], *, begin: str = "BEGIN") -> None:
         self._connect = connect
+        self._begin = begin
         self._idle: queue.LifoQueue[DBAPIConnection] = queue.LifoQueue()
         self._closed = False
 
@@ -102,6 +125,23 @@ class FastLane:
         row: dict[str, Any] | None = self._run(statement, params, fetch=True)
         return row
 
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[FastBatch]:
+        """One transaction: commit when the block ends (one durable commit), roll back and
+        re-raise if it raises. The connection is dropped on any error, as in :meth:`_run`."""
+        connection = self._checkout()
+        try:
+            _control(connection, self._begin)
+            yield FastBatch(connection)
+            _control(connection, "COMMIT")
+        except BaseException:
+            with contextlib.suppress(Exception):
+                _control(connection, "ROLLBACK")
+            connection.close()
+            self._close_idle()
+            raise
+        self._checkin(connection)
+
     def close(self) -> None:
         self._closed = True
         self._close_idle()
@@ -129,5 +169,14 @@ def _execute(
         if row is None:
             return None
         return dict(zip([d[0] for d in cursor.description or ()], row, strict=True))
+    finally:
+        cursor.close()
+
+
+def _control(connection: DBAPIConnection, statement: str) -> None:
+    """A transaction-control statement (the connection is in autocommit mode)."""
+    cursor = connection.cursor()
+    try:
+        cursor.execute(statement)
     finally:
         cursor.close()

@@ -33,7 +33,7 @@ from farthing.core.clock import Clock, SystemClock
 from farthing.core.errors import Conflict, ErrorCode, LocalProtocolError
 from farthing.store._engine import Engines, is_postgres_target, make_engines, target_url
 from farthing.store._errors import is_retryable, map_db_errors
-from farthing.store._fastlane import FastLane
+from farthing.store._fastlane import FastBatch, FastLane
 from farthing.store._hot import HotStatements, PreparedHot
 from farthing.store._migrate import current_revision, head_revision, upgrade_engine
 from farthing.store._rows import LedgerCheck, SzmCardRow, VendorCommitmentRow
@@ -42,7 +42,7 @@ from farthing.store._szm import advance_params, card_row
 from farthing.store._tx import Tx
 from farthing.store._vendor import payword_advance_params
 
-__all__ = ["Store", "migrate", "open_store"]
+__all__ = ["HotTx", "Store", "migrate", "open_store"]
 
 T = TypeVar("T")
 _BACKOFF_S: Final = 0.005
@@ -60,7 +60,8 @@ class Store:
         with engines.write.connect():
             pass  # the first connection tells the dialect the server version: compile after it
         self._prepared = PreparedHot.build(self._hot, engines.write.dialect)
-        self._lane = FastLane(engines.fast_connect)
+        begin = "BEGIN IMMEDIATE" if self.backend == "sqlite" else "BEGIN"
+        self._lane = FastLane(engines.fast_connect, begin=begin)
 
     @property
     def backend(self) -> Literal["sqlite", "postgresql"]:
@@ -118,6 +119,13 @@ class Store:
         params = payword_advance_params(commitment_id, old_spent, new_spent, new_last_value)
         with map_db_errors():
             return self._lane.rowcount(self._prepared.payword_advance, params) == 1
+
+    @contextmanager
+    def hot_batch(self) -> Iterator[HotTx]:
+        """Several hot-path writes in one transaction with one durable commit (the vendor's
+        group commit); commit when the block ends, roll back if it raises."""
+        with map_db_errors(), self._lane.batch() as batch:
+            yield HotTx(batch, self._prepared)
 
     def szm_card(self, card_id: bytes) -> SzmCardRow | None:
         """Read one card outside any transaction (one statement, fast lane)."""
@@ -197,3 +205,28 @@ def open_store(target: str, *, create: bool = True, clock: Clock | None = None) 
 def _sqlite_file_exists(target: str) -> bool:
     database = target_url(target).database
     return database is not None and Path(database).is_file()
+
+
+@final
+class HotTx:
+    """The hot-path writes of one :meth:`Store.hot_batch` (each a compare-and-set)."""
+
+    __slots__ = ("_batch", "_prepared")
+
+    def __init__(self, batch: FastBatch, prepared: PreparedHot) -> None:
+        self._batch = batch
+        self._prepared = prepared
+
+    def szm_advance(
+        self, card_id: bytes, old_spent: int, new_spent: int, new_anchor: bytes | None
+    ) -> bool:
+        """Compare-and-set a card's spent counter; True iff this call won."""
+        params = advance_params(card_id, old_spent, new_spent, new_anchor)
+        return self._batch.rowcount(self._prepared.szm_advance, params) == 1
+
+    def payword_advance(
+        self, commitment_id: bytes, old_spent: int, new_spent: int, new_last_value: bytes
+    ) -> bool:
+        """Compare-and-set a commitment's spent counter; True iff this call won."""
+        params = payword_advance_params(commitment_id, old_spent, new_spent, new_last_value)
+        return self._batch.rowcount(self._prepared.payword_advance, params) == 1

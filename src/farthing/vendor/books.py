@@ -69,8 +69,8 @@ class ChainBook:
         return False  # cards are issued by the issuer, never introduced by a payment
 
     async def advance(self, old: szm_chain.ChainCardState, new: szm_chain.ChainCardState) -> bool:
-        return await self._writer.run(
-            lambda tx: tx.szm_advance(old.card_id, old.spent, new.spent, new.anchor)
+        return await self._writer.run_hot(
+            lambda hot: hot.szm_advance(old.card_id, old.spent, new.spent, new.anchor)
         )
 
 
@@ -98,8 +98,8 @@ class PrbgBook:
         return False
 
     async def advance(self, old: szm_prbg.PrbgCardState, new: szm_prbg.PrbgCardState) -> bool:
-        return await self._writer.run(
-            lambda tx: tx.szm_advance(old.card_id, old.spent, new.spent, None)
+        return await self._writer.run_hot(
+            lambda hot: hot.szm_advance(old.card_id, old.spent, new.spent, None)
         )
 
 
@@ -143,8 +143,8 @@ class PaywordBook:
         return True
 
     async def advance(self, old: HeldCommitment, new: HeldCommitment) -> bool:
-        return await self._writer.run(
-            lambda tx: tx.payword_advance(
+        return await self._writer.run_hot(
+            lambda hot: hot.payword_advance(
                 old.commitment_id, old.state.spent, new.state.spent, new.state.last_value
             )
         )
