@@ -73,7 +73,7 @@ async def test_goods_served_from_memory_follow_file_changes(tmp_path: Path) -> N
     outside = tmp_path.parent / f"{tmp_path.name}-outside.txt"
     outside.write_text("not for sale")
     (tmp_path / "link.txt").symlink_to(outside)
-    transport = httpx.ASGITransport(app=GoodsApp(tmp_path))
+    transport = httpx.ASGITransport(app=GoodsApp(tmp_path, fresh=0))
     async with httpx.AsyncClient(transport=transport, base_url="http://v") as client:
         first = await client.get("/a.txt")
         (tmp_path / "a.txt").write_text("second, longer")
@@ -99,7 +99,7 @@ def test_goods_offer_only_what_they_serve(tmp_path: Path) -> None:
     outside.write_text("not for sale")
     (tmp_path / "link.txt").symlink_to(outside)
     (tmp_path / "inner-link.txt").symlink_to(tmp_path / "a.txt")
-    goods = GoodsApp(tmp_path)
+    goods = GoodsApp(tmp_path, fresh=0)
     assert goods.offers("GET", "/a.txt")
     assert goods.offers("HEAD", "/sub/b.txt")
     assert goods.offers("GET", "/inner-link.txt")
@@ -128,6 +128,26 @@ async def test_the_served_folder_asks_no_payment_for_a_missing_file(tmp_path: Pa
     assert found.status_code == 402
     assert missing.status_code == 404
     assert "www-authenticate" not in missing.headers
+
+
+@pytest.mark.anyio
+async def test_a_small_file_is_looked_at_once_a_second(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "a.txt").write_text("first")
+    clock = [100.0]
+    monkeypatch.setattr("farthing.vendor.goods.time.monotonic", lambda: clock[0])
+    goods = GoodsApp(tmp_path)
+    transport = httpx.ASGITransport(app=goods)
+    async with httpx.AsyncClient(transport=transport, base_url="http://v") as client:
+        assert (await client.get("/a.txt")).text == "first"
+        (tmp_path / "a.txt").unlink()
+        clock[0] += 0.5  # within the second: still sold, and served from memory
+        assert goods.offers("GET", "/a.txt")
+        assert (await client.get("/a.txt")).text == "first"
+        clock[0] += 0.6  # past it: looked at again, gone
+        assert not goods.offers("GET", "/a.txt")
+        assert (await client.get("/a.txt")).status_code == 404
 
 
 def test_a_payword_only_vendor_deposits_with_its_own_issuer_settings(tmp_path: Path) -> None:

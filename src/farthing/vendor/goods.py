@@ -7,15 +7,20 @@ file is answered 404 without a charge.
 
 Small files (articles, the usual good) are answered from memory: Starlette's file response
 costs over a millisecond per request here (bench/profile.py), more than the payment. A
-cached file is re-read when its modification time or size changes; large files, and
-anything else, go to Starlette's ``StaticFiles``.
+cached file is re-read when its identity, modification time or size changes, looked at
+(one ``stat``) at most once a second: a file changed or deleted is sold, and served from
+memory, as it was for up to a second. Large files, and anything else, go to Starlette's
+``StaticFiles`` and are looked at on every request.
 """
 
 from __future__ import annotations
 
+import contextlib
 import mimetypes
 import os
 import stat
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
@@ -28,91 +33,101 @@ __all__ = ["GoodsApp"]
 
 _SMALL: Final = 256 * 1024
 _CACHE_BYTES: Final = 64 * 1024 * 1024
-_MAX_KNOWN: Final = 100_000  # paths whose place inside the folder is remembered
+_MAX_KNOWN: Final = 100_000  # files remembered (with or without their bytes)
+_FRESH_S: Final = 1.0  # a small file checked this recently is served without a stat
+
+
+@dataclass(slots=True)
+class _File:
+    """What is known of one file under the folder, as of ``checked`` (monotonic seconds)."""
+
+    identity: tuple[int, int, int, int]  # device, inode, mtime ns, size
+    inside: bool  # its real path lies inside the folder (not a link out)
+    body: bytes | None  # kept in memory if small and within the budget
+    media_type: str
+    checked: float
 
 
 class GoodsApp:
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, fresh: float = _FRESH_S) -> None:
+        self._fresh = fresh
         self._root = directory.resolve()
-        self._files = StaticFiles(directory=directory)
-        self._cache: dict[str, tuple[tuple[int, int], bytes, str]] = {}
-        self._cached_bytes = 0
         self._root_text = str(self._root)
-        self._inside: dict[tuple[str, int, int], bool] = {}
+        self._files = StaticFiles(directory=directory)
+        self._known: dict[str, _File] = {}
+        self._cached_bytes = 0
 
     def offers(self, method: str, path: str) -> bool:
         """Whether a ``method`` request for ``path`` is answered with a file (the paywall's
-        ``offers`` hook): GET or HEAD of a regular, visible file inside the folder.
-
-        It runs on every priced request, so it costs one ``stat``: whether the file lies
-        inside the folder is resolved once per (path, file identity), and a file replaced
-        by a link elsewhere has another identity.
-        """
-        if method not in ("GET", "HEAD") or _hidden(path):
-            return False
-        full = os.path.join(self._root_text, path.lstrip("/"))
-        try:
-            info = os.stat(full)
-        except (OSError, ValueError):
-            return False
-        if not stat.S_ISREG(info.st_mode):
-            return False
-        identity = (full, info.st_dev, info.st_ino)
-        inside = self._inside.get(identity)
-        if inside is None:
-            if len(self._inside) >= _MAX_KNOWN:
-                self._inside.clear()
-            inside = Path(os.path.realpath(full)).is_relative_to(self._root)
-            self._inside[identity] = inside
-        return inside
+        ``offers`` hook): GET or HEAD of a regular, visible file inside the folder."""
+        return method in ("GET", "HEAD") and not _hidden(path) and self._file(path) is not None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope.get("path", "")
         if _hidden(path):
             await PlainTextResponse("Not Found", status_code=404)(scope, receive, send)
             return
-        small = self._small_file(path) if scope.get("method") in ("GET", "HEAD") else None
-        if small is None:
+        found = self._file(path) if scope.get("method") in ("GET", "HEAD") else None
+        if found is None or found.body is None:
             try:
                 await self._files(scope, receive, send)
             except HTTPException as error:  # answered here, wherever the app is mounted
                 response = PlainTextResponse(error.detail, status_code=error.status_code)
                 await response(scope, receive, send)
             return
-        body, media_type = small
-        await Response(body, media_type=media_type)(scope, receive, send)
+        await Response(found.body, media_type=found.media_type)(scope, receive, send)
 
-    def _small_file(self, path: str) -> tuple[bytes, str] | None:
-        """The file's bytes and type if it is a small regular file inside the folder."""
-        target = self._root / path.lstrip("/")
+    def _file(self, path: str) -> _File | None:
+        """The regular file inside the folder at ``path``, or None.
+
+        Both the paywall (``offers``) and the response ask, on every paid request, so the
+        answer for a file kept in memory is trusted for ``fresh`` seconds after a ``stat``:
+        a change is seen within a second by default. Whether the file lies inside the folder (a
+        ``realpath``) is worked out again only when its identity changes, and a file
+        replaced by a link elsewhere has another identity.
+        """
+        full = os.path.join(self._root_text, path.lstrip("/"))
+        now = time.monotonic()
+        known = self._known.get(full)
+        if known is not None and known.body is not None and now - known.checked < self._fresh:
+            return known if known.inside else None
         try:
-            info = target.stat()
+            info = os.stat(full)
         except (OSError, ValueError):
+            self._forget(full)
             return None
-        if not stat.S_ISREG(info.st_mode) or info.st_size > _SMALL:
+        if not stat.S_ISREG(info.st_mode):
+            self._forget(full)
             return None
-        resolved = target.resolve()
-        if not resolved.is_relative_to(self._root):
-            return None  # a link out of the folder: let StaticFiles refuse it
-        key, version = str(resolved), (info.st_mtime_ns, info.st_size)
-        entry = self._cache.get(key)
-        if entry is not None and entry[0] == version:
-            return entry[1], entry[2]
-        return self._load(key, resolved, version)
+        identity = (info.st_dev, info.st_ino, info.st_mtime_ns, info.st_size)
+        if known is None or known.identity != identity:
+            known = self._learn(full, identity)
+        known.checked = now
+        return known if known.inside else None
 
-    def _load(self, key: str, path: Path, version: tuple[int, int]) -> tuple[bytes, str] | None:
-        try:
-            body = path.read_bytes()
-        except OSError:
-            return None
-        media_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    def _learn(self, full: str, identity: tuple[int, int, int, int]) -> _File:
+        self._forget(full)
+        if len(self._known) >= _MAX_KNOWN:
+            self._known.clear()
+            self._cached_bytes = 0
+        inside = Path(os.path.realpath(full)).is_relative_to(self._root)
+        media_type = mimetypes.guess_type(full)[0] or "application/octet-stream"
         if media_type.startswith("text/"):
             media_type += "; charset=utf-8"
-        if self._cached_bytes + len(body) <= _CACHE_BYTES:
-            old = self._cache.pop(key, None)
-            self._cached_bytes += len(body) - (len(old[1]) if old is not None else 0)
-            self._cache[key] = (version, body, media_type)
-        return body, media_type
+        size = identity[3]
+        body = None
+        if inside and size <= _SMALL and self._cached_bytes + size <= _CACHE_BYTES:
+            with contextlib.suppress(OSError):
+                body = Path(full).read_bytes()
+                self._cached_bytes += len(body)
+        learned = _File(identity, inside, body, media_type, checked=0.0)
+        self._known[full] = learned
+        return learned
+
+    def _forget(self, full: str) -> None:
+        gone = self._known.pop(full, None)
+        if gone is not None and gone.body is not None:
+            self._cached_bytes -= len(gone.body)
 
 
 def _hidden(path: str) -> bool:
