@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
 import time
@@ -11,7 +12,7 @@ import psycopg
 import pytest
 
 from farthing.core.errors import Conflict, LocalProtocolError
-from farthing.store import CardStatus, Store, open_store
+from farthing.store import CardStatus, Store, is_retryable, open_store
 from tests.store.helpers import (
     UNIT,
     card_id,
@@ -104,6 +105,26 @@ def test_a_hot_batch_that_raises_changes_nothing(store: Store) -> None:
     assert row is not None
     assert row.spent == 0
     assert store.szm_advance(card_id(0), 0, 1, None)  # the store still works
+
+
+def test_a_hot_batch_that_may_not_wait_fails_at_once_on_a_locked_sqlite(
+    tmp_path: Path,
+) -> None:
+    path = str(tmp_path / "v.sqlite")
+    store = open_store(path)
+    _issue(store)
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(Conflict) as raised, store.hot_batch(wait=False) as hot:
+            hot.szm_advance(card_id(0), 0, 1, None)
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert is_retryable(raised.value)
+    with store.hot_batch(wait=False) as hot:  # free again: it commits
+        assert hot.szm_advance(card_id(0), 0, 1, None)
+    store.close()
 
 
 def test_threads_racing_from_the_same_spent_have_one_winner(store: Store) -> None:

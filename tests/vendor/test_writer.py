@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,13 @@ pytestmark = pytest.mark.anyio
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.fixture(params=[True, False], ids=["on-loop", "thread"])
+def on_loop(request: pytest.FixtureRequest) -> bool:
+    """Hot writes committed by the event loop (SQLite's default) or by the writer thread."""
+    flag: bool = request.param
+    return flag
 
 
 async def test_concurrent_advances_of_one_card_win_once(tmp_path: Path) -> None:
@@ -65,15 +74,16 @@ async def test_a_failing_job_does_not_take_the_others_with_it(tmp_path: Path) ->
     assert untouched.spent == 0
 
 
-async def test_hot_advances_of_one_card_win_once(tmp_path: Path) -> None:
+async def test_hot_advances_of_one_card_win_once(tmp_path: Path, on_loop: bool) -> None:
     store = open_store(str(tmp_path / "v.sqlite"))
     card = issue_chain_cards(store, 1)[0]
-    writer = StoreWriter(store)
+    writer = StoreWriter(store, on_loop=on_loop)
 
     def advance(hot: HotTx) -> bool:
         return hot.szm_advance(card.card_id, 0, 2, b"w" * 32)
 
     results = await asyncio.gather(*(writer.run_hot(advance) for _ in range(50)))
+    assert (writer._thread is None) is on_loop  # on the loop, no thread was needed
     await writer.aclose()
     assert results.count(True) == 1
     after = open_store(str(tmp_path / "v.sqlite")).szm_card(card.card_id)
@@ -81,10 +91,12 @@ async def test_hot_advances_of_one_card_win_once(tmp_path: Path) -> None:
     assert (after.spent, after.anchor) == (2, b"w" * 32)
 
 
-async def test_hot_and_other_jobs_in_one_batch_each_get_their_result(tmp_path: Path) -> None:
+async def test_hot_and_other_jobs_in_one_batch_each_get_their_result(
+    tmp_path: Path, on_loop: bool
+) -> None:
     store = open_store(str(tmp_path / "v.sqlite"))
     cards = issue_chain_cards(store, 4)
-    writer = StoreWriter(store)
+    writer = StoreWriter(store, on_loop=on_loop)
 
     def hot(index: int):  # type: ignore[no-untyped-def]
         return lambda h: h.szm_advance(cards[index].card_id, 0, index + 1, None)
@@ -106,3 +118,31 @@ async def test_hot_and_other_jobs_in_one_batch_each_get_their_result(tmp_path: P
     assert outcomes[3:] == [True, True, False]  # the second advance of card 0 is stale
     spent = [store.szm_card(card.card_id) for card in cards]
     assert [row.spent for row in spent if row is not None] == [1, 2, 3, 4]
+
+
+async def test_a_locked_store_is_waited_for_off_the_loop(tmp_path: Path) -> None:
+    """The loop commits only when SQLite's write lock is free; while another connection
+    holds it, the batch waits on the thread and the loop goes on serving."""
+    path = str(tmp_path / "v.sqlite")
+    store = open_store(path)
+    card = issue_chain_cards(store, 1)[0]
+    writer = StoreWriter(store, on_loop=True)
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another worker, mid-commit
+    try:
+        advance = asyncio.ensure_future(
+            writer.run_hot(lambda hot: hot.szm_advance(card.card_id, 0, 2, None))
+        )
+        started = time.monotonic()
+        for _ in range(10):
+            await asyncio.sleep(0.01)  # the loop is not blocked by the lock
+        assert time.monotonic() - started < 1.0
+        assert not advance.done()  # not answered before its commit
+    finally:
+        other.execute("COMMIT")
+        other.close()
+    assert await asyncio.wait_for(advance, timeout=10) is True
+    await writer.aclose()
+    row = store.szm_card(card.card_id)
+    assert row is not None
+    assert row.spent == 2

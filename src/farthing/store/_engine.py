@@ -57,6 +57,8 @@ class Engines:
     """Transactions that read-then-write a predicate (PostgreSQL: SERIALIZABLE)."""
     fast_connect: Callable[[], DBAPIConnection]
     """A new driver connection in autocommit mode, for the hot path (see _fastlane)."""
+    nowait_connect: Callable[[], DBAPIConnection] | None = None
+    """SQLite: the same, but failing at once (busy) instead of waiting for the write lock."""
 
     def dispose(self) -> None:
         self.write.dispose()
@@ -106,6 +108,7 @@ def _sqlite_engines(url: URL) -> Engines:
         read=engine.execution_options(**{_READONLY_OPTION: True}),
         serializable=engine,
         fast_connect=_driver_connect(engine, connect_args, _sqlite_setup),
+        nowait_connect=_driver_connect(engine, {**connect_args, "timeout": 0}, _sqlite_nowait),
     )
 
 
@@ -142,6 +145,15 @@ def _sqlite_setup(dbapi_connection: DBAPIConnection) -> None:
     try:
         for pragma in _SQLITE_PRAGMAS:
             cursor.execute(pragma)
+    finally:
+        cursor.close()
+
+
+def _sqlite_nowait(dbapi_connection: DBAPIConnection) -> None:
+    _sqlite_setup(dbapi_connection)
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA busy_timeout=0")
     finally:
         cursor.close()
 

@@ -62,6 +62,11 @@ class Store:
         self._prepared = PreparedHot.build(self._hot, engines.write.dialect)
         begin = "BEGIN IMMEDIATE" if self.backend == "sqlite" else "BEGIN"
         self._lane = FastLane(engines.fast_connect, begin=begin)
+        self._nowait_lane = (
+            FastLane(engines.nowait_connect, begin=begin)
+            if engines.nowait_connect is not None
+            else self._lane
+        )
 
     @property
     def backend(self) -> Literal["sqlite", "postgresql"]:
@@ -121,10 +126,16 @@ class Store:
             return self._lane.rowcount(self._prepared.payword_advance, params) == 1
 
     @contextmanager
-    def hot_batch(self) -> Iterator[HotTx]:
+    def hot_batch(self, *, wait: bool = True) -> Iterator[HotTx]:
         """Several hot-path writes in one transaction with one durable commit (the vendor's
-        group commit); commit when the block ends, roll back if it raises."""
-        with map_db_errors(), self._lane.batch() as batch:
+        group commit); commit when the block ends, roll back if it raises.
+
+        ``wait=False`` (SQLite): if another connection holds the write lock, fail at once
+        with a retryable :class:`Conflict` instead of waiting up to the busy timeout, so
+        an event loop can commit itself when the lock is free and hand off when it is not.
+        """
+        lane = self._lane if wait else self._nowait_lane
+        with map_db_errors(), lane.batch() as batch:
             yield HotTx(batch, self._prepared)
 
     def szm_card(self, card_id: bytes) -> SzmCardRow | None:
@@ -159,6 +170,7 @@ class Store:
     def close(self) -> None:
         """Close every pooled connection. The store is unusable afterwards."""
         self._lane.close()
+        self._nowait_lane.close()
         self._engines.dispose()
 
     def __enter__(self) -> Store:

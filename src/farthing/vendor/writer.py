@@ -13,6 +13,16 @@ a full SQLAlchemy transaction costs ~250 us more CPU per commit, paid by the wor
 core. Other writes (:meth:`StoreWriter.run`, e.g. a new PayWord commitment) take a
 :class:`~farthing.store.Tx`; a batch holding both kinds commits each kind once.
 
+On SQLite the payment updates are committed on the event loop itself, not on the thread:
+the requests that reached their update in one pass of the loop share one commit, made
+right after that pass. Handing work to a thread and back costs the worker's one core more
+than the commit (the two threads contend for the GIL at every system call; measured: a
+paid request's CPU fell from ~860 to ~620 us, paid throughput rose 20-35%). The loop is
+blocked only for the commit itself: the batch takes SQLite's write lock without waiting
+(``hot_batch(wait=False)``), and if another connection (another worker, a deposit run)
+holds it, the batch goes to the thread, which waits. On PostgreSQL, where a commit is
+several network round trips, everything goes through the thread.
+
 If a batch's transaction fails, each of its jobs is run again alone, so one bad job
 cannot take the others' results with it; a job that fails alone gets its own exception.
 The waiting requests of one event loop are woken with one call, not one each.
@@ -53,16 +63,48 @@ _Done = tuple[_Job[object], bool, object]
 class StoreWriter:
     """``await writer.run_hot(lambda hot: hot.szm_advance(...))``: in the writer's batch."""
 
-    def __init__(self, store: Store, *, max_batch: int = 128) -> None:
+    def __init__(self, store: Store, *, max_batch: int = 128, on_loop: bool | None = None) -> None:
         self._store = store
         self._max_batch = max_batch
+        self._on_loop = store.backend == "sqlite" if on_loop is None else on_loop
+        self._pending: dict[asyncio.AbstractEventLoop, list[_Job[object]]] = {}
         self._queue: queue.SimpleQueue[_Job[object] | object] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
     async def run_hot(self, work: Callable[[HotTx], T]) -> T:
         """A hot-path write (compare-and-set of a card or commitment), group-committed."""
-        return await self._submit(work, hot=True)
+        if not self._on_loop:
+            return await self._submit(work, hot=True)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        pending = self._pending.get(loop)
+        if pending is None:
+            pending = self._pending[loop] = []
+            loop.call_soon(self._commit_on_loop, loop)
+        pending.append(_Job(work, True, future, loop))  # type: ignore[arg-type]
+        return await future
+
+    def _commit_on_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Commit what this pass of the loop queued, unless that means waiting for the
+        write lock: then the thread does it."""
+        jobs = self._pending.pop(loop)
+        try:
+            with self._store.hot_batch(wait=False) as hot:
+                results = [job.work(hot) for job in jobs]  # type: ignore[arg-type]
+        except Exception:  # all rolled back: the thread runs them again
+            # Busy (another connection holds the write lock): the thread waits for it.
+            # A failing job: the thread runs each job alone, so it fails alone.
+            self._hand_to_thread(jobs)
+            return
+        for job, result in zip(jobs, results, strict=True):
+            if not job.future.done():
+                job.future.set_result(result)
+
+    def _hand_to_thread(self, jobs: list[_Job[object]]) -> None:
+        self._start()
+        for job in jobs:
+            self._queue.put(job)
 
     async def run(self, work: Callable[[Tx], T]) -> T:
         """Any other write, in a store transaction, group-committed."""
