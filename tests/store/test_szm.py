@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -124,6 +125,32 @@ def test_a_hot_batch_that_may_not_wait_fails_at_once_on_a_locked_sqlite(
     assert is_retryable(raised.value)
     with store.hot_batch(wait=False) as hot:  # free again: it commits
         assert hot.szm_advance(card_id(0), 0, 1, None)
+    store.close()
+
+
+def test_sqlite_writers_of_one_process_take_turns_without_polling(tmp_path: Path) -> None:
+    """Threads of one process queue for SQLite's write lock in the store, instead of
+    SQLite's busy handler sleeping and polling; a batch that may not wait is told so."""
+    store = open_store(str(tmp_path / "v.sqlite"))
+    _issue(store, count=40, units=100)
+    holding, release = threading.Event(), threading.Event()
+
+    def hold_the_turn() -> None:
+        with store.transaction() as tx:
+            tx.szm_advance(card_id(0), 0, 1, None)
+            holding.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold_the_turn)
+    holder.start()
+    assert holding.wait(10)
+    with pytest.raises(Conflict) as raised, store.hot_batch(wait=False) as hot:
+        hot.szm_advance(card_id(1), 0, 1, None)
+    assert is_retryable(raised.value)
+    release.set()
+    holder.join(10)
+    wins = race(16, lambda t: store.szm_advance(card_id(2 + t), 0, 1, None))
+    assert wins == [True] * 16
     store.close()
 
 

@@ -22,7 +22,13 @@ from sqlalchemy import exc as sa_exc
 
 from farthing.core.errors import Conflict, ErrorCode
 
-__all__ = ["is_retryable", "is_unique_violation", "map_db_errors", "unique_violation_as"]
+__all__ = [
+    "busy_conflict",
+    "is_retryable",
+    "is_unique_violation",
+    "map_db_errors",
+    "unique_violation_as",
+]
 
 # PostgreSQL SQLSTATEs and SQLite extended error names, as the drivers report them.
 _UNIQUE_CODES: Final = frozenset(
@@ -48,6 +54,19 @@ def _driver_code(exc: BaseException) -> str | None:
     orig = exc.orig if isinstance(exc, sa_exc.DBAPIError) else exc
     code = getattr(orig, "sqlstate", None) or getattr(orig, "sqlite_errorname", None)
     return code if isinstance(code, str) else None
+
+
+class _TurnTaken(Exception):
+    """Another thread of this process holds the SQLite write turn (see Store)."""
+
+    sqlite_errorname = "SQLITE_BUSY"  # busy, as if SQLite had said so: retryable
+
+
+def busy_conflict() -> Conflict:
+    """The retryable Conflict of a write that would have to wait and may not."""
+    error = Conflict("the store is busy; try again", code=ErrorCode.CONFLICT)
+    error.__cause__ = _TurnTaken()
+    return error
 
 
 def is_unique_violation(exc: BaseException) -> bool:
