@@ -571,7 +571,7 @@ def _suggestions(m: Measured) -> list[str]:
         f"`synchronous=FULL`) costs {update:,.0f} us, {update / m.paid_us:.0%} of this "
         f"(one request at a time) paid request, nearly all of it the fsync; {grouped:,.0f} us "
         f"each when {GROUP} share a commit, {normal:,.0f} us with `synchronous=NORMAL`. Done: "
-        "the vendor now group-commits (`src/farthing/vendor/writer.py` `StoreWriter`, one "
+        "the vendor now group-commits (`src/farthing/store/writer.py` `StoreWriter`, one "
         "writer thread per process); every payment is still durable before its response, and "
         "under concurrent load the requests in flight share one fsync. Not taken: "
         "`synchronous=NORMAL`, which can lose the last payments on a power loss.",

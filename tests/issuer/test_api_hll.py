@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 import pytest
 
@@ -72,6 +74,26 @@ async def test_online_verify_credits_once_and_refuses_the_replay(
         card = tx.hll_card(shop.card_id)
     assert card is not None
     assert card.spent_units == 7
+    assert balanced(harness)
+
+
+async def test_online_verifies_arriving_together_each_settle_once(
+    api: httpx.AsyncClient, harness: Harness
+) -> None:
+    """Verifications in flight together share the bank's group commit; each gets its own
+    answer, and a replay among them is refused without taking the others with it."""
+    shop = open_shop(harness)
+    bought = [buy(harness, shop, 2) for _ in range(8)]
+    bodies = [verify_body(shop, offer, purchase) for offer, purchase in bought]
+    bodies.append(bodies[3])  # the same (card, counter) again, in the same moment
+    answers = await asyncio.gather(*(api.post("/v1/hll/verify", json=b) for b in bodies))
+    statuses = sorted(a.status_code for a in answers)
+    assert statuses == [200] * 8 + [409], [a.text for a in answers]
+    assert _merchant_owed(harness) == 8 * 2000
+    with harness.store.transaction(readonly=True) as tx:
+        card = tx.hll_card(shop.card_id)
+    assert card is not None
+    assert card.spent_units == 16
     assert balanced(harness)
 
 

@@ -11,12 +11,12 @@ from farthing.core.money import Denomination
 from farthing.core.primitives import ed25519_public_key
 from farthing.core.schemes import hll, payword
 from farthing.store import HllPaymentState, OutboxState, open_store
+from farthing.store.writer import StoreWriter
 from farthing.testing import DeterministicRandom, FixedClock
 from farthing.vendor.books import HllDeferredBook, PaywordBook
 from farthing.vendor.deposits import Depositor, backoff
 from farthing.vendor.methods.hll import PendingPurchase
 from farthing.vendor.methods.payword import HeldCommitment
-from farthing.vendor.writer import StoreWriter
 
 pytestmark = pytest.mark.anyio
 NOW = 1_800_000_000

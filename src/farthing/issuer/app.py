@@ -44,6 +44,7 @@ from farthing.issuer.routes_payword import build_payword_router
 from farthing.issuer.routes_szm import build_szm_router
 from farthing.issuer.service import IssuerServices, build_services
 from farthing.store import Store, open_store
+from farthing.store.writer import StoreWriter
 
 __all__ = [
     "ENV_CURRENCIES",
@@ -78,10 +79,12 @@ def issuer_app(
 ) -> FastAPI:
     """The issuer app over already built services (see :func:`create_issuer_app`)."""
     config = services.config
+    writer = StoreWriter(services.store)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         yield
+        await writer.aclose()
         if owns_store:
             services.store.close()
 
@@ -95,8 +98,10 @@ def issuer_app(
         lifespan=lifespan,
     )
     install_error_handlers(app)
-    for build in (build_admin_router, build_hll_router, build_szm_router, build_payword_router):
-        app.include_router(build(services))
+    app.include_router(build_admin_router(services))
+    app.include_router(build_hll_router(services, writer))
+    app.include_router(build_szm_router(services))
+    app.include_router(build_payword_router(services))
     # add_middleware wraps from the inside out: the last added is the outermost.
     app.add_middleware(
         BodyLimit,

@@ -65,6 +65,16 @@ class OnlineSpend:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class CheckedPurchase:
+    """An online purchase whose merchant tag and card MAC verified (not yet settled)."""
+
+    offer: hll.Offer
+    verified: hll.VerifiedPurchase
+    merchant: Merchant
+    now: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class DepositOutcome:
     report: hll.DepositReport
     credited_micros: int
@@ -162,6 +172,14 @@ class HllService:
         self, merchant_id: str, offer_bytes: bytes, payment_bytes: bytes, tag: bytes
     ) -> OnlineSpend:
         """Verify one purchase for an authenticated merchant and settle it at once."""
+        checked = self.check_online(merchant_id, offer_bytes, payment_bytes, tag)
+        return self._store.run_in_transaction(lambda tx: self.settle_online(tx, checked))
+
+    def check_online(
+        self, merchant_id: str, offer_bytes: bytes, payment_bytes: bytes, tag: bytes
+    ) -> CheckedPurchase:
+        """What an online purchase needs checked before any write: the merchant's tag,
+        the messages and the card's MAC (pure, but for a merchant's first lookup)."""
         merchant = self._merchants.authenticate(
             merchant_id,
             tag,
@@ -172,18 +190,22 @@ class HllService:
         if offer.merchant_id != merchant.merchant_id:
             raise AccessDenied("the offer names another merchant", code=ErrorCode.ACCESS_DENIED)
         now = self._clock.now()
-        with self._store.transaction(readonly=True) as tx:
-            card = _usable_card(tx.hll_card(purchase.card_id), offer, merchant)
         verified = hll.verify_purchase(self.card_key(purchase.card_id), offer, purchase, now)
+        return CheckedPurchase(offer=offer, verified=verified, merchant=merchant, now=now)
+
+    def settle_online(self, tx: Tx, checked: CheckedPurchase) -> OnlineSpend:
+        """Inside ``tx``: the card may pay it, (card, counter) is recorded once, and the
+        value moves from the card float to the merchant. Safe to run again."""
+        verified, merchant = checked.verified, checked.merchant
+        card = _usable_card(tx.hll_card(verified.card_id), checked.offer, merchant)
         if verified.amount > card.remaining_units:  # the store refuses it too; fail early
             raise InsufficientFunds("card overspent", code=ErrorCode.INSUFFICIENT_FUNDS)
-        micros = verified.amount * card.unit_micros
-        self._store.run_in_transaction(lambda tx: self._settle_online(tx, verified, merchant, now))
+        self._settle_online(tx, verified, merchant, checked.now)
         return OnlineSpend(
             card_id=verified.card_id,
             counter=verified.counter,
             units=verified.amount,
-            credited_micros=micros,
+            credited_micros=verified.amount * card.unit_micros,
         )
 
     def _settle_online(

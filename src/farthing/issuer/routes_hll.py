@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends
+from starlette.concurrency import run_in_threadpool
 
 from farthing.core.encoding import b64url_encode
 from farthing.core.schemes import hll
@@ -20,6 +21,7 @@ from farthing.issuer.schemas import (
     NewHllCard,
 )
 from farthing.issuer.service import IssuerServices
+from farthing.store.writer import StoreWriter
 
 __all__ = ["DEPOSITS_PATH", "build_hll_router", "deposit_out"]
 
@@ -47,7 +49,10 @@ def deposit_out(outcome: DepositOutcome) -> DepositOut:
     )
 
 
-def build_hll_router(services: IssuerServices) -> APIRouter:
+def build_hll_router(services: IssuerServices, writer: StoreWriter | None = None) -> APIRouter:
+    """The HLL routes. ``writer``: online verifications settle through it, so those that
+    arrive together share one durable commit (see :mod:`farthing.store.writer`);
+    without one, each settles in its own transaction."""
     router = APIRouter(prefix="/v1/hll", tags=["hll"])
     require_operator = operator_dependency(services.operators)
     service = services.hll
@@ -84,15 +89,21 @@ def build_hll_router(services: IssuerServices) -> APIRouter:
         )
 
     @router.post("/verify")
-    def verify(body: HllVerifyRequest) -> HllVerifyOut:
+    async def verify(body: HllVerifyRequest) -> HllVerifyOut:
         """Online verification for a merchant (authenticated by ``tag`` under K_M):
         verifies the card's MAC, records (card, counter) once and credits the merchant."""
-        spend = service.verify_online(
+        args = (
             body.merchant_id,
             field_bytes(body.offer, "offer"),
             field_bytes(body.payment, "payment"),
             field_bytes(body.tag, "tag"),
         )
+        if writer is None:
+            spend = await run_in_threadpool(service.verify_online, *args)
+        else:
+            # The checks are pure (a merchant is read from the store once, then cached).
+            checked = service.check_online(*args)
+            spend = await writer.run(lambda tx: service.settle_online(tx, checked))
         return HllVerifyOut(
             card_id=b64url_encode(spend.card_id),
             counter=spend.counter,

@@ -27,6 +27,7 @@ from starlette.types import ASGIApp
 from farthing.core.clock import Clock, RandomSource, SystemClock
 from farthing.core.prbg import BbsKey
 from farthing.store import Store
+from farthing.store.writer import StoreWriter
 from farthing.vendor.books import ChainBook, HllDeferredBook, PaywordBook, PrbgBook
 from farthing.vendor.methods.base import PaymentMethod
 from farthing.vendor.methods.hll import HllBankClient, HllMethod, HllMode
@@ -36,7 +37,6 @@ from farthing.vendor.methods.szm import ChainScheme, PrbgScheme
 from farthing.vendor.metrics import PaywallMetrics
 from farthing.vendor.middleware import Offers, Paywall
 from farthing.vendor.pricing import PriceTable
-from farthing.vendor.writer import StoreWriter
 
 __all__ = ["HllSettings", "PaywordSettings", "SzmKeys", "VendorSettings", "create_vendor_app"]
 

@@ -26,9 +26,9 @@ from farthing.store import (
     Tx,
     VendorCommitmentRow,
 )
+from farthing.store.writer import StoreWriter
 from farthing.vendor.methods.hll import PendingPurchase
 from farthing.vendor.methods.payword import HeldCommitment
-from farthing.vendor.writer import StoreWriter
 
 __all__ = ["ChainBook", "HllDeferredBook", "PaywordBook", "PrbgBook"]
 

@@ -11,7 +11,7 @@ import pytest
 
 from farthing.core.errors import Conflict
 from farthing.store import HotTx, Tx, open_store
-from farthing.vendor.writer import StoreWriter
+from farthing.store.writer import StoreWriter
 from tests.vendor.helpers import issue_chain_cards
 
 pytestmark = pytest.mark.anyio
