@@ -1,3 +1,5 @@
+import unicodedata
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -119,3 +121,31 @@ def test_b64url_strict(bad: str) -> None:
 def test_b64url_length_cap() -> None:
     with pytest.raises(MalformedMessage):
         b64url_decode("A" * 100, max_len=10)
+
+
+def _canonical_by_definition(value: str) -> bool:
+    """The text rule as Unicode states it: NFC, and no character of category Cc."""
+    return unicodedata.normalize("NFC", value) == value and not any(
+        unicodedata.category(ch) == "Cc" for ch in value
+    )
+
+
+def _accepted(value: str) -> bool:
+    try:
+        Writer("t").text(value)
+    except ValueError:
+        return False
+    return True
+
+
+def test_every_control_character_is_refused_and_nothing_else() -> None:
+    for code in range(0x110000):
+        ch = chr(code)
+        if 0xD800 <= code <= 0xDFFF:
+            continue  # surrogates cannot be encoded as UTF-8 at all
+        assert _accepted(ch) == _canonical_by_definition(ch), hex(code)
+
+
+@given(st.text(max_size=40))
+def test_text_rule_matches_its_definition(value: str) -> None:
+    assert _accepted(value) == _canonical_by_definition(value)

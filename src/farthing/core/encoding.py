@@ -46,6 +46,8 @@ _U64_MAX: Final = (1 << 64) - 1
 _B64URL: Final = re.compile(rb"\A[A-Za-z0-9_-]*\Z")
 _U64: Final = struct.Struct(">Q")
 _U16: Final = struct.Struct(">H")
+# Unicode's control characters (general category Cc) are exactly C0, DEL and C1.
+_CONTROL: Final = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
 def header(domain: str, version: int = VERSION) -> bytes:
@@ -151,9 +153,9 @@ class Reader:
 
 
 def _check_text(value: str, max_len: int) -> None:
-    if unicodedata.normalize("NFC", value) != value:
+    if not value.isascii() and not unicodedata.is_normalized("NFC", value):
         raise ValueError("text must be in Unicode NFC")
-    if any(unicodedata.category(ch) == "Cc" for ch in value):
+    if _CONTROL.search(value):
         raise ValueError("text must not contain control characters")
     if len(value.encode("utf-8")) > max_len:
         raise ValueError("text too long")
