@@ -1,4 +1,5 @@
-"""Group commit: the vendor's card updates that arrive together share one durable commit.
+"""Group commit: writes that arrive together share one durable commit (the vendor's card
+updates, the issuer's online HLL settlements).
 
 A paid request must not be answered before its conditional update is durable, and on
 SQLite (``synchronous=FULL``) or PostgreSQL (``fsync``) the commit costs far more than the
