@@ -9,8 +9,8 @@
 It also sets Hypothesis' defaults: no per-example deadline (speed is measured in
 ``bench/``, not in tests; a loaded CI machine would make deadlines flaky), and under
 ``CI`` (set by ``.ci/run``) derandomized examples, so a CI verdict is repeatable. And it
-bounds how long a test process may take to exit once its tests are done (see
-``pytest_unconfigure``), so a hang at shutdown fails the run instead of stalling CI.
+bounds, under ``CI``, how long a test process may take to exit once its tests are done
+(see ``pytest_unconfigure``), so a hang at shutdown fails the run instead of stalling CI.
 """
 
 from __future__ import annotations
@@ -39,9 +39,11 @@ _EXIT_DEADLINE = 120
 
 @pytest.hookimpl(trylast=True)
 def pytest_unconfigure(config: pytest.Config) -> None:
-    """Past this point nothing should block: if a leaked non-daemon thread or an exit
-    handler does, print every thread's stack and exit non-zero instead of hanging."""
-    faulthandler.dump_traceback_later(_EXIT_DEADLINE, exit=True, file=sys.__stderr__)
+    """Under CI, past this point nothing should block: if a leaked non-daemon thread or an
+    exit handler does, print every thread's stack and exit non-zero instead of hanging.
+    (Not elsewhere: a tool that runs pytest in its own process goes on living after it.)"""
+    if os.environ.get("CI"):
+        faulthandler.dump_traceback_later(_EXIT_DEADLINE, exit=True, file=sys.__stderr__)
 
 
 @pytest.fixture(scope="session")
