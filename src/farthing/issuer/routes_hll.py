@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends
-from starlette.concurrency import run_in_threadpool
 
 from farthing.core.encoding import b64url_encode
 from farthing.core.schemes import hll
@@ -49,10 +48,9 @@ def deposit_out(outcome: DepositOutcome) -> DepositOut:
     )
 
 
-def build_hll_router(services: IssuerServices, writer: StoreWriter | None = None) -> APIRouter:
-    """The HLL routes. ``writer``: online verifications settle through it, so those that
-    arrive together share one durable commit (see :mod:`farthing.store.writer`);
-    without one, each settles in its own transaction."""
+def build_hll_router(services: IssuerServices, writer: StoreWriter) -> APIRouter:
+    """The HLL routes. Online verifications settle through ``writer``, so those that
+    arrive together share one durable commit (see :mod:`farthing.store.writer`)."""
     router = APIRouter(prefix="/v1/hll", tags=["hll"])
     require_operator = operator_dependency(services.operators)
     service = services.hll
@@ -98,12 +96,9 @@ def build_hll_router(services: IssuerServices, writer: StoreWriter | None = None
             field_bytes(body.payment, "payment"),
             field_bytes(body.tag, "tag"),
         )
-        if writer is None:
-            spend = await run_in_threadpool(service.verify_online, *args)
-        else:
-            # The checks are pure (a merchant is read from the store once, then cached).
-            checked = service.check_online(*args)
-            spend = await writer.run(lambda tx: service.settle_online(tx, checked))
+        # The checks are pure (a merchant is read from the store once, then cached).
+        checked = service.check_online(*args)
+        spend = await writer.run(lambda tx: service.settle_online(tx, checked))
         return HllVerifyOut(
             card_id=b64url_encode(spend.card_id),
             counter=spend.counter,
