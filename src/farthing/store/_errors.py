@@ -24,6 +24,7 @@ from farthing.core.errors import Conflict, ErrorCode
 
 __all__ = [
     "busy_conflict",
+    "is_busy",
     "is_retryable",
     "is_unique_violation",
     "map_db_errors",
@@ -73,13 +74,14 @@ def is_unique_violation(exc: BaseException) -> bool:
     return _driver_code(exc) in _UNIQUE_CODES
 
 
-def _is_busy(exc: BaseException) -> bool:
+def is_busy(exc: BaseException) -> bool:
+    """A driver (or SQLAlchemy) error saying the store was busy or a transaction lost."""
     return _driver_code(exc) in _RETRYABLE_CODES
 
 
 def is_retryable(error: BaseException) -> bool:
     """True for a Conflict raised because the store was busy or a serializable unit lost."""
-    return isinstance(error, Conflict) and error.__cause__ is not None and _is_busy(error.__cause__)
+    return isinstance(error, Conflict) and error.__cause__ is not None and is_busy(error.__cause__)
 
 
 @contextmanager
@@ -93,7 +95,7 @@ def map_db_errors() -> Iterator[None]:
     except Exception as exc:
         if is_unique_violation(exc):
             raise Conflict("the record already exists", code=ErrorCode.CONFLICT) from exc
-        if _is_busy(exc):
+        if is_busy(exc):
             raise Conflict("the store is busy; try again", code=ErrorCode.CONFLICT) from exc
         raise
 

@@ -32,6 +32,8 @@ from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.expression import ClauseElement
 
+from farthing.store._errors import is_busy
+
 __all__ = ["FastBatch", "FastLane", "FastStatement"]
 
 _KEEP_IDLE: Final = 8
@@ -128,17 +130,25 @@ class FastLane:
     @contextlib.contextmanager
     def batch(self) -> Iterator[FastBatch]:
         """One transaction: commit when the block ends (one durable commit), roll back and
-        re-raise if it raises. The connection is dropped on any error, as in :meth:`_run`."""
+        re-raise if it raises.
+
+        A busy refusal at BEGIN, or a job that fails after a clean ROLLBACK, leaves the
+        connection sound, so it goes back to the pool (the vendor's loop meets a busy lock
+        often). Anything else drops it and every idle one, as :meth:`_run` does.
+        """
         connection = self._checkout()
+        began = False
         try:
             _control(connection, self._begin)
+            began = True
             yield FastBatch(connection)
             _control(connection, "COMMIT")
-        except BaseException:
-            with contextlib.suppress(Exception):
-                _control(connection, "ROLLBACK")
-            connection.close()
-            self._close_idle()
+        except BaseException as error:
+            if _recovered(connection, began, error):
+                self._checkin(connection)
+            else:
+                connection.close()
+                self._close_idle()
             raise
         self._checkin(connection)
 
@@ -180,3 +190,14 @@ def _control(connection: DBAPIConnection, statement: str) -> None:
         cursor.execute(statement)
     finally:
         cursor.close()
+
+
+def _recovered(connection: DBAPIConnection, began: bool, error: BaseException) -> bool:
+    """After a failed batch: is the connection back outside any transaction, sound?"""
+    if not began:
+        return is_busy(error)  # refused the lock, nothing started
+    try:
+        _control(connection, "ROLLBACK")
+    except Exception:
+        return False
+    return True
