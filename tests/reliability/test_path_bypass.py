@@ -184,3 +184,22 @@ async def test_path_variants_do_not_fill_the_file_cache(sqlite_world: World) -> 
     assert statuses == {404: 1000}
     assert goods.known == 1, f"{goods.known} files remembered, {goods.cached_bytes} bytes"
     assert goods.cached_bytes <= 200 * 1024
+
+
+@pytest.mark.parametrize("method", METHODS)
+async def test_head_with_a_valid_credential_is_not_charged(
+    sqlite_world: World, method: str
+) -> None:
+    """HEAD to a priced path: 402 with challenges and no body, the payment not looked at."""
+    app = sqlite_world.vendor_app()
+    cid, expires = await challenge(app, ARTICLE, method)
+    holder, header = pay(sqlite_world, method, cid, expires, ARTICLE, units=2)
+    auth = [("authorization", header)]
+    head = await asgi_request(app, "HEAD", ARTICLE, auth)
+    assert head.status == 402
+    assert head.body == b""
+    assert method in challenge_ids(head.get_list("www-authenticate"))
+    assert "payment-receipt" not in head
+    assert sqlite_world.spent(holder) == 0
+    assert (await asgi_request(app, "GET", ARTICLE, auth)).status == 200  # the same payment
+    assert sqlite_world.spent(holder) == 2
