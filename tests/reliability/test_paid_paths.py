@@ -2,9 +2,10 @@
 
 The request path is bound into every sealed body (and is the good of an HLL offer) as
 canonical text: NFC, no control characters. A path that is not (a file name in NFD, as
-macOS writes them; a percent-encoded control character) cannot be sealed, so it must be
-refused *before* the payment is recorded: otherwise the card is charged and the seal
-then fails, leaving the buyer with a 500 and no article.
+macOS writes them) cannot be sealed, so it must be refused *before* the payment is
+recorded: otherwise the card is charged and the seal then fails, leaving the buyer with a
+500 and no article. A percent-encoded control character is not a canonical path at all
+(farthing.http.paths): a 404, paid or not.
 
 A priced path with no file behind it is not for sale: the vendor answers 404 without
 asking for payment, and a payment sent anyway (a wallet paying up front) is not taken.

@@ -1,10 +1,13 @@
 """The paywall: a plain ASGI middleware that speaks the HTTP "Payment" scheme (402).
 
-For each HTTP request whose path has a price (and, when the app names what it offers
-through ``offers``, that it does offer; otherwise the app answers, 404 or 405, for free):
+Every HTTP request first gets its one canonical path (:mod:`farthing.http.paths`), or a
+404; the price, ``offers``, the seal binding and the HLL offer all use that string. Then,
+for each request whose path has a price (and, when the app names what it offers through
+``offers``, that it does offer; otherwise the app answers, 404 or 405, for free):
 
-1. No ``Authorization: Payment`` header: answer 402 with one challenge per enabled method,
-   ``Cache-Control: no-store`` and a problem+json body.
+1. No ``Authorization: Payment`` header, or a HEAD request (never charged, whatever it
+   carries): answer 402 with one challenge per enabled method, ``Cache-Control: no-store``
+   and a problem+json body (none for HEAD).
 2. Otherwise parse the credential strictly, check the stateless challenge id (an HMAC over
    nonce, expiry, realm, method, route scope and price; no database), and hand the payload to
    the method adapter, which verifies it with the pure core and records it durably with one
@@ -13,7 +16,9 @@ through ``offers``, that it does offer; otherwise the app answers, 404 or 405, f
    id that is logged, never echoed.
 3. Call the wrapped app and add ``Payment-Receipt``. For SZM methods the body is sealed
    (ChaCha20-Poly1305) under the key the payment distributed, bound to method, card, index
-   and path, so an unpaid or wrongly paid request never sees plaintext.
+   and path, so an unpaid or wrongly paid request never sees plaintext. A paid request's
+   scope offers no response extensions (``pathsend``, ...), and any message but a start and
+   its body fails closed.
 
 It is a plain ASGI layer, not a Starlette ``BaseHTTPMiddleware``, to keep the paid hot path
 to header parsing, one MAC, the scheme's check and one database write.
