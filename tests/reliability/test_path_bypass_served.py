@@ -90,7 +90,7 @@ def challenge(base: str, path: str, method: str) -> tuple[str, int]:
     return challenge_ids(offer.get_list("www-authenticate"))[method]
 
 
-def test_every_variant_is_refused_and_charges_nothing(
+def test_every_variant_and_head_are_refused_and_charge_nothing(
     deployment: Deployment, tmp_path: Path
 ) -> None:
     world = deployment.world
@@ -104,6 +104,9 @@ def test_every_variant_is_refused_and_charges_nothing(
             auth = [("Authorization", header)]
             for form in BYPASS_FORMS:
                 assert_refused(raw_request(base, "GET", form, auth), f"{method} {form}")
+            head = raw_request(base, "HEAD", ARTICLE, auth)
+            assert (head.status, head.body) == (402, b""), method
+            assert head.get_list("www-authenticate"), method
             assert world.spent(holder) == 0, method
             assert raw_request(base, "GET", ARTICLE, auth).status == 200, method
             assert world.spent(holder) == 2, method
