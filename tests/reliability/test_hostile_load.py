@@ -221,6 +221,34 @@ def test_two_thousand_slow_headers_with_default_limits(
     assert result["log_growth_bytes"] < 50_000
 
 
+def test_the_header_timeout_holds_on_kept_alive_and_trickling_connections(
+    world: World, tmp_path: Path
+) -> None:
+    """uvicorn's keep-alive timer stops at the first byte of the next request; and a head
+    that trickles in a byte at a time is never idle. Both are closed after the header
+    timeout all the same."""
+    target = _vendor(world, tmp_path, nofile=None, args=GUARD_ARGS)
+    with target.server as server:
+        kept = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        kept.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert kept.recv(4096).startswith(b"HTTP/1.1 200 ")
+        kept.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # the next head, unfinished
+        trickling = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        started = time.monotonic()
+        head = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 100
+        with contextlib.suppress(OSError):
+            for byte in head:
+                if time.monotonic() - started > HEADER_TIMEOUT + 2.5:
+                    break
+                trickling.sendall(bytes([byte]))
+                time.sleep(0.25)
+        trickled_for = time.monotonic() - started
+        closed = [closed_by_server(kept), closed_by_server(trickling)]
+        close_all([kept, trickling])
+    print(f"\nkept-alive and trickling heads closed: {closed}, trickled for {trickled_for:.1f} s")
+    assert closed == [True, True]
+
+
 # --- slow bodies --------------------------------------------------------------------------
 
 
@@ -231,21 +259,26 @@ def deposit_head(length: int) -> bytes:
     )
 
 
-def answered_at_once(socks: list[socket.socket], wait: float) -> dict[socket.socket, bytes]:
-    """The sockets that got an answer within ``wait`` seconds, with its first bytes."""
+def answered_at_once(
+    socks: list[socket.socket], wait: float
+) -> tuple[dict[socket.socket, bytes], float]:
+    """The sockets answered within ``wait`` seconds, with the answer's first bytes, and
+    the seconds until the last of those answers came."""
     answers: dict[socket.socket, bytes] = {}
-    deadline = time.monotonic() + wait
-    while (left := deadline - time.monotonic()) > 0:
+    started = time.monotonic()
+    last = 0.0
+    while (left := started + wait - time.monotonic()) > 0:
         pending = [s for s in socks if s not in answers]
         readable, _, _ = select.select(pending, [], [], left) if pending else ([], [], [])
         if not readable:
             break
+        last = time.monotonic() - started
         for sock in readable:
             try:
                 answers[sock] = sock.recv(4096)
             except OSError:
                 answers[sock] = b""
-    return answers
+    return answers, last
 
 
 def slow_bodies(target: Target, *, bodies: int, sample_for: float, hold: float) -> dict[str, Any]:
@@ -259,11 +292,9 @@ def slow_bodies(target: Target, *, bodies: int, sample_for: float, hold: float) 
         with honest_traffic(target) as honest:
             socks = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(bodies)]
             try:
-                started = time.monotonic()
                 for sock in socks:
                     sock.sendall(deposit_head(length))
-                early = answered_at_once(socks, wait=1.0)
-                early_seconds = time.monotonic() - started
+                early, early_seconds = answered_at_once(socks, wait=1.0)
                 held = [s for s in socks if s not in early]
                 chunk = b"[" + b" " * (length - 2)
                 for sock in held:
@@ -283,7 +314,7 @@ def slow_bodies(target: Target, *, bodies: int, sample_for: float, hold: float) 
         "bodies": bodies,
         "refused_at_once": len(early),
         "refused_statuses": ",".join(statuses),
-        "refused_within_s": round(early_seconds, 2),
+        "refused_within_s": round(early_seconds, 3),
         "held": len(held),
         "held_closed_by_server": closed,
         "rss_before_mib": round(rss_before / 1024, 1),
