@@ -172,9 +172,11 @@ def slow_headers(target: Target, *, attackers: int, hold: float) -> dict[str, An
     server = target.server
     with server:
         log_before = target.log.stat().st_size
-        fds_before = len(list(Path(f"/proc/{server.worker_pids()[0]}/fd").iterdir()))
+        pid = server.worker_pids()[0]
+        rss_before = rss_kib(pid)
         with honest_traffic(target) as honest:
             held, failed = open_slow_headers(server.port, attackers)
+            rss_attacked = rss_kib(pid)
             try:
                 time.sleep(hold)
                 closed = sum(closed_by_server(sock) for sock in held)
@@ -189,7 +191,7 @@ def slow_headers(target: Target, *, attackers: int, hold: float) -> dict[str, An
         "honest_answered": honest.answered,
         "honest_failed": honest.failed,
         "log_growth_bytes": log_growth,
-        "fds_before": fds_before,
+        "rss_growth_mib": round((rss_attacked - rss_before) / 1024, 1),
     }
     print(f"\nslow headers on {server.base}: {result}")
     return result
