@@ -90,9 +90,6 @@ class Guard:
             _Wait.HEAD: OrderedDict(),
             _Wait.BODY: OrderedDict(),
         }
-        self.closed = {_Wait.HEAD: 0, _Wait.BODY: 0}
-        self.evicted = 0
-        self.refused = 0
         loop.call_later(limits.tick, self._sweep)
 
     def move(self, conn: GuardedH11Protocol, old: _Wait | None, new: _Wait | None) -> None:
@@ -109,7 +106,6 @@ class Guard:
             return False
         conn, _ = heads.popitem(last=False)
         conn.expire()
-        self.evicted += 1
         logger.warning(
             "connection cap (%d) reached: closed the connection waiting longest for its "
             "request head",
@@ -118,16 +114,15 @@ class Guard:
         return True
 
     def _sweep(self) -> None:
+        self._loop.call_later(self.limits.tick, self._sweep)  # first: nothing below stops it
         now = self._loop.time()
-        for wait, waiting in self._waiting.items():
+        for waiting in self._waiting.values():
             while waiting:
                 conn = next(iter(waiting))
                 if waiting[conn] > now:
                     break
                 del waiting[conn]
                 conn.expire()
-                self.closed[wait] += 1
-        self._loop.call_later(self.limits.tick, self._sweep)
 
 
 _guards: weakref.WeakKeyDictionary[ServerState, Guard] = weakref.WeakKeyDictionary()
@@ -160,7 +155,6 @@ class GuardedH11Protocol(H11Protocol):
         super().connection_made(transport)
         over = len(self.connections) > self._guard.limits.max_connections
         if over and not self._guard.evict_oldest_head():
-            self._guard.refused += 1
             logger.warning(
                 "%d connections open, none waiting for a request: a new one was closed",
                 len(self.connections) - 1,
