@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Annotated, Final, TextIO
 import typer
 
 from farthing.cli._common import console, err_console, fail
+from farthing.cli._serve import BodyTimeout, HeaderTimeout, MaxConnections, limits
 
 if TYPE_CHECKING:
     from farthing.issuer.report_service import IssuerReport
@@ -132,9 +133,15 @@ def serve(
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8400,
     workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
     rate_limit: Annotated[bool, typer.Option(help="Per-client and per-operator limits.")] = True,
+    header_timeout: HeaderTimeout = None,
+    body_timeout: BodyTimeout = None,
+    max_connections: MaxConnections = None,
+    body_budget_mib: Annotated[
+        int, typer.Option(min=1, help="MiB of deposit bodies one worker holds at once.")
+    ] = 64,
 ) -> None:
     """Run the HTTP API (uvicorn; each worker builds its own app from the environment)."""
-    from farthing.issuer.config import ENV_DB, ENV_KEYS, ENV_RATE_LIMIT
+    from farthing.issuer.config import ENV_BODY_BUDGET, ENV_DB, ENV_KEYS, ENV_RATE_LIMIT
     from farthing.serving import serve_factory
 
     with _services(db, keys):  # fail here, readably, rather than in every worker
@@ -142,8 +149,14 @@ def serve(
     os.environ[ENV_DB] = db
     os.environ[ENV_KEYS] = str(keys.resolve())
     os.environ[ENV_RATE_LIMIT] = "on" if rate_limit else "off"
+    os.environ[ENV_BODY_BUDGET] = str(body_budget_mib * 1024 * 1024)
     serve_factory(
-        "farthing.issuer.app:app_from_env", host=host, port=port, workers=workers, log_level="info"
+        "farthing.issuer.app:app_from_env",
+        host=host,
+        port=port,
+        workers=workers,
+        log_level="info",
+        **limits(header_timeout, body_timeout, max_connections),
     )
 
 

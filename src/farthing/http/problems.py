@@ -74,6 +74,7 @@ _TABLE: Final[tuple[tuple[type[FarthingError], int, str, str], ...]] = (
 _CODE_OVERRIDES: Final = {
     ErrorCode.UNAUTHENTICATED: (401, FARTHING_BASE + "unauthenticated", "Not authenticated"),
     ErrorCode.PAYLOAD_TOO_LARGE: (413, FARTHING_BASE + "payload-too-large", "Payload too large"),
+    ErrorCode.SERVER_BUSY: (503, FARTHING_BASE + "server-busy", "Server busy"),
 }
 
 
@@ -84,7 +85,12 @@ def problem_for(error: FarthingError) -> Problem:
     if override is not None:
         status, type_, title = override
         return Problem(
-            status=status, type=type_, title=title, detail=error.message, code=int(error.code)
+            status=status,
+            type=type_,
+            title=title,
+            detail=error.message,
+            code=int(error.code),
+            retry_after=retry_after,
         )
     for cls, status, type_, title in _TABLE:
         if isinstance(error, cls):
