@@ -41,7 +41,7 @@ __all__ = [
     "PendingPurchase",
 ]
 
-_MAX_CERTIFICATE_LEN = 256
+_MAX_CERTIFICATE_LEN = 512
 
 
 class HllMode(StrEnum):
