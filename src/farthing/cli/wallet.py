@@ -292,9 +292,7 @@ def add_hll(
     _added(info)
 
 
-def _into_token(
-    card: HllCardFile, token: Pkcs11Location, pin: str, wrap_label: str
-) -> HllCardFile:
+def _into_token(card: HllCardFile, token: Pkcs11Location, pin: str, wrap_label: str) -> HllCardFile:
     """Unwrap the bank's wrapped K_C into the token (if the file carries one); the wallet
     keeps no key."""
     if card.wrapped_key is not None:

@@ -462,7 +462,7 @@ def new_wrapping_key(module_path: str, token_label: str, user_pin: str, key_labe
                     Attribute.ENCRYPT: False,
                     Attribute.VERIFY: False,
                 },
-                private_template=_key_attributes(key_label, unwrap=True),
+                private_template=_private_unwrap_attributes(key_label),
             )
             modulus, exponent = public[Attribute.MODULUS], public[Attribute.PUBLIC_EXPONENT]
     numbers = rsa.RSAPublicNumbers(int.from_bytes(exponent, "big"), int.from_bytes(modulus, "big"))
@@ -542,6 +542,21 @@ def _find_unwrapping_key(session: Session, key_label: str) -> UnwrapMixin:
             f"the key labelled {key_label!r} cannot unwrap", code=ErrorCode.MISUSE
         )
     return key
+
+
+def _private_unwrap_attributes(key_label: str) -> dict[Attribute, object]:
+    """A private key that can only unwrap (a private key has no VERIFY, ENCRYPT or WRAP)."""
+    return {
+        Attribute.LABEL: key_label,
+        Attribute.TOKEN: True,
+        Attribute.PRIVATE: True,
+        Attribute.SENSITIVE: True,
+        Attribute.EXTRACTABLE: False,
+        Attribute.UNWRAP: True,
+        Attribute.DECRYPT: False,
+        Attribute.SIGN: False,
+        Attribute.DERIVE: False,
+    }
 
 
 def _card_key_attributes(key_label: str) -> dict[Attribute, object]:

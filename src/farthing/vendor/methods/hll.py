@@ -73,9 +73,7 @@ DeferredPolicy = Callable[[int, int], hll.DeferredDecision]
 class DeferredLog(Protocol):
     """The vendor store's record of delivered, not yet deposited purchases (blocking)."""
 
-    def record(
-        self, purchase: PendingPurchase, *, decide: DeferredPolicy
-    ) -> hll.DeferredDecision:
+    def record(self, purchase: PendingPurchase, *, decide: DeferredPolicy) -> hll.DeferredDecision:
         """In one transaction: read what the card and the merchant are owed unverified, ask
         ``decide``, and store the purchase only on DEFER. Raises InvalidPayment for a
         repeat (card, counter)."""
