@@ -5,6 +5,9 @@ from __future__ import annotations
 import pytest
 
 from farthing.core.errors import Conflict, ErrorCode, InsufficientFunds
+from farthing.core.money import Denomination
+from farthing.core.primitives import ed25519_public_key
+from farthing.core.schemes import hll
 from farthing.store import (
     HllMode,
     HllPaymentState,
@@ -14,6 +17,8 @@ from farthing.store import (
     Tx,
     open_store,
 )
+from farthing.vendor.books import HllDeferredBook
+from farthing.vendor.methods.hll import PendingPurchase
 from tests.store.helpers import fail_inside, race
 
 CARD = b"C" * 16
@@ -140,3 +145,43 @@ def test_the_risk_limit_holds_under_concurrency(store: Store) -> None:
     assert race(6, accept).count(True) == 3
     with store.transaction(readonly=True) as tx:
         assert tx.vendor_hll_outstanding(CARD) == 9
+
+
+def test_the_merchant_cap_holds_under_concurrency_across_cards(store: Store) -> None:
+    """Eight certified cards buy 3 units each at once from a merchant whose cap is 9: the
+    book (core decision, store transaction) takes exactly three deferred, sends the other
+    five online, and records only the three."""
+    signing_key = b"C" * 32
+    risk = hll.DeferredRisk(limit=10, merchant_cap=9)
+    book = HllDeferredBook(store)
+    denomination = Denomination(currency="EUR", unit_micros=1000)
+
+    def buy(n: int) -> hll.DeferredDecision:
+        card_id = bytes([n + 1]) * 16
+        certificate = hll.issue_card_certificate(
+            signing_key, card_id=card_id, denomination=denomination, expires_at=10**10
+        )
+        offer = hll.Offer(
+            merchant_id="shop", good="/a", amount=3, denomination=denomination,
+            challenge=bytes([n]) * 16, expires_at=10**10,
+        )  # fmt: skip
+        purchase = hll.Purchase(card_id=card_id, counter=1, sigma=bytes(32))
+
+        def decide(card: int, merchant: int) -> hll.DeferredDecision:
+            return hll.decide_deferred(
+                risk=risk, bank_public_key=ed25519_public_key(signing_key),
+                certificate=hll.encode_card_certificate(certificate), offer=offer,
+                purchase=purchase, now=1000, card_outstanding=card, merchant_outstanding=merchant,
+            )  # fmt: skip
+
+        pending = PendingPurchase(
+            card_id=card_id, counter=1, amount=3, offer=hll.encode_offer(offer),
+            payment=hll.encode_payment(purchase),
+        )  # fmt: skip
+        return book.record(pending, decide=decide)
+
+    decisions = race(8, buy)
+    assert decisions.count(hll.DeferredDecision.DEFER) == 3
+    assert decisions.count(hll.DeferredDecision.ONLINE) == 5
+    with store.transaction(readonly=True) as tx:
+        assert tx.vendor_hll_outstanding_total() == 9
