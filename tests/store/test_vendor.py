@@ -185,3 +185,25 @@ def test_the_merchant_cap_holds_under_concurrency_across_cards(store: Store) -> 
     assert decisions.count(hll.DeferredDecision.ONLINE) == 5
     with store.transaction(readonly=True) as tx:
         assert tx.vendor_hll_outstanding_total() == 9
+
+
+def test_a_card_refused_at_deposit_stays_charged_against_its_limit(store: Store) -> None:
+    """Payments the bank refused at deposit keep counting against the card, so a certified
+    card that cheats costs a deferred merchant at most the per-card limit over its life."""
+    with store.transaction() as tx:
+        _record(tx, 1, units=3)
+        tx.hll_take_pending_for_batch(BATCH, limit=10)
+        tx.vendor_hll_settle_batch(BATCH, rejected={(CARD, 1)})
+        assert tx.vendor_hll_outstanding(CARD) == 0  # nothing awaits the bank any more
+        assert tx.vendor_hll_exposure(CARD) == 3  # but the refused 3 still count
+        assert tx.vendor_hll_outstanding_total() == 0
+    seen: list[tuple[int, int]] = []
+
+    def decide(card: int, merchant: int) -> hll.DeferredDecision:
+        seen.append((card, merchant))
+        fits = hll.DeferredRisk(limit=5, merchant_cap=100).fits(card, merchant, 3)
+        return hll.DeferredDecision.DEFER if fits else hll.DeferredDecision.ONLINE
+
+    pending = PendingPurchase(card_id=CARD, counter=2, amount=3, offer=b"o", payment=b"p")
+    assert HllDeferredBook(store).record(pending, decide=decide) is hll.DeferredDecision.ONLINE
+    assert seen == [(3, 0)]

@@ -325,6 +325,11 @@ class Tx:
         """Units of this card's deferred payments not yet settled or rejected."""
         return _vendor.hll_outstanding(self._ctx, card_id)
 
+    def vendor_hll_exposure(self, card_id: bytes) -> int:
+        """Units of this card's deferred payments not accepted by the issuer: not yet
+        settled, or refused at deposit."""
+        return _vendor.hll_exposure(self._ctx, card_id)
+
     def vendor_hll_outstanding_total(self) -> int:
         """Units of all cards' deferred payments not yet settled or rejected (the merchant's
         unverified exposure)."""

@@ -161,8 +161,10 @@ class HllDeferredBook:
         def write(tx: Tx) -> DeferredDecision:
             if tx.vendor_hll_payment(purchase.card_id, purchase.counter) is not None:
                 raise _repeat()  # also when it would now go online: never deliver it twice
+            # Per card: what the bank has not accepted, refusals included (a card that
+            # cheated stays charged); per merchant: what the bank has not yet answered.
             decision = decide(
-                tx.vendor_hll_outstanding(purchase.card_id), tx.vendor_hll_outstanding_total()
+                tx.vendor_hll_exposure(purchase.card_id), tx.vendor_hll_outstanding_total()
             )
             if decision is DeferredDecision.DEFER:
                 tx.vendor_hll_record(
