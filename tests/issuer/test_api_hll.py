@@ -87,7 +87,7 @@ async def test_personalise_needs_a_token_key_and_never_answers_k_c_in_the_clear(
     add_customer(harness, "c1", 1_000_000)
     no_key = await api.post("/v1/hll/cards", json={"customer_id": "c1", "units": 1})
     assert no_key.status_code == 400
-    small = rsa.generate_private_key(public_exponent=65537, key_size=1024).public_key()
+    small = rsa.generate_private_key(public_exponent=65537, key_size=1024).public_key()  # noqa: S505 - a refusal test
     der = small.public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )

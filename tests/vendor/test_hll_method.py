@@ -204,7 +204,8 @@ async def test_deferred_mode_bounds_risk_per_card_then_goes_online() -> None:
         refused = await pay(c, the_card, certificate, clock)
     assert [r.status_code for r in statuses] == [200, 200, 200]
     assert [mode(r) for r in statuses] == ["deferred", "deferred", "online"]  # 9 > 7
-    assert bank.online == 2 and bank.bank.credited("shop") == 3
+    assert bank.online == 2
+    assert bank.bank.credited("shop") == 3
     assert refused.status_code >= 500  # past the card's limit and the bank is down
     assert sorted(counter for _, counter in log.rows) == [1, 2]
     offer = hll.decode_offer(log.rows[(CARD_ID, 1)].offer)
@@ -238,7 +239,8 @@ async def test_an_honest_certified_card_buys_deferred_while_the_bank_is_down() -
     bank.down = True
     async with client(deferred_method(bank, log), clock) as c:
         answer = await pay(c, the_card, certificate, clock)
-    assert answer.status_code == 200 and answer.text == "article"
+    assert answer.status_code == 200
+    assert answer.text == "article"
     assert mode(answer) == "deferred"
     assert bank.online == 0
     assert list(log.rows) == [(CARD_ID, 1)]
@@ -254,8 +256,10 @@ async def test_past_the_merchant_cap_honest_purchases_go_online() -> None:
         answers = [await pay(c, the_card, cert, clock) for the_card, cert in cards]
     assert [a.status_code for a in answers] == [200] * 5
     assert [mode(a) for a in answers] == ["deferred"] * 3 + ["online"] * 2
-    assert len(log.rows) == 3 and sum(p.amount for p in log.rows.values()) == 9
-    assert bank.online == 2 and bank.bank.credited("shop") == 6
+    assert len(log.rows) == 3
+    assert sum(p.amount for p in log.rows.values()) == 9
+    assert bank.online == 2
+    assert bank.bank.credited("shop") == 6
 
 
 async def test_bad_certificates_are_not_taken_deferred() -> None:
@@ -284,7 +288,8 @@ async def test_bad_certificates_are_not_taken_deferred() -> None:
     assert [a.status_code >= 500 for a in answers] == [True, True, True]
     assert bank.online == 3
     assert garbled.status_code == 400  # bytes that are no certificate: refused outright
-    assert honest.status_code == 200 and list(log.rows) == [(CARD_ID, 5)]
+    assert honest.status_code == 200
+    assert list(log.rows) == [(CARD_ID, 5)]
 
 
 def test_mode_needs_its_port() -> None:

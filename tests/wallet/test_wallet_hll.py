@@ -172,7 +172,8 @@ def test_a_card_file_never_carries_k_c_in_the_clear() -> None:
     """A software card's key stays out of its file, and a key put in a file is not read."""
     software = HllCardFile(card_id=bytes(16), balance=1, denomination=EUR, card_key=b"k" * 32)
     text = software.to_json()
-    assert "cardKey" not in text and b64url_encode(b"k" * 32) not in text
+    assert "cardKey" not in text
+    assert b64url_encode(b"k" * 32) not in text
     with_key = text.replace('"balance"', f'"cardKey": "{b64url_encode(b"k" * 32)}", "balance"')
     assert HllCardFile.from_json(with_key).card_key is None
     old_answer = (

@@ -32,6 +32,7 @@ from farthing.issuer.config import (
     write_key_file,
 )
 from farthing.store import Store, open_store
+from farthing.testing import SoftwareWrappingKey
 from farthing.vendor.app import (
     HllSettings,
     PaywordSettings,
@@ -44,7 +45,6 @@ from farthing.vendor.goods import GoodsApp
 from farthing.vendor.methods.hll import HllMode
 from farthing.vendor.pricing import Price, PriceTable
 from farthing.wallet.auth import PaymentAuth
-from farthing.testing import SoftwareWrappingKey
 from farthing.wallet.cards import HllCardFile, Pkcs11Location
 from farthing.wallet.pkcs11_card import (
     SoftHsmToken,

@@ -26,12 +26,12 @@ from starlette.types import ASGIApp
 
 from farthing.core.clock import Clock, RandomSource, SystemClock
 from farthing.core.prbg import BbsKey
+from farthing.core.schemes.hll import DeferredRisk
 from farthing.store import Store
 from farthing.store.writer import StoreWriter
 from farthing.vendor.books import ChainBook, HllDeferredBook, PaywordBook, PrbgBook
 from farthing.vendor.methods.base import PaymentMethod
 from farthing.vendor.methods.hll import HllBankClient, HllMethod, HllMode
-from farthing.core.schemes.hll import DeferredRisk
 from farthing.vendor.methods.offline import OfflineMethod
 from farthing.vendor.methods.payword import PaywordScheme
 from farthing.vendor.methods.szm import ChainScheme, PrbgScheme

@@ -504,7 +504,8 @@ def install_wrapped_card_key(
                     wrapped_key,
                     label=key_label,
                     mechanism=Mechanism.RSA_PKCS_OAEP if rsa_key else Mechanism.AES_KEY_WRAP,
-                    mechanism_param=_OAEP_PARAMS if rsa_key else None,
+                    # python-pkcs11 takes OAEP's (hash, mgf, label); its stub says bytes only.
+                    mechanism_param=_OAEP_PARAMS if rsa_key else None,  # type: ignore[arg-type]
                     store=True,
                     capabilities=MechanismFlag.SIGN | MechanismFlag.VERIFY,
                     template=_card_key_attributes(key_label),

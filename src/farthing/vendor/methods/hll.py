@@ -165,7 +165,9 @@ class HllMethod:
     ) -> HllMode:
         """Deferred if the core allows it (recorded for deposit), else ONLINE."""
         log, risk, bank_key = self._deferred, self._risk, self._bank_public_key
-        assert log is not None and risk is not None and bank_key is not None
+        assert log is not None
+        assert risk is not None
+        assert bank_key is not None
         now = context.now
 
         def decide(card_outstanding: int, merchant_outstanding: int) -> hll.DeferredDecision:
