@@ -24,7 +24,7 @@ from farthing.core.schemes import hll, payword, szm_chain, szm_prbg
 from farthing.core.sealing import open_sealed
 from farthing.issuer.client import IssuerClient
 from farthing.issuer.wire import verify_request_tag
-from farthing.testing import FixedClock
+from farthing.testing import FixedClock, SoftwareWrappingKey
 from farthing.vendor.app import HllSettings, VendorSettings, create_vendor_app
 from farthing.vendor.goods import GoodsApp
 from farthing.vendor.middleware import Paywall
@@ -408,6 +408,7 @@ def _deposit(
 
 # --- operators --------------------------------------------------------------------------------
 
+TOKEN_PUBLIC_KEY = b64url_encode(SoftwareWrappingKey().public_key())
 OPERATOR_CALLS = [
     ("POST", "/v1/customers", {"customer_id": "mallory", "currency": "EUR"}),
     ("GET", "/v1/customers/alice", None),
@@ -416,7 +417,11 @@ OPERATOR_CALLS = [
     ("GET", "/v1/merchants/shop", None),
     ("GET", "/v1/ledger/check", None),
     ("GET", "/v1/report", None),
-    ("POST", "/v1/hll/cards", {"customer_id": "alice", "units": 5}),
+    (
+        "POST",
+        "/v1/hll/cards",
+        {"customer_id": "alice", "units": 5, "token_public_key": TOKEN_PUBLIC_KEY},
+    ),
     ("GET", "/v1/hll/cards/{hll_card}", None),
     (
         "POST",
