@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from farthing.core.errors import Conflict, ErrorCode, InsufficientFunds
+from farthing.core.errors import Conflict, ErrorCode, InsufficientFunds, InvalidPayment
 from farthing.core.money import Denomination
 from farthing.core.primitives import ed25519_public_key
 from farthing.core.schemes import hll
@@ -207,3 +207,17 @@ def test_a_card_refused_at_deposit_stays_charged_against_its_limit(store: Store)
     pending = PendingPurchase(card_id=CARD, counter=2, amount=3, offer=b"o", payment=b"p")
     assert HllDeferredBook(store).record(pending, decide=decide) is hll.DeferredDecision.ONLINE
     assert seen == [(3, 0)]
+
+
+def test_a_purchase_settled_online_is_refused_when_sent_again(store: Store) -> None:
+    book = HllDeferredBook(store)
+    pending = PendingPurchase(card_id=CARD, counter=4, amount=3, offer=b"o", payment=b"p")
+    book.record_online(pending)
+    book.record_online(pending)  # a concurrent copy: left as it is
+    with pytest.raises(InvalidPayment):
+        book.record(pending, decide=lambda card, merchant: hll.DeferredDecision.DEFER)
+    with store.transaction(readonly=True) as tx:
+        row = tx.vendor_hll_payment(CARD, 4)
+        assert row is not None
+        assert (row.mode, row.state) == (HllMode.ONLINE, HllPaymentState.SETTLED)
+        assert (tx.vendor_hll_exposure(CARD), tx.vendor_hll_outstanding_total()) == (0, 0)

@@ -64,11 +64,19 @@ class LocalBank:
 
 
 class MemoryLog:
+    """The vendor store's contract in memory: deferred rows (``rows``, what the merchant is
+    owed unverified) and the (card, counter) pairs the bank verified online."""
+
     def __init__(self) -> None:
         self.rows: dict[tuple[bytes, int], PendingPurchase] = {}
+        self.online: set[tuple[bytes, int]] = set()
+
+    def record_online(self, purchase: PendingPurchase) -> None:
+        self.online.add((purchase.card_id, purchase.counter))
 
     def record(self, purchase: PendingPurchase, *, decide: DeferredPolicy) -> hll.DeferredDecision:
-        if (purchase.card_id, purchase.counter) in self.rows:
+        pair = (purchase.card_id, purchase.counter)
+        if pair in self.rows or pair in self.online:
             raise InvalidPayment("payment did not verify")
         card = sum(p.amount for (c, _), p in self.rows.items() if c == purchase.card_id)
         decision = decide(card, sum(p.amount for p in self.rows.values()))
@@ -303,3 +311,22 @@ def test_mode_needs_its_port() -> None:
             bank=LocalBank(FixedClock()),
             deferred=MemoryLog(),
         )
+
+
+async def test_a_payment_taken_online_is_not_taken_again_deferred() -> None:
+    """Over its card's limit a payment goes online; sent again once the limit has room (the
+    first purchase settled), it is refused rather than delivered a second time on credit."""
+    clock = FixedClock()
+    bank, log = LocalBank(clock), MemoryLog()
+    the_card, certificate = bank.card()
+    async with client(deferred_method(bank, log, risk_limit=3), clock) as c:
+        first = await pay(c, the_card, certificate, clock)
+        challenge = await get_challenge(c)
+        purchase = the_card.purchase(offer_from(challenge, "/articles/a"), clock.now())
+        online = await c.get("/articles/a", headers=auth(challenge, purchase, certificate))
+        del log.rows[(CARD_ID, 1)]  # the bank settled the first: the card's limit has room
+        again = await c.get("/articles/a", headers=auth(challenge, purchase, certificate))
+    assert (mode(first), mode(online)) == ("deferred", "online")
+    assert again.status_code == 401
+    assert list(log.rows) == []
+    assert bank.bank.credited("shop") == 3

@@ -10,6 +10,7 @@ even with several workers or processes on one store. Reads run in a worker threa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 
 from farthing.core.cardcode import Generator
@@ -185,6 +186,26 @@ class HllDeferredBook:
             if error.code is ErrorCode.DUPLICATE_SPEND:
                 raise _repeat() from None
             raise
+
+    def record_online(self, purchase: PendingPurchase) -> None:
+        """Remember a purchase the bank verified online, so the same credential sent again
+        is refused here instead of being taken deferred (the bank has not seen a deferred
+        one yet). A concurrent copy already recorded is left as it is."""
+
+        def write(tx: Tx) -> None:
+            tx.vendor_hll_record(
+                card_id=purchase.card_id,
+                counter=purchase.counter,
+                offer=purchase.offer,
+                purchase=purchase.payment,
+                amount_units=purchase.amount,
+                mode=HllMode.ONLINE,
+                state=HllPaymentState.SETTLED,
+                at=tx.now(),
+            )
+
+        with contextlib.suppress(Conflict):
+            self._store.run_in_transaction(write)
 
 
 def _repeat() -> InvalidPayment:

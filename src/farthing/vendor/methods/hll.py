@@ -79,6 +79,10 @@ class DeferredLog(Protocol):
         repeat (card, counter)."""
         ...
 
+    def record_online(self, purchase: PendingPurchase) -> None:
+        """Remember a purchase the bank verified online (a replay guard, not a claim)."""
+        ...
+
 
 class HllMethod:
     """The vendor adapter of ``hll:mac``."""
@@ -141,12 +145,21 @@ class HllMethod:
         raw = payload_bytes(context.payload, "payment", max_len=512)
         purchase = hll.decode_payment(raw)
         offer = self.offer_for(context)
+        pending = PendingPurchase(
+            card_id=purchase.card_id,
+            counter=purchase.counter,
+            amount=offer.amount,
+            offer=hll.encode_offer(offer),
+            payment=raw,
+        )
         mode = HllMode.ONLINE
         if self._mode is HllMode.DEFERRED:
             certificate = _certificate(context.payload)
-            mode = await self._record_deferred(purchase, offer, raw, certificate, context)
+            mode = await self._record_deferred(purchase, offer, pending, certificate, context)
         if mode is HllMode.ONLINE:
-            await self._bank.verify_online(hll.encode_offer(offer), raw)
+            await self._bank.verify_online(pending.offer, raw)
+            if self._deferred is not None:  # deferred mode went online: guard replays here
+                await anyio.to_thread.run_sync(self._deferred.record_online, pending)
         card = b64url_encode(purchase.card_id)
         return Settlement(
             method=self.name,
@@ -159,7 +172,7 @@ class HllMethod:
         self,
         purchase: hll.Purchase,
         offer: hll.Offer,
-        raw: bytes,
+        pending: PendingPurchase,
         certificate: bytes | None,
         context: PaymentContext,
     ) -> HllMode:
@@ -183,13 +196,6 @@ class HllMethod:
             )
 
         decide(0, 0)  # refuse malformed input before touching the store
-        pending = PendingPurchase(
-            card_id=purchase.card_id,
-            counter=purchase.counter,
-            amount=offer.amount,
-            offer=hll.encode_offer(offer),
-            payment=raw,
-        )
         decision = await anyio.to_thread.run_sync(lambda: log.record(pending, decide=decide))
         return HllMode.DEFERRED if decision is hll.DeferredDecision.DEFER else HllMode.ONLINE
 
