@@ -6,10 +6,14 @@ import asyncio
 
 import httpx
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from farthing.core.encoding import b64url_decode, b64url_encode
 from farthing.core.errors import ErrorCode
+from farthing.core.money import Denomination
 from farthing.core.schemes import hll
+from farthing.testing import SoftwareWrappingKey
 from tests.issuer.helpers import (
     BOTH_BACKENDS,
     Harness,
@@ -26,6 +30,11 @@ from tests.issuer.helpers import (
 pytestmark = [pytest.mark.anyio, BOTH_BACKENDS]
 
 
+def new_card(customer: str, units: int, token: SoftwareWrappingKey) -> dict[str, object]:
+    key = b64url_encode(token.public_key())
+    return {"customer_id": customer, "units": units, "token_public_key": key}
+
+
 def _merchant_owed(h: Harness, merchant_id: str = "m1") -> int:
     return h.services.accounts.merchant(merchant_id).owed_micros
 
@@ -34,13 +43,26 @@ async def test_personalise_moves_value_from_customer_to_card(
     api: httpx.AsyncClient, harness: Harness
 ) -> None:
     add_customer(harness, "c1", 1_000_000)
-    made = await api.post("/v1/hll/cards", json={"customer_id": "c1", "units": 400})
+    token = SoftwareWrappingKey()
+    made = await api.post("/v1/hll/cards", json=new_card("c1", 400, token))
     assert made.status_code == 201
     body = made.json()
     card_id = b64url_decode(body["card_id"])
-    assert bytes.fromhex(body["card_key_hex"]) == hll.derive_card_key(
-        harness.config.keys.hll_master, card_id
+    master = harness.config.keys.hll_master
+    # K_C leaves the bank only wrapped for the token that asked; the token unwraps it.
+    assert not any("key_hex" in name for name in body)
+    unwrapped = token.unwrap(b64url_decode(body["wrapped_card_key"]))
+    assert unwrapped == hll.derive_card_key(master, card_id)
+    assert hll.derive_card_key(master, card_id).hex() not in made.text
+    certificate = hll.decode_card_certificate(b64url_decode(body["certificate"]))
+    hll.verify_card_certificate(
+        hll.card_certification_public_key(master),
+        certificate,
+        card_id=card_id,
+        denomination=Denomination(currency="EUR", unit_micros=1000),
+        now=harness.clock.now(),
     )
+    assert certificate.expires_at == body["certificate_expires_at"]
     assert (body["units"], body["currency"], body["unit_micros"]) == (400, "EUR", 1000)
     customer = (await api.get("/v1/customers/c1")).json()
     assert customer["available_micros"] == 600_000
@@ -52,9 +74,28 @@ async def test_personalise_moves_value_from_customer_to_card(
 
 async def test_personalise_needs_funds(api: httpx.AsyncClient, harness: Harness) -> None:
     add_customer(harness, "poor", 10_000)
-    response = await api.post("/v1/hll/cards", json={"customer_id": "poor", "units": 11})
+    token = SoftwareWrappingKey()
+    response = await api.post("/v1/hll/cards", json=new_card("poor", 11, token))
     assert_problem(response, 402, ErrorCode.INSUFFICIENT_FUNDS)
-    assert_problem(await api.post("/v1/hll/cards", json={"customer_id": "x", "units": 1}), 404)
+    assert_problem(await api.post("/v1/hll/cards", json=new_card("x", 1, token)), 404)
+    assert balanced(harness)
+
+
+async def test_personalise_needs_a_token_key_and_never_answers_k_c_in_the_clear(
+    api: httpx.AsyncClient, harness: Harness
+) -> None:
+    add_customer(harness, "c1", 1_000_000)
+    no_key = await api.post("/v1/hll/cards", json={"customer_id": "c1", "units": 1})
+    assert no_key.status_code == 400
+    small = rsa.generate_private_key(public_exponent=65537, key_size=1024).public_key()  # noqa: S505 - a refusal test
+    der = small.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    for junk in (b"not a key", der):
+        body = {"customer_id": "c1", "units": 1, "token_public_key": b64url_encode(junk)}
+        assert_problem(await api.post("/v1/hll/cards", json=body), 400, ErrorCode.BAD_FIELD)
+    customer = (await api.get("/v1/customers/c1")).json()
+    assert customer["available_micros"] == 1_000_000  # refused before any money moved
     assert balanced(harness)
 
 

@@ -285,6 +285,21 @@ def merchants_add(
     print(made.key.hex())
 
 
+@app.command("hll-key")
+def hll_key(keys: Keys = Path(_DEFAULT_KEYS)) -> None:
+    """Print the bank's HLL card-certification public key (hex): the ``bank_public_key`` a
+    deferred-mode vendor checks card certificates with. It is public."""
+    from farthing.core.errors import FarthingError
+    from farthing.core.schemes import hll
+    from farthing.issuer.config import load_issuer_keys
+
+    try:
+        loaded = load_issuer_keys(keys)
+    except FarthingError as exc:
+        raise fail(exc.message) from None
+    print(hll.card_certification_public_key(loaded.hll_master).hex())
+
+
 # --- SZM cards ----------------------------------------------------------------------------
 
 

@@ -23,6 +23,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
 from farthing.core.clock import Clock, RandomSource
 from farthing.core.encoding import Writer, b64url_decode, b64url_encode
 from farthing.core.errors import (
@@ -31,6 +35,7 @@ from farthing.core.errors import (
     ErrorCode,
     InsufficientFunds,
     InvalidPayment,
+    MalformedMessage,
     NotFound,
     UnsupportedMethod,
 )
@@ -43,17 +48,55 @@ from farthing.issuer.books import SystemAccounts
 from farthing.issuer.wire import verify_request_tag
 from farthing.store import CardStatus, HllCardRow, Store, Tx
 
-__all__ = ["DepositOutcome", "HllService", "OnlineSpend", "PersonalisedCard", "batch_key"]
+__all__ = [
+    "CERTIFICATE_TTL",
+    "DepositOutcome",
+    "HllService",
+    "OnlineSpend",
+    "PersonalisedCard",
+    "batch_key",
+    "wrap_card_key",
+]
 
 _BATCH_KEY_DOMAIN = "farthing/issuer/hll-batch-key"
 
 
+CERTIFICATE_TTL = 90 * 86_400
+"""How long a card certificate lets merchants serve the card deferred (then: online only)."""
+_MIN_TOKEN_KEY_BITS = 2048
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PersonalisedCard:
+    """A new card. ``card_key`` (K_C) stays in the bank's process: what leaves the bank is
+    ``wrapped_card_key``, K_C encrypted for the customer's token, and the certificate."""
+
     card_id: bytes
     card_key: bytes = field(repr=False)
     units: int
     denomination: Denomination
+    certificate: bytes
+    certificate_expires_at: int
+    wrapped_card_key: bytes | None = None
+
+
+def wrap_card_key(token_public_key: bytes, card_key: bytes) -> bytes:
+    """K_C encrypted (RSA-OAEP) under the token's public key (DER SubjectPublicKeyInfo),
+    for the token to unwrap inside itself (:func:`farthing.wallet.pkcs11_card.
+    install_wrapped_card_key`). OAEP with SHA-1 as hash and MGF1 hash: the only OAEP
+    parameters SoftHSM2 2.6 unwraps; OAEP's security does not rest on collision
+    resistance. MalformedMessage(BAD_FIELD) for anything but an RSA key of >= 2048 bits."""
+    try:
+        public = serialization.load_der_public_key(token_public_key)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        public = None
+    if not isinstance(public, rsa.RSAPublicKey) or public.key_size < _MIN_TOKEN_KEY_BITS:
+        raise MalformedMessage(
+            "token_public_key must be an RSA key of at least 2048 bits (DER SPKI)",
+            code=ErrorCode.BAD_FIELD,
+        )
+    oaep = padding.OAEP(mgf=padding.MGF1(hashes.SHA1()), algorithm=hashes.SHA1(), label=None)  # noqa: S303
+    return public.encrypt(card_key, oaep)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -125,11 +168,20 @@ class HllService:
     # --- personalisation ------------------------------------------------------------------
 
     def personalise(
-        self, actor: str, customer_id: str, *, units: int, unit_micros: int
+        self,
+        actor: str,
+        customer_id: str,
+        *,
+        units: int,
+        unit_micros: int,
+        token_public_key: bytes | None = None,
     ) -> PersonalisedCard:
         """A new card for the customer, loaded with ``units`` paid from the customer's
-        account in one balanced posting (customer -> card float)."""
+        account in one balanced posting (customer -> card float), with its certificate,
+        and K_C wrapped for the token whose public key is given."""
         card_id = hll.new_card_id(self._rng)
+        card_key = self.card_key(card_id)
+        wrapped = None if token_public_key is None else wrap_card_key(token_public_key, card_key)
         value = units * unit_micros
 
         def unit(tx: Tx) -> Denomination:
@@ -155,8 +207,21 @@ class HllService:
 
         # Serializable: the balance check and the posting must not interleave with another.
         denomination = self._store.run_in_transaction(unit, serializable=True)
+        expires_at = self._clock.now() + CERTIFICATE_TTL
+        certificate = hll.issue_card_certificate(
+            hll.card_certification_key(self._master),
+            card_id=card_id,
+            denomination=denomination,
+            expires_at=expires_at,
+        )
         return PersonalisedCard(
-            card_id=card_id, card_key=self.card_key(card_id), units=units, denomination=denomination
+            card_id=card_id,
+            card_key=card_key,
+            units=units,
+            denomination=denomination,
+            certificate=hll.encode_card_certificate(certificate),
+            certificate_expires_at=expires_at,
+            wrapped_card_key=wrapped,
         )
 
     def card(self, card_id: bytes) -> HllCardRow:

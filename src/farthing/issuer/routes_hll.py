@@ -58,17 +58,23 @@ def build_hll_router(services: IssuerServices, writer: StoreWriter) -> APIRouter
 
     @router.post("/cards", status_code=201)
     def personalise(body: NewHllCard, op: Operator = Depends(require_operator)) -> HllCardCreated:
-        """A new card for a customer, loaded from the customer's account. K_C is returned
-        here once, for the personalisation station; it is never shown again."""
+        """A new card for a customer, loaded from the customer's account. K_C leaves the
+        bank only wrapped for the customer's token (``token_public_key``), with the card
+        certificate deferred-mode merchants check."""
+        token_key = field_bytes(body.token_public_key, "token_public_key", max_len=1536)
         card = service.personalise(
             op.actor,
             body.customer_id,
             units=body.units,
             unit_micros=body.unit_micros or default_unit,
+            token_public_key=token_key,
         )
+        assert card.wrapped_card_key is not None
         return HllCardCreated(
             card_id=b64url_encode(card.card_id),
-            card_key_hex=card.card_key.hex(),
+            wrapped_card_key=b64url_encode(card.wrapped_card_key),
+            certificate=b64url_encode(card.certificate),
+            certificate_expires_at=card.certificate_expires_at,
             units=card.units,
             currency=card.denomination.currency,
             unit_micros=card.denomination.unit_micros,

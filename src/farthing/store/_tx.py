@@ -325,6 +325,16 @@ class Tx:
         """Units of this card's deferred payments not yet settled or rejected."""
         return _vendor.hll_outstanding(self._ctx, card_id)
 
+    def vendor_hll_exposure(self, card_id: bytes) -> int:
+        """Units of this card's deferred payments not accepted by the issuer: not yet
+        settled, or refused at deposit."""
+        return _vendor.hll_exposure(self._ctx, card_id)
+
+    def vendor_hll_outstanding_total(self) -> int:
+        """Units of all cards' deferred payments not yet settled or rejected (the merchant's
+        unverified exposure)."""
+        return _vendor.hll_outstanding_total(self._ctx)
+
     def hll_take_pending_for_batch(self, batch_id: bytes, limit: int) -> list[VendorHllPaymentRow]:
         """Move up to ``limit`` oldest pending payments to 'batched' under ``batch_id``."""
         return _vendor.hll_take_pending_for_batch(self._ctx, batch_id, limit)

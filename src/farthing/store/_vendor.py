@@ -183,6 +183,26 @@ def hll_outstanding(ctx: Ctx, card_id: bytes) -> int:
     return int(ctx.conn.execute(stmt).scalar_one())
 
 
+def hll_exposure(ctx: Ctx, card_id: bytes) -> int:
+    """Units of this card's deferred payments the issuer has not accepted: unsettled, or
+    refused at deposit (never released: a card that cheated stays charged against it)."""
+    stmt = select(total(_payments.amount_units)).where(
+        _payments.card_id == card_id,
+        _payments.state.in_((*_UNSETTLED, HllPaymentState.REJECTED.value)),
+        _payments.mode == HllMode.DEFERRED.value,
+    )
+    return int(ctx.conn.execute(stmt).scalar_one())
+
+
+def hll_outstanding_total(ctx: Ctx) -> int:
+    """Units of all deferred payments the issuer has not settled or rejected (every card)."""
+    stmt = select(total(_payments.amount_units)).where(
+        _payments.state.in_(_UNSETTLED),
+        _payments.mode == HllMode.DEFERRED.value,
+    )
+    return int(ctx.conn.execute(stmt).scalar_one())
+
+
 def hll_take_pending_for_batch(ctx: Ctx, batch_id: bytes, limit: int) -> list[VendorHllPaymentRow]:
     """Move up to ``limit`` oldest pending payments to 'batched' under ``batch_id``."""
     keys = (

@@ -10,12 +10,14 @@ even with several workers or processes on one store. Reads run in a worker threa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 
 from farthing.core.cardcode import Generator
-from farthing.core.errors import Conflict, ErrorCode, InsufficientFunds, InvalidPayment
+from farthing.core.errors import Conflict, ErrorCode, InvalidPayment
 from farthing.core.money import Denomination
 from farthing.core.schemes import payword, szm_chain, szm_prbg
+from farthing.core.schemes.hll import DeferredDecision
 from farthing.store import (
     CardStatus,
     HllMode,
@@ -27,7 +29,7 @@ from farthing.store import (
     VendorCommitmentRow,
 )
 from farthing.store.writer import StoreWriter
-from farthing.vendor.methods.hll import PendingPurchase
+from farthing.vendor.methods.hll import DeferredPolicy, PendingPurchase
 from farthing.vendor.methods.payword import HeldCommitment
 
 __all__ = ["ChainBook", "HllDeferredBook", "PaywordBook", "PrbgBook"]
@@ -151,32 +153,60 @@ class PaywordBook:
 
 
 class HllDeferredBook:
-    """Delivered, not yet deposited HLL purchases, with the per-card risk bound."""
+    """Delivered, not yet deposited HLL purchases; the caps are the core's decision."""
 
     def __init__(self, store: Store) -> None:
         self._store = store
 
-    def record(self, purchase: PendingPurchase, *, risk_limit: int) -> None:
+    def record(self, purchase: PendingPurchase, *, decide: DeferredPolicy) -> DeferredDecision:
+        def write(tx: Tx) -> DeferredDecision:
+            if tx.vendor_hll_payment(purchase.card_id, purchase.counter) is not None:
+                raise _repeat()  # also when it would now go online: never deliver it twice
+            # Per card: what the bank has not accepted, refusals included (a card that
+            # cheated stays charged); per merchant: what the bank has not yet answered.
+            decision = decide(
+                tx.vendor_hll_exposure(purchase.card_id), tx.vendor_hll_outstanding_total()
+            )
+            if decision is DeferredDecision.DEFER:
+                tx.vendor_hll_record(
+                    card_id=purchase.card_id,
+                    counter=purchase.counter,
+                    offer=purchase.offer,
+                    purchase=purchase.payment,
+                    amount_units=purchase.amount,
+                    mode=HllMode.DEFERRED,
+                    state=HllPaymentState.PENDING,
+                    at=tx.now(),
+                )
+            return decision
+
+        try:
+            return self._store.run_in_transaction(write, serializable=True)
+        except Conflict as error:
+            if error.code is ErrorCode.DUPLICATE_SPEND:
+                raise _repeat() from None
+            raise
+
+    def record_online(self, purchase: PendingPurchase) -> None:
+        """Remember a purchase the bank verified online, so the same credential sent again
+        is refused here instead of being taken deferred (the bank has not seen a deferred
+        one yet). A concurrent copy already recorded is left as it is."""
+
         def write(tx: Tx) -> None:
-            outstanding = tx.vendor_hll_outstanding(purchase.card_id)
-            if outstanding + purchase.amount > risk_limit:
-                raise InsufficientFunds("deferred risk limit reached", code=ErrorCode.RISK_LIMIT)
             tx.vendor_hll_record(
                 card_id=purchase.card_id,
                 counter=purchase.counter,
                 offer=purchase.offer,
                 purchase=purchase.payment,
                 amount_units=purchase.amount,
-                mode=HllMode.DEFERRED,
-                state=HllPaymentState.PENDING,
+                mode=HllMode.ONLINE,
+                state=HllPaymentState.SETTLED,
                 at=tx.now(),
             )
 
-        try:
-            self._store.run_in_transaction(write, serializable=True)
-        except Conflict as error:
-            if error.code is ErrorCode.DUPLICATE_SPEND:
-                raise InvalidPayment(
-                    "payment did not verify", code=ErrorCode.PAYMENT_INVALID
-                ) from None
-            raise
+        with contextlib.suppress(Conflict):
+            self._store.run_in_transaction(write)
+
+
+def _repeat() -> InvalidPayment:
+    return InvalidPayment("payment did not verify", code=ErrorCode.PAYMENT_INVALID)
