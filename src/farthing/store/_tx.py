@@ -206,10 +206,15 @@ class Tx:
         return _szm.card(self._ctx, card_id)
 
     def szm_advance(
-        self, card_id: bytes, old_spent: int, new_spent: int, new_anchor: bytes | None
+        self,
+        card_id: bytes,
+        old_spent: int,
+        new_spent: int,
+        new_anchor: bytes | None,
+        request: bytes | None = None,
     ) -> bool:
         """One conditional UPDATE: True iff the card's spent was ``old_spent`` and moved."""
-        return _szm.advance(self._ctx, card_id, old_spent, new_spent, new_anchor)
+        return _szm.advance(self._ctx, card_id, old_spent, new_spent, new_anchor, request)
 
     def szm_set_status(self, card_id: bytes, status: CardStatus) -> bool:
         return _szm.set_status(self._ctx, card_id, status)
@@ -278,11 +283,16 @@ class Tx:
         return _vendor.commitment(self._ctx, commitment_id)
 
     def payword_advance(
-        self, commitment_id: bytes, old_spent: int, new_spent: int, new_last_value: bytes
+        self,
+        commitment_id: bytes,
+        old_spent: int,
+        new_spent: int,
+        new_last_value: bytes,
+        request: bytes | None = None,
     ) -> bool:
         """One conditional UPDATE, as :meth:`szm_advance`."""
         return _vendor.payword_advance(
-            self._ctx, commitment_id, old_spent, new_spent, new_last_value
+            self._ctx, commitment_id, old_spent, new_spent, new_last_value, request
         )
 
     def payword_unredeemed(self, limit: int) -> list[VendorCommitmentRow]:

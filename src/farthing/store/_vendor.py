@@ -83,22 +83,34 @@ def commitment(ctx: Ctx, commitment_id: bytes) -> VendorCommitmentRow | None:
 
 
 def payword_advance_params(
-    commitment_id: bytes, old_spent: int, new_spent: int, new_last_value: bytes
+    commitment_id: bytes,
+    old_spent: int,
+    new_spent: int,
+    new_last_value: bytes,
+    request: bytes | None = None,
 ) -> dict[str, object]:
+    """``request`` as in :func:`farthing.store._szm.advance_params`."""
     require_forward(old_spent, new_spent)
     return {
         "key_commitment_id": commitment_id,
         "old_spent": old_spent,
         "new_spent": new_spent,
         "new_last_value": new_last_value,
+        "new_request": request,
+        "new_units": None if request is None else new_spent - old_spent,
     }
 
 
 def payword_advance(
-    ctx: Ctx, commitment_id: bytes, old_spent: int, new_spent: int, new_last_value: bytes
+    ctx: Ctx,
+    commitment_id: bytes,
+    old_spent: int,
+    new_spent: int,
+    new_last_value: bytes,
+    request: bytes | None = None,
 ) -> bool:
     """Compare-and-set the commitment's spent counter; False if it lost."""
-    params = payword_advance_params(commitment_id, old_spent, new_spent, new_last_value)
+    params = payword_advance_params(commitment_id, old_spent, new_spent, new_last_value, request)
     return ctx.conn.execute(ctx.hot.payword_advance, params).rowcount == 1
 
 

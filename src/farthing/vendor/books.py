@@ -63,6 +63,8 @@ class ChainBook:
             length=row.units,
             denomination=_denomination(row.currency, row.unit_micros),
             expires_at=row.expires_at,
+            last_request=row.last_request,
+            last_units=row.last_units or 0,
         )
 
     async def insert(self, state: szm_chain.ChainCardState) -> bool:
@@ -70,7 +72,9 @@ class ChainBook:
 
     async def advance(self, old: szm_chain.ChainCardState, new: szm_chain.ChainCardState) -> bool:
         return await self._writer.run_hot(
-            lambda hot: hot.szm_advance(old.card_id, old.spent, new.spent, new.anchor)
+            lambda hot: hot.szm_advance(
+                old.card_id, old.spent, new.spent, new.anchor, new.last_request
+            )
         )
 
 
@@ -92,6 +96,8 @@ class PrbgBook:
             generator=Generator(row.generator),
             denomination=_denomination(row.currency, row.unit_micros),
             expires_at=row.expires_at,
+            last_request=row.last_request,
+            last_units=row.last_units or 0,
         )
 
     async def insert(self, state: szm_prbg.PrbgCardState) -> bool:
@@ -99,7 +105,7 @@ class PrbgBook:
 
     async def advance(self, old: szm_prbg.PrbgCardState, new: szm_prbg.PrbgCardState) -> bool:
         return await self._writer.run_hot(
-            lambda hot: hot.szm_advance(old.card_id, old.spent, new.spent, None)
+            lambda hot: hot.szm_advance(old.card_id, old.spent, new.spent, None, new.last_request)
         )
 
 
@@ -121,6 +127,8 @@ class PaywordBook:
             length=row.length,
             denomination=_denomination(row.currency, row.unit_micros),
             expires_at=row.expires_at,
+            last_request=row.last_request,
+            last_units=row.last_units or 0,
         )
         return HeldCommitment(commitment_id=row.commitment_id, state=state, encoded=row.commitment)
 
@@ -145,7 +153,11 @@ class PaywordBook:
     async def advance(self, old: HeldCommitment, new: HeldCommitment) -> bool:
         return await self._writer.run_hot(
             lambda hot: hot.payword_advance(
-                old.commitment_id, old.state.spent, new.state.spent, new.state.last_value
+                old.commitment_id,
+                old.state.spent,
+                new.state.spent,
+                new.state.last_value,
+                new.state.last_request,
             )
         )
 
