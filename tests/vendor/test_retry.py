@@ -224,7 +224,7 @@ class HllPayer:
             return tx.vendor_hll_outstanding(self.card.state.card_id)
 
 
-PAYERS = ["szm:chain", "szm:prbg", "payword"]
+PAYERS = ["szm:chain", "szm:prbg", "payword", "hll:mac"]
 
 
 @dataclass

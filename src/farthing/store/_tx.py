@@ -161,15 +161,17 @@ class Tx:
         amount_units: int,
         batch_id: bytes | None,
         at: int,
+        offer_digest: bytes | None = None,
     ) -> bool:
         """Record spend (card, counter) and charge the card, atomically.
 
         True: recorded. False: this (card, counter) was recorded before (nothing changes).
         Raises InsufficientFunds (the card cannot cover it) or NotFound (unknown card or
         merchant); then nothing of this spend remains and the transaction stays usable.
+        ``offer_digest``: SHA-256 of the offer paid, kept to recognise the same purchase.
         """
         return _hll.record_spend(
-            self._ctx, card_id, counter, merchant_id, amount_units, batch_id, at
+            self._ctx, card_id, counter, merchant_id, amount_units, batch_id, at, offer_digest
         )
 
     def hll_spend(self, card_id: bytes, counter: int) -> HllSpendRow | None:
@@ -314,6 +316,7 @@ class Tx:
         mode: HllMode,
         state: HllPaymentState,
         at: int,
+        request: bytes | None = None,
     ) -> None:
         """Record a received payment; Conflict(DUPLICATE_SPEND) for a repeated (card, counter)."""
         _vendor.hll_record(
@@ -326,6 +329,7 @@ class Tx:
             mode=mode,
             state=state,
             at=at,
+            request=request,
         )
 
     def vendor_hll_payment(self, card_id: bytes, counter: int) -> VendorHllPaymentRow | None:

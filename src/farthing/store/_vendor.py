@@ -151,8 +151,10 @@ def hll_record(
     mode: HllMode,
     state: HllPaymentState,
     at: int,
+    request: bytes | None = None,
 ) -> None:
-    """Record a payment; Conflict(DUPLICATE_SPEND) if (card, counter) was seen before."""
+    """Record a payment; Conflict(DUPLICATE_SPEND) if (card, counter) was seen before.
+    ``request``: the tag of the request that carried it, to recognise a retry."""
     values = {
         "card_id": card_id,
         "counter": counter,
@@ -163,6 +165,7 @@ def hll_record(
         "state": HllPaymentState(state).value,
         "batch_id": None,
         "at": at,
+        "request": request,
     }
     with unique_violation_as(ErrorCode.DUPLICATE_SPEND, "this payment was already received"):
         ctx.conn.execute(insert(vendor_hll_payments).values(values))

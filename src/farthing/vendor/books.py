@@ -15,6 +15,7 @@ import functools
 from farthing.core.cardcode import Generator
 from farthing.core.errors import Conflict, ErrorCode, InsufficientFunds, InvalidPayment
 from farthing.core.money import Denomination
+from farthing.core.retry import same_request
 from farthing.core.schemes import payword, szm_chain, szm_prbg
 from farthing.store import (
     CardStatus,
@@ -168,10 +169,12 @@ class HllDeferredBook:
     def __init__(self, store: Store) -> None:
         self._store = store
 
-    def record(self, purchase: PendingPurchase, *, risk_limit: int) -> None:
-        def write(tx: Tx) -> None:
+    def record(self, purchase: PendingPurchase, *, risk_limit: int) -> bool:
+        def write(tx: Tx) -> bool:
             outstanding = tx.vendor_hll_outstanding(purchase.card_id)
             if outstanding + purchase.amount > risk_limit:
+                if _is_retry(tx, purchase):  # its first copy is what filled the limit
+                    return True
                 raise InsufficientFunds("deferred risk limit reached", code=ErrorCode.RISK_LIMIT)
             tx.vendor_hll_record(
                 card_id=purchase.card_id,
@@ -182,13 +185,25 @@ class HllDeferredBook:
                 mode=HllMode.DEFERRED,
                 state=HllPaymentState.PENDING,
                 at=tx.now(),
+                request=purchase.request,
             )
+            return False
 
         try:
-            self._store.run_in_transaction(write, serializable=True)
+            return self._store.run_in_transaction(write, serializable=True)
         except Conflict as error:
-            if error.code is ErrorCode.DUPLICATE_SPEND:
-                raise InvalidPayment(
-                    "payment did not verify", code=ErrorCode.PAYMENT_INVALID
-                ) from None
-            raise
+            if error.code is not ErrorCode.DUPLICATE_SPEND:
+                raise
+        # (card, counter) is taken: by this very request (a retry), or it is a replay.
+        with self._store.transaction(readonly=True) as tx:
+            if _is_retry(tx, purchase):
+                return True
+        raise InvalidPayment("payment did not verify", code=ErrorCode.PAYMENT_INVALID)
+
+
+def _is_retry(tx: Tx, purchase: PendingPurchase) -> bool:
+    """Was this purchase recorded before from the same request, and not refused since?"""
+    row = tx.vendor_hll_payment(purchase.card_id, purchase.counter)
+    if row is None or row.state is HllPaymentState.REJECTED:
+        return False
+    return same_request(row.request, purchase.request)
