@@ -18,7 +18,7 @@ from farthing.store import (
     open_store,
 )
 from farthing.vendor.books import HllDeferredBook
-from farthing.vendor.methods.hll import PendingPurchase
+from farthing.vendor.methods.hll import DeferredRecord, PendingPurchase
 from tests.store.helpers import fail_inside, race
 
 CARD = b"C" * 16
@@ -178,11 +178,11 @@ def test_the_merchant_cap_holds_under_concurrency_across_cards(store: Store) -> 
             card_id=card_id, counter=1, amount=3, offer=hll.encode_offer(offer),
             payment=hll.encode_payment(purchase),
         )  # fmt: skip
-        return book.record(pending, decide=decide)
+        return book.record(pending, decide=decide).deferred
 
-    decisions = race(8, buy)
-    assert decisions.count(hll.DeferredDecision.DEFER) == 3
-    assert decisions.count(hll.DeferredDecision.ONLINE) == 5
+    deferred = race(8, buy)
+    assert deferred.count(True) == 3
+    assert deferred.count(False) == 5
     with store.transaction(readonly=True) as tx:
         assert tx.vendor_hll_outstanding_total() == 9
 
@@ -205,7 +205,9 @@ def test_a_card_refused_at_deposit_stays_charged_against_its_limit(store: Store)
         return hll.DeferredDecision.DEFER if fits else hll.DeferredDecision.ONLINE
 
     pending = PendingPurchase(card_id=CARD, counter=2, amount=3, offer=b"o", payment=b"p")
-    assert HllDeferredBook(store).record(pending, decide=decide) is hll.DeferredDecision.ONLINE
+    assert HllDeferredBook(store).record(pending, decide=decide) == DeferredRecord(
+        deferred=False, retried=False
+    )
     assert seen == [(3, 0)]
 
 

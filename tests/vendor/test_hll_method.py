@@ -24,7 +24,13 @@ from farthing.http.payment_auth import (
     parse_challenges,
 )
 from farthing.testing import DeterministicRandom, FixedClock
-from farthing.vendor.methods.hll import DeferredPolicy, HllMethod, HllMode, PendingPurchase
+from farthing.vendor.methods.hll import (
+    DeferredPolicy,
+    DeferredRecord,
+    HllMethod,
+    HllMode,
+    PendingPurchase,
+)
 from farthing.vendor.middleware import Paywall
 from farthing.vendor.pricing import Price, PriceTable
 
@@ -54,13 +60,14 @@ class LocalBank:
         self.bank.register_card(card_id, hll.derive_card_key(MASTER, card_id), balance)
         return card(balance, card_id), self.bank.certify(card_id, self.clock.now() + 86_400)
 
-    async def verify_online(self, offer: bytes, payment: bytes) -> None:
+    async def verify_online(self, offer: bytes, payment: bytes) -> bool:
         self.online += 1
         if self.down:
             raise LocalProtocolError("the bank is down", code=ErrorCode.ISSUER_UNAVAILABLE)
         self.bank.verify_online(
             hll.decode_offer(offer), hll.decode_payment(payment), self.clock.now()
         )
+        return False  # the in-memory bank refuses a repeat outright
 
 
 class MemoryLog:
@@ -74,15 +81,16 @@ class MemoryLog:
     def record_online(self, purchase: PendingPurchase) -> None:
         self.online.add((purchase.card_id, purchase.counter))
 
-    def record(self, purchase: PendingPurchase, *, decide: DeferredPolicy) -> hll.DeferredDecision:
+    def record(self, purchase: PendingPurchase, *, decide: DeferredPolicy) -> DeferredRecord:
         pair = (purchase.card_id, purchase.counter)
         if pair in self.rows or pair in self.online:
             raise InvalidPayment("payment did not verify")
         card = sum(p.amount for (c, _), p in self.rows.items() if c == purchase.card_id)
         decision = decide(card, sum(p.amount for p in self.rows.values()))
-        if decision is hll.DeferredDecision.DEFER:
+        deferred = decision is hll.DeferredDecision.DEFER
+        if deferred:
             self.rows[(purchase.card_id, purchase.counter)] = purchase
-        return decision
+        return DeferredRecord(deferred=deferred, retried=False)
 
 
 def deferred_method(

@@ -16,6 +16,7 @@ import functools
 from farthing.core.cardcode import Generator
 from farthing.core.errors import Conflict, ErrorCode, InvalidPayment
 from farthing.core.money import Denomination
+from farthing.core.retry import same_request
 from farthing.core.schemes import payword, szm_chain, szm_prbg
 from farthing.core.schemes.hll import DeferredDecision
 from farthing.store import (
@@ -27,9 +28,10 @@ from farthing.store import (
     SzmProtocol,
     Tx,
     VendorCommitmentRow,
+    VendorHllPaymentRow,
 )
 from farthing.store.writer import StoreWriter
-from farthing.vendor.methods.hll import DeferredPolicy, PendingPurchase
+from farthing.vendor.methods.hll import DeferredPolicy, DeferredRecord, PendingPurchase
 from farthing.vendor.methods.payword import HeldCommitment
 
 __all__ = ["ChainBook", "HllDeferredBook", "PaywordBook", "PrbgBook"]
@@ -65,6 +67,8 @@ class ChainBook:
             length=row.units,
             denomination=_denomination(row.currency, row.unit_micros),
             expires_at=row.expires_at,
+            last_request=row.last_request,
+            last_units=row.last_units or 0,
         )
 
     async def insert(self, state: szm_chain.ChainCardState) -> bool:
@@ -72,7 +76,9 @@ class ChainBook:
 
     async def advance(self, old: szm_chain.ChainCardState, new: szm_chain.ChainCardState) -> bool:
         return await self._writer.run_hot(
-            lambda hot: hot.szm_advance(old.card_id, old.spent, new.spent, new.anchor)
+            lambda hot: hot.szm_advance(
+                old.card_id, old.spent, new.spent, new.anchor, new.last_request
+            )
         )
 
 
@@ -94,6 +100,8 @@ class PrbgBook:
             generator=Generator(row.generator),
             denomination=_denomination(row.currency, row.unit_micros),
             expires_at=row.expires_at,
+            last_request=row.last_request,
+            last_units=row.last_units or 0,
         )
 
     async def insert(self, state: szm_prbg.PrbgCardState) -> bool:
@@ -101,7 +109,7 @@ class PrbgBook:
 
     async def advance(self, old: szm_prbg.PrbgCardState, new: szm_prbg.PrbgCardState) -> bool:
         return await self._writer.run_hot(
-            lambda hot: hot.szm_advance(old.card_id, old.spent, new.spent, None)
+            lambda hot: hot.szm_advance(old.card_id, old.spent, new.spent, None, new.last_request)
         )
 
 
@@ -123,6 +131,8 @@ class PaywordBook:
             length=row.length,
             denomination=_denomination(row.currency, row.unit_micros),
             expires_at=row.expires_at,
+            last_request=row.last_request,
+            last_units=row.last_units or 0,
         )
         return HeldCommitment(commitment_id=row.commitment_id, state=state, encoded=row.commitment)
 
@@ -147,7 +157,11 @@ class PaywordBook:
     async def advance(self, old: HeldCommitment, new: HeldCommitment) -> bool:
         return await self._writer.run_hot(
             lambda hot: hot.payword_advance(
-                old.commitment_id, old.state.spent, new.state.spent, new.state.last_value
+                old.commitment_id,
+                old.state.spent,
+                new.state.spent,
+                new.state.last_value,
+                new.state.last_request,
             )
         )
 
@@ -158,34 +172,44 @@ class HllDeferredBook:
     def __init__(self, store: Store) -> None:
         self._store = store
 
-    def record(self, purchase: PendingPurchase, *, decide: DeferredPolicy) -> DeferredDecision:
-        def write(tx: Tx) -> DeferredDecision:
-            if tx.vendor_hll_payment(purchase.card_id, purchase.counter) is not None:
+    def record(self, purchase: PendingPurchase, *, decide: DeferredPolicy) -> DeferredRecord:
+        def write(tx: Tx) -> DeferredRecord:
+            row = tx.vendor_hll_payment(purchase.card_id, purchase.counter)
+            if row is not None:
+                if _is_retry(row, purchase):  # a lost answer: serve it again, take nothing
+                    return DeferredRecord(deferred=row.mode is HllMode.DEFERRED, retried=True)
                 raise _repeat()  # also when it would now go online: never deliver it twice
             # Per card: what the bank has not accepted, refusals included (a card that
             # cheated stays charged); per merchant: what the bank has not yet answered.
             decision = decide(
                 tx.vendor_hll_exposure(purchase.card_id), tx.vendor_hll_outstanding_total()
             )
-            if decision is DeferredDecision.DEFER:
-                tx.vendor_hll_record(
-                    card_id=purchase.card_id,
-                    counter=purchase.counter,
-                    offer=purchase.offer,
-                    purchase=purchase.payment,
-                    amount_units=purchase.amount,
-                    mode=HllMode.DEFERRED,
-                    state=HllPaymentState.PENDING,
-                    at=tx.now(),
-                )
-            return decision
+            if decision is not DeferredDecision.DEFER:
+                return DeferredRecord(deferred=False, retried=False)
+            tx.vendor_hll_record(
+                card_id=purchase.card_id,
+                counter=purchase.counter,
+                offer=purchase.offer,
+                purchase=purchase.payment,
+                amount_units=purchase.amount,
+                mode=HllMode.DEFERRED,
+                state=HllPaymentState.PENDING,
+                at=tx.now(),
+                request=purchase.request,
+            )
+            return DeferredRecord(deferred=True, retried=False)
 
         try:
             return self._store.run_in_transaction(write, serializable=True)
         except Conflict as error:
-            if error.code is ErrorCode.DUPLICATE_SPEND:
-                raise _repeat() from None
-            raise
+            if error.code is not ErrorCode.DUPLICATE_SPEND:
+                raise
+        # (card, counter) was taken by a concurrent copy: this very request, or a replay.
+        with self._store.transaction(readonly=True) as tx:
+            row = tx.vendor_hll_payment(purchase.card_id, purchase.counter)
+        if row is not None and _is_retry(row, purchase):
+            return DeferredRecord(deferred=row.mode is HllMode.DEFERRED, retried=True)
+        raise _repeat()
 
     def record_online(self, purchase: PendingPurchase) -> None:
         """Remember a purchase the bank verified online, so the same credential sent again
@@ -202,6 +226,7 @@ class HllDeferredBook:
                 mode=HllMode.ONLINE,
                 state=HllPaymentState.SETTLED,
                 at=tx.now(),
+                request=purchase.request,
             )
 
         with contextlib.suppress(Conflict):
@@ -210,3 +235,8 @@ class HllDeferredBook:
 
 def _repeat() -> InvalidPayment:
     return InvalidPayment("payment did not verify", code=ErrorCode.PAYMENT_INVALID)
+
+
+def _is_retry(row: VendorHllPaymentRow, purchase: PendingPurchase) -> bool:
+    """Was this purchase recorded before from the same request, and not refused since?"""
+    return row.state is not HllPaymentState.REJECTED and same_request(row.request, purchase.request)

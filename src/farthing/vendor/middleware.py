@@ -14,6 +14,10 @@ for each request whose path has a price (and, when the app names what it offers 
    conditional update. Any :class:`FarthingError` becomes the draft's problem type (401
    verification failures carry fresh challenges); anything else is a 500 with a correlation
    id that is logged, never echoed.
+   The same request sent again (byte-identical credential, same path and HTTP method,
+   GET or HEAD) while its challenge is valid is a retry after a lost answer: the method
+   recognises its payment as the one it accepted last and it is served again, nothing
+   taken (:mod:`farthing.core.retry`).
 3. Call the wrapped app and add ``Payment-Receipt``. For SZM methods the body is sealed
    (ChaCha20-Poly1305) under the key the payment distributed, bound to method, card, index
    and path, so an unpaid or wrongly paid request never sees plaintext. A paid request's
@@ -43,6 +47,7 @@ from farthing.core.errors import (
     NotFound,
     UnsupportedMethod,
 )
+from farthing.core.retry import request_tag
 from farthing.core.sealing import seal, seal_binding
 from farthing.http.paths import canonical_path
 from farthing.http.payment_auth import (
@@ -137,7 +142,7 @@ class Paywall:
             # HEAD is never charged: it would pay for a body that is not sent.
             await self._send_problem(send, PAYMENT_REQUIRED, route, head=scope["method"] == "HEAD")
             return
-        settlement = await self._settle_or_answer(authorization, route, path, send)
+        settlement = await self._settle_or_answer(authorization, route, path, send, scope["method"])
         if settlement is not None:
             scope[PAYMENT_SCOPE_KEY] = settlement
             scope["extensions"] = _plain_responses_only(scope.get("extensions"))
@@ -148,7 +153,7 @@ class Paywall:
     # -- settling --------------------------------------------------------------------------
 
     async def _settle_or_answer(
-        self, authorization: str, route: PricedRoute, path: str, send: Send
+        self, authorization: str, route: PricedRoute, path: str, send: Send, http_method: str
     ) -> Settlement | None:
         method_name = "unknown"
         started = time.perf_counter()
@@ -171,6 +176,9 @@ class Paywall:
                 resource=path,
                 challenge=challenge,
                 now=now,
+                request=request_tag(
+                    http_method=http_method, path=path, authorization=authorization
+                ),
             )
             settlement = await method.settle(context)
         except FarthingError as error:
@@ -183,7 +191,7 @@ class Paywall:
             self._count(method_name, "internal", started)
             await self._send_problem(send, internal_problem(), route, correlation=correlation)
             return None
-        self._count(method_name, "accepted", started)
+        self._count(method_name, "retried" if settlement.retried else "accepted", started)
         return settlement
 
     def _method_for(self, payload: dict[str, object]) -> tuple[str, PaymentMethod]:

@@ -26,6 +26,7 @@ from typing import Protocol
 import anyio.to_thread
 
 from farthing.core.encoding import b64url_encode
+from farthing.core.errors import Conflict, ErrorCode
 from farthing.core.money import Denomination
 from farthing.core.schemes import hll
 from farthing.http.payment_auth import JsonObject
@@ -35,6 +36,7 @@ from farthing.vendor.pricing import PricedRoute
 __all__ = [
     "DeferredLog",
     "DeferredPolicy",
+    "DeferredRecord",
     "HllBankClient",
     "HllMethod",
     "HllMode",
@@ -52,31 +54,45 @@ class HllMode(StrEnum):
 class HllBankClient(Protocol):
     """The bank, as the vendor reaches it (over HTTP in production)."""
 
-    async def verify_online(self, offer: bytes, payment: bytes) -> None:
-        """Verify and settle one purchase, or raise a FarthingError."""
+    async def verify_online(self, offer: bytes, payment: bytes) -> bool:
+        """Verify and settle one purchase, or raise a FarthingError. True if the bank had
+        settled this very purchase (same offer, same MAC) before: a retry, not charged."""
         ...
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PendingPurchase:
+    """``request``: the tag of the request that carried it (farthing.core.retry)."""
+
     card_id: bytes
     counter: int
     amount: int
     offer: bytes
     payment: bytes
+    request: bytes | None = None
 
 
 DeferredPolicy = Callable[[int, int], hll.DeferredDecision]
 """Given (card outstanding, merchant outstanding) in units, the core's decision."""
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeferredRecord:
+    """What the deferred log did: ``deferred``, recorded for deposit (else the bank must
+    verify it online); ``retried``, this very request was recorded before (nothing new)."""
+
+    deferred: bool
+    retried: bool
+
+
 class DeferredLog(Protocol):
     """The vendor store's record of delivered, not yet deposited purchases (blocking)."""
 
-    def record(self, purchase: PendingPurchase, *, decide: DeferredPolicy) -> hll.DeferredDecision:
+    def record(self, purchase: PendingPurchase, *, decide: DeferredPolicy) -> DeferredRecord:
         """In one transaction: read what the card and the merchant are owed unverified, ask
-        ``decide``, and store the purchase only on DEFER. Raises InvalidPayment for a
-        repeat (card, counter)."""
+        ``decide``, and store the purchase only on DEFER. The same request recorded before
+        (a retry after a lost answer) is reported as retried, nothing stored. Raises
+        InvalidPayment for another repeat of (card, counter)."""
         ...
 
     def record_online(self, purchase: PendingPurchase) -> None:
@@ -151,22 +167,36 @@ class HllMethod:
             amount=offer.amount,
             offer=hll.encode_offer(offer),
             payment=raw,
+            request=context.request,
         )
-        mode = HllMode.ONLINE
+        mode, retried = HllMode.ONLINE, False
         if self._mode is HllMode.DEFERRED:
             certificate = _certificate(context.payload)
-            mode = await self._record_deferred(purchase, offer, pending, certificate, context)
-        if mode is HllMode.ONLINE:
-            await self._bank.verify_online(pending.offer, raw)
-            if self._deferred is not None:  # deferred mode went online: guard replays here
-                await anyio.to_thread.run_sync(self._deferred.record_online, pending)
+            record = await self._record_deferred(purchase, offer, pending, certificate, context)
+            mode = HllMode.DEFERRED if record.deferred else HllMode.ONLINE
+            retried = record.retried
+        if mode is HllMode.ONLINE and not retried:
+            retried = await self._verify_online(pending, raw, context)
         card = b64url_encode(purchase.card_id)
         return Settlement(
             method=self.name,
             reference=f"{card}:{purchase.counter}",
             units=offer.amount,
             receipt={"card": card, "counter": purchase.counter, "mode": mode.value},
+            retried=retried,
         )
+
+    async def _verify_online(
+        self, pending: PendingPurchase, raw: bytes, context: PaymentContext
+    ) -> bool:
+        """The bank settles each purchase once; the same purchase again (its offer binds the
+        path and the challenge) is a retry, served only for a request that may be retried."""
+        retried = await self._bank.verify_online(pending.offer, raw)
+        if retried and context.request is None:
+            raise Conflict("payment already spent", code=ErrorCode.DUPLICATE_SPEND)
+        if self._deferred is not None:  # deferred mode went online: guard replays here
+            await anyio.to_thread.run_sync(self._deferred.record_online, pending)
+        return retried
 
     async def _record_deferred(
         self,
@@ -175,8 +205,8 @@ class HllMethod:
         pending: PendingPurchase,
         certificate: bytes | None,
         context: PaymentContext,
-    ) -> HllMode:
-        """Deferred if the core allows it (recorded for deposit), else ONLINE."""
+    ) -> DeferredRecord:
+        """Recorded for deposit if the core allows it; else the bank must verify it."""
         log, risk, bank_key = self._deferred, self._risk, self._bank_public_key
         assert log is not None
         assert risk is not None
@@ -196,8 +226,7 @@ class HllMethod:
             )
 
         decide(0, 0)  # refuse malformed input before touching the store
-        decision = await anyio.to_thread.run_sync(lambda: log.record(pending, decide=decide))
-        return HllMode.DEFERRED if decision is hll.DeferredDecision.DEFER else HllMode.ONLINE
+        return await anyio.to_thread.run_sync(lambda: log.record(pending, decide=decide))
 
 
 def _certificate(payload: JsonObject) -> bytes | None:
