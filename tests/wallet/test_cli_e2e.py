@@ -109,7 +109,15 @@ def test_a_fresh_wallet_loads_an_szm_code_an_hll_token_and_payword_and_pays_with
         pytest.skip("SoftHSM2 is not installed (softhsm2-util not on PATH); run `make sysdeps`")
     hll = world.cards.hll
     assert hll.token is not None, hll.device  # SoftHSM2 is here, so the demo used a token
-    added = cli("add-card", "szm", world.cards.szm_codes["szm:chain"], "--label", "printed")
+    added = cli(
+        "add-card",
+        "szm",
+        world.cards.szm_codes["szm:chain"],
+        "--label",
+        "printed",
+        "--site",
+        world.vendor_url,
+    )
     assert "(szm:chain)" in added.output
     added = cli(
         "add-card", "hll",
@@ -132,7 +140,15 @@ def test_a_fresh_wallet_loads_an_szm_code_an_hll_token_and_payword_and_pays_with
 def test_a_fresh_wallet_without_a_token_pays_with_an_szm_prbg_code_and_payword(
     cli: Cli, world: DemoWorld
 ) -> None:
-    added = cli("add-card", "szm", world.cards.szm_codes["szm:prbg"], "--label", "printed")
+    added = cli(
+        "add-card",
+        "szm",
+        world.cards.szm_codes["szm:prbg"],
+        "--label",
+        "printed",
+        "--site",
+        world.vendor_url,
+    )
     assert "(szm:prbg)" in added.output
     add_payword(cli, world)
 

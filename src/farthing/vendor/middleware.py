@@ -12,8 +12,9 @@ through ``offers``, that it does offer; otherwise the app answers, 404 or 405, f
    verification failures carry fresh challenges); anything else is a 500 with a correlation
    id that is logged, never echoed.
 3. Call the wrapped app and add ``Payment-Receipt``. For SZM methods the body is sealed
-   (ChaCha20-Poly1305) under the key the payment distributed, bound to method, card, index
-   and path, so an unpaid or wrongly paid request never sees plaintext.
+   (ChaCha20-Poly1305) under the key the payment distributed, bound to method, card, index,
+   path, status and original content type, so an unpaid or wrongly paid request never sees
+   plaintext and nobody on the way can relabel what was sold.
 
 It is a plain ASGI layer, not a Starlette ``BaseHTTPMiddleware``, to keep the paid hot path
 to header parsing, one MAC, the scheme's check and one database write.
@@ -287,6 +288,10 @@ class _PaidSender:
         sealing = self._settlement.sealing
         assert self._start is not None
         assert sealing is not None
+        original = dict(self._start.get("headers", []))
+        content_type = original.get(b"content-type", b"").decode("latin-1") or None
+        # The status and the original content type are sealed too: nobody on the way can
+        # turn a 404 page into a 200 or relabel text/plain as text/html (docs/http.md).
         sealed = seal(
             sealing.key,
             plaintext,
@@ -295,9 +300,9 @@ class _PaidSender:
             card_id=sealing.card_id,
             index=sealing.index,
             resource=self._path,
+            status=int(self._start["status"]),
+            content_type=content_type or "",
         )
-        original = dict(self._start.get("headers", []))
-        content_type = original.get(b"content-type", b"").decode("latin-1") or None
         kept = [
             (k, v)
             for k, v in self._start.get("headers", [])
@@ -318,7 +323,7 @@ def _check_resource(path: str) -> None:
     if path.isascii() and path.isprintable():
         return  # printable ASCII is canonical text: the usual path costs two C calls
     try:
-        seal_binding(method="", card_id=b"", index=0, resource=path)
+        seal_binding(method="", card_id=b"", index=0, resource=path, status=200, content_type="")
     except ValueError:
         raise MalformedMessage("the path is not canonical text", code=ErrorCode.BAD_FIELD) from None
 
