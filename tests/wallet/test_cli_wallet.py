@@ -289,3 +289,35 @@ def test_unreachable_vendor_names_the_host(
     result = run(runner, "get", "https://news.test/articles/a", "--wallet", str(wallet_path))
     assert result.exit_code == 1
     assert "cannot reach news.test" in result.output
+
+
+def test_outputs_are_checked_before_paying(
+    runner: CliRunner, wallet_path: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # Before: `-o /nonexistent/dir/x` paid 2 units and crashed with a traceback (history
+    # "paid"), and two URLs without -o paid 4 units and threw both bodies away.
+    vendor, card = paywall()
+    monkeypatch.setattr(wallet_cli, "make_client", client_factory(vendor))
+    where = ["--wallet", str(wallet_path)]
+    assert run(runner, "add-card", "szm", code_of(card), "--site", SITE, *where).exit_code == 0
+    nowhere = run(runner, "get", f"{SITE}/articles/a", "-o", str(tmp_path / "no" / "x"), *where)
+    into_a_folder = run(runner, "get", f"{SITE}/articles/a", "-o", str(tmp_path), *where)
+    thrown_away = run(runner, "get", f"{SITE}/articles/a", f"{SITE}/articles/b", *where)
+    (tmp_path / "a-file").write_text("not a folder")
+    not_a_folder = run(
+        runner, "get", f"{SITE}/articles/a", f"{SITE}/articles/b", "-o", str(tmp_path / "a-file"),
+        *where,
+    )  # fmt: skip
+    for result in (nowhere, into_a_folder, thrown_away, not_a_folder):
+        assert result.exit_code == 1, result.output
+        assert result.exception is None or isinstance(result.exception, SystemExit)
+        assert "Traceback" not in result.output
+        assert "nothing was paid" in result.output or "is a folder" in result.output
+    assert "no -o" in thrown_away.output
+    assert "20/20" in run(runner, "cards", *where).output
+    assert "Nothing bought yet" in run(runner, "history", *where).output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "wallet.sqlite"]
+    saved = run(runner, "get", f"{SITE}/articles/a", "-o", str(tmp_path / "a.txt"), *where)
+    assert saved.exit_code == 0, saved.output
+    assert (tmp_path / "a.txt").read_text() == "secret article a"
+    assert "18/20" in run(runner, "cards", *where).output

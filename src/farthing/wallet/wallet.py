@@ -470,7 +470,7 @@ class Wallet:
             self._store.expire_lost(now=now)
             quotes = self._quotes(challenges, target, now)
             if not quotes:
-                raise _no_card_error(challenges, self._store.cards(), target, now)
+                raise self._why_no_card(challenges, target, now)
             quote = self._choose(quotes, target, now)
             return self._execute(quote, target, now)
 
@@ -553,6 +553,29 @@ class Wallet:
                 if (quote := method.quote(card, challenge, now)) is not None:
                     quotes.append(quote)
         return sorted(quotes, key=self._rank)
+
+    def _why_no_card(
+        self, challenges: Sequence[Challenge], target: _Target, now: int
+    ) -> LocalProtocolError:
+        cards = self._store.cards()
+        blocked, refusals = self._store.blocked_cards(), self._store.refusals()
+        fits = [card for card in cards if any(_same_kind(card, c) for c in challenges)]
+        if fits and all(card.id in blocked for card in fits):
+            return LocalProtocolError(
+                "the answer to an earlier payment was lost; it is resent with the next request "
+                "for that URL, and the card pays nothing new until then (or until its "
+                "challenge expired)",
+                code=ErrorCode.CONFLICT,
+            )
+        realms = {c.realm for c in challenges}
+        if fits and all(any((card.id, r) in refusals for r in realms) for card in fits):
+            labels = ", ".join(card.label for card in fits)
+            return LocalProtocolError(
+                f"this vendor refused {labels} (unknown, used up or blocked there); "
+                "the wallet does not offer it there again",
+                code=ErrorCode.NOT_FOUND,
+            )
+        return _no_card_error(challenges, cards, target, now)
 
     def _rank(self, quote: Quote) -> tuple[int, int, int, int]:
         preference = self._preference.get(quote.method, len(self._preference))
