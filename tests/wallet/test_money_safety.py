@@ -33,16 +33,20 @@ from starlette.routing import Route
 from farthing.core import cardcode
 from farthing.core.errors import ErrorCode, InvalidPayment, LocalProtocolError
 from farthing.core.money import Denomination
-from farthing.core.schemes import szm_chain
+from farthing.core.schemes import hll, szm_chain
 from farthing.http.payment_auth import Receipt
+from farthing.issuer.client import IssuerClient
 from farthing.testing import DeterministicRandom, FixedClock, MemoryCardBook
+from farthing.vendor.methods.hll import HllMethod, HllMode
 from farthing.vendor.methods.offline import OfflineMethod
 from farthing.vendor.methods.szm import ChainScheme
 from farthing.vendor.middleware import Paywall
 from farthing.vendor.pricing import Price, PriceTable
 from farthing.wallet.auth import PaymentAuth
+from farthing.wallet.cards import HllCardFile
 from farthing.wallet.store import Outcome
 from farthing.wallet.wallet import Wallet
+from tests.servers import free_port
 
 MASTER = b"M" * 32
 EUR = Denomination(currency="EUR", unit_micros=1000)
@@ -386,3 +390,65 @@ async def test_plain_http_is_paid_only_on_loopback(
             assert caught.value.code is ErrorCode.INSECURE_TRANSPORT
     assert vendor_spent(book, card) == (2 if pays else 0)
     assert units_left(wallet) == (48 if pays else 50)
+
+
+# --- an issuer outage (HLL online: the vendor cannot reach the bank) ---------------------------
+
+
+class LocalBank:
+    """The core's in-memory HLL bank behind the vendor's bank-client port."""
+
+    def __init__(self, clock: FixedClock) -> None:
+        self.bank = hll.HllBank(denomination=EUR)
+        self.clock = clock
+
+    async def verify_online(self, offer: bytes, payment: bytes) -> None:
+        self.bank.verify_online(
+            hll.decode_offer(offer), hll.decode_payment(payment), self.clock.now()
+        )
+
+
+def hll_vendor(clock: FixedClock, bank: Any) -> Paywall:
+    prices = PriceTable()
+    prices.add("/articles/*", Price(micros=2000, currency="EUR"))
+    return Paywall(
+        Starlette(routes=[Route("/articles/{slug}", article)]),
+        realm="news",
+        prices=prices,
+        methods=[HllMethod(merchant_id="shop", unit_micros=1000, mode=HllMode.ONLINE, bank=bank)],
+        challenge_secret=b"s" * 32,
+        clock=clock,
+        rng=DeterministicRandom("v"),
+    )
+
+
+@pytest.mark.anyio
+async def test_an_issuer_outage_gives_the_units_back_and_the_counter_is_reused(
+    wallet: Wallet, clock: FixedClock
+) -> None:
+    bank = LocalBank(clock)
+    card_id, key = b"h" * 16, b"k" * 32
+    bank.bank.register_card(card_id, key, 50)
+    bank.bank.register_merchant("shop", b"m" * 32)
+    wallet.add_hll_card(HllCardFile(card_id=card_id, balance=50, denomination=EUR, card_key=key))
+    # The real bank client, pointed at a loopback port where no issuer listens.
+    down = IssuerClient(
+        f"http://127.0.0.1:{free_port()}", merchant_id="shop", merchant_key=b"m" * 32
+    )
+    try:
+        async with client(hll_vendor(clock, down), wallet) as http:
+            outage = await http.get("/articles/a")
+    finally:
+        await down.aclose()
+    assert outage.status_code >= 500
+    assert "payment-receipt" not in outage.headers
+    assert (wallet.cards()[0].units_left, wallet.cards()[0].spent) == (50, 0)  # was 48, 1
+    async with client(hll_vendor(clock, bank), wallet) as http:
+        bought = await http.get("/articles/a")
+    assert bought.text == "secret article a"
+    assert (wallet.cards()[0].units_left, wallet.cards()[0].spent) == (48, 1)
+    assert bank.bank.credited("shop") == 2  # one 2-unit article delivered, 2 units taken
+    assert [(h.outcome, h.position) for h in wallet.history()] == [
+        (Outcome.PAID, 1),
+        (Outcome.RELEASED, 1),
+    ]

@@ -164,7 +164,18 @@ def _explained() -> Iterator[None]:
         ) from None
     except httpx.TimeoutException as error:
         host = error.request.url.host if _has_request(error) else "the vendor"
-        raise fail(f"{host} did not answer in time", hint="try again, or raise --timeout") from None
+        raise fail(
+            f"{host} did not answer in time", hint=_RESEND_HINT + ", or raise --timeout"
+        ) from None
+    except httpx.TransportError as error:
+        host = error.request.url.host if _has_request(error) else "the vendor"
+        raise fail(f"the connection to {host} broke off", hint=_RESEND_HINT) from None
+
+
+# A payment whose answer was lost is kept and resent first by the next request for the URL.
+_RESEND_HINT: Final = (
+    "run the same command again: the wallet first resends the payment it already made"
+)
 
 
 def _has_request(error: httpx.RequestError) -> bool:
