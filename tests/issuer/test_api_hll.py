@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 import httpx
 import pytest
@@ -67,8 +68,23 @@ async def test_online_verify_credits_once_and_refuses_the_replay(
     assert ok.status_code == 200, ok.text
     assert ok.json()["units"] == 7
     assert ok.json()["credited_micros"] == 7000
-    replay = await api.post("/v1/hll/verify", json=verify_body(shop, offer, purchase))
+    assert ok.json()["repeated"] is False
+    # The same purchase again (the merchant lost the answer): settled before, not charged.
+    again = await api.post("/v1/hll/verify", json=verify_body(shop, offer, purchase))
+    assert again.status_code == 200, again.text
+    assert again.json()["repeated"] is True
+    # The same (card, counter) under another offer (only a card key could make it): 409.
+    other = replace(offer, good="/elsewhere")
+    sigma = hll.SoftwareCardKey(harness.services.hll.card_key(shop.card_id)).mac(
+        hll.purchase_message(shop.card_id, other, purchase.counter)
+    )
+    forged = replace(purchase, sigma=sigma)
+    replay = await api.post("/v1/hll/verify", json=verify_body(shop, other, forged))
     assert_problem(replay, 409, ErrorCode.DUPLICATE_SPEND)
+    # After the offer's expiry the purchase is refused like any other.
+    harness.clock.set(offer.expires_at)
+    late = await api.post("/v1/hll/verify", json=verify_body(shop, offer, purchase))
+    assert late.status_code == 402, late.text
     assert _merchant_owed(harness) == 7000
     with harness.store.transaction(readonly=True) as tx:
         card = tx.hll_card(shop.card_id)
@@ -81,14 +97,16 @@ async def test_online_verifies_arriving_together_each_settle_once(
     api: httpx.AsyncClient, harness: Harness
 ) -> None:
     """Verifications in flight together share the bank's group commit; each gets its own
-    answer, and a replay among them is refused without taking the others with it."""
+    answer, and the same purchase twice among them is charged once (the copy is answered
+    `repeated`) without taking the others with it."""
     shop = open_shop(harness)
     bought = [buy(harness, shop, 2) for _ in range(8)]
     bodies = [verify_body(shop, offer, purchase) for offer, purchase in bought]
-    bodies.append(bodies[3])  # the same (card, counter) again, in the same moment
+    bodies.append(bodies[3])  # the same purchase again, in the same moment
     answers = await asyncio.gather(*(api.post("/v1/hll/verify", json=b) for b in bodies))
     statuses = sorted(a.status_code for a in answers)
-    assert statuses == [200] * 8 + [409], [a.text for a in answers]
+    assert statuses == [200] * 9, [a.text for a in answers]
+    assert sorted(a.json()["repeated"] for a in answers) == [False] * 8 + [True]
     assert _merchant_owed(harness) == 8 * 2000
     with harness.store.transaction(readonly=True) as tx:
         card = tx.hll_card(shop.card_id)

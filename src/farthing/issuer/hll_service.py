@@ -21,7 +21,7 @@ MAC and expiry -> (card, counter) new -> card covers it.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from farthing.core.clock import Clock, RandomSource
 from farthing.core.encoding import Writer, b64url_decode, b64url_encode
@@ -36,6 +36,7 @@ from farthing.core.errors import (
 )
 from farthing.core.money import Denomination
 from farthing.core.primitives import constant_time_eq, sha256
+from farthing.core.retry import same_request
 from farthing.core.schemes import hll
 from farthing.issuer.accounts_service import find_customer
 from farthing.issuer.auth import Merchant, MerchantDirectory
@@ -58,10 +59,14 @@ class PersonalisedCard:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class OnlineSpend:
+    """``repeated``: this very purchase was settled before (the merchant sent it again after
+    losing the answer); nothing was charged or credited this time."""
+
     card_id: bytes
     counter: int
     units: int
     credited_micros: int
+    repeated: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -69,6 +74,7 @@ class CheckedPurchase:
     """An online purchase whose merchant tag and card MAC verified (not yet settled)."""
 
     offer: hll.Offer
+    offer_digest: bytes
     verified: hll.VerifiedPurchase
     merchant: Merchant
     now: int
@@ -191,36 +197,62 @@ class HllService:
             raise AccessDenied("the offer names another merchant", code=ErrorCode.ACCESS_DENIED)
         now = self._clock.now()
         verified = hll.verify_purchase(self.card_key(purchase.card_id), offer, purchase, now)
-        return CheckedPurchase(offer=offer, verified=verified, merchant=merchant, now=now)
+        return CheckedPurchase(
+            offer=offer,
+            offer_digest=sha256(offer_bytes),
+            verified=verified,
+            merchant=merchant,
+            now=now,
+        )
 
     def settle_online(self, tx: Tx, checked: CheckedPurchase) -> OnlineSpend:
         """Inside ``tx``: the card may pay it, (card, counter) is recorded once, and the
-        value moves from the card float to the merchant. Safe to run again."""
+        value moves from the card float to the merchant. Safe to run again.
+
+        The same purchase sent again by its merchant (same offer, so same path and
+        challenge, and a MAC that verified; its answer was lost) is answered as settled,
+        ``repeated``, charging nothing: the draft's idempotent retry. The offer's expiry,
+        checked with the MAC, bounds it. Any other repeat of (card, counter) is a 409.
+        """
         verified, merchant = checked.verified, checked.merchant
         card = _usable_card(tx.hll_card(verified.card_id), checked.offer, merchant)
-        if verified.amount > card.remaining_units:  # the store refuses it too; fail early
-            raise InsufficientFunds("card overspent", code=ErrorCode.INSUFFICIENT_FUNDS)
-        self._settle_online(tx, verified, merchant, checked.now)
-        return OnlineSpend(
+        spend = OnlineSpend(
             card_id=verified.card_id,
             counter=verified.counter,
             units=verified.amount,
             credited_micros=verified.amount * card.unit_micros,
         )
+        # Only a refusal looks for an earlier settlement of the same purchase.
+        if verified.amount > card.remaining_units:  # the store refuses it too; fail early
+            if _settled_before(tx, checked):
+                return replace(spend, repeated=True)
+            raise InsufficientFunds("card overspent", code=ErrorCode.INSUFFICIENT_FUNDS)
+        if not self._settle_online(tx, checked):
+            if _settled_before(tx, checked):
+                return replace(spend, repeated=True)
+            raise Conflict("payment already spent", code=ErrorCode.DUPLICATE_SPEND)
+        return spend
 
-    def _settle_online(
-        self, tx: Tx, verified: hll.VerifiedPurchase, merchant: Merchant, now: int
-    ) -> None:
-        """Record (card, counter) once and move its value from the card float to the merchant."""
+    def _settle_online(self, tx: Tx, checked: CheckedPurchase) -> bool:
+        """Record (card, counter) once and move its value from the card float to the
+        merchant; False, changing nothing, if (card, counter) was recorded before."""
+        verified, merchant, now = checked.verified, checked.merchant, checked.now
         books = self._system.books(tx, merchant.currency)
         recorded = tx.hll_record_spend(
-            verified.card_id, verified.counter, merchant.merchant_id, verified.amount, None, now
+            verified.card_id,
+            verified.counter,
+            merchant.merchant_id,
+            verified.amount,
+            None,
+            now,
+            offer_digest=checked.offer_digest,
         )
         if not recorded:
-            raise Conflict("payment already spent", code=ErrorCode.DUPLICATE_SPEND)
+            return False
         micros = verified.amount * verified.denomination.unit_micros
         reference = f"hll:{b64url_encode(verified.card_id)}:{verified.counter}"
         tx.post("hll_spend", reference, [(books.hll_float, micros), (merchant.account_id, -micros)])
+        return True
 
     # --- deposits -------------------------------------------------------------------------
 
@@ -342,6 +374,16 @@ class _Tally:
             invalid=tuple(self.invalid),
             credited=sum(units for _, _, units in self.accepted),
         )
+
+
+def _settled_before(tx: Tx, checked: CheckedPurchase) -> bool:
+    """Was this very purchase settled online before, for this merchant and this offer?"""
+    earlier = tx.hll_spend(checked.verified.card_id, checked.verified.counter)
+    if earlier is None or earlier.batch_id is not None:
+        return False
+    if earlier.merchant_id != checked.merchant.merchant_id:
+        return False
+    return same_request(earlier.offer_digest, checked.offer_digest)
 
 
 def _usable_card(card: HllCardRow | None, offer: hll.Offer, merchant: Merchant) -> HllCardRow:

@@ -89,7 +89,8 @@ def build_hll_router(services: IssuerServices, writer: StoreWriter) -> APIRouter
     @router.post("/verify")
     async def verify(body: HllVerifyRequest) -> HllVerifyOut:
         """Online verification for a merchant (authenticated by ``tag`` under K_M):
-        verifies the card's MAC, records (card, counter) once and credits the merchant."""
+        verifies the card's MAC, records (card, counter) once and credits the merchant. The
+        same purchase sent again is answered ``repeated`` and charged nothing."""
         args = (
             body.merchant_id,
             field_bytes(body.offer, "offer"),
@@ -104,6 +105,7 @@ def build_hll_router(services: IssuerServices, writer: StoreWriter) -> APIRouter
             counter=spend.counter,
             units=spend.units,
             credited_micros=spend.credited_micros,
+            repeated=spend.repeated,
         )
 
     @router.post("/deposits")

@@ -149,6 +149,9 @@ class HllVerifyOut(_Response):
     counter: int
     units: int
     credited_micros: int
+    # The same purchase was settled before (sent again after a lost answer): nothing new
+    # was charged or credited.
+    repeated: bool = False
 
 
 class HllDepositRequest(_Request):

@@ -15,6 +15,7 @@ import functools
 from farthing.core.cardcode import Generator
 from farthing.core.errors import Conflict, ErrorCode, InsufficientFunds, InvalidPayment
 from farthing.core.money import Denomination
+from farthing.core.retry import same_request
 from farthing.core.schemes import payword, szm_chain, szm_prbg
 from farthing.store import (
     CardStatus,
@@ -63,6 +64,8 @@ class ChainBook:
             length=row.units,
             denomination=_denomination(row.currency, row.unit_micros),
             expires_at=row.expires_at,
+            last_request=row.last_request,
+            last_units=row.last_units or 0,
         )
 
     async def insert(self, state: szm_chain.ChainCardState) -> bool:
@@ -70,7 +73,9 @@ class ChainBook:
 
     async def advance(self, old: szm_chain.ChainCardState, new: szm_chain.ChainCardState) -> bool:
         return await self._writer.run_hot(
-            lambda hot: hot.szm_advance(old.card_id, old.spent, new.spent, new.anchor)
+            lambda hot: hot.szm_advance(
+                old.card_id, old.spent, new.spent, new.anchor, new.last_request
+            )
         )
 
 
@@ -92,6 +97,8 @@ class PrbgBook:
             generator=Generator(row.generator),
             denomination=_denomination(row.currency, row.unit_micros),
             expires_at=row.expires_at,
+            last_request=row.last_request,
+            last_units=row.last_units or 0,
         )
 
     async def insert(self, state: szm_prbg.PrbgCardState) -> bool:
@@ -99,7 +106,7 @@ class PrbgBook:
 
     async def advance(self, old: szm_prbg.PrbgCardState, new: szm_prbg.PrbgCardState) -> bool:
         return await self._writer.run_hot(
-            lambda hot: hot.szm_advance(old.card_id, old.spent, new.spent, None)
+            lambda hot: hot.szm_advance(old.card_id, old.spent, new.spent, None, new.last_request)
         )
 
 
@@ -121,6 +128,8 @@ class PaywordBook:
             length=row.length,
             denomination=_denomination(row.currency, row.unit_micros),
             expires_at=row.expires_at,
+            last_request=row.last_request,
+            last_units=row.last_units or 0,
         )
         return HeldCommitment(commitment_id=row.commitment_id, state=state, encoded=row.commitment)
 
@@ -145,7 +154,11 @@ class PaywordBook:
     async def advance(self, old: HeldCommitment, new: HeldCommitment) -> bool:
         return await self._writer.run_hot(
             lambda hot: hot.payword_advance(
-                old.commitment_id, old.state.spent, new.state.spent, new.state.last_value
+                old.commitment_id,
+                old.state.spent,
+                new.state.spent,
+                new.state.last_value,
+                new.state.last_request,
             )
         )
 
@@ -156,10 +169,12 @@ class HllDeferredBook:
     def __init__(self, store: Store) -> None:
         self._store = store
 
-    def record(self, purchase: PendingPurchase, *, risk_limit: int) -> None:
-        def write(tx: Tx) -> None:
+    def record(self, purchase: PendingPurchase, *, risk_limit: int) -> bool:
+        def write(tx: Tx) -> bool:
             outstanding = tx.vendor_hll_outstanding(purchase.card_id)
             if outstanding + purchase.amount > risk_limit:
+                if _is_retry(tx, purchase):  # its first copy is what filled the limit
+                    return True
                 raise InsufficientFunds("deferred risk limit reached", code=ErrorCode.RISK_LIMIT)
             tx.vendor_hll_record(
                 card_id=purchase.card_id,
@@ -170,13 +185,25 @@ class HllDeferredBook:
                 mode=HllMode.DEFERRED,
                 state=HllPaymentState.PENDING,
                 at=tx.now(),
+                request=purchase.request,
             )
+            return False
 
         try:
-            self._store.run_in_transaction(write, serializable=True)
+            return self._store.run_in_transaction(write, serializable=True)
         except Conflict as error:
-            if error.code is ErrorCode.DUPLICATE_SPEND:
-                raise InvalidPayment(
-                    "payment did not verify", code=ErrorCode.PAYMENT_INVALID
-                ) from None
-            raise
+            if error.code is not ErrorCode.DUPLICATE_SPEND:
+                raise
+        # (card, counter) is taken: by this very request (a retry), or it is a replay.
+        with self._store.transaction(readonly=True) as tx:
+            if _is_retry(tx, purchase):
+                return True
+        raise InvalidPayment("payment did not verify", code=ErrorCode.PAYMENT_INVALID)
+
+
+def _is_retry(tx: Tx, purchase: PendingPurchase) -> bool:
+    """Was this purchase recorded before from the same request, and not refused since?"""
+    row = tx.vendor_hll_payment(purchase.card_id, purchase.counter)
+    if row is None or row.state is HllPaymentState.REJECTED:
+        return False
+    return same_request(row.request, purchase.request)

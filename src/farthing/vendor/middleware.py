@@ -11,6 +11,10 @@ through ``offers``, that it does offer; otherwise the app answers, 404 or 405, f
    conditional update. Any :class:`FarthingError` becomes the draft's problem type (401
    verification failures carry fresh challenges); anything else is a 500 with a correlation
    id that is logged, never echoed.
+   The same request sent again (byte-identical credential, same path and HTTP method,
+   GET or HEAD) while its challenge is valid is a retry after a lost answer: the method
+   recognises its payment as the one it accepted last and it is served again, nothing
+   taken (:mod:`farthing.core.retry`).
 3. Call the wrapped app and add ``Payment-Receipt``. For SZM methods the body is sealed
    (ChaCha20-Poly1305) under the key the payment distributed, bound to method, card, index,
    path, status and original content type, so an unpaid or wrongly paid request never sees
@@ -33,6 +37,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from farthing.core.clock import Clock, RandomSource
 from farthing.core.errors import ErrorCode, FarthingError, MalformedMessage, UnsupportedMethod
+from farthing.core.retry import request_tag
 from farthing.core.sealing import seal, seal_binding
 from farthing.http.payment_auth import (
     CHALLENGE_NONCE_LEN,
@@ -119,7 +124,9 @@ class Paywall:
         if authorization is None:
             await self._send_problem(send, PAYMENT_REQUIRED, route)
             return
-        settlement = await self._settle_or_answer(authorization, route, scope["path"], send)
+        settlement = await self._settle_or_answer(
+            authorization, route, scope["path"], send, scope["method"]
+        )
         if settlement is not None:
             scope[PAYMENT_SCOPE_KEY] = settlement
             nonce = self._rng(12) if settlement.sealing is not None else b""
@@ -129,7 +136,7 @@ class Paywall:
     # -- settling --------------------------------------------------------------------------
 
     async def _settle_or_answer(
-        self, authorization: str, route: PricedRoute, path: str, send: Send
+        self, authorization: str, route: PricedRoute, path: str, send: Send, http_method: str
     ) -> Settlement | None:
         method_name = "unknown"
         started = time.perf_counter()
@@ -152,6 +159,9 @@ class Paywall:
                 resource=path,
                 challenge=challenge,
                 now=now,
+                request=request_tag(
+                    http_method=http_method, path=path, authorization=authorization
+                ),
             )
             settlement = await method.settle(context)
         except FarthingError as error:
@@ -164,7 +174,7 @@ class Paywall:
             self._count(method_name, "internal", started)
             await self._send_problem(send, internal_problem(), route, correlation=correlation)
             return None
-        self._count(method_name, "accepted", started)
+        self._count(method_name, "retried" if settlement.retried else "accepted", started)
         return settlement
 
     def _method_for(self, payload: dict[str, object]) -> tuple[str, PaymentMethod]:

@@ -22,7 +22,7 @@ from typing import Protocol
 import anyio.to_thread
 
 from farthing.core.encoding import b64url_encode
-from farthing.core.errors import ErrorCode, InvalidPayment
+from farthing.core.errors import Conflict, ErrorCode, InvalidPayment
 from farthing.core.money import Denomination
 from farthing.core.schemes import hll
 from farthing.http.payment_auth import JsonObject
@@ -40,26 +40,32 @@ class HllMode(StrEnum):
 class HllBankClient(Protocol):
     """The bank, as the vendor reaches it (over HTTP in production)."""
 
-    async def verify_online(self, offer: bytes, payment: bytes) -> None:
-        """Verify and settle one purchase, or raise a FarthingError."""
+    async def verify_online(self, offer: bytes, payment: bytes) -> bool:
+        """Verify and settle one purchase, or raise a FarthingError. True if the bank had
+        settled this very purchase (same offer, same MAC) before: a retry, not charged."""
         ...
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PendingPurchase:
+    """``request``: the tag of the request that carried it (farthing.core.retry)."""
+
     card_id: bytes
     counter: int
     amount: int
     offer: bytes
     payment: bytes
+    request: bytes | None = None
 
 
 class DeferredLog(Protocol):
     """The vendor store's record of delivered, not yet deposited purchases (blocking)."""
 
-    def record(self, purchase: PendingPurchase, *, risk_limit: int) -> None:
-        """Store it, or raise InvalidPayment for a repeat (card, counter) and
-        InsufficientFunds(RISK_LIMIT) when the card's uncleared value would pass the limit."""
+    def record(self, purchase: PendingPurchase, *, risk_limit: int) -> bool:
+        """Store it and return False; or return True, storing nothing, if this very request
+        was recorded before (a retry after a lost answer). Raise InvalidPayment for another
+        repeat of (card, counter) and InsufficientFunds(RISK_LIMIT) when the card's
+        uncleared value would pass the limit."""
         ...
 
 
@@ -121,19 +127,30 @@ class HllMethod:
         purchase = hll.decode_payment(raw)
         offer = self.offer_for(context)
         if self._mode is HllMode.ONLINE:
-            assert self._bank is not None
-            await self._bank.verify_online(hll.encode_offer(offer), raw)
+            retried = await self._verify_online(offer, raw, context)
         else:
-            await self._record_deferred(purchase, offer, raw)
+            retried = await self._record_deferred(purchase, offer, raw, context.request)
         card = b64url_encode(purchase.card_id)
         return Settlement(
             method=self.name,
             reference=f"{card}:{purchase.counter}",
             units=offer.amount,
             receipt={"card": card, "counter": purchase.counter, "mode": self._mode.value},
+            retried=retried,
         )
 
-    async def _record_deferred(self, purchase: hll.Purchase, offer: hll.Offer, raw: bytes) -> None:
+    async def _verify_online(self, offer: hll.Offer, raw: bytes, context: PaymentContext) -> bool:
+        """The bank settles each purchase once; the same purchase again (its offer binds the
+        path and the challenge) is a retry, served only for a request that may be retried."""
+        assert self._bank is not None
+        retried = await self._bank.verify_online(hll.encode_offer(offer), raw)
+        if retried and context.request is None:
+            raise Conflict("payment already spent", code=ErrorCode.DUPLICATE_SPEND)
+        return retried
+
+    async def _record_deferred(
+        self, purchase: hll.Purchase, offer: hll.Offer, raw: bytes, request: bytes | None
+    ) -> bool:
         log = self._deferred
         assert log is not None
         if purchase.counter == 0:
@@ -144,6 +161,7 @@ class HllMethod:
             amount=offer.amount,
             offer=hll.encode_offer(offer),
             payment=raw,
+            request=request,
         )
         record = functools.partial(log.record, pending, risk_limit=self._risk_limit)
-        await anyio.to_thread.run_sync(record)
+        return await anyio.to_thread.run_sync(record)
