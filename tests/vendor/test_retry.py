@@ -60,6 +60,13 @@ SETTINGS = VendorSettings(
 )
 
 
+def sealed_type(response: httpx.Response) -> str:
+    """The original content type the receipt names (the seal binds it)."""
+    sealed = Receipt.from_header(response.headers["payment-receipt"]).extra["sealed"]
+    assert isinstance(sealed, dict)
+    return str(sealed["contentType"])
+
+
 class Payer(Protocol):
     """One method's wallet side, and how much the vendor's books hold against it."""
 
@@ -98,6 +105,8 @@ class ChainPayer:
             card_id=self.card.card_id,
             index=self.index,
             resource=path,
+            status=response.status_code,
+            content_type=sealed_type(response),
         )
 
     def charged(self, store: Store) -> int:
@@ -126,6 +135,8 @@ class PrbgPayer:
             card_id=self.card.card_id,
             index=self.index,
             resource=path,
+            status=response.status_code,
+            content_type=sealed_type(response),
         )
 
     def charged(self, store: Store) -> int:

@@ -14,6 +14,9 @@ Measured on the code before this change (the same scenarios with the old API, on
 - an impostor with the vendor's realm at another site: 1 live token handed over, its
   unsealed ``text/html`` 200 recorded as paid; now no token leaves (WRONG_SITE), and an
   unsealed 200 from the card's own site is SEAL_BROKEN;
+- an answer lost after the vendor committed: the next request paid again (wallet and vendor
+  4 units for one article); now the same credential is resent and the vendor (idempotent
+  retry) serves it again: 2 units at both ends;
 - a proxy relabelling the sealed text/plain as text/html in the receipt: the reader got
   ``text/html``, recorded as paid; now SEAL_BROKEN.
 """
@@ -260,13 +263,9 @@ async def test_a_lost_answer_is_resent_as_it_was_and_blocks_the_card_meanwhile(
             wallet.pay(f"{SITE}/articles/b", wallet_challenges(paywall))
         await http.get("/articles/a")  # the next request for the URL resends it first
     assert proxy.authorizations[1] == proxy.authorizations[0]  # byte for byte, no new money
-    # This vendor has no idempotent retry: it refuses the resend as a replay, so the wallet
-    # records the payment lost (never reusing its index) and pays the fresh 402.
-    assert [(h.outcome, h.position) for h in wallet.history()] == [
-        (Outcome.PAID, 4),
-        (Outcome.LOST, 2),
-    ]
-    assert (units_left(wallet), vendor_spent(book, card)) == (46, 4)
+    # The vendor recognises the same paid request and serves it again without a new charge.
+    assert [(h.outcome, h.position) for h in wallet.history()] == [(Outcome.PAID, 2)]
+    assert (units_left(wallet), vendor_spent(book, card)) == (48, 2)
 
 
 def wallet_challenges(paywall: Paywall) -> list[Any]:
