@@ -451,3 +451,45 @@ async def test_an_issuer_outage_gives_the_units_back_and_the_counter_is_reused(
         (Outcome.PAID, 1),
         (Outcome.RELEASED, 1),
     ]
+
+
+# --- answers with a receipt but no good ----------------------------------------------------------
+
+
+def paid_receipt() -> Receipt:
+    return Receipt(method="szm:chain", timestamp=0, reference="r", extra={"units": 2})
+
+
+def test_a_5xx_with_a_receipt_is_kept_and_resent_for_its_url(
+    wallet: Wallet, clock: FixedClock
+) -> None:
+    card = issue(clock)
+    add(wallet, card)
+    paywall, _book = vendor(clock, card)
+    url = f"{SITE}/articles/a"
+    sent = wallet.pay(url, wallet_challenges(paywall))
+    wallet.refused(sent, 500, receipt=paid_receipt())
+    assert wallet.pay_up_front(f"{SITE}/articles/b") is None  # only for its own URL
+    with pytest.raises(LocalProtocolError) as blocked:
+        wallet.pay(f"{SITE}/articles/b", wallet_challenges(paywall))
+    assert blocked.value.code is ErrorCode.CONFLICT
+    again = wallet.pay_up_front(url)
+    assert again is not None
+    assert again.authorization == sent.authorization
+    clock.advance(301)  # past the challenge's expiry: it cannot be resent any more
+    wallet.refused(again, 502, receipt=paid_receipt())
+    assert wallet.pay_up_front(url) is None
+    assert wallet.pay(url, wallet_challenges(paywall)).index == 4  # its index is not reused
+    assert [h.outcome for h in wallet.history()] == [Outcome.PENDING, Outcome.LOST]
+
+
+def test_a_4xx_with_a_receipt_is_spent_and_blocks_nothing(
+    wallet: Wallet, clock: FixedClock
+) -> None:
+    card = issue(clock)
+    add(wallet, card)
+    paywall, _book = vendor(clock, card)
+    sent = wallet.pay(f"{SITE}/articles/gone", wallet_challenges(paywall))
+    wallet.refused(sent, 404, receipt=paid_receipt())
+    assert wallet.pay(f"{SITE}/articles/b", wallet_challenges(paywall)).index == 4
+    assert [(h.outcome, h.status) for h in wallet.history()][1] == (Outcome.REFUSED, 404)

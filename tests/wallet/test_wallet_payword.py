@@ -178,3 +178,15 @@ def test_wrong_user_key_is_refused(tmp_path: Path, broker: payword.PaywordBroker
         pytest.raises(LocalProtocolError, match="does not belong"),
     ):
         w.add_payword(certificate, b"X" * 32)
+
+
+def test_a_commitment_the_vendor_does_not_know_is_retired_not_the_account(
+    wallet: Wallet, broker: payword.PaywordBroker, clock: FixedClock
+) -> None:
+    vendor = payword.PaywordVendor(vendor_id="shop", broker_public=broker.public_key)
+    url = "https://shop.test/articles/a"
+    refused = wallet.pay(url, [challenge(clock)])
+    wallet.refused(refused, 401, code=int(ErrorCode.PAYMENT_INVALID))
+    fresh = wallet.pay(url, [challenge(clock)])  # the account still pays this vendor
+    assert payload(fresh)["commitment"] != payload(refused)["commitment"]
+    assert vendor_takes(vendor, fresh, clock.now()).index == 3

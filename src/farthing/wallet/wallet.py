@@ -510,16 +510,22 @@ class Wallet:
 
         No valid receipt: the vendor did not take the payment, so the card's position is
         given back and the next payment reuses it; a card refused as invalid (``code``
-        unknown card, exhausted, expired, blocked) is not offered to that realm again. With
-        a receipt the payment was taken: it is kept as lost and resent for the same URL.
+        unknown card, exhausted, expired, blocked) is not offered to that realm again; a
+        PayWord commitment the vendor does not know is retired instead (the next payment
+        opens a new one). With a receipt the payment was taken: after a 5xx it is kept as
+        lost and resent for the same URL; after a 4xx it is recorded ``refused``.
         A resent payment refused again is recorded as lost (the vendor may have taken it
         the first time, so its position is never reused).
         """
         flight = self._take_pending(payment)
         if flight is None:
             return
-        if _valid_receipt(receipt, payment):
-            self._store.mark(flight.history_id, _LOST)
+        if _valid_receipt(receipt, payment) and status >= 500:
+            self._store.mark(flight.history_id, _LOST)  # taken, the good not served: resend
+        elif _valid_receipt(receipt, payment):
+            # Taken, and the app's final answer (a 404 of a route without ``offers``):
+            # sending it again would get the same answer.
+            self._resolve(flight, Outcome.REFUSED, status=status)
         elif flight.resend:
             self._resolve(flight, Outcome.LOST, status=status)
         else:
@@ -700,6 +706,10 @@ class Wallet:
         if flight is None:
             return
         refused_code = code if code in _CARD_REFUSALS else None
+        if flight.commitment_id is not None and code == ErrorCode.PAYMENT_INVALID:
+            # The vendor does not know (or lost) this commitment, not the account.
+            self._store.retire(flight.commitment_id)
+            refused_code = None
         self._store.release(
             flight.history_id, status=status, refused_code=refused_code, now=self._clock.now()
         )
