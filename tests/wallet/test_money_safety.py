@@ -23,6 +23,7 @@ Measured on the code before this change (the same scenarios with the old API, on
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,7 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 from farthing.core import cardcode
-from farthing.core.errors import ErrorCode, InvalidPayment, LocalProtocolError
+from farthing.core.errors import Conflict, ErrorCode, InvalidPayment, LocalProtocolError
 from farthing.core.money import Denomination
 from farthing.core.schemes import hll, szm_chain
 from farthing.http.payment_auth import Receipt
@@ -493,3 +494,25 @@ def test_a_4xx_with_a_receipt_is_spent_and_blocks_nothing(
     wallet.refused(sent, 404, receipt=paid_receipt())
     assert wallet.pay(f"{SITE}/articles/b", wallet_challenges(paywall)).index == 4
     assert [(h.outcome, h.status) for h in wallet.history()][1] == (Outcome.REFUSED, 404)
+
+
+def test_a_card_from_before_sites_pays_nobody_until_bound(
+    wallet_path: Path, wallet: Wallet, clock: FixedClock
+) -> None:
+    card = issue(clock)
+    add(wallet, card)
+    with sqlite3.connect(wallet_path) as db:  # as a wallet file written before sites were
+        db.execute("""UPDATE cards SET params = '{"generator": "sha256-chain"}'""")
+    db.close()
+    paywall, book = vendor(clock, card)
+    label = wallet.cards()[0].label
+    assert "bound to no site" in wallet.cards()[0].where
+    with pytest.raises(LocalProtocolError) as caught:
+        wallet.pay(f"{SITE}/articles/a", wallet_challenges(paywall))
+    assert caught.value.code is ErrorCode.WRONG_SITE
+    assert "no site" in caught.value.message
+    assert wallet.bind(label, SITE + "/any/path").where.endswith(f"pays only {SITE}")
+    with pytest.raises(Conflict):
+        wallet.bind(label, "https://evil.test")
+    assert wallet.pay(f"{SITE}/articles/a", wallet_challenges(paywall)).index == 2
+    assert vendor_spent(book, card) == 0

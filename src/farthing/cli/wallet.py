@@ -373,6 +373,19 @@ def _added(info: CardInfo) -> None:
 
 
 @app.command()
+def bind(
+    card: Annotated[str, typer.Argument(help="the card's label (see `farthing wallet cards`)")],
+    site: Annotated[str, typer.Option("--site", help="the vendor that sold it")],
+    wallet: WalletOpt = None,
+    passphrase_file: PassFileOpt = None,
+) -> None:
+    """Bind a card added without a site to the vendor that sold it (it pays only there)."""
+    with _opened(wallet, passphrase_file) as opened, _explained():
+        info = opened.bind(card, site)
+    console.print(f"[bold]{info.label}[/]: {info.where}")
+
+
+@app.command()
 def cards(wallet: WalletOpt = None, passphrase_file: PassFileOpt = None) -> None:
     """List the cards in the wallet."""
     with _opened(wallet, passphrase_file) as opened:

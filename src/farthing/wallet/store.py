@@ -457,6 +457,17 @@ class WalletStore:
                 code=ErrorCode.CONFLICT,
             ) from None
 
+    def bind_site(self, label: str, site: str) -> CardRow:
+        """Bind the card ``label`` to ``site``; Conflict if it is bound to another one."""
+        with self._engine.begin() as conn:
+            card = WriteTx(conn).card_by_label(label)
+            bound = card.params.get("site")
+            if bound is not None and bound != site:
+                raise Conflict(f"{label} is bound to {bound}", code=ErrorCode.CONFLICT)
+            params = json.dumps({**card.params, "site": site}, sort_keys=True)
+            conn.execute(update(_cards).where(_cards.c.id == card.id).values(params=params))
+            return WriteTx(conn).card(card.id)
+
     def cards(self) -> list[CardRow]:
         with self._read.begin() as conn:
             rows = conn.execute(select(_cards).order_by(_cards.c.id)).mappings().all()

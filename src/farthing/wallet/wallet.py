@@ -404,6 +404,11 @@ class Wallet:
             card = replace(card, params={**card.params, _SITE: site_of(site)})
         return describe(self._store.insert_card(card, now=self._clock.now()))
 
+    def bind(self, label: str, site: str) -> CardInfo:
+        """Bind a card added without a site (an SZM card from before sites) to ``site``.
+        Raises Conflict if it is bound to another site, NOT_FOUND if there is no such card."""
+        return describe(self._store.bind_site(label, site_of(site)))
+
     def cards(self) -> list[CardInfo]:
         return [describe(card) for card in self._store.cards()]
 
