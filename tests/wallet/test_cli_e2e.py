@@ -189,6 +189,9 @@ class LoseFirstPaidAnswer(httpx.BaseTransport):
             raise httpx.ReadError("connection reset by peer", request=request)
         return response
 
+    def close(self) -> None:
+        self.inner.close()
+
 
 def test_an_answer_lost_after_paying_is_got_by_running_the_command_again(
     cli: Cli, world: DemoWorld, monkeypatch: pytest.MonkeyPatch

@@ -581,6 +581,9 @@ class WalletStore:
         """Lost payments whose challenge expired cannot be resent: record them as lost."""
         p = _pending.c
         gone = (p.state == "lost") & ((p.expires_at <= now) | p.payment.is_(None))
+        with self._read.begin() as conn:  # the usual case: nothing to do, no write lock
+            if conn.scalar(select(p.history_id).where(gone).limit(1)) is None:
+                return
         with self._engine.begin() as conn:
             ids = list(conn.scalars(select(p.history_id).where(gone)))
             for history_id in ids:
