@@ -17,9 +17,10 @@ tag, so their payments are never served twice.
 
 from __future__ import annotations
 
+import struct
 from typing import Final
 
-from farthing.core.encoding import MAX_FIELD, Writer
+from farthing.core.encoding import MAX_FIELD, header
 from farthing.core.primitives import constant_time_eq, sha256
 
 __all__ = ["REQUEST_TAG_LEN", "RETRYABLE_METHODS", "request_tag", "same_request"]
@@ -27,6 +28,8 @@ __all__ = ["REQUEST_TAG_LEN", "RETRYABLE_METHODS", "request_tag", "same_request"
 REQUEST_TAG_LEN: Final = 16
 RETRYABLE_METHODS: Final = frozenset({"GET", "HEAD"})
 _DOMAIN: Final = "farthing/http/paid-request"
+_HEADER: Final = header(_DOMAIN)
+_U16: Final = struct.Struct(">H")
 
 
 def request_tag(*, http_method: str, path: str, authorization: str) -> bytes | None:
@@ -41,10 +44,21 @@ def request_tag(*, http_method: str, path: str, authorization: str) -> bytes | N
     raw_credential = authorization.encode("latin-1", "replace")
     if len(raw_path) > MAX_FIELD or len(raw_credential) > MAX_FIELD:
         return None
-    message = (
-        Writer(_DOMAIN).bytes(http_method.encode("ascii")).bytes(raw_path).bytes(raw_credential)
+    # canonical(domain, method, path, credential), as Writer builds it, without its objects:
+    # this runs on every paid request.
+    raw_method = http_method.encode("ascii")
+    message = b"".join(
+        (
+            _HEADER,
+            _U16.pack(len(raw_method)),
+            raw_method,
+            _U16.pack(len(raw_path)),
+            raw_path,
+            _U16.pack(len(raw_credential)),
+            raw_credential,
+        )
     )
-    return sha256(message.finish())[:REQUEST_TAG_LEN]
+    return sha256(message)[:REQUEST_TAG_LEN]
 
 
 def same_request(stored: bytes | None, request: bytes | None) -> bool:
