@@ -163,8 +163,8 @@ async def article(request: Any) -> PlainTextResponse:
     return PlainTextResponse("secret article " + request.path_params["slug"])
 
 
-def paywall() -> tuple[Paywall, szm_chain.ChainCard]:
-    book = MemoryCardBook()
+def paywall(book: MemoryCardBook | None = None) -> tuple[Paywall, szm_chain.ChainCard]:
+    book = book if book is not None else MemoryCardBook()
     state, card = issued_card()
     book.add(state)
     prices = PriceTable()
@@ -294,9 +294,12 @@ def test_unreachable_vendor_names_the_host(
 def test_outputs_are_checked_before_paying(
     runner: CliRunner, wallet_path: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    # Before: `-o /nonexistent/dir/x` paid 2 units and crashed with a traceback (history
-    # "paid"), and two URLs without -o paid 4 units and threw both bodies away.
-    vendor, card = paywall()
+    # Measured before: `-o /nonexistent/dir/x` paid 2 units and crashed with a
+    # FileNotFoundError traceback (history "paid"), and two URLs without -o paid 4 units and
+    # threw both bodies away (wallet 20 -> 14, vendor spent 0 -> 6). Now 20 -> 18 and 0 -> 2
+    # for the one article saved.
+    book = MemoryCardBook()
+    vendor, card = paywall(book)
     monkeypatch.setattr(wallet_cli, "make_client", client_factory(vendor))
     where = ["--wallet", str(wallet_path)]
     assert run(runner, "add-card", "szm", code_of(card), "--site", SITE, *where).exit_code == 0
@@ -315,9 +318,11 @@ def test_outputs_are_checked_before_paying(
         assert "nothing was paid" in result.output or "is a folder" in result.output
     assert "no -o" in thrown_away.output
     assert "20/20" in run(runner, "cards", *where).output
+    assert book.states[card.card_id].spent == 0  # type: ignore[attr-defined]
     assert "Nothing bought yet" in run(runner, "history", *where).output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "wallet.sqlite"]
     saved = run(runner, "get", f"{SITE}/articles/a", "-o", str(tmp_path / "a.txt"), *where)
     assert saved.exit_code == 0, saved.output
     assert (tmp_path / "a.txt").read_text() == "secret article a"
     assert "18/20" in run(runner, "cards", *where).output
+    assert book.states[card.card_id].spent == 2  # type: ignore[attr-defined]
