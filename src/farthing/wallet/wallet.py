@@ -8,8 +8,12 @@
 
 Paying one request (:meth:`Wallet.pay`):
 
-1. *Quote.* Every offered challenge the wallet understands is matched against every card
-   (method, realm, currency, unit, expiry, units left). Quotes are ranked by the method
+0. *Where.* Only over https, or plain http on loopback (INSECURE_TRANSPORT otherwise); an
+   SZM card only at the site it was bound to when added (HLL and PayWord where bound, if
+   bound); not a card a vendor of that realm refused as invalid; not a card with a lost
+   payment still waiting to be resent.
+1. *Quote.* Every offered challenge the wallet understands is matched against every such
+   card (method, realm, currency, unit, expiry, units left). Quotes are ranked by the method
    preference (default: ``szm:chain``, ``szm:prbg``, ``hll:mac``, ``payword``: the sealed,
    private SZM cards first), then by the money charged, then the card that expires first.
 2. *Policy.* The best quote the spending policy allows wins; the confirm callback, if any,
@@ -17,20 +21,26 @@ Paying one request (:meth:`Wallet.pay`):
    changed.
 3. *Write-ahead.* In one ``BEGIN IMMEDIATE`` transaction: re-check the policy against
    today's spending, re-read the card, compute the payment with the pure core, write the
-   card's new index or counter, and add a ``pending`` history entry. Only after the commit
-   (``synchronous=FULL``) does the payment leave :meth:`pay`; a crash loses at most this
-   unit and never reuses it, and two processes with one card queue on the lock.
-4. *Settle.* On success :meth:`settle` opens a sealed (SZM) body with the payment's key and
-   marks the entry ``paid``; a seal that does not open raises
-   :class:`~farthing.core.errors.InvalidPayment` (the vendor is not the card's issuer, or
-   the body was changed). :meth:`refused` marks it ``refused``; for PayWord it also retires
-   the commitment (the vendor never advanced it), so the next payment opens a new one.
+   card's new index or counter, add a ``pending`` history entry and a row saying where the
+   card was before. Only after the commit (``synchronous=FULL``) does the payment leave
+   :meth:`pay` (its credential is kept, sealed, to be resent if the answer is lost); a
+   crash loses at most this unit and never reuses it, and two processes with one card queue
+   on the lock.
+4. *Settle.* A 2xx: :meth:`settle` opens an SZM body with the payment's key (an answer not
+   sealed for it is SEAL_BROKEN: the vendor is not the card's issuer, or the answer was
+   changed) and marks the entry ``paid``. Anything else: :meth:`refused`. Without a valid
+   receipt the vendor did not take the payment, so the card goes back to where it was and
+   the next payment reuses the index (``released``); a card refused as invalid is not
+   offered to that realm again. With a receipt and a 5xx, or with no answer at all
+   (:meth:`lost`), the payment is kept and resent byte for byte by :meth:`pay_up_front` for
+   the next request to the same URL, until its challenge expires (then ``lost``).
 
 Paying up front. :meth:`remember` keeps the challenges of each (origin, route scope) in
 memory; :meth:`pay_up_front` pays a later request with one of them if the URL path matches
 the challenge's ``resource`` pattern (``*`` one path segment, ``**`` any suffix) and it
-expires more than ``up_front_margin`` seconds from now. Anything but a policy refusal makes
-it return None, and the ordinary 402 round trip decides.
+expires more than ``up_front_margin`` seconds from now. The wallet cannot know the path
+exists; a vendor that does not sell it answers without a receipt and the index comes back.
+Anything but a policy refusal makes it return None, and the ordinary 402 round trip decides.
 """
 
 from __future__ import annotations
