@@ -12,6 +12,11 @@ Tables (SQLAlchemy Core; the file carries its format version in ``meta``):
                  twice, so the database refuses it.
 ``commitments``  PayWord: one row per commitment made to a vendor, its seed sealed.
 ``history``      every payment that left the wallet and how it ended.
+``pending``      payments sent and not settled yet: where the card was before (to give the
+                 position back when the vendor did not take it), and the credential, sealed
+                 (to resend it as it was when the answer was lost). Added by this version;
+                 an older file gets it (and ``refusals``) when it is opened.
+``refusals``     (card, realm) pairs a vendor refused as invalid: not offered there again.
 
 Concurrency and crash safety. WAL journal (readers never block the writer),
 ``synchronous=FULL`` (a commit is on disk when it returns), a 10 s busy timeout, and every
