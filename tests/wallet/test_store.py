@@ -177,3 +177,15 @@ def test_a_newer_wallet_format_is_refused(tmp_path: Path) -> None:
     with pytest.raises(LocalProtocolError, match="wallet format 2") as caught:
         Wallet.open(path, "pw")
     assert caught.value.code is ErrorCode.UNKNOWN_VERSION
+
+
+def test_a_file_from_before_the_pending_table_gets_it_when_opened(tmp_path: Path) -> None:
+    path = tmp_path / "w.sqlite"
+    with Wallet.create(path, "pw", scrypt_n=FAST) as wallet:
+        wallet.add_szm_card(szm_chain.to_card_code(chain_card(), realm="news"), site=SITE)
+    with sqlite3.connect(path) as db:
+        db.execute("DROP TABLE pending")
+        db.execute("DROP TABLE refusals")
+    db.close()
+    with Wallet.open(path, "pw") as wallet:
+        assert wallet.pay("https://news.test/a/b", [challenge()]).index == 1
