@@ -382,11 +382,20 @@ def test_sealed_body_opens_only_with_its_own_payment_key() -> None:
         card_id=card.card_id,
         index=index,
         resource="/a",
+        status=200,
+        content_type="text/plain",
     )
 
     def open_with(key: bytes, resource: str = "/a") -> bytes:
         return open_sealed(
-            key, sealed, method=METHOD, card_id=card.card_id, index=index, resource=resource
+            key,
+            sealed,
+            method=METHOD,
+            card_id=card.card_id,
+            index=index,
+            resource=resource,
+            status=200,
+            content_type="text/plain",
         )
 
     assert open_with(key2) == b"article"

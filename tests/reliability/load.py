@@ -41,6 +41,7 @@ from tests.reliability.world import (
     hll_offer,
     overlapping,
     paid_from_receipt,
+    sealed_type,
 )
 
 PATHS = [f"/articles/{name}" for name in ARTICLES]
@@ -167,7 +168,8 @@ class Payer:
             try:
                 body = open_sealed(
                     key, body, method=method, card_id=b64url_decode(holder.key),
-                    index=record.index, resource=path,
+                    index=record.index, resource=path, status=response.status_code,
+                    content_type=sealed_type(response.headers["payment-receipt"]),
                 )  # fmt: skip
             except FarthingError:
                 record.outcome, record.detail = "corrupt", "the sealed body did not open"

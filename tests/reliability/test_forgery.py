@@ -291,7 +291,10 @@ async def test_a_sealed_body_opens_only_for_its_own_payment_and_path(shop: Shop)
         body_a = (await shop.pay(method, first, "/articles/a.txt")).content
         body_b = (await shop.pay(method, second, "/articles/b.txt")).content
         card_id = card.card.card_id  # type: ignore[attr-defined]
-        own = {"method": method, "card_id": card_id, "index": 2, "resource": "/articles/a.txt"}
+        own = {
+            "method": method, "card_id": card_id, "index": 2, "resource": "/articles/a.txt",
+            "status": 200, "content_type": "text/plain; charset=utf-8",
+        }  # fmt: skip
         assert open_sealed(key2, body_a, **own).startswith(b"article a")  # type: ignore[arg-type]
         other = "szm:prbg" if method == "szm:chain" else "szm:chain"
         wrong = [
@@ -300,6 +303,8 @@ async def test_a_sealed_body_opens_only_for_its_own_payment_and_path(shop: Shop)
             (key2, {**own, "index": 4}),
             (key2, {**own, "method": other}),
             (key2, {**own, "card_id": bytes(16)}),
+            (key2, {**own, "status": 404}),  # a 200 turned into another answer
+            (key2, {**own, "content_type": "text/html; charset=utf-8"}),  # relabelled
         ]
         for key, binding in wrong:
             with pytest.raises(InvalidPayment):
@@ -335,10 +340,12 @@ async def test_the_wallet_refuses_a_replayed_sealed_body(
     world = sqlite_world
     card = world.chain_cards(1)[0]
     with Wallet.create(tmp_path / "wallet.sqlite", "pass phrase", scrypt_n=2**10) as wallet:
-        wallet.add_szm_card(szm_chain.to_card_code(card.card, realm=REALM))
+        wallet.add_szm_card(
+            szm_chain.to_card_code(card.card, realm=REALM), site="https://vendor.test"
+        )
         proxy = ReplayingProxy(httpx.ASGITransport(app=world.vendor_app()))
         async with httpx.AsyncClient(
-            transport=proxy, base_url="http://vendor.test", auth=PaymentAuth(wallet)
+            transport=proxy, base_url="https://vendor.test", auth=PaymentAuth(wallet)
         ) as http:
             first = await http.get("/articles/a.txt")
             assert first.text.startswith("article a")

@@ -352,7 +352,10 @@ def test_hostile_card_file_nesting_is_a_clean_error() -> None:
 # --- sealed bodies ------------------------------------------------------------------------
 
 KEY = bytes(range(32))
-BINDING = {"method": "szm:chain", "card_id": bytes(16), "index": 2, "resource": "/articles/a"}
+BINDING = {
+    "method": "szm:chain", "card_id": bytes(16), "index": 2, "resource": "/articles/a",
+    "status": 200, "content_type": "text/plain",
+}  # fmt: skip
 SEALED = seal(KEY, b"the article", nonce=bytes(12), **BINDING)  # type: ignore[arg-type]
 
 

@@ -21,7 +21,14 @@ import pytest
 from farthing.core.errors import ErrorCode
 from farthing.core.sealing import open_sealed
 from tests.reliability.problems import assert_problem
-from tests.reliability.world import Holder, World, authorization, challenge_ids, hll_offer
+from tests.reliability.world import (
+    Holder,
+    World,
+    authorization,
+    challenge_ids,
+    hll_offer,
+    sealed_type,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -91,7 +98,8 @@ async def test_an_nfc_unicode_path_is_sold_and_sealed(sqlite_world: World) -> No
     assert paid.status_code == 200
     body = open_sealed(
         key, paid.content, method="szm:chain", card_id=card.card.card_id, index=2,
-        resource="/articles/\u00e9.txt",
+        resource="/articles/\u00e9.txt", status=200,
+        content_type=sealed_type(paid.headers["payment-receipt"]),
     )  # fmt: skip
     assert body == b"an NFC name"
 

@@ -59,6 +59,7 @@ from tests.reliability.world import (
     challenge_ids,
     overlapping,
     paid_from_receipt,
+    sealed_type,
     units_by_key,
 )
 
@@ -173,6 +174,8 @@ def check_bodies(method: str, jobs: dict[int, Job], accepted: list[dict[str, Any
                 card_id=b64url_decode(job.key),
                 index=paid.index,
                 resource=job.path,
+                status=200,
+                content_type=sealed_type(result["receipt"]),
             )
         assert body.decode() == ARTICLES[job.path.rsplit("/", 1)[1]]
 

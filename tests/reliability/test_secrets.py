@@ -129,8 +129,8 @@ def wallet_with_every_card(world: World, path: Path, found: Evidence) -> Wallet:
     hll_card = world.hll_cards(1)[0]
     chain_code = szm_chain.to_card_code(chain.card, realm=REALM)
     prbg_code = szm_prbg.to_card_code(prbg.card, realm=REALM)
-    wallet.add_szm_code(to_text(chain_code), label="chain")
-    wallet.add_szm_code(to_compact(prbg_code), label="prbg")
+    wallet.add_szm_code(to_text(chain_code), site="https://vendor.test", label="chain")
+    wallet.add_szm_code(to_compact(prbg_code), site="https://vendor.test", label="prbg")
     wallet.add_hll_card(
         HllCardFile(
             card_id=hll_card.card_id, balance=200, denomination=EUR, card_key=hll_card.card_key
@@ -161,7 +161,7 @@ async def buy_with_every_method(world: World, wallet_path: Path, found: Evidence
     for method, path in zip(("szm:chain", "szm:prbg", "hll:mac", "payword"), PATHS, strict=True):
         with Wallet.open(wallet_path, PASSPHRASE, preference=(method,)) as wallet:
             async with httpx.AsyncClient(
-                transport=transport, base_url="http://vendor.test", auth=PaymentAuth(wallet),
+                transport=transport, base_url="https://vendor.test", auth=PaymentAuth(wallet),
                 event_hooks={"response": [log]},
             ) as http:  # fmt: skip
                 response = await http.get(path)

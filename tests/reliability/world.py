@@ -88,6 +88,15 @@ def paid_from_receipt(header: str) -> Paid:
     return Paid(key=key, index=index, units=units)
 
 
+def sealed_type(header: str) -> str:
+    """The original content type a sealed answer's receipt names (bound by the seal)."""
+    sealed = Receipt.from_header(header).extra.get("sealed")
+    assert isinstance(sealed, dict), header
+    content_type = sealed.get("contentType")
+    assert isinstance(content_type, str), header
+    return content_type
+
+
 def overlapping(paid: Iterable[Paid]) -> list[tuple[Paid, Paid]]:
     """Pairs of accepted payments of one card that claim the same unit (must be none)."""
     clashes = []

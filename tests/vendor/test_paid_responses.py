@@ -97,7 +97,10 @@ async def test_a_paid_file_response_is_sealed_even_where_the_server_offers_paths
     start, body = sent
     assert start["status"] == 200
     assert (b"content-type", SEALED_CONTENT_TYPE.encode()) in start["headers"]
-    binding = dict(method="szm:chain", card_id=b"c" * 16, index=3, resource="/files/a")
+    binding = dict(
+        method="szm:chain", card_id=b"c" * 16, index=3, resource="/files/a",
+        status=200, content_type="text/plain; charset=utf-8",
+    )  # fmt: skip
     assert open_sealed(KEY, body["body"], **binding) == SECRET
 
 

@@ -149,7 +149,14 @@ async def test_sealed_body_opens_only_with_the_payment_key() -> None:
         "alg": "chacha20-poly1305",
         "contentType": "text/plain; charset=utf-8",
     }
-    binding = dict(method="szm:chain", card_id=b"c" * 16, index=3, resource="/articles/x")
+    binding = dict(
+        method="szm:chain",
+        card_id=b"c" * 16,
+        index=3,
+        resource="/articles/x",
+        status=200,
+        content_type="text/plain; charset=utf-8",
+    )
     assert open_sealed(KEY, response.content, **binding) == b"article x paid 2"
     with pytest.raises(InvalidPayment):
         open_sealed(b"k" * 32, response.content, **binding)

@@ -71,6 +71,13 @@ class BankDown:
         raise LocalProtocolError("the bank is down", code=ErrorCode.ISSUER_UNAVAILABLE)
 
 
+def sealed_type(response: httpx.Response) -> str:
+    """The original content type the receipt names (the seal binds it)."""
+    sealed = Receipt.from_header(response.headers["payment-receipt"]).extra["sealed"]
+    assert isinstance(sealed, dict)
+    return str(sealed["contentType"])
+
+
 class Payer(Protocol):
     """One method's wallet side, and how much the vendor's books hold against it."""
 
@@ -109,6 +116,8 @@ class ChainPayer:
             card_id=self.card.card_id,
             index=self.index,
             resource=path,
+            status=response.status_code,
+            content_type=sealed_type(response),
         )
 
     def charged(self, store: Store) -> int:
@@ -137,6 +146,8 @@ class PrbgPayer:
             card_id=self.card.card_id,
             index=self.index,
             resource=path,
+            status=response.status_code,
+            content_type=sealed_type(response),
         )
 
     def charged(self, store: Store) -> int:

@@ -20,7 +20,13 @@ import pytest
 from farthing.core.encoding import b64url_encode
 from farthing.core.schemes import szm_chain
 from farthing.core.sealing import open_sealed
-from farthing.http.payment_auth import Challenge, Credential, format_credential, parse_challenges
+from farthing.http.payment_auth import (
+    Challenge,
+    Credential,
+    Receipt,
+    format_credential,
+    parse_challenges,
+)
 from farthing.store import Store, open_store
 from tests.servers import command_server, free_port, uvicorn_server
 from tests.vendor.helpers import KEYS, issue_chain_cards
@@ -81,7 +87,16 @@ def opened(response: httpx.Response, key: bytes, payment: szm_chain.Payment) -> 
         card_id=payment.card_id,
         index=payment.index,
         resource="/articles/a.txt",
+        status=response.status_code,
+        content_type=sealed_type(response),
     )
+
+
+def sealed_type(response: httpx.Response) -> str:
+    """The original content type the receipt names (the seal binds it)."""
+    sealed = Receipt.from_header(response.headers["payment-receipt"]).extra["sealed"]
+    assert isinstance(sealed, dict)
+    return str(sealed["contentType"])
 
 
 def test_identical_requests_at_once_are_charged_once(

@@ -90,6 +90,8 @@ async def test_pay_open_and_replay_refused() -> None:
         card_id=card.card_id,
         index=2,
         resource="/articles/a",
+        status=200,
+        content_type="text/plain; charset=utf-8",
     )
     assert opened == b"secret article a"
     with pytest.raises(InvalidPayment):
@@ -100,6 +102,8 @@ async def test_pay_open_and_replay_refused() -> None:
             card_id=card.card_id,
             index=2,
             resource="/articles/b",
+            status=200,
+            content_type="text/plain; charset=utf-8",
         )
     assert replay.status_code == 401
     assert b"secret" not in replay.content

@@ -73,6 +73,8 @@ async def test_chain_and_prbg_cards_pay_on_sqlite(tmp_path: Path) -> None:
             card_id=chain_card.card_id,
             index=2,
             resource="/articles/x",
+            status=200,
+            content_type="text/plain; charset=utf-8",
         )
         == b"secret article x"
     )
@@ -85,6 +87,8 @@ async def test_chain_and_prbg_cards_pay_on_sqlite(tmp_path: Path) -> None:
             card_id=prbg_card.card_id,
             index=2,
             resource="/articles/y",
+            status=200,
+            content_type="text/plain; charset=utf-8",
         )
         == b"secret article y"
     )

@@ -10,7 +10,7 @@ from farthing.http.payment_auth import Challenge, Receipt, format_challenge
 from farthing.wallet.auth import PaymentAuth, PreparedPayment
 
 NOW = 1_800_000_000
-URL = "http://vendor.test/articles/a"
+URL = "https://vendor.test/articles/a"
 
 
 def challenge(cid: str = "c1", method: str = "szm:chain") -> Challenge:
@@ -48,6 +48,8 @@ class FakePayer:
         self.refusals: list[int] = []
         self.settled: list[bytes] = []
         self.remembered: list[Challenge] = []
+        self.refusal_details: list[tuple[bool, int | None]] = []
+        self.lost_payments: list[str] = []
 
     def _payment(self, cid: str) -> PreparedPayment:
         self.paid.append(cid)
@@ -71,12 +73,25 @@ class FakePayer:
             raise PolicyRefused("price above policy")
         return self._payment(challenges[0].id)
 
-    def settle(self, payment: PreparedPayment, receipt: Receipt | None, body: bytes) -> bytes:
+    def settle(
+        self, payment: PreparedPayment, receipt: Receipt | None, body: bytes, *, status: int
+    ) -> bytes:
         self.settled.append(body)
         return b"opened:" + body
 
-    def refused(self, payment: PreparedPayment, status: int) -> None:
+    def refused(
+        self,
+        payment: PreparedPayment,
+        status: int,
+        *,
+        receipt: Receipt | None = None,
+        code: int | None = None,
+    ) -> None:
         self.refusals.append(status)
+        self.refusal_details.append((receipt is not None, code))
+
+    def lost(self, payment: PreparedPayment) -> None:
+        self.lost_payments.append(payment.authorization)
 
     def retry_after_refusal(self) -> bool:
         return self.retry
@@ -197,3 +212,37 @@ def test_paid_request_ending_in_a_server_error_is_reported() -> None:
         flow.send(response(500))
     assert payer.refusals == [500]
     assert payer.settled == []
+
+
+def test_refusal_passes_the_receipt_and_the_problem_code() -> None:
+    payer = FakePayer()
+    flow = PaymentAuth(payer).auth_flow(httpx.Request("GET", URL))
+    next(flow)
+    flow.send(response(402, challenges=[challenge()]))
+    problem = httpx.Response(
+        404,
+        headers={"content-type": "application/problem+json"},
+        content=b'{"status": 404, "code": 4002}',
+    )
+    with pytest.raises(StopIteration):
+        flow.send(problem)
+    assert payer.refusals == [404]
+    assert payer.refusal_details == [(False, 4002)]
+
+
+def test_an_exchange_broken_off_after_paying_reports_the_payment_lost() -> None:
+    payer = FakePayer()
+    flow = PaymentAuth(payer).auth_flow(httpx.Request("GET", URL))
+    next(flow)
+    flow.send(response(402, challenges=[challenge()]))
+    flow.close()  # what httpx does when the transport raises (a reset, a timeout)
+    assert payer.lost_payments == ["Payment c1-1"]
+    assert payer.refusals == []
+
+
+def test_an_exchange_broken_off_before_paying_loses_nothing() -> None:
+    payer = FakePayer()
+    flow = PaymentAuth(payer).auth_flow(httpx.Request("GET", URL))
+    next(flow)
+    flow.close()
+    assert payer.lost_payments == []

@@ -10,20 +10,24 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pkcs11
 import pytest
 from pkcs11 import Attribute, ObjectClass
 from pkcs11.exceptions import AttributeSensitive
 from typer.testing import CliRunner, Result
 
+import farthing.cli.wallet as wallet_cli
 from farthing.cli import app
 from farthing.core.encoding import b64url_decode, b64url_encode
 from farthing.core.schemes import hll
 from farthing.demo import GOODS, DemoWorld, demo_world
+from farthing.wallet.cards import parse_szm_code
 from farthing.wallet.pkcs11_card import init_softhsm_token
 
 pytestmark = pytest.mark.xdist_group("demo")
@@ -114,7 +118,15 @@ def test_a_fresh_wallet_loads_an_szm_code_an_hll_token_and_payword_and_pays_with
         pytest.skip("SoftHSM2 is not installed (softhsm2-util not on PATH); run `make sysdeps`")
     hll = world.cards.hll
     assert hll.token is not None, hll.device  # SoftHSM2 is here, so the demo used a token
-    added = cli("add-card", "szm", world.cards.szm_codes["szm:chain"], "--label", "printed")
+    added = cli(
+        "add-card",
+        "szm",
+        world.cards.szm_codes["szm:chain"],
+        "--label",
+        "printed",
+        "--site",
+        world.vendor_url,
+    )
     assert "(szm:chain)" in added.output
     added = cli(
         "add-card", "hll",
@@ -137,7 +149,15 @@ def test_a_fresh_wallet_loads_an_szm_code_an_hll_token_and_payword_and_pays_with
 def test_a_fresh_wallet_without_a_token_pays_with_an_szm_prbg_code_and_payword(
     cli: Cli, world: DemoWorld
 ) -> None:
-    added = cli("add-card", "szm", world.cards.szm_codes["szm:prbg"], "--label", "printed")
+    added = cli(
+        "add-card",
+        "szm",
+        world.cards.szm_codes["szm:prbg"],
+        "--label",
+        "printed",
+        "--site",
+        world.vendor_url,
+    )
     assert "(szm:prbg)" in added.output
     add_payword(cli, world)
 
@@ -201,3 +221,69 @@ def test_the_cli_personalises_an_hll_token_and_k_c_is_never_in_the_clear(
     got = cli("get", url, "-o", str(target), "--method", "hll:mac")
     assert "Saved" in got.output
     assert target.read_text(encoding="utf-8") == GOODS["articles/tundra.txt"]
+
+
+class LoseFirstPaidAnswer(httpx.BaseTransport):
+    """Loopback HTTP to the real vendor; the answer to the first paid request is read and
+    then lost (the connection resets after the vendor committed)."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.HTTPTransport()
+        self.authorizations: list[str] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = self.inner.handle_request(request)
+        if "authorization" not in request.headers:
+            return response
+        self.authorizations.append(request.headers["authorization"])
+        if len(self.authorizations) == 1:
+            response.read()
+            response.close()
+            raise httpx.ReadError("connection reset by peer", request=request)
+        return response
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_an_answer_lost_after_paying_is_got_by_running_the_command_again(
+    cli: Cli, world: DemoWorld, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Measured before: the first run paid 2 units, lost the article and ended in a ReadError
+    # traceback; the second paid 2 more (wallet 100 -> 96, vendor spent 0 -> 4, one article
+    # delivered). Now 100 -> 98 and 0 -> 2.
+    batch = world.setup.operator.post(
+        "/v1/szm/batches",
+        json={
+            "protocol": "szm:chain", "count": 1, "units": 100, "unit_micros": 1000,
+            "currency": "EUR", "expires_at": int(time.time()) + 86_400,
+        },
+    ).json()  # fmt: skip
+    codes = world.setup.operator.get(f"/v1/szm/batches/{batch['batch_id']}/codes").json()
+    code = str(codes["cards"][0]["code"])
+    card_id = parse_szm_code(code).card_id
+    cli("add-card", "szm", code, "--site", world.vendor_url)
+    transport = LoseFirstPaidAnswer()
+
+    def lossy_client(auth: httpx.Auth, timeout: float) -> httpx.Client:
+        return httpx.Client(auth=auth, timeout=timeout, transport=transport)
+
+    monkeypatch.setattr(wallet_cli, "make_client", lossy_client)
+    url, target = f"{world.vendor_url}/articles/ocean.txt", cli.folder / "ocean.txt"
+    lost = cli.runner.invoke(app, ["wallet", "get", url, "-o", str(target)])
+    assert lost.exit_code == 1
+    assert "broke off" in lost.output
+    assert "Traceback" not in lost.output
+    vendor_spent = world.setup.store.szm_card(card_id)
+    assert vendor_spent is not None
+    assert vendor_spent.spent == 2  # the vendor committed; the reader has nothing yet
+    assert not target.exists()
+    again = cli("get", url, "-o", str(target))
+    assert "Saved" in again.output
+    assert target.read_text(encoding="utf-8") == GOODS["articles/ocean.txt"]
+    assert transport.authorizations[1] == transport.authorizations[0]  # resent as it was
+    after = world.setup.store.szm_card(card_id)
+    assert after is not None
+    assert after.spent == 2  # one article delivered, two units taken
+    assert "98/100" in cli("cards").output
+    assert_history_shows(cli, [(url, "szm:chain")])

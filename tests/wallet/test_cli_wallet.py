@@ -31,6 +31,8 @@ MASTER = b"M" * 32
 EUR = Denomination(currency="EUR", unit_micros=1000)
 PASSPHRASE = "a long wallet passphrase"
 
+SITE = "https://news.test"
+
 
 @pytest.fixture
 def runner() -> CliRunner:
@@ -69,7 +71,9 @@ def code_of(card: szm_chain.ChainCard) -> str:
 
 def test_init_then_add_a_printed_card_and_list_it(runner: CliRunner, wallet_path: Path) -> None:
     _, card = issued_card()
-    added = run(runner, "add-card", "szm", code_of(card), "--wallet", str(wallet_path))
+    added = run(
+        runner, "add-card", "szm", code_of(card), "--site", SITE, "--wallet", str(wallet_path)
+    )
     assert added.exit_code == 0, added.output
     assert "Added" in added.output
     assert "20 units of 0.001 EUR" in added.output
@@ -88,8 +92,11 @@ def test_card_from_a_file_and_the_wallet_from_the_environment(
     qr_text = tmp_path / "card.txt"
     qr_text.write_text(cardcode.to_compact(szm_chain.to_card_code(card, realm="news")) + "\n")
     env = {"FARTHING_WALLET": str(wallet_path)}
-    assert run(runner, "add-card", "szm", "--file", str(qr_text), env=env).exit_code == 0
-    again = run(runner, "add-card", "szm", code_of(card), env=env)
+    assert (
+        run(runner, "add-card", "szm", "--file", str(qr_text), "--site", SITE, env=env).exit_code
+        == 0
+    )
+    again = run(runner, "add-card", "szm", code_of(card), "--site", SITE, env=env)
     assert again.exit_code == 1
     assert "already in the wallet" in again.output
     balance = run(runner, "balance", env=env)
@@ -144,7 +151,7 @@ def test_init_refuses_an_existing_wallet_and_open_needs_one(
 def test_bad_card_code_is_explained(runner: CliRunner, wallet_path: Path) -> None:
     _, card = issued_card()
     typo = code_of(card)[:-3] + "AAA"
-    result = run(runner, "add-card", "szm", typo, "--wallet", str(wallet_path))
+    result = run(runner, "add-card", "szm", typo, "--wallet", str(wallet_path), "--site", SITE)
     assert result.exit_code == 1
     assert "checksum" in result.output
 
@@ -156,8 +163,8 @@ async def article(request: Any) -> PlainTextResponse:
     return PlainTextResponse("secret article " + request.path_params["slug"])
 
 
-def paywall() -> tuple[Paywall, szm_chain.ChainCard]:
-    book = MemoryCardBook()
+def paywall(book: MemoryCardBook | None = None) -> tuple[Paywall, szm_chain.ChainCard]:
+    book = book if book is not None else MemoryCardBook()
     state, card = issued_card()
     book.add(state)
     prices = PriceTable()
@@ -180,7 +187,7 @@ def client_factory(app_or_handler: Paywall | Callable[[httpx.Request], httpx.Res
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # Starlette prefers the httpx2 fork
                 from starlette.testclient import TestClient
-            client: httpx.Client = TestClient(app_or_handler, base_url="http://news.test")
+            client: httpx.Client = TestClient(app_or_handler, base_url="https://news.test")
             client.auth = auth
             return client
         return httpx.Client(transport=httpx.MockTransport(app_or_handler), auth=auth)
@@ -194,15 +201,15 @@ def test_get_buys_opens_and_records(
     vendor, card = paywall()
     monkeypatch.setattr(wallet_cli, "make_client", client_factory(vendor))
     where = ["--wallet", str(wallet_path)]
-    assert run(runner, "add-card", "szm", code_of(card), *where).exit_code == 0
-    bought = run(runner, "get", "http://news.test/articles/a", *where)
+    assert run(runner, "add-card", "szm", code_of(card), "--site", SITE, *where).exit_code == 0
+    bought = run(runner, "get", "https://news.test/articles/a", *where)
     assert bought.exit_code == 0, bought.output
     assert "secret article a" in bought.output
     several = run(
         runner,
         "get",
-        "http://news.test/articles/b",
-        "http://news.test/articles/c",
+        "https://news.test/articles/b",
+        "https://news.test/articles/c",
         "-o",
         str(tmp_path / "out"),
         *where,
@@ -211,7 +218,7 @@ def test_get_buys_opens_and_records(
     assert (tmp_path / "out" / "002-c").read_text() == "secret article c"
     history = run(runner, "history", *where)
     assert history.output.count("paid") == 3
-    assert "http://news.test/articles/a" in history.output
+    assert "https://news.test/articles/a" in history.output
     assert "0.002 EUR" in history.output
     assert "14/20" in run(runner, "cards", *where).output
 
@@ -234,8 +241,8 @@ def test_price_above_policy_is_refused_before_paying(
     _, card = issued_card()
     monkeypatch.setattr(wallet_cli, "make_client", client_factory(four_oh_two))
     where = ["--wallet", str(wallet_path)]
-    run(runner, "add-card", "szm", code_of(card), *where)
-    result = run(runner, "get", "http://news.test/articles/a", "--max-price", "0.001", *where)
+    run(runner, "add-card", "szm", code_of(card), "--site", SITE, *where)
+    result = run(runner, "get", "https://news.test/articles/a", "--max-price", "0.001", *where)
     assert result.exit_code == 1
     assert "the price 0.002 EUR is above the per-request limit of 0.001 EUR" in result.output
     assert "--max-price" in result.output
@@ -250,11 +257,11 @@ def test_saved_policy_refuses_too(
     _, card = issued_card()
     monkeypatch.setattr(wallet_cli, "make_client", client_factory(four_oh_two))
     where = ["--wallet", str(wallet_path)]
-    run(runner, "add-card", "szm", code_of(card), *where)
+    run(runner, "add-card", "szm", code_of(card), "--site", SITE, *where)
     shown = run(runner, "policy", "--per-day", "0.001", *where)
     assert shown.exit_code == 0, shown.output
     assert "0.001 EUR" in shown.output
-    result = run(runner, "get", "http://news.test/articles/a", *where)
+    result = run(runner, "get", "https://news.test/articles/a", *where)
     assert result.exit_code == 1
     assert "daily limit" in result.output
 
@@ -265,8 +272,8 @@ def test_exhausted_card_is_explained(
     _, card = issued_card(length=1)
     monkeypatch.setattr(wallet_cli, "make_client", client_factory(four_oh_two))
     where = ["--wallet", str(wallet_path)]
-    run(runner, "add-card", "szm", code_of(card), *where)
-    result = run(runner, "get", "http://news.test/articles/a", *where)
+    run(runner, "add-card", "szm", code_of(card), "--site", SITE, *where)
+    result = run(runner, "get", "https://news.test/articles/a", *where)
     assert result.exit_code == 1
     assert "too few units left" in result.output
     assert "add-card" in result.output
@@ -279,6 +286,43 @@ def test_unreachable_vendor_names_the_host(
         raise httpx.ConnectError("connection refused", request=request)
 
     monkeypatch.setattr(wallet_cli, "make_client", client_factory(refuse))
-    result = run(runner, "get", "http://news.test/articles/a", "--wallet", str(wallet_path))
+    result = run(runner, "get", "https://news.test/articles/a", "--wallet", str(wallet_path))
     assert result.exit_code == 1
     assert "cannot reach news.test" in result.output
+
+
+def test_outputs_are_checked_before_paying(
+    runner: CliRunner, wallet_path: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # Measured before: `-o /nonexistent/dir/x` paid 2 units and crashed with a
+    # FileNotFoundError traceback (history "paid"), and two URLs without -o paid 4 units and
+    # threw both bodies away (wallet 20 -> 14, vendor spent 0 -> 6). Now 20 -> 18 and 0 -> 2
+    # for the one article saved.
+    book = MemoryCardBook()
+    vendor, card = paywall(book)
+    monkeypatch.setattr(wallet_cli, "make_client", client_factory(vendor))
+    where = ["--wallet", str(wallet_path)]
+    assert run(runner, "add-card", "szm", code_of(card), "--site", SITE, *where).exit_code == 0
+    nowhere = run(runner, "get", f"{SITE}/articles/a", "-o", str(tmp_path / "no" / "x"), *where)
+    into_a_folder = run(runner, "get", f"{SITE}/articles/a", "-o", str(tmp_path), *where)
+    thrown_away = run(runner, "get", f"{SITE}/articles/a", f"{SITE}/articles/b", *where)
+    (tmp_path / "a-file").write_text("not a folder")
+    not_a_folder = run(
+        runner, "get", f"{SITE}/articles/a", f"{SITE}/articles/b", "-o", str(tmp_path / "a-file"),
+        *where,
+    )  # fmt: skip
+    for result in (nowhere, into_a_folder, thrown_away, not_a_folder):
+        assert result.exit_code == 1, result.output
+        assert result.exception is None or isinstance(result.exception, SystemExit)
+        assert "Traceback" not in result.output
+        assert "nothing was paid" in result.output or "is a folder" in result.output
+    assert "no -o" in thrown_away.output
+    assert "20/20" in run(runner, "cards", *where).output
+    assert book.states[card.card_id].spent == 0  # type: ignore[attr-defined]
+    assert "Nothing bought yet" in run(runner, "history", *where).output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "wallet.sqlite"]
+    saved = run(runner, "get", f"{SITE}/articles/a", "-o", str(tmp_path / "a.txt"), *where)
+    assert saved.exit_code == 0, saved.output
+    assert (tmp_path / "a.txt").read_text() == "secret article a"
+    assert "18/20" in run(runner, "cards", *where).output
+    assert book.states[card.card_id].spent == 2  # type: ignore[attr-defined]

@@ -26,7 +26,7 @@ from farthing.testing import DeterministicRandom
 from farthing.wallet.wallet import Wallet
 
 PASSPHRASE = "crash test"
-URL = "http://news.test/articles/a"
+URL = "https://news.test/articles/a"
 CARD_UNITS = 100_000
 
 PAYER = """
@@ -43,7 +43,7 @@ challenge = Challenge(
 with Wallet.open(path, os.environ["FARTHING_WALLET_PASSPHRASE"]) as wallet:
     print("ready", flush=True)
     for _ in range(count):
-        payment = wallet.pay("http://news.test/articles/a", [challenge])
+        payment = wallet.pay("https://news.test/articles/a", [challenge])
         print(payment.index, flush=True)
 """
 
@@ -70,7 +70,7 @@ def wallet_path(tmp_path: Path) -> Path:
         expires_at=2**40,
     )
     with Wallet.create(path, PASSPHRASE, scrypt_n=2**10) as wallet:
-        wallet.add_szm_card(szm_chain.to_card_code(card, realm="news"))
+        wallet.add_szm_card(szm_chain.to_card_code(card, realm="news"), site="https://news.test")
     return path
 
 

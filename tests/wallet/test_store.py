@@ -21,6 +21,7 @@ from farthing.wallet.wallet import Wallet
 
 EUR = Denomination(currency="EUR", unit_micros=1000)
 FAST = 2**10
+SITE = "https://news.test"
 
 
 def chain_card(seed: str = "card") -> szm_chain.ChainCard:
@@ -115,8 +116,8 @@ def test_secrets_are_not_in_the_file_in_the_clear(tmp_path: Path) -> None:
     card = chain_card()
     code = szm_chain.to_card_code(card, realm="news")
     with Wallet.create(path, "pw", scrypt_n=FAST) as wallet:
-        wallet.add_szm_card(code)
-        wallet.pay("http://news.test/a/b", [challenge()])
+        wallet.add_szm_card(code, site=SITE)
+        wallet.pay("https://news.test/a/b", [challenge()])
         on_disk = b"".join(p.read_bytes() for p in tmp_path.iterdir())
     assert card.card_id in on_disk  # public: the card is a pseudonym the vendor sees anyway
     assert card.secret not in on_disk
@@ -126,12 +127,13 @@ def test_secrets_are_not_in_the_file_in_the_clear(tmp_path: Path) -> None:
 def test_a_card_cannot_be_added_twice(tmp_path: Path) -> None:
     code = szm_chain.to_card_code(chain_card(), realm="news")
     with Wallet.create(tmp_path / "w", "pw", scrypt_n=FAST) as wallet:
-        wallet.add_szm_card(code)
+        wallet.add_szm_card(code, site=SITE)
         with pytest.raises(Conflict):
-            wallet.add_szm_card(code, label="again")
+            wallet.add_szm_card(code, site=SITE, label="again")
         with pytest.raises(Conflict):
             wallet.add_szm_card(
                 szm_chain.to_card_code(chain_card("other"), realm="news"),
+                site=SITE,
                 label=wallet.cards()[0].label,
             )
         assert len(wallet.cards()) == 1
@@ -140,13 +142,13 @@ def test_a_card_cannot_be_added_twice(tmp_path: Path) -> None:
 def test_a_secret_moved_to_another_row_does_not_open(tmp_path: Path) -> None:
     path = tmp_path / "w.sqlite"
     with Wallet.create(path, "pw", scrypt_n=FAST) as wallet:
-        wallet.add_szm_card(szm_chain.to_card_code(chain_card("one"), realm="news"))
-        wallet.add_szm_card(szm_chain.to_card_code(chain_card("two"), realm="other"))
+        wallet.add_szm_card(szm_chain.to_card_code(chain_card("one"), realm="news"), site=SITE)
+        wallet.add_szm_card(szm_chain.to_card_code(chain_card("two"), realm="other"), site=SITE)
     with sqlite3.connect(path) as db:
         db.execute("UPDATE cards SET secret = (SELECT secret FROM cards WHERE id = 2) WHERE id = 1")
     db.close()
     with Wallet.open(path, "pw") as wallet, pytest.raises(LocalProtocolError) as caught:
-        wallet.pay("http://news.test/a/b", [challenge()])
+        wallet.pay("https://news.test/a/b", [challenge()])
     assert caught.value.code is ErrorCode.WALLET_LOCKED
     with Wallet.open(path, "pw") as wallet:
         assert wallet.cards()[0].spent == 0
@@ -156,10 +158,12 @@ def test_card_state_survives_reopening(tmp_path: Path) -> None:
     path = tmp_path / "w.sqlite"
     clock = FixedClock()
     with Wallet.create(path, "pw", clock=clock, scrypt_n=FAST) as wallet:
-        wallet.add_szm_code(cardcode.to_text(szm_chain.to_card_code(chain_card(), realm="news")))
-        assert wallet.pay("http://news.test/a/b", [challenge()]).index == 1
+        wallet.add_szm_code(
+            cardcode.to_text(szm_chain.to_card_code(chain_card(), realm="news")), site=SITE
+        )
+        assert wallet.pay("https://news.test/a/b", [challenge()]).index == 1
     with Wallet.open(path, "pw", clock=clock) as wallet:
-        assert wallet.pay("http://news.test/a/b", [challenge()]).index == 2
+        assert wallet.pay("https://news.test/a/b", [challenge()]).index == 2
         assert wallet.balances() == {"EUR": 8000}
         assert [h.position for h in wallet.history()] == [2, 1]
 
@@ -173,3 +177,15 @@ def test_a_newer_wallet_format_is_refused(tmp_path: Path) -> None:
     with pytest.raises(LocalProtocolError, match="wallet format 2") as caught:
         Wallet.open(path, "pw")
     assert caught.value.code is ErrorCode.UNKNOWN_VERSION
+
+
+def test_a_file_from_before_the_pending_table_gets_it_when_opened(tmp_path: Path) -> None:
+    path = tmp_path / "w.sqlite"
+    with Wallet.create(path, "pw", scrypt_n=FAST) as wallet:
+        wallet.add_szm_card(szm_chain.to_card_code(chain_card(), realm="news"), site=SITE)
+    with sqlite3.connect(path) as db:
+        db.execute("DROP TABLE pending")
+        db.execute("DROP TABLE refusals")
+    db.close()
+    with Wallet.open(path, "pw") as wallet:
+        assert wallet.pay("https://news.test/a/b", [challenge()]).index == 1

@@ -102,21 +102,21 @@ def test_software_card_pays_and_the_bank_accepts(
     wallet.add_hll_card(card)
     offered = challenge(clock)
     for counter in (1, 2, 3):
-        paid = wallet.pay("http://shop.test/articles/a", [offered])
+        paid = wallet.pay("https://shop.test/articles/a", [offered])
         verified = bank_checks(bank, paid.authorization, offered, "/articles/a", clock.now())
         assert (verified.counter, verified.amount, paid.index) == (counter, 3, counter)
         assert paid.sealing_key is None
     assert wallet.cards()[0].units_left == 1
     assert bank.spent(card.card_id) == 9
     with pytest.raises(CardExhausted):
-        wallet.pay("http://shop.test/articles/a", [offered])
+        wallet.pay("https://shop.test/articles/a", [offered])
     assert wallet.cards()[0].spent == 3
 
 
 def test_mac_is_bound_to_the_path(wallet: Wallet, bank: hll.HllBank, clock: FixedClock) -> None:
     wallet.add_hll_card(issue(bank, balance=10))
     offered = challenge(clock)
-    paid = wallet.pay("http://shop.test/articles/a", [offered])
+    paid = wallet.pay("https://shop.test/articles/a", [offered])
     with pytest.raises(InvalidPayment):
         bank_checks(bank, paid.authorization, offered, "/articles/other", clock.now())
 
@@ -136,7 +136,7 @@ def test_other_unit_value_does_not_fit(
         expires=offered.expires,
     )
     with pytest.raises(LocalProtocolError, match="holds no card") as caught:
-        wallet.pay("http://shop.test/articles/a", [other])
+        wallet.pay("https://shop.test/articles/a", [other])
     assert caught.value.code is ErrorCode.NOT_FOUND
 
 
@@ -206,7 +206,7 @@ def test_pkcs11_card_pays_with_the_stored_pin(
     wallet.add_hll_card(card, token=where, pin=softhsm_token.user_pin)
     offered = challenge(clock)
     for counter in (1, 2):
-        paid = wallet.pay("http://shop.test/articles/a", [offered])
+        paid = wallet.pay("https://shop.test/articles/a", [offered])
         verified = bank_checks(bank, paid.authorization, offered, "/articles/a", clock.now())
         assert verified.counter == counter
     info = wallet.cards()[0]
@@ -221,7 +221,7 @@ def test_pkcs11_wrong_pin_spends_nothing(
     card, where = token_card(bank, softhsm_token)
     wallet.add_hll_card(card, token=where, pin="not-the-pin")
     with pytest.raises(WrongPin) as caught:
-        wallet.pay("http://shop.test/articles/a", [challenge(clock)])
+        wallet.pay("https://shop.test/articles/a", [challenge(clock)])
     assert caught.value.code is ErrorCode.WRONG_PIN
     assert wallet.cards()[0].spent == 0
     assert wallet.cards()[0].units_left == 10

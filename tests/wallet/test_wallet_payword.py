@@ -87,7 +87,7 @@ def test_first_payment_carries_the_commitment_until_acknowledged(
     wallet: Wallet, broker: payword.PaywordBroker, clock: FixedClock
 ) -> None:
     vendor = payword.PaywordVendor(vendor_id="shop", broker_public=broker.public_key)
-    url = "http://shop.test/articles/a"
+    url = "https://shop.test/articles/a"
     first = wallet.pay(url, [challenge(clock)])
     assert "commitment" in payload(first)
     accepted = vendor_takes(vendor, first, clock.now())
@@ -109,25 +109,29 @@ def test_first_payment_carries_the_commitment_until_acknowledged(
 def test_commitment_length_fits_the_credit_limit(
     wallet: Wallet, broker: payword.PaywordBroker, clock: FixedClock
 ) -> None:
-    paid = wallet.pay("http://shop.test/articles/a", [challenge(clock)])
+    paid = wallet.pay("https://shop.test/articles/a", [challenge(clock)])
     commitment = payword.decode_commitment(b64url_decode(str(payload(paid)["commitment"])))
     assert commitment.length == 50  # credit 50 units of 1000 micros, vendor unit 1000
     assert commitment.vendor_id == "shop"
     assert commitment.certificate.broker_id == "broker"
 
 
-def test_refused_payment_retires_the_commitment(
+def test_a_payment_refused_without_a_receipt_is_given_back_and_its_index_reused(
     wallet: Wallet, broker: payword.PaywordBroker, clock: FixedClock
 ) -> None:
     vendor = payword.PaywordVendor(vendor_id="shop", broker_public=broker.public_key)
-    url = "http://shop.test/articles/a"
+    url = "https://shop.test/articles/a"
     lost = wallet.pay(url, [challenge(clock)])  # never reaches the vendor
-    wallet.refused(lost, 401)
+    wallet.refused(lost, 503)
     fresh = wallet.pay(url, [challenge(clock)])
-    assert payload(fresh)["commitment"] != payload(lost)["commitment"]
+    # The same commitment, still sent along (the vendor never accepted it), the same index.
+    assert payload(fresh)["commitment"] == payload(lost)["commitment"]
+    assert fresh.authorization == lost.authorization  # deterministic: the same payword
     assert vendor_takes(vendor, fresh, clock.now()).index == 3
-    assert [h.outcome for h in wallet.history()] == ["pending", "refused"]
-    assert wallet.history()[1].status == 401
+    assert [(h.outcome, h.status) for h in wallet.history()] == [
+        ("pending", None),
+        ("released", 503),
+    ]
 
 
 def test_each_vendor_gets_its_own_commitment(
@@ -138,20 +142,20 @@ def test_each_vendor_gets_its_own_commitment(
         for name in ("a", "b")
     }
     for name, vendor in shops.items():
-        paid = wallet.pay(f"http://{name}.test/articles/x", [challenge(clock, vendor=name)])
+        paid = wallet.pay(f"https://{name}.test/articles/x", [challenge(clock, vendor=name)])
         assert vendor_takes(vendor, paid, clock.now()).index == 3
 
 
 def test_another_broker_is_not_payable(wallet: Wallet, clock: FixedClock) -> None:
     with pytest.raises(LocalProtocolError) as caught:
-        wallet.pay("http://shop.test/articles/a", [challenge(clock, broker="other")])
+        wallet.pay("https://shop.test/articles/a", [challenge(clock, broker="other")])
     assert caught.value.code is ErrorCode.NOT_FOUND
 
 
 def test_expired_commitment_is_replaced(
     wallet: Wallet, broker: payword.PaywordBroker, clock: FixedClock
 ) -> None:
-    url = "http://shop.test/articles/a"
+    url = "https://shop.test/articles/a"
     first = wallet.pay(url, [challenge(clock)])
     clock.advance(86_400)  # the commitment lived one day
     second = wallet.pay(url, [challenge(clock)])
@@ -174,3 +178,15 @@ def test_wrong_user_key_is_refused(tmp_path: Path, broker: payword.PaywordBroker
         pytest.raises(LocalProtocolError, match="does not belong"),
     ):
         w.add_payword(certificate, b"X" * 32)
+
+
+def test_a_commitment_the_vendor_does_not_know_is_retired_not_the_account(
+    wallet: Wallet, broker: payword.PaywordBroker, clock: FixedClock
+) -> None:
+    vendor = payword.PaywordVendor(vendor_id="shop", broker_public=broker.public_key)
+    url = "https://shop.test/articles/a"
+    refused = wallet.pay(url, [challenge(clock)])
+    wallet.refused(refused, 401, code=int(ErrorCode.PAYMENT_INVALID))
+    fresh = wallet.pay(url, [challenge(clock)])  # the account still pays this vendor
+    assert payload(fresh)["commitment"] != payload(refused)["commitment"]
+    assert vendor_takes(vendor, fresh, clock.now()).index == 3

@@ -37,6 +37,7 @@ from farthing.wallet.wallet import Wallet, scope_matches
 MASTER = b"M" * 32
 EUR = Denomination(currency="EUR", unit_micros=1000)
 ARTICLE_PRICE = 2000  # micros: 2 units of the card
+SITE = "https://news.test"
 
 
 async def article(request: Any) -> PlainTextResponse:
@@ -116,10 +117,10 @@ def printed_code(card: szm_chain.ChainCard) -> str:
 @pytest.mark.anyio
 async def test_async_client_buys_opens_and_pays_up_front(wallet: Wallet, clock: FixedClock) -> None:
     app, book, card = vendor(clock)
-    wallet.add_szm_code(printed_code(card))
+    wallet.add_szm_code(printed_code(card), site=SITE)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(
-        transport=transport, base_url="http://news.test", auth=PaymentAuth(wallet)
+        transport=transport, base_url="https://news.test", auth=PaymentAuth(wallet)
     ) as client:
         first = await client.get("/articles/a")
         second = await client.get("/articles/b")
@@ -133,8 +134,8 @@ async def test_async_client_buys_opens_and_pays_up_front(wallet: Wallet, clock: 
     assert book.states[card.card_id].spent == 4  # type: ignore[attr-defined]
     history = wallet.history()
     assert [(h.url, h.outcome, h.units, h.position) for h in history] == [
-        ("http://news.test/articles/b", Outcome.PAID, 2, 4),
-        ("http://news.test/articles/a", Outcome.PAID, 2, 2),
+        ("https://news.test/articles/b", Outcome.PAID, 2, 4),
+        ("https://news.test/articles/a", Outcome.PAID, 2, 2),
     ]
     assert all(h.method == "szm:chain" and h.charged_micros == 2000 for h in history)
     assert wallet.cards()[0].units_left == 16
@@ -143,11 +144,11 @@ async def test_async_client_buys_opens_and_pays_up_front(wallet: Wallet, clock: 
 @pytest.mark.anyio
 async def test_replayed_credential_is_refused(wallet: Wallet, clock: FixedClock) -> None:
     app, book, card = vendor(clock)
-    wallet.add_szm_code(printed_code(card))
+    wallet.add_szm_code(printed_code(card), site=SITE)
     transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://news.test") as plain:
+    async with httpx.AsyncClient(transport=transport, base_url="https://news.test") as plain:
         async with httpx.AsyncClient(
-            transport=transport, base_url="http://news.test", auth=PaymentAuth(wallet)
+            transport=transport, base_url="https://news.test", auth=PaymentAuth(wallet)
         ) as paying:
             assert (await paying.get("/articles/a")).status_code == 200
         stolen = app.authorizations[-1]
@@ -164,7 +165,7 @@ async def test_replayed_credential_is_refused(wallet: Wallet, clock: FixedClock)
 
 def test_sync_client_buys_through_testclient(wallet: Wallet, clock: FixedClock) -> None:
     app, _book, card = vendor(clock)
-    wallet.add_szm_code(cardcode.to_compact(szm_chain.to_card_code(card, realm="news")))
+    wallet.add_szm_code(cardcode.to_compact(szm_chain.to_card_code(card, realm="news")), site=SITE)
     with sync_client(app) as client:
         first = client.get("/articles/x", auth=PaymentAuth(wallet))
         second = client.get("/articles/y", auth=PaymentAuth(wallet))
@@ -178,7 +179,7 @@ def sync_client(app: Recorder) -> httpx.Client:
         # Starlette asks for the httpx2 fork; the TestClient is still an httpx.Client.
         warnings.simplefilter("ignore")
         from starlette.testclient import TestClient
-    return TestClient(app, base_url="http://news.test")
+    return TestClient(app, base_url="https://news.test")
 
 
 @pytest.mark.anyio
@@ -192,10 +193,10 @@ async def test_exhausted_card_raises_before_sending(wallet: Wallet, clock: Fixed
         denomination=EUR,
         expires_at=card.expires_at,
     )
-    wallet.add_szm_code(printed_code(short))
+    wallet.add_szm_code(printed_code(short), site=SITE)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(
-        transport=transport, base_url="http://news.test", auth=PaymentAuth(wallet)
+        transport=transport, base_url="https://news.test", auth=PaymentAuth(wallet)
     ) as client:
         with pytest.raises(CardExhausted, match="too few units"):
             await client.get("/articles/a")
@@ -206,10 +207,10 @@ async def test_exhausted_card_raises_before_sending(wallet: Wallet, clock: Fixed
 @pytest.mark.anyio
 async def test_card_of_another_issuer_is_not_offered(wallet: Wallet, clock: FixedClock) -> None:
     app, _book, card = vendor(clock)
-    wallet.add_szm_card(szm_chain.to_card_code(card, realm="other-vendor"))
+    wallet.add_szm_card(szm_chain.to_card_code(card, realm="other-vendor"), site=SITE)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(
-        transport=transport, base_url="http://news.test", auth=PaymentAuth(wallet)
+        transport=transport, base_url="https://news.test", auth=PaymentAuth(wallet)
     ) as client:
         with pytest.raises(LocalProtocolError, match="holds no card"):
             await client.get("/articles/a")
@@ -217,8 +218,8 @@ async def test_card_of_another_issuer_is_not_offered(wallet: Wallet, clock: Fixe
 
 def test_tampered_sealed_body_raises_and_is_recorded(wallet: Wallet, clock: FixedClock) -> None:
     _app, _book, card = vendor(clock)
-    wallet.add_szm_code(printed_code(card))
-    payment = wallet.pay("http://news.test/articles/a", [chain_challenge(clock)])
+    wallet.add_szm_code(printed_code(card), site=SITE)
+    payment = wallet.pay("https://news.test/articles/a", [chain_challenge(clock)])
     receipt = Receipt(
         method="szm:chain",
         timestamp=clock.now(),
@@ -266,16 +267,16 @@ def test_scope_patterns(scope: str, path: str, matches: bool) -> None:
 
 def test_up_front_needs_matching_scope_and_time_to_spare(wallet: Wallet, clock: FixedClock) -> None:
     _app, _book, card = vendor(clock)
-    wallet.add_szm_code(printed_code(card))
-    wallet.remember("http://news.test/articles/a", [chain_challenge(clock, ttl=60)])
-    assert wallet.pay_up_front("http://news.test/videos/v") is None
-    assert wallet.pay_up_front("http://other.test/articles/b") is None
-    assert wallet.pay_up_front("http://news.test/articles/b/c") is None
-    paid = wallet.pay_up_front("http://news.test/articles/b")
+    wallet.add_szm_code(printed_code(card), site=SITE)
+    wallet.remember("https://news.test/articles/a", [chain_challenge(clock, ttl=60)])
+    assert wallet.pay_up_front("https://news.test/videos/v") is None
+    assert wallet.pay_up_front("https://other.test/articles/b") is None
+    assert wallet.pay_up_front("https://news.test/articles/b/c") is None
+    paid = wallet.pay_up_front("https://news.test/articles/b")
     assert paid is not None
     assert paid.index == 2
     clock.advance(51)  # 9 s left: inside the safety margin
-    assert wallet.pay_up_front("http://news.test/articles/c") is None
+    assert wallet.pay_up_front("https://news.test/articles/c") is None
     assert wallet.cards()[0].spent == 2
 
 
@@ -299,7 +300,7 @@ def test_prbg_card_pays_and_keys_match_the_issuer(
     )
     verifier = szm_prbg.PrbgVerifier(master, bbs_key=bbs)
     verifier.add(state)
-    wallet.add_szm_code(cardcode.to_text(szm_prbg.to_card_code(card, realm="news")))
+    wallet.add_szm_code(cardcode.to_text(szm_prbg.to_card_code(card, realm="news")), site=SITE)
     challenge = Challenge(
         id="cid",
         realm="news",
@@ -309,13 +310,13 @@ def test_prbg_card_pays_and_keys_match_the_issuer(
         expires=clock.now() + 300,
     )
     for expected_index in (3, 6, 9):
-        payment = wallet.pay("http://news.test/a/x", [challenge])
+        payment = wallet.pay("https://news.test/a/x", [challenge])
         raw = payment_bytes(payment.authorization)
         accepted = verifier.verify_bytes(raw, units=3, now=clock.now())
         assert accepted.index == payment.index == expected_index
         assert payment.sealing_key == verifier.payment_key(card.card_id, expected_index)
     with pytest.raises(CardExhausted):
-        wallet.pay("http://news.test/a/x", [challenge])
+        wallet.pay("https://news.test/a/x", [challenge])
 
 
 def payment_bytes(authorization: str) -> bytes:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -71,6 +72,10 @@ PassFileOpt = Annotated[
     ),
 ]
 LabelOpt = Annotated[str | None, typer.Option("--label", help="a name for the card")]
+SiteOpt = Annotated[
+    str | None,
+    typer.Option("--site", help="pay only this site with the card, e.g. https://shop.example"),
+]
 
 
 def default_wallet_path() -> Path:
@@ -137,6 +142,12 @@ _HINTS: Final[tuple[tuple[type[FarthingError], str], ...]] = (
     (MalformedMessage, "check the code or file for typos; a card code carries a checksum"),
     (UnsupportedMethod, "this farthing does not know that kind of card"),
 )
+_CODE_HINTS: Final = {
+    ErrorCode.INSECURE_TRANSPORT: "use the vendor's https:// address",
+    ErrorCode.WRONG_SITE: "this card was added for another site (see `farthing wallet cards`)",
+    ErrorCode.SEAL_BROKEN: "the answer was not sealed by the card's issuer; see "
+    "`farthing wallet history`",
+}
 
 
 @contextmanager
@@ -153,7 +164,18 @@ def _explained() -> Iterator[None]:
         ) from None
     except httpx.TimeoutException as error:
         host = error.request.url.host if _has_request(error) else "the vendor"
-        raise fail(f"{host} did not answer in time", hint="try again, or raise --timeout") from None
+        raise fail(
+            f"{host} did not answer in time", hint=_RESEND_HINT + ", or raise --timeout"
+        ) from None
+    except httpx.TransportError as error:
+        host = error.request.url.host if _has_request(error) else "the vendor"
+        raise fail(f"the connection to {host} broke off", hint=_RESEND_HINT) from None
+
+
+# A payment whose answer was lost is kept and resent first by the next request for the URL.
+_RESEND_HINT: Final = (
+    "run the same command again: the wallet first resends the payment it already made"
+)
 
 
 def _has_request(error: httpx.RequestError) -> bool:
@@ -173,6 +195,8 @@ def _explain(error: FarthingError) -> typer.Exit:
         )
     if error.code is ErrorCode.NOT_FOUND and "holds no card" in error.message:
         return fail(error.message, hint="add a card this vendor takes: `farthing wallet add-card`")
+    if error.code in _CODE_HINTS:
+        return fail(error.message, hint=_CODE_HINTS[error.code])
     for kind, hint in _HINTS:
         if isinstance(error, kind):
             return fail(error.message, hint=hint)
@@ -204,14 +228,27 @@ def add_szm(
         Path | None,
         typer.Option("--file", help="a file holding the code (text or QR/compact form)"),
     ] = None,
+    site: Annotated[
+        str,
+        typer.Option(
+            "--site",
+            help="the vendor that sold the card, e.g. https://news.example: the card pays "
+            "only there",
+        ),
+    ] = "",
     label: LabelOpt = None,
     wallet: WalletOpt = None,
     passphrase_file: PassFileOpt = None,
 ) -> None:
-    """Add an SZM prepaid card from its printed code or a file."""
+    """Add an SZM prepaid card from its printed code or a file, bound to the vendor's site."""
     text = _one_source(code, file, "a card code", "--file")
+    if not site:
+        raise fail(
+            "an SZM card needs --site, the vendor that sold it (e.g. https://news.example)",
+            hint="the card's realm is a name anyone can copy; the wallet pays only that site",
+        )
     with _opened(wallet, passphrase_file) as opened, _explained():
-        info = opened.add_szm_code(text, label=label)
+        info = opened.add_szm_code(text, site=site, label=label)
     _added(info)
 
 
@@ -272,6 +309,7 @@ def add_hll(
         str | None, typer.Option("--pin", envvar=PIN_ENV, help="the token's user PIN")
     ] = None,
     label: LabelOpt = None,
+    site: SiteOpt = None,
     wallet: WalletOpt = None,
     passphrase_file: PassFileOpt = None,
 ) -> None:
@@ -288,7 +326,7 @@ def add_hll(
     pin = pin or typer.prompt("Token PIN", hide_input=True, err=True)
     card = _into_token(card, token, pin, wrap_label)
     with _opened(wallet, passphrase_file) as opened, _explained():
-        info = opened.add_hll_card(card, token=token, pin=pin, label=label)
+        info = opened.add_hll_card(card, token=token, pin=pin, label=label, site=site)
     _added(info)
 
 
@@ -323,6 +361,7 @@ def add_payword(
         Path, typer.Option("--user-key", help="your Ed25519 private key (base64url or raw)")
     ],
     label: LabelOpt = None,
+    site: SiteOpt = None,
     wallet: WalletOpt = None,
     passphrase_file: PassFileOpt = None,
 ) -> None:
@@ -331,7 +370,7 @@ def add_payword(
         cert = payword.decode_certificate(_read_blob(certificate))
         key = _read_blob(user_key)
     with _opened(wallet, passphrase_file) as opened, _explained():
-        info = opened.add_payword(cert, key, label=label)
+        info = opened.add_payword(cert, key, label=label, site=site)
     _added(info)
 
 
@@ -367,6 +406,19 @@ def _added(info: CardInfo) -> None:
         f"Added [bold]{info.label}[/] ({info.method}): {info.units_left} units of "
         f"{format_micros(info.unit_micros, info.currency)}, {info.where}"
     )
+
+
+@app.command()
+def bind(
+    card: Annotated[str, typer.Argument(help="the card's label (see `farthing wallet cards`)")],
+    site: Annotated[str, typer.Option("--site", help="the vendor that sold it")],
+    wallet: WalletOpt = None,
+    passphrase_file: PassFileOpt = None,
+) -> None:
+    """Bind a card added without a site to the vendor that sold it (it pays only there)."""
+    with _opened(wallet, passphrase_file) as opened, _explained():
+        info = opened.bind(card, site)
+    console.print(f"[bold]{info.label}[/]: {info.where}")
 
 
 @app.command()
@@ -441,6 +493,7 @@ def get(
     with _explained():
         cap = parse_amount(max_price) if max_price else None
     preference = _preference(method)
+    _check_outputs(urls, output)
     with _opened(wallet, passphrase_file, preference=preference) as opened:
         if cap is not None:
             opened.use_policy(opened.policy.with_per_request(*cap))
@@ -448,6 +501,7 @@ def get(
             if len(urls) == 1:
                 _get_one(client, urls[0], output)
             else:
+                assert output is not None  # _check_outputs refused that
                 _get_many(client, urls, output)
 
 
@@ -487,45 +541,94 @@ def _status_hint(status: int) -> str | None:
     return None
 
 
+class _Target:
+    """A file to write a bought body to, made ready before anything is paid.
+
+    A temporary file beside the target is created first (proving the folder exists and is
+    writable); the body replaces the target in one rename after it arrived.
+    """
+
+    def __init__(self, path: Path) -> None:
+        if path.is_dir():
+            raise fail(f"{path} is a folder", hint="give a file name with -o")
+        try:
+            fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        except OSError as exc:
+            raise fail(
+                f"cannot write to {path.parent}: {exc.strerror}",
+                hint="nothing was paid; choose a folder that exists and is writable",
+            ) from None
+        os.close(fd)
+        self.path = path
+        self._temporary = Path(temporary)
+
+    def keep(self, body: bytes) -> None:
+        try:
+            self._temporary.write_bytes(body)
+            self._temporary.replace(self.path)
+        except OSError as exc:
+            raise fail(f"paid, but cannot write {self.path}: {exc.strerror}") from None
+
+    def discard(self) -> None:
+        self._temporary.unlink(missing_ok=True)
+
+
+@contextmanager
+def _writing(path: Path) -> Iterator[_Target]:
+    target = _Target(path)
+    try:
+        yield target
+    finally:
+        target.discard()
+
+
+def _check_outputs(urls: list[str], output: Path | None) -> None:
+    """Refuse, before paying anything, a command whose bodies would have nowhere to go."""
+    if len(urls) > 1 and output is None:
+        raise fail(
+            f"{len(urls)} URLs and no -o: the bodies would be paid for and thrown away",
+            hint="give -o DIR to save each body in DIR (nothing was paid)",
+        )
+    if len(urls) > 1 and output is not None:
+        try:
+            output.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise fail(
+                f"cannot use {output} as the folder for the bodies: {exc.strerror}",
+                hint="nothing was paid; give -o a folder",
+            ) from None
+
+
 def _get_one(client: httpx.Client, url: str, output: Path | None) -> None:
-    response = _fetch(client, url)
     if output is None:
+        response = _fetch(client, url)
         sys.stdout.buffer.write(response.content)
         sys.stdout.buffer.flush()
         return
-    output.write_bytes(response.content)
+    with _writing(output) as target:
+        response = _fetch(client, url)
+        target.keep(response.content)
     err_console.print(f"Saved {len(response.content)} bytes to {output}")
 
 
-def _get_many(client: httpx.Client, urls: list[str], output: Path | None) -> None:
-    if output is not None:
-        output.mkdir(parents=True, exist_ok=True)
+def _get_many(client: httpx.Client, urls: list[str], output: Path) -> None:
     saved: list[tuple[str, int, str]] = []
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
     with Progress(*columns, console=err_console) as progress:
         task = progress.add_task("buying", total=len(urls))
         for number, url in enumerate(urls, start=1):
-            response = _fetch(client, url)
-            target = _save(output, number, url, response.content)
-            saved.append((url, len(response.content), target))
+            name = httpx.URL(url).path.rstrip("/").rsplit("/", 1)[-1] or "index"
+            with _writing(output / f"{number:03d}-{name}") as target:
+                response = _fetch(client, url)
+                target.keep(response.content)
+            saved.append((url, len(response.content), str(target.path)))
             progress.advance(task)
     table = Table(title="Fetched")
     for column in ("URL", "Bytes", "Saved to"):
         table.add_column(column)
-    for url, size, target in saved:
-        table.add_row(url, str(size), target)
+    for url, size, where in saved:
+        table.add_row(url, str(size), where)
     console.print(table)
-    if output is None:
-        err_console.print("[dim]hint:[/] use -o DIR to keep the bodies")
-
-
-def _save(output: Path | None, number: int, url: str, body: bytes) -> str:
-    if output is None:
-        return "-"
-    name = httpx.URL(url).path.rstrip("/").rsplit("/", 1)[-1] or "index"
-    target = output / f"{number:03d}-{name}"
-    target.write_bytes(body)
-    return str(target)
 
 
 # --- history and policy --------------------------------------------------------------------

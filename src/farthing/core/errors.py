@@ -98,6 +98,8 @@ class ErrorCode(IntEnum):
     MISUSE = 5004
     WALLET_LOCKED = 5005
     ISSUER_UNAVAILABLE = 5006
+    INSECURE_TRANSPORT = 5007  # the wallet pays only over https (plain http on loopback)
+    WRONG_SITE = 5008  # the card is bound to another site
 
     INTERNAL = 9000
 

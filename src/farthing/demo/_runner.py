@@ -147,6 +147,7 @@ def demo_world(workdir: Path, *, step: Step = lambda _: None) -> Iterator[DemoWo
     with ExitStack() as stack:
         setup = _set_up_issuer(workdir, stack, step)
         vendor_url = stack.enter_context(_vendor(setup, step))
+        _load_szm_cards(setup, vendor_url, step)
         yield DemoWorld(setup, vendor_url)
 
 
@@ -195,9 +196,9 @@ def _set_up_issuer(workdir: Path, stack: ExitStack, step: Step) -> Setup:
     wallet_path, bbs_wallet_path = workdir / "wallet.sqlite", workdir / "wallet-bbs.sqlite"
     with (
         Wallet.create(wallet_path, PASSPHRASE) as wallet,
-        Wallet.create(bbs_wallet_path, PASSPHRASE) as bbs_wallet,
+        Wallet.create(bbs_wallet_path, PASSPHRASE),
     ):
-        codes = _issue_szm_cards(operator, wallet, bbs_wallet, step)
+        codes = _issue_szm_cards(operator, step)
         merchant_key = _register_merchant(operator, step)
         hll_card = _personalise_hll_card(operator, wallet, workdir, step)
         certificate, user_key = _register_payword_user(operator, wallet, step)
@@ -222,10 +223,8 @@ def _api(response: httpx.Response) -> dict[str, object]:
     return body
 
 
-def _issue_szm_cards(
-    operator: httpx.Client, wallet: Wallet, bbs_wallet: Wallet, step: Step
-) -> dict[str, str]:
-    """One card of each SZM kind, added to the wallets; their printed codes by label."""
+def _issue_szm_cards(operator: httpx.Client, step: Step) -> dict[str, str]:
+    """One card of each SZM kind; their printed codes by wallet label."""
     printed: dict[str, str] = {}
     expires = int(time.time()) + 30 * 86_400
     for protocol, generator in (
@@ -246,8 +245,19 @@ def _issue_szm_cards(
         assert isinstance(cards, list)
         label = protocol if generator != "bbs" else "szm:prbg/bbs"
         printed[label] = str(cards[0]["code"])
-        (bbs_wallet if generator == "bbs" else wallet).add_szm_code(printed[label], label=label)
     return printed
+
+
+def _load_szm_cards(setup: Setup, vendor_url: str, step: Step) -> None:
+    """The SZM cards go into the wallets bound to the vendor that sells them (its URL)."""
+    step("wallet: load the SZM cards, each bound to the vendor's site")
+    with (
+        Wallet.open(setup.wallet_path, PASSPHRASE) as wallet,
+        Wallet.open(setup.bbs_wallet_path, PASSPHRASE) as bbs_wallet,
+    ):
+        for label, code in setup.cards.szm_codes.items():
+            holder = bbs_wallet if label.endswith("/bbs") else wallet
+            holder.add_szm_code(code, site=vendor_url, label=label)
 
 
 def _register_merchant(operator: httpx.Client, step: Step) -> bytes:

@@ -19,10 +19,11 @@ for each request whose path has a price (and, when the app names what it offers 
    recognises its payment as the one it accepted last and it is served again, nothing
    taken (:mod:`farthing.core.retry`).
 3. Call the wrapped app and add ``Payment-Receipt``. For SZM methods the body is sealed
-   (ChaCha20-Poly1305) under the key the payment distributed, bound to method, card, index
-   and path, so an unpaid or wrongly paid request never sees plaintext. A paid request's
-   scope offers no response extensions (``pathsend``, ...), and any message but a start and
-   its body fails closed.
+   (ChaCha20-Poly1305) under the key the payment distributed, bound to method, card, index,
+   path, status and original content type, so an unpaid or wrongly paid request never sees
+   plaintext and nobody on the way can relabel what was sold. A paid request's scope offers
+   no response extensions (``pathsend``, ...), and any message but a start and its body
+   fails closed.
 
 It is a plain ASGI layer, not a Starlette ``BaseHTTPMiddleware``, to keep the paid hot path
 to header parsing, one MAC, the scheme's check and one database write.
@@ -340,6 +341,10 @@ class _PaidSender:
         sealing = self._settlement.sealing
         assert self._start is not None
         assert sealing is not None
+        original = dict(self._start.get("headers", []))
+        content_type = original.get(b"content-type", b"").decode("latin-1") or None
+        # The status and the original content type are sealed too: nobody on the way can
+        # turn a 404 page into a 200 or relabel text/plain as text/html (docs/http.md).
         sealed = seal(
             sealing.key,
             plaintext,
@@ -348,9 +353,9 @@ class _PaidSender:
             card_id=sealing.card_id,
             index=sealing.index,
             resource=self._path,
+            status=int(self._start["status"]),
+            content_type=content_type or "",
         )
-        original = dict(self._start.get("headers", []))
-        content_type = original.get(b"content-type", b"").decode("latin-1") or None
         kept = [
             (k, v)
             for k, v in self._start.get("headers", [])
@@ -371,7 +376,7 @@ def _check_resource(path: str) -> None:
     if path.isascii() and path.isprintable():
         return  # printable ASCII is canonical text: the usual path costs two C calls
     try:
-        seal_binding(method="", card_id=b"", index=0, resource=path)
+        seal_binding(method="", card_id=b"", index=0, resource=path, status=200, content_type="")
     except ValueError:
         raise MalformedMessage("the path is not canonical text", code=ErrorCode.BAD_FIELD) from None
 

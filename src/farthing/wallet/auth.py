@@ -11,19 +11,23 @@ stepping it by hand::
 It never pays twice for one request on its own initiative: after a paid attempt is refused
 (401 with a fresh challenge, or 402), it returns that response unless the payer's policy
 allows one retry. The one exception is a refused *up-front* payment (made from a remembered
-challenge, before the vendor asked): the fresh 402 is then paid once, as if the up-front
-attempt had not been made. A paid request that ends in any other error is reported to the
-payer as refused, so its history does not stay pending.
+challenge, or the resend of a lost one, before the vendor asked): the fresh 402 is then
+paid once, as if the up-front attempt had not been made. A paid request that ends in any
+other status is reported to the payer as refused, with its receipt (if any) and problem
+code: without a receipt the vendor did not take the payment and the payer gives the units
+back. A paid request whose answer never comes (a reset, a timeout) is reported as lost:
+the payer resends the same credential for the next request to that URL.
 """
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import AsyncGenerator, Generator
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import httpx
 
+from farthing.core.errors import FarthingError
 from farthing.http.payment_auth import Challenge, Receipt, parse_challenges
 
 __all__ = ["Payer", "PaymentAuth", "PreparedPayment"]
@@ -52,19 +56,33 @@ class Payer(Protocol):
         ...
 
     def pay_up_front(self, url: str) -> PreparedPayment | None:
-        """A payment from a remembered, still-valid challenge that covers ``url``, or None."""
+        """A lost payment for ``url`` to resend as it was, or a payment from a remembered,
+        still-valid challenge that covers ``url``, or None."""
         ...
 
     def pay(self, url: str, challenges: list[Challenge]) -> PreparedPayment:
         """Pick one challenge and pay it within policy; raises PolicyRefused, CardExhausted."""
         ...
 
-    def settle(self, payment: PreparedPayment, receipt: Receipt | None, body: bytes) -> bytes:
-        """Record the purchase; return the plaintext body (opened if it was sealed)."""
+    def settle(
+        self, payment: PreparedPayment, receipt: Receipt | None, body: bytes, *, status: int
+    ) -> bytes:
+        """A 2xx answer: record the purchase; return the plaintext body (opened if sealed)."""
         ...
 
-    def refused(self, payment: PreparedPayment, status: int) -> None:
-        """The vendor refused a payment we sent (the unit may be lost)."""
+    def refused(
+        self,
+        payment: PreparedPayment,
+        status: int,
+        *,
+        receipt: Receipt | None = None,
+        code: int | None = None,
+    ) -> None:
+        """A non-2xx answer to a payment (``code``: the problem's farthing code, if any)."""
+        ...
+
+    def lost(self, payment: PreparedPayment) -> None:
+        """No answer came for a payment that was sent (reset, timeout)."""
         ...
 
     def retry_after_refusal(self) -> bool:
@@ -80,19 +98,53 @@ class PaymentAuth(httpx.Auth):
     def __init__(self, payer: Payer) -> None:
         self._payer = payer
 
+    def sync_auth_flow(
+        self, request: httpx.Request
+    ) -> Generator[httpx.Request, httpx.Response, None]:
+        # httpx's own loop, but closing the flow when the exchange breaks off (a reset, a
+        # timeout, a body that cannot be read), so a payment in flight is marked lost.
+        flow = self.auth_flow(request)
+        try:
+            request = next(flow)
+            while True:
+                response = yield request
+                response.read()
+                try:
+                    request = flow.send(response)
+                except StopIteration:
+                    return
+        finally:
+            flow.close()
+
+    async def async_auth_flow(
+        self, request: httpx.Request
+    ) -> AsyncGenerator[httpx.Request, httpx.Response]:
+        flow = self.auth_flow(request)
+        try:
+            request = next(flow)
+            while True:
+                response = yield request
+                await response.aread()
+                try:
+                    request = flow.send(response)
+                except StopIteration:
+                    return
+        finally:
+            flow.close()
+
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         url = str(request.url)
         payment = self._payer.pay_up_front(url)
         up_front = payment is not None
         if payment is not None:
             request.headers["Authorization"] = payment.authorization
-        response = yield request
+        response = yield from self._send(request, payment)
         for _attempt in range(2):
             if response.status_code not in (401, 402):
                 break
             challenges = parse_challenges(response.headers.get_list("www-authenticate"))
             if payment is not None:
-                self._payer.refused(payment, response.status_code)
+                _refused(self._payer, payment, response)
             if not challenges:
                 return
             self._payer.remember(url, challenges)
@@ -100,24 +152,65 @@ class PaymentAuth(httpx.Auth):
                 return
             if payment is None and response.status_code != 402:
                 return
-            # An up-front payment is an optimisation, not the reader's decision to pay:
-            # when it is refused (say its challenge went stale), pay the fresh 402 once.
+            # An up-front payment (or the resend of a lost one) is not the reader's decision
+            # to pay again: when it is refused (say its challenge went stale), pay the fresh
+            # 402 once.
             up_front = False
             payment = self._payer.pay(url, challenges)
             request.headers["Authorization"] = payment.authorization
-            response = yield request
+            response = yield from self._send(request, payment)
         if payment is None:
             return
         if response.is_success:
             _open(response, payment, self._payer)
         elif response.status_code not in (401, 402):
-            self._payer.refused(payment, response.status_code)
+            _refused(self._payer, payment, response)
+
+    def _send(
+        self, request: httpx.Request, payment: PreparedPayment | None
+    ) -> Generator[httpx.Request, httpx.Response, httpx.Response]:
+        """Send ``request``; if the exchange breaks off after a payment left, it is lost."""
+        try:
+            return (yield request)
+        except GeneratorExit:
+            if payment is not None:
+                self._payer.lost(payment)
+            raise
+
+
+def _receipt(response: httpx.Response) -> Receipt | None:
+    header = response.headers.get("payment-receipt")
+    if not header:
+        return None
+    try:
+        return Receipt.from_header(header)
+    except FarthingError:
+        return None  # a receipt that does not parse says nothing was taken
+
+
+def _problem_code(response: httpx.Response) -> int | None:
+    if not response.headers.get("content-type", "").startswith("application/problem+json"):
+        return None
+    try:
+        problem = response.json()
+    except ValueError:
+        return None
+    code = problem.get("code") if isinstance(problem, dict) else None
+    return code if type(code) is int else None
+
+
+def _refused(payer: Payer, payment: PreparedPayment, response: httpx.Response) -> None:
+    payer.refused(
+        payment,
+        response.status_code,
+        receipt=_receipt(response),
+        code=_problem_code(response),
+    )
 
 
 def _open(response: httpx.Response, payment: PreparedPayment, payer: Payer) -> None:
-    header = response.headers.get("payment-receipt")
-    receipt = Receipt.from_header(header) if header else None
-    plaintext = payer.settle(payment, receipt, response.content)
+    receipt = _receipt(response)
+    plaintext = payer.settle(payment, receipt, response.content, status=response.status_code)
     if plaintext is not response.content:
         sealed = receipt.extra.get("sealed") if receipt is not None else None
         content_type = sealed.get("contentType") if isinstance(sealed, dict) else None

@@ -417,6 +417,11 @@ def describe(card: CardRow) -> CardInfo:
         where = f"credit from broker {card.realm}"
     else:
         where = f"prepaid at {card.realm}"
+    site = card.params.get("site")
+    if site is not None:
+        where += f", pays only {site}"
+    elif card.method.startswith("szm:"):
+        where += ", bound to no site: pays nobody (`farthing wallet bind`)"
     return CardInfo(
         label=card.label,
         method=card.method,

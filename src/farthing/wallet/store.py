@@ -12,6 +12,11 @@ Tables (SQLAlchemy Core; the file carries its format version in ``meta``):
                  twice, so the database refuses it.
 ``commitments``  PayWord: one row per commitment made to a vendor, its seed sealed.
 ``history``      every payment that left the wallet and how it ended.
+``pending``      payments sent and not settled yet: where the card was before (to give the
+                 position back when the vendor did not take it), and the credential, sealed
+                 (to resend it as it was when the answer was lost). Added by this version;
+                 an older file gets it (and ``refusals``) when it is opened.
+``refusals``     (card, realm) pairs a vendor refused as invalid: not offered there again.
 
 Concurrency and crash safety. WAL journal (readers never block the writer),
 ``synchronous=FULL`` (a commit is on disk when it returns), a 10 s busy timeout, and every
@@ -48,6 +53,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     create_engine,
+    delete,
     event,
     func,
     insert,
@@ -70,6 +76,7 @@ __all__ = [
     "HistoryEntry",
     "NewCard",
     "Outcome",
+    "PendingPayment",
     "WalletStore",
     "WriteTx",
 ]
@@ -152,6 +159,44 @@ _history = Table(
 )
 
 
+# A payment that left the wallet and whose answer is not settled yet. ``state`` is ``sent``
+# (in flight) or ``lost`` (the answer never came, or came with a receipt but no good): a lost
+# payment is resent as it is, byte for byte, for the next request to its URL until
+# ``expires_at`` (its challenge's expiry), and its card pays nothing new meanwhile. The
+# ``from_*``/``to_*`` columns let a payment the vendor did not take be released: the card
+# (or PayWord commitment) goes back to where it was, so the next payment reuses the position.
+_pending = Table(
+    "pending",
+    _metadata,
+    Column("history_id", Integer, ForeignKey("history.id"), primary_key=True),
+    Column("card", Integer, ForeignKey("cards.id"), nullable=False),
+    Column("url", Text, nullable=False),
+    Column("realm", String, nullable=False),
+    Column("state", String, nullable=False),
+    Column("expires_at", BigInteger, nullable=False),
+    Column("from_spent", BigInteger, nullable=False),
+    Column("from_balance", BigInteger, nullable=False),
+    Column("from_state", LargeBinary, nullable=True),
+    Column("to_spent", BigInteger, nullable=False),
+    Column("commitment", LargeBinary, nullable=True),
+    Column("commitment_from", BigInteger, nullable=True),
+    Column("commitment_to", BigInteger, nullable=True),
+    Column("payment", LargeBinary, nullable=True),
+    Index("ix_pending_url", "url"),
+)
+
+# A card a vendor refused as invalid (unknown, blocked, exhausted, expired) is not offered
+# to that realm again.
+_refusals = Table(
+    "refusals",
+    _metadata,
+    Column("card", Integer, ForeignKey("cards.id"), primary_key=True),
+    Column("realm", String, primary_key=True),
+    Column("code", Integer, nullable=True),
+    Column("at", BigInteger, nullable=False),
+)
+
+
 class Outcome:
     """How a payment ended (the ``history.outcome`` vocabulary)."""
 
@@ -160,6 +205,35 @@ class Outcome:
     REFUSED: Final = "refused"
     SEAL_BROKEN: Final = "seal-broken"
     FAILED: Final = "failed"
+    # The vendor answered without a receipt: it did not take the payment, and the card's
+    # position was given back (``refused`` when it could not be: a later payment was made).
+    RELEASED: Final = "released"
+    # Lost and not resolved within its challenge's lifetime: the units may be spent.
+    LOST: Final = "lost"
+
+
+# Outcomes whose money is not counted against the spending policy.
+_NOT_SPENT: Final = (Outcome.RELEASED,)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PendingPayment:
+    """What the wallet must remember about a payment in flight (see ``_pending``)."""
+
+    history_id: int
+    card: int
+    url: str
+    realm: str
+    expires_at: int
+    from_spent: int
+    from_balance: int
+    from_state: bytes | None
+    to_spent: int
+    commitment: bytes | None = None
+    commitment_from: int | None = None
+    commitment_to: int | None = None
+    state: str = "sent"
+    payment: bytes | None = None
 
 
 # --- row values ----------------------------------------------------------------------------
@@ -344,6 +418,8 @@ class WalletStore:
         try:
             meta = _read_meta(engine)
             _check_format(meta, path)
+            with engine.begin() as conn:
+                _metadata.create_all(conn)  # tables newer than the file (pending, refusals)
             box = SecretBox.derive(passphrase, KdfParams.from_json(json.loads(meta["kdf"])), rng)
             box.verify_check(meta["check"])
         except BaseException:
@@ -385,6 +461,17 @@ class WalletStore:
                 "this card, or a card with this label, is already in the wallet",
                 code=ErrorCode.CONFLICT,
             ) from None
+
+    def bind_site(self, label: str, site: str) -> CardRow:
+        """Bind the card ``label`` to ``site``; Conflict if it is bound to another one."""
+        with self._engine.begin() as conn:
+            card = WriteTx(conn).card_by_label(label)
+            bound = card.params.get("site")
+            if bound is not None and bound != site:
+                raise Conflict(f"{label} is bound to {bound}", code=ErrorCode.CONFLICT)
+            params = json.dumps({**card.params, "site": site}, sort_keys=True)
+            conn.execute(update(_cards).where(_cards.c.id == card.id).values(params=params))
+            return WriteTx(conn).card(card.id)
 
     def cards(self) -> list[CardRow]:
         with self._read.begin() as conn:
@@ -432,6 +519,94 @@ class WalletStore:
         statement = update(_commitments).where(_commitments.c.id == commitment_id).values(retired=1)
         with self._engine.begin() as conn:
             conn.execute(statement)
+
+    # -- payments in flight ------------------------------------------------------------------
+
+    def keep_payment(self, history_id: int, sealed: bytes) -> None:
+        """Store the sealed credential of a payment about to leave (to resend it if lost)."""
+        statement = (
+            update(_pending).where(_pending.c.history_id == history_id).values(payment=sealed)
+        )
+        with self._engine.begin() as conn:
+            conn.execute(statement)
+
+    def mark(self, history_id: int, state: str) -> None:
+        """``sent`` (in flight again) or ``lost`` (its answer never came)."""
+        statement = update(_pending).where(_pending.c.history_id == history_id).values(state=state)
+        with self._engine.begin() as conn:
+            conn.execute(statement)
+
+    def resolve(self, history_id: int, outcome: str, *, status: int | None = None) -> None:
+        """The payment's answer is known: record it and forget the payment."""
+        with self._engine.begin() as conn:
+            _finish(conn, history_id, outcome, status)
+            conn.execute(delete(_pending).where(_pending.c.history_id == history_id))
+
+    def release(self, history_id: int, *, status: int, refused_code: int | None, now: int) -> bool:
+        """The vendor did not take this payment: give its position back to the card.
+
+        Only when nothing was paid from the card (or commitment) since; then the next
+        payment reuses the position, which is safe because the payment never counted.
+        ``refused_code`` (not None) also marks the card refused at the payment's realm.
+        Returns whether the position was given back.
+        """
+        with self._engine.begin() as conn:
+            row = _pending_row(conn, history_id)
+            if row is None:
+                return False
+            released = _give_back(conn, row)
+            if refused_code is not None:
+                conn.execute(
+                    delete(_refusals).where(
+                        _refusals.c.card == row.card, _refusals.c.realm == row.realm
+                    )
+                )
+                conn.execute(
+                    insert(_refusals).values(
+                        card=row.card, realm=row.realm, code=refused_code, at=now
+                    )
+                )
+            outcome = Outcome.RELEASED if released else Outcome.REFUSED
+            _finish(conn, history_id, outcome, status)
+            conn.execute(delete(_pending).where(_pending.c.history_id == history_id))
+        return released
+
+    def lost_for(self, url: str, *, now: int) -> list[PendingPayment]:
+        """Lost payments for ``url`` that may still be resent, oldest first."""
+        p = _pending.c
+        query = (
+            select(_pending)
+            .where(p.url == url, p.state == "lost", p.expires_at > now, p.payment.is_not(None))
+            .order_by(p.history_id)
+        )
+        with self._read.begin() as conn:
+            return [PendingPayment(**dict(row)) for row in conn.execute(query).mappings()]
+
+    def expire_lost(self, *, now: int) -> None:
+        """Lost payments whose challenge expired cannot be resent: record them as lost."""
+        p = _pending.c
+        gone = (p.state == "lost") & ((p.expires_at <= now) | p.payment.is_(None))
+        with self._read.begin() as conn:  # the usual case: nothing to do, no write lock
+            if conn.scalar(select(p.history_id).where(gone).limit(1)) is None:
+                return
+        with self._engine.begin() as conn:
+            ids = list(conn.scalars(select(p.history_id).where(gone)))
+            for history_id in ids:
+                _finish(conn, history_id, Outcome.LOST, None)
+            if ids:
+                conn.execute(delete(_pending).where(p.history_id.in_(ids)))
+
+    def blocked_cards(self) -> set[int]:
+        """Cards with a lost payment not resolved yet: they pay nothing new meanwhile."""
+        query = select(_pending.c.card).where(_pending.c.state == "lost").distinct()
+        with self._read.begin() as conn:
+            return set(conn.scalars(query))
+
+    def refusals(self) -> set[tuple[int, str]]:
+        """(card, realm) pairs a vendor refused as invalid."""
+        with self._read.begin() as conn:
+            rows = conn.execute(select(_refusals.c.card, _refusals.c.realm)).all()
+        return {(int(card), str(realm)) for card, realm in rows}
 
     # -- the write-ahead transaction ---------------------------------------------------------
 
@@ -500,6 +675,10 @@ class WriteTx:
         )
         return [_commitment_row(row) for row in self._conn.execute(query).mappings()]
 
+    def add_pending(self, pending: PendingPayment) -> None:
+        values = {name: getattr(pending, name) for name in PendingPayment.__dataclass_fields__}
+        self._conn.execute(insert(_pending).values(**values))
+
     def insert_commitment(self, row: CommitmentRow) -> None:
         values = {name: getattr(row, name) for name in CommitmentRow.__dataclass_fields__}
         values["acknowledged"] = int(row.acknowledged)
@@ -521,12 +700,43 @@ def _new_card_values(card: NewCard) -> dict[str, object]:
     return values
 
 
+def _finish(conn: Connection, history_id: int, outcome: str, status: int | None) -> None:
+    conn.execute(
+        update(_history).where(_history.c.id == history_id).values(outcome=outcome, status=status)
+    )
+
+
+def _pending_row(conn: Connection, history_id: int) -> PendingPayment | None:
+    query = select(_pending).where(_pending.c.history_id == history_id)
+    row = conn.execute(query).mappings().first()
+    return None if row is None else PendingPayment(**dict(row))
+
+
+def _give_back(conn: Connection, row: PendingPayment) -> bool:
+    """Put the card (and commitment) back where ``row`` found it, if nothing moved since."""
+    c = _cards.c
+    card_back = conn.execute(
+        update(_cards)
+        .where(c.id == row.card, c.spent == row.to_spent)
+        .values(spent=row.from_spent, balance=row.from_balance, state=row.from_state)
+    ).rowcount
+    if row.commitment is None:
+        return bool(card_back)
+    m = _commitments.c
+    commitment_back = conn.execute(
+        update(_commitments)
+        .where(m.id == row.commitment, m.spent == row.commitment_to)
+        .values(spent=row.commitment_from)
+    ).rowcount
+    return bool(commitment_back)
+
+
 def _usage(conn: Connection, *, host: str, since: int) -> dict[str, tuple[int, int]]:
     h = _history.c
     on_host = func.sum(h.charged_micros).filter(h.host == host)
     query = (
         select(h.currency, func.sum(h.charged_micros), on_host)
-        .where(h.at > since)
+        .where(h.at > since, h.outcome.not_in(_NOT_SPENT))
         .group_by(h.currency)
     )
     return {

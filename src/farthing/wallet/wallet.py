@@ -8,8 +8,12 @@
 
 Paying one request (:meth:`Wallet.pay`):
 
-1. *Quote.* Every offered challenge the wallet understands is matched against every card
-   (method, realm, currency, unit, expiry, units left). Quotes are ranked by the method
+0. *Where.* Only over https, or plain http on loopback (INSECURE_TRANSPORT otherwise); an
+   SZM card only at the site it was bound to when added (HLL and PayWord where bound, if
+   bound); not a card a vendor of that realm refused as invalid; not a card with a lost
+   payment still waiting to be resent.
+1. *Quote.* Every offered challenge the wallet understands is matched against every such
+   card (method, realm, currency, unit, expiry, units left). Quotes are ranked by the method
    preference (default: ``szm:chain``, ``szm:prbg``, ``hll:mac``, ``payword``: the sealed,
    private SZM cards first), then by the money charged, then the card that expires first.
 2. *Policy.* The best quote the spending policy allows wins; the confirm callback, if any,
@@ -17,31 +21,38 @@ Paying one request (:meth:`Wallet.pay`):
    changed.
 3. *Write-ahead.* In one ``BEGIN IMMEDIATE`` transaction: re-check the policy against
    today's spending, re-read the card, compute the payment with the pure core, write the
-   card's new index or counter, and add a ``pending`` history entry. Only after the commit
-   (``synchronous=FULL``) does the payment leave :meth:`pay`; a crash loses at most this
-   unit and never reuses it, and two processes with one card queue on the lock.
-4. *Settle.* On success :meth:`settle` opens a sealed (SZM) body with the payment's key and
-   marks the entry ``paid``; a seal that does not open raises
-   :class:`~farthing.core.errors.InvalidPayment` (the vendor is not the card's issuer, or
-   the body was changed). :meth:`refused` marks it ``refused``; for PayWord it also retires
-   the commitment (the vendor never advanced it), so the next payment opens a new one.
+   card's new index or counter, add a ``pending`` history entry and a row saying where the
+   card was before. Only after the commit (``synchronous=FULL``) does the payment leave
+   :meth:`pay` (its credential is kept, sealed, to be resent if the answer is lost); a
+   crash loses at most this unit and never reuses it, and two processes with one card queue
+   on the lock.
+4. *Settle.* A 2xx: :meth:`settle` opens an SZM body with the payment's key (an answer not
+   sealed for it is SEAL_BROKEN: the vendor is not the card's issuer, or the answer was
+   changed) and marks the entry ``paid``. Anything else: :meth:`refused`. Without a valid
+   receipt the vendor did not take the payment, so the card goes back to where it was and
+   the next payment reuses the index (``released``); a card refused as invalid is not
+   offered to that realm again. With a receipt and a 5xx, or with no answer at all
+   (:meth:`lost`), the payment is kept and resent byte for byte by :meth:`pay_up_front` for
+   the next request to the same URL, until its challenge expires (then ``lost``).
 
 Paying up front. :meth:`remember` keeps the challenges of each (origin, route scope) in
 memory; :meth:`pay_up_front` pays a later request with one of them if the URL path matches
 the challenge's ``resource`` pattern (``*`` one path segment, ``**`` any suffix) and it
-expires more than ``up_front_margin`` seconds from now. Anything but a policy refusal makes
-it return None, and the ordinary 402 round trip decides.
+expires more than ``up_front_margin`` seconds from now. The wallet cannot know the path
+exists; a vendor that does not sell it answers without a receipt and the index comes back.
+Anything but a policy refusal makes it return None, and the ordinary 402 round trip decides.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Final
@@ -50,10 +61,12 @@ import httpx
 
 from farthing.core.cardcode import CardCode
 from farthing.core.clock import Clock, RandomSource, SystemClock
+from farthing.core.encoding import b64url_decode, b64url_encode
 from farthing.core.errors import (
     CardExhausted,
     ErrorCode,
     FarthingError,
+    InvalidPayment,
     LocalProtocolError,
     PolicyRefused,
 )
@@ -84,19 +97,45 @@ from farthing.wallet.methods import (
 )
 from farthing.wallet.pkcs11_card import Pkcs11CardKey
 from farthing.wallet.policy import PriceOffer, SpendingPolicy, Usage
-from farthing.wallet.secretbox import DEFAULT_SCRYPT_N
-from farthing.wallet.store import CardRow, HistoryEntry, NewCard, Outcome, WalletStore
+from farthing.wallet.secretbox import DEFAULT_SCRYPT_N, record_id
+from farthing.wallet.store import (
+    CardRow,
+    HistoryEntry,
+    NewCard,
+    Outcome,
+    PendingPayment,
+    WalletStore,
+)
 
 __all__ = [
     "DEFAULT_PREFERENCE",
     "DEFAULT_UP_FRONT_MARGIN",
     "Wallet",
+    "is_loopback",
     "scope_matches",
+    "site_of",
 ]
 
 DEFAULT_PREFERENCE: Final = ("szm:chain", "szm:prbg", "hll:mac", "payword")
 DEFAULT_UP_FRONT_MARGIN: Final = 10
 _POLICY_KEY: Final = "policy"
+_SITE: Final = "site"
+_SENT: Final = "sent"
+_LOST: Final = "lost"
+# Problem codes that say the card itself is no good at that vendor (not the challenge, the
+# price or the server): unknown or forged card, exhausted, expired, blocked.
+_CARD_REFUSALS: Final = frozenset(
+    int(code)
+    for code in (
+        ErrorCode.PAYMENT_INVALID,
+        ErrorCode.SIGNATURE_INVALID,
+        ErrorCode.INSUFFICIENT_FUNDS,
+        ErrorCode.CARD_EXPIRED,
+        ErrorCode.CERTIFICATE_EXPIRED,
+        ErrorCode.ACCESS_DENIED,
+        ErrorCode.CARD_EXHAUSTED,
+    )
+)
 _MAX_PENDING: Final = 1024
 
 
@@ -106,24 +145,68 @@ def scope_matches(scope: str, path: str) -> bool:
     return re.fullmatch(".*".join(parts), path) is not None
 
 
+_LOOPBACK_NAMES: Final = ("localhost",)
+
+
 @dataclass(frozen=True, slots=True)
 class _Target:
     url: str
     origin: str
     host: str
     path: str
+    secure: bool
 
     @classmethod
     def parse(cls, url: str) -> _Target:
         parsed = httpx.URL(url)
-        origin = f"{parsed.scheme}://{parsed.netloc.decode('ascii')}".lower()
-        return cls(url=url, origin=origin, host=parsed.host.lower(), path=parsed.path or "/")
+        host = parsed.host.lower()
+        return cls(
+            url=url,
+            origin=site_of(url),
+            host=host,
+            path=parsed.path or "/",
+            secure=parsed.scheme == "https" or (parsed.scheme == "http" and is_loopback(host)),
+        )
+
+
+def is_loopback(host: str) -> bool:
+    """``localhost``, 127.0.0.0/8 or ::1: plain http there never leaves the machine."""
+    if host in _LOOPBACK_NAMES or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def site_of(url: str) -> str:
+    """The origin a card is bound to: ``scheme://host[:port]``, lowercase, default port off."""
+    parsed = httpx.URL(url)
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise LocalProtocolError(f"a site is an http(s) URL, not {url!r}", code=ErrorCode.BAD_FIELD)
+    host = parsed.host.lower()
+    if ":" in host:
+        host = f"[{host}]"
+    port = "" if parsed.port is None else f":{parsed.port}"
+    return f"{parsed.scheme}://{host}{port}"
+
+
+def _check_transport(target: _Target) -> None:
+    if not target.secure:
+        raise LocalProtocolError(
+            f"refusing to pay over plain http to {target.host}: a payment is a bearer token "
+            "and the answer must come from the vendor (use https; http only on loopback)",
+            code=ErrorCode.INSECURE_TRANSPORT,
+        )
 
 
 @dataclass(frozen=True, slots=True)
-class _Pending:
+class _Flight:
+    """A payment this process sent and whose answer it awaits."""
+
     history_id: int
     commitment_id: bytes | None
+    resend: bool = False
 
 
 class _CardKeys:
@@ -192,7 +275,7 @@ class Wallet:
         }
         self._lock = threading.RLock()
         self._remembered: dict[tuple[str, str], dict[str, Challenge]] = {}
-        self._pending: OrderedDict[str, _Pending] = OrderedDict()
+        self._pending: OrderedDict[str, _Flight] = OrderedDict()
 
     # -- opening and closing ---------------------------------------------------------------
 
@@ -287,12 +370,16 @@ class Wallet:
 
     # -- cards -----------------------------------------------------------------------------
 
-    def add_szm_code(self, text: str, *, label: str | None = None) -> CardInfo:
-        """Add an SZM card from its printed code (``FTH1-...``) or compact (QR/file) form."""
-        return self.add_szm_card(parse_szm_code(text), label=label)
+    def add_szm_code(self, text: str, *, site: str, label: str | None = None) -> CardInfo:
+        """Add an SZM card from its printed code (``FTH1-...``) or compact (QR/file) form.
 
-    def add_szm_card(self, code: CardCode, *, label: str | None = None) -> CardInfo:
-        return self._add(szm_card(code, self._store.box, label=label))
+        ``site`` is the vendor that sold the card (its URL or origin): the card pays only
+        there. Its realm is a name anyone can copy; the site is what the reader trusts.
+        """
+        return self.add_szm_card(parse_szm_code(text), site=site, label=label)
+
+    def add_szm_card(self, code: CardCode, *, site: str, label: str | None = None) -> CardInfo:
+        return self._add(szm_card(code, self._store.box, label=label), site)
 
     def add_hll_card(
         self,
@@ -301,19 +388,36 @@ class Wallet:
         token: Pkcs11Location | None = None,
         pin: str | None = None,
         label: str | None = None,
+        site: str | None = None,
     ) -> CardInfo:
         """Add an HLL card: a software card (its key is in ``card``) or one whose key is in
-        the PKCS#11 ``token``; ``pin`` is then kept sealed so payments need no prompt."""
-        return self._add(hll_card(card, self._store.box, token=token, pin=pin, label=label))
+        the PKCS#11 ``token``; ``pin`` is then kept sealed so payments need no prompt.
+        ``site``, if given, is the one merchant the card may pay."""
+        new = hll_card(card, self._store.box, token=token, pin=pin, label=label)
+        return self._add(new, site)
 
     def add_payword(
-        self, certificate: payword.Certificate, private_key: bytes, *, label: str | None = None
+        self,
+        certificate: payword.Certificate,
+        private_key: bytes,
+        *,
+        label: str | None = None,
+        site: str | None = None,
     ) -> CardInfo:
-        """Add a PayWord account: the user's Ed25519 key and the broker's certificate."""
-        return self._add(payword_card(certificate, private_key, self._store.box, label=label))
+        """Add a PayWord account: the user's Ed25519 key and the broker's certificate.
+        It pays vendors of its broker; ``site``, if given, the one vendor it may pay."""
+        new = payword_card(certificate, private_key, self._store.box, label=label)
+        return self._add(new, site)
 
-    def _add(self, card: NewCard) -> CardInfo:
+    def _add(self, card: NewCard, site: str | None) -> CardInfo:
+        if site is not None:
+            card = replace(card, params={**card.params, _SITE: site_of(site)})
         return describe(self._store.insert_card(card, now=self._clock.now()))
+
+    def bind(self, label: str, site: str) -> CardInfo:
+        """Bind a card added without a site (an SZM card from before sites) to ``site``.
+        Raises Conflict if it is bound to another site, NOT_FOUND if there is no such card."""
+        return describe(self._store.bind_site(label, site_of(site)))
 
     def cards(self) -> list[CardInfo]:
         return [describe(card) for card in self._store.cards()]
@@ -343,7 +447,19 @@ class Wallet:
             self._forget_expired(now)
 
     def pay_up_front(self, url: str) -> PreparedPayment | None:
+        """A lost payment for ``url`` to resend as it was, else a payment from a remembered
+        challenge whose route scope covers ``url``; None if neither applies.
+
+        Paying up front is safe for the reader: a vendor that does not take the payment
+        (say the path is missing) answers without a receipt, and the units go back on the
+        card (:meth:`refused`). Only over https or loopback, like every payment.
+        """
         target = _Target.parse(url)
+        if not target.secure:
+            return None  # the 402 round trip will say so with a clear error
+        resend = self._resend(target)
+        if resend is not None:
+            return resend
         candidates = self._usable_remembered(target, self._clock.now() + self._margin)
         if not candidates:
             return None
@@ -358,52 +474,129 @@ class Wallet:
         """Pay one of ``challenges`` for ``url`` within policy.
 
         Raises PolicyRefused (nothing spent), CardExhausted (cards of the right kind lack
-        units), LocalProtocolError NOT_FOUND (no card for any offered method), WrongPin /
-        CardLocked (a PKCS#11 token refused its PIN; nothing spent).
+        units), LocalProtocolError NOT_FOUND (no card for any offered method),
+        INSECURE_TRANSPORT (plain http off loopback), WrongPin / CardLocked (a PKCS#11 token
+        refused its PIN; nothing spent).
         """
         target = _Target.parse(url)
+        _check_transport(target)
         with self._lock:
             now = self._clock.now()
-            quotes = self._quotes(challenges, now)
+            self._store.expire_lost(now=now)
+            quotes = self._quotes(challenges, target, now)
             if not quotes:
-                raise _no_card_error(challenges, self._store.cards(), now)
+                raise self._why_no_card(challenges, target, now)
             quote = self._choose(quotes, target, now)
             return self._execute(quote, target, now)
 
-    def settle(self, payment: PreparedPayment, receipt: Receipt | None, body: bytes) -> bytes:
-        pending = self._take_pending(payment)
+    def settle(
+        self, payment: PreparedPayment, receipt: Receipt | None, body: bytes, *, status: int = 200
+    ) -> bytes:
+        """A 2xx answer: open it (SZM) and record the purchase.
+
+        Raises InvalidPayment(SEAL_BROKEN) when an SZM answer is not sealed for this payment
+        (recorded as ``seal-broken``; the units are spent: the token left the wallet).
+        A 2xx of another method with no valid receipt was not charged (a free page): the
+        payment is released.
+        """
+        flight = self._take_pending(payment)
+        if payment.sealing_key is None and not _valid_receipt(receipt, payment):
+            self._release(flight, status=status, code=None)
+            return body
         try:
-            plaintext = _open_body(payment, receipt, body)
+            plaintext = _open_body(payment, receipt, body, status=status)
         except FarthingError:
-            self._finish(pending, Outcome.SEAL_BROKEN)
+            self._resolve(flight, Outcome.SEAL_BROKEN, status=status)
             raise
-        self._finish(pending, Outcome.PAID)
-        if pending is not None and pending.commitment_id is not None and receipt is not None:
-            self._store.acknowledge(pending.commitment_id)
+        self._resolve(flight, Outcome.PAID)
+        if flight is not None and flight.commitment_id is not None:
+            self._store.acknowledge(flight.commitment_id)
         return plaintext
 
-    def refused(self, payment: PreparedPayment, status: int) -> None:
-        pending = self._take_pending(payment)
-        self._finish(pending, Outcome.REFUSED, status=status)
-        if pending is not None and pending.commitment_id is not None:
-            # The vendor did not take this payword, so its view of the chain is behind ours
-            # for good; a fresh commitment costs one signature and loses no money.
-            self._store.retire(pending.commitment_id)
+    def refused(
+        self,
+        payment: PreparedPayment,
+        status: int,
+        *,
+        receipt: Receipt | None = None,
+        code: int | None = None,
+    ) -> None:
+        """A non-2xx answer to a payment; ``code`` is the problem's farthing code, if any.
+
+        No valid receipt: the vendor did not take the payment, so the card's position is
+        given back and the next payment reuses it; a card refused as invalid (``code``
+        unknown card, exhausted, expired, blocked) is not offered to that realm again; a
+        PayWord commitment the vendor does not know is retired instead (the next payment
+        opens a new one). With a receipt the payment was taken: after a 5xx it is kept as
+        lost and resent for the same URL; after a 4xx it is recorded ``refused``.
+        A resent payment refused again is recorded as lost (the vendor may have taken it
+        the first time, so its position is never reused).
+        """
+        flight = self._take_pending(payment)
+        if flight is None:
+            return
+        if _valid_receipt(receipt, payment) and status >= 500:
+            self._store.mark(flight.history_id, _LOST)  # taken, the good not served: resend
+        elif _valid_receipt(receipt, payment):
+            # Taken, and the app's final answer (a 404 of a route without ``offers``):
+            # sending it again would get the same answer.
+            self._resolve(flight, Outcome.REFUSED, status=status)
+        elif flight.resend:
+            self._resolve(flight, Outcome.LOST, status=status)
+        else:
+            self._release(flight, status=status, code=code)
+
+    def lost(self, payment: PreparedPayment) -> None:
+        """The answer never came (reset, timeout): keep the payment to resend it as it is."""
+        flight = self._take_pending(payment)
+        if flight is not None:
+            self._store.mark(flight.history_id, _LOST)
 
     def retry_after_refusal(self) -> bool:
         return self._policy.retry_after_refusal
 
     # -- choosing ---------------------------------------------------------------------------
 
-    def _quotes(self, challenges: Iterable[Challenge], now: int) -> list[Quote]:
+    def _quotes(self, challenges: Iterable[Challenge], target: _Target, now: int) -> list[Quote]:
         cards = self._store.cards()
+        blocked = self._store.blocked_cards()
+        refusals = self._store.refusals()
         quotes = []
         for challenge in challenges:
             method = self._methods.get(challenge.method)
             if method is None or challenge.expires <= now:
                 continue
-            quotes += [q for card in cards if (q := method.quote(card, challenge, now))]
+            for card in cards:
+                if card.id in blocked or (card.id, challenge.realm) in refusals:
+                    continue
+                if not _site_allows(card, target):
+                    continue
+                if (quote := method.quote(card, challenge, now)) is not None:
+                    quotes.append(quote)
         return sorted(quotes, key=self._rank)
+
+    def _why_no_card(
+        self, challenges: Sequence[Challenge], target: _Target, now: int
+    ) -> LocalProtocolError:
+        cards = self._store.cards()
+        blocked, refusals = self._store.blocked_cards(), self._store.refusals()
+        fits = [card for card in cards if any(_same_kind(card, c) for c in challenges)]
+        if fits and all(card.id in blocked for card in fits):
+            return LocalProtocolError(
+                "the answer to an earlier payment was lost; it is resent with the next request "
+                "for that URL, and the card pays nothing new until then (or until its "
+                "challenge expired)",
+                code=ErrorCode.CONFLICT,
+            )
+        realms = {c.realm for c in challenges}
+        if fits and all(any((card.id, r) in refusals for r in realms) for card in fits):
+            labels = ", ".join(card.label for card in fits)
+            return LocalProtocolError(
+                f"this vendor refused {labels} (unknown, used up or blocked there); "
+                "the wallet does not offer it there again",
+                code=ErrorCode.NOT_FOUND,
+            )
+        return _no_card_error(challenges, cards, target, now)
 
     def _rank(self, quote: Quote) -> tuple[int, int, int, int]:
         preference = self._preference.get(quote.method, len(self._preference))
@@ -433,18 +626,20 @@ class Wallet:
             self._policy.check(
                 offer, _usage_in(tx.usage(host=target.host, since=since), quote.currency)
             )
+            before = tx.card(quote.card.id)
             reservation = self._methods[quote.method].reserve(tx, quote, target.path, now)
+            after = tx.card(quote.card.id)
             history_id = tx.add_history(_entry(offer, reservation, now))
+            tx.add_pending(_pending(history_id, quote, target, before, after, reservation))
         # Committed: the new index or counter is on disk. Only now may the payment leave.
-        pending = _Pending(history_id=history_id, commitment_id=reservation.commitment_id)
+        flight = _Flight(history_id=history_id, commitment_id=reservation.commitment_id)
         try:
             payload = reservation.release()
         except BaseException:
-            self._finish(pending, Outcome.FAILED)
+            self._resolve(flight, Outcome.FAILED)
             raise
         authorization = format_credential(Credential(id=quote.challenge.id, payload=payload))
-        self._keep_pending(authorization, pending)
-        return PreparedPayment(
+        payment = PreparedPayment(
             authorization=authorization,
             method=quote.method,
             price_micros=quote.charged_micros,
@@ -455,22 +650,84 @@ class Wallet:
             card_id=reservation.sealing_card_id or quote.card.card_key,
             index=reservation.position,
         )
+        self._store.keep_payment(history_id, self._seal_payment(history_id, payment))
+        self._keep_pending(authorization, flight)
+        return payment
+
+    def _resend(self, target: _Target) -> PreparedPayment | None:
+        """The oldest lost payment for this URL, sent again byte for byte (no new money)."""
+        with self._lock:
+            now = self._clock.now()
+            self._store.expire_lost(now=now)
+            for row in self._store.lost_for(target.url, now=now + 1):
+                if row.payment is None:
+                    continue
+                payment = self._open_payment(row.history_id, row.payment)
+                self._store.mark(row.history_id, _SENT)
+                flight = _Flight(
+                    history_id=row.history_id, commitment_id=row.commitment, resend=True
+                )
+                self._keep_pending(payment.authorization, flight)
+                return payment
+        return None
+
+    def _seal_payment(self, history_id: int, payment: PreparedPayment) -> bytes:
+        document = {
+            "authorization": payment.authorization,
+            "method": payment.method,
+            "price": payment.price_micros,
+            "currency": payment.currency,
+            "url": payment.url,
+            "card": payment.card_label,
+            "key": b64url_encode(payment.sealing_key) if payment.sealing_key else None,
+            "cardId": b64url_encode(payment.card_id) if payment.card_id else None,
+            "index": payment.index,
+        }
+        plain = json.dumps(document, sort_keys=True).encode()
+        return self._store.box.seal(_payment_record(history_id), plain)
+
+    def _open_payment(self, history_id: int, sealed: bytes) -> PreparedPayment:
+        document = json.loads(self._store.box.open(_payment_record(history_id), sealed))
+        key, card_id = document["key"], document["cardId"]
+        return PreparedPayment(
+            authorization=str(document["authorization"]),
+            method=str(document["method"]),
+            price_micros=int(document["price"]),
+            currency=str(document["currency"]),
+            url=str(document["url"]),
+            card_label=str(document["card"]),
+            sealing_key=None if key is None else b64url_decode(key),
+            card_id=None if card_id is None else b64url_decode(card_id),
+            index=document["index"],
+        )
 
     # -- bookkeeping -------------------------------------------------------------------------
 
-    def _keep_pending(self, authorization: str, pending: _Pending) -> None:
+    def _keep_pending(self, authorization: str, flight: _Flight) -> None:
         with self._lock:
-            self._pending[authorization] = pending
+            self._pending[authorization] = flight
             while len(self._pending) > _MAX_PENDING:
                 self._pending.popitem(last=False)
 
-    def _take_pending(self, payment: PreparedPayment) -> _Pending | None:
+    def _take_pending(self, payment: PreparedPayment) -> _Flight | None:
         with self._lock:
             return self._pending.pop(payment.authorization, None)
 
-    def _finish(self, pending: _Pending | None, outcome: str, *, status: int | None = None) -> None:
-        if pending is not None:
-            self._store.finish(pending.history_id, outcome, status=status)
+    def _resolve(self, flight: _Flight | None, outcome: str, *, status: int | None = None) -> None:
+        if flight is not None:
+            self._store.resolve(flight.history_id, outcome, status=status)
+
+    def _release(self, flight: _Flight | None, *, status: int, code: int | None) -> None:
+        if flight is None:
+            return
+        refused_code = code if code in _CARD_REFUSALS else None
+        if flight.commitment_id is not None and code == ErrorCode.PAYMENT_INVALID:
+            # The vendor does not know (or lost) this commitment, not the account.
+            self._store.retire(flight.commitment_id)
+            refused_code = None
+        self._store.release(
+            flight.history_id, status=status, refused_code=refused_code, now=self._clock.now()
+        )
 
     def _usable_remembered(self, target: _Target, not_before: int) -> list[Challenge]:
         with self._lock:
@@ -492,6 +749,48 @@ class Wallet:
 
 
 # --- helpers -------------------------------------------------------------------------------
+
+
+def _site_allows(card: CardRow, target: _Target) -> bool:
+    """SZM cards pay only the site they were bought from; others where bound, if bound."""
+    site = card.params.get(_SITE)
+    if site is None:
+        return not card.method.startswith("szm:")
+    return site == target.origin
+
+
+def _valid_receipt(receipt: Receipt | None, payment: PreparedPayment) -> bool:
+    """A receipt says the vendor took a payment of this method (anything else: it did not)."""
+    return receipt is not None and receipt.status == "success" and receipt.method == payment.method
+
+
+def _payment_record(history_id: int) -> bytes:
+    return record_id("pending", history_id.to_bytes(8, "big"), "payment")
+
+
+def _pending(
+    history_id: int,
+    quote: Quote,
+    target: _Target,
+    before: CardRow,
+    after: CardRow,
+    reservation: Reservation,
+) -> PendingPayment:
+    commitment_to = reservation.position if reservation.commitment_id is not None else None
+    return PendingPayment(
+        history_id=history_id,
+        card=before.id,
+        url=target.url,
+        realm=quote.challenge.realm,
+        expires_at=quote.challenge.expires,
+        from_spent=before.spent,
+        from_balance=before.balance,
+        from_state=before.state,
+        to_spent=after.spent,
+        commitment=reservation.commitment_id,
+        commitment_from=None if commitment_to is None else commitment_to - quote.units,
+        commitment_to=commitment_to,
+    )
 
 
 def _offer(quote: Quote, target: _Target) -> PriceOffer:
@@ -527,10 +826,23 @@ def _usage_in(usage: dict[str, tuple[int, int]], currency: str) -> Usage:
     return Usage(day=day, host=host)
 
 
-def _open_body(payment: PreparedPayment, receipt: Receipt | None, body: bytes) -> bytes:
-    """The plaintext: sealed SZM bodies opened with the payment's key, others as they are."""
-    if payment.sealing_key is None or receipt is None or "sealed" not in receipt.extra:
+def _open_body(
+    payment: PreparedPayment, receipt: Receipt | None, body: bytes, *, status: int
+) -> bytes:
+    """The plaintext: SZM bodies must come sealed and open with the payment's key.
+
+    For an SZM method a 2xx that is not sealed (no receipt, no ``sealed`` member, a body that
+    does not open) is not what was paid for: anyone who copied a vendor's realm can answer a
+    payment, but only the card's issuer can seal for it.
+    """
+    if payment.sealing_key is None:
         return body
+    sealed = receipt.extra.get("sealed") if receipt is not None else None
+    content_type = sealed.get("contentType") if isinstance(sealed, dict) else None
+    if not isinstance(content_type, str):
+        raise InvalidPayment(
+            "the answer is not sealed for this payment", code=ErrorCode.SEAL_BROKEN
+        )
     if payment.card_id is None or payment.index is None:
         raise LocalProtocolError("a sealed payment lacks its card", code=ErrorCode.INTERNAL)
     return open_sealed(
@@ -540,14 +852,23 @@ def _open_body(payment: PreparedPayment, receipt: Receipt | None, body: bytes) -
         card_id=payment.card_id,
         index=payment.index,
         resource=_Target.parse(payment.url).path,
+        status=status,
+        content_type=content_type,
     )
 
 
 def _no_card_error(
-    challenges: Sequence[Challenge], cards: Sequence[CardRow], now: int
+    challenges: Sequence[Challenge], cards: Sequence[CardRow], target: _Target, now: int
 ) -> LocalProtocolError:
-    """Why no card could pay: the right kind of card is used up, or there is none."""
+    """Why no card could pay: bound to another site, used up, refused, or none at all."""
     kind_fits = [card for card in cards if any(_same_kind(card, c) for c in challenges)]
+    elsewhere = [card for card in kind_fits if not _site_allows(card, target)]
+    if elsewhere and len(elsewhere) == len(kind_fits):
+        sites = ", ".join(sorted({str(c.params.get(_SITE, "no site")) for c in elsewhere}))
+        return LocalProtocolError(
+            f"the cards for this vendor's realm are bound to {sites}, not {target.origin}",
+            code=ErrorCode.WRONG_SITE,
+        )
     if kind_fits:
         labels = ", ".join(card.label for card in kind_fits)
         expired = all(card.expires_at <= now for card in kind_fits)
