@@ -247,11 +247,12 @@ class HllService:
         digest: bytes,
         now: int,
     ) -> DepositOutcome:
-        earlier = tx.hll_batch(key)
-        if earlier is not None:
-            if not constant_time_eq(earlier.digest, digest):
-                raise Conflict("batch id reused for another batch", code=ErrorCode.CONFLICT)
-            return _stored_outcome(earlier.report)
+        # The batch id is claimed before any spend: a concurrent copy of this batch waits
+        # here for this transaction and then answers with its report (not a 409).
+        if tx.hll_batch(key) is not None or not tx.hll_claim_batch(
+            key, merchant.merchant_id, digest, now
+        ):
+            return _earlier_outcome(tx, key, digest)
         books = self._system.books(tx, merchant.currency)
         report, micros = self._settle_items(tx, batch, merchant, key, now)
         if micros:
@@ -262,7 +263,7 @@ class HllService:
                 [(books.hll_float, micros), (merchant.account_id, -micros)],
             )
         stored = {"report": b64url_encode(hll.encode_report(report)), "credited_micros": micros}
-        tx.hll_save_batch(key, merchant.merchant_id, digest, stored, now)
+        tx.hll_finish_batch(key, stored)
         detail = {
             "batch": b64url_encode(batch.batch_id),
             "accepted": len(report.accepted),
@@ -355,6 +356,16 @@ def _usable_card(card: HllCardRow | None, offer: hll.Offer, merchant: Merchant) 
             "this merchant is paid in another currency", code=ErrorCode.UNSUPPORTED_METHOD
         )
     return card
+
+
+def _earlier_outcome(tx: Tx, key: bytes, digest: bytes) -> DepositOutcome:
+    """The stored answer to a batch sent before; Conflict if its id came with other items."""
+    earlier = tx.hll_batch(key)
+    if earlier is None:  # claimed by a transaction that has not committed: cannot happen
+        raise Conflict("the deposit batch is being settled", code=ErrorCode.CONFLICT)
+    if not constant_time_eq(earlier.digest, digest):
+        raise Conflict("batch id reused for another batch", code=ErrorCode.CONFLICT)
+    return _stored_outcome(earlier.report)
 
 
 def _stored_outcome(stored: Mapping[str, object]) -> DepositOutcome:

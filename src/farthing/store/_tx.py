@@ -179,6 +179,15 @@ class Tx:
         """A processed deposit batch (for idempotent re-deposits)."""
         return _hll.batch(self._ctx, batch_id)
 
+    def hll_claim_batch(self, batch_id: bytes, merchant_id: str, digest: bytes, at: int) -> bool:
+        """Take a batch id before settling its items; False if another transaction has it
+        (it has committed by then; read it with :meth:`hll_batch`)."""
+        return _hll.claim_batch(self._ctx, batch_id, merchant_id, digest, at)
+
+    def hll_finish_batch(self, batch_id: bytes, report: Mapping[str, object]) -> None:
+        """Store the report of a batch claimed in this transaction."""
+        _hll.finish_batch(self._ctx, batch_id, report)
+
     def hll_save_batch(
         self,
         batch_id: bytes,
@@ -329,6 +338,9 @@ class Tx:
         """Move up to ``limit`` oldest pending payments to 'batched' under ``batch_id``."""
         return _vendor.hll_take_pending_for_batch(self._ctx, batch_id, limit)
 
+    def vendor_hll_payments_by_state(self) -> dict[HllPaymentState, int]:
+        return _vendor.hll_payments_by_state(self._ctx)
+
     def vendor_hll_batch_payments(self, batch_id: bytes) -> list[VendorHllPaymentRow]:
         return _vendor.hll_batch_payments(self._ctx, batch_id)
 
@@ -349,6 +361,13 @@ class Tx:
     def outbox_due(self, now: int, limit: int) -> list[OutboxRow]:
         """Pending or sent-unanswered batches whose next attempt is due, oldest first."""
         return _vendor.outbox_due(self._ctx, now, limit)
+
+    def outbox_in_state(self, state: OutboxState, limit: int) -> list[OutboxRow]:
+        """Outbox items in ``state``, oldest first."""
+        return _vendor.outbox_in_state(self._ctx, state, limit)
+
+    def outbox_counts(self) -> dict[OutboxState, int]:
+        return _vendor.outbox_counts(self._ctx)
 
     def outbox_mark(
         self,
