@@ -20,13 +20,16 @@ from pathlib import Path
 import httpx
 import pytest
 
-from farthing.core.clock import SystemClock
+from farthing.core.clock import Clock, SystemClock
 from farthing.core.encoding import b64url_encode
+from farthing.core.errors import Conflict, ErrorCode
 from farthing.core.schemes import hll
+from farthing.http.problems import CONTENT_TYPE, problem_for
 from farthing.issuer.client import IssuerClient
-from farthing.store import HllPaymentState, OutboxState, Store, open_store
+from farthing.store import OutboxState, Store, open_store
+from farthing.testing import FixedClock
 from farthing.vendor.books import HllDeferredBook
-from farthing.vendor.deposits import Depositor, FlushReport
+from farthing.vendor.deposits import Depositor, FlushReport, backoff
 from farthing.vendor.methods.hll import PendingPurchase
 from tests.reliability.conftest import BACKENDS, store_target
 from tests.reliability.world import (
@@ -66,7 +69,13 @@ def record_deferred(world: World, count: int) -> None:
         )
 
 
-def depositor(world: World, store: Store, transport: httpx.AsyncBaseTransport) -> Depositor:
+def depositor(
+    world: World,
+    store: Store,
+    transport: httpx.AsyncBaseTransport,
+    *,
+    clock: Clock | None = None,
+) -> Depositor:
     client = IssuerClient(
         "http://issuer.test",
         merchant_id=MERCHANT_ID,
@@ -74,7 +83,7 @@ def depositor(world: World, store: Store, transport: httpx.AsyncBaseTransport) -
         transport=transport,
     )
     return Depositor(
-        store, client, clock=SystemClock(), rng=os.urandom,
+        store, client, clock=clock or SystemClock(), rng=os.urandom,
         merchant_id=MERCHANT_ID, merchant_key=world.merchant_key, batch_size=ITEMS,
     )  # fmt: skip
 
@@ -112,6 +121,84 @@ async def test_a_batch_sent_twice_at_once_gets_the_stored_report(
     second.close()
     world.close()
     assert (failed, sent, states, outbox) == (
-        0, 2 * ROUNDS, {"settled": ROUNDS * ITEMS}, {"done": ROUNDS}
+        0,
+        2 * ROUNDS,
+        {"settled": ROUNDS * ITEMS},
+        {"done": ROUNDS},
     ), reports
     assert owed == ROUNDS * ITEMS * PRICE_UNITS * UNIT
+
+
+class FaultyLine(httpx.AsyncBaseTransport):
+    """The vendor's line to the real issuer, with one fault per request, in order:
+    ``"reset"`` lets the issuer answer (it has committed) and loses the answer, ``"busy"``
+    answers the 409 the issuer gives when its store stays busy, ``None`` passes through."""
+
+    def __init__(self, issuer: httpx.AsyncBaseTransport, faults: list[str | None]) -> None:
+        self._issuer = issuer
+        self._faults = faults
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        fault = self._faults.pop(0) if self._faults else None
+        if fault == "busy":
+            busy = problem_for(Conflict("the store is busy; try again", code=ErrorCode.CONFLICT))
+            return httpx.Response(
+                busy.status, json=busy.to_json(), headers={"content-type": CONTENT_TYPE}
+            )
+        response = await self._issuer.handle_async_request(request)
+        if fault == "reset":
+            await response.aread()
+            raise httpx.ReadError("connection reset by peer", request=request)
+        return response
+
+
+LOST = 10  # purchases in the batch whose answer is lost
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_a_lost_answer_then_a_busy_bank_is_retried_not_failed(
+    request: pytest.FixtureRequest, tmp_path: Path, backend: str
+) -> None:
+    world = build_world(tmp_path, store_target(request, backend, tmp_path), hll_mode="deferred")
+    record_deferred(world, LOST)
+    clock = FixedClock(world.clock.now())
+    line = FaultyLine(httpx.ASGITransport(app=world.issuer_app()), ["reset", "busy"])
+    dep = depositor(world, world.store, line, clock=clock)
+    assert dep.stage() == 1
+    reports = []
+    for attempt in range(1, 4):
+        reports.append(await dep.flush_and_reconcile())
+        clock.advance(backoff(attempt))
+    states, outbox = payment_states(world.store), outbox_states(world.store)
+    owed = world.services.accounts.merchant(MERCHANT_ID).owed_micros
+    world.close()
+    assert [(r.sent, r.retry_later, r.failed) for r in reports] == [(0, 1, 0), (0, 1, 0), (1, 0, 0)]
+    assert (states, outbox) == ({"settled": LOST}, {"done": 1})
+    assert owed == LOST * PRICE_UNITS * UNIT
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_a_failed_batch_the_bank_credited_is_reconciled(
+    request: pytest.FixtureRequest, tmp_path: Path, backend: str
+) -> None:
+    """A batch left failed while the bank had credited it (what a 409 to a concurrent copy
+    did before): the vendor asks the bank about it and closes it by the bank's report."""
+    world = build_world(tmp_path, store_target(request, backend, tmp_path), hll_mode="deferred")
+    record_deferred(world, LOST)
+    clock = FixedClock(world.clock.now())
+    line = FaultyLine(httpx.ASGITransport(app=world.issuer_app()), ["reset"])
+    dep = depositor(world, world.store, line, clock=clock)
+    assert dep.stage() == 1
+    assert (await dep.flush()).retry_later == 1
+    with world.store.transaction() as tx:
+        (item,) = tx.outbox_due(clock.now() + 10**6, 10)
+        tx.outbox_mark(item.batch_id, OutboxState.FAILED, 1, clock.now(), '{"error": "CONFLICT"}')
+    stuck = payment_states(world.store)
+    report = await dep.flush_and_reconcile()
+    states, outbox = payment_states(world.store), outbox_states(world.store)
+    owed = world.services.accounts.merchant(MERCHANT_ID).owed_micros
+    world.close()
+    assert stuck == {"batched": LOST}
+    assert (report.sent, report.reconciled) == (0, 1)
+    assert (states, outbox) == ({"settled": LOST}, {"done": 1})
+    assert owed == LOST * PRICE_UNITS * UNIT

@@ -40,7 +40,7 @@ from farthing.core.schemes import hll
 from farthing.issuer.accounts_service import find_customer
 from farthing.issuer.auth import Merchant, MerchantDirectory
 from farthing.issuer.books import SystemAccounts
-from farthing.issuer.wire import verify_request_tag
+from farthing.issuer.wire import deposit_lookup_tag, verify_request_tag
 from farthing.store import CardStatus, HllCardRow, Store, Tx
 
 __all__ = ["DepositOutcome", "HllService", "OnlineSpend", "PersonalisedCard", "batch_key"]
@@ -237,6 +237,20 @@ class HllService:
         return self._store.run_in_transaction(
             lambda tx: self._deposit_unit(tx, batch, merchant, key, digest, now)
         )
+
+    def deposit_report(self, merchant_id: str, batch_id: bytes, tag: bytes) -> DepositOutcome:
+        """What the bank did with a merchant's batch: its stored report, or NotFound if the
+        bank never settled it (so nothing of it was credited). A vendor asks this for a
+        batch whose answer it lost or could not take as final."""
+        merchant = self._merchants.authenticate(
+            merchant_id, tag, lambda key: deposit_lookup_tag(key, merchant_id, batch_id)
+        )
+        key = batch_key(merchant.merchant_id, batch_id)
+        with self._store.transaction(readonly=True) as tx:
+            earlier = tx.hll_batch(key)
+        if earlier is None:
+            raise NotFound("no such deposit batch", code=ErrorCode.NOT_FOUND)
+        return _stored_outcome(earlier.report)
 
     def _deposit_unit(
         self,

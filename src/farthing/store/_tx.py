@@ -362,9 +362,9 @@ class Tx:
         """Pending or sent-unanswered batches whose next attempt is due, oldest first."""
         return _vendor.outbox_due(self._ctx, now, limit)
 
-    def outbox_in_state(self, state: OutboxState, limit: int) -> list[OutboxRow]:
-        """Outbox items in ``state``, oldest first."""
-        return _vendor.outbox_in_state(self._ctx, state, limit)
+    def outbox_in_state(self, state: OutboxState, now: int, limit: int) -> list[OutboxRow]:
+        """Outbox items in ``state`` whose next attempt is due by ``now``, oldest first."""
+        return _vendor.outbox_in_state(self._ctx, state, now, limit)
 
     def outbox_counts(self) -> dict[OutboxState, int]:
         return _vendor.outbox_counts(self._ctx)

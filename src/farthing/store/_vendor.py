@@ -286,12 +286,13 @@ def outbox_due(ctx: Ctx, now: int, limit: int) -> list[OutboxRow]:
     return [_outbox_row(row) for row in ctx.conn.execute(stmt).mappings()]
 
 
-def outbox_in_state(ctx: Ctx, state: OutboxState, limit: int) -> list[OutboxRow]:
-    """Outbox items in ``state``, oldest first (the failed ones, for reconciliation)."""
+def outbox_in_state(ctx: Ctx, state: OutboxState, now: int, limit: int) -> list[OutboxRow]:
+    """Outbox items in ``state`` whose next attempt is due, oldest first (the failed ones,
+    for reconciliation)."""
     c = vendor_deposit_batches.c
     stmt = (
         select(vendor_deposit_batches)
-        .where(c.state == OutboxState(state).value)
+        .where(c.state == OutboxState(state).value, c.next_attempt_at <= now)
         .order_by(c.created_at, c.batch_id)
         .limit(limit)
     )
