@@ -41,7 +41,7 @@ from farthing.store._rows import (
     VendorCommitmentRow,
     VendorHllPaymentRow,
 )
-from farthing.store._sql import Ctx
+from farthing.store._sql import Ctx, lock_key
 
 __all__ = ["Tx"]
 
@@ -58,6 +58,11 @@ class Tx:
     def now(self) -> int:
         """The store's clock (used for every ``created_at`` the caller does not pass)."""
         return self._ctx.clock.now()
+
+    def lock_key(self, name: bytes) -> None:
+        """Hold the lock ``name`` until the transaction ends (see :func:`_sql.lock_key`):
+        read-then-write units over one key serialize on it without SERIALIZABLE's aborts."""
+        lock_key(self._ctx, name)
 
     # --- accounts and ledger ------------------------------------------------------------
 

@@ -158,6 +158,7 @@ class HllDeferredBook:
 
     def record(self, purchase: PendingPurchase, *, risk_limit: int) -> None:
         def write(tx: Tx) -> None:
+            tx.lock_key(b"vendor-hll-risk:" + purchase.card_id)  # one check per card at a time
             outstanding = tx.vendor_hll_outstanding(purchase.card_id)
             if outstanding + purchase.amount > risk_limit:
                 raise InsufficientFunds("deferred risk limit reached", code=ErrorCode.RISK_LIMIT)
@@ -173,7 +174,7 @@ class HllDeferredBook:
             )
 
         try:
-            self._store.run_in_transaction(write, serializable=True)
+            self._store.run_in_transaction(write)
         except Conflict as error:
             if error.code is ErrorCode.DUPLICATE_SPEND:
                 raise InvalidPayment(
