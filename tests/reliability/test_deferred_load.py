@@ -4,13 +4,17 @@
   (two stores, many threads each): every one is recorded. The per-card risk check reads a
   SUM and then writes; under SERIALIZABLE, PostgreSQL's predicate locks made purchases on
   *different* cards abort each other until the retries ran out ("the store is busy").
+- The same over HTTP: 200 buyers at once against a 2-worker vendor in deferred mode, each
+  answered 200 with the article.
 """
 
 from __future__ import annotations
 
 import threading
+from collections import Counter
 from pathlib import Path
 
+import httpx
 import pytest
 
 from farthing.core.encoding import b64url_encode
@@ -20,7 +24,17 @@ from farthing.store import Store, open_store
 from farthing.vendor.books import HllDeferredBook
 from farthing.vendor.methods.hll import PendingPurchase
 from tests.reliability.conftest import store_target
-from tests.reliability.world import PRICE_UNITS, World, build_world, hll_offer
+from tests.reliability.procs import vendor_server
+from tests.reliability.test_races import Job, blast
+from tests.reliability.world import (
+    ARTICLES,
+    PRICE_UNITS,
+    World,
+    authorization,
+    build_world,
+    challenge_ids,
+    hll_offer,
+)
 
 pytestmark = [pytest.mark.postgres, pytest.mark.xdist_group("reliability-servers")]
 
@@ -87,4 +101,28 @@ def test_concurrent_deferred_purchases_on_different_cards_all_succeed(
             store.close()
         world.close()
     assert (len(errors), errors[:3]) == (0, [])
+    assert sum(recorded.values()) == BUYERS
+
+
+def test_concurrent_deferred_purchases_over_http_all_succeed(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    world = build_world(tmp_path, store_target(request, "postgres", tmp_path), hll_mode="deferred")
+    cards = world.hll_cards(BUYERS, units=10)
+    names = sorted(ARTICLES)
+    with vendor_server(world.config_path, workers=2, log_path=tmp_path / "vendor.log") as vendor:
+        unpaid = httpx.get(vendor.base + "/articles/a.txt", timeout=10)
+        cid, expires = challenge_ids(unpaid.headers.get_list("www-authenticate"))["hll:mac"]
+        jobs = []
+        for n, card in enumerate(cards):
+            path = f"/articles/{names[n % len(names)]}"
+            payment = card.pay(hll_offer(cid, expires, good=path), 1)
+            header = authorization(cid, "hll:mac", payment)
+            jobs.append(Job(n, "hll:mac", path, header, card.key, 1, None))
+        results = blast(vendor.base, jobs, tmp_path)
+    with world.store.transaction(readonly=True) as tx:
+        recorded = tx.vendor_hll_payments_by_state()
+    world.close()
+    statuses = Counter(r["status"] for r in results)
+    assert statuses == {200: BUYERS}
     assert sum(recorded.values()) == BUYERS
