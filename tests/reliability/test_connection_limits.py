@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,8 +26,10 @@ from farthing.core.encoding import b64url_encode
 from farthing.core.errors import ErrorCode, Unavailable
 from farthing.core.schemes import hll
 from farthing.store import open_store
+from farthing.store._engine import PoolLimits
 from tests.pgserver import PgServer, PgUnavailable
 from tests.reliability.procs import issuer_server, vendor_server
+from tests.reliability.test_deferred_load import BUYERS, deferred_jobs
 from tests.reliability.test_races import METHODS, Job, blast, plan
 from tests.reliability.world import (
     MERCHANT_ID,
@@ -38,6 +42,8 @@ from tests.reliability.world import (
 pytestmark = [pytest.mark.postgres, pytest.mark.xdist_group("reliability-servers")]
 
 MAX_CONNECTIONS = 30
+HOLD_S = 4.0  # from just before the storm starts (the blasters start 1.2 s after)
+CLIENTS = 120  # simultaneous client connections of the budget storm (3 blaster processes)
 FREE = 2  # slots left to the servers under test once the hog has taken the rest
 DEPOSITS = 40
 ITEMS = 3
@@ -78,19 +84,91 @@ def answered(results: list[dict[str, Any]]) -> dict[int, int]:
     return counts
 
 
+def storm_jobs(world: World, base: str) -> list[Job]:
+    unpaid = httpx.get(base + "/articles/a.txt", timeout=10)
+    offered = challenge_ids(unpaid.headers.get_list("www-authenticate"))
+    jobs: list[Job] = []
+    for method in METHODS:
+        cid, expires = offered[method]
+        more, _ = plan(world, method, cid, expires - 300, first=len(jobs))
+        jobs += more
+    random.Random(2).shuffle(jobs)
+    return jobs
+
+
+class PeakConnections:
+    """The most connections to one database seen while the block runs (sampled)."""
+
+    def __init__(self, dsn: str, database: str) -> None:
+        self._dsn, self._database = dsn, database
+        self.peak = 0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def _watch(self) -> None:
+        query = (
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()"
+        )
+        with psycopg.connect(self._dsn, autocommit=True) as conn:
+            while not self._done.wait(0.02):
+                row = conn.execute(query, (self._database,)).fetchone()
+                self.peak = max(self.peak, row[0] if row else 0)
+
+    def __enter__(self) -> PeakConnections:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join(timeout=10)
+
+
+@contextlib.contextmanager
+def inserts_held(dsn: str, table: str, seconds: float) -> Iterator[None]:
+    """Another client blocks every INSERT into ``table`` for ``seconds`` (from the start of
+    the block): the vendor's transactions pile up holding their connections, as behind any
+    slow statement."""
+    locked = threading.Event()
+
+    def hold() -> None:
+        with psycopg.connect(dsn) as conn:
+            conn.execute(f"LOCK TABLE {table} IN SHARE ROW EXCLUSIVE MODE")
+            locked.set()
+            time.sleep(seconds)
+
+    holder = threading.Thread(target=hold, daemon=True)
+    holder.start()
+    assert locked.wait(10)
+    try:
+        yield
+    finally:
+        holder.join(timeout=seconds + 10)
+
+
+def test_a_vendor_holds_at_most_its_connection_budget(small_pg: PgServer, tmp_path: Path) -> None:
+    """200 deferred HLL buyers, 120 at a time, while their INSERTs are held up for a moment:
+    the 2-worker vendor holds at most 2 x (8 pooled + 3 hot-path) = 22 connections, and the
+    buyers past the pool wait for a connection and are served."""
+    world = build_world(tmp_path, small_pg.create_database("budget"), hll_mode="deferred")
+    with vendor_server(world.config_path, workers=2, log_path=tmp_path / "vendor.log") as vendor:
+        jobs = deferred_jobs(world, vendor.base, BUYERS)
+        world.close()
+        with (
+            PeakConnections(small_pg.dsn(), "budget") as seen,
+            inserts_held(small_pg.dsn("budget"), "vendor_hll_payments", HOLD_S),
+        ):
+            results = blast(vendor.base, jobs, tmp_path, threads=CLIENTS // 3)
+    counts = answered(results)
+    assert counts == {200: BUYERS}
+    assert 0 < seen.peak <= 2 * PoolLimits().per_process + 1, seen.peak  # + 1: the lock holder
+
+
 def test_a_vendor_out_of_connections_answers_503_not_500(
     small_pg: PgServer, tmp_path: Path
 ) -> None:
     world = build_world(tmp_path, small_pg.create_database("storm"))
-    jobs: list[Job] = []
     with vendor_server(world.config_path, workers=2, log_path=tmp_path / "vendor.log") as vendor:
-        unpaid = httpx.get(vendor.base + "/articles/a.txt", timeout=10)
-        offered = challenge_ids(unpaid.headers.get_list("www-authenticate"))
-        for method in METHODS:
-            cid, expires = offered[method]
-            more, _ = plan(world, method, cid, expires - 300, first=len(jobs))
-            jobs += more
-        random.Random(2).shuffle(jobs)
+        jobs = storm_jobs(world, vendor.base)
         world.close()  # the test's own pool gives its slots back
         with hog(small_pg.dsn("storm"), leave=FREE):
             results = blast(vendor.base, jobs, tmp_path)

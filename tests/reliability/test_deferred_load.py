@@ -104,22 +104,27 @@ def test_concurrent_deferred_purchases_on_different_cards_all_succeed(
     assert sum(recorded.values()) == BUYERS
 
 
+def deferred_jobs(world: World, base: str, count: int) -> list[Job]:
+    """One paid request from each of ``count`` new HLL cards, for the vendor at ``base``."""
+    cards = world.hll_cards(count, units=10)
+    names = sorted(ARTICLES)
+    unpaid = httpx.get(base + "/articles/a.txt", timeout=10)
+    cid, expires = challenge_ids(unpaid.headers.get_list("www-authenticate"))["hll:mac"]
+    jobs = []
+    for n, card in enumerate(cards):
+        path = f"/articles/{names[n % len(names)]}"
+        payment = card.pay(hll_offer(cid, expires, good=path), 1)
+        header = authorization(cid, "hll:mac", payment)
+        jobs.append(Job(n, "hll:mac", path, header, card.key, 1, None))
+    return jobs
+
+
 def test_concurrent_deferred_purchases_over_http_all_succeed(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
     world = build_world(tmp_path, store_target(request, "postgres", tmp_path), hll_mode="deferred")
-    cards = world.hll_cards(BUYERS, units=10)
-    names = sorted(ARTICLES)
     with vendor_server(world.config_path, workers=2, log_path=tmp_path / "vendor.log") as vendor:
-        unpaid = httpx.get(vendor.base + "/articles/a.txt", timeout=10)
-        cid, expires = challenge_ids(unpaid.headers.get_list("www-authenticate"))["hll:mac"]
-        jobs = []
-        for n, card in enumerate(cards):
-            path = f"/articles/{names[n % len(names)]}"
-            payment = card.pay(hll_offer(cid, expires, good=path), 1)
-            header = authorization(cid, "hll:mac", payment)
-            jobs.append(Job(n, "hll:mac", path, header, card.key, 1, None))
-        results = blast(vendor.base, jobs, tmp_path)
+        results = blast(vendor.base, deferred_jobs(world, vendor.base, BUYERS), tmp_path)
     with world.store.transaction(readonly=True) as tx:
         recorded = tx.vendor_hll_payments_by_state()
     world.close()
