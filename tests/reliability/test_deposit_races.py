@@ -75,6 +75,7 @@ def depositor(
     transport: httpx.AsyncBaseTransport,
     *,
     clock: Clock | None = None,
+    batch_size: int = ITEMS,
 ) -> Depositor:
     client = IssuerClient(
         "http://issuer.test",
@@ -84,7 +85,7 @@ def depositor(
     )
     return Depositor(
         store, client, clock=clock or SystemClock(), rng=os.urandom,
-        merchant_id=MERCHANT_ID, merchant_key=world.merchant_key, batch_size=ITEMS,
+        merchant_id=MERCHANT_ID, merchant_key=world.merchant_key, batch_size=batch_size,
     )  # fmt: skip
 
 
@@ -100,33 +101,55 @@ def outbox_states(store: Store) -> dict[str, int]:
     return {state.value: count for state, count in rows.items()}
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-async def test_a_batch_sent_twice_at_once_gets_the_stored_report(
-    request: pytest.FixtureRequest, tmp_path: Path, backend: str
-) -> None:
-    world = build_world(tmp_path, store_target(request, backend, tmp_path), hll_mode="deferred")
+async def race_copies(world: World, rounds: int, items: int) -> None:
+    """``rounds`` times: ``items`` purchases staged as one batch, sent by two depositors at
+    once; then every copy answered, every purchase settled and credited once."""
     second = open_store(world.target, create=False)
     transport = httpx.ASGITransport(app=world.issuer_app())
-    one, two = depositor(world, world.store, transport), depositor(world, second, transport)
+    one = depositor(world, world.store, transport, batch_size=items)
+    two = depositor(world, second, transport, batch_size=items)
     reports: list[FlushReport] = []
-    for _ in range(ROUNDS):
-        record_deferred(world, ITEMS)
+    for _ in range(rounds):
+        record_deferred(world, items)
         assert one.stage() == 1
         reports += await asyncio.gather(one.flush(), two.flush())
+    second.close()
     failed = sum(r.failed for r in reports)
     sent = sum(r.sent for r in reports)
     states = payment_states(world.store)
     outbox = outbox_states(world.store)
     owed = world.services.accounts.merchant(MERCHANT_ID).owed_micros
-    second.close()
-    world.close()
     assert (failed, sent, states, outbox) == (
         0,
-        2 * ROUNDS,
-        {"settled": ROUNDS * ITEMS},
-        {"done": ROUNDS},
+        2 * rounds,
+        {"settled": rounds * items},
+        {"done": rounds},
     ), reports
-    assert owed == ROUNDS * ITEMS * PRICE_UNITS * UNIT
+    assert owed == rounds * items * PRICE_UNITS * UNIT
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_a_batch_sent_twice_at_once_gets_the_stored_report(
+    request: pytest.FixtureRequest, tmp_path: Path, backend: str
+) -> None:
+    world = build_world(tmp_path, store_target(request, backend, tmp_path), hll_mode="deferred")
+    try:
+        await race_copies(world, ROUNDS, ITEMS)
+    finally:
+        world.close()
+
+
+@pytest.mark.heavy
+@pytest.mark.postgres
+async def test_ten_rounds_of_300_item_batches_sent_twice_at_once(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """The size of the original finding (9 of 10 rounds refused a copy, 2,700 stuck)."""
+    world = build_world(tmp_path, store_target(request, "postgres", tmp_path), hll_mode="deferred")
+    try:
+        await race_copies(world, 10, 300)
+    finally:
+        world.close()
 
 
 class FaultyLine(httpx.AsyncBaseTransport):
