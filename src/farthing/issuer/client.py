@@ -6,6 +6,7 @@ It implements the vendor's :class:`~farthing.vendor.methods.hll.HllBankClient`
     async with IssuerClient("https://bank.example", merchant_id="m-1", merchant_key=k_m) as bank:
         await bank.verify_online(offer_bytes, payment_bytes)      # None, or raises
         report = await bank.deposit_hll(batch, tag)                # hll.DepositReport
+        report = await bank.hll_deposit_report(batch_id)           # the stored one, or None
         units = await bank.redeem_payword(redemption)              # units newly credited
 
 Errors are always farthing's own, never a bare Exception:
