@@ -89,9 +89,10 @@ def _system_user() -> pwd.struct_passwd:
 class PgServer:
     """One private PostgreSQL server. Use :meth:`start_new`, then :meth:`stop`."""
 
-    def __init__(self, bindir: Path, *, fsync: bool = False) -> None:
+    def __init__(self, bindir: Path, *, fsync: bool = False, max_connections: int = 60) -> None:
         self._bindir = bindir
         self._fsync = fsync
+        self._max_connections = max_connections
         self._as_user: pwd.struct_passwd | None = _system_user() if os.geteuid() == 0 else None
         self._root = Path(tempfile.mkdtemp(prefix="farthing-pg-"))
         self._data = self._root / "data"
@@ -101,11 +102,11 @@ class PgServer:
         self._running = False
 
     @classmethod
-    def start_new(cls, *, fsync: bool = False) -> PgServer:
+    def start_new(cls, *, fsync: bool = False, max_connections: int = 60) -> PgServer:
         bindir = find_pg_bindir()
         if bindir is None:
             raise PgUnavailable("PostgreSQL binaries (initdb, pg_ctl) not found")
-        server = cls(bindir, fsync=fsync)
+        server = cls(bindir, fsync=fsync, max_connections=max_connections)
         atexit.register(server.stop)
         try:
             server._initdb()
@@ -142,7 +143,7 @@ class PgServer:
             "synchronous_commit": "on" if self._fsync else "off",
             "full_page_writes": "on" if self._fsync else "off",
             "shared_buffers": "32MB",
-            "max_connections": "60",
+            "max_connections": str(self._max_connections),
             "dynamic_shared_memory_type": "mmap",
         }
         return " ".join(f"-c {key}={value}" for key, value in settings.items())

@@ -274,3 +274,31 @@ async def test_deposit_window_and_card_balance(api: httpx.AsyncClient, harness: 
 async def test_unknown_card_is_404(api: httpx.AsyncClient) -> None:
     response = await api.get(f"/v1/hll/cards/{b64url_encode(bytes(16))}")
     assert_problem(response, 404, ErrorCode.NOT_FOUND)
+
+
+def _lookup_body(merchant_id: str, key: bytes, batch_id: bytes) -> dict[str, str]:
+    from farthing.issuer.wire import deposit_lookup_tag
+
+    tag = deposit_lookup_tag(key, merchant_id, batch_id)
+    return {
+        "merchant_id": merchant_id,
+        "batch_id": b64url_encode(batch_id),
+        "tag": b64url_encode(tag),
+    }
+
+
+async def test_a_merchant_can_ask_what_the_bank_did_with_a_batch(
+    api: httpx.AsyncClient, harness: Harness
+) -> None:
+    shop = open_shop(harness)
+    batch, tag = deposit_batch(harness, shop, [buy(harness, shop, 2), buy(harness, shop, 3)])
+    lookup = _lookup_body(shop.merchant_id, shop.merchant_key, batch.batch_id)
+    unknown = await api.post("/v1/hll/deposits/lookup", json=lookup)
+    assert_problem(unknown, 404, ErrorCode.NOT_FOUND)
+    first = await api.post("/v1/hll/deposits", json=deposit_body(batch, tag))
+    known = await api.post("/v1/hll/deposits/lookup", json=lookup)
+    assert known.status_code == 200
+    assert known.json() == {**first.json(), "replayed": True}
+    forged = _lookup_body(shop.merchant_id, bytes(32), batch.batch_id)
+    assert_problem(await api.post("/v1/hll/deposits/lookup", json=forged), 401)
+    assert _merchant_owed(harness) == 5000  # asking credits nothing

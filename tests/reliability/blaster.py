@@ -4,7 +4,7 @@
 ``{"base": url, "start_at": unix time, "threads": n, "requests": [{"job": i, "path": p,
 "authorization": a}, ...]}``. Every thread opens its own connection first, then all wait
 for ``start_at`` (shared by every blaster process) and send their share at once. Prints one
-JSON line per request: job, status, receipt header, body (base64url).
+JSON line per request: job, status, receipt and Retry-After headers, body (base64url).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ def _fire(base: str, share: list[dict[str, object]], start_at: float, out: list[
                 "job": request["job"],
                 "status": response.status_code,
                 "receipt": response.headers.get("payment-receipt"),
+                "retry_after": response.headers.get("retry-after"),
                 "body": b64url_encode(response.content),
             }
             out.append(json.dumps(line))

@@ -129,8 +129,10 @@ def plan(
     return jobs, cards
 
 
-def blast(base: str, jobs: list[Job], folder: Path) -> list[dict[str, Any]]:
-    """Send every job at once from PROCESSES processes of THREADS threads each."""
+def blast(
+    base: str, jobs: list[Job], folder: Path, *, threads: int = THREADS
+) -> list[dict[str, Any]]:
+    """Send every job at once from PROCESSES processes of ``threads`` threads each."""
     start_at = time.time() + 1.2  # the blasters need about 0.3 s to start
     children = []
     for p in range(PROCESSES):
@@ -138,7 +140,7 @@ def blast(base: str, jobs: list[Job], folder: Path) -> list[dict[str, Any]]:
             {"job": j.job, "path": j.path, "authorization": j.authorization}
             for j in jobs[p::PROCESSES]
         ]
-        job = {"base": base, "start_at": start_at, "threads": THREADS, "requests": share}
+        job = {"base": base, "start_at": start_at, "threads": threads, "requests": share}
         path = folder / f"blast-{p}.json"
         path.write_text(json.dumps(job))
         child = subprocess.Popen(

@@ -84,3 +84,33 @@ def test_a_broken_connection_is_dropped(database: Path) -> None:
         assert batch.rowcount(_SET, {}) == 1
     assert connect.made == 2
     lane.close()
+
+
+def test_the_lane_never_opens_more_than_max_open(database: Path) -> None:
+    """A caller past ``max_open`` waits, then gets the pool's TimeoutError (a 503 upstream),
+    and a slot freed by a failure is usable again."""
+    from sqlalchemy import exc as sa_exc
+
+    connect = _Counting(database)
+    lane = FastLane(connect, begin="BEGIN", max_open=2, timeout=0.05)
+    with lane.batch(), lane.batch(), pytest.raises(sa_exc.TimeoutError):
+        lane.rowcount(_SET, {})
+    assert lane.rowcount(_SET, {}) == 1
+    assert connect.made == 2
+    lane.close()
+
+
+def test_pool_limits_come_from_the_dsn_and_are_checked() -> None:
+    from sqlalchemy import make_url
+
+    from farthing.store._engine import PoolLimits, pool_limits
+
+    url, limits = pool_limits(make_url("postgresql+psycopg://u@h/db?pool_size=4&lane_size=2"))
+    assert (url.render_as_string(), limits) == (
+        "postgresql+psycopg://u@h/db",
+        PoolLimits(pool_size=4, lane_size=2, pool_timeout=5.0),
+    )
+    assert pool_limits(make_url("postgresql+psycopg://u@h/db"))[1].per_process == 11
+    for bad in ("pool_size=0", "lane_size=x", "pool_timeout=-1"):
+        with pytest.raises(ValueError):
+            pool_limits(make_url(f"postgresql+psycopg://u@h/db?{bad}"))

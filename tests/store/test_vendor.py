@@ -223,3 +223,26 @@ def test_a_purchase_settled_online_is_refused_when_sent_again(store: Store) -> N
         assert row is not None
         assert (row.mode, row.state) == (HllMode.ONLINE, HllPaymentState.SETTLED)
         assert (tx.vendor_hll_exposure(CARD), tx.vendor_hll_outstanding_total()) == (0, 0)
+
+
+def test_the_risk_limit_holds_under_a_key_lock(store: Store) -> None:
+    """Check-then-insert at READ COMMITTED, serialized by the card's lock (what the deferred
+    book does): no two requests both slip under the limit, and none is aborted."""
+    limit = 10
+
+    def accept(counter: int) -> bool:
+        def unit(tx: Tx) -> None:
+            tx.lock_key(b"risk:" + CARD)
+            if tx.vendor_hll_outstanding(CARD) + 3 > limit:
+                raise InsufficientFunds("risk limit", code=ErrorCode.RISK_LIMIT)
+            _record(tx, counter, units=3)
+
+        try:
+            store.run_in_transaction(unit, retries=0)
+        except InsufficientFunds:
+            return False
+        return True
+
+    assert race(12, accept).count(True) == 3
+    with store.transaction(readonly=True) as tx:
+        assert tx.vendor_hll_outstanding(CARD) == 9

@@ -39,6 +39,7 @@ class LocalIssuer:
         self.down = False
         self.busy = False
         self.calls = 0
+        self.reports: dict[bytes, hll.DepositReport] = {}
 
     async def deposit_hll(self, batch: hll.DepositBatch, tag: bytes) -> hll.DepositReport:
         self.calls += 1
@@ -46,7 +47,15 @@ class LocalIssuer:
             raise LocalProtocolError("issuer unreachable", code=ErrorCode.ISSUER_UNAVAILABLE)
         if self.busy:
             raise RateLimited("slow down", retry_after=1)
-        return self.bank.deposit(batch, tag, self.clock.now())
+        report = self.bank.deposit(batch, tag, self.clock.now())
+        self.reports[batch.batch_id] = report
+        return report
+
+    async def hll_deposit_report(self, batch_id: bytes) -> hll.DepositReport | None:
+        self.calls += 1
+        if self.down:
+            raise LocalProtocolError("issuer unreachable", code=ErrorCode.ISSUER_UNAVAILABLE)
+        return self.reports.get(batch_id)
 
     async def redeem_payword(self, redemption: payword.Redemption) -> int:
         self.calls += 1

@@ -105,7 +105,7 @@ def serve(
 
 async def _flush_and_close(depositor: Depositor, client: IssuerClient) -> FlushReport:
     async with client:
-        return await depositor.flush()
+        return await depositor.flush_and_reconcile()
 
 
 @app.command("deposit")
@@ -131,9 +131,10 @@ def deposit(
     except FarthingError as error:
         raise fail(error.message) from None
     table = Table(title="deposits")
-    for column in ("staged", "sent", "retry later", "failed"):
+    for column in ("staged", "sent", "retry later", "failed", "reconciled"):
         table.add_column(column, justify="right")
-    table.add_row(str(staged), str(report.sent), str(report.retry_later), str(report.failed))
+    counts = (staged, report.sent, report.retry_later, report.failed, report.reconciled)
+    table.add_row(*map(str, counts))
     console.print(table)
     if report.failed:
         raise typer.Exit(1)

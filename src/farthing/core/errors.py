@@ -17,7 +17,8 @@
         ├── CardExhausted              the wallet's card has no units left
         ├── CardLocked                 too many wrong PINs
         ├── WrongPin                   the PIN is wrong
-        └── PolicyRefused              the wallet's spending policy refuses a price
+        ├── PolicyRefused              the wallet's spending policy refuses a price
+        └── Unavailable                out of store connections; try again      503
 
 Each error carries a stable ``code`` from :class:`ErrorCode` (unique, tested) and an
 ``http_status`` hint that the HTTP edge maps to an RFC 9457 problem. Messages are fixed
@@ -45,6 +46,7 @@ __all__ = [
     "PolicyRefused",
     "RateLimited",
     "RemoteProtocolError",
+    "Unavailable",
     "UnsupportedMethod",
     "WrongPin",
 ]
@@ -100,6 +102,7 @@ class ErrorCode(IntEnum):
     ISSUER_UNAVAILABLE = 5006
     INSECURE_TRANSPORT = 5007  # the wallet pays only over https (plain http on loopback)
     WRONG_SITE = 5008  # the card is bound to another site
+    STORE_UNAVAILABLE = 5009  # no free store connection, or the database refuses clients
 
     INTERNAL = 9000
 
@@ -234,3 +237,15 @@ class PolicyRefused(LocalProtocolError):
 
     default_code = ErrorCode.POLICY_REFUSED
     http_status = 402
+
+
+class Unavailable(LocalProtocolError):
+    """This side cannot serve the request now (its store has no free connection, or the
+    database refuses more clients); nothing was done. Retry after ``retry_after`` seconds."""
+
+    default_code = ErrorCode.STORE_UNAVAILABLE
+    http_status = 503
+
+    def __init__(self, message: str, *, retry_after: int, code: ErrorCode | None = None) -> None:
+        super().__init__(message, code=code)
+        self.retry_after = retry_after

@@ -24,6 +24,7 @@ from farthing.core.errors import (
     PaymentExpired,
     PolicyRefused,
     RateLimited,
+    Unavailable,
     UnsupportedMethod,
 )
 
@@ -69,6 +70,7 @@ _TABLE: Final[tuple[tuple[type[FarthingError], int, str, str], ...]] = (
     (Conflict, 409, FARTHING_BASE + "conflict", "Conflict"),
     (RateLimited, 429, FARTHING_BASE + "rate-limited", "Too many requests"),
     (PolicyRefused, 402, FARTHING_BASE + "policy-refused", "Refused by spending policy"),
+    (Unavailable, 503, FARTHING_BASE + "unavailable", "Service unavailable"),
 )
 
 _CODE_OVERRIDES: Final = {
@@ -80,7 +82,7 @@ _CODE_OVERRIDES: Final = {
 
 def problem_for(error: FarthingError) -> Problem:
     """The problem for a domain error. Local misuse that reaches the edge is a 500."""
-    retry_after = error.retry_after if isinstance(error, RateLimited) else None
+    retry_after = error.retry_after if isinstance(error, RateLimited | Unavailable) else None
     override = _CODE_OVERRIDES.get(error.code)
     if override is not None:
         status, type_, title = override

@@ -6,6 +6,7 @@ It implements the vendor's :class:`~farthing.vendor.methods.hll.HllBankClient`
     async with IssuerClient("https://bank.example", merchant_id="m-1", merchant_key=k_m) as bank:
         await bank.verify_online(offer_bytes, payment_bytes)      # None, or raises
         report = await bank.deposit_hll(batch, tag)                # hll.DepositReport
+        report = await bank.hll_deposit_report(batch_id)           # the stored one, or None
         units = await bank.redeem_payword(redemption)              # units newly credited
 
 Errors are always farthing's own, never a bare Exception:
@@ -45,7 +46,7 @@ from farthing.core.errors import (
     UnsupportedMethod,
 )
 from farthing.core.schemes import hll, payword
-from farthing.issuer.wire import redeem_request_tag, verify_request_tag
+from farthing.issuer.wire import deposit_lookup_tag, redeem_request_tag, verify_request_tag
 
 __all__ = ["CardStatus", "IssuerClient", "error_from_problem"]
 
@@ -175,11 +176,21 @@ class IssuerClient:
         """Deposit a deferred-mode batch (or its encoding); resend freely until it answers."""
         encoded = batch if isinstance(batch, bytes) else hll.encode_batch(batch)
         body = {"batch": b64url_encode(encoded), "tag": b64url_encode(tag)}
-        answer = await self._call("POST", "/v1/hll/deposits", body)
+        return _report(await self._call("POST", "/v1/hll/deposits", body))
+
+    async def hll_deposit_report(self, batch_id: bytes) -> hll.DepositReport | None:
+        """What the bank did with one of this merchant's batches: its report, or None if the
+        bank never settled it (nothing of it was credited)."""
+        merchant_id, key = self._credentials()
+        body = {
+            "merchant_id": merchant_id,
+            "batch_id": b64url_encode(batch_id),
+            "tag": b64url_encode(deposit_lookup_tag(key, merchant_id, batch_id)),
+        }
         try:
-            return hll.decode_report(b64url_decode(str(answer["report"]), max_len=_MAX_REPORT_B64))
-        except (KeyError, MalformedMessage) as exc:
-            raise _unavailable("the issuer's deposit report does not decode") from exc
+            return _report(await self._call("POST", "/v1/hll/deposits/lookup", body))
+        except NotFound:
+            return None
 
     async def redeem_payword(self, redemption: payword.Redemption | bytes) -> int:
         """Redeem a PayWord claim; returns the units newly credited (0 for a repeat)."""
@@ -240,6 +251,13 @@ class IssuerClient:
         raise error_from_problem(
             response.status_code, document, response.headers.get("retry-after")
         )
+
+
+def _report(answer: dict[str, object]) -> hll.DepositReport:
+    try:
+        return hll.decode_report(b64url_decode(str(answer["report"]), max_len=_MAX_REPORT_B64))
+    except (KeyError, MalformedMessage) as exc:
+        raise _unavailable("the issuer's deposit report does not decode") from exc
 
 
 def _json(response: httpx.Response) -> object:

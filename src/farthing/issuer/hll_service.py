@@ -46,7 +46,7 @@ from farthing.core.schemes import hll
 from farthing.issuer.accounts_service import find_customer
 from farthing.issuer.auth import Merchant, MerchantDirectory
 from farthing.issuer.books import SystemAccounts
-from farthing.issuer.wire import verify_request_tag
+from farthing.issuer.wire import deposit_lookup_tag, verify_request_tag
 from farthing.store import CardStatus, HllCardRow, Store, Tx
 
 __all__ = [
@@ -335,6 +335,20 @@ class HllService:
             lambda tx: self._deposit_unit(tx, batch, merchant, key, digest, now)
         )
 
+    def deposit_report(self, merchant_id: str, batch_id: bytes, tag: bytes) -> DepositOutcome:
+        """What the bank did with a merchant's batch: its stored report, or NotFound if the
+        bank never settled it (so nothing of it was credited). A vendor asks this for a
+        batch whose answer it lost or could not take as final."""
+        merchant = self._merchants.authenticate(
+            merchant_id, tag, lambda key: deposit_lookup_tag(key, merchant_id, batch_id)
+        )
+        key = batch_key(merchant.merchant_id, batch_id)
+        with self._store.transaction(readonly=True) as tx:
+            earlier = tx.hll_batch(key)
+        if earlier is None:
+            raise NotFound("no such deposit batch", code=ErrorCode.NOT_FOUND)
+        return _stored_outcome(earlier.report)
+
     def _deposit_unit(
         self,
         tx: Tx,
@@ -344,11 +358,12 @@ class HllService:
         digest: bytes,
         now: int,
     ) -> DepositOutcome:
-        earlier = tx.hll_batch(key)
-        if earlier is not None:
-            if not constant_time_eq(earlier.digest, digest):
-                raise Conflict("batch id reused for another batch", code=ErrorCode.CONFLICT)
-            return _stored_outcome(earlier.report)
+        # The batch id is claimed before any spend: a concurrent copy of this batch waits
+        # here for this transaction and then answers with its report (not a 409).
+        if tx.hll_batch(key) is not None or not tx.hll_claim_batch(
+            key, merchant.merchant_id, digest, now
+        ):
+            return _earlier_outcome(tx, key, digest)
         books = self._system.books(tx, merchant.currency)
         report, micros = self._settle_items(tx, batch, merchant, key, now)
         if micros:
@@ -359,7 +374,7 @@ class HllService:
                 [(books.hll_float, micros), (merchant.account_id, -micros)],
             )
         stored = {"report": b64url_encode(hll.encode_report(report)), "credited_micros": micros}
-        tx.hll_save_batch(key, merchant.merchant_id, digest, stored, now)
+        tx.hll_finish_batch(key, stored)
         detail = {
             "batch": b64url_encode(batch.batch_id),
             "accepted": len(report.accepted),
@@ -462,6 +477,16 @@ def _usable_card(card: HllCardRow | None, offer: hll.Offer, merchant: Merchant) 
             "this merchant is paid in another currency", code=ErrorCode.UNSUPPORTED_METHOD
         )
     return card
+
+
+def _earlier_outcome(tx: Tx, key: bytes, digest: bytes) -> DepositOutcome:
+    """The stored answer to a batch sent before; Conflict if its id came with other items."""
+    earlier = tx.hll_batch(key)
+    if earlier is None:  # claimed by a transaction that has not committed: cannot happen
+        raise Conflict("the deposit batch is being settled", code=ErrorCode.CONFLICT)
+    if not constant_time_eq(earlier.digest, digest):
+        raise Conflict("batch id reused for another batch", code=ErrorCode.CONFLICT)
+    return _stored_outcome(earlier.report)
 
 
 def _stored_outcome(stored: Mapping[str, object]) -> DepositOutcome:

@@ -3,6 +3,7 @@
 ::
 
     FarthingError               -> problem_for(error): its status, type, fixed message, code
+      Unavailable                -> 503 with Retry-After (the store is out of connections)
       LocalProtocolError         -> 500 with a correlation id (our fault; logged)
     RequestValidationError      -> 400 malformed, fixed message + field locations only
     Starlette HTTPException     -> 404 no such resource / 405 / 400
@@ -35,6 +36,7 @@ from farthing.core.errors import (
     LocalProtocolError,
     MalformedMessage,
     NotFound,
+    Unavailable,
 )
 from farthing.http.problems import CONTENT_TYPE, Problem, internal_problem, problem_for
 
@@ -68,7 +70,7 @@ def internal_response(cause: BaseException | None) -> JSONResponse:
 
 def error_response(error: FarthingError) -> JSONResponse:
     """The response for a domain error; local misuse reaching the edge is logged, 500."""
-    if isinstance(error, LocalProtocolError):
+    if isinstance(error, LocalProtocolError) and not isinstance(error, Unavailable):
         return internal_response(error)
     headers = {}
     if error.code is ErrorCode.UNAUTHENTICATED:

@@ -14,6 +14,7 @@ from farthing.issuer.schemas import (
     DepositPair,
     HllCardCreated,
     HllCardOut,
+    HllDepositLookup,
     HllDepositRequest,
     HllVerifyOut,
     HllVerifyRequest,
@@ -118,6 +119,17 @@ def build_hll_router(services: IssuerServices, writer: StoreWriter) -> APIRouter
     def deposit(body: HllDepositRequest) -> DepositOut:
         """A merchant's deferred-mode batch, tagged under K_M; idempotent by batch id."""
         outcome = service.deposit(field_bytes(body.batch, "batch"), field_bytes(body.tag, "tag"))
+        return deposit_out(outcome)
+
+    @router.post("/deposits/lookup")
+    def deposit_lookup(body: HllDepositLookup) -> DepositOut:
+        """What the bank did with one of the merchant's batches (tagged under K_M): the
+        stored report, or 404 if the bank never settled it (nothing of it was credited)."""
+        outcome = service.deposit_report(
+            body.merchant_id,
+            field_bytes(body.batch_id, "batch id", max_len=32),
+            field_bytes(body.tag, "tag"),
+        )
         return deposit_out(outcome)
 
     return router

@@ -170,6 +170,12 @@ class HllDepositRequest(_Request):
     tag: Tag
 
 
+class HllDepositLookup(_Request):
+    merchant_id: Name
+    batch_id: Annotated[str, _b64(64)]
+    tag: Tag
+
+
 class DepositPair(_Response):
     card_id: str
     counter: int

@@ -19,12 +19,22 @@ PostgreSQL (``postgresql://`` DSNs, psycopg 3)
 
 Both: the hot path's driver connections run in autocommit (a lone UPDATE is its own
 transaction; on PostgreSQL one round trip, no BEGIN/COMMIT).
+
+Connections (PostgreSQL)
+    A process opens at most ``pool_size`` pooled connections (no overflow) plus ``lane_size``
+    hot-path ones: 8 + 3 = 11 by default. Every worker process of a vendor or issuer has its
+    own, so a deployment needs ``sum over processes of (pool_size + lane_size)`` below the
+    server's ``max_connections`` minus its reserved slots (see docs/storage.md). Both
+    are set per DSN with query parameters the driver never sees:
+    ``postgresql://.../farthing?pool_size=4&lane_size=2&pool_timeout=5``. A request that
+    finds no free connection within ``pool_timeout`` seconds, or that the server refuses
+    ("too many clients"), fails with Unavailable: a 503 with Retry-After, never a 500.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
@@ -32,7 +42,7 @@ from sqlalchemy import URL, Connection, Engine, create_engine, event, make_url
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.pool import ConnectionPoolEntry
 
-__all__ = ["Engines", "is_postgres_target", "make_engines", "target_url"]
+__all__ = ["Engines", "PoolLimits", "is_postgres_target", "make_engines", "target_url"]
 
 _BUSY_TIMEOUT_S: Final = 10
 _READONLY_OPTION: Final = "farthing_readonly"
@@ -43,6 +53,27 @@ _SQLITE_PRAGMAS: Final = (
     "PRAGMA foreign_keys=ON",
     "PRAGMA busy_timeout=10000",  # the same 10 s as the driver's timeout above
 )
+
+
+@dataclass(frozen=True, slots=True)
+class PoolLimits:
+    """How many connections one process may hold, and how long a request waits for one."""
+
+    pool_size: int = 8
+    """Pooled (SQLAlchemy) connections: transactions."""
+    lane_size: int = 3
+    """Hot-path driver connections (see _fastlane)."""
+    pool_timeout: float = 5.0
+    """Seconds a request waits for a free connection before it is refused (503)."""
+
+    @property
+    def per_process(self) -> int:
+        return self.pool_size + self.lane_size
+
+
+_DEFAULT_LIMITS: Final = PoolLimits()
+_LIMIT_PARAMS: Final = ("pool_size", "lane_size", "pool_timeout")
+_SQLITE_LIMITS: Final = PoolLimits(pool_size=8, lane_size=16, pool_timeout=30.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +90,7 @@ class Engines:
     """A new driver connection in autocommit mode, for the hot path (see _fastlane)."""
     nowait_connect: Callable[[], DBAPIConnection] | None = None
     """SQLite: the same, but failing at once (busy) instead of waiting for the write lock."""
+    limits: PoolLimits = field(default_factory=PoolLimits)
 
     def dispose(self) -> None:
         self.write.dispose()
@@ -85,16 +117,48 @@ def target_url(target: str) -> URL:
 def make_engines(url: URL) -> Engines:
     if url.get_backend_name() == "sqlite":
         return _sqlite_engines(url)
-    return _postgres_engines(url)
+    url, limits = pool_limits(url)
+    return _postgres_engines(url, limits)
 
 
-def _postgres_engines(url: URL) -> Engines:
-    engine = create_engine(url, isolation_level="READ COMMITTED", pool_size=8, max_overflow=16)
+def pool_limits(url: URL) -> tuple[URL, PoolLimits]:
+    """The DSN without farthing's pool parameters, and the limits they set."""
+    query = url.query
+    given = {name: query[name] for name in _LIMIT_PARAMS if name in query}
+    try:
+        limits = PoolLimits(
+            pool_size=int(_one(given.get("pool_size", _DEFAULT_LIMITS.pool_size))),
+            lane_size=int(_one(given.get("lane_size", _DEFAULT_LIMITS.lane_size))),
+            pool_timeout=float(_one(given.get("pool_timeout", _DEFAULT_LIMITS.pool_timeout))),
+        )
+    except ValueError:
+        raise ValueError("pool_size, lane_size and pool_timeout must be numbers") from None
+    if limits.pool_size < 1 or limits.lane_size < 1 or limits.pool_timeout <= 0:
+        raise ValueError("pool_size and lane_size must be at least 1, pool_timeout above 0")
+    return url.difference_update_query(_LIMIT_PARAMS), limits
+
+
+def _one(value: object) -> str:
+    """A query parameter's value (the last one, if it was given more than once)."""
+    if isinstance(value, tuple):
+        return str(value[-1])
+    return str(value)
+
+
+def _postgres_engines(url: URL, limits: PoolLimits) -> Engines:
+    engine = create_engine(
+        url,
+        isolation_level="READ COMMITTED",
+        pool_size=limits.pool_size,
+        max_overflow=0,
+        pool_timeout=limits.pool_timeout,
+    )
     return Engines(
         write=engine,
         read=engine,
         serializable=engine.execution_options(isolation_level="SERIALIZABLE"),
         fast_connect=_driver_connect(engine, {"autocommit": True}, _no_setup),
+        limits=limits,
     )
 
 
@@ -109,6 +173,7 @@ def _sqlite_engines(url: URL) -> Engines:
         serializable=engine,
         fast_connect=_driver_connect(engine, connect_args, _sqlite_setup),
         nowait_connect=_driver_connect(engine, {**connect_args, "timeout": 0}, _sqlite_nowait),
+        limits=_SQLITE_LIMITS,
     )
 
 

@@ -5,7 +5,12 @@
     sqlalchemy.exc.IntegrityError, unique or primary key     -> Conflict(CONFLICT)
         (a replay guard raises Conflict(DUPLICATE_SPEND) itself, see unique_violation_as)
     sqlalchemy.exc.DBAPIError, lock / busy / serialization  -> Conflict(CONFLICT), retryable
+    no free pooled connection (the pool's wait ran out), or
+    the server refusing more clients ("too many clients")   -> Unavailable(STORE_UNAVAILABLE)
     anything else                                           -> re-raised unchanged
+
+Unavailable is answered 503 with Retry-After at the HTTP edge: the request did nothing and
+may be sent again, unlike a 500.
 
 A retryable conflict means "the store was busy or the transaction lost a race; run the
 whole unit of work again": :func:`is_retryable` tells it apart from a final conflict (a
@@ -20,11 +25,13 @@ from typing import Final
 
 from sqlalchemy import exc as sa_exc
 
-from farthing.core.errors import Conflict, ErrorCode
+from farthing.core.errors import Conflict, ErrorCode, Unavailable
 
 __all__ = [
+    "RETRY_AFTER_S",
     "busy_conflict",
     "is_busy",
+    "is_out_of_connections",
     "is_retryable",
     "is_unique_violation",
     "map_db_errors",
@@ -48,6 +55,13 @@ _RETRYABLE_CODES: Final = frozenset(
         "SQLITE_LOCKED_SHAREDCACHE",
     }
 )
+
+# The server has no connection slot left: SQLSTATE too_many_connections, cannot_connect_now.
+# psycopg reports a refused connection attempt without a SQLSTATE, so its text is matched too.
+_NO_SLOT_CODES: Final = frozenset({"53300", "57P03"})
+_NO_SLOT_TEXT: Final = ("too many clients", "remaining connection slots are reserved")
+RETRY_AFTER_S: Final = 1
+"""What a 503 for a store out of connections asks the client to wait, in seconds."""
 
 
 def _driver_code(exc: BaseException) -> str | None:
@@ -79,6 +93,19 @@ def is_busy(exc: BaseException) -> bool:
     return _driver_code(exc) in _RETRYABLE_CODES
 
 
+def is_out_of_connections(exc: BaseException) -> bool:
+    """No connection to be had: the pool's wait ran out, or the server refused a client."""
+    if isinstance(exc, sa_exc.TimeoutError):
+        return True
+    if _driver_code(exc) in _NO_SLOT_CODES:
+        return True
+    orig = exc.orig if isinstance(exc, sa_exc.DBAPIError) else exc
+    if type(orig).__name__ != "OperationalError":
+        return False
+    text = str(orig)
+    return any(phrase in text for phrase in _NO_SLOT_TEXT)
+
+
 def is_retryable(error: BaseException) -> bool:
     """True for a Conflict raised because the store was busy or a serializable unit lost."""
     return isinstance(error, Conflict) and error.__cause__ is not None and is_busy(error.__cause__)
@@ -97,6 +124,10 @@ def map_db_errors() -> Iterator[None]:
             raise Conflict("the record already exists", code=ErrorCode.CONFLICT) from exc
         if is_busy(exc):
             raise Conflict("the store is busy; try again", code=ErrorCode.CONFLICT) from exc
+        if is_out_of_connections(exc):
+            raise Unavailable(
+                "the store has no free connection; try again", retry_after=RETRY_AFTER_S
+            ) from exc
         raise
 
 

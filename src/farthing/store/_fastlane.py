@@ -13,7 +13,9 @@ server-side after a few executions).
 :meth:`FastLane.batch` runs several such statements as one transaction (BEGIN, the
 statements, COMMIT): the vendor's group commit, one durable commit for many payments.
 
-Connections are reused LIFO from a queue shared by all threads. When a statement raises,
+Connections are reused LIFO from a queue shared by all threads, at most ``max_open`` at a
+time (in use or idle): a caller waits ``timeout`` seconds for one, then gets SQLAlchemy's
+pool ``TimeoutError`` (the store answers it as Unavailable, 503). When a statement raises,
 that connection and every idle one are closed (the likely cause, a database restart,
 has broken them all); the next call connects afresh. A failed write is not retried here:
 its outcome may be unknown, and the caller decides.
@@ -23,11 +25,13 @@ from __future__ import annotations
 
 import contextlib
 import queue
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
 from sqlalchemy import Dialect
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.expression import ClauseElement
@@ -86,31 +90,58 @@ class FastLane:
     so the write lock is taken up front, waiting on the busy timeout).
     """
 
-    def __init__(self, connect: Callable[[], DBAPIConnection], *, begin: str = "BEGIN") -> None:
+    def __init__(
+        self,
+        connect: Callable[[], DBAPIConnection],
+        *,
+        begin: str = "BEGIN",
+        max_open: int = _KEEP_IDLE,
+        timeout: float = 30.0,
+    ) -> None:
         self._connect = connect
         self._begin = begin
         self._idle: queue.LifoQueue[DBAPIConnection] = queue.LifoQueue()
         self._closed = False
+        # A slot per connection in use; idle ones are only ever kept from a released slot,
+        # so in use + idle never passes max_open.
+        self._slots = threading.BoundedSemaphore(max_open)
+        self._keep_idle = max_open
+        self._timeout = timeout
 
     def _checkout(self) -> DBAPIConnection:
+        if not self._slots.acquire(timeout=self._timeout):
+            raise sa_exc.TimeoutError("no free hot-path connection")
         try:
             return self._idle.get_nowait()
         except queue.Empty:
+            pass
+        try:
             return self._connect()
+        except BaseException:
+            self._slots.release()
+            raise
 
     def _checkin(self, connection: DBAPIConnection) -> None:
-        if self._closed or self._idle.qsize() >= _KEEP_IDLE:
+        if self._closed or self._idle.qsize() >= self._keep_idle:
             connection.close()
         else:
             self._idle.put(connection)
+        self._slots.release()
+
+    def _discard(self, connection: DBAPIConnection) -> None:
+        """Close a connection that failed, and every idle one (likely broken alike)."""
+        try:
+            connection.close()
+        finally:
+            self._slots.release()
+            self._close_idle()
 
     def _run(self, statement: FastStatement, params: Mapping[str, object], fetch: bool) -> Any:
         connection = self._checkout()
         try:
             result = _execute(connection, statement, params, fetch)
         except BaseException:
-            connection.close()
-            self._close_idle()
+            self._discard(connection)
             raise
         self._checkin(connection)
         return result
@@ -147,8 +178,7 @@ class FastLane:
             if _recovered(connection, began, error):
                 self._checkin(connection)
             else:
-                connection.close()
-                self._close_idle()
+                self._discard(connection)
             raise
         self._checkin(connection)
 

@@ -33,6 +33,8 @@ __all__ = [
     "add_card",
     "batch",
     "card",
+    "claim_batch",
+    "finish_batch",
     "load",
     "record_spend",
     "save_batch",
@@ -182,3 +184,47 @@ def save_batch(
     }
     with unique_violation_as(ErrorCode.CONFLICT, "this deposit batch was processed"):
         ctx.conn.execute(insert(hll_deposit_batches).values(values))
+
+
+_CLAIMED: Mapping[str, object] = {"claimed": True}
+
+
+def claim_batch(ctx: Ctx, batch_id: bytes, merchant_id: str, digest: bytes, at: int) -> bool:
+    """Take a deposit batch id for this transaction, before any of its spends: True if taken,
+    False if another transaction holds it (then it has committed it: read it with
+    :func:`batch`).
+
+    The row is the lock. On PostgreSQL a second copy of the batch blocks on the primary key
+    until the first commits, then fails here and reads the first one's report; were it to
+    settle the items first, it would find them all spent and then fail on the batch row.
+    The placeholder report is replaced by :func:`finish_batch` in the same transaction, so
+    no other transaction ever sees it.
+    """
+    values = {
+        "batch_id": batch_id,
+        "merchant_id": merchant_id,
+        "digest": digest,
+        "report": dump_json(_CLAIMED),
+        "at": at,
+    }
+    savepoint = ctx.conn.begin_nested()
+    try:
+        ctx.conn.execute(insert(hll_deposit_batches).values(values))
+    except exc.IntegrityError as error:
+        savepoint.rollback()
+        if is_unique_violation(error):
+            return False
+        raise
+    savepoint.commit()
+    return True
+
+
+def finish_batch(ctx: Ctx, batch_id: bytes, report: Mapping[str, object]) -> None:
+    """Store the report of a batch this transaction claimed."""
+    stmt = (
+        update(hll_deposit_batches)
+        .where(hll_deposit_batches.c.batch_id == batch_id)
+        .values(report=dump_json(report))
+    )
+    if ctx.conn.execute(stmt).rowcount != 1:
+        raise NotFound("no such deposit batch", code=ErrorCode.NOT_FOUND)

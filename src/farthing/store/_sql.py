@@ -7,10 +7,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sqlalchemy import BigInteger, ColumnElement, Connection, CursorResult, cast, func
+from sqlalchemy import BigInteger, ColumnElement, Connection, CursorResult, cast, func, select
 
 from farthing.core.clock import Clock
 from farthing.core.errors import ErrorCode, LocalProtocolError
+from farthing.core.primitives import sha256
 from farthing.store._hot import HotStatements
 
 __all__ = [
@@ -34,6 +35,25 @@ class Ctx:
     conn: Connection
     clock: Clock
     hot: HotStatements
+
+
+_LOCK_DOMAIN = b"farthing/store/lock\x00"
+
+
+def lock_key(ctx: Ctx, name: bytes) -> None:
+    """Hold the lock ``name`` until this transaction ends; wait for it if another holds it.
+
+    For a read-then-write unit over one key (a card's deferred risk): run at READ
+    COMMITTED, take the key's lock first, and the read that follows sees every earlier
+    holder's committed writes. Unlike SERIALIZABLE it never aborts units on *other* keys
+    (PostgreSQL's predicate locks are per page, so under load unrelated cards conflicted
+    and ran out of retries). PostgreSQL: a transaction-level advisory lock on 64 bits of
+    SHA-256(name). SQLite: nothing to do, a write transaction already holds the one lock.
+    """
+    if ctx.conn.dialect.name != "postgresql":
+        return
+    digest = sha256(_LOCK_DOMAIN + name)
+    ctx.conn.execute(select(func.pg_advisory_xact_lock(int.from_bytes(digest[:8], signed=True))))
 
 
 def total(expr: ColumnElement[int]) -> ColumnElement[int]:

@@ -62,9 +62,10 @@ class Store:
             pass  # the first connection tells the dialect the server version: compile after it
         self._prepared = PreparedHot.build(self._hot, engines.write.dialect)
         begin = "BEGIN IMMEDIATE" if self.backend == "sqlite" else "BEGIN"
-        self._lane = FastLane(engines.fast_connect, begin=begin)
+        size, wait = engines.limits.lane_size, engines.limits.pool_timeout
+        self._lane = FastLane(engines.fast_connect, begin=begin, max_open=size, timeout=wait)
         self._nowait_lane = (
-            FastLane(engines.nowait_connect, begin=begin)
+            FastLane(engines.nowait_connect, begin=begin, max_open=size, timeout=wait)
             if engines.nowait_connect is not None
             else self._lane
         )

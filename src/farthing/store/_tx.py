@@ -41,7 +41,7 @@ from farthing.store._rows import (
     VendorCommitmentRow,
     VendorHllPaymentRow,
 )
-from farthing.store._sql import Ctx
+from farthing.store._sql import Ctx, lock_key
 
 __all__ = ["Tx"]
 
@@ -58,6 +58,11 @@ class Tx:
     def now(self) -> int:
         """The store's clock (used for every ``created_at`` the caller does not pass)."""
         return self._ctx.clock.now()
+
+    def lock_key(self, name: bytes) -> None:
+        """Hold the lock ``name`` until the transaction ends (see :func:`_sql.lock_key`):
+        read-then-write units over one key serialize on it without SERIALIZABLE's aborts."""
+        lock_key(self._ctx, name)
 
     # --- accounts and ledger ------------------------------------------------------------
 
@@ -180,6 +185,15 @@ class Tx:
     def hll_batch(self, batch_id: bytes) -> HllBatchRow | None:
         """A processed deposit batch (for idempotent re-deposits)."""
         return _hll.batch(self._ctx, batch_id)
+
+    def hll_claim_batch(self, batch_id: bytes, merchant_id: str, digest: bytes, at: int) -> bool:
+        """Take a batch id before settling its items; False if another transaction has it
+        (it has committed by then; read it with :meth:`hll_batch`)."""
+        return _hll.claim_batch(self._ctx, batch_id, merchant_id, digest, at)
+
+    def hll_finish_batch(self, batch_id: bytes, report: Mapping[str, object]) -> None:
+        """Store the report of a batch claimed in this transaction."""
+        _hll.finish_batch(self._ctx, batch_id, report)
 
     def hll_save_batch(
         self,
@@ -353,6 +367,9 @@ class Tx:
         """Move up to ``limit`` oldest pending payments to 'batched' under ``batch_id``."""
         return _vendor.hll_take_pending_for_batch(self._ctx, batch_id, limit)
 
+    def vendor_hll_payments_by_state(self) -> dict[HllPaymentState, int]:
+        return _vendor.hll_payments_by_state(self._ctx)
+
     def vendor_hll_batch_payments(self, batch_id: bytes) -> list[VendorHllPaymentRow]:
         return _vendor.hll_batch_payments(self._ctx, batch_id)
 
@@ -373,6 +390,13 @@ class Tx:
     def outbox_due(self, now: int, limit: int) -> list[OutboxRow]:
         """Pending or sent-unanswered batches whose next attempt is due, oldest first."""
         return _vendor.outbox_due(self._ctx, now, limit)
+
+    def outbox_in_state(self, state: OutboxState, now: int, limit: int) -> list[OutboxRow]:
+        """Outbox items in ``state`` whose next attempt is due by ``now``, oldest first."""
+        return _vendor.outbox_in_state(self._ctx, state, now, limit)
+
+    def outbox_counts(self) -> dict[OutboxState, int]:
+        return _vendor.outbox_counts(self._ctx)
 
     def outbox_mark(
         self,

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
-from sqlalchemy import RowMapping, and_, bindparam, insert, select, update
+from sqlalchemy import RowMapping, and_, bindparam, func, insert, select, update
 
 from farthing.core.errors import ErrorCode
 from farthing.store._errors import unique_violation_as
@@ -242,6 +242,12 @@ def hll_take_pending_for_batch(ctx: Ctx, batch_id: bytes, limit: int) -> list[Ve
     return hll_batch_payments(ctx, batch_id)
 
 
+def hll_payments_by_state(ctx: Ctx) -> dict[HllPaymentState, int]:
+    """How many recorded HLL payments are in each state (for operators and tests)."""
+    stmt = select(_payments.state, func.count()).group_by(_payments.state)
+    return {HllPaymentState(state): int(n) for state, n in ctx.conn.execute(stmt)}
+
+
 def hll_batch_payments(ctx: Ctx, batch_id: bytes) -> list[VendorHllPaymentRow]:
     stmt = (
         select(vendor_hll_payments)
@@ -313,6 +319,26 @@ def outbox_due(ctx: Ctx, now: int, limit: int) -> list[OutboxRow]:
         .limit(limit)
     )
     return [_outbox_row(row) for row in ctx.conn.execute(stmt).mappings()]
+
+
+def outbox_in_state(ctx: Ctx, state: OutboxState, now: int, limit: int) -> list[OutboxRow]:
+    """Outbox items in ``state`` whose next attempt is due, oldest first (the failed ones,
+    for reconciliation)."""
+    c = vendor_deposit_batches.c
+    stmt = (
+        select(vendor_deposit_batches)
+        .where(c.state == OutboxState(state).value, c.next_attempt_at <= now)
+        .order_by(c.created_at, c.batch_id)
+        .limit(limit)
+    )
+    return [_outbox_row(row) for row in ctx.conn.execute(stmt).mappings()]
+
+
+def outbox_counts(ctx: Ctx) -> dict[OutboxState, int]:
+    """How many outbox items are in each state."""
+    c = vendor_deposit_batches.c
+    stmt = select(c.state, func.count()).group_by(c.state)
+    return {OutboxState(state): int(n) for state, n in ctx.conn.execute(stmt)}
 
 
 def outbox_mark(

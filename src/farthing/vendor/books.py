@@ -174,6 +174,10 @@ class HllDeferredBook:
 
     def record(self, purchase: PendingPurchase, *, decide: DeferredPolicy) -> DeferredRecord:
         def write(tx: Tx) -> DeferredRecord:
+            # One deferred decision at a time per vendor: the merchant cap sums every card,
+            # so it is a lock at READ COMMITTED, not SERIALIZABLE (whose aborts ran out
+            # of retries under 200 honest buyers at once).
+            tx.lock_key(b"vendor-hll-deferred")
             row = tx.vendor_hll_payment(purchase.card_id, purchase.counter)
             if row is not None:
                 if _is_retry(row, purchase):  # a lost answer: serve it again, take nothing
@@ -200,7 +204,7 @@ class HllDeferredBook:
             return DeferredRecord(deferred=True, retried=False)
 
         try:
-            return self._store.run_in_transaction(write, serializable=True)
+            return self._store.run_in_transaction(write)
         except Conflict as error:
             if error.code is not ErrorCode.DUPLICATE_SPEND:
                 raise

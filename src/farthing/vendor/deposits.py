@@ -7,8 +7,15 @@ Two steps, each its own transaction, so nothing is lost if the vendor stops in b
    redemption per PayWord commitment whose spent count passed what was redeemed.
 2. :meth:`Depositor.flush` sends each due outbox item. The bank and broker are idempotent
    (an HLL batch by its id, a redemption by its commitment and index), so an item is simply
-   sent again until an answer is recorded. A transport failure schedules a retry with
-   exponential backoff; a refusal of the item itself marks it failed for an operator.
+   sent again until an answer is recorded. Any answer that does not prove the claim was
+   refused before anything was credited (no answer, a timeout, a 5xx, a 409, a 429) schedules
+   a retry with exponential backoff, forever: giving up on a batch the bank may have
+   credited would leave its purchases "batched", counting against their cards' risk limit.
+   Only a refusal the bank makes before writing anything (a bad tag, a malformed claim)
+   marks the item failed, for an operator.
+3. :meth:`Depositor.reconcile` asks the bank what it did with each failed HLL batch (by
+   batch id); a batch the bank settled after all (its answer was lost, or an older bank
+   answered a concurrent copy with 409) is closed with the bank's stored report.
 
 The same code runs from the background task of a serving vendor and from
 ``farthing vendor deposit``.
@@ -19,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Final, Protocol
 
 import anyio.to_thread
@@ -27,12 +34,16 @@ import anyio.to_thread
 from farthing.core.clock import Clock, RandomSource
 from farthing.core.encoding import Writer, b64url_encode
 from farthing.core.errors import (
+    AccessDenied,
     Conflict,
     ErrorCode,
     FarthingError,
+    InsufficientFunds,
+    InvalidPayment,
     LocalProtocolError,
-    RateLimited,
-    RemoteProtocolError,
+    MalformedMessage,
+    PaymentExpired,
+    UnsupportedMethod,
 )
 from farthing.core.primitives import sha256
 from farthing.core.schemes import hll, payword
@@ -46,6 +57,17 @@ _TAG_LEN: Final = 32
 _BACKOFF_BASE: Final = 5
 _BACKOFF_CAP: Final = 3600
 _STAGE_TRIES: Final = 5
+# Refusals the issuer makes before it writes anything: the claim was not credited, and
+# sending it again would be refused again. Anything else (Conflict, NotFound, RateLimited,
+# no answer) leaves open whether it was credited, so the claim is sent again.
+_FINAL_REFUSALS: Final = (
+    AccessDenied,
+    InsufficientFunds,
+    InvalidPayment,
+    MalformedMessage,
+    PaymentExpired,
+    UnsupportedMethod,
+)
 
 
 class DepositTarget(Protocol):
@@ -55,12 +77,17 @@ class DepositTarget(Protocol):
 
     async def redeem_payword(self, redemption: payword.Redemption) -> int: ...
 
+    async def hll_deposit_report(self, batch_id: bytes) -> hll.DepositReport | None:
+        """What the bank did with this merchant's batch; None if it never settled it."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class FlushReport:
     sent: int = 0
     retry_later: int = 0
     failed: int = 0
+    reconciled: int = 0
 
 
 def backoff(attempts: int) -> int:
@@ -158,8 +185,8 @@ class Depositor:
         while True:
             try:
                 staged = await anyio.to_thread.run_sync(self.stage)
-                report = await self.flush()
-                if staged or report.sent or report.failed:
+                report = await self.flush_and_reconcile()
+                if staged or report.sent or report.failed or report.reconciled:
                     log.info("deposits: %d staged, %s", staged, report)
             except FarthingError as error:
                 log.warning("deposits: %s (%s); will try again", error.message, error.code.name)
@@ -187,13 +214,11 @@ class Depositor:
                 report = await self._send_hll(item)
             else:
                 report = await self._send_redemption(item)
-        except RateLimited:  # asked to slow down: not a verdict on the claim
-            self._mark(item, OutboxState.PENDING, None, retry=True)
-            return "retry"
-        except RemoteProtocolError as error:  # the claim itself was refused
-            self._mark(item, OutboxState.FAILED, {"error": error.code.name})
+        except _FINAL_REFUSALS as error:  # refused before anything was credited
+            self._mark(item, OutboxState.FAILED, {"error": error.code.name}, retry=True)
             return "failed"
-        except FarthingError:  # unreachable or unsure: try again later
+        except FarthingError as error:  # unreachable, busy or unsure: send it again later
+            log.info("deposit %s not answered (%s); will resend", _item_name(item), error.code.name)
             self._mark(item, OutboxState.PENDING, None, retry=True)
             return "retry"
         self._mark(item, OutboxState.DONE, report)
@@ -202,9 +227,13 @@ class Depositor:
     async def _send_hll(self, item: OutboxRow) -> dict[str, object]:
         batch = hll.decode_batch(item.payload[:-_TAG_LEN])
         report = await self._target.deposit_hll(batch, item.payload[-_TAG_LEN:])
+        return self._settle_hll(batch.batch_id, report)
+
+    def _settle_hll(self, batch_id: bytes, report: hll.DepositReport) -> dict[str, object]:
+        """Close a batch's purchases by the bank's report (settled, or rejected if listed)."""
         refused = {*report.duplicates, *report.invalid}
         with self._store.transaction() as tx:
-            tx.vendor_hll_settle_batch(batch.batch_id, refused)
+            tx.vendor_hll_settle_batch(batch_id, refused)
         return {
             "credited": report.credited,
             "accepted": len(report.accepted),
@@ -220,6 +249,40 @@ class Depositor:
             tx.payword_mark_redeemed(commitment_id, redemption.index)
         return {"credited": credited, "commitment": b64url_encode(commitment_id)}
 
+    # -- reconciling -------------------------------------------------------------------------
+
+    async def flush_and_reconcile(self) -> FlushReport:
+        """:meth:`flush`, then (for an HLL merchant) :meth:`reconcile`."""
+        report = await self.flush()
+        if self._merchant is None:
+            return report
+        return replace(report, reconciled=await self.reconcile())
+
+    async def reconcile(self, limit: int = 100) -> int:
+        """Ask the bank about each failed HLL batch that is due; close those it settled.
+
+        Returns how many were closed. A batch the bank never settled stays failed (nothing
+        of it was credited) and is asked about again after a backoff.
+        """
+        with self._store.transaction(readonly=True) as tx:
+            failed = tx.outbox_in_state(OutboxState.FAILED, self._clock.now(), limit)
+        closed = 0
+        for item in failed:
+            if item.kind is not OutboxKind.HLL:
+                continue
+            try:
+                report = await self._target.hll_deposit_report(item.batch_id)
+            except FarthingError as error:
+                log.info("reconcile %s: %s", _item_name(item), error.code.name)
+                continue
+            if report is None:
+                self._mark(item, OutboxState.FAILED, _failed_report(item), retry=True)
+                continue
+            outcome = self._settle_hll(item.batch_id, report)
+            self._mark(item, OutboxState.DONE, {**outcome, "reconciled": True})
+            closed += 1
+        return closed
+
     def _mark(
         self,
         item: OutboxRow,
@@ -234,6 +297,18 @@ class Depositor:
         with self._store.transaction() as tx:
             if not tx.outbox_mark(item.batch_id, state, attempts, next_at, text):
                 raise LocalProtocolError("outbox item vanished", code=ErrorCode.CONFLICT)
+
+
+def _item_name(item: OutboxRow) -> str:
+    return f"{item.kind.value} {b64url_encode(item.batch_id)}"
+
+
+def _failed_report(item: OutboxRow) -> dict[str, object] | None:
+    """A failed item's report, kept as it was when the bank is asked again."""
+    if item.report is None:
+        return None
+    loaded = json.loads(item.report)
+    return loaded if isinstance(loaded, dict) else None
 
 
 def _redemption_id(commitment_id: bytes, spent: int) -> bytes:
