@@ -200,7 +200,7 @@ def card_row(
         card_id=card_id,
         batch_id=batch_id,
         protocol=protocol,
-        generator=None if protocol is SzmProtocol.CHAIN else Generator.HMAC_DRBG.value,
+        generator=None if protocol is SzmProtocol.CHAIN else Generator.HMAC_CTR.value,
         currency=EUR.currency,
         unit_micros=EUR.unit_micros,
         units=units,
@@ -421,7 +421,7 @@ def issuer_available() -> bool:
 def write_issuer_keys(path: Path) -> None:
     from farthing.issuer import generate_issuer_keys, write_key_file
 
-    write_key_file(path, generate_issuer_keys(os.urandom, broker_id=BROKER_ID, bbs_bits=1024))
+    write_key_file(path, generate_issuer_keys(os.urandom, broker_id=BROKER_ID, bbs_bits=2048))
 
 
 class BankSide:

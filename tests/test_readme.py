@@ -28,7 +28,8 @@ async def test_the_publisher_quickstart_runs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     write_key_file(
-        tmp_path / "issuer.keys.json", generate_issuer_keys(os.urandom, broker_id="b", bbs_bits=512)
+        tmp_path / "issuer.keys.json",
+        generate_issuer_keys(os.urandom, broker_id="b", bbs_bits=2048),
     )
     (tmp_path / "challenge.key").write_text(os.urandom(32).hex())
     monkeypatch.chdir(tmp_path)

@@ -100,7 +100,7 @@ def _card(protocol: Protocol, generator: Generator, modulus: bytes = b"") -> Car
 COMMITMENT = _commitment()
 CARDS = [
     _card(Protocol.CHAIN, Generator.SHA256_CHAIN),
-    _card(Protocol.PRBG, Generator.HMAC_DRBG),
+    _card(Protocol.PRBG, Generator.HMAC_CTR),
     _card(Protocol.PRBG, Generator.BBS, b"\xc5" + _rng(63)),
 ]
 BATCH = hll.DepositBatch(

@@ -63,7 +63,7 @@ CARD_TTL = 30 * 86_400
 def issuer_keys() -> IssuerKeys:
     """One set of issuer keys for every test (a small BBS modulus: keys are not the subject)."""
     return generate_issuer_keys(
-        DeterministicRandom("reliability keys"), broker_id=BROKER_ID, realm=REALM, bbs_bits=512
+        DeterministicRandom("reliability keys"), broker_id=BROKER_ID, realm=REALM, bbs_bits=2048
     )
 
 
@@ -240,7 +240,7 @@ class World:
         return [ChainHolder(szm_chain.card_from_code(code)) for code in codes]
 
     def prbg_cards(self, count: int, units: int = 60) -> list[PrbgHolder]:
-        codes = self._issue(SzmProtocol.PRBG, Generator.HMAC_DRBG, count, units)
+        codes = self._issue(SzmProtocol.PRBG, Generator.HMAC_CTR, count, units)
         return [PrbgHolder(szm_prbg.card_from_code(code)) for code in codes]
 
     def _issue(

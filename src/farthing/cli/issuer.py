@@ -46,7 +46,7 @@ app.add_typer(cards_app, name="cards")
 
 _DEFAULT_DB: Final = "farthing-issuer.sqlite"
 _DEFAULT_KEYS: Final = "farthing-issuer.keys.json"
-_MIN_BBS_BITS: Final = 256
+_MIN_BBS_BITS: Final = 2048
 _EXPORT_PAGE: Final = 1000
 _DAY: Final = 86_400
 
@@ -280,7 +280,7 @@ def cards_issue(
     count: Annotated[int, typer.Option(min=1, help="How many cards.")],
     units: Annotated[int, typer.Option(min=1, help="Units per card.")],
     protocol: Annotated[str, typer.Option(help="szm:chain or szm:prbg.")] = "szm:chain",
-    generator: Annotated[str | None, typer.Option(help="For szm:prbg: hmac-drbg or bbs.")] = None,
+    generator: Annotated[str | None, typer.Option(help="For szm:prbg: hmac-ctr or bbs.")] = None,
     unit_micros: Annotated[int, typer.Option(min=1, help="Value of one unit.")] = 1000,
     currency: Currency = "EUR",
     expires_days: Annotated[int, typer.Option(min=1, help="Validity from now.")] = 365,
@@ -300,7 +300,7 @@ def cards_issue(
         chosen = None if generator is None else Generator(generator)
     except ValueError:
         raise fail(
-            "unknown protocol or generator", hint="szm:chain | szm:prbg; hmac-drbg | bbs"
+            "unknown protocol or generator", hint="szm:chain | szm:prbg; hmac-ctr | bbs"
         ) from None
     spec = BatchSpec(
         protocol=kind,

@@ -122,7 +122,7 @@ class DemoWorld:
 
     @property
     def wallet_path(self) -> Path:
-        """The wallet holding the szm:chain, szm:prbg (HMAC-DRBG), hll:mac and payword cards."""
+        """The wallet holding the szm:chain, szm:prbg (HMAC-CTR), hll:mac and payword cards."""
         return self.setup.wallet_path
 
     @property
@@ -222,7 +222,7 @@ def _issue_szm_cards(
     expires = int(time.time()) + 30 * 86_400
     for protocol, generator in (
         ("szm:chain", None),
-        ("szm:prbg", "hmac-drbg"),
+        ("szm:prbg", "hmac-ctr"),
         ("szm:prbg", "bbs"),
     ):
         step(f"issuer: an anonymous {protocol} card" + (f" ({generator})" if generator else ""))

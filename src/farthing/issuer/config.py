@@ -28,7 +28,13 @@ from typing import Final
 
 from farthing.core.clock import RandomSource
 from farthing.core.errors import ErrorCode, LocalProtocolError
-from farthing.core.prbg import DEFAULT_MODULUS_BITS, BbsKey, generate_blum_modulus
+from farthing.core.prbg import (
+    BBS_MIN_MODULUS_BITS,
+    DEFAULT_MODULUS_BITS,
+    BbsKey,
+    generate_blum_modulus,
+    require_strong_modulus,
+)
 from farthing.core.primitives import ed25519_public_key
 
 __all__ = [
@@ -83,6 +89,7 @@ class IssuerKeys:
             value = getattr(self, name)
             if not isinstance(value, bytes) or len(value) != _SECRET_LEN:
                 raise ValueError(f"{name} must be {_SECRET_LEN} bytes")
+        require_strong_modulus(self.bbs.n)  # a key file with a weaker BBS key is refused
         for name in ("broker_id", "realm"):
             text = getattr(self, name)
             if not isinstance(text, str) or not 0 < len(text.encode()) <= 255:
@@ -172,6 +179,11 @@ def _from_json(document: Mapping[str, object]) -> IssuerKeys:
     if not isinstance(bbs, Mapping):
         raise ValueError("bbs must be an object")
     p, q = int(str(bbs["p"]), 16), int(str(bbs["q"]), 16)
+    if (p * q).bit_length() < BBS_MIN_MODULUS_BITS:
+        raise _bad_keys(
+            f"the key file's BBS modulus has under {BBS_MIN_MODULUS_BITS} bits; "
+            "make a new key file with `farthing issuer init`"
+        )
     return IssuerKeys(
         broker_id=str(document["broker_id"]),
         realm=str(document["realm"]),

@@ -178,7 +178,7 @@ class DepositOut(_Response):
 
 class NewSzmBatch(_Request):
     protocol: Literal["szm:chain", "szm:prbg"]
-    generator: Literal["hmac-drbg", "bbs"] | None = None
+    generator: Literal["hmac-ctr", "bbs"] | None = None
     count: Annotated[int, Field(ge=1, le=1_000_000)]
     units: Annotated[int, Field(ge=1, le=1 << 30)]
     unit_micros: UnitMicros

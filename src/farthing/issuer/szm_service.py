@@ -50,7 +50,7 @@ _MAX_BATCH_MICROS: Final = 10**15  # a billion EUR: far above any sale, far belo
 _MAX_UNITS: Final = {SzmProtocol.CHAIN: szm_chain.MAX_LENGTH, SzmProtocol.PRBG: 1 << 30}
 _GENERATORS: Final = {
     SzmProtocol.CHAIN: frozenset({None}),
-    SzmProtocol.PRBG: frozenset({Generator.HMAC_DRBG, Generator.BBS}),
+    SzmProtocol.PRBG: frozenset({Generator.HMAC_CTR, Generator.BBS}),
 }
 
 Progress = Callable[[int], None]
@@ -64,7 +64,7 @@ def derive_card_id(master_key: bytes, batch_id: bytes, index: int) -> bytes:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class BatchSpec:
-    """What to issue. ``generator`` is for ``szm:prbg`` only (None means hmac-drbg)."""
+    """What to issue. ``generator`` is for ``szm:prbg`` only (None means hmac-ctr)."""
 
     protocol: SzmProtocol
     count: int
@@ -271,7 +271,7 @@ class SzmService:
             secret, generator = szm_chain.card_secret(master, row.card_id), Generator.SHA256_CHAIN
         else:
             secret = szm_prbg.card_secret(master, row.card_id)
-            generator = Generator(row.generator or Generator.HMAC_DRBG.value)
+            generator = Generator(row.generator or Generator.HMAC_CTR.value)
         modulus = self._bbs.public.n_bytes if generator is Generator.BBS else b""
         code = CardCode(
             protocol=Protocol(row.protocol.value),
@@ -316,7 +316,7 @@ class SzmService:
 
 def _generator(spec: BatchSpec) -> Generator | None:
     if spec.protocol is SzmProtocol.PRBG and spec.generator is None:
-        return Generator.HMAC_DRBG
+        return Generator.HMAC_CTR
     return spec.generator
 
 
