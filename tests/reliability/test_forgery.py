@@ -331,7 +331,7 @@ async def test_the_wallet_refuses_a_replayed_sealed_body(
 ) -> None:
     world = sqlite_world
     card = world.chain_cards(1)[0]
-    with Wallet.create(tmp_path / "wallet.sqlite", "pass phrase", scrypt_n=2**10) as wallet:
+    with Wallet.create(tmp_path / "wallet.sqlite", "pass phrase") as wallet:
         wallet.add_szm_card(szm_chain.to_card_code(card.card, realm=REALM))
         proxy = ReplayingProxy(httpx.ASGITransport(app=world.vendor_app()))
         async with httpx.AsyncClient(

@@ -20,7 +20,7 @@ from farthing.core import cardcode
 from farthing.core.money import Denomination
 from farthing.core.schemes import szm_chain
 from farthing.http.payment_auth import Challenge, format_challenge
-from farthing.testing import DeterministicRandom, FixedClock, MemoryCardBook
+from farthing.testing import DeterministicRandom, FixedClock, MemoryCardBook, cheap_wallet_kdf
 from farthing.vendor.methods.offline import OfflineMethod
 from farthing.vendor.methods.szm import ChainScheme
 from farthing.vendor.middleware import Paywall
@@ -39,9 +39,9 @@ def runner() -> CliRunner:
 
 @pytest.fixture
 def wallet_path(tmp_path: Path) -> Path:
-    """A wallet made with cheap scrypt parameters (they are stored in the file), for speed."""
+    """A wallet made with a cheap KDF cost (tests run inside `cheap_wallet_kdf`), for speed."""
     path = tmp_path / "wallet.sqlite"
-    Wallet.create(path, PASSPHRASE, scrypt_n=2**10).close()
+    Wallet.create(path, PASSPHRASE).close()
     return path
 
 
@@ -282,3 +282,21 @@ def test_unreachable_vendor_names_the_host(
     result = run(runner, "get", "http://news.test/articles/a", "--wallet", str(wallet_path))
     assert result.exit_code == 1
     assert "cannot reach news.test" in result.output
+
+
+@pytest.mark.real_kdf
+def test_a_weak_wallet_is_refused_then_upgraded(runner: CliRunner, tmp_path: Path) -> None:
+    path = tmp_path / "weak.sqlite"
+    with cheap_wallet_kdf():
+        Wallet.create(path, PASSPHRASE).close()
+    refused = run(runner, "cards", "--wallet", str(path))
+    assert refused.exit_code == 1
+    assert "farthing wallet upgrade" in refused.output
+    assert "Traceback" not in refused.output
+    upgraded = run(runner, "upgrade", "--wallet", str(path))
+    assert upgraded.exit_code == 0, upgraded.output
+    assert "Upgraded" in upgraded.output
+    listed = run(runner, "cards", "--wallet", str(path))
+    assert listed.exit_code == 0, listed.output
+    again = run(runner, "upgrade", "--wallet", str(path))
+    assert "already" in again.output

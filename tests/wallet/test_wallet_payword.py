@@ -34,7 +34,7 @@ def broker() -> payword.PaywordBroker:
 
 @pytest.fixture
 def wallet(tmp_path: Path, clock: FixedClock, broker: payword.PaywordBroker) -> Iterator[Wallet]:
-    with Wallet.create(tmp_path / "wallet.sqlite", "pw", clock=clock, scrypt_n=2**10) as w:
+    with Wallet.create(tmp_path / "wallet.sqlite", "pw", clock=clock) as w:
         certificate = broker.issue(
             user_id="alice",
             user_public_key=ed25519_public_key(USER_KEY),
@@ -170,7 +170,7 @@ def test_wrong_user_key_is_refused(tmp_path: Path, broker: payword.PaywordBroker
         ttl=100,
     )
     with (
-        Wallet.create(tmp_path / "w", "pw", scrypt_n=2**10) as w,
+        Wallet.create(tmp_path / "w", "pw") as w,
         pytest.raises(LocalProtocolError, match="does not belong"),
     ):
         w.add_payword(certificate, b"X" * 32)

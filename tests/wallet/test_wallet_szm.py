@@ -107,9 +107,7 @@ def clock() -> FixedClock:
 
 @pytest.fixture
 def wallet(tmp_path: Path, clock: FixedClock) -> Iterator[Wallet]:
-    with Wallet.create(
-        tmp_path / "wallet.sqlite", "correct horse", clock=clock, scrypt_n=2**10
-    ) as w:
+    with Wallet.create(tmp_path / "wallet.sqlite", "correct horse", clock=clock) as w:
         yield w
 
 

@@ -197,6 +197,23 @@ def init(wallet: WalletOpt = None, passphrase_file: PassFileOpt = None) -> None:
     console.print("Next: add a card with `farthing wallet add-card szm CODE`.")
 
 
+@app.command()
+def upgrade(wallet: WalletOpt = None, passphrase_file: PassFileOpt = None) -> None:
+    """Re-protect the wallet with today's passphrase key derivation (Argon2id), if weaker."""
+    from farthing.wallet.store import WalletStore
+
+    path = _path(wallet)
+    if not path.is_file():
+        raise fail(f"no wallet at {path}", hint="create one with `farthing wallet init`")
+    passphrase = _passphrase(passphrase_file)
+    with _explained():
+        changed = WalletStore.upgrade(path, passphrase, rng=os.urandom)
+    if changed:
+        console.print(f"Upgraded [bold]{path}[/]: every secret is sealed again under Argon2id.")
+    else:
+        console.print(f"[bold]{path}[/] is already protected by today's key derivation.")
+
+
 @add_card.command("szm")
 def add_szm(
     code: Annotated[str | None, typer.Argument(help="the printed card code FTH1-...")] = None,

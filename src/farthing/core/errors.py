@@ -97,6 +97,7 @@ class ErrorCode(IntEnum):
     MISUSE = 5004
     WALLET_LOCKED = 5005
     ISSUER_UNAVAILABLE = 5006
+    KDF_TOO_WEAK = 5007
 
     INTERNAL = 9000
 

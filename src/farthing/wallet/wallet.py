@@ -84,7 +84,6 @@ from farthing.wallet.methods import (
 )
 from farthing.wallet.pkcs11_card import Pkcs11CardKey
 from farthing.wallet.policy import PriceOffer, SpendingPolicy, Usage
-from farthing.wallet.secretbox import DEFAULT_SCRYPT_N
 from farthing.wallet.store import CardRow, HistoryEntry, NewCard, Outcome, WalletStore
 
 __all__ = [
@@ -207,10 +206,9 @@ class Wallet:
         rng: RandomSource = os.urandom,
         preference: Sequence[str] = DEFAULT_PREFERENCE,
         up_front_margin: int = DEFAULT_UP_FRONT_MARGIN,
-        scrypt_n: int = DEFAULT_SCRYPT_N,
     ) -> Wallet:
         """A new wallet file (owner-only permissions). Raises Conflict if it exists."""
-        store = WalletStore.create(Path(path), passphrase, rng=rng, scrypt_n=scrypt_n)
+        store = WalletStore.create(Path(path), passphrase, rng=rng)
         chosen = policy if policy is not None else SpendingPolicy()
         _save_policy(store, chosen)
         return cls(
