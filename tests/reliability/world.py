@@ -37,6 +37,7 @@ from farthing.issuer import (
     write_key_file,
 )
 from farthing.issuer.client import IssuerClient
+from farthing.issuer.config import vendor_keys, write_vendor_key_file
 from farthing.issuer.szm_service import BatchSpec
 from farthing.store import Store, SzmProtocol, open_store
 from farthing.testing import DeterministicRandom
@@ -396,13 +397,16 @@ def write_vendor_config(
         "[prices]",
         f'"/articles/*" = "{PRICE_MICROS} EUR"',
         "[szm]",
-        'issuer_keys = "issuer.keys.json"',
+        'keys = "vendor.keys.json"',
         "[payword]",
         f'vendor_id = "{MERCHANT_ID}"',
         f'broker_id = "{BROKER_ID}"',
         f'broker_public_key = "{keys.broker_public_key.hex()}"',
         f"unit_micros = {UNIT}",
     ]
+    vendor_key_file = folder / "vendor.keys.json"
+    if not vendor_key_file.exists():
+        write_vendor_key_file(vendor_key_file, vendor_keys(keys))
     key_file = folder / "merchant.key"
     key_file.write_text(merchant_key.hex() + "\n")
     key_file.chmod(0o600)
