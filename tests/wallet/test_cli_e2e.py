@@ -111,15 +111,15 @@ def test_a_fresh_wallet_loads_an_szm_code_an_hll_token_and_payword_and_pays_with
     assert hll.token is not None, hll.device  # SoftHSM2 is here, so the demo used a token
     added = cli("add-card", "szm", world.cards.szm_codes["szm:chain"], "--label", "printed")
     assert "(szm:chain)" in added.output
-    added = cli(
-        "add-card", "hll",
+    added = cli.runner.invoke(app, [
+        "wallet", "add-card", "hll",
         "--card-file", cli.file("hll-card.json", hll.card_json),
         "--pkcs11-module", hll.token.module_path,
         "--token-label", hll.token.token_label,
         "--key-label", hll.token.key_label,
-        "--pin", hll.pin,
         "--label", "smart card",
-    )  # fmt: skip
+    ], env={"FARTHING_CARD_PIN": hll.pin})  # fmt: skip
+    assert added.exit_code == 0, added.output
     assert f"PKCS#11 token {hll.token.token_label!r}" in added.output
     add_payword(cli, world)
     listed = cli("cards").output

@@ -300,3 +300,14 @@ def test_a_weak_wallet_is_refused_then_upgraded(runner: CliRunner, tmp_path: Pat
     assert listed.exit_code == 0, listed.output
     again = run(runner, "upgrade", "--wallet", str(path))
     assert "already" in again.output
+
+
+def test_a_pin_on_the_command_line_is_refused(runner: CliRunner, wallet_path: Path) -> None:
+    result = run(
+        runner, "add-card", "hll", "--card-file", str(wallet_path),
+        "--pkcs11-module", "/nonexistent.so", "--token-label", "t",
+        "--pin", "1234", "--wallet", str(wallet_path),
+    )  # fmt: skip
+    assert result.exit_code == 2
+    assert "No such option" in result.output
+    assert "--pin" in result.output

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Annotated, Final, TextIO
 
 import typer
 
-from farthing.cli._common import console, err_console, fail
+from farthing.cli._common import console, err_console, fail, printable_target
 
 if TYPE_CHECKING:
     from farthing.issuer.report_service import IssuerReport
@@ -114,7 +114,7 @@ def init(
     if bbs_bits < _MIN_BBS_BITS:
         raise fail(f"--bbs-bits must be at least {_MIN_BBS_BITS}")
     upgrade_to_head(db)
-    console.print(f"database ready: [bold]{db}[/]")
+    console.print(f"database ready: [bold]{printable_target(db)}[/]")
     if keys.exists():
         console.print(f"key file kept: [bold]{keys}[/]")
         return

@@ -131,7 +131,7 @@ _HINTS: Final[tuple[tuple[type[FarthingError], str], ...]] = (
         CardExhausted,
         "add a card: `farthing wallet add-card szm CODE` (see `farthing wallet cards`)",
     ),
-    (WrongPin, "store the right PIN: add the card again with --pin"),
+    (WrongPin, f"store the right PIN: add the card again (PIN from ${PIN_ENV} or the prompt)"),
     (CardLocked, "the token's PIN is locked; unlock it with the token's admin tools"),
     (Conflict, "see `farthing wallet cards`"),
     (MalformedMessage, "check the code or file for typos; a card code carries a checksum"),
@@ -242,9 +242,6 @@ def add_hll(
     ] = None,
     token_label: Annotated[str | None, typer.Option("--token-label")] = None,
     key_label: Annotated[str, typer.Option("--key-label")] = "hll-card-key",
-    pin: Annotated[
-        str | None, typer.Option("--pin", envvar=PIN_ENV, help="the token's user PIN")
-    ] = None,
     install_key: Annotated[
         bool, typer.Option("--install-key", help="write the file's key into the token first")
     ] = False,
@@ -254,14 +251,16 @@ def add_hll(
 ) -> None:
     """Add an HLL card: a software key from the card file, or a key in a PKCS#11 token.
 
-    For a token, the PIN is kept in the wallet, sealed under the passphrase, so payments
-    run without asking for it.
+    For a token, the PIN comes from $FARTHING_CARD_PIN or a prompt (never from the command
+    line, where other users see it), and is kept in the wallet, sealed under the
+    passphrase, so payments run without asking for it.
     """
     with _explained():
         card = HllCardFile.from_json(_read_text(card_file))
     token = _token(pkcs11_module, token_label, key_label)
+    pin = None
     if token is not None:
-        pin = pin or typer.prompt("Token PIN", hide_input=True, err=True)
+        pin = os.environ.get(PIN_ENV) or typer.prompt("Token PIN", hide_input=True, err=True)
         card = _into_token(card, token, pin, install_key)
     with _opened(wallet, passphrase_file) as opened, _explained():
         info = opened.add_hll_card(card, token=token, pin=pin, label=label)
