@@ -8,6 +8,7 @@ what to do about it; nothing is spent when a command fails before paying.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 from collections.abc import Iterator, Sequence
@@ -35,7 +36,7 @@ from farthing.core.errors import (
     UnsupportedMethod,
     WrongPin,
 )
-from farthing.core.schemes import payword
+from farthing.core.schemes import payword, szm_status
 from farthing.wallet.auth import PaymentAuth
 from farthing.wallet.cards import NO_EXPIRY, CardInfo, HllCardFile, Pkcs11Location
 from farthing.wallet.pkcs11_card import install_card_key
@@ -389,6 +390,33 @@ def balance(wallet: WalletOpt = None, passphrase_file: PassFileOpt = None) -> No
     for info in credit:
         limit = format_micros(info.value_left_micros, info.currency)
         console.print(f"PayWord credit {limit} from broker {info.realm} ({info.label})")
+
+
+@app.command("card-status")
+def card_status(
+    label: Annotated[
+        str, typer.Argument(help="the SZM card's label (see `farthing wallet cards`)")
+    ],
+    issuer: Annotated[str, typer.Option("--issuer", help="the card issuer's URL")],
+    wallet: WalletOpt = None,
+    passphrase_file: PassFileOpt = None,
+) -> None:
+    """Ask the issuer what is left on an SZM card, proving that this wallet holds it (the
+    issuer tells nobody else: the card id alone is in every payment)."""
+    from farthing.issuer.client import CardStatus, IssuerClient
+
+    async def ask(request: szm_status.StatusRequest) -> CardStatus:
+        async with IssuerClient(issuer, merchant_id=None, merchant_key=None) as client:
+            return await client.card_status(request)
+
+    with _opened(wallet, passphrase_file) as opened:
+        request = opened.szm_status_request(label)
+    with _explained():
+        status = asyncio.run(ask(request))
+    console.print(
+        f"{label}: {status.units - status.spent} of {status.units} units left at the issuer "
+        f"({status.status})"
+    )
 
 
 # --- buying --------------------------------------------------------------------------------

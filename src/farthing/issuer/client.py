@@ -22,6 +22,7 @@ Errors are always farthing's own, never a bare Exception:
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Final
@@ -44,7 +45,7 @@ from farthing.core.errors import (
     RemoteProtocolError,
     UnsupportedMethod,
 )
-from farthing.core.schemes import hll, payword
+from farthing.core.schemes import hll, payword, szm_status
 from farthing.issuer.wire import redeem_request_tag, verify_request_tag
 
 __all__ = ["CardStatus", "IssuerClient", "error_from_problem"]
@@ -194,14 +195,18 @@ class IssuerClient:
         answer = await self._call("POST", "/v1/payword/redemptions", body)
         return _int(answer, "credited_units")
 
-    async def card_status(self, card_id: bytes) -> CardStatus:
-        """The public status of an SZM card; NotFound for an unknown card."""
-        answer = await self._call("GET", f"/v1/szm/cards/{b64url_encode(card_id)}", None)
+    async def card_status(self, request: szm_status.StatusRequest) -> CardStatus:
+        """The status of an SZM card, for its holder (``request`` carries the proof of the
+        card secret, :func:`farthing.core.schemes.szm_status.status_request`); NotFound for
+        an unknown card or a wrong proof alike."""
+        body: dict[str, str | int] = {"at": request.at, "proof": b64url_encode(request.proof)}
+        path = f"/v1/szm/cards/{b64url_encode(request.card_id)}/status"
+        answer = await self._call("POST", path, body)
         status = answer.get("status")
         if not isinstance(status, str):
             raise _unavailable("the issuer's card status does not decode")
         return CardStatus(
-            card_id=card_id,
+            card_id=request.card_id,
             units=_int(answer, "units"),
             spent=_int(answer, "spent"),
             expires_at=_int(answer, "expires_at"),
@@ -225,7 +230,9 @@ class IssuerClient:
             )
         return self._merchant_id, self._key
 
-    async def _call(self, method: str, path: str, body: dict[str, str] | None) -> dict[str, object]:
+    async def _call(
+        self, method: str, path: str, body: Mapping[str, str | int] | None
+    ) -> dict[str, object]:
         try:
             response = await self._http.request(method, path, json=body)
         except httpx.HTTPError as exc:

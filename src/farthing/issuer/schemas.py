@@ -17,6 +17,7 @@ __all__ = [
     "BrokerOut",
     "CardCodeOut",
     "CardStatusOut",
+    "CardStatusRequest",
     "CashIn",
     "CurrencyReportOut",
     "CustomerOut",
@@ -208,6 +209,13 @@ class SzmExportOut(_Response):
     offset: int
     count: int
     cards: list[CardCodeOut]
+
+
+class CardStatusRequest(_Request):
+    """The holder's proof (:mod:`farthing.core.schemes.szm_status`): its clock and the MAC."""
+
+    at: int = Field(ge=0, lt=1 << 63)
+    proof: Annotated[str, _b64(64)]
 
 
 class CardStatusOut(_Response):

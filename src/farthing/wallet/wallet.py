@@ -57,7 +57,7 @@ from farthing.core.errors import (
     LocalProtocolError,
     PolicyRefused,
 )
-from farthing.core.schemes import hll, payword
+from farthing.core.schemes import hll, payword, szm_status
 from farthing.core.sealing import open_sealed
 from farthing.http.payment_auth import Challenge, Credential, Receipt, format_credential
 from farthing.wallet.auth import PreparedPayment
@@ -72,6 +72,7 @@ from farthing.wallet.cards import (
     payword_card,
     pkcs11_location,
     szm_card,
+    szm_code,
 )
 from farthing.wallet.methods import (
     HllMethod,
@@ -323,6 +324,15 @@ class Wallet:
             if card.method != "payword" and self._clock.now() < card.expires_at:
                 totals[card.currency] = totals.get(card.currency, 0) + card.value_left_micros
         return totals
+
+    def szm_status_request(self, label: str) -> szm_status.StatusRequest:
+        """A fresh proof that this wallet holds the SZM card ``label``: what the issuer's
+        card status asks for (:meth:`farthing.issuer.client.IssuerClient.card_status`)."""
+        row = next((card for card in self._store.cards() if card.label == label), None)
+        if row is None or row.method not in ("szm:chain", "szm:prbg"):
+            raise LocalProtocolError(f"no SZM card labelled {label!r}", code=ErrorCode.NOT_FOUND)
+        code = szm_code(self._store.box, row)
+        return szm_status.status_request(code.secret, code.card_id, now=self._clock.now())
 
     def history(self, *, limit: int = 50) -> list[HistoryEntry]:
         """The latest payments, newest first."""
