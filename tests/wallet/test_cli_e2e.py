@@ -150,9 +150,7 @@ def test_get_refuses_an_unknown_method_before_paying(cli: Cli, world: DemoWorld)
     assert "Nothing bought yet." in cli("history").output
 
 
-def test_the_card_holder_asks_the_issuer_what_is_left_on_a_card(
-    cli: Cli, world: DemoWorld
-) -> None:
+def test_the_card_holder_asks_the_issuer_what_is_left_on_a_card(cli: Cli, world: DemoWorld) -> None:
     cli("add-card", "szm", world.cards.szm_codes["szm:chain"], "--label", "printed")
     asked = cli("card-status", "printed", "--issuer", world.issuer_url)
     assert "units left at the issuer (active)" in asked.output
