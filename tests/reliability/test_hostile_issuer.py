@@ -40,6 +40,7 @@ MARKER = "zz-echo-<b>me</b>"
 PUBLIC = {
     ("POST", "/v1/hll/verify"),
     ("POST", "/v1/hll/deposits"),
+    ("POST", "/v1/payword/commitments"),
     ("POST", "/v1/payword/redemptions"),
     ("GET", "/v1/payword/broker"),
     ("POST", "/v1/szm/cards/{card_id}/status"),

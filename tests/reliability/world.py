@@ -312,12 +312,14 @@ class World:
         online) being this world's issuer app."""
         config = load_vendor_config(self.config_path)
         goods = GoodsApp(config.content_dir)
+        bank = self.bank()
         return create_vendor_app(
             config.settings,
             content=goods,
             prices=config.prices,
             store=self.store,
-            bank=self.bank(),
+            bank=bank,
+            broker=bank,
             clock=clock or self.clock,
             offers=goods.offers,
         )

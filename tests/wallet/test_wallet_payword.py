@@ -111,7 +111,9 @@ def test_commitment_length_fits_the_credit_limit(
 ) -> None:
     paid = wallet.pay("http://shop.test/articles/a", [challenge(clock)])
     commitment = payword.decode_commitment(b64url_decode(str(payload(paid)["commitment"])))
-    assert commitment.length == 50  # credit 50 units of 1000 micros, vendor unit 1000
+    # A quarter of the credit (50 units of 1000 micros; vendor unit 1000): the broker caps
+    # the sum of the user's open commitments, so one vendor must not take it all.
+    assert commitment.length == 12
     assert commitment.vendor_id == "shop"
     assert commitment.certificate.broker_id == "broker"
 

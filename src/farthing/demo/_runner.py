@@ -348,6 +348,7 @@ def _vendor(setup: Setup, step: Step) -> Iterator[str]:
         prices=prices,
         store=setup.store,
         bank=bank,
+        broker=bank,  # admits PayWord commitments where they are redeemed
         closers=[bank.aclose],
         offers=goods.offers,
     )

@@ -46,7 +46,7 @@ from farthing.core.errors import (
     UnsupportedMethod,
 )
 from farthing.core.schemes import hll, payword, szm_status
-from farthing.issuer.wire import redeem_request_tag, verify_request_tag
+from farthing.issuer.wire import admit_request_tag, redeem_request_tag, verify_request_tag
 
 __all__ = ["CardStatus", "IssuerClient", "error_from_problem"]
 
@@ -179,6 +179,19 @@ class IssuerClient:
             return hll.decode_report(b64url_decode(str(answer["report"]), max_len=_MAX_REPORT_B64))
         except (KeyError, MalformedMessage) as exc:
             raise _unavailable("the issuer's deposit report does not decode") from exc
+
+    async def admit_payword(self, commitment: bytes) -> None:
+        """Have the broker admit a user's new commitment (its encoding) before accepting
+        paywords under it; InsufficientFunds(CREDIT_LIMIT) if the user's open commitments
+        would pass its credit limit. Safe to repeat."""
+        merchant_id, key = self._credentials()
+        tag = admit_request_tag(key, merchant_id, commitment)
+        body = {
+            "merchant_id": merchant_id,
+            "commitment": b64url_encode(commitment),
+            "tag": b64url_encode(tag),
+        }
+        await self._call("POST", "/v1/payword/commitments", body)
 
     async def redeem_payword(self, redemption: payword.Redemption | bytes) -> int:
         """Redeem a PayWord claim; returns the units newly credited (0 for a repeat)."""

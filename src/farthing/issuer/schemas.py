@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 __all__ = [
     "B64_PATTERN",
+    "AdmittedOut",
     "BrokerOut",
     "CardCodeOut",
     "CardStatusOut",
@@ -37,6 +38,7 @@ __all__ = [
     "NewMerchant",
     "NewPaywordUser",
     "NewSzmBatch",
+    "PaywordAdmitRequest",
     "PaywordRedeemRequest",
     "PaywordUserOut",
     "RedeemOut",
@@ -257,6 +259,18 @@ class PaywordUserOut(_Response):
 class BrokerOut(_Response):
     broker_id: str
     public_key: str
+
+
+class PaywordAdmitRequest(_Request):
+    merchant_id: Name
+    commitment: Annotated[str, _b64(4096)]
+    tag: Tag
+
+
+class AdmittedOut(_Response):
+    commitment_id: str
+    outstanding_micros: int
+    credit_limit_micros: int
 
 
 class PaywordRedeemRequest(_Request):

@@ -8,6 +8,8 @@ binds the merchant id and every byte of the request::
                                             merchant_id, offer, payment))
     redeem tag = HMAC-SHA256(K_M, canonical("farthing/payword/redeem-request",
                                             merchant_id, redemption))
+    admit tag  = HMAC-SHA256(K_M, canonical("farthing/payword/admit-request",
+                                            merchant_id, commitment))
 
 HLL deposit batches carry their own tag (:func:`farthing.core.schemes.hll.batch_tag`). A
 replayed request gains nothing: the issuer settles each (card, counter) and each
@@ -23,14 +25,17 @@ from farthing.core.encoding import Writer
 from farthing.core.primitives import hmac_sha256
 
 __all__ = [
+    "ADMIT_REQUEST_DOMAIN",
     "REDEEM_REQUEST_DOMAIN",
     "VERIFY_REQUEST_DOMAIN",
+    "admit_request_tag",
     "redeem_request_tag",
     "verify_request_tag",
 ]
 
 VERIFY_REQUEST_DOMAIN: Final = "farthing/hll/verify-request"
 REDEEM_REQUEST_DOMAIN: Final = "farthing/payword/redeem-request"
+ADMIT_REQUEST_DOMAIN: Final = "farthing/payword/admit-request"
 
 
 def verify_request_tag(
@@ -42,4 +47,9 @@ def verify_request_tag(
 
 def redeem_request_tag(merchant_key: bytes, merchant_id: str, redemption: bytes) -> bytes:
     message = Writer(REDEEM_REQUEST_DOMAIN).text(merchant_id).bytes(redemption).finish()
+    return hmac_sha256(merchant_key, message)
+
+
+def admit_request_tag(merchant_key: bytes, merchant_id: str, commitment: bytes) -> bytes:
+    message = Writer(ADMIT_REQUEST_DOMAIN).text(merchant_id).bytes(commitment).finish()
     return hmac_sha256(merchant_key, message)
