@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import httpx
 import pytest
 
 from farthing.core.encoding import b64url_decode, b64url_encode
-from farthing.core.errors import ErrorCode
+from farthing.core.errors import ErrorCode, InsufficientFunds
 from farthing.core.hashchain import chain_walk
 from farthing.core.primitives import ed25519_public_key
 from farthing.core.schemes import payword
@@ -241,3 +243,30 @@ async def test_the_broker_caps_a_users_open_commitments_across_vendors(
     # Redeemed units are the user's debt now: the credit they held is free again.
     await _admit(api, chains["m3"], keys["m3"], "m3")
     assert balanced(harness)
+
+
+async def test_admissions_at_once_never_pass_the_limit_together(
+    api: httpx.AsyncClient, harness: Harness
+) -> None:
+    """Six vendors present 400-unit commitments of one user (limit 1000) at the same moment,
+    from six threads: exactly two are admitted, whatever the interleaving."""
+    vendors = [f"m{n}" for n in range(6)]
+    keys = {m: add_merchant(harness, m) for m in vendors}
+    rng = DeterministicRandom("user")
+    private = rng(32)
+    cert = await _register(api, harness, private)
+    chains = {m: _commit(harness, private, cert, rng, vendor=m, length=400) for m in vendors}
+    barrier = threading.Barrier(len(vendors))
+
+    def present(m: str) -> str:
+        encoded = payword.encode_commitment(chains[m].commitment)
+        barrier.wait()
+        try:
+            harness.services.payword.admit(m, encoded, admit_request_tag(keys[m], m, encoded))
+        except InsufficientFunds as refused:
+            return refused.code.name
+        return "admitted"
+
+    with ThreadPoolExecutor(max_workers=len(vendors)) as pool:
+        outcomes = sorted(pool.map(present, vendors))
+    assert outcomes == ["CREDIT_LIMIT"] * 4 + ["admitted"] * 2

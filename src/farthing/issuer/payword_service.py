@@ -164,8 +164,7 @@ class PaywordService:
                 open_commitments=known,
                 now=now,
             )
-            if all(c.commitment_id != cid for c in known) and tx.payword_admitted(cid) is None:
-                tx.payword_admit(admitted)
+            if all(c.commitment_id != cid for c in known) and tx.payword_admit(admitted):
                 detail = {"commitment": b64url_encode(cid), "vendor": merchant.merchant_id}
                 tx.audit(f"merchant:{merchant.merchant_id}", "payword.commitment.admit", detail)
             mine = [c for c in known if c.commitment_id != cid] + [admitted]

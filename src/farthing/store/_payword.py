@@ -158,8 +158,9 @@ def _raise_index(ctx: Ctx, commitment_id: bytes, old: int, new: int, at: int) ->
 # --- admitted commitments (the broker's bound on each user's open commitments) -------------
 
 
-def admit(ctx: Ctx, commitment: OpenCommitment) -> None:
-    """Record an admitted commitment; Conflict if its id is recorded already."""
+def admit(ctx: Ctx, commitment: OpenCommitment) -> bool:
+    """Record an admitted commitment; False if its id was recorded already (by a
+    concurrent admission of the same commitment: admitting is idempotent)."""
     values = {
         "commitment_id": commitment.commitment_id,
         "user_id": commitment.user_id,
@@ -169,8 +170,16 @@ def admit(ctx: Ctx, commitment: OpenCommitment) -> None:
         "expires_at": commitment.expires_at,
         "admitted_at": ctx.clock.now(),
     }
-    with unique_violation_as(ErrorCode.CONFLICT, "this commitment was admitted already"):
+    savepoint = ctx.conn.begin_nested()
+    try:
         ctx.conn.execute(insert(payword_admitted).values(values))
+    except exc.IntegrityError as error:
+        savepoint.rollback()
+        if is_unique_violation(error):
+            return False
+        raise
+    savepoint.commit()
+    return True
 
 
 def _admitted_query() -> Select[tuple[object, ...]]:

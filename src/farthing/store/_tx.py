@@ -270,9 +270,9 @@ class Tx:
     def payword_redeemed_units(self, user_id: str) -> int:
         return _payword.redeemed_units(self._ctx, user_id)
 
-    def payword_admit(self, commitment: OpenCommitment) -> None:
-        """Record a commitment the broker admitted; Conflict if recorded already."""
-        _payword.admit(self._ctx, commitment)
+    def payword_admit(self, commitment: OpenCommitment) -> bool:
+        """Record a commitment the broker admitted; False if it was recorded already."""
+        return _payword.admit(self._ctx, commitment)
 
     def payword_admitted(self, commitment_id: bytes) -> OpenCommitment | None:
         return _payword.admitted(self._ctx, commitment_id)

@@ -38,9 +38,11 @@ EXHAUSTED (spent = N) or EXPIRED; at the broker it is UNREDEEMED, then REDEEMED 
 index that only grows. Every verifier is a pure function: state value in, new state value
 and a receipt out; adapters persist with a conditional update on the old ``spent``.
 
-Known weaknesses (inherent to PayWord, kept on purpose as the baseline): the broker
-carries the credit risk; a user can commit up to the limit to *each* vendor and so
-overspend across vendors, found only at redemption. The vendor learns the user's identity
+Credit across vendors (ours): the paper's limit bounds each commitment; the broker here
+also admits each commitment before a vendor accepts paywords under it
+(:func:`admit_commitment`) only while the user's open commitments stay within the limit,
+and pays only admitted ones (:func:`require_admitted`). Known weaknesses (inherent to
+PayWord, kept on purpose as the baseline): the vendor learns the user's identity
 from C_U and the broker learns who bought how much from whom: there is no privacy. There
 is no revocation before the certificate expires. A vendor that loses its last payword
 loses that money; a user whose wallet state rolls back cannot pay that vendor again.
