@@ -74,7 +74,10 @@ _TABLE: Final[tuple[tuple[type[FarthingError], int, str, str], ...]] = (
 _CODE_OVERRIDES: Final = {
     ErrorCode.UNAUTHENTICATED: (401, FARTHING_BASE + "unauthenticated", "Not authenticated"),
     ErrorCode.PAYLOAD_TOO_LARGE: (413, FARTHING_BASE + "payload-too-large", "Payload too large"),
+    # The issuer (bank, broker) could not be reached: try again later, nothing was taken.
+    ErrorCode.ISSUER_UNAVAILABLE: (503, FARTHING_BASE + "issuer-unavailable", "Issuer unavailable"),
 }
+_RETRY_AFTER: Final = {ErrorCode.ISSUER_UNAVAILABLE: 5}
 
 
 def problem_for(error: FarthingError) -> Problem:
@@ -84,7 +87,12 @@ def problem_for(error: FarthingError) -> Problem:
     if override is not None:
         status, type_, title = override
         return Problem(
-            status=status, type=type_, title=title, detail=error.message, code=int(error.code)
+            status=status,
+            type=type_,
+            title=title,
+            detail=error.message,
+            code=int(error.code),
+            retry_after=_RETRY_AFTER.get(error.code),
         )
     for cls, status, type_, title in _TABLE:
         if isinstance(error, cls):
