@@ -77,6 +77,12 @@ def test_init_never_prints_the_dsn_password(
     assert "s3cret-pw" not in result.output
     assert "database ready" in result.output
     assert "127.0.0.1" in result.output  # still says which database
+    down = dsn.replace(f":{pg_server.port}/", ":1/")  # nothing listens on port 1
+    failed = runner.invoke(app, ["issuer", "init", "--db", down, "--keys", keys])
+    assert failed.exit_code == 1
+    assert "cannot open the database" in failed.output
+    assert "s3cret-pw" not in failed.output
+    assert "Traceback" not in failed.output
 
 
 def test_commands_need_an_initialised_issuer(runner: CliRunner, paths: tuple[str, str]) -> None:

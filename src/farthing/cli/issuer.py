@@ -113,7 +113,15 @@ def init(
 
     if bbs_bits < _MIN_BBS_BITS:
         raise fail(f"--bbs-bits must be at least {_MIN_BBS_BITS}")
-    upgrade_to_head(db)
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        upgrade_to_head(db)
+    except SQLAlchemyError:
+        raise fail(
+            f"cannot open the database {printable_target(db)}",
+            hint="check that it runs and that the URL, user and password are right",
+        ) from None
     console.print(f"database ready: [bold]{printable_target(db)}[/]")
     if keys.exists():
         console.print(f"key file kept: [bold]{keys}[/]")
