@@ -86,6 +86,26 @@ def init(
     )
 
 
+@app.command("keys")
+def keys_command(
+    issuer_keys: Annotated[
+        Path, typer.Option(help="key file from `farthing issuer init` (read, not kept)")
+    ],
+    out: Annotated[Path, typer.Option(help="the vendor key file to write (mode 0600)")] = Path(
+        VENDOR_KEYS_NAME
+    ),
+) -> None:
+    """Write a vendor key file (SZM keys only) for a vendor built in code (create_vendor_app)."""
+    from farthing.issuer.config import load_issuer_keys, vendor_keys, write_vendor_key_file
+
+    try:
+        keys = vendor_keys(load_issuer_keys(issuer_keys))
+        write_vendor_key_file(out, keys)
+    except FarthingError as error:
+        raise fail(error.message) from None
+    console.print(f"wrote [bold]{out}[/] (mode 0600: SZM keys only, realm {keys.realm!r})")
+
+
 @app.command("serve")
 def serve(
     directory: Annotated[Path, typer.Argument(help="the folder of goods to sell")],
