@@ -11,6 +11,9 @@ style of the counter-mode KDF of NIST SP 800-108::
 
 so anyone who holds the seed can jump straight to any block, and nobody who does not can
 tell a block from random or compute another one (HMAC is a PRF).
+It is a PRF in counter mode, not the SP 800-90A HMAC_DRBG (hence the card-code name
+"hmac-ctr"), and it never reseeds: the card and the issuer must both compute the same
+blocks from the seed alone, so there is no fresh entropy either could add.
 
 Blum-Blum-Shub (HAC §5.5.2, Algorithm 5.40) is the generator of the paper's era. With a
 Blum modulus n = p*q (p, q prime, both 3 mod 4) and a seed s coprime to n::
@@ -24,6 +27,9 @@ b = 8 bits per step by default: lg lg n = 11 for a 2048-bit n, so 8 is inside th
 (b <= lg lg n, b in 1, 2, 4, 8). This is an asymptotic statement; the concrete analysis of
 Sidorenko and Schoenmakers (2005) asks for far larger moduli for a provable margin, which is
 one reason the HMAC generator is the default in farthing and BBS is kept for fidelity.
+A modulus under 2048 bits (:data:`BBS_MIN_MODULUS_BITS`) is refused when generated and,
+through :func:`require_strong_modulus`, in every key file and card code; only the
+arithmetic below still takes tiny moduli, for the textbook cross-checks.
 
 Who can compute what:
 
