@@ -1,21 +1,26 @@
-"""farthing.serving: multi-worker servers keep TCP_NODELAY, and `farthing vendor serve`
-serves a folder with several workers."""
+"""farthing.serving: multi-worker servers keep TCP_NODELAY, `farthing vendor serve`
+serves a folder with several workers, the file limit is raised and the connection cap fits
+below it, and the serve flags reach the server."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import socket
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from farthing.cli import app
 from farthing.issuer.config import generate_issuer_keys, write_key_file
-from farthing.serving import listening_socket
+from farthing.serving import RESERVED_FILES, fit_to_file_limit, listening_socket
 from tests.servers import command_server, free_port
 
 pytestmark = pytest.mark.xdist_group("uvicorn")
@@ -46,7 +51,10 @@ def test_the_listening_socket_is_tcp_so_connections_get_nodelay() -> None:
     assert asyncio.run(accepted_nodelay()) == 1
 
 
-def test_vendor_serve_runs_two_workers(tmp_path: Path) -> None:
+def test_vendor_serve_runs_two_workers_under_the_limits_given(tmp_path: Path) -> None:
+    """Two workers keep one keep-alive connection fast, and ``--header-timeout`` reaches
+    them: a head that never ends is closed after it, a head sent in pieces within it is
+    answered."""
     folder = tmp_path / "shop"
     (folder / "articles").mkdir(parents=True)
     (folder / "articles" / "a.txt").write_text("article a")
@@ -57,7 +65,7 @@ def test_vendor_serve_runs_two_workers(tmp_path: Path) -> None:
     port = free_port()
     command = [
         str(Path(sys.executable).parent / "farthing"), "vendor", "serve", str(folder),
-        "--port", str(port), "--workers", "2",
+        "--port", str(port), "--workers", "2", "--header-timeout", "1",
     ]  # fmt: skip
     with (
         command_server(command, port, env={}, log_path=tmp_path / "serve.log") as base,
@@ -65,5 +73,45 @@ def test_vendor_serve_runs_two_workers(tmp_path: Path) -> None:
     ):
         priced = [client.get("/articles/a.txt") for _ in range(3)]  # one keep-alive connection
         missing = client.get("/articles/none.txt")
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as slow:
+            slow.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            started = time.monotonic()
+            closed = slow.recv(1024)  # b"": closed by the server, nothing sent
+            waited = time.monotonic() - started
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as patient:
+            for piece in (b"GET /healthz HTTP/1.1\r\n", b"Host: x\r\n", b"\r\n"):
+                patient.sendall(piece)
+                time.sleep(0.2)
+            answer = patient.recv(1024)
     assert [r.status_code for r in priced] == [402, 402, 402]
     assert missing.status_code == 404
+    assert closed == b""
+    assert 0.9 < waited < 5
+    assert answer.startswith(b"HTTP/1.1 200 ")
+
+
+@given(files=st.integers(min_value=256, max_value=1 << 21), requested=st.none() | st.integers(1))
+def test_connections_and_accept_batches_fit_below_the_file_limit(
+    files: int, requested: int | None
+) -> None:
+    """asyncio accepts up to ``backlog`` connections at one wake-up before the protocol can
+    close any: with four such batches, every connection holding a second handle, and the
+    reserve, the process never runs out of file handles (accept() never fails EMFILE)."""
+    capacity = fit_to_file_limit(files, requested)
+    assert 2 * capacity.max_connections + 4 * capacity.backlog + RESERVED_FILES <= files
+    assert capacity.max_connections >= 1
+    assert capacity.lowered == (requested is not None and requested > capacity.max_connections)
+
+
+def test_the_soft_file_limit_is_raised_to_the_hard_one() -> None:
+    """A child whose soft limit is 256 under a hard one of 512 gets 512 (what the worker
+    processes then inherit)."""
+    code = (
+        "import resource; from farthing.serving import raise_file_limit; "
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (256, 512)); "
+        "print(raise_file_limit(), resource.getrlimit(resource.RLIMIT_NOFILE)[0])"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.split() == ["512", "512"]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from farthing.core.encoding import Writer
 from farthing.core.money import Denomination
-from farthing.core.primitives import hmac_sha256
+from farthing.core.primitives import ed25519_public_key, hmac_sha256
 from farthing.core.schemes.hll import (
     DOMAIN_PAYMENT,
     CardState,
@@ -27,12 +27,15 @@ from farthing.core.schemes.hll import (
     SoftwareCardKey,
     authorize_purchase,
     batch_tag,
+    card_certificate_body,
     complete_purchase,
     derive_card_key,
     encode_batch,
+    encode_card_certificate,
     encode_offer,
     encode_payment,
     encode_report,
+    issue_card_certificate,
     make_offer,
     purchase_message,
 )
@@ -55,6 +58,9 @@ OTHER_CARD_ID = _keys(16)
 MERCHANT_KEY = _keys(32)
 OTHER_MERCHANT_KEY = _keys(32)
 CARD_KEY = derive_card_key(MASTER_KEY, CARD_ID)
+CERT_KEY = _keys(32)  # the bank's card-certification key (Ed25519 seed)
+OTHER_CERT_KEY = _keys(32)
+CERT_EXPIRES = NOW + 86_400
 OTHER_CARD_KEY = derive_card_key(MASTER_KEY, OTHER_CARD_ID)
 LOADED = 100
 
@@ -181,6 +187,25 @@ def report_vector() -> Json:
     }
 
 
+def certificate_vector(name: str, card_id: bytes, denomination: Denomination) -> Json:
+    cert = issue_card_certificate(
+        CERT_KEY, card_id=card_id, denomination=denomination, expires_at=CERT_EXPIRES
+    )
+    return {
+        "name": name,
+        "kind": "card_certificate",
+        "signing_key": CERT_KEY.hex(),
+        "public_key": ed25519_public_key(CERT_KEY).hex(),
+        "card_id": card_id.hex(),
+        "currency": denomination.currency,
+        "unit_micros": denomination.unit_micros,
+        "expires_at": CERT_EXPIRES,
+        "body": card_certificate_body(card_id, denomination, CERT_EXPIRES).hex(),
+        "signature": cert.signature.hex(),
+        "certificate": encode_card_certificate(cert).hex(),
+    }
+
+
 def generate() -> Json:
     empty = DepositBatch(
         batch_id=DeterministicRandom("farthing/vectors/hll/batch-0")(16),
@@ -195,10 +220,12 @@ def generate() -> Json:
         batch_vector("batch_empty", MERCHANT_KEY, empty),
         batch_vector("batch_two_items", MERCHANT_KEY, two_item_batch()),
         report_vector(),
+        certificate_vector("card_certificate_eur", CARD_ID, EUR),
+        certificate_vector("card_certificate_usd", OTHER_CARD_ID, USD),
     ]
     return {
         "description": "HLL: card key derivation, purchase MAC inputs and MACs, encoded "
-        "payments, deposit batch tags and deposit reports.",
+        "payments, deposit batch tags, deposit reports and card certificates.",
         "vectors": vectors,
     }
 
@@ -460,12 +487,84 @@ def deposit_cases() -> list[Json]:
     ]
 
 
+def certificate_case(
+    name: str, certificate: bytes, decision: str, error: str = "", code: str = "", **at: int
+) -> Json:
+    """A purchase by CARD_ID in EUR presenting ``certificate`` to a deferred-mode merchant:
+    the merchant's decision ('online', or 'refused' with the error), and the certificate
+    check's own error."""
+    return {
+        "name": name,
+        "kind": "certificate",
+        "public_key": ed25519_public_key(CERT_KEY).hex(),
+        "card_id": CARD_ID.hex(),
+        "currency": "EUR",
+        "unit_micros": 1000,
+        "certificate": certificate.hex(),
+        "now": at.get("now", NOW),
+        "decision": decision,
+        "error": error,
+        "code": code,
+    }
+
+
+def certificate_cases() -> list[Json]:
+    def cert(key: bytes = CERT_KEY, **changes: object) -> bytes:
+        fields: dict[str, object] = {
+            "card_id": CARD_ID,
+            "denomination": EUR,
+            "expires_at": CERT_EXPIRES,
+        }
+        fields.update(changes)
+        return encode_card_certificate(issue_card_certificate(key, **fields))  # type: ignore[arg-type]
+
+    good = cert()
+    return [
+        certificate_case(
+            "certificate_forged", cert(OTHER_CERT_KEY), "online", "InvalidPayment",
+            "SIGNATURE_INVALID",
+        ),
+        certificate_case(
+            "certificate_signature_bit_flipped", flip_bit(good, len(good) * 8 - 1), "online",
+            "InvalidPayment", "SIGNATURE_INVALID",
+        ),
+        certificate_case(
+            "certificate_other_card", cert(card_id=OTHER_CARD_ID), "online", "InvalidPayment",
+            "PAYMENT_INVALID",
+        ),
+        certificate_case(
+            "certificate_other_denomination", cert(denomination=USD), "online",
+            "InvalidPayment", "PAYMENT_INVALID",
+        ),
+        certificate_case(
+            "certificate_expired", good, "online", "PaymentExpired", "CERTIFICATE_EXPIRED",
+            now=CERT_EXPIRES,
+        ),
+        certificate_case(
+            "certificate_trailing_byte", good + b"\x00", "refused", "MalformedMessage",
+            "NON_CANONICAL",
+        ),
+        certificate_case(
+            "certificate_truncated", good[:-1], "refused", "MalformedMessage", "TRUNCATED"
+        ),
+    ]  # fmt: skip
+
+
 def invalid() -> Json:
     return {
         "description": "HLL: payments and deposits the bank must refuse, with the expected "
         "error class and ErrorCode name. 'prior' payments or batches are accepted first; "
-        "'bank_only' cases pass the pure MAC check and fail only on the bank's state.",
-        "vectors": [*mac_cases(), *malformed_cases(), *bank_cases(), *deposit_cases()],
+        "'bank_only' cases pass the pure MAC check and fail only on the bank's state. "
+        "'certificate' cases: what a deferred-mode merchant decides for a payment presenting "
+        "that card certificate ('online': ask the bank; 'refused': the error) and the "
+        "error the certificate check itself raises.",
+        "vectors": [
+            *mac_cases(),
+            *malformed_cases(),
+            *bank_cases(),
+            *deposit_cases(),
+            *certificate_cases(),
+        ],
     }
 
 

@@ -8,15 +8,81 @@ algorithm off (``TCP_NODELAY``) only on sockets that say ``IPPROTO_TCP``; so eac
 keep-alive request after the first waits ~40 ms for the client's delayed ACK (uvicorn
 issue #3149; measured here: 22 requests/s on one connection instead of ~3,000). The
 listening socket is bound here, as TCP, and handed to uvicorn's supervisor.
+
+Against slow and greedy clients (docs/scaling.md), every worker runs uvicorn's h11
+protocol under :mod:`farthing.guard` (request head and body timeouts, a cap on open
+connections) and logs through :mod:`farthing.logs` (the same warning at most 10 times a
+minute). At start the soft limit on file handles is raised to the hard limit, and the
+connection cap and the listen backlog are fitted below it (:func:`fit_to_file_limit`),
+so that ``accept()`` never fails for want of a file handle.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
+import resource
 import socket
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final
 
-__all__ = ["listening_socket", "main", "serve_factory"]
+from farthing.guard import (
+    DEFAULT_BODY_TIMEOUT,
+    DEFAULT_HEADER_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS,
+    ConnectionLimits,
+)
+
+__all__ = [
+    "RESERVED_FILES",
+    "Capacity",
+    "fit_to_file_limit",
+    "listening_socket",
+    "main",
+    "raise_file_limit",
+    "serve_factory",
+]
+
+RESERVED_FILES: Final = 64  # listening socket, logs, database, the issuer client, imports
+_MAX_BACKLOG: Final = 2048  # uvicorn's default
+
+
+@dataclass(frozen=True, slots=True)
+class Capacity:
+    """What one worker may open: ``backlog`` (the listen queue, and how many connections
+    asyncio accepts at one wake-up) and ``max_connections``; ``lowered`` if the requested
+    cap did not fit."""
+
+    backlog: int
+    max_connections: int
+    lowered: bool
+
+
+def raise_file_limit() -> int:
+    """Raise the soft limit on open files to the hard one (workers inherit it); the soft
+    limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    return soft
+
+
+def fit_to_file_limit(files: int, requested: int | None) -> Capacity:
+    """The backlog and connection cap that ``files`` handles per process can hold.
+
+    asyncio accepts up to ``backlog`` connections at one wake-up, before any reaches the
+    protocol, and the protocol closes the excess a few loop turns later: room is left for
+    four such batches. Each connection may hold a second handle (a file being sent, a
+    database connection), so connections get half of what remains."""
+    spare = max(0, files - RESERVED_FILES)
+    backlog = max(16, min(_MAX_BACKLOG, spare // 8))
+    room = max(1, (spare - 4 * backlog) // 2)
+    wanted = requested if requested is not None else DEFAULT_MAX_CONNECTIONS
+    return Capacity(backlog, min(wanted, room), lowered=requested is not None and requested > room)
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
@@ -43,22 +109,45 @@ def serve_factory(
     log_level: str = "warning",
     access_log: bool = True,
     graceful_shutdown: int | None = None,
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT,
+    body_timeout: float = DEFAULT_BODY_TIMEOUT,
+    max_connections: int | None = None,
 ) -> None:
     """Run ``factory`` (``module:function`` returning the ASGI app; each worker calls it)
-    until interrupted."""
+    until interrupted. The limits are per worker; ``max_connections`` None: 1,000, or
+    fewer if the file limit cannot hold that many."""
     import uvicorn
     from uvicorn.supervisors import Multiprocess
 
-    config = uvicorn.Config(
+    from farthing.guard import GuardedConfig
+    from farthing.logs import rate_limited_log_config
+
+    files = raise_file_limit()
+    capacity = fit_to_file_limit(files, max_connections)
+    limits = ConnectionLimits(
+        header_timeout=header_timeout,
+        body_timeout=body_timeout,
+        max_connections=capacity.max_connections,
+    )
+    config = GuardedConfig(
         factory,
+        limits=limits,
         factory=True,
         host=host,
         port=port,
         workers=workers,
         log_level=log_level,
+        log_config=rate_limited_log_config(uvicorn.config.LOGGING_CONFIG),
         access_log=access_log,
         timeout_graceful_shutdown=graceful_shutdown,
+        backlog=capacity.backlog,
     )
+    if capacity.lowered:
+        logging.getLogger("uvicorn.error").warning(
+            "max_connections lowered to %d: %d file handles per process hold no more",
+            capacity.max_connections,
+            files,
+        )
     if workers == 1:
         uvicorn.Server(config).run()  # asyncio binds the socket itself, as TCP
         return
@@ -78,6 +167,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--log-level", default="warning")
     parser.add_argument("--no-access-log", action="store_true")
     parser.add_argument("--timeout-graceful-shutdown", type=int, default=None)
+    parser.add_argument("--header-timeout", type=float, default=DEFAULT_HEADER_TIMEOUT)
+    parser.add_argument("--body-timeout", type=float, default=DEFAULT_BODY_TIMEOUT)
+    parser.add_argument("--max-connections", type=int, default=None)
     args = parser.parse_args(argv)
     serve_factory(
         args.factory,
@@ -87,6 +179,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         log_level=args.log_level,
         access_log=not args.no_access_log,
         graceful_shutdown=args.timeout_graceful_shutdown,
+        header_timeout=args.header_timeout,
+        body_timeout=args.body_timeout,
+        max_connections=args.max_connections,
     )
 
 

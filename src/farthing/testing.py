@@ -6,6 +6,8 @@
 - :func:`cheap_wallet_kdf`: wallets created and opened inside it use an Argon2id cost far
   too low for a real passphrase, so tests stay fast. The only way to get one: no flag,
   option or environment variable of farthing itself lowers the cost.
+- :class:`SoftwareWrappingKey`: what a PKCS#11 token does at HLL personalisation (an RSA key
+  pair the bank wraps K_C to), in memory, for a software card in tests and the demo.
 """
 
 from __future__ import annotations
@@ -14,7 +16,10 @@ import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-__all__ = ["DeterministicRandom", "FixedClock", "cheap_wallet_kdf"]
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+__all__ = ["DeterministicRandom", "FixedClock", "SoftwareWrappingKey", "cheap_wallet_kdf"]
 
 
 @contextmanager
@@ -95,3 +100,21 @@ class MemoryCardBook:
             return False
         self.states[key] = new
         return True
+
+
+class SoftwareWrappingKey:
+    """A token's HLL wrapping key pair in memory (tests and the demo; a token keeps the
+    private half non-extractable instead). ``public_key()`` goes to the bank;
+    ``unwrap(wrapped)`` returns K_C for a software card."""
+
+    def __init__(self) -> None:
+        self._private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+    def public_key(self) -> bytes:
+        return self._private.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+
+    def unwrap(self, wrapped: bytes) -> bytes:
+        oaep = padding.OAEP(mgf=padding.MGF1(hashes.SHA1()), algorithm=hashes.SHA1(), label=None)  # noqa: S303
+        return self._private.decrypt(wrapped, oaep)

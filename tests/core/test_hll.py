@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import unicodedata
 from collections.abc import Callable
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import pytest
@@ -29,11 +29,12 @@ from farthing.core.errors import (
     WrongPin,
 )
 from farthing.core.money import Denomination
-from farthing.core.primitives import hmac_sha256
+from farthing.core.primitives import ed25519_public_key, hmac_sha256
 from farthing.core.schemes import hll
 from farthing.core.schemes.hll import (
     MAX_PIN_TRIES,
     CardState,
+    DeferredDecision,
     DeferredRisk,
     DepositBatch,
     DepositItem,
@@ -47,21 +48,28 @@ from farthing.core.schemes.hll import (
     VerifiedPurchase,
     authorize_purchase,
     batch_tag,
+    card_certification_key,
+    card_certification_public_key,
     complete_purchase,
+    decide_deferred,
     decode_batch,
+    decode_card_certificate,
     decode_offer,
     decode_payment,
     decode_report,
     derive_card_key,
     encode_batch,
+    encode_card_certificate,
     encode_offer,
     encode_payment,
     encode_report,
+    issue_card_certificate,
     make_offer,
     new_card_id,
     new_merchant_key,
     purchase_message,
     verify_batch_tag,
+    verify_card_certificate,
     verify_purchase,
     verify_purchase_bytes,
 )
@@ -69,6 +77,7 @@ from farthing.testing import DeterministicRandom
 
 NOW = 1_800_000_000
 EUR = Denomination(currency="EUR", unit_micros=1000)
+USD = Denomination(currency="USD", unit_micros=1000)
 MASTER = bytes(range(32))
 MERCHANT = "news.example"
 OTHER = "shop.example"
@@ -116,18 +125,26 @@ def forged(card_id: bytes, offer: Offer, counter: int) -> Purchase:
     return Purchase(card_id=card_id, counter=counter, sigma=sigma)
 
 
+CERT_KEY = b"C" * 32  # the bank's card-certification key in these tests
+
+
 @dataclass
 class World:
     rng: DeterministicRandom
     bank: HllBank
     merchant: HllMerchant
     merchant_key: bytes
+    certificates: dict[bytes, bytes] = field(default_factory=dict)
 
     def card(self, balance: int = 100, loaded: int | None = None) -> SoftwareCard:
         card = new_card(self.rng, balance)
         card_id = card.state.card_id
         self.bank.register_card(card_id, key_of(card_id), balance if loaded is None else loaded)
+        self.certificates[card_id] = self.bank.certify(card_id, NOW + 86_400)
         return card
+
+    def cert(self, purchase: Purchase) -> bytes | None:
+        return self.certificates.get(purchase.card_id)
 
     def offer(self, amount: int = 3, good: str = "/articles/1") -> Offer:
         return self.merchant.offer(good=good, amount=amount, denomination=EUR, now=NOW)
@@ -136,9 +153,9 @@ class World:
         return self.bank.deposit(batch, batch_tag(self.merchant_key, batch), now)
 
 
-def world(seed: str = "world", risk_limit: int = 1000) -> World:
+def world(seed: str = "world", risk_limit: int = 1000, merchant_cap: int = 10**6) -> World:
     rng = DeterministicRandom(seed)
-    bank = HllBank(denomination=EUR)
+    bank = HllBank(denomination=EUR, certification_key=CERT_KEY)
     merchant_key = new_merchant_key(rng)
     bank.register_merchant(MERCHANT, merchant_key)
     bank.register_merchant(OTHER, new_merchant_key(rng))
@@ -146,7 +163,8 @@ def world(seed: str = "world", risk_limit: int = 1000) -> World:
         merchant_id=MERCHANT,
         merchant_key=merchant_key,
         rng=rng,
-        risk=DeferredRisk(limit=risk_limit),
+        risk=DeferredRisk(limit=risk_limit, merchant_cap=merchant_cap),
+        bank_public_key=ed25519_public_key(CERT_KEY),
     )
     return World(rng=rng, bank=bank, merchant=merchant, merchant_key=merchant_key)
 
@@ -734,7 +752,7 @@ def deferred_items(w: World, card: SoftwareCard, amounts: list[int]) -> list[Dep
     for amount in amounts:
         offer = w.offer(amount)
         purchase = card.purchase(offer, NOW)
-        w.merchant.accept_deferred(offer, purchase, NOW)
+        w.merchant.accept_deferred(offer, purchase, NOW, certificate=w.cert(purchase))
         items.append(DepositItem(offer=offer, purchase=purchase))
     return items
 
@@ -893,20 +911,24 @@ def test_merchant_refusals() -> None:
     purchase = card.purchase(offer, NOW)
     foreign = offer_for(DeterministicRandom("foreign"))
     with pytest.raises(InvalidPayment) as info:
-        w.merchant.accept_deferred(foreign, purchase, NOW)
+        w.merchant.accept_deferred(foreign, purchase, NOW, certificate=w.cert(purchase))
     assert info.value.code is ErrorCode.CHALLENGE_INVALID
     with pytest.raises(InvalidPayment):  # same challenge, other price: not our offer
-        w.merchant.accept_deferred(replace(offer, amount=1), purchase, NOW)
+        w.merchant.accept_deferred(
+            replace(offer, amount=1), purchase, NOW, certificate=w.cert(purchase)
+        )
     with pytest.raises(PaymentExpired):
-        w.merchant.accept_deferred(offer, purchase, offer.expires_at)
+        w.merchant.accept_deferred(offer, purchase, offer.expires_at, certificate=w.cert(purchase))
     with pytest.raises(InvalidPayment):
-        w.merchant.accept_deferred(offer, replace(purchase, counter=0), NOW)
-    w.merchant.accept_deferred(offer, purchase, NOW)
+        w.merchant.accept_deferred(
+            offer, replace(purchase, counter=0), NOW, certificate=w.cert(purchase)
+        )
+    w.merchant.accept_deferred(offer, purchase, NOW, certificate=w.cert(purchase))
     with pytest.raises(InvalidPayment) as info:  # the offer is used up
-        w.merchant.accept_deferred(offer, purchase, NOW)
+        w.merchant.accept_deferred(offer, purchase, NOW, certificate=w.cert(purchase))
     assert info.value.code is ErrorCode.CHALLENGE_INVALID
     with pytest.raises(Conflict) as conflict:  # same (card, counter) on a new offer
-        w.merchant.accept_deferred(w.offer(), purchase, NOW)
+        w.merchant.accept_deferred(w.offer(), purchase, NOW, certificate=w.cert(purchase))
     assert conflict.value.code is ErrorCode.DUPLICATE_SPEND
 
 
@@ -917,7 +939,7 @@ def test_risk_limit_then_online_fallback() -> None:
     offer = w.offer(2)
     purchase = card.purchase(offer, NOW)
     with pytest.raises(InsufficientFunds) as info:
-        w.merchant.accept_deferred(offer, purchase, NOW)
+        w.merchant.accept_deferred(offer, purchase, NOW, certificate=w.cert(purchase))
     assert info.value.code is ErrorCode.RISK_LIMIT
     verified = w.merchant.accept_online(offer, purchase, NOW, w.bank.verify_online)
     assert verified.amount == 2
@@ -941,16 +963,114 @@ def test_online_failure_leaves_the_offer_open() -> None:
 
 
 def test_deferred_risk() -> None:
-    risk = DeferredRisk(limit=10)
-    assert risk.admit(0, 10) == 10
-    assert risk.admit(4, 5) == 9
-    with pytest.raises(InsufficientFunds) as info:
-        risk.admit(6, 5)
-    assert info.value.code is ErrorCode.RISK_LIMIT
-    with pytest.raises(InsufficientFunds):
-        risk.admit(0, 0)
+    risk = DeferredRisk(limit=10, merchant_cap=25)
+    assert risk.fits(0, 0, 10)
+    assert risk.fits(4, 20, 5)
+    assert not risk.fits(6, 0, 5)  # the card's limit
+    assert not risk.fits(0, 21, 5)  # the merchant's cap
+    assert not risk.fits(0, 0, 0)
     assert risk.settle(9, 4) == 5
     assert risk.settle(3, 4) == 0
+    for bad in ((0, 1), (1, 0), (-1, 5)):
+        with pytest.raises(ValueError):
+            DeferredRisk(limit=bad[0], merchant_cap=bad[1])
+
+
+def decide(
+    w: World,
+    offer: Offer,
+    purchase: Purchase,
+    certificate: bytes | None,
+    *,
+    now: int = NOW,
+    outstanding: tuple[int, int] = (0, 0),
+    risk: DeferredRisk | None = None,
+) -> DeferredDecision:
+    return decide_deferred(
+        risk=risk or DeferredRisk(limit=10, merchant_cap=20),
+        bank_public_key=ed25519_public_key(CERT_KEY),
+        certificate=certificate,
+        offer=offer,
+        purchase=purchase,
+        now=now,
+        card_outstanding=outstanding[0],
+        merchant_outstanding=outstanding[1],
+    )
+
+
+def test_deferred_only_for_a_card_the_bank_vouches_for() -> None:
+    w = world()
+    card, other = w.card(), w.card()
+    offer = w.offer()
+    purchase = card.purchase(offer, NOW)
+    mine, theirs = w.cert(purchase), w.certificates[other.state.card_id]
+    assert mine is not None
+    cert = decode_card_certificate(mine)
+    forged = issue_card_certificate(
+        b"F" * 32, card_id=cert.card_id, denomination=EUR, expires_at=cert.expires_at
+    )
+    usd = issue_card_certificate(
+        CERT_KEY, card_id=cert.card_id, denomination=USD, expires_at=cert.expires_at
+    )
+    assert decide(w, offer, purchase, mine) is DeferredDecision.DEFER
+    online = {
+        "no certificate": decide(w, offer, purchase, None),
+        "forged": decide(w, offer, purchase, encode_card_certificate(forged)),
+        "another card's": decide(w, offer, purchase, theirs),
+        "another denomination": decide(w, offer, purchase, encode_card_certificate(usd)),
+        "expired": decide(w, offer, purchase, mine, now=cert.expires_at),
+        "card limit reached": decide(w, offer, purchase, mine, outstanding=(8, 8)),
+        "merchant cap reached": decide(w, offer, purchase, mine, outstanding=(0, 18)),
+    }
+    assert online == dict.fromkeys(online, DeferredDecision.ONLINE)
+    with pytest.raises(InvalidPayment):  # no card MACs counter 0
+        decide(w, offer, replace(purchase, counter=0), mine)
+    with pytest.raises(MalformedMessage):
+        decide(w, offer, purchase, mine[:-1])
+
+
+def test_card_certificate_round_trip_and_checks() -> None:
+    cert = issue_card_certificate(CERT_KEY, card_id=b"c" * 16, denomination=EUR, expires_at=NOW)
+    assert decode_card_certificate(encode_card_certificate(cert)) == cert
+    public = card_certification_public_key(b"K" * 32)
+    assert public == ed25519_public_key(card_certification_key(b"K" * 32))
+    verify_card_certificate(
+        ed25519_public_key(CERT_KEY), cert, card_id=b"c" * 16, denomination=EUR, now=NOW - 1
+    )
+    with pytest.raises(PaymentExpired) as expired:
+        verify_card_certificate(
+            ed25519_public_key(CERT_KEY), cert, card_id=b"c" * 16, denomination=EUR, now=NOW
+        )
+    assert expired.value.code is ErrorCode.CERTIFICATE_EXPIRED
+    with pytest.raises(InvalidPayment) as forged:
+        verify_card_certificate(public, cert, card_id=b"c" * 16, denomination=EUR, now=0)
+    assert forged.value.code is ErrorCode.SIGNATURE_INVALID
+
+
+def test_merchant_goes_online_past_its_cap_and_for_unknown_cards() -> None:
+    w = world(risk_limit=10, merchant_cap=9)
+    decisions = []
+    for _ in range(4):  # four honest cards, 3 units each: the cap (9) holds three
+        card = w.card()
+        offer = w.offer()
+        purchase = card.purchase(offer, NOW)
+        decisions.append(
+            w.merchant.accept(
+                offer,
+                purchase,
+                NOW,
+                certificate=w.cert(purchase),
+                verify_online=w.bank.verify_online,
+            )
+        )
+    assert decisions == [DeferredDecision.DEFER] * 3 + [DeferredDecision.ONLINE]
+    assert w.merchant.outstanding_total() == 9
+    stranger = Purchase(card_id=b"s" * 16, counter=1, sigma=bytes(32))
+    with pytest.raises(InvalidPayment):  # not vouched for: online, where the bank refuses
+        w.merchant.accept(
+            w.offer(), stranger, NOW, certificate=None, verify_online=w.bank.verify_online
+        )
+    assert w.merchant.outstanding_total() == 9
 
 
 def test_merchant_forgets_expired_offers() -> None:
@@ -960,7 +1080,7 @@ def test_merchant_forgets_expired_offers() -> None:
     purchase = card.purchase(old, NOW)
     w.merchant.offer(good="/later", amount=1, denomination=EUR, now=old.expires_at)
     with pytest.raises(InvalidPayment):
-        w.merchant.accept_deferred(old, purchase, NOW)
+        w.merchant.accept_deferred(old, purchase, NOW, certificate=w.cert(purchase))
 
 
 def test_all_names_exist() -> None:

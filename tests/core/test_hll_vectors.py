@@ -10,26 +10,37 @@ import pytest
 
 from farthing.core import errors
 from farthing.core.money import Denomination
+from farthing.core.primitives import ed25519_public_key
 from farthing.core.schemes.hll import (
     CardState,
+    DeferredDecision,
+    DeferredRisk,
     DepositBatch,
     DepositReport,
     HllBank,
+    Offer,
+    Purchase,
     SoftwareCardKey,
     authorize_purchase,
     batch_tag,
+    card_certificate_body,
     complete_purchase,
+    decide_deferred,
     decode_batch,
+    decode_card_certificate,
     decode_offer,
     decode_payment,
     decode_report,
     derive_card_key,
     encode_batch,
+    encode_card_certificate,
     encode_offer,
     encode_payment,
     encode_report,
+    issue_card_certificate,
     purchase_message,
     verify_batch_tag,
+    verify_card_certificate,
     verify_purchase_bytes,
 )
 from tests.vectorlib import VECTORS, json_parametrize, load_vectors
@@ -102,10 +113,51 @@ def check_report(v: Vector) -> None:
     assert decode_report(h(v["report_encoded"])) == report
 
 
+def decide_for(v: Vector, certificate: bytes, now: int) -> DeferredDecision:
+    """What a deferred-mode merchant decides for a purchase by the vector's card in EUR."""
+    offer = Offer(
+        merchant_id="news.example",
+        good="/articles/1",
+        amount=3,
+        denomination=denomination(v),
+        challenge=bytes(16),
+        expires_at=now + 300,
+    )
+    return decide_deferred(
+        risk=DeferredRisk(limit=10, merchant_cap=100),
+        bank_public_key=h(v["public_key"]),
+        certificate=certificate,
+        offer=offer,
+        purchase=Purchase(card_id=h(v["card_id"]), counter=1, sigma=bytes(32)),
+        now=now,
+        card_outstanding=0,
+        merchant_outstanding=0,
+    )
+
+
+def check_certificate(v: Vector) -> None:
+    assert ed25519_public_key(h(v["signing_key"])) == h(v["public_key"])
+    card_id, expires_at = h(v["card_id"]), v["expires_at"]
+    assert card_certificate_body(card_id, denomination(v), expires_at) == h(v["body"])
+    cert = issue_card_certificate(
+        h(v["signing_key"]), card_id=card_id, denomination=denomination(v), expires_at=expires_at
+    )
+    assert cert.signature == h(v["signature"])  # Ed25519 signatures are deterministic
+    assert encode_card_certificate(cert) == h(v["certificate"])
+    assert decode_card_certificate(h(v["certificate"])) == cert
+    now = expires_at - 1
+    verify_card_certificate(
+        h(v["public_key"]), cert, card_id=card_id, denomination=denomination(v), now=now
+    )
+    assert decide_for(v, h(v["certificate"]), now) is DeferredDecision.DEFER
+
+
 @json_parametrize("hll", "generate")
 def test_generate(vector: Vector) -> None:
     kind = vector["kind"]
-    if kind == "card_key":
+    if kind == "card_certificate":
+        check_certificate(vector)
+    elif kind == "card_key":
         key = derive_card_key(h(vector["master_key"]), h(vector["card_id"]))
         assert key == h(vector["card_key"])
     elif kind == "purchase":
@@ -203,10 +255,29 @@ def run_deposit_case(vector: Vector) -> None:
     assert info.value.code.name == vector["code"]
 
 
+def run_certificate_case(v: Vector) -> None:
+    raw, now = h(v["certificate"]), v["now"]
+    with expect_error(v) as info:
+        cert = decode_card_certificate(raw)
+        verify_card_certificate(
+            h(v["public_key"]), cert, card_id=h(v["card_id"]), denomination=denomination(v), now=now
+        )
+    assert info.value.code.name == v["code"]
+    if v["decision"] == "online":
+        assert decide_for(v, raw, now) is DeferredDecision.ONLINE
+    else:
+        assert v["decision"] == "refused"
+        with expect_error(v) as refused:
+            decide_for(v, raw, now)
+        assert refused.value.code.name == v["code"]
+
+
 @json_parametrize("hll", "invalid")
 def test_invalid(vector: Vector) -> None:
     if vector["kind"] == "payment":
         run_payment_case(vector)
+    elif vector["kind"] == "certificate":
+        run_certificate_case(vector)
     else:
         assert vector["kind"] == "deposit"
         run_deposit_case(vector)

@@ -89,6 +89,8 @@ def test_issuer_state_holds_no_secret() -> None:
         "length",
         "denomination",
         "expires_at",
+        "last_request",  # a digest of the paid request, for retries
+        "last_units",
     }
 
 

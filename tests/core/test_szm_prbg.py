@@ -128,6 +128,8 @@ def test_issuer_state_holds_no_secret(generator: Generator) -> None:
         "generator",
         "denomination",
         "expires_at",
+        "last_request",  # a digest of the paid request, for retries
+        "last_units",
     }
     assert card.secret == card_secret(MASTER, state.card_id)
 

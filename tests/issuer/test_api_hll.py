@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 import httpx
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from farthing.core.encoding import b64url_decode, b64url_encode
 from farthing.core.errors import ErrorCode
+from farthing.core.money import Denomination
 from farthing.core.schemes import hll
+from farthing.testing import SoftwareWrappingKey
 from tests.issuer.helpers import (
     BOTH_BACKENDS,
     Harness,
@@ -26,6 +31,11 @@ from tests.issuer.helpers import (
 pytestmark = [pytest.mark.anyio, BOTH_BACKENDS]
 
 
+def new_card(customer: str, units: int, token: SoftwareWrappingKey) -> dict[str, object]:
+    key = b64url_encode(token.public_key())
+    return {"customer_id": customer, "units": units, "token_public_key": key}
+
+
 def _merchant_owed(h: Harness, merchant_id: str = "m1") -> int:
     return h.services.accounts.merchant(merchant_id).owed_micros
 
@@ -34,13 +44,26 @@ async def test_personalise_moves_value_from_customer_to_card(
     api: httpx.AsyncClient, harness: Harness
 ) -> None:
     add_customer(harness, "c1", 1_000_000)
-    made = await api.post("/v1/hll/cards", json={"customer_id": "c1", "units": 400})
+    token = SoftwareWrappingKey()
+    made = await api.post("/v1/hll/cards", json=new_card("c1", 400, token))
     assert made.status_code == 201
     body = made.json()
     card_id = b64url_decode(body["card_id"])
-    assert bytes.fromhex(body["card_key_hex"]) == hll.derive_card_key(
-        harness.config.keys.hll_master, card_id
+    master = harness.config.keys.hll_master
+    # K_C leaves the bank only wrapped for the token that asked; the token unwraps it.
+    assert not any("key_hex" in name for name in body)
+    unwrapped = token.unwrap(b64url_decode(body["wrapped_card_key"]))
+    assert unwrapped == hll.derive_card_key(master, card_id)
+    assert hll.derive_card_key(master, card_id).hex() not in made.text
+    certificate = hll.decode_card_certificate(b64url_decode(body["certificate"]))
+    hll.verify_card_certificate(
+        hll.card_certification_public_key(master),
+        certificate,
+        card_id=card_id,
+        denomination=Denomination(currency="EUR", unit_micros=1000),
+        now=harness.clock.now(),
     )
+    assert certificate.expires_at == body["certificate_expires_at"]
     assert (body["units"], body["currency"], body["unit_micros"]) == (400, "EUR", 1000)
     customer = (await api.get("/v1/customers/c1")).json()
     assert customer["available_micros"] == 600_000
@@ -52,9 +75,28 @@ async def test_personalise_moves_value_from_customer_to_card(
 
 async def test_personalise_needs_funds(api: httpx.AsyncClient, harness: Harness) -> None:
     add_customer(harness, "poor", 10_000)
-    response = await api.post("/v1/hll/cards", json={"customer_id": "poor", "units": 11})
+    token = SoftwareWrappingKey()
+    response = await api.post("/v1/hll/cards", json=new_card("poor", 11, token))
     assert_problem(response, 402, ErrorCode.INSUFFICIENT_FUNDS)
-    assert_problem(await api.post("/v1/hll/cards", json={"customer_id": "x", "units": 1}), 404)
+    assert_problem(await api.post("/v1/hll/cards", json=new_card("x", 1, token)), 404)
+    assert balanced(harness)
+
+
+async def test_personalise_needs_a_token_key_and_never_answers_k_c_in_the_clear(
+    api: httpx.AsyncClient, harness: Harness
+) -> None:
+    add_customer(harness, "c1", 1_000_000)
+    no_key = await api.post("/v1/hll/cards", json={"customer_id": "c1", "units": 1})
+    assert no_key.status_code == 400
+    small = rsa.generate_private_key(public_exponent=65537, key_size=1024).public_key()  # noqa: S505 - a refusal test
+    der = small.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    for junk in (b"not a key", der):
+        body = {"customer_id": "c1", "units": 1, "token_public_key": b64url_encode(junk)}
+        assert_problem(await api.post("/v1/hll/cards", json=body), 400, ErrorCode.BAD_FIELD)
+    customer = (await api.get("/v1/customers/c1")).json()
+    assert customer["available_micros"] == 1_000_000  # refused before any money moved
     assert balanced(harness)
 
 
@@ -67,8 +109,23 @@ async def test_online_verify_credits_once_and_refuses_the_replay(
     assert ok.status_code == 200, ok.text
     assert ok.json()["units"] == 7
     assert ok.json()["credited_micros"] == 7000
-    replay = await api.post("/v1/hll/verify", json=verify_body(shop, offer, purchase))
+    assert ok.json()["repeated"] is False
+    # The same purchase again (the merchant lost the answer): settled before, not charged.
+    again = await api.post("/v1/hll/verify", json=verify_body(shop, offer, purchase))
+    assert again.status_code == 200, again.text
+    assert again.json()["repeated"] is True
+    # The same (card, counter) under another offer (only a card key could make it): 409.
+    other = replace(offer, good="/elsewhere")
+    sigma = hll.SoftwareCardKey(harness.services.hll.card_key(shop.card_id)).mac(
+        hll.purchase_message(shop.card_id, other, purchase.counter)
+    )
+    forged = replace(purchase, sigma=sigma)
+    replay = await api.post("/v1/hll/verify", json=verify_body(shop, other, forged))
     assert_problem(replay, 409, ErrorCode.DUPLICATE_SPEND)
+    # After the offer's expiry the purchase is refused like any other.
+    harness.clock.set(offer.expires_at)
+    late = await api.post("/v1/hll/verify", json=verify_body(shop, offer, purchase))
+    assert late.status_code == 402, late.text
     assert _merchant_owed(harness) == 7000
     with harness.store.transaction(readonly=True) as tx:
         card = tx.hll_card(shop.card_id)
@@ -81,14 +138,16 @@ async def test_online_verifies_arriving_together_each_settle_once(
     api: httpx.AsyncClient, harness: Harness
 ) -> None:
     """Verifications in flight together share the bank's group commit; each gets its own
-    answer, and a replay among them is refused without taking the others with it."""
+    answer, and the same purchase twice among them is charged once (the copy is answered
+    `repeated`) without taking the others with it."""
     shop = open_shop(harness)
     bought = [buy(harness, shop, 2) for _ in range(8)]
     bodies = [verify_body(shop, offer, purchase) for offer, purchase in bought]
-    bodies.append(bodies[3])  # the same (card, counter) again, in the same moment
+    bodies.append(bodies[3])  # the same purchase again, in the same moment
     answers = await asyncio.gather(*(api.post("/v1/hll/verify", json=b) for b in bodies))
     statuses = sorted(a.status_code for a in answers)
-    assert statuses == [200] * 8 + [409], [a.text for a in answers]
+    assert statuses == [200] * 9, [a.text for a in answers]
+    assert sorted(a.json()["repeated"] for a in answers) == [False] * 8 + [True]
     assert _merchant_owed(harness) == 8 * 2000
     with harness.store.transaction(readonly=True) as tx:
         card = tx.hll_card(shop.card_id)

@@ -153,3 +153,17 @@ def test_report_and_check(runner: CliRunner, paths: tuple[str, str]) -> None:
     result = runner.invoke(app, ["issuer", "check"])
     assert result.exit_code == 1
     assert "problem" in result.output
+
+
+def test_hll_key_prints_the_card_certification_public_key(
+    runner: CliRunner, paths: tuple[str, str]
+) -> None:
+    from farthing.core.schemes import hll
+
+    missing = runner.invoke(app, ["issuer", "hll-key"])
+    assert missing.exit_code == 1
+    assert "Traceback" not in missing.output
+    _init(runner)
+    printed = _ok(runner, "hll-key").strip()
+    master = load_issuer_keys(paths[1]).hll_master
+    assert bytes.fromhex(printed) == hll.card_certification_public_key(master)

@@ -138,7 +138,7 @@ class Payer:
             return authorization(cid, method, holder.at(index, now), **extra), None
         assert isinstance(holder, HllHolder)
         payment = holder.pay(hll_offer(cid, expires, good=path), index)
-        return authorization(cid, method, payment), None
+        return authorization(cid, method, payment, certificate=holder.certificate), None
 
     def _judge(
         self,

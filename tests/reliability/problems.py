@@ -13,6 +13,7 @@ _BY_CODE = {
     ErrorCode.UNAUTHENTICATED: {401},
     ErrorCode.PAYLOAD_TOO_LARGE: {413},
     ErrorCode.RATE_LIMITED: {429},
+    ErrorCode.SERVER_BUSY: {503},
     ErrorCode.NOT_FOUND: {404},
     ErrorCode.CONFLICT: {409},
     ErrorCode.DUPLICATE_SPEND: {409},

@@ -9,12 +9,14 @@ The context manager always stops it, even when the test fails.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
+import resource
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -36,8 +38,12 @@ class Server:
         workers: int = 1,
         log_path: Path | None = None,
         ready_path: str = "/healthz",
+        args: Sequence[str] = (),
+        nofile: int | None = None,
     ) -> None:
         self._factory = factory
+        self._args = list(args)
+        self._nofile = nofile
         self._env = {**os.environ, **env}
         self._workers = workers
         self._log_path = log_path
@@ -51,7 +57,7 @@ class Server:
         command = [
             sys.executable, "-m", "farthing.serving", self._factory, "--host", "127.0.0.1",
             "--port", str(self.port), "--workers", str(self._workers), "--no-access-log",
-            "--timeout-graceful-shutdown", "2",
+            "--timeout-graceful-shutdown", "2", *self._args,
         ]  # fmt: skip
         log = open(self._log_path, "ab") if self._log_path else subprocess.DEVNULL  # noqa: SIM115
         try:
@@ -62,7 +68,7 @@ class Server:
                 stderr=log,
                 start_new_session=True,
                 cwd=ROOT,
-                preexec_fn=die_with_parent,
+                preexec_fn=functools.partial(_prepare_child, self._nofile),
             )
         finally:
             if self._log_path:
@@ -151,6 +157,14 @@ class Server:
         self.stop()
 
 
+def _prepare_child(nofile: int | None) -> None:
+    """``preexec_fn``: die with the test process, and with ``nofile``, hold at most that
+    many file handles (soft and hard limit), so a file-handle attack reaches it quickly."""
+    die_with_parent()
+    if nofile is not None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
+
 def children(pid: int) -> list[int]:
     try:
         text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
@@ -192,24 +206,45 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
-def vendor_server(config: Path, *, workers: int, log_path: Path) -> Server:
+def vendor_server(
+    config: Path,
+    *,
+    workers: int,
+    log_path: Path,
+    args: Sequence[str] = (),
+    nofile: int | None = None,
+) -> Server:
     return Server(
         "farthing.vendor.serve:app_from_env",
         env={"FARTHING_VENDOR_CONFIG": str(config)},
         workers=workers,
         log_path=log_path,
+        args=args,
+        nofile=nofile,
     )
 
 
-def issuer_server(target: str, key_file: Path, *, workers: int, log_path: Path) -> Server:
+def issuer_server(
+    target: str,
+    key_file: Path,
+    *,
+    workers: int,
+    log_path: Path,
+    args: Sequence[str] = (),
+    nofile: int | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Server:
     return Server(
         "farthing.issuer.app:app_from_env",
         env={
             "FARTHING_ISSUER_DB": target,
             "FARTHING_ISSUER_KEYS": str(key_file),
             "FARTHING_ISSUER_RATE_LIMIT": "off",
+            **(env or {}),
         },
         workers=workers,
         log_path=log_path,
         ready_path="/v1/payword/broker",
+        args=args,
+        nofile=nofile,
     )

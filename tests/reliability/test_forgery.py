@@ -11,7 +11,9 @@ docs/reliability.md for the map.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator
+import json
+import os
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
@@ -24,7 +26,7 @@ from farthing.core.schemes import hll, payword, szm_chain, szm_prbg
 from farthing.core.sealing import open_sealed
 from farthing.issuer.client import IssuerClient
 from farthing.issuer.wire import verify_request_tag
-from farthing.testing import FixedClock
+from farthing.testing import FixedClock, SoftwareWrappingKey
 from farthing.vendor.app import HllSettings, VendorSettings, create_vendor_app
 from farthing.vendor.goods import GoodsApp
 from farthing.vendor.middleware import Paywall
@@ -45,6 +47,7 @@ from tests.reliability.world import (
     PrbgHolder,
     World,
     authorization,
+    build_world,
     challenge_ids,
     hll_offer,
 )
@@ -408,6 +411,7 @@ def _deposit(
 
 # --- operators --------------------------------------------------------------------------------
 
+TOKEN_PUBLIC_KEY = b64url_encode(SoftwareWrappingKey().public_key())
 OPERATOR_CALLS = [
     ("POST", "/v1/customers", {"customer_id": "mallory", "currency": "EUR"}),
     ("GET", "/v1/customers/alice", None),
@@ -416,7 +420,11 @@ OPERATOR_CALLS = [
     ("GET", "/v1/merchants/shop", None),
     ("GET", "/v1/ledger/check", None),
     ("GET", "/v1/report", None),
-    ("POST", "/v1/hll/cards", {"customer_id": "alice", "units": 5}),
+    (
+        "POST",
+        "/v1/hll/cards",
+        {"customer_id": "alice", "units": 5, "token_public_key": TOKEN_PUBLIC_KEY},
+    ),
     ("GET", "/v1/hll/cards/{hll_card}", None),
     (
         "POST",
@@ -508,3 +516,45 @@ def _fill_ids(world: World) -> dict[str, str]:
 def _audit_count(world: World) -> int:
     with world.store.transaction(readonly=True) as tx:
         return len(tx.audit_entries(limit=1_000_000))
+
+
+# --- HLL deferred mode: made-up cards ----------------------------------------------------
+
+
+@pytest.fixture
+def deferred_world(tmp_path: Path) -> Iterator[World]:
+    world = build_world(tmp_path / "world", str(tmp_path / "deferred.sqlite"), hll_mode="deferred")
+    yield world
+    world.close()
+
+
+async def test_made_up_hll_cards_get_nothing_from_a_deferred_vendor(
+    deferred_world: World,
+) -> None:
+    """50 purchases with random card ids, counter 1 and random MACs, against the vendor app
+    of `vendor serve` in deferred mode (its store, the issuer app as its bank): 50 of 50 were
+    served before card certificates; now each goes to the bank and is refused. Half carry a
+    real certificate of another card. A certified card still buys deferred."""
+    world = deferred_world
+    honest = world.hll_cards(1)[0]
+    served = 0
+    async with client(world.vendor_app()) as http:
+        shop = Shop(world, http, {})
+        for attempt in range(50):
+            await shop.fresh()
+            forged = hll.Purchase(card_id=os.urandom(16), counter=1, sigma=os.urandom(32))
+            extra = {"certificate": honest.certificate} if attempt % 2 else {}
+            answer = await shop.pay("hll:mac", hll.encode_payment(forged), **extra)
+            assert answer.status_code in REFUSED, answer.text
+            served += answer.status_code == 200
+        with world.store.transaction(readonly=True) as tx:
+            assert tx.vendor_hll_outstanding_total() == 0  # nothing delivered on credit
+        await shop.fresh()
+        offer = hll_offer(*shop.cids["hll:mac"], good=PATH)
+        bought = await shop.pay("hll:mac", honest.pay(offer, 1), certificate=honest.certificate)
+    assert served == 0
+    assert bought.status_code == 200
+    receipt = json.loads(b64url_decode(bought.headers["payment-receipt"]))
+    assert receipt["mode"] == "deferred"
+    with world.store.transaction(readonly=True) as tx:
+        assert tx.vendor_hll_outstanding_total() == offer.amount

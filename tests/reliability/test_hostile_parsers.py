@@ -313,7 +313,11 @@ def test_every_single_character_typo_in_a_card_code_is_caught() -> None:
 
 
 HLL_FILE = HllCardFile(
-    card_id=bytes(16), balance=100, denomination=CARDS[0].denomination, card_key=bytes(32)
+    card_id=bytes(16),
+    balance=100,
+    denomination=CARDS[0].denomination,
+    wrapped_key=bytes(384),
+    certificate=bytes(136),
 ).to_json()
 
 
@@ -327,7 +331,7 @@ HLL_FILE = HllCardFile(
         st.builds(
             json.dumps,
             st.fixed_dictionaries(
-                {"card_key_hex": json_values, "card_id": json_values, "units": json_values}
+                {"wrapped_card_key": json_values, "card_id": json_values, "units": json_values}
             ),
         ),
     )

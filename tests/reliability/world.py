@@ -184,6 +184,7 @@ class HllHolder:
 
     card_id: bytes
     card_key: bytes
+    certificate: bytes  # the bank's card certificate, for deferred-mode vendors
 
     @property
     def key(self) -> str:
@@ -283,7 +284,10 @@ class World:
             self.services.hll.personalise(ACTOR, CUSTOMER_ID, units=units, unit_micros=UNIT)
             for _ in range(count)
         ]
-        return [HllHolder(card_id=m.card_id, card_key=m.card_key) for m in made]
+        return [
+            HllHolder(card_id=m.card_id, card_key=m.card_key, certificate=m.certificate)
+            for m in made
+        ]
 
     def spent(self, holder: Holder) -> int:
         """What the store says this card, commitment or HLL card has been charged."""
@@ -420,6 +424,8 @@ def write_vendor_config(
         f"unit_micros = {UNIT}",
         f'mode = "{hll_mode}"',
         "risk_limit = 1000000",
+        "merchant_cap = 1000000000",
+        f'bank_public_key = "{hll.card_certification_public_key(keys.hll_master).hex()}"',
     ]
     path = folder / "vendor.toml"
     path.write_text("\n".join(lines) + "\n")

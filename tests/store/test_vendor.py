@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from farthing.core.errors import Conflict, ErrorCode, InsufficientFunds
+from farthing.core.errors import Conflict, ErrorCode, InsufficientFunds, InvalidPayment
+from farthing.core.money import Denomination
+from farthing.core.primitives import ed25519_public_key
+from farthing.core.schemes import hll
 from farthing.store import (
     HllMode,
     HllPaymentState,
@@ -14,6 +17,8 @@ from farthing.store import (
     Tx,
     open_store,
 )
+from farthing.vendor.books import HllDeferredBook
+from farthing.vendor.methods.hll import DeferredRecord, PendingPurchase
 from tests.store.helpers import fail_inside, race
 
 CARD = b"C" * 16
@@ -140,3 +145,81 @@ def test_the_risk_limit_holds_under_concurrency(store: Store) -> None:
     assert race(6, accept).count(True) == 3
     with store.transaction(readonly=True) as tx:
         assert tx.vendor_hll_outstanding(CARD) == 9
+
+
+def test_the_merchant_cap_holds_under_concurrency_across_cards(store: Store) -> None:
+    """Eight certified cards buy 3 units each at once from a merchant whose cap is 9: the
+    book (core decision, store transaction) takes exactly three deferred, sends the other
+    five online, and records only the three."""
+    signing_key = b"C" * 32
+    risk = hll.DeferredRisk(limit=10, merchant_cap=9)
+    book = HllDeferredBook(store)
+    denomination = Denomination(currency="EUR", unit_micros=1000)
+
+    def buy(n: int) -> hll.DeferredDecision:
+        card_id = bytes([n + 1]) * 16
+        certificate = hll.issue_card_certificate(
+            signing_key, card_id=card_id, denomination=denomination, expires_at=10**10
+        )
+        offer = hll.Offer(
+            merchant_id="shop", good="/a", amount=3, denomination=denomination,
+            challenge=bytes([n]) * 16, expires_at=10**10,
+        )  # fmt: skip
+        purchase = hll.Purchase(card_id=card_id, counter=1, sigma=bytes(32))
+
+        def decide(card: int, merchant: int) -> hll.DeferredDecision:
+            return hll.decide_deferred(
+                risk=risk, bank_public_key=ed25519_public_key(signing_key),
+                certificate=hll.encode_card_certificate(certificate), offer=offer,
+                purchase=purchase, now=1000, card_outstanding=card, merchant_outstanding=merchant,
+            )  # fmt: skip
+
+        pending = PendingPurchase(
+            card_id=card_id, counter=1, amount=3, offer=hll.encode_offer(offer),
+            payment=hll.encode_payment(purchase),
+        )  # fmt: skip
+        return book.record(pending, decide=decide).deferred
+
+    deferred = race(8, buy)
+    assert deferred.count(True) == 3
+    assert deferred.count(False) == 5
+    with store.transaction(readonly=True) as tx:
+        assert tx.vendor_hll_outstanding_total() == 9
+
+
+def test_a_card_refused_at_deposit_stays_charged_against_its_limit(store: Store) -> None:
+    """Payments the bank refused at deposit keep counting against the card, so a certified
+    card that cheats costs a deferred merchant at most the per-card limit over its life."""
+    with store.transaction() as tx:
+        _record(tx, 1, units=3)
+        tx.hll_take_pending_for_batch(BATCH, limit=10)
+        tx.vendor_hll_settle_batch(BATCH, rejected={(CARD, 1)})
+        assert tx.vendor_hll_outstanding(CARD) == 0  # nothing awaits the bank any more
+        assert tx.vendor_hll_exposure(CARD) == 3  # but the refused 3 still count
+        assert tx.vendor_hll_outstanding_total() == 0
+    seen: list[tuple[int, int]] = []
+
+    def decide(card: int, merchant: int) -> hll.DeferredDecision:
+        seen.append((card, merchant))
+        fits = hll.DeferredRisk(limit=5, merchant_cap=100).fits(card, merchant, 3)
+        return hll.DeferredDecision.DEFER if fits else hll.DeferredDecision.ONLINE
+
+    pending = PendingPurchase(card_id=CARD, counter=2, amount=3, offer=b"o", payment=b"p")
+    assert HllDeferredBook(store).record(pending, decide=decide) == DeferredRecord(
+        deferred=False, retried=False
+    )
+    assert seen == [(3, 0)]
+
+
+def test_a_purchase_settled_online_is_refused_when_sent_again(store: Store) -> None:
+    book = HllDeferredBook(store)
+    pending = PendingPurchase(card_id=CARD, counter=4, amount=3, offer=b"o", payment=b"p")
+    book.record_online(pending)
+    book.record_online(pending)  # a concurrent copy: left as it is
+    with pytest.raises(InvalidPayment):
+        book.record(pending, decide=lambda card, merchant: hll.DeferredDecision.DEFER)
+    with store.transaction(readonly=True) as tx:
+        row = tx.vendor_hll_payment(CARD, 4)
+        assert row is not None
+        assert (row.mode, row.state) == (HllMode.ONLINE, HllPaymentState.SETTLED)
+        assert (tx.vendor_hll_exposure(CARD), tx.vendor_hll_outstanding_total()) == (0, 0)

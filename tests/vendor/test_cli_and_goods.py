@@ -258,3 +258,29 @@ def test_a_payword_only_vendor_deposits_with_its_own_issuer_settings(tmp_path: P
         bytes.fromhex("ab" * 32),
     )
     assert not deposits_missing(configured)
+
+
+def test_a_deferred_hll_vendor_needs_the_bank_key_and_both_caps(tmp_path: Path) -> None:
+    from farthing.core.errors import LocalProtocolError
+    from farthing.vendor.config import load_vendor_config
+
+    (tmp_path / "merchant.key").write_text("ab" * 32)
+    base = (
+        'realm = "x"\ndatabase = "v.sqlite"\n[prices]\n"/a" = "1000 EUR"\n'
+        '[hll]\nissuer_url = "http://127.0.0.1:9"\nmerchant_id = "shop"\n'
+        'merchant_key_file = "merchant.key"\nunit_micros = 1000\nmode = "deferred"\n'
+    )
+    complete = {
+        "risk_limit": "risk_limit = 50\n",
+        "merchant_cap": "merchant_cap = 5000\n",
+        "bank_public_key": f'bank_public_key = "{"11" * 32}"\n',
+    }
+    for missing in complete:
+        lines = "".join(text for key, text in complete.items() if key != missing)
+        (tmp_path / "vendor.toml").write_text(base + lines)
+        with pytest.raises(LocalProtocolError, match=f"hll.{missing}"):
+            load_vendor_config(tmp_path / "vendor.toml")
+    (tmp_path / "vendor.toml").write_text(base + "".join(complete.values()))
+    hll = load_vendor_config(tmp_path / "vendor.toml").settings.hll
+    assert hll is not None
+    assert (hll.risk_limit, hll.merchant_cap, hll.bank_public_key) == (50, 5000, b"\x11" * 32)

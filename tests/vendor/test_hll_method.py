@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 from typing import Any
 
 import httpx
@@ -11,8 +13,9 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 from farthing.core.encoding import b64url_decode, b64url_encode
-from farthing.core.errors import ErrorCode, InsufficientFunds, InvalidPayment
+from farthing.core.errors import ErrorCode, InvalidPayment, LocalProtocolError
 from farthing.core.money import Denomination
+from farthing.core.primitives import ed25519_public_key
 from farthing.core.schemes import hll
 from farthing.http.payment_auth import (
     Challenge,
@@ -21,7 +24,13 @@ from farthing.http.payment_auth import (
     parse_challenges,
 )
 from farthing.testing import DeterministicRandom, FixedClock
-from farthing.vendor.methods.hll import HllMethod, HllMode, PendingPurchase
+from farthing.vendor.methods.hll import (
+    DeferredPolicy,
+    DeferredRecord,
+    HllMethod,
+    HllMode,
+    PendingPurchase,
+)
 from farthing.vendor.middleware import Paywall
 from farthing.vendor.pricing import Price, PriceTable
 
@@ -31,40 +40,81 @@ MASTER = b"K" * 32
 CARD_ID = b"c" * 16
 
 
+CERT_KEY = b"C" * 32  # the bank's card-certification key (Ed25519 seed)
+BANK_PUBLIC = ed25519_public_key(CERT_KEY)
+
+
 class LocalBank:
-    """The core's in-memory HllBank behind the vendor's async bank-client port."""
+    """The core's in-memory HllBank behind the vendor's async bank-client port; counts how
+    often the vendor asked it (``online``), and can be switched off (``down``)."""
 
     def __init__(self, clock: FixedClock) -> None:
-        self.bank = hll.HllBank(denomination=EUR)
+        self.bank = hll.HllBank(denomination=EUR, certification_key=CERT_KEY)
+        self.bank.register_merchant("shop", b"m" * 32)
         self.clock = clock
+        self.online = 0
+        self.down = False
 
-    async def verify_online(self, offer: bytes, payment: bytes) -> None:
+    def card(self, card_id: bytes = CARD_ID, balance: int = 100) -> tuple[hll.SoftwareCard, bytes]:
+        """A personalised card and its certificate."""
+        self.bank.register_card(card_id, hll.derive_card_key(MASTER, card_id), balance)
+        return card(balance, card_id), self.bank.certify(card_id, self.clock.now() + 86_400)
+
+    async def verify_online(self, offer: bytes, payment: bytes) -> bool:
+        self.online += 1
+        if self.down:
+            raise LocalProtocolError("the bank is down", code=ErrorCode.ISSUER_UNAVAILABLE)
         self.bank.verify_online(
             hll.decode_offer(offer), hll.decode_payment(payment), self.clock.now()
         )
+        return False  # the in-memory bank refuses a repeat outright
 
 
 class MemoryLog:
+    """The vendor store's contract in memory: deferred rows (``rows``, what the merchant is
+    owed unverified) and the (card, counter) pairs the bank verified online."""
+
     def __init__(self) -> None:
         self.rows: dict[tuple[bytes, int], PendingPurchase] = {}
+        self.online: set[tuple[bytes, int]] = set()
 
-    def record(self, purchase: PendingPurchase, *, risk_limit: int) -> None:
-        if (purchase.card_id, purchase.counter) in self.rows:
+    def record_online(self, purchase: PendingPurchase) -> None:
+        self.online.add((purchase.card_id, purchase.counter))
+
+    def record(self, purchase: PendingPurchase, *, decide: DeferredPolicy) -> DeferredRecord:
+        pair = (purchase.card_id, purchase.counter)
+        if pair in self.rows or pair in self.online:
             raise InvalidPayment("payment did not verify")
-        outstanding = sum(p.amount for (c, _), p in self.rows.items() if c == purchase.card_id)
-        if outstanding + purchase.amount > risk_limit:
-            raise InsufficientFunds("risk", code=ErrorCode.RISK_LIMIT)
-        self.rows[(purchase.card_id, purchase.counter)] = purchase
+        card = sum(p.amount for (c, _), p in self.rows.items() if c == purchase.card_id)
+        decision = decide(card, sum(p.amount for p in self.rows.values()))
+        deferred = decision is hll.DeferredDecision.DEFER
+        if deferred:
+            self.rows[(purchase.card_id, purchase.counter)] = purchase
+        return DeferredRecord(deferred=deferred, retried=False)
+
+
+def deferred_method(
+    bank: LocalBank, log: MemoryLog, *, risk_limit: int = 10, merchant_cap: int = 1000
+) -> HllMethod:
+    return HllMethod(
+        merchant_id="shop",
+        unit_micros=1000,
+        mode=HllMode.DEFERRED,
+        bank=bank,
+        deferred=log,
+        risk=hll.DeferredRisk(limit=risk_limit, merchant_cap=merchant_cap),
+        bank_public_key=BANK_PUBLIC,
+    )
 
 
 async def article(request: Any) -> PlainTextResponse:
     return PlainTextResponse("article")
 
 
-def card(balance: int = 100) -> hll.SoftwareCard:
-    key = hll.derive_card_key(MASTER, CARD_ID)
+def card(balance: int = 100, card_id: bytes = CARD_ID) -> hll.SoftwareCard:
+    key = hll.derive_card_key(MASTER, card_id)
     state = hll.CardState(
-        card_id=CARD_ID, denomination=EUR, balance=balance, counter=0, pin_tries_left=3
+        card_id=card_id, denomination=EUR, balance=balance, counter=0, pin_tries_left=3
     )
     c = hll.SoftwareCard(key=hll.SoftwareCardKey(key), state=state, pin="1234")
     c.verify_pin("1234")
@@ -101,8 +151,12 @@ def offer_from(challenge: Challenge, path: str) -> hll.Offer:
     )
 
 
-def auth(challenge: Challenge, purchase: hll.Purchase) -> dict[str, str]:
+def auth(
+    challenge: Challenge, purchase: hll.Purchase, certificate: bytes | None = None
+) -> dict[str, str]:
     payload = {"method": "hll:mac", "payment": b64url_encode(hll.encode_payment(purchase))}
+    if certificate is not None:
+        payload["certificate"] = b64url_encode(certificate)
     return {"authorization": format_credential(Credential(id=challenge.id, payload=payload))}
 
 
@@ -113,10 +167,8 @@ async def get_challenge(c: httpx.AsyncClient) -> Challenge:
 async def test_online_mode_pays_once_through_the_bank() -> None:
     clock = FixedClock()
     bank = LocalBank(clock)
-    bank.bank.register_card(CARD_ID, hll.derive_card_key(MASTER, CARD_ID), 100)
-    bank.bank.register_merchant("shop", b"m" * 32)
+    the_card, _ = bank.card()
     method = HllMethod(merchant_id="shop", unit_micros=1000, mode=HllMode.ONLINE, bank=bank)
-    the_card = card()
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=paywall(method, clock)), base_url="http://v"
     ) as c:
@@ -134,33 +186,155 @@ async def test_online_mode_pays_once_through_the_bank() -> None:
     assert the_card.state.balance == 94
 
 
-async def test_deferred_mode_bounds_risk_per_card() -> None:
-    clock = FixedClock()
-    log = MemoryLog()
-    method = HllMethod(
-        merchant_id="shop", unit_micros=1000, mode=HllMode.DEFERRED, deferred=log, risk_limit=7
-    )
-    the_card = card()
-    statuses = []
-    purchases = []
-    async with httpx.AsyncClient(
+async def pay(
+    c: httpx.AsyncClient,
+    the_card: hll.SoftwareCard,
+    certificate: bytes | None,
+    clock: FixedClock,
+    path: str = "/articles/a",
+) -> httpx.Response:
+    challenge = await get_challenge(c)
+    purchase = the_card.purchase(offer_from(challenge, path), clock.now())
+    return await c.get(path, headers=auth(challenge, purchase, certificate))
+
+
+def mode(answer: httpx.Response) -> str:
+    """How the vendor took the payment, from its receipt."""
+    receipt = json.loads(b64url_decode(answer.headers["payment-receipt"]))
+    return str(receipt["mode"])
+
+
+def client(method: HllMethod, clock: FixedClock) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
         transport=httpx.ASGITransport(app=paywall(method, clock)), base_url="http://v"
-    ) as c:
-        challenge = await get_challenge(c)
-        for _ in range(3):
-            purchases.append(the_card.purchase(offer_from(challenge, "/articles/a"), clock.now()))
-            statuses.append(await c.get("/articles/a", headers=auth(challenge, purchases[-1])))
-        replay = await c.get("/articles/a", headers=auth(challenge, purchases[0]))
-    assert [r.status_code for r in statuses] == [200, 200, 402]
-    assert statuses[2].json()["code"] == ErrorCode.RISK_LIMIT
-    assert replay.status_code == 401
+    )
+
+
+async def test_deferred_mode_bounds_risk_per_card_then_goes_online() -> None:
+    clock = FixedClock()
+    bank, log = LocalBank(clock), MemoryLog()
+    the_card, certificate = bank.card()
+    async with client(deferred_method(bank, log, risk_limit=7), clock) as c:
+        statuses = [await pay(c, the_card, certificate, clock) for _ in range(3)]
+        bank.down = True
+        refused = await pay(c, the_card, certificate, clock)
+    assert [r.status_code for r in statuses] == [200, 200, 200]
+    assert [mode(r) for r in statuses] == ["deferred", "deferred", "online"]  # 9 > 7
+    assert bank.online == 2
+    assert bank.bank.credited("shop") == 3
+    assert refused.status_code >= 500  # past the card's limit and the bank is down
     assert sorted(counter for _, counter in log.rows) == [1, 2]
     offer = hll.decode_offer(log.rows[(CARD_ID, 1)].offer)
     assert (offer.good, offer.amount, offer.merchant_id) == ("/articles/a", 3, "shop")
+
+
+async def test_fifty_made_up_cards_get_nothing_from_a_deferred_vendor() -> None:
+    """The attack: random card ids, counter 1, random MACs. Today's code served 50 of 50
+    (risk counted per card id taken from the request); now each goes online and the bank
+    refuses it, with and without a (real, but another card's) certificate."""
+    clock = FixedClock()
+    bank, log = LocalBank(clock), MemoryLog()
+    _, real_certificate = bank.card()
+    served = 0
+    async with client(deferred_method(bank, log), clock) as c:
+        for attempt in range(50):
+            challenge = await get_challenge(c)
+            forged = hll.Purchase(card_id=os.urandom(16), counter=1, sigma=os.urandom(32))
+            certificate = real_certificate if attempt % 2 else None
+            answer = await c.get("/articles/a", headers=auth(challenge, forged, certificate))
+            served += answer.status_code == 200 or answer.text == "article"
+    assert served == 0
+    assert bank.online == 50  # every one was put to the bank
+    assert log.rows == {}
+
+
+async def test_an_honest_certified_card_buys_deferred_while_the_bank_is_down() -> None:
+    clock = FixedClock()
+    bank, log = LocalBank(clock), MemoryLog()
+    the_card, certificate = bank.card()
+    bank.down = True
+    async with client(deferred_method(bank, log), clock) as c:
+        answer = await pay(c, the_card, certificate, clock)
+    assert answer.status_code == 200
+    assert answer.text == "article"
+    assert mode(answer) == "deferred"
+    assert bank.online == 0
+    assert list(log.rows) == [(CARD_ID, 1)]
+
+
+async def test_past_the_merchant_cap_honest_purchases_go_online() -> None:
+    """Five honest cards, 3 units each, per-card limit 10, merchant cap 9: three are taken
+    deferred, the next two go online (today's code took all five deferred: no such cap)."""
+    clock = FixedClock()
+    bank, log = LocalBank(clock), MemoryLog()
+    cards = [bank.card(bytes([n]) * 16) for n in range(5)]
+    async with client(deferred_method(bank, log, merchant_cap=9), clock) as c:
+        answers = [await pay(c, the_card, cert, clock) for the_card, cert in cards]
+    assert [a.status_code for a in answers] == [200] * 5
+    assert [mode(a) for a in answers] == ["deferred"] * 3 + ["online"] * 2
+    assert len(log.rows) == 3
+    assert sum(p.amount for p in log.rows.values()) == 9
+    assert bank.online == 2
+    assert bank.bank.credited("shop") == 6
+
+
+async def test_bad_certificates_are_not_taken_deferred() -> None:
+    """A forged certificate, another card's and an expired one: each payment goes online
+    (the bank is down here, so none is served) and nothing is recorded for deposit."""
+    clock = FixedClock()
+    bank, log = LocalBank(clock), MemoryLog()
+    the_card, good = bank.card()
+    _, another = bank.card(b"o" * 16)
+    real = hll.decode_card_certificate(good)
+    forged = hll.issue_card_certificate(
+        b"F" * 32, card_id=CARD_ID, denomination=EUR, expires_at=real.expires_at
+    )
+    expired = hll.issue_card_certificate(
+        CERT_KEY, card_id=CARD_ID, denomination=EUR, expires_at=clock.now()
+    )
+    bank.down = True
+    async with client(deferred_method(bank, log), clock) as c:
+        answers = [
+            await pay(c, the_card, cert, clock)
+            for cert in (hll.encode_card_certificate(forged), another,
+                         hll.encode_card_certificate(expired))
+        ]  # fmt: skip
+        garbled = await pay(c, the_card, good[:-1], clock)
+        honest = await pay(c, the_card, good, clock)
+    assert [a.status_code >= 500 for a in answers] == [True, True, True]
+    assert bank.online == 3
+    assert garbled.status_code == 400  # bytes that are no certificate: refused outright
+    assert honest.status_code == 200
+    assert list(log.rows) == [(CARD_ID, 5)]
 
 
 def test_mode_needs_its_port() -> None:
     with pytest.raises(ValueError):
         HllMethod(merchant_id="m", unit_micros=1, mode=HllMode.ONLINE)
     with pytest.raises(ValueError):
-        HllMethod(merchant_id="m", unit_micros=1, mode=HllMode.DEFERRED, deferred=MemoryLog())
+        HllMethod(
+            merchant_id="m",
+            unit_micros=1,
+            mode=HllMode.DEFERRED,
+            bank=LocalBank(FixedClock()),
+            deferred=MemoryLog(),
+        )
+
+
+async def test_a_payment_taken_online_is_not_taken_again_deferred() -> None:
+    """Over its card's limit a payment goes online; sent again once the limit has room (the
+    first purchase settled), it is refused rather than delivered a second time on credit."""
+    clock = FixedClock()
+    bank, log = LocalBank(clock), MemoryLog()
+    the_card, certificate = bank.card()
+    async with client(deferred_method(bank, log, risk_limit=3), clock) as c:
+        first = await pay(c, the_card, certificate, clock)
+        challenge = await get_challenge(c)
+        purchase = the_card.purchase(offer_from(challenge, "/articles/a"), clock.now())
+        online = await c.get("/articles/a", headers=auth(challenge, purchase, certificate))
+        del log.rows[(CARD_ID, 1)]  # the bank settled the first: the card's limit has room
+        again = await c.get("/articles/a", headers=auth(challenge, purchase, certificate))
+    assert (mode(first), mode(online)) == ("deferred", "online")
+    assert again.status_code == 401
+    assert list(log.rows) == []
+    assert bank.bank.credited("shop") == 3

@@ -1,6 +1,7 @@
 """End to end over loopback: a vendor with two uvicorn workers on one SQLite store.
 
-The same payment sent many times at once, across both worker processes, is accepted once;
+The same payment sent many times at once, across both worker processes, is charged once
+(the copies are retries of it);
 overlapping chain indexes of one card never take more than the card's state says.
 """
 
@@ -86,8 +87,8 @@ def test_double_spend_across_two_workers_is_accepted_once(tmp_path: Path) -> Non
                     overlapping,
                 )
             )
-    assert statuses.count(200) == 1
-    assert set(statuses) <= {200, 401}
+    # Charged once; every identical copy is served as a retry of that payment.
+    assert statuses == [200] * 40
     row = store.szm_card(cards[0].card_id)
     assert row is not None
     assert row.spent == 2

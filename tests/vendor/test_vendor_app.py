@@ -59,7 +59,7 @@ async def test_chain_and_prbg_cards_pay_on_sqlite(tmp_path: Path) -> None:
             headers=credential(challenges, "szm:prbg", szm_prbg.encode_payment(prbg_pay)),
         )
         replay = await c.get(
-            "/articles/y",
+            "/articles/x",  # the same credential for another path: a replay, not a retry
             headers=credential(challenges, "szm:prbg", szm_prbg.encode_payment(prbg_pay)),
         )
         metrics = await c.get("/metrics")

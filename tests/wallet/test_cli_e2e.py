@@ -14,12 +14,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import pkcs11
 import pytest
+from pkcs11 import Attribute, ObjectClass
+from pkcs11.exceptions import AttributeSensitive
 from typer.testing import CliRunner, Result
 
 from farthing.cli import app
-from farthing.core.encoding import b64url_encode
+from farthing.core.encoding import b64url_decode, b64url_encode
+from farthing.core.schemes import hll
 from farthing.demo import GOODS, DemoWorld, demo_world
+from farthing.wallet.pkcs11_card import init_softhsm_token
 
 pytestmark = pytest.mark.xdist_group("demo")
 
@@ -148,6 +153,54 @@ def test_get_refuses_an_unknown_method_before_paying(cli: Cli, world: DemoWorld)
     assert result.exit_code == 1
     assert "unknown payment method 'cash'" in result.output
     assert "Nothing bought yet." in cli("history").output
+
+
+def test_the_cli_personalises_an_hll_token_and_k_c_is_never_in_the_clear(
+    cli: Cli, world: DemoWorld, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """hll-token-key -> the bank's POST /v1/hll/cards -> add-card hll -> get, on a real
+    SoftHSM2 token: the bank's answer (the card file) holds K_C only wrapped, the token holds it
+    as a sensitive, non-extractable key, and the card pays the running vendor."""
+    if shutil.which("softhsm2-util") is None:
+        pytest.skip("SoftHSM2 is not installed (softhsm2-util not on PATH); run `make sysdeps`")
+    token = init_softhsm_token(Path(os.environ[_SOFTHSM_CONF]).parent, label="cli-card")
+    monkeypatch.setenv("FARTHING_CARD_PIN", token.user_pin)
+    where = ("--pkcs11-module", token.module_path, "--token-label", token.label)
+    public_file = cli.folder / "token.pub"
+    cli("hll-token-key", *where, "-o", str(public_file))
+    request = {
+        "customer_id": "alice",
+        "units": 50,
+        "token_public_key": public_file.read_text(encoding="utf-8").strip(),
+    }
+    answer = world.setup.operator.post("/v1/hll/cards", json=request)
+    assert answer.status_code == 201, answer.text
+    card_id = b64url_decode(answer.json()["card_id"])
+    card_key = hll.derive_card_key(world.setup.keys.hll_master, card_id)
+    for form in (card_key.hex(), b64url_encode(card_key)):
+        assert form not in answer.text
+    card_file = cli.file("card.json", answer.text)
+    added = cli("add-card", "hll", "--card-file", card_file, *where, "--label", "cli card")
+    assert f"PKCS#11 token {token.label!r}" in added.output
+    assert card_key not in (cli.folder / "wallet.sqlite").read_bytes()
+
+    with (
+        pkcs11.lib(token.module_path)
+        .get_token(token_label=token.label)
+        .open(user_pin=token.user_pin) as session
+    ):
+        key = session.get_key(label="hll-card-key")
+        assert (key[Attribute.EXTRACTABLE], key[Attribute.SENSITIVE]) == (False, True)
+        with pytest.raises(AttributeSensitive):
+            key[Attribute.VALUE]
+        wrap = session.get_key(object_class=ObjectClass.PRIVATE_KEY, label="hll-card-wrap")
+        assert (wrap[Attribute.EXTRACTABLE], wrap[Attribute.DECRYPT]) == (False, False)
+
+    url = f"{world.vendor_url}/articles/tundra.txt"
+    target = cli.folder / "tundra.txt"
+    got = cli("get", url, "-o", str(target), "--method", "hll:mac")
+    assert "Saved" in got.output
+    assert target.read_text(encoding="utf-8") == GOODS["articles/tundra.txt"]
 
 
 def test_the_card_holder_asks_the_issuer_what_is_left_on_a_card(cli: Cli, world: DemoWorld) -> None:

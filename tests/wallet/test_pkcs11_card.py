@@ -220,10 +220,11 @@ def test_tampered_wrapped_key_is_rejected_and_nothing_is_stored(
     assert missing.value.code is ErrorCode.NOT_FOUND
 
 
-def test_wrapped_key_of_wrong_length_is_rejected_before_the_token(
+def test_aes_wrapped_key_of_wrong_length_is_rejected_before_unwrapping(
     softhsm_token: SoftHsmToken,
 ) -> None:
     t = softhsm_token
+    install_transport_key(t.module_path, t.label, t.user_pin, "x", bytes(range(100, 132)))
     with pytest.raises(MalformedMessage):
         install_wrapped_card_key(
             t.module_path, t.label, t.user_pin, KEY_LABEL, CARD_KEY, transport_key_label="x"

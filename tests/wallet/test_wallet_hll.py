@@ -145,22 +145,43 @@ def test_card_file_round_trips_and_refuses_junk() -> None:
         card_id=bytes(range(16)),
         balance=5000,
         denomination=EUR,
-        card_key=bytes(32),
         expires_at=1_900_000_000,
+        wrapped_key=b"w" * 384,
+        certificate=b"c" * 136,
     )
     assert HllCardFile.from_json(card.to_json()) == card
     keyless = HllCardFile(card_id=bytes(16), balance=1, denomination=EUR)
     assert HllCardFile.from_json(keyless.to_json()) == keyless
     issuer_answer = (
-        '{"card_id": "000102030405060708090a0b0c0d0e0f", "card_key_hex": "' + "00" * 32 + '",'
-        ' "units": 5000, "currency": "EUR", "unit_micros": 1000}'
+        '{"card_id": "000102030405060708090a0b0c0d0e0f", "wrapped_card_key": "d3d3",'
+        ' "certificate": "Y2Nj", "units": 5000, "currency": "EUR", "unit_micros": 1000}'
     )
     assert HllCardFile.from_json(issuer_answer) == HllCardFile(
-        card_id=bytes(range(16)), balance=5000, denomination=EUR, card_key=bytes(32)
+        card_id=bytes(range(16)),
+        balance=5000,
+        denomination=EUR,
+        wrapped_key=b"www",
+        certificate=b"ccc",
     )
     for junk in ("", "[]", '{"format": "other"}', card.to_json().replace("5000", '"5000"')):
         with pytest.raises(MalformedMessage):
             HllCardFile.from_json(junk)
+
+
+def test_a_card_file_never_carries_k_c_in_the_clear() -> None:
+    """A software card's key stays out of its file, and a key put in a file is not read."""
+    software = HllCardFile(card_id=bytes(16), balance=1, denomination=EUR, card_key=b"k" * 32)
+    text = software.to_json()
+    assert "cardKey" not in text
+    assert b64url_encode(b"k" * 32) not in text
+    with_key = text.replace('"balance"', f'"cardKey": "{b64url_encode(b"k" * 32)}", "balance"')
+    assert HllCardFile.from_json(with_key).card_key is None
+    old_answer = (
+        '{"card_id": "000102030405060708090a0b0c0d0e0f", "card_key_hex": "' + "00" * 32 + '",'
+        ' "units": 5000, "currency": "EUR", "unit_micros": 1000}'
+    )
+    with pytest.raises(MalformedMessage):  # the old issuer answer, K_C in hex: not a card file
+        HllCardFile.from_json(old_answer)
 
 
 # --- a real PKCS#11 token (SoftHSM2) ---------------------------------------------------------

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Annotated, Final, TextIO
 import typer
 
 from farthing.cli._common import console, err_console, fail, printable_target
+from farthing.cli._serve import BodyTimeout, HeaderTimeout, MaxConnections, limits
 
 if TYPE_CHECKING:
     from farthing.issuer.report_service import IssuerReport
@@ -140,9 +141,15 @@ def serve(
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8400,
     workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
     rate_limit: Annotated[bool, typer.Option(help="Per-client and per-operator limits.")] = True,
+    header_timeout: HeaderTimeout = None,
+    body_timeout: BodyTimeout = None,
+    max_connections: MaxConnections = None,
+    body_budget_mib: Annotated[
+        int, typer.Option(min=1, help="MiB of deposit bodies one worker holds at once.")
+    ] = 64,
 ) -> None:
     """Run the HTTP API (uvicorn; each worker builds its own app from the environment)."""
-    from farthing.issuer.config import ENV_DB, ENV_KEYS, ENV_RATE_LIMIT
+    from farthing.issuer.config import ENV_BODY_BUDGET, ENV_DB, ENV_KEYS, ENV_RATE_LIMIT
     from farthing.serving import serve_factory
 
     with _services(db, keys):  # fail here, readably, rather than in every worker
@@ -150,8 +157,14 @@ def serve(
     os.environ[ENV_DB] = db
     os.environ[ENV_KEYS] = str(keys.resolve())
     os.environ[ENV_RATE_LIMIT] = "on" if rate_limit else "off"
+    os.environ[ENV_BODY_BUDGET] = str(body_budget_mib * 1024 * 1024)
     serve_factory(
-        "farthing.issuer.app:app_from_env", host=host, port=port, workers=workers, log_level="info"
+        "farthing.issuer.app:app_from_env",
+        host=host,
+        port=port,
+        workers=workers,
+        log_level="info",
+        **limits(header_timeout, body_timeout, max_connections),
     )
 
 
@@ -278,6 +291,21 @@ def merchants_add(
         made = services.accounts.create_merchant(_actor(), merchant_id, currency)
     console.print(f"merchant [bold]{made.merchant_id}[/] ({made.currency}); key (hex):")
     print(made.key.hex())
+
+
+@app.command("hll-key")
+def hll_key(keys: Keys = Path(_DEFAULT_KEYS)) -> None:
+    """Print the bank's HLL card-certification public key (hex): the ``bank_public_key`` a
+    deferred-mode vendor checks card certificates with. It is public."""
+    from farthing.core.errors import FarthingError
+    from farthing.core.schemes import hll
+    from farthing.issuer.config import load_issuer_keys
+
+    try:
+        loaded = load_issuer_keys(keys)
+    except FarthingError as exc:
+        raise fail(exc.message) from None
+    print(hll.card_certification_public_key(loaded.hll_master).hex())
 
 
 # --- SZM cards ----------------------------------------------------------------------------

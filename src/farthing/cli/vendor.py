@@ -12,6 +12,7 @@ import typer
 from rich.table import Table
 
 from farthing.cli._common import console, fail
+from farthing.cli._serve import BodyTimeout, HeaderTimeout, MaxConnections, limits
 from farthing.core.errors import FarthingError
 from farthing.issuer.client import IssuerClient
 from farthing.vendor.deposits import Depositor, FlushReport
@@ -113,6 +114,9 @@ def serve(
     host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port to bind")] = 8000,
     workers: Annotated[int, typer.Option(min=1, help="uvicorn worker processes")] = 1,
+    header_timeout: HeaderTimeout = None,
+    body_timeout: BodyTimeout = None,
+    max_connections: MaxConnections = None,
 ) -> None:
     """Serve DIR's files, each paid as the config's price table says."""
     from farthing.serving import serve_factory
@@ -126,7 +130,13 @@ def serve(
     os.environ[CONFIG_ENV] = str(path.resolve())
     methods = [m for m in ("szm", "hll", "payword") if getattr(loaded.settings, m) is not None]
     console.print(f"selling {loaded.content_dir} at http://{host}:{port} ({', '.join(methods)})")
-    serve_factory("farthing.vendor.serve:app_from_env", host=host, port=port, workers=workers)
+    serve_factory(
+        "farthing.vendor.serve:app_from_env",
+        host=host,
+        port=port,
+        workers=workers,
+        **limits(header_timeout, body_timeout, max_connections),
+    )
 
 
 async def _flush_and_close(depositor: Depositor, client: IssuerClient) -> FlushReport:

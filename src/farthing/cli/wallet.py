@@ -23,7 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from farthing.cli._common import console, err_console, fail
-from farthing.core.encoding import b64url_decode
+from farthing.core.encoding import b64url_decode, b64url_encode
 from farthing.core.errors import (
     CardExhausted,
     CardLocked,
@@ -39,7 +39,7 @@ from farthing.core.errors import (
 from farthing.core.schemes import payword, szm_status
 from farthing.wallet.auth import PaymentAuth
 from farthing.wallet.cards import NO_EXPIRY, CardInfo, HllCardFile, Pkcs11Location
-from farthing.wallet.pkcs11_card import install_card_key
+from farthing.wallet.pkcs11_card import install_wrapped_card_key, new_wrapping_key
 from farthing.wallet.policy import Limits, SpendingPolicy, format_micros, parse_amount
 from farthing.wallet.store import HistoryEntry
 from farthing.wallet.wallet import DEFAULT_PREFERENCE, Wallet
@@ -233,65 +233,100 @@ def add_szm(
     _added(info)
 
 
+_WRAP_LABEL: Final = "hll-card-wrap"
+
+
+@app.command("hll-token-key")
+def hll_token_key(
+    pkcs11_module: Annotated[str, typer.Option("--pkcs11-module", help="the PKCS#11 module")],
+    token_label: Annotated[str, typer.Option("--token-label")],
+    wrap_label: Annotated[
+        str, typer.Option("--wrap-label", help="label of the key pair made on the token")
+    ] = _WRAP_LABEL,
+    output: Annotated[
+        Path | None, typer.Option("-o", "--output", help="write the public key here")
+    ] = None,
+) -> None:
+    """Make, inside the token, the key pair the bank wraps your HLL card key to, and print
+    its public key (base64url) for the bank's personalisation request. The PIN is read from
+    $FARTHING_CARD_PIN or asked for."""
+    pin = os.environ.get(PIN_ENV) or typer.prompt("Token PIN", hide_input=True, err=True)
+    with _explained():
+        public = new_wrapping_key(pkcs11_module, token_label, pin, wrap_label)
+    text = b64url_encode(public)
+    if output is None:
+        print(text)
+    else:
+        _write_new(output, text + "\n")
+        console.print(f"public key written to [bold]{output}[/]")
+    err_console.print(
+        'Next: the bank personalises your card with it ("token_public_key"); then '
+        "`farthing wallet add-card hll --card-file ANSWER.json` with the same token."
+    )
+
+
+def _write_new(path: Path, text: str) -> None:
+    try:
+        with path.open("x", encoding="utf-8") as handle:
+            handle.write(text)
+    except OSError as exc:
+        raise fail(f"cannot write {path}: {exc.strerror}") from None
+
+
 @add_card.command("hll")
 def add_hll(
     card_file: Annotated[
         Path, typer.Option("--card-file", help="the bank's personalisation output (JSON)")
     ],
     pkcs11_module: Annotated[
-        str | None, typer.Option("--pkcs11-module", help="PKCS#11 module holding the card key")
-    ] = None,
-    token_label: Annotated[str | None, typer.Option("--token-label")] = None,
+        str, typer.Option("--pkcs11-module", help="PKCS#11 module of the card's token")
+    ],
+    token_label: Annotated[str, typer.Option("--token-label")],
     key_label: Annotated[str, typer.Option("--key-label")] = "hll-card-key",
-    install_key: Annotated[
-        bool, typer.Option("--install-key", help="write the file's key into the token first")
-    ] = False,
+    wrap_label: Annotated[
+        str, typer.Option("--wrap-label", help="the key pair `hll-token-key` made")
+    ] = _WRAP_LABEL,
     label: LabelOpt = None,
     wallet: WalletOpt = None,
     passphrase_file: PassFileOpt = None,
 ) -> None:
-    """Add an HLL card: a software key from the card file, or a key in a PKCS#11 token.
+    """Add an HLL card whose key K_C lives in a PKCS#11 token.
 
-    For a token, the PIN comes from $FARTHING_CARD_PIN or a prompt (never from the command
+    If the card file carries K_C wrapped for the token (the bank's answer to a request made
+    with `hll-token-key`), the token unwraps it inside itself first; K_C is never in the
+    clear here. The PIN comes from $FARTHING_CARD_PIN or a prompt (never from the command
     line, where other users see it), and is kept in the wallet, sealed under the
     passphrase, so payments run without asking for it.
     """
     with _explained():
         card = HllCardFile.from_json(_read_text(card_file))
-    token = _token(pkcs11_module, token_label, key_label)
-    pin = None
-    if token is not None:
-        pin = os.environ.get(PIN_ENV) or typer.prompt("Token PIN", hide_input=True, err=True)
-        card = _into_token(card, token, pin, install_key)
+    token = Pkcs11Location(module_path=pkcs11_module, token_label=token_label, key_label=key_label)
+    pin = os.environ.get(PIN_ENV) or typer.prompt("Token PIN", hide_input=True, err=True)
+    card = _into_token(card, token, pin, wrap_label)
     with _opened(wallet, passphrase_file) as opened, _explained():
         info = opened.add_hll_card(card, token=token, pin=pin, label=label)
     _added(info)
 
 
-def _token(module: str | None, token_label: str | None, key_label: str) -> Pkcs11Location | None:
-    if module is None and token_label is None:
-        return None
-    if module is None or token_label is None:
-        raise fail("a PKCS#11 card needs both --pkcs11-module and --token-label")
-    return Pkcs11Location(module_path=module, token_label=token_label, key_label=key_label)
-
-
-def _into_token(
-    card: HllCardFile, token: Pkcs11Location, pin: str, install_key: bool
-) -> HllCardFile:
-    """With --install-key, personalise the token from the file; the wallet keeps no key."""
-    if install_key:
-        if card.card_key is None:
-            raise fail("--install-key needs a card file that holds the key")
+def _into_token(card: HllCardFile, token: Pkcs11Location, pin: str, wrap_label: str) -> HllCardFile:
+    """Unwrap the bank's wrapped K_C into the token (if the file carries one); the wallet
+    keeps no key."""
+    if card.wrapped_key is not None:
         with _explained():
-            install_card_key(
-                token.module_path, token.token_label, pin, token.key_label, card.card_key
+            install_wrapped_card_key(
+                token.module_path,
+                token.token_label,
+                pin,
+                token.key_label,
+                card.wrapped_key,
+                transport_key_label=wrap_label,
             )
     return HllCardFile(
         card_id=card.card_id,
         balance=card.balance,
         denomination=card.denomination,
         expires_at=card.expires_at,
+        certificate=card.certificate,
     )
 
 

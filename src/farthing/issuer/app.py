@@ -5,7 +5,8 @@ every route closes over the services built from them. Layers, outermost first::
 
     CatchAll    any unexpected exception -> 500 problem with a correlation id
     RateLimit   token buckets per client address and per operator token -> 429
-    BodyLimit   request bodies over the limit (64 KiB; deposits 2 MiB) -> 413
+    BodyLimit   request bodies over the limit (64 KiB; deposits 2 MiB) -> 413;
+                deposit-size bodies past the worker's budget (64 MiB) -> 503
     FastAPI     routes under /v1; domain errors -> RFC 9457 problems (http_errors)
 
 ``python -m farthing.serving farthing.issuer.app:app_from_env`` (what ``farthing issuer
@@ -20,6 +21,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import replace
 
 from fastapi import FastAPI
 
@@ -28,6 +30,7 @@ from farthing.core.clock import Clock, RandomSource, SystemClock
 from farthing.issuer.config import (
     DEFAULT_DB,
     DEFAULT_KEYS,
+    ENV_BODY_BUDGET,
     ENV_CURRENCIES,
     ENV_DB,
     ENV_KEYS,
@@ -107,6 +110,7 @@ def issuer_app(
         BodyLimit,
         limit=config.max_body_bytes,
         per_path={DEPOSITS_PATH: config.max_deposit_bytes},
+        budget=config.body_budget_bytes,
     )
     app.add_middleware(RateLimit, limits=config.rate_limits, clock=rate_clock)
     app.add_middleware(CatchAll)
@@ -122,6 +126,9 @@ def config_from_env(environ: Mapping[str, str]) -> tuple[str, IssuerConfig]:
     )
     rate_on = environ.get(ENV_RATE_LIMIT, "on").lower() not in {"0", "off", "false", "no"}
     config = IssuerConfig(keys=keys, currencies=currencies, rate_limits=RateLimits(enabled=rate_on))
+    budget = environ.get(ENV_BODY_BUDGET)
+    if budget is not None:
+        config = replace(config, body_budget_bytes=int(budget))
     return target, config
 
 

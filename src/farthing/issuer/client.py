@@ -157,9 +157,10 @@ class IssuerClient:
 
     # --- the API --------------------------------------------------------------------------
 
-    async def verify_online(self, offer: bytes, payment: bytes) -> None:
-        """Have the bank verify and settle one HLL purchase; None, or raises (e.g.
-        InvalidPayment, Conflict(DUPLICATE_SPEND), InsufficientFunds, PaymentExpired)."""
+    async def verify_online(self, offer: bytes, payment: bytes) -> bool:
+        """Have the bank verify and settle one HLL purchase, or raise (e.g. InvalidPayment,
+        Conflict(DUPLICATE_SPEND), InsufficientFunds, PaymentExpired). True if the bank
+        had settled this very purchase before (sent again after a lost answer)."""
         merchant_id, key = self._credentials()
         tag = verify_request_tag(key, merchant_id, offer, payment)
         body = {
@@ -168,7 +169,8 @@ class IssuerClient:
             "payment": b64url_encode(payment),
             "tag": b64url_encode(tag),
         }
-        await self._call("POST", "/v1/hll/verify", body)
+        answer = await self._call("POST", "/v1/hll/verify", body)
+        return answer.get("repeated") is True
 
     async def deposit_hll(self, batch: hll.DepositBatch | bytes, tag: bytes) -> hll.DepositReport:
         """Deposit a deferred-mode batch (or its encoding); resend freely until it answers."""

@@ -51,6 +51,7 @@ from farthing.core.primitives import ed25519_public_key
 __all__ = [
     "DEFAULT_DB",
     "DEFAULT_KEYS",
+    "ENV_BODY_BUDGET",
     "ENV_CURRENCIES",
     "ENV_DB",
     "ENV_KEYS",
@@ -72,6 +73,7 @@ ENV_DB: Final = "FARTHING_ISSUER_DB"
 ENV_KEYS: Final = "FARTHING_ISSUER_KEYS"
 ENV_CURRENCIES: Final = "FARTHING_ISSUER_CURRENCIES"
 ENV_RATE_LIMIT: Final = "FARTHING_ISSUER_RATE_LIMIT"
+ENV_BODY_BUDGET: Final = "FARTHING_ISSUER_BODY_BUDGET"
 DEFAULT_DB: Final = "farthing-issuer.sqlite"
 DEFAULT_KEYS: Final = "farthing-issuer.keys.json"
 _VERSION: Final = 1
@@ -323,6 +325,8 @@ class IssuerConfig:
     ``currencies``: the currencies this issuer keeps books in; accounts and cards in any
     other are refused. ``max_body_bytes`` bounds every request body, except deposits which
     may carry up to ``max_deposit_bytes`` (1000 items of about 0.9 KB, base64url).
+    ``body_budget_bytes``: what one worker holds of request bodies at once beyond each
+    request's first ``max_body_bytes`` (so, of deposits); a body past it is answered 503.
     ``max_batch_chain_units`` bounds count x units of one hash-chain batch over HTTP: each
     unit costs a hash at issue, and a typo should not hold a worker for hours (2**24 units
     take seconds; the CLI, on the operator's own machine, has no such bound).
@@ -332,6 +336,7 @@ class IssuerConfig:
     currencies: tuple[str, ...] = ("EUR",)
     max_body_bytes: int = 64 * 1024
     max_deposit_bytes: int = 2 * 1024 * 1024
+    body_budget_bytes: int = 64 * 1024 * 1024
     rate_limits: RateLimits = RateLimits()
     hll_unit_micros: int = 1000
     hll_deposit_window: int = 30 * 86_400

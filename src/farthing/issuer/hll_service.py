@@ -21,7 +21,11 @@ MAC and expiry -> (card, counter) new -> card covers it.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from farthing.core.clock import Clock, RandomSource
 from farthing.core.encoding import Writer, b64url_decode, b64url_encode
@@ -31,11 +35,13 @@ from farthing.core.errors import (
     ErrorCode,
     InsufficientFunds,
     InvalidPayment,
+    MalformedMessage,
     NotFound,
     UnsupportedMethod,
 )
 from farthing.core.money import Denomination
 from farthing.core.primitives import constant_time_eq, sha256
+from farthing.core.retry import same_request
 from farthing.core.schemes import hll
 from farthing.issuer.accounts_service import find_customer
 from farthing.issuer.auth import Merchant, MerchantDirectory
@@ -43,25 +49,67 @@ from farthing.issuer.books import SystemAccounts
 from farthing.issuer.wire import verify_request_tag
 from farthing.store import CardStatus, HllCardRow, Store, Tx
 
-__all__ = ["DepositOutcome", "HllService", "OnlineSpend", "PersonalisedCard", "batch_key"]
+__all__ = [
+    "CERTIFICATE_TTL",
+    "DepositOutcome",
+    "HllService",
+    "OnlineSpend",
+    "PersonalisedCard",
+    "batch_key",
+    "wrap_card_key",
+]
 
 _BATCH_KEY_DOMAIN = "farthing/issuer/hll-batch-key"
 
 
+CERTIFICATE_TTL = 90 * 86_400
+"""How long a card certificate lets merchants serve the card deferred (then: online only)."""
+_MIN_TOKEN_KEY_BITS = 2048
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PersonalisedCard:
+    """A new card. ``card_key`` (K_C) stays in the bank's process: what leaves the bank is
+    ``wrapped_card_key``, K_C encrypted for the customer's token, and the certificate."""
+
     card_id: bytes
     card_key: bytes = field(repr=False)
     units: int
     denomination: Denomination
+    certificate: bytes
+    certificate_expires_at: int
+    wrapped_card_key: bytes | None = None
+
+
+def wrap_card_key(token_public_key: bytes, card_key: bytes) -> bytes:
+    """K_C encrypted (RSA-OAEP) under the token's public key (DER SubjectPublicKeyInfo),
+    for the token to unwrap inside itself (:func:`farthing.wallet.pkcs11_card.
+    install_wrapped_card_key`). OAEP with SHA-1 as hash and MGF1 hash: the only OAEP
+    parameters SoftHSM2 2.6 unwraps; OAEP's security does not rest on collision
+    resistance. MalformedMessage(BAD_FIELD) for anything but an RSA key of >= 2048 bits."""
+    try:
+        public = serialization.load_der_public_key(token_public_key)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        public = None
+    if not isinstance(public, rsa.RSAPublicKey) or public.key_size < _MIN_TOKEN_KEY_BITS:
+        raise MalformedMessage(
+            "token_public_key must be an RSA key of at least 2048 bits (DER SPKI)",
+            code=ErrorCode.BAD_FIELD,
+        )
+    oaep = padding.OAEP(mgf=padding.MGF1(hashes.SHA1()), algorithm=hashes.SHA1(), label=None)  # noqa: S303
+    return public.encrypt(card_key, oaep)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class OnlineSpend:
+    """``repeated``: this very purchase was settled before (the merchant sent it again after
+    losing the answer); nothing was charged or credited this time."""
+
     card_id: bytes
     counter: int
     units: int
     credited_micros: int
+    repeated: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -69,6 +117,7 @@ class CheckedPurchase:
     """An online purchase whose merchant tag and card MAC verified (not yet settled)."""
 
     offer: hll.Offer
+    offer_digest: bytes
     verified: hll.VerifiedPurchase
     merchant: Merchant
     now: int
@@ -125,11 +174,20 @@ class HllService:
     # --- personalisation ------------------------------------------------------------------
 
     def personalise(
-        self, actor: str, customer_id: str, *, units: int, unit_micros: int
+        self,
+        actor: str,
+        customer_id: str,
+        *,
+        units: int,
+        unit_micros: int,
+        token_public_key: bytes | None = None,
     ) -> PersonalisedCard:
         """A new card for the customer, loaded with ``units`` paid from the customer's
-        account in one balanced posting (customer -> card float)."""
+        account in one balanced posting (customer -> card float), with its certificate,
+        and K_C wrapped for the token whose public key is given."""
         card_id = hll.new_card_id(self._rng)
+        card_key = self.card_key(card_id)
+        wrapped = None if token_public_key is None else wrap_card_key(token_public_key, card_key)
         value = units * unit_micros
 
         def unit(tx: Tx) -> Denomination:
@@ -155,8 +213,21 @@ class HllService:
 
         # Serializable: the balance check and the posting must not interleave with another.
         denomination = self._store.run_in_transaction(unit, serializable=True)
+        expires_at = self._clock.now() + CERTIFICATE_TTL
+        certificate = hll.issue_card_certificate(
+            hll.card_certification_key(self._master),
+            card_id=card_id,
+            denomination=denomination,
+            expires_at=expires_at,
+        )
         return PersonalisedCard(
-            card_id=card_id, card_key=self.card_key(card_id), units=units, denomination=denomination
+            card_id=card_id,
+            card_key=card_key,
+            units=units,
+            denomination=denomination,
+            certificate=hll.encode_card_certificate(certificate),
+            certificate_expires_at=expires_at,
+            wrapped_card_key=wrapped,
         )
 
     def card(self, card_id: bytes) -> HllCardRow:
@@ -191,36 +262,62 @@ class HllService:
             raise AccessDenied("the offer names another merchant", code=ErrorCode.ACCESS_DENIED)
         now = self._clock.now()
         verified = hll.verify_purchase(self.card_key(purchase.card_id), offer, purchase, now)
-        return CheckedPurchase(offer=offer, verified=verified, merchant=merchant, now=now)
+        return CheckedPurchase(
+            offer=offer,
+            offer_digest=sha256(offer_bytes),
+            verified=verified,
+            merchant=merchant,
+            now=now,
+        )
 
     def settle_online(self, tx: Tx, checked: CheckedPurchase) -> OnlineSpend:
         """Inside ``tx``: the card may pay it, (card, counter) is recorded once, and the
-        value moves from the card float to the merchant. Safe to run again."""
+        value moves from the card float to the merchant. Safe to run again.
+
+        The same purchase sent again by its merchant (same offer, so same path and
+        challenge, and a MAC that verified; its answer was lost) is answered as settled,
+        ``repeated``, charging nothing: the draft's idempotent retry. The offer's expiry,
+        checked with the MAC, bounds it. Any other repeat of (card, counter) is a 409.
+        """
         verified, merchant = checked.verified, checked.merchant
         card = _usable_card(tx.hll_card(verified.card_id), checked.offer, merchant)
-        if verified.amount > card.remaining_units:  # the store refuses it too; fail early
-            raise InsufficientFunds("card overspent", code=ErrorCode.INSUFFICIENT_FUNDS)
-        self._settle_online(tx, verified, merchant, checked.now)
-        return OnlineSpend(
+        spend = OnlineSpend(
             card_id=verified.card_id,
             counter=verified.counter,
             units=verified.amount,
             credited_micros=verified.amount * card.unit_micros,
         )
+        # Only a refusal looks for an earlier settlement of the same purchase.
+        if verified.amount > card.remaining_units:  # the store refuses it too; fail early
+            if _settled_before(tx, checked):
+                return replace(spend, repeated=True)
+            raise InsufficientFunds("card overspent", code=ErrorCode.INSUFFICIENT_FUNDS)
+        if not self._settle_online(tx, checked):
+            if _settled_before(tx, checked):
+                return replace(spend, repeated=True)
+            raise Conflict("payment already spent", code=ErrorCode.DUPLICATE_SPEND)
+        return spend
 
-    def _settle_online(
-        self, tx: Tx, verified: hll.VerifiedPurchase, merchant: Merchant, now: int
-    ) -> None:
-        """Record (card, counter) once and move its value from the card float to the merchant."""
+    def _settle_online(self, tx: Tx, checked: CheckedPurchase) -> bool:
+        """Record (card, counter) once and move its value from the card float to the
+        merchant; False, changing nothing, if (card, counter) was recorded before."""
+        verified, merchant, now = checked.verified, checked.merchant, checked.now
         books = self._system.books(tx, merchant.currency)
         recorded = tx.hll_record_spend(
-            verified.card_id, verified.counter, merchant.merchant_id, verified.amount, None, now
+            verified.card_id,
+            verified.counter,
+            merchant.merchant_id,
+            verified.amount,
+            None,
+            now,
+            offer_digest=checked.offer_digest,
         )
         if not recorded:
-            raise Conflict("payment already spent", code=ErrorCode.DUPLICATE_SPEND)
+            return False
         micros = verified.amount * verified.denomination.unit_micros
         reference = f"hll:{b64url_encode(verified.card_id)}:{verified.counter}"
         tx.post("hll_spend", reference, [(books.hll_float, micros), (merchant.account_id, -micros)])
+        return True
 
     # --- deposits -------------------------------------------------------------------------
 
@@ -342,6 +439,16 @@ class _Tally:
             invalid=tuple(self.invalid),
             credited=sum(units for _, _, units in self.accepted),
         )
+
+
+def _settled_before(tx: Tx, checked: CheckedPurchase) -> bool:
+    """Was this very purchase settled online before, for this merchant and this offer?"""
+    earlier = tx.hll_spend(checked.verified.card_id, checked.verified.counter)
+    if earlier is None or earlier.batch_id is not None:
+        return False
+    if earlier.merchant_id != checked.merchant.merchant_id:
+        return False
+    return same_request(earlier.offer_digest, checked.offer_digest)
 
 
 def _usable_card(card: HllCardRow | None, offer: hll.Offer, merchant: Merchant) -> HllCardRow:

@@ -58,17 +58,23 @@ def build_hll_router(services: IssuerServices, writer: StoreWriter) -> APIRouter
 
     @router.post("/cards", status_code=201)
     def personalise(body: NewHllCard, op: Operator = Depends(require_operator)) -> HllCardCreated:
-        """A new card for a customer, loaded from the customer's account. K_C is returned
-        here once, for the personalisation station; it is never shown again."""
+        """A new card for a customer, loaded from the customer's account. K_C leaves the
+        bank only wrapped for the customer's token (``token_public_key``), with the card
+        certificate deferred-mode merchants check."""
+        token_key = field_bytes(body.token_public_key, "token_public_key", max_len=1536)
         card = service.personalise(
             op.actor,
             body.customer_id,
             units=body.units,
             unit_micros=body.unit_micros or default_unit,
+            token_public_key=token_key,
         )
+        assert card.wrapped_card_key is not None
         return HllCardCreated(
             card_id=b64url_encode(card.card_id),
-            card_key_hex=card.card_key.hex(),
+            wrapped_card_key=b64url_encode(card.wrapped_card_key),
+            certificate=b64url_encode(card.certificate),
+            certificate_expires_at=card.certificate_expires_at,
             units=card.units,
             currency=card.denomination.currency,
             unit_micros=card.denomination.unit_micros,
@@ -89,7 +95,8 @@ def build_hll_router(services: IssuerServices, writer: StoreWriter) -> APIRouter
     @router.post("/verify")
     async def verify(body: HllVerifyRequest) -> HllVerifyOut:
         """Online verification for a merchant (authenticated by ``tag`` under K_M):
-        verifies the card's MAC, records (card, counter) once and credits the merchant."""
+        verifies the card's MAC, records (card, counter) once and credits the merchant. The
+        same purchase sent again is answered ``repeated`` and charged nothing."""
         args = (
             body.merchant_id,
             field_bytes(body.offer, "offer"),
@@ -104,6 +111,7 @@ def build_hll_router(services: IssuerServices, writer: StoreWriter) -> APIRouter
             counter=spend.counter,
             units=spend.units,
             credited_micros=spend.credited_micros,
+            repeated=spend.repeated,
         )
 
     @router.post("/deposits")

@@ -121,11 +121,22 @@ class NewHllCard(_Request):
     customer_id: Name
     units: Units
     unit_micros: UnitMicros | None = None
+    token_public_key: Annotated[
+        str, StringConstraints(pattern=B64_PATTERN, min_length=1, max_length=2048)
+    ] = Field(
+        description="the customer's token's RSA public key (DER SubjectPublicKeyInfo, "
+        "base64url), made inside the token by `farthing wallet hll-token-key`"
+    )
 
 
 class HllCardCreated(_Response):
+    """The personalisation output; the wallet reads it as the card file. K_C is never in
+    it: only wrapped for the token that made ``token_public_key``."""
+
     card_id: str
-    card_key_hex: str = Field(description="K_C for the personalisation station; shown once")
+    wrapped_card_key: str = Field(description="K_C, RSA-OAEP under the token's key, base64url")
+    certificate: str = Field(description="the bank's card certificate, base64url")
+    certificate_expires_at: int
     units: int
     currency: str
     unit_micros: int
@@ -152,6 +163,9 @@ class HllVerifyOut(_Response):
     counter: int
     units: int
     credited_micros: int
+    # The same purchase was settled before (sent again after a lost answer): nothing new
+    # was charged or credited.
+    repeated: bool = False
 
 
 class HllDepositRequest(_Request):

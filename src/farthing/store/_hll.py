@@ -99,6 +99,7 @@ def record_spend(
     amount_units: int,
     batch_id: bytes | None,
     at: int,
+    offer_digest: bytes | None = None,
 ) -> bool:
     """Record spend (card, counter) and charge it to the card; see the module docstring."""
     require_positive(amount_units, "amount_units")
@@ -112,6 +113,7 @@ def record_spend(
                 amount_units=amount_units,
                 batch_id=batch_id,
                 at=at,
+                offer_digest=offer_digest,
             )
         )
     except exc.IntegrityError as error:

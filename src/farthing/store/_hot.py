@@ -57,7 +57,8 @@ class PreparedHot:
 
 
 def _szm_advance() -> Update:
-    """UPDATE szm_cards SET spent, anchor WHERE card_id AND spent = old (compare-and-set)."""
+    """UPDATE szm_cards SET spent, anchor, last_request, last_units WHERE card_id AND
+    spent = old (compare-and-set)."""
     c = szm_cards.c
     new_spent = bindparam("new_spent", type_=c.spent.type)
     return (
@@ -68,7 +69,13 @@ def _szm_advance() -> Update:
             c.units >= new_spent,
             c.status == CardStatus.ACTIVE.value,
         )
-        .values(spent=new_spent, anchor=bindparam("new_anchor", type_=c.anchor.type))
+        .values(
+            spent=new_spent,
+            anchor=bindparam("new_anchor", type_=c.anchor.type),
+            # What a retry of this payment needs, in the same write (no extra round trip).
+            last_request=bindparam("new_request", type_=c.last_request.type),
+            last_units=bindparam("new_units", type_=c.last_units.type),
+        )
     )
 
 
@@ -85,5 +92,7 @@ def _payword_advance() -> Update:
         .values(
             spent=new_spent,
             last_value=bindparam("new_last_value", type_=c.last_value.type),
+            last_request=bindparam("new_request", type_=c.last_request.type),
+            last_units=bindparam("new_units", type_=c.last_units.type),
         )
     )

@@ -175,6 +175,7 @@ class HllSpendRow:
     amount_units: int
     batch_id: bytes | None
     at: int
+    offer_digest: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -220,6 +221,8 @@ class SzmCardRow:
     status: CardStatus
     issued_at: int
     secret_sealed: bytes | None = None
+    last_request: bytes | None = None
+    last_units: int | None = None
 
     @property
     def remaining_units(self) -> int:
@@ -268,6 +271,8 @@ class VendorCommitmentRow:
     unit_micros: int
     expires_at: int
     redeemed_spent: int = 0
+    last_request: bytes | None = None
+    last_units: int | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -281,6 +286,7 @@ class VendorHllPaymentRow:
     state: HllPaymentState
     batch_id: bytes | None
     at: int
+    request: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

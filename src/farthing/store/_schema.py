@@ -182,6 +182,9 @@ hll_spends = Table(
     Column("amount_units", BigInteger, nullable=False),
     Column("batch_id", LargeBinary(32), nullable=True),
     Column("at", BigInteger, nullable=False),
+    # SHA-256 of the offer an online spend paid, so the same purchase sent again by the
+    # merchant (its answer was lost) is recognised and not charged twice.
+    Column("offer_digest", LargeBinary(32), nullable=True),
     # The bank's duplicate-spending guard: one (card, counter) ever.
     PrimaryKeyConstraint("card_id", "counter"),
     _at_least("amount_units", 1),
@@ -229,6 +232,9 @@ szm_cards = Table(
     Column("expires_at", BigInteger, nullable=False),
     Column("status", String(16), nullable=False),
     Column("issued_at", BigInteger, nullable=False),
+    # The payment that moved spent last: its request's tag and units (idempotent retry).
+    Column("last_request", LargeBinary(16), nullable=True),
+    Column("last_units", BigInteger, nullable=True),
     _one_of("protocol", SzmProtocol),
     _one_of("status", CardStatus),
     _at_least("unit_micros", 1),
@@ -307,6 +313,9 @@ vendor_payword_commitments = Table(
     Column("unit_micros", BigInteger, nullable=False),
     Column("expires_at", BigInteger, nullable=False),
     Column("redeemed_spent", BigInteger, nullable=False),
+    # The payment that moved spent last: its request's tag and units (idempotent retry).
+    Column("last_request", LargeBinary(16), nullable=True),
+    Column("last_units", BigInteger, nullable=True),
     _at_least("spent", 0),
     CheckConstraint(column("spent") <= column("length"), name="within_length"),
     CheckConstraint(column("redeemed_spent") <= column("spent"), name="redeemed_le_spent"),
@@ -324,6 +333,8 @@ vendor_hll_payments = Table(
     Column("state", String(16), nullable=False),
     Column("batch_id", LargeBinary(32), nullable=True, index=True),
     Column("at", BigInteger, nullable=False),
+    # The tag of the request that carried it, so that request is served again (retry).
+    Column("request", LargeBinary(16), nullable=True),
     # The vendor's replay guard: a repeated (card, counter) cannot be inserted.
     PrimaryKeyConstraint("card_id", "counter"),
     _one_of("mode", HllMode),

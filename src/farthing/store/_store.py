@@ -130,18 +130,31 @@ class Store:
     # --- the vendor's hot path: one statement, its own short transaction --------------------
 
     def szm_advance(
-        self, card_id: bytes, old_spent: int, new_spent: int, new_anchor: bytes | None
+        self,
+        card_id: bytes,
+        old_spent: int,
+        new_spent: int,
+        new_anchor: bytes | None,
+        request: bytes | None = None,
     ) -> bool:
-        """Compare-and-set a card's spent counter and commit; True iff this call won."""
-        params = advance_params(card_id, old_spent, new_spent, new_anchor)
+        """Compare-and-set a card's spent counter and commit; True iff this call won.
+        ``request``: the paid request's tag, kept for a retry (farthing.core.retry)."""
+        params = advance_params(card_id, old_spent, new_spent, new_anchor, request)
         with self._writing(), map_db_errors():
             return self._lane.rowcount(self._prepared.szm_advance, params) == 1
 
     def payword_advance(
-        self, commitment_id: bytes, old_spent: int, new_spent: int, new_last_value: bytes
+        self,
+        commitment_id: bytes,
+        old_spent: int,
+        new_spent: int,
+        new_last_value: bytes,
+        request: bytes | None = None,
     ) -> bool:
         """Compare-and-set a commitment's spent counter and commit; True iff this call won."""
-        params = payword_advance_params(commitment_id, old_spent, new_spent, new_last_value)
+        params = payword_advance_params(
+            commitment_id, old_spent, new_spent, new_last_value, request
+        )
         with self._writing(), map_db_errors():
             return self._lane.rowcount(self._prepared.payword_advance, params) == 1
 
@@ -259,15 +272,27 @@ class HotTx:
         self._prepared = prepared
 
     def szm_advance(
-        self, card_id: bytes, old_spent: int, new_spent: int, new_anchor: bytes | None
+        self,
+        card_id: bytes,
+        old_spent: int,
+        new_spent: int,
+        new_anchor: bytes | None,
+        request: bytes | None = None,
     ) -> bool:
         """Compare-and-set a card's spent counter; True iff this call won."""
-        params = advance_params(card_id, old_spent, new_spent, new_anchor)
+        params = advance_params(card_id, old_spent, new_spent, new_anchor, request)
         return self._batch.rowcount(self._prepared.szm_advance, params) == 1
 
     def payword_advance(
-        self, commitment_id: bytes, old_spent: int, new_spent: int, new_last_value: bytes
+        self,
+        commitment_id: bytes,
+        old_spent: int,
+        new_spent: int,
+        new_last_value: bytes,
+        request: bytes | None = None,
     ) -> bool:
         """Compare-and-set a commitment's spent counter; True iff this call won."""
-        params = payword_advance_params(commitment_id, old_spent, new_spent, new_last_value)
+        params = payword_advance_params(
+            commitment_id, old_spent, new_spent, new_last_value, request
+        )
         return self._batch.rowcount(self._prepared.payword_advance, params) == 1

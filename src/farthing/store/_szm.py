@@ -113,22 +113,35 @@ def card(ctx: Ctx, card_id: bytes) -> SzmCardRow | None:
 
 
 def advance_params(
-    card_id: bytes, old_spent: int, new_spent: int, new_anchor: bytes | None
+    card_id: bytes,
+    old_spent: int,
+    new_spent: int,
+    new_anchor: bytes | None,
+    request: bytes | None = None,
 ) -> dict[str, object]:
+    """``request``: the tag of the paid request, kept with the units it took so that the
+    same request sent again can be recognised (None: it may not be retried)."""
     require_forward(old_spent, new_spent)
     return {
         "key_card_id": card_id,
         "old_spent": old_spent,
         "new_spent": new_spent,
         "new_anchor": new_anchor,
+        "new_request": request,
+        "new_units": None if request is None else new_spent - old_spent,
     }
 
 
 def advance(
-    ctx: Ctx, card_id: bytes, old_spent: int, new_spent: int, new_anchor: bytes | None
+    ctx: Ctx,
+    card_id: bytes,
+    old_spent: int,
+    new_spent: int,
+    new_anchor: bytes | None,
+    request: bytes | None = None,
 ) -> bool:
     """Compare-and-set the card's spent counter; False if it lost (stale, blocked, over)."""
-    params = advance_params(card_id, old_spent, new_spent, new_anchor)
+    params = advance_params(card_id, old_spent, new_spent, new_anchor, request)
     return ctx.conn.execute(ctx.hot.szm_advance, params).rowcount == 1
 
 

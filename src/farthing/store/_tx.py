@@ -162,15 +162,17 @@ class Tx:
         amount_units: int,
         batch_id: bytes | None,
         at: int,
+        offer_digest: bytes | None = None,
     ) -> bool:
         """Record spend (card, counter) and charge the card, atomically.
 
         True: recorded. False: this (card, counter) was recorded before (nothing changes).
         Raises InsufficientFunds (the card cannot cover it) or NotFound (unknown card or
         merchant); then nothing of this spend remains and the transaction stays usable.
+        ``offer_digest``: SHA-256 of the offer paid, kept to recognise the same purchase.
         """
         return _hll.record_spend(
-            self._ctx, card_id, counter, merchant_id, amount_units, batch_id, at
+            self._ctx, card_id, counter, merchant_id, amount_units, batch_id, at, offer_digest
         )
 
     def hll_spend(self, card_id: bytes, counter: int) -> HllSpendRow | None:
@@ -207,10 +209,15 @@ class Tx:
         return _szm.card(self._ctx, card_id)
 
     def szm_advance(
-        self, card_id: bytes, old_spent: int, new_spent: int, new_anchor: bytes | None
+        self,
+        card_id: bytes,
+        old_spent: int,
+        new_spent: int,
+        new_anchor: bytes | None,
+        request: bytes | None = None,
     ) -> bool:
         """One conditional UPDATE: True iff the card's spent was ``old_spent`` and moved."""
-        return _szm.advance(self._ctx, card_id, old_spent, new_spent, new_anchor)
+        return _szm.advance(self._ctx, card_id, old_spent, new_spent, new_anchor, request)
 
     def szm_set_status(self, card_id: bytes, status: CardStatus) -> bool:
         return _szm.set_status(self._ctx, card_id, status)
@@ -293,11 +300,16 @@ class Tx:
         return _vendor.commitment(self._ctx, commitment_id)
 
     def payword_advance(
-        self, commitment_id: bytes, old_spent: int, new_spent: int, new_last_value: bytes
+        self,
+        commitment_id: bytes,
+        old_spent: int,
+        new_spent: int,
+        new_last_value: bytes,
+        request: bytes | None = None,
     ) -> bool:
         """One conditional UPDATE, as :meth:`szm_advance`."""
         return _vendor.payword_advance(
-            self._ctx, commitment_id, old_spent, new_spent, new_last_value
+            self._ctx, commitment_id, old_spent, new_spent, new_last_value, request
         )
 
     def payword_unredeemed(self, limit: int) -> list[VendorCommitmentRow]:
@@ -319,6 +331,7 @@ class Tx:
         mode: HllMode,
         state: HllPaymentState,
         at: int,
+        request: bytes | None = None,
     ) -> None:
         """Record a received payment; Conflict(DUPLICATE_SPEND) for a repeated (card, counter)."""
         _vendor.hll_record(
@@ -331,6 +344,7 @@ class Tx:
             mode=mode,
             state=state,
             at=at,
+            request=request,
         )
 
     def vendor_hll_payment(self, card_id: bytes, counter: int) -> VendorHllPaymentRow | None:
@@ -339,6 +353,16 @@ class Tx:
     def vendor_hll_outstanding(self, card_id: bytes) -> int:
         """Units of this card's deferred payments not yet settled or rejected."""
         return _vendor.hll_outstanding(self._ctx, card_id)
+
+    def vendor_hll_exposure(self, card_id: bytes) -> int:
+        """Units of this card's deferred payments not accepted by the issuer: not yet
+        settled, or refused at deposit."""
+        return _vendor.hll_exposure(self._ctx, card_id)
+
+    def vendor_hll_outstanding_total(self) -> int:
+        """Units of all cards' deferred payments not yet settled or rejected (the merchant's
+        unverified exposure)."""
+        return _vendor.hll_outstanding_total(self._ctx)
 
     def hll_take_pending_for_batch(self, batch_id: bytes, limit: int) -> list[VendorHllPaymentRow]:
         """Move up to ``limit`` oldest pending payments to 'batched' under ``batch_id``."""

@@ -83,22 +83,34 @@ def commitment(ctx: Ctx, commitment_id: bytes) -> VendorCommitmentRow | None:
 
 
 def payword_advance_params(
-    commitment_id: bytes, old_spent: int, new_spent: int, new_last_value: bytes
+    commitment_id: bytes,
+    old_spent: int,
+    new_spent: int,
+    new_last_value: bytes,
+    request: bytes | None = None,
 ) -> dict[str, object]:
+    """``request`` as in :func:`farthing.store._szm.advance_params`."""
     require_forward(old_spent, new_spent)
     return {
         "key_commitment_id": commitment_id,
         "old_spent": old_spent,
         "new_spent": new_spent,
         "new_last_value": new_last_value,
+        "new_request": request,
+        "new_units": None if request is None else new_spent - old_spent,
     }
 
 
 def payword_advance(
-    ctx: Ctx, commitment_id: bytes, old_spent: int, new_spent: int, new_last_value: bytes
+    ctx: Ctx,
+    commitment_id: bytes,
+    old_spent: int,
+    new_spent: int,
+    new_last_value: bytes,
+    request: bytes | None = None,
 ) -> bool:
     """Compare-and-set the commitment's spent counter; False if it lost."""
-    params = payword_advance_params(commitment_id, old_spent, new_spent, new_last_value)
+    params = payword_advance_params(commitment_id, old_spent, new_spent, new_last_value, request)
     return ctx.conn.execute(ctx.hot.payword_advance, params).rowcount == 1
 
 
@@ -139,8 +151,10 @@ def hll_record(
     mode: HllMode,
     state: HllPaymentState,
     at: int,
+    request: bytes | None = None,
 ) -> None:
-    """Record a payment; Conflict(DUPLICATE_SPEND) if (card, counter) was seen before."""
+    """Record a payment; Conflict(DUPLICATE_SPEND) if (card, counter) was seen before.
+    ``request``: the tag of the request that carried it, to recognise a retry."""
     values = {
         "card_id": card_id,
         "counter": counter,
@@ -151,6 +165,7 @@ def hll_record(
         "state": HllPaymentState(state).value,
         "batch_id": None,
         "at": at,
+        "request": request,
     }
     with unique_violation_as(ErrorCode.DUPLICATE_SPEND, "this payment was already received"):
         ctx.conn.execute(insert(vendor_hll_payments).values(values))
@@ -177,6 +192,26 @@ def hll_outstanding(ctx: Ctx, card_id: bytes) -> int:
     """Units of deferred payments on this card that the issuer has not settled or rejected."""
     stmt = select(total(_payments.amount_units)).where(
         _payments.card_id == card_id,
+        _payments.state.in_(_UNSETTLED),
+        _payments.mode == HllMode.DEFERRED.value,
+    )
+    return int(ctx.conn.execute(stmt).scalar_one())
+
+
+def hll_exposure(ctx: Ctx, card_id: bytes) -> int:
+    """Units of this card's deferred payments the issuer has not accepted: unsettled, or
+    refused at deposit (never released: a card that cheated stays charged against it)."""
+    stmt = select(total(_payments.amount_units)).where(
+        _payments.card_id == card_id,
+        _payments.state.in_((*_UNSETTLED, HllPaymentState.REJECTED.value)),
+        _payments.mode == HllMode.DEFERRED.value,
+    )
+    return int(ctx.conn.execute(stmt).scalar_one())
+
+
+def hll_outstanding_total(ctx: Ctx) -> int:
+    """Units of all deferred payments the issuer has not settled or rejected (every card)."""
+    stmt = select(total(_payments.amount_units)).where(
         _payments.state.in_(_UNSETTLED),
         _payments.mode == HllMode.DEFERRED.value,
     )

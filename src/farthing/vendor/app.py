@@ -26,6 +26,7 @@ from starlette.types import ASGIApp
 
 from farthing.core.clock import Clock, RandomSource, SystemClock
 from farthing.core.prbg import BbsKey
+from farthing.core.schemes.hll import DeferredRisk
 from farthing.store import Store
 from farthing.store.writer import StoreWriter
 from farthing.vendor.books import ChainBook, HllDeferredBook, PaywordBook, PaywordBroker, PrbgBook
@@ -56,7 +57,9 @@ class HllSettings:
     merchant_key: bytes = field(repr=False)
     unit_micros: int
     mode: HllMode = HllMode.ONLINE
-    risk_limit: int = 0
+    risk_limit: int = 0  # deferred: units one card may owe unverified
+    merchant_cap: int = 0  # deferred: units all cards together may owe unverified
+    bank_public_key: bytes | None = None  # deferred: the bank's card-certification key
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -94,14 +97,18 @@ def build_methods(
         methods.append(OfflineMethod(prbg, PrbgBook(store, writer)))
     if settings.hll is not None:
         hll = settings.hll
+        deferred = hll.mode is HllMode.DEFERRED
         methods.append(
             HllMethod(
                 merchant_id=hll.merchant_id,
                 unit_micros=hll.unit_micros,
                 mode=hll.mode,
                 bank=bank,
-                deferred=HllDeferredBook(store) if hll.mode is HllMode.DEFERRED else None,
-                risk_limit=hll.risk_limit,
+                deferred=HllDeferredBook(store) if deferred else None,
+                risk=DeferredRisk(limit=hll.risk_limit, merchant_cap=hll.merchant_cap)
+                if deferred
+                else None,
+                bank_public_key=hll.bank_public_key,
             )
         )
     if settings.payword is not None:

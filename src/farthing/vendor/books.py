@@ -10,13 +10,16 @@ even with several workers or processes on one store. Reads run in a worker threa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 from typing import Protocol
 
 from farthing.core.cardcode import Generator
-from farthing.core.errors import Conflict, ErrorCode, InsufficientFunds, InvalidPayment
+from farthing.core.errors import Conflict, ErrorCode, InvalidPayment
 from farthing.core.money import Denomination
+from farthing.core.retry import same_request
 from farthing.core.schemes import payword, szm_chain, szm_prbg
+from farthing.core.schemes.hll import DeferredDecision
 from farthing.store import (
     CardStatus,
     HllMode,
@@ -26,9 +29,10 @@ from farthing.store import (
     SzmProtocol,
     Tx,
     VendorCommitmentRow,
+    VendorHllPaymentRow,
 )
 from farthing.store.writer import StoreWriter
-from farthing.vendor.methods.hll import PendingPurchase
+from farthing.vendor.methods.hll import DeferredPolicy, DeferredRecord, PendingPurchase
 from farthing.vendor.methods.payword import HeldCommitment
 
 __all__ = ["ChainBook", "HllDeferredBook", "PaywordBook", "PaywordBroker", "PrbgBook"]
@@ -64,6 +68,8 @@ class ChainBook:
             length=row.units,
             denomination=_denomination(row.currency, row.unit_micros),
             expires_at=row.expires_at,
+            last_request=row.last_request,
+            last_units=row.last_units or 0,
         )
 
     async def insert(self, state: szm_chain.ChainCardState) -> bool:
@@ -71,7 +77,9 @@ class ChainBook:
 
     async def advance(self, old: szm_chain.ChainCardState, new: szm_chain.ChainCardState) -> bool:
         return await self._writer.run_hot(
-            lambda hot: hot.szm_advance(old.card_id, old.spent, new.spent, new.anchor)
+            lambda hot: hot.szm_advance(
+                old.card_id, old.spent, new.spent, new.anchor, new.last_request
+            )
         )
 
 
@@ -93,6 +101,8 @@ class PrbgBook:
             generator=Generator(row.generator),
             denomination=_denomination(row.currency, row.unit_micros),
             expires_at=row.expires_at,
+            last_request=row.last_request,
+            last_units=row.last_units or 0,
         )
 
     async def insert(self, state: szm_prbg.PrbgCardState) -> bool:
@@ -100,7 +110,7 @@ class PrbgBook:
 
     async def advance(self, old: szm_prbg.PrbgCardState, new: szm_prbg.PrbgCardState) -> bool:
         return await self._writer.run_hot(
-            lambda hot: hot.szm_advance(old.card_id, old.spent, new.spent, None)
+            lambda hot: hot.szm_advance(old.card_id, old.spent, new.spent, None, new.last_request)
         )
 
 
@@ -138,6 +148,8 @@ class PaywordBook:
             length=row.length,
             denomination=_denomination(row.currency, row.unit_micros),
             expires_at=row.expires_at,
+            last_request=row.last_request,
+            last_units=row.last_units or 0,
         )
         return HeldCommitment(commitment_id=row.commitment_id, state=state, encoded=row.commitment)
 
@@ -164,22 +176,35 @@ class PaywordBook:
     async def advance(self, old: HeldCommitment, new: HeldCommitment) -> bool:
         return await self._writer.run_hot(
             lambda hot: hot.payword_advance(
-                old.commitment_id, old.state.spent, new.state.spent, new.state.last_value
+                old.commitment_id,
+                old.state.spent,
+                new.state.spent,
+                new.state.last_value,
+                new.state.last_request,
             )
         )
 
 
 class HllDeferredBook:
-    """Delivered, not yet deposited HLL purchases, with the per-card risk bound."""
+    """Delivered, not yet deposited HLL purchases; the caps are the core's decision."""
 
     def __init__(self, store: Store) -> None:
         self._store = store
 
-    def record(self, purchase: PendingPurchase, *, risk_limit: int) -> None:
-        def write(tx: Tx) -> None:
-            outstanding = tx.vendor_hll_outstanding(purchase.card_id)
-            if outstanding + purchase.amount > risk_limit:
-                raise InsufficientFunds("deferred risk limit reached", code=ErrorCode.RISK_LIMIT)
+    def record(self, purchase: PendingPurchase, *, decide: DeferredPolicy) -> DeferredRecord:
+        def write(tx: Tx) -> DeferredRecord:
+            row = tx.vendor_hll_payment(purchase.card_id, purchase.counter)
+            if row is not None:
+                if _is_retry(row, purchase):  # a lost answer: serve it again, take nothing
+                    return DeferredRecord(deferred=row.mode is HllMode.DEFERRED, retried=True)
+                raise _repeat()  # also when it would now go online: never deliver it twice
+            # Per card: what the bank has not accepted, refusals included (a card that
+            # cheated stays charged); per merchant: what the bank has not yet answered.
+            decision = decide(
+                tx.vendor_hll_exposure(purchase.card_id), tx.vendor_hll_outstanding_total()
+            )
+            if decision is not DeferredDecision.DEFER:
+                return DeferredRecord(deferred=False, retried=False)
             tx.vendor_hll_record(
                 card_id=purchase.card_id,
                 counter=purchase.counter,
@@ -189,13 +214,48 @@ class HllDeferredBook:
                 mode=HllMode.DEFERRED,
                 state=HllPaymentState.PENDING,
                 at=tx.now(),
+                request=purchase.request,
             )
+            return DeferredRecord(deferred=True, retried=False)
 
         try:
-            self._store.run_in_transaction(write, serializable=True)
+            return self._store.run_in_transaction(write, serializable=True)
         except Conflict as error:
-            if error.code is ErrorCode.DUPLICATE_SPEND:
-                raise InvalidPayment(
-                    "payment did not verify", code=ErrorCode.PAYMENT_INVALID
-                ) from None
-            raise
+            if error.code is not ErrorCode.DUPLICATE_SPEND:
+                raise
+        # (card, counter) was taken by a concurrent copy: this very request, or a replay.
+        with self._store.transaction(readonly=True) as tx:
+            row = tx.vendor_hll_payment(purchase.card_id, purchase.counter)
+        if row is not None and _is_retry(row, purchase):
+            return DeferredRecord(deferred=row.mode is HllMode.DEFERRED, retried=True)
+        raise _repeat()
+
+    def record_online(self, purchase: PendingPurchase) -> None:
+        """Remember a purchase the bank verified online, so the same credential sent again
+        is refused here instead of being taken deferred (the bank has not seen a deferred
+        one yet). A concurrent copy already recorded is left as it is."""
+
+        def write(tx: Tx) -> None:
+            tx.vendor_hll_record(
+                card_id=purchase.card_id,
+                counter=purchase.counter,
+                offer=purchase.offer,
+                purchase=purchase.payment,
+                amount_units=purchase.amount,
+                mode=HllMode.ONLINE,
+                state=HllPaymentState.SETTLED,
+                at=tx.now(),
+                request=purchase.request,
+            )
+
+        with contextlib.suppress(Conflict):
+            self._store.run_in_transaction(write)
+
+
+def _repeat() -> InvalidPayment:
+    return InvalidPayment("payment did not verify", code=ErrorCode.PAYMENT_INVALID)
+
+
+def _is_retry(row: VendorHllPaymentRow, purchase: PendingPurchase) -> bool:
+    """Was this purchase recorded before from the same request, and not refused since?"""
+    return row.state is not HllPaymentState.REJECTED and same_request(row.request, purchase.request)

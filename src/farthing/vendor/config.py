@@ -23,7 +23,10 @@ A small file next to the goods::
     merchant_id = "shop"
     merchant_key_file = "merchant.key"    # hex, from `farthing issuer merchants add`
     unit_micros = 1000
-    mode = "online"                       # or "deferred" with risk_limit = <units per card>
+    mode = "online"                       # or "deferred", with three more keys:
+    # risk_limit = 50                     #   units one card may owe unverified
+    # merchant_cap = 5000                 #   units all cards together may owe unverified
+    # bank_public_key = "<hex>"           #   `farthing issuer hll-key` (card certificates)
 
     [payword]
     vendor_id = "shop"
@@ -91,6 +94,13 @@ def _int(table: dict[str, object], key: str, where: str, default: int | None = N
     value = table.get(key, default)
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise _bad(f"{where}{key}", "a non-negative integer is required")
+    return value
+
+
+def _positive(table: dict[str, object], key: str, where: str) -> int:
+    value = _int(table, key, where)
+    if value == 0:
+        raise _bad(f"{where}{key}", "a positive integer is required")
     return value
 
 
@@ -170,12 +180,20 @@ def _hll(table: dict[str, object], base: Path) -> HllSettings:
     if mode_text not in ("online", "deferred"):
         raise _bad("hll.mode", 'use "online" or "deferred"')
     key_file = _relative(base, _str(table, "merchant_key_file", "hll."))
+    mode = HllMode(mode_text)
+    deferred = mode is HllMode.DEFERRED
     return HllSettings(
         merchant_id=_str(table, "merchant_id", "hll."),
         merchant_key=_hex(key_file.read_text(), "hll.merchant_key_file", length=32),
         unit_micros=_int(table, "unit_micros", "hll."),
-        mode=HllMode(mode_text),
-        risk_limit=_int(table, "risk_limit", "hll.", 0),
+        mode=mode,
+        risk_limit=_positive(table, "risk_limit", "hll.") if deferred else 0,
+        merchant_cap=_positive(table, "merchant_cap", "hll.") if deferred else 0,
+        bank_public_key=_hex(
+            _str(table, "bank_public_key", "hll."), "hll.bank_public_key", length=32
+        )
+        if deferred
+        else None,
     )
 
 

@@ -12,7 +12,8 @@ _BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5
 class PaywallMetrics:
     """``farthing_payments_total{method,outcome}`` and ``farthing_verify_seconds{method}``.
 
-    ``outcome`` is ``accepted`` or the lower-case error code name of the refusal
+    ``outcome`` is ``accepted``, ``retried`` (a paid request sent again after a lost
+    answer, served without a new charge) or the lower-case error code name of the refusal
     (``payment_invalid``, ``challenge_expired``, ...); no secret ever becomes a label.
     """
 

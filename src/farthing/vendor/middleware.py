@@ -1,19 +1,28 @@
 """The paywall: a plain ASGI middleware that speaks the HTTP "Payment" scheme (402).
 
-For each HTTP request whose path has a price (and, when the app names what it offers
-through ``offers``, that it does offer; otherwise the app answers, 404 or 405, for free):
+Every HTTP request first gets its one canonical path (:mod:`farthing.http.paths`), or a
+404; the price, ``offers``, the seal binding and the HLL offer all use that string. Then,
+for each request whose path has a price (and, when the app names what it offers through
+``offers``, that it does offer; otherwise the app answers, 404 or 405, for free):
 
-1. No ``Authorization: Payment`` header: answer 402 with one challenge per enabled method,
-   ``Cache-Control: no-store`` and a problem+json body.
+1. No ``Authorization: Payment`` header, or a HEAD request (never charged, whatever it
+   carries): answer 402 with one challenge per enabled method, ``Cache-Control: no-store``
+   and a problem+json body (none for HEAD).
 2. Otherwise parse the credential strictly, check the stateless challenge id (an HMAC over
    nonce, expiry, realm, method, route scope and price; no database), and hand the payload to
    the method adapter, which verifies it with the pure core and records it durably with one
    conditional update. Any :class:`FarthingError` becomes the draft's problem type (401
    verification failures carry fresh challenges); anything else is a 500 with a correlation
    id that is logged, never echoed.
+   The same request sent again (byte-identical credential, same path and HTTP method,
+   GET or HEAD) while its challenge is valid is a retry after a lost answer: the method
+   recognises its payment as the one it accepted last and it is served again, nothing
+   taken (:mod:`farthing.core.retry`).
 3. Call the wrapped app and add ``Payment-Receipt``. For SZM methods the body is sealed
    (ChaCha20-Poly1305) under the key the payment distributed, bound to method, card, index
-   and path, so an unpaid or wrongly paid request never sees plaintext.
+   and path, so an unpaid or wrongly paid request never sees plaintext. A paid request's
+   scope offers no response extensions (``pathsend``, ...), and any message but a start and
+   its body fails closed.
 
 It is a plain ASGI layer, not a Starlette ``BaseHTTPMiddleware``, to keep the paid hot path
 to header parsing, one MAC, the scheme's check and one database write.
@@ -31,8 +40,16 @@ from typing import Final
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from farthing.core.clock import Clock, RandomSource
-from farthing.core.errors import ErrorCode, FarthingError, MalformedMessage, UnsupportedMethod
+from farthing.core.errors import (
+    ErrorCode,
+    FarthingError,
+    MalformedMessage,
+    NotFound,
+    UnsupportedMethod,
+)
+from farthing.core.retry import request_tag
 from farthing.core.sealing import seal, seal_binding
+from farthing.http.paths import canonical_path
 from farthing.http.payment_auth import (
     CHALLENGE_NONCE_LEN,
     Challenge,
@@ -106,29 +123,37 @@ class Paywall:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        route = self.prices.match(scope["path"])
+        # Every request, priced or not: an unpriced variant of a path could name a priced file.
+        try:
+            path = canonical_path(scope["path"], scope.get("raw_path"), priced=self.prices.match)
+        except NotFound as error:
+            await _send_not_found(send, problem_for(error), head=scope["method"] == "HEAD")
+            return
+        route = self.prices.match(path)
         if route is None:
             await self.app(scope, receive, send)
             return
-        if self._offers is not None and not self._offers(scope["method"], scope["path"]):
+        if self._offers is not None and not self._offers(scope["method"], path):
             scope[NOT_OFFERED_SCOPE_KEY] = True
             await self.app(scope, receive, send)
             return
         authorization = _header(scope, b"authorization")
-        if authorization is None:
-            await self._send_problem(send, PAYMENT_REQUIRED, route)
+        if authorization is None or scope["method"] == "HEAD":
+            # HEAD is never charged: it would pay for a body that is not sent.
+            await self._send_problem(send, PAYMENT_REQUIRED, route, head=scope["method"] == "HEAD")
             return
-        settlement = await self._settle_or_answer(authorization, route, scope["path"], send)
+        settlement = await self._settle_or_answer(authorization, route, path, send, scope["method"])
         if settlement is not None:
             scope[PAYMENT_SCOPE_KEY] = settlement
+            scope["extensions"] = _plain_responses_only(scope.get("extensions"))
             nonce = self._rng(12) if settlement.sealing is not None else b""
-            paid = _PaidSender(send, settlement, scope["path"], self._clock.now(), nonce)
+            paid = _PaidSender(send, settlement, path, self._clock.now(), nonce)
             await self.app(scope, receive, paid)
 
     # -- settling --------------------------------------------------------------------------
 
     async def _settle_or_answer(
-        self, authorization: str, route: PricedRoute, path: str, send: Send
+        self, authorization: str, route: PricedRoute, path: str, send: Send, http_method: str
     ) -> Settlement | None:
         method_name = "unknown"
         started = time.perf_counter()
@@ -151,6 +176,9 @@ class Paywall:
                 resource=path,
                 challenge=challenge,
                 now=now,
+                request=request_tag(
+                    http_method=http_method, path=path, authorization=authorization
+                ),
             )
             settlement = await method.settle(context)
         except FarthingError as error:
@@ -163,7 +191,7 @@ class Paywall:
             self._count(method_name, "internal", started)
             await self._send_problem(send, internal_problem(), route, correlation=correlation)
             return None
-        self._count(method_name, "accepted", started)
+        self._count(method_name, "retried" if settlement.retried else "accepted", started)
         return settlement
 
     def _method_for(self, payload: dict[str, object]) -> tuple[str, PaymentMethod]:
@@ -214,6 +242,7 @@ class Paywall:
         *,
         method: str | None = None,
         correlation: str | None = None,
+        head: bool = False,
     ) -> None:
         headers = [(b"content-type", CONTENT_TYPE.encode()), _NO_STORE]
         if problem.status in (401, 402):
@@ -230,13 +259,15 @@ class Paywall:
         body = json.dumps(problem.to_json(**extra)).encode()
         headers.append((b"content-length", str(len(body)).encode()))
         await send({"type": "http.response.start", "status": problem.status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        await send({"type": "http.response.body", "body": b"" if head else body})
 
 
 class _PaidSender:
     """Wraps ``send`` for a paid request: adds the receipt and, for SZM, seals the body."""
 
-    __slots__ = ("_body", "_nonce", "_now", "_path", "_send", "_settlement", "_start")
+    __slots__ = (
+        "_body", "_closed", "_nonce", "_now", "_path", "_send", "_settlement", "_start", "_started"
+    )  # fmt: skip
 
     def __init__(
         self, send: Send, settlement: Settlement, path: str, now: int, nonce: bytes
@@ -246,22 +277,44 @@ class _PaidSender:
         self._path = path
         self._now = now
         self._nonce = nonce
-        self._start: Message | None = None
+        self._start: Message | None = None  # held back until the body is sealed
+        self._started = False
+        self._closed = False
         self._body: list[bytes] = []
 
     async def __call__(self, message: Message) -> None:
-        if message["type"] == "http.response.start":
+        kind = message["type"]
+        if self._closed:
+            return  # failed closed, or the sealed answer is out: nothing more leaves
+        if kind == "http.response.start" and not self._started:
+            self._started = True
             if self._settlement.sealing is None:
                 await self._send(self._with_receipt(message, None))
             else:
                 self._start = message
             return
-        if message["type"] != "http.response.body" or self._start is None:
+        if kind != "http.response.body" or not self._started:
+            await self._fail_closed(kind)
+            return
+        if self._start is None:
             await self._send(message)
             return
         self._body.append(message.get("body", b""))
         if not message.get("more_body", False):
+            self._closed = True
             await self._send_sealed(b"".join(self._body))
+
+    async def _fail_closed(self, kind: str) -> None:
+        """A message that would pass the seal and the receipt (``http.response.pathsend``,
+        ``zerocopysend``, trailers, a second start, a body before the start): nothing of
+        the body leaves. Sealed answers are still held back, so that is a 500; an unsealed
+        one has started, so the connection is broken off instead."""
+        self._closed = True
+        correlation = uuid.uuid4().hex
+        log.error("paid response sent %r (correlation id %s)", kind, correlation)
+        if self._start is None and self._started:
+            raise RuntimeError(f"a paid response sent {kind!r} after its start")
+        await _send_internal_error(self._send, correlation)
 
     def _receipt(self, content_type: str | None) -> Receipt:
         s = self._settlement
@@ -321,6 +374,32 @@ def _check_resource(path: str) -> None:
         seal_binding(method="", card_id=b"", index=0, resource=path)
     except ValueError:
         raise MalformedMessage("the path is not canonical text", code=ErrorCode.BAD_FIELD) from None
+
+
+def _plain_responses_only(extensions: dict[str, object] | None) -> dict[str, object]:
+    """The scope's extensions without the response ones (``pathsend``, ``zerocopysend``,
+    trailers, early hints, ...): a paid answer is a start and its body, which is sealed."""
+    return {k: v for k, v in (extensions or {}).items() if not k.startswith("http.response.")}
+
+
+async def _send_not_found(send: Send, problem: Problem, *, head: bool) -> None:
+    body = json.dumps(problem.to_json()).encode()
+    await _send_problem_body(send, problem.status, body, head=head)
+
+
+async def _send_internal_error(send: Send, correlation: str) -> None:
+    body = json.dumps(internal_problem().to_json(correlationId=correlation)).encode()
+    await _send_problem_body(send, 500, body)
+
+
+async def _send_problem_body(send: Send, status: int, body: bytes, *, head: bool = False) -> None:
+    headers = [
+        (b"content-type", CONTENT_TYPE.encode()),
+        _NO_STORE,
+        (b"content-length", str(len(body)).encode()),
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": b"" if head else body})
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

@@ -9,10 +9,12 @@ Kinds, by payment method:
     the position ``spent`` and, for a BBS card, the generator state (sealed) advance with
     each payment.
 ``hll:mac``
-    A bank's smart card. Its 16-byte id, balance and denomination come from the bank's
-    personalisation output (:class:`HllCardFile`, a small JSON file). The card key K_C is
-    either in that file (a *software* card: K_C is sealed in the wallet) or already inside a
-    PKCS#11 token (SoftHSM2, a hardware token or HSM): then the wallet keeps only where the
+    A bank's smart card. Its 16-byte id, balance, denomination and the bank's card
+    certificate come from the bank's personalisation output (:class:`HllCardFile`, a small
+    JSON file). The card key K_C is never in that file: it comes wrapped for the customer's
+    PKCS#11 token (SoftHSM2, a hardware token or HSM) and is unwrapped inside it (see
+    :mod:`farthing.wallet.pkcs11_card`). A *software* card (K_C sealed in the wallet) exists
+    only for tests, made in code, never read from a file. The wallet keeps only where the
     token is (module path, token label, key label) and the token's user PIN, sealed, so
     payments run without asking for it. Whoever has the wallet file *and* its passphrase
     can pay with the token while it is plugged in, as a card in a reader with its PIN on a
@@ -49,6 +51,7 @@ __all__ = [
     "Pkcs11Location",
     "describe",
     "hll_card",
+    "hll_certificate",
     "hll_secret",
     "parse_szm_code",
     "payword_card",
@@ -127,9 +130,12 @@ def szm_code(box: SecretBox, card: CardRow) -> CardCode:
 class HllCardFile:
     """The bank's personalisation output for one HLL card, as a JSON file::
 
-    {"format": "farthing-hll-card/1", "cardId": "<b64url 16 bytes>",
-     "cardKey": "<b64url 32 bytes>" (software cards only), "balance": 5000,
-     "currency": "EUR", "unitMicros": 1000, "expiresAt": 1900000000 (optional)}
+    {"format": "farthing-hll-card/1", "cardId": "<b64url 16 bytes>", "balance": 5000,
+     "currency": "EUR", "unitMicros": 1000, "expiresAt": 1900000000 (optional),
+     "wrappedKey": "<b64url>" (K_C wrapped for the token), "certificate": "<b64url>"}
+
+    The issuer API's answer to personalising a card (``wrapped_card_key``) reads the same.
+    ``card_key`` (a software card's K_C) is for tests only: no file carries it.
     """
 
     card_id: bytes
@@ -137,6 +143,8 @@ class HllCardFile:
     denomination: Denomination
     card_key: bytes | None = field(default=None, repr=False)
     expires_at: int = NO_EXPIRY
+    wrapped_key: bytes | None = field(default=None, repr=False)
+    certificate: bytes | None = None
 
     def __post_init__(self) -> None:
         if len(self.card_id) != hll.CARD_ID_LEN or not 0 <= self.balance < NO_EXPIRY:
@@ -152,45 +160,56 @@ class HllCardFile:
             "currency": self.denomination.currency,
             "unitMicros": self.denomination.unit_micros,
         }
-        if self.card_key is not None:
-            obj["cardKey"] = b64url_encode(self.card_key)
+        if self.wrapped_key is not None:
+            obj["wrappedKey"] = b64url_encode(self.wrapped_key)
+        if self.certificate is not None:
+            obj["certificate"] = b64url_encode(self.certificate)
         if self.expires_at != NO_EXPIRY:
             obj["expiresAt"] = self.expires_at
         return json.dumps(obj, indent=2, sort_keys=True) + "\n"
 
     @classmethod
     def from_json(cls, text: str) -> HllCardFile:
-        """Our file format, or the issuer API's answer to creating a card (``card_key_hex``)."""
+        """Our file format, or the issuer API's answer to creating a card
+        (``wrapped_card_key``). A key in the clear is never read from a file."""
         try:
             obj = json.loads(text)
         except (ValueError, RecursionError):  # RecursionError: hostile nesting
             raise _bad_file() from None
-        if isinstance(obj, dict) and "card_key_hex" in obj:
+        if isinstance(obj, dict) and "wrapped_card_key" in obj:
             return _from_issuer_answer(obj)
         if not isinstance(obj, dict) or obj.get("format") != HLL_CARD_FORMAT:
             raise _bad_file()
-        key = obj.get("cardKey")
         return cls(
             card_id=b64url_decode(_string(obj, "cardId")),
             balance=_integer(obj, "balance"),
             denomination=Denomination(
                 currency=_string(obj, "currency"), unit_micros=_integer(obj, "unitMicros")
             ),
-            card_key=b64url_decode(key) if isinstance(key, str) else None,
             expires_at=_integer(obj, "expiresAt") if "expiresAt" in obj else NO_EXPIRY,
+            wrapped_key=_optional_b64(obj, "wrappedKey"),
+            certificate=_optional_b64(obj, "certificate"),
         )
 
 
 def _from_issuer_answer(obj: dict[str, object]) -> HllCardFile:
-    """``{"card_id", "card_key_hex", "units", "currency", "unit_micros"}`` from the issuer."""
+    """``{"card_id", "wrapped_card_key", "certificate", "units", "currency",
+    "unit_micros", ...}`` from the issuer."""
     return HllCardFile(
         card_id=_id_bytes(_string(obj, "card_id")),
         balance=_integer(obj, "units"),
         denomination=Denomination(
             currency=_string(obj, "currency"), unit_micros=_integer(obj, "unit_micros")
         ),
-        card_key=_hex(_string(obj, "card_key_hex")),
+        wrapped_key=_optional_b64(obj, "wrapped_card_key"),
+        certificate=_optional_b64(obj, "certificate"),
     )
+
+
+def _optional_b64(obj: dict[str, object], name: str) -> bytes | None:
+    if name not in obj:
+        return None
+    return b64url_decode(_string(obj, name), max_len=4096)
 
 
 def _id_bytes(text: str) -> bytes:
@@ -260,6 +279,8 @@ def hll_card(
         raise LocalProtocolError("a PKCS#11 card needs the token's PIN", code=ErrorCode.MISUSE)
     secret = HllSecret(card_key=card.card_key if token is None else None, pin=pin)
     params: dict[str, object] = {"cardId": b64url_encode(card.card_id)}
+    if card.certificate is not None:
+        params["certificate"] = b64url_encode(card.certificate)
     if token is not None:
         params["pkcs11"] = {
             "module": token.module_path,
@@ -293,6 +314,12 @@ def hll_secret(box: SecretBox, card: CardRow) -> HllSecret:
     key, pin = reader.bytes(max_len=hll.KEY_LEN), reader.text(max_len=256)
     reader.finish()
     return HllSecret(card_key=key or None, pin=pin or None)
+
+
+def hll_certificate(card: CardRow) -> bytes | None:
+    """The bank's certificate for an HLL card, if the card file had one."""
+    encoded = card.params.get("certificate")
+    return b64url_decode(encoded, max_len=4096) if isinstance(encoded, str) else None
 
 
 def pkcs11_location(card: CardRow) -> Pkcs11Location | None:

@@ -32,6 +32,7 @@ from farthing.core.money import Denomination
 from farthing.core.schemes import hll, payword, szm_chain, szm_prbg
 from farthing.http.payment_auth import Challenge, JsonObject
 from farthing.wallet.cards import (
+    hll_certificate,
     payword_certificate,
     payword_private_key,
     secret_record,
@@ -279,6 +280,7 @@ class HllMethod:
 
     def reserve(self, tx: WriteTx, quote: Quote, good: str, now: int) -> Reservation:
         key = self._keys(quote.card)  # before any change: a wrong PIN spends nothing
+        certificate = hll_certificate(quote.card)
         row = tx.card(quote.card.id)
         offer = offer_for(quote, good)
         state = hll.CardState(
@@ -294,7 +296,10 @@ class HllMethod:
             purchase = hll.complete_purchase(
                 new_state.card_id, new_state.counter, offer.challenge, key, message
             )
-            return _payload(self.name, hll.encode_payment(purchase))
+            payload = _payload(self.name, hll.encode_payment(purchase))
+            if certificate is not None:  # lets a deferred-mode vendor serve without the bank
+                payload["certificate"] = b64url_encode(certificate)
+            return payload
 
         return Reservation(position=new_state.counter, release=release)
 

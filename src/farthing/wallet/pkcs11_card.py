@@ -10,10 +10,13 @@ That a device holds K_C and MACs inside is the paper's; how we do it is our reco
   GENERIC_SECRET with TOKEN, PRIVATE and SENSITIVE true, EXTRACTABLE false, and only the SIGN and
   VERIFY capabilities (no ENCRYPT, DECRYPT, WRAP, UNWRAP or DERIVE, which are known ways to pull a
   key out of a token). PKCS#11 forbids turning SENSITIVE off or EXTRACTABLE on afterwards.
-- Personalisation. Either :func:`install_card_key` writes K_C into the token in the clear (a bank's
-  personalisation station, or a test), or :func:`install_wrapped_card_key` unwraps K_C sent by the
-  bank under a transport key (AES key wrap, RFC 3394) that was loaded into the token earlier with
-  :func:`install_transport_key`; then K_C never exists in the clear outside the bank and the token.
+- Personalisation (the path the CLI takes). :func:`new_wrapping_key` makes an RSA key pair inside
+  the token; its private half is non-extractable and can only unwrap. The bank encrypts K_C to the
+  public half (RSA-OAEP) and :func:`install_wrapped_card_key` unwraps it straight into the token as
+  the non-extractable card key, so K_C never exists in the clear outside the bank and the token.
+  The same function also unwraps under an AES transport key (AES key wrap, RFC 3394) loaded at
+  manufacture (:func:`install_transport_key`), as a card issuer that owns its cards would.
+  :func:`install_card_key` writes K_C in the clear: test and demo tooling only, never a CLI path.
 - The MAC. :meth:`Pkcs11CardKey.mac` is HMAC-SHA256(K_C, message) computed by the token
   (CKM_SHA256_HMAC). It matches the software card bit for bit, so the bank verifies either.
 - What is not inside. PKCS#11 has no monotonic counter and no balance that gates signing, so the
@@ -49,13 +52,16 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Final, final
 
 import pkcs11
-from pkcs11 import Attribute, KeyType, Mechanism, MechanismFlag, ObjectClass, TokenFlag
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from pkcs11 import MGF, Attribute, KeyType, Mechanism, MechanismFlag, ObjectClass, TokenFlag
 from pkcs11.exceptions import (
     AttributeSensitive,
     DeviceError,
     DeviceMemory,
     DeviceRemoved,
     EncryptedDataInvalid,
+    EncryptedDataLenRange,
     GeneralError,
     KeyUnextractable,
     MultipleObjectsReturned,
@@ -76,7 +82,7 @@ from pkcs11.exceptions import (
     WrappedKeyInvalid,
     WrappedKeyLenRange,
 )
-from pkcs11.types import Session, SignMixin, Token, UnwrapMixin
+from pkcs11.types import PrivateKey, PublicKey, SecretKey, Session, SignMixin, Token, UnwrapMixin
 
 from farthing.core.errors import (
     CardLocked,
@@ -100,6 +106,7 @@ __all__ = [
     "install_transport_key",
     "install_wrapped_card_key",
     "map_pkcs11_errors",
+    "new_wrapping_key",
 ]
 
 MODULE_ENV_VAR: Final = "FARTHING_PKCS11_MODULE"
@@ -107,6 +114,9 @@ CARD_KEY_LENGTH: Final = 32
 _MAC_LENGTH: Final = 32
 _WRAPPED_CARD_KEY_LENGTH: Final = CARD_KEY_LENGTH + 8  # RFC 3394 adds one 64-bit block
 _TRANSPORT_KEY_LENGTHS: Final = frozenset({16, 24, 32})
+WRAPPING_KEY_BITS: Final = 3072
+# SoftHSM2 2.6 unwraps RSA-OAEP only with SHA-1 (hash and MGF1); OAEP does not need collisions.
+_OAEP_PARAMS: Final = (Mechanism.SHA_1, MGF.SHA1, None)
 _MAX_TOKEN_LABEL_BYTES: Final = 32  # CK_TOKEN_INFO.label is 32 bytes
 _SOFTHSM_CONF_VAR: Final = "SOFTHSM2_CONF"
 _SOFTHSM_LIB: Final = "libsofthsm2.so"
@@ -428,6 +438,39 @@ def install_transport_key(
             session.create_object(template)
 
 
+def new_wrapping_key(module_path: str, token_label: str, user_pin: str, key_label: str) -> bytes:
+    """Make an RSA key pair inside the token for the bank to wrap K_C to; return the public key
+    (DER SubjectPublicKeyInfo) to send with the personalisation request.
+
+    The private half is persistent, private, sensitive and non-extractable, and can only unwrap
+    (no decrypt, sign or derive), so it cannot be used to read K_C back out of the token.
+
+    Raises:
+        LocalProtocolError: (CONFLICT) the label is taken; any error of opening the token.
+    """
+    with _user_session(module_path, token_label, user_pin) as session:
+        _refuse_taken_label(session, key_label)
+        with map_pkcs11_errors():
+            public, _ = session.generate_keypair(
+                KeyType.RSA,
+                WRAPPING_KEY_BITS,
+                store=True,
+                label=key_label,
+                public_template={
+                    Attribute.TOKEN: True,
+                    Attribute.WRAP: True,
+                    Attribute.ENCRYPT: False,
+                    Attribute.VERIFY: False,
+                },
+                private_template=_private_unwrap_attributes(key_label),
+            )
+            modulus, exponent = public[Attribute.MODULUS], public[Attribute.PUBLIC_EXPONENT]
+    numbers = rsa.RSAPublicNumbers(int.from_bytes(exponent, "big"), int.from_bytes(modulus, "big"))
+    return numbers.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
 def install_wrapped_card_key(
     module_path: str,
     token_label: str,
@@ -437,28 +480,32 @@ def install_wrapped_card_key(
     *,
     transport_key_label: str,
 ) -> None:
-    """Unwrap K_C (AES key wrap, RFC 3394, under the transport key) straight into the token.
+    """Unwrap K_C straight into the token as the non-extractable card key.
+
+    ``transport_key_label`` names the unwrapping key: the private half of a
+    :func:`new_wrapping_key` pair (RSA-OAEP), or an AES transport key (RFC 3394 key wrap).
 
     Raises:
         MalformedMessage: (BAD_FIELD) the wrapped key has the wrong length or fails its
-            integrity check: the bank sent something wrong, or another transport key was used.
-        LocalProtocolError: (NOT_FOUND) no such transport key; (CONFLICT) the label is taken.
+            integrity check: the bank sent something wrong, or it was wrapped for another token.
+        LocalProtocolError: (NOT_FOUND) no such unwrapping key; (CONFLICT) the label is taken.
     """
-    if len(wrapped_key) != _WRAPPED_CARD_KEY_LENGTH:
-        raise MalformedMessage(
-            "the wrapped card key has the wrong length", code=ErrorCode.BAD_FIELD
-        )
     with _user_session(module_path, token_label, user_pin) as session:
         _refuse_taken_label(session, key_label)
-        transport_key = _find_transport_key(session, transport_key_label)
+        unwrapper = _find_unwrapping_key(session, transport_key_label)
+        rsa_key = isinstance(unwrapper, PrivateKey)
+        if not rsa_key and len(wrapped_key) != _WRAPPED_CARD_KEY_LENGTH:
+            raise _rejected_wrapped_key()
         with map_pkcs11_errors():
             try:
-                transport_key.unwrap_key(
+                unwrapper.unwrap_key(
                     ObjectClass.SECRET_KEY,
                     KeyType.GENERIC_SECRET,
                     wrapped_key,
                     label=key_label,
-                    mechanism=Mechanism.AES_KEY_WRAP,
+                    mechanism=Mechanism.RSA_PKCS_OAEP if rsa_key else Mechanism.AES_KEY_WRAP,
+                    # python-pkcs11 takes OAEP's (hash, mgf, label); its stub says bytes only.
+                    mechanism_param=_OAEP_PARAMS if rsa_key else None,  # type: ignore[arg-type]
                     store=True,
                     capabilities=MechanismFlag.SIGN | MechanismFlag.VERIFY,
                     template=_card_key_attributes(key_label),
@@ -468,28 +515,49 @@ def install_wrapped_card_key(
                 WrappedKeyInvalid,
                 WrappedKeyLenRange,
                 EncryptedDataInvalid,
+                EncryptedDataLenRange,
                 GeneralError,
             ) as exc:
-                raise MalformedMessage(
-                    "the token rejected the wrapped card key", code=ErrorCode.BAD_FIELD
-                ) from exc
+                raise _rejected_wrapped_key() from exc
 
 
-def _find_transport_key(session: Session, key_label: str) -> UnwrapMixin:
+def _rejected_wrapped_key() -> MalformedMessage:
+    return MalformedMessage("the token rejected the wrapped card key", code=ErrorCode.BAD_FIELD)
+
+
+def _find_unwrapping_key(session: Session, key_label: str) -> UnwrapMixin:
+    """The secret (AES) or private (RSA) key labelled ``key_label``: never a public key."""
     with map_pkcs11_errors():
-        try:
-            key = session.get_key(
-                object_class=ObjectClass.SECRET_KEY, key_type=KeyType.AES, label=key_label
-            )
-        except NoSuchKey as exc:
-            raise LocalProtocolError(
-                f"no transport key labelled {key_label!r} on the token", code=ErrorCode.NOT_FOUND
-            ) from exc
-    if not isinstance(key, UnwrapMixin):  # UNWRAP is false on that object
+        found = [
+            key
+            for key in session.get_objects({Attribute.LABEL: key_label})
+            if isinstance(key, (SecretKey, PrivateKey)) and not isinstance(key, PublicKey)
+        ]
+    if not found:
+        raise LocalProtocolError(
+            f"no transport key labelled {key_label!r} on the token", code=ErrorCode.NOT_FOUND
+        )
+    key = found[0]
+    if len(found) > 1 or not isinstance(key, UnwrapMixin):  # UNWRAP is false on that object
         raise LocalProtocolError(
             f"the key labelled {key_label!r} cannot unwrap", code=ErrorCode.MISUSE
         )
     return key
+
+
+def _private_unwrap_attributes(key_label: str) -> dict[Attribute, object]:
+    """A private key that can only unwrap (a private key has no VERIFY, ENCRYPT or WRAP)."""
+    return {
+        Attribute.LABEL: key_label,
+        Attribute.TOKEN: True,
+        Attribute.PRIVATE: True,
+        Attribute.SENSITIVE: True,
+        Attribute.EXTRACTABLE: False,
+        Attribute.UNWRAP: True,
+        Attribute.DECRYPT: False,
+        Attribute.SIGN: False,
+        Attribute.DERIVE: False,
+    }
 
 
 def _card_key_attributes(key_label: str) -> dict[Attribute, object]:

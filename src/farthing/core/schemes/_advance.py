@@ -20,8 +20,9 @@ from farthing.core.errors import (
     LocalProtocolError,
     PaymentExpired,
 )
+from farthing.core.retry import same_request
 
-__all__ = ["Acceptance", "IndexPaymentCodec", "invalid", "units_paid"]
+__all__ = ["Acceptance", "IndexPaymentCodec", "invalid", "retried_units", "units_paid"]
 
 _VALUE_LEN: Final = 32
 _LEN32: Final = _VALUE_LEN.to_bytes(2, "big")
@@ -64,6 +65,26 @@ def units_paid(
     if paid > max_units:
         raise invalid()  # bounds the hashing a hostile index can cause
     return paid
+
+
+def retried_units(
+    *,
+    same_key: bool,
+    spent: int,
+    index: int,
+    last_request: bytes | None,
+    last_units: int,
+    request: bytes | None,
+) -> int:
+    """The units the last accepted payment took, if this payment is that one sent again
+    by the same request (:mod:`farthing.core.retry`), else raise the vague refusal.
+
+    Only the payment that moved ``spent`` last can be sent again; the caller still has to
+    check that its value is the one accepted (the scheme's own proof, e.g. the anchor).
+    """
+    if not same_key or index != spent or not same_request(last_request, request):
+        raise invalid()
+    return last_units
 
 
 class Acceptance:

@@ -39,11 +39,22 @@ One purchase
 4. C sends the :class:`Purchase` (ID_C, CNT, sigma). M knows its own offer, so the
    payment does not repeat it.
 5. M cannot check sigma (it lacks K_C). Online mode: M forwards to B, which verifies
-   and settles at once (:meth:`HllBank.verify_online`). Deferred mode: M delivers, bounds
-   what each card may owe it unverified (:class:`DeferredRisk`), rejects local replays
-   of (ID_C, CNT), and later deposits a :class:`DepositBatch` tagged with K_M;
-   B verifies every sigma and reports each item accepted, duplicate or invalid
-   (:meth:`HllBank.deposit`, idempotent by batch id).
+   and settles at once (:meth:`HllBank.verify_online`). Deferred mode: M delivers without
+   B only for a card B vouches for, and only within two caps; otherwise it goes online
+   (:func:`decide_deferred`). It rejects local replays of (ID_C, CNT), and later deposits
+   a :class:`DepositBatch` tagged with K_M; B verifies every sigma and reports each item
+   accepted, duplicate or invalid (:meth:`HllBank.deposit`, idempotent by batch id).
+
+The card certificate (our addition; the paper's abstract does not say how a merchant
+that delivers before B verifies knows a card exists). At personalisation B signs, with an
+Ed25519 key derived from K_B (:func:`card_certification_key`), the card id, its
+denomination and an expiry (:class:`CardCertificate`). The card presents it with each
+payment. M checks it offline against B's public key, so a made-up card id never gets a
+deferred delivery. Deferred exposure is then bounded twice (:class:`DeferredRisk`): per
+card by ``limit`` and per merchant by ``merchant_cap``, the total value M has delivered
+and B has not yet answered for. The certificate proves the card was issued, not that it
+is unblocked or funded: a blocked or emptied card (or a stolen K_C) can still be served
+deferred until its certificate expires, within those two caps.
 
 Duplicate spending is stopped three times: inside the card (the counter only grows and
 the balance only shrinks), by the MAC (it binds merchant, challenge and counter, so a
@@ -69,6 +80,7 @@ import struct
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from enum import StrEnum
 from typing import Final, Protocol, TypeAlias, final
 
 from farthing.core.clock import RandomSource
@@ -88,12 +100,22 @@ from farthing.core.errors import (
     WrongPin,
 )
 from farthing.core.money import Denomination
-from farthing.core.primitives import constant_time_eq, hmac_sha256, sha256
+from farthing.core.primitives import (
+    constant_time_eq,
+    ed25519_public_key,
+    ed25519_sign,
+    ed25519_verify,
+    hmac_sha256,
+    sha256,
+)
 
 __all__ = [
     "BATCH_ID_LEN",
     "CARD_ID_LEN",
     "DEFAULT_CHALLENGE_LEN",
+    "DOMAIN_CARD_CERTIFICATE",
+    "DOMAIN_CARD_CERTIFICATE_BODY",
+    "DOMAIN_CARD_CERTIFICATION_KEY",
     "DOMAIN_CARD_KEY",
     "DOMAIN_DEPOSIT",
     "DOMAIN_OFFER",
@@ -108,9 +130,11 @@ __all__ = [
     "MAX_MERCHANT_ID_LEN",
     "MAX_PIN_TRIES",
     "MIN_CHALLENGE_LEN",
+    "CardCertificate",
     "CardKey",
     "CardKeyLookup",
     "CardState",
+    "DeferredDecision",
     "DeferredRisk",
     "DepositBatch",
     "DepositItem",
@@ -124,21 +148,29 @@ __all__ = [
     "VerifiedPurchase",
     "authorize_purchase",
     "batch_tag",
+    "card_certificate_body",
+    "card_certification_key",
+    "card_certification_public_key",
     "complete_purchase",
+    "decide_deferred",
     "decode_batch",
+    "decode_card_certificate",
     "decode_offer",
     "decode_payment",
     "decode_report",
     "derive_card_key",
     "encode_batch",
+    "encode_card_certificate",
     "encode_offer",
     "encode_payment",
     "encode_report",
+    "issue_card_certificate",
     "make_offer",
     "new_card_id",
     "new_merchant_key",
     "purchase_message",
     "verify_batch_tag",
+    "verify_card_certificate",
     "verify_deposit_item",
     "verify_purchase",
     "verify_purchase_bytes",
@@ -155,10 +187,14 @@ MAX_MERCHANT_ID_LEN: Final = 64
 MAX_GOOD_LEN: Final = 512
 MAX_PIN_TRIES: Final = 3
 MAX_BATCH_ITEMS: Final = 1000
+SIGNATURE_LEN: Final = 64
 _U64_MAX: Final = (1 << 64) - 1
 _DEFAULT_DEPOSIT_WINDOW: Final = 30 * 86400
 
 DOMAIN_CARD_KEY: Final = "farthing/hll/card-key"
+DOMAIN_CARD_CERTIFICATION_KEY: Final = "farthing/hll/card-certification-key"
+DOMAIN_CARD_CERTIFICATE: Final = "farthing/hll/card-certificate"
+DOMAIN_CARD_CERTIFICATE_BODY: Final = "farthing/hll/card-certificate-body"
 DOMAIN_OFFER: Final = "farthing/hll/offer"
 DOMAIN_PURCHASE: Final = "farthing/hll/purchase"
 DOMAIN_PAYMENT: Final = "farthing/hll/payment"
@@ -432,6 +468,117 @@ def _split_payment(payment: bytes) -> tuple[bytes, int, bytes]:
             return card_id, counter, sigma
     purchase = decode_payment(payment)  # raises the precise MalformedMessage
     return purchase.card_id, purchase.counter, purchase.sigma
+
+
+# --- the card certificate -----------------------------------------------------------------
+
+
+def card_certification_key(master_key: bytes) -> bytes:
+    """B's Ed25519 signing key (seed) for card certificates, derived from K_B."""
+    if len(master_key) != KEY_LEN:
+        raise ValueError("card_certification_key needs a 32-byte master key")
+    return hmac_sha256(master_key, Writer(DOMAIN_CARD_CERTIFICATION_KEY).finish())
+
+
+def card_certification_public_key(master_key: bytes) -> bytes:
+    """What merchants configure to check card certificates offline (32 bytes)."""
+    return ed25519_public_key(card_certification_key(master_key))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CardCertificate:
+    """B vouches that card ``card_id`` of ``denomination`` was issued; valid while
+    ``now < expires_at``."""
+
+    card_id: bytes
+    denomination: Denomination
+    expires_at: int
+    signature: bytes
+
+    def __post_init__(self) -> None:
+        _require(isinstance(self.card_id, bytes) and len(self.card_id) == CARD_ID_LEN, "card id")
+        _require(isinstance(self.denomination, Denomination), "denomination")
+        _require(_is_u64(self.expires_at), "expiry")
+        _require(
+            isinstance(self.signature, bytes) and len(self.signature) == SIGNATURE_LEN,
+            "signature",
+        )
+
+
+def card_certificate_body(card_id: bytes, denomination: Denomination, expires_at: int) -> bytes:
+    """The bytes B signs: card id, currency, unit and expiry, domain-separated."""
+    return (
+        Writer(DOMAIN_CARD_CERTIFICATE_BODY)
+        .bytes(card_id)
+        .text(denomination.currency)
+        .u64(denomination.unit_micros)
+        .u64(expires_at)
+        .finish()
+    )
+
+
+def issue_card_certificate(
+    signing_key: bytes, *, card_id: bytes, denomination: Denomination, expires_at: int
+) -> CardCertificate:
+    """B's certificate for a card it personalised (``signing_key``: the Ed25519 seed)."""
+    if len(card_id) != CARD_ID_LEN or not _is_u64(expires_at):
+        raise ValueError("card id must be 16 bytes and the expiry a u64")
+    body = card_certificate_body(card_id, denomination, expires_at)
+    return CardCertificate(
+        card_id=card_id,
+        denomination=denomination,
+        expires_at=expires_at,
+        signature=ed25519_sign(signing_key, body),
+    )
+
+
+def encode_card_certificate(cert: CardCertificate) -> bytes:
+    return (
+        Writer(DOMAIN_CARD_CERTIFICATE)
+        .bytes(cert.card_id)
+        .text(cert.denomination.currency)
+        .u64(cert.denomination.unit_micros)
+        .u64(cert.expires_at)
+        .bytes(cert.signature)
+        .finish()
+    )
+
+
+def decode_card_certificate(data: bytes) -> CardCertificate:
+    reader = Reader(data, DOMAIN_CARD_CERTIFICATE, max_size=256)
+    card_id = reader.bytes(exact=CARD_ID_LEN)
+    currency = reader.text(max_len=3)
+    unit_micros = reader.u64()
+    expires_at = reader.u64()
+    signature = reader.bytes(exact=SIGNATURE_LEN)
+    reader.finish()
+    return CardCertificate(
+        card_id=card_id,
+        denomination=Denomination(currency=currency, unit_micros=unit_micros),
+        expires_at=expires_at,
+        signature=signature,
+    )
+
+
+def verify_card_certificate(
+    bank_public_key: bytes,
+    cert: CardCertificate,
+    *,
+    card_id: bytes,
+    denomination: Denomination,
+    now: int,
+) -> None:
+    """None if B signed ``cert`` for this card and denomination and it has not expired.
+
+    Raises InvalidPayment (SIGNATURE_INVALID: not B's signature; PAYMENT_INVALID: another
+    card or denomination) or PaymentExpired (CERTIFICATE_EXPIRED).
+    """
+    body = card_certificate_body(cert.card_id, cert.denomination, cert.expires_at)
+    ed25519_verify(bank_public_key, cert.signature, body)
+    if not constant_time_eq(cert.card_id, card_id) or cert.denomination != denomination:
+        raise _invalid()
+    if now >= cert.expires_at:
+        raise PaymentExpired("card certificate expired", code=ErrorCode.CERTIFICATE_EXPIRED)
 
 
 # --- verification -------------------------------------------------------------------------
@@ -881,9 +1028,14 @@ class HllBank:
     """
 
     def __init__(
-        self, *, denomination: Denomination, deposit_window: int = _DEFAULT_DEPOSIT_WINDOW
+        self,
+        *,
+        denomination: Denomination,
+        deposit_window: int = _DEFAULT_DEPOSIT_WINDOW,
+        certification_key: bytes | None = None,
     ) -> None:
         self._denomination = denomination
+        self._certification_key = certification_key
         self._deposit_window = deposit_window
         self._cards: dict[bytes, _CardAccount] = {}
         self._used: set[tuple[bytes, int]] = set()
@@ -897,6 +1049,18 @@ class HllBank:
         if card_id in self._cards:
             raise Conflict("card already registered", code=ErrorCode.CONFLICT)
         self._cards[card_id] = _CardAccount(key=card_key, loaded=loaded)
+
+    def certify(self, card_id: bytes, expires_at: int) -> bytes:
+        """The encoded certificate of a registered card (needs ``certification_key``)."""
+        if self._certification_key is None or card_id not in self._cards:
+            raise LocalProtocolError("no certification key or no such card", code=ErrorCode.MISUSE)
+        cert = issue_card_certificate(
+            self._certification_key,
+            card_id=card_id,
+            denomination=self._denomination,
+            expires_at=expires_at,
+        )
+        return encode_card_certificate(cert)
 
     def register_merchant(self, merchant_id: str, merchant_key: bytes) -> None:
         if not _is_text(merchant_id, MAX_MERCHANT_ID_LEN) or len(merchant_key) != KEY_LEN:
@@ -994,31 +1158,88 @@ class HllBank:
 # --- the merchant (deferred mode; in-memory reference) ------------------------------------
 
 
+class DeferredDecision(StrEnum):
+    """What a deferred-mode merchant does with a payment it has not refused."""
+
+    DEFER = "deferred"  # deliver now; B verifies at deposit
+    ONLINE = "online"  # ask B to verify before delivering
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DeferredRisk:
-    """How much one card may owe a merchant in unverified deferred payments (units)."""
+    """How much a merchant may be owed in unverified deferred payments (units): at most
+    ``limit`` by one card and at most ``merchant_cap`` by all cards together."""
 
     limit: int
+    merchant_cap: int
 
-    def admit(self, outstanding: int, amount: int) -> int:
-        """The card's new outstanding total, or InsufficientFunds(RISK_LIMIT)."""
-        new_outstanding = outstanding + amount
-        if amount <= 0 or new_outstanding > self.limit:
-            raise InsufficientFunds("deferred risk limit reached", code=ErrorCode.RISK_LIMIT)
-        return new_outstanding
+    def __post_init__(self) -> None:
+        if not (_is_u64(self.limit) and _is_u64(self.merchant_cap)):
+            raise ValueError("deferred risk limits must be u64")
+        if self.limit <= 0 or self.merchant_cap <= 0:
+            raise ValueError("deferred risk limits must be positive")
+
+    def fits(self, card_outstanding: int, merchant_outstanding: int, amount: int) -> bool:
+        """Whether ``amount`` more stays within both caps."""
+        return (
+            amount > 0
+            and card_outstanding + amount <= self.limit
+            and merchant_outstanding + amount <= self.merchant_cap
+        )
 
     def settle(self, outstanding: int, amount: int) -> int:
         """The outstanding total once the bank has answered for ``amount``."""
         return max(0, outstanding - amount)
 
 
+def decide_deferred(
+    *,
+    risk: DeferredRisk,
+    bank_public_key: bytes,
+    certificate: bytes | None,
+    offer: Offer,
+    purchase: Purchase,
+    now: int,
+    card_outstanding: int,
+    merchant_outstanding: int,
+) -> DeferredDecision:
+    """Deliver without B (DEFER), ask B first (ONLINE), or refuse (raise).
+
+    DEFER only when ``certificate`` is B's valid, unexpired certificate for this card and
+    the offer's denomination, and the amount fits both caps of ``risk``. A missing,
+    forged, foreign or expired certificate, or a cap reached, means ONLINE: B then judges
+    the MAC, so an honest card whose certificate is stale still buys. Refused outright:
+    counter 0 (no card ever MACs it; InvalidPayment) and certificate bytes that do not
+    decode (MalformedMessage).
+    """
+    if purchase.counter == 0:
+        raise _invalid()
+    if certificate is None:
+        return DeferredDecision.ONLINE
+    cert = decode_card_certificate(certificate)
+    try:
+        verify_card_certificate(
+            bank_public_key,
+            cert,
+            card_id=purchase.card_id,
+            denomination=offer.denomination,
+            now=now,
+        )
+    except (InvalidPayment, PaymentExpired):
+        return DeferredDecision.ONLINE
+    if not risk.fits(card_outstanding, merchant_outstanding, offer.amount):
+        return DeferredDecision.ONLINE
+    return DeferredDecision.DEFER
+
+
 class HllMerchant:
     """The merchant M in memory: makes offers, accepts payments, builds deposit batches.
 
     Deferred mode (:meth:`accept_deferred`) cannot check sigma (no K_C): it checks that
-    the offer is its own, open and unexpired, that (card, counter) is new here, and the
-    card's risk limit. On RISK_LIMIT nothing changed, so the caller may go online with
-    the same payment (:meth:`accept_online`).
+    the offer is its own, open and unexpired, that (card, counter) is new here, and asks
+    :func:`decide_deferred` (B's card certificate, the per-card and per-merchant caps).
+    When the answer is ONLINE it raises RISK_LIMIT with nothing changed, so the caller
+    goes online with the same payment (:meth:`accept_online`); :meth:`accept` does both.
     """
 
     def __init__(
@@ -1028,12 +1249,14 @@ class HllMerchant:
         merchant_key: bytes,
         rng: RandomSource,
         risk: DeferredRisk,
+        bank_public_key: bytes,
         offer_ttl: int = 300,
     ) -> None:
         self.merchant_id = merchant_id
         self._key = merchant_key
         self._rng = rng
         self._risk = risk
+        self._bank_public_key = bank_public_key
         self._ttl = offer_ttl
         self._open: dict[bytes, Offer] = {}
         self._seen: set[tuple[bytes, int]] = set()
@@ -1071,13 +1294,54 @@ class HllMerchant:
         del self._open[offer.challenge]
         self._seen.add((purchase.card_id, purchase.counter))
 
-    def accept_deferred(self, offer: Offer, purchase: Purchase, now: int) -> None:
-        """Accept without the bank; the payment joins the next deposit batch."""
+    def outstanding_total(self) -> int:
+        """Units all cards owe this merchant in deferred payments the bank has not answered."""
+        return sum(self._outstanding.values())
+
+    def accept_deferred(
+        self, offer: Offer, purchase: Purchase, now: int, *, certificate: bytes | None
+    ) -> None:
+        """Accept without the bank (the payment joins the next deposit batch), or raise
+        InsufficientFunds(RISK_LIMIT) when :func:`decide_deferred` says go online."""
         self._check_acceptable(offer, purchase, now)
-        outstanding = self._risk.admit(self.outstanding(purchase.card_id), offer.amount)
+        card_outstanding = self.outstanding(purchase.card_id)
+        decision = decide_deferred(
+            risk=self._risk,
+            bank_public_key=self._bank_public_key,
+            certificate=certificate,
+            offer=offer,
+            purchase=purchase,
+            now=now,
+            card_outstanding=card_outstanding,
+            merchant_outstanding=self.outstanding_total(),
+        )
+        if decision is not DeferredDecision.DEFER:
+            raise InsufficientFunds(
+                "not vouched for or over the deferred risk caps: verify online",
+                code=ErrorCode.RISK_LIMIT,
+            )
         self._consume(offer, purchase)
-        self._outstanding[purchase.card_id] = outstanding
+        self._outstanding[purchase.card_id] = card_outstanding + offer.amount
         self._pending.append(DepositItem(offer=offer, purchase=purchase))
+
+    def accept(
+        self,
+        offer: Offer,
+        purchase: Purchase,
+        now: int,
+        *,
+        certificate: bytes | None,
+        verify_online: Callable[[Offer, Purchase, int], VerifiedPurchase],
+    ) -> DeferredDecision:
+        """Deferred where :func:`decide_deferred` allows it, else online; how it was taken."""
+        try:
+            self.accept_deferred(offer, purchase, now, certificate=certificate)
+        except InsufficientFunds as error:
+            if error.code is not ErrorCode.RISK_LIMIT:
+                raise
+            self.accept_online(offer, purchase, now, verify_online)
+            return DeferredDecision.ONLINE
+        return DeferredDecision.DEFER
 
     def accept_online(
         self,

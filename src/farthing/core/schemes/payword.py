@@ -75,7 +75,12 @@ from farthing.core.primitives import (
     ed25519_verify,
     sha256,
 )
-from farthing.core.schemes._advance import Acceptance, IndexPaymentCodec, units_paid
+from farthing.core.schemes._advance import (
+    Acceptance,
+    IndexPaymentCodec,
+    retried_units,
+    units_paid,
+)
 
 __all__ = [
     "CERTIFICATE_BODY_DOMAIN",
@@ -123,6 +128,7 @@ __all__ = [
     "verify_certificate",
     "verify_payment",
     "verify_payment_bytes",
+    "verify_retry",
 ]
 
 CHAIN_TAG: Final = b"farthing/payword\x00"
@@ -367,6 +373,9 @@ def _check_terms(commitment: Commitment) -> None:
 class CommitmentState(NamedTuple):
     """What the vendor keeps per commitment; ``last_value`` is w_spent.
 
+    ``last_request`` and ``last_units``: the tag of the request that carried the payment
+    that moved ``spent`` last and the units it took (see :func:`verify_retry`).
+
     An immutable value, built once per verified payword: a NamedTuple, not a frozen
     dataclass, because the dataclass's constructor alone cost three times the payword's
     hash (bench/core.py). Build it with keywords; change it with ``_replace`` (it is not a
@@ -379,6 +388,8 @@ class CommitmentState(NamedTuple):
     length: int
     denomination: Denomination
     expires_at: int
+    last_request: bytes | None = None
+    last_units: int = 0
 
 
 def accept_commitment(
@@ -452,14 +463,34 @@ def verify_payment(
     units: int,
     now: int,
     max_units: int = DEFAULT_MAX_UNITS,
+    request: bytes | None = None,
 ) -> tuple[CommitmentState, PaywordAccepted]:
     """Accept a payment of at least ``units`` units: h^(index-spent)(w_index) must equal
     w_spent. Hashes only. Paying more than the price is accepted and the receipt says how
     much was taken: the excess is units the wallet lost in flight (a crash after its
-    write-ahead), which would otherwise leave a gap that no later payment could cross."""
+    write-ahead), which would otherwise leave a gap that no later payment could cross.
+    ``request`` is the tag of the request carrying it (kept for :func:`verify_retry`)."""
     return _verify(
-        state, payment.commitment_id, payment.index, payment.value, units, now, max_units
-    )
+        state, payment.commitment_id, payment.index, payment.value, units, now, max_units,
+        request,
+    )  # fmt: skip
+
+
+def verify_retry(
+    state: CommitmentState, payment: Payment, *, request: bytes | None
+) -> PaywordAccepted:
+    """The commitment's last accepted payword, sent again by the same request (its answer
+    was lost): the receipt it had, and no new state (nothing is taken). Else
+    InvalidPayment. Its value must be w_spent, and the tag binds it to path and credential.
+    """
+    units = retried_units(
+        same_key=constant_time_eq(payment.commitment_id, state.commitment_id),
+        spent=state.spent, index=payment.index, last_request=state.last_request,
+        last_units=state.last_units, request=request,
+    )  # fmt: skip
+    if not constant_time_eq(payment.value, state.last_value):
+        raise _invalid()
+    return PaywordAccepted(payment.commitment_id, payment.index, units, _RECEIPT)
 
 
 def verify_payment_bytes(
@@ -475,7 +506,7 @@ def verify_payment_bytes(
     state = lookup(cid)
     if state is None:
         raise _invalid()
-    return _verify(state, cid, index, value, units, now, max_units)
+    return _verify(state, cid, index, value, units, now, max_units, None)
 
 
 def _verify(
@@ -486,8 +517,9 @@ def _verify(
     units: int,
     now: int,
     max_units: int,
+    request: bytes | None,
 ) -> tuple[CommitmentState, PaywordAccepted]:
-    state_cid, last_value, spent, length, denomination, expires_at = state
+    state_cid, last_value, spent, length, denomination, expires_at, _, _ = state
     paid = units_paid(
         same_key=constant_time_eq(cid, state_cid), spent=spent, index=index, length=length,
         expires_at=expires_at, units=units, now=now, max_units=max_units, what="commitment",
@@ -497,7 +529,10 @@ def _verify(
     if not constant_time_eq(earlier, last_value):
         raise _invalid()
     # Positional calls: keyword arguments here would cost more than the hash itself.
-    new_state = CommitmentState(state_cid, value, index, length, denomination, expires_at)
+    new_state = CommitmentState(
+        state_cid, value, index, length, denomination, expires_at,
+        request, 0 if request is None else paid,
+    )  # fmt: skip
     return new_state, PaywordAccepted(cid, index, paid, _RECEIPT)
 
 

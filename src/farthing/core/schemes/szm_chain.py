@@ -77,7 +77,12 @@ from farthing.core.errors import (
 from farthing.core.hashchain import ChainWalker, chain_anchor, chain_step, chain_walk
 from farthing.core.money import Denomination
 from farthing.core.primitives import constant_time_eq, hkdf_sha256, hmac_sha256
-from farthing.core.schemes._advance import Acceptance, IndexPaymentCodec, units_paid
+from farthing.core.schemes._advance import (
+    Acceptance,
+    IndexPaymentCodec,
+    retried_units,
+    units_paid,
+)
 
 __all__ = [
     "CHAIN_TAG",
@@ -107,6 +112,7 @@ __all__ = [
     "to_card_code",
     "verify_payment",
     "verify_payment_bytes",
+    "verify_retry",
 ]
 
 METHOD: Final = Protocol.CHAIN.value
@@ -162,6 +168,10 @@ def chain_seed(secret: bytes, card_id: bytes) -> bytes:
 class ChainCardState(NamedTuple):
     """What the issuer stores per card; ``anchor`` is w_spent. No secret, no identity.
 
+    ``last_request`` and ``last_units`` describe the payment that moved ``spent`` last:
+    the tag of the request that carried it (:mod:`farthing.core.retry`; None if it may
+    not be retried) and the units it took, so that request sent again is served again.
+
     An immutable value, built once per verified payment: a NamedTuple, not a frozen
     dataclass, because the dataclass's constructor alone cost three times the payment's
     hash (bench/core.py). Build it with keywords; change it with ``_replace`` (it is not a
@@ -174,6 +184,8 @@ class ChainCardState(NamedTuple):
     length: int
     denomination: Denomination
     expires_at: int
+    last_request: bytes | None = None
+    last_units: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -321,15 +333,39 @@ def verify_payment(
     units: int,
     now: int,
     max_units: int = DEFAULT_MAX_UNITS,
+    request: bytes | None = None,
 ) -> tuple[ChainCardState, ChainAccepted]:
     """Accept at least ``units`` units: h^(index-spent)(w_index) must equal the anchor.
 
     Hashes only. A payment over a gap (units the wallet lost in flight, e.g. by crashing
     right after its write-ahead) is accepted for all it pays; the receipt says how many.
+    ``request`` is the tag of the request carrying it (kept in the new state for
+    :func:`verify_retry`).
 
     Returns the new state (persist it conditionally on the old ``spent``) and a receipt.
     """
-    return _verify(state, payment.card_id, payment.index, payment.value, units, now, max_units)
+    return _verify(
+        state, payment.card_id, payment.index, payment.value, units, now, max_units, request
+    )
+
+
+def verify_retry(
+    state: ChainCardState, payment: Payment, *, request: bytes | None
+) -> ChainAccepted:
+    """The card's last accepted payment, sent again by the same request (its answer was
+    lost): the receipt it had, and no new state (nothing is taken). Else InvalidPayment.
+
+    Its value must be the anchor (w_spent), and the request tag binds it to the path and
+    the credential that carried it. Whoever copied the credential gets the body sealed
+    under a key only the card holder has.
+    """
+    units = retried_units(
+        same_key=payment.card_id == state.card_id, spent=state.spent, index=payment.index,
+        last_request=state.last_request, last_units=state.last_units, request=request,
+    )  # fmt: skip
+    if not constant_time_eq(payment.value, state.anchor):
+        raise _invalid()
+    return ChainAccepted(payment.card_id, payment.index, units, _RECEIPT)
 
 
 def verify_payment_bytes(
@@ -345,7 +381,7 @@ def verify_payment_bytes(
     state = lookup(card_id)
     if state is None:
         raise _invalid()
-    return _verify(state, card_id, index, value, units, now, max_units)
+    return _verify(state, card_id, index, value, units, now, max_units, None)
 
 
 def _verify(
@@ -356,8 +392,9 @@ def _verify(
     units: int,
     now: int,
     max_units: int,
+    request: bytes | None,
 ) -> tuple[ChainCardState, ChainAccepted]:
-    state_card_id, anchor, spent, length, denomination, expires_at = state
+    state_card_id, anchor, spent, length, denomination, expires_at, _, _ = state
     paid = units_paid(
         same_key=card_id == state_card_id, spent=spent, index=index, length=length,
         expires_at=expires_at, units=units, now=now, max_units=max_units, what="card",
@@ -367,7 +404,10 @@ def _verify(
     if not constant_time_eq(earlier, anchor):
         raise _invalid()
     # Positional calls: keyword arguments here would cost more than the hash itself.
-    new_state = ChainCardState(state_card_id, value, index, length, denomination, expires_at)
+    new_state = ChainCardState(
+        state_card_id, value, index, length, denomination, expires_at,
+        request, 0 if request is None else paid,
+    )  # fmt: skip
     return new_state, ChainAccepted(card_id, index, paid, _RECEIPT)
 
 

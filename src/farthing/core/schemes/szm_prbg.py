@@ -84,7 +84,12 @@ from farthing.core.prbg import (
     require_strong_modulus,
 )
 from farthing.core.primitives import constant_time_eq, hmac_sha256
-from farthing.core.schemes._advance import Acceptance, IndexPaymentCodec, units_paid
+from farthing.core.schemes._advance import (
+    Acceptance,
+    IndexPaymentCodec,
+    retried_units,
+    units_paid,
+)
 
 __all__ = [
     "BBS_BITS_PER_STEP",
@@ -111,6 +116,7 @@ __all__ = [
     "to_card_code",
     "verify_payment",
     "verify_payment_bytes",
+    "verify_retry",
 ]
 
 METHOD: Final = Protocol.PRBG.value
@@ -156,7 +162,11 @@ def card_secret(master_key: bytes, card_id: bytes) -> bytes:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PrbgCardState:
-    """What the issuer stores per card; ``units`` is the card's total N. No secret."""
+    """What the issuer stores per card; ``units`` is the card's total N. No secret.
+
+    ``last_request`` and ``last_units``: the tag of the request that carried the payment
+    that moved ``spent`` last and the units it took (see :func:`verify_retry`).
+    """
 
     card_id: bytes
     spent: int
@@ -164,6 +174,8 @@ class PrbgCardState:
     generator: Generator
     denomination: Denomination
     expires_at: int
+    last_request: bytes | None = None
+    last_units: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -369,12 +381,14 @@ def verify_payment(
     now: int,
     bbs_key: BbsKey | None = None,
     max_units: int = DEFAULT_MAX_UNITS,
+    request: bytes | None = None,
 ) -> tuple[PrbgCardState, PrbgAccepted]:
     """Accept at least ``units`` units: T_index must be the card's token block. A payment
     over a gap (units lost in flight) is accepted for all it pays; the receipt says how many.
 
     Returns the new state (persist it conditionally on the old ``spent``) and a receipt.
-    ``bbs_key`` is needed for BBS cards only.
+    ``bbs_key`` is needed for BBS cards only. ``request`` is the tag of the request
+    carrying it (kept in the new state for :func:`verify_retry`).
     """
     return _verify(
         state,
@@ -386,7 +400,32 @@ def verify_payment(
         units,
         now,
         max_units,
+        request,
     )
+
+
+def verify_retry(
+    state: PrbgCardState,
+    payment: Payment,
+    *,
+    master_key: bytes,
+    request: bytes | None,
+    bbs_key: BbsKey | None = None,
+) -> PrbgAccepted:
+    """The card's last accepted payment, sent again by the same request (its answer was
+    lost): the receipt it had, and no new state (nothing is taken). Else InvalidPayment.
+
+    The request tag is checked first, so a plain replay costs no generator block.
+    """
+    units = retried_units(
+        same_key=payment.card_id == state.card_id, spent=state.spent, index=payment.index,
+        last_request=state.last_request, last_units=state.last_units, request=request,
+    )  # fmt: skip
+    secret = card_secret(master_key, payment.card_id)
+    expected = stream_block(state.generator, secret, _token_block(payment.index), bbs_key=bbs_key)
+    if not constant_time_eq(expected, payment.token):
+        raise _invalid()
+    return PrbgAccepted(payment.card_id, payment.index, units, _RECEIPT)
 
 
 def verify_payment_bytes(
@@ -404,7 +443,7 @@ def verify_payment_bytes(
     state = lookup(card_id)
     if state is None:
         raise _invalid()
-    return _verify(state, card_id, index, token, master_key, bbs_key, units, now, max_units)
+    return _verify(state, card_id, index, token, master_key, bbs_key, units, now, max_units, None)
 
 
 def _verify(
@@ -417,6 +456,7 @@ def _verify(
     units: int,
     now: int,
     max_units: int,
+    request: bytes | None,
 ) -> tuple[PrbgCardState, PrbgAccepted]:
     paid = units_paid(
         same_key=card_id == state.card_id, spent=state.spent, index=index, length=state.units,
@@ -433,6 +473,8 @@ def _verify(
         generator=state.generator,
         denomination=state.denomination,
         expires_at=state.expires_at,
+        last_request=request,
+        last_units=0 if request is None else paid,
     )
     return new_state, PrbgAccepted(card_id, index, paid, _RECEIPT)
 

@@ -22,11 +22,16 @@ __all__ = ["PaymentContext", "PaymentMethod", "Sealing", "Settlement", "payload_
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PaymentContext:
+    """``request``: the tag of this paid request (:func:`farthing.core.retry.request_tag`),
+    recorded with the payment so that the same request sent again gets the good again;
+    None when it may not be retried."""
+
     payload: JsonObject = field(hash=False)
     route: PricedRoute
     resource: str
     challenge: ChallengeId
     now: int
+    request: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -45,6 +50,7 @@ class Settlement:
     units: int
     receipt: JsonObject = field(default_factory=dict, hash=False)
     sealing: Sealing | None = None
+    retried: bool = False  # a payment accepted before, served again (no new charge)
 
 
 class PaymentMethod(Protocol):

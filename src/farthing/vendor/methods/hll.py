@@ -4,9 +4,13 @@ The merchant cannot check sigma itself (it lacks K_C), so there are two modes:
 
 - ``online`` (the default, safe): before delivering, ask the bank to verify the purchase;
   the bank records (card, counter) once and credits the merchant in the same transaction.
-- ``deferred``: deliver at once and deposit later in batches. The vendor records each
-  purchase durably (a repeat (card, counter) is refused by a unique key) and bounds its risk
-  per card: the value of a card's purchases not yet cleared may not exceed ``risk_limit``.
+- ``deferred``: deliver at once and deposit later in batches, but only for a card the bank
+  vouches for and within two caps; everything else goes online (the core decides:
+  :func:`farthing.core.schemes.hll.decide_deferred`). The card presents the bank's card
+  certificate in the payload (``certificate``), checked offline against the bank's public
+  key. The vendor records each deferred purchase durably (a repeat (card, counter) is
+  refused by a unique key); the value of one card's purchases not yet cleared may not
+  pass ``risk.limit``, nor the value of all cards' together ``risk.merchant_cap``.
 
 The offer the card signed is rebuilt from the request, never sent: merchant id, the request
 path as the good, the price in the bank's units, the raw challenge id as T and its expiry.
@@ -14,7 +18,7 @@ path as the good, the price in the bank's units, the raw challenge id as T and i
 
 from __future__ import annotations
 
-import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
@@ -22,14 +26,24 @@ from typing import Protocol
 import anyio.to_thread
 
 from farthing.core.encoding import b64url_encode
-from farthing.core.errors import ErrorCode, InvalidPayment
+from farthing.core.errors import Conflict, ErrorCode
 from farthing.core.money import Denomination
 from farthing.core.schemes import hll
 from farthing.http.payment_auth import JsonObject
 from farthing.vendor.methods.base import PaymentContext, Settlement, payload_bytes
 from farthing.vendor.pricing import PricedRoute
 
-__all__ = ["DeferredLog", "HllBankClient", "HllMethod", "HllMode", "PendingPurchase"]
+__all__ = [
+    "DeferredLog",
+    "DeferredPolicy",
+    "DeferredRecord",
+    "HllBankClient",
+    "HllMethod",
+    "HllMode",
+    "PendingPurchase",
+]
+
+_MAX_CERTIFICATE_LEN = 512
 
 
 class HllMode(StrEnum):
@@ -40,26 +54,49 @@ class HllMode(StrEnum):
 class HllBankClient(Protocol):
     """The bank, as the vendor reaches it (over HTTP in production)."""
 
-    async def verify_online(self, offer: bytes, payment: bytes) -> None:
-        """Verify and settle one purchase, or raise a FarthingError."""
+    async def verify_online(self, offer: bytes, payment: bytes) -> bool:
+        """Verify and settle one purchase, or raise a FarthingError. True if the bank had
+        settled this very purchase (same offer, same MAC) before: a retry, not charged."""
         ...
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PendingPurchase:
+    """``request``: the tag of the request that carried it (farthing.core.retry)."""
+
     card_id: bytes
     counter: int
     amount: int
     offer: bytes
     payment: bytes
+    request: bytes | None = None
+
+
+DeferredPolicy = Callable[[int, int], hll.DeferredDecision]
+"""Given (card outstanding, merchant outstanding) in units, the core's decision."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeferredRecord:
+    """What the deferred log did: ``deferred``, recorded for deposit (else the bank must
+    verify it online); ``retried``, this very request was recorded before (nothing new)."""
+
+    deferred: bool
+    retried: bool
 
 
 class DeferredLog(Protocol):
     """The vendor store's record of delivered, not yet deposited purchases (blocking)."""
 
-    def record(self, purchase: PendingPurchase, *, risk_limit: int) -> None:
-        """Store it, or raise InvalidPayment for a repeat (card, counter) and
-        InsufficientFunds(RISK_LIMIT) when the card's uncleared value would pass the limit."""
+    def record(self, purchase: PendingPurchase, *, decide: DeferredPolicy) -> DeferredRecord:
+        """In one transaction: read what the card and the merchant are owed unverified, ask
+        ``decide``, and store the purchase only on DEFER. The same request recorded before
+        (a retry after a lost answer) is reported as retried, nothing stored. Raises
+        InvalidPayment for another repeat of (card, counter)."""
+        ...
+
+    def record_online(self, purchase: PendingPurchase) -> None:
+        """Remember a purchase the bank verified online (a replay guard, not a claim)."""
         ...
 
 
@@ -76,18 +113,22 @@ class HllMethod:
         mode: HllMode,
         bank: HllBankClient | None = None,
         deferred: DeferredLog | None = None,
-        risk_limit: int = 0,
+        risk: hll.DeferredRisk | None = None,
+        bank_public_key: bytes | None = None,
     ) -> None:
-        if mode is HllMode.ONLINE and bank is None:
-            raise ValueError("online mode needs a bank client")
-        if mode is HllMode.DEFERRED and (deferred is None or risk_limit <= 0):
-            raise ValueError("deferred mode needs a log and a positive risk limit")
+        if bank is None:
+            raise ValueError("both modes need a bank client (deferred goes online too)")
+        if mode is HllMode.DEFERRED and (
+            deferred is None or risk is None or bank_public_key is None
+        ):
+            raise ValueError("deferred mode needs a log, the risk caps and the bank's public key")
         self._merchant_id = merchant_id
         self._unit_micros = unit_micros
         self._mode = mode
-        self._bank = bank
+        self._bank: HllBankClient = bank
         self._deferred = deferred
-        self._risk_limit = risk_limit
+        self._risk = risk
+        self._bank_public_key = bank_public_key
 
     def _units(self, route: PricedRoute) -> int:
         return -(-route.price.micros // self._unit_micros)
@@ -120,30 +161,76 @@ class HllMethod:
         raw = payload_bytes(context.payload, "payment", max_len=512)
         purchase = hll.decode_payment(raw)
         offer = self.offer_for(context)
-        if self._mode is HllMode.ONLINE:
-            assert self._bank is not None
-            await self._bank.verify_online(hll.encode_offer(offer), raw)
-        else:
-            await self._record_deferred(purchase, offer, raw)
-        card = b64url_encode(purchase.card_id)
-        return Settlement(
-            method=self.name,
-            reference=f"{card}:{purchase.counter}",
-            units=offer.amount,
-            receipt={"card": card, "counter": purchase.counter, "mode": self._mode.value},
-        )
-
-    async def _record_deferred(self, purchase: hll.Purchase, offer: hll.Offer, raw: bytes) -> None:
-        log = self._deferred
-        assert log is not None
-        if purchase.counter == 0:
-            raise InvalidPayment("payment did not verify", code=ErrorCode.PAYMENT_INVALID)
         pending = PendingPurchase(
             card_id=purchase.card_id,
             counter=purchase.counter,
             amount=offer.amount,
             offer=hll.encode_offer(offer),
             payment=raw,
+            request=context.request,
         )
-        record = functools.partial(log.record, pending, risk_limit=self._risk_limit)
-        await anyio.to_thread.run_sync(record)
+        mode, retried = HllMode.ONLINE, False
+        if self._mode is HllMode.DEFERRED:
+            certificate = _certificate(context.payload)
+            record = await self._record_deferred(purchase, offer, pending, certificate, context)
+            mode = HllMode.DEFERRED if record.deferred else HllMode.ONLINE
+            retried = record.retried
+        if mode is HllMode.ONLINE and not retried:
+            retried = await self._verify_online(pending, raw, context)
+        card = b64url_encode(purchase.card_id)
+        return Settlement(
+            method=self.name,
+            reference=f"{card}:{purchase.counter}",
+            units=offer.amount,
+            receipt={"card": card, "counter": purchase.counter, "mode": mode.value},
+            retried=retried,
+        )
+
+    async def _verify_online(
+        self, pending: PendingPurchase, raw: bytes, context: PaymentContext
+    ) -> bool:
+        """The bank settles each purchase once; the same purchase again (its offer binds the
+        path and the challenge) is a retry, served only for a request that may be retried."""
+        retried = await self._bank.verify_online(pending.offer, raw)
+        if retried and context.request is None:
+            raise Conflict("payment already spent", code=ErrorCode.DUPLICATE_SPEND)
+        if self._deferred is not None:  # deferred mode went online: guard replays here
+            await anyio.to_thread.run_sync(self._deferred.record_online, pending)
+        return retried
+
+    async def _record_deferred(
+        self,
+        purchase: hll.Purchase,
+        offer: hll.Offer,
+        pending: PendingPurchase,
+        certificate: bytes | None,
+        context: PaymentContext,
+    ) -> DeferredRecord:
+        """Recorded for deposit if the core allows it; else the bank must verify it."""
+        log, risk, bank_key = self._deferred, self._risk, self._bank_public_key
+        assert log is not None
+        assert risk is not None
+        assert bank_key is not None
+        now = context.now
+
+        def decide(card_outstanding: int, merchant_outstanding: int) -> hll.DeferredDecision:
+            return hll.decide_deferred(
+                risk=risk,
+                bank_public_key=bank_key,
+                certificate=certificate,
+                offer=offer,
+                purchase=purchase,
+                now=now,
+                card_outstanding=card_outstanding,
+                merchant_outstanding=merchant_outstanding,
+            )
+
+        decide(0, 0)  # refuse malformed input before touching the store
+        return await anyio.to_thread.run_sync(lambda: log.record(pending, decide=decide))
+
+
+def _certificate(payload: JsonObject) -> bytes | None:
+    """The card's certificate from the payload, if it sent one."""
+    if payload.get("certificate") is None:
+        return None
+    return payload_bytes(payload, "certificate", max_len=_MAX_CERTIFICATE_LEN)

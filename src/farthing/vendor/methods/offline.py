@@ -63,7 +63,14 @@ class OfflineScheme(Protocol[S]):
 
     def denomination(self, state: S) -> Denomination: ...
 
-    def verify(self, state: S, payment: bytes, *, units: int, now: int) -> Verified[S]: ...
+    def verify(
+        self, state: S, payment: bytes, *, units: int, now: int, request: bytes | None
+    ) -> Verified[S]: ...
+
+    def retry(self, state: S, payment: bytes, *, request: bytes | None) -> Verified[S]:
+        """The state's last accepted payment sent again by the same request (the core's
+        decision), with ``new_state`` unchanged; else InvalidPayment."""
+        ...
 
     def introduce(self, payload: JsonObject, *, now: int) -> S | None:
         """A new state carried by the payload itself (PayWord's commitment), or None."""
@@ -141,16 +148,41 @@ class OfflineMethod(Generic[S]):
         self, key: bytes, state: S, raw: bytes, context: PaymentContext
     ) -> Settlement:
         units = self._units(state, context)
-        verified = self._scheme.verify(state, raw, units=units, now=context.now)
+        try:
+            verified = self._scheme.verify(
+                state, raw, units=units, now=context.now, request=context.request
+            )
+        except InvalidPayment as refused:
+            return self._retried(state, raw, context, refused)
         if not await self._book.advance(state, verified.new_state):
-            raise _invalid()  # lost the race to another request for the same unit
+            # Lost the race: to another payment, or to this very request sent twice at
+            # once. The stored state tells which; only the refusal path reads it.
+            stored = await self._book.load(key)
+            if stored is None:
+                raise _invalid()
+            self._cache.put(key, stored)
+            return self._retried(stored, raw, context, _invalid())
         self._cache.put(key, verified.new_state)
+        return self._settlement(verified, retried=False)
+
+    def _retried(
+        self, state: S, raw: bytes, context: PaymentContext, refused: InvalidPayment
+    ) -> Settlement:
+        """The same request sent again (its answer was lost): served, nothing taken."""
+        try:
+            verified = self._scheme.retry(state, raw, request=context.request)
+        except InvalidPayment:
+            raise refused from None
+        return self._settlement(verified, retried=True)
+
+    def _settlement(self, verified: Verified[S], *, retried: bool) -> Settlement:
         return Settlement(
             method=self.name,
             reference=verified.reference,
             units=verified.units,
             receipt=verified.receipt,
             sealing=verified.sealing,
+            retried=retried,
         )
 
     def _units(self, state: S, context: PaymentContext) -> int:

@@ -77,18 +77,39 @@ class PaywordScheme:
         return HeldCommitment(commitment_id=state.commitment_id, state=state, encoded=raw)
 
     def verify(
-        self, held: HeldCommitment, payment: bytes, *, units: int, now: int
+        self,
+        held: HeldCommitment,
+        payment: bytes,
+        *,
+        units: int,
+        now: int,
+        request: bytes | None,
     ) -> Verified[HeldCommitment]:
         decoded = payword.decode_payment(payment)
-        new_state, accepted = payword.verify_payment(held.state, decoded, units=units, now=now)
-        commitment = b64url_encode(accepted.commitment_id)
-        return Verified(
-            new_state=HeldCommitment(
-                commitment_id=held.commitment_id, state=new_state, encoded=held.encoded
-            ),
-            key=accepted.commitment_id,
-            index=accepted.index,
-            units=accepted.units,
-            reference=f"{commitment}:{accepted.index}",
-            receipt={"commitment": commitment, "index": accepted.index},
+        new_state, accepted = payword.verify_payment(
+            held.state, decoded, units=units, now=now, request=request
         )
+        return _verified(
+            HeldCommitment(commitment_id=held.commitment_id, state=new_state, encoded=held.encoded),
+            accepted,
+        )
+
+    def retry(
+        self, held: HeldCommitment, payment: bytes, *, request: bytes | None
+    ) -> Verified[HeldCommitment]:
+        decoded = payword.decode_payment(payment)
+        return _verified(held, payword.verify_retry(held.state, decoded, request=request))
+
+
+def _verified(
+    new_state: HeldCommitment, accepted: payword.PaywordAccepted
+) -> Verified[HeldCommitment]:
+    commitment = b64url_encode(accepted.commitment_id)
+    return Verified(
+        new_state=new_state,
+        key=accepted.commitment_id,
+        index=accepted.index,
+        units=accepted.units,
+        reference=f"{commitment}:{accepted.index}",
+        receipt={"commitment": commitment, "index": accepted.index},
+    )

@@ -6,6 +6,8 @@ card state and derives the key that payment distributed, to seal the response wi
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 from farthing.core.encoding import b64url_encode
 from farthing.core.money import Denomination
 from farthing.core.prbg import BbsKey
@@ -16,6 +18,8 @@ from farthing.vendor.methods.offline import Verified
 from farthing.vendor.pricing import PricedRoute
 
 __all__ = ["ChainScheme", "PrbgScheme", "szm_request"]
+
+S = TypeVar("S")
 
 
 def szm_request(route: PricedRoute) -> JsonObject:
@@ -51,23 +55,37 @@ class ChainScheme:
         return None
 
     def verify(
-        self, state: szm_chain.ChainCardState, payment: bytes, *, units: int, now: int
+        self,
+        state: szm_chain.ChainCardState,
+        payment: bytes,
+        *,
+        units: int,
+        now: int,
+        request: bytes | None,
     ) -> Verified[szm_chain.ChainCardState]:
         decoded = szm_chain.decode_payment(payment)
-        new_state, accepted = szm_chain.verify_payment(state, decoded, units=units, now=now)
+        new_state, accepted = szm_chain.verify_payment(
+            state, decoded, units=units, now=now, request=request
+        )
+        return self._verified(state, new_state, accepted)
+
+    def retry(
+        self, state: szm_chain.ChainCardState, payment: bytes, *, request: bytes | None
+    ) -> Verified[szm_chain.ChainCardState]:
+        decoded = szm_chain.decode_payment(payment)
+        accepted = szm_chain.verify_retry(state, decoded, request=request)
+        return self._verified(state, state, accepted)
+
+    def _verified(
+        self,
+        state: szm_chain.ChainCardState,
+        new_state: szm_chain.ChainCardState,
+        accepted: szm_chain.ChainAccepted,
+    ) -> Verified[szm_chain.ChainCardState]:
         key = szm_chain.issuer_payment_key(
             self._master_key, state, accepted.index, mode=self._key_mode
         )
-        card = b64url_encode(accepted.card_id)
-        return Verified(
-            new_state=new_state,
-            key=accepted.card_id,
-            index=accepted.index,
-            units=accepted.units,
-            reference=f"{card}:{accepted.index}",
-            receipt={"card": card, "index": accepted.index},
-            sealing=Sealing(key=key, card_id=accepted.card_id, index=accepted.index),
-        )
+        return _szm_verified(new_state, accepted.card_id, accepted.index, accepted.units, key)
 
 
 class PrbgScheme:
@@ -92,7 +110,13 @@ class PrbgScheme:
         return None
 
     def verify(
-        self, state: szm_prbg.PrbgCardState, payment: bytes, *, units: int, now: int
+        self,
+        state: szm_prbg.PrbgCardState,
+        payment: bytes,
+        *,
+        units: int,
+        now: int,
+        request: bytes | None,
     ) -> Verified[szm_prbg.PrbgCardState]:
         decoded = szm_prbg.decode_payment(payment)
         new_state, accepted = szm_prbg.verify_payment(
@@ -102,17 +126,40 @@ class PrbgScheme:
             units=units,
             now=now,
             bbs_key=self._bbs_key,
+            request=request,
         )
+        return self._verified(state, new_state, accepted)
+
+    def retry(
+        self, state: szm_prbg.PrbgCardState, payment: bytes, *, request: bytes | None
+    ) -> Verified[szm_prbg.PrbgCardState]:
+        decoded = szm_prbg.decode_payment(payment)
+        accepted = szm_prbg.verify_retry(
+            state, decoded, master_key=self._master_key, request=request, bbs_key=self._bbs_key
+        )
+        return self._verified(state, state, accepted)
+
+    def _verified(
+        self,
+        state: szm_prbg.PrbgCardState,
+        new_state: szm_prbg.PrbgCardState,
+        accepted: szm_prbg.PrbgAccepted,
+    ) -> Verified[szm_prbg.PrbgCardState]:
         key = szm_prbg.issuer_payment_key(
             self._master_key, state, accepted.index, bbs_key=self._bbs_key
         )
-        card = b64url_encode(accepted.card_id)
-        return Verified(
-            new_state=new_state,
-            key=accepted.card_id,
-            index=accepted.index,
-            units=accepted.units,
-            reference=f"{card}:{accepted.index}",
-            receipt={"card": card, "index": accepted.index},
-            sealing=Sealing(key=key, card_id=accepted.card_id, index=accepted.index),
-        )
+        return _szm_verified(new_state, accepted.card_id, accepted.index, accepted.units, key)
+
+
+def _szm_verified(new_state: S, card_id: bytes, index: int, units: int, key: bytes) -> Verified[S]:
+    """The adapter's record of an accepted (or retried) SZM payment, with its seal key."""
+    card = b64url_encode(card_id)
+    return Verified(
+        new_state=new_state,
+        key=card_id,
+        index=index,
+        units=units,
+        reference=f"{card}:{index}",
+        receipt={"card": card, "index": index},
+        sealing=Sealing(key=key, card_id=card_id, index=index),
+    )

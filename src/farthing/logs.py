@@ -1,0 +1,110 @@
+"""Server logging that an attacker cannot flood: the same warning or error is written at
+most ``burst`` times per ``per`` seconds; the next one written after that says how many
+were dropped.
+
+"The same" is the same logging call (logger, level, source file and line) with the same
+exception type, not the same text: asyncio's "socket.accept() out of system resource"
+names a file descriptor in its text, and the review's file-handle attack wrote it, with
+its traceback, some thousand times a second. Records below WARNING (uvicorn's access
+log, start-up messages) are never dropped.
+
+:func:`rate_limited_log_config` is uvicorn's logging configuration with this filter on its
+``default`` handler, which also becomes the root logger's handler, so that records of
+asyncio and of farthing's own loggers pass the same filter (before, they went to Python's
+last-resort handler, unfiltered).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+__all__ = ["DEFAULT_BURST", "DEFAULT_PER", "RateLimitedLog", "rate_limited_log_config"]
+
+DEFAULT_BURST: Final = 10
+DEFAULT_PER: Final = 60.0
+_MAX_KEYS: Final = 1024  # logging calls tracked; the least recently seen is forgotten
+
+_Key = tuple[str, int, str, int, str]
+
+
+@dataclass(slots=True)
+class _Window:
+    started: float
+    written: int = 0
+    dropped: int = 0
+
+
+class RateLimitedLog(logging.Filter):
+    """A handler filter: at most ``burst`` records per logging call and ``per`` seconds."""
+
+    def __init__(
+        self,
+        burst: int = DEFAULT_BURST,
+        per: float = DEFAULT_PER,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__()
+        self._burst = burst
+        self._per = per
+        self._clock = clock
+        self._windows: OrderedDict[_Key, _Window] = OrderedDict()
+        self._lock = threading.Lock()  # records come from worker threads too
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        now = self._clock()
+        with self._lock:
+            window = self._window(_key(record), now)
+            if now - window.started >= self._per:
+                if window.dropped:
+                    _note_dropped(record, window.dropped, self._per)
+                window.started, window.written, window.dropped = now, 0, 0
+            if window.written >= self._burst:
+                window.dropped += 1
+                return False
+            window.written += 1
+            return True
+
+    def _window(self, key: _Key, now: float) -> _Window:
+        window = self._windows.get(key)
+        if window is None:
+            window = self._windows[key] = _Window(started=now)
+            if len(self._windows) > _MAX_KEYS:
+                self._windows.popitem(last=False)
+        else:
+            self._windows.move_to_end(key)
+        return window
+
+
+def _key(record: logging.LogRecord) -> _Key:
+    exc_type = record.exc_info[0].__name__ if record.exc_info and record.exc_info[0] else ""
+    return (record.name, record.levelno, record.pathname, record.lineno, exc_type)
+
+
+def _note_dropped(record: logging.LogRecord, dropped: int, per: float) -> None:
+    record.msg = f"{record.getMessage()} [{dropped} more like this dropped in the last {per:g} s]"
+    record.args = None
+
+
+def rate_limited_log_config(
+    base: dict[str, Any], *, burst: int = DEFAULT_BURST, per: float = DEFAULT_PER
+) -> dict[str, Any]:
+    """``base`` (uvicorn's ``LOGGING_CONFIG``) with the filter on its ``default`` handler
+    and that handler on the root logger (WARNING and above)."""
+    config = copy.deepcopy(base)
+    config.setdefault("filters", {})["rate_limited"] = {
+        "()": f"{__name__}.RateLimitedLog",
+        "burst": burst,
+        "per": per,
+    }
+    config["handlers"]["default"].setdefault("filters", []).append("rate_limited")
+    config["root"] = {"handlers": ["default"], "level": "WARNING"}
+    return config
