@@ -95,11 +95,13 @@ class VendorFolder:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class HllLink:
-    """How the vendor reaches the bank for ``hll:mac`` online."""
+    """How the vendor reaches the bank for ``hll:mac`` online (and its PayWord broker, which
+    admits each commitment and redeems it)."""
 
     issuer_url: str
     merchant_id: str
     merchant_key: bytes
+    broker_public: bytes
 
 
 def write_vendor(
@@ -127,13 +129,16 @@ def write_vendor(
         f'chain_master = "{CHAIN_MASTER.hex()}"\n'
         f'prbg_master = "{PRBG_MASTER.hex()}"\n'
     )
+    # With a bank, PayWord runs under the bank's broker: it admits each commitment (the
+    # vendor deposits there); without one, under the bench's own key (nothing to admit at).
+    broker_public = ed25519_public_key(BROKER_KEY) if hll_link is None else hll_link.broker_public
     with config.open("a") as handle:
         if payword:
             handle.write(
                 "[payword]\n"
                 f'vendor_id = "{VENDOR_ID}"\n'
                 f'broker_id = "{BROKER_ID}"\n'
-                f'broker_public_key = "{ed25519_public_key(BROKER_KEY).hex()}"\n'
+                f'broker_public_key = "{broker_public.hex()}"\n'
                 f"unit_micros = {EUR.unit_micros}\n"
             )
         if hll_link is not None:
@@ -200,7 +205,7 @@ def card_row(
         card_id=card_id,
         batch_id=batch_id,
         protocol=protocol,
-        generator=None if protocol is SzmProtocol.CHAIN else Generator.HMAC_DRBG.value,
+        generator=None if protocol is SzmProtocol.CHAIN else Generator.HMAC_CTR.value,
         currency=EUR.currency,
         unit_micros=EUR.unit_micros,
         units=units,
@@ -304,7 +309,7 @@ COMMITMENT_CARRIERS: Final = 2
 def payword_lines(ctx: Issuing, commitments: int, units: int) -> list[str]:
     """Payments under fresh commitments; the first two of each carry the commitment."""
     challenge, now = challenge_id(ctx.secret, "payword"), int(time.time())
-    cert = payword_certificate()
+    cert = payword_certificate() if ctx.bank is None else ctx.bank.payword_certificate
     columns = []
     for _ in range(commitments):
         seed = os.urandom(32)
@@ -421,7 +426,7 @@ def issuer_available() -> bool:
 def write_issuer_keys(path: Path) -> None:
     from farthing.issuer import generate_issuer_keys, write_key_file
 
-    write_key_file(path, generate_issuer_keys(os.urandom, broker_id=BROKER_ID, bbs_bits=1024))
+    write_key_file(path, generate_issuer_keys(os.urandom, broker_id=BROKER_ID, bbs_bits=2048))
 
 
 class BankSide:
@@ -441,6 +446,15 @@ class BankSide:
         accounts.load(BANK_ACTOR, "reader", 10**12, "bench")
         self.merchant_id = MERCHANT_ID
         self.merchant_key = accounts.create_merchant(BANK_ACTOR, MERCHANT_ID, EUR.currency).key
+        self.broker_public = config.keys.broker_public_key
+        self.payword_certificate = self.services.payword.register_user(
+            BANK_ACTOR,
+            user_id="alice",
+            customer_id="reader",
+            public_key=ed25519_public_key(USER_KEY),
+            credit_limit=1 << 40,
+            unit_micros=EUR.unit_micros,
+        ).certificate
 
     def new_cards(self, count: int, units: int) -> list[hll.SoftwareCard]:
         """Cards personalised by the bank (value moved from the customer), PIN entered."""
@@ -467,7 +481,10 @@ class BankSide:
 
     def link(self, base: str) -> HllLink:
         return HllLink(
-            issuer_url=base, merchant_id=self.merchant_id, merchant_key=self.merchant_key
+            issuer_url=base,
+            merchant_id=self.merchant_id,
+            merchant_key=self.merchant_key,
+            broker_public=self.broker_public,
         )
 
     def close(self) -> None:

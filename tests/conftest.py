@@ -6,6 +6,9 @@
   manage their own schema.
 - ``fresh_pg_dsn``: a new, empty database for one test, dropped afterwards.
 
+Every test runs inside :func:`farthing.testing.cheap_wallet_kdf` (wallets with a cheap
+Argon2id cost), except those marked ``real_kdf``, which see the production floor.
+
 It also sets Hypothesis' defaults: no per-example deadline (speed is measured in
 ``bench/``, not in tests; a loaded CI machine would make deadlines flaky), and under
 ``CI`` (set by ``.ci/run``) derandomized examples, so a CI verdict is repeatable. And it
@@ -24,6 +27,7 @@ from collections.abc import Iterator
 import pytest
 from hypothesis import settings
 
+from farthing.testing import cheap_wallet_kdf
 from tests.pgserver import PgServer, PgUnavailable
 
 _names = itertools.count(1)
@@ -44,6 +48,15 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     (Not elsewhere: a tool that runs pytest in its own process goes on living after it.)"""
     if os.environ.get("CI"):
         faulthandler.dump_traceback_later(_EXIT_DEADLINE, exit=True, file=sys.__stderr__)
+
+
+@pytest.fixture(autouse=True)
+def _cheap_wallet_kdf(request: pytest.FixtureRequest) -> Iterator[None]:
+    if request.node.get_closest_marker("real_kdf") is not None:
+        yield
+        return
+    with cheap_wallet_kdf():
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from typer.testing import CliRunner
 
+from farthing.cli import app
 from farthing.http.payment_auth import parse_challenges
 from farthing.issuer.config import generate_issuer_keys, write_key_file
 
@@ -28,8 +30,15 @@ async def test_the_publisher_quickstart_runs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     write_key_file(
-        tmp_path / "issuer.keys.json", generate_issuer_keys(os.urandom, broker_id="b", bbs_bits=512)
+        tmp_path / "issuer.keys.json",
+        generate_issuer_keys(os.urandom, broker_id="b", bbs_bits=2048),
     )
+    made = CliRunner().invoke(
+        app,
+        ["vendor", "keys", "--issuer-keys", str(tmp_path / "issuer.keys.json"),
+         "--out", str(tmp_path / "vendor.keys.json")],
+    )  # fmt: skip
+    assert made.exit_code == 0, made.output
     (tmp_path / "challenge.key").write_text(os.urandom(32).hex())
     monkeypatch.chdir(tmp_path)
     namespace: dict[str, object] = {}

@@ -59,7 +59,7 @@ def test_vendor_serve_runs_two_workers_under_the_limits_given(tmp_path: Path) ->
     (folder / "articles").mkdir(parents=True)
     (folder / "articles" / "a.txt").write_text("article a")
     keys = tmp_path / "issuer.keys.json"
-    write_key_file(keys, generate_issuer_keys(os.urandom, broker_id="b", bbs_bits=512))
+    write_key_file(keys, generate_issuer_keys(os.urandom, broker_id="b", bbs_bits=2048))
     made = CliRunner().invoke(app, ["vendor", "init", str(folder), "--issuer-keys", str(keys)])
     assert made.exit_code == 0, made.output
     port = free_port()

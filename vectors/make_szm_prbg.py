@@ -1,7 +1,7 @@
 """Build the SZM protocol 2 (PRBG) vectors: vectors/szm_prbg/{generate,verify,invalid}.json.
 
 Run ``python vectors/make_szm_prbg.py`` to rewrite the files. Everything is deterministic:
-the master key, card ids and the (small, 512-bit) Blum modulus come from
+the master key, card ids and the 2048-bit Blum modulus come from
 :class:`farthing.testing.DeterministicRandom` with fixed seeds, and times are fixed. Bytes
 are lowercase hex; big integers (p, q, n) are big-endian hex. The expected error of each
 invalid vector is written here by hand, not captured from the code.
@@ -38,7 +38,7 @@ EXPIRES = NOW + 90 * 86_400
 EUR = Denomination(currency="EUR", unit_micros=1000)
 REALM = "news.example"
 MASTER = DeterministicRandom("farthing/vectors/szm-prbg/master")(32)
-BBS_KEY = generate_blum_modulus(512, DeterministicRandom("farthing/vectors/szm-prbg/bbs-512"))
+BBS_KEY = generate_blum_modulus(2048, DeterministicRandom("farthing/vectors/szm-prbg/bbs-2048"))
 
 
 def big(value: int) -> str:
@@ -78,8 +78,8 @@ def state_json(state: PrbgCardState) -> Json:
 
 def generate_vectors() -> list[Json]:
     plans = [
-        ("hmac-single-units", Generator.HMAC_DRBG, 4, [1, 1, 1, 1]),
-        ("hmac-skip-ahead", Generator.HMAC_DRBG, 50, [2, 5, 40]),
+        ("hmac-single-units", Generator.HMAC_CTR, 4, [1, 1, 1, 1]),
+        ("hmac-skip-ahead", Generator.HMAC_CTR, 50, [2, 5, 40]),
         ("bbs-single-units", Generator.BBS, 4, [1, 1, 1, 1]),
         ("bbs-skip-ahead", Generator.BBS, 20, [3, 1, 16]),
     ]
@@ -126,7 +126,7 @@ def _generate(name: str, generator: Generator, total: int, plan: list[int]) -> J
 def verify_vectors() -> list[Json]:
     """One accepted step each: state before, payment, price, state after."""
     vectors: list[Json] = []
-    for generator in (Generator.HMAC_DRBG, Generator.BBS):
+    for generator in (Generator.HMAC_CTR, Generator.BBS):
         state, card = issue(f"verify-{generator.value}", 30, generator)
         for step, units in enumerate([1, 2, 10, 17], start=1):
             card, payment, _ = next_payment(card, units, now=NOW)
@@ -166,7 +166,7 @@ def _refused(vector: Json, error: str, code: str) -> Json:
 
 def invalid_vectors() -> list[Json]:
     cases: list[Json] = []
-    for generator in (Generator.HMAC_DRBG, Generator.BBS):
+    for generator in (Generator.HMAC_CTR, Generator.BBS):
         cases += _invalid_for(generator)
     return cases + _malformed()
 
@@ -204,7 +204,7 @@ def _invalid_for(generator: Generator) -> list[Json]:
 
 
 def _other(generator: Generator) -> Generator:
-    return Generator.BBS if generator is Generator.HMAC_DRBG else Generator.HMAC_DRBG
+    return Generator.BBS if generator is Generator.HMAC_CTR else Generator.HMAC_CTR
 
 
 def _key_block_1(card: PrbgCard) -> bytes:
@@ -213,7 +213,7 @@ def _key_block_1(card: PrbgCard) -> bytes:
 
 
 def _malformed() -> list[Json]:
-    fresh, card = issue("malformed", 10, Generator.HMAC_DRBG)
+    fresh, card = issue("malformed", 10, Generator.HMAC_CTR)
     _, payment, _ = next_payment(card, 1, now=NOW)
     raw = encode_payment(payment)
     short = Writer(PAYMENT_DOMAIN).bytes(payment.card_id).u64(1).bytes(payment.token[:31])
@@ -245,7 +245,7 @@ def build() -> dict[str, dict[str, object]]:
     return {
         "generate": {
             "description": "SZM protocol 2: card secrets, the first stream blocks, card codes, "
-            "payments (tokens) and keys, for the hmac-drbg and bbs generators.",
+            "payments (tokens) and keys, for the hmac-ctr and bbs generators.",
             "vectors": generate_vectors(),
         },
         "verify": {

@@ -33,12 +33,12 @@ BASE = CardCode(
     generator=Generator.SHA256_CHAIN,
     realm="news.example",
 )
-BBS = replace(BASE, protocol=Protocol.PRBG, generator=Generator.BBS, modulus=b"\xc5" + bytes(63))
+BBS = replace(BASE, protocol=Protocol.PRBG, generator=Generator.BBS, modulus=b"\xc5" + bytes(255))
 
 kinds = st.sampled_from(
     [
         (Protocol.CHAIN, Generator.SHA256_CHAIN),
-        (Protocol.PRBG, Generator.HMAC_DRBG),
+        (Protocol.PRBG, Generator.HMAC_CTR),
         (Protocol.PRBG, Generator.BBS),
     ]
 )
@@ -49,7 +49,10 @@ def card_codes(draw: st.DrawFn) -> CardCode:
     protocol, generator = draw(kinds)
     modulus = b""
     if generator is Generator.BBS:
-        modulus = draw(st.integers(1, 255)).to_bytes(1, "big") + draw(st.binary(max_size=300))
+        top = draw(st.integers(1, 255)).to_bytes(1, "big")  # 2041..2048 bits and longer
+        modulus = top + draw(st.binary(min_size=255, max_size=300))
+        if int.from_bytes(modulus, "big").bit_length() < 2048:
+            modulus = b"\x80" + modulus[1:]
     return CardCode(
         protocol=protocol,
         card_id=draw(st.binary(min_size=16, max_size=16)),
@@ -159,7 +162,7 @@ def test_non_canonical_base32_spare_bits_refused() -> None:
 
 def test_field_rules() -> None:
     with pytest.raises(UnsupportedMethod):
-        replace(BASE, generator=Generator.HMAC_DRBG)
+        replace(BASE, generator=Generator.HMAC_CTR)
     with pytest.raises(UnsupportedMethod):
         replace(BBS, generator=Generator.SHA256_CHAIN)
     with pytest.raises(MalformedMessage):
@@ -168,6 +171,19 @@ def test_field_rules() -> None:
         replace(BASE, modulus=b"\x01")
     with pytest.raises(MalformedMessage):
         replace(BBS, modulus=b"\x00\x01")
+
+
+@pytest.mark.parametrize("bits", [8, 512, 1024, 2047])
+def test_a_bbs_card_under_2048_bits_is_refused(bits: int) -> None:
+    weak = (1 << (bits - 1) | 1).to_bytes((bits + 7) // 8, "big")
+    with pytest.raises(MalformedMessage, match="2048"):
+        replace(BBS, modulus=weak)
+    # A card code someone printed with a weak modulus does not parse either.
+    raw = Writer(CARD_DOMAIN).text("szm:prbg").bytes(BBS.card_id).bytes(BBS.secret)
+    raw = raw.u64(1).text("EUR").u64(1000).u64(1_900_000_000).text("bbs").text("x").bytes(weak)
+    card = raw.finish()
+    with pytest.raises(MalformedMessage, match="2048"):
+        from_compact(b64url_encode(card + sha256(card)[:4]))
     with pytest.raises(MalformedMessage):
         replace(BASE, card_id=bytes(15))
     with pytest.raises(MalformedMessage):

@@ -25,12 +25,14 @@ from farthing.core.money import Denomination
 from farthing.core.primitives import ed25519_public_key, ed25519_sign
 from farthing.core.schemes.payword import (
     CHAIN_TAG,
+    DEFAULT_REDEEM_WINDOW,
     MAX_LENGTH,
     PAYMENT_DOMAIN,
     BrokerCredit,
     Certificate,
     Commitment,
     CommitmentState,
+    OpenCommitment,
     Payment,
     PaywordAccepted,
     PaywordBroker,
@@ -40,6 +42,7 @@ from farthing.core.schemes.payword import (
     Redemption,
     RedemptionState,
     accept_commitment,
+    admit_commitment,
     broker_redeem,
     commit,
     commitment_body,
@@ -53,6 +56,7 @@ from farthing.core.schemes.payword import (
     encode_payment,
     encode_redemption,
     issue_certificate,
+    require_admitted,
     verify_certificate,
     verify_payment,
     verify_payment_bytes,
@@ -807,3 +811,70 @@ def skipped(prices_paid: list[int]) -> int:
         else:
             spent += units
     return refused
+
+
+# --- the broker caps a user's open commitments, not only each one -----------------------
+
+
+def admit(
+    commitment: Commitment, admitted: list[OpenCommitment], *, now: int = NOW
+) -> OpenCommitment:
+    return admit_commitment(
+        BROKER_PUBLIC,
+        commitment,
+        vendor_id=commitment.vendor_id,
+        open_commitments=admitted,
+        now=now,
+    )
+
+
+def test_the_broker_caps_the_sum_of_a_users_commitments_across_vendors() -> None:
+    # credit limit 1000 units: each 400-unit commitment fits alone, three do not together.
+    admitted: list[OpenCommitment] = []
+    for vendor in ("a.example", "b.example"):
+        admitted.append(admit(make_commitment(vendor_id=vendor, length=400), admitted))
+    third = make_commitment(vendor_id="c.example", length=400)
+    accept(third, vendor_id="c.example")  # the per-commitment check alone lets it through
+    with pytest.raises(InsufficientFunds) as refused:
+        admit(third, admitted)
+    assert code_of(refused) is ErrorCode.CREDIT_LIMIT
+    assert sum(c.outstanding_micros(now=NOW) for c in admitted) == 800 * 1000
+    admit(make_commitment(vendor_id="c.example", length=200), admitted)  # exactly the limit
+
+
+def test_redeemed_and_closed_commitments_free_the_credit() -> None:
+    first = admit(make_commitment(vendor_id="a.example", length=1000), [])
+    second = make_commitment(vendor_id="b.example", length=300)
+    with pytest.raises(InsufficientFunds):
+        admit(second, [first])
+    # Redeemed units are the user's debt, billed through the ledger: only what vendors may
+    # still claim counts as open.
+    partly = replace(first, redeemed=299)
+    assert partly.outstanding_micros(now=NOW) == 701 * 1000
+    with pytest.raises(InsufficientFunds):
+        admit(second, [partly])
+    admit(second, [replace(first, redeemed=300)])
+    closed = first.expires_at + DEFAULT_REDEEM_WINDOW  # no vendor can redeem any more
+    assert first.outstanding_micros(now=closed) == 0
+
+
+def test_admitting_is_idempotent_and_checks_the_commitment() -> None:
+    commitment = make_commitment(length=1000)
+    once = admit(commitment, [])
+    assert admit(commitment, [once]) == once  # not counted twice
+    with pytest.raises(InvalidPayment):
+        admit_commitment(BROKER_PUBLIC, commitment, vendor_id="other", open_commitments=[], now=NOW)
+    with pytest.raises(PaymentExpired):
+        admit(commitment, [], now=commitment.expires_at)
+
+
+def test_the_broker_pays_only_for_commitments_it_admitted() -> None:
+    commitment = make_commitment(length=10)
+    redemption = Redemption(commitment=commitment, index=3, value=chain_walk(CHAIN_TAG, SEED, 7))
+    with pytest.raises(InvalidPayment) as refused:
+        require_admitted(None, redemption)
+    assert code_of(refused) is ErrorCode.DEPOSIT_INVALID
+    other = admit(make_commitment(vendor_id="b.example", length=10), [])
+    with pytest.raises(InvalidPayment):
+        require_admitted(other, redemption)
+    require_admitted(admit(commitment, []), redemption)

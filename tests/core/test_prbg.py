@@ -18,11 +18,13 @@ from farthing.core.prbg import (
     bbs_read,
     bbs_seed,
     bbs_steps_per_block,
+    blum_modulus_of_any_size,
     generate_blum_modulus,
+    require_strong_modulus,
 )
 from farthing.testing import DeterministicRandom
 
-KEY_512 = generate_blum_modulus(512, DeterministicRandom("test/prbg/bbs-512"))
+KEY_512 = blum_modulus_of_any_size(512, DeterministicRandom("test/prbg/bbs-512"))
 seeds = st.binary(min_size=32, max_size=32)
 
 
@@ -70,16 +72,31 @@ def test_generated_modulus_is_a_blum_integer() -> None:
 
 
 def test_generation_is_deterministic_for_a_seeded_rng() -> None:
-    again = generate_blum_modulus(512, DeterministicRandom("test/prbg/bbs-512"))
-    other = generate_blum_modulus(512, DeterministicRandom("test/prbg/other"))
+    again = blum_modulus_of_any_size(512, DeterministicRandom("test/prbg/bbs-512"))
+    other = blum_modulus_of_any_size(512, DeterministicRandom("test/prbg/other"))
     assert again == KEY_512
     assert other.n != KEY_512.n
 
 
 @pytest.mark.parametrize("bits", [16, 17, 64, 255, 256])
 def test_generated_size_is_exact(bits: int) -> None:
+    key = blum_modulus_of_any_size(bits, DeterministicRandom(f"size-{bits}"))
+    assert key.n.bit_length() == bits
+
+
+@pytest.mark.parametrize("bits", [2048, 2049])
+def test_generation_gives_at_least_2048_bits(bits: int) -> None:
     key = generate_blum_modulus(bits, DeterministicRandom(f"size-{bits}"))
     assert key.n.bit_length() == bits
+    require_strong_modulus(key.n)
+
+
+@pytest.mark.parametrize("bits", [16, 512, 1024, 2047])
+def test_generation_refuses_moduli_under_2048_bits(bits: int) -> None:
+    with pytest.raises(ValueError, match="2048"):
+        generate_blum_modulus(bits, DeterministicRandom("weak"))
+    with pytest.raises(ValueError, match="2048"):
+        require_strong_modulus(blum_modulus_of_any_size(bits, DeterministicRandom("weak")).n)
 
 
 def test_key_validation() -> None:
@@ -92,7 +109,7 @@ def test_key_validation() -> None:
     with pytest.raises(ValueError):
         BbsPublic(n=2**64)  # even
     with pytest.raises(ValueError):
-        generate_blum_modulus(8, DeterministicRandom("x"))
+        blum_modulus_of_any_size(8, DeterministicRandom("x"))
 
 
 # --- BBS: textbook cross-checks ------------------------------------------------------------
@@ -118,7 +135,7 @@ def test_tiny_textbook_sequence() -> None:
 @settings(max_examples=30, deadline=None)
 @given(st.integers(0, 2**32), st.integers(0, 400))
 def test_jump_matches_naive_loop_on_small_moduli(seed: int, steps: int) -> None:
-    key = generate_blum_modulus(40, DeterministicRandom(seed.to_bytes(8, "big")))
+    key = blum_modulus_of_any_size(40, DeterministicRandom(seed.to_bytes(8, "big")))
     x0 = bbs_seed(key.public, seed.to_bytes(32, "big"))
     naive = x0
     for _ in range(steps):
@@ -180,7 +197,7 @@ def test_seed_is_a_quadratic_residue_coprime_to_n() -> None:
 def test_bits_per_step_bounds() -> None:
     assert bbs_steps_per_block(KEY_512.public) == 32
     assert bbs_steps_per_block(KEY_512.public, 1) == 256
-    small = generate_blum_modulus(128, DeterministicRandom("small")).public  # lg lg n = 7
+    small = blum_modulus_of_any_size(128, DeterministicRandom("small")).public  # lg lg n = 7
     for bad_pub, bits in [(KEY_512.public, 3), (KEY_512.public, 16), (small, 8)]:
         with pytest.raises(ValueError):
             bbs_steps_per_block(bad_pub, bits)

@@ -66,7 +66,7 @@ def prbg_case() -> tuple[Any, Any, Callable[..., Any], Callable[..., Any]]:
         units=20,
         denomination=EUR,
         expires_at=NOW + 99,
-        generator=Generator.HMAC_DRBG,
+        generator=Generator.HMAC_CTR,
     )
     _, payment, _ = szm_prbg.next_payment(card, 3, now=NOW)
 

@@ -22,6 +22,7 @@ from farthing.core.prbg import (
     bbs_block,
     bbs_read,
     bbs_seed,
+    blum_modulus_of_any_size,
     generate_blum_modulus,
 )
 from farthing.core.primitives import hmac_sha256
@@ -52,12 +53,12 @@ from farthing.core.sealing import open_sealed, seal
 from farthing.testing import DeterministicRandom
 
 MASTER = DeterministicRandom("test/szm-prbg/master")(32)
-BBS_KEY = generate_blum_modulus(512, DeterministicRandom("test/szm-prbg/bbs-512"))
+BBS_KEY = generate_blum_modulus(2048, DeterministicRandom("test/szm-prbg/bbs-2048"))
 EUR = Denomination(currency="EUR", unit_micros=1000)
 NOW = 1_800_000_000
 NO_CARDS: dict[bytes, None] = {}
 EXPIRES = NOW + 3600
-GENERATORS = [Generator.HMAC_DRBG, Generator.BBS]
+GENERATORS = [Generator.HMAC_CTR, Generator.BBS]
 
 
 def fresh(
@@ -94,7 +95,7 @@ def test_card_secret_is_an_hmac_of_the_card_id() -> None:
 
 
 def test_tokens_and_keys_alternate_in_the_stream() -> None:
-    _, card = fresh(Generator.HMAC_DRBG)
+    _, card = fresh(Generator.HMAC_CTR)
     stream = HmacCounterPrbg(card.secret, domain=STREAM_DOMAIN)
     card2, payment, key = next_payment(card, 1, now=NOW)
     assert (payment.token, key) == (stream.block(0), stream.block(1))
@@ -144,9 +145,10 @@ def test_card_code_round_trip(generator: Generator) -> None:
         to_card_code(replace(card, spent=1), realm="news.example")
 
 
-def test_bbs_card_needs_a_big_enough_modulus() -> None:
-    small = generate_blum_modulus(128, DeterministicRandom("small")).public
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize("bits", [128, 1024, 2047])
+def test_bbs_card_needs_a_2048_bit_modulus(bits: int) -> None:
+    small = blum_modulus_of_any_size(bits, DeterministicRandom("small")).public
+    with pytest.raises(ValueError, match="2048"):
         new_card(
             bytes(16),
             bytes(32),
@@ -233,7 +235,7 @@ def test_bbs_needs_the_issuers_key() -> None:
     _, payment, _ = next_payment(card, 1, now=NOW)
     with pytest.raises(LocalProtocolError):
         verify_payment(state, payment, master_key=MASTER, units=1, now=NOW)
-    other_key = generate_blum_modulus(512, DeterministicRandom("another issuer"))
+    other_key = generate_blum_modulus(2048, DeterministicRandom("another issuer"))
     with pytest.raises(InvalidPayment):
         verify_payment(state, payment, master_key=MASTER, units=1, now=NOW, bbs_key=other_key)
 
@@ -268,7 +270,7 @@ def test_receipts_cannot_be_forged() -> None:
 
 
 def test_receipts_are_immutable_values() -> None:
-    state, card = fresh(Generator.HMAC_DRBG)
+    state, card = fresh(Generator.HMAC_CTR)
     _, payment, _ = next_payment(card, 2, now=NOW)
     _, receipt = verify_payment(state, payment, master_key=MASTER, units=2, now=NOW)
     _, same = verify_payment(state, payment, master_key=MASTER, units=1, now=NOW)
@@ -375,7 +377,7 @@ def test_any_bit_flip_is_refused(generator: Generator, data: st.DataObject) -> N
 
 
 def test_verify_from_bytes_looks_up_the_card() -> None:
-    state, card = fresh(Generator.HMAC_DRBG)
+    state, card = fresh(Generator.HMAC_CTR)
     _, payment, _ = next_payment(card, 2, now=NOW)
     raw = encode_payment(payment)
     new_state, receipt = verify_payment_bytes(
@@ -474,7 +476,7 @@ def test_sealed_body_opens_only_with_its_own_payment_key(generator: Generator) -
 
 
 def test_payment_key_index_bounds() -> None:
-    state, card = fresh(Generator.HMAC_DRBG)
+    state, card = fresh(Generator.HMAC_CTR)
     for index in (0, 21):
         with pytest.raises(ValueError):
             card_payment_key(card, index)

@@ -42,7 +42,7 @@ def anyio_backend() -> str:
 @pytest.fixture(scope="session")
 def issuer_keys() -> IssuerKeys:
     return generate_issuer_keys(
-        DeterministicRandom("issuer keys"), broker_id="bank.test", bbs_bits=512
+        DeterministicRandom("issuer keys"), broker_id="bank.test", bbs_bits=2048
     )
 
 

@@ -59,7 +59,7 @@ def _measure(what: str, rows: int, work: Callable[[IssuerServices], None]) -> Me
     with tempfile.TemporaryDirectory() as directory:
         path = Path(directory) / "issuer.sqlite"
         rng = DeterministicRandom(what)
-        keys = generate_issuer_keys(rng, broker_id="bank.test", bbs_bits=512)
+        keys = generate_issuer_keys(rng, broker_id="bank.test", bbs_bits=2048)
         store = open_store(str(path), clock=FixedClock(NOW))
         try:
             services = build_services(
@@ -166,7 +166,7 @@ def main() -> None:
             cards,
             _issue(SzmProtocol.CHAIN, cards, args.units),
         ),
-        ("SZM prbg cards (hmac-drbg)", cards, _issue(SzmProtocol.PRBG, cards, args.units)),
+        ("SZM prbg cards (hmac-ctr)", cards, _issue(SzmProtocol.PRBG, cards, args.units)),
         ("HLL spends by deposit (1000 per batch)", spends, _hll_spends(spends, online=False)),
         ("HLL spends online (spend + ledger txn)", online, _hll_spends(online, online=True)),
         ("customer accounts (with audit entry)", args.accounts, _customers(args.accounts)),

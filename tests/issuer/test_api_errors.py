@@ -32,6 +32,7 @@ POST_ROUTES = [
     "/v1/szm/batches",
     "/v1/szm/revenue",
     "/v1/payword/users",
+    "/v1/payword/commitments",
     "/v1/payword/redemptions",
 ]
 

@@ -9,7 +9,7 @@ from farthing.core import cardcode
 from farthing.core.encoding import b64url_decode, b64url_encode
 from farthing.core.errors import ErrorCode
 from farthing.core.money import Denomination
-from farthing.core.schemes import szm_chain, szm_prbg
+from farthing.core.schemes import szm_chain, szm_prbg, szm_status
 from farthing.store import Store, SzmCardRow
 from tests.issuer.helpers import BOTH_BACKENDS, Harness, assert_problem, balanced
 
@@ -83,7 +83,7 @@ def _pays_prbg(h: Harness, code: cardcode.CardCode) -> None:
 
 @pytest.mark.parametrize(
     ("protocol", "generator"),
-    [("szm:chain", None), ("szm:prbg", "hmac-drbg"), ("szm:prbg", "bbs")],
+    [("szm:chain", None), ("szm:prbg", "hmac-ctr"), ("szm:prbg", "bbs")],
 )
 async def test_issued_codes_pay_at_the_issuer(
     api: httpx.AsyncClient, harness: Harness, protocol: str, generator: str | None
@@ -124,30 +124,55 @@ async def test_export_pages_and_is_audited(api: httpx.AsyncClient, harness: Harn
     assert "szm.batch.issue" in actions
 
 
-async def test_card_status_is_public_and_minimal(api: httpx.AsyncClient, harness: Harness) -> None:
-    batch = (await api.post("/v1/szm/batches", json=_batch(harness))).json()
+@pytest.mark.parametrize("protocol", ["szm:chain", "szm:prbg"])
+async def test_card_status_answers_only_the_card_holder(
+    api: httpx.AsyncClient, harness: Harness, protocol: str
+) -> None:
+    batch = (await api.post("/v1/szm/batches", json=_batch(harness, protocol))).json()
     page = (await api.get(f"/v1/szm/batches/{batch['batch_id']}/codes")).json()
-    card_id = page["cards"][0]["card_id"]
+    card_id, code = page["cards"][0]["card_id"], cardcode.from_text(page["cards"][0]["code"])
+    other = cardcode.from_text(page["cards"][1]["code"])
+    now = harness.clock.now()
+
+    def body(secret: bytes, at: int, cid: bytes = code.card_id) -> dict[str, object]:
+        proof = szm_status.status_proof(secret, cid, at)
+        return {"at": at, "proof": b64url_encode(proof)}
+
     transport = httpx.ASGITransport(app=harness.app)
     async with httpx.AsyncClient(transport=transport, base_url="http://anyone") as public:
-        status = (await public.get(f"/v1/szm/cards/{card_id}")).json()
-        unknown = await public.get(f"/v1/szm/cards/{b64url_encode(bytes(16))}")
+        url = f"/v1/szm/cards/{card_id}/status"
+        # Who saw only the card id (it is in every payment) learns nothing: not even
+        # whether the card exists.
+        by_id = await public.get(f"/v1/szm/cards/{card_id}")
+        no_proof = await public.post(url, json={"at": now, "proof": b64url_encode(bytes(32))})
+        other_secret = await public.post(url, json=body(other.secret, now))
+        unknown_id = b64url_encode(bytes(16))
+        unknown = await public.post(
+            f"/v1/szm/cards/{unknown_id}/status", json=body(code.secret, now, bytes(16))
+        )
+        stale = await public.post(url, json=body(code.secret, now - 301))
+        holder = await public.post(url, json=body(code.secret, now - 5))
         codes = await public.get(f"/v1/szm/batches/{batch['batch_id']}/codes")
-    assert status == {
+    assert by_id.status_code in (404, 405)
+    for refused in (no_proof, other_secret, unknown):
+        assert_problem(refused, 404, ErrorCode.NOT_FOUND)
+        assert refused.json()["detail"] == "no such card"
+    assert_problem(stale, 403, ErrorCode.ACCESS_DENIED)
+    assert holder.json() == {
         "card_id": card_id,
         "units": 20,
         "spent": 0,
         "expires_at": harness.clock.now() + 86_400,
         "status": "active",
     }
-    assert_problem(unknown, 404, ErrorCode.NOT_FOUND)
     assert_problem(codes, 401, ErrorCode.UNAUTHENTICATED)
 
     assert harness.store.szm_advance(b64url_decode(card_id), 0, 20, bytes(32))
-    spent = (await api.get(f"/v1/szm/cards/{card_id}")).json()
+    spent = (await api.post(url, json=body(code.secret, harness.clock.now()))).json()
     assert (spent["spent"], spent["status"]) == (20, "exhausted")
     harness.clock.advance(86_400)
-    assert (await api.get(f"/v1/szm/cards/{card_id}")).json()["status"] == "expired"
+    expired = await api.post(url, json=body(code.secret, harness.clock.now()))
+    assert expired.json()["status"] == "expired"
 
 
 async def test_qr_png_carries_the_compact_code(api: httpx.AsyncClient, harness: Harness) -> None:

@@ -13,6 +13,7 @@ from farthing.cli import app
 from farthing.core import cardcode
 from farthing.issuer import load_issuer_keys
 from farthing.store import open_store
+from tests.pgserver import PgServer
 
 
 @pytest.fixture
@@ -35,28 +36,53 @@ def _ok(runner: CliRunner, *args: str) -> str:
 
 
 def _init(runner: CliRunner) -> None:
-    _ok(runner, "init", "--bbs-bits", "256", "--issuer-id", "news.example")
+    _ok(runner, "init", "--issuer-id", "news.example")
 
 
 def test_init_creates_database_and_private_key_file(
     runner: CliRunner, paths: tuple[str, str]
 ) -> None:
     db, keys = paths
-    output = _ok(runner, "init", "--db", db, "--keys", keys, "--bbs-bits", "256")
+    output = _ok(runner, "init", "--db", db, "--keys", keys, "--bbs-bits", "2049")
     assert "key file created" in output
     assert stat.S_IMODE(Path(keys).stat().st_mode) == 0o600
     loaded = load_issuer_keys(keys)
-    assert loaded.bbs.n.bit_length() == 256
+    assert loaded.bbs.n.bit_length() == 2049
     open_store(db, create=False).close()  # migrated to head
     before = Path(keys).read_bytes()
     assert "key file kept" in _ok(runner, "init")  # idempotent, never overwrites keys
     assert Path(keys).read_bytes() == before
 
 
-def test_init_refuses_tiny_bbs_moduli(runner: CliRunner, paths: tuple[str, str]) -> None:
-    result = runner.invoke(app, ["issuer", "init", "--bbs-bits", "64"])
+@pytest.mark.parametrize("bits", ["64", "1024", "2047"])
+def test_init_refuses_bbs_moduli_under_2048_bits(
+    runner: CliRunner, paths: tuple[str, str], bits: str
+) -> None:
+    result = runner.invoke(app, ["issuer", "init", "--bbs-bits", bits])
     assert result.exit_code == 1
+    assert "2048" in result.output
     assert not Path(paths[1]).exists()
+
+
+@pytest.mark.postgres
+def test_init_never_prints_the_dsn_password(
+    runner: CliRunner, tmp_path: Path, pg_server: PgServer
+) -> None:
+    pg_server.create_database("issuer_cli_dsn")
+    dsn = pg_server.dsn("issuer_cli_dsn").replace("@127.0.0.1", ":s3cret-pw@127.0.0.1")
+    assert "s3cret-pw" in dsn
+    keys = str(tmp_path / "keys.json")
+    result = runner.invoke(app, ["issuer", "init", "--db", dsn, "--keys", keys])
+    assert result.exit_code == 0, result.output
+    assert "s3cret-pw" not in result.output
+    assert "database ready" in result.output
+    assert "127.0.0.1" in result.output  # still says which database
+    down = dsn.replace(f":{pg_server.port}/", ":1/")  # nothing listens on port 1
+    failed = runner.invoke(app, ["issuer", "init", "--db", down, "--keys", keys])
+    assert failed.exit_code == 1
+    assert "cannot open the database" in failed.output
+    assert "s3cret-pw" not in failed.output
+    assert "Traceback" not in failed.output
 
 
 def test_commands_need_an_initialised_issuer(runner: CliRunner, paths: tuple[str, str]) -> None:

@@ -93,6 +93,7 @@ async def test_deposit_returns_the_report_and_is_repeatable(
 
 async def test_card_status_and_broker(harness: Harness, bank: tuple[IssuerClient, Shop]) -> None:
     from farthing.core.money import Denomination
+    from farthing.core.schemes.szm_status import status_request
     from farthing.issuer.szm_service import BatchSpec
     from farthing.store import SzmProtocol
 
@@ -106,10 +107,14 @@ async def test_card_status_and_broker(harness: Harness, bank: tuple[IssuerClient
     )
     batch = harness.services.szm.issue_batch("t", spec)
     page = harness.services.szm.export("t", batch.batch_id, offset=0, limit=1)
-    status = await client.card_status(page.cards[0].card_id)
+    code = page.cards[0].code
+    now = harness.clock.now()
+    status = await client.card_status(status_request(code.secret, code.card_id, now=now))
     assert (status.units, status.spent, status.status) == (9, 0, "active")
     with pytest.raises(NotFound):
-        await client.card_status(bytes(16))
+        await client.card_status(status_request(code.secret, bytes(16), now=now))
+    with pytest.raises(NotFound):  # the id alone, without the card secret, tells nothing
+        await client.card_status(status_request(bytes(32), code.card_id, now=now))
     broker_id, public_key = await client.broker()
     assert (broker_id, public_key) == ("bank.test", harness.config.keys.broker_public_key)
 

@@ -9,7 +9,14 @@ from pathlib import Path
 import pytest
 
 from farthing.core.errors import LocalProtocolError
-from farthing.issuer import IssuerKeys, config_from_env, load_issuer_keys, write_key_file
+from farthing.core.prbg import blum_modulus_of_any_size
+from farthing.issuer import (
+    IssuerKeys,
+    config_from_env,
+    generate_issuer_keys,
+    load_issuer_keys,
+    write_key_file,
+)
 from farthing.issuer.auth import open_merchant_key, seal_merchant_key, token_hash
 from farthing.issuer.wire import redeem_request_tag, verify_request_tag
 from farthing.testing import DeterministicRandom
@@ -97,3 +104,19 @@ def test_request_tags_bind_every_field() -> None:
     assert tag != verify_request_tag(key, "m1", b"offe", b"rpayment")
     assert tag != redeem_request_tag(key, "m1", b"offerpayment")
     assert len(token_hash("fop_x")) == 32
+
+
+@pytest.mark.parametrize("bits", [512, 1024, 2047])
+def test_a_key_file_with_a_weak_bbs_modulus_is_refused(
+    tmp_path: Path, issuer_keys: IssuerKeys, bits: int
+) -> None:
+    path = tmp_path / "keys.json"
+    write_key_file(path, issuer_keys)
+    weak = blum_modulus_of_any_size(bits, DeterministicRandom("weak"))
+    document = json.loads(path.read_text())
+    document["bbs"] = {"p": format(weak.p, "x"), "q": format(weak.q, "x")}
+    path.write_text(json.dumps(document))
+    with pytest.raises(LocalProtocolError, match="under 2048 bits"):
+        load_issuer_keys(path)
+    with pytest.raises(ValueError, match="2048"):
+        generate_issuer_keys(DeterministicRandom("weak"), broker_id="b", bbs_bits=bits)

@@ -100,8 +100,8 @@ def _card(protocol: Protocol, generator: Generator, modulus: bytes = b"") -> Car
 COMMITMENT = _commitment()
 CARDS = [
     _card(Protocol.CHAIN, Generator.SHA256_CHAIN),
-    _card(Protocol.PRBG, Generator.HMAC_DRBG),
-    _card(Protocol.PRBG, Generator.BBS, b"\xc5" + _rng(63)),
+    _card(Protocol.PRBG, Generator.HMAC_CTR),
+    _card(Protocol.PRBG, Generator.BBS, b"\xc5" + _rng(255)),
 ]
 BATCH = hll.DepositBatch(
     batch_id=_rng(16),

@@ -48,7 +48,7 @@ def deployment(tmp_path: Path) -> Iterator[tuple[World, Server, Path, ChainHolde
     card = world.chain_cards(1, units=50_000)[0]
     wallet_path = tmp_path / "wallet.sqlite"
     vendor = vendor_server(world.config_path, workers=2, log_path=tmp_path / "vendor.log")
-    with Wallet.create(wallet_path, PASSPHRASE, scrypt_n=2**10) as wallet:
+    with Wallet.create(wallet_path, PASSPHRASE) as wallet:
         wallet.add_szm_card(szm_chain.to_card_code(card.card, realm=REALM), site=vendor.base)
     with vendor:
         yield world, vendor, wallet_path, card

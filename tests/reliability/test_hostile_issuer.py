@@ -41,9 +41,10 @@ PUBLIC = {
     ("POST", "/v1/hll/verify"),
     ("POST", "/v1/hll/deposits"),
     ("POST", "/v1/hll/deposits/lookup"),
+    ("POST", "/v1/payword/commitments"),
     ("POST", "/v1/payword/redemptions"),
     ("GET", "/v1/payword/broker"),
-    ("GET", "/v1/szm/cards/{card_id}"),
+    ("POST", "/v1/szm/cards/{card_id}/status"),
 }
 # Plausible values stay small where the service does work per unit (hashing a card chain).
 SMALL = {"count": 3, "units": 60, "credit_limit_units": 10_000}

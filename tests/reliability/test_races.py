@@ -44,7 +44,7 @@ from farthing.store import Store, open_store
 from farthing.vendor.deposits import Depositor
 from tests.reliability.conftest import BACKENDS, store_target
 from tests.reliability.load import Sent, card_problems
-from tests.reliability.procs import ROOT, Server, vendor_server
+from tests.reliability.procs import ROOT, Server, issuer_server, vendor_server
 from tests.reliability.world import (
     ARTICLES,
     MERCHANT_ID,
@@ -92,9 +92,14 @@ class Job:
 def vendor(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[World, Server]]:
     folder = tmp_path / "races"
     folder.mkdir()
-    world = build_world(folder, store_target(request, request.param, folder))
+    target = store_target(request, request.param, folder)
+    # The broker admits each PayWord commitment before the vendor accepts paywords under it.
+    issuer = issuer_server(
+        target, folder / "issuer.keys.json", workers=1, log_path=folder / "issuer.log"
+    )
+    world = build_world(folder, target, issuer_url=issuer.base)
     server = vendor_server(world.config_path, workers=2, log_path=folder / "vendor.log")
-    with server:
+    with issuer, server:
         yield world, server
     world.close()
 

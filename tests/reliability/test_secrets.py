@@ -124,7 +124,7 @@ def test_the_search_finds_what_it_looks_for() -> None:
 
 
 def wallet_with_every_card(world: World, path: Path, found: Evidence) -> Wallet:
-    wallet = Wallet.create(path, PASSPHRASE, scrypt_n=2**10)
+    wallet = Wallet.create(path, PASSPHRASE)
     chain, prbg = world.chain_cards(1)[0], world.prbg_cards(1)[0]
     hll_card = world.hll_cards(1)[0]
     chain_code = szm_chain.to_card_code(chain.card, realm=REALM)

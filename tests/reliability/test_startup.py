@@ -21,12 +21,11 @@ def test_workers_reading_a_fresh_config_at_once_share_one_secret(tmp_path: Path)
     for round_ in range(40):
         folder = tmp_path / f"vendor-{round_}"
         folder.mkdir()
-        (folder / "issuer.keys.json").write_text("{}")  # not read: the [szm] keys are inline
         config = write_vendor_config(
             folder, str(folder / "v.sqlite"), issuer_keys(), bytes(32),
             hll_mode="online", issuer_url="http://127.0.0.1:9", deposit_interval=60,
         )  # fmt: skip
-        text = config.read_text().replace('issuer_keys = "issuer.keys.json"', _inline_keys())
+        text = config.read_text().replace('keys = "vendor.keys.json"', _inline_keys())
         config.write_text(text)
         secrets, errors = start_at_once(config, workers=4)
         assert len(set(secrets)) <= 1, "workers started with different challenge secrets"

@@ -16,6 +16,7 @@ import sys
 import httpx
 
 from farthing.http.payment_auth import Receipt
+from farthing.testing import cheap_wallet_kdf
 from farthing.wallet.auth import PaymentAuth
 from farthing.wallet.wallet import Wallet
 from tests.reliability.world import ARTICLES
@@ -25,6 +26,7 @@ def main(wallet_path: str, base: str) -> None:
     names = sorted(ARTICLES)
     rng = random.Random()
     with (
+        cheap_wallet_kdf(),  # the parent made the wallet with the cheap test cost
         Wallet.open(wallet_path, os.environ["FARTHING_WALLET_PASSPHRASE"]) as wallet,
         httpx.Client(base_url=base, auth=PaymentAuth(wallet), timeout=30) as client,
     ):

@@ -37,6 +37,7 @@ from farthing.issuer import (
     write_key_file,
 )
 from farthing.issuer.client import IssuerClient
+from farthing.issuer.config import vendor_keys, write_vendor_key_file
 from farthing.issuer.szm_service import BatchSpec
 from farthing.store import Store, SzmProtocol, open_store
 from farthing.testing import DeterministicRandom
@@ -63,7 +64,7 @@ CARD_TTL = 30 * 86_400
 def issuer_keys() -> IssuerKeys:
     """One set of issuer keys for every test (a small BBS modulus: keys are not the subject)."""
     return generate_issuer_keys(
-        DeterministicRandom("reliability keys"), broker_id=BROKER_ID, realm=REALM, bbs_bits=512
+        DeterministicRandom("reliability keys"), broker_id=BROKER_ID, realm=REALM, bbs_bits=2048
     )
 
 
@@ -250,7 +251,7 @@ class World:
         return [ChainHolder(szm_chain.card_from_code(code)) for code in codes]
 
     def prbg_cards(self, count: int, units: int = 60) -> list[PrbgHolder]:
-        codes = self._issue(SzmProtocol.PRBG, Generator.HMAC_DRBG, count, units)
+        codes = self._issue(SzmProtocol.PRBG, Generator.HMAC_CTR, count, units)
         return [PrbgHolder(szm_prbg.card_from_code(code)) for code in codes]
 
     def _issue(
@@ -324,12 +325,14 @@ class World:
         online) being this world's issuer app."""
         config = load_vendor_config(self.config_path)
         goods = GoodsApp(config.content_dir)
+        bank = self.bank()
         return create_vendor_app(
             config.settings,
             content=goods,
             prices=config.prices,
             store=self.store,
-            bank=self.bank(),
+            bank=bank,
+            broker=bank,
             clock=clock or self.clock,
             offers=goods.offers,
         )
@@ -409,13 +412,16 @@ def write_vendor_config(
         "[prices]",
         f'"/articles/*" = "{PRICE_MICROS} EUR"',
         "[szm]",
-        'issuer_keys = "issuer.keys.json"',
+        'keys = "vendor.keys.json"',
         "[payword]",
         f'vendor_id = "{MERCHANT_ID}"',
         f'broker_id = "{BROKER_ID}"',
         f'broker_public_key = "{keys.broker_public_key.hex()}"',
         f"unit_micros = {UNIT}",
     ]
+    vendor_key_file = folder / "vendor.keys.json"
+    if not vendor_key_file.exists():
+        write_vendor_key_file(vendor_key_file, vendor_keys(keys))
     key_file = folder / "merchant.key"
     key_file.write_text(merchant_key.hex() + "\n")
     key_file.chmod(0o600)

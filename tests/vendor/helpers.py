@@ -103,7 +103,7 @@ def issue_prbg_cards(
                 card_id=state.card_id,
                 batch_id=batch_id,
                 protocol=SzmProtocol.PRBG,
-                generator=Generator.HMAC_DRBG.value,
+                generator=Generator.HMAC_CTR.value,
                 currency="EUR",
                 unit_micros=EUR.unit_micros,
                 units=units,

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+import stat
+import time
 from pathlib import Path
 
 import httpx
@@ -9,7 +13,23 @@ import pytest
 from typer.testing import CliRunner
 
 from farthing.cli import app
+from farthing.core.clock import SystemClock
+from farthing.core.errors import LocalProtocolError
+from farthing.core.money import Denomination
+from farthing.issuer import IssuerConfig, build_services
+from farthing.issuer.config import (
+    generate_issuer_keys,
+    load_vendor_keys,
+    write_key_file,
+)
+from farthing.issuer.szm_service import BatchSpec
+from farthing.store import SzmProtocol, open_store
+from farthing.testing import DeterministicRandom
+from farthing.vendor.config import load_vendor_config
 from farthing.vendor.goods import GoodsApp
+from farthing.wallet.auth import PaymentAuth
+from farthing.wallet.wallet import Wallet
+from tests.servers import uvicorn_server
 
 runner = CliRunner()
 
@@ -39,13 +59,77 @@ def test_serve_without_config_says_how_to_make_one(tmp_path: Path) -> None:
 
 def test_init_writes_a_config_that_loads(tmp_path: Path) -> None:
     keys = tmp_path / "keys.json"
+    write_key_file(keys, generate_issuer_keys(DeterministicRandom("k"), broker_id="b"))
     result = runner.invoke(app, ["vendor", "init", str(tmp_path), "--issuer-keys", str(keys)])
     assert result.exit_code == 0, result.output
     config = tmp_path / ".farthing" / "vendor.toml"
-    assert 'issuer_keys = "' in config.read_text()
+    assert 'keys = "vendor.keys.json"' in config.read_text()
     again = runner.invoke(app, ["vendor", "init", str(tmp_path), "--issuer-keys", str(keys)])
     assert again.exit_code == 1
     assert "exists already" in again.output
+    missing = runner.invoke(
+        app, ["vendor", "init", str(tmp_path / "x"), "--issuer-keys", str(keys)]
+    )
+    assert missing.exit_code == 1
+
+
+def test_the_vendor_key_file_holds_only_szm_keys_and_the_vendor_sells_szm(
+    tmp_path: Path,
+) -> None:
+    issuer_file = tmp_path / "issuer.keys.json"
+    issuer_keys = generate_issuer_keys(DeterministicRandom("issuer"), broker_id="b", realm="r")
+    write_key_file(issuer_file, issuer_keys)
+    shop = tmp_path / "shop"
+    (shop / "articles").mkdir(parents=True)
+    (shop / "articles" / "a.txt").write_text("the paid article")
+    made = runner.invoke(app, ["vendor", "init", str(shop), "--issuer-keys", str(issuer_file)])
+    assert made.exit_code == 0, made.output
+
+    key_file = shop / ".farthing" / "vendor.keys.json"
+    config_path = shop / ".farthing" / "vendor.toml"
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    held = key_file.read_text() + config_path.read_text()
+    for secret in (
+        issuer_keys.hll_master,  # K_B
+        issuer_keys.payword_broker_key,
+        issuer_keys.merchant_key_wrap,
+    ):
+        assert secret.hex() not in held
+    assert str(issuer_file) not in held  # the config does not point at the issuer's file
+    assert set(json.loads(key_file.read_text())) == {
+        "version", "kind", "realm", "szm_chain_master", "szm_prbg_master", "bbs",
+    }  # fmt: skip
+    with pytest.raises(LocalProtocolError, match="not a vendor key file"):
+        load_vendor_keys(issuer_file)
+
+    config = load_vendor_config(config_path)
+    assert config.settings.szm is not None
+    assert config.settings.szm.chain_master == issuer_keys.szm_chain_master
+    # The issuer issues a card into the database the vendor shares; the vendor sells to it.
+    store = open_store(config.database)
+    services = build_services(
+        IssuerConfig(keys=issuer_keys), store, clock=SystemClock(), rng=os.urandom
+    )
+    spec = BatchSpec(
+        protocol=SzmProtocol.CHAIN, count=1, units=10, expires_at=int(time.time()) + 3600,
+        denomination=Denomination(currency="EUR", unit_micros=1000),
+    )  # fmt: skip
+    batch = services.szm.issue_batch("test", spec)
+    code = services.szm.export("test", batch.batch_id, offset=0, limit=1).cards[0].text
+    store.close()
+    with (
+        uvicorn_server(
+            "farthing.vendor.serve:app_from_env",
+            env={"FARTHING_VENDOR_CONFIG": str(config_path)},
+            log_path=tmp_path / "vendor.log",
+        ) as base,
+        Wallet.create(tmp_path / "wallet.sqlite", "pw") as wallet,
+        httpx.Client(base_url=base, auth=PaymentAuth(wallet), timeout=10) as client,
+    ):
+        wallet.add_szm_code(code, site=base)
+        bought = client.get("/articles/a.txt")
+    assert bought.status_code == 200
+    assert bought.text == "the paid article"
 
 
 def test_bad_config_is_reported_with_its_key(tmp_path: Path) -> None:

@@ -128,15 +128,15 @@ def test_a_fresh_wallet_loads_an_szm_code_an_hll_token_and_payword_and_pays_with
         world.vendor_url,
     )
     assert "(szm:chain)" in added.output
-    added = cli(
-        "add-card", "hll",
+    added = cli.runner.invoke(app, [
+        "wallet", "add-card", "hll",
         "--card-file", cli.file("hll-card.json", hll.card_json),
         "--pkcs11-module", hll.token.module_path,
         "--token-label", hll.token.token_label,
         "--key-label", hll.token.key_label,
-        "--pin", hll.pin,
         "--label", "smart card",
-    )  # fmt: skip
+    ], env={"FARTHING_CARD_PIN": hll.pin})  # fmt: skip
+    assert added.exit_code == 0, added.output
     assert f"PKCS#11 token {hll.token.token_label!r}" in added.output
     add_payword(cli, world)
     listed = cli("cards").output
@@ -287,3 +287,22 @@ def test_an_answer_lost_after_paying_is_got_by_running_the_command_again(
     assert after.spent == 2  # one article delivered, two units taken
     assert "98/100" in cli("cards").output
     assert_history_shows(cli, [(url, "szm:chain")])
+
+
+def test_the_card_holder_asks_the_issuer_what_is_left_on_a_card(cli: Cli, world: DemoWorld) -> None:
+    cli(
+        "add-card",
+        "szm",
+        world.cards.szm_codes["szm:chain"],
+        "--label",
+        "printed",
+        "--site",
+        world.vendor_url,
+    )
+    asked = cli("card-status", "printed", "--issuer", world.issuer_url)
+    assert "units left at the issuer (active)" in asked.output
+    unknown = cli.runner.invoke(
+        app, ["wallet", "card-status", "nope", "--issuer", world.issuer_url]
+    )
+    assert unknown.exit_code == 1
+    assert "no SZM card labelled 'nope'" in unknown.output

@@ -20,7 +20,7 @@ from farthing.core import cardcode
 from farthing.core.money import Denomination
 from farthing.core.schemes import szm_chain
 from farthing.http.payment_auth import Challenge, format_challenge
-from farthing.testing import DeterministicRandom, FixedClock, MemoryCardBook
+from farthing.testing import DeterministicRandom, FixedClock, MemoryCardBook, cheap_wallet_kdf
 from farthing.vendor.methods.offline import OfflineMethod
 from farthing.vendor.methods.szm import ChainScheme
 from farthing.vendor.middleware import Paywall
@@ -41,9 +41,9 @@ def runner() -> CliRunner:
 
 @pytest.fixture
 def wallet_path(tmp_path: Path) -> Path:
-    """A wallet made with cheap scrypt parameters (they are stored in the file), for speed."""
+    """A wallet made with a cheap KDF cost (tests run inside `cheap_wallet_kdf`), for speed."""
     path = tmp_path / "wallet.sqlite"
-    Wallet.create(path, PASSPHRASE, scrypt_n=2**10).close()
+    Wallet.create(path, PASSPHRASE).close()
     return path
 
 
@@ -326,3 +326,32 @@ def test_outputs_are_checked_before_paying(
     assert (tmp_path / "a.txt").read_text() == "secret article a"
     assert "18/20" in run(runner, "cards", *where).output
     assert book.states[card.card_id].spent == 2  # type: ignore[attr-defined]
+
+
+@pytest.mark.real_kdf
+def test_a_weak_wallet_is_refused_then_upgraded(runner: CliRunner, tmp_path: Path) -> None:
+    path = tmp_path / "weak.sqlite"
+    with cheap_wallet_kdf():
+        Wallet.create(path, PASSPHRASE).close()
+    refused = run(runner, "cards", "--wallet", str(path))
+    assert refused.exit_code == 1
+    assert "farthing wallet upgrade" in refused.output
+    assert "Traceback" not in refused.output
+    upgraded = run(runner, "upgrade", "--wallet", str(path))
+    assert upgraded.exit_code == 0, upgraded.output
+    assert "Upgraded" in upgraded.output
+    listed = run(runner, "cards", "--wallet", str(path))
+    assert listed.exit_code == 0, listed.output
+    again = run(runner, "upgrade", "--wallet", str(path))
+    assert "already" in again.output
+
+
+def test_a_pin_on_the_command_line_is_refused(runner: CliRunner, wallet_path: Path) -> None:
+    result = run(
+        runner, "add-card", "hll", "--card-file", str(wallet_path),
+        "--pkcs11-module", "/nonexistent.so", "--token-label", "t",
+        "--pin", "1234", "--wallet", str(wallet_path),
+    )  # fmt: skip
+    assert result.exit_code == 2
+    assert "No such option" in result.output
+    assert "--pin" in result.output

@@ -32,6 +32,7 @@ CARD_UNITS = 100_000
 PAYER = """
 import os, sys
 from farthing.http.payment_auth import Challenge
+from farthing.testing import cheap_wallet_kdf
 from farthing.wallet.wallet import Wallet
 
 path, count = sys.argv[1], int(sys.argv[2])
@@ -40,7 +41,7 @@ challenge = Challenge(
     request={"amount": "1000", "currency": "EUR", "resource": "/articles/*"},
     expires=2**40,
 )
-with Wallet.open(path, os.environ["FARTHING_WALLET_PASSPHRASE"]) as wallet:
+with cheap_wallet_kdf(), Wallet.open(path, os.environ["FARTHING_WALLET_PASSPHRASE"]) as wallet:
     print("ready", flush=True)
     for _ in range(count):
         payment = wallet.pay("https://news.test/articles/a", [challenge])
@@ -69,7 +70,7 @@ def wallet_path(tmp_path: Path) -> Path:
         denomination=Denomination(currency="EUR", unit_micros=1000),
         expires_at=2**40,
     )
-    with Wallet.create(path, PASSPHRASE, scrypt_n=2**10) as wallet:
+    with Wallet.create(path, PASSPHRASE) as wallet:
         wallet.add_szm_card(szm_chain.to_card_code(card, realm="news"), site="https://news.test")
     return path
 

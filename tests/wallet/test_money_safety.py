@@ -133,7 +133,7 @@ def wallet_path(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def wallet(wallet_path: Path, clock: FixedClock) -> Iterator[Wallet]:
-    with Wallet.create(wallet_path, "pw", clock=clock, scrypt_n=2**10) as opened:
+    with Wallet.create(wallet_path, "pw", clock=clock) as opened:
         yield opened
 
 

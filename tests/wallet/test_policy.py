@@ -129,7 +129,7 @@ def clock() -> FixedClock:
 
 @pytest.fixture
 def wallet(tmp_path: Path, clock: FixedClock) -> Iterator[Wallet]:
-    with Wallet.create(tmp_path / "wallet.sqlite", "pw", clock=clock, scrypt_n=2**10) as w:
+    with Wallet.create(tmp_path / "wallet.sqlite", "pw", clock=clock) as w:
         yield w
 
 
@@ -225,7 +225,7 @@ def test_confirm_callback_decides_above_its_threshold(wallet: Wallet, clock: Fix
 
 def test_preference_order_is_configurable(tmp_path: Path, clock: FixedClock) -> None:
     challenges = [chain_challenge(clock), hll_challenge(clock)]
-    with Wallet.create(tmp_path / "a", "pw", clock=clock, scrypt_n=2**10) as default:
+    with Wallet.create(tmp_path / "a", "pw", clock=clock) as default:
         add_chain_card(default, clock)
         add_hll_card(default)
         assert default.pay(URL, challenges).method == "szm:chain"
@@ -243,7 +243,7 @@ def test_policy_picks_the_best_method_it_allows(wallet: Wallet, clock: FixedCloc
 
 def test_saved_policy_is_used_on_open(tmp_path: Path, clock: FixedClock) -> None:
     policy = SpendingPolicy(limits={"EUR": Limits(per_request=1)}, retry_after_refusal=True)
-    with Wallet.create(tmp_path / "w", "pw", clock=clock, scrypt_n=2**10) as wallet:
+    with Wallet.create(tmp_path / "w", "pw", clock=clock) as wallet:
         assert wallet.retry_after_refusal() is False
         wallet.use_policy(policy, save=True)
     with Wallet.open(tmp_path / "w", "pw", clock=clock) as reopened:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import sqlite3
 import stat
 from pathlib import Path
@@ -15,12 +17,12 @@ from farthing.core.errors import Conflict, ErrorCode, LocalProtocolError, Malfor
 from farthing.core.money import Denomination
 from farthing.core.schemes import szm_chain
 from farthing.http.payment_auth import Challenge
-from farthing.testing import DeterministicRandom, FixedClock
-from farthing.wallet.secretbox import KdfParams, SecretBox, record_id
+from farthing.testing import DeterministicRandom, FixedClock, cheap_wallet_kdf
+from farthing.wallet.secretbox import MINIMUM_COST, KdfParams, SecretBox, record_id
+from farthing.wallet.store import WalletStore
 from farthing.wallet.wallet import Wallet
 
 EUR = Denomination(currency="EUR", unit_micros=1000)
-FAST = 2**10
 SITE = "https://news.test"
 
 
@@ -61,18 +63,91 @@ def test_sealed_values_open_only_for_their_record(plaintext: bytes, key: bytes) 
 
 
 def test_kdf_parameters_round_trip_and_are_checked() -> None:
-    params = KdfParams.fresh(DeterministicRandom("salt"), n=FAST)
+    params = KdfParams.fresh(DeterministicRandom("salt"))
     assert KdfParams.from_json(params.to_json()) == params
-    for bad in ({"n": 1000}, {"n": 1}, {"r": 0}, {"kdf": "pbkdf2"}, {"salt": "AAAA"}):
+    for bad in (
+        {"memoryKiB": 4},
+        {"memoryKiB": 1 << 40},
+        {"passes": 0},
+        {"lanes": 0},
+        {"passes": "3"},
+        {"kdf": "pbkdf2"},
+        {"salt": "AAAA"},
+    ):
         with pytest.raises(MalformedMessage):
             KdfParams.from_json({**params.to_json(), **bad})
 
 
 def test_same_passphrase_different_salt_gives_different_keys() -> None:
-    one = SecretBox.derive("pw", KdfParams.fresh(DeterministicRandom("a"), n=FAST), bytes)
-    two = SecretBox.derive("pw", KdfParams.fresh(DeterministicRandom("b"), n=FAST), bytes)
+    one = SecretBox.derive("pw", KdfParams.fresh(DeterministicRandom("a")), bytes)
+    two = SecretBox.derive("pw", KdfParams.fresh(DeterministicRandom("b")), bytes)
     with pytest.raises(LocalProtocolError, match="wrong passphrase"):
         two.verify_check(one.check_value())
+
+
+# --- the passphrase KDF: Argon2id, with a floor enforced on reading -----------------------
+
+
+def stored_kdf(path: Path) -> dict[str, object]:
+    with sqlite3.connect(path) as db:
+        (value,) = db.execute("SELECT value FROM meta WHERE key = 'kdf'").fetchone()
+    document: dict[str, object] = json.loads(value)
+    return document
+
+
+@pytest.mark.real_kdf
+def test_a_new_wallet_uses_argon2id_at_no_less_than_the_floor(tmp_path: Path) -> None:
+    path = tmp_path / "w.sqlite"
+    Wallet.create(path, "pw").close()
+    kdf = stored_kdf(path)
+    assert kdf["kdf"] == "argon2id"
+    assert kdf["memoryKiB"] == 64 * 1024 >= MINIMUM_COST.memory_kib == 19 * 1024
+    assert kdf["passes"] == 3 >= MINIMUM_COST.passes == 2
+    Wallet.open(path, "pw").close()
+
+
+@pytest.mark.real_kdf
+def test_a_wallet_under_the_floor_is_refused_and_told_what_to_do(tmp_path: Path) -> None:
+    path = tmp_path / "w.sqlite"
+    with cheap_wallet_kdf():
+        Wallet.create(path, "pw").close()
+    assert stored_kdf(path)["memoryKiB"] == 64
+    with pytest.raises(LocalProtocolError, match="farthing wallet upgrade") as refused:
+        Wallet.open(path, "pw")
+    assert refused.value.code is ErrorCode.KDF_TOO_WEAK
+    assert "64 KiB" in refused.value.message
+
+
+@pytest.mark.real_kdf
+@pytest.mark.parametrize("n", [2**10, 2**15, 2**17])
+def test_a_wallet_from_before_argon2id_is_refused(tmp_path: Path, n: int) -> None:
+    path = tmp_path / "w.sqlite"
+    with cheap_wallet_kdf():
+        Wallet.create(path, "pw").close()
+    scrypt = {"kdf": "scrypt", "n": n, "r": 8, "p": 1, "salt": "A" * 22}
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE meta SET value = ? WHERE key = 'kdf'", (json.dumps(scrypt).encode(),))
+    with pytest.raises(LocalProtocolError, match="farthing wallet upgrade") as refused:
+        Wallet.open(path, "pw")
+    assert refused.value.code is ErrorCode.KDF_TOO_WEAK
+
+
+@pytest.mark.real_kdf
+def test_upgrade_reseals_every_secret_under_strong_parameters(tmp_path: Path) -> None:
+    path = tmp_path / "w.sqlite"
+    card = chain_card()
+    with cheap_wallet_kdf(), Wallet.create(path, "pw") as wallet:
+        wallet.add_szm_card(szm_chain.to_card_code(card, realm="news"), site=SITE)
+        first = wallet.pay("https://news.test/a/b", [challenge()])
+    with pytest.raises(LocalProtocolError, match="wrong passphrase"):
+        WalletStore.upgrade(path, "wrong", rng=os.urandom)
+    assert stored_kdf(path)["memoryKiB"] == 64  # untouched by the failed attempt
+    assert WalletStore.upgrade(path, "pw", rng=os.urandom) is True
+    assert stored_kdf(path)["memoryKiB"] == 64 * 1024
+    assert WalletStore.upgrade(path, "pw", rng=os.urandom) is False  # nothing left to do
+    with Wallet.open(path, "pw") as wallet:  # the production floor now admits it
+        second = wallet.pay("https://news.test/a/b", [challenge()])
+    assert second.index == first.index + 1
 
 
 # --- the file ---------------------------------------------------------------------------
@@ -80,7 +155,7 @@ def test_same_passphrase_different_salt_gives_different_keys() -> None:
 
 def test_wrong_passphrase_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "w.sqlite"
-    Wallet.create(path, "right", scrypt_n=FAST).close()
+    Wallet.create(path, "right").close()
     with pytest.raises(LocalProtocolError, match=r"^wrong passphrase$") as caught:
         Wallet.open(path, "wrong")
     assert caught.value.code is ErrorCode.WALLET_LOCKED
@@ -104,10 +179,10 @@ def test_missing_file_and_foreign_file(tmp_path: Path) -> None:
 
 def test_create_refuses_an_existing_file_and_is_private(tmp_path: Path) -> None:
     path = tmp_path / "deep" / "w.sqlite"
-    Wallet.create(path, "pw", scrypt_n=FAST).close()
+    Wallet.create(path, "pw").close()
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     with pytest.raises(Conflict):
-        Wallet.create(path, "other", scrypt_n=FAST)
+        Wallet.create(path, "other")
     Wallet.open(path, "pw").close()  # untouched
 
 
@@ -115,7 +190,7 @@ def test_secrets_are_not_in_the_file_in_the_clear(tmp_path: Path) -> None:
     path = tmp_path / "w.sqlite"
     card = chain_card()
     code = szm_chain.to_card_code(card, realm="news")
-    with Wallet.create(path, "pw", scrypt_n=FAST) as wallet:
+    with Wallet.create(path, "pw") as wallet:
         wallet.add_szm_card(code, site=SITE)
         wallet.pay("https://news.test/a/b", [challenge()])
         on_disk = b"".join(p.read_bytes() for p in tmp_path.iterdir())
@@ -126,7 +201,7 @@ def test_secrets_are_not_in_the_file_in_the_clear(tmp_path: Path) -> None:
 
 def test_a_card_cannot_be_added_twice(tmp_path: Path) -> None:
     code = szm_chain.to_card_code(chain_card(), realm="news")
-    with Wallet.create(tmp_path / "w", "pw", scrypt_n=FAST) as wallet:
+    with Wallet.create(tmp_path / "w", "pw") as wallet:
         wallet.add_szm_card(code, site=SITE)
         with pytest.raises(Conflict):
             wallet.add_szm_card(code, site=SITE, label="again")
@@ -141,7 +216,7 @@ def test_a_card_cannot_be_added_twice(tmp_path: Path) -> None:
 
 def test_a_secret_moved_to_another_row_does_not_open(tmp_path: Path) -> None:
     path = tmp_path / "w.sqlite"
-    with Wallet.create(path, "pw", scrypt_n=FAST) as wallet:
+    with Wallet.create(path, "pw") as wallet:
         wallet.add_szm_card(szm_chain.to_card_code(chain_card("one"), realm="news"), site=SITE)
         wallet.add_szm_card(szm_chain.to_card_code(chain_card("two"), realm="other"), site=SITE)
     with sqlite3.connect(path) as db:
@@ -157,7 +232,7 @@ def test_a_secret_moved_to_another_row_does_not_open(tmp_path: Path) -> None:
 def test_card_state_survives_reopening(tmp_path: Path) -> None:
     path = tmp_path / "w.sqlite"
     clock = FixedClock()
-    with Wallet.create(path, "pw", clock=clock, scrypt_n=FAST) as wallet:
+    with Wallet.create(path, "pw", clock=clock) as wallet:
         wallet.add_szm_code(
             cardcode.to_text(szm_chain.to_card_code(chain_card(), realm="news")), site=SITE
         )
@@ -170,7 +245,7 @@ def test_card_state_survives_reopening(tmp_path: Path) -> None:
 
 def test_a_newer_wallet_format_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "w.sqlite"
-    Wallet.create(path, "pw", scrypt_n=FAST).close()
+    Wallet.create(path, "pw").close()
     with sqlite3.connect(path) as db:
         db.execute("UPDATE meta SET value = CAST('2' AS BLOB) WHERE key = 'format'")
     db.close()
@@ -181,7 +256,7 @@ def test_a_newer_wallet_format_is_refused(tmp_path: Path) -> None:
 
 def test_a_file_from_before_the_pending_table_gets_it_when_opened(tmp_path: Path) -> None:
     path = tmp_path / "w.sqlite"
-    with Wallet.create(path, "pw", scrypt_n=FAST) as wallet:
+    with Wallet.create(path, "pw") as wallet:
         wallet.add_szm_card(szm_chain.to_card_code(chain_card(), realm="news"), site=SITE)
     with sqlite3.connect(path) as db:
         db.execute("DROP TABLE pending")

@@ -37,7 +37,7 @@ def clock() -> FixedClock:
 
 @pytest.fixture
 def wallet(tmp_path: Path, clock: FixedClock) -> Iterator[Wallet]:
-    with Wallet.create(tmp_path / "wallet.sqlite", "pw", clock=clock, scrypt_n=2**10) as w:
+    with Wallet.create(tmp_path / "wallet.sqlite", "pw", clock=clock) as w:
         yield w
 
 

@@ -34,7 +34,7 @@ def broker() -> payword.PaywordBroker:
 
 @pytest.fixture
 def wallet(tmp_path: Path, clock: FixedClock, broker: payword.PaywordBroker) -> Iterator[Wallet]:
-    with Wallet.create(tmp_path / "wallet.sqlite", "pw", clock=clock, scrypt_n=2**10) as w:
+    with Wallet.create(tmp_path / "wallet.sqlite", "pw", clock=clock) as w:
         certificate = broker.issue(
             user_id="alice",
             user_public_key=ed25519_public_key(USER_KEY),
@@ -111,7 +111,9 @@ def test_commitment_length_fits_the_credit_limit(
 ) -> None:
     paid = wallet.pay("https://shop.test/articles/a", [challenge(clock)])
     commitment = payword.decode_commitment(b64url_decode(str(payload(paid)["commitment"])))
-    assert commitment.length == 50  # credit 50 units of 1000 micros, vendor unit 1000
+    # A quarter of the credit (50 units of 1000 micros; vendor unit 1000): the broker caps
+    # the sum of the user's open commitments, so one vendor must not take it all.
+    assert commitment.length == 12
     assert commitment.vendor_id == "shop"
     assert commitment.certificate.broker_id == "broker"
 
@@ -174,7 +176,7 @@ def test_wrong_user_key_is_refused(tmp_path: Path, broker: payword.PaywordBroker
         ttl=100,
     )
     with (
-        Wallet.create(tmp_path / "w", "pw", scrypt_n=2**10) as w,
+        Wallet.create(tmp_path / "w", "pw") as w,
         pytest.raises(LocalProtocolError, match="does not belong"),
     ):
         w.add_payword(certificate, b"X" * 32)

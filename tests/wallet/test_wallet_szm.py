@@ -20,9 +20,16 @@ from starlette.types import Message, Receive, Scope, Send
 
 from farthing.core import cardcode
 from farthing.core.cardcode import Generator
-from farthing.core.errors import CardExhausted, InvalidPayment, LocalProtocolError
+from farthing.core.encoding import Writer, b64url_encode
+from farthing.core.errors import (
+    CardExhausted,
+    InvalidPayment,
+    LocalProtocolError,
+    MalformedMessage,
+)
 from farthing.core.money import Denomination
-from farthing.core.prbg import generate_blum_modulus
+from farthing.core.prbg import blum_modulus_of_any_size, generate_blum_modulus
+from farthing.core.primitives import sha256
 from farthing.core.schemes import szm_chain, szm_prbg
 from farthing.http.payment_auth import Challenge, Receipt
 from farthing.testing import DeterministicRandom, FixedClock, MemoryCardBook
@@ -101,9 +108,7 @@ def clock() -> FixedClock:
 
 @pytest.fixture
 def wallet(tmp_path: Path, clock: FixedClock) -> Iterator[Wallet]:
-    with Wallet.create(
-        tmp_path / "wallet.sqlite", "correct horse", clock=clock, scrypt_n=2**10
-    ) as w:
+    with Wallet.create(tmp_path / "wallet.sqlite", "correct horse", clock=clock) as w:
         yield w
 
 
@@ -283,12 +288,12 @@ def test_up_front_needs_matching_scope_and_time_to_spare(wallet: Wallet, clock: 
 # --- szm:prbg, checked with the pure reference verifier -------------------------------------
 
 
-@pytest.mark.parametrize("generator", [Generator.HMAC_DRBG, Generator.BBS])
+@pytest.mark.parametrize("generator", [Generator.HMAC_CTR, Generator.BBS])
 def test_prbg_card_pays_and_keys_match_the_issuer(
     wallet: Wallet, clock: FixedClock, generator: Generator
 ) -> None:
     master = b"P" * 32
-    bbs = generate_blum_modulus(512, DeterministicRandom("blum"))
+    bbs = generate_blum_modulus(2048, DeterministicRandom("blum"))
     state, card = szm_prbg.issue_card(
         master,
         DeterministicRandom("prbg"),
@@ -326,3 +331,16 @@ def payment_bytes(authorization: str) -> bytes:
     payment = parse_credential(authorization).payload["payment"]
     assert isinstance(payment, str)
     return b64url_decode(payment)
+
+
+def test_a_bbs_card_with_a_weak_modulus_is_refused(wallet: Wallet) -> None:
+    weak = blum_modulus_of_any_size(1024, DeterministicRandom("weak")).public.n_bytes
+    card = (
+        Writer(cardcode.CARD_DOMAIN)
+        .text("szm:prbg").bytes(bytes(16)).bytes(bytes(range(32))).u64(10).text("EUR")
+        .u64(1000).u64(2_000_000_000).text("bbs").text("news").bytes(weak)
+        .finish()
+    )  # fmt: skip
+    with pytest.raises(MalformedMessage, match="2048"):
+        wallet.add_szm_code(b64url_encode(card + sha256(card)[:4]), site="https://news.test")
+    assert wallet.cards() == []

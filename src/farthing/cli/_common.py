@@ -9,7 +9,7 @@ from rich.console import Console
 
 from farthing.core.errors import FarthingError
 
-__all__ = ["console", "err_console", "fail", "run_cli"]
+__all__ = ["console", "err_console", "fail", "printable_target", "run_cli"]
 
 
 class _Console(Console):
@@ -31,6 +31,19 @@ def fail(message: str, *, hint: str | None = None, code: int = 1) -> typer.Exit:
     if hint:
         err_console.print(f"[dim]hint:[/] {hint}")
     return typer.Exit(code)
+
+
+def printable_target(target: str) -> str:
+    """A database path or DSN as it may be shown: a DSN's password replaced by ``***``."""
+    if "://" not in target:
+        return target
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(target).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):
+        return "(the database URL)"  # unparseable: show none of it
 
 
 def run_cli(app: typer.Typer) -> None:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Annotated, Final, TextIO
 
 import typer
 
-from farthing.cli._common import console, err_console, fail
+from farthing.cli._common import console, err_console, fail, printable_target
 from farthing.cli._serve import BodyTimeout, HeaderTimeout, MaxConnections, limits
 
 if TYPE_CHECKING:
@@ -47,7 +47,7 @@ app.add_typer(cards_app, name="cards")
 
 _DEFAULT_DB: Final = "farthing-issuer.sqlite"
 _DEFAULT_KEYS: Final = "farthing-issuer.keys.json"
-_MIN_BBS_BITS: Final = 256
+_MIN_BBS_BITS: Final = 2048
 _EXPORT_PAGE: Final = 1000
 _DAY: Final = 86_400
 
@@ -114,8 +114,16 @@ def init(
 
     if bbs_bits < _MIN_BBS_BITS:
         raise fail(f"--bbs-bits must be at least {_MIN_BBS_BITS}")
-    upgrade_to_head(db)
-    console.print(f"database ready: [bold]{db}[/]")
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        upgrade_to_head(db)
+    except SQLAlchemyError:
+        raise fail(
+            f"cannot open the database {printable_target(db)}",
+            hint="check that it runs and that the URL, user and password are right",
+        ) from None
+    console.print(f"database ready: [bold]{printable_target(db)}[/]")
     if keys.exists():
         console.print(f"key file kept: [bold]{keys}[/]")
         return
@@ -308,7 +316,7 @@ def cards_issue(
     count: Annotated[int, typer.Option(min=1, help="How many cards.")],
     units: Annotated[int, typer.Option(min=1, help="Units per card.")],
     protocol: Annotated[str, typer.Option(help="szm:chain or szm:prbg.")] = "szm:chain",
-    generator: Annotated[str | None, typer.Option(help="For szm:prbg: hmac-drbg or bbs.")] = None,
+    generator: Annotated[str | None, typer.Option(help="For szm:prbg: hmac-ctr or bbs.")] = None,
     unit_micros: Annotated[int, typer.Option(min=1, help="Value of one unit.")] = 1000,
     currency: Currency = "EUR",
     expires_days: Annotated[int, typer.Option(min=1, help="Validity from now.")] = 365,
@@ -328,7 +336,7 @@ def cards_issue(
         chosen = None if generator is None else Generator(generator)
     except ValueError:
         raise fail(
-            "unknown protocol or generator", hint="szm:chain | szm:prbg; hmac-drbg | bbs"
+            "unknown protocol or generator", hint="szm:chain | szm:prbg; hmac-ctr | bbs"
         ) from None
     spec = BatchSpec(
         protocol=kind,

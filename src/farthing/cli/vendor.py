@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from pathlib import Path
 from typing import Annotated
@@ -27,7 +28,7 @@ ConfigOpt = Annotated[
 
 _STARTER = """\
 # farthing vendor config (see `farthing vendor --help`); paths are relative to this file.
-realm = "{realm}"
+realm = {realm}
 database = "vendor.sqlite"
 content_dir = ".."
 challenge_secret_file = "challenge.key"
@@ -35,9 +36,10 @@ challenge_secret_file = "challenge.key"
 [prices]   # route pattern = "<micro-units> <CURRENCY>"; first match wins
 "/**" = "{price} EUR"
 
-[szm]      # SZM prepaid cards: the vendor is their issuer (shares its keys and database)
-issuer_keys = "{keys}"
+[szm]      # SZM prepaid cards of the issuer whose database this vendor shares
+keys = "{keys}"   # the vendor's own key file: SZM masters and BBS factors only
 """
+VENDOR_KEYS_NAME = "vendor.keys.json"
 
 
 def _config_path(directory: Path, config: Path | None) -> Path:
@@ -53,22 +55,56 @@ def _config_path(directory: Path, config: Path | None) -> Path:
 @app.command("init")
 def init(
     directory: Annotated[Path, typer.Argument(help="the folder of goods to sell")],
-    issuer_keys: Annotated[Path, typer.Option(help="key file from `farthing issuer init`")],
-    realm: Annotated[str, typer.Option(help="the name buyers see")] = "farthing shop",
+    issuer_keys: Annotated[
+        Path, typer.Option(help="key file from `farthing issuer init` (read, not kept)")
+    ],
     price: Annotated[int, typer.Option(help="default price in micro-EUR")] = 1000,
 ) -> None:
-    """Write a starter config into DIR/.farthing/ (never served)."""
+    """Write a starter config and the vendor's own key file into DIR/.farthing/ (never
+    served). The key file holds only the SZM keys, taken from the issuer's key file; the
+    realm is the issuer's (SZM cards carry it, and wallets pay only a realm that matches)."""
+    from farthing.issuer.config import load_issuer_keys, vendor_keys, write_vendor_key_file
+
     if not directory.is_dir():
         raise fail(f"{directory} is not a folder")
     target = directory / CONFIG_NAME
     if target.exists():
         raise fail(f"{target} exists already", hint="edit it, or remove it to start over")
+    key_file = target.parent / VENDOR_KEYS_NAME
+    try:
+        keys = vendor_keys(load_issuer_keys(issuer_keys))
+    except FarthingError as error:
+        raise fail(error.message) from None
     target.parent.mkdir(mode=0o700, exist_ok=True)
-    keys = issuer_keys.resolve()
-    target.write_text(_STARTER.format(realm=realm, price=price, keys=keys))
+    if key_file.exists():
+        raise fail(f"{key_file} exists already", hint="remove it to make it again")
+    write_vendor_key_file(key_file, keys)
+    starter = _STARTER.format(realm=json.dumps(keys.realm), price=price, keys=VENDOR_KEYS_NAME)
+    target.write_text(starter)
+    console.print(f"wrote [bold]{key_file}[/] (mode 0600: SZM keys only)")
     console.print(
         f"wrote [bold]{target}[/]; edit the prices, then `farthing vendor serve {directory}`"
     )
+
+
+@app.command("keys")
+def keys_command(
+    issuer_keys: Annotated[
+        Path, typer.Option(help="key file from `farthing issuer init` (read, not kept)")
+    ],
+    out: Annotated[Path, typer.Option(help="the vendor key file to write (mode 0600)")] = Path(
+        VENDOR_KEYS_NAME
+    ),
+) -> None:
+    """Write a vendor key file (SZM keys only) for a vendor built in code (create_vendor_app)."""
+    from farthing.issuer.config import load_issuer_keys, vendor_keys, write_vendor_key_file
+
+    try:
+        keys = vendor_keys(load_issuer_keys(issuer_keys))
+        write_vendor_key_file(out, keys)
+    except FarthingError as error:
+        raise fail(error.message) from None
+    console.print(f"wrote [bold]{out}[/] (mode 0600: SZM keys only, realm {keys.realm!r})")
 
 
 @app.command("serve")

@@ -8,6 +8,7 @@ what to do about it; nothing is spent when a command fails before paying.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 import tempfile
@@ -36,7 +37,7 @@ from farthing.core.errors import (
     UnsupportedMethod,
     WrongPin,
 )
-from farthing.core.schemes import payword
+from farthing.core.schemes import payword, szm_status
 from farthing.wallet.auth import PaymentAuth
 from farthing.wallet.cards import NO_EXPIRY, CardInfo, HllCardFile, Pkcs11Location
 from farthing.wallet.pkcs11_card import install_wrapped_card_key, new_wrapping_key
@@ -136,7 +137,7 @@ _HINTS: Final[tuple[tuple[type[FarthingError], str], ...]] = (
         CardExhausted,
         "add a card: `farthing wallet add-card szm CODE` (see `farthing wallet cards`)",
     ),
-    (WrongPin, "store the right PIN: add the card again with --pin"),
+    (WrongPin, f"store the right PIN: add the card again (PIN from ${PIN_ENV} or the prompt)"),
     (CardLocked, "the token's PIN is locked; unlock it with the token's admin tools"),
     (Conflict, "see `farthing wallet cards`"),
     (MalformedMessage, "check the code or file for typos; a card code carries a checksum"),
@@ -219,6 +220,23 @@ def init(wallet: WalletOpt = None, passphrase_file: PassFileOpt = None) -> None:
         pass
     console.print(f"Created wallet [bold]{path}[/]")
     console.print("Next: add a card with `farthing wallet add-card szm CODE`.")
+
+
+@app.command()
+def upgrade(wallet: WalletOpt = None, passphrase_file: PassFileOpt = None) -> None:
+    """Re-protect the wallet with today's passphrase key derivation (Argon2id), if weaker."""
+    from farthing.wallet.store import WalletStore
+
+    path = _path(wallet)
+    if not path.is_file():
+        raise fail(f"no wallet at {path}", hint="create one with `farthing wallet init`")
+    passphrase = _passphrase(passphrase_file)
+    with _explained():
+        changed = WalletStore.upgrade(path, passphrase, rng=os.urandom)
+    if changed:
+        console.print(f"Upgraded [bold]{path}[/]: every secret is sealed again under Argon2id.")
+    else:
+        console.print(f"[bold]{path}[/] is already protected by today's key derivation.")
 
 
 @add_card.command("szm")
@@ -305,9 +323,6 @@ def add_hll(
     wrap_label: Annotated[
         str, typer.Option("--wrap-label", help="the key pair `hll-token-key` made")
     ] = _WRAP_LABEL,
-    pin: Annotated[
-        str | None, typer.Option("--pin", envvar=PIN_ENV, help="the token's user PIN")
-    ] = None,
     label: LabelOpt = None,
     site: SiteOpt = None,
     wallet: WalletOpt = None,
@@ -317,13 +332,14 @@ def add_hll(
 
     If the card file carries K_C wrapped for the token (the bank's answer to a request made
     with `hll-token-key`), the token unwraps it inside itself first; K_C is never in the
-    clear here. The PIN is kept in the wallet, sealed under the passphrase, so payments run
-    without asking for it.
+    clear here. The PIN comes from $FARTHING_CARD_PIN or a prompt (never from the command
+    line, where other users see it), and is kept in the wallet, sealed under the
+    passphrase, so payments run without asking for it.
     """
     with _explained():
         card = HllCardFile.from_json(_read_text(card_file))
     token = Pkcs11Location(module_path=pkcs11_module, token_label=token_label, key_label=key_label)
-    pin = pin or typer.prompt("Token PIN", hide_input=True, err=True)
+    pin = os.environ.get(PIN_ENV) or typer.prompt("Token PIN", hide_input=True, err=True)
     card = _into_token(card, token, pin, wrap_label)
     with _opened(wallet, passphrase_file) as opened, _explained():
         info = opened.add_hll_card(card, token=token, pin=pin, label=label, site=site)
@@ -461,6 +477,33 @@ def balance(wallet: WalletOpt = None, passphrase_file: PassFileOpt = None) -> No
     for info in credit:
         limit = format_micros(info.value_left_micros, info.currency)
         console.print(f"PayWord credit {limit} from broker {info.realm} ({info.label})")
+
+
+@app.command("card-status")
+def card_status(
+    label: Annotated[
+        str, typer.Argument(help="the SZM card's label (see `farthing wallet cards`)")
+    ],
+    issuer: Annotated[str, typer.Option("--issuer", help="the card issuer's URL")],
+    wallet: WalletOpt = None,
+    passphrase_file: PassFileOpt = None,
+) -> None:
+    """Ask the issuer what is left on an SZM card, proving that this wallet holds it (the
+    issuer tells nobody else: the card id alone is in every payment)."""
+    from farthing.issuer.client import CardStatus, IssuerClient
+
+    async def ask(request: szm_status.StatusRequest) -> CardStatus:
+        async with IssuerClient(issuer, merchant_id=None, merchant_key=None) as client:
+            return await client.card_status(request)
+
+    with _opened(wallet, passphrase_file) as opened:
+        request = opened.szm_status_request(label)
+    with _explained():
+        status = asyncio.run(ask(request))
+    console.print(
+        f"{label}: {status.units - status.spent} of {status.units} units left at the issuer "
+        f"({status.status})"
+    )
 
 
 # --- buying --------------------------------------------------------------------------------

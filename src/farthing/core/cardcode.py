@@ -9,11 +9,11 @@ code carries everything the card holder's wallet needs and nothing about the buy
     text    = "FTH1-" || base32(payload), no padding, in dash-separated groups of 5
     compact = base64url(payload), no padding             (for QR codes)
 
-``modulus`` is the public BBS modulus n (big-endian, no leading zero) for the "bbs"
-generator and empty otherwise. Parsing the text form ignores case, whitespace and dashes;
-a wrong checksum, a non-canonical encoding or an unknown protocol is refused. The checksum
-is not a MAC: it protects against typing mistakes, not against an attacker (who would only
-be forging a card for himself).
+``modulus`` is the public BBS modulus n (big-endian, no leading zero, 2048 bits or more)
+for the "bbs" generator and empty otherwise. Parsing the text form ignores case, whitespace
+and dashes; a wrong checksum, a non-canonical encoding or an unknown protocol is refused.
+The checksum is not a MAC: it protects against typing mistakes, not against an attacker
+(who would only be forging a card for himself).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from typing import Final, TypeVar
 from farthing.core.encoding import Reader, Writer, b64url_decode, b64url_encode
 from farthing.core.errors import ErrorCode, MalformedMessage, UnsupportedMethod
 from farthing.core.money import Denomination
+from farthing.core.prbg import BBS_MIN_MODULUS_BITS as BBS_MIN_BITS
 from farthing.core.primitives import constant_time_eq, sha256
 
 __all__ = [
@@ -63,13 +64,13 @@ class Protocol(StrEnum):
 
 class Generator(StrEnum):
     SHA256_CHAIN = "sha256-chain"
-    HMAC_DRBG = "hmac-drbg"
+    HMAC_CTR = "hmac-ctr"
     BBS = "bbs"
 
 
 _GENERATORS: Final = {
     Protocol.CHAIN: frozenset({Generator.SHA256_CHAIN}),
-    Protocol.PRBG: frozenset({Generator.HMAC_DRBG, Generator.BBS}),
+    Protocol.PRBG: frozenset({Generator.HMAC_CTR, Generator.BBS}),
 }
 
 
@@ -103,6 +104,8 @@ class CardCode:
             raise _bad("a modulus goes with the bbs generator only")
         if len(self.modulus) > _MAX_MODULUS or self.modulus[:1] == b"\x00":
             raise _bad("modulus must be minimal big-endian bytes")
+        if self.modulus and int.from_bytes(self.modulus, "big").bit_length() < BBS_MIN_BITS:
+            raise _bad(f"a BBS modulus under {BBS_MIN_BITS} bits is refused")
         if not 0 < len(self.realm.encode("utf-8")) <= _MAX_REALM:
             raise _bad("realm must be 1..255 bytes")
         Denomination(currency=self.currency, unit_micros=self.unit_micros)  # validates both

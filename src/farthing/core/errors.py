@@ -83,6 +83,7 @@ class ErrorCode(IntEnum):
     AMOUNT_MISMATCH = 3004
     RISK_LIMIT = 3005
     PAYMENT_REQUIRED = 3006
+    CREDIT_LIMIT = 3007
 
     ACCESS_DENIED = 4000
     UNAUTHENTICATED = 4001
@@ -103,6 +104,7 @@ class ErrorCode(IntEnum):
     INSECURE_TRANSPORT = 5007  # the wallet pays only over https (plain http on loopback)
     WRONG_SITE = 5008  # the card is bound to another site
     STORE_UNAVAILABLE = 5009  # no free store connection, or the database refuses clients
+    KDF_TOO_WEAK = 5010  # a wallet file sealed under a passphrase KDF below our minimum
 
     INTERNAL = 9000
 

@@ -11,6 +11,9 @@ style of the counter-mode KDF of NIST SP 800-108::
 
 so anyone who holds the seed can jump straight to any block, and nobody who does not can
 tell a block from random or compute another one (HMAC is a PRF).
+It is a PRF in counter mode, not the SP 800-90A HMAC_DRBG (hence the card-code name
+"hmac-ctr"), and it never reseeds: the card and the issuer must both compute the same
+blocks from the seed alone, so there is no fresh entropy either could add.
 
 Blum-Blum-Shub (HAC §5.5.2, Algorithm 5.40) is the generator of the paper's era. With a
 Blum modulus n = p*q (p, q prime, both 3 mod 4) and a seed s coprime to n::
@@ -24,6 +27,9 @@ b = 8 bits per step by default: lg lg n = 11 for a 2048-bit n, so 8 is inside th
 (b <= lg lg n, b in 1, 2, 4, 8). This is an asymptotic statement; the concrete analysis of
 Sidorenko and Schoenmakers (2005) asks for far larger moduli for a provable margin, which is
 one reason the HMAC generator is the default in farthing and BBS is kept for fidelity.
+A modulus under 2048 bits (:data:`BBS_MIN_MODULUS_BITS`) is refused when generated and,
+through :func:`require_strong_modulus`, in every key file and card code; only the
+arithmetic below still takes tiny moduli, for the textbook cross-checks.
 
 Who can compute what:
 
@@ -55,6 +61,7 @@ from farthing.core.primitives import hkdf_sha256, hmac_sha256
 __all__ = [
     "BBS_MAX_BITS",
     "BBS_MIN_BITS",
+    "BBS_MIN_MODULUS_BITS",
     "BLOCK_LEN",
     "DEFAULT_BITS_PER_STEP",
     "DEFAULT_MODULUS_BITS",
@@ -68,15 +75,19 @@ __all__ = [
     "bbs_read",
     "bbs_seed",
     "bbs_steps_per_block",
+    "blum_modulus_of_any_size",
     "generate_blum_modulus",
+    "require_strong_modulus",
 ]
 
 BLOCK_LEN: Final = 32
 SEED_LEN: Final = 32
 DEFAULT_BITS_PER_STEP: Final = 8
 DEFAULT_MODULUS_BITS: Final = 2048
-BBS_MIN_BITS: Final = 8  # tiny moduli only for textbook cross-checks
-_GENERATE_MIN_BITS: Final = 16
+BBS_MIN_BITS: Final = 8  # the arithmetic accepts tiny moduli: textbook cross-checks
+# What a key or card may use: generation, the issuer's key file and every card code refuse
+# less. 2048 bits is today's common floor for a modulus whose factoring breaks everything.
+BBS_MIN_MODULUS_BITS: Final = 2048
 BBS_MAX_BITS: Final = 16384
 _HMAC_DOMAIN: Final = "farthing/prbg/hmac-counter"
 _SEED_DOMAIN: Final = "farthing/prbg/bbs-seed"
@@ -149,12 +160,26 @@ class BbsKey:
         return BbsPublic(n=self.n)
 
 
+def require_strong_modulus(n: int) -> None:
+    """ValueError unless the modulus ``n`` has at least :data:`BBS_MIN_MODULUS_BITS` bits."""
+    if n.bit_length() < BBS_MIN_MODULUS_BITS:
+        raise ValueError(f"a BBS modulus needs at least {BBS_MIN_MODULUS_BITS} bits")
+
+
 def generate_blum_modulus(bits: int, rng: RandomSource) -> BbsKey:
-    """A fresh Blum modulus of exactly ``bits`` bits from the randomness ``rng``.
+    """A fresh Blum modulus of exactly ``bits`` bits (2048 or more) from ``rng``.
 
     Deterministic for a deterministic ``rng`` (gmpy2.next_prime is deterministic).
     """
-    if not _GENERATE_MIN_BITS <= bits <= BBS_MAX_BITS:
+    if not BBS_MIN_MODULUS_BITS <= bits <= BBS_MAX_BITS:
+        raise ValueError(f"a BBS modulus needs {BBS_MIN_MODULUS_BITS}..{BBS_MAX_BITS} bits")
+    return blum_modulus_of_any_size(bits, rng)
+
+
+def blum_modulus_of_any_size(bits: int, rng: RandomSource) -> BbsKey:
+    """A Blum modulus of ``bits`` >= 16 bits, without the size floor: only for tests of
+    the arithmetic (:mod:`farthing.testing`); every key file and card code refuses it."""
+    if bits < 16:
         raise ValueError("BBS modulus size out of range")
     p_bits = bits // 2
     p = _blum_prime(p_bits, rng)

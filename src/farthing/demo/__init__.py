@@ -2,7 +2,7 @@
 
 1. An issuer (bank, broker, SZM card issuer) on a fresh SQLite file, served on a free
    loopback port; an operator sets it up through its HTTP API: anonymous SZM cards of both
-   protocols (hash chain; HMAC-DRBG and Blum-Blum-Shub generators), a customer with money,
+   protocols (hash chain; HMAC-CTR and Blum-Blum-Shub generators), a customer with money,
    an HLL smart card (in a SoftHSM2 token when the machine has one), a merchant, a PayWord
    user with a broker certificate.
 2. A vendor selling a few articles, sharing the issuer's store for SZM (no third party) and

@@ -130,7 +130,7 @@ class DemoWorld:
 
     @property
     def wallet_path(self) -> Path:
-        """The wallet holding the szm:chain, szm:prbg (HMAC-DRBG), hll:mac and payword cards."""
+        """The wallet holding the szm:chain, szm:prbg (HMAC-CTR), hll:mac and payword cards."""
         return self.setup.wallet_path
 
     @property
@@ -229,7 +229,7 @@ def _issue_szm_cards(operator: httpx.Client, step: Step) -> dict[str, str]:
     expires = int(time.time()) + 30 * 86_400
     for protocol, generator in (
         ("szm:chain", None),
-        ("szm:prbg", "hmac-drbg"),
+        ("szm:prbg", "hmac-ctr"),
         ("szm:prbg", "bbs"),
     ):
         step(f"issuer: an anonymous {protocol} card" + (f" ({generator})" if generator else ""))
@@ -384,6 +384,7 @@ def _vendor(setup: Setup, step: Step) -> Iterator[str]:
         prices=prices,
         store=setup.store,
         bank=bank,
+        broker=bank,  # admits PayWord commitments where they are redeemed
         closers=[bank.aclose],
         offers=goods.offers,
     )

@@ -77,7 +77,10 @@ _CODE_OVERRIDES: Final = {
     ErrorCode.UNAUTHENTICATED: (401, FARTHING_BASE + "unauthenticated", "Not authenticated"),
     ErrorCode.PAYLOAD_TOO_LARGE: (413, FARTHING_BASE + "payload-too-large", "Payload too large"),
     ErrorCode.SERVER_BUSY: (503, FARTHING_BASE + "server-busy", "Server busy"),
+    # The issuer (bank, broker) could not be reached: try again later, nothing was taken.
+    ErrorCode.ISSUER_UNAVAILABLE: (503, FARTHING_BASE + "issuer-unavailable", "Issuer unavailable"),
 }
+_RETRY_AFTER: Final = {ErrorCode.ISSUER_UNAVAILABLE: 5}
 
 
 def problem_for(error: FarthingError) -> Problem:
@@ -92,7 +95,7 @@ def problem_for(error: FarthingError) -> Problem:
             title=title,
             detail=error.message,
             code=int(error.code),
-            retry_after=retry_after,
+            retry_after=retry_after if retry_after is not None else _RETRY_AFTER.get(error.code),
         )
     for cls, status, type_, title in _TABLE:
         if isinstance(error, cls):

@@ -23,6 +23,7 @@ Errors are always farthing's own, never a bare Exception:
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Final
@@ -45,8 +46,13 @@ from farthing.core.errors import (
     RemoteProtocolError,
     UnsupportedMethod,
 )
-from farthing.core.schemes import hll, payword
-from farthing.issuer.wire import deposit_lookup_tag, redeem_request_tag, verify_request_tag
+from farthing.core.schemes import hll, payword, szm_status
+from farthing.issuer.wire import (
+    admit_request_tag,
+    deposit_lookup_tag,
+    redeem_request_tag,
+    verify_request_tag,
+)
 
 __all__ = ["CardStatus", "IssuerClient", "error_from_problem"]
 
@@ -192,6 +198,19 @@ class IssuerClient:
         except NotFound:
             return None
 
+    async def admit_payword(self, commitment: bytes) -> None:
+        """Have the broker admit a user's new commitment (its encoding) before accepting
+        paywords under it; InsufficientFunds(CREDIT_LIMIT) if the user's open commitments
+        would pass its credit limit. Safe to repeat."""
+        merchant_id, key = self._credentials()
+        tag = admit_request_tag(key, merchant_id, commitment)
+        body = {
+            "merchant_id": merchant_id,
+            "commitment": b64url_encode(commitment),
+            "tag": b64url_encode(tag),
+        }
+        await self._call("POST", "/v1/payword/commitments", body)
+
     async def redeem_payword(self, redemption: payword.Redemption | bytes) -> int:
         """Redeem a PayWord claim; returns the units newly credited (0 for a repeat)."""
         encoded = (
@@ -207,14 +226,18 @@ class IssuerClient:
         answer = await self._call("POST", "/v1/payword/redemptions", body)
         return _int(answer, "credited_units")
 
-    async def card_status(self, card_id: bytes) -> CardStatus:
-        """The public status of an SZM card; NotFound for an unknown card."""
-        answer = await self._call("GET", f"/v1/szm/cards/{b64url_encode(card_id)}", None)
+    async def card_status(self, request: szm_status.StatusRequest) -> CardStatus:
+        """The status of an SZM card, for its holder (``request`` carries the proof of the
+        card secret, :func:`farthing.core.schemes.szm_status.status_request`); NotFound for
+        an unknown card or a wrong proof alike."""
+        body: dict[str, str | int] = {"at": request.at, "proof": b64url_encode(request.proof)}
+        path = f"/v1/szm/cards/{b64url_encode(request.card_id)}/status"
+        answer = await self._call("POST", path, body)
         status = answer.get("status")
         if not isinstance(status, str):
             raise _unavailable("the issuer's card status does not decode")
         return CardStatus(
-            card_id=card_id,
+            card_id=request.card_id,
             units=_int(answer, "units"),
             spent=_int(answer, "spent"),
             expires_at=_int(answer, "expires_at"),
@@ -238,7 +261,9 @@ class IssuerClient:
             )
         return self._merchant_id, self._key
 
-    async def _call(self, method: str, path: str, body: dict[str, str] | None) -> dict[str, object]:
+    async def _call(
+        self, method: str, path: str, body: Mapping[str, str | int] | None
+    ) -> dict[str, object]:
         try:
             response = await self._http.request(method, path, json=body)
         except httpx.HTTPError as exc:

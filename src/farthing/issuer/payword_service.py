@@ -13,9 +13,16 @@ units are new: it only ever raises the index, so a repeated or lower claim credi
 the same transaction the ledger debits the user's account (PayWord is credit: the user
 owes the broker) and credits the vendor.
 
-Like the paper's broker, this one carries the credit risk: a user may commit up to the
-limit to each vendor and so overspend across vendors; redemptions are still honoured (the
-vendors delivered) and the report shows what each user owes.
+Credit across vendors. The certificate's credit limit binds *all* of a user's commitments
+together, not only each one: before a vendor accepts paywords under a new commitment, it
+has the broker admit it (:meth:`PaywordService.admit`), and the pure core
+(:func:`~farthing.core.schemes.payword.admit_commitment`) admits it only while the units
+vendors may still claim under the user's admitted commitments, plus this one's, stay
+within the limit. A redemption is paid only for an admitted commitment
+(:func:`~farthing.core.schemes.payword.require_admitted`), so at no time can vendors claim
+more than the limit from one user; redeemed units become the user's debt in the ledger
+and stop counting. The admission runs in a serializable transaction, so two vendors
+admitting at once cannot both squeeze under the limit.
 """
 
 from __future__ import annotations
@@ -30,16 +37,23 @@ from farthing.core.primitives import constant_time_eq, sha256
 from farthing.core.schemes import payword
 from farthing.issuer.accounts_service import find_customer
 from farthing.issuer.auth import Merchant, MerchantDirectory
-from farthing.issuer.wire import redeem_request_tag
-from farthing.store import Store, Tx
+from farthing.issuer.wire import admit_request_tag, redeem_request_tag
+from farthing.store import PaywordUserRow, Store, Tx
 
-__all__ = ["PaywordService", "Redeemed", "RegisteredUser"]
+__all__ = ["Admitted", "PaywordService", "Redeemed", "RegisteredUser"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RegisteredUser:
     user_id: str
     certificate: payword.Certificate
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Admitted:
+    commitment_id: bytes
+    outstanding_micros: int
+    credit_limit_micros: int
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -127,6 +141,52 @@ class PaywordService:
 
         return RegisteredUser(user_id=user_id, certificate=self._store.run_in_transaction(unit))
 
+    def admit(self, merchant_id: str, commitment_bytes: bytes, tag: bytes) -> Admitted:
+        """A vendor presents a new commitment: admit it if the user's open commitments and
+        this one stay within the credit limit (InsufficientFunds(CREDIT_LIMIT) otherwise).
+        Admitting one again answers as the first time."""
+        merchant = self._merchants.authenticate(
+            merchant_id, tag, lambda key: admit_request_tag(key, merchant_id, commitment_bytes)
+        )
+        commitment = payword.decode_commitment(commitment_bytes)
+        cid = payword.commitment_id(commitment)
+        now = self._clock.now()
+
+        def unit(tx: Tx) -> Admitted:
+            user = self._known_user(tx, commitment.certificate)
+            known = tx.payword_open_commitments(
+                user.user_id, expired_before=now - payword.DEFAULT_REDEEM_WINDOW
+            )
+            admitted = payword.admit_commitment(
+                self._broker_public,
+                commitment,
+                vendor_id=merchant.merchant_id,
+                open_commitments=known,
+                now=now,
+            )
+            if all(c.commitment_id != cid for c in known) and tx.payword_admit(admitted):
+                detail = {"commitment": b64url_encode(cid), "vendor": merchant.merchant_id}
+                tx.audit(f"merchant:{merchant.merchant_id}", "payword.commitment.admit", detail)
+            mine = [c for c in known if c.commitment_id != cid] + [admitted]
+            cert = commitment.certificate
+            return Admitted(
+                commitment_id=cid,
+                outstanding_micros=sum(c.outstanding_micros(now=now) for c in mine),
+                credit_limit_micros=cert.credit_limit * cert.denomination.unit_micros,
+            )
+
+        return self._store.run_in_transaction(unit, serializable=True)
+
+    def _known_user(self, tx: Tx, cert: payword.Certificate) -> PaywordUserRow:
+        """The user of a certificate this broker issued, with that key; InvalidPayment else."""
+        user = tx.payword_user(cert.user_id)
+        stored = tx.payword_certificate(sha256(payword.encode_certificate(cert)))
+        if user is None or stored is None or stored.user_id != user.user_id:
+            raise _invalid()  # a certificate this broker never issued (or for someone else)
+        if not constant_time_eq(user.public_key, cert.user_public_key):
+            raise _invalid()
+        return user
+
     def redeem(self, merchant_id: str, redemption_bytes: bytes, tag: bytes) -> Redeemed:
         merchant = self._merchants.authenticate(
             merchant_id, tag, lambda key: redeem_request_tag(key, merchant_id, redemption_bytes)
@@ -154,13 +214,8 @@ class PaywordService:
         denomination: Denomination,
         now: int,
     ) -> Redeemed:
-        cert = redemption.commitment.certificate
-        user = tx.payword_user(cert.user_id)
-        stored = tx.payword_certificate(sha256(payword.encode_certificate(cert)))
-        if user is None or stored is None or stored.user_id != user.user_id:
-            raise _invalid()  # a certificate this broker never issued (or for someone else)
-        if not constant_time_eq(user.public_key, cert.user_public_key):
-            raise _invalid()
+        user = self._known_user(tx, redemption.commitment.certificate)
+        payword.require_admitted(tx.payword_admitted(cid), redemption)
         if not denomination.currency == user.currency == merchant.currency:
             raise UnsupportedMethod(
                 "this vendor is paid in another currency", code=ErrorCode.UNSUPPORTED_METHOD

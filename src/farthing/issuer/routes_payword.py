@@ -1,4 +1,5 @@
-"""PayWord broker routes: the broker's key (public), users (operator), redemptions (vendor)."""
+"""PayWord broker routes: the broker's key (public), users (operator), admitting commitments
+and redemptions (vendor)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ from farthing.core.schemes import payword
 from farthing.issuer.auth import Operator
 from farthing.issuer.routes_common import field_bytes, operator_dependency
 from farthing.issuer.schemas import (
+    AdmittedOut,
     BrokerOut,
     NewPaywordUser,
+    PaywordAdmitRequest,
     PaywordRedeemRequest,
     PaywordUserOut,
     RedeemOut,
@@ -55,6 +58,22 @@ def build_payword_router(services: IssuerServices) -> APIRouter:
             expires_at=user.certificate.expires_at,
             broker_id=service.broker_id,
             broker_public_key=b64url_encode(service.broker_public),
+        )
+
+    @router.post("/commitments")
+    def admit(body: PaywordAdmitRequest) -> AdmittedOut:
+        """A vendor presents a user's new commitment, tagged under its key K_M, before it
+        accepts paywords under it: admitted only while the user's open commitments and this
+        one stay within the credit limit (402, code CREDIT_LIMIT, otherwise)."""
+        result = service.admit(
+            body.merchant_id,
+            field_bytes(body.commitment, "commitment"),
+            field_bytes(body.tag, "tag"),
+        )
+        return AdmittedOut(
+            commitment_id=b64url_encode(result.commitment_id),
+            outstanding_micros=result.outstanding_micros,
+            credit_limit_micros=result.credit_limit_micros,
         )
 
     @router.post("/redemptions")

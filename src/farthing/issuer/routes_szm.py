@@ -1,4 +1,4 @@
-"""SZM routes: issuing and exporting batches (operator), card status (public)."""
+"""SZM routes: issuing and exporting batches (operator), card status (the card's holder)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from farthing.core.cardcode import Generator
 from farthing.core.encoding import b64url_encode
 from farthing.core.errors import ErrorCode, MalformedMessage
 from farthing.core.money import Denomination
+from farthing.core.schemes import szm_status
 from farthing.issuer.auth import Operator
 from farthing.issuer.config import IssuerConfig
 from farthing.issuer.qr import qr_png
@@ -16,6 +17,7 @@ from farthing.issuer.routes_common import field_bytes, operator_dependency
 from farthing.issuer.schemas import (
     CardCodeOut,
     CardStatusOut,
+    CardStatusRequest,
     NewSzmBatch,
     RevenueOut,
     SzmBatchOut,
@@ -119,10 +121,16 @@ def build_szm_router(services: IssuerServices) -> APIRouter:
         card = service.export_card(op.actor, field_bytes(card_id, "card id", max_len=_ID_B64_MAX))
         return Response(qr_png(card.compact), media_type="image/png")
 
-    @router.get("/cards/{card_id}")
-    def card_status(card_id: str) -> CardStatusOut:
-        """Public: units, spent, expiry and status of a card, nothing else."""
-        view = service.status(field_bytes(card_id, "card id", max_len=_ID_B64_MAX))
+    @router.post("/cards/{card_id}/status")
+    def card_status(card_id: str, body: CardStatusRequest) -> CardStatusOut:
+        """The card's holder only: units, spent, expiry and status, given a fresh proof of
+        the card secret. A card id alone (it is in every payment) tells nothing."""
+        request = szm_status.StatusRequest(
+            card_id=field_bytes(card_id, "card id", max_len=_ID_B64_MAX),
+            at=body.at,
+            proof=field_bytes(body.proof, "proof", max_len=64),
+        )
+        view = service.status(request)
         return CardStatusOut(
             card_id=card_id,
             units=view.units,

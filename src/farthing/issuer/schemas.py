@@ -14,9 +14,11 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 __all__ = [
     "B64_PATTERN",
+    "AdmittedOut",
     "BrokerOut",
     "CardCodeOut",
     "CardStatusOut",
+    "CardStatusRequest",
     "CashIn",
     "CurrencyReportOut",
     "CustomerOut",
@@ -36,6 +38,7 @@ __all__ = [
     "NewMerchant",
     "NewPaywordUser",
     "NewSzmBatch",
+    "PaywordAdmitRequest",
     "PaywordRedeemRequest",
     "PaywordUserOut",
     "RedeemOut",
@@ -198,7 +201,7 @@ class DepositOut(_Response):
 
 class NewSzmBatch(_Request):
     protocol: Literal["szm:chain", "szm:prbg"]
-    generator: Literal["hmac-drbg", "bbs"] | None = None
+    generator: Literal["hmac-ctr", "bbs"] | None = None
     count: Annotated[int, Field(ge=1, le=1_000_000)]
     units: Annotated[int, Field(ge=1, le=1 << 30)]
     unit_micros: UnitMicros
@@ -228,6 +231,13 @@ class SzmExportOut(_Response):
     offset: int
     count: int
     cards: list[CardCodeOut]
+
+
+class CardStatusRequest(_Request):
+    """The holder's proof (:mod:`farthing.core.schemes.szm_status`): its clock and the MAC."""
+
+    at: int = Field(ge=0, lt=1 << 63)
+    proof: Annotated[str, _b64(64)]
 
 
 class CardStatusOut(_Response):
@@ -269,6 +279,18 @@ class PaywordUserOut(_Response):
 class BrokerOut(_Response):
     broker_id: str
     public_key: str
+
+
+class PaywordAdmitRequest(_Request):
+    merchant_id: Name
+    commitment: Annotated[str, _b64(4096)]
+    tag: Tag
+
+
+class AdmittedOut(_Response):
+    commitment_id: str
+    outstanding_micros: int
+    credit_limit_micros: int
 
 
 class PaywordRedeemRequest(_Request):

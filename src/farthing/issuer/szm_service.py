@@ -31,7 +31,7 @@ from farthing.core.errors import ErrorCode, MalformedMessage, NotFound, Unsuppor
 from farthing.core.money import Denomination
 from farthing.core.prbg import BbsKey, bbs_steps_per_block
 from farthing.core.primitives import hmac_sha256
-from farthing.core.schemes import szm_chain, szm_prbg
+from farthing.core.schemes import szm_chain, szm_prbg, szm_status
 from farthing.issuer.books import SystemAccounts
 from farthing.store import CardStatus, Store, SzmBatchRow, SzmCardRow, SzmProtocol, Tx
 
@@ -50,7 +50,7 @@ _MAX_BATCH_MICROS: Final = 10**15  # a billion EUR: far above any sale, far belo
 _MAX_UNITS: Final = {SzmProtocol.CHAIN: szm_chain.MAX_LENGTH, SzmProtocol.PRBG: 1 << 30}
 _GENERATORS: Final = {
     SzmProtocol.CHAIN: frozenset({None}),
-    SzmProtocol.PRBG: frozenset({Generator.HMAC_DRBG, Generator.BBS}),
+    SzmProtocol.PRBG: frozenset({Generator.HMAC_CTR, Generator.BBS}),
 }
 
 Progress = Callable[[int], None]
@@ -64,7 +64,7 @@ def derive_card_id(master_key: bytes, batch_id: bytes, index: int) -> bytes:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class BatchSpec:
-    """What to issue. ``generator`` is for ``szm:prbg`` only (None means hmac-drbg)."""
+    """What to issue. ``generator`` is for ``szm:prbg`` only (None means hmac-ctr)."""
 
     protocol: SzmProtocol
     count: int
@@ -101,7 +101,7 @@ class ExportPage:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CardStatusView:
-    """What anyone may learn about a card from its id."""
+    """What the card's holder learns about it from the issuer."""
 
     card_id: bytes
     units: int
@@ -266,12 +266,11 @@ class SzmService:
         return self._store.run_in_transaction(unit)
 
     def _exported(self, row: SzmCardRow) -> ExportedCard:
-        master = self._masters[row.protocol]
+        secret = self._card_secret(row.protocol, row.card_id)
         if row.protocol is SzmProtocol.CHAIN:
-            secret, generator = szm_chain.card_secret(master, row.card_id), Generator.SHA256_CHAIN
+            generator = Generator.SHA256_CHAIN
         else:
-            secret = szm_prbg.card_secret(master, row.card_id)
-            generator = Generator(row.generator or Generator.HMAC_DRBG.value)
+            generator = Generator(row.generator or Generator.HMAC_CTR.value)
         modulus = self._bbs.public.n_bytes if generator is Generator.BBS else b""
         code = CardCode(
             protocol=Protocol(row.protocol.value),
@@ -289,17 +288,29 @@ class SzmService:
 
     # --- status and revenue ---------------------------------------------------------------
 
-    def status(self, card_id: bytes) -> CardStatusView:
-        row = self._store.szm_card(card_id)
-        if row is None:
-            raise NotFound("no such card", code=ErrorCode.NOT_FOUND)
+    def status(self, request: szm_status.StatusRequest) -> CardStatusView:
+        """The card's status, for its holder only: the request must carry a fresh proof of
+        the card secret (:mod:`farthing.core.schemes.szm_status`). NotFound alike for an
+        unknown card and a wrong proof; AccessDenied for a stale time."""
+        now = self._clock.now()
+        szm_status.check_time(request, now=now)
+        row = self._store.szm_card(request.card_id) if len(request.card_id) == 16 else None
+        secret = None if row is None else self._card_secret(row.protocol, row.card_id)
+        szm_status.verify_status_request(request, secret, now=now)
+        assert row is not None  # verify_status_request refuses a missing card
         return CardStatusView(
-            card_id=card_id,
+            card_id=row.card_id,
             units=row.units,
             spent=row.spent,
             expires_at=row.expires_at,
-            status=_status(row, self._clock.now()),
+            status=_status(row, now),
         )
+
+    def _card_secret(self, protocol: SzmProtocol, card_id: bytes) -> bytes:
+        master = self._masters[protocol]
+        if protocol is SzmProtocol.CHAIN:
+            return szm_chain.card_secret(master, card_id)
+        return szm_prbg.card_secret(master, card_id)
 
     def recognise_revenue(self, actor: str, currency: str) -> int:
         """Move the spent, not yet recognised SZM value to revenue; return it in micros."""
@@ -316,7 +327,7 @@ class SzmService:
 
 def _generator(spec: BatchSpec) -> Generator | None:
     if spec.protocol is SzmProtocol.PRBG and spec.generator is None:
-        return Generator.HMAC_DRBG
+        return Generator.HMAC_CTR
     return spec.generator
 
 

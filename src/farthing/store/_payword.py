@@ -10,18 +10,28 @@ from __future__ import annotations
 
 from typing import Final
 
-from sqlalchemy import exc, insert, select, update
+from sqlalchemy import Select, exc, func, insert, select, update
+from sqlalchemy.engine import RowMapping
 
 from farthing.core.errors import Conflict, ErrorCode
+from farthing.core.schemes.payword import OpenCommitment
 from farthing.store._errors import is_unique_violation, unique_violation_as
 from farthing.store._rows import PaywordCertificateRow, PaywordRedemptionRow, PaywordUserRow
-from farthing.store._schema import payword_certificates, payword_redemptions, payword_users
+from farthing.store._schema import (
+    payword_admitted,
+    payword_certificates,
+    payword_redemptions,
+    payword_users,
+)
 from farthing.store._sql import Ctx, build, require_positive, total
 
 __all__ = [
     "add_certificate",
     "add_user",
+    "admit",
+    "admitted",
     "certificate",
+    "open_commitments",
     "redeem",
     "redeemed_units",
     "redemption",
@@ -143,3 +153,68 @@ def _raise_index(ctx: Ctx, commitment_id: bytes, old: int, new: int, at: int) ->
         .values(redeemed_index=new, credited_units=c.credited_units + (new - old), at=at)
     )
     return ctx.conn.execute(stmt).rowcount == 1
+
+
+# --- admitted commitments (the broker's bound on each user's open commitments) -------------
+
+
+def admit(ctx: Ctx, commitment: OpenCommitment) -> bool:
+    """Record an admitted commitment; False if its id was recorded already (by a
+    concurrent admission of the same commitment: admitting is idempotent)."""
+    values = {
+        "commitment_id": commitment.commitment_id,
+        "user_id": commitment.user_id,
+        "vendor_id": commitment.vendor_id,
+        "length": commitment.length,
+        "unit_micros": commitment.unit_micros,
+        "expires_at": commitment.expires_at,
+        "admitted_at": ctx.clock.now(),
+    }
+    savepoint = ctx.conn.begin_nested()
+    try:
+        ctx.conn.execute(insert(payword_admitted).values(values))
+    except exc.IntegrityError as error:
+        savepoint.rollback()
+        if is_unique_violation(error):
+            return False
+        raise
+    savepoint.commit()
+    return True
+
+
+def _admitted_query() -> Select[tuple[object, ...]]:
+    a, r = payword_admitted.c, payword_redemptions.c
+    redeemed = func.coalesce(r.redeemed_index, 0).label("redeemed")
+    return select(
+        a.commitment_id, a.user_id, a.vendor_id, a.length, a.unit_micros, a.expires_at, redeemed
+    ).select_from(
+        payword_admitted.outerjoin(
+            payword_redemptions, payword_redemptions.c.commitment_id == a.commitment_id
+        )
+    )
+
+
+def _open(row: RowMapping) -> OpenCommitment:
+    return OpenCommitment(
+        commitment_id=row["commitment_id"],
+        user_id=row["user_id"],
+        vendor_id=row["vendor_id"],
+        length=row["length"],
+        unit_micros=row["unit_micros"],
+        expires_at=row["expires_at"],
+        redeemed=row["redeemed"],
+    )
+
+
+def admitted(ctx: Ctx, commitment_id: bytes) -> OpenCommitment | None:
+    stmt = _admitted_query().where(payword_admitted.c.commitment_id == commitment_id)
+    row = ctx.conn.execute(stmt).mappings().one_or_none()
+    return None if row is None else _open(row)
+
+
+def open_commitments(ctx: Ctx, user_id: str, *, expired_before: int) -> list[OpenCommitment]:
+    """The user's admitted commitments that expire at or after ``expired_before`` (older
+    ones can no longer be redeemed, so they bind nothing)."""
+    a = payword_admitted.c
+    stmt = _admitted_query().where(a.user_id == user_id, a.expires_at >= expired_before)
+    return [_open(row) for row in ctx.conn.execute(stmt).mappings()]

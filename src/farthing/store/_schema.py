@@ -54,6 +54,7 @@ __all__ = [
     "merchants",
     "metadata",
     "operator_tokens",
+    "payword_admitted",
     "payword_certificates",
     "payword_redemptions",
     "payword_users",
@@ -282,6 +283,20 @@ payword_redemptions = Table(
     Column("redeemed_index", BigInteger, nullable=False),
     Column("credited_units", BigInteger, nullable=False),
     Column("at", BigInteger, nullable=False),
+)
+
+# The commitments the broker admitted (farthing.core.schemes.payword.admit_commitment): what
+# each may still cost the user bounds its next ones; only these are redeemed.
+payword_admitted = Table(
+    "payword_admitted",
+    metadata,
+    Column("commitment_id", LargeBinary(32), primary_key=True),
+    Column("user_id", String(64), ForeignKey("payword_users.user_id"), nullable=False, index=True),
+    Column("vendor_id", String(64), nullable=False),
+    Column("length", BigInteger, nullable=False),
+    Column("unit_micros", BigInteger, nullable=False),
+    Column("expires_at", BigInteger, nullable=False),
+    Column("admitted_at", BigInteger, nullable=False),
 )
 
 # --- vendor side (the vendor's own store) -------------------------------------------------

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import final
 
+from farthing.core.schemes.payword import OpenCommitment
 from farthing.store import _admin, _hll, _ledger, _payword, _szm, _vendor
 from farthing.store._check import check_ledger
 from farthing.store._rows import (
@@ -289,6 +290,20 @@ class Tx:
 
     def payword_redeemed_units(self, user_id: str) -> int:
         return _payword.redeemed_units(self._ctx, user_id)
+
+    def payword_admit(self, commitment: OpenCommitment) -> bool:
+        """Record a commitment the broker admitted; False if it was recorded already."""
+        return _payword.admit(self._ctx, commitment)
+
+    def payword_admitted(self, commitment_id: bytes) -> OpenCommitment | None:
+        return _payword.admitted(self._ctx, commitment_id)
+
+    def payword_open_commitments(
+        self, user_id: str, *, expired_before: int
+    ) -> list[OpenCommitment]:
+        """The user's admitted commitments still redeemable (expiring at or after
+        ``expired_before``), each with the index redeemed so far."""
+        return _payword.open_commitments(self._ctx, user_id, expired_before=expired_before)
 
     # --- vendor: PayWord -------------------------------------------------------------------
 

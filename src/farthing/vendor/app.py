@@ -29,7 +29,7 @@ from farthing.core.prbg import BbsKey
 from farthing.core.schemes.hll import DeferredRisk
 from farthing.store import Store
 from farthing.store.writer import StoreWriter
-from farthing.vendor.books import ChainBook, HllDeferredBook, PaywordBook, PrbgBook
+from farthing.vendor.books import ChainBook, HllDeferredBook, PaywordBook, PaywordBroker, PrbgBook
 from farthing.vendor.methods.base import PaymentMethod
 from farthing.vendor.methods.hll import HllBankClient, HllMethod, HllMode
 from farthing.vendor.methods.offline import OfflineMethod
@@ -81,7 +81,12 @@ class VendorSettings:
 
 
 def build_methods(
-    settings: VendorSettings, store: Store, writer: StoreWriter, *, bank: HllBankClient | None
+    settings: VendorSettings,
+    store: Store,
+    writer: StoreWriter,
+    *,
+    bank: HllBankClient | None,
+    broker: PaywordBroker | None = None,
 ) -> list[PaymentMethod]:
     """The enabled payment methods, in the order challenges are offered."""
     methods: list[PaymentMethod] = []
@@ -114,7 +119,7 @@ def build_methods(
             broker_public=pw.broker_public,
             unit_micros=pw.unit_micros,
         )
-        methods.append(OfflineMethod(scheme, PaywordBook(store, writer)))
+        methods.append(OfflineMethod(scheme, PaywordBook(store, writer, broker=broker)))
     return methods
 
 
@@ -125,6 +130,7 @@ def create_vendor_app(
     prices: PriceTable,
     store: Store,
     bank: HllBankClient | None = None,
+    broker: PaywordBroker | None = None,
     clock: Clock | None = None,
     rng: RandomSource = os.urandom,
     extra_routes: Sequence[Route] = (),
@@ -138,6 +144,8 @@ def create_vendor_app(
     server and are cancelled when it stops; then ``closers`` run (e.g. a client's
     ``aclose``). ``offers(method, path)``, if given, names what ``content`` sells: a priced
     path it does not offer is answered by ``content`` (404) without asking for payment.
+    ``broker`` (the PayWord broker's client) admits each new PayWord commitment before
+    paywords under it are accepted; give it whenever the vendor redeems there.
     """
     metrics = PaywallMetrics()
     writer = StoreWriter(store)
@@ -175,7 +183,7 @@ def create_vendor_app(
         inner,
         realm=settings.realm,
         prices=prices,
-        methods=build_methods(settings, store, writer, bank=bank),
+        methods=build_methods(settings, store, writer, bank=bank, broker=broker),
         challenge_secret=settings.challenge_secret,
         clock=clock if clock is not None else SystemClock(),
         rng=rng,

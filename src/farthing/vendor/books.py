@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+from typing import Protocol
 
 from farthing.core.cardcode import Generator
 from farthing.core.errors import Conflict, ErrorCode, InvalidPayment
@@ -34,7 +35,7 @@ from farthing.store.writer import StoreWriter
 from farthing.vendor.methods.hll import DeferredPolicy, DeferredRecord, PendingPurchase
 from farthing.vendor.methods.payword import HeldCommitment
 
-__all__ = ["ChainBook", "HllDeferredBook", "PaywordBook", "PrbgBook"]
+__all__ = ["ChainBook", "HllDeferredBook", "PaywordBook", "PaywordBroker", "PrbgBook"]
 
 
 @functools.lru_cache(maxsize=256)
@@ -113,12 +114,28 @@ class PrbgBook:
         )
 
 
-class PaywordBook:
-    """PayWord commitments the vendor has accepted, with their signed bytes for redemption."""
+class PaywordBroker(Protocol):
+    """The PayWord broker, as the vendor reaches it (over HTTP in production)."""
 
-    def __init__(self, store: Store, writer: StoreWriter) -> None:
+    async def admit_payword(self, commitment: bytes) -> None:
+        """Have the broker admit a new commitment within the user's credit, or raise."""
+        ...
+
+
+class PaywordBook:
+    """PayWord commitments the vendor has accepted, with their signed bytes for redemption.
+
+    With a ``broker``, a commitment is stored (and paywords under it accepted) only once the
+    broker admitted it: the broker then caps what all of a user's vendors may claim at the
+    credit limit, and pays only admitted commitments. Without one (a vendor that cannot
+    redeem anyway) commitments are taken on the signatures alone."""
+
+    def __init__(
+        self, store: Store, writer: StoreWriter, *, broker: PaywordBroker | None = None
+    ) -> None:
         self._store = store
         self._writer = writer
+        self._broker = broker
 
     async def load(self, key: bytes) -> HeldCommitment | None:
         row = await asyncio.to_thread(self._store.payword_commitment, key)
@@ -137,6 +154,8 @@ class PaywordBook:
         return HeldCommitment(commitment_id=row.commitment_id, state=state, encoded=row.commitment)
 
     async def insert(self, held: HeldCommitment) -> bool:
+        if self._broker is not None:
+            await self._broker.admit_payword(held.encoded)
         state = held.state
         row = VendorCommitmentRow(
             commitment_id=held.commitment_id,

@@ -12,8 +12,10 @@ A small file next to the goods::
     "/articles/*" = "2000 EUR"            # micro-units of the currency: 2000 = 0.2 cent
     "/**" = "500 EUR"
 
-    [szm]                                 # the vendor issues its own SZM cards
-    issuer_keys = "issuer.keys.json"      # written by `farthing issuer init`
+    [szm]                                 # the vendor sells its issuer's SZM cards
+    keys = "vendor.keys.json"             # the vendor's own key file (SZM masters, BBS
+                                          # factors; no other issuer secret), written by
+                                          # `farthing vendor init --issuer-keys FILE`
                                           # (or chain_master / prbg_master as hex)
 
     [hll]                                 # sell to HLL smart cards through a bank
@@ -153,14 +155,21 @@ def _prices(table: object) -> PriceTable:
 
 
 def _szm(table: dict[str, object], base: Path) -> SzmKeys:
-    if "issuer_keys" not in table:  # keys inline, as hex (tests, or a vendor without a file)
+    if "issuer_keys" in table:
+        raise _bad(
+            "szm.issuer_keys",
+            "a vendor does not read the issuer's key file (it holds the HLL bank key, the "
+            "PayWord broker key and the merchant-key wrap); make the vendor's own with "
+            "`farthing vendor init DIR --issuer-keys FILE` and name it in szm.keys",
+        )
+    if "keys" not in table:  # keys inline, as hex (tests, or a vendor without a file)
         return SzmKeys(
             chain_master=_hex(_str(table, "chain_master", "szm."), "szm.chain_master", length=32),
             prbg_master=_hex(_str(table, "prbg_master", "szm."), "szm.prbg_master", length=32),
         )
-    from farthing.issuer.config import load_issuer_keys
+    from farthing.issuer.config import load_vendor_keys
 
-    keys = load_issuer_keys(_relative(base, _str(table, "issuer_keys", "szm.")))
+    keys = load_vendor_keys(_relative(base, _str(table, "keys", "szm.")))
     return SzmKeys(
         chain_master=keys.szm_chain_master, prbg_master=keys.szm_prbg_master, bbs=keys.bbs
     )

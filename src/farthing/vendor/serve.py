@@ -45,6 +45,7 @@ def app_from_config(config: VendorConfig) -> Paywall:
     bank = _bank(config)
     closers = [bank.aclose] if bank is not None else []
     background = []
+    broker = None
     deposits = depositor_for(config, store=store)
     if deposits is None and deposits_missing(config):
         log.warning("PayWord is sold but not redeemed: set [payword] issuer_url and key file")
@@ -52,6 +53,8 @@ def app_from_config(config: VendorConfig) -> Paywall:
         depositor, client = deposits
         closers.append(client.aclose)
         background.append(functools.partial(depositor.run, config.deposit_interval))
+        if config.settings.payword is not None:
+            broker = client  # PayWord commitments are admitted where they are redeemed
     goods = GoodsApp(config.content_dir)
     return create_vendor_app(
         config.settings,
@@ -59,6 +62,7 @@ def app_from_config(config: VendorConfig) -> Paywall:
         prices=config.prices,
         store=store,
         bank=bank,
+        broker=broker,
         closers=closers,
         background=background,
         offers=goods.offers,

@@ -58,6 +58,7 @@ __all__ = [
 DEFAULT_COMMITMENT_UNITS: Final = 1000
 DEFAULT_COMMITMENT_TTL: Final = 86_400  # the paper's "per vendor per day"
 _COMMITMENT_MARGIN: Final = 60
+_CREDIT_SHARES: Final = 4  # a commitment takes at most a quarter of the credit line
 _BBS_STATE_DOMAIN: Final = "farthing/wallet/bbs-state"
 _MAX_BBS_BYTES: Final = 2048
 
@@ -372,6 +373,13 @@ class PaywordMethod:
         credit = card.total * card.unit_micros
         return min(self._commitment_units, credit // unit_micros, payword.MAX_LENGTH)
 
+    def _length(self, card: CardRow, unit_micros: int, units: int) -> int:
+        """The length of a new commitment: at most a share of the credit line (the broker
+        caps the sum of a user's open commitments, so one vendor must not take it all),
+        and at least the price."""
+        share = card.total * card.unit_micros // (_CREDIT_SHARES * unit_micros)
+        return max(units, min(share, self._capacity(card, unit_micros)))
+
     def reserve(self, tx: WriteTx, quote: Quote, good: str, now: int) -> Reservation:
         vendor = str(quote.challenge.request["vendor"])
         unit_micros = quote.charged_micros // quote.units  # the vendor's unit, from quote()
@@ -390,14 +398,14 @@ class PaywordMethod:
         for row in tx.open_commitments(quote.card.id, vendor, unit_micros):
             if row.remaining >= quote.units and row.expires_at > now + _COMMITMENT_MARGIN:
                 return row
-        row = self._new_commitment(quote.card, vendor, unit_micros, now)
+        row = self._new_commitment(quote.card, vendor, unit_micros, quote.units, now)
         if row.length < quote.units:
             raise CardExhausted("the credit limit does not cover this price")
         tx.insert_commitment(row)
         return row
 
     def _new_commitment(
-        self, card: CardRow, vendor: str, unit_micros: int, now: int
+        self, card: CardRow, vendor: str, unit_micros: int, units: int, now: int
     ) -> CommitmentRow:
         certificate = payword_certificate(card)
         seed = self._rng(32)
@@ -406,7 +414,7 @@ class PaywordMethod:
             certificate,
             vendor_id=vendor,
             seed=seed,
-            length=self._capacity(card, unit_micros),
+            length=self._length(card, unit_micros, units),
             now=now,
             ttl=self._ttl,
             rng=self._rng,

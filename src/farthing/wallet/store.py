@@ -2,8 +2,8 @@
 
 Tables (SQLAlchemy Core; the file carries its format version in ``meta``):
 
-``meta``         key/value: format version, scrypt parameters, the passphrase check value,
-                 the saved spending policy.
+``meta``         key/value: format version, the passphrase KDF (Argon2id) parameters, the
+                 passphrase check value, the saved spending policy.
 ``cards``        one row per card: public terms in the clear (method, realm, denomination,
                  totals, expiry), the position ``spent`` (SZM index, HLL counter) and units
                  left ``balance`` in the clear, the card's secret and any secret mutable state
@@ -67,7 +67,7 @@ from sqlalchemy.pool import ConnectionPoolEntry
 
 from farthing.core.clock import RandomSource
 from farthing.core.errors import Conflict, ErrorCode, LocalProtocolError
-from farthing.wallet.secretbox import DEFAULT_SCRYPT_N, KdfParams, SecretBox
+from farthing.wallet.secretbox import KdfParams, SecretBox, record_id
 
 __all__ = [
     "FORMAT_VERSION",
@@ -384,11 +384,9 @@ class WalletStore:
         self._box = box
 
     @classmethod
-    def create(
-        cls, path: Path, passphrase: str, *, rng: RandomSource, scrypt_n: int = DEFAULT_SCRYPT_N
-    ) -> WalletStore:
+    def create(cls, path: Path, passphrase: str, *, rng: RandomSource) -> WalletStore:
         """A new, empty wallet file. Raises Conflict if the file exists."""
-        params = KdfParams.fresh(rng, n=scrypt_n)
+        params = KdfParams.fresh(rng)
         box = SecretBox.derive(passphrase, params, rng)
         _create_private_file(path)
         engine = _engine(path)
@@ -411,21 +409,55 @@ class WalletStore:
     @classmethod
     def open(cls, path: Path, passphrase: str, *, rng: RandomSource) -> WalletStore:
         """Open an existing wallet. Raises LocalProtocolError: NOT_FOUND (no file),
-        WALLET_LOCKED ("wrong passphrase"), UNKNOWN_VERSION (a newer format)."""
-        if not path.is_file():
-            raise LocalProtocolError(f"no wallet at {path}", code=ErrorCode.NOT_FOUND)
-        engine = _engine(path)
+        WALLET_LOCKED ("wrong passphrase"), UNKNOWN_VERSION (a newer format), KDF_TOO_WEAK
+        (its passphrase protection is under today's minimum: :meth:`upgrade` it)."""
+        engine = _open_engine(path)
         try:
             meta = _read_meta(engine)
             _check_format(meta, path)
             with engine.begin() as conn:
                 _metadata.create_all(conn)  # tables newer than the file (pending, refusals)
-            box = SecretBox.derive(passphrase, KdfParams.from_json(json.loads(meta["kdf"])), rng)
+            params = _kdf_params(meta)
+            params.require_strong()  # before the passphrase is even tried
+            box = SecretBox.derive(passphrase, params, rng)
             box.verify_check(meta["check"])
         except BaseException:
             engine.dispose()
             raise
         return cls(path, engine, box)
+
+    @classmethod
+    def upgrade(cls, path: Path, passphrase: str, *, rng: RandomSource) -> bool:
+        """Re-seal every secret of the wallet at ``path`` under fresh Argon2id parameters at
+        today's cost, if its own are weaker; False if there was nothing to do.
+
+        One write transaction: the old key opens each sealed value (record ids do not
+        depend on the key), the new one seals it again, and the new parameters and check
+        value replace the old. A crash leaves the old wallet whole."""
+        engine = _open_engine(path)
+        try:
+            meta = _read_meta(engine)
+            _check_format(meta, path)
+            old_params = _kdf_params(meta)
+            try:
+                old_params.require_strong()
+                return False
+            except LocalProtocolError:
+                pass
+            old = SecretBox.derive(passphrase, old_params, rng)
+            old.verify_check(meta["check"])
+            params = KdfParams.fresh(rng)
+            new = SecretBox.derive(passphrase, params, rng)
+            with engine.begin() as conn:
+                _reseal_all(conn, old, new)
+                for key, value in (
+                    ("kdf", json.dumps(params.to_json()).encode()),
+                    ("check", new.check_value()),
+                ):
+                    conn.execute(update(_meta).where(_meta.c.key == key), {"value": value})
+            return True
+        finally:
+            engine.dispose()
 
     def close(self) -> None:
         self._engine.dispose()
@@ -742,6 +774,42 @@ def _usage(conn: Connection, *, host: str, since: int) -> dict[str, tuple[int, i
     return {
         currency: (int(total or 0), int(here or 0)) for currency, total, here in conn.execute(query)
     }
+
+
+def _open_engine(path: Path) -> Engine:
+    if not path.is_file():
+        raise LocalProtocolError(f"no wallet at {path}", code=ErrorCode.NOT_FOUND)
+    return _engine(path)
+
+
+def _kdf_params(meta: dict[str, bytes]) -> KdfParams:
+    try:
+        document = json.loads(meta["kdf"])
+    except ValueError:
+        document = None
+    if not isinstance(document, dict):
+        raise LocalProtocolError("the wallet's KDF record is damaged", code=ErrorCode.BAD_FIELD)
+    return KdfParams.from_json(document)
+
+
+def _reseal_all(conn: Connection, old: SecretBox, new: SecretBox) -> None:
+    """Every sealed value, opened with ``old`` and sealed again with ``new`` under the same
+    record id (the ids :func:`farthing.wallet.cards.secret_record` and the commitment
+    seeds use)."""
+
+    def again(record: bytes, sealed: bytes | None) -> bytes | None:
+        return None if sealed is None else new.seal(record, old.open(record, sealed))
+
+    for card in conn.execute(select(_cards)).mappings().all():
+        table, key = "cards/" + card["method"], card["card_key"]
+        values = {
+            "secret": again(record_id(table, key, "secret"), card["secret"]),
+            "state": again(record_id(table, key, "state"), card["state"]),
+        }
+        conn.execute(update(_cards).where(_cards.c.id == card["id"]), values)
+    for row in conn.execute(select(_commitments.c.id, _commitments.c.seed)).all():
+        seed = again(record_id("commitments", row.id, "seed"), row.seed)
+        conn.execute(update(_commitments).where(_commitments.c.id == row.id), {"seed": seed})
 
 
 def _read_meta(engine: Engine) -> dict[str, bytes]:

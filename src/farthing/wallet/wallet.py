@@ -70,7 +70,7 @@ from farthing.core.errors import (
     LocalProtocolError,
     PolicyRefused,
 )
-from farthing.core.schemes import hll, payword
+from farthing.core.schemes import hll, payword, szm_status
 from farthing.core.sealing import open_sealed
 from farthing.http.payment_auth import Challenge, Credential, Receipt, format_credential
 from farthing.wallet.auth import PreparedPayment
@@ -85,6 +85,7 @@ from farthing.wallet.cards import (
     payword_card,
     pkcs11_location,
     szm_card,
+    szm_code,
 )
 from farthing.wallet.methods import (
     HllMethod,
@@ -97,7 +98,7 @@ from farthing.wallet.methods import (
 )
 from farthing.wallet.pkcs11_card import Pkcs11CardKey
 from farthing.wallet.policy import PriceOffer, SpendingPolicy, Usage
-from farthing.wallet.secretbox import DEFAULT_SCRYPT_N, record_id
+from farthing.wallet.secretbox import record_id
 from farthing.wallet.store import (
     CardRow,
     HistoryEntry,
@@ -290,10 +291,9 @@ class Wallet:
         rng: RandomSource = os.urandom,
         preference: Sequence[str] = DEFAULT_PREFERENCE,
         up_front_margin: int = DEFAULT_UP_FRONT_MARGIN,
-        scrypt_n: int = DEFAULT_SCRYPT_N,
     ) -> Wallet:
         """A new wallet file (owner-only permissions). Raises Conflict if it exists."""
-        store = WalletStore.create(Path(path), passphrase, rng=rng, scrypt_n=scrypt_n)
+        store = WalletStore.create(Path(path), passphrase, rng=rng)
         chosen = policy if policy is not None else SpendingPolicy()
         _save_policy(store, chosen)
         return cls(
@@ -429,6 +429,15 @@ class Wallet:
             if card.method != "payword" and self._clock.now() < card.expires_at:
                 totals[card.currency] = totals.get(card.currency, 0) + card.value_left_micros
         return totals
+
+    def szm_status_request(self, label: str) -> szm_status.StatusRequest:
+        """A fresh proof that this wallet holds the SZM card ``label``: what the issuer's
+        card status asks for (:meth:`farthing.issuer.client.IssuerClient.card_status`)."""
+        row = next((card for card in self._store.cards() if card.label == label), None)
+        if row is None or row.method not in ("szm:chain", "szm:prbg"):
+            raise LocalProtocolError(f"no SZM card labelled {label!r}", code=ErrorCode.NOT_FOUND)
+        code = szm_code(self._store.box, row)
+        return szm_status.status_request(code.secret, code.card_id, now=self._clock.now())
 
     def history(self, *, limit: int = 50) -> list[HistoryEntry]:
         """The latest payments, newest first."""

@@ -38,9 +38,11 @@ EXHAUSTED (spent = N) or EXPIRED; at the broker it is UNREDEEMED, then REDEEMED 
 index that only grows. Every verifier is a pure function: state value in, new state value
 and a receipt out; adapters persist with a conditional update on the old ``spent``.
 
-Known weaknesses (inherent to PayWord, kept on purpose as the baseline): the broker
-carries the credit risk; a user can commit up to the limit to *each* vendor and so
-overspend across vendors, found only at redemption. The vendor learns the user's identity
+Credit across vendors (ours): the paper's limit bounds each commitment; the broker here
+also admits each commitment before a vendor accepts paywords under it
+(:func:`admit_commitment`) only while the user's open commitments stay within the limit,
+and pays only admitted ones (:func:`require_admitted`). Known weaknesses (inherent to
+PayWord, kept on purpose as the baseline): the vendor learns the user's identity
 from C_U and the broker learns who bought how much from whom: there is no privacy. There
 is no revocation before the certificate expires. A vendor that loses its last payword
 loses that money; a user whose wallet state rolls back cannot pay that vendor again.
@@ -48,7 +50,7 @@ loses that money; a user whose wallet state rolls back cannot pay that vendor ag
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Final, NamedTuple, final
 
@@ -95,6 +97,7 @@ __all__ = [
     "Certificate",
     "Commitment",
     "CommitmentState",
+    "OpenCommitment",
     "Payment",
     "PaywordAccepted",
     "PaywordBroker",
@@ -106,6 +109,7 @@ __all__ = [
     "Reservation",
     "SpenderState",
     "accept_commitment",
+    "admit_commitment",
     "broker_redeem",
     "certificate_body",
     "commit",
@@ -120,6 +124,7 @@ __all__ = [
     "encode_payment",
     "encode_redemption",
     "issue_certificate",
+    "require_admitted",
     "verify_certificate",
     "verify_payment",
     "verify_payment_bytes",
@@ -650,6 +655,82 @@ def _links(base: RedemptionState, redemption: Redemption) -> bool:
     if steps >= 0:
         return constant_time_eq(chain_walk(CHAIN_TAG, redemption.value, steps), base.redeemed_value)
     return constant_time_eq(chain_walk(CHAIN_TAG, base.redeemed_value, -steps), redemption.value)
+
+
+# --- the broker: admitting commitments within the user's credit ------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OpenCommitment:
+    """What the broker keeps of a commitment it admitted: enough to bound what it may owe.
+
+    ``redeemed`` is the index redeemed so far (0 if none)."""
+
+    commitment_id: bytes
+    user_id: str
+    vendor_id: str
+    length: int
+    unit_micros: int
+    expires_at: int
+    redeemed: int = 0
+
+    def outstanding_micros(self, *, now: int, redeem_window: int = DEFAULT_REDEEM_WINDOW) -> int:
+        """What a vendor may still redeem under it: the units not yet redeemed, while
+        redemptions are taken; nothing once the window has closed."""
+        if now >= self.expires_at + redeem_window:
+            return 0
+        return max(0, self.length - self.redeemed) * self.unit_micros
+
+
+def admit_commitment(
+    broker_public: bytes,
+    commitment: Commitment,
+    *,
+    vendor_id: str,
+    open_commitments: Iterable[OpenCommitment],
+    now: int,
+    redeem_window: int = DEFAULT_REDEEM_WINDOW,
+) -> OpenCommitment:
+    """The broker's decision on a commitment a vendor presents before it accepts paywords.
+
+    The commitment must verify as :func:`accept_commitment` checks it (both signatures,
+    terms, vendor, not expired), and the user's outstanding commitments (``open_commitments``:
+    the user's others, as the broker keeps them) plus this one must stay within the
+    certificate's credit limit. So the broker never owes vendors more than the limit for
+    one user, however many vendors the user commits to. InsufficientFunds(CREDIT_LIMIT)
+    otherwise. Admitting a commitment already admitted returns it unchanged.
+    """
+    accept_commitment(broker_public, commitment, vendor_id=vendor_id, now=now)
+    cid = commitment_id(commitment)
+    others = [c for c in open_commitments if c.commitment_id != cid]
+    admitted = OpenCommitment(
+        commitment_id=cid,
+        user_id=commitment.certificate.user_id,
+        vendor_id=vendor_id,
+        length=commitment.length,
+        unit_micros=commitment.denomination.unit_micros,
+        expires_at=commitment.expires_at,
+    )
+    cert = commitment.certificate
+    limit = cert.credit_limit * cert.denomination.unit_micros
+    outstanding = sum(c.outstanding_micros(now=now, redeem_window=redeem_window) for c in others)
+    if outstanding + admitted.outstanding_micros(now=now, redeem_window=redeem_window) > limit:
+        raise InsufficientFunds(
+            "the user's open commitments would exceed its credit limit",
+            code=ErrorCode.CREDIT_LIMIT,
+        )
+    return admitted
+
+
+def require_admitted(admitted: OpenCommitment | None, redemption: Redemption) -> None:
+    """The broker pays only for commitments it admitted (:func:`admit_commitment`), so the
+    credit limit bounds what it owes: InvalidPayment(DEPOSIT_INVALID) otherwise."""
+    if admitted is None or not constant_time_eq(
+        admitted.commitment_id, commitment_id(redemption.commitment)
+    ):
+        raise InvalidPayment(
+            "the broker never admitted this commitment", code=ErrorCode.DEPOSIT_INVALID
+        )
 
 
 # --- the user's side ---------------------------------------------------------------------

@@ -26,7 +26,7 @@ token and key::
 
 The generator is chosen per card (:mod:`farthing.core.prbg`):
 
-- ``hmac-drbg``: block j = HMAC-SHA256(S, canonical("farthing/szm-prbg/stream", j)); random
+- ``hmac-ctr``: block j = HMAC-SHA256(S, canonical("farthing/szm-prbg/stream", j)); random
   access for everyone who knows S. The default: one HMAC per verification.
 - ``bbs``: Blum-Blum-Shub with 8 output bits per squaring under the issuer's Blum modulus
   n (printed on the card). The card, knowing only n, walks forward from its saved state x;
@@ -81,6 +81,7 @@ from farthing.core.prbg import (
     bbs_read,
     bbs_seed,
     bbs_steps_per_block,
+    require_strong_modulus,
 )
 from farthing.core.primitives import constant_time_eq, hmac_sha256
 from farthing.core.schemes._advance import (
@@ -122,11 +123,11 @@ METHOD: Final = Protocol.PRBG.value
 PAYMENT_DOMAIN: Final = "farthing/szm-prbg/payment"
 DERIVATION_DOMAIN: Final = "farthing/szm-prbg/card-secret"
 STREAM_DOMAIN: Final = "farthing/szm-prbg/stream"
-BBS_BITS_PER_STEP: Final = 8  # needs n of at least 256 bits (8 <= lg lg n)
+BBS_BITS_PER_STEP: Final = 8  # needs lg lg n >= 8; every usable n has 2048 bits or more
 MAX_CARD_UNITS: Final = 1 << 30
 DEFAULT_MAX_UNITS: Final = 10_000
 
-_GENERATORS: Final = frozenset({Generator.HMAC_DRBG, Generator.BBS})
+_GENERATORS: Final = frozenset({Generator.HMAC_CTR, Generator.BBS})
 _ID_LEN: Final = 16
 _SECRET_LEN: Final = 32
 _LEN16: Final = b"\x00\x10"
@@ -226,7 +227,7 @@ def new_card(
     if generator is Generator.BBS:
         if modulus is None:
             raise ValueError("a BBS card needs the issuer's modulus")
-        bbs_steps_per_block(modulus, BBS_BITS_PER_STEP)  # refuses a too small n
+        require_strong_modulus(modulus.n)
         bbs_x = bbs_seed(modulus, secret)
     return PrbgCard(
         card_id=card_id,
@@ -248,7 +249,7 @@ def issue_card(
     units: int,
     denomination: Denomination,
     expires_at: int,
-    generator: Generator = Generator.HMAC_DRBG,
+    generator: Generator = Generator.HMAC_CTR,
     bbs: BbsPublic | None = None,
 ) -> tuple[PrbgCardState, PrbgCard]:
     """A new card: the issuer's record to store and the card to hand over (as a code)."""
@@ -316,7 +317,7 @@ def stream_block(
 
     BBS needs the factors (``bbs_key``); the card holder walks instead (:func:`next_payment`).
     """
-    if generator is Generator.HMAC_DRBG:
+    if generator is Generator.HMAC_CTR:
         return HmacCounterPrbg(secret, domain=STREAM_DOMAIN).block(block)
     if generator is not Generator.BBS:
         raise ValueError("not a szm:prbg generator")

@@ -89,7 +89,7 @@ class ChainScheme:
 
 
 class PrbgScheme:
-    """SZM protocol 2 (token/key blocks of a CSPRBG: HMAC-DRBG or Blum-Blum-Shub)."""
+    """SZM protocol 2 (token/key blocks of a CSPRBG: HMAC-CTR or Blum-Blum-Shub)."""
 
     name = "szm:prbg"
 
