@@ -33,4 +33,5 @@ def test_demo_command_prints_the_summary_and_exits_zero(tmp_path: Path) -> None:
     result = CliRunner(env={"COLUMNS": "200"}).invoke(app, ["demo", "--dir", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert "all checks held" in result.output
-    assert "double spend refused" in result.output
+    assert "a payment replayed for another good is refused" in result.output
+    assert "the same request again is a free, sealed retry" in result.output

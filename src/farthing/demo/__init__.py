@@ -8,8 +8,8 @@
 2. A vendor selling a few articles, sharing the issuer's store for SZM (no third party) and
    asking the issuer for HLL and PayWord.
 3. A wallet that buys with every method through ``PaymentAuth``, opens sealed bodies, pays
-   up front for a second article, then tries a double spend; deposits are cleared and the
-   ledger is checked.
+   up front for a second article, then replays a payment for another good (refused) and
+   for the same one (a free retry); deposits are cleared and the ledger is checked.
 
 Every figure in the report comes from what ran; any check that fails makes it fail.
 """
