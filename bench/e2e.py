@@ -4,7 +4,7 @@ workers, on SQLite and on PostgreSQL. Writes the "End to end" section of docs/be
 
 How (see the section's text for the numbers' meaning):
 
-- The vendor is the production factory (``farthing.vendor.serve:app_from_env``) under
+- The vendor is the production factory (``farthing.paywall.serve:app_from_env``) under
   uvicorn, with a config file written here: ``/articles/*`` costs one unit (1000 EUR-micros),
   ``/free/*`` has no price; both are the same static file served by the same content app.
 - Credentials are made beforehand with the core (each payment is single-use: one per
@@ -74,7 +74,7 @@ UNITS_PER_CARD: Final = 50  # payments per card (and per PayWord commitment)
 PEAK_CONNECTIONS: Final = 16
 HALF_CONNECTIONS: Final = 32
 KINDS: Final = ("free", "szm:chain", "szm:prbg", "payword")  # and hll:mac with a bank
-VENDOR_FACTORY: Final = "farthing.vendor.serve:app_from_env"
+VENDOR_FACTORY: Final = "farthing.paywall.serve:app_from_env"
 SERVER_CPUS: Final = "0"  # with one worker: the server on CPU 0, wrk on CPU 1
 WRK_CPUS: Final = "1"
 HLL_MISSING: Final = (
@@ -949,7 +949,7 @@ def _explain(plan: Plan) -> str:
     return (
         f"Median of {plan.rounds} rounds of {plan.seconds:g} s runs per row; each round runs "
         "free and every method back to back on the same server, and *paid / free* is the "
-        "median of the per-round ratios. The vendor is `farthing.vendor.serve:app_from_env` "
+        "median of the per-round ratios. The vendor is `farthing.paywall.serve:app_from_env` "
         "under uvicorn (asyncio + h11, as installed), started as `farthing vendor serve` "
         "starts it (`python -m farthing.serving`, which keeps TCP_NODELAY with several "
         f"workers; plain `uvicorn --workers 2` added ~40 ms per keep-alive request); "

@@ -49,9 +49,9 @@ from farthing.core.encoding import b64url_encode
 from farthing.core.schemes import szm_chain
 from farthing.core.sealing import seal
 from farthing.http.payment_auth import ChallengeSigner, Receipt, parse_credential
+from farthing.paywall.config import load_vendor_config
+from farthing.paywall.serve import app_from_config
 from farthing.store import Store, SzmProtocol, open_store
-from farthing.vendor.config import load_vendor_config
-from farthing.vendor.serve import app_from_config
 
 RUNS: Final = 3
 CARDS: Final = 1000
@@ -427,7 +427,7 @@ def _group(label: str) -> str:
     for prefix, name in (
         ("farthing/core", "farthing.core (scheme, sealing, encoding)"),
         ("farthing/http", "farthing.http (credential, challenge, receipt)"),
-        ("farthing/vendor", "farthing.vendor (paywall, adapter, books, metrics)"),
+        ("farthing/paywall", "farthing.paywall (paywall, adapter, books, metrics)"),
         ("farthing/store", "farthing.store (fast lane)"),
         ("starlette", "starlette (routing, StaticFiles, FileResponse)"),
         ("anyio", "anyio (thread hops, file I/O)"),
@@ -583,7 +583,7 @@ def _suggestions(m: Measured) -> list[str]:
         "uncached card once, to read it); on PostgreSQL the commit stays on the writer "
         "thread. Left: PostgreSQL without the hop (an async driver), longer-lived caches.",
         f"3. Serving the file. Done: small goods are answered from memory, looked at once "
-        f"a second (`src/farthing/vendor/goods.py`): a free request costs "
+        f"a second (`src/farthing/paywall/goods.py`): a free request costs "
         f"{m.free_us:,.0f} us, against {bare:,.0f} us for `/healthz` ({files:.0%} of the "
         "profiled run is file serving).",
         f"4. What the paywall computes itself (parsing, the challenge HMAC, the core's "

@@ -190,9 +190,9 @@ def child(config: str, cold: list[str], warm: list[str], fill: list[str], queue:
 
 async def _child(config: Path, cold: list[str], warm: list[str], fill: list[str]) -> Sample:
     from farthing.http.payment_auth import ChallengeSigner, parse_credential
-    from farthing.vendor.config import load_vendor_config
-    from farthing.vendor.methods.base import PaymentContext
-    from farthing.vendor.serve import app_from_config
+    from farthing.paywall.config import load_vendor_config
+    from farthing.paywall.methods.base import PaymentContext
+    from farthing.paywall.serve import app_from_config
 
     vendor = load_vendor_config(config)
     paywall = app_from_config(vendor)  # what a uvicorn worker builds

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.xdist_group("uvicorn")
 
 
 def test_server_dies_with_a_killed_test_process(tmp_path: Path) -> None:
-    from tests.vendor.test_uvicorn_workers import write_config
+    from tests.paywall.test_uvicorn_workers import write_config
 
     config = write_config(tmp_path)
     pid_file = tmp_path / "server.pid"
@@ -29,7 +29,7 @@ def test_server_dies_with_a_killed_test_process(tmp_path: Path) -> None:
         f"    open({str(pid_file)!r}, 'w').write(str(p.pid))\n"
         "    return p\n"
         "servers.subprocess.Popen = spy\n"
-        "with uvicorn_server('farthing.vendor.serve:app_from_env',"
+        "with uvicorn_server('farthing.paywall.serve:app_from_env',"
         f" env={{'FARTHING_VENDOR_CONFIG': {str(config)!r}}}):\n"
         "    print('ready', flush=True)\n"
         "    time.sleep(600)\n"

@@ -12,7 +12,7 @@ CORE = Path(farthing.core.__file__).parent
 # Never loaded by importing the core, even indirectly.
 FRAMEWORKS = [
     "asyncio", "httpx", "starlette", "fastapi", "sqlalchemy", "uvicorn", "psycopg",
-    "farthing.store", "farthing.issuer", "farthing.vendor", "farthing.wallet", "farthing.cli",
+    "farthing.store", "farthing.issuer", "farthing.paywall", "farthing.wallet", "farthing.cli",
 ]  # fmt: skip
 
 # Never imported by core code itself (a library may use them internally, e.g. gmpy2 loads

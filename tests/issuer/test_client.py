@@ -19,7 +19,7 @@ from farthing.core.errors import (
 from farthing.core.schemes import hll
 from farthing.issuer import IssuerClient
 from farthing.issuer.client import error_from_problem
-from farthing.vendor.methods.hll import HllBankClient
+from farthing.paywall.methods.hll import HllBankClient
 from tests.issuer.helpers import Harness, Shop, buy, deposit_batch, open_shop
 
 pytestmark = pytest.mark.anyio

@@ -22,11 +22,11 @@ from farthing.http.payment_auth import (
     parse_challenges,
 )
 from farthing.issuer import IssuerClient
+from farthing.paywall.app import HllSettings, VendorSettings, create_vendor_app
+from farthing.paywall.methods.hll import HllMode
 from farthing.testing import DeterministicRandom
-from farthing.vendor.app import HllSettings, VendorSettings, create_vendor_app
-from farthing.vendor.methods.hll import HllMode
 from tests.issuer.helpers import BOTH_BACKENDS, EUR, Harness, Shop, open_shop
-from tests.vendor.helpers import content, prices
+from tests.paywall.helpers import content, prices
 
 pytestmark = [pytest.mark.anyio, BOTH_BACKENDS]
 

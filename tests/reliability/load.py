@@ -24,8 +24,8 @@ from farthing.core.errors import FarthingError
 from farthing.core.sealing import open_sealed
 from farthing.http.payment_auth import parse_challenges
 from farthing.issuer.client import IssuerClient
+from farthing.paywall.deposits import Depositor
 from farthing.testing import FixedClock
-from farthing.vendor.deposits import Depositor
 from tests.reliability.world import (
     ARTICLES,
     MERCHANT_ID,

@@ -215,7 +215,7 @@ def vendor_server(
     nofile: int | None = None,
 ) -> Server:
     return Server(
-        "farthing.vendor.serve:app_from_env",
+        "farthing.paywall.serve:app_from_env",
         env={"FARTHING_VENDOR_CONFIG": str(config)},
         workers=workers,
         log_path=log_path,

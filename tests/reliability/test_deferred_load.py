@@ -20,9 +20,9 @@ import pytest
 from farthing.core.encoding import b64url_encode
 from farthing.core.errors import FarthingError
 from farthing.core.schemes import hll
+from farthing.paywall.books import HllDeferredBook
+from farthing.paywall.methods.hll import DeferredPolicy, PendingPurchase
 from farthing.store import Store, open_store
-from farthing.vendor.books import HllDeferredBook
-from farthing.vendor.methods.hll import DeferredPolicy, PendingPurchase
 from tests.reliability.conftest import store_target
 from tests.reliability.procs import vendor_server
 from tests.reliability.test_races import Job, blast

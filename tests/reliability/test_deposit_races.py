@@ -26,11 +26,11 @@ from farthing.core.errors import Conflict, ErrorCode
 from farthing.core.schemes import hll
 from farthing.http.problems import CONTENT_TYPE, problem_for
 from farthing.issuer.client import IssuerClient
+from farthing.paywall.books import HllDeferredBook
+from farthing.paywall.deposits import Depositor, FlushReport, backoff
+from farthing.paywall.methods.hll import PendingPurchase
 from farthing.store import OutboxState, Store, open_store
 from farthing.testing import FixedClock
-from farthing.vendor.books import HllDeferredBook
-from farthing.vendor.deposits import Depositor, FlushReport, backoff
-from farthing.vendor.methods.hll import PendingPurchase
 from tests.reliability.conftest import BACKENDS, store_target
 from tests.reliability.world import (
     MERCHANT_ID,

@@ -3,7 +3,7 @@ real SQLite store, the vendor's bank being the issuer (``hll:mac`` online).
 
 Each attack is refused, charges nothing, and does not burn the honest payment: the genuine
 payment (or a fresh purchase at the same counter) is still accepted afterwards. What the
-core and vendor suites already show in memory (tests/core bit flips, tests/vendor
+core and vendor suites already show in memory (tests/core bit flips, tests/paywall
 test_szm_methods, test_payword_method, test_paywall) is not repeated; see
 docs/reliability.md for the map.
 """
@@ -26,11 +26,11 @@ from farthing.core.schemes import hll, payword, szm_chain, szm_prbg
 from farthing.core.sealing import open_sealed
 from farthing.issuer.client import IssuerClient
 from farthing.issuer.wire import verify_request_tag
+from farthing.paywall.app import HllSettings, VendorSettings, create_vendor_app
+from farthing.paywall.goods import GoodsApp
+from farthing.paywall.middleware import Paywall
+from farthing.paywall.pricing import Price, PriceTable
 from farthing.testing import FixedClock, SoftwareWrappingKey
-from farthing.vendor.app import HllSettings, VendorSettings, create_vendor_app
-from farthing.vendor.goods import GoodsApp
-from farthing.vendor.middleware import Paywall
-from farthing.vendor.pricing import Price, PriceTable
 from farthing.wallet.auth import PaymentAuth
 from farthing.wallet.store import Outcome
 from farthing.wallet.wallet import Wallet

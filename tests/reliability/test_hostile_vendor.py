@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 from farthing.core.encoding import b64url_encode
 from farthing.http.payment_auth import parse_challenges
-from farthing.vendor.middleware import Paywall
+from farthing.paywall.middleware import Paywall
 from tests.reliability.problems import assert_problem
 from tests.reliability.samples import RAW_JSON, json_values, mutated_bytes, mutated_text
 from tests.reliability.world import (

@@ -18,9 +18,9 @@ import httpx
 import pytest
 from starlette.types import Receive, Scope, Send
 
-from farthing.vendor.config import load_vendor_config
-from farthing.vendor.goods import GoodsApp
-from farthing.vendor.middleware import NOT_OFFERED_SCOPE_KEY, Paywall
+from farthing.paywall.config import load_vendor_config
+from farthing.paywall.goods import GoodsApp
+from farthing.paywall.middleware import NOT_OFFERED_SCOPE_KEY, Paywall
 from tests.reliability.pathforms import (
     ARTICLE,
     BYPASS_FORMS,
@@ -170,7 +170,7 @@ async def test_path_variants_do_not_fill_the_file_cache(sqlite_world: World) -> 
     big.write_bytes(b"b" * 200 * 1024)
     config = load_vendor_config(sqlite_world.config_path)
     goods = GoodsApp(config.content_dir)
-    from farthing.vendor.app import create_vendor_app
+    from farthing.paywall.app import create_vendor_app
 
     app = create_vendor_app(
         config.settings, content=goods, prices=config.prices, store=sqlite_world.store,

@@ -14,10 +14,10 @@ from farthing.core.hashchain import chain_walk
 from farthing.core.primitives import ed25519_public_key
 from farthing.core.schemes import payword
 from farthing.issuer.client import IssuerClient
-from farthing.vendor.app import create_vendor_app
-from farthing.vendor.config import load_vendor_config
-from farthing.vendor.goods import GoodsApp
-from farthing.vendor.middleware import Paywall
+from farthing.paywall.app import create_vendor_app
+from farthing.paywall.config import load_vendor_config
+from farthing.paywall.goods import GoodsApp
+from farthing.paywall.middleware import Paywall
 from tests.reliability.world import (
     ACTOR,
     CUSTOMER_ID,

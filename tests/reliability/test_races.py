@@ -40,8 +40,8 @@ from farthing.core.errors import FarthingError
 from farthing.core.sealing import open_sealed
 from farthing.http.payment_auth import Receipt
 from farthing.issuer.client import IssuerClient
+from farthing.paywall.deposits import Depositor
 from farthing.store import Store, open_store
-from farthing.vendor.deposits import Depositor
 from tests.reliability.conftest import BACKENDS, store_target
 from tests.reliability.load import Sent, card_problems
 from tests.reliability.procs import ROOT, Server, issuer_server, vendor_server

@@ -33,8 +33,8 @@ from farthing.core.errors import FarthingError
 from farthing.core.schemes import hll, szm_chain, szm_prbg
 from farthing.issuer.client import IssuerClient
 from farthing.issuer.wire import verify_request_tag
-from farthing.vendor.config import load_vendor_config
-from farthing.vendor.deposits import Depositor
+from farthing.paywall.config import load_vendor_config
+from farthing.paywall.deposits import Depositor
 from farthing.wallet.auth import PaymentAuth
 from farthing.wallet.cards import HllCardFile
 from farthing.wallet.wallet import Wallet
@@ -299,7 +299,7 @@ def wrong_passphrase(path: Path, found: Evidence) -> None:
 
 @pytest.fixture
 def all_logs(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
-    names = ("farthing", "farthing.vendor", "farthing.issuer", "httpx", "httpcore")
+    names = ("farthing", "farthing.paywall", "farthing.issuer", "httpx", "httpcore")
     levels = {name: logging.getLogger(name).level for name in names}
     with caplog.at_level(logging.DEBUG):
         for name in names:
@@ -341,8 +341,8 @@ async def test_no_secret_in_logs_errors_metrics_or_problems(
 def test_objects_holding_secrets_do_not_print_them(sqlite_world: World) -> None:
     """The repr of what carries a secret: it ends up in logs, tracebacks and debuggers."""
     from farthing.issuer.auth import Merchant
-    from farthing.vendor.app import HllSettings, SzmKeys, VendorSettings
-    from farthing.vendor.methods.base import Sealing
+    from farthing.paywall.app import HllSettings, SzmKeys, VendorSettings
+    from farthing.paywall.methods.base import Sealing
 
     world = sqlite_world
     config = load_vendor_config(world.config_path)
@@ -392,7 +392,7 @@ SECRET_WORDS = frozenset(
 REVIEWED = {
     ("core/encoding.py", "data[:len(expected)] != expected"): "the public domain header",
     ("core/schemes/hll.py", "sigma_len == _SIGMA_LEN_FIELD"): "a length prefix",
-    ("vendor/middleware.py", "key == name"): "an HTTP header name",
+    ("paywall/middleware.py", "key == name"): "an HTTP header name",
     ("wallet/cards.py", "code.card_id != card.card_key"): "card ids (card_key is the row key)",
     ("wallet/store.py", "_meta.c.key == key"): "SQL: a metadata row name",
     ("store/_admin.py", "operator_tokens.c.token_hash == token_hash"): (

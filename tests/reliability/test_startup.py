@@ -11,8 +11,8 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from farthing.vendor.config import load_vendor_config
-from farthing.vendor.serve import app_from_config
+from farthing.paywall.config import load_vendor_config
+from farthing.paywall.serve import app_from_config
 from tests.reliability.world import issuer_keys, write_vendor_config
 
 

@@ -39,12 +39,12 @@ from farthing.issuer import (
 from farthing.issuer.client import IssuerClient
 from farthing.issuer.config import vendor_keys, write_vendor_key_file
 from farthing.issuer.szm_service import BatchSpec
+from farthing.paywall.app import create_vendor_app
+from farthing.paywall.config import load_vendor_config
+from farthing.paywall.goods import GoodsApp
+from farthing.paywall.middleware import Paywall
 from farthing.store import Store, SzmProtocol, open_store
 from farthing.testing import DeterministicRandom
-from farthing.vendor.app import create_vendor_app
-from farthing.vendor.config import load_vendor_config
-from farthing.vendor.goods import GoodsApp
-from farthing.vendor.middleware import Paywall
 
 REALM = "reliability"
 BROKER_ID = "broker.test"

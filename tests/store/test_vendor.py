@@ -8,6 +8,8 @@ from farthing.core.errors import Conflict, ErrorCode, InsufficientFunds, Invalid
 from farthing.core.money import Denomination
 from farthing.core.primitives import ed25519_public_key
 from farthing.core.schemes import hll
+from farthing.paywall.books import HllDeferredBook
+from farthing.paywall.methods.hll import DeferredRecord, PendingPurchase
 from farthing.store import (
     HllMode,
     HllPaymentState,
@@ -17,8 +19,6 @@ from farthing.store import (
     Tx,
     open_store,
 )
-from farthing.vendor.books import HllDeferredBook
-from farthing.vendor.methods.hll import DeferredRecord, PendingPurchase
 from tests.store.helpers import fail_inside, race
 
 CARD = b"C" * 16

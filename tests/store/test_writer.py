@@ -12,7 +12,7 @@ import pytest
 from farthing.core.errors import Conflict
 from farthing.store import HotTx, Tx, open_store
 from farthing.store.writer import StoreWriter
-from tests.vendor.helpers import issue_chain_cards
+from tests.paywall.helpers import issue_chain_cards
 
 pytestmark = pytest.mark.anyio
 

@@ -20,11 +20,11 @@ from farthing.core import cardcode
 from farthing.core.money import Denomination
 from farthing.core.schemes import szm_chain
 from farthing.http.payment_auth import Challenge, format_challenge
+from farthing.paywall.methods.offline import OfflineMethod
+from farthing.paywall.methods.szm import ChainScheme
+from farthing.paywall.middleware import Paywall
+from farthing.paywall.pricing import Price, PriceTable
 from farthing.testing import DeterministicRandom, FixedClock, MemoryCardBook, cheap_wallet_kdf
-from farthing.vendor.methods.offline import OfflineMethod
-from farthing.vendor.methods.szm import ChainScheme
-from farthing.vendor.middleware import Paywall
-from farthing.vendor.pricing import Price, PriceTable
 from farthing.wallet.wallet import Wallet
 
 MASTER = b"M" * 32

@@ -40,12 +40,12 @@ from farthing.core.money import Denomination
 from farthing.core.schemes import hll, szm_chain
 from farthing.http.payment_auth import Receipt
 from farthing.issuer.client import IssuerClient
+from farthing.paywall.methods.hll import HllMethod, HllMode
+from farthing.paywall.methods.offline import OfflineMethod
+from farthing.paywall.methods.szm import ChainScheme
+from farthing.paywall.middleware import Paywall
+from farthing.paywall.pricing import Price, PriceTable
 from farthing.testing import DeterministicRandom, FixedClock, MemoryCardBook
-from farthing.vendor.methods.hll import HllMethod, HllMode
-from farthing.vendor.methods.offline import OfflineMethod
-from farthing.vendor.methods.szm import ChainScheme
-from farthing.vendor.middleware import Paywall
-from farthing.vendor.pricing import Price, PriceTable
 from farthing.wallet.auth import PaymentAuth
 from farthing.wallet.cards import HllCardFile
 from farthing.wallet.store import Outcome

@@ -32,11 +32,11 @@ from farthing.core.prbg import blum_modulus_of_any_size, generate_blum_modulus
 from farthing.core.primitives import sha256
 from farthing.core.schemes import szm_chain, szm_prbg
 from farthing.http.payment_auth import Challenge, Receipt
+from farthing.paywall.methods.offline import OfflineMethod
+from farthing.paywall.methods.szm import ChainScheme
+from farthing.paywall.middleware import Paywall
+from farthing.paywall.pricing import Price, PriceTable
 from farthing.testing import DeterministicRandom, FixedClock, MemoryCardBook
-from farthing.vendor.methods.offline import OfflineMethod
-from farthing.vendor.methods.szm import ChainScheme
-from farthing.vendor.middleware import Paywall
-from farthing.vendor.pricing import Price, PriceTable
 from farthing.wallet.auth import PaymentAuth
 from farthing.wallet.store import Outcome
 from farthing.wallet.wallet import Wallet, scope_matches

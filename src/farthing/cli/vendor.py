@@ -15,7 +15,7 @@ from farthing.cli._common import console, fail
 from farthing.cli._serve import BodyTimeout, HeaderTimeout, MaxConnections, limits
 from farthing.core.errors import FarthingError
 from farthing.issuer.client import IssuerClient
-from farthing.vendor.deposits import Depositor, FlushReport
+from farthing.paywall.deposits import Depositor, FlushReport
 
 app = typer.Typer(
     help="The vendor: a paywall for a folder of information goods.", no_args_is_help=True
@@ -119,8 +119,8 @@ def serve(
     max_connections: MaxConnections = None,
 ) -> None:
     """Serve DIR's files, each paid as the config's price table says."""
+    from farthing.paywall.config import CONFIG_ENV, load_vendor_config
     from farthing.serving import serve_factory
-    from farthing.vendor.config import CONFIG_ENV, load_vendor_config
 
     path = _config_path(directory, config)
     try:
@@ -131,7 +131,7 @@ def serve(
     methods = [m for m in ("szm", "hll", "payword") if getattr(loaded.settings, m) is not None]
     console.print(f"selling {loaded.content_dir} at http://{host}:{port} ({', '.join(methods)})")
     serve_factory(
-        "farthing.vendor.serve:app_from_env",
+        "farthing.paywall.serve:app_from_env",
         host=host,
         port=port,
         workers=workers,
@@ -150,8 +150,8 @@ def deposit(
     config: ConfigOpt = None,
 ) -> None:
     """Claim delivered HLL and PayWord payments from the issuer, now."""
-    from farthing.vendor.config import load_vendor_config
-    from farthing.vendor.serve import depositor_for
+    from farthing.paywall.config import load_vendor_config
+    from farthing.paywall.serve import depositor_for
 
     try:
         loaded = load_vendor_config(_config_path(directory, config))

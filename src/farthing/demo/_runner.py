@@ -31,19 +31,19 @@ from farthing.issuer.config import (
     generate_issuer_keys,
     write_key_file,
 )
-from farthing.store import Store, open_store
-from farthing.testing import SoftwareWrappingKey
-from farthing.vendor.app import (
+from farthing.paywall.app import (
     HllSettings,
     PaywordSettings,
     SzmKeys,
     VendorSettings,
     create_vendor_app,
 )
-from farthing.vendor.deposits import Depositor, FlushReport
-from farthing.vendor.goods import GoodsApp
-from farthing.vendor.methods.hll import HllMode
-from farthing.vendor.pricing import Price, PriceTable
+from farthing.paywall.deposits import Depositor, FlushReport
+from farthing.paywall.goods import GoodsApp
+from farthing.paywall.methods.hll import HllMode
+from farthing.paywall.pricing import Price, PriceTable
+from farthing.store import Store, open_store
+from farthing.testing import SoftwareWrappingKey
 from farthing.wallet.auth import PaymentAuth
 from farthing.wallet.cards import HllCardFile, Pkcs11Location
 from farthing.wallet.pkcs11_card import (

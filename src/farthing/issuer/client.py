@@ -1,6 +1,6 @@
 """``IssuerClient``: how a vendor (merchant) talks to the issuer over HTTP.
 
-It implements the vendor's :class:`~farthing.vendor.methods.hll.HllBankClient`
+It implements the vendor's :class:`~farthing.paywall.methods.hll.HllBankClient`
 (``verify_online``), deposits HLL batches, redeems PayWord claims and reads SZM card status::
 
     async with IssuerClient("https://bank.example", merchant_id="m-1", merchant_key=k_m) as bank:

@@ -13,13 +13,13 @@ from starlette.responses import FileResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from farthing.core.sealing import open_sealed
+from farthing.paywall.methods.base import Settlement
+from farthing.paywall.metrics import PaywallMetrics
+from farthing.paywall.middleware import SEALED_CONTENT_TYPE, Paywall
+from farthing.paywall.pricing import Price, PriceTable
+from farthing.paywall.routes import paid, payment, priced_routes
 from farthing.testing import DeterministicRandom, FixedClock
-from farthing.vendor.methods.base import Settlement
-from farthing.vendor.metrics import PaywallMetrics
-from farthing.vendor.middleware import SEALED_CONTENT_TYPE, Paywall
-from farthing.vendor.pricing import Price, PriceTable
-from farthing.vendor.routes import paid, payment, priced_routes
-from tests.vendor.test_paywall import KEY, FakeMethod, challenges_of, client, credential, make_app
+from tests.paywall.test_paywall import KEY, FakeMethod, challenges_of, client, credential, make_app
 
 pytestmark = pytest.mark.anyio
 SECRET = b"the paid file, in the clear"

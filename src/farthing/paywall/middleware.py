@@ -66,13 +66,13 @@ from farthing.http.problems import (
     internal_problem,
     problem_for,
 )
-from farthing.vendor.methods.base import PaymentContext, PaymentMethod, Settlement
-from farthing.vendor.metrics import PaywallMetrics
-from farthing.vendor.pricing import PricedRoute, PriceTable
+from farthing.paywall.methods.base import PaymentContext, PaymentMethod, Settlement
+from farthing.paywall.metrics import PaywallMetrics
+from farthing.paywall.pricing import PricedRoute, PriceTable
 
 __all__ = ["NOT_OFFERED_SCOPE_KEY", "PAYMENT_SCOPE_KEY", "SEALED_CONTENT_TYPE", "Offers", "Paywall"]
 
-log = logging.getLogger("farthing.vendor")
+log = logging.getLogger("farthing.paywall")
 
 PAYMENT_SCOPE_KEY: Final = "farthing.payment"
 # Set on a priced request the app does not offer, so a route's ``payment`` dependency

@@ -35,7 +35,7 @@ from starlette.types import Receive, Scope, Send
 
 from farthing.core.errors import NotFound
 from farthing.http.paths import canonical_path
-from farthing.vendor.middleware import NOT_OFFERED_SCOPE_KEY
+from farthing.paywall.middleware import NOT_OFFERED_SCOPE_KEY
 
 __all__ = ["GoodsApp"]
 

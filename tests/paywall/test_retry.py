@@ -29,13 +29,13 @@ from farthing.http.payment_auth import (
     format_credential,
     parse_challenges,
 )
+from farthing.paywall.app import HllSettings, PaywordSettings, VendorSettings, create_vendor_app
+from farthing.paywall.methods.hll import HllMode
+from farthing.paywall.middleware import Paywall
 from farthing.store import Store, open_store
 from farthing.testing import DeterministicRandom, FixedClock
-from farthing.vendor.app import HllSettings, PaywordSettings, VendorSettings, create_vendor_app
-from farthing.vendor.methods.hll import HllMode
-from farthing.vendor.middleware import Paywall
-from tests.vendor.helpers import EUR, KEYS, NOW, content, issue_chain_cards, issue_prbg_cards
-from tests.vendor.helpers import prices as article_prices
+from tests.paywall.helpers import EUR, KEYS, NOW, content, issue_chain_cards, issue_prbg_cards
+from tests.paywall.helpers import prices as article_prices
 
 pytestmark = pytest.mark.anyio
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]

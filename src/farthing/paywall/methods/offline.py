@@ -17,8 +17,8 @@ from typing import Generic, Protocol, TypeVar
 from farthing.core.errors import ErrorCode, FarthingError, InvalidPayment
 from farthing.core.money import Denomination
 from farthing.http.payment_auth import JsonObject
-from farthing.vendor.methods.base import PaymentContext, Sealing, Settlement, payload_bytes
-from farthing.vendor.pricing import PricedRoute
+from farthing.paywall.methods.base import PaymentContext, Sealing, Settlement, payload_bytes
+from farthing.paywall.pricing import PricedRoute
 
 __all__ = ["CardBook", "CardCache", "OfflineMethod", "OfflineScheme", "Verified"]
 

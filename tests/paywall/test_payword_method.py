@@ -15,11 +15,11 @@ from farthing.core.money import Denomination
 from farthing.core.primitives import ed25519_public_key
 from farthing.core.schemes import payword
 from farthing.http.payment_auth import Credential, Receipt, format_credential, parse_challenges
+from farthing.paywall.methods.offline import OfflineMethod
+from farthing.paywall.methods.payword import PaywordScheme
+from farthing.paywall.middleware import Paywall
+from farthing.paywall.pricing import Price, PriceTable
 from farthing.testing import DeterministicRandom, FixedClock, MemoryCardBook
-from farthing.vendor.methods.offline import OfflineMethod
-from farthing.vendor.methods.payword import PaywordScheme
-from farthing.vendor.middleware import Paywall
-from farthing.vendor.pricing import Price, PriceTable
 
 pytestmark = pytest.mark.anyio
 EUR = Denomination(currency="EUR", unit_micros=1000)

@@ -23,8 +23,8 @@ from starlette.requests import Request
 from starlette.routing import BaseRoute, Route
 
 from farthing.core.errors import ErrorCode, LocalProtocolError
-from farthing.vendor.methods.base import Settlement
-from farthing.vendor.pricing import Price, PriceTable, template_to_pattern
+from farthing.paywall.methods.base import Settlement
+from farthing.paywall.pricing import Price, PriceTable, template_to_pattern
 
 __all__ = ["paid", "payment", "priced_routes"]
 
@@ -57,7 +57,7 @@ def priced_routes(routes: Iterable[BaseRoute], table: PriceTable | None = None) 
 def payment(request: Request) -> Settlement:
     """FastAPI dependency: the settled payment of this request (set by the Paywall); 404 if
     the Paywall's ``offers`` said there is nothing here to sell."""
-    from farthing.vendor.middleware import NOT_OFFERED_SCOPE_KEY, PAYMENT_SCOPE_KEY
+    from farthing.paywall.middleware import NOT_OFFERED_SCOPE_KEY, PAYMENT_SCOPE_KEY
 
     if request.scope.get(NOT_OFFERED_SCOPE_KEY):
         raise HTTPException(status_code=404)

@@ -18,12 +18,12 @@ from farthing.http.payment_auth import (
     format_credential,
     parse_challenges,
 )
+from farthing.paywall.methods.base import PaymentContext, Sealing, Settlement
+from farthing.paywall.metrics import PaywallMetrics
+from farthing.paywall.middleware import SEALED_CONTENT_TYPE, Paywall
+from farthing.paywall.pricing import Price, PricedRoute, PriceTable
+from farthing.paywall.routes import paid, payment, priced_routes
 from farthing.testing import DeterministicRandom, FixedClock
-from farthing.vendor.methods.base import PaymentContext, Sealing, Settlement
-from farthing.vendor.metrics import PaywallMetrics
-from farthing.vendor.middleware import SEALED_CONTENT_TYPE, Paywall
-from farthing.vendor.pricing import Price, PricedRoute, PriceTable
-from farthing.vendor.routes import paid, payment, priced_routes
 
 KEY = b"K" * 32
 pytestmark = pytest.mark.anyio

@@ -11,10 +11,10 @@ from farthing.core.encoding import b64url_encode
 from farthing.core.schemes import szm_chain, szm_prbg
 from farthing.core.sealing import open_sealed
 from farthing.http.payment_auth import Credential, format_credential, parse_challenges
+from farthing.paywall.app import create_vendor_app
 from farthing.store import CardStatus, open_store
 from farthing.testing import DeterministicRandom, FixedClock
-from farthing.vendor.app import create_vendor_app
-from tests.vendor.helpers import (
+from tests.paywall.helpers import (
     NOW,
     SETTINGS,
     content,

@@ -13,9 +13,9 @@ from farthing.core.money import Denomination
 from farthing.core.prbg import BbsKey
 from farthing.core.schemes import szm_chain, szm_prbg
 from farthing.http.payment_auth import JsonObject
-from farthing.vendor.methods.base import Sealing
-from farthing.vendor.methods.offline import Verified
-from farthing.vendor.pricing import PricedRoute
+from farthing.paywall.methods.base import Sealing
+from farthing.paywall.methods.offline import Verified
+from farthing.paywall.pricing import PricedRoute
 
 __all__ = ["ChainScheme", "PrbgScheme", "szm_request"]
 

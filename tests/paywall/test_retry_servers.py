@@ -28,8 +28,8 @@ from farthing.http.payment_auth import (
     parse_challenges,
 )
 from farthing.store import Store, open_store
+from tests.paywall.helpers import KEYS, issue_chain_cards
 from tests.servers import command_server, free_port, uvicorn_server
-from tests.vendor.helpers import KEYS, issue_chain_cards
 
 pytestmark = pytest.mark.xdist_group("uvicorn")
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
@@ -107,7 +107,7 @@ def test_identical_requests_at_once_are_charged_once(
     config = write_config(tmp_path, target)
     rounds, copies = 5, 2
     with uvicorn_server(
-        "farthing.vendor.serve:app_from_env",
+        "farthing.paywall.serve:app_from_env",
         env={"FARTHING_VENDOR_CONFIG": str(config)},
         workers=2,
         log_path=tmp_path / "server.log",

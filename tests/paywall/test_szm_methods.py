@@ -17,11 +17,11 @@ from farthing.core.money import Denomination
 from farthing.core.schemes import szm_chain
 from farthing.core.sealing import open_sealed
 from farthing.http.payment_auth import Credential, Receipt, format_credential, parse_challenges
+from farthing.paywall.methods.offline import OfflineMethod
+from farthing.paywall.methods.szm import ChainScheme
+from farthing.paywall.middleware import Paywall
+from farthing.paywall.pricing import Price, PriceTable
 from farthing.testing import DeterministicRandom, FixedClock, MemoryCardBook
-from farthing.vendor.methods.offline import OfflineMethod
-from farthing.vendor.methods.szm import ChainScheme
-from farthing.vendor.middleware import Paywall
-from farthing.vendor.pricing import Price, PriceTable
 
 pytestmark = pytest.mark.anyio
 MASTER = b"M" * 32

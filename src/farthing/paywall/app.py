@@ -27,17 +27,17 @@ from starlette.types import ASGIApp
 from farthing.core.clock import Clock, RandomSource, SystemClock
 from farthing.core.prbg import BbsKey
 from farthing.core.schemes.hll import DeferredRisk
+from farthing.paywall.books import ChainBook, HllDeferredBook, PaywordBook, PaywordBroker, PrbgBook
+from farthing.paywall.methods.base import PaymentMethod
+from farthing.paywall.methods.hll import HllBankClient, HllMethod, HllMode
+from farthing.paywall.methods.offline import OfflineMethod
+from farthing.paywall.methods.payword import PaywordScheme
+from farthing.paywall.methods.szm import ChainScheme, PrbgScheme
+from farthing.paywall.metrics import PaywallMetrics
+from farthing.paywall.middleware import Offers, Paywall
+from farthing.paywall.pricing import PriceTable
 from farthing.store import Store
 from farthing.store.writer import StoreWriter
-from farthing.vendor.books import ChainBook, HllDeferredBook, PaywordBook, PaywordBroker, PrbgBook
-from farthing.vendor.methods.base import PaymentMethod
-from farthing.vendor.methods.hll import HllBankClient, HllMethod, HllMode
-from farthing.vendor.methods.offline import OfflineMethod
-from farthing.vendor.methods.payword import PaywordScheme
-from farthing.vendor.methods.szm import ChainScheme, PrbgScheme
-from farthing.vendor.metrics import PaywallMetrics
-from farthing.vendor.middleware import Offers, Paywall
-from farthing.vendor.pricing import PriceTable
 
 __all__ = ["HllSettings", "PaywordSettings", "SzmKeys", "VendorSettings", "create_vendor_app"]
 

@@ -11,10 +11,10 @@ from starlette.routing import Route
 from farthing.core.cardcode import Generator
 from farthing.core.money import Denomination
 from farthing.core.schemes import szm_chain, szm_prbg
+from farthing.paywall.app import SzmKeys, VendorSettings
+from farthing.paywall.pricing import Price, PriceTable
 from farthing.store import CardStatus, Store, SzmBatchRow, SzmCardRow, SzmProtocol
 from farthing.testing import DeterministicRandom
-from farthing.vendor.app import SzmKeys, VendorSettings
-from farthing.vendor.pricing import Price, PriceTable
 
 NOW = 1_800_000_000
 EUR = Denomination(currency="EUR", unit_micros=1000)

@@ -1,6 +1,6 @@
-"""The importable app factory for uvicorn workers: ``farthing.vendor.serve:app_from_env``.
+"""The importable app factory for uvicorn workers: ``farthing.paywall.serve:app_from_env``.
 
-``python -m farthing.serving farthing.vendor.serve:app_from_env --workers 4`` (what
+``python -m farthing.serving farthing.paywall.serve:app_from_env --workers 4`` (what
 ``farthing vendor serve`` runs; plain ``uvicorn --workers`` leaves Nagle on, see
 :mod:`farthing.serving`) with ``FARTHING_VENDOR_CONFIG=/path/vendor.toml``. Each worker
 process builds its own app and opens its own connections to the one shared store; the
@@ -17,16 +17,16 @@ from pathlib import Path
 from farthing.core.clock import SystemClock
 from farthing.core.errors import ErrorCode, LocalProtocolError
 from farthing.issuer.client import IssuerClient
+from farthing.paywall.app import create_vendor_app
+from farthing.paywall.config import CONFIG_ENV, VendorConfig, load_vendor_config
+from farthing.paywall.deposits import Depositor
+from farthing.paywall.goods import GoodsApp
+from farthing.paywall.middleware import Paywall
 from farthing.store import Store, open_store
-from farthing.vendor.app import create_vendor_app
-from farthing.vendor.config import CONFIG_ENV, VendorConfig, load_vendor_config
-from farthing.vendor.deposits import Depositor
-from farthing.vendor.goods import GoodsApp
-from farthing.vendor.middleware import Paywall
 
 __all__ = ["app_from_config", "app_from_env", "depositor_for", "deposits_missing"]
 
-log = logging.getLogger("farthing.vendor")
+log = logging.getLogger("farthing.paywall")
 
 
 def _bank(config: VendorConfig) -> IssuerClient | None:

@@ -15,7 +15,7 @@ from typing import Protocol
 from farthing.core.encoding import b64url_decode
 from farthing.core.errors import ErrorCode, MalformedMessage
 from farthing.http.payment_auth import ChallengeId, JsonObject
-from farthing.vendor.pricing import PricedRoute
+from farthing.paywall.pricing import PricedRoute
 
 __all__ = ["PaymentContext", "PaymentMethod", "Sealing", "Settlement", "payload_bytes"]
 

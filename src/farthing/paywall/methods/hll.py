@@ -30,8 +30,8 @@ from farthing.core.errors import Conflict, ErrorCode
 from farthing.core.money import Denomination
 from farthing.core.schemes import hll
 from farthing.http.payment_auth import JsonObject
-from farthing.vendor.methods.base import PaymentContext, Settlement, payload_bytes
-from farthing.vendor.pricing import PricedRoute
+from farthing.paywall.methods.base import PaymentContext, Settlement, payload_bytes
+from farthing.paywall.pricing import PricedRoute
 
 __all__ = [
     "DeferredLog",

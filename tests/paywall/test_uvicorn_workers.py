@@ -17,8 +17,8 @@ from farthing.core.encoding import b64url_encode
 from farthing.core.schemes import szm_chain
 from farthing.http.payment_auth import Credential, Receipt, format_credential, parse_challenges
 from farthing.store import open_store
+from tests.paywall.helpers import KEYS, issue_chain_cards
 from tests.servers import uvicorn_server
-from tests.vendor.helpers import KEYS, issue_chain_cards
 
 pytestmark = pytest.mark.xdist_group("uvicorn")
 # Cards expire relative to the helpers' fixed NOW, which is in the future of the real clock.
@@ -54,7 +54,7 @@ def test_double_spend_across_two_workers_is_accepted_once(tmp_path: Path) -> Non
     env = {"FARTHING_VENDOR_CONFIG": str(config)}
     with (
         uvicorn_server(
-            "farthing.vendor.serve:app_from_env",
+            "farthing.paywall.serve:app_from_env",
             env=env,
             workers=2,
             log_path=tmp_path / "server.log",

@@ -10,13 +10,13 @@ from farthing.core.errors import ErrorCode, LocalProtocolError, RateLimited
 from farthing.core.money import Denomination
 from farthing.core.primitives import ed25519_public_key
 from farthing.core.schemes import hll, payword
+from farthing.paywall.books import HllDeferredBook, PaywordBook
+from farthing.paywall.deposits import Depositor, backoff
+from farthing.paywall.methods.hll import PendingPurchase
+from farthing.paywall.methods.payword import HeldCommitment
 from farthing.store import HllPaymentState, OutboxState, open_store
 from farthing.store.writer import StoreWriter
 from farthing.testing import DeterministicRandom, FixedClock
-from farthing.vendor.books import HllDeferredBook, PaywordBook
-from farthing.vendor.deposits import Depositor, backoff
-from farthing.vendor.methods.hll import PendingPurchase
-from farthing.vendor.methods.payword import HeldCommitment
 
 pytestmark = pytest.mark.anyio
 NOW = 1_800_000_000

@@ -23,16 +23,16 @@ from farthing.http.payment_auth import (
     format_credential,
     parse_challenges,
 )
-from farthing.testing import DeterministicRandom, FixedClock
-from farthing.vendor.methods.hll import (
+from farthing.paywall.methods.hll import (
     DeferredPolicy,
     DeferredRecord,
     HllMethod,
     HllMode,
     PendingPurchase,
 )
-from farthing.vendor.middleware import Paywall
-from farthing.vendor.pricing import Price, PriceTable
+from farthing.paywall.middleware import Paywall
+from farthing.paywall.pricing import Price, PriceTable
+from farthing.testing import DeterministicRandom, FixedClock
 
 pytestmark = pytest.mark.anyio
 EUR = Denomination(currency="EUR", unit_micros=1000)

@@ -51,7 +51,7 @@ from farthing.store import OutboxKind, OutboxRow, OutboxState, Store
 
 __all__ = ["DepositTarget", "Depositor", "FlushReport"]
 
-log = logging.getLogger("farthing.vendor.deposits")
+log = logging.getLogger("farthing.paywall.deposits")
 
 _TAG_LEN: Final = 32
 _BACKOFF_BASE: Final = 5

@@ -49,9 +49,9 @@ from pathlib import Path
 from typing import Final
 
 from farthing.core.errors import ErrorCode, LocalProtocolError
-from farthing.vendor.app import HllSettings, PaywordSettings, SzmKeys, VendorSettings
-from farthing.vendor.methods.hll import HllMode
-from farthing.vendor.pricing import Price, PriceTable
+from farthing.paywall.app import HllSettings, PaywordSettings, SzmKeys, VendorSettings
+from farthing.paywall.methods.hll import HllMode
+from farthing.paywall.pricing import Price, PriceTable
 
 __all__ = ["CONFIG_ENV", "DepositSettings", "VendorConfig", "load_vendor_config"]
 

@@ -1,6 +1,6 @@
 """The vendor's state in the store: thin translations between store rows and core states.
 
-Each book is what an :class:`~farthing.vendor.methods.offline.OfflineMethod` (or the HLL
+Each book is what an :class:`~farthing.paywall.methods.offline.OfflineMethod` (or the HLL
 method) needs: load a state, insert a new one, and compare-and-set it. The compare-and-set
 is the store's conditional UPDATE, run by the process's :class:`StoreWriter` so that
 payments arriving together share one durable commit; the database decides double spending
@@ -20,6 +20,8 @@ from farthing.core.money import Denomination
 from farthing.core.retry import same_request
 from farthing.core.schemes import payword, szm_chain, szm_prbg
 from farthing.core.schemes.hll import DeferredDecision
+from farthing.paywall.methods.hll import DeferredPolicy, DeferredRecord, PendingPurchase
+from farthing.paywall.methods.payword import HeldCommitment
 from farthing.store import (
     CardStatus,
     HllMode,
@@ -32,8 +34,6 @@ from farthing.store import (
     VendorHllPaymentRow,
 )
 from farthing.store.writer import StoreWriter
-from farthing.vendor.methods.hll import DeferredPolicy, DeferredRecord, PendingPurchase
-from farthing.vendor.methods.payword import HeldCommitment
 
 __all__ = ["ChainBook", "HllDeferredBook", "PaywordBook", "PaywordBroker", "PrbgBook"]
 

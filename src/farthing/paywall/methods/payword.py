@@ -15,9 +15,9 @@ from farthing.core.errors import ErrorCode, MalformedMessage
 from farthing.core.money import Denomination
 from farthing.core.schemes import payword
 from farthing.http.payment_auth import JsonObject
-from farthing.vendor.methods.base import payload_bytes
-from farthing.vendor.methods.offline import Verified
-from farthing.vendor.pricing import PricedRoute
+from farthing.paywall.methods.base import payload_bytes
+from farthing.paywall.methods.offline import Verified
+from farthing.paywall.pricing import PricedRoute
 
 __all__ = ["HeldCommitment", "PaywordScheme"]
 

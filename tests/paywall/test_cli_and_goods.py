@@ -23,10 +23,10 @@ from farthing.issuer.config import (
     write_key_file,
 )
 from farthing.issuer.szm_service import BatchSpec
+from farthing.paywall.config import load_vendor_config
+from farthing.paywall.goods import GoodsApp
 from farthing.store import SzmProtocol, open_store
 from farthing.testing import DeterministicRandom
-from farthing.vendor.config import load_vendor_config
-from farthing.vendor.goods import GoodsApp
 from farthing.wallet.auth import PaymentAuth
 from farthing.wallet.wallet import Wallet
 from tests.servers import uvicorn_server
@@ -119,7 +119,7 @@ def test_the_vendor_key_file_holds_only_szm_keys_and_the_vendor_sells_szm(
     store.close()
     with (
         uvicorn_server(
-            "farthing.vendor.serve:app_from_env",
+            "farthing.paywall.serve:app_from_env",
             env={"FARTHING_VENDOR_CONFIG": str(config_path)},
             log_path=tmp_path / "vendor.log",
         ) as base,
@@ -200,9 +200,9 @@ def test_goods_offer_only_what_they_serve(tmp_path: Path) -> None:
 
 @pytest.mark.anyio
 async def test_the_served_folder_asks_no_payment_for_a_missing_file(tmp_path: Path) -> None:
-    from farthing.vendor.config import load_vendor_config
-    from farthing.vendor.serve import app_from_config
-    from tests.vendor.test_uvicorn_workers import write_config
+    from farthing.paywall.config import load_vendor_config
+    from farthing.paywall.serve import app_from_config
+    from tests.paywall.test_uvicorn_workers import write_config
 
     paywall = app_from_config(load_vendor_config(write_config(tmp_path)))
     transport = httpx.ASGITransport(app=paywall)
@@ -220,7 +220,7 @@ async def test_a_small_file_is_looked_at_once_a_second(
 ) -> None:
     (tmp_path / "a.txt").write_text("first")
     clock = [100.0]
-    monkeypatch.setattr("farthing.vendor.goods.time.monotonic", lambda: clock[0])
+    monkeypatch.setattr("farthing.paywall.goods.time.monotonic", lambda: clock[0])
     goods = GoodsApp(tmp_path)
     transport = httpx.ASGITransport(app=goods)
     async with httpx.AsyncClient(transport=transport, base_url="http://v") as client:
@@ -235,8 +235,8 @@ async def test_a_small_file_is_looked_at_once_a_second(
 
 
 def test_a_payword_only_vendor_deposits_with_its_own_issuer_settings(tmp_path: Path) -> None:
-    from farthing.vendor.config import load_vendor_config
-    from farthing.vendor.serve import deposits_missing
+    from farthing.paywall.config import load_vendor_config
+    from farthing.paywall.serve import deposits_missing
 
     (tmp_path / "merchant.key").write_text("ab" * 32)
     base = (
@@ -262,7 +262,7 @@ def test_a_payword_only_vendor_deposits_with_its_own_issuer_settings(tmp_path: P
 
 def test_a_deferred_hll_vendor_needs_the_bank_key_and_both_caps(tmp_path: Path) -> None:
     from farthing.core.errors import LocalProtocolError
-    from farthing.vendor.config import load_vendor_config
+    from farthing.paywall.config import load_vendor_config
 
     (tmp_path / "merchant.key").write_text("ab" * 32)
     base = (
