@@ -344,9 +344,23 @@ async def test_a_bank_card_from_before_site_sets_pays_nobody_until_bound(
     assert caught.value.code is ErrorCode.WRONG_SITE
     assert "farthing wallet bind" in caught.value.message
     assert vendor.payments == 0
-    wallet.bind(wallet.cards()[0].label, SITE)
+    label = wallet.cards()[0].label
+    wallet.bind(label, SITE)
     assert (await get(wallet, vendor, f"{SITE}/articles/a")).text == "article a"
     assert (vendor.payments, hll_units(wallet)) == (1, 48)
+    # A vendor naming its bank: the old card names none, so it pays only once named.
+    named = hll_vendor(bank, clock)
+    clock.advance(301)  # the unnamed vendor's challenges, remembered for paying up front, expire
+    with pytest.raises(LocalProtocolError) as unnamed:
+        await get(wallet, named, f"{SITE}/articles/b")
+    assert unnamed.value.code is ErrorCode.WRONG_ISSUER
+    assert "--bank-key" in unnamed.value.message
+    with pytest.raises(FarthingError) as forged:
+        wallet.name_bank(label, OTHER_BANK_KEY)  # not the bank that signed its certificate
+    assert forged.value.code is ErrorCode.SIGNATURE_INVALID
+    wallet.name_bank(label, BANK_KEY)
+    assert (await get(wallet, named, f"{SITE}/articles/b")).text == "article b"
+    assert (named.payments, bank.calls, hll_units(wallet)) == (1, 2, 46)
 
 
 # --- the CLI -----------------------------------------------------------------------------------
@@ -385,6 +399,11 @@ def test_sites_are_given_at_add_card_and_bound_and_unbound_through_the_cli(
     bound = cli(runner, "bind", "c", "--site", "https://other.test/", *where)
     assert bound.exit_code == 0, bound.output
     assert sites_of(path) == {"https://other.test"}
+    nothing = cli(runner, "bind", "c", *where)
+    assert (nothing.exit_code, "--site" in nothing.output) == (1, True)
+    not_hll = cli(runner, "bind", "c", "--bank-key", BANK_KEY.hex(), *where)
+    assert (not_hll.exit_code, "only an HLL card" in not_hll.output) == (1, True)
+    assert "64 hex digits" in cli(runner, "bind", "c", "--bank-key", "zz", *where).output
     missing = cli(runner, "unbind", "nope", "--site", SITE, *where)
     assert missing.exit_code == 1
     assert "Traceback" not in missing.output

@@ -372,15 +372,20 @@ def add_hll(
     _added(info)
 
 
+def _bank_key(text: str) -> bytes:
+    try:
+        key = bytes.fromhex(text)
+    except ValueError:
+        key = b""
+    if len(key) != BANK_KEY_LEN:
+        raise fail("--bank-key is 64 hex digits", hint="as `farthing issuer hll-key` prints it")
+    return key
+
+
 def _with_bank(card: HllCardFile, bank_key: str | None) -> HllCardFile:
     """The card file, naming its bank (from the file, else from --bank-key)."""
     if bank_key is not None:
-        try:
-            key = bytes.fromhex(bank_key)
-        except ValueError:
-            key = b""
-        if len(key) != BANK_KEY_LEN:
-            raise fail("--bank-key is 64 hex digits", hint="as `farthing issuer hll-key` prints it")
+        key = _bank_key(bank_key)
         if card.bank_key is not None and not constant_time_eq(card.bank_key, key):
             raise fail("--bank-key is not the bank the card file names")
         return replace(card, bank_key=key)
@@ -479,14 +484,29 @@ CardArg = Annotated[str, typer.Argument(help="the card's label (see `farthing wa
 @app.command()
 def bind(
     card: CardArg,
-    site: SiteOpt,
+    site: Annotated[
+        list[str] | None,
+        typer.Option("--site", help="a site the card may pay from now on (repeatable, or commas)"),
+    ] = None,
+    bank_key: Annotated[
+        str | None,
+        typer.Option(
+            "--bank-key",
+            help="name the bank of an HLL card added before cards named theirs (hex, "
+            "`farthing issuer hll-key`)",
+        ),
+    ] = None,
     wallet: WalletOpt = None,
     passphrase_file: PassFileOpt = None,
 ) -> None:
-    """Let a card pay more sites (--site, repeatable or comma-separated)."""
-    sites = _sites(site)
+    """Let a card pay more sites (--site, repeatable or comma-separated), or name an old HLL
+    card's bank (--bank-key)."""
+    sites = _sites(site or []) if site or bank_key is None else []
+    key = None if bank_key is None else _bank_key(bank_key)
     with _opened(wallet, passphrase_file) as opened, _explained():
-        info = opened.bind(card, sites)
+        info = opened.name_bank(card, key) if key is not None else None
+        info = opened.bind(card, sites) if sites else info
+    assert info is not None
     console.print(f"[bold]{info.label}[/]: {info.where}")
 
 

@@ -1,5 +1,11 @@
 """The cards a wallet holds: how each kind is read in, stored (secrets sealed) and described.
 
+Every card, of every kind, carries in its public ``params`` the set of origins it may pay
+(``sites``, chosen by the reader when adding it, changed by bind/unbind; empty: it pays
+nobody), and its issuer: an SZM card its realm, an HLL card its bank (``bank``, the bank's
+card-certification public key, checked against the card's certificate when added), a
+PayWord account the broker of its certificate.
+
 Kinds, by payment method:
 
 ``szm:chain`` / ``szm:prbg``
@@ -36,7 +42,7 @@ from typing import Final
 from farthing.core import cardcode
 from farthing.core.cardcode import CardCode, Protocol
 from farthing.core.encoding import Reader, Writer, b64url_decode, b64url_encode
-from farthing.core.errors import ErrorCode, LocalProtocolError, MalformedMessage
+from farthing.core.errors import Conflict, ErrorCode, LocalProtocolError, MalformedMessage
 from farthing.core.money import Denomination
 from farthing.core.primitives import constant_time_eq, ed25519_public_key, sha256
 from farthing.core.schemes import hll, payword
@@ -67,6 +73,7 @@ __all__ = [
     "secret_record",
     "szm_card",
     "szm_code",
+    "with_bank",
     "with_sites",
 ]
 
@@ -364,6 +371,27 @@ def _bank_of(card: HllCardFile) -> str:
             now=min(0, certificate.expires_at - 1),
         )
     return b64url_encode(card.bank_key)
+
+
+def with_bank(card: CardRow, bank_key: bytes) -> dict[str, object]:
+    """The params of an HLL card stored before cards named their bank, now naming
+    ``bank_key``: checked against the card's certificate, as when a card is added.
+    Conflict if the card already names another bank."""
+    if card.method != "hll:mac":
+        raise LocalProtocolError("only an HLL card has a bank", code=ErrorCode.MISUSE)
+    certificate = hll_certificate(card)
+    named = _bank_of(
+        HllCardFile(
+            card_id=card.card_key,
+            balance=card.balance,
+            denomination=Denomination(currency=card.currency, unit_micros=card.unit_micros),
+            certificate=certificate,
+            bank_key=bank_key,
+        )
+    )
+    if card_bank(card) not in (None, named):
+        raise Conflict(f"{card.label} belongs to another bank", code=ErrorCode.CONFLICT)
+    return {**card.params, BANK: named}
 
 
 def card_bank(card: CardRow) -> str | None:

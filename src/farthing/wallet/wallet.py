@@ -92,6 +92,7 @@ from farthing.wallet.cards import (
     pkcs11_location,
     szm_card,
     szm_code,
+    with_bank,
     with_sites,
 )
 from farthing.wallet.methods import (
@@ -436,6 +437,11 @@ class Wallet:
                 label, lambda card: with_sites(card.params, {*card_sites(card), *origins})
             )
         )
+
+    def name_bank(self, label: str, bank_key: bytes) -> CardInfo:
+        """Name the bank of an HLL card added before cards named theirs (its certificate
+        must be that bank's). Conflict if it names another bank already."""
+        return describe(self._store.update_params(label, lambda card: with_bank(card, bank_key)))
 
     def unbind(self, label: str, site: Sites) -> CardInfo:
         """Remove ``site`` (or several) from the origins the card may pay; a card left with
@@ -955,6 +961,12 @@ def _wrong_issuer(cards: Sequence[CardRow], challenges: Sequence[Challenge]) -> 
         theirs = ", ".join(sorted({str(c.request.get("broker")) for c in challenges}))
         ours = ", ".join(sorted({str(card.realm) for card in cards}))
         what = f"this vendor's PayWord broker is {theirs}; your accounts are with {ours}"
+    elif all(card_bank(card) is None for card in cards):
+        labels = ", ".join(card.label for card in cards)
+        what = (
+            f"{labels} was added before cards named their bank: name it with `farthing "
+            "wallet bind LABEL --bank-key HEX` (the key `farthing issuer hll-key` prints)"
+        )
     else:
         what = "this vendor's HLL bank is not the bank of your cards for this site"
     return LocalProtocolError(what, code=ErrorCode.WRONG_ISSUER)
