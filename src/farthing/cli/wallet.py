@@ -148,7 +148,7 @@ _HINTS: Final[tuple[tuple[type[FarthingError], str], ...]] = (
     (PolicyRefused, "allow it with --max-price, or raise the limits: `farthing wallet policy`"),
     (
         CardExhausted,
-        "add a card: `farthing wallet add-card szm CODE` (see `farthing wallet cards`)",
+        "add a card: `farthing wallet add-card szm CODE --site URL` (see `farthing wallet cards`)",
     ),
     (WrongPin, f"store the right PIN: add the card again (PIN from ${PIN_ENV} or the prompt)"),
     (CardLocked, "the token's PIN is locked; unlock it with the token's admin tools"),
@@ -234,7 +234,7 @@ def init(wallet: WalletOpt = None, passphrase_file: PassFileOpt = None) -> None:
     with _explained(), Wallet.create(path, passphrase):
         pass
     console.print(f"Created wallet [bold]{path}[/]")
-    console.print("Next: add a card with `farthing wallet add-card szm CODE`.")
+    console.print("Next: add a card with `farthing wallet add-card szm CODE --site URL`.")
 
 
 @app.command()
@@ -530,7 +530,7 @@ def cards(wallet: WalletOpt = None, passphrase_file: PassFileOpt = None) -> None
     with _opened(wallet, passphrase_file) as opened:
         held = opened.cards()
     if not held:
-        console.print("No cards yet. Add one with `farthing wallet add-card szm CODE`.")
+        console.print("No cards yet. Add one with `farthing wallet add-card szm CODE --site URL`.")
         return
     table = Table(title="Cards")
     table.add_column("Card", no_wrap=True)
