@@ -102,9 +102,10 @@ class ErrorCode(IntEnum):
     WALLET_LOCKED = 5005
     ISSUER_UNAVAILABLE = 5006
     INSECURE_TRANSPORT = 5007  # the wallet pays only over https (plain http on loopback)
-    WRONG_SITE = 5008  # the card is bound to another site
+    WRONG_SITE = 5008  # the site is outside the card's set of sites
     STORE_UNAVAILABLE = 5009  # no free store connection, or the database refuses clients
     KDF_TOO_WEAK = 5010  # a wallet file sealed under a passphrase KDF below our minimum
+    WRONG_ISSUER = 5011  # the challenge names another bank or broker than the card's
 
     INTERNAL = 9000
 

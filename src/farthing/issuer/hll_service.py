@@ -230,6 +230,12 @@ class HllService:
             wrapped_card_key=wrapped,
         )
 
+    @property
+    def bank_key(self) -> bytes:
+        """The bank's card-certification public key: names this bank to wallets and
+        merchants (they check card certificates with it)."""
+        return hll.card_certification_public_key(self._master)
+
     def card(self, card_id: bytes) -> HllCardRow:
         with self._store.transaction(readonly=True) as tx:
             row = tx.hll_card(card_id)

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -494,14 +494,14 @@ class WalletStore:
                 code=ErrorCode.CONFLICT,
             ) from None
 
-    def bind_site(self, label: str, site: str) -> CardRow:
-        """Bind the card ``label`` to ``site``; Conflict if it is bound to another one."""
+    def update_params(
+        self, label: str, change: Callable[[CardRow], Mapping[str, object]]
+    ) -> CardRow:
+        """Replace the public ``params`` of the card ``label`` with ``change(card)``, read
+        and written in one transaction; NOT_FOUND if there is no such card."""
         with self._engine.begin() as conn:
             card = WriteTx(conn).card_by_label(label)
-            bound = card.params.get("site")
-            if bound is not None and bound != site:
-                raise Conflict(f"{label} is bound to {bound}", code=ErrorCode.CONFLICT)
-            params = json.dumps({**card.params, "site": site}, sort_keys=True)
+            params = json.dumps(dict(change(card)), sort_keys=True)
             conn.execute(update(_cards).where(_cards.c.id == card.id).values(params=params))
             return WriteTx(conn).card(card.id)
 
