@@ -17,8 +17,8 @@ from farthing.core.errors import (
     RateLimited,
 )
 from farthing.core.schemes import hll
+from farthing.http.issuer_client import error_from_problem
 from farthing.issuer import IssuerClient
-from farthing.issuer.client import error_from_problem
 from farthing.paywall.methods.hll import HllBankClient
 from tests.issuer.helpers import Harness, Shop, buy, deposit_batch, open_shop
 

@@ -490,7 +490,7 @@ def card_status(
 ) -> None:
     """Ask the issuer what is left on an SZM card, proving that this wallet holds it (the
     issuer tells nobody else: the card id alone is in every payment)."""
-    from farthing.issuer.client import CardStatus, IssuerClient
+    from farthing.http.issuer_client import CardStatus, IssuerClient
 
     async def ask(request: szm_status.StatusRequest) -> CardStatus:
         async with IssuerClient(issuer, merchant_id=None, merchant_key=None) as client:

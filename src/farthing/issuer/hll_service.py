@@ -43,10 +43,10 @@ from farthing.core.money import Denomination
 from farthing.core.primitives import constant_time_eq, sha256
 from farthing.core.retry import same_request
 from farthing.core.schemes import hll
+from farthing.http.issuer_wire import deposit_lookup_tag, verify_request_tag
 from farthing.issuer.accounts_service import find_customer
 from farthing.issuer.auth import Merchant, MerchantDirectory
 from farthing.issuer.books import SystemAccounts
-from farthing.issuer.wire import deposit_lookup_tag, verify_request_tag
 from farthing.store import CardStatus, HllCardRow, Store, Tx
 
 __all__ = [

@@ -35,9 +35,9 @@ from farthing.core.errors import Conflict, ErrorCode, InvalidPayment, Unsupporte
 from farthing.core.money import Denomination
 from farthing.core.primitives import constant_time_eq, sha256
 from farthing.core.schemes import payword
+from farthing.http.issuer_wire import admit_request_tag, redeem_request_tag
 from farthing.issuer.accounts_service import find_customer
 from farthing.issuer.auth import Merchant, MerchantDirectory
-from farthing.issuer.wire import admit_request_tag, redeem_request_tag
 from farthing.store import PaywordUserRow, Store, Tx
 
 __all__ = ["Admitted", "PaywordService", "Redeemed", "RegisteredUser"]

@@ -432,7 +432,7 @@ class Wallet:
 
     def szm_status_request(self, label: str) -> szm_status.StatusRequest:
         """A fresh proof that this wallet holds the SZM card ``label``: what the issuer's
-        card status asks for (:meth:`farthing.issuer.client.IssuerClient.card_status`)."""
+        card status asks for (:meth:`farthing.http.issuer_client.IssuerClient.card_status`)."""
         row = next((card for card in self._store.cards() if card.label == label), None)
         if row is None or row.method not in ("szm:chain", "szm:prbg"):
             raise LocalProtocolError(f"no SZM card labelled {label!r}", code=ErrorCode.NOT_FOUND)

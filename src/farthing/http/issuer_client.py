@@ -47,7 +47,7 @@ from farthing.core.errors import (
     UnsupportedMethod,
 )
 from farthing.core.schemes import hll, payword, szm_status
-from farthing.issuer.wire import (
+from farthing.http.issuer_wire import (
     admit_request_tag,
     deposit_lookup_tag,
     redeem_request_tag,
