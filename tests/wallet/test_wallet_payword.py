@@ -151,7 +151,7 @@ def test_each_vendor_gets_its_own_commitment(
 def test_another_broker_is_not_payable(wallet: Wallet, clock: FixedClock) -> None:
     with pytest.raises(LocalProtocolError) as caught:
         wallet.pay("https://shop.test/articles/a", [challenge(clock, broker="other")])
-    assert caught.value.code is ErrorCode.NOT_FOUND
+    assert caught.value.code is ErrorCode.NO_CARD_FITS
 
 
 def test_expired_commitment_is_replaced(

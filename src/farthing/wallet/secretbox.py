@@ -19,7 +19,7 @@ flag for it.
 Wire form of a sealed value: ``nonce (12 random bytes) || ciphertext || tag (16 bytes)``.
 
 A wrong passphrase is detected with a sealed check value written at creation; it raises
-``LocalProtocolError("wrong passphrase", code=WALLET_LOCKED)`` before anything else is read.
+``LocalProtocolError("wrong passphrase", code=WRONG_PASSPHRASE)`` before anything else is read.
 """
 
 from __future__ import annotations
@@ -244,7 +244,7 @@ class SecretBox:
         try:
             self.open(_check_record(), sealed)
         except LocalProtocolError:
-            raise LocalProtocolError("wrong passphrase", code=ErrorCode.WALLET_LOCKED) from None
+            raise LocalProtocolError("wrong passphrase", code=ErrorCode.WRONG_PASSPHRASE) from None
 
     def __repr__(self) -> str:
         return "SecretBox(<key>)"

@@ -319,7 +319,8 @@ class Wallet:
     ) -> Wallet:
         """Open a wallet file; ``policy`` None uses the policy saved in the file.
 
-        Raises LocalProtocolError: NOT_FOUND (no file) or WALLET_LOCKED ("wrong passphrase").
+        Raises LocalProtocolError: NOT_FOUND (no file) or WRONG_PASSPHRASE; ResourceBusy
+        (WALLET_BUSY) if another process is writing the file.
         """
         store = WalletStore.open(Path(path), passphrase, rng=rng)
         try:
@@ -483,7 +484,7 @@ class Wallet:
         """Pay one of ``challenges`` for ``url`` within policy.
 
         Raises PolicyRefused (nothing spent), CardExhausted (cards of the right kind lack
-        units), LocalProtocolError NOT_FOUND (no card for any offered method),
+        units), LocalProtocolError NO_CARD_FITS (no card for any offered method),
         INSECURE_TRANSPORT (plain http off loopback), WrongPin / CardLocked (a PKCS#11 token
         refused its PIN; nothing spent).
         """
@@ -886,7 +887,7 @@ def _no_card_error(
     offered = ", ".join(sorted({c.method for c in challenges})) or "nothing"
     return LocalProtocolError(
         f"this wallet holds no card this vendor takes (it offers {offered})",
-        code=ErrorCode.NOT_FOUND,
+        code=ErrorCode.NO_CARD_FITS,
     )
 
 
