@@ -25,7 +25,8 @@ from farthing.paywall.methods.offline import OfflineMethod
 from farthing.paywall.methods.szm import ChainScheme
 from farthing.paywall.middleware import Paywall
 from farthing.paywall.pricing import Price, PriceTable
-from farthing.testing import DeterministicRandom, FixedClock, MemoryCardBook, cheap_wallet_kdf
+from farthing.testing import DeterministicRandom, FixedClock, MemoryCardBook
+from farthing.wallet.testing import cheap_wallet_kdf
 from farthing.wallet.wallet import Wallet
 
 MASTER = b"M" * 32

@@ -25,9 +25,10 @@ from farthing.core.errors import (
 from farthing.core.money import Denomination
 from farthing.core.schemes import szm_chain
 from farthing.http.payment_auth import Challenge
-from farthing.testing import DeterministicRandom, FixedClock, cheap_wallet_kdf
+from farthing.testing import DeterministicRandom, FixedClock
 from farthing.wallet.secretbox import MINIMUM_COST, KdfParams, SecretBox, record_id
 from farthing.wallet.store import WalletStore
+from farthing.wallet.testing import cheap_wallet_kdf
 from farthing.wallet.wallet import Wallet
 
 EUR = Denomination(currency="EUR", unit_micros=1000)

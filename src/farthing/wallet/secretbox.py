@@ -13,7 +13,7 @@ and at most a sane maximum (a hostile file must not make us allocate gigabytes):
 weaker, and any wallet from before Argon2id (scrypt with N = 2^15), is refused with
 ``KDF_TOO_WEAK`` and told to run ``farthing wallet upgrade``, which re-seals every secret
 under fresh, strong parameters (:meth:`~farthing.wallet.store.WalletStore.upgrade`). Tests
-get cheap parameters only through :func:`farthing.testing.cheap_wallet_kdf`; there is no
+get cheap parameters only through :func:`farthing.wallet.testing.cheap_wallet_kdf`; there is no
 flag for it.
 
 Wire form of a sealed value: ``nonce (12 random bytes) || ciphertext || tag (16 bytes)``.
