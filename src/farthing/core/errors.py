@@ -179,11 +179,17 @@ class InvalidPayment(RemoteProtocolError):
     """A payment, MAC, signature or seal did not verify.
 
     Deliberately vague: a replay, a forged token, a wrong card and a stale index all raise
-    this with the same message, so a forger learns nothing from which one it was.
+    this with the same message, so a forger learns nothing from which one it was:
+    ``raise InvalidPayment()`` is the one refusal (as fernet has one InvalidToken).
     """
 
     default_code = ErrorCode.PAYMENT_INVALID
     http_status = 401
+
+    def __init__(
+        self, message: str = "payment did not verify", *, code: ErrorCode | None = None
+    ) -> None:
+        super().__init__(message, code=code)
 
 
 class InsufficientFunds(RemoteProtocolError):

@@ -135,10 +135,6 @@ def batch_key(merchant_id: str, batch_id: bytes) -> bytes:
     return sha256(Writer(_BATCH_KEY_DOMAIN).text(merchant_id).bytes(batch_id).finish())
 
 
-def _invalid() -> InvalidPayment:
-    return InvalidPayment("payment did not verify", code=ErrorCode.PAYMENT_INVALID)
-
-
 def _denomination(card: HllCardRow) -> Denomination:
     return Denomination(currency=card.currency, unit_micros=card.unit_micros)
 
@@ -469,9 +465,9 @@ def _settled_before(tx: Tx, checked: CheckedPurchase) -> bool:
 def _usable_card(card: HllCardRow | None, offer: hll.Offer, merchant: Merchant) -> HllCardRow:
     """The card, if it may pay this offer to this merchant (before any MAC is checked)."""
     if card is None or card.status is not CardStatus.ACTIVE:
-        raise _invalid()
+        raise InvalidPayment()
     if _denomination(card) != offer.denomination:
-        raise _invalid()
+        raise InvalidPayment()
     if card.currency != merchant.currency:
         raise UnsupportedMethod(
             "this merchant is paid in another currency", code=ErrorCode.UNSUPPORTED_METHOD

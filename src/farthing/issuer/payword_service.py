@@ -64,10 +64,6 @@ class Redeemed:
     credited_micros: int
 
 
-def _invalid() -> InvalidPayment:
-    return InvalidPayment("redemption did not verify", code=ErrorCode.DEPOSIT_INVALID)
-
-
 class PaywordService:
     def __init__(
         self,
@@ -182,9 +178,10 @@ class PaywordService:
         user = tx.payword_user(cert.user_id)
         stored = tx.payword_certificate(sha256(payword.encode_certificate(cert)))
         if user is None or stored is None or stored.user_id != user.user_id:
-            raise _invalid()  # a certificate this broker never issued (or for someone else)
+            # a certificate this broker never issued (or for someone else)
+            raise InvalidPayment("redemption did not verify", code=ErrorCode.DEPOSIT_INVALID)
         if not constant_time_eq(user.public_key, cert.user_public_key):
-            raise _invalid()
+            raise InvalidPayment("redemption did not verify", code=ErrorCode.DEPOSIT_INVALID)
         return user
 
     def redeem(self, merchant_id: str, redemption_bytes: bytes, tag: bytes) -> Redeemed:
