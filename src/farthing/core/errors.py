@@ -36,6 +36,10 @@ Which outage is which (each code is raised as exactly one class, :data:`CLASS_OF
 - DEVICE_FAILED: :class:`DeviceFailure`; WALLET_BUSY: :class:`ResourceBusy`;
 - SERVER_BUSY stays a :class:`RateLimited`: the server sheds load on purpose to protect
   itself, which is a refusal like any rate limit, not something that broke.
+- a busy SQLite store (another writer holds the lock past the timeout) stays a
+  :class:`Conflict`: the request lost a race, as a failed compare-and-set does, and is
+  answered 409 as before; a store that cannot take another connection is Unavailable.
+- an unknown PKCS#11 error stays LocalProtocolError(INTERNAL): it may be our misuse.
 
 Each error carries a stable ``code`` from :class:`ErrorCode` (unique, tested) and an
 ``http_status`` hint that the HTTP edge maps to an RFC 9457 problem. Messages are fixed
