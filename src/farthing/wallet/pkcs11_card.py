@@ -320,13 +320,14 @@ class Pkcs11CardKey:
             WrongPin: the PIN is wrong.
             CardLocked: the PIN is locked.
             LocalProtocolError: (NOT_FOUND) no such module, token or key; (MISUSE) this process
-                already has the token open; (INTERNAL) the token failed.
+                already has the token open.
+            DeviceFailure: (DEVICE_FAILED) the token failed or was removed.
         """
         session = _login(module_path, token_label, user_pin, rw=False)
         try:
             key = _find_card_key(session, key_label)
         except BaseException:
-            with suppress(LocalProtocolError):  # the reason we are closing is the error to report
+            with suppress(LocalProtocolError, DeviceFailure):  # report the first error
                 _close_session(session)
             raise
         return cls(session, key)
@@ -335,8 +336,8 @@ class Pkcs11CardKey:
         """HMAC-SHA256(K_C, message), computed by the token; K_C never leaves it.
 
         Raises:
-            LocalProtocolError: (MISUSE) the card is closed or its session ended;
-                (INTERNAL) the token failed.
+            LocalProtocolError: (MISUSE) the card is closed or its session ended.
+            DeviceFailure: (DEVICE_FAILED) the token failed or was removed.
         """
         with self._lock:
             if self._session is None:
