@@ -26,7 +26,7 @@ from farthing.core.errors import ErrorCode, LocalProtocolError
 from farthing.core.prbg import BBS_MIN_MODULUS_BITS, BbsKey, require_strong_modulus
 
 __all__ = [
-    "KEY_FILE_VERSION",
+    "FILE_FORMAT_VERSION",
     "SECRET_LEN",
     "VendorKeys",
     "bad_key_file",
@@ -38,7 +38,7 @@ __all__ = [
     "write_vendor_key_file",
 ]
 
-KEY_FILE_VERSION: Final = 1
+FILE_FORMAT_VERSION: Final = 1
 SECRET_LEN: Final = 32
 _VENDOR_SECRETS: Final = ("szm_chain_master", "szm_prbg_master")
 _VENDOR_KIND: Final = "farthing-vendor-keys"
@@ -125,7 +125,7 @@ class VendorKeys:
 def write_vendor_key_file(path: Path, keys: VendorKeys) -> None:
     """Create ``path`` (mode 0600) holding ``keys``; refuses to overwrite an existing file."""
     document: dict[str, object] = {
-        "version": KEY_FILE_VERSION,
+        "version": FILE_FORMAT_VERSION,
         "kind": _VENDOR_KIND,
         "realm": keys.realm,
     }
@@ -145,7 +145,7 @@ def load_vendor_keys(path: str | Path) -> VendorKeys:
             "make the vendor's own with `farthing vendor init DIR --issuer-keys FILE`"
         )
     try:
-        if document["version"] != KEY_FILE_VERSION:
+        if document["version"] != FILE_FORMAT_VERSION:
             raise ValueError("unknown key file version")
         return VendorKeys(
             realm=str(document["realm"]),

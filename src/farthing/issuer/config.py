@@ -45,7 +45,7 @@ from farthing.core.prbg import (
 )
 from farthing.core.primitives import ed25519_public_key
 from farthing.keyfiles import (
-    KEY_FILE_VERSION,
+    FILE_FORMAT_VERSION,
     SECRET_LEN,
     VendorKeys,
     bad_key_file,
@@ -140,7 +140,7 @@ def generate_issuer_keys(
 
 def _to_json(keys: IssuerKeys) -> dict[str, object]:
     document: dict[str, object] = {
-        "version": KEY_FILE_VERSION,
+        "version": FILE_FORMAT_VERSION,
         "broker_id": keys.broker_id,
         "realm": keys.realm,
     }
@@ -168,7 +168,7 @@ def load_issuer_keys(path: str | Path) -> IssuerKeys:
 
 
 def _from_json(document: Mapping[str, object]) -> IssuerKeys:
-    if document["version"] != KEY_FILE_VERSION or "kind" in document:
+    if document["version"] != FILE_FORMAT_VERSION or "kind" in document:
         raise ValueError("unknown key file version")
     secrets = {name: bytes.fromhex(str(document[name])) for name in _SECRETS}
     return IssuerKeys(
