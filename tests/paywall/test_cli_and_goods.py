@@ -17,12 +17,9 @@ from farthing.core.clock import SystemClock
 from farthing.core.errors import LocalProtocolError
 from farthing.core.money import Denomination
 from farthing.issuer import IssuerConfig, build_services
-from farthing.issuer.config import (
-    generate_issuer_keys,
-    load_vendor_keys,
-    write_key_file,
-)
+from farthing.issuer.config import generate_issuer_keys, write_key_file
 from farthing.issuer.szm_service import BatchSpec
+from farthing.keyfiles import load_vendor_keys
 from farthing.paywall.config import load_vendor_config
 from farthing.paywall.goods import GoodsApp
 from farthing.store import SzmProtocol, open_store

@@ -31,8 +31,8 @@ from farthing.core.cardcode import to_compact, to_text
 from farthing.core.encoding import b64url_encode
 from farthing.core.errors import FarthingError
 from farthing.core.schemes import hll, szm_chain, szm_prbg
-from farthing.issuer.client import IssuerClient
-from farthing.issuer.wire import verify_request_tag
+from farthing.http.issuer_client import IssuerClient
+from farthing.http.issuer_wire import verify_request_tag
 from farthing.paywall.config import load_vendor_config
 from farthing.paywall.deposits import Depositor
 from farthing.wallet.auth import PaymentAuth

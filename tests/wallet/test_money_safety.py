@@ -38,8 +38,8 @@ from farthing.core import cardcode
 from farthing.core.errors import ErrorCode, InvalidPayment, LocalProtocolError
 from farthing.core.money import Denomination
 from farthing.core.schemes import hll, szm_chain
+from farthing.http.issuer_client import IssuerClient
 from farthing.http.payment_auth import Receipt
-from farthing.issuer.client import IssuerClient
 from farthing.paywall.methods.hll import HllMethod, HllMode
 from farthing.paywall.methods.offline import OfflineMethod
 from farthing.paywall.methods.szm import ChainScheme

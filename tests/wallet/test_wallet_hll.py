@@ -141,7 +141,7 @@ def test_other_unit_value_does_not_fit(
     )
     with pytest.raises(LocalProtocolError, match="holds no card") as caught:
         wallet.pay("https://shop.test/articles/a", [other])
-    assert caught.value.code is ErrorCode.NOT_FOUND
+    assert caught.value.code is ErrorCode.NO_CARD_FITS
 
 
 def test_card_file_round_trips_and_refuses_junk() -> None:

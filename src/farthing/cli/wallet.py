@@ -157,6 +157,12 @@ _HINTS: Final[tuple[tuple[type[FarthingError], str], ...]] = (
     (UnsupportedMethod, "this farthing does not know that kind of card"),
 )
 _CODE_HINTS: Final = {
+    ErrorCode.WRONG_PASSPHRASE: f"use the passphrase chosen at `farthing wallet init` "
+    f"(--passphrase-file, ${PASSPHRASE_ENV} or the prompt)",
+    ErrorCode.NO_CARD_FITS: "add a card this vendor takes: `farthing wallet add-card`",
+    ErrorCode.WALLET_BUSY: "another farthing is using this wallet; try again when it is done",
+    ErrorCode.DEVICE_FAILED: "check that the token is plugged in, then try again",
+    ErrorCode.ISSUER_UNAVAILABLE: "the issuer could not be reached; try again later",
     ErrorCode.INSECURE_TRANSPORT: "use the vendor's https:// address",
     ErrorCode.WRONG_SITE: "a card pays only the sites it was added for (see `farthing wallet "
     "cards`); add one with `farthing wallet bind LABEL --site URL` if you trust it",
@@ -203,14 +209,6 @@ def _has_request(error: httpx.RequestError) -> bool:
 
 
 def _explain(error: FarthingError) -> typer.Exit:
-    if error.code is ErrorCode.WALLET_LOCKED and error.message == "wrong passphrase":
-        return fail(
-            "wrong passphrase",
-            hint=f"use the passphrase chosen at `farthing wallet init` (--passphrase-file, "
-            f"${PASSPHRASE_ENV} or the prompt)",
-        )
-    if error.code is ErrorCode.NOT_FOUND and "holds no card" in error.message:
-        return fail(error.message, hint="add a card this vendor takes: `farthing wallet add-card`")
     if error.code in _CODE_HINTS:
         return fail(error.message, hint=_CODE_HINTS[error.code])
     for kind, hint in _HINTS:
@@ -577,7 +575,7 @@ def card_status(
 ) -> None:
     """Ask the issuer what is left on an SZM card, proving that this wallet holds it (the
     issuer tells nobody else: the card id alone is in every payment)."""
-    from farthing.issuer.client import CardStatus, IssuerClient
+    from farthing.http.issuer_client import CardStatus, IssuerClient
 
     async def ask(request: szm_status.StatusRequest) -> CardStatus:
         async with IssuerClient(issuer, merchant_id=None, merchant_key=None) as client:

@@ -20,10 +20,10 @@ from farthing.core.primitives import ed25519_public_key
 from farthing.core.schemes import hll, payword
 from farthing.demo._servers import BackgroundServer
 from farthing.demo.report import CardLine, DemoReport, Purchase
+from farthing.http.issuer_client import IssuerClient
 from farthing.http.payment_auth import Receipt
 from farthing.issuer.app import create_issuer_app
 from farthing.issuer.auth import new_operator_token, token_hash
-from farthing.issuer.client import IssuerClient
 from farthing.issuer.config import (
     IssuerConfig,
     IssuerKeys,

@@ -43,10 +43,10 @@ from farthing.core.money import Denomination
 from farthing.core.primitives import constant_time_eq, sha256
 from farthing.core.retry import same_request
 from farthing.core.schemes import hll
+from farthing.http.issuer_wire import deposit_lookup_tag, verify_request_tag
 from farthing.issuer.accounts_service import find_customer
 from farthing.issuer.auth import Merchant, MerchantDirectory
 from farthing.issuer.books import SystemAccounts
-from farthing.issuer.wire import deposit_lookup_tag, verify_request_tag
 from farthing.store import CardStatus, HllCardRow, Store, Tx
 
 __all__ = [
@@ -133,10 +133,6 @@ class DepositOutcome:
 def batch_key(merchant_id: str, batch_id: bytes) -> bytes:
     """The stored key of a deposit batch: batch ids are unique per merchant only."""
     return sha256(Writer(_BATCH_KEY_DOMAIN).text(merchant_id).bytes(batch_id).finish())
-
-
-def _invalid() -> InvalidPayment:
-    return InvalidPayment("payment did not verify", code=ErrorCode.PAYMENT_INVALID)
 
 
 def _denomination(card: HllCardRow) -> Denomination:
@@ -475,9 +471,9 @@ def _settled_before(tx: Tx, checked: CheckedPurchase) -> bool:
 def _usable_card(card: HllCardRow | None, offer: hll.Offer, merchant: Merchant) -> HllCardRow:
     """The card, if it may pay this offer to this merchant (before any MAC is checked)."""
     if card is None or card.status is not CardStatus.ACTIVE:
-        raise _invalid()
+        raise InvalidPayment()
     if _denomination(card) != offer.denomination:
-        raise _invalid()
+        raise InvalidPayment()
     if card.currency != merchant.currency:
         raise UnsupportedMethod(
             "this merchant is paid in another currency", code=ErrorCode.UNSUPPORTED_METHOD

@@ -169,7 +169,7 @@ def _szm(table: dict[str, object], base: Path) -> SzmKeys:
             chain_master=_hex(_str(table, "chain_master", "szm."), "szm.chain_master", length=32),
             prbg_master=_hex(_str(table, "prbg_master", "szm."), "szm.prbg_master", length=32),
         )
-    from farthing.issuer.config import load_vendor_keys
+    from farthing.keyfiles import load_vendor_keys
 
     keys = load_vendor_keys(_relative(base, _str(table, "keys", "szm.")))
     return SzmKeys(

@@ -329,7 +329,8 @@ class Wallet:
     ) -> Wallet:
         """Open a wallet file; ``policy`` None uses the policy saved in the file.
 
-        Raises LocalProtocolError: NOT_FOUND (no file) or WALLET_LOCKED ("wrong passphrase").
+        Raises LocalProtocolError: NOT_FOUND (no file) or WRONG_PASSPHRASE; ResourceBusy
+        (WALLET_BUSY) if another process is writing the file.
         """
         store = WalletStore.open(Path(path), passphrase, rng=rng)
         try:
@@ -469,7 +470,7 @@ class Wallet:
 
     def szm_status_request(self, label: str) -> szm_status.StatusRequest:
         """A fresh proof that this wallet holds the SZM card ``label``: what the issuer's
-        card status asks for (:meth:`farthing.issuer.client.IssuerClient.card_status`)."""
+        card status asks for (:meth:`farthing.http.issuer_client.IssuerClient.card_status`)."""
         row = next((card for card in self._store.cards() if card.label == label), None)
         if row is None or row.method not in ("szm:chain", "szm:prbg"):
             raise LocalProtocolError(f"no SZM card labelled {label!r}", code=ErrorCode.NOT_FOUND)
@@ -520,7 +521,7 @@ class Wallet:
         """Pay one of ``challenges`` for ``url`` within policy.
 
         Raises PolicyRefused (nothing spent), CardExhausted (cards of the right kind lack
-        units), LocalProtocolError NOT_FOUND (no card for any offered method),
+        units), LocalProtocolError NO_CARD_FITS (no card for any offered method),
         INSECURE_TRANSPORT (plain http off loopback), WrongPin / CardLocked (a PKCS#11 token
         refused its PIN; nothing spent).
         """
@@ -936,7 +937,7 @@ def _no_card_error(
     offered = ", ".join(sorted({c.method for c in challenges})) or "nothing"
     return LocalProtocolError(
         f"this wallet holds no card this vendor takes (it offers {offered})",
-        code=ErrorCode.NOT_FOUND,
+        code=ErrorCode.NO_CARD_FITS,
     )
 
 

@@ -205,7 +205,6 @@ _DOMAIN_PIN: Final = "farthing/hll/pin"
 CardKeyLookup: TypeAlias = Callable[[bytes], bytes | None]
 """Maps a card id to its key K_C, or None for an unknown card (e.g. ``keys.get``)."""
 
-_INVALID: Final = "payment did not verify"
 _U16: Final = struct.Struct(">H")
 
 # The purchase MAC input, built by concatenation on the bank's hot path. It is exactly
@@ -284,10 +283,6 @@ def _is_text(value: object, max_len: int) -> bool:
 def _require(ok: bool, what: str) -> None:
     if not ok:
         raise MalformedMessage(f"invalid {what}", code=ErrorCode.BAD_FIELD)
-
-
-def _invalid() -> InvalidPayment:
-    return InvalidPayment(_INVALID, code=ErrorCode.PAYMENT_INVALID)
 
 
 def _check_fresh(offer: Offer, now: int) -> None:
@@ -576,7 +571,7 @@ def verify_card_certificate(
     body = card_certificate_body(cert.card_id, cert.denomination, cert.expires_at)
     ed25519_verify(bank_public_key, cert.signature, body)
     if not constant_time_eq(cert.card_id, card_id) or cert.denomination != denomination:
-        raise _invalid()
+        raise InvalidPayment()
     if now >= cert.expires_at:
         raise PaymentExpired("card certificate expired", code=ErrorCode.CERTIFICATE_EXPIRED)
 
@@ -655,10 +650,10 @@ def _check_mac(
     card_key: bytes, offer: Offer, card_id: bytes, counter: int, sigma: bytes
 ) -> VerifiedPurchase:
     if counter == 0 or len(card_key) != KEY_LEN:  # a card's first payment has CNT = 1
-        raise _invalid()
+        raise InvalidPayment()
     expected = hmac_sha256(card_key, purchase_message(card_id, offer, counter))
     if not constant_time_eq(expected, sigma):
-        raise _invalid()
+        raise InvalidPayment()
     return VerifiedPurchase(card_id, counter, offer, _VERIFIER)  # positional: cheaper
 
 
@@ -683,7 +678,7 @@ def verify_purchase_bytes(
     card_id, counter, sigma = _split_payment(payment)
     card_key = key_for(card_id)
     if card_key is None:
-        raise _invalid()
+        raise InvalidPayment()
     return _check_mac(card_key, offer, card_id, counter, sigma)
 
 
@@ -918,10 +913,10 @@ def verify_deposit_item(
     payments made to someone else.
     """
     if item.offer.merchant_id != merchant_id:
-        raise _invalid()
+        raise InvalidPayment()
     card_key = key_for(item.purchase.card_id)
     if card_key is None:
-        raise _invalid()
+        raise InvalidPayment()
     purchase = item.purchase
     return _check_mac(card_key, item.offer, purchase.card_id, purchase.counter, purchase.sigma)
 
@@ -1091,7 +1086,7 @@ class HllBank:
             raise NotFound("unknown merchant", code=ErrorCode.NOT_FOUND)
         card_key = self._key_for(purchase.card_id)
         if card_key is None or offer.denomination != self._denomination:
-            raise _invalid()
+            raise InvalidPayment()
         verified = verify_purchase(card_key, offer, purchase, now)
         if (verified.card_id, verified.counter) in self._used:
             raise Conflict("payment already spent", code=ErrorCode.DUPLICATE_SPEND)
@@ -1139,9 +1134,9 @@ class HllBank:
 
     def _verify_item(self, merchant_id: str, item: DepositItem, now: int) -> VerifiedPurchase:
         if item.offer.denomination != self._denomination:
-            raise _invalid()
+            raise InvalidPayment()
         if now >= item.offer.expires_at + self._deposit_window:
-            raise _invalid()
+            raise InvalidPayment()
         return verify_deposit_item(self._key_for, merchant_id, item)
 
     def _covers(self, verified: VerifiedPurchase, pending: int) -> bool:
@@ -1213,7 +1208,7 @@ def decide_deferred(
     decode (MalformedMessage).
     """
     if purchase.counter == 0:
-        raise _invalid()
+        raise InvalidPayment()
     if certificate is None:
         return DeferredDecision.ONLINE
     cert = decode_card_certificate(certificate)
@@ -1286,7 +1281,7 @@ class HllMerchant:
             raise InvalidPayment("unknown or used offer", code=ErrorCode.CHALLENGE_INVALID)
         _check_fresh(offer, now)
         if purchase.counter == 0:
-            raise _invalid()
+            raise InvalidPayment()
         if (purchase.card_id, purchase.counter) in self._seen:
             raise Conflict("payment already spent", code=ErrorCode.DUPLICATE_SPEND)
 
