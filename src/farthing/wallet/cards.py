@@ -318,12 +318,9 @@ def hll_card(
 ) -> NewCard:
     """The stored form of an HLL card: software (key from the file) or in a token (PIN)."""
     if token is None and card.card_key is None:
-        raise LocalProtocolError(
-            "the card file holds no key: give the PKCS#11 token that holds it",
-            code=ErrorCode.MISUSE,
-        )
+        raise LocalProtocolError("the card file holds no key: give the PKCS#11 token that holds it")
     if token is not None and not pin:
-        raise LocalProtocolError("a PKCS#11 card needs the token's PIN", code=ErrorCode.MISUSE)
+        raise LocalProtocolError("a PKCS#11 card needs the token's PIN")
     bank_key = _bank_of(card)
     secret = HllSecret(card_key=card.card_key if token is None else None, pin=pin)
     params: dict[str, object] = {"cardId": b64url_encode(card.card_id), BANK: bank_key}
@@ -356,8 +353,7 @@ def _bank_of(card: HllCardFile) -> str:
     bank signed the card's certificate for this card and denomination."""
     if card.bank_key is None:
         raise LocalProtocolError(
-            "the card file names no bank (bankKey): the wallet binds a card to its bank",
-            code=ErrorCode.MISUSE,
+            "the card file names no bank (bankKey): the wallet binds a card to its bank"
         )
     if card.certificate is not None:
         # Signature, card id and denomination only: an expired certificate still names
@@ -378,7 +374,7 @@ def with_bank(card: CardRow, bank_key: bytes) -> dict[str, object]:
     ``bank_key``: checked against the card's certificate, as when a card is added.
     Conflict if the card already names another bank."""
     if card.method != "hll:mac":
-        raise LocalProtocolError("only an HLL card has a bank", code=ErrorCode.MISUSE)
+        raise LocalProtocolError("only an HLL card has a bank")
     certificate = hll_certificate(card)
     named = _bank_of(
         HllCardFile(
@@ -390,7 +386,7 @@ def with_bank(card: CardRow, bank_key: bytes) -> dict[str, object]:
         )
     )
     if card_bank(card) not in (None, named):
-        raise Conflict(f"{card.label} belongs to another bank", code=ErrorCode.CONFLICT)
+        raise Conflict(f"{card.label} belongs to another bank")
     return {**card.params, BANK: named}
 
 
@@ -445,9 +441,7 @@ def payword_card(
     if len(private_key) != 32 or not constant_time_eq(
         ed25519_public_key(private_key), certificate.user_public_key
     ):
-        raise LocalProtocolError(
-            "the private key does not belong to the certificate", code=ErrorCode.MISUSE
-        )
+        raise LocalProtocolError("the private key does not belong to the certificate")
     encoded = payword.encode_certificate(certificate)
     card_key = sha256(encoded)[:16]
     secret = Writer(_PAYWORD_SECRET_DOMAIN).bytes(private_key).finish()
