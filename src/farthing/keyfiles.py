@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from farthing.core.errors import ErrorCode, LocalProtocolError
+from farthing.core.errors import LocalProtocolError
 from farthing.core.prbg import BBS_MIN_MODULUS_BITS, BbsKey, require_strong_modulus
 
 __all__ = [
@@ -50,7 +50,7 @@ def write_private_json(path: Path, document: Mapping[str, object]) -> None:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
-        raise LocalProtocolError("the key file exists already", code=ErrorCode.MISUSE) from None
+        raise LocalProtocolError("the key file exists already") from None
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         os.fchmod(handle.fileno(), 0o600)  # whatever the umask said
         handle.write(text)
@@ -79,7 +79,7 @@ def read_private_json(target: Path, *, missing: str) -> Mapping[str, object]:
 
 def bad_key_file(message: str) -> LocalProtocolError:
     """A key file that is missing, too open or malformed: the operator's to fix."""
-    return LocalProtocolError(message, code=ErrorCode.MISUSE)
+    return LocalProtocolError(message)
 
 
 def bbs_from_json(bbs: object) -> BbsKey:

@@ -225,9 +225,7 @@ class IssuerClient:
 
     def _credentials(self) -> tuple[str, bytes]:
         if self._merchant_id is None or self._key is None:
-            raise LocalProtocolError(
-                "this call needs the merchant id and key", code=ErrorCode.MISUSE
-            )
+            raise LocalProtocolError("this call needs the merchant id and key")
         return self._merchant_id, self._key
 
     async def _call(

@@ -190,10 +190,7 @@ class HllService:
             customer = find_customer(tx, customer_id)
             books = self._system.books(tx, customer.currency)
             if -tx.balance(customer.id) < value:
-                raise InsufficientFunds(
-                    "the customer's account cannot cover this card",
-                    code=ErrorCode.INSUFFICIENT_FUNDS,
-                )
+                raise InsufficientFunds("the customer's account cannot cover this card")
             tx.hll_add_card(
                 card_id=card_id,
                 customer_account_id=customer.id,
@@ -230,7 +227,7 @@ class HllService:
         with self._store.transaction(readonly=True) as tx:
             row = tx.hll_card(card_id)
         if row is None:
-            raise NotFound("no such card", code=ErrorCode.NOT_FOUND)
+            raise NotFound("no such card")
         return row
 
     # --- online verification --------------------------------------------------------------
@@ -255,7 +252,7 @@ class HllService:
         offer = hll.decode_offer(offer_bytes)
         purchase = hll.decode_payment(payment_bytes)
         if offer.merchant_id != merchant.merchant_id:
-            raise AccessDenied("the offer names another merchant", code=ErrorCode.ACCESS_DENIED)
+            raise AccessDenied("the offer names another merchant")
         now = self._clock.now()
         verified = hll.verify_purchase(self.card_key(purchase.card_id), offer, purchase, now)
         return CheckedPurchase(
@@ -287,7 +284,7 @@ class HllService:
         if verified.amount > card.remaining_units:  # the store refuses it too; fail early
             if _settled_before(tx, checked):
                 return replace(spend, repeated=True)
-            raise InsufficientFunds("card overspent", code=ErrorCode.INSUFFICIENT_FUNDS)
+            raise InsufficientFunds("card overspent")
         if not self._settle_online(tx, checked):
             if _settled_before(tx, checked):
                 return replace(spend, repeated=True)
@@ -342,7 +339,7 @@ class HllService:
         with self._store.transaction(readonly=True) as tx:
             earlier = tx.hll_batch(key)
         if earlier is None:
-            raise NotFound("no such deposit batch", code=ErrorCode.NOT_FOUND)
+            raise NotFound("no such deposit batch")
         return _stored_outcome(earlier.report)
 
     def _deposit_unit(
@@ -469,9 +466,7 @@ def _usable_card(card: HllCardRow | None, offer: hll.Offer, merchant: Merchant) 
     if _denomination(card) != offer.denomination:
         raise InvalidPayment()
     if card.currency != merchant.currency:
-        raise UnsupportedMethod(
-            "this merchant is paid in another currency", code=ErrorCode.UNSUPPORTED_METHOD
-        )
+        raise UnsupportedMethod("this merchant is paid in another currency")
     return card
 
 
@@ -479,9 +474,9 @@ def _earlier_outcome(tx: Tx, key: bytes, digest: bytes) -> DepositOutcome:
     """The stored answer to a batch sent before; Conflict if its id came with other items."""
     earlier = tx.hll_batch(key)
     if earlier is None:  # claimed by a transaction that has not committed: cannot happen
-        raise Conflict("the deposit batch is being settled", code=ErrorCode.CONFLICT)
+        raise Conflict("the deposit batch is being settled")
     if not constant_time_eq(earlier.digest, digest):
-        raise Conflict("batch id reused for another batch", code=ErrorCode.CONFLICT)
+        raise Conflict("batch id reused for another batch")
     return _stored_outcome(earlier.report)
 
 

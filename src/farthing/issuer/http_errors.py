@@ -96,7 +96,7 @@ async def _on_validation_error(_request: Request, error: Exception) -> Response:
         for item in error.errors()[:_MAX_LISTED]
         if isinstance(item, dict)
     ]
-    problem = problem_for(MalformedMessage(_VALIDATION_MESSAGE, code=ErrorCode.MALFORMED))
+    problem = problem_for(MalformedMessage(_VALIDATION_MESSAGE))
     return problem_response(problem, errors=fields)
 
 
@@ -105,13 +105,13 @@ async def _on_http_exception(_request: Request, error: Exception) -> Response:
     if status == 404:
         return problem_response(problem_for(NotFound("no such resource")))
     if status == 405:
-        problem = problem_for(MalformedMessage("method not allowed", code=ErrorCode.MALFORMED))
+        problem = problem_for(MalformedMessage("method not allowed"))
         return problem_response(
             dataclasses.replace(problem, status=405, title="Method not allowed")
         )
     if status >= 500:
         return internal_response(error)
-    return problem_response(problem_for(MalformedMessage("bad request", code=ErrorCode.MALFORMED)))
+    return problem_response(problem_for(MalformedMessage("bad request")))
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -108,7 +108,7 @@ class PaywordService:
         def unit(tx: Tx) -> payword.Certificate:
             customer = find_customer(tx, customer_id)
             if tx.payword_user(user_id) is not None:
-                raise Conflict("this user exists", code=ErrorCode.CONFLICT)
+                raise Conflict("this user exists")
             denomination = Denomination(currency=customer.currency, unit_micros=unit_micros)
             cert = payword.issue_certificate(
                 self._broker_key,
@@ -214,9 +214,7 @@ class PaywordService:
         user = self._known_user(tx, redemption.commitment.certificate)
         payword.require_admitted(tx.payword_admitted(cid), redemption)
         if not denomination.currency == user.currency == merchant.currency:
-            raise UnsupportedMethod(
-                "this vendor is paid in another currency", code=ErrorCode.UNSUPPORTED_METHOD
-            )
+            raise UnsupportedMethod("this vendor is paid in another currency")
         if redemption.index == 0:  # the anchor itself: nothing to pay
             return Redeemed(commitment_id=cid, index=0, credited_units=0, credited_micros=0)
         units = tx.payword_redeem(cid, merchant.merchant_id, user.user_id, redemption.index, now)

@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from farthing.core.errors import ErrorCode, LocalProtocolError
+from farthing.core.errors import LocalProtocolError
 from farthing.paywall.app import HllSettings, PaywordSettings, SzmKeys, VendorSettings
 from farthing.paywall.methods.hll import HllMode
 from farthing.paywall.pricing import Price, PriceTable
@@ -80,7 +80,7 @@ class VendorConfig:
 
 
 def _bad(key: str, why: str) -> LocalProtocolError:
-    return LocalProtocolError(f"vendor config: {key}: {why}", code=ErrorCode.MISUSE)
+    return LocalProtocolError(f"vendor config: {key}: {why}")
 
 
 def _str(table: dict[str, object], key: str, where: str) -> str:

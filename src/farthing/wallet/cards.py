@@ -271,12 +271,9 @@ def hll_card(
 ) -> NewCard:
     """The stored form of an HLL card: software (key from the file) or in a token (PIN)."""
     if token is None and card.card_key is None:
-        raise LocalProtocolError(
-            "the card file holds no key: give the PKCS#11 token that holds it",
-            code=ErrorCode.MISUSE,
-        )
+        raise LocalProtocolError("the card file holds no key: give the PKCS#11 token that holds it")
     if token is not None and not pin:
-        raise LocalProtocolError("a PKCS#11 card needs the token's PIN", code=ErrorCode.MISUSE)
+        raise LocalProtocolError("a PKCS#11 card needs the token's PIN")
     secret = HllSecret(card_key=card.card_key if token is None else None, pin=pin)
     params: dict[str, object] = {"cardId": b64url_encode(card.card_id)}
     if card.certificate is not None:
@@ -347,9 +344,7 @@ def payword_card(
     if len(private_key) != 32 or not constant_time_eq(
         ed25519_public_key(private_key), certificate.user_public_key
     ):
-        raise LocalProtocolError(
-            "the private key does not belong to the certificate", code=ErrorCode.MISUSE
-        )
+        raise LocalProtocolError("the private key does not belong to the certificate")
     encoded = payword.encode_certificate(certificate)
     card_key = sha256(encoded)[:16]
     secret = Writer(_PAYWORD_SECRET_DOMAIN).bytes(private_key).finish()

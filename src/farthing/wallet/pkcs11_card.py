@@ -341,7 +341,7 @@ class Pkcs11CardKey:
         """
         with self._lock:
             if self._session is None:
-                raise LocalProtocolError("the card is closed", code=ErrorCode.MISUSE)
+                raise LocalProtocolError("the card is closed")
             with map_pkcs11_errors():
                 tag = self._key.sign(message, mechanism=Mechanism.SHA256_HMAC)
         if len(tag) != _MAC_LENGTH:
@@ -389,9 +389,7 @@ def _find_card_key(session: Session, key_label: str) -> SignMixin:
                 f"no card key labelled {key_label!r} on the token", code=ErrorCode.NOT_FOUND
             ) from exc
     if not isinstance(key, SignMixin):  # SIGN is false on that object
-        raise LocalProtocolError(
-            f"the key labelled {key_label!r} cannot compute MACs", code=ErrorCode.MISUSE
-        )
+        raise LocalProtocolError(f"the key labelled {key_label!r} cannot compute MACs")
     return key
 
 
@@ -545,9 +543,7 @@ def _find_unwrapping_key(session: Session, key_label: str) -> UnwrapMixin:
         )
     key = found[0]
     if len(found) > 1 or not isinstance(key, UnwrapMixin):  # UNWRAP is false on that object
-        raise LocalProtocolError(
-            f"the key labelled {key_label!r} cannot unwrap", code=ErrorCode.MISUSE
-        )
+        raise LocalProtocolError(f"the key labelled {key_label!r} cannot unwrap")
     return key
 
 
@@ -607,7 +603,7 @@ def _refuse_taken_label(session: Session, key_label: str) -> None:
 def _require_length(value: bytes, allowed: set[int] | frozenset[int], what: str) -> None:
     if len(value) not in allowed:
         lengths = " or ".join(str(n) for n in sorted(allowed))
-        raise LocalProtocolError(f"{what} must be {lengths} bytes long", code=ErrorCode.MISUSE)
+        raise LocalProtocolError(f"{what} must be {lengths} bytes long")
 
 
 # -- SoftHSM2 tooling for tests and demos ---------------------------------------------------------
@@ -649,7 +645,7 @@ def init_softhsm_token(
             SoftHSM2 module or ``softhsm2-util``; (INTERNAL) ``softhsm2-util`` failed.
     """
     if len(label.encode()) > _MAX_TOKEN_LABEL_BYTES:
-        raise LocalProtocolError("a token label is at most 32 bytes", code=ErrorCode.MISUSE)
+        raise LocalProtocolError("a token label is at most 32 bytes")
     token = SoftHsmToken(
         module_path=module_path or find_pkcs11_module(),
         conf_path=_write_softhsm_conf(Path(directory)),

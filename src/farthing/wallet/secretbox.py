@@ -216,7 +216,7 @@ class SecretBox:
         Does not judge the parameters' strength: the caller does
         (:meth:`KdfParams.require_strong`)."""
         if not passphrase:
-            raise LocalProtocolError("the passphrase must not be empty", code=ErrorCode.MISUSE)
+            raise LocalProtocolError("the passphrase must not be empty")
         secret = unicodedata.normalize("NFC", passphrase).encode("utf-8")
         return cls(params.derive(secret), rng)
 

@@ -382,7 +382,7 @@ def _create_private_file(path: Path) -> None:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
-        raise Conflict(f"a wallet already exists at {path}", code=ErrorCode.CONFLICT) from None
+        raise Conflict(f"a wallet already exists at {path}") from None
     os.close(fd)
 
 
@@ -508,8 +508,7 @@ class WalletStore:
                 return WriteTx(conn).card_by_label(card.label)
         except IntegrityError:
             raise Conflict(
-                "this card, or a card with this label, is already in the wallet",
-                code=ErrorCode.CONFLICT,
+                "this card, or a card with this label, is already in the wallet"
             ) from None
 
     def bind_site(self, label: str, site: str) -> CardRow:
@@ -518,7 +517,7 @@ class WalletStore:
             card = WriteTx(conn).card_by_label(label)
             bound = card.params.get("site")
             if bound is not None and bound != site:
-                raise Conflict(f"{label} is bound to {bound}", code=ErrorCode.CONFLICT)
+                raise Conflict(f"{label} is bound to {bound}")
             params = json.dumps({**card.params, "site": site}, sort_keys=True)
             conn.execute(update(_cards).where(_cards.c.id == card.id).values(params=params))
             return WriteTx(conn).card(card.id)

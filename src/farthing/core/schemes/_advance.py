@@ -51,7 +51,7 @@ def units_paid(
     if not same_key or index <= spent:
         raise InvalidPayment()  # another card, a replay or a stale index
     if now >= expires_at:
-        raise PaymentExpired(f"{what} expired", code=ErrorCode.CARD_EXPIRED)
+        raise PaymentExpired(f"{what} expired")
     if index > length:
         raise InsufficientFunds(f"{what} exhausted")
     paid = index - spent

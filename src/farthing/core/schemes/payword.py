@@ -402,7 +402,7 @@ def accept_commitment(
     if commitment.vendor_id != vendor_id:
         raise InvalidPayment()
     if now >= commitment.expires_at:
-        raise PaymentExpired("commitment expired", code=ErrorCode.CARD_EXPIRED)
+        raise PaymentExpired("commitment expired")
     return CommitmentState(
         commitment_id=commitment_id(commitment),
         last_value=commitment.anchor,
@@ -612,7 +612,7 @@ def broker_redeem(
     if commitment.vendor_id != vendor_id:
         raise AccessDenied("commitment was made to another vendor")
     if now >= commitment.expires_at + redeem_window:
-        raise PaymentExpired("commitment expired", code=ErrorCode.CARD_EXPIRED)
+        raise PaymentExpired("commitment expired")
     base = _redemption_base(state, commitment)
     if redemption.index > commitment.length or not _links(base, redemption):
         raise InvalidPayment("redemption did not verify", code=ErrorCode.DEPOSIT_INVALID)

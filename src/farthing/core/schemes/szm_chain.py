@@ -70,7 +70,6 @@ from farthing.core.encoding import Writer, header
 from farthing.core.errors import (
     CardExhausted,
     Conflict,
-    ErrorCode,
     InvalidPayment,
     PaymentExpired,
 )
@@ -516,10 +515,10 @@ def next_payment(
     if units < 1:
         raise ValueError("a payment pays at least one unit")
     if now >= card.expires_at:
-        raise PaymentExpired("card expired", code=ErrorCode.CARD_EXPIRED)
+        raise PaymentExpired("card expired")
     index = card.spent + units
     if index > card.length:
-        raise CardExhausted("card has too few units left", code=ErrorCode.CARD_EXHAUSTED)
+        raise CardExhausted("card has too few units left")
     walker = walker if walker is not None else card_walker(card)
     if walker.length != card.length:
         raise ValueError("walker belongs to another card")

@@ -65,7 +65,6 @@ from farthing.core.encoding import header
 from farthing.core.errors import (
     CardExhausted,
     Conflict,
-    ErrorCode,
     InvalidPayment,
     LocalProtocolError,
     PaymentExpired,
@@ -318,7 +317,7 @@ def stream_block(
     if generator is not Generator.BBS:
         raise ValueError("not a szm:prbg generator")
     if bbs_key is None:
-        raise LocalProtocolError("this issuer holds no BBS key", code=ErrorCode.MISUSE)
+        raise LocalProtocolError("this issuer holds no BBS key")
     x0 = bbs_seed(bbs_key.public, secret)
     return bbs_block(bbs_key, x0, block, BBS_BITS_PER_STEP)
 
@@ -560,10 +559,10 @@ def next_payment(card: PrbgCard, units: int, *, now: int) -> tuple[PrbgCard, Pay
     if units < 1:
         raise ValueError("a payment pays at least one unit")
     if now >= card.expires_at:
-        raise PaymentExpired("card expired", code=ErrorCode.CARD_EXPIRED)
+        raise PaymentExpired("card expired")
     index = card.spent + units
     if index > card.units:
-        raise CardExhausted("card has too few units left", code=ErrorCode.CARD_EXHAUSTED)
+        raise CardExhausted("card has too few units left")
     bbs_x = card.bbs_x
     if card.modulus is None or bbs_x is None:
         token = stream_block(card.generator, card.secret, _token_block(index))
