@@ -39,11 +39,8 @@ from farthing.core.schemes.hll import (
     DepositBatch,
     DepositItem,
     DepositReport,
-    HllBank,
-    HllMerchant,
     Offer,
     Purchase,
-    SoftwareCard,
     SoftwareCardKey,
     VerifiedPurchase,
     authorize_purchase,
@@ -74,6 +71,7 @@ from farthing.core.schemes.hll import (
     verify_purchase_bytes,
 )
 from farthing.testing import DeterministicRandom
+from farthing.testing.hll import HllBank, HllMerchant, SoftwareCard
 
 NOW = 1_800_000_000
 EUR = Denomination(currency="EUR", unit_micros=1000)

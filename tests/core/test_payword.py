@@ -35,10 +35,6 @@ from farthing.core.schemes.payword import (
     OpenCommitment,
     Payment,
     PaywordAccepted,
-    PaywordBroker,
-    PaywordSpender,
-    PaywordVendor,
-    PaywordWallet,
     Redemption,
     RedemptionState,
     accept_commitment,
@@ -62,6 +58,7 @@ from farthing.core.schemes.payword import (
     verify_payment_bytes,
 )
 from farthing.testing import DeterministicRandom
+from farthing.testing.payword import PaywordBroker, PaywordSpender, PaywordVendor, PaywordWallet
 
 NOW = 1_800_000_000
 DAY = 86_400

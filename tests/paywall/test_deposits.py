@@ -17,6 +17,8 @@ from farthing.paywall.methods.payword import HeldCommitment
 from farthing.store import HllPaymentState, OutboxState, open_store
 from farthing.store.writer import StoreWriter
 from farthing.testing import DeterministicRandom, FixedClock
+from farthing.testing.hll import HllBank, SoftwareCard
+from farthing.testing.payword import PaywordBroker, PaywordSpender
 
 pytestmark = pytest.mark.anyio
 NOW = 1_800_000_000
@@ -32,10 +34,10 @@ class LocalIssuer:
 
     def __init__(self, clock: FixedClock) -> None:
         self.clock = clock
-        self.bank = hll.HllBank(denomination=EUR)
+        self.bank = HllBank(denomination=EUR)
         self.bank.register_card(CARD_ID, hll.derive_card_key(MASTER, CARD_ID), 1000)
         self.bank.register_merchant("shop", MERCHANT_KEY)
-        self.broker = payword.PaywordBroker(broker_id="broker", private_key=BROKER_KEY)
+        self.broker = PaywordBroker(broker_id="broker", private_key=BROKER_KEY)
         self.down = False
         self.busy = False
         self.calls = 0
@@ -71,7 +73,7 @@ def record_purchases(store_path: str, count: int) -> None:
     store = open_store(store_path)
     book = HllDeferredBook(store)
     key = hll.SoftwareCardKey(hll.derive_card_key(MASTER, CARD_ID))
-    card = hll.SoftwareCard(
+    card = SoftwareCard(
         key=key, state=hll.CardState(card_id=CARD_ID, denomination=EUR, balance=1000), pin="1"
     )
     card.verify_pin("1")
@@ -217,7 +219,7 @@ async def test_payword_redemptions_are_staged_once_per_index(tmp_path: Path) -> 
         encoded=payword.encode_commitment(commitment),
     )
     assert await book.insert(held)
-    spender = payword.PaywordSpender(commitment, seed)
+    spender = PaywordSpender(commitment, seed)
     current = held
     for _ in range(3):
         payment = spender.reserve(2, now=NOW).payment

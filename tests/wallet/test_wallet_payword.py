@@ -14,6 +14,7 @@ from farthing.core.primitives import ed25519_public_key
 from farthing.core.schemes import payword
 from farthing.http.payment_auth import Challenge, JsonObject, Receipt, parse_credential
 from farthing.testing import FixedClock
+from farthing.testing.payword import PaywordBroker, PaywordVendor
 from farthing.wallet.auth import PreparedPayment
 from farthing.wallet.wallet import Wallet
 
@@ -28,12 +29,12 @@ def clock() -> FixedClock:
 
 
 @pytest.fixture
-def broker() -> payword.PaywordBroker:
-    return payword.PaywordBroker(broker_id="broker", private_key=BROKER_KEY)
+def broker() -> PaywordBroker:
+    return PaywordBroker(broker_id="broker", private_key=BROKER_KEY)
 
 
 @pytest.fixture
-def wallet(tmp_path: Path, clock: FixedClock, broker: payword.PaywordBroker) -> Iterator[Wallet]:
+def wallet(tmp_path: Path, clock: FixedClock, broker: PaywordBroker) -> Iterator[Wallet]:
     with Wallet.create(tmp_path / "wallet.sqlite", "pw", clock=clock) as w:
         certificate = broker.issue(
             user_id="alice",
@@ -71,7 +72,7 @@ def payload(payment: PreparedPayment) -> JsonObject:
 
 
 def vendor_takes(
-    vendor: payword.PaywordVendor, payment: PreparedPayment, now: int
+    vendor: PaywordVendor, payment: PreparedPayment, now: int
 ) -> payword.PaywordAccepted:
     """What the vendor adapter does: introduce a carried commitment, then check the payword."""
     body = payload(payment)
@@ -84,9 +85,9 @@ RECEIPT = Receipt(method="payword", timestamp=0, reference="r")
 
 
 def test_first_payment_carries_the_commitment_until_acknowledged(
-    wallet: Wallet, broker: payword.PaywordBroker, clock: FixedClock
+    wallet: Wallet, broker: PaywordBroker, clock: FixedClock
 ) -> None:
-    vendor = payword.PaywordVendor(vendor_id="shop", broker_public=broker.public_key)
+    vendor = PaywordVendor(vendor_id="shop", broker_public=broker.public_key)
     url = "https://shop.test/articles/a"
     first = wallet.pay(url, [challenge(clock)])
     assert "commitment" in payload(first)
@@ -107,7 +108,7 @@ def test_first_payment_carries_the_commitment_until_acknowledged(
 
 
 def test_commitment_length_fits_the_credit_limit(
-    wallet: Wallet, broker: payword.PaywordBroker, clock: FixedClock
+    wallet: Wallet, broker: PaywordBroker, clock: FixedClock
 ) -> None:
     paid = wallet.pay("https://shop.test/articles/a", [challenge(clock)])
     commitment = payword.decode_commitment(b64url_decode(str(payload(paid)["commitment"])))
@@ -119,9 +120,9 @@ def test_commitment_length_fits_the_credit_limit(
 
 
 def test_a_payment_refused_without_a_receipt_is_given_back_and_its_index_reused(
-    wallet: Wallet, broker: payword.PaywordBroker, clock: FixedClock
+    wallet: Wallet, broker: PaywordBroker, clock: FixedClock
 ) -> None:
-    vendor = payword.PaywordVendor(vendor_id="shop", broker_public=broker.public_key)
+    vendor = PaywordVendor(vendor_id="shop", broker_public=broker.public_key)
     url = "https://shop.test/articles/a"
     lost = wallet.pay(url, [challenge(clock)])  # never reaches the vendor
     wallet.refused(lost, 503)
@@ -137,11 +138,10 @@ def test_a_payment_refused_without_a_receipt_is_given_back_and_its_index_reused(
 
 
 def test_each_vendor_gets_its_own_commitment(
-    wallet: Wallet, broker: payword.PaywordBroker, clock: FixedClock
+    wallet: Wallet, broker: PaywordBroker, clock: FixedClock
 ) -> None:
     shops = {
-        name: payword.PaywordVendor(vendor_id=name, broker_public=broker.public_key)
-        for name in ("a", "b")
+        name: PaywordVendor(vendor_id=name, broker_public=broker.public_key) for name in ("a", "b")
     }
     for name, vendor in shops.items():
         paid = wallet.pay(f"https://{name}.test/articles/x", [challenge(clock, vendor=name)])
@@ -155,18 +155,18 @@ def test_another_broker_is_not_payable(wallet: Wallet, clock: FixedClock) -> Non
 
 
 def test_expired_commitment_is_replaced(
-    wallet: Wallet, broker: payword.PaywordBroker, clock: FixedClock
+    wallet: Wallet, broker: PaywordBroker, clock: FixedClock
 ) -> None:
     url = "https://shop.test/articles/a"
     first = wallet.pay(url, [challenge(clock)])
     clock.advance(86_400)  # the commitment lived one day
     second = wallet.pay(url, [challenge(clock)])
     assert payload(second)["commitment"] != payload(first)["commitment"]
-    vendor = payword.PaywordVendor(vendor_id="shop", broker_public=broker.public_key)
+    vendor = PaywordVendor(vendor_id="shop", broker_public=broker.public_key)
     assert vendor_takes(vendor, second, clock.now()).index == 3
 
 
-def test_wrong_user_key_is_refused(tmp_path: Path, broker: payword.PaywordBroker) -> None:
+def test_wrong_user_key_is_refused(tmp_path: Path, broker: PaywordBroker) -> None:
     certificate = broker.issue(
         user_id="alice",
         user_public_key=ed25519_public_key(USER_KEY),
@@ -183,9 +183,9 @@ def test_wrong_user_key_is_refused(tmp_path: Path, broker: payword.PaywordBroker
 
 
 def test_a_commitment_the_vendor_does_not_know_is_retired_not_the_account(
-    wallet: Wallet, broker: payword.PaywordBroker, clock: FixedClock
+    wallet: Wallet, broker: PaywordBroker, clock: FixedClock
 ) -> None:
-    vendor = payword.PaywordVendor(vendor_id="shop", broker_public=broker.public_key)
+    vendor = PaywordVendor(vendor_id="shop", broker_public=broker.public_key)
     url = "https://shop.test/articles/a"
     refused = wallet.pay(url, [challenge(clock)])
     wallet.refused(refused, 401, code=int(ErrorCode.PAYMENT_INVALID))

@@ -1,6 +1,6 @@
 """The bank of HLL: personalising cards, online verification and deposits, over the store.
 
-This is :class:`farthing.core.schemes.hll.HllBank` (the in-memory reference) made durable.
+This is :class:`farthing.testing.hll.HllBank` (the in-memory reference) made durable.
 The pure core checks every MAC; the database decides duplicate spending:
 
 - ``tx.hll_record_spend`` inserts (card, counter) under a PRIMARY KEY and charges the card
