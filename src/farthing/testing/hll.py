@@ -6,7 +6,7 @@ paywall's HLL method follow; the differential test runs the same batches through
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 from farthing.core.clock import RandomSource
 from farthing.core.encoding import Writer
@@ -30,19 +30,25 @@ from farthing.core.schemes.hll import (
     MAX_BATCH_ITEMS,
     MAX_MERCHANT_ID_LEN,
     MAX_PIN_TRIES,
+    BankCard,
     CardKey,
     CardState,
     DeferredDecision,
     DeferredRisk,
     DepositBatch,
     DepositItem,
+    DepositRefusal,
     DepositReport,
+    DepositTally,
     Offer,
     Purchase,
     VerifiedPurchase,
     authorize_purchase,
     batch_tag,
+    card_may_pay,
     check_fresh,
+    check_resent_batch,
+    check_spend,
     complete_purchase,
     decide_deferred,
     encode_batch,
@@ -51,10 +57,11 @@ from farthing.core.schemes.hll import (
     is_text,
     is_u64,
     issue_card_certificate,
+    judge_deposit_item,
+    judge_spend,
     make_offer,
     take_random,
     verify_batch_tag,
-    verify_deposit_item,
     verify_purchase,
 )
 
@@ -118,47 +125,17 @@ class SoftwareCard:
 # --- the bank -------------------------------------------------------
 
 
-@dataclass(slots=True)
-class _CardAccount:
-    key: bytes
-    loaded: int
-    spent: int = 0
-
-
-@dataclass(slots=True)
-class _DepositPlan:
-    """What one deposit will change, gathered before anything is applied."""
-
-    accepted: list[VerifiedPurchase] = field(default_factory=list)
-    duplicates: list[tuple[bytes, int]] = field(default_factory=list)
-    invalid: list[tuple[bytes, int]] = field(default_factory=list)
-    used: set[tuple[bytes, int]] = field(default_factory=set)
-    extra_spent: dict[bytes, int] = field(default_factory=dict)
-
-    def accept(self, verified: VerifiedPurchase) -> None:
-        self.accepted.append(verified)
-        self.used.add((verified.card_id, verified.counter))
-        self.extra_spent[verified.card_id] = (
-            self.extra_spent.get(verified.card_id, 0) + verified.amount
-        )
-
-    def report(self, batch_id: bytes) -> DepositReport:
-        return DepositReport(
-            batch_id=batch_id,
-            accepted=tuple((v.card_id, v.counter, v.amount) for v in self.accepted),
-            duplicates=tuple(self.duplicates),
-            invalid=tuple(self.invalid),
-            credited=sum(v.amount for v in self.accepted),
-        )
-
-
 class HllBank:
-    """The bank B in memory: the reference for the storage-backed issuer.
+    """The bank B in memory: the reference for the storage-backed issuer, judging every
+    payment by the same core rules (:func:`~farthing.core.schemes.hll.card_may_pay`,
+    :func:`~farthing.core.schemes.hll.judge_deposit_item`,
+    :func:`~farthing.core.schemes.hll.judge_spend`).
 
     Accepts each (card, counter) once, online or by deposit; never lets a card's spent
     total exceed its loaded value; remembers each deposit by (merchant, batch id) so a
-    resent batch gets the same report. One denomination per bank. Deposited items are
-    accepted up to ``deposit_window`` seconds after their offer expired.
+    resent batch gets the same report. One denomination per bank; each merchant is paid in
+    one currency (the bank's unless told). Deposited items are accepted up to
+    ``deposit_window`` seconds after their offer expired.
     """
 
     def __init__(
@@ -171,9 +148,9 @@ class HllBank:
         self._denomination = denomination
         self._certification_key = certification_key
         self._deposit_window = deposit_window
-        self._cards: dict[bytes, _CardAccount] = {}
+        self._cards: dict[bytes, BankCard] = {}
         self._used: set[tuple[bytes, int]] = set()
-        self._merchant_keys: dict[str, bytes] = {}
+        self._merchants: dict[str, tuple[bytes, str]] = {}  # id -> (K_M, currency)
         self._credited: dict[str, int] = {}
         self._batches: dict[tuple[str, bytes], tuple[bytes, DepositReport]] = {}
 
@@ -182,7 +159,13 @@ class HllBank:
             raise ValueError("card id 16 bytes, key 32 bytes, loaded value a u64")
         if card_id in self._cards:
             raise Conflict("card already registered", code=ErrorCode.CONFLICT)
-        self._cards[card_id] = _CardAccount(key=card_key, loaded=loaded)
+        self._cards[card_id] = BankCard(
+            key=card_key, denomination=self._denomination, active=True, loaded=loaded, spent=0
+        )
+
+    def block_card(self, card_id: bytes) -> None:
+        """The card pays nothing more, online or by deposit (as the issuer's card status)."""
+        self._cards[card_id] = replace(self._cards[card_id], active=False)
 
     def certify(self, card_id: bytes, expires_at: int) -> bytes:
         """The encoded certificate of a registered card (needs ``certification_key``)."""
@@ -196,12 +179,15 @@ class HllBank:
         )
         return encode_card_certificate(cert)
 
-    def register_merchant(self, merchant_id: str, merchant_key: bytes) -> None:
+    def register_merchant(
+        self, merchant_id: str, merchant_key: bytes, *, currency: str | None = None
+    ) -> None:
         if not is_text(merchant_id, MAX_MERCHANT_ID_LEN) or len(merchant_key) != KEY_LEN:
             raise ValueError("merchant id must be canonical text and the key 32 bytes")
-        if merchant_id in self._merchant_keys:
+        if merchant_id in self._merchants:
             raise Conflict("merchant already registered", code=ErrorCode.CONFLICT)
-        self._merchant_keys[merchant_id] = merchant_key
+        paid_in = self._denomination.currency if currency is None else currency
+        self._merchants[merchant_id] = (merchant_key, paid_in)
         self._credited[merchant_id] = 0
 
     def spent(self, card_id: bytes) -> int:
@@ -210,83 +196,89 @@ class HllBank:
     def credited(self, merchant_id: str) -> int:
         return self._credited[merchant_id]
 
-    def _key_for(self, card_id: bytes) -> bytes | None:
-        account = self._cards.get(card_id)
-        return None if account is None else account.key
-
     def verify_online(self, offer: Offer, purchase: Purchase, now: int) -> VerifiedPurchase:
         """Verify and settle one payment now, crediting ``offer.merchant_id``.
 
         The caller (the HTTP edge) must have authenticated that merchant. Raises NotFound
-        (unknown merchant), PaymentExpired, InvalidPayment, Conflict(DUPLICATE_SPEND) for
-        a (card, counter) already accepted, InsufficientFunds past the loaded value.
+        (unknown merchant), PaymentExpired, InvalidPayment (also for an unknown, blocked
+        or foreign card), UnsupportedMethod (the merchant is paid in another currency),
+        Conflict(DUPLICATE_SPEND) for a (card, counter) already accepted, InsufficientFunds
+        past the loaded value; in the issuer's order (the MAC first).
         """
-        if offer.merchant_id not in self._merchant_keys:
+        merchant = self._merchants.get(offer.merchant_id)
+        if merchant is None:
             raise NotFound("unknown merchant", code=ErrorCode.NOT_FOUND)
-        card_key = self._key_for(purchase.card_id)
-        if card_key is None or offer.denomination != self._denomination:
+        card = self._cards.get(purchase.card_id)
+        if card is None:
             raise invalid_payment()
-        verified = verify_purchase(card_key, offer, purchase, now)
-        if (verified.card_id, verified.counter) in self._used:
-            raise Conflict("payment already spent", code=ErrorCode.DUPLICATE_SPEND)
-        if not self._covers(verified, 0):
-            raise InsufficientFunds("card overspent", code=ErrorCode.INSUFFICIENT_FUNDS)
-        self._apply([verified], offer.merchant_id)
+        verified = verify_purchase(card.key, offer, purchase, now)
+        card_may_pay(card, offer, merchant_currency=merchant[1])
+        check_spend(
+            spent_before=(verified.card_id, verified.counter) in self._used,
+            remaining=card.remaining,
+            amount=verified.amount,
+        )
+        self._charge(verified)
         return verified
 
     def deposit(self, batch: DepositBatch, tag: bytes, now: int) -> DepositReport:
         """Settle a merchant's batch. Raises InvalidPayment(DEPOSIT_INVALID) for a bad
         tag or unknown merchant, Conflict for a reused batch id with other contents;
         the same batch again returns the first report and credits nothing new."""
-        merchant_key = self._merchant_keys.get(batch.merchant_id)
-        if merchant_key is None:
+        merchant = self._merchants.get(batch.merchant_id)
+        if merchant is None:
             raise InvalidPayment("deposit did not verify", code=ErrorCode.DEPOSIT_INVALID)
+        merchant_key, currency = merchant
         verify_batch_tag(merchant_key, batch, tag)
         digest = sha256(encode_batch(batch))
         earlier = self._batches.get((batch.merchant_id, batch.batch_id))
         if earlier is not None:
-            if not constant_time_eq(earlier[0], digest):
-                raise Conflict("batch id reused for another batch", code=ErrorCode.CONFLICT)
+            check_resent_batch(earlier[0], digest)
             return earlier[1]
-        plan = self._plan(batch, now)
-        self._apply(plan.accepted, batch.merchant_id)
-        report = plan.report(batch.batch_id)
+        tally = DepositTally()
+        for item in batch.items:
+            judged = self._deposit_item(batch.merchant_id, currency, item, now)
+            if isinstance(judged, DepositRefusal):
+                tally.refuse(item, judged)
+            else:
+                tally.accept(judged)
+        report = tally.report(batch.batch_id)
         self._batches[(batch.merchant_id, batch.batch_id)] = (digest, report)
         return report
 
-    def _plan(self, batch: DepositBatch, now: int) -> _DepositPlan:
-        plan = _DepositPlan()
-        for item in batch.items:
-            pair = (item.purchase.card_id, item.purchase.counter)
-            try:
-                verified = self._verify_item(batch.merchant_id, item, now)
-            except InvalidPayment:
-                plan.invalid.append(pair)
-                continue
-            if pair in self._used or pair in plan.used:
-                plan.duplicates.append(pair)
-            elif not self._covers(verified, plan.extra_spent.get(verified.card_id, 0)):
-                plan.invalid.append(pair)
-            else:
-                plan.accept(verified)
-        return plan
+    def _deposit_item(
+        self, merchant_id: str, currency: str, item: DepositItem, now: int
+    ) -> VerifiedPurchase | DepositRefusal:
+        """Judge one item by the core's rules and charge it if accepted."""
+        judged = judge_deposit_item(
+            self._cards.get(item.purchase.card_id),
+            item,
+            merchant_id=merchant_id,
+            merchant_currency=currency,
+            now=now,
+            deposit_window=self._deposit_window,
+        )
+        if isinstance(judged, DepositRefusal):
+            return judged
+        account = self._cards[judged.card_id]
+        refusal = judge_spend(
+            spent_before=(judged.card_id, judged.counter) in self._used,
+            remaining=account.remaining,
+            amount=judged.amount,
+        )
+        if refusal is not None:
+            return refusal
+        self._charge(judged)
+        return judged
 
-    def _verify_item(self, merchant_id: str, item: DepositItem, now: int) -> VerifiedPurchase:
-        if item.offer.denomination != self._denomination:
-            raise invalid_payment()
-        if now >= item.offer.expires_at + self._deposit_window:
-            raise invalid_payment()
-        return verify_deposit_item(self._key_for, merchant_id, item)
+    def _charge(self, verified: VerifiedPurchase) -> None:
+        self._used.add((verified.card_id, verified.counter))
+        card = self._cards[verified.card_id]
+        self._cards[verified.card_id] = replace(card, spent=card.spent + verified.amount)
+        self._credited[verified.merchant_id] += verified.amount
 
-    def _covers(self, verified: VerifiedPurchase, pending: int) -> bool:
-        account = self._cards[verified.card_id]
-        return account.spent + pending + verified.amount <= account.loaded
 
-    def _apply(self, accepted: list[VerifiedPurchase], merchant_id: str) -> None:
-        for verified in accepted:
-            self._used.add((verified.card_id, verified.counter))
-            self._cards[verified.card_id].spent += verified.amount
-            self._credited[merchant_id] += verified.amount
+# --- the merchant (deferred mode) ---------------------------------------------------------
 
 
 class HllMerchant:

@@ -88,7 +88,9 @@ from farthing.core.encoding import Reader, Writer, header
 from farthing.core.errors import (
     CardExhausted,
     CardLocked,
+    Conflict,
     ErrorCode,
+    InsufficientFunds,
     InvalidPayment,
     LocalProtocolError,
     MalformedMessage,
@@ -126,6 +128,7 @@ __all__ = [
     "MAX_MERCHANT_ID_LEN",
     "MAX_PIN_TRIES",
     "MIN_CHALLENGE_LEN",
+    "BankCard",
     "CardCertificate",
     "CardKey",
     "CardKeyLookup",
@@ -134,7 +137,9 @@ __all__ = [
     "DeferredRisk",
     "DepositBatch",
     "DepositItem",
+    "DepositRefusal",
     "DepositReport",
+    "DepositTally",
     "Offer",
     "Purchase",
     "SoftwareCardKey",
@@ -144,7 +149,10 @@ __all__ = [
     "card_certificate_body",
     "card_certification_key",
     "card_certification_public_key",
+    "card_may_pay",
     "check_fresh",
+    "check_resent_batch",
+    "check_spend",
     "complete_purchase",
     "decide_deferred",
     "decode_batch",
@@ -162,6 +170,8 @@ __all__ = [
     "is_text",
     "is_u64",
     "issue_card_certificate",
+    "judge_deposit_item",
+    "judge_spend",
     "make_offer",
     "new_card_id",
     "new_merchant_key",
@@ -926,7 +936,156 @@ def _read_pairs(reader: Reader) -> tuple[tuple[bytes, int], ...]:
     )
 
 
-# --- the merchant (deferred mode; in-memory reference) ------------------------------------
+# --- the bank's rules ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BankCard:
+    """What the bank holds on one card when it judges a payment for it: K_C, the card's
+    denomination, whether it may pay at all (not blocked), and the units loaded and spent."""
+
+    key: bytes = field(repr=False)
+    denomination: Denomination
+    active: bool
+    loaded: int
+    spent: int
+
+    @property
+    def remaining(self) -> int:
+        return self.loaded - self.spent
+
+
+class DepositRefusal(StrEnum):
+    """Why the bank did not accept one deposited item. The report says only duplicate or
+    invalid (:attr:`is_duplicate`); the reason is for the bank's own records and tests."""
+
+    DUPLICATE = "duplicate"  # (card, counter) accepted before
+    UNKNOWN_CARD = "unknown card"
+    BLOCKED = "card blocked"
+    DENOMINATION = "another denomination"
+    CURRENCY = "the merchant is paid in another currency"
+    TOO_LATE = "deposited after the window"
+    OVER_LOADED = "more than the card ever held"
+    BAD_MAC = "MAC did not verify"
+    OVERSPENT = "the card cannot cover it"
+
+    @property
+    def is_duplicate(self) -> bool:
+        return self is DepositRefusal.DUPLICATE
+
+
+def card_may_pay(card: BankCard | None, offer: Offer, *, merchant_currency: str) -> None:
+    """Whether ``card`` may pay ``offer`` to a merchant paid in ``merchant_currency``:
+    None, or raise. Unknown, blocked or of another denomination: InvalidPayment (the same
+    answer as a bad MAC); the merchant is paid in another currency: UnsupportedMethod. The
+    bank asks this after the MAC verified, then :func:`judge_spend` (spent before? covered?).
+    """
+    if card is None:
+        raise invalid_payment()
+    refusal = _card_refusal(card, offer, merchant_currency=merchant_currency)
+    if refusal is DepositRefusal.CURRENCY:
+        raise UnsupportedMethod(
+            "this merchant is paid in another currency", code=ErrorCode.UNSUPPORTED_METHOD
+        )
+    if refusal is not None:
+        raise invalid_payment()
+
+
+def judge_deposit_item(
+    card: BankCard | None,
+    item: DepositItem,
+    *,
+    merchant_id: str,
+    merchant_currency: str,
+    now: int,
+    deposit_window: int,
+) -> VerifiedPurchase | DepositRefusal:
+    """The bank's judgement of one deposited item from the card alone (``card``: the item's
+    card, None if unknown): the verified purchase, or why it is refused.
+
+    Whether (card, counter) is new and the card still covers it is :func:`judge_spend`'s
+    question, asked next (storage answers it atomically with the same order). The spent
+    units are not read here, so a card's record may be loaded once per batch.
+    """
+    if card is None:
+        return DepositRefusal.UNKNOWN_CARD
+    refusal = _card_refusal(card, item.offer, merchant_currency=merchant_currency)
+    if refusal is not None:
+        return refusal
+    if now >= item.offer.expires_at + deposit_window:
+        return DepositRefusal.TOO_LATE
+    if item.offer.amount > card.loaded:
+        return DepositRefusal.OVER_LOADED
+    try:
+        return verify_deposit_item(lambda _card_id: card.key, merchant_id, item)
+    except InvalidPayment:
+        return DepositRefusal.BAD_MAC
+
+
+def _card_refusal(card: BankCard, offer: Offer, *, merchant_currency: str) -> DepositRefusal | None:
+    if not card.active:
+        return DepositRefusal.BLOCKED
+    if card.denomination != offer.denomination:
+        return DepositRefusal.DENOMINATION
+    if card.denomination.currency != merchant_currency:
+        return DepositRefusal.CURRENCY
+    return None
+
+
+def judge_spend(*, spent_before: bool, remaining: int, amount: int) -> DepositRefusal | None:
+    """Whether a verified purchase may be charged: a (card, counter) spent before is a
+    duplicate (checked first, so a replay is reported as one whatever the balance), then
+    the card must still cover ``amount``. None: charge it."""
+    if spent_before:
+        return DepositRefusal.DUPLICATE
+    if amount > remaining:
+        return DepositRefusal.OVERSPENT
+    return None
+
+
+def check_spend(*, spent_before: bool, remaining: int, amount: int) -> None:
+    """:func:`judge_spend` for an online payment: None, or Conflict(DUPLICATE_SPEND), or
+    InsufficientFunds."""
+    refusal = judge_spend(spent_before=spent_before, remaining=remaining, amount=amount)
+    if refusal is DepositRefusal.DUPLICATE:
+        raise Conflict("payment already spent", code=ErrorCode.DUPLICATE_SPEND)
+    if refusal is not None:
+        raise InsufficientFunds("card overspent", code=ErrorCode.INSUFFICIENT_FUNDS)
+
+
+@dataclass(slots=True)
+class DepositTally:
+    """The bank's answer to one batch, built item by item in the batch's order."""
+
+    accepted: list[tuple[bytes, int, int]] = field(default_factory=list)
+    duplicates: list[tuple[bytes, int]] = field(default_factory=list)
+    invalid: list[tuple[bytes, int]] = field(default_factory=list)
+
+    def accept(self, verified: VerifiedPurchase) -> None:
+        self.accepted.append((verified.card_id, verified.counter, verified.amount))
+
+    def refuse(self, item: DepositItem, refusal: DepositRefusal) -> None:
+        pair = (item.purchase.card_id, item.purchase.counter)
+        (self.duplicates if refusal.is_duplicate else self.invalid).append(pair)
+
+    def report(self, batch_id: bytes) -> DepositReport:
+        return DepositReport(
+            batch_id=batch_id,
+            accepted=tuple(self.accepted),
+            duplicates=tuple(self.duplicates),
+            invalid=tuple(self.invalid),
+            credited=sum(units for _, _, units in self.accepted),
+        )
+
+
+def check_resent_batch(earlier_digest: bytes, digest: bytes) -> None:
+    """A batch id sent again must come with the same batch (then the first report is the
+    answer); Conflict if it came with other items."""
+    if not constant_time_eq(earlier_digest, digest):
+        raise Conflict("batch id reused for another batch", code=ErrorCode.CONFLICT)
+
+
+# --- the merchant's rules (deferred mode) ------------------------------------
 
 
 class DeferredDecision(StrEnum):
