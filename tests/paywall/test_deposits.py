@@ -38,6 +38,7 @@ class LocalIssuer:
         self.bank.register_card(CARD_ID, hll.derive_card_key(MASTER, CARD_ID), 1000)
         self.bank.register_merchant("shop", MERCHANT_KEY)
         self.broker = PaywordBroker(broker_id="broker", private_key=BROKER_KEY)
+        self.broker.register_vendor("shop", "EUR")
         self.down = False
         self.busy = False
         self.calls = 0
@@ -210,6 +211,8 @@ async def test_payword_redemptions_are_staged_once_per_index(tmp_path: Path) -> 
     state = payword.accept_commitment(
         issuer.broker.public_key, commitment, vendor_id="shop", now=NOW
     )
+    # what a vendor with a broker does before it takes paywords (PaywordBook(broker=...))
+    issuer.broker.admit(payword.encode_commitment(commitment), vendor_id="shop", now=NOW)
     store = open_store(path)
     writer = StoreWriter(store)
     book = PaywordBook(store, writer)

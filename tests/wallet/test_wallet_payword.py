@@ -30,7 +30,9 @@ def clock() -> FixedClock:
 
 @pytest.fixture
 def broker() -> PaywordBroker:
-    return PaywordBroker(broker_id="broker", private_key=BROKER_KEY)
+    broker = PaywordBroker(broker_id="broker", private_key=BROKER_KEY)
+    broker.register_vendor("shop", "EUR")
+    return broker
 
 
 @pytest.fixture
@@ -72,12 +74,20 @@ def payload(payment: PreparedPayment) -> JsonObject:
 
 
 def vendor_takes(
-    vendor: PaywordVendor, payment: PreparedPayment, now: int
+    vendor: PaywordVendor,
+    payment: PreparedPayment,
+    now: int,
+    *,
+    broker: PaywordBroker | None = None,
 ) -> payword.PaywordAccepted:
-    """What the vendor adapter does: introduce a carried commitment, then check the payword."""
+    """What the vendor adapter does: introduce a carried commitment (admitted by the
+    ``broker`` first, if it has one), then check the payword."""
     body = payload(payment)
     if "commitment" in body:
-        vendor.accept_commitment(b64url_decode(str(body["commitment"])), now=now)
+        commitment = b64url_decode(str(body["commitment"]))
+        if broker is not None:
+            broker.admit(commitment, vendor_id=vendor.vendor_id, now=now)
+        vendor.accept_commitment(commitment, now=now)
     return vendor.receive(b64url_decode(str(body["payment"])), units=3, now=now)
 
 
@@ -91,7 +101,7 @@ def test_first_payment_carries_the_commitment_until_acknowledged(
     url = "https://shop.test/articles/a"
     first = wallet.pay(url, [challenge(clock)])
     assert "commitment" in payload(first)
-    accepted = vendor_takes(vendor, first, clock.now())
+    accepted = vendor_takes(vendor, first, clock.now(), broker=broker)
     assert (accepted.index, accepted.units) == (3, 3)
     assert wallet.settle(first, RECEIPT, b"article") == b"article"
     second = wallet.pay(url, [challenge(clock)])

@@ -6,13 +6,19 @@ the same claims through both."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from farthing.core.clock import RandomSource
-from farthing.core.errors import CardExhausted, ErrorCode, LocalProtocolError
+from farthing.core.errors import (
+    AccessDenied,
+    CardExhausted,
+    ErrorCode,
+    InvalidPayment,
+    LocalProtocolError,
+)
 from farthing.core.hashchain import ChainWalker
 from farthing.core.money import Denomination
-from farthing.core.primitives import constant_time_eq, ed25519_public_key
+from farthing.core.primitives import constant_time_eq, ed25519_public_key, sha256
 from farthing.core.schemes.payword import (
     CHAIN_TAG,
     DEFAULT_MAX_UNITS,
@@ -22,17 +28,21 @@ from farthing.core.schemes.payword import (
     Certificate,
     Commitment,
     CommitmentState,
+    OpenCommitment,
     Payment,
     PaywordAccepted,
     Redemption,
     RedemptionState,
     accept_commitment,
+    admit_commitment,
     broker_redeem,
     commit,
     commitment_id,
     decode_commitment,
     decode_redemption,
+    encode_certificate,
     issue_certificate,
+    judge_claim,
     verify_payment_bytes,
 )
 
@@ -232,15 +242,26 @@ class PaywordVendor:
 
 
 class PaywordBroker:
-    """Reference broker: issues certificates, redeems claims, keeps accounts in micros."""
+    """Reference broker: issues certificates, admits commitments within the user's credit,
+    redeems claims, keeps accounts in micros; by the core's rules
+    (:func:`~farthing.core.schemes.payword.admit_commitment`,
+    :func:`~farthing.core.schemes.payword.broker_redeem`,
+    :func:`~farthing.core.schemes.payword.judge_claim`), as the issuer's PayWord service.
+
+    Each vendor is paid in one currency (:meth:`register_vendor`); a user's currency is
+    that of the certificate issued to it.
+    """
 
     __slots__ = (
         "_accounts",
+        "_admitted",
         "_broker_id",
+        "_issued",
         "_private_key",
         "_public_key",
         "_redeem_window",
         "_redeemed",
+        "_vendors",
     )
 
     def __init__(
@@ -255,12 +276,18 @@ class PaywordBroker:
         self._public_key = ed25519_public_key(private_key)
         self._redeem_window = redeem_window
         self._redeemed: dict[bytes, RedemptionState] = {}
+        self._admitted: dict[bytes, OpenCommitment] = {}
+        self._issued: dict[bytes, str] = {}  # certificate digest -> the user's currency
+        self._vendors: dict[str, str] = {}  # vendor id -> currency
         # (role, party id, currency) -> micros credited to a vendor / billed to a user
         self._accounts: dict[tuple[str, str, str], int] = {}
 
     @property
     def public_key(self) -> bytes:
         return self._public_key
+
+    def register_vendor(self, vendor_id: str, currency: str) -> None:
+        self._vendors[vendor_id] = currency
 
     def issue(
         self,
@@ -272,7 +299,7 @@ class PaywordBroker:
         now: int,
         ttl: int,
     ) -> Certificate:
-        return issue_certificate(
+        cert = issue_certificate(
             self._private_key,
             broker_id=self._broker_id,
             user_id=user_id,
@@ -281,20 +308,51 @@ class PaywordBroker:
             denomination=denomination,
             expires_at=now + ttl,
         )
+        self._issued[_digest(cert)] = denomination.currency
+        return cert
+
+    def admit(self, data: bytes, *, vendor_id: str, now: int) -> OpenCommitment:
+        """Admit a commitment the authenticated ``vendor_id`` presents, within the user's
+        credit limit over all its admitted commitments; the same one again is unchanged."""
+        self._vendor_currency(vendor_id)
+        commitment = decode_commitment(data)
+        self._user_currency(commitment.certificate)
+        cid = commitment_id(commitment)
+        user_id = commitment.certificate.user_id
+        mine = [c for c in self._admitted.values() if c.user_id == user_id]
+        admitted = admit_commitment(
+            self.public_key,
+            commitment,
+            vendor_id=vendor_id,
+            open_commitments=mine,
+            now=now,
+            redeem_window=self._redeem_window,
+        )
+        return self._admitted.setdefault(cid, admitted)
 
     def redeem(self, data: bytes, *, vendor_id: str, now: int) -> BrokerCredit:
         """Redeem encoded claim bytes for the authenticated ``vendor_id``."""
+        vendor_currency = self._vendor_currency(vendor_id)
         redemption = decode_redemption(data)
-        cid = commitment_id(redemption.commitment)
-        credit = broker_redeem(
+        verified = broker_redeem(
             self.public_key,
-            self._redeemed.get(cid),
+            None,
             redemption,
             vendor_id=vendor_id,
             now=now,
             redeem_window=self._redeem_window,
         )
-        self._redeemed[cid] = credit.state
+        cid = verified.state.commitment_id
+        credit = judge_claim(
+            verified,
+            admitted=self._admitted.get(cid),
+            vendor_currency=vendor_currency,
+            user_currency=self._user_currency(redemption.commitment.certificate),
+        )
+        if credit.credited_units:
+            self._redeemed[cid] = credit.state
+            admitted = self._admitted[cid]
+            self._admitted[cid] = replace(admitted, redeemed=credit.state.redeemed_index)
         currency = credit.denomination.currency
         self._add(("vendor", credit.vendor_id, currency), credit.credited_micros)
         self._add(("user", credit.user_id, currency), credit.credited_micros)
@@ -311,5 +369,23 @@ class PaywordBroker:
         """Micros of ``currency`` to bill the user."""
         return self._accounts.get(("user", user_id, currency), 0)
 
+    def _vendor_currency(self, vendor_id: str) -> str:
+        currency = self._vendors.get(vendor_id)
+        if currency is None:  # the issuer cannot authenticate a vendor it does not know
+            raise AccessDenied("unknown vendor", code=ErrorCode.ACCESS_DENIED)
+        return currency
+
+    def _user_currency(self, cert: Certificate) -> str:
+        """The currency of a user this broker certified; InvalidPayment for a certificate it
+        never issued (as the issuer answers)."""
+        currency = self._issued.get(_digest(cert))
+        if currency is None:
+            raise InvalidPayment("redemption did not verify", code=ErrorCode.DEPOSIT_INVALID)
+        return currency
+
     def _add(self, key: tuple[str, str, str], micros: int) -> None:
         self._accounts[key] = self._accounts.get(key, 0) + micros
+
+
+def _digest(cert: Certificate) -> bytes:
+    return sha256(encode_certificate(cert))

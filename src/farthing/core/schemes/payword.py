@@ -64,6 +64,7 @@ from farthing.core.errors import (
     LocalProtocolError,
     MalformedMessage,
     PaymentExpired,
+    UnsupportedMethod,
 )
 from farthing.core.hashchain import chain_anchor, chain_step, chain_walk
 from farthing.core.money import Denomination
@@ -118,6 +119,7 @@ __all__ = [
     "encode_payment",
     "encode_redemption",
     "issue_certificate",
+    "judge_claim",
     "require_admitted",
     "verify_certificate",
     "verify_payment",
@@ -719,12 +721,39 @@ def admit_commitment(
 def require_admitted(admitted: OpenCommitment | None, redemption: Redemption) -> None:
     """The broker pays only for commitments it admitted (:func:`admit_commitment`), so the
     credit limit bounds what it owes: InvalidPayment(DEPOSIT_INVALID) otherwise."""
-    if admitted is None or not constant_time_eq(
-        admitted.commitment_id, commitment_id(redemption.commitment)
-    ):
+    _require_admitted(admitted, commitment_id(redemption.commitment))
+
+
+def _require_admitted(admitted: OpenCommitment | None, cid: bytes) -> OpenCommitment:
+    if admitted is None or not constant_time_eq(admitted.commitment_id, cid):
         raise InvalidPayment(
             "the broker never admitted this commitment", code=ErrorCode.DEPOSIT_INVALID
         )
+    return admitted
+
+
+def judge_claim(
+    credit: BrokerCredit,
+    *,
+    admitted: OpenCommitment | None,
+    vendor_currency: str,
+    user_currency: str,
+) -> BrokerCredit:
+    """The broker's judgement of a redemption that verified (``credit``, from
+    :func:`broker_redeem` checked from w_0): what it pays, given what the broker keeps.
+
+    Only a commitment it admitted (``admitted``, with the index redeemed so far) is paid
+    (:func:`require_admitted`); the vendor, the user and the commitment must share one
+    currency (UnsupportedMethod); the credit is the units above the index redeemed so far
+    (0 for a repeated or lower claim, or the anchor itself).
+    """
+    admitted = _require_admitted(admitted, credit.state.commitment_id)
+    if not credit.denomination.currency == user_currency == vendor_currency:
+        raise UnsupportedMethod(
+            "this vendor is paid in another currency", code=ErrorCode.UNSUPPORTED_METHOD
+        )
+    units = max(0, credit.state.redeemed_index - admitted.redeemed)
+    return replace(credit, credited_units=units)
 
 
 # --- field helpers -----------------------------------------------------------------------
