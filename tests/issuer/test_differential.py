@@ -2,7 +2,9 @@
 
 The same deposit batches run through the in-memory :class:`~farthing.testing.hll.HllBank`
 and through the issuer's HLL service on a real store (SQLite and PostgreSQL); every report,
-every refusal and the final card and merchant totals must be equal. Both sides call the
+every refusal and the final card and merchant totals must be equal. The same for PayWord
+admissions and redemptions (:class:`~farthing.testing.payword.PaywordBroker` against the
+issuer's PayWord service). Both sides call the
 core's rules, so a rule changed in one place only (a service that skips a check, a
 reference that orders them differently) makes this fail.
 """
@@ -14,11 +16,22 @@ from dataclasses import dataclass, replace
 
 import pytest
 
-from farthing.core.errors import ErrorCode, FarthingError
+from farthing.core.errors import (
+    ErrorCode,
+    FarthingError,
+    InsufficientFunds,
+    InvalidPayment,
+    PaymentExpired,
+    UnsupportedMethod,
+)
+from farthing.core.hashchain import chain_walk
 from farthing.core.money import Denomination
-from farthing.core.schemes import hll
+from farthing.core.primitives import ed25519_public_key
+from farthing.core.schemes import hll, payword
+from farthing.issuer.wire import admit_request_tag, redeem_request_tag
 from farthing.store import CardStatus
 from farthing.testing.hll import HllBank, SoftwareCard
+from farthing.testing.payword import PaywordBroker
 from tests.issuer.helpers import (
     ACTOR,
     BOTH_BACKENDS,
@@ -37,15 +50,16 @@ USD = Denomination(currency="USD", unit_micros=1000)
 
 @dataclass(frozen=True)
 class Outcome:
-    """What one side answered: a report, or the error class and code it raised."""
+    """What one side answered: a value (a report, units, an id), or the error class and
+    code it raised."""
 
-    report: hll.DepositReport | None = None
+    value: object = None
     error: tuple[type[FarthingError], int] | None = None
 
 
-def outcome(call: Callable[[], hll.DepositReport]) -> Outcome:
+def outcome(call: Callable[[], object]) -> Outcome:
     try:
-        return Outcome(report=call())
+        return Outcome(value=call())
     except FarthingError as error:
         return Outcome(error=(type(error), int(error.code)))
 
@@ -112,8 +126,8 @@ class Twins:
         reference = outcome(lambda: self.bank.deposit(batch, tag, now))
         assert service == reference
         self.assert_same_totals()
-        assert reference.report is not None
-        return reference.report
+        assert isinstance(reference.value, hll.DepositReport), reference
+        return reference.value
 
     def deposit_refused(self, merchant_id: str, items: list[hll.DepositItem], **kw: bytes) -> int:
         """Both sides refuse the batch with the same error; its code."""
@@ -239,3 +253,163 @@ def test_a_resent_batch_gets_the_first_report_alike(twins: Twins) -> None:
     code = twins.deposit_refused("m1", items[:1], batch_id=batch_id)
     assert code == ErrorCode.CONFLICT  # the batch id came with other items
     assert balanced(twins.h)
+
+
+# --- PayWord redemptions --------------------------------------------------------------
+
+
+class BrokerTwins:
+    """The issuer's PayWord broker on a real store and a reference broker with its key."""
+
+    def __init__(self, h: Harness) -> None:
+        self.h = h
+        keys = h.config.keys
+        self.broker = PaywordBroker(broker_id=keys.broker_id, private_key=keys.payword_broker_key)
+        self.merchant_keys: dict[str, bytes] = {}
+        self.user_key = h.rng(32)
+        add_customer(h, micros=0)
+        self.cert = self._register_user(credit_limit=100)
+
+    def merchant(self, merchant_id: str, currency: str) -> None:
+        self.merchant_keys[merchant_id] = add_merchant(self.h, merchant_id, currency)
+        self.broker.register_vendor(merchant_id, currency)
+
+    def _register_user(self, *, credit_limit: int) -> payword.Certificate:
+        public = ed25519_public_key(self.user_key)
+        made = self.h.services.payword.register_user(
+            ACTOR,
+            user_id="u1",
+            customer_id="c1",
+            public_key=public,
+            credit_limit=credit_limit,
+            unit_micros=1000,
+        )
+        cert = self.broker.issue(
+            user_id="u1",
+            user_public_key=public,
+            credit_limit=credit_limit,
+            denomination=EUR,
+            now=self.h.clock.now(),
+            ttl=self.h.config.certificate_ttl,
+        )
+        assert cert == made.certificate  # the same broker key signs the same certificate
+        return cert
+
+    def commit(self, vendor_id: str, length: int) -> ChainClaims:
+        seed = self.h.rng(32)
+        commitment = payword.commit(
+            self.user_key,
+            self.cert,
+            vendor_id=vendor_id,
+            seed=seed,
+            length=length,
+            now=self.h.clock.now(),
+            ttl=3600,
+            rng=self.h.rng,
+        )
+        return ChainClaims(commitment=commitment, seed=seed)
+
+    def admit(self, vendor_id: str, chain: ChainClaims) -> Outcome:
+        data = payword.encode_commitment(chain.commitment)
+        tag = admit_request_tag(self.merchant_keys[vendor_id], vendor_id, data)
+        service = outcome(lambda: self.h.services.payword.admit(vendor_id, data, tag).commitment_id)
+        now = self.h.clock.now()
+        reference = outcome(
+            lambda: self.broker.admit(data, vendor_id=vendor_id, now=now).commitment_id
+        )
+        assert service == reference
+        return reference
+
+    def redeem(self, vendor_id: str, claim: payword.Redemption) -> Outcome:
+        """Both brokers judge the same claim; their answers and totals must be equal."""
+        data = payword.encode_redemption(claim)
+        tag = redeem_request_tag(self.merchant_keys[vendor_id], vendor_id, data)
+        service = outcome(
+            lambda: self.h.services.payword.redeem(vendor_id, data, tag).credited_units
+        )
+        now = self.h.clock.now()
+        reference = outcome(
+            lambda: self.broker.redeem(data, vendor_id=vendor_id, now=now).credited_units
+        )
+        assert service == reference
+        for merchant_id, key in self.merchant_keys.items():
+            owed = self.h.services.accounts.merchant(merchant_id).owed_micros
+            currency = self.h.services.accounts.merchant(merchant_id).currency
+            assert owed == self.broker.vendor_credit(merchant_id, currency), key
+        return reference
+
+
+@dataclass(frozen=True)
+class ChainClaims:
+    commitment: payword.Commitment
+    seed: bytes
+
+    def claim(self, index: int) -> payword.Redemption:
+        steps = self.commitment.length - index
+        value = chain_walk(payword.CHAIN_TAG, self.seed, steps)
+        return payword.Redemption(commitment=self.commitment, index=index, value=value)
+
+
+@pytest.fixture
+def brokers(harness: Harness) -> BrokerTwins:
+    twins = BrokerTwins(harness)
+    twins.merchant("m1", "EUR")
+    twins.merchant("m2", "EUR")
+    twins.merchant("usd-shop", "USD")
+    return twins
+
+
+def test_good_claims_are_credited_alike(brokers: BrokerTwins) -> None:
+    chain = brokers.commit("m1", 20)
+    brokers.admit("m1", chain)
+    assert brokers.redeem("m1", chain.claim(3)).value == 3
+    assert brokers.redeem("m1", chain.claim(10)).value == 7
+
+
+def test_replayed_lower_and_anchor_claims_credit_nothing_alike(brokers: BrokerTwins) -> None:
+    chain = brokers.commit("m1", 20)
+    brokers.admit("m1", chain)
+    assert brokers.redeem("m1", chain.claim(0)).value == 0
+    assert brokers.redeem("m1", chain.claim(8)).value == 8
+    assert brokers.redeem("m1", chain.claim(8)).value == 0
+    assert brokers.redeem("m1", chain.claim(5)).value == 0
+    assert brokers.redeem("m1", chain.claim(9)).value == 1
+
+
+def test_bad_claims_are_refused_alike(brokers: BrokerTwins) -> None:
+    chain = brokers.commit("m1", 20)
+    brokers.admit("m1", chain)
+    wrong_value = replace(chain.claim(4), value=chain.claim(5).value)
+    past_the_end = replace(chain.claim(20), index=21)
+    for claim in (wrong_value, past_the_end):
+        assert brokers.redeem("m1", claim).error == (InvalidPayment, ErrorCode.DEPOSIT_INVALID)
+    # made to m1: m2 cannot claim it
+    assert brokers.redeem("m2", chain.claim(4)).error is not None
+    assert brokers.redeem("m1", chain.claim(4)).value == 4
+
+
+def test_a_commitment_never_admitted_is_refused_alike(brokers: BrokerTwins) -> None:
+    chain = brokers.commit("m1", 20)
+    assert brokers.redeem("m1", chain.claim(4)).error == (
+        InvalidPayment,
+        ErrorCode.DEPOSIT_INVALID,
+    )
+
+
+def test_a_vendor_paid_in_another_currency_is_refused_alike(brokers: BrokerTwins) -> None:
+    chain = brokers.commit("usd-shop", 20)
+    brokers.admit("usd-shop", chain)
+    assert brokers.redeem("usd-shop", chain.claim(4)).error == (
+        UnsupportedMethod,
+        ErrorCode.UNSUPPORTED_METHOD,
+    )
+
+
+def test_the_credit_limit_and_the_window_bind_alike(brokers: BrokerTwins) -> None:
+    first, second = brokers.commit("m1", 60), brokers.commit("m2", 60)  # limit: 100
+    brokers.admit("m1", first)
+    assert brokers.admit("m2", second).error == (InsufficientFunds, ErrorCode.CREDIT_LIMIT)
+    assert brokers.redeem("m1", first.claim(50)).value == 50
+    assert brokers.admit("m2", second).error is None  # redeemed units no longer count
+    brokers.h.clock.advance(3600 + payword.DEFAULT_REDEEM_WINDOW)
+    assert brokers.redeem("m1", first.claim(60)).error == (PaymentExpired, ErrorCode.CARD_EXPIRED)
