@@ -39,11 +39,14 @@ One purchase
 4. C sends the :class:`Purchase` (ID_C, CNT, sigma). M knows its own offer, so the
    payment does not repeat it.
 5. M cannot check sigma (it lacks K_C). Online mode: M forwards to B, which verifies
-   and settles at once (:meth:`HllBank.verify_online`). Deferred mode: M delivers without
-   B only for a card B vouches for, and only within two caps; otherwise it goes online
+   and settles at once (:func:`card_may_pay`, then :func:`judge_spend`). Deferred mode:
+   M delivers without B only for a card B vouches for, and only within two caps; otherwise
+   it goes online
    (:func:`decide_deferred`). It rejects local replays of (ID_C, CNT), and later deposits
    a :class:`DepositBatch` tagged with K_M; B verifies every sigma and reports each item
-   accepted, duplicate or invalid (:meth:`HllBank.deposit`, idempotent by batch id).
+   accepted, duplicate or invalid (:func:`judge_deposit_item`, :func:`judge_spend`,
+   :class:`DepositTally`; idempotent by batch id). The in-memory parties that play these
+   roles in tests are in :mod:`farthing.testing.hll`.
 
 The card certificate (our addition; the paper's abstract does not say how a merchant
 that delivers before B verifies knows a card exists). At personalisation B signs, with an
