@@ -902,6 +902,20 @@ def test_merchant_deferred_flow_and_settlement() -> None:
     assert empty.items == ()
 
 
+def test_merchant_keeps_refused_payments_charged_to_the_card() -> None:
+    """As the paywall's deferred book: what the bank refused stays against the card's limit
+    (a card that cheated stays charged); the merchant's total counts only unanswered ones."""
+    w = world(risk_limit=20)
+    card = w.card(balance=100, loaded=10)
+    deferred_items(w, card, [8, 8])  # the bank covers only the first
+    batch, tag = w.merchant.make_deposit()
+    report = w.bank.deposit(batch, tag, NOW)
+    assert (len(report.accepted), len(report.invalid)) == (1, 1)
+    w.merchant.settle(report)
+    assert w.merchant.outstanding(card.state.card_id) == 8
+    assert w.merchant.outstanding_total() == 0
+
+
 def test_merchant_refusals() -> None:
     w = world()
     card = w.card()

@@ -60,6 +60,7 @@ from farthing.core.schemes.hll import (
     judge_deposit_item,
     judge_spend,
     make_offer,
+    refused_items,
     take_random,
     verify_batch_tag,
     verify_purchase,
@@ -309,7 +310,8 @@ class HllMerchant:
         self._ttl = offer_ttl
         self._open: dict[bytes, Offer] = {}
         self._seen: set[tuple[bytes, int]] = set()
-        self._outstanding: dict[bytes, int] = {}
+        self._outstanding: dict[bytes, int] = {}  # per card: not accepted by the bank
+        self._unanswered = 0  # all cards: not yet answered by the bank
         self._pending: list[DepositItem] = []
         self._unsettled: dict[bytes, DepositBatch] = {}
 
@@ -345,7 +347,7 @@ class HllMerchant:
 
     def outstanding_total(self) -> int:
         """Units all cards owe this merchant in deferred payments the bank has not answered."""
-        return sum(self._outstanding.values())
+        return self._unanswered
 
     def accept_deferred(
         self, offer: Offer, purchase: Purchase, now: int, *, certificate: bytes | None
@@ -371,6 +373,7 @@ class HllMerchant:
             )
         self._consume(offer, purchase)
         self._outstanding[purchase.card_id] = card_outstanding + offer.amount
+        self._unanswered += offer.amount
         self._pending.append(DepositItem(offer=offer, purchase=purchase))
 
     def accept(
@@ -420,12 +423,15 @@ class HllMerchant:
         return batch, batch_tag(self._key, batch)
 
     def settle(self, report: DepositReport) -> None:
-        """The bank answered for a batch: its items no longer count against risk."""
+        """The bank answered for a batch: its items leave the merchant's total; those it
+        accepted also leave their card's (:func:`~farthing.core.schemes.hll.refused_items`
+        stay charged to theirs)."""
         batch = self._unsettled.pop(report.batch_id, None)
         if batch is None:
             raise LocalProtocolError("no such unsettled batch", code=ErrorCode.MISUSE)
+        refused = refused_items(report)
         for item in batch.items:
-            card_id = item.purchase.card_id
-            self._outstanding[card_id] = self._risk.settle(
-                self.outstanding(card_id), item.offer.amount
-            )
+            amount, card_id = item.offer.amount, item.purchase.card_id
+            self._unanswered = self._risk.settle(self._unanswered, amount)
+            if (card_id, item.purchase.counter) not in refused:
+                self._outstanding[card_id] = self._risk.settle(self.outstanding(card_id), amount)

@@ -179,6 +179,7 @@ __all__ = [
     "new_card_id",
     "new_merchant_key",
     "purchase_message",
+    "refused_items",
     "take_random",
     "verify_batch_tag",
     "verify_card_certificate",
@@ -1123,6 +1124,14 @@ class DeferredRisk:
     def settle(self, outstanding: int, amount: int) -> int:
         """The outstanding total once the bank has answered for ``amount``."""
         return max(0, outstanding - amount)
+
+
+def refused_items(report: DepositReport) -> frozenset[tuple[bytes, int]]:
+    """The (card, counter) pairs the bank did not accept in ``report`` (duplicates and
+    invalid). Once a batch is answered, every item leaves the merchant's outstanding total
+    (``merchant_outstanding`` of :func:`decide_deferred`), but these stay charged against
+    their card's ``card_outstanding`` for good: a card that cheated stays charged."""
+    return frozenset((*report.duplicates, *report.invalid))
 
 
 def decide_deferred(
