@@ -45,7 +45,6 @@ from farthing.core.errors import (
 )
 from farthing.core.money import Denomination
 from farthing.core.primitives import sha256
-from farthing.core.retry import same_request
 from farthing.core.schemes import hll
 from farthing.issuer.accounts_service import find_customer
 from farthing.issuer.auth import Merchant, MerchantDirectory
@@ -457,11 +456,13 @@ def _record_spend(
 def _settled_before(tx: Tx, checked: CheckedPurchase) -> bool:
     """Was this very purchase settled online before, for this merchant and this offer?"""
     earlier = tx.hll_spend(checked.verified.card_id, checked.verified.counter)
-    if earlier is None or earlier.batch_id is not None:
-        return False
-    if earlier.merchant_id != checked.merchant.merchant_id:
-        return False
-    return same_request(earlier.offer_digest, checked.offer_digest)
+    record = None
+    if earlier is not None:
+        online_digest = earlier.offer_digest if earlier.batch_id is None else None
+        record = hll.SpendRecord(merchant_id=earlier.merchant_id, offer_digest=online_digest)
+    return hll.is_online_retry(
+        record, merchant_id=checked.merchant.merchant_id, offer_digest=checked.offer_digest
+    )
 
 
 def _earlier_outcome(tx: Tx, key: bytes, digest: bytes) -> DepositOutcome:

@@ -108,6 +108,7 @@ from farthing.core.primitives import (
     ed25519_verify,
     hmac_sha256,
 )
+from farthing.core.retry import same_request
 
 __all__ = [
     "BATCH_ID_LEN",
@@ -146,6 +147,7 @@ __all__ = [
     "Offer",
     "Purchase",
     "SoftwareCardKey",
+    "SpendRecord",
     "VerifiedPurchase",
     "authorize_purchase",
     "batch_tag",
@@ -170,6 +172,7 @@ __all__ = [
     "encode_payment",
     "encode_report",
     "invalid_payment",
+    "is_online_retry",
     "is_text",
     "is_u64",
     "issue_card_certificate",
@@ -1055,6 +1058,25 @@ def check_spend(*, spent_before: bool, remaining: int, amount: int) -> None:
         raise Conflict("payment already spent", code=ErrorCode.DUPLICATE_SPEND)
     if refusal is not None:
         raise InsufficientFunds("card overspent", code=ErrorCode.INSUFFICIENT_FUNDS)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SpendRecord:
+    """What the bank keeps of an accepted (card, counter): the merchant paid, and for an
+    online spend the digest of its offer (None for a deposited one)."""
+
+    merchant_id: str
+    offer_digest: bytes | None
+
+
+def is_online_retry(earlier: SpendRecord | None, *, merchant_id: str, offer_digest: bytes) -> bool:
+    """Is a duplicate (card, counter) this very purchase, settled online before for the
+    same merchant and offer (the merchant lost the answer and sent it again)? Then the bank
+    answers it as settled and charges nothing: the draft's idempotent retry, bounded by the
+    offer's expiry (checked with the MAC). Any other duplicate is refused."""
+    if earlier is None or earlier.merchant_id != merchant_id:
+        return False
+    return same_request(earlier.offer_digest, offer_digest)
 
 
 @dataclass(slots=True)
