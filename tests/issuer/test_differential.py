@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 import pytest
 
 from farthing.core.errors import (
+    Conflict,
     ErrorCode,
     FarthingError,
     InsufficientFunds,
@@ -28,7 +29,7 @@ from farthing.core.hashchain import chain_walk
 from farthing.core.money import Denomination
 from farthing.core.primitives import ed25519_public_key
 from farthing.core.schemes import hll, payword
-from farthing.issuer.wire import admit_request_tag, redeem_request_tag
+from farthing.issuer.wire import admit_request_tag, redeem_request_tag, verify_request_tag
 from farthing.store import CardStatus
 from farthing.testing.hll import HllBank, SoftwareCard
 from farthing.testing.payword import PaywordBroker
@@ -128,6 +129,21 @@ class Twins:
         self.assert_same_totals()
         assert isinstance(reference.value, hll.DepositReport), reference
         return reference.value
+
+    def verify_online(self, merchant_id: str, item: hll.DepositItem) -> Outcome:
+        """Both banks verify and settle one purchase online; answers and totals equal."""
+        offer_bytes = hll.encode_offer(item.offer)
+        payment = hll.encode_payment(item.purchase)
+        key = self.merchant_keys[merchant_id]
+        tag = verify_request_tag(key, merchant_id, offer_bytes, payment)
+        service = outcome(
+            lambda: self.h.services.hll.verify_online(merchant_id, offer_bytes, payment, tag).units
+        )
+        now = self.h.clock.now()
+        reference = outcome(lambda: self.bank.verify_online(item.offer, item.purchase, now).amount)
+        assert service == reference
+        self.assert_same_totals()
+        return reference
 
     def deposit_refused(self, merchant_id: str, items: list[hll.DepositItem], **kw: bytes) -> int:
         """Both sides refuse the batch with the same error; its code."""
@@ -253,6 +269,29 @@ def test_a_resent_batch_gets_the_first_report_alike(twins: Twins) -> None:
     code = twins.deposit_refused("m1", items[:1], batch_id=batch_id)
     assert code == ErrorCode.CONFLICT  # the batch id came with other items
     assert balanced(twins.h)
+
+
+def test_online_payments_are_judged_alike(twins: Twins) -> None:
+    assert twins.verify_online("m1", twins.buy("a", "m1", 4)).value == 4
+    blocked = twins.verify_online("m1", twins.buy("blocked", "m1", 1))
+    assert blocked.error == (InvalidPayment, ErrorCode.PAYMENT_INVALID)
+    usd = twins.verify_online("usd-shop", twins.buy("a", "usd-shop", 2))
+    assert usd.error == (UnsupportedMethod, ErrorCode.UNSUPPORTED_METHOD)
+    assert twins.verify_online("m1", twins.buy("small", "m1", 7)).value == 7
+    over = twins.verify_online("m1", twins.buy("small", "m1", 7))
+    assert over.error == (InsufficientFunds, ErrorCode.INSUFFICIENT_FUNDS)
+    bad = twins.verify_online("m1", forged(twins.buy("a", "m1", 3)))
+    assert bad.error == (InvalidPayment, ErrorCode.PAYMENT_INVALID)
+    late = twins.buy("a", "m1", 3)
+    twins.h.clock.advance(301)
+    assert twins.verify_online("m1", late).error == (PaymentExpired, ErrorCode.CHALLENGE_EXPIRED)
+
+
+def test_a_deposited_payment_sent_online_is_a_duplicate_alike(twins: Twins) -> None:
+    item = twins.buy("a", "m1", 3)
+    twins.deposit("m1", [item])
+    replay = twins.verify_online("m1", item)
+    assert replay.error == (Conflict, ErrorCode.DUPLICATE_SPEND)
 
 
 # --- PayWord redemptions --------------------------------------------------------------
