@@ -263,6 +263,7 @@ WRONG = [
     Wrong("hll-mac.request.json", "an empty merchant", {"merchant": ""}),
     Wrong("hll-mac.request.json", "no merchant", {"merchant": DROP}),
     Wrong("hll-mac.request.json", "an SZM member", {"sealed": True}),
+    Wrong("hll-mac.request.json", "a bank that is not a key", {"bank": "not a key"}),
     Wrong("payword.request.json", "no broker", {"broker": DROP}),
     Wrong("payword.request.json", "an empty vendor", {"vendor": ""}),
     Wrong("payword.request.json", "negative units", {"units": -2}),

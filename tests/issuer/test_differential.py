@@ -29,7 +29,7 @@ from farthing.core.hashchain import chain_walk
 from farthing.core.money import Denomination
 from farthing.core.primitives import ed25519_public_key
 from farthing.core.schemes import hll, payword
-from farthing.issuer.wire import admit_request_tag, redeem_request_tag, verify_request_tag
+from farthing.http.issuer_wire import admit_request_tag, redeem_request_tag, verify_request_tag
 from farthing.store import CardStatus
 from farthing.testing.hll import HllBank, SoftwareCard
 from farthing.testing.payword import PaywordBroker

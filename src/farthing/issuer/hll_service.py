@@ -46,10 +46,10 @@ from farthing.core.errors import (
 from farthing.core.money import Denomination
 from farthing.core.primitives import sha256
 from farthing.core.schemes import hll
+from farthing.http.issuer_wire import deposit_lookup_tag, verify_request_tag
 from farthing.issuer.accounts_service import find_customer
 from farthing.issuer.auth import Merchant, MerchantDirectory
 from farthing.issuer.books import SystemAccounts
-from farthing.issuer.wire import deposit_lookup_tag, verify_request_tag
 from farthing.store import CardStatus, HllCardRow, Store, Tx
 
 __all__ = [
@@ -136,10 +136,6 @@ class DepositOutcome:
 def batch_key(merchant_id: str, batch_id: bytes) -> bytes:
     """The stored key of a deposit batch: batch ids are unique per merchant only."""
     return sha256(Writer(_BATCH_KEY_DOMAIN).text(merchant_id).bytes(batch_id).finish())
-
-
-def _invalid() -> InvalidPayment:
-    return InvalidPayment("payment did not verify", code=ErrorCode.PAYMENT_INVALID)
 
 
 def _denomination(card: HllCardRow) -> Denomination:
@@ -232,6 +228,12 @@ class HllService:
             certificate_expires_at=expires_at,
             wrapped_card_key=wrapped,
         )
+
+    @property
+    def bank_key(self) -> bytes:
+        """The bank's card-certification public key: names this bank to wallets and
+        merchants (they check card certificates with it)."""
+        return hll.card_certification_public_key(self._master)
 
     def card(self, card_id: bytes) -> HllCardRow:
         with self._store.transaction(readonly=True) as tx:

@@ -35,9 +35,9 @@ from farthing.core.errors import Conflict, ErrorCode, InvalidPayment
 from farthing.core.money import Denomination
 from farthing.core.primitives import constant_time_eq, sha256
 from farthing.core.schemes import payword
+from farthing.http.issuer_wire import admit_request_tag, redeem_request_tag
 from farthing.issuer.accounts_service import find_customer
 from farthing.issuer.auth import Merchant, MerchantDirectory
-from farthing.issuer.wire import admit_request_tag, redeem_request_tag
 from farthing.store import PaywordUserRow, Store, Tx
 
 __all__ = ["Admitted", "PaywordService", "Redeemed", "RegisteredUser"]
@@ -62,10 +62,6 @@ class Redeemed:
     index: int
     credited_units: int
     credited_micros: int
-
-
-def _invalid() -> InvalidPayment:
-    return InvalidPayment("redemption did not verify", code=ErrorCode.DEPOSIT_INVALID)
 
 
 class PaywordService:
@@ -182,9 +178,10 @@ class PaywordService:
         user = tx.payword_user(cert.user_id)
         stored = tx.payword_certificate(sha256(payword.encode_certificate(cert)))
         if user is None or stored is None or stored.user_id != user.user_id:
-            raise _invalid()  # a certificate this broker never issued (or for someone else)
+            # a certificate this broker never issued (or for someone else)
+            raise InvalidPayment("redemption did not verify", code=ErrorCode.DEPOSIT_INVALID)
         if not constant_time_eq(user.public_key, cert.user_public_key):
-            raise _invalid()
+            raise InvalidPayment("redemption did not verify", code=ErrorCode.DEPOSIT_INVALID)
         return user
 
     def redeem(self, merchant_id: str, redemption_bytes: bytes, tag: bytes) -> Redeemed:

@@ -53,7 +53,6 @@ from farthing.core.schemes.hll import (
     decide_deferred,
     encode_batch,
     encode_card_certificate,
-    invalid_payment,
     is_text,
     is_u64,
     issue_card_certificate,
@@ -211,7 +210,7 @@ class HllBank:
             raise NotFound("unknown merchant", code=ErrorCode.NOT_FOUND)
         card = self._cards.get(purchase.card_id)
         if card is None:
-            raise invalid_payment()
+            raise InvalidPayment()
         verified = verify_purchase(card.key, offer, purchase, now)
         card_may_pay(card, offer, merchant_currency=merchant[1])
         check_spend(
@@ -337,7 +336,7 @@ class HllMerchant:
             raise InvalidPayment("unknown or used offer", code=ErrorCode.CHALLENGE_INVALID)
         check_fresh(offer, now)
         if purchase.counter == 0:
-            raise invalid_payment()
+            raise InvalidPayment()
         if (purchase.card_id, purchase.counter) in self._seen:
             raise Conflict("payment already spent", code=ErrorCode.DUPLICATE_SPEND)
 

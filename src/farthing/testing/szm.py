@@ -4,7 +4,7 @@ pure verifiers, the reference the storage-backed issuer and the vendor's card bo
 
 from __future__ import annotations
 
-from farthing.core.errors import Conflict, ErrorCode, InvalidPayment
+from farthing.core.errors import Conflict, InvalidPayment
 from farthing.core.prbg import BbsKey
 from farthing.core.schemes import szm_chain, szm_prbg
 
@@ -85,5 +85,5 @@ class PrbgVerifier:
     def payment_key(self, card_id: bytes, index: int) -> bytes:
         state = self._states.get(card_id)
         if state is None:
-            raise InvalidPayment("payment did not verify", code=ErrorCode.PAYMENT_INVALID)
+            raise InvalidPayment()
         return szm_prbg.issuer_payment_key(self._master_key, state, index, bbs_key=self._bbs_key)

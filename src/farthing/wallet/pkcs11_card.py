@@ -86,6 +86,7 @@ from pkcs11.types import PrivateKey, PublicKey, SecretKey, Session, SignMixin, T
 
 from farthing.core.errors import (
     CardLocked,
+    DeviceFailure,
     ErrorCode,
     LocalProtocolError,
     MalformedMessage,
@@ -148,8 +149,9 @@ _TRANSLATIONS: Final[tuple[tuple[tuple[type[PKCS11Error], ...], str, ErrorCode],
         ErrorCode.MISUSE,
     ),
     ((AttributeSensitive, KeyUnextractable), "the token keeps that value secret", ErrorCode.MISUSE),
-    ((DeviceRemoved, DeviceError, DeviceMemory), "the card device failed", ErrorCode.INTERNAL),
 )
+# The token itself broke or left: nobody's misuse, so an ExternalFailure (DeviceFailure).
+_DEVICE_FAILURES: Final = (DeviceRemoved, DeviceError, DeviceMemory)
 
 
 @contextmanager
@@ -163,6 +165,7 @@ def map_pkcs11_errors(pin_status: Callable[[], TokenFlag] | None = None) -> Iter
     Raises:
         WrongPin: the PIN is wrong; ``tries_left`` is 1 on the final try, else 0 (unknown).
         CardLocked: the user PIN is locked.
+        DeviceFailure: the token failed, ran out of memory or was removed (DEVICE_FAILED).
         LocalProtocolError: anything else the token refused; ``code`` says what
             (NOT_FOUND, CONFLICT, MISUSE, INTERNAL).
     """
@@ -172,6 +175,8 @@ def map_pkcs11_errors(pin_status: Callable[[], TokenFlag] | None = None) -> Iter
         raise _wrong_pin_error(pin_status) from exc
     except PinLocked as exc:
         raise CardLocked("the card's PIN is locked") from exc
+    except _DEVICE_FAILURES as exc:
+        raise DeviceFailure("the card device failed") from exc
     except PKCS11Error as exc:
         message, code = _describe(exc)
         raise LocalProtocolError(message, code=code) from exc
@@ -315,13 +320,14 @@ class Pkcs11CardKey:
             WrongPin: the PIN is wrong.
             CardLocked: the PIN is locked.
             LocalProtocolError: (NOT_FOUND) no such module, token or key; (MISUSE) this process
-                already has the token open; (INTERNAL) the token failed.
+                already has the token open.
+            DeviceFailure: (DEVICE_FAILED) the token failed or was removed.
         """
         session = _login(module_path, token_label, user_pin, rw=False)
         try:
             key = _find_card_key(session, key_label)
         except BaseException:
-            with suppress(LocalProtocolError):  # the reason we are closing is the error to report
+            with suppress(LocalProtocolError, DeviceFailure):  # report the first error
                 _close_session(session)
             raise
         return cls(session, key)
@@ -330,8 +336,8 @@ class Pkcs11CardKey:
         """HMAC-SHA256(K_C, message), computed by the token; K_C never leaves it.
 
         Raises:
-            LocalProtocolError: (MISUSE) the card is closed or its session ended;
-                (INTERNAL) the token failed.
+            LocalProtocolError: (MISUSE) the card is closed or its session ended.
+            DeviceFailure: (DEVICE_FAILED) the token failed or was removed.
         """
         with self._lock:
             if self._session is None:

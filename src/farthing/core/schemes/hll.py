@@ -171,7 +171,6 @@ __all__ = [
     "encode_offer",
     "encode_payment",
     "encode_report",
-    "invalid_payment",
     "is_online_retry",
     "is_text",
     "is_u64",
@@ -219,7 +218,6 @@ DOMAIN_REPORT: Final = "farthing/hll/deposit-report"
 CardKeyLookup: TypeAlias = Callable[[bytes], bytes | None]
 """Maps a card id to its key K_C, or None for an unknown card (e.g. ``keys.get``)."""
 
-_INVALID: Final = "payment did not verify"
 _U16: Final = struct.Struct(">H")
 
 # The purchase MAC input, built by concatenation on the bank's hot path. It is exactly
@@ -298,10 +296,6 @@ def is_text(value: object, max_len: int) -> bool:
 def _require(ok: bool, what: str) -> None:
     if not ok:
         raise MalformedMessage(f"invalid {what}", code=ErrorCode.BAD_FIELD)
-
-
-def invalid_payment() -> InvalidPayment:
-    return InvalidPayment(_INVALID, code=ErrorCode.PAYMENT_INVALID)
 
 
 def check_fresh(offer: Offer, now: int) -> None:
@@ -590,7 +584,7 @@ def verify_card_certificate(
     body = card_certificate_body(cert.card_id, cert.denomination, cert.expires_at)
     ed25519_verify(bank_public_key, cert.signature, body)
     if not constant_time_eq(cert.card_id, card_id) or cert.denomination != denomination:
-        raise invalid_payment()
+        raise InvalidPayment()
     if now >= cert.expires_at:
         raise PaymentExpired("card certificate expired", code=ErrorCode.CERTIFICATE_EXPIRED)
 
@@ -669,10 +663,10 @@ def _check_mac(
     card_key: bytes, offer: Offer, card_id: bytes, counter: int, sigma: bytes
 ) -> VerifiedPurchase:
     if counter == 0 or len(card_key) != KEY_LEN:  # a card's first payment has CNT = 1
-        raise invalid_payment()
+        raise InvalidPayment()
     expected = hmac_sha256(card_key, purchase_message(card_id, offer, counter))
     if not constant_time_eq(expected, sigma):
-        raise invalid_payment()
+        raise InvalidPayment()
     return VerifiedPurchase(card_id, counter, offer, _VERIFIER)  # positional: cheaper
 
 
@@ -697,7 +691,7 @@ def verify_purchase_bytes(
     card_id, counter, sigma = _split_payment(payment)
     card_key = key_for(card_id)
     if card_key is None:
-        raise invalid_payment()
+        raise InvalidPayment()
     return _check_mac(card_key, offer, card_id, counter, sigma)
 
 
@@ -880,10 +874,10 @@ def verify_deposit_item(
     payments made to someone else.
     """
     if item.offer.merchant_id != merchant_id:
-        raise invalid_payment()
+        raise InvalidPayment()
     card_key = key_for(item.purchase.card_id)
     if card_key is None:
-        raise invalid_payment()
+        raise InvalidPayment()
     purchase = item.purchase
     return _check_mac(card_key, item.offer, purchase.card_id, purchase.counter, purchase.sigma)
 
@@ -988,14 +982,14 @@ def card_may_pay(card: BankCard | None, offer: Offer, *, merchant_currency: str)
     bank asks this after the MAC verified, then :func:`judge_spend` (spent before? covered?).
     """
     if card is None:
-        raise invalid_payment()
+        raise InvalidPayment()
     refusal = _card_refusal(card, offer, merchant_currency=merchant_currency)
     if refusal is DepositRefusal.CURRENCY:
         raise UnsupportedMethod(
             "this merchant is paid in another currency", code=ErrorCode.UNSUPPORTED_METHOD
         )
     if refusal is not None:
-        raise invalid_payment()
+        raise InvalidPayment()
 
 
 def judge_deposit_item(
@@ -1177,7 +1171,7 @@ def decide_deferred(
     decode (MalformedMessage).
     """
     if purchase.counter == 0:
-        raise invalid_payment()
+        raise InvalidPayment()
     if certificate is None:
         return DeferredDecision.ONLINE
     cert = decode_card_certificate(certificate)

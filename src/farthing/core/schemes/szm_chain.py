@@ -142,10 +142,6 @@ class KeyMode(StrEnum):
     NEXT_VALUE = "next-value"
 
 
-def _invalid() -> InvalidPayment:
-    return InvalidPayment("payment did not verify", code=ErrorCode.PAYMENT_INVALID)
-
-
 # --- card secrets and issuance -----------------------------------------------------------
 
 
@@ -362,7 +358,7 @@ def verify_retry(
         last_request=state.last_request, last_units=state.last_units, request=request,
     )  # fmt: skip
     if not constant_time_eq(payment.value, state.anchor):
-        raise _invalid()
+        raise InvalidPayment()
     return ChainAccepted(payment.card_id, payment.index, units, _RECEIPT)
 
 
@@ -378,7 +374,7 @@ def verify_payment_bytes(
     card_id, index, value = _parse_payment(data)
     state = lookup(card_id)
     if state is None:
-        raise _invalid()
+        raise InvalidPayment()
     return _verify(state, card_id, index, value, units, now, max_units, None)
 
 
@@ -400,7 +396,7 @@ def _verify(
     # One unit is the common price: a single step, without chain_walk's loop.
     earlier = chain_step(CHAIN_TAG, value) if paid == 1 else chain_walk(CHAIN_TAG, value, paid)
     if not constant_time_eq(earlier, anchor):
-        raise _invalid()
+        raise InvalidPayment()
     # Positional calls: keyword arguments here would cost more than the hash itself.
     new_state = ChainCardState(
         state_card_id, value, index, length, denomination, expires_at,

@@ -136,10 +136,6 @@ _CODEC: Final = IndexPaymentCodec(PAYMENT_DOMAIN, key_len=_ID_LEN)
 _RECEIPT: Final = object()  # only this module's verifier holds it
 
 
-def _invalid() -> InvalidPayment:
-    return InvalidPayment("payment did not verify", code=ErrorCode.PAYMENT_INVALID)
-
-
 def _token_block(index: int) -> int:
     return 2 * (index - 1)
 
@@ -422,7 +418,7 @@ def verify_retry(
     secret = card_secret(master_key, payment.card_id)
     expected = stream_block(state.generator, secret, _token_block(payment.index), bbs_key=bbs_key)
     if not constant_time_eq(expected, payment.token):
-        raise _invalid()
+        raise InvalidPayment()
     return PrbgAccepted(payment.card_id, payment.index, units, _RECEIPT)
 
 
@@ -440,7 +436,7 @@ def verify_payment_bytes(
     card_id, index, token = _parse_payment(data)
     state = lookup(card_id)
     if state is None:
-        raise _invalid()
+        raise InvalidPayment()
     return _verify(state, card_id, index, token, master_key, bbs_key, units, now, max_units, None)
 
 
@@ -463,7 +459,7 @@ def _verify(
     secret = card_secret(master_key, card_id)
     expected = stream_block(state.generator, secret, _token_block(index), bbs_key=bbs_key)
     if not constant_time_eq(expected, token):
-        raise _invalid()
+        raise InvalidPayment()
     new_state = PrbgCardState(
         card_id=state.card_id,
         spent=index,

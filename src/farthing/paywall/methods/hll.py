@@ -134,7 +134,7 @@ class HllMethod:
         return -(-route.price.micros // self._unit_micros)
 
     def request(self, route: PricedRoute) -> JsonObject:
-        return {
+        request: JsonObject = {
             "amount": str(route.price.micros),
             "currency": route.price.currency,
             "resource": route.scope,
@@ -143,6 +143,9 @@ class HllMethod:
             "unitMicros": self._unit_micros,
             "mode": self._mode.value,
         }
+        if self._bank_public_key is not None:  # the bank, so a wallet pays only its cards
+            request["bank"] = b64url_encode(self._bank_public_key)
+        return request
 
     def offer_for(self, context: PaymentContext) -> hll.Offer:
         """The offer the card must have signed for this request."""

@@ -14,7 +14,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
-from farthing.core.errors import ErrorCode, FarthingError, InvalidPayment
+from farthing.core.errors import FarthingError, InvalidPayment
 from farthing.core.money import Denomination
 from farthing.http.payment_auth import JsonObject
 from farthing.paywall.methods.base import PaymentContext, Sealing, Settlement, payload_bytes
@@ -77,10 +77,6 @@ class OfflineScheme(Protocol[S]):
         ...
 
 
-def _invalid() -> InvalidPayment:
-    return InvalidPayment("payment did not verify", code=ErrorCode.PAYMENT_INVALID)
-
-
 class CardCache(Generic[S]):
     """A bounded per-process LRU of states; only a hint, never the arbiter."""
 
@@ -141,7 +137,7 @@ class OfflineMethod(Generic[S]):
                 await self._book.insert(introduced)
                 stored = await self._book.load(key)
         if stored is None:
-            raise _invalid()
+            raise InvalidPayment()
         return stored
 
     async def _settle_against(
@@ -159,9 +155,9 @@ class OfflineMethod(Generic[S]):
             # once. The stored state tells which; only the refusal path reads it.
             stored = await self._book.load(key)
             if stored is None:
-                raise _invalid()
+                raise InvalidPayment()
             self._cache.put(key, stored)
-            return self._retried(stored, raw, context, _invalid())
+            return self._retried(stored, raw, context, InvalidPayment())
         self._cache.put(key, verified.new_state)
         return self._settlement(verified, retried=False)
 
@@ -188,5 +184,5 @@ class OfflineMethod(Generic[S]):
     def _units(self, state: S, context: PaymentContext) -> int:
         denomination = self._scheme.denomination(state)
         if denomination.currency != context.route.price.currency:
-            raise _invalid()
+            raise InvalidPayment()
         return denomination.units_for(context.route.price.micros)
