@@ -24,6 +24,8 @@ from farthing.core.primitives import ed25519_public_key
 from farthing.core.schemes import hll, payword, szm_chain, szm_prbg
 from farthing.core.schemes.szm_prbg import Generator
 from farthing.testing import DeterministicRandom
+from farthing.testing.hll import SoftwareCard
+from farthing.testing.payword import PaywordSpender
 
 EUR = Denomination(currency="EUR", unit_micros=1000)
 NOW = 1_800_000_000
@@ -116,9 +118,9 @@ def bench_hll(n: int) -> Row:
         expires_at=NOW + 10,
     )
 
-    def new_card() -> hll.SoftwareCard:
+    def new_card() -> SoftwareCard:
         state = hll.CardState(card_id=card_id, denomination=EUR, balance=10 * n)
-        card = hll.SoftwareCard(key=hll.SoftwareCardKey(key), state=state, pin="0000")
+        card = SoftwareCard(key=hll.SoftwareCardKey(key), state=state, pin="0000")
         card.verify_pin("0000")
         return card
 
@@ -164,12 +166,12 @@ def bench_payword(n: int) -> Row:
     )
     rng = DeterministicRandom("payword")
 
-    def spender() -> payword.PaywordSpender:
+    def spender() -> PaywordSpender:
         seed = rng(32)
         commitment = payword.commit(
             user, cert, vendor_id="shop", seed=seed, length=n, now=NOW, ttl=3600, rng=rng
         )
-        return payword.PaywordSpender(commitment, seed)
+        return PaywordSpender(commitment, seed)
 
     spenders = [spender() for _ in range(RUNS)]
 

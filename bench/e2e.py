@@ -52,6 +52,8 @@ from farthing.core.primitives import ed25519_public_key
 from farthing.core.schemes import hll, payword, szm_chain, szm_prbg
 from farthing.http.payment_auth import ChallengeSigner, Credential, format_credential
 from farthing.store import CardStatus, Store, SzmBatchRow, SzmCardRow, SzmProtocol, open_store
+from farthing.testing.hll import SoftwareCard
+from farthing.testing.payword import PaywordSpender
 
 ROOT: Final = Path(__file__).resolve().parent
 OUT: Final = ROOT / "out"
@@ -323,7 +325,7 @@ def payword_lines(ctx: Issuing, commitments: int, units: int) -> list[str]:
             ttl=86_400,
             rng=os.urandom,
         )
-        spender = payword.PaywordSpender(commitment, seed)
+        spender = PaywordSpender(commitment, seed)
         encoded = b64url_encode(payword.encode_commitment(commitment))
         column = []
         for i in range(units):
@@ -456,7 +458,7 @@ class BankSide:
             unit_micros=EUR.unit_micros,
         ).certificate
 
-    def new_cards(self, count: int, units: int) -> list[hll.SoftwareCard]:
+    def new_cards(self, count: int, units: int) -> list[SoftwareCard]:
         """Cards personalised by the bank (value moved from the customer), PIN entered."""
         cards = []
         for _ in range(count):
@@ -466,9 +468,7 @@ class BankSide:
             state = hll.CardState(
                 card_id=made.card_id, denomination=made.denomination, balance=units
             )
-            card = hll.SoftwareCard(
-                key=hll.SoftwareCardKey(made.card_key), state=state, pin=CARD_PIN
-            )
+            card = SoftwareCard(key=hll.SoftwareCardKey(made.card_key), state=state, pin=CARD_PIN)
             card.verify_pin(CARD_PIN)
             cards.append(card)
         return cards

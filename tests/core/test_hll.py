@@ -39,11 +39,8 @@ from farthing.core.schemes.hll import (
     DepositBatch,
     DepositItem,
     DepositReport,
-    HllBank,
-    HllMerchant,
     Offer,
     Purchase,
-    SoftwareCard,
     SoftwareCardKey,
     VerifiedPurchase,
     authorize_purchase,
@@ -74,6 +71,7 @@ from farthing.core.schemes.hll import (
     verify_purchase_bytes,
 )
 from farthing.testing import DeterministicRandom
+from farthing.testing.hll import HllBank, HllMerchant, SoftwareCard
 
 NOW = 1_800_000_000
 EUR = Denomination(currency="EUR", unit_micros=1000)
@@ -902,6 +900,20 @@ def test_merchant_deferred_flow_and_settlement() -> None:
         w.merchant.settle(report)
     empty, _ = w.merchant.make_deposit()
     assert empty.items == ()
+
+
+def test_merchant_keeps_refused_payments_charged_to_the_card() -> None:
+    """As the paywall's deferred book: what the bank refused stays against the card's limit
+    (a card that cheated stays charged); the merchant's total counts only unanswered ones."""
+    w = world(risk_limit=20)
+    card = w.card(balance=100, loaded=10)
+    deferred_items(w, card, [8, 8])  # the bank covers only the first
+    batch, tag = w.merchant.make_deposit()
+    report = w.bank.deposit(batch, tag, NOW)
+    assert (len(report.accepted), len(report.invalid)) == (1, 1)
+    w.merchant.settle(report)
+    assert w.merchant.outstanding(card.state.card_id) == 8
+    assert w.merchant.outstanding_total() == 0
 
 
 def test_merchant_refusals() -> None:

@@ -17,7 +17,6 @@ from farthing.core.schemes.hll import (
     DeferredRisk,
     DepositBatch,
     DepositReport,
-    HllBank,
     Offer,
     Purchase,
     SoftwareCardKey,
@@ -43,6 +42,7 @@ from farthing.core.schemes.hll import (
     verify_card_certificate,
     verify_purchase_bytes,
 )
+from farthing.testing.hll import HllBank
 from tests.vectorlib import VECTORS, json_parametrize, load_vectors
 
 Vector = dict[str, Any]

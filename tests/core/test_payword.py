@@ -35,10 +35,6 @@ from farthing.core.schemes.payword import (
     OpenCommitment,
     Payment,
     PaywordAccepted,
-    PaywordBroker,
-    PaywordSpender,
-    PaywordVendor,
-    PaywordWallet,
     Redemption,
     RedemptionState,
     accept_commitment,
@@ -62,6 +58,7 @@ from farthing.core.schemes.payword import (
     verify_payment_bytes,
 )
 from farthing.testing import DeterministicRandom
+from farthing.testing.payword import PaywordBroker, PaywordSpender, PaywordVendor, PaywordWallet
 
 NOW = 1_800_000_000
 DAY = 86_400
@@ -722,6 +719,8 @@ def parties() -> tuple[PaywordBroker, PaywordWallet, PaywordVendor, PaywordVendo
     wallet = PaywordWallet(private_key=USER_KEY, certificate=cert)
     news = PaywordVendor(vendor_id="news.example", broker_public=broker.public_key)
     music = PaywordVendor(vendor_id="music.example", broker_public=broker.public_key)
+    for vendor in (news, music):
+        broker.register_vendor(vendor.vendor_id, "EUR")
     return broker, wallet, news, music
 
 
@@ -730,6 +729,7 @@ def test_session_credits_exactly_what_each_vendor_was_paid() -> None:
     rng = DeterministicRandom("session")
     for vendor, prices_paid in ((news, [1, 1, 3, 2]), (music, [5, 1])):
         spender = wallet.open(vendor.vendor_id, length=40, now=NOW, ttl=DAY, rng=rng)
+        broker.admit(encode_commitment(spender.commitment), vendor_id=vendor.vendor_id, now=NOW)
         vendor.accept_commitment(encode_commitment(spender.commitment), now=NOW)
         for units in prices_paid:
             reservation = wallet.reserve(vendor.vendor_id, units, now=NOW + 1)
@@ -782,6 +782,7 @@ def test_vendor_refuses_commitments_for_others_and_unknown_paywords() -> None:
 def test_redeemed_total_equals_units_spent(prices_paid: list[int], redeem_every: int) -> None:
     broker, wallet, news, _ = parties()
     spender = wallet.open("news.example", length=30, now=NOW, ttl=DAY, rng=DeterministicRandom("z"))
+    broker.admit(encode_commitment(spender.commitment), vendor_id="news.example", now=NOW)
     news.accept_commitment(encode_commitment(spender.commitment), now=NOW)
     credited = 0
     for count, units in enumerate(prices_paid, start=1):

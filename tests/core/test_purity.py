@@ -70,3 +70,19 @@ def test_direct_import_check_sees_imports(tmp_path: Path) -> None:
     sample = tmp_path / "m.py"
     sample.write_text("import os.path\nfrom socket import socket\nfrom . import x\n")
     assert direct_imports(sample) == {"os", "socket"}
+
+
+def test_reference_actors_import_only_the_core() -> None:
+    """farthing.testing's reference actors are driven by the core's rules alone: importing
+    them loads no service, store or I/O framework (they would drift with the services)."""
+    program = (
+        "import sys, importlib\n"
+        "for name in ['farthing.testing', 'farthing.testing.hll', 'farthing.testing.payword',"
+        " 'farthing.testing.szm']: importlib.import_module(name)\n"
+        f"bad = [m for m in {FRAMEWORKS!r} if m in sys.modules]\n"
+        "print(','.join(bad))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert out == "", f"farthing.testing imported: {out}"

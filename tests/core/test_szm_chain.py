@@ -26,7 +26,6 @@ from farthing.core.schemes.szm_chain import (
     ChainAccepted,
     ChainCard,
     ChainCardState,
-    ChainVerifier,
     KeyMode,
     Payment,
     card_from_code,
@@ -46,6 +45,7 @@ from farthing.core.schemes.szm_chain import (
 )
 from farthing.core.sealing import open_sealed, seal
 from farthing.testing import DeterministicRandom
+from farthing.testing.szm import ChainVerifier
 
 MASTER = DeterministicRandom("test/szm-chain/master")(32)
 EUR = Denomination(currency="EUR", unit_micros=1000)

@@ -34,7 +34,6 @@ from farthing.core.schemes.szm_prbg import (
     PrbgAccepted,
     PrbgCard,
     PrbgCardState,
-    PrbgVerifier,
     card_from_code,
     card_payment_key,
     card_secret,
@@ -51,6 +50,7 @@ from farthing.core.schemes.szm_prbg import (
 )
 from farthing.core.sealing import open_sealed, seal
 from farthing.testing import DeterministicRandom
+from farthing.testing.szm import PrbgVerifier
 
 MASTER = DeterministicRandom("test/szm-prbg/master")(32)
 BBS_KEY = generate_blum_modulus(2048, DeterministicRandom("test/szm-prbg/bbs-2048"))

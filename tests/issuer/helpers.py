@@ -14,6 +14,7 @@ from farthing.http.issuer_wire import verify_request_tag
 from farthing.issuer import IssuerConfig, IssuerServices
 from farthing.store import Store
 from farthing.testing import DeterministicRandom, FixedClock
+from farthing.testing.hll import SoftwareCard
 
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 BOTH_BACKENDS = pytest.mark.parametrize("store_target", BACKENDS, indirect=True)
@@ -42,7 +43,7 @@ class Shop:
 
     merchant_id: str
     merchant_key: bytes
-    card: hll.SoftwareCard
+    card: SoftwareCard
     card_id: bytes
 
 
@@ -56,10 +57,10 @@ def add_merchant(h: Harness, merchant_id: str = "m1", currency: str = "EUR") -> 
     return h.services.accounts.create_merchant(ACTOR, merchant_id, currency).key
 
 
-def new_card(h: Harness, customer_id: str = "c1", units: int = 1000) -> hll.SoftwareCard:
+def new_card(h: Harness, customer_id: str = "c1", units: int = 1000) -> SoftwareCard:
     made = h.services.hll.personalise(ACTOR, customer_id, units=units, unit_micros=1000)
     state = hll.CardState(card_id=made.card_id, denomination=made.denomination, balance=units)
-    card = hll.SoftwareCard(key=hll.SoftwareCardKey(made.card_key), state=state, pin=PIN)
+    card = SoftwareCard(key=hll.SoftwareCardKey(made.card_key), state=state, pin=PIN)
     card.verify_pin(PIN)
     return card
 

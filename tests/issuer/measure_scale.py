@@ -29,6 +29,7 @@ from farthing.issuer import IssuerConfig, IssuerServices, build_services, genera
 from farthing.issuer.szm_service import BatchSpec
 from farthing.store import SzmProtocol, open_store
 from farthing.testing import DeterministicRandom, FixedClock
+from farthing.testing.hll import SoftwareCard
 
 NOW = 1_800_000_000
 EUR = Denomination(currency="EUR", unit_micros=1000)
@@ -103,7 +104,7 @@ def _hll_spends(count: int, *, online: bool) -> Callable[[IssuerServices], None]
 
     def work(services: IssuerServices) -> None:
         made = services.hll.personalise("m", "c", units=10 * count, unit_micros=1000)
-        card = hll.SoftwareCard(
+        card = SoftwareCard(
             key=hll.SoftwareCardKey(made.card_key),
             state=hll.CardState(card_id=made.card_id, denomination=EUR, balance=10 * count),
             pin="0",

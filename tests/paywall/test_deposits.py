@@ -17,6 +17,8 @@ from farthing.paywall.methods.payword import HeldCommitment
 from farthing.store import HllPaymentState, OutboxState, open_store
 from farthing.store.writer import StoreWriter
 from farthing.testing import DeterministicRandom, FixedClock
+from farthing.testing.hll import HllBank, SoftwareCard
+from farthing.testing.payword import PaywordBroker, PaywordSpender
 
 pytestmark = pytest.mark.anyio
 NOW = 1_800_000_000
@@ -32,10 +34,11 @@ class LocalIssuer:
 
     def __init__(self, clock: FixedClock) -> None:
         self.clock = clock
-        self.bank = hll.HllBank(denomination=EUR)
+        self.bank = HllBank(denomination=EUR)
         self.bank.register_card(CARD_ID, hll.derive_card_key(MASTER, CARD_ID), 1000)
         self.bank.register_merchant("shop", MERCHANT_KEY)
-        self.broker = payword.PaywordBroker(broker_id="broker", private_key=BROKER_KEY)
+        self.broker = PaywordBroker(broker_id="broker", private_key=BROKER_KEY)
+        self.broker.register_vendor("shop", "EUR")
         self.down = False
         self.busy = False
         self.calls = 0
@@ -77,7 +80,7 @@ def record_purchases(store_path: str, count: int) -> None:
     store = open_store(store_path)
     book = HllDeferredBook(store)
     key = hll.SoftwareCardKey(hll.derive_card_key(MASTER, CARD_ID))
-    card = hll.SoftwareCard(
+    card = SoftwareCard(
         key=key, state=hll.CardState(card_id=CARD_ID, denomination=EUR, balance=1000), pin="1"
     )
     card.verify_pin("1")
@@ -214,6 +217,8 @@ async def test_payword_redemptions_are_staged_once_per_index(tmp_path: Path) -> 
     state = payword.accept_commitment(
         issuer.broker.public_key, commitment, vendor_id="shop", now=NOW
     )
+    # what a vendor with a broker does before it takes paywords (PaywordBook(broker=...))
+    issuer.broker.admit(payword.encode_commitment(commitment), vendor_id="shop", now=NOW)
     store = open_store(path)
     writer = StoreWriter(store)
     book = PaywordBook(store, writer)
@@ -223,7 +228,7 @@ async def test_payword_redemptions_are_staged_once_per_index(tmp_path: Path) -> 
         encoded=payword.encode_commitment(commitment),
     )
     assert await book.insert(held)
-    spender = payword.PaywordSpender(commitment, seed)
+    spender = PaywordSpender(commitment, seed)
     current = held
     for _ in range(3):
         payment = spender.reserve(2, now=NOW).payment

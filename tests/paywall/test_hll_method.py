@@ -33,6 +33,7 @@ from farthing.paywall.methods.hll import (
 from farthing.paywall.middleware import Paywall
 from farthing.paywall.pricing import Price, PriceTable
 from farthing.testing import DeterministicRandom, FixedClock
+from farthing.testing.hll import HllBank, SoftwareCard
 
 pytestmark = pytest.mark.anyio
 EUR = Denomination(currency="EUR", unit_micros=1000)
@@ -49,13 +50,13 @@ class LocalBank:
     often the vendor asked it (``online``), and can be switched off (``down``)."""
 
     def __init__(self, clock: FixedClock) -> None:
-        self.bank = hll.HllBank(denomination=EUR, certification_key=CERT_KEY)
+        self.bank = HllBank(denomination=EUR, certification_key=CERT_KEY)
         self.bank.register_merchant("shop", b"m" * 32)
         self.clock = clock
         self.online = 0
         self.down = False
 
-    def card(self, card_id: bytes = CARD_ID, balance: int = 100) -> tuple[hll.SoftwareCard, bytes]:
+    def card(self, card_id: bytes = CARD_ID, balance: int = 100) -> tuple[SoftwareCard, bytes]:
         """A personalised card and its certificate."""
         self.bank.register_card(card_id, hll.derive_card_key(MASTER, card_id), balance)
         return card(balance, card_id), self.bank.certify(card_id, self.clock.now() + 86_400)
@@ -111,12 +112,12 @@ async def article(request: Any) -> PlainTextResponse:
     return PlainTextResponse("article")
 
 
-def card(balance: int = 100, card_id: bytes = CARD_ID) -> hll.SoftwareCard:
+def card(balance: int = 100, card_id: bytes = CARD_ID) -> SoftwareCard:
     key = hll.derive_card_key(MASTER, card_id)
     state = hll.CardState(
         card_id=card_id, denomination=EUR, balance=balance, counter=0, pin_tries_left=3
     )
-    c = hll.SoftwareCard(key=hll.SoftwareCardKey(key), state=state, pin="1234")
+    c = SoftwareCard(key=hll.SoftwareCardKey(key), state=state, pin="1234")
     c.verify_pin("1234")
     return c
 
@@ -188,7 +189,7 @@ async def test_online_mode_pays_once_through_the_bank() -> None:
 
 async def pay(
     c: httpx.AsyncClient,
-    the_card: hll.SoftwareCard,
+    the_card: SoftwareCard,
     certificate: bytes | None,
     clock: FixedClock,
     path: str = "/articles/a",

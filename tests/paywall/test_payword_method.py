@@ -20,6 +20,7 @@ from farthing.paywall.methods.payword import PaywordScheme
 from farthing.paywall.middleware import Paywall
 from farthing.paywall.pricing import Price, PriceTable
 from farthing.testing import DeterministicRandom, FixedClock, MemoryCardBook
+from farthing.testing.payword import PaywordSpender
 
 pytestmark = pytest.mark.anyio
 EUR = Denomination(currency="EUR", unit_micros=1000)
@@ -31,7 +32,7 @@ async def article(request: Any) -> PlainTextResponse:
     return PlainTextResponse("article " + request.path_params["slug"])
 
 
-def make_spender(clock: FixedClock, vendor_id: str = "shop") -> payword.PaywordSpender:
+def make_spender(clock: FixedClock, vendor_id: str = "shop") -> PaywordSpender:
     cert = payword.issue_certificate(
         BROKER_KEY,
         broker_id="broker",
@@ -52,7 +53,7 @@ def make_spender(clock: FixedClock, vendor_id: str = "shop") -> payword.PaywordS
         ttl=3600,
         rng=DeterministicRandom("n"),
     )
-    return payword.PaywordSpender(commitment, seed)
+    return PaywordSpender(commitment, seed)
 
 
 def make_paywall(clock: FixedClock) -> tuple[Paywall, MemoryCardBook]:

@@ -34,6 +34,8 @@ from farthing.paywall.methods.hll import HllMode
 from farthing.paywall.middleware import Paywall
 from farthing.store import Store, open_store
 from farthing.testing import DeterministicRandom, FixedClock
+from farthing.testing.hll import SoftwareCard
+from farthing.testing.payword import PaywordSpender
 from tests.paywall.helpers import EUR, KEYS, NOW, content, issue_chain_cards, issue_prbg_cards
 from tests.paywall.helpers import prices as article_prices
 
@@ -158,7 +160,7 @@ class PrbgPayer:
 
 @dataclass
 class PaywordPayer:
-    spender: payword.PaywordSpender
+    spender: PaywordSpender
     method: str = "payword"
     sent_commitment: bool = False
 
@@ -184,7 +186,7 @@ class PaywordPayer:
             ttl=3600,
             rng=DeterministicRandom("n"),
         )
-        return cls(payword.PaywordSpender(commitment, seed))
+        return cls(PaywordSpender(commitment, seed))
 
     def pay(self, challenge: Challenge, path: str) -> dict[str, object]:
         payment = self.spender.reserve(2, now=NOW).payment
@@ -209,7 +211,7 @@ class PaywordPayer:
 
 @dataclass
 class HllPayer:
-    card: hll.SoftwareCard
+    card: SoftwareCard
     certificate: bytes
     method: str = "hll:mac"
     counters: list[int] = field(default_factory=list)
@@ -218,7 +220,7 @@ class HllPayer:
     def make(cls) -> HllPayer:
         card_id = b"c" * 16
         state = hll.CardState(card_id=card_id, denomination=EUR, balance=100, counter=0)
-        card = hll.SoftwareCard(
+        card = SoftwareCard(
             key=hll.SoftwareCardKey(hll.derive_card_key(BANK_MASTER, card_id)),
             state=state,
             pin="1234",

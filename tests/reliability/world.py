@@ -46,6 +46,7 @@ from farthing.paywall.goods import GoodsApp
 from farthing.paywall.middleware import Paywall
 from farthing.store import Store, SzmProtocol, open_store
 from farthing.testing import DeterministicRandom
+from farthing.testing.payword import PaywordSpender
 
 REALM = "reliability"
 BROKER_ID = "broker.test"
@@ -184,7 +185,7 @@ class PaywordHolder:
         return b64url_encode(self.commitment_id)
 
     def at(self, index: int, now: int, units: int = PRICE_UNITS) -> bytes:
-        spender = payword.PaywordSpender(self.commitment, self.seed, spent=index - units)
+        spender = PaywordSpender(self.commitment, self.seed, spent=index - units)
         return payword.encode_payment(spender.reserve(units, now=now).payment)
 
 

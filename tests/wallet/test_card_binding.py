@@ -39,7 +39,7 @@ from farthing.core.encoding import b64url_encode
 from farthing.core.errors import ErrorCode, FarthingError, LocalProtocolError
 from farthing.core.money import Denomination
 from farthing.core.primitives import ed25519_public_key
-from farthing.core.schemes import hll, payword, szm_chain
+from farthing.core.schemes import hll, szm_chain
 from farthing.paywall.methods.hll import HllMethod, HllMode
 from farthing.paywall.methods.offline import OfflineMethod
 from farthing.paywall.methods.payword import PaywordScheme
@@ -47,6 +47,8 @@ from farthing.paywall.methods.szm import ChainScheme
 from farthing.paywall.middleware import Paywall
 from farthing.paywall.pricing import Price, PriceTable
 from farthing.testing import DeterministicRandom, FixedClock, MemoryCardBook
+from farthing.testing.hll import HllBank
+from farthing.testing.payword import PaywordBroker
 from farthing.wallet.auth import PaymentAuth
 from farthing.wallet.cards import HllCardFile
 from farthing.wallet.wallet import Wallet
@@ -117,7 +119,7 @@ class CountingBank:
     """The core's reference bank behind the vendor's bank-client port, counting calls."""
 
     def __init__(self, clock: FixedClock) -> None:
-        self.bank = hll.HllBank(
+        self.bank = HllBank(
             denomination=EUR, certification_key=hll.card_certification_key(BANK_MASTER)
         )
         self.bank.register_merchant("shop", b"m" * 32)
@@ -237,7 +239,7 @@ def payword_vendor(clock: FixedClock, broker_id: str = "broker") -> tuple[Counti
 
 
 def add_payword(wallet: Wallet, clock: FixedClock, site: str | list[str] = SITE) -> None:
-    broker = payword.PaywordBroker(broker_id="broker", private_key=BROKER_KEY)
+    broker = PaywordBroker(broker_id="broker", private_key=BROKER_KEY)
     certificate = broker.issue(
         user_id="alice",
         user_public_key=ed25519_public_key(USER_KEY),

@@ -46,6 +46,7 @@ from farthing.paywall.methods.szm import ChainScheme
 from farthing.paywall.middleware import Paywall
 from farthing.paywall.pricing import Price, PriceTable
 from farthing.testing import DeterministicRandom, FixedClock, MemoryCardBook
+from farthing.testing.hll import HllBank
 from farthing.wallet.auth import PaymentAuth
 from farthing.wallet.cards import HllCardFile
 from farthing.wallet.store import Outcome
@@ -399,7 +400,7 @@ class LocalBank:
     """The core's in-memory HLL bank behind the vendor's bank-client port."""
 
     def __init__(self, clock: FixedClock) -> None:
-        self.bank = hll.HllBank(denomination=EUR)
+        self.bank = HllBank(denomination=EUR)
         self.clock = clock
 
     async def verify_online(self, offer: bytes, payment: bytes) -> None:

@@ -21,6 +21,7 @@ from farthing.core.money import Denomination
 from farthing.core.schemes import hll
 from farthing.http.payment_auth import Challenge, parse_credential
 from farthing.testing import DeterministicRandom, FixedClock
+from farthing.testing.hll import HllBank
 from farthing.wallet.cards import HllCardFile, Pkcs11Location
 from farthing.wallet.pkcs11_card import SoftHsmToken, install_card_key
 from farthing.wallet.wallet import Wallet
@@ -44,13 +45,13 @@ def wallet(tmp_path: Path, clock: FixedClock) -> Iterator[Wallet]:
 
 
 @pytest.fixture
-def bank() -> hll.HllBank:
-    bank = hll.HllBank(denomination=EUR)
+def bank() -> HllBank:
+    bank = HllBank(denomination=EUR)
     bank.register_merchant(MERCHANT, b"m" * 32)
     return bank
 
 
-def issue(bank: hll.HllBank, *, balance: int, seed: str = "card") -> HllCardFile:
+def issue(bank: HllBank, *, balance: int, seed: str = "card") -> HllCardFile:
     card_id = hll.new_card_id(DeterministicRandom(seed))
     key = hll.derive_card_key(BANK_MASTER, card_id)
     bank.register_card(card_id, key, balance)
@@ -79,7 +80,7 @@ def challenge(clock: FixedClock, *, units: int = 3, seed: str = "challenge") -> 
 
 
 def bank_checks(
-    bank: hll.HllBank, authorization: str, offer_challenge: Challenge, path: str, now: int
+    bank: HllBank, authorization: str, offer_challenge: Challenge, path: str, now: int
 ) -> hll.VerifiedPurchase:
     """What the vendor and the bank do: rebuild the offer and verify the purchase."""
     payload = parse_credential(authorization).payload
@@ -100,7 +101,7 @@ def bank_checks(
 
 
 def test_software_card_pays_and_the_bank_accepts(
-    wallet: Wallet, bank: hll.HllBank, clock: FixedClock
+    wallet: Wallet, bank: HllBank, clock: FixedClock
 ) -> None:
     card = issue(bank, balance=10)
     wallet.add_hll_card(card, site=SITE)
@@ -117,7 +118,7 @@ def test_software_card_pays_and_the_bank_accepts(
     assert wallet.cards()[0].spent == 3
 
 
-def test_mac_is_bound_to_the_path(wallet: Wallet, bank: hll.HllBank, clock: FixedClock) -> None:
+def test_mac_is_bound_to_the_path(wallet: Wallet, bank: HllBank, clock: FixedClock) -> None:
     wallet.add_hll_card(issue(bank, balance=10), site=SITE)
     offered = challenge(clock)
     paid = wallet.pay("https://shop.test/articles/a", [offered])
@@ -125,9 +126,7 @@ def test_mac_is_bound_to_the_path(wallet: Wallet, bank: hll.HllBank, clock: Fixe
         bank_checks(bank, paid.authorization, offered, "/articles/other", clock.now())
 
 
-def test_other_unit_value_does_not_fit(
-    wallet: Wallet, bank: hll.HllBank, clock: FixedClock
-) -> None:
+def test_other_unit_value_does_not_fit(wallet: Wallet, bank: HllBank, clock: FixedClock) -> None:
     wallet.add_hll_card(issue(bank, balance=10), site=SITE)
     offered = challenge(clock)
     request = dict(offered.request, unitMicros=10)
@@ -192,7 +191,7 @@ def test_a_card_file_never_carries_k_c_in_the_clear() -> None:
 
 
 def token_card(
-    bank: hll.HllBank, token: SoftHsmToken, *, balance: int = 10
+    bank: HllBank, token: SoftHsmToken, *, balance: int = 10
 ) -> tuple[HllCardFile, Pkcs11Location]:
     issued = issue(bank, balance=balance, seed=token.label)
     assert issued.card_key is not None
@@ -206,7 +205,7 @@ def token_card(
 
 @pytest.mark.softhsm
 def test_pkcs11_card_pays_with_the_stored_pin(
-    wallet: Wallet, bank: hll.HllBank, clock: FixedClock, softhsm_token: SoftHsmToken
+    wallet: Wallet, bank: HllBank, clock: FixedClock, softhsm_token: SoftHsmToken
 ) -> None:
     card, where = token_card(bank, softhsm_token)
     wallet.add_hll_card(card, token=where, pin=softhsm_token.user_pin, site=SITE)
@@ -222,7 +221,7 @@ def test_pkcs11_card_pays_with_the_stored_pin(
 
 @pytest.mark.softhsm
 def test_pkcs11_wrong_pin_spends_nothing(
-    wallet: Wallet, bank: hll.HllBank, clock: FixedClock, softhsm_token: SoftHsmToken
+    wallet: Wallet, bank: HllBank, clock: FixedClock, softhsm_token: SoftHsmToken
 ) -> None:
     card, where = token_card(bank, softhsm_token)
     wallet.add_hll_card(card, token=where, pin="not-the-pin", site=SITE)
@@ -234,7 +233,7 @@ def test_pkcs11_wrong_pin_spends_nothing(
     assert wallet.history() == []
 
 
-def test_pkcs11_card_needs_a_pin(wallet: Wallet, bank: hll.HllBank, tmp_path: Path) -> None:
+def test_pkcs11_card_needs_a_pin(wallet: Wallet, bank: HllBank, tmp_path: Path) -> None:
     keyless = HllCardFile(card_id=bytes(16), balance=1, denomination=EUR, bank_key=BANK_KEY)
     where = Pkcs11Location(module_path=str(tmp_path / "x.so"), token_label="t", key_label="k")
     with pytest.raises(LocalProtocolError, match="PIN"):

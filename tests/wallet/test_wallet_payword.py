@@ -14,6 +14,7 @@ from farthing.core.primitives import ed25519_public_key
 from farthing.core.schemes import payword
 from farthing.http.payment_auth import Challenge, JsonObject, Receipt, parse_credential
 from farthing.testing import FixedClock
+from farthing.testing.payword import PaywordBroker, PaywordVendor
 from farthing.wallet.auth import PreparedPayment
 from farthing.wallet.wallet import Wallet
 
@@ -28,12 +29,14 @@ def clock() -> FixedClock:
 
 
 @pytest.fixture
-def broker() -> payword.PaywordBroker:
-    return payword.PaywordBroker(broker_id="broker", private_key=BROKER_KEY)
+def broker() -> PaywordBroker:
+    broker = PaywordBroker(broker_id="broker", private_key=BROKER_KEY)
+    broker.register_vendor("shop", "EUR")
+    return broker
 
 
 @pytest.fixture
-def wallet(tmp_path: Path, clock: FixedClock, broker: payword.PaywordBroker) -> Iterator[Wallet]:
+def wallet(tmp_path: Path, clock: FixedClock, broker: PaywordBroker) -> Iterator[Wallet]:
     with Wallet.create(tmp_path / "wallet.sqlite", "pw", clock=clock) as w:
         certificate = broker.issue(
             user_id="alice",
@@ -73,12 +76,20 @@ def payload(payment: PreparedPayment) -> JsonObject:
 
 
 def vendor_takes(
-    vendor: payword.PaywordVendor, payment: PreparedPayment, now: int
+    vendor: PaywordVendor,
+    payment: PreparedPayment,
+    now: int,
+    *,
+    broker: PaywordBroker | None = None,
 ) -> payword.PaywordAccepted:
-    """What the vendor adapter does: introduce a carried commitment, then check the payword."""
+    """What the vendor adapter does: introduce a carried commitment (admitted by the
+    ``broker`` first, if it has one), then check the payword."""
     body = payload(payment)
     if "commitment" in body:
-        vendor.accept_commitment(b64url_decode(str(body["commitment"])), now=now)
+        commitment = b64url_decode(str(body["commitment"]))
+        if broker is not None:
+            broker.admit(commitment, vendor_id=vendor.vendor_id, now=now)
+        vendor.accept_commitment(commitment, now=now)
     return vendor.receive(b64url_decode(str(body["payment"])), units=3, now=now)
 
 
@@ -86,13 +97,13 @@ RECEIPT = Receipt(method="payword", timestamp=0, reference="r")
 
 
 def test_first_payment_carries_the_commitment_until_acknowledged(
-    wallet: Wallet, broker: payword.PaywordBroker, clock: FixedClock
+    wallet: Wallet, broker: PaywordBroker, clock: FixedClock
 ) -> None:
-    vendor = payword.PaywordVendor(vendor_id="shop", broker_public=broker.public_key)
+    vendor = PaywordVendor(vendor_id="shop", broker_public=broker.public_key)
     url = "https://shop.test/articles/a"
     first = wallet.pay(url, [challenge(clock)])
     assert "commitment" in payload(first)
-    accepted = vendor_takes(vendor, first, clock.now())
+    accepted = vendor_takes(vendor, first, clock.now(), broker=broker)
     assert (accepted.index, accepted.units) == (3, 3)
     assert wallet.settle(first, RECEIPT, b"article") == b"article"
     second = wallet.pay(url, [challenge(clock)])
@@ -109,7 +120,7 @@ def test_first_payment_carries_the_commitment_until_acknowledged(
 
 
 def test_commitment_length_fits_the_credit_limit(
-    wallet: Wallet, broker: payword.PaywordBroker, clock: FixedClock
+    wallet: Wallet, broker: PaywordBroker, clock: FixedClock
 ) -> None:
     paid = wallet.pay("https://shop.test/articles/a", [challenge(clock)])
     commitment = payword.decode_commitment(b64url_decode(str(payload(paid)["commitment"])))
@@ -121,9 +132,9 @@ def test_commitment_length_fits_the_credit_limit(
 
 
 def test_a_payment_refused_without_a_receipt_is_given_back_and_its_index_reused(
-    wallet: Wallet, broker: payword.PaywordBroker, clock: FixedClock
+    wallet: Wallet, broker: PaywordBroker, clock: FixedClock
 ) -> None:
-    vendor = payword.PaywordVendor(vendor_id="shop", broker_public=broker.public_key)
+    vendor = PaywordVendor(vendor_id="shop", broker_public=broker.public_key)
     url = "https://shop.test/articles/a"
     lost = wallet.pay(url, [challenge(clock)])  # never reaches the vendor
     wallet.refused(lost, 503)
@@ -139,11 +150,10 @@ def test_a_payment_refused_without_a_receipt_is_given_back_and_its_index_reused(
 
 
 def test_each_vendor_gets_its_own_commitment(
-    wallet: Wallet, broker: payword.PaywordBroker, clock: FixedClock
+    wallet: Wallet, broker: PaywordBroker, clock: FixedClock
 ) -> None:
     shops = {
-        name: payword.PaywordVendor(vendor_id=name, broker_public=broker.public_key)
-        for name in ("a", "b")
+        name: PaywordVendor(vendor_id=name, broker_public=broker.public_key) for name in ("a", "b")
     }
     for name, vendor in shops.items():
         paid = wallet.pay(f"https://{name}.test/articles/x", [challenge(clock, vendor=name)])
@@ -158,18 +168,18 @@ def test_another_broker_is_not_payable(wallet: Wallet, clock: FixedClock) -> Non
 
 
 def test_expired_commitment_is_replaced(
-    wallet: Wallet, broker: payword.PaywordBroker, clock: FixedClock
+    wallet: Wallet, broker: PaywordBroker, clock: FixedClock
 ) -> None:
     url = "https://shop.test/articles/a"
     first = wallet.pay(url, [challenge(clock)])
     clock.advance(86_400)  # the commitment lived one day
     second = wallet.pay(url, [challenge(clock)])
     assert payload(second)["commitment"] != payload(first)["commitment"]
-    vendor = payword.PaywordVendor(vendor_id="shop", broker_public=broker.public_key)
+    vendor = PaywordVendor(vendor_id="shop", broker_public=broker.public_key)
     assert vendor_takes(vendor, second, clock.now()).index == 3
 
 
-def test_wrong_user_key_is_refused(tmp_path: Path, broker: payword.PaywordBroker) -> None:
+def test_wrong_user_key_is_refused(tmp_path: Path, broker: PaywordBroker) -> None:
     certificate = broker.issue(
         user_id="alice",
         user_public_key=ed25519_public_key(USER_KEY),
@@ -186,9 +196,9 @@ def test_wrong_user_key_is_refused(tmp_path: Path, broker: payword.PaywordBroker
 
 
 def test_a_commitment_the_vendor_does_not_know_is_retired_not_the_account(
-    wallet: Wallet, broker: payword.PaywordBroker, clock: FixedClock
+    wallet: Wallet, broker: PaywordBroker, clock: FixedClock
 ) -> None:
-    vendor = payword.PaywordVendor(vendor_id="shop", broker_public=broker.public_key)
+    vendor = PaywordVendor(vendor_id="shop", broker_public=broker.public_key)
     url = "https://shop.test/articles/a"
     refused = wallet.pay(url, [challenge(clock)])
     wallet.refused(refused, 401, code=int(ErrorCode.PAYMENT_INVALID))

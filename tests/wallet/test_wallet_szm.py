@@ -37,6 +37,7 @@ from farthing.paywall.methods.szm import ChainScheme
 from farthing.paywall.middleware import Paywall
 from farthing.paywall.pricing import Price, PriceTable
 from farthing.testing import DeterministicRandom, FixedClock, MemoryCardBook
+from farthing.testing.szm import PrbgVerifier
 from farthing.wallet.auth import PaymentAuth
 from farthing.wallet.store import Outcome
 from farthing.wallet.wallet import Wallet, scope_matches
@@ -303,7 +304,7 @@ def test_prbg_card_pays_and_keys_match_the_issuer(
         generator=generator,
         bbs=bbs.public,
     )
-    verifier = szm_prbg.PrbgVerifier(master, bbs_key=bbs)
+    verifier = PrbgVerifier(master, bbs_key=bbs)
     verifier.add(state)
     wallet.add_szm_code(cardcode.to_text(szm_prbg.to_card_code(card, realm="news")), site=SITE)
     challenge = Challenge(

@@ -1,6 +1,7 @@
 """The bank of HLL: personalising cards, online verification and deposits, over the store.
 
-This is :class:`farthing.core.schemes.hll.HllBank` (the in-memory reference) made durable.
+This is :class:`farthing.testing.hll.HllBank` (the in-memory reference) made durable;
+both judge by the same core rules, and a differential test compares their reports.
 The pure core checks every MAC; the database decides duplicate spending:
 
 - ``tx.hll_record_spend`` inserts (card, counter) under a PRIMARY KEY and charges the card
@@ -14,8 +15,12 @@ re-sent deposit return the first report and credit nothing new.
 
 Checks, in the reference's order (the MAC before the duplicate check, so that a caller
 without the card key cannot learn which counters were used):
-online: merchant tag -> offer is the caller's -> card known, active, same denomination ->
-MAC and expiry -> (card, counter) new -> card covers it.
+online: merchant tag -> offer is the caller's -> MAC and expiry -> the card may pay
+(:func:`~farthing.core.schemes.hll.card_may_pay`: known, active, same denomination, the
+merchant's currency) -> (card, counter) new -> card covers it (the store, in
+:func:`~farthing.core.schemes.hll.judge_spend`'s order);
+deposit: merchant tag -> each item by :func:`~farthing.core.schemes.hll.judge_deposit_item`
+-> the store as above.
 """
 
 from __future__ import annotations
@@ -37,11 +42,9 @@ from farthing.core.errors import (
     InvalidPayment,
     MalformedMessage,
     NotFound,
-    UnsupportedMethod,
 )
 from farthing.core.money import Denomination
-from farthing.core.primitives import constant_time_eq, sha256
-from farthing.core.retry import same_request
+from farthing.core.primitives import sha256
 from farthing.core.schemes import hll
 from farthing.http.issuer_wire import deposit_lookup_tag, verify_request_tag
 from farthing.issuer.accounts_service import find_customer
@@ -279,18 +282,17 @@ class HllService:
         checked with the MAC, bounds it. Any other repeat of (card, counter) is a 409.
         """
         verified, merchant = checked.verified, checked.merchant
-        card = _usable_card(tx.hll_card(verified.card_id), checked.offer, merchant)
         spend = OnlineSpend(
             card_id=verified.card_id,
             counter=verified.counter,
             units=verified.amount,
-            credited_micros=verified.amount * card.unit_micros,
+            credited_micros=verified.amount * verified.denomination.unit_micros,
         )
-        # Only a refusal looks for an earlier settlement of the same purchase.
-        if verified.amount > card.remaining_units:  # the store refuses it too; fail early
-            if _settled_before(tx, checked):
-                return replace(spend, repeated=True)
-            raise InsufficientFunds("card overspent")
+        card = self._bank_card(tx.hll_card(verified.card_id))
+        hll.card_may_pay(card, checked.offer, merchant_currency=merchant.currency)
+        # The store answers the core's judge_spend atomically: spent before (False; only
+        # then is an earlier settlement of the same purchase looked for), else covered
+        # (InsufficientFunds if not).
         if not self._settle_online(tx, checked):
             if _settled_before(tx, checked):
                 return replace(spend, repeated=True)
@@ -387,93 +389,79 @@ class HllService:
     def _settle_items(
         self, tx: Tx, batch: hll.DepositBatch, merchant: Merchant, key: bytes, now: int
     ) -> tuple[hll.DepositReport, int]:
-        tally = _Tally()
-        cards: dict[bytes, HllCardRow | None] = {}  # the fields read here never change
+        """Judge each item by the core's rules; the store records it (or finds it spent
+        before, or the card unable to cover it: :func:`~farthing.core.schemes.hll.
+        judge_spend`'s order, kept atomically by the store)."""
+        tally = hll.DepositTally()
+        micros = 0
+        cards: dict[bytes, hll.BankCard | None] = {}  # its status, denomination, loaded units
         for item in batch.items:
-            card_id, counter = item.purchase.card_id, item.purchase.counter
+            card_id = item.purchase.card_id
             if card_id not in cards:
-                cards[card_id] = tx.hll_card(card_id)
-            card = self._deposit_card(cards[card_id], merchant, item, now)
-            if card is None:
-                tally.invalid.append((card_id, counter))
+                cards[card_id] = self._bank_card(tx.hll_card(card_id))
+            judged = hll.judge_deposit_item(
+                cards[card_id],
+                item,
+                merchant_id=merchant.merchant_id,
+                merchant_currency=merchant.currency,
+                now=now,
+                deposit_window=self._deposit_window,
+            )
+            if isinstance(judged, hll.DepositRefusal):
+                tally.refuse(item, judged)
                 continue
-            amount = item.offer.amount
-            try:
-                recorded = tx.hll_record_spend(
-                    card_id, counter, merchant.merchant_id, amount, key, now
-                )
-            except (InsufficientFunds, NotFound):
-                tally.invalid.append((card_id, counter))
+            refusal = _record_spend(tx, judged, key, now)
+            if refusal is not None:
+                tally.refuse(item, refusal)
                 continue
-            if not recorded:
-                tally.duplicates.append((card_id, counter))
-                continue
-            tally.accept(card_id, counter, amount, amount * card.unit_micros)
+            tally.accept(judged)
+            micros += judged.amount * judged.denomination.unit_micros
             if self._on_spend_recorded is not None:
                 self._on_spend_recorded(len(tally.accepted))
-        return tally.report(batch.batch_id), tally.micros
+        return tally.report(batch.batch_id), micros
 
-    def _deposit_card(
-        self, card: HllCardRow | None, merchant: Merchant, item: hll.DepositItem, now: int
-    ) -> HllCardRow | None:
-        """The item's card if the item verifies, else None (the item is invalid)."""
-        if card is None or card.status is not CardStatus.ACTIVE:
+    def _bank_card(self, card: HllCardRow | None) -> hll.BankCard | None:
+        """The core's view of a stored card (None for an unknown one)."""
+        if card is None:
             return None
-        if _denomination(card) != item.offer.denomination or card.currency != merchant.currency:
-            return None
-        if now >= item.offer.expires_at + self._deposit_window:
-            return None
-        if item.offer.amount > card.loaded_units:  # more than the card ever held
-            return None
-        try:
-            hll.verify_deposit_item(self.card_key, merchant.merchant_id, item)
-        except InvalidPayment:
-            return None
-        return card
-
-
-@dataclass(slots=True)
-class _Tally:
-    """What one deposit settles, item by item."""
-
-    accepted: list[tuple[bytes, int, int]] = field(default_factory=list)
-    duplicates: list[tuple[bytes, int]] = field(default_factory=list)
-    invalid: list[tuple[bytes, int]] = field(default_factory=list)
-    micros: int = 0
-
-    def accept(self, card_id: bytes, counter: int, units: int, micros: int) -> None:
-        self.accepted.append((card_id, counter, units))
-        self.micros += micros
-
-    def report(self, batch_id: bytes) -> hll.DepositReport:
-        return hll.DepositReport(
-            batch_id=batch_id,
-            accepted=tuple(self.accepted),
-            duplicates=tuple(self.duplicates),
-            invalid=tuple(self.invalid),
-            credited=sum(units for _, _, units in self.accepted),
+        return hll.BankCard(
+            key=self.card_key(card.card_id),
+            denomination=_denomination(card),
+            active=card.status is CardStatus.ACTIVE,
+            loaded=card.loaded_units,
+            spent=card.spent_units,
         )
+
+
+def _record_spend(
+    tx: Tx, verified: hll.VerifiedPurchase, key: bytes, now: int
+) -> hll.DepositRefusal | None:
+    """Charge a deposited purchase once: None, or why the store would not (spent before,
+    or more than the card has left), in the order of the core's ``judge_spend``."""
+    try:
+        recorded = tx.hll_record_spend(
+            verified.card_id,
+            verified.counter,
+            verified.merchant_id,
+            verified.amount,
+            key,
+            now,
+        )
+    except (InsufficientFunds, NotFound):
+        return hll.DepositRefusal.OVERSPENT
+    return None if recorded else hll.DepositRefusal.DUPLICATE
 
 
 def _settled_before(tx: Tx, checked: CheckedPurchase) -> bool:
     """Was this very purchase settled online before, for this merchant and this offer?"""
     earlier = tx.hll_spend(checked.verified.card_id, checked.verified.counter)
-    if earlier is None or earlier.batch_id is not None:
-        return False
-    if earlier.merchant_id != checked.merchant.merchant_id:
-        return False
-    return same_request(earlier.offer_digest, checked.offer_digest)
-
-
-def _usable_card(card: HllCardRow | None, offer: hll.Offer, merchant: Merchant) -> HllCardRow:
-    """The card, if it may pay this offer to this merchant (before any MAC is checked)."""
-    if card is None or card.status is not CardStatus.ACTIVE:
-        raise InvalidPayment()
-    if _denomination(card) != offer.denomination:
-        raise InvalidPayment()
-    if card.currency != merchant.currency:
-        raise UnsupportedMethod("this merchant is paid in another currency")
-    return card
+    record = None
+    if earlier is not None:
+        online_digest = earlier.offer_digest if earlier.batch_id is None else None
+        record = hll.SpendRecord(merchant_id=earlier.merchant_id, offer_digest=online_digest)
+    return hll.is_online_retry(
+        record, merchant_id=checked.merchant.merchant_id, offer_digest=checked.offer_digest
+    )
 
 
 def _earlier_outcome(tx: Tx, key: bytes, digest: bytes) -> DepositOutcome:
@@ -481,8 +469,7 @@ def _earlier_outcome(tx: Tx, key: bytes, digest: bytes) -> DepositOutcome:
     earlier = tx.hll_batch(key)
     if earlier is None:  # claimed by a transaction that has not committed: cannot happen
         raise Conflict("the deposit batch is being settled")
-    if not constant_time_eq(earlier.digest, digest):
-        raise Conflict("batch id reused for another batch")
+    hll.check_resent_batch(earlier.digest, digest)
     return _stored_outcome(earlier.report)
 
 

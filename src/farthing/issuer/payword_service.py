@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 from farthing.core.clock import Clock
 from farthing.core.encoding import b64url_encode
-from farthing.core.errors import Conflict, ErrorCode, InvalidPayment, UnsupportedMethod
+from farthing.core.errors import Conflict, ErrorCode, InvalidPayment
 from farthing.core.money import Denomination
 from farthing.core.primitives import constant_time_eq, sha256
 from farthing.core.schemes import payword
@@ -185,21 +185,19 @@ class PaywordService:
         return user
 
     def redeem(self, merchant_id: str, redemption_bytes: bytes, tag: bytes) -> Redeemed:
+        """Pay a vendor's claim: the signatures and the chain are checked before the
+        transaction (:func:`~farthing.core.schemes.payword.broker_redeem`, from w_0), what
+        it earns inside it (:func:`~farthing.core.schemes.payword.judge_claim`)."""
         merchant = self._merchants.authenticate(
             merchant_id, tag, lambda key: redeem_request_tag(key, merchant_id, redemption_bytes)
         )
         redemption = payword.decode_redemption(redemption_bytes)
-        credit = payword.broker_redeem(
-            self._broker_public,
-            None,
-            redemption,
-            vendor_id=merchant.merchant_id,
-            now=self._clock.now(),
-        )
-        cid = payword.commitment_id(redemption.commitment)
         now = self._clock.now()
+        verified = payword.broker_redeem(
+            self._broker_public, None, redemption, vendor_id=merchant.merchant_id, now=now
+        )
         return self._store.run_in_transaction(
-            lambda tx: self._credit(tx, merchant, redemption, cid, credit.denomination, now)
+            lambda tx: self._credit(tx, merchant, redemption, verified, now)
         )
 
     def _credit(
@@ -207,18 +205,24 @@ class PaywordService:
         tx: Tx,
         merchant: Merchant,
         redemption: payword.Redemption,
-        cid: bytes,
-        denomination: Denomination,
+        verified: payword.BrokerCredit,
         now: int,
     ) -> Redeemed:
         user = self._known_user(tx, redemption.commitment.certificate)
-        payword.require_admitted(tx.payword_admitted(cid), redemption)
-        if not denomination.currency == user.currency == merchant.currency:
-            raise UnsupportedMethod("this vendor is paid in another currency")
-        if redemption.index == 0:  # the anchor itself: nothing to pay
-            return Redeemed(commitment_id=cid, index=0, credited_units=0, credited_micros=0)
+        cid = verified.state.commitment_id
+        credit = payword.judge_claim(
+            verified,
+            admitted=tx.payword_admitted(cid),
+            vendor_currency=merchant.currency,
+            user_currency=user.currency,
+        )
+        if not credit.credited_units:  # repeated, lower, or the anchor itself
+            return Redeemed(
+                commitment_id=cid, index=redemption.index, credited_units=0, credited_micros=0
+            )
+        # The store's compare-and-set has the last word when claims race.
         units = tx.payword_redeem(cid, merchant.merchant_id, user.user_id, redemption.index, now)
-        micros = units * denomination.unit_micros
+        micros = units * credit.denomination.unit_micros
         if units:
             reference = f"payword:{b64url_encode(cid)}:{redemption.index}"
             tx.post(

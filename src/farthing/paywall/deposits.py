@@ -231,7 +231,7 @@ class Depositor:
 
     def _settle_hll(self, batch_id: bytes, report: hll.DepositReport) -> dict[str, object]:
         """Close a batch's purchases by the bank's report (settled, or rejected if listed)."""
-        refused = {*report.duplicates, *report.invalid}
+        refused = hll.refused_items(report)  # they stay charged to their cards
         with self._store.transaction() as tx:
             tx.vendor_hll_settle_batch(batch_id, refused)
         return {

@@ -39,11 +39,14 @@ One purchase
 4. C sends the :class:`Purchase` (ID_C, CNT, sigma). M knows its own offer, so the
    payment does not repeat it.
 5. M cannot check sigma (it lacks K_C). Online mode: M forwards to B, which verifies
-   and settles at once (:meth:`HllBank.verify_online`). Deferred mode: M delivers without
-   B only for a card B vouches for, and only within two caps; otherwise it goes online
+   and settles at once (:func:`card_may_pay`, then :func:`judge_spend`). Deferred mode:
+   M delivers without B only for a card B vouches for, and only within two caps; otherwise
+   it goes online
    (:func:`decide_deferred`). It rejects local replays of (ID_C, CNT), and later deposits
    a :class:`DepositBatch` tagged with K_M; B verifies every sigma and reports each item
-   accepted, duplicate or invalid (:meth:`HllBank.deposit`, idempotent by batch id).
+   accepted, duplicate or invalid (:func:`judge_deposit_item`, :func:`judge_spend`,
+   :class:`DepositTally`; idempotent by batch id). The in-memory parties that play these
+   roles in tests are in :mod:`farthing.testing.hll`.
 
 The card certificate (our addition; the paper's abstract does not say how a merchant
 that delivers before B verifies knows a card exists). At personalisation B signs, with an
@@ -94,10 +97,8 @@ from farthing.core.errors import (
     InvalidPayment,
     LocalProtocolError,
     MalformedMessage,
-    NotFound,
     PaymentExpired,
     UnsupportedMethod,
-    WrongPin,
 )
 from farthing.core.money import Denomination
 from farthing.core.primitives import (
@@ -106,13 +107,14 @@ from farthing.core.primitives import (
     ed25519_sign,
     ed25519_verify,
     hmac_sha256,
-    sha256,
 )
+from farthing.core.retry import same_request
 
 __all__ = [
     "BATCH_ID_LEN",
     "CARD_ID_LEN",
     "DEFAULT_CHALLENGE_LEN",
+    "DEFAULT_DEPOSIT_WINDOW",
     "DOMAIN_CARD_CERTIFICATE",
     "DOMAIN_CARD_CERTIFICATE_BODY",
     "DOMAIN_CARD_CERTIFICATION_KEY",
@@ -130,6 +132,7 @@ __all__ = [
     "MAX_MERCHANT_ID_LEN",
     "MAX_PIN_TRIES",
     "MIN_CHALLENGE_LEN",
+    "BankCard",
     "CardCertificate",
     "CardKey",
     "CardKeyLookup",
@@ -138,19 +141,23 @@ __all__ = [
     "DeferredRisk",
     "DepositBatch",
     "DepositItem",
+    "DepositRefusal",
     "DepositReport",
-    "HllBank",
-    "HllMerchant",
+    "DepositTally",
     "Offer",
     "Purchase",
-    "SoftwareCard",
     "SoftwareCardKey",
+    "SpendRecord",
     "VerifiedPurchase",
     "authorize_purchase",
     "batch_tag",
     "card_certificate_body",
     "card_certification_key",
     "card_certification_public_key",
+    "card_may_pay",
+    "check_fresh",
+    "check_resent_batch",
+    "check_spend",
     "complete_purchase",
     "decide_deferred",
     "decode_batch",
@@ -164,11 +171,18 @@ __all__ = [
     "encode_offer",
     "encode_payment",
     "encode_report",
+    "is_online_retry",
+    "is_text",
+    "is_u64",
     "issue_card_certificate",
+    "judge_deposit_item",
+    "judge_spend",
     "make_offer",
     "new_card_id",
     "new_merchant_key",
     "purchase_message",
+    "refused_items",
+    "take_random",
     "verify_batch_tag",
     "verify_card_certificate",
     "verify_deposit_item",
@@ -189,7 +203,7 @@ MAX_PIN_TRIES: Final = 3
 MAX_BATCH_ITEMS: Final = 1000
 SIGNATURE_LEN: Final = 64
 _U64_MAX: Final = (1 << 64) - 1
-_DEFAULT_DEPOSIT_WINDOW: Final = 30 * 86400
+DEFAULT_DEPOSIT_WINDOW: Final = 30 * 86400
 
 DOMAIN_CARD_KEY: Final = "farthing/hll/card-key"
 DOMAIN_CARD_CERTIFICATION_KEY: Final = "farthing/hll/card-certification-key"
@@ -200,7 +214,6 @@ DOMAIN_PURCHASE: Final = "farthing/hll/purchase"
 DOMAIN_PAYMENT: Final = "farthing/hll/payment"
 DOMAIN_DEPOSIT: Final = "farthing/hll/deposit"
 DOMAIN_REPORT: Final = "farthing/hll/deposit-report"
-_DOMAIN_PIN: Final = "farthing/hll/pin"
 
 CardKeyLookup: TypeAlias = Callable[[bytes], bytes | None]
 """Maps a card id to its key K_C, or None for an unknown card (e.g. ``keys.get``)."""
@@ -246,26 +259,26 @@ def derive_card_key(master_key: bytes, card_id: bytes) -> bytes:
 
 def new_merchant_key(rng: RandomSource) -> bytes:
     """A fresh K_M, made by the bank and shared with one merchant."""
-    return _take(rng, KEY_LEN)
+    return take_random(rng, KEY_LEN)
 
 
 def new_card_id(rng: RandomSource) -> bytes:
     """A fresh random card id."""
-    return _take(rng, CARD_ID_LEN)
+    return take_random(rng, CARD_ID_LEN)
 
 
-def _take(rng: RandomSource, n: int) -> bytes:
+def take_random(rng: RandomSource, n: int) -> bytes:
     value = rng(n)
     if len(value) != n:
         raise ValueError("random source returned the wrong number of bytes")
     return value
 
 
-def _is_u64(value: object) -> bool:
+def is_u64(value: object) -> bool:
     return type(value) is int and 0 <= value <= _U64_MAX
 
 
-def _is_text(value: object, max_len: int) -> bool:
+def is_text(value: object, max_len: int) -> bool:
     """Non-empty canonical text (NFC, no control characters) of at most max_len bytes."""
     if not isinstance(value, str) or not value:
         return False
@@ -285,7 +298,7 @@ def _require(ok: bool, what: str) -> None:
         raise MalformedMessage(f"invalid {what}", code=ErrorCode.BAD_FIELD)
 
 
-def _check_fresh(offer: Offer, now: int) -> None:
+def check_fresh(offer: Offer, now: int) -> None:
     if now >= offer.expires_at:
         raise PaymentExpired("the offer has expired", code=ErrorCode.CHALLENGE_EXPIRED)
 
@@ -311,16 +324,16 @@ class Offer:
     _mac_body: bytes = field(default=b"", init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        _require(_is_text(self.merchant_id, MAX_MERCHANT_ID_LEN), "merchant id")
-        _require(_is_text(self.good, MAX_GOOD_LEN), "good")
-        _require(_is_u64(self.amount) and self.amount > 0, "amount")
+        _require(is_text(self.merchant_id, MAX_MERCHANT_ID_LEN), "merchant id")
+        _require(is_text(self.good, MAX_GOOD_LEN), "good")
+        _require(is_u64(self.amount) and self.amount > 0, "amount")
         _require(isinstance(self.denomination, Denomination), "denomination")
         _require(
             isinstance(self.challenge, bytes)
             and MIN_CHALLENGE_LEN <= len(self.challenge) <= MAX_CHALLENGE_LEN,
             "challenge",
         )
-        _require(_is_u64(self.expires_at), "expiry")
+        _require(is_u64(self.expires_at), "expiry")
         object.__setattr__(self, "_mac_body", _offer_mac_body(self))
 
 
@@ -343,7 +356,7 @@ def make_offer(
         good=good,
         amount=amount,
         denomination=denomination,
-        challenge=challenge if challenge is not None else _take(rng, DEFAULT_CHALLENGE_LEN),
+        challenge=challenge if challenge is not None else take_random(rng, DEFAULT_CHALLENGE_LEN),
         expires_at=now + ttl,
     )
 
@@ -432,7 +445,7 @@ class Purchase:
 
     def __post_init__(self) -> None:
         _require(isinstance(self.card_id, bytes) and len(self.card_id) == CARD_ID_LEN, "card id")
-        _require(_is_u64(self.counter), "counter")
+        _require(is_u64(self.counter), "counter")
         _require(isinstance(self.sigma, bytes) and len(self.sigma) == MAC_LEN, "MAC")
 
 
@@ -493,7 +506,7 @@ class CardCertificate:
     def __post_init__(self) -> None:
         _require(isinstance(self.card_id, bytes) and len(self.card_id) == CARD_ID_LEN, "card id")
         _require(isinstance(self.denomination, Denomination), "denomination")
-        _require(_is_u64(self.expires_at), "expiry")
+        _require(is_u64(self.expires_at), "expiry")
         _require(
             isinstance(self.signature, bytes) and len(self.signature) == SIGNATURE_LEN,
             "signature",
@@ -516,7 +529,7 @@ def issue_card_certificate(
     signing_key: bytes, *, card_id: bytes, denomination: Denomination, expires_at: int
 ) -> CardCertificate:
     """B's certificate for a card it personalised (``signing_key``: the Ed25519 seed)."""
-    if len(card_id) != CARD_ID_LEN or not _is_u64(expires_at):
+    if len(card_id) != CARD_ID_LEN or not is_u64(expires_at):
         raise ValueError("card id must be 16 bytes and the expiry a u64")
     body = card_certificate_body(card_id, denomination, expires_at)
     return CardCertificate(
@@ -660,7 +673,7 @@ def verify_purchase(
 ) -> VerifiedPurchase:
     """Check sigma for ``offer`` under K_C. Expired offer: PaymentExpired; anything else
     wrong: InvalidPayment. Does not check whether (ID_C, CNT) was seen before."""
-    _check_fresh(offer, now)
+    check_fresh(offer, now)
     return _check_mac(card_key, offer, purchase.card_id, purchase.counter, purchase.sigma)
 
 
@@ -672,7 +685,7 @@ def verify_purchase_bytes(
     ``key_for`` finds K_C by card id (a dict's ``get``, or a derivation from K_B); an
     unknown card is an InvalidPayment. Malformed bytes raise MalformedMessage.
     """
-    _check_fresh(offer, now)
+    check_fresh(offer, now)
     card_id, counter, sigma = _split_payment(payment)
     card_key = key_for(card_id)
     if card_key is None:
@@ -719,7 +732,7 @@ class CardState:
     def __post_init__(self) -> None:
         if not isinstance(self.card_id, bytes) or len(self.card_id) != CARD_ID_LEN:
             raise ValueError("card id must be 16 bytes")
-        if not (_is_u64(self.balance) and _is_u64(self.counter)):
+        if not (is_u64(self.balance) and is_u64(self.counter)):
             raise ValueError("balance and counter must be u64")
         if not 0 <= self.pin_tries_left <= MAX_PIN_TRIES:
             raise ValueError("pin_tries_left out of range")
@@ -735,7 +748,7 @@ def authorize_purchase(state: CardState, offer: Offer, now: int) -> tuple[CardSt
     """
     if state.pin_tries_left <= 0:
         raise CardLocked("the card is locked")
-    _check_fresh(offer, now)
+    check_fresh(offer, now)
     if offer.denomination != state.denomination:
         raise UnsupportedMethod("the card holds another denomination")
     if offer.amount <= 0:  # Offer forbids it; the card does not trust its host anyway
@@ -783,58 +796,6 @@ def _check_is_purchase_message(
         raise LocalProtocolError("not the purchase message to MAC")
 
 
-def _pin_digest(card_id: bytes, pin: str) -> bytes:
-    return sha256(Writer(_DOMAIN_PIN).bytes(card_id).text(pin).finish())
-
-
-class SoftwareCard:
-    """An in-memory card (key + state + PIN) for tests and the demo.
-
-    ``verify_pin`` opens the card for purchases until a wrong PIN; after
-    :data:`MAX_PIN_TRIES` wrong PINs in a row the card locks for good. A PIN digest is no
-    defence against offline guessing: the try counter (tamper resistance) is.
-    """
-
-    __slots__ = ("_key", "_pin_digest", "_state", "_unlocked")
-
-    def __init__(self, *, key: CardKey, state: CardState, pin: str) -> None:
-        self._key = key
-        self._state = state
-        self._pin_digest = _pin_digest(state.card_id, pin)
-        self._unlocked = False
-
-    @property
-    def state(self) -> CardState:
-        return self._state
-
-    def verify_pin(self, pin: str) -> None:
-        """Returns None, or raises WrongPin (with tries_left) or CardLocked."""
-        if self._state.pin_tries_left <= 0:
-            raise CardLocked("the card is locked")
-        if constant_time_eq(_pin_digest(self._state.card_id, pin), self._pin_digest):
-            self._state = replace(self._state, pin_tries_left=MAX_PIN_TRIES)
-            self._unlocked = True
-            return
-        tries_left = self._state.pin_tries_left - 1
-        self._state = replace(self._state, pin_tries_left=tries_left)
-        self._unlocked = False
-        if tries_left == 0:
-            raise CardLocked("too many wrong PINs; the card is locked")
-        raise WrongPin("wrong PIN", tries_left=tries_left)
-
-    def purchase(self, offer: Offer, now: int) -> Purchase:
-        """Pay ``offer``: the state moves first, then the MAC is released."""
-        if self._state.pin_tries_left <= 0:
-            raise CardLocked("the card is locked")
-        if not self._unlocked:
-            raise LocalProtocolError("verify the PIN first")
-        new_state, message = authorize_purchase(self._state, offer, now)
-        self._state = new_state
-        return complete_purchase(
-            new_state.card_id, new_state.counter, offer.challenge, self._key, message
-        )
-
-
 # --- deposits -----------------------------------------------------------------------------
 
 
@@ -856,7 +817,7 @@ class DepositBatch:
         _require(
             isinstance(self.batch_id, bytes) and len(self.batch_id) == BATCH_ID_LEN, "batch id"
         )
-        _require(_is_text(self.merchant_id, MAX_MERCHANT_ID_LEN), "merchant id")
+        _require(is_text(self.merchant_id, MAX_MERCHANT_ID_LEN), "merchant id")
         _require(
             isinstance(self.items, tuple)
             and len(self.items) <= MAX_BATCH_ITEMS
@@ -972,181 +933,173 @@ def _read_pairs(reader: Reader) -> tuple[tuple[bytes, int], ...]:
     )
 
 
-# --- the bank (in-memory reference) -------------------------------------------------------
+# --- the bank's rules ---------------------------------------------------------------------
 
 
-@dataclass(slots=True)
-class _CardAccount:
-    key: bytes
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BankCard:
+    """What the bank holds on one card when it judges a payment for it: K_C, the card's
+    denomination, whether it may pay at all (not blocked), and the units loaded and spent."""
+
+    key: bytes = field(repr=False)
+    denomination: Denomination
+    active: bool
     loaded: int
-    spent: int = 0
+    spent: int
+
+    @property
+    def remaining(self) -> int:
+        return self.loaded - self.spent
+
+
+class DepositRefusal(StrEnum):
+    """Why the bank did not accept one deposited item. The report says only duplicate or
+    invalid (:attr:`is_duplicate`); the reason is for the bank's own records and tests."""
+
+    DUPLICATE = "duplicate"  # (card, counter) accepted before
+    UNKNOWN_CARD = "unknown card"
+    BLOCKED = "card blocked"
+    DENOMINATION = "another denomination"
+    CURRENCY = "the merchant is paid in another currency"
+    TOO_LATE = "deposited after the window"
+    OVER_LOADED = "more than the card ever held"
+    BAD_MAC = "MAC did not verify"
+    OVERSPENT = "the card cannot cover it"
+
+    @property
+    def is_duplicate(self) -> bool:
+        return self is DepositRefusal.DUPLICATE
+
+
+def card_may_pay(card: BankCard | None, offer: Offer, *, merchant_currency: str) -> None:
+    """Whether ``card`` may pay ``offer`` to a merchant paid in ``merchant_currency``:
+    None, or raise. Unknown, blocked or of another denomination: InvalidPayment (the same
+    answer as a bad MAC); the merchant is paid in another currency: UnsupportedMethod. The
+    bank asks this after the MAC verified, then :func:`judge_spend` (spent before? covered?).
+    """
+    if card is None:
+        raise InvalidPayment()
+    refusal = _card_refusal(card, offer, merchant_currency=merchant_currency)
+    if refusal is DepositRefusal.CURRENCY:
+        raise UnsupportedMethod("this merchant is paid in another currency")
+    if refusal is not None:
+        raise InvalidPayment()
+
+
+def judge_deposit_item(
+    card: BankCard | None,
+    item: DepositItem,
+    *,
+    merchant_id: str,
+    merchant_currency: str,
+    now: int,
+    deposit_window: int,
+) -> VerifiedPurchase | DepositRefusal:
+    """The bank's judgement of one deposited item from the card alone (``card``: the item's
+    card, None if unknown): the verified purchase, or why it is refused.
+
+    Whether (card, counter) is new and the card still covers it is :func:`judge_spend`'s
+    question, asked next (storage answers it atomically with the same order). The spent
+    units are not read here, so a card's record may be loaded once per batch.
+    """
+    if card is None:
+        return DepositRefusal.UNKNOWN_CARD
+    refusal = _card_refusal(card, item.offer, merchant_currency=merchant_currency)
+    if refusal is not None:
+        return refusal
+    if now >= item.offer.expires_at + deposit_window:
+        return DepositRefusal.TOO_LATE
+    if item.offer.amount > card.loaded:
+        return DepositRefusal.OVER_LOADED
+    try:
+        return verify_deposit_item(lambda _card_id: card.key, merchant_id, item)
+    except InvalidPayment:
+        return DepositRefusal.BAD_MAC
+
+
+def _card_refusal(card: BankCard, offer: Offer, *, merchant_currency: str) -> DepositRefusal | None:
+    if not card.active:
+        return DepositRefusal.BLOCKED
+    if card.denomination != offer.denomination:
+        return DepositRefusal.DENOMINATION
+    if card.denomination.currency != merchant_currency:
+        return DepositRefusal.CURRENCY
+    return None
+
+
+def judge_spend(*, spent_before: bool, remaining: int, amount: int) -> DepositRefusal | None:
+    """Whether a verified purchase may be charged: a (card, counter) spent before is a
+    duplicate (checked first, so a replay is reported as one whatever the balance), then
+    the card must still cover ``amount``. None: charge it."""
+    if spent_before:
+        return DepositRefusal.DUPLICATE
+    if amount > remaining:
+        return DepositRefusal.OVERSPENT
+    return None
+
+
+def check_spend(*, spent_before: bool, remaining: int, amount: int) -> None:
+    """:func:`judge_spend` for an online payment: None, or Conflict(DUPLICATE_SPEND), or
+    InsufficientFunds."""
+    refusal = judge_spend(spent_before=spent_before, remaining=remaining, amount=amount)
+    if refusal is DepositRefusal.DUPLICATE:
+        raise Conflict("payment already spent", code=ErrorCode.DUPLICATE_SPEND)
+    if refusal is not None:
+        raise InsufficientFunds("card overspent")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SpendRecord:
+    """What the bank keeps of an accepted (card, counter): the merchant paid, and for an
+    online spend the digest of its offer (None for a deposited one)."""
+
+    merchant_id: str
+    offer_digest: bytes | None
+
+
+def is_online_retry(earlier: SpendRecord | None, *, merchant_id: str, offer_digest: bytes) -> bool:
+    """Is a duplicate (card, counter) this very purchase, settled online before for the
+    same merchant and offer (the merchant lost the answer and sent it again)? Then the bank
+    answers it as settled and charges nothing: the draft's idempotent retry, bounded by the
+    offer's expiry (checked with the MAC). Any other duplicate is refused."""
+    if earlier is None or earlier.merchant_id != merchant_id:
+        return False
+    return same_request(earlier.offer_digest, offer_digest)
 
 
 @dataclass(slots=True)
-class _DepositPlan:
-    """What one deposit will change, gathered before anything is applied."""
+class DepositTally:
+    """The bank's answer to one batch, built item by item in the batch's order."""
 
-    accepted: list[VerifiedPurchase] = field(default_factory=list)
+    accepted: list[tuple[bytes, int, int]] = field(default_factory=list)
     duplicates: list[tuple[bytes, int]] = field(default_factory=list)
     invalid: list[tuple[bytes, int]] = field(default_factory=list)
-    used: set[tuple[bytes, int]] = field(default_factory=set)
-    extra_spent: dict[bytes, int] = field(default_factory=dict)
 
     def accept(self, verified: VerifiedPurchase) -> None:
-        self.accepted.append(verified)
-        self.used.add((verified.card_id, verified.counter))
-        self.extra_spent[verified.card_id] = (
-            self.extra_spent.get(verified.card_id, 0) + verified.amount
-        )
+        self.accepted.append((verified.card_id, verified.counter, verified.amount))
+
+    def refuse(self, item: DepositItem, refusal: DepositRefusal) -> None:
+        pair = (item.purchase.card_id, item.purchase.counter)
+        (self.duplicates if refusal.is_duplicate else self.invalid).append(pair)
 
     def report(self, batch_id: bytes) -> DepositReport:
         return DepositReport(
             batch_id=batch_id,
-            accepted=tuple((v.card_id, v.counter, v.amount) for v in self.accepted),
+            accepted=tuple(self.accepted),
             duplicates=tuple(self.duplicates),
             invalid=tuple(self.invalid),
-            credited=sum(v.amount for v in self.accepted),
+            credited=sum(units for _, _, units in self.accepted),
         )
 
 
-class HllBank:
-    """The bank B in memory: the reference for the storage-backed issuer.
-
-    Accepts each (card, counter) once, online or by deposit; never lets a card's spent
-    total exceed its loaded value; remembers each deposit by (merchant, batch id) so a
-    resent batch gets the same report. One denomination per bank. Deposited items are
-    accepted up to ``deposit_window`` seconds after their offer expired.
-    """
-
-    def __init__(
-        self,
-        *,
-        denomination: Denomination,
-        deposit_window: int = _DEFAULT_DEPOSIT_WINDOW,
-        certification_key: bytes | None = None,
-    ) -> None:
-        self._denomination = denomination
-        self._certification_key = certification_key
-        self._deposit_window = deposit_window
-        self._cards: dict[bytes, _CardAccount] = {}
-        self._used: set[tuple[bytes, int]] = set()
-        self._merchant_keys: dict[str, bytes] = {}
-        self._credited: dict[str, int] = {}
-        self._batches: dict[tuple[str, bytes], tuple[bytes, DepositReport]] = {}
-
-    def register_card(self, card_id: bytes, card_key: bytes, loaded: int) -> None:
-        if len(card_id) != CARD_ID_LEN or len(card_key) != KEY_LEN or not _is_u64(loaded):
-            raise ValueError("card id 16 bytes, key 32 bytes, loaded value a u64")
-        if card_id in self._cards:
-            raise Conflict("card already registered")
-        self._cards[card_id] = _CardAccount(key=card_key, loaded=loaded)
-
-    def certify(self, card_id: bytes, expires_at: int) -> bytes:
-        """The encoded certificate of a registered card (needs ``certification_key``)."""
-        if self._certification_key is None or card_id not in self._cards:
-            raise LocalProtocolError("no certification key or no such card")
-        cert = issue_card_certificate(
-            self._certification_key,
-            card_id=card_id,
-            denomination=self._denomination,
-            expires_at=expires_at,
-        )
-        return encode_card_certificate(cert)
-
-    def register_merchant(self, merchant_id: str, merchant_key: bytes) -> None:
-        if not _is_text(merchant_id, MAX_MERCHANT_ID_LEN) or len(merchant_key) != KEY_LEN:
-            raise ValueError("merchant id must be canonical text and the key 32 bytes")
-        if merchant_id in self._merchant_keys:
-            raise Conflict("merchant already registered")
-        self._merchant_keys[merchant_id] = merchant_key
-        self._credited[merchant_id] = 0
-
-    def spent(self, card_id: bytes) -> int:
-        return self._cards[card_id].spent
-
-    def credited(self, merchant_id: str) -> int:
-        return self._credited[merchant_id]
-
-    def _key_for(self, card_id: bytes) -> bytes | None:
-        account = self._cards.get(card_id)
-        return None if account is None else account.key
-
-    def verify_online(self, offer: Offer, purchase: Purchase, now: int) -> VerifiedPurchase:
-        """Verify and settle one payment now, crediting ``offer.merchant_id``.
-
-        The caller (the HTTP edge) must have authenticated that merchant. Raises NotFound
-        (unknown merchant), PaymentExpired, InvalidPayment, Conflict(DUPLICATE_SPEND) for
-        a (card, counter) already accepted, InsufficientFunds past the loaded value.
-        """
-        if offer.merchant_id not in self._merchant_keys:
-            raise NotFound("unknown merchant")
-        card_key = self._key_for(purchase.card_id)
-        if card_key is None or offer.denomination != self._denomination:
-            raise InvalidPayment()
-        verified = verify_purchase(card_key, offer, purchase, now)
-        if (verified.card_id, verified.counter) in self._used:
-            raise Conflict("payment already spent", code=ErrorCode.DUPLICATE_SPEND)
-        if not self._covers(verified, 0):
-            raise InsufficientFunds("card overspent")
-        self._apply([verified], offer.merchant_id)
-        return verified
-
-    def deposit(self, batch: DepositBatch, tag: bytes, now: int) -> DepositReport:
-        """Settle a merchant's batch. Raises InvalidPayment(DEPOSIT_INVALID) for a bad
-        tag or unknown merchant, Conflict for a reused batch id with other contents;
-        the same batch again returns the first report and credits nothing new."""
-        merchant_key = self._merchant_keys.get(batch.merchant_id)
-        if merchant_key is None:
-            raise InvalidPayment("deposit did not verify", code=ErrorCode.DEPOSIT_INVALID)
-        verify_batch_tag(merchant_key, batch, tag)
-        digest = sha256(encode_batch(batch))
-        earlier = self._batches.get((batch.merchant_id, batch.batch_id))
-        if earlier is not None:
-            if not constant_time_eq(earlier[0], digest):
-                raise Conflict("batch id reused for another batch")
-            return earlier[1]
-        plan = self._plan(batch, now)
-        self._apply(plan.accepted, batch.merchant_id)
-        report = plan.report(batch.batch_id)
-        self._batches[(batch.merchant_id, batch.batch_id)] = (digest, report)
-        return report
-
-    def _plan(self, batch: DepositBatch, now: int) -> _DepositPlan:
-        plan = _DepositPlan()
-        for item in batch.items:
-            pair = (item.purchase.card_id, item.purchase.counter)
-            try:
-                verified = self._verify_item(batch.merchant_id, item, now)
-            except InvalidPayment:
-                plan.invalid.append(pair)
-                continue
-            if pair in self._used or pair in plan.used:
-                plan.duplicates.append(pair)
-            elif not self._covers(verified, plan.extra_spent.get(verified.card_id, 0)):
-                plan.invalid.append(pair)
-            else:
-                plan.accept(verified)
-        return plan
-
-    def _verify_item(self, merchant_id: str, item: DepositItem, now: int) -> VerifiedPurchase:
-        if item.offer.denomination != self._denomination:
-            raise InvalidPayment()
-        if now >= item.offer.expires_at + self._deposit_window:
-            raise InvalidPayment()
-        return verify_deposit_item(self._key_for, merchant_id, item)
-
-    def _covers(self, verified: VerifiedPurchase, pending: int) -> bool:
-        account = self._cards[verified.card_id]
-        return account.spent + pending + verified.amount <= account.loaded
-
-    def _apply(self, accepted: list[VerifiedPurchase], merchant_id: str) -> None:
-        for verified in accepted:
-            self._used.add((verified.card_id, verified.counter))
-            self._cards[verified.card_id].spent += verified.amount
-            self._credited[merchant_id] += verified.amount
+def check_resent_batch(earlier_digest: bytes, digest: bytes) -> None:
+    """A batch id sent again must come with the same batch (then the first report is the
+    answer); Conflict if it came with other items."""
+    if not constant_time_eq(earlier_digest, digest):
+        raise Conflict("batch id reused for another batch")
 
 
-# --- the merchant (deferred mode; in-memory reference) ------------------------------------
+# --- the merchant's rules (deferred mode) ------------------------------------
 
 
 class DeferredDecision(StrEnum):
@@ -1165,7 +1118,7 @@ class DeferredRisk:
     merchant_cap: int
 
     def __post_init__(self) -> None:
-        if not (_is_u64(self.limit) and _is_u64(self.merchant_cap)):
+        if not (is_u64(self.limit) and is_u64(self.merchant_cap)):
             raise ValueError("deferred risk limits must be u64")
         if self.limit <= 0 or self.merchant_cap <= 0:
             raise ValueError("deferred risk limits must be positive")
@@ -1181,6 +1134,14 @@ class DeferredRisk:
     def settle(self, outstanding: int, amount: int) -> int:
         """The outstanding total once the bank has answered for ``amount``."""
         return max(0, outstanding - amount)
+
+
+def refused_items(report: DepositReport) -> frozenset[tuple[bytes, int]]:
+    """The (card, counter) pairs the bank did not accept in ``report`` (duplicates and
+    invalid). Once a batch is answered, every item leaves the merchant's outstanding total
+    (``merchant_outstanding`` of :func:`decide_deferred`), but these stay charged against
+    their card's ``card_outstanding`` for good: a card that cheated stays charged."""
+    return frozenset((*report.duplicates, *report.invalid))
 
 
 def decide_deferred(
@@ -1221,153 +1182,3 @@ def decide_deferred(
     if not risk.fits(card_outstanding, merchant_outstanding, offer.amount):
         return DeferredDecision.ONLINE
     return DeferredDecision.DEFER
-
-
-class HllMerchant:
-    """The merchant M in memory: makes offers, accepts payments, builds deposit batches.
-
-    Deferred mode (:meth:`accept_deferred`) cannot check sigma (no K_C): it checks that
-    the offer is its own, open and unexpired, that (card, counter) is new here, and asks
-    :func:`decide_deferred` (B's card certificate, the per-card and per-merchant caps).
-    When the answer is ONLINE it raises RISK_LIMIT with nothing changed, so the caller
-    goes online with the same payment (:meth:`accept_online`); :meth:`accept` does both.
-    """
-
-    def __init__(
-        self,
-        *,
-        merchant_id: str,
-        merchant_key: bytes,
-        rng: RandomSource,
-        risk: DeferredRisk,
-        bank_public_key: bytes,
-        offer_ttl: int = 300,
-    ) -> None:
-        self.merchant_id = merchant_id
-        self._key = merchant_key
-        self._rng = rng
-        self._risk = risk
-        self._bank_public_key = bank_public_key
-        self._ttl = offer_ttl
-        self._open: dict[bytes, Offer] = {}
-        self._seen: set[tuple[bytes, int]] = set()
-        self._outstanding: dict[bytes, int] = {}
-        self._pending: list[DepositItem] = []
-        self._unsettled: dict[bytes, DepositBatch] = {}
-
-    def offer(self, *, good: str, amount: int, denomination: Denomination, now: int) -> Offer:
-        self._open = {t: o for t, o in self._open.items() if now < o.expires_at}
-        offer = make_offer(
-            merchant_id=self.merchant_id,
-            good=good,
-            amount=amount,
-            denomination=denomination,
-            rng=self._rng,
-            now=now,
-            ttl=self._ttl,
-        )
-        self._open[offer.challenge] = offer
-        return offer
-
-    def outstanding(self, card_id: bytes) -> int:
-        return self._outstanding.get(card_id, 0)
-
-    def _check_acceptable(self, offer: Offer, purchase: Purchase, now: int) -> None:
-        if self._open.get(offer.challenge) != offer:
-            raise InvalidPayment("unknown or used offer", code=ErrorCode.CHALLENGE_INVALID)
-        _check_fresh(offer, now)
-        if purchase.counter == 0:
-            raise InvalidPayment()
-        if (purchase.card_id, purchase.counter) in self._seen:
-            raise Conflict("payment already spent", code=ErrorCode.DUPLICATE_SPEND)
-
-    def _consume(self, offer: Offer, purchase: Purchase) -> None:
-        del self._open[offer.challenge]
-        self._seen.add((purchase.card_id, purchase.counter))
-
-    def outstanding_total(self) -> int:
-        """Units all cards owe this merchant in deferred payments the bank has not answered."""
-        return sum(self._outstanding.values())
-
-    def accept_deferred(
-        self, offer: Offer, purchase: Purchase, now: int, *, certificate: bytes | None
-    ) -> None:
-        """Accept without the bank (the payment joins the next deposit batch), or raise
-        InsufficientFunds(RISK_LIMIT) when :func:`decide_deferred` says go online."""
-        self._check_acceptable(offer, purchase, now)
-        card_outstanding = self.outstanding(purchase.card_id)
-        decision = decide_deferred(
-            risk=self._risk,
-            bank_public_key=self._bank_public_key,
-            certificate=certificate,
-            offer=offer,
-            purchase=purchase,
-            now=now,
-            card_outstanding=card_outstanding,
-            merchant_outstanding=self.outstanding_total(),
-        )
-        if decision is not DeferredDecision.DEFER:
-            raise InsufficientFunds(
-                "not vouched for or over the deferred risk caps: verify online",
-                code=ErrorCode.RISK_LIMIT,
-            )
-        self._consume(offer, purchase)
-        self._outstanding[purchase.card_id] = card_outstanding + offer.amount
-        self._pending.append(DepositItem(offer=offer, purchase=purchase))
-
-    def accept(
-        self,
-        offer: Offer,
-        purchase: Purchase,
-        now: int,
-        *,
-        certificate: bytes | None,
-        verify_online: Callable[[Offer, Purchase, int], VerifiedPurchase],
-    ) -> DeferredDecision:
-        """Deferred where :func:`decide_deferred` allows it, else online; how it was taken."""
-        try:
-            self.accept_deferred(offer, purchase, now, certificate=certificate)
-        except InsufficientFunds as error:
-            if error.code is not ErrorCode.RISK_LIMIT:
-                raise
-            self.accept_online(offer, purchase, now, verify_online)
-            return DeferredDecision.ONLINE
-        return DeferredDecision.DEFER
-
-    def accept_online(
-        self,
-        offer: Offer,
-        purchase: Purchase,
-        now: int,
-        verify_online: Callable[[Offer, Purchase, int], VerifiedPurchase],
-    ) -> VerifiedPurchase:
-        """Ask the bank first (e.g. ``bank.verify_online``); it settles, so no deposit."""
-        self._check_acceptable(offer, purchase, now)
-        verified = verify_online(offer, purchase, now)
-        self._consume(offer, purchase)
-        return verified
-
-    def make_deposit(self) -> tuple[DepositBatch, bytes]:
-        """Everything accepted in deferred mode since the last batch, with its tag.
-
-        Keep resending the same (batch, tag) until a report arrives; the bank is idempotent.
-        """
-        batch = DepositBatch(
-            batch_id=_take(self._rng, BATCH_ID_LEN),
-            merchant_id=self.merchant_id,
-            items=tuple(self._pending[:MAX_BATCH_ITEMS]),
-        )
-        del self._pending[:MAX_BATCH_ITEMS]
-        self._unsettled[batch.batch_id] = batch
-        return batch, batch_tag(self._key, batch)
-
-    def settle(self, report: DepositReport) -> None:
-        """The bank answered for a batch: its items no longer count against risk."""
-        batch = self._unsettled.pop(report.batch_id, None)
-        if batch is None:
-            raise LocalProtocolError("no such unsettled batch")
-        for item in batch.items:
-            card_id = item.purchase.card_id
-            self._outstanding[card_id] = self._risk.settle(
-                self.outstanding(card_id), item.offer.amount
-            )

@@ -58,15 +58,15 @@ from farthing.core.clock import RandomSource
 from farthing.core.encoding import Reader, Writer
 from farthing.core.errors import (
     AccessDenied,
-    CardExhausted,
     ErrorCode,
     InsufficientFunds,
     InvalidPayment,
     LocalProtocolError,
     MalformedMessage,
     PaymentExpired,
+    UnsupportedMethod,
 )
-from farthing.core.hashchain import ChainWalker, chain_anchor, chain_step, chain_walk
+from farthing.core.hashchain import chain_anchor, chain_step, chain_walk
 from farthing.core.money import Denomination
 from farthing.core.primitives import (
     constant_time_eq,
@@ -93,6 +93,7 @@ __all__ = [
     "MAX_LENGTH",
     "PAYMENT_DOMAIN",
     "REDEMPTION_DOMAIN",
+    "VALUE_LEN",
     "BrokerCredit",
     "Certificate",
     "Commitment",
@@ -100,14 +101,8 @@ __all__ = [
     "OpenCommitment",
     "Payment",
     "PaywordAccepted",
-    "PaywordBroker",
-    "PaywordSpender",
-    "PaywordVendor",
-    "PaywordWallet",
     "Redemption",
     "RedemptionState",
-    "Reservation",
-    "SpenderState",
     "accept_commitment",
     "admit_commitment",
     "broker_redeem",
@@ -124,6 +119,7 @@ __all__ = [
     "encode_payment",
     "encode_redemption",
     "issue_certificate",
+    "judge_claim",
     "require_admitted",
     "verify_certificate",
     "verify_payment",
@@ -145,7 +141,7 @@ DEFAULT_REDEEM_WINDOW: Final = 30 * 86_400  # vendors redeem after a commitment 
 
 _KEY_LEN: Final = 32
 _SIG_LEN: Final = 64
-_VALUE_LEN: Final = 32
+VALUE_LEN: Final = 32
 _ID_LEN: Final = 32
 _NONCE_LEN: Final = 16
 _MAX_NAME: Final = 255
@@ -294,7 +290,7 @@ def decode_commitment(data: bytes) -> Commitment:
     commitment = Commitment(
         vendor_id=_read_name(reader),
         certificate=decode_certificate(reader.bytes(max_len=_MAX_CERTIFICATE)),
-        anchor=reader.bytes(exact=_VALUE_LEN),
+        anchor=reader.bytes(exact=VALUE_LEN),
         length=_read_length(reader),
         denomination=_read_denomination(reader),
         expires_at=reader.u64(),
@@ -323,7 +319,7 @@ def commit(
     ``now`` but never after the certificate; its units default to the certificate's.
     """
     _check_name(vendor_id)
-    if len(seed) != _VALUE_LEN or not 1 <= length <= MAX_LENGTH or ttl < 1:
+    if len(seed) != VALUE_LEN or not 1 <= length <= MAX_LENGTH or ttl < 1:
         raise ValueError("a commitment needs a 32-byte seed, a valid length and a positive ttl")
     if not constant_time_eq(ed25519_public_key(user_private), cert.user_public_key):
         raise ValueError("the private key does not match the certificate")
@@ -554,7 +550,7 @@ def decode_redemption(data: bytes) -> Redemption:
     redemption = Redemption(
         commitment=decode_commitment(reader.bytes(max_len=_MAX_COMMITMENT)),
         index=reader.u64(),
-        value=reader.bytes(exact=_VALUE_LEN),
+        value=reader.bytes(exact=VALUE_LEN),
     )
     reader.finish()
     return redemption
@@ -721,282 +717,37 @@ def admit_commitment(
 def require_admitted(admitted: OpenCommitment | None, redemption: Redemption) -> None:
     """The broker pays only for commitments it admitted (:func:`admit_commitment`), so the
     credit limit bounds what it owes: InvalidPayment(DEPOSIT_INVALID) otherwise."""
-    if admitted is None or not constant_time_eq(
-        admitted.commitment_id, commitment_id(redemption.commitment)
-    ):
+    _require_admitted(admitted, commitment_id(redemption.commitment))
+
+
+def _require_admitted(admitted: OpenCommitment | None, cid: bytes) -> OpenCommitment:
+    if admitted is None or not constant_time_eq(admitted.commitment_id, cid):
         raise InvalidPayment(
             "the broker never admitted this commitment", code=ErrorCode.DEPOSIT_INVALID
         )
+    return admitted
 
 
-# --- the user's side ---------------------------------------------------------------------
+def judge_claim(
+    credit: BrokerCredit,
+    *,
+    admitted: OpenCommitment | None,
+    vendor_currency: str,
+    user_currency: str,
+) -> BrokerCredit:
+    """The broker's judgement of a redemption that verified (``credit``, from
+    :func:`broker_redeem` checked from w_0): what it pays, given what the broker keeps.
 
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SpenderState:
-    """What the wallet persists (write-ahead) per commitment besides the seed: ``spent``."""
-
-    commitment_id: bytes
-    spent: int
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Reservation:
-    """A payment and the wallet state to persist *before* the payment is sent."""
-
-    payment: Payment
-    state: SpenderState
-
-
-class PaywordSpender:
-    """Produces the paywords of one commitment in order (w_1, w_2, ... from the seed w_N).
-
-    Persist ``seed`` and the commitment once, then each reservation's ``state`` before
-    sending its payment; rebuild with ``spent`` after a restart. Not thread-safe.
+    Only a commitment it admitted (``admitted``, with the index redeemed so far) is paid
+    (:func:`require_admitted`); the vendor, the user and the commitment must share one
+    currency (UnsupportedMethod); the credit is the units above the index redeemed so far
+    (0 for a repeated or lower claim, or the anchor itself).
     """
-
-    __slots__ = ("_commitment", "_commitment_id", "_seed", "_spent", "_walker")
-
-    def __init__(self, commitment: Commitment, seed: bytes, *, spent: int = 0) -> None:
-        if not 0 <= spent <= commitment.length:
-            raise ValueError("spent out of range")
-        self._walker = ChainWalker(CHAIN_TAG, seed, commitment.length)
-        if not constant_time_eq(self._walker.value(0), commitment.anchor):
-            raise ValueError("seed does not match the commitment")
-        self._commitment = commitment
-        self._commitment_id = commitment_id(commitment)
-        self._seed = seed
-        self._spent = spent
-
-    @property
-    def commitment(self) -> Commitment:
-        return self._commitment
-
-    @property
-    def commitment_id(self) -> bytes:
-        return self._commitment_id
-
-    @property
-    def seed(self) -> bytes:
-        return self._seed
-
-    @property
-    def spent(self) -> int:
-        return self._spent
-
-    @property
-    def remaining(self) -> int:
-        return self._commitment.length - self._spent
-
-    def reserve(self, units: int, *, now: int) -> Reservation:
-        """The next payment of ``units`` units; the index advances at once, never reused."""
-        if units < 1:
-            raise ValueError("units must be positive")
-        if now >= self._commitment.expires_at:
-            raise CardExhausted("commitment expired", code=ErrorCode.CARD_EXPIRED)
-        if units > self.remaining:
-            raise CardExhausted("commitment has too few units left")
-        index = self._spent + units
-        payment = Payment(
-            commitment_id=self._commitment_id, index=index, value=self._walker.value(index)
-        )
-        self._spent = index
-        return Reservation(
-            payment=payment, state=SpenderState(commitment_id=self._commitment_id, spent=index)
-        )
-
-
-class PaywordWallet:
-    """The user: one certificate, one commitment (spender) per vendor."""
-
-    __slots__ = ("_certificate", "_private_key", "_spenders")
-
-    def __init__(self, *, private_key: bytes, certificate: Certificate) -> None:
-        self._private_key = private_key
-        self._certificate = certificate
-        self._spenders: dict[str, PaywordSpender] = {}
-
-    @property
-    def certificate(self) -> Certificate:
-        return self._certificate
-
-    def open(
-        self,
-        vendor_id: str,
-        *,
-        length: int,
-        now: int,
-        ttl: int,
-        rng: RandomSource,
-        denomination: Denomination | None = None,
-    ) -> PaywordSpender:
-        """Make a fresh chain and commitment for ``vendor_id`` (replacing any earlier one)."""
-        seed = rng(_VALUE_LEN)
-        commitment = commit(
-            self._private_key,
-            self._certificate,
-            vendor_id=vendor_id,
-            seed=seed,
-            length=length,
-            now=now,
-            ttl=ttl,
-            rng=rng,
-            denomination=denomination,
-        )
-        spender = PaywordSpender(commitment, seed)
-        self._spenders[vendor_id] = spender
-        return spender
-
-    def spender(self, vendor_id: str) -> PaywordSpender | None:
-        return self._spenders.get(vendor_id)
-
-    def reserve(self, vendor_id: str, units: int, *, now: int) -> Reservation:
-        spender = self._spenders.get(vendor_id)
-        if spender is None:
-            raise CardExhausted("no commitment for this vendor")
-        return spender.reserve(units, now=now)
-
-
-# --- in-memory reference parties ---------------------------------------------------------
-
-
-class PaywordVendor:
-    """Reference vendor: verifies commitments once and paywords per request, in memory."""
-
-    __slots__ = ("_broker_public", "_commitments", "_max_units", "_states", "_vendor_id")
-
-    def __init__(
-        self, *, vendor_id: str, broker_public: bytes, max_units: int = DEFAULT_MAX_UNITS
-    ) -> None:
-        self._vendor_id = vendor_id
-        self._broker_public = broker_public
-        self._max_units = max_units
-        self._states: dict[bytes, CommitmentState] = {}
-        self._commitments: dict[bytes, Commitment] = {}
-
-    @property
-    def vendor_id(self) -> str:
-        return self._vendor_id
-
-    def accept_commitment(self, data: bytes, *, now: int) -> CommitmentState:
-        """Verify and store a new commitment; a known one keeps its state (no reset)."""
-        commitment = decode_commitment(data)
-        cid = commitment_id(commitment)
-        known = self._states.get(cid)
-        if known is not None:
-            return known
-        state = accept_commitment(
-            self._broker_public, commitment, vendor_id=self._vendor_id, now=now
-        )
-        self._states[cid] = state
-        self._commitments[cid] = commitment
-        return state
-
-    def receive(self, data: bytes, *, units: int, now: int) -> PaywordAccepted:
-        state, receipt = verify_payment_bytes(
-            self._states.get, data, units=units, now=now, max_units=self._max_units
-        )
-        self._states[state.commitment_id] = state
-        return receipt
-
-    def state(self, cid: bytes) -> CommitmentState | None:
-        return self._states.get(cid)
-
-    def redemption(self, cid: bytes) -> Redemption:
-        state = self._states.get(cid)
-        if state is None:
-            raise LocalProtocolError("unknown commitment")
-        return Redemption(
-            commitment=self._commitments[cid], index=state.spent, value=state.last_value
-        )
-
-    def redemptions(self) -> list[Redemption]:
-        """One claim per commitment that has taken any payment."""
-        return [self.redemption(cid) for cid, state in self._states.items() if state.spent]
-
-
-class PaywordBroker:
-    """Reference broker: issues certificates, redeems claims, keeps accounts in micros."""
-
-    __slots__ = (
-        "_accounts",
-        "_broker_id",
-        "_private_key",
-        "_public_key",
-        "_redeem_window",
-        "_redeemed",
-    )
-
-    def __init__(
-        self,
-        *,
-        broker_id: str,
-        private_key: bytes,
-        redeem_window: int = DEFAULT_REDEEM_WINDOW,
-    ) -> None:
-        self._broker_id = broker_id
-        self._private_key = private_key
-        self._public_key = ed25519_public_key(private_key)
-        self._redeem_window = redeem_window
-        self._redeemed: dict[bytes, RedemptionState] = {}
-        # (role, party id, currency) -> micros credited to a vendor / billed to a user
-        self._accounts: dict[tuple[str, str, str], int] = {}
-
-    @property
-    def public_key(self) -> bytes:
-        return self._public_key
-
-    def issue(
-        self,
-        *,
-        user_id: str,
-        user_public_key: bytes,
-        credit_limit: int,
-        denomination: Denomination,
-        now: int,
-        ttl: int,
-    ) -> Certificate:
-        return issue_certificate(
-            self._private_key,
-            broker_id=self._broker_id,
-            user_id=user_id,
-            user_public_key=user_public_key,
-            credit_limit=credit_limit,
-            denomination=denomination,
-            expires_at=now + ttl,
-        )
-
-    def redeem(self, data: bytes, *, vendor_id: str, now: int) -> BrokerCredit:
-        """Redeem encoded claim bytes for the authenticated ``vendor_id``."""
-        redemption = decode_redemption(data)
-        cid = commitment_id(redemption.commitment)
-        credit = broker_redeem(
-            self.public_key,
-            self._redeemed.get(cid),
-            redemption,
-            vendor_id=vendor_id,
-            now=now,
-            redeem_window=self._redeem_window,
-        )
-        self._redeemed[cid] = credit.state
-        currency = credit.denomination.currency
-        self._add(("vendor", credit.vendor_id, currency), credit.credited_micros)
-        self._add(("user", credit.user_id, currency), credit.credited_micros)
-        return credit
-
-    def redeemed(self, cid: bytes) -> RedemptionState | None:
-        return self._redeemed.get(cid)
-
-    def vendor_credit(self, vendor_id: str, currency: str) -> int:
-        """Micros of ``currency`` owed to the vendor."""
-        return self._accounts.get(("vendor", vendor_id, currency), 0)
-
-    def user_debit(self, user_id: str, currency: str) -> int:
-        """Micros of ``currency`` to bill the user."""
-        return self._accounts.get(("user", user_id, currency), 0)
-
-    def _add(self, key: tuple[str, str, str], micros: int) -> None:
-        self._accounts[key] = self._accounts.get(key, 0) + micros
+    admitted = _require_admitted(admitted, credit.state.commitment_id)
+    if not credit.denomination.currency == user_currency == vendor_currency:
+        raise UnsupportedMethod("this vendor is paid in another currency")
+    units = max(0, credit.state.redeemed_index - admitted.redeemed)
+    return replace(credit, credited_units=units)
 
 
 # --- field helpers -----------------------------------------------------------------------

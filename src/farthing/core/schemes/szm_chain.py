@@ -69,7 +69,6 @@ from farthing.core.clock import RandomSource
 from farthing.core.encoding import Writer, header
 from farthing.core.errors import (
     CardExhausted,
-    Conflict,
     InvalidPayment,
     PaymentExpired,
 )
@@ -93,7 +92,6 @@ __all__ = [
     "ChainAccepted",
     "ChainCard",
     "ChainCardState",
-    "ChainVerifier",
     "KeyMode",
     "Payment",
     "card_from_code",
@@ -404,37 +402,6 @@ def _verify(
         request, 0 if request is None else paid,
     )  # fmt: skip
     return new_state, ChainAccepted(card_id, index, paid, _RECEIPT)
-
-
-class ChainVerifier:
-    """In-memory reference issuer: a dict of card states driven by the pure functions.
-
-    Adapters do the same against a database (conditional update on ``spent``).
-    """
-
-    __slots__ = ("_max_units", "_states")
-
-    def __init__(self, *, max_units: int = DEFAULT_MAX_UNITS) -> None:
-        self._states: dict[bytes, ChainCardState] = {}
-        self._max_units = max_units
-
-    def add(self, state: ChainCardState) -> None:
-        if state.card_id in self._states:
-            raise Conflict("card already registered")
-        self._states[state.card_id] = state
-
-    def state(self, card_id: bytes) -> ChainCardState | None:
-        return self._states.get(card_id)
-
-    def verify(self, payment: Payment, *, units: int, now: int) -> ChainAccepted:
-        return self.verify_bytes(encode_payment(payment), units=units, now=now)
-
-    def verify_bytes(self, data: bytes, *, units: int, now: int) -> ChainAccepted:
-        new_state, receipt = verify_payment_bytes(
-            self._states.get, data, units=units, now=now, max_units=self._max_units
-        )
-        self._states[new_state.card_id] = new_state
-        return receipt
 
 
 # --- per-payment keys --------------------------------------------------------------------

@@ -64,7 +64,6 @@ from farthing.core.clock import RandomSource
 from farthing.core.encoding import header
 from farthing.core.errors import (
     CardExhausted,
-    Conflict,
     InvalidPayment,
     LocalProtocolError,
     PaymentExpired,
@@ -101,7 +100,6 @@ __all__ = [
     "PrbgAccepted",
     "PrbgCard",
     "PrbgCardState",
-    "PrbgVerifier",
     "card_from_code",
     "card_payment_key",
     "card_secret",
@@ -472,54 +470,6 @@ def _verify(
         last_units=0 if request is None else paid,
     )
     return new_state, PrbgAccepted(card_id, index, paid, _RECEIPT)
-
-
-class PrbgVerifier:
-    """In-memory reference issuer: a dict of card states driven by the pure functions."""
-
-    __slots__ = ("_bbs_key", "_master_key", "_max_units", "_states")
-
-    def __init__(
-        self,
-        master_key: bytes,
-        *,
-        bbs_key: BbsKey | None = None,
-        max_units: int = DEFAULT_MAX_UNITS,
-    ) -> None:
-        self._master_key = master_key
-        self._bbs_key = bbs_key
-        self._max_units = max_units
-        self._states: dict[bytes, PrbgCardState] = {}
-
-    def add(self, state: PrbgCardState) -> None:
-        if state.card_id in self._states:
-            raise Conflict("card already registered")
-        self._states[state.card_id] = state
-
-    def state(self, card_id: bytes) -> PrbgCardState | None:
-        return self._states.get(card_id)
-
-    def verify(self, payment: Payment, *, units: int, now: int) -> PrbgAccepted:
-        return self.verify_bytes(encode_payment(payment), units=units, now=now)
-
-    def verify_bytes(self, data: bytes, *, units: int, now: int) -> PrbgAccepted:
-        new_state, receipt = verify_payment_bytes(
-            self._states.get,
-            data,
-            master_key=self._master_key,
-            units=units,
-            now=now,
-            bbs_key=self._bbs_key,
-            max_units=self._max_units,
-        )
-        self._states[new_state.card_id] = new_state
-        return receipt
-
-    def payment_key(self, card_id: bytes, index: int) -> bytes:
-        state = self._states.get(card_id)
-        if state is None:
-            raise InvalidPayment()
-        return issuer_payment_key(self._master_key, state, index, bbs_key=self._bbs_key)
 
 
 # --- per-payment keys --------------------------------------------------------------------

@@ -7,6 +7,12 @@
   module uses the core only, see tests/test_layers.py)
 - :class:`SoftwareWrappingKey`: what a PKCS#11 token does at HLL personalisation (an RSA key
   pair the bank wraps K_C to), in memory, for a software card in tests and the demo.
+
+The schemes' parties in memory, driven by the core's rules alone (as trio.testing ships
+trio's test doubles): :mod:`farthing.testing.hll` (card, bank, merchant),
+:mod:`farthing.testing.payword` (user, vendor, broker), :mod:`farthing.testing.szm` (the
+SZM issuers). They are the reference the services follow; tests/issuer/test_differential.py
+compares them.
 """
 
 from __future__ import annotations

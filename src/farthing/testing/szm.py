@@ -1,0 +1,89 @@
+"""In-memory SZM issuers (hash chain and PRG): a dict of card states driven by the core's
+pure verifiers, the reference the storage-backed issuer and the vendor's card books follow
+(they do the same with a conditional update on ``spent``)."""
+
+from __future__ import annotations
+
+from farthing.core.errors import Conflict, InvalidPayment
+from farthing.core.prbg import BbsKey
+from farthing.core.schemes import szm_chain, szm_prbg
+
+__all__ = ["ChainVerifier", "PrbgVerifier"]
+
+
+class ChainVerifier:
+    """In-memory reference issuer of hash-chain cards."""
+
+    __slots__ = ("_max_units", "_states")
+
+    def __init__(self, *, max_units: int = szm_chain.DEFAULT_MAX_UNITS) -> None:
+        self._states: dict[bytes, szm_chain.ChainCardState] = {}
+        self._max_units = max_units
+
+    def add(self, state: szm_chain.ChainCardState) -> None:
+        if state.card_id in self._states:
+            raise Conflict("card already registered")
+        self._states[state.card_id] = state
+
+    def state(self, card_id: bytes) -> szm_chain.ChainCardState | None:
+        return self._states.get(card_id)
+
+    def verify(
+        self, payment: szm_chain.Payment, *, units: int, now: int
+    ) -> szm_chain.ChainAccepted:
+        return self.verify_bytes(szm_chain.encode_payment(payment), units=units, now=now)
+
+    def verify_bytes(self, data: bytes, *, units: int, now: int) -> szm_chain.ChainAccepted:
+        new_state, receipt = szm_chain.verify_payment_bytes(
+            self._states.get, data, units=units, now=now, max_units=self._max_units
+        )
+        self._states[new_state.card_id] = new_state
+        return receipt
+
+
+class PrbgVerifier:
+    """In-memory reference issuer of PRG cards."""
+
+    __slots__ = ("_bbs_key", "_master_key", "_max_units", "_states")
+
+    def __init__(
+        self,
+        master_key: bytes,
+        *,
+        bbs_key: BbsKey | None = None,
+        max_units: int = szm_prbg.DEFAULT_MAX_UNITS,
+    ) -> None:
+        self._master_key = master_key
+        self._bbs_key = bbs_key
+        self._max_units = max_units
+        self._states: dict[bytes, szm_prbg.PrbgCardState] = {}
+
+    def add(self, state: szm_prbg.PrbgCardState) -> None:
+        if state.card_id in self._states:
+            raise Conflict("card already registered")
+        self._states[state.card_id] = state
+
+    def state(self, card_id: bytes) -> szm_prbg.PrbgCardState | None:
+        return self._states.get(card_id)
+
+    def verify(self, payment: szm_prbg.Payment, *, units: int, now: int) -> szm_prbg.PrbgAccepted:
+        return self.verify_bytes(szm_prbg.encode_payment(payment), units=units, now=now)
+
+    def verify_bytes(self, data: bytes, *, units: int, now: int) -> szm_prbg.PrbgAccepted:
+        new_state, receipt = szm_prbg.verify_payment_bytes(
+            self._states.get,
+            data,
+            master_key=self._master_key,
+            units=units,
+            now=now,
+            bbs_key=self._bbs_key,
+            max_units=self._max_units,
+        )
+        self._states[new_state.card_id] = new_state
+        return receipt
+
+    def payment_key(self, card_id: bytes, index: int) -> bytes:
+        state = self._states.get(card_id)
+        if state is None:
+            raise InvalidPayment()
+        return szm_prbg.issuer_payment_key(self._master_key, state, index, bbs_key=self._bbs_key)
