@@ -18,7 +18,7 @@ from farthing.core.schemes import szm_chain
 from farthing.core.sealing import open_sealed
 from farthing.http.payment_auth import Credential, Receipt, format_credential, parse_challenges
 from farthing.paywall.methods.offline import OfflineMethod
-from farthing.paywall.methods.szm import ChainScheme
+from farthing.paywall.methods.szm import SzmScheme
 from farthing.paywall.middleware import Paywall
 from farthing.paywall.pricing import Price, PriceTable
 from farthing.testing import DeterministicRandom, FixedClock, MemoryCardBook
@@ -49,7 +49,7 @@ def setup(clock: FixedClock) -> tuple[Paywall, MemoryCardBook, szm_chain.ChainCa
         app,
         realm="news",
         prices=prices,
-        methods=[OfflineMethod(ChainScheme(MASTER), book)],  # type: ignore[arg-type]
+        methods=[OfflineMethod(SzmScheme.chain(MASTER), book)],  # type: ignore[arg-type]
         challenge_secret=b"s" * 32,
         clock=clock,
         rng=DeterministicRandom("v"),
@@ -159,7 +159,7 @@ async def test_stale_cache_is_repaired_by_the_conditional_update() -> None:
         paywall_a.app,
         realm="news",
         prices=paywall_a.prices,
-        methods=[OfflineMethod(ChainScheme(MASTER), book)],  # type: ignore[arg-type]
+        methods=[OfflineMethod(SzmScheme.chain(MASTER), book)],  # type: ignore[arg-type]
         challenge_secret=b"s" * 32,
         clock=clock,
         rng=DeterministicRandom("w"),
