@@ -119,6 +119,13 @@ class Members:
         except MalformedMessage:
             raise self._bad(name, "is not base64url") from None
 
+    def identifier(self, name: str, *, size: int) -> bytes:
+        """A base64url id of exactly ``size`` bytes (a card or commitment id)."""
+        value = self.blob(name, max_len=-(-size * 4 // 3))
+        if len(value) != size:
+            raise self._bad(name, f"is not {size} bytes")
+        return value
+
     def optional_blob(self, name: str, *, max_len: int) -> bytes | None:
         """Like :meth:`blob`, or None when the member is absent."""
         return self.blob(name, max_len=max_len) if name in self._obj else None

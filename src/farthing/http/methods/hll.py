@@ -165,7 +165,7 @@ class HllReceipt:
         members = receipt_members(obj)
         return cls(
             units=members.count("units"),
-            card=members.blob("card", max_len=22),
+            card=members.identifier("card", size=16),
             counter=members.count("counter", most=MAX_POSITION),
             mode=HllMode(members.choice("mode", _MODES)),
         )

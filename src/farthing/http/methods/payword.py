@@ -136,6 +136,6 @@ class PaywordReceipt:
         members = receipt_members(obj)
         return cls(
             units=members.count("units"),
-            commitment=members.blob("commitment", max_len=43),
+            commitment=members.identifier("commitment", size=32),
             index=members.count("index", most=MAX_POSITION),
         )

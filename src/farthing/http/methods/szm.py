@@ -83,6 +83,6 @@ class SzmReceipt:
         members = receipt_members(obj)
         return cls(
             units=members.count("units"),
-            card=members.blob("card", max_len=22),
+            card=members.identifier("card", size=16),
             index=members.count("index", most=MAX_POSITION),
         )
