@@ -25,7 +25,7 @@ from referencing import Registry, Resource
 
 from farthing.core.errors import MalformedMessage
 from farthing.demo import DemoWorld, demo_world
-from farthing.http.methods.common import SealedBody
+from farthing.http.methods.common import SealedBody, unit_price
 from farthing.http.methods.hll import HllMode, HllPayload, HllReceipt, HllRequest
 from farthing.http.methods.payword import PaywordPayload, PaywordReceipt, PaywordRequest
 from farthing.http.methods.szm import SzmPayload, SzmReceipt, SzmRequest
@@ -393,11 +393,11 @@ def wire_samples(method: str, kind: str) -> list[Json]:
         request: Any = {
             "szm:chain": SzmRequest(**price),
             "szm:prbg": SzmRequest(**price),
-            "hll:mac": HllRequest.priced(
-                **price, merchant="shop", unit_micros=1000, mode=HllMode.DEFERRED
+            "hll:mac": HllRequest(
+                **unit_price(**price, unit_micros=1000), merchant="shop", mode=HllMode.DEFERRED
             ),
-            "payword": PaywordRequest.priced(
-                **price, vendor="news", broker="bank", unit_micros=1000
+            "payword": PaywordRequest(
+                **unit_price(**price, unit_micros=1000), vendor="news", broker="bank"
             ),
         }[method]
         return [request.to_json()]
@@ -482,10 +482,11 @@ def test_what_each_wire_module_emits_matches_its_schema_and_reads_back(
 def test_prices_are_counted_in_whole_units_rounded_up() -> None:
     """2.5 units' worth costs 3 units, 3 units' worth 3: never less than the price."""
     for amount, units in ((2500, 3), (3000, 3), (1, 1)):
-        price: Any = {**PRICE, "amount": amount, "unit_micros": 1000}
-        hll = HllRequest.priced(**price, merchant="m", mode=HllMode.ONLINE)
-        payword = PaywordRequest.priced(**price, vendor="v", broker="b")
+        price = unit_price(amount=amount, currency="EUR", resource="/a/*", unit_micros=1000)
+        hll = HllRequest(**price, merchant="m", mode=HllMode.ONLINE)
+        payword = PaywordRequest(**price, vendor="v", broker="b")
         assert (hll.units, payword.units) == (units, units)
+        assert HllRequest.from_json(hll.to_json()).units == units
 
 
 def parse_refusals() -> list[tuple[str, str, Wrong]]:

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Final, Protocol
+from typing import Final, Protocol, TypedDict
 
 from farthing.core.encoding import b64url_decode
 from farthing.core.errors import ErrorCode, MalformedMessage
+from farthing.core.money import Denomination
 from farthing.http.payment_auth import JsonObject
 
 __all__ = [
@@ -25,9 +26,12 @@ __all__ = [
     "MethodReceipt",
     "PricedRequest",
     "SealedBody",
+    "UnitPrice",
+    "UnitPricedRequest",
     "payload_members",
     "receipt_members",
     "request_members",
+    "unit_price",
 ]
 
 MAX_COUNT: Final = (1 << 62) - 1  # units and unit values: below 2^62 (common.json)
@@ -142,6 +146,51 @@ class PricedRequest:
 
     def _price_json(self) -> JsonObject:
         return {"amount": str(self.amount), "currency": self.currency, "resource": self.resource}
+
+
+class UnitPrice(TypedDict):
+    """The members of a :class:`UnitPricedRequest`, as keyword arguments."""
+
+    amount: int
+    currency: str
+    resource: str
+    units: int
+    unit_micros: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UnitPricedRequest(PricedRequest):
+    """A request that also counts the price in the vendor's units: ``units`` of
+    ``unit_micros`` (HLL: the bank's unit; PayWord: the vendor's)."""
+
+    units: int
+    unit_micros: int
+
+    def _price_json(self) -> JsonObject:
+        return {
+            **PricedRequest._price_json(self),
+            "units": self.units,
+            "unitMicros": self.unit_micros,
+        }
+
+    @staticmethod
+    def _read_price(members: Members) -> UnitPrice:
+        return UnitPrice(
+            amount=members.amount(),
+            currency=members.currency(),
+            resource=members.resource(),
+            units=members.count("units"),
+            unit_micros=members.count("unitMicros"),
+        )
+
+
+def unit_price(*, amount: int, currency: str, resource: str, unit_micros: int) -> UnitPrice:
+    """The price members for ``amount`` micros: the whole units that cover it (rounded up,
+    so a card never pays less than the price)."""
+    units = Denomination(currency=currency, unit_micros=unit_micros).units_for(amount)
+    return UnitPrice(
+        amount=amount, currency=currency, resource=resource, units=units, unit_micros=unit_micros
+    )
 
 
 def request_members(obj: JsonObject) -> Members:

@@ -18,9 +18,8 @@ from farthing.core.encoding import b64url_encode
 from farthing.core.money import Denomination
 from farthing.core.schemes import hll
 from farthing.http.methods.common import (
-    MAX_COUNT,
     MAX_POSITION,
-    PricedRequest,
+    UnitPricedRequest,
     payload_members,
     receipt_members,
     request_members,
@@ -45,37 +44,12 @@ _MODES: Final = frozenset(mode.value for mode in HllMode)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class HllRequest(PricedRequest):
-    """A challenge's request: the price, the merchant at the bank, the price in the bank's
-    units (``units`` of ``unit_micros``, rounded up) and the vendor's settlement mode."""
+class HllRequest(UnitPricedRequest):
+    """A challenge's request: the price, also in the bank's units, the merchant at the bank
+    and the vendor's settlement mode."""
 
     merchant: str
-    units: int
-    unit_micros: int
     mode: HllMode
-
-    @classmethod
-    def priced(
-        cls,
-        *,
-        amount: int,
-        currency: str,
-        resource: str,
-        merchant: str,
-        unit_micros: int,
-        mode: HllMode,
-    ) -> HllRequest:
-        """The request for a price: the units that cover it (never less than the price)."""
-        units = Denomination(currency=currency, unit_micros=unit_micros).units_for(amount)
-        return cls(
-            amount=amount,
-            currency=currency,
-            resource=resource,
-            merchant=merchant,
-            units=units,
-            unit_micros=unit_micros,
-            mode=mode,
-        )
 
     def offer(self, *, good: str, challenge: bytes, expires_at: int) -> hll.Offer:
         """The offer the card signs: this request's merchant and price, the request path
@@ -90,24 +64,14 @@ class HllRequest(PricedRequest):
         )
 
     def to_json(self) -> JsonObject:
-        return {
-            **self._price_json(),
-            "merchant": self.merchant,
-            "units": self.units,
-            "unitMicros": self.unit_micros,
-            "mode": self.mode.value,
-        }
+        return {**self._price_json(), "merchant": self.merchant, "mode": self.mode.value}
 
     @classmethod
     def from_json(cls, obj: JsonObject) -> HllRequest:
         members = request_members(obj)
         return cls(
-            amount=members.amount(),
-            currency=members.currency(),
-            resource=members.resource(),
+            **cls._read_price(members),
             merchant=members.text("merchant", max_len=_MAX_MERCHANT),
-            units=members.count("units"),
-            unit_micros=members.count("unitMicros", most=MAX_COUNT),
             mode=HllMode(members.choice("mode", _MODES)),
         )
 

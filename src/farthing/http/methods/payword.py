@@ -13,11 +13,9 @@ from dataclasses import dataclass, field
 from typing import Final, Literal
 
 from farthing.core.encoding import b64url_encode
-from farthing.core.money import Denomination
 from farthing.http.methods.common import (
-    MAX_COUNT,
     MAX_POSITION,
-    PricedRequest,
+    UnitPricedRequest,
     payload_members,
     receipt_members,
     request_members,
@@ -33,58 +31,23 @@ _MAX_NAME: Final = 255
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class PaywordRequest(PricedRequest):
-    """A challenge's request: the price, the vendor and broker ids, and the price in the
-    vendor's units (``units`` of ``unit_micros``, rounded up)."""
+class PaywordRequest(UnitPricedRequest):
+    """A challenge's request: the price, also in the vendor's units, the vendor id that
+    commitments name and the broker that certifies users."""
 
     vendor: str
     broker: str
-    units: int
-    unit_micros: int
-
-    @classmethod
-    def priced(
-        cls,
-        *,
-        amount: int,
-        currency: str,
-        resource: str,
-        vendor: str,
-        broker: str,
-        unit_micros: int,
-    ) -> PaywordRequest:
-        """The request for a price: the units that cover it (never less than the price)."""
-        units = Denomination(currency=currency, unit_micros=unit_micros).units_for(amount)
-        return cls(
-            amount=amount,
-            currency=currency,
-            resource=resource,
-            vendor=vendor,
-            broker=broker,
-            units=units,
-            unit_micros=unit_micros,
-        )
 
     def to_json(self) -> JsonObject:
-        return {
-            **self._price_json(),
-            "vendor": self.vendor,
-            "broker": self.broker,
-            "units": self.units,
-            "unitMicros": self.unit_micros,
-        }
+        return {**self._price_json(), "vendor": self.vendor, "broker": self.broker}
 
     @classmethod
     def from_json(cls, obj: JsonObject) -> PaywordRequest:
         members = request_members(obj)
         return cls(
-            amount=members.amount(),
-            currency=members.currency(),
-            resource=members.resource(),
+            **cls._read_price(members),
             vendor=members.text("vendor", max_len=_MAX_NAME),
             broker=members.text("broker", max_len=_MAX_NAME),
-            units=members.count("units"),
-            unit_micros=members.count("unitMicros", most=MAX_COUNT),
         )
 
 

@@ -14,11 +14,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from farthing.http.methods.common import MethodReceipt
+from farthing.http.methods.common import MethodReceipt, UnitPrice, unit_price
 from farthing.http.payment_auth import ChallengeId, JsonObject
 from farthing.paywall.pricing import PricedRoute
 
-__all__ = ["PaymentContext", "PaymentMethod", "Sealing", "Settlement"]
+__all__ = ["PaymentContext", "PaymentMethod", "Sealing", "Settlement", "route_price"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -77,3 +77,11 @@ class PaymentMethod(Protocol):
     async def settle(self, context: PaymentContext) -> Settlement:
         """Verify and durably record the payment in ``context.payload``, or raise."""
         ...
+
+
+def route_price(route: PricedRoute, unit_micros: int) -> UnitPrice:
+    """A route's price as request members, counted in whole units of ``unit_micros``."""
+    price = route.price
+    return unit_price(
+        amount=price.micros, currency=price.currency, resource=route.scope, unit_micros=unit_micros
+    )

@@ -29,7 +29,7 @@ from farthing.core.errors import Conflict, ErrorCode
 from farthing.core.schemes import hll
 from farthing.http.methods.hll import HllMode, HllPayload, HllReceipt, HllRequest
 from farthing.http.payment_auth import JsonObject
-from farthing.paywall.methods.base import PaymentContext, Settlement
+from farthing.paywall.methods.base import PaymentContext, Settlement, route_price
 from farthing.paywall.pricing import PricedRoute
 
 __all__ = [
@@ -123,14 +123,8 @@ class HllMethod:
         self._bank_public_key = bank_public_key
 
     def _request(self, route: PricedRoute) -> HllRequest:
-        return HllRequest.priced(
-            amount=route.price.micros,
-            currency=route.price.currency,
-            resource=route.scope,
-            merchant=self._merchant_id,
-            unit_micros=self._unit_micros,
-            mode=self._mode,
-        )
+        price = route_price(route, self._unit_micros)
+        return HllRequest(**price, merchant=self._merchant_id, mode=self._mode)
 
     def request(self, route: PricedRoute) -> JsonObject:
         return self._request(route).to_json()

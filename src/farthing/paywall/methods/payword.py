@@ -16,7 +16,7 @@ from farthing.core.money import Denomination
 from farthing.core.schemes import payword
 from farthing.http.methods.payword import PaywordPayload, PaywordReceipt, PaywordRequest
 from farthing.http.payment_auth import JsonObject
-from farthing.paywall.methods.base import Settlement
+from farthing.paywall.methods.base import Settlement, route_price
 from farthing.paywall.pricing import PricedRoute
 
 __all__ = ["HeldCommitment", "PaywordPaid", "PaywordScheme"]
@@ -52,14 +52,8 @@ class PaywordScheme:
         self._unit_micros = unit_micros
 
     def request(self, route: PricedRoute) -> JsonObject:
-        return PaywordRequest.priced(
-            amount=route.price.micros,
-            currency=route.price.currency,
-            resource=route.scope,
-            vendor=self._vendor_id,
-            broker=self._broker_id,
-            unit_micros=self._unit_micros,
-        ).to_json()
+        price = route_price(route, self._unit_micros)
+        return PaywordRequest(**price, vendor=self._vendor_id, broker=self._broker_id).to_json()
 
     def decode(self, payload: JsonObject) -> PaywordPaid:
         sent = PaywordPayload.from_json(payload)
