@@ -108,10 +108,11 @@ class Members:
             raise self._bad(name, "is not one of the known values")
         return value
 
-    def const(self, name: str, expected: object) -> None:
+    def const(self, name: str, constant: object) -> None:
+        """The member must be this JSON constant (``true``, a method name)."""
         value = self._get(name)
-        if type(value) is not type(expected) or value != expected:
-            raise self._bad(name, f"is not {expected!r}")
+        if type(value) is not type(constant) or value != constant:
+            raise self._bad(name, f"is not {constant!r}")
 
     def blob(self, name: str, *, max_len: int) -> bytes:
         """base64url (at most ``max_len`` characters), decoded."""
