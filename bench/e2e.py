@@ -416,8 +416,8 @@ ISSUER_READY: Final = "/v1/payword/broker"
 
 def issuer_available() -> bool:
     try:
-        import farthing.issuer.app
-        import farthing.issuer.client  # noqa: F401
+        import farthing.http.issuer_client
+        import farthing.issuer.app  # noqa: F401
     except ImportError:
         return False
     return True

@@ -6,7 +6,7 @@
   manage their own schema.
 - ``fresh_pg_dsn``: a new, empty database for one test, dropped afterwards.
 
-Every test runs inside :func:`farthing.testing.cheap_wallet_kdf` (wallets with a cheap
+Every test runs inside :func:`farthing.wallet.testing.cheap_wallet_kdf` (wallets with a cheap
 Argon2id cost), except those marked ``real_kdf``, which see the production floor.
 
 It also sets Hypothesis' defaults: no per-example deadline (speed is measured in
@@ -27,7 +27,7 @@ from collections.abc import Iterator
 import pytest
 from hypothesis import settings
 
-from farthing.testing import cheap_wallet_kdf
+from farthing.wallet.testing import cheap_wallet_kdf
 from tests.pgserver import PgServer, PgUnavailable
 
 _names = itertools.count(1)

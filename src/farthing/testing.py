@@ -3,9 +3,8 @@
 - :class:`FixedClock`: a clock that only moves when told to.
 - :class:`DeterministicRandom`: a seeded byte source (SHA-256 in counter mode) for vectors;
   never use it for real keys.
-- :func:`cheap_wallet_kdf`: wallets created and opened inside it use an Argon2id cost far
-  too low for a real passphrase, so tests stay fast. The only way to get one: no flag,
-  option or environment variable of farthing itself lowers the cost.
+- (the wallet's cheap test KDF is :func:`farthing.wallet.testing.cheap_wallet_kdf`: this
+  module uses the core only, see tests/test_layers.py)
 - :class:`SoftwareWrappingKey`: what a PKCS#11 token does at HLL personalisation (an RSA key
   pair the bank wraps K_C to), in memory, for a software card in tests and the demo.
 """
@@ -13,27 +12,11 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-__all__ = ["DeterministicRandom", "FixedClock", "SoftwareWrappingKey", "cheap_wallet_kdf"]
-
-
-@contextmanager
-def cheap_wallet_kdf() -> Iterator[None]:
-    """Inside: new wallets get a 64 KiB, 1-pass Argon2id, and such wallets open. For tests."""
-    from farthing.wallet import secretbox  # not at import: the core's tests use this module
-
-    cheap = secretbox.KdfCost(memory_kib=64, passes=1, lanes=1)
-    saved = secretbox._policy
-    secretbox._policy = secretbox._Policy(fresh=cheap, floor=cheap)
-    try:
-        yield
-    finally:
-        secretbox._policy = saved
+__all__ = ["DeterministicRandom", "FixedClock", "SoftwareWrappingKey"]
 
 
 class FixedClock:

@@ -1,8 +1,8 @@
 import pytest
 
 from farthing.core import errors
-from farthing.core.errors import ErrorCode
-from farthing.http.problems import PROBLEM_BASE, problem_for
+from farthing.core.errors import CLASS_OF_CODE, ErrorCode, FarthingError, LocalProtocolError
+from farthing.http.problems import PROBLEM_BASE, Problem, error_for, problem_for
 
 
 @pytest.mark.parametrize(
@@ -37,3 +37,48 @@ def test_rate_limit_carries_retry_after() -> None:
 def test_code_overrides() -> None:
     problem = problem_for(errors.AccessDenied("who", code=ErrorCode.UNAUTHENTICATED))
     assert problem.status == 401
+
+
+def error_of(code: ErrorCode) -> FarthingError:
+    """An error of the one class ``code`` is raised as (CLASS_OF_CODE), with a fixed message."""
+    cls = CLASS_OF_CODE[code]
+    if cls is errors.RateLimited:
+        return errors.RateLimited("slow down", retry_after=7, code=code)
+    if cls is errors.Unavailable:
+        return errors.Unavailable("out for now", retry_after=9, code=code)
+    if cls is errors.WrongPin:
+        return errors.WrongPin("the card PIN is wrong", tries_left=1)
+    return cls(f"fixed message of {code.name}", code=code)
+
+
+@pytest.mark.parametrize("code", list(ErrorCode), ids=lambda code: code.name)
+def test_every_code_round_trips_through_its_problem(code: ErrorCode) -> None:
+    """problem_for and error_for read the same table: what may cross comes back as the same
+    class, code, message and Retry-After, also through JSON; our own misuse never crosses."""
+    error = error_of(code)
+    problem = problem_for(error)
+    wire = Problem.from_json(
+        problem.status,
+        problem.to_json(),
+        str(problem.retry_after) if problem.retry_after is not None else None,
+    )
+    assert wire is not None
+    back = error_for(wire)
+    if isinstance(error, LocalProtocolError):
+        assert (problem.status, problem.code, problem.detail) == (500, 9000, "internal error")
+        assert back is None
+        return
+    assert back is not None
+    assert (type(back), back.code, back.message) == (type(error), error.code, error.message)
+    assert getattr(back, "retry_after", None) == getattr(error, "retry_after", None)
+
+
+def test_an_outage_is_a_503_and_keeps_its_cause_at_home() -> None:
+    cause = OSError("connect to 10.0.0.7:5432 refused")
+    error = errors.Unavailable("out for now", retry_after=9)
+    error.__cause__ = cause
+    problem = problem_for(error)
+    assert (problem.status, problem.retry_after) == (503, 9)
+    assert "10.0.0.7" not in str(problem.to_json())
+    device = problem_for(errors.DeviceFailure("the card device failed"))
+    assert device.status == 503

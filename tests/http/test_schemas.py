@@ -13,7 +13,7 @@ import copy
 import json
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -280,6 +280,7 @@ WRONG = [
     Wrong("hll-mac.request.json", "an empty merchant", {"merchant": ""}),
     Wrong("hll-mac.request.json", "no merchant", {"merchant": DROP}),
     Wrong("hll-mac.request.json", "an SZM member", {"sealed": True}),
+    Wrong("hll-mac.request.json", "a bank that is not a key", {"bank": "not a key"}),
     Wrong("payword.request.json", "no broker", {"broker": DROP}),
     Wrong("payword.request.json", "an empty vendor", {"vendor": ""}),
     Wrong("payword.request.json", "negative units", {"units": -2}),
@@ -400,6 +401,8 @@ def wire_samples(method: str, kind: str) -> list[Json]:
                 **unit_price(**price, unit_micros=1000), vendor="news", broker="bank"
             ),
         }[method]
+        if method == "hll:mac":  # with the bank's key too
+            return [request.to_json(), replace(request, bank=b"\x05" * 32).to_json()]
         return [request.to_json()]
     if kind == "payload":
         if method.startswith("szm:"):

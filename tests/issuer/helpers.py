@@ -10,8 +10,8 @@ from fastapi import FastAPI
 from farthing.core.encoding import b64url_encode
 from farthing.core.money import Denomination
 from farthing.core.schemes import hll
+from farthing.http.issuer_wire import verify_request_tag
 from farthing.issuer import IssuerConfig, IssuerServices
-from farthing.issuer.wire import verify_request_tag
 from farthing.store import Store
 from farthing.testing import DeterministicRandom, FixedClock
 

@@ -127,7 +127,7 @@ def _hll_spends(count: int, *, online: bool) -> Callable[[IssuerServices], None]
 
 
 def _verify_all(services: IssuerServices, key: bytes, items: list[hll.DepositItem]) -> None:
-    from farthing.issuer.wire import verify_request_tag
+    from farthing.http.issuer_wire import verify_request_tag
 
     for item in items:
         offer, payment = hll.encode_offer(item.offer), hll.encode_payment(item.purchase)

@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 from farthing.core.encoding import b64url_encode
 from farthing.core.errors import ErrorCode
 from farthing.core.primitives import hmac_sha256
+from farthing.http.issuer_wire import redeem_request_tag, verify_request_tag
 from farthing.issuer import IssuerConfig, RateLimit, RateLimits, create_issuer_app
-from farthing.issuer.wire import redeem_request_tag, verify_request_tag
 from tests.issuer.helpers import Harness, Shop, assert_problem, open_shop
 
 pytestmark = pytest.mark.anyio

@@ -277,7 +277,7 @@ async def test_unknown_card_is_404(api: httpx.AsyncClient) -> None:
 
 
 def _lookup_body(merchant_id: str, key: bytes, batch_id: bytes) -> dict[str, str]:
-    from farthing.issuer.wire import deposit_lookup_tag
+    from farthing.http.issuer_wire import deposit_lookup_tag
 
     tag = deposit_lookup_tag(key, merchant_id, batch_id)
     return {

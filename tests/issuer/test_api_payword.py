@@ -14,7 +14,7 @@ from farthing.core.errors import ErrorCode, InsufficientFunds
 from farthing.core.hashchain import chain_walk
 from farthing.core.primitives import ed25519_public_key
 from farthing.core.schemes import payword
-from farthing.issuer.wire import admit_request_tag, redeem_request_tag
+from farthing.http.issuer_wire import admit_request_tag, redeem_request_tag
 from farthing.testing import DeterministicRandom
 from tests.issuer.helpers import (
     BOTH_BACKENDS,

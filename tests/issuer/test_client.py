@@ -15,10 +15,11 @@ from farthing.core.errors import (
     NotFound,
     PaymentExpired,
     RateLimited,
+    Unavailable,
 )
 from farthing.core.schemes import hll
+from farthing.http.issuer_client import error_from_problem
 from farthing.issuer import IssuerClient
-from farthing.issuer.client import error_from_problem
 from farthing.paywall.methods.hll import HllBankClient
 from tests.issuer.helpers import Harness, Shop, buy, deposit_batch, open_shop
 
@@ -124,7 +125,7 @@ async def test_connection_failure_is_issuer_unavailable() -> None:
         raise httpx.ConnectError("connection refused", request=request)
 
     async with _offline(httpx.MockTransport(refuse)) as client:
-        with pytest.raises(LocalProtocolError) as failure:
+        with pytest.raises(Unavailable) as failure:
             await client.verify_online(b"offer", b"payment")
     assert failure.value.code is ErrorCode.ISSUER_UNAVAILABLE
     assert isinstance(failure.value.__cause__, httpx.ConnectError)
@@ -143,7 +144,7 @@ async def test_connection_failure_is_issuer_unavailable() -> None:
 )
 async def test_broken_answers_are_issuer_unavailable(response: httpx.Response) -> None:
     async with _offline(httpx.MockTransport(lambda _request: response)) as client:
-        with pytest.raises(LocalProtocolError) as failure:
+        with pytest.raises(Unavailable) as failure:
             await client.verify_online(b"offer", b"payment")
     assert failure.value.code is ErrorCode.ISSUER_UNAVAILABLE
 

@@ -10,6 +10,7 @@ import pytest
 
 from farthing.core.errors import LocalProtocolError
 from farthing.core.prbg import blum_modulus_of_any_size
+from farthing.http.issuer_wire import redeem_request_tag, verify_request_tag
 from farthing.issuer import (
     IssuerKeys,
     config_from_env,
@@ -18,7 +19,6 @@ from farthing.issuer import (
     write_key_file,
 )
 from farthing.issuer.auth import open_merchant_key, seal_merchant_key, token_hash
-from farthing.issuer.wire import redeem_request_tag, verify_request_tag
 from farthing.testing import DeterministicRandom
 
 

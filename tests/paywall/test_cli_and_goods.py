@@ -17,12 +17,9 @@ from farthing.core.clock import SystemClock
 from farthing.core.errors import LocalProtocolError
 from farthing.core.money import Denomination
 from farthing.issuer import IssuerConfig, build_services
-from farthing.issuer.config import (
-    generate_issuer_keys,
-    load_vendor_keys,
-    write_key_file,
-)
+from farthing.issuer.config import generate_issuer_keys, write_key_file
 from farthing.issuer.szm_service import BatchSpec
+from farthing.keyfiles import load_vendor_keys
 from farthing.paywall.config import load_vendor_config
 from farthing.paywall.goods import GoodsApp
 from farthing.store import SzmProtocol, open_store
@@ -260,7 +257,7 @@ def test_a_payword_only_vendor_deposits_with_its_own_issuer_settings(tmp_path: P
     assert not deposits_missing(configured)
 
 
-def test_a_deferred_hll_vendor_needs_the_bank_key_and_both_caps(tmp_path: Path) -> None:
+def test_hll_vendor_bank_key_required_deferred_optional_online(tmp_path: Path) -> None:
     from farthing.core.errors import LocalProtocolError
     from farthing.paywall.config import load_vendor_config
 
@@ -284,3 +281,13 @@ def test_a_deferred_hll_vendor_needs_the_bank_key_and_both_caps(tmp_path: Path) 
     hll = load_vendor_config(tmp_path / "vendor.toml").settings.hll
     assert hll is not None
     assert (hll.risk_limit, hll.merchant_cap, hll.bank_public_key) == (50, 5000, b"\x11" * 32)
+    # Online: the bank's key is optional; when given, the challenges name the bank.
+    online = base.replace('"deferred"', '"online"')
+    (tmp_path / "vendor.toml").write_text(online)
+    plain = load_vendor_config(tmp_path / "vendor.toml").settings.hll
+    assert plain is not None
+    assert plain.bank_public_key is None
+    (tmp_path / "vendor.toml").write_text(online + complete["bank_public_key"])
+    named = load_vendor_config(tmp_path / "vendor.toml").settings.hll
+    assert named is not None
+    assert named.bank_public_key == b"\x11" * 32

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from farthing.core.errors import ErrorCode, LocalProtocolError, RateLimited
+from farthing.core.errors import ErrorCode, RateLimited, Unavailable
 from farthing.core.money import Denomination
 from farthing.core.primitives import ed25519_public_key
 from farthing.core.schemes import hll, payword
@@ -44,7 +44,9 @@ class LocalIssuer:
     async def deposit_hll(self, batch: hll.DepositBatch, tag: bytes) -> hll.DepositReport:
         self.calls += 1
         if self.down:
-            raise LocalProtocolError("issuer unreachable", code=ErrorCode.ISSUER_UNAVAILABLE)
+            raise Unavailable(
+                "issuer unreachable", retry_after=5, code=ErrorCode.ISSUER_UNAVAILABLE
+            )
         if self.busy:
             raise RateLimited("slow down", retry_after=1)
         report = self.bank.deposit(batch, tag, self.clock.now())
@@ -54,13 +56,17 @@ class LocalIssuer:
     async def hll_deposit_report(self, batch_id: bytes) -> hll.DepositReport | None:
         self.calls += 1
         if self.down:
-            raise LocalProtocolError("issuer unreachable", code=ErrorCode.ISSUER_UNAVAILABLE)
+            raise Unavailable(
+                "issuer unreachable", retry_after=5, code=ErrorCode.ISSUER_UNAVAILABLE
+            )
         return self.reports.get(batch_id)
 
     async def redeem_payword(self, redemption: payword.Redemption) -> int:
         self.calls += 1
         if self.down:
-            raise LocalProtocolError("issuer unreachable", code=ErrorCode.ISSUER_UNAVAILABLE)
+            raise Unavailable(
+                "issuer unreachable", retry_after=5, code=ErrorCode.ISSUER_UNAVAILABLE
+            )
         credit = self.broker.redeem(
             payword.encode_redemption(redemption), vendor_id="shop", now=self.clock.now()
         )

@@ -13,7 +13,7 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 from farthing.core.encoding import b64url_decode, b64url_encode
-from farthing.core.errors import ErrorCode, InvalidPayment, LocalProtocolError
+from farthing.core.errors import ErrorCode, InvalidPayment, Unavailable
 from farthing.core.money import Denomination
 from farthing.core.primitives import ed25519_public_key
 from farthing.core.schemes import hll
@@ -63,7 +63,7 @@ class LocalBank:
     async def verify_online(self, offer: bytes, payment: bytes) -> bool:
         self.online += 1
         if self.down:
-            raise LocalProtocolError("the bank is down", code=ErrorCode.ISSUER_UNAVAILABLE)
+            raise Unavailable("the bank is down", retry_after=5, code=ErrorCode.ISSUER_UNAVAILABLE)
         self.bank.verify_online(
             hll.decode_offer(offer), hll.decode_payment(payment), self.clock.now()
         )

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from farthing.core.encoding import b64url_decode, b64url_encode
-from farthing.core.errors import ErrorCode, LocalProtocolError
+from farthing.core.errors import ErrorCode, Unavailable
 from farthing.core.primitives import ed25519_public_key
 from farthing.core.schemes import hll, payword, szm_chain, szm_prbg
 from farthing.core.sealing import open_sealed
@@ -68,7 +68,7 @@ class BankDown:
     """The bank, unreachable: every purchase here is certified, so none must go online."""
 
     async def verify_online(self, offer: bytes, payment: bytes) -> bool:
-        raise LocalProtocolError("the bank is down", code=ErrorCode.ISSUER_UNAVAILABLE)
+        raise Unavailable("the bank is down", retry_after=5, code=ErrorCode.ISSUER_UNAVAILABLE)
 
 
 def sealed_type(response: httpx.Response) -> str:

@@ -22,8 +22,8 @@ import httpx
 from farthing.core.encoding import b64url_decode
 from farthing.core.errors import FarthingError
 from farthing.core.sealing import open_sealed
+from farthing.http.issuer_client import IssuerClient
 from farthing.http.payment_auth import parse_challenges
-from farthing.issuer.client import IssuerClient
 from farthing.paywall.deposits import Depositor
 from farthing.testing import FixedClock
 from tests.reliability.world import (

@@ -24,8 +24,8 @@ from farthing.core.clock import Clock, SystemClock
 from farthing.core.encoding import b64url_encode
 from farthing.core.errors import Conflict, ErrorCode
 from farthing.core.schemes import hll
+from farthing.http.issuer_client import IssuerClient
 from farthing.http.problems import CONTENT_TYPE, problem_for
-from farthing.issuer.client import IssuerClient
 from farthing.paywall.books import HllDeferredBook
 from farthing.paywall.deposits import Depositor, FlushReport, backoff
 from farthing.paywall.methods.hll import PendingPurchase

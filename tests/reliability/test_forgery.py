@@ -24,8 +24,8 @@ from farthing.core.errors import ErrorCode, InvalidPayment
 from farthing.core.primitives import hmac_sha256
 from farthing.core.schemes import hll, payword, szm_chain, szm_prbg
 from farthing.core.sealing import open_sealed
-from farthing.issuer.client import IssuerClient
-from farthing.issuer.wire import verify_request_tag
+from farthing.http.issuer_client import IssuerClient
+from farthing.http.issuer_wire import verify_request_tag
 from farthing.paywall.app import HllSettings, VendorSettings, create_vendor_app
 from farthing.paywall.goods import GoodsApp
 from farthing.paywall.middleware import Paywall

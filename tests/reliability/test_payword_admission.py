@@ -13,7 +13,7 @@ from farthing.core.errors import ErrorCode
 from farthing.core.hashchain import chain_walk
 from farthing.core.primitives import ed25519_public_key
 from farthing.core.schemes import payword
-from farthing.issuer.client import IssuerClient
+from farthing.http.issuer_client import IssuerClient
 from farthing.paywall.app import create_vendor_app
 from farthing.paywall.config import load_vendor_config
 from farthing.paywall.goods import GoodsApp

@@ -38,8 +38,8 @@ from farthing.core.clock import SystemClock
 from farthing.core.encoding import b64url_decode
 from farthing.core.errors import FarthingError
 from farthing.core.sealing import open_sealed
+from farthing.http.issuer_client import IssuerClient
 from farthing.http.payment_auth import Receipt
-from farthing.issuer.client import IssuerClient
 from farthing.paywall.deposits import Depositor
 from farthing.store import Store, open_store
 from tests.reliability.conftest import BACKENDS, store_target

@@ -31,8 +31,8 @@ from farthing.core.cardcode import to_compact, to_text
 from farthing.core.encoding import b64url_encode
 from farthing.core.errors import FarthingError
 from farthing.core.schemes import hll, szm_chain, szm_prbg
-from farthing.issuer.client import IssuerClient
-from farthing.issuer.wire import verify_request_tag
+from farthing.http.issuer_client import IssuerClient
+from farthing.http.issuer_wire import verify_request_tag
 from farthing.paywall.config import load_vendor_config
 from farthing.paywall.deposits import Depositor
 from farthing.wallet.auth import PaymentAuth
@@ -133,11 +133,18 @@ def wallet_with_every_card(world: World, path: Path, found: Evidence) -> Wallet:
     wallet.add_szm_code(to_compact(prbg_code), site="https://vendor.test", label="prbg")
     wallet.add_hll_card(
         HllCardFile(
-            card_id=hll_card.card_id, balance=200, denomination=EUR, card_key=hll_card.card_key
+            card_id=hll_card.card_id,
+            balance=200,
+            denomination=EUR,
+            card_key=hll_card.card_key,
+            bank_key=b"b" * 32,
         ),
         label="hll",
+        site="https://vendor.test",
     )
-    wallet.add_payword(world.certificate, world.user_private, label="payword")
+    wallet.add_payword(
+        world.certificate, world.user_private, label="payword", site="https://vendor.test"
+    )
     found.secrets |= {
         "chain card secret": chain.card.secret,
         "prbg card secret": prbg.card.secret,

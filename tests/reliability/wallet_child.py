@@ -16,8 +16,8 @@ import sys
 import httpx
 
 from farthing.http.payment_auth import Receipt
-from farthing.testing import cheap_wallet_kdf
 from farthing.wallet.auth import PaymentAuth
+from farthing.wallet.testing import cheap_wallet_kdf
 from farthing.wallet.wallet import Wallet
 from tests.reliability.world import ARTICLES
 

@@ -25,6 +25,7 @@ from farthing.core.hashchain import ChainWalker
 from farthing.core.money import Denomination
 from farthing.core.primitives import ed25519_public_key, hmac_sha256
 from farthing.core.schemes import hll, payword, szm_chain, szm_prbg
+from farthing.http.issuer_client import IssuerClient
 from farthing.http.payment_auth import Credential, Receipt, format_credential, parse_challenges
 from farthing.issuer import (
     IssuerConfig,
@@ -36,9 +37,9 @@ from farthing.issuer import (
     issuer_app,
     write_key_file,
 )
-from farthing.issuer.client import IssuerClient
-from farthing.issuer.config import vendor_keys, write_vendor_key_file
+from farthing.issuer.config import vendor_keys
 from farthing.issuer.szm_service import BatchSpec
+from farthing.keyfiles import write_vendor_key_file
 from farthing.paywall.app import create_vendor_app
 from farthing.paywall.config import load_vendor_config
 from farthing.paywall.goods import GoodsApp

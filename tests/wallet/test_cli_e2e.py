@@ -83,7 +83,10 @@ def cli(tmp_path: Path) -> Cli:
 def add_payword(cli: Cli, world: DemoWorld) -> None:
     certificate = cli.file("certificate.b64", b64url_encode(world.cards.payword_certificate))
     user_key = cli.file("user.key", b64url_encode(world.cards.payword_key))
-    added = cli("add-card", "payword", "--certificate", certificate, "--user-key", user_key)
+    added = cli(
+        "add-card", "payword", "--certificate", certificate, "--user-key", user_key,
+        "--site", world.vendor_url,
+    )  # fmt: skip
     assert "(payword)" in added.output
 
 
@@ -134,7 +137,7 @@ def test_a_fresh_wallet_loads_an_szm_code_an_hll_token_and_payword_and_pays_with
         "--pkcs11-module", hll.token.module_path,
         "--token-label", hll.token.token_label,
         "--key-label", hll.token.key_label,
-        "--label", "smart card",
+        "--label", "smart card", "--site", world.vendor_url,
     ], env={"FARTHING_CARD_PIN": hll.pin})  # fmt: skip
     assert added.exit_code == 0, added.output
     assert f"PKCS#11 token {hll.token.token_label!r}" in added.output
@@ -200,7 +203,13 @@ def test_the_cli_personalises_an_hll_token_and_k_c_is_never_in_the_clear(
     for form in (card_key.hex(), b64url_encode(card_key)):
         assert form not in answer.text
     card_file = cli.file("card.json", answer.text)
-    added = cli("add-card", "hll", "--card-file", card_file, *where, "--label", "cli card")
+    assert answer.json()["bank_key"] == b64url_encode(
+        hll.card_certification_public_key(world.setup.keys.hll_master)
+    )
+    added = cli(
+        "add-card", "hll", "--card-file", card_file, *where, "--label", "cli card",
+        "--site", world.vendor_url,
+    )  # fmt: skip
     assert f"PKCS#11 token {token.label!r}" in added.output
     assert card_key not in (cli.folder / "wallet.sqlite").read_bytes()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -24,7 +25,8 @@ from farthing.paywall.methods.offline import OfflineMethod
 from farthing.paywall.methods.szm import SzmScheme
 from farthing.paywall.middleware import Paywall
 from farthing.paywall.pricing import Price, PriceTable
-from farthing.testing import DeterministicRandom, FixedClock, MemoryCardBook, cheap_wallet_kdf
+from farthing.testing import DeterministicRandom, FixedClock, MemoryCardBook
+from farthing.wallet.testing import cheap_wallet_kdf
 from farthing.wallet.wallet import Wallet
 
 MASTER = b"M" * 32
@@ -110,6 +112,30 @@ def test_wrong_passphrase_says_so_and_what_to_do(runner: CliRunner, wallet_path:
     assert result.exit_code == 1
     assert "wrong passphrase" in result.output
     assert "farthing wallet init" in result.output
+
+
+def test_a_wallet_busy_in_another_process_is_explained(
+    runner: CliRunner, wallet_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: SQLAlchemy's OperationalError escaped as a traceback; now one line and a hint,
+    chosen by the error's code (WALLET_BUSY), not by its text."""
+    import farthing.wallet.store as wallet_store
+
+    monkeypatch.setattr(wallet_store, "_BUSY_TIMEOUT_S", 0)
+    monkeypatch.setattr(
+        wallet_store, "_PRAGMAS", (*wallet_store._PRAGMAS[:-1], "PRAGMA busy_timeout=0")
+    )
+    other = sqlite3.connect(wallet_path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another farthing writing this wallet
+    try:
+        result = run(runner, "cards", "--wallet", str(wallet_path))
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert result.exit_code == 1
+    assert isinstance(result.exception, SystemExit)  # typer.Exit: no traceback
+    assert "the wallet file is busy or unwritable" in result.output
+    assert "another farthing is using this wallet" in result.output
 
 
 def test_passphrase_file_is_read(runner: CliRunner, wallet_path: Path, tmp_path: Path) -> None:

@@ -32,7 +32,7 @@ CARD_UNITS = 100_000
 PAYER = """
 import os, sys
 from farthing.http.payment_auth import Challenge
-from farthing.testing import cheap_wallet_kdf
+from farthing.wallet.testing import cheap_wallet_kdf
 from farthing.wallet.wallet import Wallet
 
 path, count = sys.argv[1], int(sys.argv[2])

@@ -35,11 +35,11 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 from farthing.core import cardcode
-from farthing.core.errors import Conflict, ErrorCode, InvalidPayment, LocalProtocolError
+from farthing.core.errors import ErrorCode, InvalidPayment, LocalProtocolError
 from farthing.core.money import Denomination
 from farthing.core.schemes import hll, szm_chain
+from farthing.http.issuer_client import IssuerClient
 from farthing.http.payment_auth import Receipt
-from farthing.issuer.client import IssuerClient
 from farthing.paywall.methods.hll import HllMethod, HllMode
 from farthing.paywall.methods.offline import OfflineMethod
 from farthing.paywall.methods.szm import SzmScheme
@@ -430,7 +430,12 @@ async def test_an_issuer_outage_gives_the_units_back_and_the_counter_is_reused(
     card_id, key = b"h" * 16, b"k" * 32
     bank.bank.register_card(card_id, key, 50)
     bank.bank.register_merchant("shop", b"m" * 32)
-    wallet.add_hll_card(HllCardFile(card_id=card_id, balance=50, denomination=EUR, card_key=key))
+    wallet.add_hll_card(
+        HllCardFile(
+            card_id=card_id, balance=50, denomination=EUR, card_key=key, bank_key=b"b" * 32
+        ),
+        site=SITE,
+    )
     # The real bank client, pointed at a loopback port where no issuer listens.
     down = IssuerClient(
         f"http://127.0.0.1:{free_port()}", merchant_id="shop", merchant_key=b"m" * 32
@@ -506,13 +511,14 @@ def test_a_card_from_before_sites_pays_nobody_until_bound(
     db.close()
     paywall, book = vendor(clock, card)
     label = wallet.cards()[0].label
-    assert "bound to no site" in wallet.cards()[0].where
+    assert "pays no site" in wallet.cards()[0].where
     with pytest.raises(LocalProtocolError) as caught:
         wallet.pay(f"{SITE}/articles/a", wallet_challenges(paywall))
     assert caught.value.code is ErrorCode.WRONG_SITE
     assert "no site" in caught.value.message
     assert wallet.bind(label, SITE + "/any/path").where.endswith(f"pays only {SITE}")
-    with pytest.raises(Conflict):
-        wallet.bind(label, "https://evil.test")
+    with pytest.raises(LocalProtocolError) as wrong:  # a site set of one: no other site
+        wallet.pay("https://evil.test/articles/a", wallet_challenges(paywall))
+    assert wrong.value.code is ErrorCode.WRONG_SITE
     assert wallet.pay(f"{SITE}/articles/a", wallet_challenges(paywall)).index == 2
     assert vendor_spent(book, card) == 0

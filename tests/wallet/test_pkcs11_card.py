@@ -20,6 +20,8 @@ from pkcs11 import Attribute, TokenFlag
 from pkcs11.exceptions import (
     AttributeReadOnly,
     AttributeSensitive,
+    DeviceError,
+    DeviceMemory,
     DeviceRemoved,
     PinIncorrect,
     PinLocked,
@@ -28,6 +30,7 @@ from pkcs11.exceptions import (
 
 from farthing.core.errors import (
     CardLocked,
+    DeviceFailure,
     ErrorCode,
     LocalProtocolError,
     MalformedMessage,
@@ -395,16 +398,23 @@ def test_wrong_pin_survives_a_failing_flag_read() -> None:
     assert caught.value.tries_left == 0
 
 
-@pytest.mark.parametrize(
-    ("raised", "code"),
-    [(DeviceRemoved(), ErrorCode.INTERNAL), (PKCS11Error("odd"), ErrorCode.INTERNAL)],
-)
-def test_other_pkcs11_errors_become_local_errors(raised: PKCS11Error, code: ErrorCode) -> None:
+def test_other_pkcs11_errors_become_local_errors() -> None:
+    raised = PKCS11Error("odd")
     with pytest.raises(LocalProtocolError) as caught, map_pkcs11_errors():
         raise raised
-    assert caught.value.code is code
+    assert caught.value.code is ErrorCode.INTERNAL
     assert caught.value.__cause__ is raised
     assert not isinstance(caught.value, WrongPin | CardLocked)
+
+
+@pytest.mark.parametrize("raised", [DeviceRemoved(), DeviceError(), DeviceMemory()])
+def test_a_failing_device_is_an_external_failure(raised: PKCS11Error) -> None:
+    """A removed or failing token is nobody's misuse (before: LocalProtocolError(INTERNAL))."""
+    with pytest.raises(DeviceFailure) as caught, map_pkcs11_errors():
+        raise raised
+    assert caught.value.code is ErrorCode.DEVICE_FAILED
+    assert caught.value.__cause__ is raised
+    assert not isinstance(caught.value, LocalProtocolError)
 
 
 def test_foreign_exceptions_pass_through_unchanged() -> None:

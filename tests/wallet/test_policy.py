@@ -149,7 +149,10 @@ def add_chain_card(wallet: Wallet, clock: FixedClock, *, unit_micros: int = 1000
 def add_hll_card(wallet: Wallet) -> None:
     card_id = hll.new_card_id(DeterministicRandom("hll"))
     wallet.add_hll_card(
-        HllCardFile(card_id=card_id, balance=100, denomination=EUR, card_key=b"k" * 32)
+        HllCardFile(
+            card_id=card_id, balance=100, denomination=EUR, card_key=b"k" * 32, bank_key=b"b" * 32
+        ),
+        site=["https://news.test", "https://other.test", "https://third.test"],
     )
 
 
@@ -198,7 +201,7 @@ def test_refusal_changes_no_card(wallet: Wallet, clock: FixedClock) -> None:
 
 
 def test_daily_and_host_limits_count_earlier_payments(wallet: Wallet, clock: FixedClock) -> None:
-    add_hll_card(wallet)  # a bank card pays any merchant (an SZM card only its own site)
+    add_hll_card(wallet)  # a bank card pays the merchants it was added for
     wallet.use_policy(SpendingPolicy(limits={"EUR": Limits(per_host=5000, per_day=7000)}))
     wallet.pay(URL, [hll_challenge(clock)])
     wallet.pay(URL, [hll_challenge(clock)])

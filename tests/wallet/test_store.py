@@ -6,6 +6,8 @@ import json
 import os
 import sqlite3
 import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -13,13 +15,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from farthing.core import cardcode
-from farthing.core.errors import Conflict, ErrorCode, LocalProtocolError, MalformedMessage
+from farthing.core.errors import (
+    Conflict,
+    ErrorCode,
+    LocalProtocolError,
+    MalformedMessage,
+    ResourceBusy,
+)
 from farthing.core.money import Denomination
 from farthing.core.schemes import szm_chain
 from farthing.http.payment_auth import Challenge
-from farthing.testing import DeterministicRandom, FixedClock, cheap_wallet_kdf
+from farthing.testing import DeterministicRandom, FixedClock
 from farthing.wallet.secretbox import MINIMUM_COST, KdfParams, SecretBox, record_id
 from farthing.wallet.store import WalletStore
+from farthing.wallet.testing import cheap_wallet_kdf
 from farthing.wallet.wallet import Wallet
 
 EUR = Denomination(currency="EUR", unit_micros=1000)
@@ -158,8 +167,44 @@ def test_wrong_passphrase_is_refused(tmp_path: Path) -> None:
     Wallet.create(path, "right").close()
     with pytest.raises(LocalProtocolError, match=r"^wrong passphrase$") as caught:
         Wallet.open(path, "wrong")
-    assert caught.value.code is ErrorCode.WALLET_LOCKED
+    assert caught.value.code is ErrorCode.WRONG_PASSPHRASE  # a damaged secret is WALLET_LOCKED
     Wallet.open(path, "right").close()
+
+
+def test_a_wallet_locked_by_another_process_is_busy_not_misuse(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The wallet file held by another writer is an outside failure, with SQLite's error as
+    its cause: try again later (before: LocalProtocolError(INTERNAL), our own fault)."""
+    import farthing.wallet.store as wallet_store
+
+    monkeypatch.setattr(wallet_store, "_BUSY_TIMEOUT_S", 0)
+    monkeypatch.setattr(
+        wallet_store, "_PRAGMAS", (*wallet_store._PRAGMAS[:-1], "PRAGMA busy_timeout=0")
+    )
+    path = tmp_path / "w.sqlite"
+    Wallet.create(path, "pw").close()
+    with Wallet.open(path, "pw") as wallet, _held_by_another_writer(path):
+        with pytest.raises(ResourceBusy) as caught:
+            wallet.add_szm_card(szm_chain.to_card_code(chain_card(), realm="news"), site=SITE)
+        with pytest.raises(ResourceBusy) as at_open:  # opening writes too (new tables)
+            Wallet.open(path, "pw")
+    assert caught.value.code is at_open.value.code is ErrorCode.WALLET_BUSY
+    assert isinstance(caught.value.__cause__, Exception)
+    assert not isinstance(caught.value, LocalProtocolError)
+    with Wallet.open(path, "pw") as wallet:  # the other writer is done: it works again
+        wallet.add_szm_card(szm_chain.to_card_code(chain_card(), realm="news"), site=SITE)
+
+
+@contextmanager
+def _held_by_another_writer(path: Path) -> Iterator[None]:
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
 
 
 def test_missing_file_and_foreign_file(tmp_path: Path) -> None:

@@ -28,6 +28,8 @@ from farthing.wallet.wallet import Wallet
 EUR = Denomination(currency="EUR", unit_micros=1000)
 BANK_MASTER = b"K" * 32
 MERCHANT = "shop"
+SITE = "https://shop.test"
+BANK_KEY = hll.card_certification_public_key(BANK_MASTER)
 
 
 @pytest.fixture
@@ -52,7 +54,9 @@ def issue(bank: hll.HllBank, *, balance: int, seed: str = "card") -> HllCardFile
     card_id = hll.new_card_id(DeterministicRandom(seed))
     key = hll.derive_card_key(BANK_MASTER, card_id)
     bank.register_card(card_id, key, balance)
-    return HllCardFile(card_id=card_id, balance=balance, denomination=EUR, card_key=key)
+    return HllCardFile(
+        card_id=card_id, balance=balance, denomination=EUR, card_key=key, bank_key=BANK_KEY
+    )
 
 
 def challenge(clock: FixedClock, *, units: int = 3, seed: str = "challenge") -> Challenge:
@@ -99,7 +103,7 @@ def test_software_card_pays_and_the_bank_accepts(
     wallet: Wallet, bank: hll.HllBank, clock: FixedClock
 ) -> None:
     card = issue(bank, balance=10)
-    wallet.add_hll_card(card)
+    wallet.add_hll_card(card, site=SITE)
     offered = challenge(clock)
     for counter in (1, 2, 3):
         paid = wallet.pay("https://shop.test/articles/a", [offered])
@@ -114,7 +118,7 @@ def test_software_card_pays_and_the_bank_accepts(
 
 
 def test_mac_is_bound_to_the_path(wallet: Wallet, bank: hll.HllBank, clock: FixedClock) -> None:
-    wallet.add_hll_card(issue(bank, balance=10))
+    wallet.add_hll_card(issue(bank, balance=10), site=SITE)
     offered = challenge(clock)
     paid = wallet.pay("https://shop.test/articles/a", [offered])
     with pytest.raises(InvalidPayment):
@@ -124,7 +128,7 @@ def test_mac_is_bound_to_the_path(wallet: Wallet, bank: hll.HllBank, clock: Fixe
 def test_other_unit_value_does_not_fit(
     wallet: Wallet, bank: hll.HllBank, clock: FixedClock
 ) -> None:
-    wallet.add_hll_card(issue(bank, balance=10))
+    wallet.add_hll_card(issue(bank, balance=10), site=SITE)
     offered = challenge(clock)
     request = dict(offered.request, unitMicros=10)
     other = Challenge(
@@ -137,7 +141,7 @@ def test_other_unit_value_does_not_fit(
     )
     with pytest.raises(LocalProtocolError, match="holds no card") as caught:
         wallet.pay("https://shop.test/articles/a", [other])
-    assert caught.value.code is ErrorCode.NOT_FOUND
+    assert caught.value.code is ErrorCode.NO_CARD_FITS
 
 
 def test_card_file_round_trips_and_refuses_junk() -> None:
@@ -150,7 +154,7 @@ def test_card_file_round_trips_and_refuses_junk() -> None:
         certificate=b"c" * 136,
     )
     assert HllCardFile.from_json(card.to_json()) == card
-    keyless = HllCardFile(card_id=bytes(16), balance=1, denomination=EUR)
+    keyless = HllCardFile(card_id=bytes(16), balance=1, denomination=EUR, bank_key=BANK_KEY)
     assert HllCardFile.from_json(keyless.to_json()) == keyless
     issuer_answer = (
         '{"card_id": "000102030405060708090a0b0c0d0e0f", "wrapped_card_key": "d3d3",'
@@ -193,7 +197,9 @@ def token_card(
     issued = issue(bank, balance=balance, seed=token.label)
     assert issued.card_key is not None
     install_card_key(token.module_path, token.label, token.user_pin, "hll", issued.card_key)
-    keyless = HllCardFile(card_id=issued.card_id, balance=balance, denomination=EUR)
+    keyless = HllCardFile(
+        card_id=issued.card_id, balance=balance, denomination=EUR, bank_key=BANK_KEY
+    )
     where = Pkcs11Location(module_path=token.module_path, token_label=token.label, key_label="hll")
     return keyless, where
 
@@ -203,7 +209,7 @@ def test_pkcs11_card_pays_with_the_stored_pin(
     wallet: Wallet, bank: hll.HllBank, clock: FixedClock, softhsm_token: SoftHsmToken
 ) -> None:
     card, where = token_card(bank, softhsm_token)
-    wallet.add_hll_card(card, token=where, pin=softhsm_token.user_pin)
+    wallet.add_hll_card(card, token=where, pin=softhsm_token.user_pin, site=SITE)
     offered = challenge(clock)
     for counter in (1, 2):
         paid = wallet.pay("https://shop.test/articles/a", [offered])
@@ -219,7 +225,7 @@ def test_pkcs11_wrong_pin_spends_nothing(
     wallet: Wallet, bank: hll.HllBank, clock: FixedClock, softhsm_token: SoftHsmToken
 ) -> None:
     card, where = token_card(bank, softhsm_token)
-    wallet.add_hll_card(card, token=where, pin="not-the-pin")
+    wallet.add_hll_card(card, token=where, pin="not-the-pin", site=SITE)
     with pytest.raises(WrongPin) as caught:
         wallet.pay("https://shop.test/articles/a", [challenge(clock)])
     assert caught.value.code is ErrorCode.WRONG_PIN
@@ -229,9 +235,9 @@ def test_pkcs11_wrong_pin_spends_nothing(
 
 
 def test_pkcs11_card_needs_a_pin(wallet: Wallet, bank: hll.HllBank, tmp_path: Path) -> None:
-    keyless = HllCardFile(card_id=bytes(16), balance=1, denomination=EUR)
+    keyless = HllCardFile(card_id=bytes(16), balance=1, denomination=EUR, bank_key=BANK_KEY)
     where = Pkcs11Location(module_path=str(tmp_path / "x.so"), token_label="t", key_label="k")
     with pytest.raises(LocalProtocolError, match="PIN"):
-        wallet.add_hll_card(keyless, token=where)
+        wallet.add_hll_card(keyless, token=where, site=SITE)
     with pytest.raises(LocalProtocolError, match="no key"):
-        wallet.add_hll_card(keyless)
+        wallet.add_hll_card(keyless, site=SITE)

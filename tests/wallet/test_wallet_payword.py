@@ -43,7 +43,9 @@ def wallet(tmp_path: Path, clock: FixedClock, broker: payword.PaywordBroker) -> 
             now=clock.now(),
             ttl=7 * 86_400,
         )
-        w.add_payword(certificate, USER_KEY)
+        w.add_payword(
+            certificate, USER_KEY, site=["https://shop.test", "https://a.test", "https://b.test"]
+        )
         yield w
 
 
@@ -151,7 +153,8 @@ def test_each_vendor_gets_its_own_commitment(
 def test_another_broker_is_not_payable(wallet: Wallet, clock: FixedClock) -> None:
     with pytest.raises(LocalProtocolError) as caught:
         wallet.pay("https://shop.test/articles/a", [challenge(clock, broker="other")])
-    assert caught.value.code is ErrorCode.NOT_FOUND
+    assert caught.value.code is ErrorCode.WRONG_ISSUER
+    assert wallet.history() == []
 
 
 def test_expired_commitment_is_replaced(
@@ -179,7 +182,7 @@ def test_wrong_user_key_is_refused(tmp_path: Path, broker: payword.PaywordBroker
         Wallet.create(tmp_path / "w", "pw") as w,
         pytest.raises(LocalProtocolError, match="does not belong"),
     ):
-        w.add_payword(certificate, b"X" * 32)
+        w.add_payword(certificate, b"X" * 32, site="https://shop.test")
 
 
 def test_a_commitment_the_vendor_does_not_know_is_retired_not_the_account(

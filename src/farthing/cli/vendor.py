@@ -14,7 +14,7 @@ from rich.table import Table
 from farthing.cli._common import console, fail
 from farthing.cli._serve import BodyTimeout, HeaderTimeout, MaxConnections, limits
 from farthing.core.errors import FarthingError
-from farthing.issuer.client import IssuerClient
+from farthing.http.issuer_client import IssuerClient
 from farthing.paywall.deposits import Depositor, FlushReport
 
 app = typer.Typer(
@@ -63,7 +63,8 @@ def init(
     """Write a starter config and the vendor's own key file into DIR/.farthing/ (never
     served). The key file holds only the SZM keys, taken from the issuer's key file; the
     realm is the issuer's (SZM cards carry it, and wallets pay only a realm that matches)."""
-    from farthing.issuer.config import load_issuer_keys, vendor_keys, write_vendor_key_file
+    from farthing.issuer.config import load_issuer_keys, vendor_keys
+    from farthing.keyfiles import write_vendor_key_file
 
     if not directory.is_dir():
         raise fail(f"{directory} is not a folder")
@@ -97,7 +98,8 @@ def keys_command(
     ),
 ) -> None:
     """Write a vendor key file (SZM keys only) for a vendor built in code (create_vendor_app)."""
-    from farthing.issuer.config import load_issuer_keys, vendor_keys, write_vendor_key_file
+    from farthing.issuer.config import load_issuer_keys, vendor_keys
+    from farthing.keyfiles import write_vendor_key_file
 
     try:
         keys = vendor_keys(load_issuer_keys(issuer_keys))

@@ -14,6 +14,7 @@ import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Final
@@ -37,9 +38,16 @@ from farthing.core.errors import (
     UnsupportedMethod,
     WrongPin,
 )
+from farthing.core.primitives import constant_time_eq
 from farthing.core.schemes import payword, szm_status
 from farthing.wallet.auth import PaymentAuth
-from farthing.wallet.cards import NO_EXPIRY, CardInfo, HllCardFile, Pkcs11Location
+from farthing.wallet.cards import (
+    BANK_KEY_LEN,
+    NO_EXPIRY,
+    CardInfo,
+    HllCardFile,
+    Pkcs11Location,
+)
 from farthing.wallet.pkcs11_card import install_wrapped_card_key, new_wrapping_key
 from farthing.wallet.policy import Limits, SpendingPolicy, format_micros, parse_amount
 from farthing.wallet.store import HistoryEntry
@@ -74,8 +82,13 @@ PassFileOpt = Annotated[
 ]
 LabelOpt = Annotated[str | None, typer.Option("--label", help="a name for the card")]
 SiteOpt = Annotated[
-    str | None,
-    typer.Option("--site", help="pay only this site with the card, e.g. https://shop.example"),
+    list[str],
+    typer.Option(
+        "--site",
+        help="a site the card may pay, e.g. https://shop.example (repeat the option, or "
+        "separate sites with commas); the card pays no other site",
+        show_default=False,
+    ),
 ]
 
 
@@ -135,7 +148,7 @@ _HINTS: Final[tuple[tuple[type[FarthingError], str], ...]] = (
     (PolicyRefused, "allow it with --max-price, or raise the limits: `farthing wallet policy`"),
     (
         CardExhausted,
-        "add a card: `farthing wallet add-card szm CODE` (see `farthing wallet cards`)",
+        "add a card: `farthing wallet add-card szm CODE --site URL` (see `farthing wallet cards`)",
     ),
     (WrongPin, f"store the right PIN: add the card again (PIN from ${PIN_ENV} or the prompt)"),
     (CardLocked, "the token's PIN is locked; unlock it with the token's admin tools"),
@@ -144,8 +157,16 @@ _HINTS: Final[tuple[tuple[type[FarthingError], str], ...]] = (
     (UnsupportedMethod, "this farthing does not know that kind of card"),
 )
 _CODE_HINTS: Final = {
+    ErrorCode.WRONG_PASSPHRASE: f"use the passphrase chosen at `farthing wallet init` "
+    f"(--passphrase-file, ${PASSPHRASE_ENV} or the prompt)",
+    ErrorCode.NO_CARD_FITS: "add a card this vendor takes: `farthing wallet add-card`",
+    ErrorCode.WALLET_BUSY: "another farthing is using this wallet; try again when it is done",
+    ErrorCode.DEVICE_FAILED: "check that the token is plugged in, then try again",
+    ErrorCode.ISSUER_UNAVAILABLE: "the issuer could not be reached; try again later",
     ErrorCode.INSECURE_TRANSPORT: "use the vendor's https:// address",
-    ErrorCode.WRONG_SITE: "this card was added for another site (see `farthing wallet cards`)",
+    ErrorCode.WRONG_SITE: "a card pays only the sites it was added for (see `farthing wallet "
+    "cards`); add one with `farthing wallet bind LABEL --site URL` if you trust it",
+    ErrorCode.WRONG_ISSUER: "this vendor takes cards of another bank or broker than yours",
     ErrorCode.SEAL_BROKEN: "the answer was not sealed by the card's issuer; see "
     "`farthing wallet history`",
 }
@@ -188,14 +209,6 @@ def _has_request(error: httpx.RequestError) -> bool:
 
 
 def _explain(error: FarthingError) -> typer.Exit:
-    if error.code is ErrorCode.WALLET_LOCKED and error.message == "wrong passphrase":
-        return fail(
-            "wrong passphrase",
-            hint=f"use the passphrase chosen at `farthing wallet init` (--passphrase-file, "
-            f"${PASSPHRASE_ENV} or the prompt)",
-        )
-    if error.code is ErrorCode.NOT_FOUND and "holds no card" in error.message:
-        return fail(error.message, hint="add a card this vendor takes: `farthing wallet add-card`")
     if error.code in _CODE_HINTS:
         return fail(error.message, hint=_CODE_HINTS[error.code])
     for kind, hint in _HINTS:
@@ -219,7 +232,7 @@ def init(wallet: WalletOpt = None, passphrase_file: PassFileOpt = None) -> None:
     with _explained(), Wallet.create(path, passphrase):
         pass
     console.print(f"Created wallet [bold]{path}[/]")
-    console.print("Next: add a card with `farthing wallet add-card szm CODE`.")
+    console.print("Next: add a card with `farthing wallet add-card szm CODE --site URL`.")
 
 
 @app.command()
@@ -241,33 +254,31 @@ def upgrade(wallet: WalletOpt = None, passphrase_file: PassFileOpt = None) -> No
 
 @add_card.command("szm")
 def add_szm(
+    site: SiteOpt,
     code: Annotated[str | None, typer.Argument(help="the printed card code FTH1-...")] = None,
     file: Annotated[
         Path | None,
         typer.Option("--file", help="a file holding the code (text or QR/compact form)"),
     ] = None,
-    site: Annotated[
-        str,
-        typer.Option(
-            "--site",
-            help="the vendor that sold the card, e.g. https://news.example: the card pays "
-            "only there",
-        ),
-    ] = "",
     label: LabelOpt = None,
     wallet: WalletOpt = None,
     passphrase_file: PassFileOpt = None,
 ) -> None:
-    """Add an SZM prepaid card from its printed code or a file, bound to the vendor's site."""
+    """Add an SZM prepaid card from its printed code or a file, bound to the vendor that sold
+    it (--site): the card's realm is a name anyone can copy, the site is what you trust."""
     text = _one_source(code, file, "a card code", "--file")
-    if not site:
-        raise fail(
-            "an SZM card needs --site, the vendor that sold it (e.g. https://news.example)",
-            hint="the card's realm is a name anyone can copy; the wallet pays only that site",
-        )
+    sites = _sites(site)
     with _opened(wallet, passphrase_file) as opened, _explained():
-        info = opened.add_szm_code(text, site=site, label=label)
+        info = opened.add_szm_code(text, site=sites, label=label)
     _added(info)
+
+
+def _sites(given: list[str]) -> list[str]:
+    """``--site`` values, each possibly a comma-separated list."""
+    sites = [part.strip() for value in given for part in value.split(",") if part.strip()]
+    if not sites:
+        raise fail("give at least one --site URL", hint="e.g. --site https://news.example")
+    return sites
 
 
 _WRAP_LABEL: Final = "hll-card-wrap"
@@ -312,6 +323,7 @@ def _write_new(path: Path, text: str) -> None:
 
 @add_card.command("hll")
 def add_hll(
+    site: SiteOpt,
     card_file: Annotated[
         Path, typer.Option("--card-file", help="the bank's personalisation output (JSON)")
     ],
@@ -323,12 +335,23 @@ def add_hll(
     wrap_label: Annotated[
         str, typer.Option("--wrap-label", help="the key pair `hll-token-key` made")
     ] = _WRAP_LABEL,
+    bank_key: Annotated[
+        str | None,
+        typer.Option(
+            "--bank-key",
+            help="the bank's card-certification key (hex, `farthing issuer hll-key`), for a "
+            "card file that does not name its bank",
+        ),
+    ] = None,
     label: LabelOpt = None,
-    site: SiteOpt = None,
     wallet: WalletOpt = None,
     passphrase_file: PassFileOpt = None,
 ) -> None:
-    """Add an HLL card whose key K_C lives in a PKCS#11 token.
+    """Add an HLL card whose key K_C lives in a PKCS#11 token, for the merchants in --site.
+
+    The card is bound to its bank (the card file's `bankKey`, else --bank-key): the bank
+    must have signed the card's certificate, and the card pays no challenge naming another
+    bank.
 
     If the card file carries K_C wrapped for the token (the bank's answer to a request made
     with `hll-token-key`), the token unwraps it inside itself first; K_C is never in the
@@ -336,14 +359,40 @@ def add_hll(
     line, where other users see it), and is kept in the wallet, sealed under the
     passphrase, so payments run without asking for it.
     """
+    sites = _sites(site)
     with _explained():
-        card = HllCardFile.from_json(_read_text(card_file))
+        card = _with_bank(HllCardFile.from_json(_read_text(card_file)), bank_key)
     token = Pkcs11Location(module_path=pkcs11_module, token_label=token_label, key_label=key_label)
     pin = os.environ.get(PIN_ENV) or typer.prompt("Token PIN", hide_input=True, err=True)
     card = _into_token(card, token, pin, wrap_label)
     with _opened(wallet, passphrase_file) as opened, _explained():
-        info = opened.add_hll_card(card, token=token, pin=pin, label=label, site=site)
+        info = opened.add_hll_card(card, token=token, pin=pin, label=label, site=sites)
     _added(info)
+
+
+def _bank_key(text: str) -> bytes:
+    try:
+        key = bytes.fromhex(text)
+    except ValueError:
+        key = b""
+    if len(key) != BANK_KEY_LEN:
+        raise fail("--bank-key is 64 hex digits", hint="as `farthing issuer hll-key` prints it")
+    return key
+
+
+def _with_bank(card: HllCardFile, bank_key: str | None) -> HllCardFile:
+    """The card file, naming its bank (from the file, else from --bank-key)."""
+    if bank_key is not None:
+        key = _bank_key(bank_key)
+        if card.bank_key is not None and not constant_time_eq(card.bank_key, key):
+            raise fail("--bank-key is not the bank the card file names")
+        return replace(card, bank_key=key)
+    if card.bank_key is None:
+        raise fail(
+            "the card file does not name its bank",
+            hint="give --bank-key, the bank's key as `farthing issuer hll-key` prints it",
+        )
+    return card
 
 
 def _into_token(card: HllCardFile, token: Pkcs11Location, pin: str, wrap_label: str) -> HllCardFile:
@@ -365,11 +414,13 @@ def _into_token(card: HllCardFile, token: Pkcs11Location, pin: str, wrap_label: 
         denomination=card.denomination,
         expires_at=card.expires_at,
         certificate=card.certificate,
+        bank_key=card.bank_key,
     )
 
 
 @add_card.command("payword")
 def add_payword(
+    site: SiteOpt,
     certificate: Annotated[
         Path, typer.Option("--certificate", help="the broker's certificate (base64url or raw)")
     ],
@@ -377,16 +428,17 @@ def add_payword(
         Path, typer.Option("--user-key", help="your Ed25519 private key (base64url or raw)")
     ],
     label: LabelOpt = None,
-    site: SiteOpt = None,
     wallet: WalletOpt = None,
     passphrase_file: PassFileOpt = None,
 ) -> None:
-    """Add a PayWord account: your key and the broker's certificate for it."""
+    """Add a PayWord account: your key and the broker's certificate for it, for the vendors
+    in --site (and only for challenges naming the certificate's broker)."""
+    sites = _sites(site)
     with _explained():
         cert = payword.decode_certificate(_read_blob(certificate))
         key = _read_blob(user_key)
     with _opened(wallet, passphrase_file) as opened, _explained():
-        info = opened.add_payword(cert, key, label=label, site=site)
+        info = opened.add_payword(cert, key, label=label, site=sites)
     _added(info)
 
 
@@ -424,16 +476,49 @@ def _added(info: CardInfo) -> None:
     )
 
 
+CardArg = Annotated[str, typer.Argument(help="the card's label (see `farthing wallet cards`)")]
+
+
 @app.command()
 def bind(
-    card: Annotated[str, typer.Argument(help="the card's label (see `farthing wallet cards`)")],
-    site: Annotated[str, typer.Option("--site", help="the vendor that sold it")],
+    card: CardArg,
+    site: Annotated[
+        list[str] | None,
+        typer.Option("--site", help="a site the card may pay from now on (repeatable, or commas)"),
+    ] = None,
+    bank_key: Annotated[
+        str | None,
+        typer.Option(
+            "--bank-key",
+            help="name the bank of an HLL card added before cards named theirs (hex, "
+            "`farthing issuer hll-key`)",
+        ),
+    ] = None,
     wallet: WalletOpt = None,
     passphrase_file: PassFileOpt = None,
 ) -> None:
-    """Bind a card added without a site to the vendor that sold it (it pays only there)."""
+    """Let a card pay more sites (--site, repeatable or comma-separated), or name an old HLL
+    card's bank (--bank-key)."""
+    sites = _sites(site or []) if site or bank_key is None else []
+    key = None if bank_key is None else _bank_key(bank_key)
     with _opened(wallet, passphrase_file) as opened, _explained():
-        info = opened.bind(card, site)
+        info = opened.name_bank(card, key) if key is not None else None
+        info = opened.bind(card, sites) if sites else info
+    assert info is not None
+    console.print(f"[bold]{info.label}[/]: {info.where}")
+
+
+@app.command()
+def unbind(
+    card: CardArg,
+    site: SiteOpt,
+    wallet: WalletOpt = None,
+    passphrase_file: PassFileOpt = None,
+) -> None:
+    """Stop a card paying these sites; a card left with none pays nobody until bound."""
+    sites = _sites(site)
+    with _opened(wallet, passphrase_file) as opened, _explained():
+        info = opened.unbind(card, sites)
     console.print(f"[bold]{info.label}[/]: {info.where}")
 
 
@@ -443,7 +528,7 @@ def cards(wallet: WalletOpt = None, passphrase_file: PassFileOpt = None) -> None
     with _opened(wallet, passphrase_file) as opened:
         held = opened.cards()
     if not held:
-        console.print("No cards yet. Add one with `farthing wallet add-card szm CODE`.")
+        console.print("No cards yet. Add one with `farthing wallet add-card szm CODE --site URL`.")
         return
     table = Table(title="Cards")
     table.add_column("Card", no_wrap=True)
@@ -490,7 +575,7 @@ def card_status(
 ) -> None:
     """Ask the issuer what is left on an SZM card, proving that this wallet holds it (the
     issuer tells nobody else: the card id alone is in every payment)."""
-    from farthing.issuer.client import CardStatus, IssuerClient
+    from farthing.http.issuer_client import CardStatus, IssuerClient
 
     async def ask(request: szm_status.StatusRequest) -> CardStatus:
         async with IssuerClient(issuer, merchant_id=None, merchant_key=None) as client:

@@ -176,7 +176,7 @@ def _with_checksum(code: CardCode) -> bytes:
 def _checked(payload: bytes) -> CardCode:
     card, checksum = payload[:-_CHECKSUM_LEN], payload[-_CHECKSUM_LEN:]
     if not card or not constant_time_eq(sha256(card)[:_CHECKSUM_LEN], checksum):
-        raise MalformedMessage("card code checksum does not match", code=ErrorCode.MALFORMED)
+        raise MalformedMessage("card code checksum does not match")
     return decode_card(card)
 
 

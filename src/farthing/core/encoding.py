@@ -102,7 +102,7 @@ class Reader:
 
     def __init__(self, data: builtins.bytes, domain: str, *, max_size: int = 4096) -> None:
         if not isinstance(data, bytes):
-            raise MalformedMessage("message must be bytes", code=ErrorCode.MALFORMED)
+            raise MalformedMessage("message must be bytes")
         if len(data) > max_size:
             raise MalformedMessage("message too large", code=ErrorCode.OVERSIZED)
         expected = header(domain)

@@ -13,12 +13,33 @@
     │   ├── NotFound                   no such account, card, merchant            404
     │   ├── Conflict                   a state change lost a race or repeats      409
     │   └── RateLimited                slow down                                   429
-    └── LocalProtocolError             the caller misused the API (our fault)
-        ├── CardExhausted              the wallet's card has no units left
-        ├── CardLocked                 too many wrong PINs
-        ├── WrongPin                   the PIN is wrong
-        ├── PolicyRefused              the wallet's spending policy refuses a price
-        └── Unavailable                out of store connections; try again      503
+    ├── LocalProtocolError             the caller misused the API (our fault)
+    │   ├── CardExhausted              the wallet's card has no units left
+    │   ├── CardLocked                 too many wrong PINs
+    │   ├── WrongPin                   the PIN is wrong
+    │   └── PolicyRefused              the wallet's spending policy refuses a price
+    └── ExternalFailure                something we rely on broke (nobody's fault here) 503
+        ├── Unavailable                a server we need cannot serve now; retry after   503
+        ├── DeviceFailure              the card device (a PKCS#11 token) failed or left
+        └── ResourceBusy               a local file (the wallet) is locked or unwritable
+
+Whose fault decides the branch, as trio separates a closed resource (our misuse) from a
+broken one (something outside): a peer's mistake is answered to that peer; our own misuse
+is a bug, logged and answered as a bare 500; an outside failure is nobody's mistake, so the
+request may simply be tried again later. An :class:`ExternalFailure` keeps what broke (the
+httpx, SQLAlchemy or PKCS#11 exception) as ``__cause__`` for the log; only its fixed message
+and code ever reach a remote party.
+
+Which outage is which (each code is raised as exactly one class, :data:`CLASS_OF_CODE`):
+
+- ISSUER_UNAVAILABLE, STORE_UNAVAILABLE: :class:`Unavailable` (503 with Retry-After);
+- DEVICE_FAILED: :class:`DeviceFailure`; WALLET_BUSY: :class:`ResourceBusy`;
+- SERVER_BUSY stays a :class:`RateLimited`: the server sheds load on purpose to protect
+  itself, which is a refusal like any rate limit, not something that broke.
+- a busy SQLite store (another writer holds the lock past the timeout) stays a
+  :class:`Conflict`: the request lost a race, as a failed compare-and-set does, and is
+  answered 409 as before; a store that cannot take another connection is Unavailable.
+- an unknown PKCS#11 error stays LocalProtocolError(INTERNAL): it may be our misuse.
 
 Each error carries a stable ``code`` from :class:`ErrorCode` (unique, tested) and an
 ``http_status`` hint that the HTTP edge maps to an RFC 9457 problem. Messages are fixed
@@ -28,14 +49,20 @@ say which check failed (no oracle for a forger).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import IntEnum, unique
+from types import MappingProxyType
+from typing import Final
 
 __all__ = [
+    "CLASS_OF_CODE",
     "AccessDenied",
     "CardExhausted",
     "CardLocked",
     "Conflict",
+    "DeviceFailure",
     "ErrorCode",
+    "ExternalFailure",
     "FarthingError",
     "InsufficientFunds",
     "InvalidPayment",
@@ -46,6 +73,7 @@ __all__ = [
     "PolicyRefused",
     "RateLimited",
     "RemoteProtocolError",
+    "ResourceBusy",
     "Unavailable",
     "UnsupportedMethod",
     "WrongPin",
@@ -57,7 +85,8 @@ class ErrorCode(IntEnum):
     """Stable error codes. Never renumber; only append.
 
     1xxx encoding, 2xxx verification, 3xxx funds and time, 4xxx access and state,
-    5xxx local misuse, 9xxx internal.
+    5xxx local misuse, 6xxx something outside broke (the older ISSUER_UNAVAILABLE and
+    STORE_UNAVAILABLE keep their 5xxx numbers), 9xxx internal.
     """
 
     MALFORMED = 1000
@@ -102,9 +131,15 @@ class ErrorCode(IntEnum):
     WALLET_LOCKED = 5005
     ISSUER_UNAVAILABLE = 5006
     INSECURE_TRANSPORT = 5007  # the wallet pays only over https (plain http on loopback)
-    WRONG_SITE = 5008  # the card is bound to another site
+    WRONG_SITE = 5008  # the site is outside the card's set of sites
     STORE_UNAVAILABLE = 5009  # no free store connection, or the database refuses clients
     KDF_TOO_WEAK = 5010  # a wallet file sealed under a passphrase KDF below our minimum
+    WRONG_ISSUER = 5011  # the challenge names another bank or broker than the card's
+    WRONG_PASSPHRASE = 5012  # the wallet's check value does not open (WALLET_LOCKED: damage)
+    NO_CARD_FITS = 5013  # the wallet holds no card of any method the vendor offers
+
+    DEVICE_FAILED = 6000  # the PKCS#11 device failed, ran out of memory or was removed
+    WALLET_BUSY = 6001  # the wallet file is locked by another process, or unwritable
 
     INTERNAL = 9000
 
@@ -149,11 +184,17 @@ class InvalidPayment(RemoteProtocolError):
     """A payment, MAC, signature or seal did not verify.
 
     Deliberately vague: a replay, a forged token, a wrong card and a stale index all raise
-    this with the same message, so a forger learns nothing from which one it was.
+    this with the same message, so a forger learns nothing from which one it was:
+    ``raise InvalidPayment()`` is the one refusal (as fernet has one InvalidToken).
     """
 
     default_code = ErrorCode.PAYMENT_INVALID
     http_status = 401
+
+    def __init__(
+        self, message: str = "payment did not verify", *, code: ErrorCode | None = None
+    ) -> None:
+        super().__init__(message, code=code)
 
 
 class InsufficientFunds(RemoteProtocolError):
@@ -241,9 +282,21 @@ class PolicyRefused(LocalProtocolError):
     http_status = 402
 
 
-class Unavailable(LocalProtocolError):
-    """This side cannot serve the request now (its store has no free connection, or the
-    database refuses more clients); nothing was done. Retry after ``retry_after`` seconds."""
+class ExternalFailure(FarthingError):
+    """Something this side relies on broke: a server, a device, a file. Not raised itself.
+
+    Nobody's mistake: the same request may work later. The cause (the library's own
+    exception) travels as ``__cause__`` for the log and is never sent to a remote party.
+    """
+
+    default_code = ErrorCode.INTERNAL
+    http_status = 503
+
+
+class Unavailable(ExternalFailure):
+    """A server this side needs cannot serve now: the store has no free connection or the
+    database refuses more clients (STORE_UNAVAILABLE), or the issuer is unreachable or
+    answers nonsense (ISSUER_UNAVAILABLE). Retry after ``retry_after`` seconds."""
 
     default_code = ErrorCode.STORE_UNAVAILABLE
     http_status = 503
@@ -251,3 +304,60 @@ class Unavailable(LocalProtocolError):
     def __init__(self, message: str, *, retry_after: int, code: ErrorCode | None = None) -> None:
         super().__init__(message, code=code)
         self.retry_after = retry_after
+
+
+class DeviceFailure(ExternalFailure):
+    """The card device (a PKCS#11 token) failed, ran out of memory or was removed."""
+
+    default_code = ErrorCode.DEVICE_FAILED
+    http_status = 503
+
+
+class ResourceBusy(ExternalFailure):
+    """A local resource (the wallet file) is locked by another process or cannot be written."""
+
+    default_code = ErrorCode.WALLET_BUSY
+    http_status = 503
+
+
+def _class_of(code: ErrorCode) -> type[FarthingError]:
+    """The one class each code is raised as: by exact code, then by the thousands."""
+    exact: dict[ErrorCode, type[FarthingError]] = {
+        ErrorCode.UNSUPPORTED_METHOD: UnsupportedMethod,
+        ErrorCode.CARD_EXPIRED: PaymentExpired,
+        ErrorCode.CHALLENGE_EXPIRED: PaymentExpired,
+        ErrorCode.CERTIFICATE_EXPIRED: PaymentExpired,
+        ErrorCode.ACCESS_DENIED: AccessDenied,
+        ErrorCode.UNAUTHENTICATED: AccessDenied,
+        ErrorCode.NOT_FOUND: NotFound,
+        ErrorCode.CONFLICT: Conflict,
+        ErrorCode.DUPLICATE_SPEND: Conflict,
+        ErrorCode.RATE_LIMITED: RateLimited,
+        ErrorCode.SERVER_BUSY: RateLimited,
+        ErrorCode.PAYLOAD_TOO_LARGE: MalformedMessage,
+        ErrorCode.PAYMENT_REQUIRED: InsufficientFunds,
+        ErrorCode.CARD_EXHAUSTED: CardExhausted,
+        ErrorCode.CARD_LOCKED: CardLocked,
+        ErrorCode.WRONG_PIN: WrongPin,
+        ErrorCode.POLICY_REFUSED: PolicyRefused,
+        ErrorCode.ISSUER_UNAVAILABLE: Unavailable,
+        ErrorCode.STORE_UNAVAILABLE: Unavailable,
+        ErrorCode.DEVICE_FAILED: DeviceFailure,
+        ErrorCode.WALLET_BUSY: ResourceBusy,
+    }
+    by_thousand: dict[int, type[FarthingError]] = {
+        1: MalformedMessage,
+        2: InvalidPayment,
+        3: InsufficientFunds,
+        5: LocalProtocolError,
+        9: LocalProtocolError,
+    }
+    return exact.get(code) or by_thousand[int(code) // 1000]
+
+
+CLASS_OF_CODE: Final[Mapping[ErrorCode, type[FarthingError]]] = MappingProxyType(
+    {code: _class_of(code) for code in ErrorCode}
+)
+"""The class each code is raised as, for rebuilding an error from its code alone (a problem
+from the issuer). Codes reused under another class (MISUSE's CONFLICT, NOT_FOUND raised as
+LocalProtocolError by a local lookup) are still sent and read back as this one."""

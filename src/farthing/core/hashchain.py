@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import math
 
-from farthing.core.errors import CardExhausted, ErrorCode, LocalProtocolError
+from farthing.core.errors import CardExhausted, LocalProtocolError
 
 __all__ = ["ChainWalker", "chain_anchor", "chain_step", "chain_walk"]
 
@@ -75,7 +75,7 @@ class ChainWalker:
     def value(self, index: int) -> bytes:
         """w_index, for 0 <= index <= N. Cheapest when indexes only grow."""
         if not 0 <= index <= self._length:
-            raise CardExhausted("no such chain position", code=ErrorCode.CARD_EXHAUSTED)
+            raise CardExhausted("no such chain position")
         base = (index // self._stride) * self._stride
         if base != self._segment_base:
             self._expand_segment(base)

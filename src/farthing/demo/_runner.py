@@ -17,13 +17,13 @@ from farthing.core.clock import SystemClock
 from farthing.core.encoding import b64url_decode, b64url_encode
 from farthing.core.errors import ErrorCode, FarthingError, LocalProtocolError
 from farthing.core.primitives import ed25519_public_key
-from farthing.core.schemes import payword
+from farthing.core.schemes import hll, payword
 from farthing.demo._servers import BackgroundServer
 from farthing.demo.report import CardLine, DemoReport, Purchase
+from farthing.http.issuer_client import IssuerClient
 from farthing.http.payment_auth import Receipt
 from farthing.issuer.app import create_issuer_app
 from farthing.issuer.auth import new_operator_token, token_hash
-from farthing.issuer.client import IssuerClient
 from farthing.issuer.config import (
     IssuerConfig,
     IssuerKeys,
@@ -250,8 +250,9 @@ def _issue_szm_cards(operator: httpx.Client, step: Step) -> dict[str, str]:
 
 
 def _load_szm_cards(setup: Setup, vendor_url: str, step: Step) -> None:
-    """The SZM cards go into the wallets bound to the vendor that sells them (its URL)."""
-    step("wallet: load the SZM cards, each bound to the vendor's site")
+    """The SZM cards go into the wallets bound to the vendor that sells them (its URL); the
+    bank card and the PayWord account, added before the vendor ran, are bound to it now."""
+    step("wallet: load the SZM cards, each bound to the vendor's site; bind the others")
     with (
         Wallet.open(setup.wallet_path, PASSPHRASE) as wallet,
         Wallet.open(setup.bbs_wallet_path, PASSPHRASE) as bbs_wallet,
@@ -259,6 +260,8 @@ def _load_szm_cards(setup: Setup, vendor_url: str, step: Step) -> None:
         for label, code in setup.cards.szm_codes.items():
             holder = bbs_wallet if label.endswith("/bbs") else wallet
             holder.add_szm_code(code, site=vendor_url, label=label)
+        for label in ("hll:mac", "payword"):
+            wallet.bind(label, vendor_url)
 
 
 def _register_merchant(operator: httpx.Client, step: Step) -> bytes:
@@ -296,11 +299,13 @@ def _personalise_hll_card(
         balance=card.balance,
         denomination=card.denomination,
         certificate=card.certificate,
+        bank_key=card.bank_key,
     )
     if token is None:
         assert software is not None
         key = software.unwrap(card.wrapped_key)
-        wallet.add_hll_card(replace(kept, card_key=key), label="hll:mac")
+        # No site yet (it pays nobody): the vendor's URL is known once it runs.
+        wallet.add_hll_card(replace(kept, card_key=key), site=(), label="hll:mac")
         device = "software card (no SoftHSM2 here)"
         return IssuedHllCard(card_json=kept.to_json(), token=None, pin="", device=device)
     install_wrapped_card_key(
@@ -310,7 +315,7 @@ def _personalise_hll_card(
     location = Pkcs11Location(
         module_path=token.module_path, token_label=token.label, key_label="hll-card"
     )
-    wallet.add_hll_card(kept, token=location, pin=token.user_pin, label="hll:mac")
+    wallet.add_hll_card(kept, token=location, pin=token.user_pin, site=(), label="hll:mac")
     device = "SoftHSM2 token over PKCS#11 (key unwrapped inside, not extractable)"
     return IssuedHllCard(
         card_json=kept.to_json(), token=location, pin=token.user_pin, device=device
@@ -339,7 +344,7 @@ def _register_payword_user(
     }  # fmt: skip
     user = _api(operator.post("/v1/payword/users", json=body))
     encoded = b64url_decode(str(user["certificate"]))
-    wallet.add_payword(payword.decode_certificate(encoded), private, label="payword")
+    wallet.add_payword(payword.decode_certificate(encoded), private, site=(), label="payword")
     return encoded, private
 
 
@@ -367,6 +372,7 @@ def _vendor(setup: Setup, step: Step) -> Iterator[str]:
         hll=HllSettings(
             merchant_id="shop", merchant_key=setup.merchant_key, unit_micros=UNIT,
             mode=HllMode.ONLINE,
+            bank_public_key=hll.card_certification_public_key(keys.hll_master),
         ),
         payword=PaywordSettings(
             vendor_id="shop", broker_id="demo-broker",

@@ -128,9 +128,9 @@ def parse_rfc3339(text: str) -> int:
     try:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
-        raise MalformedMessage("bad RFC 3339 time", code=ErrorCode.MALFORMED) from None
+        raise MalformedMessage("bad RFC 3339 time") from None
     if moment.tzinfo is None:
-        raise MalformedMessage("RFC 3339 time needs a zone", code=ErrorCode.MALFORMED)
+        raise MalformedMessage("RFC 3339 time needs a zone")
     return int(moment.timestamp())
 
 
@@ -151,7 +151,7 @@ class Challenge:
 
     def __post_init__(self) -> None:
         if not _METHOD.match(self.method):
-            raise MalformedMessage("bad payment method identifier", code=ErrorCode.MALFORMED)
+            raise MalformedMessage("bad payment method identifier")
 
 
 def _quote(value: str) -> str:
@@ -192,7 +192,7 @@ def _split_challenges(header: str) -> list[tuple[str, dict[str, str]]]:
                 break
             name = param.group(1).lower()
             if name in params:
-                raise MalformedMessage("duplicate challenge parameter", code=ErrorCode.MALFORMED)
+                raise MalformedMessage("duplicate challenge parameter")
             quoted = param.group(2)
             params[name] = re.sub(r"\\(.)", r"\1", quoted) if quoted is not None else param.group(3)
             pos = param.end()
@@ -225,7 +225,7 @@ def parse_challenges(headers: list[str]) -> list[Challenge]:
 def _challenge_from_params(params: dict[str, str]) -> Challenge:
     missing = [p for p in _CHALLENGE_PARAMS[:6] if p not in params]
     if missing:
-        raise MalformedMessage("challenge lacks parameters", code=ErrorCode.MALFORMED)
+        raise MalformedMessage("challenge lacks parameters")
     return Challenge(
         id=params["id"],
         realm=params["realm"],
@@ -304,9 +304,9 @@ class Receipt:
             status, method = obj.pop("status"), obj.pop("method")
             timestamp, reference = obj.pop("timestamp"), obj.pop("reference")
         except KeyError:
-            raise MalformedMessage("receipt lacks members", code=ErrorCode.MALFORMED) from None
+            raise MalformedMessage("receipt lacks members") from None
         if not all(isinstance(v, str) for v in (status, method, timestamp, reference)):
-            raise MalformedMessage("receipt member types", code=ErrorCode.MALFORMED)
+            raise MalformedMessage("receipt member types")
         return cls(
             status=str(status),
             method=str(method),

@@ -1,9 +1,16 @@
 """RFC 9457 problem details for every farthing error, with the Payment draft's types.
 
-The one place where the error tree meets HTTP. A :class:`FarthingError` maps to a fixed
-status, problem ``type`` and ``title`` by its class and code; the ``detail`` is the error's
-own fixed message, which never carries secrets. Anything that is not a FarthingError is an
-internal fault: a bare 500 with a correlation id and nothing else.
+The one place where the error tree meets HTTP, both ways::
+
+    problem_for(error)   -> Problem     status, type and title by class (then by code)
+    error_for(problem)   -> error       the class of its code (CLASS_OF_CODE), or None
+
+A :class:`FarthingError` maps to a fixed status, problem ``type`` and ``title`` by its class
+and code; the ``detail`` is the error's own fixed message, which never carries secrets, and
+an :class:`ExternalFailure`'s cause never leaves this process. Our own misuse
+(:class:`LocalProtocolError`) and anything that is not a FarthingError is an internal fault:
+a bare 500 with a correlation id and nothing else. ``error_for(problem_for(e))`` gives back
+the class, code and message of every error that may cross (tests/http/test_problems.py).
 """
 
 from __future__ import annotations
@@ -12,9 +19,11 @@ from dataclasses import dataclass
 from typing import Final
 
 from farthing.core.errors import (
+    CLASS_OF_CODE,
     AccessDenied,
     Conflict,
     ErrorCode,
+    ExternalFailure,
     FarthingError,
     InsufficientFunds,
     InvalidPayment,
@@ -22,13 +31,19 @@ from farthing.core.errors import (
     MalformedMessage,
     NotFound,
     PaymentExpired,
-    PolicyRefused,
     RateLimited,
     Unavailable,
     UnsupportedMethod,
 )
 
-__all__ = ["PROBLEM_BASE", "Problem", "internal_problem", "problem_for"]
+__all__ = [
+    "PROBLEM_BASE",
+    "Problem",
+    "crosses",
+    "error_for",
+    "internal_problem",
+    "problem_for",
+]
 
 PROBLEM_BASE: Final = "https://paymentauth.org/problems/"
 FARTHING_BASE: Final = "https://farthing.dev/problems/"
@@ -43,6 +58,24 @@ class Problem:
     detail: str
     code: int
     retry_after: int | None = None
+
+    @classmethod
+    def from_json(cls, status: int, body: object, retry_after: str | None) -> Problem | None:
+        """The problem a peer answered with, or None if the body names no farthing code."""
+        if not isinstance(body, dict):
+            return None
+        code = body.get("code")
+        if not isinstance(code, int) or isinstance(code, bool):
+            return None
+        detail, type_, title = body.get("detail"), body.get("type"), body.get("title")
+        return cls(
+            status=status,
+            type=type_ if isinstance(type_, str) else "about:blank",
+            title=title if isinstance(title, str) else "",
+            detail=detail if isinstance(detail, str) and len(detail) <= _MAX_DETAIL else "",
+            code=code,
+            retry_after=int(retry_after) if retry_after and retry_after.isdigit() else None,
+        )
 
     def to_json(self, **extra: object) -> dict[str, object]:
         body: dict[str, object] = {
@@ -69,8 +102,7 @@ _TABLE: Final[tuple[tuple[type[FarthingError], int, str, str], ...]] = (
     (NotFound, 404, FARTHING_BASE + "not-found", "Not found"),
     (Conflict, 409, FARTHING_BASE + "conflict", "Conflict"),
     (RateLimited, 429, FARTHING_BASE + "rate-limited", "Too many requests"),
-    (PolicyRefused, 402, FARTHING_BASE + "policy-refused", "Refused by spending policy"),
-    (Unavailable, 503, FARTHING_BASE + "unavailable", "Service unavailable"),
+    (ExternalFailure, 503, FARTHING_BASE + "unavailable", "Service unavailable"),
 )
 
 _CODE_OVERRIDES: Final = {
@@ -80,11 +112,20 @@ _CODE_OVERRIDES: Final = {
     # The issuer (bank, broker) could not be reached: try again later, nothing was taken.
     ErrorCode.ISSUER_UNAVAILABLE: (503, FARTHING_BASE + "issuer-unavailable", "Issuer unavailable"),
 }
-_RETRY_AFTER: Final = {ErrorCode.ISSUER_UNAVAILABLE: 5}
+_DEFAULT_RETRY_AFTER: Final = 1  # a peer's 429 or 503 without a usable Retry-After
+_MAX_DETAIL: Final = 200  # longer details from a peer are dropped, not echoed
+
+
+def crosses(error: FarthingError) -> bool:
+    """Whether an error may be told to a remote party: a peer's mistake or an outage may;
+    our own misuse is a bug, answered as a bare 500 and logged."""
+    return not isinstance(error, LocalProtocolError)
 
 
 def problem_for(error: FarthingError) -> Problem:
     """The problem for a domain error. Local misuse that reaches the edge is a 500."""
+    if not crosses(error):
+        return internal_problem()
     retry_after = error.retry_after if isinstance(error, RateLimited | Unavailable) else None
     override = _CODE_OVERRIDES.get(error.code)
     if override is not None:
@@ -95,7 +136,7 @@ def problem_for(error: FarthingError) -> Problem:
             title=title,
             detail=error.message,
             code=int(error.code),
-            retry_after=retry_after if retry_after is not None else _RETRY_AFTER.get(error.code),
+            retry_after=retry_after,
         )
     for cls, status, type_, title in _TABLE:
         if isinstance(error, cls):
@@ -107,8 +148,6 @@ def problem_for(error: FarthingError) -> Problem:
                 code=int(error.code),
                 retry_after=retry_after,
             )
-    if isinstance(error, LocalProtocolError):
-        return internal_problem()
     return Problem(
         status=400,
         type=FARTHING_BASE + "bad-request",
@@ -116,6 +155,26 @@ def problem_for(error: FarthingError) -> Problem:
         detail=error.message,
         code=int(error.code),
     )
+
+
+def error_for(problem: Problem) -> FarthingError | None:
+    """The error a peer's problem stands for: the one class of its code, with the peer's
+    fixed message (or the code's name). None for a code we do not know, or one that never
+    crosses (a peer's internal fault, or its own misuse): that is the peer's outage."""
+    try:
+        code = ErrorCode(problem.code)
+    except ValueError:
+        return None
+    cls = CLASS_OF_CODE[code]
+    message = problem.detail or code.name.lower()
+    retry_after = problem.retry_after or _DEFAULT_RETRY_AFTER
+    if cls is RateLimited:
+        return RateLimited(message, retry_after=retry_after, code=code)
+    if cls is Unavailable:
+        return Unavailable(message, retry_after=retry_after, code=code)
+    if issubclass(cls, LocalProtocolError):
+        return None
+    return cls(message, code=code)
 
 
 def internal_problem() -> Problem:

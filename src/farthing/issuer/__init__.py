@@ -12,8 +12,8 @@ See docs/issuer.md for the HTTP API and docs/scaling.md for deployment.
 
 from __future__ import annotations
 
+from farthing.http.issuer_client import CardStatus, IssuerClient
 from farthing.issuer.app import app_from_env, config_from_env, create_issuer_app, issuer_app
-from farthing.issuer.client import CardStatus, IssuerClient
 from farthing.issuer.config import (
     IssuerConfig,
     IssuerKeys,

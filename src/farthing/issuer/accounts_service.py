@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from farthing.core.clock import RandomSource
-from farthing.core.errors import Conflict, ErrorCode, NotFound
+from farthing.core.errors import Conflict, NotFound
 from farthing.core.schemes import hll
 from farthing.issuer.auth import new_operator_token, seal_merchant_key, token_hash
 from farthing.issuer.books import SystemAccounts, customer_account_name, merchant_account_name
@@ -66,7 +66,7 @@ class NewOperatorToken:
 def find_customer(tx: Tx, customer_id: str) -> AccountRow:
     row = tx.account_by_name(customer_account_name(customer_id))
     if row is None or row.kind is not AccountKind.CUSTOMER:
-        raise NotFound("no such customer", code=ErrorCode.NOT_FOUND)
+        raise NotFound("no such customer")
     return row
 
 
@@ -87,7 +87,7 @@ class AccountsService:
         def unit(tx: Tx) -> CustomerView:
             name = customer_account_name(customer_id)
             if tx.account_by_name(name) is not None:
-                raise Conflict("this customer exists", code=ErrorCode.CONFLICT)
+                raise Conflict("this customer exists")
             tx.create_account(name, AccountKind.CUSTOMER, currency)
             tx.audit(actor, "customer.create", {"customer": customer_id, "currency": currency})
             return CustomerView(customer_id=customer_id, currency=currency, available_micros=0)
@@ -136,7 +136,7 @@ class AccountsService:
 
         def unit(tx: Tx) -> None:
             if tx.merchant(merchant_id) is not None:
-                raise Conflict("this merchant exists", code=ErrorCode.CONFLICT)
+                raise Conflict("this merchant exists")
             name = merchant_account_name(merchant_id)
             account_id = tx.create_account(name, AccountKind.MERCHANT, currency)
             tx.add_merchant(merchant_id, account_id, sealed)
@@ -153,7 +153,7 @@ class AccountsService:
         with self._store.transaction(readonly=True) as tx:
             row = tx.merchant(merchant_id)
             if row is None:
-                raise NotFound("no such merchant", code=ErrorCode.NOT_FOUND)
+                raise NotFound("no such merchant")
             return _merchant_view(tx, merchant_id, row.account_id)
 
     # --- operators ----------------------------------------------------------------------
@@ -187,7 +187,7 @@ def _same_load(tx: Tx, txn_id: int, account_id: int, amount_micros: int) -> bool
 def _merchant_view(tx: Tx, merchant_id: str, account_id: int) -> MerchantView:
     account = tx.account(account_id)
     if account is None:
-        raise NotFound("no such merchant account", code=ErrorCode.NOT_FOUND)
+        raise NotFound("no such merchant account")
     return MerchantView(
         merchant_id=merchant_id, currency=account.currency, owed_micros=-tx.balance(account_id)
     )

@@ -118,8 +118,7 @@ def open_merchant_key(wrap_key: bytes, merchant_id: str, sealed: bytes) -> bytes
         return aead_open(wrap_key, nonce, ciphertext, _seal_aad(merchant_id))
     except InvalidPayment:
         raise LocalProtocolError(
-            "a merchant key does not open: wrong key file for this database?",
-            code=ErrorCode.MISUSE,
+            "a merchant key does not open: wrong key file for this database?"
         ) from None
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-from farthing.core.errors import Conflict, ErrorCode, UnsupportedMethod
+from farthing.core.errors import Conflict, UnsupportedMethod
 from farthing.store import AccountKind, Store, Tx
 
 __all__ = ["Books", "SystemAccounts", "customer_account_name", "merchant_account_name"]
@@ -76,9 +76,7 @@ class SystemAccounts:
 
     def require_currency(self, currency: str) -> None:
         if currency not in self._currencies:
-            raise UnsupportedMethod(
-                "this issuer keeps no books in that currency", code=ErrorCode.UNSUPPORTED_METHOD
-            )
+            raise UnsupportedMethod("this issuer keeps no books in that currency")
 
     def prepare(self) -> None:
         """Make every currency's system accounts (idempotent; safe with other workers)."""

@@ -12,16 +12,18 @@ It is created once by ``farthing issuer init`` (never overwritten) and read by t
 only (:func:`load_issuer_keys`).
 
 An SZM vendor, which shares the issuer's database and card secrets, gets a key file of its
-own holding only what verifying and sealing SZM payments needs (:class:`VendorKeys`)::
+own holding only what verifying and sealing SZM payments needs
+(:class:`farthing.keyfiles.VendorKeys`)::
 
     {"version": 1, "kind": "farthing-vendor-keys", "realm": "...",
      "szm_chain_master": ..., "szm_prbg_master": ..., "bbs": {"p": ..., "q": ...}}
 
 made from the issuer's by ``farthing vendor init --issuer-keys`` (:func:`vendor_keys`,
-:func:`write_vendor_key_file`). It holds no HLL bank key K_B, no PayWord broker key and no
-merchant-key wrap, so a compromised vendor host cannot mint HLL card keys, sign PayWord
-certificates or read merchant keys. Either file readable by group or others is refused,
-as ssh does.
+:func:`farthing.keyfiles.write_vendor_key_file`; the vendor reads it with
+:func:`farthing.keyfiles.load_vendor_keys`, without importing this package). It holds no
+HLL bank key K_B, no PayWord broker key and no merchant-key wrap, so a compromised vendor
+host cannot mint HLL card keys, sign PayWord certificates or read merchant keys. Either
+file readable by group or others is refused, as ssh does.
 
 :class:`IssuerConfig` is everything else the app needs, passed explicitly to
 :func:`farthing.issuer.app.create_issuer_app`; there is no global settings object.
@@ -29,24 +31,29 @@ as ssh does.
 
 from __future__ import annotations
 
-import json
-import os
-import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
 from farthing.core.clock import RandomSource
-from farthing.core.errors import ErrorCode, LocalProtocolError
 from farthing.core.prbg import (
-    BBS_MIN_MODULUS_BITS,
     DEFAULT_MODULUS_BITS,
     BbsKey,
     generate_blum_modulus,
     require_strong_modulus,
 )
 from farthing.core.primitives import ed25519_public_key
+from farthing.keyfiles import (
+    FILE_FORMAT_VERSION,
+    SECRET_LEN,
+    VendorKeys,
+    bad_key_file,
+    bbs_from_json,
+    bbs_json,
+    read_private_json,
+    write_private_json,
+)
 
 __all__ = [
     "DEFAULT_DB",
@@ -60,13 +67,10 @@ __all__ = [
     "IssuerKeys",
     "RateLimit",
     "RateLimits",
-    "VendorKeys",
     "generate_issuer_keys",
     "load_issuer_keys",
-    "load_vendor_keys",
     "vendor_keys",
     "write_key_file",
-    "write_vendor_key_file",
 ]
 
 ENV_DB: Final = "FARTHING_ISSUER_DB"
@@ -76,8 +80,6 @@ ENV_RATE_LIMIT: Final = "FARTHING_ISSUER_RATE_LIMIT"
 ENV_BODY_BUDGET: Final = "FARTHING_ISSUER_BODY_BUDGET"
 DEFAULT_DB: Final = "farthing-issuer.sqlite"
 DEFAULT_KEYS: Final = "farthing-issuer.keys.json"
-_VERSION: Final = 1
-_SECRET_LEN: Final = 32
 _SECRETS: Final = (
     "hll_master",
     "szm_chain_master",
@@ -85,9 +87,6 @@ _SECRETS: Final = (
     "merchant_key_wrap",
     "payword_broker_key",
 )
-_VENDOR_SECRETS: Final = ("szm_chain_master", "szm_prbg_master")
-_VENDOR_KIND: Final = "farthing-vendor-keys"
-_MAX_KEY_FILE: Final = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -106,8 +105,8 @@ class IssuerKeys:
     def __post_init__(self) -> None:
         for name in _SECRETS:
             value = getattr(self, name)
-            if not isinstance(value, bytes) or len(value) != _SECRET_LEN:
-                raise ValueError(f"{name} must be {_SECRET_LEN} bytes")
+            if not isinstance(value, bytes) or len(value) != SECRET_LEN:
+                raise ValueError(f"{name} must be {SECRET_LEN} bytes")
         require_strong_modulus(self.bbs.n)  # a key file with a weaker BBS key is refused
         for name in ("broker_id", "realm"):
             text = getattr(self, name)
@@ -130,46 +129,29 @@ def generate_issuer_keys(
     return IssuerKeys(
         broker_id=broker_id,
         realm=realm or broker_id,
-        hll_master=rng(_SECRET_LEN),
-        szm_chain_master=rng(_SECRET_LEN),
-        szm_prbg_master=rng(_SECRET_LEN),
-        merchant_key_wrap=rng(_SECRET_LEN),
-        payword_broker_key=rng(_SECRET_LEN),
+        hll_master=rng(SECRET_LEN),
+        szm_chain_master=rng(SECRET_LEN),
+        szm_prbg_master=rng(SECRET_LEN),
+        merchant_key_wrap=rng(SECRET_LEN),
+        payword_broker_key=rng(SECRET_LEN),
         bbs=generate_blum_modulus(bbs_bits, rng),
     )
 
 
-def _bbs_json(bbs: BbsKey) -> dict[str, str]:
-    return {"p": format(bbs.p, "x"), "q": format(bbs.q, "x")}
-
-
 def _to_json(keys: IssuerKeys) -> dict[str, object]:
     document: dict[str, object] = {
-        "version": _VERSION,
+        "version": FILE_FORMAT_VERSION,
         "broker_id": keys.broker_id,
         "realm": keys.realm,
     }
     document.update({name: getattr(keys, name).hex() for name in _SECRETS})
-    document["bbs"] = _bbs_json(keys.bbs)
+    document["bbs"] = bbs_json(keys.bbs)
     return document
 
 
 def write_key_file(path: Path, keys: IssuerKeys) -> None:
     """Create ``path`` (mode 0600) holding ``keys``; refuses to overwrite an existing file."""
-    _write_private_json(path, _to_json(keys))
-
-
-def _write_private_json(path: Path, document: Mapping[str, object]) -> None:
-    text = json.dumps(document, indent=2, sort_keys=True) + "\n"
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        raise LocalProtocolError("the key file exists already", code=ErrorCode.MISUSE) from None
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        os.fchmod(handle.fileno(), 0o600)  # whatever the umask said
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
+    write_private_json(path, _to_json(keys))
 
 
 def load_issuer_keys(path: str | Path) -> IssuerKeys:
@@ -178,82 +160,23 @@ def load_issuer_keys(path: str | Path) -> IssuerKeys:
     LocalProtocolError(MISUSE) if it is missing, readable by group or others, or malformed;
     the message never contains key material.
     """
-    document = _read_private_json(Path(path), missing="no key file; run `farthing issuer init`")
+    document = read_private_json(Path(path), missing="no key file; run `farthing issuer init`")
     try:
         return _from_json(document)
     except (ValueError, TypeError, KeyError, AttributeError):
-        raise _bad_keys("the key file is malformed") from None
-
-
-def _read_private_json(target: Path, *, missing: str) -> Mapping[str, object]:
-    try:
-        mode = target.stat().st_mode
-        if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise _bad_keys("the key file must not be accessible by group or others (chmod 600)")
-        raw = target.read_bytes()[: _MAX_KEY_FILE + 1]
-    except FileNotFoundError:
-        raise _bad_keys(missing) from None
-    if len(raw) > _MAX_KEY_FILE:
-        raise _bad_keys("the key file is too large")
-    try:
-        document = json.loads(raw)
-    except ValueError:
-        raise _bad_keys("the key file is malformed") from None
-    if not isinstance(document, Mapping):
-        raise _bad_keys("the key file is malformed")
-    return document
-
-
-def _bad_keys(message: str) -> LocalProtocolError:
-    return LocalProtocolError(message, code=ErrorCode.MISUSE)
-
-
-def _bbs_from_json(bbs: object) -> BbsKey:
-    if not isinstance(bbs, Mapping):
-        raise ValueError("bbs must be an object")
-    p, q = int(str(bbs["p"]), 16), int(str(bbs["q"]), 16)
-    if (p * q).bit_length() < BBS_MIN_MODULUS_BITS:
-        raise _bad_keys(
-            f"the key file's BBS modulus has under {BBS_MIN_MODULUS_BITS} bits; "
-            "make a new key file with `farthing issuer init`"
-        )
-    return BbsKey(n=p * q, p=p, q=q)
+        raise bad_key_file("the key file is malformed") from None
 
 
 def _from_json(document: Mapping[str, object]) -> IssuerKeys:
-    if document["version"] != _VERSION or "kind" in document:
+    if document["version"] != FILE_FORMAT_VERSION or "kind" in document:
         raise ValueError("unknown key file version")
     secrets = {name: bytes.fromhex(str(document[name])) for name in _SECRETS}
     return IssuerKeys(
         broker_id=str(document["broker_id"]),
         realm=str(document["realm"]),
-        bbs=_bbs_from_json(document["bbs"]),
+        bbs=bbs_from_json(document["bbs"]),
         **secrets,
     )
-
-
-# --- the SZM vendor's own key file ---------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class VendorKeys:
-    """What an SZM vendor holds: the SZM masters of its issuer's realm and the BBS factors.
-
-    Nothing else of the issuer's: no K_B, no broker key, no merchant-key wrap."""
-
-    realm: str
-    szm_chain_master: bytes = field(repr=False)
-    szm_prbg_master: bytes = field(repr=False)
-    bbs: BbsKey = field(repr=False)
-
-    def __post_init__(self) -> None:
-        for name in _VENDOR_SECRETS:
-            value = getattr(self, name)
-            if not isinstance(value, bytes) or len(value) != _SECRET_LEN:
-                raise ValueError(f"{name} must be {_SECRET_LEN} bytes")
-        require_strong_modulus(self.bbs.n)
-        if not isinstance(self.realm, str) or not 0 < len(self.realm.encode()) <= 255:
-            raise ValueError("realm must be 1..255 bytes of text")
 
 
 def vendor_keys(keys: IssuerKeys) -> VendorKeys:
@@ -264,36 +187,6 @@ def vendor_keys(keys: IssuerKeys) -> VendorKeys:
         szm_prbg_master=keys.szm_prbg_master,
         bbs=keys.bbs,
     )
-
-
-def write_vendor_key_file(path: Path, keys: VendorKeys) -> None:
-    """Create ``path`` (mode 0600) holding ``keys``; refuses to overwrite an existing file."""
-    document: dict[str, object] = {"version": _VERSION, "kind": _VENDOR_KIND, "realm": keys.realm}
-    document.update({name: getattr(keys, name).hex() for name in _VENDOR_SECRETS})
-    document["bbs"] = _bbs_json(keys.bbs)
-    _write_private_json(path, document)
-
-
-def load_vendor_keys(path: str | Path) -> VendorKeys:
-    """Read a vendor key file; an issuer's key file is refused (a vendor must not hold it)."""
-    document = _read_private_json(
-        Path(path), missing="no vendor key file; run `farthing vendor init DIR --issuer-keys FILE`"
-    )
-    if document.get("kind") != _VENDOR_KIND:
-        raise _bad_keys(
-            "not a vendor key file (an issuer's? a vendor must not hold that); "
-            "make the vendor's own with `farthing vendor init DIR --issuer-keys FILE`"
-        )
-    try:
-        if document["version"] != _VERSION:
-            raise ValueError("unknown key file version")
-        return VendorKeys(
-            realm=str(document["realm"]),
-            bbs=_bbs_from_json(document["bbs"]),
-            **{name: bytes.fromhex(str(document[name])) for name in _VENDOR_SECRETS},
-        )
-    except (ValueError, TypeError, KeyError, AttributeError):
-        raise _bad_keys("the vendor key file is malformed") from None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

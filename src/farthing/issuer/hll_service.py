@@ -43,10 +43,10 @@ from farthing.core.money import Denomination
 from farthing.core.primitives import constant_time_eq, sha256
 from farthing.core.retry import same_request
 from farthing.core.schemes import hll
+from farthing.http.issuer_wire import deposit_lookup_tag, verify_request_tag
 from farthing.issuer.accounts_service import find_customer
 from farthing.issuer.auth import Merchant, MerchantDirectory
 from farthing.issuer.books import SystemAccounts
-from farthing.issuer.wire import deposit_lookup_tag, verify_request_tag
 from farthing.store import CardStatus, HllCardRow, Store, Tx
 
 __all__ = [
@@ -135,10 +135,6 @@ def batch_key(merchant_id: str, batch_id: bytes) -> bytes:
     return sha256(Writer(_BATCH_KEY_DOMAIN).text(merchant_id).bytes(batch_id).finish())
 
 
-def _invalid() -> InvalidPayment:
-    return InvalidPayment("payment did not verify", code=ErrorCode.PAYMENT_INVALID)
-
-
 def _denomination(card: HllCardRow) -> Denomination:
     return Denomination(currency=card.currency, unit_micros=card.unit_micros)
 
@@ -194,10 +190,7 @@ class HllService:
             customer = find_customer(tx, customer_id)
             books = self._system.books(tx, customer.currency)
             if -tx.balance(customer.id) < value:
-                raise InsufficientFunds(
-                    "the customer's account cannot cover this card",
-                    code=ErrorCode.INSUFFICIENT_FUNDS,
-                )
+                raise InsufficientFunds("the customer's account cannot cover this card")
             tx.hll_add_card(
                 card_id=card_id,
                 customer_account_id=customer.id,
@@ -230,11 +223,17 @@ class HllService:
             wrapped_card_key=wrapped,
         )
 
+    @property
+    def bank_key(self) -> bytes:
+        """The bank's card-certification public key: names this bank to wallets and
+        merchants (they check card certificates with it)."""
+        return hll.card_certification_public_key(self._master)
+
     def card(self, card_id: bytes) -> HllCardRow:
         with self._store.transaction(readonly=True) as tx:
             row = tx.hll_card(card_id)
         if row is None:
-            raise NotFound("no such card", code=ErrorCode.NOT_FOUND)
+            raise NotFound("no such card")
         return row
 
     # --- online verification --------------------------------------------------------------
@@ -259,7 +258,7 @@ class HllService:
         offer = hll.decode_offer(offer_bytes)
         purchase = hll.decode_payment(payment_bytes)
         if offer.merchant_id != merchant.merchant_id:
-            raise AccessDenied("the offer names another merchant", code=ErrorCode.ACCESS_DENIED)
+            raise AccessDenied("the offer names another merchant")
         now = self._clock.now()
         verified = hll.verify_purchase(self.card_key(purchase.card_id), offer, purchase, now)
         return CheckedPurchase(
@@ -291,7 +290,7 @@ class HllService:
         if verified.amount > card.remaining_units:  # the store refuses it too; fail early
             if _settled_before(tx, checked):
                 return replace(spend, repeated=True)
-            raise InsufficientFunds("card overspent", code=ErrorCode.INSUFFICIENT_FUNDS)
+            raise InsufficientFunds("card overspent")
         if not self._settle_online(tx, checked):
             if _settled_before(tx, checked):
                 return replace(spend, repeated=True)
@@ -346,7 +345,7 @@ class HllService:
         with self._store.transaction(readonly=True) as tx:
             earlier = tx.hll_batch(key)
         if earlier is None:
-            raise NotFound("no such deposit batch", code=ErrorCode.NOT_FOUND)
+            raise NotFound("no such deposit batch")
         return _stored_outcome(earlier.report)
 
     def _deposit_unit(
@@ -469,13 +468,11 @@ def _settled_before(tx: Tx, checked: CheckedPurchase) -> bool:
 def _usable_card(card: HllCardRow | None, offer: hll.Offer, merchant: Merchant) -> HllCardRow:
     """The card, if it may pay this offer to this merchant (before any MAC is checked)."""
     if card is None or card.status is not CardStatus.ACTIVE:
-        raise _invalid()
+        raise InvalidPayment()
     if _denomination(card) != offer.denomination:
-        raise _invalid()
+        raise InvalidPayment()
     if card.currency != merchant.currency:
-        raise UnsupportedMethod(
-            "this merchant is paid in another currency", code=ErrorCode.UNSUPPORTED_METHOD
-        )
+        raise UnsupportedMethod("this merchant is paid in another currency")
     return card
 
 
@@ -483,9 +480,9 @@ def _earlier_outcome(tx: Tx, key: bytes, digest: bytes) -> DepositOutcome:
     """The stored answer to a batch sent before; Conflict if its id came with other items."""
     earlier = tx.hll_batch(key)
     if earlier is None:  # claimed by a transaction that has not committed: cannot happen
-        raise Conflict("the deposit batch is being settled", code=ErrorCode.CONFLICT)
+        raise Conflict("the deposit batch is being settled")
     if not constant_time_eq(earlier.digest, digest):
-        raise Conflict("batch id reused for another batch", code=ErrorCode.CONFLICT)
+        raise Conflict("batch id reused for another batch")
     return _stored_outcome(earlier.report)
 
 

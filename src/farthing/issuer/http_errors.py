@@ -5,6 +5,7 @@
     FarthingError               -> problem_for(error): its status, type, fixed message, code
       Unavailable                -> 503 with Retry-After (the store is out of connections)
       LocalProtocolError         -> 500 with a correlation id (our fault; logged)
+      (which errors cross is farthing.http.problems.crosses, the one rule for both apps)
     RequestValidationError      -> 400 malformed, fixed message + field locations only
     Starlette HTTPException     -> 404 no such resource / 405 / 400
     anything else               -> 500 with a correlation id, logged, never echoed
@@ -30,15 +31,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from farthing.core.errors import (
-    ErrorCode,
-    FarthingError,
-    LocalProtocolError,
-    MalformedMessage,
-    NotFound,
-    Unavailable,
-)
-from farthing.http.problems import CONTENT_TYPE, Problem, internal_problem, problem_for
+from farthing.core.errors import ErrorCode, FarthingError, MalformedMessage, NotFound
+from farthing.http.problems import CONTENT_TYPE, Problem, crosses, internal_problem, problem_for
 
 __all__ = ["CatchAll", "error_response", "install_error_handlers", "problem_response"]
 
@@ -70,7 +64,7 @@ def internal_response(cause: BaseException | None) -> JSONResponse:
 
 def error_response(error: FarthingError) -> JSONResponse:
     """The response for a domain error; local misuse reaching the edge is logged, 500."""
-    if isinstance(error, LocalProtocolError) and not isinstance(error, Unavailable):
+    if not crosses(error):
         return internal_response(error)
     headers = {}
     if error.code is ErrorCode.UNAUTHENTICATED:
@@ -102,7 +96,7 @@ async def _on_validation_error(_request: Request, error: Exception) -> Response:
         for item in error.errors()[:_MAX_LISTED]
         if isinstance(item, dict)
     ]
-    problem = problem_for(MalformedMessage(_VALIDATION_MESSAGE, code=ErrorCode.MALFORMED))
+    problem = problem_for(MalformedMessage(_VALIDATION_MESSAGE))
     return problem_response(problem, errors=fields)
 
 
@@ -111,13 +105,13 @@ async def _on_http_exception(_request: Request, error: Exception) -> Response:
     if status == 404:
         return problem_response(problem_for(NotFound("no such resource")))
     if status == 405:
-        problem = problem_for(MalformedMessage("method not allowed", code=ErrorCode.MALFORMED))
+        problem = problem_for(MalformedMessage("method not allowed"))
         return problem_response(
             dataclasses.replace(problem, status=405, title="Method not allowed")
         )
     if status >= 500:
         return internal_response(error)
-    return problem_response(problem_for(MalformedMessage("bad request", code=ErrorCode.MALFORMED)))
+    return problem_response(problem_for(MalformedMessage("bad request")))
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -35,9 +35,9 @@ from farthing.core.errors import Conflict, ErrorCode, InvalidPayment, Unsupporte
 from farthing.core.money import Denomination
 from farthing.core.primitives import constant_time_eq, sha256
 from farthing.core.schemes import payword
+from farthing.http.issuer_wire import admit_request_tag, redeem_request_tag
 from farthing.issuer.accounts_service import find_customer
 from farthing.issuer.auth import Merchant, MerchantDirectory
-from farthing.issuer.wire import admit_request_tag, redeem_request_tag
 from farthing.store import PaywordUserRow, Store, Tx
 
 __all__ = ["Admitted", "PaywordService", "Redeemed", "RegisteredUser"]
@@ -62,10 +62,6 @@ class Redeemed:
     index: int
     credited_units: int
     credited_micros: int
-
-
-def _invalid() -> InvalidPayment:
-    return InvalidPayment("redemption did not verify", code=ErrorCode.DEPOSIT_INVALID)
 
 
 class PaywordService:
@@ -112,7 +108,7 @@ class PaywordService:
         def unit(tx: Tx) -> payword.Certificate:
             customer = find_customer(tx, customer_id)
             if tx.payword_user(user_id) is not None:
-                raise Conflict("this user exists", code=ErrorCode.CONFLICT)
+                raise Conflict("this user exists")
             denomination = Denomination(currency=customer.currency, unit_micros=unit_micros)
             cert = payword.issue_certificate(
                 self._broker_key,
@@ -182,9 +178,10 @@ class PaywordService:
         user = tx.payword_user(cert.user_id)
         stored = tx.payword_certificate(sha256(payword.encode_certificate(cert)))
         if user is None or stored is None or stored.user_id != user.user_id:
-            raise _invalid()  # a certificate this broker never issued (or for someone else)
+            # a certificate this broker never issued (or for someone else)
+            raise InvalidPayment("redemption did not verify", code=ErrorCode.DEPOSIT_INVALID)
         if not constant_time_eq(user.public_key, cert.user_public_key):
-            raise _invalid()
+            raise InvalidPayment("redemption did not verify", code=ErrorCode.DEPOSIT_INVALID)
         return user
 
     def redeem(self, merchant_id: str, redemption_bytes: bytes, tag: bytes) -> Redeemed:
@@ -217,9 +214,7 @@ class PaywordService:
         user = self._known_user(tx, redemption.commitment.certificate)
         payword.require_admitted(tx.payword_admitted(cid), redemption)
         if not denomination.currency == user.currency == merchant.currency:
-            raise UnsupportedMethod(
-                "this vendor is paid in another currency", code=ErrorCode.UNSUPPORTED_METHOD
-            )
+            raise UnsupportedMethod("this vendor is paid in another currency")
         if redemption.index == 0:  # the anchor itself: nothing to pay
             return Redeemed(commitment_id=cid, index=0, credited_units=0, credited_micros=0)
         units = tx.payword_redeem(cid, merchant.merchant_id, user.user_id, redemption.index, now)

@@ -76,6 +76,7 @@ def build_hll_router(services: IssuerServices, writer: StoreWriter) -> APIRouter
             wrapped_card_key=b64url_encode(card.wrapped_card_key),
             certificate=b64url_encode(card.certificate),
             certificate_expires_at=card.certificate_expires_at,
+            bank_key=b64url_encode(service.bank_key),
             units=card.units,
             currency=card.denomination.currency,
             unit_micros=card.denomination.unit_micros,

@@ -137,6 +137,10 @@ class HllCardCreated(_Response):
     wrapped_card_key: str = Field(description="K_C, RSA-OAEP under the token's key, base64url")
     certificate: str = Field(description="the bank's card certificate, base64url")
     certificate_expires_at: int
+    bank_key: str = Field(
+        description="the bank's card-certification public key (Ed25519), base64url: the "
+        "wallet binds the card to it"
+    )
     units: int
     currency: str
     unit_micros: int

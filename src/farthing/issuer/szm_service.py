@@ -230,7 +230,7 @@ class SzmService:
         with self._store.transaction(readonly=True) as tx:
             row = tx.szm_batch(batch_id)
         if row is None:
-            raise NotFound("no such batch", code=ErrorCode.NOT_FOUND)
+            raise NotFound("no such batch")
         return row
 
     def export(self, actor: str, batch_id: bytes, *, offset: int, limit: int) -> ExportPage:
@@ -240,14 +240,14 @@ class SzmService:
         def unit(tx: Tx) -> ExportPage:
             batch = tx.szm_batch(batch_id)
             if batch is None:
-                raise NotFound("no such batch", code=ErrorCode.NOT_FOUND)
+                raise NotFound("no such batch")
             master = self._masters[batch.protocol]
             stop = min(batch.count, offset + limit)
             cards = []
             for index in range(offset, stop):
                 row = tx.szm_card(derive_card_id(master, batch_id, index))
                 if row is None:
-                    raise NotFound("a card of this batch is missing", code=ErrorCode.NOT_FOUND)
+                    raise NotFound("a card of this batch is missing")
                 cards.append(self._exported(row))
             detail = {"batch": b64url_encode(batch_id), "offset": offset, "count": len(cards)}
             tx.audit(actor, "szm.batch.export", detail)
@@ -259,7 +259,7 @@ class SzmService:
         def unit(tx: Tx) -> ExportedCard:
             row = tx.szm_card(card_id)
             if row is None:
-                raise NotFound("no such card", code=ErrorCode.NOT_FOUND)
+                raise NotFound("no such card")
             tx.audit(actor, "szm.card.export", {"card": b64url_encode(card_id)})
             return self._exported(row)
 

@@ -257,7 +257,7 @@ class HllDeferredBook:
 
 
 def _repeat() -> InvalidPayment:
-    return InvalidPayment("payment did not verify", code=ErrorCode.PAYMENT_INVALID)
+    return InvalidPayment("payment did not verify")
 
 
 def _is_retry(row: VendorHllPaymentRow, purchase: PendingPurchase) -> bool:

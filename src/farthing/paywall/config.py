@@ -23,10 +23,12 @@ A small file next to the goods::
     merchant_id = "shop"
     merchant_key_file = "merchant.key"    # hex, from `farthing issuer merchants add`
     unit_micros = 1000
-    mode = "online"                       # or "deferred", with three more keys:
+    bank_public_key = "<hex>"             # `farthing issuer hll-key`: named in challenges
+                                          # (wallets pay only cards of that bank); required
+                                          # for "deferred" (card certificates)
+    mode = "online"                       # or "deferred", with two more keys:
     # risk_limit = 50                     #   units one card may owe unverified
     # merchant_cap = 5000                 #   units all cards together may owe unverified
-    # bank_public_key = "<hex>"           #   `farthing issuer hll-key` (card certificates)
 
     [payword]
     vendor_id = "shop"
@@ -48,7 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from farthing.core.errors import ErrorCode, LocalProtocolError
+from farthing.core.errors import LocalProtocolError
 from farthing.paywall.app import HllSettings, PaywordSettings, SzmKeys, VendorSettings
 from farthing.paywall.methods.hll import HllMode
 from farthing.paywall.pricing import Price, PriceTable
@@ -80,7 +82,7 @@ class VendorConfig:
 
 
 def _bad(key: str, why: str) -> LocalProtocolError:
-    return LocalProtocolError(f"vendor config: {key}: {why}", code=ErrorCode.MISUSE)
+    return LocalProtocolError(f"vendor config: {key}: {why}")
 
 
 def _str(table: dict[str, object], key: str, where: str) -> str:
@@ -167,7 +169,7 @@ def _szm(table: dict[str, object], base: Path) -> SzmKeys:
             chain_master=_hex(_str(table, "chain_master", "szm."), "szm.chain_master", length=32),
             prbg_master=_hex(_str(table, "prbg_master", "szm."), "szm.prbg_master", length=32),
         )
-    from farthing.issuer.config import load_vendor_keys
+    from farthing.keyfiles import load_vendor_keys
 
     keys = load_vendor_keys(_relative(base, _str(table, "keys", "szm.")))
     return SzmKeys(
@@ -192,7 +194,7 @@ def _hll(table: dict[str, object], base: Path) -> HllSettings:
         bank_public_key=_hex(
             _str(table, "bank_public_key", "hll."), "hll.bank_public_key", length=32
         )
-        if deferred
+        if deferred or "bank_public_key" in table
         else None,
     )
 

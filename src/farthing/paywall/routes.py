@@ -22,7 +22,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.routing import BaseRoute, Route
 
-from farthing.core.errors import ErrorCode, LocalProtocolError
+from farthing.core.errors import LocalProtocolError
 from farthing.paywall.methods.base import Settlement
 from farthing.paywall.pricing import Price, PriceTable, template_to_pattern
 
@@ -63,7 +63,5 @@ def payment(request: Request) -> Settlement:
         raise HTTPException(status_code=404)
     settlement = request.scope.get(PAYMENT_SCOPE_KEY)
     if not isinstance(settlement, Settlement):
-        raise LocalProtocolError(
-            "route is priced with @paid but no Paywall settled it", code=ErrorCode.MISUSE
-        )
+        raise LocalProtocolError("route is priced with @paid but no Paywall settled it")
     return settlement

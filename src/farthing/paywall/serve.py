@@ -15,8 +15,8 @@ import os
 from pathlib import Path
 
 from farthing.core.clock import SystemClock
-from farthing.core.errors import ErrorCode, LocalProtocolError
-from farthing.issuer.client import IssuerClient
+from farthing.core.errors import LocalProtocolError
+from farthing.http.issuer_client import IssuerClient
 from farthing.paywall.app import create_vendor_app
 from farthing.paywall.config import CONFIG_ENV, VendorConfig, load_vendor_config
 from farthing.paywall.deposits import Depositor
@@ -33,7 +33,7 @@ def _bank(config: VendorConfig) -> IssuerClient | None:
     hll = config.settings.hll
     if hll is None or config.issuer_url is None:
         return None
-    from farthing.issuer.client import IssuerClient
+    from farthing.http.issuer_client import IssuerClient
 
     return IssuerClient(
         config.issuer_url, merchant_id=hll.merchant_id, merchant_key=hll.merchant_key
@@ -72,9 +72,7 @@ def app_from_config(config: VendorConfig) -> Paywall:
 def app_from_env() -> Paywall:
     path = os.environ.get(CONFIG_ENV)
     if not path:
-        raise LocalProtocolError(
-            f"set {CONFIG_ENV} to the vendor config file", code=ErrorCode.MISUSE
-        )
+        raise LocalProtocolError(f"set {CONFIG_ENV} to the vendor config file")
     return app_from_config(load_vendor_config(Path(path)))
 
 

@@ -79,7 +79,7 @@ class _TurnTaken(Exception):
 
 def busy_conflict() -> Conflict:
     """The retryable Conflict of a write that would have to wait and may not."""
-    error = Conflict("the store is busy; try again", code=ErrorCode.CONFLICT)
+    error = Conflict("the store is busy; try again")
     error.__cause__ = _TurnTaken()
     return error
 
@@ -121,9 +121,9 @@ def map_db_errors() -> Iterator[None]:
         yield
     except Exception as exc:
         if is_unique_violation(exc):
-            raise Conflict("the record already exists", code=ErrorCode.CONFLICT) from exc
+            raise Conflict("the record already exists") from exc
         if is_busy(exc):
-            raise Conflict("the store is busy; try again", code=ErrorCode.CONFLICT) from exc
+            raise Conflict("the store is busy; try again") from exc
         if is_out_of_connections(exc):
             raise Unavailable(
                 "the store has no free connection; try again", retry_after=RETRY_AFTER_S

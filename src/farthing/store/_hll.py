@@ -81,7 +81,7 @@ def load(ctx: Ctx, card_id: bytes, units: int) -> None:
         .values(loaded_units=hll_cards.c.loaded_units + units)
     )
     if ctx.conn.execute(stmt).rowcount != 1:
-        raise NotFound("no such card", code=ErrorCode.NOT_FOUND)
+        raise NotFound("no such card")
 
 
 def set_status(ctx: Ctx, card_id: bytes, status: CardStatus) -> bool:
@@ -127,9 +127,7 @@ def record_spend(
     if not _charge(ctx, card_id, amount_units):
         savepoint.rollback()
         _raise_if_unknown(ctx, card_id, merchant_id)
-        raise InsufficientFunds(
-            "the card cannot cover this spend", code=ErrorCode.INSUFFICIENT_FUNDS
-        )
+        raise InsufficientFunds("the card cannot cover this spend")
     savepoint.commit()
     return True
 
@@ -146,10 +144,10 @@ def _charge(ctx: Ctx, card_id: bytes, amount_units: int) -> bool:
 
 def _raise_if_unknown(ctx: Ctx, card_id: bytes, merchant_id: str) -> None:
     if card(ctx, card_id) is None:
-        raise NotFound("no such card", code=ErrorCode.NOT_FOUND)
+        raise NotFound("no such card")
     known = select(merchants.c.merchant_id).where(merchants.c.merchant_id == merchant_id)
     if ctx.conn.execute(known).first() is None:
-        raise NotFound("no such merchant", code=ErrorCode.NOT_FOUND)
+        raise NotFound("no such merchant")
 
 
 def spend(ctx: Ctx, card_id: bytes, counter: int) -> HllSpendRow | None:
@@ -227,4 +225,4 @@ def finish_batch(ctx: Ctx, batch_id: bytes, report: Mapping[str, object]) -> Non
         .values(report=dump_json(report))
     )
     if ctx.conn.execute(stmt).rowcount != 1:
-        raise NotFound("no such deposit batch", code=ErrorCode.NOT_FOUND)
+        raise NotFound("no such deposit batch")

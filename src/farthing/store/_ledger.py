@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from sqlalchemy import insert, select
 
-from farthing.core.errors import Conflict, ErrorCode, LocalProtocolError, NotFound
+from farthing.core.errors import Conflict, LocalProtocolError, NotFound
 from farthing.store._rows import AccountKind, AccountRow, LedgerEntryRow, LedgerTxnRow
 from farthing.store._schema import accounts, ledger_entries, ledger_txns
 from farthing.store._sql import Ctx, build, inserted_id, total
@@ -86,7 +86,7 @@ def post(ctx: Ctx, kind: str, reference: str, postings: Sequence[tuple[int, int]
     _check_shape(postings)
     _check_single_currency(ctx, {account_id for account_id, _ in postings})
     if ledger_txn(ctx, reference) is not None:
-        raise Conflict("this ledger reference was already posted", code=ErrorCode.CONFLICT)
+        raise Conflict("this ledger reference was already posted")
     txn = {"kind": kind, "reference": reference, "created_at": ctx.clock.now()}
     txn_id = inserted_id(ctx.conn.execute(insert(ledger_txns).values(txn)))
     entries = [
@@ -99,18 +99,18 @@ def post(ctx: Ctx, kind: str, reference: str, postings: Sequence[tuple[int, int]
 
 def _check_shape(postings: Sequence[tuple[int, int]]) -> None:
     if len(postings) < 2:
-        raise LocalProtocolError("a posting needs at least two entries", code=ErrorCode.MISUSE)
+        raise LocalProtocolError("a posting needs at least two entries")
     for _, amount in postings:
         if isinstance(amount, bool) or not isinstance(amount, int) or amount == 0:
-            raise LocalProtocolError("entry amounts are non-zero integers", code=ErrorCode.MISUSE)
+            raise LocalProtocolError("entry amounts are non-zero integers")
     if sum(amount for _, amount in postings) != 0:
-        raise LocalProtocolError("postings do not sum to zero", code=ErrorCode.MISUSE)
+        raise LocalProtocolError("postings do not sum to zero")
 
 
 def _check_single_currency(ctx: Ctx, account_ids: set[int]) -> None:
     stmt = select(accounts.c.id, accounts.c.currency).where(accounts.c.id.in_(account_ids))
     currencies = dict(ctx.conn.execute(stmt).all())
     if len(currencies) != len(account_ids):
-        raise NotFound("no such account", code=ErrorCode.NOT_FOUND)
+        raise NotFound("no such account")
     if len(set(currencies.values())) != 1:
-        raise LocalProtocolError("postings mix currencies", code=ErrorCode.MISUSE)
+        raise LocalProtocolError("postings mix currencies")

@@ -114,12 +114,12 @@ def redeem(
                 return new_index
             continue
         if (current.vendor_id, current.user_id) != (vendor_id, user_id):
-            raise Conflict("this commitment belongs to another party", code=ErrorCode.CONFLICT)
+            raise Conflict("this commitment belongs to another party")
         if new_index <= current.redeemed_index:
             return 0
         if _raise_index(ctx, commitment_id, current.redeemed_index, new_index, at):
             return new_index - current.redeemed_index
-    raise Conflict("the redemption kept losing races; try again", code=ErrorCode.CONFLICT)
+    raise Conflict("the redemption kept losing races; try again")
 
 
 def _insert_first(

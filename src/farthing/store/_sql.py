@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 from sqlalchemy import BigInteger, ColumnElement, Connection, CursorResult, cast, func, select
 
 from farthing.core.clock import Clock
-from farthing.core.errors import ErrorCode, LocalProtocolError
+from farthing.core.errors import LocalProtocolError
 from farthing.core.primitives import sha256
 from farthing.store._hot import HotStatements
 
@@ -63,13 +63,13 @@ def total(expr: ColumnElement[int]) -> ColumnElement[int]:
 
 def require_positive(value: int, what: str) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise LocalProtocolError(f"{what} must be a positive integer", code=ErrorCode.MISUSE)
+        raise LocalProtocolError(f"{what} must be a positive integer")
 
 
 def require_forward(old_spent: int, new_spent: int) -> None:
     """A spent counter only moves forward: 0 <= old < new."""
     if not 0 <= old_spent < new_spent:
-        raise LocalProtocolError("spent only moves forward", code=ErrorCode.MISUSE)
+        raise LocalProtocolError("spent only moves forward")
 
 
 def dump_json(value: Mapping[str, object]) -> str:

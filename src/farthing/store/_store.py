@@ -31,7 +31,7 @@ from typing import Final, Literal, TypeVar, final
 from sqlalchemy import Engine
 
 from farthing.core.clock import Clock, SystemClock
-from farthing.core.errors import Conflict, ErrorCode, LocalProtocolError
+from farthing.core.errors import Conflict, LocalProtocolError
 from farthing.store._engine import Engines, is_postgres_target, make_engines, target_url
 from farthing.store._errors import busy_conflict, is_retryable, map_db_errors
 from farthing.store._fastlane import FastBatch, FastLane
@@ -241,15 +241,14 @@ def open_store(target: str, *, create: bool = True, clock: Clock | None = None) 
     ``clock`` stamps ``created_at`` columns (default: the system clock).
     """
     if not create and not is_postgres_target(target) and not _sqlite_file_exists(target):
-        raise LocalProtocolError("no store at this path", code=ErrorCode.MISUSE)
+        raise LocalProtocolError("no store at this path")
     store = Store(make_engines(target_url(target)), clock=clock or SystemClock())
     try:
         if create:
             store.migrate()
         elif not store.schema_is_current():
             raise LocalProtocolError(
-                "the store's schema is not current; run `farthing issuer init`",
-                code=ErrorCode.MISUSE,
+                "the store's schema is not current; run `farthing issuer init`"
             )
     except BaseException:
         store.close()

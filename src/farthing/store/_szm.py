@@ -166,7 +166,7 @@ def recognize_revenue(
     ).scalar_one()
     delta = int(spent_value) - recognised
     if delta < 0:
-        raise LocalProtocolError("recognised revenue exceeds spent value", code=ErrorCode.MISUSE)
+        raise LocalProtocolError("recognised revenue exceeds spent value")
     if delta == 0:
         return 0
     ctx.conn.execute(
@@ -182,13 +182,11 @@ def recognize_revenue(
 def _recognition_currency(ctx: Ctx, revenue_id: int, float_id: int) -> str:
     revenue, prepaid = account(ctx, revenue_id), account(ctx, float_id)
     if revenue is None or prepaid is None:
-        raise NotFound("no such account", code=ErrorCode.NOT_FOUND)
+        raise NotFound("no such account")
     if revenue.kind is not AccountKind.REVENUE or prepaid.kind is not AccountKind.PREPAID_FLOAT:
-        raise LocalProtocolError(
-            "need a revenue and a prepaid float account", code=ErrorCode.MISUSE
-        )
+        raise LocalProtocolError("need a revenue and a prepaid float account")
     if revenue.currency != prepaid.currency:
-        raise LocalProtocolError("accounts differ in currency", code=ErrorCode.MISUSE)
+        raise LocalProtocolError("accounts differ in currency")
     return prepaid.currency
 
 

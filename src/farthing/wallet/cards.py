@@ -1,5 +1,11 @@
 """The cards a wallet holds: how each kind is read in, stored (secrets sealed) and described.
 
+Every card, of every kind, carries in its public ``params`` the set of origins it may pay
+(``sites``, chosen by the reader when adding it, changed by bind/unbind; empty: it pays
+nobody), and its issuer: an SZM card its realm, an HLL card its bank (``bank``, the bank's
+card-certification public key, checked against the card's certificate when added), a
+PayWord account the broker of its certificate.
+
 Kinds, by payment method:
 
 ``szm:chain`` / ``szm:prbg``
@@ -29,13 +35,14 @@ Kinds, by payment method:
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
 from farthing.core import cardcode
 from farthing.core.cardcode import CardCode, Protocol
 from farthing.core.encoding import Reader, Writer, b64url_decode, b64url_encode
-from farthing.core.errors import ErrorCode, LocalProtocolError, MalformedMessage
+from farthing.core.errors import Conflict, ErrorCode, LocalProtocolError, MalformedMessage
 from farthing.core.money import Denomination
 from farthing.core.primitives import constant_time_eq, ed25519_public_key, sha256
 from farthing.core.schemes import hll, payword
@@ -43,12 +50,17 @@ from farthing.wallet.secretbox import SecretBox, record_id
 from farthing.wallet.store import CardRow, NewCard
 
 __all__ = [
+    "BANK",
+    "BANK_KEY_LEN",
     "HLL_CARD_FORMAT",
     "NO_EXPIRY",
+    "SITES",
     "CardInfo",
     "HllCardFile",
     "HllSecret",
     "Pkcs11Location",
+    "card_bank",
+    "card_sites",
     "describe",
     "hll_card",
     "hll_certificate",
@@ -61,9 +73,15 @@ __all__ = [
     "secret_record",
     "szm_card",
     "szm_code",
+    "with_bank",
+    "with_sites",
 ]
 
 HLL_CARD_FORMAT: Final = "farthing-hll-card/1"
+BANK_KEY_LEN: Final = 32
+SITES: Final = "sites"  # params: the origins a card may pay
+BANK: Final = "bank"  # params: an HLL card's bank, b64url of its card-certification key
+_LEGACY_SITE: Final = "site"  # the one site of an SZM card, before site sets
 NO_EXPIRY: Final = (1 << 63) - 1
 _HLL_SECRET_DOMAIN: Final = "farthing/wallet/hll-secret"  # noqa: S105 -- a domain name
 _PAYWORD_SECRET_DOMAIN: Final = "farthing/wallet/payword-secret"  # noqa: S105
@@ -82,6 +100,25 @@ def _default_label(method: str, card_key: bytes) -> str:
 def secret_record(row_method: str, card_key: bytes, member: str) -> bytes:
     """The associated data that ties a sealed card value to its row and column."""
     return record_id("cards/" + row_method, card_key, member)
+
+
+# --- sites ---------------------------------------------------------------------------------
+
+
+def card_sites(card: CardRow) -> tuple[str, ...]:
+    """The origins a card may pay, as the reader chose them (sorted). A card stored before
+    site sets has none (pays nobody until bound), or the one ``site`` an SZM card had."""
+    sites = card.params.get(SITES)
+    if isinstance(sites, list):
+        return tuple(sorted(str(site) for site in sites))
+    legacy = card.params.get(_LEGACY_SITE)
+    return (str(legacy),) if isinstance(legacy, str) else ()
+
+
+def with_sites(params: Mapping[str, object], sites: Iterable[str]) -> dict[str, object]:
+    """``params`` with the card's site set replaced by ``sites``."""
+    kept = {name: value for name, value in params.items() if name != _LEGACY_SITE}
+    return {**kept, SITES: sorted(set(sites))}
 
 
 # --- SZM -----------------------------------------------------------------------------------
@@ -132,9 +169,12 @@ class HllCardFile:
 
     {"format": "farthing-hll-card/1", "cardId": "<b64url 16 bytes>", "balance": 5000,
      "currency": "EUR", "unitMicros": 1000, "expiresAt": 1900000000 (optional),
-     "wrappedKey": "<b64url>" (K_C wrapped for the token), "certificate": "<b64url>"}
+     "wrappedKey": "<b64url>" (K_C wrapped for the token), "certificate": "<b64url>",
+     "bankKey": "<b64url>" (the bank's card-certification public key)}
 
-    The issuer API's answer to personalising a card (``wrapped_card_key``) reads the same.
+    The issuer API's answer to personalising a card (``wrapped_card_key``, ``bank_key``)
+    reads the same. ``bank_key`` names the card's bank: the wallet checks the certificate
+    against it and pays no challenge naming another bank.
     ``card_key`` (a software card's K_C) is for tests only: no file carries it.
     """
 
@@ -145,8 +185,11 @@ class HllCardFile:
     expires_at: int = NO_EXPIRY
     wrapped_key: bytes | None = field(default=None, repr=False)
     certificate: bytes | None = None
+    bank_key: bytes | None = None
 
     def __post_init__(self) -> None:
+        if self.bank_key is not None and len(self.bank_key) != BANK_KEY_LEN:
+            raise MalformedMessage("a bank key is 32 bytes", code=ErrorCode.BAD_FIELD)
         if len(self.card_id) != hll.CARD_ID_LEN or not 0 <= self.balance < NO_EXPIRY:
             raise MalformedMessage("HLL card id or balance out of range", code=ErrorCode.BAD_FIELD)
         if self.card_key is not None and len(self.card_key) != hll.KEY_LEN:
@@ -164,6 +207,8 @@ class HllCardFile:
             obj["wrappedKey"] = b64url_encode(self.wrapped_key)
         if self.certificate is not None:
             obj["certificate"] = b64url_encode(self.certificate)
+        if self.bank_key is not None:
+            obj["bankKey"] = b64url_encode(self.bank_key)
         if self.expires_at != NO_EXPIRY:
             obj["expiresAt"] = self.expires_at
         return json.dumps(obj, indent=2, sort_keys=True) + "\n"
@@ -189,11 +234,12 @@ class HllCardFile:
             expires_at=_integer(obj, "expiresAt") if "expiresAt" in obj else NO_EXPIRY,
             wrapped_key=_optional_b64(obj, "wrappedKey"),
             certificate=_optional_b64(obj, "certificate"),
+            bank_key=_optional_b64(obj, "bankKey"),
         )
 
 
 def _from_issuer_answer(obj: dict[str, object]) -> HllCardFile:
-    """``{"card_id", "wrapped_card_key", "certificate", "units", "currency",
+    """``{"card_id", "wrapped_card_key", "certificate", "bank_key", "units", "currency",
     "unit_micros", ...}`` from the issuer."""
     return HllCardFile(
         card_id=_id_bytes(_string(obj, "card_id")),
@@ -203,6 +249,7 @@ def _from_issuer_answer(obj: dict[str, object]) -> HllCardFile:
         ),
         wrapped_key=_optional_b64(obj, "wrapped_card_key"),
         certificate=_optional_b64(obj, "certificate"),
+        bank_key=_optional_b64(obj, "bank_key"),
     )
 
 
@@ -271,14 +318,12 @@ def hll_card(
 ) -> NewCard:
     """The stored form of an HLL card: software (key from the file) or in a token (PIN)."""
     if token is None and card.card_key is None:
-        raise LocalProtocolError(
-            "the card file holds no key: give the PKCS#11 token that holds it",
-            code=ErrorCode.MISUSE,
-        )
+        raise LocalProtocolError("the card file holds no key: give the PKCS#11 token that holds it")
     if token is not None and not pin:
-        raise LocalProtocolError("a PKCS#11 card needs the token's PIN", code=ErrorCode.MISUSE)
+        raise LocalProtocolError("a PKCS#11 card needs the token's PIN")
+    bank_key = _bank_of(card)
     secret = HllSecret(card_key=card.card_key if token is None else None, pin=pin)
-    params: dict[str, object] = {"cardId": b64url_encode(card.card_id)}
+    params: dict[str, object] = {"cardId": b64url_encode(card.card_id), BANK: bank_key}
     if card.certificate is not None:
         params["certificate"] = b64url_encode(card.certificate)
     if token is not None:
@@ -301,6 +346,55 @@ def hll_card(
         params=params,
         secret=box.seal(secret_record("hll:mac", card.card_id, "secret"), _encode_hll(secret)),
     )
+
+
+def _bank_of(card: HllCardFile) -> str:
+    """The card's bank (b64url of its card-certification key), after checking that the
+    bank signed the card's certificate for this card and denomination."""
+    if card.bank_key is None:
+        raise LocalProtocolError(
+            "the card file names no bank (bankKey): the wallet binds a card to its bank"
+        )
+    if card.certificate is not None:
+        # Signature, card id and denomination only: an expired certificate still names
+        # the bank (it only stops merchants from serving the card deferred).
+        certificate = hll.decode_card_certificate(card.certificate)
+        hll.verify_card_certificate(
+            card.bank_key,
+            certificate,
+            card_id=card.card_id,
+            denomination=card.denomination,
+            now=min(0, certificate.expires_at - 1),
+        )
+    return b64url_encode(card.bank_key)
+
+
+def with_bank(card: CardRow, bank_key: bytes) -> dict[str, object]:
+    """The params of an HLL card stored before cards named their bank, now naming
+    ``bank_key``: checked against the card's certificate, as when a card is added.
+    Conflict if the card already names another bank."""
+    if card.method != "hll:mac":
+        raise LocalProtocolError("only an HLL card has a bank")
+    certificate = hll_certificate(card)
+    named = _bank_of(
+        HllCardFile(
+            card_id=card.card_key,
+            balance=card.balance,
+            denomination=Denomination(currency=card.currency, unit_micros=card.unit_micros),
+            certificate=certificate,
+            bank_key=bank_key,
+        )
+    )
+    if card_bank(card) not in (None, named):
+        raise Conflict(f"{card.label} belongs to another bank")
+    return {**card.params, BANK: named}
+
+
+def card_bank(card: CardRow) -> str | None:
+    """An HLL card's bank (b64url of its card-certification key); None if the card was
+    added before cards named their bank."""
+    bank = card.params.get(BANK)
+    return bank if isinstance(bank, str) else None
 
 
 def _encode_hll(secret: HllSecret) -> bytes:
@@ -347,9 +441,7 @@ def payword_card(
     if len(private_key) != 32 or not constant_time_eq(
         ed25519_public_key(private_key), certificate.user_public_key
     ):
-        raise LocalProtocolError(
-            "the private key does not belong to the certificate", code=ErrorCode.MISUSE
-        )
+        raise LocalProtocolError("the private key does not belong to the certificate")
     encoded = payword.encode_certificate(certificate)
     card_key = sha256(encoded)[:16]
     secret = Writer(_PAYWORD_SECRET_DOMAIN).bytes(private_key).finish()
@@ -401,6 +493,7 @@ class CardInfo:
     spent: int
     expires_at: int
     where: str
+    sites: tuple[str, ...] = ()
 
     @property
     def value_left_micros(self) -> int:
@@ -417,11 +510,11 @@ def describe(card: CardRow) -> CardInfo:
         where = f"credit from broker {card.realm}"
     else:
         where = f"prepaid at {card.realm}"
-    site = card.params.get("site")
-    if site is not None:
-        where += f", pays only {site}"
-    elif card.method.startswith("szm:"):
-        where += ", bound to no site: pays nobody (`farthing wallet bind`)"
+    sites = card_sites(card)
+    if sites:
+        where += f", pays only {', '.join(sites)}"
+    else:
+        where += f", pays no site: nobody until `farthing wallet bind {card.label} --site URL`"
     return CardInfo(
         label=card.label,
         method=card.method,
@@ -433,4 +526,5 @@ def describe(card: CardRow) -> CardInfo:
         spent=card.spent,
         expires_at=card.expires_at,
         where=where,
+        sites=sites,
     )

@@ -86,6 +86,7 @@ from pkcs11.types import PrivateKey, PublicKey, SecretKey, Session, SignMixin, T
 
 from farthing.core.errors import (
     CardLocked,
+    DeviceFailure,
     ErrorCode,
     LocalProtocolError,
     MalformedMessage,
@@ -148,8 +149,9 @@ _TRANSLATIONS: Final[tuple[tuple[tuple[type[PKCS11Error], ...], str, ErrorCode],
         ErrorCode.MISUSE,
     ),
     ((AttributeSensitive, KeyUnextractable), "the token keeps that value secret", ErrorCode.MISUSE),
-    ((DeviceRemoved, DeviceError, DeviceMemory), "the card device failed", ErrorCode.INTERNAL),
 )
+# The token itself broke or left: nobody's misuse, so an ExternalFailure (DeviceFailure).
+_DEVICE_FAILURES: Final = (DeviceRemoved, DeviceError, DeviceMemory)
 
 
 @contextmanager
@@ -163,6 +165,7 @@ def map_pkcs11_errors(pin_status: Callable[[], TokenFlag] | None = None) -> Iter
     Raises:
         WrongPin: the PIN is wrong; ``tries_left`` is 1 on the final try, else 0 (unknown).
         CardLocked: the user PIN is locked.
+        DeviceFailure: the token failed, ran out of memory or was removed (DEVICE_FAILED).
         LocalProtocolError: anything else the token refused; ``code`` says what
             (NOT_FOUND, CONFLICT, MISUSE, INTERNAL).
     """
@@ -172,6 +175,8 @@ def map_pkcs11_errors(pin_status: Callable[[], TokenFlag] | None = None) -> Iter
         raise _wrong_pin_error(pin_status) from exc
     except PinLocked as exc:
         raise CardLocked("the card's PIN is locked") from exc
+    except _DEVICE_FAILURES as exc:
+        raise DeviceFailure("the card device failed") from exc
     except PKCS11Error as exc:
         message, code = _describe(exc)
         raise LocalProtocolError(message, code=code) from exc
@@ -315,13 +320,14 @@ class Pkcs11CardKey:
             WrongPin: the PIN is wrong.
             CardLocked: the PIN is locked.
             LocalProtocolError: (NOT_FOUND) no such module, token or key; (MISUSE) this process
-                already has the token open; (INTERNAL) the token failed.
+                already has the token open.
+            DeviceFailure: (DEVICE_FAILED) the token failed or was removed.
         """
         session = _login(module_path, token_label, user_pin, rw=False)
         try:
             key = _find_card_key(session, key_label)
         except BaseException:
-            with suppress(LocalProtocolError):  # the reason we are closing is the error to report
+            with suppress(LocalProtocolError, DeviceFailure):  # report the first error
                 _close_session(session)
             raise
         return cls(session, key)
@@ -330,12 +336,12 @@ class Pkcs11CardKey:
         """HMAC-SHA256(K_C, message), computed by the token; K_C never leaves it.
 
         Raises:
-            LocalProtocolError: (MISUSE) the card is closed or its session ended;
-                (INTERNAL) the token failed.
+            LocalProtocolError: (MISUSE) the card is closed or its session ended.
+            DeviceFailure: (DEVICE_FAILED) the token failed or was removed.
         """
         with self._lock:
             if self._session is None:
-                raise LocalProtocolError("the card is closed", code=ErrorCode.MISUSE)
+                raise LocalProtocolError("the card is closed")
             with map_pkcs11_errors():
                 tag = self._key.sign(message, mechanism=Mechanism.SHA256_HMAC)
         if len(tag) != _MAC_LENGTH:
@@ -383,9 +389,7 @@ def _find_card_key(session: Session, key_label: str) -> SignMixin:
                 f"no card key labelled {key_label!r} on the token", code=ErrorCode.NOT_FOUND
             ) from exc
     if not isinstance(key, SignMixin):  # SIGN is false on that object
-        raise LocalProtocolError(
-            f"the key labelled {key_label!r} cannot compute MACs", code=ErrorCode.MISUSE
-        )
+        raise LocalProtocolError(f"the key labelled {key_label!r} cannot compute MACs")
     return key
 
 
@@ -539,9 +543,7 @@ def _find_unwrapping_key(session: Session, key_label: str) -> UnwrapMixin:
         )
     key = found[0]
     if len(found) > 1 or not isinstance(key, UnwrapMixin):  # UNWRAP is false on that object
-        raise LocalProtocolError(
-            f"the key labelled {key_label!r} cannot unwrap", code=ErrorCode.MISUSE
-        )
+        raise LocalProtocolError(f"the key labelled {key_label!r} cannot unwrap")
     return key
 
 
@@ -601,7 +603,7 @@ def _refuse_taken_label(session: Session, key_label: str) -> None:
 def _require_length(value: bytes, allowed: set[int] | frozenset[int], what: str) -> None:
     if len(value) not in allowed:
         lengths = " or ".join(str(n) for n in sorted(allowed))
-        raise LocalProtocolError(f"{what} must be {lengths} bytes long", code=ErrorCode.MISUSE)
+        raise LocalProtocolError(f"{what} must be {lengths} bytes long")
 
 
 # -- SoftHSM2 tooling for tests and demos ---------------------------------------------------------
@@ -643,7 +645,7 @@ def init_softhsm_token(
             SoftHSM2 module or ``softhsm2-util``; (INTERNAL) ``softhsm2-util`` failed.
     """
     if len(label.encode()) > _MAX_TOKEN_LABEL_BYTES:
-        raise LocalProtocolError("a token label is at most 32 bytes", code=ErrorCode.MISUSE)
+        raise LocalProtocolError("a token label is at most 32 bytes")
     token = SoftHsmToken(
         module_path=module_path or find_pkcs11_module(),
         conf_path=_write_softhsm_conf(Path(directory)),

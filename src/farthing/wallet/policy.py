@@ -129,10 +129,7 @@ class SpendingPolicy:
     def limits_for(self, currency: str) -> Limits:
         limits = self.limits.get(currency, self.default)
         if limits is None:
-            raise PolicyRefused(
-                f"the spending policy allows no payments in {currency}",
-                code=ErrorCode.POLICY_REFUSED,
-            )
+            raise PolicyRefused(f"the spending policy allows no payments in {currency}")
         return limits
 
     def check(self, offer: PriceOffer, usage: Usage) -> None:
@@ -208,4 +205,4 @@ def _replace_per_request(limits: Limits | None, micros: int) -> Limits:
 
 
 def _refused(message: str) -> PolicyRefused:
-    return PolicyRefused(message, code=ErrorCode.POLICY_REFUSED)
+    return PolicyRefused(message)

@@ -13,13 +13,13 @@ and at most a sane maximum (a hostile file must not make us allocate gigabytes):
 weaker, and any wallet from before Argon2id (scrypt with N = 2^15), is refused with
 ``KDF_TOO_WEAK`` and told to run ``farthing wallet upgrade``, which re-seals every secret
 under fresh, strong parameters (:meth:`~farthing.wallet.store.WalletStore.upgrade`). Tests
-get cheap parameters only through :func:`farthing.testing.cheap_wallet_kdf`; there is no
+get cheap parameters only through :func:`farthing.wallet.testing.cheap_wallet_kdf`; there is no
 flag for it.
 
 Wire form of a sealed value: ``nonce (12 random bytes) || ciphertext || tag (16 bytes)``.
 
 A wrong passphrase is detected with a sealed check value written at creation; it raises
-``LocalProtocolError("wrong passphrase", code=WALLET_LOCKED)`` before anything else is read.
+``LocalProtocolError("wrong passphrase", code=WRONG_PASSPHRASE)`` before anything else is read.
 """
 
 from __future__ import annotations
@@ -216,7 +216,7 @@ class SecretBox:
         Does not judge the parameters' strength: the caller does
         (:meth:`KdfParams.require_strong`)."""
         if not passphrase:
-            raise LocalProtocolError("the passphrase must not be empty", code=ErrorCode.MISUSE)
+            raise LocalProtocolError("the passphrase must not be empty")
         secret = unicodedata.normalize("NFC", passphrase).encode("utf-8")
         return cls(params.derive(secret), rng)
 
@@ -244,7 +244,7 @@ class SecretBox:
         try:
             self.open(_check_record(), sealed)
         except LocalProtocolError:
-            raise LocalProtocolError("wrong passphrase", code=ErrorCode.WALLET_LOCKED) from None
+            raise LocalProtocolError("wrong passphrase", code=ErrorCode.WRONG_PASSPHRASE) from None
 
     def __repr__(self) -> str:
         return "SecretBox(<key>)"

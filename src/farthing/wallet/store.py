@@ -31,7 +31,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator, Mapping
+import sqlite3
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -61,12 +62,12 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import URL, RowMapping
-from sqlalchemy.engine.interfaces import DBAPIConnection
+from sqlalchemy.engine.interfaces import DBAPIConnection, ExceptionContext
 from sqlalchemy.exc import DatabaseError, IntegrityError, OperationalError
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from farthing.core.clock import RandomSource
-from farthing.core.errors import Conflict, ErrorCode, LocalProtocolError
+from farthing.core.errors import Conflict, ErrorCode, LocalProtocolError, ResourceBusy
 from farthing.wallet.secretbox import KdfParams, SecretBox, record_id
 
 __all__ = [
@@ -90,6 +91,14 @@ _PRAGMAS: Final = (
     "PRAGMA foreign_keys=ON",
     f"PRAGMA busy_timeout={_BUSY_TIMEOUT_S * 1000}",
 )
+
+# SQLite's primary result codes for "another process holds the file" and "the file cannot be
+# written": outside failures (ResourceBusy), unlike "no such table" (a foreign file).
+_OUTSIDE_FAILURES: Final = frozenset(
+    {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_IOERR,
+     sqlite3.SQLITE_FULL, sqlite3.SQLITE_CANTOPEN}
+)  # fmt: skip
+_BUSY_MESSAGE: Final = "the wallet file is busy or unwritable"
 
 _metadata = MetaData()
 
@@ -355,7 +364,16 @@ def _engine(path: Path) -> Engine:
     )
     event.listen(engine, "connect", _on_connect)
     event.listen(engine, "begin", _on_begin)
+    event.listen(engine, "handle_error", _on_error)
     return engine
+
+
+def _on_error(context: ExceptionContext) -> None:
+    """Any statement (BEGIN IMMEDIATE included) that fails because another process holds
+    the wallet, or the file cannot be written, raises ResourceBusy, SQLite's error its cause."""
+    code = getattr(context.original_exception, "sqlite_errorcode", None)
+    if isinstance(code, int) and code & 0xFF in _OUTSIDE_FAILURES:  # extended codes too
+        raise ResourceBusy(_BUSY_MESSAGE) from context.sqlalchemy_exception
 
 
 def _create_private_file(path: Path) -> None:
@@ -364,7 +382,7 @@ def _create_private_file(path: Path) -> None:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
-        raise Conflict(f"a wallet already exists at {path}", code=ErrorCode.CONFLICT) from None
+        raise Conflict(f"a wallet already exists at {path}") from None
     os.close(fd)
 
 
@@ -409,7 +427,7 @@ class WalletStore:
     @classmethod
     def open(cls, path: Path, passphrase: str, *, rng: RandomSource) -> WalletStore:
         """Open an existing wallet. Raises LocalProtocolError: NOT_FOUND (no file),
-        WALLET_LOCKED ("wrong passphrase"), UNKNOWN_VERSION (a newer format), KDF_TOO_WEAK
+        WRONG_PASSPHRASE, UNKNOWN_VERSION (a newer format), KDF_TOO_WEAK
         (its passphrase protection is under today's minimum: :meth:`upgrade` it)."""
         engine = _open_engine(path)
         try:
@@ -490,18 +508,17 @@ class WalletStore:
                 return WriteTx(conn).card_by_label(card.label)
         except IntegrityError:
             raise Conflict(
-                "this card, or a card with this label, is already in the wallet",
-                code=ErrorCode.CONFLICT,
+                "this card, or a card with this label, is already in the wallet"
             ) from None
 
-    def bind_site(self, label: str, site: str) -> CardRow:
-        """Bind the card ``label`` to ``site``; Conflict if it is bound to another one."""
+    def update_params(
+        self, label: str, change: Callable[[CardRow], Mapping[str, object]]
+    ) -> CardRow:
+        """Replace the public ``params`` of the card ``label`` with ``change(card)``, read
+        and written in one transaction; NOT_FOUND if there is no such card."""
         with self._engine.begin() as conn:
             card = WriteTx(conn).card_by_label(label)
-            bound = card.params.get("site")
-            if bound is not None and bound != site:
-                raise Conflict(f"{label} is bound to {bound}", code=ErrorCode.CONFLICT)
-            params = json.dumps({**card.params, "site": site}, sort_keys=True)
+            params = json.dumps(dict(change(card)), sort_keys=True)
             conn.execute(update(_cards).where(_cards.c.id == card.id).values(params=params))
             return WriteTx(conn).card(card.id)
 
@@ -649,9 +666,7 @@ class WalletStore:
             with self._engine.begin() as conn:
                 yield WriteTx(conn)
         except OperationalError as exc:
-            raise LocalProtocolError(
-                "the wallet file is busy or unwritable", code=ErrorCode.INTERNAL
-            ) from exc
+            raise ResourceBusy(_BUSY_MESSAGE) from exc
 
 
 class WriteTx:

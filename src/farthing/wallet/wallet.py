@@ -8,10 +8,14 @@
 
 Paying one request (:meth:`Wallet.pay`):
 
-0. *Where.* Only over https, or plain http on loopback (INSECURE_TRANSPORT otherwise); an
-   SZM card only at the site it was bound to when added (HLL and PayWord where bound, if
-   bound); not a card a vendor of that realm refused as invalid; not a card with a lost
-   payment still waiting to be resent.
+0. *Where.* Only over https, or plain http on loopback (INSECURE_TRANSPORT otherwise); a
+   card of any kind only at the origins in its set, chosen by the reader when adding it
+   and changed with :meth:`bind` / :meth:`unbind` (a card with none pays nobody); only
+   for a challenge naming the card's issuer (an HLL challenge's ``bank``, if it has one,
+   is the card's bank; a PayWord challenge's ``broker`` is the certificate's broker);
+   not a card a vendor of that realm refused as invalid; not a card with a lost payment
+   still waiting to be resent. A card that fails the site or issuer check is never
+   quoted: nothing of it leaves the wallet (WRONG_SITE, WRONG_ISSUER).
 1. *Quote.* Every offered challenge the wallet understands is matched against every such
    card (method, realm, currency, unit, expiry, units left). Quotes are ranked by the method
    preference (default: ``szm:chain``, ``szm:prbg``, ``hll:mac``, ``payword``: the sealed,
@@ -78,6 +82,8 @@ from farthing.wallet.cards import (
     CardInfo,
     HllCardFile,
     Pkcs11Location,
+    card_bank,
+    card_sites,
     describe,
     hll_card,
     hll_secret,
@@ -86,6 +92,8 @@ from farthing.wallet.cards import (
     pkcs11_location,
     szm_card,
     szm_code,
+    with_bank,
+    with_sites,
 )
 from farthing.wallet.methods import (
     HllMethod,
@@ -120,7 +128,6 @@ __all__ = [
 DEFAULT_PREFERENCE: Final = ("szm:chain", "szm:prbg", "hll:mac", "payword")
 DEFAULT_UP_FRONT_MARGIN: Final = 10
 _POLICY_KEY: Final = "policy"
-_SITE: Final = "site"
 _SENT: Final = "sent"
 _LOST: Final = "lost"
 # Problem codes that say the card itself is no good at that vendor (not the challenge, the
@@ -138,6 +145,9 @@ _CARD_REFUSALS: Final = frozenset(
     )
 )
 _MAX_PENDING: Final = 1024
+
+Sites = str | Sequence[str]
+"""One site (a URL or origin) or several."""
 
 
 def scope_matches(scope: str, path: str) -> bool:
@@ -319,7 +329,8 @@ class Wallet:
     ) -> Wallet:
         """Open a wallet file; ``policy`` None uses the policy saved in the file.
 
-        Raises LocalProtocolError: NOT_FOUND (no file) or WALLET_LOCKED ("wrong passphrase").
+        Raises LocalProtocolError: NOT_FOUND (no file) or WRONG_PASSPHRASE; ResourceBusy
+        (WALLET_BUSY) if another process is writing the file.
         """
         store = WalletStore.open(Path(path), passphrase, rng=rng)
         try:
@@ -370,29 +381,33 @@ class Wallet:
 
     # -- cards -----------------------------------------------------------------------------
 
-    def add_szm_code(self, text: str, *, site: str, label: str | None = None) -> CardInfo:
+    def add_szm_code(self, text: str, *, site: Sites, label: str | None = None) -> CardInfo:
         """Add an SZM card from its printed code (``FTH1-...``) or compact (QR/file) form.
 
-        ``site`` is the vendor that sold the card (its URL or origin): the card pays only
-        there. Its realm is a name anyone can copy; the site is what the reader trusts.
+        ``site`` is the vendor that sold the card (its URL or origin, or several): the card
+        pays only there. Its realm is a name anyone can copy; the site is what the reader
+        trusts.
         """
         return self.add_szm_card(parse_szm_code(text), site=site, label=label)
 
-    def add_szm_card(self, code: CardCode, *, site: str, label: str | None = None) -> CardInfo:
+    def add_szm_card(self, code: CardCode, *, site: Sites, label: str | None = None) -> CardInfo:
         return self._add(szm_card(code, self._store.box, label=label), site)
 
     def add_hll_card(
         self,
         card: HllCardFile,
         *,
+        site: Sites,
         token: Pkcs11Location | None = None,
         pin: str | None = None,
         label: str | None = None,
-        site: str | None = None,
     ) -> CardInfo:
         """Add an HLL card: a software card (its key is in ``card``) or one whose key is in
         the PKCS#11 ``token``; ``pin`` is then kept sealed so payments need no prompt.
-        ``site``, if given, is the one merchant the card may pay."""
+
+        ``site``: the merchants (URLs or origins) the card may pay. ``card.bank_key`` names
+        its bank: the certificate must be that bank's (else SIGNATURE_INVALID), and the
+        card pays no challenge naming another bank (MISUSE if the file names none)."""
         new = hll_card(card, self._store.box, token=token, pin=pin, label=label)
         return self._add(new, site)
 
@@ -401,23 +416,46 @@ class Wallet:
         certificate: payword.Certificate,
         private_key: bytes,
         *,
+        site: Sites,
         label: str | None = None,
-        site: str | None = None,
     ) -> CardInfo:
         """Add a PayWord account: the user's Ed25519 key and the broker's certificate.
-        It pays vendors of its broker; ``site``, if given, the one vendor it may pay."""
+        It pays the vendors in ``site`` (URLs or origins), and only challenges naming the
+        certificate's broker."""
         new = payword_card(certificate, private_key, self._store.box, label=label)
         return self._add(new, site)
 
-    def _add(self, card: NewCard, site: str | None) -> CardInfo:
-        if site is not None:
-            card = replace(card, params={**card.params, _SITE: site_of(site)})
+    def _add(self, card: NewCard, site: Sites) -> CardInfo:
+        card = replace(card, params=with_sites(card.params, _origins(site)))
         return describe(self._store.insert_card(card, now=self._clock.now()))
 
-    def bind(self, label: str, site: str) -> CardInfo:
-        """Bind a card added without a site (an SZM card from before sites) to ``site``.
-        Raises Conflict if it is bound to another site, NOT_FOUND if there is no such card."""
-        return describe(self._store.bind_site(label, site_of(site)))
+    def bind(self, label: str, site: Sites) -> CardInfo:
+        """Add ``site`` (a URL or origin, or several) to the origins the card may pay.
+        NOT_FOUND if there is no such card."""
+        origins = _origins(site)
+        return describe(
+            self._store.update_params(
+                label, lambda card: with_sites(card.params, {*card_sites(card), *origins})
+            )
+        )
+
+    def name_bank(self, label: str, bank_key: bytes) -> CardInfo:
+        """Name the bank of an HLL card added before cards named theirs (its certificate
+        must be that bank's). Conflict if it names another bank already."""
+        return describe(self._store.update_params(label, lambda card: with_bank(card, bank_key)))
+
+    def unbind(self, label: str, site: Sites) -> CardInfo:
+        """Remove ``site`` (or several) from the origins the card may pay; a card left with
+        none pays nobody until bound again. NOT_FOUND if there is no such card."""
+        origins = set(_origins(site))
+        return describe(
+            self._store.update_params(
+                label,
+                lambda card: with_sites(
+                    card.params, (s for s in card_sites(card) if s not in origins)
+                ),
+            )
+        )
 
     def cards(self) -> list[CardInfo]:
         return [describe(card) for card in self._store.cards()]
@@ -432,7 +470,7 @@ class Wallet:
 
     def szm_status_request(self, label: str) -> szm_status.StatusRequest:
         """A fresh proof that this wallet holds the SZM card ``label``: what the issuer's
-        card status asks for (:meth:`farthing.issuer.client.IssuerClient.card_status`)."""
+        card status asks for (:meth:`farthing.http.issuer_client.IssuerClient.card_status`)."""
         row = next((card for card in self._store.cards() if card.label == label), None)
         if row is None or row.method not in ("szm:chain", "szm:prbg"):
             raise LocalProtocolError(f"no SZM card labelled {label!r}", code=ErrorCode.NOT_FOUND)
@@ -483,7 +521,7 @@ class Wallet:
         """Pay one of ``challenges`` for ``url`` within policy.
 
         Raises PolicyRefused (nothing spent), CardExhausted (cards of the right kind lack
-        units), LocalProtocolError NOT_FOUND (no card for any offered method),
+        units), LocalProtocolError NO_CARD_FITS (no card for any offered method),
         INSECURE_TRANSPORT (plain http off loopback), WrongPin / CardLocked (a PKCS#11 token
         refused its PIN; nothing spent).
         """
@@ -578,7 +616,7 @@ class Wallet:
             for card in cards:
                 if card.id in blocked or (card.id, challenge.realm) in refusals:
                     continue
-                if not _site_allows(card, target):
+                if not _site_allows(card, target) or not _issuer_allows(card, challenge):
                     continue
                 if (quote := method.quote(card, challenge, now)) is not None:
                     quotes.append(quote)
@@ -760,12 +798,25 @@ class Wallet:
 # --- helpers -------------------------------------------------------------------------------
 
 
+def _origins(site: Sites) -> tuple[str, ...]:
+    """The origins of one URL or several."""
+    return (site_of(site),) if isinstance(site, str) else tuple(site_of(s) for s in site)
+
+
 def _site_allows(card: CardRow, target: _Target) -> bool:
-    """SZM cards pay only the site they were bought from; others where bound, if bound."""
-    site = card.params.get(_SITE)
-    if site is None:
-        return not card.method.startswith("szm:")
-    return site == target.origin
+    """A card pays only the origins in its set (none: nobody)."""
+    return target.origin in card_sites(card)
+
+
+def _issuer_allows(card: CardRow, challenge: Challenge) -> bool:
+    """The challenge names the card's issuer: for HLL the bank (``bank``, when the
+    challenge names one), for PayWord the broker of the user certificate (``broker``)."""
+    if card.method == "hll:mac":
+        bank = challenge.request.get("bank")
+        return bank is None or bank == card_bank(card)
+    if card.method == "payword":
+        return challenge.request.get("broker") == card.realm
+    return True
 
 
 def _valid_receipt(receipt: Receipt | None, payment: PreparedPayment) -> bool:
@@ -873,11 +924,11 @@ def _no_card_error(
     kind_fits = [card for card in cards if any(_same_kind(card, c) for c in challenges)]
     elsewhere = [card for card in kind_fits if not _site_allows(card, target)]
     if elsewhere and len(elsewhere) == len(kind_fits):
-        sites = ", ".join(sorted({str(c.params.get(_SITE, "no site")) for c in elsewhere}))
-        return LocalProtocolError(
-            f"the cards for this vendor's realm are bound to {sites}, not {target.origin}",
-            code=ErrorCode.WRONG_SITE,
-        )
+        return _wrong_site(elsewhere, target)
+    here = [card for card in kind_fits if card not in elsewhere]
+    foreign = [c for c in here if not any(_issuer_allows(c, ch) for ch in challenges)]
+    if foreign and len(foreign) == len(here):
+        return _wrong_issuer(foreign, challenges)
     if kind_fits:
         labels = ", ".join(card.label for card in kind_fits)
         expired = all(card.expires_at <= now for card in kind_fits)
@@ -886,8 +937,40 @@ def _no_card_error(
     offered = ", ".join(sorted({c.method for c in challenges})) or "nothing"
     return LocalProtocolError(
         f"this wallet holds no card this vendor takes (it offers {offered})",
-        code=ErrorCode.NOT_FOUND,
+        code=ErrorCode.NO_CARD_FITS,
     )
+
+
+def _wrong_site(cards: Sequence[CardRow], target: _Target) -> LocalProtocolError:
+    unbound = [card.label for card in cards if not card_sites(card)]
+    if unbound:
+        labels = ", ".join(unbound)
+        return LocalProtocolError(
+            f"{labels} pays no site yet (added before cards had sites): bind it with "
+            f"`farthing wallet bind LABEL --site {target.origin}` if you trust that site",
+            code=ErrorCode.WRONG_SITE,
+        )
+    sites = ", ".join(sorted({site for card in cards for site in card_sites(card)}))
+    return LocalProtocolError(
+        f"the cards this vendor takes pay only {sites}, not {target.origin}",
+        code=ErrorCode.WRONG_SITE,
+    )
+
+
+def _wrong_issuer(cards: Sequence[CardRow], challenges: Sequence[Challenge]) -> LocalProtocolError:
+    if all(card.method == "payword" for card in cards):
+        theirs = ", ".join(sorted({str(c.request.get("broker")) for c in challenges}))
+        ours = ", ".join(sorted({str(card.realm) for card in cards}))
+        what = f"this vendor's PayWord broker is {theirs}; your accounts are with {ours}"
+    elif all(card_bank(card) is None for card in cards):
+        labels = ", ".join(card.label for card in cards)
+        what = (
+            f"{labels} was added before cards named their bank: name it with `farthing "
+            "wallet bind LABEL --bank-key HEX` (the key `farthing issuer hll-key` prints)"
+        )
+    else:
+        what = "this vendor's HLL bank is not the bank of your cards for this site"
+    return LocalProtocolError(what, code=ErrorCode.WRONG_ISSUER)
 
 
 def _same_kind(card: CardRow, challenge: Challenge) -> bool:
@@ -898,7 +981,7 @@ def _same_kind(card: CardRow, challenge: Challenge) -> bool:
         return card.realm == challenge.realm
     if card.method == "hll:mac":
         return challenge.request.get("unitMicros") == card.unit_micros
-    return challenge.request.get("broker") == card.realm
+    return True
 
 
 def _save_policy(store: WalletStore, policy: SpendingPolicy) -> None:

@@ -22,15 +22,10 @@ from farthing.core.errors import (
 )
 from farthing.core.retry import same_request
 
-__all__ = ["Acceptance", "IndexPaymentCodec", "invalid", "retried_units", "units_paid"]
+__all__ = ["Acceptance", "IndexPaymentCodec", "retried_units", "units_paid"]
 
 _VALUE_LEN: Final = 32
 _LEN32: Final = _VALUE_LEN.to_bytes(2, "big")
-
-
-def invalid() -> InvalidPayment:
-    """The one vague refusal: a forgery, a replay and a stale index look the same."""
-    return InvalidPayment("payment did not verify", code=ErrorCode.PAYMENT_INVALID)
 
 
 def units_paid(
@@ -54,16 +49,16 @@ def units_paid(
     if not 0 < units <= max_units:
         raise ValueError("price out of range for one payment")
     if not same_key or index <= spent:
-        raise invalid()  # another card, a replay or a stale index
+        raise InvalidPayment()  # another card, a replay or a stale index
     if now >= expires_at:
-        raise PaymentExpired(f"{what} expired", code=ErrorCode.CARD_EXPIRED)
+        raise PaymentExpired(f"{what} expired")
     if index > length:
         raise InsufficientFunds(f"{what} exhausted")
     paid = index - spent
     if paid < units:
         raise InsufficientFunds("payment pays too little", code=ErrorCode.AMOUNT_MISMATCH)
     if paid > max_units:
-        raise invalid()  # bounds the hashing a hostile index can cause
+        raise InvalidPayment()  # bounds the hashing a hostile index can cause
     return paid
 
 
@@ -83,7 +78,7 @@ def retried_units(
     check that its value is the one accepted (the scheme's own proof, e.g. the anchor).
     """
     if not same_key or index != spent or not same_request(last_request, request):
-        raise invalid()
+        raise InvalidPayment()
     return last_units
 
 

@@ -205,7 +205,6 @@ _DOMAIN_PIN: Final = "farthing/hll/pin"
 CardKeyLookup: TypeAlias = Callable[[bytes], bytes | None]
 """Maps a card id to its key K_C, or None for an unknown card (e.g. ``keys.get``)."""
 
-_INVALID: Final = "payment did not verify"
 _U16: Final = struct.Struct(">H")
 
 # The purchase MAC input, built by concatenation on the bank's hot path. It is exactly
@@ -284,10 +283,6 @@ def _is_text(value: object, max_len: int) -> bool:
 def _require(ok: bool, what: str) -> None:
     if not ok:
         raise MalformedMessage(f"invalid {what}", code=ErrorCode.BAD_FIELD)
-
-
-def _invalid() -> InvalidPayment:
-    return InvalidPayment(_INVALID, code=ErrorCode.PAYMENT_INVALID)
 
 
 def _check_fresh(offer: Offer, now: int) -> None:
@@ -576,7 +571,7 @@ def verify_card_certificate(
     body = card_certificate_body(cert.card_id, cert.denomination, cert.expires_at)
     ed25519_verify(bank_public_key, cert.signature, body)
     if not constant_time_eq(cert.card_id, card_id) or cert.denomination != denomination:
-        raise _invalid()
+        raise InvalidPayment()
     if now >= cert.expires_at:
         raise PaymentExpired("card certificate expired", code=ErrorCode.CERTIFICATE_EXPIRED)
 
@@ -601,9 +596,7 @@ class VerifiedPurchase:
 
     def __init__(self, card_id: bytes, counter: int, offer: Offer, _token: object = None) -> None:
         if _token is not _VERIFIER:
-            raise LocalProtocolError(
-                "only the HLL verifier creates VerifiedPurchase", code=ErrorCode.MISUSE
-            )
+            raise LocalProtocolError("only the HLL verifier creates VerifiedPurchase")
         self._card_id = card_id
         self._counter = counter
         self._offer = offer
@@ -655,10 +648,10 @@ def _check_mac(
     card_key: bytes, offer: Offer, card_id: bytes, counter: int, sigma: bytes
 ) -> VerifiedPurchase:
     if counter == 0 or len(card_key) != KEY_LEN:  # a card's first payment has CNT = 1
-        raise _invalid()
+        raise InvalidPayment()
     expected = hmac_sha256(card_key, purchase_message(card_id, offer, counter))
     if not constant_time_eq(expected, sigma):
-        raise _invalid()
+        raise InvalidPayment()
     return VerifiedPurchase(card_id, counter, offer, _VERIFIER)  # positional: cheaper
 
 
@@ -683,7 +676,7 @@ def verify_purchase_bytes(
     card_id, counter, sigma = _split_payment(payment)
     card_key = key_for(card_id)
     if card_key is None:
-        raise _invalid()
+        raise InvalidPayment()
     return _check_mac(card_key, offer, card_id, counter, sigma)
 
 
@@ -741,18 +734,16 @@ def authorize_purchase(state: CardState, offer: Offer, now: int) -> tuple[CardSt
     or counter used up), MalformedMessage (non-positive amount).
     """
     if state.pin_tries_left <= 0:
-        raise CardLocked("the card is locked", code=ErrorCode.CARD_LOCKED)
+        raise CardLocked("the card is locked")
     _check_fresh(offer, now)
     if offer.denomination != state.denomination:
-        raise UnsupportedMethod(
-            "the card holds another denomination", code=ErrorCode.UNSUPPORTED_METHOD
-        )
+        raise UnsupportedMethod("the card holds another denomination")
     if offer.amount <= 0:  # Offer forbids it; the card does not trust its host anyway
         raise MalformedMessage("invalid amount", code=ErrorCode.BAD_FIELD)
     if offer.amount > state.balance:
-        raise CardExhausted("the card's balance is too low", code=ErrorCode.CARD_EXHAUSTED)
+        raise CardExhausted("the card's balance is too low")
     if state.counter >= _U64_MAX:
-        raise CardExhausted("the card's counter is used up", code=ErrorCode.CARD_EXHAUSTED)
+        raise CardExhausted("the card's counter is used up")
     counter = state.counter + 1
     new_state = replace(state, balance=state.balance - offer.amount, counter=counter)
     return new_state, purchase_message(state.card_id, offer, counter)
@@ -789,7 +780,7 @@ def _check_is_purchase_message(
     except MalformedMessage:
         fields_ok = False
     if not fields_ok:
-        raise LocalProtocolError("not the purchase message to MAC", code=ErrorCode.MISUSE)
+        raise LocalProtocolError("not the purchase message to MAC")
 
 
 def _pin_digest(card_id: bytes, pin: str) -> bytes:
@@ -819,7 +810,7 @@ class SoftwareCard:
     def verify_pin(self, pin: str) -> None:
         """Returns None, or raises WrongPin (with tries_left) or CardLocked."""
         if self._state.pin_tries_left <= 0:
-            raise CardLocked("the card is locked", code=ErrorCode.CARD_LOCKED)
+            raise CardLocked("the card is locked")
         if constant_time_eq(_pin_digest(self._state.card_id, pin), self._pin_digest):
             self._state = replace(self._state, pin_tries_left=MAX_PIN_TRIES)
             self._unlocked = True
@@ -828,15 +819,15 @@ class SoftwareCard:
         self._state = replace(self._state, pin_tries_left=tries_left)
         self._unlocked = False
         if tries_left == 0:
-            raise CardLocked("too many wrong PINs; the card is locked", code=ErrorCode.CARD_LOCKED)
+            raise CardLocked("too many wrong PINs; the card is locked")
         raise WrongPin("wrong PIN", tries_left=tries_left)
 
     def purchase(self, offer: Offer, now: int) -> Purchase:
         """Pay ``offer``: the state moves first, then the MAC is released."""
         if self._state.pin_tries_left <= 0:
-            raise CardLocked("the card is locked", code=ErrorCode.CARD_LOCKED)
+            raise CardLocked("the card is locked")
         if not self._unlocked:
-            raise LocalProtocolError("verify the PIN first", code=ErrorCode.MISUSE)
+            raise LocalProtocolError("verify the PIN first")
         new_state, message = authorize_purchase(self._state, offer, now)
         self._state = new_state
         return complete_purchase(
@@ -918,10 +909,10 @@ def verify_deposit_item(
     payments made to someone else.
     """
     if item.offer.merchant_id != merchant_id:
-        raise _invalid()
+        raise InvalidPayment()
     card_key = key_for(item.purchase.card_id)
     if card_key is None:
-        raise _invalid()
+        raise InvalidPayment()
     purchase = item.purchase
     return _check_mac(card_key, item.offer, purchase.card_id, purchase.counter, purchase.sigma)
 
@@ -1047,13 +1038,13 @@ class HllBank:
         if len(card_id) != CARD_ID_LEN or len(card_key) != KEY_LEN or not _is_u64(loaded):
             raise ValueError("card id 16 bytes, key 32 bytes, loaded value a u64")
         if card_id in self._cards:
-            raise Conflict("card already registered", code=ErrorCode.CONFLICT)
+            raise Conflict("card already registered")
         self._cards[card_id] = _CardAccount(key=card_key, loaded=loaded)
 
     def certify(self, card_id: bytes, expires_at: int) -> bytes:
         """The encoded certificate of a registered card (needs ``certification_key``)."""
         if self._certification_key is None or card_id not in self._cards:
-            raise LocalProtocolError("no certification key or no such card", code=ErrorCode.MISUSE)
+            raise LocalProtocolError("no certification key or no such card")
         cert = issue_card_certificate(
             self._certification_key,
             card_id=card_id,
@@ -1066,7 +1057,7 @@ class HllBank:
         if not _is_text(merchant_id, MAX_MERCHANT_ID_LEN) or len(merchant_key) != KEY_LEN:
             raise ValueError("merchant id must be canonical text and the key 32 bytes")
         if merchant_id in self._merchant_keys:
-            raise Conflict("merchant already registered", code=ErrorCode.CONFLICT)
+            raise Conflict("merchant already registered")
         self._merchant_keys[merchant_id] = merchant_key
         self._credited[merchant_id] = 0
 
@@ -1088,15 +1079,15 @@ class HllBank:
         a (card, counter) already accepted, InsufficientFunds past the loaded value.
         """
         if offer.merchant_id not in self._merchant_keys:
-            raise NotFound("unknown merchant", code=ErrorCode.NOT_FOUND)
+            raise NotFound("unknown merchant")
         card_key = self._key_for(purchase.card_id)
         if card_key is None or offer.denomination != self._denomination:
-            raise _invalid()
+            raise InvalidPayment()
         verified = verify_purchase(card_key, offer, purchase, now)
         if (verified.card_id, verified.counter) in self._used:
             raise Conflict("payment already spent", code=ErrorCode.DUPLICATE_SPEND)
         if not self._covers(verified, 0):
-            raise InsufficientFunds("card overspent", code=ErrorCode.INSUFFICIENT_FUNDS)
+            raise InsufficientFunds("card overspent")
         self._apply([verified], offer.merchant_id)
         return verified
 
@@ -1112,7 +1103,7 @@ class HllBank:
         earlier = self._batches.get((batch.merchant_id, batch.batch_id))
         if earlier is not None:
             if not constant_time_eq(earlier[0], digest):
-                raise Conflict("batch id reused for another batch", code=ErrorCode.CONFLICT)
+                raise Conflict("batch id reused for another batch")
             return earlier[1]
         plan = self._plan(batch, now)
         self._apply(plan.accepted, batch.merchant_id)
@@ -1139,9 +1130,9 @@ class HllBank:
 
     def _verify_item(self, merchant_id: str, item: DepositItem, now: int) -> VerifiedPurchase:
         if item.offer.denomination != self._denomination:
-            raise _invalid()
+            raise InvalidPayment()
         if now >= item.offer.expires_at + self._deposit_window:
-            raise _invalid()
+            raise InvalidPayment()
         return verify_deposit_item(self._key_for, merchant_id, item)
 
     def _covers(self, verified: VerifiedPurchase, pending: int) -> bool:
@@ -1213,7 +1204,7 @@ def decide_deferred(
     decode (MalformedMessage).
     """
     if purchase.counter == 0:
-        raise _invalid()
+        raise InvalidPayment()
     if certificate is None:
         return DeferredDecision.ONLINE
     cert = decode_card_certificate(certificate)
@@ -1286,7 +1277,7 @@ class HllMerchant:
             raise InvalidPayment("unknown or used offer", code=ErrorCode.CHALLENGE_INVALID)
         _check_fresh(offer, now)
         if purchase.counter == 0:
-            raise _invalid()
+            raise InvalidPayment()
         if (purchase.card_id, purchase.counter) in self._seen:
             raise Conflict("payment already spent", code=ErrorCode.DUPLICATE_SPEND)
 
@@ -1374,7 +1365,7 @@ class HllMerchant:
         """The bank answered for a batch: its items no longer count against risk."""
         batch = self._unsettled.pop(report.batch_id, None)
         if batch is None:
-            raise LocalProtocolError("no such unsettled batch", code=ErrorCode.MISUSE)
+            raise LocalProtocolError("no such unsettled batch")
         for item in batch.items:
             card_id = item.purchase.card_id
             self._outstanding[card_id] = self._risk.settle(

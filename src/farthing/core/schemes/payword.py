@@ -158,10 +158,6 @@ _CODEC: Final = IndexPaymentCodec(PAYMENT_DOMAIN, key_len=_ID_LEN)
 _RECEIPT: Final = object()  # only this module's verifiers hold it
 
 
-def _invalid() -> InvalidPayment:
-    return InvalidPayment("payment did not verify", code=ErrorCode.PAYMENT_INVALID)
-
-
 # --- certificates ------------------------------------------------------------------------
 
 
@@ -359,9 +355,9 @@ def _check_terms(commitment: Commitment) -> None:
     """Same currency as the certificate, not outliving it, N units within the credit limit."""
     cert = commitment.certificate
     if commitment.denomination.currency != cert.denomination.currency:
-        raise _invalid()
+        raise InvalidPayment()
     if commitment.expires_at > cert.expires_at:
-        raise _invalid()
+        raise InvalidPayment()
     value = commitment.length * commitment.denomination.unit_micros
     if value > cert.credit_limit * cert.denomination.unit_micros:
         raise InsufficientFunds("commitment exceeds the credit limit")
@@ -404,9 +400,9 @@ def accept_commitment(
     if now >= commitment.certificate.expires_at:
         raise PaymentExpired("certificate expired", code=ErrorCode.CERTIFICATE_EXPIRED)
     if commitment.vendor_id != vendor_id:
-        raise _invalid()
+        raise InvalidPayment()
     if now >= commitment.expires_at:
-        raise PaymentExpired("commitment expired", code=ErrorCode.CARD_EXPIRED)
+        raise PaymentExpired("commitment expired")
     return CommitmentState(
         commitment_id=commitment_id(commitment),
         last_value=commitment.anchor,
@@ -489,7 +485,7 @@ def verify_retry(
         last_units=state.last_units, request=request,
     )  # fmt: skip
     if not constant_time_eq(payment.value, state.last_value):
-        raise _invalid()
+        raise InvalidPayment()
     return PaywordAccepted(payment.commitment_id, payment.index, units, _RECEIPT)
 
 
@@ -505,7 +501,7 @@ def verify_payment_bytes(
     cid, index, value = _parse_payment(data)
     state = lookup(cid)
     if state is None:
-        raise _invalid()
+        raise InvalidPayment()
     return _verify(state, cid, index, value, units, now, max_units, None)
 
 
@@ -527,7 +523,7 @@ def _verify(
     # One unit is the common price: a single step, without chain_walk's loop.
     earlier = chain_step(CHAIN_TAG, value) if paid == 1 else chain_walk(CHAIN_TAG, value, paid)
     if not constant_time_eq(earlier, last_value):
-        raise _invalid()
+        raise InvalidPayment()
     # Positional calls: keyword arguments here would cost more than the hash itself.
     new_state = CommitmentState(
         state_cid, value, index, length, denomination, expires_at,
@@ -616,7 +612,7 @@ def broker_redeem(
     if commitment.vendor_id != vendor_id:
         raise AccessDenied("commitment was made to another vendor")
     if now >= commitment.expires_at + redeem_window:
-        raise PaymentExpired("commitment expired", code=ErrorCode.CARD_EXPIRED)
+        raise PaymentExpired("commitment expired")
     base = _redemption_base(state, commitment)
     if redemption.index > commitment.length or not _links(base, redemption):
         raise InvalidPayment("redemption did not verify", code=ErrorCode.DEPOSIT_INVALID)

@@ -70,7 +70,6 @@ from farthing.core.encoding import Writer, header
 from farthing.core.errors import (
     CardExhausted,
     Conflict,
-    ErrorCode,
     InvalidPayment,
     PaymentExpired,
 )
@@ -142,10 +141,6 @@ class KeyMode(StrEnum):
 
     DERIVED = "derived"
     NEXT_VALUE = "next-value"
-
-
-def _invalid() -> InvalidPayment:
-    return InvalidPayment("payment did not verify", code=ErrorCode.PAYMENT_INVALID)
 
 
 # --- card secrets and issuance -----------------------------------------------------------
@@ -364,7 +359,7 @@ def verify_retry(
         last_request=state.last_request, last_units=state.last_units, request=request,
     )  # fmt: skip
     if not constant_time_eq(payment.value, state.anchor):
-        raise _invalid()
+        raise InvalidPayment()
     return ChainAccepted(payment.card_id, payment.index, units, _RECEIPT)
 
 
@@ -380,7 +375,7 @@ def verify_payment_bytes(
     card_id, index, value = _parse_payment(data)
     state = lookup(card_id)
     if state is None:
-        raise _invalid()
+        raise InvalidPayment()
     return _verify(state, card_id, index, value, units, now, max_units, None)
 
 
@@ -402,7 +397,7 @@ def _verify(
     # One unit is the common price: a single step, without chain_walk's loop.
     earlier = chain_step(CHAIN_TAG, value) if paid == 1 else chain_walk(CHAIN_TAG, value, paid)
     if not constant_time_eq(earlier, anchor):
-        raise _invalid()
+        raise InvalidPayment()
     # Positional calls: keyword arguments here would cost more than the hash itself.
     new_state = ChainCardState(
         state_card_id, value, index, length, denomination, expires_at,
@@ -520,10 +515,10 @@ def next_payment(
     if units < 1:
         raise ValueError("a payment pays at least one unit")
     if now >= card.expires_at:
-        raise PaymentExpired("card expired", code=ErrorCode.CARD_EXPIRED)
+        raise PaymentExpired("card expired")
     index = card.spent + units
     if index > card.length:
-        raise CardExhausted("card has too few units left", code=ErrorCode.CARD_EXHAUSTED)
+        raise CardExhausted("card has too few units left")
     walker = walker if walker is not None else card_walker(card)
     if walker.length != card.length:
         raise ValueError("walker belongs to another card")

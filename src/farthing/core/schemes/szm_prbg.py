@@ -65,7 +65,6 @@ from farthing.core.encoding import header
 from farthing.core.errors import (
     CardExhausted,
     Conflict,
-    ErrorCode,
     InvalidPayment,
     LocalProtocolError,
     PaymentExpired,
@@ -136,10 +135,6 @@ _SECRET_PREFIX: Final = header(DERIVATION_DOMAIN) + _LEN16
 _CODEC: Final = IndexPaymentCodec(PAYMENT_DOMAIN, key_len=_ID_LEN)
 
 _RECEIPT: Final = object()  # only this module's verifier holds it
-
-
-def _invalid() -> InvalidPayment:
-    return InvalidPayment("payment did not verify", code=ErrorCode.PAYMENT_INVALID)
 
 
 def _token_block(index: int) -> int:
@@ -322,7 +317,7 @@ def stream_block(
     if generator is not Generator.BBS:
         raise ValueError("not a szm:prbg generator")
     if bbs_key is None:
-        raise LocalProtocolError("this issuer holds no BBS key", code=ErrorCode.MISUSE)
+        raise LocalProtocolError("this issuer holds no BBS key")
     x0 = bbs_seed(bbs_key.public, secret)
     return bbs_block(bbs_key, x0, block, BBS_BITS_PER_STEP)
 
@@ -424,7 +419,7 @@ def verify_retry(
     secret = card_secret(master_key, payment.card_id)
     expected = stream_block(state.generator, secret, _token_block(payment.index), bbs_key=bbs_key)
     if not constant_time_eq(expected, payment.token):
-        raise _invalid()
+        raise InvalidPayment()
     return PrbgAccepted(payment.card_id, payment.index, units, _RECEIPT)
 
 
@@ -442,7 +437,7 @@ def verify_payment_bytes(
     card_id, index, token = _parse_payment(data)
     state = lookup(card_id)
     if state is None:
-        raise _invalid()
+        raise InvalidPayment()
     return _verify(state, card_id, index, token, master_key, bbs_key, units, now, max_units, None)
 
 
@@ -465,7 +460,7 @@ def _verify(
     secret = card_secret(master_key, card_id)
     expected = stream_block(state.generator, secret, _token_block(index), bbs_key=bbs_key)
     if not constant_time_eq(expected, token):
-        raise _invalid()
+        raise InvalidPayment()
     new_state = PrbgCardState(
         card_id=state.card_id,
         spent=index,
@@ -523,7 +518,7 @@ class PrbgVerifier:
     def payment_key(self, card_id: bytes, index: int) -> bytes:
         state = self._states.get(card_id)
         if state is None:
-            raise _invalid()
+            raise InvalidPayment()
         return issuer_payment_key(self._master_key, state, index, bbs_key=self._bbs_key)
 
 
@@ -564,10 +559,10 @@ def next_payment(card: PrbgCard, units: int, *, now: int) -> tuple[PrbgCard, Pay
     if units < 1:
         raise ValueError("a payment pays at least one unit")
     if now >= card.expires_at:
-        raise PaymentExpired("card expired", code=ErrorCode.CARD_EXPIRED)
+        raise PaymentExpired("card expired")
     index = card.spent + units
     if index > card.units:
-        raise CardExhausted("card has too few units left", code=ErrorCode.CARD_EXHAUSTED)
+        raise CardExhausted("card has too few units left")
     bbs_x = card.bbs_x
     if card.modulus is None or bbs_x is None:
         token = stream_block(card.generator, card.secret, _token_block(index))

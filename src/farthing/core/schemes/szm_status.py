@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from farthing.core.encoding import Writer
-from farthing.core.errors import AccessDenied, ErrorCode, NotFound
+from farthing.core.errors import AccessDenied, NotFound
 from farthing.core.primitives import constant_time_eq, hmac_sha256
 
 __all__ = [
@@ -80,10 +80,7 @@ def check_time(request: StatusRequest, *, now: int, max_skew: int = MAX_SKEW) ->
     """AccessDenied unless ``request.at`` lies within ``max_skew`` seconds of ``now``.
     Checked before any card is looked up: it says nothing about a card."""
     if abs(now - request.at) > max_skew:
-        raise AccessDenied(
-            "the card status request's time is too far from the issuer's clock",
-            code=ErrorCode.ACCESS_DENIED,
-        )
+        raise AccessDenied("the card status request's time is too far from the issuer's clock")
 
 
 def verify_status_request(
@@ -100,4 +97,4 @@ def verify_status_request(
 
 
 def _no_such_card() -> NotFound:
-    return NotFound("no such card", code=ErrorCode.NOT_FOUND)
+    return NotFound("no such card")

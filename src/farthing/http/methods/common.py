@@ -131,6 +131,10 @@ class Members:
             raise self._bad(name, f"is not {size} bytes")
         return value
 
+    def optional_identifier(self, name: str, *, size: int) -> bytes | None:
+        """Like :meth:`identifier`, or None when the member is absent."""
+        return self.identifier(name, size=size) if name in self._obj else None
+
     def optional_blob(self, name: str, *, max_len: int) -> bytes | None:
         """Like :meth:`blob`, or None when the member is absent."""
         return self.blob(name, max_len=max_len) if name in self._obj else None

@@ -31,6 +31,7 @@ __all__ = ["METHOD", "HllMode", "HllPayload", "HllReceipt", "HllRequest"]
 METHOD: Final = "hll:mac"
 MAX_PAYMENT_LEN: Final = 512  # base64url characters the paywall reads, each blob
 _MAX_MERCHANT: Final = 64
+_BANK_KEY_LEN: Final = 32  # Ed25519
 
 
 class HllMode(StrEnum):
@@ -45,11 +46,12 @@ _MODES: Final = frozenset(mode.value for mode in HllMode)
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class HllRequest(UnitPricedRequest):
-    """A challenge's request: the price, also in the bank's units, the merchant at the bank
-    and the vendor's settlement mode."""
+    """A challenge's request: the price, also in the bank's units, the merchant at the bank,
+    the vendor's settlement mode and, when the vendor knows it, its bank's public key."""
 
     merchant: str
     mode: HllMode
+    bank: bytes | None = None  # the bank's card-certification key: a wallet pays only its cards
 
     def offer(self, *, good: str, challenge: bytes, expires_at: int) -> hll.Offer:
         """The offer the card signs: this request's merchant and price, the request path
@@ -64,7 +66,10 @@ class HllRequest(UnitPricedRequest):
         )
 
     def to_json(self) -> JsonObject:
-        return {**self._price_json(), "merchant": self.merchant, "mode": self.mode.value}
+        obj = {**self._price_json(), "merchant": self.merchant, "mode": self.mode.value}
+        if self.bank is not None:
+            obj["bank"] = b64url_encode(self.bank)
+        return obj
 
     @classmethod
     def from_json(cls, obj: JsonObject) -> HllRequest:
@@ -73,6 +78,7 @@ class HllRequest(UnitPricedRequest):
             **cls._read_price(members),
             merchant=members.text("merchant", max_len=_MAX_MERCHANT),
             mode=HllMode(members.choice("mode", _MODES)),
+            bank=members.optional_identifier("bank", size=_BANK_KEY_LEN),
         )
 
 

@@ -124,7 +124,9 @@ class HllMethod:
 
     def _request(self, route: PricedRoute) -> HllRequest:
         price = route_price(route, self._unit_micros)
-        return HllRequest(**price, merchant=self._merchant_id, mode=self._mode)
+        return HllRequest(
+            **price, merchant=self._merchant_id, mode=self._mode, bank=self._bank_public_key
+        )
 
     def request(self, route: PricedRoute) -> JsonObject:
         return self._request(route).to_json()

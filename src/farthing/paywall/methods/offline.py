@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Generic, Protocol, TypeVar
 
-from farthing.core.errors import ErrorCode, FarthingError, InvalidPayment
+from farthing.core.errors import FarthingError, InvalidPayment
 from farthing.core.money import Denomination
 from farthing.http.payment_auth import JsonObject
 from farthing.paywall.methods.base import PaymentContext, Settlement
@@ -72,10 +72,6 @@ class OfflineScheme(Protocol[S, P]):
     def introduce(self, payment: P, *, now: int) -> S | None:
         """A new state carried by the payment itself (PayWord's commitment), or None."""
         ...
-
-
-def _invalid() -> InvalidPayment:
-    return InvalidPayment("payment did not verify", code=ErrorCode.PAYMENT_INVALID)
 
 
 class CardCache(Generic[S]):
@@ -142,7 +138,7 @@ class OfflineMethod(Generic[S, P]):
                 await self._book.insert(introduced)
                 stored = await self._book.load(key)
         if stored is None:
-            raise _invalid()
+            raise InvalidPayment()
         return stored
 
     async def _settle_against(
@@ -160,9 +156,9 @@ class OfflineMethod(Generic[S, P]):
             # once. The stored state tells which; only the refusal path reads it.
             stored = await self._book.load(key)
             if stored is None:
-                raise _invalid()
+                raise InvalidPayment()
             self._cache.put(key, stored)
-            return self._retried(stored, payment, context, _invalid())
+            return self._retried(stored, payment, context, InvalidPayment())
         self._cache.put(key, new_state)
         return settlement
 
@@ -178,5 +174,5 @@ class OfflineMethod(Generic[S, P]):
     def _units(self, state: S, context: PaymentContext) -> int:
         denomination = self._scheme.denomination(state)
         if denomination.currency != context.route.price.currency:
-            raise _invalid()
+            raise InvalidPayment()
         return denomination.units_for(context.route.price.micros)

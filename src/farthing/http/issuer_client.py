@@ -15,7 +15,8 @@ Errors are always farthing's own, never a bare Exception:
   ``Conflict(DUPLICATE_SPEND)`` arrives here as ``Conflict(DUPLICATE_SPEND)``), with the
   issuer's fixed message;
 - no connection, a timeout, a 5xx answer or a body that is not what the API promises is
-  ``LocalProtocolError(ISSUER_UNAVAILABLE)``, with the httpx error as ``__cause__``. The
+  ``Unavailable(ISSUER_UNAVAILABLE)`` (an :class:`~farthing.core.errors.ExternalFailure`),
+  with the httpx error as ``__cause__``. The
   outcome of such a call is unknown; every call here is safe to repeat (the issuer settles
   each (card, counter), batch and redemption index once).
 """
@@ -32,51 +33,28 @@ import httpx
 
 from farthing.core.encoding import b64url_decode, b64url_encode
 from farthing.core.errors import (
-    AccessDenied,
-    Conflict,
     ErrorCode,
+    ExternalFailure,
     FarthingError,
-    InsufficientFunds,
-    InvalidPayment,
     LocalProtocolError,
     MalformedMessage,
     NotFound,
-    PaymentExpired,
-    RateLimited,
-    RemoteProtocolError,
-    UnsupportedMethod,
+    Unavailable,
 )
 from farthing.core.schemes import hll, payword, szm_status
-from farthing.issuer.wire import (
+from farthing.http.issuer_wire import (
     admit_request_tag,
     deposit_lookup_tag,
     redeem_request_tag,
     verify_request_tag,
 )
+from farthing.http.problems import Problem, error_for
 
 __all__ = ["CardStatus", "IssuerClient", "error_from_problem"]
 
 _TIMEOUT: Final = 10.0
 _MAX_REPORT_B64: Final = 1 << 20
-
-# Error class by code range; exact codes first (see farthing.core.errors.ErrorCode).
-_BY_CODE: Final[dict[ErrorCode, type[RemoteProtocolError]]] = {
-    ErrorCode.UNSUPPORTED_METHOD: UnsupportedMethod,
-    ErrorCode.PAYLOAD_TOO_LARGE: MalformedMessage,
-    ErrorCode.ACCESS_DENIED: AccessDenied,
-    ErrorCode.UNAUTHENTICATED: AccessDenied,
-    ErrorCode.NOT_FOUND: NotFound,
-    ErrorCode.CONFLICT: Conflict,
-    ErrorCode.DUPLICATE_SPEND: Conflict,
-    ErrorCode.CARD_EXPIRED: PaymentExpired,
-    ErrorCode.CHALLENGE_EXPIRED: PaymentExpired,
-    ErrorCode.CERTIFICATE_EXPIRED: PaymentExpired,
-}
-_BY_THOUSAND: Final[dict[int, type[RemoteProtocolError]]] = {
-    1: MalformedMessage,
-    2: InvalidPayment,
-    3: InsufficientFunds,
-}
+_RETRY_AFTER: Final = 5  # what the paywall tells its own client when the issuer is out
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -90,30 +68,21 @@ class CardStatus:
     status: str
 
 
-def _unavailable(message: str = "the issuer is unavailable") -> LocalProtocolError:
-    return LocalProtocolError(message, code=ErrorCode.ISSUER_UNAVAILABLE)
+def _unavailable(message: str = "the issuer is unavailable") -> Unavailable:
+    return Unavailable(message, retry_after=_RETRY_AFTER, code=ErrorCode.ISSUER_UNAVAILABLE)
 
 
 def error_from_problem(status: int, body: object, retry_after: str | None) -> FarthingError:
-    """The farthing error a problem+json answer stands for (ISSUER_UNAVAILABLE if none)."""
-    if status >= 500 or not isinstance(body, dict):
+    """The farthing error a problem+json answer stands for (:func:`error_for`, the edge's
+    own table), or Unavailable(ISSUER_UNAVAILABLE): a 5xx, a body that is no problem, an
+    unknown or internal code, or the issuer's own outage are all "the issuer is out" here."""
+    problem = Problem.from_json(status, body, retry_after) if status < 500 else None
+    if problem is None:
         return _unavailable()
-    raw_code = body.get("code")
-    try:
-        code = ErrorCode(raw_code) if isinstance(raw_code, int) else None
-    except ValueError:
-        code = None
-    if code is None:
-        return _unavailable("the issuer answered with an unknown error")
-    detail = body.get("detail")
-    message = detail if isinstance(detail, str) and len(detail) <= 200 else code.name.lower()
-    if code is ErrorCode.RATE_LIMITED:
-        seconds = int(retry_after) if retry_after and retry_after.isdigit() else 1
-        return RateLimited(message, retry_after=seconds)
-    cls = _BY_CODE.get(code) or _BY_THOUSAND.get(int(code) // 1000)
-    if cls is None:
-        return _unavailable("the issuer answered with an internal error")
-    return cls(message, code=code)
+    error = error_for(problem)
+    if error is None or isinstance(error, ExternalFailure):
+        return _unavailable("the issuer answered with an unknown or internal error")
+    return error
 
 
 class IssuerClient:
@@ -256,9 +225,7 @@ class IssuerClient:
 
     def _credentials(self) -> tuple[str, bytes]:
         if self._merchant_id is None or self._key is None:
-            raise LocalProtocolError(
-                "this call needs the merchant id and key", code=ErrorCode.MISUSE
-            )
+            raise LocalProtocolError("this call needs the merchant id and key")
         return self._merchant_id, self._key
 
     async def _call(

@@ -15,8 +15,9 @@ binds the merchant id and every byte of the request::
 
 HLL deposit batches carry their own tag (:func:`farthing.core.schemes.hll.batch_tag`). A
 replayed request gains nothing: the issuer settles each (card, counter) and each
-redemption index once. Pure functions only; used by the app and by
-:class:`farthing.issuer.client.IssuerClient`.
+redemption index once. Pure functions only, shared by both ends: the issuer's app checks
+the tags and :class:`farthing.http.issuer_client.IssuerClient` (the paywall's side) makes
+them, so neither package imports the other.
 """
 
 from __future__ import annotations
