@@ -370,6 +370,8 @@ def _parts(store: Store, secret: bytes, n: int, hop: float) -> list[Part]:
                 card_id=b"c" * 16,
                 index=1,
                 resource=PAID_PATH,
+                status=200,
+                content_type="text/plain",
             ),
         ),
         (
@@ -444,7 +446,7 @@ def _group(label: str) -> str:
 INCLUSIVE: Final = (
     ("settling the payment: all of the paywall's step", "Paywall._settle_or_answer", None),
     ("- the store's UPDATE, awaited on a worker thread", "run_sync", "OfflineMethod.settle"),
-    ("- verify + derive the payment key (core)", "ChainScheme.verify", None),
+    ("- verify + derive the payment key (core)", "SzmScheme.verify", None),
     ("- check the challenge id (HMAC)", "ChallengeSigner.verify", None),
     ("- parse the credential", "parse_credential", None),
     ("- metrics (Prometheus histogram)", "PaywallMetrics.observe", None),

@@ -1,4 +1,5 @@
-"""docs/http.md's JSON as JSON Schemas (src/farthing/schemas/), held against real traffic.
+"""docs/http.md's JSON as JSON Schemas (src/farthing/schemas/), held against real traffic
+and against the wire modules (farthing.http.methods) that both sides build and read it with.
 
 An issuer and a vendor run on loopback (the demo's set-up). Wallets pay with every method
 through ``PaymentAuth`` while httpx event hooks record what crossed the wire: each challenge's
@@ -12,7 +13,7 @@ import copy
 import json
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -22,8 +23,18 @@ import pytest
 from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 
+from farthing.core.errors import MalformedMessage
 from farthing.demo import DemoWorld, demo_world
-from farthing.http.payment_auth import decode_json_b64, encode_json_b64, parse_challenges
+from farthing.http.methods.common import SealedBody, unit_price
+from farthing.http.methods.hll import HllMode, HllPayload, HllReceipt, HllRequest
+from farthing.http.methods.payword import PaywordPayload, PaywordReceipt, PaywordRequest
+from farthing.http.methods.szm import SzmPayload, SzmReceipt, SzmRequest
+from farthing.http.payment_auth import (
+    Receipt,
+    decode_json_b64,
+    encode_json_b64,
+    parse_challenges,
+)
 from farthing.wallet.auth import PaymentAuth
 from farthing.wallet.wallet import Wallet
 
@@ -47,6 +58,12 @@ SCHEMAS = _load_schemas()
 REGISTRY: Registry[Any] = Registry().with_resources(
     (schema["$id"], Resource.from_contents(schema)) for schema in SCHEMAS.values()
 )
+
+
+def camel(name: str) -> str:
+    """A dataclass field's JSON member name: unit_micros -> unitMicros."""
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)
 
 
 def schema_file(method: str, kind: str) -> str:
@@ -339,3 +356,183 @@ def test_each_schema_refuses_a_document_wrong_in_one_way(traffic: Traffic, wrong
     real = sample(traffic, wrong.schema)
     assert errors(wrong.schema, real) == []
     assert errors(wrong.schema, changed(real, wrong.change)) != []
+
+
+# --- the wire modules (farthing.http.methods) against the schemas ----------------------------
+
+TIME = 1_800_000_000
+ENVELOPE = {camel(f.name) for f in fields(Receipt)} - {"extra"}  # payment_auth.Receipt's own
+SEALED = SCHEMAS["common.json"]["$defs"]["sealed"]
+WIRE: dict[tuple[str, str], Any] = {
+    **{(m, "request"): SzmRequest for m in ("szm:chain", "szm:prbg")},
+    **{(m, "payload"): SzmPayload for m in ("szm:chain", "szm:prbg")},
+    **{(m, "receipt"): SzmReceipt for m in ("szm:chain", "szm:prbg")},
+    ("hll:mac", "request"): HllRequest,
+    ("hll:mac", "payload"): HllPayload,
+    ("hll:mac", "receipt"): HllReceipt,
+    ("payword", "request"): PaywordRequest,
+    ("payword", "payload"): PaywordPayload,
+    ("payword", "receipt"): PaywordReceipt,
+}
+
+
+def members_of(cls: Any) -> tuple[set[str], set[str]]:
+    """The JSON members a wire dataclass stands for, and those it always sends (a field
+    that may be None is sent only when set)."""
+    named = {camel(f.name): str(f.type) for f in fields(cls)}
+    return set(named), {name for name, kind in named.items() if "None" not in kind}
+
+
+PRICE = {"amount": 2500, "currency": "EUR", "resource": "/articles/*"}
+
+
+def wire_samples(method: str, kind: str) -> list[Json]:
+    """Documents the wire module emits: with and without each optional member."""
+    blob, card, commitment = bytes(range(90)), b"\x07" * 16, b"\x09" * 32
+    price: Any = PRICE
+    if kind == "request":
+        request: Any = {
+            "szm:chain": SzmRequest(**price),
+            "szm:prbg": SzmRequest(**price),
+            "hll:mac": HllRequest(
+                **unit_price(**price, unit_micros=1000), merchant="shop", mode=HllMode.DEFERRED
+            ),
+            "payword": PaywordRequest(
+                **unit_price(**price, unit_micros=1000), vendor="news", broker="bank"
+            ),
+        }[method]
+        if method == "hll:mac":  # with the bank's key too
+            return [request.to_json(), replace(request, bank=b"\x05" * 32).to_json()]
+        return [request.to_json()]
+    if kind == "payload":
+        if method.startswith("szm:"):
+            return [SzmPayload(method=method, payment=blob).to_json()]
+        if method == "hll:mac":
+            return [
+                HllPayload(payment=blob).to_json(),
+                HllPayload(payment=blob, certificate=blob).to_json(),
+            ]
+        return [
+            PaywordPayload(payment=blob).to_json(),
+            PaywordPayload(payment=blob, commitment=bytes(2000)).to_json(),
+        ]
+    receipt: SzmReceipt | HllReceipt | PaywordReceipt
+    extra: Json = {}
+    if method.startswith("szm:"):
+        receipt = SzmReceipt(units=3, card=card, index=12)
+        extra["sealed"] = SealedBody(content_type="text/plain; charset=utf-8").to_json()
+    elif method == "hll:mac":
+        receipt = HllReceipt(units=3, card=card, counter=4, mode=HllMode.ONLINE)
+    else:
+        receipt = PaywordReceipt(units=3, commitment=commitment, index=7)
+    header = Receipt(
+        method=method,
+        timestamp=TIME,
+        reference=receipt.reference,
+        extra={**receipt.to_json(), **extra},
+    ).to_header()
+    return [decode_json_b64(header)]
+
+
+def read(method: str, kind: str, document: Json) -> Any:
+    """What the receiving side parses of ``document``: the method's members (a receipt's
+    envelope is payment_auth.Receipt's), and the seal of an SZM receipt."""
+    cls = WIRE[method, kind]
+    parsed = cls.from_json(document)
+    if kind == "payload" and getattr(parsed, "method", method) != method:
+        raise MalformedMessage("another method's payload")
+    if kind == "receipt" and method.startswith("szm:"):
+        SealedBody.from_json(document.get("sealed"))
+    return parsed
+
+
+KINDS = [(method, kind) for method in METHODS for kind in ("request", "payload", "receipt")]
+
+
+@pytest.mark.parametrize(("method", "kind"), KINDS)
+def test_each_wire_dataclass_has_exactly_its_schemas_members(method: str, kind: str) -> None:
+    schema = SCHEMAS[schema_file(method, kind)]
+    members, sent_always = members_of(WIRE[method, kind])
+    if kind == "receipt":
+        members, sent_always = members | ENVELOPE, sent_always | ENVELOPE
+        if method.startswith("szm:"):
+            members, sent_always = members | {"sealed"}, sent_always | {"sealed"}
+    assert set(schema["properties"]) == members
+    assert set(schema["required"]) == sent_always
+
+
+def test_the_sealed_member_has_exactly_its_schemas_members() -> None:
+    members, sent_always = members_of(SealedBody)
+    assert set(SEALED["properties"]) == members
+    assert set(SEALED["required"]) == sent_always
+
+
+@pytest.mark.parametrize(("method", "kind"), KINDS)
+def test_what_each_wire_module_emits_matches_its_schema_and_reads_back(
+    method: str, kind: str
+) -> None:
+    for document in wire_samples(method, kind):
+        assert errors(schema_file(method, kind), document) == [], document
+        parsed = read(method, kind, document)
+        if kind != "receipt":
+            assert parsed.to_json() == document
+        else:
+            assert {**parsed.to_json(), "reference": parsed.reference} == {
+                k: v for k, v in document.items() if k not in ENVELOPE - {"reference"} | {"sealed"}
+            }
+
+
+def test_prices_are_counted_in_whole_units_rounded_up() -> None:
+    """2.5 units' worth costs 3 units, 3 units' worth 3: never less than the price."""
+    for amount, units in ((2500, 3), (3000, 3), (1, 1)):
+        price = unit_price(amount=amount, currency="EUR", resource="/a/*", unit_micros=1000)
+        hll = HllRequest(**price, merchant="m", mode=HllMode.ONLINE)
+        payword = PaywordRequest(**price, vendor="v", broker="b")
+        assert (hll.units, payword.units) == (units, units)
+        assert HllRequest.from_json(hll.to_json()).units == units
+
+
+def parse_refusals() -> list[tuple[str, str, Wrong]]:
+    """The WRONG documents that change a member the wire module reads (not an added
+    member: readers ignore members they do not know, as before)."""
+    out = []
+    for wrong in WRONG:
+        if wrong.schema in ("credential.json", "problem.json"):
+            continue
+        slug, kind, _ = wrong.schema.split(".")
+        method = next(m for m in METHODS if m.replace(":", "-") == slug)
+        sample = wire_samples(method, kind)[-1]
+        read_members = members_of(WIRE[method, kind])[0] | {"sealed"}
+        first = {path.split(".")[0] for path in wrong.change}
+        if first <= read_members and all(_exists(sample, path) for path in wrong.change):
+            out.append((method, kind, wrong))
+    return out
+
+
+def _exists(document: Json, path: str) -> bool:
+    target: object = document
+    for key in path.split("."):
+        if not isinstance(target, dict) or key not in target:
+            return False
+        target = target[key]
+    return True
+
+
+@pytest.mark.parametrize(
+    ("method", "kind", "wrong"), parse_refusals(), ids=lambda x: getattr(x, "why", str(x))
+)
+def test_the_wire_module_refuses_what_the_schema_refuses(
+    method: str, kind: str, wrong: Wrong
+) -> None:
+    document = changed(wire_samples(method, kind)[-1], wrong.change)
+    assert errors(wrong.schema, document) != []
+    with pytest.raises(MalformedMessage):
+        read(method, kind, document)
+
+
+def test_the_refusal_cases_cover_every_kind() -> None:
+    assert {(m, k) for m, k, _ in parse_refusals()} >= {
+        ("szm:chain", "request"), ("szm:chain", "payload"), ("szm:chain", "receipt"),
+        ("hll:mac", "request"), ("hll:mac", "payload"), ("hll:mac", "receipt"),
+        ("payword", "request"), ("payword", "payload"), ("payword", "receipt"),
+    }  # fmt: skip

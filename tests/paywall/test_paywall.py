@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
 import httpx
 import pytest
@@ -29,6 +30,17 @@ KEY = b"K" * 32
 pytestmark = pytest.mark.anyio
 
 
+@dataclass(frozen=True)
+class FakeReceipt:
+    """Receipt members of the fake method: a fixed reference and its units."""
+
+    reference: str
+    units: int
+
+    def to_json(self) -> dict[str, object]:
+        return {"units": self.units}
+
+
 class FakeMethod:
     """Accepts payload {"ok": true}; raises on {"fail": ...}; seals if asked."""
 
@@ -50,7 +62,8 @@ class FakeMethod:
         if fail == "crash":
             raise RuntimeError("secret internal detail 0xdeadbeef")
         sealing = Sealing(key=KEY, card_id=b"c" * 16, index=3) if self.sealed else None
-        return Settlement(method=self.name, reference="ref-1", units=2, sealing=sealing)
+        receipt = FakeReceipt(reference="ref-1", units=2)
+        return Settlement(method=self.name, receipt=receipt, sealing=sealing)
 
 
 def make_app(*methods: FakeMethod, clock: FixedClock | None = None) -> tuple[Paywall, FastAPI]:

@@ -18,7 +18,7 @@ from farthing.core.schemes import szm_chain
 from farthing.core.sealing import open_sealed
 from farthing.http.payment_auth import Credential, Receipt, format_credential, parse_challenges
 from farthing.paywall.methods.offline import OfflineMethod
-from farthing.paywall.methods.szm import ChainScheme
+from farthing.paywall.methods.szm import SzmScheme
 from farthing.paywall.middleware import Paywall
 from farthing.paywall.pricing import Price, PriceTable
 from farthing.testing import DeterministicRandom, FixedClock, MemoryCardBook
@@ -49,7 +49,7 @@ def setup(clock: FixedClock) -> tuple[Paywall, MemoryCardBook, szm_chain.ChainCa
         app,
         realm="news",
         prices=prices,
-        methods=[OfflineMethod(ChainScheme(MASTER), book)],  # type: ignore[arg-type]
+        methods=[OfflineMethod(SzmScheme.chain(MASTER), book)],  # type: ignore[arg-type]
         challenge_secret=b"s" * 32,
         clock=clock,
         rng=DeterministicRandom("v"),
@@ -159,7 +159,7 @@ async def test_stale_cache_is_repaired_by_the_conditional_update() -> None:
         paywall_a.app,
         realm="news",
         prices=paywall_a.prices,
-        methods=[OfflineMethod(ChainScheme(MASTER), book)],  # type: ignore[arg-type]
+        methods=[OfflineMethod(SzmScheme.chain(MASTER), book)],  # type: ignore[arg-type]
         challenge_secret=b"s" * 32,
         clock=clock,
         rng=DeterministicRandom("w"),
@@ -173,3 +173,57 @@ async def test_stale_cache_is_repaired_by_the_conditional_update() -> None:
         card, p3, _ = szm_chain.next_payment(card, 2, now=clock.now())
         assert (await b.get("/articles/a", headers=auth(cid, p3))).status_code == 200
     assert book.states[card.card_id].spent == 6  # type: ignore[attr-defined]
+
+
+class CountingDecode:
+    """szm_chain.decode_payment, counting its calls."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, data: bytes) -> szm_chain.Payment:
+        self.calls += 1
+        return szm_chain.decode_payment(data)
+
+
+async def test_each_payment_is_decoded_once_whatever_path_it_takes() -> None:
+    """The adapter decodes the payload once and passes the payment on: a payment, its
+    replay (refused, then judged as a retry), a stale cached state (judged again against
+    the stored one) and a retry of the same request each cost one decode."""
+    clock = FixedClock()
+    paywall_a, book, card = setup(clock)
+    decode = CountingDecode()
+    chain = SzmScheme.chain(MASTER)
+    counted = SzmScheme(
+        chain.name,
+        decode=decode,
+        verify=szm_chain.verify_payment,
+        retry=szm_chain.verify_retry,
+        key=lambda state, index: szm_chain.issuer_payment_key(MASTER, state, index),
+    )
+    paywall_b = Paywall(
+        paywall_a.app,
+        realm="news",
+        prices=paywall_a.prices,
+        methods=[OfflineMethod(counted, book)],
+        challenge_secret=b"s" * 32,
+        clock=clock,
+        rng=DeterministicRandom("w"),
+    )
+    calls = []
+    async with client(paywall_a) as a, client(paywall_b) as b:
+        cid = await challenge_id(b)
+        card, p1, _ = szm_chain.next_payment(card, 2, now=clock.now())
+        statuses = [(await b.get("/articles/a", headers=auth(cid, p1))).status_code]
+        calls.append(decode.calls)
+        statuses.append((await b.get("/articles/a", headers=auth(cid, p1))).status_code)  # retry
+        calls.append(decode.calls)
+        statuses.append((await b.get("/articles/b", headers=auth(cid, p1))).status_code)  # replay
+        calls.append(decode.calls)
+        card, p2, _ = szm_chain.next_payment(card, 2, now=clock.now())
+        statuses.append((await a.get("/articles/a", headers=auth(cid, p2))).status_code)
+        card, p3, _ = szm_chain.next_payment(card, 2, now=clock.now())
+        statuses.append((await b.get("/articles/a", headers=auth(cid, p3))).status_code)  # stale
+        calls.append(decode.calls)
+    assert statuses == [200, 200, 401, 200, 200]
+    assert calls == [1, 2, 3, 4]

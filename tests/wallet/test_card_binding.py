@@ -43,7 +43,7 @@ from farthing.core.schemes import hll, szm_chain
 from farthing.paywall.methods.hll import HllMethod, HllMode
 from farthing.paywall.methods.offline import OfflineMethod
 from farthing.paywall.methods.payword import PaywordScheme
-from farthing.paywall.methods.szm import ChainScheme
+from farthing.paywall.methods.szm import SzmScheme
 from farthing.paywall.middleware import Paywall
 from farthing.paywall.pricing import Price, PriceTable
 from farthing.testing import DeterministicRandom, FixedClock, MemoryCardBook
@@ -289,7 +289,7 @@ def szm_vendor(clock: FixedClock) -> tuple[Counting, szm_chain.ChainCard]:
     )  # fmt: skip
     book = MemoryCardBook()
     book.add(state)
-    method = OfflineMethod(ChainScheme(SZM_MASTER), book)  # type: ignore[misc]
+    method = OfflineMethod(SzmScheme.chain(SZM_MASTER), book)  # type: ignore[misc]
     return Counting(paywall(method, clock)), card
 
 

@@ -22,7 +22,7 @@ from farthing.core.money import Denomination
 from farthing.core.schemes import szm_chain
 from farthing.http.payment_auth import Challenge, format_challenge
 from farthing.paywall.methods.offline import OfflineMethod
-from farthing.paywall.methods.szm import ChainScheme
+from farthing.paywall.methods.szm import SzmScheme
 from farthing.paywall.middleware import Paywall
 from farthing.paywall.pricing import Price, PriceTable
 from farthing.testing import DeterministicRandom, FixedClock, MemoryCardBook
@@ -199,7 +199,7 @@ def paywall(book: MemoryCardBook | None = None) -> tuple[Paywall, szm_chain.Chai
         Starlette(routes=[Route("/articles/{slug}", article)]),
         realm="news",
         prices=prices,
-        methods=[OfflineMethod(ChainScheme(MASTER), book)],  # type: ignore[misc]
+        methods=[OfflineMethod(SzmScheme.chain(MASTER), book)],  # type: ignore[misc]
         challenge_secret=b"s" * 32,
         clock=FixedClock(3_000_000_000),
         rng=DeterministicRandom("v"),
@@ -255,7 +255,7 @@ def four_oh_two(request: httpx.Request) -> httpx.Response:
         realm="news",
         method="szm:chain",
         intent="charge",
-        request={"amount": "2000", "currency": "EUR", "resource": "/articles/*"},
+        request={"amount": "2000", "currency": "EUR", "resource": "/articles/*", "sealed": True},
         expires=4_000_000_000,
     )
     return httpx.Response(402, headers={"www-authenticate": format_challenge(offered)})

@@ -38,7 +38,7 @@ from farthing.wallet.wallet import Wallet
 path, count = sys.argv[1], int(sys.argv[2])
 challenge = Challenge(
     id="cid", realm="news", method="szm:chain", intent="charge",
-    request={"amount": "1000", "currency": "EUR", "resource": "/articles/*"},
+    request={"amount": "1000", "currency": "EUR", "resource": "/articles/*", "sealed": True},
     expires=2**40,
 )
 with cheap_wallet_kdf(), Wallet.open(path, os.environ["FARTHING_WALLET_PASSPHRASE"]) as wallet:
@@ -55,7 +55,7 @@ def challenge() -> Challenge:
         realm="news",
         method="szm:chain",
         intent="charge",
-        request={"amount": "1000", "currency": "EUR", "resource": "/articles/*"},
+        request={"amount": "1000", "currency": "EUR", "resource": "/articles/*", "sealed": True},
         expires=2**40,
     )
 

@@ -42,7 +42,7 @@ from farthing.http.issuer_client import IssuerClient
 from farthing.http.payment_auth import Receipt
 from farthing.paywall.methods.hll import HllMethod, HllMode
 from farthing.paywall.methods.offline import OfflineMethod
-from farthing.paywall.methods.szm import ChainScheme
+from farthing.paywall.methods.szm import SzmScheme
 from farthing.paywall.middleware import Paywall
 from farthing.paywall.pricing import Price, PriceTable
 from farthing.testing import DeterministicRandom, FixedClock, MemoryCardBook
@@ -93,7 +93,7 @@ def vendor(
         Starlette(routes=[Route("/articles/{slug}", article)]),
         realm="news",
         prices=prices,
-        methods=[OfflineMethod(ChainScheme(MASTER), book)],  # type: ignore[misc]
+        methods=[OfflineMethod(SzmScheme.chain(MASTER), book)],  # type: ignore[misc]
         challenge_secret=b"s" * 32,
         clock=clock,
         rng=DeterministicRandom("v"),

@@ -162,7 +162,12 @@ def chain_challenge(clock: FixedClock, micros: int = 2000) -> Challenge:
         realm="news",
         method="szm:chain",
         intent="charge",
-        request={"amount": str(micros), "currency": "EUR", "resource": "/articles/*"},
+        request={
+            "amount": str(micros),
+            "currency": "EUR",
+            "resource": "/articles/*",
+            "sealed": True,
+        },
         expires=clock.now() + 300,
     )
 

@@ -48,7 +48,7 @@ def challenge() -> Challenge:
         realm="news",
         method="szm:chain",
         intent="charge",
-        request={"amount": "1000", "currency": "EUR", "resource": "/a/*"},
+        request={"amount": "1000", "currency": "EUR", "resource": "/a/*", "sealed": True},
         expires=2**40,
     )
 

@@ -33,7 +33,7 @@ from farthing.core.primitives import sha256
 from farthing.core.schemes import szm_chain, szm_prbg
 from farthing.http.payment_auth import Challenge, Receipt
 from farthing.paywall.methods.offline import OfflineMethod
-from farthing.paywall.methods.szm import ChainScheme
+from farthing.paywall.methods.szm import SzmScheme
 from farthing.paywall.middleware import Paywall
 from farthing.paywall.pricing import Price, PriceTable
 from farthing.testing import DeterministicRandom, FixedClock, MemoryCardBook
@@ -94,7 +94,7 @@ def vendor(clock: FixedClock) -> tuple[Recorder, MemoryCardBook, szm_chain.Chain
         app,
         realm="news",
         prices=prices,
-        methods=[OfflineMethod(ChainScheme(MASTER), book)],  # type: ignore[misc]
+        methods=[OfflineMethod(SzmScheme.chain(MASTER), book)],  # type: ignore[misc]
         challenge_secret=b"s" * 32,
         clock=clock,
         rng=DeterministicRandom("v"),

@@ -32,7 +32,7 @@ from farthing.paywall.methods.base import PaymentMethod
 from farthing.paywall.methods.hll import HllBankClient, HllMethod, HllMode
 from farthing.paywall.methods.offline import OfflineMethod
 from farthing.paywall.methods.payword import PaywordScheme
-from farthing.paywall.methods.szm import ChainScheme, PrbgScheme
+from farthing.paywall.methods.szm import SzmScheme
 from farthing.paywall.metrics import PaywallMetrics
 from farthing.paywall.middleware import Offers, Paywall
 from farthing.paywall.pricing import PriceTable
@@ -91,9 +91,9 @@ def build_methods(
     """The enabled payment methods, in the order challenges are offered."""
     methods: list[PaymentMethod] = []
     if settings.szm is not None:
-        chain = ChainScheme(settings.szm.chain_master)
+        chain = SzmScheme.chain(settings.szm.chain_master)
         methods.append(OfflineMethod(chain, ChainBook(store, writer)))
-        prbg = PrbgScheme(settings.szm.prbg_master, bbs_key=settings.szm.bbs)
+        prbg = SzmScheme.prbg(settings.szm.prbg_master, bbs_key=settings.szm.bbs)
         methods.append(OfflineMethod(prbg, PrbgBook(store, writer)))
     if settings.hll is not None:
         hll = settings.hll

@@ -50,6 +50,7 @@ from farthing.core.errors import (
 )
 from farthing.core.retry import request_tag
 from farthing.core.sealing import seal, seal_binding
+from farthing.http.methods.common import SealedBody
 from farthing.http.paths import canonical_path
 from farthing.http.payment_auth import (
     CHALLENGE_NONCE_LEN,
@@ -319,9 +320,9 @@ class _PaidSender:
 
     def _receipt(self, content_type: str | None) -> Receipt:
         s = self._settlement
-        extra: dict[str, object] = {"units": s.units, **s.receipt}
+        extra = s.receipt.to_json()
         if s.sealing is not None:
-            extra["sealed"] = {"alg": "chacha20-poly1305", "contentType": content_type or ""}
+            extra["sealed"] = SealedBody(content_type=content_type or "").to_json()
         return Receipt(
             method=s.method,
             timestamp=self._now,

@@ -12,8 +12,10 @@ Each method offers two steps, so the wallet can keep its write-ahead rule:
     it only after the transaction committed; only HLL does real work there (the card, or the
     token, MACs the purchase after its counter is on disk).
 
-What goes into each payload is docs/http.md's: ``{"method", "payment"}`` and, for the first
-PayWord payments under a commitment, ``"commitment"``.
+Each challenge's request is read, and each payload written, by the method's wire module
+(:mod:`farthing.http.methods`), the one the paywall uses: ``{"method", "payment"}`` and,
+for the first PayWord payments under a commitment, ``"commitment"``; an HLL card's
+``"certificate"``. A request that does not parse is a challenge this wallet cannot pay.
 """
 
 from __future__ import annotations
@@ -21,15 +23,19 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Final, Protocol
+from typing import Final, Protocol, TypeVar
 
 from farthing.core.cardcode import Generator
 from farthing.core.clock import RandomSource
-from farthing.core.encoding import Reader, Writer, b64url_decode, b64url_encode
+from farthing.core.encoding import Reader, Writer, b64url_decode
 from farthing.core.errors import CardExhausted, ErrorCode, LocalProtocolError, MalformedMessage
 from farthing.core.hashchain import ChainWalker
 from farthing.core.money import Denomination
 from farthing.core.schemes import hll, payword, szm_chain, szm_prbg
+from farthing.http.methods.common import PricedRequest
+from farthing.http.methods.hll import HllPayload, HllRequest
+from farthing.http.methods.payword import PaywordPayload, PaywordRequest
+from farthing.http.methods.szm import SzmPayload, SzmRequest
 from farthing.http.payment_auth import Challenge, JsonObject
 from farthing.wallet.cards import (
     hll_certificate,
@@ -52,7 +58,6 @@ __all__ = [
     "SzmChainMethod",
     "SzmPrbgMethod",
     "WalletMethod",
-    "price_micros",
 ]
 
 DEFAULT_COMMITMENT_UNITS: Final = 1000
@@ -97,65 +102,55 @@ class WalletMethod(Protocol):
 
 # --- reading a challenge's request ---------------------------------------------------------
 
+R = TypeVar("R", bound=PricedRequest)
 
-def price_micros(challenge: Challenge) -> int | None:
-    """The asked price (``amount``, a decimal string of micros), or None if malformed."""
-    amount = challenge.request.get("amount")
-    if not isinstance(amount, str) or not amount.isdigit() or len(amount) > 18:
+
+def _request(challenge: Challenge, parse: Callable[[JsonObject], R]) -> R | None:
+    """The challenge's request as the method's wire module reads it, or None if it does not."""
+    try:
+        return parse(challenge.request)
+    except MalformedMessage:
         return None
-    value = int(amount)
-    return value if value > 0 else None
 
 
-def _currency(challenge: Challenge) -> str | None:
-    currency = challenge.request.get("currency")
-    return currency if isinstance(currency, str) else None
-
-
-def _positive(challenge: Challenge, name: str) -> int | None:
-    value = challenge.request.get(name)
-    return value if type(value) is int and 0 < value < 1 << 62 else None
-
-
-def _text(challenge: Challenge, name: str) -> str | None:
-    value = challenge.request.get(name)
-    return value if isinstance(value, str) and value else None
-
-
-def _fits(card: CardRow, challenge: Challenge, method: str, now: int) -> bool:
+def _fits(card: CardRow, challenge: Challenge, request: PricedRequest, now: int) -> bool:
     return (
-        challenge.method == method == card.method
+        challenge.method == card.method
         and challenge.intent == "charge"
         and now < card.expires_at
-        and _currency(challenge) == card.currency
+        and request.currency == card.currency
     )
 
 
-def _payload(method: str, payment: bytes, **extra: str) -> JsonObject:
-    return {"method": method, "payment": b64url_encode(payment), **extra}
+def _quote(
+    card: CardRow, challenge: Challenge, request: PricedRequest, units: int, unit_micros: int
+) -> Quote:
+    """Paying ``request`` with ``card``: ``units`` of ``unit_micros`` each."""
+    return Quote(
+        method=card.method,
+        challenge=challenge,
+        card=card,
+        units=units,
+        price_micros=request.amount,
+        charged_micros=units * unit_micros,
+        currency=card.currency,
+    )
 
 
 # --- SZM -----------------------------------------------------------------------------------
 
 
 def _szm_quote(card: CardRow, challenge: Challenge, now: int) -> Quote | None:
-    price = price_micros(challenge)
-    if price is None or not _fits(card, challenge, card.method, now):
+    request = _request(challenge, SzmRequest.from_json)
+    if request is None or not _fits(card, challenge, request, now):
         return None
     if challenge.realm != card.realm:
         return None  # the vendor is the card's issuer: its realm is printed on the card
-    units = -(-price // card.unit_micros)
+    denomination = Denomination(currency=card.currency, unit_micros=card.unit_micros)
+    units = denomination.units_for(request.amount)
     if units > card.balance:
         return None
-    return Quote(
-        method=card.method,
-        challenge=challenge,
-        card=card,
-        units=units,
-        price_micros=price,
-        charged_micros=units * card.unit_micros,
-        currency=card.currency,
-    )
+    return _quote(card, challenge, request, units, card.unit_micros)
 
 
 class SzmChainMethod:
@@ -176,7 +171,7 @@ class SzmChainMethod:
         walker = self._walker(card)
         new, payment, key = szm_chain.next_payment(card, quote.units, now=now, walker=walker)
         tx.advance_card(row, spent=new.spent, balance=new.remaining, state=None)
-        payload = _payload(self.name, szm_chain.encode_payment(payment))
+        payload = SzmPayload(method=self.name, payment=szm_chain.encode_payment(payment)).to_json()
         return Reservation(
             position=payment.index,
             release=lambda: payload,
@@ -209,7 +204,7 @@ class SzmPrbgMethod:
         tx.advance_card(
             row, spent=new.spent, balance=new.remaining, state=self._seal_state(row, new.bbs_x)
         )
-        payload = _payload(self.name, szm_prbg.encode_payment(payment))
+        payload = SzmPayload(method=self.name, payment=szm_prbg.encode_payment(payment)).to_json()
         return Reservation(
             position=payment.index,
             release=lambda: payload,
@@ -259,30 +254,20 @@ class HllMethod:
         self._keys = keys
 
     def quote(self, card: CardRow, challenge: Challenge, now: int) -> Quote | None:
-        price = price_micros(challenge)
-        units = _positive(challenge, "units")
-        unit_micros = _positive(challenge, "unitMicros")
-        if price is None or units is None or unit_micros is None:
+        request = _request(challenge, HllRequest.from_json)
+        if request is None or card.method != self.name:
             return None
-        if not _fits(card, challenge, self.name, now) or unit_micros != card.unit_micros:
+        if not _fits(card, challenge, request, now) or request.unit_micros != card.unit_micros:
             return None
-        if _text(challenge, "merchant") is None or units > card.balance:
+        if request.units > card.balance:
             return None
-        return Quote(
-            method=self.name,
-            challenge=challenge,
-            card=card,
-            units=units,
-            price_micros=price,
-            charged_micros=units * unit_micros,
-            currency=card.currency,
-        )
+        return _quote(card, challenge, request, request.units, request.unit_micros)
 
     def reserve(self, tx: WriteTx, quote: Quote, good: str, now: int) -> Reservation:
         key = self._keys(quote.card)  # before any change: a wrong PIN spends nothing
         certificate = hll_certificate(quote.card)
         row = tx.card(quote.card.id)
-        offer = offer_for(quote, good)
+        offer = _offer(quote, good)
         state = hll.CardState(
             card_id=row.card_key,
             denomination=Denomination(currency=row.currency, unit_micros=row.unit_micros),
@@ -296,27 +281,21 @@ class HllMethod:
             purchase = hll.complete_purchase(
                 new_state.card_id, new_state.counter, offer.challenge, key, message
             )
-            payload = _payload(self.name, hll.encode_payment(purchase))
-            if certificate is not None:  # lets a deferred-mode vendor serve without the bank
-                payload["certificate"] = b64url_encode(certificate)
-            return payload
+            # The certificate lets a deferred-mode vendor serve without asking the bank.
+            return HllPayload(
+                payment=hll.encode_payment(purchase), certificate=certificate
+            ).to_json()
 
         return Reservation(position=new_state.counter, release=release)
 
 
-def offer_for(quote: Quote, good: str) -> hll.Offer:
-    """The offer the vendor will rebuild: good = request path, T = the raw challenge id."""
-    request = quote.challenge.request
+def _offer(quote: Quote, good: str) -> hll.Offer:
+    """The offer the vendor will rebuild from the same request: good = request path,
+    T = the raw challenge id (:meth:`farthing.http.methods.hll.HllRequest.offer`)."""
     try:
+        request = HllRequest.from_json(quote.challenge.request)
         challenge = b64url_decode(quote.challenge.id, max_len=128)
-        return hll.Offer(
-            merchant_id=str(request["merchant"]),
-            good=good,
-            amount=quote.units,
-            denomination=Denomination(currency=quote.currency, unit_micros=quote.card.unit_micros),
-            challenge=challenge,
-            expires_at=quote.challenge.expires,
-        )
+        return request.offer(good=good, challenge=challenge, expires_at=quote.challenge.expires)
     except MalformedMessage as exc:
         raise LocalProtocolError(
             "the vendor's HLL challenge cannot be paid (malformed offer)", code=ErrorCode.BAD_FIELD
@@ -346,27 +325,14 @@ class PaywordMethod:
         self._walkers: dict[bytes, ChainWalker] = {}
 
     def quote(self, card: CardRow, challenge: Challenge, now: int) -> Quote | None:
-        price = price_micros(challenge)
-        units = _positive(challenge, "units")
-        unit_micros = _positive(challenge, "unitMicros")
-        if price is None or units is None or unit_micros is None:
+        request = _request(challenge, PaywordRequest.from_json)
+        if request is None or card.method != self.name:
             return None
-        if (
-            not _fits(card, challenge, self.name, now)
-            or challenge.request.get("broker") != card.realm
-        ):
+        if not _fits(card, challenge, request, now) or request.broker != card.realm:
             return None
-        if _text(challenge, "vendor") is None or units > self._capacity(card, unit_micros):
+        if request.units > self._capacity(card, request.unit_micros):
             return None
-        return Quote(
-            method=self.name,
-            challenge=challenge,
-            card=card,
-            units=units,
-            price_micros=price,
-            charged_micros=units * unit_micros,
-            currency=card.currency,
-        )
+        return _quote(card, challenge, request, request.units, request.unit_micros)
 
     def _capacity(self, card: CardRow, unit_micros: int) -> int:
         """The most units one commitment to a vendor with this unit may hold."""
@@ -381,15 +347,16 @@ class PaywordMethod:
         return max(units, min(share, self._capacity(card, unit_micros)))
 
     def reserve(self, tx: WriteTx, quote: Quote, good: str, now: int) -> Reservation:
-        vendor = str(quote.challenge.request["vendor"])
-        unit_micros = quote.charged_micros // quote.units  # the vendor's unit, from quote()
+        request = PaywordRequest.from_json(quote.challenge.request)  # parsed in quote()
+        vendor, unit_micros = request.vendor, request.unit_micros
         row = self._open_commitment(tx, quote, vendor, unit_micros, now)
         index = row.spent + quote.units
         value = self._walker(row).value(index)
         tx.advance_commitment(row, index)
         payment = payword.Payment(commitment_id=row.id, index=index, value=value)
-        extra = {} if row.acknowledged else {"commitment": b64url_encode(row.encoded)}
-        payload = _payload(self.name, payword.encode_payment(payment), **extra)
+        commitment = None if row.acknowledged else row.encoded
+        sent = PaywordPayload(payment=payword.encode_payment(payment), commitment=commitment)
+        payload = sent.to_json()
         return Reservation(position=index, release=lambda: payload, commitment_id=row.id)
 
     def _open_commitment(

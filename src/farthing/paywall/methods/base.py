@@ -4,7 +4,9 @@ The middleware owns HTTP: it matches the price, issues and checks challenge ids,
 credential and writes the response. A method adapter owns one scheme: it describes the
 price in its challenge ``request`` and turns a credential payload into a :class:`Settlement`
 by calling the pure scheme core and the store (one conditional update, durable before the
-response leaves). It raises only :class:`~farthing.core.errors.FarthingError`.
+response leaves). It raises only :class:`~farthing.core.errors.FarthingError`. The JSON of
+both (request, payload, receipt members) is the method's wire module's
+(:mod:`farthing.http.methods`), which the wallet uses too.
 """
 
 from __future__ import annotations
@@ -12,12 +14,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from farthing.core.encoding import b64url_decode
-from farthing.core.errors import ErrorCode, MalformedMessage
+from farthing.http.methods.common import MethodReceipt, UnitPrice, unit_price
 from farthing.http.payment_auth import ChallengeId, JsonObject
 from farthing.paywall.pricing import PricedRoute
 
-__all__ = ["PaymentContext", "PaymentMethod", "Sealing", "Settlement", "payload_bytes"]
+__all__ = ["PaymentContext", "PaymentMethod", "Sealing", "Settlement", "route_price"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -45,12 +46,22 @@ class Sealing:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Settlement:
+    """A payment the method accepted: its receipt members (the wire module's), how to seal
+    the body, and whether it was a retry (accepted before, served again, no new charge).
+    The app sees it as the route's ``payment`` (:func:`farthing.paywall.routes.payment`)."""
+
     method: str
-    reference: str
-    units: int
-    receipt: JsonObject = field(default_factory=dict, hash=False)
+    receipt: MethodReceipt = field(hash=False)
     sealing: Sealing | None = None
-    retried: bool = False  # a payment accepted before, served again (no new charge)
+    retried: bool = False
+
+    @property
+    def reference(self) -> str:
+        return self.receipt.reference
+
+    @property
+    def units(self) -> int:
+        return self.receipt.units
 
 
 class PaymentMethod(Protocol):
@@ -68,14 +79,9 @@ class PaymentMethod(Protocol):
         ...
 
 
-def payload_bytes(payload: JsonObject, member: str, *, max_len: int = 4096) -> bytes:
-    """A required base64url member of a credential payload, decoded."""
-    value = payload.get(member)
-    if not isinstance(value, str):
-        raise MalformedMessage(f"payload lacks {member}", code=ErrorCode.MALFORMED_CREDENTIAL)
-    try:
-        return b64url_decode(value, max_len=max_len)
-    except MalformedMessage:
-        raise MalformedMessage(
-            f"payload {member} is not base64url", code=ErrorCode.MALFORMED_CREDENTIAL
-        ) from None
+def route_price(route: PricedRoute, unit_micros: int) -> UnitPrice:
+    """A route's price as request members, counted in whole units of ``unit_micros``."""
+    price = route.price
+    return unit_price(
+        amount=price.micros, currency=price.currency, resource=route.scope, unit_micros=unit_micros
+    )

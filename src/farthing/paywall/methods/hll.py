@@ -13,24 +13,23 @@ The merchant cannot check sigma itself (it lacks K_C), so there are two modes:
   pass ``risk.limit``, nor the value of all cards' together ``risk.merchant_cap``.
 
 The offer the card signed is rebuilt from the request, never sent: merchant id, the request
-path as the good, the price in the bank's units, the raw challenge id as T and its expiry.
+path as the good, the price in the bank's units, the raw challenge id as T and its expiry
+(:meth:`farthing.http.methods.hll.HllRequest.offer`, which the wallet calls too).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Protocol
 
 import anyio.to_thread
 
-from farthing.core.encoding import b64url_encode
 from farthing.core.errors import Conflict, ErrorCode
-from farthing.core.money import Denomination
 from farthing.core.schemes import hll
+from farthing.http.methods.hll import HllMode, HllPayload, HllReceipt, HllRequest
 from farthing.http.payment_auth import JsonObject
-from farthing.paywall.methods.base import PaymentContext, Settlement, payload_bytes
+from farthing.paywall.methods.base import PaymentContext, Settlement, route_price
 from farthing.paywall.pricing import PricedRoute
 
 __all__ = [
@@ -42,13 +41,6 @@ __all__ = [
     "HllMode",
     "PendingPurchase",
 ]
-
-_MAX_CERTIFICATE_LEN = 512
-
-
-class HllMode(StrEnum):
-    ONLINE = "online"
-    DEFERRED = "deferred"
 
 
 class HllBankClient(Protocol):
@@ -130,71 +122,53 @@ class HllMethod:
         self._risk = risk
         self._bank_public_key = bank_public_key
 
-    def _units(self, route: PricedRoute) -> int:
-        return -(-route.price.micros // self._unit_micros)
+    def _request(self, route: PricedRoute) -> HllRequest:
+        price = route_price(route, self._unit_micros)
+        return HllRequest(
+            **price, merchant=self._merchant_id, mode=self._mode, bank=self._bank_public_key
+        )
 
     def request(self, route: PricedRoute) -> JsonObject:
-        request: JsonObject = {
-            "amount": str(route.price.micros),
-            "currency": route.price.currency,
-            "resource": route.scope,
-            "merchant": self._merchant_id,
-            "units": self._units(route),
-            "unitMicros": self._unit_micros,
-            "mode": self._mode.value,
-        }
-        if self._bank_public_key is not None:  # the bank, so a wallet pays only its cards
-            request["bank"] = b64url_encode(self._bank_public_key)
-        return request
+        return self._request(route).to_json()
 
     def offer_for(self, context: PaymentContext) -> hll.Offer:
         """The offer the card must have signed for this request."""
-        return hll.Offer(
-            merchant_id=self._merchant_id,
+        return self._request(context.route).offer(
             good=context.resource,
-            amount=self._units(context.route),
-            denomination=Denomination(
-                currency=context.route.price.currency, unit_micros=self._unit_micros
-            ),
             challenge=context.challenge.raw,
             expires_at=context.challenge.expires,
         )
 
     async def settle(self, context: PaymentContext) -> Settlement:
-        raw = payload_bytes(context.payload, "payment", max_len=512)
-        purchase = hll.decode_payment(raw)
+        sent = HllPayload.from_json(context.payload)
+        purchase = hll.decode_payment(sent.payment)
         offer = self.offer_for(context)
         pending = PendingPurchase(
             card_id=purchase.card_id,
             counter=purchase.counter,
             amount=offer.amount,
             offer=hll.encode_offer(offer),
-            payment=raw,
+            payment=sent.payment,
             request=context.request,
         )
         mode, retried = HllMode.ONLINE, False
         if self._mode is HllMode.DEFERRED:
-            certificate = _certificate(context.payload)
-            record = await self._record_deferred(purchase, offer, pending, certificate, context)
+            record = await self._record_deferred(
+                purchase, offer, pending, sent.certificate, context
+            )
             mode = HllMode.DEFERRED if record.deferred else HllMode.ONLINE
             retried = record.retried
         if mode is HllMode.ONLINE and not retried:
-            retried = await self._verify_online(pending, raw, context)
-        card = b64url_encode(purchase.card_id)
-        return Settlement(
-            method=self.name,
-            reference=f"{card}:{purchase.counter}",
-            units=offer.amount,
-            receipt={"card": card, "counter": purchase.counter, "mode": mode.value},
-            retried=retried,
+            retried = await self._verify_online(pending, context)
+        receipt = HllReceipt(
+            units=offer.amount, card=purchase.card_id, counter=purchase.counter, mode=mode
         )
+        return Settlement(method=self.name, receipt=receipt, retried=retried)
 
-    async def _verify_online(
-        self, pending: PendingPurchase, raw: bytes, context: PaymentContext
-    ) -> bool:
+    async def _verify_online(self, pending: PendingPurchase, context: PaymentContext) -> bool:
         """The bank settles each purchase once; the same purchase again (its offer binds the
         path and the challenge) is a retry, served only for a request that may be retried."""
-        retried = await self._bank.verify_online(pending.offer, raw)
+        retried = await self._bank.verify_online(pending.offer, pending.payment)
         if retried and context.request is None:
             raise Conflict("payment already spent", code=ErrorCode.DUPLICATE_SPEND)
         if self._deferred is not None:  # deferred mode went online: guard replays here
@@ -230,10 +204,3 @@ class HllMethod:
 
         decide(0, 0)  # refuse malformed input before touching the store
         return await anyio.to_thread.run_sync(lambda: log.record(pending, decide=decide))
-
-
-def _certificate(payload: JsonObject) -> bytes | None:
-    """The card's certificate from the payload, if it sent one."""
-    if payload.get("certificate") is None:
-        return None
-    return payload_bytes(payload, "certificate", max_len=_MAX_CERTIFICATE_LEN)

@@ -1,8 +1,10 @@
 """Methods the vendor verifies itself: ``szm:chain``, ``szm:prbg`` and ``payword``.
 
-Hot path per payment: decode the payment, check it against the card's (or commitment's)
-state with the pure core (hashes only), then one conditional update in the store
-(``UPDATE ... WHERE id = ? AND spent = ?``) that is durable before the response leaves.
+Hot path per payment: decode the payload once (JSON members, base64url, the canonical
+payment message) into the scheme's payment value, check it against the card's (or
+commitment's) state with the pure core (hashes only), then one conditional update in the
+store (``UPDATE ... WHERE id = ? AND spent = ?``) that is durable before the response
+leaves. The scheme turns the core's acceptance straight into the :class:`Settlement`.
 States are cached per process; a stale cache is harmless because the conditional update is
 the arbiter: when verification or the update fails against a cached state, the stored state
 is read and the payment judged once more against it.
@@ -11,18 +13,18 @@ is read and the payment judged once more against it.
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
 from farthing.core.errors import FarthingError, InvalidPayment
 from farthing.core.money import Denomination
 from farthing.http.payment_auth import JsonObject
-from farthing.paywall.methods.base import PaymentContext, Sealing, Settlement, payload_bytes
+from farthing.paywall.methods.base import PaymentContext, Settlement
 from farthing.paywall.pricing import PricedRoute
 
-__all__ = ["CardBook", "CardCache", "OfflineMethod", "OfflineScheme", "Verified"]
+__all__ = ["CardBook", "CardCache", "OfflineMethod", "OfflineScheme"]
 
-S = TypeVar("S")
+S = TypeVar("S")  # the stored state of a card (commitment)
+P = TypeVar("P")  # a decoded payment
 
 
 class CardBook(Protocol[S]):
@@ -40,18 +42,7 @@ class CardBook(Protocol[S]):
         ...
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Verified(Generic[S]):
-    new_state: S
-    key: bytes
-    index: int
-    units: int
-    reference: str
-    receipt: JsonObject = field(default_factory=dict, hash=False)
-    sealing: Sealing | None = None
-
-
-class OfflineScheme(Protocol[S]):
+class OfflineScheme(Protocol[S, P]):
     """The pure-core side of one method, as this adapter needs it."""
 
     @property
@@ -59,21 +50,27 @@ class OfflineScheme(Protocol[S]):
 
     def request(self, route: PricedRoute) -> JsonObject: ...
 
-    def key_of(self, payment: bytes) -> bytes: ...
+    def decode(self, payload: JsonObject) -> P:
+        """The credential payload, decoded once (MalformedMessage if it does not)."""
+        ...
+
+    def key_of(self, payment: P) -> bytes: ...
 
     def denomination(self, state: S) -> Denomination: ...
 
     def verify(
-        self, state: S, payment: bytes, *, units: int, now: int, request: bytes | None
-    ) -> Verified[S]: ...
-
-    def retry(self, state: S, payment: bytes, *, request: bytes | None) -> Verified[S]:
-        """The state's last accepted payment sent again by the same request (the core's
-        decision), with ``new_state`` unchanged; else InvalidPayment."""
+        self, state: S, payment: P, *, units: int, now: int, request: bytes | None
+    ) -> tuple[S, Settlement]:
+        """The state after the payment (persist it conditionally) and its settlement."""
         ...
 
-    def introduce(self, payload: JsonObject, *, now: int) -> S | None:
-        """A new state carried by the payload itself (PayWord's commitment), or None."""
+    def retry(self, state: S, payment: P, *, request: bytes | None) -> Settlement:
+        """The state's last accepted payment sent again by the same request (the core's
+        decision), settled again as ``retried``; else InvalidPayment."""
+        ...
+
+    def introduce(self, payment: P, *, now: int) -> S | None:
+        """A new state carried by the payment itself (PayWord's commitment), or None."""
         ...
 
 
@@ -100,11 +97,15 @@ class CardCache(Generic[S]):
         self._items.pop(key, None)
 
 
-class OfflineMethod(Generic[S]):
+class OfflineMethod(Generic[S, P]):
     """The vendor adapter of one offline-verified method."""
 
     def __init__(
-        self, scheme: OfflineScheme[S], book: CardBook[S], *, cache: CardCache[S] | None = None
+        self,
+        scheme: OfflineScheme[S, P],
+        book: CardBook[S],
+        *,
+        cache: CardCache[S] | None = None,
     ) -> None:
         self._scheme = scheme
         self._book = book
@@ -118,21 +119,21 @@ class OfflineMethod(Generic[S]):
         return self._scheme.request(route)
 
     async def settle(self, context: PaymentContext) -> Settlement:
-        raw = payload_bytes(context.payload, "payment", max_len=512)
-        key = self._scheme.key_of(raw)
+        payment = self._scheme.decode(context.payload)
+        key = self._scheme.key_of(payment)
         cached = self._cache.get(key)
         if cached is not None:
             try:
-                return await self._settle_against(key, cached, raw, context)
+                return await self._settle_against(key, cached, payment, context)
             except FarthingError:
                 self._cache.drop(key)  # maybe stale: judge again against the stored state
-        stored = await self._stored(key, context)
-        return await self._settle_against(key, stored, raw, context)
+        stored = await self._stored(key, payment, context)
+        return await self._settle_against(key, stored, payment, context)
 
-    async def _stored(self, key: bytes, context: PaymentContext) -> S:
+    async def _stored(self, key: bytes, payment: P, context: PaymentContext) -> S:
         stored = await self._book.load(key)
         if stored is None:
-            introduced = self._scheme.introduce(context.payload, now=context.now)
+            introduced = self._scheme.introduce(payment, now=context.now)
             if introduced is not None:
                 await self._book.insert(introduced)
                 stored = await self._book.load(key)
@@ -141,45 +142,34 @@ class OfflineMethod(Generic[S]):
         return stored
 
     async def _settle_against(
-        self, key: bytes, state: S, raw: bytes, context: PaymentContext
+        self, key: bytes, state: S, payment: P, context: PaymentContext
     ) -> Settlement:
         units = self._units(state, context)
         try:
-            verified = self._scheme.verify(
-                state, raw, units=units, now=context.now, request=context.request
+            new_state, settlement = self._scheme.verify(
+                state, payment, units=units, now=context.now, request=context.request
             )
         except InvalidPayment as refused:
-            return self._retried(state, raw, context, refused)
-        if not await self._book.advance(state, verified.new_state):
+            return self._retried(state, payment, context, refused)
+        if not await self._book.advance(state, new_state):
             # Lost the race: to another payment, or to this very request sent twice at
             # once. The stored state tells which; only the refusal path reads it.
             stored = await self._book.load(key)
             if stored is None:
                 raise InvalidPayment()
             self._cache.put(key, stored)
-            return self._retried(stored, raw, context, InvalidPayment())
-        self._cache.put(key, verified.new_state)
-        return self._settlement(verified, retried=False)
+            return self._retried(stored, payment, context, InvalidPayment())
+        self._cache.put(key, new_state)
+        return settlement
 
     def _retried(
-        self, state: S, raw: bytes, context: PaymentContext, refused: InvalidPayment
+        self, state: S, payment: P, context: PaymentContext, refused: InvalidPayment
     ) -> Settlement:
         """The same request sent again (its answer was lost): served, nothing taken."""
         try:
-            verified = self._scheme.retry(state, raw, request=context.request)
+            return self._scheme.retry(state, payment, request=context.request)
         except InvalidPayment:
             raise refused from None
-        return self._settlement(verified, retried=True)
-
-    def _settlement(self, verified: Verified[S], *, retried: bool) -> Settlement:
-        return Settlement(
-            method=self.name,
-            reference=verified.reference,
-            units=verified.units,
-            receipt=verified.receipt,
-            sealing=verified.sealing,
-            retried=retried,
-        )
 
     def _units(self, state: S, context: PaymentContext) -> int:
         denomination = self._scheme.denomination(state)

@@ -9,17 +9,17 @@ The vendor later redeems the last payword of each commitment with the broker (de
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
-from farthing.core.encoding import b64url_encode
 from farthing.core.errors import ErrorCode, MalformedMessage
 from farthing.core.money import Denomination
 from farthing.core.schemes import payword
+from farthing.http.methods.payword import PaywordPayload, PaywordReceipt, PaywordRequest
 from farthing.http.payment_auth import JsonObject
-from farthing.paywall.methods.base import payload_bytes
-from farthing.paywall.methods.offline import Verified
+from farthing.paywall.methods.base import Settlement, route_price
 from farthing.paywall.pricing import PricedRoute
 
-__all__ = ["HeldCommitment", "PaywordScheme"]
+__all__ = ["HeldCommitment", "PaywordPaid", "PaywordScheme"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -29,6 +29,13 @@ class HeldCommitment:
     commitment_id: bytes
     state: payword.CommitmentState
     encoded: bytes = field(repr=False)
+
+
+class PaywordPaid(NamedTuple):
+    """A decoded payload: the payment, and the signed commitment if it came along."""
+
+    payment: payword.Payment
+    commitment: bytes | None
 
 
 class PaywordScheme:
@@ -45,26 +52,23 @@ class PaywordScheme:
         self._unit_micros = unit_micros
 
     def request(self, route: PricedRoute) -> JsonObject:
-        return {
-            "amount": str(route.price.micros),
-            "currency": route.price.currency,
-            "resource": route.scope,
-            "vendor": self._vendor_id,
-            "broker": self._broker_id,
-            "units": -(-route.price.micros // self._unit_micros),
-            "unitMicros": self._unit_micros,
-        }
+        price = route_price(route, self._unit_micros)
+        return PaywordRequest(**price, vendor=self._vendor_id, broker=self._broker_id).to_json()
 
-    def key_of(self, payment: bytes) -> bytes:
-        return payword.decode_payment(payment).commitment_id
+    def decode(self, payload: JsonObject) -> PaywordPaid:
+        sent = PaywordPayload.from_json(payload)
+        return PaywordPaid(payword.decode_payment(sent.payment), sent.commitment)
+
+    def key_of(self, paid: PaywordPaid) -> bytes:
+        return paid.payment.commitment_id
 
     def denomination(self, held: HeldCommitment) -> Denomination:
         return held.state.denomination
 
-    def introduce(self, payload: JsonObject, *, now: int) -> HeldCommitment | None:
-        if "commitment" not in payload:
+    def introduce(self, paid: PaywordPaid, *, now: int) -> HeldCommitment | None:
+        raw = paid.commitment
+        if raw is None:
             return None
-        raw = payload_bytes(payload, "commitment", max_len=4096)
         try:
             commitment = payword.decode_commitment(raw)
         except MalformedMessage:
@@ -79,37 +83,29 @@ class PaywordScheme:
     def verify(
         self,
         held: HeldCommitment,
-        payment: bytes,
+        paid: PaywordPaid,
         *,
         units: int,
         now: int,
         request: bytes | None,
-    ) -> Verified[HeldCommitment]:
-        decoded = payword.decode_payment(payment)
+    ) -> tuple[HeldCommitment, Settlement]:
         new_state, accepted = payword.verify_payment(
-            held.state, decoded, units=units, now=now, request=request
+            held.state, paid.payment, units=units, now=now, request=request
         )
-        return _verified(
-            HeldCommitment(commitment_id=held.commitment_id, state=new_state, encoded=held.encoded),
-            accepted,
+        new_held = HeldCommitment(
+            commitment_id=held.commitment_id, state=new_state, encoded=held.encoded
         )
+        return new_held, _settled(accepted, retried=False)
 
     def retry(
-        self, held: HeldCommitment, payment: bytes, *, request: bytes | None
-    ) -> Verified[HeldCommitment]:
-        decoded = payword.decode_payment(payment)
-        return _verified(held, payword.verify_retry(held.state, decoded, request=request))
+        self, held: HeldCommitment, paid: PaywordPaid, *, request: bytes | None
+    ) -> Settlement:
+        accepted = payword.verify_retry(held.state, paid.payment, request=request)
+        return _settled(accepted, retried=True)
 
 
-def _verified(
-    new_state: HeldCommitment, accepted: payword.PaywordAccepted
-) -> Verified[HeldCommitment]:
-    commitment = b64url_encode(accepted.commitment_id)
-    return Verified(
-        new_state=new_state,
-        key=accepted.commitment_id,
-        index=accepted.index,
-        units=accepted.units,
-        reference=f"{commitment}:{accepted.index}",
-        receipt={"commitment": commitment, "index": accepted.index},
+def _settled(accepted: payword.PaywordAccepted, *, retried: bool) -> Settlement:
+    receipt = PaywordReceipt(
+        units=accepted.units, commitment=accepted.commitment_id, index=accepted.index
     )
+    return Settlement(method="payword", receipt=receipt, retried=retried)

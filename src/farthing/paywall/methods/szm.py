@@ -1,165 +1,167 @@
 """``szm:chain`` and ``szm:prbg`` for the offline adapter: the vendor is the card issuer.
 
 The vendor holds the issuer's master key, so it verifies every payment against its own
-card state and derives the key that payment distributed, to seal the response with.
+card state and derives the key that payment distributed, to seal the response with. The
+two protocols differ only in their pure functions (how a payment verifies, how its key is
+derived), so one class serves both: :meth:`SzmScheme.chain` and :meth:`SzmScheme.prbg`.
 """
 
 from __future__ import annotations
 
-from typing import TypeVar
+from collections.abc import Callable
+from typing import Generic, Protocol, TypeVar
 
-from farthing.core.encoding import b64url_encode
 from farthing.core.money import Denomination
 from farthing.core.prbg import BbsKey
 from farthing.core.schemes import szm_chain, szm_prbg
+from farthing.http.methods.szm import SzmPayload, SzmReceipt, SzmRequest
 from farthing.http.payment_auth import JsonObject
-from farthing.paywall.methods.base import Sealing
-from farthing.paywall.methods.offline import Verified
+from farthing.paywall.methods.base import Sealing, Settlement
 from farthing.paywall.pricing import PricedRoute
 
-__all__ = ["ChainScheme", "PrbgScheme", "szm_request"]
-
-S = TypeVar("S")
+__all__ = ["SzmScheme"]
 
 
-def szm_request(route: PricedRoute) -> JsonObject:
-    return {
-        "amount": str(route.price.micros),
-        "currency": route.price.currency,
-        "resource": route.scope,
-        "sealed": True,
-    }
+class _State(Protocol):
+    @property
+    def denomination(self) -> Denomination: ...
 
 
-class ChainScheme:
-    """SZM protocol 1 (hash chain)."""
+class _Payment(Protocol):
+    @property
+    def card_id(self) -> bytes: ...
 
-    name = "szm:chain"
+
+class _Accepted(Protocol):
+    @property
+    def card_id(self) -> bytes: ...
+
+    @property
+    def index(self) -> int: ...
+
+    @property
+    def units(self) -> int: ...
+
+
+C = TypeVar("C", bound=_State)
+P = TypeVar("P", bound=_Payment)
+C_in = TypeVar("C_in", bound=_State, contravariant=True)
+P_in = TypeVar("P_in", bound=_Payment, contravariant=True)
+
+
+class _Verify(Protocol[C, P_in]):
+    def __call__(
+        self, state: C, payment: P_in, *, units: int, now: int, request: bytes | None
+    ) -> tuple[C, _Accepted]: ...
+
+
+class _Retry(Protocol[C_in, P_in]):
+    def __call__(self, state: C_in, payment: P_in, *, request: bytes | None) -> _Accepted: ...
+
+
+class SzmScheme(Generic[C, P]):
+    """One SZM protocol's pure functions, as the offline adapter calls them."""
+
+    __slots__ = ("_decode", "_key", "_retry", "_verify", "name")
 
     def __init__(
-        self, master_key: bytes, *, key_mode: szm_chain.KeyMode = szm_chain.KeyMode.DERIVED
+        self,
+        name: str,
+        *,
+        decode: Callable[[bytes], P],
+        verify: _Verify[C, P],
+        retry: _Retry[C, P],
+        key: Callable[[C, int], bytes],
     ) -> None:
-        self._master_key = master_key
-        self._key_mode = key_mode
+        self.name = name
+        self._decode = decode
+        self._verify = verify
+        self._retry = retry
+        self._key = key
+
+    @staticmethod
+    def chain(
+        master_key: bytes, *, key_mode: szm_chain.KeyMode = szm_chain.KeyMode.DERIVED
+    ) -> SzmScheme[szm_chain.ChainCardState, szm_chain.Payment]:
+        """SZM protocol 1 (hash chain)."""
+
+        def key(state: szm_chain.ChainCardState, index: int) -> bytes:
+            return szm_chain.issuer_payment_key(master_key, state, index, mode=key_mode)
+
+        return SzmScheme(
+            szm_chain.METHOD,
+            decode=szm_chain.decode_payment,
+            verify=szm_chain.verify_payment,
+            retry=szm_chain.verify_retry,
+            key=key,
+        )
+
+    @staticmethod
+    def prbg(
+        master_key: bytes, *, bbs_key: BbsKey | None = None
+    ) -> SzmScheme[szm_prbg.PrbgCardState, szm_prbg.Payment]:
+        """SZM protocol 2 (token/key blocks of a CSPRBG: HMAC-CTR or Blum-Blum-Shub)."""
+
+        def verify(
+            state: szm_prbg.PrbgCardState,
+            payment: szm_prbg.Payment,
+            *,
+            units: int,
+            now: int,
+            request: bytes | None,
+        ) -> tuple[szm_prbg.PrbgCardState, szm_prbg.PrbgAccepted]:
+            return szm_prbg.verify_payment(
+                state, payment, master_key=master_key, units=units, now=now,
+                bbs_key=bbs_key, request=request,
+            )  # fmt: skip
+
+        def retry(
+            state: szm_prbg.PrbgCardState, payment: szm_prbg.Payment, *, request: bytes | None
+        ) -> szm_prbg.PrbgAccepted:
+            return szm_prbg.verify_retry(
+                state, payment, master_key=master_key, request=request, bbs_key=bbs_key
+            )
+
+        def key(state: szm_prbg.PrbgCardState, index: int) -> bytes:
+            return szm_prbg.issuer_payment_key(master_key, state, index, bbs_key=bbs_key)
+
+        return SzmScheme(
+            szm_prbg.METHOD, decode=szm_prbg.decode_payment, verify=verify, retry=retry, key=key
+        )
 
     def request(self, route: PricedRoute) -> JsonObject:
-        return szm_request(route)
+        price = route.price
+        return SzmRequest(
+            amount=price.micros, currency=price.currency, resource=route.scope
+        ).to_json()
 
-    def key_of(self, payment: bytes) -> bytes:
-        return szm_chain.decode_payment(payment).card_id
+    def decode(self, payload: JsonObject) -> P:
+        return self._decode(SzmPayload.from_json(payload).payment)
 
-    def denomination(self, state: szm_chain.ChainCardState) -> Denomination:
+    def key_of(self, payment: P) -> bytes:
+        return payment.card_id
+
+    def denomination(self, state: C) -> Denomination:
         return state.denomination
 
-    def introduce(self, payload: JsonObject, *, now: int) -> None:
+    def introduce(self, payment: P, *, now: int) -> None:
         return None
 
     def verify(
-        self,
-        state: szm_chain.ChainCardState,
-        payment: bytes,
-        *,
-        units: int,
-        now: int,
-        request: bytes | None,
-    ) -> Verified[szm_chain.ChainCardState]:
-        decoded = szm_chain.decode_payment(payment)
-        new_state, accepted = szm_chain.verify_payment(
-            state, decoded, units=units, now=now, request=request
+        self, state: C, payment: P, *, units: int, now: int, request: bytes | None
+    ) -> tuple[C, Settlement]:
+        new_state, accepted = self._verify(state, payment, units=units, now=now, request=request)
+        return new_state, self._settled(state, accepted, retried=False)
+
+    def retry(self, state: C, payment: P, *, request: bytes | None) -> Settlement:
+        return self._settled(state, self._retry(state, payment, request=request), retried=True)
+
+    def _settled(self, state: C, accepted: _Accepted, *, retried: bool) -> Settlement:
+        """The settlement of an accepted (or retried) payment, sealed under its key."""
+        card_id, index = accepted.card_id, accepted.index
+        return Settlement(
+            method=self.name,
+            receipt=SzmReceipt(units=accepted.units, card=card_id, index=index),
+            sealing=Sealing(key=self._key(state, index), card_id=card_id, index=index),
+            retried=retried,
         )
-        return self._verified(state, new_state, accepted)
-
-    def retry(
-        self, state: szm_chain.ChainCardState, payment: bytes, *, request: bytes | None
-    ) -> Verified[szm_chain.ChainCardState]:
-        decoded = szm_chain.decode_payment(payment)
-        accepted = szm_chain.verify_retry(state, decoded, request=request)
-        return self._verified(state, state, accepted)
-
-    def _verified(
-        self,
-        state: szm_chain.ChainCardState,
-        new_state: szm_chain.ChainCardState,
-        accepted: szm_chain.ChainAccepted,
-    ) -> Verified[szm_chain.ChainCardState]:
-        key = szm_chain.issuer_payment_key(
-            self._master_key, state, accepted.index, mode=self._key_mode
-        )
-        return _szm_verified(new_state, accepted.card_id, accepted.index, accepted.units, key)
-
-
-class PrbgScheme:
-    """SZM protocol 2 (token/key blocks of a CSPRBG: HMAC-CTR or Blum-Blum-Shub)."""
-
-    name = "szm:prbg"
-
-    def __init__(self, master_key: bytes, *, bbs_key: BbsKey | None = None) -> None:
-        self._master_key = master_key
-        self._bbs_key = bbs_key
-
-    def request(self, route: PricedRoute) -> JsonObject:
-        return szm_request(route)
-
-    def key_of(self, payment: bytes) -> bytes:
-        return szm_prbg.decode_payment(payment).card_id
-
-    def denomination(self, state: szm_prbg.PrbgCardState) -> Denomination:
-        return state.denomination
-
-    def introduce(self, payload: JsonObject, *, now: int) -> None:
-        return None
-
-    def verify(
-        self,
-        state: szm_prbg.PrbgCardState,
-        payment: bytes,
-        *,
-        units: int,
-        now: int,
-        request: bytes | None,
-    ) -> Verified[szm_prbg.PrbgCardState]:
-        decoded = szm_prbg.decode_payment(payment)
-        new_state, accepted = szm_prbg.verify_payment(
-            state,
-            decoded,
-            master_key=self._master_key,
-            units=units,
-            now=now,
-            bbs_key=self._bbs_key,
-            request=request,
-        )
-        return self._verified(state, new_state, accepted)
-
-    def retry(
-        self, state: szm_prbg.PrbgCardState, payment: bytes, *, request: bytes | None
-    ) -> Verified[szm_prbg.PrbgCardState]:
-        decoded = szm_prbg.decode_payment(payment)
-        accepted = szm_prbg.verify_retry(
-            state, decoded, master_key=self._master_key, request=request, bbs_key=self._bbs_key
-        )
-        return self._verified(state, state, accepted)
-
-    def _verified(
-        self,
-        state: szm_prbg.PrbgCardState,
-        new_state: szm_prbg.PrbgCardState,
-        accepted: szm_prbg.PrbgAccepted,
-    ) -> Verified[szm_prbg.PrbgCardState]:
-        key = szm_prbg.issuer_payment_key(
-            self._master_key, state, accepted.index, bbs_key=self._bbs_key
-        )
-        return _szm_verified(new_state, accepted.card_id, accepted.index, accepted.units, key)
-
-
-def _szm_verified(new_state: S, card_id: bytes, index: int, units: int, key: bytes) -> Verified[S]:
-    """The adapter's record of an accepted (or retried) SZM payment, with its seal key."""
-    card = b64url_encode(card_id)
-    return Verified(
-        new_state=new_state,
-        key=card_id,
-        index=index,
-        units=units,
-        reference=f"{card}:{index}",
-        receipt={"card": card, "index": index},
-        sealing=Sealing(key=key, card_id=card_id, index=index),
-    )
