@@ -348,13 +348,18 @@ def cards_issue(
     )
     with _services(db, keys) as services:
         batch = _issue_with_progress(services, spec)
-        console.print(f"batch [bold]{_b64(batch.batch_id)}[/]: {batch.count} cards")
+        console.print(
+            f"batch [bold]{_b64(batch.batch_id)}[/]: {batch.count} cards "
+            f"(again: farthing issuer cards export --batch={_b64(batch.batch_id)})"
+        )
         _export_batch(services, batch.batch_id, out, qr_dir)
 
 
 @cards_app.command("export")
 def cards_export(
-    batch_id: Annotated[str, typer.Argument(help="The batch id (base64url).")],
+    # An option, not an argument: a base64url id may start with "-", which a positional
+    # argument would take for an unknown option.
+    batch_id: Annotated[str, typer.Option("--batch", help="The batch id (base64url).")],
     out: Annotated[Path | None, typer.Option(help="Write codes here (0600), not stdout.")] = None,
     qr_dir: Annotated[Path | None, typer.Option(help="Write one QR PNG per card here.")] = None,
     db: Db = _DEFAULT_DB,

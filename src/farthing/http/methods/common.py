@@ -242,7 +242,7 @@ class SealedBody:
     @classmethod
     def from_json(cls, obj: object) -> SealedBody:
         if not isinstance(obj, dict):
-            raise MalformedMessage("receipt sealed is not an object", code=ErrorCode.MALFORMED)
+            raise MalformedMessage("receipt sealed is not an object")
         members = receipt_members(obj)
         members.const("alg", SEAL_ALG)
         return cls(content_type=members.string("contentType"))
