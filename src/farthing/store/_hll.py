@@ -27,7 +27,7 @@ from farthing.core.errors import ErrorCode, InsufficientFunds, NotFound
 from farthing.store._errors import is_unique_violation, unique_violation_as
 from farthing.store._rows import CardStatus, HllBatchRow, HllCardRow, HllSpendRow
 from farthing.store._schema import hll_cards, hll_deposit_batches, hll_spends, merchants
-from farthing.store._sql import Ctx, build, dump_json, load_json, require_positive
+from farthing.store._sql import Ctx, build, dump_json, insert_if_absent, load_json, require_positive
 
 __all__ = [
     "add_card",
@@ -205,16 +205,7 @@ def claim_batch(ctx: Ctx, batch_id: bytes, merchant_id: str, digest: bytes, at: 
         "report": dump_json(_CLAIMED),
         "at": at,
     }
-    savepoint = ctx.conn.begin_nested()
-    try:
-        ctx.conn.execute(insert(hll_deposit_batches).values(values))
-    except exc.IntegrityError as error:
-        savepoint.rollback()
-        if is_unique_violation(error):
-            return False
-        raise
-    savepoint.commit()
-    return True
+    return insert_if_absent(ctx, hll_deposit_batches, values)
 
 
 def finish_batch(ctx: Ctx, batch_id: bytes, report: Mapping[str, object]) -> None:

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from typing import Final
 
-from sqlalchemy import Select, exc, func, insert, select, update
+from sqlalchemy import Select, func, insert, select, update
 from sqlalchemy.engine import RowMapping
 
 from farthing.core.errors import Conflict, ErrorCode
 from farthing.core.schemes.payword import OpenCommitment
-from farthing.store._errors import is_unique_violation, unique_violation_as
+from farthing.store._errors import unique_violation_as
 from farthing.store._rows import PaywordCertificateRow, PaywordRedemptionRow, PaywordUserRow
 from farthing.store._schema import (
     payword_admitted,
@@ -23,7 +23,7 @@ from farthing.store._schema import (
     payword_redemptions,
     payword_users,
 )
-from farthing.store._sql import Ctx, build, require_positive, total
+from farthing.store._sql import Ctx, build, insert_if_absent, require_positive, total
 
 __all__ = [
     "add_certificate",
@@ -133,16 +133,7 @@ def _insert_first(
         "credited_units": index,
         "at": at,
     }
-    savepoint = ctx.conn.begin_nested()
-    try:
-        ctx.conn.execute(insert(payword_redemptions).values(values))
-    except exc.IntegrityError as error:
-        savepoint.rollback()
-        if is_unique_violation(error):
-            return False
-        raise
-    savepoint.commit()
-    return True
+    return insert_if_absent(ctx, payword_redemptions, values)
 
 
 def _raise_index(ctx: Ctx, commitment_id: bytes, old: int, new: int, at: int) -> bool:
@@ -170,16 +161,7 @@ def admit(ctx: Ctx, commitment: OpenCommitment) -> bool:
         "expires_at": commitment.expires_at,
         "admitted_at": ctx.clock.now(),
     }
-    savepoint = ctx.conn.begin_nested()
-    try:
-        ctx.conn.execute(insert(payword_admitted).values(values))
-    except exc.IntegrityError as error:
-        savepoint.rollback()
-        if is_unique_violation(error):
-            return False
-        raise
-    savepoint.commit()
-    return True
+    return insert_if_absent(ctx, payword_admitted, values)
 
 
 def _admitted_query() -> Select[tuple[object, ...]]:

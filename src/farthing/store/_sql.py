@@ -7,11 +7,23 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sqlalchemy import BigInteger, ColumnElement, Connection, CursorResult, cast, func, select
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    Connection,
+    CursorResult,
+    Table,
+    cast,
+    exc,
+    func,
+    insert,
+    select,
+)
 
 from farthing.core.clock import Clock
 from farthing.core.errors import LocalProtocolError
 from farthing.core.primitives import sha256
+from farthing.store._errors import is_unique_violation
 from farthing.store._hot import HotStatements
 
 __all__ = [
@@ -97,3 +109,18 @@ def inserted_id(result: CursorResult[Any]) -> int:
     if key is None:
         raise RuntimeError("the INSERT created no row")
     return int(key[0])
+
+
+def insert_if_absent(ctx: Ctx, table: Table, values: Mapping[str, object]) -> bool:
+    """Insert one row and return True; or return False, changing nothing, if a row with
+    its unique key is there already (a savepoint keeps the rest of the transaction)."""
+    savepoint = ctx.conn.begin_nested()
+    try:
+        ctx.conn.execute(insert(table).values(values))
+    except exc.IntegrityError as error:
+        savepoint.rollback()
+        if is_unique_violation(error):
+            return False
+        raise
+    savepoint.commit()
+    return True

@@ -18,14 +18,14 @@ from collections.abc import Iterable, Iterator, Mapping
 from itertools import islice
 from typing import Any, Final
 
-from sqlalchemy import exc, insert, select, update
+from sqlalchemy import insert, select, update
 
 from farthing.core.errors import ErrorCode, LocalProtocolError, NotFound
-from farthing.store._errors import is_unique_violation, unique_violation_as
+from farthing.store._errors import unique_violation_as
 from farthing.store._ledger import account, post
 from farthing.store._rows import AccountKind, CardStatus, SzmBatchRow, SzmCardRow, SzmProtocol
 from farthing.store._schema import szm_batches, szm_cards, szm_recognised
-from farthing.store._sql import Ctx, build, require_forward, total
+from farthing.store._sql import Ctx, build, insert_if_absent, require_forward, total
 
 __all__ = [
     "advance",
@@ -200,13 +200,5 @@ def _lock_watermark(ctx: Ctx, currency: str) -> int:
     recognised = ctx.conn.execute(stmt).scalar_one_or_none()
     if recognised is not None:
         return int(recognised)
-    savepoint = ctx.conn.begin_nested()
-    try:
-        ctx.conn.execute(insert(szm_recognised).values(currency=currency, recognised_micros=0))
-    except exc.IntegrityError as error:
-        savepoint.rollback()
-        if not is_unique_violation(error):
-            raise
-    else:
-        savepoint.commit()
+    insert_if_absent(ctx, szm_recognised, {"currency": currency, "recognised_micros": 0})
     return int(ctx.conn.execute(stmt).scalar_one())
