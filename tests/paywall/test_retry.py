@@ -99,46 +99,22 @@ class Payer(Protocol):
 
 
 @dataclass
-class ChainPayer:
-    card: szm_chain.ChainCard
-    method: str = "szm:chain"
+class SzmPayer:
+    """Either SZM card: the two protocols differ only in how the next payment is made."""
+
+    card: szm_chain.ChainCard | szm_prbg.PrbgCard
+    method: str
     key: bytes = b""
     index: int = 0
 
     def pay(self, challenge: Challenge, path: str) -> dict[str, object]:
-        self.card, payment, self.key = szm_chain.next_payment(self.card, 2, now=NOW)
-        self.index = payment.index
-        return {"method": self.method, "payment": b64url_encode(szm_chain.encode_payment(payment))}
-
-    def good(self, response: httpx.Response, path: str) -> bytes:
-        return open_sealed(
-            self.key,
-            response.content,
-            method=self.method,
-            card_id=self.card.card_id,
-            index=self.index,
-            resource=path,
-            status=response.status_code,
-            content_type=sealed_type(response),
-        )
-
-    def charged(self, store: Store) -> int:
-        row = store.szm_card(self.card.card_id)
-        assert row is not None
-        return row.spent
-
-
-@dataclass
-class PrbgPayer:
-    card: szm_prbg.PrbgCard
-    method: str = "szm:prbg"
-    key: bytes = b""
-    index: int = 0
-
-    def pay(self, challenge: Challenge, path: str) -> dict[str, object]:
-        self.card, payment, self.key = szm_prbg.next_payment(self.card, 2, now=NOW)
-        self.index = payment.index
-        return {"method": self.method, "payment": b64url_encode(szm_prbg.encode_payment(payment))}
+        if isinstance(self.card, szm_chain.ChainCard):
+            self.card, chain, self.key = szm_chain.next_payment(self.card, 2, now=NOW)
+            self.index, encoded = chain.index, szm_chain.encode_payment(chain)
+        else:
+            self.card, prbg, self.key = szm_prbg.next_payment(self.card, 2, now=NOW)
+            self.index, encoded = prbg.index, szm_prbg.encode_payment(prbg)
+        return {"method": self.method, "payment": b64url_encode(encoded)}
 
     def good(self, response: httpx.Response, path: str) -> bytes:
         return open_sealed(
@@ -298,9 +274,9 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
 def vendor(request: pytest.FixtureRequest, store: Store) -> Vendor:
     payer: Payer
     if request.param == "szm:chain":
-        payer = ChainPayer(issue_chain_cards(store, 1)[0])
+        payer = SzmPayer(issue_chain_cards(store, 1)[0], "szm:chain")
     elif request.param == "szm:prbg":
-        payer = PrbgPayer(issue_prbg_cards(store, 1)[0])
+        payer = SzmPayer(issue_prbg_cards(store, 1)[0], "szm:prbg")
     elif request.param == "payword":
         payer = PaywordPayer.make()
     else:
