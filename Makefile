@@ -21,7 +21,8 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# Debian packages the tests use: SoftHSM2 (the HLL smart card), PostgreSQL (contract tests), wrk (bench).
+# Debian packages the tests use: SoftHSM2 (the HLL smart card), PostgreSQL (contract tests),
+# chromium (browser tests, through Playwright), wrk (bench).
 sysdeps:
 	@bash scripts/sysdeps.sh
 

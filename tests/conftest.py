@@ -30,6 +30,9 @@ from hypothesis import settings
 from farthing.wallet.testing import cheap_wallet_kdf
 from tests.pgserver import PgServer, PgUnavailable
 
+# Browser fixtures (``chromium``, ``page``) for tests of web pages.
+pytest_plugins = ["tests.browser"]
+
 _names = itertools.count(1)
 
 settings.register_profile("default", deadline=None)

@@ -1,0 +1,56 @@
+"""A real headless Chromium for tests of web pages: Debian's ``chromium`` driven by Playwright.
+
+Playwright's own browser download is not available here, so it launches the system binary
+through ``executable_path``. The flags keep Chromium off the network (this machine refuses
+outside connections, and Chromium's background services would try them at every start).
+A test that asks for ``chromium`` is skipped, with the reason, only where the binary is missing.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+
+import pytest
+from playwright.sync_api import Browser, Page, Playwright, sync_playwright
+
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+]
+
+
+def chromium_path() -> str | None:
+    return os.environ.get("FARTHING_CHROMIUM") or shutil.which("chromium")
+
+
+@pytest.fixture(scope="session")
+def playwright_session() -> Iterator[Playwright]:
+    with sync_playwright() as playwright:
+        yield playwright
+
+
+@pytest.fixture(scope="session")
+def chromium(playwright_session: Playwright) -> Iterator[Browser]:
+    path = chromium_path()
+    if path is None:
+        pytest.skip("Debian's chromium is not installed (`make sysdeps` installs it)")
+    browser = playwright_session.chromium.launch(
+        executable_path=path, headless=True, args=CHROMIUM_FLAGS
+    )
+    yield browser
+    browser.close()
+
+
+@pytest.fixture
+def page(chromium: Browser) -> Iterator[Page]:
+    context = chromium.new_context()
+    yield context.new_page()
+    context.close()
