@@ -24,6 +24,8 @@ from farthing.cli._common import console, err_console, fail, printable_target
 from farthing.cli._serve import BodyTimeout, HeaderTimeout, MaxConnections, limits
 
 if TYPE_CHECKING:
+    from rich.progress import Progress
+
     from farthing.issuer.report_service import IssuerReport
     from farthing.issuer.service import IssuerServices
     from farthing.issuer.szm_service import BatchSpec, ExportedCard
@@ -384,11 +386,29 @@ def _b64(data: bytes) -> str:
     return b64url_encode(data)
 
 
-def _issue_with_progress(services: IssuerServices, spec: BatchSpec) -> SzmBatchRow:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+def _progress_bar() -> Progress:
+    """A labelled progress bar on stderr, gone when done (stdout may carry the codes)."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
 
-    columns = (BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=err_console, transient=True) as progress:
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+    )
+    # Not on a terminal (a pipe, a log): nothing, not even the blank line a bar leaves.
+    disable = not err_console.is_terminal
+    return Progress(*columns, console=err_console, transient=True, disable=disable)
+
+
+def _issue_with_progress(services: IssuerServices, spec: BatchSpec) -> SzmBatchRow:
+    with _progress_bar() as progress:
         task = progress.add_task("making cards", total=spec.count)
 
         def advance(done: int) -> None:
@@ -401,21 +421,27 @@ def _issue_with_progress(services: IssuerServices, spec: BatchSpec) -> SzmBatchR
 def _export_batch(
     services: IssuerServices, batch_id: bytes, out: Path | None, qr_dir: Path | None
 ) -> None:
-    """Every card code of the batch, one per line (text form), and optionally QR PNGs."""
+    """Every card's short code (what is printed and typed), one per line, and optionally a
+    QR PNG per card (which carries the whole card: no issuer lookup needed)."""
     if qr_dir is not None:
         qr_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    total = services.szm.batch(batch_id).count
+    label = "writing codes" + (" and QR images" if qr_dir is not None else "")
     sink = _private_file(out) if out is not None else sys.stdout
     try:
-        offset = 0
-        while True:
-            page = services.szm.export(_actor(), batch_id, offset=offset, limit=_EXPORT_PAGE)
-            for card in page.cards:
-                sink.write(card.text + "\n")
-                if qr_dir is not None:
-                    _write_qr(qr_dir, card)
-            offset += len(page.cards)
-            if not page.cards or offset >= page.batch.count:
-                break
+        with _progress_bar() as progress:
+            task = progress.add_task(label, total=total)
+            offset = 0
+            while offset < total:
+                page = services.szm.export(_actor(), batch_id, offset=offset, limit=_EXPORT_PAGE)
+                for card in page.cards:
+                    sink.write(card.short_code + "\n")
+                    if qr_dir is not None:
+                        _write_qr(qr_dir, card)
+                    progress.advance(task)
+                if not page.cards:
+                    break
+                offset += len(page.cards)
     finally:
         if sink is not sys.stdout:
             sink.close()

@@ -41,7 +41,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
-from farthing.core.cardcode import CardCode, encode_card
+from farthing.core.cardcode import CardCode, Generator, Protocol, encode_card
 from farthing.core.encoding import Writer
 from farthing.core.errors import ErrorCode, MalformedMessage
 from farthing.core.primitives import constant_time_eq, hkdf_sha256, hmac_sha256
@@ -51,11 +51,14 @@ __all__ = [
     "CHECK_LEN",
     "LOOKUP_LEN",
     "SECRET_BITS",
+    "SECRET_DOMAINS",
     "SECRET_LEN",
     "TAG_LEN",
     "TEXT_LEN",
+    "CardTerms",
     "ShortSecret",
     "answer_tag",
+    "card_from_answer",
     "card_secret",
     "check_answer",
     "format_code",
@@ -77,6 +80,10 @@ TAG_LEN: Final = 16
 SHORT_DOMAIN: Final = "farthing/szm/short-secret"
 LOOKUP_DOMAIN: Final = "farthing/szm/card-lookup"
 ANSWER_DOMAIN: Final = "farthing/szm/card-answer"
+SECRET_DOMAINS: Final = {
+    Protocol.CHAIN: "farthing/szm-chain/card-secret",
+    Protocol.PRBG: "farthing/szm-prbg/card-secret",
+}
 _CARD_ID_LEN: Final = 16
 _MAX_INPUT: Final = 128
 _VALUE: Final = {symbol: value for value, symbol in enumerate(ALPHABET)} | {
@@ -226,3 +233,40 @@ def check_answer(secret: ShortSecret, card: CardCode, tag: bytes) -> None:
         raise MalformedMessage(
             "the issuer's answer does not match this card code", code=ErrorCode.WRONG_ISSUER
         )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CardTerms:
+    """What the issuer says about the card a short code names (no secret)."""
+
+    card_id: bytes
+    protocol: Protocol
+    units: int
+    currency: str
+    unit_micros: int
+    expires_at: int
+    generator: Generator
+    realm: str
+    modulus: bytes
+
+
+def card_from_answer(secret: ShortSecret, terms: CardTerms, tag: bytes) -> CardCode:
+    """The whole card: the issuer's terms with the card secret derived from the short code,
+    checked against the issuer's tag (MalformedMessage(WRONG_ISSUER) if it does not match:
+    an answer about another card, or with changed terms)."""
+    if len(terms.card_id) != _CARD_ID_LEN:
+        raise MalformedMessage("a card id is 16 bytes", code=ErrorCode.BAD_FIELD)
+    card = CardCode(
+        protocol=terms.protocol,
+        card_id=terms.card_id,
+        secret=card_secret(secret, SECRET_DOMAINS[terms.protocol], terms.card_id),
+        units=terms.units,
+        currency=terms.currency,
+        unit_micros=terms.unit_micros,
+        expires_at=terms.expires_at,
+        generator=terms.generator,
+        realm=terms.realm,
+        modulus=terms.modulus,
+    )
+    check_answer(secret, card, tag)
+    return card

@@ -24,7 +24,7 @@ from farthing.core.errors import ErrorCode, LocalProtocolError, NotFound
 from farthing.store._errors import unique_violation_as
 from farthing.store._ledger import account, post
 from farthing.store._rows import AccountKind, CardStatus, SzmBatchRow, SzmCardRow, SzmProtocol
-from farthing.store._schema import szm_batches, szm_cards, szm_recognised
+from farthing.store._schema import szm_batches, szm_card_lookups, szm_cards, szm_recognised
 from farthing.store._sql import Ctx, build, insert_if_absent, require_forward, total
 
 __all__ = [
@@ -32,9 +32,11 @@ __all__ = [
     "advance_params",
     "batch",
     "card",
+    "card_by_lookup",
     "card_row",
     "insert_batch",
     "insert_cards",
+    "insert_lookups",
     "recognize_revenue",
     "set_status",
 ]
@@ -109,6 +111,32 @@ def card_row(row: Mapping[Any, Any]) -> SzmCardRow:
 
 def card(ctx: Ctx, card_id: bytes) -> SzmCardRow | None:
     row = ctx.conn.execute(ctx.hot.szm_card, {"key_card_id": card_id}).mappings().one_or_none()
+    return None if row is None else card_row(row)
+
+
+def insert_lookups(ctx: Ctx, pairs: Iterable[tuple[bytes, bytes]]) -> int:
+    """Insert ``(lookup_id, card_id)`` pairs of printed short codes; return how many."""
+    count = 0
+    statement = insert(szm_card_lookups)
+    iterator = iter(pairs)
+    with unique_violation_as(ErrorCode.CONFLICT, "a card lookup id exists"):
+        while chunk := [
+            {"lookup_id": lookup, "card_id": card_id}
+            for lookup, card_id in islice(iterator, _CHUNK)
+        ]:
+            ctx.conn.execute(statement, chunk)
+            count += len(chunk)
+    return count
+
+
+def card_by_lookup(ctx: Ctx, lookup_id: bytes) -> SzmCardRow | None:
+    """The card whose printed short code has this lookup id."""
+    stmt = (
+        select(szm_cards)
+        .join(szm_card_lookups, szm_card_lookups.c.card_id == szm_cards.c.card_id)
+        .where(szm_card_lookups.c.lookup_id == lookup_id)
+    )
+    row = ctx.conn.execute(stmt).mappings().one_or_none()
     return None if row is None else card_row(row)
 
 

@@ -222,6 +222,13 @@ class Tx:
     def szm_card(self, card_id: bytes) -> SzmCardRow | None:
         return _szm.card(self._ctx, card_id)
 
+    def szm_insert_lookups(self, pairs: Iterable[tuple[bytes, bytes]]) -> int:
+        """``(lookup_id, card_id)`` of the cards' printed short codes."""
+        return _szm.insert_lookups(self._ctx, pairs)
+
+    def szm_card_by_lookup(self, lookup_id: bytes) -> SzmCardRow | None:
+        return _szm.card_by_lookup(self._ctx, lookup_id)
+
     def szm_advance(
         self,
         card_id: bytes,

@@ -118,7 +118,9 @@ __all__ = [
 METHOD: Final = Protocol.CHAIN.value
 CHAIN_TAG: Final = b"farthing/szm-chain\x00"
 PAYMENT_DOMAIN: Final = "farthing/szm-chain/payment"
-DERIVATION_DOMAIN: Final = "farthing/szm-chain/card-secret"
+DERIVATION_DOMAIN: Final = shortcode.SECRET_DOMAINS[
+    Protocol.CHAIN
+]  # "farthing/szm-chain/card-secret"
 SEED_DOMAIN: Final = "farthing/szm-chain/chain-seed"
 KEY_DOMAIN: Final = "farthing/szm-chain/key"
 MAX_LENGTH: Final = 1 << 20  # bounds the issuer's anchor and the card's first walk

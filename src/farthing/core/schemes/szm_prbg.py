@@ -119,7 +119,9 @@ __all__ = [
 
 METHOD: Final = Protocol.PRBG.value
 PAYMENT_DOMAIN: Final = "farthing/szm-prbg/payment"
-DERIVATION_DOMAIN: Final = "farthing/szm-prbg/card-secret"
+DERIVATION_DOMAIN: Final = shortcode.SECRET_DOMAINS[
+    Protocol.PRBG
+]  # "farthing/szm-prbg/card-secret"
 STREAM_DOMAIN: Final = "farthing/szm-prbg/stream"
 BBS_BITS_PER_STEP: Final = 8  # needs lg lg n >= 8; every usable n has 2048 bits or more
 MAX_CARD_UNITS: Final = 1 << 30
