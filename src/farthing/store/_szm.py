@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from itertools import islice
 from typing import Any, Final
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import func, insert, select, update
 
 from farthing.core.errors import ErrorCode, LocalProtocolError, NotFound
 from farthing.store._errors import unique_violation_as
@@ -28,6 +28,7 @@ from farthing.store._schema import szm_batches, szm_card_lookups, szm_cards, szm
 from farthing.store._sql import Ctx, build, insert_if_absent, require_forward, total
 
 __all__ = [
+    "active_card_count",
     "advance",
     "advance_params",
     "batch",
@@ -127,6 +128,15 @@ def insert_lookups(ctx: Ctx, pairs: Iterable[tuple[bytes, bytes]]) -> int:
             ctx.conn.execute(statement, chunk)
             count += len(chunk)
     return count
+
+
+def active_card_count(ctx: Ctx, now: int) -> int:
+    """How many cards could still pay: active, unexpired, not spent up."""
+    c = szm_cards.c
+    stmt = select(func.count()).where(
+        c.status == CardStatus.ACTIVE.value, c.expires_at > now, c.spent < c.units
+    )
+    return int(ctx.conn.execute(stmt).scalar_one())
 
 
 def card_by_lookup(ctx: Ctx, lookup_id: bytes) -> SzmCardRow | None:

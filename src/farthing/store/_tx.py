@@ -229,6 +229,10 @@ class Tx:
     def szm_card_by_lookup(self, lookup_id: bytes) -> SzmCardRow | None:
         return _szm.card_by_lookup(self._ctx, lookup_id)
 
+    def szm_active_card_count(self, now: int) -> int:
+        """Cards that could still pay (active, unexpired, units left)."""
+        return _szm.active_card_count(self._ctx, now)
+
     def szm_advance(
         self,
         card_id: bytes,
