@@ -127,7 +127,7 @@ def test_cards_issue_writes_codes_and_qr_then_export_repeats_them(
     assert all(len(code) <= 32 for code in codes)
     secrets = [shortcode.parse_code(code) for code in codes]
     with open_store(paths[0]) as store, store.transaction(readonly=True) as tx:
-        found = [tx.szm_card_by_lookup(shortcode.lookup_id(secret)) for secret in secrets]
+        found = [tx.szm.card_by_lookup(shortcode.lookup_id(secret)) for secret in secrets]
     assert [(row.units, row.protocol.value) for row in found if row] == [(25, "szm:prbg")] * 4
     pngs = sorted(qr_dir.glob("*.png"))
     assert len(pngs) == 4

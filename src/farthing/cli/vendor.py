@@ -199,7 +199,7 @@ def _szm_problems(loaded: VendorConfig, path: Path) -> list[str]:
             open_store(loaded.database, create=False) as store,
             store.transaction(readonly=True) as tx,
         ):
-            cards = tx.szm_active_card_count(SystemClock().now())
+            cards = tx.szm.active_card_count(SystemClock().now())
     except FarthingError as error:
         return [*problems, f"the database {shown} cannot be used: {error.message}"]
     except SQLAlchemyError:
