@@ -113,3 +113,39 @@ def test_vendor_check_says_what_is_wrong_in_words(issuer: Path) -> None:
     lines = [f"{key} = {json.dumps(value)}" for key, value in payword.items()]
     config.write_text(starter + "\n[payword]\n" + "\n".join(lines) + "\n")
     assert f"the issuer at {unreachable} does not answer" in check_problems()
+
+
+def test_the_vendor_config_takes_the_broker_and_bank_keys_as_the_issuer_publishes_them(
+    issuer: Path,
+) -> None:
+    """base64url (GET /v1/payword/broker, `issuer hll-key`); hex still read; else words."""
+    from farthing.core.encoding import b64url_encode
+    from farthing.core.errors import LocalProtocolError
+    from farthing.issuer.config import load_issuer_keys
+    from farthing.paywall.config import load_vendor_config
+
+    keys = load_issuer_keys(issuer / "farthing-issuer.keys.json")
+    bank = ok("issuer", "hll-key").strip()
+    (issuer / "m.key").write_text("00" * 32)
+    config = issuer / "vendor.toml"
+
+    def with_keys(broker: str, bank_key: str) -> Path:
+        config.write_text(
+            'realm = "farthing"\ndatabase = "farthing-issuer.sqlite"\n[prices]\n"/**" = "1 EUR"\n'
+            '[payword]\nvendor_id = "shop"\nbroker_id = "farthing"\nunit_micros = 1000\n'
+            f'broker_public_key = "{broker}"\n'
+            '[hll]\nissuer_url = "http://127.0.0.1:1"\nmerchant_id = "shop"\n'
+            f'merchant_key_file = "m.key"\nunit_micros = 1000\nbank_public_key = "{bank_key}"\n'
+        )
+        return config
+
+    published = load_vendor_config(with_keys(b64url_encode(keys.broker_public_key), bank))
+    assert published.settings.payword is not None
+    assert published.settings.payword.broker_public == keys.broker_public_key
+    assert published.settings.hll is not None
+    assert b64url_encode(published.settings.hll.bank_public_key or b"") == bank
+    old = load_vendor_config(with_keys(keys.broker_public_key.hex(), bank))
+    assert old.settings.payword is not None
+    assert old.settings.payword.broker_public == keys.broker_public_key
+    with pytest.raises(LocalProtocolError, match=r"payword\.broker_public_key: write the key in"):
+        load_vendor_config(with_keys("not a key!", bank))
