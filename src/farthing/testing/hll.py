@@ -6,7 +6,7 @@ paywall's HLL method follow; the differential test runs the same batches through
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from farthing.core.clock import RandomSource
 from farthing.core.encoding import Writer
@@ -42,6 +42,7 @@ from farthing.core.schemes.hll import (
     DepositTally,
     Offer,
     Purchase,
+    SpendRecord,
     VerifiedPurchase,
     authorize_purchase,
     batch_tag,
@@ -53,6 +54,8 @@ from farthing.core.schemes.hll import (
     decide_deferred,
     encode_batch,
     encode_card_certificate,
+    encode_offer,
+    is_online_retry,
     is_text,
     is_u64,
     issue_card_certificate,
@@ -65,7 +68,7 @@ from farthing.core.schemes.hll import (
     verify_purchase,
 )
 
-__all__ = ["HllBank", "HllMerchant", "SoftwareCard"]
+__all__ = ["HllBank", "HllMerchant", "OnlineSettlement", "SoftwareCard"]
 
 _DOMAIN_PIN = "farthing/hll/pin"
 
@@ -125,13 +128,23 @@ class SoftwareCard:
 # --- the bank -------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class OnlineSettlement:
+    """The bank's answer to an online payment: what it verified, and whether this was an
+    exact resend of a purchase it had settled (then nothing more was charged)."""
+
+    verified: VerifiedPurchase
+    repeated: bool
+
+
 class HllBank:
     """The bank B in memory: the reference for the storage-backed issuer, judging every
     payment by the same core rules (:func:`~farthing.core.schemes.hll.card_may_pay`,
     :func:`~farthing.core.schemes.hll.judge_deposit_item`,
     :func:`~farthing.core.schemes.hll.judge_spend`).
 
-    Accepts each (card, counter) once, online or by deposit; never lets a card's spent
+    Accepts each (card, counter) once, online or by deposit (an exact online resend of a
+    settled purchase is answered as settled again, charging nothing); never lets a card's spent
     total exceed its loaded value; remembers each deposit by (merchant, batch id) so a
     resent batch gets the same report. One denomination per bank; each merchant is paid in
     one currency (the bank's unless told). Deposited items are accepted up to
@@ -149,7 +162,7 @@ class HllBank:
         self._certification_key = certification_key
         self._deposit_window = deposit_window
         self._cards: dict[bytes, BankCard] = {}
-        self._used: set[tuple[bytes, int]] = set()
+        self._spends: dict[tuple[bytes, int], SpendRecord] = {}
         self._merchants: dict[str, tuple[bytes, str]] = {}  # id -> (K_M, currency)
         self._credited: dict[str, int] = {}
         self._batches: dict[tuple[str, bytes], tuple[bytes, DepositReport]] = {}
@@ -197,6 +210,10 @@ class HllBank:
         return self._credited[merchant_id]
 
     def verify_online(self, offer: Offer, purchase: Purchase, now: int) -> VerifiedPurchase:
+        """:meth:`settle_online`, answering only what was verified."""
+        return self.settle_online(offer, purchase, now).verified
+
+    def settle_online(self, offer: Offer, purchase: Purchase, now: int) -> OnlineSettlement:
         """Verify and settle one payment now, crediting ``offer.merchant_id``.
 
         The caller (the HTTP edge) must have authenticated that merchant. Raises NotFound
@@ -213,13 +230,15 @@ class HllBank:
             raise InvalidPayment()
         verified = verify_purchase(card.key, offer, purchase, now)
         card_may_pay(card, offer, merchant_currency=merchant[1])
+        offer_digest = sha256(encode_offer(offer))
+        earlier = self._spends.get((verified.card_id, verified.counter))
+        if is_online_retry(earlier, merchant_id=offer.merchant_id, offer_digest=offer_digest):
+            return OnlineSettlement(verified=verified, repeated=True)
         check_spend(
-            spent_before=(verified.card_id, verified.counter) in self._used,
-            remaining=card.remaining,
-            amount=verified.amount,
+            spent_before=earlier is not None, remaining=card.remaining, amount=verified.amount
         )
-        self._charge(verified)
-        return verified
+        self._charge(verified, offer_digest)
+        return OnlineSettlement(verified=verified, repeated=False)
 
     def deposit(self, batch: DepositBatch, tag: bytes, now: int) -> DepositReport:
         """Settle a merchant's batch. Raises InvalidPayment(DEPOSIT_INVALID) for a bad
@@ -262,17 +281,20 @@ class HllBank:
             return judged
         account = self._cards[judged.card_id]
         refusal = judge_spend(
-            spent_before=(judged.card_id, judged.counter) in self._used,
+            spent_before=(judged.card_id, judged.counter) in self._spends,
             remaining=account.remaining,
             amount=judged.amount,
         )
         if refusal is not None:
             return refusal
-        self._charge(judged)
+        self._charge(judged, None)
         return judged
 
-    def _charge(self, verified: VerifiedPurchase) -> None:
-        self._used.add((verified.card_id, verified.counter))
+    def _charge(self, verified: VerifiedPurchase, offer_digest: bytes | None) -> None:
+        """Record (card, counter) as spent (with the offer's digest if online, so an exact
+        resend is recognised) and move its value to the merchant."""
+        record = SpendRecord(merchant_id=verified.merchant_id, offer_digest=offer_digest)
+        self._spends[(verified.card_id, verified.counter)] = record
         card = self._cards[verified.card_id]
         self._cards[verified.card_id] = replace(card, spent=card.spent + verified.amount)
         self._credited[verified.merchant_id] += verified.amount
