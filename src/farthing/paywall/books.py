@@ -17,8 +17,7 @@ from typing import Protocol
 from farthing.core.cardcode import Generator
 from farthing.core.errors import Conflict, ErrorCode, InvalidPayment
 from farthing.core.money import Denomination
-from farthing.core.retry import same_request
-from farthing.core.schemes import payword, szm_chain, szm_prbg
+from farthing.core.schemes import hll, payword, szm_chain, szm_prbg
 from farthing.core.schemes.hll import DeferredDecision
 from farthing.paywall.methods.hll import DeferredPolicy, DeferredRecord, PendingPurchase
 from farthing.paywall.methods.payword import HeldCommitment
@@ -198,10 +197,8 @@ class HllDeferredBook:
             # of retries under 200 honest buyers at once).
             tx.lock_key(b"vendor-hll-deferred")
             row = tx.vendor.hll_payment(purchase.card_id, purchase.counter)
-            if row is not None:
-                if _is_retry(row, purchase):  # a lost answer: serve it again, take nothing
-                    return DeferredRecord(deferred=row.mode is HllMode.DEFERRED, retried=True)
-                raise _repeat()  # also when it would now go online: never deliver it twice
+            if row is not None:  # served again if a retry, else refused (even if it
+                return _retried(row, purchase)  # would now go online: never deliver twice)
             # Per card: what the bank has not accepted, refusals included (a card that
             # cheated stays charged); per merchant: what the bank has not yet answered.
             decision = decide(
@@ -230,9 +227,9 @@ class HllDeferredBook:
         # (card, counter) was taken by a concurrent copy: this very request, or a replay.
         with self._store.transaction(readonly=True) as tx:
             row = tx.vendor.hll_payment(purchase.card_id, purchase.counter)
-        if row is not None and _is_retry(row, purchase):
-            return DeferredRecord(deferred=row.mode is HllMode.DEFERRED, retried=True)
-        raise _repeat()
+        if row is None:
+            raise InvalidPayment("payment did not verify")
+        return _retried(row, purchase)
 
     def record_online(self, purchase: PendingPurchase) -> None:
         """Remember a purchase the bank verified online, so the same credential sent again
@@ -256,10 +253,12 @@ class HllDeferredBook:
             self._store.run_in_transaction(write)
 
 
-def _repeat() -> InvalidPayment:
-    return InvalidPayment("payment did not verify")
-
-
-def _is_retry(row: VendorHllPaymentRow, purchase: PendingPurchase) -> bool:
-    """Was this purchase recorded before from the same request, and not refused since?"""
-    return row.state is not HllPaymentState.REJECTED and same_request(row.request, purchase.request)
+def _retried(row: VendorHllPaymentRow, purchase: PendingPurchase) -> DeferredRecord:
+    """A (card, counter) recorded before: the same request again, not refused by the bank
+    since, is served as taken then (the core's rule); anything else is refused."""
+    hll.check_merchant_repeat(
+        earlier_request=row.request,
+        refused=row.state is HllPaymentState.REJECTED,
+        request=purchase.request,
+    )
+    return DeferredRecord(deferred=row.mode is HllMode.DEFERRED, retried=True)

@@ -48,6 +48,7 @@ from farthing.core.schemes.hll import (
     batch_tag,
     card_may_pay,
     check_fresh,
+    check_merchant_repeat,
     check_resent_batch,
     check_spend,
     complete_purchase,
@@ -330,13 +331,25 @@ class HllMerchant:
         self._bank_public_key = bank_public_key
         self._ttl = offer_ttl
         self._open: dict[bytes, Offer] = {}
-        self._seen: set[tuple[bytes, int]] = set()
+        # per (card, counter) taken: the request that carried it and how it was taken
+        self._seen: dict[tuple[bytes, int], tuple[bytes | None, DeferredDecision]] = {}
+        self._refused: set[tuple[bytes, int]] = set()  # by the bank, at deposit
         self._outstanding: dict[bytes, int] = {}  # per card: not accepted by the bank
         self._unanswered = 0  # all cards: not yet answered by the bank
         self._pending: list[DepositItem] = []
         self._unsettled: dict[bytes, DepositBatch] = {}
 
-    def offer(self, *, good: str, amount: int, denomination: Denomination, now: int) -> Offer:
+    def offer(
+        self,
+        *,
+        good: str,
+        amount: int,
+        denomination: Denomination,
+        now: int,
+        challenge: bytes | None = None,
+    ) -> Offer:
+        """A new open offer; its challenge T from the merchant's ``rng`` unless given (a
+        paywall's signed challenge id, for the differential test)."""
         self._open = {t: o for t, o in self._open.items() if now < o.expires_at}
         offer = make_offer(
             merchant_id=self.merchant_id,
@@ -346,6 +359,7 @@ class HllMerchant:
             rng=self._rng,
             now=now,
             ttl=self._ttl,
+            challenge=challenge,
         )
         self._open[offer.challenge] = offer
         return offer
@@ -353,29 +367,52 @@ class HllMerchant:
     def outstanding(self, card_id: bytes) -> int:
         return self._outstanding.get(card_id, 0)
 
-    def _check_acceptable(self, offer: Offer, purchase: Purchase, now: int) -> None:
+    def _retried(
+        self, offer: Offer, purchase: Purchase, now: int, request: bytes | None
+    ) -> DeferredDecision | None:
+        """How a (card, counter) taken before was taken, if this is its retry (the core's
+        :func:`check_merchant_repeat`, which refuses any other repeat); None if new."""
+        check_fresh(offer, now)
+        key = (purchase.card_id, purchase.counter)
+        seen = self._seen.get(key)
+        if seen is None:
+            return None
+        check_merchant_repeat(
+            earlier_request=seen[0], refused=key in self._refused, request=request
+        )
+        return seen[1]
+
+    def _check_acceptable(self, offer: Offer, purchase: Purchase) -> None:
         if self._open.get(offer.challenge) != offer:
             raise InvalidPayment("unknown or used offer", code=ErrorCode.CHALLENGE_INVALID)
-        check_fresh(offer, now)
         if purchase.counter == 0:
             raise InvalidPayment()
-        if (purchase.card_id, purchase.counter) in self._seen:
-            raise Conflict("payment already spent", code=ErrorCode.DUPLICATE_SPEND)
 
-    def _consume(self, offer: Offer, purchase: Purchase) -> None:
+    def _consume(
+        self, offer: Offer, purchase: Purchase, request: bytes | None, how: DeferredDecision
+    ) -> None:
         del self._open[offer.challenge]
-        self._seen.add((purchase.card_id, purchase.counter))
+        self._seen[(purchase.card_id, purchase.counter)] = (request, how)
 
     def outstanding_total(self) -> int:
         """Units all cards owe this merchant in deferred payments the bank has not answered."""
         return self._unanswered
 
     def accept_deferred(
-        self, offer: Offer, purchase: Purchase, now: int, *, certificate: bytes | None
+        self,
+        offer: Offer,
+        purchase: Purchase,
+        now: int,
+        *,
+        certificate: bytes | None,
+        request: bytes | None = None,
     ) -> None:
         """Accept without the bank (the payment joins the next deposit batch), or raise
-        InsufficientFunds(RISK_LIMIT) when :func:`decide_deferred` says go online."""
-        self._check_acceptable(offer, purchase, now)
+        InsufficientFunds(RISK_LIMIT) when :func:`decide_deferred` says go online.
+        ``request``: the tag of the request carrying it, for :meth:`accept`'s retries."""
+        if self._retried(offer, purchase, now, request) is not None:
+            return  # this very request again: taken already
+        self._check_acceptable(offer, purchase)
         card_outstanding = self.outstanding(purchase.card_id)
         decision = decide_deferred(
             risk=self._risk,
@@ -392,7 +429,7 @@ class HllMerchant:
                 "not vouched for or over the deferred risk caps: verify online",
                 code=ErrorCode.RISK_LIMIT,
             )
-        self._consume(offer, purchase)
+        self._consume(offer, purchase, request, DeferredDecision.DEFER)
         self._outstanding[purchase.card_id] = card_outstanding + offer.amount
         self._unanswered += offer.amount
         self._pending.append(DepositItem(offer=offer, purchase=purchase))
@@ -405,16 +442,21 @@ class HllMerchant:
         *,
         certificate: bytes | None,
         verify_online: Callable[[Offer, Purchase, int], VerifiedPurchase],
-    ) -> DeferredDecision:
-        """Deferred where :func:`decide_deferred` allows it, else online; how it was taken."""
+        request: bytes | None = None,
+    ) -> tuple[DeferredDecision, bool]:
+        """Deferred where :func:`decide_deferred` allows it, else online: how it was taken,
+        and whether this was a retry (the same ``request`` again: nothing new is taken)."""
+        earlier = self._retried(offer, purchase, now, request)
+        if earlier is not None:
+            return earlier, True
         try:
-            self.accept_deferred(offer, purchase, now, certificate=certificate)
+            self.accept_deferred(offer, purchase, now, certificate=certificate, request=request)
         except InsufficientFunds as error:
             if error.code is not ErrorCode.RISK_LIMIT:
                 raise
-            self.accept_online(offer, purchase, now, verify_online)
-            return DeferredDecision.ONLINE
-        return DeferredDecision.DEFER
+            self.accept_online(offer, purchase, now, verify_online, request=request)
+            return DeferredDecision.ONLINE, False
+        return DeferredDecision.DEFER, False
 
     def accept_online(
         self,
@@ -422,11 +464,15 @@ class HllMerchant:
         purchase: Purchase,
         now: int,
         verify_online: Callable[[Offer, Purchase, int], VerifiedPurchase],
+        *,
+        request: bytes | None = None,
     ) -> VerifiedPurchase:
         """Ask the bank first (e.g. ``bank.verify_online``); it settles, so no deposit."""
-        self._check_acceptable(offer, purchase, now)
+        if self._retried(offer, purchase, now, request) is not None:
+            return verify_online(offer, purchase, now)  # the bank answers its retry alike
+        self._check_acceptable(offer, purchase)
         verified = verify_online(offer, purchase, now)
-        self._consume(offer, purchase)
+        self._consume(offer, purchase, request, DeferredDecision.ONLINE)
         return verified
 
     def make_deposit(self) -> tuple[DepositBatch, bytes]:
@@ -451,6 +497,7 @@ class HllMerchant:
         if batch is None:
             raise LocalProtocolError("no such unsettled batch")
         refused = refused_items(report)
+        self._refused |= refused
         for item in batch.items:
             amount, card_id = item.offer.amount, item.purchase.card_id
             self._unanswered = self._risk.settle(self._unanswered, amount)
