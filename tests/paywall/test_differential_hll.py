@@ -248,6 +248,10 @@ class Twins:
         return Answer(mode=mode.value, units=sent.offer.amount, retried=retried)
 
 
+def price(units: int) -> Price:
+    return Price(micros=units * EUR.unit_micros, currency="EUR")
+
+
 def answer(call: Callable[[], Answer]) -> Answer:
     try:
         return call()
