@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 from farthing.core.cardcode import Generator
 from farthing.core.errors import Conflict, ErrorCode, InvalidPayment
@@ -43,22 +43,67 @@ def _denomination(currency: str, unit_micros: int) -> Denomination:
     return Denomination(currency=currency, unit_micros=unit_micros)
 
 
+class _CardState(Protocol):
+    """What the book writes back of an SZM card's state."""
+
+    @property
+    def card_id(self) -> bytes: ...
+
+    @property
+    def spent(self) -> int: ...
+
+    @property
+    def last_request(self) -> bytes | None: ...
+
+
+C = TypeVar("C", bound=_CardState)
+
+
 def _active(row: SzmCardRow | None, protocol: SzmProtocol) -> SzmCardRow | None:
     if row is None or row.protocol is not protocol or row.status is not CardStatus.ACTIVE:
         return None
     return row
 
 
-class ChainBook:
-    """``szm:chain`` cards in the shared issuer/vendor store."""
+class _SzmBook(Generic[C]):
+    """One SZM protocol's cards in the shared issuer/vendor store: the two protocols differ
+    only in how a row becomes a state and what proof the card keeps (:meth:`_state`,
+    :meth:`_anchor`)."""
+
+    _protocol: SzmProtocol
 
     def __init__(self, store: Store, writer: StoreWriter) -> None:
         self._store = store
         self._writer = writer
 
-    async def load(self, key: bytes) -> szm_chain.ChainCardState | None:
-        row = _active(await asyncio.to_thread(self._store.szm_card, key), SzmProtocol.CHAIN)
-        if row is None or row.anchor is None:
+    async def load(self, key: bytes) -> C | None:
+        row = _active(await asyncio.to_thread(self._store.szm_card, key), self._protocol)
+        return None if row is None else self._state(row)
+
+    async def insert(self, state: C) -> bool:
+        return False  # cards are issued by the issuer, never introduced by a payment
+
+    async def advance(self, old: C, new: C) -> bool:
+        return await self._writer.run_hot(
+            lambda hot: hot.szm.advance(
+                old.card_id, old.spent, new.spent, self._anchor(new), new.last_request
+            )
+        )
+
+    def _state(self, row: SzmCardRow) -> C | None:
+        raise NotImplementedError
+
+    def _anchor(self, state: C) -> bytes | None:
+        raise NotImplementedError
+
+
+class ChainBook(_SzmBook[szm_chain.ChainCardState]):
+    """``szm:chain`` cards: the card keeps the last chain value (the anchor)."""
+
+    _protocol = SzmProtocol.CHAIN
+
+    def _state(self, row: SzmCardRow) -> szm_chain.ChainCardState | None:
+        if row.anchor is None:
             return None
         return szm_chain.ChainCardState(
             card_id=row.card_id,
@@ -71,27 +116,17 @@ class ChainBook:
             last_units=row.last_units or 0,
         )
 
-    async def insert(self, state: szm_chain.ChainCardState) -> bool:
-        return False  # cards are issued by the issuer, never introduced by a payment
-
-    async def advance(self, old: szm_chain.ChainCardState, new: szm_chain.ChainCardState) -> bool:
-        return await self._writer.run_hot(
-            lambda hot: hot.szm.advance(
-                old.card_id, old.spent, new.spent, new.anchor, new.last_request
-            )
-        )
+    def _anchor(self, state: szm_chain.ChainCardState) -> bytes | None:
+        return state.anchor
 
 
-class PrbgBook:
-    """``szm:prbg`` cards in the shared issuer/vendor store."""
+class PrbgBook(_SzmBook[szm_prbg.PrbgCardState]):
+    """``szm:prbg`` cards: the card keeps its generator; no anchor."""
 
-    def __init__(self, store: Store, writer: StoreWriter) -> None:
-        self._store = store
-        self._writer = writer
+    _protocol = SzmProtocol.PRBG
 
-    async def load(self, key: bytes) -> szm_prbg.PrbgCardState | None:
-        row = _active(await asyncio.to_thread(self._store.szm_card, key), SzmProtocol.PRBG)
-        if row is None or row.generator is None:
+    def _state(self, row: SzmCardRow) -> szm_prbg.PrbgCardState | None:
+        if row.generator is None:
             return None
         return szm_prbg.PrbgCardState(
             card_id=row.card_id,
@@ -104,13 +139,8 @@ class PrbgBook:
             last_units=row.last_units or 0,
         )
 
-    async def insert(self, state: szm_prbg.PrbgCardState) -> bool:
-        return False
-
-    async def advance(self, old: szm_prbg.PrbgCardState, new: szm_prbg.PrbgCardState) -> bool:
-        return await self._writer.run_hot(
-            lambda hot: hot.szm.advance(old.card_id, old.spent, new.spent, None, new.last_request)
-        )
+    def _anchor(self, state: szm_prbg.PrbgCardState) -> bytes | None:
+        return None
 
 
 class PaywordBroker(Protocol):
