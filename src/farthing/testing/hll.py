@@ -308,8 +308,10 @@ class HllMerchant:
     """The merchant M in memory: makes offers, accepts payments, builds deposit batches.
 
     Deferred mode (:meth:`accept_deferred`) cannot check sigma (no K_C): it checks that
-    the offer is its own, open and unexpired, that (card, counter) is new here, and asks
-    :func:`decide_deferred` (B's card certificate, the per-card and per-merchant caps).
+    the offer is unexpired, judges a (card, counter) taken before by
+    :func:`check_merchant_repeat` (its own request's retry, or refused), that a new one
+    comes on its own open offer, and asks :func:`decide_deferred` (B's card certificate,
+    the per-card and per-merchant caps).
     When the answer is ONLINE it raises RISK_LIMIT with nothing changed, so the caller
     goes online with the same payment (:meth:`accept_online`); :meth:`accept` does both.
     """
