@@ -391,10 +391,10 @@ def bank_cases() -> list[Json]:
             "CHALLENGE_EXPIRED",
             now=first.expires_at,
         ),
-        payment_case(
+        payment_case(  # a cloned card: the counter spent already, on another offer
             "duplicate_counter",
-            first,
-            encode_payment(paid),
+            second,
+            encode_payment(mac_purchase(second, 1)),
             "Conflict",
             "DUPLICATE_SPEND",
             prior=((first, paid),),

@@ -131,16 +131,22 @@ class Twins:
         return reference.value
 
     def verify_online(self, merchant_id: str, item: hll.DepositItem) -> Outcome:
-        """Both banks verify and settle one purchase online; answers and totals equal."""
+        """Both banks verify and settle one purchase online; answers (units, and whether it
+        was an exact resend of a settled purchase) and totals equal."""
         offer_bytes = hll.encode_offer(item.offer)
         payment = hll.encode_payment(item.purchase)
         key = self.merchant_keys[merchant_id]
         tag = verify_request_tag(key, merchant_id, offer_bytes, payment)
-        service = outcome(
-            lambda: self.h.services.hll.verify_online(merchant_id, offer_bytes, payment, tag).units
-        )
-        now = self.h.clock.now()
-        reference = outcome(lambda: self.bank.verify_online(item.offer, item.purchase, now).amount)
+
+        def by_service() -> tuple[int, bool]:
+            spend = self.h.services.hll.verify_online(merchant_id, offer_bytes, payment, tag)
+            return spend.units, spend.repeated
+
+        def by_reference() -> tuple[int, bool]:
+            settled = self.bank.settle_online(item.offer, item.purchase, self.h.clock.now())
+            return settled.verified.amount, settled.repeated
+
+        service, reference = outcome(by_service), outcome(by_reference)
         assert service == reference
         self.assert_same_totals()
         return reference
@@ -272,12 +278,12 @@ def test_a_resent_batch_gets_the_first_report_alike(twins: Twins) -> None:
 
 
 def test_online_payments_are_judged_alike(twins: Twins) -> None:
-    assert twins.verify_online("m1", twins.buy("a", "m1", 4)).value == 4
+    assert twins.verify_online("m1", twins.buy("a", "m1", 4)).value == (4, False)
     blocked = twins.verify_online("m1", twins.buy("blocked", "m1", 1))
     assert blocked.error == (InvalidPayment, ErrorCode.PAYMENT_INVALID)
     usd = twins.verify_online("usd-shop", twins.buy("a", "usd-shop", 2))
     assert usd.error == (UnsupportedMethod, ErrorCode.UNSUPPORTED_METHOD)
-    assert twins.verify_online("m1", twins.buy("small", "m1", 7)).value == 7
+    assert twins.verify_online("m1", twins.buy("small", "m1", 7)).value == (7, False)
     over = twins.verify_online("m1", twins.buy("small", "m1", 7))
     assert over.error == (InsufficientFunds, ErrorCode.INSUFFICIENT_FUNDS)
     bad = twins.verify_online("m1", forged(twins.buy("a", "m1", 3)))
@@ -285,6 +291,16 @@ def test_online_payments_are_judged_alike(twins: Twins) -> None:
     late = twins.buy("a", "m1", 3)
     twins.h.clock.advance(301)
     assert twins.verify_online("m1", late).error == (PaymentExpired, ErrorCode.CHALLENGE_EXPIRED)
+
+
+def test_an_exact_online_resend_is_repeated_alike(twins: Twins) -> None:
+    """The merchant lost the answer and sends the same purchase again: both banks answer it
+    as settled (repeated) and charge nothing (the totals are compared after each call)."""
+    item = twins.buy("a", "m1", 3)
+    assert twins.verify_online("m1", item).value == (3, False)
+    assert twins.verify_online("m1", item).value == (3, True)
+    assert twins.verify_online("m1", item).value == (3, True)
+    assert twins.bank.spent(item.purchase.card_id) == 3
 
 
 def test_a_deposited_payment_sent_online_is_a_duplicate_alike(twins: Twins) -> None:

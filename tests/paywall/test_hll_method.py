@@ -65,10 +65,10 @@ class LocalBank:
         self.online += 1
         if self.down:
             raise Unavailable("the bank is down", retry_after=5, code=ErrorCode.ISSUER_UNAVAILABLE)
-        self.bank.verify_online(
+        settled = self.bank.settle_online(
             hll.decode_offer(offer), hll.decode_payment(payment), self.clock.now()
         )
-        return False  # the in-memory bank refuses a repeat outright
+        return settled.repeated  # as the issuer: an exact resend is settled, not charged
 
 
 class MemoryLog:
@@ -184,7 +184,10 @@ async def test_online_mode_pays_once_through_the_bank() -> None:
         other_path = the_card.purchase(offer_from(challenge, "/articles/a"), clock.now())
         wrong_good = await c.get("/articles/b", headers=auth(challenge, other_path))
     assert ok.status_code == 200
-    assert replay.status_code == 402
+    # The identical request again (its answer lost): the bank answers it as settled before,
+    # so the vendor serves it again (docs/http.md, "Retrying a paid request"), no new charge.
+    assert replay.status_code == 200
+    assert bank.online == 3  # online mode: each of the three requests asked the bank
     assert wrong_good.status_code == 402  # the card signed another good
     assert bank.bank.credited("shop") == 3
     assert the_card.state.balance == 94

@@ -12,13 +12,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 from farthing.core.cardcode import Generator
 from farthing.core.errors import Conflict, ErrorCode, InvalidPayment
 from farthing.core.money import Denomination
-from farthing.core.retry import same_request
-from farthing.core.schemes import payword, szm_chain, szm_prbg
+from farthing.core.schemes import hll, payword, szm_chain, szm_prbg
 from farthing.core.schemes.hll import DeferredDecision
 from farthing.paywall.methods.hll import DeferredPolicy, DeferredRecord, PendingPurchase
 from farthing.paywall.methods.payword import HeldCommitment
@@ -44,22 +43,67 @@ def _denomination(currency: str, unit_micros: int) -> Denomination:
     return Denomination(currency=currency, unit_micros=unit_micros)
 
 
+class _CardState(Protocol):
+    """What the book writes back of an SZM card's state."""
+
+    @property
+    def card_id(self) -> bytes: ...
+
+    @property
+    def spent(self) -> int: ...
+
+    @property
+    def last_request(self) -> bytes | None: ...
+
+
+C = TypeVar("C", bound=_CardState)
+
+
 def _active(row: SzmCardRow | None, protocol: SzmProtocol) -> SzmCardRow | None:
     if row is None or row.protocol is not protocol or row.status is not CardStatus.ACTIVE:
         return None
     return row
 
 
-class ChainBook:
-    """``szm:chain`` cards in the shared issuer/vendor store."""
+class _SzmBook(Generic[C]):
+    """One SZM protocol's cards in the shared issuer/vendor store: the two protocols differ
+    only in how a row becomes a state and what proof the card keeps (:meth:`_state`,
+    :meth:`_anchor`)."""
+
+    _protocol: SzmProtocol
 
     def __init__(self, store: Store, writer: StoreWriter) -> None:
         self._store = store
         self._writer = writer
 
-    async def load(self, key: bytes) -> szm_chain.ChainCardState | None:
-        row = _active(await asyncio.to_thread(self._store.szm_card, key), SzmProtocol.CHAIN)
-        if row is None or row.anchor is None:
+    async def load(self, key: bytes) -> C | None:
+        row = _active(await asyncio.to_thread(self._store.szm_card, key), self._protocol)
+        return None if row is None else self._state(row)
+
+    async def insert(self, state: C) -> bool:
+        return False  # cards are issued by the issuer, never introduced by a payment
+
+    async def advance(self, old: C, new: C) -> bool:
+        return await self._writer.run_hot(
+            lambda hot: hot.szm.advance(
+                old.card_id, old.spent, new.spent, self._anchor(new), new.last_request
+            )
+        )
+
+    def _state(self, row: SzmCardRow) -> C | None:
+        raise NotImplementedError
+
+    def _anchor(self, state: C) -> bytes | None:
+        raise NotImplementedError
+
+
+class ChainBook(_SzmBook[szm_chain.ChainCardState]):
+    """``szm:chain`` cards: the card keeps the last chain value (the anchor)."""
+
+    _protocol = SzmProtocol.CHAIN
+
+    def _state(self, row: SzmCardRow) -> szm_chain.ChainCardState | None:
+        if row.anchor is None:
             return None
         return szm_chain.ChainCardState(
             card_id=row.card_id,
@@ -72,27 +116,17 @@ class ChainBook:
             last_units=row.last_units or 0,
         )
 
-    async def insert(self, state: szm_chain.ChainCardState) -> bool:
-        return False  # cards are issued by the issuer, never introduced by a payment
-
-    async def advance(self, old: szm_chain.ChainCardState, new: szm_chain.ChainCardState) -> bool:
-        return await self._writer.run_hot(
-            lambda hot: hot.szm.advance(
-                old.card_id, old.spent, new.spent, new.anchor, new.last_request
-            )
-        )
+    def _anchor(self, state: szm_chain.ChainCardState) -> bytes | None:
+        return state.anchor
 
 
-class PrbgBook:
-    """``szm:prbg`` cards in the shared issuer/vendor store."""
+class PrbgBook(_SzmBook[szm_prbg.PrbgCardState]):
+    """``szm:prbg`` cards: the card keeps its generator; no anchor."""
 
-    def __init__(self, store: Store, writer: StoreWriter) -> None:
-        self._store = store
-        self._writer = writer
+    _protocol = SzmProtocol.PRBG
 
-    async def load(self, key: bytes) -> szm_prbg.PrbgCardState | None:
-        row = _active(await asyncio.to_thread(self._store.szm_card, key), SzmProtocol.PRBG)
-        if row is None or row.generator is None:
+    def _state(self, row: SzmCardRow) -> szm_prbg.PrbgCardState | None:
+        if row.generator is None:
             return None
         return szm_prbg.PrbgCardState(
             card_id=row.card_id,
@@ -105,13 +139,8 @@ class PrbgBook:
             last_units=row.last_units or 0,
         )
 
-    async def insert(self, state: szm_prbg.PrbgCardState) -> bool:
-        return False
-
-    async def advance(self, old: szm_prbg.PrbgCardState, new: szm_prbg.PrbgCardState) -> bool:
-        return await self._writer.run_hot(
-            lambda hot: hot.szm.advance(old.card_id, old.spent, new.spent, None, new.last_request)
-        )
+    def _anchor(self, state: szm_prbg.PrbgCardState) -> bytes | None:
+        return None
 
 
 class PaywordBroker(Protocol):
@@ -198,10 +227,8 @@ class HllDeferredBook:
             # of retries under 200 honest buyers at once).
             tx.lock_key(b"vendor-hll-deferred")
             row = tx.vendor.hll_payment(purchase.card_id, purchase.counter)
-            if row is not None:
-                if _is_retry(row, purchase):  # a lost answer: serve it again, take nothing
-                    return DeferredRecord(deferred=row.mode is HllMode.DEFERRED, retried=True)
-                raise _repeat()  # also when it would now go online: never deliver it twice
+            if row is not None:  # served again if a retry, else refused (even if it
+                return _retried(row, purchase)  # would now go online: never deliver twice)
             # Per card: what the bank has not accepted, refusals included (a card that
             # cheated stays charged); per merchant: what the bank has not yet answered.
             decision = decide(
@@ -230,9 +257,9 @@ class HllDeferredBook:
         # (card, counter) was taken by a concurrent copy: this very request, or a replay.
         with self._store.transaction(readonly=True) as tx:
             row = tx.vendor.hll_payment(purchase.card_id, purchase.counter)
-        if row is not None and _is_retry(row, purchase):
-            return DeferredRecord(deferred=row.mode is HllMode.DEFERRED, retried=True)
-        raise _repeat()
+        if row is None:
+            raise InvalidPayment("payment did not verify")
+        return _retried(row, purchase)
 
     def record_online(self, purchase: PendingPurchase) -> None:
         """Remember a purchase the bank verified online, so the same credential sent again
@@ -256,10 +283,12 @@ class HllDeferredBook:
             self._store.run_in_transaction(write)
 
 
-def _repeat() -> InvalidPayment:
-    return InvalidPayment("payment did not verify")
-
-
-def _is_retry(row: VendorHllPaymentRow, purchase: PendingPurchase) -> bool:
-    """Was this purchase recorded before from the same request, and not refused since?"""
-    return row.state is not HllPaymentState.REJECTED and same_request(row.request, purchase.request)
+def _retried(row: VendorHllPaymentRow, purchase: PendingPurchase) -> DeferredRecord:
+    """A (card, counter) recorded before: the same request again, not refused by the bank
+    since, is served as taken then (the core's rule); anything else is refused."""
+    hll.check_merchant_repeat(
+        earlier_request=row.request,
+        refused=row.state is HllPaymentState.REJECTED,
+        request=purchase.request,
+    )
+    return DeferredRecord(deferred=row.mode is HllMode.DEFERRED, retried=True)

@@ -35,6 +35,7 @@ from farthing.store._sql import (
     insert_if_absent,
     load_json,
     require_positive,
+    set_card_status,
 )
 
 __all__ = [
@@ -90,12 +91,7 @@ class HllArea(Area):
             raise NotFound("no such card")
 
     def set_status(self, card_id: bytes, status: CardStatus) -> bool:
-        stmt = (
-            update(hll_cards)
-            .where(hll_cards.c.card_id == card_id)
-            .values(status=CardStatus(status).value)
-        )
-        return self._ctx.conn.execute(stmt).rowcount == 1
+        return set_card_status(self._ctx, hll_cards, card_id, CardStatus(status).value)
 
     def record_spend(
         self,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import Dialect, Select, Update, bindparam, select, update
+from sqlalchemy import ColumnElement, Dialect, Select, Table, Update, bindparam, select, update
 
 from farthing.store._fastlane import FastBatch, FastStatement
 from farthing.store._rows import CardStatus
@@ -67,42 +67,43 @@ class HotArea:
 
 
 def _szm_advance() -> Update:
-    """UPDATE szm_cards SET spent, anchor, last_request, last_units WHERE card_id AND
-    spent = old (compare-and-set)."""
-    c = szm_cards.c
-    new_spent = bindparam("new_spent", type_=c.spent.type)
-    return (
-        update(szm_cards)
-        .where(
-            c.card_id == bindparam("key_card_id"),
-            c.spent == bindparam("old_spent"),
-            c.units >= new_spent,
-            c.status == CardStatus.ACTIVE.value,
-        )
-        .values(
-            spent=new_spent,
-            anchor=bindparam("new_anchor", type_=c.anchor.type),
-            # What a retry of this payment needs, in the same write (no extra round trip).
-            last_request=bindparam("new_request", type_=c.last_request.type),
-            last_units=bindparam("new_units", type_=c.last_units.type),
-        )
+    """UPDATE szm_cards SET spent, anchor, ... WHERE card_id AND spent = old AND units >= new
+    AND the card is active."""
+    return _compare_and_set(
+        szm_cards, "card_id", "units", "anchor", szm_cards.c.status == CardStatus.ACTIVE.value
     )
 
 
 def _payword_advance() -> Update:
-    c = vendor_payword_commitments.c
+    """UPDATE vendor_payword_commitments SET spent, last_value, ... WHERE commitment_id AND
+    spent = old AND length >= new."""
+    return _compare_and_set(vendor_payword_commitments, "commitment_id", "length", "last_value")
+
+
+def _compare_and_set(
+    table: Table, key: str, size: str, proof: str, *more: ColumnElement[bool]
+) -> Update:
+    """Move ``spent`` from ``old_spent`` to ``new_spent`` (not past ``size``) and store the
+    payment's ``proof``, iff ``spent`` is still ``old_spent`` (compare-and-set). Parameters:
+    ``key_<key>``, ``old_spent``, ``new_spent``, ``new_<proof>``, ``new_request``,
+    ``new_units``."""
+    c = table.c
     new_spent = bindparam("new_spent", type_=c.spent.type)
     return (
-        update(vendor_payword_commitments)
+        update(table)
         .where(
-            c.commitment_id == bindparam("key_commitment_id"),
+            c[key] == bindparam(f"key_{key}"),
             c.spent == bindparam("old_spent"),
-            c.length >= new_spent,
+            c[size] >= new_spent,
+            *more,
         )
         .values(
-            spent=new_spent,
-            last_value=bindparam("new_last_value", type_=c.last_value.type),
-            last_request=bindparam("new_request", type_=c.last_request.type),
-            last_units=bindparam("new_units", type_=c.last_units.type),
+            {
+                "spent": new_spent,
+                proof: bindparam(f"new_{proof}", type_=c[proof].type),
+                # What a retry of this payment needs, in the same write (no extra round trip).
+                "last_request": bindparam("new_request", type_=c.last_request.type),
+                "last_units": bindparam("new_units", type_=c.last_units.type),
+            }
         )
     )

@@ -18,6 +18,7 @@ from sqlalchemy import (
     func,
     insert,
     select,
+    update,
 )
 
 from farthing.core.clock import Clock
@@ -35,6 +36,7 @@ __all__ = [
     "load_json",
     "require_forward",
     "require_positive",
+    "set_card_status",
     "total",
 ]
 
@@ -135,3 +137,9 @@ def insert_if_absent(ctx: Ctx, table: Table, values: Mapping[str, object]) -> bo
         raise
     savepoint.commit()
     return True
+
+
+def set_card_status(ctx: Ctx, cards: Table, card_id: bytes, status: str) -> bool:
+    """Set a card's status (HLL or SZM card table); False if there is no such card."""
+    stmt = update(cards).where(cards.c.card_id == card_id).values(status=status)
+    return ctx.conn.execute(stmt).rowcount == 1

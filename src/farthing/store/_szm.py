@@ -26,7 +26,14 @@ from farthing.store._hot import HotArea
 from farthing.store._ledger import LedgerArea
 from farthing.store._rows import AccountKind, CardStatus, SzmBatchRow, SzmCardRow, SzmProtocol
 from farthing.store._schema import szm_batches, szm_card_lookups, szm_cards, szm_recognised
-from farthing.store._sql import Area, build, insert_if_absent, require_forward, total
+from farthing.store._sql import (
+    Area,
+    build,
+    insert_if_absent,
+    require_forward,
+    set_card_status,
+    total,
+)
 
 __all__ = [
     "HotSzmArea",
@@ -168,12 +175,7 @@ class SzmArea(Area):
         return int(self._ctx.conn.execute(stmt).scalar_one())
 
     def set_status(self, card_id: bytes, status: CardStatus) -> bool:
-        stmt = (
-            update(szm_cards)
-            .where(szm_cards.c.card_id == card_id)
-            .values(status=CardStatus(status).value)
-        )
-        return self._ctx.conn.execute(stmt).rowcount == 1
+        return set_card_status(self._ctx, szm_cards, card_id, CardStatus(status).value)
 
     def recognize_revenue(
         self, revenue_account_id: int, prepaid_float_account_id: int, reference: str

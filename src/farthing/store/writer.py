@@ -66,6 +66,7 @@ class _TxJob(Generic[T]):
 
 # One batch holds jobs of many result types; each job's future is typed by its own.
 _AnyJob = _HotJob[Any] | _TxJob[Any]
+J = TypeVar("J", _HotJob[Any], _TxJob[Any])
 # A job's outcome: (future, the exception it raised or None, its result).
 _Outcome = tuple["asyncio.Future[Any]", BaseException | None, object]
 # The same inside the writer thread, before it is handed to the job's event loop.
@@ -156,8 +157,9 @@ class StoreWriter:
             batch: list[_AnyJob] = [first]
             stop = self._drain(batch)
             outcomes: list[_Done] = []
-            self._run_hot([job for job in batch if isinstance(job, _HotJob)], outcomes)
-            self._run_tx([job for job in batch if isinstance(job, _TxJob)], outcomes)
+            hot = [job for job in batch if isinstance(job, _HotJob)]
+            self._run(hot, self._commit_hot, outcomes)
+            self._run([job for job in batch if isinstance(job, _TxJob)], self._commit_tx, outcomes)
             _deliver(outcomes)
             if stop:
                 return
@@ -173,44 +175,35 @@ class StoreWriter:
             batch.append(item)
         return False
 
-    def _run_hot(self, jobs: list[_HotJob[Any]], outcomes: list[_Done]) -> None:
-        """Run ``jobs`` in one hot batch; add their outcomes."""
+    def _run(
+        self,
+        jobs: list[J],
+        commit: Callable[[list[J]], list[object]],
+        outcomes: list[_Done],
+    ) -> None:
+        """Run ``jobs`` (all of one kind) in one transaction; add their outcomes. If it
+        fails, each job runs again alone, so one bad job cannot take the others' results
+        with it."""
         if not jobs:
             return
         try:
-            with self._store.hot_batch() as hot:
-                results = [job.work(hot) for job in jobs]
+            results = commit(jobs)
         except BaseException as error:
-            _isolate(jobs, error, outcomes, lambda job: self._run_hot([job], outcomes))
+            if len(jobs) == 1:
+                outcomes.append((jobs[0], error, None))
+            else:
+                for job in jobs:
+                    self._run([job], commit, outcomes)
             return
         outcomes.extend((job, None, result) for job, result in zip(jobs, results, strict=True))
 
-    def _run_tx(self, jobs: list[_TxJob[Any]], outcomes: list[_Done]) -> None:
-        """Run ``jobs`` in one transaction; add their outcomes."""
-        if not jobs:
-            return
-        try:
-            with self._store.transaction() as tx:
-                results = [job.work(tx) for job in jobs]
-        except BaseException as error:
-            _isolate(jobs, error, outcomes, lambda job: self._run_tx([job], outcomes))
-            return
-        outcomes.extend((job, None, result) for job, result in zip(jobs, results, strict=True))
+    def _commit_hot(self, jobs: list[_HotJob[Any]]) -> list[object]:
+        with self._store.hot_batch() as hot:
+            return [job.work(hot) for job in jobs]
 
-
-J = TypeVar("J", _HotJob[Any], _TxJob[Any])
-
-
-def _isolate(
-    jobs: list[J], error: BaseException, outcomes: list[_Done], alone: Callable[[J], None]
-) -> None:
-    """After a failed batch: a lone job gets its error; of several, each runs again alone,
-    so one bad job cannot take the others' results with it."""
-    if len(jobs) == 1:
-        outcomes.append((jobs[0], error, None))
-        return
-    for job in jobs:
-        alone(job)
+    def _commit_tx(self, jobs: list[_TxJob[Any]]) -> list[object]:
+        with self._store.transaction() as tx:
+            return [job.work(tx) for job in jobs]
 
 
 def _deliver(outcomes: list[_Done]) -> None:

@@ -6,7 +6,7 @@ paywall's HLL method follow; the differential test runs the same batches through
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from farthing.core.clock import RandomSource
 from farthing.core.encoding import Writer
@@ -42,17 +42,21 @@ from farthing.core.schemes.hll import (
     DepositTally,
     Offer,
     Purchase,
+    SpendRecord,
     VerifiedPurchase,
     authorize_purchase,
     batch_tag,
     card_may_pay,
     check_fresh,
+    check_merchant_repeat,
     check_resent_batch,
     check_spend,
     complete_purchase,
     decide_deferred,
     encode_batch,
     encode_card_certificate,
+    encode_offer,
+    is_online_retry,
     is_text,
     is_u64,
     issue_card_certificate,
@@ -65,7 +69,7 @@ from farthing.core.schemes.hll import (
     verify_purchase,
 )
 
-__all__ = ["HllBank", "HllMerchant", "SoftwareCard"]
+__all__ = ["HllBank", "HllMerchant", "OnlineSettlement", "SoftwareCard"]
 
 _DOMAIN_PIN = "farthing/hll/pin"
 
@@ -125,13 +129,23 @@ class SoftwareCard:
 # --- the bank -------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class OnlineSettlement:
+    """The bank's answer to an online payment: what it verified, and whether this was an
+    exact resend of a purchase it had settled (then nothing more was charged)."""
+
+    verified: VerifiedPurchase
+    repeated: bool
+
+
 class HllBank:
     """The bank B in memory: the reference for the storage-backed issuer, judging every
     payment by the same core rules (:func:`~farthing.core.schemes.hll.card_may_pay`,
     :func:`~farthing.core.schemes.hll.judge_deposit_item`,
     :func:`~farthing.core.schemes.hll.judge_spend`).
 
-    Accepts each (card, counter) once, online or by deposit; never lets a card's spent
+    Accepts each (card, counter) once, online or by deposit (an exact online resend of a
+    settled purchase is answered as settled again, charging nothing); never lets a card's spent
     total exceed its loaded value; remembers each deposit by (merchant, batch id) so a
     resent batch gets the same report. One denomination per bank; each merchant is paid in
     one currency (the bank's unless told). Deposited items are accepted up to
@@ -149,7 +163,7 @@ class HllBank:
         self._certification_key = certification_key
         self._deposit_window = deposit_window
         self._cards: dict[bytes, BankCard] = {}
-        self._used: set[tuple[bytes, int]] = set()
+        self._spends: dict[tuple[bytes, int], SpendRecord] = {}
         self._merchants: dict[str, tuple[bytes, str]] = {}  # id -> (K_M, currency)
         self._credited: dict[str, int] = {}
         self._batches: dict[tuple[str, bytes], tuple[bytes, DepositReport]] = {}
@@ -197,6 +211,10 @@ class HllBank:
         return self._credited[merchant_id]
 
     def verify_online(self, offer: Offer, purchase: Purchase, now: int) -> VerifiedPurchase:
+        """:meth:`settle_online`, answering only what was verified."""
+        return self.settle_online(offer, purchase, now).verified
+
+    def settle_online(self, offer: Offer, purchase: Purchase, now: int) -> OnlineSettlement:
         """Verify and settle one payment now, crediting ``offer.merchant_id``.
 
         The caller (the HTTP edge) must have authenticated that merchant. Raises NotFound
@@ -213,13 +231,15 @@ class HllBank:
             raise InvalidPayment()
         verified = verify_purchase(card.key, offer, purchase, now)
         card_may_pay(card, offer, merchant_currency=merchant[1])
+        offer_digest = sha256(encode_offer(offer))
+        earlier = self._spends.get((verified.card_id, verified.counter))
+        if is_online_retry(earlier, merchant_id=offer.merchant_id, offer_digest=offer_digest):
+            return OnlineSettlement(verified=verified, repeated=True)
         check_spend(
-            spent_before=(verified.card_id, verified.counter) in self._used,
-            remaining=card.remaining,
-            amount=verified.amount,
+            spent_before=earlier is not None, remaining=card.remaining, amount=verified.amount
         )
-        self._charge(verified)
-        return verified
+        self._charge(verified, offer_digest)
+        return OnlineSettlement(verified=verified, repeated=False)
 
     def deposit(self, batch: DepositBatch, tag: bytes, now: int) -> DepositReport:
         """Settle a merchant's batch. Raises InvalidPayment(DEPOSIT_INVALID) for a bad
@@ -262,17 +282,20 @@ class HllBank:
             return judged
         account = self._cards[judged.card_id]
         refusal = judge_spend(
-            spent_before=(judged.card_id, judged.counter) in self._used,
+            spent_before=(judged.card_id, judged.counter) in self._spends,
             remaining=account.remaining,
             amount=judged.amount,
         )
         if refusal is not None:
             return refusal
-        self._charge(judged)
+        self._charge(judged, None)
         return judged
 
-    def _charge(self, verified: VerifiedPurchase) -> None:
-        self._used.add((verified.card_id, verified.counter))
+    def _charge(self, verified: VerifiedPurchase, offer_digest: bytes | None) -> None:
+        """Record (card, counter) as spent (with the offer's digest if online, so an exact
+        resend is recognised) and move its value to the merchant."""
+        record = SpendRecord(merchant_id=verified.merchant_id, offer_digest=offer_digest)
+        self._spends[(verified.card_id, verified.counter)] = record
         card = self._cards[verified.card_id]
         self._cards[verified.card_id] = replace(card, spent=card.spent + verified.amount)
         self._credited[verified.merchant_id] += verified.amount
@@ -285,8 +308,10 @@ class HllMerchant:
     """The merchant M in memory: makes offers, accepts payments, builds deposit batches.
 
     Deferred mode (:meth:`accept_deferred`) cannot check sigma (no K_C): it checks that
-    the offer is its own, open and unexpired, that (card, counter) is new here, and asks
-    :func:`decide_deferred` (B's card certificate, the per-card and per-merchant caps).
+    the offer is unexpired, judges a (card, counter) taken before by
+    :func:`check_merchant_repeat` (its own request's retry, or refused), that a new one
+    comes on its own open offer, and asks :func:`decide_deferred` (B's card certificate,
+    the per-card and per-merchant caps).
     When the answer is ONLINE it raises RISK_LIMIT with nothing changed, so the caller
     goes online with the same payment (:meth:`accept_online`); :meth:`accept` does both.
     """
@@ -308,13 +333,25 @@ class HllMerchant:
         self._bank_public_key = bank_public_key
         self._ttl = offer_ttl
         self._open: dict[bytes, Offer] = {}
-        self._seen: set[tuple[bytes, int]] = set()
+        # per (card, counter) taken: the request that carried it and how it was taken
+        self._seen: dict[tuple[bytes, int], tuple[bytes | None, DeferredDecision]] = {}
+        self._refused: set[tuple[bytes, int]] = set()  # by the bank, at deposit
         self._outstanding: dict[bytes, int] = {}  # per card: not accepted by the bank
         self._unanswered = 0  # all cards: not yet answered by the bank
         self._pending: list[DepositItem] = []
         self._unsettled: dict[bytes, DepositBatch] = {}
 
-    def offer(self, *, good: str, amount: int, denomination: Denomination, now: int) -> Offer:
+    def offer(
+        self,
+        *,
+        good: str,
+        amount: int,
+        denomination: Denomination,
+        now: int,
+        challenge: bytes | None = None,
+    ) -> Offer:
+        """A new open offer; its challenge T from the merchant's ``rng`` unless given (a
+        paywall's signed challenge id, for the differential test)."""
         self._open = {t: o for t, o in self._open.items() if now < o.expires_at}
         offer = make_offer(
             merchant_id=self.merchant_id,
@@ -324,6 +361,7 @@ class HllMerchant:
             rng=self._rng,
             now=now,
             ttl=self._ttl,
+            challenge=challenge,
         )
         self._open[offer.challenge] = offer
         return offer
@@ -331,29 +369,52 @@ class HllMerchant:
     def outstanding(self, card_id: bytes) -> int:
         return self._outstanding.get(card_id, 0)
 
-    def _check_acceptable(self, offer: Offer, purchase: Purchase, now: int) -> None:
+    def _retried(
+        self, offer: Offer, purchase: Purchase, now: int, request: bytes | None
+    ) -> DeferredDecision | None:
+        """How a (card, counter) taken before was taken, if this is its retry (the core's
+        :func:`check_merchant_repeat`, which refuses any other repeat); None if new."""
+        check_fresh(offer, now)
+        key = (purchase.card_id, purchase.counter)
+        seen = self._seen.get(key)
+        if seen is None:
+            return None
+        check_merchant_repeat(
+            earlier_request=seen[0], refused=key in self._refused, request=request
+        )
+        return seen[1]
+
+    def _check_acceptable(self, offer: Offer, purchase: Purchase) -> None:
         if self._open.get(offer.challenge) != offer:
             raise InvalidPayment("unknown or used offer", code=ErrorCode.CHALLENGE_INVALID)
-        check_fresh(offer, now)
         if purchase.counter == 0:
             raise InvalidPayment()
-        if (purchase.card_id, purchase.counter) in self._seen:
-            raise Conflict("payment already spent", code=ErrorCode.DUPLICATE_SPEND)
 
-    def _consume(self, offer: Offer, purchase: Purchase) -> None:
+    def _consume(
+        self, offer: Offer, purchase: Purchase, request: bytes | None, how: DeferredDecision
+    ) -> None:
         del self._open[offer.challenge]
-        self._seen.add((purchase.card_id, purchase.counter))
+        self._seen[(purchase.card_id, purchase.counter)] = (request, how)
 
     def outstanding_total(self) -> int:
         """Units all cards owe this merchant in deferred payments the bank has not answered."""
         return self._unanswered
 
     def accept_deferred(
-        self, offer: Offer, purchase: Purchase, now: int, *, certificate: bytes | None
+        self,
+        offer: Offer,
+        purchase: Purchase,
+        now: int,
+        *,
+        certificate: bytes | None,
+        request: bytes | None = None,
     ) -> None:
         """Accept without the bank (the payment joins the next deposit batch), or raise
-        InsufficientFunds(RISK_LIMIT) when :func:`decide_deferred` says go online."""
-        self._check_acceptable(offer, purchase, now)
+        InsufficientFunds(RISK_LIMIT) when :func:`decide_deferred` says go online.
+        ``request``: the tag of the request carrying it, for :meth:`accept`'s retries."""
+        if self._retried(offer, purchase, now, request) is not None:
+            return  # this very request again: taken already
+        self._check_acceptable(offer, purchase)
         card_outstanding = self.outstanding(purchase.card_id)
         decision = decide_deferred(
             risk=self._risk,
@@ -370,7 +431,7 @@ class HllMerchant:
                 "not vouched for or over the deferred risk caps: verify online",
                 code=ErrorCode.RISK_LIMIT,
             )
-        self._consume(offer, purchase)
+        self._consume(offer, purchase, request, DeferredDecision.DEFER)
         self._outstanding[purchase.card_id] = card_outstanding + offer.amount
         self._unanswered += offer.amount
         self._pending.append(DepositItem(offer=offer, purchase=purchase))
@@ -383,16 +444,21 @@ class HllMerchant:
         *,
         certificate: bytes | None,
         verify_online: Callable[[Offer, Purchase, int], VerifiedPurchase],
-    ) -> DeferredDecision:
-        """Deferred where :func:`decide_deferred` allows it, else online; how it was taken."""
+        request: bytes | None = None,
+    ) -> tuple[DeferredDecision, bool]:
+        """Deferred where :func:`decide_deferred` allows it, else online: how it was taken,
+        and whether this was a retry (the same ``request`` again: nothing new is taken)."""
+        earlier = self._retried(offer, purchase, now, request)
+        if earlier is not None:
+            return earlier, True
         try:
-            self.accept_deferred(offer, purchase, now, certificate=certificate)
+            self.accept_deferred(offer, purchase, now, certificate=certificate, request=request)
         except InsufficientFunds as error:
             if error.code is not ErrorCode.RISK_LIMIT:
                 raise
-            self.accept_online(offer, purchase, now, verify_online)
-            return DeferredDecision.ONLINE
-        return DeferredDecision.DEFER
+            self.accept_online(offer, purchase, now, verify_online, request=request)
+            return DeferredDecision.ONLINE, False
+        return DeferredDecision.DEFER, False
 
     def accept_online(
         self,
@@ -400,11 +466,15 @@ class HllMerchant:
         purchase: Purchase,
         now: int,
         verify_online: Callable[[Offer, Purchase, int], VerifiedPurchase],
+        *,
+        request: bytes | None = None,
     ) -> VerifiedPurchase:
         """Ask the bank first (e.g. ``bank.verify_online``); it settles, so no deposit."""
-        self._check_acceptable(offer, purchase, now)
+        if self._retried(offer, purchase, now, request) is not None:
+            return verify_online(offer, purchase, now)  # the bank answers its retry alike
+        self._check_acceptable(offer, purchase)
         verified = verify_online(offer, purchase, now)
-        self._consume(offer, purchase)
+        self._consume(offer, purchase, request, DeferredDecision.ONLINE)
         return verified
 
     def make_deposit(self) -> tuple[DepositBatch, bytes]:
@@ -429,6 +499,7 @@ class HllMerchant:
         if batch is None:
             raise LocalProtocolError("no such unsettled batch")
         refused = refused_items(report)
+        self._refused |= refused
         for item in batch.items:
             amount, card_id = item.offer.amount, item.purchase.card_id
             self._unanswered = self._risk.settle(self._unanswered, amount)

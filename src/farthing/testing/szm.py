@@ -1,8 +1,13 @@
 """In-memory SZM issuers (hash chain and PRG): a dict of card states driven by the core's
 pure verifiers, the reference the storage-backed issuer and the vendor's card books follow
-(they do the same with a conditional update on ``spent``)."""
+(they do the same with a conditional update on ``spent``). ``settle`` is what the paywall
+does with one paid request: verify, or else recognise the card's last payment sent again by
+the same request (the core's ``verify_retry``: served again, nothing taken)."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
 
 from farthing.core.errors import Conflict, InvalidPayment
 from farthing.core.prbg import BbsKey
@@ -39,6 +44,28 @@ class ChainVerifier:
         )
         self._states[new_state.card_id] = new_state
         return receipt
+
+    def settle(
+        self, payment: szm_chain.Payment, *, units: int, now: int, request: bytes | None
+    ) -> tuple[szm_chain.ChainAccepted, bool]:
+        """The receipt, and whether it is a retry (the same request's last payment again)."""
+        state = self._known(payment.card_id)
+        try:
+            new_state, receipt = szm_chain.verify_payment(
+                state, payment, units=units, now=now, max_units=self._max_units, request=request
+            )
+        except InvalidPayment as refused:
+            return _retried(
+                lambda: szm_chain.verify_retry(state, payment, request=request), refused
+            )
+        self._states[new_state.card_id] = new_state
+        return receipt, False
+
+    def _known(self, card_id: bytes) -> szm_chain.ChainCardState:
+        state = self._states.get(card_id)
+        if state is None:
+            raise InvalidPayment()
+        return state
 
 
 class PrbgVerifier:
@@ -82,8 +109,42 @@ class PrbgVerifier:
         self._states[new_state.card_id] = new_state
         return receipt
 
+    def settle(
+        self, payment: szm_prbg.Payment, *, units: int, now: int, request: bytes | None
+    ) -> tuple[szm_prbg.PrbgAccepted, bool]:
+        """As :meth:`ChainVerifier.settle`."""
+        state = self._states.get(payment.card_id)
+        if state is None:
+            raise InvalidPayment()
+        key, bbs = self._master_key, self._bbs_key
+        try:
+            new_state, receipt = szm_prbg.verify_payment(
+                state, payment, master_key=key, units=units, now=now, bbs_key=bbs,
+                max_units=self._max_units, request=request,
+            )  # fmt: skip
+        except InvalidPayment as refused:
+            return _retried(
+                lambda: szm_prbg.verify_retry(
+                    state, payment, master_key=key, request=request, bbs_key=bbs
+                ),
+                refused,
+            )
+        self._states[new_state.card_id] = new_state
+        return receipt, False
+
     def payment_key(self, card_id: bytes, index: int) -> bytes:
         state = self._states.get(card_id)
         if state is None:
             raise InvalidPayment()
         return szm_prbg.issuer_payment_key(self._master_key, state, index, bbs_key=self._bbs_key)
+
+
+A = TypeVar("A")
+
+
+def _retried(retry: Callable[[], A], refused: InvalidPayment) -> tuple[A, bool]:
+    """The retry's receipt, or the payment's own refusal if it is not one."""
+    try:
+        return retry(), True
+    except InvalidPayment:
+        raise refused from None

@@ -156,6 +156,7 @@ __all__ = [
     "card_certification_public_key",
     "card_may_pay",
     "check_fresh",
+    "check_merchant_repeat",
     "check_resent_batch",
     "check_spend",
     "complete_purchase",
@@ -1065,6 +1066,18 @@ def is_online_retry(earlier: SpendRecord | None, *, merchant_id: str, offer_dige
     if earlier is None or earlier.merchant_id != merchant_id:
         return False
     return same_request(earlier.offer_digest, offer_digest)
+
+
+def check_merchant_repeat(
+    *, earlier_request: bytes | None, refused: bool, request: bytes | None
+) -> None:
+    """A merchant's rule for a (card, counter) it took before: returns if this is the same
+    request sent again (its answer was lost) and the bank has not refused the purchase
+    since, a retry to serve again taking nothing; else raises the vague refusal. Without
+    K_C the merchant cannot tell a replay from a cloned card's payment, so it says no more
+    than that the payment did not verify (docs/http.md: 401)."""
+    if refused or not same_request(earlier_request, request):
+        raise InvalidPayment("payment did not verify")
 
 
 @dataclass(slots=True)
