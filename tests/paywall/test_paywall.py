@@ -313,3 +313,51 @@ def test_price_table_patterns() -> None:
         table.add("relative", Price(micros=1, currency="EUR"))
     with pytest.raises(ValueError):
         Price(micros=0, currency="EUR")
+
+
+@pytest.mark.parametrize(
+    ("accept", "methods"),
+    [
+        (None, ["szmchain", "payword", "hll"]),
+        ("payword/charge", ["payword"]),
+        ("hll/*;q=0.5, payword/charge;q=0.8", ["payword", "hll"]),
+        ("*/charge, szmchain/charge;q=0", ["payword", "hll"]),  # the most specific range wins
+        ("*/*;q=0.2, hll/charge", ["hll", "szmchain", "payword"]),  # ties keep our order
+        ("tempo/charge", ["szmchain", "payword", "hll"]),  # nothing matches: all of them
+        ("szmchain/charge;q=2, payword", ["szmchain", "payword", "hll"]),  # malformed: ignored
+    ],
+)
+async def test_accept_payment_filters_and_orders_the_challenges(
+    accept: str | None, methods: list[str]
+) -> None:
+    paywall, _ = make_app(FakeMethod("szm:chain"), FakeMethod("payword"), FakeMethod("hll:mac"))
+    headers = {} if accept is None else {"accept-payment": accept}
+    async with client(paywall) as c:
+        response = await c.get("/articles/x", headers=headers)
+    found = challenges_of(response)
+    assert [ch.method for ch in found] == methods
+    assert response.json()["challengeId"] == found[0].id
+
+
+async def test_a_request_keeping_authorization_pays_in_payment_authorization() -> None:
+    """draft-02 "Credentials": a challenge with ``header`` is answered in
+    ``Payment-Authorization`` only; the header is bound into the id."""
+    method = FakeMethod("szm:chain")
+    paywall, _ = make_app(method)
+    bearer = {"authorization": "Bearer token-of-another-scheme"}
+    async with client(paywall) as c:
+        asked = await c.get("/articles/x", headers=bearer)
+        challenge = challenges_of(asked)[0]
+        value = format_credential(Credential.answering(challenge, {"ok": True}))
+        paid = await c.get("/articles/x", headers={**bearer, "payment-authorization": value})
+        wrong_field = await c.get("/articles/x", headers={"authorization": value})
+        both = await c.get(
+            "/articles/x", headers={"authorization": value, "payment-authorization": value}
+        )
+    assert challenge.header == "Payment-Authorization"
+    assert paid.status_code == 200
+    assert paid.headers["cache-control"] == "private"
+    assert wrong_field.status_code == 402
+    assert wrong_field.json()["type"].endswith("/invalid-challenge")
+    assert both.status_code == 400
+    assert len(method.seen) == 1

@@ -63,6 +63,7 @@ from farthing.http.payment_auth import (
     Receipt,
     encode_jcs_b64,
     format_challenge,
+    order_by_preference,
     parse_credential,
 )
 from farthing.http.problems import (
@@ -160,7 +161,14 @@ class Paywall:
             # HEAD is never charged: it would pay for a body that is not sent. A request that
             # keeps ``Authorization`` for another scheme is asked to pay in
             # ``Payment-Authorization`` (the challenge's ``header``).
-            await self._send_problem(send, PAYMENT_REQUIRED, route, head=head, header=field)
+            await self._send_problem(
+                send,
+                PAYMENT_REQUIRED,
+                route,
+                head=head,
+                header=field,
+                accept=_header(scope, b"accept-payment"),
+            )
             return
         settlement = await self._settle_or_answer(
             authorization, field, route, path, send, scope["method"]
@@ -276,11 +284,12 @@ class Paywall:
         correlation: str | None = None,
         head: bool = False,
         header: str | None = None,
+        accept: str | None = None,
     ) -> None:
         headers = [(b"content-type", CONTENT_TYPE.encode()), _NO_STORE]
         extra: dict[str, object] = {}
         if problem.status == 402:
-            challenges = self.challenges(route, header=header)
+            challenges = order_by_preference(self.challenges(route, header=header), accept)
             headers += [(b"www-authenticate", format_challenge(c).encode()) for c in challenges]
             extra["challengeId"] = challenges[0].id
         if problem.retry_after is not None:
