@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 from dataclasses import dataclass, replace
 
 import httpx
 import pytest
-from fastapi import Depends, FastAPI
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import PlainTextResponse
 
 from farthing.core.errors import ErrorCode, InvalidPayment, PaymentExpired
@@ -23,7 +25,7 @@ from farthing.http.payment_auth import (
 from farthing.http.problems import PROBLEM_BASE
 from farthing.paywall.methods.base import PaymentContext, Sealing, Settlement
 from farthing.paywall.metrics import PaywallMetrics
-from farthing.paywall.middleware import SEALED_CONTENT_TYPE, Paywall
+from farthing.paywall.middleware import MAX_PAID_BODY, SEALED_CONTENT_TYPE, Paywall
 from farthing.paywall.pricing import Price, PricedRoute, PriceTable
 from farthing.paywall.routes import paid, payment, priced_routes
 from farthing.testing import DeterministicRandom, FixedClock
@@ -360,4 +362,46 @@ async def test_a_request_keeping_authorization_pays_in_payment_authorization() -
     assert wrong_field.status_code == 402
     assert wrong_field.json()["type"].endswith("/invalid-challenge")
     assert both.status_code == 400
+    assert len(method.seen) == 1
+
+
+def post_app(method: FakeMethod) -> Paywall:
+    """A paid POST API: the app echoes the body it got."""
+    inner = FastAPI()
+
+    @inner.post("/api/{slug}")
+    @paid(micros=2000, currency="EUR")
+    async def api(slug: str, request: Request) -> PlainTextResponse:
+        return PlainTextResponse(b"got " + await request.body())
+
+    return Paywall(
+        inner,
+        realm="news",
+        prices=priced_routes(inner.routes),
+        methods=[method],
+        challenge_secret=b"s" * 32,
+        clock=FixedClock(),
+        rng=DeterministicRandom("t"),
+    )
+
+
+async def test_a_paid_post_is_bound_to_its_body() -> None:
+    """draft-02 "Request Body Digest Binding": the challenge's ``digest`` is the body's
+    RFC 9530 digest, bound into the id; a credential for one body pays for no other."""
+    method = FakeMethod("szm:chain")
+    async with client(post_app(method)) as c:
+        asked = await c.post("/api/x", content=b"order 1")
+        challenge = challenges_of(asked)[0]
+        value = format_credential(Credential.answering(challenge, {"ok": True}))
+        other = await c.post("/api/x", content=b"order 2", headers={"authorization": value})
+        paid_ = await c.post("/api/x", content=b"order 1", headers={"authorization": value})
+        too_big = await c.post("/api/x", content=b"x" * (MAX_PAID_BODY + 1))
+    digest = "sha-256=:" + base64.b64encode(hashlib.sha256(b"order 1").digest()).decode() + ":"
+    assert challenge.digest == digest
+    assert other.status_code == 402
+    assert other.json()["type"].endswith("/invalid-challenge")
+    assert challenges_of(other)[0].digest != digest  # the fresh challenge binds order 2
+    assert paid_.status_code == 200
+    assert paid_.text == "got order 1"
+    assert too_big.status_code == 413
     assert len(method.seen) == 1

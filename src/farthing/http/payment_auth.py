@@ -24,6 +24,7 @@ HMAC and no database row (:class:`ChallengeBinder`).
 
 from __future__ import annotations
 
+import base64
 import functools
 import json
 import math
@@ -36,7 +37,7 @@ import rfc8785
 
 from farthing.core.encoding import b64url_decode, b64url_encode
 from farthing.core.errors import ErrorCode, InvalidPayment, MalformedMessage, PaymentExpired
-from farthing.core.primitives import constant_time_eq, hmac_sha256
+from farthing.core.primitives import constant_time_eq, hmac_sha256, sha256
 
 __all__ = [
     "CHALLENGE_NONCE_LEN",
@@ -49,6 +50,7 @@ __all__ = [
     "Credential",
     "JsonObject",
     "Receipt",
+    "content_digest",
     "decode_json_b64",
     "encode_jcs_b64",
     "encode_json_b64",
@@ -314,6 +316,15 @@ def _challenge_from_params(params: dict[str, str]) -> Challenge:
         opaque_b64=opaque_b64 or "",
         header=params.get("header"),
     )
+
+
+# --- request bodies -------------------------------------------------------------------------
+
+
+def content_digest(body: bytes) -> str:
+    """The ``digest`` of a request body: an RFC 9530 ``Content-Digest`` value, SHA-256
+    (``sha-256=:<base64>:``), as the draft's example writes it."""
+    return "sha-256=:" + base64.b64encode(sha256(body)).decode("ascii") + ":"
 
 
 # --- client preferences ---------------------------------------------------------------------
