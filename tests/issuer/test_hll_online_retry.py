@@ -37,8 +37,8 @@ class Online:
     shop: Shop
     client: httpx.AsyncClient
 
-    async def challenge(self, path: str = "/articles/a") -> Challenge:
-        response = await self.client.get(path)
+    async def challenge(self, path: str = "/articles/a", *, verb: str = "GET") -> Challenge:
+        response = await self.client.request(verb, path)
         assert response.status_code == 402
         return parse_challenges(response.headers.get_list("www-authenticate"))[0]
 
@@ -135,7 +135,8 @@ async def test_the_same_credential_elsewhere_or_late_is_refused(online: Online) 
 async def test_a_request_that_may_not_be_retried_is_refused_again(online: Online) -> None:
     # POST is not retried (calling the app again could repeat its effect): its repeat is
     # refused as a duplicate, as before.
-    challenge = await online.challenge()
+    challenge = await online.challenge(verb="POST")  # bound to its (empty) body: a digest
+    assert challenge.digest is not None
     headers = online.pay(challenge, "/articles/a")
     first = await online.client.post("/articles/a", headers=headers)
     repeat = await online.client.post("/articles/a", headers=headers)

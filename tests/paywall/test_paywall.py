@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 from dataclasses import dataclass, replace
 
 import httpx
 import pytest
-from fastapi import Depends, FastAPI
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import PlainTextResponse
 
 from farthing.core.errors import ErrorCode, InvalidPayment, PaymentExpired
@@ -23,7 +25,7 @@ from farthing.http.payment_auth import (
 from farthing.http.problems import PROBLEM_BASE
 from farthing.paywall.methods.base import PaymentContext, Sealing, Settlement
 from farthing.paywall.metrics import PaywallMetrics
-from farthing.paywall.middleware import SEALED_CONTENT_TYPE, Paywall
+from farthing.paywall.middleware import MAX_PAID_BODY, SEALED_CONTENT_TYPE, Paywall
 from farthing.paywall.pricing import Price, PricedRoute, PriceTable
 from farthing.paywall.routes import paid, payment, priced_routes
 from farthing.testing import DeterministicRandom, FixedClock
@@ -313,3 +315,93 @@ def test_price_table_patterns() -> None:
         table.add("relative", Price(micros=1, currency="EUR"))
     with pytest.raises(ValueError):
         Price(micros=0, currency="EUR")
+
+
+@pytest.mark.parametrize(
+    ("accept", "methods"),
+    [
+        (None, ["szmchain", "payword", "hll"]),
+        ("payword/charge", ["payword"]),
+        ("hll/*;q=0.5, payword/charge;q=0.8", ["payword", "hll"]),
+        ("*/charge, szmchain/charge;q=0", ["payword", "hll"]),  # the most specific range wins
+        ("*/*;q=0.2, hll/charge", ["hll", "szmchain", "payword"]),  # ties keep our order
+        ("tempo/charge", ["szmchain", "payword", "hll"]),  # nothing matches: all of them
+        ("szmchain/charge;q=2, payword", ["szmchain", "payword", "hll"]),  # malformed: ignored
+    ],
+)
+async def test_accept_payment_filters_and_orders_the_challenges(
+    accept: str | None, methods: list[str]
+) -> None:
+    paywall, _ = make_app(FakeMethod("szm:chain"), FakeMethod("payword"), FakeMethod("hll:mac"))
+    headers = {} if accept is None else {"accept-payment": accept}
+    async with client(paywall) as c:
+        response = await c.get("/articles/x", headers=headers)
+    found = challenges_of(response)
+    assert [ch.method for ch in found] == methods
+    assert response.json()["challengeId"] == found[0].id
+
+
+async def test_a_request_keeping_authorization_pays_in_payment_authorization() -> None:
+    """draft-02 "Credentials": a challenge with ``header`` is answered in
+    ``Payment-Authorization`` only; the header is bound into the id."""
+    method = FakeMethod("szm:chain")
+    paywall, _ = make_app(method)
+    bearer = {"authorization": "Bearer token-of-another-scheme"}
+    async with client(paywall) as c:
+        asked = await c.get("/articles/x", headers=bearer)
+        challenge = challenges_of(asked)[0]
+        value = format_credential(Credential.answering(challenge, {"ok": True}))
+        paid = await c.get("/articles/x", headers={**bearer, "payment-authorization": value})
+        wrong_field = await c.get("/articles/x", headers={"authorization": value})
+        both = await c.get(
+            "/articles/x", headers={"authorization": value, "payment-authorization": value}
+        )
+    assert challenge.header == "Payment-Authorization"
+    assert paid.status_code == 200
+    assert paid.headers["cache-control"] == "private"
+    assert wrong_field.status_code == 402
+    assert wrong_field.json()["type"].endswith("/invalid-challenge")
+    assert both.status_code == 400
+    assert len(method.seen) == 1
+
+
+def post_app(method: FakeMethod) -> Paywall:
+    """A paid POST API: the app echoes the body it got."""
+    inner = FastAPI()
+
+    @inner.post("/api/{slug}")
+    @paid(micros=2000, currency="EUR")
+    async def api(slug: str, request: Request) -> PlainTextResponse:
+        return PlainTextResponse(b"got " + await request.body())
+
+    return Paywall(
+        inner,
+        realm="news",
+        prices=priced_routes(inner.routes),
+        methods=[method],
+        challenge_secret=b"s" * 32,
+        clock=FixedClock(),
+        rng=DeterministicRandom("t"),
+    )
+
+
+async def test_a_paid_post_is_bound_to_its_body() -> None:
+    """draft-02 "Request Body Digest Binding": the challenge's ``digest`` is the body's
+    RFC 9530 digest, bound into the id; a credential for one body pays for no other."""
+    method = FakeMethod("szm:chain")
+    async with client(post_app(method)) as c:
+        asked = await c.post("/api/x", content=b"order 1")
+        challenge = challenges_of(asked)[0]
+        value = format_credential(Credential.answering(challenge, {"ok": True}))
+        other = await c.post("/api/x", content=b"order 2", headers={"authorization": value})
+        paid_ = await c.post("/api/x", content=b"order 1", headers={"authorization": value})
+        too_big = await c.post("/api/x", content=b"x" * (MAX_PAID_BODY + 1))
+    digest = "sha-256=:" + base64.b64encode(hashlib.sha256(b"order 1").digest()).decode() + ":"
+    assert challenge.digest == digest
+    assert other.status_code == 402
+    assert other.json()["type"].endswith("/invalid-challenge")
+    assert challenges_of(other)[0].digest != digest  # the fresh challenge binds order 2
+    assert paid_.status_code == 200
+    assert paid_.text == "got order 1"
+    assert too_big.status_code == 413
+    assert len(method.seen) == 1

@@ -24,6 +24,7 @@ HMAC and no database row (:class:`ChallengeBinder`).
 
 from __future__ import annotations
 
+import base64
 import functools
 import json
 import math
@@ -36,7 +37,7 @@ import rfc8785
 
 from farthing.core.encoding import b64url_decode, b64url_encode
 from farthing.core.errors import ErrorCode, InvalidPayment, MalformedMessage, PaymentExpired
-from farthing.core.primitives import constant_time_eq, hmac_sha256
+from farthing.core.primitives import constant_time_eq, hmac_sha256, sha256
 
 __all__ = [
     "CHALLENGE_NONCE_LEN",
@@ -49,12 +50,15 @@ __all__ = [
     "Credential",
     "JsonObject",
     "Receipt",
+    "content_digest",
     "decode_json_b64",
     "encode_jcs_b64",
     "encode_json_b64",
     "format_challenge",
     "format_credential",
     "format_rfc3339",
+    "order_by_preference",
+    "parse_accept_payment",
     "parse_challenges",
     "parse_credential",
     "parse_rfc3339",
@@ -312,6 +316,61 @@ def _challenge_from_params(params: dict[str, str]) -> Challenge:
         opaque_b64=opaque_b64 or "",
         header=params.get("header"),
     )
+
+
+# --- request bodies -------------------------------------------------------------------------
+
+
+def content_digest(body: bytes) -> str:
+    """The ``digest`` of a request body: an RFC 9530 ``Content-Digest`` value, SHA-256
+    (``sha-256=:<base64>:``), as the draft's example writes it."""
+    return "sha-256=:" + base64.b64encode(sha256(body)).decode("ascii") + ":"
+
+
+# --- client preferences ---------------------------------------------------------------------
+
+_RANGE: Final = re.compile(
+    r"\A\s*([a-z]+|\*)/([A-Za-z0-9-]+|\*)\s*(?:;\s*q\s*=\s*(0(?:\.[0-9]{0,3})?|1(?:\.0{0,3})?))?\s*\Z"
+)
+
+
+def parse_accept_payment(value: str) -> list[tuple[str, str, float]] | None:
+    """``Accept-Payment: szmchain/charge, hll/*;q=0.5``: (method, intent, q) per range, or
+    None when the header is malformed (the draft lets a server ignore it then)."""
+    ranges = []
+    for part in value.split(","):
+        if not part.strip():
+            continue
+        match = _RANGE.match(part)
+        if match is None:
+            return None
+        ranges.append((match.group(1), match.group(2), float(match.group(3) or 1)))
+    return ranges
+
+
+def _preference(challenge: Challenge, ranges: list[tuple[str, str, float]]) -> float | None:
+    """The q of the most specific range that matches the challenge, None if none does."""
+    best: tuple[int, float] | None = None
+    for method, intent, q in ranges:
+        if method not in ("*", challenge.method) or intent not in ("*", challenge.intent):
+            continue
+        specificity = (method != "*") * 2 + (intent != "*")
+        if best is None or specificity > best[0]:
+            best = (specificity, q)
+    return None if best is None else best[1]
+
+
+def order_by_preference(challenges: list[Challenge], accept: str | None) -> list[Challenge]:
+    """The challenges a client's ``Accept-Payment`` asks for, most wanted first (the
+    draft's rules: drop q=0 and unmatched, sort by q, keep the server's order on ties).
+    Without the header, with a malformed one, or when nothing would be left: all of them."""
+    ranges = parse_accept_payment(accept) if accept is not None else None
+    if not ranges:
+        return challenges
+    scored = [(q, c) for c in challenges if (q := _preference(c, ranges))]
+    if not scored:
+        return challenges
+    return [c for _, c in sorted(scored, key=lambda pair: -pair[0])]
 
 
 # --- credentials ----------------------------------------------------------------------------

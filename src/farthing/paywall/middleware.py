@@ -61,8 +61,10 @@ from farthing.http.payment_auth import (
     ChallengeEcho,
     JsonObject,
     Receipt,
+    content_digest,
     encode_jcs_b64,
     format_challenge,
+    order_by_preference,
     parse_credential,
 )
 from farthing.http.problems import (
@@ -151,6 +153,17 @@ class Paywall:
             await self.app(scope, receive, send)
             return
         head = scope["method"] == "HEAD"
+        digest = None
+        if scope["method"] not in _BODILESS:
+            # A paid request with a body is bound to it: the challenge's ``digest``.
+            body = await _read_body(receive)
+            if body is None:
+                too_large = MalformedMessage("body too large", code=ErrorCode.PAYLOAD_TOO_LARGE)
+                await _send_problem_body(
+                    send, 413, json.dumps(problem_for(too_large).to_json()).encode()
+                )
+                return
+            digest, receive = content_digest(body), _replay(body, receive)
         found = _credential_field(scope)
         if isinstance(found, Problem):
             await self._send_problem(send, found, route, head=head)
@@ -160,10 +173,18 @@ class Paywall:
             # HEAD is never charged: it would pay for a body that is not sent. A request that
             # keeps ``Authorization`` for another scheme is asked to pay in
             # ``Payment-Authorization`` (the challenge's ``header``).
-            await self._send_problem(send, PAYMENT_REQUIRED, route, head=head, header=field)
+            await self._send_problem(
+                send,
+                PAYMENT_REQUIRED,
+                route,
+                head=head,
+                header=field,
+                digest=digest,
+                accept=_header(scope, b"accept-payment"),
+            )
             return
         settlement = await self._settle_or_answer(
-            authorization, field, route, path, send, scope["method"]
+            authorization, field, digest, route, path, send, scope["method"]
         )
         if settlement is not None:
             scope[PAYMENT_SCOPE_KEY] = settlement
@@ -178,6 +199,7 @@ class Paywall:
         self,
         authorization: str,
         field: str | None,
+        digest: str | None,
         route: PricedRoute,
         path: str,
         send: Send,
@@ -196,6 +218,7 @@ class Paywall:
                 realm=self.realm,
                 request_b64=self._request(route, method_name)[1],
                 header=field,
+                digest=digest,
             )
             context = PaymentContext(
                 payload=credential.payload,
@@ -211,7 +234,12 @@ class Paywall:
         except FarthingError as error:
             self._count(method_name, error.code.name.lower(), started)
             await self._send_problem(
-                send, payment_problem_for(error), route, method=method_name, header=field
+                send,
+                payment_problem_for(error),
+                route,
+                method=method_name,
+                header=field,
+                digest=digest,
             )
             return None
         except Exception:
@@ -246,9 +274,11 @@ class Paywall:
             cached = self._requests[key] = (request, encode_jcs_b64(request))
         return cached
 
-    def challenges(self, route: PricedRoute, *, header: str | None = None) -> list[Challenge]:
+    def challenges(
+        self, route: PricedRoute, *, header: str | None = None, digest: str | None = None
+    ) -> list[Challenge]:
         """Fresh challenges for ``route``, one per enabled method; ``header`` selects
-        ``Payment-Authorization`` for the credential."""
+        ``Payment-Authorization`` for the credential, ``digest`` binds a request body."""
         expires = self._clock.now() + self._ttl
         out = []
         for name in self.methods:
@@ -262,6 +292,7 @@ class Paywall:
                     expires=expires,
                     nonce=self._rng(CHALLENGE_NONCE_LEN),
                     header=header,
+                    digest=digest,
                 )
             )
         return out
@@ -276,11 +307,14 @@ class Paywall:
         correlation: str | None = None,
         head: bool = False,
         header: str | None = None,
+        digest: str | None = None,
+        accept: str | None = None,
     ) -> None:
         headers = [(b"content-type", CONTENT_TYPE.encode()), _NO_STORE]
         extra: dict[str, object] = {}
         if problem.status == 402:
-            challenges = self.challenges(route, header=header)
+            fresh = self.challenges(route, header=header, digest=digest)
+            challenges = order_by_preference(fresh, accept)
             headers += [(b"www-authenticate", format_challenge(c).encode()) for c in challenges]
             extra["challengeId"] = challenges[0].id
         if problem.retry_after is not None:
@@ -437,6 +471,38 @@ async def _send_problem_body(send: Send, status: int, body: bytes, *, head: bool
     ]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": b"" if head else body})
+
+
+_BODILESS: Final = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
+MAX_PAID_BODY: Final = 1 << 20  # a paid request's body is read whole, to bind its digest
+
+
+async def _read_body(receive: Receive) -> bytes | None:
+    """The whole request body (None if over MAX_PAID_BODY)."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            break  # the client went away: what came is all there is
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > MAX_PAID_BODY:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """``receive`` for the app: the body read already, then whatever comes next."""
+    pending = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def replayed() -> Message:
+        return pending.pop() if pending else await receive()
+
+    return replayed
 
 
 _MULTIPLE_CREDENTIALS: Final = Problem(

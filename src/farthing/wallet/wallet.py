@@ -619,7 +619,9 @@ class Wallet:
         quotes = []
         for challenge in challenges:
             method = self._methods.get(SCHEME_OF.get(challenge.method, ""))
-            if method is None or _expiry(challenge) <= now:
+            # A challenge selecting Payment-Authorization is not paid: this wallet sends its
+            # credential in Authorization only (the draft: then it must not pay it).
+            if method is None or _expiry(challenge) <= now or challenge.header is not None:
                 continue
             for card in cards:
                 if card.id in blocked or (card.id, challenge.realm) in refusals:
