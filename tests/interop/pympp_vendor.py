@@ -3,7 +3,8 @@
 ``app_from_env`` is an ASGI app factory for ``python -m farthing.serving`` (uvicorn): a
 Starlette app whose ``/articles/{name}`` is priced with pympp's ``Mpp`` handlers, where
 each method is farthing's (:class:`farthing.mpp.server.VendorMethods` over the vendor's
-own ``build_methods``), settling in the SQLite store ``FARTHING_MPP_DATABASE`` names.
+own ``build_methods``: both SZM protocols, and PayWord without a broker), settling in the
+SQLite store ``FARTHING_MPP_DATABASE`` names.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from starlette.responses import Response as StarletteResponse
 from starlette.routing import Route
 
 from farthing.core.clock import SystemClock
+from farthing.core.primitives import ed25519_public_key
 from farthing.mpp.server import VendorMethods
-from farthing.paywall.app import VendorSettings, build_methods
+from farthing.paywall.app import PaywordSettings, VendorSettings, build_methods
 from farthing.paywall.pricing import Price, PricedRoute
 from farthing.store import open_store
 from farthing.store.writer import StoreWriter
@@ -31,6 +33,8 @@ from tests.paywall.helpers import KEYS
 REALM = "news"
 ROUTE = PricedRoute(scope="/articles/*", price=Price(micros=2000, currency="EUR"))
 SECRET = "pympp-vendor-test-secret"
+BROKER_KEY = b"B" * 32  # the PayWord broker's Ed25519 seed (tests only)
+PAYWORD_VENDOR, PAYWORD_BROKER = "shop", "broker"
 
 
 def app_from_env() -> Starlette:
@@ -40,6 +44,12 @@ def app_from_env() -> Starlette:
         realm=REALM,
         challenge_secret=b"unused by pympp" * 2,
         szm=KEYS,
+        payword=PaywordSettings(
+            vendor_id=PAYWORD_VENDOR,
+            broker_id=PAYWORD_BROKER,
+            broker_public=ed25519_public_key(BROKER_KEY),
+            unit_micros=1000,
+        ),
     )
     methods = VendorMethods(build_methods(settings, store, writer, bank=None), clock=SystemClock())
     server = Mpp(methods.server_methods, realm=REALM, secret_key=SECRET)

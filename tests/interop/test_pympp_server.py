@@ -10,6 +10,7 @@ challenges pympp's parser reads; the payment inside is farthing's.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -19,11 +20,17 @@ import httpx
 import pytest
 from mpp import Challenge, Credential, Receipt
 
-from farthing.core.schemes import szm_chain, szm_prbg
+from farthing.core.primitives import ed25519_public_key
+from farthing.core.schemes import payword, szm_chain, szm_prbg
+from farthing.http.methods.payword import METHOD as PAYWORD
+from farthing.http.methods.payword import PaywordPayload
 from farthing.http.methods.szm import SzmPayload
 from farthing.http.payment_auth import parse_challenges
 from farthing.store import Store, open_store
-from tests.paywall.helpers import issue_chain_cards
+from farthing.testing import DeterministicRandom
+from farthing.testing.payword import PaywordSpender
+from tests.interop.pympp_vendor import BROKER_KEY, PAYWORD_BROKER, PAYWORD_VENDOR
+from tests.paywall.helpers import EUR, issue_chain_cards
 from tests.servers import uvicorn_server
 
 pytestmark = pytest.mark.xdist_group("uvicorn")
@@ -81,7 +88,7 @@ def paid(challenge: Challenge, card: szm_chain.ChainCard) -> str:
 def test_pympp_offers_every_farthing_method_and_a_paid_request_is_served(vendor: Vendor) -> None:
     (card,) = issue_chain_cards(vendor.store, 1, seed="pympp-served")
     offered = {c.method for c in vendor.challenges()}
-    assert offered == {szm_chain.METHOD, szm_prbg.METHOD}
+    assert offered == {szm_chain.METHOD, szm_prbg.METHOD, PAYWORD}
     authorization = paid(vendor.chain_challenge(), card)
     response = httpx.get(vendor.base + ARTICLE, headers={"authorization": authorization})
     assert response.status_code == 200, response.text
@@ -141,7 +148,48 @@ def test_farthings_parser_reads_the_challenges_pympp_sends(vendor: Vendor) -> No
     fields = response.headers.get_list("www-authenticate")
     ours = parse_challenges(fields)
     theirs = [Challenge.from_www_authenticate(value) for value in fields]
-    assert len(ours) == len(theirs) == 2
+    assert len(ours) == len(theirs) == 3
     assert [(c.id, c.method, c.intent, c.request) for c in ours] == [
         (c.id, c.method, c.intent, c.request) for c in theirs
     ]
+
+
+def payword_spender(name: str) -> PaywordSpender:
+    """A PayWord user's commitment to the vendor, certified by the vendor's broker."""
+    user_key = DeterministicRandom(f"pympp-user-{name}")(32)
+    now = int(time.time())
+    certificate = payword.issue_certificate(
+        BROKER_KEY,
+        broker_id=PAYWORD_BROKER,
+        user_id=name,
+        user_public_key=ed25519_public_key(user_key),
+        credit_limit=1000,
+        denomination=EUR,
+        expires_at=now + 86_400,
+    )
+    seed = DeterministicRandom(f"pympp-seed-{name}")(32)
+    commitment = payword.commit(
+        user_key, certificate, vendor_id=PAYWORD_VENDOR, seed=seed, length=100, now=now,
+        ttl=3600, rng=DeterministicRandom(f"pympp-nonce-{name}"),
+    )  # fmt: skip
+    return PaywordSpender(commitment, seed)
+
+
+def test_a_payword_payment_is_taken_once(vendor: Vendor) -> None:
+    spender = payword_spender("alice")
+    (challenge,) = [c for c in vendor.challenges() if c.method == PAYWORD]
+    payment = spender.reserve(2, now=int(time.time())).payment
+    payload = PaywordPayload(
+        payment=payword.encode_payment(payment),
+        commitment=payword.encode_commitment(spender.commitment),
+    ).to_json()
+    authorization = Credential(
+        challenge=challenge.to_echo(), payload=dict(payload)
+    ).to_authorization()
+    first = httpx.get(vendor.base + ARTICLE, headers={"authorization": authorization})
+    second = httpx.get(vendor.base + ARTICLE, headers={"authorization": authorization})
+    assert first.status_code == 200, first.text
+    assert second.status_code == 402, second.text
+    held = vendor.store.payword_commitment(spender.commitment_id)
+    assert held is not None
+    assert held.spent == 2
