@@ -21,6 +21,7 @@ from farthing.core.errors import CLASS_OF_CODE, ErrorCode, MalformedMessage
 from farthing.core.money import Denomination
 from farthing.core.sealing import seal_binding
 from farthing.testing import DeterministicRandom
+from farthing.wallet.lookup import looks_short
 from tests.vectorlib import VECTORS, load_vectors
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "protocols" / "common.md"
@@ -147,6 +148,20 @@ def test_the_bbs_seed_expands_to_the_modulus_length_plus_16(
     public = prbg.BbsPublic(n=prbg.blum_modulus_of_any_size(2048, DeterministicRandom("n")).n)
     prbg.bbs_seed(public, bytes(32))
     assert seen == [(None, 256 + 16)]
+
+
+@pytest.mark.parametrize("vector", load_vectors("shortcode", "derive"), ids=lambda v: v["name"])
+def test_short_code_derivations_are_hkdf_with_zero_salt(vector: dict[str, str]) -> None:
+    ikm, card_id = vector["short_secret"].encode("ascii"), bytes.fromhex(vector["card_id"])
+    for protocol in ("chain", "prbg"):
+        info = Writer(f"farthing/szm-{protocol}/card-secret").bytes(card_id).finish()
+        assert rfc5869(ikm, info, 32).hex() == vector[f"{protocol}_secret"]
+    lookup = Writer("farthing/szm/card-lookup").finish()
+    assert rfc5869(ikm, lookup, 16).hex() == vector["lookup_id"]
+    assert re.fullmatch(r"([0-9A-HJKMNP-TV-Z]{4}-){5}[0-9A-HJKMNP-TV-Z]{4}", vector["code"])
+    assert looks_short(vector["code"])
+    assert not looks_short(cardcode.to_text(a_card()))
+    assert not looks_short(cardcode.to_compact(a_card()))
 
 
 # --- the seal ----------------------------------------------------------------------------------
