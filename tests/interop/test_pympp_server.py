@@ -21,10 +21,10 @@ import pytest
 from mpp import Challenge, Credential, Receipt
 
 from farthing.core.primitives import ed25519_public_key
-from farthing.core.schemes import payword, szm_chain, szm_prbg
+from farthing.core.schemes import payword, szm_chain
 from farthing.http.methods.payword import METHOD as PAYWORD
 from farthing.http.methods.payword import PaywordPayload
-from farthing.http.methods.szm import SzmPayload
+from farthing.http.methods.szm import CHAIN_METHOD, PRBG_METHOD, SzmPayload
 from farthing.http.payment_auth import parse_challenges
 from farthing.store import Store, open_store
 from farthing.testing import DeterministicRandom
@@ -51,7 +51,7 @@ class Vendor:
         ]
 
     def chain_challenge(self) -> Challenge:
-        (chosen,) = [c for c in self.challenges() if c.method == szm_chain.METHOD]
+        (chosen,) = [c for c in self.challenges() if c.method == CHAIN_METHOD]
         return chosen
 
     def spent(self, card: szm_chain.ChainCard) -> int:
@@ -79,23 +79,21 @@ def paid(challenge: Challenge, card: szm_chain.ChainCard) -> str:
     """pympp's credential for ``challenge``, carrying the card's next payment of 2 units."""
     expires = datetime.fromisoformat(str(challenge.expires).replace("Z", "+00:00"))
     _, payment, _ = szm_chain.next_payment(card, 2, now=int(expires.timestamp()) - 60)
-    payload = dict(
-        SzmPayload(method=challenge.method, payment=szm_chain.encode_payment(payment)).to_json()
-    )
+    payload = dict(SzmPayload(payment=szm_chain.encode_payment(payment)).to_json())
     return Credential(challenge=challenge.to_echo(), payload=payload).to_authorization()
 
 
 def test_pympp_offers_every_farthing_method_and_a_paid_request_is_served(vendor: Vendor) -> None:
     (card,) = issue_chain_cards(vendor.store, 1, seed="pympp-served")
     offered = {c.method for c in vendor.challenges()}
-    assert offered == {szm_chain.METHOD, szm_prbg.METHOD, PAYWORD}
+    assert offered == {CHAIN_METHOD, PRBG_METHOD, PAYWORD}
     authorization = paid(vendor.chain_challenge(), card)
     response = httpx.get(vendor.base + ARTICLE, headers={"authorization": authorization})
     assert response.status_code == 200, response.text
     assert response.text == "article a"
     receipt = Receipt.from_payment_receipt(response.headers["payment-receipt"])
     assert receipt.status == "success"
-    assert receipt.method == szm_chain.METHOD
+    assert receipt.method == CHAIN_METHOD
     assert vendor.spent(card) == 2
 
 
@@ -133,9 +131,7 @@ def test_a_forged_payment_is_refused_by_farthings_core(vendor: Vendor) -> None:
     (card,) = issue_chain_cards(vendor.store, 1, seed="pympp-forged")
     challenge = vendor.chain_challenge()
     forged = szm_chain.Payment(card_id=card.card_id, index=2, value=bytes(32))
-    payload = dict(
-        SzmPayload(method=challenge.method, payment=szm_chain.encode_payment(forged)).to_json()
-    )
+    payload = dict(SzmPayload(payment=szm_chain.encode_payment(forged)).to_json())
     authorization = Credential(challenge=challenge.to_echo(), payload=payload).to_authorization()
     response = httpx.get(vendor.base + ARTICLE, headers={"authorization": authorization})
     assert response.status_code == 402

@@ -88,7 +88,7 @@ async def test_the_seal_binds_the_decoded_path_without_query_under_the_derived_k
 
     def opened(resource: str, with_key: bytes = key) -> bytes:
         return open_sealed(
-            with_key, tap.body, method=receipt.method, card_id=card.card_id, index=2,
+            with_key, tap.body, method=szm_chain.METHOD, card_id=card.card_id, index=2,
             resource=resource, status=200, content_type=content_type,
         )  # fmt: skip
 

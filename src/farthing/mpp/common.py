@@ -13,13 +13,12 @@ from typing import Any, Final
 from mpp.methods import Method
 from pydantic import BaseModel, ConfigDict
 
-from farthing.core.schemes import szm_chain, szm_prbg
-from farthing.http.methods import hll, payword
+from farthing.http.methods import SCHEME_OF
 
 __all__ = ["CHARGE", "METHOD_IDS", "AnyObject", "method_definition"]
 
 CHARGE: Final = "charge"
-METHOD_IDS: Final = (szm_chain.METHOD, szm_prbg.METHOD, payword.METHOD, hll.METHOD)
+METHOD_IDS: Final = tuple(SCHEME_OF)  # the method ids on the wire: szmchain, szmprbg, ...
 
 
 class AnyObject(BaseModel):

@@ -56,6 +56,7 @@ from farthing.core.errors import (
     PaymentExpired,
     UnsupportedMethod,
 )
+from farthing.http.methods import METHOD_OF
 from farthing.http.payment_auth import ChallengeId
 from farthing.mpp.common import AnyObject, method_definition
 from farthing.paywall.methods.base import PaymentContext, PaymentMethod, Settlement
@@ -80,9 +81,12 @@ class VendorMethods:
     :class:`ServerMethod` s."""
 
     def __init__(self, methods: Sequence[PaymentMethod], *, clock: Clock) -> None:
-        self._methods = {method.name: method for method in methods}
+        # The adapters are named by scheme (card kind); pympp knows the wire's method ids.
+        self._methods = {METHOD_OF[method.name]: method for method in methods}
         self._clock = clock
-        self.server_methods = tuple(self._server_method(method) for method in methods)
+        self.server_methods = tuple(
+            self._server_method(name, method) for name, method in self._methods.items()
+        )
         self.settlements: dict[str, Settlement] = {}  # receipt reference -> settlement
 
     def charge(self, server: Mpp, route: PricedRoute) -> Charge:
@@ -103,7 +107,7 @@ class VendorMethods:
 
         return handle
 
-    def _server_method(self, method: PaymentMethod) -> ServerMethod:
+    def _server_method(self, name: str, method: PaymentMethod) -> ServerMethod:
         async def verify(context: VerifyContext) -> Receipt:
             paying = _PAYING.get()
             if paying is None:
@@ -126,11 +130,11 @@ class VendorMethods:
                 status="success",
                 timestamp=datetime.fromtimestamp(self._clock.now(), UTC),
                 reference=settlement.reference,
-                method=method.name,
+                method=name,
                 extra=dict(settlement.receipt.to_json()),
             )
 
-        return ServerMethod(method=method_definition(method.name), verify=verify)
+        return ServerMethod(method=method_definition(name), verify=verify)
 
 
 @contextlib.contextmanager
@@ -147,7 +151,7 @@ def _challenge_id(context: VerifyContext) -> ChallengeId:
     raw = b64url_decode(context.challenge.id, max_len=128)
     expires = context.challenge.expires or ""
     when = datetime.fromisoformat(expires.replace("Z", "+00:00")) if expires else None
-    return ChallengeId(raw=raw, nonce=raw[:16], expires=int(when.timestamp()) if when else 0)
+    return ChallengeId(raw=raw, expires=int(when.timestamp()) if when else 0)
 
 
 def _payment_error(error: FarthingError) -> PaymentError:
