@@ -3,7 +3,7 @@
 ::
 
     cli                                   the commands people type
-    demo                                  the demo world (runs the three parties)
+    demo  mpp                             the demo world; the methods as pympp's (farthing[mpp])
     paywall  issuer  wallet  serving      the parties, and the server runner
     store  http  keyfiles  logs  guard    persistence, the wire, key files, infrastructure
     core                                  pure rules (its own purity: tests/core/test_purity.py)
@@ -30,7 +30,7 @@ LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"", "core"}),  # "" is the root package (``farthing.__version__``)
     frozenset({"store", "http", "keyfiles", "logs", "guard", "testing"}),
     frozenset({"paywall", "issuer", "wallet", "serving"}),
-    frozenset({"demo"}),
+    frozenset({"demo", "mpp"}),
     frozenset({"cli"}),
 )
 CORE_ONLY = {"testing"}  # may import the core and nothing else of farthing

@@ -213,6 +213,8 @@ def verify_vectors() -> list[Json]:
         _pay_case("skip-ahead-5", base, spent=2, index=7, units=5),
         _pay_case("last-payword", base, spent=LENGTH - 1, index=LENGTH, units=1),
         _pay_case("last-second", base, spent=7, index=8, units=1, now=last),
+        # Paywords 3-4 went to a payment that never arrived: a price of 1 takes 3 units.
+        _pay_case("over-payment-price-1-pays-3", base, spent=2, index=5, units=1),
         _redeem_case("first-redemption", base, before=None, index=7),
         _redeem_case("incremental-redemption", base, before=7, index=12),
         _redeem_case("repeated-redemption-credits-nothing", base, before=12, index=12),
@@ -246,6 +248,7 @@ def _pay_case(
         "units": units,
         "now": now,
         "state_after": state(base, index),
+        "paid_units": index - spent,  # the units taken: index - spent, not the price
     }
 
 

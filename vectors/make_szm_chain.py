@@ -125,7 +125,26 @@ def verify_vectors() -> list[Json]:
         )
         vectors.append(_step(f"step-{step}-pays-{units}", state, payment, units, NOW, after))
         state = after
-    return vectors
+    return [*vectors, _over_payment()]
+
+
+def _over_payment() -> Json:
+    """Over-payment: the wallet reserved indexes 1-2 for a payment that never arrived, then
+    pays a price of 1 unit with index 3. The issuer takes index - spent = 3 units, not the
+    price: refusing would leave a gap no later payment could cross."""
+    state, card = issue("over-payment", 10)
+    walker = card_walker(card)
+    card, _lost, _ = next_payment(card, 2, now=NOW, walker=walker)
+    card, payment, _ = next_payment(card, 1, now=NOW, walker=walker)
+    after = ChainCardState(
+        card_id=state.card_id,
+        anchor=payment.value,
+        spent=payment.index,
+        length=state.length,
+        denomination=state.denomination,
+        expires_at=state.expires_at,
+    )
+    return _step("over-payment-price-1-pays-3", state, payment, 1, NOW, after)
 
 
 def _step(
@@ -145,7 +164,8 @@ def _step(
     }
     if after is not None:
         vector["state_after"] = state_json(after)
-        vector["accepted"] = {"index": payment.index, "units": units}
+        # The units taken are index - spent, which exceeds the price after a lost payment.
+        vector["accepted"] = {"index": payment.index, "units": payment.index - before.spent}
     return vector
 
 

@@ -134,7 +134,17 @@ def verify_vectors() -> list[Json]:
             name = f"{generator.value}-step-{step}-pays-{units}"
             vectors.append(_step(name, state, payment, units, NOW, after))
             state = after
-    return vectors
+    return [*vectors, _over_payment()]
+
+
+def _over_payment() -> Json:
+    """Over-payment: indexes 1-2 went to a payment that never arrived; the next payment, for
+    a price of 1 unit, names index 3 and the issuer takes index - spent = 3 units."""
+    state, card = issue("over-payment", 10, Generator.HMAC_CTR)
+    card, _lost, _ = next_payment(card, 2, now=NOW)
+    card, payment, _ = next_payment(card, 1, now=NOW)
+    after = replace(state, spent=payment.index)
+    return _step("hmac-ctr-over-payment-price-1-pays-3", state, payment, 1, NOW, after)
 
 
 def _step(
@@ -156,7 +166,8 @@ def _step(
     }
     if after is not None:
         vector["state_after"] = state_json(after)
-        vector["accepted"] = {"index": payment.index, "units": units}
+        # The units taken are index - spent, which exceeds the price after a lost payment.
+        vector["accepted"] = {"index": payment.index, "units": payment.index - before.spent}
     return vector
 
 

@@ -189,7 +189,7 @@ def test_verify(vector: Vector) -> None:
     elif kind == "payment":
         after, index, units = run_payment(vector)
         assert after == commitment_state(vector["state_after"])
-        assert (index, units) == (after.spent, vector["units"])
+        assert (index, units) == (after.spent, vector["paid_units"])
     else:
         assert kind == "redemption"
         assert run_redemption(vector) == (
