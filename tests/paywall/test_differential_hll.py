@@ -30,7 +30,7 @@ from farthing.core.money import Denomination
 from farthing.core.primitives import ed25519_public_key
 from farthing.core.schemes import hll
 from farthing.http.methods.hll import HllPayload
-from farthing.http.payment_auth import ChallengeSigner
+from farthing.http.payment_auth import Challenge, ChallengeBinder, JsonObject, encode_jcs_b64
 from farthing.paywall.books import HllDeferredBook
 from farthing.paywall.methods.base import PaymentContext
 from farthing.paywall.methods.hll import HllMethod, HllMode
@@ -47,8 +47,14 @@ MASTER = b"K" * 32
 CERT_KEY = b"C" * 32  # the bank's card-certification key (Ed25519 seed)
 RISK = hll.DeferredRisk(limit=8, merchant_cap=14)
 TTL = 300
-SIGNER = ChallengeSigner(b"s" * 32)
+BINDER = ChallengeBinder(b"s" * 32)
 _seeds = itertools.count()
+
+
+def request_for(good: str, units: int) -> JsonObject:
+    """The challenge's request, as far as the binding needs it: the id binds it whole."""
+    return {"amount": str(units), "currency": "micro-eur", "methodDetails": {"resource": good}}
+
 
 # One step: (kind, card, units); cards: 0 certified, 1 certified but loaded with less than
 # it claims, 2 without a certificate (always online).
@@ -74,7 +80,7 @@ class Answer:
 
 @dataclass(frozen=True)
 class Sent:
-    challenge_id: str
+    challenge: Challenge
     offer: hll.Offer
     purchase: hll.Purchase
     certificate: bytes | None
@@ -168,28 +174,29 @@ class Twins:
                 assert exposure == self.merchant.outstanding(card.state.card_id)
         assert self.paywall_bank.credited(MERCHANT) == self.ref_bank.credited(MERCHANT)
 
-    def offer(self, units: int) -> tuple[str, hll.Offer]:
+    def offer(self, units: int) -> tuple[Challenge, hll.Offer]:
         """A challenge as the paywall issues it, and the reference merchant's open offer
         bound to it (the same T, good, price and expiry)."""
         good = f"/a/{len(self.sent)}"
-        challenge_id = SIGNER.issue(
-            nonce=self.rng(16), expires=NOW + TTL, realm="r", method="hll:mac", scope=good,
-            price=str(units),
+        request = request_for(good, units)
+        challenge = BINDER.issue(
+            realm="r", method="hll", request=request, request_b64=encode_jcs_b64(request),
+            expires=NOW + TTL, nonce=self.rng(16),
         )  # fmt: skip
-        raw = SIGNER.verify(
-            challenge_id, now=NOW, realm="r", method="hll:mac", scope=good, price=str(units)
+        raw = BINDER.verify(
+            challenge.echo(), now=NOW, realm="r", request_b64=challenge.request_b64
         ).raw
         offer = self.merchant.offer(
             good=good, amount=units, denomination=EUR, now=NOW, challenge=raw
         )
-        return challenge_id, offer
+        return challenge, offer
 
     def make(self, step: Step) -> tuple[Sent, int] | None:
         kind, which, units = step
         tag = self.rng(32)
         if kind in ("pay", "late", "stale", "stranger"):
             card = self.clone if kind == "stale" else self.cards[which]
-            challenge_id, offer = self.offer(units)
+            challenge, offer = self.offer(units)
             try:
                 purchase = card.purchase(offer, NOW)
             except CardExhausted:
@@ -198,7 +205,7 @@ class Twins:
             if kind == "stranger":  # a card nobody issued, showing card 0's certificate
                 purchase = replace(purchase, card_id=self.rng(hll.CARD_ID_LEN))
                 certificate = self.certificates[0]
-            sent = Sent(challenge_id, offer, purchase, certificate, tag)
+            sent = Sent(challenge, offer, purchase, certificate, tag)
             self.sent.append(sent)
             return sent, offer.expires_at if kind == "late" else NOW
         if not self.sent:
@@ -212,9 +219,9 @@ class Twins:
         offer = sent.offer
         self.port.now = now
         try:
-            challenge = SIGNER.verify(
-                sent.challenge_id, now=now, realm="r", method="hll:mac", scope=offer.good,
-                price=str(offer.amount),
+            challenge = BINDER.verify(
+                sent.challenge.echo(), now=now, realm="r",
+                request_b64=encode_jcs_b64(request_for(offer.good, offer.amount)),
             )  # fmt: skip
             context = PaymentContext(
                 payload=HllPayload(

@@ -229,10 +229,10 @@ class Twins:
 
     async def by_paywall(self, method: OfflineMethod[Any, Any], sent: Sent, now: int) -> Answer:
         context = PaymentContext(
-            payload=SzmPayload(method=method.name, payment=self.p.encode(sent.payment)).to_json(),
+            payload=SzmPayload(payment=self.p.encode(sent.payment)).to_json(),
             route=PricedRoute(scope="/a", price=Price(micros=sent.units * 1000, currency="EUR")),
             resource="/a",
-            challenge=ChallengeId(raw=b"c", nonce=b"n", expires=now + 60),
+            challenge=ChallengeId(raw=b"c", expires=now + 60),
             now=now,
             request=sent.request,
         )
