@@ -263,3 +263,13 @@ def test_payword_users_add_makes_the_key_and_certificate_the_wallet_reads(
     ])  # fmt: skip
     assert added.exit_code == 0, added.output
     assert "(payword)" in added.output
+
+
+def test_init_never_prints_a_dsn_password(runner: CliRunner) -> None:
+    """A database that does not answer: the error names it, without its password."""
+    refused = runner.invoke(
+        app, ["issuer", "init", "--db", "postgresql://ops:hunter2-secret@127.0.0.1:1/farthing"]
+    )
+    assert refused.exit_code == 1
+    assert "postgresql://ops:***@127.0.0.1:1/farthing" in refused.output
+    assert "hunter2" not in refused.output

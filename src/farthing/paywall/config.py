@@ -1,6 +1,6 @@
 """The vendor's config file (TOML), and the app factory uvicorn workers import.
 
-A small file next to the goods::
+Every key is described in docs/vendor.md. A small file next to the goods::
 
     realm = "My articles"
     database = "vendor.sqlite"            # a path (relative to this file) or a postgresql:// DSN
