@@ -20,10 +20,12 @@ from typing import TYPE_CHECKING, Annotated, Final, TextIO
 
 import typer
 
-from farthing.cli._common import console, err_console, fail, printable_target
+from farthing.cli._common import console, err_console, fail, money, printable_target
 from farthing.cli._serve import BodyTimeout, HeaderTimeout, MaxConnections, limits
 
 if TYPE_CHECKING:
+    from rich.table import Table
+
     from farthing.issuer.report_service import IssuerReport
     from farthing.issuer.service import IssuerServices
     from farthing.issuer.szm_service import BatchSpec, ExportedCard
@@ -44,6 +46,10 @@ app.add_typer(tokens_app, name="tokens")
 app.add_typer(customers_app, name="customers")
 app.add_typer(merchants_app, name="merchants")
 app.add_typer(cards_app, name="cards")
+batches_app = typer.Typer(
+    help="SZM card batches.\n\nExample: farthing issuer batches list", no_args_is_help=True
+)
+app.add_typer(batches_app, name="batches")
 
 _DEFAULT_DB: Final = "farthing-issuer.sqlite"
 _DEFAULT_KEYS: Final = "farthing-issuer.keys.json"
@@ -195,24 +201,26 @@ def report(db: Db = _DEFAULT_DB, keys: Keys = Path(_DEFAULT_KEYS)) -> None:
 def _print_report(result: IssuerReport) -> None:
     from rich.table import Table
 
-    balances = Table(title="Balances in micros (negative: the issuer owes it)")
+    balances = Table(title="Balances (negative: the issuer owes it)")
     balances.add_column("account kind")
     for row in result.currencies:
         balances.add_column(row.currency, justify="right")
     kinds = list(result.currencies[0].balances) if result.currencies else []
     for kind in kinds:
-        balances.add_row(kind.value, *(f"{row.balances[kind]:,}" for row in result.currencies))
+        balances.add_row(
+            kind.value, *(money(row.balances[kind], row.currency) for row in result.currencies)
+        )
     balances.add_section()
     rows = result.currencies
-    balances.add_row("HLL value on cards", *(f"{r.hll_outstanding_micros:,}" for r in rows))
-    balances.add_row("SZM value outstanding", *(f"{r.szm_outstanding_micros:,}" for r in rows))
-    balances.add_row("owed to merchants", *(f"{r.merchants_owed_micros:,}" for r in rows))
+    balances.add_row("HLL value on cards", *(money(r.hll_outstanding_micros, r.currency) for r in rows))
+    balances.add_row("SZM value outstanding", *(money(r.szm_outstanding_micros, r.currency) for r in rows))
+    balances.add_row("owed to merchants", *(money(r.merchants_owed_micros, r.currency) for r in rows))
     console.print(balances)
     merchants = Table(title="Merchants")
-    for column in ("merchant", "currency", "owed (micros)"):
+    for column in ("merchant", "owed"):
         merchants.add_column(column)
     for merchant in result.merchants:
-        merchants.add_row(merchant.merchant_id, merchant.currency, f"{merchant.owed_micros:,}")
+        merchants.add_row(merchant.merchant_id, money(merchant.owed_micros, merchant.currency))
     console.print(merchants)
     ledger = result.ledger
     status = "[green]balanced[/]" if ledger.balanced else f"[red]{len(ledger.problems)} problems[/]"
@@ -275,7 +283,8 @@ def customers_load(
     """Cash-in: credit a customer account with cash received."""
     with _services(db, keys) as services:
         result = services.accounts.load(_actor(), customer_id, amount_micros, reference)
-    console.print(f"available: {result.available_micros:,} micros")
+        currency = services.accounts.customer(customer_id).currency
+    console.print(f"available: {money(result.available_micros, currency)}")
 
 
 @merchants_app.command("add")
@@ -291,6 +300,102 @@ def merchants_add(
         made = services.accounts.create_merchant(_actor(), merchant_id, currency)
     console.print(f"merchant [bold]{made.merchant_id}[/] ({made.currency}); key (hex):")
     print(made.key.hex())
+
+
+@tokens_app.command("list")
+def tokens_list(db: Db = _DEFAULT_DB, keys: Keys = Path(_DEFAULT_KEYS)) -> None:
+    """List operator tokens (the tokens themselves are not kept, only who and when)."""
+    with _services(db, keys) as services:
+        rows = services.accounts.operators()
+    table = _table("Operator tokens", "id", "name", "created (UTC)", "revoked (UTC)")
+    for row in rows:
+        revoked = "-" if row.revoked_at is None else _when(row.revoked_at)
+        table.add_row(str(row.id), row.name, _when(row.created_at), revoked)
+    _print_list(table, len(rows), "no operator tokens yet: farthing issuer tokens create NAME")
+
+
+@customers_app.command("list")
+def customers_list(db: Db = _DEFAULT_DB, keys: Keys = Path(_DEFAULT_KEYS)) -> None:
+    """List customer accounts and what the issuer owes each."""
+    with _services(db, keys) as services:
+        rows = services.accounts.customers()
+    table = _table("Customers", "customer", "available")
+    for row in rows:
+        table.add_row(row.customer_id, money(row.available_micros, row.currency))
+    _print_list(table, len(rows), "no customers yet: farthing issuer customers add ID")
+
+
+@merchants_app.command("list")
+def merchants_list(db: Db = _DEFAULT_DB, keys: Keys = Path(_DEFAULT_KEYS)) -> None:
+    """List merchants and what the issuer owes each."""
+    with _services(db, keys) as services:
+        rows = services.accounts.merchants()
+    table = _table("Merchants", "merchant", "owed")
+    for row in rows:
+        table.add_row(row.merchant_id, money(row.owed_micros, row.currency))
+    _print_list(table, len(rows), "no merchants yet: farthing issuer merchants add ID")
+
+
+@batches_app.command("list")
+def batches_list(db: Db = _DEFAULT_DB, keys: Keys = Path(_DEFAULT_KEYS)) -> None:
+    """List the SZM card batches sold, newest first."""
+    with _services(db, keys) as services:
+        rows = services.szm.batches()
+    table = _table(
+        "SZM batches", "batch", "protocol", "cards", "units", "unit value", "issued", "expires"
+    )
+    for row in rows:
+        table.add_row(
+            _b64(row.batch_id), row.protocol.value, str(row.count), str(row.units),
+            money(row.unit_micros, row.currency), _when(row.created_at), _when(row.expires_at),
+        )  # fmt: skip
+    _print_list(table, len(rows), "no batches yet: farthing issuer cards issue --count N --units U")
+
+
+@cards_app.command("revenue")
+def cards_revenue(
+    currency: Currency = "EUR",
+    recognise: Annotated[
+        bool, typer.Option("--recognise", help="Post the spent value not yet recognised.")
+    ] = False,
+    db: Db = _DEFAULT_DB,
+    keys: Keys = Path(_DEFAULT_KEYS),
+) -> None:
+    """Show what became of the SZM cards sold: spent (earned), outstanding (still owed to
+    card holders) and expired unspent (breakage, reported only); --recognise posts the
+    spent value not yet recognised from the prepaid float to revenue."""
+    with _services(db, keys) as services:
+        posted = services.szm.recognise_revenue(_actor(), currency) if recognise else None
+        value = services.szm.value_summary(currency)
+    table = _table(f"SZM card value in {currency}", "what", "amount")
+    table.add_row("spent: earned, recognisable as revenue", money(value.spent, currency))
+    table.add_row("outstanding: unspent on valid cards", money(value.outstanding, currency))
+    table.add_row("expired unspent: breakage, not recognised", money(value.expired, currency))
+    console.print(table)
+    if posted is not None:
+        console.print(f"recognised now: {money(posted, currency)}")
+
+
+def _table(title: str, *columns: str) -> Table:
+    from rich.table import Table
+
+    table = Table(title=title)
+    for number, column in enumerate(columns):
+        table.add_column(column, no_wrap=number == 0)  # ids are copied whole
+    return table
+
+
+def _print_list(table: Table, count: int, empty: str) -> None:
+    if count == 0:
+        console.print(empty)
+    else:
+        console.print(table)
+
+
+def _when(unix: int) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(unix, UTC).strftime("%Y-%m-%d %H:%M")
 
 
 @app.command("hll-key")

@@ -216,7 +216,7 @@ def _explain(error: FarthingError) -> typer.Exit:
             return fail(error.message, hint=hint)
     if isinstance(error, RemoteProtocolError):
         return fail(f"the vendor sent something wrong: {error.message}")
-    return fail(f"{error.message} ({error.code.name})")
+    return fail(error.message)
 
 
 # --- init, cards, balance ------------------------------------------------------------------

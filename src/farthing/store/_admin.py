@@ -25,6 +25,7 @@ __all__ = [
     "merchant",
     "merchants_list",
     "operator_by_token_hash",
+    "operators_list",
     "revoke_operator_token",
 ]
 
@@ -87,3 +88,9 @@ def merchant(ctx: Ctx, merchant_id: str) -> MerchantRow | None:
 def merchants_list(ctx: Ctx) -> list[MerchantRow]:
     stmt = select(merchants).order_by(merchants.c.merchant_id)
     return [build(MerchantRow, row) for row in ctx.conn.execute(stmt).mappings()]
+
+
+def operators_list(ctx: Ctx) -> list[OperatorRow]:
+    """Every operator token ever made (revoked ones too), oldest first."""
+    stmt = select(operator_tokens).order_by(operator_tokens.c.id)
+    return [build(OperatorRow, row) for row in ctx.conn.execute(stmt).mappings()]

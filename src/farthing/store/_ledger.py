@@ -23,6 +23,7 @@ from farthing.store._sql import Ctx, build, inserted_id, total
 __all__ = [
     "account",
     "account_by_name",
+    "accounts_of_kind",
     "balance",
     "create_account",
     "ledger_txn",
@@ -52,6 +53,14 @@ def account_by_name(ctx: Ctx, name: str) -> AccountRow | None:
     stmt = select(accounts).where(accounts.c.name == name)
     row = ctx.conn.execute(stmt).mappings().one_or_none()
     return None if row is None else build(AccountRow, row, kind=AccountKind(row["kind"]))
+
+
+def accounts_of_kind(ctx: Ctx, kind: AccountKind) -> list[AccountRow]:
+    stmt = select(accounts).where(accounts.c.kind == AccountKind(kind).value).order_by(accounts.c.name)
+    return [
+        build(AccountRow, row, kind=AccountKind(row["kind"]))
+        for row in ctx.conn.execute(stmt).mappings()
+    ]
 
 
 def balance(ctx: Ctx, account_id: int) -> int:

@@ -91,6 +91,9 @@ class Tx:
     def txn_entries(self, txn_id: int) -> list[LedgerEntryRow]:
         return _ledger.txn_entries(self._ctx, txn_id)
 
+    def accounts_of_kind(self, kind: AccountKind) -> list[AccountRow]:
+        return _ledger.accounts_of_kind(self._ctx, kind)
+
     def balance(self, account_id: int) -> int:
         """Sum of the account's entries in micros (negative: the issuer owes it)."""
         return _ledger.balance(self._ctx, account_id)
@@ -110,6 +113,9 @@ class Tx:
 
     def revoke_operator_token(self, operator_id: int) -> bool:
         return _admin.revoke_operator_token(self._ctx, operator_id)
+
+    def operators(self) -> list[OperatorRow]:
+        return _admin.operators_list(self._ctx)
 
     def audit(self, actor: str, action: str, detail: Mapping[str, object]) -> int:
         """Append to the audit log (``detail`` is stored as canonical JSON)."""
@@ -214,6 +220,13 @@ class Tx:
 
     def szm_batch(self, batch_id: bytes) -> SzmBatchRow | None:
         return _szm.batch(self._ctx, batch_id)
+
+    def szm_batches(self) -> list[SzmBatchRow]:
+        return _szm.batches_list(self._ctx)
+
+    def szm_value_summary(self, currency: str, now: int) -> tuple[int, int, int]:
+        """(spent, unspent valid, unspent expired) face value in micros; see _szm."""
+        return _szm.value_summary(self._ctx, currency, now)
 
     def szm_insert_cards(self, rows: Iterable[SzmCardRow]) -> int:
         """Bulk insert (executemany, chunked); return the count. Conflict on a repeated id."""
