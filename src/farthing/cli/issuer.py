@@ -212,9 +212,15 @@ def _print_report(result: IssuerReport) -> None:
         )
     balances.add_section()
     rows = result.currencies
-    balances.add_row("HLL value on cards", *(money(r.hll_outstanding_micros, r.currency) for r in rows))
-    balances.add_row("SZM value outstanding", *(money(r.szm_outstanding_micros, r.currency) for r in rows))
-    balances.add_row("owed to merchants", *(money(r.merchants_owed_micros, r.currency) for r in rows))
+    balances.add_row(
+        "HLL value on cards", *(money(r.hll_outstanding_micros, r.currency) for r in rows)
+    )
+    balances.add_row(
+        "SZM value outstanding", *(money(r.szm_outstanding_micros, r.currency) for r in rows)
+    )
+    balances.add_row(
+        "owed to merchants", *(money(r.merchants_owed_micros, r.currency) for r in rows)
+    )
     console.print(balances)
     merchants = Table(title="Merchants")
     for column in ("merchant", "owed"):

@@ -21,6 +21,7 @@ from typing import Annotated, Final
 
 import httpx
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
@@ -49,7 +50,13 @@ from farthing.wallet.cards import (
     Pkcs11Location,
 )
 from farthing.wallet.pkcs11_card import install_wrapped_card_key, new_wrapping_key
-from farthing.wallet.policy import Limits, SpendingPolicy, format_micros, parse_amount
+from farthing.wallet.policy import (
+    STARTER_LIMITS,
+    Limits,
+    SpendingPolicy,
+    format_micros,
+    parse_amount,
+)
 from farthing.wallet.store import HistoryEntry
 from farthing.wallet.wallet import DEFAULT_PREFERENCE, Wallet
 
@@ -229,10 +236,28 @@ def init(wallet: WalletOpt = None, passphrase_file: PassFileOpt = None) -> None:
     if path.exists():
         raise fail(f"a wallet already exists at {path}", hint="use it, or choose --wallet")
     passphrase = _passphrase(passphrase_file, confirm=True)
-    with _explained(), Wallet.create(path, passphrase):
+    starter = SpendingPolicy(default=STARTER_LIMITS)
+    with _explained(), Wallet.create(path, passphrase, policy=starter):
         pass
     console.print(f"Created wallet [bold]{path}[/]")
+    console.print(
+        f"Spending limits, in any currency: {_limits_line(STARTER_LIMITS)} "
+        "(change them with `farthing wallet policy`)."
+    )
     console.print("Next: add a card with `farthing wallet add-card szm CODE --site URL`.")
+
+
+def _limits_line(limits: Limits) -> str:
+    parts = (
+        ("per request", limits.per_request),
+        ("per site a day", limits.per_host),
+        ("a day", limits.per_day),
+    )
+    return ", ".join(f"{_amount(value)} {name}" for name, value in parts)
+
+
+def _amount(micros: int | None) -> str:
+    return "no limit" if micros is None else format_micros(micros, "").strip()
 
 
 @app.command()
@@ -522,9 +547,20 @@ def unbind(
     console.print(f"[bold]{info.label}[/]: {info.where}")
 
 
-@app.command()
-def cards(wallet: WalletOpt = None, passphrase_file: PassFileOpt = None) -> None:
-    """List the cards in the wallet."""
+cards_app = typer.Typer(
+    help="List the cards in the wallet; remove or rename one.\n\n"
+    "Example: farthing wallet cards rename card-1 lunch",
+)
+app.add_typer(cards_app, name="cards")
+
+
+@cards_app.callback(invoke_without_command=True)
+def cards(
+    ctx: typer.Context, wallet: WalletOpt = None, passphrase_file: PassFileOpt = None
+) -> None:
+    """List the cards in the wallet (or remove or rename one)."""
+    if ctx.invoked_subcommand is not None:
+        return
     with _opened(wallet, passphrase_file) as opened:
         held = opened.cards()
     if not held:
@@ -605,7 +641,15 @@ def get(
         str | None,
         typer.Option("--max-price", help="most to pay per request, e.g. 0.05 or 0.05EUR"),
     ] = None,
-    timeout: Annotated[float, typer.Option("--timeout", help="seconds per request")] = 30.0,
+    timeout: Annotated[
+        float, typer.Option("--timeout", min=0.1, max=3600, help="seconds per request")
+    ] = 30.0,
+    card: Annotated[
+        str | None,
+        typer.Option(
+            "--card", help="pay with this card only (its label in `farthing wallet cards`)"
+        ),
+    ] = None,
     method: Annotated[
         str | None,
         typer.Option(
@@ -621,16 +665,59 @@ def get(
     with _explained():
         cap = parse_amount(max_price) if max_price else None
     preference = _preference(method)
+    _check_urls(urls)
     _check_outputs(urls, output)
     with _opened(wallet, passphrase_file, preference=preference) as opened:
         if cap is not None:
             opened.use_policy(opened.policy.with_per_request(*cap))
-        with make_client(PaymentAuth(opened), timeout) as client, _explained():
-            if len(urls) == 1:
-                _get_one(client, urls[0], output)
-            else:
-                assert output is not None  # _check_outputs refused that
-                _get_many(client, urls, output)
+        with _explained():
+            opened.pay_only_with(card)
+        last = _last_history_id(opened)
+        try:
+            with make_client(PaymentAuth(opened), timeout) as client, _explained():
+                if len(urls) == 1:
+                    _get_one(client, urls[0], output)
+                else:
+                    assert output is not None  # _check_outputs refused that
+                    _get_many(client, urls, output)
+        finally:
+            _print_paid(opened, last)
+
+
+def _check_urls(urls: list[str]) -> None:
+    """Refuse, before anything is paid, what is not an http(s) address."""
+    for url in urls:
+        try:
+            parsed = httpx.URL(url)
+        except httpx.InvalidURL:
+            parsed = None
+        if parsed is None or parsed.scheme not in ("http", "https") or not parsed.host:
+            raise fail(
+                f"{url!r} is not a web address",
+                hint="give a URL that starts with https:// (or http:// on this machine)",
+            )
+
+
+def _last_history_id(opened: Wallet) -> int:
+    newest = opened.history(limit=1)
+    return newest[0].id if newest else 0
+
+
+def _print_paid(opened: Wallet, after: int) -> None:
+    """One line per payment made since history id ``after``: what, how, and what is left."""
+    made = [entry for entry in reversed(opened.history(limit=1000)) if entry.id > after]
+    left = {info.label: info for info in opened.cards()}
+    for entry in made:
+        paid = format_micros(entry.charged_micros, entry.currency)
+        info = left.get(entry.card_label)
+        rest = (
+            "" if info is None else f", {format_micros(info.value_left_micros, info.currency)} left"
+        )
+        outcome = "" if entry.outcome == "paid" else f" ({entry.outcome})"
+        err_console.print(
+            f"Paid {paid} with {entry.method}, card {entry.card_label}{rest}{outcome}",
+            markup=False,
+        )
 
 
 def _preference(method: str | None) -> tuple[str, ...]:
@@ -759,12 +846,44 @@ def _get_many(client: httpx.Client, urls: list[str], output: Path) -> None:
     console.print(table)
 
 
+@app.command()
+def quote(
+    url: Annotated[str, typer.Argument(help="the URL whose price to ask")],
+    card: Annotated[str | None, typer.Option("--card", help="quote for this card only")] = None,
+    timeout: Annotated[
+        float, typer.Option("--timeout", min=0.1, max=3600, help="seconds for the request")
+    ] = 30.0,
+    wallet: WalletOpt = None,
+    passphrase_file: PassFileOpt = None,
+) -> None:
+    """Show what a URL costs and which card would pay, without paying (no unit is spent)."""
+    from farthing.http.payment_auth import parse_challenges
+
+    _check_urls([url])
+    with _opened(wallet, passphrase_file) as opened, _explained():
+        opened.pay_only_with(card)
+        with httpx.Client(timeout=timeout, follow_redirects=True) as client:
+            response = client.get(url)
+        if response.status_code != 402:
+            console.print(f"{url} is free (the vendor answered {response.status_code})")
+            return
+        challenges = parse_challenges(response.headers.get_list("www-authenticate"))
+        offer = opened.quote(url, challenges)
+    console.print(
+        f"{url} costs {format_micros(offer.charged_micros, offer.currency)}: "
+        f"{offer.method}, card {offer.card_label} ({offer.units} units). Nothing was paid.",
+        markup=False,
+    )
+
+
 # --- history and policy --------------------------------------------------------------------
 
 
 @app.command()
 def history(
-    limit: Annotated[int, typer.Option("--limit", help="how many, newest first")] = 50,
+    limit: Annotated[
+        int, typer.Option("--limit", min=1, max=100_000, help="how many, newest first")
+    ] = 50,
     wallet: WalletOpt = None,
     passphrase_file: PassFileOpt = None,
 ) -> None:
@@ -797,14 +916,21 @@ def _history_table(entries: list[HistoryEntry]) -> Table:
 
 @app.command()
 def policy(
-    per_request: Annotated[str | None, typer.Option("--per-request", help="e.g. 0.05")] = None,
-    per_host: Annotated[str | None, typer.Option("--per-host", help="per host per day")] = None,
-    per_day: Annotated[str | None, typer.Option("--per-day", help="all hosts per day")] = None,
+    per_request: Annotated[
+        str | None, typer.Option("--per-request", help="e.g. 0.05, or none for no limit")
+    ] = None,
+    per_host: Annotated[
+        str | None, typer.Option("--per-host", help="per site per day, or none")
+    ] = None,
+    per_day: Annotated[
+        str | None, typer.Option("--per-day", help="all sites per day, or none")
+    ] = None,
     currency: Annotated[str, typer.Option("--currency")] = "EUR",
     wallet: WalletOpt = None,
     passphrase_file: PassFileOpt = None,
 ) -> None:
-    """Show the spending policy, or set limits for one currency (kept in the wallet)."""
+    """Show the spending policy, or set limits for one currency (kept in the wallet); give
+    a limit as none to remove it."""
     code = currency.upper()
     with _opened(wallet, passphrase_file) as opened:
         current = opened.policy
@@ -820,11 +946,18 @@ def policy(
     _show_policy(current)
 
 
+_NO_LIMIT: Final = ("none", "off", "no-limit")
+
+
 def _merged(
     base: Limits, per_request: str | None, per_host: str | None, per_day: str | None
 ) -> Limits:
     def value(text: str | None, old: int | None) -> int | None:
-        return old if text is None else parse_amount(text)[0]
+        if text is None:
+            return old
+        if text.strip().lower() in _NO_LIMIT:
+            return None
+        return parse_amount(text)[0]
 
     return Limits(
         per_request=value(per_request, base.per_request),
@@ -865,3 +998,117 @@ def _utc(unix: int, layout: str) -> str:
         return datetime.fromtimestamp(unix, UTC).strftime(layout)
     except (OverflowError, ValueError, OSError):
         return "far future" if unix > 0 else "?"
+
+
+# --- managing cards, the passphrase and backups ----------------------------------------------
+
+passphrase_app = typer.Typer(
+    help="The wallet passphrase.\n\nExample: farthing wallet passphrase change",
+    no_args_is_help=True,
+)
+app.add_typer(passphrase_app, name="passphrase")
+
+
+@cards_app.command("remove")
+def cards_remove(
+    card: CardArg,
+    yes: Annotated[bool, typer.Option("--yes", help="do not ask; the value left is lost")] = False,
+    wallet: WalletOpt = None,
+    passphrase_file: PassFileOpt = None,
+) -> None:
+    """Remove a card from the wallet (its history stays). The value left on it is lost
+    unless the card is added again from its code."""
+    with _opened(wallet, passphrase_file) as opened:
+        info = next((c for c in opened.cards() if c.label == card), None)
+        if info is None:
+            raise fail(f"no card labelled {card!r}", hint="see `farthing wallet cards`")
+        left = format_micros(info.value_left_micros, info.currency)
+        if not yes and not typer.confirm(f"Remove {card} with {left} left?", err=True):
+            raise fail("nothing removed")
+        with _explained():
+            opened.remove_card(card)
+    console.print(f"Removed [bold]{escape(card)}[/] ({left} left on it)")
+
+
+@cards_app.command("rename")
+def cards_rename(
+    card: CardArg,
+    new_label: Annotated[str, typer.Argument(help="the new label")],
+    wallet: WalletOpt = None,
+    passphrase_file: PassFileOpt = None,
+) -> None:
+    """Give a card another label."""
+    with _opened(wallet, passphrase_file) as opened, _explained():
+        info = opened.rename_card(card, new_label)
+    console.print(f"[bold]{escape(card)}[/] is now [bold]{escape(info.label)}[/]")
+
+
+@passphrase_app.command("change")
+def passphrase_change(
+    new_passphrase_file: Annotated[
+        Path | None,
+        typer.Option("--new-passphrase-file", help="read the new passphrase from this file"),
+    ] = None,
+    wallet: WalletOpt = None,
+    passphrase_file: PassFileOpt = None,
+) -> None:
+    """Protect the wallet with a new passphrase (every secret is sealed again)."""
+    from farthing.wallet.store import WalletStore
+
+    path = _existing(wallet)
+    old = _passphrase(passphrase_file)
+    new = _new_passphrase(new_passphrase_file)
+    with _explained(), console.status("sealing every secret again"):
+        WalletStore.change_passphrase(path, old, new, rng=os.urandom)
+    console.print(f"[bold]{path}[/] now opens with the new passphrase.")
+
+
+def _new_passphrase(path: Path | None) -> str:
+    if path is not None:
+        return _passphrase(path)
+    answer: str = typer.prompt(
+        "New wallet passphrase", hide_input=True, confirmation_prompt=True, err=True
+    )
+    return answer
+
+
+def _existing(wallet: Path | None) -> Path:
+    path = _path(wallet)
+    if not path.is_file():
+        raise fail(f"no wallet at {path}", hint="create one with `farthing wallet init`")
+    return path
+
+
+@app.command("export")
+def export_command(
+    backup: Annotated[Path, typer.Argument(help="the backup file to write (must not exist)")],
+    wallet: WalletOpt = None,
+    passphrase_file: PassFileOpt = None,
+) -> None:
+    """Write an encrypted backup of the whole wallet (it opens with the same passphrase)."""
+    from farthing.wallet.backup import export_backup
+
+    path = _existing(wallet)
+    passphrase = _passphrase(passphrase_file)
+    with _explained(), console.status("encrypting the backup"):
+        size = export_backup(path, passphrase, backup, rng=os.urandom)
+    console.print(f"Backup written to [bold]{backup}[/] ({size:,} bytes, mode 0600).")
+    console.print("Restore it with `farthing wallet import FILE --wallet NEW`.")
+
+
+@app.command("import")
+def import_command(
+    backup: Annotated[Path, typer.Argument(help="a file made by `farthing wallet export`")],
+    wallet: WalletOpt = None,
+    passphrase_file: PassFileOpt = None,
+) -> None:
+    """Restore a backup as a new wallet file (never over an existing one)."""
+    from farthing.wallet.backup import import_backup
+
+    path = _path(wallet)
+    if path.exists():
+        raise fail(f"a wallet already exists at {path}", hint="restore to a new file with --wallet")
+    passphrase = _passphrase(passphrase_file)
+    with _explained(), console.status("decrypting the backup"):
+        import_backup(backup, passphrase, path, rng=os.urandom)
+    console.print(f"Restored [bold]{path}[/]; cards are where they were when the backup was made.")

@@ -56,7 +56,9 @@ def account_by_name(ctx: Ctx, name: str) -> AccountRow | None:
 
 
 def accounts_of_kind(ctx: Ctx, kind: AccountKind) -> list[AccountRow]:
-    stmt = select(accounts).where(accounts.c.kind == AccountKind(kind).value).order_by(accounts.c.name)
+    stmt = (
+        select(accounts).where(accounts.c.kind == AccountKind(kind).value).order_by(accounts.c.name)
+    )
     return [
         build(AccountRow, row, kind=AccountKind(row["kind"]))
         for row in ctx.conn.execute(stmt).mappings()
