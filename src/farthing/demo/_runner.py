@@ -429,7 +429,7 @@ def _buy(wallet: Wallet, vendor: str, name: str, method: str, report: DemoReport
         start = f"HTTP/1.1 {response.status_code} {response.reason_phrase}"
         messages.append(Message(start=start, headers=tuple(response.headers.multi_items())))
 
-    hooks = {"request": [sent], "response": [log]}
+    hooks: dict[str, list[Callable[..., object]]] = {"request": [sent], "response": [log]}
     started = time.perf_counter()
     with httpx.Client(auth=PaymentAuth(wallet), event_hooks=hooks, timeout=30) as c:
         response = c.get(f"{vendor}/{name}")
