@@ -83,13 +83,24 @@ def _currencies() -> tuple[str, ...]:
 @contextmanager
 def _services(db: str, keys: Path) -> Iterator[IssuerServices]:
     """The issuer's services over an initialised database, closed afterwards."""
+    from sqlalchemy.exc import SQLAlchemyError
+
     from farthing.core.clock import SystemClock
+    from farthing.core.errors import FarthingError
     from farthing.issuer.config import IssuerConfig, load_issuer_keys
     from farthing.issuer.service import build_services
     from farthing.store import open_store
 
-    config = IssuerConfig(keys=load_issuer_keys(keys), currencies=_currencies())
-    store = open_store(db, create=False)
+    try:
+        config = IssuerConfig(keys=load_issuer_keys(keys), currencies=_currencies())
+        store = open_store(db, create=False)
+    except FarthingError as error:
+        raise fail(error.message) from None
+    except SQLAlchemyError:
+        raise fail(
+            f"cannot open the database {printable_target(db)}",
+            hint="check that it runs and that the URL, user and password are right",
+        ) from None
     try:
         yield build_services(config, store, clock=SystemClock(), rng=os.urandom)
     finally:

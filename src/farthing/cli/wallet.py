@@ -167,6 +167,8 @@ _CODE_HINTS: Final = {
     ErrorCode.WRONG_PASSPHRASE: f"use the passphrase chosen at `farthing wallet init` "
     f"(--passphrase-file, ${PASSPHRASE_ENV} or the prompt)",
     ErrorCode.NO_CARD_FITS: "add a card this vendor takes: `farthing wallet add-card`",
+    ErrorCode.UNKNOWN_VERSION: "check that --wallet (or $FARTHING_WALLET) names your wallet "
+    "file; if it is damaged, restore a backup: `farthing wallet import BACKUP --wallet NEW`",
     ErrorCode.WALLET_BUSY: "another farthing is using this wallet; try again when it is done",
     ErrorCode.DEVICE_FAILED: "check that the token is plugged in, then try again",
     ErrorCode.ISSUER_UNAVAILABLE: "the issuer could not be reached; try again later",
@@ -932,6 +934,8 @@ def policy(
     """Show the spending policy, or set limits for one currency (kept in the wallet); give
     a limit as none to remove it."""
     code = currency.upper()
+    if len(code) != 3 or not code.isalpha():
+        raise fail(f"{currency!r}: a currency is three letters", hint="e.g. --currency EUR")
     with _opened(wallet, passphrase_file) as opened:
         current = opened.policy
         if any(v is not None for v in (per_request, per_host, per_day)):

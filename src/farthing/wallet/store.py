@@ -431,7 +431,7 @@ class WalletStore:
         (its passphrase protection is under today's minimum: :meth:`upgrade` it)."""
         engine = _open_engine(path)
         try:
-            meta = _read_meta(engine)
+            meta = _read_meta(engine, path)
             _check_format(meta, path)
             with engine.begin() as conn:
                 _metadata.create_all(conn)  # tables newer than the file (pending, refusals)
@@ -454,7 +454,7 @@ class WalletStore:
         value replace the old. A crash leaves the old wallet whole."""
         engine = _open_engine(path)
         try:
-            meta = _read_meta(engine)
+            meta = _read_meta(engine, path)
             _check_format(meta, path)
             old_params = _kdf_params(meta)
             try:
@@ -476,7 +476,7 @@ class WalletStore:
         WRONG_PASSPHRASE if ``old`` does not open it."""
         engine = _open_engine(path)
         try:
-            meta = _read_meta(engine)
+            meta = _read_meta(engine, path)
             _check_format(meta, path)
             params = _kdf_params(meta)
             params.require_strong()
@@ -874,13 +874,13 @@ def _reseal_all(conn: Connection, old: SecretBox, new: SecretBox) -> None:
         conn.execute(update(_commitments).where(_commitments.c.id == row.id), {"seed": seed})
 
 
-def _read_meta(engine: Engine) -> dict[str, bytes]:
+def _read_meta(engine: Engine, path: Path) -> dict[str, bytes]:
     try:
         with engine.execution_options(**{_READONLY: True}).begin() as conn:
             return {key: value for key, value in conn.execute(select(_meta.c.key, _meta.c.value))}
     except DatabaseError as exc:  # no such table, or not SQLite at all
         raise LocalProtocolError(
-            "this file is not a farthing wallet", code=ErrorCode.UNKNOWN_VERSION
+            f"{path} is not a farthing wallet", code=ErrorCode.UNKNOWN_VERSION
         ) from exc
 
 

@@ -963,6 +963,8 @@ def _no_card_error(
     foreign = [c for c in here if not any(_issuer_allows(c, ch) for ch in challenges)]
     if foreign and len(foreign) == len(here):
         return _wrong_issuer(foreign, challenges)
+    if not kind_fits and (mismatch := _other_issuer_or_currency(challenges, cards)) is not None:
+        return mismatch
     if kind_fits:
         labels = ", ".join(card.label for card in kind_fits)
         expired = all(card.expires_at <= now for card in kind_fits)
@@ -973,6 +975,29 @@ def _no_card_error(
         f"this wallet holds no card this vendor takes (it offers {offered})",
         code=ErrorCode.NO_CARD_FITS,
     )
+
+
+def _other_issuer_or_currency(
+    challenges: Sequence[Challenge], cards: Sequence[CardRow]
+) -> LocalProtocolError | None:
+    """Cards of an offered method that differ only in currency, or (SZM) in issuer."""
+    for challenge in challenges:
+        same_method = [card for card in cards if card.method == challenge.method]
+        currency = str(challenge.request.get("currency"))
+        if same_method and all(card.currency != currency for card in same_method):
+            held = ", ".join(sorted({card.currency for card in same_method}))
+            return LocalProtocolError(
+                f"this vendor asks for {currency}; your {challenge.method} cards hold {held}",
+                code=ErrorCode.NO_CARD_FITS,
+            )
+        if challenge.method.startswith("szm:") and same_method:
+            realms = ", ".join(sorted({repr(card.realm) for card in same_method}))
+            return LocalProtocolError(
+                f"your {challenge.method} cards are from the issuer {realms}; this vendor "
+                f"takes cards of {challenge.realm!r}",
+                code=ErrorCode.WRONG_ISSUER,
+            )
+    return None
 
 
 def _wrong_site(cards: Sequence[CardRow], target: _Target) -> LocalProtocolError:
