@@ -1,4 +1,4 @@
-"""The ``farthing`` command: ``issuer``, ``vendor``, ``wallet`` and ``demo``.
+"""The `farthing` command: `issuer`, `vendor`, `wallet` and `demo`.
 
 Each group lives in its own module and is registered here; nothing runs at import time.
 """

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -22,6 +23,24 @@ class _Console(Console):
         self._width = None
 
 
+def _flags_without_a_type() -> None:
+    """Typer's Rich help (0.29) prints ``<bool>`` after every flag, ``--help`` included,
+    as if it took a value. A flag takes none: show no type for it, as Click's plain help
+    does. Applied once, when the CLI is imported."""
+    from typer.core import TyperOption
+
+    if getattr(TyperOption.display_type_rich, "_farthing", False):
+        return
+    shown = TyperOption.display_type_rich
+
+    def display_type_rich(self: TyperOption, ctx: Any) -> str | None:
+        return None if self.is_flag or self.count else shown(self, ctx)
+
+    display_type_rich._farthing = True  # type: ignore[attr-defined]
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+_flags_without_a_type()
 console = _Console()
 err_console = _Console(stderr=True)
 

@@ -1,4 +1,4 @@
-"""``farthing demo``: the main job, end to end on SQLite and loopback, with a summary."""
+"""`farthing demo`: the main job, end to end on SQLite and loopback, with a summary."""
 
 from __future__ import annotations
 
@@ -100,7 +100,7 @@ def _checks(report: DemoReport) -> Table:
 
 def demo(
     directory: Annotated[
-        Path | None, typer.Option("--dir", help="keep every file here (default: a temp folder)")
+        Path | None, typer.Option("--dir", help="Keep every file here (default: a temp folder)")
     ] = None,
 ) -> None:
     """Issue cards of every kind, run an issuer and a vendor on loopback, buy with every

@@ -1,11 +1,11 @@
 """`farthing issuer`: set up, run and administer the issuer.
 
-Every command takes ``--db`` (a SQLite path or a ``postgresql://`` DSN; env
-``FARTHING_ISSUER_DB``) and ``--keys`` (the key file; env ``FARTHING_ISSUER_KEYS``). The
-currencies the issuer keeps books in come from ``FARTHING_ISSUER_CURRENCIES`` (default
-``EUR``). Administrative commands run the same service code as the HTTP API, directly
-against the database, and are audited as ``cli:<user>``. The issuer's own modules are
-imported inside the commands, so ``farthing --help`` stays fast.
+Every command takes `--db` (a SQLite path or a `postgresql://` DSN; env
+`FARTHING_ISSUER_DB`) and `--keys` (the key file; env `FARTHING_ISSUER_KEYS`). The
+currencies the issuer keeps books in come from `FARTHING_ISSUER_CURRENCIES` (default
+`EUR`). Administrative commands run the same service code as the HTTP API, directly
+against the database, and are audited as `cli:<user>`. The issuer's own modules are
+imported inside the commands, so `farthing --help` stays fast.
 """
 
 from __future__ import annotations
@@ -34,14 +34,27 @@ if TYPE_CHECKING:
 __all__ = ["app"]
 
 app = typer.Typer(
-    help="The issuer: bank of HLL, broker of PayWord, SZM card issuer.", no_args_is_help=True
+    help="The issuer: bank of HLL, broker of PayWord, SZM card issuer.\n\n"
+    "Example: farthing issuer init && farthing issuer cards issue --count 10 --units 100",
+    no_args_is_help=True,
 )
-tokens_app = typer.Typer(help="Operator tokens for the HTTP API.", no_args_is_help=True)
-customers_app = typer.Typer(help="Customer accounts.", no_args_is_help=True)
+tokens_app = typer.Typer(
+    help="Operator tokens for the HTTP API.\n\nExample: farthing issuer tokens create alice",
+    no_args_is_help=True,
+)
+customers_app = typer.Typer(
+    help="Customer accounts.\n\nExample: farthing issuer customers add alice",
+    no_args_is_help=True,
+)
 merchants_app = typer.Typer(
-    help="Merchants (HLL merchants and PayWord vendors).", no_args_is_help=True
+    help="Merchants (HLL merchants and PayWord vendors).\n\n"
+    "Example: farthing issuer merchants add shop",
+    no_args_is_help=True,
 )
-cards_app = typer.Typer(help="SZM prepaid cards.", no_args_is_help=True)
+cards_app = typer.Typer(
+    help="SZM prepaid cards.\n\nExample: farthing issuer cards issue --count 10 --units 100",
+    no_args_is_help=True,
+)
 app.add_typer(tokens_app, name="tokens")
 app.add_typer(customers_app, name="customers")
 app.add_typer(merchants_app, name="merchants")
@@ -312,7 +325,7 @@ def merchants_add(
     keys: Keys = Path(_DEFAULT_KEYS),
 ) -> None:
     """Register a merchant. Its key K_M is printed once, in hex (the form the vendor's
-    ``merchant_key_file`` holds); give it to the merchant over a safe channel."""
+    `merchant_key_file` holds); give it to the merchant over a safe channel."""
     with _services(db, keys) as services:
         made = services.accounts.create_merchant(_actor(), merchant_id, currency)
     console.print(f"merchant [bold]{made.merchant_id}[/] ({made.currency}); key (hex):")
@@ -417,7 +430,7 @@ def _when(unix: int) -> str:
 
 @app.command("hll-key")
 def hll_key(keys: Keys = Path(_DEFAULT_KEYS)) -> None:
-    """Print the bank's HLL card-certification public key (hex): the ``bank_public_key`` a
+    """Print the bank's HLL card-certification public key (hex): the `bank_public_key` a
     deferred-mode vendor checks card certificates with. It is public."""
     from farthing.core.errors import FarthingError
     from farthing.core.schemes import hll
@@ -437,7 +450,9 @@ def hll_key(keys: Keys = Path(_DEFAULT_KEYS)) -> None:
 def cards_issue(
     count: Annotated[int, typer.Option(min=1, help="How many cards.")],
     units: Annotated[int, typer.Option(min=1, help="Units per card.")],
-    protocol: Annotated[str, typer.Option(help="szm:chain or szm:prbg.")] = "szm:chain",
+    protocol: Annotated[
+        str, typer.Option(help="The protocol: szm:chain or szm:prbg.")
+    ] = "szm:chain",
     generator: Annotated[str | None, typer.Option(help="For szm:prbg: hmac-ctr or bbs.")] = None,
     unit_micros: Annotated[int, typer.Option(min=1, help="Value of one unit.")] = 1000,
     currency: Currency = "EUR",

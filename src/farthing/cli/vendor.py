@@ -1,4 +1,4 @@
-"""``farthing vendor``: sell the files of a folder behind HTTP 402, and deposit the takings."""
+"""`farthing vendor`: sell the files of a folder behind HTTP 402, and deposit the takings."""
 
 from __future__ import annotations
 
@@ -18,12 +18,14 @@ from farthing.http.issuer_client import IssuerClient
 from farthing.paywall.deposits import Depositor, FlushReport
 
 app = typer.Typer(
-    help="The vendor: a paywall for a folder of information goods.", no_args_is_help=True
+    help="The vendor: a paywall for a folder of information goods.\n\n"
+    "Example: farthing vendor serve ./articles",
+    no_args_is_help=True,
 )
 
 CONFIG_NAME = ".farthing/vendor.toml"
 ConfigOpt = Annotated[
-    Path | None, typer.Option("--config", help=f"config file (default DIR/{CONFIG_NAME})")
+    Path | None, typer.Option("--config", help=f"Config file (default DIR/{CONFIG_NAME})")
 ]
 
 _STARTER = """\
@@ -54,11 +56,11 @@ def _config_path(directory: Path, config: Path | None) -> Path:
 
 @app.command("init")
 def init(
-    directory: Annotated[Path, typer.Argument(help="the folder of goods to sell")],
+    directory: Annotated[Path, typer.Argument(help="The folder of goods to sell")],
     issuer_keys: Annotated[
-        Path, typer.Option(help="key file from `farthing issuer init` (read, not kept)")
+        Path, typer.Option(help="Key file from `farthing issuer init` (read, not kept)")
     ],
-    price: Annotated[int, typer.Option(help="default price in micro-EUR")] = 1000,
+    price: Annotated[int, typer.Option(help="Default price in micro-EUR")] = 1000,
 ) -> None:
     """Write a starter config and the vendor's own key file into DIR/.farthing/ (never
     served). The key file holds only the SZM keys, taken from the issuer's key file; the
@@ -91,9 +93,9 @@ def init(
 @app.command("keys")
 def keys_command(
     issuer_keys: Annotated[
-        Path, typer.Option(help="key file from `farthing issuer init` (read, not kept)")
+        Path, typer.Option(help="Key file from `farthing issuer init` (read, not kept)")
     ],
-    out: Annotated[Path, typer.Option(help="the vendor key file to write (mode 0600)")] = Path(
+    out: Annotated[Path, typer.Option(help="The vendor key file to write (mode 0600)")] = Path(
         VENDOR_KEYS_NAME
     ),
 ) -> None:
@@ -111,11 +113,11 @@ def keys_command(
 
 @app.command("serve")
 def serve(
-    directory: Annotated[Path, typer.Argument(help="the folder of goods to sell")],
+    directory: Annotated[Path, typer.Argument(help="The folder of goods to sell")],
     config: ConfigOpt = None,
-    host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="port to bind")] = 8000,
-    workers: Annotated[int, typer.Option(min=1, help="uvicorn worker processes")] = 1,
+    host: Annotated[str, typer.Option(help="Address to bind")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to bind")] = 8000,
+    workers: Annotated[int, typer.Option(min=1, help="Uvicorn worker processes")] = 1,
     header_timeout: HeaderTimeout = None,
     body_timeout: BodyTimeout = None,
     max_connections: MaxConnections = None,
@@ -148,7 +150,7 @@ async def _flush_and_close(depositor: Depositor, client: IssuerClient) -> FlushR
 
 @app.command("deposit")
 def deposit(
-    directory: Annotated[Path, typer.Argument(help="the vendor's folder")],
+    directory: Annotated[Path, typer.Argument(help="The vendor's folder")],
     config: ConfigOpt = None,
 ) -> None:
     """Claim delivered HLL and PayWord payments from the issuer, now."""

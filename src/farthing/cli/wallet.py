@@ -1,8 +1,8 @@
-"""``farthing wallet``: keep cards, pay HTTP 402 vendors, and see what was bought.
+"""`farthing wallet`: keep cards, pay HTTP 402 vendors, and see what was bought.
 
-Every command finds the wallet file at ``--wallet``, else ``$FARTHING_WALLET``, else
-``~/.local/share/farthing/wallet.sqlite``; and its passphrase in ``--passphrase-file`` (first
-line), else ``$FARTHING_WALLET_PASSPHRASE``, else asks for it. Errors say what happened and
+Every command finds the wallet file at `--wallet`, else `$FARTHING_WALLET`, else
+`~/.local/share/farthing/wallet.sqlite`; and its passphrase in `--passphrase-file` (first
+line), else `$FARTHING_WALLET_PASSPHRASE`, else asks for it. Errors say what happened and
 what to do about it; nothing is spent when a command fails before paying.
 """
 
@@ -66,8 +66,16 @@ WALLET_ENV: Final = "FARTHING_WALLET"
 PASSPHRASE_ENV: Final = "FARTHING_WALLET_PASSPHRASE"  # noqa: S105 -- the variable's name
 PIN_ENV: Final = "FARTHING_CARD_PIN"
 
-app = typer.Typer(help="The wallet: cards, payments and what was bought.", no_args_is_help=True)
-add_card = typer.Typer(help="Add a card to the wallet.", no_args_is_help=True)
+app = typer.Typer(
+    help="The wallet: cards, payments and what was bought.\n\n"
+    "Example: farthing wallet get https://news.example/articles/1",
+    no_args_is_help=True,
+)
+add_card = typer.Typer(
+    help="Add a card to the wallet.\n\n"
+    "Example: farthing wallet add-card szm CODE --site https://news.example",
+    no_args_is_help=True,
+)
 app.add_typer(add_card, name="add-card")
 
 WalletOpt = Annotated[
@@ -75,7 +83,7 @@ WalletOpt = Annotated[
     typer.Option(
         "--wallet",
         envvar=WALLET_ENV,
-        help="wallet file (default ~/.local/share/farthing/wallet.sqlite)",
+        help="Wallet file (default ~/.local/share/farthing/wallet.sqlite)",
         show_default=False,
     ),
 ]
@@ -83,16 +91,16 @@ PassFileOpt = Annotated[
     Path | None,
     typer.Option(
         "--passphrase-file",
-        help=f"read the passphrase from this file's first line (else ${PASSPHRASE_ENV}, "
+        help=f"Read the passphrase from this file's first line (else ${PASSPHRASE_ENV}, "
         "else a prompt)",
     ),
 ]
-LabelOpt = Annotated[str | None, typer.Option("--label", help="a name for the card")]
+LabelOpt = Annotated[str | None, typer.Option("--label", help="A name for the card")]
 SiteOpt = Annotated[
     list[str],
     typer.Option(
         "--site",
-        help="a site the card may pay, e.g. https://shop.example (repeat the option, or "
+        help="A site the card may pay, e.g. https://shop.example (repeat the option, or "
         "separate sites with commas); the card pays no other site",
         show_default=False,
     ),
@@ -104,7 +112,7 @@ def default_wallet_path() -> Path:
 
 
 def make_client(auth: httpx.Auth, timeout: float) -> httpx.Client:
-    """The HTTP client ``get`` uses (tests replace it to reach an in-process vendor)."""
+    """The HTTP client `get` uses (tests replace it to reach an in-process vendor)."""
     return httpx.Client(auth=auth, timeout=timeout, follow_redirects=True)
 
 
@@ -282,10 +290,10 @@ def upgrade(wallet: WalletOpt = None, passphrase_file: PassFileOpt = None) -> No
 @add_card.command("szm")
 def add_szm(
     site: SiteOpt,
-    code: Annotated[str | None, typer.Argument(help="the printed card code FTH1-...")] = None,
+    code: Annotated[str | None, typer.Argument(help="The printed card code FTH1-...")] = None,
     file: Annotated[
         Path | None,
-        typer.Option("--file", help="a file holding the code (text or QR/compact form)"),
+        typer.Option("--file", help="A file holding the code (text or QR/compact form)"),
     ] = None,
     label: LabelOpt = None,
     wallet: WalletOpt = None,
@@ -301,7 +309,7 @@ def add_szm(
 
 
 def _sites(given: list[str]) -> list[str]:
-    """``--site`` values, each possibly a comma-separated list."""
+    """`--site` values, each possibly a comma-separated list."""
     sites = [part.strip() for value in given for part in value.split(",") if part.strip()]
     if not sites:
         raise fail("give at least one --site URL", hint="e.g. --site https://news.example")
@@ -313,13 +321,13 @@ _WRAP_LABEL: Final = "hll-card-wrap"
 
 @app.command("hll-token-key")
 def hll_token_key(
-    pkcs11_module: Annotated[str, typer.Option("--pkcs11-module", help="the PKCS#11 module")],
+    pkcs11_module: Annotated[str, typer.Option("--pkcs11-module", help="The PKCS#11 module")],
     token_label: Annotated[str, typer.Option("--token-label")],
     wrap_label: Annotated[
-        str, typer.Option("--wrap-label", help="label of the key pair made on the token")
+        str, typer.Option("--wrap-label", help="Label of the key pair made on the token")
     ] = _WRAP_LABEL,
     output: Annotated[
-        Path | None, typer.Option("-o", "--output", help="write the public key here")
+        Path | None, typer.Option("-o", "--output", help="Write the public key here")
     ] = None,
 ) -> None:
     """Make, inside the token, the key pair the bank wraps your HLL card key to, and print
@@ -352,7 +360,7 @@ def _write_new(path: Path, text: str) -> None:
 def add_hll(
     site: SiteOpt,
     card_file: Annotated[
-        Path, typer.Option("--card-file", help="the bank's personalisation output (JSON)")
+        Path, typer.Option("--card-file", help="The bank's personalisation output (JSON)")
     ],
     pkcs11_module: Annotated[
         str, typer.Option("--pkcs11-module", help="PKCS#11 module of the card's token")
@@ -360,13 +368,13 @@ def add_hll(
     token_label: Annotated[str, typer.Option("--token-label")],
     key_label: Annotated[str, typer.Option("--key-label")] = "hll-card-key",
     wrap_label: Annotated[
-        str, typer.Option("--wrap-label", help="the key pair `hll-token-key` made")
+        str, typer.Option("--wrap-label", help="The key pair `hll-token-key` made")
     ] = _WRAP_LABEL,
     bank_key: Annotated[
         str | None,
         typer.Option(
             "--bank-key",
-            help="the bank's card-certification key (hex, `farthing issuer hll-key`), for a "
+            help="The bank's card-certification key (hex, `farthing issuer hll-key`), for a "
             "card file that does not name its bank",
         ),
     ] = None,
@@ -449,10 +457,10 @@ def _into_token(card: HllCardFile, token: Pkcs11Location, pin: str, wrap_label: 
 def add_payword(
     site: SiteOpt,
     certificate: Annotated[
-        Path, typer.Option("--certificate", help="the broker's certificate (base64url or raw)")
+        Path, typer.Option("--certificate", help="The broker's certificate (base64url or raw)")
     ],
     user_key: Annotated[
-        Path, typer.Option("--user-key", help="your Ed25519 private key (base64url or raw)")
+        Path, typer.Option("--user-key", help="Your Ed25519 private key (base64url or raw)")
     ],
     label: LabelOpt = None,
     wallet: WalletOpt = None,
@@ -503,7 +511,7 @@ def _added(info: CardInfo) -> None:
     )
 
 
-CardArg = Annotated[str, typer.Argument(help="the card's label (see `farthing wallet cards`)")]
+CardArg = Annotated[str, typer.Argument(help="The card's label (see `farthing wallet cards`)")]
 
 
 @app.command()
@@ -511,13 +519,13 @@ def bind(
     card: CardArg,
     site: Annotated[
         list[str] | None,
-        typer.Option("--site", help="a site the card may pay from now on (repeatable, or commas)"),
+        typer.Option("--site", help="A site the card may pay from now on (repeatable, or commas)"),
     ] = None,
     bank_key: Annotated[
         str | None,
         typer.Option(
             "--bank-key",
-            help="name the bank of an HLL card added before cards named theirs (hex, "
+            help="Name the bank of an HLL card added before cards named theirs (hex, "
             "`farthing issuer hll-key`)",
         ),
     ] = None,
@@ -605,9 +613,9 @@ def balance(wallet: WalletOpt = None, passphrase_file: PassFileOpt = None) -> No
 @app.command("card-status")
 def card_status(
     label: Annotated[
-        str, typer.Argument(help="the SZM card's label (see `farthing wallet cards`)")
+        str, typer.Argument(help="The SZM card's label (see `farthing wallet cards`)")
     ],
-    issuer: Annotated[str, typer.Option("--issuer", help="the card issuer's URL")],
+    issuer: Annotated[str, typer.Option("--issuer", help="The card issuer's URL")],
     wallet: WalletOpt = None,
     passphrase_file: PassFileOpt = None,
 ) -> None:
@@ -634,29 +642,29 @@ def card_status(
 
 @app.command()
 def get(
-    urls: Annotated[list[str], typer.Argument(help="one or more URLs to fetch, paying if asked")],
+    urls: Annotated[list[str], typer.Argument(help="One or more URLs to fetch, paying if asked")],
     output: Annotated[
         Path | None,
-        typer.Option("-o", "--output", help="file to write (a directory for several URLs)"),
+        typer.Option("-o", "--output", help="File to write (a directory for several URLs)"),
     ] = None,
     max_price: Annotated[
         str | None,
-        typer.Option("--max-price", help="most to pay per request, e.g. 0.05 or 0.05EUR"),
+        typer.Option("--max-price", help="Most to pay per request, e.g. 0.05 or 0.05EUR"),
     ] = None,
     timeout: Annotated[
-        float, typer.Option("--timeout", min=0.1, max=3600, help="seconds per request")
+        float, typer.Option("--timeout", min=0.1, max=3600, help="Seconds per request")
     ] = 30.0,
     card: Annotated[
         str | None,
         typer.Option(
-            "--card", help="pay with this card only (its label in `farthing wallet cards`)"
+            "--card", help="Pay with this card only (its label in `farthing wallet cards`)"
         ),
     ] = None,
     method: Annotated[
         str | None,
         typer.Option(
             "--method",
-            help="pay with this method when the vendor offers it and a card can pay "
+            help="Pay with this method when the vendor offers it and a card can pay "
             f"({', '.join(DEFAULT_PREFERENCE)}); otherwise the usual order decides",
         ),
     ] = None,
@@ -706,7 +714,7 @@ def _last_history_id(opened: Wallet) -> int:
 
 
 def _print_paid(opened: Wallet, after: int) -> None:
-    """One line per payment made since history id ``after``: what, how, and what is left."""
+    """One line per payment made since history id `after`: what, how, and what is left."""
     made = [entry for entry in reversed(opened.history(limit=1000)) if entry.id > after]
     left = {info.label: info for info in opened.cards()}
     for entry in made:
@@ -723,7 +731,7 @@ def _print_paid(opened: Wallet, after: int) -> None:
 
 
 def _preference(method: str | None) -> tuple[str, ...]:
-    """The wallet's method order with ``method`` first (the default order without one)."""
+    """The wallet's method order with `method` first (the default order without one)."""
     if method is None:
         return DEFAULT_PREFERENCE
     if method not in DEFAULT_PREFERENCE:
@@ -850,10 +858,10 @@ def _get_many(client: httpx.Client, urls: list[str], output: Path) -> None:
 
 @app.command()
 def quote(
-    url: Annotated[str, typer.Argument(help="the URL whose price to ask")],
-    card: Annotated[str | None, typer.Option("--card", help="quote for this card only")] = None,
+    url: Annotated[str, typer.Argument(help="The URL whose price to ask")],
+    card: Annotated[str | None, typer.Option("--card", help="Quote for this card only")] = None,
     timeout: Annotated[
-        float, typer.Option("--timeout", min=0.1, max=3600, help="seconds for the request")
+        float, typer.Option("--timeout", min=0.1, max=3600, help="Seconds for the request")
     ] = 30.0,
     wallet: WalletOpt = None,
     passphrase_file: PassFileOpt = None,
@@ -884,7 +892,7 @@ def quote(
 @app.command()
 def history(
     limit: Annotated[
-        int, typer.Option("--limit", min=1, max=100_000, help="how many, newest first")
+        int, typer.Option("--limit", min=1, max=100_000, help="How many, newest first")
     ] = 50,
     wallet: WalletOpt = None,
     passphrase_file: PassFileOpt = None,
@@ -919,13 +927,15 @@ def _history_table(entries: list[HistoryEntry]) -> Table:
 @app.command()
 def policy(
     per_request: Annotated[
-        str | None, typer.Option("--per-request", help="e.g. 0.05, or none for no limit")
+        str | None,
+        typer.Option("--per-request", help="Most per request, e.g. 0.05; none removes the limit."),
     ] = None,
     per_host: Annotated[
-        str | None, typer.Option("--per-host", help="per site per day, or none")
+        str | None, typer.Option("--per-host", help="Most per site a day; none removes the limit.")
     ] = None,
     per_day: Annotated[
-        str | None, typer.Option("--per-day", help="all sites per day, or none")
+        str | None,
+        typer.Option("--per-day", help="Most to all sites a day; none removes the limit."),
     ] = None,
     currency: Annotated[str, typer.Option("--currency")] = "EUR",
     wallet: WalletOpt = None,
@@ -1016,7 +1026,7 @@ app.add_typer(passphrase_app, name="passphrase")
 @cards_app.command("remove")
 def cards_remove(
     card: CardArg,
-    yes: Annotated[bool, typer.Option("--yes", help="do not ask; the value left is lost")] = False,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask; the value left is lost")] = False,
     wallet: WalletOpt = None,
     passphrase_file: PassFileOpt = None,
 ) -> None:
@@ -1037,7 +1047,7 @@ def cards_remove(
 @cards_app.command("rename")
 def cards_rename(
     card: CardArg,
-    new_label: Annotated[str, typer.Argument(help="the new label")],
+    new_label: Annotated[str, typer.Argument(help="The new label")],
     wallet: WalletOpt = None,
     passphrase_file: PassFileOpt = None,
 ) -> None:
@@ -1051,7 +1061,7 @@ def cards_rename(
 def passphrase_change(
     new_passphrase_file: Annotated[
         Path | None,
-        typer.Option("--new-passphrase-file", help="read the new passphrase from this file"),
+        typer.Option("--new-passphrase-file", help="Read the new passphrase from this file"),
     ] = None,
     wallet: WalletOpt = None,
     passphrase_file: PassFileOpt = None,
@@ -1085,7 +1095,7 @@ def _existing(wallet: Path | None) -> Path:
 
 @app.command("export")
 def export_command(
-    backup: Annotated[Path, typer.Argument(help="the backup file to write (must not exist)")],
+    backup: Annotated[Path, typer.Argument(help="The backup file to write (must not exist)")],
     wallet: WalletOpt = None,
     passphrase_file: PassFileOpt = None,
 ) -> None:
@@ -1102,7 +1112,7 @@ def export_command(
 
 @app.command("import")
 def import_command(
-    backup: Annotated[Path, typer.Argument(help="a file made by `farthing wallet export`")],
+    backup: Annotated[Path, typer.Argument(help="A file made by `farthing wallet export`")],
     wallet: WalletOpt = None,
     passphrase_file: PassFileOpt = None,
 ) -> None:
