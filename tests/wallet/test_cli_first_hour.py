@@ -108,18 +108,18 @@ def test_a_backup_restored_into_a_new_wallet_pays(
 ) -> None:
     code = world.cards.szm_codes["szm:prbg/bbs"]
     wallet(runner, "init")
-    wallet(runner, "add-card", "szm", code, "--label", "bbs", "--site", world.vendor_url)
+    wallet(runner, "add-card", "szm", code, "--label", "reading.card", "--site", world.vendor_url)
     backup = tmp_path / "wallet.backup"
     wallet(runner, "export", str(backup))
     assert PASSPHRASE.encode() not in backup.read_bytes()
-    assert b"bbs" not in backup.read_bytes()  # labels and history are encrypted too
+    assert b"reading.card" not in backup.read_bytes()  # labels are encrypted too (not base64)
     assert backup.stat().st_mode & 0o077 == 0
 
     restored = tmp_path / "restored.sqlite"
     wallet(runner, "import", str(backup), "--wallet", str(restored))
     got = wallet(runner, "get", f"{world.vendor_url}/articles/reef.txt", "--wallet", str(restored))
     assert "Coral reefs" in got.output
-    assert "card bbs" in got.output
+    assert "card reading.card" in got.output
 
     again = wallet(runner, "import", str(backup), "--wallet", str(restored), code=1)
     assert "a wallet already exists" in again.output
