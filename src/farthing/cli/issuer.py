@@ -522,11 +522,22 @@ def _b64(data: bytes) -> str:
 
 
 def _issue_with_progress(services: IssuerServices, spec: BatchSpec) -> SzmBatchRow:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
 
-    columns = (BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, console=err_console, transient=True) as progress:
-        task = progress.add_task("making cards", total=spec.count)
+        task = progress.add_task(f"making {spec.protocol.value} cards", total=spec.count)
 
         def advance(done: int) -> None:
             if done % 100 == 0 or done == spec.count:
