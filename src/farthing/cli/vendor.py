@@ -178,3 +178,42 @@ def deposit(
     console.print(table)
     if report.failed:
         raise typer.Exit(1)
+
+
+@app.command("stats")
+def stats(
+    directory: Annotated[Path, typer.Argument(help="The vendor's folder.")],
+    config: ConfigOpt = None,
+) -> None:
+    """Sales by method and path, from the vendor's sales log (sales_log in the config)."""
+    from farthing.cli._common import money
+    from farthing.paywall.config import load_vendor_config
+    from farthing.paywall.sales import SalesLog, summarise
+
+    try:
+        loaded = load_vendor_config(_config_path(directory, config))
+    except FarthingError as error:
+        raise fail(error.message) from None
+    if loaded.sales_log is None:
+        raise fail("this vendor keeps no sales log", hint='set sales_log = "sales.jsonl"')
+    rows = summarise(SalesLog(loaded.sales_log).lines())
+    if not rows:
+        console.print(f"No sales yet (the log is {loaded.sales_log}).")
+        return
+    table = Table(title="Sales by method and path")
+    for column in ("method", "path", "sold", "units", "takings"):
+        table.add_column(
+            column, justify="right" if column in ("sold", "units", "takings") else "left"
+        )
+    for row in rows:
+        table.add_row(
+            row.method, row.path, str(row.count), str(row.units), money(row.micros, row.currency)
+        )
+    table.add_section()
+    by_method: dict[tuple[str, str], tuple[int, int]] = {}
+    for row in rows:
+        count, micros = by_method.get((row.method, row.currency), (0, 0))
+        by_method[(row.method, row.currency)] = (count + row.count, micros + row.micros)
+    for (method, currency), (count, micros) in sorted(by_method.items()):
+        table.add_row(method, "all paths", str(count), "", money(micros, currency))
+    console.print(table)
