@@ -64,3 +64,11 @@ def _helps(command: Any) -> Iterator[str]:
         help_text = getattr(param, "help", None)
         if help_text:
             yield help_text.strip()
+
+
+def test_version_is_printed_by_the_root_command() -> None:
+    from farthing import __version__
+
+    shown = CliRunner().invoke(app, ["--version"])
+    assert shown.exit_code == 0, shown.output
+    assert shown.output == f"farthing {__version__}\n"
