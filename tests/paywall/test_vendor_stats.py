@@ -39,7 +39,20 @@ def test_stats_show_each_sale_by_method_and_path(tmp_path: Path) -> None:
     (shop / "articles").mkdir(parents=True)
     for name in ("a", "b"):
         (shop / "articles" / f"{name}.txt").write_text(f"article {name}")
-    made = runner.invoke(app, ["vendor", "init", str(shop), "--issuer-keys", str(issuer_file)])
+    issuer_db = tmp_path / "issuer.sqlite"
+    open_store(str(issuer_db)).close()  # the issuer's database, where its cards are
+    made = runner.invoke(
+        app,
+        [
+            "vendor",
+            "init",
+            str(shop),
+            "--issuer-keys",
+            str(issuer_file),
+            "--issuer-db",
+            str(issuer_db),
+        ],
+    )
     assert made.exit_code == 0, made.output
     assert "No sales yet" in runner.invoke(app, ["vendor", "stats", str(shop)]).output
 

@@ -574,7 +574,7 @@ def _progress_bar() -> Progress:
 
 def _issue_with_progress(services: IssuerServices, spec: BatchSpec) -> SzmBatchRow:
     with _progress_bar() as progress:
-        task = progress.add_task(f"making {spec.protocol.value} cards", total=spec.count)
+        task = progress.add_task("making cards", total=spec.count)
 
         def advance(done: int) -> None:
             if done % 100 == 0 or done == spec.count:
