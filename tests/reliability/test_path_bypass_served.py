@@ -133,8 +133,12 @@ def test_the_starter_config_of_vendor_init_is_not_open_to_the_trailing_slash(
     world = deployment.world
     goods = world.folder / "goods"
     made = CliRunner().invoke(
-        cli, ["vendor", "init", str(goods), "--issuer-keys", str(world.key_file)]
-    )
+        cli,
+        [
+            "vendor", "init", str(goods), "--issuer-keys", str(world.key_file),
+            "--issuer-db", world.target,
+        ],
+    )  # fmt: skip
     assert made.exit_code == 0, made.output
     config = goods / ".farthing" / "vendor.toml"
     starter = config.read_text()
