@@ -62,11 +62,17 @@ def test_vendor_serve_runs_two_workers_under_the_limits_given(tmp_path: Path) ->
     keys = tmp_path / "issuer.keys.json"
     write_key_file(keys, generate_issuer_keys(os.urandom, broker_id="b", bbs_bits=2048))
     issuer_db = tmp_path / "issuer.sqlite"
-    open_store(str(issuer_db)).close()
-    made = CliRunner().invoke(
-        app,
-        ["vendor", "init", str(folder), "--issuer-keys", str(keys), "--issuer-db", str(issuer_db)],
-    )
+    open_store(str(issuer_db)).close()  # as `farthing issuer init` leaves it
+    init = [
+        "vendor",
+        "init",
+        str(folder),
+        "--issuer-keys",
+        str(keys),
+        "--issuer-db",
+        str(issuer_db),
+    ]
+    made = CliRunner().invoke(app, init)
     assert made.exit_code == 0, made.output
     port = free_port()
     command = [
