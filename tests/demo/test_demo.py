@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from farthing.cli import app
 from farthing.cli.demo import _ROUTINE, _exchange
 from farthing.demo import run_demo
+from farthing.http.methods import SCHEME_OF
 from farthing.http.payment_auth import parse_challenges
 
 pytestmark = pytest.mark.xdist_group("demo")
@@ -67,7 +68,7 @@ def test_the_demo_shows_the_first_purchase_as_it_crossed_the_wire(tmp_path: Path
     assert challenge.start == "HTTP/1.1 402 Payment Required"
     assert answer.start == "HTTP/1.1 200 OK"
     offered = parse_challenges([v for n, v in challenge.headers if n == "www-authenticate"])
-    assert {c.method for c in offered} >= {"szm:chain", "hll:mac", "payword"}
+    assert {SCHEME_OF[c.method] for c in offered} >= {"szm:chain", "hll:mac", "payword"}
     credential = dict(paid.headers)["authorization"]
     shown = _exchange(report)
     assert len(shown) == 1 + 4 + sum(

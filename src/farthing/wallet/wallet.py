@@ -77,7 +77,7 @@ from farthing.core.errors import (
 from farthing.core.schemes import hll, payword, szm_status
 from farthing.core.sealing import open_sealed
 from farthing.http.methods import SCHEME_OF
-from farthing.http.methods.common import wire_currency
+from farthing.http.methods.common import CURRENCY_PREFIX, wire_currency
 from farthing.http.payment_auth import (
     Challenge,
     Credential,
@@ -1005,22 +1005,28 @@ def _other_issuer_or_currency(
 ) -> LocalProtocolError | None:
     """Cards of an offered method that differ only in currency, or (SZM) in issuer."""
     for challenge in challenges:
-        same_method = [card for card in cards if card.method == challenge.method]
-        currency = str(challenge.request.get("currency"))
-        if same_method and all(card.currency != currency for card in same_method):
+        scheme = SCHEME_OF.get(challenge.method, challenge.method)
+        same_method = [card for card in cards if card.method == scheme]
+        asked = str(challenge.request.get("currency"))
+        if same_method and all(wire_currency(card.currency) != asked for card in same_method):
             held = ", ".join(sorted({card.currency for card in same_method}))
             return LocalProtocolError(
-                f"this vendor asks for {currency}; your {challenge.method} cards hold {held}",
+                f"this vendor asks for {_currency_name(asked)}; your {scheme} cards hold {held}",
                 code=ErrorCode.NO_CARD_FITS,
             )
-        if challenge.method.startswith("szm:") and same_method:
+        if scheme.startswith("szm:") and same_method:
             realms = ", ".join(sorted({repr(card.realm) for card in same_method}))
             return LocalProtocolError(
-                f"your {challenge.method} cards are from the issuer {realms}; this vendor "
+                f"your {scheme} cards are from the issuer {realms}; this vendor "
                 f"takes cards of {challenge.realm!r}",
                 code=ErrorCode.WRONG_ISSUER,
             )
     return None
+
+
+def _currency_name(wire: str) -> str:
+    """``micro-usd`` -> ``USD`` (what a person calls it); anything else as sent."""
+    return wire.removeprefix(CURRENCY_PREFIX).upper() if wire.startswith(CURRENCY_PREFIX) else wire
 
 
 def _wrong_site(cards: Sequence[CardRow], target: _Target) -> LocalProtocolError:
