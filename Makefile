@@ -37,7 +37,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check src tests bench
 	$(VENV)/bin/mypy
 
-demo: $(STAMP) sysdeps
+demo: $(STAMP)   # SQLite and loopback only: no root, no Debian packages (SoftHSM2 if present)
 	$(VENV)/bin/farthing demo
 
 bench: $(STAMP) sysdeps

@@ -22,7 +22,7 @@ from tests.pgserver import PgServer
 
 @pytest.fixture
 def runner() -> CliRunner:
-    return CliRunner()
+    return CliRunner(env={"COLUMNS": "200"})
 
 
 @pytest.fixture
@@ -101,7 +101,7 @@ def test_tokens_customers_merchants(runner: CliRunner, paths: tuple[str, str]) -
     assert token.startswith("fop_")
     assert token not in Path(paths[0]).read_bytes().decode("latin-1")  # only its hash
     assert "created" in _ok(runner, "customers", "add", "c-1")
-    assert "available: 2,000,000" in _ok(
+    assert "available: EUR 2.00" in _ok(
         runner, "customers", "load", "c-1", "2000000", "--reference", "receipt-7"
     )
     key = _ok(runner, "merchants", "add", "shop-1").strip().splitlines()[-1]
@@ -109,6 +109,56 @@ def test_tokens_customers_merchants(runner: CliRunner, paths: tuple[str, str]) -
     duplicate = runner.invoke(app, ["issuer", "merchants", "add", "shop-1"])
     assert duplicate.exit_code == 1
     assert "revoked" in _ok(runner, "tokens", "revoke", "1")
+
+
+def _rows(output: str) -> list[list[str]]:
+    """The body rows of a Rich table, as lists of stripped cells."""
+    lines = [line for line in output.splitlines() if line.startswith("│")]
+    return [[cell.strip() for cell in line.split("│")[1:-1]] for line in lines]
+
+
+def test_each_list_shows_what_was_made(runner: CliRunner, paths: tuple[str, str]) -> None:
+    _init(runner)
+    for kind in ("customers", "merchants", "tokens", "batches"):
+        assert "yet" in _ok(runner, kind, "list")  # says how to make the first one
+    _ok(runner, "tokens", "create", "alice")
+    _ok(runner, "tokens", "create", "bob")
+    _ok(runner, "tokens", "revoke", "1")
+    _ok(runner, "customers", "add", "c-1")
+    _ok(runner, "customers", "load", "c-1", "2500", "--reference", "r-1")
+    _ok(runner, "merchants", "add", "shop-1", "--currency", "EUR")
+    issued = _ok(runner, "cards", "issue", "--count", "3", "--units", "7", "--out", "/dev/null")
+    batch = issued.split("--batch=")[1].split(")")[0].strip()
+
+    tokens = _rows(_ok(runner, "tokens", "list"))
+    assert [(row[0], row[1], row[3] != "-") for row in tokens] == [
+        ("1", "alice", True),
+        ("2", "bob", False),
+    ]
+    assert _rows(_ok(runner, "customers", "list")) == [["c-1", "EUR 0.0025"]]
+    assert _rows(_ok(runner, "merchants", "list")) == [["shop-1", "EUR 0.00"]]
+    batches = _rows(_ok(runner, "batches", "list"))
+    assert [row[:5] for row in batches] == [[batch, "szm:chain", "3", "7", "EUR 0.001"]]
+
+
+def test_revenue_splits_sold_value_into_spent_outstanding_and_expired(
+    runner: CliRunner, paths: tuple[str, str]
+) -> None:
+    _init(runner)
+    _ok(runner, "cards", "issue", "--count", "2", "--units", "10", "--out", "/dev/null")
+    with sqlite3.connect(paths[0]) as conn:  # one card spent 4 units, the other expired
+        first, second = [row[0] for row in conn.execute("SELECT card_id FROM szm_cards")]
+        conn.execute("UPDATE szm_cards SET spent = 4 WHERE card_id = ?", (first,))
+        conn.execute("UPDATE szm_cards SET expires_at = 1 WHERE card_id = ?", (second,))
+    rows = dict(_rows(_ok(runner, "cards", "revenue")))
+    assert rows["spent: earned, recognisable as revenue"] == "EUR 0.004"
+    assert rows["outstanding: unspent on valid cards"] == "EUR 0.006"
+    assert rows["expired unspent: breakage, not recognised"] == "EUR 0.01"
+    posted = _ok(runner, "cards", "revenue", "--recognise")
+    assert "recognised now: EUR 0.004" in posted
+    assert "recognised now: EUR 0.00" in _ok(runner, "cards", "revenue", "--recognise")
+    assert "revenue" in _ok(runner, "report")
+    assert "ledger balances" in _ok(runner, "check")
 
 
 def test_cards_issue_writes_codes_and_qr_then_export_repeats_them(
@@ -158,7 +208,7 @@ def test_report_and_check(runner: CliRunner, paths: tuple[str, str]) -> None:
     _ok(runner, "cards", "issue", "--count", "2", "--units", "10")
     report = _ok(runner, "report")
     assert "Balances" in report
-    assert "20,500" in report  # cash: 500 loaded + 2 cards x 10 units x 1000 micros
+    assert "EUR 0.0205" in report  # cash: 500 loaded + 2 cards x 10 units x 1000 micros
     assert "ledger balances" in _ok(runner, "check")
 
     with sqlite3.connect(paths[0]) as conn:  # an entry without its counterpart

@@ -219,7 +219,7 @@ async def test_card_of_another_issuer_is_not_offered(wallet: Wallet, clock: Fixe
     async with httpx.AsyncClient(
         transport=transport, base_url="https://news.test", auth=PaymentAuth(wallet)
     ) as client:
-        with pytest.raises(LocalProtocolError, match="holds no card"):
+        with pytest.raises(LocalProtocolError, match="from the issuer 'other-vendor'"):
             await client.get("/articles/a")
 
 

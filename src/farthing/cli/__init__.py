@@ -1,9 +1,11 @@
-"""The ``farthing`` command: ``issuer``, ``vendor``, ``wallet`` and ``demo``.
+"""The `farthing` command: `issuer`, `vendor`, `wallet` and `demo`.
 
 Each group lives in its own module and is registered here; nothing runs at import time.
 """
 
 from __future__ import annotations
+
+from typing import Annotated
 
 import typer
 
@@ -12,13 +14,31 @@ from farthing.cli._common import run_cli
 __all__ = ["app", "main"]
 
 
+def _print_version(wanted: bool) -> None:
+    if wanted:
+        from farthing import __version__
+
+        typer.echo(f"farthing {__version__}")
+        raise typer.Exit()
+
+
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", help="Print the version and exit.", callback=_print_version, is_eager=True
+        ),
+    ] = False,
+) -> None:
+    """Micropayments for information goods over HTTP 402.
+
+    Example: farthing demo
+    """
+
+
 def build_app() -> typer.Typer:
-    root = typer.Typer(
-        name="farthing",
-        help="Micropayments for information goods over HTTP 402.",
-        no_args_is_help=True,
-        pretty_exceptions_enable=False,
-    )
+    root = typer.Typer(name="farthing", no_args_is_help=True, pretty_exceptions_enable=False)
+    root.callback()(_root)
     from farthing.cli import demo, issuer, vendor, wallet
 
     root.add_typer(issuer.app, name="issuer")

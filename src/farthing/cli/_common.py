@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from farthing.core.errors import FarthingError
 
-__all__ = ["console", "err_console", "fail", "printable_target", "run_cli"]
+__all__ = ["console", "err_console", "fail", "money", "printable_target", "run_cli"]
 
 
 class _Console(Console):
@@ -21,16 +23,42 @@ class _Console(Console):
         self._width = None
 
 
+def _flags_without_a_type() -> None:
+    """Typer's Rich help (0.29) prints ``<bool>`` after every flag, ``--help`` included,
+    as if it took a value. A flag takes none: show no type for it, as Click's plain help
+    does. Applied once, when the CLI is imported."""
+    from typer.core import TyperOption
+
+    if getattr(TyperOption.display_type_rich, "_farthing", False):
+        return
+    shown = TyperOption.display_type_rich
+
+    def display_type_rich(self: TyperOption, ctx: Any) -> str | None:
+        return None if self.is_flag or self.count else shown(self, ctx)
+
+    display_type_rich._farthing = True  # type: ignore[attr-defined]
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+_flags_without_a_type()
 console = _Console()
 err_console = _Console(stderr=True)
 
 
 def fail(message: str, *, hint: str | None = None, code: int = 1) -> typer.Exit:
     """Print an error (and what to do about it) and return the Exit to raise."""
-    err_console.print(f"[bold red]error:[/] {message}")
+    err_console.print(f"[bold red]error:[/] {escape(message)}")
     if hint:
-        err_console.print(f"[dim]hint:[/] {hint}")
+        err_console.print(f"[dim]hint:[/] {escape(hint)}")
     return typer.Exit(code)
+
+
+def money(micros: int, currency: str) -> str:
+    """``2500`` EUR micros -> ``"EUR 0.0025"``: whole units, at least two decimals, no float."""
+    sign = "-" if micros < 0 else ""
+    whole, frac = divmod(abs(micros), 1_000_000)
+    digits = f"{frac:06d}".rstrip("0").ljust(2, "0")
+    return f"{currency} {sign}{whole:,}.{digits}"
 
 
 def printable_target(target: str) -> str:
@@ -50,5 +78,6 @@ def run_cli(app: typer.Typer) -> None:
     try:
         app()
     except FarthingError as error:
-        err_console.print(f"[bold red]error:[/] {error.message} [dim]({error.code.name})[/]")
+        # The code's name (e.g. MISUSE) means nothing to a person: the message alone.
+        err_console.print(f"[bold red]error:[/] {escape(error.message)}")
         sys.exit(1)

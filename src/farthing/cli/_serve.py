@@ -1,6 +1,6 @@
-"""The limits both ``farthing vendor serve`` and ``farthing issuer serve`` take (per worker
+"""The limits both `farthing vendor serve` and `farthing issuer serve` take (per worker
 process; docs/scaling.md). Defaults live in :mod:`farthing.guard`; None here means "the
-default", so that ``--help`` does not import uvicorn."""
+default", so that `--help` does not import uvicorn."""
 
 from __future__ import annotations
 

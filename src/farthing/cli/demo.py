@@ -1,11 +1,11 @@
-"""``farthing demo``: the main job, end to end on SQLite and loopback, with a summary."""
+"""`farthing demo`: the main job, end to end on SQLite and loopback, with a summary."""
 
 from __future__ import annotations
 
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Final
 
 import typer
 from rich.table import Table
@@ -19,15 +19,46 @@ def _micros(value: int, currency: str = "EUR") -> str:
     return f"{value / 1_000_000:.4f} {currency}"
 
 
+# The demo's output fits a terminal this wide (and is drawn no wider).
+WIDTH: Final = 100
+# Headers every HTTP message carries; the exchange shows the rest, as sent.
+_ROUTINE: Final = frozenset(
+    {"host", "accept", "accept-encoding", "connection", "user-agent", "date", "server",
+     "content-length", "last-modified", "etag", "accept-ranges"}
+)  # fmt: skip
+
+
+def _exchange(report: DemoReport) -> list[str]:
+    """The first purchase as it crossed the loopback: each message's start line and its
+    headers (routine ones left out), each line cut to the width."""
+    lines = [f"The first purchase, on the wire ({len(report.exchange)} messages):"]
+    for number, message in enumerate(report.exchange):
+        arrow = ">" if number % 2 == 0 else "<"
+        lines.append(_cut(f"{arrow} {message.start}"))
+        for name, value in message.headers:
+            if name.lower() not in _ROUTINE:
+                lines.append(_cut(f"{arrow} {name}: {value}"))
+    return lines
+
+
+def _cut(line: str) -> str:
+    return line if len(line) <= WIDTH else line[: WIDTH - 1] + "…"
+
+
 def _purchases(report: DemoReport) -> Table:
-    table = Table(title="What was bought")
-    for column in ("method", "resource", "price", "charged", "402 round trip", "body", "time"):
-        table.add_column(column)
+    table = Table(
+        title=f"Every purchase ({len(report.purchases)})",
+        caption="asked 402 no: paid up front, from the challenge of an earlier 402",
+    )
+    for column in ("method", "resource", "price EUR", "charged EUR", "asked 402", "body", "time"):
+        # A long path folds onto a second line; nothing else is cut.
+        table.add_column(column, no_wrap=column != "resource", overflow="fold")
     for p in report.purchases:
         table.add_row(
-            p.method, p.path, _micros(p.price_micros), _micros(p.charged_micros),
-            "no (paid up front)" if p.up_front else "yes",
-            "sealed, opened" if p.sealed else "plain", f"{p.seconds * 1000:.0f} ms",
+            p.method, p.path, f"{p.price_micros / 1_000_000:.4f}",
+            f"{p.charged_micros / 1_000_000:.4f}",
+            "no" if p.up_front else "yes",
+            "sealed" if p.sealed else "plain", f"{p.seconds * 1000:.0f} ms",
         )  # fmt: skip
     return table
 
@@ -47,6 +78,7 @@ def _cards(report: DemoReport) -> Table:
 def _verify(report: DemoReport) -> Table:
     table = Table(
         title="Vendor: verify and record, mean per payment",
+        min_width=70,
         caption="includes the durable write; hll:mac includes the bank's online check, and "
         "payword the first payment's two signature checks",
     )
@@ -68,7 +100,7 @@ def _checks(report: DemoReport) -> Table:
 
 def demo(
     directory: Annotated[
-        Path | None, typer.Option("--dir", help="keep every file here (default: a temp folder)")
+        Path | None, typer.Option("--dir", help="Keep every file here (default: a temp folder)")
     ] = None,
 ) -> None:
     """Issue cards of every kind, run an issuer and a vendor on loopback, buy with every
@@ -83,9 +115,12 @@ def demo(
     finally:
         if directory is None:
             shutil.rmtree(workdir, ignore_errors=True)
-    console.print(f"HLL card: {report.card_device}")
+    width = min(console.width, WIDTH)
+    console.print(f"HLL card: {report.card_device}", width=width)
+    for line in _exchange(report):
+        console.print(line, markup=False, highlight=False, width=width, no_wrap=True)
     for table in (_purchases(report), _cards(report), _verify(report), _checks(report)):
-        console.print(table)
+        console.print(table, width=width)
     verdict = "[green]all checks held[/]" if report.ok else "[red]some checks FAILED[/]"
     console.print(
         f"{verdict} in {report.seconds:.1f} s" + (f"; files in {workdir}" if directory else "")

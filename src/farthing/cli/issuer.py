@@ -1,11 +1,11 @@
 """`farthing issuer`: set up, run and administer the issuer.
 
-Every command takes ``--db`` (a SQLite path or a ``postgresql://`` DSN; env
-``FARTHING_ISSUER_DB``) and ``--keys`` (the key file; env ``FARTHING_ISSUER_KEYS``). The
-currencies the issuer keeps books in come from ``FARTHING_ISSUER_CURRENCIES`` (default
-``EUR``). Administrative commands run the same service code as the HTTP API, directly
-against the database, and are audited as ``cli:<user>``. The issuer's own modules are
-imported inside the commands, so ``farthing --help`` stays fast.
+Every command takes `--db` (a SQLite path or a `postgresql://` DSN; env
+`FARTHING_ISSUER_DB`) and `--keys` (the key file; env `FARTHING_ISSUER_KEYS`). The
+currencies the issuer keeps books in come from `FARTHING_ISSUER_CURRENCIES` (default
+`EUR`). Administrative commands run the same service code as the HTTP API, directly
+against the database, and are audited as `cli:<user>`. The issuer's own modules are
+imported inside the commands, so `farthing --help` stays fast.
 """
 
 from __future__ import annotations
@@ -20,11 +20,12 @@ from typing import TYPE_CHECKING, Annotated, Final, TextIO
 
 import typer
 
-from farthing.cli._common import console, err_console, fail, printable_target
+from farthing.cli._common import console, err_console, fail, money, printable_target
 from farthing.cli._serve import BodyTimeout, HeaderTimeout, MaxConnections, limits
 
 if TYPE_CHECKING:
     from rich.progress import Progress
+    from rich.table import Table
 
     from farthing.issuer.report_service import IssuerReport
     from farthing.issuer.service import IssuerServices
@@ -34,24 +35,61 @@ if TYPE_CHECKING:
 __all__ = ["app"]
 
 app = typer.Typer(
-    help="The issuer: bank of HLL, broker of PayWord, SZM card issuer.", no_args_is_help=True
+    help="The issuer: bank of HLL, broker of PayWord, SZM card issuer.\n\n"
+    "Example: farthing issuer init && farthing issuer cards issue --count 10 --units 100",
+    no_args_is_help=True,
 )
-tokens_app = typer.Typer(help="Operator tokens for the HTTP API.", no_args_is_help=True)
-customers_app = typer.Typer(help="Customer accounts.", no_args_is_help=True)
+tokens_app = typer.Typer(
+    help="Operator tokens for the HTTP API.\n\nExample: farthing issuer tokens create alice",
+    no_args_is_help=True,
+)
+customers_app = typer.Typer(
+    help="Customer accounts.\n\nExample: farthing issuer customers add alice",
+    no_args_is_help=True,
+)
 merchants_app = typer.Typer(
-    help="Merchants (HLL merchants and PayWord vendors).", no_args_is_help=True
+    help="Merchants (HLL merchants and PayWord vendors).\n\n"
+    "Example: farthing issuer merchants add shop",
+    no_args_is_help=True,
 )
-cards_app = typer.Typer(help="SZM prepaid cards.", no_args_is_help=True)
+cards_app = typer.Typer(
+    help="SZM prepaid cards.\n\nExample: farthing issuer cards issue --count 10 --units 100",
+    no_args_is_help=True,
+)
 app.add_typer(tokens_app, name="tokens")
 app.add_typer(customers_app, name="customers")
 app.add_typer(merchants_app, name="merchants")
 app.add_typer(cards_app, name="cards")
-hll_app = typer.Typer(help="HLL smart cards (the bank).", no_args_is_help=True)
-hll_cards_app = typer.Typer(help="Personalise HLL cards.", no_args_is_help=True)
+batches_app = typer.Typer(
+    help="SZM card batches.\n\nExample: farthing issuer batches list", no_args_is_help=True
+)
+app.add_typer(batches_app, name="batches")
+hll_app = typer.Typer(
+    help="HLL smart cards (the bank).\n\n"
+    "Example: farthing issuer hll cards issue --customer alice --units 100 "
+    "--token-public-key token.pub --out card.json",
+    no_args_is_help=True,
+)
+hll_cards_app = typer.Typer(
+    help="Personalise HLL cards.\n\n"
+    "Example: farthing issuer hll cards issue --customer alice --units 100 "
+    "--token-public-key token.pub --out card.json",
+    no_args_is_help=True,
+)
 hll_app.add_typer(hll_cards_app, name="cards")
 app.add_typer(hll_app, name="hll")
-payword_app = typer.Typer(help="PayWord (the broker).", no_args_is_help=True)
-payword_users_app = typer.Typer(help="PayWord users and their certificates.", no_args_is_help=True)
+payword_app = typer.Typer(
+    help="PayWord (the broker).\n\n"
+    "Example: farthing issuer payword users add alice-pw --customer alice --credit-limit 500 "
+    "--out-dir .",
+    no_args_is_help=True,
+)
+payword_users_app = typer.Typer(
+    help="PayWord users and their certificates.\n\n"
+    "Example: farthing issuer payword users add alice-pw --customer alice --credit-limit 500 "
+    "--out-dir .",
+    no_args_is_help=True,
+)
 payword_app.add_typer(payword_users_app, name="users")
 app.add_typer(payword_app, name="payword")
 
@@ -87,13 +125,24 @@ def _currencies() -> tuple[str, ...]:
 @contextmanager
 def _services(db: str, keys: Path) -> Iterator[IssuerServices]:
     """The issuer's services over an initialised database, closed afterwards."""
+    from sqlalchemy.exc import SQLAlchemyError
+
     from farthing.core.clock import SystemClock
+    from farthing.core.errors import FarthingError
     from farthing.issuer.config import IssuerConfig, load_issuer_keys
     from farthing.issuer.service import build_services
     from farthing.store import open_store
 
-    config = IssuerConfig(keys=load_issuer_keys(keys), currencies=_currencies())
-    store = open_store(db, create=False)
+    try:
+        config = IssuerConfig(keys=load_issuer_keys(keys), currencies=_currencies())
+        store = open_store(db, create=False)
+    except FarthingError as error:
+        raise fail(error.message) from None
+    except SQLAlchemyError:
+        raise fail(
+            f"cannot open the database {printable_target(db)}",
+            hint="check that it runs and that the URL, user and password are right",
+        ) from None
     try:
         yield build_services(config, store, clock=SystemClock(), rng=os.urandom)
     finally:
@@ -205,24 +254,32 @@ def report(db: Db = _DEFAULT_DB, keys: Keys = Path(_DEFAULT_KEYS)) -> None:
 def _print_report(result: IssuerReport) -> None:
     from rich.table import Table
 
-    balances = Table(title="Balances in micros (negative: the issuer owes it)")
+    balances = Table(title="Balances (negative: the issuer owes it)")
     balances.add_column("account kind")
     for row in result.currencies:
         balances.add_column(row.currency, justify="right")
     kinds = list(result.currencies[0].balances) if result.currencies else []
     for kind in kinds:
-        balances.add_row(kind.value, *(f"{row.balances[kind]:,}" for row in result.currencies))
+        balances.add_row(
+            kind.value, *(money(row.balances[kind], row.currency) for row in result.currencies)
+        )
     balances.add_section()
     rows = result.currencies
-    balances.add_row("HLL value on cards", *(f"{r.hll_outstanding_micros:,}" for r in rows))
-    balances.add_row("SZM value outstanding", *(f"{r.szm_outstanding_micros:,}" for r in rows))
-    balances.add_row("owed to merchants", *(f"{r.merchants_owed_micros:,}" for r in rows))
+    balances.add_row(
+        "HLL value on cards", *(money(r.hll_outstanding_micros, r.currency) for r in rows)
+    )
+    balances.add_row(
+        "SZM value outstanding", *(money(r.szm_outstanding_micros, r.currency) for r in rows)
+    )
+    balances.add_row(
+        "owed to merchants", *(money(r.merchants_owed_micros, r.currency) for r in rows)
+    )
     console.print(balances)
     merchants = Table(title="Merchants")
-    for column in ("merchant", "currency", "owed (micros)"):
+    for column in ("merchant", "owed"):
         merchants.add_column(column)
     for merchant in result.merchants:
-        merchants.add_row(merchant.merchant_id, merchant.currency, f"{merchant.owed_micros:,}")
+        merchants.add_row(merchant.merchant_id, money(merchant.owed_micros, merchant.currency))
     console.print(merchants)
     ledger = result.ledger
     status = "[green]balanced[/]" if ledger.balanced else f"[red]{len(ledger.problems)} problems[/]"
@@ -285,7 +342,8 @@ def customers_load(
     """Cash-in: credit a customer account with cash received."""
     with _services(db, keys) as services:
         result = services.accounts.load(_actor(), customer_id, amount_micros, reference)
-    console.print(f"available: {result.available_micros:,} micros")
+        currency = services.accounts.customer(customer_id).currency
+    console.print(f"available: {money(result.available_micros, currency)}")
 
 
 @merchants_app.command("add")
@@ -296,17 +354,113 @@ def merchants_add(
     keys: Keys = Path(_DEFAULT_KEYS),
 ) -> None:
     """Register a merchant. Its key K_M is printed once, in hex (the form the vendor's
-    ``merchant_key_file`` holds); give it to the merchant over a safe channel."""
+    `merchant_key_file` holds); give it to the merchant over a safe channel."""
     with _services(db, keys) as services:
         made = services.accounts.create_merchant(_actor(), merchant_id, currency)
     console.print(f"merchant [bold]{made.merchant_id}[/] ({made.currency}); key (hex):")
     print(made.key.hex())
 
 
+@tokens_app.command("list")
+def tokens_list(db: Db = _DEFAULT_DB, keys: Keys = Path(_DEFAULT_KEYS)) -> None:
+    """List operator tokens (the tokens themselves are not kept, only who and when)."""
+    with _services(db, keys) as services:
+        rows = services.accounts.operators()
+    table = _table("Operator tokens", "id", "name", "created (UTC)", "revoked (UTC)")
+    for row in rows:
+        revoked = "-" if row.revoked_at is None else _when(row.revoked_at)
+        table.add_row(str(row.id), row.name, _when(row.created_at), revoked)
+    _print_list(table, len(rows), "no operator tokens yet: farthing issuer tokens create NAME")
+
+
+@customers_app.command("list")
+def customers_list(db: Db = _DEFAULT_DB, keys: Keys = Path(_DEFAULT_KEYS)) -> None:
+    """List customer accounts and what the issuer owes each."""
+    with _services(db, keys) as services:
+        rows = services.accounts.customers()
+    table = _table("Customers", "customer", "available")
+    for row in rows:
+        table.add_row(row.customer_id, money(row.available_micros, row.currency))
+    _print_list(table, len(rows), "no customers yet: farthing issuer customers add ID")
+
+
+@merchants_app.command("list")
+def merchants_list(db: Db = _DEFAULT_DB, keys: Keys = Path(_DEFAULT_KEYS)) -> None:
+    """List merchants and what the issuer owes each."""
+    with _services(db, keys) as services:
+        rows = services.accounts.merchants()
+    table = _table("Merchants", "merchant", "owed")
+    for row in rows:
+        table.add_row(row.merchant_id, money(row.owed_micros, row.currency))
+    _print_list(table, len(rows), "no merchants yet: farthing issuer merchants add ID")
+
+
+@batches_app.command("list")
+def batches_list(db: Db = _DEFAULT_DB, keys: Keys = Path(_DEFAULT_KEYS)) -> None:
+    """List the SZM card batches sold, newest first."""
+    with _services(db, keys) as services:
+        rows = services.szm.batches()
+    table = _table(
+        "SZM batches", "batch", "protocol", "cards", "units", "unit value", "issued", "expires"
+    )
+    for row in rows:
+        table.add_row(
+            _b64(row.batch_id), row.protocol.value, str(row.count), str(row.units),
+            money(row.unit_micros, row.currency), _when(row.created_at), _when(row.expires_at),
+        )  # fmt: skip
+    _print_list(table, len(rows), "no batches yet: farthing issuer cards issue --count N --units U")
+
+
+@cards_app.command("revenue")
+def cards_revenue(
+    currency: Currency = "EUR",
+    recognise: Annotated[
+        bool, typer.Option("--recognise", help="Post the spent value not yet recognised.")
+    ] = False,
+    db: Db = _DEFAULT_DB,
+    keys: Keys = Path(_DEFAULT_KEYS),
+) -> None:
+    """Show what became of the SZM cards sold: spent (earned), outstanding (still owed to
+    card holders) and expired unspent (breakage, reported only); --recognise posts the
+    spent value not yet recognised from the prepaid float to revenue."""
+    with _services(db, keys) as services:
+        posted = services.szm.recognise_revenue(_actor(), currency) if recognise else None
+        value = services.szm.value_summary(currency)
+    table = _table(f"SZM card value in {currency}", "what", "amount")
+    table.add_row("spent: earned, recognisable as revenue", money(value.spent, currency))
+    table.add_row("outstanding: unspent on valid cards", money(value.outstanding, currency))
+    table.add_row("expired unspent: breakage, not recognised", money(value.expired, currency))
+    console.print(table)
+    if posted is not None:
+        console.print(f"recognised now: {money(posted, currency)}")
+
+
+def _table(title: str, *columns: str) -> Table:
+    from rich.table import Table
+
+    table = Table(title=title)
+    for number, column in enumerate(columns):
+        table.add_column(column, no_wrap=number == 0)  # ids are copied whole
+    return table
+
+
+def _print_list(table: Table, count: int, empty: str) -> None:
+    if count == 0:
+        console.print(empty)
+    else:
+        console.print(table)
+
+
+def _when(unix: int) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(unix, UTC).strftime("%Y-%m-%d %H:%M")
+
+
 @app.command("hll-key")
 def hll_key(keys: Keys = Path(_DEFAULT_KEYS)) -> None:
     """Print the bank's HLL card-certification public key (base64url, the form the API
-    publishes): the ``bank_public_key`` a vendor names in challenges and a deferred-mode
+    publishes): the `bank_public_key` a vendor names in challenges and a deferred-mode
     vendor checks card certificates with. It is public."""
     from farthing.core.errors import FarthingError
     from farthing.core.schemes import hll
@@ -326,7 +480,9 @@ def hll_key(keys: Keys = Path(_DEFAULT_KEYS)) -> None:
 def cards_issue(
     count: Annotated[int, typer.Option(min=1, help="How many cards.")],
     units: Annotated[int, typer.Option(min=1, help="Units per card.")],
-    protocol: Annotated[str, typer.Option(help="szm:chain or szm:prbg.")] = "szm:chain",
+    protocol: Annotated[
+        str, typer.Option(help="The protocol: szm:chain or szm:prbg.")
+    ] = "szm:chain",
     generator: Annotated[str | None, typer.Option(help="For szm:prbg: hmac-ctr or bbs.")] = None,
     unit_micros: Annotated[int, typer.Option(min=1, help="Value of one unit.")] = 1000,
     currency: Currency = "EUR",

@@ -1,4 +1,4 @@
-"""``farthing vendor``: sell the files of a folder behind HTTP 402, and deposit the takings."""
+"""`farthing vendor`: sell the files of a folder behind HTTP 402, and deposit the takings."""
 
 from __future__ import annotations
 
@@ -21,12 +21,14 @@ from farthing.paywall.config import VendorConfig
 from farthing.paywall.deposits import Depositor, FlushReport
 
 app = typer.Typer(
-    help="The vendor: a paywall for a folder of information goods.", no_args_is_help=True
+    help="The vendor: a paywall for a folder of information goods.\n\n"
+    "Example: farthing vendor serve ./articles",
+    no_args_is_help=True,
 )
 
 CONFIG_NAME = ".farthing/vendor.toml"
 ConfigOpt = Annotated[
-    Path | None, typer.Option("--config", help=f"config file (default DIR/{CONFIG_NAME})")
+    Path | None, typer.Option("--config", help=f"Config file (default DIR/{CONFIG_NAME})")
 ]
 
 _STARTER = """\
@@ -57,21 +59,21 @@ def _config_path(directory: Path, config: Path | None) -> Path:
 
 @app.command("init")
 def init(
-    directory: Annotated[Path, typer.Argument(help="the folder of goods to sell")],
+    directory: Annotated[Path, typer.Argument(help="The folder of goods to sell")],
     issuer_keys: Annotated[
-        Path, typer.Option(help="key file from `farthing issuer init` (read, not kept)")
+        Path, typer.Option(help="Key file from `farthing issuer init` (read, not kept)")
     ],
     issuer_db: Annotated[
         str,
         typer.Option(
             "--issuer-db",
             envvar="FARTHING_ISSUER_DB",
-            help="the issuer's database (SQLite file or postgresql:// DSN): the vendor sells "
+            help="The issuer's database (SQLite file or postgresql:// DSN): the vendor sells "
             "the cards issued into it",
         ),
     ] = "farthing-issuer.sqlite",
-    price: Annotated[int, typer.Option(min=1, help="default price in micro-units")] = 1000,
-    currency: Annotated[str, typer.Option(help="the price's currency")] = "EUR",
+    price: Annotated[int, typer.Option(min=1, help="Default price in micro-units")] = 1000,
+    currency: Annotated[str, typer.Option(help="The price's currency")] = "EUR",
 ) -> None:
     """Write a starter config and the vendor's own key file into DIR/.farthing/ (never
     served), from what the issuer has: its realm (SZM cards carry it, and wallets pay only a
@@ -141,7 +143,7 @@ def _issuer_database(target: str) -> str:
 
 @app.command("check")
 def check(
-    directory: Annotated[Path, typer.Argument(help="the vendor's folder")],
+    directory: Annotated[Path, typer.Argument(help="The vendor's folder")],
     config: ConfigOpt = None,
 ) -> None:
     """Say in words what is wrong with a vendor config, before a reader finds out: a missing
@@ -240,9 +242,9 @@ def _issuer_problems(loaded: VendorConfig) -> list[str]:
 @app.command("keys")
 def keys_command(
     issuer_keys: Annotated[
-        Path, typer.Option(help="key file from `farthing issuer init` (read, not kept)")
+        Path, typer.Option(help="Key file from `farthing issuer init` (read, not kept)")
     ],
-    out: Annotated[Path, typer.Option(help="the vendor key file to write (mode 0600)")] = Path(
+    out: Annotated[Path, typer.Option(help="The vendor key file to write (mode 0600)")] = Path(
         VENDOR_KEYS_NAME
     ),
 ) -> None:
@@ -260,11 +262,11 @@ def keys_command(
 
 @app.command("serve")
 def serve(
-    directory: Annotated[Path, typer.Argument(help="the folder of goods to sell")],
+    directory: Annotated[Path, typer.Argument(help="The folder of goods to sell")],
     config: ConfigOpt = None,
-    host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="port to bind")] = 8000,
-    workers: Annotated[int, typer.Option(min=1, help="uvicorn worker processes")] = 1,
+    host: Annotated[str, typer.Option(help="Address to bind")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to bind")] = 8000,
+    workers: Annotated[int, typer.Option(min=1, help="Uvicorn worker processes")] = 1,
     header_timeout: HeaderTimeout = None,
     body_timeout: BodyTimeout = None,
     max_connections: MaxConnections = None,
@@ -297,7 +299,7 @@ async def _flush_and_close(depositor: Depositor, client: IssuerClient) -> FlushR
 
 @app.command("deposit")
 def deposit(
-    directory: Annotated[Path, typer.Argument(help="the vendor's folder")],
+    directory: Annotated[Path, typer.Argument(help="The vendor's folder")],
     config: ConfigOpt = None,
 ) -> None:
     """Claim delivered HLL and PayWord payments from the issuer, now."""
@@ -325,3 +327,42 @@ def deposit(
     console.print(table)
     if report.failed:
         raise typer.Exit(1)
+
+
+@app.command("stats")
+def stats(
+    directory: Annotated[Path, typer.Argument(help="The vendor's folder.")],
+    config: ConfigOpt = None,
+) -> None:
+    """Sales by method and path, from the vendor's sales log (sales_log in the config)."""
+    from farthing.cli._common import money
+    from farthing.paywall.config import load_vendor_config
+    from farthing.paywall.sales import SalesLog, summarise
+
+    try:
+        loaded = load_vendor_config(_config_path(directory, config))
+    except FarthingError as error:
+        raise fail(error.message) from None
+    if loaded.sales_log is None:
+        raise fail("this vendor keeps no sales log", hint='set sales_log = "sales.jsonl"')
+    rows = summarise(SalesLog(loaded.sales_log).lines())
+    if not rows:
+        console.print(f"No sales yet (the log is {loaded.sales_log}).")
+        return
+    table = Table(title="Sales by method and path")
+    for column in ("method", "path", "sold", "units", "takings"):
+        table.add_column(
+            column, justify="right" if column in ("sold", "units", "takings") else "left"
+        )
+    for row in rows:
+        table.add_row(
+            row.method, row.path, str(row.count), str(row.units), money(row.micros, row.currency)
+        )
+    table.add_section()
+    by_method: dict[tuple[str, str], tuple[int, int]] = {}
+    for row in rows:
+        count, micros = by_method.get((row.method, row.currency), (0, 0))
+        by_method[(row.method, row.currency)] = (count + row.count, micros + row.micros)
+    for (method, currency), (count, micros) in sorted(by_method.items()):
+        table.add_row(method, "all paths", str(count), "", money(micros, currency))
+    console.print(table)

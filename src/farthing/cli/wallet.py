@@ -1,8 +1,8 @@
-"""``farthing wallet``: keep cards, pay HTTP 402 vendors, and see what was bought.
+"""`farthing wallet`: keep cards, pay HTTP 402 vendors, and see what was bought.
 
-Every command finds the wallet file at ``--wallet``, else ``$FARTHING_WALLET``, else
-``~/.local/share/farthing/wallet.sqlite``; and its passphrase in ``--passphrase-file`` (first
-line), else ``$FARTHING_WALLET_PASSPHRASE``, else asks for it. Errors say what happened and
+Every command finds the wallet file at `--wallet`, else `$FARTHING_WALLET`, else
+`~/.local/share/farthing/wallet.sqlite`; and its passphrase in `--passphrase-file` (first
+line), else `$FARTHING_WALLET_PASSPHRASE`, else asks for it. Errors say what happened and
 what to do about it; nothing is spent when a command fails before paying.
 """
 
@@ -21,6 +21,7 @@ from typing import Annotated, Final
 
 import httpx
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
@@ -50,7 +51,13 @@ from farthing.wallet.cards import (
     Pkcs11Location,
 )
 from farthing.wallet.pkcs11_card import install_wrapped_card_key, new_wrapping_key
-from farthing.wallet.policy import Limits, SpendingPolicy, format_micros, parse_amount
+from farthing.wallet.policy import (
+    STARTER_LIMITS,
+    Limits,
+    SpendingPolicy,
+    format_micros,
+    parse_amount,
+)
 from farthing.wallet.store import HistoryEntry
 from farthing.wallet.wallet import DEFAULT_PREFERENCE, Wallet
 
@@ -60,8 +67,16 @@ WALLET_ENV: Final = "FARTHING_WALLET"
 PASSPHRASE_ENV: Final = "FARTHING_WALLET_PASSPHRASE"  # noqa: S105 -- the variable's name
 PIN_ENV: Final = "FARTHING_CARD_PIN"
 
-app = typer.Typer(help="The wallet: cards, payments and what was bought.", no_args_is_help=True)
-add_card = typer.Typer(help="Add a card to the wallet.", no_args_is_help=True)
+app = typer.Typer(
+    help="The wallet: cards, payments and what was bought.\n\n"
+    "Example: farthing wallet get https://news.example/articles/1",
+    no_args_is_help=True,
+)
+add_card = typer.Typer(
+    help="Add a card to the wallet.\n\n"
+    "Example: farthing wallet add-card szm CODE --site https://news.example",
+    no_args_is_help=True,
+)
 app.add_typer(add_card, name="add-card")
 
 WalletOpt = Annotated[
@@ -69,7 +84,7 @@ WalletOpt = Annotated[
     typer.Option(
         "--wallet",
         envvar=WALLET_ENV,
-        help="wallet file (default ~/.local/share/farthing/wallet.sqlite)",
+        help="Wallet file (default ~/.local/share/farthing/wallet.sqlite)",
         show_default=False,
     ),
 ]
@@ -77,16 +92,16 @@ PassFileOpt = Annotated[
     Path | None,
     typer.Option(
         "--passphrase-file",
-        help=f"read the passphrase from this file's first line (else ${PASSPHRASE_ENV}, "
+        help=f"Read the passphrase from this file's first line (else ${PASSPHRASE_ENV}, "
         "else a prompt)",
     ),
 ]
-LabelOpt = Annotated[str | None, typer.Option("--label", help="a name for the card")]
+LabelOpt = Annotated[str | None, typer.Option("--label", help="A name for the card")]
 SiteOpt = Annotated[
     list[str],
     typer.Option(
         "--site",
-        help="a site the card may pay, e.g. https://shop.example (repeat the option, or "
+        help="A site the card may pay, e.g. https://shop.example (repeat the option, or "
         "separate sites with commas); the card pays no other site",
         show_default=False,
     ),
@@ -98,7 +113,7 @@ def default_wallet_path() -> Path:
 
 
 def make_client(auth: httpx.Auth, timeout: float) -> httpx.Client:
-    """The HTTP client ``get`` uses (tests replace it to reach an in-process vendor)."""
+    """The HTTP client `get` uses (tests replace it to reach an in-process vendor)."""
     return httpx.Client(auth=auth, timeout=timeout, follow_redirects=True)
 
 
@@ -161,6 +176,8 @@ _CODE_HINTS: Final = {
     ErrorCode.WRONG_PASSPHRASE: f"use the passphrase chosen at `farthing wallet init` "
     f"(--passphrase-file, ${PASSPHRASE_ENV} or the prompt)",
     ErrorCode.NO_CARD_FITS: "add a card this vendor takes: `farthing wallet add-card`",
+    ErrorCode.UNKNOWN_VERSION: "check that --wallet (or $FARTHING_WALLET) names your wallet "
+    "file; if it is damaged, restore a backup: `farthing wallet import BACKUP --wallet NEW`",
     ErrorCode.WALLET_BUSY: "another farthing is using this wallet; try again when it is done",
     ErrorCode.DEVICE_FAILED: "check that the token is plugged in, then try again",
     ErrorCode.ISSUER_UNAVAILABLE: "the issuer could not be reached; try again later",
@@ -217,7 +234,7 @@ def _explain(error: FarthingError) -> typer.Exit:
             return fail(error.message, hint=hint)
     if isinstance(error, RemoteProtocolError):
         return fail(f"the vendor sent something wrong: {error.message}")
-    return fail(f"{error.message} ({error.code.name})")
+    return fail(error.message)
 
 
 # --- init, cards, balance ------------------------------------------------------------------
@@ -230,10 +247,28 @@ def init(wallet: WalletOpt = None, passphrase_file: PassFileOpt = None) -> None:
     if path.exists():
         raise fail(f"a wallet already exists at {path}", hint="use it, or choose --wallet")
     passphrase = _passphrase(passphrase_file, confirm=True)
-    with _explained(), Wallet.create(path, passphrase):
+    starter = SpendingPolicy(default=STARTER_LIMITS)
+    with _explained(), Wallet.create(path, passphrase, policy=starter):
         pass
     console.print(f"Created wallet [bold]{path}[/]")
+    console.print(
+        f"Spending limits, in any currency: {_limits_line(STARTER_LIMITS)} "
+        "(change them with `farthing wallet policy`)."
+    )
     console.print("Next: add a card with `farthing wallet add-card szm CODE --site URL`.")
+
+
+def _limits_line(limits: Limits) -> str:
+    parts = (
+        ("per request", limits.per_request),
+        ("per site a day", limits.per_host),
+        ("a day", limits.per_day),
+    )
+    return ", ".join(f"{_amount(value)} {name}" for name, value in parts)
+
+
+def _amount(micros: int | None) -> str:
+    return "no limit" if micros is None else format_micros(micros, "").strip()
 
 
 @app.command()
@@ -258,15 +293,15 @@ def add_szm(
     site: SiteOpt,
     code: Annotated[
         str | None,
-        typer.Argument(help="the code printed on the card, XXXX-XXXX-XXXX-XXXX-XXXX-XXXX"),
+        typer.Argument(help="The code printed on the card, XXXX-XXXX-XXXX-XXXX-XXXX-XXXX"),
     ] = None,
     issuer: Annotated[
         str | None,
-        typer.Option("--issuer", help="the card issuer's URL, where a typed code is looked up"),
+        typer.Option("--issuer", help="The card issuer's URL, where a typed code is looked up"),
     ] = None,
     file: Annotated[
         Path | None,
-        typer.Option("--file", help="a file holding the card: its QR code (PNG) or text"),
+        typer.Option("--file", help="A file holding the card: its QR code (PNG) or text"),
     ] = None,
     label: LabelOpt = None,
     wallet: WalletOpt = None,
@@ -356,7 +391,7 @@ def _short_card(text: str, issuer: str | None) -> CardCode:
 
 
 def _sites(given: list[str]) -> list[str]:
-    """``--site`` values, each possibly a comma-separated list."""
+    """`--site` values, each possibly a comma-separated list."""
     sites = [part.strip() for value in given for part in value.split(",") if part.strip()]
     if not sites:
         raise fail("give at least one --site URL", hint="e.g. --site https://news.example")
@@ -368,13 +403,13 @@ _WRAP_LABEL: Final = "hll-card-wrap"
 
 @app.command("hll-token-key")
 def hll_token_key(
-    pkcs11_module: Annotated[str, typer.Option("--pkcs11-module", help="the PKCS#11 module")],
+    pkcs11_module: Annotated[str, typer.Option("--pkcs11-module", help="The PKCS#11 module")],
     token_label: Annotated[str, typer.Option("--token-label")],
     wrap_label: Annotated[
-        str, typer.Option("--wrap-label", help="label of the key pair made on the token")
+        str, typer.Option("--wrap-label", help="Label of the key pair made on the token")
     ] = _WRAP_LABEL,
     output: Annotated[
-        Path | None, typer.Option("-o", "--output", help="write the public key here")
+        Path | None, typer.Option("-o", "--output", help="Write the public key here")
     ] = None,
 ) -> None:
     """Make, inside the token, the key pair the bank wraps your HLL card key to, and print
@@ -407,7 +442,7 @@ def _write_new(path: Path, text: str) -> None:
 def add_hll(
     site: SiteOpt,
     card_file: Annotated[
-        Path, typer.Option("--card-file", help="the bank's personalisation output (JSON)")
+        Path, typer.Option("--card-file", help="The bank's personalisation output (JSON)")
     ],
     pkcs11_module: Annotated[
         str, typer.Option("--pkcs11-module", help="PKCS#11 module of the card's token")
@@ -415,13 +450,13 @@ def add_hll(
     token_label: Annotated[str, typer.Option("--token-label")],
     key_label: Annotated[str, typer.Option("--key-label")] = "hll-card-key",
     wrap_label: Annotated[
-        str, typer.Option("--wrap-label", help="the key pair `hll-token-key` made")
+        str, typer.Option("--wrap-label", help="The key pair `hll-token-key` made")
     ] = _WRAP_LABEL,
     bank_key: Annotated[
         str | None,
         typer.Option(
             "--bank-key",
-            help="the bank's card-certification key (hex, `farthing issuer hll-key`), for a "
+            help="The bank's card-certification key (hex, `farthing issuer hll-key`), for a "
             "card file that does not name its bank",
         ),
     ] = None,
@@ -504,10 +539,10 @@ def _into_token(card: HllCardFile, token: Pkcs11Location, pin: str, wrap_label: 
 def add_payword(
     site: SiteOpt,
     certificate: Annotated[
-        Path, typer.Option("--certificate", help="the broker's certificate (base64url or raw)")
+        Path, typer.Option("--certificate", help="The broker's certificate (base64url or raw)")
     ],
     user_key: Annotated[
-        Path, typer.Option("--user-key", help="your Ed25519 private key (base64url or raw)")
+        Path, typer.Option("--user-key", help="Your Ed25519 private key (base64url or raw)")
     ],
     label: LabelOpt = None,
     wallet: WalletOpt = None,
@@ -558,7 +593,7 @@ def _added(info: CardInfo) -> None:
     )
 
 
-CardArg = Annotated[str, typer.Argument(help="the card's label (see `farthing wallet cards`)")]
+CardArg = Annotated[str, typer.Argument(help="The card's label (see `farthing wallet cards`)")]
 
 
 @app.command()
@@ -566,13 +601,13 @@ def bind(
     card: CardArg,
     site: Annotated[
         list[str] | None,
-        typer.Option("--site", help="a site the card may pay from now on (repeatable, or commas)"),
+        typer.Option("--site", help="A site the card may pay from now on (repeatable, or commas)"),
     ] = None,
     bank_key: Annotated[
         str | None,
         typer.Option(
             "--bank-key",
-            help="name the bank of an HLL card added before cards named theirs (hex, "
+            help="Name the bank of an HLL card added before cards named theirs (hex, "
             "`farthing issuer hll-key`)",
         ),
     ] = None,
@@ -604,9 +639,20 @@ def unbind(
     console.print(f"[bold]{info.label}[/]: {info.where}")
 
 
-@app.command()
-def cards(wallet: WalletOpt = None, passphrase_file: PassFileOpt = None) -> None:
-    """List the cards in the wallet."""
+cards_app = typer.Typer(
+    help="List the cards in the wallet; remove or rename one.\n\n"
+    "Example: farthing wallet cards rename card-1 lunch",
+)
+app.add_typer(cards_app, name="cards")
+
+
+@cards_app.callback(invoke_without_command=True)
+def cards(
+    ctx: typer.Context, wallet: WalletOpt = None, passphrase_file: PassFileOpt = None
+) -> None:
+    """List the cards in the wallet (or remove or rename one)."""
+    if ctx.invoked_subcommand is not None:
+        return
     with _opened(wallet, passphrase_file) as opened:
         held = opened.cards()
     if not held:
@@ -649,9 +695,9 @@ def balance(wallet: WalletOpt = None, passphrase_file: PassFileOpt = None) -> No
 @app.command("card-status")
 def card_status(
     label: Annotated[
-        str, typer.Argument(help="the SZM card's label (see `farthing wallet cards`)")
+        str, typer.Argument(help="The SZM card's label (see `farthing wallet cards`)")
     ],
-    issuer: Annotated[str, typer.Option("--issuer", help="the card issuer's URL")],
+    issuer: Annotated[str, typer.Option("--issuer", help="The card issuer's URL")],
     wallet: WalletOpt = None,
     passphrase_file: PassFileOpt = None,
 ) -> None:
@@ -678,21 +724,29 @@ def card_status(
 
 @app.command()
 def get(
-    urls: Annotated[list[str], typer.Argument(help="one or more URLs to fetch, paying if asked")],
+    urls: Annotated[list[str], typer.Argument(help="One or more URLs to fetch, paying if asked")],
     output: Annotated[
         Path | None,
-        typer.Option("-o", "--output", help="file to write (a directory for several URLs)"),
+        typer.Option("-o", "--output", help="File to write (a directory for several URLs)"),
     ] = None,
     max_price: Annotated[
         str | None,
-        typer.Option("--max-price", help="most to pay per request, e.g. 0.05 or 0.05EUR"),
+        typer.Option("--max-price", help="Most to pay per request, e.g. 0.05 or 0.05EUR"),
     ] = None,
-    timeout: Annotated[float, typer.Option("--timeout", help="seconds per request")] = 30.0,
+    timeout: Annotated[
+        float, typer.Option("--timeout", min=0.1, max=3600, help="Seconds per request")
+    ] = 30.0,
+    card: Annotated[
+        str | None,
+        typer.Option(
+            "--card", help="Pay with this card only (its label in `farthing wallet cards`)"
+        ),
+    ] = None,
     method: Annotated[
         str | None,
         typer.Option(
             "--method",
-            help="pay with this method when the vendor offers it and a card can pay "
+            help="Pay with this method when the vendor offers it and a card can pay "
             f"({', '.join(DEFAULT_PREFERENCE)}); otherwise the usual order decides",
         ),
     ] = None,
@@ -703,20 +757,63 @@ def get(
     with _explained():
         cap = parse_amount(max_price) if max_price else None
     preference = _preference(method)
+    _check_urls(urls)
     _check_outputs(urls, output)
     with _opened(wallet, passphrase_file, preference=preference) as opened:
         if cap is not None:
             opened.use_policy(opened.policy.with_per_request(*cap))
-        with make_client(PaymentAuth(opened), timeout) as client, _explained():
-            if len(urls) == 1:
-                _get_one(client, urls[0], output)
-            else:
-                assert output is not None  # _check_outputs refused that
-                _get_many(client, urls, output)
+        with _explained():
+            opened.pay_only_with(card)
+        last = _last_history_id(opened)
+        try:
+            with make_client(PaymentAuth(opened), timeout) as client, _explained():
+                if len(urls) == 1:
+                    _get_one(client, urls[0], output)
+                else:
+                    assert output is not None  # _check_outputs refused that
+                    _get_many(client, urls, output)
+        finally:
+            _print_paid(opened, last)
+
+
+def _check_urls(urls: list[str]) -> None:
+    """Refuse, before anything is paid, what is not an http(s) address."""
+    for url in urls:
+        try:
+            parsed = httpx.URL(url)
+        except httpx.InvalidURL:
+            parsed = None
+        if parsed is None or parsed.scheme not in ("http", "https") or not parsed.host:
+            raise fail(
+                f"{url!r} is not a web address",
+                hint="give a URL that starts with https:// (or http:// on this machine)",
+            )
+
+
+def _last_history_id(opened: Wallet) -> int:
+    newest = opened.history(limit=1)
+    return newest[0].id if newest else 0
+
+
+def _print_paid(opened: Wallet, after: int) -> None:
+    """One line per payment made since history id `after`: what, how, and what is left."""
+    made = [entry for entry in reversed(opened.history(limit=1000)) if entry.id > after]
+    left = {info.label: info for info in opened.cards()}
+    for entry in made:
+        paid = format_micros(entry.charged_micros, entry.currency)
+        info = left.get(entry.card_label)
+        rest = (
+            "" if info is None else f", {format_micros(info.value_left_micros, info.currency)} left"
+        )
+        outcome = "" if entry.outcome == "paid" else f" ({entry.outcome})"
+        err_console.print(
+            f"Paid {paid} with {entry.method}, card {entry.card_label}{rest}{outcome}",
+            markup=False,
+        )
 
 
 def _preference(method: str | None) -> tuple[str, ...]:
-    """The wallet's method order with ``method`` first (the default order without one)."""
+    """The wallet's method order with `method` first (the default order without one)."""
     if method is None:
         return DEFAULT_PREFERENCE
     if method not in DEFAULT_PREFERENCE:
@@ -841,12 +938,44 @@ def _get_many(client: httpx.Client, urls: list[str], output: Path) -> None:
     console.print(table)
 
 
+@app.command()
+def quote(
+    url: Annotated[str, typer.Argument(help="The URL whose price to ask")],
+    card: Annotated[str | None, typer.Option("--card", help="Quote for this card only")] = None,
+    timeout: Annotated[
+        float, typer.Option("--timeout", min=0.1, max=3600, help="Seconds for the request")
+    ] = 30.0,
+    wallet: WalletOpt = None,
+    passphrase_file: PassFileOpt = None,
+) -> None:
+    """Show what a URL costs and which card would pay, without paying (no unit is spent)."""
+    from farthing.http.payment_auth import parse_challenges
+
+    _check_urls([url])
+    with _opened(wallet, passphrase_file) as opened, _explained():
+        opened.pay_only_with(card)
+        with httpx.Client(timeout=timeout, follow_redirects=True) as client:
+            response = client.get(url)
+        if response.status_code != 402:
+            console.print(f"{url} is free (the vendor answered {response.status_code})")
+            return
+        challenges = parse_challenges(response.headers.get_list("www-authenticate"))
+        offer = opened.quote(url, challenges)
+    console.print(
+        f"{url} costs {format_micros(offer.charged_micros, offer.currency)}: "
+        f"{offer.method}, card {offer.card_label} ({offer.units} units). Nothing was paid.",
+        markup=False,
+    )
+
+
 # --- history and policy --------------------------------------------------------------------
 
 
 @app.command()
 def history(
-    limit: Annotated[int, typer.Option("--limit", help="how many, newest first")] = 50,
+    limit: Annotated[
+        int, typer.Option("--limit", min=1, max=100_000, help="How many, newest first")
+    ] = 50,
     wallet: WalletOpt = None,
     passphrase_file: PassFileOpt = None,
 ) -> None:
@@ -879,15 +1008,26 @@ def _history_table(entries: list[HistoryEntry]) -> Table:
 
 @app.command()
 def policy(
-    per_request: Annotated[str | None, typer.Option("--per-request", help="e.g. 0.05")] = None,
-    per_host: Annotated[str | None, typer.Option("--per-host", help="per host per day")] = None,
-    per_day: Annotated[str | None, typer.Option("--per-day", help="all hosts per day")] = None,
+    per_request: Annotated[
+        str | None,
+        typer.Option("--per-request", help="Most per request, e.g. 0.05; none removes the limit."),
+    ] = None,
+    per_host: Annotated[
+        str | None, typer.Option("--per-host", help="Most per site a day; none removes the limit.")
+    ] = None,
+    per_day: Annotated[
+        str | None,
+        typer.Option("--per-day", help="Most to all sites a day; none removes the limit."),
+    ] = None,
     currency: Annotated[str, typer.Option("--currency")] = "EUR",
     wallet: WalletOpt = None,
     passphrase_file: PassFileOpt = None,
 ) -> None:
-    """Show the spending policy, or set limits for one currency (kept in the wallet)."""
+    """Show the spending policy, or set limits for one currency (kept in the wallet); give
+    a limit as none to remove it."""
     code = currency.upper()
+    if len(code) != 3 or not code.isalpha():
+        raise fail(f"{currency!r}: a currency is three letters", hint="e.g. --currency EUR")
     with _opened(wallet, passphrase_file) as opened:
         current = opened.policy
         if any(v is not None for v in (per_request, per_host, per_day)):
@@ -902,11 +1042,18 @@ def policy(
     _show_policy(current)
 
 
+_NO_LIMIT: Final = ("none", "off", "no-limit")
+
+
 def _merged(
     base: Limits, per_request: str | None, per_host: str | None, per_day: str | None
 ) -> Limits:
     def value(text: str | None, old: int | None) -> int | None:
-        return old if text is None else parse_amount(text)[0]
+        if text is None:
+            return old
+        if text.strip().lower() in _NO_LIMIT:
+            return None
+        return parse_amount(text)[0]
 
     return Limits(
         per_request=value(per_request, base.per_request),
@@ -947,3 +1094,117 @@ def _utc(unix: int, layout: str) -> str:
         return datetime.fromtimestamp(unix, UTC).strftime(layout)
     except (OverflowError, ValueError, OSError):
         return "far future" if unix > 0 else "?"
+
+
+# --- managing cards, the passphrase and backups ----------------------------------------------
+
+passphrase_app = typer.Typer(
+    help="The wallet passphrase.\n\nExample: farthing wallet passphrase change",
+    no_args_is_help=True,
+)
+app.add_typer(passphrase_app, name="passphrase")
+
+
+@cards_app.command("remove")
+def cards_remove(
+    card: CardArg,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask; the value left is lost")] = False,
+    wallet: WalletOpt = None,
+    passphrase_file: PassFileOpt = None,
+) -> None:
+    """Remove a card from the wallet (its history stays). The value left on it is lost
+    unless the card is added again from its code."""
+    with _opened(wallet, passphrase_file) as opened:
+        info = next((c for c in opened.cards() if c.label == card), None)
+        if info is None:
+            raise fail(f"no card labelled {card!r}", hint="see `farthing wallet cards`")
+        left = format_micros(info.value_left_micros, info.currency)
+        if not yes and not typer.confirm(f"Remove {card} with {left} left?", err=True):
+            raise fail("nothing removed")
+        with _explained():
+            opened.remove_card(card)
+    console.print(f"Removed [bold]{escape(card)}[/] ({left} left on it)")
+
+
+@cards_app.command("rename")
+def cards_rename(
+    card: CardArg,
+    new_label: Annotated[str, typer.Argument(help="The new label")],
+    wallet: WalletOpt = None,
+    passphrase_file: PassFileOpt = None,
+) -> None:
+    """Give a card another label."""
+    with _opened(wallet, passphrase_file) as opened, _explained():
+        info = opened.rename_card(card, new_label)
+    console.print(f"[bold]{escape(card)}[/] is now [bold]{escape(info.label)}[/]")
+
+
+@passphrase_app.command("change")
+def passphrase_change(
+    new_passphrase_file: Annotated[
+        Path | None,
+        typer.Option("--new-passphrase-file", help="Read the new passphrase from this file"),
+    ] = None,
+    wallet: WalletOpt = None,
+    passphrase_file: PassFileOpt = None,
+) -> None:
+    """Protect the wallet with a new passphrase (every secret is sealed again)."""
+    from farthing.wallet.store import WalletStore
+
+    path = _existing(wallet)
+    old = _passphrase(passphrase_file)
+    new = _new_passphrase(new_passphrase_file)
+    with _explained(), console.status("sealing every secret again"):
+        WalletStore.change_passphrase(path, old, new, rng=os.urandom)
+    console.print(f"[bold]{path}[/] now opens with the new passphrase.")
+
+
+def _new_passphrase(path: Path | None) -> str:
+    if path is not None:
+        return _passphrase(path)
+    answer: str = typer.prompt(
+        "New wallet passphrase", hide_input=True, confirmation_prompt=True, err=True
+    )
+    return answer
+
+
+def _existing(wallet: Path | None) -> Path:
+    path = _path(wallet)
+    if not path.is_file():
+        raise fail(f"no wallet at {path}", hint="create one with `farthing wallet init`")
+    return path
+
+
+@app.command("export")
+def export_command(
+    backup: Annotated[Path, typer.Argument(help="The backup file to write (must not exist)")],
+    wallet: WalletOpt = None,
+    passphrase_file: PassFileOpt = None,
+) -> None:
+    """Write an encrypted backup of the whole wallet (it opens with the same passphrase)."""
+    from farthing.wallet.backup import export_backup
+
+    path = _existing(wallet)
+    passphrase = _passphrase(passphrase_file)
+    with _explained(), console.status("encrypting the backup"):
+        size = export_backup(path, passphrase, backup, rng=os.urandom)
+    console.print(f"Backup written to [bold]{backup}[/] ({size:,} bytes, mode 0600).")
+    console.print("Restore it with `farthing wallet import FILE --wallet NEW`.")
+
+
+@app.command("import")
+def import_command(
+    backup: Annotated[Path, typer.Argument(help="A file made by `farthing wallet export`")],
+    wallet: WalletOpt = None,
+    passphrase_file: PassFileOpt = None,
+) -> None:
+    """Restore a backup as a new wallet file (never over an existing one)."""
+    from farthing.wallet.backup import import_backup
+
+    path = _path(wallet)
+    if path.exists():
+        raise fail(f"a wallet already exists at {path}", hint="restore to a new file with --wallet")
+    passphrase = _passphrase(passphrase_file)
+    with _explained(), console.status("decrypting the backup"):
+        import_backup(backup, passphrase, path, rng=os.urandom)
+    console.print(f"Restored [bold]{path}[/]; cards are where they were when the backup was made.")

@@ -19,7 +19,7 @@ from farthing.core.errors import ErrorCode, FarthingError, LocalProtocolError
 from farthing.core.primitives import ed25519_public_key
 from farthing.core.schemes import hll, payword
 from farthing.demo._servers import BackgroundServer
-from farthing.demo.report import CardLine, DemoReport, Purchase
+from farthing.demo.report import CardLine, DemoReport, Message, Purchase
 from farthing.http.issuer_client import IssuerClient
 from farthing.http.payment_auth import Receipt
 from farthing.issuer.app import create_issuer_app
@@ -418,17 +418,25 @@ def _buy_with_every_method(setup: Setup, vendor: str, report: DemoReport, step: 
 
 def _buy(wallet: Wallet, vendor: str, name: str, method: str, report: DemoReport) -> None:
     statuses: list[int] = []
+    messages: list[Message] = []
+
+    def sent(request: httpx.Request) -> None:
+        start = f"{request.method} {request.url.raw_path.decode('ascii')} HTTP/1.1"
+        messages.append(Message(start=start, headers=tuple(request.headers.multi_items())))
 
     def log(response: httpx.Response) -> None:
         statuses.append(response.status_code)
+        start = f"HTTP/1.1 {response.status_code} {response.reason_phrase}"
+        messages.append(Message(start=start, headers=tuple(response.headers.multi_items())))
 
+    hooks: dict[str, list[Callable[..., object]]] = {"request": [sent], "response": [log]}
     started = time.perf_counter()
-    with httpx.Client(auth=PaymentAuth(wallet), event_hooks={"response": [log]}, timeout=30) as c:
+    with httpx.Client(auth=PaymentAuth(wallet), event_hooks=hooks, timeout=30) as c:
         response = c.get(f"{vendor}/{name}")
+    if not report.exchange and statuses[:1] == [402]:
+        report.exchange.extend(messages)
     seconds = time.perf_counter() - started
-    header = response.headers.get("payment-receipt")
-    receipt = Receipt.from_header(header) if header else None
-    sealed = receipt is not None and "sealed" in receipt.extra
+    sealed = _sealed(response)
     ok = response.status_code == 200 and response.text == GOODS[name]
     entry = wallet.history(limit=1)[0]
     report.purchases.append(
@@ -445,6 +453,13 @@ def _buy(wallet: Wallet, vendor: str, name: str, method: str, report: DemoReport
         )
 
 
+def _sealed(response: httpx.Response) -> bool:
+    """Whether the vendor's receipt says it sealed the body (the wallet opened it)."""
+    header = response.headers.get("payment-receipt")
+    receipt = Receipt.from_header(header) if header else None
+    return receipt is not None and "sealed" in receipt.extra
+
+
 def _try_double_spend(setup: Setup, vendor: str, report: DemoReport, step: Step) -> None:
     step("attacker: replay a payment that was already accepted")
     captured: list[str] = []
@@ -457,7 +472,18 @@ def _try_double_spend(setup: Setup, vendor: str, report: DemoReport, step: Step)
         Wallet.open(setup.wallet_path, PASSPHRASE, preference=("szm:chain",)) as wallet,
         httpx.Client(auth=PaymentAuth(wallet), event_hooks={"request": [keep]}, timeout=30) as c,
     ):
+        started = time.perf_counter()
         paid = c.get(f"{vendor}/data/prices.csv")
+        seconds = time.perf_counter() - started
+        entry = wallet.history(limit=1)[0]
+    report.purchases.append(
+        Purchase(
+            method="szm:chain", path="/data/prices.csv", price_micros=DATA_PRICE.micros,
+            charged_micros=entry.charged_micros, up_front=len(captured) == 1,
+            sealed=_sealed(paid),
+            ok=paid.status_code == 200, seconds=seconds,
+        )
+    )  # fmt: skip
     stolen = {"Authorization": captured[-1]}
     other = httpx.get(f"{vendor}/data/rates.csv", headers=stolen, timeout=30)
     report.check(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["CardLine", "Check", "DemoReport", "Purchase"]
+__all__ = ["CardLine", "Check", "DemoReport", "Message", "Purchase"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -17,6 +17,15 @@ class Purchase:
     sealed: bool
     ok: bool
     seconds: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Message:
+    """One HTTP message of the first purchase, as it crossed the loopback: the request line
+    or status line, and the headers (name, value) in the order sent."""
+
+    start: str
+    headers: tuple[tuple[str, str], ...]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -40,6 +49,7 @@ class DemoReport:
     workdir: str
     card_device: str = ""
     purchases: list[Purchase] = field(default_factory=list)
+    exchange: list[Message] = field(default_factory=list)  # the first purchase, 402 and all
     cards: list[CardLine] = field(default_factory=list)
     verify_ms: dict[str, float] = field(default_factory=dict)
     accounts: dict[str, tuple[int, int]] = field(default_factory=dict)

@@ -13,7 +13,7 @@ from farthing.core.errors import Conflict, NotFound
 from farthing.core.schemes import hll
 from farthing.issuer.auth import new_operator_token, seal_merchant_key, token_hash
 from farthing.issuer.books import SystemAccounts, customer_account_name, merchant_account_name
-from farthing.store import AccountKind, AccountRow, Store, Tx
+from farthing.store import AccountKind, AccountRow, OperatorRow, Store, Tx
 
 __all__ = [
     "AccountsService",
@@ -104,6 +104,19 @@ class AccountsService:
             customer_id=customer_id, currency=row.currency, available_micros=-balance
         )
 
+    def customers(self) -> list[CustomerView]:
+        """Every customer account, by id."""
+        prefix = len(customer_account_name(""))
+        with self._store.transaction(readonly=True) as tx:
+            return [
+                CustomerView(
+                    customer_id=row.name[prefix:],
+                    currency=row.currency,
+                    available_micros=-tx.ledger.balance(row.id),
+                )
+                for row in tx.ledger.accounts_of_kind(AccountKind.CUSTOMER)
+            ]
+
     def load(self, actor: str, customer_id: str, amount_micros: int, reference: str) -> LoadResult:
         """Cash-in: cash received, owed to the customer. Idempotent by ``reference``: the
         same reference and amount again changes nothing; another amount is a Conflict."""
@@ -177,6 +190,11 @@ class AccountsService:
 
         operator_id = self._store.run_in_transaction(unit)
         return NewOperatorToken(operator_id=operator_id, name=name, token=token)
+
+    def operators(self) -> list[OperatorRow]:
+        """Every operator token (its hash only), revoked ones too."""
+        with self._store.transaction(readonly=True) as tx:
+            return tx.admin.operators()
 
     def revoke_operator_token(self, actor: str, operator_id: int) -> bool:
         def unit(tx: Tx) -> bool:

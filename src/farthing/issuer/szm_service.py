@@ -44,6 +44,7 @@ from farthing.store import CardStatus, Store, SzmBatchRow, SzmCardRow, SzmProtoc
 __all__ = [
     "BatchSpec",
     "CardStatusView",
+    "CardValue",
     "ExportPage",
     "ExportedCard",
     "LookupAnswer",
@@ -265,6 +266,17 @@ class SzmService:
             raise NotFound("no such batch")
         return row
 
+    def batches(self) -> list[SzmBatchRow]:
+        """Every batch sold, newest first."""
+        with self._store.transaction(readonly=True) as tx:
+            return tx.szm.batches()
+
+    def value_summary(self, currency: str) -> CardValue:
+        """What happened to the face value of the cards sold in ``currency`` (now)."""
+        with self._store.transaction(readonly=True) as tx:
+            spent, valid, expired = tx.szm.value_summary(currency, self._clock.now())
+        return CardValue(currency=currency, spent=spent, outstanding=valid, expired=expired)
+
     def export(self, actor: str, batch_id: bytes, *, offset: int, limit: int) -> ExportPage:
         """The codes of cards ``offset .. offset + limit - 1`` of a batch (audited: they
         carry the card secrets)."""
@@ -374,6 +386,19 @@ class SzmService:
             return micros
 
         return self._store.run_in_transaction(unit)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CardValue:
+    """Face value of sold SZM cards in micros: ``spent`` (units paid to vendors: earned,
+    recognised as revenue by :meth:`SzmService.recognise_revenue`), ``outstanding``
+    (unspent, on cards still valid: owed to card holders) and ``expired`` (unspent on
+    expired cards: breakage; reported, left in the prepaid float until the operator decides)."""
+
+    currency: str
+    spent: int
+    outstanding: int
+    expired: int
 
 
 def _generator(spec: BatchSpec) -> Generator | None:

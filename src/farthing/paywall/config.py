@@ -7,6 +7,7 @@ Every key is described in docs/vendor.md. A small file next to the goods::
     content_dir = "goods"                 # served as static files behind the paywall
     challenge_secret_file = "challenge.key"   # made on first use (32 random bytes)
     deposit_interval = 60                 # seconds between background deposits (HLL, PayWord)
+    sales_log = "sales.jsonl"             # one line per good sold: `farthing vendor stats`
 
     [prices]                              # first match wins; * = one path segment, ** = any
     "/articles/*" = "2000 EUR"            # micro-units of the currency: 2000 = 0.2 cent
@@ -81,6 +82,7 @@ class VendorConfig:
     issuer_url: str | None
     deposits: DepositSettings | None = None
     deposit_interval: float = 60.0
+    sales_log: Path | None = None  # one line per good sold (farthing.paywall.sales)
 
 
 def _bad(key: str, why: str) -> LocalProtocolError:
@@ -289,4 +291,5 @@ def load_vendor_config(path: Path) -> VendorConfig:
         issuer_url=_str(hll, "issuer_url", "hll.") if hll is not None else None,
         deposits=_deposits(settings, hll, pw, base),
         deposit_interval=_int(data, "deposit_interval", "", 60),
+        sales_log=_relative(base, str(data.get("sales_log", "sales.jsonl"))),
     )

@@ -14,6 +14,8 @@ import logging
 import os
 from pathlib import Path
 
+from starlette.types import ASGIApp
+
 from farthing.core.clock import SystemClock
 from farthing.core.errors import LocalProtocolError
 from farthing.http.issuer_client import IssuerClient
@@ -22,6 +24,7 @@ from farthing.paywall.config import CONFIG_ENV, VendorConfig, load_vendor_config
 from farthing.paywall.deposits import Depositor
 from farthing.paywall.goods import GoodsApp
 from farthing.paywall.middleware import Paywall
+from farthing.paywall.sales import SalesLog, SalesRecorder
 from farthing.store import Store, open_store
 
 __all__ = ["app_from_config", "app_from_env", "depositor_for", "deposits_missing"]
@@ -56,9 +59,13 @@ def app_from_config(config: VendorConfig) -> Paywall:
         if config.settings.payword is not None:
             broker = client  # PayWord commitments are admitted where they are redeemed
     goods = GoodsApp(config.content_dir)
+    content: ASGIApp = goods
+    if config.sales_log is not None:
+        sales = SalesLog(config.sales_log)
+        content = SalesRecorder(goods, sales, prices=config.prices, clock=SystemClock())
     return create_vendor_app(
         config.settings,
-        content=goods,
+        content=content,
         prices=config.prices,
         store=store,
         bank=bank,

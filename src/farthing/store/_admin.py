@@ -42,6 +42,11 @@ class AdminArea(Area):
         row = self._ctx.conn.execute(stmt).mappings().one_or_none()
         return None if row is None else build(OperatorRow, row)
 
+    def operators(self) -> list[OperatorRow]:
+        """Every operator token ever made (revoked ones too), oldest first."""
+        stmt = select(operator_tokens).order_by(operator_tokens.c.id)
+        return [build(OperatorRow, row) for row in self._ctx.conn.execute(stmt).mappings()]
+
     def revoke_operator_token(self, operator_id: int) -> bool:
         stmt = (
             update(operator_tokens)

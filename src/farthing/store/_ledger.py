@@ -69,6 +69,18 @@ class LedgerArea(Area):
         row = self._ctx.conn.execute(stmt).mappings().one_or_none()
         return None if row is None else build(AccountRow, row, kind=AccountKind(row["kind"]))
 
+    def accounts_of_kind(self, kind: AccountKind) -> list[AccountRow]:
+        """Every account of ``kind``, by name."""
+        stmt = (
+            select(accounts)
+            .where(accounts.c.kind == AccountKind(kind).value)
+            .order_by(accounts.c.name)
+        )
+        return [
+            build(AccountRow, row, kind=AccountKind(row["kind"]))
+            for row in self._ctx.conn.execute(stmt).mappings()
+        ]
+
     def balance(self, account_id: int) -> int:
         stmt = select(total(ledger_entries.c.amount_micros)).where(
             ledger_entries.c.account_id == account_id

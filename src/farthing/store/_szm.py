@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from itertools import islice
 from typing import Any, Final, final
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import BigInteger, cast, func, insert, select, update
 
 from farthing.core.errors import ErrorCode, LocalProtocolError, NotFound
 from farthing.store._errors import unique_violation_as
@@ -123,6 +123,27 @@ class SzmArea(Area):
         return (
             None if row is None else build(SzmBatchRow, row, protocol=SzmProtocol(row["protocol"]))
         )
+
+    def batches(self) -> list[SzmBatchRow]:
+        """Every batch, newest first."""
+        stmt = select(szm_batches).order_by(szm_batches.c.created_at.desc(), szm_batches.c.batch_id)
+        return [
+            build(SzmBatchRow, row, protocol=SzmProtocol(row["protocol"]))
+            for row in self._ctx.conn.execute(stmt).mappings()
+        ]
+
+    def value_summary(self, currency: str, now: int) -> tuple[int, int, int]:
+        """Face value of the cards sold in ``currency``, in micros: (spent, unspent on cards
+        still valid at ``now``, unspent on expired cards). Blocked cards count by expiry."""
+        c = szm_cards.c
+        unspent = (c.units - c.spent) * c.unit_micros
+        query = select(
+            total(c.spent * c.unit_micros),
+            cast(func.sum(unspent).filter(c.expires_at > now), BigInteger),
+            cast(func.sum(unspent).filter(c.expires_at <= now), BigInteger),
+        ).where(c.currency == currency)
+        row = self._ctx.conn.execute(query).one()
+        return int(row[0] or 0), int(row[1] or 0), int(row[2] or 0)
 
     def insert_cards(self, rows: Iterable[SzmCardRow]) -> int:
         """Insert cards with executemany in chunks; return how many. Conflict on a repeated id."""

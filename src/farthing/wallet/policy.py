@@ -24,6 +24,7 @@ from farthing.core.errors import ErrorCode, MalformedMessage, PolicyRefused
 
 __all__ = [
     "DAY",
+    "STARTER_LIMITS",
     "ConfirmCallback",
     "Limits",
     "PriceOffer",
@@ -197,6 +198,11 @@ class SpendingPolicy:
             default=None if raw_default is None else Limits.from_json(raw_default),
             retry_after_refusal=obj.get("retryAfterRefusal") is True,
         )
+
+
+# What a wallet made by ``farthing wallet init`` may spend without being told more, in any
+# currency: a slip (a wrong price, a loop) costs at most this much a day.
+STARTER_LIMITS: Final = Limits(per_request=100_000, per_host=1_000_000, per_day=5_000_000)
 
 
 def _replace_per_request(limits: Limits | None, micros: int) -> Limits:

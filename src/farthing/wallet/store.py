@@ -431,7 +431,7 @@ class WalletStore:
         (its passphrase protection is under today's minimum: :meth:`upgrade` it)."""
         engine = _open_engine(path)
         try:
-            meta = _read_meta(engine)
+            meta = _read_meta(engine, path)
             _check_format(meta, path)
             with engine.begin() as conn:
                 _metadata.create_all(conn)  # tables newer than the file (pending, refusals)
@@ -454,7 +454,7 @@ class WalletStore:
         value replace the old. A crash leaves the old wallet whole."""
         engine = _open_engine(path)
         try:
-            meta = _read_meta(engine)
+            meta = _read_meta(engine, path)
             _check_format(meta, path)
             old_params = _kdf_params(meta)
             try:
@@ -464,16 +464,25 @@ class WalletStore:
                 pass
             old = SecretBox.derive(passphrase, old_params, rng)
             old.verify_check(meta["check"])
-            params = KdfParams.fresh(rng)
-            new = SecretBox.derive(passphrase, params, rng)
-            with engine.begin() as conn:
-                _reseal_all(conn, old, new)
-                for key, value in (
-                    ("kdf", json.dumps(params.to_json()).encode()),
-                    ("check", new.check_value()),
-                ):
-                    conn.execute(update(_meta).where(_meta.c.key == key), {"value": value})
+            _rekey(engine, old, passphrase, rng)
             return True
+        finally:
+            engine.dispose()
+
+    @classmethod
+    def change_passphrase(cls, path: Path, old: str, new: str, *, rng: RandomSource) -> None:
+        """Seal every secret of the wallet at ``path`` again under ``new`` (fresh Argon2id
+        parameters), in one write transaction: a crash leaves the old wallet whole.
+        WRONG_PASSPHRASE if ``old`` does not open it."""
+        engine = _open_engine(path)
+        try:
+            meta = _read_meta(engine, path)
+            _check_format(meta, path)
+            params = _kdf_params(meta)
+            params.require_strong()
+            box = SecretBox.derive(old, params, rng)
+            box.verify_check(meta["check"])
+            _rekey(engine, box, new, rng)
         finally:
             engine.dispose()
 
@@ -521,6 +530,31 @@ class WalletStore:
             params = json.dumps(dict(change(card)), sort_keys=True)
             conn.execute(update(_cards).where(_cards.c.id == card.id).values(params=params))
             return WriteTx(conn).card(card.id)
+
+    def remove_card(self, label: str) -> CardRow:
+        """Delete the card ``label`` with its commitments and refusals (history keeps its
+        label). NOT_FOUND if there is none; Conflict while a payment of it is in flight."""
+        with self._engine.begin() as conn:
+            card = WriteTx(conn).card_by_label(label)
+            if conn.scalar(select(func.count()).where(_pending.c.card == card.id)):
+                raise Conflict(
+                    f"{label} has a payment whose answer is not known yet; fetch that URL "
+                    "again first (see `farthing wallet history`)"
+                )
+            conn.execute(delete(_refusals).where(_refusals.c.card == card.id))
+            conn.execute(delete(_commitments).where(_commitments.c.card == card.id))
+            conn.execute(delete(_cards).where(_cards.c.id == card.id))
+            return card
+
+    def rename_card(self, label: str, new_label: str) -> CardRow:
+        """Give the card ``label`` another label; Conflict if ``new_label`` is taken."""
+        try:
+            with self._engine.begin() as conn:
+                card = WriteTx(conn).card_by_label(label)
+                conn.execute(update(_cards).where(_cards.c.id == card.id).values(label=new_label))
+                return WriteTx(conn).card(card.id)
+        except IntegrityError:
+            raise Conflict(f"a card labelled {new_label!r} is already in the wallet") from None
 
     def cards(self) -> list[CardRow]:
         with self._read.begin() as conn:
@@ -807,6 +841,19 @@ def _kdf_params(meta: dict[str, bytes]) -> KdfParams:
     return KdfParams.from_json(document)
 
 
+def _rekey(engine: Engine, old: SecretBox, passphrase: str, rng: RandomSource) -> None:
+    """Every secret sealed again under a key from ``passphrase`` and fresh KDF parameters."""
+    params = KdfParams.fresh(rng)
+    new = SecretBox.derive(passphrase, params, rng)
+    with engine.begin() as conn:
+        _reseal_all(conn, old, new)
+        for key, value in (
+            ("kdf", json.dumps(params.to_json()).encode()),
+            ("check", new.check_value()),
+        ):
+            conn.execute(update(_meta).where(_meta.c.key == key), {"value": value})
+
+
 def _reseal_all(conn: Connection, old: SecretBox, new: SecretBox) -> None:
     """Every sealed value, opened with ``old`` and sealed again with ``new`` under the same
     record id (the ids :func:`farthing.wallet.cards.secret_record` and the commitment
@@ -827,13 +874,13 @@ def _reseal_all(conn: Connection, old: SecretBox, new: SecretBox) -> None:
         conn.execute(update(_commitments).where(_commitments.c.id == row.id), {"seed": seed})
 
 
-def _read_meta(engine: Engine) -> dict[str, bytes]:
+def _read_meta(engine: Engine, path: Path) -> dict[str, bytes]:
     try:
         with engine.execution_options(**{_READONLY: True}).begin() as conn:
             return {key: value for key, value in conn.execute(select(_meta.c.key, _meta.c.value))}
     except DatabaseError as exc:  # no such table, or not SQLite at all
         raise LocalProtocolError(
-            "this file is not a farthing wallet", code=ErrorCode.UNKNOWN_VERSION
+            f"{path} is not a farthing wallet", code=ErrorCode.UNKNOWN_VERSION
         ) from exc
 
 

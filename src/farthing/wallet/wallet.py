@@ -77,7 +77,7 @@ from farthing.core.errors import (
 from farthing.core.schemes import hll, payword, szm_status
 from farthing.core.sealing import open_sealed
 from farthing.http.methods import SCHEME_OF
-from farthing.http.methods.common import wire_currency
+from farthing.http.methods.common import CURRENCY_PREFIX, wire_currency
 from farthing.http.payment_auth import (
     Challenge,
     Credential,
@@ -292,6 +292,7 @@ class Wallet:
             "hll:mac": HllMethod(box, self._keys),
             "payword": PaywordMethod(box, rng=rng),
         }
+        self._only_card: str | None = None
         self._lock = threading.RLock()
         self._remembered: dict[tuple[str, str], dict[str, Challenge]] = {}
         self._pending: OrderedDict[str, _Flight] = OrderedDict()
@@ -468,6 +469,36 @@ class Wallet:
     def cards(self) -> list[CardInfo]:
         return [describe(card) for card in self._store.cards()]
 
+    def remove_card(self, label: str) -> CardInfo:
+        """Forget the card ``label`` (its value left is gone with it). NOT_FOUND if there is
+        no such card; Conflict while one of its payments is in flight."""
+        return describe(self._store.remove_card(label))
+
+    def rename_card(self, label: str, new_label: str) -> CardInfo:
+        """Relabel a card; Conflict if the new label is taken. History keeps the old one."""
+        if not new_label.strip():
+            raise LocalProtocolError("a card label cannot be empty", code=ErrorCode.BAD_FIELD)
+        return describe(self._store.rename_card(label, new_label.strip()))
+
+    def pay_only_with(self, label: str | None) -> None:
+        """Later payments use the card ``label`` only (None: any card). NOT_FOUND if the
+        wallet holds no such card."""
+        if label is not None and all(card.label != label for card in self._store.cards()):
+            raise LocalProtocolError(f"no card labelled {label!r}", code=ErrorCode.NOT_FOUND)
+        self._only_card = label
+
+    def quote(self, url: str, challenges: list[Challenge]) -> PriceOffer:
+        """What :meth:`pay` would pay for ``url`` now, within policy, spending nothing.
+        Raises what :meth:`pay` raises before it spends."""
+        target = _Target.parse(url)
+        _check_transport(target)
+        with self._lock:
+            now = self._clock.now()
+            quotes = self._quotes(challenges, target, now)
+            if not quotes:
+                raise self._why_no_card(challenges, target, now)
+            return _offer(self._choose(quotes, target, now, ask=False), target)
+
     def balances(self) -> dict[str, int]:
         """Micros left per currency on prepaid and bank cards (PayWord credit is not money held)."""
         totals: dict[str, int] = {}
@@ -626,6 +657,8 @@ class Wallet:
             for card in cards:
                 if card.id in blocked or (card.id, challenge.realm) in refusals:
                     continue
+                if self._only_card is not None and card.label != self._only_card:
+                    continue
                 if not _site_allows(card, target) or not _issuer_allows(card, challenge):
                     continue
                 if (quote := method.quote(card, challenge, now)) is not None:
@@ -659,7 +692,7 @@ class Wallet:
         preference = self._preference.get(quote.method, len(self._preference))
         return (preference, quote.charged_micros, quote.card.expires_at, quote.card.id)
 
-    def _choose(self, quotes: list[Quote], target: _Target, now: int) -> Quote:
+    def _choose(self, quotes: list[Quote], target: _Target, now: int, *, ask: bool = True) -> Quote:
         usage = self._store.usage(host=target.host, since=now - self._policy.window)
         refusal: PolicyRefused | None = None
         for quote in quotes:
@@ -669,7 +702,8 @@ class Wallet:
             except PolicyRefused as error:
                 refusal = refusal or error
                 continue
-            self._policy.ask(offer)
+            if ask:
+                self._policy.ask(offer)
             return quote
         assert refusal is not None
         raise refusal
@@ -954,6 +988,8 @@ def _no_card_error(
     foreign = [c for c in here if not any(_issuer_allows(c, ch) for ch in challenges)]
     if foreign and len(foreign) == len(here):
         return _wrong_issuer(foreign, challenges)
+    if not kind_fits and (mismatch := _other_issuer_or_currency(challenges, cards)) is not None:
+        return mismatch
     if kind_fits:
         labels = ", ".join(card.label for card in kind_fits)
         expired = all(card.expires_at <= now for card in kind_fits)
@@ -964,6 +1000,35 @@ def _no_card_error(
         f"this wallet holds no card this vendor takes (it offers {offered})",
         code=ErrorCode.NO_CARD_FITS,
     )
+
+
+def _other_issuer_or_currency(
+    challenges: Sequence[Challenge], cards: Sequence[CardRow]
+) -> LocalProtocolError | None:
+    """Cards of an offered method that differ only in currency, or (SZM) in issuer."""
+    for challenge in challenges:
+        scheme = SCHEME_OF.get(challenge.method, challenge.method)
+        same_method = [card for card in cards if card.method == scheme]
+        asked = str(challenge.request.get("currency"))
+        if same_method and all(wire_currency(card.currency) != asked for card in same_method):
+            held = ", ".join(sorted({card.currency for card in same_method}))
+            return LocalProtocolError(
+                f"this vendor asks for {_currency_name(asked)}; your {scheme} cards hold {held}",
+                code=ErrorCode.NO_CARD_FITS,
+            )
+        if scheme.startswith("szm:") and same_method:
+            realms = ", ".join(sorted({repr(card.realm) for card in same_method}))
+            return LocalProtocolError(
+                f"your {scheme} cards are from the issuer {realms}; this vendor "
+                f"takes cards of {challenge.realm!r}",
+                code=ErrorCode.WRONG_ISSUER,
+            )
+    return None
+
+
+def _currency_name(wire: str) -> str:
+    """``micro-usd`` -> ``USD`` (what a person calls it); anything else as sent."""
+    return wire.removeprefix(CURRENCY_PREFIX).upper() if wire.startswith(CURRENCY_PREFIX) else wire
 
 
 def _wrong_site(cards: Sequence[CardRow], target: _Target) -> LocalProtocolError:

@@ -1,0 +1,146 @@
+"""The vendor's sales log: one JSON line per good sold, for ``farthing vendor stats``.
+
+:class:`SalesRecorder` wraps the content app behind the paywall. The paywall hands the
+content app the request's settlement (``scope[PAYMENT_SCOPE_KEY]``); when the content
+answers it with a 2xx, the recorder appends one line to the log::
+
+    {"at": 1765000000, "method": "szm:chain", "path": "/articles/a.txt", "units": 2,
+     "micros": 2000, "currency": "EUR"}
+
+``micros``/``currency`` are the route's price (what the buyer was asked). A retried
+request (a lost answer sent again, served without a new charge) is not a sale and is not
+logged; neither is a request the content answered with an error. Each line is written with
+one ``write`` on a file opened with ``O_APPEND``, so several workers may share the log. The
+log is a report, not the books: a crash between the payment and the line loses the line,
+never money (the payment is recorded by the store first).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from farthing.core.clock import Clock
+from farthing.paywall.methods.base import Settlement
+from farthing.paywall.middleware import PAYMENT_SCOPE_KEY
+from farthing.paywall.pricing import PriceTable
+
+__all__ = ["SalesLine", "SalesLog", "SalesRecorder", "SalesRow", "summarise"]
+
+SALES_LOG_NAME: Final = "sales.jsonl"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SalesLine:
+    at: int
+    method: str
+    path: str
+    units: int
+    micros: int
+    currency: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SalesRow:
+    """Sales of one path with one method: how many, units and money."""
+
+    method: str
+    path: str
+    currency: str
+    count: int
+    units: int
+    micros: int
+
+
+class SalesLog:
+    """An append-only JSON-lines file (mode 0600)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def append(self, line: SalesLine) -> None:
+        data = json.dumps(
+            {
+                "at": line.at, "method": line.method, "path": line.path, "units": line.units,
+                "micros": line.micros, "currency": line.currency,
+            },
+            separators=(",", ":"),
+        )  # fmt: skip
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            os.write(fd, (data + "\n").encode())
+        finally:
+            os.close(fd)
+
+    def lines(self) -> Iterable[SalesLine]:
+        """Every well-formed line (a torn last line, from a crash mid-write, is skipped)."""
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return
+        for raw in text.splitlines():
+            try:
+                obj = json.loads(raw)
+                yield SalesLine(
+                    at=int(obj["at"]), method=str(obj["method"]), path=str(obj["path"]),
+                    units=int(obj["units"]), micros=int(obj["micros"]),
+                    currency=str(obj["currency"]),
+                )  # fmt: skip
+            except (ValueError, KeyError, TypeError):
+                continue
+
+
+def summarise(lines: Iterable[SalesLine]) -> list[SalesRow]:
+    """Sales by (method, path, currency), most money first."""
+    totals: dict[tuple[str, str, str], tuple[int, int, int]] = {}
+    for line in lines:
+        key = (line.method, line.path, line.currency)
+        count, units, micros = totals.get(key, (0, 0, 0))
+        totals[key] = (count + 1, units + line.units, micros + line.micros)
+    rows = [
+        SalesRow(method=m, path=p, currency=c, count=n, units=u, micros=v)
+        for (m, p, c), (n, u, v) in totals.items()
+    ]
+    return sorted(rows, key=lambda row: (-row.micros, row.method, row.path))
+
+
+class SalesRecorder:
+    """ASGI: the content app, logging each paid 2xx answer to ``log``."""
+
+    def __init__(self, app: ASGIApp, log: SalesLog, *, prices: PriceTable, clock: Clock) -> None:
+        self.app = app
+        self._log = log
+        self._prices = prices
+        self._clock = clock
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        settlement = scope.get(PAYMENT_SCOPE_KEY) if scope["type"] == "http" else None
+        if not isinstance(settlement, Settlement) or settlement.retried:
+            await self.app(scope, receive, send)
+            return
+        statuses: list[int] = []
+
+        async def watch(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                statuses.append(int(message["status"]))
+            await send(message)
+
+        await self.app(scope, receive, watch)
+        if statuses and 200 <= statuses[0] < 300:
+            self._record(scope["path"], settlement)
+
+    def _record(self, path: str, settlement: Settlement) -> None:
+        route = self._prices.match(path)
+        micros, currency = (0, "") if route is None else (route.price.micros, route.price.currency)
+        self._log.append(
+            SalesLine(
+                at=self._clock.now(), method=settlement.method, path=path,
+                units=settlement.units, micros=micros, currency=currency,
+            )
+        )  # fmt: skip
