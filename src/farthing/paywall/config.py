@@ -79,6 +79,7 @@ class VendorConfig:
     issuer_url: str | None
     deposits: DepositSettings | None = None
     deposit_interval: float = 60.0
+    admin_port: int | None = None  # the operator's loopback listener (metrics, health)
 
 
 def _bad(key: str, why: str) -> LocalProtocolError:
@@ -274,4 +275,5 @@ def load_vendor_config(path: Path) -> VendorConfig:
         issuer_url=_str(hll, "issuer_url", "hll.") if hll is not None else None,
         deposits=_deposits(settings, hll, pw, base),
         deposit_interval=_int(data, "deposit_interval", "", 60),
+        admin_port=_int(data, "admin_port", "") if "admin_port" in data else None,
     )

@@ -1,8 +1,13 @@
-"""Prometheus metrics of the paywall, on a registry the caller owns (no globals)."""
+"""Prometheus metrics of the paywall, on a registry the caller owns (no globals).
+
+They are served by the vendor's admin app (:func:`farthing.paywall.app.build_vendor`), on
+its own loopback listener, never on the content port."""
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+from farthing.paywall.pricing import Price
 
 __all__ = ["PaywallMetrics"]
 
@@ -10,7 +15,8 @@ _BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5
 
 
 class PaywallMetrics:
-    """``farthing_payments_total{method,outcome}`` and ``farthing_verify_seconds{method}``.
+    """``farthing_payments_total{method,outcome}``, ``farthing_verify_seconds{method}`` and
+    ``farthing_revenue_micros_total{method,currency}`` (prices of accepted payments).
 
     ``outcome`` is ``accepted``, ``retried`` (a paid request sent again after a lost
     answer, served without a new charge) or the lower-case error code name of the refusal
@@ -32,10 +38,20 @@ class PaywallMetrics:
             buckets=_BUCKETS,
             registry=self.registry,
         )
+        self.revenue = Counter(
+            "farthing_revenue_micros",
+            "Price of the payments accepted (retries not counted again), in micro-units",
+            ["method", "currency"],
+            registry=self.registry,
+        )
 
-    def observe(self, method: str, outcome: str, seconds: float) -> None:
+    def observe(
+        self, method: str, outcome: str, seconds: float, price: Price | None = None
+    ) -> None:
         self.payments.labels(method=method, outcome=outcome).inc()
         self.verify_seconds.labels(method=method).observe(seconds)
+        if price is not None and outcome == "accepted":
+            self.revenue.labels(method=method, currency=price.currency).inc(price.micros)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

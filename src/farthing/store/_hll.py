@@ -34,6 +34,7 @@ __all__ = [
     "batch",
     "card",
     "claim_batch",
+    "deposit_batches",
     "finish_batch",
     "load",
     "record_spend",
@@ -217,3 +218,12 @@ def finish_batch(ctx: Ctx, batch_id: bytes, report: Mapping[str, object]) -> Non
     )
     if ctx.conn.execute(stmt).rowcount != 1:
         raise NotFound("no such deposit batch")
+
+
+def deposit_batches(ctx: Ctx, *, limit: int = 100) -> list[HllBatchRow]:
+    """The newest deposit batches first (merchants' deposits, for the dashboard)."""
+    stmt = select(hll_deposit_batches).order_by(hll_deposit_batches.c.at.desc()).limit(limit)
+    return [
+        build(HllBatchRow, row, report=load_json(row["report"]))
+        for row in ctx.conn.execute(stmt).mappings()
+    ]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import insert, select
+from sqlalchemy import case, func, insert, select
 
 from farthing.core.errors import Conflict, LocalProtocolError, NotFound
 from farthing.store._rows import AccountKind, AccountRow, LedgerEntryRow, LedgerTxnRow
@@ -27,6 +27,8 @@ __all__ = [
     "create_account",
     "ledger_txn",
     "post",
+    "posted_series",
+    "posted_totals",
     "txn_entries",
 ]
 
@@ -114,3 +116,38 @@ def _check_single_currency(ctx: Ctx, account_ids: set[int]) -> None:
         raise NotFound("no such account")
     if len(set(currencies.values())) != 1:
         raise LocalProtocolError("postings mix currencies")
+
+
+def posted_totals(ctx: Ctx) -> list[tuple[str, str, int, int]]:
+    """(kind, currency, transactions, micros moved) over the whole ledger, for the
+    operator's metrics and dashboard; a transaction's value is the sum of its debits."""
+    debit = case((ledger_entries.c.amount_micros > 0, ledger_entries.c.amount_micros), else_=0)
+    stmt = (
+        select(
+            ledger_txns.c.kind,
+            accounts.c.currency,
+            func.count(func.distinct(ledger_txns.c.id)),
+            func.coalesce(func.sum(debit), 0),
+        )
+        .select_from(ledger_entries.join(ledger_txns).join(accounts))
+        .group_by(ledger_txns.c.kind, accounts.c.currency)
+        .order_by(ledger_txns.c.kind, accounts.c.currency)
+    )
+    return [(str(k), str(c), int(n), int(m)) for k, c, n, m in ctx.conn.execute(stmt)]
+
+
+def posted_series(ctx: Ctx, *, since: int, bucket: int) -> list[tuple[str, str, int, int]]:
+    """(kind, currency, bucket start, micros) of transactions at or after ``since``, in
+    buckets of ``bucket`` seconds (the dashboard's charts)."""
+    debit = case((ledger_entries.c.amount_micros > 0, ledger_entries.c.amount_micros), else_=0)
+    start = (ledger_txns.c.created_at / bucket) * bucket
+    if ctx.conn.dialect.name == "postgresql":
+        start = func.div(ledger_txns.c.created_at, bucket) * bucket
+    stmt = (
+        select(ledger_txns.c.kind, accounts.c.currency, start, func.sum(debit))
+        .select_from(ledger_entries.join(ledger_txns).join(accounts))
+        .where(ledger_txns.c.created_at >= since)
+        .group_by(ledger_txns.c.kind, accounts.c.currency, start)
+        .order_by(start)
+    )
+    return [(str(k), str(c), int(b), int(m)) for k, c, b, m in ctx.conn.execute(stmt)]

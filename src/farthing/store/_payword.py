@@ -35,7 +35,9 @@ __all__ = [
     "redeem",
     "redeemed_units",
     "redemption",
+    "redemptions_list",
     "user",
+    "users_list",
 ]
 
 # A compare-and-set only loses to a concurrent commit on PostgreSQL; re-reading then wins.
@@ -200,3 +202,13 @@ def open_commitments(ctx: Ctx, user_id: str, *, expired_before: int) -> list[Ope
     a = payword_admitted.c
     stmt = _admitted_query().where(a.user_id == user_id, a.expires_at >= expired_before)
     return [_open(row) for row in ctx.conn.execute(stmt).mappings()]
+
+
+def users_list(ctx: Ctx, *, limit: int = 100) -> list[PaywordUserRow]:
+    stmt = select(payword_users).order_by(payword_users.c.created_at.desc()).limit(limit)
+    return [build(PaywordUserRow, row) for row in ctx.conn.execute(stmt).mappings()]
+
+
+def redemptions_list(ctx: Ctx, *, limit: int = 100) -> list[PaywordRedemptionRow]:
+    stmt = select(payword_redemptions).order_by(payword_redemptions.c.at.desc()).limit(limit)
+    return [build(PaywordRedemptionRow, row) for row in ctx.conn.execute(stmt).mappings()]

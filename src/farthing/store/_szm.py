@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from itertools import islice
 from typing import Any, Final
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import func, insert, select, update
 
 from farthing.core.errors import ErrorCode, LocalProtocolError, NotFound
 from farthing.store._errors import unique_violation_as
@@ -31,8 +31,11 @@ __all__ = [
     "advance",
     "advance_params",
     "batch",
+    "batches_list",
     "card",
     "card_row",
+    "cards_expiring",
+    "cards_page",
     "insert_batch",
     "insert_cards",
     "recognize_revenue",
@@ -202,3 +205,36 @@ def _lock_watermark(ctx: Ctx, currency: str) -> int:
         return int(recognised)
     insert_if_absent(ctx, szm_recognised, {"currency": currency, "recognised_micros": 0})
     return int(ctx.conn.execute(stmt).scalar_one())
+
+
+def cards_expiring(ctx: Ctx, *, now: int, until: int) -> list[tuple[str, int]]:
+    """(protocol, active cards whose expiry falls in [now, until))."""
+    stmt = (
+        select(szm_cards.c.protocol, func.count())
+        .where(szm_cards.c.status == CardStatus.ACTIVE.value)
+        .where(szm_cards.c.expires_at >= now, szm_cards.c.expires_at < until)
+        .group_by(szm_cards.c.protocol)
+    )
+    return [(str(p), int(n)) for p, n in ctx.conn.execute(stmt)]
+
+
+def cards_page(
+    ctx: Ctx, *, card_id: bytes | None = None, batch_id: bytes | None = None, limit: int = 100
+) -> list[SzmCardRow]:
+    """Cards for the operator's dashboard: one card, a batch's, or the newest issued."""
+    stmt = select(szm_cards)
+    if card_id is not None:
+        stmt = stmt.where(szm_cards.c.card_id == card_id)
+    if batch_id is not None:
+        stmt = stmt.where(szm_cards.c.batch_id == batch_id)
+    stmt = stmt.order_by(szm_cards.c.issued_at.desc(), szm_cards.c.card_id).limit(limit)
+    return [card_row(row) for row in ctx.conn.execute(stmt).mappings()]
+
+
+def batches_list(ctx: Ctx, *, limit: int = 100) -> list[SzmBatchRow]:
+    """The newest batches first."""
+    stmt = select(szm_batches).order_by(szm_batches.c.created_at.desc()).limit(limit)
+    return [
+        build(SzmBatchRow, row, protocol=SzmProtocol(row["protocol"]))
+        for row in ctx.conn.execute(stmt).mappings()
+    ]

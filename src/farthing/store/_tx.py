@@ -422,3 +422,31 @@ class Tx:
         report: str | None,
     ) -> bool:
         return _vendor.outbox_mark(self._ctx, batch_id, state, attempts, next_attempt_at, report)
+
+    # --- the operator's views (dashboard, metrics) --------------------------------------
+
+    def ledger_posted_totals(self) -> list[tuple[str, str, int, int]]:
+        return _ledger.posted_totals(self._ctx)
+
+    def ledger_posted_series(self, *, since: int, bucket: int) -> list[tuple[str, str, int, int]]:
+        return _ledger.posted_series(self._ctx, since=since, bucket=bucket)
+
+    def szm_cards_expiring(self, *, now: int, until: int) -> list[tuple[str, int]]:
+        return _szm.cards_expiring(self._ctx, now=now, until=until)
+
+    def szm_cards_page(
+        self, *, card_id: bytes | None = None, batch_id: bytes | None = None, limit: int = 100
+    ) -> list[SzmCardRow]:
+        return _szm.cards_page(self._ctx, card_id=card_id, batch_id=batch_id, limit=limit)
+
+    def szm_batches_list(self, *, limit: int = 100) -> list[SzmBatchRow]:
+        return _szm.batches_list(self._ctx, limit=limit)
+
+    def payword_users_list(self, *, limit: int = 100) -> list[PaywordUserRow]:
+        return _payword.users_list(self._ctx, limit=limit)
+
+    def payword_redemptions_list(self, *, limit: int = 100) -> list[PaywordRedemptionRow]:
+        return _payword.redemptions_list(self._ctx, limit=limit)
+
+    def hll_deposit_batches(self, *, limit: int = 100) -> list[HllBatchRow]:
+        return _hll.deposit_batches(self._ctx, limit=limit)

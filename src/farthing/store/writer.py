@@ -35,6 +35,7 @@ import asyncio
 import contextlib
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, Generic, TypeVar
@@ -64,8 +65,17 @@ _Done = tuple[_Job[object], bool, object]
 class StoreWriter:
     """``await writer.run_hot(lambda hot: hot.szm_advance(...))``: in the writer's batch."""
 
-    def __init__(self, store: Store, *, max_batch: int = 128, on_loop: bool | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        max_batch: int = 128,
+        on_loop: bool | None = None,
+        observe: Callable[[int, float], None] | None = None,
+    ) -> None:
+        """``observe(jobs, seconds)``, if given, is told of every commit (for metrics)."""
         self._store = store
+        self._observe = observe
         self._max_batch = max_batch
         self._on_loop = store.backend == "sqlite" if on_loop is None else on_loop
         self._pending: dict[asyncio.AbstractEventLoop, list[_Job[object]]] = {}
@@ -90,6 +100,7 @@ class StoreWriter:
         """Commit what this pass of the loop queued, unless that means waiting for the
         write lock: then the thread does it."""
         jobs = self._pending.pop(loop)
+        started = time.perf_counter()
         try:
             with self._store.hot_batch(wait=False) as hot:
                 results = [job.work(hot) for job in jobs]  # type: ignore[arg-type]
@@ -98,6 +109,7 @@ class StoreWriter:
             # A failing job: the thread runs each job alone, so it fails alone.
             self._hand_to_thread(jobs)
             return
+        self._observed(len(jobs), started)
         for job, result in zip(jobs, results, strict=True):
             if not job.future.done():
                 job.future.set_result(result)
@@ -180,11 +192,19 @@ class StoreWriter:
         outcomes.extend((job, True, result) for job, result in zip(jobs, results, strict=True))
 
     def _commit(self, jobs: list[_Job[object]]) -> list[object]:
+        started = time.perf_counter()
         if jobs[0].hot:
             with self._store.hot_batch() as hot:
-                return [job.work(hot) for job in jobs]  # type: ignore[arg-type]
-        with self._store.transaction() as tx:
-            return [job.work(tx) for job in jobs]  # type: ignore[arg-type]
+                results = [job.work(hot) for job in jobs]  # type: ignore[arg-type]
+        else:
+            with self._store.transaction() as tx:
+                results = [job.work(tx) for job in jobs]  # type: ignore[arg-type]
+        self._observed(len(jobs), started)
+        return results
+
+    def _observed(self, jobs: int, started: float) -> None:
+        if self._observe is not None:
+            self._observe(jobs, time.perf_counter() - started)
 
 
 def _deliver(outcomes: list[_Done]) -> None:
