@@ -36,3 +36,8 @@ def own_pg() -> Iterator[PgServer]:
         pytest.skip(str(exc))
     yield server
     server.stop()
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"

@@ -21,7 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from farthing.observe.context import current_note, start_note
 
-__all__ = ["ACCESS_LOGGER", "AccessLog", "HttpMetrics", "template_route"]
+__all__ = ["ACCESS_LOGGER", "UNMATCHED", "AccessLog", "HttpMetrics", "note_route", "template_route"]
 
 ACCESS_LOGGER: Final = "farthing.access"
 UNMATCHED: Final = "unmatched"
@@ -52,10 +52,19 @@ class HttpMetrics:
             "Requests refused for going over a rate limit (429)",
             registry=registry,
         )
+        self._children: dict[tuple[str, int], tuple[Counter, Histogram]] = {}
 
     def observe(self, route: str, status: int, seconds: float) -> None:
-        self.requests.labels(route=route, status=str(status)).inc()
-        self.seconds.labels(route=route).observe(seconds)
+        # Labelled children are cached: ``labels()`` costs a lock and a tuple per call.
+        key = (route, status)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = (
+                self.requests.labels(route=route, status=str(status)),
+                self.seconds.labels(route=route),
+            )
+        child[0].inc()
+        child[1].observe(seconds)
         if status == 429:
             self.rate_limited.inc()
 
@@ -112,15 +121,16 @@ def _write(
     level = logging.ERROR if status >= 500 else logging.INFO
     if not log.isEnabledFor(level):
         return
-    line = {
-        "method": method,
-        "route": route,
-        "status": status,
-        "payment": payment,
-        "ms": round(seconds * 1000, 3),
-        "correlation_id": cid,
-    }
-    log.log(level, json.dumps(line, separators=(",", ":")))
+    # json.dumps of the strings alone: the other fields are numbers (cheaper than a dict).
+    line = (
+        f'{{"method":{_text(method)},"route":{_text(route)},"status":{status},'
+        f'"payment":{_text(payment)},"ms":{seconds * 1000:.3f},"correlation_id":"{cid}"}}'
+    )
+    log.log(level, line)
+
+
+def _text(value: str | None) -> str:
+    return json.dumps(value)
 
 
 def note_route(route: str) -> None:

@@ -5,15 +5,30 @@ parameters on the paths they share with other code."""
 
 from __future__ import annotations
 
-import uuid
+import itertools
+import os
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 __all__ = ["RequestNote", "correlation_id", "current_note", "start_note"]
 
 
+# A random prefix per process and a counter: unique across workers and restarts (48 random
+# bits), and ~10x cheaper per request than uuid4 (no system call).
+_prefix = os.urandom(6).hex()
+_counter = itertools.count(1)
+
+
+def _reseed() -> None:
+    global _prefix, _counter
+    _prefix, _counter = os.urandom(6).hex(), itertools.count(1)
+
+
+os.register_at_fork(after_in_child=_reseed)  # a forked worker must not repeat its parent's
+
+
 def _new_id() -> str:
-    return uuid.uuid4().hex
+    return f"{_prefix}{next(_counter):012x}"
 
 
 @dataclass(slots=True)

@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from farthing.observe.access import note_route
 from farthing.store import Store
 
 __all__ = ["Probe", "Readiness", "health_routes", "keys_probe", "readiness", "store_probe"]
@@ -63,9 +64,11 @@ def readiness(probes: Sequence[Probe]) -> Readiness:
 
 def health_routes(probes: Sequence[Probe]) -> list[Route]:
     async def healthz(request: Request) -> Response:
+        note_route("/healthz")  # FastAPI's router does not name plain routes in the scope
         return PlainTextResponse("ok", headers={"cache-control": "no-store"})
 
     async def readyz(request: Request) -> Response:
+        note_route("/readyz")
         found = await run_in_threadpool(readiness, probes)
         return JSONResponse(
             {"ready": found.ready, "checks": found.checks},

@@ -11,6 +11,7 @@ from farthing.paywall.pricing import Price
 
 __all__ = ["PaywallMetrics"]
 
+_Children = tuple[Counter, Histogram, Counter | None]
 _BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5)
 
 
@@ -44,14 +45,25 @@ class PaywallMetrics:
             ["method", "currency"],
             registry=self.registry,
         )
+        self._children: dict[tuple[str, str, str | None], _Children] = {}
 
     def observe(
         self, method: str, outcome: str, seconds: float, price: Price | None = None
     ) -> None:
-        self.payments.labels(method=method, outcome=outcome).inc()
-        self.verify_seconds.labels(method=method).observe(seconds)
-        if price is not None and outcome == "accepted":
-            self.revenue.labels(method=method, currency=price.currency).inc(price.micros)
+        # Labelled children are cached: ``labels()`` costs a lock and a tuple per call.
+        currency = price.currency if price is not None and outcome == "accepted" else None
+        key = (method, outcome, currency)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = (
+                self.payments.labels(method=method, outcome=outcome),
+                self.verify_seconds.labels(method=method),
+                None if currency is None else self.revenue.labels(method=method, currency=currency),
+            )
+        child[0].inc()
+        child[1].observe(seconds)
+        if child[2] is not None and price is not None:
+            child[2].inc(price.micros)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
