@@ -41,6 +41,8 @@ from farthing.issuer.config import (
     RateLimits,
     load_issuer_keys,
 )
+from farthing.issuer.dashboard.app import PREFIX as DASHBOARD_PREFIX
+from farthing.issuer.dashboard.app import build_dashboard
 from farthing.issuer.http_errors import CatchAll, install_error_handlers
 from farthing.issuer.limits import BodyLimit, RateLimit
 from farthing.issuer.metrics import IssuerMetrics
@@ -91,7 +93,8 @@ def issuer_app(
 ) -> FastAPI:
     """The issuer app over already built services (see :func:`create_issuer_app`)."""
     config = services.config
-    metrics = IssuerMetrics(services, clock if clock is not None else SystemClock())
+    clock = clock if clock is not None else SystemClock()
+    metrics = IssuerMetrics(services, clock)
     writer = StoreWriter(services.store, observe=metrics.store.observe_batch)
 
     @asynccontextmanager
@@ -121,6 +124,10 @@ def issuer_app(
         return Response(render(metrics.registry), media_type=METRICS_CONTENT_TYPE)
 
     app.include_router(build_admin_router(services))
+    dashboard = build_dashboard(
+        services, metrics.registry, clock=clock, allow_remote=config.dashboard_remote
+    )
+    app.mount(DASHBOARD_PREFIX, dashboard)
     app.include_router(build_hll_router(services, writer))
     app.include_router(build_szm_router(services))
     app.include_router(build_payword_router(services))
