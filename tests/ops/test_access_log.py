@@ -54,7 +54,7 @@ def test_the_issuer_logs_every_request_and_no_secret(
     upgrade_to_head(str(db))
     token = new_operator_token(DeterministicRandom("token"))
     with open_store(str(db)) as store, store.transaction() as tx:
-        tx.add_operator_token("ops", token_hash(token))
+        tx.admin.add_operator_token("ops", token_hash(token))
     wrong = new_operator_token(DeterministicRandom("wrong"))
     env = {"FARTHING_ISSUER_DB": str(db), "FARTHING_ISSUER_KEYS": str(key_file)}
     command, port = serve("farthing.issuer.app:app_from_env")

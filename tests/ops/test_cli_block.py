@@ -39,7 +39,7 @@ def test_an_operator_blocks_a_card_from_the_command_line(
     with open_store(str(db)) as store:
         rows = [store.szm_card(c.card_id) for c in codes]
         with store.transaction(readonly=True) as tx:
-            audit = tx.audit_entries(5)
+            audit = tx.admin.audit_entries(5)
     assert [r.status if r else None for r in rows] == [CardStatus.BLOCKED, CardStatus.ACTIVE]
     blocks = [a for a in audit if a.action == "szm.card.block"]
     assert len(blocks) == 1

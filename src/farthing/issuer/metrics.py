@@ -65,8 +65,8 @@ class IssuerMetrics:
         now = self._clock.now()
         store = self._services.store
         with store.transaction(readonly=True) as tx:
-            expiring = tx.szm_cards_expiring(now=now, until=now + EXPIRY_WINDOW)
-            totals = tx.ledger_posted_totals()
+            expiring = tx.szm.cards_expiring(now=now, until=now + EXPIRY_WINDOW)
+            totals = tx.ledger.posted_totals()
         cards = GaugeMetricFamily(
             "farthing_cards_expiring",
             "Active SZM cards expiring within 7 days",

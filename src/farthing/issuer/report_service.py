@@ -69,8 +69,8 @@ class ReportService:
         with self._store.transaction(readonly=True) as tx:
             for currency in self._system.currencies:
                 books = self._system.books(tx, currency)
-                out.append((currency, "hll", -tx.balance(books.hll_float)))
-                out.append((currency, "szm", -tx.balance(books.szm_float)))
+                out.append((currency, "hll", -tx.ledger.balance(books.hll_float)))
+                out.append((currency, "szm", -tx.ledger.balance(books.szm_float)))
         return out
 
     def _currency(
@@ -79,10 +79,10 @@ class ReportService:
         books = self._system.books(tx, currency)
         owed = sum(m.owed_micros for m in merchants if m.currency == currency)
         balances = {
-            AccountKind.CASH: tx.balance(books.cash),
-            AccountKind.CARD_FLOAT: tx.balance(books.hll_float),
-            AccountKind.PREPAID_FLOAT: tx.balance(books.szm_float),
-            AccountKind.REVENUE: tx.balance(books.szm_revenue),
+            AccountKind.CASH: tx.ledger.balance(books.cash),
+            AccountKind.CARD_FLOAT: tx.ledger.balance(books.hll_float),
+            AccountKind.PREPAID_FLOAT: tx.ledger.balance(books.szm_float),
+            AccountKind.REVENUE: tx.ledger.balance(books.szm_revenue),
             AccountKind.MERCHANT: -owed,
         }
         # Every currency's entries sum to zero, so the customers hold the remainder.

@@ -12,91 +12,31 @@ twice raises :class:`~farthing.core.errors.Conflict` and changes nothing.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import final
 
-from sqlalchemy import case, func, insert, select
+from sqlalchemy import ColumnElement, case, func, insert, select
 
 from farthing.core.errors import Conflict, LocalProtocolError, NotFound
-from farthing.store._rows import AccountKind, AccountRow, LedgerEntryRow, LedgerTxnRow
+from farthing.store._check import check_ledger
+from farthing.store._rows import (
+    AccountKind,
+    AccountRow,
+    LedgerCheck,
+    LedgerEntryRow,
+    LedgerTxnRow,
+)
 from farthing.store._schema import accounts, ledger_entries, ledger_txns
-from farthing.store._sql import Ctx, build, inserted_id, total
+from farthing.store._sql import Area, build, inserted_id, total
 
 __all__ = [
-    "account",
-    "account_by_name",
-    "balance",
-    "create_account",
-    "ledger_txn",
-    "post",
-    "posted_series",
-    "posted_totals",
-    "txn_entries",
+    "LedgerArea",
 ]
 
 
-def create_account(ctx: Ctx, name: str, kind: AccountKind, currency: str) -> int:
-    values = {
-        "name": name,
-        "kind": AccountKind(kind).value,
-        "currency": currency,
-        "created_at": ctx.clock.now(),
-    }
-    result = ctx.conn.execute(insert(accounts).values(values))
-    return inserted_id(result)
-
-
-def account(ctx: Ctx, account_id: int) -> AccountRow | None:
-    stmt = select(accounts).where(accounts.c.id == account_id)
-    row = ctx.conn.execute(stmt).mappings().one_or_none()
-    return None if row is None else build(AccountRow, row, kind=AccountKind(row["kind"]))
-
-
-def account_by_name(ctx: Ctx, name: str) -> AccountRow | None:
-    stmt = select(accounts).where(accounts.c.name == name)
-    row = ctx.conn.execute(stmt).mappings().one_or_none()
-    return None if row is None else build(AccountRow, row, kind=AccountKind(row["kind"]))
-
-
-def balance(ctx: Ctx, account_id: int) -> int:
-    stmt = select(total(ledger_entries.c.amount_micros)).where(
-        ledger_entries.c.account_id == account_id
-    )
-    return int(ctx.conn.execute(stmt).scalar_one())
-
-
-def ledger_txn(ctx: Ctx, reference: str) -> LedgerTxnRow | None:
-    stmt = select(ledger_txns).where(ledger_txns.c.reference == reference)
-    row = ctx.conn.execute(stmt).mappings().one_or_none()
-    return None if row is None else build(LedgerTxnRow, row)
-
-
-def txn_entries(ctx: Ctx, txn_id: int) -> list[LedgerEntryRow]:
-    stmt = (
-        select(ledger_entries)
-        .where(ledger_entries.c.txn_id == txn_id)
-        .order_by(ledger_entries.c.id)
-    )
-    return [build(LedgerEntryRow, row) for row in ctx.conn.execute(stmt).mappings()]
-
-
-def post(ctx: Ctx, kind: str, reference: str, postings: Sequence[tuple[int, int]]) -> int:
-    """Record one balanced transaction; return its id.
-
-    Refuses (LocalProtocolError) fewer than two postings, a zero or non-integer amount, a
-    set that does not sum to zero, or accounts in different currencies; NotFound for an
-    unknown account; Conflict if ``reference`` was posted before.
-    """
-    _check_shape(postings)
-    _check_single_currency(ctx, {account_id for account_id, _ in postings})
-    if ledger_txn(ctx, reference) is not None:
-        raise Conflict("this ledger reference was already posted")
-    txn = {"kind": kind, "reference": reference, "created_at": ctx.clock.now()}
-    txn_id = inserted_id(ctx.conn.execute(insert(ledger_txns).values(txn)))
-    entries = [
-        {"txn_id": txn_id, "account_id": account_id, "amount_micros": amount}
-        for account_id, amount in postings
-    ]
-    ctx.conn.execute(insert(ledger_entries), entries)
-    return txn_id
+def _debit() -> ColumnElement[int]:
+    """An entry's amount if it is a debit, else 0."""
+    amount = ledger_entries.c.amount_micros
+    return case((amount > 0, amount), else_=0)
 
 
 def _check_shape(postings: Sequence[tuple[int, int]]) -> None:
@@ -109,45 +49,112 @@ def _check_shape(postings: Sequence[tuple[int, int]]) -> None:
         raise LocalProtocolError("postings do not sum to zero")
 
 
-def _check_single_currency(ctx: Ctx, account_ids: set[int]) -> None:
-    stmt = select(accounts.c.id, accounts.c.currency).where(accounts.c.id.in_(account_ids))
-    currencies = dict(ctx.conn.execute(stmt).all())
-    if len(currencies) != len(account_ids):
-        raise NotFound("no such account")
-    if len(set(currencies.values())) != 1:
-        raise LocalProtocolError("postings mix currencies")
+@final
+class LedgerArea(Area):
+    """Accounts and the double-entry ledger, in one transaction."""
 
+    __slots__ = ()
 
-def posted_totals(ctx: Ctx) -> list[tuple[str, str, int, int]]:
-    """(kind, currency, transactions, micros moved) over the whole ledger, for the
-    operator's metrics and dashboard; a transaction's value is the sum of its debits."""
-    debit = case((ledger_entries.c.amount_micros > 0, ledger_entries.c.amount_micros), else_=0)
-    stmt = (
-        select(
-            ledger_txns.c.kind,
-            accounts.c.currency,
-            func.count(func.distinct(ledger_txns.c.id)),
-            func.coalesce(func.sum(debit), 0),
+    def create_account(self, name: str, kind: AccountKind, currency: str) -> int:
+        values = {
+            "name": name,
+            "kind": AccountKind(kind).value,
+            "currency": currency,
+            "created_at": self._ctx.clock.now(),
+        }
+        result = self._ctx.conn.execute(insert(accounts).values(values))
+        return inserted_id(result)
+
+    def account(self, account_id: int) -> AccountRow | None:
+        stmt = select(accounts).where(accounts.c.id == account_id)
+        row = self._ctx.conn.execute(stmt).mappings().one_or_none()
+        return None if row is None else build(AccountRow, row, kind=AccountKind(row["kind"]))
+
+    def account_by_name(self, name: str) -> AccountRow | None:
+        stmt = select(accounts).where(accounts.c.name == name)
+        row = self._ctx.conn.execute(stmt).mappings().one_or_none()
+        return None if row is None else build(AccountRow, row, kind=AccountKind(row["kind"]))
+
+    def balance(self, account_id: int) -> int:
+        stmt = select(total(ledger_entries.c.amount_micros)).where(
+            ledger_entries.c.account_id == account_id
         )
-        .select_from(ledger_entries.join(ledger_txns).join(accounts))
-        .group_by(ledger_txns.c.kind, accounts.c.currency)
-        .order_by(ledger_txns.c.kind, accounts.c.currency)
-    )
-    return [(str(k), str(c), int(n), int(m)) for k, c, n, m in ctx.conn.execute(stmt)]
+        return int(self._ctx.conn.execute(stmt).scalar_one())
 
+    def txn(self, reference: str) -> LedgerTxnRow | None:
+        stmt = select(ledger_txns).where(ledger_txns.c.reference == reference)
+        row = self._ctx.conn.execute(stmt).mappings().one_or_none()
+        return None if row is None else build(LedgerTxnRow, row)
 
-def posted_series(ctx: Ctx, *, since: int, bucket: int) -> list[tuple[str, str, int, int]]:
-    """(kind, currency, bucket start, micros) of transactions at or after ``since``, in
-    buckets of ``bucket`` seconds (the dashboard's charts)."""
-    debit = case((ledger_entries.c.amount_micros > 0, ledger_entries.c.amount_micros), else_=0)
-    start = (ledger_txns.c.created_at / bucket) * bucket
-    if ctx.conn.dialect.name == "postgresql":
-        start = func.div(ledger_txns.c.created_at, bucket) * bucket
-    stmt = (
-        select(ledger_txns.c.kind, accounts.c.currency, start, func.sum(debit))
-        .select_from(ledger_entries.join(ledger_txns).join(accounts))
-        .where(ledger_txns.c.created_at >= since)
-        .group_by(ledger_txns.c.kind, accounts.c.currency, start)
-        .order_by(start)
-    )
-    return [(str(k), str(c), int(b), int(m)) for k, c, b, m in ctx.conn.execute(stmt)]
+    def entries(self, txn_id: int) -> list[LedgerEntryRow]:
+        stmt = (
+            select(ledger_entries)
+            .where(ledger_entries.c.txn_id == txn_id)
+            .order_by(ledger_entries.c.id)
+        )
+        return [build(LedgerEntryRow, row) for row in self._ctx.conn.execute(stmt).mappings()]
+
+    def post(self, kind: str, reference: str, postings: Sequence[tuple[int, int]]) -> int:
+        """Record one balanced transaction; return its id.
+
+        Refuses (LocalProtocolError) fewer than two postings, a zero or non-integer amount, a
+        set that does not sum to zero, or accounts in different currencies; NotFound for an
+        unknown account; Conflict if ``reference`` was posted before.
+        """
+        _check_shape(postings)
+        self._check_single_currency({account_id for account_id, _ in postings})
+        if self.txn(reference) is not None:
+            raise Conflict("this ledger reference was already posted")
+        txn = {"kind": kind, "reference": reference, "created_at": self._ctx.clock.now()}
+        txn_id = inserted_id(self._ctx.conn.execute(insert(ledger_txns).values(txn)))
+        entries = [
+            {"txn_id": txn_id, "account_id": account_id, "amount_micros": amount}
+            for account_id, amount in postings
+        ]
+        self._ctx.conn.execute(insert(ledger_entries), entries)
+        return txn_id
+
+    def _check_single_currency(self, account_ids: set[int]) -> None:
+        stmt = select(accounts.c.id, accounts.c.currency).where(accounts.c.id.in_(account_ids))
+        currencies = dict(self._ctx.conn.execute(stmt).all())
+        if len(currencies) != len(account_ids):
+            raise NotFound("no such account")
+        if len(set(currencies.values())) != 1:
+            raise LocalProtocolError("postings mix currencies")
+
+    def check(self) -> LedgerCheck:
+        """Audit the ledger against itself and the card tables (see :mod:`._check`)."""
+        return check_ledger(self._ctx)
+
+    # --- the operator's views (metrics, dashboard) -------------------------------------
+
+    def posted_totals(self) -> list[tuple[str, str, int, int]]:
+        """(kind, currency, transactions, micros moved) over the whole ledger, for the
+        operator's metrics and dashboard; a transaction's value is the sum of its debits."""
+        stmt = (
+            select(
+                ledger_txns.c.kind,
+                accounts.c.currency,
+                func.count(func.distinct(ledger_txns.c.id)),
+                func.coalesce(func.sum(_debit()), 0),
+            )
+            .select_from(ledger_entries.join(ledger_txns).join(accounts))
+            .group_by(ledger_txns.c.kind, accounts.c.currency)
+            .order_by(ledger_txns.c.kind, accounts.c.currency)
+        )
+        return [(str(k), str(c), int(n), int(m)) for k, c, n, m in self._ctx.conn.execute(stmt)]
+
+    def posted_series(self, *, since: int, bucket: int) -> list[tuple[str, str, int, int]]:
+        """(kind, currency, bucket start, micros) of transactions at or after ``since``, in
+        buckets of ``bucket`` seconds (the dashboard's charts)."""
+        created = ledger_txns.c.created_at
+        postgres = self._ctx.conn.dialect.name == "postgresql"
+        start = (func.div(created, bucket) if postgres else created / bucket) * bucket
+        stmt = (
+            select(ledger_txns.c.kind, accounts.c.currency, start, func.sum(_debit()))
+            .select_from(ledger_entries.join(ledger_txns).join(accounts))
+            .where(created >= since)
+            .group_by(ledger_txns.c.kind, accounts.c.currency, start)
+            .order_by(start)
+        )
+        return [(str(k), str(c), int(b), int(m)) for k, c, b, m in self._ctx.conn.execute(stmt)]

@@ -110,7 +110,7 @@ def build_dashboard(
         if digest is None:
             return None
         with services.store.transaction(readonly=True) as tx:
-            row = tx.operator_by_token_hash(digest)
+            row = tx.admin.operator_by_token_hash(digest)
         return None if row is None or not row.active else Operator(id=row.id, name=row.name)
 
     def login_page(status: int = 401, message: str | None = None) -> HTMLResponse:

@@ -79,8 +79,8 @@ def overview(
     revenue = {m: [0.0] * len(starts) for m in sorted(set(REVENUE.values()))}
     money_in = {label: [0.0] * len(starts) for label in MONEY_IN.values()}
     with services.store.transaction(readonly=True) as tx:
-        series = tx.ledger_posted_series(since=first, bucket=bucket)
-        totals = tx.ledger_posted_totals()
+        series = tx.ledger.posted_series(since=first, bucket=bucket)
+        totals = tx.ledger.posted_totals()
     for kind, _currency, start, micros in series:
         index = min(max((start - first) // bucket, 0), len(starts) - 1)
         if kind in REVENUE:
@@ -118,12 +118,12 @@ def tables(
 ) -> dict[str, Table]:
     """Every table of the dashboard, each as its page shows it and its CSV holds it."""
     with services.store.transaction(readonly=True) as tx:
-        cards = tx.szm_cards_page(card_id=card, batch_id=batch, limit=limit)
-        batches = tx.szm_batches_list(limit=limit)
-        deposits = tx.hll_deposit_batches(limit=limit)
-        users = tx.payword_users_list(limit=limit)
-        redemptions = tx.payword_redemptions_list(limit=limit)
-        audit = tx.audit_entries(limit)
+        cards = tx.szm.cards_page(card_id=card, batch_id=batch, limit=limit)
+        batches = tx.szm.batches_list(limit=limit)
+        deposits = tx.hll.deposit_batches(limit=limit)
+        users = tx.payword.users_list(limit=limit)
+        redemptions = tx.payword.redemptions_list(limit=limit)
+        audit = tx.admin.audit_entries(limit)
     merchants = services.accounts.merchants()
     return {
         t.name: t
