@@ -111,3 +111,27 @@ def test_metrics_follow_the_purchases(tmp_path: Path) -> None:
     assert on_content_port.status_code == 404
     assert "farthing_payments_total" not in on_content_port.text
     assert without_token.status_code == 401
+
+
+def test_the_vendor_serves_metrics_on_its_admin_port_only(tmp_path: Path) -> None:
+    from tests.paywall.test_uvicorn_workers import write_config
+    from tests.servers import free_port, uvicorn_server
+
+    config = write_config(tmp_path)
+    admin_port = free_port()
+    config.write_text(f"admin_port = {admin_port}\n" + config.read_text())
+    env = {"FARTHING_VENDOR_CONFIG": str(config)}
+    with uvicorn_server("farthing.paywall.serve:app_from_env", env=env) as base:
+        unpaid = httpx.get(f"{base}/articles/a.txt", timeout=10)
+        admin = f"http://127.0.0.1:{admin_port}"
+        metrics = httpx.get(f"{admin}/metrics", timeout=10)
+        ready = httpx.get(f"{admin}/readyz", timeout=10)
+        content_port = httpx.get(f"{base}/metrics", timeout=10)
+    assert unpaid.status_code == 402
+    assert metrics.status_code == 200
+    samples = parse(metrics.text)
+    route = {"route": "/articles/*", "status": "402"}
+    assert value(samples, "farthing_http_requests_total", **route) == 1
+    assert value(samples, "farthing_store_scrape_ok") == 1
+    assert ready.json()["ready"] is True
+    assert content_port.status_code == 404
