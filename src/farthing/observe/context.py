@@ -28,7 +28,7 @@ os.register_at_fork(after_in_child=_reseed)  # a forked worker must not repeat i
 
 
 def _new_id() -> str:
-    return f"{_prefix}{next(_counter):012x}"
+    return f"{_prefix}{next(_counter):020x}"  # 32 hex digits, as long as a UUID's
 
 
 @dataclass(slots=True)

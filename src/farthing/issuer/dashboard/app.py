@@ -36,7 +36,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from farthing.core.clock import Clock
 from farthing.core.encoding import b64url_decode
 from farthing.core.errors import AccessDenied, FarthingError, MalformedMessage
-from farthing.core.primitives import hmac_sha256, sha256
+from farthing.core.primitives import constant_time_eq, hmac_sha256, sha256
 from farthing.issuer.auth import Operator
 from farthing.issuer.dashboard.charts import Series, bar_chart
 from farthing.issuer.dashboard.session import LOGIN_COOKIE, SESSION_COOKIE, Sessions
@@ -215,7 +215,7 @@ def build_dashboard(
         form = parse_qs((await request.body()).decode("utf-8", "replace"), max_num_fields=4)
         nonce = request.cookies.get(LOGIN_COOKIE)
         sent = _one(form, "csrf")
-        if not nonce or not sent or nonce != sent:
+        if not nonce or not sent or not constant_time_eq(nonce.encode(), sent.encode()):
             return render("refused.html", 403, message="the form's CSRF token is missing or wrong")
         token = _one(form, "token") or ""
         try:

@@ -14,7 +14,6 @@ doubled in a short-lived cookie), and a POST is refused unless it matches and it
 
 from __future__ import annotations
 
-import hmac
 from dataclasses import dataclass
 from typing import Final
 
@@ -60,7 +59,7 @@ class Sessions:
     def csrf_ok(self, cookie: str | None, sent: str | None) -> bool:
         if not cookie or not sent:
             return False
-        return hmac.compare_digest(self.csrf(cookie), sent)
+        return constant_time_eq(self.csrf(cookie).encode(), sent.encode())
 
     def _mac(self, purpose: bytes, body: str) -> bytes:
         return hmac_sha256(self.key, purpose + b"\x00" + body.encode())
