@@ -11,7 +11,6 @@ import pytest
 from typer.testing import CliRunner
 
 from farthing.cli import app
-from farthing.core import cardcode
 from farthing.core.encoding import b64url_encode
 from farthing.store import CardStatus, open_store
 
@@ -30,14 +29,15 @@ def test_an_operator_blocks_a_card_from_the_command_line(
         return result.output
 
     ok("init", "--issuer-id", "news.example")
-    out = tmp_path / "codes.txt"
-    ok("cards", "issue", "--count", "2", "--units", "10", "--out", str(out))
-    codes = [cardcode.from_text(line) for line in out.read_text().splitlines()]
-    card = b64url_encode(codes[0].card_id)
+    ok("cards", "issue", "--count", "2", "--units", "10", "--out", str(tmp_path / "codes.txt"))
+    with open_store(str(db)) as store, store.transaction(readonly=True) as tx:
+        ids = [row.card_id for row in tx.szm.cards_page()]  # as the dashboard lists them
+    assert len(ids) == 2
+    card = b64url_encode(ids[0])
     assert "blocked" in ok("cards", "block", "--card", card)
     assert "not blocked: the card was not active" in ok("cards", "block", "--card", card)
     with open_store(str(db)) as store:
-        rows = [store.szm_card(c.card_id) for c in codes]
+        rows = [store.szm_card(card_id) for card_id in ids]
         with store.transaction(readonly=True) as tx:
             audit = tx.admin.audit_entries(5)
     assert [r.status if r else None for r in rows] == [CardStatus.BLOCKED, CardStatus.ACTIVE]
