@@ -20,8 +20,8 @@ from typer.testing import CliRunner
 
 from farthing.cli import app
 from farthing.issuer.config import generate_issuer_keys, write_key_file
-from farthing.store import open_store
 from farthing.serving import RESERVED_FILES, fit_to_file_limit, listening_socket
+from farthing.store import open_store
 from tests.servers import command_server, free_port
 
 pytestmark = pytest.mark.xdist_group("uvicorn")

@@ -134,8 +134,15 @@ def test_the_starter_config_of_vendor_init_is_not_open_to_the_trailing_slash(
     goods = world.folder / "goods"
     made = CliRunner().invoke(
         cli,
-        ["vendor", "init", str(goods), "--issuer-keys", str(world.key_file)]
-        + ["--issuer-db", world.target],
+        [
+            "vendor",
+            "init",
+            str(goods),
+            "--issuer-keys",
+            str(world.key_file),
+            "--issuer-db",
+            world.target,
+        ],
     )
     assert made.exit_code == 0, made.output
     config = goods / ".farthing" / "vendor.toml"

@@ -98,6 +98,7 @@ class ErrorCode(IntEnum):
     BAD_FIELD = 1006
     UNSUPPORTED_METHOD = 1007
     MALFORMED_CREDENTIAL = 1008
+    INVALID_PAYLOAD = 1020  # the credential parses, its method's payload does not
     CARD_CODE_TYPO = 1040  # a typed card code: a symbol, its length or its check is wrong
 
     PAYMENT_INVALID = 2000
