@@ -31,13 +31,17 @@ def chromium_path() -> str | None:
     return os.environ.get("FARTHING_CHROMIUM") or shutil.which("chromium")
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: while Playwright's sync API runs, its event loop counts as
+# running in the main thread, and every later ``asyncio.run`` in the same test process
+# (another module's test on that xdist worker) fails with "Cannot run the event loop while
+# another loop is running". Stopping it when the module ends gives the loop back.
+@pytest.fixture(scope="module")
 def playwright_session() -> Iterator[Playwright]:
     with sync_playwright() as playwright:
         yield playwright
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium(playwright_session: Playwright) -> Iterator[Browser]:
     path = chromium_path()
     if path is None:

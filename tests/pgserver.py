@@ -161,6 +161,22 @@ class PgServer:
         log = self._log.read_text(errors="replace") if self._log.exists() else ""
         raise RuntimeError(f"PostgreSQL did not start:\n{log[-4000:]}")
 
+    def halt(self) -> None:
+        """Stop the server but keep its data, for :meth:`resume` (a database outage)."""
+        if self._running:
+            self._run(["pg_ctl", "-D", str(self._data), "-m", "immediate", "-w", "stop"])
+            self._running = False
+
+    def resume(self) -> None:
+        """Start a halted server again, on the same port (clients' DSNs stay valid)."""
+        done = self._run(
+            ["pg_ctl", "-D", str(self._data), "-l", str(self._log), "-w", "-t", "60",
+             "-o", self._options(), "start"]
+        )  # fmt: skip
+        if done.returncode != 0:
+            raise RuntimeError(f"PostgreSQL did not start again:\n{done.stderr}")
+        self._running = True
+
     def stop(self) -> None:
         """Stop the server (immediate mode) and delete its directory. Idempotent."""
         if self._running:

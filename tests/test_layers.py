@@ -5,6 +5,7 @@
     cli                                   the commands people type
     demo  mpp                             the demo world; the methods as pympp's (farthing[mpp])
     paywall  issuer  wallet  serving      the parties, and the server runner
+    observe                               health, metrics, access log (over the store)
     store  http  keyfiles  logs  guard    persistence, the wire, key files, infrastructure
     core                                  pure rules (its own purity: tests/core/test_purity.py)
 
@@ -29,6 +30,7 @@ SRC = Path(farthing.__file__).parent
 LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"", "core"}),  # "" is the root package (``farthing.__version__``)
     frozenset({"store", "http", "keyfiles", "logs", "guard", "testing"}),
+    frozenset({"observe"}),  # health, metrics, access log: over the store and the wire
     frozenset({"paywall", "issuer", "wallet", "serving"}),
     frozenset({"demo", "mpp"}),
     frozenset({"cli"}),

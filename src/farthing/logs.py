@@ -12,6 +12,11 @@ log, start-up messages) are never dropped.
 ``default`` handler, which also becomes the root logger's handler, so that records of
 asyncio and of farthing's own loggers pass the same filter (before, they went to Python's
 last-resort handler, unfiltered).
+
+It also sends ``farthing.access`` (:mod:`farthing.observe.access`: one JSON line per
+request) to standard output through a handler of its own, unfiltered, so that every
+request and every 5xx has its line; ``access_log=False`` keeps only the 5xx lines.
+uvicorn's own access log is replaced by it (see :mod:`farthing.serving`).
 """
 
 from __future__ import annotations
@@ -95,11 +100,26 @@ def _note_dropped(record: logging.LogRecord, dropped: int, per: float) -> None:
 
 
 def rate_limited_log_config(
-    base: dict[str, Any], *, burst: int = DEFAULT_BURST, per: float = DEFAULT_PER
+    base: dict[str, Any],
+    *,
+    burst: int = DEFAULT_BURST,
+    per: float = DEFAULT_PER,
+    access_log: bool = True,
 ) -> dict[str, Any]:
     """``base`` (uvicorn's ``LOGGING_CONFIG``) with the filter on its ``default`` handler
-    and that handler on the root logger (WARNING and above)."""
+    and that handler on the root logger (WARNING and above), and farthing's access log."""
     config = copy.deepcopy(base)
+    config.setdefault("formatters", {})["farthing_access"] = {"format": "%(message)s"}
+    config["handlers"]["farthing_access"] = {
+        "class": "logging.StreamHandler",
+        "formatter": "farthing_access",
+        "stream": "ext://sys.stdout",
+    }
+    config.setdefault("loggers", {})["farthing.access"] = {
+        "handlers": ["farthing_access"],
+        "level": "INFO" if access_log else "ERROR",
+        "propagate": False,
+    }
     config.setdefault("filters", {})["rate_limited"] = {
         "()": f"{__name__}.RateLimitedLog",
         "burst": burst,

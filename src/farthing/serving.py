@@ -137,8 +137,8 @@ def serve_factory(
         port=port,
         workers=workers,
         log_level=log_level,
-        log_config=rate_limited_log_config(uvicorn.config.LOGGING_CONFIG),
-        access_log=access_log,
+        log_config=rate_limited_log_config(uvicorn.config.LOGGING_CONFIG, access_log=access_log),
+        access_log=False,  # farthing.access writes one structured line per request instead
         timeout_graceful_shutdown=graceful_shutdown,
         backlog=capacity.backlog,
     )

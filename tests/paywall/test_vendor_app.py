@@ -62,7 +62,8 @@ async def test_chain_and_prbg_cards_pay_on_sqlite(tmp_path: Path) -> None:
             "/articles/x",  # the same credential for another path: a replay, not a retry
             headers=credential(challenges, "szmprbg", szm_prbg.encode_payment(prbg_pay)),
         )
-        metrics = await c.get("/metrics")
+        assert app.metrics is not None
+        metrics = app.metrics.render().decode()  # served on the admin listener, not here
         health = await c.get("/healthz")
     assert paid_chain.status_code == 200
     assert (
@@ -93,7 +94,7 @@ async def test_chain_and_prbg_cards_pay_on_sqlite(tmp_path: Path) -> None:
         == b"secret article y"
     )
     assert replay.status_code == 402
-    assert 'outcome="accepted"} 1.0' in metrics.text
+    assert 'outcome="accepted"} 1.0' in metrics
     assert health.text == "ok"
     # The store, not the cache, holds the truth.
     row = store.szm_card(chain_card.card_id)

@@ -539,6 +539,24 @@ def cards_export(
         _export_batch(services, b64url_decode(batch_id, max_len=64), out, qr_dir)
 
 
+@cards_app.command("block")
+def cards_block(
+    # An option, not an argument: a base64url id may start with "-" (see export).
+    card_id: Annotated[str, typer.Option("--card", help="The card id (base64url).")],
+    db: Db = _DEFAULT_DB,
+    keys: Keys = Path(_DEFAULT_KEYS),
+) -> None:
+    """Block an SZM card: every later payment with it is refused. Audited.
+
+    Example: farthing issuer cards block --card 3q2-7wAAAAAAAAAAAAAAAA
+    """
+    from farthing.core.encoding import b64url_decode
+
+    with _services(db, keys) as services:
+        blocked = services.szm.block_card(_actor(), b64url_decode(card_id, max_len=24))
+    typer.echo("blocked" if blocked else "not blocked: the card was not active")
+
+
 def _now() -> int:
     from farthing.core.clock import SystemClock
 

@@ -36,7 +36,7 @@ from farthing.paywall.app import (
     PaywordSettings,
     SzmKeys,
     VendorSettings,
-    create_vendor_app,
+    build_vendor,
 )
 from farthing.paywall.deposits import Depositor, FlushReport
 from farthing.paywall.goods import GoodsApp
@@ -119,6 +119,7 @@ class DemoWorld:
 
     setup: Setup
     vendor_url: str
+    admin_url: str  # the vendor's admin listener (/metrics, /healthz, /readyz)
     passphrase: str = PASSPHRASE
 
     @property
@@ -147,9 +148,9 @@ def demo_world(workdir: Path, *, step: Step = lambda _: None) -> Iterator[DemoWo
     What :func:`run_demo` buys in; tests use it to drive their own clients (or the CLI)."""
     with ExitStack() as stack:
         setup = _set_up_issuer(workdir, stack, step)
-        vendor_url = stack.enter_context(_vendor(setup, step))
+        vendor_url, admin_url = stack.enter_context(_vendor(setup, step))
         _load_szm_cards(setup, vendor_url, step)
-        yield DemoWorld(setup, vendor_url)
+        yield DemoWorld(setup, vendor_url, admin_url)
 
 
 def run_demo(workdir: Path, *, step: Step = lambda _: None) -> DemoReport:
@@ -164,7 +165,7 @@ def run_demo(workdir: Path, *, step: Step = lambda _: None) -> DemoReport:
         _buy_with_every_method(setup, vendor_url, report, step)
         _try_double_spend(setup, vendor_url, report, step)
         _clear_deposits(setup, report, step)
-        report.verify_ms = _verify_times(vendor_url)
+        report.verify_ms = _verify_times(world.admin_url)
         after = _card_values(setup.wallet_path) | _card_values(setup.bbs_wallet_path)
         _compare_cards(before, after, report)
         report.accounts["shop: owed by the issuer"] = (owed_before, _owed(setup.operator))
@@ -360,7 +361,7 @@ def _write_goods(folder: Path) -> Path:
 
 
 @contextmanager
-def _vendor(setup: Setup, step: Step) -> Iterator[str]:
+def _vendor(setup: Setup, step: Step) -> Iterator[tuple[str, str]]:
     step("vendor: a paywall in front of the articles, on the issuer's store")
     keys = setup.keys
     settings = VendorSettings(
@@ -385,7 +386,7 @@ def _vendor(setup: Setup, step: Step) -> Iterator[str]:
     prices.add("/data/*", DATA_PRICE)
     bank = IssuerClient(setup.issuer_url, merchant_id="shop", merchant_key=setup.merchant_key)
     goods = GoodsApp(setup.goods)
-    app = create_vendor_app(
+    vendor = build_vendor(
         settings,
         content=goods,
         prices=prices,
@@ -395,8 +396,11 @@ def _vendor(setup: Setup, step: Step) -> Iterator[str]:
         closers=[bank.aclose],
         offers=goods.offers,
     )
-    with BackgroundServer(app, name="vendor") as url:
-        yield url
+    with (
+        BackgroundServer(vendor.app, name="vendor") as url,
+        BackgroundServer(vendor.admin, name="vendor-admin") as admin,
+    ):
+        yield url, admin
 
 
 # --- buying --------------------------------------------------------------------------------
@@ -572,9 +576,9 @@ _METRIC = re.compile(
 )
 
 
-def _verify_times(vendor: str) -> dict[str, float]:
+def _verify_times(admin: str) -> dict[str, float]:
     """Mean time the vendor spent verifying and recording a payment, per method (ms)."""
-    text = httpx.get(f"{vendor}/metrics", timeout=30).text
+    text = httpx.get(f"{admin}/metrics", timeout=30).text
     sums: dict[str, float] = {}
     counts: dict[str, float] = {}
     for kind, method, value in _METRIC.findall(text):

@@ -3,6 +3,7 @@
 Nothing is global: configuration, store, clock and randomness come in as arguments, and
 every route closes over the services built from them. Layers, outermost first::
 
+    AccessLog   one structured log line per request (farthing.observe.access), metrics
     CatchAll    any unexpected exception -> 500 problem with a correlation id
     RateLimit   token buckets per client address and per operator token -> 429
     BodyLimit   request bodies over the limit (64 KiB; deposits 2 MiB) -> 413;
@@ -23,7 +24,8 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import replace
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
+from fastapi.responses import Response
 
 from farthing import __version__
 from farthing.core.clock import Clock, RandomSource, SystemClock
@@ -39,13 +41,21 @@ from farthing.issuer.config import (
     RateLimits,
     load_issuer_keys,
 )
+from farthing.issuer.dashboard.app import PREFIX as DASHBOARD_PREFIX
+from farthing.issuer.dashboard.app import build_dashboard
 from farthing.issuer.http_errors import CatchAll, install_error_handlers
 from farthing.issuer.limits import BodyLimit, RateLimit
+from farthing.issuer.metrics import IssuerMetrics
 from farthing.issuer.routes_admin import build_admin_router
+from farthing.issuer.routes_common import operator_dependency
 from farthing.issuer.routes_hll import DEPOSITS_PATH, build_hll_router
 from farthing.issuer.routes_payword import build_payword_router
 from farthing.issuer.routes_szm import build_szm_router
 from farthing.issuer.service import IssuerServices, build_services
+from farthing.observe.access import AccessLog
+from farthing.observe.health import health_routes, keys_probe, store_probe
+from farthing.observe.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from farthing.observe.metrics import render
 from farthing.store import Store, open_store
 from farthing.store.writer import StoreWriter
 
@@ -71,7 +81,7 @@ def create_issuer_app(
     """The issuer app over ``store``. ``owns_store``: close the store when the app stops.
     ``rate_clock``: the monotonic clock of the rate limiter (a parameter for tests)."""
     services = build_services(config, store, clock=clock, rng=rng)
-    return issuer_app(services, owns_store=owns_store, rate_clock=rate_clock)
+    return issuer_app(services, owns_store=owns_store, rate_clock=rate_clock, clock=clock)
 
 
 def issuer_app(
@@ -79,10 +89,13 @@ def issuer_app(
     *,
     owns_store: bool = False,
     rate_clock: Callable[[], float] = time.monotonic,
+    clock: Clock | None = None,
 ) -> FastAPI:
     """The issuer app over already built services (see :func:`create_issuer_app`)."""
     config = services.config
-    writer = StoreWriter(services.store)
+    clock = clock if clock is not None else SystemClock()
+    metrics = IssuerMetrics(services, clock)
+    writer = StoreWriter(services.store, observe=metrics.store.observe_batch)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -101,7 +114,20 @@ def issuer_app(
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    probes = [store_probe(services.store), keys_probe(lambda: config.keys is not None)]
+    for route in health_routes(probes):
+        app.router.routes.append(route)
+    require_operator = operator_dependency(services.operators)
+
+    @app.get("/metrics", include_in_schema=False, dependencies=[Depends(require_operator)])
+    def metrics_endpoint() -> Response:
+        return Response(render(metrics.registry), media_type=METRICS_CONTENT_TYPE)
+
     app.include_router(build_admin_router(services))
+    dashboard = build_dashboard(
+        services, metrics.registry, clock=clock, allow_remote=config.dashboard_remote
+    )
+    app.mount(DASHBOARD_PREFIX, dashboard)
     app.include_router(build_hll_router(services, writer))
     app.include_router(build_szm_router(services))
     app.include_router(build_payword_router(services))
@@ -114,6 +140,7 @@ def issuer_app(
     )
     app.add_middleware(RateLimit, limits=config.rate_limits, clock=rate_clock)
     app.add_middleware(CatchAll)
+    app.add_middleware(AccessLog, metrics=metrics.http)
     return app
 
 

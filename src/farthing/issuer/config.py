@@ -237,3 +237,4 @@ class IssuerConfig:
     max_batch_cards: int = 10_000
     max_batch_chain_units: int = 1 << 24
     max_export_page: int = 1000
+    dashboard_remote: bool = False  # the operator dashboard answers loopback clients only

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import uuid
 from collections.abc import Sequence
 from typing import Final
 
@@ -33,6 +32,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from farthing.core.errors import ErrorCode, FarthingError, MalformedMessage, NotFound
 from farthing.http.problems import CONTENT_TYPE, Problem, crosses, internal_problem, problem_for
+from farthing.observe.context import correlation_id
 
 __all__ = ["CatchAll", "error_response", "install_error_handlers", "problem_response"]
 
@@ -57,7 +57,7 @@ def problem_response(
 
 
 def internal_response(cause: BaseException | None) -> JSONResponse:
-    correlation = uuid.uuid4().hex
+    correlation = correlation_id()  # the access log's line for this request carries it too
     log.error("internal error (correlation id %s)", correlation, exc_info=cause)
     return problem_response(internal_problem(), correlationId=correlation)
 

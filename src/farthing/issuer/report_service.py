@@ -63,6 +63,16 @@ class ReportService:
             )
         return IssuerReport(currencies=currencies, merchants=merchants, ledger=self.check())
 
+    def floats(self) -> list[tuple[str, str, int]]:
+        """(currency, ``hll`` or ``szm``, value outstanding in micros): the float."""
+        out = []
+        with self._store.transaction(readonly=True) as tx:
+            for currency in self._system.currencies:
+                books = self._system.books(tx, currency)
+                out.append((currency, "hll", -tx.ledger.balance(books.hll_float)))
+                out.append((currency, "szm", -tx.ledger.balance(books.szm_float)))
+        return out
+
     def _currency(
         self, tx: Tx, currency: str, merchants: tuple[MerchantView, ...]
     ) -> CurrencyReport:

@@ -156,6 +156,25 @@ class SzmService:
         self._clock = clock
         self._rng = rng
 
+    # --- operating ------------------------------------------------------------------------
+
+    def block_card(self, actor: str, card_id: bytes) -> bool:
+        """Block a card: every later payment with it is refused (the vendor's
+        compare-and-set needs ``active``). False if it was not active (already blocked,
+        or unknown: then NotFound). Audited as ``szm.card.block``."""
+
+        def unit(tx: Tx) -> bool:
+            card = tx.szm.card(card_id)
+            if card is None:
+                raise NotFound("no such card")
+            if CardStatus(card.status) is not CardStatus.ACTIVE:
+                return False
+            tx.szm.set_status(card_id, CardStatus.BLOCKED)
+            tx.admin.audit(actor, "szm.card.block", {"card": b64url_encode(card_id)})
+            return True
+
+        return self._store.run_in_transaction(unit)
+
     # --- issuing --------------------------------------------------------------------------
 
     def issue_batch(

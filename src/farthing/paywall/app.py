@@ -1,8 +1,11 @@
 """The vendor application: a paywall around any ASGI app, wired to the store and the bank.
 
-:func:`create_vendor_app` builds everything from explicit settings (no globals): the price
-table, the enabled methods with their store-backed books, ``/metrics`` (Prometheus) and
-``/healthz``. Methods are enabled by what the settings hold:
+:func:`build_vendor` builds everything from explicit settings (no globals): the price
+table, the enabled methods with their store-backed books, ``/healthz`` and ``/readyz``
+on the content port, the access log (:mod:`farthing.observe.access`), and a separate
+admin app for the operator's loopback listener (``/metrics``, ``/healthz``, ``/readyz``):
+metrics are never served on the content port. Methods are enabled by what the settings
+hold:
 
 - ``szm`` keys (the vendor is the card issuer and shares its store): ``szm:chain`` and
   ``szm:prbg``;
@@ -17,16 +20,21 @@ import contextlib
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
-from starlette.routing import Mount, Route
-from starlette.types import ASGIApp
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.types import ASGIApp, Scope
 
 from farthing.core.clock import Clock, RandomSource, SystemClock
 from farthing.core.prbg import BbsKey
 from farthing.core.schemes.hll import DeferredRisk
+from farthing.observe.access import UNMATCHED, AccessLog, HttpMetrics
+from farthing.observe.health import Probe, health_routes, keys_probe, store_probe
+from farthing.observe.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from farthing.observe.metrics import StoreMetrics, render
 from farthing.paywall.books import ChainBook, HllDeferredBook, PaywordBook, PaywordBroker, PrbgBook
 from farthing.paywall.methods.base import PaymentMethod
 from farthing.paywall.methods.hll import HllBankClient, HllMethod, HllMode
@@ -39,7 +47,15 @@ from farthing.paywall.pricing import PriceTable
 from farthing.store import Store
 from farthing.store.writer import StoreWriter
 
-__all__ = ["HllSettings", "PaywordSettings", "SzmKeys", "VendorSettings", "create_vendor_app"]
+__all__ = [
+    "HllSettings",
+    "PaywordSettings",
+    "SzmKeys",
+    "VendorApps",
+    "VendorSettings",
+    "build_vendor",
+    "create_vendor_app",
+]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -123,7 +139,39 @@ def build_methods(
     return methods
 
 
+@dataclass(frozen=True, slots=True)
+class VendorApps:
+    """``app``: the content port's ASGI app (access log around the paywall); ``paywall``:
+    the paywall inside it; ``admin``: the operator's app (``/metrics``, ``/healthz``,
+    ``/readyz``), to be served on a loopback listener of its own."""
+
+    app: ASGIApp
+    paywall: Paywall
+    admin: ASGIApp
+
+
 def create_vendor_app(
+    settings: VendorSettings,
+    **kwargs: Any,
+) -> Paywall:
+    """The paywall of :func:`build_vendor` alone (no access log, no admin app)."""
+    return build_vendor(settings, **kwargs).paywall
+
+
+def _keys_loaded(settings: VendorSettings) -> bool:
+    has_method = any(m is not None for m in (settings.szm, settings.hll, settings.payword))
+    return has_method and len(settings.challenge_secret) >= 32
+
+
+def _vendor_route(scope: Scope) -> str:
+    """The access log's label for a request the paywall did not price."""
+    route = scope.get("route")
+    if isinstance(route, Route):
+        return route.path
+    return "unpriced" if isinstance(route, Mount) else UNMATCHED
+
+
+def build_vendor(
     settings: VendorSettings,
     *,
     content: ASGIApp,
@@ -137,8 +185,8 @@ def create_vendor_app(
     closers: Sequence[Callable[[], Awaitable[None]]] = (),
     background: Sequence[Callable[[], Coroutine[object, object, None]]] = (),
     offers: Offers | None = None,
-) -> Paywall:
-    """The vendor's ASGI app: ``content`` behind the paywall, plus /metrics and /healthz.
+) -> VendorApps:
+    """The vendor's ASGI apps: ``content`` behind the paywall, and the admin app.
 
     Through the ASGI lifespan, ``background`` tasks (e.g. the deposit loop) start with the
     server and are cancelled when it stops; then ``closers`` run (e.g. a client's
@@ -148,7 +196,10 @@ def create_vendor_app(
     paywords under it are accepted; give it whenever the vendor redeems there.
     """
     metrics = PaywallMetrics()
-    writer = StoreWriter(store)
+    http_metrics = HttpMetrics(metrics.registry)
+    store_metrics = StoreMetrics(metrics.registry, store)
+    writer = StoreWriter(store, observe=store_metrics.observe_batch)
+    probes: list[Probe] = [store_probe(store), keys_probe(lambda: _keys_loaded(settings))]
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -164,15 +215,12 @@ def create_vendor_app(
                 await close()
 
     async def metrics_endpoint(request: Request) -> Response:
-        return Response(metrics.render(), media_type="text/plain; version=0.0.4")
+        return Response(render(metrics.registry), media_type=METRICS_CONTENT_TYPE)
 
-    async def health(request: Request) -> Response:
-        return PlainTextResponse("ok")
-
+    admin_routes: list[BaseRoute] = [Route("/metrics", metrics_endpoint), *health_routes(probes)]
     inner = Starlette(
         routes=[
-            Route("/metrics", metrics_endpoint),
-            Route("/healthz", health),
+            *health_routes(probes),
             *extra_routes,
             Mount("/", app=content),
         ],
@@ -191,4 +239,8 @@ def create_vendor_app(
         metrics=metrics,
         offers=offers,
     )
-    return paywall
+    return VendorApps(
+        app=AccessLog(paywall, metrics=http_metrics, route_of=_vendor_route),
+        paywall=paywall,
+        admin=Starlette(routes=admin_routes),
+    )

@@ -83,6 +83,7 @@ class VendorConfig:
     deposits: DepositSettings | None = None
     deposit_interval: float = 60.0
     sales_log: Path | None = None  # one line per good sold (farthing.paywall.sales)
+    admin_port: int | None = None  # the operator's loopback listener (metrics, health)
 
 
 def _bad(key: str, why: str) -> LocalProtocolError:
@@ -292,4 +293,5 @@ def load_vendor_config(path: Path) -> VendorConfig:
         deposits=_deposits(settings, hll, pw, base),
         deposit_interval=_int(data, "deposit_interval", "", 60),
         sales_log=_relative(base, str(data.get("sales_log", "sales.jsonl"))),
+        admin_port=_int(data, "admin_port", "") if "admin_port" in data else None,
     )

@@ -34,7 +34,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from typing import Final
 
@@ -76,6 +75,7 @@ from farthing.http.problems import (
     payment_problem_for,
     problem_for,
 )
+from farthing.observe.context import correlation_id, current_note
 from farthing.paywall.methods.base import PaymentContext, PaymentMethod, Settlement
 from farthing.paywall.metrics import PaywallMetrics
 from farthing.paywall.pricing import PricedRoute, PriceTable
@@ -148,6 +148,9 @@ class Paywall:
         if route is None:
             await self.app(scope, receive, send)
             return
+        note = current_note()
+        if note is not None:
+            note.route = route.scope  # the access log's label: the price table's route
         if self._offers is not None and not self._offers(scope["method"], path):
             scope[NOT_OFFERED_SCOPE_KEY] = True
             await self.app(scope, receive, send)
@@ -232,7 +235,7 @@ class Paywall:
             )
             settlement = await method.settle(context)
         except FarthingError as error:
-            self._count(method_name, error.code.name.lower(), started)
+            self._count(method_name, error.code.name.lower(), started, route)
             await self._send_problem(
                 send,
                 payment_problem_for(error),
@@ -243,12 +246,12 @@ class Paywall:
             )
             return None
         except Exception:
-            correlation = uuid.uuid4().hex
+            correlation = correlation_id()
             log.exception("payment settlement failed (correlation id %s)", correlation)
-            self._count(method_name, "internal", started)
+            self._count(method_name, "internal", started, route)
             await self._send_problem(send, internal_problem(), route, correlation=correlation)
             return None
-        self._count(method_name, "retried" if settlement.retried else "accepted", started)
+        self._count(method_name, "retried" if settlement.retried else "accepted", started, route)
         return settlement
 
     def _method_for(self, echo: ChallengeEcho) -> tuple[str, PaymentMethod]:
@@ -258,9 +261,12 @@ class Paywall:
             raise InvalidPayment("unknown challenge", code=ErrorCode.CHALLENGE_INVALID)
         return echo.method, method
 
-    def _count(self, method: str, outcome: str, started: float) -> None:
+    def _count(self, method: str, outcome: str, started: float, route: PricedRoute) -> None:
+        note = current_note()
+        if note is not None:
+            note.payment = method
         if self.metrics is not None:
-            self.metrics.observe(method, outcome, time.perf_counter() - started)
+            self.metrics.observe(method, outcome, time.perf_counter() - started, route.price)
 
     # -- answers ---------------------------------------------------------------------------
 
@@ -377,7 +383,7 @@ class _PaidSender:
         the body leaves. Sealed answers are still held back, so that is a 500; an unsealed
         one has started, so the connection is broken off instead."""
         self._closed = True
-        correlation = uuid.uuid4().hex
+        correlation = correlation_id()
         log.error("paid response sent %r (correlation id %s)", kind, correlation)
         if self._start is None and self._started:
             raise RuntimeError(f"a paid response sent {kind!r} after its start")

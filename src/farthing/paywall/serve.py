@@ -19,11 +19,11 @@ from starlette.types import ASGIApp
 from farthing.core.clock import SystemClock
 from farthing.core.errors import LocalProtocolError
 from farthing.http.issuer_client import IssuerClient
-from farthing.paywall.app import create_vendor_app
+from farthing.observe.admin import serve_admin
+from farthing.paywall.app import build_vendor
 from farthing.paywall.config import CONFIG_ENV, VendorConfig, load_vendor_config
 from farthing.paywall.deposits import Depositor
 from farthing.paywall.goods import GoodsApp
-from farthing.paywall.middleware import Paywall
 from farthing.paywall.sales import SalesLog, SalesRecorder
 from farthing.store import Store, open_store
 
@@ -43,7 +43,7 @@ def _bank(config: VendorConfig) -> IssuerClient | None:
     )
 
 
-def app_from_config(config: VendorConfig) -> Paywall:
+def app_from_config(config: VendorConfig) -> ASGIApp:
     store = open_store(config.database)
     bank = _bank(config)
     closers = [bank.aclose] if bank is not None else []
@@ -63,7 +63,7 @@ def app_from_config(config: VendorConfig) -> Paywall:
     if config.sales_log is not None:
         sales = SalesLog(config.sales_log)
         content = SalesRecorder(goods, sales, prices=config.prices, clock=SystemClock())
-    return create_vendor_app(
+    vendor = build_vendor(
         config.settings,
         content=content,
         prices=config.prices,
@@ -71,12 +71,15 @@ def app_from_config(config: VendorConfig) -> Paywall:
         bank=bank,
         broker=broker,
         closers=closers,
-        background=background,
         offers=goods.offers,
+        background=background,
     )
+    if config.admin_port is not None:  # the lifespan reads ``background`` at start-up
+        background.append(functools.partial(serve_admin, vendor.admin, port=config.admin_port))
+    return vendor.app
 
 
-def app_from_env() -> Paywall:
+def app_from_env() -> ASGIApp:
     path = os.environ.get(CONFIG_ENV)
     if not path:
         raise LocalProtocolError(f"set {CONFIG_ENV} to the vendor config file")

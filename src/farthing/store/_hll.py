@@ -207,3 +207,13 @@ class HllArea(Area):
         )
         if self._ctx.conn.execute(stmt).rowcount != 1:
             raise NotFound("no such deposit batch")
+
+    # --- the operator's views (dashboard) ------------------------------------------------
+
+    def deposit_batches(self, *, limit: int = 100) -> list[HllBatchRow]:
+        """The newest deposit batches first (merchants' deposits)."""
+        stmt = select(hll_deposit_batches).order_by(hll_deposit_batches.c.at.desc()).limit(limit)
+        return [
+            build(HllBatchRow, row, report=load_json(row["report"]))
+            for row in self._ctx.conn.execute(stmt).mappings()
+        ]

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import final
 
-from sqlalchemy import insert, select
+from sqlalchemy import ColumnElement, case, func, insert, select
 
 from farthing.core.errors import Conflict, LocalProtocolError, NotFound
 from farthing.store._check import check_ledger
@@ -31,6 +31,12 @@ from farthing.store._sql import Area, build, inserted_id, total
 __all__ = [
     "LedgerArea",
 ]
+
+
+def _debit() -> ColumnElement[int]:
+    """An entry's amount if it is a debit, else 0."""
+    amount = ledger_entries.c.amount_micros
+    return case((amount > 0, amount), else_=0)
 
 
 def _check_shape(postings: Sequence[tuple[int, int]]) -> None:
@@ -131,3 +137,36 @@ class LedgerArea(Area):
     def check(self) -> LedgerCheck:
         """Audit the ledger against itself and the card tables (see :mod:`._check`)."""
         return check_ledger(self._ctx)
+
+    # --- the operator's views (metrics, dashboard) -------------------------------------
+
+    def posted_totals(self) -> list[tuple[str, str, int, int]]:
+        """(kind, currency, transactions, micros moved) over the whole ledger, for the
+        operator's metrics and dashboard; a transaction's value is the sum of its debits."""
+        stmt = (
+            select(
+                ledger_txns.c.kind,
+                accounts.c.currency,
+                func.count(func.distinct(ledger_txns.c.id)),
+                func.coalesce(func.sum(_debit()), 0),
+            )
+            .select_from(ledger_entries.join(ledger_txns).join(accounts))
+            .group_by(ledger_txns.c.kind, accounts.c.currency)
+            .order_by(ledger_txns.c.kind, accounts.c.currency)
+        )
+        return [(str(k), str(c), int(n), int(m)) for k, c, n, m in self._ctx.conn.execute(stmt)]
+
+    def posted_series(self, *, since: int, bucket: int) -> list[tuple[str, str, int, int]]:
+        """(kind, currency, bucket start, micros) of transactions at or after ``since``, in
+        buckets of ``bucket`` seconds (the dashboard's charts)."""
+        created = ledger_txns.c.created_at
+        postgres = self._ctx.conn.dialect.name == "postgresql"
+        start = (func.div(created, bucket) if postgres else created / bucket) * bucket
+        stmt = (
+            select(ledger_txns.c.kind, accounts.c.currency, start, func.sum(_debit()))
+            .select_from(ledger_entries.join(ledger_txns).join(accounts))
+            .where(created >= since)
+            .group_by(ledger_txns.c.kind, accounts.c.currency, start)
+            .order_by(start)
+        )
+        return [(str(k), str(c), int(b), int(m)) for k, c, b, m in self._ctx.conn.execute(stmt)]

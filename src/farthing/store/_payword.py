@@ -188,3 +188,13 @@ class PaywordArea(Area):
         a = payword_admitted.c
         stmt = _admitted_query().where(a.user_id == user_id, a.expires_at >= expired_before)
         return [_open(row) for row in self._ctx.conn.execute(stmt).mappings()]
+
+    # --- the operator's views (dashboard) ------------------------------------------------
+
+    def users_list(self, *, limit: int = 100) -> list[PaywordUserRow]:
+        stmt = select(payword_users).order_by(payword_users.c.created_at.desc()).limit(limit)
+        return [build(PaywordUserRow, row) for row in self._ctx.conn.execute(stmt).mappings()]
+
+    def redemptions_list(self, *, limit: int = 100) -> list[PaywordRedemptionRow]:
+        stmt = select(payword_redemptions).order_by(payword_redemptions.c.at.desc()).limit(limit)
+        return [build(PaywordRedemptionRow, row) for row in self._ctx.conn.execute(stmt).mappings()]

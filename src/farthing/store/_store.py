@@ -182,6 +182,13 @@ class Store:
         with map_db_errors():
             return current_revision(self._engines.write) == head_revision()
 
+    def pool_use(self) -> tuple[int, int]:
+        """(connections checked out of the transaction pool now, its size): for metrics."""
+        pool = self._engines.write.pool
+        checked_out = getattr(pool, "checkedout", None)
+        in_use = int(checked_out()) if callable(checked_out) else 0
+        return in_use, self._engines.limits.pool_size
+
     def close(self) -> None:
         """Close every pooled connection. The store is unusable afterwards."""
         self._lane.close()

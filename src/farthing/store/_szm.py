@@ -246,6 +246,38 @@ class SzmArea(Area):
         insert_if_absent(self._ctx, szm_recognised, {"currency": currency, "recognised_micros": 0})
         return int(self._ctx.conn.execute(stmt).scalar_one())
 
+    # --- the operator's views (metrics, dashboard) -------------------------------------
+
+    def cards_expiring(self, *, now: int, until: int) -> list[tuple[str, int]]:
+        """(protocol, active cards whose expiry falls in [now, until))."""
+        stmt = (
+            select(szm_cards.c.protocol, func.count())
+            .where(szm_cards.c.status == CardStatus.ACTIVE.value)
+            .where(szm_cards.c.expires_at >= now, szm_cards.c.expires_at < until)
+            .group_by(szm_cards.c.protocol)
+        )
+        return [(str(p), int(n)) for p, n in self._ctx.conn.execute(stmt)]
+
+    def cards_page(
+        self, *, card_id: bytes | None = None, batch_id: bytes | None = None, limit: int = 100
+    ) -> list[SzmCardRow]:
+        """Cards for the operator's dashboard: one card, a batch's, or the newest issued."""
+        stmt = select(szm_cards)
+        if card_id is not None:
+            stmt = stmt.where(szm_cards.c.card_id == card_id)
+        if batch_id is not None:
+            stmt = stmt.where(szm_cards.c.batch_id == batch_id)
+        stmt = stmt.order_by(szm_cards.c.issued_at.desc(), szm_cards.c.card_id).limit(limit)
+        return [card_row(row) for row in self._ctx.conn.execute(stmt).mappings()]
+
+    def batches_list(self, *, limit: int = 100) -> list[SzmBatchRow]:
+        """The newest batches first."""
+        stmt = select(szm_batches).order_by(szm_batches.c.created_at.desc()).limit(limit)
+        return [
+            build(SzmBatchRow, row, protocol=SzmProtocol(row["protocol"]))
+            for row in self._ctx.conn.execute(stmt).mappings()
+        ]
+
 
 @final
 class HotSzmArea(HotArea):

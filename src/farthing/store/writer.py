@@ -35,6 +35,7 @@ import asyncio
 import contextlib
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -76,8 +77,17 @@ _Done = tuple[_AnyJob, BaseException | None, object]
 class StoreWriter:
     """``await writer.run_hot(lambda hot: hot.szm.advance(...))``: in the writer's batch."""
 
-    def __init__(self, store: Store, *, max_batch: int = 128, on_loop: bool | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        max_batch: int = 128,
+        on_loop: bool | None = None,
+        observe: Callable[[int, float], None] | None = None,
+    ) -> None:
+        """``observe(jobs, seconds)``, if given, is told of every commit (for metrics)."""
         self._store = store
+        self._observe = observe
         self._max_batch = max_batch
         self._on_loop = store.backend == "sqlite" if on_loop is None else on_loop
         self._pending: dict[asyncio.AbstractEventLoop, list[_HotJob[Any]]] = {}
@@ -103,6 +113,7 @@ class StoreWriter:
         """Commit what this pass of the loop queued, unless that means waiting for the
         write lock: then the thread does it."""
         jobs = self._pending.pop(loop)
+        started = time.perf_counter()
         try:
             with self._store.hot_batch(wait=False) as hot:
                 results = [job.work(hot) for job in jobs]
@@ -111,6 +122,7 @@ class StoreWriter:
             # A failing job: the thread runs each job alone, so it fails alone.
             self._hand_to_thread(jobs)
             return
+        self._observed(len(jobs), started)
         for job, result in zip(jobs, results, strict=True):
             if not job.future.done():
                 job.future.set_result(result)
@@ -186,6 +198,7 @@ class StoreWriter:
         with it."""
         if not jobs:
             return
+        started = time.perf_counter()
         try:
             results = commit(jobs)
         except BaseException as error:
@@ -195,6 +208,7 @@ class StoreWriter:
                 for job in jobs:
                     self._run([job], commit, outcomes)
             return
+        self._observed(len(jobs), started)
         outcomes.extend((job, None, result) for job, result in zip(jobs, results, strict=True))
 
     def _commit_hot(self, jobs: list[_HotJob[Any]]) -> list[object]:
@@ -204,6 +218,10 @@ class StoreWriter:
     def _commit_tx(self, jobs: list[_TxJob[Any]]) -> list[object]:
         with self._store.transaction() as tx:
             return [job.work(tx) for job in jobs]
+
+    def _observed(self, jobs: int, started: float) -> None:
+        if self._observe is not None:
+            self._observe(jobs, time.perf_counter() - started)
 
 
 def _deliver(outcomes: list[_Done]) -> None:
