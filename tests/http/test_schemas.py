@@ -299,7 +299,7 @@ WRONG = [
     Wrong("payword.payload.json", "no payment", {"payment": DROP}),
     Wrong("payword.payload.json", "a method in the wrong case", {"method": "PayWord"}),
     Wrong("szm-chain.receipt.json", "no sealed", {"sealed": DROP}),
-    Wrong("szm-chain.receipt.json", "another seal", {"sealed.alg": "aes-256-gcm"}),
+    Wrong("szm-chain.receipt.json", "another seal", {"sealed.alg": "chacha20-poly1305"}),
     Wrong("szm-chain.receipt.json", "a key beside the seal", {"sealed.key": "AAAA"}),
     Wrong("szm-chain.receipt.json", "index zero", {"index": 0}),
     Wrong("szm-chain.receipt.json", "a card id of 3 bytes", {"card": "AAAA"}),

@@ -441,7 +441,7 @@ def _buy(wallet: Wallet, vendor: str, name: str, method: str, report: DemoReport
     report.check(f"bought /{name} with {method}", ok, f"HTTP {response.status_code}")
     if method.startswith("szm"):
         report.check(
-            f"{method} body sealed, opened by the wallet", sealed and ok, "ChaCha20-Poly1305"
+            f"{method} body sealed, opened by the wallet", sealed and ok, "AES-256-GCM"
         )
 
 

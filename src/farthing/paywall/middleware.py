@@ -19,7 +19,7 @@ for each request whose path has a price (and, when the app names what it offers 
    recognises its payment as the one it accepted last and it is served again, nothing
    taken (:mod:`farthing.core.retry`).
 3. Call the wrapped app and add ``Payment-Receipt``. For SZM methods the body is sealed
-   (ChaCha20-Poly1305) under the key the payment distributed, bound to method, card, index,
+   (AES-256-GCM) under the key the payment distributed, bound to method, card, index,
    path, status and original content type, so an unpaid or wrongly paid request never sees
    plaintext and nobody on the way can relabel what was sold. A paid request's scope offers
    no response extensions (``pathsend``, ...), and any message but a start and its body
