@@ -28,6 +28,7 @@ from farthing.core.clock import Clock, RandomSource, SystemClock
 from farthing.core.prbg import BbsKey
 from farthing.core.schemes.hll import DeferredRisk
 from farthing.paywall.books import ChainBook, HllDeferredBook, PaywordBook, PaywordBroker, PrbgBook
+from farthing.paywall.browser import CardChecker, wallet_routes
 from farthing.paywall.methods.base import PaymentMethod
 from farthing.paywall.methods.hll import HllBankClient, HllMethod, HllMode
 from farthing.paywall.methods.offline import OfflineMethod
@@ -123,6 +124,18 @@ def build_methods(
     return methods
 
 
+def _card_checker(settings: VendorSettings, store: Store) -> CardChecker | None:
+    szm = settings.szm
+    if szm is None:
+        return None
+    return CardChecker(
+        store=store,
+        realm=settings.realm,
+        chain_master=szm.chain_master,
+        prbg_master=szm.prbg_master,
+    )
+
+
 def create_vendor_app(
     settings: VendorSettings,
     *,
@@ -173,6 +186,7 @@ def create_vendor_app(
         routes=[
             Route("/metrics", metrics_endpoint),
             Route("/healthz", health),
+            *wallet_routes(_card_checker(settings, store)),
             *extra_routes,
             Mount("/", app=content),
         ],

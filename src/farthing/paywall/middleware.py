@@ -67,6 +67,7 @@ from farthing.http.problems import (
     internal_problem,
     problem_for,
 )
+from farthing.paywall.browser import accepts_html, is_wallet_path, payment_page
 from farthing.paywall.methods.base import PaymentContext, PaymentMethod, Settlement
 from farthing.paywall.metrics import PaywallMetrics
 from farthing.paywall.pricing import PricedRoute, PriceTable
@@ -81,6 +82,10 @@ PAYMENT_SCOPE_KEY: Final = "farthing.payment"
 NOT_OFFERED_SCOPE_KEY: Final = "farthing.not_offered"
 SEALED_CONTENT_TYPE: Final = "application/vnd.farthing.sealed"
 _NO_STORE: Final = (b"cache-control", b"no-store")
+# The 402 page runs only the wallet's own scripts and style, from this origin.
+_PAGE_POLICY: Final = (
+    b"default-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+)
 
 Offers = Callable[[str, str], bool]
 """``offers(method, path)``: does the wrapped app answer this request with a good?"""
@@ -131,7 +136,8 @@ class Paywall:
         except NotFound as error:
             await _send_not_found(send, problem_for(error), head=scope["method"] == "HEAD")
             return
-        route = self.prices.match(path)
+        # The wallet's own folder is never priced, whatever the price table says.
+        route = None if is_wallet_path(path) else self.prices.match(path)
         if route is None:
             await self.app(scope, receive, send)
             return
@@ -142,7 +148,9 @@ class Paywall:
         authorization = _header(scope, b"authorization")
         if authorization is None or scope["method"] == "HEAD":
             # HEAD is never charged: it would pay for a body that is not sent.
-            await self._send_problem(send, PAYMENT_REQUIRED, route, head=scope["method"] == "HEAD")
+            head = scope["method"] == "HEAD"
+            page = path if accepts_html(_header(scope, b"accept")) else None
+            await self._send_problem(send, PAYMENT_REQUIRED, route, head=head, page_for=page)
             return
         settlement = await self._settle_or_answer(authorization, route, path, send, scope["method"])
         if settlement is not None:
@@ -245,12 +253,20 @@ class Paywall:
         method: str | None = None,
         correlation: str | None = None,
         head: bool = False,
+        page_for: str | None = None,
     ) -> None:
+        """``page_for``: the path of a browser's navigation, answered with the HTML page."""
         headers = [(b"content-type", CONTENT_TYPE.encode()), _NO_STORE]
-        if problem.status in (401, 402):
-            headers += [
-                (b"www-authenticate", format_challenge(c).encode()) for c in self.challenges(route)
-            ]
+        challenges = self.challenges(route) if problem.status in (401, 402) else []
+        headers += [(b"www-authenticate", format_challenge(c).encode()) for c in challenges]
+        if page_for is not None and problem.status == 402:
+            page = payment_page(route, page_for, challenges)
+            headers[0] = (b"content-type", b"text/html; charset=utf-8")
+            headers += [(b"content-security-policy", _PAGE_POLICY), (b"vary", b"accept")]
+            headers.append((b"content-length", str(len(page)).encode()))
+            await send({"type": "http.response.start", "status": 402, "headers": headers})
+            await send({"type": "http.response.body", "body": b"" if head else page})
+            return
         if problem.retry_after is not None:
             headers.append((b"retry-after", str(problem.retry_after).encode()))
         extra: dict[str, object] = {}

@@ -1,0 +1,135 @@
+"""A reader with only a browser and a printed card, against a real ``farthing vendor serve``
+over loopback, in Debian's Chromium: the 402 page, the card, three articles bought in a row,
+reloads at no charge, two tabs at once, and the budget (docs/browser.md)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, BrowserContext, Page
+
+from tests.web.shop import (
+    ARTICLES,
+    PRICE_UNITS,
+    Shop,
+    article_text,
+    enter_card,
+    running_shop,
+    wallet_card,
+    wallet_payments,
+)
+
+pytestmark = [pytest.mark.browser, pytest.mark.xdist_group("browser")]
+
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+
+
+@pytest.fixture
+def shop(tmp_path: Path) -> Iterator[Shop]:
+    with running_shop(tmp_path) as running:
+        yield running
+
+
+@pytest.fixture
+def context(chromium: Browser) -> Iterator[BrowserContext]:
+    context = chromium.new_context()
+    yield context
+    context.close()
+
+
+@pytest.fixture
+def reader(context: BrowserContext) -> Page:
+    return context.new_page()
+
+
+def test_the_402_page_shows_the_price_and_takes_a_card(reader: Page, shop: Shop) -> None:
+    response = reader.goto(shop.base + "/articles/a.txt")
+    assert response is not None
+    assert response.status == 402
+    assert response.headers["content-type"].startswith("text/html")
+    assert "Payment id=" in response.headers["www-authenticate"]
+    assert reader.inner_text("h1") == "This article costs 0.2 cent"
+    assert "szm:chain" in reader.inner_text("#paywall")
+    reader.screenshot(path=str(DOCS / "browser-402.png"), full_page=True)
+
+    reader.fill("#card-code", "FTH1-AAAAA-BBBBB-CCCCC")
+    reader.click("#card-form button")
+    reader.wait_for_function("document.getElementById('status').textContent.includes('refused')")
+    assert "not a card code" in reader.inner_text("#status")
+    assert reader.is_hidden("#budget")
+
+    reader.fill("#card-code", shop.code)
+    reader.click("#card-form button")
+    reader.wait_for_selector("#budget:not([hidden])")
+    assert "300 units left on your card (30 cents)" in reader.inner_text("#balance")
+    assert ", 2 units of your card" in reader.inner_text(".price")
+    assert shop.vendor_spent() == 0
+
+
+def test_three_articles_in_a_row_then_reloads_at_no_charge(reader: Page, shop: Shop) -> None:
+    enter_card(reader, shop)
+    assert article_text(reader) == ARTICLES["a"]
+    for name in ("b", "c"):
+        response = reader.goto(f"{shop.base}/articles/{name}.txt")
+        assert response is not None and response.status == 200
+        assert article_text(reader) == ARTICLES[name]
+    assert shop.vendor_spent() == 3 * PRICE_UNITS
+    assert wallet_card(reader)["spent"] == 3 * PRICE_UNITS
+
+    reader.goto(shop.base + "/_farthing/wallet.html")
+    reader.wait_for_selector("#bought li >> nth=2")
+    assert "294 units left on your card (29.4 cents)" in reader.inner_text("#card-balance")
+    assert reader.input_value("#card-code") == shop.code
+
+    for name in ("a", "b", "c"):
+        reader.goto(f"{shop.base}/articles/{name}.txt")
+        assert article_text(reader) == ARTICLES[name]
+        reader.reload()
+        assert article_text(reader) == ARTICLES[name]
+    assert shop.vendor_spent() == 3 * PRICE_UNITS
+    assert wallet_card(reader)["spent"] == 3 * PRICE_UNITS
+
+
+BUY_ALL = """async (paths) => {
+  window.bought = Promise.all(paths.map((p) => fetch(p).then(async (r) => [r.status, await r.text()])));
+}"""
+
+
+def test_two_tabs_buying_at_once_never_reuse_an_index(
+    context: BrowserContext, reader: Page, shop: Shop
+) -> None:
+    enter_card(reader, shop)  # buys a
+    other = context.new_page()
+    other.goto(shop.base + "/_farthing/wallet.html")
+    first, second = ["/articles/b.txt", "/articles/d.txt"], ["/articles/c.txt", "/articles/e.txt"]
+    reader.evaluate(BUY_ALL, first)
+    other.evaluate(BUY_ALL, second)
+    got = reader.evaluate("window.bought") + other.evaluate("window.bought")
+    expected = [[200, ARTICLES[p.split("/")[2][0]]] for p in first + second]
+    assert got == expected
+    payments = wallet_payments(other)
+    indexes = [p["index"] for p in payments]
+    assert len(indexes) == len(set(indexes)) == 5
+    assert {p["state"] for p in payments} == {"paid"}
+    assert shop.vendor_spent() == 5 * PRICE_UNITS == wallet_card(other)["spent"]
+
+
+def test_over_budget_the_page_asks_and_refused_nothing_is_paid(reader: Page, shop: Shop) -> None:
+    enter_card(reader, shop)
+    spent = shop.vendor_spent()
+    reader.goto(shop.base + "/premium/long.txt")
+    reader.wait_for_selector("#ask:not([hidden])")
+    assert "10 cents, more than your limit of 5 cents per article" in reader.inner_text("#ask-why")
+    reader.click("#ask-no")
+    assert reader.inner_text("#status") == "Nothing was paid."
+    assert shop.vendor_spent() == spent
+    assert wallet_card(reader)["spent"] == spent
+
+    reader.goto(shop.base + "/premium/long.txt")
+    reader.wait_for_selector("#ask:not([hidden])")
+    with reader.expect_navigation():
+        reader.click("#ask-yes")
+    assert article_text(reader) == "secret premium article"
+    assert shop.vendor_spent() == spent + 100
