@@ -73,7 +73,8 @@ def test_three_articles_in_a_row_then_reloads_at_no_charge(reader: Page, shop: S
     assert article_text(reader) == ARTICLES["a"]
     for name in ("b", "c"):
         response = reader.goto(f"{shop.base}/articles/{name}.txt")
-        assert response is not None and response.status == 200
+        assert response is not None
+        assert response.status == 200
         assert article_text(reader) == ARTICLES[name]
     assert shop.vendor_spent() == 3 * PRICE_UNITS
     assert wallet_card(reader)["spent"] == 3 * PRICE_UNITS
@@ -93,7 +94,8 @@ def test_three_articles_in_a_row_then_reloads_at_no_charge(reader: Page, shop: S
 
 
 BUY_ALL = """async (paths) => {
-  window.bought = Promise.all(paths.map((p) => fetch(p).then(async (r) => [r.status, await r.text()])));
+  const buy = async (path) => { const r = await fetch(path); return [r.status, await r.text()]; };
+  window.bought = Promise.all(paths.map(buy));
 }"""
 
 

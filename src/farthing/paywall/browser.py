@@ -151,7 +151,7 @@ class CardChecker:
         if row is None or row.protocol is not protocol or not self._genuine(code):
             raise InvalidPayment("this shop did not issue that card")
         if row.status is not CardStatus.ACTIVE:
-            raise InvalidPayment("this card has been withdrawn")
+            raise InvalidPayment("this card is blocked at the shop")
         return {
             "method": code.protocol.value,
             "card": b64url_encode(code.card_id),
