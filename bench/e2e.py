@@ -180,7 +180,7 @@ def insert_batch(
 ) -> bytes:
     batch_id = os.urandom(16)
     with store.transaction() as tx:
-        tx.szm_insert_batch(
+        tx.szm.insert_batch(
             SzmBatchRow(
                 batch_id=batch_id,
                 protocol=protocol,
@@ -232,7 +232,7 @@ def issue_chain_cards(store: Store, count: int, units: int) -> list[szm_chain.Ch
             card_row(state.card_id, batch_id, SzmProtocol.CHAIN, units, state.anchor, expires)
         )
     with store.transaction() as tx:
-        tx.szm_insert_cards(rows)
+        tx.szm.insert_cards(rows)
     return cards
 
 
@@ -247,7 +247,7 @@ def issue_prbg_cards(store: Store, count: int, units: int) -> list[szm_prbg.Prbg
         cards.append(card)
         rows.append(card_row(state.card_id, batch_id, SzmProtocol.PRBG, units, None, expires))
     with store.transaction() as tx:
-        tx.szm_insert_cards(rows)
+        tx.szm.insert_cards(rows)
     return cards
 
 

@@ -288,7 +288,7 @@ def fresh_payments(store: Store, secret: bytes, count: int) -> list[Fresh]:
         out.append(Fresh(state=state, payment=payment, line=line))
         rows.append(card_row(state.card_id, batch_id, SzmProtocol.CHAIN, 2, state.anchor, expires))
     with store.transaction() as tx:
-        tx.szm_insert_cards(rows)
+        tx.szm.insert_cards(rows)
     return out
 
 
@@ -322,7 +322,8 @@ def _parts(store: Store, secret: bytes, n: int, hop: float) -> list[Part]:
 
     def advance_one() -> object:
         item = next(advances)
-        return store.szm_advance(item.state.card_id, 0, 1, item.payment.value)
+        with store.hot_batch() as hot:  # a batch of one: the commit a lone payment pays
+            return hot.szm.advance(item.state.card_id, 0, 1, item.payment.value)
 
     receipt = Receipt(
         method="szm:chain",
@@ -356,7 +357,7 @@ def _parts(store: Store, secret: bytes, n: int, hop: float) -> list[Part]:
         ),
         (
             "record it: one durable UPDATE (SQLite, fsync)",
-            "store/_store.py Store.szm_advance",
+            "store/_szm.py HotSzmArea.advance (a hot batch of one)",
             advance_one,
         ),
         (
@@ -570,7 +571,7 @@ def _suggestions(m: Measured) -> list[str]:
     return [
         "**Top costs, what was done, and what is left:**",
         "",
-        f"1. The durable commit. One UPDATE committed alone (`Store.szm_advance`, SQLite WAL, "
+        f"1. The durable commit. One UPDATE committed alone (a hot batch of one, SQLite WAL, "
         f"`synchronous=FULL`) costs {update:,.0f} us, {update / m.paid_us:.0%} of this "
         f"(one request at a time) paid request, nearly all of it the fsync; {grouped:,.0f} us "
         f"each when {GROUP} share a commit, {normal:,.0f} us with `synchronous=NORMAL`. Done: "

@@ -84,7 +84,7 @@ def add_cards(path: Path, count: int) -> float:
             n = min(CHUNK, count - done)
             batch_id = insert_batch(store, SzmProtocol.CHAIN, n, UNITS, EXPIRES)
             with store.transaction() as tx:
-                tx.szm_insert_cards(_issue(n, batch_id, now))
+                tx.szm.insert_cards(_issue(n, batch_id, now))
             done += n
     finally:
         store.close()

@@ -65,7 +65,7 @@ async def test_merchant_key_is_returned_once_and_stored_sealed(
     key = b64url_decode(made.json()["key"])
     assert len(key) == 32
     with harness.store.transaction(readonly=True) as tx:
-        row = tx.merchant("shop-1")
+        row = tx.admin.merchant("shop-1")
     assert row is not None
     assert key not in row.key_sealed  # sealed, not stored in the clear
     assert harness.services.merchants.get("shop-1") is not None
@@ -82,7 +82,7 @@ async def test_every_operator_write_is_audited(api: httpx.AsyncClient, harness: 
     await api.post("/v1/customers/aud/loads", json={"amount_micros": 5, "reference": "r1"})
     await api.post("/v1/merchants", json={"merchant_id": "m-aud", "currency": "EUR"})
     with harness.store.transaction(readonly=True) as tx:
-        entries = tx.audit_entries(10)
+        entries = tx.admin.audit_entries(10)
     actions = [(e.actor, e.action) for e in entries if e.actor == "operator:alice"]
     assert actions == [
         ("operator:alice", "merchant.create"),
@@ -118,7 +118,7 @@ async def test_revoked_token_is_401(api: httpx.AsyncClient, harness: Harness) ->
 async def test_only_token_hashes_are_stored(harness: Harness) -> None:
     made = harness.services.accounts.create_operator_token(ACTOR, "carol")
     with harness.store.transaction(readonly=True) as tx:
-        entries = tx.audit_entries(5)
+        entries = tx.admin.audit_entries(5)
     assert all(made.token not in str(entry.detail) for entry in entries)
     assert "token" not in repr(made)
 

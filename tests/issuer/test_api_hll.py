@@ -128,7 +128,7 @@ async def test_online_verify_credits_once_and_refuses_the_replay(
     assert late.status_code == 402, late.text
     assert _merchant_owed(harness) == 7000
     with harness.store.transaction(readonly=True) as tx:
-        card = tx.hll_card(shop.card_id)
+        card = tx.hll.card(shop.card_id)
     assert card is not None
     assert card.spent_units == 7
     assert balanced(harness)
@@ -150,7 +150,7 @@ async def test_online_verifies_arriving_together_each_settle_once(
     assert sorted(a.json()["repeated"] for a in answers) == [False] * 8 + [True]
     assert _merchant_owed(harness) == 8 * 2000
     with harness.store.transaction(readonly=True) as tx:
-        card = tx.hll_card(shop.card_id)
+        card = tx.hll.card(shop.card_id)
     assert card is not None
     assert card.spent_units == 16
     assert balanced(harness)
@@ -265,7 +265,7 @@ async def test_deposit_window_and_card_balance(api: httpx.AsyncClient, harness: 
     assert [p["counter"] for p in report["invalid"]] == [1]
     assert report["credited_units"] == 8
     with harness.store.transaction(readonly=True) as tx:
-        card = tx.hll_card(shop.card_id)
+        card = tx.hll.card(shop.card_id)
     assert card is not None
     assert card.spent_units == 8
     assert balanced(harness)

@@ -56,8 +56,8 @@ def test_killed_deposit_rolls_back_and_retries_exactly_once(
 
     assert balanced(harness)
     with harness.store.transaction(readonly=True) as tx:
-        assert tx.hll_spend(shop.card_id, 1) is None  # the recorded spend was rolled back
-        card = tx.hll_card(shop.card_id)
+        assert tx.hll.spend(shop.card_id, 1) is None  # the recorded spend was rolled back
+        card = tx.hll.card(shop.card_id)
     assert card is not None
     assert card.spent_units == 0
     assert harness.services.accounts.merchant("m1").owed_micros == 0

@@ -94,7 +94,7 @@ class Twins:
     def block(self, name: str) -> None:
         card_id = self.cards[name].state.card_id
         with self.h.store.transaction() as tx:
-            assert tx.hll_set_status(card_id, CardStatus.BLOCKED)
+            assert tx.hll.set_status(card_id, CardStatus.BLOCKED)
         self.bank.block_card(card_id)
 
     def buy(

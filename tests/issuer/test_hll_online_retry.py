@@ -58,7 +58,7 @@ class Online:
 
     def spent_units(self) -> int:
         with self.harness.store.transaction(readonly=True) as tx:
-            card = tx.hll_card(self.shop.card_id)
+            card = tx.hll.card(self.shop.card_id)
         assert card is not None
         return card.spent_units
 

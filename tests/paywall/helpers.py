@@ -39,7 +39,7 @@ def prices() -> PriceTable:
 
 def _batch(store: Store, batch_id: bytes, protocol: SzmProtocol, count: int, units: int) -> None:
     with store.transaction() as tx:
-        tx.szm_insert_batch(
+        tx.szm.insert_batch(
             SzmBatchRow(
                 batch_id=batch_id,
                 protocol=protocol,
@@ -82,7 +82,7 @@ def issue_chain_cards(
             )
         )
     with store.transaction() as tx:
-        tx.szm_insert_cards(rows)
+        tx.szm.insert_cards(rows)
     return cards
 
 
@@ -115,5 +115,5 @@ def issue_prbg_cards(
             )
         )
     with store.transaction() as tx:
-        tx.szm_insert_cards(rows)
+        tx.szm.insert_cards(rows)
     return cards

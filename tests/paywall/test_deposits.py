@@ -134,7 +134,7 @@ async def test_hll_batches_survive_a_restart_and_credit_once(tmp_path: Path) -> 
     assert (await again.flush()).sent == 0
     store = open_store(path)
     with store.transaction(readonly=True) as tx:
-        payment = tx.vendor_hll_payment(CARD_ID, 1)
+        payment = tx.vendor.hll_payment(CARD_ID, 1)
     assert payment is not None
     assert payment.state is HllPaymentState.SETTLED
 
@@ -187,7 +187,7 @@ async def test_refused_batch_is_marked_failed(tmp_path: Path) -> None:
     assert (await bad.flush()).failed == 1
     store = open_store(path)
     with store.transaction(readonly=True) as tx:
-        assert tx.outbox_due(NOW + 10**6, 10) == []
+        assert tx.vendor.outbox_due(NOW + 10**6, 10) == []
     assert issuer.bank.credited("shop") == 0
 
 
@@ -246,7 +246,7 @@ async def test_payword_redemptions_are_staged_once_per_index(tmp_path: Path) -> 
     assert issuer.broker.vendor_credit("shop", "EUR") == 6 * EUR.unit_micros
     assert dep.stage() == 0  # redeemed up to its spent
     with store.transaction(readonly=True) as tx:
-        assert all(item.state is OutboxState.DONE for item in tx.outbox_due(NOW + 10**6, 10))
+        assert all(item.state is OutboxState.DONE for item in tx.vendor.outbox_due(NOW + 10**6, 10))
 
 
 async def test_background_loop_deposits_until_cancelled(tmp_path: Path) -> None:

@@ -232,7 +232,7 @@ class HllPayer:
 
     def charged(self, store: Store) -> int:
         with store.transaction(readonly=True) as tx:
-            return tx.vendor_hll_outstanding(self.card.state.card_id)
+            return tx.vendor.hll_outstanding(self.card.state.card_id)
 
 
 PAYERS = ["szm:chain", "szm:prbg", "payword", "hll:mac"]

@@ -105,7 +105,7 @@ async def test_blocked_card_is_refused(tmp_path: Path) -> None:
     store = open_store(str(tmp_path / "vendor.sqlite"))
     card = issue_chain_cards(store, 1)[0]
     with store.transaction() as tx:
-        tx.szm_set_status(card.card_id, CardStatus.BLOCKED)
+        tx.szm.set_status(card.card_id, CardStatus.BLOCKED)
     app = create_vendor_app(
         SETTINGS,
         content=content(),

@@ -248,7 +248,7 @@ def deposit_until_done(world: World, issuer_base: str, rounds: int = 30) -> None
             report = await depositor.flush(limit=1000)
             assert report.failed == 0, report
             with world.store.transaction(readonly=True) as tx:
-                return len(tx.outbox_due(later.now(), 1000))
+                return len(tx.vendor.outbox_due(later.now(), 1000))
 
     for _ in range(rounds):
         if asyncio.run(flush()) == 0:

@@ -243,6 +243,6 @@ def test_an_exhausted_pool_is_unavailable_not_an_internal_error(small_pg: PgServ
         with store.hot_batch(), pytest.raises(Unavailable):
             store.szm_card(b"\x00" * 16)
         with store.transaction(readonly=True) as tx:  # the pool works again afterwards
-            assert tx.outbox_due(0, 1) == []
+            assert tx.vendor.outbox_due(0, 1) == []
     finally:
         store.close()

@@ -227,7 +227,7 @@ def _check_online(world: World, payer: Payer) -> int:
     delivered = {s.index for s in history if s.outcome == "paid"}
     unknown = {s.index for s in history if s.outcome == "unknown"}
     with world.store.transaction(readonly=True) as tx:
-        settled = {s.index for s in history if tx.hll_spend(holder.card_id, s.index) is not None}
+        settled = {s.index for s in history if tx.hll.spend(holder.card_id, s.index) is not None}
     assert delivered <= settled, sorted(delivered - settled)[:10]
     assert settled <= delivered | unknown
     charged = world.services.hll.card(holder.card_id).spent_units
@@ -239,7 +239,7 @@ def _check_payword(world: World, payer: Payer) -> int:
     holder = payer.holders["payword"]
     spent = world.spent(holder)
     with world.store.transaction(readonly=True) as tx:
-        redemption = tx.payword_redemption(b64url_decode(holder.key))
+        redemption = tx.payword.redemption(b64url_decode(holder.key))
     credited = 0 if redemption is None else redemption.credited_units
     assert credited == spent
     return spent

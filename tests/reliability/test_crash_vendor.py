@@ -133,9 +133,9 @@ def _check_hll(world: World, payer: Payer) -> int:
     unknown = {s.index for s in history if s.outcome == "unknown"}
     with world.store.transaction(readonly=True) as tx:
         recorded = {
-            s.index for s in history if tx.vendor_hll_payment(holder.card_id, s.index) is not None
+            s.index for s in history if tx.vendor.hll_payment(holder.card_id, s.index) is not None
         }
-        settled = {s.index for s in history if tx.hll_spend(holder.card_id, s.index) is not None}
+        settled = {s.index for s in history if tx.hll.spend(holder.card_id, s.index) is not None}
     assert answered <= recorded, sorted(answered - recorded)[:10]
     assert recorded <= answered | unknown
     assert settled == recorded
@@ -149,7 +149,7 @@ def _check_payword(world: World, payer: Payer) -> int:
     holder = payer.holders["payword"]
     spent = world.spent(holder)
     with world.store.transaction(readonly=True) as tx:
-        redemption = tx.payword_redemption(b64url_decode(holder.key))
+        redemption = tx.payword.redemption(b64url_decode(holder.key))
     assert redemption is not None
     assert (redemption.redeemed_index, redemption.credited_units) == (spent, spent)
     return spent

@@ -106,7 +106,7 @@ def test_concurrent_deferred_purchases_on_different_cards_all_succeed(
     try:
         errors = record_at_once(stores, bought)
         with world.store.transaction(readonly=True) as tx:
-            recorded = tx.vendor_hll_payments_by_state()
+            recorded = tx.vendor.hll_payments_by_state()
     finally:
         for store in stores:
             store.close()
@@ -137,7 +137,7 @@ def test_concurrent_deferred_purchases_over_http_all_succeed(
     with vendor_server(world.config_path, workers=2, log_path=tmp_path / "vendor.log") as vendor:
         results = blast(vendor.base, deferred_jobs(world, vendor.base, BUYERS), tmp_path)
     with world.store.transaction(readonly=True) as tx:
-        recorded = tx.vendor_hll_payments_by_state()
+        recorded = tx.vendor.hll_payments_by_state()
     world.close()
     statuses = Counter(r["status"] for r in results)
     assert statuses == {200: BUYERS}

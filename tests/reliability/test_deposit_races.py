@@ -91,13 +91,13 @@ def depositor(
 
 def payment_states(store: Store) -> dict[str, int]:
     with store.transaction(readonly=True) as tx:
-        rows = tx.vendor_hll_payments_by_state()
+        rows = tx.vendor.hll_payments_by_state()
     return {state.value: count for state, count in rows.items()}
 
 
 def outbox_states(store: Store) -> dict[str, int]:
     with store.transaction(readonly=True) as tx:
-        rows = tx.outbox_counts()
+        rows = tx.vendor.outbox_counts()
     return {state.value: count for state, count in rows.items()}
 
 
@@ -214,8 +214,10 @@ async def test_a_failed_batch_the_bank_credited_is_reconciled(
     assert dep.stage() == 1
     assert (await dep.flush()).retry_later == 1
     with world.store.transaction() as tx:
-        (item,) = tx.outbox_due(clock.now() + 10**6, 10)
-        tx.outbox_mark(item.batch_id, OutboxState.FAILED, 1, clock.now(), '{"error": "CONFLICT"}')
+        (item,) = tx.vendor.outbox_due(clock.now() + 10**6, 10)
+        tx.vendor.outbox_mark(
+            item.batch_id, OutboxState.FAILED, 1, clock.now(), '{"error": "CONFLICT"}'
+        )
     stuck = payment_states(world.store)
     report = await dep.flush_and_reconcile()
     states, outbox = payment_states(world.store), outbox_states(world.store)

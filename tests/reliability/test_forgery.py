@@ -522,7 +522,7 @@ def _fill_ids(world: World) -> dict[str, str]:
 
 def _audit_count(world: World) -> int:
     with world.store.transaction(readonly=True) as tx:
-        return len(tx.audit_entries(limit=1_000_000))
+        return len(tx.admin.audit_entries(limit=1_000_000))
 
 
 # --- HLL deferred mode: made-up cards ----------------------------------------------------
@@ -555,7 +555,7 @@ async def test_made_up_hll_cards_get_nothing_from_a_deferred_vendor(
             assert answer.status_code in REFUSED, answer.text
             served += answer.status_code == 200
         with world.store.transaction(readonly=True) as tx:
-            assert tx.vendor_hll_outstanding_total() == 0  # nothing delivered on credit
+            assert tx.vendor.hll_outstanding_total() == 0  # nothing delivered on credit
         await shop.fresh()
         offer = hll_offer(*shop.cids["hll:mac"], good=PATH)
         bought = await shop.pay("hll:mac", honest.pay(offer, 1), certificate=honest.certificate)
@@ -564,4 +564,4 @@ async def test_made_up_hll_cards_get_nothing_from_a_deferred_vendor(
     receipt = json.loads(b64url_decode(bought.headers["payment-receipt"]))
     assert receipt["mode"] == "deferred"
     with world.store.transaction(readonly=True) as tx:
-        assert tx.vendor_hll_outstanding_total() == offer.amount
+        assert tx.vendor.hll_outstanding_total() == offer.amount

@@ -160,7 +160,7 @@ def fill(path: str, segment: str) -> str:
 def books(world: World) -> tuple[int, int]:
     check = world.store.check_ledger()
     with world.store.transaction(readonly=True) as tx:
-        audited = len(tx.audit_entries(limit=1_000_000))
+        audited = len(tx.admin.audit_entries(limit=1_000_000))
     assert check.balanced, check.problems
     return check.txn_count, audited
 

@@ -320,7 +320,7 @@ async def test_deposit_stagers_racing_all_succeed(
             errors = await asyncio.to_thread(stage_at_once, world, stagers=4)
             assert errors == [], f"round {round_}: {errors[0]}"
     with world.store.transaction(readonly=True) as tx:
-        staged = tx.outbox_due(2**62, 1000)
+        staged = tx.vendor.outbox_due(2**62, 1000)
     assert len(staged) == 3 * len(commitments)
     world.close()
 

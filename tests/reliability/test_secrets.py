@@ -275,7 +275,7 @@ async def deposit_with_a_wrong_key(world: World, found: Evidence) -> None:
     report = await depositor.flush()
     assert report.failed >= 1
     with world.store.transaction(readonly=True) as tx:
-        for item in tx.outbox_due(world.clock.now() + 10**6, 100):
+        for item in tx.vendor.outbox_due(world.clock.now() + 10**6, 100):
             found.texts.append(repr(item.report))
 
 

@@ -29,6 +29,7 @@ from farthing.store import (
     open_store,
 )
 from tests.pgserver import PgServer, PgUnavailable
+from tests.store.helpers import advance_payword, advance_szm
 
 BATCH = b"\x01" * 16
 
@@ -54,7 +55,7 @@ def _cards(count: int, units: int) -> Iterator[SzmCardRow]:
 def _issue(store: Store, count: int, units: int) -> float:
     started = time.perf_counter()
     with store.transaction() as tx:
-        tx.szm_insert_batch(
+        tx.szm.insert_batch(
             SzmBatchRow(
                 batch_id=BATCH,
                 protocol=SzmProtocol.CHAIN,
@@ -66,7 +67,7 @@ def _issue(store: Store, count: int, units: int) -> float:
                 created_at=1_800_000_000,
             )
         )
-        tx.szm_insert_cards(_cards(count, units))
+        tx.szm.insert_cards(_cards(count, units))
     return time.perf_counter() - started
 
 
@@ -86,7 +87,7 @@ def measure(target: str, calls: int) -> dict[str, tuple[float, float]]:
     with open_store(target) as store:
         _issue(store, calls, calls + 1)
         with store.transaction() as tx:
-            tx.payword_add_commitment(
+            tx.vendor.add_commitment(
                 VendorCommitmentRow(
                     commitment_id=b"\x02" * 32,
                     commitment=b"c" * 100,
@@ -101,22 +102,15 @@ def measure(target: str, calls: int) -> dict[str, tuple[float, float]]:
         anchor = b"\x03" * 32
         return {
             "szm_advance": _per_call(
-                calls, lambda i: store.szm_advance(i.to_bytes(16, "big"), 0, 1, anchor)
+                calls, lambda i: advance_szm(store, i.to_bytes(16, "big"), 0, 1, anchor)
             ),
             "payword_advance": _per_call(
-                calls, lambda i: store.payword_advance(b"\x02" * 32, i, i + 1, anchor)
+                calls, lambda i: advance_payword(store, b"\x02" * 32, i, i + 1, anchor)
             ),
             "szm_card (read)": _per_call(
                 calls, lambda i: store.szm_card(i.to_bytes(16, "big")) is not None
             ),
-            "szm_advance in Tx": _per_call(calls, lambda i: _advance_in_tx(store, i, anchor)),
         }
-
-
-def _advance_in_tx(store: Store, i: int, anchor: bytes) -> bool:
-    """The same UPDATE through a SQLAlchemy unit of work, for comparison."""
-    with store.transaction() as tx:
-        return tx.szm_advance(i.to_bytes(16, "big"), 1, 2, anchor)
 
 
 def sqlite_bytes_per_card(cards: int) -> tuple[float, float]:

@@ -73,7 +73,7 @@ class Books:
 
 def open_books(tx: Tx, currency: str = "EUR") -> Books:
     def make(kind: AccountKind) -> int:
-        return tx.create_account(f"{kind.value}-{currency}", kind, currency)
+        return tx.ledger.create_account(f"{kind.value}-{currency}", kind, currency)
 
     return Books(
         cash=make(AccountKind.CASH),
@@ -87,10 +87,10 @@ def open_books(tx: Tx, currency: str = "EUR") -> Books:
 
 def sell_szm_batch(tx: Tx, books: Books, batch_id: bytes, count: int, units: int) -> None:
     """Issue a batch and post its value: cash -> prepaid float (the documented sale)."""
-    tx.szm_insert_batch(szm_batch(batch_id, count, units))
-    tx.szm_insert_cards(szm_cards(batch_id, count, units))
+    tx.szm.insert_batch(szm_batch(batch_id, count, units))
+    tx.szm.insert_cards(szm_cards(batch_id, count, units))
     value = count * units * UNIT
-    tx.post(
+    tx.ledger.post(
         "szm_sale", f"sale:{batch_id.hex()}", [(books.cash, value), (books.prepaid_float, -value)]
     )
 
@@ -119,5 +119,31 @@ def fail_inside(store: Store, work: Callable[[Tx], object]) -> None:
         raise RuntimeError("crash after the work, before commit")
 
 
+def advance_szm(
+    store: Store,
+    card: bytes,
+    old: int,
+    new: int,
+    anchor: bytes | None,
+    request: bytes | None = None,
+) -> bool:
+    """The paid path's card compare-and-set, alone in a hot batch (one durable commit)."""
+    with store.hot_batch() as hot:
+        return hot.szm.advance(card, old, new, anchor, request)
+
+
+def advance_payword(
+    store: Store,
+    commitment: bytes,
+    old: int,
+    new: int,
+    last_value: bytes,
+    request: bytes | None = None,
+) -> bool:
+    """The paid path's commitment compare-and-set, alone in a hot batch."""
+    with store.hot_batch() as hot:
+        return hot.vendor.payword_advance(commitment, old, new, last_value, request)
+
+
 def spend_szm(store: Store, card: bytes, old: int, new: int) -> bool:
-    return store.szm_advance(card, old, new, new.to_bytes(32, "big"))
+    return advance_szm(store, card, old, new, new.to_bytes(32, "big"))

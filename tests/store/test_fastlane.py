@@ -93,9 +93,10 @@ def test_the_lane_never_opens_more_than_max_open(database: Path) -> None:
 
     connect = _Counting(database)
     lane = FastLane(connect, begin="BEGIN", max_open=2, timeout=0.05)
-    with lane.batch(), lane.batch(), pytest.raises(sa_exc.TimeoutError):
-        lane.rowcount(_SET, {})
-    assert lane.rowcount(_SET, {}) == 1
+    with lane.batch(), lane.batch(), pytest.raises(sa_exc.TimeoutError), lane.batch():
+        pass
+    with lane.batch() as batch:
+        assert batch.rowcount(_SET, {}) == 1
     assert connect.made == 2
     lane.close()
 

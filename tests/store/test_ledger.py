@@ -16,16 +16,16 @@ from tests.store.helpers import UNIT, open_books, raw_engine, sell_szm_batch
 def test_balanced_posting_moves_balances(store: Store) -> None:
     with store.transaction() as tx:
         books = open_books(tx)
-        txn = tx.post("load", "load:1", [(books.cash, 700), (books.card_float, -700)])
+        txn = tx.ledger.post("load", "load:1", [(books.cash, 700), (books.card_float, -700)])
     with store.transaction(readonly=True) as tx:
-        assert tx.balance(books.cash) == 700
-        assert tx.balance(books.card_float) == -700
-        entries = tx.txn_entries(txn)
+        assert tx.ledger.balance(books.cash) == 700
+        assert tx.ledger.balance(books.card_float) == -700
+        entries = tx.ledger.entries(txn)
         assert [(e.account_id, e.amount_micros) for e in entries] == [
             (books.cash, 700),
             (books.card_float, -700),
         ]
-        row = tx.ledger_txn("load:1")
+        row = tx.ledger.txn("load:1")
     assert row is not None
     assert (row.id, row.kind, row.created_at) == (txn, "load", 1_800_000_000)
 
@@ -44,45 +44,45 @@ def test_malformed_postings_are_refused(store: Store, postings: list[tuple[int, 
         books = open_books(tx)
     ids = [books.cash, books.card_float]
     with pytest.raises(LocalProtocolError), store.transaction() as tx:
-        tx.post("bad", "bad:1", [(ids[i], amount) for i, amount in postings])
+        tx.ledger.post("bad", "bad:1", [(ids[i], amount) for i, amount in postings])
     with store.transaction(readonly=True) as tx:
-        assert tx.ledger_txn("bad:1") is None
-        assert tx.balance(books.cash) == 0
+        assert tx.ledger.txn("bad:1") is None
+        assert tx.ledger.balance(books.cash) == 0
 
 
 def test_mixed_currencies_are_refused(store: Store) -> None:
     with store.transaction() as tx:
-        eur = tx.create_account("cash-eur", AccountKind.CASH, "EUR")
-        usd = tx.create_account("float-usd", AccountKind.CARD_FLOAT, "USD")
+        eur = tx.ledger.create_account("cash-eur", AccountKind.CASH, "EUR")
+        usd = tx.ledger.create_account("float-usd", AccountKind.CARD_FLOAT, "USD")
     with pytest.raises(LocalProtocolError), store.transaction() as tx:
-        tx.post("fx", "fx:1", [(eur, 5), (usd, -5)])
+        tx.ledger.post("fx", "fx:1", [(eur, 5), (usd, -5)])
 
 
 def test_unknown_account_is_not_found(store: Store) -> None:
     with store.transaction() as tx:
         books = open_books(tx)
     with pytest.raises(NotFound), store.transaction() as tx:
-        tx.post("load", "load:x", [(books.cash, 5), (9999, -5)])
+        tx.ledger.post("load", "load:x", [(books.cash, 5), (9999, -5)])
 
 
 def test_a_reference_posts_once(store: Store) -> None:
     with store.transaction() as tx:
         books = open_books(tx)
-        tx.post("load", "load:1", [(books.cash, 10), (books.card_float, -10)])
+        tx.ledger.post("load", "load:1", [(books.cash, 10), (books.card_float, -10)])
     with pytest.raises(Conflict) as caught, store.transaction() as tx:
-        tx.post("load", "load:1", [(books.cash, 10), (books.card_float, -10)])
+        tx.ledger.post("load", "load:1", [(books.cash, 10), (books.card_float, -10)])
     assert caught.value.code is ErrorCode.CONFLICT
     with store.transaction(readonly=True) as tx:
-        assert tx.balance(books.cash) == 10
+        assert tx.ledger.balance(books.cash) == 10
 
 
 def test_account_names_are_unique(store: Store) -> None:
     with store.transaction() as tx:
-        tx.create_account("shop", AccountKind.MERCHANT, "EUR")
+        tx.ledger.create_account("shop", AccountKind.MERCHANT, "EUR")
     with pytest.raises(Conflict), store.transaction() as tx:
-        tx.create_account("shop", AccountKind.MERCHANT, "EUR")
+        tx.ledger.create_account("shop", AccountKind.MERCHANT, "EUR")
     with store.transaction(readonly=True) as tx:
-        shop = tx.account_by_name("shop")
+        shop = tx.ledger.account_by_name("shop")
     assert shop is not None
     assert shop.kind is AccountKind.MERCHANT
 
@@ -91,12 +91,14 @@ def test_check_ledger_is_balanced_after_normal_business(store: Store) -> None:
     with store.transaction() as tx:
         books = open_books(tx)
         sell_szm_batch(tx, books, b"B" * 16, count=3, units=10)
-        tx.hll_add_card(
+        tx.hll.add_card(
             card_id=b"H" * 16, customer_account_id=books.customer, currency="EUR",
             unit_micros=UNIT, loaded_units=50,
         )  # fmt: skip
         value = 50 * UNIT
-        tx.post("hll_load", "hll_load:1", [(books.customer, value), (books.card_float, -value)])
+        tx.ledger.post(
+            "hll_load", "hll_load:1", [(books.customer, value), (books.card_float, -value)]
+        )
     result = store.check_ledger()
     assert result.balanced, result.problems
     assert (result.txn_count, result.entry_count) == (2, 4)
@@ -105,7 +107,7 @@ def test_check_ledger_is_balanced_after_normal_business(store: Store) -> None:
 def test_check_ledger_detects_a_tampered_entry(store: Store, store_target: str) -> None:
     with store.transaction() as tx:
         books = open_books(tx)
-        tx.post("load", "load:1", [(books.cash, 300), (books.customer, -300)])
+        tx.ledger.post("load", "load:1", [(books.cash, 300), (books.customer, -300)])
     engine = raw_engine(store_target)
     try:
         with engine.begin() as conn:
@@ -124,7 +126,7 @@ def test_check_ledger_detects_a_tampered_entry(store: Store, store_target: str) 
 def test_check_ledger_detects_card_value_without_float(store: Store) -> None:
     with store.transaction() as tx:
         books = open_books(tx)
-        tx.hll_add_card(
+        tx.hll.add_card(
             card_id=b"H" * 16, customer_account_id=books.customer, currency="EUR",
             unit_micros=UNIT, loaded_units=5,
         )  # fmt: skip
@@ -160,15 +162,15 @@ def test_a_posting_is_accepted_iff_it_is_balanced(
     postings = [(cash, a) for a in amounts] + [(customer, last)]
     valid = sum(a for _, a in postings) == 0 and all(a != 0 for _, a in postings)
     with store.transaction(readonly=True) as tx:
-        before = tx.balance(cash)
-        reference = f"prop:{tx.check_ledger().txn_count}"  # unique: each valid post adds one
+        before = tx.ledger.balance(cash)
+        reference = f"prop:{tx.ledger.check().txn_count}"  # unique: each valid post adds one
     if valid:
         with store.transaction() as tx:
-            tx.post("prop", reference, postings)
+            tx.ledger.post("prop", reference, postings)
     else:
         with pytest.raises(LocalProtocolError), store.transaction() as tx:
-            tx.post("prop", reference, postings)
+            tx.ledger.post("prop", reference, postings)
     with store.transaction(readonly=True) as tx:
-        assert tx.balance(cash) == before + (sum(amounts) if valid else 0)
-        assert (tx.ledger_txn(reference) is not None) == valid
-        assert tx.check_ledger().balanced
+        assert tx.ledger.balance(cash) == before + (sum(amounts) if valid else 0)
+        assert (tx.ledger.txn(reference) is not None) == valid
+        assert tx.ledger.check().balanced

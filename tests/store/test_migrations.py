@@ -147,9 +147,9 @@ def test_sqlite_write_transactions_take_the_write_lock_first(tmp_path: Path) -> 
     upgrade_to_head(path)
     with open_store(path) as store:
         with store.transaction() as tx:
-            assert tx.account(1) is None
+            assert tx.ledger.account(1) is None
             assert not _can_begin_writing(path)
         with store.transaction(readonly=True) as tx:
-            assert tx.account(1) is None
+            assert tx.ledger.account(1) is None
             assert _can_begin_writing(path)
         assert _can_begin_writing(path)

@@ -6,7 +6,7 @@ import pytest
 
 from farthing.core.errors import Conflict
 from farthing.store import Store, VendorCommitmentRow
-from tests.store.helpers import UNIT, open_books, race
+from tests.store.helpers import UNIT, advance_payword, open_books, race
 
 COMMITMENT = b"M" * 32
 
@@ -14,7 +14,7 @@ COMMITMENT = b"M" * 32
 def _user(store: Store) -> None:
     with store.transaction() as tx:
         books = open_books(tx)
-        tx.payword_add_user(
+        tx.payword.add_user(
             user_id="alice", account_id=books.customer, public_key=b"k" * 32,
             credit_limit_units=1000, currency="EUR", unit_micros=UNIT,
         )  # fmt: skip
@@ -23,26 +23,26 @@ def _user(store: Store) -> None:
 def test_users_and_certificates_round_trip(store: Store) -> None:
     _user(store)
     with store.transaction() as tx:
-        tx.payword_add_certificate(cert_id=b"c" * 32, user_id="alice", cert=b"CERT", expires_at=9)
-        user = tx.payword_user("alice")
-        cert = tx.payword_certificate(b"c" * 32)
+        tx.payword.add_certificate(cert_id=b"c" * 32, user_id="alice", cert=b"CERT", expires_at=9)
+        user = tx.payword.user("alice")
+        cert = tx.payword.certificate(b"c" * 32)
     assert user is not None
     assert (user.public_key, user.credit_limit_units) == (b"k" * 32, 1000)
     assert cert is not None
     assert (cert.user_id, cert.cert, cert.expires_at) == ("alice", b"CERT", 9)
     with pytest.raises(Conflict), store.transaction() as tx:
-        tx.payword_add_certificate(cert_id=b"c" * 32, user_id="alice", cert=b"X", expires_at=9)
+        tx.payword.add_certificate(cert_id=b"c" * 32, user_id="alice", cert=b"X", expires_at=9)
 
 
 def test_redemption_is_credited_once_and_only_upward(store: Store) -> None:
     _user(store)
     with store.transaction() as tx:
-        assert tx.payword_redeem(COMMITMENT, "shop", "alice", 5, at=1) == 5
-        assert tx.payword_redeem(COMMITMENT, "shop", "alice", 5, at=2) == 0
-        assert tx.payword_redeem(COMMITMENT, "shop", "alice", 3, at=3) == 0
-        assert tx.payword_redeem(COMMITMENT, "shop", "alice", 8, at=4) == 3
-        row = tx.payword_redemption(COMMITMENT)
-        assert tx.payword_redeemed_units("alice") == 8
+        assert tx.payword.redeem(COMMITMENT, "shop", "alice", 5, at=1) == 5
+        assert tx.payword.redeem(COMMITMENT, "shop", "alice", 5, at=2) == 0
+        assert tx.payword.redeem(COMMITMENT, "shop", "alice", 3, at=3) == 0
+        assert tx.payword.redeem(COMMITMENT, "shop", "alice", 8, at=4) == 3
+        row = tx.payword.redemption(COMMITMENT)
+        assert tx.payword.redeemed_units("alice") == 8
     assert row is not None
     assert (row.redeemed_index, row.credited_units, row.at) == (8, 8, 4)
 
@@ -50,9 +50,9 @@ def test_redemption_is_credited_once_and_only_upward(store: Store) -> None:
 def test_a_commitment_belongs_to_one_vendor(store: Store) -> None:
     _user(store)
     with store.transaction() as tx:
-        tx.payword_redeem(COMMITMENT, "shop", "alice", 2, at=1)
+        tx.payword.redeem(COMMITMENT, "shop", "alice", 2, at=1)
     with pytest.raises(Conflict), store.transaction() as tx:
-        tx.payword_redeem(COMMITMENT, "other-shop", "alice", 4, at=1)
+        tx.payword.redeem(COMMITMENT, "other-shop", "alice", 4, at=1)
 
 
 def test_concurrent_redemptions_credit_the_highest_index_once(store: Store) -> None:
@@ -60,20 +60,20 @@ def test_concurrent_redemptions_credit_the_highest_index_once(store: Store) -> N
 
     def redeem(i: int) -> int:
         return store.run_in_transaction(
-            lambda tx: tx.payword_redeem(COMMITMENT, "shop", "alice", 1 + i, at=1)
+            lambda tx: tx.payword.redeem(COMMITMENT, "shop", "alice", 1 + i, at=1)
         )
 
     credited = race(6, redeem)
     assert sum(credited) == 6
     with store.transaction(readonly=True) as tx:
-        row = tx.payword_redemption(COMMITMENT)
+        row = tx.payword.redemption(COMMITMENT)
     assert row is not None
     assert row.redeemed_index == row.credited_units == 6
 
 
 def _commitment(store: Store, length: int = 10) -> None:
     with store.transaction() as tx:
-        tx.payword_add_commitment(
+        tx.vendor.add_commitment(
             VendorCommitmentRow(
                 commitment_id=COMMITMENT, commitment=b"signed", last_value=b"\x00" * 32,
                 spent=0, length=length, currency="EUR", unit_micros=UNIT, expires_at=99,
@@ -83,11 +83,10 @@ def _commitment(store: Store, length: int = 10) -> None:
 
 def test_vendor_payword_advance_is_a_compare_and_set(store: Store) -> None:
     _commitment(store, length=10)
-    assert store.payword_advance(COMMITMENT, 0, 2, b"\x02" * 32)
-    assert not store.payword_advance(COMMITMENT, 0, 1, b"\x01" * 32)
-    assert not store.payword_advance(COMMITMENT, 2, 11, b"\x0b" * 32)  # past the chain
-    with store.transaction() as tx:
-        assert tx.payword_advance(COMMITMENT, 2, 3, b"\x03" * 32)
+    assert advance_payword(store, COMMITMENT, 0, 2, b"\x02" * 32)
+    assert not advance_payword(store, COMMITMENT, 0, 1, b"\x01" * 32)
+    assert not advance_payword(store, COMMITMENT, 2, 11, b"\x0b" * 32)  # past the chain
+    assert advance_payword(store, COMMITMENT, 2, 3, b"\x03" * 32)
     row = store.payword_commitment(COMMITMENT)
     assert row is not None
     assert (row.spent, row.last_value) == (3, b"\x03" * 32)
@@ -97,8 +96,8 @@ def test_vendor_payword_advance_is_a_compare_and_set(store: Store) -> None:
 def test_vendor_payword_advance_in_a_hot_batch(store: Store) -> None:
     _commitment(store, length=10)
     with store.hot_batch() as hot:
-        assert hot.payword_advance(COMMITMENT, 0, 2, b"\x02" * 32)
-        assert not hot.payword_advance(COMMITMENT, 0, 1, b"\x01" * 32)
+        assert hot.vendor.payword_advance(COMMITMENT, 0, 2, b"\x02" * 32)
+        assert not hot.vendor.payword_advance(COMMITMENT, 0, 1, b"\x01" * 32)
     row = store.payword_commitment(COMMITMENT)
     assert row is not None
     assert (row.spent, row.last_value) == (2, b"\x02" * 32)
@@ -106,16 +105,16 @@ def test_vendor_payword_advance_in_a_hot_batch(store: Store) -> None:
 
 def test_vendor_threads_racing_on_a_commitment_have_one_winner(store: Store) -> None:
     _commitment(store, length=100)
-    wins = race(8, lambda t: store.payword_advance(COMMITMENT, 0, 1 + t, bytes([t]) * 32))
+    wins = race(8, lambda t: advance_payword(store, COMMITMENT, 0, 1 + t, bytes([t]) * 32))
     assert wins.count(True) == 1
 
 
 def test_vendor_redemption_watermark(store: Store) -> None:
     _commitment(store)
-    assert store.payword_advance(COMMITMENT, 0, 4, b"\x04" * 32)
+    assert advance_payword(store, COMMITMENT, 0, 4, b"\x04" * 32)
     with store.transaction() as tx:
-        assert [c.commitment_id for c in tx.payword_unredeemed(10)] == [COMMITMENT]
-        assert tx.payword_mark_redeemed(COMMITMENT, 4)
-        assert not tx.payword_mark_redeemed(COMMITMENT, 3)  # never down
-        assert not tx.payword_mark_redeemed(COMMITMENT, 5)  # never past spent
-        assert tx.payword_unredeemed(10) == []
+        assert [c.commitment_id for c in tx.vendor.payword_unredeemed(10)] == [COMMITMENT]
+        assert tx.vendor.payword_mark_redeemed(COMMITMENT, 4)
+        assert not tx.vendor.payword_mark_redeemed(COMMITMENT, 3)  # never down
+        assert not tx.vendor.payword_mark_redeemed(COMMITMENT, 5)  # never past spent
+        assert tx.vendor.payword_unredeemed(10) == []

@@ -44,12 +44,12 @@ def test_map_db_errors_translates_at_the_edge() -> None:
 
 def test_transaction_commits_or_rolls_back(store: Store) -> None:
     with store.transaction() as tx:
-        tx.create_account("kept", AccountKind.CASH, "EUR")
+        tx.ledger.create_account("kept", AccountKind.CASH, "EUR")
     with pytest.raises(RuntimeError):
-        fail_inside(store, lambda tx: tx.create_account("dropped", AccountKind.CASH, "EUR"))
+        fail_inside(store, lambda tx: tx.ledger.create_account("dropped", AccountKind.CASH, "EUR"))
     with store.transaction(readonly=True) as tx:
-        assert tx.account_by_name("kept") is not None
-        assert tx.account_by_name("dropped") is None
+        assert tx.ledger.account_by_name("kept") is not None
+        assert tx.ledger.account_by_name("dropped") is None
 
 
 def test_run_in_transaction_retries_only_retryable_conflicts(store: Store) -> None:
@@ -60,18 +60,18 @@ def test_run_in_transaction_retries_only_retryable_conflicts(store: Store) -> No
         if len(calls) < 3:
             with map_db_errors():
                 raise _busy_error()
-        return tx.create_account(f"acct-{len(calls)}", AccountKind.CASH, "EUR")
+        return tx.ledger.create_account(f"acct-{len(calls)}", AccountKind.CASH, "EUR")
 
     created = store.run_in_transaction(flaky, retries=5)
     assert len(calls) == 3
     with store.transaction(readonly=True) as tx:
-        account = tx.account_by_name("acct-3")
+        account = tx.ledger.account_by_name("acct-3")
     assert account is not None
     assert account.id == created
 
     def duplicate(tx: Tx) -> None:
         calls.append(1)
-        tx.create_account("acct-3", AccountKind.CASH, "EUR")
+        tx.ledger.create_account("acct-3", AccountKind.CASH, "EUR")
 
     calls.clear()
     with pytest.raises(Conflict):
@@ -92,30 +92,30 @@ def test_run_in_transaction_retries_only_retryable_conflicts(store: Store) -> No
 def test_operator_tokens_are_found_by_hash_and_revoked(store: Store) -> None:
     token_hash = hashlib.sha256(b"secret-token").digest()
     with store.transaction() as tx:
-        operator_id = tx.add_operator_token("ops", token_hash)
-        found = tx.operator_by_token_hash(token_hash)
-        assert tx.operator_by_token_hash(hashlib.sha256(b"other").digest()) is None
+        operator_id = tx.admin.add_operator_token("ops", token_hash)
+        found = tx.admin.operator_by_token_hash(token_hash)
+        assert tx.admin.operator_by_token_hash(hashlib.sha256(b"other").digest()) is None
     assert found is not None
     assert (found.id, found.name, found.active) == (operator_id, "ops", True)
     with pytest.raises(Conflict), store.transaction() as tx:
-        tx.add_operator_token("again", token_hash)
+        tx.admin.add_operator_token("again", token_hash)
     with store.transaction() as tx:
-        assert tx.revoke_operator_token(operator_id)
-        assert not tx.revoke_operator_token(operator_id)
-        revoked = tx.operator_by_token_hash(token_hash)
+        assert tx.admin.revoke_operator_token(operator_id)
+        assert not tx.admin.revoke_operator_token(operator_id)
+        revoked = tx.admin.operator_by_token_hash(token_hash)
     assert revoked is not None
     assert not revoked.active
     with pytest.raises(ValueError), store.transaction() as tx:
-        tx.add_operator_token("raw", b"not-a-hash")
+        tx.admin.add_operator_token("raw", b"not-a-hash")
 
 
 def test_audit_log_keeps_json_details_newest_first(store: Store) -> None:
     with store.transaction() as tx:
-        tx.audit("ops", "merchant.add", {"merchant": "shop", "n": 1})
-        tx.audit("ops", "card.block", {"card": "ab", "why": ["lost"]})
+        tx.admin.audit("ops", "merchant.add", {"merchant": "shop", "n": 1})
+        tx.admin.audit("ops", "card.block", {"card": "ab", "why": ["lost"]})
     with store.transaction(readonly=True) as tx:
-        entries = tx.audit_entries(limit=10)
-        assert len(tx.audit_entries(limit=1)) == 1
+        entries = tx.admin.audit_entries(limit=10)
+        assert len(tx.admin.audit_entries(limit=1)) == 1
     assert [(e.action, e.detail) for e in entries] == [
         ("card.block", {"card": "ab", "why": ["lost"]}),
         ("merchant.add", {"merchant": "shop", "n": 1}),
@@ -125,14 +125,14 @@ def test_audit_log_keeps_json_details_newest_first(store: Store) -> None:
 
 def test_merchants_round_trip(store: Store) -> None:
     with store.transaction() as tx:
-        account = tx.create_account("shop", AccountKind.MERCHANT, "EUR")
-        tx.add_merchant("shop", account, b"\x00sealed\xff")
+        account = tx.ledger.create_account("shop", AccountKind.MERCHANT, "EUR")
+        tx.admin.add_merchant("shop", account, b"\x00sealed\xff")
     with pytest.raises(Conflict), store.transaction() as tx:
-        tx.add_merchant("shop", account, b"again")
+        tx.admin.add_merchant("shop", account, b"again")
     with store.transaction(readonly=True) as tx:
-        shop = tx.merchant("shop")
-        assert tx.merchant("nobody") is None
-        assert [m.merchant_id for m in tx.merchants()] == ["shop"]
+        shop = tx.admin.merchant("shop")
+        assert tx.admin.merchant("nobody") is None
+        assert [m.merchant_id for m in tx.admin.merchants()] == ["shop"]
     assert shop is not None
     assert (shop.account_id, shop.key_sealed) == (account, b"\x00sealed\xff")
 

@@ -33,7 +33,7 @@ def _record(
     state: HllPaymentState = HllPaymentState.PENDING,
     card: bytes = CARD,
 ) -> None:
-    tx.vendor_hll_record(
+    tx.vendor.hll_record(
         card_id=card, counter=counter, offer=b"offer", purchase=b"purchase",
         amount_units=units, mode=mode, state=state, at=100 + counter,
     )  # fmt: skip
@@ -46,7 +46,7 @@ def test_a_repeated_card_counter_is_a_duplicate_spend(store: Store) -> None:
         _record(tx, 1)
     assert caught.value.code is ErrorCode.DUPLICATE_SPEND
     with store.transaction(readonly=True) as tx:
-        payment = tx.vendor_hll_payment(CARD, 1)
+        payment = tx.vendor.hll_payment(CARD, 1)
     assert payment is not None
     assert (payment.mode, payment.state, payment.offer) == (
         HllMode.DEFERRED,
@@ -61,12 +61,12 @@ def test_outstanding_counts_unsettled_deferred_payments_of_the_card(store: Store
         _record(tx, 2, units=3)
         _record(tx, 3, units=5, mode=HllMode.ONLINE, state=HllPaymentState.SETTLED)
         _record(tx, 1, units=7, card=b"O" * 16)
-        assert tx.vendor_hll_outstanding(CARD) == 5
-        taken = tx.hll_take_pending_for_batch(BATCH, limit=1)
+        assert tx.vendor.hll_outstanding(CARD) == 5
+        taken = tx.vendor.hll_take_pending_for_batch(BATCH, limit=1)
         assert [p.counter for p in taken] == [1]
-        assert tx.vendor_hll_outstanding(CARD) == 5  # batched is still at risk
-        assert tx.vendor_hll_settle_batch(BATCH) == (1, 0)
-        assert tx.vendor_hll_outstanding(CARD) == 3
+        assert tx.vendor.hll_outstanding(CARD) == 5  # batched is still at risk
+        assert tx.vendor.hll_settle_batch(BATCH) == (1, 0)
+        assert tx.vendor.hll_outstanding(CARD) == 3
 
 
 def test_taking_a_batch_and_queueing_it_are_one_unit(store: Store) -> None:
@@ -74,22 +74,22 @@ def test_taking_a_batch_and_queueing_it_are_one_unit(store: Store) -> None:
         for counter in range(1, 6):
             _record(tx, counter)
     with store.transaction() as tx:
-        taken = tx.hll_take_pending_for_batch(BATCH, limit=3)
-        tx.outbox_add(BATCH, OutboxKind.HLL, b"payload", now=200)
+        taken = tx.vendor.hll_take_pending_for_batch(BATCH, limit=3)
+        tx.vendor.outbox_add(BATCH, OutboxKind.HLL, b"payload", now=200)
     assert [p.counter for p in taken] == [1, 2, 3]
     assert all(p.state is HllPaymentState.BATCHED and p.batch_id == BATCH for p in taken)
 
     def take_then_crash(tx: Tx) -> None:
-        assert len(tx.hll_take_pending_for_batch(b"X" * 32, limit=10)) == 2
-        tx.outbox_add(b"X" * 32, OutboxKind.HLL, b"payload", now=201)
+        assert len(tx.vendor.hll_take_pending_for_batch(b"X" * 32, limit=10)) == 2
+        tx.vendor.outbox_add(b"X" * 32, OutboxKind.HLL, b"payload", now=201)
 
     with pytest.raises(RuntimeError):
         fail_inside(store, take_then_crash)
     with store.transaction() as tx:
-        assert tx.outbox_item(b"X" * 32) is None
-        assert tx.vendor_hll_batch_payments(b"X" * 32) == []
-        rest = tx.hll_take_pending_for_batch(b"N" * 32, limit=10)
-        assert tx.hll_take_pending_for_batch(b"E" * 32, limit=10) == []
+        assert tx.vendor.outbox_item(b"X" * 32) is None
+        assert tx.vendor.hll_batch_payments(b"X" * 32) == []
+        rest = tx.vendor.hll_take_pending_for_batch(b"N" * 32, limit=10)
+        assert tx.vendor.hll_take_pending_for_batch(b"E" * 32, limit=10) == []
     assert [p.counter for p in rest] == [4, 5]
 
 
@@ -97,9 +97,9 @@ def test_settling_a_batch_marks_rejections(store: Store) -> None:
     with store.transaction() as tx:
         for counter in range(1, 4):
             _record(tx, counter)
-        tx.hll_take_pending_for_batch(BATCH, limit=10)
-        assert tx.vendor_hll_settle_batch(BATCH, rejected=[(CARD, 2)]) == (2, 1)
-        states = {p.counter: p.state for p in tx.vendor_hll_batch_payments(BATCH)}
+        tx.vendor.hll_take_pending_for_batch(BATCH, limit=10)
+        assert tx.vendor.hll_settle_batch(BATCH, rejected=[(CARD, 2)]) == (2, 1)
+        states = {p.counter: p.state for p in tx.vendor.hll_batch_payments(BATCH)}
     assert states == {
         1: HllPaymentState.SETTLED,
         2: HllPaymentState.REJECTED,
@@ -109,19 +109,19 @@ def test_settling_a_batch_marks_rejections(store: Store) -> None:
 
 def test_the_outbox_survives_a_restart(store_target: str, store: Store) -> None:
     with store.transaction() as tx:
-        tx.outbox_add(BATCH, OutboxKind.PAYWORD, b"payload", now=100)
+        tx.vendor.outbox_add(BATCH, OutboxKind.PAYWORD, b"payload", now=100)
     store.close()
     with open_store(store_target, create=False) as reopened, reopened.transaction() as tx:
-        due = tx.outbox_due(now=100, limit=10)
+        due = tx.vendor.outbox_due(now=100, limit=10)
         assert [(d.batch_id, d.kind, d.state, d.payload) for d in due] == [
             (BATCH, OutboxKind.PAYWORD, OutboxState.PENDING, b"payload")
         ]
-        assert tx.outbox_mark(BATCH, OutboxState.SENT, 1, next_attempt_at=160, report=None)
-        assert tx.outbox_due(now=159, limit=10) == []
-        assert [d.attempts for d in tx.outbox_due(now=160, limit=10)] == [1]
-        assert tx.outbox_mark(BATCH, OutboxState.DONE, 2, next_attempt_at=160, report="{}")
-        assert tx.outbox_due(now=10**10, limit=10) == []
-        item = tx.outbox_item(BATCH)
+        assert tx.vendor.outbox_mark(BATCH, OutboxState.SENT, 1, next_attempt_at=160, report=None)
+        assert tx.vendor.outbox_due(now=159, limit=10) == []
+        assert [d.attempts for d in tx.vendor.outbox_due(now=160, limit=10)] == [1]
+        assert tx.vendor.outbox_mark(BATCH, OutboxState.DONE, 2, next_attempt_at=160, report="{}")
+        assert tx.vendor.outbox_due(now=10**10, limit=10) == []
+        item = tx.vendor.outbox_item(BATCH)
     assert item is not None
     assert (item.state, item.report) == (OutboxState.DONE, "{}")
 
@@ -132,7 +132,7 @@ def test_the_risk_limit_holds_under_concurrency(store: Store) -> None:
 
     def accept(counter: int) -> bool:
         def unit(tx: Tx) -> None:
-            if tx.vendor_hll_outstanding(CARD) + 3 > limit:
+            if tx.vendor.hll_outstanding(CARD) + 3 > limit:
                 raise InsufficientFunds("risk limit", code=ErrorCode.RISK_LIMIT)
             _record(tx, counter, units=3)
 
@@ -144,7 +144,7 @@ def test_the_risk_limit_holds_under_concurrency(store: Store) -> None:
 
     assert race(6, accept).count(True) == 3
     with store.transaction(readonly=True) as tx:
-        assert tx.vendor_hll_outstanding(CARD) == 9
+        assert tx.vendor.hll_outstanding(CARD) == 9
 
 
 def test_the_merchant_cap_holds_under_concurrency_across_cards(store: Store) -> None:
@@ -184,7 +184,7 @@ def test_the_merchant_cap_holds_under_concurrency_across_cards(store: Store) -> 
     assert deferred.count(True) == 3
     assert deferred.count(False) == 5
     with store.transaction(readonly=True) as tx:
-        assert tx.vendor_hll_outstanding_total() == 9
+        assert tx.vendor.hll_outstanding_total() == 9
 
 
 def test_a_card_refused_at_deposit_stays_charged_against_its_limit(store: Store) -> None:
@@ -192,11 +192,11 @@ def test_a_card_refused_at_deposit_stays_charged_against_its_limit(store: Store)
     card that cheats costs a deferred merchant at most the per-card limit over its life."""
     with store.transaction() as tx:
         _record(tx, 1, units=3)
-        tx.hll_take_pending_for_batch(BATCH, limit=10)
-        tx.vendor_hll_settle_batch(BATCH, rejected={(CARD, 1)})
-        assert tx.vendor_hll_outstanding(CARD) == 0  # nothing awaits the bank any more
-        assert tx.vendor_hll_exposure(CARD) == 3  # but the refused 3 still count
-        assert tx.vendor_hll_outstanding_total() == 0
+        tx.vendor.hll_take_pending_for_batch(BATCH, limit=10)
+        tx.vendor.hll_settle_batch(BATCH, rejected={(CARD, 1)})
+        assert tx.vendor.hll_outstanding(CARD) == 0  # nothing awaits the bank any more
+        assert tx.vendor.hll_exposure(CARD) == 3  # but the refused 3 still count
+        assert tx.vendor.hll_outstanding_total() == 0
     seen: list[tuple[int, int]] = []
 
     def decide(card: int, merchant: int) -> hll.DeferredDecision:
@@ -219,10 +219,10 @@ def test_a_purchase_settled_online_is_refused_when_sent_again(store: Store) -> N
     with pytest.raises(InvalidPayment):
         book.record(pending, decide=lambda card, merchant: hll.DeferredDecision.DEFER)
     with store.transaction(readonly=True) as tx:
-        row = tx.vendor_hll_payment(CARD, 4)
+        row = tx.vendor.hll_payment(CARD, 4)
         assert row is not None
         assert (row.mode, row.state) == (HllMode.ONLINE, HllPaymentState.SETTLED)
-        assert (tx.vendor_hll_exposure(CARD), tx.vendor_hll_outstanding_total()) == (0, 0)
+        assert (tx.vendor.hll_exposure(CARD), tx.vendor.hll_outstanding_total()) == (0, 0)
 
 
 def test_the_risk_limit_holds_under_a_key_lock(store: Store) -> None:
@@ -233,7 +233,7 @@ def test_the_risk_limit_holds_under_a_key_lock(store: Store) -> None:
     def accept(counter: int) -> bool:
         def unit(tx: Tx) -> None:
             tx.lock_key(b"risk:" + CARD)
-            if tx.vendor_hll_outstanding(CARD) + 3 > limit:
+            if tx.vendor.hll_outstanding(CARD) + 3 > limit:
                 raise InsufficientFunds("risk limit", code=ErrorCode.RISK_LIMIT)
             _record(tx, counter, units=3)
 
@@ -245,4 +245,4 @@ def test_the_risk_limit_holds_under_a_key_lock(store: Store) -> None:
 
     assert race(12, accept).count(True) == 3
     with store.transaction(readonly=True) as tx:
-        assert tx.vendor_hll_outstanding(CARD) == 9
+        assert tx.vendor.hll_outstanding(CARD) == 9

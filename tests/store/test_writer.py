@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from farthing.core.errors import Conflict
-from farthing.store import HotTx, Tx, open_store
+from farthing.store import CardStatus, HotTx, Tx, open_store
 from farthing.store.writer import StoreWriter
 from tests.paywall.helpers import issue_chain_cards
 
@@ -29,22 +30,30 @@ def on_loop(request: pytest.FixtureRequest) -> bool:
     return flag
 
 
-async def test_concurrent_advances_of_one_card_win_once(tmp_path: Path) -> None:
+def _block_if_active(card_id: bytes) -> Callable[[Tx], bool]:
+    """A read-then-write job: True iff this job found the card active and blocked it."""
+
+    def block(tx: Tx) -> bool:
+        row = tx.szm.card(card_id)
+        return (
+            row is not None
+            and row.status is CardStatus.ACTIVE
+            and tx.szm.set_status(card_id, CardStatus.BLOCKED)
+        )
+
+    return block
+
+
+async def test_concurrent_jobs_see_each_others_writes_and_win_once(tmp_path: Path) -> None:
     store = open_store(str(tmp_path / "v.sqlite"))
     card = issue_chain_cards(store, 1)[0]
-    row = store.szm_card(card.card_id)
-    assert row is not None
     writer = StoreWriter(store)
-
-    def advance(tx: Tx) -> bool:
-        return tx.szm_advance(card.card_id, 0, 2, b"w" * 32)
-
-    results = await asyncio.gather(*(writer.run(advance) for _ in range(50)))
+    results = await asyncio.gather(*(writer.run(_block_if_active(card.card_id)) for _ in range(50)))
     await writer.aclose()
     assert results.count(True) == 1
     after = open_store(str(tmp_path / "v.sqlite")).szm_card(card.card_id)
     assert after is not None
-    assert (after.spent, after.anchor) == (2, b"w" * 32)
+    assert after.status is CardStatus.BLOCKED
 
 
 async def test_a_failing_job_does_not_take_the_others_with_it(tmp_path: Path) -> None:
@@ -52,10 +61,11 @@ async def test_a_failing_job_does_not_take_the_others_with_it(tmp_path: Path) ->
     cards = issue_chain_cards(store, 3)
     writer = StoreWriter(store)
 
-    def good(index: int):  # type: ignore[no-untyped-def]
-        return lambda tx: tx.szm_advance(cards[index].card_id, 0, 1, b"v" * 32)
+    def good(index: int) -> Callable[[Tx], bool]:
+        return _block_if_active(cards[index].card_id)
 
     def bad(tx: Tx) -> bool:
+        tx.szm.set_status(cards[2].card_id, CardStatus.BLOCKED)
         raise Conflict("this one fails")
 
     outcomes = await asyncio.gather(
@@ -68,10 +78,10 @@ async def test_a_failing_job_does_not_take_the_others_with_it(tmp_path: Path) ->
     for index in (0, 1):
         row = store.szm_card(cards[index].card_id)
         assert row is not None
-        assert row.spent == 1
+        assert row.status is CardStatus.BLOCKED
     untouched = store.szm_card(cards[2].card_id)
     assert untouched is not None
-    assert untouched.spent == 0
+    assert untouched.status is CardStatus.ACTIVE  # the failed job's write rolled back
 
 
 async def test_hot_advances_of_one_card_win_once(tmp_path: Path, on_loop: bool) -> None:
@@ -80,7 +90,7 @@ async def test_hot_advances_of_one_card_win_once(tmp_path: Path, on_loop: bool) 
     writer = StoreWriter(store, on_loop=on_loop)
 
     def advance(hot: HotTx) -> bool:
-        return hot.szm_advance(card.card_id, 0, 2, b"w" * 32)
+        return hot.szm.advance(card.card_id, 0, 2, b"w" * 32)
 
     results = await asyncio.gather(*(writer.run_hot(advance) for _ in range(50)))
     assert (writer._thread is None) is on_loop  # on the loop, no thread was needed
@@ -98,11 +108,11 @@ async def test_hot_and_other_jobs_in_one_batch_each_get_their_result(
     cards = issue_chain_cards(store, 4)
     writer = StoreWriter(store, on_loop=on_loop)
 
-    def hot(index: int):  # type: ignore[no-untyped-def]
-        return lambda h: h.szm_advance(cards[index].card_id, 0, index + 1, None)
+    def hot(index: int) -> Callable[[HotTx], bool]:
+        return lambda h: h.szm.advance(cards[index].card_id, 0, index + 1, None)
 
-    def other(index: int):  # type: ignore[no-untyped-def]
-        return lambda tx: tx.szm_advance(cards[index].card_id, 0, index + 1, None)
+    def other(index: int) -> Callable[[Tx], bool]:
+        return _block_if_active(cards[index].card_id)
 
     def bad_hot(h: HotTx) -> bool:
         raise Conflict("this hot one fails")
@@ -116,8 +126,11 @@ async def test_hot_and_other_jobs_in_one_batch_each_get_their_result(
     assert outcomes[:2] == [True, True]
     assert isinstance(outcomes[2], Conflict)
     assert outcomes[3:] == [True, True, False]  # the second advance of card 0 is stale
-    spent = [store.szm_card(card.card_id) for card in cards]
-    assert [row.spent for row in spent if row is not None] == [1, 2, 3, 4]
+    rows = [store.szm_card(card.card_id) for card in cards]
+    assert [(r.spent, r.status) for r in rows if r is not None] == [
+        (1, CardStatus.ACTIVE), (0, CardStatus.BLOCKED), (3, CardStatus.ACTIVE),
+        (0, CardStatus.BLOCKED),
+    ]  # fmt: skip
 
 
 async def test_a_locked_store_is_waited_for_off_the_loop(tmp_path: Path) -> None:
@@ -131,7 +144,7 @@ async def test_a_locked_store_is_waited_for_off_the_loop(tmp_path: Path) -> None
     other.execute("BEGIN IMMEDIATE")  # another worker, mid-commit
     try:
         advance = asyncio.ensure_future(
-            writer.run_hot(lambda hot: hot.szm_advance(card.card_id, 0, 2, None))
+            writer.run_hot(lambda hot: hot.szm.advance(card.card_id, 0, 2, None))
         )
         started = time.monotonic()
         for _ in range(10):

@@ -187,7 +187,7 @@ def _set_up_issuer(workdir: Path, stack: ExitStack, step: Step) -> Setup:
     store = open_store(str(workdir / "farthing.sqlite"))
     token = new_operator_token(os.urandom)
     with store.transaction() as tx:
-        tx.add_operator_token("demo-operator", token_hash(token))
+        tx.admin.add_operator_token("demo-operator", token_hash(token))
     config = IssuerConfig(keys=keys, rate_limits=RateLimits(enabled=False))
     app = create_issuer_app(config, store, clock=SystemClock(), rng=os.urandom)
     issuer_url = stack.enter_context(BackgroundServer(app, name="issuer"))

@@ -64,7 +64,7 @@ class NewOperatorToken:
 
 
 def find_customer(tx: Tx, customer_id: str) -> AccountRow:
-    row = tx.account_by_name(customer_account_name(customer_id))
+    row = tx.ledger.account_by_name(customer_account_name(customer_id))
     if row is None or row.kind is not AccountKind.CUSTOMER:
         raise NotFound("no such customer")
     return row
@@ -86,10 +86,12 @@ class AccountsService:
 
         def unit(tx: Tx) -> CustomerView:
             name = customer_account_name(customer_id)
-            if tx.account_by_name(name) is not None:
+            if tx.ledger.account_by_name(name) is not None:
                 raise Conflict("this customer exists")
-            tx.create_account(name, AccountKind.CUSTOMER, currency)
-            tx.audit(actor, "customer.create", {"customer": customer_id, "currency": currency})
+            tx.ledger.create_account(name, AccountKind.CUSTOMER, currency)
+            tx.admin.audit(
+                actor, "customer.create", {"customer": customer_id, "currency": currency}
+            )
             return CustomerView(customer_id=customer_id, currency=currency, available_micros=0)
 
         return self._store.run_in_transaction(unit)
@@ -97,7 +99,7 @@ class AccountsService:
     def customer(self, customer_id: str) -> CustomerView:
         with self._store.transaction(readonly=True) as tx:
             row = find_customer(tx, customer_id)
-            balance = tx.balance(row.id)
+            balance = tx.ledger.balance(row.id)
         return CustomerView(
             customer_id=customer_id, currency=row.currency, available_micros=-balance
         )
@@ -110,18 +112,20 @@ class AccountsService:
         def unit(tx: Tx) -> LoadResult:
             row = find_customer(tx, customer_id)
             books = self._system.books(tx, row.currency)
-            earlier = tx.ledger_txn(ledger_ref)
+            earlier = tx.ledger.txn(ledger_ref)
             if earlier is None:
-                tx.post("load", ledger_ref, [(books.cash, amount_micros), (row.id, -amount_micros)])
+                tx.ledger.post(
+                    "load", ledger_ref, [(books.cash, amount_micros), (row.id, -amount_micros)]
+                )
                 detail = {"customer": customer_id, "reference": reference, "micros": amount_micros}
-                tx.audit(actor, "customer.load", detail)
+                tx.admin.audit(actor, "customer.load", detail)
             elif not _same_load(tx, earlier.id, row.id, amount_micros):
                 raise Conflict("this load reference was used for another amount")
             return LoadResult(
                 customer_id=customer_id,
                 reference=reference,
                 amount_micros=amount_micros,
-                available_micros=-tx.balance(row.id),
+                available_micros=-tx.ledger.balance(row.id),
             )
 
         return self._store.run_in_transaction(unit)
@@ -135,23 +139,27 @@ class AccountsService:
         sealed = seal_merchant_key(self._wrap_key, merchant_id, key, self._rng)
 
         def unit(tx: Tx) -> None:
-            if tx.merchant(merchant_id) is not None:
+            if tx.admin.merchant(merchant_id) is not None:
                 raise Conflict("this merchant exists")
             name = merchant_account_name(merchant_id)
-            account_id = tx.create_account(name, AccountKind.MERCHANT, currency)
-            tx.add_merchant(merchant_id, account_id, sealed)
-            tx.audit(actor, "merchant.create", {"merchant": merchant_id, "currency": currency})
+            account_id = tx.ledger.create_account(name, AccountKind.MERCHANT, currency)
+            tx.admin.add_merchant(merchant_id, account_id, sealed)
+            tx.admin.audit(
+                actor, "merchant.create", {"merchant": merchant_id, "currency": currency}
+            )
 
         self._store.run_in_transaction(unit)
         return NewMerchant(merchant_id=merchant_id, currency=currency, key=key)
 
     def merchants(self) -> list[MerchantView]:
         with self._store.transaction(readonly=True) as tx:
-            return [_merchant_view(tx, row.merchant_id, row.account_id) for row in tx.merchants()]
+            return [
+                _merchant_view(tx, row.merchant_id, row.account_id) for row in tx.admin.merchants()
+            ]
 
     def merchant(self, merchant_id: str) -> MerchantView:
         with self._store.transaction(readonly=True) as tx:
-            row = tx.merchant(merchant_id)
+            row = tx.admin.merchant(merchant_id)
             if row is None:
                 raise NotFound("no such merchant")
             return _merchant_view(tx, merchant_id, row.account_id)
@@ -163,8 +171,8 @@ class AccountsService:
         token = new_operator_token(self._rng)
 
         def unit(tx: Tx) -> int:
-            operator_id = tx.add_operator_token(name, token_hash(token))
-            tx.audit(actor, "operator.token.create", {"operator": name, "id": operator_id})
+            operator_id = tx.admin.add_operator_token(name, token_hash(token))
+            tx.admin.audit(actor, "operator.token.create", {"operator": name, "id": operator_id})
             return operator_id
 
         operator_id = self._store.run_in_transaction(unit)
@@ -172,22 +180,24 @@ class AccountsService:
 
     def revoke_operator_token(self, actor: str, operator_id: int) -> bool:
         def unit(tx: Tx) -> bool:
-            revoked = tx.revoke_operator_token(operator_id)
-            tx.audit(actor, "operator.token.revoke", {"id": operator_id, "revoked": revoked})
+            revoked = tx.admin.revoke_operator_token(operator_id)
+            tx.admin.audit(actor, "operator.token.revoke", {"id": operator_id, "revoked": revoked})
             return revoked
 
         return self._store.run_in_transaction(unit)
 
 
 def _same_load(tx: Tx, txn_id: int, account_id: int, amount_micros: int) -> bool:
-    entries = tx.txn_entries(txn_id)
+    entries = tx.ledger.entries(txn_id)
     return any(e.account_id == account_id and e.amount_micros == -amount_micros for e in entries)
 
 
 def _merchant_view(tx: Tx, merchant_id: str, account_id: int) -> MerchantView:
-    account = tx.account(account_id)
+    account = tx.ledger.account(account_id)
     if account is None:
         raise NotFound("no such merchant account")
     return MerchantView(
-        merchant_id=merchant_id, currency=account.currency, owed_micros=-tx.balance(account_id)
+        merchant_id=merchant_id,
+        currency=account.currency,
+        owed_micros=-tx.ledger.balance(account_id),
     )

@@ -85,7 +85,7 @@ class OperatorAuth:
             raise unauthenticated()
         digest = token_hash(token)
         with self._store.transaction(readonly=True) as tx:
-            row = tx.operator_by_token_hash(digest)
+            row = tx.admin.operator_by_token_hash(digest)
         if row is None or not row.active or not constant_time_eq(row.token_hash, digest):
             raise unauthenticated()
         return Operator(id=row.id, name=row.name)
@@ -154,8 +154,8 @@ class MerchantDirectory:
 
     def _load(self, merchant_id: str) -> Merchant | None:
         with self._store.transaction(readonly=True) as tx:
-            row = tx.merchant(merchant_id)
-            account = None if row is None else tx.account(row.account_id)
+            row = tx.admin.merchant(merchant_id)
+            account = None if row is None else tx.ledger.account(row.account_id)
         if row is None or account is None:
             return None
         return Merchant(

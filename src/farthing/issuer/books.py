@@ -112,9 +112,9 @@ def _ensure(tx: Tx, currency: str) -> tuple[Books, bool]:
     created = False
     for attribute, label, kind in _SYSTEM:
         name = f"system:{label}:{currency}"
-        row = tx.account_by_name(name)
+        row = tx.ledger.account_by_name(name)
         if row is None:
-            ids[attribute] = tx.create_account(name, kind, currency)
+            ids[attribute] = tx.ledger.create_account(name, kind, currency)
             created = True
         else:
             ids[attribute] = row.id

@@ -192,9 +192,9 @@ class HllService:
         def unit(tx: Tx) -> Denomination:
             customer = find_customer(tx, customer_id)
             books = self._system.books(tx, customer.currency)
-            if -tx.balance(customer.id) < value:
+            if -tx.ledger.balance(customer.id) < value:
                 raise InsufficientFunds("the customer's account cannot cover this card")
-            tx.hll_add_card(
+            tx.hll.add_card(
                 card_id=card_id,
                 customer_account_id=customer.id,
                 currency=customer.currency,
@@ -202,9 +202,11 @@ class HllService:
                 loaded_units=units,
             )
             reference = f"hll-card:{b64url_encode(card_id)}"
-            tx.post("hll_personalise", reference, [(customer.id, value), (books.hll_float, -value)])
+            tx.ledger.post(
+                "hll_personalise", reference, [(customer.id, value), (books.hll_float, -value)]
+            )
             detail = {"customer": customer_id, "card": b64url_encode(card_id), "units": units}
-            tx.audit(actor, "hll.card.personalise", detail)
+            tx.admin.audit(actor, "hll.card.personalise", detail)
             return Denomination(currency=customer.currency, unit_micros=unit_micros)
 
         # Serializable: the balance check and the posting must not interleave with another.
@@ -234,7 +236,7 @@ class HllService:
 
     def card(self, card_id: bytes) -> HllCardRow:
         with self._store.transaction(readonly=True) as tx:
-            row = tx.hll_card(card_id)
+            row = tx.hll.card(card_id)
         if row is None:
             raise NotFound("no such card")
         return row
@@ -288,7 +290,7 @@ class HllService:
             units=verified.amount,
             credited_micros=verified.amount * verified.denomination.unit_micros,
         )
-        card = self._bank_card(tx.hll_card(verified.card_id))
+        card = self._bank_card(tx.hll.card(verified.card_id))
         hll.card_may_pay(card, checked.offer, merchant_currency=merchant.currency)
         # The store answers the core's judge_spend atomically: spent before (False; only
         # then is an earlier settlement of the same purchase looked for), else covered
@@ -304,7 +306,7 @@ class HllService:
         merchant; False, changing nothing, if (card, counter) was recorded before."""
         verified, merchant, now = checked.verified, checked.merchant, checked.now
         books = self._system.books(tx, merchant.currency)
-        recorded = tx.hll_record_spend(
+        recorded = tx.hll.record_spend(
             verified.card_id,
             verified.counter,
             merchant.merchant_id,
@@ -317,7 +319,9 @@ class HllService:
             return False
         micros = verified.amount * verified.denomination.unit_micros
         reference = f"hll:{b64url_encode(verified.card_id)}:{verified.counter}"
-        tx.post("hll_spend", reference, [(books.hll_float, micros), (merchant.account_id, -micros)])
+        tx.ledger.post(
+            "hll_spend", reference, [(books.hll_float, micros), (merchant.account_id, -micros)]
+        )
         return True
 
     # --- deposits -------------------------------------------------------------------------
@@ -345,7 +349,7 @@ class HllService:
         )
         key = batch_key(merchant.merchant_id, batch_id)
         with self._store.transaction(readonly=True) as tx:
-            earlier = tx.hll_batch(key)
+            earlier = tx.hll.batch(key)
         if earlier is None:
             raise NotFound("no such deposit batch")
         return _stored_outcome(earlier.report)
@@ -361,7 +365,7 @@ class HllService:
     ) -> DepositOutcome:
         # The batch id is claimed before any spend: a concurrent copy of this batch waits
         # here for this transaction and then answers with its report (not a 409).
-        if tx.hll_batch(key) is not None or not tx.hll_claim_batch(
+        if tx.hll.batch(key) is not None or not tx.hll.claim_batch(
             key, merchant.merchant_id, digest, now
         ):
             return _earlier_outcome(tx, key, digest)
@@ -369,13 +373,13 @@ class HllService:
         report, micros = self._settle_items(tx, batch, merchant, key, now)
         if micros:
             reference = f"hll-deposit:{b64url_encode(key)}"
-            tx.post(
+            tx.ledger.post(
                 "hll_deposit",
                 reference,
                 [(books.hll_float, micros), (merchant.account_id, -micros)],
             )
         stored = {"report": b64url_encode(hll.encode_report(report)), "credited_micros": micros}
-        tx.hll_finish_batch(key, stored)
+        tx.hll.finish_batch(key, stored)
         detail = {
             "batch": b64url_encode(batch.batch_id),
             "accepted": len(report.accepted),
@@ -383,7 +387,7 @@ class HllService:
             "invalid": len(report.invalid),
             "micros": micros,
         }
-        tx.audit(f"merchant:{merchant.merchant_id}", "hll.deposit", detail)
+        tx.admin.audit(f"merchant:{merchant.merchant_id}", "hll.deposit", detail)
         return DepositOutcome(report=report, credited_micros=micros, replayed=False)
 
     def _settle_items(
@@ -398,7 +402,7 @@ class HllService:
         for item in batch.items:
             card_id = item.purchase.card_id
             if card_id not in cards:
-                cards[card_id] = self._bank_card(tx.hll_card(card_id))
+                cards[card_id] = self._bank_card(tx.hll.card(card_id))
             judged = hll.judge_deposit_item(
                 cards[card_id],
                 item,
@@ -439,7 +443,7 @@ def _record_spend(
     """Charge a deposited purchase once: None, or why the store would not (spent before,
     or more than the card has left), in the order of the core's ``judge_spend``."""
     try:
-        recorded = tx.hll_record_spend(
+        recorded = tx.hll.record_spend(
             verified.card_id,
             verified.counter,
             verified.merchant_id,
@@ -454,7 +458,7 @@ def _record_spend(
 
 def _settled_before(tx: Tx, checked: CheckedPurchase) -> bool:
     """Was this very purchase settled online before, for this merchant and this offer?"""
-    earlier = tx.hll_spend(checked.verified.card_id, checked.verified.counter)
+    earlier = tx.hll.spend(checked.verified.card_id, checked.verified.counter)
     record = None
     if earlier is not None:
         online_digest = earlier.offer_digest if earlier.batch_id is None else None
@@ -466,7 +470,7 @@ def _settled_before(tx: Tx, checked: CheckedPurchase) -> bool:
 
 def _earlier_outcome(tx: Tx, key: bytes, digest: bytes) -> DepositOutcome:
     """The stored answer to a batch sent before; Conflict if its id came with other items."""
-    earlier = tx.hll_batch(key)
+    earlier = tx.hll.batch(key)
     if earlier is None:  # claimed by a transaction that has not committed: cannot happen
         raise Conflict("the deposit batch is being settled")
     hll.check_resent_batch(earlier.digest, digest)

@@ -107,7 +107,7 @@ class PaywordService:
 
         def unit(tx: Tx) -> payword.Certificate:
             customer = find_customer(tx, customer_id)
-            if tx.payword_user(user_id) is not None:
+            if tx.payword.user(user_id) is not None:
                 raise Conflict("this user exists")
             denomination = Denomination(currency=customer.currency, unit_micros=unit_micros)
             cert = payword.issue_certificate(
@@ -119,7 +119,7 @@ class PaywordService:
                 denomination=denomination,
                 expires_at=now + self._ttl,
             )
-            tx.payword_add_user(
+            tx.payword.add_user(
                 user_id=user_id,
                 account_id=customer.id,
                 public_key=public_key,
@@ -128,11 +128,11 @@ class PaywordService:
                 unit_micros=unit_micros,
             )
             encoded = payword.encode_certificate(cert)
-            tx.payword_add_certificate(
+            tx.payword.add_certificate(
                 cert_id=sha256(encoded), user_id=user_id, cert=encoded, expires_at=cert.expires_at
             )
             detail = {"user": user_id, "customer": customer_id, "credit_limit": credit_limit}
-            tx.audit(actor, "payword.user.register", detail)
+            tx.admin.audit(actor, "payword.user.register", detail)
             return cert
 
         return RegisteredUser(user_id=user_id, certificate=self._store.run_in_transaction(unit))
@@ -154,7 +154,7 @@ class PaywordService:
             # aborts ran out of retries under load (make bench, PostgreSQL: 724 refused).
             tx.lock_key(b"payword-admit:" + commitment.certificate.user_id.encode())
             user = self._known_user(tx, commitment.certificate)
-            known = tx.payword_open_commitments(
+            known = tx.payword.open_commitments(
                 user.user_id, expired_before=now - payword.DEFAULT_REDEEM_WINDOW
             )
             admitted = payword.admit_commitment(
@@ -164,9 +164,11 @@ class PaywordService:
                 open_commitments=known,
                 now=now,
             )
-            if all(c.commitment_id != cid for c in known) and tx.payword_admit(admitted):
+            if all(c.commitment_id != cid for c in known) and tx.payword.admit(admitted):
                 detail = {"commitment": b64url_encode(cid), "vendor": merchant.merchant_id}
-                tx.audit(f"merchant:{merchant.merchant_id}", "payword.commitment.admit", detail)
+                tx.admin.audit(
+                    f"merchant:{merchant.merchant_id}", "payword.commitment.admit", detail
+                )
             mine = [c for c in known if c.commitment_id != cid] + [admitted]
             cert = commitment.certificate
             return Admitted(
@@ -179,8 +181,8 @@ class PaywordService:
 
     def _known_user(self, tx: Tx, cert: payword.Certificate) -> PaywordUserRow:
         """The user of a certificate this broker issued, with that key; InvalidPayment else."""
-        user = tx.payword_user(cert.user_id)
-        stored = tx.payword_certificate(sha256(payword.encode_certificate(cert)))
+        user = tx.payword.user(cert.user_id)
+        stored = tx.payword.certificate(sha256(payword.encode_certificate(cert)))
         if user is None or stored is None or stored.user_id != user.user_id:
             # a certificate this broker never issued (or for someone else)
             raise InvalidPayment("redemption did not verify", code=ErrorCode.DEPOSIT_INVALID)
@@ -216,7 +218,7 @@ class PaywordService:
         cid = verified.state.commitment_id
         credit = payword.judge_claim(
             verified,
-            admitted=tx.payword_admitted(cid),
+            admitted=tx.payword.admitted(cid),
             vendor_currency=merchant.currency,
             user_currency=user.currency,
         )
@@ -225,17 +227,17 @@ class PaywordService:
                 commitment_id=cid, index=redemption.index, credited_units=0, credited_micros=0
             )
         # The store's compare-and-set has the last word when claims race.
-        units = tx.payword_redeem(cid, merchant.merchant_id, user.user_id, redemption.index, now)
+        units = tx.payword.redeem(cid, merchant.merchant_id, user.user_id, redemption.index, now)
         micros = units * credit.denomination.unit_micros
         if units:
             reference = f"payword:{b64url_encode(cid)}:{redemption.index}"
-            tx.post(
+            tx.ledger.post(
                 "payword_redeem",
                 reference,
                 [(user.account_id, micros), (merchant.account_id, -micros)],
             )
             detail = {"commitment": b64url_encode(cid), "index": redemption.index, "units": units}
-            tx.audit(f"merchant:{merchant.merchant_id}", "payword.redeem", detail)
+            tx.admin.audit(f"merchant:{merchant.merchant_id}", "payword.redeem", detail)
         return Redeemed(
             commitment_id=cid, index=redemption.index, credited_units=units, credited_micros=micros
         )

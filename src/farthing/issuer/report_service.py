@@ -69,10 +69,10 @@ class ReportService:
         books = self._system.books(tx, currency)
         owed = sum(m.owed_micros for m in merchants if m.currency == currency)
         balances = {
-            AccountKind.CASH: tx.balance(books.cash),
-            AccountKind.CARD_FLOAT: tx.balance(books.hll_float),
-            AccountKind.PREPAID_FLOAT: tx.balance(books.szm_float),
-            AccountKind.REVENUE: tx.balance(books.szm_revenue),
+            AccountKind.CASH: tx.ledger.balance(books.cash),
+            AccountKind.CARD_FLOAT: tx.ledger.balance(books.hll_float),
+            AccountKind.PREPAID_FLOAT: tx.ledger.balance(books.szm_float),
+            AccountKind.REVENUE: tx.ledger.balance(books.szm_revenue),
             AccountKind.MERCHANT: -owed,
         }
         # Every currency's entries sum to zero, so the customers hold the remainder.

@@ -154,11 +154,11 @@ class SzmService:
 
         def unit(tx: Tx) -> None:
             books = self._system.books(tx, batch.currency)
-            tx.szm_insert_batch(batch)
-            tx.szm_insert_cards(rows)
+            tx.szm.insert_batch(batch)
+            tx.szm.insert_cards(rows)
             value = spec.value_micros
             reference = f"szm-batch:{b64url_encode(batch.batch_id)}"
-            tx.post("szm_sale", reference, [(books.cash, value), (books.szm_float, -value)])
+            tx.ledger.post("szm_sale", reference, [(books.cash, value), (books.szm_float, -value)])
             detail = {
                 "batch": b64url_encode(batch.batch_id),
                 "protocol": spec.protocol.value,
@@ -166,7 +166,7 @@ class SzmService:
                 "units": spec.units,
                 "micros": value,
             }
-            tx.audit(actor, "szm.batch.issue", detail)
+            tx.admin.audit(actor, "szm.batch.issue", detail)
 
         self._store.run_in_transaction(unit)
         return batch
@@ -228,7 +228,7 @@ class SzmService:
 
     def batch(self, batch_id: bytes) -> SzmBatchRow:
         with self._store.transaction(readonly=True) as tx:
-            row = tx.szm_batch(batch_id)
+            row = tx.szm.batch(batch_id)
         if row is None:
             raise NotFound("no such batch")
         return row
@@ -238,29 +238,29 @@ class SzmService:
         carry the card secrets)."""
 
         def unit(tx: Tx) -> ExportPage:
-            batch = tx.szm_batch(batch_id)
+            batch = tx.szm.batch(batch_id)
             if batch is None:
                 raise NotFound("no such batch")
             master = self._masters[batch.protocol]
             stop = min(batch.count, offset + limit)
             cards = []
             for index in range(offset, stop):
-                row = tx.szm_card(derive_card_id(master, batch_id, index))
+                row = tx.szm.card(derive_card_id(master, batch_id, index))
                 if row is None:
                     raise NotFound("a card of this batch is missing")
                 cards.append(self._exported(row))
             detail = {"batch": b64url_encode(batch_id), "offset": offset, "count": len(cards)}
-            tx.audit(actor, "szm.batch.export", detail)
+            tx.admin.audit(actor, "szm.batch.export", detail)
             return ExportPage(batch=batch, offset=offset, cards=tuple(cards))
 
         return self._store.run_in_transaction(unit)
 
     def export_card(self, actor: str, card_id: bytes) -> ExportedCard:
         def unit(tx: Tx) -> ExportedCard:
-            row = tx.szm_card(card_id)
+            row = tx.szm.card(card_id)
             if row is None:
                 raise NotFound("no such card")
-            tx.audit(actor, "szm.card.export", {"card": b64url_encode(card_id)})
+            tx.admin.audit(actor, "szm.card.export", {"card": b64url_encode(card_id)})
             return self._exported(row)
 
         return self._store.run_in_transaction(unit)
@@ -318,8 +318,8 @@ class SzmService:
 
         def unit(tx: Tx) -> int:
             books = self._system.books(tx, currency)
-            micros = tx.szm_recognize_revenue(books.szm_revenue, books.szm_float, reference)
-            tx.audit(actor, "szm.revenue", {"currency": currency, "micros": micros})
+            micros = tx.szm.recognize_revenue(books.szm_revenue, books.szm_float, reference)
+            tx.admin.audit(actor, "szm.revenue", {"currency": currency, "micros": micros})
             return micros
 
         return self._store.run_in_transaction(unit)

@@ -77,7 +77,7 @@ class ChainBook:
 
     async def advance(self, old: szm_chain.ChainCardState, new: szm_chain.ChainCardState) -> bool:
         return await self._writer.run_hot(
-            lambda hot: hot.szm_advance(
+            lambda hot: hot.szm.advance(
                 old.card_id, old.spent, new.spent, new.anchor, new.last_request
             )
         )
@@ -110,7 +110,7 @@ class PrbgBook:
 
     async def advance(self, old: szm_prbg.PrbgCardState, new: szm_prbg.PrbgCardState) -> bool:
         return await self._writer.run_hot(
-            lambda hot: hot.szm_advance(old.card_id, old.spent, new.spent, None, new.last_request)
+            lambda hot: hot.szm.advance(old.card_id, old.spent, new.spent, None, new.last_request)
         )
 
 
@@ -168,14 +168,14 @@ class PaywordBook:
             expires_at=state.expires_at,
         )
         try:
-            await self._writer.run(lambda tx: tx.payword_add_commitment(row))
+            await self._writer.run(lambda tx: tx.vendor.add_commitment(row))
         except Conflict:
             return False  # known already: never reset its spent
         return True
 
     async def advance(self, old: HeldCommitment, new: HeldCommitment) -> bool:
         return await self._writer.run_hot(
-            lambda hot: hot.payword_advance(
+            lambda hot: hot.vendor.payword_advance(
                 old.commitment_id,
                 old.state.spent,
                 new.state.spent,
@@ -197,7 +197,7 @@ class HllDeferredBook:
             # so it is a lock at READ COMMITTED, not SERIALIZABLE (whose aborts ran out
             # of retries under 200 honest buyers at once).
             tx.lock_key(b"vendor-hll-deferred")
-            row = tx.vendor_hll_payment(purchase.card_id, purchase.counter)
+            row = tx.vendor.hll_payment(purchase.card_id, purchase.counter)
             if row is not None:
                 if _is_retry(row, purchase):  # a lost answer: serve it again, take nothing
                     return DeferredRecord(deferred=row.mode is HllMode.DEFERRED, retried=True)
@@ -205,11 +205,11 @@ class HllDeferredBook:
             # Per card: what the bank has not accepted, refusals included (a card that
             # cheated stays charged); per merchant: what the bank has not yet answered.
             decision = decide(
-                tx.vendor_hll_exposure(purchase.card_id), tx.vendor_hll_outstanding_total()
+                tx.vendor.hll_exposure(purchase.card_id), tx.vendor.hll_outstanding_total()
             )
             if decision is not DeferredDecision.DEFER:
                 return DeferredRecord(deferred=False, retried=False)
-            tx.vendor_hll_record(
+            tx.vendor.hll_record(
                 card_id=purchase.card_id,
                 counter=purchase.counter,
                 offer=purchase.offer,
@@ -229,7 +229,7 @@ class HllDeferredBook:
                 raise
         # (card, counter) was taken by a concurrent copy: this very request, or a replay.
         with self._store.transaction(readonly=True) as tx:
-            row = tx.vendor_hll_payment(purchase.card_id, purchase.counter)
+            row = tx.vendor.hll_payment(purchase.card_id, purchase.counter)
         if row is not None and _is_retry(row, purchase):
             return DeferredRecord(deferred=row.mode is HllMode.DEFERRED, retried=True)
         raise _repeat()
@@ -240,7 +240,7 @@ class HllDeferredBook:
         one yet). A concurrent copy already recorded is left as it is."""
 
         def write(tx: Tx) -> None:
-            tx.vendor_hll_record(
+            tx.vendor.hll_record(
                 card_id=purchase.card_id,
                 counter=purchase.counter,
                 offer=purchase.offer,

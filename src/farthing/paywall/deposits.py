@@ -132,7 +132,7 @@ class Depositor:
         """Stage one batch; None if nothing was pending, else whether more may be."""
         batch_id = self._rng(16)
         with self._store.transaction() as tx:
-            rows = tx.hll_take_pending_for_batch(batch_id, self._batch_size)
+            rows = tx.vendor.hll_take_pending_for_batch(batch_id, self._batch_size)
             if not rows:
                 return None
             items = tuple(
@@ -143,7 +143,7 @@ class Depositor:
             )
             batch = hll.DepositBatch(batch_id=batch_id, merchant_id=merchant_id, items=items)
             payload = hll.encode_batch(batch) + hll.batch_tag(merchant_key, batch)
-            tx.outbox_add(batch_id, OutboxKind.HLL, payload, self._clock.now())
+            tx.vendor.outbox_add(batch_id, OutboxKind.HLL, payload, self._clock.now())
         return len(rows) == self._batch_size
 
     def _stage_redemptions(self) -> int:
@@ -160,9 +160,9 @@ class Depositor:
     def _stage_redemptions_once(self) -> int:
         added = 0
         with self._store.transaction() as tx:
-            for row in tx.payword_unredeemed(self._batch_size):
+            for row in tx.vendor.payword_unredeemed(self._batch_size):
                 item_id = _redemption_id(row.commitment_id, row.spent)
-                if tx.outbox_item(item_id) is not None:
+                if tx.vendor.outbox_item(item_id) is not None:
                     continue
                 redemption = payword.Redemption(
                     commitment=payword.decode_commitment(row.commitment),
@@ -170,7 +170,7 @@ class Depositor:
                     value=row.last_value,
                 )
                 payload = payword.encode_redemption(redemption)
-                tx.outbox_add(item_id, OutboxKind.PAYWORD, payload, self._clock.now())
+                tx.vendor.outbox_add(item_id, OutboxKind.PAYWORD, payload, self._clock.now())
                 added += 1
         return added
 
@@ -199,7 +199,7 @@ class Depositor:
     async def flush(self, limit: int = 100) -> FlushReport:
         """Send every due outbox item once."""
         with self._store.transaction(readonly=True) as tx:
-            due = tx.outbox_due(self._clock.now(), limit)
+            due = tx.vendor.outbox_due(self._clock.now(), limit)
         sent = retry = failed = 0
         for item in due:
             outcome = await self._send(item)
@@ -233,7 +233,7 @@ class Depositor:
         """Close a batch's purchases by the bank's report (settled, or rejected if listed)."""
         refused = hll.refused_items(report)  # they stay charged to their cards
         with self._store.transaction() as tx:
-            tx.vendor_hll_settle_batch(batch_id, refused)
+            tx.vendor.hll_settle_batch(batch_id, refused)
         return {
             "credited": report.credited,
             "accepted": len(report.accepted),
@@ -246,7 +246,7 @@ class Depositor:
         credited = await self._target.redeem_payword(redemption)
         commitment_id = payword.commitment_id(redemption.commitment)
         with self._store.transaction() as tx:
-            tx.payword_mark_redeemed(commitment_id, redemption.index)
+            tx.vendor.payword_mark_redeemed(commitment_id, redemption.index)
         return {"credited": credited, "commitment": b64url_encode(commitment_id)}
 
     # -- reconciling -------------------------------------------------------------------------
@@ -265,7 +265,7 @@ class Depositor:
         of it was credited) and is asked about again after a backoff.
         """
         with self._store.transaction(readonly=True) as tx:
-            failed = tx.outbox_in_state(OutboxState.FAILED, self._clock.now(), limit)
+            failed = tx.vendor.outbox_in_state(OutboxState.FAILED, self._clock.now(), limit)
         closed = 0
         for item in failed:
             if item.kind is not OutboxKind.HLL:
@@ -295,7 +295,7 @@ class Depositor:
         next_at = self._clock.now() + (backoff(attempts) if retry else 0)
         text = json.dumps(report, sort_keys=True) if report is not None else None
         with self._store.transaction() as tx:
-            if not tx.outbox_mark(item.batch_id, state, attempts, next_at, text):
+            if not tx.vendor.outbox_mark(item.batch_id, state, attempts, next_at, text):
                 raise LocalProtocolError("outbox item vanished", code=ErrorCode.CONFLICT)
 
 

@@ -4,8 +4,9 @@ Public API (everything else in this package is private)::
 
     store = open_store(path_or_dsn)             # creates/upgrades the schema by default
     with store.transaction() as tx:             # a unit of work: commit or roll back
-        tx.post(...); tx.hll_record_spend(...); tx.szm_insert_cards(...)
-    store.szm_advance(card_id, old, new, anchor)     # the vendor's one-statement hot path
+        tx.ledger.post(...); tx.hll.record_spend(...); tx.szm.insert_cards(...)
+    with store.hot_batch() as hot:              # the paid path's compare-and-set writes
+        hot.szm.advance(card_id, old, new, anchor)
     store.run_in_transaction(fn, retries=5)     # re-run fn on a retryable Conflict
     store.check_ledger()                        # LedgerCheck(balanced, problems, ...)
     upgrade_to_head(target); migrate(store)     # Alembic, configured in code
@@ -47,8 +48,8 @@ from farthing.store._rows import (
     VendorCommitmentRow,
     VendorHllPaymentRow,
 )
-from farthing.store._store import HotTx, Store, migrate, open_store
-from farthing.store._tx import Tx
+from farthing.store._store import Store, migrate, open_store
+from farthing.store._tx import HotTx, Tx
 
 __all__ = [
     "AccountKind",

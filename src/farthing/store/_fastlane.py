@@ -4,14 +4,13 @@ A payment must cost one durable UPDATE and little else. Going through a SQLAlche
 ``Connection`` costs a pool checkout, a BEGIN, event dispatch, result set-up and a
 COMMIT, several times the UPDATE itself on SQLite. So the few hot statements are
 compiled once, by SQLAlchemy, for this store's dialect (no SQL is written by hand), and run
-on a small private set of driver connections in autocommit mode: on SQLite a lone
-UPDATE is its own write transaction (its write lock is taken up front, waiting on the
-busy timeout, exactly like BEGIN IMMEDIATE) and on PostgreSQL it is one round trip.
-The drivers keep the statement prepared (sqlite3's statement cache; psycopg prepares
-server-side after a few executions).
+on a small private set of driver connections in autocommit mode: a lone read
+(:meth:`FastLane.fetch_one`) is one round trip. The drivers keep the statement prepared
+(sqlite3's statement cache; psycopg prepares server-side after a few executions).
 
-:meth:`FastLane.batch` runs several such statements as one transaction (BEGIN, the
-statements, COMMIT): the vendor's group commit, one durable commit for many payments.
+:meth:`FastLane.batch` runs the writes as one transaction (BEGIN, the statements,
+COMMIT; on SQLite ``BEGIN IMMEDIATE`` takes the write lock up front, waiting on the busy
+timeout): the vendor's group commit, one durable commit for many payments.
 
 Connections are reused LIFO from a queue shared by all threads, at most ``max_open`` at a
 time (in use or idle): a caller waits ``timeout`` seconds for one, then gets SQLAlchemy's
@@ -136,26 +135,21 @@ class FastLane:
             self._slots.release()
             self._close_idle()
 
-    def _run(self, statement: FastStatement, params: Mapping[str, object], fetch: bool) -> Any:
+    def _run(self, statement: FastStatement, params: Mapping[str, object]) -> Any:
         connection = self._checkout()
         try:
-            result = _execute(connection, statement, params, fetch)
+            result = _execute(connection, statement, params, fetch=True)
         except BaseException:
             self._discard(connection)
             raise
         self._checkin(connection)
         return result
 
-    def rowcount(self, statement: FastStatement, params: Mapping[str, object]) -> int:
-        """Execute and commit a write; return the number of rows it changed."""
-        count: int = self._run(statement, params, fetch=False)
-        return count
-
     def fetch_one(
         self, statement: FastStatement, params: Mapping[str, object]
     ) -> dict[str, Any] | None:
         """Execute a read; return the first row as a column -> value dict, or None."""
-        row: dict[str, Any] | None = self._run(statement, params, fetch=True)
+        row: dict[str, Any] | None = self._run(statement, params)
         return row
 
     @contextlib.contextmanager

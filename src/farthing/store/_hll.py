@@ -7,7 +7,7 @@ Both happen inside one SAVEPOINT within the caller's transaction, where the call
 posts the ledger credit (card float -> merchant), so a spend is counted exactly once or
 not at all.
 
-:func:`record_spend` outcomes, chosen so that a deposit batch can go on item by item:
+:meth:`HllArea.record_spend` outcomes, chosen so that a deposit batch can go on item by item:
 
 - ``True``: recorded and charged to the card;
 - ``False``: that (card, counter) was recorded before; nothing changed, no exception;
@@ -20,6 +20,7 @@ not at all.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import final
 
 from sqlalchemy import exc, insert, select, update
 
@@ -27,193 +28,186 @@ from farthing.core.errors import ErrorCode, InsufficientFunds, NotFound
 from farthing.store._errors import is_unique_violation, unique_violation_as
 from farthing.store._rows import CardStatus, HllBatchRow, HllCardRow, HllSpendRow
 from farthing.store._schema import hll_cards, hll_deposit_batches, hll_spends, merchants
-from farthing.store._sql import Ctx, build, dump_json, insert_if_absent, load_json, require_positive
+from farthing.store._sql import (
+    Area,
+    build,
+    dump_json,
+    insert_if_absent,
+    load_json,
+    require_positive,
+)
 
 __all__ = [
-    "add_card",
-    "batch",
-    "card",
-    "claim_batch",
-    "finish_batch",
-    "load",
-    "record_spend",
-    "save_batch",
-    "set_status",
-    "spend",
+    "HllArea",
 ]
-
-
-def add_card(
-    ctx: Ctx,
-    *,
-    card_id: bytes,
-    customer_account_id: int,
-    currency: str,
-    unit_micros: int,
-    loaded_units: int = 0,
-) -> None:
-    values = {
-        "card_id": card_id,
-        "customer_account_id": customer_account_id,
-        "currency": currency,
-        "unit_micros": unit_micros,
-        "loaded_units": loaded_units,
-        "spent_units": 0,
-        "status": CardStatus.ACTIVE.value,
-        "created_at": ctx.clock.now(),
-    }
-    with unique_violation_as(ErrorCode.CONFLICT, "this card exists"):
-        ctx.conn.execute(insert(hll_cards).values(values))
-
-
-def card(ctx: Ctx, card_id: bytes) -> HllCardRow | None:
-    stmt = select(hll_cards).where(hll_cards.c.card_id == card_id)
-    row = ctx.conn.execute(stmt).mappings().one_or_none()
-    return None if row is None else build(HllCardRow, row, status=CardStatus(row["status"]))
-
-
-def load(ctx: Ctx, card_id: bytes, units: int) -> None:
-    """Add ``units`` to the card's loaded value (the caller posts the card float)."""
-    require_positive(units, "units")
-    stmt = (
-        update(hll_cards)
-        .where(hll_cards.c.card_id == card_id)
-        .values(loaded_units=hll_cards.c.loaded_units + units)
-    )
-    if ctx.conn.execute(stmt).rowcount != 1:
-        raise NotFound("no such card")
-
-
-def set_status(ctx: Ctx, card_id: bytes, status: CardStatus) -> bool:
-    stmt = (
-        update(hll_cards)
-        .where(hll_cards.c.card_id == card_id)
-        .values(status=CardStatus(status).value)
-    )
-    return ctx.conn.execute(stmt).rowcount == 1
-
-
-def record_spend(
-    ctx: Ctx,
-    card_id: bytes,
-    counter: int,
-    merchant_id: str,
-    amount_units: int,
-    batch_id: bytes | None,
-    at: int,
-    offer_digest: bytes | None = None,
-) -> bool:
-    """Record spend (card, counter) and charge it to the card; see the module docstring."""
-    require_positive(amount_units, "amount_units")
-    savepoint = ctx.conn.begin_nested()
-    try:
-        ctx.conn.execute(
-            insert(hll_spends).values(
-                card_id=card_id,
-                counter=counter,
-                merchant_id=merchant_id,
-                amount_units=amount_units,
-                batch_id=batch_id,
-                at=at,
-                offer_digest=offer_digest,
-            )
-        )
-    except exc.IntegrityError as error:
-        savepoint.rollback()
-        if is_unique_violation(error):
-            return False
-        _raise_if_unknown(ctx, card_id, merchant_id)
-        raise
-    if not _charge(ctx, card_id, amount_units):
-        savepoint.rollback()
-        _raise_if_unknown(ctx, card_id, merchant_id)
-        raise InsufficientFunds("the card cannot cover this spend")
-    savepoint.commit()
-    return True
-
-
-def _charge(ctx: Ctx, card_id: bytes, amount_units: int) -> bool:
-    c = hll_cards.c
-    stmt = (
-        update(hll_cards)
-        .where(c.card_id == card_id, c.spent_units + amount_units <= c.loaded_units)
-        .values(spent_units=c.spent_units + amount_units)
-    )
-    return ctx.conn.execute(stmt).rowcount == 1
-
-
-def _raise_if_unknown(ctx: Ctx, card_id: bytes, merchant_id: str) -> None:
-    if card(ctx, card_id) is None:
-        raise NotFound("no such card")
-    known = select(merchants.c.merchant_id).where(merchants.c.merchant_id == merchant_id)
-    if ctx.conn.execute(known).first() is None:
-        raise NotFound("no such merchant")
-
-
-def spend(ctx: Ctx, card_id: bytes, counter: int) -> HllSpendRow | None:
-    stmt = select(hll_spends).where(
-        hll_spends.c.card_id == card_id, hll_spends.c.counter == counter
-    )
-    row = ctx.conn.execute(stmt).mappings().one_or_none()
-    return None if row is None else build(HllSpendRow, row)
-
-
-def batch(ctx: Ctx, batch_id: bytes) -> HllBatchRow | None:
-    stmt = select(hll_deposit_batches).where(hll_deposit_batches.c.batch_id == batch_id)
-    row = ctx.conn.execute(stmt).mappings().one_or_none()
-    return None if row is None else build(HllBatchRow, row, report=load_json(row["report"]))
-
-
-def save_batch(
-    ctx: Ctx,
-    batch_id: bytes,
-    merchant_id: str,
-    digest: bytes,
-    report: Mapping[str, object],
-    at: int,
-) -> None:
-    """Remember a processed deposit batch; Conflict if this batch id was saved before."""
-    values = {
-        "batch_id": batch_id,
-        "merchant_id": merchant_id,
-        "digest": digest,
-        "report": dump_json(report),
-        "at": at,
-    }
-    with unique_violation_as(ErrorCode.CONFLICT, "this deposit batch was processed"):
-        ctx.conn.execute(insert(hll_deposit_batches).values(values))
 
 
 _CLAIMED: Mapping[str, object] = {"claimed": True}
 
 
-def claim_batch(ctx: Ctx, batch_id: bytes, merchant_id: str, digest: bytes, at: int) -> bool:
-    """Take a deposit batch id for this transaction, before any of its spends: True if taken,
-    False if another transaction holds it (then it has committed it: read it with
-    :func:`batch`).
+@final
+class HllArea(Area):
+    """The issuer's HLL cards, spends and deposit batches, in one transaction."""
 
-    The row is the lock. On PostgreSQL a second copy of the batch blocks on the primary key
-    until the first commits, then fails here and reads the first one's report; were it to
-    settle the items first, it would find them all spent and then fail on the batch row.
-    The placeholder report is replaced by :func:`finish_batch` in the same transaction, so
-    no other transaction ever sees it.
-    """
-    values = {
-        "batch_id": batch_id,
-        "merchant_id": merchant_id,
-        "digest": digest,
-        "report": dump_json(_CLAIMED),
-        "at": at,
-    }
-    return insert_if_absent(ctx, hll_deposit_batches, values)
+    __slots__ = ()
 
+    def add_card(
+        self,
+        *,
+        card_id: bytes,
+        customer_account_id: int,
+        currency: str,
+        unit_micros: int,
+        loaded_units: int = 0,
+    ) -> None:
+        values = {
+            "card_id": card_id,
+            "customer_account_id": customer_account_id,
+            "currency": currency,
+            "unit_micros": unit_micros,
+            "loaded_units": loaded_units,
+            "spent_units": 0,
+            "status": CardStatus.ACTIVE.value,
+            "created_at": self._ctx.clock.now(),
+        }
+        with unique_violation_as(ErrorCode.CONFLICT, "this card exists"):
+            self._ctx.conn.execute(insert(hll_cards).values(values))
 
-def finish_batch(ctx: Ctx, batch_id: bytes, report: Mapping[str, object]) -> None:
-    """Store the report of a batch this transaction claimed."""
-    stmt = (
-        update(hll_deposit_batches)
-        .where(hll_deposit_batches.c.batch_id == batch_id)
-        .values(report=dump_json(report))
-    )
-    if ctx.conn.execute(stmt).rowcount != 1:
-        raise NotFound("no such deposit batch")
+    def card(self, card_id: bytes) -> HllCardRow | None:
+        stmt = select(hll_cards).where(hll_cards.c.card_id == card_id)
+        row = self._ctx.conn.execute(stmt).mappings().one_or_none()
+        return None if row is None else build(HllCardRow, row, status=CardStatus(row["status"]))
+
+    def load(self, card_id: bytes, units: int) -> None:
+        """Add ``units`` to the card's loaded value (the caller posts the card float)."""
+        require_positive(units, "units")
+        stmt = (
+            update(hll_cards)
+            .where(hll_cards.c.card_id == card_id)
+            .values(loaded_units=hll_cards.c.loaded_units + units)
+        )
+        if self._ctx.conn.execute(stmt).rowcount != 1:
+            raise NotFound("no such card")
+
+    def set_status(self, card_id: bytes, status: CardStatus) -> bool:
+        stmt = (
+            update(hll_cards)
+            .where(hll_cards.c.card_id == card_id)
+            .values(status=CardStatus(status).value)
+        )
+        return self._ctx.conn.execute(stmt).rowcount == 1
+
+    def record_spend(
+        self,
+        card_id: bytes,
+        counter: int,
+        merchant_id: str,
+        amount_units: int,
+        batch_id: bytes | None,
+        at: int,
+        offer_digest: bytes | None = None,
+    ) -> bool:
+        """Record spend (card, counter) and charge it to the card; see the module docstring."""
+        require_positive(amount_units, "amount_units")
+        savepoint = self._ctx.conn.begin_nested()
+        try:
+            self._ctx.conn.execute(
+                insert(hll_spends).values(
+                    card_id=card_id,
+                    counter=counter,
+                    merchant_id=merchant_id,
+                    amount_units=amount_units,
+                    batch_id=batch_id,
+                    at=at,
+                    offer_digest=offer_digest,
+                )
+            )
+        except exc.IntegrityError as error:
+            savepoint.rollback()
+            if is_unique_violation(error):
+                return False
+            self._raise_if_unknown(card_id, merchant_id)
+            raise
+        if not self._charge(card_id, amount_units):
+            savepoint.rollback()
+            self._raise_if_unknown(card_id, merchant_id)
+            raise InsufficientFunds("the card cannot cover this spend")
+        savepoint.commit()
+        return True
+
+    def _charge(self, card_id: bytes, amount_units: int) -> bool:
+        c = hll_cards.c
+        stmt = (
+            update(hll_cards)
+            .where(c.card_id == card_id, c.spent_units + amount_units <= c.loaded_units)
+            .values(spent_units=c.spent_units + amount_units)
+        )
+        return self._ctx.conn.execute(stmt).rowcount == 1
+
+    def _raise_if_unknown(self, card_id: bytes, merchant_id: str) -> None:
+        if self.card(card_id) is None:
+            raise NotFound("no such card")
+        known = select(merchants.c.merchant_id).where(merchants.c.merchant_id == merchant_id)
+        if self._ctx.conn.execute(known).first() is None:
+            raise NotFound("no such merchant")
+
+    def spend(self, card_id: bytes, counter: int) -> HllSpendRow | None:
+        stmt = select(hll_spends).where(
+            hll_spends.c.card_id == card_id, hll_spends.c.counter == counter
+        )
+        row = self._ctx.conn.execute(stmt).mappings().one_or_none()
+        return None if row is None else build(HllSpendRow, row)
+
+    def batch(self, batch_id: bytes) -> HllBatchRow | None:
+        stmt = select(hll_deposit_batches).where(hll_deposit_batches.c.batch_id == batch_id)
+        row = self._ctx.conn.execute(stmt).mappings().one_or_none()
+        return None if row is None else build(HllBatchRow, row, report=load_json(row["report"]))
+
+    def save_batch(
+        self,
+        batch_id: bytes,
+        merchant_id: str,
+        digest: bytes,
+        report: Mapping[str, object],
+        at: int,
+    ) -> None:
+        """Remember a processed deposit batch; Conflict if this batch id was saved before."""
+        values = {
+            "batch_id": batch_id,
+            "merchant_id": merchant_id,
+            "digest": digest,
+            "report": dump_json(report),
+            "at": at,
+        }
+        with unique_violation_as(ErrorCode.CONFLICT, "this deposit batch was processed"):
+            self._ctx.conn.execute(insert(hll_deposit_batches).values(values))
+
+    def claim_batch(self, batch_id: bytes, merchant_id: str, digest: bytes, at: int) -> bool:
+        """Take a deposit batch id for this transaction, before any of its spends: True if taken,
+        False if another transaction holds it (then it has committed it: read it with
+        :meth:`batch`).
+
+        The row is the lock. On PostgreSQL a second copy of the batch blocks on the primary key
+        until the first commits, then fails here and reads the first one's report; were it to
+        settle the items first, it would find them all spent and then fail on the batch row.
+        The placeholder report is replaced by :meth:`finish_batch` in the same transaction, so
+        no other transaction ever sees it.
+        """
+        values = {
+            "batch_id": batch_id,
+            "merchant_id": merchant_id,
+            "digest": digest,
+            "report": dump_json(_CLAIMED),
+            "at": at,
+        }
+        return insert_if_absent(self._ctx, hll_deposit_batches, values)
+
+    def finish_batch(self, batch_id: bytes, report: Mapping[str, object]) -> None:
+        """Store the report of a batch this transaction claimed."""
+        stmt = (
+            update(hll_deposit_batches)
+            .where(hll_deposit_batches.c.batch_id == batch_id)
+            .values(report=dump_json(report))
+        )
+        if self._ctx.conn.execute(stmt).rowcount != 1:
+            raise NotFound("no such deposit batch")

@@ -11,11 +11,11 @@ from dataclasses import dataclass
 
 from sqlalchemy import Dialect, Select, Update, bindparam, select, update
 
-from farthing.store._fastlane import FastStatement
+from farthing.store._fastlane import FastBatch, FastStatement
 from farthing.store._rows import CardStatus
 from farthing.store._schema import szm_cards, vendor_payword_commitments
 
-__all__ = ["HotStatements", "PreparedHot"]
+__all__ = ["HotArea", "HotStatements", "PreparedHot"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +54,16 @@ class PreparedHot:
             payword_advance=FastStatement.prepare(hot.payword_advance, dialect),
             payword_commitment=FastStatement.prepare(hot.payword_commitment, dialect),
         )
+
+
+class HotArea:
+    """One area's hot-path writes, bound to one :class:`FastBatch` (a hot batch)."""
+
+    __slots__ = ("_batch", "_prepared")
+
+    def __init__(self, batch: FastBatch, prepared: PreparedHot) -> None:
+        self._batch = batch
+        self._prepared = prepared
 
 
 def _szm_advance() -> Update:

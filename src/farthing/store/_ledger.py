@@ -12,89 +12,25 @@ twice raises :class:`~farthing.core.errors.Conflict` and changes nothing.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import final
 
 from sqlalchemy import insert, select
 
 from farthing.core.errors import Conflict, LocalProtocolError, NotFound
-from farthing.store._rows import AccountKind, AccountRow, LedgerEntryRow, LedgerTxnRow
+from farthing.store._check import check_ledger
+from farthing.store._rows import (
+    AccountKind,
+    AccountRow,
+    LedgerCheck,
+    LedgerEntryRow,
+    LedgerTxnRow,
+)
 from farthing.store._schema import accounts, ledger_entries, ledger_txns
-from farthing.store._sql import Ctx, build, inserted_id, total
+from farthing.store._sql import Area, build, inserted_id, total
 
 __all__ = [
-    "account",
-    "account_by_name",
-    "balance",
-    "create_account",
-    "ledger_txn",
-    "post",
-    "txn_entries",
+    "LedgerArea",
 ]
-
-
-def create_account(ctx: Ctx, name: str, kind: AccountKind, currency: str) -> int:
-    values = {
-        "name": name,
-        "kind": AccountKind(kind).value,
-        "currency": currency,
-        "created_at": ctx.clock.now(),
-    }
-    result = ctx.conn.execute(insert(accounts).values(values))
-    return inserted_id(result)
-
-
-def account(ctx: Ctx, account_id: int) -> AccountRow | None:
-    stmt = select(accounts).where(accounts.c.id == account_id)
-    row = ctx.conn.execute(stmt).mappings().one_or_none()
-    return None if row is None else build(AccountRow, row, kind=AccountKind(row["kind"]))
-
-
-def account_by_name(ctx: Ctx, name: str) -> AccountRow | None:
-    stmt = select(accounts).where(accounts.c.name == name)
-    row = ctx.conn.execute(stmt).mappings().one_or_none()
-    return None if row is None else build(AccountRow, row, kind=AccountKind(row["kind"]))
-
-
-def balance(ctx: Ctx, account_id: int) -> int:
-    stmt = select(total(ledger_entries.c.amount_micros)).where(
-        ledger_entries.c.account_id == account_id
-    )
-    return int(ctx.conn.execute(stmt).scalar_one())
-
-
-def ledger_txn(ctx: Ctx, reference: str) -> LedgerTxnRow | None:
-    stmt = select(ledger_txns).where(ledger_txns.c.reference == reference)
-    row = ctx.conn.execute(stmt).mappings().one_or_none()
-    return None if row is None else build(LedgerTxnRow, row)
-
-
-def txn_entries(ctx: Ctx, txn_id: int) -> list[LedgerEntryRow]:
-    stmt = (
-        select(ledger_entries)
-        .where(ledger_entries.c.txn_id == txn_id)
-        .order_by(ledger_entries.c.id)
-    )
-    return [build(LedgerEntryRow, row) for row in ctx.conn.execute(stmt).mappings()]
-
-
-def post(ctx: Ctx, kind: str, reference: str, postings: Sequence[tuple[int, int]]) -> int:
-    """Record one balanced transaction; return its id.
-
-    Refuses (LocalProtocolError) fewer than two postings, a zero or non-integer amount, a
-    set that does not sum to zero, or accounts in different currencies; NotFound for an
-    unknown account; Conflict if ``reference`` was posted before.
-    """
-    _check_shape(postings)
-    _check_single_currency(ctx, {account_id for account_id, _ in postings})
-    if ledger_txn(ctx, reference) is not None:
-        raise Conflict("this ledger reference was already posted")
-    txn = {"kind": kind, "reference": reference, "created_at": ctx.clock.now()}
-    txn_id = inserted_id(ctx.conn.execute(insert(ledger_txns).values(txn)))
-    entries = [
-        {"txn_id": txn_id, "account_id": account_id, "amount_micros": amount}
-        for account_id, amount in postings
-    ]
-    ctx.conn.execute(insert(ledger_entries), entries)
-    return txn_id
 
 
 def _check_shape(postings: Sequence[tuple[int, int]]) -> None:
@@ -107,10 +43,79 @@ def _check_shape(postings: Sequence[tuple[int, int]]) -> None:
         raise LocalProtocolError("postings do not sum to zero")
 
 
-def _check_single_currency(ctx: Ctx, account_ids: set[int]) -> None:
-    stmt = select(accounts.c.id, accounts.c.currency).where(accounts.c.id.in_(account_ids))
-    currencies = dict(ctx.conn.execute(stmt).all())
-    if len(currencies) != len(account_ids):
-        raise NotFound("no such account")
-    if len(set(currencies.values())) != 1:
-        raise LocalProtocolError("postings mix currencies")
+@final
+class LedgerArea(Area):
+    """Accounts and the double-entry ledger, in one transaction."""
+
+    __slots__ = ()
+
+    def create_account(self, name: str, kind: AccountKind, currency: str) -> int:
+        values = {
+            "name": name,
+            "kind": AccountKind(kind).value,
+            "currency": currency,
+            "created_at": self._ctx.clock.now(),
+        }
+        result = self._ctx.conn.execute(insert(accounts).values(values))
+        return inserted_id(result)
+
+    def account(self, account_id: int) -> AccountRow | None:
+        stmt = select(accounts).where(accounts.c.id == account_id)
+        row = self._ctx.conn.execute(stmt).mappings().one_or_none()
+        return None if row is None else build(AccountRow, row, kind=AccountKind(row["kind"]))
+
+    def account_by_name(self, name: str) -> AccountRow | None:
+        stmt = select(accounts).where(accounts.c.name == name)
+        row = self._ctx.conn.execute(stmt).mappings().one_or_none()
+        return None if row is None else build(AccountRow, row, kind=AccountKind(row["kind"]))
+
+    def balance(self, account_id: int) -> int:
+        stmt = select(total(ledger_entries.c.amount_micros)).where(
+            ledger_entries.c.account_id == account_id
+        )
+        return int(self._ctx.conn.execute(stmt).scalar_one())
+
+    def txn(self, reference: str) -> LedgerTxnRow | None:
+        stmt = select(ledger_txns).where(ledger_txns.c.reference == reference)
+        row = self._ctx.conn.execute(stmt).mappings().one_or_none()
+        return None if row is None else build(LedgerTxnRow, row)
+
+    def entries(self, txn_id: int) -> list[LedgerEntryRow]:
+        stmt = (
+            select(ledger_entries)
+            .where(ledger_entries.c.txn_id == txn_id)
+            .order_by(ledger_entries.c.id)
+        )
+        return [build(LedgerEntryRow, row) for row in self._ctx.conn.execute(stmt).mappings()]
+
+    def post(self, kind: str, reference: str, postings: Sequence[tuple[int, int]]) -> int:
+        """Record one balanced transaction; return its id.
+
+        Refuses (LocalProtocolError) fewer than two postings, a zero or non-integer amount, a
+        set that does not sum to zero, or accounts in different currencies; NotFound for an
+        unknown account; Conflict if ``reference`` was posted before.
+        """
+        _check_shape(postings)
+        self._check_single_currency({account_id for account_id, _ in postings})
+        if self.txn(reference) is not None:
+            raise Conflict("this ledger reference was already posted")
+        txn = {"kind": kind, "reference": reference, "created_at": self._ctx.clock.now()}
+        txn_id = inserted_id(self._ctx.conn.execute(insert(ledger_txns).values(txn)))
+        entries = [
+            {"txn_id": txn_id, "account_id": account_id, "amount_micros": amount}
+            for account_id, amount in postings
+        ]
+        self._ctx.conn.execute(insert(ledger_entries), entries)
+        return txn_id
+
+    def _check_single_currency(self, account_ids: set[int]) -> None:
+        stmt = select(accounts.c.id, accounts.c.currency).where(accounts.c.id.in_(account_ids))
+        currencies = dict(self._ctx.conn.execute(stmt).all())
+        if len(currencies) != len(account_ids):
+            raise NotFound("no such account")
+        if len(set(currencies.values())) != 1:
+            raise LocalProtocolError("postings mix currencies")
+
+    def check(self) -> LedgerCheck:
+        """Audit the ledger against itself and the card tables (see :mod:`._check`)."""
+        return check_ledger(self._ctx)

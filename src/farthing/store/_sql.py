@@ -27,6 +27,7 @@ from farthing.store._errors import is_unique_violation
 from farthing.store._hot import HotStatements
 
 __all__ = [
+    "Area",
     "Ctx",
     "build",
     "dump_json",
@@ -47,6 +48,16 @@ class Ctx:
     conn: Connection
     clock: Clock
     hot: HotStatements
+
+
+class Area:
+    """One area's operations (a module's repository), bound to one transaction's context:
+    ``tx.hll.add_card(...)``. Each operation is written once, as a method of its area."""
+
+    __slots__ = ("_ctx",)
+
+    def __init__(self, ctx: Ctx) -> None:
+        self._ctx = ctx
 
 
 _LOCK_DOMAIN = b"farthing/store/lock\x00"

@@ -5,13 +5,15 @@ PostgreSQL settings) and hands out units of work::
 
     store = open_store("/var/lib/farthing/vendor.sqlite")
     with store.transaction() as tx:          # commit on success, rollback on exception
-        tx.post("load", "load:42", [(cash, 5_000_000), (card_float, -5_000_000)])
+        tx.ledger.post("load", "load:42", [(cash, 5_000_000), (card_float, -5_000_000)])
 
-    ok = store.szm_advance(card_id, old_spent=3, new_spent=4, new_anchor=w4)  # hot path
+    with store.hot_batch() as hot:           # the paid path: one durable commit for many
+        ok = hot.szm.advance(card_id, old_spent=3, new_spent=4, new_anchor=w4)
 
-The hot-path methods (``szm_advance``, ``payword_advance``, ``szm_card``,
-``payword_commitment``) run one precompiled statement on their own autocommit driver
-connection: each is a whole unit of work, committed (durably) before it returns.
+The hot path runs precompiled statements on the store's own driver connections (the fast
+lane): ``hot_batch`` the compare-and-set writes (group-committed by
+:class:`farthing.store.writer.StoreWriter`), ``szm_card`` and ``payword_commitment`` one
+read each, outside any transaction.
 
 Database errors never escape raw: every unit of work runs inside :func:`map_db_errors`,
 so callers see :class:`~farthing.core.errors.Conflict` (or their own exceptions) only.
@@ -34,16 +36,15 @@ from farthing.core.clock import Clock, SystemClock
 from farthing.core.errors import Conflict, LocalProtocolError
 from farthing.store._engine import Engines, is_postgres_target, make_engines, target_url
 from farthing.store._errors import busy_conflict, is_retryable, map_db_errors
-from farthing.store._fastlane import FastBatch, FastLane
+from farthing.store._fastlane import FastLane
 from farthing.store._hot import HotStatements, PreparedHot
 from farthing.store._migrate import current_revision, head_revision, upgrade_engine
 from farthing.store._rows import LedgerCheck, SzmCardRow, VendorCommitmentRow
 from farthing.store._sql import Ctx, build
-from farthing.store._szm import advance_params, card_row
-from farthing.store._tx import Tx
-from farthing.store._vendor import payword_advance_params
+from farthing.store._szm import card_row
+from farthing.store._tx import HotTx, Tx
 
-__all__ = ["HotTx", "Store", "migrate", "open_store"]
+__all__ = ["Store", "migrate", "open_store"]
 
 T = TypeVar("T")
 _BACKOFF_S: Final = 0.005
@@ -130,35 +131,6 @@ class Store:
 
     # --- the vendor's hot path: one statement, its own short transaction --------------------
 
-    def szm_advance(
-        self,
-        card_id: bytes,
-        old_spent: int,
-        new_spent: int,
-        new_anchor: bytes | None,
-        request: bytes | None = None,
-    ) -> bool:
-        """Compare-and-set a card's spent counter and commit; True iff this call won.
-        ``request``: the paid request's tag, kept for a retry (farthing.core.retry)."""
-        params = advance_params(card_id, old_spent, new_spent, new_anchor, request)
-        with self._writing(), map_db_errors():
-            return self._lane.rowcount(self._prepared.szm_advance, params) == 1
-
-    def payword_advance(
-        self,
-        commitment_id: bytes,
-        old_spent: int,
-        new_spent: int,
-        new_last_value: bytes,
-        request: bytes | None = None,
-    ) -> bool:
-        """Compare-and-set a commitment's spent counter and commit; True iff this call won."""
-        params = payword_advance_params(
-            commitment_id, old_spent, new_spent, new_last_value, request
-        )
-        with self._writing(), map_db_errors():
-            return self._lane.rowcount(self._prepared.payword_advance, params) == 1
-
     @contextmanager
     def hot_batch(self, *, wait: bool = True) -> Iterator[HotTx]:
         """Several hot-path writes in one transaction with one durable commit (the vendor's
@@ -199,7 +171,7 @@ class Store:
     def check_ledger(self) -> LedgerCheck:
         """Audit the ledger against itself and the card tables (read-only)."""
         with self.transaction(readonly=True) as tx:
-            return tx.check_ledger()
+            return tx.ledger.check()
 
     def migrate(self) -> None:
         """Upgrade the schema to the newest revision (idempotent)."""
@@ -259,40 +231,3 @@ def open_store(target: str, *, create: bool = True, clock: Clock | None = None) 
 def _sqlite_file_exists(target: str) -> bool:
     database = target_url(target).database
     return database is not None and Path(database).is_file()
-
-
-@final
-class HotTx:
-    """The hot-path writes of one :meth:`Store.hot_batch` (each a compare-and-set)."""
-
-    __slots__ = ("_batch", "_prepared")
-
-    def __init__(self, batch: FastBatch, prepared: PreparedHot) -> None:
-        self._batch = batch
-        self._prepared = prepared
-
-    def szm_advance(
-        self,
-        card_id: bytes,
-        old_spent: int,
-        new_spent: int,
-        new_anchor: bytes | None,
-        request: bytes | None = None,
-    ) -> bool:
-        """Compare-and-set a card's spent counter; True iff this call won."""
-        params = advance_params(card_id, old_spent, new_spent, new_anchor, request)
-        return self._batch.rowcount(self._prepared.szm_advance, params) == 1
-
-    def payword_advance(
-        self,
-        commitment_id: bytes,
-        old_spent: int,
-        new_spent: int,
-        new_last_value: bytes,
-        request: bytes | None = None,
-    ) -> bool:
-        """Compare-and-set a commitment's spent counter; True iff this call won."""
-        params = payword_advance_params(
-            commitment_id, old_spent, new_spent, new_last_value, request
-        )
-        return self._batch.rowcount(self._prepared.payword_advance, params) == 1

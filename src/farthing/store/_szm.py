@@ -1,11 +1,11 @@
 """SZM prepaid cards: batches, bulk issue, the vendor's one-statement spend, revenue.
 
-The hot path, :func:`advance`, is a single compare-and-set UPDATE
+The hot path, :meth:`HotSzmArea.advance`, is a single compare-and-set UPDATE
 ``... SET spent = new, anchor = a WHERE card_id = c AND spent = old AND units >= new AND
 status = 'active'``; of two payments racing from the same ``spent``, exactly one sees
 ``rowcount == 1``. It posts no ledger entries.
 
-Revenue recognition is separate and periodic: :func:`recognize_revenue` posts, as one
+Revenue recognition is separate and periodic: :meth:`SzmArea.recognize_revenue` posts, as one
 balanced transaction (prepaid float -> revenue), the spent value not yet recognised,
 and moves the per-currency watermark ``szm_recognised`` by the same amount. Selling a
 batch is the caller's posting (cash -> prepaid float, for ``units * unit_micros`` of every
@@ -16,51 +16,25 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 from itertools import islice
-from typing import Any, Final
+from typing import Any, Final, final
 
 from sqlalchemy import insert, select, update
 
 from farthing.core.errors import ErrorCode, LocalProtocolError, NotFound
 from farthing.store._errors import unique_violation_as
-from farthing.store._ledger import account, post
+from farthing.store._hot import HotArea
+from farthing.store._ledger import LedgerArea
 from farthing.store._rows import AccountKind, CardStatus, SzmBatchRow, SzmCardRow, SzmProtocol
 from farthing.store._schema import szm_batches, szm_cards, szm_recognised
-from farthing.store._sql import Ctx, build, insert_if_absent, require_forward, total
+from farthing.store._sql import Area, build, insert_if_absent, require_forward, total
 
 __all__ = [
-    "advance",
-    "advance_params",
-    "batch",
-    "card",
+    "HotSzmArea",
+    "SzmArea",
     "card_row",
-    "insert_batch",
-    "insert_cards",
-    "recognize_revenue",
-    "set_status",
 ]
 
 _CHUNK: Final = 5000
-
-
-def insert_batch(ctx: Ctx, row: SzmBatchRow) -> None:
-    values = {
-        "batch_id": row.batch_id,
-        "protocol": SzmProtocol(row.protocol).value,
-        "count": row.count,
-        "units": row.units,
-        "currency": row.currency,
-        "unit_micros": row.unit_micros,
-        "expires_at": row.expires_at,
-        "created_at": row.created_at,
-    }
-    with unique_violation_as(ErrorCode.CONFLICT, "this batch exists"):
-        ctx.conn.execute(insert(szm_batches).values(values))
-
-
-def batch(ctx: Ctx, batch_id: bytes) -> SzmBatchRow | None:
-    stmt = select(szm_batches).where(szm_batches.c.batch_id == batch_id)
-    row = ctx.conn.execute(stmt).mappings().one_or_none()
-    return None if row is None else build(SzmBatchRow, row, protocol=SzmProtocol(row["protocol"]))
 
 
 def _card_values(row: SzmCardRow) -> dict[str, object]:
@@ -87,17 +61,6 @@ def _chunks(rows: Iterable[SzmCardRow]) -> Iterator[list[dict[str, object]]]:
         yield chunk
 
 
-def insert_cards(ctx: Ctx, rows: Iterable[SzmCardRow]) -> int:
-    """Insert cards with executemany in chunks; return how many. Conflict on a repeated id."""
-    count = 0
-    statement = insert(szm_cards)
-    with unique_violation_as(ErrorCode.CONFLICT, "a card id exists"):
-        for chunk in _chunks(rows):
-            ctx.conn.execute(statement, chunk)
-            count += len(chunk)
-    return count
-
-
 def card_row(row: Mapping[Any, Any]) -> SzmCardRow:
     return build(
         SzmCardRow,
@@ -107,12 +70,7 @@ def card_row(row: Mapping[Any, Any]) -> SzmCardRow:
     )
 
 
-def card(ctx: Ctx, card_id: bytes) -> SzmCardRow | None:
-    row = ctx.conn.execute(ctx.hot.szm_card, {"key_card_id": card_id}).mappings().one_or_none()
-    return None if row is None else card_row(row)
-
-
-def advance_params(
+def _advance_params(
     card_id: bytes,
     old_spent: int,
     new_spent: int,
@@ -132,73 +90,124 @@ def advance_params(
     }
 
 
-def advance(
-    ctx: Ctx,
-    card_id: bytes,
-    old_spent: int,
-    new_spent: int,
-    new_anchor: bytes | None,
-    request: bytes | None = None,
-) -> bool:
-    """Compare-and-set the card's spent counter; False if it lost (stale, blocked, over)."""
-    params = advance_params(card_id, old_spent, new_spent, new_anchor, request)
-    return ctx.conn.execute(ctx.hot.szm_advance, params).rowcount == 1
+@final
+class SzmArea(Area):
+    """SZM batches and cards, and revenue recognition, in one transaction."""
+
+    __slots__ = ()
+
+    def insert_batch(self, row: SzmBatchRow) -> None:
+        values = {
+            "batch_id": row.batch_id,
+            "protocol": SzmProtocol(row.protocol).value,
+            "count": row.count,
+            "units": row.units,
+            "currency": row.currency,
+            "unit_micros": row.unit_micros,
+            "expires_at": row.expires_at,
+            "created_at": row.created_at,
+        }
+        with unique_violation_as(ErrorCode.CONFLICT, "this batch exists"):
+            self._ctx.conn.execute(insert(szm_batches).values(values))
+
+    def batch(self, batch_id: bytes) -> SzmBatchRow | None:
+        stmt = select(szm_batches).where(szm_batches.c.batch_id == batch_id)
+        row = self._ctx.conn.execute(stmt).mappings().one_or_none()
+        return (
+            None if row is None else build(SzmBatchRow, row, protocol=SzmProtocol(row["protocol"]))
+        )
+
+    def insert_cards(self, rows: Iterable[SzmCardRow]) -> int:
+        """Insert cards with executemany in chunks; return how many. Conflict on a repeated id."""
+        count = 0
+        statement = insert(szm_cards)
+        with unique_violation_as(ErrorCode.CONFLICT, "a card id exists"):
+            for chunk in _chunks(rows):
+                self._ctx.conn.execute(statement, chunk)
+                count += len(chunk)
+        return count
+
+    def card(self, card_id: bytes) -> SzmCardRow | None:
+        row = (
+            self._ctx.conn.execute(self._ctx.hot.szm_card, {"key_card_id": card_id})
+            .mappings()
+            .one_or_none()
+        )
+        return None if row is None else card_row(row)
+
+    def set_status(self, card_id: bytes, status: CardStatus) -> bool:
+        stmt = (
+            update(szm_cards)
+            .where(szm_cards.c.card_id == card_id)
+            .values(status=CardStatus(status).value)
+        )
+        return self._ctx.conn.execute(stmt).rowcount == 1
+
+    def recognize_revenue(
+        self, revenue_account_id: int, prepaid_float_account_id: int, reference: str
+    ) -> int:
+        """Post the spent value not yet recognised (float -> revenue); return it in micros."""
+        currency = self._recognition_currency(revenue_account_id, prepaid_float_account_id)
+        recognised = self._lock_watermark(currency)
+        c = szm_cards.c
+        spent_value = self._ctx.conn.execute(
+            select(total(c.spent * c.unit_micros)).where(c.currency == currency)
+        ).scalar_one()
+        delta = int(spent_value) - recognised
+        if delta < 0:
+            raise LocalProtocolError("recognised revenue exceeds spent value")
+        if delta == 0:
+            return 0
+        self._ctx.conn.execute(
+            update(szm_recognised)
+            .where(szm_recognised.c.currency == currency)
+            .values(recognised_micros=recognised + delta)
+        )
+        postings = [(prepaid_float_account_id, delta), (revenue_account_id, -delta)]
+        LedgerArea(self._ctx).post("szm_revenue", reference, postings)
+        return delta
+
+    def _recognition_currency(self, revenue_id: int, float_id: int) -> str:
+        ledger = LedgerArea(self._ctx)
+        revenue, prepaid = ledger.account(revenue_id), ledger.account(float_id)
+        if revenue is None or prepaid is None:
+            raise NotFound("no such account")
+        if revenue.kind is not AccountKind.REVENUE or prepaid.kind is not AccountKind.PREPAID_FLOAT:
+            raise LocalProtocolError("need a revenue and a prepaid float account")
+        if revenue.currency != prepaid.currency:
+            raise LocalProtocolError("accounts differ in currency")
+        return prepaid.currency
+
+    def _lock_watermark(self, currency: str) -> int:
+        """The recognised watermark, row-locked (PostgreSQL) so recognitions run one at a time."""
+        stmt = (
+            select(szm_recognised.c.recognised_micros)
+            .where(szm_recognised.c.currency == currency)
+            .with_for_update()
+        )
+        recognised = self._ctx.conn.execute(stmt).scalar_one_or_none()
+        if recognised is not None:
+            return int(recognised)
+        insert_if_absent(self._ctx, szm_recognised, {"currency": currency, "recognised_micros": 0})
+        return int(self._ctx.conn.execute(stmt).scalar_one())
 
 
-def set_status(ctx: Ctx, card_id: bytes, status: CardStatus) -> bool:
-    stmt = (
-        update(szm_cards)
-        .where(szm_cards.c.card_id == card_id)
-        .values(status=CardStatus(status).value)
-    )
-    return ctx.conn.execute(stmt).rowcount == 1
+@final
+class HotSzmArea(HotArea):
+    """The card's compare-and-set, in one :meth:`~farthing.store.Store.hot_batch` (the
+    paywall's paid path; its only write of a card's spent counter)."""
 
+    __slots__ = ()
 
-def recognize_revenue(
-    ctx: Ctx, revenue_account_id: int, prepaid_float_account_id: int, reference: str
-) -> int:
-    """Post the spent value not yet recognised (float -> revenue); return it in micros."""
-    currency = _recognition_currency(ctx, revenue_account_id, prepaid_float_account_id)
-    recognised = _lock_watermark(ctx, currency)
-    c = szm_cards.c
-    spent_value = ctx.conn.execute(
-        select(total(c.spent * c.unit_micros)).where(c.currency == currency)
-    ).scalar_one()
-    delta = int(spent_value) - recognised
-    if delta < 0:
-        raise LocalProtocolError("recognised revenue exceeds spent value")
-    if delta == 0:
-        return 0
-    ctx.conn.execute(
-        update(szm_recognised)
-        .where(szm_recognised.c.currency == currency)
-        .values(recognised_micros=recognised + delta)
-    )
-    postings = [(prepaid_float_account_id, delta), (revenue_account_id, -delta)]
-    post(ctx, "szm_revenue", reference, postings)
-    return delta
-
-
-def _recognition_currency(ctx: Ctx, revenue_id: int, float_id: int) -> str:
-    revenue, prepaid = account(ctx, revenue_id), account(ctx, float_id)
-    if revenue is None or prepaid is None:
-        raise NotFound("no such account")
-    if revenue.kind is not AccountKind.REVENUE or prepaid.kind is not AccountKind.PREPAID_FLOAT:
-        raise LocalProtocolError("need a revenue and a prepaid float account")
-    if revenue.currency != prepaid.currency:
-        raise LocalProtocolError("accounts differ in currency")
-    return prepaid.currency
-
-
-def _lock_watermark(ctx: Ctx, currency: str) -> int:
-    """The recognised watermark, row-locked (PostgreSQL) so recognitions run one at a time."""
-    stmt = (
-        select(szm_recognised.c.recognised_micros)
-        .where(szm_recognised.c.currency == currency)
-        .with_for_update()
-    )
-    recognised = ctx.conn.execute(stmt).scalar_one_or_none()
-    if recognised is not None:
-        return int(recognised)
-    insert_if_absent(ctx, szm_recognised, {"currency": currency, "recognised_micros": 0})
-    return int(ctx.conn.execute(stmt).scalar_one())
+    def advance(
+        self,
+        card_id: bytes,
+        old_spent: int,
+        new_spent: int,
+        new_anchor: bytes | None,
+        request: bytes | None = None,
+    ) -> bool:
+        """Compare-and-set the card's spent counter; True iff this call won (False: stale
+        ``old_spent``, card blocked or unknown, or past its value)."""
+        params = _advance_params(card_id, old_spent, new_spent, new_anchor, request)
+        return self._batch.rowcount(self._prepared.szm_advance, params) == 1

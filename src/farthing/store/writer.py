@@ -37,54 +37,66 @@ import queue
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final, Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from farthing.store import HotTx, Store, Tx
 
 __all__ = ["StoreWriter"]
 
 T = TypeVar("T")
-_STOP: Final = object()
 
 
 @dataclass(slots=True)
-class _Job(Generic[T]):
-    work: Callable[[Tx], T] | Callable[[HotTx], T]
-    hot: bool
+class _HotJob(Generic[T]):
+    """A compare-and-set waiting for its hot batch."""
+
+    work: Callable[[HotTx], T]
     future: asyncio.Future[T]
     loop: asyncio.AbstractEventLoop
 
 
-# What one batch hands back to one event loop: (future, ok, result or exception).
-_Outcome = tuple["asyncio.Future[object]", bool, object]
-# A job's outcome inside the writer thread: (job, ok, result or exception).
-_Done = tuple[_Job[object], bool, object]
+@dataclass(slots=True)
+class _TxJob(Generic[T]):
+    """Any other write waiting for its transaction."""
+
+    work: Callable[[Tx], T]
+    future: asyncio.Future[T]
+    loop: asyncio.AbstractEventLoop
+
+
+# One batch holds jobs of many result types; each job's future is typed by its own.
+_AnyJob = _HotJob[Any] | _TxJob[Any]
+# A job's outcome: (future, the exception it raised or None, its result).
+_Outcome = tuple["asyncio.Future[Any]", BaseException | None, object]
+# The same inside the writer thread, before it is handed to the job's event loop.
+_Done = tuple[_AnyJob, BaseException | None, object]
 
 
 class StoreWriter:
-    """``await writer.run_hot(lambda hot: hot.szm_advance(...))``: in the writer's batch."""
+    """``await writer.run_hot(lambda hot: hot.szm.advance(...))``: in the writer's batch."""
 
     def __init__(self, store: Store, *, max_batch: int = 128, on_loop: bool | None = None) -> None:
         self._store = store
         self._max_batch = max_batch
         self._on_loop = store.backend == "sqlite" if on_loop is None else on_loop
-        self._pending: dict[asyncio.AbstractEventLoop, list[_Job[object]]] = {}
-        self._queue: queue.SimpleQueue[_Job[object] | object] = queue.SimpleQueue()
+        self._pending: dict[asyncio.AbstractEventLoop, list[_HotJob[Any]]] = {}
+        # None asks the thread to stop after what is queued before it.
+        self._queue: queue.SimpleQueue[_AnyJob | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
     async def run_hot(self, work: Callable[[HotTx], T]) -> T:
         """A hot-path write (compare-and-set of a card or commitment), group-committed."""
-        if not self._on_loop:
-            return await self._submit(work, hot=True)
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[T] = loop.create_future()
+        job: _HotJob[T] = _HotJob(work, loop.create_future(), loop)
+        if not self._on_loop:
+            return await self._submit(job)
         pending = self._pending.get(loop)
         if pending is None:
             pending = self._pending[loop] = []
             loop.call_soon(self._commit_on_loop, loop)
-        pending.append(_Job(work, True, future, loop))  # type: ignore[arg-type]
-        return await future
+        pending.append(job)
+        return await job.future
 
     def _commit_on_loop(self, loop: asyncio.AbstractEventLoop) -> None:
         """Commit what this pass of the loop queued, unless that means waiting for the
@@ -92,7 +104,7 @@ class StoreWriter:
         jobs = self._pending.pop(loop)
         try:
             with self._store.hot_batch(wait=False) as hot:
-                results = [job.work(hot) for job in jobs]  # type: ignore[arg-type]
+                results = [job.work(hot) for job in jobs]
         except Exception:  # all rolled back: the thread runs them again
             # Busy (another connection holds the write lock): the thread waits for it.
             # A failing job: the thread runs each job alone, so it fails alone.
@@ -102,28 +114,27 @@ class StoreWriter:
             if not job.future.done():
                 job.future.set_result(result)
 
-    def _hand_to_thread(self, jobs: list[_Job[object]]) -> None:
+    def _hand_to_thread(self, jobs: list[_HotJob[Any]]) -> None:
         self._start()
         for job in jobs:
             self._queue.put(job)
 
     async def run(self, work: Callable[[Tx], T]) -> T:
         """Any other write, in a store transaction, group-committed."""
-        return await self._submit(work, hot=False)
-
-    async def _submit(self, work: Callable[[Tx], T] | Callable[[HotTx], T], *, hot: bool) -> T:
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[T] = loop.create_future()
+        return await self._submit(_TxJob(work, loop.create_future(), loop))
+
+    async def _submit(self, job: _HotJob[T] | _TxJob[T]) -> T:
         self._start()
-        self._queue.put(_Job(work, hot, future, loop))
-        return await future
+        self._queue.put(job)
+        return await job.future
 
     def close(self) -> None:
         """Finish what is queued, then stop the thread."""
         with self._lock:
             thread, self._thread = self._thread, None
         if thread is not None:
-            self._queue.put(_STOP)
+            self._queue.put(None)
             thread.join(timeout=10)
 
     async def aclose(self) -> None:
@@ -140,68 +151,83 @@ class StoreWriter:
     def _loop(self) -> None:
         while True:
             first = self._queue.get()
-            if first is _STOP:
+            if first is None:
                 return
-            batch: list[_Job[object]] = [first]  # type: ignore[list-item]
+            batch: list[_AnyJob] = [first]
             stop = self._drain(batch)
             outcomes: list[_Done] = []
-            self._run([job for job in batch if job.hot], outcomes)
-            self._run([job for job in batch if not job.hot], outcomes)
+            self._run_hot([job for job in batch if isinstance(job, _HotJob)], outcomes)
+            self._run_tx([job for job in batch if isinstance(job, _TxJob)], outcomes)
             _deliver(outcomes)
             if stop:
                 return
 
-    def _drain(self, batch: list[_Job[object]]) -> bool:
+    def _drain(self, batch: list[_AnyJob]) -> bool:
         while len(batch) < self._max_batch:
             try:
                 item = self._queue.get_nowait()
             except queue.Empty:
                 return False
-            if item is _STOP:
+            if item is None:
                 return True
-            batch.append(item)  # type: ignore[arg-type]
+            batch.append(item)
         return False
 
-    def _run(
-        self, jobs: list[_Job[object]], outcomes: list[tuple[_Job[object], bool, object]]
-    ) -> None:
-        """Run ``jobs`` (all of one kind) in one transaction; add their outcomes."""
+    def _run_hot(self, jobs: list[_HotJob[Any]], outcomes: list[_Done]) -> None:
+        """Run ``jobs`` in one hot batch; add their outcomes."""
         if not jobs:
             return
         try:
-            results = self._commit(jobs)
-        except BaseException as error:
-            if len(jobs) == 1:
-                outcomes.append((jobs[0], False, error))
-            else:
-                for job in jobs:  # isolate the failure: each job alone
-                    self._run([job], outcomes)
-            return
-        outcomes.extend((job, True, result) for job, result in zip(jobs, results, strict=True))
-
-    def _commit(self, jobs: list[_Job[object]]) -> list[object]:
-        if jobs[0].hot:
             with self._store.hot_batch() as hot:
-                return [job.work(hot) for job in jobs]  # type: ignore[arg-type]
-        with self._store.transaction() as tx:
-            return [job.work(tx) for job in jobs]  # type: ignore[arg-type]
+                results = [job.work(hot) for job in jobs]
+        except BaseException as error:
+            _isolate(jobs, error, outcomes, lambda job: self._run_hot([job], outcomes))
+            return
+        outcomes.extend((job, None, result) for job, result in zip(jobs, results, strict=True))
+
+    def _run_tx(self, jobs: list[_TxJob[Any]], outcomes: list[_Done]) -> None:
+        """Run ``jobs`` in one transaction; add their outcomes."""
+        if not jobs:
+            return
+        try:
+            with self._store.transaction() as tx:
+                results = [job.work(tx) for job in jobs]
+        except BaseException as error:
+            _isolate(jobs, error, outcomes, lambda job: self._run_tx([job], outcomes))
+            return
+        outcomes.extend((job, None, result) for job, result in zip(jobs, results, strict=True))
+
+
+J = TypeVar("J", _HotJob[Any], _TxJob[Any])
+
+
+def _isolate(
+    jobs: list[J], error: BaseException, outcomes: list[_Done], alone: Callable[[J], None]
+) -> None:
+    """After a failed batch: a lone job gets its error; of several, each runs again alone,
+    so one bad job cannot take the others' results with it."""
+    if len(jobs) == 1:
+        outcomes.append((jobs[0], error, None))
+        return
+    for job in jobs:
+        alone(job)
 
 
 def _deliver(outcomes: list[_Done]) -> None:
     """Wake each event loop once, with all of its jobs' outcomes (after the commit)."""
     by_loop: dict[asyncio.AbstractEventLoop, list[_Outcome]] = {}
-    for job, ok, value in outcomes:
-        by_loop.setdefault(job.loop, []).append((job.future, ok, value))
+    for job, error, value in outcomes:
+        by_loop.setdefault(job.loop, []).append((job.future, error, value))
     for loop, settled in by_loop.items():
         with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
             loop.call_soon_threadsafe(_settle, settled)
 
 
 def _settle(settled: list[_Outcome]) -> None:
-    for future, ok, value in settled:
+    for future, error, value in settled:
         if future.done():
             continue  # the request was cancelled (its client went away)
-        if ok:
+        if error is None:
             future.set_result(value)
         else:
-            future.set_exception(value)  # type: ignore[arg-type]
+            future.set_exception(error)
