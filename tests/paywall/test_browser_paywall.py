@@ -164,4 +164,4 @@ async def test_what_is_not_a_genuine_card_is_refused_in_words(
 
 def store_status(store: Store, card_id: bytes, status: CardStatus) -> None:
     with store.transaction() as tx:
-        assert tx.szm_set_status(card_id, status)
+        assert tx.szm.set_status(card_id, status)
