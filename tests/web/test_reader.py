@@ -135,3 +135,43 @@ def test_over_budget_the_page_asks_and_refused_nothing_is_paid(reader: Page, sho
         reader.click("#ask-yes")
     assert article_text(reader) == "secret premium article"
     assert shop.vendor_spent() == spent + 100
+
+
+def test_a_reader_with_only_a_keyboard_on_a_phone_sized_screen(
+    chromium: Browser, shop: Shop
+) -> None:
+    context = chromium.new_context(viewport={"width": 360, "height": 740}, has_touch=True)
+    try:
+        page = context.new_page()
+        page.goto(shop.base + "/articles/a.txt")
+        fits = "document.documentElement.scrollWidth <= window.innerWidth"
+        assert page.evaluate(fits)  # nothing wider than the phone: no sideways scrolling
+        page.keyboard.press("Tab")
+        assert page.evaluate("document.activeElement.id") == "card-code"
+        page.keyboard.type(shop.code)
+        page.keyboard.press("Enter")
+        page.wait_for_selector("#budget:not([hidden])")
+        assert page.evaluate("document.activeElement.id") == "per-article"
+        with page.expect_navigation():
+            page.keyboard.press("Enter")
+        assert article_text(page) == ARTICLES["a"]
+        page.goto(shop.base + "/_farthing/wallet.html")
+        page.wait_for_selector("#bought li")
+        assert page.evaluate(fits)
+    finally:
+        context.close()
+
+
+def test_past_the_day_limit_the_page_asks(reader: Page, shop: Shop) -> None:
+    enter_card(reader, shop)  # a: 0.2 cent
+    reader.goto(shop.base + "/_farthing/wallet.html")
+    reader.fill("#per-day", "0.5")
+    reader.click("#budget-form button")
+    reader.wait_for_function("document.getElementById('status').textContent === 'Budget saved.'")
+    reader.goto(shop.base + "/articles/b.txt")  # 0.4 cent today: within
+    assert article_text(reader) == ARTICLES["b"]
+    reader.goto(shop.base + "/articles/c.txt")  # would make 0.6 cent
+    reader.wait_for_selector("#ask:not([hidden])")
+    assert "pass your limit of 0.5 cent today" in reader.inner_text("#ask-why")
+    reader.click("#ask-no")
+    assert shop.vendor_spent() == 2 * PRICE_UNITS == wallet_card(reader)["spent"]
