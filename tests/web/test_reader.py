@@ -5,10 +5,16 @@ reloads at no charge, two tabs at once, and the budget (docs/browser.md)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
+import httpx
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page
+
+from farthing.core.encoding import b64url_encode
+from farthing.core.schemes import szm_chain
+from farthing.http.payment_auth import Credential, format_credential, parse_challenges
 
 from tests.web.shop import (
     ARTICLES,
@@ -175,3 +181,27 @@ def test_past_the_day_limit_the_page_asks(reader: Page, shop: Shop) -> None:
     assert "pass your limit of 0.5 cent today" in reader.inner_text("#ask-why")
     reader.click("#ask-no")
     assert shop.vendor_spent() == 2 * PRICE_UNITS == wallet_card(reader)["spent"]
+
+
+def test_a_refused_payment_shows_the_402_page_with_the_reason(reader: Page, shop: Shop) -> None:
+    enter_card(reader, shop)  # a: index 2
+    # The same card pays elsewhere (another wallet holding the printed code): index 12.
+    challenge = parse_challenges(
+        httpx.get(shop.base + "/articles/f.txt", timeout=10).headers.get_list("www-authenticate")
+    )[0]
+    card = replace(shop.card, spent=PRICE_UNITS)
+    _, payment, _ = szm_chain.next_payment(card, 10, now=challenge.expires - 300)
+    payload = {"method": "szm:chain", "payment": b64url_encode(szm_chain.encode_payment(payment))}
+    authorization = format_credential(Credential(id=challenge.id, payload=payload))
+    paid = httpx.get(shop.base + "/articles/f.txt", headers={"authorization": authorization})
+    assert paid.status_code == 200
+    assert shop.vendor_spent() == 12
+
+    response = reader.goto(shop.base + "/articles/b.txt")  # the browser's index 4 is stale
+    assert response is not None
+    assert response.status == 402
+    reader.wait_for_function("document.getElementById('status').textContent.includes('refused')")
+    assert "Nothing was taken from your card" in reader.inner_text("#status")
+    assert shop.vendor_spent() == 12
+    assert wallet_card(reader)["spent"] == PRICE_UNITS  # the index came back
+    assert {p["index"]: p["state"] for p in wallet_payments(reader)} == {2: "paid", 4: "released"}

@@ -90,6 +90,11 @@ async function paywallPage(main) {
     say(`Your card has too few units left: ${balanceText(card)}.`);
     return;
   }
+  const refused = await store.takeRefusal(offer.path);
+  if (refused) {
+    say(`The shop refused the payment: ${refused}. Nothing was taken from your card.`);
+    return;
+  }
   const ask = await store.mustAsk(offer.path, offer.amount);
   if (ask) return showAsk(ask, offer);
   // A card and no reason to ask: the service worker was not in charge yet; once.

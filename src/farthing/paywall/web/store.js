@@ -178,6 +178,21 @@ export async function settle(ref, state) {
   });
 }
 
+/** Why the shop refused the last payment for ``path`` (shown once by the 402 page). */
+export async function noteRefusal(path, words) {
+  return transact(["settings"], "readwrite", async ({ settings }) => {
+    await request(settings.put({ name: "refusal:" + path, words, at: Date.now() }));
+  });
+}
+
+export async function takeRefusal(path) {
+  return transact(["settings"], "readwrite", async ({ settings }) => {
+    const row = await request(settings.get("refusal:" + path));
+    if (row) await request(settings.delete("refusal:" + path));
+    return row ? row.words : null;
+  });
+}
+
 export async function recordBought(entry) {
   return transact(["bought"], "readwrite", async ({ bought }) => {
     await request(bought.put(entry));

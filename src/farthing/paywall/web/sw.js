@@ -61,9 +61,21 @@ async function pay(request, url, card, challenge, first) {
   const receipt = wire.receiptOf(response);
   if (!receipt || receipt.index !== reserved.index) {
     await store.settle(reserved.ref, receipt ? "lost" : "released");
-    return response;
+    if (receipt || request.mode !== "navigate" || response.status < 400) return response;
+    // A refused payment on a navigation: the reader gets the 402 page, which says why.
+    await store.noteRefusal(url.pathname, await refusalWords(response));
+    return first;
   }
   return openAnswer(response, receipt, holder, paid.key, reserved, url, amount);
+}
+
+async function refusalWords(response) {
+  try {
+    const problem = await response.json();
+    return `${problem.title || "refused"} (${problem.detail || response.status})`;
+  } catch {
+    return `the shop answered ${response.status}`;
+  }
 }
 
 /** The same request again after a network failure: the vendor serves a retry for the
