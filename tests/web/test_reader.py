@@ -15,7 +15,6 @@ from playwright.sync_api import Browser, BrowserContext, Page
 from farthing.core.encoding import b64url_encode
 from farthing.core.schemes import szm_chain
 from farthing.http.payment_auth import Credential, format_credential, parse_challenges
-
 from tests.web.shop import (
     ARTICLES,
     PRICE_UNITS,
