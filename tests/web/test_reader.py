@@ -61,7 +61,7 @@ def test_the_402_page_shows_the_price_and_takes_a_card(reader: Page, shop: Shop)
 
     reader.fill("#card-code", "FTH1-AAAAA-BBBBB-CCCCC")
     reader.click("#card-form button")
-    reader.wait_for_function("document.getElementById('status').textContent.includes('refused')")
+    reader.locator("#status", has_text="refused").wait_for()
     assert "not a card code" in reader.inner_text("#status")
     assert reader.is_hidden("#budget")
 
@@ -172,7 +172,7 @@ def test_past_the_day_limit_the_page_asks(reader: Page, shop: Shop) -> None:
     reader.goto(shop.base + "/_farthing/wallet.html")
     reader.fill("#per-day", "0.5")
     reader.click("#budget-form button")
-    reader.wait_for_function("document.getElementById('status').textContent === 'Budget saved.'")
+    reader.locator("#status", has_text="Budget saved.").wait_for()
     reader.goto(shop.base + "/articles/b.txt")  # 0.4 cent today: within
     assert article_text(reader) == ARTICLES["b"]
     reader.goto(shop.base + "/articles/c.txt")  # would make 0.6 cent
@@ -199,8 +199,12 @@ def test_a_refused_payment_shows_the_402_page_with_the_reason(reader: Page, shop
     response = reader.goto(shop.base + "/articles/b.txt")  # the browser's index 4 is stale
     assert response is not None
     assert response.status == 402
-    reader.wait_for_function("document.getElementById('status').textContent.includes('refused')")
+    reader.locator("#status", has_text="the shop says").wait_for()
     assert "Nothing was taken from your card" in reader.inner_text("#status")
+    assert "the shop says: 288 units left on your card" in reader.inner_text("#status")
     assert shop.vendor_spent() == 12
-    assert wallet_card(reader)["spent"] == PRICE_UNITS  # the index came back
+    assert wallet_card(reader)["spent"] == 12  # the shop's balance moved the index on
     assert {p["index"]: p["state"] for p in wallet_payments(reader)} == {2: "paid", 4: "released"}
+    reader.reload()
+    assert article_text(reader) == ARTICLES["b"]
+    assert shop.vendor_spent() == 14 == wallet_card(reader)["spent"]

@@ -92,7 +92,13 @@ async function paywallPage(main) {
   }
   const refused = await store.takeRefusal(offer.path);
   if (refused) {
-    say(`The shop refused the payment: ${refused}. Nothing was taken from your card.`);
+    // Perhaps the card paid elsewhere since: the shop's balance moves this wallet's index on.
+    const again = await checkCard(card.code).catch(() => null);
+    const now = again ? await store.putCard({ ...card, spent: again.spent }) : card;
+    say(
+      `The shop refused the payment: ${refused}. Nothing was taken from your card; ` +
+        `the shop says: ${balanceText(now)}. Reload the page to try again.`,
+    );
     return;
   }
   const ask = await store.mustAsk(offer.path, offer.amount);
