@@ -18,7 +18,7 @@ from farthing.core.errors import (
 )
 from farthing.core.hashchain import chain_anchor, chain_walk
 from farthing.core.money import Denomination
-from farthing.core.primitives import hmac_sha256
+from farthing.core.primitives import hkdf_sha256, hmac_sha256
 from farthing.core.schemes.szm_chain import (
     CHAIN_TAG,
     METHOD,
@@ -71,8 +71,14 @@ def setup(length: int = 20) -> tuple[ChainVerifier, ChainCard]:
 
 def test_issuance_derives_everything_from_the_master_key() -> None:
     state, card = fresh()
+    short_msg = Writer("farthing/szm/short-secret").bytes(card.card_id).finish()
+    short = int.from_bytes(hmac_sha256(MASTER, short_msg), "big") >> (256 - 115)
+    symbols = "".join(
+        "0123456789ABCDEFGHJKMNPQRSTVWXYZ"[(short >> 5 * (22 - i)) & 31] for i in range(23)
+    )
     message = Writer("farthing/szm-chain/card-secret").bytes(card.card_id).finish()
-    assert card.secret == hmac_sha256(MASTER, message) == card_secret(MASTER, card.card_id)
+    by_hand = hkdf_sha256(symbols.encode(), info=message)
+    assert card.secret == by_hand == card_secret(MASTER, card.card_id)
     seed_msg = Writer("farthing/szm-chain/chain-seed").bytes(card.card_id).finish()
     assert chain_seed(card.secret, card.card_id) == hmac_sha256(card.secret, seed_msg)
     seed = chain_seed(card.secret, card.card_id)

@@ -4,6 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from farthing.core import shortcode
 from farthing.core.cardcode import Generator, from_compact, from_text, to_compact, to_text
 from farthing.core.encoding import Reader, Writer
 from farthing.core.errors import (
@@ -25,7 +26,7 @@ from farthing.core.prbg import (
     blum_modulus_of_any_size,
     generate_blum_modulus,
 )
-from farthing.core.primitives import hmac_sha256
+from farthing.core.primitives import hkdf_sha256
 from farthing.core.schemes.szm_prbg import (
     METHOD,
     PAYMENT_DOMAIN,
@@ -86,10 +87,11 @@ def setup(generator: Generator, units: int = 20) -> tuple[PrbgVerifier, PrbgCard
 # --- the stream and its derivations --------------------------------------------------------
 
 
-def test_card_secret_is_an_hmac_of_the_card_id() -> None:
+def test_card_secret_is_derived_from_the_short_secret() -> None:
     card_id = bytes(range(16))
     message = Writer("farthing/szm-prbg/card-secret").bytes(card_id).finish()
-    assert card_secret(MASTER, card_id) == hmac_sha256(MASTER, message)
+    short = shortcode.short_secret(MASTER, card_id)
+    assert card_secret(MASTER, card_id) == hkdf_sha256(short.ikm, info=message)
     with pytest.raises(ValueError):
         card_secret(MASTER[:16], card_id)
 

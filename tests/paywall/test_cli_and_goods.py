@@ -54,18 +54,26 @@ def test_serve_without_config_says_how_to_make_one(tmp_path: Path) -> None:
     assert "farthing vendor init" in result.output
 
 
+def issuer_database(folder: Path) -> str:
+    """An issuer's (empty) database, as `farthing issuer init` leaves it."""
+    path = folder / "issuer.sqlite"
+    open_store(str(path)).close()
+    return str(path)
+
+
 def test_init_writes_a_config_that_loads(tmp_path: Path) -> None:
     keys = tmp_path / "keys.json"
     write_key_file(keys, generate_issuer_keys(DeterministicRandom("k"), broker_id="b"))
-    result = runner.invoke(app, ["vendor", "init", str(tmp_path), "--issuer-keys", str(keys)])
+    db = ["--issuer-db", issuer_database(tmp_path)]
+    result = runner.invoke(app, ["vendor", "init", str(tmp_path), "--issuer-keys", str(keys), *db])
     assert result.exit_code == 0, result.output
     config = tmp_path / ".farthing" / "vendor.toml"
     assert 'keys = "vendor.keys.json"' in config.read_text()
-    again = runner.invoke(app, ["vendor", "init", str(tmp_path), "--issuer-keys", str(keys)])
+    again = runner.invoke(app, ["vendor", "init", str(tmp_path), "--issuer-keys", str(keys), *db])
     assert again.exit_code == 1
     assert "exists already" in again.output
     missing = runner.invoke(
-        app, ["vendor", "init", str(tmp_path / "x"), "--issuer-keys", str(keys)]
+        app, ["vendor", "init", str(tmp_path / "x"), "--issuer-keys", str(keys), *db]
     )
     assert missing.exit_code == 1
 
@@ -79,7 +87,10 @@ def test_the_vendor_key_file_holds_only_szm_keys_and_the_vendor_sells_szm(
     shop = tmp_path / "shop"
     (shop / "articles").mkdir(parents=True)
     (shop / "articles" / "a.txt").write_text("the paid article")
-    made = runner.invoke(app, ["vendor", "init", str(shop), "--issuer-keys", str(issuer_file)])
+    made = runner.invoke(app, [
+        "vendor", "init", str(shop), "--issuer-keys", str(issuer_file),
+        "--issuer-db", issuer_database(tmp_path),
+    ])  # fmt: skip
     assert made.exit_code == 0, made.output
 
     key_file = shop / ".farthing" / "vendor.keys.json"

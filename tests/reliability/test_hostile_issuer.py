@@ -45,6 +45,7 @@ PUBLIC = {
     ("POST", "/v1/payword/redemptions"),
     ("GET", "/v1/payword/broker"),
     ("POST", "/v1/szm/cards/{card_id}/status"),
+    ("POST", "/v1/szm/cards/lookup"),
 }
 # Plausible values stay small where the service does work per unit (hashing a card chain).
 SMALL = {"count": 3, "units": 60, "credit_limit_units": 10_000}

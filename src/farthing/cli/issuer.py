@@ -24,6 +24,8 @@ from farthing.cli._common import console, err_console, fail, printable_target
 from farthing.cli._serve import BodyTimeout, HeaderTimeout, MaxConnections, limits
 
 if TYPE_CHECKING:
+    from rich.progress import Progress
+
     from farthing.issuer.report_service import IssuerReport
     from farthing.issuer.service import IssuerServices
     from farthing.issuer.szm_service import BatchSpec, ExportedCard
@@ -44,6 +46,14 @@ app.add_typer(tokens_app, name="tokens")
 app.add_typer(customers_app, name="customers")
 app.add_typer(merchants_app, name="merchants")
 app.add_typer(cards_app, name="cards")
+hll_app = typer.Typer(help="HLL smart cards (the bank).", no_args_is_help=True)
+hll_cards_app = typer.Typer(help="Personalise HLL cards.", no_args_is_help=True)
+hll_app.add_typer(hll_cards_app, name="cards")
+app.add_typer(hll_app, name="hll")
+payword_app = typer.Typer(help="PayWord (the broker).", no_args_is_help=True)
+payword_users_app = typer.Typer(help="PayWord users and their certificates.", no_args_is_help=True)
+payword_app.add_typer(payword_users_app, name="users")
+app.add_typer(payword_app, name="payword")
 
 _DEFAULT_DB: Final = "farthing-issuer.sqlite"
 _DEFAULT_KEYS: Final = "farthing-issuer.keys.json"
@@ -295,8 +305,9 @@ def merchants_add(
 
 @app.command("hll-key")
 def hll_key(keys: Keys = Path(_DEFAULT_KEYS)) -> None:
-    """Print the bank's HLL card-certification public key (hex): the ``bank_public_key`` a
-    deferred-mode vendor checks card certificates with. It is public."""
+    """Print the bank's HLL card-certification public key (base64url, the form the API
+    publishes): the ``bank_public_key`` a vendor names in challenges and a deferred-mode
+    vendor checks card certificates with. It is public."""
     from farthing.core.errors import FarthingError
     from farthing.core.schemes import hll
     from farthing.issuer.config import load_issuer_keys
@@ -305,7 +316,7 @@ def hll_key(keys: Keys = Path(_DEFAULT_KEYS)) -> None:
         loaded = load_issuer_keys(keys)
     except FarthingError as exc:
         raise fail(exc.message) from None
-    print(hll.card_certification_public_key(loaded.hll_master).hex())
+    print(_b64(hll.card_certification_public_key(loaded.hll_master)))
 
 
 # --- SZM cards ----------------------------------------------------------------------------
@@ -384,11 +395,29 @@ def _b64(data: bytes) -> str:
     return b64url_encode(data)
 
 
-def _issue_with_progress(services: IssuerServices, spec: BatchSpec) -> SzmBatchRow:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+def _progress_bar() -> Progress:
+    """A labelled progress bar on stderr, gone when done (stdout may carry the codes)."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
 
-    columns = (BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=err_console, transient=True) as progress:
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+    )
+    # Not on a terminal (a pipe, a log): nothing, not even the blank line a bar leaves.
+    disable = not err_console.is_terminal
+    return Progress(*columns, console=err_console, transient=True, disable=disable)
+
+
+def _issue_with_progress(services: IssuerServices, spec: BatchSpec) -> SzmBatchRow:
+    with _progress_bar() as progress:
         task = progress.add_task("making cards", total=spec.count)
 
         def advance(done: int) -> None:
@@ -401,21 +430,27 @@ def _issue_with_progress(services: IssuerServices, spec: BatchSpec) -> SzmBatchR
 def _export_batch(
     services: IssuerServices, batch_id: bytes, out: Path | None, qr_dir: Path | None
 ) -> None:
-    """Every card code of the batch, one per line (text form), and optionally QR PNGs."""
+    """Every card's short code (what is printed and typed), one per line, and optionally a
+    QR PNG per card (which carries the whole card: no issuer lookup needed)."""
     if qr_dir is not None:
         qr_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    total = services.szm.batch(batch_id).count
+    label = "writing codes" + (" and QR images" if qr_dir is not None else "")
     sink = _private_file(out) if out is not None else sys.stdout
     try:
-        offset = 0
-        while True:
-            page = services.szm.export(_actor(), batch_id, offset=offset, limit=_EXPORT_PAGE)
-            for card in page.cards:
-                sink.write(card.text + "\n")
-                if qr_dir is not None:
-                    _write_qr(qr_dir, card)
-            offset += len(page.cards)
-            if not page.cards or offset >= page.batch.count:
-                break
+        with _progress_bar() as progress:
+            task = progress.add_task(label, total=total)
+            offset = 0
+            while offset < total:
+                page = services.szm.export(_actor(), batch_id, offset=offset, limit=_EXPORT_PAGE)
+                for card in page.cards:
+                    sink.write(card.short_code + "\n")
+                    if qr_dir is not None:
+                        _write_qr(qr_dir, card)
+                    progress.advance(task)
+                if not page.cards:
+                    break
+                offset += len(page.cards)
     finally:
         if sink is not sys.stdout:
             sink.close()
@@ -430,6 +465,128 @@ def _write_qr(directory: Path, card: ExportedCard) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as handle:
         handle.write(qr_png(card.compact))
+
+
+# --- HLL cards and PayWord users -------------------------------------------------------------
+
+
+@hll_cards_app.command("issue")
+def hll_cards_issue(
+    customer: Annotated[str, typer.Option(help="The customer whose account pays the card.")],
+    units: Annotated[int, typer.Option(min=1, help="Units loaded on the card.")],
+    token_public_key: Annotated[
+        Path,
+        typer.Option(help="The token's public key (`farthing wallet hll-token-key -o FILE`)."),
+    ],
+    out: Annotated[Path, typer.Option(help="The card file to write (for add-card hll).")],
+    unit_micros: Annotated[int, typer.Option(min=1, help="Value of one unit.")] = 1000,
+    db: Db = _DEFAULT_DB,
+    keys: Keys = Path(_DEFAULT_KEYS),
+) -> None:
+    """Personalise an HLL smart card for a customer, paid from the customer's account. The
+    card key leaves the bank only wrapped for the customer's token; the card file goes to
+    the customer for `farthing wallet add-card hll --card-file FILE`.
+
+    Example: farthing issuer hll cards issue --customer alice --units 200
+    --token-public-key token.pub --out card.json
+    """
+    from farthing.core.encoding import b64url_decode, b64url_encode
+    from farthing.issuer.schemas import HllCardCreated
+
+    token_key = b64url_decode(_read_key_text(token_public_key), max_len=2048)
+    with _services(db, keys) as services:
+        card = services.hll.personalise(
+            _actor(), customer, units=units, unit_micros=unit_micros, token_public_key=token_key
+        )
+        bank_key = services.hll.bank_key
+    assert card.wrapped_card_key is not None
+    created = HllCardCreated(
+        card_id=b64url_encode(card.card_id),
+        wrapped_card_key=b64url_encode(card.wrapped_card_key),
+        certificate=b64url_encode(card.certificate),
+        certificate_expires_at=card.certificate_expires_at,
+        bank_key=b64url_encode(bank_key),
+        units=card.units,
+        currency=card.denomination.currency,
+        unit_micros=card.denomination.unit_micros,
+    )
+    _write_new_file(out, created.model_dump_json() + "\n")
+    console.print(
+        f"HLL card [bold]{created.card_id}[/] for {customer}: {units} units, written to "
+        f"[bold]{out}[/]"
+    )
+
+
+@payword_users_app.command("add")
+def payword_users_add(
+    user_id: Annotated[str, typer.Argument(help="The new user's id.")],
+    customer: Annotated[str, typer.Option(help="The customer account that pays its bills.")],
+    credit_limit: Annotated[int, typer.Option(min=1, help="Units it may owe at once.")],
+    out_dir: Annotated[
+        Path, typer.Option(help="Write USER.cert (and USER.key when made here) into this folder.")
+    ],
+    public_key: Annotated[
+        Path | None,
+        typer.Option(help="The user's Ed25519 public key (base64url); else a key pair is made."),
+    ] = None,
+    unit_micros: Annotated[int, typer.Option(min=1, help="Value of one unit.")] = 1000,
+    db: Db = _DEFAULT_DB,
+    keys: Keys = Path(_DEFAULT_KEYS),
+) -> None:
+    """Register a PayWord user on a customer account and write the broker's certificate for
+    its key. Without --public-key a key pair is made here and the private key written (mode
+    0600) beside the certificate: give both to the user for
+    `farthing wallet add-card payword --certificate USER.cert --user-key USER.key`.
+
+    Example: farthing issuer payword users add alice-pw --customer alice --credit-limit 500
+    --out-dir alice
+    """
+    from farthing.core.encoding import b64url_decode, b64url_encode
+    from farthing.core.primitives import ed25519_public_key
+    from farthing.core.schemes import payword
+
+    private = None
+    if public_key is not None:
+        key = b64url_decode(_read_key_text(public_key), max_len=64)
+    else:
+        private = os.urandom(32)
+        key = ed25519_public_key(private)
+    with _services(db, keys) as services:
+        user = services.payword.register_user(
+            _actor(),
+            user_id=user_id,
+            customer_id=customer,
+            public_key=key,
+            credit_limit=credit_limit,
+            unit_micros=unit_micros,
+        )
+        broker = services.payword.broker_id, services.payword.broker_public
+    out_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    certificate = b64url_encode(payword.encode_certificate(user.certificate))
+    _write_new_file(out_dir / f"{user_id}.cert", certificate + "\n")
+    if private is not None:
+        _write_new_file(out_dir / f"{user_id}.key", b64url_encode(private) + "\n")
+    console.print(f"PayWord user [bold]{user_id}[/] on {customer}: files in [bold]{out_dir}[/]")
+    console.print(f"broker {broker[0]!r}, public key (base64url): {b64url_encode(broker[1])}")
+
+
+def _read_key_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise fail(f"cannot read {path}: {exc}") from None
+
+
+def _write_new_file(path: Path, text: str) -> None:
+    """A new file, mode 0600; refuse to overwrite (a card or key must not be lost)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise fail(f"{path} exists already", hint="choose another name") from None
+    except OSError as exc:
+        raise fail(f"cannot write {path}: {exc.strerror}") from None
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
 
 
 @app.command("version")

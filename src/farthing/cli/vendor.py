@@ -8,13 +8,16 @@ import os
 from pathlib import Path
 from typing import Annotated
 
+import httpx
 import typer
 from rich.table import Table
+from sqlalchemy.exc import SQLAlchemyError
 
-from farthing.cli._common import console, fail
+from farthing.cli._common import console, fail, printable_target
 from farthing.cli._serve import BodyTimeout, HeaderTimeout, MaxConnections, limits
 from farthing.core.errors import FarthingError
 from farthing.http.issuer_client import IssuerClient
+from farthing.paywall.config import VendorConfig
 from farthing.paywall.deposits import Depositor, FlushReport
 
 app = typer.Typer(
@@ -27,14 +30,14 @@ ConfigOpt = Annotated[
 ]
 
 _STARTER = """\
-# farthing vendor config (see `farthing vendor --help`); paths are relative to this file.
-realm = {realm}
-database = "vendor.sqlite"
+# farthing vendor config (docs/vendor.md); paths are relative to this file.
+realm = {realm}   # the issuer's: its SZM cards carry it
+database = {database}   # the issuer's database: the cards live there
 content_dir = ".."
 challenge_secret_file = "challenge.key"
 
 [prices]   # route pattern = "<micro-units> <CURRENCY>"; first match wins
-"/**" = "{price} EUR"
+"/**" = "{price} {currency}"
 
 [szm]      # SZM prepaid cards of the issuer whose database this vendor shares
 keys = "{keys}"   # the vendor's own key file: SZM masters and BBS factors only
@@ -58,11 +61,26 @@ def init(
     issuer_keys: Annotated[
         Path, typer.Option(help="key file from `farthing issuer init` (read, not kept)")
     ],
-    price: Annotated[int, typer.Option(help="default price in micro-EUR")] = 1000,
+    issuer_db: Annotated[
+        str,
+        typer.Option(
+            "--issuer-db",
+            envvar="FARTHING_ISSUER_DB",
+            help="the issuer's database (SQLite file or postgresql:// DSN): the vendor sells "
+            "the cards issued into it",
+        ),
+    ] = "farthing-issuer.sqlite",
+    price: Annotated[int, typer.Option(min=1, help="default price in micro-units")] = 1000,
+    currency: Annotated[str, typer.Option(help="the price's currency")] = "EUR",
 ) -> None:
     """Write a starter config and the vendor's own key file into DIR/.farthing/ (never
-    served). The key file holds only the SZM keys, taken from the issuer's key file; the
-    realm is the issuer's (SZM cards carry it, and wallets pay only a realm that matches)."""
+    served), from what the issuer has: its realm (SZM cards carry it, and wallets pay only a
+    realm that matches), its database (where its cards are) and the SZM keys of its key file
+    (nothing else of it). Then `farthing vendor check DIR`, and `farthing vendor serve DIR`.
+
+    Example: farthing vendor init goods --issuer-keys farthing-issuer.keys.json
+    --issuer-db farthing-issuer.sqlite
+    """
     from farthing.issuer.config import load_issuer_keys, vendor_keys
     from farthing.keyfiles import write_vendor_key_file
 
@@ -76,16 +94,147 @@ def init(
         keys = vendor_keys(load_issuer_keys(issuer_keys))
     except FarthingError as error:
         raise fail(error.message) from None
+    database = _issuer_database(issuer_db)
     target.parent.mkdir(mode=0o700, exist_ok=True)
     if key_file.exists():
         raise fail(f"{key_file} exists already", hint="remove it to make it again")
     write_vendor_key_file(key_file, keys)
-    starter = _STARTER.format(realm=json.dumps(keys.realm), price=price, keys=VENDOR_KEYS_NAME)
-    target.write_text(starter)
+    starter = _STARTER.format(
+        realm=json.dumps(keys.realm),
+        database=json.dumps(database),
+        price=price,
+        currency=currency,
+        keys=VENDOR_KEYS_NAME,
+    )
+    # The database may be a DSN with a password: only the owner reads the config.
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(starter)
     console.print(f"wrote [bold]{key_file}[/] (mode 0600: SZM keys only)")
     console.print(
-        f"wrote [bold]{target}[/]; edit the prices, then `farthing vendor serve {directory}`"
+        f"wrote [bold]{target}[/] (realm {keys.realm!r}, the issuer's database "
+        f"{printable_target(database)}); edit the prices, then "
+        f"`farthing vendor serve {directory}`"
     )
+
+
+def _issuer_database(target: str) -> str:
+    """The issuer's database as the vendor config names it (a SQLite file by its absolute
+    path, the config being elsewhere), after checking that it is there and current."""
+    from farthing.store import open_store
+
+    database = target if target.startswith("postgresql") else str(Path(target).resolve())
+    try:
+        open_store(database, create=False).close()
+    except FarthingError as error:
+        raise fail(
+            f"cannot use the issuer's database {printable_target(database)}: {error.message}",
+            hint="give the issuer's --issuer-db (the --db of `farthing issuer init`)",
+        ) from None
+    except SQLAlchemyError:
+        raise fail(
+            f"cannot open the issuer's database {printable_target(database)}",
+            hint="check that it runs and that the URL, user and password are right",
+        ) from None
+    return database
+
+
+@app.command("check")
+def check(
+    directory: Annotated[Path, typer.Argument(help="the vendor's folder")],
+    config: ConfigOpt = None,
+) -> None:
+    """Say in words what is wrong with a vendor config, before a reader finds out: a missing
+    key file, a database that is not the issuer's, a realm no card carries, no card left
+    to sell, an issuer that does not answer. Exit 1 if anything is wrong.
+
+    Example: farthing vendor check goods
+    """
+    from farthing.paywall.config import load_vendor_config
+
+    path = _config_path(directory, config)
+    try:
+        loaded = load_vendor_config(path)
+    except FarthingError as error:
+        raise fail(f"the config {path} cannot be used: {error.message}") from None
+    problems = [
+        *_content_problems(loaded),
+        *_szm_problems(loaded, path),
+        *_issuer_problems(loaded),
+    ]
+    for problem in problems:
+        console.print(f"[bold red]problem:[/] {problem}")
+    if problems:
+        raise typer.Exit(1)
+    methods = [m for m in ("szm", "hll", "payword") if getattr(loaded.settings, m) is not None]
+    console.print(f"{path}: no problem found ({', '.join(methods)})")
+
+
+def _content_problems(loaded: VendorConfig) -> list[str]:
+    if not loaded.content_dir.is_dir():
+        return [f"content_dir {loaded.content_dir} is not a folder: there is nothing to sell"]
+    return []
+
+
+def _szm_problems(loaded: VendorConfig, path: Path) -> list[str]:
+    """The SZM cards this vendor sells are the issuer's: same realm, same database."""
+    from farthing.core.clock import SystemClock
+    from farthing.keyfiles import load_vendor_keys
+    from farthing.store import open_store
+
+    if loaded.settings.szm is None:
+        return []
+    problems = []
+    key_file = _szm_key_file(path)
+    if key_file is not None:
+        realm = load_vendor_keys(key_file).realm
+        if realm != loaded.settings.realm:
+            problems.append(
+                f"realm {loaded.settings.realm!r} is not the issuer's ({realm!r}, in {key_file}):"
+                f" wallets will not pay here with its cards; set realm = {realm!r}"
+            )
+    shown = printable_target(loaded.database)
+    try:
+        with (
+            open_store(loaded.database, create=False) as store,
+            store.transaction(readonly=True) as tx,
+        ):
+            cards = tx.szm.active_card_count(SystemClock().now())
+    except FarthingError as error:
+        return [*problems, f"the database {shown} cannot be used: {error.message}"]
+    except SQLAlchemyError:
+        return [*problems, f"cannot open the database {shown}"]
+    if cards == 0:
+        problems.append(
+            f"the database {shown} holds no SZM card that can pay: is it the issuer's? "
+            "issue cards with `farthing issuer cards issue --db` the same database"
+        )
+    return problems
+
+
+def _szm_key_file(path: Path) -> Path | None:
+    import tomllib
+
+    table = tomllib.loads(path.read_text(encoding="utf-8")).get("szm", {})
+    name = table.get("keys") if isinstance(table, dict) else None
+    if not isinstance(name, str):
+        return None
+    key_file = Path(name).expanduser()
+    return key_file if key_file.is_absolute() else path.resolve().parent / key_file
+
+
+def _issuer_problems(loaded: VendorConfig) -> list[str]:
+    """Every issuer URL the config names must answer (HLL verification, deposits)."""
+    urls = {url for url in (loaded.issuer_url,) if url}
+    if loaded.deposits is not None:
+        urls.add(loaded.deposits.issuer_url)
+    problems = []
+    for url in sorted(urls):
+        try:
+            httpx.get(url.rstrip("/") + "/v1/payword/broker", timeout=5.0)
+        except httpx.HTTPError as error:
+            problems.append(f"the issuer at {url} does not answer ({type(error).__name__})")
+    return problems
 
 
 @app.command("keys")

@@ -25,6 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from farthing.cli._common import console, err_console, fail
+from farthing.core.cardcode import CardCode
 from farthing.core.encoding import b64url_decode, b64url_encode
 from farthing.core.errors import (
     CardExhausted,
@@ -255,22 +256,103 @@ def upgrade(wallet: WalletOpt = None, passphrase_file: PassFileOpt = None) -> No
 @add_card.command("szm")
 def add_szm(
     site: SiteOpt,
-    code: Annotated[str | None, typer.Argument(help="the printed card code FTH1-...")] = None,
+    code: Annotated[
+        str | None,
+        typer.Argument(help="the code printed on the card, XXXX-XXXX-XXXX-XXXX-XXXX-XXXX"),
+    ] = None,
+    issuer: Annotated[
+        str | None,
+        typer.Option("--issuer", help="the card issuer's URL, where a typed code is looked up"),
+    ] = None,
     file: Annotated[
         Path | None,
-        typer.Option("--file", help="a file holding the code (text or QR/compact form)"),
+        typer.Option("--file", help="a file holding the card: its QR code (PNG) or text"),
     ] = None,
     label: LabelOpt = None,
     wallet: WalletOpt = None,
     passphrase_file: PassFileOpt = None,
 ) -> None:
-    """Add an SZM prepaid card from its printed code or a file, bound to the vendor that sold
-    it (--site): the card's realm is a name anyone can copy, the site is what you trust."""
-    text = _one_source(code, file, "a card code", "--file")
+    """Add an SZM prepaid card, bound to the vendor that sold it (--site): the card's realm is
+    a name anyone can copy, the site is what you trust.
+
+    Type the code printed on the card and give its issuer (--issuer), which the wallet asks
+    for the card's terms; or give the card's QR code with --file, which carries them.
+
+    Example: farthing wallet add-card szm 7K3M-0QXD-9VAT-E2HN-4PCW-R8JB
+    --issuer https://issuer.example --site https://news.example
+    """
+    text = _card_text(code, file)
     sites = _sites(site)
+    card = _short_card(text, issuer) if _looks_short(text) else None
     with _opened(wallet, passphrase_file) as opened, _explained():
-        info = opened.add_szm_code(text, site=sites, label=label)
+        if card is not None:
+            info = opened.add_szm_card(card, site=sites, label=label)
+        else:
+            info = opened.add_szm_code(text, site=sites, label=label)
     _added(info)
+
+
+def _card_text(code: str | None, file: Path | None) -> str:
+    """The card as text: the typed code, or the file's text, or the QR code in a PNG file."""
+    if file is None or code is not None:
+        return _one_source(code, file, "a card code", "--file")
+    raw = _read_bytes(file)
+    if raw.startswith(_PNG_MAGIC):
+        return _qr_text(file, raw)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise fail(f"{file} is neither a card's text nor a PNG image of its QR code") from None
+
+
+_PNG_MAGIC: Final = b"\x89PNG\r\n\x1a\n"
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise fail(f"cannot read {path}: {exc.strerror}") from None
+
+
+def _qr_text(path: Path, raw: bytes) -> str:
+    """The text of the one QR code in a PNG image."""
+    from farthing.wallet.qrimage import read_qr_png
+
+    try:
+        return read_qr_png(raw)
+    except MalformedMessage as error:
+        raise fail(
+            f"cannot read a card from {path}: {error.message}",
+            hint="give the PNG file the issuer wrote for the card (cards issue --qr-dir)",
+        ) from None
+
+
+def _looks_short(text: str) -> bool:
+    from farthing.wallet.lookup import looks_short
+
+    return looks_short(text)
+
+
+def _short_card(text: str, issuer: str | None) -> CardCode:
+    """The card a typed code names: checked here (a typo is found before anything is sent),
+    then looked up at its issuer."""
+    from farthing.core import shortcode
+    from farthing.wallet.lookup import fetch_card
+
+    with _explained():
+        try:
+            shortcode.parse_code(text)
+        except MalformedMessage as error:
+            raise fail(
+                error.message, hint="type the code again exactly as printed on the card"
+            ) from None
+        if issuer is None:
+            raise fail(
+                "a typed card code is looked up at the card's issuer: give --issuer URL",
+                hint="the issuer's address is printed on the card or told by whoever sold it",
+            )
+        return asyncio.run(fetch_card(text, issuer))
 
 
 def _sites(given: list[str]) -> list[str]:

@@ -31,6 +31,8 @@ from typing import Final
 
 import httpx
 
+from farthing.core import shortcode
+from farthing.core.cardcode import Generator, Protocol
 from farthing.core.encoding import b64url_decode, b64url_encode
 from farthing.core.errors import (
     ErrorCode,
@@ -50,7 +52,7 @@ from farthing.http.issuer_wire import (
 )
 from farthing.http.problems import Problem, error_for
 
-__all__ = ["CardStatus", "IssuerClient", "error_from_problem"]
+__all__ = ["CardLookup", "CardStatus", "IssuerClient", "error_from_problem"]
 
 _TIMEOUT: Final = 10.0
 _MAX_REPORT_B64: Final = 1 << 20
@@ -65,6 +67,17 @@ class CardStatus:
     units: int
     spent: int
     expires_at: int
+    status: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CardLookup:
+    """The issuer's answer about the card a short code names (not yet checked: see
+    :func:`farthing.core.shortcode.card_from_answer`)."""
+
+    terms: shortcode.CardTerms
+    tag: bytes
+    spent: int
     status: str
 
 
@@ -211,6 +224,30 @@ class IssuerClient:
             spent=_int(answer, "spent"),
             expires_at=_int(answer, "expires_at"),
             status=status,
+        )
+
+    async def lookup_card(self, lookup_id: bytes) -> CardLookup:
+        """The terms of the SZM card whose short code has ``lookup_id``; NotFound if none."""
+        answer = await self._call(
+            "POST", "/v1/szm/cards/lookup", {"lookup": b64url_encode(lookup_id)}
+        )
+        try:
+            terms = shortcode.CardTerms(
+                card_id=b64url_decode(str(answer["card_id"]), max_len=64),
+                protocol=Protocol(str(answer["protocol"])),
+                units=_int(answer, "units"),
+                currency=str(answer["currency"]),
+                unit_micros=_int(answer, "unit_micros"),
+                expires_at=_int(answer, "expires_at"),
+                generator=Generator(str(answer["generator"])),
+                realm=str(answer["realm"]),
+                modulus=b64url_decode(str(answer["modulus"]), max_len=4096),
+            )
+            tag = b64url_decode(str(answer["tag"]), max_len=64)
+        except (KeyError, ValueError, MalformedMessage) as exc:
+            raise _unavailable("the issuer's card lookup does not decode") from exc
+        return CardLookup(
+            terms=terms, tag=tag, spent=_int(answer, "spent"), status=str(answer.get("status"))
         )
 
     async def broker(self) -> tuple[str, bytes]:

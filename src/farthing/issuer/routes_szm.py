@@ -16,6 +16,8 @@ from farthing.issuer.qr import qr_png
 from farthing.issuer.routes_common import field_bytes, operator_dependency
 from farthing.issuer.schemas import (
     CardCodeOut,
+    CardLookupOut,
+    CardLookupRequest,
     CardStatusOut,
     CardStatusRequest,
     NewSzmBatch,
@@ -47,7 +49,12 @@ def batch_out(batch: SzmBatchRow) -> SzmBatchOut:
 
 
 def _code_out(card: ExportedCard) -> CardCodeOut:
-    return CardCodeOut(card_id=b64url_encode(card.card_id), code=card.text, compact=card.compact)
+    return CardCodeOut(
+        card_id=b64url_encode(card.card_id),
+        short=card.short_code,
+        code=card.text,
+        compact=card.compact,
+    )
 
 
 def _spec(body: NewSzmBatch, config: IssuerConfig) -> BatchSpec:
@@ -137,6 +144,27 @@ def build_szm_router(services: IssuerServices) -> APIRouter:
             spent=view.spent,
             expires_at=view.expires_at,
             status=view.status,
+        )
+
+    @router.post("/cards/lookup")
+    def card_lookup(body: CardLookupRequest) -> CardLookupOut:
+        """The card a typed short code names, for whoever holds the code: its terms, a tag
+        that binds them to the code, and what is left. 404 for any other lookup id."""
+        answer = service.lookup(field_bytes(body.lookup, "lookup id", max_len=32))
+        code = answer.code
+        return CardLookupOut(
+            card_id=b64url_encode(code.card_id),
+            protocol=code.protocol.value,
+            units=code.units,
+            currency=code.currency,
+            unit_micros=code.unit_micros,
+            expires_at=code.expires_at,
+            generator=code.generator.value,
+            realm=code.realm,
+            modulus=b64url_encode(code.modulus),
+            tag=b64url_encode(answer.tag),
+            spent=answer.spent,
+            status=answer.status,
         )
 
     @router.post("/revenue")

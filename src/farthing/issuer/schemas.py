@@ -225,7 +225,12 @@ class SzmBatchOut(_Response):
 
 
 class CardCodeOut(_Response):
+    """``short``: the code printed on the card and typed (24 symbols, looked up at
+    ``POST /v1/szm/cards/lookup``); ``code`` and ``compact``: the whole card in base32
+    (``FTH1-...``) and base64url (what its QR code carries)."""
+
     card_id: str
+    short: str
     code: str
     compact: str
 
@@ -249,6 +254,30 @@ class CardStatusOut(_Response):
     units: int
     spent: int
     expires_at: int
+    status: str
+
+
+class CardLookupRequest(_Request):
+    """The lookup id of a typed short card code (:func:`farthing.core.shortcode.lookup_id`)."""
+
+    lookup: Annotated[str, _b64(32)]
+
+
+class CardLookupOut(_Response):
+    """The terms of the card a short code names (no secret), the tag binding them to the
+    code, and what is left on it. ``modulus`` is the BBS modulus (base64url), else empty."""
+
+    card_id: str
+    protocol: str
+    units: int
+    currency: str
+    unit_micros: int
+    expires_at: int
+    generator: str
+    realm: str
+    modulus: str
+    tag: str
+    spent: int
     status: str
 
 

@@ -4,7 +4,12 @@ Cards are anonymous: nothing about a buyer is asked for, passed in or stored (th
 no such column). Card ids and secrets are both derived from the protocol's master key::
 
     card_id = HMAC-SHA256(master, canonical("farthing/issuer/szm-card-id", batch_id, i))[:16]
+    short   = shortcode.short_secret(master, card_id)      (what is printed: 24 symbols)
     secret  = szm_chain.card_secret(master, card_id)  /  szm_prbg.card_secret(master, card_id)
+              (= HKDF of the short secret)
+
+The store keeps each card's lookup id (a one-way function of its short code), so that a
+wallet given only the typed code finds the card's terms (:meth:`SzmService.lookup`).
 
 so an operator can re-export the codes of any batch from its id alone, and the database
 holds no secret (a chain card stores its anchor w_0, a generator card nothing at all).
@@ -24,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
+from farthing.core import shortcode
 from farthing.core.cardcode import CardCode, Generator, Protocol, to_compact, to_text
 from farthing.core.clock import Clock, RandomSource
 from farthing.core.encoding import Writer, b64url_encode
@@ -40,6 +46,7 @@ __all__ = [
     "CardStatusView",
     "ExportPage",
     "ExportedCard",
+    "LookupAnswer",
     "SzmService",
     "derive_card_id",
 ]
@@ -82,6 +89,12 @@ class BatchSpec:
 class ExportedCard:
     card_id: bytes
     code: CardCode
+    short: shortcode.ShortSecret
+
+    @property
+    def short_code(self) -> str:
+        """What is printed on the card and typed: ``XXXX-XXXX-XXXX-XXXX-XXXX-XXXX``."""
+        return shortcode.format_code(self.short)
 
     @property
     def text(self) -> str:
@@ -90,6 +103,17 @@ class ExportedCard:
     @property
     def compact(self) -> str:
         return to_compact(self.code)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LookupAnswer:
+    """The terms of the card a short code names (no secret), with the tag that binds them to
+    the code (:func:`farthing.core.shortcode.answer_tag`), and what is left on it."""
+
+    code: CardCode
+    tag: bytes
+    spent: int
+    status: str
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -156,6 +180,7 @@ class SzmService:
             books = self._system.books(tx, batch.currency)
             tx.szm.insert_batch(batch)
             tx.szm.insert_cards(rows)
+            tx.szm.insert_lookups(self._lookups(spec.protocol, rows))
             value = spec.value_micros
             reference = f"szm-batch:{b64url_encode(batch.batch_id)}"
             tx.ledger.post("szm_sale", reference, [(books.cash, value), (books.szm_float, -value)])
@@ -170,6 +195,13 @@ class SzmService:
 
         self._store.run_in_transaction(unit)
         return batch
+
+    def _lookups(self, protocol: SzmProtocol, rows: list[SzmCardRow]) -> list[tuple[bytes, bytes]]:
+        master = self._masters[protocol]
+        return [
+            (shortcode.lookup_id(shortcode.short_secret(master, row.card_id)), row.card_id)
+            for row in rows
+        ]
 
     def _check_spec(self, spec: BatchSpec) -> None:
         self._system.require_currency(spec.denomination.currency)
@@ -284,7 +316,26 @@ class SzmService:
             realm=self._realm,
             modulus=modulus,
         )
-        return ExportedCard(card_id=row.card_id, code=code)
+        short = shortcode.short_secret(self._masters[row.protocol], row.card_id)
+        return ExportedCard(card_id=row.card_id, code=code, short=short)
+
+    # --- the holder's lookup ------------------------------------------------------------------
+
+    def lookup(self, lookup_id: bytes) -> LookupAnswer:
+        """The card a typed short code names, for whoever holds the code: NotFound for any
+        other lookup id (the id is a one-way function of the code, so only the holder has
+        it). Not audited: it reveals nothing the code does not give already."""
+        with self._store.transaction(readonly=True) as tx:
+            row = tx.szm.card_by_lookup(lookup_id) if len(lookup_id) == 16 else None
+        if row is None:
+            raise NotFound("no card has this code")
+        card = self._exported(row)
+        return LookupAnswer(
+            code=card.code,
+            tag=shortcode.answer_tag(card.short, card.code),
+            spent=row.spent,
+            status=_status(row, self._clock.now()),
+        )
 
     # --- status and revenue ---------------------------------------------------------------
 

@@ -23,7 +23,7 @@ A small file next to the goods::
     merchant_id = "shop"
     merchant_key_file = "merchant.key"    # hex, from `farthing issuer merchants add`
     unit_micros = 1000
-    bank_public_key = "<hex>"             # `farthing issuer hll-key`: named in challenges
+    bank_public_key = "<base64url>"       # `farthing issuer hll-key`: named in challenges
                                           # (wallets pay only cards of that bank); required
                                           # for "deferred" (card certificates)
     mode = "online"                       # or "deferred", with two more keys:
@@ -33,7 +33,8 @@ A small file next to the goods::
     [payword]
     vendor_id = "shop"
     broker_id = "broker"
-    broker_public_key = "<hex>"
+    broker_public_key = "<base64url>"     # GET /v1/payword/broker, or `issuer payword
+                                          # users add`; hex (64 digits) is read too
     unit_micros = 1000
     issuer_url = "http://127.0.0.1:8001"  # the broker, to redeem at; if there is no [hll],
     merchant_key_file = "merchant.key"    # these two enable deposits (vendor_id = merchant id)
@@ -50,7 +51,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from farthing.core.errors import LocalProtocolError
+from farthing.core.encoding import b64url_decode
+from farthing.core.errors import LocalProtocolError, MalformedMessage
 from farthing.paywall.app import HllSettings, PaywordSettings, SzmKeys, VendorSettings
 from farthing.paywall.methods.hll import HllMode
 from farthing.paywall.pricing import Price, PriceTable
@@ -113,6 +115,21 @@ def _hex(text: str, key: str, *, length: int | None = None) -> bytes:
         raise _bad(key, "not hexadecimal") from None
     if length is not None and len(value) != length:
         raise _bad(key, f"must be {length} bytes ({2 * length} hex digits)")
+    return value
+
+
+def _public_key(text: str, key: str) -> bytes:
+    """A 32-byte public key as the issuer publishes it (base64url, 43 characters), or as
+    hex (64 digits: configs written before base64url was the one form)."""
+    text = text.strip()
+    if len(text) == 64:
+        return _hex(text, key, length=32)
+    try:
+        value = b64url_decode(text, max_len=64)
+    except MalformedMessage:
+        raise _bad(key, "write the key in base64url, as the issuer publishes it") from None
+    if len(value) != 32:
+        raise _bad(key, "must be 32 bytes (43 base64url characters)")
     return value
 
 
@@ -191,9 +208,7 @@ def _hll(table: dict[str, object], base: Path) -> HllSettings:
         mode=mode,
         risk_limit=_positive(table, "risk_limit", "hll.") if deferred else 0,
         merchant_cap=_positive(table, "merchant_cap", "hll.") if deferred else 0,
-        bank_public_key=_hex(
-            _str(table, "bank_public_key", "hll."), "hll.bank_public_key", length=32
-        )
+        bank_public_key=_public_key(_str(table, "bank_public_key", "hll."), "hll.bank_public_key")
         if deferred or "bank_public_key" in table
         else None,
     )
@@ -203,7 +218,7 @@ def _payword(table: dict[str, object]) -> PaywordSettings:
     return PaywordSettings(
         vendor_id=_str(table, "vendor_id", "payword."),
         broker_id=_str(table, "broker_id", "payword."),
-        broker_public=_hex(
+        broker_public=_public_key(
             _str(table, "broker_public_key", "payword."), "payword.broker_public_key"
         ),
         unit_micros=_int(table, "unit_micros", "payword."),

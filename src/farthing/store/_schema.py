@@ -59,6 +59,7 @@ __all__ = [
     "payword_redemptions",
     "payword_users",
     "szm_batches",
+    "szm_card_lookups",
     "szm_cards",
     "szm_recognised",
     "vendor_deposit_batches",
@@ -242,6 +243,18 @@ szm_cards = Table(
     CheckConstraint(column("spent") <= column("units"), name="within_units"),
     # Clustered on card_id: the key is stored once and a lookup is one b-tree descent.
     sqlite_with_rowid=False,
+)
+
+# The lookup id of each card's printed short code (farthing.core.shortcode): a one-way
+# function of the code, so a wallet finds its card from what a person typed. Apart from
+# szm_cards so that the vendor's hot row stays as it is.
+szm_card_lookups = Table(
+    "szm_card_lookups",
+    metadata,
+    Column("lookup_id", LargeBinary(16), primary_key=True),
+    Column(
+        "card_id", LargeBinary(16), ForeignKey("szm_cards.card_id"), nullable=False, unique=True
+    ),
 )
 
 szm_recognised = Table(

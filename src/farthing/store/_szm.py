@@ -18,14 +18,14 @@ from collections.abc import Iterable, Iterator, Mapping
 from itertools import islice
 from typing import Any, Final, final
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import func, insert, select, update
 
 from farthing.core.errors import ErrorCode, LocalProtocolError, NotFound
 from farthing.store._errors import unique_violation_as
 from farthing.store._hot import HotArea
 from farthing.store._ledger import LedgerArea
 from farthing.store._rows import AccountKind, CardStatus, SzmBatchRow, SzmCardRow, SzmProtocol
-from farthing.store._schema import szm_batches, szm_cards, szm_recognised
+from farthing.store._schema import szm_batches, szm_card_lookups, szm_cards, szm_recognised
 from farthing.store._sql import Area, build, insert_if_absent, require_forward, total
 
 __all__ = [
@@ -134,6 +134,38 @@ class SzmArea(Area):
             .one_or_none()
         )
         return None if row is None else card_row(row)
+
+    def insert_lookups(self, pairs: Iterable[tuple[bytes, bytes]]) -> int:
+        """Insert ``(lookup_id, card_id)`` of the cards' printed short codes; return how many."""
+        count = 0
+        statement = insert(szm_card_lookups)
+        iterator = iter(pairs)
+        with unique_violation_as(ErrorCode.CONFLICT, "a card lookup id exists"):
+            while chunk := [
+                {"lookup_id": lookup, "card_id": card_id}
+                for lookup, card_id in islice(iterator, _CHUNK)
+            ]:
+                self._ctx.conn.execute(statement, chunk)
+                count += len(chunk)
+        return count
+
+    def card_by_lookup(self, lookup_id: bytes) -> SzmCardRow | None:
+        """The card whose printed short code has this lookup id."""
+        stmt = (
+            select(szm_cards)
+            .join(szm_card_lookups, szm_card_lookups.c.card_id == szm_cards.c.card_id)
+            .where(szm_card_lookups.c.lookup_id == lookup_id)
+        )
+        row = self._ctx.conn.execute(stmt).mappings().one_or_none()
+        return None if row is None else card_row(row)
+
+    def active_card_count(self, now: int) -> int:
+        """How many cards could still pay: active, unexpired, units left."""
+        c = szm_cards.c
+        stmt = select(func.count()).where(
+            c.status == CardStatus.ACTIVE.value, c.expires_at > now, c.spent < c.units
+        )
+        return int(self._ctx.conn.execute(stmt).scalar_one())
 
     def set_status(self, card_id: bytes, status: CardStatus) -> bool:
         stmt = (

@@ -16,7 +16,9 @@ anonymously (cash, printed code, :mod:`farthing.core.cardcode`) and carries a pu
 16-byte card id and a 32-byte card secret S, never an identity. The issuer keeps one
 32-byte master key and re-derives every card's secret on demand::
 
-    S    = HMAC-SHA256(master, canonical("farthing/szm-chain/card-secret", card_id))
+    s    = the card's printed short secret, from HMAC-SHA256(master, card_id)
+           (:mod:`farthing.core.shortcode`: 115 bits, what a person types)
+    S    = HKDF-SHA256(s, info=canonical("farthing/szm-chain/card-secret", card_id))
     w_N  = HMAC-SHA256(S, canonical("farthing/szm-chain/chain-seed", card_id))
     w_i  = SHA-256(tag || w_{i+1}),  tag = "farthing/szm-chain\\x00",  down to w_0
 
@@ -64,6 +66,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Final, NamedTuple, final
 
+from farthing.core import shortcode
 from farthing.core.cardcode import CardCode, Generator, Protocol
 from farthing.core.clock import RandomSource
 from farthing.core.encoding import Writer, header
@@ -115,7 +118,9 @@ __all__ = [
 METHOD: Final = Protocol.CHAIN.value
 CHAIN_TAG: Final = b"farthing/szm-chain\x00"
 PAYMENT_DOMAIN: Final = "farthing/szm-chain/payment"
-DERIVATION_DOMAIN: Final = "farthing/szm-chain/card-secret"
+DERIVATION_DOMAIN: Final = shortcode.SECRET_DOMAINS[
+    Protocol.CHAIN
+]  # "farthing/szm-chain/card-secret"
 SEED_DOMAIN: Final = "farthing/szm-chain/chain-seed"
 KEY_DOMAIN: Final = "farthing/szm-chain/key"
 MAX_LENGTH: Final = 1 << 20  # bounds the issuer's anchor and the card's first walk
@@ -126,7 +131,6 @@ _SECRET_LEN: Final = 32
 _VALUE_LEN: Final = 32
 _LEN16: Final = b"\x00\x10"
 # canonical(domain, card_id) = header(domain) || u16(16) || card_id, precomputed.
-_SECRET_PREFIX: Final = header(DERIVATION_DOMAIN) + _LEN16
 _SEED_PREFIX: Final = header(SEED_DOMAIN) + _LEN16
 # Fast path: a payment has exactly one layout, unpacked in one call.
 _CODEC: Final = IndexPaymentCodec(PAYMENT_DOMAIN, key_len=_ID_LEN)
@@ -145,10 +149,13 @@ class KeyMode(StrEnum):
 
 
 def card_secret(master_key: bytes, card_id: bytes) -> bytes:
-    """S = HMAC(master, canonical("farthing/szm-chain/card-secret", card_id))."""
+    """S = HKDF(short, canonical("farthing/szm-chain/card-secret", card_id)), short being
+    the card's printed short secret, HMAC(master, ...) (:mod:`farthing.core.shortcode`)."""
     if len(master_key) != _SECRET_LEN or len(card_id) != _ID_LEN:
         raise ValueError("master key must be 32 bytes and card id 16 bytes")
-    return hmac_sha256(master_key, _SECRET_PREFIX + card_id)
+    return shortcode.card_secret(
+        shortcode.short_secret(master_key, card_id), DERIVATION_DOMAIN, card_id
+    )
 
 
 def chain_seed(secret: bytes, card_id: bytes) -> bytes:

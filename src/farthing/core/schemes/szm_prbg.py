@@ -14,8 +14,9 @@ reconstruction* and our choices.
 
 Card. The vendor is the issuer; no third party. A card, bought anonymously, carries a public
 16-byte card id and a 32-byte secret S (the generator's seed), never an identity. The
-issuer keeps one 32-byte master key and derives S = HMAC-SHA256(master,
-canonical("farthing/szm-prbg/card-secret", card_id)), so it stores per card only
+issuer keeps one 32-byte master key and derives S = HKDF-SHA256(short,
+canonical("farthing/szm-prbg/card-secret", card_id)) from the card's printed short secret
+short = HMAC-SHA256(master, ...) (:mod:`farthing.core.shortcode`), so it stores per card only
 ``(card_id, spent, units N, generator, denomination, expires_at)``: a leaked database
 reveals no seed; a leaked master key reveals all.
 
@@ -59,9 +60,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Final, final
 
+from farthing.core import shortcode
 from farthing.core.cardcode import CardCode, Generator, Protocol
 from farthing.core.clock import RandomSource
-from farthing.core.encoding import header
 from farthing.core.errors import (
     CardExhausted,
     InvalidPayment,
@@ -81,7 +82,7 @@ from farthing.core.prbg import (
     bbs_steps_per_block,
     require_strong_modulus,
 )
-from farthing.core.primitives import constant_time_eq, hmac_sha256
+from farthing.core.primitives import constant_time_eq
 from farthing.core.schemes._advance import (
     Acceptance,
     IndexPaymentCodec,
@@ -118,7 +119,9 @@ __all__ = [
 
 METHOD: Final = Protocol.PRBG.value
 PAYMENT_DOMAIN: Final = "farthing/szm-prbg/payment"
-DERIVATION_DOMAIN: Final = "farthing/szm-prbg/card-secret"
+DERIVATION_DOMAIN: Final = shortcode.SECRET_DOMAINS[
+    Protocol.PRBG
+]  # "farthing/szm-prbg/card-secret"
 STREAM_DOMAIN: Final = "farthing/szm-prbg/stream"
 BBS_BITS_PER_STEP: Final = 8  # needs lg lg n >= 8; every usable n has 2048 bits or more
 MAX_CARD_UNITS: Final = 1 << 30
@@ -127,8 +130,6 @@ DEFAULT_MAX_UNITS: Final = 10_000
 _GENERATORS: Final = frozenset({Generator.HMAC_CTR, Generator.BBS})
 _ID_LEN: Final = 16
 _SECRET_LEN: Final = 32
-_LEN16: Final = b"\x00\x10"
-_SECRET_PREFIX: Final = header(DERIVATION_DOMAIN) + _LEN16
 # Fast path: a payment has exactly one layout, unpacked in one call.
 _CODEC: Final = IndexPaymentCodec(PAYMENT_DOMAIN, key_len=_ID_LEN)
 
@@ -147,10 +148,13 @@ def _key_block(index: int) -> int:
 
 
 def card_secret(master_key: bytes, card_id: bytes) -> bytes:
-    """S = HMAC(master, canonical("farthing/szm-prbg/card-secret", card_id))."""
+    """S = HKDF(short, canonical("farthing/szm-prbg/card-secret", card_id)), short being
+    the card's printed short secret, HMAC(master, ...) (:mod:`farthing.core.shortcode`)."""
     if len(master_key) != _SECRET_LEN or len(card_id) != _ID_LEN:
         raise ValueError("master key must be 32 bytes and card id 16 bytes")
-    return hmac_sha256(master_key, _SECRET_PREFIX + card_id)
+    return shortcode.card_secret(
+        shortcode.short_secret(master_key, card_id), DERIVATION_DOMAIN, card_id
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
