@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -10,11 +12,13 @@ from pathlib import Path
 
 from playwright.sync_api import Page
 
-from farthing.core import cardcode
+from farthing.core import shortcode
+from farthing.core.cardcode import CardCode, Generator, Protocol
 from farthing.core.schemes import szm_chain
 from farthing.store import Store, open_store
-from tests.paywall.helpers import KEYS, issue_chain_cards
 from tests.servers import command_server, free_port
+
+FARTHING = str(Path(sys.executable).parent / "farthing")
 
 ARTICLES = {name: f"secret article {name}" for name in ("a", "b", "c", "d", "e", "f")}
 PRICE_UNITS = 2  # "2000 EUR" at the test cards' 1000 micro-units
@@ -25,56 +29,78 @@ PREMIUM_UNITS = 100  # "100000 EUR": 10 cents, above the default 5 cents per art
 class Shop:
     base: str
     store: Store
-    card: szm_chain.ChainCard
-    code: str
+    card_id: bytes
+    code: str  # the short code printed on the card
     folder: Path
 
     def vendor_spent(self) -> int:
-        row = self.store.szm_card(self.card.card_id)
+        row = self.store.szm_card(self.card_id)
         assert row is not None
         return row.spent
 
 
-def write_shop(folder: Path, database: str) -> Path:
-    articles = folder / "goods" / "articles"
-    articles.mkdir(parents=True)
-    for name, text in ARTICLES.items():
-        (articles / f"{name}.txt").write_text(text)
-    premium = folder / "goods" / "premium"
-    premium.mkdir()
-    (premium / "long.txt").write_text("secret premium article")
-    config = folder / "vendor.toml"
-    config.write_text(
-        'realm = "news"\n'
-        f'database = "{database}"\n'
-        'content_dir = "goods"\n'
-        "[prices]\n"
-        '"/articles/*" = "2000 EUR"\n'
-        '"/premium/*" = "100000 EUR"\n'
-        "[szm]\n"
-        f'chain_master = "{KEYS.chain_master.hex()}"\n'
-        f'prbg_master = "{KEYS.prbg_master.hex()}"\n'
+def farthing(folder: Path, *args: str) -> str:
+    """The real CLI in ``folder``, as an operator runs it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FARTHING_")}
+    done = subprocess.run(
+        [FARTHING, *args], cwd=folder, env=env, capture_output=True, text=True, timeout=120
     )
-    return config
+    assert done.returncode == 0, (args, done.stdout, done.stderr)
+    return done.stdout
+
+
+def set_up_shop(folder: Path, units: int) -> tuple[Path, str]:
+    """An issuer, one card, and the vendor ``vendor init`` writes for it, with the test's
+    prices; returns the goods folder and the card's printed short code."""
+    farthing(folder, "issuer", "init", "--bbs-bits", "2048")
+    farthing(folder, "issuer", "cards", "issue", "--count", "1", "--units", str(units),
+             "--unit-micros", "1000", "--currency", "EUR", "--out", "codes.txt")  # fmt: skip
+    goods = folder / "goods"
+    for name, text in ARTICLES.items():
+        (goods / "articles").mkdir(parents=True, exist_ok=True)
+        (goods / "articles" / f"{name}.txt").write_text(text)
+    (goods / "premium").mkdir()
+    (goods / "premium" / "long.txt").write_text("secret premium article")
+    farthing(folder, "vendor", "init", "goods", "--issuer-keys", "farthing-issuer.keys.json")
+    config = goods / ".farthing" / "vendor.toml"
+    text = config.read_text()
+    assert '"/**" = "1000 EUR"' in text
+    config.write_text(
+        text.replace(
+            '"/**" = "1000 EUR"', '"/articles/*" = "2000 EUR"\n"/premium/*" = "100000 EUR"'
+        )
+    )
+    return goods, (folder / "codes.txt").read_text().split()[0]
 
 
 @contextlib.contextmanager
 def running_shop(folder: Path, units: int = 300) -> Iterator[Shop]:
-    database = str(folder / "vendor.sqlite")
-    store = open_store(database)
-    card = issue_chain_cards(store, 1, units=units)[0]
-    code = cardcode.to_text(szm_chain.to_card_code(card, realm="news"))
-    config = write_shop(folder, database)
+    goods, code = set_up_shop(folder, units)
+    store = open_store(str(folder / "farthing-issuer.sqlite"))
+    with store.transaction(readonly=True) as tx:
+        row = tx.szm.card_by_lookup(shortcode.lookup_id(shortcode.parse_code(code)))
+    assert row is not None
     port = free_port()
-    command = [
-        str(Path(sys.executable).parent / "farthing"), "vendor", "serve",
-        str(folder / "goods"), "--config", str(config), "--port", str(port),
-    ]  # fmt: skip
+    command = [FARTHING, "vendor", "serve", str(goods), "--port", str(port)]
     try:
         with command_server(command, port, env={}, log_path=folder / "serve.log") as base:
-            yield Shop(base=base, store=store, card=card, code=code, folder=folder)
+            yield Shop(base=base, store=store, card_id=row.card_id, code=code, folder=folder)
     finally:
         store.close()
+
+
+def chain_card(shop: Shop) -> szm_chain.ChainCard:
+    """The card as another wallet holding the printed code has it (fresh: nothing spent)."""
+    row = shop.store.szm_card(shop.card_id)
+    assert row is not None
+    short = shortcode.parse_code(shop.code)
+    secret = shortcode.card_secret(short, szm_chain.DERIVATION_DOMAIN, shop.card_id)
+    code = CardCode(
+        protocol=Protocol.CHAIN, card_id=shop.card_id, secret=secret, units=row.units,
+        currency=row.currency, unit_micros=row.unit_micros, expires_at=row.expires_at,
+        generator=Generator.SHA256_CHAIN, realm="farthing",
+    )  # fmt: skip
+    return szm_chain.card_from_code(code)
 
 
 def enter_card(page: Page, shop: Shop, path: str = "/articles/a.txt") -> None:

@@ -1,6 +1,7 @@
-"""The browser's card holder (src/farthing/paywall/web/core.js) reproduces every vector the
-Python core is held to: vectors/szm_chain (generate), vectors/szm_prbg (generate, the hmac-ctr
-generator) and vectors/sealing (seal and invalid), run in the real Chromium."""
+"""The browser's card holder (src/farthing/paywall/web/core.js, shortcode.js) reproduces every
+vector the Python core is held to: vectors/szm_chain (generate), vectors/szm_prbg (generate,
+the hmac-ctr generator), vectors/sealing (seal and invalid) and vectors/shortcode (derive and
+invalid), run in the real Chromium."""
 
 from __future__ import annotations
 
@@ -42,9 +43,10 @@ def core_page(page: Page) -> Iterator[Page]:
 def run_in_page(page: Page, script: str, vectors: list[dict[str, Any]]) -> Any:
     return page.evaluate(
         "async ([script, vectors]) => {"
-        " const core = await import('/core.js');"
-        " const run = new Function('core', 'vectors', 'return (async () => {' + script + '})()');"
-        " return await run(core, vectors); }",
+        " const core = await import('/core.js'); const sc = await import('/shortcode.js');"
+        " const run = new Function('core', 'sc', 'vectors',"
+        "   'return (async () => {' + script + '})()');"
+        " return await run(core, sc, vectors); }",
         [script, vectors],
     )
 
@@ -53,7 +55,8 @@ CHAIN = """
 const h = core.fromHex, x = core.toHex, out = [];
 for (const v of vectors) {
   const cardId = h(v.card_id);
-  const secret = await core.cardSecret(core.CHAIN_METHOD, h(v.master_key), cardId);
+  const short = await sc.shortSecret(h(v.master_key), cardId);
+  const secret = await sc.cardSecretFromShort(short, core.SECRET_DOMAINS["szm:chain"], cardId);
   const card = { method: core.CHAIN_METHOD, cardId, secret, length: v.length };
   const seed = await core.chainSeed(secret, cardId);
   const anchor = await core.chainValue(card, 0);
@@ -87,7 +90,8 @@ PRBG = """
 const h = core.fromHex, x = core.toHex, out = [];
 for (const v of vectors) {
   const cardId = h(v.card_id);
-  const secret = await core.cardSecret(core.PRBG_METHOD, h(v.master_key), cardId);
+  const short = await sc.shortSecret(h(v.master_key), cardId);
+  const secret = await sc.cardSecretFromShort(short, core.SECRET_DOMAINS["szm:prbg"], cardId);
   const card = { method: core.PRBG_METHOD, cardId, secret, length: v.units };
   const blocks = [];
   for (let j = 0; j < v.first_blocks.length; j += 1) {
@@ -149,3 +153,42 @@ def test_js_refuses_every_invalid_seal_vector(core_page: Page) -> None:
     for vector, result in zip(vectors, got, strict=True):
         assert result["opened"] is None, vector["name"]
         assert result["error"] == vector["code"], vector["name"]
+
+
+SHORT = """
+const h = core.fromHex, x = core.toHex, out = [];
+for (const v of vectors) {
+  if (v.error !== undefined) {
+    try { sc.parseCode(v.code); out.push({ refused: false }); }
+    catch (e) { out.push({ refused: e instanceof sc.CodeTypo }); }
+    continue;
+  }
+  const cardId = h(v.card_id);
+  const short = sc.parseCode(v.code);
+  out.push({
+    short_secret: short,
+    issuer_short: await sc.shortSecret(h(v.master_key), cardId),
+    code: sc.formatCode(short),
+    lookup_id: x(await sc.lookupId(short)),
+    chain_secret: x(await sc.cardSecretFromShort(short, core.SECRET_DOMAINS["szm:chain"], cardId)),
+    prbg_secret: x(await sc.cardSecretFromShort(short, core.SECRET_DOMAINS["szm:prbg"], cardId)),
+  });
+}
+return out;
+"""
+
+
+def test_js_reproduces_the_short_code_vectors(core_page: Page) -> None:
+    vectors = load_vectors("shortcode", "derive")
+    got = run_in_page(core_page, SHORT, vectors)
+    for vector, result in zip(vectors, got, strict=True):
+        assert result["issuer_short"] == vector["short_secret"], vector["name"]
+        expected = {k: vector[k] for k in result if k != "issuer_short"}
+        assert {k: v for k, v in result.items() if k != "issuer_short"} == expected, vector["name"]
+
+
+def test_js_refuses_every_invalid_short_code(core_page: Page) -> None:
+    vectors = load_vectors("shortcode", "invalid")
+    assert {v["error"] for v in vectors} == {"CARD_CODE_TYPO", "OVERSIZED"}
+    got = run_in_page(core_page, SHORT, vectors)
+    assert got == [{"refused": True}] * len(vectors)

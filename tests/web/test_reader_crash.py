@@ -18,6 +18,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -179,9 +180,7 @@ def test_killing_the_browser_mid_payment_loses_at_most_that_payment(
 def run_crash(
     playwright: Playwright, profile: Path, shop: Shop, proxy: HoldingProxy, vendor_got_it: bool
 ) -> None:
-    site = Shop(
-        base=proxy.base, store=shop.store, card=shop.card, code=shop.code, folder=shop.folder
-    )
+    site = replace(shop, base=proxy.base)
     with own_chromium(playwright, profile) as (browser, pid):
         page = browser.contexts[0].new_page()
         enter_card(page, site, "/articles/a.txt")

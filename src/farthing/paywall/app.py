@@ -124,7 +124,7 @@ def build_methods(
     return methods
 
 
-def _card_checker(settings: VendorSettings, store: Store) -> CardChecker | None:
+def _card_checker(settings: VendorSettings, store: Store, clock: Clock) -> CardChecker | None:
     szm = settings.szm
     if szm is None:
         return None
@@ -133,6 +133,8 @@ def _card_checker(settings: VendorSettings, store: Store) -> CardChecker | None:
         realm=settings.realm,
         chain_master=szm.chain_master,
         prbg_master=szm.prbg_master,
+        bbs_modulus=szm.bbs.public.n_bytes if szm.bbs is not None else b"",
+        clock=clock,
     )
 
 
@@ -186,7 +188,7 @@ def create_vendor_app(
         routes=[
             Route("/metrics", metrics_endpoint),
             Route("/healthz", health),
-            *wallet_routes(_card_checker(settings, store)),
+            *wallet_routes(_card_checker(settings, store, clock or SystemClock())),
             *extra_routes,
             Mount("/", app=content),
         ],

@@ -7,10 +7,11 @@ which the paywall never prices, whatever the price table says:
   ``farthing/paywall/web/`` (plain ES modules, one stylesheet, the wallet page). The service
   worker (``sw.js``) is sent with ``Service-Worker-Allowed: /`` so that it may control the
   whole site from its reserved folder.
-- ``POST /_farthing/card``: the reader's card code, checked by the vendor, who is the card's
-  issuer: the card must be one of its own (known to its store, active, of this realm, its
-  secret the one the issuer's master key gives). The answer is what the page's wallet needs
-  to pay (including the secret the code already carried) and the card's balance.
+- ``POST /_farthing/card``: ``{"lookup": ...}``, the lookup id of the reader's short card code
+  (:mod:`farthing.core.shortcode`), answered by the vendor, who is the card's issuer and
+  shares its database, exactly as the issuer's ``POST /v1/szm/cards/lookup`` answers: the
+  card's terms, the tag binding them to the code, and what is left. The code itself and the
+  card secret never leave the page.
 
 A priced request that accepts ``text/html`` (a browser navigation) and carries no payment
 gets its 402 as an HTML page (:func:`payment_page`): the price in the reader's terms, the
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from html import escape
 from importlib import resources
@@ -32,17 +33,17 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from farthing.core import cardcode
+from farthing.core import shortcode
 from farthing.core.cardcode import CardCode, Generator, Protocol
-from farthing.core.encoding import b64url_encode
-from farthing.core.errors import ErrorCode, FarthingError, InvalidPayment, MalformedMessage
-from farthing.core.primitives import constant_time_eq
+from farthing.core.clock import Clock, SystemClock
+from farthing.core.encoding import b64url_decode, b64url_encode
+from farthing.core.errors import ErrorCode, FarthingError, MalformedMessage, NotFound
 from farthing.core.schemes import szm_chain, szm_prbg
 from farthing.http.payment_auth import Challenge
 from farthing.http.problems import CONTENT_TYPE as PROBLEM_TYPE
 from farthing.http.problems import problem_for
 from farthing.paywall.pricing import PricedRoute
-from farthing.store import CardStatus, Store, SzmProtocol
+from farthing.store import CardStatus, Store, SzmCardRow, SzmProtocol
 
 __all__ = [
     "WALLET_PREFIX",
@@ -55,11 +56,12 @@ __all__ = [
 ]
 
 WALLET_PREFIX: Final = "/_farthing/"
-MAX_CODE_LEN: Final = 4096
+MAX_BODY: Final = 1024
 _WEB = resources.files("farthing.paywall") / "web"
 # name -> media type: only these files are served, each read once.
 _FILES: Final = {
     "core.js": "text/javascript; charset=utf-8",
+    "shortcode.js": "text/javascript; charset=utf-8",
     "wire.js": "text/javascript; charset=utf-8",
     "store.js": "text/javascript; charset=utf-8",
     "sw.js": "text/javascript; charset=utf-8",
@@ -127,61 +129,75 @@ def payment_page(route: PricedRoute, path: str, challenges: list[Challenge]) -> 
     return page.encode()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class CardChecker:
-    """Checks a reader's card code against the vendor's own cards (it is their issuer)."""
+    """Finds a reader's card by the lookup id of its short code (the vendor is the card's
+    issuer and shares its database) and answers as the issuer's ``POST
+    /v1/szm/cards/lookup`` does: the card's terms, the tag that binds them to the code, and
+    what is left. No secret travels: the page derives the card secret from the typed code."""
 
     store: Store
     realm: str
-    chain_master: bytes
-    prbg_master: bytes
+    chain_master: bytes = field(repr=False)
+    prbg_master: bytes = field(repr=False)
+    bbs_modulus: bytes = b""
+    clock: Clock = field(default_factory=SystemClock)
 
-    def check(self, text: str) -> dict[str, object]:
-        """The wallet's view of the card, or a FarthingError in words a reader understands."""
-        code = _parse(text)
-        if code.realm != self.realm:
-            raise InvalidPayment(f"this card is for another shop ({code.realm})")
-        if code.protocol is Protocol.PRBG and code.generator is not Generator.HMAC_CTR:
-            raise MalformedMessage(
-                "this browser wallet cannot pay with a BBS card; use the farthing CLI",
-                code=ErrorCode.UNSUPPORTED_METHOD,
-            )
-        row = self.store.szm_card(code.card_id)
-        protocol = SzmProtocol.CHAIN if code.protocol is Protocol.CHAIN else SzmProtocol.PRBG
-        if row is None or row.protocol is not protocol or not self._genuine(code):
-            raise InvalidPayment("this shop did not issue that card")
-        if row.status is not CardStatus.ACTIVE:
-            raise InvalidPayment("this card is blocked at the shop")
+    def lookup(self, lookup_id: bytes) -> dict[str, object]:
+        """The issuer's answer for ``lookup_id``; NotFound, in words, for any other id."""
+        row = None
+        if len(lookup_id) == shortcode.LOOKUP_LEN:
+            with self.store.transaction(readonly=True) as tx:
+                row = tx.szm.card_by_lookup(lookup_id)
+        if row is None:
+            raise NotFound("this shop knows no card with this code: compare it with the card")
+        master = self.chain_master if row.protocol is SzmProtocol.CHAIN else self.prbg_master
+        code = self._card(row, master)
+        tag = shortcode.answer_tag(shortcode.short_secret(master, row.card_id), code)
         return {
-            "method": code.protocol.value,
-            "card": b64url_encode(code.card_id),
-            "secret": b64url_encode(code.secret),
-            "units": row.units,
-            "spent": row.spent,
-            "unitMicros": row.unit_micros,
-            "currency": row.currency,
-            "expiresAt": row.expires_at,
+            "card_id": b64url_encode(code.card_id),
+            "protocol": code.protocol.value,
+            "units": code.units,
+            "currency": code.currency,
+            "unit_micros": code.unit_micros,
+            "expires_at": code.expires_at,
+            "generator": code.generator.value,
             "realm": code.realm,
+            "modulus": b64url_encode(code.modulus),
+            "tag": b64url_encode(tag),
+            "spent": row.spent,
+            "status": _status(row, self.clock.now()),
         }
 
-    def _genuine(self, code: CardCode) -> bool:
-        if code.protocol is Protocol.CHAIN:
-            expected = szm_chain.card_secret(self.chain_master, code.card_id)
+    def _card(self, row: SzmCardRow, master: bytes) -> CardCode:
+        if row.protocol is SzmProtocol.CHAIN:
+            generator, secret = Generator.SHA256_CHAIN, szm_chain.card_secret(master, row.card_id)
         else:
-            expected = szm_prbg.card_secret(self.prbg_master, code.card_id)
-        return constant_time_eq(expected, code.secret)
+            generator = Generator(row.generator or Generator.HMAC_CTR.value)
+            secret = szm_prbg.card_secret(master, row.card_id)
+        return CardCode(
+            protocol=Protocol(row.protocol.value),
+            card_id=row.card_id,
+            secret=secret,
+            units=row.units,
+            currency=row.currency,
+            unit_micros=row.unit_micros,
+            expires_at=row.expires_at,
+            generator=generator,
+            realm=self.realm,
+            modulus=self.bbs_modulus if generator is Generator.BBS else b"",
+        )
 
 
-def _parse(text: str) -> CardCode:
-    text = text.strip()
-    if not text:
-        raise MalformedMessage("type the card code printed on your card")
-    try:
-        if text.upper().startswith(cardcode.TEXT_PREFIX):
-            return cardcode.from_text(text)
-        return cardcode.from_compact(text)
-    except FarthingError:
-        raise MalformedMessage("that is not a card code: check it for a typo") from None
+def _status(row: SzmCardRow, now: int) -> str:
+    """As the issuer says it: active, blocked, expired or exhausted."""
+    if row.status is not CardStatus.ACTIVE:
+        return row.status.value
+    if now >= row.expires_at:
+        return "expired"
+    if row.spent >= row.units:
+        return "exhausted"
+    return CardStatus.ACTIVE.value
 
 
 def wallet_routes(checker: CardChecker | None) -> list[Route]:
@@ -199,18 +215,12 @@ def wallet_routes(checker: CardChecker | None) -> list[Route]:
 
     async def card(request: Request) -> Response:
         if checker is None:
-            return _refusal(MalformedMessage("this shop sells no farthing cards"), 404)
+            return _refusal(NotFound("this shop sells no farthing cards"))
         body = await request.body()
         try:
-            if len(body) > MAX_CODE_LEN:
-                raise MalformedMessage("that is not a card code", code=ErrorCode.OVERSIZED)
-            try:
-                sent = json.loads(body)
-            except ValueError:
-                raise MalformedMessage('send {"code": ...}') from None
-            if not isinstance(sent, dict) or not isinstance(sent.get("code"), str):
-                raise MalformedMessage('send {"code": ...}')
-            answer = await asyncio.to_thread(checker.check, sent["code"])
+            if len(body) > MAX_BODY:
+                raise MalformedMessage('send {"lookup": ...}', code=ErrorCode.OVERSIZED)
+            answer = await asyncio.to_thread(checker.lookup, _lookup_id(body))
         except FarthingError as error:
             return _refusal(error)
         return JSONResponse(answer, headers={"cache-control": "no-store"})
@@ -219,6 +229,17 @@ def wallet_routes(checker: CardChecker | None) -> list[Route]:
         Route(WALLET_PREFIX + "card", card, methods=["POST"]),
         Route(WALLET_PREFIX + "{name}", static, methods=["GET", "HEAD"]),
     ]
+
+
+def _lookup_id(body: bytes) -> bytes:
+    try:
+        sent = json.loads(body)
+    except ValueError:
+        sent = None
+    lookup = sent.get("lookup") if isinstance(sent, dict) else None
+    if not isinstance(lookup, str):
+        raise MalformedMessage('send {"lookup": ...}')
+    return b64url_decode(lookup, max_len=64)
 
 
 def _refusal(error: FarthingError, status: int | None = None) -> Response:

@@ -12,15 +12,17 @@ export const SEAL_VERSION = 3;
 export const CHAIN_METHOD = "szm:chain";
 export const PRBG_METHOD = "szm:prbg";
 const CHAIN_TAG = encoder.encode("farthing/szm-chain\u0000");
+export const SECRET_DOMAINS = {
+  "szm:chain": "farthing/szm-chain/card-secret",
+  "szm:prbg": "farthing/szm-prbg/card-secret",
+};
 const CHAIN_DOMAINS = {
   payment: "farthing/szm-chain/payment",
-  secret: "farthing/szm-chain/card-secret",
   seed: "farthing/szm-chain/chain-seed",
   key: "farthing/szm-chain/key",
 };
 const PRBG_DOMAINS = {
   payment: "farthing/szm-prbg/payment",
-  secret: "farthing/szm-prbg/card-secret",
   stream: "farthing/szm-prbg/stream",
 };
 const HMAC_COUNTER_DOMAIN = "farthing/prbg/hmac-counter";
@@ -146,13 +148,6 @@ export async function prbgBlock(seed, index, domain = HMAC_COUNTER_DOMAIN) {
 
 // --- cards ------------------------------------------------------------------------------------
 
-/** The issuer's derivation S = HMAC(master, canonical(domain, card_id)); the card holder
- * gets S from its card and never needs this (kept for the vectors). */
-export async function cardSecret(method, masterKey, cardId) {
-  const domain = method === CHAIN_METHOD ? CHAIN_DOMAINS.secret : PRBG_DOMAINS.secret;
-  return hmacSha256(masterKey, concat(header(domain), u16(cardId.length), cardId));
-}
-
 export async function chainSeed(secret, cardId) {
   return hmacSha256(secret, concat(header(CHAIN_DOMAINS.seed), u16(cardId.length), cardId));
 }
@@ -188,6 +183,24 @@ export async function paymentFor(card, index) {
     return { method: card.method, value, payment: payment.finish(), key };
   }
   throw new Error("not an SZM card this wallet can pay with");
+}
+
+/** The canonical bytes of a card (core/cardcode.py encode_card): what the issuer's answer
+ * tag binds. ``card``: {protocol, cardId, secret, units, currency, unitMicros, expiresAt,
+ * generator, realm, modulus}. */
+export function encodeCard(card) {
+  return new Writer("farthing/szm/card")
+    .text(card.protocol)
+    .bytes(card.cardId)
+    .bytes(card.secret)
+    .u64(card.units)
+    .text(card.currency)
+    .u64(card.unitMicros)
+    .u64(card.expiresAt)
+    .text(card.generator)
+    .text(card.realm)
+    .bytes(card.modulus)
+    .finish();
 }
 
 // --- the seal (core/sealing.py) ---------------------------------------------------------------

@@ -2,6 +2,8 @@
 // or no above it) and the wallet page (card, balance, what was bought, copy the code out).
 // The service worker (sw.js) does the paying; this script never sends a payment.
 
+import * as core from "./core.js";
+import * as shortcode from "./shortcode.js";
 import * as store from "./store.js";
 
 const $ = (id) => document.getElementById(id);
@@ -34,15 +36,42 @@ async function ensureWorker() {
   await new Promise((resolve) => navigator.serviceWorker.addEventListener("controllerchange", resolve, { once: true }));
 }
 
-async function checkCard(code) {
+/** The card a typed short code names: checked here first (a typo never leaves the page),
+ * then found at the shop by its lookup id, its answer checked against the code's tag, its
+ * secret derived here. Throws an Error whose message is for the reader. */
+async function checkCard(text) {
+  const short = shortcode.parseCode(text);
+  const lookup = core.b64url(await shortcode.lookupId(short));
   const response = await fetch("/_farthing/card", {
     method: "POST",
     headers: { "content-type": "application/json" },
-    body: JSON.stringify({ code }),
+    body: JSON.stringify({ lookup }),
   });
-  const body = await response.json().catch(() => ({}));
-  if (!response.ok) throw new Error(body.detail || "the shop did not accept this card");
-  return { ...body, code: code.trim() };
+  const answer = await response.json().catch(() => ({}));
+  if (!response.ok) throw new Error(answer.detail || "the shop did not answer");
+  const cardId = core.fromB64url(answer.card_id);
+  const domain = core.SECRET_DOMAINS[answer.protocol];
+  if (!domain) throw new Error("this is not a card this wallet can pay with");
+  const secret = await shortcode.cardSecretFromShort(short, domain, cardId);
+  const terms = {
+    protocol: answer.protocol, cardId, secret, units: answer.units, currency: answer.currency,
+    unitMicros: answer.unit_micros, expiresAt: answer.expires_at, generator: answer.generator,
+    realm: answer.realm, modulus: core.fromB64url(answer.modulus),
+  };
+  const tag = await shortcode.answerTag(short, core.encodeCard(terms));
+  if (!core.equalBytes(tag, core.fromB64url(answer.tag))) {
+    throw new Error("the shop's answer does not match this card code");
+  }
+  if (answer.status !== "active") throw new Error(`this card is ${answer.status} at the shop`);
+  if (answer.generator === "bbs") {
+    throw new Error("this browser wallet cannot pay with a BBS card; use the farthing CLI");
+  }
+  return {
+    card: answer.card_id, method: answer.protocol, secret: core.b64url(secret),
+    units: answer.units, spent: answer.spent, unitMicros: answer.unit_micros,
+    currency: answer.currency, expiresAt: answer.expires_at, realm: answer.realm,
+    code: shortcode.formatCode(short),
+  };
 }
 
 function centsToMicros(text) {

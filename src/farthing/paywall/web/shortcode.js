@@ -3,7 +3,7 @@
 // asks the shop anything, and derives from it the lookup id it sends and the card secret it
 // never sends. vectors/shortcode is the truth for both languages (tests/web/test_core_js.py).
 
-import { Writer, concat, hkdfSha256 } from "./core.js";
+import { Writer, concat, hkdfSha256, hmacSha256 } from "./core.js";
 
 export const ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ";
 const SECRET_LEN = 23;
@@ -71,6 +71,18 @@ export function formatCode(short) {
   const check = syndrome([...short].map((c) => VALUE[c]).concat([0]));
   const symbols = short + ALPHABET[check];
   return symbols.match(/.{1,4}/g).join("-");
+}
+
+/** The issuer's short secret of a card: the top 115 bits of an HMAC under its master key
+ * (the card holder reads it from the card; this is here for the vectors). */
+export async function shortSecret(masterKey, cardId) {
+  const mac = await hmacSha256(masterKey, new Writer("farthing/szm/short-secret").bytes(cardId).finish());
+  let number = 0n;
+  for (const byte of mac) number = (number << 8n) | BigInt(byte);
+  number >>= BigInt(256 - 5 * SECRET_LEN);
+  let symbols = "";
+  for (let i = SECRET_LEN - 1; i >= 0; i -= 1) symbols += ALPHABET[Number((number >> BigInt(5 * i)) & 31n)];
+  return symbols;
 }
 
 /** What the wallet sends to find its card: a one-way function of the code. */
