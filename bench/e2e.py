@@ -50,7 +50,19 @@ from farthing.core.encoding import b64url_decode, b64url_encode
 from farthing.core.money import Denomination
 from farthing.core.primitives import ed25519_public_key
 from farthing.core.schemes import hll, payword, szm_chain, szm_prbg
-from farthing.http.payment_auth import ChallengeSigner, Credential, format_credential
+from farthing.http.methods import METHOD_OF
+from farthing.http.methods.common import unit_price
+from farthing.http.methods.hll import HllMode, HllRequest
+from farthing.http.methods.payword import PaywordRequest
+from farthing.http.methods.szm import SzmRequest
+from farthing.http.payment_auth import (
+    Challenge,
+    ChallengeBinder,
+    Credential,
+    JsonObject,
+    encode_jcs_b64,
+    format_credential,
+)
 from farthing.store import CardStatus, Store, SzmBatchRow, SzmCardRow, SzmProtocol, open_store
 from farthing.testing.hll import SoftwareCard
 from farthing.testing.payword import PaywordSpender
@@ -156,20 +168,32 @@ def write_vendor(
     return VendorFolder(config=config, database=database, challenge_secret=secret)
 
 
-def challenge_id(secret: bytes, method: str, ttl: int = 4 * 3600) -> str:
-    """A challenge id as the vendor would issue it (stateless HMAC; reusable until expiry)."""
-    return ChallengeSigner(secret).issue(
-        nonce=os.urandom(16),
-        expires=int(time.time()) + ttl,
+def challenge_id(
+    secret: bytes, method: str, ttl: int = 4 * 3600, *, merchant_id: str = ""
+) -> Challenge:
+    """A challenge as the vendor would issue it for ``SCOPE`` (stateless HMAC binding;
+    ``method`` is the scheme, ``szm:chain``), its ``request`` built by the method's wire
+    module as the vendor builds it."""
+    price = unit_price(amount=1000, currency="EUR", resource=SCOPE, unit_micros=EUR.unit_micros)
+    request: JsonObject
+    if method.startswith("szm:"):
+        request = SzmRequest(amount=1000, currency="EUR", resource=SCOPE).to_json()
+    elif method == "payword":
+        request = PaywordRequest(**price, vendor=VENDOR_ID, broker=BROKER_ID).to_json()
+    else:
+        request = HllRequest(**price, merchant=merchant_id, mode=HllMode.ONLINE).to_json()
+    return ChallengeBinder(secret).issue(
         realm=REALM,
-        method=method,
-        scope=SCOPE,
-        price=PRICE,
+        method=METHOD_OF[method],
+        request=request,
+        request_b64=encode_jcs_b64(request),
+        expires=int(time.time()) + ttl,
+        nonce=os.urandom(16),
     )
 
 
-def header(challenge: str, payload: dict[str, object]) -> str:
-    return format_credential(Credential(id=challenge, payload=payload))
+def header(challenge: Challenge, payload: dict[str, object]) -> str:
+    return format_credential(Credential.answering(challenge, payload))
 
 
 # --- issuing cards into the store ------------------------------------------------------------
@@ -272,7 +296,7 @@ def chain_lines(ctx: Issuing, cards: int, units: int) -> list[str]:
         for _ in range(units):
             card, payment, _ = szm_chain.next_payment(card, 1, now=now, walker=walker)
             raw = b64url_encode(szm_chain.encode_payment(payment))
-            column.append(header(challenge, {"method": "szm:chain", "payment": raw}))
+            column.append(header(challenge, {"payment": raw}))
         columns.append(column)
     return interleave(columns)
 
@@ -285,7 +309,7 @@ def prbg_lines(ctx: Issuing, cards: int, units: int) -> list[str]:
         for _ in range(units):
             card, payment, _ = szm_prbg.next_payment(card, 1, now=now)
             raw = b64url_encode(szm_prbg.encode_payment(payment))
-            column.append(header(challenge, {"method": "szm:prbg", "payment": raw}))
+            column.append(header(challenge, {"payment": raw}))
         columns.append(column)
     return interleave(columns)
 
@@ -330,7 +354,7 @@ def payword_lines(ctx: Issuing, commitments: int, units: int) -> list[str]:
         column = []
         for i in range(units):
             raw = b64url_encode(payword.encode_payment(spender.reserve(1, now=now).payment))
-            payload: dict[str, object] = {"method": "payword", "payment": raw}
+            payload: dict[str, object] = {"payment": raw}
             if i < COMMITMENT_CARRIERS:
                 payload["commitment"] = encoded
             column.append(header(challenge, payload))
@@ -346,22 +370,23 @@ def interleave(columns: list[list[str]]) -> list[str]:
 def hll_lines(ctx: Issuing, cards: int, units: int) -> list[str]:
     """Purchases by new cards personalised at the bank, MACs over the vendor's offer."""
     assert ctx.bank is not None
-    challenge, now = challenge_id(ctx.secret, "hll:mac"), int(time.time())
-    raw_id = b64url_decode(challenge, max_len=64)
+    challenge = challenge_id(ctx.secret, "hll:mac", merchant_id=ctx.bank.merchant_id)
+    now = int(time.time())
+    assert challenge.expires is not None
     offer = hll.Offer(
         merchant_id=ctx.bank.merchant_id,
         good=PAID_PATH,
         amount=1,
         denomination=EUR,
-        challenge=raw_id,
-        expires_at=int.from_bytes(raw_id[16:24], "big"),
+        challenge=b64url_decode(challenge.id, max_len=64),
+        expires_at=challenge.expires,
     )
     columns = []
     for card in ctx.bank.new_cards(cards, units):
         column = []
         for _ in range(units):
             raw = b64url_encode(hll.encode_payment(card.purchase(offer, now)))
-            column.append(header(challenge, {"method": "hll:mac", "payment": raw}))
+            column.append(header(challenge, {"payment": raw}))
         columns.append(column)
     return interleave(columns)
 

@@ -33,9 +33,7 @@ from bench.e2e import (
     FREE_PATH,
     OUT,
     PAID_PATH,
-    PRICE,
     REALM,
-    SCOPE,
     Issuing,
     card_row,
     chain_lines,
@@ -48,7 +46,7 @@ from bench.report import machine_line, write_section
 from farthing.core.encoding import b64url_encode
 from farthing.core.schemes import szm_chain
 from farthing.core.sealing import seal
-from farthing.http.payment_auth import ChallengeSigner, Receipt, parse_credential
+from farthing.http.payment_auth import ChallengeBinder, Receipt, parse_credential
 from farthing.paywall.config import load_vendor_config
 from farthing.paywall.serve import app_from_config
 from farthing.store import Store, SzmProtocol, open_store
@@ -284,7 +282,7 @@ def fresh_payments(store: Store, secret: bytes, count: int) -> list[Fresh]:
         )
         _, payment, _ = szm_chain.next_payment(card, 1, now=now)
         raw = szm_chain.encode_payment(payment)
-        line = header(challenge, {"method": "szm:chain", "payment": b64url_encode(raw)})
+        line = header(challenge, {"payment": b64url_encode(raw)})
         out.append(Fresh(state=state, payment=payment, line=line))
         rows.append(card_row(state.card_id, batch_id, SzmProtocol.CHAIN, 2, state.anchor, expires))
     with store.transaction() as tx:
@@ -303,8 +301,8 @@ def _parts(store: Store, secret: bytes, n: int, hop: float) -> list[Part]:
     """The paid path's steps, each alone, on fresh inputs of the same shape."""
     fresh = fresh_payments(store, secret, n * RUNS)
     lines = [f.line for f in fresh]
-    challenge = parse_credential(lines[0]).id
-    signer = ChallengeSigner(secret)
+    echo = parse_credential(lines[0]).challenge
+    signer = ChallengeBinder(secret)
     cursor = {"i": 0}
 
     def next_item() -> Fresh:
@@ -326,7 +324,7 @@ def _parts(store: Store, secret: bytes, n: int, hop: float) -> list[Part]:
             return hot.szm.advance(item.state.card_id, 0, 1, item.payment.value)
 
     receipt = Receipt(
-        method="szm:chain",
+        method="szmchain",
         timestamp=int(time.time()),
         reference="r" * 30,
         extra={"units": 1, "card": "c" * 22, "index": 7},
@@ -340,14 +338,9 @@ def _parts(store: Store, secret: bytes, n: int, hop: float) -> list[Part]:
         ),
         (
             "check the challenge id (HMAC)",
-            "http/payment_auth.py ChallengeSigner.verify",
+            "http/payment_auth.py ChallengeBinder.verify",
             lambda: signer.verify(
-                challenge,
-                now=int(time.time()),
-                realm=REALM,
-                method="szm:chain",
-                scope=SCOPE,
-                price=PRICE,
+                echo, now=int(time.time()), realm=REALM, request_b64=echo.request
             ),
         ),
         (
@@ -448,7 +441,7 @@ INCLUSIVE: Final = (
     ("settling the payment: all of the paywall's step", "Paywall._settle_or_answer", None),
     ("- the store's UPDATE, awaited on a worker thread", "run_sync", "OfflineMethod.settle"),
     ("- verify + derive the payment key (core)", "SzmScheme.verify", None),
-    ("- check the challenge id (HMAC)", "ChallengeSigner.verify", None),
+    ("- check the challenge id (HMAC)", "ChallengeBinder.verify", None),
     ("- parse the credential", "parse_credential", None),
     ("- metrics (Prometheus histogram)", "PaywallMetrics.observe", None),
     ("serving the file: StaticFiles (stat, headers; same as free)", "StaticFiles.__call__", None),

@@ -178,7 +178,7 @@ def payment_lines(secret: bytes, cards: list[tuple[bytes, int]], payments: int) 
         for _ in range(payments):
             card, payment, _ = szm_chain.next_payment(card, 1, now=now, walker=walker)
             raw = b64url_encode(szm_chain.encode_payment(payment))
-            lines.append(header(challenge, {"method": "szm:chain", "payment": raw}))
+            lines.append(header(challenge, {"payment": raw}))
         out.append(lines)
     return out
 
@@ -189,26 +189,26 @@ def child(config: str, cold: list[str], warm: list[str], fill: list[str], queue:
 
 
 async def _child(config: Path, cold: list[str], warm: list[str], fill: list[str]) -> Sample:
-    from farthing.http.payment_auth import ChallengeSigner, parse_credential
+    from farthing.http.payment_auth import ChallengeBinder, encode_jcs_b64, parse_credential
     from farthing.paywall.config import load_vendor_config
     from farthing.paywall.methods.base import PaymentContext
     from farthing.paywall.serve import app_from_config
 
     vendor = load_vendor_config(config)
     paywall = app_from_config(vendor)  # what a uvicorn worker builds
-    method = paywall.methods["szm:chain"]
+    method = paywall.methods["szmchain"]
     route = vendor.prices.match(PAID_PATH)
     assert route is not None
-    signer_check = ChallengeSigner(vendor.settings.challenge_secret).verify  # as the paywall
+    signer_check = ChallengeBinder(vendor.settings.challenge_secret).verify  # as the paywall
+    request_b64 = encode_jcs_b64(method.request(route))
 
     async def settle(line: str) -> float:
         started = time.perf_counter()
         credential = parse_credential(line)
         now = int(time.time())
         challenge = signer_check(
-            credential.id, now=now, realm=paywall.realm, method="szm:chain",
-            scope=route.scope, price=route.price.label,
-        )  # fmt: skip
+            credential.challenge, now=now, realm=paywall.realm, request_b64=request_b64
+        )
         context = PaymentContext(
             payload=credential.payload, route=route, resource=PAID_PATH, challenge=challenge,
             now=now,

@@ -2,7 +2,13 @@ import pytest
 
 from farthing.core import errors
 from farthing.core.errors import CLASS_OF_CODE, ErrorCode, FarthingError, LocalProtocolError
-from farthing.http.problems import PROBLEM_BASE, Problem, error_for, problem_for
+from farthing.http.problems import (
+    PROBLEM_BASE,
+    Problem,
+    error_for,
+    payment_problem_for,
+    problem_for,
+)
 
 
 @pytest.mark.parametrize(
@@ -20,6 +26,53 @@ def test_draft_problem_types(error: errors.FarthingError, status: int, kind: str
     problem = problem_for(error)
     assert (problem.status, problem.type) == (status, PROBLEM_BASE + kind)
     assert problem.to_json()["code"] == int(error.code)
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "kind"),
+    [
+        (
+            errors.MalformedMessage("m", code=ErrorCode.MALFORMED_CREDENTIAL),
+            402,
+            "malformed-credential",
+        ),
+        (errors.MalformedMessage("m", code=ErrorCode.OVERSIZED), 402, "malformed-credential"),
+        (errors.MalformedMessage("m", code=ErrorCode.INVALID_PAYLOAD), 402, "invalid-payload"),
+        (errors.MalformedMessage("m", code=ErrorCode.TRUNCATED), 402, "invalid-payload"),
+        (errors.MalformedMessage("m", code=ErrorCode.BAD_FIELD), 400, "bad-request"),
+        (errors.InvalidPayment("m", code=ErrorCode.CHALLENGE_INVALID), 402, "invalid-challenge"),
+        (errors.PaymentExpired("m", code=ErrorCode.CHALLENGE_EXPIRED), 402, "payment-expired"),
+        (errors.PaymentExpired("m", code=ErrorCode.CARD_EXPIRED), 402, "payment-expired"),
+        (errors.InvalidPayment("m"), 402, "verification-failed"),
+        (errors.Conflict("m", code=ErrorCode.DUPLICATE_SPEND), 402, "verification-failed"),
+        (errors.UnsupportedMethod("m"), 402, "verification-failed"),
+        (errors.InsufficientFunds("m"), 402, "payment-insufficient"),
+        (errors.AccessDenied("m"), 403, "access-denied"),
+    ],
+)
+def test_every_refused_payment_is_a_402_but_policy(
+    error: errors.FarthingError, status: int, kind: str
+) -> None:
+    """draft-httpauth-payment-02, "Status Codes": 402 for every payment failure, 403 only
+    when a valid payment is refused by policy, never 401."""
+    problem = payment_problem_for(error)
+    assert (problem.status, problem.type) == (status, PROBLEM_BASE + kind)
+    assert problem.code == int(error.code)
+
+
+@pytest.mark.parametrize("code", list(ErrorCode), ids=lambda code: code.name)
+def test_a_payment_problem_is_never_401_and_round_trips(code: ErrorCode) -> None:
+    error = error_of(code)
+    problem = payment_problem_for(error)
+    assert problem.status != 401 or code is ErrorCode.UNAUTHENTICATED
+    wire = Problem.from_json(problem.status, problem.to_json(), None)
+    assert wire is not None
+    back = error_for(wire)
+    if isinstance(error, LocalProtocolError):
+        assert back is None
+        return
+    assert back is not None
+    assert (type(back), back.code, back.message) == (type(error), error.code, error.message)
 
 
 def test_local_misuse_is_internal_and_silent() -> None:

@@ -44,17 +44,19 @@ class Online:
 
     def pay(self, challenge: Challenge, path: str, method: str = "GET") -> dict[str, str]:
         request = challenge.request
+        details = request["methodDetails"]
+        assert isinstance(details, dict)
         offer = hll.Offer(
-            merchant_id=str(request["merchant"]),
+            merchant_id=str(request["recipient"]),
             good=path,
-            amount=int(str(request["units"])),
+            amount=int(str(details["units"])),
             denomination=EUR,
             challenge=b64url_decode(challenge.id),
             expires_at=challenge.expires,
         )
         purchase = self.shop.card.purchase(offer, self.harness.clock.now())
-        payload = {"method": "hll:mac", "payment": b64url_encode(hll.encode_payment(purchase))}
-        return {"authorization": format_credential(Credential(id=challenge.id, payload=payload))}
+        payload = {"payment": b64url_encode(hll.encode_payment(purchase))}
+        return {"authorization": format_credential(Credential.answering(challenge, payload))}
 
     def spent_units(self) -> int:
         with self.harness.store.transaction(readonly=True) as tx:
@@ -123,7 +125,7 @@ async def test_the_same_credential_elsewhere_or_late_is_refused(online: Online) 
     elsewhere = await online.client.get("/articles/b", headers=headers)  # the MAC is for /a
     online.harness.clock.set(challenge.expires)
     late = await online.client.get("/articles/a", headers=headers)
-    assert elsewhere.status_code == 401
+    assert elsewhere.status_code == 402
     assert late.status_code == 402
     assert b"secret" not in elsewhere.content + late.content
     assert online.spent_units() == 2
@@ -138,7 +140,7 @@ async def test_a_request_that_may_not_be_retried_is_refused_again(online: Online
     first = await online.client.post("/articles/a", headers=headers)
     repeat = await online.client.post("/articles/a", headers=headers)
     assert first.status_code == 405  # paid, then the app answers (it serves GET only)
-    assert repeat.status_code == 409
+    assert repeat.status_code == 402
     assert online.spent_units() == 2
 
 

@@ -140,12 +140,15 @@ def paywall(method: HllMethod, clock: FixedClock) -> Paywall:
 def offer_from(challenge: Challenge, path: str) -> hll.Offer:
     """What a wallet builds from the challenge (docs/http.md)."""
     request = challenge.request
+    details = request["methodDetails"]
+    assert isinstance(details, dict)
     return hll.Offer(
-        merchant_id=str(request["merchant"]),
+        merchant_id=str(request["recipient"]),
         good=path,
-        amount=int(str(request["units"])),
+        amount=int(str(details["units"])),
         denomination=Denomination(
-            currency=str(request["currency"]), unit_micros=int(str(request["unitMicros"]))
+            currency=str(request["currency"]).removeprefix("micro-").upper(),
+            unit_micros=int(str(details["unitMicros"])),
         ),
         challenge=b64url_decode(challenge.id),
         expires_at=challenge.expires,
@@ -155,10 +158,10 @@ def offer_from(challenge: Challenge, path: str) -> hll.Offer:
 def auth(
     challenge: Challenge, purchase: hll.Purchase, certificate: bytes | None = None
 ) -> dict[str, str]:
-    payload = {"method": "hll:mac", "payment": b64url_encode(hll.encode_payment(purchase))}
+    payload = {"payment": b64url_encode(hll.encode_payment(purchase))}
     if certificate is not None:
         payload["certificate"] = b64url_encode(certificate)
-    return {"authorization": format_credential(Credential(id=challenge.id, payload=payload))}
+    return {"authorization": format_credential(Credential.answering(challenge, payload))}
 
 
 async def get_challenge(c: httpx.AsyncClient) -> Challenge:
@@ -174,15 +177,15 @@ async def test_online_mode_pays_once_through_the_bank() -> None:
         transport=httpx.ASGITransport(app=paywall(method, clock)), base_url="http://v"
     ) as c:
         challenge = await get_challenge(c)
-        assert challenge.request["units"] == 3
+        assert challenge.request["methodDetails"]["units"] == 3
         purchase = the_card.purchase(offer_from(challenge, "/articles/a"), clock.now())
         ok = await c.get("/articles/a", headers=auth(challenge, purchase))
         replay = await c.get("/articles/a", headers=auth(challenge, purchase))
         other_path = the_card.purchase(offer_from(challenge, "/articles/a"), clock.now())
         wrong_good = await c.get("/articles/b", headers=auth(challenge, other_path))
     assert ok.status_code == 200
-    assert replay.status_code == 409
-    assert wrong_good.status_code == 401  # the card signed another good
+    assert replay.status_code == 402
+    assert wrong_good.status_code == 402  # the card signed another good
     assert bank.bank.credited("shop") == 3
     assert the_card.state.balance == 94
 
@@ -304,7 +307,7 @@ async def test_bad_certificates_are_not_taken_deferred() -> None:
         honest = await pay(c, the_card, good, clock)
     assert [a.status_code >= 500 for a in answers] == [True, True, True]
     assert bank.online == 3
-    assert garbled.status_code == 400  # bytes that are no certificate: refused outright
+    assert garbled.status_code == 402  # bytes that are no certificate: refused outright
     assert honest.status_code == 200
     assert list(log.rows) == [(CARD_ID, 5)]
 
@@ -336,6 +339,6 @@ async def test_a_payment_taken_online_is_not_taken_again_deferred() -> None:
         del log.rows[(CARD_ID, 1)]  # the bank settled the first: the card's limit has room
         again = await c.get("/articles/a", headers=auth(challenge, purchase, certificate))
     assert (mode(first), mode(online)) == ("deferred", "online")
-    assert again.status_code == 401
+    assert again.status_code == 402
     assert list(log.rows) == []
     assert bank.bank.credited("shop") == 3

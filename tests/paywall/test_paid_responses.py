@@ -35,7 +35,7 @@ async def test_head_is_answered_402_and_never_charged() -> None:
     for answer in (plain, with_credential):
         assert answer.status_code == 402
         assert answer.content == b""
-        assert [c.method for c in challenges_of(answer)] == ["szm:chain"]
+        assert [c.method for c in challenges_of(answer)] == ["szmchain"]
         assert "payment-receipt" not in answer.headers
     assert method.seen == [], "a HEAD request was settled"
 

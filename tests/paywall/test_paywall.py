@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import httpx
 import pytest
@@ -16,9 +16,11 @@ from farthing.http.payment_auth import (
     Challenge,
     Credential,
     Receipt,
+    encode_json_b64,
     format_credential,
     parse_challenges,
 )
+from farthing.http.problems import PROBLEM_BASE
 from farthing.paywall.methods.base import PaymentContext, Sealing, Settlement
 from farthing.paywall.metrics import PaywallMetrics
 from farthing.paywall.middleware import SEALED_CONTENT_TYPE, Paywall
@@ -50,7 +52,11 @@ class FakeMethod:
         self.seen: list[PaymentContext] = []
 
     def request(self, route: PricedRoute) -> dict[str, object]:
-        return {"amount": str(route.price.micros), "currency": route.price.currency}
+        return {
+            "amount": str(route.price.micros),
+            "currency": "micro-" + route.price.currency.lower(),
+            "methodDetails": {"fake": self.name},
+        }
 
     async def settle(self, context: PaymentContext) -> Settlement:
         self.seen.append(context)
@@ -100,8 +106,15 @@ def challenges_of(response: httpx.Response) -> list[Challenge]:
 
 
 def credential(challenge: Challenge, **payload: object) -> dict[str, str]:
-    body = {"method": challenge.method, **payload}
-    return {"authorization": format_credential(Credential(id=challenge.id, payload=body))}
+    return {"authorization": format_credential(Credential.answering(challenge, dict(payload)))}
+
+
+def raw_credential(obj: dict[str, object]) -> dict[str, str]:
+    """Any JSON object as a Payment credential."""
+    return {"authorization": "Payment " + encode_json_b64(obj)}
+
+
+ECHO = {"id": "x", "realm": "news", "method": "szmchain", "intent": "charge", "request": "e30"}
 
 
 async def test_free_route_passes_through() -> None:
@@ -121,9 +134,10 @@ async def test_unpaid_request_gets_one_challenge_per_method() -> None:
     assert response.headers["content-type"] == "application/problem+json"
     assert response.json()["type"].endswith("/payment-required")
     found = challenges_of(response)
-    assert [ch.method for ch in found] == ["szm:chain", "payword"]
+    assert [ch.method for ch in found] == ["szmchain", "payword"]
     assert all(ch.request["amount"] == "2000" for ch in found)
     assert len({ch.id for ch in found}) == 2
+    assert response.json()["challengeId"] == found[0].id
 
 
 async def test_paid_request_gets_content_and_receipt() -> None:
@@ -135,8 +149,8 @@ async def test_paid_request_gets_content_and_receipt() -> None:
     assert response.status_code == 200
     assert response.text == "article x paid 2"
     receipt = Receipt.from_header(response.headers["payment-receipt"])
-    assert (receipt.method, receipt.reference, receipt.extra["units"]) == ("szm:chain", "ref-1", 2)
-    assert response.headers["cache-control"] == "no-store"
+    assert (receipt.method, receipt.reference, receipt.extra["units"]) == ("szmchain", "ref-1", 2)
+    assert response.headers["cache-control"] == "private"
     assert method.seen[0].resource == "/articles/x"
 
 
@@ -180,27 +194,21 @@ async def test_sealed_body_opens_only_with_the_payment_key() -> None:
 @pytest.mark.parametrize(
     ("headers", "status", "kind"),
     [
-        ({"authorization": "Payment !!!"}, 400, "malformed-credential"),
-        ({"authorization": "Bearer abc"}, 400, "malformed-credential"),
+        ({"authorization": "Payment !!!"}, 402, "malformed-credential"),
+        ({"authorization": "Bearer abc"}, 402, "payment-required"),
+        (raw_credential({"payload": {}}), 402, "malformed-credential"),
+        (raw_credential({"challenge": ECHO, "payload": []}), 402, "malformed-credential"),
         (
-            {"authorization": format_credential(Credential(id="x", payload={}))},
-            400,
+            raw_credential({"challenge": {**ECHO, "id": 7}, "payload": {}}),
+            402,
             "malformed-credential",
         ),
         (
-            {"authorization": format_credential(Credential(id="x", payload={"method": "btc"}))},
-            400,
-            "method-unsupported",
+            raw_credential({"challenge": {**ECHO, "method": "btc"}, "payload": {}}),
+            402,
+            "invalid-challenge",
         ),
-        (
-            {
-                "authorization": format_credential(
-                    Credential(id="x", payload={"method": "szm:chain"})
-                )
-            },
-            401,
-            "verification-failed",
-        ),
+        (raw_credential({"challenge": ECHO, "payload": {}}), 402, "invalid-challenge"),
     ],
 )
 async def test_bad_credentials_map_to_problem_types(
@@ -213,22 +221,41 @@ async def test_bad_credentials_map_to_problem_types(
     assert response.status_code == status
     assert response.json()["type"].endswith("/" + kind)
     assert method.seen == []
-    if status == 401:
-        assert challenges_of(response), "401 must carry a fresh challenge"
+    assert response.headers["cache-control"] == "no-store"
+    assert challenges_of(response), "every 402 carries a fresh challenge"
+    assert response.json()["challengeId"] == challenges_of(response)[0].id
 
 
 async def test_challenge_for_another_price_or_method_is_refused() -> None:
     paywall, _ = make_app(FakeMethod("szm:chain"), FakeMethod("payword"))
     async with client(paywall) as c:
-        szm, _pw = challenges_of(await c.get("/articles/x"))
-        forged = {
-            "authorization": format_credential(
-                Credential(id=szm.id, payload={"method": "payword", "ok": True})
+        szm, pw = challenges_of(await c.get("/articles/x"))
+        echo = szm.echo()
+        forged = [
+            replace(echo, method="payword"),  # another method's challenge, same id
+            replace(echo, request=pw.request_b64),  # another request
+            replace(echo, realm="other"),
+            replace(echo, intent="session"),
+            replace(echo, expires="2099-01-01T00:00:00Z"),  # a later expiry
+            replace(echo, opaque=pw.opaque_b64),  # another nonce
+            replace(echo, digest="sha-256=:AAAA:"),
+            replace(echo, header="Payment-Authorization"),
+            replace(echo, id=pw.id),
+        ]
+        answers = [
+            await c.get(
+                "/articles/x",
+                headers={
+                    "authorization": format_credential(
+                        Credential(challenge=e, payload={"ok": True})
+                    )
+                },
             )
-        }
-        response = await c.get("/articles/x", headers=forged)
-    assert response.status_code == 401
-    assert response.json()["code"] == ErrorCode.CHALLENGE_INVALID
+            for e in forged
+        ]
+    assert [a.status_code for a in answers] == [402] * len(forged)
+    assert {a.json()["code"] for a in answers} == {ErrorCode.CHALLENGE_INVALID}
+    assert {a.json()["type"] for a in answers} == {PROBLEM_BASE + "invalid-challenge"}
 
 
 async def test_expired_challenge_and_method_refusals() -> None:
@@ -240,7 +267,8 @@ async def test_expired_challenge_and_method_refusals() -> None:
         expired_card = await c.get("/articles/x", headers=credential(challenge, fail="expired"))
         clock.advance(301)
         late = await c.get("/articles/x", headers=credential(challenge, ok=True))
-    assert refused.status_code == 401
+    assert refused.status_code == 402
+    assert refused.json()["type"].endswith("/verification-failed")
     assert expired_card.status_code == 402
     assert expired_card.json()["type"].endswith("/payment-expired")
     assert late.status_code == 402
@@ -266,8 +294,8 @@ async def test_metrics_count_outcomes() -> None:
         await c.get("/articles/x", headers=credential(challenge, fail="invalid"))
     assert paywall.metrics is not None
     text = paywall.metrics.render().decode()
-    assert 'farthing_payments_total{method="szm:chain",outcome="accepted"} 1.0' in text
-    assert 'farthing_payments_total{method="szm:chain",outcome="payment_invalid"} 1.0' in text
+    assert 'farthing_payments_total{method="szmchain",outcome="accepted"} 1.0' in text
+    assert 'farthing_payments_total{method="szmchain",outcome="payment_invalid"} 1.0' in text
 
 
 def test_price_table_patterns() -> None:

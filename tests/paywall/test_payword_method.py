@@ -81,12 +81,11 @@ def make_paywall(clock: FixedClock) -> tuple[Paywall, MemoryCardBook]:
 
 def auth(cid: str, payment: payword.Payment, commitment: bytes | None = None) -> dict[str, str]:
     payload: dict[str, object] = {
-        "method": "payword",
         "payment": b64url_encode(payword.encode_payment(payment)),
     }
     if commitment is not None:
         payload["commitment"] = b64url_encode(commitment)
-    return {"authorization": format_credential(Credential(id=cid, payload=payload))}
+    return {"authorization": format_credential(Credential.answering(cid, payload))}
 
 
 async def test_commitment_then_paywords() -> None:
@@ -99,21 +98,21 @@ async def test_commitment_then_paywords() -> None:
         challenge = parse_challenges(
             (await c.get("/articles/a")).headers.get_list("www-authenticate")
         )[0]
-        assert challenge.request["units"] == 3
+        assert challenge.request["methodDetails"]["units"] == 3
         no_commitment = await c.get(
-            "/articles/a", headers=auth(challenge.id, spender.reserve(3, now=0).payment)
+            "/articles/a", headers=auth(challenge, spender.reserve(3, now=0).payment)
         )
         first = spender.reserve(3, now=clock.now()).payment
-        ok = await c.get("/articles/a", headers=auth(challenge.id, first, encoded))
+        ok = await c.get("/articles/a", headers=auth(challenge, first, encoded))
         second = spender.reserve(3, now=clock.now()).payment
-        ok2 = await c.get("/articles/b", headers=auth(challenge.id, second))
-        replay = await c.get("/articles/b", headers=auth(challenge.id, second, encoded))
-    assert no_commitment.status_code == 401
+        ok2 = await c.get("/articles/b", headers=auth(challenge, second))
+        replay = await c.get("/articles/b", headers=auth(challenge, second, encoded))
+    assert no_commitment.status_code == 402
     assert ok.status_code == 200
     assert ok.text == "article a"
     assert Receipt.from_header(ok.headers["payment-receipt"]).extra["units"] == 6  # gap of 3
     assert ok2.status_code == 200
-    assert replay.status_code == 401
+    assert replay.status_code == 402
     held = book.states[spender.commitment_id]
     assert held.state.spent == 9  # type: ignore[attr-defined]
     assert held.encoded == encoded  # type: ignore[attr-defined]
@@ -130,7 +129,7 @@ async def test_commitment_for_another_vendor_refused() -> None:
             (await c.get("/articles/a")).headers.get_list("www-authenticate")
         )[0]
         response = await c.get(
-            "/articles/a", headers=auth(challenge.id, spender.reserve(3, now=0).payment, encoded)
+            "/articles/a", headers=auth(challenge, spender.reserve(3, now=0).payment, encoded)
         )
-    assert response.status_code == 401
+    assert response.status_code == 402
     assert book.states == {}

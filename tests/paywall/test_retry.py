@@ -22,6 +22,7 @@ from farthing.core.errors import ErrorCode, Unavailable
 from farthing.core.primitives import ed25519_public_key
 from farthing.core.schemes import hll, payword, szm_chain, szm_prbg
 from farthing.core.sealing import open_sealed
+from farthing.http.methods import METHOD_OF
 from farthing.http.payment_auth import (
     Challenge,
     Credential,
@@ -114,7 +115,7 @@ class SzmPayer:
         else:
             self.card, prbg, self.key = szm_prbg.next_payment(self.card, 2, now=NOW)
             self.index, encoded = prbg.index, szm_prbg.encode_payment(prbg)
-        return {"method": self.method, "payment": b64url_encode(encoded)}
+        return {"payment": b64url_encode(encoded)}
 
     def good(self, response: httpx.Response, path: str) -> bytes:
         return open_sealed(
@@ -167,7 +168,6 @@ class PaywordPayer:
     def pay(self, challenge: Challenge, path: str) -> dict[str, object]:
         payment = self.spender.reserve(2, now=NOW).payment
         payload: dict[str, object] = {
-            "method": self.method,
             "payment": b64url_encode(payword.encode_payment(payment)),
         }
         if not self.sent_commitment:  # the first payment carries the commitment
@@ -212,17 +212,18 @@ class HllPayer:
 
     def pay(self, challenge: Challenge, path: str) -> dict[str, object]:
         request = challenge.request
+        details = request["methodDetails"]
+        assert isinstance(details, dict)
         offer = hll.Offer(
-            merchant_id=str(request["merchant"]),
+            merchant_id=str(request["recipient"]),
             good=path,
-            amount=int(str(request["units"])),
+            amount=int(str(details["units"])),
             denomination=EUR,
             challenge=b64url_decode(challenge.id),
             expires_at=challenge.expires,
         )
         purchase = self.card.purchase(offer, NOW)
         return {
-            "method": self.method,
             "payment": b64url_encode(hll.encode_payment(purchase)),
             "certificate": b64url_encode(self.certificate),
         }
@@ -252,11 +253,11 @@ class Vendor:
         response = await c.get(path)
         assert response.status_code == 402
         challenges = parse_challenges(response.headers.get_list("www-authenticate"))
-        return next(ch for ch in challenges if ch.method == self.payer.method)
+        return next(ch for ch in challenges if ch.method == METHOD_OF[self.payer.method])
 
 
 def authorization(challenge: Challenge, payload: dict[str, object]) -> dict[str, str]:
-    return {"authorization": format_credential(Credential(id=challenge.id, payload=payload))}
+    return {"authorization": format_credential(Credential.answering(challenge, payload))}
 
 
 @pytest.fixture(params=BACKENDS)
@@ -320,8 +321,8 @@ async def test_a_retry_is_counted_in_the_metrics_as_retried(vendor: Vendor) -> N
         await c.get("/articles/a", headers=headers)
         await c.get("/articles/a", headers=headers)
         metrics = (await c.get("/metrics")).text
-    assert f'method="{vendor.payer.method}",outcome="accepted"}} 1.0' in metrics
-    assert f'method="{vendor.payer.method}",outcome="retried"}} 1.0' in metrics
+    assert f'method="{METHOD_OF[vendor.payer.method]}",outcome="accepted"}} 1.0' in metrics
+    assert f'method="{METHOD_OF[vendor.payer.method]}",outcome="retried"}} 1.0' in metrics
 
 
 async def test_the_same_credential_for_another_path_is_refused(vendor: Vendor) -> None:
@@ -330,7 +331,7 @@ async def test_the_same_credential_for_another_path_is_refused(vendor: Vendor) -
         headers = authorization(challenge, vendor.payer.pay(challenge, "/articles/a"))
         assert (await c.get("/articles/a", headers=headers)).status_code == 200
         elsewhere = await c.get("/articles/b", headers=headers)
-    assert elsewhere.status_code == 401
+    assert elsewhere.status_code == 402
     assert b"secret" not in elsewhere.content
     assert "payment-receipt" not in elsewhere.headers
     assert vendor.payer.charged(vendor.store) == 2
@@ -358,9 +359,9 @@ async def test_a_credential_with_any_byte_changed_is_refused(vendor: Vendor) -> 
         payload = vendor.payer.pay(challenge, "/articles/a")
         headers = authorization(challenge, payload)
         assert (await c.get("/articles/a", headers=headers)).status_code == 200
-        changed = format_credential(Credential(id=challenge.id, payload=payload, source="x"))
+        changed = format_credential(Credential.answering(challenge, payload, source="x"))
         response = await c.get("/articles/a", headers={"authorization": changed})
-    assert response.status_code == 401
+    assert response.status_code == 402
     assert b"secret" not in response.content
     assert vendor.payer.charged(vendor.store) == 2
 
@@ -375,7 +376,7 @@ async def test_only_the_last_payment_can_be_sent_again(vendor: Vendor) -> None:
         stale = await c.get("/articles/a", headers=first)
     # SZM and PayWord keep what a retry needs for the payment that moved ``spent`` last;
     # the HLL vendor keeps every purchase row, so each may be sent again in its window.
-    assert stale.status_code == (200 if vendor.payer.method == "hll:mac" else 401)
+    assert stale.status_code == (200 if vendor.payer.method == "hll:mac" else 402)
     assert vendor.payer.charged(vendor.store) == 4
 
 

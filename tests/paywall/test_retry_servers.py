@@ -75,8 +75,8 @@ def challenge_of(base: str) -> Challenge:
 
 
 def credential(challenge: Challenge, payment: szm_chain.Payment) -> str:
-    payload = {"method": "szm:chain", "payment": b64url_encode(szm_chain.encode_payment(payment))}
-    return format_credential(Credential(id=challenge.id, payload=payload))
+    payload = {"payment": b64url_encode(szm_chain.encode_payment(payment))}
+    return format_credential(Credential.answering(challenge, payload))
 
 
 def opened(response: httpx.Response, key: bytes, payment: szm_chain.Payment) -> bytes:
@@ -187,7 +187,7 @@ def test_an_answer_lost_on_a_reset_socket_is_got_again(
     assert charged == 2  # the vendor took the payment; its answer never arrived
     assert again.status_code == 200, again.text
     assert opened(again, key, payment) == GOOD
-    assert elsewhere.status_code == 401
+    assert elsewhere.status_code == 402
     assert b"secret" not in elsewhere.content
     row = store.szm_card(card.card_id)
     assert row is not None

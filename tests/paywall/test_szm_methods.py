@@ -16,7 +16,13 @@ from farthing.core.errors import InvalidPayment
 from farthing.core.money import Denomination
 from farthing.core.schemes import szm_chain
 from farthing.core.sealing import open_sealed
-from farthing.http.payment_auth import Credential, Receipt, format_credential, parse_challenges
+from farthing.http.payment_auth import (
+    Challenge,
+    Credential,
+    Receipt,
+    format_credential,
+    parse_challenges,
+)
 from farthing.paywall.methods.offline import OfflineMethod
 from farthing.paywall.methods.szm import SzmScheme
 from farthing.paywall.middleware import Paywall
@@ -61,15 +67,15 @@ def client(app: Paywall) -> httpx.AsyncClient:
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://v")
 
 
-async def challenge_id(c: httpx.AsyncClient, path: str = "/articles/a") -> str:
+async def challenge_id(c: httpx.AsyncClient, path: str = "/articles/a") -> Challenge:
     response = await c.get(path)
     assert response.status_code == 402
-    return parse_challenges(response.headers.get_list("www-authenticate"))[0].id
+    return parse_challenges(response.headers.get_list("www-authenticate"))[0]
 
 
-def auth(cid: str, payment: szm_chain.Payment) -> dict[str, str]:
-    payload = {"method": "szm:chain", "payment": b64url_encode(szm_chain.encode_payment(payment))}
-    return {"authorization": format_credential(Credential(id=cid, payload=payload))}
+def auth(cid: Challenge, payment: szm_chain.Payment) -> dict[str, str]:
+    payload = {"payment": b64url_encode(szm_chain.encode_payment(payment))}
+    return {"authorization": format_credential(Credential.answering(cid, payload))}
 
 
 async def test_pay_open_and_replay_refused() -> None:
@@ -105,7 +111,7 @@ async def test_pay_open_and_replay_refused() -> None:
             status=200,
             content_type="text/plain; charset=utf-8",
         )
-    assert replay.status_code == 401
+    assert replay.status_code == 402
     assert b"secret" not in replay.content
     assert book.states[card.card_id].spent == 2  # type: ignore[attr-defined]
 
@@ -126,8 +132,8 @@ async def test_wrong_amount_and_forged_token_refused() -> None:
         stranger = await c.get("/articles/a", headers=auth(cid, unknown))
     assert too_little.status_code == 402
     assert too_little.json()["type"].endswith("/payment-insufficient")
-    assert bad.status_code == 401
-    assert stranger.status_code == 401
+    assert bad.status_code == 402
+    assert stranger.status_code == 402
     assert book.states[card.card_id].spent == 0  # type: ignore[attr-defined]
 
 
@@ -225,5 +231,5 @@ async def test_each_payment_is_decoded_once_whatever_path_it_takes() -> None:
         card, p3, _ = szm_chain.next_payment(card, 2, now=clock.now())
         statuses.append((await b.get("/articles/a", headers=auth(cid, p3))).status_code)  # stale
         calls.append(decode.calls)
-    assert statuses == [200, 200, 401, 200, 200]
+    assert statuses == [200, 200, 402, 200, 200]
     assert calls == [1, 2, 3, 4]

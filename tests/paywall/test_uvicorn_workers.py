@@ -15,7 +15,13 @@ import pytest
 
 from farthing.core.encoding import b64url_encode
 from farthing.core.schemes import szm_chain
-from farthing.http.payment_auth import Credential, Receipt, format_credential, parse_challenges
+from farthing.http.payment_auth import (
+    Challenge,
+    Credential,
+    Receipt,
+    format_credential,
+    parse_challenges,
+)
 from farthing.store import open_store
 from tests.paywall.helpers import KEYS, issue_chain_cards
 from tests.servers import uvicorn_server
@@ -42,9 +48,9 @@ def write_config(folder: Path) -> Path:
     return config
 
 
-def credential(challenge_id: str, payment: szm_chain.Payment) -> dict[str, str]:
-    payload = {"method": "szm:chain", "payment": b64url_encode(szm_chain.encode_payment(payment))}
-    return {"authorization": format_credential(Credential(id=challenge_id, payload=payload))}
+def credential(challenge: Challenge, payment: szm_chain.Payment) -> dict[str, str]:
+    payload = {"payment": b64url_encode(szm_chain.encode_payment(payment))}
+    return {"authorization": format_credential(Credential.answering(challenge, payload))}
 
 
 def test_double_spend_across_two_workers_is_accepted_once(tmp_path: Path) -> None:
@@ -66,7 +72,7 @@ def test_double_spend_across_two_workers_is_accepted_once(tmp_path: Path) -> Non
         challenge = parse_challenges(first.headers.get_list("www-authenticate"))[0]
         # Many copies of one payment, at once, over many connections.
         _, payment, _ = szm_chain.next_payment(cards[0], 2, now=challenge.expires - 300)
-        headers = credential(challenge.id, payment)
+        headers = credential(challenge, payment)
 
         def spend(_: int) -> int:
             with httpx.Client(base_url=base, timeout=10) as own:
@@ -79,7 +85,7 @@ def test_double_spend_across_two_workers_is_accepted_once(tmp_path: Path) -> Non
         overlapping = []
         for _ in range(3):
             card, p, _ = szm_chain.next_payment(card, 2, now=challenge.expires - 300)
-            overlapping.append(credential(challenge.id, p))
+            overlapping.append(credential(challenge, p))
         with ThreadPoolExecutor(max_workers=3) as pool:
             results = list(
                 pool.map(

@@ -27,9 +27,9 @@ pytestmark = pytest.mark.anyio
 
 
 def credential(challenges: list, method: str, payment: bytes) -> dict[str, str]:  # type: ignore[type-arg]
-    cid = next(c.id for c in challenges if c.method == method)
-    payload = {"method": method, "payment": b64url_encode(payment)}
-    return {"authorization": format_credential(Credential(id=cid, payload=payload))}
+    cid = next(c for c in challenges if c.method == method)
+    payload = {"payment": b64url_encode(payment)}
+    return {"authorization": format_credential(Credential.answering(cid, payload))}
 
 
 async def test_chain_and_prbg_cards_pay_on_sqlite(tmp_path: Path) -> None:
@@ -47,20 +47,20 @@ async def test_chain_and_prbg_cards_pay_on_sqlite(tmp_path: Path) -> None:
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://v") as c:
         first = await c.get("/articles/x")
         challenges = parse_challenges(first.headers.get_list("www-authenticate"))
-        assert [ch.method for ch in challenges] == ["szm:chain", "szm:prbg"]
+        assert [ch.method for ch in challenges] == ["szmchain", "szmprbg"]
         chain_card, chain_pay, chain_key = szm_chain.next_payment(chain_card, 2, now=NOW)
         paid_chain = await c.get(
             "/articles/x",
-            headers=credential(challenges, "szm:chain", szm_chain.encode_payment(chain_pay)),
+            headers=credential(challenges, "szmchain", szm_chain.encode_payment(chain_pay)),
         )
         prbg_card, prbg_pay, prbg_key = szm_prbg.next_payment(prbg_card, 2, now=NOW)
         paid_prbg = await c.get(
             "/articles/y",
-            headers=credential(challenges, "szm:prbg", szm_prbg.encode_payment(prbg_pay)),
+            headers=credential(challenges, "szmprbg", szm_prbg.encode_payment(prbg_pay)),
         )
         replay = await c.get(
             "/articles/x",  # the same credential for another path: a replay, not a retry
-            headers=credential(challenges, "szm:prbg", szm_prbg.encode_payment(prbg_pay)),
+            headers=credential(challenges, "szmprbg", szm_prbg.encode_payment(prbg_pay)),
         )
         metrics = await c.get("/metrics")
         health = await c.get("/healthz")
@@ -92,7 +92,7 @@ async def test_chain_and_prbg_cards_pay_on_sqlite(tmp_path: Path) -> None:
         )
         == b"secret article y"
     )
-    assert replay.status_code == 401
+    assert replay.status_code == 402
     assert 'outcome="accepted"} 1.0' in metrics.text
     assert health.text == "ok"
     # The store, not the cache, holds the truth.
@@ -121,9 +121,9 @@ async def test_blocked_card_is_refused(tmp_path: Path) -> None:
         _, payment, _ = szm_chain.next_payment(card, 2, now=NOW)
         response = await c.get(
             "/articles/x",
-            headers=credential(challenges, "szm:chain", szm_chain.encode_payment(payment)),
+            headers=credential(challenges, "szmchain", szm_chain.encode_payment(payment)),
         )
-    assert response.status_code == 401
+    assert response.status_code == 402
     assert b"secret" not in response.content
 
 

@@ -182,7 +182,7 @@ def pay(
         good=good,
         amount=units,
         denomination=Denomination(currency="EUR", unit_micros=UNIT),
-        challenge=b64url_decode(cid),
+        challenge=b64url_decode(cid.id),
         expires_at=expires,
     )
     return card, authorization(cid, method, card.pay(offer, 1))

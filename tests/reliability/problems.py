@@ -21,13 +21,25 @@ _BY_CODE = {
     ErrorCode.UNSUPPORTED_METHOD: {400},
 }
 _BY_THOUSAND = {1: {400, 405}, 2: {401}, 3: {402}}
+# The paywall answers every refused payment 402 (draft-httpauth-payment-02, "Status Codes"):
+# a malformed credential or payload, a bad challenge, a payment that does not verify or was
+# used (DUPLICATE_SPEND), an unknown card.
+_PAYMENT: frozenset[int] = frozenset(
+    {
+        *(int(c) for c in ErrorCode if int(c) // 1000 in (1, 2, 3)),
+        ErrorCode.DUPLICATE_SPEND,
+        ErrorCode.NOT_FOUND,
+        ErrorCode.UNSUPPORTED_METHOD,
+    }
+)
 
 
 def expected_statuses(code: int) -> set[int]:
     """The HTTP statuses a problem with this farthing code may carry (docs/http.md)."""
+    payment = {402} if code in _PAYMENT and code != ErrorCode.BAD_FIELD else set()
     if code in _BY_CODE:
-        return _BY_CODE[ErrorCode(code)]
-    return _BY_THOUSAND.get(code // 1000, set())
+        return _BY_CODE[ErrorCode(code)] | payment
+    return _BY_THOUSAND.get(code // 1000, set()) | payment
 
 
 def assert_problem(response: httpx.Response, *, families: set[int] | None = None) -> int:

@@ -6,6 +6,7 @@ domain header) as well as from random bytes and text. Everything is deterministi
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -25,11 +26,12 @@ from farthing.core.encoding import b64url_encode
 from farthing.core.money import Denomination
 from farthing.core.primitives import ed25519_public_key
 from farthing.core.schemes import hll, payword, szm_chain, szm_prbg
+from farthing.http.methods.szm import SzmRequest
 from farthing.http.payment_auth import (
-    Challenge,
-    ChallengeSigner,
+    ChallengeBinder,
     Credential,
     Receipt,
+    encode_jcs_b64,
     format_challenge,
     format_credential,
 )
@@ -164,41 +166,31 @@ CODECS: dict[str, Codec] = {
 CARD_TEXTS = tuple(to_text(card) for card in CARDS)
 CARD_COMPACTS = tuple(to_compact(card) for card in CARDS)
 
-SIGNER = ChallengeSigner(b"s" * 32)
-CHALLENGE_ID = SIGNER.issue(
-    nonce=b"n" * 16, expires=NOW + 300, realm="news", method="szm:chain",
-    scope="/articles/*", price="2000 EUR",
+SIGNER = ChallengeBinder(b"s" * 32)
+REQUEST = SzmRequest(amount=2000, currency="EUR", resource="/articles/*").to_json()
+REQUEST_B64 = encode_jcs_b64(REQUEST)
+CHALLENGE = SIGNER.issue(
+    realm="news", method="szmchain", request=REQUEST, request_b64=REQUEST_B64,
+    expires=NOW + 300, nonce=b"n" * 16,
 )  # fmt: skip
+CHALLENGE_ID = CHALLENGE.id
 CHALLENGE_HEADERS = (
-    format_challenge(
-        Challenge(
-            id=CHALLENGE_ID,
-            realm="news",
-            method="szm:chain",
-            intent="charge",
-            request={"amount": "2000", "currency": "EUR", "resource": "/articles/*"},
-            expires=NOW + 300,
-            description='a "quoted" \\ description',
-        )
-    ),
+    format_challenge(dataclasses.replace(CHALLENGE, description='a "quoted" \\ description')),
     'Basic realm="x", Payment id="abc", realm="r", method="payword", intent="charge", '
     'request="e30", expires="2027-01-15T08:00:00Z"',
 )
 CREDENTIALS = (
     format_credential(
-        Credential(
-            id=CHALLENGE_ID,
-            payload={
-                "method": "szm:chain",
-                "payment": b64url_encode(CODECS["szm_chain.payment"].samples[0]),
-            },
+        Credential.answering(
+            CHALLENGE,
+            {"payment": b64url_encode(CODECS["szm_chain.payment"].samples[0])},
         )
     ),
-    format_credential(Credential(id="x", payload={"method": "payword"}, source="did:x")),
+    format_credential(Credential.answering(CHALLENGE, {}, source="did:x")),
 )
 RECEIPTS = (
     Receipt(
-        method="szm:chain",
+        method="szmchain",
         timestamp=NOW,
         reference="card:2",
         extra={"units": 2, "card": "AAAA", "index": 2},
@@ -290,7 +282,7 @@ json_values = st.recursive(
 RAW_JSON = st.sampled_from(
     [
         '{"id": "x", "id": "y", "payload": {}}',  # a duplicate member
-        '{"id": "x", "payload": {"method": "szm:chain", "payment": 1e400}}',  # not finite
+        '{"id": "x", "payload": {"payment": 1e400}}',  # not finite
         '{"id": "x", "payload": {"n": -1e999}}',
         '{"id": "x", "payload": {"n": NaN}}',
         '{"id": "x", "payload": {"n": Infinity}}',

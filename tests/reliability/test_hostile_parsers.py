@@ -12,6 +12,7 @@ gives the same value (headers). Pathological headers of the maximum size parse q
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import time
@@ -32,6 +33,7 @@ from farthing.core.errors import (
 from farthing.core.sealing import open_sealed, seal
 from farthing.http.payment_auth import (
     Challenge,
+    ChallengeEcho,
     Receipt,
     decode_json_b64,
     format_challenge,
@@ -44,6 +46,7 @@ from tests.reliability.samples import (
     CARD_COMPACTS,
     CARD_TEXTS,
     CARDS,
+    CHALLENGE,
     CHALLENGE_HEADERS,
     CHALLENGE_ID,
     CODECS,
@@ -51,6 +54,7 @@ from tests.reliability.samples import (
     NOW,
     RAW_JSON,
     RECEIPTS,
+    REQUEST_B64,
     SIGNER,
     json_values,
     mutated_bytes,
@@ -154,17 +158,23 @@ def test_credential_parser(header: str) -> None:
         credential = parse_credential(header)
     except MalformedMessage:
         return
-    assert isinstance(credential.id, str)
+    echo = credential.challenge
+    assert all(isinstance(v, str) and v for v in (echo.id, echo.realm, echo.method, echo.request))
     assert isinstance(credential.payload, dict)
     assert credential.source is None or isinstance(credential.source, str)
     assert all_finite(credential.payload)
-    if not has_surrogate([credential.id, credential.payload, credential.source or ""]):
+    texts = [v for v in vars_of(echo) if v is not None]
+    if not has_surrogate([*texts, credential.payload, credential.source or ""]):
         assert parse_credential(format_credential(credential)) == credential
+
+
+def vars_of(echo: ChallengeEcho) -> list[str | None]:
+    return [getattr(echo, f.name) for f in dataclasses.fields(echo)]
 
 
 def challenge_with(request: str) -> str:
     return (
-        'Payment id="abc", realm="r", method="szm:chain", intent="charge", '
+        'Payment id="abc", realm="r", method="szmchain", intent="charge", '
         f'request="{request}", expires="2027-01-15T08:00:00Z"'
     )
 
@@ -187,7 +197,8 @@ def test_challenge_parser(headers: list[str]) -> None:
         assert isinstance(challenge, Challenge)
         assert isinstance(challenge.request, dict)
         assert all_finite(challenge.request)
-        assert isinstance(challenge.expires, int)
+        assert challenge.expires is None or isinstance(challenge.expires, int)
+        assert all((challenge.id, challenge.realm, challenge.method, challenge.intent))
         try:
             again = format_challenge(challenge)
         except (ValueError, OverflowError):
@@ -263,11 +274,9 @@ def test_receipt_parser(header: str) -> None:
 @EXAMPLES
 @given(challenge_id=st.text(max_size=80) | mutated_text((CHALLENGE_ID,)))
 def test_challenge_ids_verify_only_when_untouched(challenge_id: str) -> None:
+    echo = dataclasses.replace(CHALLENGE.echo(), id=challenge_id)
     try:
-        SIGNER.verify(
-            challenge_id, now=NOW, realm="news", method="szm:chain",
-            scope="/articles/*", price="2000 EUR",
-        )  # fmt: skip
+        SIGNER.verify(echo, now=NOW, realm="news", request_b64=REQUEST_B64)
     except (InvalidPayment, PaymentExpired):
         return
     assert challenge_id == CHALLENGE_ID

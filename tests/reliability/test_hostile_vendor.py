@@ -24,7 +24,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from farthing.core.encoding import b64url_encode
-from farthing.http.payment_auth import parse_challenges
+from farthing.http.methods import METHOD_OF
+from farthing.http.payment_auth import Challenge, parse_challenges
 from farthing.paywall.middleware import Paywall
 from tests.reliability.problems import assert_problem
 from tests.reliability.samples import RAW_JSON, json_values, mutated_bytes, mutated_text
@@ -63,7 +64,7 @@ B64URL = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 class Target:
     world: World
     app: Paywall
-    cids: dict[str, str]
+    cids: dict[str, Challenge]
     payments: dict[str, bytes]
     commitment: bytes
     valid_headers: tuple[str, ...]
@@ -139,23 +140,25 @@ def credential_json(draw: st.DrawFn, target: Target) -> bytes:
             st.binary(max_size=200),
         )
     )
-    payload: dict[str, object] = {"method": method, "payment": b64(payment)}
+    payload: dict[str, object] = {"payment": b64(payment)}
     if method == "payword":
         payload["commitment"] = b64(
             draw(st.just(target.commitment) | mutated_bytes((target.commitment,)))
         )
-    obj: dict[str, object] = {"id": target.cids[method], "payload": payload}
+    echo = target.cids[method].echo().to_json()
+    obj: dict[str, object] = {"challenge": echo, "payload": payload}
     damage = draw(st.sampled_from(["none", "none", "none", "member", "extra", "repeat", "id"]))
     if damage == "member":
-        where = draw(st.sampled_from([obj, payload]))
+        where = draw(st.sampled_from([obj, payload, echo]))
         where[draw(st.sampled_from(sorted(where)))] = draw(HOSTILE)
     elif damage == "extra":
         payload[draw(st.text(max_size=8))] = draw(HOSTILE)
     elif damage == "id":
-        obj["id"] = draw(st.sampled_from(sorted(target.cids.values())))
+        other = draw(st.sampled_from(sorted(target.cids)))
+        obj["challenge"] = target.cids[other].echo().to_json()
     text = json.dumps(obj)
     if damage == "repeat":
-        text = text[:-1] + ', "id": "again"}'
+        text = text[:-1] + ', "challenge": {}}'
     return b"Payment " + b64url_encode(text.encode()).encode()
 
 
@@ -228,7 +231,7 @@ def test_damaged_credentials_are_refused_cleanly(target: Target, data: st.DataOb
 def test_metrics_labels_stay_within_the_fixed_set(target: Target) -> None:
     response = asyncio.run(get(target.app, "/metrics", []))
     methods = set(re.findall(r'method="([^"]*)"', response.text))
-    assert methods <= {*METHODS, "unknown"}
+    assert methods <= {*METHOD_OF.values(), "unknown"}
     outcomes = set(re.findall(r'outcome="([^"]*)"', response.text))
     assert all(re.fullmatch(r"[a-z_]+", outcome) for outcome in outcomes)
     assert charged(target) == []

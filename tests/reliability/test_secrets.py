@@ -209,7 +209,7 @@ async def fault_in_the_vendor(
 ) -> None:
     """An unexpected exception inside settlement: logged with its traceback, never echoed."""
     app = world.vendor_app()
-    method = app.methods["szm:chain"]
+    method = app.methods["szmchain"]
 
     async def explode(context: object) -> object:
         raise RuntimeError("the database went away")
@@ -400,6 +400,10 @@ REVIEWED = {
     ("core/encoding.py", "data[:len(expected)] != expected"): "the public domain header",
     ("core/schemes/hll.py", "sigma_len == _SIGMA_LEN_FIELD"): "a length prefix",
     ("paywall/middleware.py", "key == name"): "an HTTP header name",
+    (
+        "http/payment_auth.py",
+        "(echo.realm, echo.intent, echo.request, echo.digest, echo.header) != expected",
+    ): "a challenge's public parameters, after its id (the HMAC) was compared in constant time",
     ("wallet/cards.py", "code.card_id != card.card_key"): "card ids (card_key is the row key)",
     ("wallet/store.py", "_meta.c.key == key"): "SQL: a metadata row name",
     ("store/_admin.py", "operator_tokens.c.token_hash == token_hash"): (

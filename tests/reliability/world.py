@@ -26,7 +26,14 @@ from farthing.core.money import Denomination
 from farthing.core.primitives import ed25519_public_key, hmac_sha256
 from farthing.core.schemes import hll, payword, szm_chain, szm_prbg
 from farthing.http.issuer_client import IssuerClient
-from farthing.http.payment_auth import Credential, Receipt, format_credential, parse_challenges
+from farthing.http.methods import SCHEME_OF
+from farthing.http.payment_auth import (
+    Challenge,
+    Credential,
+    Receipt,
+    format_credential,
+    parse_challenges,
+)
 from farthing.issuer import (
     IssuerConfig,
     IssuerKeys,
@@ -124,10 +131,10 @@ def units_by_key(paid: Iterable[Paid]) -> dict[str, int]:
 # --- payments at any position -----------------------------------------------------------------
 
 
-def authorization(challenge_id: str, method: str, payment: bytes, **extra: bytes) -> str:
-    payload: dict[str, object] = {"method": method, "payment": b64url_encode(payment)}
+def authorization(challenge: Challenge, method: str, payment: bytes, **extra: bytes) -> str:
+    payload: dict[str, object] = {"payment": b64url_encode(payment)}
     payload.update({name: b64url_encode(value) for name, value in extra.items()})
-    return format_credential(Credential(id=challenge_id, payload=payload))
+    return format_credential(Credential.answering(challenge, payload))
 
 
 @dataclass
@@ -211,9 +218,10 @@ Holder = ChainHolder | PrbgHolder | PaywordHolder | HllHolder
 
 
 def hll_offer(
-    challenge_id: str, expires: int, *, good: str, merchant: str = MERCHANT_ID
+    challenge: Challenge | str, expires: int, *, good: str, merchant: str = MERCHANT_ID
 ) -> hll.Offer:
-    """The offer the vendor rebuilds for a request (docs/http.md, ``hll:mac``)."""
+    """The offer the vendor rebuilds for a request (docs/http.md, ``hll``)."""
+    challenge_id = challenge.id if isinstance(challenge, Challenge) else challenge
     return hll.Offer(
         merchant_id=merchant,
         good=good,
@@ -224,9 +232,13 @@ def hll_offer(
     )
 
 
-def challenge_ids(headers: list[str]) -> dict[str, tuple[str, int]]:
-    """Method -> (challenge id, expiry) from a 401/402's WWW-Authenticate values."""
-    return {c.method: (c.id, c.expires) for c in parse_challenges(headers)}
+def challenge_ids(headers: list[str]) -> dict[str, tuple[Challenge, int]]:
+    """Scheme (``szm:chain``) -> (challenge, expiry) from a 402's WWW-Authenticate values."""
+    return {
+        SCHEME_OF[c.method]: (c, c.expires or 0)
+        for c in parse_challenges(headers)
+        if c.method in SCHEME_OF
+    }
 
 
 # --- the deployment ---------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import httpx
 import pytest
 
 from farthing.core.errors import PolicyRefused
+from farthing.http.methods.szm import SzmRequest
 from farthing.http.payment_auth import Challenge, Receipt, format_challenge
 from farthing.wallet.auth import PaymentAuth, PreparedPayment
 
@@ -13,13 +14,13 @@ NOW = 1_800_000_000
 URL = "https://vendor.test/articles/a"
 
 
-def challenge(cid: str = "c1", method: str = "szm:chain") -> Challenge:
+def challenge(cid: str = "c1", method: str = "szmchain") -> Challenge:
     return Challenge(
         id=cid,
         realm="news",
         method=method,
         intent="charge",
-        request={"amount": "1000", "currency": "EUR"},
+        request=SzmRequest(amount=1000, currency="EUR", resource="/a/*").to_json(),
         expires=NOW + 60,
     )
 

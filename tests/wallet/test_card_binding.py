@@ -208,7 +208,7 @@ def test_the_hll_challenge_names_its_bank(clock: FixedClock) -> None:
     )  # fmt: skip
     route = paywall(method, clock).prices.match("/articles/a")
     assert route is not None
-    assert method.request(route)["bank"] == b64url_encode(BANK_KEY)
+    assert method.request(route)["methodDetails"]["bank"] == b64url_encode(BANK_KEY)
 
 
 def test_an_hll_card_needs_its_bank_and_a_certificate_that_bank_signed(

@@ -20,6 +20,7 @@ from farthing.cli import wallet as wallet_cli
 from farthing.core import cardcode
 from farthing.core.money import Denomination
 from farthing.core.schemes import szm_chain
+from farthing.http.methods.szm import SzmRequest
 from farthing.http.payment_auth import Challenge, format_challenge
 from farthing.paywall.methods.offline import OfflineMethod
 from farthing.paywall.methods.szm import SzmScheme
@@ -253,9 +254,9 @@ def four_oh_two(request: httpx.Request) -> httpx.Response:
     offered = Challenge(
         id="cid",
         realm="news",
-        method="szm:chain",
+        method="szmchain",
         intent="charge",
-        request={"amount": "2000", "currency": "EUR", "resource": "/articles/*", "sealed": True},
+        request=SzmRequest(amount=2000, currency="EUR", resource="/articles/*").to_json(),
         expires=4_000_000_000,
     )
     return httpx.Response(402, headers={"www-authenticate": format_challenge(offered)})

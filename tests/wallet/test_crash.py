@@ -21,6 +21,7 @@ import pytest
 
 from farthing.core.money import Denomination
 from farthing.core.schemes import szm_chain
+from farthing.http.methods.szm import SzmRequest
 from farthing.http.payment_auth import Challenge
 from farthing.testing import DeterministicRandom
 from farthing.wallet.wallet import Wallet
@@ -31,15 +32,16 @@ CARD_UNITS = 100_000
 
 PAYER = """
 import os, sys
+from farthing.http.methods.szm import SzmRequest
 from farthing.http.payment_auth import Challenge
 from farthing.wallet.testing import cheap_wallet_kdf
 from farthing.wallet.wallet import Wallet
 
 path, count = sys.argv[1], int(sys.argv[2])
 challenge = Challenge(
-    id="cid", realm="news", method="szm:chain", intent="charge",
-    request={"amount": "1000", "currency": "EUR", "resource": "/articles/*", "sealed": True},
-    expires=2**40,
+    id="cid", realm="news", method="szmchain", intent="charge",
+    request=SzmRequest(amount=1000, currency="EUR", resource="/articles/*").to_json(),
+    expires=4_000_000_000,
 )
 with cheap_wallet_kdf(), Wallet.open(path, os.environ["FARTHING_WALLET_PASSPHRASE"]) as wallet:
     print("ready", flush=True)
@@ -53,10 +55,10 @@ def challenge() -> Challenge:
     return Challenge(
         id="cid",
         realm="news",
-        method="szm:chain",
+        method="szmchain",
         intent="charge",
-        request={"amount": "1000", "currency": "EUR", "resource": "/articles/*", "sealed": True},
-        expires=2**40,
+        request=SzmRequest(amount=1000, currency="EUR", resource="/articles/*").to_json(),
+        expires=4_000_000_000,
     )
 
 

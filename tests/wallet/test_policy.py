@@ -14,6 +14,8 @@ from farthing.core.encoding import b64url_encode
 from farthing.core.errors import ErrorCode, MalformedMessage, PolicyRefused
 from farthing.core.money import Denomination
 from farthing.core.schemes import hll, szm_chain
+from farthing.http.methods.hll import HllMode, HllRequest
+from farthing.http.methods.szm import SzmRequest
 from farthing.http.payment_auth import Challenge
 from farthing.testing import DeterministicRandom, FixedClock
 from farthing.wallet.cards import HllCardFile
@@ -160,14 +162,9 @@ def chain_challenge(clock: FixedClock, micros: int = 2000) -> Challenge:
     return Challenge(
         id="cid",
         realm="news",
-        method="szm:chain",
+        method="szmchain",
         intent="charge",
-        request={
-            "amount": str(micros),
-            "currency": "EUR",
-            "resource": "/articles/*",
-            "sealed": True,
-        },
+        request=SzmRequest(amount=micros, currency="EUR", resource="/articles/*").to_json(),
         expires=clock.now() + 300,
     )
 
@@ -176,17 +173,17 @@ def hll_challenge(clock: FixedClock, units: int = 2) -> Challenge:
     return Challenge(
         id=b64url_encode(bytes(40)),
         realm="news",
-        method="hll:mac",
+        method="hll",
         intent="charge",
-        request={
-            "amount": str(units * 1000),
-            "currency": "EUR",
-            "resource": "/articles/*",
-            "merchant": "news",
-            "units": units,
-            "unitMicros": 1000,
-            "mode": "online",
-        },
+        request=HllRequest(
+            amount=units * 1000,
+            currency="EUR",
+            resource="/articles/*",
+            merchant="news",
+            units=units,
+            unit_micros=1000,
+            mode=HllMode.ONLINE,
+        ).to_json(),
         expires=clock.now() + 300,
     )
 

@@ -24,6 +24,7 @@ from farthing.core.errors import (
 )
 from farthing.core.money import Denomination
 from farthing.core.schemes import szm_chain
+from farthing.http.methods.szm import SzmRequest
 from farthing.http.payment_auth import Challenge
 from farthing.testing import DeterministicRandom, FixedClock
 from farthing.wallet.secretbox import MINIMUM_COST, KdfParams, SecretBox, record_id
@@ -46,10 +47,10 @@ def challenge() -> Challenge:
     return Challenge(
         id="cid",
         realm="news",
-        method="szm:chain",
+        method="szmchain",
         intent="charge",
-        request={"amount": "1000", "currency": "EUR", "resource": "/a/*", "sealed": True},
-        expires=2**40,
+        request=SzmRequest(amount=1000, currency="EUR", resource="/a/*").to_json(),
+        expires=4_000_000_000,
     )
 
 

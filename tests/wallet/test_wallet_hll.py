@@ -19,6 +19,7 @@ from farthing.core.errors import (
 )
 from farthing.core.money import Denomination
 from farthing.core.schemes import hll
+from farthing.http.methods.hll import HllMode, HllRequest
 from farthing.http.payment_auth import Challenge, parse_credential
 from farthing.testing import DeterministicRandom, FixedClock
 from farthing.testing.hll import HllBank
@@ -64,17 +65,17 @@ def challenge(clock: FixedClock, *, units: int = 3, seed: str = "challenge") -> 
     return Challenge(
         id=b64url_encode(DeterministicRandom(seed)(40)),
         realm="shop",
-        method="hll:mac",
+        method="hll",
         intent="charge",
-        request={
-            "amount": str(units * 1000),
-            "currency": "EUR",
-            "resource": "/articles/*",
-            "merchant": MERCHANT,
-            "units": units,
-            "unitMicros": 1000,
-            "mode": "online",
-        },
+        request=HllRequest(
+            amount=units * 1000,
+            currency="EUR",
+            resource="/articles/*",
+            merchant=MERCHANT,
+            units=units,
+            unit_micros=1000,
+            mode=HllMode.ONLINE,
+        ).to_json(),
         expires=clock.now() + 300,
     )
 
@@ -84,15 +85,16 @@ def bank_checks(
 ) -> hll.VerifiedPurchase:
     """What the vendor and the bank do: rebuild the offer and verify the purchase."""
     payload = parse_credential(authorization).payload
-    assert payload["method"] == "hll:mac"
     assert isinstance(payload["payment"], str)
     purchase = hll.decode_payment(b64url_decode(payload["payment"]))
     request = offer_challenge.request
-    assert isinstance(request["units"], int)
+    details = request["methodDetails"]
+    assert isinstance(details, dict)
+    assert isinstance(details["units"], int)
     offer = hll.Offer(
         merchant_id=MERCHANT,
         good=path,
-        amount=request["units"],
+        amount=details["units"],
         denomination=EUR,
         challenge=b64url_decode(offer_challenge.id),
         expires_at=offer_challenge.expires,
@@ -129,11 +131,13 @@ def test_mac_is_bound_to_the_path(wallet: Wallet, bank: HllBank, clock: FixedClo
 def test_other_unit_value_does_not_fit(wallet: Wallet, bank: HllBank, clock: FixedClock) -> None:
     wallet.add_hll_card(issue(bank, balance=10), site=SITE)
     offered = challenge(clock)
-    request = dict(offered.request, unitMicros=10)
+    details = offered.request["methodDetails"]
+    assert isinstance(details, dict)
+    request = dict(offered.request, methodDetails=dict(details, unitMicros=10))
     other = Challenge(
         id=offered.id,
         realm=offered.realm,
-        method="hll:mac",
+        method="hll",
         intent="charge",
         request=request,
         expires=offered.expires,

@@ -12,6 +12,7 @@ from farthing.core.errors import ErrorCode, LocalProtocolError
 from farthing.core.money import Denomination
 from farthing.core.primitives import ed25519_public_key
 from farthing.core.schemes import payword
+from farthing.http.methods.payword import PaywordRequest
 from farthing.http.payment_auth import Challenge, JsonObject, Receipt, parse_credential
 from farthing.testing import FixedClock
 from farthing.testing.payword import PaywordBroker, PaywordVendor
@@ -58,15 +59,15 @@ def challenge(clock: FixedClock, *, vendor: str = "shop", broker: str = "broker"
         realm=vendor,
         method="payword",
         intent="charge",
-        request={
-            "amount": "3000",
-            "currency": "EUR",
-            "resource": "/articles/*",
-            "vendor": vendor,
-            "broker": broker,
-            "units": 3,
-            "unitMicros": 1000,
-        },
+        request=PaywordRequest(
+            amount=3000,
+            currency="EUR",
+            resource="/articles/*",
+            vendor=vendor,
+            broker=broker,
+            units=3,
+            unit_micros=1000,
+        ).to_json(),
         expires=clock.now() + 300,
     )
 

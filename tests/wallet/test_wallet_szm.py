@@ -31,6 +31,7 @@ from farthing.core.money import Denomination
 from farthing.core.prbg import blum_modulus_of_any_size, generate_blum_modulus
 from farthing.core.primitives import sha256
 from farthing.core.schemes import szm_chain, szm_prbg
+from farthing.http.methods.szm import SzmRequest
 from farthing.http.payment_auth import Challenge, Receipt
 from farthing.paywall.methods.offline import OfflineMethod
 from farthing.paywall.methods.szm import SzmScheme
@@ -162,7 +163,7 @@ async def test_replayed_credential_is_refused(wallet: Wallet, clock: FixedClock)
         # The same request again is a retry (docs/http.md): served, but sealed under a key
         # only the card holder has, and charged nothing.
         again = await plain.get("/articles/a", headers={"authorization": stolen})
-    assert replay.status_code == 401
+    assert replay.status_code == 402
     assert b"secret" not in replay.content
     assert again.status_code == 200
     assert b"secret" not in again.content
@@ -246,9 +247,9 @@ def chain_challenge(
     return Challenge(
         id="challenge-id",
         realm=realm,
-        method="szm:chain",
+        method="szmchain",
         intent="charge",
-        request={"amount": "2000", "currency": "EUR", "resource": resource, "sealed": True},
+        request=SzmRequest(amount=2000, currency="EUR", resource=resource).to_json(),
         expires=clock.now() + ttl,
     )
 
@@ -310,9 +311,9 @@ def test_prbg_card_pays_and_keys_match_the_issuer(
     challenge = Challenge(
         id="cid",
         realm="news",
-        method="szm:prbg",
+        method="szmprbg",
         intent="charge",
-        request={"amount": "2500", "currency": "EUR", "resource": "/a/*", "sealed": True},
+        request=SzmRequest(amount=2500, currency="EUR", resource="/a/*").to_json(),
         expires=clock.now() + 300,
     )
     for expected_index in (3, 6, 9):

@@ -99,6 +99,7 @@ class ErrorCode(IntEnum):
     UNSUPPORTED_METHOD = 1007
     MALFORMED_CREDENTIAL = 1008
     CARD_CODE_TYPO = 1040  # a typed card code: a symbol, its length or its check is wrong
+    INVALID_PAYLOAD = 1020  # the credential parses, its method's payload does not
 
     PAYMENT_INVALID = 2000
     CHALLENGE_INVALID = 2001

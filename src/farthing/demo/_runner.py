@@ -461,7 +461,7 @@ def _try_double_spend(setup: Setup, vendor: str, report: DemoReport, step: Step)
     report.check(
         "a payment replayed for another good is refused",
         paid.status_code == 200
-        and other.status_code == 401
+        and other.status_code == 402
         and GOODS["data/rates.csv"].encode() not in other.content,
         f"replay for /data/rates.csv got HTTP {other.status_code}",
     )

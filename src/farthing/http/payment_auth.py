@@ -4,20 +4,22 @@ Shared by the vendor (issues challenges, reads credentials, writes receipts) and
 (reads challenges, writes credentials, reads receipts). No I/O: header values in, typed
 values or :class:`~farthing.core.errors.MalformedMessage` out.
 
-Shapes, after draft-ryan-httpauth-payment-01 (see docs/http.md for our methods)::
+Shapes, after draft-httpauth-payment-02 (see docs/http.md for our methods)::
 
-    WWW-Authenticate: Payment id="..", realm="..", method="szm:chain", intent="charge",
-                      request="<b64url JSON>", expires="2026-11-21T10:00:00Z"
-    Authorization:    Payment <b64url JSON {"id": .., "source"?: .., "payload": {..}}>
+    WWW-Authenticate: Payment id="..", realm="..", method="szmchain", intent="charge",
+                      request="<b64url JCS JSON>", expires="2026-11-21T10:00:00Z",
+                      opaque="<b64url JCS {"nonce": ..}>"
+    Authorization:    Payment <b64url JSON {"challenge": {id, realm, method, intent,
+                                    request, expires, opaque, ...as received},
+                                    "source"?: .., "payload": {..}}>
     Payment-Receipt:  <b64url JSON {"status": "success", "method": .., "timestamp": ..,
                                     "reference": .., ...}>
 
-Challenge ids are stateless: ``id = b64url(nonce[16] || expires[8] || tag[16])`` where tag
-is an HMAC by the vendor over (nonce, expires, realm, method, scope, price). The scope is
-the priced route pattern (``/articles/*``), not one URL, so a client may pay *up front* for
-another URL of the same route with a challenge it still holds; reuse cannot spend twice
-because every payment carries a fresh card counter or chain index that the vendor accepts
-once (see docs/http.md, "single use").
+Challenge ids are stateless and follow the draft's recommended binding ("HMAC-SHA256
+Binding"): ``id = b64url(HMAC-SHA256(secret, realm|method|intent|request|expires|digest|
+opaque[|header]))`` over the parameters as they appear on the wire. A fresh random nonce in
+``opaque`` makes every id unique. The vendor checks a credential's echoed challenge with one
+HMAC and no database row (:class:`ChallengeBinder`).
 """
 
 from __future__ import annotations
@@ -28,21 +30,27 @@ import math
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Final
+from typing import Final, cast
 
-from farthing.core.encoding import Writer, b64url_decode, b64url_encode
+import rfc8785
+
+from farthing.core.encoding import b64url_decode, b64url_encode
 from farthing.core.errors import ErrorCode, InvalidPayment, MalformedMessage, PaymentExpired
 from farthing.core.primitives import constant_time_eq, hmac_sha256
 
 __all__ = [
     "CHALLENGE_NONCE_LEN",
+    "INTENT",
+    "PAYMENT_AUTHORIZATION",
     "Challenge",
+    "ChallengeBinder",
+    "ChallengeEcho",
     "ChallengeId",
-    "ChallengeSigner",
     "Credential",
     "JsonObject",
     "Receipt",
     "decode_json_b64",
+    "encode_jcs_b64",
     "encode_json_b64",
     "format_challenge",
     "format_credential",
@@ -54,17 +62,18 @@ __all__ = [
 
 JsonObject = dict[str, object]
 
+INTENT: Final = "charge"
+PAYMENT_AUTHORIZATION: Final = "Payment-Authorization"  # the one allowed ``header`` value
 CHALLENGE_NONCE_LEN: Final = 16
-_TAG_LEN: Final = 16
-_ID_LEN: Final = CHALLENGE_NONCE_LEN + 8 + _TAG_LEN
+_ID_LEN: Final = 32  # an HMAC-SHA256
 MAX_HEADER: Final = 8192
-_METHOD: Final = re.compile(r"\A[a-z]+(:[a-z0-9-]+)?\Z")
+_METHOD: Final = re.compile(r"\A[a-z]+\Z")  # the draft: lowercase ASCII letters only
 _TOKEN: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _PARAM: Final = re.compile(
     r'\s*([!#$%&\'*+.^_`|~0-9A-Za-z-]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([!#$%&\'*+.^_`|~0-9A-Za-z-]+))\s*'
 )
-_CHALLENGE_PARAMS: Final = ("id", "realm", "method", "intent", "request", "expires", "description")
-_CREDENTIAL_KEYS: Final = frozenset({"id", "source", "payload"})
+_REQUIRED_PARAMS: Final = ("id", "realm", "method", "intent", "request")
+_ECHO_OPTIONAL: Final = ("expires", "digest", "opaque", "header", "description")
 
 
 # --- JSON in base64url, strict ------------------------------------------------------------
@@ -93,6 +102,13 @@ def _finite_float(text: str) -> float:
 def encode_json_b64(obj: JsonObject) -> str:
     raw = json.dumps(obj, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
     return b64url_encode(raw.encode("utf-8"))
+
+
+def encode_jcs_b64(obj: JsonObject) -> str:
+    """JCS (RFC 8785) JSON in base64url: what the draft requires of ``request`` and
+    ``opaque``, so that every implementation binds the same bytes."""
+    value = cast("rfc8785._impl._Value", obj)  # a JSON object: the values rfc8785 takes
+    return b64url_encode(rfc8785.dumps(value))
 
 
 def decode_json_b64(text: str, *, max_len: int = MAX_HEADER) -> JsonObject:
@@ -124,9 +140,10 @@ def format_rfc3339(unix: int) -> str:
     return datetime.fromtimestamp(unix, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+@functools.lru_cache(maxsize=64)
 def parse_rfc3339(text: str) -> int:
     try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
         raise MalformedMessage("bad RFC 3339 time") from None
     if moment.tzinfo is None:
@@ -139,19 +156,60 @@ def parse_rfc3339(text: str) -> int:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Challenge:
-    """One ``WWW-Authenticate: Payment`` challenge."""
+    """One ``WWW-Authenticate: Payment`` challenge.
+
+    ``request``, ``expires`` and ``opaque`` are the values; ``request_b64``,
+    ``expires_text`` and ``opaque_b64`` their text on the wire, which a credential echoes
+    unchanged (computed here, JCS, when a challenge is built rather than parsed).
+    """
 
     id: str
     realm: str
     method: str
     intent: str
     request: JsonObject = field(hash=False)
-    expires: int
+    expires: int | None = None
     description: str | None = None
+    digest: str | None = None
+    opaque: dict[str, str] | None = field(default=None, hash=False)
+    header: str | None = None
+    request_b64: str = ""
+    expires_text: str = ""
+    opaque_b64: str = ""
 
     def __post_init__(self) -> None:
         if not _METHOD.match(self.method):
             raise MalformedMessage("bad payment method identifier")
+        if not self.id:
+            raise MalformedMessage("challenge id is empty")
+        if self.header is not None and self.header != PAYMENT_AUTHORIZATION:
+            raise MalformedMessage("challenge selects an unknown credential header")
+        if not self.request_b64:
+            object.__setattr__(self, "request_b64", encode_jcs_b64(self.request))
+        if self.expires is not None and not self.expires_text:
+            object.__setattr__(self, "expires_text", format_rfc3339(self.expires))
+        if self.opaque is not None and not self.opaque_b64:
+            object.__setattr__(self, "opaque_b64", encode_jcs_b64(dict(self.opaque)))
+
+    @property
+    def credential_header(self) -> str:
+        """The request header the credential for this challenge must travel in."""
+        return self.header or "Authorization"
+
+    def echo(self) -> ChallengeEcho:
+        """The challenge as a credential repeats it: every parameter, as received."""
+        return ChallengeEcho(
+            id=self.id,
+            realm=self.realm,
+            method=self.method,
+            intent=self.intent,
+            request=self.request_b64,
+            expires=self.expires_text or None,
+            digest=self.digest,
+            opaque=self.opaque_b64 or None,
+            header=self.header,
+            description=self.description,
+        )
 
 
 def _quote(value: str) -> str:
@@ -166,11 +224,16 @@ def format_challenge(challenge: Challenge) -> str:
         "realm": challenge.realm,
         "method": challenge.method,
         "intent": challenge.intent,
-        "request": encode_json_b64(challenge.request),
-        "expires": format_rfc3339(challenge.expires),
+        "request": challenge.request_b64,
     }
-    if challenge.description is not None:
-        params["description"] = challenge.description
+    optional = {
+        "expires": challenge.expires_text or None,
+        "digest": challenge.digest,
+        "opaque": challenge.opaque_b64 or None,
+        "header": challenge.header,
+        "description": challenge.description,
+    }
+    params.update({k: v for k, v in optional.items() if v is not None})
     return "Payment " + ", ".join(f"{k}={_quote(v)}" for k, v in params.items())
 
 
@@ -206,7 +269,8 @@ def parse_challenges(headers: list[str]) -> list[Challenge]:
     """Every well-formed Payment challenge in the given WWW-Authenticate values.
 
     Challenges of other schemes are skipped; a Payment challenge with a missing or bad
-    parameter is skipped too (a client should pick among the ones it understands).
+    parameter is skipped too (a client should pick among the ones it understands), and so
+    is one selecting a credential header other than ``Payment-Authorization`` (the draft).
     """
     found: list[Challenge] = []
     for header in headers:
@@ -222,18 +286,31 @@ def parse_challenges(headers: list[str]) -> list[Challenge]:
     return found
 
 
+def _opaque_map(text: str) -> dict[str, str]:
+    obj = decode_json_b64(text)
+    if not all(isinstance(v, str) for v in obj.values()):
+        raise MalformedMessage("opaque is not a map of strings")
+    return {k: str(v) for k, v in obj.items()}
+
+
 def _challenge_from_params(params: dict[str, str]) -> Challenge:
-    missing = [p for p in _CHALLENGE_PARAMS[:6] if p not in params]
-    if missing:
-        raise MalformedMessage("challenge lacks parameters")
+    if not all(params.get(p) for p in _REQUIRED_PARAMS):
+        raise MalformedMessage("challenge lacks parameters")  # or has one empty
+    expires_text, opaque_b64 = params.get("expires"), params.get("opaque")
     return Challenge(
         id=params["id"],
         realm=params["realm"],
         method=params["method"],
         intent=params["intent"],
         request=decode_json_b64(params["request"]),
-        expires=parse_rfc3339(params["expires"]),
+        request_b64=params["request"],
+        expires=parse_rfc3339(expires_text) if expires_text is not None else None,
+        expires_text=expires_text or "",
         description=params.get("description"),
+        digest=params.get("digest"),
+        opaque=_opaque_map(opaque_b64) if opaque_b64 is not None else None,
+        opaque_b64=opaque_b64 or "",
+        header=params.get("header"),
     )
 
 
@@ -241,37 +318,111 @@ def _challenge_from_params(params: dict[str, str]) -> Challenge:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Credential:
-    """The JSON inside ``Authorization: Payment <b64url>``."""
+class ChallengeEcho:
+    """The ``challenge`` member of a credential: the challenge's parameters as text, as
+    the server sent them (``request`` and ``opaque`` still base64url)."""
 
     id: str
+    realm: str
+    method: str
+    intent: str
+    request: str
+    expires: str | None = None
+    digest: str | None = None
+    opaque: str | None = None
+    header: str | None = None
+    description: str | None = None
+
+    def to_json(self) -> JsonObject:
+        obj: JsonObject = {
+            "id": self.id,
+            "realm": self.realm,
+            "method": self.method,
+            "intent": self.intent,
+            "request": self.request,
+        }
+        for name in _ECHO_OPTIONAL:
+            value = getattr(self, name)
+            if value is not None:
+                obj[name] = value
+        return obj
+
+    @classmethod
+    def from_json(cls, obj: object) -> ChallengeEcho:
+        """Strict about what it reads: the five required members, every member read a
+        string. Members it does not know are ignored (the draft's rule)."""
+        if not isinstance(obj, dict):
+            raise MalformedMessage("credential challenge", code=ErrorCode.MALFORMED_CREDENTIAL)
+        values: dict[str, str | None] = {}
+        for name in (*_REQUIRED_PARAMS, *_ECHO_OPTIONAL):
+            value = obj.get(name)
+            if value is None and name not in _REQUIRED_PARAMS:
+                values[name] = None
+                continue
+            if not isinstance(value, str) or not value:
+                raise MalformedMessage(
+                    f"credential challenge {name}", code=ErrorCode.MALFORMED_CREDENTIAL
+                )
+            values[name] = value
+        return cls(**values)  # type: ignore[arg-type]
+
+    def binding_input(self) -> bytes:
+        """The draft's HMAC input: seven fixed slots, an eighth for ``header``."""
+        slots = [
+            self.realm,
+            self.method,
+            self.intent,
+            self.request,
+            self.expires or "",
+            self.digest or "",
+            self.opaque or "",
+        ]
+        if self.header is not None:
+            slots.append(self.header)
+        return "|".join(slots).encode("utf-8")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Credential:
+    """The JSON inside ``Authorization: Payment <b64url>`` (or ``Payment-Authorization``)."""
+
+    challenge: ChallengeEcho
     payload: JsonObject = field(hash=False)
     source: str | None = None
 
+    @classmethod
+    def answering(
+        cls, challenge: Challenge, payload: JsonObject, *, source: str | None = None
+    ) -> Credential:
+        return cls(challenge=challenge.echo(), payload=payload, source=source)
+
 
 def format_credential(credential: Credential) -> str:
-    obj: JsonObject = {"id": credential.id, "payload": credential.payload}
+    obj: JsonObject = {"challenge": credential.challenge.to_json(), "payload": credential.payload}
     if credential.source is not None:
         obj["source"] = credential.source
     return "Payment " + encode_json_b64(obj)
 
 
 def parse_credential(header: str) -> Credential:
-    """Strict: exactly ``Payment <token68>``, a JSON object with id, payload, optional source."""
+    """Exactly ``Payment <token68>``: a JSON object with a ``challenge`` object, a
+    ``payload`` object and an optional ``source`` string; other members are ignored."""
     if len(header) > MAX_HEADER:
         raise MalformedMessage("credential too long", code=ErrorCode.OVERSIZED)
     scheme, _, token = header.strip().partition(" ")
     if scheme.lower() != "payment" or not token or " " in token.strip():
         raise MalformedMessage("not a Payment credential", code=ErrorCode.MALFORMED_CREDENTIAL)
     obj = decode_json_b64(token.strip())
-    if not set(obj) <= _CREDENTIAL_KEYS or "id" not in obj or "payload" not in obj:
+    if "challenge" not in obj or "payload" not in obj:
         raise MalformedMessage("credential members wrong", code=ErrorCode.MALFORMED_CREDENTIAL)
-    cid, payload, source = obj["id"], obj["payload"], obj.get("source")
-    if not isinstance(cid, str) or not isinstance(payload, dict):
+    payload, source = obj["payload"], obj.get("source")
+    if not isinstance(payload, dict):
         raise MalformedMessage("credential member types", code=ErrorCode.MALFORMED_CREDENTIAL)
     if source is not None and not isinstance(source, str):
         raise MalformedMessage("credential member types", code=ErrorCode.MALFORMED_CREDENTIAL)
-    return Credential(id=cid, payload=payload, source=source)
+    return Credential(
+        challenge=ChallengeEcho.from_json(obj["challenge"]), payload=payload, source=source
+    )
 
 
 # --- receipts -------------------------------------------------------------------------------
@@ -321,15 +472,18 @@ class Receipt:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ChallengeId:
-    """A verified challenge id: its raw bytes, nonce and expiry."""
+    """A verified challenge: its id's raw bytes (the HMAC) and its expiry."""
 
     raw: bytes
-    nonce: bytes
     expires: int
 
 
-class ChallengeSigner:
-    """Makes and checks challenge ids with no database: nonce || expires || HMAC tag."""
+def _challenge_invalid() -> InvalidPayment:
+    return InvalidPayment("unknown challenge", code=ErrorCode.CHALLENGE_INVALID)
+
+
+class ChallengeBinder:
+    """Makes and checks challenge ids with no database: the draft's HMAC-SHA256 binding."""
 
     __slots__ = ("_secret",)
 
@@ -338,43 +492,80 @@ class ChallengeSigner:
             raise ValueError("challenge secret must be at least 32 bytes")
         self._secret = secret
 
-    def _tag(
-        self, nonce: bytes, expires: int, realm: str, method: str, scope: str, price: str
-    ) -> bytes:
-        message = (
-            Writer("farthing/http/challenge")
-            .bytes(nonce)
-            .u64(expires)
-            .text(realm)
-            .text(method)
-            .text(scope)
-            .text(price)
-            .finish()
-        )
-        return hmac_sha256(self._secret, message)[:_TAG_LEN]
+    def _id(self, echo: ChallengeEcho) -> bytes:
+        return hmac_sha256(self._secret, echo.binding_input())
 
     def issue(
-        self, *, nonce: bytes, expires: int, realm: str, method: str, scope: str, price: str
-    ) -> str:
+        self,
+        *,
+        realm: str,
+        method: str,
+        request: JsonObject,
+        request_b64: str,
+        expires: int,
+        nonce: bytes,
+        digest: str | None = None,
+        header: str | None = None,
+    ) -> Challenge:
+        """A fresh ``charge`` challenge; ``request_b64`` is ``request`` in JCS base64url
+        (the caller caches it per route), ``nonce`` the random bytes that make it unique."""
         if len(nonce) != CHALLENGE_NONCE_LEN:
             raise ValueError("challenge nonce must be 16 random bytes")
-        tag = self._tag(nonce, expires, realm, method, scope, price)
-        return b64url_encode(nonce + expires.to_bytes(8, "big") + tag)
+        opaque = {"nonce": b64url_encode(nonce)}
+        unbound = Challenge(
+            id="-",
+            realm=realm,
+            method=method,
+            intent=INTENT,
+            request=request,
+            request_b64=request_b64,
+            expires=expires,
+            digest=digest,
+            opaque=opaque,
+            header=header,
+        )
+        challenge_id = b64url_encode(self._id(unbound.echo()))
+        return Challenge(
+            id=challenge_id,
+            realm=realm,
+            method=method,
+            intent=INTENT,
+            request=request,
+            request_b64=request_b64,
+            expires=expires,
+            expires_text=unbound.expires_text,
+            digest=digest,
+            opaque=opaque,
+            opaque_b64=unbound.opaque_b64,
+            header=header,
+        )
 
     def verify(
-        self, challenge_id: str, *, now: int, realm: str, method: str, scope: str, price: str
+        self,
+        echo: ChallengeEcho,
+        *,
+        now: int,
+        realm: str,
+        request_b64: str,
+        digest: str | None = None,
+        header: str | None = None,
     ) -> ChallengeId:
-        """The id's nonce and expiry, or InvalidPayment / PaymentExpired."""
+        """The echoed challenge, if this vendor issued it for this very request: the id
+        is the HMAC of the echoed parameters, and realm, intent, request, digest and the
+        credential's header are this request's. Else InvalidPayment (``invalid-challenge``),
+        or PaymentExpired once its ``expires`` has passed."""
         try:
-            raw = b64url_decode(challenge_id, max_len=64)
+            raw = b64url_decode(echo.id, max_len=64)
         except MalformedMessage:
-            raise InvalidPayment("unknown challenge", code=ErrorCode.CHALLENGE_INVALID) from None
-        if len(raw) != _ID_LEN:
-            raise InvalidPayment("unknown challenge", code=ErrorCode.CHALLENGE_INVALID)
-        nonce, expires = raw[:CHALLENGE_NONCE_LEN], int.from_bytes(raw[16:24], "big")
-        expected = self._tag(nonce, expires, realm, method, scope, price)
-        if not constant_time_eq(expected, raw[24:]):
-            raise InvalidPayment("unknown challenge", code=ErrorCode.CHALLENGE_INVALID)
+            raise _challenge_invalid() from None
+        if len(raw) != _ID_LEN or not constant_time_eq(self._id(echo), raw):
+            raise _challenge_invalid()
+        expected = (realm, INTENT, request_b64, digest, header)
+        if (echo.realm, echo.intent, echo.request, echo.digest, echo.header) != expected:
+            raise _challenge_invalid()
+        if echo.expires is None:
+            raise _challenge_invalid()  # we never issue one without
+        expires = parse_rfc3339(echo.expires)
         if now >= expires:
             raise PaymentExpired("challenge expired", code=ErrorCode.CHALLENGE_EXPIRED)
-        return ChallengeId(raw=raw, nonce=nonce, expires=expires)
+        return ChallengeId(raw=raw, expires=expires)

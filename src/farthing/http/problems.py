@@ -2,8 +2,11 @@
 
 The one place where the error tree meets HTTP, both ways::
 
-    problem_for(error)   -> Problem     status, type and title by class (then by code)
-    error_for(problem)   -> error       the class of its code (CLASS_OF_CODE), or None
+    problem_for(error)          -> Problem  status, type and title by class (then by code)
+    payment_problem_for(error)  -> Problem  the same for a payment the paywall refused: the
+                                            draft's status table (402 for every payment
+                                            failure, 403 for policy, never 401)
+    error_for(problem)          -> error    the class of its code (CLASS_OF_CODE), or None
 
 A :class:`FarthingError` maps to a fixed status, problem ``type`` and ``title`` by its class
 and code; the ``detail`` is the error's own fixed message, which never carries secrets, and
@@ -37,11 +40,13 @@ from farthing.core.errors import (
 )
 
 __all__ = [
+    "PAYMENT_REQUIRED",
     "PROBLEM_BASE",
     "Problem",
     "crosses",
     "error_for",
     "internal_problem",
+    "payment_problem_for",
     "problem_for",
 ]
 
@@ -152,6 +157,49 @@ def problem_for(error: FarthingError) -> Problem:
         status=400,
         type=FARTHING_BASE + "bad-request",
         title="Bad request",
+        detail=error.message,
+        code=int(error.code),
+    )
+
+
+# A payment the paywall refused (draft-httpauth-payment-02, "Status Codes" and "Error
+# Codes"): 402 with fresh challenges for every payment failure. By code first, then class.
+_PAYMENT_BY_CODE: Final = {
+    ErrorCode.MALFORMED_CREDENTIAL: (402, "malformed-credential", "Malformed credential"),
+    ErrorCode.OVERSIZED: (402, "malformed-credential", "Malformed credential"),
+    ErrorCode.CHALLENGE_INVALID: (402, "invalid-challenge", "Invalid challenge"),
+    ErrorCode.BAD_FIELD: (400, "bad-request", "Bad request"),
+}
+_PAYMENT_BY_CLASS: Final[tuple[tuple[type[FarthingError], int, str, str], ...]] = (
+    (MalformedMessage, 402, "invalid-payload", "Invalid payload"),
+    (PaymentExpired, 402, "payment-expired", "Payment expired"),
+    (InsufficientFunds, 402, "payment-insufficient", "Payment insufficient"),
+    (AccessDenied, 403, "access-denied", "Access denied"),
+    # A used proof (an HLL purchase the bank settled before), a card of another currency,
+    # an unknown card: the payment does not verify here.
+    (InvalidPayment, 402, "verification-failed", "Payment verification failed"),
+    (Conflict, 402, "verification-failed", "Payment verification failed"),
+    (UnsupportedMethod, 402, "verification-failed", "Payment verification failed"),
+    (NotFound, 402, "verification-failed", "Payment verification failed"),
+)
+
+
+def payment_problem_for(error: FarthingError) -> Problem:
+    """The problem for a payment the paywall refused. Every payment failure is a 402 (the
+    paywall adds fresh challenges); 403 only for a valid payment that policy refuses;
+    outages (503, 429) and our own faults (500) as :func:`problem_for`."""
+    if not crosses(error):
+        return internal_problem()
+    entry = _PAYMENT_BY_CODE.get(error.code)
+    if entry is None and error.code not in _CODE_OVERRIDES:
+        entry = next((row[1:] for row in _PAYMENT_BY_CLASS if isinstance(error, row[0])), None)
+    if entry is None:
+        return problem_for(error)
+    status, name, title = entry
+    return Problem(
+        status=status,
+        type=PROBLEM_BASE + name,
+        title=title,
         detail=error.message,
         code=int(error.code),
     )

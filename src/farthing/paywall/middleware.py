@@ -44,27 +44,34 @@ from farthing.core.clock import Clock, RandomSource
 from farthing.core.errors import (
     ErrorCode,
     FarthingError,
+    InvalidPayment,
     MalformedMessage,
     NotFound,
-    UnsupportedMethod,
 )
 from farthing.core.retry import request_tag
 from farthing.core.sealing import seal, seal_binding
+from farthing.http.methods import METHOD_OF
 from farthing.http.methods.common import SealedBody
 from farthing.http.paths import canonical_path
 from farthing.http.payment_auth import (
     CHALLENGE_NONCE_LEN,
+    PAYMENT_AUTHORIZATION,
     Challenge,
-    ChallengeSigner,
+    ChallengeBinder,
+    ChallengeEcho,
+    JsonObject,
     Receipt,
+    encode_jcs_b64,
     format_challenge,
     parse_credential,
 )
 from farthing.http.problems import (
     CONTENT_TYPE,
     PAYMENT_REQUIRED,
+    PROBLEM_BASE,
     Problem,
     internal_problem,
+    payment_problem_for,
     problem_for,
 )
 from farthing.paywall.browser import accepts_html, is_wallet_path, payment_page
@@ -86,6 +93,7 @@ _NO_STORE: Final = (b"cache-control", b"no-store")
 _PAGE_POLICY: Final = (
     b"default-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
 )
+_PRIVATE: Final = (b"cache-control", b"private")  # the draft, on every response with a receipt
 
 Offers = Callable[[str, str], bool]
 """``offers(method, path)``: does the wrapped app answer this request with a good?"""
@@ -118,13 +126,16 @@ class Paywall:
         self.app = app
         self.realm = realm
         self.prices = prices
-        self.methods = {method.name: method for method in methods}
-        self._signer = ChallengeSigner(challenge_secret)
+        # Keyed by the method id on the wire (``szmchain``); an adapter's ``name`` is its
+        # scheme (``szm:chain``), which the seal binds.
+        self.methods = {METHOD_OF[method.name]: method for method in methods}
+        self._binder = ChallengeBinder(challenge_secret)
         self._clock = clock
         self._rng = rng
         self._ttl = challenge_ttl
         self.metrics = metrics
         self._offers = offers
+        self._requests: dict[tuple[str, str], tuple[JsonObject, str]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -145,14 +156,24 @@ class Paywall:
             scope[NOT_OFFERED_SCOPE_KEY] = True
             await self.app(scope, receive, send)
             return
-        authorization = _header(scope, b"authorization")
-        if authorization is None or scope["method"] == "HEAD":
-            # HEAD is never charged: it would pay for a body that is not sent.
-            head = scope["method"] == "HEAD"
-            page = path if accepts_html(_header(scope, b"accept")) else None
-            await self._send_problem(send, PAYMENT_REQUIRED, route, head=head, page_for=page)
+        head = scope["method"] == "HEAD"
+        found = _credential_field(scope)
+        if isinstance(found, Problem):
+            await self._send_problem(send, found, route, head=head)
             return
-        settlement = await self._settle_or_answer(authorization, route, path, send, scope["method"])
+        authorization, field = found
+        if authorization is None or head:
+            # HEAD is never charged: it would pay for a body that is not sent. A request that
+            # keeps ``Authorization`` for another scheme is asked to pay in
+            # ``Payment-Authorization`` (the challenge's ``header``).
+            page = path if accepts_html(_header(scope, b"accept")) else None
+            await self._send_problem(
+                send, PAYMENT_REQUIRED, route, head=head, header=field, page_for=page
+            )
+            return
+        settlement = await self._settle_or_answer(
+            authorization, field, route, path, send, scope["method"]
+        )
         if settlement is not None:
             scope[PAYMENT_SCOPE_KEY] = settlement
             scope["extensions"] = _plain_responses_only(scope.get("extensions"))
@@ -163,22 +184,27 @@ class Paywall:
     # -- settling --------------------------------------------------------------------------
 
     async def _settle_or_answer(
-        self, authorization: str, route: PricedRoute, path: str, send: Send, http_method: str
+        self,
+        authorization: str,
+        field: str | None,
+        route: PricedRoute,
+        path: str,
+        send: Send,
+        http_method: str,
     ) -> Settlement | None:
         method_name = "unknown"
         started = time.perf_counter()
         try:
-            credential = parse_credential(authorization)
             _check_resource(path)
-            method_name, method = self._method_for(credential.payload)
+            credential = parse_credential(authorization)
+            method_name, method = self._method_for(credential.challenge)
             now = self._clock.now()
-            challenge = self._signer.verify(
-                credential.id,
+            challenge = self._binder.verify(
+                credential.challenge,
                 now=now,
                 realm=self.realm,
-                method=method_name,
-                scope=route.scope,
-                price=route.price.label,
+                request_b64=self._request(route, method_name)[1],
+                header=field,
             )
             context = PaymentContext(
                 payload=credential.payload,
@@ -193,7 +219,9 @@ class Paywall:
             settlement = await method.settle(context)
         except FarthingError as error:
             self._count(method_name, error.code.name.lower(), started)
-            await self._send_problem(send, problem_for(error), route, method=method_name)
+            await self._send_problem(
+                send, payment_problem_for(error), route, method=method_name, header=field
+            )
             return None
         except Exception:
             correlation = uuid.uuid4().hex
@@ -204,14 +232,12 @@ class Paywall:
         self._count(method_name, "retried" if settlement.retried else "accepted", started)
         return settlement
 
-    def _method_for(self, payload: dict[str, object]) -> tuple[str, PaymentMethod]:
-        name = payload.get("method")
-        if not isinstance(name, str):
-            raise MalformedMessage("payload lacks method", code=ErrorCode.MALFORMED_CREDENTIAL)
-        method = self.methods.get(name)
+    def _method_for(self, echo: ChallengeEcho) -> tuple[str, PaymentMethod]:
+        """The method the echoed challenge names; one we never offer, we never issued."""
+        method = self.methods.get(echo.method)
         if method is None:
-            raise UnsupportedMethod("payment method not offered here")
-        return name, method
+            raise InvalidPayment("unknown challenge", code=ErrorCode.CHALLENGE_INVALID)
+        return echo.method, method
 
     def _count(self, method: str, outcome: str, started: float) -> None:
         if self.metrics is not None:
@@ -219,27 +245,32 @@ class Paywall:
 
     # -- answers ---------------------------------------------------------------------------
 
-    def challenges(self, route: PricedRoute) -> list[Challenge]:
-        """Fresh challenges for ``route``, one per enabled method."""
+    def _request(self, route: PricedRoute, method: str) -> tuple[JsonObject, str]:
+        """The challenge ``request`` of ``method`` for ``route`` and its JCS base64url
+        text: the same for every challenge, so it is made once."""
+        key = (route.scope, method)
+        cached = self._requests.get(key)
+        if cached is None:
+            request = self.methods[method].request(route)
+            cached = self._requests[key] = (request, encode_jcs_b64(request))
+        return cached
+
+    def challenges(self, route: PricedRoute, *, header: str | None = None) -> list[Challenge]:
+        """Fresh challenges for ``route``, one per enabled method; ``header`` selects
+        ``Payment-Authorization`` for the credential."""
         expires = self._clock.now() + self._ttl
         out = []
-        for name, method in self.methods.items():
-            challenge_id = self._signer.issue(
-                nonce=self._rng(CHALLENGE_NONCE_LEN),
-                expires=expires,
-                realm=self.realm,
-                method=name,
-                scope=route.scope,
-                price=route.price.label,
-            )
+        for name in self.methods:
+            request, request_b64 = self._request(route, name)
             out.append(
-                Challenge(
-                    id=challenge_id,
+                self._binder.issue(
                     realm=self.realm,
                     method=name,
-                    intent="charge",
-                    request=method.request(route),
+                    request=request,
+                    request_b64=request_b64,
                     expires=expires,
+                    nonce=self._rng(CHALLENGE_NONCE_LEN),
+                    header=header,
                 )
             )
         return out
@@ -254,12 +285,16 @@ class Paywall:
         correlation: str | None = None,
         head: bool = False,
         page_for: str | None = None,
+        header: str | None = None,
     ) -> None:
         """``page_for``: the path of a browser's navigation, answered with the HTML page."""
         headers = [(b"content-type", CONTENT_TYPE.encode()), _NO_STORE]
-        challenges = self.challenges(route) if problem.status in (401, 402) else []
+        extra: dict[str, object] = {}
+        challenges = self.challenges(route, header=header) if problem.status == 402 else []
         headers += [(b"www-authenticate", format_challenge(c).encode()) for c in challenges]
-        if page_for is not None and problem.status == 402:
+        if challenges:
+            extra["challengeId"] = challenges[0].id
+        if page_for is not None and challenges:
             page = payment_page(route, page_for, challenges)
             headers[0] = (b"content-type", b"text/html; charset=utf-8")
             headers += [(b"content-security-policy", _PAGE_POLICY), (b"vary", b"accept")]
@@ -269,7 +304,6 @@ class Paywall:
             return
         if problem.retry_after is not None:
             headers.append((b"retry-after", str(problem.retry_after).encode()))
-        extra: dict[str, object] = {}
         if method is not None and method in self.methods:
             extra["method"] = method
         if correlation is not None:
@@ -340,7 +374,7 @@ class _PaidSender:
         if s.sealing is not None:
             extra["sealed"] = SealedBody(content_type=content_type or "").to_json()
         return Receipt(
-            method=s.method,
+            method=METHOD_OF[s.method],
             timestamp=self._now,
             reference=s.reference,
             extra=extra,
@@ -350,7 +384,7 @@ class _PaidSender:
         headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"cache-control"]
         headers += [
             (b"payment-receipt", self._receipt(content_type).to_header().encode()),
-            _NO_STORE,
+            _PRIVATE,
         ]
         return {**start, "headers": headers}
 
@@ -422,6 +456,38 @@ async def _send_problem_body(send: Send, status: int, body: bytes, *, head: bool
     ]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": b"" if head else body})
+
+
+_MULTIPLE_CREDENTIALS: Final = Problem(
+    status=400,
+    type=PROBLEM_BASE + "bad-request",
+    title="Bad request",
+    detail="more than one Payment credential",
+    code=int(ErrorCode.BAD_FIELD),
+)
+
+
+def _credential_field(scope: Scope) -> tuple[str | None, str | None] | Problem:
+    """The Payment credential and the field it came in (None: ``Authorization``).
+
+    ``(None, "Payment-Authorization")`` when ``Authorization`` carries another scheme and
+    no credential came: the challenges then select ``Payment-Authorization``. Two Payment
+    credentials in one request are refused (the draft: 400).
+    """
+    authorization = _header(scope, b"authorization")
+    separate = _header(scope, b"payment-authorization")
+    in_authorization = authorization is not None and _is_payment(authorization)
+    if in_authorization and separate is not None:
+        return _MULTIPLE_CREDENTIALS
+    if in_authorization:
+        return authorization, None
+    if separate is not None:
+        return separate, PAYMENT_AUTHORIZATION
+    return None, (PAYMENT_AUTHORIZATION if authorization is not None else None)
+
+
+def _is_payment(value: str) -> bool:
+    return value.lstrip()[:8].lower() == "payment " or value.strip().lower() == "payment"
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

@@ -32,6 +32,7 @@ from farthing.core.errors import CardExhausted, ErrorCode, LocalProtocolError, M
 from farthing.core.hashchain import ChainWalker
 from farthing.core.money import Denomination
 from farthing.core.schemes import hll, payword, szm_chain, szm_prbg
+from farthing.http.methods import SCHEME_OF
 from farthing.http.methods.common import PricedRequest
 from farthing.http.methods.hll import HllPayload, HllRequest
 from farthing.http.methods.payword import PaywordPayload, PaywordRequest
@@ -115,7 +116,7 @@ def _request(challenge: Challenge, parse: Callable[[JsonObject], R]) -> R | None
 
 def _fits(card: CardRow, challenge: Challenge, request: PricedRequest, now: int) -> bool:
     return (
-        challenge.method == card.method
+        SCHEME_OF.get(challenge.method) == card.method
         and challenge.intent == "charge"
         and now < card.expires_at
         and request.currency == card.currency
@@ -171,7 +172,7 @@ class SzmChainMethod:
         walker = self._walker(card)
         new, payment, key = szm_chain.next_payment(card, quote.units, now=now, walker=walker)
         tx.advance_card(row, spent=new.spent, balance=new.remaining, state=None)
-        payload = SzmPayload(method=self.name, payment=szm_chain.encode_payment(payment)).to_json()
+        payload = SzmPayload(payment=szm_chain.encode_payment(payment)).to_json()
         return Reservation(
             position=payment.index,
             release=lambda: payload,
@@ -204,7 +205,7 @@ class SzmPrbgMethod:
         tx.advance_card(
             row, spent=new.spent, balance=new.remaining, state=self._seal_state(row, new.bbs_x)
         )
-        payload = SzmPayload(method=self.name, payment=szm_prbg.encode_payment(payment)).to_json()
+        payload = SzmPayload(payment=szm_prbg.encode_payment(payment)).to_json()
         return Reservation(
             position=payment.index,
             release=lambda: payload,
@@ -295,6 +296,8 @@ def _offer(quote: Quote, good: str) -> hll.Offer:
     try:
         request = HllRequest.from_json(quote.challenge.request)
         challenge = b64url_decode(quote.challenge.id, max_len=128)
+        if quote.challenge.expires is None:
+            raise MalformedMessage("an HLL challenge must expire")
         return request.offer(good=good, challenge=challenge, expires_at=quote.challenge.expires)
     except MalformedMessage as exc:
         raise LocalProtocolError(

@@ -76,7 +76,15 @@ from farthing.core.errors import (
 )
 from farthing.core.schemes import hll, payword, szm_status
 from farthing.core.sealing import open_sealed
-from farthing.http.payment_auth import Challenge, Credential, Receipt, format_credential
+from farthing.http.methods import SCHEME_OF
+from farthing.http.methods.common import wire_currency
+from farthing.http.payment_auth import (
+    Challenge,
+    Credential,
+    JsonObject,
+    Receipt,
+    format_credential,
+)
 from farthing.wallet.auth import PreparedPayment
 from farthing.wallet.cards import (
     CardInfo,
@@ -488,8 +496,8 @@ class Wallet:
         now = self._clock.now()
         with self._lock:
             for challenge in challenges:
-                scope = challenge.request.get("resource")
-                if isinstance(scope, str) and scope.startswith("/") and challenge.expires > now:
+                scope = _details(challenge).get("resource")
+                if isinstance(scope, str) and scope.startswith("/") and _expiry(challenge) > now:
                     self._remembered.setdefault((origin, scope), {})[challenge.method] = challenge
             self._forget_expired(now)
 
@@ -610,8 +618,8 @@ class Wallet:
         refusals = self._store.refusals()
         quotes = []
         for challenge in challenges:
-            method = self._methods.get(challenge.method)
-            if method is None or challenge.expires <= now:
+            method = self._methods.get(SCHEME_OF.get(challenge.method, ""))
+            if method is None or _expiry(challenge) <= now:
                 continue
             for card in cards:
                 if card.id in blocked or (card.id, challenge.realm) in refusals:
@@ -685,7 +693,7 @@ class Wallet:
         except BaseException:
             self._resolve(flight, Outcome.FAILED)
             raise
-        authorization = format_credential(Credential(id=quote.challenge.id, payload=payload))
+        authorization = format_credential(Credential.answering(quote.challenge, payload))
         payment = PreparedPayment(
             authorization=authorization,
             method=quote.method,
@@ -783,12 +791,12 @@ class Wallet:
                 for (origin, scope), by_method in self._remembered.items()
                 if origin == target.origin and scope_matches(scope, target.path)
                 for challenge in by_method.values()
-                if challenge.expires > not_before
+                if _expiry(challenge) > not_before
             ]
 
     def _forget_expired(self, now: int) -> None:
         for key, by_method in list(self._remembered.items()):
-            live = {m: c for m, c in by_method.items() if c.expires > now}
+            live = {m: c for m, c in by_method.items() if _expiry(c) > now}
             if live:
                 self._remembered[key] = live
             else:
@@ -812,16 +820,31 @@ def _issuer_allows(card: CardRow, challenge: Challenge) -> bool:
     """The challenge names the card's issuer: for HLL the bank (``bank``, when the
     challenge names one), for PayWord the broker of the user certificate (``broker``)."""
     if card.method == "hll:mac":
-        bank = challenge.request.get("bank")
+        bank = _details(challenge).get("bank")
         return bank is None or bank == card_bank(card)
     if card.method == "payword":
-        return challenge.request.get("broker") == card.realm
+        return _details(challenge).get("broker") == card.realm
     return True
+
+
+def _details(challenge: Challenge) -> JsonObject:
+    """The challenge request's ``methodDetails`` (empty if it has none)."""
+    details = challenge.request.get("methodDetails")
+    return details if isinstance(details, dict) else {}
+
+
+def _expiry(challenge: Challenge) -> int:
+    """When a challenge expires; one without ``expires`` (never ours) counts as expired."""
+    return challenge.expires if challenge.expires is not None else 0
 
 
 def _valid_receipt(receipt: Receipt | None, payment: PreparedPayment) -> bool:
     """A receipt says the vendor took a payment of this method (anything else: it did not)."""
-    return receipt is not None and receipt.status == "success" and receipt.method == payment.method
+    return (
+        receipt is not None
+        and receipt.status == "success"
+        and SCHEME_OF.get(receipt.method) == payment.method
+    )
 
 
 def _payment_record(history_id: int) -> bytes:
@@ -842,7 +865,7 @@ def _pending(
         card=before.id,
         url=target.url,
         realm=quote.challenge.realm,
-        expires_at=quote.challenge.expires,
+        expires_at=_expiry(quote.challenge),
         from_spent=before.spent,
         from_balance=before.balance,
         from_state=before.state,
@@ -959,7 +982,7 @@ def _wrong_site(cards: Sequence[CardRow], target: _Target) -> LocalProtocolError
 
 def _wrong_issuer(cards: Sequence[CardRow], challenges: Sequence[Challenge]) -> LocalProtocolError:
     if all(card.method == "payword" for card in cards):
-        theirs = ", ".join(sorted({str(c.request.get("broker")) for c in challenges}))
+        theirs = ", ".join(sorted({str(_details(c).get("broker")) for c in challenges}))
         ours = ", ".join(sorted({str(card.realm) for card in cards}))
         what = f"this vendor's PayWord broker is {theirs}; your accounts are with {ours}"
     elif all(card_bank(card) is None for card in cards):
@@ -975,12 +998,14 @@ def _wrong_issuer(cards: Sequence[CardRow], challenges: Sequence[Challenge]) -> 
 
 def _same_kind(card: CardRow, challenge: Challenge) -> bool:
     """Same method and currency; for SZM the same issuer (realm), for HLL the same unit."""
-    if card.method != challenge.method or card.currency != challenge.request.get("currency"):
+    if card.method != SCHEME_OF.get(challenge.method):
+        return False
+    if challenge.request.get("currency") != wire_currency(card.currency):
         return False
     if card.method.startswith("szm:"):
         return card.realm == challenge.realm
     if card.method == "hll:mac":
-        return challenge.request.get("unitMicros") == card.unit_micros
+        return _details(challenge).get("unitMicros") == card.unit_micros
     return True
 
 

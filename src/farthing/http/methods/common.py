@@ -1,5 +1,12 @@
 """What every method's wire form shares: the price members, the seal, strict readers.
 
+Every challenge ``request`` is the ``charge`` intent's: ``amount`` (a decimal string),
+``currency`` and, for farthing's own members, ``methodDetails``. farthing prices are in
+millionths of a currency, which no ISO 4217 minor unit holds, so the currency is
+method-defined: ``micro-<iso 4217 code, lowercase>`` (``micro-eur``), and ``amount`` counts
+millionths of that currency (``"1000"`` of ``micro-eur`` is 0.001 EUR). A client that knows
+only ISO 4217 codes does not know ``micro-eur`` and so cannot read it as cents.
+
 Parsing is strict about what it reads: each member the schema requires must be present,
 with its exact JSON type and range (a bool is no integer, an amount is a decimal string of
 micros, a blob is canonical base64url); anything else raises MalformedMessage with the
@@ -20,6 +27,7 @@ from farthing.core.money import Denomination
 from farthing.http.payment_auth import JsonObject
 
 __all__ = [
+    "CURRENCY_PREFIX",
     "MAX_COUNT",
     "SEAL_ALG",
     "Members",
@@ -32,13 +40,15 @@ __all__ = [
     "receipt_members",
     "request_members",
     "unit_price",
+    "wire_currency",
 ]
 
 MAX_COUNT: Final = (1 << 62) - 1  # units and unit values: below 2^62 (common.json)
 MAX_POSITION: Final = (1 << 64) - 1  # a chain index or card counter: an unsigned 64-bit
 SEAL_ALG: Final = "aes-256-gcm"
 _AMOUNT: Final = re.compile(r"\A[1-9][0-9]{0,17}\Z")
-_CURRENCY: Final = re.compile(r"\A[A-Z]{3}\Z")
+CURRENCY_PREFIX: Final = "micro-"
+_CURRENCY: Final = re.compile(r"\Amicro-([a-z]{3})\Z")
 _RESOURCE: Final = re.compile(r"\A/\S*\Z")
 
 
@@ -97,7 +107,15 @@ class Members:
         return value
 
     def currency(self) -> str:
-        return self.matching("currency", _CURRENCY)
+        """``micro-eur`` on the wire: the ISO 4217 code (``EUR``) farthing counts in."""
+        return self.matching("currency", _CURRENCY)[len(CURRENCY_PREFIX) :].upper()
+
+    def details(self) -> Members:
+        """The ``methodDetails`` object, read with the same strictness."""
+        value = self._get("methodDetails")
+        if not isinstance(value, dict):
+            raise self._bad("methodDetails", "is not an object")
+        return Members(value, f"{self._what} methodDetails", self._code)
 
     def resource(self) -> str:
         return self.matching("resource", _RESOURCE)
@@ -140,17 +158,33 @@ class Members:
         return self.blob(name, max_len=max_len) if name in self._obj else None
 
 
+def wire_currency(currency: str) -> str:
+    """The ``currency`` member for prices in millionths of ``currency`` (``EUR``)."""
+    return CURRENCY_PREFIX + currency.lower()
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PricedRequest:
-    """The members every challenge request starts with: ``amount`` micros of
-    ``currency`` for the priced route ``resource`` (its scope, ``/articles/*``)."""
+    """The members every challenge request has: ``amount`` micros of ``currency``
+    (``EUR``, sent as ``micro-eur``) and, in ``methodDetails``, the priced route
+    ``resource`` (its scope, ``/articles/*``)."""
 
     amount: int
     currency: str
     resource: str
 
-    def _price_json(self) -> JsonObject:
-        return {"amount": str(self.amount), "currency": self.currency, "resource": self.resource}
+    def _details_json(self) -> JsonObject:
+        return {"resource": self.resource}
+
+    def _request_json(self, details: JsonObject, recipient: str | None = None) -> JsonObject:
+        obj: JsonObject = {
+            "amount": str(self.amount),
+            "currency": wire_currency(self.currency),
+            "methodDetails": {**self._details_json(), **details},
+        }
+        if recipient is not None:
+            obj["recipient"] = recipient
+        return obj
 
 
 class UnitPrice(TypedDict):
@@ -171,21 +205,21 @@ class UnitPricedRequest(PricedRequest):
     units: int
     unit_micros: int
 
-    def _price_json(self) -> JsonObject:
+    def _details_json(self) -> JsonObject:
         return {
-            **PricedRequest._price_json(self),
+            **PricedRequest._details_json(self),
             "units": self.units,
             "unitMicros": self.unit_micros,
         }
 
     @staticmethod
-    def _read_price(members: Members) -> UnitPrice:
+    def _read_price(members: Members, details: Members) -> UnitPrice:
         return UnitPrice(
             amount=members.amount(),
             currency=members.currency(),
-            resource=members.resource(),
-            units=members.count("units"),
-            unit_micros=members.count("unitMicros"),
+            resource=details.resource(),
+            units=details.count("units"),
+            unit_micros=details.count("unitMicros"),
         )
 
 
@@ -205,7 +239,7 @@ def request_members(obj: JsonObject) -> Members:
 
 def payload_members(obj: JsonObject) -> Members:
     """A credential's payload as the paywall reads it."""
-    return Members(obj, "payload", ErrorCode.MALFORMED_CREDENTIAL)
+    return Members(obj, "payload", ErrorCode.INVALID_PAYLOAD)
 
 
 def receipt_members(obj: JsonObject) -> Members:

@@ -1,4 +1,5 @@
-"""The HTTP binding of ``hll:mac`` (Hwang-Lin-Li smart-card MAC), and the offer it implies.
+"""The HTTP binding of method ``hll`` (Hwang-Lin-Li smart-card MAC, ``hll:mac`` cards), and
+the offer it implies.
 
 The card MACs an offer that neither side sends: both rebuild it from the challenge's
 request, the request path (the good) and the raw challenge id (T), with
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Final, Literal
+from typing import Final
 
 from farthing.core.encoding import b64url_encode
 from farthing.core.money import Denomination
@@ -26,9 +27,10 @@ from farthing.http.methods.common import (
 )
 from farthing.http.payment_auth import JsonObject
 
-__all__ = ["METHOD", "HllMode", "HllPayload", "HllReceipt", "HllRequest"]
+__all__ = ["METHOD", "SCHEME", "HllMode", "HllPayload", "HllReceipt", "HllRequest"]
 
-METHOD: Final = "hll:mac"
+METHOD: Final = "hll"
+SCHEME: Final = "hll:mac"  # the card kind it pays with
 MAX_PAYMENT_LEN: Final = 512  # base64url characters the paywall reads, each blob
 _MAX_MERCHANT: Final = 64
 _BANK_KEY_LEN: Final = 32  # Ed25519
@@ -66,19 +68,20 @@ class HllRequest(UnitPricedRequest):
         )
 
     def to_json(self) -> JsonObject:
-        obj = {**self._price_json(), "merchant": self.merchant, "mode": self.mode.value}
+        details: JsonObject = {"mode": self.mode.value}
         if self.bank is not None:
-            obj["bank"] = b64url_encode(self.bank)
-        return obj
+            details["bank"] = b64url_encode(self.bank)
+        return self._request_json(details, recipient=self.merchant)
 
     @classmethod
     def from_json(cls, obj: JsonObject) -> HllRequest:
         members = request_members(obj)
+        details = members.details()
         return cls(
-            **cls._read_price(members),
-            merchant=members.text("merchant", max_len=_MAX_MERCHANT),
-            mode=HllMode(members.choice("mode", _MODES)),
-            bank=members.optional_identifier("bank", size=_BANK_KEY_LEN),
+            **cls._read_price(members, details),
+            merchant=members.text("recipient", max_len=_MAX_MERCHANT),
+            mode=HllMode(details.choice("mode", _MODES)),
+            bank=details.optional_identifier("bank", size=_BANK_KEY_LEN),
         )
 
 
@@ -88,10 +91,9 @@ class HllPayload:
 
     payment: bytes = field(repr=False)
     certificate: bytes | None = field(default=None, repr=False)
-    method: Literal["hll:mac"] = "hll:mac"
 
     def to_json(self) -> JsonObject:
-        obj: JsonObject = {"method": self.method, "payment": b64url_encode(self.payment)}
+        obj: JsonObject = {"payment": b64url_encode(self.payment)}
         if self.certificate is not None:
             obj["certificate"] = b64url_encode(self.certificate)
         return obj
@@ -99,7 +101,6 @@ class HllPayload:
     @classmethod
     def from_json(cls, obj: JsonObject) -> HllPayload:
         members = payload_members(obj)
-        members.const("method", METHOD)
         certificate = None
         if obj.get("certificate") is not None:  # null is read as absent, as it always was
             certificate = members.blob("certificate", max_len=MAX_PAYMENT_LEN)

@@ -10,7 +10,7 @@ under it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Final, Literal
+from typing import Final
 
 from farthing.core.encoding import b64url_encode
 from farthing.http.methods.common import (
@@ -22,9 +22,10 @@ from farthing.http.methods.common import (
 )
 from farthing.http.payment_auth import JsonObject
 
-__all__ = ["METHOD", "PaywordPayload", "PaywordReceipt", "PaywordRequest"]
+__all__ = ["METHOD", "SCHEME", "PaywordPayload", "PaywordReceipt", "PaywordRequest"]
 
 METHOD: Final = "payword"
+SCHEME: Final = "payword"  # the card kind it pays with
 MAX_PAYMENT_LEN: Final = 512  # base64url characters the paywall reads
 MAX_COMMITMENT_LEN: Final = 4096
 _MAX_NAME: Final = 255
@@ -39,15 +40,16 @@ class PaywordRequest(UnitPricedRequest):
     broker: str
 
     def to_json(self) -> JsonObject:
-        return {**self._price_json(), "vendor": self.vendor, "broker": self.broker}
+        return self._request_json({"broker": self.broker}, recipient=self.vendor)
 
     @classmethod
     def from_json(cls, obj: JsonObject) -> PaywordRequest:
         members = request_members(obj)
+        details = members.details()
         return cls(
-            **cls._read_price(members),
-            vendor=members.text("vendor", max_len=_MAX_NAME),
-            broker=members.text("broker", max_len=_MAX_NAME),
+            **cls._read_price(members, details),
+            vendor=members.text("recipient", max_len=_MAX_NAME),
+            broker=details.text("broker", max_len=_MAX_NAME),
         )
 
 
@@ -57,10 +59,9 @@ class PaywordPayload:
 
     payment: bytes = field(repr=False)
     commitment: bytes | None = field(default=None, repr=False)
-    method: Literal["payword"] = "payword"
 
     def to_json(self) -> JsonObject:
-        obj: JsonObject = {"method": self.method, "payment": b64url_encode(self.payment)}
+        obj: JsonObject = {"payment": b64url_encode(self.payment)}
         if self.commitment is not None:
             obj["commitment"] = b64url_encode(self.commitment)
         return obj
@@ -68,7 +69,6 @@ class PaywordPayload:
     @classmethod
     def from_json(cls, obj: JsonObject) -> PaywordPayload:
         members = payload_members(obj)
-        members.const("method", METHOD)
         return cls(
             payment=members.blob("payment", max_len=MAX_PAYMENT_LEN),
             commitment=members.optional_blob("commitment", max_len=MAX_COMMITMENT_LEN),

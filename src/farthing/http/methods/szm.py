@@ -1,4 +1,5 @@
-"""The HTTP binding of ``szm:chain`` and ``szm:prbg``: one shape for both protocols.
+"""The HTTP binding of SZM: methods ``szmchain`` (protocol 1, ``szm:chain`` cards) and
+``szmprbg`` (protocol 2, ``szm:prbg`` cards), one shape for both.
 
 The vendor is the card issuer, so the request names only the price; the response body is
 sealed under the key the payment distributed (the receipt's ``sealed`` member,
@@ -22,45 +23,55 @@ from farthing.http.methods.common import (
 )
 from farthing.http.payment_auth import JsonObject
 
-__all__ = ["MAX_PAYMENT_LEN", "METHODS", "SzmPayload", "SzmReceipt", "SzmRequest"]
+__all__ = [
+    "CHAIN_METHOD",
+    "MAX_PAYMENT_LEN",
+    "METHODS",
+    "PRBG_METHOD",
+    "SzmPayload",
+    "SzmReceipt",
+    "SzmRequest",
+]
 
-METHODS: Final = frozenset({szm_chain.METHOD, szm_prbg.METHOD})
+CHAIN_METHOD: Final = "szmchain"  # the draft's method id of szm_chain (letters only)
+PRBG_METHOD: Final = "szmprbg"
+METHODS: Final = {CHAIN_METHOD: szm_chain.METHOD, PRBG_METHOD: szm_prbg.METHOD}
+"""Method id on the wire -> the scheme (card kind) it pays with."""
 MAX_PAYMENT_LEN: Final = 512  # base64url characters the paywall reads
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SzmRequest(PricedRequest):
-    """A challenge's request: the price; ``sealed`` is always true."""
+    """A challenge's request: the price; ``methodDetails.sealed`` is always true."""
 
     sealed: Literal[True] = True
 
     def to_json(self) -> JsonObject:
-        return {**self._price_json(), "sealed": self.sealed}
+        return self._request_json({"sealed": self.sealed})
 
     @classmethod
     def from_json(cls, obj: JsonObject) -> SzmRequest:
         members = request_members(obj)
-        members.const("sealed", True)
+        details = members.details()
+        details.const("sealed", True)
         return cls(
-            amount=members.amount(), currency=members.currency(), resource=members.resource()
+            amount=members.amount(), currency=members.currency(), resource=details.resource()
         )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SzmPayload:
-    """A credential's payload: the encoded payment of ``method``."""
+    """A credential's payload: the encoded payment (of the challenge's method)."""
 
-    method: str
     payment: bytes = field(repr=False)
 
     def to_json(self) -> JsonObject:
-        return {"method": self.method, "payment": b64url_encode(self.payment)}
+        return {"payment": b64url_encode(self.payment)}
 
     @classmethod
     def from_json(cls, obj: JsonObject) -> SzmPayload:
         members = payload_members(obj)
-        method = members.choice("method", METHODS)
-        return cls(method=method, payment=members.blob("payment", max_len=MAX_PAYMENT_LEN))
+        return cls(payment=members.blob("payment", max_len=MAX_PAYMENT_LEN))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

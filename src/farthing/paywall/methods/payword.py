@@ -73,7 +73,7 @@ class PaywordScheme:
             commitment = payword.decode_commitment(raw)
         except MalformedMessage:
             raise MalformedMessage(
-                "commitment does not decode", code=ErrorCode.MALFORMED_CREDENTIAL
+                "commitment does not decode", code=ErrorCode.INVALID_PAYLOAD
             ) from None
         state = payword.accept_commitment(
             self._broker_public, commitment, vendor_id=self._vendor_id, now=now
