@@ -81,7 +81,7 @@ async def test_a_navigation_gets_the_html_402_and_the_challenges(client: httpx.A
     assert page.headers["content-type"] == "text/html; charset=utf-8"
     assert "default-src 'self'" in page.headers["content-security-policy"]
     challenges = parse_challenges(page.headers.get_list("www-authenticate"))
-    assert [c.method for c in challenges] == ["szm:chain", "szm:prbg"]
+    assert [c.method for c in challenges] == ["szmchain", "szmprbg"]
     assert "<h1>This article costs 0.2 cent</h1>" in page.text
     assert 'id="card-code"' in page.text
 

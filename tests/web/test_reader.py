@@ -65,7 +65,7 @@ def test_the_402_page_shows_the_price_and_takes_a_card(reader: Page, shop: Shop)
     assert response.headers["content-type"].startswith("text/html")
     assert "Payment id=" in response.headers["www-authenticate"]
     assert reader.inner_text("h1") == "This article costs 0.2 cent"
-    assert "szm:chain" in reader.inner_text("#paywall")
+    assert "szmchain" in reader.inner_text("#paywall")
     reader.screenshot(path=str(DOCS / "browser-402.png"), full_page=True)
 
     wrong = {
@@ -205,8 +205,8 @@ def test_a_refused_payment_shows_the_402_page_with_the_reason(reader: Page, shop
     )[0]
     card = replace(chain_card(shop), spent=PRICE_UNITS)
     _, payment, _ = szm_chain.next_payment(card, 10, now=challenge.expires - 300)
-    payload = {"method": "szm:chain", "payment": b64url_encode(szm_chain.encode_payment(payment))}
-    authorization = format_credential(Credential(id=challenge.id, payload=payload))
+    payload = {"payment": b64url_encode(szm_chain.encode_payment(payment))}
+    authorization = format_credential(Credential.answering(challenge, payload))
     paid = httpx.get(shop.base + "/articles/f.txt", headers={"authorization": authorization})
     assert paid.status_code == 200
     assert shop.vendor_spent() == 12

@@ -69,10 +69,10 @@ _FILES: Final = {
     "style.css": "text/css; charset=utf-8",
     "wallet.html": "text/html; charset=utf-8",
 }
-_METHOD_NAMES: Final = {
-    "szm:chain": "a farthing card (hash chain)",
-    "szm:prbg": "a farthing card (generator)",
-    "hll:mac": "a bank smart card (HLL)",
+_METHOD_NAMES: Final = {  # the wire's method ids (docs/http.md), in a reader's words
+    "szmchain": "a farthing card (hash chain)",
+    "szmprbg": "a farthing card (generator)",
+    "hll": "a bank smart card (HLL)",
     "payword": "PayWord",
 }
 _PAGE: Final = Template((_WEB / "payment-page.html.in").read_text(encoding="utf-8"))

@@ -5,6 +5,7 @@
 import * as core from "./core.js";
 import * as shortcode from "./shortcode.js";
 import * as store from "./store.js";
+import * as wire from "./wire.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -110,7 +111,8 @@ async function paywallPage(main) {
   if (!card) return;
   showUnits(card, offer);
   $("card-entry").hidden = true;
-  if (!offer.methods.includes(card.method) || card.currency !== offer.currency) {
+  const methods = offer.methods.map((m) => wire.CARD_OF_METHOD[m]);
+  if (!methods.includes(card.method) || card.currency !== offer.currency) {
     say("Your card does not pay this article here.");
     return;
   }

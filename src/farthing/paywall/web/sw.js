@@ -29,16 +29,16 @@ async function answer(request, url) {
   if (!card) return first;
   const challenge = wire
     .parseChallenges(first.headers.get("www-authenticate"))
-    .find((c) => c.method === card.method && c.realm === card.realm);
-  if (!challenge || challenge.request.currency !== card.currency) return first;
+    .find((c) => wire.CARD_OF_METHOD[c.method] === card.method && c.realm === card.realm);
+  const price = challenge ? wire.priceOf(challenge) : null;
+  if (!price || price.currency !== card.currency) return first;
   // One payment at a time per card, across tabs: indexes then reach the vendor in order.
   return navigator.locks.request("farthing-card:" + card.card, () =>
-    pay(request, url, card, challenge, first),
+    pay(request, url, card, challenge, price.amount, first),
   );
 }
 
-async function pay(request, url, card, challenge, first) {
-  const amount = Number(challenge.request.amount);
+async function pay(request, url, card, challenge, amount, first) {
   const units = Math.ceil(amount / card.unitMicros);
   const reserved = await store.reserve({ cardId: card.card, path: url.pathname, units, amount });
   if (!reserved.index) return first; // the page asks, or says the card is empty
@@ -49,8 +49,8 @@ async function pay(request, url, card, challenge, first) {
     length: card.units,
   };
   const paid = await core.paymentFor(holder, reserved.index);
-  const authorization = wire.credential(challenge, card.method, paid.payment);
-  const headers = { authorization, accept: request.headers.get("accept") || "*/*" };
+  const credential = wire.credential(challenge, paid.payment);
+  const headers = { [credential.name]: credential.value, accept: request.headers.get("accept") || "*/*" };
   let response;
   try {
     response = await sendTwice(url, headers);

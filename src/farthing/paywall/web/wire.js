@@ -1,12 +1,16 @@
-// The HTTP "Payment" wire as the page's wallet speaks it (docs/http.md): challenges from
-// WWW-Authenticate, the credential for Authorization, the Payment-Receipt. Everything about
-// the wire shape is here and nowhere else in the wallet.
+// The HTTP "Payment" wire as the page's wallet speaks it (docs/http.md, the Payment draft
+// -02): challenges from WWW-Authenticate, the credential that echoes its challenge, the
+// Payment-Receipt. Everything about the wire shape is here and nowhere else in the wallet.
 
 import { b64url, fromB64url } from "./core.js";
 
 const decoder = new TextDecoder();
 const encoder = new TextEncoder();
 const TOKEN = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+/;
+// The wire's method id -> the card protocol that pays it (and that the seal binds).
+export const CARD_OF_METHOD = { szmchain: "szm:chain", szmprbg: "szm:prbg" };
+const ECHOED = ["id", "realm", "method", "intent", "request", "expires", "digest", "opaque", "header", "description"];
+const CURRENCY = /^micro-([a-z]{3})$/;
 
 function decodeJson(text) {
   return JSON.parse(decoder.decode(fromB64url(text)));
@@ -39,12 +43,25 @@ export function parseChallenges(header) {
   }
   return out
     .filter((c) => c.scheme === "payment" && c.params.id && c.params.method && c.params.request)
-    .map((c) => ({ ...c.params, request: decodeJson(c.params.request) }));
+    .map((c) => ({ params: c.params, method: c.params.method, realm: c.params.realm, request: decodeJson(c.params.request) }));
 }
 
-/** ``Authorization: Payment <b64url JSON>`` carrying one SZM payment. */
-export function credential(challenge, method, payment) {
-  return "Payment " + encodeJson({ id: challenge.id, payload: { method, payment: b64url(payment) } });
+/** A challenge's price: {amount micro-units, currency "EUR"} (the wire says "micro-eur"),
+ * or null for a request this wallet cannot read. */
+export function priceOf(challenge) {
+  const match = CURRENCY.exec(challenge.request.currency || "");
+  const amount = Number(challenge.request.amount);
+  if (!match || !Number.isSafeInteger(amount) || amount <= 0) return null;
+  return { amount, currency: match[1].toUpperCase() };
+}
+
+/** {header name, value} of the credential carrying one SZM payment: the challenge echoed as
+ * it came (its parameters' text), the payment in ``payload``. */
+export function credential(challenge, payment) {
+  const echo = {};
+  for (const name of ECHOED) if (challenge.params[name] !== undefined) echo[name] = challenge.params[name];
+  const value = "Payment " + encodeJson({ challenge: echo, payload: { payment: b64url(payment) } });
+  return { name: challenge.params.header || "authorization", value };
 }
 
 /** The receipt's JSON, or null when there is none or it does not parse. */
