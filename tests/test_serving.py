@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 from farthing.cli import app
 from farthing.issuer.config import generate_issuer_keys, write_key_file
 from farthing.serving import RESERVED_FILES, fit_to_file_limit, listening_socket
+from farthing.store import open_store
 from tests.servers import command_server, free_port
 
 pytestmark = pytest.mark.xdist_group("uvicorn")
@@ -60,7 +61,18 @@ def test_vendor_serve_runs_two_workers_under_the_limits_given(tmp_path: Path) ->
     (folder / "articles" / "a.txt").write_text("article a")
     keys = tmp_path / "issuer.keys.json"
     write_key_file(keys, generate_issuer_keys(os.urandom, broker_id="b", bbs_bits=2048))
-    made = CliRunner().invoke(app, ["vendor", "init", str(folder), "--issuer-keys", str(keys)])
+    issuer_db = tmp_path / "issuer.sqlite"
+    open_store(str(issuer_db)).close()  # as `farthing issuer init` leaves it
+    init = [
+        "vendor",
+        "init",
+        str(folder),
+        "--issuer-keys",
+        str(keys),
+        "--issuer-db",
+        str(issuer_db),
+    ]
+    made = CliRunner().invoke(app, init)
     assert made.exit_code == 0, made.output
     port = free_port()
     command = [

@@ -133,13 +133,21 @@ def test_the_starter_config_of_vendor_init_is_not_open_to_the_trailing_slash(
     world = deployment.world
     goods = world.folder / "goods"
     made = CliRunner().invoke(
-        cli, ["vendor", "init", str(goods), "--issuer-keys", str(world.key_file)]
+        cli,
+        [
+            "vendor",
+            "init",
+            str(goods),
+            "--issuer-keys",
+            str(world.key_file),
+            "--issuer-db",
+            world.target,
+        ],
     )
     assert made.exit_code == 0, made.output
     config = goods / ".farthing" / "vendor.toml"
     starter = config.read_text()
     assert '"/**" = "1000 EUR"' in starter
-    config.write_text(starter.replace('"vendor.sqlite"', f'"{world.target}"'))  # the cards' store
     try:
         with serve(config, tmp_path / "vendor.log") as base:
             for form in [TRAILING, *BYPASS_FORMS]:

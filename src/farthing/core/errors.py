@@ -98,8 +98,8 @@ class ErrorCode(IntEnum):
     BAD_FIELD = 1006
     UNSUPPORTED_METHOD = 1007
     MALFORMED_CREDENTIAL = 1008
-    CARD_CODE_TYPO = 1040  # a typed card code: a symbol, its length or its check is wrong
     INVALID_PAYLOAD = 1020  # the credential parses, its method's payload does not
+    CARD_CODE_TYPO = 1040  # a typed card code: a symbol, its length or its check is wrong
 
     PAYMENT_INVALID = 2000
     CHALLENGE_INVALID = 2001
