@@ -354,7 +354,7 @@ def _parts(store: Store, secret: bytes, n: int, hop: float) -> list[Part]:
             advance_one,
         ),
         (
-            "seal the body (ChaCha20-Poly1305)",
+            "seal the body (AES-256-GCM)",
             "core/sealing.py seal",
             lambda: seal(
                 key,

@@ -1,7 +1,7 @@
 """Build the seal vectors: vectors/sealing/{seal,invalid}.json.
 
 Run ``python vectors/make_sealing.py`` to rewrite the files. The seal
-(:mod:`farthing.core.sealing`, docs/http.md) is ChaCha20-Poly1305 under the payment's key K
+(:mod:`farthing.core.sealing`, docs/http.md) is AES-256-GCM under the payment's key K
 with ``aad = seal_binding(method, card_id, index, resource, status, content_type)``; the
 wire form is ``nonce || ciphertext || tag``. Keys, card ids and nonces come from
 :class:`farthing.testing.DeterministicRandom`. Bytes are lowercase hex. Each ``invalid``
@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from farthing.core.encoding import Writer
+from farthing.core.primitives import aead_seal
 from farthing.core.sealing import seal, seal_binding
 from farthing.testing import DeterministicRandom
 
@@ -84,24 +86,44 @@ TAMPERING: tuple[tuple[str, dict[str, object]], ...] = (
 
 def invalid_vectors(sealed: list[Json]) -> list[Json]:
     base = {k: v for k, v in sealed[0].items() if k not in ("name", "plaintext", "aad")}
+    tampering = (*TAMPERING, ("version-2-chacha20-poly1305", {"sealed": old_seal(sealed[0])}))
     return [
         {"name": name, **base, **change, "error": "InvalidPayment", "code": "SEAL_BROKEN"}
-        for name, change in TAMPERING
+        for name, change in tampering
     ]
+
+
+def old_seal(vector: Json) -> str:
+    """The same body sealed as before issue 15 (binding version 2, ChaCha20-Poly1305): a
+    wallet of today must refuse it, not fall back to it."""
+    aad = (
+        Writer("farthing/seal", 2)
+        .text(str(vector["method"]))
+        .bytes(bytes.fromhex(str(vector["card_id"])))
+        .u64(int(str(vector["index"])))
+        .text(str(vector["resource"]))
+        .u64(int(str(vector["status"])))
+        .text(str(vector["content_type"]))
+        .finish()
+    )
+    key, nonce = bytes.fromhex(str(vector["key"])), bytes.fromhex(str(vector["nonce"]))
+    plaintext = bytes.fromhex(str(vector["plaintext"]))
+    return (nonce + aead_seal(key, nonce, plaintext, aad)).hex()
 
 
 def build() -> dict[str, dict[str, object]]:
     sealed = seal_vectors()
     return {
         "seal": {
-            "description": "The seal of a paid SZM answer: ChaCha20-Poly1305 under the "
-            "payment's key; aad = canonical('farthing/seal' v2, method, card_id, index, "
+            "description": "The seal of a paid SZM answer: AES-256-GCM under the "
+            "payment's key; aad = canonical('farthing/seal' v3, method, card_id, index, "
             "resource, status, content_type); sealed = nonce || ciphertext || tag.",
             "vectors": sealed,
         },
         "invalid": {
             "description": "A sealed answer changed on the way (one thing each, or opened "
-            "with a wrong key): open_sealed must fail with SEAL_BROKEN.",
+            "with a wrong key, or sealed the old way: binding v2 under ChaCha20-Poly1305): "
+            "open_sealed must fail with SEAL_BROKEN.",
             "vectors": invalid_vectors(sealed),
         },
     }

@@ -33,7 +33,7 @@ def binding_of(v: Vector) -> dict[str, Any]:
 
 
 def documented_aad(v: Vector) -> bytes:
-    """docs/http.md, byte for byte: version 2, the domain, then the six fields."""
+    """docs/http.md, byte for byte: version 3, the domain, then the six fields."""
 
     def text(value: str) -> bytes:
         raw = value.encode("utf-8")
@@ -41,7 +41,7 @@ def documented_aad(v: Vector) -> bytes:
 
     domain = b"farthing/seal"
     return (
-        bytes((2, len(domain)))
+        bytes((3, len(domain)))
         + domain
         + text(v["method"])
         + struct.pack(">H", 16)

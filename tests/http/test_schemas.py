@@ -316,7 +316,7 @@ WRONG = [
     Wrong("payword.payload.json", "a commitment not in base64url", {"commitment": "not b64!"}),
     Wrong("payword.payload.json", "no payment", {"payment": DROP}),
     Wrong("szmchain.receipt.json", "no sealed", {"sealed": DROP}),
-    Wrong("szmchain.receipt.json", "another seal", {"sealed.alg": "aes-256-gcm"}),
+    Wrong("szmchain.receipt.json", "another seal", {"sealed.alg": "chacha20-poly1305"}),
     Wrong("szmchain.receipt.json", "a key beside the seal", {"sealed.key": "AAAA"}),
     Wrong("szmchain.receipt.json", "index zero", {"index": 0}),
     Wrong("szmchain.receipt.json", "a card id of 3 bytes", {"card": "AAAA"}),

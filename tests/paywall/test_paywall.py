@@ -175,7 +175,7 @@ async def test_sealed_body_opens_only_with_the_payment_key() -> None:
     assert b"article" not in response.content
     receipt = Receipt.from_header(response.headers["payment-receipt"])
     assert receipt.extra["sealed"] == {
-        "alg": "chacha20-poly1305",
+        "alg": "aes-256-gcm",
         "contentType": "text/plain; charset=utf-8",
     }
     binding = dict(

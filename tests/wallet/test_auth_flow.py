@@ -102,7 +102,7 @@ RECEIPT = Receipt(
     method="szm:chain",
     timestamp=NOW,
     reference="r",
-    extra={"sealed": {"alg": "chacha20-poly1305", "contentType": "text/plain"}},
+    extra={"sealed": {"alg": "aes-256-gcm", "contentType": "text/plain"}},
 )
 
 

@@ -337,7 +337,7 @@ class Relabel(httpx.AsyncBaseTransport):
         if header is None:
             return response
         receipt = Receipt.from_header(header)
-        sealed = {"alg": "chacha20-poly1305", "contentType": "text/html; charset=utf-8"}
+        sealed = {"alg": "aes-256-gcm", "contentType": "text/html; charset=utf-8"}
         changed = Receipt(
             method=receipt.method,
             timestamp=receipt.timestamp,

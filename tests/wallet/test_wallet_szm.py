@@ -231,7 +231,7 @@ def test_tampered_sealed_body_raises_and_is_recorded(wallet: Wallet, clock: Fixe
         method="szm:chain",
         timestamp=clock.now(),
         reference="r",
-        extra={"sealed": {"alg": "chacha20-poly1305", "contentType": "text/plain"}},
+        extra={"sealed": {"alg": "aes-256-gcm", "contentType": "text/plain"}},
     )
     with pytest.raises(InvalidPayment):
         wallet.settle(payment, receipt, b"\x00" * 40)

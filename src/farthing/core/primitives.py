@@ -3,7 +3,7 @@
 - SHA-256 and HMAC-SHA256: the standard library's OpenSSL one-shot calls (``hashlib``,
   ``hmac.digest``). They are the same OpenSSL code ``cryptography`` wraps, but without a
   Python object per call, which matters on the vendor's hot path (one MAC per request).
-- HKDF-SHA256, ChaCha20-Poly1305 and Ed25519: ``cryptography``.
+- HKDF-SHA256, ChaCha20-Poly1305, AES-256-GCM and Ed25519: ``cryptography``.
 - Big integers: ``gmpy2`` (see :mod:`farthing.core.prbg`).
 
 Nothing here is hand-rolled. Secrets are compared with :func:`constant_time_eq` only.
@@ -18,7 +18,7 @@ from typing import Final
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from farthing.core.errors import ErrorCode, InvalidPayment
@@ -29,6 +29,8 @@ __all__ = [
     "DIGEST_LEN",
     "aead_open",
     "aead_seal",
+    "aes_gcm_open",
+    "aes_gcm_seal",
     "constant_time_eq",
     "ed25519_public_key",
     "ed25519_sign",
@@ -71,6 +73,22 @@ def aead_open(key: bytes, nonce: bytes, ciphertext: bytes, associated_data: byte
     """Inverse of :func:`aead_seal`; any tampering or wrong key raises InvalidPayment."""
     try:
         return ChaCha20Poly1305(key).decrypt(nonce, ciphertext, associated_data)
+    except InvalidTag:
+        raise InvalidPayment("sealed content did not open", code=ErrorCode.SEAL_BROKEN) from None
+
+
+def aes_gcm_seal(key: bytes, nonce: bytes, plaintext: bytes, associated_data: bytes) -> bytes:
+    """AES-256-GCM (NIST SP 800-38D, 96-bit nonce); returns ciphertext || 16-byte tag.
+
+    The seal of bought content uses it rather than ChaCha20-Poly1305 because every
+    browser's WebCrypto has it (docs/browser.md)."""
+    return AESGCM(key).encrypt(nonce, plaintext, associated_data)
+
+
+def aes_gcm_open(key: bytes, nonce: bytes, ciphertext: bytes, associated_data: bytes) -> bytes:
+    """Inverse of :func:`aes_gcm_seal`; any tampering or wrong key raises InvalidPayment."""
+    try:
+        return AESGCM(key).decrypt(nonce, ciphertext, associated_data)
     except InvalidTag:
         raise InvalidPayment("sealed content did not open", code=ErrorCode.SEAL_BROKEN) from None
 

@@ -1,18 +1,25 @@
 """Sealing bought content under the key a payment distributed (SZM's key distribution).
 
 Both the card holder and the issuing vendor can derive the per-payment key K from the card
-secret; nobody else can. The vendor encrypts the response body with ChaCha20-Poly1305 under
+secret; nobody else can. The vendor encrypts the response body with AES-256-GCM under
 K, with associated data that binds the payment (method, card id, index), the resource, and
 the answer's HTTP status and original content type. A sealed body therefore opens only with
 the key of *that* payment for *that* resource as *that* kind of answer: replaying it to
 answer another payment, serving it for another path, turning a 404 page into a 200, or
 relabelling ``text/plain`` as ``text/html`` on the way, all fail the tag check.
-Each key seals at most one body, so a random 96-bit nonce is ample; it is passed in.
+Each key seals at most one body (a retry seals the same body again, with a fresh nonce),
+so a random 96-bit nonce is ample; it is passed in.
+
+Why AES-256-GCM (binding version 3) and not ChaCha20-Poly1305 (version 2, until issue 15):
+a reader's browser must open the seal, and only Chromium's WebCrypto has ChaCha20-Poly1305;
+AES-GCM is in every browser's WebCrypto, so the page's wallet needs no bundled cipher code.
+A version-2 seal does not open under version 3: the version is the first byte of the
+associated data, so the tag check fails (SEAL_BROKEN), never a silent fallback.
 
 Wire form: ``nonce (12 bytes) || ciphertext || tag (16 bytes)``. The binding
 (:func:`seal_binding`) is the canonical message (:mod:`farthing.core.encoding`)::
 
-    version 2, domain "farthing/seal":
+    version 3, domain "farthing/seal":
         text method || bytes card_id || u64 index || text resource
         || u64 status || text content_type
 """
@@ -23,13 +30,14 @@ from typing import Final
 
 from farthing.core.encoding import Writer
 from farthing.core.errors import ErrorCode, InvalidPayment
-from farthing.core.primitives import AEAD_KEY_LEN, AEAD_NONCE_LEN, aead_open, aead_seal
+from farthing.core.primitives import AEAD_KEY_LEN, AEAD_NONCE_LEN, aes_gcm_open, aes_gcm_seal
 
 __all__ = ["SEAL_BINDING_VERSION", "SEAL_OVERHEAD", "open_sealed", "seal", "seal_binding"]
 
 SEAL_OVERHEAD = AEAD_NONCE_LEN + 16
-# Version 1 bound method, card, index and resource only; 2 adds status and content type.
-SEAL_BINDING_VERSION: Final = 2
+# Version 1 bound method, card, index and resource only; 2 adds status and content type
+# (both ChaCha20-Poly1305); 3 is the same binding under AES-256-GCM.
+SEAL_BINDING_VERSION: Final = 3
 _SEAL_DOMAIN: Final = "farthing/seal"
 
 
@@ -78,7 +86,7 @@ def seal(
         status=status,
         content_type=content_type,
     )
-    return nonce + aead_seal(key, nonce, plaintext, aad)
+    return nonce + aes_gcm_seal(key, nonce, plaintext, aad)
 
 
 def open_sealed(
@@ -106,4 +114,4 @@ def open_sealed(
         )
     except ValueError:
         raise InvalidPayment("sealed content did not open", code=ErrorCode.SEAL_BROKEN) from None
-    return aead_open(key, sealed[:AEAD_NONCE_LEN], sealed[AEAD_NONCE_LEN:], aad)
+    return aes_gcm_open(key, sealed[:AEAD_NONCE_LEN], sealed[AEAD_NONCE_LEN:], aad)

@@ -452,9 +452,7 @@ def _buy(wallet: Wallet, vendor: str, name: str, method: str, report: DemoReport
     )  # fmt: skip
     report.check(f"bought /{name} with {method}", ok, f"HTTP {response.status_code}")
     if method.startswith("szm"):
-        report.check(
-            f"{method} body sealed, opened by the wallet", sealed and ok, "ChaCha20-Poly1305"
-        )
+        report.check(f"{method} body sealed, opened by the wallet", sealed and ok, "AES-256-GCM")
 
 
 def _sealed(response: httpx.Response) -> bool:

@@ -36,6 +36,7 @@ from farthing.observe.health import Probe, health_routes, keys_probe, store_prob
 from farthing.observe.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from farthing.observe.metrics import StoreMetrics, render
 from farthing.paywall.books import ChainBook, HllDeferredBook, PaywordBook, PaywordBroker, PrbgBook
+from farthing.paywall.browser import CardChecker, wallet_routes
 from farthing.paywall.methods.base import PaymentMethod
 from farthing.paywall.methods.hll import HllBankClient, HllMethod, HllMode
 from farthing.paywall.methods.offline import OfflineMethod
@@ -150,6 +151,20 @@ class VendorApps:
     admin: ASGIApp
 
 
+def _card_checker(settings: VendorSettings, store: Store, clock: Clock) -> CardChecker | None:
+    szm = settings.szm
+    if szm is None:
+        return None
+    return CardChecker(
+        store=store,
+        realm=settings.realm,
+        chain_master=szm.chain_master,
+        prbg_master=szm.prbg_master,
+        bbs_modulus=szm.bbs.public.n_bytes if szm.bbs is not None else b"",
+        clock=clock,
+    )
+
+
 def create_vendor_app(
     settings: VendorSettings,
     **kwargs: Any,
@@ -221,6 +236,7 @@ def build_vendor(
     inner = Starlette(
         routes=[
             *health_routes(probes),
+            *wallet_routes(_card_checker(settings, store, clock or SystemClock())),
             *extra_routes,
             Mount("/", app=content),
         ],

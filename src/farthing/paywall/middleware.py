@@ -19,7 +19,7 @@ for each request whose path has a price (and, when the app names what it offers 
    recognises its payment as the one it accepted last and it is served again, nothing
    taken (:mod:`farthing.core.retry`).
 3. Call the wrapped app and add ``Payment-Receipt``. For SZM methods the body is sealed
-   (ChaCha20-Poly1305) under the key the payment distributed, bound to method, card, index,
+   (AES-256-GCM) under the key the payment distributed, bound to method, card, index,
    path, status and original content type, so an unpaid or wrongly paid request never sees
    plaintext and nobody on the way can relabel what was sold. A paid request's scope offers
    no response extensions (``pathsend``, ...), and any message but a start and its body
@@ -76,6 +76,7 @@ from farthing.http.problems import (
     problem_for,
 )
 from farthing.observe.context import correlation_id, current_note
+from farthing.paywall.browser import accepts_html, is_wallet_path, payment_page
 from farthing.paywall.methods.base import PaymentContext, PaymentMethod, Settlement
 from farthing.paywall.metrics import PaywallMetrics
 from farthing.paywall.pricing import PricedRoute, PriceTable
@@ -90,6 +91,10 @@ PAYMENT_SCOPE_KEY: Final = "farthing.payment"
 NOT_OFFERED_SCOPE_KEY: Final = "farthing.not_offered"
 SEALED_CONTENT_TYPE: Final = "application/vnd.farthing.sealed"
 _NO_STORE: Final = (b"cache-control", b"no-store")
+# The 402 page runs only the wallet's own scripts and style, from this origin.
+_PAGE_POLICY: Final = (
+    b"default-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+)
 _PRIVATE: Final = (b"cache-control", b"private")  # the draft, on every response with a receipt
 
 Offers = Callable[[str, str], bool]
@@ -144,7 +149,8 @@ class Paywall:
         except NotFound as error:
             await _send_not_found(send, problem_for(error), head=scope["method"] == "HEAD")
             return
-        route = self.prices.match(path)
+        # The wallet's own folder is never priced, whatever the price table says.
+        route = None if is_wallet_path(path) else self.prices.match(path)
         if route is None:
             await self.app(scope, receive, send)
             return
@@ -176,6 +182,7 @@ class Paywall:
             # HEAD is never charged: it would pay for a body that is not sent. A request that
             # keeps ``Authorization`` for another scheme is asked to pay in
             # ``Payment-Authorization`` (the challenge's ``header``).
+            page = path if accepts_html(_header(scope, b"accept")) else None
             await self._send_problem(
                 send,
                 PAYMENT_REQUIRED,
@@ -184,6 +191,7 @@ class Paywall:
                 header=field,
                 digest=digest,
                 accept=_header(scope, b"accept-payment"),
+                page_for=page,
             )
             return
         settlement = await self._settle_or_answer(
@@ -312,17 +320,29 @@ class Paywall:
         method: str | None = None,
         correlation: str | None = None,
         head: bool = False,
+        page_for: str | None = None,
         header: str | None = None,
         digest: str | None = None,
         accept: str | None = None,
     ) -> None:
+        """``page_for``: the path of a browser's navigation, answered with the HTML page."""
         headers = [(b"content-type", CONTENT_TYPE.encode()), _NO_STORE]
         extra: dict[str, object] = {}
+        challenges: list[Challenge] = []
         if problem.status == 402:
             fresh = self.challenges(route, header=header, digest=digest)
             challenges = order_by_preference(fresh, accept)
             headers += [(b"www-authenticate", format_challenge(c).encode()) for c in challenges]
+        if challenges:
             extra["challengeId"] = challenges[0].id
+        if page_for is not None and challenges:
+            page = payment_page(route, page_for, challenges)
+            headers[0] = (b"content-type", b"text/html; charset=utf-8")
+            headers += [(b"content-security-policy", _PAGE_POLICY), (b"vary", b"accept")]
+            headers.append((b"content-length", str(len(page)).encode()))
+            await send({"type": "http.response.start", "status": 402, "headers": headers})
+            await send({"type": "http.response.body", "body": b"" if head else page})
+            return
         if problem.retry_after is not None:
             headers.append((b"retry-after", str(problem.retry_after).encode()))
         if method is not None and method in self.methods:

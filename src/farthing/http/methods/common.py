@@ -45,7 +45,7 @@ __all__ = [
 
 MAX_COUNT: Final = (1 << 62) - 1  # units and unit values: below 2^62 (common.json)
 MAX_POSITION: Final = (1 << 64) - 1  # a chain index or card counter: an unsigned 64-bit
-SEAL_ALG: Final = "chacha20-poly1305"
+SEAL_ALG: Final = "aes-256-gcm"
 _AMOUNT: Final = re.compile(r"\A[1-9][0-9]{0,17}\Z")
 CURRENCY_PREFIX: Final = "micro-"
 _CURRENCY: Final = re.compile(r"\Amicro-([a-z]{3})\Z")
