@@ -89,6 +89,30 @@ def test_a_printed_code_is_typed_and_pays(
     assert "18/20" in runner.invoke(app, ["wallet", "cards"]).output
 
 
+def test_a_code_typed_into_a_second_wallet_starts_where_the_card_stands(
+    runner: CliRunner, world: DemoWorld, tmp_path: Path
+) -> None:
+    """The same printed card typed into another wallet (a new phone, say) after it paid:
+    the wallet takes the units the issuer says are spent, so its next payment is not a
+    replay the vendor refuses."""
+    code = issue_printed_codes(world, tmp_path)[0]
+    assert add(runner, world, code, "--label", "first").exit_code == 0
+    first = runner.invoke(app, ["wallet", "get", f"{world.vendor_url}/articles/ocean.txt"])
+    assert first.exit_code == 0, first.output
+
+    other = CliRunner(env={**runner.env, "FARTHING_WALLET": str(tmp_path / "other.sqlite")})
+    assert other.invoke(app, ["wallet", "init"]).exit_code == 0
+    added = add(other, world, code, "--label", "again")
+    assert added.exit_code == 0, added.output
+    assert "18/20" in other.invoke(app, ["wallet", "cards"]).output
+    target = tmp_path / "forest.txt"
+    got = other.invoke(app, ["wallet", "get", f"{world.vendor_url}/articles/forest.txt",
+                             "-o", str(target)])  # fmt: skip
+    assert got.exit_code == 0, got.output
+    assert target.read_text(encoding="utf-8") == GOODS["articles/forest.txt"]
+    assert "16/20" in other.invoke(app, ["wallet", "cards"]).output
+
+
 def test_a_code_with_one_typo_is_told_so_in_words(
     runner: CliRunner, world: DemoWorld, tmp_path: Path
 ) -> None:

@@ -26,7 +26,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from farthing.cli._common import console, err_console, fail
-from farthing.core.cardcode import CardCode
 from farthing.core.encoding import b64url_decode, b64url_encode
 from farthing.core.errors import (
     CardExhausted,
@@ -50,6 +49,7 @@ from farthing.wallet.cards import (
     HllCardFile,
     Pkcs11Location,
 )
+from farthing.wallet.lookup import FoundCard
 from farthing.wallet.pkcs11_card import install_wrapped_card_key, new_wrapping_key
 from farthing.wallet.policy import (
     STARTER_LIMITS,
@@ -318,10 +318,10 @@ def add_szm(
     """
     text = _card_text(code, file)
     sites = _sites(site)
-    card = _short_card(text, issuer) if _looks_short(text) else None
+    found = _short_card(text, issuer) if _looks_short(text) else None
     with _opened(wallet, passphrase_file) as opened, _explained():
-        if card is not None:
-            info = opened.add_szm_card(card, site=sites, label=label)
+        if found is not None:
+            info = opened.add_szm_card(found.card, spent=found.spent, site=sites, label=label)
         else:
             info = opened.add_szm_code(text, site=sites, label=label)
     _added(info)
@@ -369,7 +369,7 @@ def _looks_short(text: str) -> bool:
     return looks_short(text)
 
 
-def _short_card(text: str, issuer: str | None) -> CardCode:
+def _short_card(text: str, issuer: str | None) -> FoundCard:
     """The card a typed code names: checked here (a typo is found before anything is sent),
     then looked up at its issuer."""
     from farthing.core import shortcode

@@ -132,8 +132,15 @@ def parse_szm_code(text: str) -> CardCode:
     return cardcode.from_compact(stripped)
 
 
-def szm_card(code: CardCode, box: SecretBox, *, label: str | None = None) -> NewCard:
-    """The stored form of a fresh SZM card (nothing spent yet)."""
+def szm_card(
+    code: CardCode, box: SecretBox, *, label: str | None = None, spent: int = 0
+) -> NewCard:
+    """The stored form of an SZM card; ``spent``: units its issuer says are spent already
+    (a card typed into a second wallet), 0 for a fresh one."""
+    if not 0 <= spent <= code.units:
+        raise MalformedMessage(
+            f"the card cannot have {spent} of {code.units} units spent", code=ErrorCode.BAD_FIELD
+        )
     method = code.protocol.value
     return NewCard(
         label=label or _default_label(method, code.card_id),
@@ -143,8 +150,8 @@ def szm_card(code: CardCode, box: SecretBox, *, label: str | None = None) -> New
         currency=code.currency,
         unit_micros=code.unit_micros,
         total=code.units,
-        spent=0,
-        balance=code.units,
+        spent=spent,
+        balance=code.units - spent,
         expires_at=code.expires_at,
         params={"generator": code.generator.value},
         secret=box.seal(secret_record(method, code.card_id, "secret"), cardcode.encode_card(code)),

@@ -6,12 +6,13 @@ wrong symbol and every swap of neighbours is caught by the check symbol); the is
 asked with the code's lookup id (a one-way function of it) and its answer is accepted only
 with the tag that binds those terms to this code::
 
-    card = asyncio.run(fetch_card("7K3M-0QXD-9VAT-E2HN-4PCW-R8JB", "https://issuer.example"))
-    wallet.add_szm_card(card, site="https://news.example")
+    found = asyncio.run(fetch_card("7K3M-0QXD-9VAT-E2HN-4PCW-R8JB", "https://issuer.example"))
+    wallet.add_szm_card(found.card, spent=found.spent, site="https://news.example")
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Final
 
 from farthing.core import shortcode
@@ -25,7 +26,7 @@ from farthing.core.errors import (
 )
 from farthing.http.issuer_client import IssuerClient
 
-__all__ = ["fetch_card", "looks_short"]
+__all__ = ["FoundCard", "fetch_card", "looks_short"]
 
 _MAX_SHORT_TEXT: Final = 40  # 29 printed; room for spaces a person adds
 _NOT_ACTIVE: Final[dict[str, type[FarthingError]]] = {
@@ -35,13 +36,21 @@ _NOT_ACTIVE: Final[dict[str, type[FarthingError]]] = {
 }
 
 
+@dataclass(frozen=True, slots=True)
+class FoundCard:
+    """A card its issuer answered for: the card, and how many of its units are spent."""
+
+    card: CardCode
+    spent: int
+
+
 def looks_short(text: str) -> bool:
     """Whether ``text`` is meant as a short code (not a long ``FTH1-`` or compact form)."""
     stripped = text.strip()
     return len(stripped) <= _MAX_SHORT_TEXT and not stripped.upper().startswith("FTH1")
 
 
-async def fetch_card(text: str, issuer: str) -> CardCode:
+async def fetch_card(text: str, issuer: str) -> FoundCard:
     """The card a typed short code names, from ``issuer`` (its base URL). MalformedMessage
     (CARD_CODE_TYPO) for a typo, NotFound for a code the issuer does not know, an error in
     words for a card that is not active there."""
@@ -57,4 +66,4 @@ async def fetch_card(text: str, issuer: str) -> CardCode:
     if answer.status != "active":
         kind = _NOT_ACTIVE.get(answer.status, AccessDenied)
         raise kind(f"this card is {answer.status} at its issuer: it cannot pay")
-    return card
+    return FoundCard(card=card, spent=answer.spent)

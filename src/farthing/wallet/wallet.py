@@ -399,8 +399,12 @@ class Wallet:
         """
         return self.add_szm_card(parse_szm_code(text), site=site, label=label)
 
-    def add_szm_card(self, code: CardCode, *, site: Sites, label: str | None = None) -> CardInfo:
-        return self._add(szm_card(code, self._store.box, label=label), site)
+    def add_szm_card(
+        self, code: CardCode, *, site: Sites, label: str | None = None, spent: int = 0
+    ) -> CardInfo:
+        """Add an SZM card; ``spent``: the units its issuer says are spent (a short code's
+        lookup tells), so the first payment starts past them instead of being a replay."""
+        return self._add(szm_card(code, self._store.box, label=label, spent=spent), site)
 
     def add_hll_card(
         self,
