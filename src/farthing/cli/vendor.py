@@ -282,7 +282,9 @@ def serve(
         raise fail(error.message) from None
     os.environ[CONFIG_ENV] = str(path.resolve())
     methods = [m for m in ("szm", "hll", "payword") if getattr(loaded.settings, m) is not None]
-    console.print(f"selling {loaded.content_dir} at http://{host}:{port} ({', '.join(methods)})")
+    console.print(
+        f"selling {os.path.normpath(loaded.content_dir)} at http://{host}:{port} ({', '.join(methods)})"
+    )
     serve_factory(
         "farthing.paywall.serve:app_from_env",
         host=host,
