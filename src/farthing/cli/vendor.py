@@ -282,9 +282,8 @@ def serve(
         raise fail(error.message) from None
     os.environ[CONFIG_ENV] = str(path.resolve())
     methods = [m for m in ("szm", "hll", "payword") if getattr(loaded.settings, m) is not None]
-    console.print(
-        f"selling {os.path.normpath(loaded.content_dir)} at http://{host}:{port} ({', '.join(methods)})"
-    )
+    folder = os.path.normpath(loaded.content_dir)
+    console.print(f"selling {folder} at http://{host}:{port} ({', '.join(methods)})")
     serve_factory(
         "farthing.paywall.serve:app_from_env",
         host=host,
