@@ -22,7 +22,8 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 # Debian packages the tests use: SoftHSM2 (the HLL smart card), PostgreSQL (contract tests),
-# chromium (browser tests, through Playwright), wrk (bench).
+# chromium (browser tests, through Playwright), prometheus (promtool checks the alert rules),
+# wrk (bench).
 sysdeps:
 	@bash scripts/sysdeps.sh
 
