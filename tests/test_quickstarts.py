@@ -30,6 +30,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from playwright.sync_api import Page
 from psycopg import sql
 
 from tests.pgserver import PgServer
@@ -39,11 +40,12 @@ pytestmark = pytest.mark.xdist_group("quickstarts")
 
 README = Path(__file__).parent.parent / "README.md"
 # sha256 of the "## Quickstarts" section; update it only with a run of these tests.
-SECTION_SHA256 = "bcf94e038f986a401a7709c227e42bb4c9f0b05395027345a8adef507c82e780"
+SECTION_SHA256 = "5425c1915df331d0a2e1e7a07bddd62126b55dcb9d0741eec61247381de00b55"
 TITLES = (
     "a publisher sells a folder of files",
     "a publisher adds a price to a FastAPI route",
     "a reader",
+    "a reader in a browser",
     "an operator runs the issuer on PostgreSQL",
 )
 PORTS = (8400, 8000)
@@ -192,6 +194,34 @@ def test_the_reader_quickstart_pays_from_the_cli_and_from_httpx(folder: Folder) 
     assert (folder.path / "hello.txt").read_text(encoding="utf-8").strip() == ARTICLE
     assert output.count(ARTICLE) == 2  # the first quickstart's purchase, then read.py's
     assert "news" in output  # the card's label in the history
+
+
+@pytest.mark.browser
+def test_the_browser_quickstart_buys_with_a_typed_code(folder: Folder, page: Page) -> None:
+    found = quickstarts()
+    assert found["a reader in a browser"] == []  # steps in the browser, no commands
+    folder.run(found["a publisher sells a folder of files"])
+    code = (folder.path / "codes.txt").read_text(encoding="utf-8").splitlines()[1]
+    url = "http://127.0.0.1:8000/articles/hello.txt"
+
+    answer = page.goto(url)  # step 1
+    assert answer is not None
+    assert answer.status == 402
+    assert "This article costs 0.2 cent" in page.inner_text("h1")
+    page.fill("#card-code", code)  # step 2
+    page.get_by_role("button", name="Use this card").click()
+    page.wait_for_selector("#budget:not([hidden])")
+    assert "100 units left on your card" in page.inner_text("#balance")
+    with page.expect_navigation():
+        page.get_by_role("button", name="Save and read").click()
+    assert page.inner_text("body").strip() == ARTICLE
+
+    page.reload()  # step 3: opened again, at no charge
+    assert page.inner_text("body").strip() == ARTICLE
+    page.goto("http://127.0.0.1:8000/_farthing/wallet.html")  # step 4
+    page.wait_for_selector("#bought li")
+    assert "98 units left on your card" in page.inner_text("#card-balance")
+    assert page.input_value("#card-code") == code
 
 
 @pytest.fixture
