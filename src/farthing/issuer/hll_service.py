@@ -335,7 +335,7 @@ class HllService:
         merchant = self._merchants.get(batch.merchant_id)
         if merchant is None:
             raise InvalidPayment("deposit did not verify", code=ErrorCode.DEPOSIT_INVALID)
-        hll.verify_batch_tag(merchant.key, batch, tag)
+        hll.verify_received_batch_tag(merchant.key, batch_bytes, tag)
         key = batch_key(merchant.merchant_id, batch.batch_id)
         digest = sha256(batch_bytes)
         now = self._clock.now()
