@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from typing import Final, TypeVar, final
 
-from sqlalchemy import bindparam, exc, insert, select, tuple_, update
+from sqlalchemy import bindparam, exc, insert, select, text, tuple_, update
 
 from farthing.core.errors import ErrorCode, InsufficientFunds, NotFound
 from farthing.store._errors import is_unique_violation, unique_violation_as
@@ -55,6 +55,12 @@ _CHARGE_CARDS: Final = (
     update(hll_cards)
     .where(hll_cards.c.card_id == bindparam("b_card_id"))
     .values(spent_units=hll_cards.c.spent_units + bindparam("b_units"))
+)
+
+_SPENT_AMONG_PG: Final = text(
+    "SELECT s.card_id, s.counter FROM hll_spends AS s"
+    " JOIN unnest(CAST(:cards AS bytea[]), CAST(:counters AS bigint[])) AS k(card_id, counter)"
+    " ON s.card_id = k.card_id AND s.counter = k.counter"
 )
 
 
@@ -169,6 +175,15 @@ class HllArea(Area):
 
     def spent_before(self, spends: Collection[tuple[bytes, int]]) -> set[tuple[bytes, int]]:
         """Which of these (card, counter) pairs are recorded already."""
+        if self._ctx.conn.dialect.name == "postgresql":
+            # Two array parameters: one statement text whatever the batch (psycopg
+            # prepares it once), instead of a row-value list of 2 parameters per pair.
+            pairs = list(spends)
+            rows = self._ctx.conn.execute(
+                _SPENT_AMONG_PG,
+                {"cards": [card for card, _ in pairs], "counters": [n for _, n in pairs]},
+            )
+            return {(bytes(row.card_id), row.counter) for row in rows}
         key = tuple_(hll_spends.c.card_id, hll_spends.c.counter)
         found: set[tuple[bytes, int]] = set()
         for chunk in _chunks(list(spends)):
