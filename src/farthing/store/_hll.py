@@ -19,10 +19,11 @@ not at all.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from typing import Final, TypeVar, final
 
-from sqlalchemy import bindparam, exc, insert, select, text, tuple_, update
+from sqlalchemy import TextClause, bindparam, exc, insert, select, text, update
 
 from farthing.core.errors import ErrorCode, InsufficientFunds, NotFound
 from farthing.store._errors import is_unique_violation, unique_violation_as
@@ -62,6 +63,18 @@ _SPENT_AMONG_PG: Final = text(
     " JOIN unnest(CAST(:cards AS bytea[]), CAST(:counters AS bigint[])) AS k(card_id, counter)"
     " ON s.card_id = k.card_id AND s.counter = k.counter"
 )
+
+
+@functools.cache
+def _spent_among(count: int) -> TextClause:
+    """The pairs as a VALUES list joined to the spends: SQLite then looks each pair up by
+    the primary key (a row-value ``IN`` list made it scan the whole table)."""
+    pairs = ", ".join(f"(:c{i}, :n{i})" for i in range(count))
+    return text(
+        f"WITH k(card_id, counter) AS (VALUES {pairs})"  # noqa: S608 (only placeholders)
+        " SELECT s.card_id, s.counter FROM k JOIN hll_spends AS s"
+        " ON s.card_id = k.card_id AND s.counter = k.counter"
+    )
 
 
 def _chunks(items: Sequence[_T]) -> Iterator[Sequence[_T]]:
@@ -184,11 +197,13 @@ class HllArea(Area):
                 {"cards": [card for card, _ in pairs], "counters": [n for _, n in pairs]},
             )
             return {(bytes(row.card_id), row.counter) for row in rows}
-        key = tuple_(hll_spends.c.card_id, hll_spends.c.counter)
         found: set[tuple[bytes, int]] = set()
         for chunk in _chunks(list(spends)):
-            stmt = select(hll_spends.c.card_id, hll_spends.c.counter).where(key.in_(chunk))
-            found.update((row.card_id, row.counter) for row in self._ctx.conn.execute(stmt))
+            values: dict[str, object] = {}
+            for i, (card_id, counter) in enumerate(chunk):
+                values[f"c{i}"], values[f"n{i}"] = card_id, counter
+            rows = self._ctx.conn.execute(_spent_among(len(chunk)), values)
+            found.update((row.card_id, row.counter) for row in rows)
         return found
 
     def record_spends(
