@@ -2,8 +2,9 @@
 second, on SQLite and on PostgreSQL, through the issuer's own service code.
 
 Run: ``python -m bench.clearing [--quick] [--items N] [--backend sqlite|postgresql]
-[--profile]``. Each batch is one ``HllService.deposit`` call (decode, merchant tag, every
-item judged by the core's rules, recorded and credited once, one transaction), as the
+[--profile] [--online]`` (``--online``: the bank's online verifications instead).
+Each batch is one ``HllService.deposit`` call (decode, merchant tag, every item judged
+by the core's rules, recorded and credited once, one transaction), as the
 ``POST /v1/hll/deposits`` handler makes it; the HTTP hop is not included. Items come from
 many cards (``--per-card`` purchases each), all valid; the figures are wall time and this
 process's CPU time (``time.process_time``, which load from other processes does not
@@ -22,12 +23,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tests.pgserver import PgServer, PgUnavailable
 
 from bench.report import write_section
 from farthing.core.money import Denomination
 from farthing.core.schemes import hll
+from farthing.http.issuer_wire import verify_request_tag
 from farthing.issuer import IssuerConfig, IssuerServices, build_services, generate_issuer_keys
 from farthing.store import open_store
 from farthing.testing import DeterministicRandom, FixedClock
@@ -122,12 +125,7 @@ def _deposit_all(
     batches: list[tuple[bytes, bytes]],
     profile: bool,
 ) -> ClearingRun:
-    profiler = None
-    if profile:
-        from pyinstrument import Profiler
-
-        profiler = Profiler(interval=0.0005)
-        profiler.start()
+    profiler = _start_profiler() if profile else None
     wall, cpu = time.perf_counter(), time.process_time()
     accepted = 0
     for batch_bytes, tag in batches:
@@ -139,6 +137,66 @@ def _deposit_all(
     if accepted != items:
         raise RuntimeError(f"{accepted} of {items} deposit items accepted")
     return run
+
+
+def measure_online(backend: str, count: int, profile: bool = False) -> str:
+    """The bank's online HLL verification through ``HllService.verify_online``, one after
+    another, each its own transaction and commit (no HTTP hop, no group commit): CPU per
+    verification, and with ``profile`` where its time goes."""
+    with _database(backend) as dsn:
+        store = open_store(dsn, clock=FixedClock(NOW))
+        try:
+            keys = generate_issuer_keys(DeterministicRandom("keys"), broker_id="bank.test")
+            services = build_services(
+                IssuerConfig(keys=keys), store, clock=FixedClock(NOW), rng=os.urandom
+            )
+            services.accounts.create_customer("m", "c", "EUR")
+            services.accounts.load("m", "c", 10**15, "cash")
+            merchant_key = services.accounts.create_merchant("m", "m1", "EUR").key
+            requests = [
+                (offer, payment, verify_request_tag(merchant_key, "m1", offer, payment))
+                for offer, payment in _online_payments(services, count)
+            ]
+            profiler = _start_profiler() if profile else None
+            wall, cpu = time.perf_counter(), time.process_time()
+            for offer, payment, tag in requests:
+                services.hll.verify_online("m1", offer, payment, tag)
+            cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+            if profiler is not None:
+                profiler.stop()
+                print(profiler.output_text(unicode=False, color=False, show_all=False))
+        finally:
+            store.close()
+    return (
+        f"online {backend:<10} {count:>7} verifications  {count / wall:>8.0f}/s"
+        f"  {cpu / count * 1e6:>6.0f} us CPU each"
+    )
+
+
+def _online_payments(services: IssuerServices, count: int) -> list[tuple[bytes, bytes]]:
+    made = services.hll.personalise("m", "c", units=count, unit_micros=1000)
+    card = SoftwareCard(
+        key=hll.SoftwareCardKey(made.card_key),
+        state=hll.CardState(card_id=made.card_id, denomination=EUR, balance=count),
+        pin="0",
+    )
+    card.verify_pin("0")
+    rng = DeterministicRandom("online")
+    payments = []
+    for _ in range(count):
+        offer = hll.make_offer(
+            merchant_id="m1", good="/a", amount=1, denomination=EUR, rng=rng, now=NOW, ttl=300
+        )
+        payments.append((hll.encode_offer(offer), hll.encode_payment(card.purchase(offer, NOW))))
+    return payments
+
+
+def _start_profiler() -> Any:
+    from pyinstrument import Profiler
+
+    profiler = Profiler(interval=0.0005)
+    profiler.start()
+    return profiler
 
 
 def run(quick: bool, backends: tuple[str, ...] = ("sqlite", "postgresql")) -> list[ClearingRun]:
@@ -187,8 +245,13 @@ def main() -> None:
     parser.add_argument("--per-card", type=int, default=50, help="purchases per card")
     parser.add_argument("--backend", choices=("sqlite", "postgresql"), action="append")
     parser.add_argument("--profile", action="store_true", help="pyinstrument over the deposits")
+    parser.add_argument("--online", action="store_true", help="online verifications instead")
     args = parser.parse_args()
     backends = tuple(args.backend or ("sqlite", "postgresql"))
+    if args.online:
+        for backend in backends:
+            print(measure_online(backend, args.items or 2_000, args.profile), flush=True)
+        return
     if args.items is None and not args.profile:
         for result in run(args.quick, backends):
             print(result.line(), flush=True)
