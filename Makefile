@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help install sysdeps test test-heavy lint demo bench clean
+.PHONY: help install sysdeps test test-heavy lint demo bench bench-quick clean
 
 help:
 	@echo "make demo        run the main job (farthing demo) on SQLite"
@@ -12,6 +12,7 @@ help:
 	@echo "make test-heavy  crash, soak and other slow tests"
 	@echo "make lint        ruff + mypy strict"
 	@echo "make bench       benchmarks -> docs/benchmarks.md"
+	@echo "make bench-quick SQLite, one worker, < 2 min; prints, writes no docs"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +45,10 @@ demo: $(STAMP)   # SQLite and loopback only: no root, no Debian packages (SoftHS
 bench: $(STAMP) sysdeps
 	$(PY) -m pip install -q -e '.[dev,bench]'
 	$(PY) -m bench
+
+bench-quick: $(STAMP) sysdeps
+	$(PY) -m pip install -q -e '.[dev,bench]'
+	$(PY) -m bench quick
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -87,6 +87,8 @@ BODY: Final = ("A paid article of about two kilobytes. " * 52)[:2048].encode()
 UNITS_PER_CARD: Final = 50  # payments per card (and per PayWord commitment)
 PEAK_CONNECTIONS: Final = 16
 HALF_CONNECTIONS: Final = 32
+FIRST_GUESS_RATE: Final = 3000.0  # req/s per worker, until the warm-up run has measured it
+RESIZE_ATTEMPTS: Final = 4
 KINDS: Final = ("free", "szm:chain", "szm:prbg", "payword")  # and hll:mac with a bank
 VENDOR_FACTORY: Final = "farthing.paywall.serve:app_from_env"
 SERVER_CPUS: Final = "0"  # with one worker: the server on CPU 0, wrk on CPU 1
@@ -718,6 +720,28 @@ def run_wrk(
     )
 
 
+def sized_run(
+    server: Server,
+    pool: Pool,
+    *,
+    seconds: int,
+    connections: int,
+    cpus: str | None,
+    mean_delay_ms: float = 0.0,
+    expected_rate: float,
+) -> RunResult:
+    """:func:`run_wrk` with a credential file sized for ``expected_rate`` (a rate measured
+    before, or a first guess); a run that used up its file understates the rate, so it is
+    run again with a file sized for twice the rate it reached (or twice the guess)."""
+    for _ in range(RESIZE_ATTEMPTS):
+        result = run_wrk(server, pool, seconds=seconds, connections=connections, cpus=cpus,
+                         mean_delay_ms=mean_delay_ms, expected_rate=expected_rate)  # fmt: skip
+        if not result.exhausted:
+            break
+        expected_rate = 2 * max(expected_rate, result.rate)
+    return result
+
+
 def _children_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
@@ -765,10 +789,11 @@ def run_config(
         wrk_cpus=wrk_cpus or "0-1",
         kinds=tuple(pools),
     )
-    expected = dict.fromkeys(pools, 3000.0 * workers)
-    for kind, pool in pools.items() if plan.warmup else ():  # connections, caches, bank client
-        run_wrk(server, pool, seconds=plan.warmup, connections=PEAK_CONNECTIONS, cpus=wrk_cpus,
-                expected_rate=expected[kind])  # fmt: skip
+    expected = dict.fromkeys(pools, FIRST_GUESS_RATE * workers)
+    for kind, pool in pools.items():  # connections, caches, bank client; measures the rate
+        warm = sized_run(server, pool, seconds=plan.warmup, connections=PEAK_CONNECTIONS,
+                         cpus=wrk_cpus, expected_rate=expected[kind])  # fmt: skip
+        expected[kind] = max(expected[kind], warm.rate)
     for _ in range(plan.rounds):
         _round(server, pools, plan, wrk_cpus, expected, result)
     result.worker_rss_kib = max(rss_kib(pid) for pid in server.worker_pids())
@@ -786,8 +811,8 @@ def _round(
     """Every kind at peak, then every kind at half of the peak it just reached."""
     peaks = {}
     for kind, pool in pools.items():
-        peak = run_wrk(server, pool, seconds=plan.seconds, connections=PEAK_CONNECTIONS,
-                       cpus=cpus, expected_rate=expected[kind])  # fmt: skip
+        peak = sized_run(server, pool, seconds=plan.seconds, connections=PEAK_CONNECTIONS,
+                         cpus=cpus, expected_rate=expected[kind])  # fmt: skip
         expected[kind] = max(expected[kind], peak.rate)
         peaks[kind] = peak
         result.peaks.setdefault(kind, []).append(peak)
@@ -795,8 +820,8 @@ def _round(
         target = max(peaks[kind].rate / 2, 1.0)
         # Per-connection period c/target, less the time the request itself takes.
         mean_delay = max(0.0, 1000 * (HALF_CONNECTIONS / target - 1 / max(peaks[kind].rate, 1)))
-        half = run_wrk(server, pool, seconds=plan.seconds, connections=HALF_CONNECTIONS,
-                       cpus=cpus, mean_delay_ms=mean_delay, expected_rate=target)  # fmt: skip
+        half = sized_run(server, pool, seconds=plan.seconds, connections=HALF_CONNECTIONS,
+                         cpus=cpus, mean_delay_ms=mean_delay, expected_rate=target)  # fmt: skip
         result.halves.setdefault(kind, []).append(half)
 
 
@@ -807,7 +832,7 @@ StoreMaker = Callable[[], tuple[str, Callable[[], list[int]]]]
 
 
 @contextmanager
-def databases(work: Path) -> Iterator[dict[str, StoreMaker]]:
+def databases(work: Path, *, with_postgres: bool = True) -> Iterator[dict[str, StoreMaker]]:
     """Makers of fresh stores: SQLite files, and databases on one throwaway PostgreSQL.
     Each gives a store target and a function listing the database's server processes."""
     with ExitStack() as stack:
@@ -818,6 +843,9 @@ def databases(work: Path) -> Iterator[dict[str, StoreMaker]]:
             return str(work / f"vendor{next(counter)}.sqlite"), list
 
         makers["SQLite"] = sqlite
+        if not with_postgres:
+            yield makers
+            return
         try:
             # fsync on: as durable as SQLite's synchronous=FULL (a commit is on disk).
             pg = PgServer.start_new(fsync=True)
@@ -842,19 +870,33 @@ def postgres_pids(dsn: str) -> list[int]:
 
 
 def plan_for(quick: bool) -> Plan:
-    return Plan(seconds=1 if quick else 3, rounds=3, warmup=0 if quick else 1)
+    return Plan(seconds=1 if quick else 3, rounds=3, warmup=1)
 
 
-def run(plan: Plan) -> list[ConfigResult]:
+QUICK_PLAN: Final = Plan(seconds=1, rounds=1, warmup=1)
+"""``python -m bench quick``: SQLite, one worker, one round (peak and half) per method."""
+
+
+def quick() -> None:
+    """The quick subset's end-to-end rows, printed as they come (no docs written)."""
+    run(QUICK_PLAN, postgres=False, worker_counts=(1,))
+
+
+def run(
+    plan: Plan, *, postgres: bool = True, worker_counts: tuple[int, ...] = (1, 2)
+) -> list[ConfigResult]:
     OUT.mkdir(exist_ok=True)
     results = []
-    with tempfile.TemporaryDirectory(prefix="e2e-", dir=OUT) as tmp, databases(Path(tmp)) as dbs:
+    with (
+        tempfile.TemporaryDirectory(prefix="e2e-", dir=OUT) as tmp,
+        databases(Path(tmp), with_postgres=postgres) as dbs,
+    ):
         work = Path(tmp)
         keys = work / "issuer.keys.json"
         if issuer_available():
             write_issuer_keys(keys)
         for name, make in dbs.items():
-            for workers in (1, 2):
+            for workers in worker_counts:
                 folder = work / f"{name}-{workers}"
                 folder.mkdir()
                 results.append(
@@ -909,6 +951,11 @@ def _one_config(
 # --- rendering -------------------------------------------------------------------------------
 
 
+def label(kind: str) -> str:
+    """A row's name: the method id on the wire (``szmchain``, ``hll``...), or ``free``."""
+    return METHOD_OF.get(kind, kind)
+
+
 def med(values: list[float]) -> float:
     return statistics.median(values)
 
@@ -921,7 +968,7 @@ def render_one(result: ConfigResult) -> str:
         ratio = med([p.rate / f.rate for p, f in zip(peaks, free, strict=True)])
         why = {r.why_rejected[:120] for r in peaks + halves if r.errors}
         lines.append(
-            f"{result.database} w={result.workers} {kind}: "
+            f"{result.database} w={result.workers} {label(kind)}: "
             f"peak {med([p.rate for p in peaks]):,.0f}/s ({ratio:.2f} of free) "
             f"p99 {med([p.p99_ms for p in peaks]):.2f} ms; half "
             f"{med([h.rate for h in halves]):,.0f}/s p99 {med([h.p99_ms for h in halves]):.2f} ms"
@@ -1019,7 +1066,7 @@ def _main_table(results: list[ConfigResult]) -> list[str]:
             rejected = sum(r.errors for r in peaks + halves)
             exhausted = any(r.exhausted for r in peaks + halves)
             lines.append(
-                f"| {result.database} | {result.workers} | {kind} | {rate:,.0f} | "
+                f"| {result.database} | {result.workers} | {label(kind)} | {rate:,.0f} | "
                 f"{'-' if kind == 'free' else f'{ratio:.2f}'} | "
                 f"{med([p.p50_ms for p in peaks]):.2f} / {med([p.p99_ms for p in peaks]):.2f} | "
                 f"{half_rate:,.0f} ({share:.0%}) | "
@@ -1028,8 +1075,8 @@ def _main_table(results: list[ConfigResult]) -> list[str]:
             )
         if "hll:mac" not in result.kinds:
             lines.append(
-                f"| {result.database} | {result.workers} | hll:mac | - | - | - | - | - | - | "
-                f"{HLL_MISSING} |"
+                f"| {result.database} | {result.workers} | {label('hll:mac')} | "
+                f"- | - | - | - | - | - | {HLL_MISSING} |"
             )
     return lines
 
@@ -1063,7 +1110,7 @@ def _cpu_table(results: list[ConfigResult]) -> list[str]:
             peaks = result.peaks[kind]
             lines.append(
                 f"| {result.database} | {result.workers} | {result.server_cpus} | "
-                f"{result.wrk_cpus} | {kind} | {med([p.server_cores for p in peaks]):.2f} | "
+                f"{result.wrk_cpus} | {label(kind)} | {med([p.server_cores for p in peaks]):.2f} | "
                 f"{med([p.wrk_cores for p in peaks]):.2f} | "
                 f"{med([p.db_cores for p in peaks]):.2f} | "
                 f"{med([p.bank_cores for p in peaks]):.2f} | "

@@ -69,6 +69,7 @@ from farthing.core.schemes.hll import (
     verify_card_certificate,
     verify_purchase,
     verify_purchase_bytes,
+    verify_received_batch_tag,
 )
 from farthing.testing import DeterministicRandom
 from farthing.testing.hll import HllBank, HllMerchant, SoftwareCard
@@ -1105,3 +1106,19 @@ def test_all_names_exist() -> None:
     assert len(set(hll.__all__)) == len(hll.__all__)
     for name in hll.__all__:
         assert hasattr(hll, name), name
+
+
+def test_a_received_batch_is_checked_against_the_tag_of_its_batch() -> None:
+    """The bank checks the tag over the bytes it received (no second encoding): the same
+    answer as over the decoded batch, because decode_batch accepts one encoding per batch."""
+    w = world()
+    batch = batch_of(w.rng, deferred_items(w, w.card(), [1, 2]))
+    tag = batch_tag(w.merchant_key, batch)
+    received = encode_batch(batch)
+    assert encode_batch(decode_batch(received)) == received
+    verify_received_batch_tag(w.merchant_key, received, tag)
+    other = encode_batch(replace(batch, batch_id=bytes(16)))
+    for key, data, bad_tag in ((w.merchant_key, other, tag), (bytes(32), received, tag)):
+        with pytest.raises(InvalidPayment) as info:
+            verify_received_batch_tag(key, data, bad_tag)
+        assert info.value.code is ErrorCode.DEPOSIT_INVALID

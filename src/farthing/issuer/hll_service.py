@@ -19,8 +19,11 @@ online: merchant tag -> offer is the caller's -> MAC and expiry -> the card may 
 (:func:`~farthing.core.schemes.hll.card_may_pay`: known, active, same denomination, the
 merchant's currency) -> (card, counter) new -> card covers it (the store, in
 :func:`~farthing.core.schemes.hll.judge_spend`'s order);
-deposit: merchant tag -> each item by :func:`~farthing.core.schemes.hll.judge_deposit_item`
--> the store as above.
+deposit: merchant tag -> the batch's cards read and locked once -> each item by
+:func:`~farthing.core.schemes.hll.judge_deposit_item`, then
+:func:`~farthing.core.schemes.hll.judge_spend` against the spends read once for the batch
+-> the accepted spends recorded and charged in a few batch statements (the primary key and
+the cards' CHECK still refuse a spend counted twice: the whole batch then rolls back).
 """
 
 from __future__ import annotations
@@ -332,7 +335,7 @@ class HllService:
         merchant = self._merchants.get(batch.merchant_id)
         if merchant is None:
             raise InvalidPayment("deposit did not verify", code=ErrorCode.DEPOSIT_INVALID)
-        hll.verify_batch_tag(merchant.key, batch, tag)
+        hll.verify_received_batch_tag(merchant.key, batch_bytes, tag)
         key = batch_key(merchant.merchant_id, batch.batch_id)
         digest = sha256(batch_bytes)
         now = self._clock.now()
@@ -393,35 +396,53 @@ class HllService:
     def _settle_items(
         self, tx: Tx, batch: hll.DepositBatch, merchant: Merchant, key: bytes, now: int
     ) -> tuple[hll.DepositReport, int]:
-        """Judge each item by the core's rules; the store records it (or finds it spent
-        before, or the card unable to cover it: :func:`~farthing.core.schemes.hll.
-        judge_spend`'s order, kept atomically by the store)."""
+        """Judge each item by the core's rules, in the batch's order: first from its card
+        alone (:func:`~farthing.core.schemes.hll.judge_deposit_item`), then whether it is
+        new and covered (:func:`~farthing.core.schemes.hll.judge_spend`), against the cards
+        and spends read once for the whole batch with the cards locked; then record the
+        accepted ones in a few statements (clearing runs per batch, not per item)."""
+        rows = tx.hll.cards_for_update({item.purchase.card_id for item in batch.items})
+        cards = {card_id: self._bank_card(row) for card_id, row in rows.items()}
+        judged = [
+            (
+                item,
+                hll.judge_deposit_item(
+                    cards.get(item.purchase.card_id),
+                    item,
+                    merchant_id=merchant.merchant_id,
+                    merchant_currency=merchant.currency,
+                    now=now,
+                    deposit_window=self._deposit_window,
+                ),
+            )
+            for item in batch.items
+        ]
+        verified = [v for _, v in judged if not isinstance(v, hll.DepositRefusal)]
+        spent = tx.hll.spent_before({(v.card_id, v.counter) for v in verified})
+        remaining = {card_id: card.remaining for card_id, card in cards.items() if card}
         tally = hll.DepositTally()
         micros = 0
-        cards: dict[bytes, hll.BankCard | None] = {}  # its status, denomination, loaded units
-        for item in batch.items:
-            card_id = item.purchase.card_id
-            if card_id not in cards:
-                cards[card_id] = self._bank_card(tx.hll.card(card_id))
-            judged = hll.judge_deposit_item(
-                cards[card_id],
-                item,
-                merchant_id=merchant.merchant_id,
-                merchant_currency=merchant.currency,
-                now=now,
-                deposit_window=self._deposit_window,
-            )
-            if isinstance(judged, hll.DepositRefusal):
-                tally.refuse(item, judged)
+        for item, verdict in judged:
+            if isinstance(verdict, hll.DepositRefusal):
+                tally.refuse(item, verdict)
                 continue
-            refusal = _record_spend(tx, judged, key, now)
+            spend = (verdict.card_id, verdict.counter)
+            refusal = hll.judge_spend(
+                spent_before=spend in spent,
+                remaining=remaining[verdict.card_id],
+                amount=verdict.amount,
+            )
             if refusal is not None:
                 tally.refuse(item, refusal)
                 continue
-            tally.accept(judged)
-            micros += judged.amount * judged.denomination.unit_micros
-            if self._on_spend_recorded is not None:
-                self._on_spend_recorded(len(tally.accepted))
+            spent.add(spend)
+            remaining[verdict.card_id] -= verdict.amount
+            tally.accept(verdict)
+            micros += verdict.amount * verdict.denomination.unit_micros
+        tx.hll.record_spends(tally.accepted, merchant.merchant_id, key, now)
+        if self._on_spend_recorded is not None:
+            for count in range(1, len(tally.accepted) + 1):
+                self._on_spend_recorded(count)
         return tally.report(batch.batch_id), micros
 
     def _bank_card(self, card: HllCardRow | None) -> hll.BankCard | None:
@@ -435,25 +456,6 @@ class HllService:
             loaded=card.loaded_units,
             spent=card.spent_units,
         )
-
-
-def _record_spend(
-    tx: Tx, verified: hll.VerifiedPurchase, key: bytes, now: int
-) -> hll.DepositRefusal | None:
-    """Charge a deposited purchase once: None, or why the store would not (spent before,
-    or more than the card has left), in the order of the core's ``judge_spend``."""
-    try:
-        recorded = tx.hll.record_spend(
-            verified.card_id,
-            verified.counter,
-            verified.merchant_id,
-            verified.amount,
-            key,
-            now,
-        )
-    except (InsufficientFunds, NotFound):
-        return hll.DepositRefusal.OVERSPENT
-    return None if recorded else hll.DepositRefusal.DUPLICATE
 
 
 def _settled_before(tx: Tx, checked: CheckedPurchase) -> bool:

@@ -19,10 +19,11 @@ not at all.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import final
+import functools
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from typing import Final, TypeVar, final
 
-from sqlalchemy import exc, insert, select, update
+from sqlalchemy import TextClause, bindparam, exc, insert, select, text, update
 
 from farthing.core.errors import ErrorCode, InsufficientFunds, NotFound
 from farthing.store._errors import is_unique_violation, unique_violation_as
@@ -44,6 +45,41 @@ __all__ = [
 
 
 _CLAIMED: Mapping[str, object] = {"claimed": True}
+
+# Rows per statement when clearing a deposit batch: two bound values per (card, counter)
+# keep a chunk under SQLite's oldest limit of 999 parameters.
+_CHUNK: Final = 400
+_T = TypeVar("_T")
+
+_SPEND_ROWS: Final = insert(hll_spends)
+_CHARGE_CARDS: Final = (
+    update(hll_cards)
+    .where(hll_cards.c.card_id == bindparam("b_card_id"))
+    .values(spent_units=hll_cards.c.spent_units + bindparam("b_units"))
+)
+
+_SPENT_AMONG_PG: Final = text(
+    "SELECT s.card_id, s.counter FROM hll_spends AS s"
+    " JOIN unnest(CAST(:cards AS bytea[]), CAST(:counters AS bigint[])) AS k(card_id, counter)"
+    " ON s.card_id = k.card_id AND s.counter = k.counter"
+)
+
+
+@functools.cache
+def _spent_among(count: int) -> TextClause:
+    """The pairs as a VALUES list joined to the spends: SQLite then looks each pair up by
+    the primary key (a row-value ``IN`` list made it scan the whole table)."""
+    pairs = ", ".join(f"(:c{i}, :n{i})" for i in range(count))
+    return text(
+        f"WITH k(card_id, counter) AS (VALUES {pairs})"  # noqa: S608 (only placeholders)
+        " SELECT s.card_id, s.counter FROM k JOIN hll_spends AS s"
+        " ON s.card_id = k.card_id AND s.counter = k.counter"
+    )
+
+
+def _chunks(items: Sequence[_T]) -> Iterator[Sequence[_T]]:
+    for start in range(0, len(items), _CHUNK):
+        yield items[start : start + _CHUNK]
 
 
 @final
@@ -130,6 +166,78 @@ class HllArea(Area):
             raise InsufficientFunds("the card cannot cover this spend")
         savepoint.commit()
         return True
+
+    # --- clearing: a deposit batch's spends in a few statements ------------------------------
+
+    def cards_for_update(self, card_ids: Collection[bytes]) -> dict[bytes, HllCardRow]:
+        """The known cards among ``card_ids``, locked until the transaction ends so that no
+        concurrent spend changes what the caller reads (PostgreSQL: ``FOR UPDATE``, taken in
+        card id order so two batches never deadlock on each other; SQLite: the write
+        transaction already excludes every other writer)."""
+        found: dict[bytes, HllCardRow] = {}
+        for chunk in _chunks(sorted(card_ids)):
+            stmt = (
+                select(hll_cards)
+                .where(hll_cards.c.card_id.in_(chunk))
+                .order_by(hll_cards.c.card_id)
+                .with_for_update()
+            )
+            for row in self._ctx.conn.execute(stmt).mappings():
+                found[row["card_id"]] = build(HllCardRow, row, status=CardStatus(row["status"]))
+        return found
+
+    def spent_before(self, spends: Collection[tuple[bytes, int]]) -> set[tuple[bytes, int]]:
+        """Which of these (card, counter) pairs are recorded already."""
+        if self._ctx.conn.dialect.name == "postgresql":
+            # Two array parameters: one statement text whatever the batch (psycopg
+            # prepares it once), instead of a row-value list of 2 parameters per pair.
+            pairs = list(spends)
+            rows = self._ctx.conn.execute(
+                _SPENT_AMONG_PG,
+                {"cards": [card for card, _ in pairs], "counters": [n for _, n in pairs]},
+            )
+            return {(bytes(row.card_id), row.counter) for row in rows}
+        found: set[tuple[bytes, int]] = set()
+        for chunk in _chunks(list(spends)):
+            values: dict[str, object] = {}
+            for i, (card_id, counter) in enumerate(chunk):
+                values[f"c{i}"], values[f"n{i}"] = card_id, counter
+            rows = self._ctx.conn.execute(_spent_among(len(chunk)), values)
+            found.update((row.card_id, row.counter) for row in rows)
+        return found
+
+    def record_spends(
+        self, spends: Iterable[tuple[bytes, int, int]], merchant_id: str, batch_id: bytes, at: int
+    ) -> None:
+        """Record deposited spends (card, counter, units) the caller judged new and covered,
+        with the cards it locked by :meth:`cards_for_update`, and charge them to their cards.
+
+        No savepoint per spend: a (card, counter) recorded meanwhile fails the primary key
+        and the loaded value still bounds each card (CHECK ``within_loaded``), so a wrong
+        judgement raises and the whole transaction rolls back, never charging twice."""
+        charges: dict[bytes, int] = {}
+        rows = []
+        for card_id, counter, units in spends:
+            require_positive(units, "amount_units")
+            charges[card_id] = charges.get(card_id, 0) + units
+            rows.append(
+                {
+                    "card_id": card_id,
+                    "counter": counter,
+                    "merchant_id": merchant_id,
+                    "amount_units": units,
+                    "batch_id": batch_id,
+                    "at": at,
+                    "offer_digest": None,
+                }
+            )
+        for chunk in _chunks(rows):
+            self._ctx.conn.execute(_SPEND_ROWS, list(chunk))
+        per_card = [
+            {"b_card_id": card, "b_units": units} for card, units in sorted(charges.items())
+        ]
+        for chunk in _chunks(per_card):
+            self._ctx.conn.execute(_CHARGE_CARDS, list(chunk))
 
     def _charge(self, card_id: bytes, amount_units: int) -> bool:
         c = hll_cards.c

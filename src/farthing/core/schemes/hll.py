@@ -189,6 +189,7 @@ __all__ = [
     "verify_deposit_item",
     "verify_purchase",
     "verify_purchase_bytes",
+    "verify_received_batch_tag",
 ]
 
 CARD_ID_LEN: Final = 16
@@ -859,6 +860,15 @@ def batch_tag(merchant_key: bytes, batch: DepositBatch) -> bytes:
 def verify_batch_tag(merchant_key: bytes, batch: DepositBatch, tag: bytes) -> None:
     """Returns None or raises InvalidPayment(DEPOSIT_INVALID)."""
     if not constant_time_eq(batch_tag(merchant_key, batch), tag):
+        raise InvalidPayment("deposit did not verify", code=ErrorCode.DEPOSIT_INVALID)
+
+
+def verify_received_batch_tag(merchant_key: bytes, batch_bytes: bytes, tag: bytes) -> None:
+    """:func:`verify_batch_tag` for a batch as it arrived (bytes :func:`decode_batch`
+    accepted), without encoding it again: the encoding is canonical (fixed-width integers,
+    length-prefixed fields, NFC UTF-8, no trailing bytes), so the bytes received are the
+    bytes the merchant MACed. Returns None or raises InvalidPayment(DEPOSIT_INVALID)."""
+    if not constant_time_eq(hmac_sha256(merchant_key, batch_bytes), tag):
         raise InvalidPayment("deposit did not verify", code=ErrorCode.DEPOSIT_INVALID)
 
 
