@@ -55,6 +55,7 @@ from farthing.http.methods.common import SealedBody
 from farthing.http.paths import canonical_path
 from farthing.http.payment_auth import (
     CHALLENGE_NONCE_LEN,
+    OWS,
     PAYMENT_AUTHORIZATION,
     Challenge,
     ChallengeBinder,
@@ -534,7 +535,7 @@ def _credential_field(scope: Scope) -> tuple[str | None, str | None] | Problem:
 
 
 def _is_payment(value: str) -> bool:
-    return value.lstrip()[:8].lower() == "payment " or value.strip().lower() == "payment"
+    return value.lstrip(OWS)[:8].lower() == "payment " or value.strip(OWS).lower() == "payment"
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
