@@ -78,7 +78,7 @@ OWS: Final = " \t"
 _METHOD: Final = re.compile(r"\A[a-z]+\Z")  # the draft: lowercase ASCII letters only
 _TOKEN: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _PARAM: Final = re.compile(
-    r'[ \t]*([!#$%&\'*+.^_`|~0-9A-Za-z-]+)[ \t]*=[ \t]*'
+    r"[ \t]*([!#$%&\'*+.^_`|~0-9A-Za-z-]+)[ \t]*=[ \t]*"
     r'(?:"((?:[^"\\]|\\.)*)"|([!#$%&\'*+.^_`|~0-9A-Za-z-]+))[ \t]*'
 )
 _REQUIRED_PARAMS: Final = ("id", "realm", "method", "intent", "request")
