@@ -355,12 +355,6 @@ def test_a_failed_verification_gets_402_verification_failed(vendor: Vendor) -> N
     assert vendor.spent(card) == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="farthing answers a used proof under a still-valid (reusable) challenge id with "
-    "verification-failed; -02 'Status Codes' wants invalid-challenge for an already-used id "
-    "(wire's area: paywall middleware)",
-)
 def test_a_used_credential_does_not_pay_for_another_request(vendor: Vendor) -> None:
     """-02 "Status Codes": an already-used challenge id -> 402 + ``invalid-challenge``;
     "Replay Protection": a proof is usable exactly once."""
@@ -371,6 +365,34 @@ def test_a_used_credential_does_not_pay_for_another_request(vendor: Vendor) -> N
     again = vendor.get("/articles/b.txt", authorization=authorization)
     assert_fresh_challenge(again, "invalid-challenge", offer)
     assert b"secret" not in again.content
+    assert vendor.spent(card) == 2
+
+
+def test_a_used_challenge_id_does_not_take_a_new_payment(vendor: Vendor) -> None:
+    """-02 "Status Codes": an already-used challenge id -> 402 + ``invalid-challenge``,
+    even with a good new payment under it (farthing's wallet used to pay up front so)."""
+    card = vendor.card()
+    offer = vendor.offer()
+    card, payment, _ = szm_chain.next_payment(card, 2, now=expiry(offer) - 60)
+    first = credential(offer.echo(), chain_payload(payment))
+    assert vendor.get(authorization=first).status_code == 200
+    _, fresh, _ = szm_chain.next_payment(card, 2, now=expiry(offer) - 60)
+    assert fresh.index == payment.index + 2
+    reused = credential(offer.echo(), chain_payload(fresh))
+    again = vendor.get("/articles/b.txt", authorization=reused)
+    assert_fresh_challenge(again, "invalid-challenge", offer)
+    assert b"secret" not in again.content
+    assert vendor.spent(card) == 2
+
+
+def test_a_lost_answer_is_resent_for_free_under_its_used_challenge(vendor: Vendor) -> None:
+    """farthing's retry rule (docs/http.md): the identical request sent again is served
+    again, nothing more taken, though its challenge id is now used."""
+    card = vendor.card()
+    authorization, _ = pay(vendor, card, vendor.offer())
+    first = vendor.get(authorization=authorization)
+    second = vendor.get(authorization=authorization)
+    assert (first.status_code, second.status_code) == (200, 200)
     assert vendor.spent(card) == 2
 
 

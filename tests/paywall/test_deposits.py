@@ -10,9 +10,11 @@ from farthing.core.errors import ErrorCode, RateLimited, Unavailable
 from farthing.core.money import Denomination
 from farthing.core.primitives import ed25519_public_key
 from farthing.core.schemes import hll, payword
+from farthing.http.payment_auth import ChallengeId
 from farthing.paywall.books import HllDeferredBook, PaywordBook
 from farthing.paywall.deposits import Depositor, backoff
 from farthing.paywall.methods.hll import PendingPurchase
+from farthing.paywall.methods.offline import Advance
 from farthing.paywall.methods.payword import HeldCommitment
 from farthing.store import HllPaymentState, OutboxState, open_store
 from farthing.store.writer import StoreWriter
@@ -230,13 +232,14 @@ async def test_payword_redemptions_are_staged_once_per_index(tmp_path: Path) -> 
     assert await book.insert(held)
     spender = PaywordSpender(commitment, seed)
     current = held
-    for _ in range(3):
+    for step in range(3):
         payment = spender.reserve(2, now=NOW).payment
         new_state, _ = payword.verify_payment(current.state, payment, units=2, now=NOW)
         new = HeldCommitment(
             commitment_id=held.commitment_id, state=new_state, encoded=held.encoded
         )
-        assert await book.advance(current, new)
+        challenge = ChallengeId(raw=bytes([step]) * 32, expires=NOW + 300)
+        assert await book.advance(current, new, challenge, NOW) == Advance.WON
         current = new
     await writer.aclose()
     dep = Depositor(store, issuer, clock=clock, rng=DeterministicRandom("d"))

@@ -105,8 +105,10 @@ async def test_commitment_then_paywords() -> None:
         first = spender.reserve(3, now=clock.now()).payment
         ok = await c.get("/articles/a", headers=auth(challenge, first, encoded))
         second = spender.reserve(3, now=clock.now()).payment
-        ok2 = await c.get("/articles/b", headers=auth(challenge, second))
-        replay = await c.get("/articles/b", headers=auth(challenge, second, encoded))
+        # A challenge id pays once: the paid answer carried a fresh one for the next.
+        (fresh,) = parse_challenges(ok.headers.get_list("www-authenticate"))
+        ok2 = await c.get("/articles/b", headers=auth(fresh, second))
+        replay = await c.get("/articles/b", headers=auth(fresh, second, encoded))
     assert no_commitment.status_code == 402
     assert ok.status_code == 200
     assert ok.text == "article a"

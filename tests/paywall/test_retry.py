@@ -372,7 +372,8 @@ async def test_only_the_last_payment_can_be_sent_again(vendor: Vendor) -> None:
         challenge = await vendor.challenge(c)
         first = authorization(challenge, vendor.payer.pay(challenge, "/articles/a"))
         assert (await c.get("/articles/a", headers=first)).status_code == 200
-        second = authorization(challenge, vendor.payer.pay(challenge, "/articles/a"))
+        fresh = await vendor.challenge(c)  # a challenge id pays once
+        second = authorization(fresh, vendor.payer.pay(fresh, "/articles/a"))
         assert (await c.get("/articles/a", headers=second)).status_code == 200
         stale = await c.get("/articles/a", headers=first)
     # SZM and PayWord keep what a retry needs for the payment that moved ``spent`` last;
@@ -396,4 +397,19 @@ async def test_two_identical_requests_at_once_are_charged_once(vendor: Vendor) -
     assert [a.status_code for a in answers] == [200] * 8, [a.text for a in answers]
     assert {vendor.payer.good(a, "/articles/a") for a in answers} == {b"secret article a"}
     assert len({a.headers["payment-receipt"] for a in answers}) == 1
+    assert vendor.payer.charged(vendor.store) == 2
+
+
+async def test_a_used_challenge_id_takes_no_second_payment(vendor: Vendor) -> None:
+    """The draft's MUST: each challenge id pays once, for every method, on SQLite and
+    PostgreSQL: a new, valid payment under a used id is 402 invalid-challenge, not taken."""
+    async with vendor.client() as c:
+        challenge = await vendor.challenge(c)
+        first = authorization(challenge, vendor.payer.pay(challenge, "/articles/a"))
+        assert (await c.get("/articles/a", headers=first)).status_code == 200
+        second = authorization(challenge, vendor.payer.pay(challenge, "/articles/b"))
+        again = await c.get("/articles/b", headers=second)
+    assert again.status_code == 402
+    assert again.json()["type"].endswith("/invalid-challenge")
+    assert b"secret" not in again.content
     assert vendor.payer.charged(vendor.store) == 2

@@ -112,9 +112,9 @@ def test_identical_requests_at_once_are_charged_once(
         workers=2,
         log_path=tmp_path / "server.log",
     ) as base:
-        challenge = challenge_of(base)
         answers: list[tuple[bytes, szm_chain.Payment, list[httpx.Response]]] = []
         for _ in range(rounds):
+            challenge = challenge_of(base)  # an id pays once: one per payment
             card, payment, key = szm_chain.next_payment(card, 2, now=challenge.expires - 300)
             headers = {"authorization": credential(challenge, payment)}
             start = threading.Barrier(copies)

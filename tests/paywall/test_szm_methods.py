@@ -171,13 +171,18 @@ async def test_stale_cache_is_repaired_by_the_conditional_update() -> None:
         rng=DeterministicRandom("w"),
     )
     async with client(paywall_a) as a, client(paywall_b) as b:
-        cid = await challenge_id(a)
         card, p1, _ = szm_chain.next_payment(card, 2, now=clock.now())
-        assert (await b.get("/articles/a", headers=auth(cid, p1))).status_code == 200
+        assert (
+            await b.get("/articles/a", headers=auth(await challenge_id(a), p1))
+        ).status_code == 200
         card, p2, _ = szm_chain.next_payment(card, 2, now=clock.now())
-        assert (await a.get("/articles/a", headers=auth(cid, p2))).status_code == 200
+        assert (
+            await a.get("/articles/a", headers=auth(await challenge_id(a), p2))
+        ).status_code == 200
         card, p3, _ = szm_chain.next_payment(card, 2, now=clock.now())
-        assert (await b.get("/articles/a", headers=auth(cid, p3))).status_code == 200
+        assert (
+            await b.get("/articles/a", headers=auth(await challenge_id(a), p3))
+        ).status_code == 200
     assert book.states[card.card_id].spent == 6  # type: ignore[attr-defined]
 
 
@@ -227,8 +232,10 @@ async def test_each_payment_is_decoded_once_whatever_path_it_takes() -> None:
         statuses.append((await b.get("/articles/b", headers=auth(cid, p1))).status_code)  # replay
         calls.append(decode.calls)
         card, p2, _ = szm_chain.next_payment(card, 2, now=clock.now())
+        cid = await challenge_id(b)  # a challenge id pays once
         statuses.append((await a.get("/articles/a", headers=auth(cid, p2))).status_code)
         card, p3, _ = szm_chain.next_payment(card, 2, now=clock.now())
+        cid = await challenge_id(b)
         statuses.append((await b.get("/articles/a", headers=auth(cid, p3))).status_code)  # stale
         calls.append(decode.calls)
     assert statuses == [200, 200, 402, 200, 200]

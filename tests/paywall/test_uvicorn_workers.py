@@ -84,8 +84,12 @@ def test_double_spend_across_two_workers_is_accepted_once(tmp_path: Path) -> Non
         card = cards[1]
         overlapping = []
         for _ in range(3):
+            # Each under its own challenge (an id pays once), so only the card decides.
+            own = parse_challenges(
+                client.get("/articles/a.txt").headers.get_list("www-authenticate")
+            )[0]
             card, p, _ = szm_chain.next_payment(card, 2, now=challenge.expires - 300)
-            overlapping.append(credential(challenge, p))
+            overlapping.append(credential(own, p))
         with ThreadPoolExecutor(max_workers=3) as pool:
             results = list(
                 pool.map(

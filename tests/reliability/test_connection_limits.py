@@ -89,8 +89,13 @@ def storm_jobs(world: World, base: str) -> list[Job]:
     offered = challenge_ids(unpaid.headers.get_list("www-authenticate"))
     jobs: list[Job] = []
     for method in METHODS:
-        cid, expires = offered[method]
-        more, _ = plan(world, method, cid, expires - 300, first=len(jobs))
+        _, expires = offered[method]
+
+        def fresh(method: str = method) -> Any:  # an id pays once: one per payment
+            unpaid = httpx.get(base + "/articles/a.txt", timeout=10)
+            return challenge_ids(unpaid.headers.get_list("www-authenticate"))[method][0]
+
+        more, _ = plan(world, method, fresh, expires - 300, first=len(jobs))
         jobs += more
     random.Random(2).shuffle(jobs)
     return jobs

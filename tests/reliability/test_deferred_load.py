@@ -119,10 +119,10 @@ def deferred_jobs(world: World, base: str, count: int) -> list[Job]:
     """One paid request from each of ``count`` new HLL cards, for the vendor at ``base``."""
     cards = world.hll_cards(count, units=10)
     names = sorted(ARTICLES)
-    unpaid = httpx.get(base + "/articles/a.txt", timeout=10)
-    cid, expires = challenge_ids(unpaid.headers.get_list("www-authenticate"))["hll:mac"]
     jobs = []
     for n, card in enumerate(cards):
+        unpaid = httpx.get(base + "/articles/a.txt", timeout=10)  # an id pays once
+        cid, expires = challenge_ids(unpaid.headers.get_list("www-authenticate"))["hll:mac"]
         path = f"/articles/{names[n % len(names)]}"
         payment = card.pay(hll_offer(cid, expires, good=path), 1)
         header = authorization(cid, "hll:mac", payment, certificate=card.certificate)

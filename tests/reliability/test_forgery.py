@@ -290,6 +290,7 @@ async def test_a_sealed_body_opens_only_for_its_own_payment_and_path(shop: Shop)
         first, key2 = card.at(2, now)  # type: ignore[attr-defined]
         second, key4 = card.at(4, now)  # type: ignore[attr-defined]
         body_a = (await shop.pay(method, first, "/articles/a.txt")).content
+        await shop.fresh()  # a challenge id pays once
         body_b = (await shop.pay(method, second, "/articles/b.txt")).content
         card_id = card.card.card_id  # type: ignore[attr-defined]
         own = {

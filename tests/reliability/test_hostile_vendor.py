@@ -222,6 +222,35 @@ def test_garbage_headers_are_refused_cleanly(target: Target, data: st.DataObject
     check(target, data.draw(garbage_for(target), label="authorization"), data)
 
 
+# Python's str.strip() also strips these (Unicode whitespace and the C0 separators); HTTP's
+# OWS is only space and tab, so a credential wrapped in one of them is not a credential.
+# Found by Hypothesis as ``b"\x1fPayment <valid credential>"``, which was accepted and charged.
+NOT_OWS = ["\x1c", "\x1d", "\x1e", "\x1f", "\x85", "\xa0", "\x0b", "\x0c"]
+
+
+@pytest.mark.parametrize("where", ["before", "after", "inside"])
+@pytest.mark.parametrize("junk", NOT_OWS, ids=[f"{ord(c):02x}" for c in NOT_OWS])
+def test_garbage_headers_are_refused_cleanly_unicode_space(
+    target: Target, junk: str, where: str
+) -> None:
+    """The explicit example of test_garbage_headers_are_refused_cleanly, around each valid
+    credential of every method: refused, nothing charged."""
+    for valid in target.valid_headers:
+        scheme, _, token = valid.partition(" ")
+        header = {
+            "before": junk + valid,
+            "after": valid + junk,
+            "inside": f"{scheme} {junk}{token}",
+        }[where]
+        response = asyncio.run(
+            get(target.app, PATHS[0], [(b"authorization", header.encode("latin-1"))])
+        )
+        assert response.status_code in (400, 402), (header[:20], response.status_code)
+        assert_problem(response, families={400, 402})
+        assert not any(text.encode() in response.content for text in ARTICLES.values())
+        assert charged(target) == []
+
+
 @EXAMPLES
 @given(data=st.data())
 def test_damaged_credentials_are_refused_cleanly(target: Target, data: st.DataObject) -> None:

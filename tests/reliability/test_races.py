@@ -26,7 +26,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -123,14 +123,21 @@ def make_job(n: int, holder: Holder, index: int, cid: str, method: str, now: int
 
 
 def plan(
-    world: World, method: str, cid: str, now: int, first: int
+    world: World, method: str, fresh: Callable[[], Any], now: int, first: int
 ) -> tuple[list[Job], list[Holder]]:
-    """Jobs numbered from ``first``: the copied payment, then the overlapping indexes."""
+    """Jobs numbered from ``first``: the copied payment, then the overlapping indexes. Each
+    payment has its own challenge (``fresh()``; an id pays once), its copies share it."""
     cards = holders(world, method)
     wanted = [(cards[0], 2)] * SAME_COPIES
     for card in cards[1:]:
         wanted += [(card, i) for i in OVERLAP_INDEXES for _ in range(OVERLAP_COPIES)]
-    jobs = [make_job(first + n, h, i, cid, method, now) for n, (h, i) in enumerate(wanted)]
+    cids: dict[tuple[str, int], Any] = {}
+    jobs = []
+    for n, (h, i) in enumerate(wanted):
+        cid = cids.get((h.key, i))
+        if cid is None:
+            cid = cids[(h.key, i)] = fresh()
+        jobs.append(make_job(first + n, h, i, cid, method, now))
     return jobs, cards
 
 
@@ -222,8 +229,13 @@ def test_one_acceptance_per_unit(vendor: tuple[World, Server]) -> None:
     jobs: list[Job] = []
     cards: dict[str, list[Holder]] = {}
     for method in METHODS:
-        cid, expires = offered[method]
-        more, cards[method] = plan(world, method, cid, expires - 300, first=len(jobs))
+        _, expires = offered[method]
+
+        def fresh(method: str = method) -> Any:
+            unpaid = httpx.get(server.base + PATHS[0], timeout=10)
+            return challenge_ids(unpaid.headers.get_list("www-authenticate"))[method][0]
+
+        more, cards[method] = plan(world, method, fresh, expires - 300, first=len(jobs))
         jobs += more
     random.Random(1).shuffle(jobs)
 
@@ -311,9 +323,9 @@ async def test_deposit_stagers_racing_all_succeed(
     transport = httpx.ASGITransport(app=world.vendor_app())
     async with httpx.AsyncClient(transport=transport, base_url="http://vendor.test") as http:
         for round_ in range(1, 4):
-            unpaid = await http.get(PATHS[0])
-            cid = challenge_ids(unpaid.headers.get_list("www-authenticate"))["payword"][0]
             for holder in commitments:
+                unpaid = await http.get(PATHS[0])  # an id pays once: one per payment
+                cid = challenge_ids(unpaid.headers.get_list("www-authenticate"))["payword"][0]
                 payment = holder.at(2 * round_, world.clock.now())
                 header = authorization(cid, "payword", payment, commitment=holder.encoded)
                 assert (await http.get(PATHS[0], headers={"authorization": header})).is_success

@@ -71,6 +71,26 @@ def _issue(store: Store, count: int, units: int) -> float:
     return time.perf_counter() - started
 
 
+def _issue_more(store: Store, start: int, units: int) -> None:
+    """``start`` more cards, numbered from ``start``, in the batch ``_issue`` made."""
+    with store.transaction() as tx:
+        tx.szm.insert_cards(
+            SzmCardRow(**{**vars_of(row), "card_id": (start + n).to_bytes(16, "big")})
+            for n, row in enumerate(_cards(start, units))
+        )
+
+
+def vars_of(row: SzmCardRow) -> dict[str, object]:
+    return {f: getattr(row, f) for f in row.__dataclass_fields__}
+
+
+def _advance_with_challenge(store: Store, card: bytes) -> bool:
+    with store.hot_batch() as hot:
+        if not hot.vendor.use_challenge(os.urandom(32), 2_000_000_000):
+            return False
+        return hot.szm.advance(card, 0, 1, b"\x03" * 32, None)
+
+
 def _per_call(calls: int, step: Callable[[int], bool]) -> tuple[float, float]:
     """Median and p99 wall time per call, in microseconds."""
     times = []
@@ -100,9 +120,15 @@ def measure(target: str, calls: int) -> dict[str, tuple[float, float]]:
                 )
             )
         anchor = b"\x03" * 32
+        _issue_more(store, calls, calls + 1)
         return {
             "szm_advance": _per_call(
                 calls, lambda i: advance_szm(store, i.to_bytes(16, "big"), 0, 1, anchor)
+            ),
+            # What the paywall writes since challenge ids are single use: the id's INSERT
+            # and the compare-and-set in one hot batch (paywall/books.py ``_spend``).
+            "szm_advance+challenge": _per_call(
+                calls, lambda i: _advance_with_challenge(store, (calls + i).to_bytes(16, "big"))
             ),
             "payword_advance": _per_call(
                 calls, lambda i: advance_payword(store, b"\x02" * 32, i, i + 1, anchor)

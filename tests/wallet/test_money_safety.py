@@ -71,10 +71,10 @@ class DownBook(MemoryCardBook):
 
     down = False
 
-    async def advance(self, old: object, new: object) -> bool:
+    async def advance(self, old: object, new: object, challenge: Any, now: int) -> Any:
         if self.down:
             raise RuntimeError("database is down")
-        return await super().advance(old, new)
+        return await super().advance(old, new, challenge, now)
 
 
 def vendor(

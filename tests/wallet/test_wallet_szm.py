@@ -32,7 +32,7 @@ from farthing.core.prbg import blum_modulus_of_any_size, generate_blum_modulus
 from farthing.core.primitives import sha256
 from farthing.core.schemes import szm_chain, szm_prbg
 from farthing.http.methods.szm import SzmRequest
-from farthing.http.payment_auth import Challenge, Receipt
+from farthing.http.payment_auth import Challenge, Receipt, parse_credential
 from farthing.paywall.methods.offline import OfflineMethod
 from farthing.paywall.methods.szm import SzmScheme
 from farthing.paywall.middleware import Paywall
@@ -146,6 +146,34 @@ async def test_async_client_buys_opens_and_pays_up_front(wallet: Wallet, clock: 
     ]
     assert all(h.method == "szm:chain" and h.charged_micros == 2000 for h in history)
     assert wallet.cards()[0].units_left == 16
+
+
+@pytest.mark.anyio
+async def test_each_paid_answer_brings_a_fresh_challenge_for_the_next(
+    wallet: Wallet, clock: FixedClock
+) -> None:
+    """A challenge id pays once (the vendor refuses it after): the wallet pays each next
+    article up front with the fresh challenge the last paid answer carried, no 402."""
+    app, book, card = vendor(clock)
+    wallet.add_szm_code(printed_code(card), site=SITE)
+    sent: list[str] = []
+
+    async def note(request: httpx.Request) -> None:
+        if "authorization" in request.headers:
+            sent.append(parse_credential(request.headers["authorization"]).challenge.id)
+
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(
+        transport=transport,
+        base_url="https://news.test",
+        auth=PaymentAuth(wallet),
+        event_hooks={"request": [note]},
+    ) as client:
+        texts = [(await client.get(f"/articles/{name}")).text for name in "abcd"]
+    assert texts == [f"secret article {name}" for name in "abcd"]
+    assert app.statuses == [402, 200, 200, 200, 200]
+    assert len(sent) == len(set(sent)) == 4  # four payments, four challenge ids
+    assert book.states[card.card_id].spent == 8  # type: ignore[attr-defined]
 
 
 @pytest.mark.anyio

@@ -42,6 +42,7 @@ from farthing.core.primitives import constant_time_eq, hmac_sha256, sha256
 __all__ = [
     "CHALLENGE_NONCE_LEN",
     "INTENT",
+    "OWS",
     "PAYMENT_AUTHORIZATION",
     "Challenge",
     "ChallengeBinder",
@@ -71,10 +72,14 @@ PAYMENT_AUTHORIZATION: Final = "Payment-Authorization"  # the one allowed ``head
 CHALLENGE_NONCE_LEN: Final = 16
 _ID_LEN: Final = 32  # an HMAC-SHA256
 MAX_HEADER: Final = 8192
+# HTTP's optional whitespace (RFC 9110 5.6.3): space and tab only. ``str.strip()`` would also
+# take the C0 separators and Unicode spaces (\x1f, \x85, \xa0), letting a broken header pass.
+OWS: Final = " \t"
 _METHOD: Final = re.compile(r"\A[a-z]+\Z")  # the draft: lowercase ASCII letters only
 _TOKEN: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _PARAM: Final = re.compile(
-    r'\s*([!#$%&\'*+.^_`|~0-9A-Za-z-]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([!#$%&\'*+.^_`|~0-9A-Za-z-]+))\s*'
+    r"[ \t]*([!#$%&\'*+.^_`|~0-9A-Za-z-]+)[ \t]*=[ \t]*"
+    r'(?:"((?:[^"\\]|\\.)*)"|([!#$%&\'*+.^_`|~0-9A-Za-z-]+))[ \t]*'
 )
 _REQUIRED_PARAMS: Final = ("id", "realm", "method", "intent", "request")
 _ECHO_OPTIONAL: Final = ("expires", "digest", "opaque", "header", "description")
@@ -330,7 +335,8 @@ def content_digest(body: bytes) -> str:
 # --- client preferences ---------------------------------------------------------------------
 
 _RANGE: Final = re.compile(
-    r"\A\s*([a-z]+|\*)/([A-Za-z0-9-]+|\*)\s*(?:;\s*q\s*=\s*(0(?:\.[0-9]{0,3})?|1(?:\.0{0,3})?))?\s*\Z"
+    r"\A[ \t]*([a-z]+|\*)/([A-Za-z0-9-]+|\*)[ \t]*"
+    r"(?:;[ \t]*q[ \t]*=[ \t]*(0(?:\.[0-9]{0,3})?|1(?:\.0{0,3})?))?[ \t]*\Z"
 )
 
 
@@ -339,7 +345,7 @@ def parse_accept_payment(value: str) -> list[tuple[str, str, float]] | None:
     None when the header is malformed (the draft lets a server ignore it then)."""
     ranges = []
     for part in value.split(","):
-        if not part.strip():
+        if not part.strip(OWS):
             continue
         match = _RANGE.match(part)
         if match is None:
@@ -468,10 +474,11 @@ def parse_credential(header: str) -> Credential:
     ``payload`` object and an optional ``source`` string; other members are ignored."""
     if len(header) > MAX_HEADER:
         raise MalformedMessage("credential too long", code=ErrorCode.OVERSIZED)
-    scheme, _, token = header.strip().partition(" ")
-    if scheme.lower() != "payment" or not token or " " in token.strip():
+    scheme, _, token = header.strip(OWS).partition(" ")
+    token = token.strip(OWS)
+    if scheme.lower() != "payment" or not token or " " in token or "\t" in token:
         raise MalformedMessage("not a Payment credential", code=ErrorCode.MALFORMED_CREDENTIAL)
-    obj = decode_json_b64(token.strip())
+    obj = decode_json_b64(token)
     if "challenge" not in obj or "payload" not in obj:
         raise MalformedMessage("credential members wrong", code=ErrorCode.MALFORMED_CREDENTIAL)
     payload, source = obj["payload"], obj.get("source")

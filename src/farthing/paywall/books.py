@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import itertools
+from collections.abc import Callable
 from typing import Generic, Protocol, TypeVar
 
 from farthing.core.cardcode import Generator
@@ -19,12 +21,15 @@ from farthing.core.errors import Conflict, ErrorCode, InvalidPayment
 from farthing.core.money import Denomination
 from farthing.core.schemes import hll, payword, szm_chain, szm_prbg
 from farthing.core.schemes.hll import DeferredDecision
+from farthing.http.payment_auth import ChallengeId
 from farthing.paywall.methods.hll import DeferredPolicy, DeferredRecord, PendingPurchase
+from farthing.paywall.methods.offline import Advance, challenge_used
 from farthing.paywall.methods.payword import HeldCommitment
 from farthing.store import (
     CardStatus,
     HllMode,
     HllPaymentState,
+    HotTx,
     Store,
     SzmCardRow,
     SzmProtocol,
@@ -83,12 +88,20 @@ class _SzmBook(Generic[C]):
     async def insert(self, state: C) -> bool:
         return False  # cards are issued by the issuer, never introduced by a payment
 
-    async def advance(self, old: C, new: C) -> bool:
+    async def advance(self, old: C, new: C, challenge: ChallengeId, now: int) -> Advance:
         return await self._writer.run_hot(
-            lambda hot: hot.szm.advance(
-                old.card_id, old.spent, new.spent, self._anchor(new), new.last_request
+            lambda hot: _spend(
+                hot,
+                challenge,
+                now,
+                lambda: hot.szm.advance(
+                    old.card_id, old.spent, new.spent, self._anchor(new), new.last_request
+                ),
             )
         )
+
+    async def challenge_used(self, challenge: ChallengeId) -> bool:
+        return await asyncio.to_thread(self._store.challenge_used, challenge.raw)
 
     def _state(self, row: SzmCardRow) -> C | None:
         raise NotImplementedError
@@ -202,16 +215,46 @@ class PaywordBook:
             return False  # known already: never reset its spent
         return True
 
-    async def advance(self, old: HeldCommitment, new: HeldCommitment) -> bool:
+    async def advance(
+        self, old: HeldCommitment, new: HeldCommitment, challenge: ChallengeId, now: int
+    ) -> Advance:
         return await self._writer.run_hot(
-            lambda hot: hot.vendor.payword_advance(
-                old.commitment_id,
-                old.state.spent,
-                new.state.spent,
-                new.state.last_value,
-                new.state.last_request,
+            lambda hot: _spend(
+                hot,
+                challenge,
+                now,
+                lambda: hot.vendor.payword_advance(
+                    old.commitment_id,
+                    old.state.spent,
+                    new.state.spent,
+                    new.state.last_value,
+                    new.state.last_request,
+                ),
             )
         )
+
+    async def challenge_used(self, challenge: ChallengeId) -> bool:
+        return await asyncio.to_thread(self._store.challenge_used, challenge.raw)
+
+
+_PRUNE_EVERY = 1024  # accepted payments per process between prunings of expired ids
+_spent_since_prune = itertools.count(1)
+
+
+def _spend(
+    hot: HotTx, challenge: ChallengeId, now: int, compare_and_set: Callable[[], bool]
+) -> Advance:
+    """A payment's one write: take its challenge id, then move the card (commitment); give
+    the id back if the card moved under us. One INSERT more than the compare-and-set, in
+    the same batch and commit; every ``_PRUNE_EVERY`` payments one DELETE of expired ids."""
+    if not hot.vendor.use_challenge(challenge.raw, challenge.expires):
+        return Advance.USED
+    if not compare_and_set():
+        hot.vendor.release_challenge(challenge.raw)
+        return Advance.LOST
+    if next(_spent_since_prune) % _PRUNE_EVERY == 0:
+        hot.vendor.prune_challenges(now)
+    return Advance.WON
 
 
 class HllDeferredBook:
@@ -236,6 +279,11 @@ class HllDeferredBook:
             )
             if decision is not DeferredDecision.DEFER:
                 return DeferredRecord(deferred=False, retried=False)
+            challenge = purchase.challenge
+            if challenge is not None and not tx.vendor.use_challenge(
+                challenge.raw, challenge.expires
+            ):
+                raise challenge_used()  # a new purchase under a used id: nothing recorded
             tx.vendor.hll_record(
                 card_id=purchase.card_id,
                 counter=purchase.counter,

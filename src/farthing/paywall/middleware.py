@@ -54,6 +54,7 @@ from farthing.http.methods.common import SealedBody
 from farthing.http.paths import canonical_path
 from farthing.http.payment_auth import (
     CHALLENGE_NONCE_LEN,
+    OWS,
     PAYMENT_AUTHORIZATION,
     Challenge,
     ChallengeBinder,
@@ -201,8 +202,26 @@ class Paywall:
             scope[PAYMENT_SCOPE_KEY] = settlement
             scope["extensions"] = _plain_responses_only(scope.get("extensions"))
             nonce = self._rng(12) if settlement.sealing is not None else b""
-            paid = _PaidSender(send, settlement, path, self._clock.now(), nonce)
+            # A challenge id pays once: the next payment up front needs a fresh one. Not
+            # for a request with a body (the next body's digest is not known yet).
+            fresh = None if digest is not None else self._fresh(route, settlement, field)
+            paid = _PaidSender(send, settlement, path, self._clock.now(), nonce, fresh)
             await self.app(scope, receive, paid)
+
+    def _fresh(self, route: PricedRoute, settlement: Settlement, field: str | None) -> bytes:
+        """A new challenge of the method just paid, for the paid answer's header."""
+        method = METHOD_OF[settlement.method]
+        request, request_b64 = self._request(route, method)
+        challenge = self._binder.issue(
+            realm=self.realm,
+            method=method,
+            request=request,
+            request_b64=request_b64,
+            expires=self._clock.now() + self._ttl,
+            nonce=self._rng(CHALLENGE_NONCE_LEN),
+            header=field,
+        )
+        return format_challenge(challenge).encode()
 
     # -- settling --------------------------------------------------------------------------
 
@@ -359,13 +378,21 @@ class _PaidSender:
     """Wraps ``send`` for a paid request: adds the receipt and, for SZM, seals the body."""
 
     __slots__ = (
-        "_body", "_closed", "_nonce", "_now", "_path", "_send", "_settlement", "_start", "_started"
+        "_body", "_closed", "_fresh", "_nonce", "_now", "_path", "_send", "_settlement", "_start",
+        "_started",
     )  # fmt: skip
 
     def __init__(
-        self, send: Send, settlement: Settlement, path: str, now: int, nonce: bytes
+        self,
+        send: Send,
+        settlement: Settlement,
+        path: str,
+        now: int,
+        nonce: bytes,
+        fresh: bytes | None = None,
     ) -> None:
         self._send = send
+        self._fresh = fresh
         self._settlement = settlement
         self._path = path
         self._now = now
@@ -427,6 +454,8 @@ class _PaidSender:
             (b"payment-receipt", self._receipt(content_type).to_header().encode()),
             _PRIVATE,
         ]
+        if self._fresh is not None:
+            headers.append((b"www-authenticate", self._fresh))
         return {**start, "headers": headers}
 
     async def _send_sealed(self, plaintext: bytes) -> None:
@@ -560,7 +589,7 @@ def _credential_field(scope: Scope) -> tuple[str | None, str | None] | Problem:
 
 
 def _is_payment(value: str) -> bool:
-    return value.lstrip()[:8].lower() == "payment " or value.strip().lower() == "payment"
+    return value.lstrip(OWS)[:8].lower() == "payment " or value.strip(OWS).lower() == "payment"
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

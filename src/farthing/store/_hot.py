@@ -9,11 +9,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import ColumnElement, Dialect, Select, Table, Update, bindparam, select, update
+from sqlalchemy import (
+    ClauseElement,
+    ColumnElement,
+    Delete,
+    Dialect,
+    Select,
+    Table,
+    Update,
+    bindparam,
+    delete,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
 
 from farthing.store._fastlane import FastBatch, FastStatement
 from farthing.store._rows import CardStatus
-from farthing.store._schema import szm_cards, vendor_payword_commitments
+from farthing.store._schema import szm_cards, vendor_payword_commitments, vendor_used_challenges
 
 __all__ = ["HotArea", "HotStatements", "PreparedHot"]
 
@@ -45,14 +58,29 @@ class PreparedHot:
     szm_card: FastStatement
     payword_advance: FastStatement
     payword_commitment: FastStatement
+    challenge_use: FastStatement
+    challenge_release: FastStatement
+    challenge_used: FastStatement
+    challenge_prune: FastStatement
 
     @classmethod
     def build(cls, hot: HotStatements, dialect: Dialect) -> PreparedHot:
+        used = vendor_used_challenges.c
         return cls(
             szm_advance=FastStatement.prepare(hot.szm_advance, dialect),
             szm_card=FastStatement.prepare(hot.szm_card, dialect),
             payword_advance=FastStatement.prepare(hot.payword_advance, dialect),
             payword_commitment=FastStatement.prepare(hot.payword_commitment, dialect),
+            challenge_use=FastStatement.prepare(_challenge_use(dialect), dialect),
+            challenge_release=FastStatement.prepare(
+                delete(vendor_used_challenges).where(used.challenge_id == bindparam("key_id")),
+                dialect,
+            ),
+            challenge_used=FastStatement.prepare(
+                select(used.challenge_id).where(used.challenge_id == bindparam("key_id")),
+                dialect,
+            ),
+            challenge_prune=FastStatement.prepare(_challenge_prune(), dialect),
         )
 
 
@@ -106,4 +134,26 @@ def _compare_and_set(
                 "last_units": bindparam("new_units", type_=c.last_units.type),
             }
         )
+    )
+
+
+def _challenge_use(dialect: Dialect) -> ClauseElement:
+    """INSERT the challenge id ... ON CONFLICT DO NOTHING: one row if this call took the
+    id, none if it was taken already (by any worker; the primary key decides)."""
+    values: dict[str, object] = {
+        "challenge_id": bindparam("key_id"),
+        "expires_at": bindparam("expires_at"),
+    }
+    if dialect.name == "postgresql":
+        pg = postgresql.insert(vendor_used_challenges).values(values)
+        return pg.on_conflict_do_nothing(index_elements=["challenge_id"])
+    lite = sqlite.insert(vendor_used_challenges).values(values)
+    return lite.on_conflict_do_nothing(index_elements=["challenge_id"])
+
+
+def _challenge_prune() -> Delete:
+    """Forget ids past their expiry: an expired challenge is refused before its id is looked
+    up, so its row guards nothing any more."""
+    return delete(vendor_used_challenges).where(
+        vendor_used_challenges.c.expires_at <= bindparam("now")
     )

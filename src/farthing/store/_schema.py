@@ -65,6 +65,7 @@ __all__ = [
     "vendor_deposit_batches",
     "vendor_hll_payments",
     "vendor_payword_commitments",
+    "vendor_used_challenges",
 ]
 
 metadata = MetaData(
@@ -357,6 +358,15 @@ vendor_hll_payments = Table(
     Index(None, "card_id", "state", "mode", "amount_units"),
     # Oldest pending rows first when building a deposit batch.
     Index(None, "state", "at"),
+)
+
+# Challenge ids a payment was accepted under: each is single use (the Payment draft), for
+# every worker. Inserted in the payment's own write; a row past its expiry is pruned.
+vendor_used_challenges = Table(
+    "vendor_used_challenges",
+    metadata,
+    Column("challenge_id", LargeBinary(32), primary_key=True),
+    Column("expires_at", BigInteger, nullable=False, index=True),
 )
 
 vendor_deposit_batches = Table(

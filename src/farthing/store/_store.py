@@ -159,6 +159,12 @@ class Store:
             row = self._lane.fetch_one(self._prepared.szm_card, {"key_card_id": card_id})
         return None if row is None else card_row(row)
 
+    def challenge_used(self, challenge_id: bytes) -> bool:
+        """Was a payment accepted under this challenge id (one statement, fast lane)?"""
+        with map_db_errors():
+            row = self._lane.fetch_one(self._prepared.challenge_used, {"key_id": challenge_id})
+        return row is not None
+
     def payword_commitment(self, commitment_id: bytes) -> VendorCommitmentRow | None:
         """Read one commitment outside any transaction (one statement, fast lane)."""
         params = {"key_commitment_id": commitment_id}

@@ -34,8 +34,9 @@ from farthing.store._schema import (
     vendor_deposit_batches,
     vendor_hll_payments,
     vendor_payword_commitments,
+    vendor_used_challenges,
 )
-from farthing.store._sql import Area, build, require_forward, total
+from farthing.store._sql import Area, build, insert_if_absent, require_forward, total
 
 __all__ = [
     "HotVendorArea",
@@ -106,6 +107,16 @@ class VendorArea(Area):
         }
         with unique_violation_as(ErrorCode.CONFLICT, "this commitment exists"):
             self._ctx.conn.execute(insert(vendor_payword_commitments).values(values))
+
+    def use_challenge(self, challenge_id: bytes, expires_at: int) -> bool:
+        """As :meth:`HotVendorArea.use_challenge`, inside a transaction (HLL deferred)."""
+        values = {"challenge_id": challenge_id, "expires_at": expires_at}
+        return insert_if_absent(self._ctx, vendor_used_challenges, values)
+
+    def challenge_used(self, challenge_id: bytes) -> bool:
+        c = vendor_used_challenges.c
+        stmt = select(c.challenge_id).where(c.challenge_id == challenge_id)
+        return self._ctx.conn.execute(stmt).first() is not None
 
     def commitment(self, commitment_id: bytes) -> VendorCommitmentRow | None:
         params = {"key_commitment_id": commitment_id}
@@ -353,3 +364,17 @@ class HotVendorArea(HotArea):
             commitment_id, old_spent, new_spent, new_last_value, request
         )
         return self._batch.rowcount(self._prepared.payword_advance, params) == 1
+
+    def use_challenge(self, challenge_id: bytes, expires_at: int) -> bool:
+        """Take a challenge id for the payment written in this batch; False if it was taken
+        before (an already-used id: the draft's ``invalid-challenge``)."""
+        params = {"key_id": challenge_id, "expires_at": expires_at}
+        return self._batch.rowcount(self._prepared.challenge_use, params) == 1
+
+    def release_challenge(self, challenge_id: bytes) -> None:
+        """Give back an id taken in this batch whose payment then lost its race."""
+        self._batch.rowcount(self._prepared.challenge_release, {"key_id": challenge_id})
+
+    def prune_challenges(self, now: int) -> int:
+        """Forget the used ids that expired by ``now``; how many."""
+        return self._batch.rowcount(self._prepared.challenge_prune, {"now": now})

@@ -18,6 +18,7 @@ compares them.
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
@@ -59,12 +60,14 @@ class DeterministicRandom:
 class MemoryCardBook:
     """An in-memory card book for vendor tests: a dict of frozen states by ``key_attr``.
 
-    ``advance(old, new)`` succeeds only if the stored state still equals ``old``, and
-    ``insert`` never overwrites: the same contract the database store keeps.
+    ``advance(old, new, challenge, now)`` succeeds only if the challenge id was not used and
+    the stored state still equals ``old``, and ``insert`` never overwrites: the same contract
+    the database store keeps.
     """
 
     def __init__(self, key_attr: str = "card_id") -> None:
         self.states: dict[bytes, object] = {}
+        self.used_challenges: set[bytes] = set()
         self._key_attr = key_attr
 
     def _key(self, state: object) -> bytes:
@@ -83,12 +86,20 @@ class MemoryCardBook:
         self.states[self._key(state)] = state
         return True
 
-    async def advance(self, old: object, new: object) -> bool:
+    async def advance(self, old: object, new: object, challenge: Any, now: int) -> Any:
+        """``challenge`` a ChallengeId; the result the paywall's ``Advance`` (a StrEnum)
+        by value: this module may import the core only."""
+        if challenge.raw in self.used_challenges:
+            return "used"
         key = self._key(old)
         if self.states.get(key) != old:
-            return False
+            return "lost"
         self.states[key] = new
-        return True
+        self.used_challenges.add(challenge.raw)
+        return "won"
+
+    async def challenge_used(self, challenge: Any) -> bool:
+        return bytes(challenge.raw) in self.used_challenges
 
 
 class SoftwareWrappingKey:

@@ -163,6 +163,11 @@ class PaymentAuth(httpx.Auth):
             return
         if response.is_success:
             _open(response, payment, self._payer)
+            # A paid answer carries a fresh challenge for the next payment up front (a
+            # challenge id pays once).
+            fresh = _challenges(response)
+            if fresh:
+                self._payer.remember(url, fresh)
         elif response.status_code not in (401, 402):
             _refused(self._payer, payment, response)
 
@@ -197,6 +202,13 @@ def _problem_code(response: httpx.Response) -> int | None:
         return None
     code = problem.get("code") if isinstance(problem, dict) else None
     return code if type(code) is int else None
+
+
+def _challenges(response: httpx.Response) -> list[Challenge]:
+    try:
+        return parse_challenges(response.headers.get_list("www-authenticate"))
+    except FarthingError:
+        return []  # an oversized header: nothing to remember
 
 
 def _refused(payer: Payer, payment: PreparedPayment, response: httpx.Response) -> None:

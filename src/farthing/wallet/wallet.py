@@ -577,7 +577,9 @@ class Wallet:
             if not quotes:
                 raise self._why_no_card(challenges, target, now)
             quote = self._choose(quotes, target, now)
-            return self._execute(quote, target, now)
+            payment = self._execute(quote, target, now)
+            self._forget_used(quote.challenge)
+            return payment
 
     def settle(
         self, payment: PreparedPayment, receipt: Receipt | None, body: bytes, *, status: int = 200
@@ -833,6 +835,16 @@ class Wallet:
                 for challenge in by_method.values()
                 if _expiry(challenge) > not_before
             ]
+
+    def _forget_used(self, used: Challenge) -> None:
+        """A challenge id pays once (the vendor refuses it after): never up front again.
+        The vendor hands a fresh one with each paid answer (docs/http.md)."""
+        for key, by_method in list(self._remembered.items()):
+            remembered = by_method.get(used.method)
+            if remembered is not None and remembered.id == used.id:
+                del by_method[used.method]
+                if not by_method:
+                    del self._remembered[key]
 
     def _forget_expired(self, now: int) -> None:
         for key, by_method in list(self._remembered.items()):

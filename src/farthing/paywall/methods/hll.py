@@ -28,7 +28,7 @@ import anyio.to_thread
 from farthing.core.errors import Conflict, ErrorCode
 from farthing.core.schemes import hll
 from farthing.http.methods.hll import HllMode, HllPayload, HllReceipt, HllRequest
-from farthing.http.payment_auth import JsonObject
+from farthing.http.payment_auth import ChallengeId, JsonObject
 from farthing.paywall.methods.base import PaymentContext, Settlement, route_price
 from farthing.paywall.pricing import PricedRoute
 
@@ -62,6 +62,7 @@ class PendingPurchase:
     offer: bytes
     payment: bytes
     request: bytes | None = None
+    challenge: ChallengeId | None = None  # taken (single use) with a deferred record
 
 
 DeferredPolicy = Callable[[int, int], hll.DeferredDecision]
@@ -150,6 +151,7 @@ class HllMethod:
             offer=hll.encode_offer(offer),
             payment=sent.payment,
             request=context.request,
+            challenge=context.challenge,
         )
         mode, retried = HllMode.ONLINE, False
         if self._mode is HllMode.DEFERRED:

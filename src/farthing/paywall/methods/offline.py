@@ -13,18 +13,27 @@ is read and the payment judged once more against it.
 from __future__ import annotations
 
 from collections import OrderedDict
+from enum import StrEnum
 from typing import Generic, Protocol, TypeVar
 
-from farthing.core.errors import FarthingError, InvalidPayment
+from farthing.core.errors import ErrorCode, FarthingError, InvalidPayment
 from farthing.core.money import Denomination
-from farthing.http.payment_auth import JsonObject
+from farthing.http.payment_auth import ChallengeId, JsonObject
 from farthing.paywall.methods.base import PaymentContext, Settlement
 from farthing.paywall.pricing import PricedRoute
 
-__all__ = ["CardBook", "CardCache", "OfflineMethod", "OfflineScheme"]
+__all__ = ["Advance", "CardBook", "CardCache", "OfflineMethod", "OfflineScheme", "challenge_used"]
 
 S = TypeVar("S")  # the stored state of a card (commitment)
 P = TypeVar("P")  # a decoded payment
+
+
+class Advance(StrEnum):
+    """How a payment's write ended."""
+
+    WON = "won"  # the state moved and the challenge id is taken, durably
+    LOST = "lost"  # the stored state was not ``old`` any more: nothing written
+    USED = "used"  # the challenge id was taken before: nothing written
 
 
 class CardBook(Protocol[S]):
@@ -32,9 +41,14 @@ class CardBook(Protocol[S]):
 
     async def load(self, key: bytes) -> S | None: ...
 
-    async def advance(self, old: S, new: S) -> bool:
-        """Persist ``new`` iff the stored state still equals ``old`` (conditional update),
-        durably, before returning True."""
+    async def advance(self, old: S, new: S, challenge: ChallengeId, now: int) -> Advance:
+        """In one durable write: take the challenge id (single use, every worker) and
+        persist ``new`` iff the stored state still equals ``old`` (conditional update);
+        either both or neither."""
+        ...
+
+    async def challenge_used(self, challenge: ChallengeId) -> bool:
+        """Was a payment accepted under this challenge id (the refusal path only)?"""
         ...
 
     async def insert(self, state: S) -> bool:
@@ -150,25 +164,31 @@ class OfflineMethod(Generic[S, P]):
                 state, payment, units=units, now=context.now, request=context.request
             )
         except InvalidPayment as refused:
-            return self._retried(state, payment, context, refused)
-        if not await self._book.advance(state, new_state):
+            return await self._retried(state, payment, context, refused)
+        outcome = await self._book.advance(state, new_state, context.challenge, context.now)
+        if outcome != Advance.WON:
             # Lost the race: to another payment, or to this very request sent twice at
-            # once. The stored state tells which; only the refusal path reads it.
+            # once; or the challenge id was used. The stored state tells which; only the
+            # refusal path reads it.
             stored = await self._book.load(key)
             if stored is None:
                 raise InvalidPayment()
             self._cache.put(key, stored)
-            return self._retried(stored, payment, context, InvalidPayment())
+            return await self._retried(stored, payment, context, InvalidPayment())
         self._cache.put(key, new_state)
         return settlement
 
-    def _retried(
+    async def _retried(
         self, state: S, payment: P, context: PaymentContext, refused: InvalidPayment
     ) -> Settlement:
-        """The same request sent again (its answer was lost): served, nothing taken."""
+        """The same request sent again (its answer was lost): served, nothing taken.
+        Anything else under a challenge id already used is the draft's
+        ``invalid-challenge``; else ``refused``."""
         try:
             return self._scheme.retry(state, payment, request=context.request)
         except InvalidPayment:
+            if await self._book.challenge_used(context.challenge):
+                raise challenge_used() from None
             raise refused from None
 
     def _units(self, state: S, context: PaymentContext) -> int:
@@ -176,3 +196,9 @@ class OfflineMethod(Generic[S, P]):
         if denomination.currency != context.route.price.currency:
             raise InvalidPayment()
         return denomination.units_for(context.route.price.micros)
+
+
+def challenge_used() -> InvalidPayment:
+    """A payment under a challenge id a payment was accepted under before (the draft's
+    MUST: each id is single use)."""
+    return InvalidPayment("challenge already used", code=ErrorCode.CHALLENGE_INVALID)
