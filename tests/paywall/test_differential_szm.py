@@ -77,7 +77,8 @@ def answer(call: Callable[[], tuple[int, bool]]) -> Answer:
 
 @dataclass
 class Sent:
-    """A payment as sent: its bytes, the request tag that carried it, its price."""
+    """A payment as sent: its bytes, the request tag that carried it (also the id of the
+    challenge it answers: each new request gets one), its price."""
 
     card: int
     payment: Any
@@ -232,7 +233,9 @@ class Twins:
             payload=SzmPayload(payment=self.p.encode(sent.payment)).to_json(),
             route=PricedRoute(scope="/a", price=Price(micros=sent.units * 1000, currency="EUR")),
             resource="/a",
-            challenge=ChallengeId(raw=b"c", expires=now + 60),
+            challenge=ChallengeId(
+                raw=sent.request, expires=now + 60
+            ),  # one per request: ids are single use
             now=now,
             request=sent.request,
         )
