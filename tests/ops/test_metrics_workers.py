@@ -35,10 +35,17 @@ def test_one_scrape_counts_the_requests_of_both_workers(tmp_path: Path) -> None:
         str(Path(sys.executable).parent / "farthing"), "vendor", "serve", str(tmp_path),
         "--config", str(config), "--port", str(port), "--workers", "2",
     ]  # fmt: skip
-    with command_server(command, port, env={}, log_path=tmp_path / "vendor.log") as base:
+    temporary = tmp_path / "tmp"  # where the server makes its metrics folder
+    temporary.mkdir()
+    env = {"TMPDIR": str(temporary)}
+    with command_server(command, port, env=env, log_path=tmp_path / "vendor.log") as base:
         with ThreadPoolExecutor(max_workers=8) as pool:
             statuses = list(pool.map(_unpaid, [base] * REQUESTS))
         scraped = httpx.get(f"http://127.0.0.1:{admin_port}/metrics", timeout=10)
+        folders = list(temporary.glob("farthing-metrics-*"))
+        assert len(folders) == 1
+        assert list(folders[0].glob("*.db"))  # the workers' metric files
+    assert not folders[0].exists()  # removed when the server stopped
     assert statuses == [402] * REQUESTS
     assert scraped.status_code == 200
     samples = parse(scraped.text)
