@@ -15,6 +15,11 @@ connections) and logs through :mod:`farthing.logs` (the same warning at most 10 
 minute). At start the soft limit on file handles is raised to the hard limit, and the
 connection cap and the listen backlog are fitted below it (:func:`fit_to_file_limit`),
 so that ``accept()`` never fails for want of a file handle.
+
+With several workers, each counts its own requests and payments: the server points
+prometheus_client's multiprocess mode at a fresh, empty folder (``PROMETHEUS_MULTIPROC_DIR``,
+set before the workers start, removed when the server stops), so that a scrape of any
+worker reports the sum over all of them (:func:`farthing.observe.metrics.families`).
 """
 
 from __future__ import annotations
@@ -22,9 +27,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import resource
+import shutil
 import socket
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -43,6 +51,7 @@ __all__ = [
     "main",
     "raise_file_limit",
     "serve_factory",
+    "shared_metrics_folder",
 ]
 
 RESERVED_FILES: Final = 64  # listening socket, logs, database, the issuer client, imports
@@ -153,9 +162,29 @@ def serve_factory(
         return
     sock = listening_socket(host, port)
     try:
-        Multiprocess(config, sockets=[sock]).run()
+        with shared_metrics_folder():
+            Multiprocess(config, sockets=[sock]).run()
     finally:
         sock.close()
+
+
+@contextlib.contextmanager
+def shared_metrics_folder() -> Iterator[str]:
+    """A fresh folder for the workers' metric files, named in the environment the workers
+    inherit; counts of an earlier start (or another server) never leak into this one's."""
+    from farthing.observe.metrics import MULTIPROC_ENV
+
+    folder = tempfile.mkdtemp(prefix="farthing-metrics-")
+    before = os.environ.get(MULTIPROC_ENV)
+    os.environ[MULTIPROC_ENV] = folder
+    try:
+        yield folder
+    finally:
+        if before is None:
+            del os.environ[MULTIPROC_ENV]
+        else:
+            os.environ[MULTIPROC_ENV] = before
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -25,7 +25,8 @@ class _AdminServer(uvicorn.Server):
 
 async def serve_admin(app: ASGIApp, *, port: int, host: str = "127.0.0.1") -> None:
     """Serve ``app`` until cancelled. With several workers only the first to bind the
-    port serves it (each worker has its own counters): the others log and go on."""
+    port serves it, the others log and go on; its scrape sums the counters of all
+    workers (:func:`farthing.observe.metrics.families`)."""
     config = uvicorn.Config(
         app, host=host, port=port, log_level="warning", access_log=False, lifespan="off"
     )

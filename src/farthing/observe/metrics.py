@@ -1,9 +1,16 @@
 """Prometheus metrics shared by the issuer and the vendor, on registries the apps own.
 
 Labels are bounded: payment methods, outcomes (error-code names), price-table routes,
-currencies; never a card id, a customer or a free path. Counters count this process;
-the business gauges (float, cards expiring, deposits, redemptions) are read from the
-store when scraped, so every worker answers the same for them.
+currencies; never a card id, a customer or a free path. The business gauges (float,
+cards expiring, deposits, redemptions) are read from the store when scraped, so every
+worker answers the same for them.
+
+With several workers, ``farthing.serving`` sets ``PROMETHEUS_MULTIPROC_DIR`` (a fresh
+folder per server start) before they start: prometheus_client then keeps each process's
+counters and histograms in files there, and a scrape (:func:`families`) reports their sum
+over all workers, whichever worker answers it. The gauges read at scrape (the collectors
+of :class:`FnCollector`) are not summed: they are this worker's view (its pool) or the
+store's, which all workers share.
 
 Store metrics: ``farthing_store_batch_size`` and ``farthing_store_commit_seconds`` (one
 observation per group commit, from :class:`farthing.store.writer.StoreWriter`),
@@ -14,26 +21,53 @@ observation per group commit, from :class:`farthing.store.writer.StoreWriter`),
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator
+from typing import Final
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from farthing.store import Store
 
-__all__ = ["CONTENT_TYPE", "FnCollector", "StoreMetrics", "render"]
+__all__ = ["CONTENT_TYPE", "MULTIPROC_ENV", "FnCollector", "StoreMetrics", "families", "render"]
 
 log = logging.getLogger("farthing.metrics")
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+MULTIPROC_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"  # read by prometheus_client at import
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 _COMMIT_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5, 2.0)
 
 
 def render(registry: CollectorRegistry) -> bytes:
-    return generate_latest(registry)
+    scrape = CollectorRegistry(auto_describe=False)
+    scrape.register(_Scrape(registry))
+    return generate_latest(scrape)
+
+
+def families(registry: CollectorRegistry) -> list[Metric]:
+    """What a scrape of ``registry`` reports: its metrics, the counters and histograms
+    summed over all worker processes when they share a multiprocess folder."""
+    if not os.environ.get(MULTIPROC_ENV):
+        return list(registry.collect())
+    # prometheus_client's multiprocess module has no type annotations.
+    workers = MultiProcessCollector(None)  # type: ignore[no-untyped-call]
+    summed: list[Metric] = list(workers.collect())  # type: ignore[no-untyped-call]
+    # This process's own values of the same metrics are in the sum already.
+    names = {family.name for family in summed}
+    return [family for family in registry.collect() if family.name not in names] + summed
+
+
+class _Scrape(Collector):
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._registry = registry
+
+    def collect(self) -> Iterator[Metric]:
+        yield from families(self._registry)
 
 
 class FnCollector(Collector):

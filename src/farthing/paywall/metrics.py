@@ -5,8 +5,9 @@ its own loopback listener, never on the content port."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from farthing.observe.metrics import render
 from farthing.paywall.pricing import Price
 
 __all__ = ["PaywallMetrics"]
@@ -66,4 +67,4 @@ class PaywallMetrics:
             child[2].inc(price.micros)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        return render(self.registry)  # summed over the workers, if several
