@@ -11,9 +11,12 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser, Page, Playwright, sync_playwright
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
 
 CHROMIUM_FLAGS = [
     "--no-sandbox",
@@ -58,3 +61,14 @@ def page(chromium: Browser) -> Iterator[Page]:
     context = chromium.new_context()
     yield context.new_page()
     context.close()
+
+
+def screenshot(page: Page, name: str, folder: Path) -> Path:
+    """A full-page screenshot, kept in ``folder``; with ``FARTHING_SCREENSHOTS=1`` also
+    written over ``docs/<name>`` (the pictures the README and docs show), so an ordinary test
+    run leaves the work tree as it was."""
+    taken = folder / name
+    page.screenshot(path=str(taken), full_page=True)
+    if os.environ.get("FARTHING_SCREENSHOTS") == "1":
+        shutil.copyfile(taken, DOCS / name)
+    return taken

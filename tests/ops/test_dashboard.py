@@ -23,11 +23,11 @@ from farthing.issuer import IssuerConfig, RateLimits, create_issuer_app
 from farthing.wallet.auth import PaymentAuth
 from farthing.wallet.cards import parse_szm_code
 from farthing.wallet.wallet import Wallet
+from tests.browser import screenshot
 from tests.ops.test_metrics import buy
 
 pytestmark = pytest.mark.xdist_group("browser")
 
-DOCS = Path(__file__).resolve().parents[2] / "docs"
 HEADERS = {
     "x-content-type-options": "nosniff",
     "referrer-policy": "no-referrer",
@@ -195,7 +195,9 @@ def test_csv_exports_hold_the_tables(world: DemoWorld) -> None:
 
 
 @pytest.mark.browser
-def test_an_operator_logs_in_sees_revenue_and_blocks_a_card(world: DemoWorld, page: Page) -> None:
+def test_an_operator_logs_in_sees_revenue_and_blocks_a_card(
+    world: DemoWorld, page: Page, tmp_path: Path
+) -> None:
     base = dashboard(world)
     page.set_viewport_size({"width": 1200, "height": 1000})
     page.goto(f"{base}/")
@@ -209,8 +211,7 @@ def test_an_operator_logs_in_sees_revenue_and_blocks_a_card(world: DemoWorld, pa
     # The revenue chart draws the HLL (s0) and SZM (s2) bars of the bucket they fell in.
     expect(page.locator('svg.chart rect.s0:not([height="0.0"])').first).to_be_visible()
     expect(page.locator('svg.chart rect.s2:not([height="0.0"])').first).to_be_visible()
-    DOCS.mkdir(exist_ok=True)
-    page.screenshot(path=str(DOCS / "dashboard-overview.png"), full_page=True)
+    screenshot(page, "dashboard-overview.png", tmp_path)
     # Find the card and block it.
     card = chain_card_id(world)
     page.click("text=Cards")

@@ -16,6 +16,7 @@ from farthing.core import shortcode
 from farthing.core.encoding import b64url_encode
 from farthing.core.schemes import szm_chain
 from farthing.http.payment_auth import Credential, format_credential, parse_challenges
+from tests.browser import screenshot
 from tests.web.shop import (
     ARTICLES,
     PRICE_UNITS,
@@ -37,9 +38,6 @@ def typo(code: str) -> str:
     return first + code[1:]
 
 
-DOCS = Path(__file__).resolve().parents[2] / "docs"
-
-
 @pytest.fixture
 def shop(tmp_path: Path) -> Iterator[Shop]:
     with running_shop(tmp_path) as running:
@@ -58,7 +56,9 @@ def reader(context: BrowserContext) -> Page:
     return context.new_page()
 
 
-def test_the_402_page_shows_the_price_and_takes_a_card(reader: Page, shop: Shop) -> None:
+def test_the_402_page_shows_the_price_and_takes_a_card(
+    reader: Page, shop: Shop, tmp_path: Path
+) -> None:
     response = reader.goto(shop.base + "/articles/a.txt")
     assert response is not None
     assert response.status == 402
@@ -66,7 +66,7 @@ def test_the_402_page_shows_the_price_and_takes_a_card(reader: Page, shop: Shop)
     assert "Payment id=" in response.headers["www-authenticate"]
     assert reader.inner_text("h1") == "This article costs 0.2 cent"
     assert "szmchain" in reader.inner_text("#paywall")
-    reader.screenshot(path=str(DOCS / "browser-402.png"), full_page=True)
+    screenshot(reader, "browser-402.png", tmp_path)
 
     wrong = {
         typo(shop.code): "the card code has a typo",  # caught in the page: nothing sent
