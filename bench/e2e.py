@@ -289,8 +289,10 @@ class Issuing:
     bank: BankSide | None = None
 
 
+# Challenge ids are single use (the draft's MUST): every line answers a challenge of its own,
+# made as the vendor makes them (a wallet gets each next one with the previous paid answer).
 def chain_lines(ctx: Issuing, cards: int, units: int) -> list[str]:
-    challenge, now = challenge_id(ctx.secret, "szm:chain"), int(time.time())
+    now = int(time.time())
     columns = []
     for card in issue_chain_cards(ctx.store, cards, units):
         walker = szm_chain.card_walker(card)
@@ -298,20 +300,20 @@ def chain_lines(ctx: Issuing, cards: int, units: int) -> list[str]:
         for _ in range(units):
             card, payment, _ = szm_chain.next_payment(card, 1, now=now, walker=walker)
             raw = b64url_encode(szm_chain.encode_payment(payment))
-            column.append(header(challenge, {"payment": raw}))
+            column.append(header(challenge_id(ctx.secret, "szm:chain"), {"payment": raw}))
         columns.append(column)
     return interleave(columns)
 
 
 def prbg_lines(ctx: Issuing, cards: int, units: int) -> list[str]:
-    challenge, now = challenge_id(ctx.secret, "szm:prbg"), int(time.time())
+    now = int(time.time())
     columns = []
     for card in issue_prbg_cards(ctx.store, cards, units):
         column = []
         for _ in range(units):
             card, payment, _ = szm_prbg.next_payment(card, 1, now=now)
             raw = b64url_encode(szm_prbg.encode_payment(payment))
-            column.append(header(challenge, {"payment": raw}))
+            column.append(header(challenge_id(ctx.secret, "szm:prbg"), {"payment": raw}))
         columns.append(column)
     return interleave(columns)
 
@@ -336,7 +338,7 @@ COMMITMENT_CARRIERS: Final = 2
 
 def payword_lines(ctx: Issuing, commitments: int, units: int) -> list[str]:
     """Payments under fresh commitments; the first two of each carry the commitment."""
-    challenge, now = challenge_id(ctx.secret, "payword"), int(time.time())
+    now = int(time.time())
     cert = payword_certificate() if ctx.bank is None else ctx.bank.payword_certificate
     columns = []
     for _ in range(commitments):
@@ -359,7 +361,7 @@ def payword_lines(ctx: Issuing, commitments: int, units: int) -> list[str]:
             payload: dict[str, object] = {"payment": raw}
             if i < COMMITMENT_CARRIERS:
                 payload["commitment"] = encoded
-            column.append(header(challenge, payload))
+            column.append(header(challenge_id(ctx.secret, "payword"), payload))
         columns.append(column)
     return interleave(columns)
 
