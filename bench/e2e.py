@@ -1032,7 +1032,7 @@ def _explain(plan: Plan) -> str:
         "app. Every request carries its own pre-generated single-use credential, replayed by "
         "wrk (`bench/wrk/replay.lua`); a card's (or commitment's) payments are "
         f"{MIN_CARDS_PER_BATCH}+ requests apart, so they arrive in order. SZM bodies are "
-        "sealed (ChaCha20-Poly1305). PayWord: 1 payment in "
+        "sealed (AES-256-GCM). PayWord: 1 payment in "
         f"{UNITS_PER_CARD // COMMITMENT_CARRIERS} carries the signed commitment (checked "
         "and stored on first sight). hll:mac: verified online by the bank (the issuer app "
         "under uvicorn, 1 worker, its own store of the same kind) before delivery. With two "

@@ -161,8 +161,9 @@ def sample_cards(path: Path, count: int) -> list[tuple[bytes, int]]:
 
 
 def payment_lines(secret: bytes, cards: list[tuple[bytes, int]], payments: int) -> list[list[str]]:
-    """For each card, its next ``payments`` credentials (Authorization header values)."""
-    challenge, now = challenge_id(secret, "szm:chain"), int(time.time())
+    """For each card, its next ``payments`` credentials (Authorization header values), each
+    answering a challenge of its own (challenge ids are single use)."""
+    now = int(time.time())
     out = []
     for card_id, spent in cards:
         card = szm_chain.ChainCard(
@@ -178,7 +179,7 @@ def payment_lines(secret: bytes, cards: list[tuple[bytes, int]], payments: int) 
         for _ in range(payments):
             card, payment, _ = szm_chain.next_payment(card, 1, now=now, walker=walker)
             raw = b64url_encode(szm_chain.encode_payment(payment))
-            lines.append(header(challenge, {"payment": raw}))
+            lines.append(header(challenge_id(secret, "szm:chain"), {"payment": raw}))
         out.append(lines)
     return out
 
@@ -192,10 +193,10 @@ async def _child(config: Path, cold: list[str], warm: list[str], fill: list[str]
     from farthing.http.payment_auth import ChallengeBinder, encode_jcs_b64, parse_credential
     from farthing.paywall.config import load_vendor_config
     from farthing.paywall.methods.base import PaymentContext
-    from farthing.paywall.serve import app_from_config
+    from farthing.paywall.serve import vendor_from_config
 
     vendor = load_vendor_config(config)
-    paywall = app_from_config(vendor)  # what a uvicorn worker builds
+    paywall = vendor_from_config(vendor).paywall  # what a uvicorn worker builds
     method = paywall.methods["szmchain"]
     route = vendor.prices.match(PAID_PATH)
     assert route is not None

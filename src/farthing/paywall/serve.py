@@ -20,14 +20,20 @@ from farthing.core.clock import SystemClock
 from farthing.core.errors import LocalProtocolError
 from farthing.http.issuer_client import IssuerClient
 from farthing.observe.admin import serve_admin
-from farthing.paywall.app import build_vendor
+from farthing.paywall.app import VendorApps, build_vendor
 from farthing.paywall.config import CONFIG_ENV, VendorConfig, load_vendor_config
 from farthing.paywall.deposits import Depositor
 from farthing.paywall.goods import GoodsApp
 from farthing.paywall.sales import SalesLog, SalesRecorder
 from farthing.store import Store, open_store
 
-__all__ = ["app_from_config", "app_from_env", "depositor_for", "deposits_missing"]
+__all__ = [
+    "app_from_config",
+    "app_from_env",
+    "depositor_for",
+    "deposits_missing",
+    "vendor_from_config",
+]
 
 log = logging.getLogger("farthing.paywall")
 
@@ -44,6 +50,12 @@ def _bank(config: VendorConfig) -> IssuerClient | None:
 
 
 def app_from_config(config: VendorConfig) -> ASGIApp:
+    """The content port's app a uvicorn worker serves."""
+    return vendor_from_config(config).app
+
+
+def vendor_from_config(config: VendorConfig) -> VendorApps:
+    """The vendor's apps (content port, the paywall inside it, admin) as ``config`` says."""
     store = open_store(config.database)
     bank = _bank(config)
     closers = [bank.aclose] if bank is not None else []
@@ -76,7 +88,7 @@ def app_from_config(config: VendorConfig) -> ASGIApp:
     )
     if config.admin_port is not None:  # the lifespan reads ``background`` at start-up
         background.append(functools.partial(serve_admin, vendor.admin, port=config.admin_port))
-    return vendor.app
+    return vendor
 
 
 def app_from_env() -> ASGIApp:
