@@ -218,3 +218,25 @@ def test_the_default_preference_is_what_accept_payment_follows(
         accept = wallet.accept_payment(vendor.base + "/articles/a")
         assert accept == "szmchain/charge, szmprbg/charge;q=0.9"
         assert wallet.accept_payment("https://elsewhere.example/articles/a") is None
+
+
+def test_a_refused_payment_gets_challenges_ordered_by_accept_payment(
+    tmp_path: Path, vendor: Vendor
+) -> None:
+    """-02: the fresh challenges of a refusal follow ``Accept-Payment`` too. Before: the
+    402 to a replayed credential with ``Accept-Payment: szmchain/charge`` offered
+    ``[szmchain, szmprbg]``; now ``[szmchain]``."""
+    with (
+        wallet_with(tmp_path / "w.sqlite", vendor, "refused", ("chain",)) as wallet,
+        httpx.Client(auth=PaymentAuth(wallet), timeout=10) as client,
+    ):
+        assert client.get(vendor.base + "/articles/a").status_code == 200
+    paid = vendor.recorder.paid()[0]
+    headers = {
+        "Accept-Payment": "szmchain/charge",
+        "Authorization": paid.headers["authorization"],
+    }
+    replayed = httpx.get(vendor.base + "/articles/b", headers=headers, timeout=10)
+    assert replayed.status_code == 402
+    refusal = vendor.recorder.exchanges[-1]
+    assert refusal.offered() == ["szmchain"]
