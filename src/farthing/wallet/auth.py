@@ -155,8 +155,9 @@ class PaymentAuth(httpx.Auth):
         accept = self._payer.accept_payment(url)
         if accept is not None and ACCEPT_PAYMENT not in request.headers:
             request.headers[ACCEPT_PAYMENT] = accept
-        # The request may carry an Authorization of its own (a Bearer token for the app).
-        keep = AUTHORIZATION in request.headers
+        # The request may carry an Authorization of its own (a Bearer token for the app);
+        # a Payment credential there (a redirect's copy of ours) is not kept.
+        keep = not request.headers.get(AUTHORIZATION, "Payment ").startswith("Payment ")
         payment = self._payer.pay_up_front(url, keep_authorization=keep)
         up_front = payment is not None
         if payment is not None:
