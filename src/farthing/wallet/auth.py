@@ -29,6 +29,7 @@ import httpx
 
 from farthing.core.errors import FarthingError
 from farthing.http.payment_auth import Challenge, Receipt, parse_challenges
+from farthing.http.problems import FARTHING_CODE
 
 __all__ = ["Payer", "PaymentAuth", "PreparedPayment"]
 
@@ -200,7 +201,7 @@ def _problem_code(response: httpx.Response) -> int | None:
         problem = response.json()
     except ValueError:
         return None
-    code = problem.get("code") if isinstance(problem, dict) else None
+    code = problem.get(FARTHING_CODE) if isinstance(problem, dict) else None
     return code if type(code) is int else None
 
 
