@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from farthing.core import errors
@@ -25,7 +27,7 @@ from farthing.http.problems import (
 def test_draft_problem_types(error: errors.FarthingError, status: int, kind: str) -> None:
     problem = problem_for(error)
     assert (problem.status, problem.type) == (status, PROBLEM_BASE + kind)
-    assert problem.to_json()["code"] == int(error.code)
+    assert problem.to_json()["farthingCode"] == int(error.code)
 
 
 @pytest.mark.parametrize(
@@ -84,7 +86,53 @@ def test_local_misuse_is_internal_and_silent() -> None:
 def test_rate_limit_carries_retry_after() -> None:
     problem = problem_for(errors.RateLimited("slow", retry_after=7))
     assert problem.status == 429
-    assert problem.to_json()["retryAfter"] == 7
+    assert problem.to_json()["retry_after"] == 7
+
+
+@pytest.mark.parametrize(
+    ("error", "code", "reason"),
+    [
+        (errors.PaymentExpired("m", code=ErrorCode.CHALLENGE_EXPIRED), "expired_challenge",
+         "ttl-exceeded"),
+        (errors.PaymentExpired("m", code=ErrorCode.CARD_EXPIRED), "payment_expired",
+         "x-card-expired"),
+        (errors.InsufficientFunds("m"), "insufficient_balance", "below-minimum"),
+        (errors.InvalidPayment("m", code=ErrorCode.CHALLENGE_INVALID), "invalid_challenge",
+         "x-challenge-invalid"),
+        (errors.InvalidPayment("m", code=ErrorCode.PAYMENT_IN_PROGRESS), "invalid_challenge",
+         "x-payment-in-progress"),
+        (errors.InvalidPayment("m"), "verification_failed", "x-payment-invalid"),
+        (errors.Unavailable("m", retry_after=3, code=ErrorCode.ISSUER_UNAVAILABLE),
+         "network_error", "x-issuer-unavailable"),
+        (errors.LocalProtocolError("m"), "internal_payment_error", "x-internal"),
+    ],
+)  # fmt: skip
+def test_payment_problems_carry_errors00_code_and_reason(
+    error: errors.FarthingError, code: str, reason: str
+) -> None:
+    """draft-payment-errors-00 "Fields": ``code`` a string (its own where it has one for
+    this meaning), ``reason`` lowercase hyphenated (``x-`` for ours); our integer stays as
+    ``farthingCode``, and ``retry_after`` goes with every Retry-After."""
+    body = payment_problem_for(error).to_json()
+    assert (body["code"], body["reason"]) == (code, reason)
+    internal = isinstance(error, LocalProtocolError)
+    assert body["farthingCode"] == (ErrorCode.INTERNAL if internal else int(error.code))
+    retry = isinstance(error, errors.Unavailable) or error.code is ErrorCode.PAYMENT_IN_PROGRESS
+    assert ("retry_after" in body) is retry
+
+
+@pytest.mark.parametrize("code", list(ErrorCode), ids=lambda code: code.name)
+def test_every_reason_is_lowercase_hyphenated(code: ErrorCode) -> None:
+    for problem in (payment_problem_for(error_of(code)), problem_for(error_of(code))):
+        body = problem.to_json()
+        assert re.fullmatch(r"[a-z][a-z0-9-]*", str(body["reason"])), body
+        assert re.fullmatch(r"[a-z][a-z0-9_]*", str(body["code"])), body
+
+
+def test_the_old_integer_code_alone_is_no_farthing_problem() -> None:
+    """A body with only an integer ``code`` (the shape before errors-00) names nothing:
+    the client treats it as the peer's outage rather than guess."""
+    assert Problem.from_json(404, {"code": 4002, "detail": "x"}, None) is None
 
 
 def test_code_overrides() -> None:

@@ -129,7 +129,7 @@ def assert_problem(response: object, status: int, code: int | None = None) -> di
     body = response.json()
     assert body["status"] == status
     if code is not None:
-        assert body["code"] == code, body
+        assert body["farthingCode"] == code, body
     return dict(body)
 
 

@@ -143,7 +143,7 @@ async def test_internal_error_is_500_with_correlation_id_only(
         response = await api.get("/v1/ledger/check")
     assert response.status_code == 500
     body = response.json()
-    assert body["code"] == ErrorCode.INTERNAL
+    assert body["farthingCode"] == ErrorCode.INTERNAL
     assert "password" not in response.text
     assert body["correlationId"] in caplog.text
     assert "RuntimeError" in caplog.text

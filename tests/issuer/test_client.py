@@ -134,12 +134,12 @@ async def test_connection_failure_is_issuer_unavailable() -> None:
 @pytest.mark.parametrize(
     "response",
     [
-        httpx.Response(500, json={"code": 9000, "status": 500}),
+        httpx.Response(500, json={"farthingCode": 9000, "status": 500}),
         httpx.Response(502, text="<html>bad gateway</html>"),
         httpx.Response(404, text="not json"),
         httpx.Response(200, text="not json"),
         httpx.Response(200, json=[1, 2]),
-        httpx.Response(400, json={"code": 123456}),
+        httpx.Response(400, json={"farthingCode": 123456}),
     ],
 )
 async def test_broken_answers_are_issuer_unavailable(response: httpx.Response) -> None:
@@ -150,7 +150,7 @@ async def test_broken_answers_are_issuer_unavailable(response: httpx.Response) -
 
 
 async def test_rate_limited_carries_retry_after() -> None:
-    answer = httpx.Response(429, json={"code": 4005}, headers={"Retry-After": "7"})
+    answer = httpx.Response(429, json={"farthingCode": 4005}, headers={"Retry-After": "7"})
     async with _offline(httpx.MockTransport(lambda _request: answer)) as client:
         with pytest.raises(RateLimited) as limited:
             await client.redeem_payword(b"claim")
@@ -170,7 +170,7 @@ def test_every_remote_code_maps_to_its_class() -> None:
         ErrorCode.PAYLOAD_TOO_LARGE: "MalformedMessage",
     }
     for code, name in expected.items():
-        error = error_from_problem(400, {"code": int(code), "detail": "x"}, None)
+        error = error_from_problem(400, {"farthingCode": int(code), "detail": "x"}, None)
         assert type(error).__name__ == name
         assert error.code is code
 

@@ -150,7 +150,8 @@ async def test_bodies_in_flight_share_the_budget() -> None:
     headers = dict(start["headers"])  # type: ignore[call-overload]
     assert headers[b"retry-after"] == b"5"
     body = b"".join(cast(bytes, m["body"]) for m in second if m["type"] == "http.response.body")
-    assert b'"code":4007' in body
+    assert b'"farthingCode":4007' in body
+    assert b'"retry_after":5' in body  # errors-00: the body says what Retry-After says
     assert _status(small) == 200
     assert app.budget.left == app.budget.total == 90
 

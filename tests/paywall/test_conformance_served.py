@@ -192,6 +192,34 @@ def assert_fresh_challenge(response: httpx.Response, problem: str, used: Offer |
     assert response.headers["content-type"].startswith("application/problem+json")
     assert response.json()["type"] == PROBLEMS + problem
     assert "payment-receipt" not in response.headers  # -02 "Receipt Status Semantics"
+    assert_errors00_body(response.json())
+
+
+ERRORS00_CODES = {
+    "insufficient_balance", "expired_challenge", "invalid_signature", "amount_mismatch",
+    "unsupported_method", "network_error", "settlement_failed", "rate_limited",
+}  # fmt: skip
+CORE_TYPES = {
+    "payment-required", "payment-insufficient", "payment-expired", "verification-failed",
+    "method-unsupported", "malformed-credential", "invalid-challenge", "bad-request",
+    "invalid-payload", "internal-payment-error", "payment-action-required",
+}  # fmt: skip
+
+
+def assert_errors00_body(problem: dict[str, Any]) -> None:
+    """errors "Fields": ``code`` (a string: its taxonomy's, which it calls a superset of
+    -02's problem types), ``reason`` (lowercase, hyphen-delimited), ``detail``; and
+    ``retry_after`` a non-negative integer when present."""
+    for name in ("type", "title", "status", "code", "reason", "detail"):
+        assert name in problem, (name, problem)
+    core = {t.replace("-", "_") for t in CORE_TYPES}
+    assert problem["code"] in ERRORS00_CODES | core, problem
+    assert re.fullmatch(r"[a-z][a-z0-9-]*", problem["reason"]), problem
+    assert isinstance(problem["detail"], str)
+    assert problem["detail"]
+    if "retry_after" in problem:
+        assert isinstance(problem["retry_after"], int)
+        assert problem["retry_after"] >= 0
 
 
 # --- challenges --------------------------------------------------------------------------------
@@ -212,12 +240,13 @@ def test_402_is_not_stored(vendor: Vendor) -> None:
 
 def test_402_body_is_a_payment_required_problem(vendor: Vendor) -> None:
     """errors "Response Body": Content-Type application/problem+json; -02 "Error Response
-    Format": the type under https://paymentauth.org/problems/."""
+    Format": the type under https://paymentauth.org/problems/; errors "Fields"."""
     response = vendor.get()
     assert response.headers["content-type"].startswith("application/problem+json")
     problem = response.json()
     assert problem["type"] == PROBLEMS + "payment-required"
     assert problem["status"] == 402
+    assert_errors00_body(problem)
 
 
 def test_every_challenge_has_the_required_parameters(vendor: Vendor) -> None:

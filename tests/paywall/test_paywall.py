@@ -256,7 +256,7 @@ async def test_challenge_for_another_price_or_method_is_refused() -> None:
             for e in forged
         ]
     assert [a.status_code for a in answers] == [402] * len(forged)
-    assert {a.json()["code"] for a in answers} == {ErrorCode.CHALLENGE_INVALID}
+    assert {a.json()["farthingCode"] for a in answers} == {ErrorCode.CHALLENGE_INVALID}
     assert {a.json()["type"] for a in answers} == {PROBLEM_BASE + "invalid-challenge"}
 
 
@@ -274,7 +274,7 @@ async def test_expired_challenge_and_method_refusals() -> None:
     assert expired_card.status_code == 402
     assert expired_card.json()["type"].endswith("/payment-expired")
     assert late.status_code == 402
-    assert late.json()["code"] == ErrorCode.CHALLENGE_EXPIRED
+    assert late.json()["farthingCode"] == ErrorCode.CHALLENGE_EXPIRED
     assert challenges_of(late)
 
 

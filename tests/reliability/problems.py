@@ -55,7 +55,7 @@ def assert_problem(response: httpx.Response, *, families: set[int] | None = None
     assert body["status"] == status
     assert isinstance(body["type"], str)
     assert isinstance(body["title"], str)
-    code = body["code"]
+    code = body["farthingCode"]
     assert code in CODES, body
     assert status in expected_statuses(code), body
     return int(code)

@@ -228,7 +228,7 @@ def test_an_issuer_out_of_connections_answers_503_not_500(
     refused = [r for r in responses if r.status_code == 503]
     assert set(counts) <= {200, 503}, counts
     assert all(r.headers.get("retry-after") for r in refused)
-    assert all(r.json()["code"] == ErrorCode.STORE_UNAVAILABLE for r in refused)
+    assert all(r.json()["farthingCode"] == ErrorCode.STORE_UNAVAILABLE for r in refused)
     assert counts.get(503, 0) > 0, f"the storm never met the connection limit: {counts}"
 
 

@@ -34,7 +34,7 @@ PATH = "/articles/a.txt"
 def assert_problem(response: httpx.Response, status: int, code: ErrorCode) -> None:
     assert response.status_code == status, response.text[:300]
     assert response.headers["content-type"].startswith("application/problem+json")
-    assert json.loads(response.content)["code"] == int(code)
+    assert json.loads(response.content)["farthingCode"] == int(code)
 
 
 @pytest.fixture

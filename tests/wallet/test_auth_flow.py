@@ -226,7 +226,7 @@ def test_refusal_passes_the_receipt_and_the_problem_code() -> None:
     problem = httpx.Response(
         404,
         headers={"content-type": "application/problem+json"},
-        content=b'{"status": 404, "code": 4002}',
+        content=b'{"status": 404, "farthingCode": 4002}',
     )
     with pytest.raises(StopIteration):
         flow.send(problem)

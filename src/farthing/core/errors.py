@@ -106,6 +106,9 @@ class ErrorCode(IntEnum):
     SEAL_BROKEN = 2002
     SIGNATURE_INVALID = 2003
     DEPOSIT_INVALID = 2004
+    # The same credential is being delivered right now (draft -02 "Concurrent Request
+    # Handling": one delivery); resend it once that answer is out.
+    PAYMENT_IN_PROGRESS = 2021
 
     INSUFFICIENT_FUNDS = 3000
     CARD_EXPIRED = 3001
@@ -124,6 +127,8 @@ class ErrorCode(IntEnum):
     RATE_LIMITED = 4005
     PAYLOAD_TOO_LARGE = 4006
     SERVER_BUSY = 4007
+    IDEMPOTENCY_KEY_REUSED = 4022  # an Idempotency-Key already used for another request
+    IDEMPOTENCY_IN_PROGRESS = 4023  # the request of this Idempotency-Key is still running
 
     CARD_EXHAUSTED = 5000
     CARD_LOCKED = 5001
@@ -334,6 +339,8 @@ def _class_of(code: ErrorCode) -> type[FarthingError]:
         ErrorCode.NOT_FOUND: NotFound,
         ErrorCode.CONFLICT: Conflict,
         ErrorCode.DUPLICATE_SPEND: Conflict,
+        ErrorCode.IDEMPOTENCY_KEY_REUSED: Conflict,
+        ErrorCode.IDEMPOTENCY_IN_PROGRESS: Conflict,
         ErrorCode.RATE_LIMITED: RateLimited,
         ErrorCode.SERVER_BUSY: RateLimited,
         ErrorCode.PAYLOAD_TOO_LARGE: MalformedMessage,

@@ -12,8 +12,14 @@ A :class:`FarthingError` maps to a fixed status, problem ``type`` and ``title`` 
 and code; the ``detail`` is the error's own fixed message, which never carries secrets, and
 an :class:`ExternalFailure`'s cause never leaves this process. Our own misuse
 (:class:`LocalProtocolError`) and anything that is not a FarthingError is an internal fault:
-a bare 500 with a correlation id and nothing else. ``error_for(problem_for(e))`` gives back
-the class, code and message of every error that may cross (tests/http/test_problems.py).
+a bare 500 with a correlation id and nothing else (on the payment path the draft's
+``internal-payment-error``, elsewhere ``about:blank``). ``error_for(problem_for(e))`` gives
+back the class, code and message of every error that may cross (tests/http/test_problems.py).
+
+One body shape for the paywall and the issuer: RFC 9457's ``type``, ``title``, ``status``,
+``detail``; draft-payment-errors-00's string ``code`` and ``reason`` (and ``retry_after``
+whenever a ``Retry-After`` header goes with it); farthing's integer ``ErrorCode`` as
+``farthingCode``, which is what peers parse back.
 """
 
 from __future__ import annotations
@@ -40,10 +46,14 @@ from farthing.core.errors import (
 )
 
 __all__ = [
+    "FARTHING_CODE",
+    "INTERNAL_PAYMENT_ERROR",
     "PAYMENT_REQUIRED",
     "PROBLEM_BASE",
     "Problem",
     "crosses",
+    "draft_code",
+    "draft_reason",
     "error_for",
     "internal_problem",
     "payment_problem_for",
@@ -57,6 +67,10 @@ CONTENT_TYPE: Final = "application/problem+json"
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Problem:
+    """``code`` is farthing's stable integer :class:`ErrorCode`; on the wire it is the
+    ``farthingCode`` member, beside draft-payment-errors-00's string ``code`` and
+    ``reason`` (:func:`draft_code`, :func:`draft_reason`)."""
+
     status: int
     type: str
     title: str
@@ -66,10 +80,11 @@ class Problem:
 
     @classmethod
     def from_json(cls, status: int, body: object, retry_after: str | None) -> Problem | None:
-        """The problem a peer answered with, or None if the body names no farthing code."""
+        """The problem a peer answered with, or None if the body names no farthing code.
+        The wait is the ``Retry-After`` header's, else the body's ``retry_after``."""
         if not isinstance(body, dict):
             return None
-        code = body.get("code")
+        code = body.get(FARTHING_CODE)
         if not isinstance(code, int) or isinstance(code, bool):
             return None
         detail, type_, title = body.get("detail"), body.get("type"), body.get("title")
@@ -79,7 +94,7 @@ class Problem:
             title=title if isinstance(title, str) else "",
             detail=detail if isinstance(detail, str) and len(detail) <= _MAX_DETAIL else "",
             code=code,
-            retry_after=int(retry_after) if retry_after and retry_after.isdigit() else None,
+            retry_after=_wait(retry_after, body.get("retry_after")),
         )
 
     def to_json(self, **extra: object) -> dict[str, object]:
@@ -87,13 +102,70 @@ class Problem:
             "type": self.type,
             "title": self.title,
             "status": self.status,
+            "code": draft_code(self.type, self.code),
+            "reason": draft_reason(self.code),
             "detail": self.detail,
-            "code": self.code,
+            FARTHING_CODE: self.code,
         }
         if self.retry_after is not None:
-            body["retryAfter"] = self.retry_after
+            body["retry_after"] = self.retry_after
         body.update(extra)
         return body
+
+
+FARTHING_CODE: Final = "farthingCode"
+"""The body member of farthing's integer ErrorCode (an RFC 9457 extension member)."""
+
+# draft-payment-errors-00's codes and reasons, where one means what our error means. Every
+# other problem's ``code`` is its type's name with ``_`` for ``-`` (the core draft's types,
+# which errors-00 calls a subset of its codes), and its ``reason`` is ``x-`` and our code's
+# name (errors-00: "additional reason values prefixed with x-").
+_ERRORS00: Final = {
+    ErrorCode.CHALLENGE_EXPIRED: ("expired_challenge", "ttl-exceeded"),
+    ErrorCode.INSUFFICIENT_FUNDS: ("insufficient_balance", "below-minimum"),
+    ErrorCode.SIGNATURE_INVALID: ("invalid_signature", "verification-failed"),
+    ErrorCode.AMOUNT_MISMATCH: ("amount_mismatch", "wrong-amount"),
+    ErrorCode.UNSUPPORTED_METHOD: ("unsupported_method", "method-not-accepted"),
+    ErrorCode.RATE_LIMITED: ("rate_limited", "too-many-attempts"),
+    ErrorCode.ISSUER_UNAVAILABLE: ("network_error", "x-issuer-unavailable"),
+    ErrorCode.STORE_UNAVAILABLE: ("network_error", "x-store-unavailable"),
+}
+
+
+def draft_code(type_: str, code: int) -> str:
+    """errors-00's ``code`` of a problem: its own where it has one, else the type's name."""
+    known = _errors00(code)
+    if known is not None:
+        return known[0]
+    name = type_.rsplit("/", 1)[-1] if type_ != "about:blank" else "internal-error"
+    return name.replace("-", "_")
+
+
+def draft_reason(code: int) -> str:
+    """errors-00's ``reason``: stable, lowercase, hyphenated, from a fixed vocabulary."""
+    known = _errors00(code)
+    if known is not None:
+        return known[1]
+    try:
+        name = ErrorCode(code).name
+    except ValueError:
+        name = "unknown"
+    return "x-" + name.lower().replace("_", "-")
+
+
+def _errors00(code: int) -> tuple[str, str] | None:
+    try:
+        return _ERRORS00.get(ErrorCode(code))
+    except ValueError:
+        return None
+
+
+def _wait(header: str | None, member: object) -> int | None:
+    if header and header.isdigit():
+        return int(header)
+    if isinstance(member, int) and not isinstance(member, bool) and member >= 0:
+        return member
+    return None
 
 
 # (class, status, type URI, title), first match wins; order from specific to general.
@@ -116,7 +188,19 @@ _CODE_OVERRIDES: Final = {
     ErrorCode.SERVER_BUSY: (503, FARTHING_BASE + "server-busy", "Server busy"),
     # The issuer (bank, broker) could not be reached: try again later, nothing was taken.
     ErrorCode.ISSUER_UNAVAILABLE: (503, FARTHING_BASE + "issuer-unavailable", "Issuer unavailable"),
+    # A paid POST's Idempotency-Key (draft-ietf-httpapi-idempotency-key-header's statuses).
+    ErrorCode.IDEMPOTENCY_KEY_REUSED: (
+        422,
+        FARTHING_BASE + "idempotency-key-reused",
+        "Idempotency-Key reused",
+    ),
+    ErrorCode.IDEMPOTENCY_IN_PROGRESS: (
+        409,
+        FARTHING_BASE + "idempotency-in-progress",
+        "Request in progress",
+    ),
 }
+_IN_PROGRESS_WAIT: Final = 1  # seconds: the copy being delivered is usually out by then
 _DEFAULT_RETRY_AFTER: Final = 1  # a peer's 429 or 503 without a usable Retry-After
 _MAX_DETAIL: Final = 200  # longer details from a peer are dropped, not echoed
 
@@ -168,6 +252,8 @@ _PAYMENT_BY_CODE: Final = {
     ErrorCode.MALFORMED_CREDENTIAL: (402, "malformed-credential", "Malformed credential"),
     ErrorCode.OVERSIZED: (402, "malformed-credential", "Malformed credential"),
     ErrorCode.CHALLENGE_INVALID: (402, "invalid-challenge", "Invalid challenge"),
+    # The id's payment is being delivered to another copy of this request right now.
+    ErrorCode.PAYMENT_IN_PROGRESS: (402, "invalid-challenge", "Payment in progress"),
     ErrorCode.BAD_FIELD: (400, "bad-request", "Bad request"),
 }
 _PAYMENT_BY_CLASS: Final[tuple[tuple[type[FarthingError], int, str, str], ...]] = (
@@ -189,7 +275,7 @@ def payment_problem_for(error: FarthingError) -> Problem:
     paywall adds fresh challenges); 403 only for a valid payment that policy refuses;
     outages (503, 429) and our own faults (500) as :func:`problem_for`."""
     if not crosses(error):
-        return internal_problem()
+        return INTERNAL_PAYMENT_ERROR
     entry = _PAYMENT_BY_CODE.get(error.code)
     if entry is None and error.code not in _CODE_OVERRIDES:
         entry = next((row[1:] for row in _PAYMENT_BY_CLASS if isinstance(error, row[0])), None)
@@ -202,6 +288,7 @@ def payment_problem_for(error: FarthingError) -> Problem:
         title=title,
         detail=error.message,
         code=int(error.code),
+        retry_after=_IN_PROGRESS_WAIT if error.code is ErrorCode.PAYMENT_IN_PROGRESS else None,
     )
 
 
@@ -226,6 +313,7 @@ def error_for(problem: Problem) -> FarthingError | None:
 
 
 def internal_problem() -> Problem:
+    """A fault of the server itself, outside a payment (the issuer's API)."""
     return Problem(
         status=500,
         type="about:blank",
@@ -233,6 +321,16 @@ def internal_problem() -> Problem:
         detail="internal error",
         code=int(ErrorCode.INTERNAL),
     )
+
+
+INTERNAL_PAYMENT_ERROR: Final = Problem(
+    status=500,
+    type=PROBLEM_BASE + "internal-payment-error",
+    title="Internal payment error",
+    detail="internal error",
+    code=int(ErrorCode.INTERNAL),
+)
+"""A fault of the server while it handled a payment (draft -02 "Error Codes")."""
 
 
 PAYMENT_REQUIRED: Final = Problem(

@@ -69,10 +69,10 @@ from farthing.http.payment_auth import (
 )
 from farthing.http.problems import (
     CONTENT_TYPE,
+    INTERNAL_PAYMENT_ERROR,
     PAYMENT_REQUIRED,
     PROBLEM_BASE,
     Problem,
-    internal_problem,
     payment_problem_for,
     problem_for,
 )
@@ -288,7 +288,7 @@ class Paywall:
             correlation = correlation_id()
             log.exception("payment settlement failed (correlation id %s)", correlation)
             self._count(method_name, "internal", started, route)
-            await self._send_problem(send, internal_problem(), route, correlation=correlation)
+            await self._send_problem(send, INTERNAL_PAYMENT_ERROR, route, correlation=correlation)
             return None
         self._count(method_name, "retried" if settlement.retried else "accepted", started, route)
         return settlement
@@ -526,7 +526,7 @@ async def _send_not_found(send: Send, problem: Problem, *, head: bool) -> None:
 
 
 async def _send_internal_error(send: Send, correlation: str) -> None:
-    body = json.dumps(internal_problem().to_json(correlationId=correlation)).encode()
+    body = json.dumps(INTERNAL_PAYMENT_ERROR.to_json(correlationId=correlation)).encode()
     await _send_problem_body(send, 500, body)
 
 

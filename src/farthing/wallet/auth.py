@@ -35,6 +35,7 @@ import httpx
 
 from farthing.core.errors import FarthingError
 from farthing.http.payment_auth import Challenge, Receipt, parse_challenges
+from farthing.http.problems import FARTHING_CODE
 
 AUTHORIZATION = "Authorization"
 ACCEPT_PAYMENT = "Accept-Payment"
@@ -234,7 +235,7 @@ def _problem_code(response: httpx.Response) -> int | None:
         problem = response.json()
     except ValueError:
         return None
-    code = problem.get("code") if isinstance(problem, dict) else None
+    code = problem.get(FARTHING_CODE) if isinstance(problem, dict) else None
     return code if type(code) is int else None
 
 
