@@ -196,7 +196,14 @@ class Paywall:
             )
             return
         settlement = await self._settle_or_answer(
-            authorization, field, digest, route, path, send, scope["method"]
+            authorization,
+            field,
+            digest,
+            route,
+            path,
+            send,
+            scope["method"],
+            accept=_header(scope, b"accept-payment"),
         )
         if settlement is not None:
             scope[PAYMENT_SCOPE_KEY] = settlement
@@ -234,7 +241,11 @@ class Paywall:
         path: str,
         send: Send,
         http_method: str,
+        *,
+        accept: str | None = None,
     ) -> Settlement | None:
+        """Settle the credential, or answer the refusal: a 402 whose fresh challenges
+        follow the request's ``Accept-Payment`` (``accept``), as the first 402's do."""
         method_name = "unknown"
         started = time.perf_counter()
         try:
@@ -270,6 +281,7 @@ class Paywall:
                 method=method_name,
                 header=field,
                 digest=digest,
+                accept=accept,
             )
             return None
         except Exception:
