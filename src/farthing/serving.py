@@ -15,10 +15,10 @@ pure-Python h11 parser on asyncio, and ~130 us less per paid one (bench/e2e.py m
 it; ``http="h11"`` keeps the old one). uvloop sets ``TCP_NODELAY`` on every TCP connection
 itself. Against slow and greedy clients (docs/scaling.md), the protocol runs under
 :mod:`farthing.guard` (request head and body timeouts, a cap on open connections, a
-request head of at most 16 KiB) and logs through :mod:`farthing.logs` (the same warning at most 10 times a
-minute). At start the soft limit on file handles is raised to the hard limit, and the
-connection cap and the listen backlog are fitted below it (:func:`fit_to_file_limit`),
-so that ``accept()`` never fails for want of a file handle.
+request head of at most 16 KiB) and logs through :mod:`farthing.logs` (the same
+warning at most 10 times a minute). At start the soft limit on file handles is raised
+to the hard limit, and the connection cap and the listen backlog are fitted below it
+(:func:`fit_to_file_limit`), so that ``accept()`` never fails for want of a file handle.
 
 With several workers, each counts its own requests and payments: the server points
 prometheus_client's multiprocess mode at a fresh, empty folder (``PROMETHEUS_MULTIPROC_DIR``,

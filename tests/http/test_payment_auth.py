@@ -19,6 +19,7 @@ from farthing.http.payment_auth import (
     Receipt,
     decode_json_b64,
     encode_jcs_b64,
+    encode_json_b64,
     format_challenge,
     format_credential,
     parse_challenges,
@@ -312,3 +313,31 @@ def test_the_fast_challenge_header_refuses_what_issue_refuses() -> None:
         BINDER.challenge_header(
             realm="news", method="szmchain", request_b64="e30", expires=NOW, nonce=b"n"
         )
+
+
+@given(
+    st.dictionaries(
+        st.text(),
+        st.recursive(
+            st.none() | st.booleans() | st.integers() | st.text(),
+            lambda inner: (
+                st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3)
+            ),
+            max_leaves=8,
+        ),
+        max_size=5,
+    )
+)
+def test_receipt_and_credential_json_is_the_json_modules(obj: dict[str, object]) -> None:
+    """orjson writes what ``json.dumps(sort_keys, compact, ensure_ascii=False)`` wrote,
+    for any JSON of strings, integers (past 64 bits too), booleans, null, lists, objects."""
+    import json
+
+    try:
+        expected = json.dumps(obj, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+        raw = expected.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: neither writes it
+        with pytest.raises((UnicodeEncodeError, TypeError, ValueError)):
+            encode_json_b64(obj)
+        return
+    assert encode_json_b64(obj) == b64url_encode(raw)
