@@ -26,6 +26,7 @@ import anyio.to_thread
 from pyinstrument import Profiler
 from pyinstrument.frame import Frame
 
+from bench import paidcpu
 from bench.e2e import (
     BODY,
     CHAIN_MASTER,
@@ -592,7 +593,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer iterations")
     args = parser.parse_args()
-    text = render(measure(args.quick))
+    text = render(measure(args.quick)) + "\n\n" + paidcpu.render(paidcpu.measure(args.quick))
     print(text)
     write_section("profile", "Profile: where the time of a paid request goes", text)
 
