@@ -53,6 +53,7 @@ from farthing.http.payment_auth import (
     encode_json_b64,
     parse_credential,
 )
+from farthing.logs import LoopBufferedHandler
 from farthing.paywall.app import VendorApps
 from farthing.paywall.config import load_vendor_config
 from farthing.paywall.methods.offline import Advance
@@ -177,11 +178,13 @@ def _metrics_off(vendor: VendorApps) -> Callable[[], None]:
 
 
 @contextmanager
-def access_log_on(path: Path) -> Iterator[None]:
+def access_log_on(path: Path, *, buffered: bool = True) -> Iterator[None]:
     """The access log as ``farthing vendor serve`` writes it by default (one line per
-    request); the benchmark servers run with ``--no-access-log``."""
+    request, the lines of one loop pass in one write), or with a write per line
+    (``buffered=False``, as before); the benchmark servers run with ``--no-access-log``."""
     logger = logging.getLogger("farthing.access")
-    handler = logging.FileHandler(path)
+    stream = path.open("a")
+    handler = LoopBufferedHandler(stream) if buffered else logging.StreamHandler(stream)
     handler.setFormatter(logging.Formatter("%(message)s"))
     level, handlers, propagate = logger.level, logger.handlers, logger.propagate
     logger.setLevel(logging.INFO)
@@ -192,6 +195,7 @@ def access_log_on(path: Path) -> Iterator[None]:
         logger.setLevel(level)
         logger.handlers, logger.propagate = handlers, propagate
         handler.close()
+        stream.close()
 
 
 def features(vendor: VendorApps) -> list[Feature]:
@@ -239,6 +243,7 @@ class CpuMeasured:
     without: list[Row]
     without_wire_us: float
     access_log_us: float
+    access_log_unbuffered_us: float
     parse_new_us: float
     parse_old_us: float
     payword: PaywordLatency
@@ -269,7 +274,7 @@ def measure(quick: bool) -> CpuMeasured:
         try:
             issuing = Issuing(store=store, secret=folder.challenge_secret)
             switches = features(vendor)
-            variants = len(switches) + 3  # all, each off, the wire shape's off, access log
+            variants = len(switches) + 4  # all, each off, the wire shape's, 2 access logs
             pool: list[str] = []
             while len(pool) < (variants * rounds + 2) * n:
                 pool += chain_lines(issuing, 1000, 50)
@@ -278,7 +283,7 @@ def measure(quick: bool) -> CpuMeasured:
             store.close()
         parse_new, parse_old = _parse_costs(pool[0], folder.challenge_secret)
         payword = _payword_latency(work / "payword", quick)
-    paid, free, without, wire, logged = result
+    paid, free, without, wire, logged, unbuffered = result
     return CpuMeasured(
         paid_us=paid,
         free_us=free,
@@ -288,6 +293,7 @@ def measure(quick: bool) -> CpuMeasured:
         ],
         without_wire_us=wire,
         access_log_us=logged,
+        access_log_unbuffered_us=unbuffered,
         parse_new_us=parse_new,
         parse_old_us=parse_old,
         payword=payword,
@@ -303,7 +309,7 @@ async def _interleaved(
     n: int,
     rounds: int,
     work: Path,
-) -> tuple[float, float, list[list[float]], float, float]:
+) -> tuple[float, float, list[list[float]], float, float, float]:
     app = vendor.app
 
     def take() -> list[str | None]:
@@ -319,7 +325,7 @@ async def _interleaved(
 
     for _ in range(2):  # warm: every card's state cached, every code path run
         await concurrent_pass(app, PAID_PATH, take())
-    paid, free, wire, logged = [], [], [], []
+    paid, free, wire, logged, unbuffered = [], [], [], [], []
     off: list[list[float]] = [[] for _ in switches]
     for _ in range(rounds):
         paid.append(await concurrent_pass(app, PAID_PATH, take()))
@@ -328,6 +334,8 @@ async def _interleaved(
         wire.append(await without(*WIRE_SHAPE))
         with access_log_on(work / "access.log"):
             logged.append(await concurrent_pass(app, PAID_PATH, take()))
+        with access_log_on(work / "access.log", buffered=False):
+            unbuffered.append(await concurrent_pass(app, PAID_PATH, take()))
         free.append(await concurrent_pass(app, FREE_PATH, [None] * n))
     us = 1e6
     return (
@@ -336,6 +344,7 @@ async def _interleaved(
         [[v * us for v in values] for values in off],
         statistics.median(wire) * us,
         statistics.median(logged) * us,
+        statistics.median(unbuffered) * us,
     )
 
 
@@ -433,6 +442,8 @@ def render(m: CpuMeasured) -> str:
         f"{m.without_wire_us:,.0f} | {wire:,.0f} |",
         f"| with the access log written (one line per request, the default of `vendor "
         f"serve`) | {m.access_log_us:,.0f} | {m.access_log_us - m.paid_us:,.0f} |",
+        f"| the same, a write per line (the handler before this session) | "
+        f"{m.access_log_unbuffered_us:,.0f} | {m.access_log_unbuffered_us - m.paid_us:,.0f} |",
         f"| free (`{FREE_PATH}`, same file, unpriced) | {m.free_us:,.0f} | - |",
         "",
         f"**What the draft's wire shape costs per paid request**: {wire + parse:,.0f} us of "
