@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import logging
 import os
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -233,7 +234,7 @@ WIRE_SHAPE: Final = (0, 1)  # the features above that the draft's wire shape bro
 class Row:
     name: str
     where: str
-    micros: float  # CPU per paid request with it switched off (or on, for the access log)
+    stat: Stat  # with the feature switched off
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,9 +242,9 @@ class CpuMeasured:
     paid_us: float
     free_us: float
     without: list[Row]
-    without_wire_us: float
-    access_log_us: float
-    access_log_unbuffered_us: float
+    without_wire: Stat
+    access_log: Stat
+    access_log_unbuffered: Stat
     parse_new_us: float
     parse_old_us: float
     payword: PaywordLatency
@@ -283,17 +284,14 @@ def measure(quick: bool) -> CpuMeasured:
             store.close()
         parse_new, parse_old = _parse_costs(pool[0], folder.challenge_secret)
         payword = _payword_latency(work / "payword", quick)
-    paid, free, without, wire, logged, unbuffered = result
+    count = len(switches)
     return CpuMeasured(
-        paid_us=paid,
-        free_us=free,
-        without=[
-            Row(f.name, f.where, statistics.median(values))
-            for f, values in zip(switches, without, strict=True)
-        ],
-        without_wire_us=wire,
-        access_log_us=logged,
-        access_log_unbuffered_us=unbuffered,
+        paid_us=result[0].cpu,
+        free_us=result[-1].cpu,
+        without=[Row(f.name, f.where, stat) for f, stat in zip(switches, result[1:], strict=False)],
+        without_wire=result[1 + count],
+        access_log=result[2 + count],
+        access_log_unbuffered=result[3 + count],
         parse_new_us=parse_new,
         parse_old_us=parse_old,
         payword=payword,
@@ -309,7 +307,9 @@ async def _interleaved(
     n: int,
     rounds: int,
     work: Path,
-) -> tuple[float, float, list[list[float]], float, float, float]:
+) -> list[Stat]:
+    """Per variant (paid, each feature off, the wire shape's off, the access log buffered
+    and not, free), in that order."""
     app = vendor.app
 
     def take() -> list[str | None]:
@@ -323,29 +323,49 @@ async def _interleaved(
             for restore in restores:
                 restore()
 
+    async def paid() -> float:
+        return await concurrent_pass(app, PAID_PATH, take())
+
+    async def logged(buffered: bool) -> float:
+        with access_log_on(work / "access.log", buffered=buffered):
+            return await paid()
+
+    async def free() -> float:
+        return await concurrent_pass(app, FREE_PATH, [None] * n)
+
+    variants: list[Callable[[], Awaitable[float]]] = [
+        paid,
+        *(functools.partial(without, i) for i in range(len(switches))),
+        functools.partial(without, *WIRE_SHAPE),
+        functools.partial(logged, True),
+        functools.partial(logged, False),
+        free,
+    ]
     for _ in range(2):  # warm: every card's state cached, every code path run
-        await concurrent_pass(app, PAID_PATH, take())
-    paid, free, wire, logged, unbuffered = [], [], [], [], []
-    off: list[list[float]] = [[] for _ in switches]
-    for _ in range(rounds):
-        paid.append(await concurrent_pass(app, PAID_PATH, take()))
-        for i in range(len(switches)):
-            off[i].append(await without(i))
-        wire.append(await without(*WIRE_SHAPE))
-        with access_log_on(work / "access.log"):
-            logged.append(await concurrent_pass(app, PAID_PATH, take()))
-        with access_log_on(work / "access.log", buffered=False):
-            unbuffered.append(await concurrent_pass(app, PAID_PATH, take()))
-        free.append(await concurrent_pass(app, FREE_PATH, [None] * n))
-    us = 1e6
-    return (
-        statistics.median(paid) * us,
-        statistics.median(free) * us,
-        [[v * us for v in values] for values in off],
-        statistics.median(wire) * us,
-        statistics.median(logged) * us,
-        statistics.median(unbuffered) * us,
-    )
+        await paid()
+    found: list[list[float]] = [[] for _ in variants]
+    for turn in range(rounds):
+        # Each round starts at another variant: no variant always follows the same one.
+        for k in range(len(variants)):
+            i = (k + turn) % len(variants)
+            found[i].append(await variants[i]() * 1e6)
+    return [_stat(values, found[0]) for values in found]
+
+
+@dataclass(frozen=True, slots=True)
+class Stat:
+    """One variant: its median CPU per request, and the median, smallest and largest of its
+    difference to the paid variant of the same round (us; + is more CPU)."""
+
+    cpu: float
+    diff: float
+    low: float
+    high: float
+
+
+def _stat(values: list[float], paid: list[float]) -> Stat:
+    diffs = [v - p for v, p in zip(values, paid, strict=True)]
+    return Stat(statistics.median(values), statistics.median(diffs), min(diffs), max(diffs))
 
 
 def _parse_costs(line: str, secret: bytes) -> tuple[float, float]:
@@ -415,8 +435,14 @@ def _payword_latency(folder: Path, quick: bool) -> PaywordLatency:
 # --- rendering ------------------------------------------------------------------------------
 
 
+def _cost(stat: Stat, sign: int = -1) -> str:
+    """A feature's cost: the median of the per-round differences (its range in brackets)."""
+    low, high = sorted((sign * stat.low, sign * stat.high))
+    return f"{sign * stat.diff:,.0f} ({low:,.0f} to {high:,.0f})"
+
+
 def render(m: CpuMeasured) -> str:
-    wire = m.paid_us - m.without_wire_us
+    wire = -m.without_wire.diff
     parse = m.parse_new_us - m.parse_old_us
     lines = [
         "### CPU per paid request, feature by feature",
@@ -426,24 +452,29 @@ def render(m: CpuMeasured) -> str:
         f"{CONCURRENT} concurrent clients with pre-generated `szm:chain` credentials (cards "
         "cached; payments share commits as under load). *CPU*: this process's CPU time "
         "(user + system) per request, which waiting for the disk or for another process does "
-        "not inflate; each feature switched off in turn, the passes interleaved, medians of "
-        f"{m.rounds} rounds of {m.requests:,} requests. No HTTP server here: "
-        "the end-to-end section measures the server's CPU per request over loopback.",
+        "not inflate; each feature switched off in turn, the passes interleaved (each round "
+        f"starting at another variant), {m.rounds} rounds of {m.requests:,} requests. *Costs*: "
+        "the median over the rounds of the difference to the paid pass of the same round, "
+        "and in brackets the smallest and largest of them: a range that spans zero is a "
+        "cost this machine could not tell from its noise. No HTTP server here: the "
+        "end-to-end section measures the server's CPU per request over loopback.",
         "",
-        "| variant | CPU per request (us) | the feature costs (us) |",
+        "| variant | CPU per request (us, median) | the feature costs (us) |",
         "|---|---:|---:|",
         f"| paid, everything on (as `vendor serve --no-access-log`) | {m.paid_us:,.0f} | - |",
     ]
     for row in m.without:
-        cost = m.paid_us - row.micros
-        lines.append(f"| without {row.name} ({row.where}) | {row.micros:,.0f} | {cost:,.0f} |")
+        lines.append(
+            f"| without {row.name} ({row.where}) | {row.stat.cpu:,.0f} | {_cost(row.stat)} |"
+        )
     lines += [
         f"| without the draft's fresh challenge and single-use id together | "
-        f"{m.without_wire_us:,.0f} | {wire:,.0f} |",
-        f"| with the access log written (one line per request, the default of `vendor "
-        f"serve`) | {m.access_log_us:,.0f} | {m.access_log_us - m.paid_us:,.0f} |",
+        f"{m.without_wire.cpu:,.0f} | {_cost(m.without_wire)} |",
+        f"| with the access log written (one line per request, the lines of a loop pass in "
+        f"one write; the default of `vendor serve`) | {m.access_log.cpu:,.0f} | "
+        f"{_cost(m.access_log, 1)} |",
         f"| the same, a write per line (the handler before this session) | "
-        f"{m.access_log_unbuffered_us:,.0f} | {m.access_log_unbuffered_us - m.paid_us:,.0f} |",
+        f"{m.access_log_unbuffered.cpu:,.0f} | {_cost(m.access_log_unbuffered, 1)} |",
         f"| free (`{FREE_PATH}`, same file, unpriced) | {m.free_us:,.0f} | - |",
         "",
         f"**What the draft's wire shape costs per paid request**: {wire + parse:,.0f} us of "
