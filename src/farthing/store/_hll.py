@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Final, TypeVar, final
 
 from sqlalchemy import (
+    BindParameter,
     ClauseElement,
     Dialect,
     TextClause,
@@ -40,8 +41,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from farthing.core.errors import ErrorCode, InsufficientFunds, NotFound
 from farthing.store._driver import Compiled, fetch_one, rowcount
-from farthing.store._fastlane import FastStatement
 from farthing.store._errors import is_unique_violation, unique_violation_as
+from farthing.store._fastlane import FastStatement
 from farthing.store._rows import CardStatus, HllBatchRow, HllCardRow, HllSpendRow
 from farthing.store._schema import hll_cards, hll_deposit_batches, hll_spends, merchants
 from farthing.store._sql import (
@@ -117,7 +118,7 @@ _ONLINE: Final = Compiled(_OnlineStatements.build)
 def _spend_once(dialect: Dialect) -> ClauseElement:
     """INSERT the spend ... ON CONFLICT (card_id, counter) DO NOTHING: one row if this
     (card, counter) is new, none if it was recorded before (the primary key decides)."""
-    values = {
+    values: dict[str, BindParameter[object]] = {
         name: bindparam(name)
         for name in ("card_id", "counter", "merchant_id", "amount_units", "at", "offer_digest")
     }

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final, final
 
-from sqlalchemy import ColumnElement, Dialect, bindparam, case, func, insert, select
+from sqlalchemy import BindParameter, ColumnElement, Dialect, bindparam, case, func, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from farthing.core.errors import Conflict, LocalProtocolError, NotFound
@@ -62,7 +62,9 @@ class _PostStatements:
 
     @classmethod
     def build(cls, dialect: Dialect) -> _PostStatements:
-        values = {name: bindparam(name) for name in ("kind", "reference", "created_at")}
+        values: dict[str, BindParameter[object]] = {
+            name: bindparam(name) for name in ("kind", "reference", "created_at")
+        }
         txn = (
             postgresql.insert(ledger_txns)
             if dialect.name == "postgresql"
