@@ -74,6 +74,21 @@ _CHARGE_CARDS: Final = (
     .values(spent_units=hll_cards.c.spent_units + bindparam("b_units"))
 )
 
+# PostgreSQL: a deposit batch's accepted spends in one INSERT and one UPDATE whatever its
+# size: the rows go as a few array parameters (psycopg sends each as one value), not as
+# one parameter set per row (bench.clearing: the per-row binding was a third of the CPU).
+_RECORD_SPENDS_PG: Final = text(
+    "INSERT INTO hll_spends (card_id, counter, merchant_id, amount_units, batch_id, at)"
+    " SELECT k.card_id, k.counter, :merchant_id, k.units, :batch_id, :at"
+    " FROM unnest(CAST(:cards AS bytea[]), CAST(:counters AS bigint[]),"
+    " CAST(:units AS bigint[])) AS k(card_id, counter, units)"
+)
+_CHARGE_CARDS_PG: Final = text(
+    "UPDATE hll_cards AS c SET spent_units = c.spent_units + k.units"
+    " FROM unnest(CAST(:cards AS bytea[]), CAST(:units AS bigint[])) AS k(card_id, units)"
+    " WHERE c.card_id = k.card_id"
+)
+
 _SPENT_AMONG_PG: Final = text(
     "SELECT s.card_id, s.counter FROM hll_spends AS s"
     " JOIN unnest(CAST(:cards AS bytea[]), CAST(:counters AS bigint[])) AS k(card_id, counter)"
@@ -322,11 +337,16 @@ class HllArea(Area):
         No savepoint per spend: a (card, counter) recorded meanwhile fails the primary key
         and the loaded value still bounds each card (CHECK ``within_loaded``), so a wrong
         judgement raises and the whole transaction rolls back, never charging twice."""
+        accepted = list(spends)
         charges: dict[bytes, int] = {}
-        rows = []
-        for card_id, counter, units in spends:
+        for card_id, _, units in accepted:
             require_positive(units, "amount_units")
             charges[card_id] = charges.get(card_id, 0) + units
+        if self._ctx.conn.dialect.name == "postgresql":
+            self._record_spends_pg(accepted, charges, merchant_id, batch_id, at)
+            return
+        rows = []
+        for card_id, counter, units in accepted:
             rows.append(
                 {
                     "card_id": card_id,
@@ -345,6 +365,31 @@ class HllArea(Area):
         ]
         for chunk in _chunks(per_card):
             self._ctx.conn.execute(_CHARGE_CARDS, list(chunk))
+
+    def _record_spends_pg(
+        self,
+        spends: list[tuple[bytes, int, int]],
+        charges: dict[bytes, int],
+        merchant_id: str,
+        batch_id: bytes,
+        at: int,
+    ) -> None:
+        if not spends:
+            return
+        conn = self._ctx.conn
+        conn.execute(
+            _RECORD_SPENDS_PG,
+            {
+                "cards": [card for card, _, _ in spends],
+                "counters": [counter for _, counter, _ in spends],
+                "units": [units for _, _, units in spends],
+                "merchant_id": merchant_id,
+                "batch_id": batch_id,
+                "at": at,
+            },
+        )
+        cards = sorted(charges)  # in card id order, as the cards were locked
+        conn.execute(_CHARGE_CARDS_PG, {"cards": cards, "units": [charges[c] for c in cards]})
 
     def _charge(self, card_id: bytes, amount_units: int) -> bool:
         c = hll_cards.c
