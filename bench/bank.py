@@ -1,6 +1,7 @@
 """The bank alone: online HLL verifications per second and CPU per verification.
 
-Run: ``python -m bench.bank [--count N] [--backend sqlite|postgresql] [--no-loopback]``.
+Run: ``python -m bench.bank [--count N] [--backend sqlite|postgresql] [--no-loopback]
+[--write]`` (``make bench`` runs :func:`section`, SQLite, and writes docs/benchmarks.md).
 
 Two measurements of the same work, each purchase verified once (every one valid):
 
@@ -36,7 +37,7 @@ from typing import Final
 from tests.pgserver import PgServer
 
 from bench import e2e
-from bench.report import write_section
+from bench.report import machine_line, write_section
 from farthing.core.money import Denomination
 from farthing.core.schemes import hll
 from farthing.http.issuer_client import IssuerClient
@@ -238,6 +239,15 @@ def render(runs: list[BankRun]) -> str:
     return "\n".join(lines)
 
 
+def section() -> None:
+    """``make bench``'s bank section (SQLite), written into docs/benchmarks.md."""
+    count = 2_000 if "--quick" in sys.argv else 6_000
+    runs = [in_process("sqlite", count), loopback("sqlite", count)]
+    text = machine_line() + "\n\n" + render(runs)
+    print(text)
+    write_section("bank", "The bank alone: online HLL verification", text)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--count", type=int, default=6_000, help="verifications per run")
@@ -253,7 +263,8 @@ def main() -> None:
             runs.append(loopback(backend, args.count))
             print(runs[-1].line(), flush=True)
     if args.write:
-        write_section("bank", "The bank alone: online HLL verification", render(runs))
+        text = machine_line() + "\n\n" + render(runs)
+        write_section("bank", "The bank alone: online HLL verification", text)
     else:
         print(render(runs), file=sys.stderr)
 
