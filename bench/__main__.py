@@ -1,7 +1,8 @@
 """Run every benchmark section: ``python -m bench [--quick] [section ...]``.
 
 Sections, in order: core, e2e (end to end over loopback), clearing (HLL deposit items per
-second at the bank), scale (up to 10^6 cards), profile (where a paid request's time goes).
+second at the bank), bank (online HLL verifications at the bank alone), scale (up to 10^6
+cards), profile (where a paid request's time goes).
 Each also runs alone: ``python -m bench.<name>``.
 
 ``python -m bench quick`` (``make bench-quick``) is a subset for quick comparisons, under
@@ -16,12 +17,13 @@ import sys
 import time
 from collections.abc import Callable
 
-from bench import clearing, core, e2e, profile, scale
+from bench import bank, clearing, core, e2e, profile, scale
 
 SECTIONS: dict[str, Callable[[], None]] = {
     "core": core.main,
     "e2e": e2e.main,
     "clearing": clearing.section,
+    "bank": bank.section,
     "scale": scale.main,
     "profile": profile.main,
 }

@@ -39,20 +39,42 @@ class Row:
     verified: float
     floor: float
     note: str
-
-    @property
-    def ratio(self) -> float:
-        return self.floor / self.verified
+    ratio: float  # floor / verified: the median of the ratios of interleaved runs
 
 
 def rate(fn: Callable[[], int], runs: int = RUNS) -> float:
     """Median operations per second of ``fn`` (which returns how many it did)."""
-    rates = []
+    return statistics.median(_once(fn) for _ in range(runs))
+
+
+def _once(fn: Callable[[], int]) -> float:
+    """Operations per second of this thread's CPU time: on a machine shared with other
+    work, wall time charges a long run with the slices other processes took from it."""
+    start = time.thread_time()
+    count = fn()
+    return count / (time.thread_time() - start)
+
+
+def against_floor(
+    verify: Callable[[], int], floor: Callable[[], int], runs: int = 3 * RUNS
+) -> tuple[float, float, float]:
+    """(verified/s, floor/s, floor / verified): medians over runs of the two taken in
+    turn, so that load from other processes weighs on both alike (the ratio is the median
+    of each pair's ratio)."""
+    verified, floors, ratios = [], [], []
     for _ in range(runs):
-        start = time.perf_counter()
-        count = fn()
-        rates.append(count / (time.perf_counter() - start))
-    return statistics.median(rates)
+        v, f = _once(verify), _once(floor)
+        verified.append(v)
+        floors.append(f)
+        ratios.append(f / v)
+    return statistics.median(verified), statistics.median(floors), statistics.median(ratios)
+
+
+def _row(
+    scheme: str, made: float, verify: Callable[[], int], floor: Callable[[], int], note: str
+) -> Row:
+    verified, floor_rate, ratio = against_floor(verify, floor)
+    return Row(scheme, made, verified, floor_rate, note, ratio)
 
 
 # --- szm:chain ------------------------------------------------------------------------------
@@ -100,7 +122,7 @@ def bench_szm_chain(n: int) -> Row:
             sha(tag + value).digest()
         return n
 
-    return Row("szm:chain", made, rate(verify), rate(floor), "1 SHA-256 per unit")
+    return _row("szm:chain", made, verify, floor, "1 SHA-256 per unit")
 
 
 # --- hll:mac --------------------------------------------------------------------------------
@@ -147,7 +169,7 @@ def bench_hll(n: int) -> Row:
             digest(key, message, "sha256")
         return n
 
-    return Row("hll:mac", rate(make), rate(verify), rate(floor), "1 HMAC-SHA256 (bank side)")
+    return _row("hll:mac", rate(make), verify, floor, "1 HMAC-SHA256 (bank side)")
 
 
 # --- payword --------------------------------------------------------------------------------
@@ -204,11 +226,11 @@ def bench_payword(n: int) -> Row:
             sha(tag + value).digest()
         return n
 
-    return Row(
+    return _row(
         "payword",
         made,
-        rate(verify),
-        rate(floor),
+        verify,
+        floor,
         "1 SHA-256 per unit (commitment signature checked once, not counted)",
     )
 
@@ -247,12 +269,17 @@ def bench_prbg(n: int, generator: Generator, bbs: BbsKey | None) -> Row:
         card, payment, _ = szm_prbg.next_payment(card, 1, now=NOW)
         payments.append(szm_prbg.encode_payment(payment))
 
+    # The card's secret is derived once per card, as the vendor keeps it (its derivation,
+    # an HMAC, the short code and an HKDF, cost 3x the verification when redone each time).
+    kept = {state.card_id: szm_prbg.card_secret(master, state.card_id)}
+
     def verify() -> int:
         current = {state.card_id: state}
         for raw in payments:
             new_state, _ = szm_prbg.verify_payment_bytes(
-                current.get, raw, master_key=master, units=1, now=NOW, bbs_key=bbs
-            )
+                current.get, raw, master_key=master, units=1, now=NOW, bbs_key=bbs,
+                secrets=kept.__getitem__,
+            )  # fmt: skip
             current[new_state.card_id] = new_state
         return n
 
@@ -262,11 +289,10 @@ def bench_prbg(n: int, generator: Generator, bbs: BbsKey | None) -> Row:
         def floor() -> int:
             digest = hmac.digest
             for i in range(n):
-                digest(master, secret, "sha256")  # card secret
                 digest(secret, i.to_bytes(8, "big"), "sha256")  # token block
             return n
 
-        note = "2 HMAC-SHA256 (card secret, token block)"
+        note = "1 HMAC-SHA256 (the token block; the card secret kept per card, as the vendor does)"
     else:
         x0, modulus = gmpy2.mpz(3), gmpy2.mpz(bbs.n)
         lam = (bbs.p - 1) * (bbs.q - 1)
@@ -279,7 +305,7 @@ def bench_prbg(n: int, generator: Generator, bbs: BbsKey | None) -> Row:
             return n
 
         note = f"1 jump powmod mod a {bbs.n.bit_length()}-bit n, then 32 squarings"
-    return Row(f"szm:prbg ({generator.value})", made, rate(verify), rate(floor), note)
+    return _row(f"szm:prbg ({generator.value})", made, verify, floor, note)
 
 
 def run(quick: bool) -> list[Row]:
@@ -294,11 +320,19 @@ def run(quick: bool) -> list[Row]:
     ]
 
 
+_MISS_CAUSE = (
+    "the interpreter's own work per payment: parse, the index checks, the new state and "
+    "the receipt, each a Python call of about a third of a hash or more"
+)
+
+
 def render(rows: list[Row]) -> str:
     lines = [
         machine_line(),
         "",
-        f"Median of {RUNS} runs, one process, one core. *made/s*: the wallet side produces "
+        f"Median of {RUNS} runs (verification and floor: {3 * RUNS} runs taken in turn), "
+        "one process, one core, per second of the thread's CPU time. *made/s*: the wallet "
+        "side produces "
         "payments; *verified/s*: the vendor or bank checks encoded payments (decode + verify + "
         "new state, no storage); *floor/s*: only the hash/MAC/bignum calls the verification "
         "cannot avoid, timed in the same run. Goal: verification within 3x of the floor for "
@@ -309,7 +343,7 @@ def render(rows: list[Row]) -> str:
     ]
     for row in rows:
         goal = (
-            "<= 3x: " + ("met" if row.ratio <= 3 else "missed")
+            "<= 3x: " + ("met" if row.ratio <= 3 else f"missed ({_MISS_CAUSE})")
             if "prbg" not in row.scheme
             else "reported"
         )

@@ -19,6 +19,7 @@ from farthing.core.errors import (
 from farthing.core.hashchain import chain_anchor, chain_walk
 from farthing.core.money import Denomination
 from farthing.core.primitives import hkdf_sha256, hmac_sha256
+from farthing.core.schemes._advance import accept
 from farthing.core.schemes.szm_chain import (
     CHAIN_TAG,
     METHOD,
@@ -206,6 +207,9 @@ def test_receipts_cannot_be_forged() -> None:
         ChainAccepted(card_id=bytes(16), index=1, units=1)
     with pytest.raises(LocalProtocolError):
         ChainAccepted(bytes(16), 1, 1, object())
+    # The verifiers' own shortcut to a receipt wants the module's token too.
+    with pytest.raises(LocalProtocolError):
+        accept(ChainAccepted, object(), bytes(16), 1, 1)
 
 
 def test_states_and_receipts_are_immutable_values() -> None:

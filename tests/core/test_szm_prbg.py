@@ -484,3 +484,28 @@ def test_payment_key_index_bounds() -> None:
             card_payment_key(card, index)
         with pytest.raises(ValueError):
             issuer_payment_key(MASTER, state, index)
+
+
+@pytest.mark.parametrize("generator", GENERATORS)
+def test_a_kept_card_secret_verifies_as_the_derived_one(generator: Generator) -> None:
+    """A verifier may keep a card's secret (the vendor does); the rules do not change:
+    the kept secret gives the same state, receipt and key, and a wrong one verifies
+    nothing."""
+    state, card = fresh(generator, 10)
+    kept = card_secret(MASTER, state.card_id)
+    card, payment, key = next_payment(card, 2, now=NOW)
+    derived = verify_payment(state, payment, master_key=MASTER, units=2, now=NOW, bbs_key=BBS_KEY)
+    given_secret = verify_payment(
+        state, payment, master_key=MASTER, units=2, now=NOW, bbs_key=BBS_KEY, secret=kept
+    )
+    from_bytes = verify_payment_bytes(
+        {state.card_id: state}.get, encode_payment(payment), master_key=MASTER, units=2,
+        now=NOW, bbs_key=BBS_KEY, secrets={state.card_id: kept}.__getitem__,
+    )  # fmt: skip
+    assert derived == given_secret == from_bytes
+    assert issuer_payment_key(MASTER, state, payment.index, bbs_key=BBS_KEY, secret=kept) == key
+    wrong = bytes(32)
+    with pytest.raises(InvalidPayment):
+        verify_payment(
+            state, payment, master_key=MASTER, units=2, now=NOW, bbs_key=BBS_KEY, secret=wrong
+        )

@@ -123,3 +123,45 @@ def test_a_deposit_batch_is_saved_once(store: Store) -> None:
         saved = tx.hll.batch(BATCH)
     assert saved is not None
     assert (saved.report, saved.digest, saved.at) == (report, b"\x01" * 32, 5)
+
+
+# --- spend_online: the bank's online spend, no savepoint ---------------------------------
+
+DIGEST = b"O" * 32
+
+
+def test_an_online_spend_is_recorded_once_and_charged_once(store: Store) -> None:
+    _setup(store, loaded=10)
+    with store.transaction() as tx:
+        assert tx.hll.spend_online(CARD, 1, "shop", 4, 1, DIGEST)
+        assert not tx.hll.spend_online(CARD, 1, "shop", 4, 1, DIGEST)  # nothing changed
+        assert not tx.hll.spend_online(CARD, 1, "shop", 1, 1, b"P" * 32)
+    assert _spent(store) == 4
+    with store.transaction(readonly=True) as tx:
+        spend = tx.hll.spend(CARD, 1)
+    assert spend is not None
+    assert (spend.amount_units, spend.batch_id, spend.offer_digest) == (4, None, DIGEST)
+
+
+def test_an_online_spend_past_the_loaded_value_leaves_nothing_and_the_tx_goes_on(
+    store: Store,
+) -> None:
+    _setup(store, loaded=10)
+    with store.transaction() as tx:
+        assert tx.hll.spend_online(CARD, 1, "shop", 8, 1, DIGEST)
+        with pytest.raises(InsufficientFunds):
+            tx.hll.spend_online(CARD, 2, "shop", 3, 1, DIGEST)
+        assert tx.hll.spend(CARD, 2) is None  # its row was taken back
+        assert tx.hll.spend_online(CARD, 2, "shop", 2, 1, DIGEST)  # counter 2 is still free
+    assert _spent(store) == 10
+
+
+def test_concurrent_online_spends_of_one_counter_count_it_once(store: Store) -> None:
+    _setup(store)
+
+    def spend(_: int) -> bool:
+        with store.transaction() as tx:
+            return tx.hll.spend_online(CARD, 7, "shop", 3, 1, DIGEST)
+
+    assert race(6, spend).count(True) == 1
+    assert _spent(store) == 3

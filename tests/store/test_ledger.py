@@ -174,3 +174,38 @@ def test_a_posting_is_accepted_iff_it_is_balanced(
         assert tx.ledger.balance(cash) == before + (sum(amounts) if valid else 0)
         assert (tx.ledger.txn(reference) is not None) == valid
         assert tx.ledger.check().balanced
+
+
+# --- post_in: the bank's online posting, its checks folded into the writes ---------------
+
+
+def test_post_in_moves_balances_and_a_reference_posts_once(store: Store) -> None:
+    with store.transaction() as tx:
+        books = open_books(tx)
+        txn_id = tx.ledger.post_in(
+            "EUR", "load", "load:1", [(books.cash, 7), (books.card_float, -7)]
+        )
+        assert [e.amount_micros for e in tx.ledger.entries(txn_id)] == [7, -7]
+    with pytest.raises(Conflict) as caught, store.transaction() as tx:
+        tx.ledger.post_in("EUR", "load", "load:1", [(books.cash, 7), (books.card_float, -7)])
+    assert caught.value.code is ErrorCode.CONFLICT
+    with store.transaction(readonly=True) as tx:
+        assert (tx.ledger.balance(books.cash), tx.ledger.balance(books.card_float)) == (7, -7)
+
+
+def test_post_in_refuses_what_post_refuses(store: Store) -> None:
+    with store.transaction() as tx:
+        books = open_books(tx)
+        usd = tx.ledger.create_account("float-usd", AccountKind.CARD_FLOAT, "USD")
+    refused: list[tuple[type[Exception], str, list[tuple[int, int]]]] = [
+        (LocalProtocolError, "EUR", [(books.cash, 5), (books.card_float, -4)]),  # unbalanced
+        (LocalProtocolError, "EUR", [(books.cash, 5), (usd, -5)]),  # currencies mixed
+        (LocalProtocolError, "USD", [(books.cash, 5), (books.card_float, -5)]),  # not in USD
+        (NotFound, "EUR", [(books.cash, 5), (9999, -5)]),  # no such account
+    ]
+    for error, currency, postings in refused:
+        with pytest.raises(error), store.transaction() as tx:
+            tx.ledger.post_in(currency, "bad", "bad:1", postings)
+        with store.transaction(readonly=True) as tx:
+            assert tx.ledger.txn("bad:1") is None
+            assert tx.ledger.balance(books.cash) == 0

@@ -309,22 +309,20 @@ class HllService:
         merchant; False, changing nothing, if (card, counter) was recorded before."""
         verified, merchant, now = checked.verified, checked.merchant, checked.now
         books = self._system.books(tx, merchant.currency)
-        recorded = tx.hll.record_spend(
+        recorded = tx.hll.spend_online(
             verified.card_id,
             verified.counter,
             merchant.merchant_id,
             verified.amount,
-            None,
             now,
-            offer_digest=checked.offer_digest,
+            checked.offer_digest,
         )
         if not recorded:
             return False
         micros = verified.amount * verified.denomination.unit_micros
         reference = f"hll:{b64url_encode(verified.card_id)}:{verified.counter}"
-        tx.ledger.post(
-            "hll_spend", reference, [(books.hll_float, micros), (merchant.account_id, -micros)]
-        )
+        postings = [(books.hll_float, micros), (merchant.account_id, -micros)]
+        tx.ledger.post_in(merchant.currency, "hll_spend", reference, postings)
         return True
 
     # --- deposits -------------------------------------------------------------------------

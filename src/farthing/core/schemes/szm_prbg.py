@@ -86,6 +86,7 @@ from farthing.core.primitives import constant_time_eq
 from farthing.core.schemes._advance import (
     Acceptance,
     IndexPaymentCodec,
+    accept,
     retried_units,
     units_paid,
 )
@@ -379,13 +380,17 @@ def verify_payment(
     bbs_key: BbsKey | None = None,
     max_units: int = DEFAULT_MAX_UNITS,
     request: bytes | None = None,
+    secret: bytes | None = None,
 ) -> tuple[PrbgCardState, PrbgAccepted]:
     """Accept at least ``units`` units: T_index must be the card's token block. A payment
     over a gap (units lost in flight) is accepted for all it pays; the receipt says how many.
 
     Returns the new state (persist it conditionally on the old ``spent``) and a receipt.
     ``bbs_key`` is needed for BBS cards only. ``request`` is the tag of the request
-    carrying it (kept in the new state for :func:`verify_retry`).
+    carrying it (kept in the new state for :func:`verify_retry`). ``secret``: the card's
+    secret S (:func:`card_secret` of ``master_key`` and the card id) if the caller kept
+    it; its derivation costs several times the token block, so a verifier that sees a
+    card again keeps it (derived here otherwise).
     """
     return _verify(
         state,
@@ -398,6 +403,7 @@ def verify_payment(
         now,
         max_units,
         request,
+        secret,
     )
 
 
@@ -408,6 +414,7 @@ def verify_retry(
     master_key: bytes,
     request: bytes | None,
     bbs_key: BbsKey | None = None,
+    secret: bytes | None = None,
 ) -> PrbgAccepted:
     """The card's last accepted payment, sent again by the same request (its answer was
     lost): the receipt it had, and no new state (nothing is taken). Else InvalidPayment.
@@ -418,7 +425,8 @@ def verify_retry(
         same_key=payment.card_id == state.card_id, spent=state.spent, index=payment.index,
         last_request=state.last_request, last_units=state.last_units, request=request,
     )  # fmt: skip
-    secret = card_secret(master_key, payment.card_id)
+    if secret is None:
+        secret = card_secret(master_key, payment.card_id)
     expected = stream_block(state.generator, secret, _token_block(payment.index), bbs_key=bbs_key)
     if not constant_time_eq(expected, payment.token):
         raise InvalidPayment()
@@ -434,13 +442,18 @@ def verify_payment_bytes(
     now: int,
     bbs_key: BbsKey | None = None,
     max_units: int = DEFAULT_MAX_UNITS,
+    secrets: Callable[[bytes], bytes] | None = None,
 ) -> tuple[PrbgCardState, PrbgAccepted]:
-    """Decode and verify in one step; ``lookup`` maps a card id to its state (or None)."""
+    """Decode and verify in one step; ``lookup`` maps a card id to its state (or None),
+    ``secrets`` (if given) to its secret S as :func:`card_secret` derives it."""
     card_id, index, token = _parse_payment(data)
     state = lookup(card_id)
     if state is None:
         raise InvalidPayment()
-    return _verify(state, card_id, index, token, master_key, bbs_key, units, now, max_units, None)
+    secret = None if secrets is None else secrets(card_id)
+    return _verify(
+        state, card_id, index, token, master_key, bbs_key, units, now, max_units, None, secret
+    )
 
 
 def _verify(
@@ -454,12 +467,15 @@ def _verify(
     now: int,
     max_units: int,
     request: bytes | None,
+    secret: bytes | None,
 ) -> tuple[PrbgCardState, PrbgAccepted]:
+    # same key, spent, index, length, expires at, units, now, max units, what
     paid = units_paid(
-        same_key=card_id == state.card_id, spent=state.spent, index=index, length=state.units,
-        expires_at=state.expires_at, units=units, now=now, max_units=max_units, what="card",
+        card_id == state.card_id, state.spent, index, state.units, state.expires_at, units,
+        now, max_units, "card",
     )  # fmt: skip
-    secret = card_secret(master_key, card_id)
+    if secret is None:
+        secret = card_secret(master_key, card_id)
     expected = stream_block(state.generator, secret, _token_block(index), bbs_key=bbs_key)
     if not constant_time_eq(expected, token):
         raise InvalidPayment()
@@ -473,19 +489,26 @@ def _verify(
         last_request=request,
         last_units=0 if request is None else paid,
     )
-    return new_state, PrbgAccepted(card_id, index, paid, _RECEIPT)
+    return new_state, accept(PrbgAccepted, _RECEIPT, card_id, index, paid)
 
 
 # --- per-payment keys --------------------------------------------------------------------
 
 
 def issuer_payment_key(
-    master_key: bytes, state: PrbgCardState, index: int, *, bbs_key: BbsKey | None = None
+    master_key: bytes,
+    state: PrbgCardState,
+    index: int,
+    *,
+    bbs_key: BbsKey | None = None,
+    secret: bytes | None = None,
 ) -> bytes:
-    """K_index of the card ``state`` describes: block 2*index - 1, never sent on the wire."""
+    """K_index of the card ``state`` describes: block 2*index - 1, never sent on the wire.
+    ``secret``: the card's S if the caller kept it (see :func:`verify_payment`)."""
     if not 1 <= index <= state.units:
         raise ValueError("no payment with this index")
-    secret = card_secret(master_key, state.card_id)
+    if secret is None:
+        secret = card_secret(master_key, state.card_id)
     return stream_block(state.generator, secret, _key_block(index), bbs_key=bbs_key)
 
 

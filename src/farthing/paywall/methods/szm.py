@@ -23,6 +23,20 @@ from farthing.paywall.pricing import PricedRoute
 __all__ = ["CARD_SECRETS_KEPT", "SzmScheme"]
 
 CARD_SECRETS_KEPT: Final = 100_000  # as many as the offline adapter's card cache
+"""Card secrets a vendor process keeps (32 bytes each): deriving one (an HMAC, the short
+code, an HKDF) cost several times a payment's verification, twice per paid request."""
+
+
+def _kept_secrets(
+    derive: Callable[[bytes, bytes], bytes], master_key: bytes
+) -> Callable[[bytes], bytes]:
+    """card id -> the card's secret S, derived once per card (least recently used dropped)."""
+
+    @functools.lru_cache(maxsize=CARD_SECRETS_KEPT)
+    def secret(card_id: bytes) -> bytes:
+        return derive(master_key, card_id)
+
+    return secret
 
 
 class _State(Protocol):
@@ -88,21 +102,14 @@ class SzmScheme(Generic[C, P]):
     ) -> SzmScheme[szm_chain.ChainCardState, szm_chain.Payment]:
         """SZM protocol 1 (hash chain)."""
 
-        # A card's secret (two HMACs and an HKDF from the master key) is the same for all
-        # its payments: kept for as many cards as the adapter keeps states (~8% of a paid
-        # request's CPU in py-spy --gil, bench/profile.py).
-        @functools.lru_cache(maxsize=CARD_SECRETS_KEPT)
-        def secret_of(card_id: bytes) -> bytes:
-            return szm_chain.card_secret(master_key, card_id)
+        secrets = _kept_secrets(szm_chain.card_secret, master_key)
 
         def key(state: szm_chain.ChainCardState, index: int) -> bytes:
+            # issuer_payment_key, with the card's secret kept.
             return szm_chain.payment_key(
-                secret_of(state.card_id),
-                card_id=state.card_id,
-                index=index,
-                length=state.length,
-                mode=key_mode,
-            )
+                secrets(state.card_id), card_id=state.card_id, index=index,
+                length=state.length, mode=key_mode,
+            )  # fmt: skip
 
         return SzmScheme(
             szm_chain.METHOD,
@@ -117,6 +124,7 @@ class SzmScheme(Generic[C, P]):
         master_key: bytes, *, bbs_key: BbsKey | None = None
     ) -> SzmScheme[szm_prbg.PrbgCardState, szm_prbg.Payment]:
         """SZM protocol 2 (token/key blocks of a CSPRBG: HMAC-CTR or Blum-Blum-Shub)."""
+        secrets = _kept_secrets(szm_prbg.card_secret, master_key)
 
         def verify(
             state: szm_prbg.PrbgCardState,
@@ -128,18 +136,21 @@ class SzmScheme(Generic[C, P]):
         ) -> tuple[szm_prbg.PrbgCardState, szm_prbg.PrbgAccepted]:
             return szm_prbg.verify_payment(
                 state, payment, master_key=master_key, units=units, now=now,
-                bbs_key=bbs_key, request=request,
+                bbs_key=bbs_key, request=request, secret=secrets(payment.card_id),
             )  # fmt: skip
 
         def retry(
             state: szm_prbg.PrbgCardState, payment: szm_prbg.Payment, *, request: bytes | None
         ) -> szm_prbg.PrbgAccepted:
             return szm_prbg.verify_retry(
-                state, payment, master_key=master_key, request=request, bbs_key=bbs_key
-            )
+                state, payment, master_key=master_key, request=request, bbs_key=bbs_key,
+                secret=secrets(payment.card_id),
+            )  # fmt: skip
 
         def key(state: szm_prbg.PrbgCardState, index: int) -> bytes:
-            return szm_prbg.issuer_payment_key(master_key, state, index, bbs_key=bbs_key)
+            return szm_prbg.issuer_payment_key(
+                master_key, state, index, bbs_key=bbs_key, secret=secrets(state.card_id)
+            )
 
         return SzmScheme(
             szm_prbg.METHOD, decode=szm_prbg.decode_payment, verify=verify, retry=retry, key=key
