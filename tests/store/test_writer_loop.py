@@ -48,7 +48,7 @@ async def test_each_payment_is_committed_before_run_hot_returns(
 ) -> None:
     cards = issue_chain_cards(store, 12)
     commits: list[int] = []
-    writer = StoreWriter(store, observe=lambda jobs, _s: commits.append(jobs))
+    writer = StoreWriter(store, awaited_from=1, observe=lambda jobs, _s: commits.append(jobs))
     witness = open_store(store_target, create=False)  # its own connections
 
     async def payer(index: int) -> list[int]:
@@ -76,7 +76,7 @@ async def test_each_payment_is_committed_before_run_hot_returns(
 
 async def test_one_card_and_one_challenge_win_once_in_a_batch(store: Store) -> None:
     card, other = issue_chain_cards(store, 2)
-    writer = StoreWriter(store)
+    writer = StoreWriter(store, awaited_from=1)
     try:
         outcomes = await asyncio.gather(
             *(writer.run_hot(_pay(card.card_id, 0, bytes([n]) * 32)) for n in range(8)),
@@ -98,7 +98,7 @@ async def test_one_card_and_one_challenge_win_once_in_a_batch(store: Store) -> N
 
 async def test_a_failing_hot_job_fails_alone(store: Store) -> None:
     cards = issue_chain_cards(store, 2)
-    writer = StoreWriter(store)
+    writer = StoreWriter(store, awaited_from=1)
 
     def bad(hot: HotTx) -> str:
         hot.szm.advance(cards[1].card_id, 0, 5, None)
@@ -127,7 +127,7 @@ async def test_with_no_free_hot_connection_the_batch_waits_on_the_thread(
     (lane_size=1, held by a thread's batch) it goes to the writer's thread, which waits."""
     store = open_store(pg_contract_dsn + "?lane_size=1&pool_timeout=0.5", create=False)
     card = issue_chain_cards(store, 1, seed="budget")[0]
-    writer = StoreWriter(store)
+    writer = StoreWriter(store, awaited_from=1)
     held = asyncio.Event()
     release = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -156,3 +156,26 @@ async def test_with_no_free_hot_connection_the_batch_waits_on_the_thread(
         release.set()
         await writer.aclose()
         store.close()
+
+
+@pytest.mark.postgres
+async def test_a_small_batch_goes_to_the_thread_a_large_one_stays_on_the_loop(
+    pg_contract_dsn: str,
+) -> None:
+    store = open_store(pg_contract_dsn, create=False)
+    cards = issue_chain_cards(store, 6, seed="sizes")
+    commits: list[int] = []
+    writer = StoreWriter(store, awaited_from=4, observe=lambda jobs, _s: commits.append(jobs))
+    try:
+        alone = await writer.run_hot(_pay(cards[0].card_id, 0, b"\x10" * 32))
+        assert writer._thread is not None  # one job: the thread committed it
+        together = await asyncio.gather(
+            *(writer.run_hot(_pay(card.card_id, 0, bytes([n]) * 32)) for n, card in
+              enumerate(cards[1:], start=0x20))
+        )  # fmt: skip
+    finally:
+        await writer.aclose()
+        store.close()
+    assert alone == "won"
+    assert together == ["won"] * 5
+    assert commits == [1, 5]  # the five shared one commit (on the loop)

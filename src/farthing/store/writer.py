@@ -28,7 +28,8 @@ it awaits it (:meth:`~farthing.store.Store.hot_batch_on_loop`: the loop's own as
 connection in pipeline mode; each job runs in a greenlet and the jobs' statements go out in
 rounds, one round trip each, then COMMIT). One batch per loop is in flight; what arrives
 meanwhile forms the next batch, started when the first has committed. With no connection
-to be had at once, the batch goes to the thread, which waits. Measured with
+to be had at once, the batch goes to the thread, which waits; so does a batch of fewer
+than ``awaited_from`` (4) jobs, which costs less there (light load). Measured with
 ``bench/store.py --work-us 600`` (600 us of other CPU per payment on the loop, as a serving
 vendor has): the store's CPU per payment fell from ~295 to ~220 us (medians of 4 runs each,
 interleaved), the thread gone from the path.
@@ -54,6 +55,13 @@ from farthing.store import HotTx, Store, Tx
 __all__ = ["StoreWriter"]
 
 T = TypeVar("T")
+
+# PostgreSQL: a batch on the loop costs three awaited round trips (BEGIN and the first
+# statements, the second statements, COMMIT) whatever its size; on the thread, two sync
+# round trips per job plus one hop to the thread and back. bench/store.py --work-us 600,
+# store CPU per payment, thread vs loop: 1 job 601 vs 910 us, 4 jobs 335 vs 357 us,
+# 8 jobs 222 vs 207 us, 16 jobs ~295 vs ~220 us.
+_AWAITED_FROM = 4
 
 
 @dataclass(slots=True)
@@ -92,9 +100,13 @@ class StoreWriter:
         *,
         max_batch: int = 128,
         on_loop: bool | None = None,
+        awaited_from: int = _AWAITED_FROM,
         observe: Callable[[int, float], None] | None = None,
     ) -> None:
-        """``observe(jobs, seconds)``, if given, is told of every commit (for metrics)."""
+        """``observe(jobs, seconds)``, if given, is told of every commit (for metrics).
+        ``awaited_from``: PostgreSQL, the fewest jobs a batch committed on the loop holds
+        (smaller ones go to the thread)."""
+        self._awaited_from = awaited_from
         self._store = store
         self._observe = observe
         self._max_batch = max_batch
@@ -128,6 +140,9 @@ class StoreWriter:
         write lock: then the thread does it."""
         jobs = self._pending.pop(loop)
         if self._awaits:
+            if len(jobs) < self._awaited_from:
+                self._hand_to_thread(jobs)  # few jobs: the thread's fewer round trips cost less
+                return
             self._in_flight[loop] = loop.create_task(self._commit_awaited(loop, jobs))
             return
         started = time.perf_counter()
