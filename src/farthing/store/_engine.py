@@ -19,8 +19,8 @@ PostgreSQL (``postgresql://`` DSNs, psycopg 3)
 
 Both: the hot path's driver connections run in autocommit (a lone UPDATE is its own
 transaction; on PostgreSQL one round trip, no BEGIN/COMMIT). On PostgreSQL the hot batch
-of an event loop runs on psycopg ``AsyncConnection`` s of that loop (``lane_size`` of them
-per loop, besides the thread's lane, which serves reads and batches off the loop).
+of an event loop runs on one psycopg ``AsyncConnection`` of that loop, which holds one of
+the ``lane_size`` slots while it is open (see _fastlane.AsyncFastLane).
 
 Connections (PostgreSQL)
     A process opens at most ``pool_size`` pooled connections (no overflow) plus ``lane_size``
