@@ -9,7 +9,6 @@ even with several workers or processes on one store. Reads run in a worker threa
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import itertools
@@ -82,7 +81,7 @@ class _SzmBook(Generic[C]):
         self._writer = writer
 
     async def load(self, key: bytes) -> C | None:
-        row = _active(await asyncio.to_thread(self._store.szm_card, key), self._protocol)
+        row = _active(await self._store.read_hot(self._store.szm_card, key), self._protocol)
         return None if row is None else self._state(row)
 
     async def insert(self, state: C) -> bool:
@@ -101,7 +100,7 @@ class _SzmBook(Generic[C]):
         )
 
     async def challenge_used(self, challenge: ChallengeId) -> bool:
-        return await asyncio.to_thread(self._store.challenge_used, challenge.raw)
+        return await self._store.read_hot(self._store.challenge_used, challenge.raw)
 
     def _state(self, row: SzmCardRow) -> C | None:
         raise NotImplementedError
@@ -180,7 +179,7 @@ class PaywordBook:
         self._broker = broker
 
     async def load(self, key: bytes) -> HeldCommitment | None:
-        row = await asyncio.to_thread(self._store.payword_commitment, key)
+        row = await self._store.read_hot(self._store.payword_commitment, key)
         if row is None:
             return None
         state = payword.CommitmentState(
@@ -234,7 +233,7 @@ class PaywordBook:
         )
 
     async def challenge_used(self, challenge: ChallengeId) -> bool:
-        return await asyncio.to_thread(self._store.challenge_used, challenge.raw)
+        return await self._store.read_hot(self._store.challenge_used, challenge.raw)
 
 
 _PRUNE_EVERY = 1024  # accepted payments per process between prunings of expired ids

@@ -18,7 +18,9 @@ PostgreSQL (``postgresql://`` DSNs, psycopg 3)
     SERIALIZABLE and may fail with a retryable conflict.
 
 Both: the hot path's driver connections run in autocommit (a lone UPDATE is its own
-transaction; on PostgreSQL one round trip, no BEGIN/COMMIT).
+transaction; on PostgreSQL one round trip, no BEGIN/COMMIT). On PostgreSQL the hot batch
+of an event loop runs on one psycopg ``AsyncConnection`` of that loop, which holds one of
+the ``lane_size`` slots while it is open (see _fastlane.AsyncFastLane).
 
 Connections (PostgreSQL)
     A process opens at most ``pool_size`` pooled connections (no overflow) plus ``lane_size``
@@ -33,10 +35,10 @@ Connections (PostgreSQL)
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from sqlalchemy import URL, Connection, Engine, create_engine, event, make_url
 from sqlalchemy.engine.interfaces import DBAPIConnection
@@ -91,6 +93,9 @@ class Engines:
     nowait_connect: Callable[[], DBAPIConnection] | None = None
     """SQLite: the same, but failing at once (busy) instead of waiting for the write lock."""
     limits: PoolLimits = field(default_factory=PoolLimits)
+    async_connect: Callable[[], Awaitable[Any]] | None = None
+    """PostgreSQL: a new async driver connection in autocommit mode (the hot batch on the
+    event loop, see _fastlane.AsyncFastLane)."""
 
     def dispose(self) -> None:
         self.write.dispose()
@@ -159,6 +164,7 @@ def _postgres_engines(url: URL, limits: PoolLimits) -> Engines:
         serializable=engine.execution_options(isolation_level="SERIALIZABLE"),
         fast_connect=_driver_connect(engine, {"autocommit": True}, _no_setup),
         limits=limits,
+        async_connect=_async_driver_connect(engine),
     )
 
 
@@ -190,6 +196,18 @@ def _driver_connect(
         connection: DBAPIConnection = dbapi.connect(*cargs, **{**cparams, **extra})
         setup(connection)
         return connection
+
+    return connect
+
+
+def _async_driver_connect(engine: Engine) -> Callable[[], Awaitable[Any]]:
+    """The same for psycopg's ``AsyncConnection`` (PostgreSQL only)."""
+    import psycopg
+
+    cargs, cparams = engine.dialect.create_connect_args(engine.url)
+
+    async def connect() -> Any:
+        return await psycopg.AsyncConnection.connect(*cargs, **{**cparams, "autocommit": True})
 
     return connect
 
