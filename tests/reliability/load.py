@@ -23,7 +23,8 @@ from farthing.core.encoding import b64url_decode
 from farthing.core.errors import FarthingError
 from farthing.core.sealing import open_sealed
 from farthing.http.issuer_client import IssuerClient
-from farthing.http.payment_auth import parse_challenges
+from farthing.http.methods import SCHEME_OF
+from farthing.http.payment_auth import Challenge, parse_challenges
 from farthing.paywall.deposits import Depositor
 from farthing.testing import FixedClock
 from tests.reliability.world import (
@@ -75,7 +76,8 @@ class Payer:
     position: dict[str, int] = field(default_factory=dict)
     introduced: set[str] = field(default_factory=set)
     sent: list[Sent] = field(default_factory=list)
-    challenges: dict[str, tuple[str, int]] = field(default_factory=dict)
+    # scheme -> an unused challenge (ids are single use: each is answered once)
+    challenges: dict[str, tuple[Challenge, int]] = field(default_factory=dict)
     backoff: float = 0.2
 
     def __post_init__(self) -> None:
@@ -129,7 +131,7 @@ class Payer:
     def _credential(
         self, method: str, holder: Holder, index: int, path: str
     ) -> tuple[str, bytes | None]:
-        cid, expires = self.challenges[method]
+        cid, expires = self.challenges.pop(method)
         now = self.world.clock.now()
         if isinstance(holder, ChainHolder | PrbgHolder):
             payment, key = holder.at(index, now)
@@ -155,9 +157,9 @@ class Payer:
             record.detail = response.text[:200]
             time.sleep(self.backoff)
             return
+        self._remember(response)  # a 402 and a paid 200 both carry fresh challenges
         if response.status_code != 200:
             record.outcome, record.detail = "refused", response.text[:300]
-            self._remember(response)
             return
         record.paid = paid_from_receipt(response.headers["payment-receipt"])
         record.outcome = "paid"
@@ -192,8 +194,9 @@ class Payer:
 
     def _remember(self, response: httpx.Response) -> bool:
         found = parse_challenges(response.headers.get_list("www-authenticate"))
-        self.challenges.update({c.method: (c.id, c.expires) for c in found})
-        return bool(found)
+        fresh = {SCHEME_OF[c.method]: (c, c.expires or 0) for c in found if c.method in SCHEME_OF}
+        self.challenges.update(fresh)
+        return bool(fresh)
 
 
 def card_problems(history: list[Sent], stored: int) -> list[str]:
