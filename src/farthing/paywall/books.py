@@ -103,6 +103,9 @@ class _SzmBook(Generic[C]):
     async def challenge_used(self, challenge: ChallengeId) -> bool:
         return await asyncio.to_thread(self._store.challenge_used, challenge.raw)
 
+    async def challenge_used_at(self, challenge: ChallengeId) -> int | None:
+        return await asyncio.to_thread(self._store.challenge_used_at, challenge.raw)
+
     def _state(self, row: SzmCardRow) -> C | None:
         raise NotImplementedError
 
@@ -236,6 +239,9 @@ class PaywordBook:
     async def challenge_used(self, challenge: ChallengeId) -> bool:
         return await asyncio.to_thread(self._store.challenge_used, challenge.raw)
 
+    async def challenge_used_at(self, challenge: ChallengeId) -> int | None:
+        return await asyncio.to_thread(self._store.challenge_used_at, challenge.raw)
+
 
 _PRUNE_EVERY = 1024  # accepted payments per process between prunings of expired ids
 _spent_since_prune = itertools.count(1)
@@ -247,7 +253,7 @@ def _spend(
     """A payment's one write: take its challenge id, then move the card (commitment); give
     the id back if the card moved under us. One INSERT more than the compare-and-set, in
     the same batch and commit; every ``_PRUNE_EVERY`` payments one DELETE of expired ids."""
-    if not hot.vendor.use_challenge(challenge.raw, challenge.expires):
+    if not hot.vendor.use_challenge(challenge.raw, challenge.expires, now):
         return Advance.USED
     if not compare_and_set():
         hot.vendor.release_challenge(challenge.raw)
@@ -281,7 +287,7 @@ class HllDeferredBook:
                 return DeferredRecord(deferred=False, retried=False)
             challenge = purchase.challenge
             if challenge is not None and not tx.vendor.use_challenge(
-                challenge.raw, challenge.expires
+                challenge.raw, challenge.expires, tx.now()
             ):
                 raise challenge_used()  # a new purchase under a used id: nothing recorded
             tx.vendor.hll_record(

@@ -17,7 +17,8 @@ for each request whose path has a price (and, when the app names what it offers 
    The same request sent again (byte-identical credential, same path and HTTP method,
    GET or HEAD) while its challenge is valid is a retry after a lost answer: the method
    recognises its payment as the one it accepted last and it is served again, nothing
-   taken (:mod:`farthing.core.retry`).
+   taken (:mod:`farthing.core.retry`). An identical copy that arrives while the first is
+   still being settled or delivered is refused (402, ``PAYMENT_IN_PROGRESS``): one delivery.
 3. Call the wrapped app and add ``Payment-Receipt``. For SZM methods the body is sealed
    (AES-256-GCM) under the key the payment distributed, bound to method, card, index,
    path, status and original content type, so an unpaid or wrongly paid request never sees
@@ -34,6 +35,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Final
 
@@ -139,6 +141,12 @@ class Paywall:
         self.metrics = metrics
         self._offers = offers
         self._requests: dict[tuple[str, str], tuple[JsonObject, str]] = {}
+        # The request tags of the paid requests this process is settling or delivering: an
+        # identical copy that arrives meanwhile is refused, not served twice (-02
+        # "Concurrent Request Handling"); once it is out, the same request is a retry.
+        self._in_flight: set[bytes] = set()
+        # ... and those it delivered, most recent last: their resend here is a lost answer's.
+        self._delivered: OrderedDict[bytes, None] = OrderedDict()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -195,18 +203,52 @@ class Paywall:
                 page_for=page,
             )
             return
-        settlement = await self._settle_or_answer(
-            authorization, field, digest, route, path, send, scope["method"]
-        )
-        if settlement is not None:
-            scope[PAYMENT_SCOPE_KEY] = settlement
-            scope["extensions"] = _plain_responses_only(scope.get("extensions"))
-            nonce = self._rng(12) if settlement.sealing is not None else b""
-            # A challenge id pays once: the next payment up front needs a fresh one. Not
-            # for a request with a body (the next body's digest is not known yet).
-            fresh = None if digest is not None else self._fresh(route, settlement, field)
-            paid = _PaidSender(send, settlement, path, self._clock.now(), nonce, fresh)
-            await self.app(scope, receive, paid)
+        tag = request_tag(http_method=scope["method"], path=path, authorization=authorization)
+        if tag is not None and tag in self._in_flight:
+            await self._send_problem(
+                send, _IN_PROGRESS, route, header=field, digest=digest, method=None
+            )
+            return
+        if tag is not None:
+            self._in_flight.add(tag)
+        settlement = None
+        try:
+            settlement = await self._settle_or_answer(
+                authorization, field, digest, route, path, send, tag
+            )
+            if settlement is not None:
+                await self._deliver(scope, receive, send, settlement, route, path, field, digest)
+        finally:
+            if tag is not None:
+                self._in_flight.discard(tag)
+                if settlement is not None:
+                    self._remember_delivered(tag)
+
+    def _remember_delivered(self, tag: bytes) -> None:
+        self._delivered[tag] = None
+        self._delivered.move_to_end(tag)
+        if len(self._delivered) > _DELIVERED_KEPT:
+            self._delivered.popitem(last=False)
+
+    async def _deliver(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        settlement: Settlement,
+        route: PricedRoute,
+        path: str,
+        field: str | None,
+        digest: str | None,
+    ) -> None:
+        scope[PAYMENT_SCOPE_KEY] = settlement
+        scope["extensions"] = _plain_responses_only(scope.get("extensions"))
+        nonce = self._rng(12) if settlement.sealing is not None else b""
+        # A challenge id pays once: the next payment up front needs a fresh one. Not
+        # for a request with a body (the next body's digest is not known yet).
+        fresh = None if digest is not None else self._fresh(route, settlement, field)
+        paid = _PaidSender(send, settlement, path, self._clock.now(), nonce, fresh)
+        await self.app(scope, receive, paid)
 
     def _fresh(self, route: PricedRoute, settlement: Settlement, field: str | None) -> bytes:
         """A new challenge of the method just paid, for the paid answer's header."""
@@ -233,7 +275,7 @@ class Paywall:
         route: PricedRoute,
         path: str,
         send: Send,
-        http_method: str,
+        request: bytes | None,
     ) -> Settlement | None:
         method_name = "unknown"
         started = time.perf_counter()
@@ -256,9 +298,8 @@ class Paywall:
                 resource=path,
                 challenge=challenge,
                 now=now,
-                request=request_tag(
-                    http_method=http_method, path=path, authorization=authorization
-                ),
+                request=request,
+                delivered_here=request is not None and request in self._delivered,
             )
             settlement = await method.settle(context)
         except FarthingError as error:
@@ -559,6 +600,13 @@ def _replay(body: bytes, receive: Receive) -> Receive:
 
     return replayed
 
+
+_DELIVERED_KEPT: Final = 4096  # per process; a lost answer is resent within seconds
+_IN_PROGRESS: Final = payment_problem_for(
+    InvalidPayment(
+        "this payment is being delivered; send it again", code=ErrorCode.PAYMENT_IN_PROGRESS
+    )
+)
 
 _MULTIPLE_CREDENTIALS: Final = Problem(
     status=400,

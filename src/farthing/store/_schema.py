@@ -367,6 +367,9 @@ vendor_used_challenges = Table(
     metadata,
     Column("challenge_id", LargeBinary(32), primary_key=True),
     Column("expires_at", BigInteger, nullable=False, index=True),
+    # When the payment under it was accepted (s): a copy of that request on another worker
+    # soon after meets its delivery in flight (docs/http.md). NULL for rows before 0006.
+    Column("used_at", BigInteger, nullable=True),
 )
 
 vendor_deposit_batches = Table(

@@ -108,9 +108,9 @@ class VendorArea(Area):
         with unique_violation_as(ErrorCode.CONFLICT, "this commitment exists"):
             self._ctx.conn.execute(insert(vendor_payword_commitments).values(values))
 
-    def use_challenge(self, challenge_id: bytes, expires_at: int) -> bool:
+    def use_challenge(self, challenge_id: bytes, expires_at: int, used_at: int) -> bool:
         """As :meth:`HotVendorArea.use_challenge`, inside a transaction (HLL deferred)."""
-        values = {"challenge_id": challenge_id, "expires_at": expires_at}
+        values = {"challenge_id": challenge_id, "expires_at": expires_at, "used_at": used_at}
         return insert_if_absent(self._ctx, vendor_used_challenges, values)
 
     def challenge_used(self, challenge_id: bytes) -> bool:
@@ -365,10 +365,10 @@ class HotVendorArea(HotArea):
         )
         return self._batch.rowcount(self._prepared.payword_advance, params) == 1
 
-    def use_challenge(self, challenge_id: bytes, expires_at: int) -> bool:
-        """Take a challenge id for the payment written in this batch; False if it was taken
-        before (an already-used id: the draft's ``invalid-challenge``)."""
-        params = {"key_id": challenge_id, "expires_at": expires_at}
+    def use_challenge(self, challenge_id: bytes, expires_at: int, used_at: int) -> bool:
+        """Take a challenge id for the payment written in this batch (accepted at
+        ``used_at``); False if it was taken before (the draft's ``invalid-challenge``)."""
+        params = {"key_id": challenge_id, "expires_at": expires_at, "used_at": used_at}
         return self._batch.rowcount(self._prepared.challenge_use, params) == 1
 
     def release_challenge(self, challenge_id: bytes) -> None:
