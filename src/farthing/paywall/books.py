@@ -263,6 +263,26 @@ def _spend(
     return Advance.WON
 
 
+class UsedChallenges:
+    """:class:`farthing.paywall.methods.hll.ChallengeLog` on ``vendor_used_challenges``: the
+    id's INSERT goes in a hot batch, as the other methods' payments do."""
+
+    def __init__(self, store: Store, writer: StoreWriter) -> None:
+        self._store = store
+        self._writer = writer
+
+    async def take(self, challenge: ChallengeId, now: int, request: bytes | None) -> bool:
+        return await self._writer.run_hot(
+            lambda hot: hot.vendor.use_challenge(challenge.raw, challenge.expires, now, request)
+        )
+
+    async def release(self, challenge: ChallengeId) -> None:
+        await self._writer.run_hot(lambda hot: hot.vendor.release_challenge(challenge.raw))
+
+    async def request_of(self, challenge: ChallengeId) -> bytes | None:
+        return await asyncio.to_thread(self._store.challenge_request, challenge.raw)
+
+
 class HllDeferredBook:
     """Delivered, not yet deposited HLL purchases; the caps are the core's decision."""
 

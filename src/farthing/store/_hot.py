@@ -63,6 +63,7 @@ class PreparedHot:
     challenge_release: FastStatement
     challenge_used: FastStatement
     challenge_used_at: FastStatement
+    challenge_request: FastStatement
     challenge_prune: FastStatement
 
     @classmethod
@@ -87,6 +88,9 @@ class PreparedHot:
                     used.challenge_id == bindparam("key_id")
                 ),
                 dialect,
+            ),
+            challenge_request=FastStatement.prepare(
+                select(used.request).where(used.challenge_id == bindparam("key_id")), dialect
             ),
             challenge_prune=FastStatement.prepare(_challenge_prune(), dialect),
         )
@@ -152,6 +156,7 @@ def _challenge_use(dialect: Dialect) -> ClauseElement:
         "challenge_id": bindparam("key_id"),
         "expires_at": bindparam("expires_at"),
         "used_at": bindparam("used_at"),
+        "request": bindparam("request"),
     }
     if dialect.name == "postgresql":
         pg = postgresql.insert(vendor_used_challenges).values(values)

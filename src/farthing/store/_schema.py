@@ -370,6 +370,9 @@ vendor_used_challenges = Table(
     # When the payment under it was accepted (s): a copy of that request on another worker
     # soon after meets its delivery in flight (docs/http.md). NULL for rows before 0006.
     Column("used_at", BigInteger, nullable=True),
+    # hll online: the tag of the request that paid under it (farthing.core.retry), so its
+    # resend is told from a new purchase under the same id without asking the bank.
+    Column("request", LargeBinary(16), nullable=True),
 )
 
 vendor_deposit_batches = Table(

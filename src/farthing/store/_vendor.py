@@ -110,7 +110,12 @@ class VendorArea(Area):
 
     def use_challenge(self, challenge_id: bytes, expires_at: int, used_at: int) -> bool:
         """As :meth:`HotVendorArea.use_challenge`, inside a transaction (HLL deferred)."""
-        values = {"challenge_id": challenge_id, "expires_at": expires_at, "used_at": used_at}
+        values = {
+            "challenge_id": challenge_id,
+            "expires_at": expires_at,
+            "used_at": used_at,
+            "request": None,
+        }
         return insert_if_absent(self._ctx, vendor_used_challenges, values)
 
     def challenge_used(self, challenge_id: bytes) -> bool:
@@ -365,10 +370,18 @@ class HotVendorArea(HotArea):
         )
         return self._batch.rowcount(self._prepared.payword_advance, params) == 1
 
-    def use_challenge(self, challenge_id: bytes, expires_at: int, used_at: int) -> bool:
+    def use_challenge(
+        self, challenge_id: bytes, expires_at: int, used_at: int, request: bytes | None = None
+    ) -> bool:
         """Take a challenge id for the payment written in this batch (accepted at
-        ``used_at``); False if it was taken before (the draft's ``invalid-challenge``)."""
-        params = {"key_id": challenge_id, "expires_at": expires_at, "used_at": used_at}
+        ``used_at``, by the request of tag ``request``); False if it was taken before (the
+        draft's ``invalid-challenge``)."""
+        params = {
+            "key_id": challenge_id,
+            "expires_at": expires_at,
+            "used_at": used_at,
+            "request": request,
+        }
         return self._batch.rowcount(self._prepared.challenge_use, params) == 1
 
     def release_challenge(self, challenge_id: bytes) -> None:
