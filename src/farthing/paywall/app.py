@@ -44,6 +44,7 @@ from farthing.paywall.books import (
     UsedChallenges,
 )
 from farthing.paywall.browser import CardChecker, wallet_routes
+from farthing.paywall.idempotency import IdempotencyKeys
 from farthing.paywall.methods.base import PaymentMethod
 from farthing.paywall.methods.hll import HllBankClient, HllMethod, HllMode
 from farthing.paywall.methods.offline import OfflineMethod
@@ -262,6 +263,7 @@ def build_vendor(
         challenge_ttl=settings.challenge_ttl,
         metrics=metrics,
         offers=offers,
+        idempotency=IdempotencyKeys(store, writer),
     )
     return VendorApps(
         app=AccessLog(paywall, metrics=http_metrics, route_of=_vendor_route),

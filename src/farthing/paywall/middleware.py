@@ -43,12 +43,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from farthing.core.clock import Clock, RandomSource
 from farthing.core.errors import (
+    Conflict,
     ErrorCode,
     FarthingError,
     InvalidPayment,
     MalformedMessage,
     NotFound,
 )
+from farthing.core.primitives import constant_time_eq
 from farthing.core.retry import request_tag
 from farthing.core.sealing import seal, seal_binding
 from farthing.http.methods import METHOD_OF
@@ -80,9 +82,18 @@ from farthing.http.problems import (
 )
 from farthing.observe.context import correlation_id, current_note
 from farthing.paywall.browser import accepts_html, is_wallet_path, payment_page
+from farthing.paywall.idempotency import (
+    MAX_KEY_LEN,
+    IdempotencyKeys,
+    Recorder,
+    key_digest,
+    replay,
+    request_digest,
+)
 from farthing.paywall.methods.base import PaymentContext, PaymentMethod, Settlement
 from farthing.paywall.metrics import PaywallMetrics
 from farthing.paywall.pricing import PricedRoute, PriceTable
+from farthing.store import IdempotencyRow
 
 __all__ = ["NOT_OFFERED_SCOPE_KEY", "PAYMENT_SCOPE_KEY", "SEALED_CONTENT_TYPE", "Offers", "Paywall"]
 
@@ -125,6 +136,7 @@ class Paywall:
         challenge_ttl: int = 300,
         metrics: PaywallMetrics | None = None,
         offers: Offers | None = None,
+        idempotency: IdempotencyKeys | None = None,
     ) -> None:
         if not methods:
             raise ValueError("a paywall needs at least one payment method")
@@ -140,6 +152,7 @@ class Paywall:
         self._ttl = challenge_ttl
         self.metrics = metrics
         self._offers = offers
+        self._idempotency = idempotency
         self._requests: dict[tuple[str, str], tuple[JsonObject, str]] = {}
         # The request tags of the paid requests this process is settling or delivering: an
         # identical copy that arrives meanwhile is refused, not served twice (-02
@@ -203,6 +216,13 @@ class Paywall:
                 page_for=page,
             )
             return
+        if digest is not None and self._idempotency is not None:
+            key = _header(scope, b"idempotency-key")
+            if key is not None:
+                await self._idempotent(
+                    scope, receive, send, key, authorization, field, digest, route, path
+                )
+                return
         tag = request_tag(http_method=scope["method"], path=path, authorization=authorization)
         if tag is not None and tag in self._in_flight:
             await self._send_problem(
@@ -229,6 +249,67 @@ class Paywall:
         self._delivered.move_to_end(tag)
         if len(self._delivered) > _DELIVERED_KEPT:
             self._delivered.popitem(last=False)
+
+    async def _idempotent(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        key: str,
+        authorization: str,
+        field: str | None,
+        digest: str,
+        route: PricedRoute,
+        path: str,
+    ) -> None:
+        """A paid request with a body and an ``Idempotency-Key`` (paywall/idempotency.py):
+        the key is claimed before the payment is looked at; its kept answer is sent again
+        for the same request; another request under it is refused."""
+        keys = self._idempotency
+        assert keys is not None
+        if len(key) > MAX_KEY_LEN:
+            bad = MalformedMessage("Idempotency-Key too long", code=ErrorCode.BAD_FIELD)
+            await self._send_problem(send, problem_for(bad), route)
+            return
+        key_id = key_digest(scope["method"], path, key)
+        request = request_digest(authorization, digest)
+        held = await keys.claim(key_id, request, self._clock.now())
+        if held is not None:
+            await self._answer_held(send, held, request, route)
+            return
+        settlement = await self._settle_or_answer(
+            authorization, field, digest, route, path, send, None
+        )
+        if settlement is None:
+            await keys.drop(key_id)  # refused: nothing ran under the key
+            return
+        recorder = Recorder(send)
+        try:
+            await self._deliver(scope, receive, recorder, settlement, route, path, field, digest)
+        finally:
+            if recorder.keepable:
+                await keys.finish(key_id, recorder)
+            else:
+                await keys.drop(key_id)
+
+    async def _answer_held(
+        self, send: Send, held: IdempotencyRow, request: bytes, route: PricedRoute
+    ) -> None:
+        if not constant_time_eq(held.request_digest, request):
+            error = Conflict(
+                "Idempotency-Key used for another request", code=ErrorCode.IDEMPOTENCY_KEY_REUSED
+            )
+            await self._send_problem(send, problem_for(error), route)
+        elif held.status is None:
+            error = Conflict(
+                "the request of this Idempotency-Key is running",
+                code=ErrorCode.IDEMPOTENCY_IN_PROGRESS,
+            )
+            await self._send_problem(send, problem_for(error), route)
+        else:
+            status, headers, body = replay(held)
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
 
     async def _deliver(
         self,
