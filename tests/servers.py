@@ -14,9 +14,11 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -116,3 +118,33 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, 9)
             process.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def app_server(app: Any, *, timeout: float = 30.0) -> Iterator[str]:
+    """Serve an ASGI app built in this process (so a test can give it its clock and
+    randomness) under uvicorn on 127.0.0.1, in a thread, with the protocol ``farthing ...
+    serve`` runs (farthing.guard's h11); yield its base URL. Stopped when the context exits."""
+    import uvicorn
+
+    from farthing.guard import ConnectionLimits, GuardedConfig
+
+    port = free_port()
+    limits = ConnectionLimits(header_timeout=10.0, body_timeout=10.0, max_connections=100)
+    config = GuardedConfig(
+        app, limits=limits, host="127.0.0.1", port=port, log_level="warning", access_log=False
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            server.should_exit = True
+            raise RuntimeError("the in-process server did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout)

@@ -19,6 +19,7 @@ import fcntl
 import hashlib
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -40,12 +41,13 @@ pytestmark = pytest.mark.xdist_group("quickstarts")
 
 README = Path(__file__).parent.parent / "README.md"
 # sha256 of the "## Quickstarts" section; update it only with a run of these tests.
-SECTION_SHA256 = "5425c1915df331d0a2e1e7a07bddd62126b55dcb9d0741eec61247381de00b55"
+SECTION_SHA256 = "13c2f24dc36e6beece2dc70933b73de1d0d4f34f3b73c53d13b49f4d493e395c"
 TITLES = (
     "a publisher sells a folder of files",
     "a publisher adds a price to a FastAPI route",
     "a reader",
     "a reader in a browser",
+    "a shop takes HLL smart cards and PayWord",
     "an operator runs the issuer on PostgreSQL",
 )
 PORTS = (8400, 8000)
@@ -222,6 +224,15 @@ def test_the_browser_quickstart_buys_with_a_typed_code(folder: Folder, page: Pag
     page.wait_for_selector("#bought li")
     assert "98 units left on your card" in page.inner_text("#card-balance")
     assert page.input_value("#card-code") == code
+
+
+def test_the_smart_card_quickstart_pays_with_an_hll_card_and_payword(folder: Folder) -> None:
+    if shutil.which("softhsm2-util") is None:
+        pytest.skip("SoftHSM2 is not installed (softhsm2-util not on PATH); run `make sysdeps`")
+    output = folder.run(quickstarts()["a shop takes HLL smart cards and PayWord"])
+    assert output.count(ARTICLE) == 2  # `wallet get` printed the article twice: both paid
+    assert "Paid 0.002 EUR with hll:mac" in output
+    assert "Paid 0.002 EUR with payword" in output
 
 
 @pytest.fixture

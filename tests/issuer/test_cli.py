@@ -102,7 +102,7 @@ def test_tokens_customers_merchants(runner: CliRunner, paths: tuple[str, str]) -
     assert token not in Path(paths[0]).read_bytes().decode("latin-1")  # only its hash
     assert "created" in _ok(runner, "customers", "add", "c-1")
     assert "available: EUR 2.00" in _ok(
-        runner, "customers", "load", "c-1", "2000000", "--reference", "receipt-7"
+        runner, "customers", "load", "c-1", "2.00", "--reference", "receipt-7"
     )
     key = _ok(runner, "merchants", "add", "shop-1").strip().splitlines()[-1]
     assert len(bytes.fromhex(key)) == 32  # hex, as the vendor's merchant_key_file holds it
@@ -125,7 +125,7 @@ def test_each_list_shows_what_was_made(runner: CliRunner, paths: tuple[str, str]
     _ok(runner, "tokens", "create", "bob")
     _ok(runner, "tokens", "revoke", "1")
     _ok(runner, "customers", "add", "c-1")
-    _ok(runner, "customers", "load", "c-1", "2500", "--reference", "r-1")
+    _ok(runner, "customers", "load", "c-1", "0.0025 EUR", "--reference", "r-1")
     _ok(runner, "merchants", "add", "shop-1", "--currency", "EUR")
     issued = _ok(runner, "cards", "issue", "--count", "3", "--units", "7", "--out", "/dev/null")
     batch = issued.split("--batch=")[1].split(")")[0].strip()
@@ -204,7 +204,7 @@ def test_a_batch_id_that_starts_with_a_dash_is_read_as_the_id(
 def test_report_and_check(runner: CliRunner, paths: tuple[str, str]) -> None:
     _init(runner)
     _ok(runner, "customers", "add", "c-1")
-    _ok(runner, "customers", "load", "c-1", "500", "--reference", "r")
+    _ok(runner, "customers", "load", "c-1", "0.0005", "--reference", "r")
     _ok(runner, "cards", "issue", "--count", "2", "--units", "10")
     report = _ok(runner, "report")
     assert "Balances" in report
@@ -267,7 +267,7 @@ def test_hll_cards_issue_writes_the_card_file_the_wallet_reads(
 
     _init(runner)
     _ok(runner, "customers", "add", "alice")
-    _ok(runner, "customers", "load", "alice", "1000000", "--reference", "cash-1")
+    _ok(runner, "customers", "load", "alice", "1", "--reference", "cash-1")
     token = SoftwareWrappingKey()
     (tmp_path / "token.pub").write_text(b64url_encode(token.public_key()) + "\n")
     card_file = tmp_path / "card.json"
@@ -323,3 +323,26 @@ def test_init_never_prints_a_dsn_password(runner: CliRunner) -> None:
     assert refused.exit_code == 1
     assert "postgresql://ops:***@127.0.0.1:1/farthing" in refused.output
     assert "hunter2" not in refused.output
+
+
+def test_a_cash_load_is_an_amount_in_the_accounts_currency(
+    runner: CliRunner, paths: tuple[str, str]
+) -> None:
+    _init(runner)
+    _ok(runner, "customers", "add", "c-1")
+    assert "available: EUR 5.00" in _ok(runner, "customers", "load", "c-1", "5", "--reference", "a")
+    assert "available: EUR 5.25" in _ok(
+        runner, "customers", "load", "c-1", "0.25 eur", "--reference", "b"
+    )
+    for amount, words in (
+        ("5 USD", "keeps EUR, not USD"),
+        ("5e6", "not an amount"),
+        ("0", "more than zero"),
+    ):
+        result = runner.invoke(
+            app, ["issuer", "customers", "load", "c-1", amount, "--reference", amount]
+        )
+        assert result.exit_code == 1, result.output
+        assert words in result.output
+        assert "Traceback" not in result.output
+    assert "EUR 5.25" in _ok(runner, "customers", "list")

@@ -14,8 +14,8 @@ import httpx
 import pytest
 
 from farthing.core import shortcode
-from farthing.core.cardcode import Generator, Protocol
-from farthing.core.encoding import b64url_decode, b64url_encode
+from farthing.core.encoding import b64url_encode
+from farthing.http.issuer_wire import parse_card_lookup
 from farthing.http.payment_auth import parse_challenges
 from farthing.paywall.app import create_vendor_app
 from farthing.paywall.browser import accepts_html, reader_price
@@ -145,14 +145,9 @@ async def test_a_card_is_found_by_its_code_as_the_issuer_answers(
         assert "secret" not in body
         assert (body["units"], body["spent"], body["status"]) == (units, 0, "active")
         assert (body["unit_micros"], body["currency"], body["realm"]) == (1000, "EUR", "news")
-        terms = shortcode.CardTerms(
-            card_id=b64url_decode(body["card_id"]), protocol=Protocol(body["protocol"]),
-            units=body["units"], currency=body["currency"], unit_micros=body["unit_micros"],
-            expires_at=body["expires_at"], generator=Generator(body["generator"]),
-            realm=body["realm"], modulus=b64url_decode(body["modulus"]),
-        )  # fmt: skip
+        found = parse_card_lookup(body)  # the issuer client's reader of its own lookup
         # The holder's own check: the tag binds these terms to this code, the secret derives.
-        card = shortcode.card_from_answer(short, terms, b64url_decode(body["tag"]))
+        card = shortcode.card_from_answer(short, found.terms, found.tag)
         assert card.card_id == card_id
 
 

@@ -66,7 +66,10 @@ class FakePayer:
     def remember(self, url: str, challenges: list[Challenge]) -> None:
         self.remembered.extend(challenges)
 
-    def pay_up_front(self, url: str) -> PreparedPayment | None:
+    def accept_payment(self, url: str) -> str | None:
+        return None
+
+    def pay_up_front(self, url: str, *, keep_authorization: bool = False) -> PreparedPayment | None:
         return self._payment("cached") if self.up_front else None
 
     def pay(self, url: str, challenges: list[Challenge]) -> PreparedPayment:

@@ -334,15 +334,28 @@ def customers_add(
 @customers_app.command("load")
 def customers_load(
     customer_id: Annotated[str, typer.Argument()],
-    amount_micros: Annotated[int, typer.Argument(min=1, help="Cash received, in micros.")],
+    amount: Annotated[
+        str, typer.Argument(help="Cash received in the account's currency: 5, 5.00 or '5 EUR'.")
+    ],
     reference: Annotated[str, typer.Option(help="Idempotency key, e.g. the receipt number.")],
     db: Db = _DEFAULT_DB,
     keys: Keys = Path(_DEFAULT_KEYS),
 ) -> None:
     """Cash-in: credit a customer account with cash received."""
+    from farthing.core.errors import FarthingError
+    from farthing.core.money import parse_amount
+
+    try:
+        amount_micros, named = parse_amount(amount)
+    except FarthingError:
+        raise fail(f"not an amount: {amount!r}", hint="write it as 5, 5.00 or '5 EUR'") from None
+    if amount_micros <= 0:
+        raise fail("the amount must be more than zero")
     with _services(db, keys) as services:
-        result = services.accounts.load(_actor(), customer_id, amount_micros, reference)
         currency = services.accounts.customer(customer_id).currency
+        if named is not None and named != currency:
+            raise fail(f"customer {customer_id} keeps {currency}, not {named}")
+        result = services.accounts.load(_actor(), customer_id, amount_micros, reference)
     console.print(f"available: {money(result.available_micros, currency)}")
 
 

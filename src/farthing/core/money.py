@@ -14,10 +14,11 @@ from typing import Final
 
 from farthing.core.errors import ErrorCode, MalformedMessage
 
-__all__ = ["Denomination"]
+__all__ = ["Denomination", "parse_amount"]
 
 _CURRENCY: Final = re.compile(r"\A[A-Z]{3}\Z")
 MAX_UNIT_MICROS: Final = 10**12
+_MICROS_PER_WHOLE: Final = 1_000_000
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -43,3 +44,16 @@ class Denomination:
 
     def micros(self, units: int) -> int:
         return units * self.unit_micros
+
+
+def parse_amount(text: str) -> tuple[int, str | None]:
+    """``"0.05"``, ``"0.05 EUR"`` or ``"0.05EUR"`` -> (50000, "EUR" or None). No floats."""
+    cleaned = text.strip().upper()
+    number = cleaned.rstrip("ABCDEFGHIJKLMNOPQRSTUVWXYZ").strip()
+    currency = cleaned[len(number) :].strip() or None
+    whole, _, frac = number.partition(".")
+    if not whole.isdigit() and not (whole == "" and frac.isdigit()):
+        raise MalformedMessage(f"not an amount: {text!r}", code=ErrorCode.BAD_FIELD)
+    if (frac and not frac.isdigit()) or len(frac) > 6 or (currency and len(currency) != 3):
+        raise MalformedMessage(f"not an amount: {text!r}", code=ErrorCode.BAD_FIELD)
+    return int(whole or "0") * _MICROS_PER_WHOLE + int(frac.ljust(6, "0") or "0"), currency

@@ -31,8 +31,6 @@ from typing import Final
 
 import httpx
 
-from farthing.core import shortcode
-from farthing.core.cardcode import Generator, Protocol
 from farthing.core.encoding import b64url_decode, b64url_encode
 from farthing.core.errors import (
     ErrorCode,
@@ -45,8 +43,10 @@ from farthing.core.errors import (
 )
 from farthing.core.schemes import hll, payword, szm_status
 from farthing.http.issuer_wire import (
+    CardLookup,
     admit_request_tag,
     deposit_lookup_tag,
+    parse_card_lookup,
     redeem_request_tag,
     verify_request_tag,
 )
@@ -67,17 +67,6 @@ class CardStatus:
     units: int
     spent: int
     expires_at: int
-    status: str
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class CardLookup:
-    """The issuer's answer about the card a short code names (not yet checked: see
-    :func:`farthing.core.shortcode.card_from_answer`)."""
-
-    terms: shortcode.CardTerms
-    tag: bytes
-    spent: int
     status: str
 
 
@@ -232,23 +221,9 @@ class IssuerClient:
             "POST", "/v1/szm/cards/lookup", {"lookup": b64url_encode(lookup_id)}
         )
         try:
-            terms = shortcode.CardTerms(
-                card_id=b64url_decode(str(answer["card_id"]), max_len=64),
-                protocol=Protocol(str(answer["protocol"])),
-                units=_int(answer, "units"),
-                currency=str(answer["currency"]),
-                unit_micros=_int(answer, "unit_micros"),
-                expires_at=_int(answer, "expires_at"),
-                generator=Generator(str(answer["generator"])),
-                realm=str(answer["realm"]),
-                modulus=b64url_decode(str(answer["modulus"]), max_len=4096),
-            )
-            tag = b64url_decode(str(answer["tag"]), max_len=64)
-        except (KeyError, ValueError, MalformedMessage) as exc:
+            return parse_card_lookup(answer)
+        except MalformedMessage as exc:
             raise _unavailable("the issuer's card lookup does not decode") from exc
-        return CardLookup(
-            terms=terms, tag=tag, spent=_int(answer, "spent"), status=str(answer.get("status"))
-        )
 
     async def broker(self) -> tuple[str, bytes]:
         """The PayWord broker's id and Ed25519 public key."""

@@ -29,6 +29,7 @@ import functools
 import json
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Final, cast
@@ -55,6 +56,7 @@ __all__ = [
     "decode_json_b64",
     "encode_jcs_b64",
     "encode_json_b64",
+    "format_accept_payment",
     "format_challenge",
     "format_credential",
     "format_rfc3339",
@@ -352,6 +354,18 @@ def parse_accept_payment(value: str) -> list[tuple[str, str, float]] | None:
             return None
         ranges.append((match.group(1), match.group(2), float(match.group(3) or 1)))
     return ranges
+
+
+def format_accept_payment(methods: Sequence[str], *, intent: str = "charge") -> str:
+    """``Accept-Payment`` naming ``methods`` for ``intent``, most wanted first: the first
+    without a weight (q=1), each next one 0.1 lower (at least 0.001), so a server that sorts
+    by q keeps this order."""
+    ranges = []
+    for rank, method in enumerate(methods):
+        thousandths = max(1, 1000 - 100 * rank)
+        weight = "" if thousandths == 1000 else ";q=" + f"{thousandths / 1000:.3f}".rstrip("0")
+        ranges.append(f"{method}/{intent}{weight}")
+    return ", ".join(ranges)
 
 
 def _preference(challenge: Challenge, ranges: list[tuple[str, str, float]]) -> float | None:

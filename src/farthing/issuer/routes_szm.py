@@ -10,6 +10,7 @@ from farthing.core.encoding import b64url_encode
 from farthing.core.errors import ErrorCode, MalformedMessage
 from farthing.core.money import Denomination
 from farthing.core.schemes import szm_status
+from farthing.http.issuer_wire import card_lookup_json
 from farthing.issuer.auth import Operator
 from farthing.issuer.config import IssuerConfig
 from farthing.issuer.qr import qr_png
@@ -151,21 +152,10 @@ def build_szm_router(services: IssuerServices) -> APIRouter:
         """The card a typed short code names, for whoever holds the code: its terms, a tag
         that binds them to the code, and what is left. 404 for any other lookup id."""
         answer = service.lookup(field_bytes(body.lookup, "lookup id", max_len=32))
-        code = answer.code
-        return CardLookupOut(
-            card_id=b64url_encode(code.card_id),
-            protocol=code.protocol.value,
-            units=code.units,
-            currency=code.currency,
-            unit_micros=code.unit_micros,
-            expires_at=code.expires_at,
-            generator=code.generator.value,
-            realm=code.realm,
-            modulus=b64url_encode(code.modulus),
-            tag=b64url_encode(answer.tag),
-            spent=answer.spent,
-            status=answer.status,
+        document = card_lookup_json(
+            answer.code, tag=answer.tag, spent=answer.spent, status=answer.status
         )
+        return CardLookupOut.model_validate(document)
 
     @router.post("/revenue")
     def revenue(body: SzmRevenueRequest, op: Operator = Depends(require_operator)) -> RevenueOut:

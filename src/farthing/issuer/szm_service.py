@@ -30,14 +30,14 @@ from dataclasses import dataclass
 from typing import Final
 
 from farthing.core import shortcode
-from farthing.core.cardcode import CardCode, Generator, Protocol, to_compact, to_text
+from farthing.core.cardcode import CardCode, Generator, to_compact, to_text
 from farthing.core.clock import Clock, RandomSource
 from farthing.core.encoding import Writer, b64url_encode
 from farthing.core.errors import ErrorCode, MalformedMessage, NotFound, UnsupportedMethod
 from farthing.core.money import Denomination
 from farthing.core.prbg import BbsKey, bbs_steps_per_block
 from farthing.core.primitives import hmac_sha256
-from farthing.core.schemes import szm_chain, szm_prbg, szm_status
+from farthing.core.schemes import szm_chain, szm_issued, szm_prbg, szm_status
 from farthing.issuer.books import SystemAccounts
 from farthing.store import CardStatus, Store, SzmBatchRow, SzmCardRow, SzmProtocol, Tx
 
@@ -329,23 +329,9 @@ class SzmService:
         return self._store.run_in_transaction(unit)
 
     def _exported(self, row: SzmCardRow) -> ExportedCard:
-        secret = self._card_secret(row.protocol, row.card_id)
-        if row.protocol is SzmProtocol.CHAIN:
-            generator = Generator.SHA256_CHAIN
-        else:
-            generator = Generator(row.generator or Generator.HMAC_CTR.value)
-        modulus = self._bbs.public.n_bytes if generator is Generator.BBS else b""
-        code = CardCode(
-            protocol=Protocol(row.protocol.value),
-            card_id=row.card_id,
-            secret=secret,
-            units=row.units,
-            currency=row.currency,
-            unit_micros=row.unit_micros,
-            expires_at=row.expires_at,
-            generator=generator,
-            realm=self._realm,
-            modulus=modulus,
+        master = self._masters[row.protocol]
+        code = szm_issued.card_code(
+            row, master=master, realm=self._realm, bbs_modulus=self._bbs.public.n_bytes
         )
         short = shortcode.short_secret(self._masters[row.protocol], row.card_id)
         return ExportedCard(card_id=row.card_id, code=code, short=short)
@@ -365,7 +351,7 @@ class SzmService:
             code=card.code,
             tag=shortcode.answer_tag(card.short, card.code),
             spent=row.spent,
-            status=_status(row, self._clock.now()),
+            status=szm_issued.card_status(row, now=self._clock.now()),
         )
 
     # --- status and revenue ---------------------------------------------------------------
@@ -385,7 +371,7 @@ class SzmService:
             units=row.units,
             spent=row.spent,
             expires_at=row.expires_at,
-            status=_status(row, now),
+            status=szm_issued.card_status(row, now=now),
         )
 
     def _card_secret(self, protocol: SzmProtocol, card_id: bytes) -> bytes:
@@ -424,13 +410,3 @@ def _generator(spec: BatchSpec) -> Generator | None:
     if spec.protocol is SzmProtocol.PRBG and spec.generator is None:
         return Generator.HMAC_CTR
     return spec.generator
-
-
-def _status(row: SzmCardRow, now: int) -> str:
-    if row.status is not CardStatus.ACTIVE:
-        return row.status.value
-    if now >= row.expires_at:
-        return "expired"
-    if row.spent >= row.units:
-        return "exhausted"
-    return CardStatus.ACTIVE.value

@@ -34,16 +34,16 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from farthing.core import shortcode
-from farthing.core.cardcode import CardCode, Generator, Protocol
 from farthing.core.clock import Clock, SystemClock
-from farthing.core.encoding import b64url_decode, b64url_encode
+from farthing.core.encoding import b64url_decode
 from farthing.core.errors import ErrorCode, FarthingError, MalformedMessage, NotFound
-from farthing.core.schemes import szm_chain, szm_prbg
+from farthing.core.schemes import szm_issued
+from farthing.http.issuer_wire import card_lookup_json
 from farthing.http.payment_auth import Challenge
 from farthing.http.problems import CONTENT_TYPE as PROBLEM_TYPE
 from farthing.http.problems import problem_for
 from farthing.paywall.pricing import PricedRoute
-from farthing.store import CardStatus, Store, SzmCardRow, SzmProtocol
+from farthing.store import Store, SzmProtocol
 
 __all__ = [
     "WALLET_PREFIX",
@@ -152,52 +152,12 @@ class CardChecker:
         if row is None:
             raise NotFound("this shop knows no card with this code: compare it with the card")
         master = self.chain_master if row.protocol is SzmProtocol.CHAIN else self.prbg_master
-        code = self._card(row, master)
-        tag = shortcode.answer_tag(shortcode.short_secret(master, row.card_id), code)
-        return {
-            "card_id": b64url_encode(code.card_id),
-            "protocol": code.protocol.value,
-            "units": code.units,
-            "currency": code.currency,
-            "unit_micros": code.unit_micros,
-            "expires_at": code.expires_at,
-            "generator": code.generator.value,
-            "realm": code.realm,
-            "modulus": b64url_encode(code.modulus),
-            "tag": b64url_encode(tag),
-            "spent": row.spent,
-            "status": _status(row, self.clock.now()),
-        }
-
-    def _card(self, row: SzmCardRow, master: bytes) -> CardCode:
-        if row.protocol is SzmProtocol.CHAIN:
-            generator, secret = Generator.SHA256_CHAIN, szm_chain.card_secret(master, row.card_id)
-        else:
-            generator = Generator(row.generator or Generator.HMAC_CTR.value)
-            secret = szm_prbg.card_secret(master, row.card_id)
-        return CardCode(
-            protocol=Protocol(row.protocol.value),
-            card_id=row.card_id,
-            secret=secret,
-            units=row.units,
-            currency=row.currency,
-            unit_micros=row.unit_micros,
-            expires_at=row.expires_at,
-            generator=generator,
-            realm=self.realm,
-            modulus=self.bbs_modulus if generator is Generator.BBS else b"",
+        code = szm_issued.card_code(
+            row, master=master, realm=self.realm, bbs_modulus=self.bbs_modulus
         )
-
-
-def _status(row: SzmCardRow, now: int) -> str:
-    """As the issuer says it: active, blocked, expired or exhausted."""
-    if row.status is not CardStatus.ACTIVE:
-        return row.status.value
-    if now >= row.expires_at:
-        return "expired"
-    if row.spent >= row.units:
-        return "exhausted"
-    return CardStatus.ACTIVE.value
+        tag = shortcode.answer_tag(shortcode.short_secret(master, row.card_id), code)
+        status = szm_issued.card_status(row, now=self.clock.now())
+        return card_lookup_json(code, tag=tag, spent=row.spent, status=status)
 
 
 def wallet_routes(checker: CardChecker | None) -> list[Route]:

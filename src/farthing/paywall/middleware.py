@@ -226,7 +226,12 @@ class Paywall:
         tag = request_tag(http_method=scope["method"], path=path, authorization=authorization)
         if tag is not None and tag in self._in_flight:
             await self._send_problem(
-                send, _IN_PROGRESS, route, header=field, digest=digest, method=None
+                send,
+                _IN_PROGRESS,
+                route,
+                header=field,
+                digest=digest,
+                accept=_header(scope, b"accept-payment"),
             )
             return
         if tag is not None:
@@ -234,7 +239,14 @@ class Paywall:
         settlement = None
         try:
             settlement = await self._settle_or_answer(
-                authorization, field, digest, route, path, send, tag
+                authorization,
+                field,
+                digest,
+                route,
+                path,
+                send,
+                tag,
+                accept=_header(scope, b"accept-payment"),
             )
             if settlement is not None:
                 await self._deliver(scope, receive, send, settlement, route, path, field, digest)
@@ -278,7 +290,14 @@ class Paywall:
             await self._answer_held(send, held, request, route)
             return
         settlement = await self._settle_or_answer(
-            authorization, field, digest, route, path, send, None
+            authorization,
+            field,
+            digest,
+            route,
+            path,
+            send,
+            None,
+            accept=_header(scope, b"accept-payment"),
         )
         if settlement is None:
             await keys.drop(key_id)  # refused: nothing ran under the key
@@ -357,7 +376,11 @@ class Paywall:
         path: str,
         send: Send,
         request: bytes | None,
+        *,
+        accept: str | None = None,
     ) -> Settlement | None:
+        """Settle the credential, or answer the refusal: a 402 whose fresh challenges
+        follow the request's ``Accept-Payment`` (``accept``), as the first 402's do."""
         method_name = "unknown"
         started = time.perf_counter()
         try:
@@ -392,6 +415,7 @@ class Paywall:
                 method=method_name,
                 header=field,
                 digest=digest,
+                accept=accept,
             )
             return None
         except Exception:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from starlette.types import ASGIApp
 
-from farthing.core.clock import SystemClock
+from farthing.core.clock import Clock, RandomSource, SystemClock
 from farthing.core.errors import LocalProtocolError
 from farthing.http.issuer_client import IssuerClient
 from farthing.observe.admin import serve_admin
@@ -54,8 +54,12 @@ def app_from_config(config: VendorConfig) -> ASGIApp:
     return vendor_from_config(config).app
 
 
-def vendor_from_config(config: VendorConfig) -> VendorApps:
-    """The vendor's apps (content port, the paywall inside it, admin) as ``config`` says."""
+def vendor_from_config(
+    config: VendorConfig, *, clock: Clock | None = None, rng: RandomSource = os.urandom
+) -> VendorApps:
+    """The vendor's apps (content port, the paywall inside it, admin) as ``config`` says.
+    ``clock`` and ``rng``: the paywall's (the system's by default; a test passes
+    :mod:`farthing.testing`'s to get the same bytes on every run, as tests/http/http_doc.py)."""
     store = open_store(config.database)
     bank = _bank(config)
     closers = [bank.aclose] if bank is not None else []
@@ -85,6 +89,8 @@ def vendor_from_config(config: VendorConfig) -> VendorApps:
         closers=closers,
         offers=goods.offers,
         background=background,
+        clock=clock,
+        rng=rng,
     )
     if config.admin_port is not None:  # the lifespan reads ``background`` at start-up
         background.append(functools.partial(serve_admin, vendor.admin, port=config.admin_port))

@@ -8,6 +8,12 @@ stepping it by hand::
     if response is 402: pay one offered challenge within policy, retry once
     if response is 200: open the sealed body with the payment's key, record the purchase
 
+The payer may name the methods it can pay (:meth:`Payer.accept_payment`): the flow sends them
+as ``Accept-Payment`` (draft-httpauth-payment-02), so the vendor offers only those, most
+wanted first. A credential goes in the field its challenge selects: ``Authorization``, or
+``Payment-Authorization`` when the challenge has ``header`` (the vendor asks for that when the
+request keeps ``Authorization`` for another scheme, which is then left as it was).
+
 It never pays twice for one request on its own initiative: after a paid attempt is refused
 (401 with a fresh challenge, or 402), it returns that response unless the payer's policy
 allows one retry. The one exception is a refused *up-front* payment (made from a remembered
@@ -31,7 +37,10 @@ from farthing.core.errors import FarthingError
 from farthing.http.payment_auth import Challenge, Receipt, parse_challenges
 from farthing.http.problems import FARTHING_CODE
 
-__all__ = ["Payer", "PaymentAuth", "PreparedPayment"]
+AUTHORIZATION = "Authorization"
+ACCEPT_PAYMENT = "Accept-Payment"
+
+__all__ = ["ACCEPT_PAYMENT", "AUTHORIZATION", "Payer", "PaymentAuth", "PreparedPayment"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -47,6 +56,8 @@ class PreparedPayment:
     sealing_key: bytes | None = field(default=None, repr=False)
     card_id: bytes | None = None
     index: int | None = None
+    header: str = AUTHORIZATION
+    """The field the credential goes in: what its challenge selected."""
 
 
 class Payer(Protocol):
@@ -56,9 +67,16 @@ class Payer(Protocol):
         """Keep challenges for paying later requests to the same route up front."""
         ...
 
-    def pay_up_front(self, url: str) -> PreparedPayment | None:
+    def accept_payment(self, url: str) -> str | None:
+        """The ``Accept-Payment`` value for ``url`` (the methods the payer can pay there, most
+        wanted first), or None to send none."""
+        ...
+
+    def pay_up_front(self, url: str, *, keep_authorization: bool = False) -> PreparedPayment | None:
         """A lost payment for ``url`` to resend as it was, or a payment from a remembered,
-        still-valid challenge that covers ``url``, or None."""
+        still-valid challenge that covers ``url``, or None. ``keep_authorization``: the
+        request's ``Authorization`` is not ours, so only a payment sent in
+        ``Payment-Authorization`` will do."""
         ...
 
     def pay(self, url: str, challenges: list[Challenge]) -> PreparedPayment:
@@ -135,10 +153,16 @@ class PaymentAuth(httpx.Auth):
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         url = str(request.url)
-        payment = self._payer.pay_up_front(url)
+        accept = self._payer.accept_payment(url)
+        if accept is not None and ACCEPT_PAYMENT not in request.headers:
+            request.headers[ACCEPT_PAYMENT] = accept
+        # The request may carry an Authorization of its own (a Bearer token for the app);
+        # a Payment credential there (a redirect's copy of ours) is not kept.
+        keep = not request.headers.get(AUTHORIZATION, "Payment ").startswith("Payment ")
+        payment = self._payer.pay_up_front(url, keep_authorization=keep)
         up_front = payment is not None
         if payment is not None:
-            request.headers["Authorization"] = payment.authorization
+            _attach(request, payment, None)
         response = yield from self._send(request, payment)
         for _attempt in range(2):
             if response.status_code not in (401, 402):
@@ -157,8 +181,8 @@ class PaymentAuth(httpx.Auth):
             # to pay again: when it is refused (say its challenge went stale), pay the fresh
             # 402 once.
             up_front = False
-            payment = self._payer.pay(url, challenges)
-            request.headers["Authorization"] = payment.authorization
+            before, payment = payment, self._payer.pay(url, challenges)
+            _attach(request, payment, before)
             response = yield from self._send(request, payment)
         if payment is None:
             return
@@ -182,6 +206,16 @@ class PaymentAuth(httpx.Auth):
             if payment is not None:
                 self._payer.lost(payment)
             raise
+
+
+def _attach(
+    request: httpx.Request, payment: PreparedPayment, before: PreparedPayment | None
+) -> None:
+    """Put the credential in the field its challenge selected, taking out the one an
+    earlier attempt of this request put in another field (two credentials are refused)."""
+    if before is not None and before.header != payment.header:
+        del request.headers[before.header]
+    request.headers[payment.header] = payment.authorization
 
 
 def _receipt(response: httpx.Response) -> Receipt | None:

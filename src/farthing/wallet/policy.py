@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from farthing.core.errors import ErrorCode, MalformedMessage, PolicyRefused
+from farthing.core.money import parse_amount
 
 __all__ = [
     "DAY",
@@ -44,19 +45,6 @@ def format_micros(micros: int, currency: str) -> str:
     whole, frac = divmod(abs(micros), _MICROS)
     digits = f"{frac:06d}".rstrip("0").ljust(2, "0")
     return f"{sign}{whole}.{digits} {currency}"
-
-
-def parse_amount(text: str) -> tuple[int, str | None]:
-    """``"0.05"``, ``"0.05 EUR"`` or ``"0.05EUR"`` -> (50000, "EUR" or None). No floats."""
-    cleaned = text.strip().upper()
-    number = cleaned.rstrip("ABCDEFGHIJKLMNOPQRSTUVWXYZ").strip()
-    currency = cleaned[len(number) :].strip() or None
-    whole, _, frac = number.partition(".")
-    if not whole.isdigit() and not (whole == "" and frac.isdigit()):
-        raise MalformedMessage(f"not an amount: {text!r}", code=ErrorCode.BAD_FIELD)
-    if (frac and not frac.isdigit()) or len(frac) > 6 or (currency and len(currency) != 3):
-        raise MalformedMessage(f"not an amount: {text!r}", code=ErrorCode.BAD_FIELD)
-    return int(whole or "0") * _MICROS + int(frac.ljust(6, "0") or "0"), currency
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -39,6 +39,11 @@ Paying one request (:meth:`Wallet.pay`):
    (:meth:`lost`), the payment is kept and resent byte for byte by :meth:`pay_up_front` for
    the next request to the same URL, until its challenge expires (then ``lost``).
 
+Negotiating. :meth:`accept_payment` names the methods of the cards that may pay a site (the
+card chosen with :meth:`pay_only_with`, if any), in the wallet's preference order, for the
+request's ``Accept-Payment``: the vendor then offers only those. A challenge that selects
+``Payment-Authorization`` is paid in that field (the payment's ``header``).
+
 Paying up front. :meth:`remember` keeps the challenges of each (origin, route scope) in
 memory; :meth:`pay_up_front` pays a later request with one of them if the URL path matches
 the challenge's ``resource`` pattern (``*`` one path segment, ``**`` any suffix) and it
@@ -76,16 +81,17 @@ from farthing.core.errors import (
 )
 from farthing.core.schemes import hll, payword, szm_status
 from farthing.core.sealing import open_sealed
-from farthing.http.methods import SCHEME_OF
+from farthing.http.methods import METHOD_OF, SCHEME_OF
 from farthing.http.methods.common import CURRENCY_PREFIX, wire_currency
 from farthing.http.payment_auth import (
     Challenge,
     Credential,
     JsonObject,
     Receipt,
+    format_accept_payment,
     format_credential,
 )
-from farthing.wallet.auth import PreparedPayment
+from farthing.wallet.auth import AUTHORIZATION, PreparedPayment
 from farthing.wallet.cards import (
     CardInfo,
     HllCardFile,
@@ -536,9 +542,32 @@ class Wallet:
                     self._remembered.setdefault((origin, scope), {})[challenge.method] = challenge
             self._forget_expired(now)
 
-    def pay_up_front(self, url: str) -> PreparedPayment | None:
+    def accept_payment(self, url: str) -> str | None:
+        """``Accept-Payment`` for ``url``: the method ids of the unexpired cards that may pay
+        its site (only the chosen card's, after :meth:`pay_only_with`), most preferred
+        first; None when no card may pay there (the vendor then offers everything, and the
+        402 says what it takes)."""
+        target = _Target.parse(url)
+        now = self._clock.now()
+        with self._lock:
+            schemes = {
+                card.method
+                for card in self._store.cards()
+                if card.expires_at > now
+                and _site_allows(card, target)
+                and self._only_card in (None, card.label)
+                and card.method in METHOD_OF
+            }
+        if not schemes:
+            return None
+        ranked = sorted(schemes, key=lambda s: (self._preference.get(s, len(self._preference)), s))
+        return format_accept_payment([METHOD_OF[scheme] for scheme in ranked])
+
+    def pay_up_front(self, url: str, *, keep_authorization: bool = False) -> PreparedPayment | None:
         """A lost payment for ``url`` to resend as it was, else a payment from a remembered
         challenge whose route scope covers ``url``; None if neither applies.
+        ``keep_authorization``: the request's ``Authorization`` is the caller's, so only a
+        payment in ``Payment-Authorization`` (a challenge with ``header``) is made.
 
         Paying up front is safe for the reader: a vendor that does not take the payment
         (say the path is missing) answers without a receipt, and the units go back on the
@@ -547,10 +576,14 @@ class Wallet:
         target = _Target.parse(url)
         if not target.secure:
             return None  # the 402 round trip will say so with a clear error
-        resend = self._resend(target)
+        resend = self._resend(target, keep_authorization=keep_authorization)
         if resend is not None:
             return resend
-        candidates = self._usable_remembered(target, self._clock.now() + self._margin)
+        candidates = [
+            challenge
+            for challenge in self._usable_remembered(target, self._clock.now() + self._margin)
+            if challenge.header is not None or not keep_authorization
+        ]
         if not candidates:
             return None
         try:
@@ -656,9 +689,9 @@ class Wallet:
         quotes = []
         for challenge in challenges:
             method = self._methods.get(SCHEME_OF.get(challenge.method, ""))
-            # A challenge selecting Payment-Authorization is not paid: this wallet sends its
-            # credential in Authorization only (the draft: then it must not pay it).
-            if method is None or _expiry(challenge) <= now or challenge.header is not None:
+            # A challenge's ``header`` selects Payment-Authorization (the parser drops any
+            # other value), where the payment is then sent.
+            if method is None or _expiry(challenge) <= now:
                 continue
             for card in cards:
                 if card.id in blocked or (card.id, challenge.realm) in refusals:
@@ -746,13 +779,15 @@ class Wallet:
             sealing_key=reservation.sealing_key,
             card_id=reservation.sealing_card_id or quote.card.card_key,
             index=reservation.position,
+            header=quote.challenge.header or AUTHORIZATION,
         )
         self._store.keep_payment(history_id, self._seal_payment(history_id, payment))
         self._keep_pending(authorization, flight)
         return payment
 
-    def _resend(self, target: _Target) -> PreparedPayment | None:
-        """The oldest lost payment for this URL, sent again byte for byte (no new money)."""
+    def _resend(self, target: _Target, *, keep_authorization: bool) -> PreparedPayment | None:
+        """The oldest lost payment for this URL, sent again byte for byte (no new money),
+        in its own field (not one in ``Authorization`` while the caller keeps that)."""
         with self._lock:
             now = self._clock.now()
             self._store.expire_lost(now=now)
@@ -760,6 +795,8 @@ class Wallet:
                 if row.payment is None:
                     continue
                 payment = self._open_payment(row.history_id, row.payment)
+                if keep_authorization and payment.header == AUTHORIZATION:
+                    continue
                 self._store.mark(row.history_id, _SENT)
                 flight = _Flight(
                     history_id=row.history_id, commitment_id=row.commitment, resend=True
@@ -779,6 +816,7 @@ class Wallet:
             "key": b64url_encode(payment.sealing_key) if payment.sealing_key else None,
             "cardId": b64url_encode(payment.card_id) if payment.card_id else None,
             "index": payment.index,
+            "header": payment.header,
         }
         plain = json.dumps(document, sort_keys=True).encode()
         return self._store.box.seal(_payment_record(history_id), plain)
@@ -796,6 +834,8 @@ class Wallet:
             sealing_key=None if key is None else b64url_decode(key),
             card_id=None if card_id is None else b64url_decode(card_id),
             index=document["index"],
+            # Kept before payments named their field: those all went in Authorization.
+            header=str(document.get("header", AUTHORIZATION)),
         )
 
     # -- bookkeeping -------------------------------------------------------------------------
