@@ -69,3 +69,54 @@ def test_uvicorn_asyncio_and_farthing_records_pass_the_filter() -> None:
     assert sum("out of system resource" in line for line in lines) == 10
     assert sum("Invalid HTTP request" in line for line in lines) == 10
     assert sum("connection cap reached" in line for line in lines) == 10
+
+
+class CountingStream:
+    """A text stream that keeps each ``write`` apart."""
+
+    def __init__(self) -> None:
+        self.writes: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.writes.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        return None
+
+
+def test_access_lines_of_one_loop_pass_are_one_write() -> None:
+    """The access log's handler: 30 lines logged in one pass of the event loop reach the
+    stream as one write right after the pass, in order; outside a loop, at once."""
+    import asyncio
+
+    from farthing.logs import LoopBufferedHandler
+
+    stream = CountingStream()
+    handler = LoopBufferedHandler(stream)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("farthing.test.buffered")
+    logger.propagate, logger.handlers = False, [handler]
+    logger.setLevel(logging.INFO)
+
+    async def one_pass() -> int:
+        for n in range(30):
+            logger.info("line %d", n)
+        written = len(stream.writes)
+        await asyncio.sleep(0)
+        return written
+
+    assert asyncio.run(one_pass()) == 0
+    assert stream.writes == ["".join(f"line {n}\n" for n in range(30))]
+    logger.info("outside")
+    assert stream.writes[-1] == "outside\n"
+    assert len(stream.writes) == 2
+
+
+def test_the_access_log_handler_is_the_buffered_one() -> None:
+    from uvicorn.config import LOGGING_CONFIG
+
+    from farthing.logs import rate_limited_log_config
+
+    config = rate_limited_log_config(LOGGING_CONFIG)
+    assert config["handlers"]["farthing_access"]["class"] == "farthing.logs.LoopBufferedHandler"

@@ -127,3 +127,62 @@ def test_the_soft_file_limit_is_raised_to_the_hard_one() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert done.stdout.split() == ["512", "512"]
+
+
+def _closed_within(sock: socket.socket, seconds: float) -> tuple[bytes, float]:
+    """What the server sent until it closed the connection, and when (monotonic)."""
+    sock.settimeout(seconds)
+    received = b""
+    while chunk := sock.recv(65536):
+        received += chunk
+    return received, time.monotonic()
+
+
+def _server_pid(port: str) -> int:
+    """The process serving ``tests.serving_app:app`` on ``port``."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"tests.serving_app:app" in argv and port.encode() in argv:
+                return int(entry.name)
+    raise LookupError("no server process")
+
+
+@pytest.mark.parametrize("http", ["default", "h11"])
+def test_both_protocols_keep_the_guard(http: str, tmp_path: Path) -> None:
+    """The default server (httptools on uvloop) and ``--http h11`` alike: a head that
+    never ends and a body that never ends are closed after their timeouts, a head over
+    16 KiB is answered 400 and closed (llhttp alone has no limit), honest requests pass."""
+    port = free_port()
+    command = [
+        sys.executable, "-m", "farthing.serving", "tests.serving_app:app", "--port", str(port),
+        "--header-timeout", "1", "--body-timeout", "1",
+        *([] if http == "default" else ["--http", http]),
+    ]  # fmt: skip
+    with (
+        command_server(command, port, env={}, log_path=tmp_path / "serve.log") as base,
+        socket.create_connection(("127.0.0.1", port), timeout=10) as slow_head,
+        socket.create_connection(("127.0.0.1", port), timeout=10) as slow_body,
+        socket.create_connection(("127.0.0.1", port), timeout=10) as big_head,
+    ):
+        sent = time.monotonic()
+        slow_head.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        slow_body.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n12345")
+        big_head.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20_000 + b"\r\n")
+        big_answer, _ = _closed_within(big_head, 5)
+        head_answer, head_closed = _closed_within(slow_head, 5)
+        body_answer, body_closed = _closed_within(slow_body, 5)
+        honest = httpx.post(base + "/echo", content=b"x" * 50_000, timeout=10)
+        maps = Path(f"/proc/{_server_pid(str(port))}/maps").read_text()
+    assert big_answer.startswith(b"HTTP/1.1 400 ")
+    assert head_answer == b""
+    assert 0.5 < head_closed - sent < 4
+    assert body_answer == b"" or body_answer.startswith(b"HTTP/1.1 ")
+    assert 0.5 < body_closed - sent < 4
+    assert (honest.status_code, honest.text) == (200, "50000")
+    expected = ("httptools", "uvloop") if http == "default" else ()
+    assert all(f"/{name}/" in maps for name in expected)
+    assert http == "default" or "/uvloop/" not in maps

@@ -19,6 +19,7 @@ from farthing.http.payment_auth import (
     Receipt,
     decode_json_b64,
     encode_jcs_b64,
+    encode_json_b64,
     format_challenge,
     format_credential,
     parse_challenges,
@@ -275,3 +276,68 @@ def test_challenge_id_bit_flip_refused(bit: int) -> None:
     raw[bit // 8] ^= 1 << (bit % 8)
     with pytest.raises(InvalidPayment):
         verify(replace(echo, id=b64url_encode(bytes(raw))))
+
+
+@pytest.mark.parametrize("header", [None, "Payment-Authorization"])
+@pytest.mark.parametrize("realm", ["news", 'the "daily" \\ news', "caf\u00e9"])
+def test_the_fast_challenge_header_is_the_formatted_challenge(
+    header: str | None, realm: str
+) -> None:
+    """What a paid answer carries (``challenge_header``, no challenge object built) is
+    byte for byte ``format_challenge(issue(...))``, and it verifies."""
+    for nonce in (b"n" * 16, bytes(range(16)), b"\xff" * 16):
+        slow = format_challenge(issue(realm=realm, header=header, nonce=nonce))
+        fast = BINDER.challenge_header(
+            realm=realm,
+            method="szmchain",
+            request_b64=encode_jcs_b64(REQUEST),
+            expires=NOW + 60,
+            nonce=nonce,
+            header=header,
+        )
+        assert fast == slow
+        (parsed,) = parse_challenges([fast])
+        assert verify(parsed.echo(), realm=realm, header=header) is not None
+
+
+def test_the_fast_challenge_header_refuses_what_issue_refuses() -> None:
+    with pytest.raises(MalformedMessage):
+        BINDER.challenge_header(
+            realm="news", method="szm:chain", request_b64="e30", expires=NOW, nonce=b"n" * 16
+        )
+    with pytest.raises(ValueError, match="control character"):
+        BINDER.challenge_header(
+            realm="a\nb", method="szmchain", request_b64="e30", expires=NOW, nonce=b"n" * 16
+        )
+    with pytest.raises(ValueError, match="16 random bytes"):
+        BINDER.challenge_header(
+            realm="news", method="szmchain", request_b64="e30", expires=NOW, nonce=b"n"
+        )
+
+
+@given(
+    st.dictionaries(
+        st.text(),
+        st.recursive(
+            st.none() | st.booleans() | st.integers() | st.text(),
+            lambda inner: (
+                st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3)
+            ),
+            max_leaves=8,
+        ),
+        max_size=5,
+    )
+)
+def test_receipt_and_credential_json_is_the_json_modules(obj: dict[str, object]) -> None:
+    """orjson writes what ``json.dumps(sort_keys, compact, ensure_ascii=False)`` wrote,
+    for any JSON of strings, integers (past 64 bits too), booleans, null, lists, objects."""
+    import json
+
+    try:
+        expected = json.dumps(obj, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+        raw = expected.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: neither writes it
+        with pytest.raises((UnicodeEncodeError, TypeError, ValueError)):
+            encode_json_b64(obj)
+        return
+    assert encode_json_b64(obj) == b64url_encode(raw)

@@ -5,14 +5,19 @@ from __future__ import annotations
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Annotated, Final
+from typing import TYPE_CHECKING, Annotated, Final
 
 import typer
 from rich.table import Table
 
 from farthing.cli._common import console, fail
 from farthing.core.errors import FarthingError
-from farthing.demo import DemoReport, run_demo
+
+if TYPE_CHECKING:
+    # Imported by the command only: the demo pulls in the issuer's app, which every
+    # `farthing` command (and each worker of `vendor serve`, which re-imports the CLI)
+    # would otherwise load at start.
+    from farthing.demo import DemoReport
 
 
 def _micros(value: int, currency: str = "EUR") -> str:
@@ -109,6 +114,8 @@ def demo(
     workdir.mkdir(parents=True, exist_ok=True)
     try:
         with console.status("starting") as status:
+            from farthing.demo import run_demo
+
             report = run_demo(workdir, step=lambda text: status.update(text))
     except FarthingError as error:
         raise fail(f"the demo stopped: {error.message}") from None

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Final, cast
 
+import orjson
 import rfc8785
 
 from farthing.core.encoding import b64url_decode, b64url_encode
@@ -111,8 +112,15 @@ def _finite_float(text: str) -> float:
 
 
 def encode_json_b64(obj: JsonObject) -> str:
-    raw = json.dumps(obj, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
-    return b64url_encode(raw.encode("utf-8"))
+    """Compact JSON, keys sorted, UTF-8, in base64url. orjson writes it ~5x faster than
+    ``json`` (a receipt: ~1 us against ~5.5 us; the same bytes, a test compares them);
+    what orjson refuses (an integer past 64 bits) goes through ``json``."""
+    try:
+        raw = orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError:
+        text = json.dumps(obj, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+        raw = text.encode("utf-8")
+    return b64url_encode(raw)
 
 
 def encode_jcs_b64(obj: JsonObject) -> str:
@@ -223,8 +231,11 @@ class Challenge:
         )
 
 
+_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def _quote(value: str) -> str:
-    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value):
+    if _CONTROL.search(value):  # one C scan; a generator over the characters cost ~30 us
         raise ValueError("control character in header parameter")
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
@@ -562,15 +573,80 @@ def _challenge_invalid() -> InvalidPayment:
     return InvalidPayment("unknown challenge", code=ErrorCode.CHALLENGE_INVALID)
 
 
+@dataclass(frozen=True, slots=True)
+class _HeaderTemplate:
+    """The parts of a challenge header and of its binding that do not change from one
+    challenge to the next (realm, method, intent, request, header), quoted once."""
+
+    binding_head: str  # "realm|method|intent|request|"
+    binding_tail: str  # "|header" or ""
+    params: str  # 'realm="..", method="..", intent="charge", request=".."'
+    tail: str  # ', header="Payment-Authorization"' or ""
+
+
+def _header_template(
+    realm: str, method: str, request_b64: str, header: str | None
+) -> _HeaderTemplate:
+    if header is not None and header != PAYMENT_AUTHORIZATION:
+        raise MalformedMessage("challenge selects an unknown credential header")
+    if not _METHOD.match(method):
+        raise MalformedMessage("bad payment method identifier")
+    constant = (("realm", realm), ("method", method), ("intent", INTENT), ("request", request_b64))
+    params = ", ".join(f"{k}={_quote(v)}" for k, v in constant)
+    return _HeaderTemplate(
+        binding_head=f"{realm}|{method}|{INTENT}|{request_b64}|",
+        binding_tail="" if header is None else f"|{header}",
+        params=params,
+        tail="" if header is None else f", header={_quote(header)}",
+    )
+
+
+def _nonce_opaque(nonce: bytes) -> str:
+    """``opaque`` of a fresh challenge: JCS ``{"nonce": "<b64url>"}`` in base64url (a
+    base64url string needs no escaping, so the JCS text is this concatenation)."""
+    return b64url_encode(b'{"nonce":"' + b64url_encode(nonce).encode("ascii") + b'"}')
+
+
 class ChallengeBinder:
     """Makes and checks challenge ids with no database: the draft's HMAC-SHA256 binding."""
 
-    __slots__ = ("_secret",)
+    __slots__ = ("_secret", "_templates")
 
     def __init__(self, secret: bytes) -> None:
         if len(secret) < 32:
             raise ValueError("challenge secret must be at least 32 bytes")
         self._secret = secret
+        # One per (realm, method, request, header) a vendor issues: its routes x methods x 2.
+        self._templates: dict[tuple[str, str, str, str | None], _HeaderTemplate] = {}
+
+    def challenge_header(
+        self,
+        *,
+        realm: str,
+        method: str,
+        request_b64: str,
+        expires: int,
+        nonce: bytes,
+        header: str | None = None,
+    ) -> str:
+        """``format_challenge(issue(...))`` for a challenge without ``digest``, the same
+        text, without building the challenge: what every paid answer carries (its next
+        challenge). The constant parameters are quoted once per route and method; per
+        call, one HMAC and a few concatenations (bench/profile.py measures both)."""
+        if len(nonce) != CHALLENGE_NONCE_LEN:
+            raise ValueError("challenge nonce must be 16 random bytes")
+        key = (realm, method, request_b64, header)
+        template = self._templates.get(key)
+        if template is None:
+            template = self._templates[key] = _header_template(realm, method, request_b64, header)
+        expires_text = format_rfc3339(expires)
+        opaque = _nonce_opaque(nonce)
+        binding = f"{template.binding_head}{expires_text}||{opaque}{template.binding_tail}"
+        challenge_id = b64url_encode(hmac_sha256(self._secret, binding.encode("utf-8")))
+        return (
+            f'Payment id="{challenge_id}", {template.params}, expires="{expires_text}", '
+            f'opaque="{opaque}"{template.tail}'
+        )
 
     def _id(self, echo: ChallengeEcho) -> bytes:
         return hmac_sha256(self._secret, echo.binding_input())

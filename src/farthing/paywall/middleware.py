@@ -353,17 +353,14 @@ class Paywall:
     def _fresh(self, route: PricedRoute, settlement: Settlement, field: str | None) -> bytes:
         """A new challenge of the method just paid, for the paid answer's header."""
         method = METHOD_OF[settlement.method]
-        request, request_b64 = self._request(route, method)
-        challenge = self._binder.issue(
+        return self._binder.challenge_header(
             realm=self.realm,
             method=method,
-            request=request,
-            request_b64=request_b64,
+            request_b64=self._request(route, method)[1],
             expires=self._clock.now() + self._ttl,
             nonce=self._rng(CHALLENGE_NONCE_LEN),
             header=field,
-        )
-        return format_challenge(challenge).encode()
+        ).encode()
 
     # -- settling --------------------------------------------------------------------------
 

@@ -9,14 +9,19 @@ answers it with a 2xx, the recorder appends one line to the log::
 
 ``micros``/``currency`` are the route's price (what the buyer was asked). A retried
 request (a lost answer sent again, served without a new charge) is not a sale and is not
-logged; neither is a request the content answered with an error. Each line is written with
-one ``write`` on a file opened with ``O_APPEND``, so several workers may share the log. The
-log is a report, not the books: a crash between the payment and the line loses the line,
-never money (the payment is recorded by the store first).
+logged; neither is a request the content answered with an error. The lines of the sales
+made within :data:`FLUSH_DELAY` seconds are written together (the first sale schedules
+the write), with one ``write`` on a file opened with ``O_APPEND``, so several workers may
+share the log and no line is torn by another's; the server's shutdown writes what is
+pending (:meth:`SalesLog.aclose`). One ``open``, ``write`` and ``close`` per sale cost
+~30 us of a paid request's CPU (bench/paidcpu.py). The log is a report, not the books: a
+crash between the payment and the line loses the line (at most FLUSH_DELAY seconds of
+them), never money (the payment is recorded by the store first).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from collections.abc import Iterable
@@ -34,6 +39,7 @@ from farthing.paywall.pricing import PriceTable
 __all__ = ["SalesLine", "SalesLog", "SalesRecorder", "SalesRow", "summarise"]
 
 SALES_LOG_NAME: Final = "sales.jsonl"
+FLUSH_DELAY: Final = 0.1  # seconds; what a crash may lose of the report
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -59,10 +65,14 @@ class SalesRow:
 
 
 class SalesLog:
-    """An append-only JSON-lines file (mode 0600)."""
+    """An append-only JSON-lines file (mode 0600). Inside an event loop, the lines appended
+    within ``flush_delay`` seconds are written together; outside one, at once."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, flush_delay: float = FLUSH_DELAY) -> None:
         self.path = path
+        self._flush_delay = flush_delay
+        self._pending: list[str] = []
+        self._scheduled = False
 
     def append(self, line: SalesLine) -> None:
         data = json.dumps(
@@ -72,9 +82,32 @@ class SalesLog:
             },
             separators=(",", ":"),
         )  # fmt: skip
+        self._pending.append(data + "\n")
+        if self._scheduled:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.flush()
+            return
+        self._scheduled = True
+        loop.call_later(self._flush_delay, self.flush)
+
+    async def aclose(self) -> None:
+        """Write what is pending (the server's shutdown)."""
+        self.flush()
+
+    def flush(self) -> None:
+        """Write the pending lines with one ``write``."""
+        self._scheduled = False
+        if not self._pending:
+            return
+        data = "".join(self._pending).encode()
+        self._pending.clear()
         fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
-            os.write(fd, (data + "\n").encode())
+            while data:
+                data = data[os.write(fd, data) :]
         finally:
             os.close(fd)
 

@@ -78,6 +78,7 @@ def vendor_from_config(
     content: ASGIApp = goods
     if config.sales_log is not None:
         sales = SalesLog(config.sales_log)
+        closers.append(sales.aclose)  # the lines still pending
         content = SalesRecorder(goods, sales, prices=config.prices, clock=SystemClock())
     vendor = build_vendor(
         config.settings,
