@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from farthing.core.encoding import b64url_decode, b64url_encode
+from farthing.core.errors import ErrorCode
 from farthing.core.schemes import hll
 from farthing.http.payment_auth import (
     Challenge,
@@ -156,7 +157,28 @@ async def test_two_identical_requests_at_once_are_charged_once(online: Online) -
     async with anyio.create_task_group() as group:
         for _ in range(6):
             group.start_soon(send)
-    assert [a.status_code for a in answers] == [200] * 6, [a.text for a in answers]
-    assert {a.text for a in answers} == {"secret article a"}
+    # One delivery (-02 "Concurrent Request Handling"): the copies that met it in flight
+    # are refused as in progress (before: 6 deliveries of 6).
+    assert sorted(a.status_code for a in answers) == [200] + [402] * 5, [a.text for a in answers]
+    assert [a.text for a in answers if a.status_code == 200] == ["secret article a"]
+    assert online.spent_units() == 2
+    assert online.owed_micros() == 2000
+
+
+async def test_a_used_challenge_id_takes_no_new_purchase(online: Online) -> None:
+    """-02 "Status Codes": an already-used challenge id is 402 invalid-challenge. A second
+    purchase (the card's next counter) under the id that paid before is refused before the
+    bank is asked: the card is not charged, the merchant not credited (before: 200, the
+    card charged twice)."""
+    challenge = await online.challenge()
+    first = await online.client.get("/articles/a", headers=online.pay(challenge, "/articles/a"))
+    assert first.status_code == 200, first.text
+    second = await online.client.get("/articles/a", headers=online.pay(challenge, "/articles/a"))
+    elsewhere = await online.client.get("/articles/b", headers=online.pay(challenge, "/articles/b"))
+    for refused in (second, elsewhere):
+        assert refused.status_code == 402, refused.text
+        assert refused.json()["type"].endswith("/invalid-challenge")
+        assert refused.json()["farthingCode"] == ErrorCode.CHALLENGE_INVALID
+        assert b"secret" not in refused.content
     assert online.spent_units() == 2
     assert online.owed_micros() == 2000

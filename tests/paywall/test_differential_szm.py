@@ -238,6 +238,7 @@ class Twins:
             ),  # one per request: ids are single use
             now=now,
             request=sent.request,
+            delivered_here=True,  # one paywall process, each answer out before the next
         )
         try:
             settlement = await method.settle(context)

@@ -129,8 +129,16 @@ def test_identical_requests_at_once_are_charged_once(
             with ThreadPoolExecutor(max_workers=copies) as pool:
                 answers.append((key, payment, list(pool.map(send, range(copies)))))
     for key, payment, responses in answers:
-        assert [r.status_code for r in responses] == [200] * copies, [r.text for r in responses]
-        assert {opened(r, key, payment) for r in responses} == {GOOD}
+        # A copy that met the other's delivery in flight (its worker's, or the other's
+        # within DELIVERY_LEASE) is refused as in progress; one that came after it ended
+        # is a retry. These goods are quick to send, so either may happen here; the slow
+        # goods of tests/paywall/test_concurrent_delivery.py make the race certain.
+        statuses = sorted(r.status_code for r in responses)
+        assert statuses in ([200, 200], [200, 402]), [r.text for r in responses]
+        for served in (r for r in responses if r.status_code == 200):
+            assert opened(served, key, payment) == GOOD
+        for refused in (r for r in responses if r.status_code == 402):
+            assert refused.json()["reason"] == "x-payment-in-progress"
     row = store.szm_card(card.card_id)
     assert row is not None
     assert row.spent == 2 * rounds  # each payment charged once, never twice

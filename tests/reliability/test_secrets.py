@@ -402,6 +402,9 @@ REVIEWED = {
     ("core/encoding.py", "data[:len(expected)] != expected"): "the public domain header",
     ("core/schemes/hll.py", "sigma_len == _SIGMA_LEN_FIELD"): "a length prefix",
     ("paywall/middleware.py", "key == name"): "an HTTP header name",
+    ("store/_vendor.py", "c.key_digest == key_digest"): (
+        "a SQL WHERE on the hash of a client's Idempotency-Key (no secret; the database compares)"
+    ),
     (
         "http/payment_auth.py",
         "(echo.realm, echo.intent, echo.request, echo.digest, echo.header) != expected",

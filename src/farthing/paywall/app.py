@@ -35,8 +35,16 @@ from farthing.observe.access import UNMATCHED, AccessLog, HttpMetrics
 from farthing.observe.health import Probe, health_routes, keys_probe, store_probe
 from farthing.observe.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from farthing.observe.metrics import StoreMetrics, render
-from farthing.paywall.books import ChainBook, HllDeferredBook, PaywordBook, PaywordBroker, PrbgBook
+from farthing.paywall.books import (
+    ChainBook,
+    HllDeferredBook,
+    PaywordBook,
+    PaywordBroker,
+    PrbgBook,
+    UsedChallenges,
+)
 from farthing.paywall.browser import CardChecker, wallet_routes
+from farthing.paywall.idempotency import IdempotencyKeys
 from farthing.paywall.methods.base import PaymentMethod
 from farthing.paywall.methods.hll import HllBankClient, HllMethod, HllMode
 from farthing.paywall.methods.offline import OfflineMethod
@@ -126,6 +134,7 @@ def build_methods(
                 if deferred
                 else None,
                 bank_public_key=hll.bank_public_key,
+                used=UsedChallenges(store, writer),
             )
         )
     if settings.payword is not None:
@@ -254,6 +263,7 @@ def build_vendor(
         challenge_ttl=settings.challenge_ttl,
         metrics=metrics,
         offers=offers,
+        idempotency=IdempotencyKeys(store, writer),
     )
     return VendorApps(
         app=AccessLog(paywall, metrics=http_metrics, route_of=_vendor_route),

@@ -102,6 +102,9 @@ class _SzmBook(Generic[C]):
     async def challenge_used(self, challenge: ChallengeId) -> bool:
         return await self._store.read_hot(self._store.challenge_used, challenge.raw)
 
+    async def challenge_used_at(self, challenge: ChallengeId) -> int | None:
+        return await asyncio.to_thread(self._store.challenge_used_at, challenge.raw)
+
     def _state(self, row: SzmCardRow) -> C | None:
         raise NotImplementedError
 
@@ -235,6 +238,9 @@ class PaywordBook:
     async def challenge_used(self, challenge: ChallengeId) -> bool:
         return await self._store.read_hot(self._store.challenge_used, challenge.raw)
 
+    async def challenge_used_at(self, challenge: ChallengeId) -> int | None:
+        return await asyncio.to_thread(self._store.challenge_used_at, challenge.raw)
+
 
 _PRUNE_EVERY = 1024  # accepted payments per process between prunings of expired ids
 _spent_since_prune = itertools.count(1)
@@ -246,7 +252,7 @@ def _spend(
     """A payment's one write: take its challenge id, then move the card (commitment); give
     the id back if the card moved under us. One INSERT more than the compare-and-set, in
     the same batch and commit; every ``_PRUNE_EVERY`` payments one DELETE of expired ids."""
-    if not hot.vendor.use_challenge(challenge.raw, challenge.expires):
+    if not hot.vendor.use_challenge(challenge.raw, challenge.expires, now):
         return Advance.USED
     if not compare_and_set():
         hot.vendor.release_challenge(challenge.raw)
@@ -254,6 +260,26 @@ def _spend(
     if next(_spent_since_prune) % _PRUNE_EVERY == 0:
         hot.vendor.prune_challenges(now)
     return Advance.WON
+
+
+class UsedChallenges:
+    """:class:`farthing.paywall.methods.hll.ChallengeLog` on ``vendor_used_challenges``: the
+    id's INSERT goes in a hot batch, as the other methods' payments do."""
+
+    def __init__(self, store: Store, writer: StoreWriter) -> None:
+        self._store = store
+        self._writer = writer
+
+    async def take(self, challenge: ChallengeId, now: int, request: bytes | None) -> bool:
+        return await self._writer.run_hot(
+            lambda hot: hot.vendor.use_challenge(challenge.raw, challenge.expires, now, request)
+        )
+
+    async def release(self, challenge: ChallengeId) -> None:
+        await self._writer.run_hot(lambda hot: hot.vendor.release_challenge(challenge.raw))
+
+    async def request_of(self, challenge: ChallengeId) -> bytes | None:
+        return await asyncio.to_thread(self._store.challenge_request, challenge.raw)
 
 
 class HllDeferredBook:
@@ -280,7 +306,7 @@ class HllDeferredBook:
                 return DeferredRecord(deferred=False, retried=False)
             challenge = purchase.challenge
             if challenge is not None and not tx.vendor.use_challenge(
-                challenge.raw, challenge.expires
+                challenge.raw, challenge.expires, tx.now()
             ):
                 raise challenge_used()  # a new purchase under a used id: nothing recorded
             tx.vendor.hll_record(

@@ -17,7 +17,8 @@ for each request whose path has a price (and, when the app names what it offers 
    The same request sent again (byte-identical credential, same path and HTTP method,
    GET or HEAD) while its challenge is valid is a retry after a lost answer: the method
    recognises its payment as the one it accepted last and it is served again, nothing
-   taken (:mod:`farthing.core.retry`).
+   taken (:mod:`farthing.core.retry`). An identical copy that arrives while the first is
+   still being settled or delivered is refused (402, ``PAYMENT_IN_PROGRESS``): one delivery.
 3. Call the wrapped app and add ``Payment-Receipt``. For SZM methods the body is sealed
    (AES-256-GCM) under the key the payment distributed, bound to method, card, index,
    path, status and original content type, so an unpaid or wrongly paid request never sees
@@ -34,6 +35,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Final
 
@@ -41,12 +43,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from farthing.core.clock import Clock, RandomSource
 from farthing.core.errors import (
+    Conflict,
     ErrorCode,
     FarthingError,
     InvalidPayment,
     MalformedMessage,
     NotFound,
 )
+from farthing.core.primitives import constant_time_eq
 from farthing.core.retry import request_tag
 from farthing.core.sealing import seal, seal_binding
 from farthing.http.methods import METHOD_OF
@@ -78,9 +82,18 @@ from farthing.http.problems import (
 )
 from farthing.observe.context import correlation_id, current_note
 from farthing.paywall.browser import accepts_html, is_wallet_path, payment_page
+from farthing.paywall.idempotency import (
+    MAX_KEY_LEN,
+    IdempotencyKeys,
+    Recorder,
+    key_digest,
+    replay,
+    request_digest,
+)
 from farthing.paywall.methods.base import PaymentContext, PaymentMethod, Settlement
 from farthing.paywall.metrics import PaywallMetrics
 from farthing.paywall.pricing import PricedRoute, PriceTable
+from farthing.store import IdempotencyRow
 
 __all__ = ["NOT_OFFERED_SCOPE_KEY", "PAYMENT_SCOPE_KEY", "SEALED_CONTENT_TYPE", "Offers", "Paywall"]
 
@@ -123,6 +136,7 @@ class Paywall:
         challenge_ttl: int = 300,
         metrics: PaywallMetrics | None = None,
         offers: Offers | None = None,
+        idempotency: IdempotencyKeys | None = None,
     ) -> None:
         if not methods:
             raise ValueError("a paywall needs at least one payment method")
@@ -138,7 +152,14 @@ class Paywall:
         self._ttl = challenge_ttl
         self.metrics = metrics
         self._offers = offers
+        self._idempotency = idempotency
         self._requests: dict[tuple[str, str], tuple[JsonObject, str]] = {}
+        # The request tags of the paid requests this process is settling or delivering: an
+        # identical copy that arrives meanwhile is refused, not served twice (-02
+        # "Concurrent Request Handling"); once it is out, the same request is a retry.
+        self._in_flight: set[bytes] = set()
+        # ... and those it delivered, most recent last: their resend here is a lost answer's.
+        self._delivered: OrderedDict[bytes, None] = OrderedDict()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -195,6 +216,79 @@ class Paywall:
                 page_for=page,
             )
             return
+        if digest is not None and self._idempotency is not None:
+            key = _header(scope, b"idempotency-key")
+            if key is not None:
+                await self._idempotent(
+                    scope, receive, send, key, authorization, field, digest, route, path
+                )
+                return
+        tag = request_tag(http_method=scope["method"], path=path, authorization=authorization)
+        if tag is not None and tag in self._in_flight:
+            await self._send_problem(
+                send,
+                _IN_PROGRESS,
+                route,
+                header=field,
+                digest=digest,
+                accept=_header(scope, b"accept-payment"),
+            )
+            return
+        if tag is not None:
+            self._in_flight.add(tag)
+        settlement = None
+        try:
+            settlement = await self._settle_or_answer(
+                authorization,
+                field,
+                digest,
+                route,
+                path,
+                send,
+                tag,
+                accept=_header(scope, b"accept-payment"),
+            )
+            if settlement is not None:
+                await self._deliver(scope, receive, send, settlement, route, path, field, digest)
+        finally:
+            if tag is not None:
+                self._in_flight.discard(tag)
+                if settlement is not None:
+                    self._remember_delivered(tag)
+
+    def _remember_delivered(self, tag: bytes) -> None:
+        self._delivered[tag] = None
+        self._delivered.move_to_end(tag)
+        if len(self._delivered) > _DELIVERED_KEPT:
+            self._delivered.popitem(last=False)
+
+    async def _idempotent(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        key: str,
+        authorization: str,
+        field: str | None,
+        digest: str,
+        route: PricedRoute,
+        path: str,
+    ) -> None:
+        """A paid request with a body and an ``Idempotency-Key`` (paywall/idempotency.py):
+        the key is claimed before the payment is looked at; its kept answer is sent again
+        for the same request; another request under it is refused."""
+        keys = self._idempotency
+        assert keys is not None
+        if len(key) > MAX_KEY_LEN:
+            bad = MalformedMessage("Idempotency-Key too long", code=ErrorCode.BAD_FIELD)
+            await self._send_problem(send, problem_for(bad), route)
+            return
+        key_id = key_digest(scope["method"], path, key)
+        request = request_digest(authorization, digest)
+        held = await keys.claim(key_id, request, self._clock.now())
+        if held is not None:
+            await self._answer_held(send, held, request, route)
+            return
         settlement = await self._settle_or_answer(
             authorization,
             field,
@@ -202,18 +296,59 @@ class Paywall:
             route,
             path,
             send,
-            scope["method"],
+            None,
             accept=_header(scope, b"accept-payment"),
         )
-        if settlement is not None:
-            scope[PAYMENT_SCOPE_KEY] = settlement
-            scope["extensions"] = _plain_responses_only(scope.get("extensions"))
-            nonce = self._rng(12) if settlement.sealing is not None else b""
-            # A challenge id pays once: the next payment up front needs a fresh one. Not
-            # for a request with a body (the next body's digest is not known yet).
-            fresh = None if digest is not None else self._fresh(route, settlement, field)
-            paid = _PaidSender(send, settlement, path, self._clock.now(), nonce, fresh)
-            await self.app(scope, receive, paid)
+        if settlement is None:
+            await keys.drop(key_id)  # refused: nothing ran under the key
+            return
+        recorder = Recorder(send)
+        try:
+            await self._deliver(scope, receive, recorder, settlement, route, path, field, digest)
+        finally:
+            if recorder.keepable:
+                await keys.finish(key_id, recorder)
+            else:
+                await keys.drop(key_id)
+
+    async def _answer_held(
+        self, send: Send, held: IdempotencyRow, request: bytes, route: PricedRoute
+    ) -> None:
+        if not constant_time_eq(held.request_digest, request):
+            error = Conflict(
+                "Idempotency-Key used for another request", code=ErrorCode.IDEMPOTENCY_KEY_REUSED
+            )
+            await self._send_problem(send, problem_for(error), route)
+        elif held.status is None:
+            error = Conflict(
+                "the request of this Idempotency-Key is running",
+                code=ErrorCode.IDEMPOTENCY_IN_PROGRESS,
+            )
+            await self._send_problem(send, problem_for(error), route)
+        else:
+            status, headers, body = replay(held)
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+
+    async def _deliver(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        settlement: Settlement,
+        route: PricedRoute,
+        path: str,
+        field: str | None,
+        digest: str | None,
+    ) -> None:
+        scope[PAYMENT_SCOPE_KEY] = settlement
+        scope["extensions"] = _plain_responses_only(scope.get("extensions"))
+        nonce = self._rng(12) if settlement.sealing is not None else b""
+        # A challenge id pays once: the next payment up front needs a fresh one. Not
+        # for a request with a body (the next body's digest is not known yet).
+        fresh = None if digest is not None else self._fresh(route, settlement, field)
+        paid = _PaidSender(send, settlement, path, self._clock.now(), nonce, fresh)
+        await self.app(scope, receive, paid)
 
     def _fresh(self, route: PricedRoute, settlement: Settlement, field: str | None) -> bytes:
         """A new challenge of the method just paid, for the paid answer's header."""
@@ -237,7 +372,7 @@ class Paywall:
         route: PricedRoute,
         path: str,
         send: Send,
-        http_method: str,
+        request: bytes | None,
         *,
         accept: str | None = None,
     ) -> Settlement | None:
@@ -264,9 +399,8 @@ class Paywall:
                 resource=path,
                 challenge=challenge,
                 now=now,
-                request=request_tag(
-                    http_method=http_method, path=path, authorization=authorization
-                ),
+                request=request,
+                delivered_here=request is not None and request in self._delivered,
             )
             settlement = await method.settle(context)
         except FarthingError as error:
@@ -568,6 +702,13 @@ def _replay(body: bytes, receive: Receive) -> Receive:
 
     return replayed
 
+
+_DELIVERED_KEPT: Final = 4096  # per process; a lost answer is resent within seconds
+_IN_PROGRESS: Final = payment_problem_for(
+    InvalidPayment(
+        "this payment is being delivered; send it again", code=ErrorCode.PAYMENT_IN_PROGRESS
+    )
+)
 
 _MULTIPLE_CREDENTIALS: Final = Problem(
     status=400,

@@ -19,6 +19,7 @@ from sqlalchemy import (
     Update,
     bindparam,
     delete,
+    func,
     select,
     update,
 )
@@ -61,6 +62,8 @@ class PreparedHot:
     challenge_use: FastStatement
     challenge_release: FastStatement
     challenge_used: FastStatement
+    challenge_used_at: FastStatement
+    challenge_request: FastStatement
     challenge_prune: FastStatement
 
     @classmethod
@@ -79,6 +82,15 @@ class PreparedHot:
             challenge_used=FastStatement.prepare(
                 select(used.challenge_id).where(used.challenge_id == bindparam("key_id")),
                 dialect,
+            ),
+            challenge_used_at=FastStatement.prepare(
+                select(func.coalesce(used.used_at, 0).label("used_at")).where(
+                    used.challenge_id == bindparam("key_id")
+                ),
+                dialect,
+            ),
+            challenge_request=FastStatement.prepare(
+                select(used.request).where(used.challenge_id == bindparam("key_id")), dialect
             ),
             challenge_prune=FastStatement.prepare(_challenge_prune(), dialect),
         )
@@ -143,6 +155,8 @@ def _challenge_use(dialect: Dialect) -> ClauseElement:
     values: dict[str, object] = {
         "challenge_id": bindparam("key_id"),
         "expires_at": bindparam("expires_at"),
+        "used_at": bindparam("used_at"),
+        "request": bindparam("request"),
     }
     if dialect.name == "postgresql":
         pg = postgresql.insert(vendor_used_challenges).values(values)

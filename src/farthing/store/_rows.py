@@ -8,7 +8,7 @@ values are what the database stores (a CHECK constraint in the schema enforces t
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "HllMode",
     "HllPaymentState",
     "HllSpendRow",
+    "IdempotencyRow",
     "LedgerCheck",
     "LedgerEntryRow",
     "LedgerTxnRow",
@@ -287,6 +288,20 @@ class VendorHllPaymentRow:
     batch_id: bytes | None
     at: int
     request: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class IdempotencyRow:
+    """A paid request's Idempotency-Key: what it was used for, and the answer once out
+    (``status`` None while the request runs)."""
+
+    key_digest: bytes
+    request_digest: bytes
+    status: int | None
+    headers: bytes | None
+    body: bytes | None = field(repr=False)
+    created_at: int
+    expires_at: int
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

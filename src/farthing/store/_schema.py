@@ -64,6 +64,7 @@ __all__ = [
     "szm_recognised",
     "vendor_deposit_batches",
     "vendor_hll_payments",
+    "vendor_idempotency",
     "vendor_payword_commitments",
     "vendor_used_challenges",
 ]
@@ -366,6 +367,27 @@ vendor_used_challenges = Table(
     "vendor_used_challenges",
     metadata,
     Column("challenge_id", LargeBinary(32), primary_key=True),
+    Column("expires_at", BigInteger, nullable=False, index=True),
+    # When the payment under it was accepted (s): a copy of that request on another worker
+    # soon after meets its delivery in flight (docs/http.md). NULL for rows before 0006.
+    Column("used_at", BigInteger, nullable=True),
+    # hll online: the tag of the request that paid under it (farthing.core.retry), so its
+    # resend is told from a new purchase under the same id without asking the bank.
+    Column("request", LargeBinary(16), nullable=True),
+)
+
+vendor_idempotency = Table(
+    "vendor_idempotency",
+    metadata,
+    # SHA-256 of (HTTP method, canonical path, Idempotency-Key): a key is the client's,
+    # scoped to the one resource it names.
+    Column("key_digest", LargeBinary(32), primary_key=True),
+    # SHA-256 of (the credential as sent, the body's digest): what the key was used for.
+    Column("request_digest", LargeBinary(32), nullable=False),
+    Column("status", Integer, nullable=True),  # NULL while the request runs
+    Column("headers", LargeBinary, nullable=True),  # JSON [[name, value], ...] latin-1
+    Column("body", LargeBinary, nullable=True),
+    Column("created_at", BigInteger, nullable=False),
     Column("expires_at", BigInteger, nullable=False, index=True),
 )
 

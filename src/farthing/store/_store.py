@@ -212,6 +212,20 @@ class Store:
             row = self._lane.fetch_one(self._prepared.challenge_used, {"key_id": challenge_id})
         return row is not None
 
+    def challenge_used_at(self, challenge_id: bytes) -> int | None:
+        """When a payment was accepted under this challenge id (0: before that was kept),
+        or None if none was (one statement, fast lane; the retry path only)."""
+        with map_db_errors():
+            row = self._lane.fetch_one(self._prepared.challenge_used_at, {"key_id": challenge_id})
+        return None if row is None else int(row["used_at"])
+
+    def challenge_request(self, challenge_id: bytes) -> bytes | None:
+        """The tag of the request that paid under this challenge id, if one was kept (one
+        statement, fast lane; hll online's refusal path only)."""
+        with map_db_errors():
+            row = self._lane.fetch_one(self._prepared.challenge_request, {"key_id": challenge_id})
+        return None if row is None or row["request"] is None else bytes(row["request"])
+
     def payword_commitment(self, commitment_id: bytes) -> VendorCommitmentRow | None:
         """Read one commitment outside any transaction (one statement, fast lane)."""
         params = {"key_commitment_id": commitment_id}

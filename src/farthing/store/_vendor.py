@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import final
 
-from sqlalchemy import RowMapping, and_, bindparam, func, insert, select, update
+from sqlalchemy import RowMapping, and_, bindparam, delete, func, insert, select, update
 
 from farthing.core.errors import ErrorCode
 from farthing.store._errors import unique_violation_as
@@ -24,6 +24,7 @@ from farthing.store._hot import HotArea
 from farthing.store._rows import (
     HllMode,
     HllPaymentState,
+    IdempotencyRow,
     OutboxKind,
     OutboxRow,
     OutboxState,
@@ -33,6 +34,7 @@ from farthing.store._rows import (
 from farthing.store._schema import (
     vendor_deposit_batches,
     vendor_hll_payments,
+    vendor_idempotency,
     vendor_payword_commitments,
     vendor_used_challenges,
 )
@@ -108,10 +110,60 @@ class VendorArea(Area):
         with unique_violation_as(ErrorCode.CONFLICT, "this commitment exists"):
             self._ctx.conn.execute(insert(vendor_payword_commitments).values(values))
 
-    def use_challenge(self, challenge_id: bytes, expires_at: int) -> bool:
+    def use_challenge(self, challenge_id: bytes, expires_at: int, used_at: int) -> bool:
         """As :meth:`HotVendorArea.use_challenge`, inside a transaction (HLL deferred)."""
-        values = {"challenge_id": challenge_id, "expires_at": expires_at}
+        values = {
+            "challenge_id": challenge_id,
+            "expires_at": expires_at,
+            "used_at": used_at,
+            "request": None,
+        }
         return insert_if_absent(self._ctx, vendor_used_challenges, values)
+
+    # --- Idempotency-Key of paid requests with a body ----------------------------------
+
+    def idempotency_get(self, key_digest: bytes, now: int) -> IdempotencyRow | None:
+        """The key's record, unless it expired (then it is deleted: the key is free)."""
+        c = vendor_idempotency.c
+        row = (
+            self._ctx.conn.execute(select(vendor_idempotency).where(c.key_digest == key_digest))
+            .mappings()
+            .first()
+        )
+        if row is None:
+            return None
+        if row["expires_at"] <= now:
+            self.idempotency_drop(key_digest)
+            return None
+        return build(IdempotencyRow, row)
+
+    def idempotency_begin(
+        self, key_digest: bytes, request_digest: bytes, now: int, expires_at: int
+    ) -> bool:
+        """Claim the key for this request (running); False if it is claimed already."""
+        values = {
+            "key_digest": key_digest,
+            "request_digest": request_digest,
+            "created_at": now,
+            "expires_at": expires_at,
+        }
+        return insert_if_absent(self._ctx, vendor_idempotency, values)
+
+    def idempotency_finish(
+        self, key_digest: bytes, status: int, headers: bytes, body: bytes
+    ) -> None:
+        """Keep the answer the key's request got, for its retries."""
+        c = vendor_idempotency.c
+        self._ctx.conn.execute(
+            update(vendor_idempotency)
+            .where(c.key_digest == key_digest)
+            .values(status=status, headers=headers, body=body)
+        )
+
+    def idempotency_drop(self, key_digest: bytes) -> None:
+        """Free the key (its payment was refused, or its answer is not kept)."""
+        c = vendor_idempotency.c
+        self._ctx.conn.execute(delete(vendor_idempotency).where(c.key_digest == key_digest))
 
     def challenge_used(self, challenge_id: bytes) -> bool:
         c = vendor_used_challenges.c
@@ -365,10 +417,18 @@ class HotVendorArea(HotArea):
         )
         return self._batch.rowcount(self._prepared.payword_advance, params) == 1
 
-    def use_challenge(self, challenge_id: bytes, expires_at: int) -> bool:
-        """Take a challenge id for the payment written in this batch; False if it was taken
-        before (an already-used id: the draft's ``invalid-challenge``)."""
-        params = {"key_id": challenge_id, "expires_at": expires_at}
+    def use_challenge(
+        self, challenge_id: bytes, expires_at: int, used_at: int, request: bytes | None = None
+    ) -> bool:
+        """Take a challenge id for the payment written in this batch (accepted at
+        ``used_at``, by the request of tag ``request``); False if it was taken before (the
+        draft's ``invalid-challenge``)."""
+        params = {
+            "key_id": challenge_id,
+            "expires_at": expires_at,
+            "used_at": used_at,
+            "request": request,
+        }
         return self._batch.rowcount(self._prepared.challenge_use, params) == 1
 
     def release_challenge(self, challenge_id: bytes) -> None:

@@ -68,6 +68,7 @@ class MemoryCardBook:
     def __init__(self, key_attr: str = "card_id") -> None:
         self.states: dict[bytes, object] = {}
         self.used_challenges: set[bytes] = set()
+        self.used_at: dict[bytes, int] = {}
         self._key_attr = key_attr
 
     def _key(self, state: object) -> bytes:
@@ -96,10 +97,14 @@ class MemoryCardBook:
             return "lost"
         self.states[key] = new
         self.used_challenges.add(challenge.raw)
+        self.used_at[bytes(challenge.raw)] = now
         return "won"
 
     async def challenge_used(self, challenge: Any) -> bool:
         return bytes(challenge.raw) in self.used_challenges
+
+    async def challenge_used_at(self, challenge: Any) -> int | None:
+        return self.used_at.get(bytes(challenge.raw))
 
 
 class SoftwareWrappingKey:

@@ -33,6 +33,9 @@ class PaymentContext:
     challenge: ChallengeId
     now: int
     request: bytes | None = None
+    # This process delivered this very request before and that delivery has ended: a
+    # retry here is the resend of a lost answer, not a copy racing another worker's.
+    delivered_here: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -25,14 +25,17 @@ from typing import Protocol
 
 import anyio.to_thread
 
-from farthing.core.errors import Conflict, ErrorCode
+from farthing.core.errors import Conflict, ErrorCode, FarthingError
+from farthing.core.retry import same_request
 from farthing.core.schemes import hll
 from farthing.http.methods.hll import HllMode, HllPayload, HllReceipt, HllRequest
 from farthing.http.payment_auth import ChallengeId, JsonObject
 from farthing.paywall.methods.base import PaymentContext, Settlement, route_price
+from farthing.paywall.methods.offline import challenge_used
 from farthing.paywall.pricing import PricedRoute
 
 __all__ = [
+    "ChallengeLog",
     "DeferredLog",
     "DeferredPolicy",
     "DeferredRecord",
@@ -93,6 +96,23 @@ class DeferredLog(Protocol):
         ...
 
 
+class ChallengeLog(Protocol):
+    """The vendor's single-use challenge ids (``vendor_used_challenges``), for purchases the
+    bank verifies online: the id is taken before the bank is asked."""
+
+    async def take(self, challenge: ChallengeId, now: int, request: bytes | None) -> bool:
+        """Take the id for the request of tag ``request``; False if it was taken before."""
+        ...
+
+    async def release(self, challenge: ChallengeId) -> None:
+        """Give back an id whose purchase the bank did not settle."""
+        ...
+
+    async def request_of(self, challenge: ChallengeId) -> bytes | None:
+        """The tag of the request that took the id (None: none kept)."""
+        ...
+
+
 class HllMethod:
     """The vendor adapter of ``hll:mac``."""
 
@@ -108,6 +128,7 @@ class HllMethod:
         deferred: DeferredLog | None = None,
         risk: hll.DeferredRisk | None = None,
         bank_public_key: bytes | None = None,
+        used: ChallengeLog | None = None,
     ) -> None:
         if bank is None:
             raise ValueError("both modes need a bank client (deferred goes online too)")
@@ -122,6 +143,7 @@ class HllMethod:
         self._deferred = deferred
         self._risk = risk
         self._bank_public_key = bank_public_key
+        self._used = used
 
     def _request(self, route: PricedRoute) -> HllRequest:
         price = route_price(route, self._unit_micros)
@@ -169,13 +191,32 @@ class HllMethod:
 
     async def _verify_online(self, pending: PendingPurchase, context: PaymentContext) -> bool:
         """The bank settles each purchase once; the same purchase again (its offer binds the
-        path and the challenge) is a retry, served only for a request that may be retried."""
-        retried = await self._bank.verify_online(pending.offer, pending.payment)
+        path and the challenge) is a retry, served only for a request that may be retried.
+        The challenge id is taken first (single use, as for every method): under an id
+        taken before, only the very request that took it is sent to the bank again."""
+        took = await self._take(context)
+        try:
+            retried = await self._bank.verify_online(pending.offer, pending.payment)
+        except FarthingError:
+            if took and self._used is not None:
+                await self._used.release(context.challenge)  # nothing was paid under it
+            raise
         if retried and context.request is None:
             raise Conflict("payment already spent", code=ErrorCode.DUPLICATE_SPEND)
         if self._deferred is not None:  # deferred mode went online: guard replays here
             await anyio.to_thread.run_sync(self._deferred.record_online, pending)
         return retried
+
+    async def _take(self, context: PaymentContext) -> bool:
+        """Take the challenge id for this request; False if this very request took it
+        before (a resend); else, taken before, the draft's ``invalid-challenge``."""
+        if self._used is None:
+            return False
+        if await self._used.take(context.challenge, context.now, context.request):
+            return True
+        if same_request(await self._used.request_of(context.challenge), context.request):
+            return False
+        raise challenge_used()
 
     async def _record_deferred(
         self,

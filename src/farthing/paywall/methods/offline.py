@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from enum import StrEnum
-from typing import Generic, Protocol, TypeVar
+from typing import Final, Generic, Protocol, TypeVar
 
 from farthing.core.errors import ErrorCode, FarthingError, InvalidPayment
 from farthing.core.money import Denomination
@@ -57,6 +57,11 @@ class CardBook(Protocol[S]):
 
     async def challenge_used(self, challenge: ChallengeId) -> bool:
         """Was a payment accepted under this challenge id (the refusal path only)?"""
+        ...
+
+    async def challenge_used_at(self, challenge: ChallengeId) -> int | None:
+        """When the payment under this challenge id was accepted (0: not known), None if
+        none was (the retry path only)."""
         ...
 
     async def insert(self, state: S) -> bool:
@@ -256,17 +261,39 @@ class OfflineMethod(Generic[S, P]):
         Anything else under a challenge id already used is the draft's
         ``invalid-challenge``; else ``refused``."""
         try:
-            return self._scheme.retry(state, payment, request=context.request)
+            settlement = self._scheme.retry(state, payment, request=context.request)
         except InvalidPayment:
             if await self._book.challenge_used(context.challenge):
                 raise challenge_used() from None
             raise refused from None
+        if not context.delivered_here:
+            await self._not_in_flight_elsewhere(context)
+        return settlement
+
+    async def _not_in_flight_elsewhere(self, context: PaymentContext) -> None:
+        """A retry this process did not deliver first: accepted by another worker (or
+        process), whose delivery may still be running. Within DELIVERY_LEASE seconds of the
+        acceptance it is taken to be (-02 "Concurrent Request Handling": one delivery)."""
+        used_at = await self._book.challenge_used_at(context.challenge)
+        if used_at is not None and context.now - used_at < DELIVERY_LEASE:
+            raise payment_in_progress()
 
     def _units(self, state: S, context: PaymentContext) -> int:
         denomination = self._scheme.denomination(state)
         if denomination.currency != context.route.price.currency:
             raise InvalidPayment()
         return denomination.units_for(context.route.price.micros)
+
+
+DELIVERY_LEASE: Final = 2
+"""Seconds after a payment's acceptance during which a copy of its request that reaches
+another process is refused as in progress rather than served again (docs/http.md)."""
+
+
+def payment_in_progress() -> InvalidPayment:
+    return InvalidPayment(
+        "this payment is being delivered; send it again", code=ErrorCode.PAYMENT_IN_PROGRESS
+    )
 
 
 def challenge_used() -> InvalidPayment:
