@@ -103,7 +103,7 @@ class _SzmBook(Generic[C]):
         return await self._store.read_hot(self._store.challenge_used, challenge.raw)
 
     async def challenge_used_at(self, challenge: ChallengeId) -> int | None:
-        return await asyncio.to_thread(self._store.challenge_used_at, challenge.raw)
+        return await self._store.read_hot(self._store.challenge_used_at, challenge.raw)
 
     def _state(self, row: SzmCardRow) -> C | None:
         raise NotImplementedError
@@ -239,7 +239,7 @@ class PaywordBook:
         return await self._store.read_hot(self._store.challenge_used, challenge.raw)
 
     async def challenge_used_at(self, challenge: ChallengeId) -> int | None:
-        return await asyncio.to_thread(self._store.challenge_used_at, challenge.raw)
+        return await self._store.read_hot(self._store.challenge_used_at, challenge.raw)
 
 
 _PRUNE_EVERY = 1024  # accepted payments per process between prunings of expired ids
@@ -279,7 +279,7 @@ class UsedChallenges:
         await self._writer.run_hot(lambda hot: hot.vendor.release_challenge(challenge.raw))
 
     async def request_of(self, challenge: ChallengeId) -> bytes | None:
-        return await asyncio.to_thread(self._store.challenge_request, challenge.raw)
+        return await self._store.read_hot(self._store.challenge_request, challenge.raw)
 
 
 class HllDeferredBook:
