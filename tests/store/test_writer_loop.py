@@ -33,7 +33,7 @@ def _pay(card_id: bytes, old: int, challenge: bytes) -> Callable[[HotTx], str]:
     give the id back if the card had moved."""
 
     def spend(hot: HotTx) -> str:
-        if not hot.vendor.use_challenge(challenge, EXPIRES):
+        if not hot.vendor.use_challenge(challenge, EXPIRES, EXPIRES - 300):
             return "used"
         if not hot.szm.advance(card_id, old, old + 1, bytes([old + 1]) * 32):
             hot.vendor.release_challenge(challenge)
