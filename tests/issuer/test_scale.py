@@ -17,7 +17,7 @@ def test_szm_cards_stay_small() -> None:
     prbg = measure_scale._measure(
         "prbg", 10_000, measure_scale._issue(SzmProtocol.PRBG, 10_000, 100)
     )
-    assert chain.bytes_per_row < 200
+    assert chain.bytes_per_row < 250  # the card and its short-code lookup row (docs/scaling.md)
     assert prbg.bytes_per_row < chain.bytes_per_row  # no anchor column
 
 

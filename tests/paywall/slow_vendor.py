@@ -1,7 +1,8 @@
 """A vendor whose goods are slow to send, for races that must be real: uvicorn serves
 ``app_from_env`` (tests/servers.py). The database is ``FARTHING_TEST_VENDOR_DB``; the
 methods are ``szmchain``/``szmprbg`` (tests/paywall/helpers.py's keys) and ``payword``
-(broker key ``BROKER_KEY``, vendor ``shop``, no broker to admit: signatures alone).
+(broker key ``BROKER_KEY``, vendor ``shop``, no broker to admit: signatures alone) and
+``hll`` in deferred mode (cards certified by ``BANK_MASTER``; a bank that is never reached).
 
 ``GET /articles/<slug>`` answers ``secret article <slug>`` in ``CHUNKS`` pieces, ``PAUSE``
 seconds apart, so a delivery is in flight long enough for copies of its request to meet it.
@@ -16,13 +17,17 @@ from typing import Final
 
 from starlette.types import Receive, Scope, Send
 
+from farthing.core.errors import ErrorCode, Unavailable
 from farthing.core.primitives import ed25519_public_key
-from farthing.paywall.app import PaywordSettings, VendorSettings, build_vendor
+from farthing.core.schemes import hll
+from farthing.paywall.app import HllSettings, PaywordSettings, VendorSettings, build_vendor
+from farthing.paywall.methods.hll import HllMode
 from farthing.paywall.pricing import Price, PriceTable
 from farthing.store import open_store
 from tests.paywall.helpers import KEYS
 
 BROKER_KEY: Final = b"B" * 32
+BANK_MASTER: Final = b"K" * 32
 CHUNKS: Final = 5
 PAUSE: Final = 0.1
 SETTINGS: Final = VendorSettings(
@@ -35,7 +40,23 @@ SETTINGS: Final = VendorSettings(
         broker_public=ed25519_public_key(BROKER_KEY),
         unit_micros=1000,
     ),
+    hll=HllSettings(
+        merchant_id="shop",
+        merchant_key=b"m" * 32,
+        unit_micros=1000,
+        mode=HllMode.DEFERRED,
+        risk_limit=100,
+        merchant_cap=1000,
+        bank_public_key=hll.card_certification_public_key(BANK_MASTER),
+    ),
 )
+
+
+class BankDown:
+    """The bank, unreachable: every purchase here is certified, so none goes online."""
+
+    async def verify_online(self, offer: bytes, payment: bytes) -> bool:
+        raise Unavailable("the bank is down", retry_after=5, code=ErrorCode.ISSUER_UNAVAILABLE)
 
 
 class SlowGoods:
@@ -87,4 +108,5 @@ def prices() -> PriceTable:
 
 def app_from_env() -> object:
     store = open_store(os.environ["FARTHING_TEST_VENDOR_DB"])
-    return build_vendor(SETTINGS, content=SlowGoods(), prices=prices(), store=store).app
+    goods = SlowGoods()
+    return build_vendor(SETTINGS, content=goods, prices=prices(), store=store, bank=BankDown()).app

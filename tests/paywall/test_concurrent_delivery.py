@@ -1,7 +1,8 @@
 """draft-httpauth-payment-02, "Concurrent Request Handling": identical credentials sent at
 once get at most one settlement and one delivery, against a real uvicorn on loopback whose
-goods are slow to send (tests/paywall/slow_vendor.py), for ``szmchain`` and ``payword``, with
-one worker and with two. A copy that meets the delivery of its payment in flight is refused
+goods are slow to send (tests/paywall/slow_vendor.py), for ``szmchain``, ``payword`` and
+``hll`` (deferred), with one worker and with two. A copy that meets the delivery of its
+payment in flight is refused
 ``402`` (``x-payment-in-progress``, with fresh challenges and ``Retry-After``); the resend of
 a lost answer, once the first delivery has ended, is still served (docs/http.md)."""
 
@@ -16,16 +17,17 @@ from pathlib import Path
 import httpx
 import pytest
 
-from farthing.core.encoding import b64url_encode
+from farthing.core.encoding import b64url_decode, b64url_encode
 from farthing.core.errors import ErrorCode
 from farthing.core.money import Denomination
-from farthing.core.schemes import payword, szm_chain
+from farthing.core.schemes import hll, payword, szm_chain
 from farthing.http.payment_auth import Challenge, Credential, format_credential, parse_challenges
 from farthing.store import Store, open_store
 from farthing.testing import DeterministicRandom
+from farthing.testing.hll import SoftwareCard
 from farthing.testing.payword import PaywordSpender
 from tests.paywall.helpers import issue_chain_cards
-from tests.paywall.slow_vendor import BROKER_KEY
+from tests.paywall.slow_vendor import BANK_MASTER, BROKER_KEY
 from tests.servers import uvicorn_server
 
 pytestmark = pytest.mark.xdist_group("uvicorn")
@@ -175,6 +177,59 @@ def test_identical_payword_credentials_at_once_are_delivered_once(
     row = store.payword_commitment(spender.commitment_id)
     assert row is not None
     assert row.spent == 2 * ROUNDS
+    assert delivered == [1] * ROUNDS, delivered
+    for round_ in answers:
+        assert_one_delivery(round_)
+
+
+def hll_card(now: int) -> tuple[SoftwareCard, bytes]:
+    """A card of 100 units certified by the slow vendor's bank, and its certificate."""
+    card_id = b"h" * 16
+    state = hll.CardState(card_id=card_id, denomination=EUR, balance=100, counter=0)
+    key = hll.SoftwareCardKey(hll.derive_card_key(BANK_MASTER, card_id))
+    card = SoftwareCard(key=key, state=state, pin="1234")
+    card.verify_pin("1234")
+    certificate = hll.issue_card_certificate(
+        hll.card_certification_key(BANK_MASTER),
+        card_id=card_id,
+        denomination=EUR,
+        expires_at=now + 86_400,
+    )
+    return card, hll.encode_card_certificate(certificate)
+
+
+def hll_credential(card: SoftwareCard, certificate: bytes, challenge: Challenge) -> str:
+    details = challenge.request["methodDetails"]
+    assert isinstance(details, dict)
+    offer = hll.Offer(
+        merchant_id=str(challenge.request["recipient"]),
+        good="/articles/a",
+        amount=int(str(details["units"])),
+        denomination=EUR,
+        challenge=b64url_decode(challenge.id),
+        expires_at=challenge.expires,
+    )
+    purchase = card.purchase(offer, challenge.expires - 300)
+    payload = {
+        "payment": b64url_encode(hll.encode_payment(purchase)),
+        "certificate": b64url_encode(certificate),
+    }
+    return format_credential(Credential.answering(challenge, payload))
+
+
+def test_identical_hll_credentials_at_once_are_delivered_once(vendor: tuple[str, Store]) -> None:
+    base, store = vendor
+    card, certificate = hll_card(int(time.time()))
+    answers = []
+    for _ in range(ROUNDS):
+        authorization = hll_credential(card, certificate, challenge_of(base, "hll"))
+        answers.append(at_once(base, authorization))
+        resend = resend_after_waiting(base, authorization)
+        assert resend.status_code == 200, resend.text  # sequential: a lost answer's resend
+    delivered = [sum(r.status_code == 200 for r in round_) for round_ in answers]
+    with store.transaction(readonly=True) as tx:
+        charged = tx.vendor.hll_outstanding(card.state.card_id)
+    assert charged == 2 * ROUNDS  # one purchase recorded each round
     assert delivered == [1] * ROUNDS, delivered
     for round_ in answers:
         assert_one_delivery(round_)

@@ -281,6 +281,9 @@ class UsedChallenges:
     async def request_of(self, challenge: ChallengeId) -> bytes | None:
         return await self._store.read_hot(self._store.challenge_request, challenge.raw)
 
+    async def used_at(self, challenge: ChallengeId) -> int | None:
+        return await self._store.read_hot(self._store.challenge_used_at, challenge.raw)
+
 
 class HllDeferredBook:
     """Delivered, not yet deposited HLL purchases; the caps are the core's decision."""

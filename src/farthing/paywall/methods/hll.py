@@ -31,7 +31,7 @@ from farthing.core.schemes import hll
 from farthing.http.methods.hll import HllMode, HllPayload, HllReceipt, HllRequest
 from farthing.http.payment_auth import ChallengeId, JsonObject
 from farthing.paywall.methods.base import PaymentContext, Settlement, route_price
-from farthing.paywall.methods.offline import challenge_used
+from farthing.paywall.methods.offline import DELIVERY_LEASE, challenge_used, payment_in_progress
 from farthing.paywall.pricing import PricedRoute
 
 __all__ = [
@@ -112,6 +112,10 @@ class ChallengeLog(Protocol):
         """The tag of the request that took the id (None: none kept)."""
         ...
 
+    async def used_at(self, challenge: ChallengeId) -> int | None:
+        """When a payment was accepted under the id (None: never, or not kept)."""
+        ...
+
 
 class HllMethod:
     """The vendor adapter of ``hll:mac``."""
@@ -184,6 +188,8 @@ class HllMethod:
             retried = record.retried
         if mode is HllMode.ONLINE and not retried:
             retried = await self._verify_online(pending, context)
+        if retried and not context.delivered_here:
+            await self._not_in_flight_elsewhere(context)
         receipt = HllReceipt(
             units=offer.amount, card=purchase.card_id, counter=purchase.counter, mode=mode
         )
@@ -206,6 +212,16 @@ class HllMethod:
         if self._deferred is not None:  # deferred mode went online: guard replays here
             await anyio.to_thread.run_sync(self._deferred.record_online, pending)
         return retried
+
+    async def _not_in_flight_elsewhere(self, context: PaymentContext) -> None:
+        """A resend this process did not deliver first: another worker accepted it, and its
+        delivery may still run (-02 "Concurrent Request Handling": one delivery), as
+        :meth:`OfflineMethod._not_in_flight_elsewhere` decides for the other methods."""
+        if self._used is None:
+            return
+        used_at = await self._used.used_at(context.challenge)
+        if used_at is not None and context.now - used_at < DELIVERY_LEASE:
+            raise payment_in_progress()
 
     async def _take(self, context: PaymentContext) -> bool:
         """Take the challenge id for this request; False if this very request took it
