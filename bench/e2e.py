@@ -372,27 +372,34 @@ def interleave(columns: list[list[str]]) -> list[str]:
 
 
 def hll_lines(ctx: Issuing, cards: int, units: int) -> list[str]:
-    """Purchases by new cards personalised at the bank, MACs over the vendor's offer."""
+    """Purchases by new cards personalised at the bank, each a MAC over the offer of a
+    challenge of its own (challenge ids are single use)."""
     assert ctx.bank is not None
-    challenge = challenge_id(ctx.secret, "hll:mac", merchant_id=ctx.bank.merchant_id)
     now = int(time.time())
+    columns = []
+    for card in ctx.bank.new_cards(cards, units):
+        column = []
+        for _ in range(units):
+            challenge = challenge_id(ctx.secret, "hll:mac", merchant_id=ctx.bank.merchant_id)
+            raw = b64url_encode(hll.encode_payment(card.purchase(hll_offer(challenge), now)))
+            column.append(header(challenge, {"payment": raw}))
+        columns.append(column)
+    return interleave(columns)
+
+
+def hll_offer(challenge: Challenge) -> hll.Offer:
+    """The offer the vendor rebuilds from ``challenge`` for ``PAID_PATH`` (one unit)."""
     assert challenge.expires is not None
-    offer = hll.Offer(
-        merchant_id=ctx.bank.merchant_id,
+    merchant = challenge.request["recipient"]
+    assert isinstance(merchant, str)
+    return hll.Offer(
+        merchant_id=merchant,
         good=PAID_PATH,
         amount=1,
         denomination=EUR,
         challenge=b64url_decode(challenge.id, max_len=64),
         expires_at=challenge.expires,
     )
-    columns = []
-    for card in ctx.bank.new_cards(cards, units):
-        column = []
-        for _ in range(units):
-            raw = b64url_encode(hll.encode_payment(card.purchase(offer, now)))
-            column.append(header(challenge, {"payment": raw}))
-        columns.append(column)
-    return interleave(columns)
 
 
 LineMaker = Callable[[Issuing, int, int], list[str]]

@@ -52,3 +52,44 @@ def test_every_generated_credential_answers_its_own_challenge_and_is_accepted(
             ]
 
     assert asyncio.run(pay_all()) == [200] * len(lines)
+
+
+def test_every_generated_hll_credential_answers_its_own_challenge(tmp_path: Path) -> None:
+    """hll:mac lines need the bank to be accepted (the bench reports any refusal in its
+    *rejected* column); here: one id per line, each bound to the request the vendor issues
+    for the route, and each card's counters in order."""
+    from bench.e2e import BankSide, write_issuer_keys
+
+    from farthing.core.encoding import b64url_decode
+    from farthing.core.schemes import hll
+
+    write_issuer_keys(tmp_path / "issuer.keys.json")
+    bank = BankSide(str(tmp_path / "issuer.sqlite"), tmp_path / "issuer.keys.json")
+    try:
+        folder = write_vendor(
+            tmp_path, str(tmp_path / "vendor.sqlite"), bank.link("http://127.0.0.1:9")
+        )
+        store = open_store(folder.database)
+        try:
+            issuing = Issuing(store=store, secret=folder.challenge_secret, bank=bank)
+            lines = MAKERS["hll:mac"](issuing, CARDS, UNITS)
+        finally:
+            store.close()
+        vendor = vendor_from_config(load_vendor_config(folder.config))
+        route = vendor.paywall.prices.match(PAID_PATH)
+        assert route is not None
+        request_b64 = encode_jcs_b64(vendor.paywall.methods["hll"].request(route))
+        binder = ChallengeBinder(folder.challenge_secret)
+        credentials = [parse_credential(line) for line in lines]
+        assert len({c.challenge.id for c in credentials}) == len(lines)
+        for credential in credentials:
+            echo = credential.challenge
+            assert echo.method == "hll"
+            assert binder.verify(echo, now=0, realm=REALM, request_b64=request_b64) is not None
+        counters = sorted(
+            hll.decode_payment(b64url_decode(str(c.payload["payment"]))).counter
+            for c in credentials
+        )
+        assert counters == sorted(list(range(1, UNITS + 1)) * CARDS)  # each card in order
+    finally:
+        bank.close()

@@ -5,7 +5,9 @@ Effects"), against a real uvicorn on loopback whose app counts the orders it run
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -24,6 +26,7 @@ from tests.servers import uvicorn_server
 pytestmark = pytest.mark.xdist_group("uvicorn")
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 BODY = b'{"item": "tea", "count": 2}'
+COPIES = 4
 
 
 @pytest.fixture(params=BACKENDS)
@@ -124,3 +127,37 @@ def test_a_paid_post_retried_with_its_key_gets_the_same_answer_without_running_a
     row = store.szm_card(card.card_id)
     assert row is not None
     assert row.spent == 2 * 3  # three orders paid; the refused credential was not looked at
+
+
+def test_a_paid_post_sent_again_while_its_first_copy_runs_is_told_it_is_running(
+    tmp_path: Path, database: tuple[str, Store]
+) -> None:
+    """The order app takes 0.1 s (slow_vendor.PAUSE): a copy with the same key, credential
+    and body that arrives meanwhile gets 409, and once the first is answered, the kept answer."""
+    target, store = database
+    card = issue_chain_cards(store, 1)[0]
+    with serve(target, tmp_path, "vendor") as base:
+        challenge = order_challenge(base)
+        _, payment, _ = szm_chain.next_payment(card, 2, now=challenge.expires - 300)
+        payload = {"payment": b64url_encode(szm_chain.encode_payment(payment))}
+        authorization = format_credential(Credential.answering(challenge, payload))
+        start = threading.Barrier(COPIES)
+
+        def send(_: int) -> httpx.Response:
+            start.wait(timeout=10)
+            return paid_order(base, authorization, "order-9")
+
+        with ThreadPoolExecutor(max_workers=COPIES) as pool:
+            copies = list(pool.map(send, range(COPIES)))
+        later = paid_order(base, authorization, "order-9")
+    statuses = sorted(r.status_code for r in copies)
+    assert statuses == [201] + [409] * (COPIES - 1), statuses
+    for running in (r for r in copies if r.status_code == 409):
+        assert running.json()["farthingCode"] == ErrorCode.IDEMPOTENCY_IN_PROGRESS
+        assert b"order" not in running.content
+    (first,) = [r for r in copies if r.status_code == 201]
+    assert later.status_code == 201
+    assert later.content == first.content  # the kept answer, not a second run
+    row = store.szm_card(card.card_id)
+    assert row is not None
+    assert row.spent == 2  # one order paid
