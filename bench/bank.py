@@ -77,8 +77,8 @@ class BankRun:
         misses = []
         if self.bank_us >= GOAL_CPU_US:
             cause = (
-                "the HTTP server (uvicorn, h11) and the issuer's ASGI layers around it, and "
-                "commits shared by fewer verifications"
+                "the HTTP server (uvicorn, httptools on uvloop) and the issuer's ASGI "
+                "layers around it, and commits shared by fewer verifications"
                 if self.how == "loopback"
                 else "verification and settlement"
             )

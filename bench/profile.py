@@ -577,8 +577,9 @@ def _suggestions(m: Measured) -> list[str]:
         "thread, and under load worse than that: the loop and the thread contend for the "
         "GIL at every system call. Done: on SQLite the event loop commits itself when the "
         "write lock is free, so a cached card's payment leaves the loop not at all (an "
-        "uncached card once, to read it); on PostgreSQL the commit stays on the writer "
-        "thread. Left: PostgreSQL without the hop (an async driver), longer-lived caches.",
+        "uncached card once, and its reads run on the loop too); on PostgreSQL a batch of 4 "
+        "or more payments is sent from the loop in pipeline mode (docs/storage.md), smaller "
+        "ones and the reads still hop to a thread. Left: PostgreSQL's reads without the hop.",
         f"3. Serving the file. Done: small goods are answered from memory, looked at once "
         f"a second (`src/farthing/paywall/goods.py`): a free request costs "
         f"{m.free_us:,.0f} us, against {bare:,.0f} us for `/healthz` ({files:.0%} of the "
