@@ -164,7 +164,55 @@ def _guard_for(server_state: ServerState, config: Config, loop: asyncio.Abstract
     return guard
 
 
-class GuardedH11Protocol(H11Protocol):
+class _Host(Protocol):
+    """What :class:`_GuardedConnection` needs of the uvicorn protocol it is mixed into."""
+
+    _guard: Guard
+    _wait: _Wait | None
+
+    @property
+    def transport(self) -> asyncio.Transport: ...
+
+    @property
+    def connections(self) -> set[Any]: ...
+
+    def expire(self) -> None: ...
+
+
+class _GuardedConnection:
+    """The part both guarded protocols share: admission at the cap, moving between the
+    guard's sets, and closing on expiry. Each protocol says itself, from its parser, what
+    the peer is about to send (``_track``)."""
+
+    def _guard_setup(self, server_state: ServerState, config: Config, loop: Any) -> None:
+        self._guard = _guard_for(server_state, config, loop)
+        self._wait: _Wait | None = None
+
+    def _refused_at_cap(self: _Host) -> bool:
+        """A new connection over the cap: room made by closing the oldest head waiter, or
+        this one closed (True) if every connection is busy."""
+        over = len(self.connections) > self._guard.limits.max_connections
+        if not over or self._guard.evict_oldest_head():
+            return False
+        logger.warning(
+            "%d connections open, none waiting for a request: a new one was closed",
+            len(self.connections) - 1,
+        )
+        self.expire()
+        return True
+
+    def expire(self: _Host) -> None:
+        """Close the connection (a timeout, or room for a new one at the cap)."""
+        self._wait = None
+        if not self.transport.is_closing():
+            self.transport.close()
+
+    def _set_wait(self: _Host, wait: _Wait | None) -> None:
+        self._guard.move(self, self._wait, wait)
+        self._wait = wait
+
+
+class GuardedH11Protocol(_GuardedConnection, H11Protocol):
     """uvicorn's h11 protocol under a :class:`Guard` (head and body timeouts, the cap)."""
 
     def __init__(
@@ -175,20 +223,12 @@ class GuardedH11Protocol(H11Protocol):
         _loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
-        self._guard = _guard_for(server_state, config, self.loop)
-        self._wait: _Wait | None = None
+        self._guard_setup(server_state, config, self.loop)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        over = len(self.connections) > self._guard.limits.max_connections
-        if over and not self._guard.evict_oldest_head():
-            logger.warning(
-                "%d connections open, none waiting for a request: a new one was closed",
-                len(self.connections) - 1,
-            )
-            self.expire()
-            return
-        self._track()
+        if not self._refused_at_cap():
+            self._track()
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
@@ -201,12 +241,6 @@ class GuardedH11Protocol(H11Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._set_wait(None)
         super().connection_lost(exc)
-
-    def expire(self) -> None:
-        """Close the connection (a timeout, or room for a new one at the cap)."""
-        self._wait = None
-        if not self.transport.is_closing():
-            self.transport.close()
 
     def _track(self) -> None:
         """Follow the peer's side of the h11 state machine: IDLE waits for a head,
@@ -221,12 +255,8 @@ class GuardedH11Protocol(H11Protocol):
         if wait is not self._wait:
             self._set_wait(wait)
 
-    def _set_wait(self, wait: _Wait | None) -> None:
-        self._guard.move(self, self._wait, wait)
-        self._wait = wait
 
-
-class GuardedHttpToolsProtocol(HttpToolsProtocol):
+class GuardedHttpToolsProtocol(_GuardedConnection, HttpToolsProtocol):
     """uvicorn's httptools protocol under a :class:`Guard` (head and body timeouts, the
     cap) and with a request head of at most :data:`MAX_HEAD` bytes.
 
@@ -243,23 +273,15 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         _loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
-        self._guard = _guard_for(server_state, config, self.loop)
-        self._wait: _Wait | None = None
+        self._guard_setup(server_state, config, self.loop)
         self._in_message = False
         self._in_body = False
         self._head_bytes = 0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        over = len(self.connections) > self._guard.limits.max_connections
-        if over and not self._guard.evict_oldest_head():
-            logger.warning(
-                "%d connections open, none waiting for a request: a new one was closed",
-                len(self.connections) - 1,
-            )
-            self.expire()
-            return
-        self._track()
+        if not self._refused_at_cap():
+            self._track()
 
     def data_received(self, data: bytes) -> None:
         # Bytes that came while no body was due belong to a head, if that head is still
@@ -298,12 +320,6 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._set_wait(None)
         super().connection_lost(exc)
 
-    def expire(self) -> None:
-        """Close the connection (a timeout, or room for a new one at the cap)."""
-        self._wait = None
-        if not self.transport.is_closing():
-            self.transport.close()
-
     def _track(self) -> None:
         if self._in_message:
             wait: _Wait | None = _Wait.BODY if self._in_body else _Wait.HEAD
@@ -315,10 +331,6 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             wait = None
         if wait is not self._wait:
             self._set_wait(wait)
-
-    def _set_wait(self, wait: _Wait | None) -> None:
-        self._guard.move(self, self._wait, wait)
-        self._wait = wait
 
 
 HTTP_PROTOCOLS: Final[dict[str, type[asyncio.Protocol]]] = {

@@ -103,11 +103,13 @@ async function saveBudget(event) {
 
 async function paywallPage(main) {
   const offer = JSON.parse(main.dataset.offer);
-  const card = await store.getCard();
+  // The forms' handlers first, before anything is awaited: a code typed and sent while the
+  // stored card is still being read must not submit the form to the shop as a plain GET.
   $("card-form").addEventListener("submit", (event) => enterCard(event, offer));
   $("budget-form").addEventListener("submit", async (event) => {
     if (await saveBudget(event)) await readNow();
   });
+  const card = await store.getCard();
   if (!card) return;
   showUnits(card, offer);
   $("card-entry").hidden = true;
