@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from farthing.core.encoding import b64url_decode, b64url_encode
-from farthing.core.errors import ErrorCode, Unavailable
+from farthing.core.errors import ErrorCode
 from farthing.core.primitives import ed25519_public_key
 from farthing.core.schemes import hll, payword, szm_chain, szm_prbg
 from farthing.core.sealing import open_sealed
@@ -30,48 +30,19 @@ from farthing.http.payment_auth import (
     format_credential,
     parse_challenges,
 )
-from farthing.paywall.app import HllSettings, PaywordSettings, VendorSettings, create_vendor_app
-from farthing.paywall.methods.hll import HllMode
+from farthing.paywall.app import create_vendor_app
 from farthing.paywall.middleware import Paywall
 from farthing.store import Store, open_store
 from farthing.testing import DeterministicRandom, FixedClock
 from farthing.testing.hll import SoftwareCard
 from farthing.testing.payword import PaywordSpender
-from tests.paywall.helpers import EUR, KEYS, NOW, content, issue_chain_cards, issue_prbg_cards
+from tests.paywall.helpers import EUR, NOW, content, issue_chain_cards, issue_prbg_cards
 from tests.paywall.helpers import prices as article_prices
+from tests.paywall.slow_vendor import BANK_MASTER, BROKER_KEY, SETTINGS, BankDown
 
 pytestmark = pytest.mark.anyio
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
-BROKER_KEY = b"B" * 32
-BANK_MASTER = b"K" * 32
 USER_KEY = b"U" * 32
-SETTINGS = VendorSettings(
-    realm="news",
-    challenge_secret=b"s" * 32,
-    szm=KEYS,
-    payword=PaywordSettings(
-        vendor_id="shop",
-        broker_id="broker",
-        broker_public=ed25519_public_key(BROKER_KEY),
-        unit_micros=1000,
-    ),
-    hll=HllSettings(
-        merchant_id="shop",
-        merchant_key=b"m" * 32,
-        unit_micros=1000,
-        mode=HllMode.DEFERRED,
-        risk_limit=100,
-        merchant_cap=1000,
-        bank_public_key=hll.card_certification_public_key(BANK_MASTER),
-    ),
-)
-
-
-class BankDown:
-    """The bank, unreachable: every purchase here is certified, so none must go online."""
-
-    async def verify_online(self, offer: bytes, payment: bytes) -> bool:
-        raise Unavailable("the bank is down", retry_after=5, code=ErrorCode.ISSUER_UNAVAILABLE)
 
 
 def sealed_type(response: httpx.Response) -> str:
