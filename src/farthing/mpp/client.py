@@ -39,10 +39,10 @@ from mpp import Challenge as MppChallenge
 from mpp.client.transport import PaymentTransport
 from mpp.runtime import ClientMethod, CredentialParams
 
-from farthing.core.errors import FarthingError, LocalProtocolError
+from farthing.core.errors import LocalProtocolError
 from farthing.http.payment_auth import Challenge, Receipt, parse_challenges
 from farthing.mpp.common import METHOD_IDS, method_definition
-from farthing.wallet.auth import Payer, PreparedPayment
+from farthing.wallet.auth import Payer, PreparedPayment, receipt_of
 
 __all__ = ["WalletMethods"]
 
@@ -85,7 +85,7 @@ class WalletMethods:
             if payment.url == str(response.request.url):
                 del self._paid[challenge_id]
                 await response.aread()
-                self._payer.refused(payment, response.status_code, receipt=_receipt(response))
+                self._payer.refused(payment, response.status_code, receipt=receipt_of(response))
 
     # -- pympp's events and its create_credential hook ----------------------------------------
 
@@ -113,7 +113,7 @@ class WalletMethods:
             return
         response: httpx.Response = payload["response"]
         body = await response.aread()
-        receipt = _receipt(response)
+        receipt = receipt_of(response)
         plaintext = self._payer.settle(payment, receipt, body, status=response.status_code)
         if plaintext is not body:
             _replace_body(response, plaintext, receipt)
@@ -127,24 +127,14 @@ class WalletMethods:
         if response is None or not response.is_server_error:
             self._payer.lost(payment)
         else:
-            self._payer.refused(payment, response.status_code, receipt=_receipt(response))
+            self._payer.refused(payment, response.status_code, receipt=receipt_of(response))
 
     def _refuse_unanswered(self, url: str, response: httpx.Response) -> None:
         """A 402 to a request that carried a payment: that payment was not taken."""
         for challenge_id, payment in list(self._paid.items()):
             if payment.url == url:
                 del self._paid[challenge_id]
-                self._payer.refused(payment, response.status_code, receipt=_receipt(response))
-
-
-def _receipt(response: httpx.Response) -> Receipt | None:
-    header = response.headers.get("payment-receipt")
-    if not header:
-        return None
-    try:
-        return Receipt.from_header(header)
-    except FarthingError:
-        return None  # a receipt that does not parse says nothing was taken
+                self._payer.refused(payment, response.status_code, receipt=receipt_of(response))
 
 
 def _replace_body(response: httpx.Response, plaintext: bytes, receipt: Receipt | None) -> None:

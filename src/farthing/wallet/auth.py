@@ -40,7 +40,14 @@ from farthing.http.problems import FARTHING_CODE
 AUTHORIZATION = "Authorization"
 ACCEPT_PAYMENT = "Accept-Payment"
 
-__all__ = ["ACCEPT_PAYMENT", "AUTHORIZATION", "Payer", "PaymentAuth", "PreparedPayment"]
+__all__ = [
+    "ACCEPT_PAYMENT",
+    "AUTHORIZATION",
+    "Payer",
+    "PaymentAuth",
+    "PreparedPayment",
+    "receipt_of",
+]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -218,7 +225,8 @@ def _attach(
     request.headers[payment.header] = payment.authorization
 
 
-def _receipt(response: httpx.Response) -> Receipt | None:
+def receipt_of(response: httpx.Response) -> Receipt | None:
+    """The response's ``Payment-Receipt``, or None if it has none or one that does not parse."""
     header = response.headers.get("payment-receipt")
     if not header:
         return None
@@ -250,13 +258,13 @@ def _refused(payer: Payer, payment: PreparedPayment, response: httpx.Response) -
     payer.refused(
         payment,
         response.status_code,
-        receipt=_receipt(response),
+        receipt=receipt_of(response),
         code=_problem_code(response),
     )
 
 
 def _open(response: httpx.Response, payment: PreparedPayment, payer: Payer) -> None:
-    receipt = _receipt(response)
+    receipt = receipt_of(response)
     plaintext = payer.settle(payment, receipt, response.content, status=response.status_code)
     if plaintext is not response.content:
         sealed = receipt.extra.get("sealed") if receipt is not None else None
