@@ -32,7 +32,7 @@ from farthing.core.money import Denomination
 from farthing.core.schemes import hll
 from farthing.http.issuer_wire import verify_request_tag
 from farthing.issuer import IssuerConfig, IssuerServices, build_services, generate_issuer_keys
-from farthing.store import open_store
+from farthing.store import Store, open_store
 from farthing.testing import DeterministicRandom, FixedClock
 from farthing.testing.hll import SoftwareCard
 
@@ -105,17 +105,20 @@ def measure(backend: str, items: int, per_card: int = 50, profile: bool = False)
     with _database(backend) as dsn:
         store = open_store(dsn, clock=FixedClock(NOW))
         try:
-            keys = generate_issuer_keys(DeterministicRandom("keys"), broker_id="bank.test")
-            services = build_services(
-                IssuerConfig(keys=keys), store, clock=FixedClock(NOW), rng=os.urandom
-            )
-            services.accounts.create_customer("m", "c", "EUR")
-            services.accounts.load("m", "c", 10**15, "cash")
-            services.accounts.create_merchant("m", "m1", "EUR")
+            services, _ = _bank(store)
             batches = _batches(services, items, per_card)
             return _deposit_all(services, backend, items, batches, profile)
         finally:
             store.close()
+
+
+def _bank(store: Store) -> tuple[IssuerServices, bytes]:
+    """The bank's services on ``store``: a funded customer ``c`` and merchant ``m1`` (its key)."""
+    keys = generate_issuer_keys(DeterministicRandom("keys"), broker_id="bank.test")
+    services = build_services(IssuerConfig(keys=keys), store, clock=FixedClock(NOW), rng=os.urandom)
+    services.accounts.create_customer("m", "c", "EUR")
+    services.accounts.load("m", "c", 10**15, "cash")
+    return services, services.accounts.create_merchant("m", "m1", "EUR").key
 
 
 def _deposit_all(
@@ -146,13 +149,7 @@ def measure_online(backend: str, count: int, profile: bool = False) -> str:
     with _database(backend) as dsn:
         store = open_store(dsn, clock=FixedClock(NOW))
         try:
-            keys = generate_issuer_keys(DeterministicRandom("keys"), broker_id="bank.test")
-            services = build_services(
-                IssuerConfig(keys=keys), store, clock=FixedClock(NOW), rng=os.urandom
-            )
-            services.accounts.create_customer("m", "c", "EUR")
-            services.accounts.load("m", "c", 10**15, "cash")
-            merchant_key = services.accounts.create_merchant("m", "m1", "EUR").key
+            services, merchant_key = _bank(store)
             requests = [
                 (offer, payment, verify_request_tag(merchant_key, "m1", offer, payment))
                 for offer, payment in _online_payments(services, count)
