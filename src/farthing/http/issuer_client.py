@@ -23,8 +23,10 @@ Errors are always farthing's own, never a bare Exception:
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Mapping
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Final
@@ -48,15 +50,20 @@ from farthing.http.issuer_wire import (
     deposit_lookup_tag,
     parse_card_lookup,
     redeem_request_tag,
+    verify_batch_tag,
     verify_request_tag,
 )
-from farthing.http.problems import Problem, error_for
+from farthing.http.problems import Problem, crosses, error_for, problem_for
 
 __all__ = ["CardLookup", "CardStatus", "IssuerClient", "error_from_problem"]
 
 _TIMEOUT: Final = 10.0
 _MAX_REPORT_B64: Final = 1 << 20
 _RETRY_AFTER: Final = 5  # what the paywall tells its own client when the issuer is out
+VERIFY_BATCH_PATH: Final = "/v1/hll/verify-batch"
+MAX_BATCH_ITEMS: Final = 64  # the issuer takes up to 128 (routes_hll.MAX_VERIFY_BATCH)
+MAX_BATCH_BYTES: Final = 24 * 1024  # raw offers and payments; ~34 KiB of JSON < 64 KiB
+_MAX_CALLS: Final = 2  # verification calls out at once; more purchases wait for the next
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -113,6 +120,7 @@ class IssuerClient:
         self._http = client or httpx.AsyncClient(
             base_url=base_url, timeout=timeout, transport=transport
         )
+        self._coalescer = _Coalescer(self._verify_one, self._verify_batch)
 
     def __repr__(self) -> str:
         return f"IssuerClient(merchant_id={self._merchant_id!r})"
@@ -137,7 +145,16 @@ class IssuerClient:
     async def verify_online(self, offer: bytes, payment: bytes) -> bool:
         """Have the bank verify and settle one HLL purchase, or raise (e.g. InvalidPayment,
         Conflict(DUPLICATE_SPEND), InsufficientFunds, PaymentExpired). True if the bank
-        had settled this very purchase before (sent again after a lost answer)."""
+        had settled this very purchase before (sent again after a lost answer).
+
+        The purchases asked for in one pass of the event loop, or while the bank calls
+        in flight are out, go to the bank together (:class:`_Coalescer`); each caller
+        gets its own purchase's answer, as if it had called alone."""
+        self._credentials()
+        return await self._coalescer.verify(offer, payment)
+
+    async def _verify_one(self, offer: bytes, payment: bytes) -> bool:
+        """``POST /v1/hll/verify``: one purchase."""
         merchant_id, key = self._credentials()
         tag = verify_request_tag(key, merchant_id, offer, payment)
         body = {
@@ -148,6 +165,27 @@ class IssuerClient:
         }
         answer = await self._call("POST", "/v1/hll/verify", body)
         return answer.get("repeated") is True
+
+    async def _verify_batch(
+        self, items: Sequence[tuple[bytes, bytes]]
+    ) -> list[bool | FarthingError]:
+        """``POST /v1/hll/verify-batch``: each purchase's outcome, in order (True: a
+        retry of a purchase settled before; an error: the one ``/v1/hll/verify`` raises
+        for it alone). Raises as :meth:`_call` for the batch as a whole."""
+        merchant_id, key = self._credentials()
+        body = {
+            "merchant_id": merchant_id,
+            "items": [
+                {"offer": b64url_encode(offer), "payment": b64url_encode(payment)}
+                for offer, payment in items
+            ],
+            "tag": b64url_encode(verify_batch_tag(key, merchant_id, items)),
+        }
+        answer = await self._call("POST", VERIFY_BATCH_PATH, body)
+        results = answer.get("results")
+        if not isinstance(results, list) or len(results) != len(items):
+            raise _unavailable("the issuer's batch answer does not decode")
+        return [_item_outcome(result) for result in results]
 
     async def deposit_hll(self, batch: hll.DepositBatch | bytes, tag: bytes) -> hll.DepositReport:
         """Deposit a deferred-mode batch (or its encoding); resend freely until it answers."""
@@ -241,7 +279,7 @@ class IssuerClient:
         return self._merchant_id, self._key
 
     async def _call(
-        self, method: str, path: str, body: Mapping[str, str | int] | None
+        self, method: str, path: str, body: Mapping[str, object] | None
     ) -> dict[str, object]:
         try:
             response = await self._http.request(method, path, json=body)
@@ -276,3 +314,124 @@ def _int(document: dict[str, object], name: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool):
         raise _unavailable("the issuer's answer does not decode")
     return value
+
+
+def _item_outcome(result: object) -> bool | FarthingError:
+    """One item of a batch answer: repeated or not, or the error its problem stands for."""
+    if not isinstance(result, dict):
+        raise _unavailable("the issuer's batch answer does not decode")
+    problem = result.get("problem")
+    if problem is None:
+        return result.get("repeated") is True
+    status = problem.get("status") if isinstance(problem, dict) else None
+    if not isinstance(status, int) or isinstance(status, bool):
+        raise _unavailable("the issuer's batch answer does not decode")
+    return error_from_problem(status, problem, None)
+
+
+def _again(error: FarthingError) -> FarthingError:
+    """The same error as a new exception, for one more of the callers a failed batch call
+    answers (an exception object is raised in one task only)."""
+    again = error_for(problem_for(error)) if crosses(error) else None
+    if again is None:
+        return error
+    again.__cause__ = error.__cause__
+    return again
+
+
+@dataclass(slots=True)
+class _Waiting:
+    offer: bytes
+    payment: bytes
+    future: asyncio.Future[bool]
+
+
+class _Coalescer:
+    """Online verifications sent together: those asked for in one pass of the event loop go
+    in one call, and while ``max_calls`` calls are out, new ones wait and go in the next.
+
+    A call of one purchase is ``POST /v1/hll/verify`` (as without coalescing), of more
+    ``POST /v1/hll/verify-batch``, at most :data:`MAX_BATCH_ITEMS` purchases and about
+    :data:`MAX_BATCH_BYTES` of them (the issuer's body limit). Each caller gets its own
+    outcome; if the call itself fails (a transport error, the issuer's 5xx, a refusal of
+    the whole batch), every caller in it gets that error, as a single call would have
+    raised it: its outcome is unknown, and the purchase sent again is answered as a retry.
+    A caller cancelled before its call is sent is left out of it.
+    """
+
+    def __init__(
+        self,
+        one: Callable[[bytes, bytes], Awaitable[bool]],
+        many: Callable[[Sequence[tuple[bytes, bytes]]], Awaitable[list[bool | FarthingError]]],
+        *,
+        max_calls: int = _MAX_CALLS,
+    ) -> None:
+        self._one = one
+        self._many = many
+        self._max_calls = max_calls
+        self._waiting: deque[_Waiting] = deque()
+        self._calls = 0
+        self._scheduled = False
+
+    async def verify(self, offer: bytes, payment: bytes) -> bool:
+        loop = asyncio.get_running_loop()
+        waiting = _Waiting(offer, payment, loop.create_future())
+        self._waiting.append(waiting)
+        self._schedule(loop)
+        return await waiting.future
+
+    def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start the next call after this pass of the loop, so that it takes every
+        purchase asked for in the pass."""
+        if not self._scheduled and self._calls < self._max_calls:
+            self._scheduled = True
+            loop.call_soon(self._start, loop)
+
+    def _start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._scheduled = False
+        while self._calls < self._max_calls:
+            batch = self._next_batch()
+            if not batch:
+                return
+            self._calls += 1
+            loop.create_task(self._send(batch))
+
+    def _next_batch(self) -> list[_Waiting]:
+        batch: list[_Waiting] = []
+        size = 0
+        while self._waiting and len(batch) < MAX_BATCH_ITEMS:
+            first = self._waiting[0]
+            if first.future.done():  # its caller was cancelled: not sent
+                self._waiting.popleft()
+                continue
+            size += len(first.offer) + len(first.payment)
+            if batch and size > MAX_BATCH_BYTES:
+                break
+            batch.append(self._waiting.popleft())
+        return batch
+
+    async def _send(self, batch: list[_Waiting]) -> None:
+        outcomes: list[bool | FarthingError]
+        try:
+            if len(batch) == 1:
+                outcomes = [await self._one(batch[0].offer, batch[0].payment)]
+            else:
+                outcomes = await self._many([(w.offer, w.payment) for w in batch])
+        except FarthingError as error:
+            outcomes = [error, *(_again(error) for _ in batch[1:])]
+        except BaseException as error:  # cancelled, or a bug: no caller is left waiting
+            for waiting in batch:
+                if not waiting.future.done():
+                    waiting.future.set_exception(_unavailable())
+            raise error
+        finally:
+            self._calls -= 1
+            if self._waiting:
+                self._schedule(asyncio.get_running_loop())
+        for waiting, outcome in zip(batch, outcomes, strict=True):
+            if waiting.future.done():
+                continue
+            if isinstance(outcome, FarthingError):
+                waiting.future.set_exception(outcome)
+            else:
+                waiting.future.set_result(outcome)

@@ -6,6 +6,9 @@ binds the merchant id and every byte of the request::
 
     verify tag = HMAC-SHA256(K_M, canonical("farthing/hll/verify-request",
                                             merchant_id, offer, payment))
+    batch tag  = HMAC-SHA256(K_M, canonical("farthing/hll/verify-batch",
+                                            merchant_id, n, offer_1, payment_1, ...,
+                                            offer_n, payment_n))
     redeem tag = HMAC-SHA256(K_M, canonical("farthing/payword/redeem-request",
                                             merchant_id, redemption))
     lookup tag = HMAC-SHA256(K_M, canonical("farthing/hll/deposit-lookup",
@@ -33,7 +36,7 @@ issuer client's ``lookup_card``)::
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -47,6 +50,7 @@ __all__ = [
     "ADMIT_REQUEST_DOMAIN",
     "DEPOSIT_LOOKUP_DOMAIN",
     "REDEEM_REQUEST_DOMAIN",
+    "VERIFY_BATCH_DOMAIN",
     "VERIFY_REQUEST_DOMAIN",
     "CardLookup",
     "admit_request_tag",
@@ -54,10 +58,12 @@ __all__ = [
     "deposit_lookup_tag",
     "parse_card_lookup",
     "redeem_request_tag",
+    "verify_batch_tag",
     "verify_request_tag",
 ]
 
 VERIFY_REQUEST_DOMAIN: Final = "farthing/hll/verify-request"
+VERIFY_BATCH_DOMAIN: Final = "farthing/hll/verify-batch"
 REDEEM_REQUEST_DOMAIN: Final = "farthing/payword/redeem-request"
 DEPOSIT_LOOKUP_DOMAIN: Final = "farthing/hll/deposit-lookup"
 ADMIT_REQUEST_DOMAIN: Final = "farthing/payword/admit-request"
@@ -68,6 +74,17 @@ def verify_request_tag(
 ) -> bytes:
     message = Writer(VERIFY_REQUEST_DOMAIN).text(merchant_id).bytes(offer).bytes(payment).finish()
     return hmac_sha256(merchant_key, message)
+
+
+def verify_batch_tag(
+    merchant_key: bytes, merchant_id: str, items: Sequence[tuple[bytes, bytes]]
+) -> bytes:
+    """One tag for a batch of online verifications: it binds their number, order and every
+    byte of each (offer, payment), so the batch is authenticated once."""
+    message = Writer(VERIFY_BATCH_DOMAIN).text(merchant_id).u64(len(items))
+    for offer, payment in items:
+        message.bytes(offer).bytes(payment)
+    return hmac_sha256(merchant_key, message.finish())
 
 
 def redeem_request_tag(merchant_key: bytes, merchant_id: str, redemption: bytes) -> bytes:

@@ -48,7 +48,7 @@ from farthing.issuer.limits import BodyLimit, RateLimit
 from farthing.issuer.metrics import IssuerMetrics
 from farthing.issuer.routes_admin import build_admin_router
 from farthing.issuer.routes_common import operator_dependency
-from farthing.issuer.routes_hll import DEPOSITS_PATH, build_hll_router, fast_verify_route
+from farthing.issuer.routes_hll import DEPOSITS_PATH, build_hll_router, fast_verify_routes
 from farthing.issuer.routes_payword import build_payword_router
 from farthing.issuer.routes_szm import build_szm_router
 from farthing.issuer.service import IssuerServices, build_services
@@ -129,8 +129,8 @@ def issuer_app(
     )
     app.mount(DASHBOARD_PREFIX, dashboard)
     app.include_router(build_hll_router(services, writer))
-    # First, so that the bank's busiest route is matched before any other is tried.
-    app.router.routes.insert(0, fast_verify_route(services, writer))
+    # First, so that the bank's busiest routes are matched before any other is tried.
+    app.router.routes[0:0] = fast_verify_routes(services, writer)
     app.include_router(build_szm_router(services))
     app.include_router(build_payword_router(services))
     # add_middleware wraps from the inside out: the last added is the outermost.

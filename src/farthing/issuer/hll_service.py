@@ -28,7 +28,7 @@ the cards' CHECK still refuse a spend counted twice: the whole batch then rolls 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -41,15 +41,17 @@ from farthing.core.errors import (
     AccessDenied,
     Conflict,
     ErrorCode,
+    FarthingError,
     InsufficientFunds,
     InvalidPayment,
     MalformedMessage,
     NotFound,
+    RemoteProtocolError,
 )
 from farthing.core.money import Denomination
 from farthing.core.primitives import sha256
 from farthing.core.schemes import hll
-from farthing.http.issuer_wire import deposit_lookup_tag, verify_request_tag
+from farthing.http.issuer_wire import deposit_lookup_tag, verify_batch_tag, verify_request_tag
 from farthing.issuer.accounts_service import find_customer
 from farthing.issuer.auth import Merchant, MerchantDirectory
 from farthing.issuer.books import SystemAccounts
@@ -57,6 +59,7 @@ from farthing.store import CardStatus, HllCardRow, Store, Tx
 
 __all__ = [
     "CERTIFICATE_TTL",
+    "CheckedPurchase",
     "DepositOutcome",
     "HllService",
     "OnlineSpend",
@@ -263,6 +266,22 @@ class HllService:
             tag,
             lambda key: verify_request_tag(key, merchant_id, offer_bytes, payment_bytes),
         )
+        return self.check_purchase(merchant, offer_bytes, payment_bytes)
+
+    def authenticate_batch(
+        self, merchant_id: str, items: Sequence[tuple[bytes, bytes]], tag: bytes
+    ) -> Merchant:
+        """The merchant of a batch of online verifications, by its one tag over all of them
+        (:func:`~farthing.http.issuer_wire.verify_batch_tag`); 401 as for a single one."""
+        return self._merchants.authenticate(
+            merchant_id, tag, lambda key: verify_batch_tag(key, merchant_id, items)
+        )
+
+    def check_purchase(
+        self, merchant: Merchant, offer_bytes: bytes, payment_bytes: bytes
+    ) -> CheckedPurchase:
+        """:meth:`check_online` for an authenticated merchant: the messages and the card's
+        MAC (pure)."""
         offer = hll.decode_offer(offer_bytes)
         purchase = hll.decode_payment(payment_bytes)
         if offer.merchant_id != merchant.merchant_id:
@@ -303,6 +322,23 @@ class HllService:
                 return replace(spend, repeated=True)
             raise Conflict("payment already spent", code=ErrorCode.DUPLICATE_SPEND)
         return spend
+
+    def settle_online_batch(
+        self, tx: Tx, batch: Sequence[CheckedPurchase]
+    ) -> list[OnlineSpend | FarthingError]:
+        """:meth:`settle_online` for each purchase of a batch, in order, inside ``tx``: one
+        refused purchase (a duplicate, an uncovered spend) is answered with its error and
+        leaves no write behind, so the others settle in the same commit. The same purchase
+        twice in one batch settles once; the copy is answered ``repeated``."""
+        outcomes: list[OnlineSpend | FarthingError] = []
+        for checked in batch:
+            try:
+                outcomes.append(self.settle_online(tx, checked))
+            except RemoteProtocolError as error:
+                if not _refusal(error):
+                    raise
+                outcomes.append(error)
+        return outcomes
 
     def _settle_online(self, tx: Tx, checked: CheckedPurchase) -> bool:
         """Record (card, counter) once and move its value from the card float to the
@@ -454,6 +490,13 @@ class HllService:
             loaded=card.loaded_units,
             spent=card.spent_units,
         )
+
+
+def _refusal(error: RemoteProtocolError) -> bool:
+    """A purchase refused by the bank's rules, which writes nothing (the card may not pay,
+    a duplicate spend, a card that cannot cover it); not the store's own conflict (busy, a
+    lost race): that one ends the transaction, and with it the whole batch."""
+    return not isinstance(error, Conflict) or error.code is ErrorCode.DUPLICATE_SPEND
 
 
 def _settled_before(tx: Tx, checked: CheckedPurchase) -> bool:

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+from typing import Final, TypeVar
+
 from fastapi import APIRouter, Depends
 from fastapi.exceptions import RequestValidationError
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Match, Route
 from starlette.types import Scope
 
 from farthing.core.encoding import b64url_encode
+from farthing.core.errors import ErrorCode, FarthingError, MalformedMessage
 from farthing.core.schemes import hll
+from farthing.http.problems import problem_for
 from farthing.issuer.auth import Operator
-from farthing.issuer.hll_service import DepositOutcome
+from farthing.issuer.hll_service import CheckedPurchase, DepositOutcome, OnlineSpend
 from farthing.issuer.routes_common import field_bytes, operator_dependency
 from farthing.issuer.schemas import (
     DepositOut,
@@ -22,17 +26,34 @@ from farthing.issuer.schemas import (
     HllCardOut,
     HllDepositLookup,
     HllDepositRequest,
+    HllVerifyBatchOut,
+    HllVerifyBatchRequest,
     HllVerifyOut,
+    HllVerifyRefused,
     HllVerifyRequest,
     NewHllCard,
 )
 from farthing.issuer.service import IssuerServices
 from farthing.store.writer import StoreWriter
 
-__all__ = ["DEPOSITS_PATH", "VERIFY_PATH", "build_hll_router", "deposit_out", "fast_verify_route"]
+__all__ = [
+    "DEPOSITS_PATH",
+    "MAX_VERIFY_BATCH",
+    "VERIFY_BATCH_PATH",
+    "VERIFY_PATH",
+    "build_hll_router",
+    "deposit_out",
+    "fast_verify_routes",
+]
+
+M = TypeVar("M", bound=BaseModel)
 
 DEPOSITS_PATH = "/v1/hll/deposits"
 VERIFY_PATH = "/v1/hll/verify"
+VERIFY_BATCH_PATH = "/v1/hll/verify-batch"
+MAX_VERIFY_BATCH: Final = 128
+"""The most purchases one ``POST /v1/hll/verify-batch`` may carry (more: 400
+``BATCH_TOO_LARGE``); the body limit (``max_body_bytes``) bounds its size as well."""
 
 
 def _pairs(pairs: tuple[tuple[bytes, int], ...]) -> list[DepositPair]:
@@ -108,6 +129,16 @@ def build_hll_router(services: IssuerServices, writer: StoreWriter) -> APIRouter
         same purchase sent again is answered ``repeated`` and charged nothing."""
         return await verify_online(services, writer, body)
 
+    @router.post("/verify-batch")
+    async def verify_batch(body: HllVerifyBatchRequest) -> HllVerifyBatchOut:
+        """Online verification of several purchases in one call (a vendor's bank client
+        gathers those that arrive together): the merchant's ``tag`` covers the whole batch;
+        each purchase is checked and settled as ``POST /v1/hll/verify`` does it, the valid
+        ones in one commit, and answered in order: settled (``repeated`` for one settled
+        before, or twice in the batch), or ``problem``, the answer ``/v1/hll/verify`` gives
+        it alone. One refused purchase does not fail the others."""
+        return await verify_online_batch(services, writer, body)
+
     @router.post("/deposits")
     def deposit(body: HllDepositRequest) -> DepositOut:
         """A merchant's deferred-mode batch, tagged under K_M; idempotent by batch id."""
@@ -141,6 +172,38 @@ async def verify_online(
         field_bytes(body.tag, "tag"),
     )
     spend = await writer.run(lambda tx: service.settle_online(tx, checked))
+    return _verify_out(spend)
+
+
+async def verify_online_batch(
+    services: IssuerServices, writer: StoreWriter, body: HllVerifyBatchRequest
+) -> HllVerifyBatchOut:
+    """``POST /v1/hll/verify-batch``: the batch's tag once, each purchase's checks, then
+    the valid ones settled in one job of the group commit."""
+    if len(body.items) > MAX_VERIFY_BATCH:
+        raise MalformedMessage(
+            f"at most {MAX_VERIFY_BATCH} purchases per batch", code=ErrorCode.BATCH_TOO_LARGE
+        )
+    service = services.hll
+    items = [
+        (field_bytes(item.offer, "offer"), field_bytes(item.payment, "payment"))
+        for item in body.items
+    ]
+    merchant = service.authenticate_batch(body.merchant_id, items, field_bytes(body.tag, "tag"))
+    outcomes: list[OnlineSpend | CheckedPurchase | FarthingError] = []
+    for offer, payment in items:
+        try:
+            outcomes.append(service.check_purchase(merchant, offer, payment))
+        except FarthingError as error:
+            outcomes.append(error)
+    checked = [c for c in outcomes if isinstance(c, CheckedPurchase)]
+    if checked:
+        settled = iter(await writer.run(lambda tx: service.settle_online_batch(tx, checked)))
+        outcomes = [next(settled) if isinstance(c, CheckedPurchase) else c for c in outcomes]
+    return HllVerifyBatchOut(results=[_item_out(outcome) for outcome in outcomes])
+
+
+def _verify_out(spend: OnlineSpend) -> HllVerifyOut:
     return HllVerifyOut(
         card_id=b64url_encode(spend.card_id),
         counter=spend.counter,
@@ -150,25 +213,46 @@ async def verify_online(
     )
 
 
-def fast_verify_route(services: IssuerServices, writer: StoreWriter) -> Route:
-    """``POST /v1/hll/verify`` as a plain Starlette route, placed before every other route:
-    the same handler, the same request model and the same 400 for a body that does not
-    validate, without FastAPI's routing and dependency machinery (bench.bank: that cost
-    the bank more CPU per verification than verifying and settling). The FastAPI route
-    of :func:`build_hll_router` stays, for the OpenAPI document."""
+def _item_out(
+    outcome: OnlineSpend | CheckedPurchase | FarthingError,
+) -> HllVerifyOut | HllVerifyRefused:
+    if isinstance(outcome, OnlineSpend):
+        return _verify_out(outcome)
+    assert isinstance(outcome, FarthingError)  # every checked purchase was settled
+    return HllVerifyRefused(problem=problem_for(outcome).to_json())
 
-    async def endpoint(request: Request) -> Response:
-        try:
-            body = HllVerifyRequest.model_validate_json(await request.body())
-        except ValidationError as error:
-            errors = error.errors(include_url=False)
-            raise RequestValidationError(
-                [{**e, "loc": ("body", *e["loc"])} for e in errors]
-            ) from None
+
+def fast_verify_routes(services: IssuerServices, writer: StoreWriter) -> list[Route]:
+    """``POST /v1/hll/verify`` and ``/v1/hll/verify-batch`` as plain Starlette routes,
+    placed before every other route: the same handlers, the same request models and the
+    same 400 for a body that does not validate, without FastAPI's routing and dependency
+    machinery (bench.bank: that cost the bank more CPU per verification than verifying
+    and settling). The FastAPI routes of :func:`build_hll_router` stay, for the OpenAPI
+    document."""
+
+    async def verify(request: Request) -> Response:
+        body = _validated(HllVerifyRequest, await request.body())
         answer = await verify_online(services, writer, body)
         return Response(answer.model_dump_json(), media_type="application/json")
 
-    return _NamedRoute(VERIFY_PATH, endpoint, methods=["POST"], include_in_schema=False)
+    async def verify_batch(request: Request) -> Response:
+        body = _validated(HllVerifyBatchRequest, await request.body())
+        answer = await verify_online_batch(services, writer, body)
+        return Response(answer.model_dump_json(), media_type="application/json")
+
+    return [
+        _NamedRoute(VERIFY_PATH, verify, methods=["POST"], include_in_schema=False),
+        _NamedRoute(VERIFY_BATCH_PATH, verify_batch, methods=["POST"], include_in_schema=False),
+    ]
+
+
+def _validated(model: type[M], raw: bytes) -> M:
+    """The body as ``model``, or FastAPI's own 400 for one that does not validate."""
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as error:
+        errors = error.errors(include_url=False)
+        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in errors]) from None
 
 
 class _NamedRoute(Route):

@@ -27,7 +27,11 @@ __all__ = [
     "HllCardCreated",
     "HllCardOut",
     "HllDepositRequest",
+    "HllVerifyBatchOut",
+    "HllVerifyBatchRequest",
+    "HllVerifyItem",
     "HllVerifyOut",
+    "HllVerifyRefused",
     "HllVerifyRequest",
     "LedgerCheckOut",
     "LoadOut",
@@ -170,6 +174,34 @@ class HllVerifyOut(_Response):
     # The same purchase was settled before (sent again after a lost answer): nothing new
     # was charged or credited.
     repeated: bool = False
+
+
+class HllVerifyItem(_Request):
+    offer: Annotated[str, _b64(2048)]
+    payment: Annotated[str, _b64(256)]
+
+
+class HllVerifyBatchRequest(_Request):
+    """Online verifications of one merchant, sent together; ``tag`` covers all of them
+    (:func:`farthing.http.issuer_wire.verify_batch_tag`). The number of items is checked
+    by the route (``BATCH_TOO_LARGE``), the body's size by the issuer's body limit."""
+
+    merchant_id: Name
+    items: Annotated[list[HllVerifyItem], Field(min_length=1)]
+    tag: Tag
+
+
+class HllVerifyRefused(_Response):
+    """One item of a batch the bank refused: the problem (RFC 9457 body, ``status`` and
+    ``farthingCode`` included) that ``POST /v1/hll/verify`` answers for it alone."""
+
+    problem: dict[str, object]
+
+
+class HllVerifyBatchOut(_Response):
+    """One outcome per item, in the request's order."""
+
+    results: list[HllVerifyOut | HllVerifyRefused]
 
 
 class HllDepositRequest(_Request):
