@@ -12,9 +12,12 @@ Two measurements of the same work, each purchase verified once (every one valid)
   event loop. CPU is this process's (``time.process_time``, the writer thread included).
 - *loopback*: the issuer app under uvicorn (1 worker, as ``farthing issuer serve`` runs
   it), called by the vendor's own bank client (:class:`IssuerClient`, one keep-alive pool)
-  with 16 requests in flight. CPU per verification of the bank's process (``/proc``), and
+  with 16 verifications in flight, each in a call of its own (``POST /v1/hll/verify``,
+  ``coalesce=False``). CPU per verification of the bank's process (``/proc``), and
   of this process, which does what a vendor does per online purchase (sign the request,
   one HTTP call, read the answer).
+- *loopback batched*: the same, with the client as a vendor runs it (the default): the
+  verifications asked for together go in one ``POST /v1/hll/verify-batch`` call.
 
 The SQLite file uses the store's production settings (WAL, ``synchronous=FULL``).
 Goal (issue 17): the bank's CPU per verification < 300 us and >= 2,000 verifications/s.
@@ -79,7 +82,7 @@ class BankRun:
             cause = (
                 "the HTTP server (uvicorn, httptools on uvloop) and the issuer's ASGI "
                 "layers around it, and commits shared by fewer verifications"
-                if self.how == "loopback"
+                if self.how.startswith("loopback")
                 else "verification and settlement"
             )
             misses.append(f"CPU {self.bank_us:,.0f} us >= {GOAL_CPU_US} ({cause})")
@@ -97,7 +100,7 @@ class BankRun:
     def line(self) -> str:
         client = "" if self.client_us is None else f"  vendor side {self.client_us:,.0f} us CPU"
         return (
-            f"bank {self.how:<10} {self.backend:<10} {self.count:>6} verifications"
+            f"bank {self.how:<16} {self.backend:<10} {self.count:>6} verifications"
             f"  {self.rate:>7,.0f}/s  {self.bank_us:>6,.0f} us CPU each{client}  {self.goal()}"
         )
 
@@ -175,7 +178,7 @@ def in_process(backend: str, count: int) -> BankRun:
             bank.close()
 
 
-def loopback(backend: str, count: int) -> BankRun:
+def loopback(backend: str, count: int, *, coalesce: bool = False) -> BankRun:
     with _target(backend) as target:
         work = Path(tempfile.mkdtemp())
         keys = work / "issuer.keys.json"
@@ -193,7 +196,9 @@ def loopback(backend: str, count: int) -> BankRun:
                 ready_path=e2e.ISSUER_READY,
             ) as server:
                 pids = server.pids()
-                return asyncio.run(_call_bank(server.base, bank, purchases, pids, backend))
+                return asyncio.run(
+                    _call_bank(server.base, bank, purchases, pids, backend, coalesce=coalesce)
+                )
         finally:
             bank.close()
 
@@ -204,9 +209,11 @@ async def _call_bank(
     purchases: list[tuple[bytes, bytes]],
     pids: list[int],
     backend: str,
+    *,
+    coalesce: bool,
 ) -> BankRun:
     async with IssuerClient(
-        base, merchant_id=bank.merchant_id, merchant_key=bank.merchant_key
+        base, merchant_id=bank.merchant_id, merchant_key=bank.merchant_key, coalesce=coalesce
     ) as client:
 
         async def verify(i: int) -> None:
@@ -224,7 +231,8 @@ async def _call_bank(
         await _in_flight(len(rest), verify_rest)
         wall = time.perf_counter() - wall
         bank_cpu = e2e.cpu_delta(before, e2e.process_cpu(pids))
-        return BankRun("loopback", backend, len(rest), wall, bank_cpu, time.process_time() - mine)
+        how = "loopback batched" if coalesce else "loopback"
+        return BankRun(how, backend, len(rest), wall, bank_cpu, time.process_time() - mine)
 
 
 def render(runs: list[BankRun]) -> str:
@@ -233,7 +241,10 @@ def render(runs: list[BankRun]) -> str:
         "`HllService.check_online` then `settle_online` through the issuer's group-commit "
         f"writer, {IN_FLIGHT} in flight, no HTTP; *loopback*: the issuer app under uvicorn "
         f"(1 worker) called by the vendor's bank client (`IssuerClient`, one keep-alive pool, "
-        f"{IN_FLIGHT} in flight). Every purchase valid, verified once, durable before its "
+        f"{IN_FLIGHT} in flight), one call per verification (`POST /v1/hll/verify`); "
+        "*loopback batched*: the same client as a vendor runs it, which sends the "
+        "verifications asked for together in one `POST /v1/hll/verify-batch` call. "
+        "Every purchase valid, verified once, durable before its "
         "answer (SQLite WAL, `synchronous=FULL`). CPU per verification: the bank's process "
         "(in-process: the whole process); *vendor side*: the calling process (sign, one HTTP "
         f"call, read the answer). Goal: bank CPU < {GOAL_CPU_US} us per verification and "
@@ -255,7 +266,11 @@ def render(runs: list[BankRun]) -> str:
 def section() -> None:
     """``make bench``'s bank section (SQLite), written into docs/benchmarks.md."""
     count = 2_000 if "--quick" in sys.argv else 6_000
-    runs = [in_process("sqlite", count), loopback("sqlite", count)]
+    runs = [
+        in_process("sqlite", count),
+        loopback("sqlite", count),
+        loopback("sqlite", count, coalesce=True),
+    ]
     text = machine_line() + "\n\n" + render(runs)
     print(text)
     write_section("bank", "The bank alone: online HLL verification", text)
@@ -273,8 +288,9 @@ def main() -> None:
         runs.append(in_process(backend, args.count))
         print(runs[-1].line(), flush=True)
         if not args.no_loopback:
-            runs.append(loopback(backend, args.count))
-            print(runs[-1].line(), flush=True)
+            for coalesce in (False, True):
+                runs.append(loopback(backend, args.count, coalesce=coalesce))
+                print(runs[-1].line(), flush=True)
     if args.write:
         text = machine_line() + "\n\n" + render(runs)
         write_section("bank", "The bank alone: online HLL verification", text)

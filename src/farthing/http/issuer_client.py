@@ -101,7 +101,8 @@ class IssuerClient:
     merchant call; without them only the public calls work (:meth:`card_status`,
     :meth:`broker`) and the others raise LocalProtocolError(MISUSE). ``transport`` (e.g.
     ``httpx.ASGITransport``) replaces the network, for tests; ``client`` lets the caller
-    share a connection pool.
+    share a connection pool. ``coalesce=False`` sends each online verification in a call
+    of its own (``POST /v1/hll/verify``), as before batches (bench.bank compares both).
     """
 
     def __init__(
@@ -113,6 +114,7 @@ class IssuerClient:
         timeout: float = _TIMEOUT,
         transport: httpx.AsyncBaseTransport | None = None,
         client: httpx.AsyncClient | None = None,
+        coalesce: bool = True,
     ) -> None:
         self._merchant_id = merchant_id
         self._key = merchant_key
@@ -120,7 +122,9 @@ class IssuerClient:
         self._http = client or httpx.AsyncClient(
             base_url=base_url, timeout=timeout, transport=transport
         )
-        self._coalescer = _Coalescer(self._verify_one, self._verify_batch)
+        self._coalescer = (
+            _Coalescer(self._verify_one, self._verify_batch) if coalesce else None
+        )
 
     def __repr__(self) -> str:
         return f"IssuerClient(merchant_id={self._merchant_id!r})"
@@ -151,6 +155,8 @@ class IssuerClient:
         in flight are out, go to the bank together (:class:`_Coalescer`); each caller
         gets its own purchase's answer, as if it had called alone."""
         self._credentials()
+        if self._coalescer is None:
+            return await self._verify_one(offer, payment)
         return await self._coalescer.verify(offer, payment)
 
     async def _verify_one(self, offer: bytes, payment: bytes) -> bool:
