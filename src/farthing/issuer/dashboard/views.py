@@ -34,6 +34,7 @@ REVENUE: Final = {
 MONEY_IN: Final = {"load": "loads", "szm_sale": "cards sold"}
 _ISSUER_PAYMENT_ROUTES: Final = (
     "/v1/hll/verify",
+    "/v1/hll/verify-batch",
     "/v1/hll/deposits",
     "/v1/payword/commitments",
     "/v1/payword/redemptions",
