@@ -122,9 +122,7 @@ class IssuerClient:
         self._http = client or httpx.AsyncClient(
             base_url=base_url, timeout=timeout, transport=transport
         )
-        self._coalescer = (
-            _Coalescer(self._verify_one, self._verify_batch) if coalesce else None
-        )
+        self._coalescer = _Coalescer(self._verify_one, self._verify_batch) if coalesce else None
 
     def __repr__(self) -> str:
         return f"IssuerClient(merchant_id={self._merchant_id!r})"
