@@ -76,10 +76,12 @@ def test_a_mixed_batch_gets_one_right_outcome_per_item(harness: Harness, bank: s
     )
     replayed = (other, replace(earlier[1], sigma=sigma))
     unknown = (valid[0], hll.Purchase(card_id=bytes(16), counter=1, sigma=valid[1].sigma))
+    theirs = replace(valid[0], merchant_id="m2")  # another shop's purchase, forwarded
+    foreign = (theirs, shop.card.purchase(theirs, harness.clock.now()))
     with httpx.Client(base_url=bank, timeout=10) as client:
         first = client.post("/v1/hll/verify", json=verify_body(shop, *earlier))
         assert first.status_code == 200, first.text
-        pairs = [valid, forged, replayed, earlier, unknown, valid]
+        pairs = [valid, forged, replayed, earlier, unknown, valid, foreign]
         answer = client.post("/v1/hll/verify-batch", json=batch_body(shop, pairs))
     assert answer.status_code == 200, answer.text
     results = answer.json()["results"]
@@ -91,6 +93,7 @@ def test_a_mixed_batch_gets_one_right_outcome_per_item(harness: Harness, bank: s
     assert results[3]["repeated"] is True  # settled by the single call before: no charge
     assert code_of(results[4]) == (401, ErrorCode.PAYMENT_INVALID)
     assert results[5]["repeated"] is True  # the same purchase twice in one batch: once
+    assert code_of(results[6]) == (403, ErrorCode.ACCESS_DENIED)
     assert b64url_decode(results[0]["card_id"]) == shop.card_id
     # earlier (3) and valid (2) are each charged and credited once; nothing else is.
     assert settled(harness, shop) == (5, 5000, 2)

@@ -39,6 +39,7 @@ EXAMPLES = settings(
 MARKER = "zz-echo-<b>me</b>"
 PUBLIC = {
     ("POST", "/v1/hll/verify"),
+    ("POST", "/v1/hll/verify-batch"),
     ("POST", "/v1/hll/deposits"),
     ("POST", "/v1/hll/deposits/lookup"),
     ("POST", "/v1/payword/commitments"),
