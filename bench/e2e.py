@@ -906,6 +906,18 @@ QUICK_PLAN: Final = Plan(seconds=1, rounds=1, warmup=1)
 """``python -m bench quick``: SQLite, one worker, one round (peak and half) per method."""
 
 
+def reduced(plan: Plan, kinds: list[str], rounds: int | None) -> None:
+    """SQLite, one worker, free and ``kinds``: each kind's line and the goals, printed."""
+    unknown = set(kinds) - set(MAKERS)
+    if unknown:
+        raise SystemExit(f"unknown kinds: {', '.join(sorted(unknown))}")
+    if rounds is not None:
+        plan = Plan(seconds=plan.seconds, rounds=rounds, warmup=plan.warmup)
+    measured = run(plan, postgres=False, worker_counts=(1,), servers=False,
+                   kinds=("free", *kinds), bank=False)  # fmt: skip
+    print("\n".join(_goals_table(measured)), flush=True)
+
+
 def quick() -> None:
     """The quick subset's end-to-end rows and its goals, printed (no docs written)."""
     measured = run(QUICK_PLAN, postgres=False, worker_counts=(1,), servers=False)
@@ -946,7 +958,11 @@ def run(
     postgres: bool = True,
     worker_counts: tuple[int, ...] = (1, 2),
     servers: bool = True,
+    kinds: tuple[str, ...] = KINDS,
+    bank: bool = True,
 ) -> E2E:
+    """``kinds``: the kinds measured besides hll:mac, which needs ``bank`` (and the
+    issuer service)."""
     OUT.mkdir(exist_ok=True)
     results: list[ConfigResult] = []
     with (
@@ -959,14 +975,16 @@ def run(
             measured.servers = compare_servers(work / "servers", plan)
             print("\n".join(_servers_table(measured.servers)), flush=True)
         keys = work / "issuer.keys.json"
-        if issuer_available():
+        if bank and issuer_available():
             write_issuer_keys(keys)
         for name, make in dbs.items():
             for workers in worker_counts:
                 folder = work / f"{name}-{workers}"
                 folder.mkdir()
                 results.append(
-                    _one_config(folder, make, keys, database=name, workers=workers, plan=plan)
+                    _one_config(
+                        folder, make, keys, database=name, workers=workers, plan=plan, kinds=kinds
+                    )
                 )
                 print(render_one(results[-1]), flush=True)
         log = work / "server.log"
@@ -1052,7 +1070,14 @@ def _servers_table(servers: dict[str, dict[str, list[RunResult]]]) -> list[str]:
 
 
 def _one_config(
-    folder: Path, make: StoreMaker, keys: Path, *, database: str, workers: int, plan: Plan
+    folder: Path,
+    make: StoreMaker,
+    keys: Path,
+    *,
+    database: str,
+    workers: int,
+    plan: Plan,
+    kinds: tuple[str, ...] = KINDS,
 ) -> ConfigResult:
     """A fresh vendor store (and bank, if the issuer exists), servers, pools; the runs."""
     log = folder.parent / "server.log"
@@ -1077,7 +1102,7 @@ def _one_config(
         store = open_store(target)
         stack.callback(store.close)
         issuing = Issuing(store=store, secret=vendor.challenge_secret, bank=bank)
-        kinds = KINDS + (("hll:mac",) if bank is not None else ())
+        kinds += ("hll:mac",) if bank is not None else ()
         pools = {
             kind: Pool(folder / f"{kind.replace(':', '-')}.lines", kind, issuing) for kind in kinds
         }
@@ -1391,8 +1416,19 @@ def _cpu_table(results: list[ConfigResult]) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="shorter runs")
+    parser.add_argument(
+        "--only",
+        metavar="KINDS",
+        help="a reduced run, printed only (docs/benchmarks.md untouched): SQLite, one worker, "
+        "no bank, no server comparison, free and these comma-separated kinds "
+        "(e.g. szm:chain,szm:prbg,payword); with --rounds",
+    )
+    parser.add_argument("--rounds", type=int, default=None, help="rounds per kind (--only)")
     args = parser.parse_args()
     plan = plan_for(args.quick)
+    if args.only:
+        reduced(plan, args.only.split(","), args.rounds)
+        return
     text = render(run(plan), plan)
     print(text)
     write_section("e2e", "End to end over loopback: paid against free", text)

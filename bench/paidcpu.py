@@ -41,11 +41,9 @@ from bench.e2e import (
     OUT,
     PAID_PATH,
     REALM,
-    Issuing,
-    chain_lines,
     payword_lines,
-    write_vendor,
 )
+from bench.inproc import CONCURRENT, concurrent_pass, per_call, sqlite_rig
 from farthing.core.encoding import b64url_decode
 from farthing.core.primitives import hmac_sha256
 from farthing.http.payment_auth import (
@@ -60,68 +58,8 @@ from farthing.paywall.config import load_vendor_config
 from farthing.paywall.methods.offline import Advance
 from farthing.paywall.sales import SalesRecorder
 from farthing.paywall.serve import vendor_from_config
-from farthing.store import open_store
 
-CONCURRENT: Final = 16
 ROUNDS: Final = 5
-
-App = Callable[[dict[str, Any], Any, Any], Any]
-
-
-def _scope(path: str, authorization: str | None) -> dict[str, Any]:
-    headers = [(b"host", b"127.0.0.1"), (b"accept", b"*/*")]
-    if authorization is not None:
-        headers.append((b"authorization", authorization.encode("latin-1")))
-    return {
-        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
-        "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
-        "root_path": "", "headers": headers, "client": ("127.0.0.1", 40000),
-        "server": ("127.0.0.1", 8000), "state": {},
-    }  # fmt: skip
-
-
-async def _call(app: App, path: str, authorization: str | None) -> int:
-    status = 0
-    requested = False
-
-    async def receive() -> dict[str, Any]:
-        nonlocal requested
-        if not requested:
-            requested = True
-            return {"type": "http.request", "body": b"", "more_body": False}
-        await asyncio.Event().wait()  # the client stays until the answer is out
-        return {"type": "http.disconnect"}
-
-    async def send(message: dict[str, Any]) -> None:
-        nonlocal status
-        if message["type"] == "http.response.start":
-            status = int(message["status"])
-
-    await app(_scope(path, authorization), receive, send)
-    return status
-
-
-async def concurrent_pass(
-    app: App, path: str, lines: list[str | None], latencies: list[float] | None = None
-) -> float:
-    """Process CPU seconds per request, ``CONCURRENT`` clients taking ``lines`` in order;
-    each request's wall time goes to ``latencies`` (in line order) if given."""
-    todo = iter(enumerate(lines))
-    times = [0.0] * len(lines)
-
-    async def client() -> None:
-        for i, line in todo:
-            started = time.perf_counter()
-            status = await _call(app, path, line)
-            times[i] = time.perf_counter() - started
-            if status != 200:
-                raise RuntimeError(f"request answered {status}")
-
-    cpu = time.process_time()
-    await asyncio.gather(*(client() for _ in range(CONCURRENT)))
-    if latencies is not None:
-        latencies.extend(times)
-    return (time.process_time() - cpu) / len(lines)
 
 
 # --- switching features off -----------------------------------------------------------------
@@ -269,20 +207,13 @@ def measure(quick: bool) -> CpuMeasured:
     OUT.mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="paidcpu-", dir=OUT) as tmp:
         work = Path(tmp)
-        folder = write_vendor(work, str(work / "vendor.sqlite"), payword=False)
-        vendor = vendor_from_config(load_vendor_config(folder.config))
-        store = open_store(folder.database)
-        try:
-            issuing = Issuing(store=store, secret=folder.challenge_secret)
+        with sqlite_rig(work) as rig:
+            vendor = vendor_from_config(load_vendor_config(rig.folder.config))
             switches = features(vendor)
             variants = len(switches) + 4  # all, each off, the wire shape's, 2 access logs
-            pool: list[str] = []
-            while len(pool) < (variants * rounds + 2) * n:
-                pool += chain_lines(issuing, 1000, 50)
+            pool = rig.chain_pool((variants * rounds + 2) * n)
             result = asyncio.run(_interleaved(vendor, switches, iter(pool), n, rounds, work))
-        finally:
-            store.close()
-        parse_new, parse_old = _parse_costs(pool[0], folder.challenge_secret)
+        parse_new, parse_old = _parse_costs(pool[0], rig.folder.challenge_secret)
         payword = _payword_latency(work / "payword", quick)
     count = len(switches)
     return CpuMeasured(
@@ -387,16 +318,10 @@ def _parse_costs(line: str, secret: bytes) -> tuple[float, float]:
         raw = b64url_decode(str(obj["id"]), max_len=64)
         hmac_sha256(secret, binding + raw[:0])
 
-    def per_call(fn: Callable[[], None], count: int = 20_000) -> float:
-        cpu = time.process_time()
-        for _ in range(count):
-            fn()
-        return (time.process_time() - cpu) / count * 1e6
-
     news, olds = [], []
     for _ in range(ROUNDS):
-        news.append(per_call(new_shape))
-        olds.append(per_call(old_shape))
+        news.append(per_call(new_shape, 20_000, time.process_time) * 1e6)
+        olds.append(per_call(old_shape, 20_000, time.process_time) * 1e6)
     return statistics.median(news), statistics.median(olds)
 
 
@@ -406,14 +331,9 @@ def _payword_latency(folder: Path, quick: bool) -> PaywordLatency:
     request's wall time, the first payments under a commitment apart from the others."""
     folder.mkdir()
     commitments = 300 if quick else 1000
-    vendor_folder = write_vendor(folder, str(folder / "vendor.sqlite"))
-    vendor = vendor_from_config(load_vendor_config(vendor_folder.config))
-    store = open_store(vendor_folder.database)
-    try:
-        issuing = Issuing(store=store, secret=vendor_folder.challenge_secret)
-        lines: list[str | None] = list(payword_lines(issuing, commitments, 20))
-    finally:
-        store.close()
+    with sqlite_rig(folder, payword=True) as rig:
+        vendor = vendor_from_config(load_vendor_config(rig.folder.config))
+        lines: list[str | None] = list(payword_lines(rig.issuing, commitments, 20))
     latencies: list[float] = []
     asyncio.run(concurrent_pass(vendor.app, PAID_PATH, lines, latencies))
     first, rest = latencies[:commitments], latencies[commitments:]

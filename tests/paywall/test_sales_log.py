@@ -5,6 +5,7 @@ CPU); what is pending at shutdown is written by ``aclose``."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from pathlib import Path
 
@@ -71,3 +72,32 @@ def test_outside_an_event_loop_a_sale_is_written_at_once(
     log.append(line(1))
     assert list(log.lines()) == [line(1)]
     assert len(writes) == 1
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/a/1.txt",
+        '/a/"quoted"\\back.txt',
+        "/a/caf\u00e9.txt",  # escaped by json (ensure_ascii)
+        "/a/\x7f.txt",  # DEL: json escapes it, orjson would not
+        "/a/\U0001f600.txt",  # a surrogate pair in json's escape
+    ],
+)
+def test_a_sales_line_is_json_dumps_of_its_members(tmp_path: Path, path: str) -> None:
+    """Every line is the compact ``json.dumps`` of the sale's members (what ``vendor
+    stats`` and other readers parse), whichever encoder wrote it."""
+    log = SalesLog(tmp_path / "sales.jsonl")
+    sale = SalesLine(at=1_800_000_000, method="szm:chain", path=path, units=2, micros=2**70,
+                     currency="EUR")  # fmt: skip
+    cheap = SalesLine(at=1, method="payword", path=path, units=1, micros=1000, currency="EUR")
+    for each in (sale, cheap):
+        log.append(each)  # outside an event loop: written at once
+    members = [
+        {"at": s.at, "method": s.method, "path": s.path, "units": s.units,
+         "micros": s.micros, "currency": s.currency}
+        for s in (sale, cheap)
+    ]  # fmt: skip
+    expected = "".join(json.dumps(m, separators=(",", ":")) + "\n" for m in members)
+    assert (tmp_path / "sales.jsonl").read_text(encoding="ascii") == expected
+    assert list(log.lines()) == [sale, cheap]

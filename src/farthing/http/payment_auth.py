@@ -92,11 +92,9 @@ _ECHO_OPTIONAL: Final = ("expires", "digest", "opaque", "header", "description")
 
 
 def _reject_duplicates(pairs: list[tuple[str, object]]) -> JsonObject:
-    result: JsonObject = {}
-    for key, value in pairs:
-        if key in result:
-            raise MalformedMessage("duplicate JSON member", code=ErrorCode.MALFORMED_CREDENTIAL)
-        result[key] = value
+    result: JsonObject = dict(pairs)
+    if len(result) != len(pairs):  # a member named twice collapsed into one
+        raise MalformedMessage("duplicate JSON member", code=ErrorCode.MALFORMED_CREDENTIAL)
     return result
 
 
@@ -130,16 +128,18 @@ def encode_jcs_b64(obj: JsonObject) -> str:
     return b64url_encode(rfc8785.dumps(value))
 
 
+# One decoder for every credential: ``json.loads`` with hooks builds a new one per call
+# (a fifth of reading a credential's JSON).
+_STRICT_JSON: Final = json.JSONDecoder(
+    object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant, parse_float=_finite_float
+)
+
+
 def decode_json_b64(text: str, *, max_len: int = MAX_HEADER) -> JsonObject:
     """base64url JSON object; duplicates, NaN, non-objects and bad UTF-8 are refused."""
     try:
         raw = b64url_decode(text, max_len=max_len)
-        obj = json.loads(
-            raw.decode("utf-8"),
-            object_pairs_hook=_reject_duplicates,
-            parse_constant=_reject_constant,
-            parse_float=_finite_float,
-        )
+        obj = _STRICT_JSON.decode(raw.decode("utf-8"))
     except MalformedMessage as exc:
         raise MalformedMessage(exc.message, code=ErrorCode.MALFORMED_CREDENTIAL) from None
     except (UnicodeDecodeError, ValueError, RecursionError):

@@ -64,10 +64,11 @@ from farthing.http.payment_auth import (
     ChallengeBinder,
     ChallengeEcho,
     JsonObject,
-    Receipt,
     content_digest,
     encode_jcs_b64,
+    encode_json_b64,
     format_challenge,
+    format_rfc3339,
     order_by_preference,
     parse_credential,
 )
@@ -579,34 +580,48 @@ class _PaidSender:
             raise RuntimeError(f"a paid response sent {kind!r} after its start")
         await _send_internal_error(self._send, correlation)
 
-    def _receipt(self, content_type: str | None) -> Receipt:
+    def _receipt(self, content_type: str | None) -> str:
+        """The ``Payment-Receipt`` value: ``Receipt(...).to_header()``, the same text,
+        without building the receipt object and copying its members again."""
         s = self._settlement
-        extra = s.receipt.to_json()
+        members = s.receipt.to_json()
         if s.sealing is not None:
-            extra["sealed"] = SealedBody(content_type=content_type or "").to_json()
-        return Receipt(
+            members["sealed"] = SealedBody(content_type=content_type or "").to_json()
+        members.update(
+            status=_SUCCESS,
             method=METHOD_OF[s.method],
-            timestamp=self._now,
+            timestamp=format_rfc3339(self._now),
             reference=s.reference,
-            extra=extra,
         )
+        return encode_json_b64(members)
+
+    def _receipt_headers(self, content_type: str | None) -> list[tuple[bytes, bytes]]:
+        """What every paid answer adds at the end of its headers: the receipt, ``private``
+        and the next challenge (if any)."""
+        added = [(b"payment-receipt", self._receipt(content_type).encode()), _PRIVATE]
+        if self._fresh is not None:
+            added.append((b"www-authenticate", self._fresh))
+        return added
 
     def _with_receipt(self, start: Message, content_type: str | None) -> Message:
         headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"cache-control"]
-        headers += [
-            (b"payment-receipt", self._receipt(content_type).to_header().encode()),
-            _PRIVATE,
-        ]
-        if self._fresh is not None:
-            headers.append((b"www-authenticate", self._fresh))
-        return {**start, "headers": headers}
+        return {**start, "headers": headers + self._receipt_headers(content_type)}
 
     async def _send_sealed(self, plaintext: bytes) -> None:
         sealing = self._settlement.sealing
-        assert self._start is not None
+        start = self._start
+        assert start is not None
         assert sealing is not None
-        original = dict(self._start.get("headers", []))
-        content_type = original.get(b"content-type", b"").decode("latin-1") or None
+        # One pass over the app's headers: its content type (the last one, as a dict of
+        # them would keep) and the headers the sealed answer keeps, in their order.
+        content_type = ""
+        kept = []
+        for name, value in start.get("headers", []):
+            if name == b"content-type":
+                content_type = value.decode("latin-1")
+            if name.lower() not in _REPLACED_WHEN_SEALED:
+                kept.append((name, value))
+        status = int(start["status"])
         # The status and the original content type are sealed too: nobody on the way can
         # turn a 404 page into a 200 or relabel text/plain as text/html (docs/http.md).
         sealed = seal(
@@ -617,21 +632,25 @@ class _PaidSender:
             card_id=sealing.card_id,
             index=sealing.index,
             resource=self._path,
-            status=int(self._start["status"]),
-            content_type=content_type or "",
+            status=status,
+            content_type=content_type,
         )
-        kept = [
-            (k, v)
-            for k, v in self._start.get("headers", [])
-            if k.lower() not in (b"content-length", b"content-type", b"etag", b"content-encoding")
-        ]
         kept += [
-            (b"content-type", SEALED_CONTENT_TYPE.encode()),
+            (b"content-type", _SEALED_CONTENT_TYPE),
             (b"content-length", str(len(sealed)).encode()),
         ]
-        start = self._with_receipt({**self._start, "headers": kept}, content_type)
-        await self._send(start)
+        kept += self._receipt_headers(content_type or None)
+        await self._send({**start, "headers": kept})
         await self._send({"type": "http.response.body", "body": sealed})
+
+
+_SUCCESS: Final = "success"  # a receipt's status: only successful paid answers carry one
+_SEALED_CONTENT_TYPE: Final = SEALED_CONTENT_TYPE.encode()
+# Headers of the app's answer that a sealed answer drops: its own content type and length
+# replace the first ones, and the receipt's ``private`` replaces any cache-control.
+_REPLACED_WHEN_SEALED: Final = frozenset(
+    (b"content-length", b"content-type", b"etag", b"content-encoding", b"cache-control")
+)
 
 
 def _check_resource(path: str) -> None:

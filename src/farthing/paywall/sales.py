@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from farthing.core.clock import Clock
@@ -75,14 +76,7 @@ class SalesLog:
         self._scheduled = False
 
     def append(self, line: SalesLine) -> None:
-        data = json.dumps(
-            {
-                "at": line.at, "method": line.method, "path": line.path, "units": line.units,
-                "micros": line.micros, "currency": line.currency,
-            },
-            separators=(",", ":"),
-        )  # fmt: skip
-        self._pending.append(data + "\n")
+        self._pending.append(_json_line(line))
         if self._scheduled:
             return
         try:
@@ -127,6 +121,27 @@ class SalesLog:
                 )  # fmt: skip
             except (ValueError, KeyError, TypeError):
                 continue
+
+
+def _json_line(line: SalesLine) -> str:
+    """The line's JSON and a newline: ``json.dumps`` of its members (compact, ASCII). For
+    printable ASCII text orjson writes the very same bytes, ~5x faster (a sale per paid
+    request); anything else (an escape of a non-ASCII path, an integer past 64 bits) goes
+    through ``json``."""
+    members = {
+        "at": line.at, "method": line.method, "path": line.path, "units": line.units,
+        "micros": line.micros, "currency": line.currency,
+    }  # fmt: skip
+    if _printable_ascii(line.method, line.path, line.currency):
+        try:
+            return orjson.dumps(members, option=orjson.OPT_APPEND_NEWLINE).decode("ascii")
+        except orjson.JSONEncodeError:
+            pass
+    return json.dumps(members, separators=(",", ":")) + "\n"
+
+
+def _printable_ascii(*texts: str) -> bool:
+    return all(text.isascii() and text.isprintable() for text in texts)
 
 
 def summarise(lines: Iterable[SalesLine]) -> list[SalesRow]:
