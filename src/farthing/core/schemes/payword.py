@@ -79,6 +79,7 @@ from farthing.core.primitives import (
 from farthing.core.schemes._advance import (
     Acceptance,
     IndexPaymentCodec,
+    Parsed,
     accept,
     retried_units,
     units_paid,
@@ -101,12 +102,14 @@ __all__ = [
     "Commitment",
     "CommitmentState",
     "OpenCommitment",
+    "Parsed",
     "Payment",
     "PaywordAccepted",
     "Redemption",
     "RedemptionState",
     "accept_commitment",
     "admit_commitment",
+    "advance",
     "broker_redeem",
     "certificate_body",
     "commit",
@@ -122,6 +125,7 @@ __all__ = [
     "encode_redemption",
     "issue_certificate",
     "judge_claim",
+    "parse_payment",
     "require_admitted",
     "verify_certificate",
     "verify_payment",
@@ -427,11 +431,13 @@ def encode_payment(payment: Payment) -> bytes:
 
 
 def decode_payment(data: bytes) -> Payment:
-    cid, index, value = _parse_payment(data)
+    cid, index, value = parse_payment(data)
     return Payment(commitment_id=cid, index=index, value=value)
 
 
-_parse_payment: Final = _CODEC.parse  # the bound method: one call less per payment
+parse_payment: Final = _CODEC.parse
+"""``(commitment_id, index, value)`` of an encoded payment (MalformedMessage as
+:func:`decode_payment`): what :func:`advance` takes, with no Payment built."""
 
 
 @final
@@ -497,7 +503,7 @@ def verify_payment_bytes(
     max_units: int = DEFAULT_MAX_UNITS,
 ) -> tuple[CommitmentState, PaywordAccepted]:
     """Decode and verify in one step; ``lookup`` maps a commitment id to its state."""
-    cid, index, value = _parse_payment(data)
+    cid, index, value = parse_payment(data)
     state = lookup(cid)
     if state is None:
         raise InvalidPayment()
@@ -533,6 +539,46 @@ def _verify(
         request, 0 if request is None else paid,
     ))  # fmt: skip
     return new_state, accept(PaywordAccepted, _RECEIPT, cid, index, paid)
+
+
+def advance(
+    state: CommitmentState,
+    payment: Parsed,
+    units: int,
+    now: int,
+    request: bytes | None,
+    max_units: int = DEFAULT_MAX_UNITS,
+    /,
+) -> CommitmentState:
+    """:func:`verify_payment` for the vendor's paid path: the same decisions and the same
+    new state, with no receipt (the payword paid ``new.spent - state.spent`` units, up to
+    ``new.spent``) and the payment as :func:`parse_payment` returns it.
+
+    Every check of :func:`units_paid` passes at once in one test for a good payword;
+    anything else goes to units_paid itself, for its errors in its order. The ids are
+    compared with ``==`` in that test: a commitment id is public (the hash of the signed
+    body) and the vendor found the state by it. Positional only, one call per payword:
+    each call, object and keyword argument saved here is a part of the hash (bench/core.py).
+    """
+    cid, index, value = payment
+    state_cid, last_value, spent, length, denomination, expires_at, _, _ = state
+    paid = index - spent
+    if not (
+        cid == state_cid and 0 < units <= paid <= max_units and index <= length and now < expires_at
+    ):
+        paid = units_paid(
+            constant_time_eq(cid, state_cid), spent, index, length, expires_at, units, now,
+            max_units, "commitment",
+        )  # fmt: skip
+    earlier = (
+        _sha256(CHAIN_TAG + value).digest() if paid == 1 else chain_walk(CHAIN_TAG, value, paid)
+    )
+    if not constant_time_eq(earlier, last_value):
+        raise InvalidPayment()
+    return _new_state(CommitmentState, (
+        state_cid, value, index, length, denomination, expires_at,
+        request, 0 if request is None else paid,
+    ))  # fmt: skip
 
 
 # --- redemption with the broker ----------------------------------------------------------

@@ -82,6 +82,7 @@ from farthing.core.primitives import constant_time_eq, hkdf_sha256, hmac_sha256
 from farthing.core.schemes._advance import (
     Acceptance,
     IndexPaymentCodec,
+    Parsed,
     accept,
     retried_units,
     units_paid,
@@ -98,7 +99,9 @@ __all__ = [
     "ChainCard",
     "ChainCardState",
     "KeyMode",
+    "Parsed",
     "Payment",
+    "advance",
     "card_from_code",
     "card_payment_key",
     "card_secret",
@@ -110,6 +113,7 @@ __all__ = [
     "issue_card",
     "issuer_payment_key",
     "next_payment",
+    "parse_payment",
     "payment_key",
     "to_card_code",
     "verify_payment",
@@ -302,11 +306,13 @@ def encode_payment(payment: Payment) -> bytes:
 
 
 def decode_payment(data: bytes) -> Payment:
-    card_id, index, value = _parse_payment(data)
+    card_id, index, value = parse_payment(data)
     return Payment(card_id=card_id, index=index, value=value)
 
 
-_parse_payment: Final = _CODEC.parse  # the bound method: one call less per payment
+parse_payment: Final = _CODEC.parse
+"""``(card_id, index, value)`` of an encoded payment (MalformedMessage as
+:func:`decode_payment`): what :func:`advance` takes, with no Payment built."""
 
 
 # --- the issuer: verification --------------------------------------------------------------
@@ -380,7 +386,7 @@ def verify_payment_bytes(
     max_units: int = DEFAULT_MAX_UNITS,
 ) -> tuple[ChainCardState, ChainAccepted]:
     """Decode and verify in one step; ``lookup`` maps a card id to its state (or None)."""
-    card_id, index, value = _parse_payment(data)
+    card_id, index, value = parse_payment(data)
     state = lookup(card_id)
     if state is None:
         raise InvalidPayment()
@@ -415,6 +421,48 @@ def _verify(
         request, 0 if request is None else paid,
     ))  # fmt: skip
     return new_state, accept(ChainAccepted, _RECEIPT, card_id, index, paid)
+
+
+def advance(
+    state: ChainCardState,
+    payment: Parsed,
+    units: int,
+    now: int,
+    request: bytes | None,
+    max_units: int = DEFAULT_MAX_UNITS,
+    /,
+) -> ChainCardState:
+    """:func:`verify_payment` for the vendor's paid path: the same decisions and the same
+    new state, with no receipt (the payment paid ``new.spent - state.spent`` units, up to
+    ``new.spent``) and the payment as :func:`parse_payment` returns it.
+
+    Every check of :func:`units_paid` passes at once in one test for a good payment;
+    anything else goes to units_paid itself, for its errors in its order. Positional
+    only, one call per payment: each call, object and keyword argument saved here is a
+    part of the payment's hash (bench/core.py).
+    """
+    card_id, index, value = payment
+    state_card_id, anchor, spent, length, denomination, expires_at, _, _ = state
+    paid = index - spent
+    if not (
+        card_id == state_card_id
+        and 0 < units <= paid <= max_units
+        and index <= length
+        and now < expires_at
+    ):
+        paid = units_paid(
+            card_id == state_card_id, spent, index, length, expires_at, units, now, max_units,
+            "card",
+        )  # fmt: skip
+    earlier = (
+        _sha256(CHAIN_TAG + value).digest() if paid == 1 else chain_walk(CHAIN_TAG, value, paid)
+    )
+    if not constant_time_eq(earlier, anchor):
+        raise InvalidPayment()
+    return _new_state(ChainCardState, (
+        state_card_id, value, index, length, denomination, expires_at,
+        request, 0 if request is None else paid,
+    ))  # fmt: skip
 
 
 # --- per-payment keys --------------------------------------------------------------------
