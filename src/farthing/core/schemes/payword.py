@@ -50,7 +50,6 @@ loses that money; a user whose wallet state rolls back cannot pay that vendor ag
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Final, NamedTuple, final
@@ -81,8 +80,8 @@ from farthing.core.schemes._advance import (
     IndexPaymentCodec,
     Parsed,
     accept,
+    chain_advance,
     retried_units,
-    units_paid,
 )
 
 __all__ = [
@@ -156,8 +155,6 @@ _MAX_COMMITMENT: Final = 2048
 
 # Fast path for the vendor's hot path: a payment has one fixed layout, unpacked in one call.
 _CODEC: Final = IndexPaymentCodec(PAYMENT_DOMAIN, key_len=_ID_LEN)
-_new_state: Final = tuple.__new__
-_sha256: Final = hashlib.sha256
 
 _RECEIPT: Final = object()  # only this module's verifiers hold it
 
@@ -510,6 +507,13 @@ def verify_payment_bytes(
     return _verify(state, cid, index, value, units, now, max_units, None)
 
 
+advance: Final = chain_advance(CHAIN_TAG, CommitmentState, "commitment", DEFAULT_MAX_UNITS)
+"""``advance(state, payment, units, now, request, max_units=DEFAULT_MAX_UNITS, /)``:
+:func:`verify_payment` for the vendor's paid path, with the payment as
+:func:`parse_payment` returns it and no receipt: the new state only (the payword paid
+``new.spent - state.spent`` units, up to ``new.spent``). Same decisions, same errors."""
+
+
 def _verify(
     state: CommitmentState,
     cid: bytes,
@@ -520,65 +524,8 @@ def _verify(
     max_units: int,
     request: bytes | None,
 ) -> tuple[CommitmentState, PaywordAccepted]:
-    state_cid, last_value, spent, length, denomination, expires_at, _, _ = state
-    # same key, spent, index, length, expires at, units, now, max units, what
-    paid = units_paid(
-        constant_time_eq(cid, state_cid), spent, index, length, expires_at, units, now,
-        max_units, "commitment",
-    )  # fmt: skip
-    # One unit is the common price: chain_step's one hash, inline (no call, no loop).
-    earlier = (
-        _sha256(CHAIN_TAG + value).digest() if paid == 1 else chain_walk(CHAIN_TAG, value, paid)
-    )
-    if not constant_time_eq(earlier, last_value):
-        raise InvalidPayment()
-    # The NamedTuple's tuple made directly (its __new__ is one Python call more), in
-    # field order: keyword arguments here would cost more than the hash itself.
-    new_state = _new_state(CommitmentState, (
-        state_cid, value, index, length, denomination, expires_at,
-        request, 0 if request is None else paid,
-    ))  # fmt: skip
-    return new_state, accept(PaywordAccepted, _RECEIPT, cid, index, paid)
-
-
-def advance(
-    state: CommitmentState,
-    payment: Parsed,
-    units: int,
-    now: int,
-    request: bytes | None,
-    max_units: int = DEFAULT_MAX_UNITS,
-    /,
-) -> CommitmentState:
-    """:func:`verify_payment` for the vendor's paid path: the same decisions and the same
-    new state, with no receipt (the payword paid ``new.spent - state.spent`` units, up to
-    ``new.spent``) and the payment as :func:`parse_payment` returns it.
-
-    Every check of :func:`units_paid` passes at once in one test for a good payword;
-    anything else goes to units_paid itself, for its errors in its order. The ids are
-    compared with ``==`` in that test: a commitment id is public (the hash of the signed
-    body) and the vendor found the state by it. Positional only, one call per payword:
-    each call, object and keyword argument saved here is a part of the hash (bench/core.py).
-    """
-    cid, index, value = payment
-    state_cid, last_value, spent, length, denomination, expires_at, _, _ = state
-    paid = index - spent
-    if not (
-        cid == state_cid and 0 < units <= paid <= max_units and index <= length and now < expires_at
-    ):
-        paid = units_paid(
-            constant_time_eq(cid, state_cid), spent, index, length, expires_at, units, now,
-            max_units, "commitment",
-        )  # fmt: skip
-    earlier = (
-        _sha256(CHAIN_TAG + value).digest() if paid == 1 else chain_walk(CHAIN_TAG, value, paid)
-    )
-    if not constant_time_eq(earlier, last_value):
-        raise InvalidPayment()
-    return _new_state(CommitmentState, (
-        state_cid, value, index, length, denomination, expires_at,
-        request, 0 if request is None else paid,
-    ))  # fmt: skip
+    new_state = advance(state, (cid, index, value), units, now, request, max_units)
+    return new_state, accept(PaywordAccepted, _RECEIPT, cid, index, index - state.spent)
 
 
 # --- redemption with the broker ----------------------------------------------------------

@@ -61,7 +61,6 @@ The public checks run before hashing, so a hostile index costs at most ``units``
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
@@ -84,8 +83,8 @@ from farthing.core.schemes._advance import (
     IndexPaymentCodec,
     Parsed,
     accept,
+    chain_advance,
     retried_units,
-    units_paid,
 )
 
 __all__ = [
@@ -140,8 +139,6 @@ _LEN16: Final = b"\x00\x10"
 _SEED_PREFIX: Final = header(SEED_DOMAIN) + _LEN16
 # Fast path: a payment has exactly one layout, unpacked in one call.
 _CODEC: Final = IndexPaymentCodec(PAYMENT_DOMAIN, key_len=_ID_LEN)
-_new_state: Final = tuple.__new__
-_sha256: Final = hashlib.sha256
 
 _RECEIPT: Final = object()  # only this module's verifier holds it
 
@@ -393,6 +390,13 @@ def verify_payment_bytes(
     return _verify(state, card_id, index, value, units, now, max_units, None)
 
 
+advance: Final = chain_advance(CHAIN_TAG, ChainCardState, "card", DEFAULT_MAX_UNITS)
+"""``advance(state, payment, units, now, request, max_units=DEFAULT_MAX_UNITS, /)``:
+:func:`verify_payment` for the vendor's paid path, with the payment as
+:func:`parse_payment` returns it and no receipt: the new state only (the card paid
+``new.spent - state.spent`` units, up to ``new.spent``). Same decisions, same errors."""
+
+
 def _verify(
     state: ChainCardState,
     card_id: bytes,
@@ -403,66 +407,8 @@ def _verify(
     max_units: int,
     request: bytes | None,
 ) -> tuple[ChainCardState, ChainAccepted]:
-    state_card_id, anchor, spent, length, denomination, expires_at, _, _ = state
-    # same key, spent, index, length, expires at, units, now, max units, what
-    paid = units_paid(
-        card_id == state_card_id, spent, index, length, expires_at, units, now, max_units, "card"
-    )
-    # One unit is the common price: chain_step's one hash, inline (no call, no loop).
-    earlier = (
-        _sha256(CHAIN_TAG + value).digest() if paid == 1 else chain_walk(CHAIN_TAG, value, paid)
-    )
-    if not constant_time_eq(earlier, anchor):
-        raise InvalidPayment()
-    # The NamedTuple's tuple made directly (its __new__ is one Python call more), in
-    # field order: keyword arguments here would cost more than the hash itself.
-    new_state = _new_state(ChainCardState, (
-        state_card_id, value, index, length, denomination, expires_at,
-        request, 0 if request is None else paid,
-    ))  # fmt: skip
-    return new_state, accept(ChainAccepted, _RECEIPT, card_id, index, paid)
-
-
-def advance(
-    state: ChainCardState,
-    payment: Parsed,
-    units: int,
-    now: int,
-    request: bytes | None,
-    max_units: int = DEFAULT_MAX_UNITS,
-    /,
-) -> ChainCardState:
-    """:func:`verify_payment` for the vendor's paid path: the same decisions and the same
-    new state, with no receipt (the payment paid ``new.spent - state.spent`` units, up to
-    ``new.spent``) and the payment as :func:`parse_payment` returns it.
-
-    Every check of :func:`units_paid` passes at once in one test for a good payment;
-    anything else goes to units_paid itself, for its errors in its order. Positional
-    only, one call per payment: each call, object and keyword argument saved here is a
-    part of the payment's hash (bench/core.py).
-    """
-    card_id, index, value = payment
-    state_card_id, anchor, spent, length, denomination, expires_at, _, _ = state
-    paid = index - spent
-    if not (
-        card_id == state_card_id
-        and 0 < units <= paid <= max_units
-        and index <= length
-        and now < expires_at
-    ):
-        paid = units_paid(
-            card_id == state_card_id, spent, index, length, expires_at, units, now, max_units,
-            "card",
-        )  # fmt: skip
-    earlier = (
-        _sha256(CHAIN_TAG + value).digest() if paid == 1 else chain_walk(CHAIN_TAG, value, paid)
-    )
-    if not constant_time_eq(earlier, anchor):
-        raise InvalidPayment()
-    return _new_state(ChainCardState, (
-        state_card_id, value, index, length, denomination, expires_at,
-        request, 0 if request is None else paid,
-    ))  # fmt: skip
+    new_state = advance(state, (card_id, index, value), units, now, request, max_units)
+    return new_state, accept(ChainAccepted, _RECEIPT, card_id, index, index - state.spent)
 
 
 # --- per-payment keys --------------------------------------------------------------------
