@@ -16,11 +16,11 @@ import statistics
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 import anyio.to_thread
 from pyinstrument import Profiler
@@ -43,6 +43,7 @@ from bench.e2e import (
     insert_batch,
     write_vendor,
 )
+from bench.inprocess import ASGIApp, call
 from bench.report import machine_line, write_section
 from farthing.core.encoding import b64url_encode
 from farthing.core.schemes import szm_chain
@@ -55,56 +56,8 @@ from farthing.store import Store, SzmProtocol, open_store
 RUNS: Final = 3
 CARDS: Final = 1000
 
-ASGIApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
 
-
-# --- driving the app in-process --------------------------------------------------------------
-
-
-def scope(path: str, authorization: str | None) -> dict[str, Any]:
-    headers = [(b"host", b"127.0.0.1"), (b"accept", b"*/*")]
-    if authorization is not None:
-        headers.append((b"authorization", authorization.encode("latin-1")))
-    return {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": headers,
-        "client": ("127.0.0.1", 40000),
-        "server": ("127.0.0.1", 8000),
-        "state": {},
-    }
-
-
-async def call(app: ASGIApp, path: str, authorization: str | None) -> int:
-    """One request through the app, as a server would make it; its status."""
-    status = 0
-    requested = False
-    finished = asyncio.Event()
-
-    async def receive() -> dict[str, Any]:
-        nonlocal requested
-        if not requested:
-            requested = True
-            return {"type": "http.request", "body": b"", "more_body": False}
-        await finished.wait()  # the client hangs up only after the whole response
-        return {"type": "http.disconnect"}
-
-    async def send(message: dict[str, Any]) -> None:
-        nonlocal status
-        if message["type"] == "http.response.start":
-            status = message["status"]
-        elif not message.get("more_body", False):
-            finished.set()
-
-    await app(scope(path, authorization), receive, send)
-    return status
+# --- driving the app in-process (bench/inprocess.py) -----------------------------------------
 
 
 async def drive(app: ASGIApp, path: str, lines: list[str | None]) -> float:

@@ -29,45 +29,13 @@ from pathlib import Path
 from typing import Any
 
 from bench.e2e import PAID_PATH, Issuing, chain_lines, write_vendor
+from bench.inprocess import call
 from farthing.paywall.config import load_vendor_config
 from farthing.paywall.serve import app_from_config
 from farthing.store import open_store
 
 CARDS = 200  # payments of one card are CARDS lines apart
 ROUNDS = 3
-
-
-async def call(app: Any, path: str, authorization: str) -> int:
-    """One request through the app, as a server makes it; its status (bench/profile.py's
-    driver, without its profiler)."""
-    status = 0
-    requested = False
-    finished = asyncio.Event()
-    headers = [(b"host", b"127.0.0.1"), (b"authorization", authorization.encode("latin-1"))]
-    scope = {
-        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
-        "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
-        "root_path": "", "headers": headers, "client": ("127.0.0.1", 40000),
-        "server": ("127.0.0.1", 8000), "state": {},
-    }  # fmt: skip
-
-    async def receive() -> dict[str, Any]:
-        nonlocal requested
-        if not requested:
-            requested = True
-            return {"type": "http.request", "body": b"", "more_body": False}
-        await finished.wait()
-        return {"type": "http.disconnect"}
-
-    async def send(message: dict[str, Any]) -> None:
-        nonlocal status
-        if message["type"] == "http.response.start":
-            status = message["status"]
-        elif not message.get("more_body", False):
-            finished.set()
-
-    await app(scope, receive, send)
-    return status
 
 
 def _routes(kind: str, cards: int) -> Callable[[int], int]:
