@@ -210,7 +210,8 @@ def fresh_payments(store: Store, secret: bytes, count: int) -> list[Fresh]:
         _, payment, _ = szm_chain.next_payment(card, 1, now=now)
         raw = szm_chain.encode_payment(payment)
         line = header(challenge, {"payment": b64url_encode(raw)})
-        out.append(Fresh(state=state, payment=payment, line=line))
+        parsed = szm_chain.parse_payment(raw)
+        out.append(Fresh(state=state, payment=payment, parsed=parsed, line=line))
         rows.append(card_row(state.card_id, batch_id, SzmProtocol.CHAIN, 2, state.anchor, expires))
     with store.transaction() as tx:
         tx.szm.insert_cards(rows)
@@ -221,6 +222,7 @@ def fresh_payments(store: Store, secret: bytes, count: int) -> list[Fresh]:
 class Fresh:
     state: szm_chain.ChainCardState
     payment: szm_chain.Payment
+    parsed: szm_chain.Parsed  # as the vendor keeps it
     line: str
 
 
@@ -238,10 +240,9 @@ def _parts(store: Store, secret: bytes, n: int, hop: float) -> list[Part]:
 
     def verify_one() -> object:
         item = next_item()
-        _, accepted = szm_chain.verify_payment(
-            item.state, item.payment, units=1, now=int(time.time())
-        )
-        return szm_chain.issuer_payment_key(CHAIN_MASTER, item.state, accepted.index)
+        # The vendor's calls (paywall/methods/szm.py): advance, then the payment's key.
+        new_state = szm_chain.advance(item.state, item.parsed, 1, int(time.time()), None)
+        return szm_chain.issuer_payment_key(CHAIN_MASTER, item.state, new_state.spent)
 
     advances = iter(fresh)
 
@@ -272,7 +273,7 @@ def _parts(store: Store, secret: bytes, n: int, hop: float) -> list[Part]:
         ),
         (
             "verify the payment, derive its key (core)",
-            "core/schemes/szm_chain.py verify_payment + issuer_payment_key",
+            "core/schemes/szm_chain.py advance + issuer_payment_key",
             verify_one,
         ),
         (

@@ -30,17 +30,11 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.chaincards import card_id, issue_chain_batch
 from farthing.http.payment_auth import ChallengeId
 from farthing.paywall.books import _spend
 from farthing.paywall.methods.offline import Advance
-from farthing.store import (
-    CardStatus,
-    HotTx,
-    SzmBatchRow,
-    SzmCardRow,
-    SzmProtocol,
-    open_store,
-)
+from farthing.store import HotTx, open_store
 from farthing.store.writer import StoreWriter
 
 _BATCH = b"\x02" * 16
@@ -69,41 +63,9 @@ class Row:
     lost: int
 
 
-def _card_id(n: int) -> bytes:
-    return n.to_bytes(16, "big")
-
-
 def _issue(target: str, count: int) -> None:
     with open_store(target) as store, store.transaction() as tx:
-        tx.szm.insert_batch(
-            SzmBatchRow(
-                batch_id=_BATCH,
-                protocol=SzmProtocol.CHAIN,
-                count=count,
-                units=_UNITS,
-                currency="EUR",
-                unit_micros=1000,
-                expires_at=_EXPIRES,
-                created_at=_NOW,
-            )
-        )
-        tx.szm.insert_cards(
-            SzmCardRow(
-                card_id=_card_id(n),
-                batch_id=_BATCH,
-                protocol=SzmProtocol.CHAIN,
-                generator=None,
-                currency="EUR",
-                unit_micros=1000,
-                units=_UNITS,
-                spent=0,
-                anchor=os.urandom(32),
-                expires_at=_EXPIRES,
-                status=CardStatus.ACTIVE,
-                issued_at=_NOW,
-            )
-            for n in range(count)
-        )
+        issue_chain_batch(tx, _BATCH, count, units=_UNITS, expires_at=_EXPIRES, now=_NOW)
 
 
 def _worker(
@@ -140,7 +102,7 @@ async def _pay(
     timing = {"on": False}
 
     async def payer(slot: int) -> None:
-        card = _card_id(first + slot)
+        card = card_id(first + slot)
         while True:
             if work_us:
                 _busy(work_us)

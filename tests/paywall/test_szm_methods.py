@@ -187,14 +187,14 @@ async def test_stale_cache_is_repaired_by_the_conditional_update() -> None:
 
 
 class CountingDecode:
-    """szm_chain.decode_payment, counting its calls."""
+    """szm_chain.parse_payment, counting its calls."""
 
     def __init__(self) -> None:
         self.calls = 0
 
-    def __call__(self, data: bytes) -> szm_chain.Payment:
+    def __call__(self, data: bytes) -> szm_chain.Parsed:
         self.calls += 1
-        return szm_chain.decode_payment(data)
+        return szm_chain.parse_payment(data)
 
 
 async def test_each_payment_is_decoded_once_whatever_path_it_takes() -> None:
@@ -208,8 +208,12 @@ async def test_each_payment_is_decoded_once_whatever_path_it_takes() -> None:
     counted = SzmScheme(
         chain.name,
         decode=decode,
-        verify=szm_chain.verify_payment,
-        retry=szm_chain.verify_retry,
+        advance=szm_chain.advance,
+        retry=lambda state, payment, request: szm_chain.verify_retry(
+            state,
+            szm_chain.Payment(card_id=payment[0], index=payment[1], value=payment[2]),
+            request=request,
+        ),
         key=lambda state, index: szm_chain.issuer_payment_key(MASTER, state, index),
     )
     paywall_b = Paywall(

@@ -401,6 +401,10 @@ SECRET_WORDS = frozenset(
 REVIEWED = {
     ("core/encoding.py", "data[:len(expected)] != expected"): "the public domain header",
     ("core/schemes/hll.py", "sigma_len == _SIGMA_LEN_FIELD"): "a length prefix",
+    ("core/schemes/_advance.py", "key == state_key"): (
+        "a card id or commitment id, public (the payment carries it, the state was found by"
+        " it); on a mismatch units_paid gets constant_time_eq's answer"
+    ),
     ("paywall/middleware.py", "key == name"): "an HTTP header name",
     ("store/_vendor.py", "c.key_digest == key_digest"): (
         "a SQL WHERE on the hash of a client's Idempotency-Key (no secret; the database compares)"

@@ -16,58 +16,24 @@ import os
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
-from farthing.store import (
-    CardStatus,
-    Store,
-    SzmBatchRow,
-    SzmCardRow,
-    SzmProtocol,
-    VendorCommitmentRow,
-    open_store,
-)
+from bench.chaincards import chain_cards, issue_chain_batch
+
+from farthing.store import Store, VendorCommitmentRow, open_store
 from tests.pgserver import PgServer, PgUnavailable
 from tests.store.helpers import advance_payword, advance_szm
 
 BATCH = b"\x01" * 16
-
-
-def _cards(count: int, units: int) -> Iterator[SzmCardRow]:
-    for i in range(count):
-        yield SzmCardRow(
-            card_id=i.to_bytes(16, "big"),
-            batch_id=BATCH,
-            protocol=SzmProtocol.CHAIN,
-            generator=None,
-            currency="EUR",
-            unit_micros=1000,
-            units=units,
-            spent=0,
-            anchor=os.urandom(32),
-            expires_at=2_000_000_000,
-            status=CardStatus.ACTIVE,
-            issued_at=1_800_000_000,
-        )
+EXPIRES = 2_000_000_000
+NOW = 1_800_000_000
 
 
 def _issue(store: Store, count: int, units: int) -> float:
     started = time.perf_counter()
     with store.transaction() as tx:
-        tx.szm.insert_batch(
-            SzmBatchRow(
-                batch_id=BATCH,
-                protocol=SzmProtocol.CHAIN,
-                count=count,
-                units=units,
-                currency="EUR",
-                unit_micros=1000,
-                expires_at=2_000_000_000,
-                created_at=1_800_000_000,
-            )
-        )
-        tx.szm.insert_cards(_cards(count, units))
+        issue_chain_batch(tx, BATCH, count, units=units, expires_at=EXPIRES, now=NOW)
     return time.perf_counter() - started
 
 
@@ -75,18 +41,15 @@ def _issue_more(store: Store, start: int, units: int) -> None:
     """``start`` more cards, numbered from ``start``, in the batch ``_issue`` made."""
     with store.transaction() as tx:
         tx.szm.insert_cards(
-            SzmCardRow(**{**vars_of(row), "card_id": (start + n).to_bytes(16, "big")})
-            for n, row in enumerate(_cards(start, units))
+            chain_cards(
+                BATCH, range(start, 2 * start), units=units, expires_at=EXPIRES, issued_at=NOW
+            )
         )
-
-
-def vars_of(row: SzmCardRow) -> dict[str, object]:
-    return {f: getattr(row, f) for f in row.__dataclass_fields__}
 
 
 def _advance_with_challenge(store: Store, card: bytes) -> bool:
     with store.hot_batch() as hot:
-        if not hot.vendor.use_challenge(os.urandom(32), 2_000_000_000):
+        if not hot.vendor.use_challenge(os.urandom(32), EXPIRES, NOW):
             return False
         return hot.szm.advance(card, 0, 1, b"\x03" * 32, None)
 

@@ -50,7 +50,6 @@ loses that money; a user whose wallet state rolls back cannot pay that vendor ag
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Final, NamedTuple, final
@@ -79,9 +78,10 @@ from farthing.core.primitives import (
 from farthing.core.schemes._advance import (
     Acceptance,
     IndexPaymentCodec,
+    Parsed,
     accept,
+    chain_advance,
     retried_units,
-    units_paid,
 )
 
 __all__ = [
@@ -101,12 +101,14 @@ __all__ = [
     "Commitment",
     "CommitmentState",
     "OpenCommitment",
+    "Parsed",
     "Payment",
     "PaywordAccepted",
     "Redemption",
     "RedemptionState",
     "accept_commitment",
     "admit_commitment",
+    "advance",
     "broker_redeem",
     "certificate_body",
     "commit",
@@ -122,6 +124,7 @@ __all__ = [
     "encode_redemption",
     "issue_certificate",
     "judge_claim",
+    "parse_payment",
     "require_admitted",
     "verify_certificate",
     "verify_payment",
@@ -152,8 +155,6 @@ _MAX_COMMITMENT: Final = 2048
 
 # Fast path for the vendor's hot path: a payment has one fixed layout, unpacked in one call.
 _CODEC: Final = IndexPaymentCodec(PAYMENT_DOMAIN, key_len=_ID_LEN)
-_new_state: Final = tuple.__new__
-_sha256: Final = hashlib.sha256
 
 _RECEIPT: Final = object()  # only this module's verifiers hold it
 
@@ -427,11 +428,13 @@ def encode_payment(payment: Payment) -> bytes:
 
 
 def decode_payment(data: bytes) -> Payment:
-    cid, index, value = _parse_payment(data)
+    cid, index, value = parse_payment(data)
     return Payment(commitment_id=cid, index=index, value=value)
 
 
-_parse_payment: Final = _CODEC.parse  # the bound method: one call less per payment
+parse_payment: Final = _CODEC.parse
+"""``(commitment_id, index, value)`` of an encoded payment (MalformedMessage as
+:func:`decode_payment`): what :func:`advance` takes, with no Payment built."""
 
 
 @final
@@ -497,11 +500,18 @@ def verify_payment_bytes(
     max_units: int = DEFAULT_MAX_UNITS,
 ) -> tuple[CommitmentState, PaywordAccepted]:
     """Decode and verify in one step; ``lookup`` maps a commitment id to its state."""
-    cid, index, value = _parse_payment(data)
+    cid, index, value = parse_payment(data)
     state = lookup(cid)
     if state is None:
         raise InvalidPayment()
     return _verify(state, cid, index, value, units, now, max_units, None)
+
+
+advance: Final = chain_advance(CHAIN_TAG, CommitmentState, "commitment", DEFAULT_MAX_UNITS)
+"""``advance(state, payment, units, now, request, max_units=DEFAULT_MAX_UNITS, /)``:
+:func:`verify_payment` for the vendor's paid path, with the payment as
+:func:`parse_payment` returns it and no receipt: the new state only (the payword paid
+``new.spent - state.spent`` units, up to ``new.spent``). Same decisions, same errors."""
 
 
 def _verify(
@@ -514,25 +524,8 @@ def _verify(
     max_units: int,
     request: bytes | None,
 ) -> tuple[CommitmentState, PaywordAccepted]:
-    state_cid, last_value, spent, length, denomination, expires_at, _, _ = state
-    # same key, spent, index, length, expires at, units, now, max units, what
-    paid = units_paid(
-        constant_time_eq(cid, state_cid), spent, index, length, expires_at, units, now,
-        max_units, "commitment",
-    )  # fmt: skip
-    # One unit is the common price: chain_step's one hash, inline (no call, no loop).
-    earlier = (
-        _sha256(CHAIN_TAG + value).digest() if paid == 1 else chain_walk(CHAIN_TAG, value, paid)
-    )
-    if not constant_time_eq(earlier, last_value):
-        raise InvalidPayment()
-    # The NamedTuple's tuple made directly (its __new__ is one Python call more), in
-    # field order: keyword arguments here would cost more than the hash itself.
-    new_state = _new_state(CommitmentState, (
-        state_cid, value, index, length, denomination, expires_at,
-        request, 0 if request is None else paid,
-    ))  # fmt: skip
-    return new_state, accept(PaywordAccepted, _RECEIPT, cid, index, paid)
+    new_state = advance(state, (cid, index, value), units, now, request, max_units)
+    return new_state, accept(PaywordAccepted, _RECEIPT, cid, index, index - state.spent)
 
 
 # --- redemption with the broker ----------------------------------------------------------

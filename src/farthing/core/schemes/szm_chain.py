@@ -61,7 +61,6 @@ The public checks run before hashing, so a hostile index costs at most ``units``
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
@@ -82,9 +81,10 @@ from farthing.core.primitives import constant_time_eq, hkdf_sha256, hmac_sha256
 from farthing.core.schemes._advance import (
     Acceptance,
     IndexPaymentCodec,
+    Parsed,
     accept,
+    chain_advance,
     retried_units,
-    units_paid,
 )
 
 __all__ = [
@@ -98,7 +98,9 @@ __all__ = [
     "ChainCard",
     "ChainCardState",
     "KeyMode",
+    "Parsed",
     "Payment",
+    "advance",
     "card_from_code",
     "card_payment_key",
     "card_secret",
@@ -110,6 +112,7 @@ __all__ = [
     "issue_card",
     "issuer_payment_key",
     "next_payment",
+    "parse_payment",
     "payment_key",
     "to_card_code",
     "verify_payment",
@@ -136,8 +139,6 @@ _LEN16: Final = b"\x00\x10"
 _SEED_PREFIX: Final = header(SEED_DOMAIN) + _LEN16
 # Fast path: a payment has exactly one layout, unpacked in one call.
 _CODEC: Final = IndexPaymentCodec(PAYMENT_DOMAIN, key_len=_ID_LEN)
-_new_state: Final = tuple.__new__
-_sha256: Final = hashlib.sha256
 
 _RECEIPT: Final = object()  # only this module's verifier holds it
 
@@ -302,11 +303,13 @@ def encode_payment(payment: Payment) -> bytes:
 
 
 def decode_payment(data: bytes) -> Payment:
-    card_id, index, value = _parse_payment(data)
+    card_id, index, value = parse_payment(data)
     return Payment(card_id=card_id, index=index, value=value)
 
 
-_parse_payment: Final = _CODEC.parse  # the bound method: one call less per payment
+parse_payment: Final = _CODEC.parse
+"""``(card_id, index, value)`` of an encoded payment (MalformedMessage as
+:func:`decode_payment`): what :func:`advance` takes, with no Payment built."""
 
 
 # --- the issuer: verification --------------------------------------------------------------
@@ -380,11 +383,18 @@ def verify_payment_bytes(
     max_units: int = DEFAULT_MAX_UNITS,
 ) -> tuple[ChainCardState, ChainAccepted]:
     """Decode and verify in one step; ``lookup`` maps a card id to its state (or None)."""
-    card_id, index, value = _parse_payment(data)
+    card_id, index, value = parse_payment(data)
     state = lookup(card_id)
     if state is None:
         raise InvalidPayment()
     return _verify(state, card_id, index, value, units, now, max_units, None)
+
+
+advance: Final = chain_advance(CHAIN_TAG, ChainCardState, "card", DEFAULT_MAX_UNITS)
+"""``advance(state, payment, units, now, request, max_units=DEFAULT_MAX_UNITS, /)``:
+:func:`verify_payment` for the vendor's paid path, with the payment as
+:func:`parse_payment` returns it and no receipt: the new state only (the card paid
+``new.spent - state.spent`` units, up to ``new.spent``). Same decisions, same errors."""
 
 
 def _verify(
@@ -397,24 +407,8 @@ def _verify(
     max_units: int,
     request: bytes | None,
 ) -> tuple[ChainCardState, ChainAccepted]:
-    state_card_id, anchor, spent, length, denomination, expires_at, _, _ = state
-    # same key, spent, index, length, expires at, units, now, max units, what
-    paid = units_paid(
-        card_id == state_card_id, spent, index, length, expires_at, units, now, max_units, "card"
-    )
-    # One unit is the common price: chain_step's one hash, inline (no call, no loop).
-    earlier = (
-        _sha256(CHAIN_TAG + value).digest() if paid == 1 else chain_walk(CHAIN_TAG, value, paid)
-    )
-    if not constant_time_eq(earlier, anchor):
-        raise InvalidPayment()
-    # The NamedTuple's tuple made directly (its __new__ is one Python call more), in
-    # field order: keyword arguments here would cost more than the hash itself.
-    new_state = _new_state(ChainCardState, (
-        state_card_id, value, index, length, denomination, expires_at,
-        request, 0 if request is None else paid,
-    ))  # fmt: skip
-    return new_state, accept(ChainAccepted, _RECEIPT, card_id, index, paid)
+    new_state = advance(state, (card_id, index, value), units, now, request, max_units)
+    return new_state, accept(ChainAccepted, _RECEIPT, card_id, index, index - state.spent)
 
 
 # --- per-payment keys --------------------------------------------------------------------

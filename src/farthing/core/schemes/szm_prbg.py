@@ -111,6 +111,7 @@ __all__ = [
     "issuer_payment_key",
     "new_card",
     "next_payment",
+    "parse_payment",
     "stream_block",
     "to_card_code",
     "verify_payment",
@@ -342,12 +343,13 @@ def encode_payment(payment: Payment) -> bytes:
 
 
 def decode_payment(data: bytes) -> Payment:
-    card_id, index, token = _parse_payment(data)
+    card_id, index, token = parse_payment(data)
     return Payment(card_id=card_id, index=index, token=token)
 
 
-def _parse_payment(data: bytes) -> tuple[bytes, int, bytes]:
-    return _CODEC.parse(data)
+parse_payment: Final = _CODEC.parse
+"""``(card_id, index, token)`` of an encoded payment (MalformedMessage as
+:func:`decode_payment`)."""
 
 
 # --- the issuer: verification --------------------------------------------------------------
@@ -446,7 +448,7 @@ def verify_payment_bytes(
 ) -> tuple[PrbgCardState, PrbgAccepted]:
     """Decode and verify in one step; ``lookup`` maps a card id to its state (or None),
     ``secrets`` (if given) to its secret S as :func:`card_secret` derives it."""
-    card_id, index, token = _parse_payment(data)
+    card_id, index, token = parse_payment(data)
     state = lookup(card_id)
     if state is None:
         raise InvalidPayment()

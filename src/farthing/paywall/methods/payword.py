@@ -32,9 +32,11 @@ class HeldCommitment:
 
 
 class PaywordPaid(NamedTuple):
-    """A decoded payload: the payment, and the signed commitment if it came along."""
+    """A decoded payload: the payment as ``(commitment_id, index, value)`` (the tuple the
+    core's parser returns: no Payment is built on the paid path), and the signed
+    commitment if it came along."""
 
-    payment: payword.Payment
+    payment: payword.Parsed
     commitment: bytes | None
 
 
@@ -57,10 +59,10 @@ class PaywordScheme:
 
     def decode(self, payload: JsonObject) -> PaywordPaid:
         sent = PaywordPayload.from_json(payload)
-        return PaywordPaid(payword.decode_payment(sent.payment), sent.commitment)
+        return PaywordPaid(payword.parse_payment(sent.payment), sent.commitment)
 
     def key_of(self, paid: PaywordPaid) -> bytes:
-        return paid.payment.commitment_id
+        return paid.payment[0]
 
     def denomination(self, held: HeldCommitment) -> Denomination:
         return held.state.denomination
@@ -89,23 +91,23 @@ class PaywordScheme:
         now: int,
         request: bytes | None,
     ) -> tuple[HeldCommitment, Settlement]:
-        new_state, accepted = payword.verify_payment(
-            held.state, paid.payment, units=units, now=now, request=request
-        )
+        state = held.state
+        new_state = payword.advance(state, paid.payment, units, now, request)
         new_held = HeldCommitment(
             commitment_id=held.commitment_id, state=new_state, encoded=held.encoded
         )
-        return new_held, _settled(accepted, retried=False)
+        index = new_state.spent
+        return new_held, _settled(held.commitment_id, index, index - state.spent, retried=False)
 
     def retry(
         self, held: HeldCommitment, paid: PaywordPaid, *, request: bytes | None
     ) -> Settlement:
-        accepted = payword.verify_retry(held.state, paid.payment, request=request)
-        return _settled(accepted, retried=True)
+        cid, index, value = paid.payment
+        sent = payword.Payment(commitment_id=cid, index=index, value=value)
+        accepted = payword.verify_retry(held.state, sent, request=request)
+        return _settled(accepted.commitment_id, accepted.index, accepted.units, retried=True)
 
 
-def _settled(accepted: payword.PaywordAccepted, *, retried: bool) -> Settlement:
-    receipt = PaywordReceipt(
-        units=accepted.units, commitment=accepted.commitment_id, index=accepted.index
-    )
+def _settled(commitment_id: bytes, index: int, units: int, *, retried: bool) -> Settlement:
+    receipt = PaywordReceipt(units=units, commitment=commitment_id, index=index)
     return Settlement(method="payword", receipt=receipt, retried=retried)

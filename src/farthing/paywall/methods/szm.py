@@ -15,6 +15,7 @@ from typing import Final, Generic, Protocol, TypeVar
 from farthing.core.money import Denomination
 from farthing.core.prbg import BbsKey
 from farthing.core.schemes import szm_chain, szm_prbg
+from farthing.core.schemes._advance import Parsed
 from farthing.http.methods.szm import SzmPayload, SzmReceipt, SzmRequest
 from farthing.http.payment_auth import JsonObject
 from farthing.paywall.methods.base import Sealing, Settlement
@@ -41,12 +42,13 @@ def _kept_secrets(
 
 class _State(Protocol):
     @property
-    def denomination(self) -> Denomination: ...
-
-
-class _Payment(Protocol):
-    @property
     def card_id(self) -> bytes: ...
+
+    @property
+    def spent(self) -> int: ...
+
+    @property
+    def denomination(self) -> Denomination: ...
 
 
 class _Accepted(Protocol):
@@ -61,48 +63,50 @@ class _Accepted(Protocol):
 
 
 C = TypeVar("C", bound=_State)
-P = TypeVar("P", bound=_Payment)
-C_in = TypeVar("C_in", bound=_State, contravariant=True)
-P_in = TypeVar("P_in", bound=_Payment, contravariant=True)
+
+Advance = Callable[[C, Parsed, int, int, bytes | None], C]
+"""(state, payment, units, now, request) -> the state after the payment: the core's
+``advance`` (the payment paid ``new.spent - state.spent`` units, up to ``new.spent``)."""
+Retry = Callable[[C, Parsed, bytes | None], _Accepted]
+"""(state, payment, request) -> the receipt of the state's last payment sent again."""
 
 
-class _Verify(Protocol[C, P_in]):
-    def __call__(
-        self, state: C, payment: P_in, *, units: int, now: int, request: bytes | None
-    ) -> tuple[C, _Accepted]: ...
+class SzmScheme(Generic[C]):
+    """One SZM protocol's pure functions, as the offline adapter calls them. A payment
+    stays the ``(card_id, index, value)`` tuple its parser returns: on the paid path no
+    payment value and no receipt is built (each cost about half the payment's hash)."""
 
-
-class _Retry(Protocol[C_in, P_in]):
-    def __call__(self, state: C_in, payment: P_in, *, request: bytes | None) -> _Accepted: ...
-
-
-class SzmScheme(Generic[C, P]):
-    """One SZM protocol's pure functions, as the offline adapter calls them."""
-
-    __slots__ = ("_decode", "_key", "_retry", "_verify", "name")
+    __slots__ = ("_advance", "_decode", "_key", "_retry", "name")
 
     def __init__(
         self,
         name: str,
         *,
-        decode: Callable[[bytes], P],
-        verify: _Verify[C, P],
-        retry: _Retry[C, P],
+        decode: Callable[[bytes], Parsed],
+        advance: Advance[C],
+        retry: Retry[C],
         key: Callable[[C, int], bytes],
     ) -> None:
         self.name = name
         self._decode = decode
-        self._verify = verify
+        self._advance = advance
         self._retry = retry
         self._key = key
 
     @staticmethod
     def chain(
         master_key: bytes, *, key_mode: szm_chain.KeyMode = szm_chain.KeyMode.DERIVED
-    ) -> SzmScheme[szm_chain.ChainCardState, szm_chain.Payment]:
+    ) -> SzmScheme[szm_chain.ChainCardState]:
         """SZM protocol 1 (hash chain)."""
 
         secrets = _kept_secrets(szm_chain.card_secret, master_key)
+
+        def retry(
+            state: szm_chain.ChainCardState, payment: Parsed, request: bytes | None
+        ) -> szm_chain.ChainAccepted:
+            card_id, index, value = payment
+            sent = szm_chain.Payment(card_id=card_id, index=index, value=value)
+            return szm_chain.verify_retry(state, sent, request=request)
 
         def key(state: szm_chain.ChainCardState, index: int) -> bytes:
             # issuer_payment_key, with the card's secret kept.
@@ -113,38 +117,38 @@ class SzmScheme(Generic[C, P]):
 
         return SzmScheme(
             szm_chain.METHOD,
-            decode=szm_chain.decode_payment,
-            verify=szm_chain.verify_payment,
-            retry=szm_chain.verify_retry,
+            decode=szm_chain.parse_payment,
+            advance=szm_chain.advance,
+            retry=retry,
             key=key,
         )
 
     @staticmethod
     def prbg(
         master_key: bytes, *, bbs_key: BbsKey | None = None
-    ) -> SzmScheme[szm_prbg.PrbgCardState, szm_prbg.Payment]:
+    ) -> SzmScheme[szm_prbg.PrbgCardState]:
         """SZM protocol 2 (token/key blocks of a CSPRBG: HMAC-CTR or Blum-Blum-Shub)."""
         secrets = _kept_secrets(szm_prbg.card_secret, master_key)
 
-        def verify(
+        def advance(
             state: szm_prbg.PrbgCardState,
-            payment: szm_prbg.Payment,
-            *,
+            payment: Parsed,
             units: int,
             now: int,
             request: bytes | None,
-        ) -> tuple[szm_prbg.PrbgCardState, szm_prbg.PrbgAccepted]:
-            return szm_prbg.verify_payment(
-                state, payment, master_key=master_key, units=units, now=now,
-                bbs_key=bbs_key, request=request, secret=secrets(payment.card_id),
+        ) -> szm_prbg.PrbgCardState:
+            new_state, _ = szm_prbg.verify_payment(
+                state, _prbg_payment(payment), master_key=master_key, units=units, now=now,
+                bbs_key=bbs_key, request=request, secret=secrets(payment[0]),
             )  # fmt: skip
+            return new_state
 
         def retry(
-            state: szm_prbg.PrbgCardState, payment: szm_prbg.Payment, *, request: bytes | None
+            state: szm_prbg.PrbgCardState, payment: Parsed, request: bytes | None
         ) -> szm_prbg.PrbgAccepted:
             return szm_prbg.verify_retry(
-                state, payment, master_key=master_key, request=request, bbs_key=bbs_key,
-                secret=secrets(payment.card_id),
+                state, _prbg_payment(payment), master_key=master_key, request=request,
+                bbs_key=bbs_key, secret=secrets(payment[0]),
             )  # fmt: skip
 
         def key(state: szm_prbg.PrbgCardState, index: int) -> bytes:
@@ -153,7 +157,11 @@ class SzmScheme(Generic[C, P]):
             )
 
         return SzmScheme(
-            szm_prbg.METHOD, decode=szm_prbg.decode_payment, verify=verify, retry=retry, key=key
+            szm_prbg.METHOD,
+            decode=szm_prbg.parse_payment,
+            advance=advance,
+            retry=retry,
+            key=key,
         )
 
     def request(self, route: PricedRoute) -> JsonObject:
@@ -162,33 +170,43 @@ class SzmScheme(Generic[C, P]):
             amount=price.micros, currency=price.currency, resource=route.scope
         ).to_json()
 
-    def decode(self, payload: JsonObject) -> P:
+    def decode(self, payload: JsonObject) -> Parsed:
         return self._decode(SzmPayload.from_json(payload).payment)
 
-    def key_of(self, payment: P) -> bytes:
-        return payment.card_id
+    def key_of(self, payment: Parsed) -> bytes:
+        return payment[0]
 
     def denomination(self, state: C) -> Denomination:
         return state.denomination
 
-    def introduce(self, payment: P, *, now: int) -> None:
+    def introduce(self, payment: Parsed, *, now: int) -> None:
         return None
 
     def verify(
-        self, state: C, payment: P, *, units: int, now: int, request: bytes | None
+        self, state: C, payment: Parsed, *, units: int, now: int, request: bytes | None
     ) -> tuple[C, Settlement]:
-        new_state, accepted = self._verify(state, payment, units=units, now=now, request=request)
-        return new_state, self._settled(state, accepted, retried=False)
+        new_state = self._advance(state, payment, units, now, request)
+        index = new_state.spent
+        return new_state, self._settled(
+            state, new_state.card_id, index, index - state.spent, retried=False
+        )
 
-    def retry(self, state: C, payment: P, *, request: bytes | None) -> Settlement:
-        return self._settled(state, self._retry(state, payment, request=request), retried=True)
+    def retry(self, state: C, payment: Parsed, *, request: bytes | None) -> Settlement:
+        accepted = self._retry(state, payment, request)
+        return self._settled(state, accepted.card_id, accepted.index, accepted.units, retried=True)
 
-    def _settled(self, state: C, accepted: _Accepted, *, retried: bool) -> Settlement:
+    def _settled(
+        self, state: C, card_id: bytes, index: int, units: int, *, retried: bool
+    ) -> Settlement:
         """The settlement of an accepted (or retried) payment, sealed under its key."""
-        card_id, index = accepted.card_id, accepted.index
         return Settlement(
             method=self.name,
-            receipt=SzmReceipt(units=accepted.units, card=card_id, index=index),
+            receipt=SzmReceipt(units=units, card=card_id, index=index),
             sealing=Sealing(key=self._key(state, index), card_id=card_id, index=index),
             retried=retried,
         )
+
+
+def _prbg_payment(payment: Parsed) -> szm_prbg.Payment:
+    card_id, index, token = payment
+    return szm_prbg.Payment(card_id=card_id, index=index, token=token)
