@@ -174,6 +174,9 @@ class SzmScheme(Generic[C, P]):
     def introduce(self, payment: P, *, now: int) -> None:
         return None
 
+    def introduces(self, payment: P) -> bool:
+        return False  # cards are issued by the issuer, never introduced by a payment
+
     def verify(
         self, state: C, payment: P, *, units: int, now: int, request: bytes | None
     ) -> tuple[C, Settlement]:
