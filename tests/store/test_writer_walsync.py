@@ -95,7 +95,8 @@ async def test_payments_wait_for_their_fsync_while_the_loop_goes_on(sqlite_store
         other = asyncio.ensure_future(writer.run_hot(_pay(second.card_id, 0, b"\x02" * 32)))
         await _until(lambda: witness.challenge_used(b"\x02" * 32))
         assert writer._thread is None  # committed by the loop itself, not handed to a thread
-        assert not paying.done() and not other.done()
+        assert not paying.done()
+        assert not other.done()
 
         gate.release_one()  # the first fsync returns; the next one (for the second) waits
         assert await paying == "won"
@@ -165,9 +166,7 @@ def _paywall(store: Store, writer: StoreWriter, clock: Clock | None = None) -> P
 
     prices = PriceTable()
     prices.add("/articles/*", Price(micros=1000, currency="EUR"))
-    app = Starlette(
-        routes=[Route("/articles/{slug}", article), Route("/free/{slug}", article)]
-    )
+    app = Starlette(routes=[Route("/articles/{slug}", article), Route("/free/{slug}", article)])
     book = ChainBook(store, writer)
     return Paywall(
         app,

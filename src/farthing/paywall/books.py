@@ -305,6 +305,9 @@ class UsedChallenges:
     async def used_at(self, challenge: ChallengeId) -> int | None:
         return await self._store.read_hot(self._store.challenge_used_at, challenge.raw)
 
+    async def durable(self) -> None:
+        await self._writer.durable()
+
 
 class HllDeferredBook:
     """Delivered, not yet deposited HLL purchases; the caps are the core's decision."""

@@ -167,7 +167,7 @@ _COMMITMENT_COLUMNS = (
 def _payword_insert(dialect: Dialect) -> ClauseElement:
     """INSERT a new commitment ... ON CONFLICT DO NOTHING: its first payment's batch stores
     it and moves it in one commit; a commitment known already is never reset."""
-    values = {name: bindparam(name) for name in _COMMITMENT_COLUMNS}
+    values: dict[str, object] = {name: bindparam(name) for name in _COMMITMENT_COLUMNS}
     if dialect.name == "postgresql":
         pg = postgresql.insert(vendor_payword_commitments).values(values)
         return pg.on_conflict_do_nothing(index_elements=["commitment_id"])

@@ -19,9 +19,15 @@ the requests that reached their update in one pass of the loop share one commit,
 right after that pass. Handing work to a thread and back costs the worker's one core more
 than the commit (the two threads contend for the GIL at every system call; measured: a
 paid request's CPU fell from ~860 to ~620 us, paid throughput rose 20-35%). The loop is
-blocked only for the commit itself: the batch takes SQLite's write lock without waiting
-(``hot_batch(wait=False)``), and if another connection (another worker, a deposit run)
-holds it, the batch goes to the thread, which waits.
+blocked only for the commit itself, not for the disk: the batch takes SQLite's write lock
+without waiting and commits with ``synchronous=NORMAL`` (``hot_batch_unsynced``), and if
+another connection (another worker, a deposit run) holds the lock, the batch goes to the
+thread, which waits. The WAL file is then fsynced on a thread of its own, and the batch's
+requests are answered only when an fsync that began after their commit has returned; batches
+committed meanwhile share the next fsync (at most one in flight per loop). Why that is
+``synchronous=FULL``'s durability, and what differs: :mod:`farthing.store._walsync`. A failed
+fsync answers its batches Unavailable; :meth:`StoreWriter.durable` then needs a new fsync to
+succeed before it returns.
 
 On PostgreSQL the loop does not block for its commit, which is several network round trips:
 it awaits it (:meth:`~farthing.store.Store.hot_batch_on_loop`: the loop's own async psycopg
@@ -42,7 +48,6 @@ The waiting requests of one event loop are woken with one call, not one each.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import os
 import queue
@@ -54,7 +59,7 @@ from typing import Any, Generic, TypeVar
 
 from farthing.core.errors import Unavailable
 from farthing.store import HotTx, Store, Tx
-from farthing.store._walsync import Fsync
+from farthing.store._walsync import Fsync, WalFile
 
 __all__ = ["StoreWriter"]
 
@@ -97,6 +102,41 @@ class _WalSyncs:
     """The last fsync failed: commits before it are not known durable."""
     idle: list[asyncio.Future[None]] = field(default_factory=list)
     """:meth:`StoreWriter.durable` callers, woken when nothing waits for an fsync."""
+
+
+_FsyncRequest = tuple[asyncio.AbstractEventLoop, Callable[[OSError | None], None]]
+
+
+class _Fsyncer:
+    """A thread that fsyncs the WAL file on request and tells the asking loop when it
+    returned (a plain queue and ``call_soon_threadsafe``: an executor's futures cost the
+    loop more CPU per batch)."""
+
+    def __init__(self, wal: WalFile) -> None:
+        self._wal = wal
+        self._requests: queue.SimpleQueue[_FsyncRequest | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._serve, name="farthing-fsync", daemon=True)
+        self._thread.start()
+
+    def request(
+        self, loop: asyncio.AbstractEventLoop, done: Callable[[OSError | None], None]
+    ) -> None:
+        self._requests.put((loop, done))
+
+    def stop(self) -> None:
+        self._requests.put(None)
+        self._thread.join(timeout=10)
+
+    def _serve(self) -> None:
+        while (asked := self._requests.get()) is not None:
+            loop, done = asked
+            error: OSError | None = None
+            try:
+                self._wal.sync()
+            except OSError as failed:
+                error = failed
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
+                loop.call_soon_threadsafe(done, error)
 
 
 def _not_durable(error: BaseException) -> Unavailable:
@@ -154,7 +194,7 @@ class StoreWriter:
             store.wal_file(fsync=fsync) if self._on_loop and store.unsynced_batches else None
         )
         self._syncs: dict[asyncio.AbstractEventLoop, _WalSyncs] = {}
-        self._fsyncer: concurrent.futures.ThreadPoolExecutor | None = None
+        self._fsyncer: _Fsyncer | None = None
 
     async def run_hot(self, work: Callable[[HotTx], T]) -> T:
         """A hot-path write (compare-and-set of a card or commitment), group-committed."""
@@ -246,20 +286,18 @@ class StoreWriter:
         riding, syncs.waiting = syncs.waiting, []
         syncs.running = True
         if self._fsyncer is None:
-            self._fsyncer = concurrent.futures.ThreadPoolExecutor(1, "farthing-fsync")
-        done = loop.run_in_executor(self._fsyncer, self._wal.sync)
-        done.add_done_callback(lambda fut: self._synced(loop, syncs, riding, fut))
+            self._fsyncer = _Fsyncer(self._wal)
+        self._fsyncer.request(loop, lambda error: self._synced(loop, syncs, riding, error))
 
     def _synced(
         self,
         loop: asyncio.AbstractEventLoop,
         syncs: _WalSyncs,
         riding: list[tuple[_HotJob[Any], object]],
-        done: asyncio.Future[None],
+        error: OSError | None,
     ) -> None:
         """The fsync returned: answer the batches it covered (Unavailable if it failed),
         then start the next one for what committed meanwhile."""
-        error = done.exception()
         syncs.suspect = error is not None
         for job, result in riding:
             if job.future.done():
@@ -321,7 +359,7 @@ class StoreWriter:
             thread.join(timeout=10)
         fsyncer, self._fsyncer = self._fsyncer, None
         if fsyncer is not None:
-            fsyncer.shutdown(wait=True)
+            fsyncer.stop()
         if self._wal is not None:
             self._wal.close()
 
@@ -330,7 +368,8 @@ class StoreWriter:
         loop = asyncio.get_running_loop()
         while (task := self._in_flight.get(loop)) is not None:
             await asyncio.shield(task)
-        await self.durable()
+        with contextlib.suppress(Unavailable):  # a failing fsync answered its own batches
+            await self.durable()
         await asyncio.to_thread(self.close)
 
     def _start(self) -> None:
