@@ -419,13 +419,13 @@ def _payword_text(p: PaywordLatency) -> list[str]:
         f"commitment ({p.first_share:.0%} of the requests) took p50 {p.first_p50_ms:.2f} / "
         f"p99 {p.first_p99_ms:.2f} ms, every later one p50 {p.rest_p50_ms:.2f} / p99 "
         f"{p.rest_p99_ms:.2f} ms (all together: p99 {p.all_p99_ms:.2f} ms). A first payment "
-        "checks the commitment's two signatures, reads the store on a worker thread (a "
-        "miss), inserts the commitment in a transaction of its own on the writer thread (its "
+        "checks the commitment's two signatures and reads the store (a miss); its write "
+        "stores the commitment (insert-if-absent) and moves it in the payment's own hot "
+        "batch, one commit with the others (`paywall/books.py PaywordBook.advance`). Before, "
+        "the commitment was inserted in a transaction of its own on the writer thread (its "
         "own durable commit, contending with the loop's group commit for SQLite's write "
-        "lock), and reads it back. So the p99 is the burst of first payments, not the 1 in 25 "
-        "payments that carry the commitment (carrying it again costs one lookup). Not fixed "
-        "here: taking the commitment's INSERT into its first payment's hot batch is a store "
-        "change (`store/`, `paywall/books.py PaywordBook.insert`).",
+        "lock) and read back: first payments p99 41 ms against 6 ms for the others in the "
+        "run of 2026-12-07.",
     ]
 
 

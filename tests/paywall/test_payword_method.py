@@ -32,7 +32,7 @@ async def article(request: Any) -> PlainTextResponse:
     return PlainTextResponse("article " + request.path_params["slug"])
 
 
-def make_spender(clock: FixedClock, vendor_id: str = "shop") -> PaywordSpender:
+def make_spender(clock: FixedClock, vendor_id: str = "shop", seed: str = "seed") -> PaywordSpender:
     cert = payword.issue_certificate(
         BROKER_KEY,
         broker_id="broker",
@@ -42,18 +42,18 @@ def make_spender(clock: FixedClock, vendor_id: str = "shop") -> PaywordSpender:
         denomination=EUR,
         expires_at=clock.now() + 86_400,
     )
-    seed = DeterministicRandom("seed")(32)
+    chain_seed = DeterministicRandom(seed)(32)
     commitment = payword.commit(
         USER_KEY,
         cert,
         vendor_id=vendor_id,
-        seed=seed,
+        seed=chain_seed,
         length=100,
         now=clock.now(),
         ttl=3600,
         rng=DeterministicRandom("n"),
     )
-    return PaywordSpender(commitment, seed)
+    return PaywordSpender(commitment, chain_seed)
 
 
 def make_paywall(clock: FixedClock) -> tuple[Paywall, MemoryCardBook]:

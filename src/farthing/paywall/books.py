@@ -10,6 +10,7 @@ even with several workers or processes on one store. Reads run in a worker threa
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import itertools
 from collections.abc import Callable
@@ -84,8 +85,11 @@ class _SzmBook(Generic[C]):
         row = _active(await self._store.read_hot(self._store.szm_card, key), self._protocol)
         return None if row is None else self._state(row)
 
-    async def insert(self, state: C) -> bool:
-        return False  # cards are issued by the issuer, never introduced by a payment
+    async def introduce(self, state: C) -> C:
+        raise InvalidPayment()  # cards are issued by the issuer, never introduced by a payment
+
+    async def durable(self) -> None:
+        await self._writer.durable()
 
     async def advance(self, old: C, new: C, challenge: ChallengeId, now: int) -> Advance:
         return await self._writer.run_hot(
@@ -197,22 +201,23 @@ class PaywordBook:
         )
         return HeldCommitment(commitment_id=row.commitment_id, state=state, encoded=row.commitment)
 
-    async def insert(self, held: HeldCommitment) -> bool:
+    async def introduce(self, held: HeldCommitment) -> HeldCommitment:
+        """A new commitment, admitted by the broker (if any), to be stored by its first
+        payment's write in the hot batch (:meth:`advance`): one commit, no read back."""
         if self._broker is not None:
             await self._broker.admit_payword(held.encoded)
-        state = held.state
-        row = VendorCommitmentRow(
-            commitment_id=held.commitment_id,
-            commitment=held.encoded,
-            last_value=state.last_value,
-            spent=state.spent,
-            length=state.length,
-            currency=state.denomination.currency,
-            unit_micros=state.denomination.unit_micros,
-            expires_at=state.expires_at,
-        )
+        return dataclasses.replace(held, stored=False)
+
+    async def durable(self) -> None:
+        await self._writer.durable()
+
+    async def insert(self, held: HeldCommitment) -> bool:
+        """Store a commitment in a transaction of its own (admitted by the broker first),
+        unless it is known; True iff stored."""
+        if self._broker is not None:
+            await self._broker.admit_payword(held.encoded)
         try:
-            await self._writer.run(lambda tx: tx.vendor.add_commitment(row))
+            await self._writer.run(lambda tx: tx.vendor.add_commitment(_commitment_row(held)))
         except Conflict:
             return False  # known already: never reset its spent
         return True
@@ -220,19 +225,21 @@ class PaywordBook:
     async def advance(
         self, old: HeldCommitment, new: HeldCommitment, challenge: ChallengeId, now: int
     ) -> Advance:
-        return await self._writer.run_hot(
-            lambda hot: _spend(
-                hot,
-                challenge,
-                now,
-                lambda: hot.vendor.payword_advance(
-                    old.commitment_id,
-                    old.state.spent,
-                    new.state.spent,
-                    new.state.last_value,
-                    new.state.last_request,
-                ),
+        first = None if old.stored else _commitment_row(old)
+
+        def compare_and_set(hot: HotTx) -> bool:
+            if first is not None:  # introduced by this payment: stored in its batch
+                hot.vendor.add_commitment(first)
+            return hot.vendor.payword_advance(
+                old.commitment_id,
+                old.state.spent,
+                new.state.spent,
+                new.state.last_value,
+                new.state.last_request,
             )
+
+        return await self._writer.run_hot(
+            lambda hot: _spend(hot, challenge, now, lambda: compare_and_set(hot))
         )
 
     async def challenge_used(self, challenge: ChallengeId) -> bool:
@@ -240,6 +247,20 @@ class PaywordBook:
 
     async def challenge_used_at(self, challenge: ChallengeId) -> int | None:
         return await self._store.read_hot(self._store.challenge_used_at, challenge.raw)
+
+
+def _commitment_row(held: HeldCommitment) -> VendorCommitmentRow:
+    state = held.state
+    return VendorCommitmentRow(
+        commitment_id=held.commitment_id,
+        commitment=held.encoded,
+        last_value=state.last_value,
+        spent=state.spent,
+        length=state.length,
+        currency=state.denomination.currency,
+        unit_micros=state.denomination.unit_micros,
+        expires_at=state.expires_at,
+    )
 
 
 _PRUNE_EVERY = 1024  # accepted payments per process between prunings of expired ids
@@ -283,6 +304,9 @@ class UsedChallenges:
 
     async def used_at(self, challenge: ChallengeId) -> int | None:
         return await self._store.read_hot(self._store.challenge_used_at, challenge.raw)
+
+    async def durable(self) -> None:
+        await self._writer.durable()
 
 
 class HllDeferredBook:

@@ -92,6 +92,11 @@ class Engines:
     """A new driver connection in autocommit mode, for the hot path (see _fastlane)."""
     nowait_connect: Callable[[], DBAPIConnection] | None = None
     """SQLite: the same, but failing at once (busy) instead of waiting for the write lock."""
+    unsynced_connect: Callable[[], DBAPIConnection] | None = None
+    """SQLite: the nowait connection with ``synchronous=NORMAL``: its commits are durable
+    only once the WAL file is fsynced (the event loop's hot batches, see _walsync)."""
+    database: Path | None = None
+    """SQLite: the database file."""
     limits: PoolLimits = field(default_factory=PoolLimits)
     async_connect: Callable[[], Awaitable[Any]] | None = None
     """PostgreSQL: a new async driver connection in autocommit mode (the hot batch on the
@@ -179,6 +184,10 @@ def _sqlite_engines(url: URL) -> Engines:
         serializable=engine,
         fast_connect=_driver_connect(engine, connect_args, _sqlite_setup),
         nowait_connect=_driver_connect(engine, {**connect_args, "timeout": 0}, _sqlite_nowait),
+        unsynced_connect=_driver_connect(
+            engine, {**connect_args, "timeout": 0}, _sqlite_nowait_unsynced
+        ),
+        database=Path(url.database or "").resolve(),  # as SQLite names its -wal
         limits=_SQLITE_LIMITS,
     )
 
@@ -237,6 +246,18 @@ def _sqlite_nowait(dbapi_connection: DBAPIConnection) -> None:
     cursor = dbapi_connection.cursor()
     try:
         cursor.execute("PRAGMA busy_timeout=0")
+    finally:
+        cursor.close()
+
+
+def _sqlite_nowait_unsynced(dbapi_connection: DBAPIConnection) -> None:
+    """The loop's connection: its commit writes the WAL frames without the fsync, which
+    the writer does on a thread before it answers (see _walsync for why that is FULL's
+    durability)."""
+    _sqlite_nowait(dbapi_connection)
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA synchronous=NORMAL")
     finally:
         cursor.close()
 

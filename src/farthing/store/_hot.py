@@ -59,6 +59,7 @@ class PreparedHot:
     szm_card: FastStatement
     payword_advance: FastStatement
     payword_commitment: FastStatement
+    payword_insert: FastStatement
     challenge_use: FastStatement
     challenge_release: FastStatement
     challenge_used: FastStatement
@@ -74,6 +75,7 @@ class PreparedHot:
             szm_card=FastStatement.prepare(hot.szm_card, dialect),
             payword_advance=FastStatement.prepare(hot.payword_advance, dialect),
             payword_commitment=FastStatement.prepare(hot.payword_commitment, dialect),
+            payword_insert=FastStatement.prepare(_payword_insert(dialect), dialect),
             challenge_use=FastStatement.prepare(_challenge_use(dialect), dialect),
             challenge_release=FastStatement.prepare(
                 delete(vendor_used_challenges).where(used.challenge_id == bindparam("key_id")),
@@ -147,6 +149,30 @@ def _compare_and_set(
             }
         )
     )
+
+
+_COMMITMENT_COLUMNS = (
+    "commitment_id",
+    "commitment",
+    "last_value",
+    "spent",
+    "length",
+    "currency",
+    "unit_micros",
+    "expires_at",
+    "redeemed_spent",
+)
+
+
+def _payword_insert(dialect: Dialect) -> ClauseElement:
+    """INSERT a new commitment ... ON CONFLICT DO NOTHING: its first payment's batch stores
+    it and moves it in one commit; a commitment known already is never reset."""
+    values: dict[str, object] = {name: bindparam(name) for name in _COMMITMENT_COLUMNS}
+    if dialect.name == "postgresql":
+        pg = postgresql.insert(vendor_payword_commitments).values(values)
+        return pg.on_conflict_do_nothing(index_elements=["commitment_id"])
+    lite = sqlite.insert(vendor_payword_commitments).values(values)
+    return lite.on_conflict_do_nothing(index_elements=["commitment_id"])
 
 
 def _challenge_use(dialect: Dialect) -> ClauseElement:

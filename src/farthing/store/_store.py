@@ -22,6 +22,7 @@ so callers see :class:`~farthing.core.errors.Conflict` (or their own exceptions)
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import threading
 import time
@@ -45,6 +46,7 @@ from farthing.store._rows import LedgerCheck, SzmCardRow, VendorCommitmentRow
 from farthing.store._sql import Ctx, build
 from farthing.store._szm import card_row
 from farthing.store._tx import HotTx, Tx
+from farthing.store._walsync import Fsync, WalFile
 
 __all__ = ["Store", "migrate", "open_store"]
 
@@ -71,6 +73,11 @@ class Store:
             FastLane(engines.nowait_connect, begin=begin, max_open=size, timeout=wait)
             if engines.nowait_connect is not None
             else self._lane
+        )
+        self._unsynced_lane = (
+            FastLane(engines.unsynced_connect, begin=begin, max_open=size, timeout=wait)
+            if engines.unsynced_connect is not None
+            else None
         )
         # SQLite has one writer at a time. Threads of this process queue for it here, in
         # order; left to SQLite's busy handler they would sleep and poll (1, 2, 5 ... 100
@@ -157,6 +164,38 @@ class Store:
         finally:
             if self._write_turn is not None:
                 self._write_turn.release()
+
+    @property
+    def unsynced_batches(self) -> bool:
+        """Does :meth:`hot_batch_unsynced` exist here (SQLite)?"""
+        return self._unsynced_lane is not None
+
+    @contextmanager
+    def hot_batch_unsynced(self) -> Iterator[HotTx]:
+        """:meth:`hot_batch` ``(wait=False)`` on a ``synchronous=NORMAL`` connection
+        (SQLite only): the commit writes the WAL frames but does not wait for the disk.
+        Not durable until :meth:`wal_file`'s ``sync`` began after it and returned; only
+        :class:`~farthing.store.writer.StoreWriter` uses it, answering after that sync
+        (see :mod:`farthing.store._walsync`)."""
+        lane = self._unsynced_lane
+        if lane is None:
+            raise LocalProtocolError("only a SQLite store has unsynced hot batches")
+        if self._write_turn is not None and not self._write_turn.acquire(blocking=False):
+            raise busy_conflict()
+        try:
+            with map_db_errors(), lane.batch() as batch:
+                yield HotTx(batch, self._prepared)
+        finally:
+            if self._write_turn is not None:
+                self._write_turn.release()
+
+    def wal_file(self, *, fsync: Fsync = os.fsync) -> WalFile:
+        """The store's ``-wal`` file, to fsync after :meth:`hot_batch_unsynced` (SQLite);
+        ``fsync`` is the call that does it (a stand-in in tests)."""
+        database = self._engines.database
+        if database is None:
+            raise LocalProtocolError("only a SQLite store has a WAL file")
+        return WalFile(database, fsync=fsync)
 
     @property
     def hot_batch_on_loop_available(self) -> bool:
@@ -262,6 +301,8 @@ class Store:
             lane.close()
         self._lane.close()
         self._nowait_lane.close()
+        if self._unsynced_lane is not None:
+            self._unsynced_lane.close()
         self._engines.dispose()
 
     def __enter__(self) -> Store:

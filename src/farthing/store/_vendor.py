@@ -417,6 +417,22 @@ class HotVendorArea(HotArea):
         )
         return self._batch.rowcount(self._prepared.payword_advance, params) == 1
 
+    def add_commitment(self, row: VendorCommitmentRow) -> bool:
+        """Store a new commitment unless its id is known (never reset one); True iff this
+        call stored it. Its first payment's batch runs this before the compare-and-set."""
+        params = {
+            "commitment_id": row.commitment_id,
+            "commitment": row.commitment,
+            "last_value": row.last_value,
+            "spent": row.spent,
+            "length": row.length,
+            "currency": row.currency,
+            "unit_micros": row.unit_micros,
+            "expires_at": row.expires_at,
+            "redeemed_spent": row.redeemed_spent,
+        }
+        return self._batch.rowcount(self._prepared.payword_insert, params) == 1
+
     def use_challenge(
         self, challenge_id: bytes, expires_at: int, used_at: int, request: bytes | None = None
     ) -> bool:

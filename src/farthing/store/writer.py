@@ -19,9 +19,15 @@ the requests that reached their update in one pass of the loop share one commit,
 right after that pass. Handing work to a thread and back costs the worker's one core more
 than the commit (the two threads contend for the GIL at every system call; measured: a
 paid request's CPU fell from ~860 to ~620 us, paid throughput rose 20-35%). The loop is
-blocked only for the commit itself: the batch takes SQLite's write lock without waiting
-(``hot_batch(wait=False)``), and if another connection (another worker, a deposit run)
-holds it, the batch goes to the thread, which waits.
+blocked only for the commit itself, not for the disk: the batch takes SQLite's write lock
+without waiting and commits with ``synchronous=NORMAL`` (``hot_batch_unsynced``), and if
+another connection (another worker, a deposit run) holds the lock, the batch goes to the
+thread, which waits. The WAL file is then fsynced on a thread of its own, and the batch's
+requests are answered only when an fsync that began after their commit has returned; batches
+committed meanwhile share the next fsync (at most one in flight per loop). Why that is
+``synchronous=FULL``'s durability, and what differs: :mod:`farthing.store._walsync`. A failed
+fsync answers its batches Unavailable; :meth:`StoreWriter.durable` then needs a new fsync to
+succeed before it returns.
 
 On PostgreSQL the loop does not block for its commit, which is several network round trips:
 it awaits it (:meth:`~farthing.store.Store.hot_batch_on_loop`: the loop's own async psycopg
@@ -43,14 +49,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from farthing.core.errors import Unavailable
 from farthing.store import HotTx, Store, Tx
+from farthing.store._walsync import Fsync, WalFile
 
 __all__ = ["StoreWriter"]
 
@@ -82,6 +91,64 @@ class _TxJob(Generic[T]):
     loop: asyncio.AbstractEventLoop
 
 
+@dataclass(slots=True)
+class _WalSyncs:
+    """SQLite: one loop's committed batches waiting for an fsync of the WAL file."""
+
+    waiting: list[tuple[_HotJob[Any], object]] = field(default_factory=list)
+    """Committed after the running fsync began: they wait for the next one."""
+    running: bool = False
+    suspect: bool = False
+    """The last fsync failed: commits before it are not known durable."""
+    idle: list[asyncio.Future[None]] = field(default_factory=list)
+    """:meth:`StoreWriter.durable` callers, woken when nothing waits for an fsync."""
+
+
+_FsyncRequest = tuple[asyncio.AbstractEventLoop, Callable[[OSError | None], None]]
+
+
+class _Fsyncer:
+    """A thread that fsyncs the WAL file on request and tells the asking loop when it
+    returned (a plain queue and ``call_soon_threadsafe``: an executor's futures cost the
+    loop more CPU per batch)."""
+
+    def __init__(self, wal: WalFile) -> None:
+        self._wal = wal
+        self._requests: queue.SimpleQueue[_FsyncRequest | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._serve, name="farthing-fsync", daemon=True)
+        self._thread.start()
+
+    def request(
+        self, loop: asyncio.AbstractEventLoop, done: Callable[[OSError | None], None]
+    ) -> None:
+        self._requests.put((loop, done))
+
+    def stop(self) -> None:
+        self._requests.put(None)
+        self._thread.join(timeout=10)
+
+    def _serve(self) -> None:
+        while (asked := self._requests.get()) is not None:
+            loop, done = asked
+            error: OSError | None = None
+            try:
+                self._wal.sync()
+            except OSError as failed:
+                error = failed
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
+                loop.call_soon_threadsafe(done, error)
+
+
+def _not_durable(error: BaseException) -> Unavailable:
+    """The answer to a payment whose commit's fsync failed: never a success."""
+    failure = Unavailable(
+        "the store could not make this payment durable; send it again",
+        retry_after=1,
+    )
+    failure.__cause__ = error
+    return failure
+
+
 # One batch holds jobs of many result types; each job's future is typed by its own.
 _AnyJob = _HotJob[Any] | _TxJob[Any]
 J = TypeVar("J", _HotJob[Any], _TxJob[Any])
@@ -102,10 +169,12 @@ class StoreWriter:
         on_loop: bool | None = None,
         awaited_from: int = _AWAITED_FROM,
         observe: Callable[[int, float], None] | None = None,
+        fsync: Fsync = os.fsync,
     ) -> None:
         """``observe(jobs, seconds)``, if given, is told of every commit (for metrics).
         ``awaited_from``: PostgreSQL, the fewest jobs a batch committed on the loop holds
-        (smaller ones go to the thread)."""
+        (smaller ones go to the thread). ``fsync``: SQLite, the call that makes the WAL
+        file durable after the loop's commits (``os.fsync``; a stand-in in tests)."""
         self._awaited_from = awaited_from
         self._store = store
         self._observe = observe
@@ -120,6 +189,12 @@ class StoreWriter:
         self._queue: queue.SimpleQueue[_AnyJob | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        # SQLite: the loop commits without the fsync, which runs on a thread of its own.
+        self._wal = (
+            store.wal_file(fsync=fsync) if self._on_loop and store.unsynced_batches else None
+        )
+        self._syncs: dict[asyncio.AbstractEventLoop, _WalSyncs] = {}
+        self._fsyncer: _Fsyncer | None = None
 
     async def run_hot(self, work: Callable[[HotTx], T]) -> T:
         """A hot-path write (compare-and-set of a card or commitment), group-committed."""
@@ -144,6 +219,9 @@ class StoreWriter:
                 self._hand_to_thread(jobs)  # few jobs: the thread's fewer round trips cost less
                 return
             self._in_flight[loop] = loop.create_task(self._commit_awaited(loop, jobs))
+            return
+        if self._wal is not None:
+            self._commit_unsynced(loop, jobs)
             return
         started = time.perf_counter()
         try:
@@ -181,6 +259,82 @@ class StoreWriter:
             if loop in self._pending:
                 loop.call_soon(self._commit_on_loop, loop)
 
+    # --- SQLite: commit on the loop, fsync the WAL on a thread (see _walsync) ----------------
+
+    def _commit_unsynced(self, loop: asyncio.AbstractEventLoop, jobs: list[_HotJob[Any]]) -> None:
+        """Commit what this pass of the loop queued without waiting for the disk; its
+        requests are answered after the next fsync of the WAL file (:meth:`_synced`)."""
+        started = time.perf_counter()
+        try:
+            with self._store.hot_batch_unsynced() as hot:
+                results = [job.work(hot) for job in jobs]
+        except Exception:  # all rolled back: the thread runs them again (as _commit_on_loop)
+            self._hand_to_thread(jobs)
+            return
+        self._observed(len(jobs), started)
+        syncs = self._syncs.get(loop)
+        if syncs is None:
+            syncs = self._syncs[loop] = _WalSyncs()
+        syncs.waiting.extend(zip(jobs, results, strict=True))
+        if not syncs.running:
+            self._start_sync(loop, syncs)
+
+    def _start_sync(self, loop: asyncio.AbstractEventLoop, syncs: _WalSyncs) -> None:
+        """One fsync for every batch committed so far and not yet covered; at most one runs
+        per loop, and what commits meanwhile waits for the next."""
+        assert self._wal is not None
+        riding, syncs.waiting = syncs.waiting, []
+        syncs.running = True
+        if self._fsyncer is None:
+            self._fsyncer = _Fsyncer(self._wal)
+        self._fsyncer.request(loop, lambda error: self._synced(loop, syncs, riding, error))
+
+    def _synced(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        syncs: _WalSyncs,
+        riding: list[tuple[_HotJob[Any], object]],
+        error: OSError | None,
+    ) -> None:
+        """The fsync returned: answer the batches it covered (Unavailable if it failed),
+        then start the next one for what committed meanwhile."""
+        syncs.suspect = error is not None
+        for job, result in riding:
+            if job.future.done():
+                continue  # the request was cancelled (its client went away)
+            if error is None:
+                job.future.set_result(result)
+            else:
+                job.future.set_exception(_not_durable(error))
+        syncs.running = False
+        if syncs.waiting:
+            self._start_sync(loop, syncs)
+            return
+        idle, syncs.idle = syncs.idle, []
+        for waiter in idle:
+            if waiter.done():
+                continue
+            if error is None:
+                waiter.set_result(None)
+            else:
+                waiter.set_exception(_not_durable(error))
+
+    async def durable(self) -> None:
+        """Return once every hot batch this loop committed so far is durable (SQLite: the
+        fsync covering them returned; elsewhere at once: they were durable at commit).
+        For an answer that rests on a read of the store, e.g. a resend served as retried:
+        a read can see a commit of ours whose fsync is still running (or failed: then a new
+        fsync must succeed first; Unavailable if it fails too)."""
+        loop = asyncio.get_running_loop()
+        syncs = self._syncs.get(loop)
+        if syncs is None or not (syncs.running or syncs.waiting or syncs.suspect):
+            return
+        idle = loop.create_future()
+        syncs.idle.append(idle)
+        if not syncs.running:  # the last fsync failed: this one must succeed first
+            self._start_sync(loop, syncs)
+        await idle
+
     def _hand_to_thread(self, jobs: list[_HotJob[Any]]) -> None:
         self._start()
         for job in jobs:
@@ -203,12 +357,19 @@ class StoreWriter:
         if thread is not None:
             self._queue.put(None)
             thread.join(timeout=10)
+        fsyncer, self._fsyncer = self._fsyncer, None
+        if fsyncer is not None:
+            fsyncer.stop()
+        if self._wal is not None:
+            self._wal.close()
 
     async def aclose(self) -> None:
         """Finish this loop's batches, then what the thread has queued, then stop it."""
         loop = asyncio.get_running_loop()
         while (task := self._in_flight.get(loop)) is not None:
             await asyncio.shield(task)
+        with contextlib.suppress(Unavailable):  # a failing fsync answered its own batches
+            await self.durable()
         await asyncio.to_thread(self.close)
 
     def _start(self) -> None:

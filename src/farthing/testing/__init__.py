@@ -17,13 +17,16 @@ compares them.
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import os
+import threading
 from typing import Any
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-__all__ = ["DeterministicRandom", "FixedClock", "SoftwareWrappingKey"]
+__all__ = ["DeterministicRandom", "FixedClock", "GatedFsync", "SoftwareWrappingKey"]
 
 
 class FixedClock:
@@ -61,14 +64,16 @@ class MemoryCardBook:
     """An in-memory card book for vendor tests: a dict of frozen states by ``key_attr``.
 
     ``advance(old, new, challenge, now)`` succeeds only if the challenge id was not used and
-    the stored state still equals ``old``, and ``insert`` never overwrites: the same contract
-    the database store keeps.
+    the stored state still equals ``old`` (a state from ``introduce`` is stored first unless
+    its key is known), and ``insert`` never overwrites: the same contract the database store
+    keeps.
     """
 
     def __init__(self, key_attr: str = "card_id") -> None:
         self.states: dict[bytes, object] = {}
         self.used_challenges: set[bytes] = set()
         self.used_at: dict[bytes, int] = {}
+        self.introduced: dict[bytes, object] = {}
         self._key_attr = key_attr
 
     def _key(self, state: object) -> bytes:
@@ -87,12 +92,22 @@ class MemoryCardBook:
         self.states[self._key(state)] = state
         return True
 
+    async def introduce(self, state: object) -> object:
+        """A state a payment introduced: stored by that payment's ``advance``."""
+        self.introduced[self._key(state)] = state
+        return state
+
+    async def durable(self) -> None:
+        return None  # a dict's writes are as durable as they get at once
+
     async def advance(self, old: object, new: object, challenge: Any, now: int) -> Any:
         """``challenge`` a ChallengeId; the result the paywall's ``Advance`` (a StrEnum)
         by value: this module may import the core only."""
         if challenge.raw in self.used_challenges:
             return "used"
         key = self._key(old)
+        if key not in self.states and self.introduced.get(key) == old:
+            self.states[key] = old  # insert-if-absent, in the same write as the advance
         if self.states.get(key) != old:
             return "lost"
         self.states[key] = new
@@ -105,6 +120,59 @@ class MemoryCardBook:
 
     async def challenge_used_at(self, challenge: Any) -> int | None:
         return self.used_at.get(bytes(challenge.raw))
+
+
+class GatedFsync:
+    """``os.fsync`` behind a gate, for a store writer's WAL fsync in tests
+    (``StoreWriter(store, fsync=GatedFsync())``): after :meth:`hold` each fsync waits
+    until :meth:`release` (all) or :meth:`release_one` (the next); :meth:`fail_next` makes
+    the next ones raise OSError(EIO) instead of syncing. ``started`` is set when an fsync
+    begins; ``begun`` and ``returned`` count them."""
+
+    def __init__(self) -> None:
+        self._turn = threading.Condition()
+        self._held = False
+        self._permits = 0
+        self._failures = 0
+        self.started = threading.Event()
+        self.begun = 0
+        self.returned = 0
+
+    def hold(self) -> None:
+        with self._turn:
+            self._held = True
+
+    def release(self) -> None:
+        with self._turn:
+            self._held = False
+            self._turn.notify_all()
+
+    def release_one(self) -> None:
+        with self._turn:
+            self._permits += 1
+            self._turn.notify_all()
+
+    def fail_next(self, count: int = 1) -> None:
+        with self._turn:
+            self._failures += count
+
+    def __call__(self, fd: int) -> None:
+        with self._turn:
+            self.begun += 1
+            self.started.set()
+            if not self._turn.wait_for(lambda: not self._held or self._permits > 0, 60):
+                raise OSError(errno.ETIMEDOUT, "the test never released the fsync")
+            if self._held:
+                self._permits -= 1
+            failing = self._failures > 0
+            self._failures -= failing
+        try:
+            if failing:
+                raise OSError(errno.EIO, "fsync failed (farthing.testing.GatedFsync)")
+            os.fsync(fd)
+        finally:
+            with self._turn:
+                self.returned += 1
 
 
 class SoftwareWrappingKey:

@@ -116,6 +116,11 @@ class ChallengeLog(Protocol):
         """When a payment was accepted under the id (None: never, or not kept)."""
         ...
 
+    async def durable(self) -> None:
+        """Return once every id this process took so far is durable (a resend is answered
+        from a read, which may see a take still being synced)."""
+        ...
+
 
 class HllMethod:
     """The vendor adapter of ``hll:mac``."""
@@ -231,6 +236,7 @@ class HllMethod:
         if await self._used.take(context.challenge, context.now, context.request):
             return True
         if same_request(await self._used.request_of(context.challenge), context.request):
+            await self._used.durable()
             return False
         raise challenge_used()
 

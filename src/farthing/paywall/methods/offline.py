@@ -16,7 +16,7 @@ from collections import OrderedDict
 from enum import StrEnum
 from typing import Final, Generic, Protocol, TypeVar
 
-from farthing.core.errors import ErrorCode, FarthingError, InvalidPayment
+from farthing.core.errors import ErrorCode, FarthingError, InvalidPayment, Unavailable
 from farthing.core.money import Denomination
 from farthing.http.payment_auth import ChallengeId, JsonObject
 from farthing.paywall.methods.base import PaymentContext, Settlement
@@ -64,8 +64,16 @@ class CardBook(Protocol[S]):
         none was (the retry path only)."""
         ...
 
-    async def insert(self, state: S) -> bool:
-        """Store a new state unless one with its key exists (never overwrite)."""
+    async def introduce(self, state: S) -> S:
+        """A new state carried by a payment (PayWord's commitment), to judge the payment
+        against; the payment's :meth:`advance` stores it unless one with its key exists
+        (never overwrite), in the same durable write. Raises InvalidPayment if such states
+        are never introduced by a payment (SZM cards)."""
+        ...
+
+    async def durable(self) -> None:
+        """Return once every write this process made so far is durable (an answer resting
+        on a read of the store waits for it: a read may see a write still being synced)."""
         ...
 
 
@@ -98,6 +106,10 @@ class OfflineScheme(Protocol[S, P]):
 
     def introduce(self, payment: P, *, now: int) -> S | None:
         """A new state carried by the payment itself (PayWord's commitment), or None."""
+        ...
+
+    def introduces(self, payment: P) -> bool:
+        """Does the payment carry a new state (checked by :meth:`introduce`)?"""
         ...
 
 
@@ -179,6 +191,8 @@ class OfflineMethod(Generic[S, P]):
         if cached is not None and self._staleness.trusted():
             try:
                 outcome = await self._settle_cached(key, cached, payment, context)
+            except Unavailable:
+                raise  # the write's outcome is not known durable: never judged as stale
             except FarthingError:
                 outcome = None
             self._staleness.saw(stale=not isinstance(outcome, Settlement))
@@ -190,7 +204,32 @@ class OfflineMethod(Generic[S, P]):
         stored = await self._stored(key, payment, context)
         if cached is not None:  # not tried: learn whether it would have been current
             self._staleness.saw(stale=cached != stored)
+        if stored is None:
+            return await self._settle_introduced(key, payment, context)
         return await self._settle_against(key, stored, payment, context)
+
+    async def _settle_introduced(
+        self, key: bytes, payment: P, context: PaymentContext
+    ) -> Settlement:
+        """A state the payment brings itself (PayWord's commitment, unknown here): its
+        write stores it and moves it in one hot batch. If a concurrent payment stored it
+        first (the write lost), the payment is judged again against the stored state, as
+        a stale cached one is."""
+        introduced = self._scheme.introduce(payment, now=context.now)
+        if introduced is None:
+            raise InvalidPayment()
+        state = await self._book.introduce(introduced)
+        try:
+            outcome = await self._settle_cached(key, state, payment, context)
+        except Unavailable:
+            raise
+        except FarthingError:
+            outcome = None
+        if isinstance(outcome, Settlement):
+            return outcome
+        # Refused, or the write lost: judge it against the stored state, or (none stored)
+        # against the introduced one, which says why it was refused.
+        return await self._settle_against(key, outcome or state, payment, context)
 
     async def _settle_cached(
         self, key: bytes, cached: S, payment: P, context: PaymentContext
@@ -220,14 +259,10 @@ class OfflineMethod(Generic[S, P]):
             return await self._book.load(key)  # the card moved: here is where it is now
         return None
 
-    async def _stored(self, key: bytes, payment: P, context: PaymentContext) -> S:
+    async def _stored(self, key: bytes, payment: P, context: PaymentContext) -> S | None:
+        """The stored state; None if there is none but the payment carries one."""
         stored = await self._book.load(key)
-        if stored is None:
-            introduced = self._scheme.introduce(payment, now=context.now)
-            if introduced is not None:
-                await self._book.insert(introduced)
-                stored = await self._book.load(key)
-        if stored is None:
+        if stored is None and not self._scheme.introduces(payment):
             raise InvalidPayment()
         return stored
 
@@ -247,8 +282,8 @@ class OfflineMethod(Generic[S, P]):
             # once; or the challenge id was used. The stored state tells which; only the
             # refusal path reads it.
             stored = await self._book.load(key)
-            if stored is None:
-                raise InvalidPayment()
+            if stored is None:  # a state this payment introduced, not stored: say why
+                return await self._retried(state, payment, context, InvalidPayment())
             self._cache.put(key, stored)
             return await self._retried(stored, payment, context, InvalidPayment())
         self._cache.put(key, new_state)
@@ -268,6 +303,7 @@ class OfflineMethod(Generic[S, P]):
             raise refused from None
         if not context.delivered_here:
             await self._not_in_flight_elsewhere(context)
+        await self._book.durable()  # the state read may hold a write not yet synced
         return settlement
 
     async def _not_in_flight_elsewhere(self, context: PaymentContext) -> None:

@@ -29,6 +29,8 @@ class HeldCommitment:
     commitment_id: bytes
     state: payword.CommitmentState
     encoded: bytes = field(repr=False)
+    stored: bool = field(default=True, compare=False)
+    """False for a commitment its payment just introduced: that payment's write stores it."""
 
 
 class PaywordPaid(NamedTuple):
@@ -66,6 +68,9 @@ class PaywordScheme:
 
     def denomination(self, held: HeldCommitment) -> Denomination:
         return held.state.denomination
+
+    def introduces(self, paid: PaywordPaid) -> bool:
+        return paid.commitment is not None
 
     def introduce(self, paid: PaywordPaid, *, now: int) -> HeldCommitment | None:
         raw = paid.commitment

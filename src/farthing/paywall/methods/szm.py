@@ -182,6 +182,9 @@ class SzmScheme(Generic[C]):
     def introduce(self, payment: Parsed, *, now: int) -> None:
         return None
 
+    def introduces(self, payment: P) -> bool:
+        return False  # cards are issued by the issuer, never introduced by a payment
+
     def verify(
         self, state: C, payment: Parsed, *, units: int, now: int, request: bytes | None
     ) -> tuple[C, Settlement]:

@@ -1,0 +1,114 @@
+"""The WAL file of a SQLite store, made durable by an ``fsync`` of our own, off the loop.
+
+The event loop commits its hot batches on connections with ``synchronous=NORMAL``: the
+commit writes the transaction's frames to the ``-wal`` file (into the OS page cache) and
+returns without waiting for the disk. :class:`WalFile` then fsyncs that file on a thread
+(``os.fsync`` releases the GIL), and the writer answers the batch's requests only when an
+fsync that *began after their commit* has returned (:class:`farthing.store.writer.StoreWriter`).
+A transaction answered that way survives a power loss exactly as with ``synchronous=FULL``:
+
+1. What FULL adds. In WAL mode the one difference between FULL and NORMAL is one sync of
+   the WAL file after each commit's frames are written (sqlite.org/pragma.html#pragma_synchronous:
+   "With synchronous=FULL in WAL mode, an additional sync operation of the WAL file happens
+   after each transaction commit"; wal.c ``walFrames``: ``if( isCommit &&
+   WAL_SYNC_FLAGS(sync_flags)!=0 ) ... sqlite3OsSync(w.pFd, ...)``, no padding with the
+   unix VFS's default powersafe overwrite). Every other sync, NORMAL does too: the WAL
+   header after a WAL restart is synced before any frame follows it (``syncHeader``, ticket
+   ff5be73dee), and a checkpoint syncs the WAL before it copies pages and the database
+   file after (wal.html, "Checkpointing"). Our fsync of the same file, begun after the
+   commit returned, covers every byte the commit wrote (fsync flushes all of the file's
+   data written before it started), so once it returns the disk holds what FULL's own sync
+   would have put there.
+2. Recovery. After a power loss SQLite reads the WAL header and takes frames in order while
+   their salts match the header's and their cumulative checksums hold, up to the last
+   commit frame (wal.html, "The WAL File Format"). Our commit frame and every frame before
+   it are on disk, written after the (synced) header of this WAL generation: they are
+   valid, so the transaction is replayed. Later frames that did not reach the disk only cut
+   the log after ours.
+3. The WAL reset. A writer restarts the WAL (new salts, frames from the start) only after a
+   checkpoint has copied every frame into the database file and synced it; so a
+   transaction whose frames get overwritten is already durable in the database file.
+4. The file's identity. The ``-wal`` file is deleted only when the last connection closes,
+   after a checkpoint into the (synced) database file; a new one is then a new inode. A
+   descriptor kept from before would fsync the deleted file and never the new one, so each
+   :meth:`WalFile.sync` compares the path's inode with the kept descriptor's and reopens
+   on a change: it fsyncs the file the path names when the fsync starts, which holds every
+   commit made before (or those commits were checkpointed into the database file).
+5. Other connections (the writer thread, deposits, other workers) commit with FULL on the
+   same file. Their sync covers our frames as well; their commits come after ours in the
+   log, so none of theirs survives without ours.
+
+What differs from FULL: another connection can *read* a transaction of ours before its
+fsync (FULL syncs before the commit becomes visible). A request answered from such a read
+(a resend served as retried) first waits for the pending fsync
+(:meth:`StoreWriter.durable`); another worker refuses such a resend for
+``DELIVERY_LEASE`` seconds anyway (docs/http.md).
+
+If the fsync fails, the batches it covered are answered Unavailable (their writes are
+committed and may or may not be on disk: the client's resend is served as a retry once a
+later fsync succeeds). Linux reports a write-back error to each descriptor once; the
+kept descriptor stays open so that the error is seen by the fsync that covers the batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+__all__ = ["Fsync", "WalFile"]
+
+Fsync = Callable[[int], None]
+"""``os.fsync`` or a stand-in for tests (:class:`farthing.testing.GatedFsync`)."""
+
+
+class WalFile:
+    """The ``-wal`` file next to one SQLite database, fsynced on request (from a thread)."""
+
+    def __init__(self, database: Path, *, fsync: Fsync = os.fsync) -> None:
+        self._path = database.with_name(database.name + "-wal")
+        self._fsync = fsync
+        self._fd: int | None = None
+        self._identity: tuple[int, int] | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    def sync(self) -> None:
+        """Make every commit written to the WAL so far durable (blocking; call it from a
+        thread). Raises OSError if the fsync fails."""
+        with self._lock:
+            fd = self._current()
+            if fd is not None:
+                self._fsync(fd)
+
+    def _current(self) -> int | None:
+        """A descriptor of the file the path names now (reopened if it was replaced); None
+        if there is no WAL file (every commit was checkpointed into the database file)."""
+        try:
+            now = os.stat(self._path)
+        except FileNotFoundError:
+            self._forget()
+            return None
+        identity = (now.st_dev, now.st_ino)
+        if self._fd is not None and identity == self._identity:
+            return self._fd
+        self._forget()
+        fd = os.open(self._path, os.O_RDONLY | os.O_CLOEXEC)
+        opened = os.fstat(fd)
+        self._fd, self._identity = fd, (opened.st_dev, opened.st_ino)
+        return fd
+
+    def _forget(self) -> None:
+        fd, self._fd, self._identity = self._fd, None, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def close(self) -> None:
+        with self._lock:
+            self._forget()

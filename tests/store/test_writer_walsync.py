@@ -1,0 +1,240 @@
+"""SQLite: the loop commits its hot batches without the fsync; a thread fsyncs the WAL file
+and only then are the batch's requests answered (store/_walsync.py, store/writer.py).
+
+The fsync is real (``os.fsync`` on the store's ``-wal`` file) behind a gate
+(:class:`farthing.testing.GatedFsync`), so a test can hold it and look at what the loop
+does meanwhile: it must keep serving (other requests, other payments' commits), and no
+payment may be answered before an fsync that began after its commit has returned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+
+from farthing.core.clock import Clock, SystemClock
+from farthing.core.errors import Unavailable
+from farthing.core.schemes import szm_chain
+from farthing.paywall.books import ChainBook
+from farthing.paywall.methods.offline import DELIVERY_LEASE, OfflineMethod
+from farthing.paywall.methods.szm import SzmScheme
+from farthing.paywall.middleware import Paywall
+from farthing.paywall.pricing import Price, PriceTable
+from farthing.store import HotTx, Store, open_store
+from farthing.store.writer import StoreWriter
+from farthing.testing import DeterministicRandom, FixedClock, GatedFsync
+from tests.paywall.helpers import KEYS, issue_chain_cards
+from tests.paywall.test_szm_methods import auth, challenge_id
+
+pytestmark = pytest.mark.anyio
+EXPIRES = 4_000_000_000
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def sqlite_store(tmp_path: Path, sqlite_template: Path) -> Store:
+    path = tmp_path / "store.sqlite"
+    path.write_bytes(sqlite_template.read_bytes())
+    store = open_store(str(path), create=False)
+    yield store  # type: ignore[misc]
+    store.close()
+
+
+def _pay(card_id: bytes, old: int, challenge: bytes) -> Callable[[HotTx], str]:
+    def spend(hot: HotTx) -> str:
+        if not hot.vendor.use_challenge(challenge, EXPIRES, EXPIRES - 300):
+            return "used"
+        if not hot.szm.advance(card_id, old, old + 1, bytes([old + 1]) * 32):
+            hot.vendor.release_challenge(challenge)
+            return "lost"
+        return "won"
+
+    return spend
+
+
+async def _until(predicate: Callable[[], bool]) -> None:
+    """Let the loop run until ``predicate`` holds (bounded: 10 s)."""
+    for _ in range(10_000):
+        if predicate():
+            return
+        await asyncio.sleep(0.001)
+    raise AssertionError("never happened")
+
+
+async def test_payments_wait_for_their_fsync_while_the_loop_goes_on(sqlite_store: Store) -> None:
+    """A payment committed while the fsync is held is not answered; meanwhile another
+    payment commits on the loop (visible to another connection), and is answered only
+    after an fsync that began after *its* commit, not the one already running."""
+    store = sqlite_store
+    first, second = issue_chain_cards(store, 2)
+    gate = GatedFsync()
+    writer = StoreWriter(store, fsync=gate)
+    witness = open_store(str(store.wal_file().path)[: -len("-wal")], create=False)
+    try:
+        gate.hold()
+        paying = asyncio.ensure_future(writer.run_hot(_pay(first.card_id, 0, b"\x01" * 32)))
+        await asyncio.to_thread(gate.started.wait, 10)
+        assert witness.challenge_used(b"\x01" * 32)  # committed on the loop...
+        assert not paying.done()  # ...not answered: its fsync has not returned
+        gate.started.clear()
+
+        # The loop is free: another payment commits now, while the first one's fsync runs.
+        other = asyncio.ensure_future(writer.run_hot(_pay(second.card_id, 0, b"\x02" * 32)))
+        await _until(lambda: witness.challenge_used(b"\x02" * 32))
+        assert writer._thread is None  # committed by the loop itself, not handed to a thread
+        assert not paying.done()
+        assert not other.done()
+
+        gate.release_one()  # the first fsync returns; the next one (for the second) waits
+        assert await paying == "won"
+        await _until(lambda: gate.begun == 2)
+        await asyncio.sleep(0.05)
+        assert not other.done()  # committed during the first fsync: not covered by it
+        gate.release()
+        assert await other == "won"
+        assert gate.returned == 2
+    finally:
+        gate.release()
+        await writer.aclose()
+        witness.close()
+
+
+async def test_a_failing_fsync_fails_its_payments_and_the_store_recovers(
+    sqlite_store: Store,
+) -> None:
+    store = sqlite_store
+    cards = issue_chain_cards(store, 3)
+    gate = GatedFsync()
+    writer = StoreWriter(store, fsync=gate)
+    try:
+        gate.fail_next()
+        with pytest.raises(Unavailable) as failed:
+            await writer.run_hot(_pay(cards[0].card_id, 0, b"\x03" * 32))
+        assert isinstance(failed.value.__cause__, OSError)  # the fsync's own error, kept
+        # The next payments are served as usual once the fsync works again.
+        outcomes = await asyncio.gather(
+            *(writer.run_hot(_pay(c.card_id, 0, bytes([9, n]) * 16)) for n, c in enumerate(cards))
+        )
+        assert outcomes == ["lost", "won", "won"]  # card 0 moved: its failed write committed
+    finally:
+        await writer.aclose()
+
+
+async def test_the_fsync_follows_a_wal_file_that_was_replaced(sqlite_store: Store) -> None:
+    """The -wal file is deleted when the last connection closes and made anew later: a kept
+    descriptor would fsync the deleted file; the WAL file reopens the new one."""
+    wal = sqlite_store.wal_file()
+    issue_chain_cards(sqlite_store, 1)
+    wal.sync()
+    before = os.stat(wal.path).st_ino
+    kept = wal._fd  # the descriptor it keeps open: its inode cannot be given to another file
+    database = str(wal.path)[: -len("-wal")]
+    sqlite_store.close()  # the last connection: checkpointed and the -wal deleted
+    assert not wal.path.exists()
+    assert kept is not None
+    holder = open_store(database, create=False)
+    try:
+        issue_chain_cards(holder, 1, seed="again")
+        calls: list[int] = []
+        wal._fsync = calls.append  # see which descriptor it syncs
+        wal.sync()
+        assert len(calls) == 1
+        synced = os.fstat(calls[0])
+        assert (synced.st_ino, synced.st_nlink) == (os.stat(wal.path).st_ino, 1)
+        assert synced.st_ino != before  # the old inode is held by the old descriptor
+    finally:
+        wal.close()
+        holder.close()
+
+
+def _paywall(store: Store, writer: StoreWriter, clock: Clock | None = None) -> Paywall:
+    async def article(request: object) -> PlainTextResponse:
+        return PlainTextResponse("article")
+
+    prices = PriceTable()
+    prices.add("/articles/*", Price(micros=1000, currency="EUR"))
+    app = Starlette(routes=[Route("/articles/{slug}", article), Route("/free/{slug}", article)])
+    book = ChainBook(store, writer)
+    return Paywall(
+        app,
+        realm="news",
+        prices=prices,
+        methods=[OfflineMethod(SzmScheme.chain(KEYS.chain_master), book)],  # type: ignore[arg-type]
+        challenge_secret=b"s" * 32,
+        clock=clock or SystemClock(),
+        rng=DeterministicRandom("walsync"),
+    )
+
+
+async def test_a_free_request_is_served_while_a_payment_waits_for_its_fsync(
+    sqlite_store: Store,
+) -> None:
+    store = sqlite_store
+    card = issue_chain_cards(store, 1)[0]
+    gate = GatedFsync()
+    writer = StoreWriter(store, fsync=gate)
+    paywall = _paywall(store, writer)
+    transport = httpx.ASGITransport(app=paywall)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://v") as client:
+            cid = await challenge_id(client)
+            card, payment, _key = szm_chain.next_payment(card, 1, now=int(time.time()))
+            gate.hold()
+            paid = asyncio.ensure_future(client.get("/articles/a", headers=auth(cid, payment)))
+            await asyncio.to_thread(gate.started.wait, 10)
+            free = await asyncio.wait_for(client.get("/free/a"), timeout=10)
+            assert free.status_code == 200  # served while the payment waits for the disk
+            assert not paid.done()
+            gate.release()
+            response = await paid
+            assert response.status_code == 200
+            assert gate.returned >= 1
+    finally:
+        gate.release()
+        await writer.aclose()
+
+
+async def test_a_payment_whose_fsync_fails_is_not_served_and_its_resend_is(
+    sqlite_store: Store,
+) -> None:
+    """Through the paywall: the failing fsync's payment is answered 503 (never 200); the
+    same request sent again is served once a later fsync succeeded, without a second
+    charge (its write had committed)."""
+    store = sqlite_store
+    card = issue_chain_cards(store, 1)[0]
+    gate = GatedFsync()
+    writer = StoreWriter(store, fsync=gate)
+    clock = FixedClock(int(time.time()))
+    transport = httpx.ASGITransport(app=_paywall(store, writer, clock))
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://v") as client:
+            cid = await challenge_id(client)
+            card, payment, _key = szm_chain.next_payment(card, 1, now=clock.now())
+            gate.fail_next()
+            failed = await client.get("/articles/a", headers=auth(cid, payment))
+            assert failed.status_code == 503
+            assert b"article" not in failed.content
+            assert failed.headers["retry-after"] == "1"
+            begun = gate.begun
+            clock.advance(DELIVERY_LEASE + 1)  # before that a resend is told "in progress"
+            resent = await client.get("/articles/a", headers=auth(cid, payment))
+            assert resent.status_code == 200, resent.text
+            assert gate.begun > begun  # served only after a new fsync succeeded
+    finally:
+        await writer.aclose()
+    row = store.szm_card(card.card_id)
+    assert row is not None
+    assert row.spent == 1  # charged once
