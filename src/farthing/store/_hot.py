@@ -17,6 +17,7 @@ from sqlalchemy import (
     Select,
     Table,
     Update,
+    any_,
     bindparam,
     delete,
     func,
@@ -71,9 +72,11 @@ class PreparedHot:
         used = vendor_used_challenges.c
         return cls(
             szm_advance=FastStatement.prepare(hot.szm_advance, dialect),
-            szm_card=FastStatement.prepare(hot.szm_card, dialect),
+            szm_card=_by_keys(hot.szm_card, szm_cards, "card_id", dialect),
             payword_advance=FastStatement.prepare(hot.payword_advance, dialect),
-            payword_commitment=FastStatement.prepare(hot.payword_commitment, dialect),
+            payword_commitment=_by_keys(
+                hot.payword_commitment, vendor_payword_commitments, "commitment_id", dialect
+            ),
             challenge_use=FastStatement.prepare(_challenge_use(dialect), dialect),
             challenge_release=FastStatement.prepare(
                 delete(vendor_used_challenges).where(used.challenge_id == bindparam("key_id")),
@@ -94,6 +97,20 @@ class PreparedHot:
             ),
             challenge_prune=FastStatement.prepare(_challenge_prune(), dialect),
         )
+
+
+def _by_keys(
+    read: Select[tuple[object, ...]], table: Table, key: str, dialect: Dialect
+) -> FastStatement:
+    """A read of one row by ``key`` (parameter ``key_<key>``); on PostgreSQL also for many
+    keys in one statement (``key = ANY(:keys)``), for the event loop's read rounds."""
+    one = FastStatement.prepare(read, dialect)
+    if dialect.name != "postgresql":
+        return one
+    column = table.c[key]
+    keys = bindparam("keys", type_=postgresql.ARRAY(column.type))
+    many = FastStatement.prepare(select(table).where(column == any_(keys)), dialect)
+    return one.reading_many(many, param=f"key_{key}", column=key)
 
 
 class HotArea:
