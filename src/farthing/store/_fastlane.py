@@ -114,6 +114,17 @@ class FastBatch:
         count: int = _execute(self._connection, statement, params, fetch=False)
         return count
 
+    def fetch_one(
+        self, statement: FastStatement, params: Mapping[str, object], *, final: bool = False
+    ) -> dict[str, Any] | None:
+        """Execute a statement inside the batch; return its first row (a dict), or None.
+
+        ``final``: the job runs no statement after this one, so an async batch whose
+        waiting jobs are all at their final statement sends COMMIT in the same round trip
+        (a job that runs another statement after it then fails: RuntimeError)."""
+        row: dict[str, Any] | None = _execute(self._connection, statement, params, fetch=True)
+        return row
+
 
 class _PipedBatch(FastBatch):
     """One job's view of an :class:`AsyncFastLane` batch: each statement suspends the
@@ -126,17 +137,29 @@ class _PipedBatch(FastBatch):
         pass
 
     def rowcount(self, statement: FastStatement, params: Mapping[str, object]) -> int:
-        parent = greenlet.getcurrent().parent
-        if parent is None:
-            raise RuntimeError("a piped batch's statements run only inside its jobs")
-        count: int = parent.switch(_Statement(statement, params))
+        count: int = _suspend(_Statement(statement, params))
         return count
+
+    def fetch_one(
+        self, statement: FastStatement, params: Mapping[str, object], *, final: bool = False
+    ) -> dict[str, Any] | None:
+        row: dict[str, Any] | None = _suspend(_Statement(statement, params, True, final))
+        return row
+
+
+def _suspend(statement: _Statement) -> Any:
+    parent = greenlet.getcurrent().parent
+    if parent is None:
+        raise RuntimeError("a piped batch's statements run only inside its jobs")
+    return parent.switch(statement)
 
 
 @dataclass(frozen=True, slots=True)
 class _Statement:
     statement: FastStatement
     params: Mapping[str, object]
+    fetch: bool = False  # the job wants the first row, not the row count
+    final: bool = False  # the job's last statement (see FastBatch.fetch_one)
 
 
 @dataclass(frozen=True, slots=True)
@@ -390,26 +413,35 @@ async def _run_piped(
     for index, job in enumerate(jobs):
         runner = greenlet.greenlet(lambda job=job: _Finished(job(batch)))
         _step(runner, runner.switch(), index, waiting, results)
-    opened = False
+    opened = committed = False
     while waiting:
+        if committed:
+            raise RuntimeError("a hot job ran a statement after its final one")
         if not opened:
             await connection.execute("BEGIN")
             opened = True
         sent = []
         for statement, group in _groups(waiting):
-            cursor = connection.cursor()
+            fetch = waiting[group[0]][1].fetch
+            cursor = connection.cursor(row_factory=_dict_row()) if fetch else connection.cursor()
             rows = [waiting[index][1].params for index in group]
             await cursor.executemany(
                 statement.sql, [statement.bind(row) for row in rows], returning=True
             )
-            sent.append((group, cursor))
+            sent.append((group, cursor, fetch))
+        # Every job at its last statement: COMMIT goes in this round trip (a failing
+        # statement aborts the transaction, and the COMMIT with it).
+        if all(stmt.final for _runner, stmt in waiting.values()):
+            await connection.execute("COMMIT")
+            committed = True
         await pipeline.sync()
-        for group, cursor in sent:
+        for group, cursor, fetch in sent:
             for index in group:
                 runner, _stmt = waiting.pop(index)
-                _step(runner, runner.switch(cursor.rowcount), index, waiting, results)
+                answer = await cursor.fetchone() if fetch else cursor.rowcount
+                _step(runner, runner.switch(answer), index, waiting, results)
                 cursor.nextset()
-    if opened:
+    if opened and not committed:
         await connection.execute("COMMIT")
         await pipeline.sync()
     return results  # type: ignore[return-value]
@@ -420,9 +452,9 @@ def _groups(
 ) -> list[tuple[FastStatement, list[int]]]:
     """The waiting jobs by the statement they wait at, in order (one ``executemany`` each:
     psycopg sends a statement's rows about a third cheaper so than one ``execute`` each)."""
-    groups: dict[int, tuple[FastStatement, list[int]]] = {}
+    groups: dict[tuple[int, bool], tuple[FastStatement, list[int]]] = {}
     for index, (_runner, stmt) in waiting.items():
-        groups.setdefault(id(stmt.statement), (stmt.statement, []))[1].append(index)
+        groups.setdefault((id(stmt.statement), stmt.fetch), (stmt.statement, []))[1].append(index)
     return list(groups.values())
 
 
