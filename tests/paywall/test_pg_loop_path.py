@@ -45,7 +45,7 @@ class Worker:
     """One vendor worker: its own store (connections), writer and card cache."""
 
     def __init__(self, dsn: str, seed: str) -> None:
-        self.store = open_store(dsn, create=False)
+        self.store = open_store(dsn + "?loop_reads=1", create=False)
         self.writer = StoreWriter(self.store)
         book = ChainBook(self.store, self.writer)
         method = OfflineMethod(SzmScheme.chain(KEYS.chain_master), book)
@@ -201,3 +201,19 @@ async def test_a_broken_connection_fails_no_later_payment(
         row = a.store.szm_card(card.card_id)
         assert row is not None
         assert row.spent == expected
+
+
+async def test_without_loop_reads_the_reads_stay_in_a_thread(fresh_pg_dsn: str) -> None:
+    """The default (``loop_reads`` off): as before, a read hops to a thread."""
+    store = open_store(fresh_pg_dsn)
+    try:
+        card = issue_chain_cards(store, 1, seed="default")[0]
+
+        def read_where(card_id: bytes) -> tuple[int, Any]:
+            return threading.get_ident(), store.szm_card(card_id)
+
+        thread, row = await store.read_hot(read_where, card.card_id)
+    finally:
+        store.close()
+    assert thread != threading.get_ident()
+    assert row is not None

@@ -97,8 +97,11 @@ class Store:
         # if the budget leaves the thread lane a connection besides it and the batches'.
         self._loop_reads: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncReadLane]
         self._loop_reads = weakref.WeakKeyDictionary()
+        limits = engines.limits
         self._reads_on_loop = (
-            engines.async_connect is not None and engines.limits.lane_size >= _READ_LANE_FROM
+            engines.async_connect is not None
+            and limits.loop_reads
+            and limits.lane_size >= _READ_LANE_FROM
         )
 
     @property
@@ -213,11 +216,12 @@ class Store:
         """``await store.read_hot(store.szm_card, card_id)``: one fast-lane read from an
         event loop. On SQLite it runs on the loop itself: a WAL read never waits for a
         writer and costs ~30 us of CPU, a hop to a thread and back ~120 us (bench/stale.py
-        times the reads of a stale card cache). On PostgreSQL, a network round trip, the
-        loop awaits it on its own async connection (:class:`AsyncReadLane`: the reads of
-        one pass of the loop share a round trip); ``read`` runs in a greenlet that stops
-        at its statement. Without a free hot-path slot for that connection (or with
-        ``lane_size`` below 3), it runs in a thread, which may wait for one."""
+        times the reads of a stale card cache). On PostgreSQL, a network round trip, it
+        runs in a thread; with ``loop_reads=1`` in the DSN the loop awaits it on its own
+        async connection instead (:class:`AsyncReadLane`: the reads of one pass of the
+        loop share a round trip; ``read`` runs in a greenlet that stops at its statement),
+        unless there is no free hot-path slot for that connection or ``lane_size`` is
+        below 3."""
         if self.backend == "sqlite":
             return read(key)
         lane = self._read_lane()
