@@ -138,8 +138,9 @@ def _payment(card: bytes, old: int, challenge: ChallengeId) -> Callable[[HotTx],
     """The paywall's write for one payment of one unit (``books._spend``)."""
 
     def spend(hot: HotTx) -> Advance:
+        taken = (challenge.raw, challenge.expires, _NOW)
         return _spend(
-            hot, challenge, _NOW, lambda: hot.szm.advance(card, old, old + 1, os.urandom(32))
+            hot, _NOW, lambda: hot.szm.spend(card, old, old + 1, os.urandom(32), None, taken)
         )
 
     return spend

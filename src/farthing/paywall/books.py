@@ -14,7 +14,7 @@ import dataclasses
 import functools
 import itertools
 from collections.abc import Callable
-from typing import Generic, Protocol, TypeVar
+from typing import Final, Generic, Protocol, TypeVar
 
 from farthing.core.cardcode import Generator
 from farthing.core.errors import Conflict, ErrorCode, InvalidPayment
@@ -30,6 +30,7 @@ from farthing.store import (
     HllMode,
     HllPaymentState,
     HotTx,
+    SpendOutcome,
     Store,
     SzmCardRow,
     SzmProtocol,
@@ -95,10 +96,14 @@ class _SzmBook(Generic[C]):
         return await self._writer.run_hot(
             lambda hot: _spend(
                 hot,
-                challenge,
                 now,
-                lambda: hot.szm.advance(
-                    old.card_id, old.spent, new.spent, self._anchor(new), new.last_request
+                lambda: hot.szm.spend(
+                    old.card_id,
+                    old.spent,
+                    new.spent,
+                    self._anchor(new),
+                    new.last_request,
+                    (challenge.raw, challenge.expires, now),
                 ),
             )
         )
@@ -227,20 +232,19 @@ class PaywordBook:
     ) -> Advance:
         first = None if old.stored else _commitment_row(old)
 
-        def compare_and_set(hot: HotTx) -> bool:
+        def spend(hot: HotTx) -> SpendOutcome:
             if first is not None:  # introduced by this payment: stored in its batch
                 hot.vendor.add_commitment(first)
-            return hot.vendor.payword_advance(
+            return hot.vendor.payword_spend(
                 old.commitment_id,
                 old.state.spent,
                 new.state.spent,
                 new.state.last_value,
                 new.state.last_request,
+                (challenge.raw, challenge.expires, now),
             )
 
-        return await self._writer.run_hot(
-            lambda hot: _spend(hot, challenge, now, lambda: compare_and_set(hot))
-        )
+        return await self._writer.run_hot(lambda hot: _spend(hot, now, lambda: spend(hot)))
 
     async def challenge_used(self, challenge: ChallengeId) -> bool:
         return await self._store.read_hot(self._store.challenge_used, challenge.raw)
@@ -267,20 +271,20 @@ _PRUNE_EVERY = 1024  # accepted payments per process between prunings of expired
 _spent_since_prune = itertools.count(1)
 
 
-def _spend(
-    hot: HotTx, challenge: ChallengeId, now: int, compare_and_set: Callable[[], bool]
-) -> Advance:
-    """A payment's one write: take its challenge id, then move the card (commitment); give
-    the id back if the card moved under us. One INSERT more than the compare-and-set, in
-    the same batch and commit; every ``_PRUNE_EVERY`` payments one DELETE of expired ids."""
-    if not hot.vendor.use_challenge(challenge.raw, challenge.expires, now):
-        return Advance.USED
-    if not compare_and_set():
-        hot.vendor.release_challenge(challenge.raw)
-        return Advance.LOST
+def _spend(hot: HotTx, now: int, spend: Callable[[], SpendOutcome]) -> Advance:
+    """A payment's one write (the store takes its challenge id and moves the card or
+    commitment, both or neither: on PostgreSQL one statement, the job's last); every
+    ``_PRUNE_EVERY`` payments one DELETE of expired ids first, in the same batch."""
     if next(_spent_since_prune) % _PRUNE_EVERY == 0:
         hot.vendor.prune_challenges(now)
-    return Advance.WON
+    return _ADVANCE_OF[spend()]
+
+
+_ADVANCE_OF: Final = {
+    SpendOutcome.WON: Advance.WON,
+    SpendOutcome.LOST: Advance.LOST,
+    SpendOutcome.USED: Advance.USED,
+}
 
 
 class UsedChallenges:

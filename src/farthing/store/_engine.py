@@ -67,6 +67,10 @@ class PoolLimits:
     """Hot-path driver connections (see _fastlane)."""
     pool_timeout: float = 5.0
     """Seconds a request waits for a free connection before it is refused (503)."""
+    loop_reads: bool = False
+    """PostgreSQL: the hot path's reads on each event loop's own async connection
+    (``Store.read_hot``), not in a thread. Off by default: with two workers on a loaded
+    2-core machine it lowered paid throughput (docs/storage.md)."""
 
     @property
     def per_process(self) -> int:
@@ -74,7 +78,7 @@ class PoolLimits:
 
 
 _DEFAULT_LIMITS: Final = PoolLimits()
-_LIMIT_PARAMS: Final = ("pool_size", "lane_size", "pool_timeout")
+_LIMIT_PARAMS: Final = ("pool_size", "lane_size", "pool_timeout", "loop_reads")
 _SQLITE_LIMITS: Final = PoolLimits(pool_size=8, lane_size=16, pool_timeout=30.0)
 
 
@@ -140,6 +144,7 @@ def pool_limits(url: URL) -> tuple[URL, PoolLimits]:
             pool_size=int(_one(given.get("pool_size", _DEFAULT_LIMITS.pool_size))),
             lane_size=int(_one(given.get("lane_size", _DEFAULT_LIMITS.lane_size))),
             pool_timeout=float(_one(given.get("pool_timeout", _DEFAULT_LIMITS.pool_timeout))),
+            loop_reads=_one(given.get("loop_reads", "0")) in ("1", "true", "on"),
         )
     except ValueError:
         raise ValueError("pool_size, lane_size and pool_timeout must be numbers") from None

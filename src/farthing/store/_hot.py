@@ -17,16 +17,18 @@ from sqlalchemy import (
     Select,
     Table,
     Update,
+    any_,
     bindparam,
     delete,
     func,
+    insert,
     select,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 
 from farthing.store._fastlane import FastBatch, FastStatement
-from farthing.store._rows import CardStatus
+from farthing.store._rows import CardStatus, SpendOutcome
 from farthing.store._schema import szm_cards, vendor_payword_commitments, vendor_used_challenges
 
 __all__ = ["HotArea", "HotStatements", "PreparedHot"]
@@ -66,15 +68,21 @@ class PreparedHot:
     challenge_used_at: FastStatement
     challenge_request: FastStatement
     challenge_prune: FastStatement
+    # PostgreSQL: a payment's whole write as one statement (None on SQLite, which has no
+    # data-modifying WITH: there the challenge id and the compare-and-set are two).
+    szm_spend: FastStatement | None
+    payword_spend: FastStatement | None
 
     @classmethod
     def build(cls, hot: HotStatements, dialect: Dialect) -> PreparedHot:
         used = vendor_used_challenges.c
         return cls(
             szm_advance=FastStatement.prepare(hot.szm_advance, dialect),
-            szm_card=FastStatement.prepare(hot.szm_card, dialect),
+            szm_card=_by_keys(hot.szm_card, szm_cards, "card_id", dialect),
             payword_advance=FastStatement.prepare(hot.payword_advance, dialect),
-            payword_commitment=FastStatement.prepare(hot.payword_commitment, dialect),
+            payword_commitment=_by_keys(
+                hot.payword_commitment, vendor_payword_commitments, "commitment_id", dialect
+            ),
             payword_insert=FastStatement.prepare(_payword_insert(dialect), dialect),
             challenge_use=FastStatement.prepare(_challenge_use(dialect), dialect),
             challenge_release=FastStatement.prepare(
@@ -95,7 +103,25 @@ class PreparedHot:
                 select(used.request).where(used.challenge_id == bindparam("key_id")), dialect
             ),
             challenge_prune=FastStatement.prepare(_challenge_prune(), dialect),
+            szm_spend=_spend_for(dialect, hot.szm_advance, szm_cards, "card_id"),
+            payword_spend=_spend_for(
+                dialect, hot.payword_advance, vendor_payword_commitments, "commitment_id"
+            ),
         )
+
+
+def _by_keys(
+    read: Select[tuple[object, ...]], table: Table, key: str, dialect: Dialect
+) -> FastStatement:
+    """A read of one row by ``key`` (parameter ``key_<key>``); on PostgreSQL also for many
+    keys in one statement (``key = ANY(:keys)``), for the event loop's read rounds."""
+    one = FastStatement.prepare(read, dialect)
+    if dialect.name != "postgresql":
+        return one
+    column = table.c[key]
+    keys = bindparam("keys", type_=postgresql.ARRAY(column.type))
+    many = FastStatement.prepare(select(table).where(column == any_(keys)), dialect)
+    return one.reading_many(many, param=f"key_{key}", column=key)
 
 
 class HotArea:
@@ -106,6 +132,34 @@ class HotArea:
     def __init__(self, batch: FastBatch, prepared: PreparedHot) -> None:
         self._batch = batch
         self._prepared = prepared
+
+    def _spend(
+        self,
+        spend: FastStatement | None,
+        compare_and_set: FastStatement,
+        params: dict[str, object],
+        challenge: tuple[bytes, int, int],
+    ) -> SpendOutcome:
+        """A payment's write: take the challenge id ``(id, expires_at, used_at)`` and
+        compare-and-set, both or neither. PostgreSQL: one statement, the job's last
+        (:func:`_spend`). SQLite: the id's INSERT, the compare-and-set, and the id given
+        back if the row had moved."""
+        challenge_id, expires_at, used_at = challenge
+        taken = {"key_id": challenge_id, "expires_at": expires_at, "used_at": used_at}
+        if spend is not None:
+            row = self._batch.fetch_one(spend, {**params, **taken, "request": None}, final=True)
+            if row is None:
+                raise RuntimeError("the spend statement returned no row")
+            if row["moved"]:
+                return SpendOutcome.WON
+            return SpendOutcome.USED if row["used"] else SpendOutcome.LOST
+        use = {**taken, "request": None}
+        if self._batch.rowcount(self._prepared.challenge_use, use) != 1:
+            return SpendOutcome.USED
+        if self._batch.rowcount(compare_and_set, params) != 1:
+            self._batch.rowcount(self._prepared.challenge_release, {"key_id": challenge_id})
+            return SpendOutcome.LOST
+        return SpendOutcome.WON
 
 
 def _szm_advance() -> Update:
@@ -173,6 +227,54 @@ def _payword_insert(dialect: Dialect) -> ClauseElement:
         return pg.on_conflict_do_nothing(index_elements=["commitment_id"])
     lite = sqlite.insert(vendor_payword_commitments).values(values)
     return lite.on_conflict_do_nothing(index_elements=["commitment_id"])
+
+
+def _spend_for(
+    dialect: Dialect, compare_and_set: Update, table: Table, key: str
+) -> FastStatement | None:
+    if dialect.name != "postgresql":
+        return None
+    return FastStatement.prepare(_spend(compare_and_set, table, key), dialect)
+
+
+def _spend(compare_and_set: Update, table: Table, key: str) -> Select[tuple[object, ...]]:
+    """A payment's write in one statement (PostgreSQL): the compare-and-set, only if the
+    challenge id was not used before, and the id's INSERT only if the row moved::
+
+        WITH moved AS (UPDATE ... WHERE <compare-and-set> AND NOT EXISTS (<id used>)
+                       RETURNING key),
+             taken AS (INSERT INTO vendor_used_challenges SELECT :id, ... FROM moved
+                       RETURNING challenge_id)
+        SELECT (SELECT count(*) FROM moved) AS moved, EXISTS (<id used>) AS used,
+               (SELECT count(*) FROM taken) AS taken
+
+    Nothing to give back when the card had moved (the id is inserted only with the move),
+    so a payment is one statement and a batch of them one round trip with its COMMIT. The
+    INSERT has no ON CONFLICT: if another transaction takes the same id for another card
+    at the same moment, the statement fails and the whole batch rolls back (the writer
+    then runs each job alone, and this one finds the id used). Parameters: those of the
+    compare-and-set, and ``key_id``, ``expires_at``, ``used_at``, ``request``."""
+    used = vendor_used_challenges.c
+    challenge = bindparam("key_id", type_=used.challenge_id.type)
+    used_before = select(used.challenge_id).where(used.challenge_id == challenge).exists()
+    moved = compare_and_set.where(~used_before).returning(table.c[key]).cte("moved")
+    row = select(
+        challenge,
+        bindparam("expires_at", type_=used.expires_at.type),
+        bindparam("used_at", type_=used.used_at.type),
+        bindparam("request", type_=used.request.type),
+    ).select_from(moved)
+    taken = (
+        insert(vendor_used_challenges)
+        .from_select(["challenge_id", "expires_at", "used_at", "request"], row)
+        .returning(used.challenge_id)
+        .cte("taken")
+    )
+    return select(
+        select(func.count()).select_from(moved).scalar_subquery().label("moved"),
+        used_before.label("used"),
+        select(func.count()).select_from(taken).scalar_subquery().label("taken"),
+    )
 
 
 def _challenge_use(dialect: Dialect) -> ClauseElement:

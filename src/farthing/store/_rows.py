@@ -53,6 +53,14 @@ class AccountKind(StrEnum):
     FEES = "fees"
 
 
+class SpendOutcome(StrEnum):
+    """How a payment's write in a hot batch ended (``hot.szm.spend``)."""
+
+    WON = "won"  # the card (commitment) moved and the challenge id is taken, in this batch
+    LOST = "lost"  # the stored spent was not the old one (or the card is blocked): nothing
+    USED = "used"  # the challenge id was taken before: nothing written
+
+
 class CardStatus(StrEnum):
     ACTIVE = "active"
     BLOCKED = "blocked"

@@ -24,7 +24,14 @@ from farthing.core.errors import ErrorCode, LocalProtocolError, NotFound
 from farthing.store._errors import unique_violation_as
 from farthing.store._hot import HotArea
 from farthing.store._ledger import LedgerArea
-from farthing.store._rows import AccountKind, CardStatus, SzmBatchRow, SzmCardRow, SzmProtocol
+from farthing.store._rows import (
+    AccountKind,
+    CardStatus,
+    SpendOutcome,
+    SzmBatchRow,
+    SzmCardRow,
+    SzmProtocol,
+)
 from farthing.store._schema import szm_batches, szm_card_lookups, szm_cards, szm_recognised
 from farthing.store._sql import (
     Area,
@@ -298,3 +305,19 @@ class HotSzmArea(HotArea):
         ``old_spent``, card blocked or unknown, or past its value)."""
         params = _advance_params(card_id, old_spent, new_spent, new_anchor, request)
         return self._batch.rowcount(self._prepared.szm_advance, params) == 1
+
+    def spend(
+        self,
+        card_id: bytes,
+        old_spent: int,
+        new_spent: int,
+        new_anchor: bytes | None,
+        request: bytes | None,
+        challenge: tuple[bytes, int, int],
+    ) -> SpendOutcome:
+        """A payment's whole write: take the challenge id ``(id, expires_at, used_at)``
+        (single use, every worker) and :meth:`advance` the card, both or neither. On
+        PostgreSQL one statement, which must be the job's last in the batch."""
+        params = _advance_params(card_id, old_spent, new_spent, new_anchor, request)
+        prepared = self._prepared
+        return self._spend(prepared.szm_spend, prepared.szm_advance, params, challenge)

@@ -28,6 +28,7 @@ from farthing.store._rows import (
     OutboxKind,
     OutboxRow,
     OutboxState,
+    SpendOutcome,
     VendorCommitmentRow,
     VendorHllPaymentRow,
 )
@@ -432,6 +433,23 @@ class HotVendorArea(HotArea):
             "redeemed_spent": row.redeemed_spent,
         }
         return self._batch.rowcount(self._prepared.payword_insert, params) == 1
+
+    def payword_spend(
+        self,
+        commitment_id: bytes,
+        old_spent: int,
+        new_spent: int,
+        new_last_value: bytes,
+        request: bytes | None,
+        challenge: tuple[bytes, int, int],
+    ) -> SpendOutcome:
+        """:meth:`payword_advance` and the challenge id's INSERT, both or neither (as
+        :meth:`farthing.store._szm.HotSzmArea.spend`)."""
+        params = _payword_advance_params(
+            commitment_id, old_spent, new_spent, new_last_value, request
+        )
+        prepared = self._prepared
+        return self._spend(prepared.payword_spend, prepared.payword_advance, params, challenge)
 
     def use_challenge(
         self, challenge_id: bytes, expires_at: int, used_at: int, request: bytes | None = None

@@ -182,7 +182,7 @@ class SzmScheme(Generic[C]):
     def introduce(self, payment: Parsed, *, now: int) -> None:
         return None
 
-    def introduces(self, payment: P) -> bool:
+    def introduces(self, payment: Parsed) -> bool:
         return False  # cards are issued by the issuer, never introduced by a payment
 
     def verify(
