@@ -35,7 +35,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-import farthing.paywall.books as books
 from bench.e2e import (
     FREE_PATH,
     OUT,
@@ -55,9 +54,11 @@ from farthing.http.payment_auth import (
 from farthing.logs import LoopBufferedHandler
 from farthing.paywall.app import VendorApps
 from farthing.paywall.config import load_vendor_config
-from farthing.paywall.methods.offline import Advance
 from farthing.paywall.sales import SalesRecorder
 from farthing.paywall.serve import vendor_from_config
+from farthing.store import SpendOutcome
+from farthing.store._fastlane import FastStatement
+from farthing.store._hot import HotArea
 
 ROUNDS: Final = 5
 
@@ -78,15 +79,24 @@ def _fresh_off(vendor: VendorApps) -> Callable[[], None]:
 
 
 def _single_use_off() -> Callable[[], None]:
-    real = books._spend
+    """The payment's write without the challenge id's INSERT: the compare-and-set alone
+    (SQLite, as this bench runs)."""
+    real = HotArea._spend
 
-    def spend(hot: Any, challenge: Any, now: int, compare_and_set: Callable[[], bool]) -> Any:
-        return Advance.WON if compare_and_set() else Advance.LOST
+    def spend(
+        self: HotArea,
+        spend: Any,
+        compare_and_set: FastStatement,
+        params: dict[str, object],
+        challenge: Any,
+    ) -> SpendOutcome:
+        moved = self._batch.rowcount(compare_and_set, params) == 1
+        return SpendOutcome.WON if moved else SpendOutcome.LOST
 
-    books._spend = spend
+    HotArea._spend = spend  # type: ignore[method-assign]
 
     def restore() -> None:
-        books._spend = real
+        HotArea._spend = real  # type: ignore[method-assign]
 
     return restore
 
@@ -146,7 +156,7 @@ def features(vendor: VendorApps) -> list[Feature]:
         ),
         Feature(
             "the single-use challenge id: one INSERT more in the hot batch",
-            "`paywall/books.py _spend`",
+            "`store/_hot.py HotArea._spend`",
             _single_use_off,
         ),
         Feature(
