@@ -13,6 +13,7 @@ from sqlalchemy import Engine
 from farthing.store import (
     AccountKind,
     CardStatus,
+    HotTx,
     Store,
     SzmBatchRow,
     SzmCardRow,
@@ -147,3 +148,15 @@ def advance_payword(
 
 def spend_szm(store: Store, card: bytes, old: int, new: int) -> bool:
     return advance_szm(store, card, old, new, new.to_bytes(32, "big"))
+
+
+def spend_job(card_id: bytes, old: int, challenge: bytes, expires: int) -> Callable[[HotTx], str]:
+    """The paywall's write (books._spend): take the challenge id and move the card one
+    unit, both or neither; "won", "lost" (the card had moved) or "used"."""
+
+    def spend(hot: HotTx) -> str:
+        anchor = bytes([old + 1]) * 32
+        used = (challenge, expires, expires - 300)
+        return str(hot.szm.spend(card_id, old, old + 1, anchor, None, used))
+
+    return spend

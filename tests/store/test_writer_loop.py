@@ -17,6 +17,7 @@ from farthing.core.errors import Conflict
 from farthing.store import HotTx, Store, open_store
 from farthing.store.writer import StoreWriter
 from tests.paywall.helpers import issue_chain_cards
+from tests.store.helpers import spend_job
 
 pytestmark = pytest.mark.anyio
 
@@ -29,18 +30,7 @@ def anyio_backend() -> str:
 
 
 def _pay(card_id: bytes, old: int, challenge: bytes) -> Callable[[HotTx], str]:
-    """The paywall's write (books._spend): take the challenge id, then move the card;
-    give the id back if the card had moved."""
-
-    def spend(hot: HotTx) -> str:
-        if not hot.vendor.use_challenge(challenge, EXPIRES, EXPIRES - 300):
-            return "used"
-        if not hot.szm.advance(card_id, old, old + 1, bytes([old + 1]) * 32):
-            hot.vendor.release_challenge(challenge)
-            return "lost"
-        return "won"
-
-    return spend
+    return spend_job(card_id, old, challenge, EXPIRES)
 
 
 async def test_each_payment_is_committed_before_run_hot_returns(

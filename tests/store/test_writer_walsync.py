@@ -34,6 +34,7 @@ from farthing.store.writer import StoreWriter
 from farthing.testing import DeterministicRandom, FixedClock, GatedFsync
 from tests.paywall.helpers import KEYS, issue_chain_cards
 from tests.paywall.test_szm_methods import auth, challenge_id
+from tests.store.helpers import spend_job
 
 pytestmark = pytest.mark.anyio
 EXPIRES = 4_000_000_000
@@ -54,15 +55,7 @@ def sqlite_store(tmp_path: Path, sqlite_template: Path) -> Store:
 
 
 def _pay(card_id: bytes, old: int, challenge: bytes) -> Callable[[HotTx], str]:
-    def spend(hot: HotTx) -> str:
-        if not hot.vendor.use_challenge(challenge, EXPIRES, EXPIRES - 300):
-            return "used"
-        if not hot.szm.advance(card_id, old, old + 1, bytes([old + 1]) * 32):
-            hot.vendor.release_challenge(challenge)
-            return "lost"
-        return "won"
-
-    return spend
+    return spend_job(card_id, old, challenge, EXPIRES)
 
 
 async def _until(predicate: Callable[[], bool]) -> None:

@@ -97,19 +97,10 @@ class VendorArea(Area):
     __slots__ = ()
 
     def add_commitment(self, row: VendorCommitmentRow) -> None:
-        values = {
-            "commitment_id": row.commitment_id,
-            "commitment": row.commitment,
-            "last_value": row.last_value,
-            "spent": row.spent,
-            "length": row.length,
-            "currency": row.currency,
-            "unit_micros": row.unit_micros,
-            "expires_at": row.expires_at,
-            "redeemed_spent": row.redeemed_spent,
-        }
         with unique_violation_as(ErrorCode.CONFLICT, "this commitment exists"):
-            self._ctx.conn.execute(insert(vendor_payword_commitments).values(values))
+            self._ctx.conn.execute(
+                insert(vendor_payword_commitments).values(_commitment_values(row))
+            )
 
     def use_challenge(self, challenge_id: bytes, expires_at: int, used_at: int) -> bool:
         """As :meth:`HotVendorArea.use_challenge`, inside a transaction (HLL deferred)."""
@@ -421,17 +412,7 @@ class HotVendorArea(HotArea):
     def add_commitment(self, row: VendorCommitmentRow) -> bool:
         """Store a new commitment unless its id is known (never reset one); True iff this
         call stored it. Its first payment's batch runs this before the compare-and-set."""
-        params = {
-            "commitment_id": row.commitment_id,
-            "commitment": row.commitment,
-            "last_value": row.last_value,
-            "spent": row.spent,
-            "length": row.length,
-            "currency": row.currency,
-            "unit_micros": row.unit_micros,
-            "expires_at": row.expires_at,
-            "redeemed_spent": row.redeemed_spent,
-        }
+        params = _commitment_values(row)
         return self._batch.rowcount(self._prepared.payword_insert, params) == 1
 
     def payword_spend(
@@ -472,3 +453,18 @@ class HotVendorArea(HotArea):
     def prune_challenges(self, now: int) -> int:
         """Forget the used ids that expired by ``now``; how many."""
         return self._batch.rowcount(self._prepared.challenge_prune, {"now": now})
+
+
+def _commitment_values(row: VendorCommitmentRow) -> dict[str, object]:
+    """A commitment's columns, as both of its INSERTs take them."""
+    return {
+        "commitment_id": row.commitment_id,
+        "commitment": row.commitment,
+        "last_value": row.last_value,
+        "spent": row.spent,
+        "length": row.length,
+        "currency": row.currency,
+        "unit_micros": row.unit_micros,
+        "expires_at": row.expires_at,
+        "redeemed_spent": row.redeemed_spent,
+    }
