@@ -22,7 +22,7 @@ from typing import Any, Generic, TypeVar
 
 from sqlalchemy import Connection, Dialect
 
-from farthing.store._fastlane import FastStatement
+from farthing.store._fastlane import FastStatement, execute
 
 __all__ = ["Compiled", "fetch_one", "rowcount"]
 
@@ -45,13 +45,8 @@ class Compiled(Generic[S]):
 
 def rowcount(conn: Connection, statement: FastStatement, params: Mapping[str, object]) -> int:
     """Execute a write in ``conn``'s transaction; the number of rows it changed."""
-    cursor = conn.connection.cursor()
-    try:
-        cursor.execute(statement.sql, statement.bind(params))
-        count: int = cursor.rowcount
-        return count
-    finally:
-        cursor.close()
+    count: int = execute(conn.connection, statement, params, fetch=False)
+    return count
 
 
 def fetch_one(
@@ -59,12 +54,5 @@ def fetch_one(
 ) -> dict[str, Any] | None:
     """Execute a statement in ``conn``'s transaction; its first row as a column -> value
     dict (e.g. an INSERT's RETURNING), or None."""
-    cursor = conn.connection.cursor()
-    try:
-        cursor.execute(statement.sql, statement.bind(params))
-        row = cursor.fetchone()
-        if row is None:
-            return None
-        return dict(zip([d[0] for d in cursor.description or ()], row, strict=True))
-    finally:
-        cursor.close()
+    row: dict[str, Any] | None = execute(conn.connection, statement, params, fetch=True)
+    return row

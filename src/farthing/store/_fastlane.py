@@ -52,6 +52,7 @@ __all__ = [
     "FastLane",
     "FastStatement",
     "LaneBusy",
+    "execute",
 ]
 
 _KEEP_IDLE: Final = 8
@@ -111,7 +112,7 @@ class FastBatch:
 
     def rowcount(self, statement: FastStatement, params: Mapping[str, object]) -> int:
         """Execute a write inside the batch; return the number of rows it changed."""
-        count: int = _execute(self._connection, statement, params, fetch=False)
+        count: int = execute(self._connection, statement, params, fetch=False)
         return count
 
     def fetch_one(
@@ -122,7 +123,7 @@ class FastBatch:
         ``final``: the job runs no statement after this one, so an async batch whose
         waiting jobs are all at their final statement sends COMMIT in the same round trip
         (a job that runs another statement after it then fails: RuntimeError)."""
-        row: dict[str, Any] | None = _execute(self._connection, statement, params, fetch=True)
+        row: dict[str, Any] | None = execute(self._connection, statement, params, fetch=True)
         return row
 
 
@@ -234,7 +235,7 @@ class FastLane:
     def _run(self, statement: FastStatement, params: Mapping[str, object]) -> Any:
         connection = self._checkout()
         try:
-            result = _execute(connection, statement, params, fetch=True)
+            result = execute(connection, statement, params, fetch=True)
         except BaseException:
             self._discard(connection)
             raise
@@ -284,12 +285,14 @@ class FastLane:
                 return
 
 
-def _execute(
+def execute(
     connection: DBAPIConnection,
     statement: FastStatement,
     params: Mapping[str, object],
     fetch: bool,
 ) -> Any:
+    """Execute ``statement`` on ``connection`` (in whatever transaction it is in): the rows
+    it changed, or (``fetch``) its first row as a column -> value dict, or None."""
     cursor = connection.cursor()
     try:
         cursor.execute(statement.sql, statement.bind(params))
