@@ -233,9 +233,7 @@ class StoreWriter:
             self._hand_to_thread(jobs)
             return
         self._observed(len(jobs), started)
-        for job, result in zip(jobs, results, strict=True):
-            if not job.future.done():
-                job.future.set_result(result)
+        _answer(jobs, results)
 
     async def _commit_awaited(
         self, loop: asyncio.AbstractEventLoop, jobs: list[_HotJob[Any]]
@@ -251,9 +249,7 @@ class StoreWriter:
                 self._hand_to_thread(jobs)
                 return
             self._observed(len(jobs), started)
-            for job, result in zip(jobs, results, strict=True):
-                if not job.future.done():
-                    job.future.set_result(result)
+            _answer(jobs, results)
         finally:
             del self._in_flight[loop]
             if loop in self._pending:
@@ -441,6 +437,14 @@ class StoreWriter:
     def _observed(self, jobs: int, started: float) -> None:
         if self._observe is not None:
             self._observe(jobs, time.perf_counter() - started)
+
+
+def _answer(jobs: list[_HotJob[Any]], results: list[Any]) -> None:
+    """Give each job of a committed batch its result (on the jobs' loop), unless its
+    request was cancelled meanwhile."""
+    for job, result in zip(jobs, results, strict=True):
+        if not job.future.done():
+            job.future.set_result(result)
 
 
 def _deliver(outcomes: list[_Done]) -> None:
