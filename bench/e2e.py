@@ -906,15 +906,23 @@ QUICK_PLAN: Final = Plan(seconds=1, rounds=1, warmup=1)
 """``python -m bench quick``: SQLite, one worker, one round (peak and half) per method."""
 
 
-def reduced(plan: Plan, kinds: list[str], rounds: int | None) -> None:
-    """SQLite, one worker, free and ``kinds``: each kind's line and the goals, printed."""
+def reduced(
+    plan: Plan,
+    kinds: list[str],
+    rounds: int | None,
+    stores: tuple[str, ...] = ("SQLite",),
+    workers: tuple[int, ...] = (1,),
+) -> None:
+    """Free and ``kinds`` on ``stores`` with ``workers``: each kind's line and the goals,
+    printed. ``hll:mac`` brings the bank up (the issuer service on loopback)."""
     unknown = set(kinds) - set(MAKERS)
     if unknown:
         raise SystemExit(f"unknown kinds: {', '.join(sorted(unknown))}")
     if rounds is not None:
         plan = Plan(seconds=plan.seconds, rounds=rounds, warmup=plan.warmup)
-    measured = run(plan, postgres=False, worker_counts=(1,), servers=False,
-                   kinds=("free", *kinds), bank=False)  # fmt: skip
+    offline = tuple(kind for kind in kinds if kind != "hll:mac")
+    measured = run(plan, postgres="PostgreSQL" in stores, worker_counts=workers, servers=False,
+                   kinds=("free", *offline), bank="hll:mac" in kinds, stores=stores)  # fmt: skip
     print("\n".join(_goals_table(measured)), flush=True)
 
 
@@ -960,9 +968,10 @@ def run(
     servers: bool = True,
     kinds: tuple[str, ...] = KINDS,
     bank: bool = True,
+    stores: tuple[str, ...] = ("SQLite", "PostgreSQL"),
 ) -> E2E:
     """``kinds``: the kinds measured besides hll:mac, which needs ``bank`` (and the
-    issuer service)."""
+    issuer service); ``stores``: which of the stores made (SQLite, PostgreSQL) to run."""
     OUT.mkdir(exist_ok=True)
     results: list[ConfigResult] = []
     with (
@@ -978,6 +987,8 @@ def run(
         if bank and issuer_available():
             write_issuer_keys(keys)
         for name, make in dbs.items():
+            if name not in stores:
+                continue
             for workers in worker_counts:
                 folder = work / f"{name}-{workers}"
                 folder.mkdir()
@@ -1419,15 +1430,23 @@ def main() -> None:
     parser.add_argument(
         "--only",
         metavar="KINDS",
-        help="a reduced run, printed only (docs/benchmarks.md untouched): SQLite, one worker, "
-        "no bank, no server comparison, free and these comma-separated kinds "
-        "(e.g. szm:chain,szm:prbg,payword); with --rounds",
+        help="a reduced run, printed only (docs/benchmarks.md untouched): no server "
+        "comparison, free and these comma-separated kinds (e.g. szm:chain,payword; hll:mac "
+        "starts the bank); with --rounds, --stores, --workers",
     )
     parser.add_argument("--rounds", type=int, default=None, help="rounds per kind (--only)")
+    parser.add_argument(
+        "--stores", default="SQLite", help="--only: comma-separated, of SQLite,PostgreSQL"
+    )
+    parser.add_argument("--workers", default="1", help="--only: comma-separated, e.g. 1,2")
     args = parser.parse_args()
     plan = plan_for(args.quick)
     if args.only:
-        reduced(plan, args.only.split(","), args.rounds)
+        stores = tuple(args.stores.split(","))
+        if not set(stores) <= {"SQLite", "PostgreSQL"}:
+            parser.error("--stores: SQLite and/or PostgreSQL")
+        workers = tuple(int(n) for n in args.workers.split(","))
+        reduced(plan, args.only.split(","), args.rounds, stores, workers)
         return
     text = render(run(plan), plan)
     print(text)
