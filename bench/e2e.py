@@ -614,13 +614,15 @@ def uvicorn_server(
     db_pids: Callable[[], list[int]],
     ready_path: str = "/healthz",
     http: str = "httptools",
+    launcher: str = "farthing.serving",
 ) -> Iterator[Server]:
     """The app factory as ``farthing ... serve`` serves it (``http``: ``httptools`` on
     uvloop, the default, or ``h11``), or under granian (``http="granian"``), on a free
-    loopback port; always stopped."""
+    loopback port; always stopped. ``launcher``: the module run (``bench.tailhook``: the
+    same server with a time line of each request)."""
     port = free_port()
     command = [
-        *taskset(cpus), sys.executable, "-m", "farthing.serving", factory,
+        *taskset(cpus), sys.executable, "-m", launcher, factory,
         "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
         "--no-access-log", "--log-level", "warning", "--timeout-graceful-shutdown", "2",
         "--http", http,

@@ -1,0 +1,287 @@
+"""The vendor server with a per-request time line, for :mod:`bench.tail` (never in product
+code: this module wraps the server's own classes from outside, in the server process only).
+
+``python -m bench.tailhook FACTORY [farthing.serving's options]`` runs ``farthing.serving``
+(one worker) after wrapping, in this process:
+
+- uvicorn's request cycle: when the request head was parsed (``t_head``), when the app
+  started (``t_app``), when the last body byte was handed to the transport (``t_sent``);
+- :class:`farthing.store.writer.StoreWriter`: when a payment reached its hot write
+  (``t_hot``), the commit that held it (start, end, jobs), the fsync that covered it (asked
+  on the loop, begun and returned on the fsync thread, its callback run on the loop), and
+  when the request's task resumed after it (``t_resumed``); PostgreSQL: the batch awaited
+  on the loop or committed on the writer thread and the call that woke the loop;
+- the garbage collector's passes (start, end, generation);
+- the scheduler: the run-queue wait (``/proc/thread-self/schedstat``, field 2) of the loop
+  thread at ``t_head`` and ``t_sent``, and of the fsync thread around each fsync.
+
+Times are ``time.perf_counter()`` (CLOCK_MONOTONIC, the clock ``time.monotonic()`` reads in
+the bench process). On exit (SIGTERM: uvicorn stops gracefully) the records are written as
+JSON to ``$FARTHING_TAIL_TRACE``. ``$FARTHING_TAIL_SWITCH`` (seconds), if set, is passed to
+``sys.setswitchinterval`` first; ``$FARTHING_TAIL_FSYNC_ON_LOOP=1``: SQLite's loop commits
+with ``synchronous=FULL`` (its fsync inside the commit, on the loop; no fsync thread).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import gc
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Final
+
+TRACE_ENV: Final = "FARTHING_TAIL_TRACE"
+SWITCH_ENV: Final = "FARTHING_TAIL_SWITCH"
+FSYNC_ON_LOOP_ENV: Final = "FARTHING_TAIL_FSYNC_ON_LOOP"
+
+now = time.perf_counter
+
+# Field names of one request's record (a dict; missing key = the step did not happen).
+_CURRENT: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("tail_request")
+
+
+class Trace:
+    """Everything recorded in this process."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.batches: list[dict[str, Any]] = []
+        self.fsyncs: list[dict[str, Any]] = []
+        self.wakes: list[dict[str, Any]] = []  # PostgreSQL: the writer thread's deliveries
+        self.gcs: list[list[float]] = []
+        self.threads: dict[str, int] = {}  # the loop's and the fsync thread's kernel ids
+        self.local = threading.local()
+        self._sched_fds: dict[int, int] = {}
+
+    def run_delay(self) -> float:
+        """Seconds this thread has waited on a run queue so far (the kernel's schedstat)."""
+        ident = threading.get_native_id()
+        fd = self._sched_fds.get(ident)
+        if fd is None:
+            fd = self._sched_fds[ident] = os.open("/proc/thread-self/schedstat", os.O_RDONLY)
+        return int(os.pread(fd, 64, 0).split()[1]) / 1e9
+
+    def dump(self, path: Path) -> None:
+        data = {
+            "requests": self.requests,
+            "batches": self.batches,
+            "fsyncs": self.fsyncs,
+            "wakes": self.wakes,
+            "gcs": self.gcs,
+            "threads": self.threads,
+            "switch_interval": sys.getswitchinterval(),
+        }
+        path.write_text(json.dumps(data))
+
+
+TRACE: Final = Trace()
+
+
+def _wrap_cycle() -> None:
+    from uvicorn.protocols.http import httptools_impl
+
+    cycle = httptools_impl.RequestResponseCycle
+    init, send = cycle.__init__, cycle.send
+
+    def traced_init(self: Any, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        self.tail = {"t_head": now(), "rd_head": TRACE.run_delay(), "path": self.scope["path"]}
+
+    async def traced_send(self: Any, message: Any) -> None:
+        await send(self, message)
+        if message["type"] == "http.response.body" and not message.get("more_body", False):
+            record = self.tail
+            record["t_sent"] = now()
+            record["rd_sent"] = TRACE.run_delay()
+            TRACE.requests.append(record)
+
+    cycle.__init__ = traced_init  # type: ignore[method-assign]
+    cycle.send = traced_send  # type: ignore[method-assign]
+
+
+def traced_app(app: Any) -> Any:
+    """The ASGI app, marking the request's record as the task's current one."""
+
+    async def run(scope: Any, receive: Any, send: Any) -> None:
+        owner = getattr(send, "__self__", None)
+        record = getattr(owner, "tail", None)
+        if record is not None:
+            record["t_app"] = now()
+            _CURRENT.set(record)
+        await app(scope, receive, send)
+
+    return run
+
+
+def _wrap_writer() -> None:
+    from farthing.store import _walsync, writer
+
+    cls = writer.StoreWriter
+    run_hot, commit_unsynced = cls.run_hot, cls._commit_unsynced
+    start_sync, synced = cls._start_sync, cls._synced
+    commit_awaited, commit_hot = cls._commit_awaited, cls._commit_hot
+    wal_sync = _walsync.WalFile.sync
+
+    async def traced_run_hot(self: Any, work: Callable[[Any], Any]) -> Any:
+        record = _CURRENT.get(None)
+        if record is None:
+            return await run_hot(self, work)
+        record.setdefault("t_hot", now())
+        record["hot_calls"] = record.get("hot_calls", 0) + 1
+
+        def traced_work(hot: Any) -> Any:
+            record["batch"] = TRACE.local.batch
+            return work(hot)
+
+        traced_work.record = record  # type: ignore[attr-defined]
+        try:
+            return await run_hot(self, traced_work)
+        finally:
+            record["t_resumed"] = now()
+
+    def _batch(where: str, jobs: int) -> dict[str, Any]:
+        batch = {"where": where, "jobs": jobs, "t_start": now()}
+        TRACE.local.batch = len(TRACE.batches)
+        TRACE.batches.append(batch)
+        return batch
+
+    def traced_commit_unsynced(self: Any, loop: Any, jobs: list[Any]) -> None:
+        batch = _batch("loop", len(jobs))
+        try:
+            commit_unsynced(self, loop, jobs)
+        finally:
+            batch["t_end"] = now()
+
+    def traced_start_sync(self: Any, loop: Any, syncs: Any) -> None:
+        number = len(TRACE.fsyncs)
+        TRACE.fsyncs.append({"t_asked": now(), "jobs": len(syncs.waiting)})
+        for job, _ in syncs.waiting:
+            record = getattr(job.work, "record", None)
+            if record is not None:
+                record["fsync"] = number
+        start_sync(self, loop, syncs)
+
+    called = [0]  # fsyncs run one at a time, in the order asked: the next one is called back
+
+    def traced_synced(self: Any, *args: Any) -> None:
+        TRACE.fsyncs[called[0]]["t_callback"] = now()
+        called[0] += 1
+        synced(self, *args)
+
+    def traced_wal_sync(self: Any) -> None:
+        done = TRACE.local.__dict__.setdefault("fsynced", 0)
+        entry = TRACE.fsyncs[done] if done < len(TRACE.fsyncs) else {}
+        TRACE.threads.setdefault("fsync", threading.get_native_id())
+        entry["rd_begin"], entry["t_begin"] = TRACE.run_delay(), now()
+        try:
+            wal_sync(self)
+        finally:
+            entry["t_returned"], entry["rd_returned"] = now(), TRACE.run_delay()
+            TRACE.local.fsynced = done + 1
+
+    async def traced_commit_awaited(self: Any, loop: Any, jobs: list[Any]) -> None:
+        batch = _batch("awaited", len(jobs))
+        try:
+            await commit_awaited(self, loop, jobs)
+        finally:
+            batch["t_end"] = now()
+
+    def traced_commit_hot(self: Any, jobs: list[Any]) -> list[object]:
+        batch = _batch("thread", len(jobs))
+        try:
+            return commit_hot(self, jobs)
+        finally:
+            batch["t_end"] = now()
+
+    deliver = writer._deliver
+
+    def traced_deliver(outcomes: list[Any]) -> None:
+        wake = {"t_deliver": now(), "batch": getattr(TRACE.local, "batch", -1)}
+        TRACE.wakes.append(wake)
+        settle = writer._settle
+
+        def traced_settle(settled: list[Any]) -> None:
+            wake["t_settle"] = now()
+            settle(settled)
+
+        writer._settle = traced_settle
+        try:
+            deliver(outcomes)
+        finally:
+            writer._settle = settle
+
+    cls.run_hot = traced_run_hot  # type: ignore[method-assign]
+    cls._commit_unsynced = traced_commit_unsynced  # type: ignore[method-assign]
+    cls._start_sync = traced_start_sync  # type: ignore[method-assign]
+    cls._synced = traced_synced  # type: ignore[method-assign]
+    cls._commit_awaited = traced_commit_awaited  # type: ignore[method-assign]
+    cls._commit_hot = traced_commit_hot  # type: ignore[method-assign]
+    _walsync.WalFile.sync = traced_wal_sync  # type: ignore[method-assign]
+    writer._deliver = traced_deliver
+
+
+def _watch_gc() -> None:
+    started: list[float] = [0.0]
+
+    def callback(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started[0] = now()
+        else:
+            TRACE.gcs.append([started[0], now(), info["generation"]])
+
+    gc.callbacks.append(callback)
+
+
+def install() -> None:
+    TRACE.threads["loop"] = threading.get_native_id()  # uvicorn runs its loop on this one
+    switch = os.environ.get(SWITCH_ENV)
+    if switch:
+        sys.setswitchinterval(float(switch))
+    if os.environ.get(FSYNC_ON_LOOP_ENV):
+        # SQLite: the loop commits with synchronous=FULL (the fsync inside its commit), as
+        # before the fsync thread existed.
+        from farthing.store import Store
+
+        Store.unsynced_batches = property(lambda self: False)  # type: ignore[method-assign,assignment]
+    _wrap_cycle()
+    _wrap_writer()
+    _watch_gc()
+
+
+def app_from_env() -> Any:
+    """The vendor's production factory, its app wrapped by :func:`traced_app`."""
+    from farthing.paywall.serve import app_from_env as production
+
+    return traced_app(production())
+
+
+FACTORY: Final = "bench.tailhook:app_from_env"
+
+
+def main() -> None:
+    install()
+    from farthing.serving import main as serve  # the factory is this module's app_from_env
+
+    # uvicorn stops gracefully on SIGTERM, then raises it again with the handler it found
+    # at start: this one lets the process go on to write its records.
+    signal.signal(signal.SIGTERM, lambda *_: None)
+    try:
+        serve()
+    finally:
+        target = os.environ.get(TRACE_ENV)
+        if target:
+            TRACE.dump(Path(target))
+
+
+if __name__ == "__main__":
+    # Run as bench.tailhook, not __main__: uvicorn imports the factory from bench.tailhook,
+    # and the records must be the ones that module holds.
+    from bench.tailhook import main as hooked
+
+    hooked()
