@@ -380,6 +380,13 @@ def report(windows: list[Window], loads: tuple[str, ...]) -> list[str]:
         out += report_window(window, in_window(trace, window, paid=window.kind != "free"))
         out += report_fsyncs(trace, window)
         out += report_syscalls(trace, window, window.trace.with_suffix(f".{window.kind}.during"))
+        passes = [c for c in trace.get("checkpoints", []) if window.start <= c[0] <= window.end]
+        if passes:
+            spans = [b - a for a, b in passes]
+            out.append(
+                f"    checkpoint thread: {len(spans)} checkpoints, p50/max "
+                f"{1000 * percentile(spans, 0.5):.2f}/{1000 * max(spans):.2f} ms"
+            )
         gcs = [g for g in trace["gcs"] if window.start <= g[0] <= window.end]
         if gcs:
             longest = max(g[1] - g[0] for g in gcs)

@@ -55,6 +55,7 @@ class Trace:
         self.fsyncs: list[dict[str, Any]] = []
         self.wakes: list[dict[str, Any]] = []  # PostgreSQL: the writer thread's deliveries
         self.gcs: list[list[float]] = []
+        self.checkpoints: list[list[float]] = []  # the checkpoint thread's, if any
         self.threads: dict[str, int] = {}  # the loop's and the fsync thread's kernel ids
         self.local = threading.local()
         self._sched_fds: dict[int, int] = {}
@@ -74,6 +75,7 @@ class Trace:
             "fsyncs": self.fsyncs,
             "wakes": self.wakes,
             "gcs": self.gcs,
+            "checkpoints": self.checkpoints,
             "threads": self.threads,
             "switch_interval": sys.getswitchinterval(),
         }
@@ -216,6 +218,18 @@ def _wrap_writer() -> None:
         finally:
             writer._settle = settle
 
+    checkpointer = getattr(_walsync, "Checkpointer", None)
+    if checkpointer is not None:  # this code has a checkpoint thread: its passes
+        checkpoint = checkpointer._checkpoint
+
+        def traced_checkpoint(self: Any, connection: Any) -> None:
+            started = now()
+            try:
+                checkpoint(self, connection)
+            finally:
+                TRACE.checkpoints.append([started, now()])
+
+        checkpointer._checkpoint = traced_checkpoint
     cls.run_hot = traced_run_hot  # type: ignore[method-assign]
     cls._commit_unsynced = traced_commit_unsynced  # type: ignore[method-assign]
     cls._start_sync = traced_start_sync  # type: ignore[method-assign]

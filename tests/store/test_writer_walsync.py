@@ -10,6 +10,7 @@ payment may be answered before an fsync that began after its commit has returned
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import time
 from collections.abc import Callable
@@ -231,3 +232,64 @@ async def test_a_payment_whose_fsync_fails_is_not_served_and_its_resend_is(
     row = store.szm_card(card.card_id)
     assert row is not None
     assert row.spent == 1  # charged once
+
+
+def _digest(path: Path) -> bytes:
+    return hashlib.sha256(path.read_bytes()).digest()
+
+
+async def test_the_loops_commits_leave_the_checkpoint_to_its_thread(sqlite_store: Store) -> None:
+    """SQLite checkpoints on the connection whose commit fills the WAL past 1,000 pages,
+    inside that commit: on the loop, two syncs and the copying (bench/tail.py: 2-4 ms each,
+    ~5 a second at half load). The loop's commits must never do it: with the checkpoint
+    thread idle, the database file stays as it was however large the WAL grows."""
+    store = sqlite_store
+    cards = issue_chain_cards(store, 40, units=50)
+    writer = StoreWriter(store, checkpoint_every=3600)  # the thread never runs here
+    wal = store.wal_file()
+    database = Path(str(wal.path)[: -len("-wal")])
+    before = _digest(database)
+    try:
+        paid = 0
+        while os.stat(wal.path).st_size < 1_200 * 4_096 and paid < 40 * 50:
+            card, old = cards[paid % 40], paid // 40
+            challenge = paid.to_bytes(4, "big") * 8
+            assert await writer.run_hot(_pay(card.card_id, old, challenge)) == "won"
+            paid += 1
+        assert writer._thread is None  # every batch committed on the loop
+        assert _digest(database) == before  # nothing checkpointed into the database file
+        assert os.stat(wal.path).st_size >= 1_200 * 4_096  # past SQLite's 1,000 pages
+    finally:
+        await writer.aclose()
+        wal.close()
+
+
+async def test_the_checkpoint_thread_copies_the_payments_into_the_database_file(
+    sqlite_store: Store, tmp_path: Path
+) -> None:
+    """Nudged by the fsyncs, the checkpoint thread copies what the loop committed into the
+    database file: a copy of that file alone (no WAL) holds the payments."""
+    store = sqlite_store
+    cards = issue_chain_cards(store, 3)
+    writer = StoreWriter(store, checkpoint_every=0)
+    database = Path(str(store.wal_file().path)[: -len("-wal")])
+    alone = tmp_path / "alone.sqlite"
+    challenges = [bytes([7, n]) * 16 for n in range(len(cards))]
+    try:
+        for card, challenge in zip(cards, challenges, strict=True):
+            assert await writer.run_hot(_pay(card.card_id, 0, challenge)) == "won"
+
+        def copied() -> bool:
+            alone.write_bytes(database.read_bytes())
+            try:
+                copy = open_store(str(alone), create=False)
+            except Exception:  # copied while the checkpoint wrote it: try again
+                return False
+            try:
+                return all(copy.challenge_used(c) for c in challenges)
+            finally:
+                copy.close()
+
+        await _until(copied)
+    finally:
+        await writer.aclose()

@@ -263,6 +263,9 @@ def _sqlite_nowait_unsynced(dbapi_connection: DBAPIConnection) -> None:
     cursor = dbapi_connection.cursor()
     try:
         cursor.execute("PRAGMA synchronous=NORMAL")
+        # Its commits never checkpoint (two syncs and the copying, on the loop): the
+        # writer's checkpoint thread does (_walsync.Checkpointer).
+        cursor.execute("PRAGMA wal_autocheckpoint=0")
     finally:
         cursor.close()
 

@@ -55,7 +55,7 @@ from farthing.store._rows import LedgerCheck, SzmCardRow, VendorCommitmentRow
 from farthing.store._sql import Ctx, build
 from farthing.store._szm import card_row
 from farthing.store._tx import HotTx, Tx
-from farthing.store._walsync import Fsync, WalFile
+from farthing.store._walsync import Checkpointer, Fsync, WalFile
 
 __all__ = ["Store", "migrate", "open_store"]
 
@@ -211,13 +211,21 @@ class Store:
             if self._write_turn is not None:
                 self._write_turn.release()
 
-    def wal_file(self, *, fsync: Fsync = os.fsync) -> WalFile:
+    def wal_file(
+        self, *, fsync: Fsync = os.fsync, checkpoint_every: float | None = None
+    ) -> WalFile:
         """The store's ``-wal`` file, to fsync after :meth:`hot_batch_unsynced` (SQLite);
-        ``fsync`` is the call that does it (a stand-in in tests)."""
+        ``fsync`` is the call that does it (a stand-in in tests). With
+        ``checkpoint_every`` (seconds), a checkpoint thread copies the WAL into the
+        database file at most that often, nudged by the fsyncs: the connection of
+        :meth:`hot_batch_unsynced` never checkpoints (see :mod:`farthing.store._walsync`)."""
         database = self._engines.database
         if database is None:
             raise LocalProtocolError("only a SQLite store has a WAL file")
-        return WalFile(database, fsync=fsync)
+        checkpointer = None
+        if checkpoint_every is not None:
+            checkpointer = Checkpointer(self._engines.fast_connect, every=checkpoint_every)
+        return WalFile(database, fsync=fsync, checkpointer=checkpointer)
 
     @property
     def hot_batch_on_loop_available(self) -> bool:

@@ -59,7 +59,7 @@ from typing import Any, Generic, TypeVar
 
 from farthing.core.errors import Unavailable
 from farthing.store import HotTx, Store, Tx
-from farthing.store._walsync import Fsync, WalFile
+from farthing.store._walsync import CHECKPOINT_EVERY, Fsync, WalFile
 
 __all__ = ["StoreWriter"]
 
@@ -170,11 +170,14 @@ class StoreWriter:
         awaited_from: int = _AWAITED_FROM,
         observe: Callable[[int, float], None] | None = None,
         fsync: Fsync = os.fsync,
+        checkpoint_every: float = CHECKPOINT_EVERY,
     ) -> None:
         """``observe(jobs, seconds)``, if given, is told of every commit (for metrics).
         ``awaited_from``: PostgreSQL, the fewest jobs a batch committed on the loop holds
         (smaller ones go to the thread). ``fsync``: SQLite, the call that makes the WAL
-        file durable after the loop's commits (``os.fsync``; a stand-in in tests)."""
+        file durable after the loop's commits (``os.fsync``; a stand-in in tests).
+        ``checkpoint_every``: SQLite, the seconds between checkpoints of the WAL while the
+        loop commits (on a thread; the loop's commits never checkpoint, see _walsync)."""
         self._awaited_from = awaited_from
         self._store = store
         self._observe = observe
@@ -191,7 +194,9 @@ class StoreWriter:
         self._lock = threading.Lock()
         # SQLite: the loop commits without the fsync, which runs on a thread of its own.
         self._wal = (
-            store.wal_file(fsync=fsync) if self._on_loop and store.unsynced_batches else None
+            store.wal_file(fsync=fsync, checkpoint_every=checkpoint_every)
+            if self._on_loop and store.unsynced_batches
+            else None
         )
         self._syncs: dict[asyncio.AbstractEventLoop, _WalSyncs] = {}
         self._fsyncer: _Fsyncer | None = None
