@@ -23,7 +23,9 @@ round, so the machine's noise falls on all of them. The raw records stay in
 from __future__ import annotations
 
 import argparse
+import collections
 import json
+import math
 import os
 import shlex
 import signal
@@ -128,9 +130,11 @@ def run_server(
             target = max(peaks[kind].rate / 2, 1.0)
             mean_delay = max(0.0, 1000 * (HALF_CONNECTIONS / target - 1 / max(peaks[kind].rate, 1)))
             started = time.monotonic()
-            with alongside(during, server.process.pid, trace.with_suffix(f".{kind}.during")):
+            beside = trace.with_suffix(f".{kind}.during")
+            with alongside(during, server.process.pid, beside):
                 half = sized_run(server, pool, seconds=seconds, connections=HALF_CONNECTIONS,
-                                 cpus=WRK_CPUS, mean_delay_ms=mean_delay, expected_rate=target)  # fmt: skip
+                                 cpus=WRK_CPUS, mean_delay_ms=mean_delay,
+                                 expected_rate=target)  # fmt: skip
             windows.append(Window(variant.name, round_no, kind, "half", started,
                                   time.monotonic(), half, trace))  # fmt: skip
     return windows
@@ -229,17 +233,21 @@ def timeline(request: dict[str, Any], trace: dict[str, Any]) -> Timeline:
 
 
 def _overlap(spans: list[list[float]], start: float, end: float) -> float:
-    return sum(max(0.0, min(end, b) - max(start, a)) for a, b, _ in spans if b > start and a < end)
+    return sum(max(0.0, min(end, b) - max(start, a)) for a, b, *_ in spans if b > start and a < end)
 
 
 def in_window(trace: dict[str, Any], window: Window, paid: bool) -> list[Timeline]:
-    return [
-        timeline(request, trace)
-        for request in trace["requests"]
-        if window.start <= request["t_head"] <= window.end
-        and "t_sent" in request
-        and request["path"].startswith("/articles/") == paid
-    ]
+    columns = trace["requests"]
+    lines = []
+    for row in zip(*columns.values(), strict=True):
+        request = {
+            name: int(value) if name in ("batch", "fsync") else value
+            for name, value in zip(columns, row, strict=True)
+            if not math.isnan(value)
+        }
+        if window.start <= request["t_head"] <= window.end and bool(request["paid"]) == paid:
+            lines.append(timeline(request, trace))
+    return lines
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -257,7 +265,8 @@ def report_window(window: Window, lines: list[Timeline]) -> list[str]:
     names = list(dict.fromkeys(name for line in lines for name in line.steps))
     out = [
         f"{window.variant} r{window.round + 1} {window.kind} {window.load}: "
-        f"{window.wrk.rate:,.0f}/s, wrk p50/p99 {window.wrk.p50_ms:.2f}/{window.wrk.p99_ms:.2f} ms, "
+        f"{window.wrk.rate:,.0f}/s, "
+        f"wrk p50/p99 {window.wrk.p50_ms:.2f}/{window.wrk.p99_ms:.2f} ms, "
         f"server p50/p90/p99/max {1000 * percentile(latencies, 0.5):.2f}/"
         f"{1000 * percentile(latencies, 0.9):.2f}/{1000 * p99:.2f}/{1000 * max(latencies):.2f} ms "
         f"({len(lines)} requests, {len(tail)} in the tail)",
@@ -380,6 +389,10 @@ def report(windows: list[Window], loads: tuple[str, ...]) -> list[str]:
         out += report_window(window, in_window(trace, window, paid=window.kind != "free"))
         out += report_fsyncs(trace, window)
         out += report_syscalls(trace, window, window.trace.with_suffix(f".{window.kind}.during"))
+        batches = [b for b in trace["batches"] if window.start <= b["t_start"] <= window.end]
+        if batches:
+            where = collections.Counter(b["where"] for b in batches)
+            out.append("    batches committed: " + ", ".join(f"{n} {k}" for k, n in where.items()))
         passes = [c for c in trace.get("checkpoints", []) if window.start <= c[0] <= window.end]
         if passes:
             spans = [b - a for a, b in passes]

@@ -19,19 +19,23 @@ Times are ``time.perf_counter()`` (CLOCK_MONOTONIC, the clock ``time.monotonic()
 the bench process). On exit (SIGTERM: uvicorn stops gracefully) the records are written as
 JSON to ``$FARTHING_TAIL_TRACE``. ``$FARTHING_TAIL_SWITCH`` (seconds), if set, is passed to
 ``sys.setswitchinterval`` first; ``$FARTHING_TAIL_FSYNC_ON_LOOP=1``: SQLite's loop commits
-with ``synchronous=FULL`` (its fsync inside the commit, on the loop; no fsync thread).
+with ``synchronous=FULL`` (its fsync inside the commit, on the loop; no fsync thread);
+``$FARTHING_TAIL_FREEZE=1``: ``gc.collect(); gc.freeze()`` once the app is built.
 """
 
 from __future__ import annotations
 
+import collections
 import contextvars
 import gc
 import json
+import math
 import os
 import signal
 import sys
 import threading
 import time
+from array import array
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
@@ -39,8 +43,14 @@ from typing import Any, Final
 TRACE_ENV: Final = "FARTHING_TAIL_TRACE"
 SWITCH_ENV: Final = "FARTHING_TAIL_SWITCH"
 FSYNC_ON_LOOP_ENV: Final = "FARTHING_TAIL_FSYNC_ON_LOOP"
+FREEZE_ENV: Final = "FARTHING_TAIL_FREEZE"
 
 now = time.perf_counter
+
+FIELDS: Final = (
+    "paid", "t_head", "rd_head", "t_app", "t_hot", "hot_calls", "batch", "fsync",
+    "t_resumed", "t_sent", "rd_sent",
+)  # fmt: skip
 
 # Field names of one request's record (a dict; missing key = the step did not happen).
 _CURRENT: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("tail_request")
@@ -50,7 +60,10 @@ class Trace:
     """Everything recorded in this process."""
 
     def __init__(self) -> None:
-        self.requests: list[dict[str, Any]] = []
+        # One array of floats per field, not a dict per request: records that pile up as
+        # objects would make the collector's full passes longer and more frequent than
+        # in the server measured (NaN: the request did not reach that step).
+        self.requests: dict[str, array[float]] = {name: array("d") for name in FIELDS}
         self.batches: list[dict[str, Any]] = []
         self.fsyncs: list[dict[str, Any]] = []
         self.wakes: list[dict[str, Any]] = []  # PostgreSQL: the writer thread's deliveries
@@ -58,6 +71,7 @@ class Trace:
         self.checkpoints: list[list[float]] = []  # the checkpoint thread's, if any
         self.threads: dict[str, int] = {}  # the loop's and the fsync thread's kernel ids
         self.local = threading.local()
+        self.heap_at_start: dict[str, int] = {}
         self._sched_fds: dict[int, int] = {}
 
     def run_delay(self) -> float:
@@ -70,7 +84,7 @@ class Trace:
 
     def dump(self, path: Path) -> None:
         data = {
-            "requests": self.requests,
+            "requests": {name: values.tolist() for name, values in self.requests.items()},
             "batches": self.batches,
             "fsyncs": self.fsyncs,
             "wakes": self.wakes,
@@ -78,6 +92,7 @@ class Trace:
             "checkpoints": self.checkpoints,
             "threads": self.threads,
             "switch_interval": sys.getswitchinterval(),
+            "heap": {"start": self.heap_at_start, "end": _heap()},
         }
         path.write_text(json.dumps(data))
 
@@ -101,7 +116,9 @@ def _wrap_cycle() -> None:
             record = self.tail
             record["t_sent"] = now()
             record["rd_sent"] = TRACE.run_delay()
-            TRACE.requests.append(record)
+            record["paid"] = float(record.pop("path").startswith("/articles/"))
+            for name, values in TRACE.requests.items():
+                values.append(record.get(name, math.nan))
 
     cycle.__init__ = traced_init  # type: ignore[method-assign]
     cycle.send = traced_send  # type: ignore[method-assign]
@@ -233,21 +250,28 @@ def _wrap_writer() -> None:
     cls.run_hot = traced_run_hot  # type: ignore[method-assign]
     cls._commit_unsynced = traced_commit_unsynced  # type: ignore[method-assign]
     cls._start_sync = traced_start_sync  # type: ignore[method-assign]
-    cls._synced = traced_synced  # type: ignore[method-assign]
+    cls._synced = traced_synced  # type: ignore[method-assign,assignment]
     cls._commit_awaited = traced_commit_awaited  # type: ignore[method-assign]
     cls._commit_hot = traced_commit_hot  # type: ignore[method-assign]
     _walsync.WalFile.sync = traced_wal_sync  # type: ignore[method-assign]
     writer._deliver = traced_deliver
 
 
+def _heap() -> dict[str, int]:
+    """Objects the collector tracks, by type (the 40 commonest)."""
+    counts = collections.Counter(type(o).__name__ for o in gc.get_objects())
+    return {"(all)": sum(counts.values()), **dict(counts.most_common(40))}
+
+
 def _watch_gc() -> None:
-    started: list[float] = [0.0]
+    started: list[float] = [0.0, 0.0]
 
     def callback(phase: str, info: dict[str, int]) -> None:
         if phase == "start":
-            started[0] = now()
+            started[:] = [now(), time.thread_time()]
         else:
-            TRACE.gcs.append([started[0], now(), info["generation"]])
+            cpu = time.thread_time() - started[1]
+            TRACE.gcs.append([started[0], now(), info["generation"], cpu, info["collected"]])
 
     gc.callbacks.append(callback)
 
@@ -272,7 +296,12 @@ def app_from_env() -> Any:
     """The vendor's production factory, its app wrapped by :func:`traced_app`."""
     from farthing.paywall.serve import app_from_env as production
 
-    return traced_app(production())
+    app = production()
+    TRACE.heap_at_start = _heap()
+    if os.environ.get(FREEZE_ENV):  # what a worker would do once its app is built
+        gc.collect()
+        gc.freeze()
+    return traced_app(app)
 
 
 FACTORY: Final = "bench.tailhook:app_from_env"
