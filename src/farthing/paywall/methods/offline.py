@@ -13,6 +13,7 @@ is read and the payment judged once more against it.
 from __future__ import annotations
 
 from collections import OrderedDict
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final, Generic, Protocol, TypeVar
 
@@ -26,6 +27,7 @@ __all__ = [
     "Advance",
     "CardBook",
     "CardCache",
+    "Lost",
     "OfflineMethod",
     "OfflineScheme",
     "Staleness",
@@ -44,15 +46,24 @@ class Advance(StrEnum):
     USED = "used"  # the challenge id was taken before: nothing written
 
 
+@dataclass(frozen=True, slots=True)
+class Lost(Generic[S]):
+    """:attr:`Advance.LOST`, with the state the write found stored (it had moved): the
+    payment is judged again against it without reading it."""
+
+    stored: S
+
+
 class CardBook(Protocol[S]):
     """The store's view of one method's states."""
 
     async def load(self, key: bytes) -> S | None: ...
 
-    async def advance(self, old: S, new: S, challenge: ChallengeId, now: int) -> Advance:
+    async def advance(self, old: S, new: S, challenge: ChallengeId, now: int) -> Advance | Lost[S]:
         """In one durable write: take the challenge id (single use, every worker) and
         persist ``new`` iff the stored state still equals ``old`` (conditional update);
-        either both or neither."""
+        either both or neither. A write that lost because the stored state had moved
+        may say where to (:class:`Lost`); :attr:`Advance.LOST` leaves it to a read."""
         ...
 
     async def challenge_used(self, challenge: ChallengeId) -> bool:
@@ -255,6 +266,8 @@ class OfflineMethod(Generic[S, P]):
         if outcome == Advance.WON:
             self._cache.put(key, new_state)
             return settlement
+        if isinstance(outcome, Lost):
+            return outcome.stored  # the card moved: the write says where to
         if outcome == Advance.LOST:
             return await self._book.load(key)  # the card moved: here is where it is now
         return None
@@ -280,8 +293,8 @@ class OfflineMethod(Generic[S, P]):
         if outcome != Advance.WON:
             # Lost the race: to another payment, or to this very request sent twice at
             # once; or the challenge id was used. The stored state tells which; only the
-            # refusal path reads it.
-            stored = await self._book.load(key)
+            # refusal path reads it (unless the write returned it).
+            stored = outcome.stored if isinstance(outcome, Lost) else await self._book.load(key)
             if stored is None:  # a state this payment introduced, not stored: say why
                 return await self._retried(state, payment, context, InvalidPayment())
             self._cache.put(key, stored)
