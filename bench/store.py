@@ -133,9 +133,7 @@ async def _pay(
     return WorkerResult(done, counts["lost"], wall1 - wall0, cpu1 - cpu0, commits)
 
 
-def _payment(
-    card: bytes, old: int, challenge: ChallengeId
-) -> Callable[[HotTx], Spent[SzmCardRow]]:
+def _payment(card: bytes, old: int, challenge: ChallengeId) -> Callable[[HotTx], Spent[SzmCardRow]]:
     """The paywall's write for one payment of one unit (``books._spend``)."""
 
     def spend(hot: HotTx) -> Spent[SzmCardRow]:

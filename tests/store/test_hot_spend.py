@@ -6,11 +6,14 @@ statement, so a batch of payments goes to the server with its COMMIT in one roun
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Callable
 from dataclasses import replace
 
 import psycopg
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from farthing.core.errors import Conflict
 from farthing.store import (
@@ -238,3 +241,55 @@ def test_a_spend_lost_to_another_store_on_the_same_database_returns_its_row(
         b.close()
     assert won == Spent(SpendOutcome.WON)
     assert lost == Spent(SpendOutcome.LOST, stored)
+
+
+_examples = itertools.count()
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    attempts=st.lists(
+        st.tuples(st.sampled_from("ab"), st.integers(0, 5), st.integers(0, 5)),
+        min_size=1,
+        max_size=12,
+    )
+)
+def test_spends_from_two_stores_match_a_model_of_the_card(
+    store_target: str, attempts: list[tuple[str, int, int]]
+) -> None:
+    """Payments of one card through two stores on one database (two workers), each from
+    some ``old_spent`` under some challenge id: a payment is taken iff its id is unused and
+    its ``old_spent`` is the stored one; a loss to a moved card returns the card as
+    stored; nothing else moves the card or takes an id."""
+    example = next(_examples)
+    stores = {name: open_store(store_target, create=False) for name in "ab"}
+    try:
+        (card,) = issue_chain_cards(stores["a"], 1, seed=f"model-{example}")
+        spent, used = 0, set()
+        for name, old, tag in attempts:
+            challenge = (example.to_bytes(4, "big") + bytes([tag])) * 6 + b"\x00\x00"
+            with stores[name].hot_batch() as hot:
+                got = hot.szm.spend(
+                    card.card_id, old, old + 1, bytes([old + 1]) * 32, None,
+                    (challenge, EXPIRES, NOW),
+                )  # fmt: skip
+            if tag in used:
+                assert got == Spent(SpendOutcome.USED)
+            elif old == spent:
+                assert got == Spent(SpendOutcome.WON)
+                spent, used = old + 1, used | {tag}
+            else:
+                assert got.outcome is SpendOutcome.LOST
+                assert got.stored is not None
+                assert got.stored == stores["b"].szm_card(card.card_id)
+                assert got.stored.spent == spent
+        row = stores["b"].szm_card(card.card_id)
+        assert row is not None
+        assert row.spent == spent
+    finally:
+        for opened in stores.values():
+            opened.close()
