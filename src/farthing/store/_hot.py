@@ -20,7 +20,6 @@ from sqlalchemy import (
     Table,
     Update,
     and_,
-    any_,
     bindparam,
     delete,
     func,
@@ -84,11 +83,9 @@ class PreparedHot:
         used = vendor_used_challenges.c
         return cls(
             szm_advance=FastStatement.prepare(hot.szm_advance, dialect),
-            szm_card=_by_keys(hot.szm_card, szm_cards, "card_id", dialect),
+            szm_card=FastStatement.prepare(hot.szm_card, dialect),
             payword_advance=FastStatement.prepare(hot.payword_advance, dialect),
-            payword_commitment=_by_keys(
-                hot.payword_commitment, vendor_payword_commitments, "commitment_id", dialect
-            ),
+            payword_commitment=FastStatement.prepare(hot.payword_commitment, dialect),
             payword_insert=FastStatement.prepare(_payword_insert(dialect), dialect),
             challenge_use=FastStatement.prepare(_challenge_use(dialect), dialect),
             challenge_release=FastStatement.prepare(
@@ -114,20 +111,6 @@ class PreparedHot:
                 dialect, hot.payword_advance, vendor_payword_commitments, "commitment_id"
             ),
         )
-
-
-def _by_keys(
-    read: Select[tuple[object, ...]], table: Table, key: str, dialect: Dialect
-) -> FastStatement:
-    """A read of one row by ``key`` (parameter ``key_<key>``); on PostgreSQL also for many
-    keys in one statement (``key = ANY(:keys)``), for the event loop's read rounds."""
-    one = FastStatement.prepare(read, dialect)
-    if dialect.name != "postgresql":
-        return one
-    column = table.c[key]
-    keys = bindparam("keys", type_=postgresql.ARRAY(column.type))
-    many = FastStatement.prepare(select(table).where(column == any_(keys)), dialect)
-    return one.reading_many(many, param=f"key_{key}", column=key)
 
 
 class HotArea:
