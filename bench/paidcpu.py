@@ -56,7 +56,7 @@ from farthing.paywall.app import VendorApps
 from farthing.paywall.config import load_vendor_config
 from farthing.paywall.sales import SalesRecorder
 from farthing.paywall.serve import vendor_from_config
-from farthing.store import SpendOutcome
+from farthing.store import SpendOutcome, Spent
 from farthing.store._fastlane import FastStatement
 from farthing.store._hot import HotArea
 
@@ -89,9 +89,11 @@ def _single_use_off() -> Callable[[], None]:
         compare_and_set: FastStatement,
         params: dict[str, object],
         challenge: Any,
-    ) -> SpendOutcome:
+        read: Any,
+        row_of: Any,
+    ) -> Spent[Any]:
         moved = self._batch.rowcount(compare_and_set, params) == 1
-        return SpendOutcome.WON if moved else SpendOutcome.LOST
+        return Spent(SpendOutcome.WON if moved else SpendOutcome.LOST)
 
     HotArea._spend = spend  # type: ignore[method-assign]
 

@@ -4,7 +4,8 @@ With several workers each has its own card cache, and a card's next payment reac
 them: judged against the state that worker saw last, it fails, and is judged again after a
 store read. Here two vendor apps (each what a uvicorn worker builds: its own cache, store
 connections and writer) run in one process over one store, fed the same pre-generated
-``szm:chain`` payments in-process (no sockets, no HTTP parser), one request at a time:
+``szm:chain`` payments in-process (no sockets, no HTTP parser), one request at a time (or
+from ``--clients`` concurrent clients, so that payments share batches as in a loaded worker):
 
 - *one worker*: every payment to app A (its cache is always current);
 - *two, stale*: a card's payments alternate between A and B, so every payment meets a
@@ -13,7 +14,7 @@ connections and writer) run in one process over one store, fed the same pre-gene
 
 CPU per request is the process's CPU time (all threads) over the requests.
 
-    .venv/bin/python -m bench.stale [--requests 3000] [--stores sqlite,postgresql]
+    .venv/bin/python -m bench.stale [--requests 3000] [--stores sqlite,postgresql] [--clients 16]
 """
 
 from __future__ import annotations
@@ -47,16 +48,26 @@ def _routes(kind: str, cards: int) -> Callable[[int], int]:
     return lambda i: (i % cards) % 2
 
 
-async def _run(apps: list[Any], lines: list[str], route: Callable[[int], int], first: int) -> float:
+async def _run(
+    apps: list[Any], lines: list[str], route: Callable[[int], int], first: int, clients: int = 1
+) -> float:
+    """CPU seconds per request of ``lines`` sent by ``clients`` concurrent clients, each
+    taking the next line when its last one was answered (a card's payments are CARDS lines
+    apart, so never concurrent)."""
+    todo = iter(enumerate(lines))
+
+    async def client() -> None:
+        for offset, line in todo:
+            status = await call(apps[route(first + offset)], PAID_PATH, line)
+            if status != 200:
+                raise RuntimeError(f"request answered {status}")
+
     started = time.process_time()
-    for offset, line in enumerate(lines):
-        status = await call(apps[route(first + offset)], PAID_PATH, line)
-        if status != 200:
-            raise RuntimeError(f"request answered {status}")
+    await asyncio.gather(*(client() for _ in range(clients)))
     return (time.process_time() - started) / len(lines)
 
 
-def measure(target: str, folder: Path, requests: int) -> dict[str, float]:
+def measure(target: str, folder: Path, requests: int, clients: int = 1) -> dict[str, float]:
     vendor = write_vendor(folder, target, payword=False)
     store = open_store(target)
     try:
@@ -78,7 +89,8 @@ def measure(target: str, folder: Path, requests: int) -> dict[str, float]:
         for _ in range(ROUNDS):
             for kind in kinds:  # interleaved, so machine noise hits each alike
                 chunk = lines[position : position + requests]
-                samples[kind].append(await _run(apps, chunk, _routes(kind, CARDS), position))
+                route = _routes(kind, CARDS)
+                samples[kind].append(await _run(apps, chunk, route, position, clients))
                 position += requests
         return {kind: statistics.median(values) * 1e6 for kind, values in samples.items()}
 
@@ -101,6 +113,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--stores", default="sqlite,postgresql")
+    parser.add_argument(
+        "--clients",
+        type=int,
+        default=1,
+        help="concurrent in-process clients (1: one request at a time; more: the apps'"
+        " writers batch payments as a loaded worker does)",
+    )
     args = parser.parse_args()
     print("| store | one worker | two, stale | two, affine | stale cost |")
     print("|---|---:|---:|---:|---:|")
@@ -108,7 +127,7 @@ def main() -> None:
         for name, target in _targets(Path(tmp), args.stores.split(",")):
             folder = Path(tmp) / name
             folder.mkdir()
-            us = measure(target, folder, args.requests)
+            us = measure(target, folder, args.requests, args.clients)
             print(
                 f"| {name} | {us['one worker']:,.0f} us | {us['two, stale']:,.0f} us"
                 f" | {us['two, affine']:,.0f} us"

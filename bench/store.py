@@ -33,8 +33,7 @@ from pathlib import Path
 from bench.chaincards import card_id, issue_chain_batch
 from farthing.http.payment_auth import ChallengeId
 from farthing.paywall.books import _spend
-from farthing.paywall.methods.offline import Advance
-from farthing.store import HotTx, open_store
+from farthing.store import HotTx, SpendOutcome, Spent, SzmCardRow, open_store
 from farthing.store.writer import StoreWriter
 
 _BATCH = b"\x02" * 16
@@ -110,7 +109,7 @@ async def _pay(
             old = spent[slot]
             challenge = ChallengeId(raw=next(ids).to_bytes(32, "big"), expires=_EXPIRES)
             outcome = await writer.run_hot(_payment(card, old, challenge))
-            if outcome is Advance.WON:
+            if outcome.outcome is SpendOutcome.WON:
                 spent[slot] = old + 1
                 if timing["on"]:
                     counts["won"] += 1
@@ -134,10 +133,10 @@ async def _pay(
     return WorkerResult(done, counts["lost"], wall1 - wall0, cpu1 - cpu0, commits)
 
 
-def _payment(card: bytes, old: int, challenge: ChallengeId) -> Callable[[HotTx], Advance]:
+def _payment(card: bytes, old: int, challenge: ChallengeId) -> Callable[[HotTx], Spent[SzmCardRow]]:
     """The paywall's write for one payment of one unit (``books._spend``)."""
 
-    def spend(hot: HotTx) -> Advance:
+    def spend(hot: HotTx) -> Spent[SzmCardRow]:
         taken = (challenge.raw, challenge.expires, _NOW)
         return _spend(
             hot, _NOW, lambda: hot.szm.spend(card, old, old + 1, os.urandom(32), None, taken)

@@ -157,6 +157,6 @@ def spend_job(card_id: bytes, old: int, challenge: bytes, expires: int) -> Calla
     def spend(hot: HotTx) -> str:
         anchor = bytes([old + 1]) * 32
         used = (challenge, expires, expires - 300)
-        return str(hot.szm.spend(card_id, old, old + 1, anchor, None, used))
+        return str(hot.szm.spend(card_id, old, old + 1, anchor, None, used).outcome)
 
     return spend

@@ -115,3 +115,6 @@ def test_pool_limits_come_from_the_dsn_and_are_checked() -> None:
     for bad in ("pool_size=0", "lane_size=x", "pool_timeout=-1"):
         with pytest.raises(ValueError):
             pool_limits(make_url(f"postgresql+psycopg://u@h/db?{bad}"))
+    # the removed opt-in is named, not passed on to the driver (which fails less clearly)
+    with pytest.raises(ValueError, match="loop_reads"):
+        pool_limits(make_url("postgresql+psycopg://u@h/db?loop_reads=1"))

@@ -42,6 +42,7 @@ from farthing.paywall.books import (
     PaywordBroker,
     PrbgBook,
     UsedChallenges,
+    staleness_for,
 )
 from farthing.paywall.browser import CardChecker, wallet_routes
 from farthing.paywall.idempotency import IdempotencyKeys
@@ -117,9 +118,11 @@ def build_methods(
     methods: list[PaymentMethod] = []
     if settings.szm is not None:
         chain = SzmScheme.chain(settings.szm.chain_master)
-        methods.append(OfflineMethod(chain, ChainBook(store, writer)))
+        methods.append(
+            OfflineMethod(chain, ChainBook(store, writer), staleness=staleness_for(store))
+        )
         prbg = SzmScheme.prbg(settings.szm.prbg_master, bbs_key=settings.szm.bbs)
-        methods.append(OfflineMethod(prbg, PrbgBook(store, writer)))
+        methods.append(OfflineMethod(prbg, PrbgBook(store, writer), staleness=staleness_for(store)))
     if settings.hll is not None:
         hll = settings.hll
         deferred = hll.mode is HllMode.DEFERRED
@@ -145,7 +148,8 @@ def build_methods(
             broker_public=pw.broker_public,
             unit_micros=pw.unit_micros,
         )
-        methods.append(OfflineMethod(scheme, PaywordBook(store, writer, broker=broker)))
+        book = PaywordBook(store, writer, broker=broker)
+        methods.append(OfflineMethod(scheme, book, staleness=staleness_for(store)))
     return methods
 
 

@@ -23,7 +23,7 @@ from farthing.core.schemes import hll, payword, szm_chain, szm_prbg
 from farthing.core.schemes.hll import DeferredDecision
 from farthing.http.payment_auth import ChallengeId
 from farthing.paywall.methods.hll import DeferredPolicy, DeferredRecord, PendingPurchase
-from farthing.paywall.methods.offline import Advance, challenge_used
+from farthing.paywall.methods.offline import Advance, Lost, Staleness, challenge_used
 from farthing.paywall.methods.payword import HeldCommitment
 from farthing.store import (
     CardStatus,
@@ -31,6 +31,7 @@ from farthing.store import (
     HllPaymentState,
     HotTx,
     SpendOutcome,
+    Spent,
     Store,
     SzmCardRow,
     SzmProtocol,
@@ -40,7 +41,21 @@ from farthing.store import (
 )
 from farthing.store.writer import StoreWriter
 
-__all__ = ["ChainBook", "HllDeferredBook", "PaywordBook", "PaywordBroker", "PrbgBook"]
+__all__ = [
+    "ChainBook",
+    "HllDeferredBook",
+    "PaywordBook",
+    "PaywordBroker",
+    "PrbgBook",
+    "staleness_for",
+]
+
+
+def staleness_for(store: Store) -> Staleness:
+    """When an offline method on ``store`` reads a card before trying its cached state
+    (one per method): on PostgreSQL never (:meth:`Staleness.always_try`), on SQLite once
+    the cache was often stale (a read there costs ~30 us on the loop)."""
+    return Staleness.always_try() if store.backend == "postgresql" else Staleness()
 
 
 @functools.lru_cache(maxsize=256)
@@ -63,6 +78,8 @@ class _CardState(Protocol):
 
 
 C = TypeVar("C", bound=_CardState)
+R = TypeVar("R")  # a stored row
+S = TypeVar("S")  # the paywall's state of one
 
 
 def _active(row: SzmCardRow | None, protocol: SzmProtocol) -> SzmCardRow | None:
@@ -83,8 +100,11 @@ class _SzmBook(Generic[C]):
         self._writer = writer
 
     async def load(self, key: bytes) -> C | None:
-        row = _active(await self._store.read_hot(self._store.szm_card, key), self._protocol)
-        return None if row is None else self._state(row)
+        return self._state_of(await self._store.read_hot(self._store.szm_card, key))
+
+    def _state_of(self, row: SzmCardRow | None) -> C | None:
+        active = _active(row, self._protocol)
+        return None if active is None else self._state(active)
 
     async def introduce(self, state: C) -> C:
         raise InvalidPayment()  # cards are issued by the issuer, never introduced by a payment
@@ -92,8 +112,8 @@ class _SzmBook(Generic[C]):
     async def durable(self) -> None:
         await self._writer.durable()
 
-    async def advance(self, old: C, new: C, challenge: ChallengeId, now: int) -> Advance:
-        return await self._writer.run_hot(
+    async def advance(self, old: C, new: C, challenge: ChallengeId, now: int) -> Advance | Lost[C]:
+        spent = await self._writer.run_hot(
             lambda hot: _spend(
                 hot,
                 now,
@@ -107,6 +127,7 @@ class _SzmBook(Generic[C]):
                 ),
             )
         )
+        return _advanced(spent, self._state_of)
 
     async def challenge_used(self, challenge: ChallengeId) -> bool:
         return await self._store.read_hot(self._store.challenge_used, challenge.raw)
@@ -192,19 +213,7 @@ class PaywordBook:
 
     async def load(self, key: bytes) -> HeldCommitment | None:
         row = await self._store.read_hot(self._store.payword_commitment, key)
-        if row is None:
-            return None
-        state = payword.CommitmentState(
-            commitment_id=row.commitment_id,
-            last_value=row.last_value,
-            spent=row.spent,
-            length=row.length,
-            denomination=_denomination(row.currency, row.unit_micros),
-            expires_at=row.expires_at,
-            last_request=row.last_request,
-            last_units=row.last_units or 0,
-        )
-        return HeldCommitment(commitment_id=row.commitment_id, state=state, encoded=row.commitment)
+        return None if row is None else _held(row)
 
     async def introduce(self, held: HeldCommitment) -> HeldCommitment:
         """A new commitment, admitted by the broker (if any), to be stored by its first
@@ -229,10 +238,10 @@ class PaywordBook:
 
     async def advance(
         self, old: HeldCommitment, new: HeldCommitment, challenge: ChallengeId, now: int
-    ) -> Advance:
+    ) -> Advance | Lost[HeldCommitment]:
         first = None if old.stored else _commitment_row(old)
 
-        def spend(hot: HotTx) -> SpendOutcome:
+        def spend(hot: HotTx) -> Spent[VendorCommitmentRow]:
             if first is not None:  # introduced by this payment: stored in its batch
                 hot.vendor.add_commitment(first)
             return hot.vendor.payword_spend(
@@ -244,13 +253,28 @@ class PaywordBook:
                 (challenge.raw, challenge.expires, now),
             )
 
-        return await self._writer.run_hot(lambda hot: _spend(hot, now, lambda: spend(hot)))
+        spent = await self._writer.run_hot(lambda hot: _spend(hot, now, lambda: spend(hot)))
+        return _advanced(spent, _held)
 
     async def challenge_used(self, challenge: ChallengeId) -> bool:
         return await self._store.read_hot(self._store.challenge_used, challenge.raw)
 
     async def challenge_used_at(self, challenge: ChallengeId) -> int | None:
         return await self._store.read_hot(self._store.challenge_used_at, challenge.raw)
+
+
+def _held(row: VendorCommitmentRow) -> HeldCommitment:
+    state = payword.CommitmentState(
+        commitment_id=row.commitment_id,
+        last_value=row.last_value,
+        spent=row.spent,
+        length=row.length,
+        denomination=_denomination(row.currency, row.unit_micros),
+        expires_at=row.expires_at,
+        last_request=row.last_request,
+        last_units=row.last_units or 0,
+    )
+    return HeldCommitment(commitment_id=row.commitment_id, state=state, encoded=row.commitment)
 
 
 def _commitment_row(held: HeldCommitment) -> VendorCommitmentRow:
@@ -271,13 +295,23 @@ _PRUNE_EVERY = 1024  # accepted payments per process between prunings of expired
 _spent_since_prune = itertools.count(1)
 
 
-def _spend(hot: HotTx, now: int, spend: Callable[[], SpendOutcome]) -> Advance:
+def _spend(hot: HotTx, now: int, spend: Callable[[], Spent[R]]) -> Spent[R]:
     """A payment's one write (the store takes its challenge id and moves the card or
     commitment, both or neither: on PostgreSQL one statement, the job's last); every
     ``_PRUNE_EVERY`` payments one DELETE of expired ids first, in the same batch."""
     if next(_spent_since_prune) % _PRUNE_EVERY == 0:
         hot.vendor.prune_challenges(now)
-    return _ADVANCE_OF[spend()]
+    return spend()
+
+
+def _advanced(spent: Spent[R], state_of: Callable[[R], S | None]) -> Advance | Lost[S]:
+    """The write's outcome for the paywall; a loss with the row it found, as the state to
+    judge the payment again against (no read)."""
+    if spent.stored is not None:
+        state = state_of(spent.stored)
+        if state is not None:
+            return Lost(state)
+    return _ADVANCE_OF[spent.outcome]
 
 
 _ADVANCE_OF: Final = {

@@ -67,10 +67,6 @@ class PoolLimits:
     """Hot-path driver connections (see _fastlane)."""
     pool_timeout: float = 5.0
     """Seconds a request waits for a free connection before it is refused (503)."""
-    loop_reads: bool = False
-    """PostgreSQL: the hot path's reads on each event loop's own async connection
-    (``Store.read_hot``), not in a thread. Off by default: with two workers on a loaded
-    2-core machine it lowered paid throughput (docs/storage.md)."""
 
     @property
     def per_process(self) -> int:
@@ -78,7 +74,7 @@ class PoolLimits:
 
 
 _DEFAULT_LIMITS: Final = PoolLimits()
-_LIMIT_PARAMS: Final = ("pool_size", "lane_size", "pool_timeout", "loop_reads")
+_LIMIT_PARAMS: Final = ("pool_size", "lane_size", "pool_timeout")
 _SQLITE_LIMITS: Final = PoolLimits(pool_size=8, lane_size=16, pool_timeout=30.0)
 
 
@@ -138,13 +134,14 @@ def make_engines(url: URL) -> Engines:
 def pool_limits(url: URL) -> tuple[URL, PoolLimits]:
     """The DSN without farthing's pool parameters, and the limits they set."""
     query = url.query
+    if "loop_reads" in query:  # session 6's opt-in, removed in session 7 (docs/storage.md)
+        raise ValueError("loop_reads is no longer a store option; remove it from the DSN")
     given = {name: query[name] for name in _LIMIT_PARAMS if name in query}
     try:
         limits = PoolLimits(
             pool_size=int(_one(given.get("pool_size", _DEFAULT_LIMITS.pool_size))),
             lane_size=int(_one(given.get("lane_size", _DEFAULT_LIMITS.lane_size))),
             pool_timeout=float(_one(given.get("pool_timeout", _DEFAULT_LIMITS.pool_timeout))),
-            loop_reads=_one(given.get("loop_reads", "0")) in ("1", "true", "on"),
         )
     except ValueError:
         raise ValueError("pool_size, lane_size and pool_timeout must be numbers") from None

@@ -47,7 +47,6 @@ from farthing.store._errors import is_busy
 
 __all__ = [
     "AsyncFastLane",
-    "AsyncReadLane",
     "FastBatch",
     "FastLane",
     "FastStatement",
@@ -61,19 +60,11 @@ T = TypeVar("T")
 
 @dataclass(frozen=True, slots=True)
 class FastStatement:
-    """A Core statement compiled once for one dialect; ``many``: the same read for many
-    keys at once, if there is one (see :class:`ManyRead`)."""
+    """A Core statement compiled once for one dialect."""
 
     compiled: SQLCompiler
     sql: str
     order: tuple[str, ...] | None
-    many: ManyRead | None = None
-
-    def reading_many(self, many: FastStatement, *, param: str, column: str) -> FastStatement:
-        """This read, answered for many keys by ``many`` (its parameter ``keys`` a list of
-        the values of this read's ``param``; ``column``: the key in its rows)."""
-        found = ManyRead(statement=many, param=param, column=column)
-        return FastStatement(compiled=self.compiled, sql=self.sql, order=self.order, many=found)
 
     @classmethod
     def prepare(cls, statement: ClauseElement, dialect: Dialect) -> FastStatement:
@@ -91,15 +82,6 @@ class FastStatement:
         if self.order is None:
             return dict(values)
         return tuple(values[name] for name in self.order)
-
-
-@dataclass(frozen=True, slots=True)
-class ManyRead:
-    """A one-row read by key, for many keys in one statement (``key = ANY(:keys)``)."""
-
-    statement: FastStatement
-    param: str
-    column: str
 
 
 class FastBatch:
@@ -477,147 +459,12 @@ def _step(
         raise RuntimeError("a hot job switched greenlets by itself")
 
 
-class AsyncReadLane:
-    """:meth:`FastLane.fetch_one` on one event loop's own async connection (PostgreSQL).
-
-    A read handed to a thread and back costs the worker more CPU than the read (the hop,
-    and the GIL handed back and forth at every system call). Here the reads that one pass
-    of the loop asks for go out together: the reads of one statement as one statement
-    for all their keys (its :class:`ManyRead`), one round trip; the reads asked for
-    meanwhile form the next round. The connection
-    holds one slot of ``budget`` while it is open (see :class:`AsyncFastLane`). A round
-    that fails fails each of its reads with the error, closes the connection and gives its
-    slot back; the next round connects afresh.
-    """
-
-    def __init__(self, connect: Callable[[], Awaitable[Any]], budget: FastLane) -> None:
-        self._connect = connect
-        self._budget = budget
-        self._connection: Any = None
-        self._reserved = False
-        self._queued: list[tuple[_Statement, asyncio.Future[dict[str, Any] | None]]] = []
-        self._in_flight = False
-
-    def ready(self) -> bool:
-        """Holds a hot-path slot (taken now if free): a read can run here without waiting."""
-        if not self._reserved:
-            self._reserved = self._budget.reserve()
-        return self._reserved
-
-    async def fetch_one(
-        self, statement: FastStatement, params: Mapping[str, object]
-    ) -> dict[str, Any] | None:
-        """The first row of a read as a column -> value dict, or None; call :meth:`ready`
-        first (without a slot it raises :class:`LaneBusy`)."""
-        if not self.ready():
-            raise LaneBusy()
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[dict[str, Any] | None] = loop.create_future()
-        self._queued.append((_Statement(statement, params), future))
-        if len(self._queued) == 1 and not self._in_flight:
-            loop.call_soon(self._send)  # after this pass: its reads share one round trip
-        return await future
-
-    def _send(self) -> None:
-        reads, self._queued = self._queued, []
-        self._in_flight = True
-        asyncio.get_running_loop().create_task(self._round(reads))
-
-    async def _round(
-        self, reads: list[tuple[_Statement, asyncio.Future[dict[str, Any] | None]]]
-    ) -> None:
-        try:
-            rows = await self._fetch([stmt for stmt, _future in reads])
-        except BaseException as error:
-            self._discard()
-            for _stmt, future in reads:
-                if not future.done():
-                    future.set_exception(error)
-            if not isinstance(error, Exception):
-                raise
-        else:
-            for (_stmt, future), row in zip(reads, rows, strict=True):
-                if not future.done():
-                    future.set_result(row)
-        finally:
-            self._in_flight = False
-            if self._queued:
-                asyncio.get_running_loop().call_soon(self._send)
-
-    async def _fetch(self, reads: list[_Statement]) -> list[dict[str, Any] | None]:
-        """The rows; on a kept connection that fails, once more on a fresh one: it may
-        have broken since its last round (a server restart), and reads change nothing."""
-        if self._connection is not None:
-            try:
-                return await _fetch_rows(self._connection, reads)
-            except Exception:
-                self._discard(keep_slot=True)
-        self._connection = await self._connect()
-        return await _fetch_rows(self._connection, reads)
-
-    def _discard(self, *, keep_slot: bool = False) -> None:
-        connection, self._connection = self._connection, None
-        if connection is not None:
-            _finish(connection)
-        if self._reserved and not keep_slot:
-            self._reserved = False
-            self._budget.unreserve()
-
-    def close(self) -> None:
-        """Close the connection (from any thread; a round still running on it fails)."""
-        self._discard()
-
-
-async def _fetch_rows(connection: Any, reads: list[_Statement]) -> list[dict[str, Any] | None]:
-    """One round of reads: per statement, one read alone, or the many-key form of the
-    statement for several (one round trip each; a pipeline costs more CPU in psycopg than
-    it saves here)."""
-    rows: list[dict[str, Any] | None] = [None] * len(reads)
-    for statement, group in _read_groups(reads):
-        many = statement.many
-        if many is None or len(group) == 1:
-            for index in group:
-                rows[index] = await _fetch_one_async(connection, statement, reads[index].params)
-            continue
-        keys: list[Any] = [reads[index].params[many.param] for index in group]
-        found = await _fetch_all_async(connection, many.statement, {"keys": list(set(keys))})
-        by_key = {bytes(row[many.column]): row for row in found}
-        for index, key in zip(group, keys, strict=True):
-            rows[index] = by_key.get(bytes(key))
-    return rows
-
-
-async def _fetch_one_async(
-    connection: Any, statement: FastStatement, params: Mapping[str, object]
-) -> dict[str, Any] | None:
-    async with connection.cursor(row_factory=_dict_row()) as cursor:
-        await cursor.execute(statement.sql, statement.bind(params))
-        row: dict[str, Any] | None = await cursor.fetchone()
-        return row
-
-
-async def _fetch_all_async(
-    connection: Any, statement: FastStatement, params: Mapping[str, object]
-) -> list[dict[str, Any]]:
-    async with connection.cursor(row_factory=_dict_row()) as cursor:
-        await cursor.execute(statement.sql, statement.bind(params))
-        rows: list[dict[str, Any]] = await cursor.fetchall()
-        return rows
-
-
 def _dict_row() -> Any:
     """psycopg's dict rows: the column names read from the result once (``description``
     builds a column object per column and row, a third of a small read's CPU)."""
     from psycopg.rows import dict_row  # PostgreSQL only: psycopg need not be installed
 
     return dict_row
-
-
-def _read_groups(reads: list[_Statement]) -> list[tuple[FastStatement, list[int]]]:
-    groups: dict[int, tuple[FastStatement, list[int]]] = {}
-    for index, stmt in enumerate(reads):
-        groups.setdefault(id(stmt.statement), (stmt.statement, []))[1].append(index)
-    return list(groups.values())
 
 
 async def _acontrol(connection: Any, statement: str) -> None:

@@ -7,7 +7,9 @@ them precompiled on the fast lane (see :mod:`farthing.store._fastlane`).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     ClauseElement,
@@ -17,21 +19,24 @@ from sqlalchemy import (
     Select,
     Table,
     Update,
-    any_,
+    and_,
     bindparam,
     delete,
     func,
     insert,
+    literal_column,
     select,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 
 from farthing.store._fastlane import FastBatch, FastStatement
-from farthing.store._rows import CardStatus, SpendOutcome
+from farthing.store._rows import CardStatus, SpendOutcome, Spent
 from farthing.store._schema import szm_cards, vendor_payword_commitments, vendor_used_challenges
 
 __all__ = ["HotArea", "HotStatements", "PreparedHot"]
+
+R = TypeVar("R")
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,11 +83,9 @@ class PreparedHot:
         used = vendor_used_challenges.c
         return cls(
             szm_advance=FastStatement.prepare(hot.szm_advance, dialect),
-            szm_card=_by_keys(hot.szm_card, szm_cards, "card_id", dialect),
+            szm_card=FastStatement.prepare(hot.szm_card, dialect),
             payword_advance=FastStatement.prepare(hot.payword_advance, dialect),
-            payword_commitment=_by_keys(
-                hot.payword_commitment, vendor_payword_commitments, "commitment_id", dialect
-            ),
+            payword_commitment=FastStatement.prepare(hot.payword_commitment, dialect),
             payword_insert=FastStatement.prepare(_payword_insert(dialect), dialect),
             challenge_use=FastStatement.prepare(_challenge_use(dialect), dialect),
             challenge_release=FastStatement.prepare(
@@ -110,20 +113,6 @@ class PreparedHot:
         )
 
 
-def _by_keys(
-    read: Select[tuple[object, ...]], table: Table, key: str, dialect: Dialect
-) -> FastStatement:
-    """A read of one row by ``key`` (parameter ``key_<key>``); on PostgreSQL also for many
-    keys in one statement (``key = ANY(:keys)``), for the event loop's read rounds."""
-    one = FastStatement.prepare(read, dialect)
-    if dialect.name != "postgresql":
-        return one
-    column = table.c[key]
-    keys = bindparam("keys", type_=postgresql.ARRAY(column.type))
-    many = FastStatement.prepare(select(table).where(column == any_(keys)), dialect)
-    return one.reading_many(many, param=f"key_{key}", column=key)
-
-
 class HotArea:
     """One area's hot-path writes, bound to one :class:`FastBatch` (a hot batch)."""
 
@@ -139,27 +128,45 @@ class HotArea:
         compare_and_set: FastStatement,
         params: dict[str, object],
         challenge: tuple[bytes, int, int],
-    ) -> SpendOutcome:
+        read: FastStatement,
+        row_of: Callable[[Mapping[str, Any]], R],
+    ) -> Spent[R]:
         """A payment's write: take the challenge id ``(id, expires_at, used_at)`` and
-        compare-and-set, both or neither. PostgreSQL: one statement, the job's last
-        (:func:`_spend`). SQLite: the id's INSERT, the compare-and-set, and the id given
-        back if the row had moved."""
+        compare-and-set, both or neither; if the compare-and-set lost, the stored row it
+        found (:class:`Spent`; ``row_of`` builds it, ``read`` reads it on SQLite).
+        PostgreSQL: one statement, the job's last (:func:`_spend`). SQLite: the id's
+        INSERT, the compare-and-set, and if the row had moved the id given back and the
+        row read (in the batch's transaction, which holds the write lock: current)."""
         challenge_id, expires_at, used_at = challenge
         taken = {"key_id": challenge_id, "expires_at": expires_at, "used_at": used_at}
         if spend is not None:
             row = self._batch.fetch_one(spend, {**params, **taken, "request": None}, final=True)
             if row is None:
                 raise RuntimeError("the spend statement returned no row")
-            if row["moved"]:
-                return SpendOutcome.WON
-            return SpendOutcome.USED if row["used"] else SpendOutcome.LOST
+            if row.pop("moved"):
+                return Spent(SpendOutcome.WON)
+            if row.pop("used"):
+                return Spent(SpendOutcome.USED)
+            del row["taken"]
+            return _lost(row, params, row_of)
         use = {**taken, "request": None}
         if self._batch.rowcount(self._prepared.challenge_use, use) != 1:
-            return SpendOutcome.USED
+            return Spent(SpendOutcome.USED)
         if self._batch.rowcount(compare_and_set, params) != 1:
             self._batch.rowcount(self._prepared.challenge_release, {"key_id": challenge_id})
-            return SpendOutcome.LOST
-        return SpendOutcome.WON
+            return _lost(self._batch.fetch_one(read, params), params, row_of)
+        return Spent(SpendOutcome.WON)
+
+
+def _lost(
+    row: dict[str, Any] | None,
+    params: Mapping[str, object],
+    row_of: Callable[[Mapping[str, Any]], R],
+) -> Spent[R]:
+    """LOST, with the found row if it shows why (its spent is not the one compared)."""
+    if row is None or row["spent"] is None or row["spent"] == params["old_spent"]:
+        return Spent(SpendOutcome.LOST)
+    return Spent(SpendOutcome.LOST, row_of(row))
 
 
 def _szm_advance() -> Update:
@@ -239,20 +246,26 @@ def _spend_for(
 
 def _spend(compare_and_set: Update, table: Table, key: str) -> Select[tuple[object, ...]]:
     """A payment's write in one statement (PostgreSQL): the compare-and-set, only if the
-    challenge id was not used before, and the id's INSERT only if the row moved::
+    challenge id was not used before, and the id's INSERT only if the row moved; if it
+    did not move (and the id was unused), the row as found, to judge the payment again::
 
         WITH moved AS (UPDATE ... WHERE <compare-and-set> AND NOT EXISTS (<id used>)
                        RETURNING key),
              taken AS (INSERT INTO vendor_used_challenges SELECT :id, ... FROM moved
                        RETURNING challenge_id)
         SELECT (SELECT count(*) FROM moved) AS moved, EXISTS (<id used>) AS used,
-               (SELECT count(*) FROM taken) AS taken
+               (SELECT count(*) FROM taken) AS taken, <table>.*
+        FROM (SELECT 1) AS one LEFT JOIN <table>
+             ON key = :key AND NOT EXISTS (SELECT FROM moved) AND NOT EXISTS (<id used>)
 
     Nothing to give back when the card had moved (the id is inserted only with the move),
     so a payment is one statement and a batch of them one round trip with its COMMIT. The
     INSERT has no ON CONFLICT: if another transaction takes the same id for another card
     at the same moment, the statement fails and the whole batch rolls back (the writer
-    then runs each job alone, and this one finds the id used). Parameters: those of the
+    then runs each job alone, and this one finds the id used). The row is read in the
+    statement's snapshot: if the UPDATE lost to a transaction that committed after the
+    snapshot was taken (it then re-checks the newer row), the row read still shows the old
+    spent, and the caller reads the row again (:func:`_lost`). Parameters: those of the
     compare-and-set, and ``key_id``, ``expires_at``, ``used_at``, ``request``."""
     used = vendor_used_challenges.c
     challenge = bindparam("key_id", type_=used.challenge_id.type)
@@ -270,11 +283,18 @@ def _spend(compare_and_set: Update, table: Table, key: str) -> Select[tuple[obje
         .returning(used.challenge_id)
         .cte("taken")
     )
+    one = select(literal_column("1").label("one")).subquery("one")
+    found = and_(
+        table.c[key] == bindparam(f"key_{key}", type_=table.c[key].type),
+        ~select(moved.c[key]).exists(),
+        ~used_before,
+    )
     return select(
         select(func.count()).select_from(moved).scalar_subquery().label("moved"),
         used_before.label("used"),
         select(func.count()).select_from(taken).scalar_subquery().label("taken"),
-    )
+        *table.c,
+    ).select_from(one.outerjoin(table, found))
 
 
 def _challenge_use(dialect: Dialect) -> ClauseElement:

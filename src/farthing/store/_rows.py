@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Generic, TypeVar
 
 __all__ = [
     "AccountKind",
@@ -33,6 +34,8 @@ __all__ = [
     "PaywordCertificateRow",
     "PaywordRedemptionRow",
     "PaywordUserRow",
+    "SpendOutcome",
+    "Spent",
     "SzmBatchRow",
     "SzmCardRow",
     "SzmProtocol",
@@ -59,6 +62,23 @@ class SpendOutcome(StrEnum):
     WON = "won"  # the card (commitment) moved and the challenge id is taken, in this batch
     LOST = "lost"  # the stored spent was not the old one (or the card is blocked): nothing
     USED = "used"  # the challenge id was taken before: nothing written
+
+
+R = TypeVar("R")
+
+
+@dataclass(frozen=True, slots=True)
+class Spent(Generic[R]):
+    """A payment's write's outcome (``hot.szm.spend``), and on LOST the stored row it found.
+
+    ``stored`` is the row as the write found it, given only when that row shows the
+    compare-and-set's ``old_spent`` was stale (its ``spent`` differs): the payment can be
+    judged again against it with no second read. None: not found that way (no row, the
+    card blocked or past its value, or PostgreSQL's statement snapshot older than the row
+    its UPDATE found); read the row if it is needed."""
+
+    outcome: SpendOutcome
+    stored: R | None = None
 
 
 class CardStatus(StrEnum):

@@ -27,14 +27,12 @@ import random
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final, Literal, TypeVar, final
+from typing import Final, Literal, TypeVar, final
 
-import greenlet
 from sqlalchemy import Engine
 
 from farthing.core.clock import Clock, SystemClock
@@ -43,10 +41,8 @@ from farthing.store._engine import Engines, is_postgres_target, make_engines, ta
 from farthing.store._errors import busy_conflict, is_retryable, map_db_errors
 from farthing.store._fastlane import (
     AsyncFastLane,
-    AsyncReadLane,
     FastBatch,
     FastLane,
-    FastStatement,
     LaneBusy,
 )
 from farthing.store._hot import HotStatements, PreparedHot
@@ -62,9 +58,6 @@ __all__ = ["Store", "migrate", "open_store"]
 T = TypeVar("T")
 _BACKOFF_S: Final = 0.005
 _BACKOFF_CAP_S: Final = 0.25
-# PostgreSQL: the reads get a loop connection of their own only if the hot-path budget
-# still leaves one besides it and the loop's batch connection (for the writer's thread).
-_READ_LANE_FROM: Final = 3
 
 
 @final
@@ -100,16 +93,6 @@ class Store:
         # PostgreSQL: each event loop's own async connection for hot batches on the loop.
         self._loop_lanes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncFastLane]
         self._loop_lanes = weakref.WeakKeyDictionary()
-        # PostgreSQL: each event loop's own async connection for the hot path's reads,
-        # if the budget leaves the thread lane a connection besides it and the batches'.
-        self._loop_reads: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncReadLane]
-        self._loop_reads = weakref.WeakKeyDictionary()
-        limits = engines.limits
-        self._reads_on_loop = (
-            engines.async_connect is not None
-            and limits.loop_reads
-            and limits.lane_size >= _READ_LANE_FROM
-        )
 
     @property
     def backend(self) -> Literal["sqlite", "postgresql"]:
@@ -264,83 +247,44 @@ class Store:
         event loop. On SQLite it runs on the loop itself: a WAL read never waits for a
         writer and costs ~30 us of CPU, a hop to a thread and back ~120 us (bench/stale.py
         times the reads of a stale card cache). On PostgreSQL, a network round trip, it
-        runs in a thread; with ``loop_reads=1`` in the DSN the loop awaits it on its own
-        async connection instead (:class:`AsyncReadLane`: the reads of one pass of the
-        loop share a round trip; ``read`` runs in a greenlet that stops at its statement),
-        unless there is no free hot-path slot for that connection or ``lane_size`` is
-        below 3."""
+        runs in a thread (the paid path reads a card only when it has none cached: a
+        payment that meets a stale cached card is judged again against the row its losing
+        write returned, ``hot.szm.spend``)."""
         if self.backend == "sqlite":
             return read(key)
-        lane = self._read_lane()
-        if lane is None or not lane.ready():
-            return await asyncio.to_thread(read, key)
-        runner = _LoopRead(lambda: _ReadDone(read(key)))
-        out = runner.switch()
-        while isinstance(out, _ReadStatement):
-            try:
-                row = await lane.fetch_one(out.statement, out.params)
-            except Exception as error:  # raised inside ``read``: its error mapping applies
-                out = runner.throw(error)
-            else:
-                out = runner.switch(row)
-        if not isinstance(out, _ReadDone):
-            raise RuntimeError("a hot read switched greenlets by itself")
-        result: T = out.result
-        return result
-
-    def _read_lane(self) -> AsyncReadLane | None:
-        connect = self._engines.async_connect
-        if not self._reads_on_loop or connect is None:
-            return None
-        loop = asyncio.get_running_loop()
-        lane = self._loop_reads.get(loop)
-        if lane is None:
-            lane = self._loop_reads[loop] = AsyncReadLane(connect, self._lane)
-            weakref.finalize(loop, lane.close)  # a loop that ends closes its connection
-        return lane
-
-    def _fetch_one(
-        self, statement: FastStatement, params: Mapping[str, object]
-    ) -> dict[str, Any] | None:
-        """One read on the fast lane; inside :meth:`read_hot` on PostgreSQL, on the loop's
-        read lane (the read's greenlet waits there for its row)."""
-        current = greenlet.getcurrent()
-        if isinstance(current, _LoopRead) and current.parent is not None:
-            row: dict[str, Any] | None = current.parent.switch(_ReadStatement(statement, params))
-            return row
-        return self._lane.fetch_one(statement, params)
+        return await asyncio.to_thread(read, key)
 
     def szm_card(self, card_id: bytes) -> SzmCardRow | None:
         """Read one card outside any transaction (one statement, fast lane)."""
         with map_db_errors():
-            row = self._fetch_one(self._prepared.szm_card, {"key_card_id": card_id})
+            row = self._lane.fetch_one(self._prepared.szm_card, {"key_card_id": card_id})
         return None if row is None else card_row(row)
 
     def challenge_used(self, challenge_id: bytes) -> bool:
         """Was a payment accepted under this challenge id (one statement, fast lane)?"""
         with map_db_errors():
-            row = self._fetch_one(self._prepared.challenge_used, {"key_id": challenge_id})
+            row = self._lane.fetch_one(self._prepared.challenge_used, {"key_id": challenge_id})
         return row is not None
 
     def challenge_used_at(self, challenge_id: bytes) -> int | None:
         """When a payment was accepted under this challenge id (0: before that was kept),
         or None if none was (one statement, fast lane; the retry path only)."""
         with map_db_errors():
-            row = self._fetch_one(self._prepared.challenge_used_at, {"key_id": challenge_id})
+            row = self._lane.fetch_one(self._prepared.challenge_used_at, {"key_id": challenge_id})
         return None if row is None else int(row["used_at"])
 
     def challenge_request(self, challenge_id: bytes) -> bytes | None:
         """The tag of the request that paid under this challenge id, if one was kept (one
         statement, fast lane; hll online's refusal path only)."""
         with map_db_errors():
-            row = self._fetch_one(self._prepared.challenge_request, {"key_id": challenge_id})
+            row = self._lane.fetch_one(self._prepared.challenge_request, {"key_id": challenge_id})
         return None if row is None or row["request"] is None else bytes(row["request"])
 
     def payword_commitment(self, commitment_id: bytes) -> VendorCommitmentRow | None:
         """Read one commitment outside any transaction (one statement, fast lane)."""
         params = {"key_commitment_id": commitment_id}
         with map_db_errors():
-            row = self._fetch_one(self._prepared.payword_commitment, params)
+            row = self._lane.fetch_one(self._prepared.payword_commitment, params)
         return None if row is None else build(VendorCommitmentRow, row)
 
     # --- administration ---------------------------------------------------------------------
@@ -370,8 +314,6 @@ class Store:
         """Close every pooled connection. The store is unusable afterwards."""
         for lane in list(self._loop_lanes.values()):
             lane.close()
-        for reads in list(self._loop_reads.values()):
-            reads.close()
         self._lane.close()
         self._nowait_lane.close()
         if self._unsynced_lane is not None:
@@ -388,21 +330,6 @@ class Store:
         traceback: TracebackType | None,
     ) -> None:
         self.close()
-
-
-class _LoopRead(greenlet.greenlet):  # type: ignore[misc]
-    """The greenlet a :meth:`Store.read_hot` read runs in on PostgreSQL."""
-
-
-@dataclass(frozen=True, slots=True)
-class _ReadStatement:
-    statement: FastStatement
-    params: Mapping[str, object]
-
-
-@dataclass(frozen=True, slots=True)
-class _ReadDone:
-    result: Any
 
 
 def _on_hot_tx(work: Callable[[HotTx], T], prepared: PreparedHot) -> Callable[[FastBatch], T]:

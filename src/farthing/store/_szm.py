@@ -27,7 +27,7 @@ from farthing.store._ledger import LedgerArea
 from farthing.store._rows import (
     AccountKind,
     CardStatus,
-    SpendOutcome,
+    Spent,
     SzmBatchRow,
     SzmCardRow,
     SzmProtocol,
@@ -314,10 +314,13 @@ class HotSzmArea(HotArea):
         new_anchor: bytes | None,
         request: bytes | None,
         challenge: tuple[bytes, int, int],
-    ) -> SpendOutcome:
+    ) -> Spent[SzmCardRow]:
         """A payment's whole write: take the challenge id ``(id, expires_at, used_at)``
-        (single use, every worker) and :meth:`advance` the card, both or neither. On
+        (single use, every worker) and :meth:`advance` the card, both or neither; when
+        it lost because the card had moved, the card as found (:class:`Spent`). On
         PostgreSQL one statement, which must be the job's last in the batch."""
         params = _advance_params(card_id, old_spent, new_spent, new_anchor, request)
         prepared = self._prepared
-        return self._spend(prepared.szm_spend, prepared.szm_advance, params, challenge)
+        return self._spend(
+            prepared.szm_spend, prepared.szm_advance, params, challenge, prepared.szm_card, card_row
+        )

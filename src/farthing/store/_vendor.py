@@ -13,8 +13,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
-from typing import final
+from collections.abc import Collection, Mapping
+from typing import Any, final
 
 from sqlalchemy import RowMapping, and_, bindparam, delete, func, insert, select, update
 
@@ -28,7 +28,7 @@ from farthing.store._rows import (
     OutboxKind,
     OutboxRow,
     OutboxState,
-    SpendOutcome,
+    Spent,
     VendorCommitmentRow,
     VendorHllPaymentRow,
 )
@@ -423,14 +423,22 @@ class HotVendorArea(HotArea):
         new_last_value: bytes,
         request: bytes | None,
         challenge: tuple[bytes, int, int],
-    ) -> SpendOutcome:
-        """:meth:`payword_advance` and the challenge id's INSERT, both or neither (as
+    ) -> Spent[VendorCommitmentRow]:
+        """:meth:`payword_advance` and the challenge id's INSERT, both or neither; when it
+        lost because the commitment had moved, the commitment as found (as
         :meth:`farthing.store._szm.HotSzmArea.spend`)."""
         params = _payword_advance_params(
             commitment_id, old_spent, new_spent, new_last_value, request
         )
         prepared = self._prepared
-        return self._spend(prepared.payword_spend, prepared.payword_advance, params, challenge)
+        return self._spend(
+            prepared.payword_spend,
+            prepared.payword_advance,
+            params,
+            challenge,
+            prepared.payword_commitment,
+            _commitment_row,
+        )
 
     def use_challenge(
         self, challenge_id: bytes, expires_at: int, used_at: int, request: bytes | None = None
@@ -453,6 +461,10 @@ class HotVendorArea(HotArea):
     def prune_challenges(self, now: int) -> int:
         """Forget the used ids that expired by ``now``; how many."""
         return self._batch.rowcount(self._prepared.challenge_prune, {"now": now})
+
+
+def _commitment_row(row: Mapping[str, Any]) -> VendorCommitmentRow:
+    return build(VendorCommitmentRow, row)
 
 
 def _commitment_values(row: VendorCommitmentRow) -> dict[str, object]:

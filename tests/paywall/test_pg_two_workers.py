@@ -1,20 +1,18 @@
-"""The paid path on PostgreSQL stays on the event loop: the card reads (and the batches)
-go out on the loop's own async connections, not through a thread.
+"""Two vendor workers on one PostgreSQL database, each with its own store (connections),
+writer and card cache, as two uvicorn workers are.
 
-Two vendor workers are two stores on one database, each with its own writer and card
-cache. What must hold on the loop as it did through a thread: a card paid through one
-worker and then through the other (whose cached state is stale) is judged against the
-stored state and charged once per payment; two workers paying the same card index at
-once charge it once; a connection broken between batches fails nothing for good (the next
-batch and read connect afresh).
+A card paid through one worker and then through the other (whose cached state is stale)
+is judged against the stored state that its losing write returned (no read), and charged
+once per payment; a payment sent again to either worker is not taken again, and a
+challenge id stays single use; two workers paying the same card index at once charge it
+once; a connection broken between batches fails nothing for good (the next batch and read
+connect afresh).
 """
 
 from __future__ import annotations
 
 import asyncio
-import threading
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncIterator
 
 import httpx
 import psycopg
@@ -24,11 +22,11 @@ from farthing.core.clock import SystemClock
 from farthing.core.encoding import b64url_encode
 from farthing.core.schemes import szm_chain
 from farthing.http.payment_auth import Challenge, Credential, format_credential, parse_challenges
-from farthing.paywall.books import ChainBook
+from farthing.paywall.books import ChainBook, staleness_for
 from farthing.paywall.methods.offline import OfflineMethod
 from farthing.paywall.methods.szm import SzmScheme
 from farthing.paywall.middleware import Paywall
-from farthing.store import open_store
+from farthing.store import Store, SzmCardRow, open_store
 from farthing.store.writer import StoreWriter
 from farthing.testing import DeterministicRandom
 from tests.paywall.helpers import KEYS, content, issue_chain_cards, prices
@@ -45,10 +43,12 @@ class Worker:
     """One vendor worker: its own store (connections), writer and card cache."""
 
     def __init__(self, dsn: str, seed: str) -> None:
-        self.store = open_store(dsn + "?loop_reads=1", create=False)
+        self.store = open_store(dsn, create=False)
         self.writer = StoreWriter(self.store)
         book = ChainBook(self.store, self.writer)
-        method = OfflineMethod(SzmScheme.chain(KEYS.chain_master), book)
+        method = OfflineMethod(
+            SzmScheme.chain(KEYS.chain_master), book, staleness=staleness_for(self.store)
+        )
         self.paywall = Paywall(
             content(),
             realm="news",
@@ -90,43 +90,25 @@ async def workers(fresh_pg_dsn: str) -> AsyncIterator[tuple[Worker, Worker, str]
 
 
 @pytest.fixture
-def thread_hops(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The store reads handed to a thread (``asyncio.to_thread``), by function name."""
-    hops: list[str] = []
-    real = asyncio.to_thread
+def card_reads(monkeypatch: pytest.MonkeyPatch) -> list[Store]:
+    """The card reads (``Store.szm_card``) the workers make, by the store that made it."""
+    reads: list[Store] = []
+    real = Store.szm_card
 
-    async def counting(func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
-        hops.append(getattr(func, "__name__", repr(func)))
-        return await real(func, *args, **kwargs)
+    def counting(self: Store, card_id: bytes) -> SzmCardRow | None:
+        reads.append(self)
+        return real(self, card_id)
 
-    monkeypatch.setattr(asyncio, "to_thread", counting)
-    return hops
-
-
-async def test_hot_reads_run_on_the_loop_and_answer_as_the_thread_did(
-    workers: tuple[Worker, Worker, str],
-) -> None:
-    a, _b, _dsn = workers
-    cards = issue_chain_cards(a.store, 12, seed="reads")
-    loop_thread = threading.get_ident()
-
-    def read_where(card_id: bytes) -> tuple[int, Any]:
-        return threading.get_ident(), a.store.szm_card(card_id)
-
-    # Twelve reads asked for in one pass of the loop (one round trip on its connection).
-    answers = await asyncio.gather(*(a.store.read_hot(read_where, c.card_id) for c in cards))
-    for card, (thread, row) in zip(cards, answers, strict=True):
-        assert thread == loop_thread  # before: a worker thread (asyncio.to_thread)
-        assert row == a.store.szm_card(card.card_id)  # the same row, read through the thread lane
-    assert await a.store.read_hot(a.store.szm_card, b"\x00" * 16) is None
-    assert await a.store.read_hot(a.store.challenge_used, b"\x01" * 32) is False
+    monkeypatch.setattr(Store, "szm_card", counting)
+    return reads
 
 
 async def test_a_card_paid_through_both_workers_is_charged_once_per_payment(
-    workers: tuple[Worker, Worker, str], thread_hops: list[str]
+    workers: tuple[Worker, Worker, str], card_reads: list[Store]
 ) -> None:
-    """Each worker's cached state is behind every other payment: judged against the
-    stored state, read on the loop."""
+    """Each worker's cached state is behind every other payment: the payment's write
+    loses and returns the stored card, and the payment is judged again against it, with
+    no read of the card (one read per worker: its first payment, nothing cached)."""
     a, b, _dsn = workers
     card = issue_chain_cards(a.store, 1, units=40, seed="both")[0]
     statuses = []
@@ -135,10 +117,37 @@ async def test_a_card_paid_through_both_workers_is_charged_once_per_payment(
         worker = (a, b)[n % 2]
         statuses.append(await worker.pay(await worker.challenge(), payment))
     assert statuses == [200] * 20
+    assert card_reads == [a.store, b.store]  # before: 19 (each stale payment read the card)
     row = a.store.szm_card(card.card_id)
     assert row is not None
     assert row.spent == 40
-    assert "szm_card" not in thread_hops  # before: every stored-state read hopped (19)
+
+
+async def test_a_payment_replayed_to_either_worker_is_not_taken_again(
+    workers: tuple[Worker, Worker, str],
+) -> None:
+    """A payment taken by one worker, sent again (same challenge, same credential) to
+    either worker, or its card's next payment under the used challenge id: nothing
+    charged, never a second 200 from the other worker within the delivery lease."""
+    a, b, _dsn = workers
+    card = issue_chain_cards(a.store, 1, units=40, seed="replay")[0]
+    for n in range(4):  # both caches hold the card, one of them stale
+        card, payment, _ = szm_chain.next_payment(card, 2, now=SystemClock().now())
+        worker = (a, b)[n % 2]
+        assert await worker.pay(await worker.challenge(), payment) == 200
+    challenge = await a.challenge()
+    card, payment, _ = szm_chain.next_payment(card, 2, now=SystemClock().now())
+    assert await a.pay(challenge, payment) == 200
+    replays = [await b.pay(challenge, payment), await a.pay(challenge, payment)]
+    _later, next_payment, _ = szm_chain.next_payment(card, 2, now=SystemClock().now())
+    reused = await b.pay(challenge, next_payment)
+    row = a.store.szm_card(card.card_id)
+    assert row is not None
+    assert row.spent == 10  # five payments of 2 units, each taken once
+    assert replays[0] == 402  # another worker within the lease: in progress, not served
+    assert replays[1] in (200, 402)  # the same worker: served as retried, or refused
+    assert reused == 402  # a new payment under a used challenge id
+    assert not await b.store.read_hot(b.store.challenge_used, b"\x00" * 32)
 
 
 async def test_two_workers_paying_the_same_index_at_once_charge_it_once(
@@ -201,19 +210,3 @@ async def test_a_broken_connection_fails_no_later_payment(
         row = a.store.szm_card(card.card_id)
         assert row is not None
         assert row.spent == expected
-
-
-async def test_without_loop_reads_the_reads_stay_in_a_thread(fresh_pg_dsn: str) -> None:
-    """The default (``loop_reads`` off): as before, a read hops to a thread."""
-    store = open_store(fresh_pg_dsn)
-    try:
-        card = issue_chain_cards(store, 1, seed="default")[0]
-
-        def read_where(card_id: bytes) -> tuple[int, Any]:
-            return threading.get_ident(), store.szm_card(card_id)
-
-        thread, row = await store.read_hot(read_where, card.card_id)
-    finally:
-        store.close()
-    assert thread != threading.get_ident()
-    assert row is not None
