@@ -55,7 +55,7 @@ from farthing.http.issuer_wire import deposit_lookup_tag, verify_batch_tag, veri
 from farthing.issuer.accounts_service import find_customer
 from farthing.issuer.auth import Merchant, MerchantDirectory
 from farthing.issuer.books import SystemAccounts
-from farthing.store import CardStatus, HllCardRow, Store, Tx
+from farthing.store import CardStatus, HllCardRow, HotTx, Store, Tx
 
 __all__ = [
     "CERTIFICATE_TTL",
@@ -296,9 +296,10 @@ class HllService:
             now=now,
         )
 
-    def settle_online(self, tx: Tx, checked: CheckedPurchase) -> OnlineSpend:
-        """Inside ``tx``: the card may pay it, (card, counter) is recorded once, and the
-        value moves from the card float to the merchant. Safe to run again.
+    def settle_online(self, tx: Tx | HotTx, checked: CheckedPurchase) -> OnlineSpend:
+        """Inside ``tx`` (a transaction, or a hot batch: the same statements): the card
+        may pay it, (card, counter) is recorded once, and the value moves from the card
+        float to the merchant. Safe to run again.
 
         The same purchase sent again by its merchant (same offer, so same path and
         challenge, and a MAC that verified; its answer was lost) is answered as settled,
@@ -324,7 +325,7 @@ class HllService:
         return spend
 
     def settle_online_batch(
-        self, tx: Tx, batch: Sequence[CheckedPurchase]
+        self, tx: Tx | HotTx, batch: Sequence[CheckedPurchase]
     ) -> list[OnlineSpend | FarthingError]:
         """:meth:`settle_online` for each purchase of a batch, in order, inside ``tx``: one
         refused purchase (a duplicate, an uncovered spend) is answered with its error and
@@ -340,11 +341,11 @@ class HllService:
                 outcomes.append(error)
         return outcomes
 
-    def _settle_online(self, tx: Tx, checked: CheckedPurchase) -> bool:
+    def _settle_online(self, tx: Tx | HotTx, checked: CheckedPurchase) -> bool:
         """Record (card, counter) once and move its value from the card float to the
         merchant; False, changing nothing, if (card, counter) was recorded before."""
         verified, merchant, now = checked.verified, checked.merchant, checked.now
-        books = self._system.books(tx, merchant.currency)
+        books = self._system.prepared(merchant.currency)
         recorded = tx.hll.spend_online(
             verified.card_id,
             verified.counter,
@@ -358,7 +359,7 @@ class HllService:
         micros = verified.amount * verified.denomination.unit_micros
         reference = f"hll:{b64url_encode(verified.card_id)}:{verified.counter}"
         postings = [(books.hll_float, micros), (merchant.account_id, -micros)]
-        tx.ledger.post_in(merchant.currency, "hll_spend", reference, postings)
+        tx.ledger.post_in(merchant.currency, "hll_spend", reference, postings, now)
         return True
 
     # --- deposits -------------------------------------------------------------------------
@@ -499,7 +500,7 @@ def _refusal(error: RemoteProtocolError) -> bool:
     return not isinstance(error, Conflict) or error.code is ErrorCode.DUPLICATE_SPEND
 
 
-def _settled_before(tx: Tx, checked: CheckedPurchase) -> bool:
+def _settled_before(tx: Tx | HotTx, checked: CheckedPurchase) -> bool:
     """Was this very purchase settled online before, for this merchant and this offer?"""
     earlier = tx.hll.spend(checked.verified.card_id, checked.verified.counter)
     record = None
