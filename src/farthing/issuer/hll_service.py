@@ -130,6 +130,8 @@ class CheckedPurchase:
     verified: hll.VerifiedPurchase
     merchant: Merchant
     now: int
+    card_key: bytes = field(repr=False)
+    """K_C, derived once for the MAC (the settlement's view of the card holds it too)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -287,13 +289,15 @@ class HllService:
         if offer.merchant_id != merchant.merchant_id:
             raise AccessDenied("the offer names another merchant")
         now = self._clock.now()
-        verified = hll.verify_purchase(self.card_key(purchase.card_id), offer, purchase, now)
+        card_key = self.card_key(purchase.card_id)
+        verified = hll.verify_purchase(card_key, offer, purchase, now)
         return CheckedPurchase(
             offer=offer,
             offer_digest=sha256(offer_bytes),
             verified=verified,
             merchant=merchant,
             now=now,
+            card_key=card_key,
         )
 
     def settle_online(self, tx: Tx | HotTx, checked: CheckedPurchase) -> OnlineSpend:
@@ -313,7 +317,7 @@ class HllService:
             units=verified.amount,
             credited_micros=verified.amount * verified.denomination.unit_micros,
         )
-        card = self._bank_card(tx.hll.card(verified.card_id))
+        card = self._bank_card(tx.hll.card(verified.card_id), key=checked.card_key)
         hll.card_may_pay(card, checked.offer, merchant_currency=merchant.currency)
         # The store answers the core's judge_spend atomically: spent before (False; only
         # then is an earlier settlement of the same purchase looked for), else covered
@@ -480,12 +484,15 @@ class HllService:
                 self._on_spend_recorded(count)
         return tally.report(batch.batch_id), micros
 
-    def _bank_card(self, card: HllCardRow | None) -> hll.BankCard | None:
-        """The core's view of a stored card (None for an unknown one)."""
+    def _bank_card(
+        self, card: HllCardRow | None, *, key: bytes | None = None
+    ) -> hll.BankCard | None:
+        """The core's view of a stored card (None for an unknown one); ``key``: its K_C,
+        if the caller derived it already."""
         if card is None:
             return None
         return hll.BankCard(
-            key=self.card_key(card.card_id),
+            key=self.card_key(card.card_id) if key is None else key,
             denomination=_denomination(card),
             active=card.status is CardStatus.ACTIVE,
             loaded=card.loaded_units,
