@@ -8,8 +8,9 @@ Two measurements of the same work, each purchase verified once (every one valid)
 - *in-process*: the ``POST /v1/hll/verify`` handler's two steps without HTTP, as the route
   runs them: :meth:`HllService.check_online` (merchant tag, decode, the card's MAC), then
   :meth:`HllService.settle_online` through the issuer's :class:`StoreWriter` (group commit:
-  the settlements that arrive together share one durable commit), 16 at a time on one
-  event loop. CPU is this process's (``time.process_time``, the writer thread included).
+  the settlements that arrive together share one durable commit, on SQLite made on the
+  event loop and answered after the fsync thread's fsync of the WAL file), 16 at a time on
+  one event loop. CPU is this process's (``time.process_time``, its threads included).
 - *loopback*: the issuer app under uvicorn (1 worker, as ``farthing issuer serve`` runs
   it), called by the vendor's own bank client (:class:`IssuerClient`, one keep-alive pool)
   with 16 verifications in flight, each in a call of its own (``POST /v1/hll/verify``,
@@ -166,7 +167,9 @@ def in_process(backend: str, count: int) -> BankRun:
             async def verify(i: int) -> None:
                 offer, payment, tag = requests[i]
                 checked = service.check_online(bank.merchant_id, offer, payment, tag)
-                spend = await writer.run(lambda tx: service.settle_online(tx, checked))
+                spend = await writer.run_hot_in_order(
+                    lambda hot: service.settle_online(hot, checked)
+                )
                 assert not spend.repeated
 
             wall, cpu = time.perf_counter(), time.process_time()

@@ -90,12 +90,15 @@ def issuer_app(
     owns_store: bool = False,
     rate_clock: Callable[[], float] = time.monotonic,
     clock: Clock | None = None,
+    fsync: Callable[[int], None] = os.fsync,
 ) -> FastAPI:
-    """The issuer app over already built services (see :func:`create_issuer_app`)."""
+    """The issuer app over already built services (see :func:`create_issuer_app`).
+    ``fsync``: SQLite, what makes the WAL file durable after the loop's commits of online
+    verifications (a stand-in in tests, see :class:`~farthing.store.writer.StoreWriter`)."""
     config = services.config
     clock = clock if clock is not None else SystemClock()
     metrics = IssuerMetrics(services, clock)
-    writer = StoreWriter(services.store, observe=metrics.store.observe_batch)
+    writer = StoreWriter(services.store, observe=metrics.store.observe_batch, fsync=fsync)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

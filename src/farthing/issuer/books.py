@@ -22,7 +22,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-from farthing.core.errors import Conflict, UnsupportedMethod
+from farthing.core.errors import Conflict, LocalProtocolError, UnsupportedMethod
 from farthing.store import AccountKind, Store, Tx
 
 __all__ = ["Books", "SystemAccounts", "customer_account_name", "merchant_account_name"]
@@ -92,6 +92,17 @@ class SystemAccounts:
         with self._store.transaction(readonly=True) as tx:
             for currency in self._currencies:
                 self.books(tx, currency)
+
+    def prepared(self, currency: str) -> Books:
+        """The system accounts of ``currency``, made by :meth:`prepare` (for units of work
+        that cannot make them: a hot batch); UnsupportedMethod if this issuer keeps no
+        books in it."""
+        self.require_currency(currency)
+        with self._lock:
+            cached = self._cache.get(currency)
+        if cached is None:
+            raise LocalProtocolError("the system accounts were not prepared")
+        return cached
 
     def books(self, tx: Tx, currency: str) -> Books:
         """The system accounts of ``currency``, made inside ``tx`` if they do not exist."""

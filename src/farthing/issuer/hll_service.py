@@ -55,7 +55,7 @@ from farthing.http.issuer_wire import deposit_lookup_tag, verify_batch_tag, veri
 from farthing.issuer.accounts_service import find_customer
 from farthing.issuer.auth import Merchant, MerchantDirectory
 from farthing.issuer.books import SystemAccounts
-from farthing.store import CardStatus, HllCardRow, Store, Tx
+from farthing.store import CardStatus, HllCardRow, HotTx, Store, Tx
 
 __all__ = [
     "CERTIFICATE_TTL",
@@ -130,6 +130,8 @@ class CheckedPurchase:
     verified: hll.VerifiedPurchase
     merchant: Merchant
     now: int
+    card_key: bytes = field(repr=False)
+    """K_C, derived once for the MAC (the settlement's view of the card holds it too)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -287,18 +289,21 @@ class HllService:
         if offer.merchant_id != merchant.merchant_id:
             raise AccessDenied("the offer names another merchant")
         now = self._clock.now()
-        verified = hll.verify_purchase(self.card_key(purchase.card_id), offer, purchase, now)
+        card_key = self.card_key(purchase.card_id)
+        verified = hll.verify_purchase(card_key, offer, purchase, now)
         return CheckedPurchase(
             offer=offer,
             offer_digest=sha256(offer_bytes),
             verified=verified,
             merchant=merchant,
             now=now,
+            card_key=card_key,
         )
 
-    def settle_online(self, tx: Tx, checked: CheckedPurchase) -> OnlineSpend:
-        """Inside ``tx``: the card may pay it, (card, counter) is recorded once, and the
-        value moves from the card float to the merchant. Safe to run again.
+    def settle_online(self, tx: Tx | HotTx, checked: CheckedPurchase) -> OnlineSpend:
+        """Inside ``tx`` (a transaction, or a hot batch: the same statements): the card
+        may pay it, (card, counter) is recorded once, and the value moves from the card
+        float to the merchant. Safe to run again.
 
         The same purchase sent again by its merchant (same offer, so same path and
         challenge, and a MAC that verified; its answer was lost) is answered as settled,
@@ -312,7 +317,7 @@ class HllService:
             units=verified.amount,
             credited_micros=verified.amount * verified.denomination.unit_micros,
         )
-        card = self._bank_card(tx.hll.card(verified.card_id))
+        card = self._bank_card(tx.hll.card(verified.card_id), key=checked.card_key)
         hll.card_may_pay(card, checked.offer, merchant_currency=merchant.currency)
         # The store answers the core's judge_spend atomically: spent before (False; only
         # then is an earlier settlement of the same purchase looked for), else covered
@@ -324,7 +329,7 @@ class HllService:
         return spend
 
     def settle_online_batch(
-        self, tx: Tx, batch: Sequence[CheckedPurchase]
+        self, tx: Tx | HotTx, batch: Sequence[CheckedPurchase]
     ) -> list[OnlineSpend | FarthingError]:
         """:meth:`settle_online` for each purchase of a batch, in order, inside ``tx``: one
         refused purchase (a duplicate, an uncovered spend) is answered with its error and
@@ -340,11 +345,11 @@ class HllService:
                 outcomes.append(error)
         return outcomes
 
-    def _settle_online(self, tx: Tx, checked: CheckedPurchase) -> bool:
+    def _settle_online(self, tx: Tx | HotTx, checked: CheckedPurchase) -> bool:
         """Record (card, counter) once and move its value from the card float to the
         merchant; False, changing nothing, if (card, counter) was recorded before."""
         verified, merchant, now = checked.verified, checked.merchant, checked.now
-        books = self._system.books(tx, merchant.currency)
+        books = self._system.prepared(merchant.currency)
         recorded = tx.hll.spend_online(
             verified.card_id,
             verified.counter,
@@ -358,7 +363,7 @@ class HllService:
         micros = verified.amount * verified.denomination.unit_micros
         reference = f"hll:{b64url_encode(verified.card_id)}:{verified.counter}"
         postings = [(books.hll_float, micros), (merchant.account_id, -micros)]
-        tx.ledger.post_in(merchant.currency, "hll_spend", reference, postings)
+        tx.ledger.post_in(merchant.currency, "hll_spend", reference, postings, now)
         return True
 
     # --- deposits -------------------------------------------------------------------------
@@ -479,12 +484,15 @@ class HllService:
                 self._on_spend_recorded(count)
         return tally.report(batch.batch_id), micros
 
-    def _bank_card(self, card: HllCardRow | None) -> hll.BankCard | None:
-        """The core's view of a stored card (None for an unknown one)."""
+    def _bank_card(
+        self, card: HllCardRow | None, *, key: bytes | None = None
+    ) -> hll.BankCard | None:
+        """The core's view of a stored card (None for an unknown one); ``key``: its K_C,
+        if the caller derived it already."""
         if card is None:
             return None
         return hll.BankCard(
-            key=self.card_key(card.card_id),
+            key=self.card_key(card.card_id) if key is None else key,
             denomination=_denomination(card),
             active=card.status is CardStatus.ACTIVE,
             loaded=card.loaded_units,
@@ -499,7 +507,7 @@ def _refusal(error: RemoteProtocolError) -> bool:
     return not isinstance(error, Conflict) or error.code is ErrorCode.DUPLICATE_SPEND
 
 
-def _settled_before(tx: Tx, checked: CheckedPurchase) -> bool:
+def _settled_before(tx: Tx | HotTx, checked: CheckedPurchase) -> bool:
     """Was this very purchase settled online before, for this merchant and this offer?"""
     earlier = tx.hll.spend(checked.verified.card_id, checked.verified.counter)
     record = None

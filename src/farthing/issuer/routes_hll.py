@@ -171,7 +171,7 @@ async def verify_online(
         field_bytes(body.payment, "payment"),
         field_bytes(body.tag, "tag"),
     )
-    spend = await writer.run(lambda tx: service.settle_online(tx, checked))
+    spend = await writer.run_hot_in_order(lambda hot: service.settle_online(hot, checked))
     return _verify_out(spend)
 
 
@@ -198,7 +198,10 @@ async def verify_online_batch(
             outcomes.append(error)
     checked = [c for c in outcomes if isinstance(c, CheckedPurchase)]
     if checked:
-        settled = iter(await writer.run(lambda tx: service.settle_online_batch(tx, checked)))
+        settle = await writer.run_hot_in_order(
+            lambda hot: service.settle_online_batch(hot, checked)
+        )
+        settled = iter(settle)
         outcomes = [next(settled) if isinstance(c, CheckedPurchase) else c for c in outcomes]
     return HllVerifyBatchOut(results=[_item_out(outcome) for outcome in outcomes])
 

@@ -65,6 +65,10 @@ class FastStatement:
     compiled: SQLCompiler
     sql: str
     order: tuple[str, ...] | None
+    constants: Mapping[str, object] | None = None
+    """The values the statement holds itself, by parameter name (None: bound by
+    SQLAlchemy's ``construct_params``, see :func:`_constants`)."""
+    names: tuple[str, ...] = ()
 
     @classmethod
     def prepare(cls, statement: ClauseElement, dialect: Dialect) -> FastStatement:
@@ -72,16 +76,54 @@ class FastStatement:
         if not isinstance(compiled, SQLCompiler):
             raise TypeError("only SQL statements run on the fast lane")
         order = tuple(compiled.positiontup or ()) if compiled.positional else None
-        return cls(compiled=compiled, sql=compiled.string, order=order)
+        names = tuple(dict.fromkeys(compiled.bind_names.values()))
+        return cls(
+            compiled=compiled,
+            sql=compiled.string,
+            order=order,
+            constants=_constants(compiled),
+            names=names,
+        )
 
     def bind(self, params: Mapping[str, object]) -> tuple[object, ...] | dict[str, Any]:
-        """Driver parameters: the statement's constants plus ``params``, in its paramstyle."""
+        """Driver parameters: the statement's constants plus ``params``, in its paramstyle
+        (what ``construct_params`` gives, without its walk over every parameter on each
+        call: a fifth of a hot statement's CPU)."""
+        constants = self.constants
+        if constants is None:
+            return self._construct(params)
+        values = {**constants, **params} if constants else params
+        try:
+            if self.order is None:
+                return {name: values[name] for name in self.names}
+            return tuple([values[name] for name in self.order])
+        except KeyError as missing:
+            raise sa_exc.InvalidRequestError(f"a value is required for {missing}") from None
+
+    def _construct(self, params: Mapping[str, object]) -> tuple[object, ...] | dict[str, Any]:
         values = self.compiled.construct_params(dict(params))
         if values is None:
             raise ValueError("statement takes no parameters")
         if self.order is None:
             return dict(values)
         return tuple(values[name] for name in self.order)
+
+
+def _constants(compiled: SQLCompiler) -> dict[str, object] | None:
+    """The statement's own parameter values (those given in the statement, not by the
+    caller), by name; None where binding needs ``construct_params`` itself: escaped
+    names, parameters rendered or expanded at execution, a value computed per call."""
+    if compiled.escaped_bind_names or compiled.literal_execute_params:
+        return None
+    if compiled.post_compile_params:
+        return None
+    constants: dict[str, object] = {}
+    for bind, name in compiled.bind_names.items():
+        if bind.callable is not None or bind.expanding:
+            return None
+        if not bind.required:
+            constants[name] = bind.value
+    return constants
 
 
 class FastBatch:

@@ -40,9 +40,9 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 
 from farthing.core.errors import ErrorCode, InsufficientFunds, NotFound
-from farthing.store._driver import Compiled, fetch_one, rowcount
+from farthing.store._driver import Compiled
 from farthing.store._errors import is_unique_violation, unique_violation_as
-from farthing.store._fastlane import FastStatement
+from farthing.store._fastlane import FastBatch, FastStatement
 from farthing.store._rows import CardStatus, HllBatchRow, HllCardRow, HllSpendRow
 from farthing.store._schema import hll_cards, hll_deposit_batches, hll_spends, merchants
 from farthing.store._sql import (
@@ -57,6 +57,7 @@ from farthing.store._sql import (
 
 __all__ = [
     "HllArea",
+    "HotHllArea",
 ]
 
 
@@ -104,6 +105,7 @@ class _OnlineStatements:
     spend: FastStatement
     charge: FastStatement
     unspend: FastStatement
+    spent: FastStatement
 
     @classmethod
     def build(cls, dialect: Dialect) -> _OnlineStatements:
@@ -114,9 +116,8 @@ class _OnlineStatements:
             .where(c.card_id == bindparam("card_id"), c.spent_units + units <= c.loaded_units)
             .values(spent_units=c.spent_units + units)
         )
-        unspend = delete(hll_spends).where(
-            s.card_id == bindparam("card_id"), s.counter == bindparam("counter")
-        )
+        one_spend = (s.card_id == bindparam("card_id"), s.counter == bindparam("counter"))
+        unspend = delete(hll_spends).where(*one_spend)
         return cls(
             card=FastStatement.prepare(
                 select(hll_cards).where(c.card_id == bindparam("card_id")), dialect
@@ -124,6 +125,7 @@ class _OnlineStatements:
             spend=FastStatement.prepare(_spend_once(dialect), dialect),
             charge=FastStatement.prepare(charge, dialect),
             unspend=FastStatement.prepare(unspend, dialect),
+            spent=FastStatement.prepare(select(hll_spends).where(*one_spend), dialect),
         )
 
 
@@ -191,15 +193,13 @@ class HllArea(Area):
             self._ctx.conn.execute(insert(hll_cards).values(values))
 
     def card(self, card_id: bytes) -> HllCardRow | None:
-        """One card as this transaction sees it (a precompiled statement: online
-        verification reads one per purchase)."""
+        """One card as this transaction sees it (:meth:`HotHllArea.card`)."""
+        return self._online().card(card_id)
+
+    def _online(self) -> HotHllArea:
+        """The online verification's statements, on this transaction's own connection."""
         conn = self._ctx.conn
-        row = fetch_one(conn, _ONLINE.get(conn.dialect).card, {"card_id": card_id})
-        if row is None:
-            return None
-        return build(
-            HllCardRow, row, card_id=bytes(row["card_id"]), status=CardStatus(row["status"])
-        )
+        return HotHllArea(FastBatch(conn.connection), conn.dialect)
 
     def load(self, card_id: bytes, units: int) -> None:
         """Add ``units`` to the card's loaded value (the caller posts the card float)."""
@@ -262,32 +262,11 @@ class HllArea(Area):
         at: int,
         offer_digest: bytes,
     ) -> bool:
-        """An online verification's spend: record (card, counter) and charge it to the
-        card, as :meth:`record_spend` does, in two precompiled statements and no savepoint.
-
-        True: recorded and charged. False, changing nothing: (card, counter) was recorded
-        before (``INSERT ... ON CONFLICT DO NOTHING``). InsufficientFunds if the card cannot
-        cover it: its spend row is deleted again, nothing of it remains and the transaction
-        goes on. The card and the merchant must exist (the caller has read them): a
-        foreign-key failure is a store error that ends the transaction.
-        """
-        require_positive(amount_units, "amount_units")
-        conn = self._ctx.conn
-        online = _ONLINE.get(conn.dialect)
-        spend = {
-            "card_id": card_id,
-            "counter": counter,
-            "merchant_id": merchant_id,
-            "amount_units": amount_units,
-            "at": at,
-            "offer_digest": offer_digest,
-        }
-        if rowcount(conn, online.spend, spend) != 1:
-            return False
-        if rowcount(conn, online.charge, {"card_id": card_id, "units": amount_units}) != 1:
-            rowcount(conn, online.unspend, {"card_id": card_id, "counter": counter})
-            raise InsufficientFunds("the card cannot cover this spend")
-        return True
+        """An online verification's spend (:meth:`HotHllArea.spend_online`), in this
+        transaction."""
+        return self._online().spend_online(
+            card_id, counter, merchant_id, amount_units, at, offer_digest
+        )
 
     # --- clearing: a deposit batch's spends in a few statements ------------------------------
 
@@ -408,11 +387,8 @@ class HllArea(Area):
             raise NotFound("no such merchant")
 
     def spend(self, card_id: bytes, counter: int) -> HllSpendRow | None:
-        stmt = select(hll_spends).where(
-            hll_spends.c.card_id == card_id, hll_spends.c.counter == counter
-        )
-        row = self._ctx.conn.execute(stmt).mappings().one_or_none()
-        return None if row is None else build(HllSpendRow, row)
+        """The recorded spend (card, counter), if any (:meth:`HotHllArea.spend`)."""
+        return self._online().spend(card_id, counter)
 
     def batch(self, batch_id: bytes) -> HllBatchRow | None:
         stmt = select(hll_deposit_batches).where(hll_deposit_batches.c.batch_id == batch_id)
@@ -477,3 +453,71 @@ class HllArea(Area):
             build(HllBatchRow, row, report=load_json(row["report"]))
             for row in self._ctx.conn.execute(stmt).mappings()
         ]
+
+
+@final
+class HotHllArea:
+    """The bank's online verification, statement by statement: precompiled (see
+    :mod:`farthing.store._driver`) and run on a hot batch's connection, so that a batch of
+    verifications commits as the vendor's payments do (on SQLite on the event loop, see
+    :class:`~farthing.store.writer.StoreWriter`), or inside a transaction (:class:`HllArea`
+    runs the same methods on its own connection). No savepoint: each write decides by
+    itself (``ON CONFLICT DO NOTHING``, a conditional UPDATE) and a refused spend deletes
+    what it wrote, so the batch goes on."""
+
+    __slots__ = ("_batch", "_online")
+
+    def __init__(self, batch: FastBatch, dialect: Dialect) -> None:
+        self._batch = batch
+        self._online = _ONLINE.get(dialect)
+
+    def card(self, card_id: bytes) -> HllCardRow | None:
+        """One card as this batch sees it (online verification reads one per purchase)."""
+        row = self._batch.fetch_one(self._online.card, {"card_id": card_id})
+        if row is None:
+            return None
+        return build(
+            HllCardRow, row, card_id=bytes(row["card_id"]), status=CardStatus(row["status"])
+        )
+
+    def spend_online(
+        self,
+        card_id: bytes,
+        counter: int,
+        merchant_id: str,
+        amount_units: int,
+        at: int,
+        offer_digest: bytes,
+    ) -> bool:
+        """An online verification's spend: record (card, counter) and charge it to the
+        card, as :meth:`HllArea.record_spend` does, in two statements and no savepoint.
+
+        True: recorded and charged. False, changing nothing: (card, counter) was recorded
+        before (``INSERT ... ON CONFLICT DO NOTHING``). InsufficientFunds if the card cannot
+        cover it: its spend row is deleted again, nothing of it remains and the batch goes
+        on. The card and the merchant must exist (the caller has read them): a foreign-key
+        failure is a store error that ends the batch.
+        """
+        require_positive(amount_units, "amount_units")
+        batch, online = self._batch, self._online
+        spend = {
+            "card_id": card_id,
+            "counter": counter,
+            "merchant_id": merchant_id,
+            "amount_units": amount_units,
+            "at": at,
+            "offer_digest": offer_digest,
+        }
+        if batch.rowcount(online.spend, spend) != 1:
+            return False
+        if batch.rowcount(online.charge, {"card_id": card_id, "units": amount_units}) != 1:
+            batch.rowcount(online.unspend, {"card_id": card_id, "counter": counter})
+            raise InsufficientFunds("the card cannot cover this spend")
+        return True
+
+    def spend(self, card_id: bytes, counter: int) -> HllSpendRow | None:
+        """The recorded spend (card, counter), if any."""
+        row = self._batch.fetch_one(self._online.spent, {"card_id": card_id, "counter": counter})
+        if row is None:
+            return None
+        return build(HllSpendRow, row, card_id=bytes(row["card_id"]))

@@ -20,8 +20,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from farthing.core.errors import Conflict, LocalProtocolError, NotFound
 from farthing.store._check import check_ledger
-from farthing.store._driver import Compiled, fetch_one, rowcount
-from farthing.store._fastlane import FastStatement
+from farthing.store._driver import Compiled
+from farthing.store._fastlane import FastBatch, FastStatement
 from farthing.store._rows import (
     AccountKind,
     AccountRow,
@@ -33,6 +33,7 @@ from farthing.store._schema import accounts, ledger_entries, ledger_txns
 from farthing.store._sql import Area, build, inserted_id, total
 
 __all__ = [
+    "HotLedgerArea",
     "LedgerArea",
 ]
 
@@ -171,33 +172,26 @@ class LedgerArea(Area):
         return txn_id
 
     def post_in(
-        self, currency: str, kind: str, reference: str, postings: Sequence[tuple[int, int]]
+        self,
+        currency: str,
+        kind: str,
+        reference: str,
+        postings: Sequence[tuple[int, int]],
+        created_at: int | None = None,
     ) -> int:
         """:meth:`post` for a caller that knows the posting's currency (the bank's online
-        verification, one posting per purchase): the same refusals, in a statement per row
-        and no lookups first. A new reference, and each account's currency, are checked
-        by the writes themselves; on a refusal the caller's transaction must roll back
-        (the exception does that when it leaves the unit of work)."""
-        _check_shape(postings)
+        verification, one posting per purchase): :meth:`HotLedgerArea.post_in` in this
+        transaction, with :meth:`post`'s precise refusal (NotFound, LocalProtocolError)
+        for an account that is unknown or of another currency. ``created_at``: the
+        store's clock unless given."""
         conn = self._ctx.conn
-        post = _POST.get(conn.dialect)
-        txn = {"kind": kind, "reference": reference, "created_at": self._ctx.clock.now()}
-        row = fetch_one(conn, post.txn, txn)
-        if row is None:
-            raise Conflict("this ledger reference was already posted")
-        txn_id = int(row["id"])
-        for account_id, amount in postings:
-            entry = {
-                "txn_id": txn_id,
-                "account_id": account_id,
-                "amount": amount,
-                "currency": currency,
-            }
-            if rowcount(conn, post.entry, entry) != 1:
-                # The precise refusal (unknown account, or currencies mixed), as post's.
-                self._check_single_currency({account_id for account_id, _ in postings})
-                raise LocalProtocolError("postings are not in the currency given")
-        return txn_id
+        hot = HotLedgerArea(FastBatch(conn.connection), conn.dialect)
+        at = self._ctx.clock.now() if created_at is None else created_at
+        try:
+            return hot.post_in(currency, kind, reference, postings, at)
+        except _NotInCurrency:
+            self._check_single_currency({account_id for account_id, _ in postings})
+            raise
 
     def _check_single_currency(self, account_ids: set[int]) -> None:
         stmt = select(accounts.c.id, accounts.c.currency).where(accounts.c.id.in_(account_ids))
@@ -243,3 +237,50 @@ class LedgerArea(Area):
             .order_by(start)
         )
         return [(str(k), str(c), int(b), int(m)) for k, c, b, m in self._ctx.conn.execute(stmt)]
+
+
+class _NotInCurrency(LocalProtocolError):
+    """A posting's account is unknown, or keeps another currency than the one given."""
+
+
+@final
+class HotLedgerArea:
+    """:meth:`LedgerArea.post_in` on a hot batch's connection (the bank's online
+    verification settles in hot batches: :class:`farthing.store._hll.HotHllArea`)."""
+
+    __slots__ = ("_batch", "_post")
+
+    def __init__(self, batch: FastBatch, dialect: Dialect) -> None:
+        self._batch = batch
+        self._post = _POST.get(dialect)
+
+    def post_in(
+        self,
+        currency: str,
+        kind: str,
+        reference: str,
+        postings: Sequence[tuple[int, int]],
+        created_at: int,
+    ) -> int:
+        """Record one balanced transaction in ``currency``; return its id. The same
+        refusals as :meth:`LedgerArea.post`, in a statement per row and no lookups first: a
+        new reference (Conflict if not), and each account's currency (LocalProtocolError
+        if unknown or another), are checked by the writes themselves; on a refusal the
+        caller's batch must roll back (the exception does that when it leaves it)."""
+        _check_shape(postings)
+        batch, post = self._batch, self._post
+        txn = {"kind": kind, "reference": reference, "created_at": created_at}
+        row = batch.fetch_one(post.txn, txn)
+        if row is None:
+            raise Conflict("this ledger reference was already posted")
+        txn_id = int(row["id"])
+        for account_id, amount in postings:
+            entry = {
+                "txn_id": txn_id,
+                "account_id": account_id,
+                "amount": amount,
+                "currency": currency,
+            }
+            if batch.rowcount(post.entry, entry) != 1:
+                raise _NotInCurrency("postings are not in the currency given")
+        return txn_id

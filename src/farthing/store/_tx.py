@@ -23,11 +23,13 @@ from __future__ import annotations
 
 from typing import final
 
+from sqlalchemy import Dialect
+
 from farthing.store._admin import AdminArea
 from farthing.store._fastlane import FastBatch
-from farthing.store._hll import HllArea
+from farthing.store._hll import HllArea, HotHllArea
 from farthing.store._hot import PreparedHot
-from farthing.store._ledger import LedgerArea
+from farthing.store._ledger import HotLedgerArea, LedgerArea
 from farthing.store._payword import PaywordArea
 from farthing.store._sql import Ctx, lock_key
 from farthing.store._szm import HotSzmArea, SzmArea
@@ -63,10 +65,32 @@ class Tx:
 
 @final
 class HotTx:
-    """The hot-path writes of one :meth:`Store.hot_batch` (each a compare-and-set)."""
+    """The hot-path writes of one :meth:`Store.hot_batch` (each a compare-and-set), and
+    the bank's online settlement (``hot.hll``, ``hot.ledger``: made when first asked for,
+    so the vendor's batches do not build them)."""
 
-    __slots__ = ("szm", "vendor")
+    __slots__ = ("_batch", "_hll", "_ledger", "_prepared", "szm", "vendor")
 
     def __init__(self, batch: FastBatch, prepared: PreparedHot) -> None:
+        self._batch = batch
+        self._prepared = prepared
         self.szm = HotSzmArea(batch, prepared)
         self.vendor = HotVendorArea(batch, prepared)
+        self._hll: HotHllArea | None = None
+        self._ledger: HotLedgerArea | None = None
+
+    @property
+    def hll(self) -> HotHllArea:
+        if self._hll is None:
+            self._hll = HotHllArea(self._batch, self._dialect())
+        return self._hll
+
+    @property
+    def ledger(self) -> HotLedgerArea:
+        if self._ledger is None:
+            self._ledger = HotLedgerArea(self._batch, self._dialect())
+        return self._ledger
+
+    def _dialect(self) -> Dialect:
+        """The store's dialect, which its hot statements were compiled for."""
+        return self._prepared.szm_card.compiled.dialect

@@ -215,6 +215,18 @@ class StoreWriter:
         pending.append(job)
         return await job.future
 
+    async def run_hot_in_order(self, work: Callable[[HotTx], T]) -> T:
+        """:meth:`run_hot` for a job whose writes depend on what its statements read (the
+        bank's online settlement: a card read, then the spend and its ledger posting). On
+        SQLite the loop's batch runs its jobs one after another, as the thread does; on
+        PostgreSQL the loop's batch sends the jobs' statements interleaved, round by round
+        (:meth:`~farthing.store.Store.hot_batch_on_loop`), so such a job goes to the
+        thread's batch instead."""
+        if not self._awaits:
+            return await self.run_hot(work)
+        loop = asyncio.get_running_loop()
+        return await self._submit(_HotJob(work, loop.create_future(), loop))
+
     def _commit_on_loop(self, loop: asyncio.AbstractEventLoop) -> None:
         """Commit what this pass of the loop queued, unless that means waiting for the
         write lock: then the thread does it."""
