@@ -18,8 +18,9 @@ import statistics
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -56,8 +57,9 @@ from farthing.http.payment_auth import (
     format_rfc3339,
     parse_credential,
 )
+from farthing.paywall.app import VendorApps
 from farthing.paywall.config import load_vendor_config
-from farthing.paywall.serve import app_from_config
+from farthing.paywall.serve import vendor_from_config
 from farthing.store import Store, SzmProtocol
 from farthing.store._fastlane import FastStatement
 
@@ -98,23 +100,24 @@ def measure(quick: bool) -> Measured:
         tempfile.TemporaryDirectory(prefix="profile-", dir=OUT) as tmp,
         sqlite_rig(Path(tmp)) as rig,
     ):
-        app: App = app_from_config(load_vendor_config(rig.folder.config))  # a worker's
+        vendor = vendor_from_config(load_vendor_config(rig.folder.config))  # a worker's
         pool = rig.chain_pool((3 * RUNS + 2) * n, CARDS)
         secret, database = rig.folder.challenge_secret, Path(rig.folder.database)
-        return _measure(app, rig.store, secret, pool, n, database)
+        return _measure(vendor, rig.store, secret, pool, n, database)
 
 
 def _measure(
-    app: App, store: Store, secret: bytes, pool: list[str], n: int, database: Path
+    vendor: VendorApps, store: Store, secret: bytes, pool: list[str], n: int, database: Path
 ) -> Measured:
     lines = iter(pool)
+    app: App = vendor.app
 
     def take() -> list[str | None]:
         return [next(lines) for _ in range(n)]
 
     async def main() -> tuple[float, float, list[Part], list[Part], Profiler, Floor]:
         await drive(app, PAID_PATH, take())  # warm: every card's state is now cached
-        floor = await _floor_rounds(app, store, secret, database, take)
+        floor = await _floor_rounds(vendor, store, secret, database, take)
         paid = statistics.median([await drive(app, PAID_PATH, take()) for _ in range(RUNS)])
         free = statistics.median([await drive(app, FREE_PATH, [None] * n) for _ in range(RUNS)])
         bare = statistics.median([await drive(app, "/healthz", [None] * n) for _ in range(RUNS)])
@@ -350,6 +353,7 @@ class Floor:
 
     paid_us: float
     free_us: float
+    direct_us: float  # the free request without Starlette's layers, as a paid good goes
     floor_us: float
     commit_us: float
     steps_us: list[float]  # the floor's own work by step (FLOOR_STEPS), commit apart
@@ -357,13 +361,20 @@ class Floor:
 
 
 async def _floor_rounds(
-    app: App, store: Store, secret: bytes, database: Path, take: Callable[[], list[str | None]]
+    vendor: VendorApps,
+    store: Store,
+    secret: bytes,
+    database: Path,
+    take: Callable[[], list[str | None]],
 ) -> Floor:
+    app: App = vendor.app
     n = len(take())
-    paid, free, floor, commit = [], [], [], []
+    paid, free, direct, floor, commit = [], [], [], [], []
     for _ in range(RUNS):  # interleaved: the machine's slow moments fall on each alike
         paid.append(await concurrent_pass(app, PAID_PATH, take()))
         free.append(await concurrent_pass(app, FREE_PATH, [None] * n))
+        with _without_router(vendor):
+            direct.append(await concurrent_pass(app, FREE_PATH, [None] * n))
         steps, share = _floor(store, secret, database, n)
         floor.append(steps)
         commit.append(share)
@@ -374,11 +385,27 @@ async def _floor_rounds(
     return Floor(
         paid_us=statistics.median(paid) * 1e6,
         free_us=statistics.median(free) * 1e6,
+        direct_us=statistics.median(direct) * 1e6,
         floor_us=statistics.median(floor) * 1e6,
         commit_us=statistics.median(commit) * 1e6,
         steps_us=[x * 1e6 for x in split],
         e2e_free_us=_e2e_free(),
     )
+
+
+@contextmanager
+def _without_router(vendor: VendorApps) -> Iterator[None]:
+    """The paywall hands unpriced requests straight to the content app (the router's last
+    route, its mount), not through Starlette's router and exception layers: the way a
+    paid good from memory now goes (``Paywall.quick``)."""
+    paywall = vendor.paywall
+    router = paywall.app
+    mount = getattr(router, "routes", [])[-1]
+    paywall.app = mount.app
+    try:
+        yield
+    finally:
+        paywall.app = router
 
 
 def _floor(
@@ -732,9 +759,12 @@ GOAL: Final = 0.6
 
 def _floor_text(f: Floor) -> list[str]:
     """The floor's table, and whether paid/free >= GOAL is reachable in this design."""
-    floor_paid = f.free_us + f.floor_us
+    # A paid good skips Starlette's layers, which a free request still goes through: the
+    # floor of a paid request is the free request without them, plus the paid steps.
+    router = max(f.free_us - f.direct_us, 0.0)
+    floor_paid = f.free_us - router + f.floor_us
     inproc = f.free_us / floor_paid
-    allowed = f.free_us * (1 / GOAL - 1)
+    allowed = f.free_us / GOAL - (f.free_us - router)
     lines = [
         f"**The floor.** The least CPU a durable, sealed, receipted paid request costs in "
         f"CPython with our own primitives and statements: `_floor_one` in `bench/profile.py` "
@@ -745,9 +775,11 @@ def _floor_text(f: Floor) -> list[str]:
         "commit with `synchronous=NORMAL` and an fsync of the WAL file, as the loop's group "
         "commit does), seal the body, make the receipt and the answer's headers and a fresh "
         "challenge. No paywall object, no ASGI layer, no metrics, sales line or retry tag. "
-        "A paid request also does everything a free one does (the server's HTTP work, the "
-        "access log layer, the paywall's path and price checks, the good from memory), so "
-        "the floor of a paid request is the free request plus these steps. Process CPU "
+        "A paid request also does what a free one does (the server's HTTP work, the access "
+        "log layer, the paywall's path and price checks, the good from memory) except "
+        "Starlette's router and exception layers, which a paid good from memory skips "
+        "(`Paywall.quick`), so the floor of a paid request is the free request without "
+        "those layers plus these steps. Process CPU "
         f"(user + system) per request, the vendor's passes with {CONCURRENT} clients at "
         f"once, medians of {RUNS} interleaved rounds (the floor's steps: its own work split in "
         "the proportions of one more, instrumented, pass):",
@@ -756,20 +788,24 @@ def _floor_text(f: Floor) -> list[str]:
         "|---|---:|",
         f"| paid, the vendor as served (`{PAID_PATH}`, szm:chain) | {f.paid_us:,.0f} |",
         f"| free, the vendor as served (`{FREE_PATH}`) | {f.free_us:,.0f} |",
+        f"| free, without Starlette's router and exception layers (as a paid good goes) | "
+        f"{f.direct_us:,.0f} |",
         f"| the paid steps alone, in a straight line (the floor's own work) | {f.floor_us:,.0f} |",
         *(f"| - {name} | {us:,.1f} |" for name, us in zip(FLOOR_STEPS, f.steps_us, strict=True)),
         f"| - the group commit's share (BEGIN, COMMIT, the WAL's fsync, over "
         f"{GROUP}) | {f.commit_us:,.1f} |",
-        f"| the floor of a paid request: free + the paid steps | {floor_paid:,.0f} |",
+        f"| the floor of a paid request: free without those layers + the paid steps | "
+        f"{floor_paid:,.0f} |",
         f"| what the vendor spends above that floor | {f.paid_us - floor_paid:,.0f} |",
         "",
         f"paid/free >= {GOAL} means a paid request costs at most free/{GOAL} of CPU, so its "
-        f"paid steps may cost at most {1 / GOAL - 1:.2f} x a free request. In-process a "
-        f"free request costs {f.free_us:,.0f} us: the paid steps would have to fit in "
-        f"{allowed:,.0f} us, and the floor's alone take {f.floor_us:,.0f} us "
+        f"paid steps may cost at most free/{GOAL} less the free path a paid request takes. "
+        f"In-process a free request costs {f.free_us:,.0f} us: the paid steps would have to "
+        f"fit in {allowed:,.0f} us, and the floor's alone take {f.floor_us:,.0f} us "
         f"(paid/free at the floor: {inproc:.2f}).",
     ]
     e2e = f.e2e_free_us
+    room, where = allowed, " in-process"
     if e2e is None:
         reachable = inproc >= GOAL
         lines[-1] += (
@@ -777,12 +813,13 @@ def _floor_text(f: Floor) -> list[str]:
             "end-to-end free request to add it with."
         )
     else:
-        at_floor = e2e / (e2e + f.floor_us)
+        at_floor = e2e / (e2e - router + f.floor_us)
         reachable = at_floor >= GOAL
+        room, where = e2e / GOAL - (e2e - router), " end to end"
         lines[-1] += (
             f" End to end a free request costs the server {e2e:,.0f} us (the end-to-end "
             f"section above, HTTP included, which a paid request pays alike): the paid "
-            f"steps would have to fit in {e2e * (1 / GOAL - 1):,.0f} us, and at the floor "
+            f"steps would have to fit in {e2e / GOAL - (e2e - router):,.0f} us, and at the floor "
             f"paid/free would be {at_floor:,.2f}."
         )
     lines.append("")
@@ -796,9 +833,10 @@ def _floor_text(f: Floor) -> list[str]:
                 ", even with every layer, object and feature around the paid steps "
                 "removed: the steps themselves (the parsing, two HMACs, the core's hash and "
                 "HKDF, two statements, AES-GCM, the receipt's JSON, each a C call wrapped "
-                "in Python) cost more than two thirds of a whole free request. Reaching it "
-                "needs a paid path in one compiled step (parse, verify, seal and answer "
-                "outside the interpreter), or a free request that costs more."
+                f"in Python) cost {f.floor_us:,.0f} us, more than the {room:,.0f} us that "
+                f"paid/free >= {GOAL} leaves them{where}. Reaching it needs a paid path in "
+                "one compiled step (parse, verify, seal and answer outside the "
+                "interpreter), or a free request that costs more."
             )
         )
     )
@@ -816,10 +854,11 @@ def _suggestions(m: Measured) -> list[str]:
     own, bare = _find(m.options, "hop to one"), _find(m.options, "free request")
     own_work = sum(p.micros for p in m.parts if not p.name.startswith(("record", "one hop")))
     fl = m.floor
-    above = fl.paid_us - fl.free_us - fl.floor_us
+    above = fl.paid_us - (fl.direct_us + fl.floor_us)
     ranked = sorted(zip(FLOOR_STEPS, fl.steps_us, strict=True), key=lambda kv: -kv[1])
     free = fl.free_us if fl.e2e_free_us is None else fl.e2e_free_us
-    best = free / (free + fl.floor_us)  # paid/free at the floor, end to end if known
+    router = max(fl.free_us - fl.direct_us, 0.0)
+    best = free / (free - router + fl.floor_us)  # paid/free at the floor, end to end if known
     top_steps = ", ".join(f"{name} {us:,.0f} us" for name, us in ranked[:3])
     return [
         "**Top costs, what was done, and what is left:**",
@@ -858,16 +897,12 @@ def _suggestions(m: Measured) -> list[str]:
         f"5. The floor (above): the paid steps alone, in a straight line, take "
         f"{fl.floor_us:,.0f} us of CPU per request, the largest "
         f"{top_steps}; the vendor as served spends {above:,.0f} us per paid request above "
-        f"free + that floor: its objects and layers (the settlement, the payment context, "
+        f"that floor: its objects and layers (the settlement, the payment context, "
         "the sender that seals, the writer's batching and futures), the retry tag, the "
         "in-flight set, the metrics and the sales line, each a few us (the next section "
         "switches the features off one by one). Removing all of that would leave "
-        f"paid/free at {fl.free_us / (fl.free_us + fl.floor_us):.2f} in-process"
-        + (
-            f" and {fl.e2e_free_us / (fl.e2e_free_us + fl.floor_us):.2f} end to end"
-            if fl.e2e_free_us is not None
-            else ""
-        )
+        f"paid/free at {fl.free_us / (fl.direct_us + fl.floor_us):.2f} in-process"
+        + (f" and {best:.2f} end to end" if fl.e2e_free_us is not None else "")
         + (
             f": {GOAL} is out of reach of this design in CPython."
             if best < GOAL
