@@ -117,6 +117,17 @@ def _sales_off(vendor: VendorApps) -> Callable[[], None]:
     return lambda: vars(recorder).pop("_record", None)
 
 
+def _quick_off(vendor: VendorApps) -> Callable[[], None]:
+    paywall = vendor.paywall
+    saved = paywall.quick
+    paywall.quick = None
+
+    def restore() -> None:
+        paywall.quick = saved
+
+    return restore
+
+
 def _metrics_off(vendor: VendorApps) -> Callable[[], None]:
     paywall, access = vendor.paywall, vendor.app
     saved = paywall.metrics, access._metrics  # type: ignore[attr-defined]
@@ -170,6 +181,12 @@ def features(vendor: VendorApps) -> list[Feature]:
             "Prometheus metrics (payments, HTTP requests)",
             "`paywall/metrics.py`, `observe/access.py HttpMetrics`",
             lambda: _metrics_off(vendor),
+        ),
+        Feature(
+            "the quick answer (without it a paid good in memory goes through Starlette's "
+            "router, exception layers and Response; a negative cost is a saving)",
+            "`paywall/middleware.py Paywall.quick`, `paywall/goods.py GoodsApp.quick`",
+            lambda: _quick_off(vendor),
         ),
     ]
 

@@ -25,8 +25,8 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Mount, Route
-from starlette.types import ASGIApp, Scope
+from starlette.routing import BaseRoute, Match, Mount, Route
+from starlette.types import ASGIApp, Scope, Send
 
 from farthing.core.clock import Clock, RandomSource, SystemClock
 from farthing.core.prbg import BbsKey
@@ -52,7 +52,7 @@ from farthing.paywall.methods.offline import OfflineMethod
 from farthing.paywall.methods.payword import PaywordScheme
 from farthing.paywall.methods.szm import SzmScheme
 from farthing.paywall.metrics import PaywallMetrics
-from farthing.paywall.middleware import Offers, Paywall
+from farthing.paywall.middleware import Offers, Paywall, QuickContent
 from farthing.paywall.pricing import PriceTable
 from farthing.store import Store
 from farthing.store.writer import StoreWriter
@@ -199,6 +199,31 @@ def _vendor_route(scope: Scope) -> str:
     return "unpriced" if isinstance(route, Mount) else UNMATCHED
 
 
+def _unrouted(quick: QuickContent, routes: Sequence[BaseRoute]) -> QuickContent:
+    """``quick`` for the requests the router would hand to the content mount: none of
+    ``routes`` (those before it) matches them, even partly (a partial match, another
+    HTTP method, is still that route's to answer). Known per path, as routes are fixed."""
+    content_only: dict[str, bool] = {}
+
+    async def unrouted(scope: Scope, path: str, send: Send) -> int | None:
+        if scope.get("root_path"):
+            return None  # mounted under a prefix: the router's business
+        route_path = scope["path"]
+        mine = content_only.get(route_path)
+        if mine is None:
+            if len(content_only) >= _ROUTED_KEPT:
+                content_only.clear()
+            mine = content_only[route_path] = all(
+                route.matches(scope)[0] is Match.NONE for route in routes
+            )
+        return await quick(scope, path, send) if mine else None
+
+    return unrouted
+
+
+_ROUTED_KEPT = 65_536  # paths whose routing is remembered
+
+
 def build_vendor(
     settings: VendorSettings,
     *,
@@ -213,6 +238,7 @@ def build_vendor(
     closers: Sequence[Callable[[], Awaitable[None]]] = (),
     background: Sequence[Callable[[], Coroutine[object, object, None]]] = (),
     offers: Offers | None = None,
+    quick: QuickContent | None = None,
 ) -> VendorApps:
     """The vendor's ASGI apps: ``content`` behind the paywall, and the admin app.
 
@@ -222,6 +248,9 @@ def build_vendor(
     path it does not offer is answered by ``content`` (404) without asking for payment.
     ``broker`` (the PayWord broker's client) admits each new PayWord commitment before
     paywords under it are accepted; give it whenever the vendor redeems there.
+    ``quick`` (``content``'s shortcut, :data:`~farthing.paywall.middleware.QuickContent`)
+    answers a paid GET without Starlette's routing and exception layers, for a path none of
+    the routes before ``content`` (health, wallet, ``extra_routes``) would take.
     """
     metrics = PaywallMetrics()
     http_metrics = HttpMetrics(metrics.registry)
@@ -246,15 +275,12 @@ def build_vendor(
         return Response(render(metrics.registry), media_type=METRICS_CONTENT_TYPE)
 
     admin_routes: list[BaseRoute] = [Route("/metrics", metrics_endpoint), *health_routes(probes)]
-    inner = Starlette(
-        routes=[
-            *health_routes(probes),
-            *wallet_routes(_card_checker(settings, store, clock or SystemClock())),
-            *extra_routes,
-            Mount("/", app=content),
-        ],
-        lifespan=lifespan,
-    )
+    before_content: list[BaseRoute] = [
+        *health_routes(probes),
+        *wallet_routes(_card_checker(settings, store, clock or SystemClock())),
+        *extra_routes,
+    ]
+    inner = Starlette(routes=[*before_content, Mount("/", app=content)], lifespan=lifespan)
     # The paywall is the outermost layer: an unpriced path costs it one dict lookup.
     paywall = Paywall(
         inner,
@@ -268,6 +294,7 @@ def build_vendor(
         metrics=metrics,
         offers=offers,
         idempotency=IdempotencyKeys(store, writer),
+        quick=None if quick is None else _unrouted(quick, before_content),
     )
     return VendorApps(
         app=AccessLog(paywall, metrics=http_metrics, route_of=_vendor_route),

@@ -55,6 +55,9 @@ class _File:
     body: bytes | None  # kept in memory if small and within the budget
     media_type: str
     checked: float
+    # The in-memory answer's headers, as Starlette's ``Response(body, media_type=...)``
+    # makes them (made once: :meth:`GoodsApp.quick` sends them as they are).
+    headers: tuple[tuple[bytes, bytes], ...] = ()
 
 
 class GoodsApp:
@@ -93,6 +96,19 @@ class GoodsApp:
             else:
                 response = FileResponse(found.real, media_type=found.media_type)
         await response(scope, receive, send)
+
+    async def quick(self, scope: Scope, path: str, send: Send) -> int | None:
+        """The paywall's shortcut for a paid GET of canonical ``path`` (``QuickContent``):
+        a file kept in memory is answered here as :meth:`__call__` would answer it (the
+        same start and body messages), and its status returned; None (nothing sent) for
+        anything else, which then goes the long way."""
+        found = self._file(path)
+        if found is None or found.body is None:
+            return None
+        start = {"type": "http.response.start", "status": 200, "headers": list(found.headers)}
+        await send(start)
+        await send({"type": "http.response.body", "body": found.body})
+        return 200
 
     def _requested(self, scope: Scope) -> _File | None:
         try:
@@ -147,7 +163,8 @@ class GoodsApp:
             with contextlib.suppress(OSError):
                 body = Path(real).read_bytes()
                 self._cached_bytes += len(body)
-        learned = _File(identity, inside, real, body, media_type, checked=0.0)
+        headers = () if body is None else tuple(Response(body, media_type=media_type).raw_headers)
+        learned = _File(identity, inside, real, body, media_type, checked=0.0, headers=headers)
         self._known[path] = learned
         return learned
 

@@ -36,7 +36,7 @@ import json
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Final
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -96,7 +96,14 @@ from farthing.paywall.metrics import PaywallMetrics
 from farthing.paywall.pricing import PricedRoute, PriceTable
 from farthing.store import IdempotencyRow
 
-__all__ = ["NOT_OFFERED_SCOPE_KEY", "PAYMENT_SCOPE_KEY", "SEALED_CONTENT_TYPE", "Offers", "Paywall"]
+__all__ = [
+    "NOT_OFFERED_SCOPE_KEY",
+    "PAYMENT_SCOPE_KEY",
+    "SEALED_CONTENT_TYPE",
+    "Offers",
+    "Paywall",
+    "QuickContent",
+]
 
 log = logging.getLogger("farthing.paywall")
 
@@ -114,6 +121,14 @@ _PRIVATE: Final = (b"cache-control", b"private")  # the draft, on every response
 
 Offers = Callable[[str, str], bool]
 """``offers(method, path)``: does the wrapped app answer this request with a good?"""
+
+QuickContent = Callable[[Scope, str, Send], Awaitable[int | None]]
+"""``quick(scope, path, send)``: the wrapped app's own answer to a paid plain GET of
+canonical ``path``, sent through ``send`` exactly as the app would send it (the same
+messages), when it has one at hand (a good kept in memory); its status, or None when it
+sent nothing and the request must go through the app. It skips only the layers between
+the paywall and the good (routing, exception middleware), so it is given only where they
+would pass the request straight to that good (:func:`farthing.paywall.app.build_vendor`)."""
 
 
 class Paywall:
@@ -138,6 +153,7 @@ class Paywall:
         metrics: PaywallMetrics | None = None,
         offers: Offers | None = None,
         idempotency: IdempotencyKeys | None = None,
+        quick: QuickContent | None = None,
     ) -> None:
         if not methods:
             raise ValueError("a paywall needs at least one payment method")
@@ -154,6 +170,7 @@ class Paywall:
         self.metrics = metrics
         self._offers = offers
         self._idempotency = idempotency
+        self.quick = quick
         self._requests: dict[tuple[str, str], tuple[JsonObject, str]] = {}
         # The request tags of the paid requests this process is settling or delivering: an
         # identical copy that arrives meanwhile is refused, not served twice (-02
@@ -349,6 +366,10 @@ class Paywall:
         # for a request with a body (the next body's digest is not known yet).
         fresh = None if digest is not None else self._fresh(route, settlement, field)
         paid = _PaidSender(send, settlement, path, self._clock.now(), nonce, fresh)
+        # A good the app keeps in memory, without the layers between it and the paywall.
+        quick = self.quick
+        if quick is not None and _plain_get(scope) and await quick(scope, path, paid) is not None:
+            return
         await self.app(scope, receive, paid)
 
     def _fresh(self, route: PricedRoute, settlement: Settlement, field: str | None) -> bytes:
@@ -688,6 +709,21 @@ async def _send_problem_body(send: Send, status: int, body: bytes, *, head: bool
     ]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": b"" if head else body})
+
+
+# Request headers that may make an app answer otherwise than with the whole good (a part,
+# 304, 412): a request carrying any of them is never answered by ``quick``.
+_NOT_PLAIN: Final = frozenset(
+    (b"range", b"if-range", b"if-match", b"if-none-match", b"if-modified-since",
+     b"if-unmodified-since")
+)  # fmt: skip
+
+
+def _plain_get(scope: Scope) -> bool:
+    """A GET whose answer is the whole good, whatever the app's caching or ranges."""
+    if scope["method"] != "GET":
+        return False
+    return not any(name in _NOT_PLAIN for name, _ in scope["headers"])
 
 
 _BODILESS: Final = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})

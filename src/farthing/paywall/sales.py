@@ -34,7 +34,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from farthing.core.clock import Clock
 from farthing.paywall.methods.base import Settlement
-from farthing.paywall.middleware import PAYMENT_SCOPE_KEY
+from farthing.paywall.middleware import PAYMENT_SCOPE_KEY, QuickContent
 from farthing.paywall.pricing import PriceTable
 
 __all__ = ["SalesLine", "SalesLog", "SalesRecorder", "SalesRow", "summarise"]
@@ -161,11 +161,22 @@ def summarise(lines: Iterable[SalesLine]) -> list[SalesRow]:
 class SalesRecorder:
     """ASGI: the content app, logging each paid 2xx answer to ``log``."""
 
-    def __init__(self, app: ASGIApp, log: SalesLog, *, prices: PriceTable, clock: Clock) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        log: SalesLog,
+        *,
+        prices: PriceTable,
+        clock: Clock,
+        quick: QuickContent | None = None,
+    ) -> None:
+        """``quick``: the app's shortcut (``QuickContent``), if it has one; then
+        :meth:`quick` is this recorder's."""
         self.app = app
         self._log = log
         self._prices = prices
         self._clock = clock
+        self._inner_quick = quick
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         settlement = scope.get(PAYMENT_SCOPE_KEY) if scope["type"] == "http" else None
@@ -182,6 +193,18 @@ class SalesRecorder:
         await self.app(scope, receive, watch)
         if statuses and 200 <= statuses[0] < 300:
             self._record(scope["path"], settlement)
+
+    async def quick(self, scope: Scope, path: str, send: Send) -> int | None:
+        """The app's shortcut answer (the paywall's ``QuickContent``), logged as
+        :meth:`__call__` logs it: after the answer is sent, a paid 2xx that is no retry."""
+        if self._inner_quick is None:
+            return None
+        status = await self._inner_quick(scope, path, send)
+        if status is not None and 200 <= status < 300:
+            settlement = scope.get(PAYMENT_SCOPE_KEY)
+            if isinstance(settlement, Settlement) and not settlement.retried:
+                self._record(scope["path"], settlement)
+        return status
 
     def _record(self, path: str, settlement: Settlement) -> None:
         route = self._prices.match(path)

@@ -24,6 +24,7 @@ from farthing.paywall.app import VendorApps, build_vendor
 from farthing.paywall.config import CONFIG_ENV, VendorConfig, load_vendor_config
 from farthing.paywall.deposits import Depositor
 from farthing.paywall.goods import GoodsApp
+from farthing.paywall.middleware import QuickContent
 from farthing.paywall.sales import SalesLog, SalesRecorder
 from farthing.store import Store, open_store
 
@@ -76,10 +77,14 @@ def vendor_from_config(
             broker = client  # PayWord commitments are admitted where they are redeemed
     goods = GoodsApp(config.content_dir)
     content: ASGIApp = goods
+    quick: QuickContent = goods.quick
     if config.sales_log is not None:
         sales = SalesLog(config.sales_log)
         closers.append(sales.aclose)  # the lines still pending
-        content = SalesRecorder(goods, sales, prices=config.prices, clock=SystemClock())
+        recorder = SalesRecorder(
+            goods, sales, prices=config.prices, clock=SystemClock(), quick=goods.quick
+        )
+        content, quick = recorder, recorder.quick
     vendor = build_vendor(
         config.settings,
         content=content,
@@ -89,6 +94,7 @@ def vendor_from_config(
         broker=broker,
         closers=closers,
         offers=goods.offers,
+        quick=quick,
         background=background,
         clock=clock,
         rng=rng,
