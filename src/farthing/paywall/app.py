@@ -199,10 +199,11 @@ def _vendor_route(scope: Scope) -> str:
     return "unpriced" if isinstance(route, Mount) else UNMATCHED
 
 
-def _unrouted(quick: QuickContent, routes: Sequence[BaseRoute]) -> QuickContent:
+def _unrouted(quick: QuickContent, routes: Sequence[Route]) -> QuickContent:
     """``quick`` for the requests the router would hand to the content mount: none of
     ``routes`` (those before it) matches them, even partly (a partial match, another
-    HTTP method, is still that route's to answer). Known per path, as routes are fixed."""
+    HTTP method, is still that route's to answer). Remembered per path: a ``Route``
+    matches by path and method alone, and ``quick`` is asked for GETs only."""
     content_only: dict[str, bool] = {}
 
     async def unrouted(scope: Scope, path: str, send: Send) -> int | None:
@@ -275,7 +276,7 @@ def build_vendor(
         return Response(render(metrics.registry), media_type=METRICS_CONTENT_TYPE)
 
     admin_routes: list[BaseRoute] = [Route("/metrics", metrics_endpoint), *health_routes(probes)]
-    before_content: list[BaseRoute] = [
+    before_content: list[Route] = [
         *health_routes(probes),
         *wallet_routes(_card_checker(settings, store, clock or SystemClock())),
         *extra_routes,

@@ -137,6 +137,9 @@ class Paywall:
     ``offers``, if given, is asked before any payment is requested or taken: a priced path
     the app has nothing at (a missing file, a wrong HTTP method) goes to the app unpaid, so
     a reader following a broken link gets the app's 404 and pays nothing.
+
+    ``quick`` (:data:`QuickContent`), if given, answers a paid plain GET of a good the app
+    keeps in memory without the layers in between; anything else goes through ``app``.
     """
 
     def __init__(
