@@ -23,11 +23,9 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import anyio.to_thread
-from pyinstrument import Profiler
-from pyinstrument.frame import Frame
 
 from bench import paidcpu
 from bench.e2e import (
@@ -62,6 +60,10 @@ from farthing.paywall.config import load_vendor_config
 from farthing.paywall.serve import vendor_from_config
 from farthing.store import Store, SzmProtocol
 from farthing.store._fastlane import FastStatement
+
+if TYPE_CHECKING:  # the bench extra; the floor's test imports this module without it
+    from pyinstrument import Profiler
+    from pyinstrument.frame import Frame
 
 RUNS: Final = 3
 CARDS: Final = 1000
@@ -123,6 +125,8 @@ def _measure(
         bare = statistics.median([await drive(app, "/healthz", [None] * n) for _ in range(RUNS)])
         hop = statistics.median([await _thread_hop(n) for _ in range(RUNS)])
         own = statistics.median([await _own_thread_hop(n) for _ in range(RUNS)])
+        from pyinstrument import Profiler
+
         profiler = Profiler(interval=0.0002, async_mode="enabled")
         batch = take()
         profiler.start()
@@ -421,8 +425,7 @@ def _floor(
     binder = ChallengeBinder(secret)
     request_b64 = parse_credential(items[0].line).challenge.request
     prepared = store._prepared  # the store's own statements, as the hot batch runs them
-    use = _Positional(prepared.challenge_use)
-    advance = _Positional(prepared.szm_advance)
+    use, advance = prepared.challenge_use, prepared.szm_advance
     conn = sqlite3.connect(database, isolation_level=None, timeout=10)
     wal = os.open(f"{database}-wal", os.O_RDWR)
     try:
@@ -448,24 +451,6 @@ def _floor(
         os.close(wal)
         conn.close()
     return spent / n, committing / n
-
-
-class _Positional:
-    """A store statement's SQL and its parameters in order, the statement's constants
-    bound once (SQLAlchemy's per-call binding is not part of the floor)."""
-
-    def __init__(self, statement: FastStatement) -> None:
-        assert statement.order is not None  # SQLite: qmark
-        self.sql = statement.sql
-        self.order = statement.order
-        self.constants = {
-            name: value.value
-            for name, value in statement.compiled.binds.items()
-            if value.value is not None
-        }
-
-    def params(self, values: dict[str, object]) -> tuple[object, ...]:
-        return tuple(values[k] if k in values else self.constants[k] for k in self.order)
 
 
 FLOOR_STEPS: Final = (
@@ -509,8 +494,8 @@ def _floor_one(
     binder: ChallengeBinder,
     request_b64: str,
     conn: sqlite3.Connection,
-    use: _Positional,
-    advance: _Positional,
+    use: FastStatement,
+    advance: FastStatement,
     secrets: dict[bytes, bytes],
     tick: Callable[[int], None] = _no_tick,
 ) -> tuple[list[tuple[bytes, bytes]], bytes]:
@@ -536,11 +521,11 @@ def _floor_one(
     tick(2)
     taken = {"key_id": challenge.raw, "expires_at": challenge.expires, "used_at": now,
              "request": None}  # fmt: skip
-    if conn.execute(use.sql, use.params(taken)).rowcount != 1:
+    if conn.execute(use.sql, use.bind(taken)).rowcount != 1:
         raise RuntimeError("the challenge id was taken")
     card = {"key_card_id": state.card_id, "old_spent": state.spent, "new_spent": moved.spent,
             "new_anchor": parsed[2], "new_request": None, "new_units": None}  # fmt: skip
-    if conn.execute(advance.sql, advance.params(card)).rowcount != 1:
+    if conn.execute(advance.sql, advance.bind(card)).rowcount != 1:
         raise RuntimeError("the compare-and-set did not apply")
     tick(3)
     sealed = seal(

@@ -17,7 +17,6 @@ from bench.profile import (
     FLOOR_STEPS,
     _floor,
     _floor_one,
-    _Positional,
     _Ticks,
     fresh_payments,
 )
@@ -46,8 +45,8 @@ def test_the_floors_answer_is_a_paid_answer_and_its_write_is_stored(tmp_path: Pa
         try:
             conn.execute("BEGIN IMMEDIATE")
             headers, sealed = _floor_one(
-                item, binder, request_b64, conn, _Positional(prepared.challenge_use),
-                _Positional(prepared.szm_advance), secrets,
+                item, binder, request_b64, conn, prepared.challenge_use,
+                prepared.szm_advance, secrets,
             )  # fmt: skip
             conn.execute("COMMIT")
         finally:
