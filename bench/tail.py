@@ -18,6 +18,15 @@ Each ``--variant`` is a server started with extra environment (e.g.
 ``--variant old:PYTHONPATH=/tmp/old/src`` for other code); variants take turns within each
 round, so the machine's noise falls on all of them. The raw records stay in
 ``bench/out/tail/`` (one JSON file per server).
+
+On a shared machine: ``--nice -20`` (root) runs the server and wrk ahead of other processes
+(the "(loop run-queue wait)" line says how long the loop thread was runnable but not
+running during a request: other processes, or the server's own threads on its one core);
+``--syscalls`` records every fsync/fdatasync of the server with ``perf`` (CLOCK_MONOTONIC,
+as the records): the loop thread's own (SQLite checkpoints) and, for each fsync of the
+fsync thread, the kernel's time against the thread's wait to run again after it. The
+server's span starts when uvicorn parsed the request head: time the request spent in the
+socket before the loop read it shows only in wrk's figure.
 """
 
 from __future__ import annotations

@@ -52,12 +52,13 @@ per 4 s at half load, each blocking the loop 2-4 ms (p99 16 ms), every request i
 waiting. So the loop's connection does not checkpoint (``wal_autocheckpoint=0``); a
 :class:`Checkpointer` thread of its own does, on its own connection, at most every
 ``CHECKPOINT_EVERY`` seconds while the loop commits (nudged after each fsync of ours). It
-runs a FULL checkpoint: it waits for the writer of the moment, holds new writers off while
-it copies (the loop's commit then finds the store busy and hands its batch to the writer
-thread, which waits, as with any other connection's write), and leaves nothing behind, so
-the next writer restarts the WAL from its start (a PASSIVE one racing the loop's commits
-might never finish, and the WAL would only grow). Durability is not touched: a checkpoint
-syncs the WAL before it copies and the database file after, whichever connection runs it.
+runs a FULL checkpoint: it waits (at most ``CHECKPOINT_WAIT_MS``) for the writer of the
+moment and readers of older snapshots, holds new writers off while it copies (the loop's
+commit then finds the store busy and hands its batch to the writer thread, which waits, as
+with any other connection's write), and leaves nothing behind, so the next writer restarts
+the WAL from its start (a PASSIVE one racing the loop's commits might never finish, and the
+WAL would only grow). Durability is not touched: a checkpoint syncs the WAL before it
+copies and the database file after, whichever connection runs it.
 
 If the fsync fails, the batches it covered are answered Unavailable (their writes are
 committed and may or may not be on disk: the client's resend is served as a retry once a
@@ -76,13 +77,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
-__all__ = ["CHECKPOINT_EVERY", "Checkpointer", "Fsync", "WalFile"]
+__all__ = ["CHECKPOINT_EVERY", "CHECKPOINT_WAIT_MS", "Checkpointer", "Fsync", "WalFile"]
 
 log = logging.getLogger("farthing.store")
 
 CHECKPOINT_EVERY: Final = 0.5
 """Seconds between checkpoints while the loop commits: at half load (~2,000 WAL pages a
 second in bench/e2e.py) about SQLite's own 1,000 pages."""
+CHECKPOINT_WAIT_MS: Final = 20
+"""How long a checkpoint waits for a writer or an old reader (a long report, a deposit run)
+while holding new writers off; the store's usual 10 s would stall every payment meanwhile."""
 
 Fsync = Callable[[int], None]
 """``os.fsync`` or a stand-in for tests (:class:`farthing.testing.GatedFsync`)."""
@@ -119,6 +123,10 @@ class Checkpointer:
     def _serve(self) -> None:
         connection = self._connect()
         try:
+            # A FULL checkpoint holds new writers off while it waits for the writer of the
+            # moment and for readers of older snapshots: at most this long, then it copies
+            # what it can without waiting (as PASSIVE) and the next nudge tries again.
+            connection.execute(f"PRAGMA busy_timeout={CHECKPOINT_WAIT_MS}")
             while True:
                 self._due.wait()
                 self._due.clear()
