@@ -6,7 +6,8 @@ methods are ``szmchain``/``szmprbg`` (tests/paywall/helpers.py's keys) and ``pay
 
 ``GET /articles/<slug>`` answers ``secret article <slug>`` in ``CHUNKS`` pieces, ``PAUSE``
 seconds apart, so a delivery is in flight long enough for copies of its request to meet it.
-``POST /orders/<slug>`` (priced too) counts its calls in ``orders`` and answers the count.
+``POST /orders/<slug>`` (priced too) takes ``ORDER_PAUSE`` seconds, counts its calls in
+``orders`` and answers the count.
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ BROKER_KEY: Final = b"B" * 32
 BANK_MASTER: Final = b"K" * 32
 CHUNKS: Final = 5
 PAUSE: Final = 0.1
+# An order runs this long: copies of its request sent at once reach the vendor while it runs,
+# even when a loaded machine spreads their arrival over 0.1 s (seen with PAUSE).
+ORDER_PAUSE: Final = 0.4
 SETTINGS: Final = VendorSettings(
     realm="news",
     challenge_secret=b"s" * 32,
@@ -91,7 +95,7 @@ class SlowGoods:
             received += message.get("body", b"")
             if not message.get("more_body", False):
                 break
-        await asyncio.sleep(PAUSE)
+        await asyncio.sleep(ORDER_PAUSE)
         self.orders += 1
         body = b"order %d of %d bytes" % (self.orders, len(received))
         headers = [(b"content-type", b"text/plain"), (b"content-length", b"%d" % len(body))]

@@ -132,8 +132,10 @@ def test_a_paid_post_retried_with_its_key_gets_the_same_answer_without_running_a
 def test_a_paid_post_sent_again_while_its_first_copy_runs_is_told_it_is_running(
     tmp_path: Path, database: tuple[str, Store]
 ) -> None:
-    """The order app takes 0.1 s (slow_vendor.PAUSE): a copy with the same key, credential
-    and body that arrives meanwhile gets 409, and once the first is answered, the kept answer."""
+    """The order app takes 0.4 s (slow_vendor.ORDER_PAUSE): a copy with the same key,
+    credential and body that arrives meanwhile gets 409, and once the first is answered, the
+    kept answer. (With 0.1 s, copies that a loaded machine delayed past the first one's
+    answer got the kept answer, 201, in about 1 run in 5.)"""
     target, store = database
     card = issue_chain_cards(store, 1)[0]
     with serve(target, tmp_path, "vendor") as base:
