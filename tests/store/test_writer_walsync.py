@@ -270,26 +270,38 @@ async def test_the_checkpoint_thread_copies_the_payments_into_the_database_file(
     """Nudged by the fsyncs, the checkpoint thread copies what the loop committed into the
     database file: a copy of that file alone (no WAL) holds the payments."""
     store = sqlite_store
-    cards = issue_chain_cards(store, 3)
+    cards = issue_chain_cards(store, 40)
+    paid, later = cards[:3], iter(cards[3:])
     writer = StoreWriter(store, checkpoint_every=0)
     database = Path(str(store.wal_file().path)[: -len("-wal")])
-    alone = tmp_path / "alone.sqlite"
-    challenges = [bytes([7, n]) * 16 for n in range(len(cards))]
+    attempts = iter(range(1_000_000))
+    challenges = [bytes([7, n]) * 16 for n in range(len(paid))]
+
+    def copied() -> bool:
+        # A new file each time: opening a copy leaves its own -wal and -shm behind,
+        # which a later copy of the database file must not be read with.
+        alone = tmp_path / f"alone-{next(attempts)}.sqlite"
+        alone.write_bytes(database.read_bytes())
+        try:
+            copy = open_store(str(alone), create=False)
+        except Exception:  # copied while the checkpoint wrote it: try again
+            return False
+        try:
+            return all(copy.challenge_used(c) for c in challenges)
+        finally:
+            copy.close()
+
     try:
-        for card, challenge in zip(cards, challenges, strict=True):
+        for card, challenge in zip(paid, challenges, strict=True):
             assert await writer.run_hot(_pay(card.card_id, 0, challenge)) == "won"
-
-        def copied() -> bool:
-            alone.write_bytes(database.read_bytes())
-            try:
-                copy = open_store(str(alone), create=False)
-            except Exception:  # copied while the checkpoint wrote it: try again
-                return False
-            try:
-                return all(copy.challenge_used(c) for c in challenges)
-            finally:
-                copy.close()
-
-        await _until(copied)
+        # A commit that met a running checkpoint went to the writer thread (no fsync of
+        # ours, so no nudge): the loop's next payments nudge the checkpoint again.
+        for n, card in enumerate(later):
+            if copied():
+                break
+            assert await writer.run_hot(_pay(card.card_id, 0, bytes([8, n]) * 16)) == "won"
+            await asyncio.sleep(0.01)
+        else:
+            raise AssertionError("the payments never reached the database file")
     finally:
         await writer.aclose()
