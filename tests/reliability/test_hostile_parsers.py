@@ -228,13 +228,20 @@ PATHOLOGICAL = [
 
 @pytest.mark.parametrize("header", PATHOLOGICAL, ids=range(len(PATHOLOGICAL)))
 def test_worst_case_headers_parse_fast(header: str) -> None:
+    """No backtracking blow-up: each takes a few ms here, a catastrophic one would take seconds
+    or years. The best of three, so that one stall of a loaded machine (0.8 s once in CI, for a
+    parse of 4 ms) does not count as the parser's."""
     assert len(header) <= 8192
+    assert min(parse_seconds(header) for _ in range(3)) < 0.5
+
+
+def parse_seconds(header: str) -> float:
     started = time.perf_counter()
     with contextlib.suppress(MalformedMessage):
         parse_challenges([header])
     with contextlib.suppress(MalformedMessage):
         parse_credential(header)
-    assert time.perf_counter() - started < 0.5
+    return time.perf_counter() - started
 
 
 receipt_headers = st.one_of(

@@ -195,13 +195,11 @@ def test_two_processes_racing_on_sqlite_have_one_winner_per_card(tmp_path: Path)
 
 
 def test_bulk_issue_of_ten_thousand_cards(store: Store) -> None:
-    started = time.perf_counter()
+    # Its speed is bench/scale.py's to measure (docs/scaling.md), not a timed test's.
     with store.transaction() as tx:
         tx.szm.insert_batch(szm_batch(BATCH, 10_000, 20))
         inserted = tx.szm.insert_cards(szm_cards(BATCH, 10_000, 20))
-    elapsed = time.perf_counter() - started
     assert inserted == 10_000
-    assert elapsed < 10, f"10k cards took {elapsed:.1f} s"
     last = store.szm_card(card_id(9_999))
     assert last is not None
     assert last.units == 20

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page
+from playwright.sync_api import Browser, BrowserContext, Page, Route
 
 from farthing.core import shortcode
 from farthing.core.encoding import b64url_encode
@@ -195,6 +195,32 @@ def test_past_the_day_limit_the_page_asks(reader: Page, shop: Shop) -> None:
     assert "pass your limit of 0.5 cent today" in reader.inner_text("#ask-why")
     reader.click("#ask-no")
     assert shop.vendor_spent() == 2 * PRICE_UNITS == wallet_card(reader)["spent"]
+
+
+def test_the_budget_cannot_be_typed_before_the_wallet_has_read_it(reader: Page, shop: Shop) -> None:
+    """A limit typed while the page still reads the stored one would be overwritten by it, and
+    "Budget saved." would then save the old limit (seen once on a loaded CI machine)."""
+    enter_card(reader, shop)
+    held: list[Route] = []
+
+    def hold(route: Route) -> None:
+        held.append(route)
+
+    reader.route("**/_farthing/page.js", hold)
+    reader.goto(shop.base + "/_farthing/wallet.html", wait_until="commit")
+    reader.wait_for_selector("#budget-form", state="attached")
+    for _ in range(200):  # the script is requested once the document names it
+        if held:
+            break
+        reader.wait_for_timeout(25)
+    assert held, "the page's script was not requested"
+    assert reader.is_hidden("#budget-form")  # nothing to type into while the script waits
+    held[0].continue_()
+    reader.fill("#per-day", "0.5")
+    reader.click("#budget-form button")
+    reader.locator("#status", has_text="Budget saved.").wait_for()
+    budget = reader.evaluate("async () => (await import('/_farthing/store.js')).getBudget()")
+    assert budget["perDay"] == 5_000
 
 
 def test_a_refused_payment_shows_the_402_page_with_the_reason(reader: Page, shop: Shop) -> None:

@@ -194,6 +194,11 @@ async function readNow() {
 // --- the wallet page ---------------------------------------------------------------------------
 
 async function walletPage() {
+  // The budget form stays hidden until showBudget has filled it: a limit typed earlier would
+  // be overwritten by the stored one, and "Budget saved." would save the old limit.
+  $("budget-form").addEventListener("submit", async (event) => {
+    if (await saveBudget(event)) say("Budget saved.");
+  });
   await ensureWorker().catch((error) => say(`No wallet in this browser: ${error.message}.`));
   const card = await store.getCard();
   $("no-card").hidden = Boolean(card);
@@ -216,9 +221,6 @@ async function walletPage() {
     });
   }
   await showBudget();
-  $("budget-form").addEventListener("submit", async (event) => {
-    if (await saveBudget(event)) say("Budget saved.");
-  });
   const bought = (await store.listBought()).sort((a, b) => b.at - a.at);
   const list = $("bought");
   for (const item of bought) {
