@@ -6,6 +6,9 @@ methods are ``szmchain``/``szmprbg`` (tests/paywall/helpers.py's keys) and ``pay
 
 ``GET /articles/<slug>`` answers ``secret article <slug>`` in ``CHUNKS`` pieces, ``PAUSE``
 seconds apart, so a delivery is in flight long enough for copies of its request to meet it.
+If ``FARTHING_TEST_GATE`` names a file, the last piece waits until that file exists: a test
+holds a delivery in flight until the copies it sent are answered, however late a loaded
+machine lets them arrive.
 ``POST /orders/<slug>`` (priced too) takes ``ORDER_PAUSE`` seconds, counts its calls in
 ``orders`` and answers the count.
 """
@@ -34,6 +37,7 @@ PAUSE: Final = 0.1
 # An order runs this long: copies of its request sent at once reach the vendor while it runs,
 # even when a loaded machine spreads their arrival over 0.1 s (seen with PAUSE).
 ORDER_PAUSE: Final = 0.4
+GATE_ENV: Final = "FARTHING_TEST_GATE"
 SETTINGS: Final = VendorSettings(
     realm="news",
     challenge_secret=b"s" * 32,
@@ -86,6 +90,8 @@ class SlowGoods:
             await asyncio.sleep(PAUSE)
             piece = body[start : start + step]
             more = start + step < len(body)
+            if not more:
+                await held_at_gate()
             await send({"type": "http.response.body", "body": piece, "more_body": more})
 
     async def _order(self, receive: Receive, send: Send) -> None:
@@ -101,6 +107,13 @@ class SlowGoods:
         headers = [(b"content-type", b"text/plain"), (b"content-length", b"%d" % len(body))]
         await send({"type": "http.response.start", "status": 201, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+
+async def held_at_gate() -> None:
+    # A file, polled: the gate is shared by the test and every worker process.
+    gate = os.environ.get(GATE_ENV)
+    while gate is not None and not os.path.exists(gate):  # noqa: ASYNC110, ASYNC240
+        await asyncio.sleep(0.01)
 
 
 def prices() -> PriceTable:

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import NamedTuple
 
 import httpx
 import pytest
@@ -27,7 +28,7 @@ from farthing.testing import DeterministicRandom
 from farthing.testing.hll import SoftwareCard
 from farthing.testing.payword import PaywordSpender
 from tests.paywall.helpers import issue_chain_cards
-from tests.paywall.slow_vendor import BANK_MASTER, BROKER_KEY
+from tests.paywall.slow_vendor import BANK_MASTER, BROKER_KEY, GATE_ENV
 from tests.servers import uvicorn_server
 
 pytestmark = pytest.mark.xdist_group("uvicorn")
@@ -36,17 +37,25 @@ ROUNDS = 3
 EUR = Denomination(currency="EUR", unit_micros=1000)
 
 
+class Vendor(NamedTuple):
+    base: str
+    store: Store
+    gate: Path  # while it is missing, every delivery's last piece waits (slow_vendor.py)
+
+
 @pytest.fixture(params=[1, 2], ids=["1-worker", "2-workers"])
-def vendor(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, Store]]:
+def vendor(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Vendor]:
     target = str(tmp_path / "vendor.sqlite")
+    gate = tmp_path / "gate"
+    gate.touch()
     store = open_store(target)
     with uvicorn_server(
         "tests.paywall.slow_vendor:app_from_env",
-        env={"FARTHING_TEST_VENDOR_DB": target},
+        env={"FARTHING_TEST_VENDOR_DB": target, GATE_ENV: str(gate)},
         workers=request.param,
         log_path=tmp_path / "server.log",
     ) as base:
-        yield base, store
+        yield Vendor(base, store, gate)
     store.close()
 
 
@@ -58,17 +67,31 @@ def challenge_of(base: str, method: str) -> Challenge:
     return chosen
 
 
-def at_once(base: str, authorization: str, copies: int = COPIES) -> list[httpx.Response]:
-    """``copies`` identical paid GETs, each on its own connection, leaving together."""
+def at_once(vendor: Vendor, authorization: str, copies: int = COPIES) -> list[httpx.Response]:
+    """``copies`` identical paid GETs, each on its own connection, leaving together. The
+    gate is closed until all but one are answered, so the one delivery stays in flight
+    while every other copy arrives, even if a loaded machine delays one by a second (a copy
+    that arrived after the delivery had ended would rightly be served, as a lost answer's
+    resend is: that failed CI once as "delivered twice"). If two were delivered, the wait
+    ends after 30 s and the count says so."""
     start = threading.Barrier(copies)
 
     def send(_: int) -> httpx.Response:
-        with httpx.Client(base_url=base, timeout=20) as own:
+        with httpx.Client(base_url=vendor.base, timeout=60) as own:
             start.wait(timeout=10)
             return own.get("/articles/a", headers={"authorization": authorization})
 
-    with ThreadPoolExecutor(max_workers=copies) as pool:
-        return list(pool.map(send, range(copies)))
+    vendor.gate.unlink()
+    try:
+        with ThreadPoolExecutor(max_workers=copies) as pool:
+            sent = [pool.submit(send, i) for i in range(copies)]
+            deadline = time.monotonic() + 30
+            while sum(f.done() for f in sent) < copies - 1 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            vendor.gate.touch()
+            return [f.result() for f in sent]
+    finally:
+        vendor.gate.touch()
 
 
 def assert_one_delivery(responses: list[httpx.Response]) -> None:
@@ -103,15 +126,15 @@ def chain_credential(challenge: Challenge, payment: szm_chain.Payment) -> str:
 
 
 def test_identical_szmchain_credentials_at_once_are_delivered_once(
-    vendor: tuple[str, Store],
+    vendor: Vendor,
 ) -> None:
-    base, store = vendor
+    base, store, _ = vendor
     card = issue_chain_cards(store, 1)[0]
     answers = []
     for _ in range(ROUNDS):
         challenge = challenge_of(base, "szmchain")
         card, payment, _ = szm_chain.next_payment(card, 2, now=challenge.expires - 300)
-        answers.append(at_once(base, chain_credential(challenge, payment)))
+        answers.append(at_once(vendor, chain_credential(challenge, payment)))
         resend = resend_after_waiting(base, chain_credential(challenge, payment))
         assert resend.status_code == 200, resend.text  # sequential: a lost answer's resend
     delivered = [sum(r.status_code == 200 for r in round_) for round_ in answers]
@@ -159,9 +182,9 @@ def payword_credential(
 
 
 def test_identical_payword_credentials_at_once_are_delivered_once(
-    vendor: tuple[str, Store],
+    vendor: Vendor,
 ) -> None:
-    base, store = vendor
+    base, store, _ = vendor
     challenge = challenge_of(base, "payword")
     now = challenge.expires - 300
     spender = payword_spender(now)
@@ -170,9 +193,9 @@ def test_identical_payword_credentials_at_once_are_delivered_once(
         c, spender.reserve(2, now=now).payment, encoded
     )
     first = pay(challenge)  # the commitment comes with the first payment
-    answers = [at_once(base, first)]
+    answers = [at_once(vendor, first)]
     for _ in range(ROUNDS - 1):
-        answers.append(at_once(base, pay(challenge_of(base, "payword"))))
+        answers.append(at_once(vendor, pay(challenge_of(base, "payword"))))
     delivered = [sum(r.status_code == 200 for r in round_) for round_ in answers]
     row = store.payword_commitment(spender.commitment_id)
     assert row is not None
@@ -217,13 +240,13 @@ def hll_credential(card: SoftwareCard, certificate: bytes, challenge: Challenge)
     return format_credential(Credential.answering(challenge, payload))
 
 
-def test_identical_hll_credentials_at_once_are_delivered_once(vendor: tuple[str, Store]) -> None:
-    base, store = vendor
+def test_identical_hll_credentials_at_once_are_delivered_once(vendor: Vendor) -> None:
+    base, store, _ = vendor
     card, certificate = hll_card(int(time.time()))
     answers = []
     for _ in range(ROUNDS):
         authorization = hll_credential(card, certificate, challenge_of(base, "hll"))
-        answers.append(at_once(base, authorization))
+        answers.append(at_once(vendor, authorization))
         resend = resend_after_waiting(base, authorization)
         assert resend.status_code == 200, resend.text  # sequential: a lost answer's resend
     delivered = [sum(r.status_code == 200 for r in round_) for round_ in answers]
