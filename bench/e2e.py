@@ -32,6 +32,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -550,6 +551,47 @@ def process_cpu(pids: list[int]) -> dict[int, float]:
     return out
 
 
+class CoreSplit:
+    """Which cores some processes ran on during a run: every few milliseconds, each one's
+    CPU time since the last look is put on the core it last ran on (``/proc/<pid>/stat``
+    field 39). PostgreSQL's processes are not pinned: with one worker they share CPU 0
+    with the server and CPU 1 with wrk, and this says how much of each they took."""
+
+    def __init__(self, pids: list[int], *, every: float = 0.005) -> None:
+        self._pids, self._every = pids, every
+        self.seconds: dict[int, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> CoreSplit:
+        if self._pids:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _look(self) -> dict[int, tuple[float, int]]:
+        seen = {}
+        for pid in self._pids:
+            fields = _stat_fields(pid)
+            if fields is not None:
+                used = (int(fields[11]) + int(fields[12])) / _TICK
+                seen[pid] = (used, int(fields[36]))
+        return seen
+
+    def _sample(self) -> None:
+        last = self._look()
+        while not self._stop.wait(self._every):
+            now = self._look()
+            for pid, (used, core) in now.items():
+                if pid in last:
+                    self.seconds[core] = self.seconds.get(core, 0.0) + used - last[pid][0]
+            last = now
+
+
 def cpu_delta(before: dict[int, float], after: dict[int, float]) -> float:
     """CPU seconds used between two samples by the processes alive at both."""
     return sum(after[pid] - before[pid] for pid in before.keys() & after.keys())
@@ -686,6 +728,8 @@ class RunResult:
     server_cores: float
     wrk_cores: float
     db_cores: float
+    db_by_core: dict[int, float] = field(default_factory=dict)
+    """The database's processes: cores of each CPU used (:class:`CoreSplit`)."""
     bank_cores: float
     other_cores: float
 
@@ -693,6 +737,11 @@ class RunResult:
     def server_us(self) -> float:
         """The server's CPU per request (its CPU seconds over the requests answered)."""
         return self.server_cores / self.rate * 1e6 if self.rate else 0.0
+
+    @property
+    def db_us(self) -> float:
+        """The database's CPU per request (PostgreSQL's processes, all of them)."""
+        return self.db_cores / self.rate * 1e6 if self.rate else 0.0
 
     @property
     def bank_us(self) -> float:
@@ -727,7 +776,8 @@ def run_wrk(
 
     before = sample()
     started = time.monotonic()
-    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    with CoreSplit(db_pids) as db_split:
+        done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     wall = time.monotonic() - started
     after = sample()
     report = _report(done)
@@ -745,6 +795,7 @@ def run_wrk(
         exhausted=bool(report["exhausted"]),
         server_cores=used[0],
         db_cores=used[1],
+        db_by_core={core: used / wall for core, used in sorted(db_split.seconds.items())},
         wrk_cores=wrk,
         bank_cores=used[2],
         other_cores=max(0.0, machine - sum(used) - wrk),
@@ -1154,8 +1205,23 @@ def render_one(result: ConfigResult) -> str:
             f"p99 {med([p.p99_ms for p in peaks]):.2f} ms; half "
             f"{med([h.rate for h in halves]):,.0f}/s p99 {med([h.p99_ms for h in halves]):.2f} ms"
             + (f"; rejected: {why}" if why else "")
+            + (f"\n    {_db_line(peaks)}" if result.database == "PostgreSQL" else "")
         )
     return "\n".join(lines)
+
+
+def _db_line(peaks: list[RunResult]) -> str:
+    """At peak: the server's core use, PostgreSQL's CPU per request and the cores it took."""
+    cores = sorted({core for p in peaks for core in p.db_by_core})
+    split = ", ".join(
+        f"CPU {core} {med([p.db_by_core.get(core, 0.0) for p in peaks]):.2f}" for core in cores
+    )
+    return (
+        f"peak: server {med([p.server_cores for p in peaks]):.2f} of its core; PostgreSQL "
+        f"{med([p.db_us for p in peaks]):,.0f} us/request, {med([p.db_cores for p in peaks]):.2f} "
+        f"cores ({split}); wrk {med([p.wrk_cores for p in peaks]):.2f}, other "
+        f"{med([p.other_cores for p in peaks]):.2f}"
+    )
 
 
 def plot(results: list[ConfigResult]) -> None:
