@@ -47,6 +47,7 @@ from farthing.store._errors import is_busy
 
 __all__ = [
     "AsyncFastLane",
+    "CommitFailed",
     "FastBatch",
     "FastLane",
     "FastStatement",
@@ -351,51 +352,67 @@ def _recovered(connection: DBAPIConnection, began: bool, error: BaseException) -
 
 
 class LaneBusy(Exception):
-    """An async batch could not start without waiting (no free slot, or its connection is
-    in use): nothing ran; the caller hands the batch to a thread, which may wait."""
+    """An async batch could not start without waiting (no free slot, or every connection
+    of the lane is in use): nothing ran; the caller hands the batch to a thread, which may
+    wait."""
+
+
+class CommitFailed(Exception):
+    """Every statement of an async batch ran, then its COMMIT failed (the cause is chained):
+    nothing of it was taken, and no job is to blame, so none is run again by itself."""
 
 
 class AsyncFastLane:
-    """:meth:`FastLane.batch` on one async driver connection, for one event loop.
+    """:meth:`FastLane.batch` on an event loop's async driver connections, at most
+    ``connections`` of them, one batch each.
 
-    The connection holds one slot of ``budget`` (the store's thread lane) for as long as
-    it is open, so a process never holds more hot-path connections than ``lane_size``. It
-    never waits: with no free slot, or its connection busy in another batch, a batch
-    raises :class:`LaneBusy` at once. A connection that fails is closed, its slot given
-    back, and the next batch connects afresh.
+    Each open connection holds one slot of ``budget`` (the store's thread lane), so a
+    process never holds more hot-path connections than ``lane_size``. It never waits: with
+    no free slot, or every connection busy in a batch, a batch raises :class:`LaneBusy` at
+    once. A connection that fails is closed, its slot given back, and the next batch
+    connects afresh.
     """
 
-    def __init__(self, connect: Callable[[], Awaitable[Any]], budget: FastLane) -> None:
+    def __init__(
+        self, connect: Callable[[], Awaitable[Any]], budget: FastLane, *, connections: int = 1
+    ) -> None:
         self._connect = connect
         self._budget = budget
-        self._connection: Any = None
-        self._busy = False
+        self._idle: list[Any] = []
+        self._open = 0
+        self._most = connections
         self._keep = budget.max_open > 1
 
     async def _checkout(self) -> Any:
-        if self._busy:
+        if self._idle:
+            return self._idle.pop()
+        if self._open >= self._most or not self._budget.reserve():
             raise LaneBusy()
-        if self._connection is None:
-            if not self._budget.reserve():
-                raise LaneBusy()
-            try:
-                self._connection = await self._connect()
-            except BaseException:
-                self._budget.unreserve()
-                raise
-        self._busy = True
-        return self._connection
+        self._open += 1
+        try:
+            return await self._connect()
+        except BaseException:
+            self._gone()
+            raise
 
-    def _discard(self) -> None:
-        connection, self._connection = self._connection, None
-        if connection is not None:
-            _finish(connection)
-            self._budget.unreserve()
+    def _gone(self) -> None:
+        self._open -= 1
+        self._budget.unreserve()
 
-    async def run(self, jobs: Sequence[Callable[[FastBatch], T]]) -> list[T]:
+    def _discard(self, connection: Any) -> None:
+        _finish(connection)
+        self._gone()
+
+    async def run(
+        self,
+        jobs: Sequence[Callable[[FastBatch], T]],
+        *,
+        locked: Callable[[], None] | None = None,
+        wanted: Callable[[], bool] | None = None,
+    ) -> list[T]:
         """Run ``jobs`` in one transaction and commit it (one durable commit); their results
         in order. If a job or a statement raises, everything is rolled back and the error
-        re-raised.
+        re-raised; if the COMMIT fails, :class:`CommitFailed`.
 
         Each job runs in a greenlet of its own and stops at each of its statements; the
         lane sends the statements all jobs stopped at as one pipeline (one round trip:
@@ -404,25 +421,37 @@ class AsyncFastLane:
         interleaved, not run job after job: fine for the hot path's writes, which are
         each a conditional write (compare-and-set, insert-if-absent), never a read that a
         later write depends on.
+
+        ``locked``, if given, is called once every statement has run, before the COMMIT:
+        the rows written are locked by this transaction until it ends, so a batch started
+        on another connection from then on that writes one of them waits for this COMMIT
+        and is judged against its outcome. The COMMIT then takes a round trip of its own if
+        ``wanted()``, asked before the last statements are sent, says a batch waits for
+        that; else it rides in their round trip (and ``locked`` is called after it).
         """
         connection = await self._checkout()
         try:
-            try:
-                async with connection.pipeline() as pipeline:
-                    results = await _run_piped(connection, pipeline, jobs)
-            except BaseException:
-                if not await _arecovered(connection):
-                    self._discard()
-                raise
-        finally:
-            self._busy = False
-            if not self._keep:
-                self._discard()
+            async with connection.pipeline() as pipeline:
+                results = await _run_piped(connection, pipeline, jobs, locked, wanted)
+        except BaseException:
+            if await _arecovered(connection) and self._keep:
+                self._idle.append(connection)
+            else:
+                self._discard(connection)
+            raise
+        if self._keep:
+            self._idle.append(connection)
+        else:
+            self._discard(connection)
         return results
 
     def close(self) -> None:
-        """Close the connection (from any thread; a batch still running on it fails)."""
-        self._discard()
+        """Close the idle connections (from any thread; a batch still running on one
+        closes its own when it ends)."""
+        self._keep = False
+        idle, self._idle = self._idle, []
+        for connection in idle:
+            self._discard(connection)
 
 
 def _finish(connection: Any) -> None:
@@ -432,7 +461,11 @@ def _finish(connection: Any) -> None:
 
 
 async def _run_piped(
-    connection: Any, pipeline: Any, jobs: Sequence[Callable[[FastBatch], T]]
+    connection: Any,
+    pipeline: Any,
+    jobs: Sequence[Callable[[FastBatch], T]],
+    locked: Callable[[], None] | None,
+    wanted: Callable[[], bool] | None,
 ) -> list[T]:
     results: list[object] = [None] * len(jobs)
     waiting: dict[int, tuple[greenlet.greenlet, _Statement]] = {}
@@ -457,8 +490,10 @@ async def _run_piped(
             )
             sent.append((group, cursor, fetch))
         # Every job at its last statement: COMMIT goes in this round trip (a failing
-        # statement aborts the transaction, and the COMMIT with it).
-        if all(stmt.final for _runner, stmt in waiting.values()):
+        # statement aborts the transaction, and the COMMIT with it), unless a batch waits
+        # for the statements to have run.
+        last = all(stmt.final for _runner, stmt in waiting.values())
+        if last and (locked is None or (wanted is not None and not wanted())):
             await connection.execute("COMMIT")
             committed = True
         await pipeline.sync()
@@ -468,9 +503,14 @@ async def _run_piped(
                 answer = await cursor.fetchone() if fetch else cursor.rowcount
                 _step(runner, runner.switch(answer), index, waiting, results)
                 cursor.nextset()
+    if locked is not None:
+        locked()
     if opened and not committed:
-        await connection.execute("COMMIT")
-        await pipeline.sync()
+        try:
+            await connection.execute("COMMIT")
+            await pipeline.sync()
+        except Exception as error:
+            raise CommitFailed("the batch's COMMIT failed") from error
     return results  # type: ignore[return-value]
 
 
