@@ -32,10 +32,17 @@ succeed before it returns.
 On PostgreSQL the loop does not block for its commit, which is several network round trips:
 it awaits it (:meth:`~farthing.store.Store.hot_batch_on_loop`: the loop's own async psycopg
 connection in pipeline mode; each job runs in a greenlet and the jobs' statements go out in
-rounds, one round trip each, then COMMIT). One batch per loop is in flight; what arrives
-meanwhile forms the next batch, started when the first has committed. With no connection
-to be had at once, the batch goes to the thread, which waits; so does a batch of fewer
-than ``awaited_from`` (4) jobs, which costs less there (light load). Measured with
+rounds, one round trip each, then COMMIT in a round trip of its own). Up to ``in_flight``
+(2) batches per loop are in flight, each on its own connection: what arrives meanwhile
+forms the next batch, started as soon as the one before has run its statements, while its
+COMMIT (a round trip, and PostgreSQL's WAL flush) is still in flight. The rows that batch
+wrote stay locked until its COMMIT, so a payment of the same card in the next batch, which
+compares against the committed state, waits for it and is judged against its outcome (a
+card's payments are judged in the order their batches started). If a COMMIT fails,
+nothing of that batch was taken and a batch after it may already be judged: each of its
+requests is answered Unavailable (503), and the resend is judged afresh. With no
+connection to be had at once, the batch goes to the thread, which waits; so does a batch
+of fewer than ``awaited_from`` (4) jobs, which costs less there (light load). Measured with
 ``bench/store.py --work-us 600`` (600 us of other CPU per payment on the loop, as a serving
 vendor has): the store's CPU per payment fell from ~295 to ~220 us (medians of 4 runs each,
 interleaved), the thread gone from the path.
@@ -230,11 +237,11 @@ class StoreWriter:
         pending = self._pending.get(loop)
         if pending is None:
             pending = self._pending[loop] = []
-            if self._awaits:
-                self._next_flight(loop)
-            else:
+            if not self._awaits:
                 loop.call_soon(self._commit_on_loop, loop)
         pending.append(job)
+        if self._awaits and len(pending) in (1, self._awaited_from):
+            self._next_flight(loop)
         return await job.future
 
     async def run_hot_in_order(self, work: Callable[[HotTx], T]) -> T:
@@ -273,15 +280,18 @@ class StoreWriter:
     def _next_flight(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start a batch of what this loop queued, in a later pass of the loop (so the
         requests of this pass join it), if one may start: fewer than ``in_flight`` in
-        flight, and the newest one's statements all run."""
+        flight, the newest one's statements all run, and beside one in flight, at least
+        ``awaited_from`` jobs (fewer wait for it to end rather than go to the thread)."""
         flights = self._flights.get(loop)
         if flights is None:
             flights = self._flights[loop] = _Flights()
+        pending = self._pending.get(loop)
         if (
-            loop in self._pending
+            pending
             and not flights.scheduled
             and not flights.opening
             and len(flights.tasks) < self._in_flight
+            and (not flights.tasks or len(pending) >= self._awaited_from)
         ):
             flights.scheduled = True
             loop.call_soon(self._take_off, loop, flights)
