@@ -1324,9 +1324,32 @@ def _ratio_goal(measured: E2E, one: ConfigResult, kind: str, target: float) -> s
                 f"CPU: a paid request costs {paid_us - free_us:,.0f} us more server CPU "
                 "than a free one (the profile section says where)"
             )
+    if cause and one.database == "PostgreSQL":
+        cause += _postgres_share(peaks, free, target)
     return (
         f"| paid/free >= {target} (1 worker) | {one.database} | {label(kind)} | {figure} | "
         f"{_met(ratio >= target)} | {cause} |"
+    )
+
+
+def _postgres_share(peaks: list[RunResult], free: list[RunResult], target: float) -> str:
+    """Why the PostgreSQL ratio cannot be met here: the server's CPU per paid request, and
+    PostgreSQL's own, measured, against what the goal's rate would need of a machine whose
+    two cores hold the server (CPU 0) and wrk (CPU 1)."""
+    paid_us, free_us = med([p.server_us for p in peaks]), med([f.server_us for f in free])
+    db_us, db_cores = med([p.db_us for p in peaks]), med([p.db_cores for p in peaks])
+    cores = sorted({core for p in peaks for core in p.db_by_core})
+    split = ", ".join(
+        f"CPU {core} {med([p.db_by_core.get(core, 0.0) for p in peaks]):.2f}" for core in cores
+    )
+    goal_rate = target * med([f.rate for f in free])
+    return (
+        f"; at a whole core the server's CPU alone caps paid/free at {free_us / paid_us:.2f} "
+        f"(free/paid CPU). PostgreSQL's processes took {db_us:,.0f} us of CPU per paid "
+        f"request ({db_cores:.2f} cores: {split}), on the 2 cores that also run the server "
+        f"(CPU 0) and wrk (CPU 1): {target:g} of free ({goal_rate:,.0f} paid/s) would need "
+        f"{goal_rate * paid_us / 1e6:.1f} cores for the server and "
+        f"{goal_rate * db_us / 1e6:.1f} for PostgreSQL, more than this machine has"
     )
 
 

@@ -275,6 +275,8 @@ def report_window(window: Window, lines: list[Timeline]) -> list[str]:
     out = [
         f"{window.variant} r{window.round + 1} {window.kind} {window.load}: "
         f"{window.wrk.rate:,.0f}/s, "
+        f"server CPU {window.wrk.server_us:,.0f} us/request ({window.wrk.server_cores:.2f} of "
+        "its core), "
         f"wrk p50/p99 {window.wrk.p50_ms:.2f}/{window.wrk.p99_ms:.2f} ms, "
         f"server p50/p90/p99/max {1000 * percentile(latencies, 0.5):.2f}/"
         f"{1000 * percentile(latencies, 0.9):.2f}/{1000 * p99:.2f}/{1000 * max(latencies):.2f} ms "
