@@ -47,7 +47,6 @@ from farthing.store._errors import is_busy
 
 __all__ = [
     "AsyncFastLane",
-    "CommitFailed",
     "FastBatch",
     "FastLane",
     "FastStatement",
@@ -352,67 +351,51 @@ def _recovered(connection: DBAPIConnection, began: bool, error: BaseException) -
 
 
 class LaneBusy(Exception):
-    """An async batch could not start without waiting (no free slot, or every connection
-    of the lane is in use): nothing ran; the caller hands the batch to a thread, which may
-    wait."""
-
-
-class CommitFailed(Exception):
-    """Every statement of an async batch ran, then its COMMIT failed (the cause is chained):
-    nothing of it was taken, and no job is to blame, so none is run again by itself."""
+    """An async batch could not start without waiting (no free slot, or its connection is
+    in use): nothing ran; the caller hands the batch to a thread, which may wait."""
 
 
 class AsyncFastLane:
-    """:meth:`FastLane.batch` on an event loop's async driver connections, at most
-    ``connections`` of them, one batch each.
+    """:meth:`FastLane.batch` on one async driver connection, for one event loop.
 
-    Each open connection holds one slot of ``budget`` (the store's thread lane), so a
-    process never holds more hot-path connections than ``lane_size``. It never waits: with
-    no free slot, or every connection busy in a batch, a batch raises :class:`LaneBusy` at
-    once. A connection that fails is closed, its slot given back, and the next batch
-    connects afresh.
+    The connection holds one slot of ``budget`` (the store's thread lane) for as long as
+    it is open, so a process never holds more hot-path connections than ``lane_size``. It
+    never waits: with no free slot, or its connection busy in another batch, a batch
+    raises :class:`LaneBusy` at once. A connection that fails is closed, its slot given
+    back, and the next batch connects afresh.
     """
 
-    def __init__(
-        self, connect: Callable[[], Awaitable[Any]], budget: FastLane, *, connections: int = 1
-    ) -> None:
+    def __init__(self, connect: Callable[[], Awaitable[Any]], budget: FastLane) -> None:
         self._connect = connect
         self._budget = budget
-        self._idle: list[Any] = []
-        self._open = 0
-        self._most = connections
+        self._connection: Any = None
+        self._busy = False
         self._keep = budget.max_open > 1
 
     async def _checkout(self) -> Any:
-        if self._idle:
-            return self._idle.pop()
-        if self._open >= self._most or not self._budget.reserve():
+        if self._busy:
             raise LaneBusy()
-        self._open += 1
-        try:
-            return await self._connect()
-        except BaseException:
-            self._gone()
-            raise
+        if self._connection is None:
+            if not self._budget.reserve():
+                raise LaneBusy()
+            try:
+                self._connection = await self._connect()
+            except BaseException:
+                self._budget.unreserve()
+                raise
+        self._busy = True
+        return self._connection
 
-    def _gone(self) -> None:
-        self._open -= 1
-        self._budget.unreserve()
+    def _discard(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            _finish(connection)
+            self._budget.unreserve()
 
-    def _discard(self, connection: Any) -> None:
-        _finish(connection)
-        self._gone()
-
-    async def run(
-        self,
-        jobs: Sequence[Callable[[FastBatch], T]],
-        *,
-        locked: Callable[[], None] | None = None,
-        wanted: Callable[[], bool] | None = None,
-    ) -> list[T]:
+    async def run(self, jobs: Sequence[Callable[[FastBatch], T]]) -> list[T]:
         """Run ``jobs`` in one transaction and commit it (one durable commit); their results
         in order. If a job or a statement raises, everything is rolled back and the error
-        re-raised; if the COMMIT fails, :class:`CommitFailed`.
+        re-raised.
 
         Each job runs in a greenlet of its own and stops at each of its statements; the
         lane sends the statements all jobs stopped at as one pipeline (one round trip:
@@ -421,37 +404,25 @@ class AsyncFastLane:
         interleaved, not run job after job: fine for the hot path's writes, which are
         each a conditional write (compare-and-set, insert-if-absent), never a read that a
         later write depends on.
-
-        ``locked``, if given, is called once every statement has run, before the COMMIT:
-        the rows written are locked by this transaction until it ends, so a batch started
-        on another connection from then on that writes one of them waits for this COMMIT
-        and is judged against its outcome. The COMMIT then takes a round trip of its own if
-        ``wanted()``, asked before the last statements are sent, says a batch waits for
-        that; else it rides in their round trip (and ``locked`` is called after it).
         """
         connection = await self._checkout()
         try:
-            async with connection.pipeline() as pipeline:
-                results = await _run_piped(connection, pipeline, jobs, locked, wanted)
-        except BaseException:
-            if await _arecovered(connection) and self._keep:
-                self._idle.append(connection)
-            else:
-                self._discard(connection)
-            raise
-        if self._keep:
-            self._idle.append(connection)
-        else:
-            self._discard(connection)
+            try:
+                async with connection.pipeline() as pipeline:
+                    results = await _run_piped(connection, pipeline, jobs)
+            except BaseException:
+                if not await _arecovered(connection):
+                    self._discard()
+                raise
+        finally:
+            self._busy = False
+            if not self._keep:
+                self._discard()
         return results
 
     def close(self) -> None:
-        """Close the idle connections (from any thread; a batch still running on one
-        closes its own when it ends)."""
-        self._keep = False
-        idle, self._idle = self._idle, []
-        for connection in idle:
-            self._discard(connection)
+        """Close the connection (from any thread; a batch still running on it fails)."""
+        self._discard()
 
 
 def _finish(connection: Any) -> None:
@@ -461,11 +432,7 @@ def _finish(connection: Any) -> None:
 
 
 async def _run_piped(
-    connection: Any,
-    pipeline: Any,
-    jobs: Sequence[Callable[[FastBatch], T]],
-    locked: Callable[[], None] | None,
-    wanted: Callable[[], bool] | None,
+    connection: Any, pipeline: Any, jobs: Sequence[Callable[[FastBatch], T]]
 ) -> list[T]:
     results: list[object] = [None] * len(jobs)
     waiting: dict[int, tuple[greenlet.greenlet, _Statement]] = {}
@@ -490,10 +457,8 @@ async def _run_piped(
             )
             sent.append((group, cursor, fetch))
         # Every job at its last statement: COMMIT goes in this round trip (a failing
-        # statement aborts the transaction, and the COMMIT with it), unless a batch waits
-        # for the statements to have run.
-        last = all(stmt.final for _runner, stmt in waiting.values())
-        if last and (locked is None or (wanted is not None and not wanted())):
+        # statement aborts the transaction, and the COMMIT with it).
+        if all(stmt.final for _runner, stmt in waiting.values()):
             await connection.execute("COMMIT")
             committed = True
         await pipeline.sync()
@@ -503,14 +468,9 @@ async def _run_piped(
                 answer = await cursor.fetchone() if fetch else cursor.rowcount
                 _step(runner, runner.switch(answer), index, waiting, results)
                 cursor.nextset()
-    if locked is not None:
-        locked()
     if opened and not committed:
-        try:
-            await connection.execute("COMMIT")
-            await pipeline.sync()
-        except Exception as error:
-            raise CommitFailed("the batch's COMMIT failed") from error
+        await connection.execute("COMMIT")
+        await pipeline.sync()
     return results  # type: ignore[return-value]
 
 

@@ -58,9 +58,6 @@ __all__ = ["Store", "migrate", "open_store"]
 T = TypeVar("T")
 _BACKOFF_S: Final = 0.005
 _BACKOFF_CAP_S: Final = 0.25
-# PostgreSQL: an event loop's async connections, one per hot batch it has in flight (the
-# writer starts its next batch while the one before waits for its COMMIT).
-_LOOP_CONNECTIONS: Final = 2
 
 
 @final
@@ -218,26 +215,16 @@ class Store:
         """Can :meth:`hot_batch_on_loop` run here (PostgreSQL: an async driver)?"""
         return self._engines.async_connect is not None
 
-    async def hot_batch_on_loop(
-        self,
-        works: Sequence[Callable[[HotTx], T]],
-        *,
-        locked: Callable[[], None] | None = None,
-        wanted: Callable[[], bool] | None = None,
-    ) -> list[T]:
+    async def hot_batch_on_loop(self, works: Sequence[Callable[[HotTx], T]]) -> list[T]:
         """``works`` as one :meth:`hot_batch` (one durable commit), on the running event
         loop without a thread (PostgreSQL); their results in order, after the commit. If
-        one raises, everything is rolled back and the error raised; if only the COMMIT
-        failed, :class:`~farthing.store._fastlane.CommitFailed`.
+        one raises, everything is rolled back and the error raised.
 
         The works' statements are sent in rounds, one round trip each (see
-        :meth:`AsyncFastLane.run`), not one after the other. ``locked`` is called once
-        they all ran: a batch started from then on, on this loop's other connection,
-        waits for this one's COMMIT on any row both write. The COMMIT goes in a round trip
-        of its own (so ``locked`` comes before it) if ``wanted()`` says a batch waits. It
-        never waits for a connection: if this loop's connections (``_LOOP_CONNECTIONS``)
-        are in other batches, or the hot-path budget (``lane_size``) has no slot left, it
-        raises a retryable :class:`Conflict` at once and nothing ran.
+        :meth:`AsyncFastLane.run`), not one after the other. It never waits for a
+        connection: if this loop's connection is in another batch, or the hot-path budget
+        (``lane_size``) has no slot left, it raises a retryable :class:`Conflict` at once
+        and nothing ran.
         """
         connect = self._engines.async_connect
         if connect is None:
@@ -245,15 +232,13 @@ class Store:
         loop = asyncio.get_running_loop()
         lane = self._loop_lanes.get(loop)
         if lane is None:
-            lane = self._loop_lanes[loop] = AsyncFastLane(
-                connect, self._lane, connections=_LOOP_CONNECTIONS
-            )
+            lane = self._loop_lanes[loop] = AsyncFastLane(connect, self._lane)
             weakref.finalize(loop, lane.close)  # a loop that ends closes its connection
         prepared = self._prepared
         jobs = [_on_hot_tx(work, prepared) for work in works]
         with map_db_errors():
             try:
-                return await lane.run(jobs, locked=locked, wanted=wanted)
+                return await lane.run(jobs)
             except LaneBusy:
                 raise busy_conflict()  # noqa: B904 (its cause says "busy": retryable)
 

@@ -32,17 +32,10 @@ succeed before it returns.
 On PostgreSQL the loop does not block for its commit, which is several network round trips:
 it awaits it (:meth:`~farthing.store.Store.hot_batch_on_loop`: the loop's own async psycopg
 connection in pipeline mode; each job runs in a greenlet and the jobs' statements go out in
-rounds, one round trip each, then COMMIT in a round trip of its own). Up to ``in_flight``
-(2) batches per loop are in flight, each on its own connection: what arrives meanwhile
-forms the next batch, started as soon as the one before has run its statements, while its
-COMMIT (a round trip, and PostgreSQL's WAL flush) is still in flight. The rows that batch
-wrote stay locked until its COMMIT, so a payment of the same card in the next batch, which
-compares against the committed state, waits for it and is judged against its outcome (a
-card's payments are judged in the order their batches started). If a COMMIT fails,
-nothing of that batch was taken and a batch after it may already be judged: each of its
-requests is answered Unavailable (503), and the resend is judged afresh. With no
-connection to be had at once, the batch goes to the thread, which waits; so does a batch
-of fewer than ``awaited_from`` (4) jobs, which costs less there (light load). Measured with
+rounds, one round trip each, then COMMIT). One batch per loop is in flight; what arrives
+meanwhile forms the next batch, started when the first has committed. With no connection
+to be had at once, the batch goes to the thread, which waits; so does a batch of fewer
+than ``awaited_from`` (4) jobs, which costs less there (light load). Measured with
 ``bench/store.py --work-us 600`` (600 us of other CPU per payment on the loop, as a serving
 vendor has): the store's CPU per payment fell from ~295 to ~220 us (medians of 4 runs each,
 interleaved), the thread gone from the path.
@@ -66,7 +59,6 @@ from typing import Any, Generic, TypeVar
 
 from farthing.core.errors import Unavailable
 from farthing.store import HotTx, Store, Tx
-from farthing.store._fastlane import CommitFailed
 from farthing.store._walsync import CHECKPOINT_EVERY, Fsync, WalFile
 
 __all__ = ["StoreWriter"]
@@ -79,10 +71,6 @@ T = TypeVar("T")
 # --work-us 600, store CPU per payment with 2 payers: loop 571 us, thread 492 us (before
 # the one-round batch: 1 job 601 vs 910 us, 4 jobs 335 vs 357 us, 8 jobs 222 vs 207 us).
 _AWAITED_FROM = 4
-# PostgreSQL: a loop's batches in flight at once. The next batch starts when the one before
-# has run its statements, while its COMMIT (a round trip and PostgreSQL's WAL flush) is in
-# flight, instead of after it.
-_IN_FLIGHT = 2
 
 
 @dataclass(slots=True)
@@ -101,18 +89,6 @@ class _TxJob(Generic[T]):
     work: Callable[[Tx], T]
     future: asyncio.Future[T]
     loop: asyncio.AbstractEventLoop
-
-
-@dataclass(slots=True)
-class _Flights:
-    """PostgreSQL: one loop's hot batches in flight on its async connections."""
-
-    tasks: set[asyncio.Task[None]] = field(default_factory=set)
-    opening: bool = False
-    """The newest batch's statements have not all run: the next one waits for them (so it
-    finds that batch's rows locked, and its writes are judged after that COMMIT)."""
-    scheduled: bool = False
-    """A pass of the loop is to start the next batch."""
 
 
 @dataclass(slots=True)
@@ -192,15 +168,13 @@ class StoreWriter:
         max_batch: int = 128,
         on_loop: bool | None = None,
         awaited_from: int = _AWAITED_FROM,
-        in_flight: int = _IN_FLIGHT,
         observe: Callable[[int, float], None] | None = None,
         fsync: Fsync = os.fsync,
         checkpoint_every: float = CHECKPOINT_EVERY,
     ) -> None:
         """``observe(jobs, seconds)``, if given, is told of every commit (for metrics).
         ``awaited_from``: PostgreSQL, the fewest jobs a batch committed on the loop holds
-        (smaller ones go to the thread); ``in_flight``, the most batches a loop has in
-        flight at once (each on its own connection). ``fsync``: SQLite, the call that makes the WAL
+        (smaller ones go to the thread). ``fsync``: SQLite, the call that makes the WAL
         file durable after the loop's commits (``os.fsync``; a stand-in in tests).
         ``checkpoint_every``: SQLite, the seconds between checkpoints of the WAL while the
         loop commits (on a thread; the loop's commits never checkpoint, see _walsync)."""
@@ -212,9 +186,8 @@ class StoreWriter:
         # PostgreSQL: the loop awaits its commit (an async connection) instead of blocking.
         self._awaits = self._on_loop and store.hot_batch_on_loop_available
         self._pending: dict[asyncio.AbstractEventLoop, list[_HotJob[Any]]] = {}
-        # PostgreSQL: the batches each loop has in flight; what arrives meanwhile waits.
-        self._in_flight = in_flight
-        self._flights: dict[asyncio.AbstractEventLoop, _Flights] = {}
+        # PostgreSQL: the batch each loop has in flight; what arrives meanwhile waits for it.
+        self._in_flight: dict[asyncio.AbstractEventLoop, asyncio.Task[None]] = {}
         # None asks the thread to stop after what is queued before it.
         self._queue: queue.SimpleQueue[_AnyJob | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
@@ -237,11 +210,9 @@ class StoreWriter:
         pending = self._pending.get(loop)
         if pending is None:
             pending = self._pending[loop] = []
-            if not self._awaits:
+            if loop not in self._in_flight:
                 loop.call_soon(self._commit_on_loop, loop)
         pending.append(job)
-        if self._awaits and len(pending) in (1, self._awaited_from):
-            self._next_flight(loop)
         return await job.future
 
     async def run_hot_in_order(self, work: Callable[[HotTx], T]) -> T:
@@ -260,6 +231,12 @@ class StoreWriter:
         """Commit what this pass of the loop queued, unless that means waiting for the
         write lock: then the thread does it."""
         jobs = self._pending.pop(loop)
+        if self._awaits:
+            if len(jobs) < self._awaited_from:
+                self._hand_to_thread(jobs)  # few jobs: the thread's fewer round trips cost less
+                return
+            self._in_flight[loop] = loop.create_task(self._commit_awaited(loop, jobs))
+            return
         if self._wal is not None:
             self._commit_unsynced(loop, jobs)
             return
@@ -275,75 +252,25 @@ class StoreWriter:
         self._observed(len(jobs), started)
         _answer(jobs, results)
 
-    # --- PostgreSQL: batches awaited on the loop's async connections ------------------------
-
-    def _next_flight(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Start a batch of what this loop queued, in a later pass of the loop (so the
-        requests of this pass join it), if one may start: fewer than ``in_flight`` in
-        flight, the newest one's statements all run, and beside one in flight, at least
-        ``awaited_from`` jobs (fewer wait for it to end rather than go to the thread)."""
-        flights = self._flights.get(loop)
-        if flights is None:
-            flights = self._flights[loop] = _Flights()
-        pending = self._pending.get(loop)
-        if (
-            pending
-            and not flights.scheduled
-            and not flights.opening
-            and len(flights.tasks) < self._in_flight
-            and (not flights.tasks or len(pending) >= self._awaited_from)
-        ):
-            flights.scheduled = True
-            loop.call_soon(self._take_off, loop, flights)
-
-    def _take_off(self, loop: asyncio.AbstractEventLoop, flights: _Flights) -> None:
-        flights.scheduled = False
-        jobs = self._pending.pop(loop, None)
-        if not jobs:
-            return
-        if len(jobs) < self._awaited_from:
-            self._hand_to_thread(jobs)  # few jobs: the thread's fewer round trips cost less
-            return
-        flights.opening = True
-        task = loop.create_task(self._commit_awaited(loop, flights, jobs))
-        flights.tasks.add(task)
-
     async def _commit_awaited(
-        self, loop: asyncio.AbstractEventLoop, flights: _Flights, jobs: list[_HotJob[Any]]
+        self, loop: asyncio.AbstractEventLoop, jobs: list[_HotJob[Any]]
     ) -> None:
-        """PostgreSQL: one batch on one of the loop's async connections; the jobs run in
-        greenlets and the loop serves other requests while the server answers. Once its
-        statements have run (their rows locked until its COMMIT), the next batch may start
-        on the loop's other connection while this one's COMMIT is in flight: a payment of
-        the same card there waits for this COMMIT and is judged against its outcome.
-
-        If a statement fails, nothing was taken: the thread runs each job again alone. If
-        the COMMIT fails, nothing was taken either, but no job is to blame and a batch
-        after it may have been judged already: each request is answered Unavailable (503),
-        and its resend is judged afresh."""
+        """PostgreSQL: one batch on the loop's async connection; the jobs run in a greenlet
+        and the loop serves other requests while the server answers. What queued
+        meanwhile goes in the next batch, started as soon as this one committed."""
         started = time.perf_counter()
-
-        def locked() -> None:
-            flights.opening = False
-            self._next_flight(loop)
-
         try:
             try:
-                results = await self._store.hot_batch_on_loop(
-                    [job.work for job in jobs], locked=locked
-                )
-            except CommitFailed as failed:
-                _fail(jobs, _not_durable(failed.__cause__ or failed))
-                return
+                results = await self._store.hot_batch_on_loop([job.work for job in jobs])
             except Exception:  # busy, or a failing job: the thread runs each job alone
                 self._hand_to_thread(jobs)
                 return
             self._observed(len(jobs), started)
             _answer(jobs, results)
         finally:
-            flights.opening = False  # (a batch that failed before its statements all ran)
-            flights.tasks.discard(asyncio.current_task())
-            self._next_flight(loop)
+            del self._in_flight[loop]
+            if loop in self._pending:
+                loop.call_soon(self._commit_on_loop, loop)
 
     # --- SQLite: commit on the loop, fsync the WAL on a thread (see _walsync) ----------------
 
@@ -452,12 +379,8 @@ class StoreWriter:
     async def aclose(self) -> None:
         """Finish this loop's batches, then what the thread has queued, then stop it."""
         loop = asyncio.get_running_loop()
-        flights = self._flights.get(loop)
-        while flights is not None and (flights.tasks or loop in self._pending):
-            if flights.tasks:
-                await asyncio.wait(flights.tasks)
-            else:
-                await asyncio.sleep(0)  # a batch about to start
+        while (task := self._in_flight.get(loop)) is not None:
+            await asyncio.shield(task)
         with contextlib.suppress(Unavailable):  # a failing fsync answered its own batches
             await self.durable()
         await asyncio.to_thread(self.close)
@@ -539,13 +462,6 @@ def _answer(jobs: list[_HotJob[Any]], results: list[Any]) -> None:
     for job, result in zip(jobs, results, strict=True):
         if not job.future.done():
             job.future.set_result(result)
-
-
-def _fail(jobs: list[_HotJob[Any]], error: BaseException) -> None:
-    """Answer each job of a batch that was not taken with ``error``."""
-    for job in jobs:
-        if not job.future.done():
-            job.future.set_exception(error)
 
 
 def _deliver(outcomes: list[_Done]) -> None:
