@@ -1210,12 +1210,17 @@ def render_one(result: ConfigResult) -> str:
     return "\n".join(lines)
 
 
-def _db_line(peaks: list[RunResult]) -> str:
-    """At peak: the server's core use, PostgreSQL's CPU per request and the cores it took."""
+def _db_split(peaks: list[RunResult]) -> str:
+    """PostgreSQL's cores used on each CPU, medians over the runs (:class:`CoreSplit`)."""
     cores = sorted({core for p in peaks for core in p.db_by_core})
-    split = ", ".join(
+    return ", ".join(
         f"CPU {core} {med([p.db_by_core.get(core, 0.0) for p in peaks]):.2f}" for core in cores
     )
+
+
+def _db_line(peaks: list[RunResult]) -> str:
+    """At peak: the server's core use, PostgreSQL's CPU per request and the cores it took."""
+    split = _db_split(peaks)
     return (
         f"peak: server {med([p.server_cores for p in peaks]):.2f} of its core; PostgreSQL "
         f"{med([p.db_us for p in peaks]):,.0f} us/request, {med([p.db_cores for p in peaks]):.2f} "
@@ -1338,10 +1343,7 @@ def _postgres_share(peaks: list[RunResult], free: list[RunResult], target: float
     two cores hold the server (CPU 0) and wrk (CPU 1)."""
     paid_us, free_us = med([p.server_us for p in peaks]), med([f.server_us for f in free])
     db_us, db_cores = med([p.db_us for p in peaks]), med([p.db_cores for p in peaks])
-    cores = sorted({core for p in peaks for core in p.db_by_core})
-    split = ", ".join(
-        f"CPU {core} {med([p.db_by_core.get(core, 0.0) for p in peaks]):.2f}" for core in cores
-    )
+    split = _db_split(peaks)
     goal_rate = target * med([f.rate for f in free])
     return (
         f"; at a whole core the server's CPU alone caps paid/free at {free_us / paid_us:.2f} "
