@@ -275,6 +275,8 @@ def report_window(window: Window, lines: list[Timeline]) -> list[str]:
     out = [
         f"{window.variant} r{window.round + 1} {window.kind} {window.load}: "
         f"{window.wrk.rate:,.0f}/s, "
+        f"server CPU {window.wrk.server_us:,.0f} us/request ({window.wrk.server_cores:.2f} of "
+        "its core), "
         f"wrk p50/p99 {window.wrk.p50_ms:.2f}/{window.wrk.p99_ms:.2f} ms, "
         f"server p50/p90/p99/max {1000 * percentile(latencies, 0.5):.2f}/"
         f"{1000 * percentile(latencies, 0.9):.2f}/{1000 * p99:.2f}/{1000 * max(latencies):.2f} ms "
@@ -402,6 +404,16 @@ def report(windows: list[Window], loads: tuple[str, ...]) -> list[str]:
         if batches:
             where = collections.Counter(b["where"] for b in batches)
             out.append("    batches committed: " + ", ".join(f"{n} {k}" for k, n in where.items()))
+            awaited = [b for b in batches if b["where"] == "awaited"]
+            if awaited:  # PostgreSQL: did a batch start while another was in flight?
+                beside = sum(1 for b in awaited if b.get("beside", 0) > 0)
+                jobs = statistics.mean(b["jobs"] for b in awaited)
+                spans = sorted(b["t_end"] - b["t_start"] for b in awaited if "t_end" in b)
+                out.append(
+                    f"    awaited batches: {jobs:.1f} jobs each, {beside} of {len(awaited)} "
+                    "started beside another in flight, start->committed p50 "
+                    f"{spans[len(spans) // 2] * 1000 if spans else math.nan:.3f} ms"
+                )
         passes = [c for c in trace.get("checkpoints", []) if window.start <= c[0] <= window.end]
         if passes:
             spans = [b - a for a, b in passes]

@@ -204,11 +204,16 @@ def _wrap_writer() -> None:
             entry["t_returned"], entry["rd_returned"] = now(), TRACE.run_delay()
             TRACE.local.fsynced = done + 1
 
-    async def traced_commit_awaited(self: Any, loop: Any, jobs: list[Any]) -> None:
-        batch = _batch("awaited", len(jobs))
+    flying = [0]  # awaited batches of the loop started and not ended
+
+    async def traced_commit_awaited(self: Any, loop: Any, *rest: Any) -> None:
+        batch = _batch("awaited", len(rest[-1]))  # (loop, [flights,] jobs)
+        batch["beside"] = flying[0]  # batches already in flight when this one started
+        flying[0] += 1
         try:
-            await commit_awaited(self, loop, jobs)
+            await commit_awaited(self, loop, *rest)
         finally:
+            flying[0] -= 1
             batch["t_end"] = now()
 
     def traced_commit_hot(self: Any, jobs: list[Any]) -> list[object]:
@@ -251,7 +256,7 @@ def _wrap_writer() -> None:
     cls._commit_unsynced = traced_commit_unsynced  # type: ignore[method-assign]
     cls._start_sync = traced_start_sync  # type: ignore[method-assign]
     cls._synced = traced_synced  # type: ignore[method-assign,assignment]
-    cls._commit_awaited = traced_commit_awaited  # type: ignore[method-assign]
+    cls._commit_awaited = traced_commit_awaited  # type: ignore[method-assign,assignment]
     cls._commit_hot = traced_commit_hot  # type: ignore[method-assign]
     _walsync.WalFile.sync = traced_wal_sync  # type: ignore[method-assign]
     writer._deliver = traced_deliver
