@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -304,81 +303,5 @@ async def test_the_checkpoint_thread_copies_the_payments_into_the_database_file(
             await asyncio.sleep(0.01)
         else:
             raise AssertionError("the payments never reached the database file")
-    finally:
-        await writer.aclose()
-
-
-async def test_a_committed_write_is_answered_before_its_fsync_and_synced_after(
-    sqlite_store: Store,
-) -> None:
-    """``run_hot_committed``: the result as soon as the loop committed it, and a future
-    done only once an fsync that began after the commit returned (the HLL vendor's take,
-    whose fsync runs while the bank settles)."""
-    store = sqlite_store
-    first, second = issue_chain_cards(store, 2)
-    gate = GatedFsync()
-    writer = StoreWriter(store, fsync=gate)
-    try:
-        gate.hold()
-        won, synced = await asyncio.wait_for(
-            writer.run_hot_committed(_pay(first.card_id, 0, b"\x05" * 32)), timeout=10
-        )
-        assert won == "won"  # answered while its fsync is held
-        await asyncio.to_thread(gate.started.wait, 10)
-        await asyncio.sleep(0.05)
-        assert not synced.done()
-        gate.release()
-        await asyncio.wait_for(synced, timeout=10)
-        assert gate.returned >= 1
-        gate.fail_next()
-        won, synced = await writer.run_hot_committed(_pay(second.card_id, 0, b"\x06" * 32))
-        assert won == "won"
-        with pytest.raises(Unavailable) as failed:
-            await synced  # its fsync failed: not known durable
-        assert isinstance(failed.value.__cause__, OSError)
-    finally:
-        gate.release()
-        await writer.aclose()
-
-
-async def test_a_committed_write_off_the_loop_is_durable_when_answered(
-    sqlite_store: Store,
-) -> None:
-    """Committed by the writer's thread (``synchronous=FULL``): durable at its answer, so
-    the future comes done."""
-    card = issue_chain_cards(sqlite_store, 1)[0]
-    writer = StoreWriter(sqlite_store, on_loop=False)
-    try:
-        won, synced = await writer.run_hot_committed(_pay(card.card_id, 0, b"\x07" * 32))
-        assert won == "won"
-        assert synced.done()
-        await synced
-    finally:
-        await writer.aclose()
-
-
-async def test_a_committed_write_the_thread_redid_is_durable_when_answered(
-    sqlite_store: Store,
-) -> None:
-    """A loop batch that fails is run again by the thread, which commits with
-    ``synchronous=FULL``: the future is done with the answer (never left pending)."""
-    card = issue_chain_cards(sqlite_store, 1)[0]
-    writer = StoreWriter(sqlite_store)
-    pay = _pay(card.card_id, 0, b"\x08" * 32)
-    tries: list[str] = []
-
-    def fails_on_the_loop(hot: HotTx) -> str:
-        tries.append(threading.current_thread().name)
-        if len(tries) == 1:
-            raise RuntimeError("the loop's batch fails once")
-        return pay(hot)
-
-    try:
-        won, synced = await asyncio.wait_for(
-            writer.run_hot_committed(fails_on_the_loop), timeout=10
-        )
-        assert won == "won"
-        await asyncio.wait_for(synced, timeout=10)
-        assert tries[1] == "farthing-writer"  # redone by the thread
     finally:
         await writer.aclose()

@@ -13,7 +13,7 @@ import contextlib
 import dataclasses
 import functools
 import itertools
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Final, Generic, Protocol, TypeVar
 
 from farthing.core.cardcode import Generator
@@ -331,13 +331,6 @@ class UsedChallenges:
 
     async def take(self, challenge: ChallengeId, now: int, request: bytes | None) -> bool:
         return await self._writer.run_hot(
-            lambda hot: hot.vendor.use_challenge(challenge.raw, challenge.expires, now, request)
-        )
-
-    async def take_committed(
-        self, challenge: ChallengeId, now: int, request: bytes | None
-    ) -> tuple[bool, Awaitable[None]]:
-        return await self._writer.run_hot_committed(
             lambda hot: hot.vendor.use_challenge(challenge.raw, challenge.expires, now, request)
         )
 

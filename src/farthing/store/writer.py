@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import os
 import queue
 import threading
@@ -81,9 +80,6 @@ class _HotJob(Generic[T]):
     work: Callable[[HotTx], T]
     future: asyncio.Future[T]
     loop: asyncio.AbstractEventLoop
-    synced: asyncio.Future[None] | None = None
-    """:meth:`StoreWriter.run_hot_committed`: ``future`` has the result at the commit,
-    this one once the commit is durable."""
 
 
 @dataclass(slots=True)
@@ -99,7 +95,7 @@ class _TxJob(Generic[T]):
 class _WalSyncs:
     """SQLite: one loop's committed batches waiting for an fsync of the WAL file."""
 
-    waiting: list[tuple[asyncio.Future[Any], object]] = field(default_factory=list)
+    waiting: list[tuple[_HotJob[Any], object]] = field(default_factory=list)
     """Committed after the running fsync began: they wait for the next one."""
     running: bool = False
     suspect: bool = False
@@ -211,40 +207,13 @@ class StoreWriter:
         job: _HotJob[T] = _HotJob(work, loop.create_future(), loop)
         if not self._on_loop:
             return await self._submit(job)
-        self._queue_on_loop(loop, job)
-        return await job.future
-
-    def _queue_on_loop(self, loop: asyncio.AbstractEventLoop, job: _HotJob[Any]) -> None:
-        """Into the batch this pass of the loop commits."""
         pending = self._pending.get(loop)
         if pending is None:
             pending = self._pending[loop] = []
             if loop not in self._in_flight:
                 loop.call_soon(self._commit_on_loop, loop)
         pending.append(job)
-
-    async def run_hot_committed(self, work: Callable[[HotTx], T]) -> tuple[T, asyncio.Future[None]]:
-        """:meth:`run_hot`, whose result comes as soon as its batch is committed, with a
-        future done once that commit is durable (Unavailable if its fsync failed). Only
-        SQLite's commit on the loop differs (the fsync runs after it); everywhere else the
-        result comes after a durable commit and the future is done already. For a caller
-        with other work to do meanwhile (the HLL vendor's bank call), which must await the
-        future before it answers on the strength of the write."""
-        loop = asyncio.get_running_loop()
-        synced: asyncio.Future[None] = loop.create_future()
-        if self._wal is None:
-            result = await self.run_hot(work)
-            synced.set_result(None)
-            return result, synced
-        job: _HotJob[T] = _HotJob(work, loop.create_future(), loop, synced)
-        self._queue_on_loop(loop, job)
-        try:
-            result = await job.future
-        except BaseException:
-            if not synced.done():  # nobody will await it: nothing to report later
-                synced.cancel()
-            raise
-        return result, synced
+        return await job.future
 
     async def run_hot_in_order(self, work: Callable[[HotTx], T]) -> T:
         """:meth:`run_hot` for a job whose writes depend on what its statements read (the
@@ -319,13 +288,7 @@ class StoreWriter:
         syncs = self._syncs.get(loop)
         if syncs is None:
             syncs = self._syncs[loop] = _WalSyncs()
-        for job, result in zip(jobs, results, strict=True):
-            if job.synced is None:
-                syncs.waiting.append((job.future, result))
-                continue
-            if not job.future.done():  # committed: its caller may go on, then await synced
-                job.future.set_result(result)
-            syncs.waiting.append((job.synced, None))
+        syncs.waiting.extend(zip(jobs, results, strict=True))
         if not syncs.running:
             self._start_sync(loop, syncs)
 
@@ -343,19 +306,19 @@ class StoreWriter:
         self,
         loop: asyncio.AbstractEventLoop,
         syncs: _WalSyncs,
-        riding: list[tuple[asyncio.Future[Any], object]],
+        riding: list[tuple[_HotJob[Any], object]],
         error: OSError | None,
     ) -> None:
         """The fsync returned: answer the batches it covered (Unavailable if it failed),
         then start the next one for what committed meanwhile."""
         syncs.suspect = error is not None
-        for future, result in riding:
-            if future.done():
+        for job, result in riding:
+            if job.future.done():
                 continue  # the request was cancelled (its client went away)
             if error is None:
-                future.set_result(result)
+                job.future.set_result(result)
             else:
-                future.set_exception(_not_durable(error))
+                job.future.set_exception(_not_durable(error))
         syncs.running = False
         if syncs.waiting:
             self._start_sync(loop, syncs)
@@ -388,8 +351,6 @@ class StoreWriter:
     def _hand_to_thread(self, jobs: list[_HotJob[Any]]) -> None:
         self._start()
         for job in jobs:
-            if job.synced is not None:  # the thread's commit is durable when it answers
-                job.future.add_done_callback(functools.partial(_synced_with, job.synced))
             self._queue.put(job)
 
     async def run(self, work: Callable[[Tx], T]) -> T:
@@ -493,11 +454,6 @@ class StoreWriter:
     def _observed(self, jobs: int, started: float) -> None:
         if self._observe is not None:
             self._observe(jobs, time.perf_counter() - started)
-
-
-def _synced_with(synced: asyncio.Future[None], answered: asyncio.Future[Any]) -> None:
-    if not synced.done():
-        synced.set_result(None)
 
 
 def _answer(jobs: list[_HotJob[Any]], results: list[Any]) -> None:

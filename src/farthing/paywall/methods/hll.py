@@ -19,10 +19,9 @@ path as the good, the price in the bank's units, the raw challenge id as T and i
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final, Protocol
+from typing import Protocol
 
 import anyio.to_thread
 
@@ -103,14 +102,6 @@ class ChallengeLog(Protocol):
 
     async def take(self, challenge: ChallengeId, now: int, request: bytes | None) -> bool:
         """Take the id for the request of tag ``request``; False if it was taken before."""
-        ...
-
-    async def take_committed(
-        self, challenge: ChallengeId, now: int, request: bytes | None
-    ) -> tuple[bool, Awaitable[None]]:
-        """:meth:`take`, answered once the take is committed, with what to await before
-        answering on it: done once the take is durable (raises Unavailable if it could
-        not be made durable)."""
         ...
 
     async def release(self, challenge: ChallengeId) -> None:
@@ -213,25 +204,14 @@ class HllMethod:
         """The bank settles each purchase once; the same purchase again (its offer binds the
         path and the challenge) is a retry, served only for a request that may be retried.
         The challenge id is taken first (single use, as for every method): under an id
-        taken before, only the very request that took it is sent to the bank again.
-
-        For a request that may be retried, the take's disk sync runs while the bank
-        settles, not before (one sync fewer in series; still durable before the answer):
-        if the vendor dies or its sync fails after the bank settled, the resend is served
-        as a retry. Any other request waits for the take's sync before the bank call, so a
-        failed sync charges nothing."""
-        took, durable = await self._take(context)
+        taken before, only the very request that took it is sent to the bank again."""
+        took = await self._take(context)
         try:
             retried = await self._bank.verify_online(pending.offer, pending.payment)
         except FarthingError:
             if took and self._used is not None:
-                try:
-                    await self._used.release(context.challenge)  # nothing was paid under it
-                finally:
-                    with contextlib.suppress(FarthingError):  # the release's sync covers it
-                        await durable
+                await self._used.release(context.challenge)  # nothing was paid under it
             raise
-        await durable
         if retried and context.request is None:
             raise Conflict("payment already spent", code=ErrorCode.DUPLICATE_SPEND)
         if self._deferred is not None:  # deferred mode went online: guard replays here
@@ -248,25 +228,16 @@ class HllMethod:
         if used_at is not None and context.now - used_at < DELIVERY_LEASE:
             raise payment_in_progress()
 
-    async def _take(self, context: PaymentContext) -> tuple[bool, Awaitable[None]]:
-        """Take the challenge id for this request: (True, what to await before the answer);
-        (False, done) if this very request took it before (a resend); else, taken before,
-        the draft's ``invalid-challenge``."""
+    async def _take(self, context: PaymentContext) -> bool:
+        """Take the challenge id for this request; False if this very request took it
+        before (a resend); else, taken before, the draft's ``invalid-challenge``."""
         if self._used is None:
-            return False, _READY
-        durable: Awaitable[None] = _READY
-        if context.request is None:
-            took = await self._used.take(context.challenge, context.now, None)
-        else:
-            took, durable = await self._used.take_committed(
-                context.challenge, context.now, context.request
-            )
-        if took:
-            return True, durable
-        await durable
+            return False
+        if await self._used.take(context.challenge, context.now, context.request):
+            return True
         if same_request(await self._used.request_of(context.challenge), context.request):
             await self._used.durable()
-            return False, _READY
+            return False
         raise challenge_used()
 
     async def _record_deferred(
@@ -298,15 +269,3 @@ class HllMethod:
 
         decide(0, 0)  # refuse malformed input before touching the store
         return await anyio.to_thread.run_sync(lambda: log.record(pending, decide=decide))
-
-
-class _Ready:
-    """Nothing to wait for: an awaitable that is done, awaited any number of times or
-    never."""
-
-    def __await__(self) -> Generator[None, None, None]:
-        return
-        yield
-
-
-_READY: Final = _Ready()
