@@ -25,7 +25,7 @@ from farthing.http.issuer_wire import verify_batch_tag
 from farthing.http.payment_auth import Challenge, Credential, format_credential, parse_challenges
 from farthing.issuer.routes_hll import MAX_VERIFY_BATCH
 from tests.issuer.helpers import EUR, Harness, Shop, balanced, buy, open_shop, verify_body
-from tests.servers import app_server, uvicorn_server
+from tests.servers import app_server, free_port, uvicorn_server
 
 Pair = tuple[hll.Offer, hll.Purchase]
 
@@ -321,3 +321,52 @@ async def test_a_batch_whose_answer_is_lost_fails_each_caller_and_its_retry_is_f
     assert again == [True] * len(pairs)
     assert settled(harness, shop) == (8, 8000, 4)
     assert balanced(harness)
+
+
+def test_a_bank_that_is_out_fails_each_batched_request_and_the_resends_settle_once(
+    harness: Harness, bank: str, tmp_path: Path
+) -> None:
+    """Concurrent paid requests while the bank's port is closed: the vendor's batched
+    calls fail, and each request is answered 503 with Retry-After (nothing delivered);
+    the same requests sent again once the bank is reachable are each settled once."""
+    harness.clock.set(int(time.time()))
+    shop = open_shop(harness)
+    closed = f"http://127.0.0.1:{free_port()}"
+    out_config = write_vendor(tmp_path, closed, shop)
+    up_config = tmp_path / "vendor-up.toml"
+    up_config.write_text(out_config.read_text().replace(closed, bank))
+    paths = [f"/articles/a{i}.txt" for i in range(PAID)]
+    env = {"FARTHING_VENDOR_CONFIG": str(out_config)}
+    with uvicorn_server("farthing.paywall.serve:app_from_env", env=env) as vendor:
+        with httpx.Client(base_url=vendor, timeout=30) as client:
+            challenges = [
+                parse_challenges(client.get(p).headers.get_list("www-authenticate"))[0]
+                for p in paths
+            ]
+        now = int(time.time())
+        credentials = [pay(shop, c, p, now) for c, p in zip(challenges, paths, strict=True)]
+        out = fetch_all(vendor, paths, credentials)
+    assert [a.status_code for a in out] == [503] * PAID, [a.text for a in out]
+    assert [a.headers.get("retry-after") for a in out] == ["5"] * PAID
+    assert all("secret" not in a.text for a in out)
+    assert all(a.json()["farthingCode"] == ErrorCode.ISSUER_UNAVAILABLE for a in out)
+    assert settled(harness, shop) == (0, 0, 0)
+    env = {"FARTHING_VENDOR_CONFIG": str(up_config)}
+    with uvicorn_server("farthing.paywall.serve:app_from_env", env=env) as vendor:
+        up = fetch_all(vendor, paths, credentials)
+    assert [a.status_code for a in up] == [200] * PAID, [a.text for a in up]
+    assert settled(harness, shop) == (2 * PAID, 2000 * PAID, PAID)
+    assert balanced(harness)
+
+
+def fetch_all(
+    vendor: str, paths: list[str], credentials: list[dict[str, str]]
+) -> list[httpx.Response]:
+    """Every paid request at once, each on a connection of its own."""
+
+    def fetch(i: int) -> httpx.Response:
+        with httpx.Client(base_url=vendor, timeout=30) as own:
+            return own.get(paths[i], headers=credentials[i])
+
+    with ThreadPoolExecutor(len(paths)) as pool:
+        return list(pool.map(fetch, range(len(paths))))

@@ -62,6 +62,9 @@ class Sent:
     seconds: float = 0.0
     at: float = 0.0
     detail: str = ""
+    path: str = ""
+    header: str = ""
+    """The request as sent (path, Authorization), to send it again."""
 
 
 @dataclass
@@ -114,7 +117,9 @@ class Payer:
         index = self.position[method] + (1 if method == "hll:mac" else PRICE_UNITS)
         self.position[method] = index  # write-ahead: never sent twice, whatever happens
         header, key = self._credential(method, holder, index, path)
-        record = Sent(method=method, key=holder.key, index=index, outcome="unknown")
+        record = Sent(
+            method=method, key=holder.key, index=index, outcome="unknown", path=path, header=header
+        )
         record.at = time.time()
         started = time.perf_counter()
         try:
