@@ -39,8 +39,8 @@ __all__ = [
     "app_from_config",
     "app_from_env",
     "depositor_for",
-    "freeze_startup_heap",
     "deposits_missing",
+    "freeze_startup_heap",
     "vendor_from_config",
 ]
 
