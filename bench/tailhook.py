@@ -44,6 +44,8 @@ TRACE_ENV: Final = "FARTHING_TAIL_TRACE"
 SWITCH_ENV: Final = "FARTHING_TAIL_SWITCH"
 FSYNC_ON_LOOP_ENV: Final = "FARTHING_TAIL_FSYNC_ON_LOOP"
 FREEZE_ENV: Final = "FARTHING_TAIL_FREEZE"
+FSYNC_NICE_ENV: Final = "FARTHING_TAIL_FSYNC_NICE"
+CHECKPOINT_EVERY_ENV: Final = "FARTHING_TAIL_CHECKPOINT_EVERY"
 
 now = time.perf_counter
 
@@ -292,9 +294,40 @@ def install() -> None:
         from farthing.store import Store
 
         Store.unsynced_batches = property(lambda self: False)  # type: ignore[method-assign,assignment]
+    every = os.environ.get(CHECKPOINT_EVERY_ENV)
+    if every:
+        _checkpoint_every(float(every))
+    nice = os.environ.get(FSYNC_NICE_ENV)
+    if nice:
+        _nice_fsync_thread(int(nice))
     _wrap_cycle()
     _wrap_writer()
     _watch_gc()
+
+
+def _checkpoint_every(seconds: float) -> None:
+    """SQLite's checkpoint thread at most every ``seconds`` (whatever the writer asks)."""
+    from farthing.store import _walsync
+
+    init = _walsync.Checkpointer.__init__
+
+    def every(self: Any, connect: Any, **_: Any) -> None:
+        init(self, connect, every=seconds)
+
+    _walsync.Checkpointer.__init__ = every  # type: ignore[method-assign]
+
+
+def _nice_fsync_thread(nice: int) -> None:
+    """The fsync thread at this nice value (Linux: per thread), set when it starts."""
+    from farthing.store import writer
+
+    serve = writer._Fsyncer._serve
+
+    def niced_serve(self: Any) -> None:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+        serve(self)
+
+    writer._Fsyncer._serve = niced_serve  # type: ignore[method-assign]
 
 
 def app_from_env() -> Any:

@@ -305,3 +305,31 @@ async def test_the_checkpoint_thread_copies_the_payments_into_the_database_file(
             raise AssertionError("the payments never reached the database file")
     finally:
         await writer.aclose()
+
+
+async def test_the_checkpoint_thread_waits_seconds_between_checkpoints(
+    sqlite_store: Store,
+) -> None:
+    """Each checkpoint stalls the payments that meet it (bench/tail.py: 10-40 ms each;
+    every 0.5 s, the slowest 1% of payments overlapped one in 25-96% of cases, while
+    1.8-2.3% of all payments did). At most one every ``CHECKPOINT_EVERY`` seconds (5): a
+    second and a half of payments on the loop, every one fsynced (each fsync nudges the
+    thread), makes none."""
+    store = sqlite_store
+    cards = issue_chain_cards(store, 40, units=50)
+    writer = StoreWriter(store)
+    assert writer._wal is not None
+    checkpointer = writer._wal._checkpointer
+    assert checkpointer is not None
+    started, paid = time.monotonic(), 0
+    try:
+        while time.monotonic() - started < 1.5:
+            card, old = cards[paid % 40], paid // 40
+            challenge = paid.to_bytes(4, "big") * 8
+            assert await writer.run_hot(_pay(card.card_id, old, challenge)) == "won"
+            paid += 1
+            await asyncio.sleep(0.002)
+        assert checkpointer.done == 0
+        assert writer._thread is None  # so no commit met one and went to the writer thread
+    finally:
+        await writer.aclose()

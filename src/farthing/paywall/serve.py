@@ -5,11 +5,18 @@
 :mod:`farthing.serving`) with ``FARTHING_VENDOR_CONFIG=/path/vendor.toml``. Each worker
 process builds its own app and opens its own connections to the one shared store; the
 store's conditional updates keep payments atomic across them.
+
+Once its app is built, a worker collects the garbage of its start-up and freezes the rest
+(``gc.freeze``: the imports, the app, its keys and statements stay alive for the worker's
+life). The collector's full passes then scan only what was made since: before, each one
+scanned the ~105,000 objects of the start-up, ~55 ms of CPU on the event loop, 2-4 times
+a minute at half load in bench/tail.py, every request in flight waiting for it.
 """
 
 from __future__ import annotations
 
 import functools
+import gc
 import logging
 import os
 from pathlib import Path
@@ -33,6 +40,7 @@ __all__ = [
     "app_from_env",
     "depositor_for",
     "deposits_missing",
+    "freeze_startup_heap",
     "vendor_from_config",
 ]
 
@@ -108,7 +116,16 @@ def app_from_env() -> ASGIApp:
     path = os.environ.get(CONFIG_ENV)
     if not path:
         raise LocalProtocolError(f"set {CONFIG_ENV} to the vendor config file")
-    return app_from_config(load_vendor_config(Path(path)))
+    app = app_from_config(load_vendor_config(Path(path)))
+    freeze_startup_heap()
+    return app
+
+
+def freeze_startup_heap() -> None:
+    """Collect the start-up's garbage, then take every object left out of the collector's
+    scans for good (see the module's doc); once per worker, after its app is built."""
+    gc.collect()
+    gc.freeze()
 
 
 def deposits_missing(config: VendorConfig) -> bool:
