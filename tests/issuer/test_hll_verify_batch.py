@@ -181,6 +181,16 @@ def pay(shop: Shop, challenge: Challenge, path: str, now: int) -> dict[str, str]
     return {"authorization": format_credential(Credential.answering(challenge, payload))}
 
 
+def paid_credentials(vendor: str, shop: Shop, paths: list[str]) -> list[dict[str, str]]:
+    """A paid request's headers for each path, answering the challenge the vendor sent."""
+    with httpx.Client(base_url=vendor, timeout=30) as client:
+        challenges = [
+            parse_challenges(client.get(p).headers.get_list("www-authenticate"))[0] for p in paths
+        ]
+    now = int(time.time())
+    return [pay(shop, c, p, now) for c, p in zip(challenges, paths, strict=True)]
+
+
 def test_the_vendor_sends_concurrent_verifications_in_fewer_calls(
     harness: Harness, bank: str, tmp_path: Path
 ) -> None:
@@ -190,13 +200,7 @@ def test_the_vendor_sends_concurrent_verifications_in_fewer_calls(
     log = tmp_path / "vendor.log"
     with uvicorn_server("farthing.paywall.serve:app_from_env", env=env, log_path=log) as vendor:
         paths = [f"/articles/a{i}.txt" for i in range(PAID)]
-        with httpx.Client(base_url=vendor, timeout=30) as client:
-            challenges = [
-                parse_challenges(client.get(p).headers.get_list("www-authenticate"))[0]
-                for p in paths
-            ]
-        now = int(time.time())
-        credentials = [pay(shop, c, p, now) for c, p in zip(challenges, paths, strict=True)]
+        credentials = paid_credentials(vendor, shop, paths)
         before = bank_calls(bank, harness.token)
 
         def fetch(i: int) -> httpx.Response:
@@ -338,13 +342,7 @@ def test_a_bank_that_is_out_fails_each_batched_request_and_the_resends_settle_on
     paths = [f"/articles/a{i}.txt" for i in range(PAID)]
     env = {"FARTHING_VENDOR_CONFIG": str(out_config)}
     with uvicorn_server("farthing.paywall.serve:app_from_env", env=env) as vendor:
-        with httpx.Client(base_url=vendor, timeout=30) as client:
-            challenges = [
-                parse_challenges(client.get(p).headers.get_list("www-authenticate"))[0]
-                for p in paths
-            ]
-        now = int(time.time())
-        credentials = [pay(shop, c, p, now) for c, p in zip(challenges, paths, strict=True)]
+        credentials = paid_credentials(vendor, shop, paths)
         out = fetch_all(vendor, paths, credentials)
     assert [a.status_code for a in out] == [503] * PAID, [a.text for a in out]
     assert [a.headers.get("retry-after") for a in out] == ["5"] * PAID
