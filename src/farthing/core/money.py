@@ -8,13 +8,14 @@ micro-units of a currency (millionths of one EUR, say) and turned into card unit
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import Final
 
 from farthing.core.errors import ErrorCode, MalformedMessage
 
-__all__ = ["Denomination", "parse_amount"]
+__all__ = ["Denomination", "decoded_denomination", "parse_amount"]
 
 _CURRENCY: Final = re.compile(r"\A[A-Z]{3}\Z")
 MAX_UNIT_MICROS: Final = 10**12
@@ -44,6 +45,13 @@ class Denomination:
 
     def micros(self, units: int) -> int:
         return units * self.unit_micros
+
+
+@functools.lru_cache(maxsize=256, typed=True)
+def decoded_denomination(currency: str, unit_micros: int) -> Denomination:
+    """The denomination of a decoded message, checked once per distinct value: a deposit
+    batch carries one per item, nearly always the same (a frozen value, safe to share)."""
+    return Denomination(currency=currency, unit_micros=unit_micros)
 
 
 def parse_amount(text: str) -> tuple[int, str | None]:

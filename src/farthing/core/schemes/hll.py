@@ -101,7 +101,7 @@ from farthing.core.errors import (
     PaymentExpired,
     UnsupportedMethod,
 )
-from farthing.core.money import Denomination
+from farthing.core.money import Denomination, decoded_denomination
 from farthing.core.primitives import (
     constant_time_eq,
     ed25519_public_key,
@@ -394,7 +394,7 @@ def decode_offer(data: bytes) -> Offer:
     challenge = reader.bytes(max_len=MAX_CHALLENGE_LEN)
     expires_at = reader.u64()
     reader.finish()
-    denomination = Denomination(currency=currency, unit_micros=unit_micros)
+    denomination = decoded_denomination(currency, unit_micros)
     return Offer(
         merchant_id=merchant_id,
         good=good,
@@ -571,7 +571,7 @@ def decode_card_certificate(data: bytes) -> CardCertificate:
     reader.finish()
     return CardCertificate(
         card_id=card_id,
-        denomination=Denomination(currency=currency, unit_micros=unit_micros),
+        denomination=decoded_denomination(currency, unit_micros),
         expires_at=expires_at,
         signature=signature,
     )

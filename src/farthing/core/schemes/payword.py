@@ -67,7 +67,7 @@ from farthing.core.errors import (
     UnsupportedMethod,
 )
 from farthing.core.hashchain import chain_anchor, chain_walk
-from farthing.core.money import Denomination
+from farthing.core.money import Denomination, decoded_denomination
 from farthing.core.primitives import (
     constant_time_eq,
     ed25519_public_key,
@@ -774,4 +774,4 @@ def _read_length(reader: Reader) -> int:
 
 def _read_denomination(reader: Reader) -> Denomination:
     currency = reader.text(max_len=3)
-    return Denomination(currency=currency, unit_micros=reader.u64())
+    return decoded_denomination(currency, reader.u64())
