@@ -78,21 +78,24 @@ _CHARGE_CARDS: Final = (
 # PostgreSQL: a deposit batch's accepted spends in one INSERT and one UPDATE whatever its
 # size: the rows go as a few array parameters (psycopg sends each as one value), not as
 # one parameter set per row (bench.clearing: the per-row binding was a third of the CPU).
-_RECORD_SPENDS_PG: Final = text(
+# Driver SQL (psycopg), run with ``exec_driver_sql``: ``%(name)b`` sends an array in
+# PostgreSQL's binary format. A deposit batch passes arrays of a thousand card ids and
+# counters; psycopg writes the text form of such an array element by element in Python
+# (about 2.6 ms for one bytea[] and one bigint[] of 1,000, against 0.4 ms in binary).
+_RECORD_SPENDS_PG: Final = (
     "INSERT INTO hll_spends (card_id, counter, merchant_id, amount_units, batch_id, at)"
-    " SELECT k.card_id, k.counter, :merchant_id, k.units, :batch_id, :at"
-    " FROM unnest(CAST(:cards AS bytea[]), CAST(:counters AS bigint[]),"
-    " CAST(:units AS bigint[])) AS k(card_id, counter, units)"
+    " SELECT k.card_id, k.counter, %(merchant_id)s, k.units, %(batch_id)s, %(at)s"
+    " FROM unnest(%(cards)b::bytea[], %(counters)b::bigint[], %(units)b::bigint[])"
+    " AS k(card_id, counter, units)"
 )
-_CHARGE_CARDS_PG: Final = text(
+_CHARGE_CARDS_PG: Final = (
     "UPDATE hll_cards AS c SET spent_units = c.spent_units + k.units"
-    " FROM unnest(CAST(:cards AS bytea[]), CAST(:units AS bigint[])) AS k(card_id, units)"
+    " FROM unnest(%(cards)b::bytea[], %(units)b::bigint[]) AS k(card_id, units)"
     " WHERE c.card_id = k.card_id"
 )
-
-_SPENT_AMONG_PG: Final = text(
+_SPENT_AMONG_PG: Final = (
     "SELECT s.card_id, s.counter FROM hll_spends AS s"
-    " JOIN unnest(CAST(:cards AS bytea[]), CAST(:counters AS bigint[])) AS k(card_id, counter)"
+    " JOIN unnest(%(cards)b::bytea[], %(counters)b::bigint[]) AS k(card_id, counter)"
     " ON s.card_id = k.card_id AND s.counter = k.counter"
 )
 
@@ -293,7 +296,7 @@ class HllArea(Area):
             # Two array parameters: one statement text whatever the batch (psycopg
             # prepares it once), instead of a row-value list of 2 parameters per pair.
             pairs = list(spends)
-            rows = self._ctx.conn.execute(
+            rows = self._ctx.conn.exec_driver_sql(
                 _SPENT_AMONG_PG,
                 {"cards": [card for card, _ in pairs], "counters": [n for _, n in pairs]},
             )
@@ -356,7 +359,7 @@ class HllArea(Area):
         if not spends:
             return
         conn = self._ctx.conn
-        conn.execute(
+        conn.exec_driver_sql(
             _RECORD_SPENDS_PG,
             {
                 "cards": [card for card, _, _ in spends],
@@ -368,7 +371,9 @@ class HllArea(Area):
             },
         )
         cards = sorted(charges)  # in card id order, as the cards were locked
-        conn.execute(_CHARGE_CARDS_PG, {"cards": cards, "units": [charges[c] for c in cards]})
+        conn.exec_driver_sql(
+            _CHARGE_CARDS_PG, {"cards": cards, "units": [charges[c] for c in cards]}
+        )
 
     def _charge(self, card_id: bytes, amount_units: int) -> bool:
         c = hll_cards.c
