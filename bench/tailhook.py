@@ -46,6 +46,7 @@ FSYNC_ON_LOOP_ENV: Final = "FARTHING_TAIL_FSYNC_ON_LOOP"
 FREEZE_ENV: Final = "FARTHING_TAIL_FREEZE"
 FSYNC_NICE_ENV: Final = "FARTHING_TAIL_FSYNC_NICE"
 CHECKPOINT_EVERY_ENV: Final = "FARTHING_TAIL_CHECKPOINT_EVERY"
+CHECKPOINT_NICE_ENV: Final = "FARTHING_TAIL_CHECKPOINT_NICE"
 
 now = time.perf_counter
 
@@ -71,6 +72,8 @@ class Trace:
         self.wakes: list[dict[str, Any]] = []  # PostgreSQL: the writer thread's deliveries
         self.gcs: list[list[float]] = []
         self.checkpoints: list[list[float]] = []  # the checkpoint thread's, if any
+        # Its wal_checkpoint calls: [start, end, mode, busy, frames in the WAL, copied].
+        self.checkpoint_passes: list[list[Any]] = []
         self.threads: dict[str, int] = {}  # the loop's and the fsync thread's kernel ids
         self.local = threading.local()
         self.heap_at_start: dict[str, int] = {}
@@ -92,6 +95,7 @@ class Trace:
             "wakes": self.wakes,
             "gcs": self.gcs,
             "checkpoints": self.checkpoints,
+            "checkpoint_passes": self.checkpoint_passes,
             "threads": self.threads,
             "switch_interval": sys.getswitchinterval(),
             "heap": {"start": self.heap_at_start, "end": _heap()},
@@ -171,6 +175,23 @@ def _wrap_writer() -> None:
         TRACE.local.batch = len(TRACE.batches)
         TRACE.batches.append(batch)
         return batch
+
+    commit_on_loop = cls._commit_on_loop
+
+    def traced_commit_on_loop(self: Any, loop: Any) -> None:
+        if self._wal is not None or self._awaits:  # recorded by the wrappers below
+            commit_on_loop(self, loop)
+            return
+        # SQLite with FARTHING_TAIL_FSYNC_ON_LOOP: the loop's own FULL commit, or (write
+        # lock taken: busy) its hand-off to the writer thread, recorded there again.
+        jobs = self._pending.get(loop, [])
+        batch = _batch("loop FULL", len(jobs))
+        try:
+            commit_on_loop(self, loop)
+        finally:
+            batch["t_end"] = now()
+            if not all(job.future.done() for job in jobs):
+                batch["where"] = "loop FULL refused (busy)"
 
     def traced_commit_unsynced(self: Any, loop: Any, jobs: list[Any]) -> None:
         batch = _batch("loop", len(jobs))
@@ -254,7 +275,18 @@ def _wrap_writer() -> None:
                 TRACE.checkpoints.append([started, now()])
 
         checkpointer._checkpoint = traced_checkpoint
+        one_pass = getattr(checkpointer, "_pass", None)
+        if one_pass is not None:  # this code checkpoints in passes: each one's mode and result
+
+            def traced_pass(self: Any, connection: Any, mode: str) -> tuple[int, int, int]:
+                started = now()
+                result: tuple[int, int, int] = one_pass(self, connection, mode)
+                TRACE.checkpoint_passes.append([started, now(), mode, *result])
+                return result
+
+            checkpointer._pass = traced_pass
     cls.run_hot = traced_run_hot  # type: ignore[method-assign]
+    cls._commit_on_loop = traced_commit_on_loop  # type: ignore[method-assign]
     cls._commit_unsynced = traced_commit_unsynced  # type: ignore[method-assign]
     cls._start_sync = traced_start_sync  # type: ignore[method-assign]
     cls._synced = traced_synced  # type: ignore[method-assign,assignment]
@@ -300,6 +332,9 @@ def install() -> None:
     nice = os.environ.get(FSYNC_NICE_ENV)
     if nice:
         _nice_fsync_thread(int(nice))
+    checkpoint_nice = os.environ.get(CHECKPOINT_NICE_ENV)
+    if checkpoint_nice:
+        _nice_checkpoint_thread(int(checkpoint_nice))
     _wrap_cycle()
     _wrap_writer()
     _watch_gc()
@@ -328,6 +363,19 @@ def _nice_fsync_thread(nice: int) -> None:
         serve(self)
 
     writer._Fsyncer._serve = niced_serve  # type: ignore[method-assign]
+
+
+def _nice_checkpoint_thread(nice: int) -> None:
+    """SQLite's checkpoint thread at this nice value, set when it starts."""
+    from farthing.store import _walsync
+
+    serve = _walsync.Checkpointer._serve
+
+    def niced_serve(self: Any) -> None:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+        serve(self)
+
+    _walsync.Checkpointer._serve = niced_serve  # type: ignore[method-assign]
 
 
 def app_from_env() -> Any:
