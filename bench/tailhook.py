@@ -19,13 +19,20 @@ Times are ``time.perf_counter()`` (CLOCK_MONOTONIC, the clock ``time.monotonic()
 the bench process). On exit (SIGTERM: uvicorn stops gracefully) the records are written as
 JSON to ``$FARTHING_TAIL_TRACE``. ``$FARTHING_TAIL_SWITCH`` (seconds), if set, is passed to
 ``sys.setswitchinterval`` first; ``$FARTHING_TAIL_FSYNC_ON_LOOP=1``: SQLite's loop commits
-with ``synchronous=FULL`` (its fsync inside the commit, on the loop; no fsync thread);
+with ``synchronous=FULL`` (its fsync inside the commit, on the loop; no fsync thread; those
+batches are recorded as "loop FULL": until session 9 they were not recorded at all, so the
+variant seemed to commit only on the writer thread, whose batches were);
+``$FARTHING_TAIL_AIO_FSYNC=1`` (with ``caio`` on ``PYTHONPATH``): the WAL fsync as a Linux
+AIO request from the loop, no fsync thread; ``$FARTHING_TAIL_CHECKPOINT_EVERY``,
+``$FARTHING_TAIL_CHECKPOINT_NICE``, ``$FARTHING_TAIL_FSYNC_NICE``: the checkpoint thread's
+interval, its and the fsync thread's nice value;
 ``$FARTHING_TAIL_FREEZE=1``: ``gc.collect(); gc.freeze()`` once the app is built.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import contextvars
 import gc
 import json
@@ -47,6 +54,7 @@ FREEZE_ENV: Final = "FARTHING_TAIL_FREEZE"
 FSYNC_NICE_ENV: Final = "FARTHING_TAIL_FSYNC_NICE"
 CHECKPOINT_EVERY_ENV: Final = "FARTHING_TAIL_CHECKPOINT_EVERY"
 CHECKPOINT_NICE_ENV: Final = "FARTHING_TAIL_CHECKPOINT_NICE"
+AIO_FSYNC_ENV: Final = "FARTHING_TAIL_AIO_FSYNC"
 
 now = time.perf_counter
 
@@ -335,6 +343,8 @@ def install() -> None:
     checkpoint_nice = os.environ.get(CHECKPOINT_NICE_ENV)
     if checkpoint_nice:
         _nice_checkpoint_thread(int(checkpoint_nice))
+    if os.environ.get(AIO_FSYNC_ENV):
+        _aio_fsync()
     _wrap_cycle()
     _wrap_writer()
     _watch_gc()
@@ -363,6 +373,54 @@ def _nice_fsync_thread(nice: int) -> None:
         serve(self)
 
     writer._Fsyncer._serve = niced_serve  # type: ignore[method-assign]
+
+
+def _aio_fsync() -> None:
+    """SQLite: the WAL fsync submitted from the loop as a Linux AIO request (``caio``, on
+    ``PYTHONPATH``: not a dependency of farthing), its completion read on the loop from the
+    AIO context's eventfd; no fsync thread, so no GIL hand-off around each fsync. A
+    measurement only: the descriptor is not kept alive while a request is in flight."""
+    from caio import linux_aio
+
+    from farthing.store import writer
+
+    class AioFsyncer:
+        def __init__(self, wal: Any) -> None:
+            self._wal = wal
+            self._context = linux_aio.Context(max_requests=8)
+            self._loops: set[Any] = set()
+            self._asked = 0
+
+        def request(self, loop: Any, done: Callable[[OSError | None], None]) -> None:
+            if loop not in self._loops:
+                loop.add_reader(self._context.fileno, self._context.process_events)
+                self._loops.add(loop)
+            entry = TRACE.fsyncs[self._asked] if self._asked < len(TRACE.fsyncs) else {}
+            self._asked += 1
+            entry["rd_begin"], entry["t_begin"] = TRACE.run_delay(), now()
+            with self._wal._lock:
+                fd = self._wal._current()
+
+            def finished(result: int) -> None:
+                entry["t_returned"], entry["rd_returned"] = now(), TRACE.run_delay()
+                if self._wal._checkpointer is not None:
+                    self._wal._checkpointer.nudge()
+                done(None if result >= 0 else OSError(-result, os.strerror(-result)))
+
+            if fd is None:
+                loop.call_soon(finished, 0)
+                return
+            operation = linux_aio.Operation.fsync(fd)
+            operation.set_callback(finished)
+            if self._context.submit(operation) != 1:
+                loop.call_soon(finished, -5)  # EIO: answered Unavailable
+
+        def stop(self) -> None:
+            for loop in self._loops:
+                with contextlib.suppress(Exception):
+                    loop.remove_reader(self._context.fileno)
+
+    writer._Fsyncer = AioFsyncer  # type: ignore[assignment,misc]
 
 
 def _nice_checkpoint_thread(nice: int) -> None:
