@@ -393,7 +393,7 @@ def _aio_fsync() -> None:
 
         def request(self, loop: Any, done: Callable[[OSError | None], None]) -> None:
             if loop not in self._loops:
-                loop.add_reader(self._context.fileno, self._context.process_events)
+                loop.add_reader(self._context.fileno, self._completed)
                 self._loops.add(loop)
             entry = TRACE.fsyncs[self._asked] if self._asked < len(TRACE.fsyncs) else {}
             self._asked += 1
@@ -414,6 +414,12 @@ def _aio_fsync() -> None:
             operation.set_callback(finished)
             if self._context.submit(operation) != 1:
                 loop.call_soon(finished, -5)  # EIO: answered Unavailable
+
+        def _completed(self) -> None:
+            with contextlib.suppress(BlockingIOError):  # the eventfd's count: read it to 0
+                self._context.poll()
+            while self._context.process_events():
+                pass
 
         def stop(self) -> None:
             for loop in self._loops:

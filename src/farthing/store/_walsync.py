@@ -101,7 +101,7 @@ server's core and their syncs the disk. bench/tail.py, session 8, FULL checkpoin
 load: every 0.5 s each took 10-40 ms and 1.8-2.3% of payments met one; every 5 s, 17-57 ms,
 but 0.3-0.4% met one, and the server's p99 fell from 12-26 to 5-13 ms. Session 9, PASSIVE
 passes, half load: every 2 s 1.0-1.5% of payments met a pass (54-76% of the slowest 1%),
-every 5 s 0.1-0.4% (0-17%). The price: the WAL holds up to 5 s of commits (~3.4 frames a
+every 5 s 0.1-0.5% (0-17%). The price: the WAL holds up to 5 s of commits (~3.4 frames a
 payment: ~40,000 frames, ~165 MB at this machine's peak)."""
 CATCH_UP_PASSES: Final = 8
 """PASSIVE passes per checkpoint at most, while frames keep coming (see Checkpointer)."""
