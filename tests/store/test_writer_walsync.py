@@ -447,3 +447,29 @@ def test_a_wal_past_its_bound_that_passes_cannot_copy_gets_a_restart(sqlite_stor
             assert (checkpointer.done, checkpointer.restarts) == (1, restarts)
     finally:
         reader.close()
+
+
+def test_a_checkpoint_whose_passes_commits_outrun_ends_with_a_restart(
+    sqlite_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At peak a commit lands during every PASSIVE pass (commits every 1-2 ms, a pass
+    2-4 ms): the passes never find the WAL still, no writer can start it again, and it
+    grew from checkpoint to checkpoint (64,000 frames, ~260 MB, in one bench.tail run).
+    With no reader holding frames back, a RESTART then copies the few frames left and lets
+    the next commit start the WAL again. One pass stands in for passes that commits
+    always outran."""
+    monkeypatch.setattr(_walsync, "CATCH_UP_PASSES", 1)
+    store = sqlite_store
+    cards = issue_chain_cards(store, 4)
+    database = Path(str(store.wal_file().path)[: -len("-wal")])
+    for n, card in enumerate(cards):
+        with store.hot_batch() as hot:
+            assert _pay(card.card_id, 0, bytes([13, n]) * 16)(hot) == "won"
+    connection = sqlite3.connect(database, isolation_level=None)
+    try:
+        connection.execute("PRAGMA busy_timeout=20")
+        checkpointer = _walsync.Checkpointer(_no_connection)  # its checkpoint run here
+        checkpointer._checkpoint(connection)
+        assert (checkpointer.done, checkpointer.restarts) == (1, 1)  # (1, 0) before
+    finally:
+        connection.close()

@@ -87,6 +87,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -117,13 +118,26 @@ Fsync = Callable[[int], None]
 """``os.fsync`` or a stand-in for tests (:class:`farthing.testing.GatedFsync`)."""
 
 
+@dataclass(frozen=True, slots=True)
+class _Behind:
+    """A checkpoint's PASSIVE passes did not catch up: the frames the WAL held at the last,
+    and whether a reader of an older snapshot held some of them back (else commits kept
+    coming during every pass)."""
+
+    frames: int
+    held: bool
+
+
 class Checkpointer:
     """Checkpoints of one SQLite database on a thread and connection of its own, started
     by :meth:`nudge` at most every ``every`` seconds: PASSIVE passes, which never hold a
     writer off, until one has nothing left to copy (then the next writer restarts the WAL
-    from its start); a RESTART, which does, only once the WAL has grown past
-    ``restart_pages`` frames anyway. ``connect`` gives a driver connection (autocommit,
-    with the store's busy timeout), opened on the thread."""
+    from its start). If commits kept coming during every pass, a RESTART copies the few
+    frames left and lets the WAL start again, holding writers off that long; if a reader
+    of an older snapshot held frames back, only once the WAL has passed ``restart_pages``
+    frames (a RESTART then waits for that reader, at most ``CHECKPOINT_WAIT_MS``).
+    ``connect`` gives a driver connection (autocommit, with the store's busy timeout),
+    opened on the thread."""
 
     def __init__(
         self,
@@ -142,7 +156,7 @@ class Checkpointer:
         self.done = 0
         """Checkpoints run so far (each copied every frame the WAL held when it began)."""
         self.restarts = 0
-        """RESTART checkpoints among them (writers held off: the WAL had passed its bound)."""
+        """RESTART checkpoints among them (writers held off while each ran)."""
 
     def nudge(self) -> None:
         """The loop committed (an fsync of the WAL just covered it): checkpoint if the last
@@ -175,8 +189,8 @@ class Checkpointer:
 
     def _checkpoint(self, connection: Any) -> None:
         try:
-            frames = self._catch_up(connection)
-            if frames >= self._restart_pages:
+            behind = self._catch_up(connection)
+            if behind is not None and (not behind.held or behind.frames >= self._restart_pages):
                 self._pass(connection, "RESTART")
                 self.restarts += 1
         except Exception:  # a busy or failing store: the next nudge tries again
@@ -184,19 +198,21 @@ class Checkpointer:
             return
         self.done += 1
 
-    def _catch_up(self, connection: Any) -> int:
+    def _catch_up(self, connection: Any) -> _Behind | None:
         """PASSIVE passes while the loop commits on: each copies the frames the WAL held
         when it began, so the next has only what was committed during the last. Done
-        (0) once a pass finds no frame added since the one before began: the WAL is then
-        wholly in the database file and the next writer starts it again from its first
-        frame (or a writer already has: fewer frames). Else the frames the WAL holds."""
+        (None) once a pass finds no frame added since the one before began: the WAL is
+        then wholly in the database file and the next writer starts it again from its
+        first frame (or a writer already has: fewer frames). Else what is left."""
         before = -1
+        held = False
         for _ in range(CATCH_UP_PASSES):
             _, frames, copied = self._pass(connection, "PASSIVE")
-            if 0 <= frames <= before and copied >= frames:
-                return 0
+            held = copied < frames
+            if 0 <= frames <= before and not held:
+                return None
             before = frames
-        return before
+        return _Behind(frames=before, held=held)
 
     def _pass(self, connection: Any, mode: str) -> tuple[int, int, int]:
         """One ``wal_checkpoint``: (busy, frames in the WAL, frames of it copied)."""
