@@ -65,10 +65,13 @@ on until a pass finds nothing new (``CATCH_UP_PASSES`` at most). The WAL is then
 the database file and the loop's next commit starts it again from its first frame. Until
 then (session 8) the thread ran FULL checkpoints, which hold new writers off while they
 copy and while they wait for readers: the loop's commits found the store busy and went to
-the writer thread, which waited 17-70 ms every 5 s. Only if the passes do not catch up
-(commits come faster than they copy, or a reader holds old frames) and the WAL has passed
-``WAL_RESTART_PAGES`` frames does a RESTART follow, which holds writers off (at most
-``CHECKPOINT_WAIT_MS`` waiting) so that the WAL starts again. Durability is not touched: a
+the writer thread, which waited 17-70 ms every 5 s. If a commit landed during every pass
+(at peak: commits every 1-2 ms, a pass 2-4 ms), a RESTART follows: it holds writers off
+while it copies the few frames left, and the WAL starts again (else it would grow from
+checkpoint to checkpoint: 64,000 frames in one bench.tail run). If a reader of an older
+snapshot held frames back, the RESTART (which would wait for it, at most
+``CHECKPOINT_WAIT_MS``, holding writers off) waits until the WAL has passed
+``WAL_RESTART_PAGES`` frames. Durability is not touched: a
 checkpoint of any mode syncs the WAL before it copies and the database file after, and
 the WAL restarts only over frames so copied (3. above). The file keeps its size after a
 restart up to ``journal_size_limit`` (``_engine.WAL_SIZE_LIMIT``) and is cut back to it.
@@ -107,7 +110,7 @@ payment: ~40,000 frames, ~165 MB at this machine's peak)."""
 CATCH_UP_PASSES: Final = 8
 """PASSIVE passes per checkpoint at most, while frames keep coming (see Checkpointer)."""
 WAL_RESTART_PAGES: Final = 50_000
-"""Frames (pages) past which a checkpoint whose PASSIVE passes did not catch up ends with a
+"""Frames (pages) past which a checkpoint whose PASSIVE passes a reader held back ends with a
 RESTART, which holds writers off until the WAL is copied and no reader needs it (~200 MB
 of 4 KB pages; 5 s of this machine's peak leave ~40,000 frames, ~3.4 a payment)."""
 CHECKPOINT_WAIT_MS: Final = 20
