@@ -238,7 +238,20 @@ def timeline(request: dict[str, Any], trace: dict[str, Any]) -> Timeline:
     if "rd_sent" in request:
         steps["(loop run-queue wait)"] = request["rd_sent"] - request["rd_head"]
     steps["(gc)"] = _overlap(trace["gcs"], request["t_head"], request["t_sent"])
+    held, passive = _checkpoint_spans(trace)
+    if held or passive:
+        steps["(checkpoint, writers held)"] = _overlap(held, request["t_head"], request["t_sent"])
+        steps["(checkpoint, passive)"] = _overlap(passive, request["t_head"], request["t_sent"])
     return Timeline(latency=request["t_sent"] - request["t_head"], steps=steps)
+
+
+def _checkpoint_spans(trace: dict[str, Any]) -> tuple[list[list[Any]], list[list[Any]]]:
+    """The checkpoint thread's calls that hold writers off (FULL, RESTART, TRUNCATE; every
+    checkpoint of code that records no passes ran FULL) and the PASSIVE ones."""
+    passes = trace.get("checkpoint_passes")
+    if not passes:
+        return trace.get("checkpoints", []), []
+    return [p for p in passes if p[2] != "PASSIVE"], [p for p in passes if p[2] == "PASSIVE"]
 
 
 def _overlap(spans: list[list[float]], start: float, end: float) -> float:
@@ -290,6 +303,14 @@ def report_window(window: Window, lines: list[Timeline]) -> list[str]:
             f"    {name:<24} {1000 * statistics.median(every):>9.3f} "
             f"{1000 * statistics.fmean(tails) if tails else 0.0:>14.3f}"
         )
+    for name in ("(checkpoint, writers held)", "(checkpoint, passive)"):
+        met = sum(1 for line in lines if line.steps.get(name, 0.0) > 0)
+        met_tail = sum(1 for line in tail if line.steps.get(name, 0.0) > 0)
+        if met:
+            out.append(
+                f"    met a {name[1:-1]}: {100 * met / len(lines):.2f}% of requests, "
+                f"{100 * met_tail / len(tail):.0f}% of the tail"
+            )
     return out
 
 
@@ -388,6 +409,22 @@ def report_syscalls(trace: dict[str, Any], window: Window, path: Path) -> list[s
     return out
 
 
+def report_passes(trace: dict[str, Any], window: Window) -> list[str]:
+    """The checkpoint thread's wal_checkpoint calls by mode: how many, how long, and the
+    most frames the WAL held (its file keeps the size of its most frames)."""
+    passes = [p for p in trace.get("checkpoint_passes", []) if window.start <= p[0] <= window.end]
+    out = []
+    for mode in dict.fromkeys(p[2] for p in passes):
+        spans = [p[1] - p[0] for p in passes if p[2] == mode]
+        frames = [p[4] for p in passes if p[2] == mode]
+        out.append(
+            f"    {mode} passes {len(spans)}, p50/max {1000 * percentile(spans, 0.5):.2f}/"
+            f"{1000 * max(spans):.2f} ms, WAL frames p50/max {percentile(frames, 0.5):,.0f}/"
+            f"{max(frames):,}"
+        )
+    return out
+
+
 def report(windows: list[Window], loads: tuple[str, ...]) -> list[str]:
     out: list[str] = []
     cache: dict[Path, dict[str, Any]] = {}
@@ -421,6 +458,7 @@ def report(windows: list[Window], loads: tuple[str, ...]) -> list[str]:
                 f"    checkpoint thread: {len(spans)} checkpoints, p50/max "
                 f"{1000 * percentile(spans, 0.5):.2f}/{1000 * max(spans):.2f} ms"
             )
+        out += report_passes(trace, window)
         gcs = [g for g in trace["gcs"] if window.start <= g[0] <= window.end]
         if gcs:
             longest = max(g[1] - g[0] for g in gcs)

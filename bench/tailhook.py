@@ -19,13 +19,20 @@ Times are ``time.perf_counter()`` (CLOCK_MONOTONIC, the clock ``time.monotonic()
 the bench process). On exit (SIGTERM: uvicorn stops gracefully) the records are written as
 JSON to ``$FARTHING_TAIL_TRACE``. ``$FARTHING_TAIL_SWITCH`` (seconds), if set, is passed to
 ``sys.setswitchinterval`` first; ``$FARTHING_TAIL_FSYNC_ON_LOOP=1``: SQLite's loop commits
-with ``synchronous=FULL`` (its fsync inside the commit, on the loop; no fsync thread);
+with ``synchronous=FULL`` (its fsync inside the commit, on the loop; no fsync thread; those
+batches are recorded as "loop FULL": until session 9 they were not recorded at all, so the
+variant seemed to commit only on the writer thread, whose batches were);
+``$FARTHING_TAIL_AIO_FSYNC=1`` (with ``caio`` on ``PYTHONPATH``): the WAL fsync as a Linux
+AIO request from the loop, no fsync thread; ``$FARTHING_TAIL_CHECKPOINT_EVERY``,
+``$FARTHING_TAIL_CHECKPOINT_NICE``, ``$FARTHING_TAIL_FSYNC_NICE``: the checkpoint thread's
+interval, its and the fsync thread's nice value;
 ``$FARTHING_TAIL_FREEZE=1``: ``gc.collect(); gc.freeze()`` once the app is built.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import contextvars
 import gc
 import json
@@ -46,6 +53,8 @@ FSYNC_ON_LOOP_ENV: Final = "FARTHING_TAIL_FSYNC_ON_LOOP"
 FREEZE_ENV: Final = "FARTHING_TAIL_FREEZE"
 FSYNC_NICE_ENV: Final = "FARTHING_TAIL_FSYNC_NICE"
 CHECKPOINT_EVERY_ENV: Final = "FARTHING_TAIL_CHECKPOINT_EVERY"
+CHECKPOINT_NICE_ENV: Final = "FARTHING_TAIL_CHECKPOINT_NICE"
+AIO_FSYNC_ENV: Final = "FARTHING_TAIL_AIO_FSYNC"
 
 now = time.perf_counter
 
@@ -71,6 +80,8 @@ class Trace:
         self.wakes: list[dict[str, Any]] = []  # PostgreSQL: the writer thread's deliveries
         self.gcs: list[list[float]] = []
         self.checkpoints: list[list[float]] = []  # the checkpoint thread's, if any
+        # Its wal_checkpoint calls: [start, end, mode, busy, frames in the WAL, copied].
+        self.checkpoint_passes: list[list[Any]] = []
         self.threads: dict[str, int] = {}  # the loop's and the fsync thread's kernel ids
         self.local = threading.local()
         self.heap_at_start: dict[str, int] = {}
@@ -92,6 +103,7 @@ class Trace:
             "wakes": self.wakes,
             "gcs": self.gcs,
             "checkpoints": self.checkpoints,
+            "checkpoint_passes": self.checkpoint_passes,
             "threads": self.threads,
             "switch_interval": sys.getswitchinterval(),
             "heap": {"start": self.heap_at_start, "end": _heap()},
@@ -171,6 +183,23 @@ def _wrap_writer() -> None:
         TRACE.local.batch = len(TRACE.batches)
         TRACE.batches.append(batch)
         return batch
+
+    commit_on_loop = cls._commit_on_loop
+
+    def traced_commit_on_loop(self: Any, loop: Any) -> None:
+        if self._wal is not None or self._awaits:  # recorded by the wrappers below
+            commit_on_loop(self, loop)
+            return
+        # SQLite with FARTHING_TAIL_FSYNC_ON_LOOP: the loop's own FULL commit, or (write
+        # lock taken: busy) its hand-off to the writer thread, recorded there again.
+        jobs = self._pending.get(loop, [])
+        batch = _batch("loop FULL", len(jobs))
+        try:
+            commit_on_loop(self, loop)
+        finally:
+            batch["t_end"] = now()
+            if not all(job.future.done() for job in jobs):
+                batch["where"] = "loop FULL refused (busy)"
 
     def traced_commit_unsynced(self: Any, loop: Any, jobs: list[Any]) -> None:
         batch = _batch("loop", len(jobs))
@@ -254,7 +283,18 @@ def _wrap_writer() -> None:
                 TRACE.checkpoints.append([started, now()])
 
         checkpointer._checkpoint = traced_checkpoint
+        one_pass = getattr(checkpointer, "_pass", None)
+        if one_pass is not None:  # this code checkpoints in passes: each one's mode and result
+
+            def traced_pass(self: Any, connection: Any, mode: str) -> tuple[int, int, int]:
+                started = now()
+                result: tuple[int, int, int] = one_pass(self, connection, mode)
+                TRACE.checkpoint_passes.append([started, now(), mode, *result])
+                return result
+
+            checkpointer._pass = traced_pass
     cls.run_hot = traced_run_hot  # type: ignore[method-assign]
+    cls._commit_on_loop = traced_commit_on_loop  # type: ignore[method-assign]
     cls._commit_unsynced = traced_commit_unsynced  # type: ignore[method-assign]
     cls._start_sync = traced_start_sync  # type: ignore[method-assign]
     cls._synced = traced_synced  # type: ignore[method-assign,assignment]
@@ -300,6 +340,11 @@ def install() -> None:
     nice = os.environ.get(FSYNC_NICE_ENV)
     if nice:
         _nice_fsync_thread(int(nice))
+    checkpoint_nice = os.environ.get(CHECKPOINT_NICE_ENV)
+    if checkpoint_nice:
+        _nice_checkpoint_thread(int(checkpoint_nice))
+    if os.environ.get(AIO_FSYNC_ENV):
+        _aio_fsync()
     _wrap_cycle()
     _wrap_writer()
     _watch_gc()
@@ -328,6 +373,73 @@ def _nice_fsync_thread(nice: int) -> None:
         serve(self)
 
     writer._Fsyncer._serve = niced_serve  # type: ignore[method-assign]
+
+
+def _aio_fsync() -> None:
+    """SQLite: the WAL fsync submitted from the loop as a Linux AIO request (``caio``, on
+    ``PYTHONPATH``: not a dependency of farthing), its completion read on the loop from the
+    AIO context's eventfd; no fsync thread, so no GIL hand-off around each fsync. A
+    measurement only: the descriptor is not kept alive while a request is in flight."""
+    from caio import linux_aio
+
+    from farthing.store import writer
+
+    class AioFsyncer:
+        def __init__(self, wal: Any) -> None:
+            self._wal = wal
+            self._context = linux_aio.Context(max_requests=8)
+            self._loops: set[Any] = set()
+            self._asked = 0
+
+        def request(self, loop: Any, done: Callable[[OSError | None], None]) -> None:
+            if loop not in self._loops:
+                loop.add_reader(self._context.fileno, self._completed)
+                self._loops.add(loop)
+            entry = TRACE.fsyncs[self._asked] if self._asked < len(TRACE.fsyncs) else {}
+            self._asked += 1
+            entry["rd_begin"], entry["t_begin"] = TRACE.run_delay(), now()
+            with self._wal._lock:
+                fd = self._wal._current()
+
+            def finished(result: int) -> None:
+                entry["t_returned"], entry["rd_returned"] = now(), TRACE.run_delay()
+                if self._wal._checkpointer is not None:
+                    self._wal._checkpointer.nudge()
+                done(None if result >= 0 else OSError(-result, os.strerror(-result)))
+
+            if fd is None:
+                loop.call_soon(finished, 0)
+                return
+            operation = linux_aio.Operation.fsync(fd)
+            operation.set_callback(finished)
+            if self._context.submit(operation) != 1:
+                loop.call_soon(finished, -5)  # EIO: answered Unavailable
+
+        def _completed(self) -> None:
+            with contextlib.suppress(BlockingIOError):  # the eventfd's count: read it to 0
+                self._context.poll()
+            while self._context.process_events():
+                pass
+
+        def stop(self) -> None:
+            for loop in self._loops:
+                with contextlib.suppress(Exception):
+                    loop.remove_reader(self._context.fileno)
+
+    writer._Fsyncer = AioFsyncer  # type: ignore[assignment,misc]
+
+
+def _nice_checkpoint_thread(nice: int) -> None:
+    """SQLite's checkpoint thread at this nice value, set when it starts."""
+    from farthing.store import _walsync
+
+    serve = _walsync.Checkpointer._serve
+
+    def niced_serve(self: Any) -> None:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+        serve(self)
+
+    _walsync.Checkpointer._serve = niced_serve  # type: ignore[method-assign]
 
 
 def app_from_env() -> Any:

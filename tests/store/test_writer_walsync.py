@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,14 +24,14 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 from farthing.core.clock import Clock, SystemClock
-from farthing.core.errors import Unavailable
+from farthing.core.errors import Conflict, Unavailable
 from farthing.core.schemes import szm_chain
 from farthing.paywall.books import ChainBook
 from farthing.paywall.methods.offline import DELIVERY_LEASE, OfflineMethod
 from farthing.paywall.methods.szm import SzmScheme
 from farthing.paywall.middleware import Paywall
 from farthing.paywall.pricing import Price, PriceTable
-from farthing.store import HotTx, Store, open_store
+from farthing.store import HotTx, Store, _engine, _walsync, open_store
 from farthing.store.writer import StoreWriter
 from farthing.testing import DeterministicRandom, FixedClock, GatedFsync
 from tests.paywall.helpers import KEYS, issue_chain_cards
@@ -310,11 +311,12 @@ async def test_the_checkpoint_thread_copies_the_payments_into_the_database_file(
 async def test_the_checkpoint_thread_waits_seconds_between_checkpoints(
     sqlite_store: Store,
 ) -> None:
-    """Each checkpoint stalls the payments that meet it (bench/tail.py: 10-40 ms each;
-    every 0.5 s, the slowest 1% of payments overlapped one in 25-96% of cases, while
-    1.8-2.3% of all payments did). At most one every ``CHECKPOINT_EVERY`` seconds (5): a
-    second and a half of payments on the loop, every one fsynced (each fsync nudges the
-    thread), makes none."""
+    """Each checkpoint slows the payments that meet it (bench/tail.py, FULL checkpoints:
+    10-40 ms each; every 0.5 s, the slowest 1% of payments overlapped one in 25-96% of
+    cases, while 1.8-2.3% of all payments did; PASSIVE passes every 2 s: 54-76% of the
+    slowest 1%). At most one every ``CHECKPOINT_EVERY`` seconds (5): a second and a half
+    of payments on the loop, every one fsynced (each fsync nudges the thread), makes
+    none."""
     store = sqlite_store
     cards = issue_chain_cards(store, 40, units=50)
     writer = StoreWriter(store)
@@ -333,3 +335,141 @@ async def test_the_checkpoint_thread_waits_seconds_between_checkpoints(
         assert writer._thread is None  # so no commit met one and went to the writer thread
     finally:
         await writer.aclose()
+
+
+def _pinned_reader(database: Path) -> sqlite3.Connection:
+    """A connection reading the store's snapshot of now until it is closed (a long report,
+    a deposit run): a checkpoint cannot copy the frames committed after it."""
+    reader = sqlite3.connect(database, isolation_level=None, check_same_thread=False)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM szm_cards").fetchall()
+    return reader
+
+
+def test_a_checkpoint_beside_an_old_reader_leaves_the_loops_commits_alone(
+    sqlite_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A FULL checkpoint holds new writers off while it waits for the writer of the moment
+    and for readers of older snapshots, and while it copies: the loop's commit found the
+    store busy and went to the writer thread, which waited (bench/tail.py: 17-70 ms every
+    5 s, 22-32% of the slowest 1% of payments met one). The checkpoint thread now copies in
+    PASSIVE passes, which never hold a writer off: with a reader pinned on an old snapshot
+    and the checkpoint free to wait for it as long as it likes, the loop's connection
+    commits every payment at once."""
+    monkeypatch.setattr(_walsync, "CHECKPOINT_WAIT_MS", 10_000)
+    store = sqlite_store
+    cards = issue_chain_cards(store, 24)
+    wal = store.wal_file(checkpoint_every=0)
+    reader = _pinned_reader(Path(str(wal.path)[: -len("-wal")]))
+    checkpointer = wal._checkpointer
+    assert checkpointer is not None
+    refused = 0
+    try:
+        for n, card in enumerate(cards[:4]):  # committed after the reader's snapshot
+            with store.hot_batch() as hot:
+                assert _pay(card.card_id, 0, bytes([5, n]) * 16)(hot) == "won"
+        wal.sync()  # nudges the checkpoint thread
+        for n, card in enumerate(cards[4:]):
+            try:
+                with store.hot_batch_unsynced() as hot:
+                    assert _pay(card.card_id, 0, bytes([6, n]) * 16)(hot) == "won"
+            except Conflict:
+                refused += 1
+            time.sleep(0.02)
+    finally:
+        reader.close()
+        wal.close()  # joins the checkpoint thread
+    assert refused == 0  # 20 of 20 refused (busy) before
+    assert checkpointer.done == 1
+
+
+def test_the_wal_file_is_cut_back_once_the_wal_starts_again(
+    sqlite_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite writes a restarted WAL over its old frames and never shortens the file: it
+    kept the size of the most frames it ever held (~90 MB after 5 s at 2,500 payments a
+    second; more after a long reader held the checkpoints back). Every connection now sets
+    ``journal_size_limit`` (``WAL_SIZE_LIMIT``, lowered here so the test writes little):
+    the first commit after a checkpoint let the WAL start again cuts the file back."""
+    limit = 8 * 2**20
+    monkeypatch.setattr(_engine, "WAL_SIZE_LIMIT", limit)  # for connections opened from now
+    store = sqlite_store
+    cards = issue_chain_cards(store, 2)
+    wal = store.wal_file(checkpoint_every=0)
+    checkpointer = wal._checkpointer
+    assert checkpointer is not None
+    # A burst of commits with no checkpoint: the WAL file grows past the limit.
+    bulk = sqlite3.connect(Path(str(wal.path)[: -len("-wal")]), isolation_level=None)
+    bulk.execute("PRAGMA wal_autocheckpoint=0")
+    bulk.execute("CREATE TABLE burst (b BLOB)")
+    for _ in range(limit // 2**20 + 8):
+        bulk.execute("INSERT INTO burst VALUES (randomblob(1048576))")
+    bulk.execute("DROP TABLE burst")
+    bulk.close()
+    assert os.stat(wal.path).st_size > limit + 4 * 2**20
+    try:
+        wal.sync()  # nudges the checkpoint thread
+        for _ in range(1_000):
+            if checkpointer.done:
+                break
+            time.sleep(0.01)
+        assert checkpointer.done == 1
+        with store.hot_batch_unsynced() as hot:  # the loop's next commit restarts the WAL
+            assert _pay(cards[0].card_id, 0, b"\x0b" * 32)(hot) == "won"
+        assert os.stat(wal.path).st_size <= limit  # it kept its 33 MB before
+    finally:
+        wal.close()
+
+
+def _no_connection() -> sqlite3.Connection:
+    raise AssertionError("the checkpoint thread was started")
+
+
+def test_a_wal_past_its_bound_that_passes_cannot_copy_gets_a_restart(sqlite_store: Store) -> None:
+    """PASSIVE passes cannot copy frames a reader of an older snapshot still needs: a WAL
+    they leave past ``restart_pages`` frames gets a RESTART checkpoint (writers held off
+    while it waits, at most ``CHECKPOINT_WAIT_MS``); one within its bound does not."""
+    store = sqlite_store
+    cards = issue_chain_cards(store, 8)
+    database = Path(str(store.wal_file().path)[: -len("-wal")])
+    reader = _pinned_reader(database)
+    try:
+        for n, card in enumerate(cards):  # committed after the reader's snapshot
+            with store.hot_batch() as hot:
+                assert _pay(card.card_id, 0, bytes([12, n]) * 16)(hot) == "won"
+        for bound, restarts in ((1_000_000, 0), (1, 1)):
+            connection = sqlite3.connect(database, isolation_level=None)
+            connection.execute("PRAGMA busy_timeout=20")
+            # Never started: the test runs its checkpoint on its own connection.
+            checkpointer = _walsync.Checkpointer(_no_connection, restart_pages=bound)
+            checkpointer._checkpoint(connection)
+            connection.close()
+            assert (checkpointer.done, checkpointer.restarts) == (1, restarts)
+    finally:
+        reader.close()
+
+
+def test_a_checkpoint_whose_passes_commits_outrun_ends_with_a_restart(
+    sqlite_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At peak a commit lands during every PASSIVE pass (commits every 1-2 ms, a pass
+    2-4 ms): the passes never find the WAL still, no writer can start it again, and it
+    grew from checkpoint to checkpoint (64,000 frames, ~260 MB, in one bench.tail run).
+    With no reader holding frames back, a RESTART then copies the few frames left and lets
+    the next commit start the WAL again. One pass stands in for passes that commits
+    always outran."""
+    monkeypatch.setattr(_walsync, "CATCH_UP_PASSES", 1)
+    store = sqlite_store
+    cards = issue_chain_cards(store, 4)
+    database = Path(str(store.wal_file().path)[: -len("-wal")])
+    for n, card in enumerate(cards):
+        with store.hot_batch() as hot:
+            assert _pay(card.card_id, 0, bytes([13, n]) * 16)(hot) == "won"
+    connection = sqlite3.connect(database, isolation_level=None)
+    try:
+        connection.execute("PRAGMA busy_timeout=20")
+        checkpointer = _walsync.Checkpointer(_no_connection)  # its checkpoint run here
+        checkpointer._checkpoint(connection)
+        assert (checkpointer.done, checkpointer.restarts) == (1, 1)  # (1, 0) before
+    finally:
+        connection.close()
