@@ -27,18 +27,19 @@ vendors admitting at once cannot both squeeze under the limit.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from farthing.core.clock import Clock
 from farthing.core.encoding import b64url_encode
-from farthing.core.errors import Conflict, ErrorCode, InvalidPayment
+from farthing.core.errors import Conflict, ErrorCode, FarthingError, InvalidPayment
 from farthing.core.money import Denomination
 from farthing.core.primitives import constant_time_eq, sha256
 from farthing.core.schemes import payword
-from farthing.http.issuer_wire import admit_request_tag, redeem_request_tag
+from farthing.http.issuer_wire import admit_batch_tag, admit_request_tag, redeem_request_tag
 from farthing.issuer.accounts_service import find_customer
 from farthing.issuer.auth import Merchant, MerchantDirectory
-from farthing.store import PaywordUserRow, Store, Tx
+from farthing.store import PaywordCertificateRow, PaywordUserRow, Store, Tx
 
 __all__ = ["Admitted", "PaywordService", "Redeemed", "RegisteredUser"]
 
@@ -145,50 +146,102 @@ class PaywordService:
             merchant_id, tag, lambda key: admit_request_tag(key, merchant_id, commitment_bytes)
         )
         commitment = payword.decode_commitment(commitment_bytes)
-        cid = payword.commitment_id(commitment)
         now = self._clock.now()
 
         def unit(tx: Tx) -> Admitted:
-            # One admission per user at a time: the sum over the user's open commitments is
-            # read, then written to. A lock at READ COMMITTED, not SERIALIZABLE, whose
-            # aborts ran out of retries under load (make bench, PostgreSQL: 724 refused).
-            tx.lock_key(b"payword-admit:" + commitment.certificate.user_id.encode())
-            user = self._known_user(tx, commitment.certificate)
-            known = tx.payword.open_commitments(
-                user.user_id, expired_before=now - payword.DEFAULT_REDEEM_WINDOW
-            )
+            (outcome,) = self._admit_all(tx, merchant, [commitment], now)
+            if isinstance(outcome, FarthingError):
+                raise outcome
+            return outcome
+
+        return self._store.run_in_transaction(unit)
+
+    def admit_batch(
+        self, merchant_id: str, commitments: Sequence[bytes], tag: bytes
+    ) -> list[Admitted | FarthingError]:
+        """:meth:`admit` for several commitments in one transaction, the merchant
+        authenticated once by its tag over all of them
+        (:func:`~farthing.http.issuer_wire.admit_batch_tag`; 401 for the whole batch).
+        Each outcome, in order, is what :meth:`admit` answers or raises for that
+        commitment alone, judged after the ones before it in the batch: two commitments of
+        one user that together pass its limit are not both admitted."""
+        merchant = self._merchants.authenticate(
+            merchant_id, tag, lambda key: admit_batch_tag(key, merchant_id, commitments)
+        )
+        decoded = [_decoded(raw) for raw in commitments]
+        now = self._clock.now()
+        return self._store.run_in_transaction(
+            lambda tx: self._admit_all(tx, merchant, decoded, now)
+        )
+
+    def _admit_all(
+        self,
+        tx: Tx,
+        merchant: Merchant,
+        commitments: Sequence[payword.Commitment | FarthingError],
+        now: int,
+    ) -> list[Admitted | FarthingError]:
+        """Judge each commitment, in order, against its user's open commitments, those
+        admitted just before it included, and record the admitted ones."""
+        users = {c.certificate.user_id for c in commitments if isinstance(c, payword.Commitment)}
+        # One admission per user at a time: the sum over the user's open commitments is
+        # read, then written to. A lock at READ COMMITTED, not SERIALIZABLE, whose
+        # aborts ran out of retries under load (make bench, PostgreSQL: 724 refused);
+        # a batch takes its users' locks in the store's one order (no deadlock).
+        tx.lock_keys(_ADMIT_LOCK + user.encode() for user in users)
+        known = tx.payword.open_commitments_of(
+            users, expired_before=now - payword.DEFAULT_REDEEM_WINDOW
+        )
+        return [
+            c if isinstance(c, FarthingError) else self._admit_one(tx, merchant, c, known, now)
+            for c in commitments
+        ]
+
+    def _admit_one(
+        self,
+        tx: Tx,
+        merchant: Merchant,
+        commitment: payword.Commitment,
+        known: dict[str, list[payword.OpenCommitment]],
+        now: int,
+    ) -> Admitted | FarthingError:
+        """One commitment's admission (``known``: its user's open commitments, grown by
+        this one when admitted), or the error that refuses it."""
+        cert = commitment.certificate
+        user = tx.payword.user(cert.user_id)
+        stored = tx.payword.certificate(sha256(payword.encode_certificate(cert)))
+        mine = known[cert.user_id]
+        try:  # the decisions only: a store error must end the transaction, not one item
+            _require_known(user, stored, cert)
             admitted = payword.admit_commitment(
                 self._broker_public,
                 commitment,
                 vendor_id=merchant.merchant_id,
-                open_commitments=known,
+                open_commitments=mine,
                 now=now,
             )
-            if all(c.commitment_id != cid for c in known) and tx.payword.admit(admitted):
+        except FarthingError as refused:
+            return refused
+        cid = admitted.commitment_id
+        others = [c for c in mine if c.commitment_id != cid]
+        if len(others) == len(mine):  # new here
+            mine.append(admitted)
+            if tx.payword.admit(admitted):
                 detail = {"commitment": b64url_encode(cid), "vendor": merchant.merchant_id}
                 tx.admin.audit(
                     f"merchant:{merchant.merchant_id}", "payword.commitment.admit", detail
                 )
-            mine = [c for c in known if c.commitment_id != cid] + [admitted]
-            cert = commitment.certificate
-            return Admitted(
-                commitment_id=cid,
-                outstanding_micros=sum(c.outstanding_micros(now=now) for c in mine),
-                credit_limit_micros=cert.credit_limit * cert.denomination.unit_micros,
-            )
-
-        return self._store.run_in_transaction(unit)
+        return Admitted(
+            commitment_id=cid,
+            outstanding_micros=sum(c.outstanding_micros(now=now) for c in [*others, admitted]),
+            credit_limit_micros=cert.credit_limit * cert.denomination.unit_micros,
+        )
 
     def _known_user(self, tx: Tx, cert: payword.Certificate) -> PaywordUserRow:
         """The user of a certificate this broker issued, with that key; InvalidPayment else."""
         user = tx.payword.user(cert.user_id)
         stored = tx.payword.certificate(sha256(payword.encode_certificate(cert)))
-        if user is None or stored is None or stored.user_id != user.user_id:
-            # a certificate this broker never issued (or for someone else)
-            raise InvalidPayment("redemption did not verify", code=ErrorCode.DEPOSIT_INVALID)
-        if not constant_time_eq(user.public_key, cert.user_public_key):
-            raise InvalidPayment("redemption did not verify", code=ErrorCode.DEPOSIT_INVALID)
-        return user
+        return _require_known(user, stored, cert)
 
     def redeem(self, merchant_id: str, redemption_bytes: bytes, tag: bytes) -> Redeemed:
         """Pay a vendor's claim: the signatures and the chain are checked before the
@@ -241,3 +294,26 @@ class PaywordService:
         return Redeemed(
             commitment_id=cid, index=redemption.index, credited_units=units, credited_micros=micros
         )
+
+
+_ADMIT_LOCK = b"payword-admit:"
+
+
+def _decoded(raw: bytes) -> payword.Commitment | FarthingError:
+    try:
+        return payword.decode_commitment(raw)
+    except FarthingError as error:
+        return error
+
+
+def _require_known(
+    user: PaywordUserRow | None, stored: PaywordCertificateRow | None, cert: payword.Certificate
+) -> PaywordUserRow:
+    """The user, if ``cert`` is a certificate this broker issued to it, with its key:
+    InvalidPayment(DEPOSIT_INVALID) for any other (one vague answer)."""
+    if user is None or stored is None or stored.user_id != user.user_id:
+        # a certificate this broker never issued (or for someone else)
+        raise InvalidPayment("redemption did not verify", code=ErrorCode.DEPOSIT_INVALID)
+    if not constant_time_eq(user.public_key, cert.user_public_key):
+        raise InvalidPayment("redemption did not verify", code=ErrorCode.DEPOSIT_INVALID)
+    return user

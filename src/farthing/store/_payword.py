@@ -8,6 +8,7 @@ Redeeming the same or a lower index again credits 0.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Final, final
 
 from sqlalchemy import Select, func, insert, select, update
@@ -185,9 +186,21 @@ class PaywordArea(Area):
     def open_commitments(self, user_id: str, *, expired_before: int) -> list[OpenCommitment]:
         """The user's admitted commitments that expire at or after ``expired_before`` (older
         ones can no longer be redeemed, so they bind nothing)."""
+        return self.open_commitments_of([user_id], expired_before=expired_before)[user_id]
+
+    def open_commitments_of(
+        self, user_ids: Collection[str], *, expired_before: int
+    ) -> dict[str, list[OpenCommitment]]:
+        """:meth:`open_commitments` of several users in one query, by user (every user
+        asked for is a key, with an empty list if it has none)."""
         a = payword_admitted.c
-        stmt = _admitted_query().where(a.user_id == user_id, a.expires_at >= expired_before)
-        return [_open(row) for row in self._ctx.conn.execute(stmt).mappings()]
+        found: dict[str, list[OpenCommitment]] = {user_id: [] for user_id in user_ids}
+        if not found:
+            return found
+        stmt = _admitted_query().where(a.user_id.in_(sorted(found)), a.expires_at >= expired_before)
+        for row in self._ctx.conn.execute(stmt).mappings():
+            found[row["user_id"]].append(_open(row))
+        return found
 
     # --- the operator's views (dashboard) ------------------------------------------------
 
