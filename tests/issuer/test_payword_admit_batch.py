@@ -325,7 +325,7 @@ async def test_a_lone_admission_still_goes_to_the_single_route(harness: Harness,
     chain = commit(harness, register(harness, "u1", 1000), 100)
     before = bank_calls(bank, harness.token)
     async with IssuerClient(bank, merchant_id="m1", merchant_key=key) as client:
-        assert await client.admit_payword(chain.encoded) is None
+        await client.admit_payword(chain.encoded)  # admitted: no error
         with pytest.raises(MalformedMessage):
             await client.admit_payword(b"\x01not a commitment")
     after = bank_calls(bank, harness.token)
@@ -398,7 +398,10 @@ def first_payments(vendor: str, chains: list[Chain]) -> list[dict[str, str]]:
     for chain, challenge in zip(chains, challenges, strict=True):
         spender = PaywordSpender(chain.commitment, chain.seed)
         payment = payword.encode_payment(spender.reserve(PRICE_UNITS, now=now).payment)
-        payload = {"payment": b64url_encode(payment), "commitment": b64url_encode(chain.encoded)}
+        payload: dict[str, object] = {
+            "payment": b64url_encode(payment),
+            "commitment": b64url_encode(chain.encoded),
+        }
         credential = Credential.answering(challenge, payload)
         headers.append({"authorization": format_credential(credential)})
     return headers

@@ -28,13 +28,13 @@ from farthing.issuer.schemas import (
 )
 from farthing.issuer.service import IssuerServices
 
-__all__ = ["ADMIT_BATCH_PATH", "MAX_ADMIT_BATCH", "build_payword_router"]
+__all__ = ["MAX_ADMIT_BATCH", "build_payword_router"]
 
 _PUBLIC_KEY_LEN = 32
-ADMIT_BATCH_PATH: Final = "/v1/payword/commitments/batch"
-MAX_ADMIT_BATCH: Final = 128
+MAX_ADMIT_BATCH: Final = 64
 """The most commitments one ``POST /v1/payword/commitments/batch`` may carry (more: 400
-``BATCH_TOO_LARGE``); the body limit (``max_body_bytes``) bounds its size as well."""
+``BATCH_TOO_LARGE``); the body limit (``max_body_bytes``, 64 KiB: about 120 commitments of
+~400 bytes) bounds its size as well. The vendor's client sends at most 64 at once."""
 
 
 def build_payword_router(services: IssuerServices) -> APIRouter:
