@@ -22,7 +22,10 @@ within the limit. A redemption is paid only for an admitted commitment
 (:func:`~farthing.core.schemes.payword.require_admitted`), so at no time can vendors claim
 more than the limit from one user; redeemed units become the user's debt in the ledger
 and stop counting. Admissions of one user take that user's lock in the store, so two
-vendors admitting at once cannot both squeeze under the limit.
+vendors admitting at once cannot both squeeze under the limit. A batch of admissions
+(:meth:`PaywordService.admit_batch`) is one transaction: its users' locks taken in the
+store's one order, their open commitments read once, each commitment judged after the ones
+before it in the batch.
 """
 
 from __future__ import annotations
