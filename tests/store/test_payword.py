@@ -176,3 +176,24 @@ def test_locks_taken_together_never_deadlock(store: Store) -> None:
         return "held"
 
     assert race(6, hold) == ["held"] * 6
+
+
+def test_admit_many_records_every_row_or_none(store: Store) -> None:
+    """The broker's batch write: every row in one statement; an id recorded already (the
+    caller's locks broken) is a Conflict and the transaction keeps none of the batch."""
+    _user(store)
+    first = [_admitted(bytes([n]) * 32, "alice", 10, expires_at=100) for n in range(3)]
+    with store.transaction() as tx:
+        tx.payword.admit_many(first)
+        tx.admin.audit_many("merchant:shop", "payword.commitment.admit", [{"n": 1}, {"n": 2}])
+    again = [_admitted(b"\x09" * 32, "alice", 10, expires_at=100), first[0]]
+    with pytest.raises(Conflict), store.transaction() as tx:
+        tx.payword.admit_many(again)
+    with store.transaction(readonly=True) as tx:
+        held = tx.payword.open_commitments("alice", expired_before=0)
+        audited = tx.admin.audit_entries(10)
+    assert sorted(c.commitment_id for c in held) == [c.commitment_id for c in first]
+    assert [(a.action, a.detail) for a in audited[:2]] == [
+        ("payword.commitment.admit", {"n": 2}),
+        ("payword.commitment.admit", {"n": 1}),
+    ]
