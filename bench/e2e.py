@@ -88,7 +88,8 @@ BROKER_KEY: Final = b"B" * 32
 # commitment under a lock per user, against the sum of that user's open commitments: with
 # one user for every commitment of a run (thousands, as before 2026-12-08), each admission
 # waited for the one before and read all of them, and PayWord's p99 at peak was 79-160 ms
-# (6-7 ms with no broker). A reader holds a few commitments at a time, one per vendor.
+# (6-7 ms with no broker). A reader holds a few commitments at a time, one per vendor. The
+# vendor now sends the admissions asked for together in one batch call (one transaction).
 PAYWORD_USERS: Final = 256
 
 
@@ -1520,7 +1521,8 @@ def _explain(plan: Plan) -> str:
         "write, in its hot batch (the new commitments of a batch of lines come one after "
         "another: PayWord's p99 at peak, see the profile section); the commitments belong "
         f"to {PAYWORD_USERS} users in turn, and with the bank running (for hll:mac, as in "
-        "`make bench`) its broker admits each new one first. hll:mac: verified "
+        "`make bench`) its broker admits each new one first (the vendor sends those asked "
+        "for together in one `POST /v1/payword/commitments/batch` call). hll:mac: verified "
         "online by the bank (the "
         "issuer app under uvicorn, 1 worker, its own store of the same kind) before "
         "delivery. With two workers each has its own card cache: a payment that reaches the "

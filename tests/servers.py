@@ -121,15 +121,16 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 
 @contextlib.contextmanager
-def app_server(app: Any, *, timeout: float = 30.0) -> Iterator[str]:
+def app_server(app: Any, *, timeout: float = 30.0, port: int | None = None) -> Iterator[str]:
     """Serve an ASGI app built in this process (so a test can give it its clock and
     randomness) under uvicorn on 127.0.0.1, in a thread, with the protocol ``farthing ...
-    serve`` runs (farthing.guard's h11); yield its base URL. Stopped when the context exits."""
+    serve`` runs (farthing.guard's h11); yield its base URL. Stopped when the context exits.
+    ``port``: that one (e.g. one a client was told of while nothing listened there)."""
     import uvicorn
 
     from farthing.guard import ConnectionLimits, GuardedConfig
 
-    port = free_port()
+    port = port or free_port()
     limits = ConnectionLimits(header_timeout=10.0, body_timeout=10.0, max_connections=100)
     config = GuardedConfig(
         app, limits=limits, host="127.0.0.1", port=port, log_level="warning", access_log=False

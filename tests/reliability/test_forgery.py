@@ -477,7 +477,7 @@ async def test_operator_calls_need_a_live_operator_token(sqlite_world: World) ->
         for path, operations in app.openapi()["paths"].items()
         for verb in operations
     }
-    assert len(spec_routes) - 9 == len(OPERATOR_CALLS)  # nine routes need no operator
+    assert len(spec_routes) - 10 == len(OPERATOR_CALLS)  # ten routes need no operator
     revoked = world.services.accounts.create_operator_token(ACTOR, "gone")
     world.services.accounts.revoke_operator_token(ACTOR, revoked.operator_id)
     fills = _fill_ids(world)

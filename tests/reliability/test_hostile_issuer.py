@@ -43,6 +43,7 @@ PUBLIC = {
     ("POST", "/v1/hll/deposits"),
     ("POST", "/v1/hll/deposits/lookup"),
     ("POST", "/v1/payword/commitments"),
+    ("POST", "/v1/payword/commitments/batch"),
     ("POST", "/v1/payword/redemptions"),
     ("GET", "/v1/payword/broker"),
     ("POST", "/v1/szm/cards/{card_id}/status"),

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from farthing.core.errors import Conflict
+from farthing.core.schemes.payword import OpenCommitment
 from farthing.store import Store, VendorCommitmentRow
 from tests.store.helpers import UNIT, advance_payword, open_books, race
 
@@ -118,3 +121,79 @@ def test_vendor_redemption_watermark(store: Store) -> None:
         assert not tx.vendor.payword_mark_redeemed(COMMITMENT, 3)  # never down
         assert not tx.vendor.payword_mark_redeemed(COMMITMENT, 5)  # never past spent
         assert tx.vendor.payword_unredeemed(10) == []
+
+
+def _admitted(cid: bytes, user_id: str, length: int, expires_at: int) -> OpenCommitment:
+    return OpenCommitment(
+        commitment_id=cid, user_id=user_id, vendor_id="shop", length=length,
+        unit_micros=UNIT, expires_at=expires_at,
+    )  # fmt: skip
+
+
+def test_open_commitments_of_several_users_in_one_read(store: Store) -> None:
+    _user(store)
+    with store.transaction() as tx:
+        alice = tx.payword.user("alice")
+        assert alice is not None
+        tx.payword.add_user(
+            user_id="bob", account_id=alice.account_id, public_key=b"b" * 32,
+            credit_limit_units=1000, currency="EUR", unit_micros=UNIT,
+        )  # fmt: skip
+        for made in (
+            _admitted(b"A" * 32, "alice", 10, expires_at=100),
+            _admitted(b"B" * 32, "alice", 20, expires_at=50),  # expired before 60
+            _admitted(b"C" * 32, "bob", 30, expires_at=100),
+        ):
+            assert tx.payword.admit(made)
+    with store.transaction(readonly=True) as tx:
+        found = tx.payword.open_commitments_of(["alice", "bob", "carol"], expired_before=60)
+        alone = tx.payword.open_commitments("alice", expired_before=60)
+        nobody = tx.payword.open_commitments_of([], expired_before=0)
+    assert {user: [c.commitment_id for c in rows] for user, rows in found.items()} == {
+        "alice": [b"A" * 32], "bob": [b"C" * 32], "carol": [],
+    }  # fmt: skip
+    assert alone == found["alice"]
+    assert nobody == {}
+
+
+@pytest.mark.parametrize(
+    "store_target", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True
+)
+def test_locks_taken_together_never_deadlock(store: Store) -> None:
+    """Transactions that each take the same locks, named in different orders, in one
+    ``lock_keys`` call: they queue, none is aborted as a deadlock (taken in the order
+    given, PostgreSQL found a deadlock and aborted one; docs: 40P01)."""
+    names = [f"user-{n}".encode() for n in range(5)]
+
+    def hold(i: int) -> str:
+        order = names[i:] + names[:i]
+        try:
+            with store.transaction() as tx:
+                tx.lock_keys(order[::-1] if i % 2 else order)
+                time.sleep(0.05)  # hold them while the others ask
+        except Conflict as error:
+            return repr(error.__cause__)
+        return "held"
+
+    assert race(6, hold) == ["held"] * 6
+
+
+def test_admit_many_records_every_row_or_none(store: Store) -> None:
+    """The broker's batch write: every row in one statement; an id recorded already (the
+    caller's locks broken) is a Conflict and the transaction keeps none of the batch."""
+    _user(store)
+    first = [_admitted(bytes([n]) * 32, "alice", 10, expires_at=100) for n in range(3)]
+    with store.transaction() as tx:
+        tx.payword.admit_many(first)
+        tx.admin.audit_many("merchant:shop", "payword.commitment.admit", [{"n": 1}, {"n": 2}])
+    again = [_admitted(b"\x09" * 32, "alice", 10, expires_at=100), first[0]]
+    with pytest.raises(Conflict), store.transaction() as tx:
+        tx.payword.admit_many(again)
+    with store.transaction(readonly=True) as tx:
+        held = tx.payword.open_commitments("alice", expired_before=0)
+        audited = tx.admin.audit_entries(10)
+    assert sorted(c.commitment_id for c in held) == [c.commitment_id for c in first]
+    assert [(a.action, a.detail) for a in audited[:2]] == [
+        ("payword.commitment.admit", {"n": 2}),
+        ("payword.commitment.admit", {"n": 1}),
+    ]

@@ -100,7 +100,7 @@ class ErrorCode(IntEnum):
     MALFORMED_CREDENTIAL = 1008
     INVALID_PAYLOAD = 1020  # the credential parses, its method's payload does not
     CARD_CODE_TYPO = 1040  # a typed card code: a symbol, its length or its check is wrong
-    BATCH_TOO_LARGE = 1041  # a batch of online verifications holds more items than allowed
+    BATCH_TOO_LARGE = 1041  # a batch (online verifications, admissions) holds too many items
 
     PAYMENT_INVALID = 2000
     CHALLENGE_INVALID = 2001

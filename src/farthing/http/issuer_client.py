@@ -29,7 +29,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Final
+from typing import Final, Generic, TypeVar
 
 import aiohttp
 import httpx
@@ -47,6 +47,7 @@ from farthing.core.errors import (
 from farthing.core.schemes import hll, payword, szm_status
 from farthing.http.issuer_wire import (
     CardLookup,
+    admit_batch_tag,
     admit_request_tag,
     deposit_lookup_tag,
     parse_card_lookup,
@@ -62,9 +63,16 @@ _TIMEOUT: Final = 10.0
 _MAX_REPORT_B64: Final = 1 << 20
 _RETRY_AFTER: Final = 5  # what the paywall tells its own client when the issuer is out
 VERIFY_BATCH_PATH: Final = "/v1/hll/verify-batch"
-MAX_BATCH_ITEMS: Final = 64  # the issuer takes up to 128 (routes_hll.MAX_VERIFY_BATCH)
-MAX_BATCH_BYTES: Final = 24 * 1024  # raw offers and payments; ~34 KiB of JSON < 64 KiB
-_MAX_CALLS: Final = 2  # verification calls out at once; more purchases wait for the next
+ADMIT_PATH: Final = "/v1/payword/commitments"
+ADMIT_BATCH_PATH: Final = "/v1/payword/commitments/batch"
+# The issuer takes up to 128 items a batch (routes_hll.MAX_VERIFY_BATCH,
+# routes_payword.MAX_ADMIT_BATCH) and 64 KiB of body.
+MAX_BATCH_ITEMS: Final = 64
+MAX_BATCH_BYTES: Final = 24 * 1024  # raw items; ~34 KiB of JSON < 64 KiB
+_MAX_CALLS: Final = 2  # calls of one route out at once; more items wait for the next
+
+T = TypeVar("T")  # an item of a batch call
+R = TypeVar("R")  # its outcome
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -102,8 +110,9 @@ class IssuerClient:
     merchant call; without them only the public calls work (:meth:`card_status`,
     :meth:`broker`) and the others raise LocalProtocolError(MISUSE). ``transport`` (e.g.
     ``httpx.ASGITransport``) replaces the network, for tests; ``client`` lets the caller
-    share a connection pool. ``coalesce=False`` sends each online verification in a call
-    of its own (``POST /v1/hll/verify``), as before batches (bench.bank compares both).
+    share a connection pool. ``coalesce=False`` sends each online verification and each
+    PayWord admission in a call of its own (``POST /v1/hll/verify``,
+    ``/v1/payword/commitments``), as before batches (bench.bank compares both).
 
     Over the network (neither ``transport`` nor ``client`` given) the calls go through
     aiohttp (:class:`_Link`), whose C parser costs a call a fifth of httpx's CPU: the
@@ -128,7 +137,15 @@ class IssuerClient:
             base_url=base_url, timeout=timeout, transport=transport
         )
         self._link = _Link(base_url, timeout) if client is None and transport is None else None
-        self._coalescer = _Coalescer(self._verify_one, self._verify_batch) if coalesce else None
+        self._verifier: _Coalescer[tuple[bytes, bytes], bool] | None = None
+        self._admitter: _Coalescer[bytes, None] | None = None
+        if coalesce:
+            self._verifier = _Coalescer(
+                lambda item: self._verify_one(*item),
+                self._verify_batch,
+                size=lambda item: len(item[0]) + len(item[1]),
+            )
+            self._admitter = _Coalescer(self._admit_one, self._admit_batch, size=len)
 
     def __repr__(self) -> str:
         return f"IssuerClient(merchant_id={self._merchant_id!r})"
@@ -161,9 +178,9 @@ class IssuerClient:
         in flight are out, go to the bank together (:class:`_Coalescer`); each caller
         gets its own purchase's answer, as if it had called alone."""
         self._credentials()
-        if self._coalescer is None:
+        if self._verifier is None:
             return await self._verify_one(offer, payment)
-        return await self._coalescer.verify(offer, payment)
+        return await self._verifier.submit((offer, payment))
 
     async def _verify_one(self, offer: bytes, payment: bytes) -> bool:
         """``POST /v1/hll/verify``: one purchase."""
@@ -222,7 +239,18 @@ class IssuerClient:
     async def admit_payword(self, commitment: bytes) -> None:
         """Have the broker admit a user's new commitment (its encoding) before accepting
         paywords under it; InsufficientFunds(CREDIT_LIMIT) if the user's open commitments
-        would pass its credit limit. Safe to repeat."""
+        would pass its credit limit. Safe to repeat.
+
+        The admissions asked for in one pass of the event loop, or while the broker calls
+        in flight are out, go to the broker together (:class:`_Coalescer`); each caller
+        gets its own commitment's answer, as if it had called alone."""
+        self._credentials()
+        if self._admitter is None:
+            return await self._admit_one(commitment)
+        return await self._admitter.submit(commitment)
+
+    async def _admit_one(self, commitment: bytes) -> None:
+        """``POST /v1/payword/commitments``: one commitment."""
         merchant_id, key = self._credentials()
         tag = admit_request_tag(key, merchant_id, commitment)
         body = {
@@ -230,7 +258,23 @@ class IssuerClient:
             "commitment": b64url_encode(commitment),
             "tag": b64url_encode(tag),
         }
-        await self._call("POST", "/v1/payword/commitments", body)
+        await self._call("POST", ADMIT_PATH, body)
+
+    async def _admit_batch(self, commitments: Sequence[bytes]) -> list[FarthingError | None]:
+        """``POST /v1/payword/commitments/batch``: each commitment's outcome, in order (None:
+        admitted; an error: the one ``/v1/payword/commitments`` raises for it alone).
+        Raises as :meth:`_call` for the batch as a whole."""
+        merchant_id, key = self._credentials()
+        body = {
+            "merchant_id": merchant_id,
+            "items": [{"commitment": b64url_encode(c)} for c in commitments],
+            "tag": b64url_encode(admit_batch_tag(key, merchant_id, commitments)),
+        }
+        answer = await self._call("POST", ADMIT_BATCH_PATH, body)
+        results = answer.get("results")
+        if not isinstance(results, list) or len(results) != len(commitments):
+            raise _unavailable("the issuer's batch answer does not decode")
+        return [_refusal(result) for result in results]
 
     async def redeem_payword(self, redemption: payword.Redemption | bytes) -> int:
         """Redeem a PayWord claim; returns the units newly credited (0 for a repeat)."""
@@ -389,12 +433,22 @@ def _int(document: dict[str, object], name: str) -> int:
 
 
 def _item_outcome(result: object) -> bool | FarthingError:
-    """One item of a batch answer: repeated or not, or the error its problem stands for."""
+    """One item of a verify batch's answer: repeated or not, or the error its problem
+    stands for."""
+    refused = _refusal(result)
+    if refused is not None:
+        return refused
+    assert isinstance(result, dict)  # _refusal checked it
+    return result.get("repeated") is True
+
+
+def _refusal(result: object) -> FarthingError | None:
+    """The error one item of a batch answer stands for, or None if it succeeded."""
     if not isinstance(result, dict):
         raise _unavailable("the issuer's batch answer does not decode")
     problem = result.get("problem")
     if problem is None:
-        return result.get("repeated") is True
+        return None
     status = problem.get("status") if isinstance(problem, dict) else None
     if not isinstance(status, int) or isinstance(status, bool):
         raise _unavailable("the issuer's batch answer does not decode")
@@ -412,49 +466,52 @@ def _again(error: FarthingError) -> FarthingError:
 
 
 @dataclass(slots=True)
-class _Waiting:
-    offer: bytes
-    payment: bytes
-    future: asyncio.Future[bool]
+class _Waiting(Generic[T, R]):
+    item: T
+    future: asyncio.Future[R]
 
 
-class _Coalescer:
-    """Online verifications sent together: those asked for in one pass of the event loop go
-    in one call, and while ``max_calls`` calls are out, new ones wait and go in the next.
+class _Coalescer(Generic[T, R]):
+    """Calls to the issuer sent together: the items (HLL purchases to verify, PayWord
+    commitments to admit) asked for in one pass of the event loop go in one call, and
+    while ``max_calls`` calls are out, new ones wait and go in the next.
 
-    A call of one purchase is ``POST /v1/hll/verify`` (as without coalescing), of more
-    ``POST /v1/hll/verify-batch``, at most :data:`MAX_BATCH_ITEMS` purchases and about
-    :data:`MAX_BATCH_BYTES` of them (the issuer's body limit). Each caller gets its own
-    outcome; if the call itself fails (a transport error, the issuer's 5xx, a refusal of
-    the whole batch), every caller in it gets that error, as a single call would have
-    raised it: its outcome is unknown, and the purchase sent again is answered as a retry.
-    A caller cancelled before its call is sent is left out of it.
+    A call of one item goes to ``one`` (the single route, as without coalescing), of more
+    to ``many`` (the batch route), at most :data:`MAX_BATCH_ITEMS` items and about
+    :data:`MAX_BATCH_BYTES` of them (``size``; the issuer's body limit). Each caller gets
+    its own outcome; if the call itself fails (a transport error, the issuer's 5xx, a
+    refusal of the whole batch), every caller in it gets that error, as a single call
+    would have raised it: its outcome is unknown, and the item sent again is answered as
+    a retry. A caller cancelled before its call is sent is left out of it.
     """
 
     def __init__(
         self,
-        one: Callable[[bytes, bytes], Awaitable[bool]],
-        many: Callable[[Sequence[tuple[bytes, bytes]]], Awaitable[list[bool | FarthingError]]],
+        one: Callable[[T], Awaitable[R]],
+        many: Callable[[Sequence[T]], Awaitable[list[R | FarthingError]]],
         *,
+        size: Callable[[T], int],
         max_calls: int = _MAX_CALLS,
     ) -> None:
         self._one = one
         self._many = many
+        self._size = size
         self._max_calls = max_calls
-        self._waiting: deque[_Waiting] = deque()
+        self._waiting: deque[_Waiting[T, R]] = deque()
         self._calls = 0
         self._scheduled = False
 
-    async def verify(self, offer: bytes, payment: bytes) -> bool:
+    async def submit(self, item: T) -> R:
+        """The outcome of ``item``, sent with the others asked for now."""
         loop = asyncio.get_running_loop()
-        waiting = _Waiting(offer, payment, loop.create_future())
+        waiting: _Waiting[T, R] = _Waiting(item, loop.create_future())
         self._waiting.append(waiting)
         self._schedule(loop)
         return await waiting.future
 
     def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start the next call after this pass of the loop, so that it takes every
-        purchase asked for in the pass."""
+        item asked for in the pass."""
         if not self._scheduled and self._calls < self._max_calls:
             self._scheduled = True
             loop.call_soon(self._start, loop)
@@ -468,27 +525,27 @@ class _Coalescer:
             self._calls += 1
             loop.create_task(self._send(batch))
 
-    def _next_batch(self) -> list[_Waiting]:
-        batch: list[_Waiting] = []
+    def _next_batch(self) -> list[_Waiting[T, R]]:
+        batch: list[_Waiting[T, R]] = []
         size = 0
         while self._waiting and len(batch) < MAX_BATCH_ITEMS:
             first = self._waiting[0]
             if first.future.done():  # its caller was cancelled: not sent
                 self._waiting.popleft()
                 continue
-            size += len(first.offer) + len(first.payment)
+            size += self._size(first.item)
             if batch and size > MAX_BATCH_BYTES:
                 break
             batch.append(self._waiting.popleft())
         return batch
 
-    async def _send(self, batch: list[_Waiting]) -> None:
-        outcomes: list[bool | FarthingError]
+    async def _send(self, batch: list[_Waiting[T, R]]) -> None:
+        outcomes: list[R | FarthingError]
         try:
             if len(batch) == 1:
-                outcomes = [await self._one(batch[0].offer, batch[0].payment)]
+                outcomes = [await self._one(batch[0].item)]
             else:
-                outcomes = await self._many([(w.offer, w.payment) for w in batch])
+                outcomes = await self._many([w.item for w in batch])
         except FarthingError as error:
             outcomes = [error, *(_again(error) for _ in batch[1:])]
         except BaseException as error:  # cancelled, or a bug: no caller is left waiting

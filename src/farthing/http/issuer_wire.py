@@ -15,6 +15,8 @@ binds the merchant id and every byte of the request::
                                             merchant_id, batch_id))
     admit tag  = HMAC-SHA256(K_M, canonical("farthing/payword/admit-request",
                                             merchant_id, commitment))
+    admit batch tag = HMAC-SHA256(K_M, canonical("farthing/payword/admit-batch",
+                                            merchant_id, n, commitment_1, ..., commitment_n))
 
 HLL deposit batches carry their own tag (:func:`farthing.core.schemes.hll.batch_tag`). A
 replayed request gains nothing: the issuer settles each (card, counter) and each
@@ -47,12 +49,14 @@ from farthing.core.errors import ErrorCode, MalformedMessage
 from farthing.core.primitives import hmac_sha256
 
 __all__ = [
+    "ADMIT_BATCH_DOMAIN",
     "ADMIT_REQUEST_DOMAIN",
     "DEPOSIT_LOOKUP_DOMAIN",
     "REDEEM_REQUEST_DOMAIN",
     "VERIFY_BATCH_DOMAIN",
     "VERIFY_REQUEST_DOMAIN",
     "CardLookup",
+    "admit_batch_tag",
     "admit_request_tag",
     "card_lookup_json",
     "deposit_lookup_tag",
@@ -67,6 +71,7 @@ VERIFY_BATCH_DOMAIN: Final = "farthing/hll/verify-batch"
 REDEEM_REQUEST_DOMAIN: Final = "farthing/payword/redeem-request"
 DEPOSIT_LOOKUP_DOMAIN: Final = "farthing/hll/deposit-lookup"
 ADMIT_REQUEST_DOMAIN: Final = "farthing/payword/admit-request"
+ADMIT_BATCH_DOMAIN: Final = "farthing/payword/admit-batch"
 
 
 def verify_request_tag(
@@ -101,6 +106,15 @@ def deposit_lookup_tag(merchant_key: bytes, merchant_id: str, batch_id: bytes) -
 def admit_request_tag(merchant_key: bytes, merchant_id: str, commitment: bytes) -> bytes:
     message = Writer(ADMIT_REQUEST_DOMAIN).text(merchant_id).bytes(commitment).finish()
     return hmac_sha256(merchant_key, message)
+
+
+def admit_batch_tag(merchant_key: bytes, merchant_id: str, commitments: Sequence[bytes]) -> bytes:
+    """One tag for a batch of PayWord admissions: it binds their number, order and every
+    byte of each commitment, so the batch is authenticated once."""
+    message = Writer(ADMIT_BATCH_DOMAIN).text(merchant_id).u64(len(commitments))
+    for commitment in commitments:
+        message.bytes(commitment)
+    return hmac_sha256(merchant_key, message.finish())
 
 
 # --- the SZM card lookup's answer -------------------------------------------------------------

@@ -1,19 +1,26 @@
 """PayWord broker routes: the broker's key (public), users (operator), admitting commitments
-and redemptions (vendor)."""
+(one, or a batch) and redemptions (vendor)."""
 
 from __future__ import annotations
+
+from typing import Final
 
 from fastapi import APIRouter, Depends
 
 from farthing.core.encoding import b64url_encode
-from farthing.core.errors import ErrorCode, MalformedMessage
+from farthing.core.errors import ErrorCode, FarthingError, MalformedMessage
 from farthing.core.schemes import payword
+from farthing.http.problems import problem_for
 from farthing.issuer.auth import Operator
+from farthing.issuer.payword_service import Admitted
 from farthing.issuer.routes_common import field_bytes, operator_dependency
 from farthing.issuer.schemas import (
     AdmittedOut,
     BrokerOut,
     NewPaywordUser,
+    PaywordAdmitBatchOut,
+    PaywordAdmitBatchRequest,
+    PaywordAdmitRefused,
     PaywordAdmitRequest,
     PaywordRedeemRequest,
     PaywordUserOut,
@@ -21,9 +28,13 @@ from farthing.issuer.schemas import (
 )
 from farthing.issuer.service import IssuerServices
 
-__all__ = ["build_payword_router"]
+__all__ = ["MAX_ADMIT_BATCH", "build_payword_router"]
 
 _PUBLIC_KEY_LEN = 32
+MAX_ADMIT_BATCH: Final = 64
+"""The most commitments one ``POST /v1/payword/commitments/batch`` may carry (more: 400
+``BATCH_TOO_LARGE``); the body limit (``max_body_bytes``, 64 KiB: about 120 commitments of
+~400 bytes) bounds its size as well. The vendor's client sends at most 64 at once."""
 
 
 def build_payword_router(services: IssuerServices) -> APIRouter:
@@ -70,11 +81,27 @@ def build_payword_router(services: IssuerServices) -> APIRouter:
             field_bytes(body.commitment, "commitment"),
             field_bytes(body.tag, "tag"),
         )
-        return AdmittedOut(
-            commitment_id=b64url_encode(result.commitment_id),
-            outstanding_micros=result.outstanding_micros,
-            credit_limit_micros=result.credit_limit_micros,
+        return _admitted_out(result)
+
+    @router.post("/commitments/batch")
+    def admit_batch(body: PaywordAdmitBatchRequest) -> PaywordAdmitBatchOut:
+        """Several new commitments in one call (a vendor's broker client gathers those that
+        arrive together), admitted in one transaction: the merchant's ``tag`` covers the
+        whole batch; each commitment is judged as ``POST /v1/payword/commitments`` judges
+        it, after the ones before it in the batch, and answered in order: admitted (with
+        its figures), or ``problem``, the answer ``/v1/payword/commitments`` gives it
+        alone. One refused commitment does not fail the others."""
+        if len(body.items) > MAX_ADMIT_BATCH:
+            raise MalformedMessage(
+                f"at most {MAX_ADMIT_BATCH} commitments per batch",
+                code=ErrorCode.BATCH_TOO_LARGE,
+            )
+        outcomes = service.admit_batch(
+            body.merchant_id,
+            [field_bytes(item.commitment, "commitment") for item in body.items],
+            field_bytes(body.tag, "tag"),
         )
+        return PaywordAdmitBatchOut(results=[_admit_item_out(o) for o in outcomes])
 
     @router.post("/redemptions")
     def redeem(body: PaywordRedeemRequest) -> RedeemOut:
@@ -93,3 +120,17 @@ def build_payword_router(services: IssuerServices) -> APIRouter:
         )
 
     return router
+
+
+def _admitted_out(result: Admitted) -> AdmittedOut:
+    return AdmittedOut(
+        commitment_id=b64url_encode(result.commitment_id),
+        outstanding_micros=result.outstanding_micros,
+        credit_limit_micros=result.credit_limit_micros,
+    )
+
+
+def _admit_item_out(outcome: Admitted | FarthingError) -> AdmittedOut | PaywordAdmitRefused:
+    if isinstance(outcome, FarthingError):
+        return PaywordAdmitRefused(problem=problem_for(outcome).to_json())
+    return _admitted_out(outcome)

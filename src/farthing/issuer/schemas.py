@@ -42,6 +42,10 @@ __all__ = [
     "NewMerchant",
     "NewPaywordUser",
     "NewSzmBatch",
+    "PaywordAdmitBatchOut",
+    "PaywordAdmitBatchRequest",
+    "PaywordAdmitItem",
+    "PaywordAdmitRefused",
     "PaywordAdmitRequest",
     "PaywordRedeemRequest",
     "PaywordUserOut",
@@ -356,6 +360,34 @@ class AdmittedOut(_Response):
     commitment_id: str
     outstanding_micros: int
     credit_limit_micros: int
+
+
+class PaywordAdmitItem(_Request):
+    commitment: Annotated[str, _b64(4096)]
+
+
+class PaywordAdmitBatchRequest(_Request):
+    """New commitments one vendor presents together; ``tag`` covers all of them
+    (:func:`farthing.http.issuer_wire.admit_batch_tag`). The number of items is checked
+    by the route (``BATCH_TOO_LARGE``), the body's size by the issuer's body limit."""
+
+    merchant_id: Name
+    items: Annotated[list[PaywordAdmitItem], Field(min_length=1)]
+    tag: Tag
+
+
+class PaywordAdmitRefused(_Response):
+    """One commitment of a batch the broker refused: the problem (RFC 9457 body,
+    ``status`` and ``farthingCode`` included) ``POST /v1/payword/commitments`` answers
+    for it alone."""
+
+    problem: dict[str, object]
+
+
+class PaywordAdmitBatchOut(_Response):
+    """One outcome per item, in the request's order."""
+
+    results: list[AdmittedOut | PaywordAdmitRefused]
 
 
 class PaywordRedeemRequest(_Request):

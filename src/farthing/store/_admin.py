@@ -7,7 +7,7 @@ reveals at most a prefix of SHA-256(token), which does not help to find a token.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import final
 
 from sqlalchemy import insert, select, update
@@ -63,6 +63,17 @@ class AdminArea(Area):
             "detail": dump_json(detail),
         }
         return inserted_id(self._ctx.conn.execute(insert(audit_log).values(values)))
+
+    def audit_many(self, actor: str, action: str, details: Sequence[Mapping[str, object]]) -> None:
+        """:meth:`audit` for several entries of one actor and action, in one statement."""
+        if not details:
+            return
+        at = self._ctx.clock.now()
+        rows = [
+            {"at": at, "actor": actor, "action": action, "detail": dump_json(detail)}
+            for detail in details
+        ]
+        self._ctx.conn.execute(insert(audit_log), rows)
 
     def audit_entries(self, limit: int) -> list[AuditRow]:
         """The newest ``limit`` entries, newest first."""

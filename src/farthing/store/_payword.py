@@ -8,6 +8,7 @@ Redeeming the same or a lower index again credits 0.
 
 from __future__ import annotations
 
+from collections.abc import Collection, Sequence
 from typing import Final, final
 
 from sqlalchemy import Select, func, insert, select, update
@@ -100,6 +101,23 @@ class PaywordArea(Area):
         with unique_violation_as(ErrorCode.CONFLICT, "this certificate exists"):
             self._ctx.conn.execute(insert(payword_certificates).values(values))
 
+    def users_of(self, user_ids: Collection[str]) -> dict[str, PaywordUserRow]:
+        """:meth:`user` for several users in one query (those that exist)."""
+        if not user_ids:
+            return {}
+        stmt = select(payword_users).where(payword_users.c.user_id.in_(sorted(user_ids)))
+        rows = self._ctx.conn.execute(stmt).mappings()
+        return {row["user_id"]: build(PaywordUserRow, row) for row in rows}
+
+    def certificates_of(self, cert_ids: Collection[bytes]) -> dict[bytes, PaywordCertificateRow]:
+        """:meth:`certificate` for several ids in one query (those that exist)."""
+        if not cert_ids:
+            return {}
+        c = payword_certificates.c
+        stmt = select(payword_certificates).where(c.cert_id.in_(sorted(cert_ids)))
+        rows = self._ctx.conn.execute(stmt).mappings()
+        return {row["cert_id"]: build(PaywordCertificateRow, row) for row in rows}
+
     def certificate(self, cert_id: bytes) -> PaywordCertificateRow | None:
         stmt = select(payword_certificates).where(payword_certificates.c.cert_id == cert_id)
         row = self._ctx.conn.execute(stmt).mappings().one_or_none()
@@ -177,6 +195,28 @@ class PaywordArea(Area):
         }
         return insert_if_absent(self._ctx, payword_admitted, values)
 
+    def admit_many(self, commitments: Sequence[OpenCommitment]) -> None:
+        """Record several admitted commitments in one statement. For a caller that holds
+        each one's user lock and has read that the ids are new (the broker's batches): an
+        id recorded already is a Conflict, and the transaction ends with it."""
+        if not commitments:
+            return
+        at = self._ctx.clock.now()
+        rows = [
+            {
+                "commitment_id": c.commitment_id,
+                "user_id": c.user_id,
+                "vendor_id": c.vendor_id,
+                "length": c.length,
+                "unit_micros": c.unit_micros,
+                "expires_at": c.expires_at,
+                "admitted_at": at,
+            }
+            for c in commitments
+        ]
+        with unique_violation_as(ErrorCode.CONFLICT, "a commitment was admitted twice"):
+            self._ctx.conn.execute(insert(payword_admitted), rows)
+
     def admitted(self, commitment_id: bytes) -> OpenCommitment | None:
         stmt = _admitted_query().where(payword_admitted.c.commitment_id == commitment_id)
         row = self._ctx.conn.execute(stmt).mappings().one_or_none()
@@ -185,9 +225,21 @@ class PaywordArea(Area):
     def open_commitments(self, user_id: str, *, expired_before: int) -> list[OpenCommitment]:
         """The user's admitted commitments that expire at or after ``expired_before`` (older
         ones can no longer be redeemed, so they bind nothing)."""
+        return self.open_commitments_of([user_id], expired_before=expired_before)[user_id]
+
+    def open_commitments_of(
+        self, user_ids: Collection[str], *, expired_before: int
+    ) -> dict[str, list[OpenCommitment]]:
+        """:meth:`open_commitments` of several users in one query, by user (every user
+        asked for is a key, with an empty list if it has none)."""
         a = payword_admitted.c
-        stmt = _admitted_query().where(a.user_id == user_id, a.expires_at >= expired_before)
-        return [_open(row) for row in self._ctx.conn.execute(stmt).mappings()]
+        found: dict[str, list[OpenCommitment]] = {user_id: [] for user_id in user_ids}
+        if not found:
+            return found
+        stmt = _admitted_query().where(a.user_id.in_(sorted(found)), a.expires_at >= expired_before)
+        for row in self._ctx.conn.execute(stmt).mappings():
+            found[row["user_id"]].append(_open(row))
+        return found
 
     # --- the operator's views (dashboard) ------------------------------------------------
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -75,10 +75,22 @@ def lock_key(ctx: Ctx, name: bytes) -> None:
     and ran out of retries). PostgreSQL: a transaction-level advisory lock on 64 bits of
     SHA-256(name). SQLite: nothing to do, a write transaction already holds the one lock.
     """
+    lock_keys(ctx, [name])
+
+
+def lock_keys(ctx: Ctx, names: Iterable[bytes]) -> None:
+    """:func:`lock_key` for several names, taken in one order for every transaction (by
+    the lock's number, so two names that share one still come in the same place): two
+    transactions that need overlapping sets then never each hold a lock the other waits
+    for."""
     if ctx.conn.dialect.name != "postgresql":
         return
-    digest = sha256(_LOCK_DOMAIN + name)
-    ctx.conn.execute(select(func.pg_advisory_xact_lock(int.from_bytes(digest[:8], signed=True))))
+    for number in sorted({_lock_number(name) for name in names}):
+        ctx.conn.execute(select(func.pg_advisory_xact_lock(number)))
+
+
+def _lock_number(name: bytes) -> int:
+    return int.from_bytes(sha256(_LOCK_DOMAIN + name)[:8], signed=True)
 
 
 def total(expr: ColumnElement[int]) -> ColumnElement[int]:

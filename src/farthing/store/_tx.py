@@ -21,6 +21,7 @@ dataclasses of :mod:`farthing.store._rows`.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import final
 
 from sqlalchemy import Dialect
@@ -31,7 +32,7 @@ from farthing.store._hll import HllArea, HotHllArea
 from farthing.store._hot import PreparedHot
 from farthing.store._ledger import HotLedgerArea, LedgerArea
 from farthing.store._payword import PaywordArea
-from farthing.store._sql import Ctx, lock_key
+from farthing.store._sql import Ctx, lock_key, lock_keys
 from farthing.store._szm import HotSzmArea, SzmArea
 from farthing.store._vendor import HotVendorArea, VendorArea
 
@@ -61,6 +62,12 @@ class Tx:
         """Hold the lock ``name`` until the transaction ends (see :func:`_sql.lock_key`):
         read-then-write units over one key serialize on it without SERIALIZABLE's aborts."""
         lock_key(self._ctx, name)
+
+    def lock_keys(self, names: Iterable[bytes]) -> None:
+        """Hold every lock in ``names`` until the transaction ends, taken in one order
+        that every transaction shares (see :func:`_sql.lock_keys`): units that lock
+        several keys at once never deadlock with one another."""
+        lock_keys(self._ctx, names)
 
 
 @final
