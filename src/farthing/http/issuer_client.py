@@ -65,8 +65,8 @@ _RETRY_AFTER: Final = 5  # what the paywall tells its own client when the issuer
 VERIFY_BATCH_PATH: Final = "/v1/hll/verify-batch"
 ADMIT_PATH: Final = "/v1/payword/commitments"
 ADMIT_BATCH_PATH: Final = "/v1/payword/commitments/batch"
-# The issuer takes up to 128 items a batch (routes_hll.MAX_VERIFY_BATCH,
-# routes_payword.MAX_ADMIT_BATCH) and 64 KiB of body.
+# The issuer takes up to 128 verifications (routes_hll.MAX_VERIFY_BATCH) or 64 admissions
+# (routes_payword.MAX_ADMIT_BATCH) a batch, and 64 KiB of body.
 MAX_BATCH_ITEMS: Final = 64
 MAX_BATCH_BYTES: Final = 24 * 1024  # raw items; ~34 KiB of JSON < 64 KiB
 _MAX_CALLS: Final = 2  # calls of one route out at once; more items wait for the next
