@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
+import httpx
 import pytest
 from fastapi import FastAPI
 
@@ -137,3 +139,15 @@ def balanced(h: Harness) -> bool:
     check = h.store.check_ledger()
     assert check.balanced, check.problems
     return check.balanced
+
+
+def answered_calls(bank: str, token: str, routes: Iterable[str]) -> dict[str, float]:
+    """Calls of these routes the bank has answered 200, by route (from its metrics)."""
+    text = httpx.get(f"{bank}/metrics", headers={"authorization": f"Bearer {token}"}).text
+    calls = dict.fromkeys(routes, 0.0)
+    for line in text.splitlines():
+        if line.startswith("farthing_http_requests_total{") and 'status="200"' in line:
+            for route in calls:
+                if f'route="{route}"' in line:
+                    calls[route] += float(line.rsplit(" ", 1)[1])
+    return calls

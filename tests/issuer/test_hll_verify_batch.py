@@ -24,7 +24,16 @@ from farthing.http.issuer_client import IssuerClient
 from farthing.http.issuer_wire import verify_batch_tag
 from farthing.http.payment_auth import Challenge, Credential, format_credential, parse_challenges
 from farthing.issuer.routes_hll import MAX_VERIFY_BATCH
-from tests.issuer.helpers import EUR, Harness, Shop, balanced, buy, open_shop, verify_body
+from tests.issuer.helpers import (
+    EUR,
+    Harness,
+    Shop,
+    answered_calls,
+    balanced,
+    buy,
+    open_shop,
+    verify_body,
+)
 from tests.servers import app_server, free_port, uvicorn_server
 
 Pair = tuple[hll.Offer, hll.Purchase]
@@ -155,14 +164,7 @@ PAID = 16
 
 def bank_calls(bank: str, token: str) -> dict[str, float]:
     """Successful HLL verification calls the bank has answered, by route (its metrics)."""
-    text = httpx.get(f"{bank}/metrics", headers={"authorization": f"Bearer {token}"}).text
-    calls = {"/v1/hll/verify": 0.0, "/v1/hll/verify-batch": 0.0}
-    for line in text.splitlines():
-        if line.startswith("farthing_http_requests_total{") and 'status="200"' in line:
-            for route in calls:
-                if f'route="{route}"' in line:
-                    calls[route] += float(line.rsplit(" ", 1)[1])
-    return calls
+    return answered_calls(bank, token, ("/v1/hll/verify", "/v1/hll/verify-batch"))
 
 
 def pay(shop: Shop, challenge: Challenge, path: str, now: int) -> dict[str, str]:

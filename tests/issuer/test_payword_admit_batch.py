@@ -43,6 +43,7 @@ from tests.issuer.helpers import (
     Harness,
     add_customer,
     add_merchant,
+    answered_calls,
     assert_problem,
 )
 from tests.issuer.test_hll_verify_batch import answers_lost
@@ -284,14 +285,7 @@ def test_concurrent_batches_over_the_same_users_never_pass_a_limit(harness: Harn
 
 def bank_calls(bank: str, token: str) -> dict[str, float]:
     """Successful admission calls the bank has answered, by route (its metrics)."""
-    text = httpx.get(f"{bank}/metrics", headers={"authorization": f"Bearer {token}"}).text
-    calls = {ADMIT: 0.0, ADMIT_BATCH: 0.0}
-    for line in text.splitlines():
-        if line.startswith("farthing_http_requests_total{") and 'status="200"' in line:
-            for route in calls:
-                if f'route="{route}"' in line:
-                    calls[route] += float(line.rsplit(" ", 1)[1])
-    return calls
+    return answered_calls(bank, token, (ADMIT, ADMIT_BATCH))
 
 
 @pytest.mark.anyio
