@@ -27,6 +27,7 @@ from farthing.http.methods import SCHEME_OF
 from farthing.http.payment_auth import Challenge, parse_challenges
 from farthing.paywall.deposits import Depositor
 from farthing.testing import FixedClock
+from tests.reliability.procs import Server
 from tests.reliability.world import (
     ARTICLES,
     MERCHANT_ID,
@@ -237,6 +238,36 @@ def guarded(
     except BaseException as error:
         errors.append(f"{type(error).__name__}: {error}")
         stop.set()
+
+
+def run_while_killing(
+    server: Server,
+    jobs: list[Callable[[threading.Event], None]],
+    kills: int,
+    *,
+    join_timeout: float = 60.0,
+) -> list[str]:
+    """Run the load ``jobs`` on threads while ``server`` is SIGKILLed and started again
+    ``kills`` times at random moments (seeded by ``kills``), then a little more load against
+    the last start; the errors the jobs raised."""
+    stop = threading.Event()
+    errors: list[str] = []
+    threads = [threading.Thread(target=guarded, args=(job, stop, errors)) for job in jobs]
+    for thread in threads:
+        thread.start()
+    rng = random.Random(kills)
+    try:
+        for _ in range(kills):
+            time.sleep(rng.uniform(0.2, 2.5))
+            server.kill()
+            time.sleep(rng.uniform(0.0, 0.5))
+            server.start()
+        time.sleep(2.0)  # some load against the last start
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=join_timeout)
+    return errors
 
 
 def deposit_until_done(world: World, issuer_base: str, rounds: int = 30) -> None:

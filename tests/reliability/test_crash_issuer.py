@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import functools
 import os
-import random
 import threading
 import time
 from collections.abc import Iterator
@@ -33,7 +32,7 @@ import pytest
 from farthing.core.encoding import b64url_decode, b64url_encode
 from farthing.core.schemes import hll
 from tests.reliability.conftest import BACKENDS, store_target
-from tests.reliability.load import Payer, Sent, deposit_until_done, guarded
+from tests.reliability.load import Payer, Sent, deposit_until_done, run_while_killing
 from tests.reliability.procs import Server, issuer_server, vendor_server
 from tests.reliability.world import (
     ACTOR,
@@ -168,24 +167,8 @@ def test_sigkilled_issuer_settles_everything_exactly_once(
         payer.equip(units=60_000)
     merchant = Merchant(world, issuer.base, world.hll_cards(1, units=10**6)[0])
     operator = Operator(issuer.base, world.operator_token)
-    stop = threading.Event()
-    errors: list[str] = []
     jobs = [*(functools.partial(_pay, p) for p in payers), merchant.run, operator.run]
-    threads = [threading.Thread(target=guarded, args=(job, stop, errors)) for job in jobs]
-    for thread in threads:
-        thread.start()
-    rng = random.Random(KILLS)
-    try:
-        for _ in range(KILLS):
-            time.sleep(rng.uniform(0.2, 2.5))
-            issuer.kill()
-            time.sleep(rng.uniform(0.0, 0.5))
-            issuer.start()
-        time.sleep(2.0)
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join(timeout=120)
+    errors = run_while_killing(issuer, jobs, KILLS, join_timeout=120)
     sent = [s for p in payers for s in p.sent]
     print(  # the numbers docs/reliability.md reports (pytest -s)
         f"issuer crash: {issuer.starts - 1} kills; {len(sent)} vendor payments "

@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import functools
 import os
-import random
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,7 +29,13 @@ import pytest
 
 from farthing.core.encoding import b64url_decode
 from tests.reliability.conftest import BACKENDS, store_target
-from tests.reliability.load import Payer, Sent, card_problems, deposit_until_done, guarded
+from tests.reliability.load import (
+    Payer,
+    Sent,
+    card_problems,
+    deposit_until_done,
+    run_while_killing,
+)
 from tests.reliability.procs import Server, issuer_server, vendor_server
 from tests.reliability.world import (
     MERCHANT_ID,
@@ -78,24 +82,8 @@ def test_sigkilled_vendor_loses_nothing_and_accepts_nothing_twice(
     payers = [Payer(world, vendor.base, METHODS, seed=n) for n in range(CLIENTS)]
     for payer in payers:
         payer.equip(units=60_000)
-    stop = threading.Event()
-    errors: list[str] = []
     jobs = [functools.partial(_drive, payer) for payer in payers]
-    threads = [threading.Thread(target=guarded, args=(job, stop, errors)) for job in jobs]
-    for thread in threads:
-        thread.start()
-    rng = random.Random(KILLS)
-    try:
-        for _ in range(KILLS):
-            time.sleep(rng.uniform(0.2, 2.5))
-            vendor.kill()
-            time.sleep(rng.uniform(0.0, 0.5))
-            vendor.start()
-        time.sleep(2.0)  # some payments against the last restart
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join(timeout=60)
+    errors = run_while_killing(vendor, jobs, KILLS)
     sent = [s for p in payers for s in p.sent]
     _report(request, sent, vendor.starts - 1)
     assert errors == []

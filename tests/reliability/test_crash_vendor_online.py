@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import functools
 import os
-import random
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,7 +26,7 @@ import httpx
 import pytest
 
 from tests.reliability.conftest import BACKENDS, store_target
-from tests.reliability.load import Payer, Sent, guarded
+from tests.reliability.load import Payer, Sent, run_while_killing
 from tests.reliability.procs import Server, issuer_server, vendor_server
 from tests.reliability.world import MERCHANT_ID, PRICE_UNITS, UNIT, HllHolder, World, build_world
 
@@ -65,24 +63,8 @@ def test_sigkilled_online_vendor_settles_each_purchase_once_and_serves_its_resen
     payers = [Payer(world, vendor.base, ("hll:mac",), seed=n) for n in range(CLIENTS)]
     for payer in payers:
         payer.equip(units=60_000)
-    stop = threading.Event()
-    errors: list[str] = []
     jobs = [functools.partial(_pay, payer) for payer in payers]
-    threads = [threading.Thread(target=guarded, args=(job, stop, errors)) for job in jobs]
-    for thread in threads:
-        thread.start()
-    rng = random.Random(KILLS)
-    try:
-        for _ in range(KILLS):
-            time.sleep(rng.uniform(0.2, 2.5))
-            vendor.kill()
-            time.sleep(rng.uniform(0.0, 0.5))
-            vendor.start()
-        time.sleep(2.0)
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join(timeout=60)
+    errors = run_while_killing(vendor, jobs, KILLS)
     sent = [s for p in payers for s in p.sent]
     unknown = [s for s in sent if s.outcome == "unknown"]
     resent = _resend(vendor.base, unknown)
