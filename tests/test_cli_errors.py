@@ -16,6 +16,7 @@ import farthing.cli.wallet as wallet_cli
 from farthing.cli import app
 from farthing.core import cardcode
 from farthing.core.schemes import szm_chain
+from farthing.http.payment_auth import parse_challenges
 from farthing.paywall.methods.offline import OfflineMethod
 from farthing.paywall.methods.szm import SzmScheme
 from farthing.paywall.middleware import Paywall
@@ -192,6 +193,22 @@ def test_a_wrong_currency(runner: CliRunner, wallet: Path, monkeypatch: pytest.M
     assert "this vendor asks for USD; your szm:chain cards hold EUR" in said
     bad = refused(runner, "wallet", "policy", "--currency", "EURO", "--per-request", "1")
     assert "a currency is three letters" in bad
+
+
+def test_a_card_another_farthing_is_paying_with(
+    runner: CliRunner, wallet: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    paywall, code = vendor()
+    monkeypatch.setattr(wallet_cli, "make_client", client_factory(paywall))
+    with_card(runner, code)
+    url = "https://news.test/articles/a"
+    offered = client_factory(paywall)(None, 5).get(url)
+    challenges = parse_challenges(offered.headers.get_list("www-authenticate"))
+    with Wallet.open(wallet, PASSPHRASE) as other:
+        other.pay(url, challenges)  # its answer never comes while the CLI runs
+        said = refused(runner, "wallet", "get", url, "--timeout", "0.2")
+    assert "another farthing is paying with this card" in said
+    assert "--card" in said
 
 
 @pytest.mark.parametrize(

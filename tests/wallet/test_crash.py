@@ -32,9 +32,11 @@ CARD_UNITS = 100_000
 
 PAYER = """
 import os, sys
+import time
+from farthing.core.errors import CardInFlight
 from farthing.http.methods.szm import SzmRequest
 from farthing.http.payment_auth import Challenge
-from farthing.wallet.testing import cheap_wallet_kdf
+from farthing.wallet.testing import cheap_wallet_kdf, taken
 from farthing.wallet.wallet import Wallet
 
 path, count = sys.argv[1], int(sys.argv[2])
@@ -46,8 +48,14 @@ challenge = Challenge(
 with cheap_wallet_kdf(), Wallet.open(path, os.environ["FARTHING_WALLET_PASSPHRASE"]) as wallet:
     print("ready", flush=True)
     for _ in range(count):
-        payment = wallet.pay("https://news.test/articles/a", [challenge])
+        while True:
+            try:
+                payment = wallet.pay("https://news.test/articles/a", [challenge])
+                break
+            except CardInFlight:  # the other payer's payment is in flight
+                time.sleep(0.001)
         print(payment.index, flush=True)
+        taken(wallet, payment)
 """
 
 

@@ -27,6 +27,7 @@ from farthing.wallet.policy import (
     format_micros,
     parse_amount,
 )
+from farthing.wallet.testing import taken
 from farthing.wallet.wallet import Wallet
 
 EUR = Denomination(currency="EUR", unit_micros=1000)
@@ -200,11 +201,11 @@ def test_refusal_changes_no_card(wallet: Wallet, clock: FixedClock) -> None:
 def test_daily_and_host_limits_count_earlier_payments(wallet: Wallet, clock: FixedClock) -> None:
     add_hll_card(wallet)  # a bank card pays the merchants it was added for
     wallet.use_policy(SpendingPolicy(limits={"EUR": Limits(per_host=5000, per_day=7000)}))
-    wallet.pay(URL, [hll_challenge(clock)])
-    wallet.pay(URL, [hll_challenge(clock)])
+    taken(wallet, wallet.pay(URL, [hll_challenge(clock)]))
+    taken(wallet, wallet.pay(URL, [hll_challenge(clock)]))
     with pytest.raises(PolicyRefused, match="per-host"):
         wallet.pay(URL, [hll_challenge(clock)])
-    wallet.pay("https://other.test/articles/a", [hll_challenge(clock)])
+    taken(wallet, wallet.pay("https://other.test/articles/a", [hll_challenge(clock)]))
     with pytest.raises(PolicyRefused, match="daily"):
         wallet.pay("https://third.test/articles/a", [hll_challenge(clock)])
     clock.advance(86_400)  # the window moves on
@@ -221,7 +222,7 @@ def test_confirm_callback_decides_above_its_threshold(wallet: Wallet, clock: Fix
         return False
 
     wallet.use_policy(SpendingPolicy(confirm=decline, confirm_above=2000))
-    wallet.pay(URL, [chain_challenge(clock, 2000)])  # at the threshold: not asked
+    taken(wallet, wallet.pay(URL, [chain_challenge(clock, 2000)]))  # at the threshold: not asked
     with pytest.raises(PolicyRefused, match="declined"):
         wallet.pay(URL, [chain_challenge(clock, 3000)])
     assert [o.charged_micros for o in asked] == [3000]

@@ -239,7 +239,7 @@ def test_secrets_are_not_in_the_file_in_the_clear(tmp_path: Path) -> None:
     with Wallet.create(path, "pw") as wallet:
         wallet.add_szm_card(code, site=SITE)
         wallet.pay("https://news.test/a/b", [challenge()])
-        on_disk = b"".join(p.read_bytes() for p in tmp_path.iterdir())
+        on_disk = b"".join(p.read_bytes() for p in tmp_path.rglob("*") if p.is_file())
     assert card.card_id in on_disk  # public: the card is a pseudonym the vendor sees anyway
     assert card.secret not in on_disk
     assert cardcode.encode_card(code) not in on_disk

@@ -25,6 +25,7 @@ from farthing.testing import DeterministicRandom, FixedClock
 from farthing.testing.hll import HllBank
 from farthing.wallet.cards import HllCardFile, Pkcs11Location
 from farthing.wallet.pkcs11_card import SoftHsmToken, install_card_key
+from farthing.wallet.testing import taken
 from farthing.wallet.wallet import Wallet
 
 EUR = Denomination(currency="EUR", unit_micros=1000)
@@ -113,6 +114,7 @@ def test_software_card_pays_and_the_bank_accepts(
         verified = bank_checks(bank, paid.authorization, offered, "/articles/a", clock.now())
         assert (verified.counter, verified.amount, paid.index) == (counter, 3, counter)
         assert paid.sealing_key is None
+        taken(wallet, paid)
     assert wallet.cards()[0].units_left == 1
     assert bank.spent(card.card_id) == 9
     with pytest.raises(CardExhausted):
@@ -218,6 +220,7 @@ def test_pkcs11_card_pays_with_the_stored_pin(
         paid = wallet.pay("https://shop.test/articles/a", [offered])
         verified = bank_checks(bank, paid.authorization, offered, "/articles/a", clock.now())
         assert verified.counter == counter
+        taken(wallet, paid)
     info = wallet.cards()[0]
     assert info.units_left == 4
     assert "PKCS#11" in info.where

@@ -17,6 +17,7 @@ from farthing.http.payment_auth import Challenge, JsonObject, Receipt, parse_cre
 from farthing.testing import FixedClock
 from farthing.testing.payword import PaywordBroker, PaywordVendor
 from farthing.wallet.auth import PreparedPayment
+from farthing.wallet.testing import taken
 from farthing.wallet.wallet import Wallet
 
 EUR = Denomination(currency="EUR", unit_micros=1000)
@@ -159,6 +160,7 @@ def test_each_vendor_gets_its_own_commitment(
     for name, vendor in shops.items():
         paid = wallet.pay(f"https://{name}.test/articles/x", [challenge(clock, vendor=name)])
         assert vendor_takes(vendor, paid, clock.now()).index == 3
+        taken(wallet, paid)
 
 
 def test_another_broker_is_not_payable(wallet: Wallet, clock: FixedClock) -> None:
@@ -173,6 +175,7 @@ def test_expired_commitment_is_replaced(
 ) -> None:
     url = "https://shop.test/articles/a"
     first = wallet.pay(url, [challenge(clock)])
+    taken(wallet, first)
     clock.advance(86_400)  # the commitment lived one day
     second = wallet.pay(url, [challenge(clock)])
     assert payload(second)["commitment"] != payload(first)["commitment"]

@@ -41,6 +41,7 @@ from farthing.testing import DeterministicRandom, FixedClock, MemoryCardBook
 from farthing.testing.szm import PrbgVerifier
 from farthing.wallet.auth import PaymentAuth
 from farthing.wallet.store import Outcome
+from farthing.wallet.testing import taken
 from farthing.wallet.wallet import Wallet, scope_matches
 
 MASTER = b"M" * 32
@@ -350,6 +351,7 @@ def test_prbg_card_pays_and_keys_match_the_issuer(
         accepted = verifier.verify_bytes(raw, units=3, now=clock.now())
         assert accepted.index == payment.index == expected_index
         assert payment.sealing_key == verifier.payment_key(card.card_id, expected_index)
+        taken(wallet, payment)
     with pytest.raises(CardExhausted):
         wallet.pay("https://news.test/a/x", [challenge])
 

@@ -179,6 +179,8 @@ _CODE_HINTS: Final = {
     ErrorCode.UNKNOWN_VERSION: "check that --wallet (or $FARTHING_WALLET) names your wallet "
     "file; if it is damaged, restore a backup: `farthing wallet import BACKUP --wallet NEW`",
     ErrorCode.WALLET_BUSY: "another farthing is using this wallet; try again when it is done",
+    ErrorCode.CARD_IN_FLIGHT: "another farthing is paying with this card and its answer has not "
+    "come; try again when it is done, or choose another card with --card",
     ErrorCode.DEVICE_FAILED: "check that the token is plugged in, then try again",
     ErrorCode.ISSUER_UNAVAILABLE: "the issuer could not be reached; try again later",
     ErrorCode.INSECURE_TRANSPORT: "use the vendor's https:// address",
@@ -766,7 +768,9 @@ def get(
             opened.pay_only_with(card)
         last = _last_history_id(opened)
         try:
-            with make_client(PaymentAuth(opened), timeout) as client, _explained():
+            # Waiting for a card another farthing is paying with counts as part of a request.
+            auth = PaymentAuth(opened, turn_timeout=timeout)
+            with make_client(auth, timeout) as client, _explained():
                 if len(urls) == 1:
                     _get_one(client, urls[0], output)
                 else:

@@ -58,6 +58,7 @@ __all__ = [
     "CLASS_OF_CODE",
     "AccessDenied",
     "CardExhausted",
+    "CardInFlight",
     "CardLocked",
     "Conflict",
     "DeviceFailure",
@@ -145,6 +146,7 @@ class ErrorCode(IntEnum):
     WRONG_ISSUER = 5011  # the challenge names another bank or broker than the card's
     WRONG_PASSPHRASE = 5012  # the wallet's check value does not open (WALLET_LOCKED: damage)
     NO_CARD_FITS = 5013  # the wallet holds no card of any method the vendor offers
+    CARD_IN_FLIGHT = 5014  # the card's last payment is unanswered: its next one must wait
 
     DEVICE_FAILED = 6000  # the PKCS#11 device failed, ran out of memory or was removed
     WALLET_BUSY = 6001  # the wallet file is locked by another process, or unwritable
@@ -265,6 +267,25 @@ class CardExhausted(LocalProtocolError):
     http_status = 402
 
 
+class CardInFlight(LocalProtocolError):
+    """The card's last payment has not been answered yet; its next payment waits for that.
+
+    A vendor takes a payment whose index passes the card's last one as paying the gap too,
+    and refuses as a replay an earlier payment that reaches it afterwards; so a wallet sends
+    a card's payments one at a time. Transient: try again once the answer is in
+    (``PaymentAuth`` waits on its own).
+    """
+
+    default_code = ErrorCode.CARD_IN_FLIGHT
+    http_status = 409
+
+    def __init__(
+        self, message: str, *, card: str | None = None, code: ErrorCode | None = None
+    ) -> None:
+        super().__init__(message, code=code)
+        self.card = card
+
+
 class CardLocked(LocalProtocolError):
     """The card refuses to work: too many wrong PINs, or it was blocked."""
 
@@ -348,6 +369,7 @@ def _class_of(code: ErrorCode) -> type[FarthingError]:
         ErrorCode.PAYMENT_REQUIRED: InsufficientFunds,
         ErrorCode.CARD_EXHAUSTED: CardExhausted,
         ErrorCode.CARD_LOCKED: CardLocked,
+        ErrorCode.CARD_IN_FLIGHT: CardInFlight,
         ErrorCode.WRONG_PIN: WrongPin,
         ErrorCode.POLICY_REFUSED: PolicyRefused,
         ErrorCode.ISSUER_UNAVAILABLE: Unavailable,

@@ -14,6 +14,11 @@ wanted first. A credential goes in the field its challenge selects: ``Authorizat
 ``Payment-Authorization`` when the challenge has ``header`` (the vendor asks for that when the
 request keeps ``Authorization`` for another scheme, which is then left as it was).
 
+A card pays one request at a time: while its last payment is unanswered, the payer raises
+:class:`~farthing.core.errors.CardInFlight` and the flow waits (sleeping, a few ms at first,
+up to ``turn_timeout`` seconds) and asks again, so a card's payments reach a vendor in the
+order they were made, even when a program or page sends many requests at once.
+
 It never pays twice for one request on its own initiative: after a paid attempt is refused
 (401 with a fresh challenge, or 402), it returns that response unless the payer's policy
 allows one retry. The one exception is a refused *up-front* payment (made from a remembered
@@ -27,18 +32,24 @@ the payer resends the same credential for the next request to that URL.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncGenerator, Generator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Final, Protocol
 
+import anyio
 import httpx
 
-from farthing.core.errors import FarthingError
+from farthing.core.errors import CardInFlight, FarthingError
 from farthing.http.payment_auth import Challenge, Receipt, parse_challenges
 from farthing.http.problems import FARTHING_CODE
 
 AUTHORIZATION = "Authorization"
 ACCEPT_PAYMENT = "Accept-Payment"
+DEFAULT_TURN_TIMEOUT: Final = 60.0
+"""Seconds a request waits for its card's last payment to be answered, then CardInFlight."""
+_FIRST_PAUSE: Final = 0.001
+_LONGEST_PAUSE: Final = 0.02
 
 __all__ = [
     "ACCEPT_PAYMENT",
@@ -87,7 +98,8 @@ class Payer(Protocol):
         ...
 
     def pay(self, url: str, challenges: list[Challenge]) -> PreparedPayment:
-        """Pick one challenge and pay it within policy; raises PolicyRefused, CardExhausted."""
+        """Pick one challenge and pay it within policy; raises PolicyRefused, CardExhausted,
+        and CardInFlight while the chosen card's last payment is unanswered (try again)."""
         ...
 
     def settle(
@@ -116,13 +128,26 @@ class Payer(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class Pause:
+    """Not a request: :meth:`PaymentAuth.payment_flow` asks its driver to sleep this long
+    (the card's last payment is unanswered), then to send it None."""
+
+    seconds: float
+
+
 class PaymentAuth(httpx.Auth):
-    """``httpx.Client(auth=PaymentAuth(wallet))``: answers 402s by paying."""
+    """``httpx.Client(auth=PaymentAuth(wallet))``: answers 402s by paying.
+
+    ``turn_timeout``: how long a request waits while its card's last payment is unanswered
+    before CardInFlight reaches the caller.
+    """
 
     requires_response_body = True
 
-    def __init__(self, payer: Payer) -> None:
+    def __init__(self, payer: Payer, *, turn_timeout: float = DEFAULT_TURN_TIMEOUT) -> None:
         self._payer = payer
+        self._turn_timeout = turn_timeout
 
     def sync_auth_flow(
         self, request: httpx.Request
@@ -145,20 +170,45 @@ class PaymentAuth(httpx.Auth):
     async def async_auth_flow(
         self, request: httpx.Request
     ) -> AsyncGenerator[httpx.Request, httpx.Response]:
-        flow = self.auth_flow(request)
+        flow = self.payment_flow(request)
         try:
-            request = next(flow)
+            step = next(flow)
             while True:
-                response = yield request
+                while isinstance(step, Pause):  # the loop goes on serving the other requests
+                    await anyio.sleep(step.seconds)
+                    step = flow.send(None)
+                response = yield step
                 await response.aread()
                 try:
-                    request = flow.send(response)
+                    step = flow.send(response)
                 except StopIteration:
                     return
         finally:
             flow.close()
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        """:meth:`payment_flow` for a thread: a pause sleeps the thread."""
+        flow = self.payment_flow(request)
+        try:
+            step = next(flow)
+            while True:
+                while isinstance(step, Pause):
+                    time.sleep(step.seconds)
+                    step = flow.send(None)
+                response = yield step
+                try:
+                    step = flow.send(response)
+                except StopIteration:
+                    return
+        finally:
+            flow.close()
+
+    def payment_flow(
+        self, request: httpx.Request
+    ) -> Generator[httpx.Request | Pause, httpx.Response | None, None]:
+        """The flow without I/O: yields the requests to send, and a :class:`Pause` where
+        it must wait for its card's turn; the driver sends back each request's response,
+        and None after a pause."""
         url = str(request.url)
         accept = self._payer.accept_payment(url)
         if accept is not None and ACCEPT_PAYMENT not in request.headers:
@@ -188,7 +238,8 @@ class PaymentAuth(httpx.Auth):
             # to pay again: when it is refused (say its challenge went stale), pay the fresh
             # 402 once.
             up_front = False
-            before, payment = payment, self._payer.pay(url, challenges)
+            before = payment
+            payment = yield from self._pay_in_turn(url, challenges)
             _attach(request, payment, before)
             response = yield from self._send(request, payment)
         if payment is None:
@@ -203,16 +254,33 @@ class PaymentAuth(httpx.Auth):
         elif response.status_code not in (401, 402):
             _refused(self._payer, payment, response)
 
+    def _pay_in_turn(
+        self, url: str, challenges: list[Challenge]
+    ) -> Generator[Pause, object, PreparedPayment]:
+        """Pay, pausing while the chosen card's last payment is unanswered."""
+        waited, pause = 0.0, _FIRST_PAUSE
+        while True:
+            try:
+                return self._payer.pay(url, challenges)
+            except CardInFlight:
+                if waited >= self._turn_timeout:
+                    raise
+            yield Pause(pause)
+            waited += pause
+            pause = min(2 * pause, _LONGEST_PAUSE)
+
     def _send(
         self, request: httpx.Request, payment: PreparedPayment | None
-    ) -> Generator[httpx.Request, httpx.Response, httpx.Response]:
+    ) -> Generator[httpx.Request, httpx.Response | None, httpx.Response]:
         """Send ``request``; if the exchange breaks off after a payment left, it is lost."""
         try:
-            return (yield request)
+            response = yield request
         except GeneratorExit:
             if payment is not None:
                 self._payer.lost(payment)
             raise
+        assert response is not None  # a driver sends None only after a Pause
+        return response
 
 
 def _attach(

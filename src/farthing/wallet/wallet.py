@@ -60,7 +60,8 @@ import os
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
@@ -73,6 +74,7 @@ from farthing.core.clock import Clock, RandomSource, SystemClock
 from farthing.core.encoding import b64url_decode, b64url_encode
 from farthing.core.errors import (
     CardExhausted,
+    CardInFlight,
     ErrorCode,
     FarthingError,
     InvalidPayment,
@@ -129,6 +131,7 @@ from farthing.wallet.store import (
     PendingPayment,
     WalletStore,
 )
+from farthing.wallet.turns import CardTurns
 
 __all__ = [
     "DEFAULT_PREFERENCE",
@@ -227,10 +230,11 @@ def _check_transport(target: _Target) -> None:
 
 @dataclass(frozen=True, slots=True)
 class _Flight:
-    """A payment this process sent and whose answer it awaits."""
+    """A payment this process sent and whose answer it awaits; it holds its card's turn."""
 
     history_id: int
     commitment_id: bytes | None
+    card: int
     resend: bool = False
 
 
@@ -302,6 +306,7 @@ class Wallet:
         self._lock = threading.RLock()
         self._remembered: dict[tuple[str, str], dict[str, Challenge]] = {}
         self._pending: OrderedDict[str, _Flight] = OrderedDict()
+        self._turns = CardTurns(store.path)
 
     # -- opening and closing ---------------------------------------------------------------
 
@@ -364,6 +369,7 @@ class Wallet:
 
     def close(self) -> None:
         """Log out of PKCS#11 tokens and release the file. Idempotent."""
+        self._turns.close()
         self._keys.close()
         self._store.close()
 
@@ -599,7 +605,11 @@ class Wallet:
         Raises PolicyRefused (nothing spent), CardExhausted (cards of the right kind lack
         units), LocalProtocolError NO_CARD_FITS (no card for any offered method),
         INSECURE_TRANSPORT (plain http off loopback), WrongPin / CardLocked (a PKCS#11 token
-        refused its PIN; nothing spent).
+        refused its PIN; nothing spent), CardInFlight (the chosen card's last payment is not
+        answered yet, here or in another process: try again once it is; nothing spent).
+
+        The payment holds its card's turn (:mod:`farthing.wallet.turns`) until its answer is
+        given to :meth:`settle`, :meth:`refused` or :meth:`lost`.
         """
         target = _Target.parse(url)
         _check_transport(target)
@@ -609,8 +619,18 @@ class Wallet:
             quotes = self._quotes(challenges, target, now)
             if not quotes:
                 raise self._why_no_card(challenges, target, now)
-            quote = self._choose(quotes, target, now)
-            payment = self._execute(quote, target, now)
+            quote = self._choose(quotes, target, now, ask=False)
+            if not self._turns.take(quote.card.id):
+                raise CardInFlight(
+                    f"card {quote.card.label} waits for the answer to its last payment",
+                    card=quote.card.label,
+                )
+            try:
+                self._policy.ask(_offer(quote, target))  # once, when the card's turn came
+                payment = self._execute(quote, target, now)
+            except BaseException:
+                self._turns.give_back(quote.card.id)
+                raise
             self._forget_used(quote.challenge)
             return payment
 
@@ -624,19 +644,19 @@ class Wallet:
         A 2xx of another method with no valid receipt was not charged (a free page): the
         payment is released.
         """
-        flight = self._take_pending(payment)
-        if payment.sealing_key is None and not _valid_receipt(receipt, payment):
-            self._release(flight, status=status, code=None)
-            return body
-        try:
-            plaintext = _open_body(payment, receipt, body, status=status)
-        except FarthingError:
-            self._resolve(flight, Outcome.SEAL_BROKEN, status=status)
-            raise
-        self._resolve(flight, Outcome.PAID)
-        if flight is not None and flight.commitment_id is not None:
-            self._store.acknowledge(flight.commitment_id)
-        return plaintext
+        with self._answered(payment) as flight:
+            if payment.sealing_key is None and not _valid_receipt(receipt, payment):
+                self._release(flight, status=status, code=None)
+                return body
+            try:
+                plaintext = _open_body(payment, receipt, body, status=status)
+            except FarthingError:
+                self._resolve(flight, Outcome.SEAL_BROKEN, status=status)
+                raise
+            self._resolve(flight, Outcome.PAID)
+            if flight is not None and flight.commitment_id is not None:
+                self._store.acknowledge(flight.commitment_id)
+            return plaintext
 
     def refused(
         self,
@@ -657,25 +677,25 @@ class Wallet:
         A resent payment refused again is recorded as lost (the vendor may have taken it
         the first time, so its position is never reused).
         """
-        flight = self._take_pending(payment)
-        if flight is None:
-            return
-        if _valid_receipt(receipt, payment) and status >= 500:
-            self._store.mark(flight.history_id, _LOST)  # taken, the good not served: resend
-        elif _valid_receipt(receipt, payment):
-            # Taken, and the app's final answer (a 404 of a route without ``offers``):
-            # sending it again would get the same answer.
-            self._resolve(flight, Outcome.REFUSED, status=status)
-        elif flight.resend:
-            self._resolve(flight, Outcome.LOST, status=status)
-        else:
-            self._release(flight, status=status, code=code)
+        with self._answered(payment) as flight:
+            if flight is None:
+                return
+            if _valid_receipt(receipt, payment) and status >= 500:
+                self._store.mark(flight.history_id, _LOST)  # taken, not served: resend
+            elif _valid_receipt(receipt, payment):
+                # Taken, and the app's final answer (a 404 of a route without ``offers``):
+                # sending it again would get the same answer.
+                self._resolve(flight, Outcome.REFUSED, status=status)
+            elif flight.resend:
+                self._resolve(flight, Outcome.LOST, status=status)
+            else:
+                self._release(flight, status=status, code=code)
 
     def lost(self, payment: PreparedPayment) -> None:
         """The answer never came (reset, timeout): keep the payment to resend it as it is."""
-        flight = self._take_pending(payment)
-        if flight is not None:
-            self._store.mark(flight.history_id, _LOST)
+        with self._answered(payment) as flight:
+            if flight is not None:
+                self._store.mark(flight.history_id, _LOST)
 
     def retry_after_refusal(self) -> bool:
         return self._policy.retry_after_refusal
@@ -762,7 +782,9 @@ class Wallet:
             history_id = tx.add_history(_entry(offer, reservation, now))
             tx.add_pending(_pending(history_id, quote, target, before, after, reservation))
         # Committed: the new index or counter is on disk. Only now may the payment leave.
-        flight = _Flight(history_id=history_id, commitment_id=reservation.commitment_id)
+        flight = _Flight(
+            history_id=history_id, commitment_id=reservation.commitment_id, card=quote.card.id
+        )
         try:
             payload = reservation.release()
         except BaseException:
@@ -797,9 +819,14 @@ class Wallet:
                 payment = self._open_payment(row.history_id, row.payment)
                 if keep_authorization and payment.header == AUTHORIZATION:
                     continue
+                if not self._turns.take(row.card):
+                    continue  # another process is resending it: its answer decides
                 self._store.mark(row.history_id, _SENT)
                 flight = _Flight(
-                    history_id=row.history_id, commitment_id=row.commitment, resend=True
+                    history_id=row.history_id,
+                    commitment_id=row.commitment,
+                    card=row.card,
+                    resend=True,
                 )
                 self._keep_pending(payment.authorization, flight)
                 return payment
@@ -844,11 +871,21 @@ class Wallet:
         with self._lock:
             self._pending[authorization] = flight
             while len(self._pending) > _MAX_PENDING:
-                self._pending.popitem(last=False)
+                _, forgotten = self._pending.popitem(last=False)
+                self._turns.give_back(forgotten.card)
 
-    def _take_pending(self, payment: PreparedPayment) -> _Flight | None:
+    @contextmanager
+    def _answered(self, payment: PreparedPayment) -> Iterator[_Flight | None]:
+        """The flight of ``payment``, whose answer came; its card's turn is given back only
+        after the answer is recorded, so the card's next payment sees the position it left
+        (a refused payment's index given back is the one the next payment reuses)."""
         with self._lock:
-            return self._pending.pop(payment.authorization, None)
+            flight = self._pending.pop(payment.authorization, None)
+        try:
+            yield flight
+        finally:
+            if flight is not None:
+                self._turns.give_back(flight.card)
 
     def _resolve(self, flight: _Flight | None, outcome: str, *, status: int | None = None) -> None:
         if flight is not None:

@@ -1,0 +1,87 @@
+"""A card's turn: one payment of a card in flight at a time, across threads and processes.
+
+A vendor takes a payment whose index passes the card's last one as paying the whole gap,
+and refuses as a replay an earlier payment that reaches it after a later one. Two payments
+of one card sent at once can arrive in either order: the later one then pays both, the
+earlier one is refused, and the reader pays twice for one good (measured before this
+module: price 2, two requests at once, the vendor took 4 units and delivered one good).
+So, like the browser wallet (``navigator.locks`` per card), a card makes its next payment
+only once the answer to its last one is in: the wallet takes the card's turn before it
+reserves an index, and gives it back when the answer is settled, refused or lost.
+
+The turn is an exclusive ``flock`` on a small file per card beside the wallet file
+(``<wallet>.turns/<card>``), taken without waiting. flock belongs to the open file, so it
+holds against another thread's ``Wallet`` on the same file and against other processes
+alike, and the kernel gives it back when a process dies with a payment in flight.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import threading
+from pathlib import Path
+
+from farthing.core.errors import ResourceBusy
+
+__all__ = ["CardTurns"]
+
+
+class CardTurns:
+    """The turns this ``Wallet`` holds, by card row id."""
+
+    def __init__(self, wallet_path: Path) -> None:
+        self._dir = wallet_path.with_name(wallet_path.name + ".turns")
+        self._held: dict[int, int] = {}  # card id -> the descriptor holding its flock
+        self._lock = threading.Lock()
+
+    def take(self, card: int) -> bool:
+        """Take ``card``'s turn if nobody (this wallet, another one, another process) holds
+        it; False if somebody does. Raises ResourceBusy if the lock file cannot be made."""
+        with self._lock:
+            if card in self._held:
+                return False
+            fd = self._open(card)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                return False
+            except OSError as error:
+                os.close(fd)
+                raise _unusable(self._dir, error) from error
+            self._held[card] = fd
+            return True
+
+    def give_back(self, card: int) -> None:
+        """Let ``card`` pay again (closing the descriptor drops its flock). Idempotent."""
+        with self._lock:
+            fd = self._held.pop(card, None)
+        if fd is not None:
+            os.close(fd)
+
+    def holds(self, card: int) -> bool:
+        with self._lock:
+            return card in self._held
+
+    def close(self) -> None:
+        """Give back every turn (the wallet is closing: its answers will not come)."""
+        with self._lock:
+            held, self._held = self._held, {}
+        for fd in held.values():
+            os.close(fd)
+
+    def _open(self, card: int) -> int:
+        try:
+            self._dir.mkdir(mode=0o700, exist_ok=True)
+            return os.open(self._dir / str(card), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as error:
+            raise _unusable(self._dir, error) from error
+
+
+def _unusable(directory: Path, error: OSError) -> ResourceBusy:
+    reason = os.strerror(error.errno) if error.errno else str(error)
+    if error.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
+        reason = f"not writable ({reason})"
+    return ResourceBusy(f"the wallet's card locks in {directory} cannot be used: {reason}")
