@@ -9,6 +9,7 @@ are real servers on loopback, on one store.
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -107,3 +108,18 @@ async def test_pympp_buys_with_payword(deployment: Deployment, wallet: Wallet) -
     held = world.store.payword_commitment(commitment)
     assert held is not None
     assert held.spent == 4  # each payment taken once by the vendor
+
+
+async def test_pympp_buys_several_articles_at_once_with_one_card(
+    deployment: Deployment, wallet: Wallet
+) -> None:
+    """Four requests at once through pympp, one card: each waits for the card's turn (without
+    it, the wallet's CardInFlight would end three of them), each article is paid once."""
+    world = deployment.world
+    holder = world.chain_cards(1)[0]
+    wallet.add_szm_card(szm_chain.to_card_code(holder.card, realm=REALM), site=deployment.base)  # type: ignore[attr-defined]
+    answers = await asyncio.gather(*(buy(wallet, deployment.base, CHAIN_METHOD) for _ in range(4)))
+    assert [a.status_code for a in answers] == [200] * 4
+    assert {a.text for a in answers} == {ARTICLES["a.txt"]}
+    assert world.spent(holder) == 8
+    assert wallet.cards()[0].units_left == 60 - 8

@@ -25,6 +25,9 @@ handlers for them:
 
 A paid request that ends in any other status (a 404 of a route without ``offers``, say) is
 returned to the caller by pympp without an event; :meth:`WalletMethods.finish` reports it.
+Until it is reported, its card pays nothing else: a card pays one request at a time
+(:mod:`farthing.wallet.turns`), and a request whose card is busy waits for its turn, up to
+``turn_timeout`` seconds.
 """
 
 from __future__ import annotations
@@ -39,10 +42,16 @@ from mpp import Challenge as MppChallenge
 from mpp.client.transport import PaymentTransport
 from mpp.runtime import ClientMethod, CredentialParams
 
-from farthing.core.errors import LocalProtocolError
+from farthing.core.errors import CardInFlight, LocalProtocolError
 from farthing.http.payment_auth import Challenge, Receipt, parse_challenges
 from farthing.mpp.common import METHOD_IDS, method_definition
-from farthing.wallet.auth import Payer, PreparedPayment, receipt_of
+from farthing.wallet.auth import (
+    DEFAULT_TURN_TIMEOUT,
+    Payer,
+    PreparedPayment,
+    receipt_of,
+    turn_pauses,
+)
 
 __all__ = ["WalletMethods"]
 
@@ -59,8 +68,15 @@ class WalletMethods:
     """farthing's payment methods as pympp :class:`ClientMethod` s, paying from ``payer``
     (a :class:`farthing.wallet.Wallet`)."""
 
-    def __init__(self, payer: Payer, methods: Iterable[str] = METHOD_IDS) -> None:
+    def __init__(
+        self,
+        payer: Payer,
+        methods: Iterable[str] = METHOD_IDS,
+        *,
+        turn_timeout: float = DEFAULT_TURN_TIMEOUT,
+    ) -> None:
         self._payer = payer
+        self._turn_timeout = turn_timeout
         self._asked: dict[str, _Asked] = {}  # challenge id -> the 402 it came in
         self._paid: dict[str, PreparedPayment] = {}  # challenge id -> its payment
         self.methods = tuple(
@@ -103,9 +119,22 @@ class WalletMethods:
         if asked is None:
             raise LocalProtocolError("a challenge that did not come in a 402 to this client")
         challenge = [c for c in asked.challenges if c.id == params.challenge.id]
-        payment = await anyio.to_thread.run_sync(self._payer.pay, asked.url, challenge)
+        payment = await self._pay_in_turn(asked.url, challenge)
         self._paid[params.challenge.id] = payment
         return payment.authorization
+
+    async def _pay_in_turn(self, url: str, challenge: list[Challenge]) -> PreparedPayment:
+        """Pay, sleeping while the card's last payment is unanswered (a card pays one
+        request at a time: farthing.wallet.turns)."""
+        pauses = turn_pauses(self._turn_timeout)
+        while True:
+            try:
+                return await anyio.to_thread.run_sync(self._payer.pay, url, challenge)
+            except CardInFlight:
+                pause = next(pauses, None)
+                if pause is None:
+                    raise
+            await anyio.sleep(pause)
 
     async def _payment_response(self, payload: dict[str, Any]) -> None:
         payment = self._paid.pop(payload["credential"].challenge.id, None)

@@ -33,7 +33,7 @@ the payer resends the same credential for the next request to that URL.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncGenerator, Generator
+from collections.abc import AsyncGenerator, Generator, Iterator
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
@@ -58,6 +58,7 @@ __all__ = [
     "PaymentAuth",
     "PreparedPayment",
     "receipt_of",
+    "turn_pauses",
 ]
 
 
@@ -258,16 +259,15 @@ class PaymentAuth(httpx.Auth):
         self, url: str, challenges: list[Challenge]
     ) -> Generator[Pause, object, PreparedPayment]:
         """Pay, pausing while the chosen card's last payment is unanswered."""
-        waited, pause = 0.0, _FIRST_PAUSE
+        pauses = turn_pauses(self._turn_timeout)
         while True:
             try:
                 return self._payer.pay(url, challenges)
             except CardInFlight:
-                if waited >= self._turn_timeout:
+                pause = next(pauses, None)
+                if pause is None:
                     raise
             yield Pause(pause)
-            waited += pause
-            pause = min(2 * pause, _LONGEST_PAUSE)
 
     def _send(
         self, request: httpx.Request, payment: PreparedPayment | None
@@ -281,6 +281,16 @@ class PaymentAuth(httpx.Auth):
             raise
         assert response is not None  # a driver sends None only after a Pause
         return response
+
+
+def turn_pauses(timeout: float) -> Iterator[float]:
+    """How long to sleep before each new try while a card's last payment is unanswered: 1 ms,
+    doubling up to 20 ms, until ``timeout`` seconds were slept."""
+    waited, pause = 0.0, _FIRST_PAUSE
+    while waited < timeout:
+        yield pause
+        waited += pause
+        pause = min(2 * pause, _LONGEST_PAUSE)
 
 
 def _attach(
