@@ -821,7 +821,11 @@ class Wallet:
                     continue
                 if not self._turns.take(row.card):
                     continue  # another process is resending it: its answer decides
-                self._store.mark(row.history_id, _SENT)
+                try:
+                    self._store.mark(row.history_id, _SENT)
+                except BaseException:
+                    self._turns.give_back(row.card)
+                    raise
                 flight = _Flight(
                     history_id=row.history_id,
                     commitment_id=row.commitment,
