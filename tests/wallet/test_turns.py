@@ -6,8 +6,8 @@ request, then two at once, the first held in transit until the second was answer
 second got 200 and the vendor's spent went 2 -> 6 (it paid 4 units), the first got 402,
 which the wallet read as the vendor refusing the card; history paid / released / paid, the
 wallet showed 44 units left, and the next request failed with "no card fits": the card
-was disabled at that vendor with 44 units on it. Two goods bought, one delivered, 6 units
-gone.
+was disabled at that vendor with 44 units on it. Of the two requests at once, one good
+delivered for 4 units.
 """
 
 from __future__ import annotations
