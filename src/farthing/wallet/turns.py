@@ -75,7 +75,8 @@ class CardTurns:
     def _open(self, card: int) -> int:
         try:
             self._dir.mkdir(mode=0o700, exist_ok=True)
-            return os.open(self._dir / str(card), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW  # never a planted link
+            return os.open(self._dir / str(card), flags, 0o600)
         except OSError as error:
             raise _unusable(self._dir, error) from error
 
