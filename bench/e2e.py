@@ -1539,7 +1539,11 @@ def _explain(plan: Plan) -> str:
         f"{HALF_CONNECTIONS} connections, each waiting an exponential think time so that "
         "the offered rate is half of the peak that kind reached in the same round (wrk2 is "
         "not packaged here; *achieved* says how close the pacing came). *Rejected*: non-2xx "
-        "answers and time-outs (should be 0). *Server CPU per request*: the server's CPU "
+        "answers and time-outs (should be 0; wrk does not wait for one answer before the "
+        "next request, so a payment held back at the vendor, such as a PayWord commitment's "
+        "first while the broker admits it, can arrive after its card's or commitment's next "
+        "one, and the vendor refuses it as stale; a farthing wallet sends a card's payments "
+        "one at a time, docs/wallet.md). *Server CPU per request*: the server's CPU "
         "seconds over the requests it answered at peak (robust to other load on the "
         "machine, unlike the rates). Goals: the table above."
     )
