@@ -20,17 +20,21 @@ Paying one request (:meth:`Wallet.pay`):
    card (method, realm, currency, unit, expiry, units left). Quotes are ranked by the method
    preference (default: ``szm:chain``, ``szm:prbg``, ``hll:mac``, ``payword``: the sealed,
    private SZM cards first), then by the money charged, then the card that expires first.
-2. *Policy.* The best quote the spending policy allows wins; the confirm callback, if any,
-   is asked. A refusal raises :class:`~farthing.core.errors.PolicyRefused` before anything
-   changed.
-3. *Write-ahead.* In one ``BEGIN IMMEDIATE`` transaction: re-check the policy against
+2. *Policy.* The best quote the spending policy allows wins. A refusal raises
+   :class:`~farthing.core.errors.PolicyRefused` before anything changed.
+3. *Turn.* The chosen card's turn (:mod:`farthing.wallet.turns`): while another payment
+   of the card, in this process or another, has no answer yet, :class:`CardInFlight`
+   (``PaymentAuth`` waits and asks again), so a card's payments reach vendors in order.
+   The confirm callback, if any, is asked now (once, not while waiting). The turn is
+   given back when the answer is recorded (step 5).
+4. *Write-ahead.* In one ``BEGIN IMMEDIATE`` transaction: re-check the policy against
    today's spending, re-read the card, compute the payment with the pure core, write the
    card's new index or counter, add a ``pending`` history entry and a row saying where the
    card was before. Only after the commit (``synchronous=FULL``) does the payment leave
    :meth:`pay` (its credential is kept, sealed, to be resent if the answer is lost); a
    crash loses at most this unit and never reuses it, and two processes with one card queue
    on the lock.
-4. *Settle.* A 2xx: :meth:`settle` opens an SZM body with the payment's key (an answer not
+5. *Settle.* A 2xx: :meth:`settle` opens an SZM body with the payment's key (an answer not
    sealed for it is SEAL_BROKEN: the vendor is not the card's issuer, or the answer was
    changed) and marks the entry ``paid``. Anything else: :meth:`refused`. Without a valid
    receipt the vendor did not take the payment, so the card goes back to where it was and
