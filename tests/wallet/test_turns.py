@@ -33,6 +33,7 @@ from farthing.wallet.auth import PaymentAuth
 from farthing.wallet.policy import SpendingPolicy
 from farthing.wallet.store import Outcome
 from farthing.wallet.testing import taken
+from farthing.wallet.turns import CardTurns
 from farthing.wallet.wallet import Wallet
 from tests.servers import app_server
 from tests.wallet.test_money_safety import (
@@ -297,3 +298,26 @@ def test_the_card_locks_are_the_owners_only(wallet: Wallet, wallet_path: Path) -
     assert stat.S_IMODE(turns.stat().st_mode) == 0o700
     assert [stat.S_IMODE(p.stat().st_mode) for p in turns.iterdir()] == [0o600]
     assert len(os.listdir(turns)) == 1  # one card, one lock file
+
+
+def test_one_wallet_file_has_one_set_of_turns_whatever_path_opened_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through a symbolic link, or a relative path from another working directory: the same
+    lock files (before: a link's turns did not hold against the real path's)."""
+    real = tmp_path / "w.sqlite"
+    real.touch()
+    link = tmp_path / "link.sqlite"
+    link.symlink_to(real)
+    monkeypatch.chdir(tmp_path)
+    relative, linked = CardTurns(Path("w.sqlite")), CardTurns(link)
+    try:
+        assert relative.take(1)
+        assert not linked.take(1)
+        monkeypatch.chdir("/")
+        relative.give_back(1)
+        assert linked.take(1)
+        assert not relative.take(1)
+    finally:
+        relative.close()
+        linked.close()

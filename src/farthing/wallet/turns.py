@@ -32,7 +32,10 @@ class CardTurns:
     """The turns this ``Wallet`` holds, by card row id."""
 
     def __init__(self, wallet_path: Path) -> None:
-        self._dir = wallet_path.with_name(wallet_path.name + ".turns")
+        # Resolved once: the same lock files whatever the working directory later, and
+        # whichever symbolic link another process opened the wallet through.
+        path = wallet_path.resolve()
+        self._dir = path.with_name(path.name + ".turns")
         self._held: dict[int, int] = {}  # card id -> the descriptor holding its flock
         self._lock = threading.Lock()
 
