@@ -20,8 +20,11 @@ import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import threading
+import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -33,7 +36,7 @@ from farthing.wallet.auth import PaymentAuth
 from farthing.wallet.policy import SpendingPolicy
 from farthing.wallet.store import Outcome
 from farthing.wallet.testing import taken
-from farthing.wallet.turns import CardTurns
+from farthing.wallet.turns import NEXT_PAUSE, QUEUED_PAUSE, UNCLAIMED, CardTurns
 from farthing.wallet.wallet import Wallet
 from tests.servers import app_server
 from tests.wallet.test_money_safety import (
@@ -321,3 +324,61 @@ def test_one_wallet_file_has_one_set_of_turns_whatever_path_opened_it(
     finally:
         relative.close()
         linked.close()
+
+
+@pytest.mark.anyio
+async def test_requests_waiting_for_one_card_ask_one_at_a_time(
+    wallet: Wallet, clock: FixedClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Waiting requests form a line and each turn given back is one request's go, so they do
+    not all ask the wallet again (each ask is a quote, ~3-6 ms of store reads). Measured
+    with 50 such requests and 0-20 ms in transit: 1,279 asks and 2.45 s of CPU before the
+    line, 147 asks and 0.73 s with it."""
+    card = issue(clock)
+    add(wallet, card)
+    paywall, book = vendor(clock, card)
+    asks = 0
+    pay = wallet.pay
+
+    def counted(url: str, challenges: list[Any]) -> Any:
+        nonlocal asks
+        asks += 1
+        return pay(url, challenges)
+
+    monkeypatch.setattr(wallet, "pay", counted)
+    jitter = Jitter(httpx.ASGITransport(app=paywall))
+    async with client(paywall, wallet, transport=jitter) as http:
+        answers = await asyncio.gather(*(http.get(f"/articles/{s}") for s in "abc" * 6))
+    assert {a.status_code for a in answers} == {200}
+    assert vendor_spent(book, card) == 36
+    # 51 asks for these 18 requests with the line, 155-171 without (polling every 1-20 ms).
+    assert asks <= 4 * len(answers)
+
+
+def test_the_line_gives_each_turn_to_the_next_waiter_only() -> None:
+    turns = CardTurns(Path(tempfile.mkdtemp()) / "w.sqlite")
+    try:
+        assert turns.take(7)
+        first, second = turns.waiter(7), turns.waiter(7)
+        assert first is not None
+        assert second is not None
+        assert first() == NEXT_PAUSE  # places are taken at the first look, in order
+        assert second() == QUEUED_PAUSE
+        turns.give_back(7)
+        assert (first(), second()) == (0.0, NEXT_PAUSE)  # the first's go only
+        assert turns.take(7)
+        turns.give_back(7)
+        assert second() == 0.0
+        assert turns.take(7)
+        third, fourth = turns.waiter(7), turns.waiter(7)
+        assert third is not None
+        assert fourth is not None
+        assert third() > 0
+        assert fourth() > 0
+        turns.give_back(7)  # the third's go, which it never takes (it chose another card)
+        assert fourth() == NEXT_PAUSE
+        time.sleep(UNCLAIMED + 0.01)
+        assert fourth() == 0.0  # an unclaimed go passes on
+        assert turns.waiter(8) is None  # a card this wallet does not hold: no line
+    finally:
+        turns.close()

@@ -49,7 +49,7 @@ say which check failed (no oracle for a forger).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from enum import IntEnum, unique
 from types import MappingProxyType
 from typing import Final
@@ -280,10 +280,18 @@ class CardInFlight(LocalProtocolError):
     http_status = 409
 
     def __init__(
-        self, message: str, *, card: str | None = None, code: ErrorCode | None = None
+        self,
+        message: str,
+        *,
+        card: str | None = None,
+        next_look: Callable[[], float] | None = None,
+        code: ErrorCode | None = None,
     ) -> None:
         super().__init__(message, code=code)
         self.card = card
+        self.next_look = next_look
+        """The caller's place in line, if the card is held in this process: seconds to sleep
+        before looking again, 0.0 when it is the caller's go (farthing.wallet.turns)."""
 
 
 class CardLocked(LocalProtocolError):

@@ -49,8 +49,8 @@ from farthing.wallet.auth import (
     DEFAULT_TURN_TIMEOUT,
     Payer,
     PreparedPayment,
+    TurnWait,
     receipt_of,
-    turn_pauses,
 )
 
 __all__ = ["WalletMethods"]
@@ -126,15 +126,13 @@ class WalletMethods:
     async def _pay_in_turn(self, url: str, challenge: list[Challenge]) -> PreparedPayment:
         """Pay, sleeping while the card's last payment is unanswered (a card pays one
         request at a time: farthing.wallet.turns)."""
-        pauses = turn_pauses(self._turn_timeout)
+        wait = TurnWait(self._turn_timeout)
         while True:
             try:
                 return await anyio.to_thread.run_sync(self._payer.pay, url, challenge)
-            except CardInFlight:
-                pause = next(pauses, None)
-                if pause is None:
-                    raise
-            await anyio.sleep(pause)
+            except CardInFlight as busy:
+                for pause in wait.pauses(busy):
+                    await anyio.sleep(pause)
 
     async def _payment_response(self, payload: dict[str, Any]) -> None:
         payment = self._paid.pop(payload["credential"].challenge.id, None)

@@ -57,8 +57,8 @@ __all__ = [
     "Payer",
     "PaymentAuth",
     "PreparedPayment",
+    "TurnWait",
     "receipt_of",
-    "turn_pauses",
 ]
 
 
@@ -259,15 +259,13 @@ class PaymentAuth(httpx.Auth):
         self, url: str, challenges: list[Challenge]
     ) -> Generator[Pause, object, PreparedPayment]:
         """Pay, pausing while the chosen card's last payment is unanswered."""
-        pauses = turn_pauses(self._turn_timeout)
+        wait = TurnWait(self._turn_timeout)
         while True:
             try:
                 return self._payer.pay(url, challenges)
-            except CardInFlight:
-                pause = next(pauses, None)
-                if pause is None:
-                    raise
-            yield Pause(pause)
+            except CardInFlight as busy:
+                for pause in wait.pauses(busy):
+                    yield Pause(pause)
 
     def _send(
         self, request: httpx.Request, payment: PreparedPayment | None
@@ -283,14 +281,32 @@ class PaymentAuth(httpx.Auth):
         return response
 
 
-def turn_pauses(timeout: float) -> Iterator[float]:
-    """How long to sleep before each new try while a card's last payment is unanswered: 1 ms,
-    doubling up to 20 ms, until ``timeout`` seconds were slept."""
-    waited, pause = 0.0, _FIRST_PAUSE
-    while waited < timeout:
-        yield pause
-        waited += pause
-        pause = min(2 * pause, _LONGEST_PAUSE)
+class TurnWait:
+    """One request's wait for its card's turn, ``timeout`` seconds of sleep in all."""
+
+    def __init__(self, timeout: float) -> None:
+        self._left = timeout
+        self._backoff = _FIRST_PAUSE
+
+    def pauses(self, busy: CardInFlight) -> Iterator[float]:
+        """The sleeps before asking the payer again, after ``busy``: in the payer's line
+        until it is this request's go (a look is cheap; asking costs a quote), or, for a
+        card held by another process, one pause growing from 1 to 20 ms. Raises ``busy``
+        when the time is up."""
+        while True:
+            if busy.next_look is None:
+                pause = self._backoff
+                self._backoff = min(2 * pause, _LONGEST_PAUSE)
+            else:
+                pause = busy.next_look()
+                if pause <= 0:
+                    return
+            if self._left <= 0:
+                raise busy
+            self._left -= pause
+            yield pause
+            if busy.next_look is None:
+                return
 
 
 def _attach(

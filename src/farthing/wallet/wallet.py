@@ -628,6 +628,7 @@ class Wallet:
                 raise CardInFlight(
                     f"card {quote.card.label} waits for the answer to its last payment",
                     card=quote.card.label,
+                    next_look=self._turns.waiter(quote.card.id),
                 )
             try:
                 self._policy.ask(_offer(quote, target))  # once, when the card's turn came
