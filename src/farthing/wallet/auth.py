@@ -15,9 +15,10 @@ wanted first. A credential goes in the field its challenge selects: ``Authorizat
 request keeps ``Authorization`` for another scheme, which is then left as it was).
 
 A card pays one request at a time: while its last payment is unanswered, the payer raises
-:class:`~farthing.core.errors.CardInFlight` and the flow waits (sleeping, a few ms at first,
-up to ``turn_timeout`` seconds) and asks again, so a card's payments reach a vendor in the
-order they were made, even when a program or page sends many requests at once.
+:class:`~farthing.core.errors.CardInFlight` and the flow waits its turn (:class:`TurnWait`: in
+the wallet's line for that card, or a growing pause if another process holds it; up to
+``turn_timeout`` seconds) and asks again, so a card's payments reach a vendor in the order
+they were made, even when a program sends many requests at once.
 
 It never pays twice for one request on its own initiative: after a paid attempt is refused
 (401 with a fresh challenge, or 402), it returns that response unless the payer's policy
