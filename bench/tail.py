@@ -9,6 +9,9 @@ resumed, the answer handed to the socket), the garbage collector's passes and th
 scheduler's run-queue waits. For each kind and load it prints wrk's p50/p99 against the
 server's own (head parsed -> answer written), the median of each step, and the mean of each
 step over the requests at or above the server's p99: the step that holds the tail.
+Beside the server's CPU per request (its process, as ``bench.e2e`` counts it) it prints the
+CPU of the server's core: the server's threads and that CPU's kworkers (:mod:`bench.corecpu`;
+a Linux AIO fsync, ``FARTHING_TAIL_AIO_FSYNC=1``, runs on a kworker, not in the process).
 
     .venv/bin/python -m bench.tail [--kinds szm:chain,payword] [--store SQLite] \\
         [--rounds 2] [--seconds 3] [--variant NAME[:ENV=VALUE[;ENV=VALUE]]]...
@@ -48,6 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from bench.corecpu import core_cpu
 from bench.e2e import (
     HALF_CONNECTIONS,
     OUT,
@@ -66,7 +70,15 @@ from bench.tailhook import FACTORY, TRACE_ENV
 from farthing.store import open_store
 
 TRACES: Final = OUT / "tail"
+SERVER_CORE: Final = int(SERVER_CPUS)  # one CPU: its kworkers run the server's AIO fsyncs
+
 FIRST_GUESS: Final = 2000.0
+
+
+def credentials(rate: float, seconds: int) -> int:
+    """What :func:`bench.e2e.run_wrk` makes sure the pool holds before a run (made before
+    the CPU of the run is measured, so that making them is not in it)."""
+    return int(rate * seconds * 1.6) + 2000
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +105,8 @@ class Window:
     end: float
     wrk: RunResult
     trace: Path
+    core_us: tuple[float, float] | None = None
+    """CPU per request on the server's core: its threads', that CPU's kworkers' (corecpu)."""
 
 
 @dataclass(slots=True)
@@ -130,22 +144,30 @@ def run_server(
         peaks = {}
         for kind, pool in pools.items():
             started = time.monotonic()
-            peak = sized_run(server, pool, seconds=seconds, connections=PEAK_CONNECTIONS,
-                             cpus=WRK_CPUS, expected_rate=expected[kind])  # fmt: skip
+            pool.ensure(credentials(expected[kind], seconds))  # made before, not measured
+            with core_cpu(server.process.pid, SERVER_CORE) as core:
+                peak = sized_run(server, pool, seconds=seconds, connections=PEAK_CONNECTIONS,
+                                 cpus=WRK_CPUS, expected_rate=expected[kind])  # fmt: skip
             peaks[kind] = peak
+            core_us = core.us_per_request(peak.rate * seconds)
             windows.append(Window(variant.name, round_no, kind, "peak", started,
-                                  time.monotonic(), peak, trace))  # fmt: skip
+                                  time.monotonic(), peak, trace, core_us))  # fmt: skip
         for kind, pool in pools.items():
             target = max(peaks[kind].rate / 2, 1.0)
             mean_delay = max(0.0, 1000 * (HALF_CONNECTIONS / target - 1 / max(peaks[kind].rate, 1)))
             started = time.monotonic()
             beside = trace.with_suffix(f".{kind}.during")
-            with alongside(during, server.process.pid, beside):
+            pool.ensure(credentials(target, seconds))
+            with (
+                alongside(during, server.process.pid, beside),
+                core_cpu(server.process.pid, SERVER_CORE) as core,
+            ):
                 half = sized_run(server, pool, seconds=seconds, connections=HALF_CONNECTIONS,
                                  cpus=WRK_CPUS, mean_delay_ms=mean_delay,
                                  expected_rate=target)  # fmt: skip
+            core_us = core.us_per_request(half.rate * seconds)
             windows.append(Window(variant.name, round_no, kind, "half", started,
-                                  time.monotonic(), half, trace))  # fmt: skip
+                                  time.monotonic(), half, trace, core_us))  # fmt: skip
     return windows
 
 
@@ -294,8 +316,14 @@ def report_window(window: Window, lines: list[Timeline]) -> list[str]:
         f"server p50/p90/p99/max {1000 * percentile(latencies, 0.5):.2f}/"
         f"{1000 * percentile(latencies, 0.9):.2f}/{1000 * p99:.2f}/{1000 * max(latencies):.2f} ms "
         f"({len(lines)} requests, {len(tail)} in the tail)",
-        "    step                      median ms   tail mean ms",
     ]
+    if window.core_us is not None:
+        own, kworkers = window.core_us
+        out.append(
+            f"    CPU of the server's core: its threads {own:,.0f} + kworker/{SERVER_CORE} "
+            f"{kworkers:,.0f} = {own + kworkers:,.0f} us/request"
+        )
+    out.append("    step                      median ms   tail mean ms")
     for name in names:
         every = [line.steps[name] for line in lines if name in line.steps]
         tails = [line.steps[name] for line in tail if name in line.steps]

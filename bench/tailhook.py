@@ -379,7 +379,9 @@ def _aio_fsync() -> None:
     """SQLite: the WAL fsync submitted from the loop as a Linux AIO request (``caio``, on
     ``PYTHONPATH``: not a dependency of farthing), its completion read on the loop from the
     AIO context's eventfd; no fsync thread, so no GIL hand-off around each fsync. A
-    measurement only: the descriptor is not kept alive while a request is in flight."""
+    measurement only: the descriptor is not kept alive while a request is in flight. It
+    moves the fsync's kernel work off the server's own CPU time onto a kworker of the
+    same core (``bench/corecpu.py`` counts both); not in the product (docs/storage.md)."""
     from caio import linux_aio
 
     from farthing.store import writer
@@ -405,6 +407,10 @@ def _aio_fsync() -> None:
                 entry["t_returned"], entry["rd_returned"] = now(), TRACE.run_delay()
                 if self._wal._checkpointer is not None:
                     self._wal._checkpointer.nudge()
+                # caio hands the completion's res (0, or minus an errno) over unsigned:
+                # read as is, a failed fsync would pass for a success.
+                if result >= 1 << 63:
+                    result -= 1 << 64
                 done(None if result >= 0 else OSError(-result, os.strerror(-result)))
 
             if fd is None:
