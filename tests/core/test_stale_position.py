@@ -1,0 +1,81 @@
+"""The core's decision on a payment behind the card's position (``stale_position``): the
+position for a value that proves it is the card's own, the vague InvalidPayment for
+anything else, and no hashing past ``max_back``."""
+
+from __future__ import annotations
+
+import pytest
+
+from farthing.core.errors import InvalidPayment
+from farthing.core.hashchain import ChainWalker
+from farthing.core.money import Denomination
+from farthing.core.schemes import payword, szm_chain, szm_prbg
+from farthing.testing import DeterministicRandom
+
+EUR = Denomination(currency="EUR", unit_micros=1000)
+MASTER = b"M" * 32
+LATER = 10**10
+
+
+def spent_chain(units: int) -> tuple[szm_chain.ChainCardState, szm_chain.ChainCard]:
+    state, card = szm_chain.issue_card(
+        MASTER, DeterministicRandom("c"), length=20, denomination=EUR, expires_at=LATER
+    )
+    _, payment, _ = szm_chain.next_payment(card, units, now=0)
+    state, _ = szm_chain.verify_payment(state, payment, units=units, now=0)
+    return state, card
+
+
+def test_a_chain_payment_behind_the_card_says_where_it_is() -> None:
+    state, card = spent_chain(6)
+    walker = szm_chain.card_walker(card)
+    for index in (1, 2, 5):
+        assert szm_chain.stale_position(state, (card.card_id, index, walker.value(index))) == 6
+    refused = [
+        (card.card_id, 2, bytes(32)),  # forged
+        (card.card_id, 6, walker.value(6)),  # the last payment itself (a replay)
+        (card.card_id, 7, walker.value(7)),  # ahead: the paid path's business
+        (card.card_id, 0, walker.value(0)),  # the anchor the card started from
+        (b"x" * 16, 2, walker.value(2)),  # another card's id
+    ]
+    for payment in refused:
+        with pytest.raises(InvalidPayment) as caught:
+            szm_chain.stale_position(state, payment)
+        assert type(caught.value) is InvalidPayment
+    with pytest.raises(InvalidPayment):
+        szm_chain.stale_position(state, (card.card_id, 2, walker.value(2)), max_back=3)
+    assert szm_chain.stale_position(state, (card.card_id, 3, walker.value(3)), max_back=3) == 6
+
+
+def test_a_payword_behind_the_commitment_says_where_it_is() -> None:
+    seed = b"s" * 32
+    walker = ChainWalker(payword.CHAIN_TAG, seed, 10)
+    state = payword.CommitmentState(
+        commitment_id=b"c" * 32, last_value=walker.value(0), spent=0, length=10,
+        denomination=EUR, expires_at=LATER,
+    )  # fmt: skip
+    state = payword.advance(state, (b"c" * 32, 4, walker.value(4)), 4, 0, None)
+    assert payword.stale_position(state, (b"c" * 32, 1, walker.value(1))) == 4
+    with pytest.raises(InvalidPayment):
+        payword.stale_position(state, (b"d" * 32, 1, walker.value(1)))
+    with pytest.raises(InvalidPayment):
+        payword.stale_position(state, (b"c" * 32, 1, walker.value(2)))
+
+
+def test_a_prbg_payment_behind_the_card_says_where_it_is() -> None:
+    state, card = szm_prbg.issue_card(
+        MASTER, DeterministicRandom("p"), units=20, denomination=EUR, expires_at=LATER
+    )
+    old, first, _ = szm_prbg.next_payment(card, 2, now=0)
+    _, second, _ = szm_prbg.next_payment(old, 3, now=0)
+    for payment in (first, second):
+        state, _ = szm_prbg.verify_payment(
+            state, payment, master_key=MASTER, units=payment.index - state.spent, now=0
+        )
+    assert szm_prbg.stale_position(state, first, master_key=MASTER) == 5
+    forged = szm_prbg.Payment(card_id=card.card_id, index=2, token=second.token)
+    for payment in (forged, second):
+        with pytest.raises(InvalidPayment):
+            szm_prbg.stale_position(state, payment, master_key=MASTER)
+    with pytest.raises(InvalidPayment):
+        szm_prbg.stale_position(state, first, master_key=MASTER, max_back=2)
