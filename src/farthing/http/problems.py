@@ -134,6 +134,7 @@ POSITION: Final = "position"
 LAST_VALUE: Final = "lastValue"
 """PAYMENT_STALE's member for PayWord: the vendor's last payword, base64url."""
 _VALUE_LEN: Final = 32
+_VALUE_TEXT_LEN: Final = 43  # base64url of 32 bytes
 
 
 def _position(member: object) -> int | None:
@@ -146,7 +147,7 @@ def _last_value(member: object) -> bytes | None:
     if not isinstance(member, str):
         return None
     try:
-        value = b64url_decode(member, max_len=_VALUE_LEN)
+        value = b64url_decode(member, max_len=_VALUE_TEXT_LEN)
     except FarthingError:
         return None
     return value if len(value) == _VALUE_LEN else None

@@ -116,6 +116,7 @@ __all__ = [
     "new_card",
     "next_payment",
     "parse_payment",
+    "skip_to",
     "stale_position",
     "stream_block",
     "to_card_code",
@@ -578,6 +579,19 @@ def next_payment(card: PrbgCard, units: int, *, now: int) -> tuple[PrbgCard, Pay
         token, key, bbs_x = _walk_bbs(card.modulus, bbs_x, units)
     payment = Payment(card_id=card.card_id, index=index, token=token)
     return replace(card, spent=index, bbs_x=bbs_x), payment, key
+
+
+def skip_to(card: PrbgCard, spent: int) -> PrbgCard:
+    """The card moved forward to ``spent`` (units a copy of it paid elsewhere, as its issuer
+    said): for BBS the generator walks over the blocks of those units, so the next payment
+    continues from there. Never backward, never past the card's units (ValueError)."""
+    if not card.spent <= spent <= card.units:
+        raise ValueError("a card moves forward, within its units")
+    bbs_x = card.bbs_x
+    if card.modulus is not None and bbs_x is not None and spent > card.spent:
+        steps = bbs_steps_per_block(card.modulus, BBS_BITS_PER_STEP)
+        bbs_x = bbs_advance(card.modulus, bbs_x, 2 * (spent - card.spent) * steps)
+    return replace(card, spent=spent, bbs_x=bbs_x)
 
 
 def _walk_bbs(modulus: BbsPublic, x: int, units: int) -> tuple[bytes, bytes, int]:
