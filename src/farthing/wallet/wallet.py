@@ -39,9 +39,11 @@ Paying one request (:meth:`Wallet.pay`):
    changed) and marks the entry ``paid``. Anything else: :meth:`refused`. Without a valid
    receipt the vendor did not take the payment, so the card goes back to where it was and
    the next payment reuses the index (``released``); a card refused as invalid is not
-   offered to that realm again. With a receipt and a 5xx, or with no answer at all
-   (:meth:`lost`), the payment is kept and resent byte for byte by :meth:`pay_up_front` for
-   the next request to the same URL, until its challenge expires (then ``lost``).
+   offered to that realm again; PAYMENT_STALE (a copy of the card paid since) moves the
+   card to the vendor's position instead (``spent-elsewhere``). With a receipt and a 5xx,
+   or with no answer at all (:meth:`lost`), the payment is kept and resent byte for byte by
+   :meth:`pay_up_front` for the next request to the same URL, until its challenge expires
+   (then ``lost``).
 
 Negotiating. :meth:`accept_payment` names the methods of the cards that may pay a site (the
 card chosen with :meth:`pay_only_with`, if any), in the wallet's preference order, for the
