@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import pytest
 
+from farthing.core.cardcode import Generator
 from farthing.core.errors import InvalidPayment
 from farthing.core.hashchain import ChainWalker
 from farthing.core.money import Denomination
 from farthing.core.schemes import payword, szm_chain, szm_prbg
 from farthing.testing import DeterministicRandom
+from tests.core.test_szm_prbg import BBS_KEY, GENERATORS, NOW, fresh
+from tests.core.test_szm_prbg import MASTER as PRBG_MASTER
 
 EUR = Denomination(currency="EUR", unit_micros=1000)
 MASTER = b"M" * 32
@@ -79,3 +82,29 @@ def test_a_prbg_payment_behind_the_card_says_where_it_is() -> None:
             szm_prbg.stale_position(state, payment, master_key=MASTER)
     with pytest.raises(InvalidPayment):
         szm_prbg.stale_position(state, first, master_key=MASTER, max_back=2)
+
+
+@pytest.mark.parametrize("generator", GENERATORS, ids=lambda g: g.value)
+def test_a_prbg_card_skipped_forward_pays_what_the_card_that_paid_would(
+    generator: Generator,
+) -> None:
+    """The wallet moves a card to the issuer's position (skip_to): for BBS its generator
+    walks over the skipped blocks, so the next payment is the one the copy that paid those
+    units makes next, and the issuer's stale_position (direct jump) agrees."""
+    state, card = fresh(generator)
+    paid, first, _ = szm_prbg.next_payment(card, 2, now=NOW)
+    ahead, second, _ = szm_prbg.next_payment(paid, 3, now=NOW)
+    moved = szm_prbg.skip_to(card, 5)
+    assert (moved.spent, moved.bbs_x) == (ahead.spent, ahead.bbs_x)
+    assert (
+        szm_prbg.next_payment(moved, 2, now=NOW)[1] == szm_prbg.next_payment(ahead, 2, now=NOW)[1]
+    )
+    for payment in (first, second):
+        state, _ = szm_prbg.verify_payment(
+            state, payment, master_key=PRBG_MASTER, units=payment.index - state.spent,
+            now=NOW, bbs_key=BBS_KEY,
+        )  # fmt: skip
+    assert szm_prbg.stale_position(state, first, master_key=PRBG_MASTER, bbs_key=BBS_KEY) == 5
+    for spent in (1, 21):
+        with pytest.raises(ValueError):
+            szm_prbg.skip_to(paid, spent)  # never backward, never past the card

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from farthing.core import cardcode
+from farthing.core.cardcode import Generator
 from farthing.core.money import Denomination
 from farthing.core.schemes import szm_prbg
 from farthing.paywall.methods.offline import OfflineMethod
@@ -29,6 +30,7 @@ from farthing.wallet.backup import export_backup, import_backup
 from farthing.wallet.store import Outcome
 from farthing.wallet.testing import cheap_wallet_kdf
 from farthing.wallet.wallet import Wallet
+from tests.core.test_szm_prbg import BBS_KEY, GENERATORS
 from tests.wallet.test_card_binding import SITE as PAYWORD_SITE
 from tests.wallet.test_card_binding import add_payword, get, payword_vendor
 from tests.wallet.test_money_safety import (
@@ -105,7 +107,9 @@ async def test_a_restored_backup_pays_again_after_the_card_paid_since(
             assert (vendor_spent(book, card), units_left(restored)) == (8, 42)
 
 
-def prbg_vendor(clock: FixedClock) -> tuple[Paywall, MemoryCardBook, szm_prbg.PrbgCard]:
+def prbg_vendor(
+    clock: FixedClock, generator: Generator
+) -> tuple[Paywall, MemoryCardBook, szm_prbg.PrbgCard]:
     from starlette.applications import Starlette
     from starlette.routing import Route
 
@@ -113,7 +117,7 @@ def prbg_vendor(clock: FixedClock) -> tuple[Paywall, MemoryCardBook, szm_prbg.Pr
 
     state, card = szm_prbg.issue_card(
         MASTER, DeterministicRandom("prbg"), units=50, denomination=EUR,
-        expires_at=clock.now() + 86_400,
+        expires_at=clock.now() + 86_400, generator=generator, bbs=BBS_KEY.public,
     )  # fmt: skip
     book = MemoryCardBook()
     book.add(state)
@@ -123,7 +127,7 @@ def prbg_vendor(clock: FixedClock) -> tuple[Paywall, MemoryCardBook, szm_prbg.Pr
         Starlette(routes=[Route("/articles/{slug}", article)]),
         realm="news",
         prices=prices,
-        methods=[OfflineMethod(SzmScheme.prbg(MASTER), book)],  # type: ignore[misc]
+        methods=[OfflineMethod(SzmScheme.prbg(MASTER, bbs_key=BBS_KEY), book)],  # type: ignore[misc]
         challenge_secret=b"s" * 32,
         clock=clock,
         rng=DeterministicRandom("v"),
@@ -131,10 +135,12 @@ def prbg_vendor(clock: FixedClock) -> tuple[Paywall, MemoryCardBook, szm_prbg.Pr
     return paywall, book, card
 
 
+@pytest.mark.parametrize("generator", GENERATORS, ids=lambda g: g.value)
 async def test_a_prbg_card_spent_by_another_wallet_pays_from_where_the_vendor_says(
-    tmp_path: Path, clock: FixedClock
+    tmp_path: Path, clock: FixedClock, generator: Generator
 ) -> None:
-    paywall, book, card = prbg_vendor(clock)
+    """For BBS the wallet also walks its generator over the skipped units."""
+    paywall, book, card = prbg_vendor(clock, generator)
     code = cardcode.to_text(szm_prbg.to_card_code(card, realm="news"))
     with (
         cheap_wallet_kdf(),
