@@ -32,11 +32,13 @@ def spent_chain(units: int) -> tuple[szm_chain.ChainCardState, szm_chain.ChainCa
 def test_a_chain_payment_behind_the_card_says_where_it_is() -> None:
     state, card = spent_chain(6)
     walker = szm_chain.card_walker(card)
-    for index in (1, 2, 5):
+    # 6: the card's last payment itself, made by another copy of the card (the retry of the
+    # request it was accepted for is judged before, by verify_retry).
+    for index in (1, 2, 5, 6):
         assert szm_chain.stale_position(state, (card.card_id, index, walker.value(index))) == 6
     refused = [
         (card.card_id, 2, bytes(32)),  # forged
-        (card.card_id, 6, walker.value(6)),  # the last payment itself (a replay)
+        (card.card_id, 6, walker.value(5)),  # the last index with another value
         (card.card_id, 7, walker.value(7)),  # ahead: the paid path's business
         (card.card_id, 0, walker.value(0)),  # the anchor the card started from
         (b"x" * 16, 2, walker.value(2)),  # another card's id
@@ -76,8 +78,10 @@ def test_a_prbg_payment_behind_the_card_says_where_it_is() -> None:
             state, payment, master_key=MASTER, units=payment.index - state.spent, now=0
         )
     assert szm_prbg.stale_position(state, first, master_key=MASTER) == 5
+    assert szm_prbg.stale_position(state, second, master_key=MASTER) == 5  # the last one
     forged = szm_prbg.Payment(card_id=card.card_id, index=2, token=second.token)
-    for payment in (forged, second):
+    ahead = szm_prbg.Payment(card_id=card.card_id, index=6, token=second.token)
+    for payment in (forged, ahead):
         with pytest.raises(InvalidPayment):
             szm_prbg.stale_position(state, payment, master_key=MASTER)
     with pytest.raises(InvalidPayment):

@@ -85,6 +85,8 @@ async def test_a_card_spent_by_another_wallet_pays_from_where_the_vendor_says(
             (Outcome.SPENT_ELSEWHERE, 6, 6),  # what the vendor said was spent before
             (Outcome.RELEASED, 2, 2),
         ]
+        # The policy counts the units spent elsewhere: only the vendor says so.
+        assert b._store.usage(host="news.test", since=0) == {"EUR": (10_000, 10_000)}
         # A is now behind in turn, and catches up the same way.
         assert await buy(paywall, a, "a") == [200]
         assert (vendor_spent(book, card), units_left(a)) == (12, 38)
@@ -240,3 +242,28 @@ def test_a_payword_position_is_taken_only_with_the_commitments_own_value(
             else:
                 assert (after.spent, after.retired) == (6, False)
                 assert w.history()[0].outcome == Outcome.SPENT_ELSEWHERE
+
+
+async def test_two_wallets_taking_turns_with_one_card_each_pay_on(
+    tmp_path: Path, clock: FixedClock
+) -> None:
+    """A phone and a laptop reading in turns: each one's payment is the card's last payment
+    made by the other (same index, same value). Before: B's first request 402, its second
+    "this vendor refused ..." (measured with A one payment ahead); the vendor answered
+    PAYMENT_INVALID, as to a replay."""
+    card = issue(clock)
+    paywall, book = vendor(clock, card)
+    with (
+        cheap_wallet_kdf(),
+        Wallet.create(tmp_path / "a", "pw", clock=clock) as a,
+        Wallet.create(tmp_path / "b", "pw", clock=clock) as b,
+    ):
+        add(a, card)
+        add(b, card)
+        statuses = []
+        for turn in range(6):
+            statuses += await buy(paywall, (a, b)[turn % 2], "abc"[turn % 3])
+        assert statuses == [200] * 6
+        assert vendor_spent(book, card) == 12  # 6 articles, 2 units each: nothing twice
+        # a learns of b's last purchase only when it pays next: 40 left at a, 38 at b.
+        assert (units_left(a), units_left(b)) == (40, 38)

@@ -7,7 +7,7 @@
     │   ├── MalformedMessage           bytes that do not decode canonically       400
     │   ├── UnsupportedMethod          a payment method we do not speak           400
     │   ├── InvalidPayment             verification failed; never says which check 401
-    │   │   └── StalePayment           the card's own, behind it: says where it is 401
+    │   │   └── StalePayment           the card's own, not ahead: says where it is 401
     │   ├── InsufficientFunds          the card or account cannot cover the price 402
     │   ├── PaymentExpired             a card, certificate or challenge is too old 402
     │   ├── AccessDenied               authenticated, but not allowed             403
@@ -213,13 +213,14 @@ class InvalidPayment(RemoteProtocolError):
 
 
 class StalePayment(InvalidPayment):
-    """A payment whose index the card (PayWord commitment) passed already, and whose value
-    proves it is the card's own: a copy of the card (another wallet, a restored backup) paid
-    since. ``position`` is where the card is (its ``spent``); ``last_value`` the vendor's
-    last payword for PayWord (the wallet checks it against its own chain), else None.
+    """A payment whose index the card (PayWord commitment) reached already (its last
+    payment included, from another request), and whose value proves it is the card's own: a
+    copy of the card (another wallet, a restored backup) paid since. ``position`` is where
+    the card is (its ``spent``); ``last_value`` the vendor's last payword for PayWord (the
+    wallet checks it against its own chain), else None.
 
-    Told only to whoever knows a value of the card; a forged value, another card's, an
-    index too far back or a replay of the last payment stay the one vague InvalidPayment.
+    Told only to whoever knows a value of the card; a forged value, another card's or an
+    index too far back stay the one vague InvalidPayment.
     """
 
     default_code = ErrorCode.PAYMENT_STALE

@@ -294,7 +294,7 @@ _PAYMENT_BY_CODE: Final = {
     ErrorCode.CHALLENGE_INVALID: (402, "invalid-challenge", "Invalid challenge"),
     # The id's payment is being delivered to another copy of this request right now.
     ErrorCode.PAYMENT_IN_PROGRESS: (402, "invalid-challenge", "Payment in progress"),
-    # The card's own payment, behind its position (another copy of the card paid since).
+    # The card's own payment, up to its position (another copy of the card paid since).
     ErrorCode.PAYMENT_STALE: (402, "verification-failed", "Payment stale"),
     ErrorCode.BAD_FIELD: (400, "bad-request", "Bad request"),
 }

@@ -226,9 +226,9 @@ class Outcome:
     SPENT_ELSEWHERE: Final = "spent-elsewhere"
 
 
-# Outcomes whose money is not counted against the spending policy (a copy of the card paid
-# the units spent elsewhere, under that wallet's policy).
-_NOT_SPENT: Final = (Outcome.RELEASED, Outcome.SPENT_ELSEWHERE)
+# Outcomes whose money is not counted against the spending policy. Units spent elsewhere
+# are counted: only the vendor says so, and the policy bounds what a vendor can take.
+_NOT_SPENT: Final = (Outcome.RELEASED,)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

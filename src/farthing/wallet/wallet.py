@@ -1078,8 +1078,9 @@ def _entry(offer: PriceOffer, reservation: Reservation, now: int) -> HistoryEntr
 
 
 def _elsewhere(skipped: Skipped, card: CardRow, payment: PreparedPayment, now: int) -> HistoryEntry:
-    """The history's note of units a copy of the card paid elsewhere (not this wallet's
-    spending: the policy does not count it)."""
+    """The history's note of units a copy of the card paid elsewhere. The spending policy
+    counts them (a copy's payments count twice, once in each wallet): only the vendor says
+    where the card is, and the policy must bound what a vendor can take."""
     micros = skipped.units * skipped.unit_micros
     return HistoryEntry(
         at=now,

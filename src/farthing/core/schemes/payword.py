@@ -522,7 +522,7 @@ def stale_position(
     state: CommitmentState, payment: Parsed, *, max_back: int = DEFAULT_MAX_UNITS
 ) -> int:
     """The commitment's position (``spent``) if ``payment`` (as :func:`parse_payment`
-    returns it) is a payword of this commitment that it passed already, at most
+    returns it) is a payword of this commitment that it reached already, at most
     ``max_back`` behind: the user's wallet rolled back (a restored backup) and is behind.
     w_index must be h^(spent-index)(w_spent). Else InvalidPayment."""
     return chain_stale(CHAIN_TAG, state, payment, max_back)

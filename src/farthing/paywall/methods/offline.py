@@ -123,7 +123,7 @@ class OfflineScheme(Protocol[S, P]):
 
     def stale(self, state: S, payment: P) -> StalePayment | None:
         """The refusal that tells where the card is, if ``payment`` is one the card made
-        already behind its position (the core's decision, value checked); else None."""
+        already, up to its position (the core's decision, value checked); else None."""
         ...
 
     def introduce(self, payment: P, *, now: int) -> S | None:
@@ -333,7 +333,7 @@ class OfflineMethod(Generic[S, P]):
     ) -> Settlement:
         """The same request sent again (its answer was lost): served, nothing taken.
         Anything else under a challenge id already used is the draft's
-        ``invalid-challenge``; a payment the card made already, behind its position (a copy
+        ``invalid-challenge``; a payment the card made already, up to its position (a copy
         of the card paid since), PAYMENT_STALE with that position; else ``refused``."""
         try:
             settlement = self._scheme.retry(state, payment, request=context.request)
