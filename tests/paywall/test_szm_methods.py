@@ -214,6 +214,7 @@ async def test_each_payment_is_decoded_once_whatever_path_it_takes() -> None:
             szm_chain.Payment(card_id=payment[0], index=payment[1], value=payment[2]),
             request=request,
         ),
+        stale=szm_chain.stale_position,
         key=lambda state, index: szm_chain.issuer_payment_key(MASTER, state, index),
     )
     paywall_b = Paywall(

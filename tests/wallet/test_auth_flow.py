@@ -250,3 +250,63 @@ def test_an_exchange_broken_off_before_paying_loses_nothing() -> None:
     next(flow)
     flow.close()
     assert payer.lost_payments == []
+
+
+class StalePayer(FakePayer):
+    """A payer that takes PAYMENT_STALE's position (the wallet moves its card there)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.positions: list[tuple[int | None, bytes | None]] = []
+
+    def refused(
+        self,
+        payment: PreparedPayment,
+        status: int,
+        *,
+        receipt: Receipt | None = None,
+        code: int | None = None,
+        position: int | None = None,
+        last_value: bytes | None = None,
+    ) -> None:
+        super().refused(payment, status, receipt=receipt, code=code)
+        self.positions.append((position, last_value))
+
+
+def stale(cid: str, position: int | None = 6) -> httpx.Response:
+    members = "" if position is None else f', "position": {position}'
+    return httpx.Response(
+        402,
+        headers={
+            "content-type": "application/problem+json",
+            "www-authenticate": format_challenge(challenge(cid)),
+        },
+        content=b'{"status": 402, "farthingCode": 2090' + members.encode() + b"}",
+    )
+
+
+def test_a_stale_refusal_is_paid_once_more_from_the_position_it_names() -> None:
+    """Before: a refused payment was not paid again (without the policy's retry), and the
+    position was not passed; the wallet then gave the card up at that vendor."""
+    payer = StalePayer()
+    flow = PaymentAuth(payer).auth_flow(httpx.Request("GET", URL))
+    next(flow)
+    flow.send(response(402, challenges=[challenge()]))
+    again = flow.send(stale("c2"))
+    assert again.headers["authorization"] == "Payment c2-2"
+    with pytest.raises(StopIteration):
+        flow.send(stale("c3"))  # stale once more: not paid a third time
+    assert payer.paid == ["c1", "c2"]
+    assert payer.positions == [(6, None), (6, None)]
+    assert payer.refusal_details == [(False, 2090), (False, 2090)]
+
+
+def test_a_stale_code_without_a_position_is_an_ordinary_refusal() -> None:
+    payer = StalePayer()
+    flow = PaymentAuth(payer).auth_flow(httpx.Request("GET", URL))
+    next(flow)
+    flow.send(response(402, challenges=[challenge()]))
+    with pytest.raises(StopIteration):
+        flow.send(stale("c2", position=None))
+    assert payer.paid == ["c1"]
+    assert payer.positions == [(None, None)]

@@ -141,3 +141,30 @@ def test_passphrase_change(runner: CliRunner, tmp_path: Path) -> None:
     old = wallet(runner, "cards", code=1)
     assert "wrong passphrase" in old.output
     assert "No cards yet" in wallet(runner, "cards", "--passphrase-file", str(new)).output
+
+
+def test_a_backup_restored_after_the_card_paid_pays_on(
+    runner: CliRunner, world: DemoWorld, tmp_path: Path
+) -> None:
+    """The restored wallet's card is behind the card (it paid since the backup): the vendor
+    says where the card is (PAYMENT_STALE) and the wallet pays on from there. Before: the
+    restored wallet's `get` failed ("the vendor answered 402 (payment did not verify)"), and
+    every later one with "this vendor refused ...", 100 units shown for 98."""
+    code = world.cards.szm_codes["szm:chain"]
+    wallet(runner, "init")
+    wallet(runner, "add-card", "szm", code, "--label", "laptop", "--site", world.vendor_url)
+    backup = tmp_path / "before-buying.backup"
+    wallet(runner, "export", str(backup))
+    url = f"{world.vendor_url}/articles/river.txt"
+    before = spent_at_issuer(world, code)
+    wallet(runner, "get", url)
+    restored = str(tmp_path / "restored.sqlite")
+    wallet(runner, "import", str(backup), "--wallet", restored)
+    for _ in range(2):
+        got = wallet(runner, "get", url, "--wallet", restored)
+        assert "Paid 0.002 EUR with szm:chain, card laptop" in got.output
+    assert spent_at_issuer(world, code) == before + 6  # 2 by the laptop, 2 + 2 restored
+    history = wallet(runner, "history", "--wallet", restored).output
+    assert "spent-elsewhere" in history
+    cards = wallet(runner, "cards", "--wallet", restored).output
+    assert "94/100" in cards  # units left: the card's, not the backup's 100

@@ -7,6 +7,7 @@
     │   ├── MalformedMessage           bytes that do not decode canonically       400
     │   ├── UnsupportedMethod          a payment method we do not speak           400
     │   ├── InvalidPayment             verification failed; never says which check 401
+    │   │   └── StalePayment           the card's own, not ahead: says where it is 401
     │   ├── InsufficientFunds          the card or account cannot cover the price 402
     │   ├── PaymentExpired             a card, certificate or challenge is too old 402
     │   ├── AccessDenied               authenticated, but not allowed             403
@@ -75,6 +76,7 @@ __all__ = [
     "RateLimited",
     "RemoteProtocolError",
     "ResourceBusy",
+    "StalePayment",
     "Unavailable",
     "UnsupportedMethod",
     "WrongPin",
@@ -111,6 +113,9 @@ class ErrorCode(IntEnum):
     # The same credential is being delivered right now (draft -02 "Concurrent Request
     # Handling": one delivery); resend it once that answer is out.
     PAYMENT_IN_PROGRESS = 2021
+    # A payment the card (PayWord commitment) made already, proved the card's own: another
+    # copy of the card paid since; the answer says where the card is (StalePayment).
+    PAYMENT_STALE = 2090
 
     INSUFFICIENT_FUNDS = 3000
     CARD_EXPIRED = 3001
@@ -205,6 +210,32 @@ class InvalidPayment(RemoteProtocolError):
         self, message: str = "payment did not verify", *, code: ErrorCode | None = None
     ) -> None:
         super().__init__(message, code=code)
+
+
+class StalePayment(InvalidPayment):
+    """A payment whose index the card (PayWord commitment) reached already (its last
+    payment included, from another request), and whose value proves it is the card's own: a
+    copy of the card (another wallet, a restored backup) paid since. ``position`` is where
+    the card is (its ``spent``); ``last_value`` the vendor's last payword for PayWord (the
+    wallet checks it against its own chain), else None.
+
+    Told only to whoever knows a value of the card; a forged value, another card's or an
+    index too far back stay the one vague InvalidPayment.
+    """
+
+    default_code = ErrorCode.PAYMENT_STALE
+
+    def __init__(
+        self,
+        message: str = "the card paid past this index",
+        *,
+        position: int = 0,
+        last_value: bytes | None = None,
+        code: ErrorCode | None = None,
+    ) -> None:
+        super().__init__(message, code=code)
+        self.position = position
+        self.last_value = last_value
 
 
 class InsufficientFunds(RemoteProtocolError):
@@ -361,6 +392,7 @@ def _class_of(code: ErrorCode) -> type[FarthingError]:
     """The one class each code is raised as: by exact code, then by the thousands."""
     exact: dict[ErrorCode, type[FarthingError]] = {
         ErrorCode.UNSUPPORTED_METHOD: UnsupportedMethod,
+        ErrorCode.PAYMENT_STALE: StalePayment,
         ErrorCode.CARD_EXPIRED: PaymentExpired,
         ErrorCode.CHALLENGE_EXPIRED: PaymentExpired,
         ErrorCode.CERTIFICATE_EXPIRED: PaymentExpired,

@@ -27,6 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
+from farthing.core.encoding import b64url_decode, b64url_encode
 from farthing.core.errors import (
     CLASS_OF_CODE,
     AccessDenied,
@@ -41,6 +42,7 @@ from farthing.core.errors import (
     NotFound,
     PaymentExpired,
     RateLimited,
+    StalePayment,
     Unavailable,
     UnsupportedMethod,
 )
@@ -48,7 +50,9 @@ from farthing.core.errors import (
 __all__ = [
     "FARTHING_CODE",
     "INTERNAL_PAYMENT_ERROR",
+    "LAST_VALUE",
     "PAYMENT_REQUIRED",
+    "POSITION",
     "PROBLEM_BASE",
     "Problem",
     "crosses",
@@ -77,6 +81,10 @@ class Problem:
     detail: str
     code: int
     retry_after: int | None = None
+    position: int | None = None
+    """PAYMENT_STALE's: where the card (PayWord commitment) is, its ``spent``."""
+    last_value: bytes | None = None
+    """PAYMENT_STALE's for PayWord: the vendor's last payword (``lastValue``, base64url)."""
 
     @classmethod
     def from_json(cls, status: int, body: object, retry_after: str | None) -> Problem | None:
@@ -95,6 +103,8 @@ class Problem:
             detail=detail if isinstance(detail, str) and len(detail) <= _MAX_DETAIL else "",
             code=code,
             retry_after=_wait(retry_after, body.get("retry_after")),
+            position=_position(body.get(POSITION)),
+            last_value=_last_value(body.get(LAST_VALUE)),
         )
 
     def to_json(self, **extra: object) -> dict[str, object]:
@@ -109,12 +119,39 @@ class Problem:
         }
         if self.retry_after is not None:
             body["retry_after"] = self.retry_after
+        if self.position is not None:
+            body[POSITION] = self.position
+        if self.last_value is not None:
+            body[LAST_VALUE] = b64url_encode(self.last_value)
         body.update(extra)
         return body
 
 
 FARTHING_CODE: Final = "farthingCode"
 """The body member of farthing's integer ErrorCode (an RFC 9457 extension member)."""
+POSITION: Final = "position"
+"""PAYMENT_STALE's member: the card's (PayWord commitment's) position at the vendor."""
+LAST_VALUE: Final = "lastValue"
+"""PAYMENT_STALE's member for PayWord: the vendor's last payword, base64url."""
+_VALUE_LEN: Final = 32
+_VALUE_TEXT_LEN: Final = 43  # base64url of 32 bytes
+
+
+def _position(member: object) -> int | None:
+    if isinstance(member, int) and not isinstance(member, bool) and 0 <= member < 1 << 63:
+        return member
+    return None
+
+
+def _last_value(member: object) -> bytes | None:
+    if not isinstance(member, str):
+        return None
+    try:
+        value = b64url_decode(member, max_len=_VALUE_TEXT_LEN)
+    except FarthingError:
+        return None
+    return value if len(value) == _VALUE_LEN else None
+
 
 # draft-payment-errors-00's codes and reasons, where one means what our error means. Every
 # other problem's ``code`` is its type's name with ``_`` for ``-`` (the core draft's types,
@@ -227,6 +264,7 @@ def problem_for(error: FarthingError) -> Problem:
             code=int(error.code),
             retry_after=retry_after,
         )
+    position, last_value = _stale_members(error)
     for cls, status, type_, title in _TABLE:
         if isinstance(error, cls):
             return Problem(
@@ -236,6 +274,8 @@ def problem_for(error: FarthingError) -> Problem:
                 detail=error.message,
                 code=int(error.code),
                 retry_after=retry_after,
+                position=position,
+                last_value=last_value,
             )
     return Problem(
         status=400,
@@ -254,6 +294,8 @@ _PAYMENT_BY_CODE: Final = {
     ErrorCode.CHALLENGE_INVALID: (402, "invalid-challenge", "Invalid challenge"),
     # The id's payment is being delivered to another copy of this request right now.
     ErrorCode.PAYMENT_IN_PROGRESS: (402, "invalid-challenge", "Payment in progress"),
+    # The card's own payment, up to its position (another copy of the card paid since).
+    ErrorCode.PAYMENT_STALE: (402, "verification-failed", "Payment stale"),
     ErrorCode.BAD_FIELD: (400, "bad-request", "Bad request"),
 }
 _PAYMENT_BY_CLASS: Final[tuple[tuple[type[FarthingError], int, str, str], ...]] = (
@@ -282,6 +324,7 @@ def payment_problem_for(error: FarthingError) -> Problem:
     if entry is None:
         return problem_for(error)
     status, name, title = entry
+    position, last_value = _stale_members(error)
     return Problem(
         status=status,
         type=PROBLEM_BASE + name,
@@ -289,7 +332,16 @@ def payment_problem_for(error: FarthingError) -> Problem:
         detail=error.message,
         code=int(error.code),
         retry_after=_IN_PROGRESS_WAIT if error.code is ErrorCode.PAYMENT_IN_PROGRESS else None,
+        position=position,
+        last_value=last_value,
     )
+
+
+def _stale_members(error: FarthingError) -> tuple[int | None, bytes | None]:
+    """A StalePayment's position (and PayWord's last value) for its problem; else none."""
+    if not isinstance(error, StalePayment):
+        return None, None
+    return error.position, error.last_value
 
 
 def error_for(problem: Problem) -> FarthingError | None:
@@ -309,6 +361,12 @@ def error_for(problem: Problem) -> FarthingError | None:
         return Unavailable(message, retry_after=retry_after, code=code)
     if issubclass(cls, LocalProtocolError):
         return None
+    if cls is StalePayment:
+        if problem.position is None:
+            return InvalidPayment(message)  # no position: as vague as any refusal
+        return StalePayment(
+            message, position=problem.position, last_value=problem.last_value, code=code
+        )
     return cls(message, code=code)
 
 

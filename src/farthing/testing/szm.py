@@ -2,14 +2,16 @@
 pure verifiers, the reference the storage-backed issuer and the vendor's card books follow
 (they do the same with a conditional update on ``spent``). ``settle`` is what the paywall
 does with one paid request: verify, or else recognise the card's last payment sent again by
-the same request (the core's ``verify_retry``: served again, nothing taken)."""
+the same request (the core's ``verify_retry``: served again, nothing taken), or else a
+payment the card made already, from another copy of it (the core's ``stale_position``:
+StalePayment with the card's position)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import TypeVar
 
-from farthing.core.errors import Conflict, InvalidPayment
+from farthing.core.errors import Conflict, InvalidPayment, StalePayment
 from farthing.core.prbg import BbsKey
 from farthing.core.schemes import szm_chain, szm_prbg
 
@@ -55,8 +57,11 @@ class ChainVerifier:
                 state, payment, units=units, now=now, max_units=self._max_units, request=request
             )
         except InvalidPayment as refused:
+            parsed = (payment.card_id, payment.index, payment.value)
             return _retried(
-                lambda: szm_chain.verify_retry(state, payment, request=request), refused
+                lambda: szm_chain.verify_retry(state, payment, request=request),
+                lambda: szm_chain.stale_position(state, parsed, max_back=self._max_units),
+                refused,
             )
         self._states[new_state.card_id] = new_state
         return receipt, False
@@ -127,6 +132,9 @@ class PrbgVerifier:
                 lambda: szm_prbg.verify_retry(
                     state, payment, master_key=key, request=request, bbs_key=bbs
                 ),
+                lambda: szm_prbg.stale_position(
+                    state, payment, master_key=key, bbs_key=bbs, max_back=self._max_units
+                ),
                 refused,
             )
         self._states[new_state.card_id] = new_state
@@ -142,9 +150,17 @@ class PrbgVerifier:
 A = TypeVar("A")
 
 
-def _retried(retry: Callable[[], A], refused: InvalidPayment) -> tuple[A, bool]:
-    """The retry's receipt, or the payment's own refusal if it is not one."""
+def _retried(
+    retry: Callable[[], A], stale: Callable[[], int], refused: InvalidPayment
+) -> tuple[A, bool]:
+    """The retry's receipt; else StalePayment if the payment is one the card made already;
+    else the payment's own refusal."""
     try:
         return retry(), True
     except InvalidPayment:
+        pass
+    try:
+        position = stale()
+    except InvalidPayment:
         raise refused from None
+    raise StalePayment(position=position) from None

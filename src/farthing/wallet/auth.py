@@ -41,9 +41,9 @@ from typing import Final, Protocol
 import anyio
 import httpx
 
-from farthing.core.errors import CardInFlight, FarthingError
+from farthing.core.errors import CardInFlight, ErrorCode, FarthingError
 from farthing.http.payment_auth import Challenge, Receipt, parse_challenges
-from farthing.http.problems import FARTHING_CODE
+from farthing.http.problems import Problem
 
 AUTHORIZATION = "Authorization"
 ACCEPT_PAYMENT = "Accept-Payment"
@@ -117,8 +117,14 @@ class Payer(Protocol):
         *,
         receipt: Receipt | None = None,
         code: int | None = None,
+        position: int | None = None,
+        last_value: bytes | None = None,
     ) -> None:
-        """A non-2xx answer to a payment (``code``: the problem's farthing code, if any)."""
+        """A non-2xx answer to a payment (``code``: the problem's farthing code, if any).
+        PAYMENT_STALE also passes the problem's ``position`` (and ``last_value``, PayWord's
+        ``lastValue``), only then (a payer written before them still works for every
+        other answer): the payer moves its card there; the flow pays the fresh 402 once
+        more."""
         ...
 
     def lost(self, payment: PreparedPayment) -> None:
@@ -223,23 +229,29 @@ class PaymentAuth(httpx.Auth):
         if payment is not None:
             _attach(request, payment, None)
         response = yield from self._send(request, payment)
-        for _attempt in range(2):
-            if response.status_code not in (401, 402):
-                break
+        stale_retry = policy_retry = True
+        while response.status_code in (401, 402):
             challenges = parse_challenges(response.headers.get_list("www-authenticate"))
-            if payment is not None:
-                _refused(self._payer, payment, response)
+            stale = payment is not None and _refused(self._payer, payment, response)
             if not challenges:
                 return
             self._payer.remember(url, challenges)
-            if payment is not None and not (up_front or self._payer.retry_after_refusal()):
-                return
             if payment is None and response.status_code != 402:
                 return
-            # An up-front payment (or the resend of a lost one) is not the reader's decision
-            # to pay again: when it is refused (say its challenge went stale), pay the fresh
-            # 402 once.
-            up_front = False
+            if payment is not None:
+                # An up-front payment (or the resend of a lost one) is not the reader's
+                # decision to pay again: when it is refused (say its challenge went stale),
+                # pay the fresh 402 once. Nor is a payment refused as stale (a copy of the
+                # card paid since; the payer moved the card to where the vendor says): pay
+                # once more from there. Anything else only if the policy allows one retry.
+                if up_front:
+                    up_front = False
+                elif stale and stale_retry:
+                    stale_retry = False
+                elif policy_retry and self._payer.retry_after_refusal():
+                    policy_retry = False
+                else:
+                    return
             before = payment
             payment = yield from self._pay_in_turn(url, challenges)
             _attach(request, payment, before)
@@ -331,15 +343,14 @@ def receipt_of(response: httpx.Response) -> Receipt | None:
         return None  # a receipt that does not parse says nothing was taken
 
 
-def _problem_code(response: httpx.Response) -> int | None:
+def _problem(response: httpx.Response) -> Problem | None:
     if not response.headers.get("content-type", "").startswith("application/problem+json"):
         return None
     try:
-        problem = response.json()
+        body = response.json()
     except ValueError:
         return None
-    code = problem.get(FARTHING_CODE) if isinstance(problem, dict) else None
-    return code if type(code) is int else None
+    return Problem.from_json(response.status_code, body, response.headers.get("retry-after"))
 
 
 def _challenges(response: httpx.Response) -> list[Challenge]:
@@ -349,13 +360,20 @@ def _challenges(response: httpx.Response) -> list[Challenge]:
         return []  # an oversized header: nothing to remember
 
 
-def _refused(payer: Payer, payment: PreparedPayment, response: httpx.Response) -> None:
-    payer.refused(
-        payment,
-        response.status_code,
-        receipt=receipt_of(response),
-        code=_problem_code(response),
-    )
+def _refused(payer: Payer, payment: PreparedPayment, response: httpx.Response) -> bool:
+    """Tell the payer; whether the answer was PAYMENT_STALE with the card's position (the
+    payer was given it, to move the card there)."""
+    problem = _problem(response)
+    receipt = receipt_of(response)
+    code = None if problem is None else problem.code
+    if code == ErrorCode.PAYMENT_STALE and problem is not None and problem.position is not None:
+        payer.refused(
+            payment, response.status_code, receipt=receipt, code=code,
+            position=problem.position, last_value=problem.last_value,
+        )  # fmt: skip
+        return True
+    payer.refused(payment, response.status_code, receipt=receipt, code=code)
+    return False
 
 
 def _open(response: httpx.Response, payment: PreparedPayment, payer: Payer) -> None:

@@ -14,8 +14,9 @@ a wrong passphrase from a damaged file. Card secrets inside stay sealed as in th
 the restored wallet opens with the same passphrase.
 
 A backup is a snapshot: restored, each card is where it was when the backup was made. A
-unit paid after that is paid again from the restored wallet, and the vendor refuses it as
-a replay (the wallet then stops offering that card there). Make a new backup after buying.
+unit paid after that is paid again from the restored wallet; the vendor answers such a
+stale payment with the card's position (PAYMENT_STALE) and the wallet moves the card there
+and pays again (docs/wallet.md, "Passphrase and backups").
 """
 
 from __future__ import annotations

@@ -31,6 +31,7 @@ from farthing.core.encoding import Reader, Writer, b64url_decode
 from farthing.core.errors import CardExhausted, ErrorCode, LocalProtocolError, MalformedMessage
 from farthing.core.hashchain import ChainWalker
 from farthing.core.money import Denomination
+from farthing.core.primitives import constant_time_eq
 from farthing.core.schemes import hll, payword, szm_chain, szm_prbg
 from farthing.http.methods import SCHEME_OF
 from farthing.http.methods.common import PricedRequest
@@ -56,6 +57,8 @@ __all__ = [
     "PaywordMethod",
     "Quote",
     "Reservation",
+    "Skipped",
+    "StaleAt",
     "SzmChainMethod",
     "SzmPrbgMethod",
     "WalletMethod",
@@ -93,12 +96,44 @@ class Reservation:
     commitment_id: bytes | None = None
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Skipped:
+    """Units a copy of the card paid elsewhere, skipped to where the vendor says it is."""
+
+    units: int
+    position: int
+    unit_micros: int
+
+
 class WalletMethod(Protocol):
     name: str
 
     def quote(self, card: CardRow, challenge: Challenge, now: int) -> Quote | None: ...
 
     def reserve(self, tx: WriteTx, quote: Quote, good: str, now: int) -> Reservation: ...
+
+    def catch_up(
+        self, tx: WriteTx, card: CardRow, stale: StaleAt, commitment_id: bytes | None
+    ) -> Skipped | None:
+        """Inside the wallet's write transaction: move the card (PayWord: the commitment)
+        forward to where the vendor said it is (PAYMENT_STALE); None if it cannot (not
+        ahead, past its end, a PayWord value that is not the commitment's own)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StaleAt:
+    """A PAYMENT_STALE answer: the card's position at the vendor (PayWord: and the
+    vendor's last payword there)."""
+
+    position: int
+    last_value: bytes | None = None
+
+
+def _szm_ahead(card: CardRow, stale: StaleAt) -> bool:
+    """The vendor is the card's issuer (it could burn the card anyway): its word is taken,
+    but only forward and within the card."""
+    return card.spent < stale.position <= card.total
 
 
 # --- reading a challenge's request ---------------------------------------------------------
@@ -180,6 +215,15 @@ class SzmChainMethod:
             sealing_card_id=card.card_id,
         )
 
+    def catch_up(
+        self, tx: WriteTx, card: CardRow, stale: StaleAt, commitment_id: bytes | None
+    ) -> Skipped | None:
+        if not _szm_ahead(card, stale):
+            return None
+        position = stale.position
+        tx.advance_card(card, spent=position, balance=card.total - position, state=None)
+        return Skipped(units=position - card.spent, position=position, unit_micros=card.unit_micros)
+
     def _walker(self, card: szm_chain.ChainCard) -> ChainWalker:
         walker = self._walkers.get(card.card_id)
         if walker is None:
@@ -211,6 +255,22 @@ class SzmPrbgMethod:
             release=lambda: payload,
             sealing_key=key,
             sealing_card_id=card.card_id,
+        )
+
+    def catch_up(
+        self, tx: WriteTx, card: CardRow, stale: StaleAt, commitment_id: bytes | None
+    ) -> Skipped | None:
+        if not _szm_ahead(card, stale):
+            return None
+        moved = szm_prbg.skip_to(self._card(card), stale.position)
+        tx.advance_card(
+            card,
+            spent=moved.spent,
+            balance=moved.remaining,
+            state=self._seal_state(card, moved.bbs_x),
+        )
+        return Skipped(
+            units=moved.spent - card.spent, position=moved.spent, unit_micros=card.unit_micros
         )
 
     def _card(self, row: CardRow) -> szm_prbg.PrbgCard:
@@ -288,6 +348,11 @@ class HllMethod:
             ).to_json()
 
         return Reservation(position=new_state.counter, release=release)
+
+    def catch_up(
+        self, tx: WriteTx, card: CardRow, stale: StaleAt, commitment_id: bytes | None
+    ) -> Skipped | None:
+        return None  # an HLL vendor never answers PAYMENT_STALE: counters are the bank's
 
 
 def _offer(quote: Quote, good: str) -> hll.Offer:
@@ -404,6 +469,24 @@ class PaywordMethod:
             acknowledged=False,
             retired=False,
             created_at=now,
+        )
+
+    def catch_up(
+        self, tx: WriteTx, card: CardRow, stale: StaleAt, commitment_id: bytes | None
+    ) -> Skipped | None:
+        """The vendor is not the user's issuer: it must show its last payword, which must be
+        this commitment's own value at the position it names (else the commitment is not
+        moved)."""
+        row = None if commitment_id is None else tx.commitment(commitment_id)
+        if row is None or stale.last_value is None:
+            return None
+        if not row.spent < stale.position <= row.length:
+            return None
+        if not constant_time_eq(self._walker(row).value(stale.position), stale.last_value):
+            return None
+        tx.advance_commitment(row, stale.position)
+        return Skipped(
+            units=stale.position - row.spent, position=stale.position, unit_micros=row.unit_micros
         )
 
     def _walker(self, row: CommitmentRow) -> ChainWalker:

@@ -78,6 +78,7 @@ __all__ = [
     "NewCard",
     "Outcome",
     "PendingPayment",
+    "Released",
     "WalletStore",
     "WriteTx",
 ]
@@ -219,9 +220,14 @@ class Outcome:
     RELEASED: Final = "released"
     # Lost and not resolved within its challenge's lifetime: the units may be spent.
     LOST: Final = "lost"
+    # Not a payment of this wallet: units a copy of the card (another wallet, the wallet
+    # before a backup was restored) paid, skipped when the vendor said where the card is
+    # (PAYMENT_STALE); ``position`` is that place, ``units`` how many were skipped.
+    SPENT_ELSEWHERE: Final = "spent-elsewhere"
 
 
-# Outcomes whose money is not counted against the spending policy.
+# Outcomes whose money is not counted against the spending policy. Units spent elsewhere
+# are counted: only the vendor says so, and the policy bounds what a vendor can take.
 _NOT_SPENT: Final = (Outcome.RELEASED,)
 
 
@@ -634,25 +640,8 @@ class WalletStore:
         Returns whether the position was given back.
         """
         with self._engine.begin() as conn:
-            row = _pending_row(conn, history_id)
-            if row is None:
-                return False
-            released = _give_back(conn, row)
-            if refused_code is not None:
-                conn.execute(
-                    delete(_refusals).where(
-                        _refusals.c.card == row.card, _refusals.c.realm == row.realm
-                    )
-                )
-                conn.execute(
-                    insert(_refusals).values(
-                        card=row.card, realm=row.realm, code=refused_code, at=now
-                    )
-                )
-            outcome = Outcome.RELEASED if released else Outcome.REFUSED
-            _finish(conn, history_id, outcome, status)
-            conn.execute(delete(_pending).where(_pending.c.history_id == history_id))
-        return released
+            row = _release(conn, history_id, status=status, refused_code=refused_code, now=now)
+        return row is not None and row.released
 
     def lost_for(self, url: str, *, now: int) -> list[PendingPayment]:
         """Lost payments for ``url`` that may still be resent, oldest first."""
@@ -766,6 +755,26 @@ class WriteTx:
         values["retired"] = int(row.retired)
         self._conn.execute(insert(_commitments).values(**values))
 
+    def release(
+        self, history_id: int, *, status: int, refused_code: int | None, now: int
+    ) -> Released | None:
+        """:meth:`WalletStore.release` inside this transaction; None if no such payment."""
+        return _release(self._conn, history_id, status=status, refused_code=refused_code, now=now)
+
+    def refuse(self, card: int, realm: str, *, code: int, now: int) -> None:
+        """Do not offer ``card`` at ``realm`` again."""
+        _refuse(self._conn, card, realm, code, now)
+
+    def retire(self, commitment_id: bytes) -> None:
+        self._conn.execute(
+            update(_commitments).where(_commitments.c.id == commitment_id).values(retired=1)
+        )
+
+    def commitment(self, commitment_id: bytes) -> CommitmentRow | None:
+        query = select(_commitments).where(_commitments.c.id == commitment_id)
+        row = self._conn.execute(query).mappings().first()
+        return None if row is None else _commitment_row(row)
+
     def advance_commitment(self, row: CommitmentRow, spent: int) -> None:
         self._conn.execute(
             update(_commitments).where(_commitments.c.id == row.id).values(spent=spent)
@@ -791,6 +800,35 @@ def _pending_row(conn: Connection, history_id: int) -> PendingPayment | None:
     query = select(_pending).where(_pending.c.history_id == history_id)
     row = conn.execute(query).mappings().first()
     return None if row is None else PendingPayment(**dict(row))
+
+
+@dataclass(frozen=True, slots=True)
+class Released:
+    """A payment the vendor did not take, settled: its pending row, and whether its
+    position went back to the card (commitment)."""
+
+    pending: PendingPayment
+    released: bool
+
+
+def _release(
+    conn: Connection, history_id: int, *, status: int, refused_code: int | None, now: int
+) -> Released | None:
+    row = _pending_row(conn, history_id)
+    if row is None:
+        return None
+    released = _give_back(conn, row)
+    if refused_code is not None:
+        _refuse(conn, row.card, row.realm, refused_code, now)
+    outcome = Outcome.RELEASED if released else Outcome.REFUSED
+    _finish(conn, history_id, outcome, status)
+    conn.execute(delete(_pending).where(_pending.c.history_id == history_id))
+    return Released(row, released)
+
+
+def _refuse(conn: Connection, card: int, realm: str, code: int, now: int) -> None:
+    conn.execute(delete(_refusals).where(_refusals.c.card == card, _refusals.c.realm == realm))
+    conn.execute(insert(_refusals).values(card=card, realm=realm, code=code, at=now))
 
 
 def _give_back(conn: Connection, row: PendingPayment) -> bool:

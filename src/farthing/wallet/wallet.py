@@ -39,9 +39,11 @@ Paying one request (:meth:`Wallet.pay`):
    changed) and marks the entry ``paid``. Anything else: :meth:`refused`. Without a valid
    receipt the vendor did not take the payment, so the card goes back to where it was and
    the next payment reuses the index (``released``); a card refused as invalid is not
-   offered to that realm again. With a receipt and a 5xx, or with no answer at all
-   (:meth:`lost`), the payment is kept and resent byte for byte by :meth:`pay_up_front` for
-   the next request to the same URL, until its challenge expires (then ``lost``).
+   offered to that realm again; PAYMENT_STALE (a copy of the card paid since) moves the
+   card to the vendor's position instead (``spent-elsewhere``). With a receipt and a 5xx,
+   or with no answer at all (:meth:`lost`), the payment is kept and resent byte for byte by
+   :meth:`pay_up_front` for the next request to the same URL, until its challenge expires
+   (then ``lost``).
 
 Negotiating. :meth:`accept_payment` names the methods of the cards that may pay a site (the
 card chosen with :meth:`pay_only_with`, if any), in the wallet's preference order, for the
@@ -120,6 +122,8 @@ from farthing.wallet.methods import (
     PaywordMethod,
     Quote,
     Reservation,
+    Skipped,
+    StaleAt,
     SzmChainMethod,
     SzmPrbgMethod,
     WalletMethod,
@@ -670,6 +674,8 @@ class Wallet:
         *,
         receipt: Receipt | None = None,
         code: int | None = None,
+        position: int | None = None,
+        last_value: bytes | None = None,
     ) -> None:
         """A non-2xx answer to a payment; ``code`` is the problem's farthing code, if any.
 
@@ -677,11 +683,16 @@ class Wallet:
         given back and the next payment reuses it; a card refused as invalid (``code``
         unknown card, exhausted, expired, blocked) is not offered to that realm again; a
         PayWord commitment the vendor does not know is retired instead (the next payment
-        opens a new one). With a receipt the payment was taken: after a 5xx it is kept as
-        lost and resent for the same URL; after a 4xx it is recorded ``refused``.
-        A resent payment refused again is recorded as lost (the vendor may have taken it
-        the first time, so its position is never reused).
+        opens a new one). PAYMENT_STALE with the vendor's ``position`` (PayWord: and its
+        ``last_value``) is no refusal of the card: a copy of it paid since, so after the
+        index is given back the card (commitment) moves forward to that position, recorded
+        ``spent-elsewhere``, and the next payment pays from there. With a receipt the
+        payment was taken: after a 5xx it is kept as lost and resent for the same URL;
+        after a 4xx it is recorded ``refused``. A resent payment refused again is recorded
+        as lost (the vendor may have taken it the first time, so its position is never
+        reused).
         """
+        stale = None if position is None else StaleAt(position=position, last_value=last_value)
         with self._answered(payment) as flight:
             if flight is None:
                 return
@@ -693,6 +704,8 @@ class Wallet:
                 self._resolve(flight, Outcome.REFUSED, status=status)
             elif flight.resend:
                 self._resolve(flight, Outcome.LOST, status=status)
+            elif code == ErrorCode.PAYMENT_STALE and stale is not None:
+                self._catch_up(flight, payment, status=status, stale=stale)
             else:
                 self._release(flight, status=status, code=code)
 
@@ -912,6 +925,29 @@ class Wallet:
             flight.history_id, status=status, refused_code=refused_code, now=self._clock.now()
         )
 
+    def _catch_up(
+        self, flight: _Flight, payment: PreparedPayment, *, status: int, stale: StaleAt
+    ) -> None:
+        """PAYMENT_STALE, in one write transaction (the card's turn is held): give the index
+        back, then move the card (commitment) to where the vendor says it is, recorded
+        ``spent-elsewhere``. A position the card cannot take (behind it, past its end, a
+        PayWord value that is not the commitment's own) is a refusal as PAYMENT_INVALID:
+        the commitment is retired, or the card not offered at that realm again."""
+        now = self._clock.now()
+        with self._store.writing() as tx:
+            released = tx.release(flight.history_id, status=status, refused_code=None, now=now)
+            if released is None:
+                return
+            card = tx.card(flight.card)
+            skipped = self._methods[card.method].catch_up(tx, card, stale, flight.commitment_id)
+            if skipped is not None:
+                tx.add_history(_elsewhere(skipped, card, payment, now))
+            elif flight.commitment_id is not None:
+                tx.retire(flight.commitment_id)
+            else:
+                realm = released.pending.realm
+                tx.refuse(card.id, realm, code=int(ErrorCode.PAYMENT_INVALID), now=now)
+
     def _usable_remembered(self, target: _Target, not_before: int) -> list[Challenge]:
         with self._lock:
             return [
@@ -1039,6 +1075,26 @@ def _entry(offer: PriceOffer, reservation: Reservation, now: int) -> HistoryEntr
         price_micros=offer.price_micros,
         charged_micros=offer.charged_micros,
         currency=offer.currency,
+    )
+
+
+def _elsewhere(skipped: Skipped, card: CardRow, payment: PreparedPayment, now: int) -> HistoryEntry:
+    """The history's note of units a copy of the card paid elsewhere. The spending policy
+    counts them (a copy's payments count twice, once in each wallet): only the vendor says
+    where the card is, and the policy must bound what a vendor can take."""
+    micros = skipped.units * skipped.unit_micros
+    return HistoryEntry(
+        at=now,
+        url=payment.url,
+        host=_Target.parse(payment.url).host,
+        method=card.method,
+        card_label=card.label,
+        units=skipped.units,
+        position=skipped.position,
+        price_micros=micros,
+        charged_micros=micros,
+        currency=card.currency,
+        outcome=Outcome.SPENT_ELSEWHERE,
     )
 
 

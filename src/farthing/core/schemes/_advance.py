@@ -35,6 +35,8 @@ __all__ = [
     "Parsed",
     "accept",
     "chain_advance",
+    "chain_stale",
+    "passed_index",
     "retried_units",
     "units_paid",
 ]
@@ -149,6 +151,45 @@ def chain_advance(tag: bytes, state_type: type[S], what: str, max_units: int) ->
         ))  # fmt: skip
 
     return advance
+
+
+def passed_index(same_key: bool, spent: int, index: int, max_back: int) -> int:
+    """How far behind the card's position ``spent`` the payment's ``index`` lies, if it may
+    be a payment the card made already (``0 < index <= spent``, at most ``max_back``
+    behind); else the vague refusal. The public checks of a stale payment, before any
+    hashing: the caller then proves the value is the card's own (a forger must learn
+    nothing).
+
+    ``index == spent`` is the card's last payment itself, sent by another copy of the card
+    that made the same payment (the same index and value: tokens are deterministic) and not
+    the request it was accepted for (that one is a retry, judged before). Whoever holds that
+    payment learns only its own index; refusing it vaguely would leave the copy one payment
+    behind refused for good (a phone and a laptop that take turns, a backup restored after
+    one purchase: docs/wallet.md)."""
+    back = spent - index
+    if not same_key or index <= 0 or back < 0 or back > max_back:
+        raise InvalidPayment()
+    return back
+
+
+def chain_stale(tag: bytes, state: IndexState, payment: Parsed, max_back: int) -> int:
+    """The card's (commitment's) position ``spent`` if ``payment`` is one it made already,
+    up to that position: its value is w_index, the state's last value w_spent hashed
+    ``spent - index`` times (w_i = h(w_{i+1})). Else the vague refusal. A refusal path only
+    (the wallet that sent it is behind the card: another copy of the card paid since,
+    docs/wallet.md); ``max_back`` bounds the hashing a hostile payment causes, as
+    ``max_units`` does on the paid path.
+
+    What it proves: the sender knows a value of the card at or past ``index`` (the older
+    values follow from any newer one, w_spent included, which the card's last payment put
+    on the wire to the vendor); a forger who knows none learns nothing.
+    """
+    key, index, value = payment
+    state_key, last_value, spent = state[0], state[1], state[2]
+    back = passed_index(constant_time_eq(key, state_key), spent, index, max_back)
+    if not constant_time_eq(chain_walk(tag, last_value, back), value):
+        raise InvalidPayment()
+    return spent
 
 
 def retried_units(

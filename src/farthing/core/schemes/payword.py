@@ -45,7 +45,9 @@ and pays only admitted ones (:func:`require_admitted`). Known weaknesses (inhere
 PayWord, kept on purpose as the baseline): the vendor learns the user's identity
 from C_U and the broker learns who bought how much from whom: there is no privacy. There
 is no revocation before the certificate expires. A vendor that loses its last payword
-loses that money; a user whose wallet state rolls back cannot pay that vendor again.
+loses that money. A user whose wallet state rolls back (a restored backup) pays a payword
+the vendor passed already: the vendor tells such a stale payword from a forged one
+(:func:`stale_position`, ours) and the wallet moves on to where the vendor is.
 """
 
 from __future__ import annotations
@@ -81,6 +83,7 @@ from farthing.core.schemes._advance import (
     Parsed,
     accept,
     chain_advance,
+    chain_stale,
     retried_units,
 )
 
@@ -126,6 +129,7 @@ __all__ = [
     "judge_claim",
     "parse_payment",
     "require_admitted",
+    "stale_position",
     "verify_certificate",
     "verify_payment",
     "verify_payment_bytes",
@@ -512,6 +516,16 @@ advance: Final = chain_advance(CHAIN_TAG, CommitmentState, "commitment", DEFAULT
 :func:`verify_payment` for the vendor's paid path, with the payment as
 :func:`parse_payment` returns it and no receipt: the new state only (the payword paid
 ``new.spent - state.spent`` units, up to ``new.spent``). Same decisions, same errors."""
+
+
+def stale_position(
+    state: CommitmentState, payment: Parsed, *, max_back: int = DEFAULT_MAX_UNITS
+) -> int:
+    """The commitment's position (``spent``) if ``payment`` (as :func:`parse_payment`
+    returns it) is a payword of this commitment that it reached already, at most
+    ``max_back`` behind: the user's wallet rolled back (a restored backup) and is behind.
+    w_index must be h^(spent-index)(w_spent). Else InvalidPayment."""
+    return chain_stale(CHAIN_TAG, state, payment, max_back)
 
 
 def _verify(

@@ -56,6 +56,9 @@ id, index and chain value, learns nothing of the sealed content and cannot reuse
 Errors. Cryptographic failure, replay, stale index, wrong or unknown card: InvalidPayment
 (one vague message). index > N: InsufficientFunds. index - spent != price:
 InsufficientFunds(AMOUNT_MISMATCH). Past ``expires_at``: PaymentExpired(CARD_EXPIRED).
+A payment the card made already (a copy of the card paid since) is refused the same way;
+:func:`stale_position` then tells its sender where the card is, once its value proves it is
+the card's own (the vendor answers PAYMENT_STALE with that position).
 The public checks run before hashing, so a hostile index costs at most ``units`` hashes.
 """
 
@@ -84,6 +87,7 @@ from farthing.core.schemes._advance import (
     Parsed,
     accept,
     chain_advance,
+    chain_stale,
     retried_units,
 )
 
@@ -114,6 +118,7 @@ __all__ = [
     "next_payment",
     "parse_payment",
     "payment_key",
+    "stale_position",
     "to_card_code",
     "verify_payment",
     "verify_payment_bytes",
@@ -395,6 +400,17 @@ advance: Final = chain_advance(CHAIN_TAG, ChainCardState, "card", DEFAULT_MAX_UN
 :func:`verify_payment` for the vendor's paid path, with the payment as
 :func:`parse_payment` returns it and no receipt: the new state only (the card paid
 ``new.spent - state.spent`` units, up to ``new.spent``). Same decisions, same errors."""
+
+
+def stale_position(
+    state: ChainCardState, payment: Parsed, *, max_back: int = DEFAULT_MAX_UNITS
+) -> int:
+    """The card's position (``spent``) if ``payment`` (as :func:`parse_payment` returns it)
+    is a payment this card made already, at most ``max_back`` units behind: a copy of the
+    card (another wallet, a restored backup) paid since, and the one that sent it is behind.
+    w_index must be h^(spent-index) of the anchor w_spent: only someone who knows a value of the
+    card hears where it is. Else InvalidPayment, as vague as every refusal."""
+    return chain_stale(CHAIN_TAG, state, payment, max_back)
 
 
 def _verify(

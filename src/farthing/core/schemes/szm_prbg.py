@@ -52,6 +52,9 @@ nor a reusable token.
 Errors. Cryptographic failure, replay, stale index, wrong or unknown card: InvalidPayment
 (one vague message). index > N: InsufficientFunds. index - spent != price:
 InsufficientFunds(AMOUNT_MISMATCH). Past ``expires_at``: PaymentExpired(CARD_EXPIRED).
+A payment the card made already (a copy of the card paid since) is refused the same way;
+:func:`stale_position` then tells its sender where the card is, once its value proves it is
+the card's own (the vendor answers PAYMENT_STALE with that position).
 """
 
 from __future__ import annotations
@@ -87,6 +90,7 @@ from farthing.core.schemes._advance import (
     Acceptance,
     IndexPaymentCodec,
     accept,
+    passed_index,
     retried_units,
     units_paid,
 )
@@ -112,6 +116,8 @@ __all__ = [
     "new_card",
     "next_payment",
     "parse_payment",
+    "skip_to",
+    "stale_position",
     "stream_block",
     "to_card_code",
     "verify_payment",
@@ -435,6 +441,29 @@ def verify_retry(
     return PrbgAccepted(payment.card_id, payment.index, units, _RECEIPT)
 
 
+def stale_position(
+    state: PrbgCardState,
+    payment: Payment,
+    *,
+    master_key: bytes,
+    bbs_key: BbsKey | None = None,
+    secret: bytes | None = None,
+    max_back: int = DEFAULT_MAX_UNITS,
+) -> int:
+    """The card's position (``spent``) if ``payment`` is a payment this card made already,
+    at most ``max_back`` units behind (a copy of the card paid since): T_index must be the
+    card's token block, so only a holder of the card's secret hears where it is. Else
+    InvalidPayment. One token block, as a payment's verification (for BBS the issuer's
+    direct jump); the public checks come first."""
+    passed_index(payment.card_id == state.card_id, state.spent, payment.index, max_back)
+    if secret is None:
+        secret = card_secret(master_key, payment.card_id)
+    expected = stream_block(state.generator, secret, _token_block(payment.index), bbs_key=bbs_key)
+    if not constant_time_eq(expected, payment.token):
+        raise InvalidPayment()
+    return state.spent
+
+
 def verify_payment_bytes(
     lookup: Callable[[bytes], PrbgCardState | None],
     data: bytes,
@@ -550,6 +579,19 @@ def next_payment(card: PrbgCard, units: int, *, now: int) -> tuple[PrbgCard, Pay
         token, key, bbs_x = _walk_bbs(card.modulus, bbs_x, units)
     payment = Payment(card_id=card.card_id, index=index, token=token)
     return replace(card, spent=index, bbs_x=bbs_x), payment, key
+
+
+def skip_to(card: PrbgCard, spent: int) -> PrbgCard:
+    """The card moved forward to ``spent`` (units a copy of it paid elsewhere, as its issuer
+    said): for BBS the generator walks over the blocks of those units, so the next payment
+    continues from there. Never backward, never past the card's units (ValueError)."""
+    if not card.spent <= spent <= card.units:
+        raise ValueError("a card moves forward, within its units")
+    bbs_x = card.bbs_x
+    if card.modulus is not None and bbs_x is not None and spent > card.spent:
+        steps = bbs_steps_per_block(card.modulus, BBS_BITS_PER_STEP)
+        bbs_x = bbs_advance(card.modulus, bbs_x, 2 * (spent - card.spent) * steps)
+    return replace(card, spent=spent, bbs_x=bbs_x)
 
 
 def _walk_bbs(modulus: BbsPublic, x: int, units: int) -> tuple[bytes, bytes, int]:

@@ -17,7 +17,13 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final, Generic, Protocol, TypeVar
 
-from farthing.core.errors import ErrorCode, FarthingError, InvalidPayment, Unavailable
+from farthing.core.errors import (
+    ErrorCode,
+    FarthingError,
+    InvalidPayment,
+    StalePayment,
+    Unavailable,
+)
 from farthing.core.money import Denomination
 from farthing.http.payment_auth import ChallengeId, JsonObject
 from farthing.paywall.methods.base import PaymentContext, Settlement
@@ -113,6 +119,11 @@ class OfflineScheme(Protocol[S, P]):
     def retry(self, state: S, payment: P, *, request: bytes | None) -> Settlement:
         """The state's last accepted payment sent again by the same request (the core's
         decision), settled again as ``retried``; else InvalidPayment."""
+        ...
+
+    def stale(self, state: S, payment: P) -> StalePayment | None:
+        """The refusal that tells where the card is, if ``payment`` is one the card made
+        already, up to its position (the core's decision, value checked); else None."""
         ...
 
     def introduce(self, payment: P, *, now: int) -> S | None:
@@ -322,13 +333,14 @@ class OfflineMethod(Generic[S, P]):
     ) -> Settlement:
         """The same request sent again (its answer was lost): served, nothing taken.
         Anything else under a challenge id already used is the draft's
-        ``invalid-challenge``; else ``refused``."""
+        ``invalid-challenge``; a payment the card made already, up to its position (a copy
+        of the card paid since), PAYMENT_STALE with that position; else ``refused``."""
         try:
             settlement = self._scheme.retry(state, payment, request=context.request)
         except InvalidPayment:
             if await self._book.challenge_used(context.challenge):
                 raise challenge_used() from None
-            raise refused from None
+            raise self._scheme.stale(state, payment) or refused from None
         if not context.delivered_here:
             await self._not_in_flight_elsewhere(context)
         await self._book.durable()  # the state read may hold a write not yet synced

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from farthing.core.errors import ErrorCode, MalformedMessage
+from farthing.core.errors import ErrorCode, InvalidPayment, MalformedMessage, StalePayment
 from farthing.core.money import Denomination
 from farthing.core.schemes import payword
 from farthing.http.methods.payword import PaywordPayload, PaywordReceipt, PaywordRequest
@@ -111,6 +111,16 @@ class PaywordScheme:
         sent = payword.Payment(commitment_id=cid, index=index, value=value)
         accepted = payword.verify_retry(held.state, sent, request=request)
         return _settled(accepted.commitment_id, accepted.index, accepted.units, retried=True)
+
+    def stale(self, held: HeldCommitment, paid: PaywordPaid) -> StalePayment | None:
+        """PAYMENT_STALE with the commitment's position and its last payword, if the payment
+        is a payword of the commitment behind it (the user's wallet rolled back). The vendor
+        is not the user's issuer: the wallet checks the last payword against its chain."""
+        try:
+            position = payword.stale_position(held.state, paid.payment)
+        except InvalidPayment:
+            return None
+        return StalePayment(position=position, last_value=held.state.last_value)
 
 
 def _settled(commitment_id: bytes, index: int, units: int, *, retried: bool) -> Settlement:

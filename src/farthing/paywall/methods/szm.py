@@ -12,6 +12,7 @@ import functools
 from collections.abc import Callable
 from typing import Final, Generic, Protocol, TypeVar
 
+from farthing.core.errors import InvalidPayment, StalePayment
 from farthing.core.money import Denomination
 from farthing.core.prbg import BbsKey
 from farthing.core.schemes import szm_chain, szm_prbg
@@ -69,6 +70,9 @@ Advance = Callable[[C, Parsed, int, int, bytes | None], C]
 ``advance`` (the payment paid ``new.spent - state.spent`` units, up to ``new.spent``)."""
 Retry = Callable[[C, Parsed, bytes | None], _Accepted]
 """(state, payment, request) -> the receipt of the state's last payment sent again."""
+Stale = Callable[[C, Parsed], int]
+"""(state, payment) -> the card's position if the payment is one it made already, behind
+it (value checked); else InvalidPayment."""
 
 
 class SzmScheme(Generic[C]):
@@ -76,7 +80,7 @@ class SzmScheme(Generic[C]):
     stays the ``(card_id, index, value)`` tuple its parser returns: on the paid path no
     payment value and no receipt is built (each cost about half the payment's hash)."""
 
-    __slots__ = ("_advance", "_decode", "_key", "_retry", "name")
+    __slots__ = ("_advance", "_decode", "_key", "_retry", "_stale", "name")
 
     def __init__(
         self,
@@ -85,12 +89,14 @@ class SzmScheme(Generic[C]):
         decode: Callable[[bytes], Parsed],
         advance: Advance[C],
         retry: Retry[C],
+        stale: Stale[C],
         key: Callable[[C, int], bytes],
     ) -> None:
         self.name = name
         self._decode = decode
         self._advance = advance
         self._retry = retry
+        self._stale = stale
         self._key = key
 
     @staticmethod
@@ -115,11 +121,15 @@ class SzmScheme(Generic[C]):
                 length=state.length, mode=key_mode,
             )  # fmt: skip
 
+        def stale(state: szm_chain.ChainCardState, payment: Parsed) -> int:
+            return szm_chain.stale_position(state, payment)
+
         return SzmScheme(
             szm_chain.METHOD,
             decode=szm_chain.parse_payment,
             advance=szm_chain.advance,
             retry=retry,
+            stale=stale,
             key=key,
         )
 
@@ -156,11 +166,18 @@ class SzmScheme(Generic[C]):
                 master_key, state, index, bbs_key=bbs_key, secret=secrets(state.card_id)
             )
 
+        def stale(state: szm_prbg.PrbgCardState, payment: Parsed) -> int:
+            return szm_prbg.stale_position(
+                state, _prbg_payment(payment), master_key=master_key, bbs_key=bbs_key,
+                secret=secrets(payment[0]),
+            )  # fmt: skip
+
         return SzmScheme(
             szm_prbg.METHOD,
             decode=szm_prbg.parse_payment,
             advance=advance,
             retry=retry,
+            stale=stale,
             key=key,
         )
 
@@ -197,6 +214,14 @@ class SzmScheme(Generic[C]):
     def retry(self, state: C, payment: Parsed, *, request: bytes | None) -> Settlement:
         accepted = self._retry(state, payment, request)
         return self._settled(state, accepted.card_id, accepted.index, accepted.units, retried=True)
+
+    def stale(self, state: C, payment: Parsed) -> StalePayment | None:
+        """PAYMENT_STALE with the card's position, if the payment is one the card made
+        already behind it (the vendor is the card's issuer: the wallet takes its word)."""
+        try:
+            return StalePayment(position=self._stale(state, payment))
+        except InvalidPayment:
+            return None
 
     def _settled(
         self, state: C, card_id: bytes, index: int, units: int, *, retried: bool
