@@ -24,6 +24,7 @@ from farthing.http.methods.payword import METHOD as PAYWORD
 from farthing.http.methods.szm import CHAIN_METHOD, PRBG_METHOD
 from farthing.http.payment_auth import Receipt
 from farthing.mpp.client import WalletMethods
+from farthing.wallet.auth import PaymentAuth
 from farthing.wallet.wallet import Wallet
 from tests.reliability.procs import Server, issuer_server
 from tests.reliability.world import ARTICLES, REALM, World, build_world
@@ -123,3 +124,34 @@ async def test_pympp_buys_several_articles_at_once_with_one_card(
     assert {a.text for a in answers} == {ARTICLES["a.txt"]}
     assert world.spent(holder) == 8
     assert wallet.cards()[0].units_left == 60 - 8
+
+
+async def test_pympp_with_a_card_another_wallet_spent_catches_up_at_finish(
+    deployment: Deployment, wallet: Wallet, tmp_path: Path
+) -> None:
+    """One card in two wallets: the other one buys twice (farthing's own client), then this
+    one buys through pympp. Its payment names an index the card passed. pympp closes each
+    402 of a paid try unread before its next try, so the vendor's PAYMENT_STALE position
+    reaches the wallet only with the 402 pympp returns, through ``finish``: that request
+    ends 402 (nothing taken), the card moves to the vendor's position, and the next request
+    pays. (farthing's own PaymentAuth pays the first one already:
+    tests/wallet/test_stale_card.py.)"""
+    world = deployment.world
+    holder = world.chain_cards(1)[0]
+    code = szm_chain.to_card_code(holder.card, realm=REALM)  # type: ignore[attr-defined]
+    wallet.add_szm_card(code, site=deployment.base)
+    with Wallet.create(tmp_path / "other.sqlite", "pass phrase") as other:
+        other.add_szm_card(code, site=deployment.base)
+        async with httpx.AsyncClient(auth=PaymentAuth(other), base_url=deployment.base) as client:
+            for _ in range(2):
+                assert (await client.get(ARTICLE)).status_code == 200
+    assert world.spent(holder) == 4
+    first = await buy(wallet, deployment.base, CHAIN_METHOD)
+    assert first.status_code == 402
+    assert world.spent(holder) == 4  # nothing taken
+    assert wallet.cards()[0].units_left == 60 - 4  # the units the other wallet spent
+    second = await buy(wallet, deployment.base, CHAIN_METHOD)
+    assert second.status_code == 200
+    assert second.text == ARTICLES["a.txt"]
+    assert world.spent(holder) == 6
+    assert wallet.cards()[0].units_left == 60 - 6

@@ -51,6 +51,7 @@ from farthing.wallet.auth import (
     PreparedPayment,
     TurnWait,
     receipt_of,
+    report_refusal,
 )
 
 __all__ = ["WalletMethods"]
@@ -100,8 +101,7 @@ class WalletMethods:
         for challenge_id, payment in list(self._paid.items()):
             if payment.url == str(response.request.url):
                 del self._paid[challenge_id]
-                await response.aread()
-                self._payer.refused(payment, response.status_code, receipt=receipt_of(response))
+                await self._report_refusal(payment, response)
 
     # -- pympp's events and its create_credential hook ----------------------------------------
 
@@ -109,7 +109,7 @@ class WalletMethods:
         request: httpx.Request = payload["request"]
         response: httpx.Response = payload["response"]
         url = str(request.url)
-        self._refuse_unanswered(url, response)
+        await self._refuse_unanswered(url, response)
         challenges = parse_challenges(response.headers.get_list("www-authenticate"))
         chosen: MppChallenge = payload["challenge"]
         self._asked[chosen.id] = _Asked(url=url, challenges=challenges)
@@ -154,14 +154,25 @@ class WalletMethods:
         if response is None or not response.is_server_error:
             self._payer.lost(payment)
         else:
-            self._payer.refused(payment, response.status_code, receipt=receipt_of(response))
+            await self._report_refusal(payment, response)
 
-    def _refuse_unanswered(self, url: str, response: httpx.Response) -> None:
+    async def _report_refusal(self, payment: PreparedPayment, response: httpx.Response) -> None:
+        """The payer learns of a refusal with its problem if the body can be read. pympp
+        closes the 402 of a paid try unread before its next try: then with the receipt
+        only (a PAYMENT_STALE's position does not reach the wallet that way)."""
+        try:
+            await response.aread()
+        except httpx.StreamError:
+            self._payer.refused(payment, response.status_code, receipt=receipt_of(response))
+            return
+        report_refusal(self._payer, payment, response)
+
+    async def _refuse_unanswered(self, url: str, response: httpx.Response) -> None:
         """A 402 to a request that carried a payment: that payment was not taken."""
         for challenge_id, payment in list(self._paid.items()):
             if payment.url == url:
                 del self._paid[challenge_id]
-                self._payer.refused(payment, response.status_code, receipt=receipt_of(response))
+                await self._report_refusal(payment, response)
 
 
 def _replace_body(response: httpx.Response, plaintext: bytes, receipt: Receipt | None) -> None:

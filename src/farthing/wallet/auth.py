@@ -60,6 +60,7 @@ __all__ = [
     "PreparedPayment",
     "TurnWait",
     "receipt_of",
+    "report_refusal",
 ]
 
 
@@ -232,7 +233,7 @@ class PaymentAuth(httpx.Auth):
         stale_retry = policy_retry = True
         while response.status_code in (401, 402):
             challenges = parse_challenges(response.headers.get_list("www-authenticate"))
-            stale = payment is not None and _refused(self._payer, payment, response)
+            stale = payment is not None and report_refusal(self._payer, payment, response)
             if not challenges:
                 return
             self._payer.remember(url, challenges)
@@ -266,7 +267,7 @@ class PaymentAuth(httpx.Auth):
             if fresh:
                 self._payer.remember(url, fresh)
         elif response.status_code not in (401, 402):
-            _refused(self._payer, payment, response)
+            report_refusal(self._payer, payment, response)
 
     def _pay_in_turn(
         self, url: str, challenges: list[Challenge]
@@ -360,9 +361,10 @@ def _challenges(response: httpx.Response) -> list[Challenge]:
         return []  # an oversized header: nothing to remember
 
 
-def _refused(payer: Payer, payment: PreparedPayment, response: httpx.Response) -> bool:
-    """Tell the payer; whether the answer was PAYMENT_STALE with the card's position (the
-    payer was given it, to move the card there)."""
+def report_refusal(payer: Payer, payment: PreparedPayment, response: httpx.Response) -> bool:
+    """Tell the payer of a non-2xx answer (read) to ``payment``, with its receipt and
+    problem; whether the answer was PAYMENT_STALE with the card's position (the payer was
+    given it, to move the card there: the request may be paid once more)."""
     problem = _problem(response)
     receipt = receipt_of(response)
     code = None if problem is None else problem.code
