@@ -4,10 +4,10 @@ the order they were made, so none is refused as stale after a later one paid its
 Measured on the code before this change (one szm:chain card, 50 units, price 2; one paid
 request, then two at once, the first held in transit until the second was answered): the
 second got 200 and the vendor's spent went 2 -> 6 (it paid 4 units), the first got 402,
-which the wallet read as the vendor refusing the card; history paid / released / paid, the
-wallet showed 44 units left, and the next request failed with "no card fits": the card
-was disabled at that vendor with 44 units on it. Of the two requests at once, one good
-delivered for 4 units.
+which the wallet read as the vendor refusing the card; history paid / refused / paid, the
+wallet showed 44 units left, and the next request failed with "this vendor refused chain-...
+(unknown, used up or blocked there)": the card was disabled at that vendor with 44 units on
+it. Of the two requests at once, one good delivered for 4 units.
 """
 
 from __future__ import annotations
