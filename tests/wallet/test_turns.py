@@ -379,6 +379,11 @@ def test_the_line_gives_each_turn_to_the_next_waiter_only() -> None:
         assert fourth() == NEXT_PAUSE
         time.sleep(UNCLAIMED + 0.01)
         assert fourth() == 0.0  # an unclaimed go passes on
+        assert turns.take(7)
+        late = turns.waiter(7)
+        assert late is not None
+        turns.give_back(7)  # before its first look: no place to wait for
+        assert late() == 0.0
         assert turns.waiter(8) is None  # a card this wallet does not hold: no line
     finally:
         turns.close()

@@ -16,8 +16,8 @@ alike, and the kernel gives it back when a process dies with a payment in flight
 
 Requests of this wallet that wait for a card it holds form a line (:meth:`CardTurns.waiter`):
 each turn given back is the go of the next one only, so the others do not all ask again
-(asking costs a payment's quoting, ~3-6 ms of store reads: 50 requests at once with one card
-made 1,279 tries before the line, on the measure in the commit that added it).
+(asking costs a payment's quoting, ~3-6 ms of store reads: 50 requests at once with one card,
+0-20 ms in transit, asked 1,279 times when each asked every 1-20 ms, 147 times in line).
 """
 
 from __future__ import annotations
@@ -113,6 +113,8 @@ class CardTurns:
             nonlocal ticket
             with self._lock:
                 if ticket < 0:
+                    if card not in self._held:
+                        return 0.0  # given back since the refusal: ask at once
                     ticket = max(line.drawn, line.released)
                     line.drawn = ticket + 1
                 if card in self._held:
@@ -125,10 +127,6 @@ class CardTurns:
                 return 0.0 if unclaimed else NEXT_PAUSE
 
         return next_look
-
-    def holds(self, card: int) -> bool:
-        with self._lock:
-            return card in self._held
 
     def close(self) -> None:
         """Give back every turn (the wallet is closing: its answers will not come)."""
