@@ -87,19 +87,27 @@ def vendor(
     book = DownBook()
     if known:
         book.add(ISSUED[card.card_id])
+    method = OfflineMethod(SzmScheme.chain(MASTER), book)  # type: ignore[misc]
+    return article_shop(clock, method, offers=offers), book
+
+
+def article_shop(
+    clock: FixedClock, method: Any, *, offers: Callable[[str, str], bool] | None = None
+) -> Paywall:
+    """The paywall of these tests: realm "news", ``/articles/*`` at 0.002 EUR, paid with
+    ``method``."""
     prices = PriceTable()
     prices.add("/articles/*", Price(micros=2000, currency="EUR"))
-    paywall = Paywall(
+    return Paywall(
         Starlette(routes=[Route("/articles/{slug}", article)]),
         realm="news",
         prices=prices,
-        methods=[OfflineMethod(SzmScheme.chain(MASTER), book)],  # type: ignore[misc]
+        methods=[method],
         challenge_secret=b"s" * 32,
         clock=clock,
         rng=DeterministicRandom("v"),
         offers=offers,
     )
-    return paywall, book
 
 
 ISSUED: dict[bytes, szm_chain.ChainCardState] = {}  # what the issuer keeps, by card id

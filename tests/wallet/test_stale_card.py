@@ -36,7 +36,7 @@ from tests.wallet.test_card_binding import add_payword, get, payword_vendor
 from tests.wallet.test_money_safety import (
     MASTER,
     add,
-    article,
+    article_shop,
     client,
     issue,
     units_left,
@@ -112,28 +112,14 @@ async def test_a_restored_backup_pays_again_after_the_card_paid_since(
 def prbg_vendor(
     clock: FixedClock, generator: Generator
 ) -> tuple[Paywall, MemoryCardBook, szm_prbg.PrbgCard]:
-    from starlette.applications import Starlette
-    from starlette.routing import Route
-
-    from farthing.paywall.pricing import Price, PriceTable
-
     state, card = szm_prbg.issue_card(
         MASTER, DeterministicRandom("prbg"), units=50, denomination=EUR,
         expires_at=clock.now() + 86_400, generator=generator, bbs=BBS_KEY.public,
     )  # fmt: skip
     book = MemoryCardBook()
     book.add(state)
-    prices = PriceTable()
-    prices.add("/articles/*", Price(micros=2000, currency="EUR"))
-    paywall = Paywall(
-        Starlette(routes=[Route("/articles/{slug}", article)]),
-        realm="news",
-        prices=prices,
-        methods=[OfflineMethod(SzmScheme.prbg(MASTER, bbs_key=BBS_KEY), book)],  # type: ignore[misc]
-        challenge_secret=b"s" * 32,
-        clock=clock,
-        rng=DeterministicRandom("v"),
-    )
+    method = OfflineMethod(SzmScheme.prbg(MASTER, bbs_key=BBS_KEY), book)  # type: ignore[misc]
+    paywall = article_shop(clock, method)
     return paywall, book, card
 
 
