@@ -16,8 +16,9 @@ Connections are reused LIFO from a queue shared by all threads, at most ``max_op
 time (in use or idle): a caller waits ``timeout`` seconds for one, then gets SQLAlchemy's
 pool ``TimeoutError`` (the store answers it as Unavailable, 503). When a statement raises,
 that connection and every idle one are closed (the likely cause, a database restart,
-has broken them all); the next call connects afresh. A failed write is not retried here:
-its outcome may be unknown, and the caller decides.
+has broken them all); the next call connects afresh. A read that found its connection
+broken is run once more on a fresh one; a failed write is not retried here: its outcome may
+be unknown, and the caller decides.
 
 :class:`AsyncFastLane` (PostgreSQL) runs the same batches on one event loop's psycopg
 ``AsyncConnection`` s, so the vendor's loop commits without handing work to a thread. The
@@ -257,14 +258,20 @@ class FastLane:
             self._close_idle()
 
     def _run(self, statement: FastStatement, params: Mapping[str, object]) -> Any:
-        connection = self._checkout()
-        try:
-            result = execute(connection, statement, params, fetch=True)
-        except BaseException:
-            self._discard(connection)
-            raise
-        self._checkin(connection)
-        return result
+        """A read. One that finds its (idle) connection broken, say by a database restart,
+        is run once more on a fresh one: a read changes nothing, so trying again is safe."""
+        for last_try in (False, True):
+            connection = self._checkout()
+            try:
+                result = execute(connection, statement, params, fetch=True)
+            except BaseException:
+                self._discard(connection)
+                if last_try or not _broken(connection):
+                    raise
+                continue
+            self._checkin(connection)
+            return result
+        raise AssertionError("unreachable")  # the last try returned or raised
 
     def fetch_one(
         self, statement: FastStatement, params: Mapping[str, object]
@@ -337,6 +344,12 @@ def _control(connection: DBAPIConnection, statement: str) -> None:
         cursor.execute(statement)
     finally:
         cursor.close()
+
+
+def _broken(connection: DBAPIConnection) -> bool:
+    """The driver gave the connection up (psycopg's ``broken``: the server closed it or
+    the link failed); a statement that failed on a sound connection is not retried."""
+    return bool(getattr(connection, "broken", False))
 
 
 def _recovered(connection: DBAPIConnection, began: bool, error: BaseException) -> bool:
